@@ -1,0 +1,93 @@
+//! `mover demo`: two processes on loopback replicate a generated tree; the result is verified by
+//! hashing both trees (metadata and every byte of data), then an incremental rerun shows that
+//! only changed files travel.
+
+use anyhow::{bail, Context, Result};
+use mover::gen::{generate, TreeSpec};
+use mover::tree::hash::{hash_dir, HashOptions};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// Starts `mover receive --once --json` and returns it with its address. The stdout reader is
+/// returned too: dropping it would close the pipe the receiver still writes its report to.
+fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<ChildStdout>)> {
+    let mut child = Command::new(exe)
+        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"])
+        .arg(dst)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting receiver process")?;
+    let out = child.stdout.take().context("receiver stdout")?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(out);
+    reader.read_line(&mut line).context("reading receiver's listening line")?;
+    let v: Value = serde_json::from_str(&line).with_context(|| format!("receiver said {line:?}"))?;
+    let addr = v["listening"].as_str().context("no listening address")?.to_string();
+    Ok((child, addr, reader))
+}
+
+fn replicate(exe: &Path, src: &Path, dst: &Path) -> Result<Value> {
+    let (mut recv, addr, mut reader) = spawn_receiver(exe, dst)?;
+    let out = Command::new(exe).arg("send").arg(src).args(["--to", &addr, "--json"]).output().context("running sender")?;
+    let mut report = String::new();
+    reader.read_to_string(&mut report).context("reading receiver report")?;
+    let status = recv.wait().context("waiting for receiver")?;
+    if !out.status.success() || !status.success() {
+        bail!("replication failed: sender {}: {}; receiver {}", out.status, String::from_utf8_lossy(&out.stderr), status);
+    }
+    serde_json::from_slice(&out.stdout).context("parsing sender JSON")
+}
+
+fn verify(src: &Path, dst: &Path) -> Result<String> {
+    let opts = HashOptions { owners: rustix::process::geteuid().is_root() };
+    let (ts, cs, n) = hash_dir(src, opts, true)?;
+    let (td, cd, _) = hash_dir(dst, opts, true)?;
+    if ts != td || cs != cd {
+        bail!("trees differ: source {ts:032x}/{cs:032x?}, destination {td:032x}/{cd:032x?}");
+    }
+    Ok(format!("{n} entries, tree {ts:032x}"))
+}
+
+pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
+    let tmp;
+    let base = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new().prefix("mover-demo").tempdir().context("creating temp dir")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let (src, dst) = (base.join("source"), base.join("target"));
+    std::fs::create_dir_all(&dst).context("creating target dir")?;
+    let exe = std::env::current_exe().context("locating the mover binary")?;
+    let spec = TreeSpec { seed: 42, small_files: files, small_max: 16 * 1024, large_files: 4, large_size: 32 << 20, fanout: 60, extras: true };
+    println!("generating {} files under {}", files + 9, src.display());
+    generate(&src, &spec)?;
+
+    println!("initial sync: mover receive + mover send over 127.0.0.1");
+    let r = replicate(&exe, &src, &dst)?;
+    println!(
+        "  sent {} files, {} data bytes, {} wire bytes in {:.2}s",
+        r["files"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!("  verified by the receiver; independent check: {}", verify(&src, &dst)?);
+
+    // Change a few files and send again: only those travel.
+    for i in 0..3 {
+        let p = src.join(format!("large{i}.bin"));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).context("appending")?;
+        f.write_all(b"appended by the demo").context("appending")?;
+    }
+    std::fs::write(src.join("new-file.txt"), b"created after the first sync").context("writing new file")?;
+    println!("incremental: 3 files appended, 1 created");
+    let r = replicate(&exe, &src, &dst)?;
+    println!(
+        "  sent {} files ({} unchanged skipped), {} data bytes, {} wire bytes in {:.2}s",
+        r["files"], r["files_unchanged"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!("  verified: {}", verify(&src, &dst)?);
+    println!("demo OK");
+    Ok(())
+}

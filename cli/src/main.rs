@@ -1,0 +1,203 @@
+//! `mover`: the one binary. Parses arguments, calls into the libraries, renders progress and
+//! results, maps errors to exit codes. No replication logic lives here.
+
+mod demo;
+mod exit;
+mod progress;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mover::receiver::{ReceiveOptions, Receiver};
+use mover::sender::{send, SendOptions};
+use mover::Progress;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "mover", version, about = "Disaster-recovery data mover: replicate directory trees between nodes",
+    long_about = "Disaster-recovery data mover: replicates a directory tree from a source node to a target \
+node over TCP with a thread-per-core io_uring engine.\n\nQuick start (two shells):\n  \
+mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/data --to 127.0.0.1:3712\n\n\
+Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
+5 I/O error, 6 source changed while being read.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Receive replication sessions into a destination directory.
+    Receive {
+        /// Address to listen on, e.g. 127.0.0.1:3712 (port 0 picks a free port and prints it).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Destination root; everything the sender has is mirrored beneath it, nothing outside.
+        #[arg(long)]
+        root: PathBuf,
+        /// Exit after one session: status 0 only if it completed and verified.
+        #[arg(long)]
+        once: bool,
+        /// Machine-readable output: one JSON object per line ({"listening":..} first, then one per session).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
+    Send {
+        /// Source directory.
+        src: PathBuf,
+        /// Receiver address, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Worker threads (default: CPUs in this process's affinity mask).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object with the result instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// Read large files through the page cache instead of O_DIRECT.
+        #[arg(long)]
+        no_direct: bool,
+    },
+    /// Show CPU / NUMA / device / NIC topology and the worker pinning plan.
+    Hw {
+        /// sysfs root to read (for inspecting a captured tree).
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+        /// Workers to plan for (default: CPUs in the affinity mask).
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Plan near the block device holding this path.
+        #[arg(long)]
+        near: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the tree hash of a directory (and with --content, a hash of all file data).
+    Hash {
+        dir: PathBuf,
+        /// Also read and hash every file's contents.
+        #[arg(long)]
+        content: bool,
+        /// Leave numeric owners out (as when the receiver is not root).
+        #[arg(long)]
+        no_owners: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
+    Demo {
+        /// Work directory (default: a temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of small files to generate.
+        #[arg(long, default_value_t = 5000)]
+        files: usize,
+    },
+}
+
+fn resolve(to: &str) -> Result<SocketAddr> {
+    to.to_socket_addrs()
+        .with_context(|| format!("resolving {to}"))?
+        .next()
+        .with_context(|| format!("{to} resolves to no address"))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Receive { listen, root, once, json } => {
+            let progress = Arc::new(Progress::default());
+            let r = Receiver::bind(listen, ReceiveOptions { root, once }, progress)?;
+            let addr = r.local_addr()?;
+            if json {
+                println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+            } else {
+                eprintln!("mover: listening on {addr}");
+            }
+            let rep = r.serve(|rep| {
+                // A closed stdout must not turn a verified session into a crash.
+                let mut out = std::io::stdout().lock();
+                let _ = if json {
+                    writeln!(out, "{}", serde_json::to_string(rep).unwrap_or_default())
+                } else if rep.ok {
+                    writeln!(
+                        out,
+                        "session {}: verified, {} entries, {} files received ({} bytes), {} unchanged, {} removed, {:.2}s",
+                        rep.session, rep.entries, rep.files_received, rep.bytes, rep.files_unchanged, rep.removed, rep.seconds
+                    )
+                } else {
+                    writeln!(out, "session {}: FAILED: {}", rep.session, rep.error.as_deref().unwrap_or("?"))
+                };
+            })?;
+            if !rep.ok {
+                return Err(exit::SessionFailed(rep.error.unwrap_or_default()).into());
+            }
+            Ok(())
+        }
+        Cmd::Send { src, to, threads, json, no_direct } => {
+            let to = resolve(&to)?;
+            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct };
+            let progress = Arc::new(Progress::default());
+            let bar = progress::Bar::start(progress.clone(), !json);
+            let res = send(&opts, &progress);
+            bar.finish();
+            let rep = res?;
+            if json {
+                println!("{}", serde_json::to_string(&rep)?);
+            } else {
+                let mb = rep.bytes as f64 / 1e6;
+                println!(
+                    "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire, {} unchanged; verified tree {}",
+                    rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.files_unchanged, rep.tree_hash
+                );
+            }
+            Ok(())
+        }
+        Cmd::Hw { sysfs, threads, near, json } => {
+            let topo = hw::Topology::from_sysfs(&sysfs)?;
+            let allowed = hw::allowed_cpus()?;
+            let n = threads.unwrap_or(allowed.len() as u32);
+            let dev = near.as_deref().and_then(|p| hw::block_device_for_path(&sysfs, p));
+            let plan = hw::PinningPlan::plan(&topo, &allowed, n, dev.as_deref())?;
+            if json {
+                println!("{}", serde_json::json!({ "topology": topo, "allowed_cpus": allowed, "plan": plan }));
+            } else {
+                print!("{}", topo.render_text());
+                println!("allowed CPUs: {:?}", allowed.iter().map(|c| c.0).collect::<Vec<_>>());
+                print!("{}", plan.render_text());
+            }
+            Ok(())
+        }
+        Cmd::Hash { dir, content, no_owners, json } => {
+            let opts = mover::tree::hash::HashOptions { owners: !no_owners };
+            let (tree, data, n) = mover::tree::hash::hash_dir(&dir, opts, content)?;
+            if json {
+                let data = data.map(|d| format!("{d:032x}"));
+                println!("{}", serde_json::json!({ "entries": n, "tree_hash": format!("{tree:032x}"), "content_hash": data }));
+            } else {
+                match data {
+                    Some(d) => println!("{tree:032x} {d:032x} {n} entries"),
+                    None => println!("{tree:032x} {n} entries"),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Demo { dir, files } => demo::run(dir, files),
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("mover: error: {e:#}");
+        std::process::exit(exit::code(&e));
+    }
+}

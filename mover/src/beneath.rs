@@ -1,0 +1,92 @@
+//! Path operations that cannot leave a root directory.
+//!
+//! Every lookup goes through `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS`: `..` that would climb out, absolute paths and symlinks anywhere in the
+//! path (including ones planted in the destination) are refused by the kernel itself. Final
+//! components are then acted on relative to the resolved parent fd with `*at` calls that do not
+//! follow them. Long paths are resolved a chunk of components at a time, so depth is not bounded
+//! by PATH_MAX.
+
+use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Longest path handed to one openat2 call; PATH_MAX is 4096.
+const RESOLVE_CHUNK: usize = 3072;
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`); a bare name has an empty parent.
+pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[][..], rel),
+    }
+}
+
+/// Opens directory `rel` beneath `root` (empty `rel` = the root itself) as an O_PATH-free,
+/// readable directory fd usable as a base for `*at` calls.
+pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if rel.is_empty() {
+        return Ok(openat2(root, ".", flags, Mode::empty(), resolve_flags())?);
+    }
+    if rel.len() <= RESOLVE_CHUNK {
+        return Ok(openat2(root, rel, flags, Mode::empty(), resolve_flags())?);
+    }
+    // Walk chunk by chunk, each chunk ending at a component boundary.
+    let mut cur: Option<OwnedFd> = None;
+    let mut rest = rel;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= RESOLVE_CHUNK {
+            rest.len()
+        } else {
+            match rest[..RESOLVE_CHUNK].iter().rposition(|&b| b == b'/') {
+                Some(i) if i > 0 => i,
+                _ => return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)),
+            }
+        };
+        let (chunk, tail) = rest.split_at(cut);
+        let base = match &cur {
+            Some(fd) => fd.as_fd(),
+            None => root,
+        };
+        let next = openat2(base, chunk, flags, Mode::empty(), resolve_flags())?;
+        cur = Some(next);
+        rest = tail.strip_prefix(b"/").unwrap_or(tail);
+    }
+    match cur {
+        Some(fd) => Ok(fd),
+        None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
+/// Opens `name` (one component) inside `dir` without following a symlink there.
+pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    debug_assert!(!name.contains(&b'/'));
+    Ok(openat2(dir, name, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode, resolve_flags())?)
+}
+
+/// Opens file `rel` beneath `root`.
+pub fn open_file(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    let (parent, name) = split_parent(rel);
+    if rel.len() <= RESOLVE_CHUNK {
+        return Ok(openat2(root, rel, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode, resolve_flags())?);
+    }
+    let dir = open_dir(root, parent)?;
+    open_in(dir.as_fd(), name, flags, mode)
+}
+
+/// `/proc/self/fd/N/name`: lets path-only calls (l*xattr) act on `name` inside an already
+/// resolved directory fd without resolving the directory path again.
+pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if !name.is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(name);
+    }
+    p
+}

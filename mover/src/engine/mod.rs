@@ -1,0 +1,3 @@
+//! The io_uring engine shared by sender and receiver workers.
+
+pub mod ring;

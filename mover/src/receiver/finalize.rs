@@ -1,0 +1,81 @@
+//! The receiver's last phase, after every worker has finished: metadata of large files, hard
+//! links, symlink and special-file metadata, then directories from the deepest up (so creating
+//! children does not disturb a parent's mtime once set), and finally the verifying walk.
+
+use super::apply::remove_any;
+use super::meta::{apply_fd, times};
+use super::table::RecvTable;
+use crate::beneath::{self, split_parent};
+use crate::error::{show, Error, IoContext, Result};
+use crate::sender::plan::is_inline;
+use crate::tree::entry::EntryKind;
+use crate::tree::xattr::{sync_user_xattrs, On};
+use rustix::fs::{statat, AtFlags, Gid, Mode, OFlags, Uid};
+use std::os::fd::AsFd;
+
+pub fn finalize(t: &RecvTable) -> Result<()> {
+    let root = t.root.as_fd();
+    for (i, e) in t.entries.iter().enumerate() {
+        let path = &t.paths[i];
+        match &e.kind {
+            EntryKind::File { size } if t.need[i] && !is_inline(*size) => {
+                let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
+                apply_fd(fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of {}", show(path)))?;
+            }
+            EntryKind::HardLink { target } => {
+                let tpath = &t.paths[target.index()];
+                let (tp, tn) = split_parent(tpath);
+                let (lp, ln) = split_parent(path);
+                let tdir = beneath::open_dir(root, tp).ctx(|| format!("opening directory of {}", show(tpath)))?;
+                let ldir = beneath::open_dir(root, lp).ctx(|| format!("opening directory of {}", show(path)))?;
+                let tst = statat(&tdir, tn, AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("stat {}", show(tpath)))?;
+                let same = matches!(statat(&ldir, ln, AtFlags::SYMLINK_NOFOLLOW),
+                    Ok(s) if s.st_ino == tst.st_ino && s.st_dev == tst.st_dev);
+                if !same {
+                    remove_any(ldir.as_fd(), ln, 0).ctx(|| format!("removing {} (in the way)", show(path)))?;
+                    rustix::fs::linkat(&tdir, tn, &ldir, ln, AtFlags::empty())
+                        .ctx(|| format!("hard link {} -> {}", show(path), show(tpath)))?;
+                }
+            }
+            EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
+                let (p, n) = split_parent(path);
+                let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
+                if t.owners {
+                    rustix::fs::chownat(&dir, n, Some(Uid::from_raw(e.meta.uid)), Some(Gid::from_raw(e.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+                        .ctx(|| format!("chown {}", show(path)))?;
+                }
+                if matches!(e.kind, EntryKind::Special { .. }) {
+                    rustix::fs::chmodat(&dir, n, Mode::from_raw_mode(e.meta.mode), AtFlags::empty())
+                        .ctx(|| format!("chmod {}", show(path)))?;
+                }
+                rustix::fs::utimensat(&dir, n, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)
+                    .ctx(|| format!("setting mtime of {}", show(path)))?;
+            }
+            _ => {}
+        }
+    }
+    // Children have larger ids than their parents: reverse order is deepest first.
+    for (i, e) in t.entries.iter().enumerate().rev() {
+        if e.kind != EntryKind::Dir {
+            continue;
+        }
+        let path = &t.paths[i];
+        let fd = beneath::open_dir(root, path).ctx(|| format!("opening directory {}", show(path)))?;
+        let mut plain = e.clone();
+        plain.xattrs.clear();
+        sync_user_xattrs(On::Fd(fd.as_fd()), &e.xattrs).ctx(|| format!("xattrs of {}", show(path)))?;
+        apply_fd(fd.as_fd(), &plain, t.owners).ctx(|| format!("setting metadata of directory {}", show(path)))?;
+    }
+    rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+    Ok(())
+}
+
+/// Names the first entry where two lists differ, for a useful verification error.
+pub fn first_difference(want: &[crate::tree::entry::Entry], got: &[crate::tree::entry::Entry], paths: &[Vec<u8>]) -> Error {
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        if a != b {
+            return Error::Verify(format!("destination differs from source at {}: expected {:?}, found {:?}", show(&paths[i]), a, b));
+        }
+    }
+    Error::Verify(format!("destination has {} entries, source {}", got.len(), want.len()))
+}

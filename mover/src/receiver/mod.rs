@@ -1,0 +1,182 @@
+//! `mover receive`: accept connections, run one session at a time into the destination root.
+
+pub mod apply;
+pub mod finalize;
+pub mod meta;
+pub mod session;
+pub mod table;
+pub mod worker;
+
+use crate::error::{Error, IoContext, Result};
+use crate::transport::tcp::TcpConn;
+use crate::units::{SessionId, WorkerIndex};
+use crate::wire::frame::FrameKind;
+use crate::wire::io::{expect_frame, write_frame};
+use crate::wire::message::{encode_message, negotiate_version, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS};
+use crate::{software_version, Progress};
+use session::{Session, SessionReport};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a new connection may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the control connection may sit silent (apply phase of a huge tree, workers running).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Poll interval of the accept loop, which also notices finished sessions.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+pub struct ReceiveOptions {
+    pub root: PathBuf,
+    /// Exit after one session.
+    pub once: bool,
+}
+
+enum Accepted {
+    Control { session: Session, ctl: TcpConn },
+    Worker,
+}
+
+pub struct Receiver {
+    listener: TcpListener,
+    opts: ReceiveOptions,
+    /// Worker-connection channels of running sessions, touched only by the accept loop.
+    sessions: HashMap<SessionId, mpsc::Sender<(WorkerIndex, TcpStream)>>,
+    progress: Arc<Progress>,
+    owners: bool,
+    _lock: std::os::fd::OwnedFd,
+}
+
+impl Receiver {
+    /// Binds and locks the root so a second receiver cannot interleave writes into it.
+    pub fn bind(addr: SocketAddr, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
+        let lock = apply::open_root(&opts.root)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| Error::Usage(format!("{} is already in use by another mover receiver", opts.root.display())))?;
+        let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
+        listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
+        crate::raise_fd_limit();
+        let owners = rustix::process::geteuid().is_root();
+        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, _lock: lock })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().ctx(|| "listener address".to_string())
+    }
+
+    /// Serves until one session ended (`once`) or forever; calls `on_report` after each session.
+    pub fn serve(mut self, mut on_report: impl FnMut(&SessionReport)) -> Result<SessionReport> {
+        let (done_tx, done_rx) = mpsc::channel::<(SessionId, SessionReport)>();
+        let mut active: Option<SessionId> = None;
+        loop {
+            while let Ok((id, rep)) = done_rx.try_recv() {
+                self.sessions.remove(&id);
+                active = None;
+                on_report(&rep);
+                if self.opts.once {
+                    return Ok(rep);
+                }
+            }
+            let ready = rustix::event::poll(
+                &mut [rustix::event::PollFd::new(&self.listener, rustix::event::PollFlags::IN)],
+                Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: ACCEPT_POLL.as_nanos() as i64 }),
+            );
+            if !matches!(ready, Ok(n) if n > 0) {
+                continue;
+            }
+            let (sock, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Error::Io { context: "accept".into(), source: e }),
+            };
+            match self.handshake(sock, active.is_some()) {
+                Ok(Accepted::Control { session, ctl }) => {
+                    let id = session.id;
+                    active = Some(id);
+                    let tx = done_tx.clone();
+                    std::thread::Builder::new()
+                        .name("mover-session".into())
+                        .spawn(move || {
+                            let rep = session.run(ctl);
+                            let _ = tx.send((id, rep));
+                        })
+                        .ctx(|| "spawning session thread".to_string())?;
+                }
+                Ok(Accepted::Worker) => {}
+                Err(e) => tracing::warn!(%peer, "connection refused: {e}"),
+            }
+        }
+    }
+
+    fn handshake(&mut self, sock: TcpStream, busy: bool) -> Result<Accepted> {
+        sock.set_nonblocking(false).ctx(|| "socket mode".to_string())?;
+        let mut conn = TcpConn::new(sock).ctx(|| "socket options".to_string())?;
+        conn.0.set_read_timeout(Some(HELLO_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
+        let mut buf = Vec::new();
+        expect_frame(&mut conn, FrameKind::Hello, &mut buf)?;
+        let hello = match Hello::decode(&buf) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = write_frame(&mut conn, FrameKind::Error, &encode_message(&e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let refuse = |conn: &mut TcpConn, msg: String| -> Result<Accepted> {
+            let _ = write_frame(conn, FrameKind::Error, &encode_message(&msg));
+            Err(Error::Peer(msg))
+        };
+        let version = match negotiate_version(hello.min_version, hello.max_version) {
+            Ok(v) => v,
+            Err(e) => return refuse(&mut conn, format!("{e} (receiver is mover {})", software_version())),
+        };
+        let caps = CAP_USER_XATTRS | if self.owners { CAP_OWNERS } else { 0 };
+        let ack = HelloAck { version, software: software_version().to_string(), capabilities: caps };
+        match hello.role {
+            Role::Control { workers } => {
+                if busy {
+                    return refuse(&mut conn, "receiver busy: another session is writing to this root".into());
+                }
+                write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
+                conn.0.set_read_timeout(Some(CONTROL_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
+                let (tx, rx) = mpsc::channel();
+                self.sessions.insert(hello.session, tx);
+                let root = rustix::fs::openat(
+                    rustix::fs::CWD,
+                    &self.opts.root,
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .ctx(|| format!("opening {}", self.opts.root.display()))?;
+                let cpus = crate::worker_cpus(workers as usize, Some(&self.opts.root));
+                self.progress.reset();
+                let session = Session {
+                    id: hello.session,
+                    workers,
+                    owners: self.owners && hello.capabilities & CAP_OWNERS != 0,
+                    root,
+                    worker_conns: rx,
+                    cpus,
+                    progress: self.progress.clone(),
+                };
+                Ok(Accepted::Control { session, ctl: conn })
+            }
+            Role::Worker { index } => {
+                let Some(tx) = self.sessions.get(&hello.session) else {
+                    return refuse(&mut conn, format!("unknown session {}", hello.session));
+                };
+                write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
+                conn.0.set_read_timeout(None).ctx(|| "socket timeout".to_string())?;
+                let _ = tx.send((index, conn.0));
+                Ok(Accepted::Worker)
+            }
+        }
+    }
+
+    pub fn root_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._lock.as_fd()
+    }
+}

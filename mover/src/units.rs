@@ -1,0 +1,58 @@
+//! Newtypes for ids and units so that a byte count is never confused with an entry index.
+
+use serde::Serialize;
+
+/// A count of bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    pub const KIB: u64 = 1024;
+    pub const MIB: u64 = 1024 * 1024;
+}
+
+impl std::ops::AddAssign for Bytes {
+    fn add_assign(&mut self, rhs: Bytes) {
+        self.0 += rhs.0;
+    }
+}
+
+/// Index of an entry in a session's entry list. Entry 0 is the root directory; every other
+/// entry's parent has a smaller id, so the list is a pre-order walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct EntryId(pub u32);
+
+impl EntryId {
+    pub const ROOT: EntryId = EntryId(0);
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Random id chosen by the sender for one replication session; worker connections carry it so
+/// the receiver can attach them to the right session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    /// A fresh id from the kernel's random source.
+    pub fn random() -> std::io::Result<SessionId> {
+        let mut b = [0u8; 16];
+        let mut filled = 0;
+        while filled < b.len() {
+            let n = rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
+            filled += n;
+        }
+        Ok(SessionId(u128::from_le_bytes(b)))
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Index of a worker (and of its connection) within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct WorkerIndex(pub u16);

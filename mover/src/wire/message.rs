@@ -1,0 +1,337 @@
+//! Typed payloads of the frames in `frame.rs`. Encoding is explicit field by field; decoding
+//! bounds every length so that hostile input is an error, never an allocation on the peer's word.
+
+use super::codec::{Dec, Enc};
+use super::WireError;
+use crate::tree::entry::{
+    Entry, EntryKind, Meta, MAX_NAME_LEN, MAX_SYMLINK_TARGET, MAX_XATTRS_PER_ENTRY, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE, XATTR_PREFIX,
+};
+use crate::units::{EntryId, SessionId, WorkerIndex};
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"MOVR");
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MAX: u16 = 1;
+pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
+pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Most workers (and so connections) one session may open.
+pub const MAX_WORKERS: u16 = 256;
+/// Need-list bitmaps are split into frames of at most this many bytes.
+pub const NEED_CHUNK_BYTES: usize = 512 * 1024;
+/// Most files one FileBatch frame may carry.
+pub const MAX_BATCH_FILES: usize = 1024;
+
+/// Receiver can set numeric owners (it runs as root); otherwise owners are not replicated and
+/// both sides leave uid/gid out of the tree hash.
+pub const CAP_OWNERS: u64 = 1 << 0;
+pub const CAP_USER_XATTRS: u64 = 1 << 1;
+pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Control { workers: u16 },
+    Worker { index: WorkerIndex },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub software: String,
+    pub capabilities: u64,
+    pub session: SessionId,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloAck {
+    pub version: u16,
+    pub software: String,
+    pub capabilities: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    pub tree_hash: u128,
+    pub content_digest: u128,
+    pub data_frames: u64,
+    pub data_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub ok: bool,
+    pub message: String,
+    pub tree_hash: u128,
+}
+
+fn string(d: &mut Dec<'_>, limit: usize, what: &'static str) -> Result<String, WireError> {
+    let b = d.bytes(limit, what)?;
+    String::from_utf8(b.to_vec()).map_err(|_| WireError::NotUtf8 { field: what })
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(MAGIC).u16(self.min_version).u16(self.max_version);
+        e.bytes(self.software.as_bytes()).u64(self.capabilities).u128(self.session.0);
+        match self.role {
+            Role::Control { workers } => e.u8(0).u16(workers),
+            Role::Worker { index } => e.u8(1).u16(index.0),
+        };
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<Hello, WireError> {
+        let mut d = Dec::new(p);
+        let magic = d.u32()?;
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        let min_version = d.u16()?;
+        let max_version = d.u16()?;
+        let software = string(&mut d, MAX_SOFTWARE_VERSION_LEN, "software version")?;
+        let capabilities = d.u64()?;
+        let session = SessionId(d.u128()?);
+        let role = match (d.u8()?, d.u16()?) {
+            (0, w) if w >= 1 && w <= MAX_WORKERS => Role::Control { workers: w },
+            (1, i) if i < MAX_WORKERS => Role::Worker { index: WorkerIndex(i) },
+            (r, n) => return Err(WireError::BadRole { role: r, n }),
+        };
+        d.finish()?;
+        Ok(Hello { min_version, max_version, software, capabilities, session, role })
+    }
+}
+
+impl HelloAck {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(MAGIC).u16(self.version).bytes(self.software.as_bytes()).u64(self.capabilities);
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<HelloAck, WireError> {
+        let mut d = Dec::new(p);
+        let magic = d.u32()?;
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        let version = d.u16()?;
+        let software = string(&mut d, MAX_SOFTWARE_VERSION_LEN, "software version")?;
+        let capabilities = d.u64()?;
+        d.finish()?;
+        Ok(HelloAck { version, software, capabilities })
+    }
+}
+
+/// Picks the highest version both sides speak, or says why there is none.
+pub fn negotiate_version(peer_min: u16, peer_max: u16) -> Result<u16, WireError> {
+    let lo = peer_min.max(PROTOCOL_VERSION_MIN);
+    let hi = peer_max.min(PROTOCOL_VERSION_MAX);
+    if peer_min > peer_max || lo > hi {
+        return Err(WireError::VersionMismatch {
+            peer_min,
+            peer_max,
+            ours_min: PROTOCOL_VERSION_MIN,
+            ours_max: PROTOCOL_VERSION_MAX,
+        });
+    }
+    Ok(hi)
+}
+
+pub fn encode_message(msg: &str) -> Vec<u8> {
+    let mut e = Enc::new();
+    let b = msg.as_bytes();
+    e.bytes(&b[..b.len().min(MAX_MESSAGE_LEN)]);
+    e.buf
+}
+
+pub fn decode_message(p: &[u8]) -> Result<String, WireError> {
+    let mut d = Dec::new(p);
+    let s = d.bytes(MAX_MESSAGE_LEN, "message")?;
+    d.finish()?;
+    Ok(String::from_utf8_lossy(s).into_owned())
+}
+
+/// Appends one entry to an Entries payload.
+pub fn encode_entry(e: &mut Enc, entry: &Entry) {
+    e.u32(entry.parent.0).bytes(&entry.name).u8(entry.kind.tag());
+    let m = &entry.meta;
+    e.u32(m.mode).u32(m.uid).u32(m.gid).i64(m.mtime_sec).u32(m.mtime_nsec);
+    match &entry.kind {
+        EntryKind::Dir => {}
+        EntryKind::File { size } => {
+            e.u64(*size);
+        }
+        EntryKind::Symlink { target } => {
+            e.bytes(target);
+        }
+        EntryKind::HardLink { target } => {
+            e.u32(target.0);
+        }
+        EntryKind::Special { file_type, rdev } => {
+            e.u32(*file_type).u64(*rdev);
+        }
+    }
+    e.u16(entry.xattrs.len() as u16);
+    for (k, v) in &entry.xattrs {
+        e.bytes(k).bytes(v);
+    }
+}
+
+/// Decodes all entries of an Entries payload. Names are checked for structure by the receiver's
+/// `StructureChecker`; here only lengths and field values are bounded.
+pub fn decode_entries(p: &[u8]) -> Result<Vec<Entry>, WireError> {
+    let mut d = Dec::new(p);
+    let mut out = Vec::new();
+    while d.remaining() > 0 {
+        let parent = EntryId(d.u32()?);
+        let name = d.bytes(MAX_NAME_LEN, "file name")?.to_vec();
+        let tag = d.u8()?;
+        let meta = Meta {
+            mode: d.u32()?,
+            uid: d.u32()?,
+            gid: d.u32()?,
+            mtime_sec: d.i64()?,
+            mtime_nsec: d.u32()?,
+        };
+        if meta.mode & !0o7777 != 0 || meta.mtime_nsec >= 1_000_000_000 {
+            return Err(WireError::BadField { field: "mode or mtime" });
+        }
+        // -1 means "leave unchanged" to chown(2); it is never a real owner.
+        if meta.uid == u32::MAX || meta.gid == u32::MAX {
+            return Err(WireError::BadField { field: "uid or gid" });
+        }
+        let kind = match tag {
+            1 => EntryKind::Dir,
+            2 => EntryKind::File { size: d.u64()? },
+            3 => EntryKind::Symlink { target: d.bytes(MAX_SYMLINK_TARGET, "symlink target")?.to_vec() },
+            4 => EntryKind::HardLink { target: EntryId(d.u32()?) },
+            5 => {
+                let file_type = d.u32()?;
+                let ok = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
+                if !ok.contains(&file_type) {
+                    return Err(WireError::BadField { field: "special file type" });
+                }
+                EntryKind::Special { file_type, rdev: d.u64()? }
+            }
+            other => return Err(WireError::BadEntryKind(other)),
+        };
+        if let EntryKind::Symlink { target } = &kind {
+            if target.is_empty() || target.contains(&0) {
+                return Err(WireError::BadField { field: "symlink target" });
+            }
+        }
+        let n = d.u16()? as usize;
+        if n > MAX_XATTRS_PER_ENTRY {
+            return Err(WireError::FieldTooLong { field: "xattr count", len: n, limit: MAX_XATTRS_PER_ENTRY });
+        }
+        let mut xattrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = d.bytes(MAX_XATTR_NAME, "xattr name")?.to_vec();
+            let v = d.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();
+            if !k.starts_with(XATTR_PREFIX) || k.len() == XATTR_PREFIX.len() || k.contains(&0) {
+                return Err(WireError::BadField { field: "xattr name" });
+            }
+            xattrs.push((k, v));
+        }
+        out.push(Entry { parent, name, kind, meta, xattrs });
+    }
+    Ok(out)
+}
+
+/// One chunk of the need list: bit i of `bits` is entry `first + i`.
+pub fn encode_need(first: u32, last_chunk: bool, bits: &[u8]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(first).u8(last_chunk as u8).bytes(bits);
+    e.buf
+}
+
+pub fn decode_need(p: &[u8]) -> Result<(u32, bool, &[u8]), WireError> {
+    let mut d = Dec::new(p);
+    let first = d.u32()?;
+    let last = d.u8()? != 0;
+    let bits = d.bytes(NEED_CHUNK_BYTES, "need bitmap")?;
+    d.finish()?;
+    Ok((first, last, bits))
+}
+
+/// Files up to this size travel whole inside FileBatch frames; larger files are created (sparse,
+/// at full size) by the receiver before data flows and filled by Data frames.
+pub const INLINE_MAX: u64 = 64 * 1024;
+
+/// Prefix of a Data payload: `entry u32, offset u64`, then the file bytes.
+pub const DATA_PREFIX_LEN: usize = 12;
+
+pub fn decode_data_prefix(p: &[u8]) -> Result<(EntryId, u64, &[u8]), WireError> {
+    let mut d = Dec::new(p);
+    let entry = EntryId(d.u32()?);
+    let offset = d.u64()?;
+    Ok((entry, offset, &p[DATA_PREFIX_LEN..]))
+}
+
+/// FileBatch payload: `count u32`, then `count` records of `entry u32, len u32, bytes`.
+pub const BATCH_PREFIX_LEN: usize = 4;
+pub const BATCH_RECORD_HEADER: usize = 8;
+
+/// Splits a FileBatch payload into (entry, data) records, each `data` a sub-slice of `p`.
+pub fn decode_batch(p: &[u8]) -> Result<Vec<(EntryId, std::ops::Range<usize>)>, WireError> {
+    let mut d = Dec::new(p);
+    let count = d.u32()? as usize;
+    if count > MAX_BATCH_FILES {
+        return Err(WireError::FieldTooLong { field: "batch file count", len: count, limit: MAX_BATCH_FILES });
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let entry = EntryId(d.u32()?);
+        let len = d.u32()? as usize;
+        let start = p.len() - d.remaining();
+        d.take(len)?;
+        out.push((entry, start..start + len));
+    }
+    d.finish()?;
+    Ok(out)
+}
+
+pub fn encode_worker_done(frames: u64, bytes: u64) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u64(frames).u64(bytes);
+    e.buf
+}
+
+pub fn decode_worker_done(p: &[u8]) -> Result<(u64, u64), WireError> {
+    let mut d = Dec::new(p);
+    let r = (d.u64()?, d.u64()?);
+    d.finish()?;
+    Ok(r)
+}
+
+impl Commit {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u128(self.tree_hash).u128(self.content_digest).u64(self.data_frames).u64(self.data_bytes);
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<Commit, WireError> {
+        let mut d = Dec::new(p);
+        let c = Commit { tree_hash: d.u128()?, content_digest: d.u128()?, data_frames: d.u64()?, data_bytes: d.u64()? };
+        d.finish()?;
+        Ok(c)
+    }
+}
+
+impl Verified {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u8(self.ok as u8).u128(self.tree_hash);
+        let b = self.message.as_bytes();
+        e.bytes(&b[..b.len().min(MAX_MESSAGE_LEN)]);
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<Verified, WireError> {
+        let mut d = Dec::new(p);
+        let ok = d.u8()? == 1;
+        let tree_hash = d.u128()?;
+        let message = string(&mut d, MAX_MESSAGE_LEN, "message")?;
+        d.finish()?;
+        Ok(Verified { ok, message, tree_hash })
+    }
+}
