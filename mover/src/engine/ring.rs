@@ -5,7 +5,7 @@
 //! freed while any operation is in flight (`Drop` drains the ring first and leaks the memory if
 //! it cannot).
 
-use io_uring::{cqueue, squeue, IoUring};
+use io_uring::{cqueue, squeue, types, IoUring};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 use std::ptr::NonNull;
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 pub const BUF_ALIGN: usize = 4096;
 /// How long `Drop` waits for in-flight operations before giving up and leaking the slab.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A worker that sees no completion at all for this long reports its peer or disk as stalled
+/// instead of waiting forever (a peer that stops reading but keeps its socket open).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Slab {
     ptr: NonNull<u8>,
@@ -129,11 +132,20 @@ impl Uring {
     }
 
     /// Submits queued operations and waits for at least `want` completions (0: don't wait),
-    /// returning all available completions as (user_data, result).
-    pub fn reap(&mut self, want: usize) -> io::Result<&[(u64, i32)]> {
-        match self.ring.submit_and_wait(want) {
+    /// returning all available completions as (user_data, result). Waiting longer than `stall`
+    /// without any completion is an error of kind `TimedOut`.
+    pub fn reap_within(&mut self, want: usize, stall: Duration) -> io::Result<&[(u64, i32)]> {
+        let ts = types::Timespec::new().sec(stall.as_secs()).nsec(stall.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            // ETIME: the wait timed out; it only counts as a stall if nothing completed.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                if self.ring.completion().is_empty() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no I/O completed for {stall:?}")));
+                }
+            }
             Err(e) => return Err(e),
         }
         self.cqes.clear();
@@ -151,7 +163,7 @@ impl Drop for Uring {
     fn drop(&mut self) {
         let start = Instant::now();
         while self.inflight > 0 && start.elapsed() < DRAIN_TIMEOUT {
-            if self.reap(1).is_err() {
+            if self.reap_within(1, DRAIN_TIMEOUT).is_err() {
                 break;
             }
         }

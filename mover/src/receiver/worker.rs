@@ -6,7 +6,7 @@
 use super::meta::apply_fd;
 use super::table::RecvTable;
 use crate::beneath;
-use crate::engine::ring::{Uring, BUF_ALIGN};
+use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
@@ -103,7 +103,7 @@ impl RecvWorker {
                     // and a receive was just submitted.
                     unreachable!("receiver worker idle with nothing in flight");
                 }
-                let cqes: Vec<(u64, i32)> = ring.reap(1).ctx(|| "waiting for io_uring".to_string())?.to_vec();
+                let cqes: Vec<(u64, i32)> = ring.reap_within(1, STALL_TIMEOUT).ctx(|| "waiting for the peer and the disk".to_string())?.to_vec();
                 for (u, res) in cqes {
                     let (op, b, idx) = ud_split(u);
                     match op {

@@ -8,7 +8,7 @@
 
 use super::plan::Unit;
 use crate::beneath;
-use crate::engine::ring::{Uring, BUF_ALIGN};
+use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::{EntryId, WorkerIndex};
 use crate::wire::frame::{FrameHeader, FrameKind, DATA_CHUNK, FRAME_HEADER_LEN};
@@ -155,7 +155,7 @@ impl SendWorker {
                 }
                 continue;
             }
-            let cqes: Vec<(u64, i32)> = ring.reap(1).ctx(|| "waiting for io_uring".to_string())?.to_vec();
+            let cqes: Vec<(u64, i32)> = ring.reap_within(1, STALL_TIMEOUT).ctx(|| "waiting for the peer and the disk".to_string())?.to_vec();
             for (u, res) in cqes {
                 let (op, b, idx) = ud_split(u);
                 match op {

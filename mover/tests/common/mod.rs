@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests: an in-process receiver on 127.0.0.1, an in-process
+//! sender, tree comparison and a byte-budget TCP proxy that cuts connections.
+#![allow(dead_code)]
+
+use mover::receiver::session::SessionReport;
+use mover::receiver::{ReceiveOptions, Receiver};
+use mover::sender::{send, SendOptions, SendReport};
+use mover::tree::hash::{hash_dir, HashOptions};
+use mover::Progress;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
+    let r = Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ReceiveOptions { root: root.to_path_buf(), once: true },
+        Arc::new(Progress::default()),
+    )
+    .expect("bind receiver");
+    let addr = r.local_addr().unwrap();
+    let h = std::thread::spawn(move || r.serve(|_| {}).expect("receiver serve"));
+    (addr, h)
+}
+
+pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<SendReport> {
+    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true }, &Arc::new(Progress::default()))
+}
+
+/// One complete session src -> dst; panics unless both sides report success.
+pub fn replicate(src: &Path, dst: &Path, threads: usize) -> SendReport {
+    let (addr, h) = start_receiver(dst);
+    let rep = send_to(src, addr, threads).expect("send");
+    let r = h.join().unwrap();
+    assert!(r.ok, "receiver: {:?}", r.error);
+    rep
+}
+
+pub fn owners() -> HashOptions {
+    HashOptions { owners: rustix::process::geteuid().is_root() }
+}
+
+/// Tree hash and content hash of both trees are equal.
+pub fn assert_same_tree(src: &Path, dst: &Path) {
+    let (ts, cs, n) = hash_dir(src, owners(), true).unwrap();
+    let (td, cd, m) = hash_dir(dst, owners(), true).unwrap();
+    assert_eq!(n, m, "entry counts differ");
+    assert_eq!(ts, td, "tree hashes differ");
+    assert_eq!(cs, cd, "content hashes differ");
+}
+
+/// A proxy on 127.0.0.1 that forwards every connection to `target` and, once `budget` bytes
+/// have gone from client to server across all connections, shuts every connection down.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    pub forwarded: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    pub fn start(target: SocketAddr, budget: u64) -> CutProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (f, s) = (forwarded.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(client) = c else { break };
+                if s.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else { break };
+                conns.lock().unwrap().push(client.try_clone().unwrap());
+                conns.lock().unwrap().push(server.try_clone().unwrap());
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (f2, stop2, all) = (f.clone(), s.clone(), conns.clone());
+                std::thread::spawn(move || pump(client, server, Some((f2, budget, stop2, all))));
+                std::thread::spawn(move || pump(s2, c2, None));
+            }
+        });
+        CutProxy { addr, forwarded, stop }
+    }
+}
+
+type Budget = (Arc<AtomicU64>, u64, Arc<AtomicBool>, Arc<Mutex<Vec<TcpStream>>>);
+
+fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Budget>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some((f, limit, stop, all)) = &budget {
+            let before = f.fetch_add(n as u64, Ordering::SeqCst);
+            if before + n as u64 > *limit {
+                let allowed = limit.saturating_sub(before) as usize;
+                let _ = to.write_all(&buf[..allowed.min(n)]);
+                stop.store(true, Ordering::SeqCst);
+                // Shut down and close every connection: a socket left open but unread would
+                // only stall the sender, which is a different fault.
+                let mut conns = all.lock().unwrap();
+                for c in conns.iter() {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
+                conns.clear();
+                break;
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

@@ -1,0 +1,203 @@
+//! A receiver fed hostile input over a real socket ends the session with a clear error and
+//! touches nothing outside its root.
+
+mod common;
+
+use common::*;
+use mover::tree::entry::{Entry, EntryKind, Meta};
+use mover::units::{EntryId, SessionId, WorkerIndex};
+use mover::wire::codec::Enc;
+use mover::wire::frame::{encode_frame, FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
+use mover::wire::message::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+
+fn hello(session: u128, role: Role, min: u16, max: u16) -> Vec<u8> {
+    let h = Hello { min_version: min, max_version: max, software: "hostile".into(), capabilities: CAP_OWNERS, session: SessionId(session), role };
+    encode_frame(FrameKind::Hello, &h.encode())
+}
+
+fn read_frame(s: &mut TcpStream) -> Option<(FrameKind, Vec<u8>)> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    s.read_exact(&mut h).ok()?;
+    let h = FrameHeader::decode(&h).ok()?;
+    let mut p = vec![0u8; h.len as usize];
+    s.read_exact(&mut p).ok()?;
+    Some((h.kind, p))
+}
+
+fn connect_control(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello(1, Role::Control { workers: 1 }, 1, 1)).unwrap();
+    let (k, _) = read_frame(&mut s).expect("HelloAck");
+    assert_eq!(k, FrameKind::HelloAck);
+    s
+}
+
+fn entry(parent: u32, name: &[u8], kind: EntryKind) -> Entry {
+    Entry { parent: EntryId(parent), name: name.to_vec(), kind, meta: Meta { mode: 0o644, ..Meta::default() }, xattrs: vec![] }
+}
+
+fn entries_frame(es: &[Entry]) -> Vec<u8> {
+    let mut e = Enc::new();
+    for x in es {
+        encode_entry(&mut e, x);
+    }
+    encode_frame(FrameKind::Entries, &e.buf)
+}
+
+fn root_entry() -> Entry {
+    entry(0, b"", EntryKind::Dir)
+}
+
+/// Runs `attack` against a fresh receiver and returns the receiver's error text. Also checks
+/// that a sentinel directory beside the root is untouched.
+fn attack(setup: impl FnOnce(&Path, &Path), attack: impl FnOnce(SocketAddr)) -> (String, tempfile::TempDir) {
+    let t = tempfile::tempdir().unwrap();
+    let (root, outside) = (t.path().join("root"), t.path().join("outside"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    setup(&root, &outside);
+    let (addr, h) = start_receiver(&root);
+    attack(addr);
+    let rep = h.join().unwrap();
+    assert!(!rep.ok, "hostile session must fail");
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing created outside the root");
+    (rep.error.unwrap_or_default(), t)
+}
+
+#[test]
+fn oversized_frame_is_rejected_naming_the_limit() {
+    let (err, _t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        let h = FrameHeader { kind: FrameKind::Entries, len: (MAX_FRAME_PAYLOAD + 1) as u32, checksum: 0 };
+        s.write_all(&h.encode()).unwrap();
+        let (k, msg) = read_frame(&mut s).expect("error frame");
+        assert_eq!(k, FrameKind::Error);
+        assert!(decode_message(&msg).unwrap().contains("MAX_FRAME_PAYLOAD"));
+    });
+    assert!(err.contains("exceeds the limit of 2097152"), "{err}");
+}
+
+#[test]
+fn corrupted_frame_is_rejected_before_use() {
+    let (err, t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        let mut f = entries_frame(&[root_entry(), entry(0, b"made-by-corrupt-frame", EntryKind::Dir)]);
+        let last = f.len() - 1;
+        f[last] ^= 0xff;
+        s.write_all(&f).unwrap();
+        let _ = read_frame(&mut s);
+    });
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(!t.path().join("root/made-by-corrupt-frame").exists());
+}
+
+#[test]
+fn truncated_frame_ends_the_session() {
+    let (err, _t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        let f = entries_frame(&[root_entry(), entry(0, b"a", EntryKind::Dir)]);
+        s.write_all(&f[..f.len() - 3]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = read_frame(&mut s);
+    });
+    assert!(err.contains("reading Entries frame"), "{err}");
+}
+
+#[test]
+fn hostile_names_are_rejected() {
+    for bad in [&b".."[..], b".", b"a/b", b"", b"nul\0byte", b"../../outside/victim"] {
+        let (err, t) = attack(|_, _| {}, |addr| {
+            let mut s = connect_control(addr);
+            s.write_all(&entries_frame(&[root_entry(), entry(0, bad, EntryKind::File { size: 1 })])).unwrap();
+            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
+            let (k, _) = read_frame(&mut s).expect("error frame");
+            assert_eq!(k, FrameKind::Error);
+        });
+        assert!(err.contains("bad name"), "{bad:?}: {err}");
+        assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0, "nothing created for {bad:?}");
+    }
+}
+
+#[test]
+fn parent_that_is_not_a_directory_is_rejected() {
+    let (err, _t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        let es = [root_entry(), entry(0, b"f", EntryKind::File { size: 1 }), entry(1, b"under-a-file", EntryKind::Dir)];
+        s.write_all(&entries_frame(&es)).unwrap();
+        let _ = read_frame(&mut s);
+    });
+    assert!(err.contains("parent 1 is not an earlier directory"), "{err}");
+}
+
+#[test]
+fn symlink_planted_in_destination_does_not_redirect_writes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (t.path().join("src"), t.path().join("dst"), t.path().join("outside"));
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/file"), b"from the source").unwrap();
+    std::fs::write(src.join("victim"), vec![7u8; 200_000]).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    // A directory position and a file position both point outside the root.
+    std::os::unix::fs::symlink(&outside, dst.join("sub")).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), dst.join("victim")).unwrap();
+    replicate(&src, &dst, 2);
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+    assert!(!outside.join("file").exists());
+    assert!(std::fs::symlink_metadata(dst.join("sub")).unwrap().is_dir());
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn data_frame_for_an_entry_not_in_the_session_is_rejected() {
+    let (err, t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        s.write_all(&entries_frame(&[root_entry(), entry(0, b"d", EntryKind::Dir)])).unwrap();
+        s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
+        let (k, _) = read_frame(&mut s).expect("need list");
+        assert_eq!(k, FrameKind::NeedList);
+        let mut w = TcpStream::connect(addr).unwrap();
+        w.write_all(&hello(1, Role::Worker { index: WorkerIndex(0) }, 1, 1)).unwrap();
+        let (k, _) = read_frame(&mut w).expect("ack");
+        assert_eq!(k, FrameKind::HelloAck);
+        let mut p = Vec::new();
+        p.extend_from_slice(&1u32.to_le_bytes()); // entry 1 is a directory
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend_from_slice(b"payload aimed at a directory");
+        w.write_all(&encode_frame(FrameKind::Data, &p)).unwrap();
+        let _ = read_frame(&mut s);
+    });
+    assert!(err.contains("does not transfer"), "{err}");
+    assert_eq!(std::fs::read_dir(t.path().join("root/d")).unwrap().count(), 0);
+}
+
+#[test]
+fn version_mismatch_is_refused_with_both_ranges() {
+    let t = tempfile::tempdir().unwrap();
+    let (addr, _h) = start_receiver(t.path());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello(5, Role::Control { workers: 1 }, 90, 99)).unwrap();
+    let (k, msg) = read_frame(&mut s).expect("error frame");
+    assert_eq!(k, FrameKind::Error);
+    let msg = decode_message(&msg).unwrap();
+    assert!(msg.contains("peer speaks 90..=99, we speak 1..=1"), "{msg}");
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (addr, _h) = start_receiver(t.path());
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut p = hello(5, Role::Control { workers: 1 }, 1, 1)[FRAME_HEADER_LEN..].to_vec();
+    p[0] = b'X';
+    s.write_all(&encode_frame(FrameKind::Hello, &p)).unwrap();
+    let (k, msg) = read_frame(&mut s).expect("error frame");
+    assert_eq!(k, FrameKind::Error);
+    assert!(decode_message(&msg).unwrap().contains("bad magic"));
+}

@@ -1,0 +1,129 @@
+//! The frame and message decoders: round trips, bounds, and no panic on arbitrary bytes.
+
+use mover::sender::plan::{plan, FileToSend, Unit, EXTENT_SIZE};
+use mover::tree::entry::{validate_name, Entry, EntryKind, Meta, NameError};
+use mover::units::EntryId;
+use mover::wire::codec::Enc;
+use mover::wire::frame::{decode_frame, encode_frame, FrameKind, MAX_FRAME_PAYLOAD};
+use mover::wire::message::*;
+use mover::wire::WireError;
+use proptest::prelude::*;
+
+fn arb_entry() -> impl Strategy<Value = Entry> {
+    let kind = prop_oneof![
+        Just(EntryKind::Dir),
+        any::<u64>().prop_map(|size| EntryKind::File { size }),
+        proptest::collection::vec(1u8..=255, 1..100).prop_map(|target| EntryKind::Symlink { target }),
+        any::<u32>().prop_map(|t| EntryKind::HardLink { target: EntryId(t) }),
+    ];
+    (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300), kind, 0u32..0o7777, 0u32..u32::MAX, any::<i64>(), 0u32..1_000_000_000)
+        .prop_map(|(parent, name, kind, mode, uid, mtime_sec, mtime_nsec)| Entry {
+            parent: EntryId(parent),
+            name: name.into_iter().take(255).collect(),
+            kind,
+            meta: Meta { mode, uid, gid: uid / 2, mtime_sec, mtime_nsec },
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn entries_round_trip(es in proptest::collection::vec(arb_entry(), 0..20)) {
+        let mut e = Enc::new();
+        for x in &es { encode_entry(&mut e, x); }
+        let f = encode_frame(FrameKind::Entries, &e.buf);
+        let (h, p, used) = decode_frame(&f).unwrap();
+        prop_assert_eq!(h.kind, FrameKind::Entries);
+        prop_assert_eq!(used, f.len());
+        prop_assert_eq!(decode_entries(p).unwrap(), es);
+    }
+
+    #[test]
+    fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = decode_frame(&bytes);
+        let _ = decode_entries(&bytes);
+        let _ = Hello::decode(&bytes);
+        let _ = HelloAck::decode(&bytes);
+        let _ = decode_batch(&bytes);
+        let _ = decode_need(&bytes);
+        let _ = Commit::decode(&bytes);
+        let _ = Verified::decode(&bytes);
+    }
+
+    #[test]
+    fn any_single_bit_flip_in_a_frame_is_detected(payload in proptest::collection::vec(any::<u8>(), 1..2000), bit in 0usize..16_000) {
+        let f = encode_frame(FrameKind::Data, &payload);
+        let mut g = f.clone();
+        let bit = bit % (g.len() * 8);
+        g[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(decode_frame(&g).is_err());
+    }
+
+    #[test]
+    fn plan_covers_every_byte_exactly_once(sizes in proptest::collection::vec(0u64..(20 << 20), 1..40), workers in 1usize..6) {
+        let files: Vec<FileToSend> = sizes.iter().enumerate()
+            .map(|(i, &s)| FileToSend { entry: EntryId(i as u32 + 1), size: s, regions: vec![(0, s)] })
+            .collect();
+        let plans = plan(&files, workers);
+        prop_assert_eq!(plans.len(), workers);
+        let mut covered = vec![Vec::new(); files.len() + 1];
+        for u in plans.iter().flatten() {
+            match u {
+                Unit::Chunk { entry, offset, len } => covered[entry.index()].push((*offset, *len as u64)),
+                Unit::Batch { files: fs } => for (e, l) in fs { covered[e.index()].push((0, *l as u64)); },
+            }
+        }
+        for f in &files {
+            let c = &mut covered[f.entry.index()];
+            c.sort();
+            let mut pos = 0;
+            for (o, l) in c.iter() { prop_assert_eq!(*o, pos); pos += l; }
+            prop_assert_eq!(pos, f.size);
+        }
+    }
+}
+
+#[test]
+fn frame_over_the_limit_is_rejected_before_reading_it() {
+    let mut f = encode_frame(FrameKind::Data, b"x");
+    f[4..8].copy_from_slice(&((MAX_FRAME_PAYLOAD as u32) + 1).to_le_bytes());
+    assert_eq!(decode_frame(&f).unwrap_err(), WireError::FrameTooLarge { len: MAX_FRAME_PAYLOAD + 1, limit: MAX_FRAME_PAYLOAD });
+}
+
+#[test]
+fn truncated_frame_is_reported() {
+    let f = encode_frame(FrameKind::Data, b"hello world");
+    assert!(matches!(decode_frame(&f[..f.len() - 1]), Err(WireError::Truncated { .. })));
+}
+
+#[test]
+fn names_that_could_escape_are_invalid() {
+    assert_eq!(validate_name(b".."), Err(NameError::Dots));
+    assert_eq!(validate_name(b"."), Err(NameError::Dots));
+    assert_eq!(validate_name(b"a/b"), Err(NameError::Slash));
+    assert_eq!(validate_name(b"/etc"), Err(NameError::Slash));
+    assert_eq!(validate_name(b""), Err(NameError::Empty));
+    assert_eq!(validate_name(b"a\0b"), Err(NameError::Nul));
+    assert_eq!(validate_name(&[b'x'; 256]), Err(NameError::TooLong(256)));
+    assert_eq!(validate_name(b"\xff\xfe ok ..."), Ok(()));
+}
+
+#[test]
+fn version_negotiation_picks_the_highest_common_version() {
+    assert_eq!(negotiate_version(1, 5), Ok(PROTOCOL_VERSION_MAX));
+    assert!(matches!(negotiate_version(2, 9), Err(WireError::VersionMismatch { .. })));
+    assert!(matches!(negotiate_version(1, 0), Err(WireError::VersionMismatch { .. })));
+}
+
+#[test]
+fn large_files_are_split_across_workers_on_extent_boundaries() {
+    let files = vec![FileToSend { entry: EntryId(1), size: 10 * EXTENT_SIZE, regions: vec![(0, 10 * EXTENT_SIZE)] }];
+    let plans = plan(&files, 2);
+    assert!(plans.iter().all(|p| !p.is_empty()), "both workers get extents of the one big file");
+    for u in plans.iter().flatten() {
+        let Unit::Chunk { offset, .. } = u else { panic!("large file sent as batch") };
+        assert_eq!(offset % 4096, 0, "chunk offsets stay O_DIRECT aligned");
+    }
+}
