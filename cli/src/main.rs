@@ -40,6 +40,10 @@ enum Cmd {
         /// Exit after one session: status 0 only if it completed and verified.
         #[arg(long)]
         once: bool,
+        /// Flush the destination file system (syncfs) before acknowledging a session, so a
+        /// verified session is also durable. Off by default, like rsync without --fsync.
+        #[arg(long)]
+        fsync: bool,
         /// Machine-readable output: one JSON object per line ({"listening":..} first, then one per session).
         #[arg(long)]
         json: bool,
@@ -107,9 +111,9 @@ fn resolve(to: &str) -> Result<SocketAddr> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Receive { listen, root, once, json } => {
+        Cmd::Receive { listen, root, once, fsync, json } => {
             let progress = Arc::new(Progress::default());
-            let r = Receiver::bind(listen, ReceiveOptions { root, once }, progress)?;
+            let r = Receiver::bind(listen, ReceiveOptions { root, once, fsync }, progress)?;
             let addr = r.local_addr()?;
             if json {
                 println!("{}", serde_json::json!({ "listening": addr.to_string() }));

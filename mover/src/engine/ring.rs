@@ -17,6 +17,8 @@ pub const BUF_ALIGN: usize = 4096;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A worker that sees no completion at all for this long reports its peer or disk as stalled
 /// instead of waiting forever (a peer that stops reading but keeps its socket open).
+/// io-wq threads per ring for file I/O (see `Uring::new`).
+const IOWQ_BOUNDED_WORKERS: u32 = 1;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Slab {
@@ -97,6 +99,13 @@ pub struct Uring {
 impl Uring {
     pub fn new(entries: u32, nbuf: usize, buf_size: usize) -> io::Result<Uring> {
         let ring = IoUring::builder().setup_cqsize(entries * 2).build(entries)?;
+        // Buffered file I/O that cannot complete inline is punted to io-wq threads. Unbounded,
+        // several of them end up spinning on the same inode's i_rwsem; a small bound keeps the
+        // file I/O of one worker in one or two kernel threads and leaves the CPUs to the rings.
+        let mut max = [IOWQ_BOUNDED_WORKERS, 0];
+        if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+            tracing::debug!("cannot bound io-wq workers: {e}");
+        }
         let slab = Slab::new(nbuf, buf_size)?;
         let iov = slab.iovecs();
         // SAFETY: the iovecs describe `slab`'s allocation, which outlives the registration: the

@@ -117,12 +117,15 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
             links_to[target.index()] += 1;
         }
     }
+    // Directories this phase created: nothing can exist inside them yet (the root is locked
+    // against other receivers), so their children need no lookup and no extraneous pass.
+    let mut fresh = vec![false; entries.len()];
     let mut dirs = DirStack { stack: Vec::new() };
     for (i, e) in entries.iter().enumerate().skip(1) {
         let path = &paths[i];
         let dir = dirs.parent(root, e.parent, paths)?;
         let name = e.name.as_slice();
-        let st = stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))?;
+        let st = if fresh[e.parent.index()] { None } else { stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))? };
         let ft = st.as_ref().map(ftype);
         let clear = |stats: &mut ApplyStats| -> Result<()> {
             stats.removed += remove_any(dir, name, 0).ctx(|| format!("removing {} (in the way)", show(path)))?;
@@ -135,6 +138,7 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
                         clear(&mut stats)?;
                     }
                     rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir {}", show(path)))?;
+                    fresh[i] = true;
                 }
                 let sub = beneath::open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
                     .ctx(|| format!("opening directory {}", show(path)))?;
@@ -191,16 +195,16 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
         }
     }
     drop(dirs);
-    stats.removed += remove_extraneous(root, entries, paths)?;
+    stats.removed += remove_extraneous(root, entries, paths, &fresh)?;
     Ok((need, stats))
 }
 
 /// Removes what the destination holds that the source does not (the target is a mirror).
-fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>]) -> Result<u64> {
+fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], fresh: &[bool]) -> Result<u64> {
     let names: HashSet<(u32, &[u8])> = entries.iter().skip(1).map(|e| (e.parent.0, e.name.as_slice())).collect();
     let mut removed = 0;
     for (i, e) in entries.iter().enumerate() {
-        if e.kind != EntryKind::Dir {
+        if e.kind != EntryKind::Dir || fresh[i] {
             continue;
         }
         let fd = beneath::open_dir(root, &paths[i]).ctx(|| format!("opening directory {}", show(&paths[i])))?;

@@ -13,7 +13,7 @@ use crate::tree::xattr::{sync_user_xattrs, On};
 use rustix::fs::{statat, AtFlags, Gid, Mode, OFlags, Uid};
 use std::os::fd::AsFd;
 
-pub fn finalize(t: &RecvTable) -> Result<()> {
+pub fn finalize(t: &RecvTable, fsync: bool) -> Result<()> {
     let root = t.root.as_fd();
     for (i, e) in t.entries.iter().enumerate() {
         let path = &t.paths[i];
@@ -66,7 +66,9 @@ pub fn finalize(t: &RecvTable) -> Result<()> {
         sync_user_xattrs(On::Fd(fd.as_fd()), &e.xattrs).ctx(|| format!("xattrs of {}", show(path)))?;
         apply_fd(fd.as_fd(), &plain, t.owners).ctx(|| format!("setting metadata of directory {}", show(path)))?;
     }
-    rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+    if fsync {
+        rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+    }
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub struct ReceiveOptions {
     pub root: PathBuf,
     /// Exit after one session.
     pub once: bool,
+    /// Flush the destination file system (syncfs) before a session is acknowledged as verified.
+    pub fsync: bool,
 }
 
 enum Accepted {
@@ -157,6 +159,7 @@ impl Receiver {
                     id: hello.session,
                     workers,
                     owners: self.owners && hello.capabilities & CAP_OWNERS != 0,
+                    fsync: self.opts.fsync,
                     root,
                     worker_conns: rx,
                     cpus,

@@ -46,6 +46,8 @@ pub struct Session {
     pub id: SessionId,
     pub workers: u16,
     pub owners: bool,
+    /// syncfs the destination before verifying and acknowledging.
+    pub fsync: bool,
     pub root: OwnedFd,
     pub worker_conns: Receiver<(WorkerIndex, TcpStream)>,
     pub cpus: Vec<Option<hw::CpuId>>,
@@ -170,7 +172,7 @@ impl Session {
                 if commit.content_digest != digest { " (content digest differs)" } else { "" }
             )));
         }
-        finalize(&table)?;
+        finalize(&table, self.fsync)?;
         let opts = HashOptions { owners: self.owners };
         let walked = crate::tree::walk::walk_fd(std::os::fd::AsFd::as_fd(&table.root), true)?;
         let got = tree_hash(&walked.entries, opts);

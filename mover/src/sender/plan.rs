@@ -1,6 +1,6 @@
 //! Sharding, pure: which worker sends which bytes. Small files are packed many to a frame;
-//! large files are cut into extents that are spread over workers so one big file keeps every
-//! worker busy. Deterministic for a given input, so tests can check coverage exactly.
+//! large files are cut into extents, and the sequence of batches and extents is split into
+//! contiguous spans of equal cost, one per worker, so even one big file keeps every worker busy. Deterministic for a given input, so tests can check coverage exactly.
 
 use crate::units::EntryId;
 use crate::wire::frame::DATA_CHUNK;
@@ -93,17 +93,18 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
     }
     flush(&mut batch, &mut batch_bytes, &mut items);
 
-    let mut load = vec![0u64; workers];
+    // Contiguous spans, balanced by cost: a worker gets whole files (or one long run of a big
+    // file) so the receiver's workers never write the same inode at once and reads stay
+    // sequential per worker; consecutive small files share directories.
+    let total: u64 = items.iter().map(|(c, _)| c).sum();
     let mut out: Vec<Vec<Unit>> = vec![Vec::new(); workers];
+    let mut acc = 0u64;
     for (cost, units) in items {
-        let mut w = 0;
-        for i in 1..workers {
-            if load[i] < load[w] {
-                w = i;
-            }
-        }
-        load[w] += cost;
-        out[w].extend(units);
+        // The worker whose share of the total this item's midpoint falls into.
+        let mid = acc + cost / 2;
+        let w = if total == 0 { 0 } else { ((mid as u128 * workers as u128) / total as u128) as usize };
+        out[w.min(workers - 1)].extend(units);
+        acc += cost;
     }
     out
 }

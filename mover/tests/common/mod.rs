@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
     let r = Receiver::bind(
         "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions { root: root.to_path_buf(), once: true },
+        ReceiveOptions { root: root.to_path_buf(), once: true, fsync: true },
         Arc::new(Progress::default()),
     )
     .expect("bind receiver");

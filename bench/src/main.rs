@@ -1,0 +1,133 @@
+//! `bench`: mover vs rsync (daemon mode, 127.0.0.1) on the same data in the same run,
+//! alternating, page cache dropped before each run, with the machine's limits measured in the
+//! same run. Writes results/<date>-<name>.json and .md.
+
+mod dataset;
+mod limits;
+mod mover_run;
+mod proc;
+mod report;
+mod rsync;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use dataset::Kind;
+use report::{Sample, Tool};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(about = "Benchmark mover against rsync (daemon mode) on 127.0.0.1")]
+struct Args {
+    /// all | large | small | mixed | limits
+    #[arg(default_value = "all")]
+    what: String,
+    /// Where datasets and destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// mover binary (default: target/release/mover beside this binary).
+    #[arg(long)]
+    mover: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Result file name (default: the dataset argument).
+    #[arg(long)]
+    name: Option<String>,
+    /// Scale dataset sizes (0.01 for a smoke run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    #[arg(long, value_enum, default_value_t = Tools::Both)]
+    tools: Tools,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Tools {
+    Both,
+    Mover,
+    Rsync,
+}
+
+fn fresh(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+fn check_copy(src: &Path, dst: &Path, tool: Tool) -> Result<()> {
+    let (a, b) = (dataset::count(src)?, dataset::count(dst)?);
+    if a != b {
+        bail!("{tool:?} left {} files / {} bytes, source has {} / {}", b.0, b.1, a.0, a.1);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let work = a.work_dir.clone().or_else(|| std::env::var_os("MOVER_BENCH_DIR").map(PathBuf::from)).unwrap_or_else(|| "/work/bench-data".into());
+    let mover = match &a.mover {
+        Some(m) => m.clone(),
+        None => std::env::current_exe()?.parent().context("exe dir")?.join("mover"),
+    };
+    if a.tools != Tools::Rsync && !mover.exists() {
+        bail!("mover binary not found at {} (cargo build --release first, or pass --mover)", mover.display());
+    }
+    let kinds: Vec<Kind> = match a.what.as_str() {
+        "all" => vec![Kind::Large, Kind::Small, Kind::Mixed],
+        "large" => vec![Kind::Large],
+        "small" => vec![Kind::Small],
+        "mixed" => vec![Kind::Mixed],
+        "limits" => vec![],
+        other => bail!("unknown benchmark {other:?}: all, large, small, mixed or limits"),
+    };
+    std::fs::create_dir_all(&work)?;
+    let tcp = limits::loopback_tcp()?;
+    eprintln!("bench: loopback TCP single stream {tcp:.0} MB/s");
+    let mut rep = report::Report::new(&mover, a.scale, tcp);
+    for kind in kinds {
+        let ds = dataset::ensure(&work, kind, a.scale)?;
+        let read = limits::sequential_read(&ds.dir)?;
+        eprintln!("bench: {}: {} files, {} bytes; sequential read {read:.0} MB/s", kind.name(), ds.files, ds.bytes);
+        let dst = work.join(kind.name()).join("dst");
+        let tmp = work.join(kind.name()).join("rsyncd");
+        std::fs::create_dir_all(&tmp)?;
+        fresh(&dst)?;
+        let daemon = if a.tools != Tools::Mover { Some(rsync::Daemon::start(&tmp, &dst)?) } else { None };
+        let mut samples = Vec::new();
+        for r in 0..a.reps {
+            for tool in [Tool::Mover, Tool::Rsync, Tool::MoverFsync] {
+                let is_rsync = tool == Tool::Rsync;
+                if (is_rsync && a.tools == Tools::Mover) || (!is_rsync && a.tools == Tools::Rsync) {
+                    continue;
+                }
+                fresh(&dst)?;
+                let dropped = proc::drop_caches();
+                let s = match (tool, &daemon) {
+                    (Tool::Rsync, Some(d)) => {
+                        let x = d.run(&ds.dir)?;
+                        Sample { tool, rep: r, seconds: x.seconds, cpu_seconds: x.cpu_seconds, wire_bytes: x.wire_bytes, cache_dropped: dropped }
+                    }
+                    (Tool::Rsync, None) => continue,
+                    _ => {
+                        let x = mover_run::run(&mover, &ds.dir, &dst, tool == Tool::MoverFsync)?;
+                        if x.files != ds.files {
+                            bail!("mover sent {} files into an empty destination, dataset has {}", x.files, ds.files);
+                        }
+                        Sample { tool, rep: r, seconds: x.seconds, cpu_seconds: x.cpu_seconds, wire_bytes: x.wire_bytes, cache_dropped: dropped }
+                    }
+                };
+                check_copy(&ds.dir, &dst, tool)?;
+                eprintln!("bench: {} {:?} rep {r}: {:.2}s, cpu {:.2}s, wire {}", kind.name(), tool, s.seconds, s.cpu_seconds, s.wire_bytes);
+                samples.push(s);
+            }
+        }
+        fresh(&dst)?;
+        rep.add(ds, read, samples);
+    }
+    let name = a.name.clone().unwrap_or_else(|| a.what.clone());
+    let (json, md) = rep.write(&a.results, &name)?;
+    println!("{}", rep.markdown());
+    eprintln!("bench: wrote {} and {}", json.display(), md.display());
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! One mover initial sync: `mover receive --once --json` and `mover send --json` as separate
+//! processes, both measured with wait4.
+
+use crate::proc::wait_usage;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+pub struct MoverRun {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub wire_bytes: u64,
+    pub files: u64,
+}
+
+pub fn run(mover: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<MoverRun> {
+    let mut recv = Command::new(mover);
+    recv.args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"]).arg(dst);
+    if fsync {
+        recv.arg("--fsync");
+    }
+    let mut recv = recv.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {}", mover.display()))?;
+    let mut lines = BufReader::new(recv.stdout.take().context("receiver stdout")?);
+    let mut first = String::new();
+    lines.read_line(&mut first)?;
+    let addr = serde_json::from_str::<Value>(&first)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(str::to_string))
+        .with_context(|| format!("receiver did not report its address: {first:?}"))?;
+    let start = Instant::now();
+    let mut send = Command::new(mover)
+        .arg("send")
+        .arg(src)
+        .args(["--to", &addr, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting mover send")?;
+    let mut out = String::new();
+    send.stdout.take().context("sender stdout")?.read_to_string(&mut out)?;
+    let su = wait_usage(&mut send)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest)?;
+    let ru = wait_usage(&mut recv)?;
+    if !su.exit_ok || !ru.exit_ok {
+        let mut e1 = String::new();
+        let mut e2 = String::new();
+        let _ = send.stderr.take().map(|mut s| s.read_to_string(&mut e1));
+        let _ = recv.stderr.take().map(|mut s| s.read_to_string(&mut e2));
+        bail!("mover failed: sender: {e1} receiver: {e2} {rest}");
+    }
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("sender JSON {out:?}"))?;
+    Ok(MoverRun {
+        seconds,
+        cpu_seconds: su.cpu_seconds + ru.cpu_seconds,
+        wire_bytes: v["wire_bytes"].as_u64().context("wire_bytes")?,
+        files: v["files"].as_u64().context("files")?,
+    })
+}
