@@ -1,0 +1,137 @@
+//! The `mover` binary as users and scripts meet it: help, JSON, exit codes, the demo, and an
+//! strace of a send showing data moving through io_uring from pinned workers.
+
+use assert_cmd::cargo::cargo_bin;
+use assert_cmd::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+fn mover() -> Command {
+    Command::cargo_bin("mover").unwrap()
+}
+
+fn start_receiver(root: &std::path::Path) -> (Child, String) {
+    let mut c = std::process::Command::new(cargo_bin("mover"))
+        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"])
+        .arg(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (c, v["listening"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn help_explains_commands_and_exit_codes() {
+    let out = mover().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for w in ["receive", "send", "hw", "hash", "demo", "Exit codes"] {
+        assert!(text.contains(w), "--help lacks {w}");
+    }
+}
+
+#[test]
+fn send_to_a_closed_port_fails_with_the_io_exit_code() {
+    let t = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = mover().arg("send").arg(t.path()).args(["--to", &format!("127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to receiver"));
+}
+
+#[test]
+fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
+    std::fs::write(src.join("b"), b"bee").unwrap();
+    let (mut recv, addr) = start_receiver(&dst);
+    let out = mover().arg("send").arg(&src).args(["--to", &addr, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 2);
+    assert_eq!(v["bytes"], 100_003);
+    assert!(v["wire_bytes"].as_u64().unwrap() > 100_003);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(recv.wait().unwrap().success(), "receiver --once exits 0 after a verified session");
+    assert_eq!(std::fs::read(dst.join("b")).unwrap(), b"bee");
+}
+
+#[test]
+fn receive_refuses_a_root_that_is_not_a_directory() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("file"), b"x").unwrap();
+    let out = mover().args(["receive", "--listen", "127.0.0.1:0", "--once", "--root"]).arg(t.path().join("file")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opening destination root"));
+}
+
+#[test]
+fn hw_json_has_topology_and_a_plan() {
+    let out = mover().args(["hw", "--json", "--threads", "3"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["topology"]["cpus"].as_array().unwrap().is_empty());
+    assert_eq!(v["plan"]["workers"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn demo_replicates_and_verifies_between_two_processes() {
+    let t = tempfile::tempdir().unwrap();
+    let out = mover().args(["demo", "--files", "300", "--dir"]).arg(t.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("demo OK") && text.contains("incremental"));
+}
+
+/// strace must be installed (.ci/run installs it); this test fails loudly without it.
+#[test]
+fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
+    let strace = which("strace").expect("strace is required for this test: apt-get install strace (done by .ci/run)");
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut data = vec![0u8; 16 << 20];
+    mover::gen::Rng(3).fill(&mut data);
+    std::fs::write(src.join("big1"), &data).unwrap();
+    std::fs::write(src.join("big2"), &data[..8 << 20]).unwrap();
+    let (mut recv, addr) = start_receiver(&dst);
+    let log = t.path().join("strace.log");
+    let st = std::process::Command::new(strace)
+        .args(["-f", "-qq", "-e", "trace=read,write,pread64,pwrite64,readv,writev,sendto,sendmsg,io_uring_enter,sched_setaffinity", "-o"])
+        .arg(&log)
+        .arg(cargo_bin("mover"))
+        .arg("send")
+        .arg(&src)
+        .args(["--to", &addr, "--threads", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(recv.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let uring = log.lines().filter(|l| l.contains("io_uring_enter(")).count();
+    // A syscall that moved a data-sized block (>= 64 KiB) outside io_uring.
+    let big_copies: Vec<&str> = log
+        .lines()
+        .filter(|l| ["read(", "write(", "pread64(", "pwrite64(", "sendto(", "sendmsg(", "readv(", "writev("].iter().any(|c| l.contains(c)))
+        .filter(|l| l.rsplit(" = ").next().and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0) >= 65536)
+        .collect();
+    assert!(uring >= 4, "expected the data to move through io_uring_enter, saw {uring} calls");
+    assert!(big_copies.is_empty(), "data moved outside io_uring: {big_copies:?}");
+    let pins: Vec<&str> = log.lines().filter(|l| l.contains("sched_setaffinity(0,") && l.ends_with("= 0")).collect();
+    assert_eq!(pins.len(), 2, "one pin per worker: {pins:?}");
+    for p in &pins {
+        let mask = &p[p.find('[').unwrap() + 1..p.find(']').unwrap()];
+        assert!(mask.parse::<u32>().is_ok(), "worker pinned to a single CPU, got [{mask}]");
+    }
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.exists())
+}
