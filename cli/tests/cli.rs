@@ -104,7 +104,9 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
     let (mut recv, addr) = start_receiver(&dst);
     let log = t.path().join("strace.log");
     let st = std::process::Command::new(strace)
-        .args(["-f", "-qq", "-e", "trace=read,write,pread64,pwrite64,readv,writev,sendto,sendmsg,io_uring_enter,sched_setaffinity", "-o"])
+        // -ff: one file per thread, so concurrent syscalls are never split into
+        // "<unfinished ...>" / "resumed" halves.
+        .args(["-ff", "-qq", "-e", "trace=read,write,pread64,pwrite64,readv,writev,sendto,sendmsg,io_uring_enter,sched_setaffinity", "-o"])
         .arg(&log)
         .arg(cargo_bin("mover"))
         .arg("send")
@@ -114,7 +116,14 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
         .unwrap();
     assert!(st.success());
     assert!(recv.wait().unwrap().success());
-    let log = std::fs::read_to_string(&log).unwrap();
+    let mut log_text = String::new();
+    for e in std::fs::read_dir(t.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("strace.log.") {
+            log_text.push_str(&std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    let log = log_text;
     let uring = log.lines().filter(|l| l.contains("io_uring_enter(")).count();
     // A syscall that moved a data-sized block (>= 64 KiB) outside io_uring.
     let big_copies: Vec<&str> = log
