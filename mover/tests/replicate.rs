@@ -36,7 +36,7 @@ fn replicates_every_kind_of_item() {
     let src_m = std::fs::metadata(src.join("large0.bin")).unwrap();
     let dst_m = std::fs::metadata(dst.join("large0.bin")).unwrap();
     assert_eq!((src_m.mtime(), src_m.mtime_nsec()), (dst_m.mtime(), dst_m.mtime_nsec()), "mtime in ns");
-    assert_eq!(rustix::fs::getxattr(&x.join("hard-a"), "user.mover.test", &mut [0u8; 64][..]).unwrap(), 7);
+    assert_eq!(rustix::fs::getxattr(x.join("hard-a"), "user.mover.test", &mut [0u8; 64][..]).unwrap(), 7);
     assert!(rustix::fs::getxattr(&x, "user.dir.attr", &mut [0u8; 64][..]).is_ok(), "directory xattr");
     let weird = x.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9-not-utf8 \n\t name"));
     assert_eq!(std::fs::read(weird).unwrap(), b"latin-1 name");

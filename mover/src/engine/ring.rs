@@ -31,7 +31,7 @@ pub struct Slab {
 impl Slab {
     pub fn new(count: usize, buf_size: usize) -> io::Result<Slab> {
         assert!(count > 0 && count <= u16::MAX as usize, "slab buffer count out of range");
-        assert!(buf_size % BUF_ALIGN == 0, "slab buffer size must be a multiple of BUF_ALIGN");
+        assert!(buf_size.is_multiple_of(BUF_ALIGN), "slab buffer size must be a multiple of BUF_ALIGN");
         let layout = Layout::from_size_align(count * buf_size, BUF_ALIGN)
             .map_err(|_| io::Error::other("slab layout overflow"))?;
         // SAFETY: layout has non-zero size (count > 0, buf_size >= BUF_ALIGN).

@@ -107,8 +107,8 @@ fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, ow
     Ok(())
 }
 
-/// Runs the first phase. Returns which entries need data.
-pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], owners: bool) -> Result<(Vec<bool>, ApplyStats)> {
+/// Runs the first phase. Returns which entries need data, and which directories it created.
+pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], owners: bool) -> Result<(Vec<bool>, Vec<bool>, ApplyStats)> {
     let mut need = vec![false; entries.len()];
     let mut stats = ApplyStats::default();
     let mut links_to = vec![0u32; entries.len()];
@@ -149,7 +149,7 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
                     && s.st_size as u64 == *size
                     && s.st_mtime == e.meta.mtime_sec
                     && s.st_mtime_nsec as u32 == e.meta.mtime_nsec
-                    && s.st_nlink as u64 == 1 + links_to[i] as u64);
+                    && s.st_nlink == 1 + links_to[i] as u64);
                 if unchanged {
                     if let Some(s) = &st {
                         fix_unchanged_meta(dir, name, s, e, owners).ctx(|| format!("updating metadata of {}", show(path)))?;
@@ -196,7 +196,7 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
     }
     drop(dirs);
     stats.removed += remove_extraneous(root, entries, paths, &fresh)?;
-    Ok((need, stats))
+    Ok((need, fresh, stats))
 }
 
 /// Removes what the destination holds that the source does not (the target is a mirror).

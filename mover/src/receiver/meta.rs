@@ -27,3 +27,21 @@ pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, owners: bool) -> io::Result<()> {
     rustix::fs::futimens(fd, &times(&e.meta))?;
     Ok(())
 }
+
+/// Metadata of an inline file this session just created with `mode & 0o777`: owner only if the
+/// kernel did not already assign the right one, mode only if set-id/sticky bits are wanted or
+/// the umask cleared some bits, then xattrs and mtime.
+pub fn apply_new_file(fd: BorrowedFd<'_>, e: &Entry, owners: bool, owner_is_default: bool, umask: u32) -> io::Result<()> {
+    let chowned = owners && !owner_is_default;
+    if chowned {
+        rustix::fs::fchown(fd, Some(Uid::from_raw(e.meta.uid)), Some(Gid::from_raw(e.meta.gid)))?;
+    }
+    if e.meta.mode & 0o7000 != 0 || e.meta.mode & umask != 0 {
+        rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(e.meta.mode))?;
+    }
+    for (k, v) in &e.xattrs {
+        rustix::fs::fsetxattr(fd, k.as_slice(), v, rustix::fs::XattrFlags::empty())?;
+    }
+    rustix::fs::futimens(fd, &times(&e.meta))?;
+    Ok(())
+}

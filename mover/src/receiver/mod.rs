@@ -50,6 +50,7 @@ pub struct Receiver {
     sessions: HashMap<SessionId, mpsc::Sender<(WorkerIndex, TcpStream)>>,
     progress: Arc<Progress>,
     owners: bool,
+    umask: u32,
     _lock: std::os::fd::OwnedFd,
 }
 
@@ -62,8 +63,12 @@ impl Receiver {
         let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
         listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
         crate::raise_fd_limit();
+        // Read (and restore) the umask: inline files are created with their final permission
+        // bits, and fchmod is skipped only where the umask cannot have cleared any.
+        let umask = rustix::process::umask(rustix::fs::Mode::empty());
+        rustix::process::umask(umask);
         let owners = rustix::process::geteuid().is_root();
-        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, _lock: lock })
+        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), _lock: lock })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -160,6 +165,7 @@ impl Receiver {
                     workers,
                     owners: self.owners && hello.capabilities & CAP_OWNERS != 0,
                     fsync: self.opts.fsync,
+                    umask: self.umask,
                     root,
                     worker_conns: rx,
                     cpus,

@@ -48,6 +48,8 @@ pub struct Session {
     pub owners: bool,
     /// syncfs the destination before verifying and acknowledging.
     pub fsync: bool,
+    /// The process umask, applied by the kernel to files the workers create.
+    pub umask: u32,
     pub root: OwnedFd,
     pub worker_conns: Receiver<(WorkerIndex, TcpStream)>,
     pub cpus: Vec<Option<hw::CpuId>>,
@@ -111,15 +113,18 @@ impl Session {
             }
         }
         report.entries = entries.len() as u64;
+        let t0 = Instant::now();
         let paths = crate::tree::entry::relative_paths(&entries);
-        let (need, stats): (Vec<bool>, ApplyStats) = apply_entries(std::os::fd::AsFd::as_fd(&self.root), &entries, &paths, self.owners)?;
+        let (need, fresh_dir, stats): (Vec<bool>, Vec<bool>, ApplyStats) = apply_entries(std::os::fd::AsFd::as_fd(&self.root), &entries, &paths, self.owners)?;
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
         self.progress.set_totals(stats.files_needed, stats.bytes_needed);
         send_need(ctl, &need)?;
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), needed = stats.files_needed, "apply phase done");
 
         let conns = collect_workers(&self.worker_conns, self.workers)?;
-        let table = Arc::new(RecvTable { root: self.root, entries, paths, need, owners: self.owners });
+        let creator = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let table = Arc::new(RecvTable { root: self.root, entries, paths, need, owners: self.owners, fresh_dir, creator, umask: self.umask });
         let mut handles = Vec::new();
         for (i, sock) in conns.into_iter().enumerate() {
             let w = RecvWorker {
@@ -172,7 +177,9 @@ impl Session {
                 if commit.content_digest != digest { " (content digest differs)" } else { "" }
             )));
         }
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), "workers done");
         finalize(&table, self.fsync)?;
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), "finalized");
         let opts = HashOptions { owners: self.owners };
         let walked = crate::tree::walk::walk_fd(std::os::fd::AsFd::as_fd(&table.root), true)?;
         let got = tree_hash(&walked.entries, opts);
@@ -196,6 +203,7 @@ impl Session {
             };
             return Err(first_difference(&norm(&table.entries), &norm(&walked.entries), &table.paths));
         }
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
         let v = Verified { ok: true, message: "verified".into(), tree_hash: got };
         write_frame(ctl, FrameKind::Verified, &v.encode())?;
         Ok(())

@@ -13,6 +13,11 @@ pub struct RecvTable {
     /// Entries whose data this session transfers.
     pub need: Vec<bool>,
     pub owners: bool,
+    /// Directories created by this session's apply phase (no set-gid parent can be involved).
+    pub fresh_dir: Vec<bool>,
+    /// Owner the kernel gives files this process creates in a fresh directory.
+    pub creator: (u32, u32),
+    pub umask: u32,
 }
 
 impl RecvTable {
@@ -22,6 +27,12 @@ impl RecvTable {
             Some(EntryKind::File { size }) if self.need[e.index()] => Some(*size),
             _ => None,
         }
+    }
+
+    /// The kernel already gave a file created for `e` its source owner.
+    pub fn owner_is_default(&self, e: EntryId) -> bool {
+        let x = &self.entries[e.index()];
+        self.fresh_dir[x.parent.index()] && (x.meta.uid, x.meta.gid) == self.creator
     }
 
     pub fn is_needed_inline(&self, e: EntryId) -> bool {

@@ -3,7 +3,7 @@
 //! verified against their checksum, and only then written to files with io_uring writes from
 //! the same buffer. Several buffers let writes run while the next frame is received.
 
-use super::meta::apply_fd;
+use super::meta::apply_new_file;
 use super::table::RecvTable;
 use crate::beneath;
 use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
@@ -19,7 +19,15 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub const BUF_SIZE: usize = (FRAME_HEADER_LEN + MAX_FRAME_PAYLOAD).div_ceil(BUF_ALIGN) * BUF_ALIGN;
+/// Frames are received at this offset so that a Data frame's file bytes land on an
+/// O_DIRECT-aligned address (BASE + header + Data prefix = BUF_ALIGN).
+const BASE: usize = BUF_ALIGN - DATA_PREFIX_LEN - FRAME_HEADER_LEN;
+const DATA_OFF: usize = BUF_ALIGN;
+pub const BUF_SIZE: usize = (BASE + FRAME_HEADER_LEN + MAX_FRAME_PAYLOAD).div_ceil(BUF_ALIGN) * BUF_ALIGN;
+/// Extent files at least this large are written with O_DIRECT where the file system allows:
+/// the data goes from the registered buffer to the device without a page-cache copy, and the
+/// receiver does not fill its page cache with data nobody reads back.
+const DIRECT_WRITE_MIN: u64 = 4 * 1024 * 1024;
 pub const BUFFERS: usize = 8;
 const RING_ENTRIES: u32 = 2048;
 
@@ -85,7 +93,8 @@ impl RecvWorker {
         let mut stats = RecvStats::default();
         let mut receiving: Option<usize> = None;
         let mut done = false;
-        let mut cache: Option<(EntryId, Rc<OwnedFd>)> = None;
+        let mut cache: Option<ExtentFds> = None;
+        let mut direct_ok = true;
         let result = (|| -> Result<()> {
             loop {
                 if receiving.is_none() && !done {
@@ -131,19 +140,19 @@ impl RecvWorker {
                                     // SAFETY: the header recv into buffer b completed; nothing in flight.
                                     let s = unsafe { ring.slab().slice(b) };
                                     let mut h = [0u8; FRAME_HEADER_LEN];
-                                    h.copy_from_slice(&s[..FRAME_HEADER_LEN]);
+                                    h.copy_from_slice(&s[BASE..BASE + FRAME_HEADER_LEN]);
                                     let h = FrameHeader::decode(&h)?;
                                     bufs[b].state = State::Receiving { payload: Some((h, 0)), got };
                                     if h.len == 0 {
                                         receiving = None;
-                                        done |= on_frame(&mut ring, &mut bufs[b], b, h, t, &mut stats, &mut cache)?;
+                                        done |= on_frame(&mut ring, &mut bufs[b], b, h, t, &mut stats, &mut cache, &mut direct_ok)?;
                                     } else {
                                         submit_recv(&mut ring, &bufs[b], b, sock)?;
                                     }
                                 }
                                 Some((h, _)) => {
                                     receiving = None;
-                                    done |= on_frame(&mut ring, &mut bufs[b], b, h, t, &mut stats, &mut cache)?;
+                                    done |= on_frame(&mut ring, &mut bufs[b], b, h, t, &mut stats, &mut cache, &mut direct_ok)?;
                                 }
                             }
                         }
@@ -165,10 +174,11 @@ impl RecvWorker {
 fn submit_recv(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()> {
     let State::Receiving { payload, got } = buf.state else { unreachable!("submit_recv on idle buffer") };
     let want = FRAME_HEADER_LEN + payload.map(|(h, _)| h.len as usize).unwrap_or(0);
-    debug_assert!(got < want && want <= BUF_SIZE);
-    // SAFETY: [got, want) lies inside buffer b (want <= BUF_SIZE because the header was bounds
-    // checked against MAX_FRAME_PAYLOAD); the buffer is untouched until this CQE arrives.
-    let dst = unsafe { ring.slab().ptr(b).add(got) };
+    debug_assert!(got < want && BASE + want <= BUF_SIZE);
+    // SAFETY: [BASE + got, BASE + want) lies inside buffer b (BASE + want <= BUF_SIZE because the
+    // header was bounds checked against MAX_FRAME_PAYLOAD); the buffer is untouched until this
+    // CQE arrives.
+    let dst = unsafe { ring.slab().ptr(b).add(BASE + got) };
     let sqe = opcode::Recv::new(types::Fd(sock), dst, (want - got) as u32)
         .flags(libc::MSG_WAITALL)
         .build()
@@ -178,6 +188,7 @@ fn submit_recv(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()>
 }
 
 /// A whole frame is in buffer b. Verifies it and starts its writes; returns true on WorkerDone.
+#[allow(clippy::too_many_arguments)] // the worker's state, split so buffers can be borrowed apart
 fn on_frame(
     ring: &mut Uring,
     buf: &mut Buf,
@@ -185,11 +196,12 @@ fn on_frame(
     h: FrameHeader,
     t: &RecvTable,
     stats: &mut RecvStats,
-    cache: &mut Option<(EntryId, Rc<OwnedFd>)>,
+    cache: &mut Option<ExtentFds>,
+    direct_ok: &mut bool,
 ) -> Result<bool> {
     // SAFETY: the payload recv completed; no operation refers to buffer b.
     let s = unsafe { ring.slab().slice(b) };
-    let payload = &s[FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len as usize];
+    let payload = &s[BASE + FRAME_HEADER_LEN..BASE + FRAME_HEADER_LEN + h.len as usize];
     h.verify(payload)?;
     buf.writes.clear();
     match h.kind {
@@ -218,19 +230,35 @@ fn on_frame(
                     data.len()
                 )));
             }
-            let fd = match cache {
-                Some((e, fd)) if *e == entry => fd.clone(),
+            let fds = match cache {
+                Some(c) if c.entry == entry => c.clone(),
                 _ => {
-                    let p = &t.paths[entry.index()];
-                    let fd = beneath::open_file(t.root.as_fd(), p, OFlags::WRONLY, Mode::empty())
-                        .ctx(|| format!("opening {} for writing", show(p)))?;
-                    let fd = Rc::new(fd);
-                    *cache = Some((entry, fd.clone()));
-                    fd
+                    let c = open_extent_file(t, entry, size, direct_ok)?;
+                    *cache = Some(c.clone());
+                    c
                 }
             };
-            let off = FRAME_HEADER_LEN + DATA_PREFIX_LEN;
-            buf.writes.push(WriteOp { fd, entry, file_off: offset, buf_off: off, len: data.len(), done: 0, inline: false });
+            // The block-aligned head goes O_DIRECT straight from the buffer; an unaligned tail
+            // (end of file) goes through the page cache.
+            let aligned = match &fds.direct {
+                Some(_) if offset % BUF_ALIGN as u64 == 0 => data.len() & !(BUF_ALIGN - 1),
+                _ => 0,
+            };
+            if let (Some(d), true) = (&fds.direct, aligned > 0) {
+                buf.writes.push(WriteOp { fd: d.clone(), entry, file_off: offset, buf_off: DATA_OFF, len: aligned, done: 0, inline: false });
+            }
+            if aligned < data.len() {
+                let op = WriteOp {
+                    fd: fds.buffered.clone(),
+                    entry,
+                    file_off: offset + aligned as u64,
+                    buf_off: DATA_OFF + aligned,
+                    len: data.len() - aligned,
+                    done: 0,
+                    inline: false,
+                };
+                buf.writes.push(op);
+            }
         }
         FrameKind::FileBatch => {
             for (entry, range) in decode_batch(payload)? {
@@ -240,18 +268,14 @@ fn on_frame(
                 let p = &t.paths[entry.index()];
                 // O_EXCL: the control phase removed whatever stood here; anything there now was
                 // planted mid-session and is not written through.
-                let fd = beneath::open_file(
-                    t.root.as_fd(),
-                    p,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
-                    Mode::from_raw_mode(0o600),
-                )
+                let mode = t.entries[entry.index()].meta.mode & 0o777;
+                let fd = beneath::open_file(t.root.as_fd(), p, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(mode))
                 .ctx(|| format!("creating {}", show(p)))?;
                 let op = WriteOp {
                     fd: Rc::new(fd),
                     entry,
                     file_off: 0,
-                    buf_off: FRAME_HEADER_LEN + range.start,
+                    buf_off: BASE + FRAME_HEADER_LEN + range.start,
                     len: range.len(),
                     done: 0,
                     inline: true,
@@ -279,6 +303,32 @@ fn on_frame(
         buf.state = State::Free;
     }
     Ok(false)
+}
+
+/// Open fds of the extent file a worker is currently writing.
+#[derive(Clone)]
+struct ExtentFds {
+    entry: EntryId,
+    direct: Option<Rc<OwnedFd>>,
+    buffered: Rc<OwnedFd>,
+}
+
+fn open_extent_file(t: &RecvTable, entry: EntryId, size: u64, direct_ok: &mut bool) -> Result<ExtentFds> {
+    let p = &t.paths[entry.index()];
+    let open = |extra: OFlags| {
+        beneath::open_file(t.root.as_fd(), p, OFlags::WRONLY | extra, Mode::empty()).ctx(|| format!("opening {} for writing", show(p)))
+    };
+    let buffered = Rc::new(open(OFlags::empty())?);
+    let mut direct = None;
+    if *direct_ok && size >= DIRECT_WRITE_MIN {
+        match open(OFlags::DIRECT) {
+            Ok(fd) => direct = Some(Rc::new(fd)),
+            // The file system refuses O_DIRECT (tmpfs): buffered from now on.
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => *direct_ok = false,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ExtentFds { entry, direct, buffered })
 }
 
 fn submit_write(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
@@ -325,5 +375,5 @@ fn on_write(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, t: &R
 
 fn finish_inline(w: &WriteOp, t: &RecvTable) -> Result<()> {
     let e = &t.entries[w.entry.index()];
-    apply_fd(w.fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of {}", show(&t.paths[w.entry.index()])))
+    apply_new_file(w.fd.as_fd(), e, t.owners, t.owner_is_default(w.entry), t.umask).ctx(|| format!("setting metadata of {}", show(&t.paths[w.entry.index()])))
 }

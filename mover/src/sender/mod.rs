@@ -100,6 +100,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
     let walked = walk(&opts.src, true)?;
     let entries = &walked.entries;
+    tracing::info!(entries = entries.len(), secs = start.elapsed().as_secs_f64(), "walked source");
     let session = SessionId::random().ctx(|| "random session id".to_string())?;
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(opts.to, session, Role::Control { workers: threads as u16 }, &mut wire)?;
@@ -119,6 +120,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     wire += write_frame(&mut ctl, FrameKind::EntriesEnd, &(entries.len() as u64).to_le_bytes())?;
 
     let need = read_need(&mut ctl, entries.len())?;
+    tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
     let root = crate::receiver::apply::open_root(&opts.src)?;
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total) = (0u64, 0u64);
@@ -189,6 +191,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
             }
         }
     }
+    tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
     if let Some(e) = first_err {
         // The receiver usually knows why (it closed the connections): prefer its message.
         let mut buf = Vec::new();

@@ -318,7 +318,7 @@ fn on_read(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, table:
     }
     r.done += res as usize;
     if r.done < r.len {
-        if r.ask != r.len && r.done % BUF_ALIGN != 0 {
+        if r.ask != r.len && !r.done.is_multiple_of(BUF_ALIGN) {
             return Err(Error::SourceChanged(path()));
         }
         submit_read(ring, buf, b, i)?;

@@ -1,6 +1,11 @@
 //! Walks a directory tree into the canonical entry list: pre-order, children sorted by name
 //! bytes, never following symlinks, hard links folded into `HardLink` entries. Sender, receiver
 //! (to verify) and tests all use this one walk, so equal trees give equal lists.
+//!
+//! The root's children are walked as independent subtrees by up to `WALK_THREADS` threads (a
+//! walk is bound by inode reads, so several in flight help even on few cores), then
+//! concatenated in name order; hard links are folded afterwards over the merged list, so the
+//! result does not depend on thread timing.
 
 use super::entry::{Entry, EntryKind, Meta, MAX_DEPTH};
 use super::xattr::{read_user_xattrs, On};
@@ -11,14 +16,26 @@ use rustix::fs::{statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Threads walking subtrees of the root in parallel.
+const WALK_THREADS: usize = 4;
 
 /// What a walk found, plus what the sender needs to read files back.
 pub struct Walked {
     pub entries: Vec<Entry>,
     /// Relative path of each entry.
     pub paths: Vec<Vec<u8>>,
-    /// Inode change time of each regular file (0 otherwise), to detect files changing under us.
-    pub ctimes: Vec<(i64, i64)>,
+}
+
+/// A subtree walked on its own: ids are local (0 = the subtree's top), regular files are not
+/// yet folded into hard links.
+#[derive(Default)]
+struct Fragment {
+    entries: Vec<Entry>,
+    paths: Vec<Vec<u8>>,
+    /// (dev, ino) of regular files with more than one link.
+    link_keys: Vec<Option<(u64, u64)>>,
 }
 
 struct Frame {
@@ -61,6 +78,16 @@ fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedF
     )
 }
 
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 /// Walks `root`. `xattrs` = read `user.*` xattrs of files and directories.
 pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
     let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -71,15 +98,70 @@ pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
 pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
     let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
-    let mut w = Walked { entries: Vec::new(), paths: Vec::new(), ctimes: Vec::new() };
     let root_x = if xattrs { read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())? } else { Vec::new() };
+    let names = read_names(root_fd.as_fd(), b"")?;
+
+    let next = AtomicUsize::new(0);
+    let threads = WALK_THREADS.min(names.len()).max(1);
+    let results: Vec<Vec<(usize, Result<Fragment>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break };
+                        out.push((i, walk_subtree(root_fd.as_fd(), name, xattrs)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut frags: Vec<Option<Result<Fragment>>> = (0..names.len()).map(|_| None).collect();
+    for (i, r) in results.into_iter().flatten() {
+        frags[i] = Some(r);
+    }
+
+    let mut w = Walked { entries: Vec::new(), paths: Vec::new() };
+    let mut keys: Vec<Option<(u64, u64)>> = Vec::new();
     w.entries.push(Entry { parent: EntryId::ROOT, name: Vec::new(), kind: EntryKind::Dir, meta: meta_of(&st), xattrs: root_x });
     w.paths.push(Vec::new());
-    w.ctimes.push((0, 0));
-    let mut links: HashMap<(u64, u64), EntryId> = HashMap::new();
-    let names = read_names(root_fd.as_fd(), b"")?;
-    let mut stack = vec![Frame { fd: root_fd, id: EntryId::ROOT, names, next: 0 }];
+    keys.push(None);
+    for f in frags {
+        let f = f.ok_or_else(|| Error::Usage("a walker thread panicked".into()))??;
+        let base = w.entries.len() as u32;
+        for (mut e, (p, k)) in f.entries.into_iter().zip(f.paths.into_iter().zip(f.link_keys)) {
+            e.parent = if w.entries.len() as u32 == base { EntryId::ROOT } else { EntryId(base + e.parent.0) };
+            w.entries.push(e);
+            w.paths.push(p);
+            keys.push(k);
+        }
+    }
+    // Fold hard links: the first name in canonical order keeps the data, later ones link to it.
+    let mut first: HashMap<(u64, u64), EntryId> = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(k) = k {
+            match first.get(k) {
+                Some(&t) => w.entries[i].kind = EntryKind::HardLink { target: t },
+                None => {
+                    first.insert(*k, EntryId(i as u32));
+                }
+            }
+        }
+    }
+    Ok(w)
+}
 
+/// Pre-order walk of `name` inside `parent` (a single entry if it is not a directory).
+fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fragment> {
+    let mut f = Fragment::default();
+    let mut stack: Vec<Frame> = Vec::new();
+    if let Some(fd) = visit(parent, name.to_vec(), EntryId(0), &[], &mut f, xattrs)? {
+        let names = read_names(fd.as_fd(), &f.paths[0])?;
+        stack.push(Frame { fd, id: EntryId(0), names, next: 0 });
+    }
     loop {
         let depth = stack.len();
         let Some(top) = stack.last_mut() else { break };
@@ -89,72 +171,59 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
         }
         let name = std::mem::take(&mut top.names[top.next]);
         top.next += 1;
-        let parent = top.id;
-        let dirfd = top.fd.as_fd();
-        let path = {
-            let pp = &w.paths[parent.index()];
-            let mut p = Vec::with_capacity(pp.len() + 1 + name.len());
-            p.extend_from_slice(pp);
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(&name);
-            p
-        };
-        let st = match statat(dirfd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            // Deleted since the directory was listed: it is not part of this walk.
-            Err(e) if e == rustix::io::Errno::NOENT => continue,
-            Err(e) => return Err(e).ctx(|| format!("stat {}", show(&path))),
-        };
-        let id = EntryId(w.entries.len() as u32);
-        let ft = FileType::from_raw_mode(st.st_mode);
-        let mut ctime = (0, 0);
-        let mut child: Option<OwnedFd> = None;
-        let kind = match ft {
-            FileType::Directory => {
-                if depth >= MAX_DEPTH {
-                    return Err(Error::Usage(format!("{}: deeper than {MAX_DEPTH} directories", show(&path))));
-                }
-                child = Some(open_subdir(dirfd, &name).ctx(|| format!("opening directory {}", show(&path)))?);
-                EntryKind::Dir
-            }
-            FileType::RegularFile => {
-                let key = (st.st_dev, st.st_ino);
-                match (st.st_nlink > 1).then(|| links.get(&key).copied()).flatten() {
-                    Some(target) => EntryKind::HardLink { target },
-                    None => {
-                        if st.st_nlink > 1 {
-                            links.insert(key, id);
-                        }
-                        ctime = (st.st_ctime, st.st_ctime_nsec as i64);
-                        EntryKind::File { size: st.st_size as u64 }
-                    }
-                }
-            }
-            FileType::Symlink => {
-                let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new())
-                    .ctx(|| format!("readlink {}", show(&path)))?;
-                EntryKind::Symlink { target: t.into_bytes() }
-            }
-            FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
-                EntryKind::Special { file_type: st.st_mode & libc::S_IFMT, rdev: st.st_rdev }
-            }
-            FileType::Unknown => continue,
-        };
-        let xa = match (&kind, xattrs) {
-            (EntryKind::Dir | EntryKind::File { .. }, true) => {
-                read_user_xattrs(On::Path(&proc_path(dirfd, &name))).ctx(|| format!("xattrs of {}", show(&path)))?
-            }
-            _ => Vec::new(),
-        };
-        w.entries.push(Entry { parent, name, kind, meta: meta_of(&st), xattrs: xa });
-        w.paths.push(path);
-        w.ctimes.push(ctime);
-        if let Some(fd) = child {
-            let names = read_names(fd.as_fd(), &w.paths[id.index()])?;
+        let pid = top.id;
+        if depth >= MAX_DEPTH {
+            return Err(Error::Usage(format!("{}: deeper than {MAX_DEPTH} directories", show(&f.paths[pid.index()]))));
+        }
+        let parent_path = f.paths[pid.index()].clone();
+        if let Some(fd) = visit(top.fd.as_fd(), name, pid, &parent_path, &mut f, xattrs)? {
+            let id = EntryId(f.entries.len() as u32 - 1);
+            let names = read_names(fd.as_fd(), &f.paths[id.index()])?;
             stack.push(Frame { fd, id, names, next: 0 });
         }
     }
-    Ok(w)
+    Ok(f)
+}
+
+/// Records entry `name` of directory `dirfd`; returns an open fd if it is a directory.
+fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u8], f: &mut Fragment, xattrs: bool) -> Result<Option<OwnedFd>> {
+    let path = join(parent_path, &name);
+    let st = match statat(dirfd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        // Deleted since the directory was listed: it is not part of this walk.
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+        Err(e) => return Err(e).ctx(|| format!("stat {}", show(&path))),
+    };
+    let mut key = None;
+    let mut child: Option<OwnedFd> = None;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            child = Some(open_subdir(dirfd, &name).ctx(|| format!("opening directory {}", show(&path)))?);
+            EntryKind::Dir
+        }
+        FileType::RegularFile => {
+            if st.st_nlink > 1 {
+                key = Some((st.st_dev, st.st_ino));
+            }
+            EntryKind::File { size: st.st_size as u64 }
+        }
+        FileType::Symlink => {
+            let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new()).ctx(|| format!("readlink {}", show(&path)))?;
+            EntryKind::Symlink { target: t.into_bytes() }
+        }
+        FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
+            EntryKind::Special { file_type: st.st_mode & libc::S_IFMT, rdev: st.st_rdev }
+        }
+        FileType::Unknown => return Ok(None),
+    };
+    let xa = match (&kind, xattrs) {
+        (EntryKind::Dir | EntryKind::File { .. }, true) => {
+            read_user_xattrs(On::Path(&proc_path(dirfd, &name))).ctx(|| format!("xattrs of {}", show(&path)))?
+        }
+        _ => Vec::new(),
+    };
+    f.entries.push(Entry { parent, name, kind, meta: meta_of(&st), xattrs: xa });
+    f.paths.push(path);
+    f.link_keys.push(key);
+    Ok(child)
 }

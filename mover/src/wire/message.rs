@@ -93,7 +93,7 @@ impl Hello {
         let capabilities = d.u64()?;
         let session = SessionId(d.u128()?);
         let role = match (d.u8()?, d.u16()?) {
-            (0, w) if w >= 1 && w <= MAX_WORKERS => Role::Control { workers: w },
+            (0, w) if (1..=MAX_WORKERS).contains(&w) => Role::Control { workers: w },
             (1, i) if i < MAX_WORKERS => Role::Worker { index: WorkerIndex(i) },
             (r, n) => return Err(WireError::BadRole { role: r, n }),
         };
