@@ -7,7 +7,7 @@
 //! never followed.
 
 use super::meta::times;
-use crate::beneath::{self, proc_path};
+use crate::beneath;
 use crate::error::{show, Error, IoContext, Result};
 use crate::sender::plan::is_inline;
 use crate::tree::entry::{Entry, EntryKind, MAX_DEPTH};
@@ -101,7 +101,7 @@ fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, ow
     if st.st_mode & 0o7777 != e.meta.mode || owners && st.st_uid != e.meta.uid {
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.meta.mode), AtFlags::empty())?;
     }
-    sync_user_xattrs(On::Path(&proc_path(dir, name)), &e.xattrs)?;
+    sync_user_xattrs(On::At(dir, name), &e.xattrs)?;
     // xattr changes bump ctime only, but restore mtime in case anything above touched it.
     rustix::fs::utimensat(dir, name, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())

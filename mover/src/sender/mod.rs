@@ -35,6 +35,8 @@ const ENTRIES_FRAME_BYTES: usize = 1024 * 1024;
 /// How long the sender waits on the control connection (the receiver's apply phase and final
 /// verification of a large tree can take a while).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// After a data connection failed, how long to wait for the receiver's explanation.
+const PEER_REASON_WAIT: Duration = Duration::from_secs(2);
 
 pub struct SendOptions {
     pub src: PathBuf,
@@ -193,11 +195,15 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     }
     tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
     if let Some(e) = first_err {
-        // The receiver usually knows why (it closed the connections): prefer its message.
-        let mut buf = Vec::new();
-        ctl.set_timeout(Some(Duration::from_secs(2))).ok();
-        if let Err(Error::Peer(msg)) = expect_frame(&mut ctl, FrameKind::Verified, &mut buf) {
-            return Err(Error::Peer(msg));
+        // When our socket failed, the receiver closed it and usually says why: prefer its
+        // message. Any other failure (source changed, unreadable file) is ours to report.
+        let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending to receiver"));
+        if socket_failed {
+            let mut buf = Vec::new();
+            ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
+            if let Err(Error::Peer(msg)) = expect_frame(&mut ctl, FrameKind::Verified, &mut buf) {
+                return Err(Error::Peer(msg));
+            }
         }
         return Err(e);
     }

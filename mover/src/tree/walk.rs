@@ -9,7 +9,6 @@
 
 use super::entry::{Entry, EntryKind, Meta, MAX_DEPTH};
 use super::xattr::{read_user_xattrs, On};
-use crate::beneath::proc_path;
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::EntryId;
 use rustix::fs::{statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
@@ -218,7 +217,7 @@ fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u
     };
     let xa = match (&kind, xattrs) {
         (EntryKind::Dir | EntryKind::File { .. }, true) => {
-            read_user_xattrs(On::Path(&proc_path(dirfd, &name))).ctx(|| format!("xattrs of {}", show(&path)))?
+            read_user_xattrs(On::At(dirfd, &name)).ctx(|| format!("xattrs of {}", show(&path)))?
         }
         _ => Vec::new(),
     };
