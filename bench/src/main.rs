@@ -89,11 +89,15 @@ fn main() -> Result<()> {
         let ds = dataset::ensure(&work, kind, a.scale)?;
         let read = limits::sequential_read(&ds.dir)?;
         eprintln!("bench: {}: {} files, {} bytes; sequential read {read:.0} MB/s", kind.name(), ds.files, ds.bytes);
-        let dst = work.join(kind.name()).join("dst");
+        // Every run gets its own, new destination directory; all are removed only after the
+        // dataset's last run. Deleting tens of thousands of inodes right before a run would make
+        // ext4 skip them as "recently deleted" (for 60 s) in the next run's inode allocation, a
+        // cost no real initial sync into an empty target pays.
+        let dsts = work.join(kind.name()).join("dst");
         let tmp = work.join(kind.name()).join("rsyncd");
         std::fs::create_dir_all(&tmp)?;
-        fresh(&dst)?;
-        let daemon = if a.tools != Tools::Mover { Some(rsync::Daemon::start(&tmp, &dst)?) } else { None };
+        fresh(&dsts)?;
+        let daemon = if a.tools != Tools::Mover { Some(rsync::Daemon::start(&tmp, &dsts)?) } else { None };
         let mut samples = Vec::new();
         for r in 0..a.reps {
             for tool in [Tool::Mover, Tool::Rsync, Tool::MoverFsync] {
@@ -101,11 +105,15 @@ fn main() -> Result<()> {
                 if (is_rsync && a.tools == Tools::Mover) || (!is_rsync && a.tools == Tools::Rsync) {
                     continue;
                 }
-                fresh(&dst)?;
+                let sub = format!("{tool:?}-{r}");
+                let dst = dsts.join(&sub);
+                if tool != Tool::Rsync {
+                    fresh(&dst)?;
+                }
                 let dropped = proc::drop_caches();
                 let s = match (tool, &daemon) {
                     (Tool::Rsync, Some(d)) => {
-                        let x = d.run(&ds.dir)?;
+                        let x = d.run(&ds.dir, &sub)?;
                         Sample { tool, rep: r, seconds: x.seconds, cpu_seconds: x.cpu_seconds, wire_bytes: x.wire_bytes, cache_dropped: dropped }
                     }
                     (Tool::Rsync, None) => continue,
@@ -122,7 +130,8 @@ fn main() -> Result<()> {
                 samples.push(s);
             }
         }
-        fresh(&dst)?;
+        drop(daemon);
+        std::fs::remove_dir_all(&dsts).with_context(|| format!("removing {}", dsts.display()))?;
         rep.add(ds, read, samples);
     }
     let name = a.name.clone().unwrap_or_else(|| a.what.clone());

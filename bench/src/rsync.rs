@@ -53,14 +53,14 @@ impl Daemon {
         Ok(Daemon { child, port })
     }
 
-    /// One transfer `src/` -> the daemon's module.
-    pub fn run(&self, src: &Path) -> Result<RsyncRun> {
+    /// One transfer `src/` -> directory `sub` (created by rsync) of the daemon's module.
+    pub fn run(&self, src: &Path, sub: &str) -> Result<RsyncRun> {
         let before = daemon_cpu(self.child.id())?;
         let start = Instant::now();
         let mut c = Command::new("rsync")
             .args(["-aHX", "--numeric-ids", "--stats"])
             .arg(format!("{}/", src.display()))
-            .arg(format!("rsync://127.0.0.1:{}/dst/", self.port))
+            .arg(format!("rsync://127.0.0.1:{}/dst/{sub}/", self.port))
             .stdout(Stdio::piped())
             .spawn()
             .context("running rsync client")?;

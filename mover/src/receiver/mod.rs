@@ -108,7 +108,9 @@ impl Receiver {
                     std::thread::Builder::new()
                         .name("mover-session".into())
                         .spawn(move || {
-                            let rep = session.run(ctl);
+                            // A panic must still end the session (and `--once`) with a report.
+                            let rep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run(ctl)))
+                                .unwrap_or_else(|_| SessionReport::failed(id, "receiver session panicked"));
                             let _ = tx.send((id, rep));
                         })
                         .ctx(|| "spawning session thread".to_string())?;

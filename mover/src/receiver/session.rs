@@ -56,14 +56,12 @@ pub struct Session {
     pub progress: Arc<Progress>,
 }
 
-impl Session {
-    pub fn run(self, mut ctl: TcpConn) -> SessionReport {
-        let start = Instant::now();
-        let id = self.id;
-        let mut report = SessionReport {
+impl SessionReport {
+    pub fn failed(id: SessionId, error: &str) -> SessionReport {
+        SessionReport {
             session: id.to_string(),
             ok: false,
-            error: None,
+            error: Some(error.to_string()),
             entries: 0,
             files_received: 0,
             files_unchanged: 0,
@@ -72,7 +70,16 @@ impl Session {
             removed: 0,
             seconds: 0.0,
             tree_hash: String::new(),
-        };
+        }
+    }
+}
+
+impl Session {
+    pub fn run(self, mut ctl: TcpConn) -> SessionReport {
+        let start = Instant::now();
+        let id = self.id;
+        let mut report = SessionReport::failed(id, "");
+        report.error = None;
         match self.drive(&mut ctl, &mut report) {
             Ok(()) => report.ok = true,
             Err(e) => {
