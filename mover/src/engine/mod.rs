@@ -1,3 +1,58 @@
 //! The io_uring engine shared by sender and receiver workers.
 
 pub mod ring;
+
+use crate::error::{Error, Result};
+use std::thread::JoinHandle;
+
+/// What one worker moved, merged per session. Both sides count the same things so the
+/// receiver can check the sender's Commit against its own numbers.
+#[derive(Debug, Default, Clone)]
+pub struct FrameStats {
+    pub frames: u64,
+    pub data_bytes: u64,
+    pub wire_bytes: u64,
+    /// Checksums of the data-bearing frames, for the session's content digest.
+    pub checksums: Vec<u64>,
+}
+
+impl FrameStats {
+    fn absorb(&mut self, o: FrameStats) {
+        self.frames += o.frames;
+        self.data_bytes += o.data_bytes;
+        self.wire_bytes += o.wire_bytes;
+        self.checksums.extend(o.checksums);
+    }
+}
+
+/// Joins every worker (none is left running) and merges their stats, or returns the first
+/// error; a panicked worker counts as an error.
+pub fn join_workers(handles: Vec<JoinHandle<Result<FrameStats>>>, side: &str) -> Result<FrameStats> {
+    let mut all = FrameStats::default();
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(s)) => all.absorb(s),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(Error::Usage(format!("{side} worker panicked")));
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(all),
+    }
+}
+
+/// io_uring user_data: operation kind, buffer index and per-buffer operation index.
+pub fn user_data(op: u64, buf: usize, idx: usize) -> u64 {
+    debug_assert!(op < 1 << 16 && buf < 1 << 24 && idx < 1 << 24);
+    (op << 48) | ((buf as u64) << 24) | idx as u64
+}
+
+pub fn split_user_data(u: u64) -> (u64, usize, usize) {
+    (u >> 48, ((u >> 24) & 0xff_ffff) as usize, (u & 0xff_ffff) as usize)
+}

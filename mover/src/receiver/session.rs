@@ -5,7 +5,8 @@
 use super::apply::{apply_entries, ApplyStats};
 use super::finalize::{finalize, first_difference};
 use super::table::RecvTable;
-use super::worker::{RecvStats, RecvWorker};
+use super::worker::RecvWorker;
+use crate::engine::join_workers;
 use crate::error::{Error, IoContext, Result};
 use crate::transport::tcp::TcpConn;
 use crate::transport::Connection;
@@ -146,27 +147,7 @@ impl Session {
                 .ctx(|| "spawning receiver worker".to_string())?;
             handles.push(h);
         }
-        let mut all = RecvStats::default();
-        let mut first_err = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(s)) => {
-                    all.frames += s.frames;
-                    all.data_bytes += s.data_bytes;
-                    all.wire_bytes += s.wire_bytes;
-                    all.checksums.extend(s.checksums);
-                }
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(Error::Usage("receiver worker panicked".into()));
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
+        let mut all = join_workers(handles, "receiver")?;
         report.bytes = all.data_bytes;
         report.wire_bytes += all.wire_bytes;
         report.files_received = stats.files_needed;

@@ -7,6 +7,7 @@ use super::meta::apply_new_file;
 use super::table::RecvTable;
 use crate::beneath;
 use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::{split_user_data, user_data, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
@@ -34,20 +35,7 @@ const RING_ENTRIES: u32 = 2048;
 const OP_RECV: u64 = 1;
 const OP_WRITE: u64 = 2;
 
-fn ud(op: u64, buf: usize, idx: usize) -> u64 {
-    (op << 48) | ((buf as u64) << 24) | idx as u64
-}
-fn ud_split(u: u64) -> (u64, usize, usize) {
-    (u >> 48, ((u >> 24) & 0xff_ffff) as usize, (u & 0xff_ffff) as usize)
-}
 
-#[derive(Debug, Default, Clone)]
-pub struct RecvStats {
-    pub frames: u64,
-    pub data_bytes: u64,
-    pub wire_bytes: u64,
-    pub checksums: Vec<u64>,
-}
 
 struct WriteOp {
     fd: Rc<OwnedFd>,
@@ -82,7 +70,7 @@ pub struct RecvWorker {
 }
 
 impl RecvWorker {
-    pub fn run(self) -> Result<RecvStats> {
+    pub fn run(self) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
         }
@@ -90,7 +78,7 @@ impl RecvWorker {
         let sock = self.sock.as_raw_fd();
         let t = &*self.table;
         let mut bufs: Vec<Buf> = (0..BUFFERS).map(|_| Buf { state: State::Free, writes: Vec::new(), pending: 0 }).collect();
-        let mut stats = RecvStats::default();
+        let mut stats = FrameStats::default();
         let mut receiving: Option<usize> = None;
         let mut done = false;
         let mut cache: Option<ExtentFds> = None;
@@ -114,7 +102,7 @@ impl RecvWorker {
                 }
                 let cqes: Vec<(u64, i32)> = ring.reap_within(1, STALL_TIMEOUT).ctx(|| "waiting for the peer and the disk".to_string())?.to_vec();
                 for (u, res) in cqes {
-                    let (op, b, idx) = ud_split(u);
+                    let (op, b, idx) = split_user_data(u);
                     match op {
                         OP_RECV => {
                             if res < 0 {
@@ -182,7 +170,7 @@ fn submit_recv(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()>
     let sqe = opcode::Recv::new(types::Fd(sock), dst, (want - got) as u32)
         .flags(libc::MSG_WAITALL)
         .build()
-        .user_data(ud(OP_RECV, b, 0));
+        .user_data(user_data(OP_RECV, b, 0));
     // SAFETY: see above; the socket is owned by the worker and outlives the ring.
     unsafe { ring.push(&sqe) }.ctx(|| "submitting recv".to_string())
 }
@@ -195,7 +183,7 @@ fn on_frame(
     b: usize,
     h: FrameHeader,
     t: &RecvTable,
-    stats: &mut RecvStats,
+    stats: &mut FrameStats,
     cache: &mut Option<ExtentFds>,
     direct_ok: &mut bool,
 ) -> Result<bool> {
@@ -345,7 +333,7 @@ fn submit_write(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
         opcode::Write::new(fd, src, n).offset(off).build()
     };
     // SAFETY: see above; the fd is kept open by the Rc in buf.writes until the buffer is freed.
-    unsafe { ring.push(&sqe.user_data(ud(OP_WRITE, b, i))) }.ctx(|| "submitting write".to_string())
+    unsafe { ring.push(&sqe.user_data(user_data(OP_WRITE, b, i))) }.ctx(|| "submitting write".to_string())
 }
 
 fn on_write(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, t: &RecvTable, progress: &AtomicU64) -> Result<()> {

@@ -27,7 +27,8 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{SendTable, SendWorker, WorkerStats};
+use crate::engine::{join_workers, FrameStats};
+use worker::{SendTable, SendWorker};
 
 /// Entries frames are flushed at this size (one entry is at most ~300 KiB, so a frame stays
 /// under MAX_FRAME_PAYLOAD).
@@ -160,7 +161,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         let direct = opts.direct;
         let h = std::thread::Builder::new()
             .name(format!("mover-send-{i}"))
-            .spawn(move || -> Result<WorkerStats> {
+            .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
                 let (conn, _) = connect(to, session, Role::Worker { index }, &mut w)?;
@@ -175,38 +176,12 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
             .ctx(|| "spawning sender worker".to_string())?;
         handles.push(h);
     }
-    let mut all = WorkerStats::default();
-    let mut first_err = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(s)) => {
-                all.frames += s.frames;
-                all.data_bytes += s.data_bytes;
-                all.wire_bytes += s.wire_bytes;
-                all.checksums.extend(s.checksums);
-            }
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(_) => {
-                first_err.get_or_insert(Error::Usage("sender worker panicked".into()));
-            }
-        }
-    }
+    let joined = join_workers(handles, "sender");
     tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
-    if let Some(e) = first_err {
-        // When our socket failed, the receiver closed it and usually says why: prefer its
-        // message. Any other failure (source changed, unreadable file) is ours to report.
-        let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending to receiver"));
-        if socket_failed {
-            let mut buf = Vec::new();
-            ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
-            if let Err(Error::Peer(msg)) = expect_frame(&mut ctl, FrameKind::Verified, &mut buf) {
-                return Err(Error::Peer(msg));
-            }
-        }
-        return Err(e);
-    }
+    let mut all = match joined {
+        Ok(all) => all,
+        Err(e) => return Err(explain_worker_failure(e, &mut ctl)),
+    };
     wire += all.wire_bytes;
     let th = tree_hash(entries, HashOptions { owners });
     let commit = Commit {
@@ -236,6 +211,20 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         tree_hash: format!("{th:032x}"),
         receiver_version: ack.software,
     })
+}
+
+/// When a worker's socket failed, the receiver closed it and usually says why on the control
+/// connection: prefer its message. Any other failure (source changed, unreadable file) is ours.
+fn explain_worker_failure(e: Error, ctl: &mut TcpConn) -> Error {
+    let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending to receiver"));
+    if socket_failed {
+        let mut buf = Vec::new();
+        ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
+        if let Err(Error::Peer(msg)) = expect_frame(ctl, FrameKind::Verified, &mut buf) {
+            return Error::Peer(msg);
+        }
+    }
+    e
 }
 
 fn read_need(ctl: &mut TcpConn, n: usize) -> Result<Vec<bool>> {

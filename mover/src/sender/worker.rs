@@ -9,6 +9,7 @@
 use super::plan::Unit;
 use crate::beneath;
 use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::{split_user_data, user_data, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::{EntryId, WorkerIndex};
 use crate::wire::frame::{FrameHeader, FrameKind, DATA_CHUNK, FRAME_HEADER_LEN};
@@ -35,12 +36,6 @@ const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 const OP_READ: u64 = 1;
 const OP_SEND: u64 = 2;
 
-fn ud(op: u64, buf: usize, idx: usize) -> u64 {
-    (op << 48) | ((buf as u64) << 24) | idx as u64
-}
-fn ud_split(u: u64) -> (u64, usize, usize) {
-    (u >> 48, ((u >> 24) & 0xff_ffff) as usize, (u & 0xff_ffff) as usize)
-}
 
 pub struct SendTable {
     pub root: OwnedFd,
@@ -48,14 +43,6 @@ pub struct SendTable {
     pub sizes: Vec<u64>,
 }
 
-#[derive(Debug, Default, Clone)]
-pub struct WorkerStats {
-    pub frames: u64,
-    pub data_bytes: u64,
-    pub wire_bytes: u64,
-    /// Checksums of the data-bearing frames, for the session's content digest.
-    pub checksums: Vec<u64>,
-}
 
 struct ReadOp {
     fd: Rc<OwnedFd>,
@@ -104,7 +91,7 @@ struct Cached {
 }
 
 impl SendWorker {
-    pub fn run(self) -> Result<WorkerStats> {
+    pub fn run(self) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
         }
@@ -122,7 +109,7 @@ impl SendWorker {
                 data_bytes: 0,
             })
             .collect();
-        let mut stats = WorkerStats::default();
+        let mut stats = FrameStats::default();
         let mut ready: VecDeque<usize> = VecDeque::new();
         let mut sending = false;
         let mut units = self.units.into_iter();
@@ -157,7 +144,7 @@ impl SendWorker {
             }
             let cqes: Vec<(u64, i32)> = ring.reap_within(1, STALL_TIMEOUT).ctx(|| "waiting for the peer and the disk".to_string())?.to_vec();
             for (u, res) in cqes {
-                let (op, b, idx) = ud_split(u);
+                let (op, b, idx) = split_user_data(u);
                 match op {
                     OP_READ => {
                         if on_read(&mut ring, &mut bufs[b], b, idx, res, &self.table)? {
@@ -301,7 +288,7 @@ fn submit_read(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
     };
     // SAFETY: dst is valid for n bytes until the CQE (see above); the fd is kept open by the Rc in
     // buf.reads, which is only cleared once all reads of the buffer completed.
-    unsafe { ring.push(&sqe.user_data(ud(OP_READ, b, i))) }.ctx(|| "submitting read".to_string())
+    unsafe { ring.push(&sqe.user_data(user_data(OP_READ, b, i))) }.ctx(|| "submitting read".to_string())
 }
 
 /// Handles a read completion; returns true when the buffer's last read finished.
@@ -349,7 +336,7 @@ fn submit_send(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()>
     let sqe = opcode::Send::new(types::Fd(sock), src, (total - buf.sent) as u32)
         .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
         .build()
-        .user_data(ud(OP_SEND, b, 0));
+        .user_data(user_data(OP_SEND, b, 0));
     // SAFETY: see above; the socket outlives the ring (owned by the worker until it returns).
     unsafe { ring.push(&sqe) }.ctx(|| "submitting send".to_string())
 }
