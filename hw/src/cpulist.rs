@@ -78,6 +78,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { rng_seed: proptest::test_runner::RngSeed::Fixed(42), failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn cpu_list_round_trips(ids in proptest::collection::btree_set(0u32..512, 0..64)) {
             let cpus: Vec<CpuId> = ids.into_iter().map(CpuId).collect();

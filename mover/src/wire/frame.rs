@@ -6,12 +6,19 @@
 //! 1      1    flags     (must be 0 in protocol version 1)
 //! 2      2    reserved  (must be 0)
 //! 4      4    payload length, little endian, <= MAX_FRAME_PAYLOAD
-//! 8      8    xxh3-64 of the payload, little endian
+//! 8      8    xxh3-64 of the payload seeded with kind and length, little endian
 //! ```
-//! The checksum is verified before the payload is interpreted or written anywhere.
+//! The checksum is verified before the payload is interpreted or written anywhere. Seeding it
+//! with the header's kind and length means a corrupted kind byte cannot turn one valid frame
+//! into another (reserved bits are checked to be zero).
 
 use super::WireError;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The frame checksum: xxh3-64 of the payload, seeded with the header fields it must protect.
+pub fn frame_checksum(kind: FrameKind, payload: &[u8]) -> u64 {
+    xxh3_64_with_seed(payload, (kind as u64) | ((payload.len() as u64) << 8))
+}
 
 pub const FRAME_HEADER_LEN: usize = 16;
 
@@ -68,7 +75,7 @@ impl FrameHeader {
     /// Header for `payload`, computing its checksum.
     pub fn for_payload(kind: FrameKind, payload: &[u8]) -> FrameHeader {
         assert!(payload.len() <= MAX_FRAME_PAYLOAD, "payload over MAX_FRAME_PAYLOAD");
-        FrameHeader { kind, len: payload.len() as u32, checksum: xxh3_64(payload) }
+        FrameHeader { kind, len: payload.len() as u32, checksum: frame_checksum(kind, payload) }
     }
 
     pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
@@ -99,7 +106,7 @@ impl FrameHeader {
         if payload.len() != self.len as usize {
             return Err(WireError::Truncated { needed: self.len as usize, available: payload.len() });
         }
-        let actual = xxh3_64(payload);
+        let actual = frame_checksum(self.kind, payload);
         if actual != self.checksum {
             return Err(WireError::ChecksumMismatch { kind: self.kind, expected: self.checksum, actual });
         }
