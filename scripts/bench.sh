@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-bench-deps.sh
 cargo build --release -p mover-cli -p bench
-exec target/release/bench all --reps "${REPS:-3}" "$@"
+exec target/release/bench all --reps "${REPS:-5}" "$@"

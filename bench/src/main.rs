@@ -27,7 +27,7 @@ struct Args {
     /// mover binary (default: target/release/mover beside this binary).
     #[arg(long)]
     mover: Option<PathBuf>,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     #[arg(long, default_value = "results")]
     results: PathBuf,
@@ -100,7 +100,11 @@ fn main() -> Result<()> {
         let daemon = if a.tools != Tools::Mover { Some(rsync::Daemon::start(&tmp, &dsts)?) } else { None };
         let mut samples = Vec::new();
         for r in 0..a.reps {
-            for tool in [Tool::Mover, Tool::Rsync, Tool::MoverFsync] {
+            // Rotate the order every rep so no tool always follows the same neighbour (the
+            // host's write-back of the previous run's data otherwise lands on one tool).
+            let mut order = [Tool::Mover, Tool::Rsync, Tool::MoverFsync];
+            order.rotate_left(r % 3);
+            for tool in order {
                 let is_rsync = tool == Tool::Rsync;
                 if (is_rsync && a.tools == Tools::Mover) || (!is_rsync && a.tools == Tools::Rsync) {
                     continue;

@@ -106,7 +106,7 @@ impl Report {
             rsync_version: crate::rsync::version(),
             scale,
             loopback_tcp_mb_s: tcp,
-            note: "MB = 10^6 bytes. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
+            note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
                    rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1. mover: receive --once + send, default threads. \
                    Neither fsyncs except the 'mover --fsync' row. CPU = sender + receiver user+sys.",
             datasets: Vec::new(),

@@ -72,6 +72,8 @@ struct Buf {
     frame_end: usize,
     sent: usize,
     data_bytes: u64,
+    /// Frame checksum, set once the reads are in (for the session's content digest).
+    checksum: u64,
 }
 
 pub struct SendWorker {
@@ -107,6 +109,7 @@ impl SendWorker {
                 frame_end: 0,
                 sent: 0,
                 data_bytes: 0,
+                checksum: 0,
             })
             .collect();
         let mut stats = FrameStats::default();
@@ -164,9 +167,7 @@ impl SendWorker {
                             submit_send(&mut ring, buf, b, sock)?;
                             continue;
                         }
-                        // SAFETY: the send of this buffer has completed; no op refers to it.
-                        let payload = unsafe { &ring.slab().slice(b)[buf.frame_start..buf.frame_end] };
-                        stats.checksums.push(u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default()));
+                        stats.checksums.push(buf.checksum);
                         stats.frames += 1;
                         stats.data_bytes += buf.data_bytes;
                         self.progress.fetch_add(buf.data_bytes, Ordering::Relaxed);
@@ -316,13 +317,14 @@ fn on_read(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, table:
 }
 
 /// All reads are in: checksum the payload and write the header in front of it.
-fn finish_frame(_ring: &mut Uring, buf: &mut Buf, b: usize) -> Result<()> {
+fn finish_frame(ring: &mut Uring, buf: &mut Buf, b: usize) -> Result<()> {
     buf.reads.clear();
     // SAFETY: every read into buffer b has completed; nothing in flight refers to it.
-    let s = unsafe { _ring.slab().slice_mut(b) };
+    let s = unsafe { ring.slab().slice_mut(b) };
     let payload = &s[buf.frame_start + FRAME_HEADER_LEN..buf.frame_end];
-    let h = FrameHeader::for_payload(buf.kind, payload).encode();
-    s[buf.frame_start..buf.frame_start + FRAME_HEADER_LEN].copy_from_slice(&h);
+    let h = FrameHeader::for_payload(buf.kind, payload);
+    buf.checksum = h.checksum;
+    s[buf.frame_start..buf.frame_start + FRAME_HEADER_LEN].copy_from_slice(&h.encode());
     buf.state = State::Ready;
     Ok(())
 }
