@@ -26,9 +26,14 @@ use std::sync::Arc;
 /// starts on an O_DIRECT-aligned address.
 const HEADROOM: usize = BUF_ALIGN;
 pub const BUF_SIZE: usize = HEADROOM + DATA_CHUNK;
-/// Buffers per worker: reads for several frames in flight while one frame is being sent.
-pub const BUFFERS: usize = 8;
-const RING_ENTRIES: u32 = 2048;
+/// Buffers per worker: reads for many frames in flight while one frame is being sent. Measured
+/// on the development VM's virtio disk: 8 -> 16 -> 32 buffers took a 2 GiB O_DIRECT send from
+/// ~3.3 s to ~2.4 s (the device wants a deep queue).
+pub const BUFFERS: usize = 32;
+/// FileBatch buffers reading at once: each holds up to SEND_BATCH_MAX_FILES open files, so this
+/// bounds the worker's open fds (8 x 128) whatever BUFFERS is.
+const MAX_BATCH_BUFFERS_READING: usize = 8;
+const RING_ENTRIES: u32 = 4096;
 /// Files at least this large are read with O_DIRECT (when the file system allows): the data
 /// is streamed once, so filling the page cache with it only evicts useful pages.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
@@ -115,7 +120,7 @@ impl SendWorker {
         let mut stats = FrameStats::default();
         let mut ready: VecDeque<usize> = VecDeque::new();
         let mut sending = false;
-        let mut units = self.units.into_iter();
+        let mut units = self.units.into_iter().peekable();
         let mut more = true;
         let mut cache: Option<Cached> = None;
         let mut direct_ok = self.direct;
@@ -123,6 +128,12 @@ impl SendWorker {
         loop {
             while more {
                 let Some(b) = bufs.iter().position(|b| b.state == State::Free) else { break };
+                if matches!(units.peek(), Some(Unit::Batch { .. })) {
+                    let reading = bufs.iter().filter(|x| x.state == State::Reading && x.kind == FrameKind::FileBatch).count();
+                    if reading >= MAX_BATCH_BUFFERS_READING {
+                        break;
+                    }
+                }
                 match units.next() {
                     Some(u) => start_unit(&mut ring, &mut bufs[b], b, u, &self.table, &mut cache, &mut direct_ok)?,
                     None => more = false,
