@@ -90,3 +90,11 @@ pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     }
     p
 }
+
+/// Opens the root of a tree (`what` names it in errors: "source directory", "destination
+/// root"). O_DIRECTORY makes anything but a directory fail here.
+pub fn open_root(root: &std::path::Path, what: &str) -> crate::error::Result<OwnedFd> {
+    use crate::error::IoContext;
+    rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .ctx(|| format!("opening {what} {}", root.display()))
+}

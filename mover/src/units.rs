@@ -2,21 +2,6 @@
 
 use serde::Serialize;
 
-/// A count of bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Bytes(pub u64);
-
-impl Bytes {
-    pub const KIB: u64 = 1024;
-    pub const MIB: u64 = 1024 * 1024;
-}
-
-impl std::ops::AddAssign for Bytes {
-    fn add_assign(&mut self, rhs: Bytes) {
-        self.0 += rhs.0;
-    }
-}
-
 /// Index of an entry in a session's entry list. Entry 0 is the root directory; every other
 /// entry's parent has a smaller id, so the list is a pre-order walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -8,9 +8,10 @@
 
 use super::meta::times;
 use crate::beneath;
-use crate::error::{show, Error, IoContext, Result};
+use crate::error::{show, IoContext, Result};
 use crate::sender::plan::is_inline;
 use crate::tree::entry::{Entry, EntryKind, MAX_DEPTH};
+use crate::tree::walk::dir_names;
 use crate::tree::xattr::{sync_user_xattrs, On};
 use crate::units::EntryId;
 use rustix::fs::{statat, AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
@@ -52,17 +53,8 @@ pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> rustix::io:
     }
     let sub = beneath::open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
         .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
-    let mut names = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(&sub)?;
-    while let Some(ent) = d.read() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
     let mut removed = 0;
-    for n in names {
+    for n in dir_names(sub.as_fd())? {
         removed += remove_any(sub.as_fd(), &n, depth + 1)?;
     }
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
@@ -208,28 +200,10 @@ fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
             continue;
         }
         let fd = beneath::open_dir(root, &paths[i]).ctx(|| format!("opening directory {}", show(&paths[i])))?;
-        let mut d = rustix::fs::Dir::read_from(&fd).ctx(|| format!("listing {}", show(&paths[i])))?;
-        let mut extra = Vec::new();
-        while let Some(ent) = d.read() {
-            let ent = ent.ctx(|| format!("listing {}", show(&paths[i])))?;
-            let n = ent.file_name().to_bytes();
-            if n != b"." && n != b".." && !names.contains(&(i as u32, n)) {
-                extra.push(n.to_vec());
-            }
-        }
-        for n in extra {
+        let listed = dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[i])))?;
+        for n in listed.into_iter().filter(|n| !names.contains(&(i as u32, n.as_slice()))) {
             removed += remove_any(fd.as_fd(), &n, 0).ctx(|| format!("removing {}/{}", show(&paths[i]), show(&n)))?;
         }
     }
     Ok(removed)
-}
-
-/// Error for a destination that is not a directory we can work in.
-pub fn open_root(root: &std::path::Path) -> Result<OwnedFd> {
-    let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("opening destination root {}", root.display()))?;
-    if rustix::fs::fstat(&fd).map(|s| ftype(&s) != FileType::Directory).unwrap_or(true) {
-        return Err(Error::Usage(format!("{} is not a directory", root.display())));
-    }
-    Ok(fd)
 }

@@ -51,14 +51,16 @@ pub struct Receiver {
     progress: Arc<Progress>,
     owners: bool,
     umask: u32,
-    _lock: std::os::fd::OwnedFd,
+    /// The destination root, flock'ed for the receiver's lifetime; sessions reopen it from
+    /// this fd so they write into exactly the directory that is locked.
+    root: std::os::fd::OwnedFd,
 }
 
 impl Receiver {
     /// Binds and locks the root so a second receiver cannot interleave writes into it.
     pub fn bind(addr: SocketAddr, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
-        let lock = apply::open_root(&opts.root)?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        let root = crate::beneath::open_root(&opts.root, "destination root")?;
+        rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| Error::Usage(format!("{} is already in use by another mover receiver", opts.root.display())))?;
         let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
         listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
@@ -68,7 +70,7 @@ impl Receiver {
         let umask = rustix::process::umask(rustix::fs::Mode::empty());
         rustix::process::umask(umask);
         let owners = rustix::process::geteuid().is_root();
-        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), _lock: lock })
+        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), root })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -153,13 +155,8 @@ impl Receiver {
                 conn.0.set_read_timeout(Some(CONTROL_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
                 self.sessions.insert(hello.session, tx);
-                let root = rustix::fs::openat(
-                    rustix::fs::CWD,
-                    &self.opts.root,
-                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .ctx(|| format!("opening {}", self.opts.root.display()))?;
+                let root = crate::beneath::open_dir(self.root.as_fd(), b"")
+                    .ctx(|| format!("reopening {}", self.opts.root.display()))?;
                 let cpus = crate::worker_cpus(workers as usize, Some(&self.opts.root));
                 self.progress.reset();
                 let session = Session {
@@ -185,9 +182,5 @@ impl Receiver {
                 Ok(Accepted::Worker)
             }
         }
-    }
-
-    pub fn root_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self._lock.as_fd()
     }
 }

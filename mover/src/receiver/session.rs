@@ -9,11 +9,10 @@ use super::worker::RecvWorker;
 use crate::engine::join_workers;
 use crate::error::{Error, IoContext, Result};
 use crate::transport::tcp::TcpConn;
-use crate::transport::Connection;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{tree_hash, HashOptions};
 use crate::units::{SessionId, WorkerIndex};
-use crate::wire::frame::FrameKind;
+use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::{expect_frame, read_frame, write_frame};
 use crate::wire::message::{decode_entries, decode_message, encode_message, encode_need, Commit, Verified, NEED_CHUNK_BYTES};
 use crate::wire::WireError;
@@ -101,7 +100,7 @@ impl Session {
         let mut entries: Vec<Entry> = Vec::new();
         loop {
             let h = read_frame(ctl, &mut buf)?;
-            report.wire_bytes += buf.len() as u64 + 16;
+            report.wire_bytes += (FRAME_HEADER_LEN + buf.len()) as u64;
             match h.kind {
                 FrameKind::Entries => {
                     for e in decode_entries(&buf)? {
@@ -232,9 +231,4 @@ fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16) -> Result<Ve
         have += 1;
     }
     Ok(slots.into_iter().flatten().collect())
-}
-
-/// Control connections start in the accept loop; this sets the read timeout for the session.
-pub fn control_timeout(c: &TcpConn, t: Duration) -> Result<()> {
-    c.set_timeout(Some(t)).ctx(|| "setting control connection timeout".into())
 }

@@ -124,7 +124,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
 
     let need = read_need(&mut ctl, entries.len())?;
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
-    let root = crate::receiver::apply::open_root(&opts.src)?;
+    let root = crate::beneath::open_root(&opts.src, "source directory")?;
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total) = (0u64, 0u64);
     for (i, e) in entries.iter().enumerate() {

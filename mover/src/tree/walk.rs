@@ -54,11 +54,12 @@ pub fn meta_of(st: &Stat) -> Meta {
     }
 }
 
-fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let mut dir = Dir::read_from(fd).ctx(|| format!("reading directory {}", show(what)))?;
+/// Names in directory `fd` except `.` and `..`, sorted by bytes.
+pub fn dir_names(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<Vec<u8>>> {
+    let mut dir = Dir::read_from(fd)?;
     let mut names = Vec::new();
     while let Some(ent) = dir.read() {
-        let ent = ent.ctx(|| format!("reading directory {}", show(what)))?;
+        let ent = ent?;
         let n = ent.file_name().to_bytes();
         if n != b"." && n != b".." {
             names.push(n.to_vec());
@@ -66,6 +67,10 @@ fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
     }
     names.sort_unstable();
     Ok(names)
+}
+
+fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
+    dir_names(fd).ctx(|| format!("reading directory {}", show(what)))
 }
 
 fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
