@@ -8,7 +8,7 @@ mod progress;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mover::receiver::{ReceiveOptions, Receiver};
-use mover::sender::{send, SendOptions};
+use mover::sender::{send_with_retry, SendOptions};
 use mover::Progress;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -32,18 +32,22 @@ enum Cmd {
     /// Receive replication sessions into a destination directory.
     Receive {
         /// Address to listen on, e.g. 127.0.0.1:3712 (port 0 picks a free port and prints it).
-        #[arg(long)]
-        listen: SocketAddr,
+        #[arg(long, required_unless_present = "revert")]
+        listen: Option<SocketAddr>,
         /// Destination root; everything the sender has is mirrored beneath it, nothing outside.
         #[arg(long)]
         root: PathBuf,
         /// Exit after one session: status 0 only if it completed and verified.
         #[arg(long)]
         once: bool,
-        /// Flush the destination file system (syncfs) before acknowledging a session, so a
-        /// verified session is also durable. Off by default, like rsync without --fsync.
-        #[arg(long)]
+        /// Accepted for compatibility: every session now ends with syncfs before its recovery
+        /// point is committed, so a verified session is always durable.
+        #[arg(long, hide = true)]
         fsync: bool,
+        /// Roll the destination back to its last recovery point (undo an interrupted job) and
+        /// exit; --listen is not needed.
+        #[arg(long)]
+        revert: bool,
         /// Machine-readable output: one JSON object per line ({"listening":..} first, then one per session).
         #[arg(long)]
         json: bool,
@@ -64,6 +68,14 @@ enum Cmd {
         /// Read large files through the page cache instead of O_DIRECT.
         #[arg(long)]
         no_direct: bool,
+        /// State directory of this replication stream: keeps the manifest of what the receiver
+        /// holds, so later jobs send only changed blocks and renames (created if missing).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Sessions to try before giving up when the connection or the receiver fails; each
+        /// retry resumes the interrupted job (backoff from 0.2 s doubling to 30 s).
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
     },
     /// Show CPU / NUMA / device / NIC topology and the worker pinning plan.
     Hw {
@@ -111,9 +123,22 @@ fn resolve(to: &str) -> Result<SocketAddr> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Receive { listen, root, once, fsync, json } => {
+        Cmd::Receive { listen, root, once, fsync: _, revert, json } => {
+            if revert {
+                let rep = mover::receiver::revert_root(&root)?;
+                if json {
+                    println!("{}", serde_json::to_string(&rep)?);
+                } else if rep.reverted {
+                    let rp = rep.recovery_point.as_ref().map(|r| r.id.to_string()).unwrap_or_default();
+                    println!("reverted to recovery point {rp} ({} undo records applied)", rep.undone);
+                } else {
+                    println!("nothing to revert: the destination is at its last recovery point");
+                }
+                return Ok(());
+            }
+            let listen = listen.context("--listen is required")?;
             let progress = Arc::new(Progress::default());
-            let r = Receiver::bind(listen, ReceiveOptions { root, once, fsync }, progress)?;
+            let r = Receiver::bind(listen, ReceiveOptions { root, once }, progress)?;
             let addr = r.local_addr()?;
             if json {
                 println!("{}", serde_json::json!({ "listening": addr.to_string() }));
@@ -140,12 +165,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Send { src, to, threads, json, no_direct } => {
+        Cmd::Send { src, to, threads, json, no_direct, state, retries } => {
             let to = resolve(&to)?;
-            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct };
+            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
-            let res = send(&opts, &progress);
+            let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {
+                eprintln!("mover: attempt {n} failed: {e}; retrying in {:.1}s", pause.as_secs_f64());
+            });
             bar.finish();
             let rep = res?;
             if json {

@@ -79,7 +79,8 @@ pub fn generate(root: &Path, spec: &TreeSpec) -> Result<usize> {
         std::fs::create_dir_all(&d).ctx(|| format!("mkdir {}", d.display()))?;
         dirs.push(d);
     }
-    let mut buf = vec![0u8; spec.small_max.max(spec.large_size)];
+    // The extras write 1 MiB into a sparse file whatever the other sizes are.
+    let mut buf = vec![0u8; spec.small_max.max(spec.large_size).max(1 << 20)];
     let mut files = 0;
     for i in 0..spec.small_files {
         let d = &dirs[rng.below(dirs.len() as u64) as usize];

@@ -3,9 +3,11 @@
 //! docs/protocol.md for the wire format.
 
 pub mod beneath;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod gen;
+pub mod churn;
 pub mod receiver;
 pub mod sender;
 pub mod transport;

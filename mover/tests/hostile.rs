@@ -29,7 +29,7 @@ fn read_frame(s: &mut TcpStream) -> Option<(FrameKind, Vec<u8>)> {
 
 fn connect_control(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&hello(1, Role::Control { workers: 1 }, 1, 1)).unwrap();
+    s.write_all(&hello(1, Role::Control { workers: 1 }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).unwrap();
     let (k, _) = read_frame(&mut s).expect("HelloAck");
     assert_eq!(k, FrameKind::HelloAck);
     s
@@ -162,8 +162,9 @@ fn data_frame_for_an_entry_not_in_the_session_is_rejected() {
         s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
         let (k, _) = read_frame(&mut s).expect("need list");
         assert_eq!(k, FrameKind::NeedList);
+        s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[]))).unwrap();
         let mut w = TcpStream::connect(addr).unwrap();
-        w.write_all(&hello(1, Role::Worker { index: WorkerIndex(0) }, 1, 1)).unwrap();
+        w.write_all(&hello(1, Role::Worker { index: WorkerIndex(0) }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).unwrap();
         let (k, _) = read_frame(&mut w).expect("ack");
         assert_eq!(k, FrameKind::HelloAck);
         let mut p = Vec::new();
@@ -186,7 +187,7 @@ fn version_mismatch_is_refused_with_both_ranges() {
     let (k, msg) = read_frame(&mut s).expect("error frame");
     assert_eq!(k, FrameKind::Error);
     let msg = decode_message(&msg).unwrap();
-    assert!(msg.contains("peer speaks 90..=99, we speak 1..=1"), "{msg}");
+    assert!(msg.contains("peer speaks 90..=99, we speak 2..=2"), "{msg}");
 }
 
 #[test]
@@ -194,10 +195,44 @@ fn bad_magic_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let (addr, _h) = start_receiver(t.path());
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut p = hello(5, Role::Control { workers: 1 }, 1, 1)[FRAME_HEADER_LEN..].to_vec();
+    let mut p = hello(5, Role::Control { workers: 1 }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)[FRAME_HEADER_LEN..].to_vec();
     p[0] = b'X';
     s.write_all(&encode_frame(FrameKind::Hello, &p)).unwrap();
     let (k, msg) = read_frame(&mut s).expect("error frame");
     assert_eq!(k, FrameKind::Error);
     assert!(decode_message(&msg).unwrap().contains("bad magic"));
+}
+
+#[test]
+fn expect_list_that_does_not_match_the_need_list_is_rejected() {
+    let (err, t) = attack(|_, _| {}, |addr| {
+        let mut s = connect_control(addr);
+        s.write_all(&entries_frame(&[root_entry(), entry(0, b"small", EntryKind::File { size: 10 })])).unwrap();
+        s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
+        let (k, _) = read_frame(&mut s).expect("need list");
+        assert_eq!(k, FrameKind::NeedList);
+        // Announces data for a small (inline) file, which travels in FileBatch frames only.
+        s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[(EntryId(1), 10)]))).unwrap();
+        let _ = read_frame(&mut s);
+    });
+    assert!(err.contains("does not match the need list"), "{err}");
+    assert!(!t.path().join("root/small").exists() || std::fs::metadata(t.path().join("root/small")).unwrap().len() == 0);
+}
+
+#[test]
+fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
+    for from in [&b"../outside/victim"[..], b"/etc/passwd", b".mover-state/recovery-point", b"a//b", b""] {
+        let (err, t) = attack(|_, _| {}, |addr| {
+            let mut s = connect_control(addr);
+            s.write_all(&entries_frame(&[root_entry(), entry(0, b"stolen", EntryKind::File { size: 8 })])).unwrap();
+            let mut e = Enc::new();
+            encode_hint(&mut e, &Hint::Rename { entry: EntryId(1), from: from.to_vec() });
+            s.write_all(&encode_frame(FrameKind::Hints, &e.buf)).unwrap();
+            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
+            let _ = read_frame(&mut s);
+        });
+        assert!(err.contains("rename hint"), "{from:?}: {err}");
+        assert!(!t.path().join("root/stolen").exists(), "{from:?}");
+        assert_eq!(std::fs::read(t.path().join("outside/victim")).unwrap(), b"precious", "{from:?}");
+    }
 }

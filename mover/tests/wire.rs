@@ -54,6 +54,7 @@ proptest! {
         let _ = HelloAck::decode(&bytes);
         let _ = decode_batch(&bytes);
         let _ = decode_need(&bytes);
+        let _ = decode_hints(&bytes);
         let _ = Commit::decode(&bytes);
         let _ = Verified::decode(&bytes);
     }
@@ -119,8 +120,37 @@ fn names_that_could_escape_are_invalid() {
 #[test]
 fn version_negotiation_picks_the_highest_common_version() {
     assert_eq!(negotiate_version(1, 5), Ok(PROTOCOL_VERSION_MAX));
-    assert!(matches!(negotiate_version(2, 9), Err(WireError::VersionMismatch { .. })));
+    assert!(matches!(negotiate_version(PROTOCOL_VERSION_MAX + 1, 9), Err(WireError::VersionMismatch { .. })));
+    assert!(matches!(negotiate_version(1, 1), Err(WireError::VersionMismatch { .. })), "version 1 peers have no recovery points");
     assert!(matches!(negotiate_version(1, 0), Err(WireError::VersionMismatch { .. })));
+}
+
+#[test]
+fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
+    let hs = vec![
+        Hint::Rename { entry: EntryId(3), from: b"old/dir".to_vec() },
+        Hint::Delta { entry: EntryId(4), base_size: 9000, base_mtime: (5, 6), ranges: vec![(0, 4096), (8192, 100)] },
+        Hint::Delta { entry: EntryId(5), base_size: 0, base_mtime: (0, 0), ranges: vec![] },
+    ];
+    let mut e = Enc::new();
+    for h in &hs {
+        let before = e.buf.len();
+        encode_hint(&mut e, h);
+        assert_eq!(e.buf.len() - before, hint_len(h));
+    }
+    assert_eq!(decode_hints(&e.buf).unwrap(), hs);
+    for bad in [vec![(4096u64, 10u64), (0, 10)], vec![(0, 0)], vec![(u64::MAX, 2)]] {
+        let mut e = Enc::new();
+        encode_hint(&mut e, &Hint::Delta { entry: EntryId(1), base_size: 1, base_mtime: (0, 0), ranges: bad.clone() });
+        assert!(decode_hints(&e.buf).is_err(), "{bad:?} accepted");
+    }
+    let need = [Need::Nothing, Need::Full, Need::Delta];
+    let p = encode_need(7, true, &need);
+    let (first, last, back) = decode_need(&p).unwrap();
+    assert_eq!((first, last, back.as_slice()), (7, true, &need[..]));
+    let mut bad = p.clone();
+    *bad.last_mut().unwrap() = 9;
+    assert!(decode_need(&bad).is_err());
 }
 
 #[test]

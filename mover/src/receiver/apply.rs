@@ -4,18 +4,26 @@
 //! create the large ones at full (sparse) size so workers only ever open existing files.
 //!
 //! Every operation is relative to a directory fd resolved beneath the root; final components are
-//! never followed.
+//! never followed. Nothing is deleted: what is replaced or no longer in the source moves into the
+//! undo journal, and every creation and in-place change is journaled first (journal.rs).
+//!
+//! Hints from the sender's manifest are checked here before they are trusted: a rename source
+//! must exist, and a delta applies only if the file still has the size and mtime the sender
+//! believes (otherwise the whole file is asked for).
 
+use super::journal::Journal;
 use super::meta::times;
+use super::state::STATE_DIR;
 use crate::beneath;
-use crate::error::{show, IoContext, Result};
+use crate::error::{show, Error, IoContext, Result};
 use crate::sender::plan::is_inline;
-use crate::tree::entry::{Entry, EntryKind, MAX_DEPTH};
+use crate::tree::entry::{validate_name, Entry, EntryKind, MAX_DEPTH};
 use crate::tree::walk::dir_names;
 use crate::tree::xattr::{sync_user_xattrs, On};
 use crate::units::EntryId;
+use crate::wire::message::{Hint, Need};
 use rustix::fs::{statat, AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,9 +107,48 @@ fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, ow
     Ok(())
 }
 
-/// Runs the first phase. Returns which entries need data, and which directories it created.
-pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], owners: bool) -> Result<(Vec<bool>, Vec<bool>, ApplyStats)> {
-    let mut need = vec![false; entries.len()];
+
+/// What the first phase decided.
+pub struct Applied {
+    pub need: Vec<Need>,
+    /// Directories this phase created.
+    pub fresh: Vec<bool>,
+    /// Accepted delta ranges per entry (`need == Delta`).
+    pub deltas: HashMap<u32, Vec<(u64, u64)>>,
+    pub stats: ApplyStats,
+}
+
+/// A rename source: a relative path of valid names, outside the receiver's state.
+fn check_source_path(p: &[u8]) -> Result<()> {
+    let bad = |why: String| Err(Error::Verify(format!("rename hint from {}: {why}", show(p))));
+    if p.is_empty() {
+        return bad("empty path".into());
+    }
+    for (k, c) in p.split(|&b| b == b'/').enumerate() {
+        if let Err(e) = validate_name(c) {
+            return bad(e.to_string());
+        }
+        if k == 0 && c == STATE_DIR {
+            return bad("names the receiver's state directory".into());
+        }
+    }
+    Ok(())
+}
+
+fn depth(p: &[u8]) -> usize {
+    p.iter().filter(|&&b| b == b'/').count()
+}
+
+/// Runs the first phase.
+pub fn apply_entries(
+    root: BorrowedFd<'_>,
+    entries: &[Entry],
+    paths: &[Vec<u8>],
+    hints: &[Hint],
+    owners: bool,
+    j: &mut Journal,
+) -> Result<Applied> {
+    let mut need = vec![Need::Nothing; entries.len()];
     let mut stats = ApplyStats::default();
     let mut links_to = vec![0u32; entries.len()];
     for e in entries {
@@ -109,6 +156,40 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
             links_to[target.index()] += 1;
         }
     }
+    let mut renames: Vec<(usize, &[u8])> = Vec::new();
+    let mut delta_hint: HashMap<usize, (u64, (i64, u32), &[(u64, u64)])> = HashMap::new();
+    for h in hints {
+        match h {
+            Hint::Rename { entry, from } => {
+                let i = entry.index();
+                if i == 0 || i >= entries.len() || matches!(entries[i].kind, EntryKind::HardLink { .. }) {
+                    return Err(Error::Verify(format!("rename hint for entry {} which cannot be renamed", entry.0)));
+                }
+                check_source_path(from)?;
+                renames.push((i, from.as_slice()));
+            }
+            Hint::Delta { entry, base_size, base_mtime, ranges } => {
+                let i = entry.index();
+                let Some(EntryKind::File { size }) = entries.get(i).map(|e| &e.kind) else {
+                    return Err(Error::Verify(format!("delta hint for entry {} which is not a regular file", entry.0)));
+                };
+                if ranges.last().is_some_and(|&(o, l)| o + l > *size) {
+                    return Err(Error::Verify(format!("delta hint for {} runs past its size {size}", show(&paths[i]))));
+                }
+                delta_hint.insert(i, (*base_size, *base_mtime, ranges.as_slice()));
+            }
+        }
+    }
+    // Stage every rename source first, deepest first, so no source path is disturbed by another
+    // rename before it is taken; each is put in place when the walk below reaches its entry.
+    renames.sort_by_key(|(i, from)| (std::cmp::Reverse(depth(from)), *i));
+    let mut staged: HashMap<usize, Vec<u8>> = HashMap::new();
+    for (i, from) in &renames {
+        if let Some(s) = j.stage(from)? {
+            staged.insert(*i, s);
+        }
+    }
+    let mut deltas = HashMap::new();
     // Directories this phase created: nothing can exist inside them yet (the root is locked
     // against other receivers), so their children need no lookup and no extraneous pass.
     let mut fresh = vec![false; entries.len()];
@@ -117,18 +198,26 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
         let path = &paths[i];
         let dir = dirs.parent(root, e.parent, paths)?;
         let name = e.name.as_slice();
-        let st = if fresh[e.parent.index()] { None } else { stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))? };
+        let mut st = if fresh[e.parent.index()] { None } else { stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))? };
+        if let Some(s) = staged.remove(&i) {
+            if st.is_some() {
+                stats.removed += j.move_away(dir, name, path)?;
+            }
+            j.place(&s, dir, name, path)?;
+            st = stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))?;
+        }
         let ft = st.as_ref().map(ftype);
-        let clear = |stats: &mut ApplyStats| -> Result<()> {
-            stats.removed += remove_any(dir, name, 0).ctx(|| format!("removing {} (in the way)", show(path)))?;
+        let clear = |j: &mut Journal, stats: &mut ApplyStats| -> Result<()> {
+            stats.removed += j.move_away(dir, name, path)?;
             Ok(())
         };
         match &e.kind {
             EntryKind::Dir => {
                 if ft != Some(FileType::Directory) {
                     if st.is_some() {
-                        clear(&mut stats)?;
+                        clear(j, &mut stats)?;
                     }
+                    j.created(path)?;
                     rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir {}", show(path)))?;
                     fresh[i] = true;
                 }
@@ -137,38 +226,60 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
                 dirs.stack.push((EntryId(i as u32), sub));
             }
             EntryKind::File { size } => {
-                let unchanged = matches!(&st, Some(s) if ftype(s) == FileType::RegularFile
-                    && s.st_size as u64 == *size
-                    && s.st_mtime == e.meta.mtime_sec
-                    && s.st_mtime_nsec as u32 == e.meta.mtime_nsec
-                    && s.st_nlink == 1 + links_to[i] as u64);
-                if unchanged {
-                    if let Some(s) = &st {
-                        fix_unchanged_meta(dir, name, s, e, owners).ctx(|| format!("updating metadata of {}", show(path)))?;
+                let is_file = matches!(&st, Some(s) if ftype(s) == FileType::RegularFile);
+                let links_ok = matches!(&st, Some(s) if s.st_nlink == 1 + links_to[i] as u64);
+                let same = |s: &Stat, sz: u64, m: (i64, u32)| s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m;
+                let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
+                let complete = is_file && links_ok && st.as_ref().is_some_and(|s| same(s, *size, mtime));
+                let decision = match delta_hint.get(&i) {
+                    Some(_) if is_inline(*size) => if complete { Need::Nothing } else { Need::Full },
+                    Some(&(bsize, bmtime, _)) if j.touched.contains(path) => {
+                        // Written in place by an interrupted session of this job: complete only if
+                        // it visibly reached the new version, else its content is unknown.
+                        if complete && (*size, mtime) != (bsize, bmtime) { Need::Nothing } else { Need::Full }
                     }
-                    stats.files_unchanged += 1;
-                    continue;
+                    Some(&(bsize, bmtime, _)) if is_file && links_ok && st.as_ref().is_some_and(|s| same(s, bsize, bmtime)) => Need::Delta,
+                    _ => if complete { Need::Nothing } else { Need::Full },
+                };
+                match decision {
+                    Need::Nothing => {
+                        if let Some(s) = &st {
+                            fix_unchanged_meta(dir, name, s, e, owners).ctx(|| format!("updating metadata of {}", show(path)))?;
+                        }
+                        stats.files_unchanged += 1;
+                    }
+                    Need::Delta => {
+                        let (bsize, _, ranges) = delta_hint[&i];
+                        prepare_delta(dir, name, path, bsize, *size, ranges, j)?;
+                        stats.files_needed += 1;
+                        stats.bytes_needed += ranges.iter().map(|r| r.1).sum::<u64>();
+                        deltas.insert(i as u32, ranges.to_vec());
+                    }
+                    Need::Full => {
+                        if st.is_some() {
+                            // Never write into the old inode: it may be hard-linked elsewhere.
+                            clear(j, &mut stats)?;
+                        }
+                        j.created(path)?;
+                        stats.files_needed += 1;
+                        stats.bytes_needed += size;
+                        if !is_inline(*size) {
+                            let fd = beneath::open_in(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
+                                .ctx(|| format!("creating {}", show(path)))?;
+                            rustix::fs::ftruncate(&fd, *size).ctx(|| format!("sizing {} to {size} bytes", show(path)))?;
+                        }
+                    }
                 }
-                if st.is_some() {
-                    // Never write into the old inode: it may be hard-linked elsewhere.
-                    clear(&mut stats)?;
-                }
-                need[i] = true;
-                stats.files_needed += 1;
-                stats.bytes_needed += size;
-                if !is_inline(*size) {
-                    let fd = beneath::open_in(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
-                        .ctx(|| format!("creating {}", show(path)))?;
-                    rustix::fs::ftruncate(&fd, *size).ctx(|| format!("sizing {} to {size} bytes", show(path)))?;
-                }
+                need[i] = decision;
             }
             EntryKind::Symlink { target } => {
                 let same = ft == Some(FileType::Symlink)
                     && rustix::fs::readlinkat(dir, name, Vec::new()).map(|t| t.as_bytes() == target.as_slice()).unwrap_or(false);
                 if !same {
                     if st.is_some() {
-                        clear(&mut stats)?;
+                        clear(j, &mut stats)?;
                     }
+                    j.created(path)?;
                     rustix::fs::symlinkat(target.as_slice(), dir, name).ctx(|| format!("symlink {}", show(path)))?;
                 }
             }
@@ -177,8 +288,9 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
                 let same = matches!(&st, Some(s) if s.st_mode & libc::S_IFMT == *file_type && s.st_rdev == *rdev);
                 if !same {
                     if st.is_some() {
-                        clear(&mut stats)?;
+                        clear(j, &mut stats)?;
                     }
+                    j.created(path)?;
                     let ft = FileType::from_raw_mode(*file_type);
                     rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), *rdev)
                         .ctx(|| format!("mknod {}", show(path)))?;
@@ -187,12 +299,32 @@ pub fn apply_entries(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
         }
     }
     drop(dirs);
-    stats.removed += remove_extraneous(root, entries, paths, &fresh)?;
-    Ok((need, fresh, stats))
+    stats.removed += remove_extraneous(root, entries, paths, &fresh, j)?;
+    Ok(Applied { need, fresh, deltas, stats })
 }
 
-/// Removes what the destination holds that the source does not (the target is a mirror).
-fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], fresh: &[bool]) -> Result<u64> {
+/// Saves pre-images of every range the delta will overwrite (and of a tail a shrink cuts off),
+/// then sets the new size. Data frames later write the ranges in place.
+fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u64, ranges: &[(u64, u64)], j: &mut Journal) -> Result<()> {
+    let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty()).ctx(|| format!("opening {} for an in-place update", show(path)))?;
+    for &(o, l) in ranges {
+        if o < old.min(new) {
+            j.preimage(fd.as_fd(), path, o, l.min(old.min(new) - o))?;
+        }
+    }
+    if new < old {
+        j.preimage(fd.as_fd(), path, new, old - new)?;
+    }
+    if new != old {
+        j.resized(path, old)?;
+        rustix::fs::ftruncate(&fd, new).ctx(|| format!("resizing {} to {new} bytes", show(path)))?;
+    }
+    Ok(())
+}
+
+/// Moves what the destination holds that the source does not into the journal (the target is a
+/// mirror); the receiver's state directory at the top is never touched.
+fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], fresh: &[bool], j: &mut Journal) -> Result<u64> {
     let names: HashSet<(u32, &[u8])> = entries.iter().skip(1).map(|e| (e.parent.0, e.name.as_slice())).collect();
     let mut removed = 0;
     for (i, e) in entries.iter().enumerate() {
@@ -202,7 +334,15 @@ fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>],
         let fd = beneath::open_dir(root, &paths[i]).ctx(|| format!("opening directory {}", show(&paths[i])))?;
         let listed = dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[i])))?;
         for n in listed.into_iter().filter(|n| !names.contains(&(i as u32, n.as_slice()))) {
-            removed += remove_any(fd.as_fd(), &n, 0).ctx(|| format!("removing {}/{}", show(&paths[i]), show(&n)))?;
+            if i == 0 && n.as_slice() == STATE_DIR {
+                continue;
+            }
+            let mut p = paths[i].clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&n);
+            removed += j.move_away(fd.as_fd(), &n, &p)?;
         }
     }
     Ok(removed)

@@ -2,23 +2,32 @@
 //! links, symlink and special-file metadata, then directories from the deepest up (so creating
 //! children does not disturb a parent's mtime once set), and finally the verifying walk.
 
-use super::apply::remove_any;
+use super::journal::Journal;
 use super::meta::{apply_fd, times};
 use super::table::RecvTable;
 use crate::beneath::{self, split_parent};
 use crate::error::{show, Error, IoContext, Result};
 use crate::sender::plan::is_inline;
 use crate::tree::entry::EntryKind;
-use crate::tree::xattr::{sync_user_xattrs, On};
+use crate::wire::message::Need;
 use rustix::fs::{statat, AtFlags, Gid, Mode, OFlags, Uid};
 use std::os::fd::AsFd;
 
-pub fn finalize(t: &RecvTable, fsync: bool) -> Result<()> {
+pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
     let root = t.root.as_fd();
     for (i, e) in t.entries.iter().enumerate() {
         let path = &t.paths[i];
         match &e.kind {
-            EntryKind::File { size } if t.need[i] && !is_inline(*size) => {
+            EntryKind::File { size } if t.need[i] != Need::Nothing && !is_inline(*size) => {
+                // Files that received data were finished by the worker that wrote their last
+                // byte; the rest (all holes, or a delta of metadata only) are finished here.
+                match t.remaining.get(&(i as u32)).map(|r| r.load(std::sync::atomic::Ordering::Acquire)) {
+                    Some(0) if t.expected.get(&(i as u32)) != Some(&0) => continue,
+                    Some(0) => {}
+                    left => {
+                        return Err(Error::Verify(format!("{} is missing {} bytes of data", show(path), left.unwrap_or(*size))));
+                    }
+                }
                 let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
                 apply_fd(fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of {}", show(path)))?;
             }
@@ -32,7 +41,8 @@ pub fn finalize(t: &RecvTable, fsync: bool) -> Result<()> {
                 let same = matches!(statat(&ldir, ln, AtFlags::SYMLINK_NOFOLLOW),
                     Ok(s) if s.st_ino == tst.st_ino && s.st_dev == tst.st_dev);
                 if !same {
-                    remove_any(ldir.as_fd(), ln, 0).ctx(|| format!("removing {} (in the way)", show(path)))?;
+                    j.move_away(ldir.as_fd(), ln, path)?;
+                    j.created(path)?;
                     rustix::fs::linkat(&tdir, tn, &ldir, ln, AtFlags::empty())
                         .ctx(|| format!("hard link {} -> {}", show(path), show(tpath)))?;
                 }
@@ -61,13 +71,7 @@ pub fn finalize(t: &RecvTable, fsync: bool) -> Result<()> {
         }
         let path = &t.paths[i];
         let fd = beneath::open_dir(root, path).ctx(|| format!("opening directory {}", show(path)))?;
-        let mut plain = e.clone();
-        plain.xattrs.clear();
-        sync_user_xattrs(On::Fd(fd.as_fd()), &e.xattrs).ctx(|| format!("xattrs of {}", show(path)))?;
-        apply_fd(fd.as_fd(), &plain, t.owners).ctx(|| format!("setting metadata of directory {}", show(path)))?;
-    }
-    if fsync {
-        rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+        apply_fd(fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of directory {}", show(path)))?;
     }
     Ok(())
 }

@@ -14,16 +14,15 @@ pub fn times(m: &Meta) -> Timestamps {
     }
 }
 
-/// Owner, mode, xattrs and mtime of an open regular file or directory.
+/// Owner, mode, xattrs (exactly `e`'s) and mtime of an open regular file or directory.
 pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, owners: bool) -> io::Result<()> {
     if owners {
         let (u, g) = (Uid::from_raw(e.meta.uid), Gid::from_raw(e.meta.gid));
         rustix::fs::fchown(fd, Some(u), Some(g))?;
     }
     rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(e.meta.mode))?;
-    for (k, v) in &e.xattrs {
-        rustix::fs::fsetxattr(fd, k.as_slice(), v, rustix::fs::XattrFlags::empty())?;
-    }
+    // Sync, not just set: an item updated in place may carry xattrs the source dropped.
+    crate::tree::xattr::sync_user_xattrs(crate::tree::xattr::On::Fd(fd), &e.xattrs)?;
     rustix::fs::futimens(fd, &times(&e.meta))?;
     Ok(())
 }

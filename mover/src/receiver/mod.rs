@@ -2,8 +2,11 @@
 
 pub mod apply;
 pub mod finalize;
+pub mod journal;
 pub mod meta;
+pub mod revert;
 pub mod session;
+pub mod state;
 pub mod table;
 pub mod worker;
 
@@ -15,6 +18,7 @@ use crate::wire::io::{expect_frame, write_frame};
 use crate::wire::message::{encode_message, negotiate_version, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS};
 use crate::{software_version, Progress};
 use session::{Session, SessionReport};
+use state::State;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -27,6 +31,8 @@ use std::time::Duration;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the control connection may sit silent (apply phase of a huge tree, workers running).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a new control connection waits for a finishing session before being told "busy".
+const BUSY_GRACE: Duration = Duration::from_secs(2);
 /// Poll interval of the accept loop, which also notices finished sessions.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
@@ -34,8 +40,6 @@ pub struct ReceiveOptions {
     pub root: PathBuf,
     /// Exit after one session.
     pub once: bool,
-    /// Flush the destination file system (syncfs) before a session is acknowledged as verified.
-    pub fsync: bool,
 }
 
 enum Accepted {
@@ -81,10 +85,14 @@ impl Receiver {
     pub fn serve(mut self, mut on_report: impl FnMut(&SessionReport)) -> Result<SessionReport> {
         let (done_tx, done_rx) = mpsc::channel::<(SessionId, SessionReport)>();
         let mut active: Option<SessionId> = None;
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut started = 0u64;
         loop {
             while let Ok((id, rep)) = done_rx.try_recv() {
                 self.sessions.remove(&id);
-                active = None;
+                if active == Some(id) {
+                    active = None;
+                }
                 on_report(&rep);
                 if self.opts.once {
                     return Ok(rep);
@@ -102,17 +110,21 @@ impl Receiver {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Error::Io { context: "accept".into(), source: e }),
             };
-            match self.handshake(sock, active.is_some()) {
+            let refuse_control = self.opts.once && started > 0;
+            match self.handshake(sock, &running, refuse_control) {
                 Ok(Accepted::Control { session, ctl }) => {
                     let id = session.id;
                     active = Some(id);
-                    let tx = done_tx.clone();
+                    started += 1;
+                    running.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let (tx, running) = (done_tx.clone(), running.clone());
                     std::thread::Builder::new()
                         .name("mover-session".into())
                         .spawn(move || {
                             // A panic must still end the session (and `--once`) with a report.
                             let rep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run(ctl)))
                                 .unwrap_or_else(|_| SessionReport::failed(id, "receiver session panicked"));
+                            running.store(false, std::sync::atomic::Ordering::SeqCst);
                             let _ = tx.send((id, rep));
                         })
                         .ctx(|| "spawning session thread".to_string())?;
@@ -123,7 +135,15 @@ impl Receiver {
         }
     }
 
-    fn handshake(&mut self, sock: TcpStream, busy: bool) -> Result<Accepted> {
+    /// The recovery point the destination is at, and whether a job's journal awaits.
+    fn job_state(&self) -> Result<(u128, bool)> {
+        let Some(state) = State::find(self.root.as_fd())? else { return Ok((0, false)) };
+        let rp = state.recovery_point()?;
+        let pending = journal::read_existing(&state)?.is_some_and(|j| j.base.is_some() && j.base == rp.as_ref().map(|r| r.id));
+        Ok((rp.map(|r| r.id.0).unwrap_or(0), pending))
+    }
+
+    fn handshake(&mut self, sock: TcpStream, running: &std::sync::atomic::AtomicBool, once_done: bool) -> Result<Accepted> {
         sock.set_nonblocking(false).ctx(|| "socket mode".to_string())?;
         let mut conn = TcpConn::new(sock).ctx(|| "socket options".to_string())?;
         conn.0.set_read_timeout(Some(HELLO_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
@@ -145,10 +165,20 @@ impl Receiver {
             Err(e) => return refuse(&mut conn, format!("{e} (receiver is mover {})", software_version())),
         };
         let caps = CAP_USER_XATTRS | if self.owners { CAP_OWNERS } else { 0 };
-        let ack = HelloAck { version, software: software_version().to_string(), capabilities: caps };
+        let (recovery_point, job_pending) = self.job_state()?;
+        let ack = HelloAck { version, software: software_version().to_string(), capabilities: caps, recovery_point, job_pending };
         match hello.role {
             Role::Control { workers } => {
-                if busy {
+                if once_done {
+                    return refuse(&mut conn, "receiver is exiting: it serves one session (--once)".into());
+                }
+                // A session that just acknowledged its sender may still be closing: a sender
+                // that starts its next job at once should not be told the receiver is busy.
+                let deadline = std::time::Instant::now() + BUSY_GRACE;
+                while running.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if running.load(std::sync::atomic::Ordering::SeqCst) {
                     return refuse(&mut conn, "receiver busy: another session is writing to this root".into());
                 }
                 write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
@@ -163,7 +193,6 @@ impl Receiver {
                     id: hello.session,
                     workers,
                     owners: self.owners && hello.capabilities & CAP_OWNERS != 0,
-                    fsync: self.opts.fsync,
                     umask: self.umask,
                     root,
                     worker_conns: rx,
@@ -182,5 +211,27 @@ impl Receiver {
                 Ok(Accepted::Worker)
             }
         }
+    }
+}
+
+/// `mover receive --revert`: rolls the destination back to its last recovery point (applying
+/// the undo journal of an interrupted job). Takes the same lock as a receiver, so it cannot run
+/// while one is serving the root.
+pub fn revert_root(root: &std::path::Path) -> Result<revert::RevertReport> {
+    let fd = crate::beneath::open_root(root, "destination root")?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| Error::Usage(format!("{} is in use by a mover receiver; stop it first", root.display())))?;
+    match State::find(fd.as_fd())? {
+        Some(state) => revert::revert(fd.as_fd(), &state),
+        None => Ok(revert::RevertReport { undone: 0, recovery_point: None, reverted: false }),
+    }
+}
+
+/// The recovery point a destination is at, if any (`mover receive --status`).
+pub fn recovery_point(root: &std::path::Path) -> Result<Option<state::RecoveryPoint>> {
+    let fd = crate::beneath::open_root(root, "destination root")?;
+    match State::find(fd.as_fd())? {
+        Some(s) => s.recovery_point(),
+        None => Ok(None),
     }
 }

@@ -2,8 +2,10 @@
 //! -> workers -> commit -> finalize -> verify. Any failure is reported to the sender as an Error
 //! frame and returned.
 
-use super::apply::{apply_entries, ApplyStats};
+use super::apply::{apply_entries, Applied};
 use super::finalize::{finalize, first_difference};
+use super::journal::{self, Journal};
+use super::state::{now_ns, RecoveryPoint, RecoveryPointId, State, STATE_DIR};
 use super::table::RecvTable;
 use super::worker::RecvWorker;
 use crate::engine::join_workers;
@@ -14,7 +16,9 @@ use crate::tree::hash::{tree_hash, HashOptions};
 use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::{expect_frame, read_frame, write_frame};
-use crate::wire::message::{decode_entries, decode_message, encode_message, encode_need, Commit, Verified, NEED_CHUNK_BYTES};
+use crate::wire::message::{
+    decode_entries, decode_expect, decode_hints, decode_message, encode_message, encode_need, Commit, Hint, Need, Verified, NEED_CHUNK_BYTES,
+};
 use crate::wire::WireError;
 use crate::{content_digest, Progress};
 use serde::Serialize;
@@ -40,14 +44,20 @@ pub struct SessionReport {
     pub removed: u64,
     pub seconds: f64,
     pub tree_hash: String,
+    /// Files updated in place from a delta, and their bytes received.
+    pub files_delta: u64,
+    /// Renames the sender asked for that were carried out.
+    pub renamed: u64,
+    /// This session continued an interrupted job's journal.
+    pub resumed: bool,
+    /// The recovery point committed (empty if none).
+    pub recovery_point: String,
 }
 
 pub struct Session {
     pub id: SessionId,
     pub workers: u16,
     pub owners: bool,
-    /// syncfs the destination before verifying and acknowledging.
-    pub fsync: bool,
     /// The process umask, applied by the kernel to files the workers create.
     pub umask: u32,
     pub root: OwnedFd,
@@ -70,6 +80,10 @@ impl SessionReport {
             removed: 0,
             seconds: 0.0,
             tree_hash: String::new(),
+            files_delta: 0,
+            renamed: 0,
+            resumed: false,
+            recovery_point: String::new(),
         }
     }
 }
@@ -98,6 +112,7 @@ impl Session {
         let mut buf = Vec::new();
         let mut checker = StructureChecker::new();
         let mut entries: Vec<Entry> = Vec::new();
+        let mut hints: Vec<Hint> = Vec::new();
         loop {
             let h = read_frame(ctl, &mut buf)?;
             report.wire_bytes += (FRAME_HEADER_LEN + buf.len()) as u64;
@@ -105,8 +120,18 @@ impl Session {
                 FrameKind::Entries => {
                     for e in decode_entries(&buf)? {
                         checker.push(&e)?;
+                        if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR {
+                            return Err(Error::Verify("entry list names the receiver's reserved .mover-state".into()));
+                        }
                         entries.push(e);
                     }
+                }
+                FrameKind::Hints => {
+                    let hs = decode_hints(&buf)?;
+                    if hints.len() + hs.len() > entries.len() * 2 {
+                        return Err(Error::Verify("more hints than entries".into()));
+                    }
+                    hints.extend(hs);
                 }
                 FrameKind::EntriesEnd => {
                     let n = u64::from_le_bytes(buf.as_slice().try_into().map_err(|_| WireError::BadField { field: "entry count" })?);
@@ -121,17 +146,39 @@ impl Session {
         }
         report.entries = entries.len() as u64;
         let t0 = Instant::now();
+        let root = std::os::fd::AsFd::as_fd(&self.root);
+        let state = State::open(root)?;
+        let (mut journal, resumed) = open_job(root, &state, self.owners)?;
+        report.resumed = resumed;
         let paths = crate::tree::entry::relative_paths(&entries);
-        let (need, fresh_dir, stats): (Vec<bool>, Vec<bool>, ApplyStats) = apply_entries(std::os::fd::AsFd::as_fd(&self.root), &entries, &paths, self.owners)?;
+        let Applied { need, fresh, deltas, stats } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
+        report.files_delta = deltas.len() as u64;
+        report.renamed = hints.iter().filter(|h| matches!(h, Hint::Rename { .. })).count() as u64;
         self.progress.set_totals(stats.files_needed, stats.bytes_needed);
+        // Every pre-image and undo record is durable before the first byte is written in place.
+        journal.sync()?;
         send_need(ctl, &need)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), needed = stats.files_needed, "apply phase done");
 
+        let expected = read_expect(ctl, &need, &entries, &deltas)?;
+        let remaining = expected.iter().map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v))).collect();
         let conns = collect_workers(&self.worker_conns, self.workers)?;
         let creator = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
-        let table = Arc::new(RecvTable { root: self.root, entries, paths, need, owners: self.owners, fresh_dir, creator, umask: self.umask });
+        let table = Arc::new(RecvTable {
+            root: self.root,
+            entries,
+            paths,
+            need,
+            deltas,
+            owners: self.owners,
+            fresh_dir: fresh,
+            remaining,
+            expected,
+            creator,
+            umask: self.umask,
+        });
         let mut handles = Vec::new();
         for (i, sock) in conns.into_iter().enumerate() {
             let w = RecvWorker {
@@ -165,10 +212,12 @@ impl Session {
             )));
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "workers done");
-        finalize(&table, self.fsync)?;
+        journal.sync()?;
+        finalize(&table, &mut journal)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "finalized");
         let opts = HashOptions { owners: self.owners };
-        let walked = crate::tree::walk::walk_fd(std::os::fd::AsFd::as_fd(&table.root), true)?;
+        let root = std::os::fd::AsFd::as_fd(&table.root);
+        let walked = crate::tree::walk::walk_fd(root, true)?;
         let got = tree_hash(&walked.entries, opts);
         let want = tree_hash(&table.entries, opts);
         report.tree_hash = format!("{got:032x}");
@@ -191,22 +240,97 @@ impl Session {
             return Err(first_difference(&norm(&table.entries), &norm(&walked.entries), &table.paths));
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
-        let v = Verified { ok: true, message: "verified".into(), tree_hash: got };
+        // The new recovery point: data durable first, then the record, then the journal goes.
+        rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+        let rp = RecoveryPoint {
+            id: RecoveryPointId(SessionId::random().ctx(|| "random recovery point id".to_string())?.0),
+            committed_ns: now_ns(),
+            source_time_ns: commit.source_time_ns,
+            tree_hash: got,
+            entries: walked.entries.len() as u64,
+            hash_owners: self.owners,
+        };
+        state.commit(&rp, &walked.entries)?;
+        drop(journal);
+        journal::discard(&state)?;
+        report.recovery_point = rp.id.to_string();
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), rp = %rp.id, "recovery point committed");
+        let v = Verified { ok: true, message: "verified".into(), tree_hash: got, recovery_point: rp.id.0 };
         write_frame(ctl, FrameKind::Verified, &v.encode())?;
         Ok(())
     }
 }
 
-fn send_need(ctl: &mut TcpConn, need: &[bool]) -> Result<()> {
-    let mut bits = vec![0u8; need.len().div_ceil(8)];
-    for (i, &n) in need.iter().enumerate() {
-        if n {
-            bits[i / 8] |= 1 << (i % 8);
+/// Gets the journal for this session's job: a live interrupted job's journal is continued (its
+/// records stay valid: undo in reverse order still reaches the same recovery point); a revert
+/// that was interrupted is finished first; a stale journal is dropped. A destination with no
+/// recovery point yet gets one for its current state, so a first job can be reverted too.
+fn open_job(root: std::os::fd::BorrowedFd<'_>, state: &State, owners: bool) -> Result<(Journal, bool)> {
+    let mut rp = state.recovery_point()?;
+    let mut resumed = false;
+    if let Some(ex) = journal::read_existing(state)? {
+        let live = matches!((ex.base, &rp), (Some(b), Some(rp)) if b == rp.id);
+        if live && ex.reverting {
+            super::revert::revert(root, state)?;
+        } else if live {
+            resumed = true;
+        } else {
+            journal::discard(state)?;
         }
     }
-    let chunks: Vec<&[u8]> = bits.chunks(NEED_CHUNK_BYTES).collect();
+    if rp.is_none() {
+        let walked = crate::tree::walk::walk_fd(root, true)?;
+        let first = RecoveryPoint {
+            id: RecoveryPointId(SessionId::random().ctx(|| "random recovery point id".to_string())?.0),
+            committed_ns: now_ns(),
+            source_time_ns: 0,
+            tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
+            entries: walked.entries.len() as u64,
+            hash_owners: owners,
+        };
+        state.commit(&first, &walked.entries)?;
+        rp = Some(first);
+    }
+    let base = rp.map(|r| r.id).ok_or_else(|| Error::Usage("no recovery point".into()))?;
+    Ok((Journal::open(root, state, base)?, resumed))
+}
+
+/// Reads the sender's Expect list: one record for every large file the need list asked for, its
+/// byte count bounded by the file's size (or equal to its accepted delta).
+fn read_expect(ctl: &mut TcpConn, need: &[Need], entries: &[Entry], deltas: &std::collections::HashMap<u32, Vec<(u64, u64)>>) -> Result<std::collections::HashMap<u32, u64>> {
+    use crate::tree::entry::EntryKind;
+    let mut out = std::collections::HashMap::new();
+    let mut buf = Vec::new();
+    loop {
+        expect_frame(ctl, FrameKind::Expect, &mut buf)?;
+        let (last, recs) = decode_expect(&buf)?;
+        for (e, bytes) in recs {
+            let ok = match (need.get(e.index()), entries.get(e.index()).map(|x| &x.kind)) {
+                (Some(Need::Full), Some(EntryKind::File { size })) => !crate::sender::plan::is_inline(*size) && bytes <= *size,
+                (Some(Need::Delta), Some(EntryKind::File { .. })) => deltas.get(&e.0).is_some_and(|r| r.iter().map(|x| x.1).sum::<u64>() == bytes),
+                _ => false,
+            };
+            if !ok || out.insert(e.0, bytes).is_some() {
+                return Err(Error::Verify(format!("Expect record for entry {} does not match the need list", e.0)));
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    let wanted = need.iter().enumerate().filter(|(i, n)| {
+        **n != Need::Nothing && matches!(entries[*i].kind, EntryKind::File { size } if !crate::sender::plan::is_inline(size))
+    });
+    if wanted.count() != out.len() {
+        return Err(Error::Verify("Expect list does not cover every large file of the need list".into()));
+    }
+    Ok(out)
+}
+
+fn send_need(ctl: &mut TcpConn, need: &[Need]) -> Result<()> {
+    let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
-        let first = (k * NEED_CHUNK_BYTES * 8) as u32;
+        let first = (k * NEED_CHUNK_BYTES) as u32;
         write_frame(ctl, FrameKind::NeedList, &encode_need(first, k + 1 == chunks.len(), c))?;
     }
     Ok(())

@@ -4,17 +4,27 @@
 use crate::sender::plan::is_inline;
 use crate::tree::entry::{Entry, EntryKind};
 use crate::units::EntryId;
-use std::os::fd::OwnedFd;
+use crate::wire::message::Need;
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct RecvTable {
     pub root: OwnedFd,
     pub entries: Vec<Entry>,
     pub paths: Vec<Vec<u8>>,
-    /// Entries whose data this session transfers.
-    pub need: Vec<bool>,
+    /// What data this session transfers for each entry.
+    pub need: Vec<Need>,
+    /// Ranges of files updated in place (`Need::Delta`), sorted and disjoint.
+    pub deltas: HashMap<u32, Vec<(u64, u64)>>,
     pub owners: bool,
     /// Directories created by this session's apply phase (no set-gid parent can be involved).
     pub fresh_dir: Vec<bool>,
+    /// Data bytes still to be written per needed large file (from the sender's Expect list).
+    /// The worker whose write brings a file to zero sets its metadata: the file is finished.
+    pub remaining: HashMap<u32, AtomicU64>,
+    /// The announced byte count per large file.
+    pub expected: HashMap<u32, u64>,
     /// Owner the kernel gives files this process creates in a fresh directory.
     pub creator: (u32, u32),
     pub umask: u32,
@@ -24,7 +34,7 @@ impl RecvTable {
     /// Size of `e` if it is a regular file whose data this session carries.
     pub fn needed_size(&self, e: EntryId) -> Option<u64> {
         match self.entries.get(e.index()).map(|x| &x.kind) {
-            Some(EntryKind::File { size }) if self.need[e.index()] => Some(*size),
+            Some(EntryKind::File { size }) if self.need[e.index()] != Need::Nothing => Some(*size),
             _ => None,
         }
     }
@@ -36,7 +46,38 @@ impl RecvTable {
     }
 
     pub fn is_needed_inline(&self, e: EntryId) -> bool {
-        matches!(self.needed_size(e), Some(s) if is_inline(s))
+        self.need.get(e.index()) == Some(&Need::Full) && matches!(self.needed_size(e), Some(s) if is_inline(s))
+    }
+
+    /// A Data frame for [off, off + len) of `e` is one this session asked for: anywhere inside
+    /// a whole file, or inside one accepted range of a delta.
+    pub fn allows(&self, e: EntryId, off: u64, len: u64) -> bool {
+        if self.need.get(e.index()) != Some(&Need::Delta) {
+            return true;
+        }
+        let Some(r) = self.deltas.get(&e.0) else { return false };
+        let k = r.partition_point(|&(o, _)| o <= off);
+        k > 0 && off + len <= r[k - 1].0 + r[k - 1].1
+    }
+
+    /// Counts `len` bytes written to large file `e`; on its last byte, applies its metadata
+    /// through `fd` (mtime last, so a rerun's quick check sees it finished).
+    pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::Result<()> {
+        let Some(r) = self.remaining.get(&e.0) else {
+            return Err(crate::Error::Verify(format!("data for entry {} which expects none", e.0)));
+        };
+        let prev = r.fetch_sub(len, Ordering::AcqRel);
+        if prev < len {
+            return Err(crate::Error::Verify(format!("more data for entry {} than the sender announced", e.0)));
+        }
+        if prev == len {
+            let entry = &self.entries[e.index()];
+            super::meta::apply_fd(fd, entry, self.owners).map_err(|source| crate::Error::Io {
+                context: format!("setting metadata of {}", crate::error::show(&self.paths[e.index()])),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     pub fn is_needed_extent_file(&self, e: EntryId) -> bool {

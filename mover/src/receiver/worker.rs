@@ -32,6 +32,8 @@ const DIRECT_WRITE_MIN: u64 = 4 * 1024 * 1024;
 pub const BUFFERS: usize = 8;
 const RING_ENTRIES: u32 = 2048;
 
+/// Bound on completion rounds while draining after a failure (each reaps at least one).
+const DRAIN_ROUNDS: usize = 4096;
 const OP_RECV: u64 = 1;
 const OP_WRITE: u64 = 2;
 
@@ -153,6 +155,19 @@ impl RecvWorker {
         if result.is_err() {
             // Unblock a pending recv so the ring drains promptly.
             let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
+            // Let writes already submitted land and count: a file whose last bytes were in
+            // flight is then finished (metadata set), and a resumed job does not resend it.
+            let mut rounds = 0;
+            while ring.inflight > 0 && rounds < DRAIN_ROUNDS {
+                rounds += 1;
+                let Ok(cqes) = ring.reap_within(1, STALL_TIMEOUT).map(|c| c.to_vec()) else { break };
+                for (u, res) in cqes {
+                    let (op, b, idx) = split_user_data(u);
+                    if op == OP_WRITE && bufs[b].state == State::Writing && on_write(&mut ring, &mut bufs[b], b, idx, res, t, &self.progress).is_err() {
+                        bufs[b].state = State::Free;
+                    }
+                }
+            }
         }
         drop(ring);
         result.map(|()| stats)
@@ -211,9 +226,9 @@ fn on_frame(
                 return Err(Error::Verify(format!("Data frame for entry {} which this session does not transfer", entry.0)));
             }
             let size = t.needed_size(entry).unwrap_or(0);
-            if data.is_empty() || offset.checked_add(data.len() as u64).is_none_or(|end| end > size) {
+            if data.is_empty() || offset.checked_add(data.len() as u64).is_none_or(|end| end > size) || !t.allows(entry, offset, data.len() as u64) {
                 return Err(Error::Verify(format!(
-                    "Data frame for {} at offset {offset} len {} runs past its size {size}",
+                    "Data frame for {} at offset {offset} len {} runs past its size {size} or outside its delta",
                     show(&t.paths[entry.index()]),
                     data.len()
                 )));
@@ -352,6 +367,8 @@ fn on_write(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, t: &R
     }
     if w.inline {
         finish_inline(w, t)?;
+    } else {
+        t.written(w.entry, w.len as u64, w.fd.as_fd())?;
     }
     buf.pending -= 1;
     if buf.pending == 0 {

@@ -1,6 +1,8 @@
 //! `mover send`: walk the source, negotiate with the receiver, learn what it needs, then stream
 //! the data over one connection per pinned worker and commit with the tree hash.
 
+pub mod hints;
+pub mod manifest;
 pub mod plan;
 pub mod worker;
 
@@ -15,9 +17,11 @@ use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, write_frame};
 use crate::wire::message::{
-    decode_need, encode_entry, encode_worker_done, Commit, Hello, HelloAck, Role, Verified, CAP_OWNERS,
-    CAP_USER_XATTRS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit, Hello, HelloAck, Need, Role, Verified,
+    CAP_OWNERS, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
+use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
+use manifest::Manifest;
 use crate::wire::WireError;
 use crate::{content_digest, software_version, Progress};
 use plan::{data_regions, is_inline, plan, FileToSend};
@@ -45,6 +49,9 @@ pub struct SendOptions {
     pub threads: usize,
     /// Use O_DIRECT for large files where the file system allows it.
     pub direct: bool,
+    /// The stream's state directory (holds the manifest of the receiver's recovery point);
+    /// without it every job compares by size and mtime only and resends changed files whole.
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +71,17 @@ pub struct SendReport {
     pub threads: usize,
     pub tree_hash: String,
     pub receiver_version: String,
+    /// Large files sent as block deltas, and renames sent instead of data.
+    pub files_delta: u64,
+    pub renames: u64,
+    /// The manifest matched the receiver's recovery point and hints were sent.
+    pub incremental: bool,
+    /// The receiver continued an interrupted job.
+    pub resumed: bool,
+    /// The recovery point the receiver committed.
+    pub recovery_point: String,
+    /// Sessions it took (1 unless a connection failed and the job was retried).
+    pub attempts: u32,
 }
 
 fn hello(session: SessionId, role: Role) -> Vec<u8> {
@@ -99,6 +117,7 @@ fn connect(to: SocketAddr, session: SessionId, role: Role, wire: &mut u64) -> Re
 
 pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> {
     let start = Instant::now();
+    let source_time_ns = crate::receiver::state::now_ns();
     crate::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
     let walked = walk(&opts.src, true)?;
@@ -108,6 +127,17 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(opts.to, session, Role::Control { workers: threads as u16 }, &mut wire)?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
+    let root = crate::beneath::open_root(&opts.src, "source directory")?;
+
+    let manifest = match &opts.state {
+        Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
+        None => None,
+    };
+    let planned = match &manifest {
+        Some(m) => plan_hints(&walked, m, root.as_fd(), threads)?,
+        None => Planned { old: vec![None; entries.len()], ..Default::default() },
+    };
+    tracing::info!(hints = planned.hints.len(), secs = start.elapsed().as_secs_f64(), "hints planned");
 
     let mut enc = Enc::new();
     for e in entries {
@@ -119,30 +149,55 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     }
     if !enc.buf.is_empty() {
         wire += write_frame(&mut ctl, FrameKind::Entries, &enc.buf)?;
+        enc.buf.clear();
+    }
+    for h in &planned.hints {
+        if !enc.buf.is_empty() && enc.buf.len() + hint_len(h) > ENTRIES_FRAME_BYTES {
+            wire += write_frame(&mut ctl, FrameKind::Hints, &enc.buf)?;
+            enc.buf.clear();
+        }
+        encode_hint(&mut enc, h);
+    }
+    if !enc.buf.is_empty() {
+        wire += write_frame(&mut ctl, FrameKind::Hints, &enc.buf)?;
     }
     wire += write_frame(&mut ctl, FrameKind::EntriesEnd, &(entries.len() as u64).to_le_bytes())?;
 
     let need = read_need(&mut ctl, entries.len())?;
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
-    let root = crate::beneath::open_root(&opts.src, "source directory")?;
     let mut files = Vec::new();
-    let (mut files_total, mut bytes_total) = (0u64, 0u64);
+    let (mut files_total, mut bytes_total, mut files_delta) = (0u64, 0u64, 0u64);
     for (i, e) in entries.iter().enumerate() {
         let EntryKind::File { size } = e.kind else { continue };
         files_total += 1;
         bytes_total += size;
-        if !need[i] {
-            continue;
-        }
-        let regions = if is_inline(size) || size == 0 {
-            vec![(0, size)]
-        } else {
-            let p = &walked.paths[i];
-            let fd = crate::beneath::open_file(root.as_fd(), p, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
-                .ctx(|| format!("opening {}", show(p)))?;
-            data_regions(fd.as_fd(), size).ctx(|| format!("finding data regions of {}", show(p)))?
+        let regions = match need[i] {
+            Need::Nothing => continue,
+            Need::Delta => {
+                files_delta += 1;
+                planned.deltas.get(&i).cloned().ok_or(WireError::BadField { field: "delta need for a file without a delta hint" })?
+            }
+            Need::Full if is_inline(size) || size == 0 => vec![(0, size)],
+            Need::Full => {
+                let p = &walked.paths[i];
+                let fd = crate::beneath::open_file(root.as_fd(), p, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
+                    .ctx(|| format!("opening {}", show(p)))?;
+                data_regions(fd.as_fd(), size).ctx(|| format!("finding data regions of {}", show(p)))?
+            }
         };
+        if need[i] == Need::Delta && is_inline(size) {
+            return Err(WireError::BadField { field: "delta need for a small file" }.into());
+        }
         files.push(FileToSend { entry: EntryId(i as u32), size, regions });
+    }
+    let expect: Vec<(EntryId, u64)> = files
+        .iter()
+        .filter(|f| !is_inline(f.size))
+        .map(|f| (f.entry, f.regions.iter().map(|r| r.1).sum()))
+        .collect();
+    let chunks: Vec<&[(EntryId, u64)]> = if expect.is_empty() { vec![&[][..]] } else { expect.chunks(MAX_EXPECT_RECORDS).collect() };
+    for (k, c) in chunks.iter().enumerate() {
+        wire += write_frame(&mut ctl, FrameKind::Expect, &encode_expect(k + 1 == chunks.len(), c))?;
     }
     let sent_files = files.len() as u64;
     let send_bytes: u64 = files.iter().map(|f| if is_inline(f.size) { f.size } else { f.regions.iter().map(|r| r.1).sum() }).sum();
@@ -189,6 +244,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         content_digest: content_digest(&mut all.checksums),
         data_frames: all.frames,
         data_bytes: all.data_bytes,
+        source_time_ns,
     };
     wire += write_frame(&mut ctl, FrameKind::Commit, &commit.encode())?;
     let mut buf = Vec::new();
@@ -196,6 +252,9 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let v = Verified::decode(&buf)?;
     if !v.ok || v.tree_hash != th {
         return Err(Error::Verify(format!("receiver did not verify the tree: {}", v.message)));
+    }
+    if let Some(dir) = &opts.state {
+        save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads)?;
     }
     Ok(SendReport {
         session: session.to_string(),
@@ -210,7 +269,94 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         threads,
         tree_hash: format!("{th:032x}"),
         receiver_version: ack.software,
+        files_delta,
+        renames: 0,
+        incremental: manifest.is_some(),
+        resumed: ack.job_pending,
+        recovery_point: format!("{:032x}", v.recovery_point),
+        attempts: 1,
     })
+}
+
+/// First pause before retrying a failed session; doubles up to RETRY_BACKOFF_MAX.
+pub const RETRY_BACKOFF_START: Duration = Duration::from_millis(200);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Upper bound on `attempts` whatever the caller asks.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Whether a failed session is worth retrying: the network or the peer failed (the receiver
+/// keeps its journal and the next session resumes), or a file changed while being read. Protocol
+/// violations, verification failures and usage errors would fail the same way again.
+pub fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Io { .. } | Error::Peer(_) | Error::SourceChanged(_))
+}
+
+/// Runs `send` up to `attempts` times with bounded exponential backoff between failures.
+/// `on_retry(attempt, error, pause)` is told about each retry (for logs).
+pub fn send_with_retry(
+    opts: &SendOptions,
+    progress: &Arc<Progress>,
+    attempts: u32,
+    mut on_retry: impl FnMut(u32, &Error, Duration),
+) -> Result<SendReport> {
+    let attempts = attempts.clamp(1, MAX_ATTEMPTS);
+    let mut pause = RETRY_BACKOFF_START;
+    let mut attempt = 1;
+    loop {
+        progress.reset();
+        match send(opts, progress) {
+            Ok(mut r) => {
+                r.attempts = attempt;
+                return Ok(r);
+            }
+            Err(e) if attempt < attempts && retryable(&e) => {
+                on_retry(attempt, &e, pause);
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_BACKOFF_MAX);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes the manifest of the recovery point the receiver just committed. Block hashes come from
+/// the old manifest (unchanged files), the delta pass, or are computed now for files sent whole
+/// or found complete at the receiver; a file that changed since the walk gets none.
+#[allow(clippy::too_many_arguments)]
+fn save_manifest(
+    dir: &std::path::Path,
+    walked: &crate::tree::walk::Walked,
+    root: &std::os::fd::OwnedFd,
+    old: Option<&Manifest>,
+    planned: Planned,
+    need: &[Need],
+    rp: u128,
+    threads: usize,
+) -> Result<()> {
+    let mut hashes = match old {
+        Some(m) => carried_hashes(walked, m, &planned.old),
+        None => Default::default(),
+    };
+    for (i, h) in planned.hashes {
+        if need[i] != Need::Full {
+            hashes.insert(i, h);
+        }
+    }
+    let todo: Vec<(usize, u64)> = walked
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e.kind {
+            EntryKind::File { size } if !is_inline(size) && (need[i] == Need::Full || !hashes.contains_key(&i)) => Some((i, size)),
+            _ => None,
+        })
+        .collect();
+    for i in todo.iter().map(|t| t.0) {
+        hashes.remove(&i);
+    }
+    hashes.extend(hash_files(root.as_fd(), walked, &todo, threads)?);
+    build_manifest(walked, rp, hashes).save(dir)
 }
 
 /// When a worker's socket failed, the receiver closed it and usually says why on the control
@@ -227,27 +373,20 @@ fn explain_worker_failure(e: Error, ctl: &mut TcpConn) -> Error {
     e
 }
 
-fn read_need(ctl: &mut TcpConn, n: usize) -> Result<Vec<bool>> {
-    let mut need = vec![false; n];
+fn read_need(ctl: &mut TcpConn, n: usize) -> Result<Vec<Need>> {
+    let mut need = Vec::with_capacity(n);
     let mut buf = Vec::new();
-    let mut next = 0usize;
     loop {
         expect_frame(ctl, FrameKind::NeedList, &mut buf)?;
-        let (first, last, bits) = decode_need(&buf)?;
-        if first as usize != next {
+        let (first, last, chunk) = decode_need(&buf)?;
+        if first as usize != need.len() || need.len() + chunk.len() > n {
             return Err(WireError::BadField { field: "need list offset" }.into());
         }
-        for (k, byte) in bits.iter().enumerate() {
-            for bit in 0..8 {
-                let i = next + k * 8 + bit;
-                if byte & (1 << bit) != 0 {
-                    let slot = need.get_mut(i).ok_or(WireError::BadField { field: "need list bit" })?;
-                    *slot = true;
-                }
-            }
-        }
-        next += bits.len() * 8;
+        need.extend(chunk);
         if last {
+            if need.len() != n {
+                return Err(WireError::BadField { field: "need list length" }.into());
+            }
             return Ok(need);
         }
     }

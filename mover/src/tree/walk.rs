@@ -25,6 +25,22 @@ pub struct Walked {
     pub entries: Vec<Entry>,
     /// Relative path of each entry.
     pub paths: Vec<Vec<u8>>,
+    /// Identity and change time of each entry (the sender's manifest keys on these).
+    pub ids: Vec<FileId>,
+}
+
+/// Where an entry lives and when its inode last changed: a rename keeps (dev, ino); any write,
+/// chmod, chown, xattr or link change moves ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+}
+
+pub fn file_id(st: &Stat) -> FileId {
+    FileId { dev: st.st_dev, ino: st.st_ino, ctime_sec: st.st_ctime, ctime_nsec: st.st_ctime_nsec as u32 }
 }
 
 /// A subtree walked on its own: ids are local (0 = the subtree's top), regular files are not
@@ -35,6 +51,7 @@ struct Fragment {
     paths: Vec<Vec<u8>>,
     /// (dev, ino) of regular files with more than one link.
     link_keys: Vec<Option<(u64, u64)>>,
+    ids: Vec<FileId>,
 }
 
 struct Frame {
@@ -103,7 +120,9 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
     let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
     let root_x = if xattrs { read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())? } else { Vec::new() };
-    let names = read_names(root_fd.as_fd(), b"")?;
+    let mut names = read_names(root_fd.as_fd(), b"")?;
+    // The receiver's own state is never part of a tree (a replica can be a source in turn).
+    names.retain(|n| n.as_slice() != crate::receiver::state::STATE_DIR);
 
     let next = AtomicUsize::new(0);
     let threads = WALK_THREADS.min(names.len()).max(1);
@@ -128,14 +147,16 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
         frags[i] = Some(r);
     }
 
-    let mut w = Walked { entries: Vec::new(), paths: Vec::new() };
+    let mut w = Walked { entries: Vec::new(), paths: Vec::new(), ids: Vec::new() };
     let mut keys: Vec<Option<(u64, u64)>> = Vec::new();
     w.entries.push(Entry { parent: EntryId::ROOT, name: Vec::new(), kind: EntryKind::Dir, meta: meta_of(&st), xattrs: root_x });
     w.paths.push(Vec::new());
+    w.ids.push(file_id(&st));
     keys.push(None);
     for f in frags {
         let f = f.ok_or_else(|| Error::Usage("a walker thread panicked".into()))??;
         let base = w.entries.len() as u32;
+        w.ids.extend(f.ids);
         for (mut e, (p, k)) in f.entries.into_iter().zip(f.paths.into_iter().zip(f.link_keys)) {
             e.parent = if w.entries.len() as u32 == base { EntryId::ROOT } else { EntryId(base + e.parent.0) };
             w.entries.push(e);
@@ -229,5 +250,6 @@ fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u
     f.entries.push(Entry { parent, name, kind, meta: meta_of(&st), xattrs: xa });
     f.paths.push(path);
     f.link_keys.push(key);
+    f.ids.push(file_id(&st));
     Ok(child)
 }

@@ -42,6 +42,8 @@ pub enum FrameKind {
     WorkerDone = 9,
     Commit = 10,
     Verified = 11,
+    Hints = 12,
+    Expect = 13,
 }
 
 impl FrameKind {
@@ -59,6 +61,8 @@ impl FrameKind {
             9 => WorkerDone,
             10 => Commit,
             11 => Verified,
+            12 => Hints,
+            13 => Expect,
             other => return Err(WireError::UnknownFrameKind(other)),
         })
     }

@@ -10,13 +10,14 @@ use crate::tree::entry::{
 use crate::units::{EntryId, SessionId, WorkerIndex};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOVR");
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+/// Version 2 added recovery points, hints (renames, deltas) and the per-entry need list.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most workers (and so connections) one session may open.
 pub const MAX_WORKERS: u16 = 256;
-/// Need-list bitmaps are split into frames of at most this many bytes.
+/// Need lists (one byte per entry) are split into frames of at most this many bytes.
 pub const NEED_CHUNK_BYTES: usize = 512 * 1024;
 /// Most files one FileBatch frame may carry.
 pub const MAX_BATCH_FILES: usize = 1024;
@@ -48,6 +49,10 @@ pub struct HelloAck {
     pub version: u16,
     pub software: String,
     pub capabilities: u64,
+    /// The receiver's recovery point (0: none yet); a sender's manifest applies only to it.
+    pub recovery_point: u128,
+    /// An interrupted job's journal is waiting to be resumed.
+    pub job_pending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +61,8 @@ pub struct Commit {
     pub content_digest: u128,
     pub data_frames: u64,
     pub data_bytes: u64,
+    /// The source's point in time this job replicated (ns since the epoch).
+    pub source_time_ns: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +70,34 @@ pub struct Verified {
     pub ok: bool,
     pub message: String,
     pub tree_hash: u128,
+    /// The recovery point the receiver committed.
+    pub recovery_point: u128,
+}
+
+/// What the sender knows about an entry from its manifest of the receiver's recovery point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// The item at `from` (a path in the recovery point) is this entry now: move, do not resend.
+    Rename { entry: EntryId, from: Vec<u8> },
+    /// This large file was `base_size` bytes with mtime `base_mtime` in the recovery point;
+    /// only `ranges` (sorted, disjoint, inside the new size) differ.
+    Delta { entry: EntryId, base_size: u64, base_mtime: (i64, u32), ranges: Vec<(u64, u64)> },
+}
+
+/// Longest rename source path a hint may carry.
+pub const MAX_HINT_PATH: usize = 64 * 1024;
+/// Most ranges one delta hint may carry (the sender merges nearby ranges to stay under it).
+pub const MAX_DELTA_RANGES: usize = 65536;
+
+/// The receiver's answer per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Need {
+    Nothing = 0,
+    /// Send the whole file (it is new or replaced).
+    Full = 1,
+    /// Send only the delta hint's ranges; the receiver writes them in place.
+    Delta = 2,
 }
 
 fn string(d: &mut Dec<'_>, limit: usize, what: &'static str) -> Result<String, WireError> {
@@ -106,6 +141,7 @@ impl HelloAck {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u32(MAGIC).u16(self.version).bytes(self.software.as_bytes()).u64(self.capabilities);
+        e.u128(self.recovery_point).u8(self.job_pending as u8);
         e.buf
     }
     pub fn decode(p: &[u8]) -> Result<HelloAck, WireError> {
@@ -117,8 +153,10 @@ impl HelloAck {
         let version = d.u16()?;
         let software = string(&mut d, MAX_SOFTWARE_VERSION_LEN, "software version")?;
         let capabilities = d.u64()?;
+        let recovery_point = d.u128()?;
+        let job_pending = d.u8()? != 0;
         d.finish()?;
-        Ok(HelloAck { version, software, capabilities })
+        Ok(HelloAck { version, software, capabilities, recovery_point, job_pending })
     }
 }
 
@@ -238,20 +276,92 @@ pub fn decode_entries(p: &[u8]) -> Result<Vec<Entry>, WireError> {
     Ok(out)
 }
 
-/// One chunk of the need list: bit i of `bits` is entry `first + i`.
-pub fn encode_need(first: u32, last_chunk: bool, bits: &[u8]) -> Vec<u8> {
+/// One chunk of the need list: byte i of `needs` is entry `first + i`.
+pub fn encode_need(first: u32, last_chunk: bool, needs: &[Need]) -> Vec<u8> {
     let mut e = Enc::new();
-    e.u32(first).u8(last_chunk as u8).bytes(bits);
+    let bytes: Vec<u8> = needs.iter().map(|n| *n as u8).collect();
+    e.u32(first).u8(last_chunk as u8).bytes(&bytes);
     e.buf
 }
 
-pub fn decode_need(p: &[u8]) -> Result<(u32, bool, &[u8]), WireError> {
+pub fn decode_need(p: &[u8]) -> Result<(u32, bool, Vec<Need>), WireError> {
     let mut d = Dec::new(p);
     let first = d.u32()?;
     let last = d.u8()? != 0;
-    let bits = d.bytes(NEED_CHUNK_BYTES, "need bitmap")?;
+    let raw = d.bytes(NEED_CHUNK_BYTES, "need list")?;
     d.finish()?;
-    Ok((first, last, bits))
+    let needs = raw
+        .iter()
+        .map(|b| match b {
+            0 => Ok(Need::Nothing),
+            1 => Ok(Need::Full),
+            2 => Ok(Need::Delta),
+            _ => Err(WireError::BadField { field: "need list value" }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((first, last, needs))
+}
+
+/// Appends one hint to a Hints payload.
+pub fn encode_hint(e: &mut Enc, h: &Hint) {
+    match h {
+        Hint::Rename { entry, from } => {
+            e.u8(1).u32(entry.0).bytes(from);
+        }
+        Hint::Delta { entry, base_size, base_mtime, ranges } => {
+            assert!(ranges.len() <= MAX_DELTA_RANGES, "delta hint with {} ranges", ranges.len());
+            e.u8(2).u32(entry.0).u64(*base_size).i64(base_mtime.0).u32(base_mtime.1).u32(ranges.len() as u32);
+            for (o, l) in ranges {
+                e.u64(*o).u64(*l);
+            }
+        }
+    }
+}
+
+/// Encoded size of a hint, to cut Hints frames under MAX_FRAME_PAYLOAD.
+pub fn hint_len(h: &Hint) -> usize {
+    match h {
+        Hint::Rename { from, .. } => 9 + from.len(),
+        Hint::Delta { ranges, .. } => 29 + 16 * ranges.len(),
+    }
+}
+
+/// Decodes a Hints payload. Paths are validated by the receiver before use; here lengths,
+/// range order and bounds are checked.
+pub fn decode_hints(p: &[u8]) -> Result<Vec<Hint>, WireError> {
+    let mut d = Dec::new(p);
+    let mut out = Vec::new();
+    while d.remaining() > 0 {
+        match d.u8()? {
+            1 => {
+                let entry = EntryId(d.u32()?);
+                let from = d.bytes(MAX_HINT_PATH, "rename source")?.to_vec();
+                out.push(Hint::Rename { entry, from });
+            }
+            2 => {
+                let entry = EntryId(d.u32()?);
+                let base_size = d.u64()?;
+                let base_mtime = (d.i64()?, d.u32()?);
+                let n = d.u32()? as usize;
+                if n > MAX_DELTA_RANGES {
+                    return Err(WireError::FieldTooLong { field: "delta ranges", len: n, limit: MAX_DELTA_RANGES });
+                }
+                let mut ranges = Vec::with_capacity(n.min(d.remaining() / 16));
+                let mut end = 0u64;
+                for _ in 0..n {
+                    let (o, l) = (d.u64()?, d.u64()?);
+                    if l == 0 || o < end || o.checked_add(l).is_none() {
+                        return Err(WireError::BadField { field: "delta range" });
+                    }
+                    end = o + l;
+                    ranges.push((o, l));
+                }
+                out.push(Hint::Delta { entry, base_size, base_mtime, ranges });
+            }
+            t => return Err(WireError::BadField { field: if t == 0 { "hint type 0" } else { "hint type" } }),
+        }
+    }
+    Ok(out)
 }
 
 /// Files up to this size travel whole inside FileBatch frames; larger files are created (sparse,
@@ -307,12 +417,18 @@ pub fn decode_worker_done(p: &[u8]) -> Result<(u64, u64), WireError> {
 impl Commit {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u128(self.tree_hash).u128(self.content_digest).u64(self.data_frames).u64(self.data_bytes);
+        e.u128(self.tree_hash).u128(self.content_digest).u64(self.data_frames).u64(self.data_bytes).i64(self.source_time_ns);
         e.buf
     }
     pub fn decode(p: &[u8]) -> Result<Commit, WireError> {
         let mut d = Dec::new(p);
-        let c = Commit { tree_hash: d.u128()?, content_digest: d.u128()?, data_frames: d.u64()?, data_bytes: d.u64()? };
+        let c = Commit {
+            tree_hash: d.u128()?,
+            content_digest: d.u128()?,
+            data_frames: d.u64()?,
+            data_bytes: d.u64()?,
+            source_time_ns: d.i64()?,
+        };
         d.finish()?;
         Ok(c)
     }
@@ -321,7 +437,7 @@ impl Commit {
 impl Verified {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u8(self.ok as u8).u128(self.tree_hash);
+        e.u8(self.ok as u8).u128(self.tree_hash).u128(self.recovery_point);
         let b = self.message.as_bytes();
         e.bytes(&b[..b.len().min(MAX_MESSAGE_LEN)]);
         e.buf
@@ -330,8 +446,40 @@ impl Verified {
         let mut d = Dec::new(p);
         let ok = d.u8()? == 1;
         let tree_hash = d.u128()?;
+        let recovery_point = d.u128()?;
         let message = string(&mut d, MAX_MESSAGE_LEN, "message")?;
         d.finish()?;
-        Ok(Verified { ok, message, tree_hash })
+        Ok(Verified { ok, message, tree_hash, recovery_point })
     }
+}
+
+/// Most records one Expect frame carries (12 bytes each, well under MAX_FRAME_PAYLOAD).
+pub const MAX_EXPECT_RECORDS: usize = 65536;
+
+/// Expect payload: `last u8, count u32`, then `count` x (`entry u32, bytes u64`): how many data
+/// bytes each large file of the need list will receive, so the receiver can finish a file (set
+/// its metadata) the moment its last byte lands, and a resumed job skips finished files.
+pub fn encode_expect(last: bool, recs: &[(EntryId, u64)]) -> Vec<u8> {
+    assert!(recs.len() <= MAX_EXPECT_RECORDS, "expect frame of {} records", recs.len());
+    let mut e = Enc::new();
+    e.u8(last as u8).u32(recs.len() as u32);
+    for (id, b) in recs {
+        e.u32(id.0).u64(*b);
+    }
+    e.buf
+}
+
+pub fn decode_expect(p: &[u8]) -> Result<(bool, Vec<(EntryId, u64)>), WireError> {
+    let mut d = Dec::new(p);
+    let last = d.u8()? != 0;
+    let n = d.u32()? as usize;
+    if n > MAX_EXPECT_RECORDS {
+        return Err(WireError::FieldTooLong { field: "expect records", len: n, limit: MAX_EXPECT_RECORDS });
+    }
+    let mut out = Vec::with_capacity(n.min(d.remaining() / 12));
+    for _ in 0..n {
+        out.push((EntryId(d.u32()?), d.u64()?));
+    }
+    d.finish()?;
+    Ok((last, out))
 }

@@ -1,0 +1,376 @@
+//! The undo journal: how a job changes the destination in place and can still be rolled back to
+//! the last recovery point.
+//!
+//! Before each destructive step the receiver appends a record saying how to undo it, with one
+//! write(2) (so a process killed at any moment leaves the record of every step it began):
+//! - `Created`: something new at a path. Undo: remove what is there.
+//! - `Moved`: an item replaced or deleted was renamed into `journal/objs/<n>` (nothing is
+//!   deleted during a job). Undo: rename it back.
+//! - `Renamed`: an item was moved (staged for a rename). Undo: move it back.
+//! - `PreImage`: a byte range about to be overwritten was first cloned (FICLONERANGE, where the
+//!   file system shares extents) or copied into `journal/pre-<n>`; the record follows the copy.
+//!   Undo: write the bytes back.
+//! - `Resized`: a file's size is about to change. Undo: truncate to the old size.
+//!
+//! Undoing every record in reverse order, then restoring metadata from the recovery point's
+//! stored entry list, gives back the recovery point exactly (revert.rs). Every undo step is
+//! idempotent and revert progress is logged, so a revert can itself be interrupted and rerun.
+//! Metadata changes are not journaled: the entry list restores them.
+//!
+//! Durability against power loss: the log and pre-image files are fsynced at phase boundaries
+//! (before any file data is written, before finalize); against a killed process the kernel's
+//! page cache already orders each record before its step.
+
+use super::state::{RecoveryPointId, State};
+use crate::beneath::{self, split_parent};
+use crate::durable::{ensure_dir, Log};
+use crate::error::{show, Error, IoContext, Result};
+use crate::wire::codec::{Dec, Enc};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+pub const JOURNAL_DIR: &str = "journal";
+const LOG: &str = "log";
+pub const REVERT_LOG: &str = "revert";
+/// Bound on one journaled path (a path is at most MAX_DEPTH components of MAX_NAME_LEN).
+const MAX_JOURNAL_PATH: usize = crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
+/// Pre-image copies are placed at this alignment so they can share extents with the file.
+const CLONE_ALIGN: u64 = 4096;
+/// Largest pre-image file before a new one is started.
+const PRE_FILE_MAX: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    Header { base: RecoveryPointId },
+    Created { path: Vec<u8> },
+    Moved { path: Vec<u8>, obj: u64 },
+    Renamed { from: Vec<u8>, to: Vec<u8> },
+    PreImage { path: Vec<u8>, offset: u64, len: u64, file: u32, file_off: u64 },
+    Resized { path: Vec<u8>, old_size: u64 },
+}
+
+impl Undo {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        match self {
+            Undo::Header { base } => e.u8(1).u128(base.0),
+            Undo::Created { path } => e.u8(2).bytes(path),
+            Undo::Moved { path, obj } => e.u8(3).bytes(path).u64(*obj),
+            Undo::Renamed { from, to } => e.u8(4).bytes(from).bytes(to),
+            Undo::PreImage { path, offset, len, file, file_off } => e.u8(5).bytes(path).u64(*offset).u64(*len).u32(*file).u64(*file_off),
+            Undo::Resized { path, old_size } => e.u8(6).bytes(path).u64(*old_size),
+        };
+        e.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Undo> {
+        let mut d = Dec::new(b);
+        let p = |d: &mut Dec<'_>| d.bytes(MAX_JOURNAL_PATH, "journal path").map(|x| x.to_vec());
+        let u = match d.u8()? {
+            1 => Undo::Header { base: RecoveryPointId(d.u128()?) },
+            2 => Undo::Created { path: p(&mut d)? },
+            3 => Undo::Moved { path: p(&mut d)?, obj: d.u64()? },
+            4 => Undo::Renamed { from: p(&mut d)?, to: p(&mut d)? },
+            5 => Undo::PreImage { path: p(&mut d)?, offset: d.u64()?, len: d.u64()?, file: d.u32()?, file_off: d.u64()? },
+            6 => Undo::Resized { path: p(&mut d)?, old_size: d.u64()? },
+            t => return Err(Error::Usage(format!("undo journal holds an unknown record type {t}"))),
+        };
+        d.finish()?;
+        Ok(u)
+    }
+}
+
+/// Root-relative path of journal object `n`.
+pub fn obj_path(n: u64) -> Vec<u8> {
+    format!(".mover-state/{JOURNAL_DIR}/objs/{n}").into_bytes()
+}
+
+fn stage_path(n: u64) -> Vec<u8> {
+    format!(".mover-state/{JOURNAL_DIR}/stage/{n}").into_bytes()
+}
+
+/// What an existing journal directory holds, read without changing it.
+pub struct Existing {
+    pub base: Option<RecoveryPointId>,
+    pub records: Vec<Undo>,
+    pub reverting: bool,
+}
+
+/// Reads the journal of `state`, if there is one. A journal without a valid header is garbage
+/// left by a crash while it was being created or dropped.
+pub fn read_existing(state: &State) -> Result<Option<Existing>> {
+    let dir = match rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(d) => d,
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+        Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
+    };
+    let raw = crate::durable::read_opt(dir.as_fd(), LOG)?.unwrap_or_default();
+    let (recs, _) = crate::durable::parse_records(&raw);
+    let records = recs.into_iter().map(Undo::decode).collect::<Result<Vec<_>>>()?;
+    let base = match records.first() {
+        Some(Undo::Header { base }) => Some(*base),
+        _ => None,
+    };
+    let reverting = crate::durable::read_opt(dir.as_fd(), REVERT_LOG)?.is_some_and(|r| !r.is_empty());
+    Ok(Some(Existing { base, records, reverting }))
+}
+
+/// Removes the journal directory: the log first, so a crash halfway leaves a headerless (garbage)
+/// journal rather than one that looks live.
+pub fn discard(state: &State) -> Result<()> {
+    match rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(dir) => {
+            match rustix::fs::unlinkat(&dir, LOG, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e).ctx(|| "removing the journal log".to_string()),
+            }
+            rustix::fs::fsync(&dir).ctx(|| "fsync of the journal".to_string())?;
+        }
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
+        Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
+    }
+    super::apply::remove_any(state.dir.as_fd(), JOURNAL_DIR.as_bytes(), 0).ctx(|| "removing the old journal".to_string())?;
+    Ok(())
+}
+
+/// The journal of the job in progress, open for appending.
+pub struct Journal {
+    root: OwnedFd,
+    dir: OwnedFd,
+    objs: OwnedFd,
+    stage: OwnedFd,
+    log: Log,
+    next_obj: u64,
+    pre: Option<(OwnedFd, u32, u64)>,
+    next_pre: u32,
+    pub base: RecoveryPointId,
+    /// Files written in place by this or an interrupted earlier session of the job.
+    pub touched: HashSet<Vec<u8>>,
+}
+
+impl Journal {
+    /// Opens the journal for a job based on recovery point `base`, continuing an interrupted
+    /// job's journal if there is one (the caller has discarded journals of other bases).
+    pub fn open(root: BorrowedFd<'_>, state: &State, base: RecoveryPointId) -> Result<Journal> {
+        let dir = ensure_dir(state.dir.as_fd(), JOURNAL_DIR)?;
+        let objs = ensure_dir(dir.as_fd(), "objs")?;
+        let stage = ensure_dir(dir.as_fd(), "stage")?;
+        let (mut log, raw) = Log::open(dir.as_fd(), LOG)?;
+        let records = raw.iter().map(|r| Undo::decode(r)).collect::<Result<Vec<_>>>()?;
+        match records.first() {
+            None => {
+                log.append(&Undo::Header { base }.encode())?;
+                log.sync()?;
+            }
+            Some(Undo::Header { base: b }) if *b == base => {}
+            Some(_) => return Err(Error::Usage("the undo journal belongs to another recovery point".into())),
+        }
+        let mut next_obj = 0;
+        let mut next_pre = 0;
+        let mut touched = HashSet::new();
+        for r in &records {
+            match r {
+                Undo::Moved { obj, .. } => next_obj = next_obj.max(obj + 1),
+                Undo::Renamed { to, .. } => {
+                    if let Some(n) = to.rsplit(|&b| b == b'/').next().and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok()) {
+                        next_obj = next_obj.max(n + 1);
+                    }
+                }
+                Undo::PreImage { path, file, .. } => {
+                    next_pre = next_pre.max(file + 1);
+                    touched.insert(path.clone());
+                }
+                Undo::Resized { path, .. } => {
+                    touched.insert(path.clone());
+                }
+                _ => {}
+            }
+        }
+        let root = rustix::io::fcntl_dupfd_cloexec(root, 0).ctx(|| "dup of the destination root".to_string())?;
+        Ok(Journal { root, dir, objs, stage, log, next_obj, pre: None, next_pre, base, touched })
+    }
+
+    fn append(&mut self, u: &Undo) -> Result<()> {
+        self.log.append(&u.encode())
+    }
+
+    /// Records that `path` is about to be created.
+    pub fn created(&mut self, path: &[u8]) -> Result<()> {
+        self.append(&Undo::Created { path: path.to_vec() })
+    }
+
+    /// Moves `name` in `dir` (the item at `path`) into the journal instead of deleting it.
+    pub fn move_away(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<u64> {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {}
+            Err(e) if e == rustix::io::Errno::NOENT => return Ok(0),
+            Err(e) => return Err(e).ctx(|| format!("stat {}", show(path))),
+        }
+        let obj = self.next_obj;
+        self.next_obj += 1;
+        self.append(&Undo::Moved { path: path.to_vec(), obj })?;
+        rustix::fs::renameat(dir, name, &self.objs, obj.to_string().as_str())
+            .ctx(|| format!("moving {} into the undo journal", show(path)))?;
+        Ok(1)
+    }
+
+    /// Moves the item at `path` into the staging area (for a rename); returns its staged path,
+    /// or None if nothing is at `path`.
+    pub fn stage(&mut self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (p, n) = split_parent(path);
+        let dir = match beneath::open_dir(self.root.as_fd(), p) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(e).ctx(|| format!("opening directory of {}", show(path))),
+        };
+        if rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+            return Ok(None);
+        }
+        let k = self.next_obj;
+        self.next_obj += 1;
+        let to = stage_path(k);
+        self.append(&Undo::Renamed { from: path.to_vec(), to: to.clone() })?;
+        rustix::fs::renameat(&dir, n, &self.stage, k.to_string().as_str()).ctx(|| format!("staging {} for a rename", show(path)))?;
+        Ok(Some(to))
+    }
+
+    /// Moves a staged item to `name` in `dir` (its new place `path`), which must be free.
+    pub fn place(&mut self, staged: &[u8], dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<()> {
+        let k = split_parent(staged).1;
+        self.append(&Undo::Renamed { from: staged.to_vec(), to: path.to_vec() })?;
+        rustix::fs::renameat(&self.stage, k, dir, name).ctx(|| format!("renaming into place at {}", show(path)))
+    }
+
+    /// Records that file `path` is about to be resized from `old_size`.
+    pub fn resized(&mut self, path: &[u8], old_size: u64) -> Result<()> {
+        self.touched.insert(path.to_vec());
+        self.append(&Undo::Resized { path: path.to_vec(), old_size })
+    }
+
+    /// Saves bytes [offset, offset+len) of the open file `fd` (at `path`) before they are
+    /// overwritten.
+    pub fn preimage(&mut self, fd: BorrowedFd<'_>, path: &[u8], offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.pre.as_ref().is_none_or(|p| p.2 >= PRE_FILE_MAX) {
+            let n = self.next_pre;
+            self.next_pre += 1;
+            let f = rustix::fs::openat(
+                &self.dir,
+                format!("pre-{n}").as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o600),
+            )
+            .ctx(|| "creating a pre-image file in the journal".to_string())?;
+            self.pre = Some((f, n, 0));
+        }
+        let Some((pre, n, at)) = self.pre.as_mut() else { unreachable!("pre-image file opened above") };
+        let dest = at.div_ceil(CLONE_ALIGN) * CLONE_ALIGN;
+        copy_range(fd, offset, pre.as_fd(), dest, len).ctx(|| format!("saving a pre-image of {}", show(path)))?;
+        *at = dest + len;
+        let file = *n;
+        self.touched.insert(path.to_vec());
+        self.append(&Undo::PreImage { path: path.to_vec(), offset, len, file, file_off: dest })
+    }
+
+    /// Makes every record and pre-image so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some((pre, _, _)) = &self.pre {
+            rustix::fs::fsync(pre).ctx(|| "fsync of a pre-image file".to_string())?;
+        }
+        rustix::fs::fsync(&self.objs).ctx(|| "fsync of the journal".to_string())?;
+        rustix::fs::fsync(&self.stage).ctx(|| "fsync of the journal".to_string())?;
+        self.log.sync()
+    }
+}
+
+/// Copies a byte range between files: shared extents where the file system can (btrfs, XFS with
+/// reflink), else an in-kernel copy, else read/write.
+pub fn copy_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+    if clone_range(src, src_off, dst, dst_off, len).is_ok() {
+        return Ok(());
+    }
+    let (mut so, mut dof, mut left) = (src_off, dst_off, len);
+    while left > 0 {
+        match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut dof), left.min(1 << 30) as usize) {
+            Ok(0) => break, // past the source's end: the rest reads as zeros (sparse)
+            Ok(n) => left -= n as u64,
+            Err(e) if left == len && matches!(e, rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                return copy_by_hand(src, src_off, dst, dst_off, len);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if left > 0 {
+        // A short source: extend the copy with zeros so its length is exact.
+        let end = dst_off + len;
+        let st = rustix::fs::fstat(dst)?;
+        if (st.st_size as u64) < end {
+            rustix::fs::ftruncate(dst, end)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_hand(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = rustix::io::pread(src, &mut buf[..want], src_off + done)?;
+        if n == 0 {
+            buf[..want].fill(0);
+        }
+        let n = if n == 0 { want } else { n };
+        let mut w = 0;
+        while w < n {
+            w += rustix::io::pwrite(dst, &buf[w..n], dst_off + done + w as u64)?;
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// `FICLONERANGE`: makes [dst_off, +len) of `dst` share the extents of `src`'s range.
+fn clone_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+    #[repr(C)]
+    struct FileCloneRange {
+        src_fd: i64,
+        src_offset: u64,
+        src_length: u64,
+        dest_offset: u64,
+    }
+    const FICLONERANGE: libc::c_ulong = 0x4020_940d;
+    let arg = FileCloneRange { src_fd: src.as_raw_fd() as i64, src_offset: src_off, src_length: len, dest_offset: dst_off };
+    // SAFETY: FICLONERANGE reads a `struct file_clone_range` (this layout, from linux/fs.h) through
+    // the pointer during the call only; both fds are open for the call's duration.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONERANGE as _, &arg as *const FileCloneRange) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_records_round_trip() {
+        let all = [
+            Undo::Header { base: RecoveryPointId(7) },
+            Undo::Created { path: b"a/b".to_vec() },
+            Undo::Moved { path: b"x".to_vec(), obj: 3 },
+            Undo::Renamed { from: b"a".to_vec(), to: stage_path(4) },
+            Undo::PreImage { path: b"f".to_vec(), offset: 4096, len: 10, file: 1, file_off: 8192 },
+            Undo::Resized { path: b"f".to_vec(), old_size: 99 },
+        ];
+        for u in all {
+            assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
+        }
+        assert!(Undo::decode(&[9]).is_err());
+    }
+}

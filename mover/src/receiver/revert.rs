@@ -1,0 +1,187 @@
+//! Rolling a destination back to its last recovery point: undo the journal's records newest
+//! first, restore metadata from the recovery point's entry list, check the tree hash, drop the
+//! journal. Progress is logged after each record so an interrupted revert resumes where it
+//! stopped (each undo step is also idempotent for the record being undone when it was killed).
+
+use super::apply::remove_any;
+use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
+use super::meta::{apply_fd, times};
+use super::state::{RecoveryPoint, State};
+use crate::beneath::{self, split_parent};
+use crate::durable::Log;
+use crate::error::{show, Error, IoContext, Result};
+use crate::tree::entry::{Entry, EntryKind};
+use crate::tree::hash::{tree_hash, HashOptions};
+use crate::wire::codec::{Dec, Enc};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
+use serde::Serialize;
+use std::os::fd::{AsFd, BorrowedFd};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RevertReport {
+    /// Undo records applied by this call.
+    pub undone: u64,
+    pub recovery_point: Option<RecoveryPoint>,
+    /// False when there was nothing to revert.
+    pub reverted: bool,
+}
+
+fn exists(root: BorrowedFd<'_>, path: &[u8]) -> bool {
+    let (p, n) = split_parent(path);
+    match beneath::open_dir(root, p) {
+        Ok(d) => rustix::fs::statat(&d, n, AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn parent_of(root: BorrowedFd<'_>, path: &[u8]) -> Result<Option<std::os::fd::OwnedFd>> {
+    match beneath::open_dir(root, split_parent(path).0) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening directory of {}", show(path))),
+    }
+}
+
+fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
+    match u {
+        Undo::Header { .. } => {}
+        Undo::Created { path } => {
+            if let Some(d) = parent_of(root, path)? {
+                remove_any(d.as_fd(), split_parent(path).1, 0).ctx(|| format!("removing {} (created by the job)", show(path)))?;
+            }
+        }
+        Undo::Moved { path, obj } => {
+            let from = obj_path(*obj);
+            if !exists(root, &from) {
+                return Ok(()); // already restored
+            }
+            let d = parent_of(root, path)?.ok_or_else(|| Error::Usage(format!("cannot restore {}: its directory is gone", show(path))))?;
+            let n = split_parent(path).1;
+            remove_any(d.as_fd(), n, 0).ctx(|| format!("clearing {}", show(path)))?;
+            let od = beneath::open_dir(root, split_parent(&from).0).ctx(|| "opening journal objects".to_string())?;
+            rustix::fs::renameat(&od, split_parent(&from).1, &d, n).ctx(|| format!("restoring {}", show(path)))?;
+        }
+        Undo::Renamed { from, to } => {
+            if !exists(root, to) {
+                return Ok(());
+            }
+            let fd = parent_of(root, from)?.ok_or_else(|| Error::Usage(format!("cannot move back to {}: its directory is gone", show(from))))?;
+            let td = beneath::open_dir(root, split_parent(to).0).ctx(|| format!("opening directory of {}", show(to)))?;
+            remove_any(fd.as_fd(), split_parent(from).1, 0).ctx(|| format!("clearing {}", show(from)))?;
+            rustix::fs::renameat(&td, split_parent(to).1, &fd, split_parent(from).1)
+                .ctx(|| format!("moving {} back to {}", show(to), show(from)))?;
+        }
+        Undo::PreImage { path, offset, len, file, file_off } => {
+            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {} to restore its data", show(path)))?;
+            let pre = format!(".mover-state/{JOURNAL_DIR}/pre-{file}");
+            let p = beneath::open_file(root, pre.as_bytes(), OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {pre}"))?;
+            journal::copy_range(p.as_fd(), *file_off, f.as_fd(), *offset, *len).ctx(|| format!("restoring data of {}", show(path)))?;
+        }
+        Undo::Resized { path, old_size } => {
+            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {} to restore its size", show(path)))?;
+            rustix::fs::ftruncate(&f, *old_size).ctx(|| format!("restoring the size of {}", show(path)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the journal (if any) so the destination is back at its recovery point. The caller
+/// holds the root's lock.
+pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
+    let rp = state.recovery_point()?;
+    let Some(existing) = journal::read_existing(state)? else {
+        return Ok(RevertReport { undone: 0, recovery_point: rp, reverted: false });
+    };
+    let rp = match (existing.base, rp) {
+        (Some(b), Some(rp)) if b == rp.id => rp,
+        _ => {
+            // Headerless, or left over from a job that committed: nothing of it is live.
+            journal::discard(state)?;
+            return Ok(RevertReport { undone: 0, recovery_point: state.recovery_point()?, reverted: false });
+        }
+    };
+    let jdir = rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .ctx(|| "opening the journal".to_string())?;
+    let (mut progress, done) = Log::open(jdir.as_fd(), REVERT_LOG)?;
+    let mut undone_before = 0u64;
+    if let Some(last) = done.last() {
+        undone_before = Dec::new(last).u64()?;
+    }
+    let records = &existing.records;
+    let mut undone = 0;
+    for (k, u) in records.iter().enumerate().rev().skip(undone_before as usize) {
+        undo_one(root, u)?;
+        undone += 1;
+        let mut e = Enc::new();
+        e.u64((records.len() - k) as u64);
+        progress.append(&e.buf)?;
+    }
+    let want = state.rp_entries(rp.id)?;
+    restore_metadata(root, &want, rp.hash_owners)?;
+    let got = crate::tree::walk::walk_fd(root, true)?;
+    let opts = HashOptions { owners: rp.hash_owners };
+    if tree_hash(&got.entries, opts) != rp.tree_hash {
+        let paths = crate::tree::entry::relative_paths(&want);
+        return Err(match super::finalize::first_difference(&want, &got.entries, &paths) {
+            Error::Verify(m) => Error::Verify(format!("revert did not reach recovery point {}: {m}", rp.id)),
+            e => e,
+        });
+    }
+    rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+    journal::discard(state)?;
+    Ok(RevertReport { undone, recovery_point: Some(rp), reverted: true })
+}
+
+/// Sets owner, mode, xattrs and mtime of every entry whose metadata differs from `want`, the
+/// recovery point's list; the tree's shape must already match it.
+pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> Result<()> {
+    let got = crate::tree::walk::walk_fd(root, true)?;
+    let paths = crate::tree::entry::relative_paths(want);
+    let shape = |e: &Entry| (e.parent, e.name.clone(), e.kind.clone());
+    if got.entries.len() != want.len() || got.entries.iter().zip(want).any(|(g, w)| shape(g) != shape(w)) {
+        return Err(super::finalize::first_difference(want, &got.entries, &paths));
+    }
+    let differs = |g: &Entry, w: &Entry| {
+        g.meta.mode != w.meta.mode
+            || (owners && (g.meta.uid, g.meta.gid) != (w.meta.uid, w.meta.gid))
+            || (g.meta.mtime_sec, g.meta.mtime_nsec) != (w.meta.mtime_sec, w.meta.mtime_nsec)
+            || g.xattrs != w.xattrs
+    };
+    // Non-directories first, then directories deepest first: fixing a child does not touch its
+    // directory's mtime, but restoring xattrs would bump nothing either; order is for safety.
+    for pass_dirs in [false, true] {
+        let order: Box<dyn Iterator<Item = usize>> = if pass_dirs { Box::new((0..want.len()).rev()) } else { Box::new(0..want.len()) };
+        for i in order {
+            let (g, w) = (&got.entries[i], &want[i]);
+            if (w.kind == EntryKind::Dir) != pass_dirs || !differs(g, w) {
+                continue;
+            }
+            let path = &paths[i];
+            match &w.kind {
+                EntryKind::Dir | EntryKind::File { .. } => {
+                    let fd = if w.kind == EntryKind::Dir {
+                        beneath::open_dir(root, path)
+                    } else {
+                        beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
+                    }
+                    .ctx(|| format!("opening {}", show(path)))?;
+                    apply_fd(fd.as_fd(), w, owners).ctx(|| format!("restoring metadata of {}", show(path)))?;
+                }
+                EntryKind::HardLink { .. } => {}
+                EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
+                    let (p, n) = split_parent(path);
+                    let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
+                    if owners {
+                        rustix::fs::chownat(&dir, n, Some(Uid::from_raw(w.meta.uid)), Some(Gid::from_raw(w.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+                            .ctx(|| format!("chown {}", show(path)))?;
+                    }
+                    if matches!(w.kind, EntryKind::Special { .. }) {
+                        rustix::fs::chmodat(&dir, n, Mode::from_raw_mode(w.meta.mode), AtFlags::empty()).ctx(|| format!("chmod {}", show(path)))?;
+                    }
+                    rustix::fs::utimensat(&dir, n, &times(&w.meta), AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("mtime of {}", show(path)))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

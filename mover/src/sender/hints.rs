@@ -1,0 +1,173 @@
+//! Turning the manifest and a fresh walk into hints for the receiver (renames by inode, block
+//! deltas of changed large files), and building the next manifest once the job committed.
+
+use super::manifest::{changed_ranges, hash_file, Item, Manifest};
+use super::plan::is_inline;
+use crate::beneath;
+use crate::error::{show, IoContext, Result};
+use crate::tree::entry::EntryKind;
+use crate::tree::walk::{FileId, Walked};
+use crate::units::EntryId;
+use crate::wire::message::{Hint, MAX_DELTA_RANGES};
+use rustix::fs::{Mode, OFlags};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Default)]
+pub struct Planned {
+    pub hints: Vec<Hint>,
+    /// Ranges to send per entry if the receiver accepts the delta.
+    pub deltas: HashMap<usize, Vec<(u64, u64)>>,
+    /// Block hashes of the new content of delta candidates (read now).
+    pub hashes: HashMap<usize, Vec<u64>>,
+    /// Where each entry lived in the recovery point, if it existed there.
+    pub old: Vec<Option<usize>>,
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = parent.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn unchanged(it: &Item, size: u64, mtime: (i64, u32), id: &FileId) -> bool {
+    it.size == size && it.mtime == mtime && it.ctime == (id.ctime_sec, id.ctime_nsec)
+}
+
+/// Computes hints from `m`, which describes the receiver's current recovery point.
+pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize) -> Result<Planned> {
+    let n = w.entries.len();
+    let mut p = Planned { old: vec![None; n], ..Default::default() };
+    // Where each entry's item sits in the recovery point (its "old location").
+    let mut old_path: Vec<Option<Vec<u8>>> = vec![None; n];
+    old_path[0] = Some(Vec::new());
+    let new_at: HashMap<&[u8], usize> = w.paths.iter().enumerate().map(|(i, q)| (q.as_slice(), i)).collect();
+    let mut candidates: Vec<(usize, u64)> = Vec::new();
+    for i in 1..n {
+        let e = &w.entries[i];
+        if matches!(e.kind, EntryKind::HardLink { .. }) {
+            continue;
+        }
+        let id = &w.ids[i];
+        let Some(it) = m.by_ino(id.dev, id.ino).filter(|it| it.kind == e.kind.tag()) else {
+            // A new inode at an old path (a file replaced by an atomic save): the old content at
+            // this path is still a basis for a delta, though not a rename.
+            if let (EntryKind::File { size }, Some(k)) = (&e.kind, m.position(&w.paths[i])) {
+                if m.items[k].kind == e.kind.tag() && m.items[k].hashes.is_some() && !is_inline(*size) {
+                    p.old[i] = Some(k);
+                    candidates.push((i, *size));
+                }
+            }
+            continue;
+        };
+        let implied = old_path[e.parent.index()].as_ref().map(|pp| join(pp, &e.name));
+        if implied.as_deref() != Some(it.path.as_slice()) {
+            // The inode still at its old path too (a new hard link) is not a move.
+            let still_there = new_at.get(it.path.as_slice()).is_some_and(|&k| w.ids[k].dev == id.dev && w.ids[k].ino == id.ino);
+            if still_there {
+                continue;
+            }
+            p.hints.push(Hint::Rename { entry: EntryId(i as u32), from: it.path.clone() });
+        }
+        old_path[i] = Some(it.path.clone());
+        p.old[i] = m.position(&it.path);
+        if let EntryKind::File { size } = e.kind {
+            let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
+            if !is_inline(size) && it.hashes.is_some() && !unchanged(it, size, mtime, id) {
+                candidates.push((i, size));
+            }
+        }
+    }
+    let hashed = hash_files(root, w, &candidates, threads)?;
+    for (i, size) in candidates {
+        let Some(new) = hashed.get(&i) else { continue };
+        let Some(it) = p.old[i].map(|k| &m.items[k]) else { continue };
+        let Some(old) = &it.hashes else { continue };
+        let ranges = changed_ranges(old, new, size, MAX_DELTA_RANGES);
+        p.hints.push(Hint::Delta { entry: EntryId(i as u32), base_size: it.size, base_mtime: it.mtime, ranges: ranges.clone() });
+        p.deltas.insert(i, ranges);
+    }
+    p.hashes = hashed;
+    Ok(p)
+}
+
+/// Hashes files in parallel. A file whose size, mtime or ctime differs from the walk (it changed
+/// since) is left out: its hashes would not describe what the receiver gets.
+pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize) -> Result<HashMap<usize, Vec<u64>>> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads.clamp(1, 16).min(files.len().max(1)))
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<(usize, Vec<u64>)>> {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(i, size)) = files.get(k) else { return Ok(out) };
+                        let path = &w.paths[i];
+                        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
+                        let h = hash_file(fd.as_fd(), size).ctx(|| format!("hashing {}", show(path)))?;
+                        let st = rustix::fs::fstat(&fd).ctx(|| format!("stat {}", show(path)))?;
+                        let e = &w.entries[i];
+                        let id = &w.ids[i];
+                        let same = st.st_size as u64 == size
+                            && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
+                            && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec);
+                        if same {
+                            out.push((i, h));
+                        }
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::Usage("a hashing thread panicked".into())))).collect()
+    });
+    let mut map = HashMap::new();
+    for r in results {
+        map.extend(r?);
+    }
+    Ok(map)
+}
+
+/// The manifest of the recovery point just committed. `hashes` holds the block hashes known for
+/// large files (carried, pre-hashed or hashed after the job); a large file without them gets
+/// none and will be sent whole when it next changes.
+pub fn build_manifest(w: &Walked, rp: u128, mut hashes: HashMap<usize, Vec<u64>>) -> Manifest {
+    let mut items = Vec::with_capacity(w.entries.len());
+    for (i, e) in w.entries.iter().enumerate().skip(1) {
+        if matches!(e.kind, EntryKind::HardLink { .. }) {
+            continue;
+        }
+        let id = &w.ids[i];
+        let size = if let EntryKind::File { size } = e.kind { size } else { 0 };
+        items.push(Item {
+            path: w.paths[i].clone(),
+            kind: e.kind.tag(),
+            dev: id.dev,
+            ino: id.ino,
+            size,
+            mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+            ctime: (id.ctime_sec, id.ctime_nsec),
+            hashes: hashes.remove(&i),
+        });
+    }
+    Manifest::new(rp, items)
+}
+
+/// Hashes carried over from the old manifest for large files that did not change.
+pub fn carried_hashes(w: &Walked, m: &Manifest, old: &[Option<usize>]) -> HashMap<usize, Vec<u64>> {
+    let mut out = HashMap::new();
+    for (i, e) in w.entries.iter().enumerate() {
+        let EntryKind::File { size } = e.kind else { continue };
+        let Some(it) = old.get(i).copied().flatten().map(|k| &m.items[k]) else { continue };
+        if let Some(h) = &it.hashes {
+            if !is_inline(size) && unchanged(it, size, (e.meta.mtime_sec, e.meta.mtime_nsec), &w.ids[i]) {
+                out.insert(i, h.clone());
+            }
+        }
+    }
+    out
+}
