@@ -76,6 +76,11 @@ enum Cmd {
         /// retry resumes the interrupted job (backoff from 0.2 s doubling to 30 s).
         #[arg(long, default_value_t = 5)]
         retries: u32,
+        /// How to take one point in time of the source: btrfs (read-only snapshot; the source
+        /// must be a subvolume), reflink (clone every file, XFS/btrfs), plain (read live files,
+        /// retry any that change while read). Default: btrfs for a subvolume, else plain.
+        #[arg(long)]
+        snapshot: Option<mover::snapshot::Provider>,
     },
     /// Show CPU / NUMA / device / NIC topology and the worker pinning plan.
     Hw {
@@ -165,9 +170,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Send { src, to, threads, json, no_direct, state, retries } => {
+        Cmd::Send { src, to, threads, json, no_direct, state, retries, snapshot } => {
             let to = resolve(&to)?;
-            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state };
+            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
             let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {

@@ -10,6 +10,7 @@ pub mod gen;
 pub mod churn;
 pub mod receiver;
 pub mod sender;
+pub mod snapshot;
 pub mod transport;
 pub mod tree;
 pub mod units;

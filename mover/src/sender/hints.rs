@@ -39,7 +39,7 @@ fn unchanged(it: &Item, size: u64, mtime: (i64, u32), id: &FileId) -> bool {
 }
 
 /// Computes hints from `m`, which describes the receiver's current recovery point.
-pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize) -> Result<Planned> {
+pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize, stable: bool) -> Result<Planned> {
     let n = w.entries.len();
     let mut p = Planned { old: vec![None; n], ..Default::default() };
     // Where each entry's item sits in the recovery point (its "old location").
@@ -82,7 +82,7 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
             }
         }
     }
-    let hashed = hash_files(root, w, &candidates, threads)?;
+    let hashed = hash_files(root, w, &candidates, threads, stable)?;
     for (i, size) in candidates {
         let Some(new) = hashed.get(&i) else { continue };
         let Some(it) = p.old[i].map(|k| &m.items[k]) else { continue };
@@ -95,9 +95,10 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
     Ok(p)
 }
 
-/// Hashes files in parallel. A file whose size, mtime or ctime differs from the walk (it changed
-/// since) is left out: its hashes would not describe what the receiver gets.
-pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize) -> Result<HashMap<usize, Vec<u64>>> {
+/// Hashes files in parallel. Unless the source is a frozen snapshot (`stable`), a file whose
+/// size, mtime or ctime differs from the walk (it changed since) is left out: its hashes would
+/// not describe what the receiver gets.
+pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize, stable: bool) -> Result<HashMap<usize, Vec<u64>>> {
     let next = AtomicUsize::new(0);
     let results: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads.clamp(1, 16).min(files.len().max(1)))
@@ -116,7 +117,7 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
                         let same = st.st_size as u64 == size
                             && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
                             && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec);
-                        if same {
+                        if same || stable {
                             out.push((i, h));
                         }
                     }

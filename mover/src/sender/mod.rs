@@ -52,6 +52,9 @@ pub struct SendOptions {
     /// The stream's state directory (holds the manifest of the receiver's recovery point);
     /// without it every job compares by size and mtime only and resends changed files whole.
     pub state: Option<PathBuf>,
+    /// How the job gets one point in time of the source (None: btrfs snapshot where the
+    /// source is a subvolume, else plain).
+    pub snapshot: Option<crate::snapshot::Provider>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +85,8 @@ pub struct SendReport {
     pub recovery_point: String,
     /// Sessions it took (1 unless a connection failed and the job was retried).
     pub attempts: u32,
+    /// How the point in time was taken.
+    pub snapshot: crate::snapshot::Provider,
 }
 
 fn hello(session: SessionId, role: Role) -> Vec<u8> {
@@ -120,21 +125,40 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let source_time_ns = crate::receiver::state::now_ns();
     crate::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
-    let walked = walk(&opts.src, true)?;
+    let provider = opts.snapshot.unwrap_or_else(|| crate::snapshot::auto(&opts.src));
+    let frozen = crate::snapshot::freeze(&opts.src, provider)?;
+    let mut walked = walk(&frozen.root, true)?;
+    if let Some(ids) = &frozen.ids {
+        for (i, p) in walked.paths.iter().enumerate() {
+            if let Some(id) = ids.get(p) {
+                walked.ids[i] = *id;
+            }
+        }
+    }
+    // Items on the source root's own file system are keyed by inode alone: a btrfs snapshot
+    // is a new device each time but keeps the live inode numbers.
+    let root_dev = walked.ids[0].dev;
+    for id in walked.ids.iter_mut() {
+        if id.dev == root_dev {
+            id.dev = 0;
+        }
+    }
+    let stable = provider != crate::snapshot::Provider::Plain;
+    let walked = walked;
     let entries = &walked.entries;
     tracing::info!(entries = entries.len(), secs = start.elapsed().as_secs_f64(), "walked source");
     let session = SessionId::random().ctx(|| "random session id".to_string())?;
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(opts.to, session, Role::Control { workers: threads as u16 }, &mut wire)?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
-    let root = crate::beneath::open_root(&opts.src, "source directory")?;
+    let root = crate::beneath::open_root(&frozen.root, "source directory")?;
 
     let manifest = match &opts.state {
         Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
         None => None,
     };
     let planned = match &manifest {
-        Some(m) => plan_hints(&walked, m, root.as_fd(), threads)?,
+        Some(m) => plan_hints(&walked, m, root.as_fd(), threads, stable)?,
         None => Planned { old: vec![None; entries.len()], ..Default::default() },
     };
     tracing::info!(hints = planned.hints.len(), secs = start.elapsed().as_secs_f64(), "hints planned");
@@ -238,6 +262,9 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         Err(e) => return Err(explain_worker_failure(e, &mut ctl)),
     };
     wire += all.wire_bytes;
+    if !stable {
+        check_unchanged(table.root.as_fd(), &walked, &need)?;
+    }
     let th = tree_hash(entries, HashOptions { owners });
     let commit = Commit {
         tree_hash: th,
@@ -254,7 +281,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         return Err(Error::Verify(format!("receiver did not verify the tree: {}", v.message)));
     }
     if let Some(dir) = &opts.state {
-        save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads)?;
+        save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads, stable)?;
     }
     Ok(SendReport {
         session: session.to_string(),
@@ -275,7 +302,36 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         resumed: ack.job_pending,
         recovery_point: format!("{:032x}", v.recovery_point),
         attempts: 1,
+        snapshot: provider,
     })
+}
+
+/// Plain provider: a file whose size, mtime or ctime moved since the walk may have been read
+/// torn. Failing before Commit keeps the receiver from making a recovery point of it; the retry
+/// walks again and resends it.
+fn check_unchanged(root: std::os::fd::BorrowedFd<'_>, w: &crate::tree::walk::Walked, need: &[Need]) -> Result<()> {
+    let mut changed = Vec::new();
+    for (i, e) in w.entries.iter().enumerate() {
+        let EntryKind::File { size } = e.kind else { continue };
+        if need[i] == Need::Nothing {
+            continue;
+        }
+        let p = &w.paths[i];
+        let (dir, name) = crate::beneath::split_parent(p);
+        let st = crate::beneath::open_dir(root, dir).ok().and_then(|d| rustix::fs::statat(&d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
+        let same = matches!(st, Some(s) if s.st_size as u64 == size
+            && (s.st_mtime, s.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
+            && (s.st_ctime, s.st_ctime_nsec as u32) == (w.ids[i].ctime_sec, w.ids[i].ctime_nsec));
+        if !same {
+            changed.push(show(p));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let n = changed.len();
+    changed.truncate(5);
+    Err(Error::SourceChanged(format!("{n} file(s) changed while being sent, e.g. {}", changed.join(", "))))
 }
 
 /// First pause before retrying a failed session; doubles up to RETRY_BACKOFF_MAX.
@@ -333,6 +389,7 @@ fn save_manifest(
     need: &[Need],
     rp: u128,
     threads: usize,
+    stable: bool,
 ) -> Result<()> {
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
@@ -355,7 +412,7 @@ fn save_manifest(
     for i in todo.iter().map(|t| t.0) {
         hashes.remove(&i);
     }
-    hashes.extend(hash_files(root.as_fd(), walked, &todo, threads)?);
+    hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
     build_manifest(walked, rp, hashes).save(dir)
 }
 

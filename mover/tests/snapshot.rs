@@ -1,0 +1,170 @@
+//! Point-in-time sources on real file systems (loop-mounted btrfs and XFS images): a btrfs
+//! read-only snapshot, a reflink clone, and the plain provider's detection of files that change
+//! while being read. Needs root, mkfs.btrfs, btrfs and mkfs.xfs (scripts/install-deps.sh).
+
+mod common;
+
+use common::*;
+use mover::gen::{generate, TreeSpec};
+use mover::sender::{send, send_with_retry, SendOptions};
+use mover::snapshot::Provider;
+use mover::Progress;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (run scripts/install-deps.sh as root)"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A loop-mounted file system image, unmounted on drop.
+struct Mounted {
+    dir: PathBuf,
+    _t: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(fs: &str, size: u64) -> Mounted {
+        assert!(rustix::process::geteuid().is_root(), "snapshot tests need root (loop mounts)");
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("fs.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        run(Command::new(format!("mkfs.{fs}")).arg("-q").arg(&img));
+        let dir = t.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&dir));
+        Mounted { dir, _t: t }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+fn opts(src: &Path, addr: std::net::SocketAddr, state: &Path, snapshot: Provider) -> SendOptions {
+    SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: Some(snapshot) }
+}
+
+fn scratch_is_empty(src: &Path) -> bool {
+    std::fs::read_dir(src.join(".mover-state")).map(|d| d.count() == 0).unwrap_or(true)
+}
+
+/// Rewrites `f` whole, again and again, each version one repeated byte, until `stop`: in place
+/// (a reader can catch it half-written), or `atomic`ally by writing a temp file and renaming it
+/// over (as careful applications do; any point in time then holds one whole version).
+fn writer(f: PathBuf, size: usize, stop: Arc<AtomicBool>, atomic: bool) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let tmp = f.with_extension("tmp-version");
+        let mut v = 0u32;
+        while !stop.load(Ordering::SeqCst) {
+            v += 1;
+            let target = if atomic { &tmp } else { &f };
+            let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(target).unwrap();
+            let chunk = vec![v as u8; 1 << 20];
+            for off in (0..size).step_by(1 << 20) {
+                file.write_all_at(&chunk, off as u64).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if atomic {
+                std::fs::rename(&tmp, &f).unwrap();
+            }
+        }
+        v
+    })
+}
+
+fn one_version(p: &Path) -> bool {
+    let d = std::fs::read(p).unwrap();
+    d.iter().all(|&b| b == d[0])
+}
+
+#[test]
+fn btrfs_snapshot_is_one_point_in_time_and_keeps_identities() {
+    let m = Mounted::new("btrfs", 512 << 20);
+    let src = m.dir.join("src");
+    run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(&src));
+    assert!(mover::snapshot::is_btrfs_subvolume(&src));
+    assert_eq!(mover::snapshot::auto(&src), Provider::Btrfs);
+    generate(&src, &TreeSpec { small_files: 80, large_files: 2, large_size: 2 << 20, ..Default::default() }).unwrap();
+    std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (dst, state) = (t.path().join("dst"), t.path().join("state"));
+    std::fs::create_dir(&dst).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+
+    // A writer replaces busy.bin throughout the job: the snapshot holds one version of it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(src.join("busy.bin"), 8 << 20, stop.clone(), true);
+    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert!(w.join().unwrap() > 0);
+    assert_eq!(rep.snapshot, Provider::Btrfs);
+    assert!(one_version(&dst.join("busy.bin")), "the target holds one version of a file written during the job");
+    assert!(scratch_is_empty(&src), "the job's snapshot is removed");
+
+    // The live tree at rest now: the next job is incremental against snapshot-era identities.
+    let _ = std::fs::remove_file(src.join("busy.tmp-version"));
+    std::fs::rename(src.join("dir000"), src.join("dir000-renamed")).unwrap();
+    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    assert!(rep.incremental, "manifest matched");
+    assert!(rep.bytes <= 8 << 20, "only busy.bin's last version may travel, not the renamed directory: {}", rep.bytes);
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn reflink_clone_on_xfs_reads_consistent_files_and_keeps_live_identities() {
+    let m = Mounted::new("xfs", 600 << 20);
+    let src = m.dir.join("src");
+    generate(&src, &TreeSpec { small_files: 80, large_files: 2, large_size: 2 << 20, ..Default::default() }).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (dst, state) = (t.path().join("dst"), t.path().join("state"));
+    std::fs::create_dir(&dst).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+    let rep = send(&opts(&src, addr, &state, Provider::Reflink), &Arc::new(Progress::default())).unwrap();
+    assert_eq!(rep.snapshot, Provider::Reflink);
+    assert_same_tree(&src, &dst);
+    assert!(scratch_is_empty(&src), "the clone is removed");
+
+    std::fs::create_dir(src.join("moved-here")).unwrap();
+    std::fs::rename(src.join("large0.bin"), src.join("moved-here/large0-moved.bin")).unwrap();
+    let rep = send(&opts(&src, addr, &state, Provider::Reflink), &Arc::new(Progress::default())).unwrap();
+    assert!(rep.incremental);
+    assert_eq!(rep.bytes, 0, "a moved file is a rename, even read through clones");
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn plain_provider_retries_a_file_changed_while_read() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(src.join("busy.bin"), 8 << 20, stop.clone(), false);
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut changed = 0;
+    let rep = send_with_retry(&opts(&src, addr, &state, Provider::Plain), &Arc::new(Progress::default()), 40, |_, e, _| {
+        assert!(matches!(e, mover::Error::SourceChanged(_)), "only source changes expected: {e}");
+        changed += 1;
+    })
+    .unwrap();
+    stopper.join().unwrap();
+    w.join().unwrap();
+    assert!(changed > 0, "the writer was caught at least once");
+    assert!(rep.attempts > 1);
+    assert!(one_version(&dst.join("busy.bin")), "never a torn file in a recovery point");
+    assert_same_tree(&src, &dst);
+}
