@@ -79,6 +79,34 @@ impl Drop for Frozen {
     }
 }
 
+impl Frozen {
+    /// Keeps a btrfs snapshot after the job (as the next job's base); returns its name.
+    pub fn keep(&mut self) -> Option<String> {
+        match self.cleanup.take() {
+            Some(Cleanup::Subvolume { name, .. }) => Some(name),
+            other => {
+                self.cleanup = other;
+                None
+            }
+        }
+    }
+}
+
+/// Path of a kept snapshot of `src`.
+pub fn kept_path(src: &Path, name: &str) -> PathBuf {
+    src.join(SCRATCH).join(name)
+}
+
+/// Deletes a kept snapshot (best effort: a leftover only costs space).
+pub fn drop_kept(src: &Path, name: &str) {
+    let r = beneath::open_root(&src.join(SCRATCH), "snapshot directory")
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|d| btrfs_destroy(d.as_fd(), name));
+    if let Err(e) = r {
+        tracing::warn!("could not delete the old snapshot {name} of {}: {e}", src.display());
+    }
+}
+
 /// Is `src` the root of a btrfs subvolume (so it can be snapshotted)?
 pub fn is_btrfs_subvolume(src: &Path) -> bool {
     let Ok(fd) = beneath::open_root(src, "source directory") else { return false };

@@ -105,7 +105,7 @@ fn btrfs_snapshot_is_one_point_in_time_and_keeps_identities() {
     assert!(w.join().unwrap() > 0);
     assert_eq!(rep.snapshot, Provider::Btrfs);
     assert!(one_version(&dst.join("busy.bin")), "the target holds one version of a file written during the job");
-    assert!(scratch_is_empty(&src), "the job's snapshot is removed");
+    assert_eq!(std::fs::read_dir(src.join(".mover-state")).unwrap().count(), 1, "only the job's snapshot is kept, as the next base");
 
     // The live tree at rest now: the next job is incremental against snapshot-era identities.
     let _ = std::fs::remove_file(src.join("busy.tmp-version"));
@@ -167,4 +167,35 @@ fn plain_provider_retries_a_file_changed_while_read() {
     assert!(rep.attempts > 1);
     assert!(one_version(&dst.join("busy.bin")), "never a torn file in a recovery point");
     assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn btrfs_finds_changed_blocks_from_shared_extents_without_reading_the_file() {
+    let m = Mounted::new("btrfs", 512 << 20);
+    let src = m.dir.join("src");
+    run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(&src));
+    let mut data = vec![0u8; 32 << 20];
+    mover::gen::Rng(3).fill(&mut data);
+    std::fs::write(src.join("big.bin"), &data).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let (dst, state) = (t.path().join("dst"), t.path().join("state"));
+    std::fs::create_dir(&dst).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+    send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state")).unwrap().collect();
+    assert_eq!(kept.len(), 1, "the job's snapshot is kept as the next job's base");
+
+    let f = std::fs::OpenOptions::new().write(true).open(src.join("big.bin")).unwrap();
+    for k in 0..16u64 {
+        f.write_all_at(&[k as u8 + 1; 4096], (k * 509 + 7) * 4096).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    assert_same_tree(&src, &dst);
+    assert_eq!(rep.files_delta, 1);
+    assert_eq!(rep.bytes, 16 * 4096, "only the rewritten blocks travel");
+    assert!(rep.hashed_bytes <= 1 << 20, "read {} bytes of a 32 MiB file to find 64 KiB of changes", rep.hashed_bytes);
+    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state")).unwrap().collect();
+    assert_eq!(kept.len(), 1, "the older base is deleted");
 }

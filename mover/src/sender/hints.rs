@@ -23,6 +23,8 @@ pub struct Planned {
     pub hashes: HashMap<usize, Vec<u64>>,
     /// Where each entry lived in the recovery point, if it existed there.
     pub old: Vec<Option<usize>>,
+    /// Bytes read to find changed blocks.
+    pub hashed_bytes: u64,
 }
 
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
@@ -39,7 +41,9 @@ fn unchanged(it: &Item, size: u64, mtime: (i64, u32), id: &FileId) -> bool {
 }
 
 /// Computes hints from `m`, which describes the receiver's current recovery point.
-pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize, stable: bool) -> Result<Planned> {
+/// `base` is the kept snapshot the recovery point was made from, if any: blocks on extents it
+/// shares with the new snapshot are known unchanged without reading them.
+pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize, stable: bool, base: Option<BorrowedFd<'_>>) -> Result<Planned> {
     let n = w.entries.len();
     let mut p = Planned { old: vec![None; n], ..Default::default() };
     // Where each entry's item sits in the recovery point (its "old location").
@@ -82,7 +86,35 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
             }
         }
     }
-    let hashed = hash_files(root, w, &candidates, threads, stable)?;
+    // With a base snapshot, map extents first and read only blocks that may differ.
+    let mut hashed = HashMap::new();
+    if let Some(base) = base {
+        candidates.retain(|&(i, size)| {
+            let Some(it) = p.old[i].map(|k| &m.items[k]) else { return true };
+            let Some(old_h) = &it.hashes else { return true };
+            let Ok(old_fd) = beneath::open_file(base, &it.path, OFlags::RDONLY, Mode::empty()) else { return true };
+            let Ok(new_fd) = beneath::open_file(root, &w.paths[i], OFlags::RDONLY, Mode::empty()) else { return true };
+            let Some(same) = super::extents::unchanged_blocks(old_fd.as_fd(), it.size, new_fd.as_fd(), size) else { return true };
+            match super::extents::hash_with_basis(new_fd.as_fd(), size, old_h, &same) {
+                Ok((h, read)) => {
+                    p.hashed_bytes += read;
+                    hashed.insert(i, h);
+                    false
+                }
+                Err(_) => true,
+            }
+        });
+    }
+    p.hashed_bytes += candidates.iter().map(|c| c.1).sum::<u64>();
+    hashed.extend(hash_files(root, w, &candidates, threads, stable)?);
+    let mut candidates: Vec<(usize, u64)> = hashed
+        .keys()
+        .filter_map(|&i| match w.entries[i].kind {
+            EntryKind::File { size } => Some((i, size)),
+            _ => None,
+        })
+        .collect();
+    candidates.sort_unstable();
     for (i, size) in candidates {
         let Some(new) = hashed.get(&i) else { continue };
         let Some(it) = p.old[i].map(|k| &m.items[k]) else { continue };

@@ -25,7 +25,7 @@ use std::path::Path;
 pub const BLOCK: u64 = 4096;
 const MANIFEST_FILE: &str = "manifest";
 const MAGIC: u32 = u32::from_le_bytes(*b"MVMF");
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Bound on items in one manifest (the entry list's own bound).
 const MAX_ITEMS: u64 = crate::tree::entry::MAX_ENTRIES as u64;
 
@@ -47,6 +47,9 @@ pub struct Item {
 pub struct Manifest {
     /// The receiver's recovery point this manifest describes.
     pub rp: u128,
+    /// The source snapshot (under `<src>/.mover-state`) that recovery point was made from, kept
+    /// so the next job can find changed extents without reading (btrfs).
+    pub base_snapshot: Option<String>,
     pub items: Vec<Item>,
     by_path: HashMap<Vec<u8>, usize>,
     by_ino: HashMap<(u64, u64), usize>,
@@ -76,7 +79,8 @@ impl Manifest {
 
     fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(MAGIC).u16(VERSION).u128(self.rp).u64(self.items.len() as u64);
+        e.u32(MAGIC).u16(VERSION).u128(self.rp).bytes(self.base_snapshot.as_deref().unwrap_or("").as_bytes());
+        e.u64(self.items.len() as u64);
         for it in &self.items {
             e.bytes(&it.path).u8(it.kind).u64(it.dev).u64(it.ino).u64(it.size);
             e.i64(it.mtime.0).u32(it.mtime.1).i64(it.ctime.0).u32(it.ctime.1);
@@ -110,6 +114,7 @@ impl Manifest {
             return Err(bad("unknown format"));
         }
         let rp = d.u128()?;
+        let base = String::from_utf8(d.bytes(255, "base snapshot name")?.to_vec()).map_err(|_| bad("base snapshot name"))?;
         let n = d.u64()?;
         if n > MAX_ITEMS {
             return Err(bad("too many items"));
@@ -138,15 +143,25 @@ impl Manifest {
             items.push(Item { path, kind, dev, ino, size, mtime, ctime, hashes });
         }
         d.finish()?;
-        Ok(Manifest::new(rp, items))
+        let mut m = Manifest::new(rp, items);
+        m.base_snapshot = (!base.is_empty()).then_some(base);
+        Ok(m)
     }
 
-    /// Loads the manifest from a state directory; None if there is none yet.
+    /// Loads the manifest from a state directory; None if there is none yet. An unreadable
+    /// manifest (other format, corrupt) is set aside with a warning: the job then compares by
+    /// size and mtime, which is slower but never wrong.
     pub fn load(state: &Path) -> Result<Option<Manifest>> {
         let dir = open_state(state)?;
         match read_opt(dir.as_fd(), MANIFEST_FILE)? {
             None => Ok(None),
-            Some(raw) => Manifest::decode(&raw).map(Some),
+            Some(raw) => match Manifest::decode(&raw) {
+                Ok(m) => Ok(Some(m)),
+                Err(e) => {
+                    tracing::warn!("ignoring the manifest in {}: {e}", state.display());
+                    Ok(None)
+                }
+            },
         }
     }
 

@@ -1,6 +1,7 @@
 //! `mover send`: walk the source, negotiate with the receiver, learn what it needs, then stream
 //! the data over one connection per pinned worker and commit with the tree hash.
 
+pub mod extents;
 pub mod hints;
 pub mod manifest;
 pub mod plan;
@@ -87,6 +88,9 @@ pub struct SendReport {
     pub attempts: u32,
     /// How the point in time was taken.
     pub snapshot: crate::snapshot::Provider,
+    /// Source bytes read to find which blocks of changed files changed (btrfs extent sharing
+    /// with the previous job's snapshot avoids most of them).
+    pub hashed_bytes: u64,
 }
 
 fn hello(session: SessionId, role: Role) -> Vec<u8> {
@@ -126,7 +130,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     crate::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
     let provider = opts.snapshot.unwrap_or_else(|| crate::snapshot::auto(&opts.src));
-    let frozen = crate::snapshot::freeze(&opts.src, provider)?;
+    let mut frozen = crate::snapshot::freeze(&opts.src, provider)?;
     let mut walked = walk(&frozen.root, true)?;
     if let Some(ids) = &frozen.ids {
         for (i, p) in walked.paths.iter().enumerate() {
@@ -157,8 +161,13 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
         None => None,
     };
+    let base = manifest
+        .as_ref()
+        .and_then(|m| m.base_snapshot.as_deref())
+        .filter(|_| provider == crate::snapshot::Provider::Btrfs)
+        .and_then(|name| crate::beneath::open_root(&crate::snapshot::kept_path(&opts.src, name), "base snapshot").ok());
     let planned = match &manifest {
-        Some(m) => plan_hints(&walked, m, root.as_fd(), threads, stable)?,
+        Some(m) => plan_hints(&walked, m, root.as_fd(), threads, stable, base.as_ref().map(|b| b.as_fd()))?,
         None => Planned { old: vec![None; entries.len()], ..Default::default() },
     };
     tracing::info!(hints = planned.hints.len(), secs = start.elapsed().as_secs_f64(), "hints planned");
@@ -280,8 +289,19 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     if !v.ok || v.tree_hash != th {
         return Err(Error::Verify(format!("receiver did not verify the tree: {}", v.message)));
     }
+    let hashed_bytes = planned.hashed_bytes;
     if let Some(dir) = &opts.state {
-        save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads, stable)?;
+        // A btrfs snapshot outlives the job as the next job's base; the previous base goes.
+        let kept = frozen.keep();
+        let old_base = manifest.as_ref().and_then(|m| m.base_snapshot.clone());
+        drop(base);
+        let saved = save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads, stable, kept.clone());
+        match (&saved, kept, old_base) {
+            (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
+            (Err(_), Some(new), _) => crate::snapshot::drop_kept(&opts.src, &new),
+            _ => {}
+        }
+        saved?;
     }
     Ok(SendReport {
         session: session.to_string(),
@@ -303,6 +323,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         recovery_point: format!("{:032x}", v.recovery_point),
         attempts: 1,
         snapshot: provider,
+        hashed_bytes,
     })
 }
 
@@ -390,6 +411,7 @@ fn save_manifest(
     rp: u128,
     threads: usize,
     stable: bool,
+    base_snapshot: Option<String>,
 ) -> Result<()> {
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
@@ -413,7 +435,9 @@ fn save_manifest(
         hashes.remove(&i);
     }
     hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
-    build_manifest(walked, rp, hashes).save(dir)
+    let mut m = build_manifest(walked, rp, hashes);
+    m.base_snapshot = base_snapshot;
+    m.save(dir)
 }
 
 /// When a worker's socket failed, the receiver closed it and usually says why on the control
