@@ -14,6 +14,8 @@ pub struct FrameStats {
     pub wire_bytes: u64,
     /// Checksums of the data-bearing frames, for the session's content digest.
     pub checksums: Vec<u64>,
+    /// Sender only, with a manifest: (entry, first block, 4 KiB block hashes) per Data frame.
+    pub block_hashes: Vec<(crate::units::EntryId, u64, Vec<u64>)>,
 }
 
 impl FrameStats {
@@ -22,6 +24,7 @@ impl FrameStats {
         self.data_bytes += o.data_bytes;
         self.wire_bytes += o.wire_bytes;
         self.checksums.extend(o.checksums);
+        self.block_hashes.extend(o.block_hashes);
     }
 }
 

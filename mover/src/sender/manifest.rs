@@ -176,7 +176,7 @@ fn open_state(state: &Path) -> Result<std::os::fd::OwnedFd> {
     crate::beneath::open_root(state, "state directory")
 }
 
-fn zero_hash(len: usize) -> u64 {
+pub fn zero_hash(len: usize) -> u64 {
     static ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
     xxhash_rust::xxh3::xxh3_64(&ZEROS[..len])
 }

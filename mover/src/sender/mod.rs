@@ -247,6 +247,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         let (table, progress, to) = (table.clone(), progress.bytes.clone(), opts.to);
         let cpu = cpus.get(i).copied().flatten();
         let direct = opts.direct;
+        let hash_blocks = opts.state.is_some();
         let h = std::thread::Builder::new()
             .name(format!("mover-send-{i}"))
             .spawn(move || -> Result<FrameStats> {
@@ -255,7 +256,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
                 let (conn, _) = connect(to, session, Role::Worker { index }, &mut w)?;
                 conn.0.set_write_timeout(None).ctx(|| "socket timeout".to_string())?;
                 let sock = conn.0.try_clone().ctx(|| "socket".to_string())?;
-                let worker = SendWorker { index, cpu, table, units, sock, direct, progress };
+                let worker = SendWorker { index, cpu, table, units, sock, direct, progress, hash_blocks };
                 let mut stats = worker.run()?;
                 let mut conn = conn;
                 stats.wire_bytes += w + write_frame(&mut conn, FrameKind::WorkerDone, &encode_worker_done(stats.frames, stats.data_bytes))?;
@@ -295,7 +296,8 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         let kept = frozen.keep();
         let old_base = manifest.as_ref().and_then(|m| m.base_snapshot.clone());
         drop(base);
-        let saved = save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, v.recovery_point, threads, stable, kept.clone());
+        let streamed = streamed_hashes(&files, std::mem::take(&mut all.block_hashes));
+        let saved = save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, streamed, v.recovery_point, threads, stable, kept.clone());
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
             (Err(_), Some(new), _) => crate::snapshot::drop_kept(&opts.src, &new),
@@ -325,6 +327,46 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         snapshot: provider,
         hashed_bytes,
     })
+}
+
+/// Assembles the workers' per-frame block hashes into whole-file hash lists for large files
+/// sent whole; blocks in holes (not sent) hash as zeros. A file with any block unaccounted for
+/// is left out (it is hashed from disk instead).
+fn streamed_hashes(files: &[FileToSend], frames: Vec<(EntryId, u64, Vec<u64>)>) -> std::collections::HashMap<usize, Vec<u64>> {
+    use manifest::{zero_hash, BLOCK};
+    let mut partial: std::collections::HashMap<u32, Vec<Option<u64>>> = std::collections::HashMap::new();
+    let sizes: std::collections::HashMap<u32, &FileToSend> = files.iter().filter(|f| !is_inline(f.size)).map(|f| (f.entry.0, f)).collect();
+    for (e, first, hs) in frames {
+        let Some(f) = sizes.get(&e.0) else { continue };
+        let v = partial.entry(e.0).or_insert_with(|| {
+            let mut v = vec![None; f.size.div_ceil(BLOCK) as usize];
+            // Blocks wholly outside the data regions are holes: zeros, never sent.
+            let mut covered = vec![false; v.len()];
+            for &(o, l) in &f.regions {
+                for k in (o / BLOCK)..(o + l).div_ceil(BLOCK) {
+                    if let Some(c) = covered.get_mut(k as usize) {
+                        *c = true;
+                    }
+                }
+            }
+            for (k, c) in covered.iter().enumerate() {
+                if !c {
+                    let len = (f.size - k as u64 * BLOCK).min(BLOCK) as usize;
+                    v[k] = Some(zero_hash(len));
+                }
+            }
+            v
+        });
+        for (k, h) in hs.into_iter().enumerate() {
+            if let Some(slot) = v.get_mut(first as usize + k) {
+                *slot = Some(h);
+            }
+        }
+    }
+    partial
+        .into_iter()
+        .filter_map(|(e, v)| v.into_iter().collect::<Option<Vec<u64>>>().map(|h| (e as usize, h)))
+        .collect()
 }
 
 /// Plain provider: a file whose size, mtime or ctime moved since the walk may have been read
@@ -408,6 +450,7 @@ fn save_manifest(
     old: Option<&Manifest>,
     planned: Planned,
     need: &[Need],
+    streamed: std::collections::HashMap<usize, Vec<u64>>,
     rp: u128,
     threads: usize,
     stable: bool,
@@ -422,6 +465,14 @@ fn save_manifest(
             hashes.insert(i, h);
         }
     }
+    // Whole files sent: hashed by the workers as they went, if every block was seen.
+    let streamed_ok = streamed.len();
+    for (i, h) in streamed {
+        if need[i] == Need::Full {
+            hashes.insert(i, h);
+        }
+    }
+    tracing::debug!(streamed_ok, "block hashes taken from the data stream");
     let todo: Vec<(usize, u64)> = walked
         .entries
         .iter()
@@ -431,9 +482,7 @@ fn save_manifest(
             _ => None,
         })
         .collect();
-    for i in todo.iter().map(|t| t.0) {
-        hashes.remove(&i);
-    }
+    let todo: Vec<(usize, u64)> = todo.into_iter().filter(|(i, _)| !(need[*i] == Need::Full && hashes.contains_key(i))).collect();
     hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
     let mut m = build_manifest(walked, rp, hashes);
     m.base_snapshot = base_snapshot;

@@ -89,6 +89,8 @@ pub struct SendWorker {
     pub sock: std::net::TcpStream,
     pub direct: bool,
     pub progress: Arc<AtomicU64>,
+    /// Hash each 4 KiB block of Data frames for the manifest (saves re-reading sent files).
+    pub hash_blocks: bool,
 }
 
 struct Cached {
@@ -163,6 +165,9 @@ impl SendWorker {
                     OP_READ => {
                         if on_read(&mut ring, &mut bufs[b], b, idx, res, &self.table)? {
                             finish_frame(&mut ring, &mut bufs[b], b)?;
+                            if self.hash_blocks && bufs[b].kind == FrameKind::Data {
+                                stats.block_hashes.extend(block_hashes(&mut ring, &bufs[b], b, &self.table));
+                            }
                             ready.push_back(b);
                         }
                     }
@@ -325,6 +330,25 @@ fn on_read(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, table:
     }
     buf.pending -= 1;
     Ok(buf.pending == 0)
+}
+
+/// Per-block hashes of a finished Data frame whose data starts on a block boundary: (entry,
+/// first block, hashes). The last block of a file may be short, as in the manifest.
+fn block_hashes(ring: &mut Uring, buf: &Buf, b: usize, table: &SendTable) -> Option<(EntryId, u64, Vec<u64>)> {
+    const BLOCK: usize = super::manifest::BLOCK as usize;
+    // SAFETY: the frame is finished (state Ready): no operation refers to buffer b until its
+    // send is submitted, which happens after this returns.
+    let s = unsafe { ring.slab().slice(b) };
+    let payload = &s[buf.frame_start + FRAME_HEADER_LEN..buf.frame_end];
+    let (entry, offset, data) = crate::wire::message::decode_data_prefix(payload).ok()?;
+    if offset % BLOCK as u64 != 0 {
+        return None;
+    }
+    // A short last block counts only at the end of the file (mid-file it would be a block
+    // half data, half hole, whose hash covers all 4 KiB).
+    let end = offset + data.len() as u64;
+    let whole = if data.len() % BLOCK != 0 && table.sizes.get(entry.index()) != Some(&end) { data.len() / BLOCK * BLOCK } else { data.len() };
+    Some((entry, offset / BLOCK as u64, data[..whole].chunks(BLOCK).map(xxhash_rust::xxh3::xxh3_64).collect()))
 }
 
 /// All reads are in: checksum the payload and write the header in front of it.
