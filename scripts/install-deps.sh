@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # Installs what mover's build and tests need on a fresh Debian machine: a C toolchain for
-# bundled -sys crates and strace (the io_uring/pinning test). Idempotent; fails loudly.
+# bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
+# mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
+# XFS images). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
   command -v "$p" >/dev/null 2>&1 || need+=("$p")
 done
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+{ command -v mkfs.btrfs && command -v btrfs; } >/dev/null 2>&1 || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
+# Debian's util-linux ships mount and umount (with loop-device support) in package "mount".
+{ command -v mount && command -v umount; } >/dev/null 2>&1 || need+=(mount)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
 command -v strace >/dev/null || { echo "strace missing after install" >&2; exit 1; }
+command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 (e2fsprogs) missing after install" >&2; exit 1; }
+command -v mkfs.btrfs >/dev/null || { echo "mkfs.btrfs (btrfs-progs) missing after install" >&2; exit 1; }
+command -v btrfs >/dev/null || { echo "btrfs (btrfs-progs) missing after install" >&2; exit 1; }
+command -v mkfs.xfs >/dev/null || { echo "mkfs.xfs (xfsprogs) missing after install" >&2; exit 1; }
+command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1; }
+command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }

@@ -28,9 +28,15 @@ fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<Ch
     Ok((child, addr, reader))
 }
 
-fn replicate(exe: &Path, src: &Path, dst: &Path) -> Result<Value> {
+fn replicate(exe: &Path, src: &Path, dst: &Path, state: &Path) -> Result<Value> {
     let (mut recv, addr, mut reader) = spawn_receiver(exe, dst)?;
-    let out = Command::new(exe).arg("send").arg(src).args(["--to", &addr, "--json"]).output().context("running sender")?;
+    let out = Command::new(exe)
+        .arg("send")
+        .arg(src)
+        .args(["--to", &addr, "--json", "--state"])
+        .arg(state)
+        .output()
+        .context("running sender")?;
     let mut report = String::new();
     reader.read_to_string(&mut report).context("reading receiver report")?;
     let status = recv.wait().context("waiting for receiver")?;
@@ -59,7 +65,7 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let (src, dst) = (base.join("source"), base.join("target"));
+    let (src, dst, state) = (base.join("source"), base.join("target"), base.join("sender-state"));
     std::fs::create_dir_all(&dst).context("creating target dir")?;
     let exe = std::env::current_exe().context("locating the mover binary")?;
     let spec = TreeSpec { seed: 42, small_files: files, small_max: 16 * 1024, large_files: 4, large_size: 32 << 20, fanout: 60, extras: true };
@@ -67,25 +73,28 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
     generate(&src, &spec)?;
 
     println!("initial sync: mover receive + mover send over 127.0.0.1");
-    let r = replicate(&exe, &src, &dst)?;
+    let r = replicate(&exe, &src, &dst, &state)?;
     println!(
-        "  sent {} files, {} data bytes, {} wire bytes in {:.2}s",
-        r["files"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0)
+        "  sent {} files, {} data bytes, {} wire bytes in {:.2}s; recovery point {}",
+        r["files"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0), r["recovery_point"]
     );
     println!("  verified by the receiver; independent check: {}", verify(&src, &dst)?);
 
-    // Change a few files and send again: only those travel.
+    // Change a few blocks, append, create, move a directory: only the changes travel.
     for i in 0..3 {
         let p = src.join(format!("large{i}.bin"));
+        let f = std::fs::OpenOptions::new().write(true).open(&p).context("opening for an in-place write")?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 4096], 4096 * (1 + 97 * i as u64)).context("rewriting a block")?;
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).context("appending")?;
         f.write_all(b"appended by the demo").context("appending")?;
     }
     std::fs::write(src.join("new-file.txt"), b"created after the first sync").context("writing new file")?;
-    println!("incremental: 3 files appended, 1 created");
-    let r = replicate(&exe, &src, &dst)?;
+    std::fs::rename(src.join("dir000"), src.join("dir000-moved")).context("moving a directory")?;
+    println!("incremental: one 4 KiB block rewritten and a line appended in 3 large files, 1 file created, 1 directory moved");
+    let r = replicate(&exe, &src, &dst, &state)?;
     println!(
-        "  sent {} files ({} unchanged skipped), {} data bytes, {} wire bytes in {:.2}s",
-        r["files"], r["files_unchanged"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0)
+        "  sent {} files ({} as block deltas, {} unchanged skipped unread), {} data bytes, {} wire bytes in {:.2}s; recovery point {}",
+        r["files"], r["files_delta"], r["files_unchanged"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0), r["recovery_point"]
     );
     println!("  verified: {}", verify(&src, &dst)?);
     println!("demo OK");

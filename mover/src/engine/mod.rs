@@ -31,13 +31,21 @@ impl FrameStats {
 /// Joins every worker (none is left running) and merges their stats, or returns the first
 /// error; a panicked worker counts as an error.
 pub fn join_workers(handles: Vec<JoinHandle<Result<FrameStats>>>, side: &str) -> Result<FrameStats> {
+    join_workers_preferring(handles, side, |_| false)
+}
+
+/// As `join_workers`, but an error for which `cause` holds wins over earlier ones: when one
+/// worker's failure (a full disk) makes the peer drop the others, their errors only echo it.
+pub fn join_workers_preferring(handles: Vec<JoinHandle<Result<FrameStats>>>, side: &str, cause: impl Fn(&Error) -> bool) -> Result<FrameStats> {
     let mut all = FrameStats::default();
-    let mut first_err = None;
+    let mut first_err: Option<Error> = None;
     for h in handles {
         match h.join() {
             Ok(Ok(s)) => all.absorb(s),
             Ok(Err(e)) => {
-                first_err.get_or_insert(e);
+                if first_err.as_ref().is_none_or(|f| !cause(f) && cause(&e)) {
+                    first_err = Some(e);
+                }
             }
             Err(_) => {
                 first_err.get_or_insert(Error::Usage(format!("{side} worker panicked")));

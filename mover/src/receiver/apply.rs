@@ -13,6 +13,7 @@
 
 use super::journal::Journal;
 use super::meta::times;
+use super::space;
 use super::state::STATE_DIR;
 use crate::beneath;
 use crate::error::{show, Error, IoContext, Result};
@@ -107,6 +108,12 @@ fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, ow
     Ok(())
 }
 
+
+/// Journals that `path` is about to be created. The journal's own errors name only its log
+/// file; on a full disk the operator needs the item the job was at.
+fn journal_created(j: &mut Journal, path: &[u8]) -> Result<()> {
+    j.created(path).map_err(space::naming(|| format!("journaling the creation of {}", show(path))))
+}
 
 /// What the first phase decided.
 pub struct Applied {
@@ -217,7 +224,7 @@ pub fn apply_entries(
                     if st.is_some() {
                         clear(j, &mut stats)?;
                     }
-                    j.created(path)?;
+                    journal_created(j, path)?;
                     rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir {}", show(path)))?;
                     fresh[i] = true;
                 }
@@ -260,7 +267,7 @@ pub fn apply_entries(
                             // Never write into the old inode: it may be hard-linked elsewhere.
                             clear(j, &mut stats)?;
                         }
-                        j.created(path)?;
+                        journal_created(j, path)?;
                         stats.files_needed += 1;
                         stats.bytes_needed += size;
                         if !is_inline(*size) {
@@ -279,7 +286,7 @@ pub fn apply_entries(
                     if st.is_some() {
                         clear(j, &mut stats)?;
                     }
-                    j.created(path)?;
+                    journal_created(j, path)?;
                     rustix::fs::symlinkat(target.as_slice(), dir, name).ctx(|| format!("symlink {}", show(path)))?;
                 }
             }
@@ -290,7 +297,7 @@ pub fn apply_entries(
                     if st.is_some() {
                         clear(j, &mut stats)?;
                     }
-                    j.created(path)?;
+                    journal_created(j, path)?;
                     let ft = FileType::from_raw_mode(*file_type);
                     rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), *rdev)
                         .ctx(|| format!("mknod {}", show(path)))?;
@@ -316,7 +323,7 @@ fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u
         j.preimage(fd.as_fd(), path, new, old - new)?;
     }
     if new != old {
-        j.resized(path, old)?;
+        j.resized(path, old).map_err(space::naming(|| format!("journaling the new size of {}", show(path))))?;
         rustix::fs::ftruncate(&fd, new).ctx(|| format!("resizing {} to {new} bytes", show(path)))?;
     }
     Ok(())

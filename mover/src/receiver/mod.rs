@@ -6,6 +6,7 @@ pub mod journal;
 pub mod meta;
 pub mod revert;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod table;
 pub mod worker;

@@ -5,10 +5,11 @@
 use super::apply::{apply_entries, Applied};
 use super::finalize::{finalize, first_difference};
 use super::journal::{self, Journal};
+use super::space;
 use super::state::{now_ns, RecoveryPoint, RecoveryPointId, State, STATE_DIR};
 use super::table::RecvTable;
 use super::worker::RecvWorker;
-use crate::engine::join_workers;
+use crate::engine::join_workers_preferring;
 use crate::error::{Error, IoContext, Result};
 use crate::transport::tcp::TcpConn;
 use crate::tree::entry::{Entry, StructureChecker};
@@ -23,7 +24,7 @@ use crate::wire::WireError;
 use crate::{content_digest, Progress};
 use serde::Serialize;
 use std::net::TcpStream;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,8 +95,28 @@ impl Session {
         let id = self.id;
         let mut report = SessionReport::failed(id, "");
         report.error = None;
+        // drive() hands the root fd to the workers' table, which is gone when it fails: a dup
+        // lets a disk-full job be explained and reverted afterwards.
+        let root = rustix::io::fcntl_dupfd_cloexec(&self.root, 0);
+        let progress = self.progress.clone();
         match self.drive(&mut ctl, &mut report) {
             Ok(()) => report.ok = true,
+            Err(e) if space::is_full(&e) => {
+                // The apply phase sets the totals; 0 means it failed before knowing them.
+                let needed = Some(progress.bytes_total.load(std::sync::atomic::Ordering::Relaxed)).filter(|&n| n > 0);
+                let msg = match &root {
+                    Ok(root) => disk_full(root.as_fd(), e, needed, &mut ctl, id),
+                    Err(dup) => {
+                        // Without the root there is nothing to measure or revert with; the
+                        // journal stays and the next job resumes.
+                        let msg = format!("{e} (not reverted: dup of the destination root failed: {dup})");
+                        tracing::error!(session = %id, "session failed: {msg}");
+                        let _ = write_frame(&mut ctl, FrameKind::Error, &encode_message(&msg));
+                        msg
+                    }
+                };
+                report.error = Some(msg);
+            }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(session = %id, "session failed: {msg}");
@@ -193,7 +214,7 @@ impl Session {
                 .ctx(|| "spawning receiver worker".to_string())?;
             handles.push(h);
         }
-        let mut all = join_workers(handles, "receiver")?;
+        let mut all = join_workers_preferring(handles, "receiver", space::is_full)?;
         report.bytes = all.data_bytes;
         report.wire_bytes += all.wire_bytes;
         report.files_received = stats.files_needed;
@@ -258,6 +279,55 @@ impl Session {
         let v = Verified { ok: true, message: "verified".into(), tree_hash: got, recovery_point: rp.id.0 };
         write_frame(ctl, FrameKind::Verified, &v.encode())?;
         Ok(())
+    }
+}
+
+/// A job failed because the destination is full: the error is completed with the free space and
+/// what the job needed, the sender is told, and the job is reverted so the target is back at its
+/// recovery point and the space the job took is free again (a resumed job would only hit the same
+/// wall; network failures, by contrast, keep the journal so the next job resumes). Returns the
+/// session's error text.
+fn disk_full(root: BorrowedFd<'_>, e: Error, needed: Option<u64>, ctl: &mut TcpConn, id: SessionId) -> String {
+    let msg = space::explain(root, e, needed).to_string();
+    tracing::error!(session = %id, "session failed: {msg}");
+    let state = match State::find(root) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            // Failed before the state directory existed: the job changed nothing yet.
+            let _ = write_frame(ctl, FrameKind::Error, &encode_message(&msg));
+            return msg;
+        }
+        Err(se) => {
+            let msg = format!("{msg}; the target could not be reverted: {se}");
+            let _ = write_frame(ctl, FrameKind::Error, &encode_message(&msg));
+            return msg;
+        }
+    };
+    let rp = match state.recovery_point() {
+        Ok(Some(rp)) => rp.id.to_string(),
+        Ok(None) => "(none yet)".to_string(),
+        Err(se) => format!("(unreadable: {se})"),
+    };
+    // The sender is told before the revert: it waits only briefly for the reason after its data
+    // connections broke, and a revert walks and syncs the whole destination.
+    let _ = write_frame(ctl, FrameKind::Error, &encode_message(&format!("{msg}; reverting the target to recovery point {rp}")));
+    // On a file system with no block left the revert's own progress log could not be written:
+    // the files the job created go first (the revert removes them anyway).
+    match space::release_created(root, &state) {
+        Ok(n) => tracing::info!(session = %id, "released {} of files the failed job created", space::bytes(n)),
+        Err(re) => tracing::warn!(session = %id, "releasing the failed job's files before the revert: {re}"),
+    }
+    match super::revert::revert(root, &state) {
+        Ok(r) => {
+            let rp = r.recovery_point.map(|rp| rp.id.to_string()).unwrap_or(rp);
+            let free = space::free_bytes(root).map(space::bytes).unwrap_or_else(|fe| format!("unknown ({fe})"));
+            tracing::info!(session = %id, undone = r.undone, "disk full: target reverted to recovery point {rp}; {free} free now");
+            format!("{msg}; the target was reverted to recovery point {rp} ({} changes undone, {free} free now)", r.undone)
+        }
+        Err(re) => {
+            tracing::error!(session = %id, "reverting after the disk-full failure: {re}");
+            format!("{msg}; reverting the target to recovery point {rp} failed: {re} (the journal is kept: free space, then rerun the job or `mover receive --revert`)")
+        }
     }
 }
 

@@ -357,8 +357,9 @@ fn on_write(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, t: &R
         let p = show(&t.paths[w.entry.index()]);
         let code = if res == 0 { libc::EIO } else { -res };
         let e = std::io::Error::from_raw_os_error(code);
-        let ctx = if code == libc::ENOSPC { format!("writing {p}: target file system is full") } else { format!("writing {p}") };
-        return Err(Error::Io { context: ctx, source: e });
+        // A disk-full error keeps its errno: the session adds the free space and reverts the job
+        // (space.rs), which it recognises by ENOSPC.
+        return Err(Error::Io { context: format!("writing {p}"), source: e });
     }
     w.done += res as usize;
     progress.fetch_add(res as u64, Ordering::Relaxed);

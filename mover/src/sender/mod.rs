@@ -405,9 +405,15 @@ pub const MAX_ATTEMPTS: u32 = 100;
 
 /// Whether a failed session is worth retrying: the network or the peer failed (the receiver
 /// keeps its journal and the next session resumes), or a file changed while being read. Protocol
-/// violations, verification failures and usage errors would fail the same way again.
+/// violations, verification failures, usage errors and a full target would fail the same way
+/// again.
 pub fn retryable(e: &Error) -> bool {
-    matches!(e, Error::Io { .. } | Error::Peer(_) | Error::SourceChanged(_))
+    match e {
+        // A full target reverted the job; the same job would fill it again.
+        Error::Peer(m) => !m.contains(crate::receiver::space::FULL),
+        Error::Io { .. } | Error::SourceChanged(_) => true,
+        _ => false,
+    }
 }
 
 /// Runs `send` up to `attempts` times with bounded exponential backoff between failures.
@@ -492,7 +498,7 @@ fn save_manifest(
 /// When a worker's socket failed, the receiver closed it and usually says why on the control
 /// connection: prefer its message. Any other failure (source changed, unreadable file) is ours.
 fn explain_worker_failure(e: Error, ctl: &mut TcpConn) -> Error {
-    let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending to receiver"));
+    let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending"));
     if socket_failed {
         let mut buf = Vec::new();
         ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
