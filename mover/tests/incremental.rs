@@ -9,6 +9,9 @@ use mover::gen::{generate, Rng, TreeSpec};
 use mover::tree::hash::hash_dir;
 use std::path::Path;
 
+/// Churn rounds, each followed by a job and a check of both trees.
+const ROUNDS: u64 = 24;
+
 fn tree_hash(p: &Path) -> (u128, Option<u128>) {
     let (t, c, _) = hash_dir(p, owners(), true).unwrap();
     (t, c)
@@ -31,7 +34,7 @@ fn churn_rounds_keep_target_equal_to_source() {
     assert!(!first.incremental, "no manifest yet");
     assert_same_tree(&src, &dst);
     let (mut deltas, mut incremental) = (0, 0);
-    for round in 0..12u64 {
+    for round in 0..ROUNDS {
         churn(&src, &ChurnSpec { seed: 1000 + round, ops: 30, ..Default::default() }).unwrap();
         let rep = send_state(&src, addr, &state).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let r = reports.recv().unwrap();
@@ -40,7 +43,7 @@ fn churn_rounds_keep_target_equal_to_source() {
         deltas += rep.files_delta;
         incremental += rep.incremental as u32;
     }
-    assert_eq!(incremental, 12, "every later job used the manifest");
+    assert_eq!(incremental, ROUNDS as u32, "every later job used the manifest");
     assert!(deltas > 0, "some changed large files went as block deltas");
 }
 

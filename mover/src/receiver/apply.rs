@@ -245,7 +245,11 @@ pub fn apply_entries(
                         // it visibly reached the new version, else its content is unknown.
                         if complete && (*size, mtime) != (bsize, bmtime) { Need::Nothing } else { Need::Full }
                     }
-                    Some(&(bsize, bmtime, _)) if is_file && links_ok && st.as_ref().is_some_and(|s| same(s, bsize, bmtime)) => Need::Delta,
+                    Some(&(bsize, bmtime, _))
+                        if is_file && links_ok && st.as_ref().is_some_and(|s| same(s, bsize, bmtime)) && writable(dir, name) =>
+                    {
+                        Need::Delta
+                    }
                     _ => if complete { Need::Nothing } else { Need::Full },
                 };
                 match decision {
@@ -308,6 +312,12 @@ pub fn apply_entries(
     drop(dirs);
     stats.removed += remove_extraneous(root, entries, paths, &fresh, j)?;
     Ok(Applied { need, fresh, deltas, stats })
+}
+
+/// An in-place update needs write access to the old inode (a receiver that is not root may find
+/// a read-only file there; it is then replaced whole instead).
+fn writable(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    rustix::process::geteuid().is_root() || rustix::fs::accessat(dir, name, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS).is_ok()
 }
 
 /// Saves pre-images of every range the delta will overwrite (and of a tail a shrink cuts off),
