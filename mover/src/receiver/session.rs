@@ -29,6 +29,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often the wait for worker connections checks that the sender is still there.
+const WORKER_POLL: Duration = Duration::from_millis(50);
 /// How long the session waits for its worker connections after sending the need list.
 const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -185,7 +187,7 @@ impl Session {
 
         let expected = read_expect(ctl, &need, &entries, &deltas)?;
         let remaining = expected.iter().map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v))).collect();
-        let conns = collect_workers(&self.worker_conns, self.workers)?;
+        let conns = collect_workers(&self.worker_conns, self.workers, ctl)?;
         let creator = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
         let table = Arc::new(RecvTable {
             root: self.root,
@@ -406,15 +408,28 @@ fn send_need(ctl: &mut TcpConn, need: &[Need]) -> Result<()> {
     Ok(())
 }
 
-fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16) -> Result<Vec<TcpStream>> {
+fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16, ctl: &TcpConn) -> Result<Vec<TcpStream>> {
     let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
     let deadline = Instant::now() + WORKER_CONNECT_TIMEOUT;
     let mut have = 0;
     while have < n as usize {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (idx, s) = rx
-            .recv_timeout(left)
-            .map_err(|_| Error::Peer(format!("only {have} of {n} worker connections arrived within {WORKER_CONNECT_TIMEOUT:?}")))?;
+        if left.is_zero() {
+            return Err(Error::Peer(format!("only {have} of {n} worker connections arrived within {WORKER_CONNECT_TIMEOUT:?}")));
+        }
+        let (idx, s) = match rx.recv_timeout(left.min(WORKER_POLL)) {
+            Ok(x) => x,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // A sender that gave up (one of its connections was lost) closes its control
+                // connection: end the session now rather than keep the root busy for the
+                // rest of the timeout while it retries.
+                if control_closed(ctl) {
+                    return Err(Error::Peer(format!("sender closed the session while {have} of {n} worker connections had arrived")));
+                }
+                continue;
+            }
+            Err(e) => return Err(Error::Peer(format!("waiting for worker connections: {e}"))),
+        };
         let slot = slots
             .get_mut(idx.0 as usize)
             .ok_or_else(|| Error::Peer(format!("worker index {} out of range", idx.0)))?;
@@ -425,4 +440,26 @@ fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16) -> Result<Ve
         have += 1;
     }
     Ok(slots.into_iter().flatten().collect())
+}
+
+/// The peer closed (or reset) the control connection: nothing is due from it at this point, so
+/// readable means end of stream or an error.
+fn control_closed(ctl: &TcpConn) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&ctl.0, PollFlags::IN | PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(n) if n > 0 => {
+            let r = fds[0].revents();
+            if r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) {
+                return true;
+            }
+            let mut b = [0u8; 1];
+            match rustix::net::recv(&ctl.0, &mut b, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => true,
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => false,
+                Err(_) => true,
+            }
+        }
+        _ => false,
+    }
 }

@@ -171,6 +171,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         None => Planned { old: vec![None; entries.len()], ..Default::default() },
     };
     tracing::info!(hints = planned.hints.len(), secs = start.elapsed().as_secs_f64(), "hints planned");
+    let planned_renames = planned.hints.iter().filter(|h| matches!(h, crate::wire::message::Hint::Rename { .. })).count() as u64;
 
     let mut enc = Enc::new();
     for e in entries {
@@ -319,7 +320,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         tree_hash: format!("{th:032x}"),
         receiver_version: ack.software,
         files_delta,
-        renames: 0,
+        renames: planned_renames,
         incremental: manifest.is_some(),
         resumed: ack.job_pending,
         recovery_point: format!("{:032x}", v.recovery_point),
