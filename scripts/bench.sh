@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Full benchmark: builds release binaries, installs rsync, runs every dataset and writes
-# results/<date>-all.{json,md}. Needs root (drops the page cache) and ~6 GB free under
-# $MOVER_BENCH_DIR (default /work/bench-data).
+# Full benchmark: builds release binaries, installs rsync, runs the initial-sync benchmark on
+# every dataset (results/<date>-all.{json,md}), then the incremental one: 1% block rewrite,
+# no-op rerun and directory rename (results/<date>-incremental.{json,md}). Needs root (drops
+# the page cache) and, under $MOVER_BENCH_DIR (default /work/bench-data), ~35 GB free: the
+# initial-sync run keeps all 3 x REPS copies of the 2.1 GB large set until its last run; the
+# incremental run needs ~7 GB (working copy, two destinations, rsync's temporary file).
+# Extra arguments go to both runs (e.g. --scale 0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-bench-deps.sh
 cargo build --release -p mover-cli -p bench
-exec target/release/bench all --reps "${REPS:-5}" "$@"
+target/release/bench all --reps "${REPS:-5}" "$@"
+exec target/release/bench incremental --reps "${REPS:-5}" "$@"

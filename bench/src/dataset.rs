@@ -32,7 +32,8 @@ pub struct Dataset {
     pub spec: String,
 }
 
-fn write_file(p: &Path, rng: &mut Rng, size: usize, buf: &mut Vec<u8>) -> Result<()> {
+/// Writes `size` pseudo-random bytes from `rng` to a new file `p`.
+pub fn write_file(p: &Path, rng: &mut Rng, size: usize, buf: &mut Vec<u8>) -> Result<()> {
     let mut f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
     let mut left = size;
     while left > 0 {
@@ -98,6 +99,9 @@ pub fn count(dir: &Path) -> Result<(u64, u64)> {
         for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
             let e = e?;
             let m = e.path().symlink_metadata()?;
+            if m.is_dir() && e.file_name() == ".mover-state" {
+                continue; // mover's scratch in a btrfs source, not data
+            }
             if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file() {

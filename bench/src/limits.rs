@@ -37,10 +37,15 @@ pub fn loopback_tcp() -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Regular files under `dir` (not following symlinks), appended to `out` in walk order.
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e?;
         let t = e.file_type()?;
+        // mover's scratch in a btrfs source (kept snapshots) is not part of the data.
+        if t.is_dir() && e.file_name() == ".mover-state" {
+            continue;
+        }
         if t.is_dir() {
             files_under(&e.path(), out)?;
         } else if t.is_file() {

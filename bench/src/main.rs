@@ -3,8 +3,12 @@
 //! same run. Writes results/<date>-<name>.json and .md.
 
 mod dataset;
+mod inc_report;
+mod btrfs;
+mod incremental;
 mod limits;
 mod mover_run;
+mod mutate;
 mod proc;
 mod report;
 mod rsync;
@@ -18,7 +22,8 @@ use std::path::{Path, PathBuf};
 #[derive(Parser)]
 #[command(about = "Benchmark mover against rsync (daemon mode) on 127.0.0.1")]
 struct Args {
-    /// all | large | small | mixed | limits
+    /// all | large | small | mixed | limits (initial sync), or incremental | rewrite-1pct |
+    /// noop-small | rename-dir (incremental jobs: all three scenarios, or one)
     #[arg(default_value = "all")]
     what: String,
     /// Where datasets and destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
@@ -39,6 +44,10 @@ struct Args {
     scale: f64,
     #[arg(long, value_enum, default_value_t = Tools::Both)]
     tools: Tools,
+    /// Incremental scenarios only: `native` (the work dir's file system) or `btrfs` (each source
+    /// in a subvolume of a loop-mounted image: mover finds changed blocks from shared extents).
+    #[arg(long, default_value = "native")]
+    source_fs: String,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -73,13 +82,37 @@ fn main() -> Result<()> {
     if a.tools != Tools::Rsync && !mover.exists() {
         bail!("mover binary not found at {} (cargo build --release first, or pass --mover)", mover.display());
     }
+    if a.source_fs != "native" && a.source_fs != "btrfs" {
+        bail!("--source-fs must be native or btrfs, not {:?}", a.source_fs);
+    }
+    let name = a.name.clone().unwrap_or_else(|| a.what.clone());
+    if let Some(scenarios) = incremental::Scenario::select(&a.what) {
+        // `mover hash` verifies every destination, so the binary is needed even for rsync alone.
+        if !mover.exists() {
+            bail!("mover binary not found at {} (cargo build --release first, or pass --mover)", mover.display());
+        }
+        let o = incremental::Opts {
+            work,
+            mover,
+            scale: a.scale,
+            reps: a.reps,
+            run_mover: a.tools != Tools::Rsync,
+            run_rsync: a.tools != Tools::Mover,
+            btrfs_source: a.source_fs == "btrfs",
+        };
+        let rep = incremental::run(&o, &scenarios)?;
+        let (json, md) = rep.write(&a.results, &name)?;
+        println!("{}", rep.markdown());
+        eprintln!("bench: wrote {} and {}", json.display(), md.display());
+        return Ok(());
+    }
     let kinds: Vec<Kind> = match a.what.as_str() {
         "all" => vec![Kind::Large, Kind::Small, Kind::Mixed],
         "large" => vec![Kind::Large],
         "small" => vec![Kind::Small],
         "mixed" => vec![Kind::Mixed],
         "limits" => vec![],
-        other => bail!("unknown benchmark {other:?}: all, large, small, mixed or limits"),
+        other => bail!("unknown benchmark {other:?}: all, large, small, mixed, limits, incremental or one of its scenarios"),
     };
     std::fs::create_dir_all(&work)?;
     let tcp = limits::loopback_tcp()?;
@@ -138,7 +171,6 @@ fn main() -> Result<()> {
         std::fs::remove_dir_all(&dsts).with_context(|| format!("removing {}", dsts.display()))?;
         rep.add(ds, read, samples);
     }
-    let name = a.name.clone().unwrap_or_else(|| a.what.clone());
     let (json, md) = rep.write(&a.results, &name)?;
     println!("{}", rep.markdown());
     eprintln!("bench: wrote {} and {}", json.display(), md.display());

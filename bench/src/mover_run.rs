@@ -1,9 +1,10 @@
-//! One mover initial sync: `mover receive --once --json` and `mover send --json` as separate
+//! One mover job: `mover receive --once --json` and `mover send --json` as separate
 //! processes, both measured with wait4.
 
 use crate::proc::wait_usage;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,9 +15,18 @@ pub struct MoverRun {
     pub cpu_seconds: f64,
     pub wire_bytes: u64,
     pub files: u64,
+    /// The sender's JSON report (incremental, files_delta, bytes, ...).
+    pub report: Value,
+    /// The receiver's session report (renamed, files_delta, ...; Null if unparsable).
+    pub receiver: Value,
 }
 
 pub fn run(mover: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<MoverRun> {
+    run_with(mover, src, dst, fsync, &[])
+}
+
+/// `run` with extra `mover send` arguments (the incremental benchmark adds `--state DIR`).
+pub fn run_with(mover: &Path, src: &Path, dst: &Path, fsync: bool, send_extra: &[&OsStr]) -> Result<MoverRun> {
     let mut recv = Command::new(mover);
     recv.args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"]).arg(dst);
     if fsync {
@@ -35,6 +45,7 @@ pub fn run(mover: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<MoverRun
         .arg("send")
         .arg(src)
         .args(["--to", &addr, "--json"])
+        .args(send_extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,5 +70,7 @@ pub fn run(mover: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<MoverRun
         cpu_seconds: su.cpu_seconds + ru.cpu_seconds,
         wire_bytes: v["wire_bytes"].as_u64().context("wire_bytes")?,
         files: v["files"].as_u64().context("files")?,
+        report: v,
+        receiver: rest.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null),
     })
 }

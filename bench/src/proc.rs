@@ -64,6 +64,13 @@ pub fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
+/// Bytes sent over the loopback interface so far (on `lo` every byte sent is also received).
+/// Counts both directions of every connection, TCP/IP headers included, and any other loopback
+/// traffic on the machine: a cross-check of the tools' own wire counts, not a replacement.
+pub fn loopback_bytes() -> Option<u64> {
+    std::fs::read_to_string("/sys/class/net/lo/statistics/tx_bytes").ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub enum Tool {
 }
 
 impl Tool {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Tool::Mover => "mover",
             Tool::Rsync => "rsync (daemon)",
@@ -68,7 +68,7 @@ pub struct Report {
     pub datasets: Vec<DatasetResult>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         0.0
@@ -77,7 +77,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn cmd_line(cmd: &str, args: &[&str]) -> String {
+pub fn cmd_line(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -87,21 +87,29 @@ fn cmd_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// CPUs, kernel, CPU model and memory of this machine, for the reports.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": cmd_line("uname", &["-r"]),
+        "cpu": cpu,
+        "mem": cmd_line("sh", &["-c", "grep MemTotal /proc/meminfo"]),
+    })
+}
+
+pub fn today() -> String {
+    cmd_line("date", &["-u", "+%Y-%m-%d"])
+}
+
 impl Report {
     pub fn new(mover: &Path, scale: f64, tcp: f64) -> Report {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-            .unwrap_or_default();
-        let machine = serde_json::json!({
-            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "kernel": cmd_line("uname", &["-r"]),
-            "cpu": cpu,
-            "mem": cmd_line("sh", &["-c", "grep MemTotal /proc/meminfo"]),
-        });
         Report {
-            date: cmd_line("date", &["-u", "+%Y-%m-%d"]),
-            machine,
+            date: today(),
+            machine: machine(),
             mover_version: cmd_line(&mover.display().to_string(), &["--version"]),
             rsync_version: crate::rsync::version(),
             scale,

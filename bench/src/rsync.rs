@@ -17,6 +17,8 @@ pub struct RsyncRun {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub wire_bytes: u64,
+    /// The client's `--stats` output.
+    pub stats: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -55,10 +57,16 @@ impl Daemon {
 
     /// One transfer `src/` -> directory `sub` (created by rsync) of the daemon's module.
     pub fn run(&self, src: &Path, sub: &str) -> Result<RsyncRun> {
+        self.run_with(src, sub, &[])
+    }
+
+    /// `run` with extra client flags (the incremental benchmark adds `--delete`).
+    pub fn run_with(&self, src: &Path, sub: &str, extra: &[&str]) -> Result<RsyncRun> {
         let before = daemon_cpu(self.child.id())?;
         let start = Instant::now();
         let mut c = Command::new("rsync")
             .args(["-aHX", "--numeric-ids", "--stats"])
+            .args(extra)
             .arg(format!("{}/", src.display()))
             .arg(format!("rsync://127.0.0.1:{}/dst/{sub}/", self.port))
             .stdout(Stdio::piped())
@@ -80,7 +88,8 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(RsyncRun { seconds, cpu_seconds: usage.cpu_seconds + (after - before), wire_bytes: parse_wire_bytes(&out)? })
+        let wire_bytes = parse_wire_bytes(&out)?;
+        Ok(RsyncRun { seconds, cpu_seconds: usage.cpu_seconds + (after - before), wire_bytes, stats: out })
     }
 }
 
@@ -95,14 +104,19 @@ impl Drop for Daemon {
     }
 }
 
+/// The number after `name` (e.g. "Literal data:") in `rsync --stats` output.
+pub fn stat_field(stats: &str, name: &str) -> Result<u64> {
+    let line = stats.lines().find(|l| l.starts_with(name)).with_context(|| format!("no '{name}' in rsync --stats"))?;
+    // The number ends at its first character that is neither a digit nor a thousands separator:
+    // "Literal data: 1,234 bytes".
+    let number = line[name.len()..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == ',');
+    let digits: String = number.filter(|c| c.is_ascii_digit()).collect();
+    digits.parse().with_context(|| format!("parsing {line:?}"))
+}
+
 /// "Total bytes sent: 1,234" + "Total bytes received: 56" from `rsync --stats`.
 pub fn parse_wire_bytes(stats: &str) -> Result<u64> {
-    let field = |name: &str| -> Result<u64> {
-        let line = stats.lines().find(|l| l.starts_with(name)).with_context(|| format!("no '{name}' in rsync --stats"))?;
-        let digits: String = line[name.len()..].chars().filter(|c| c.is_ascii_digit()).collect();
-        digits.parse().with_context(|| format!("parsing {line:?}"))
-    };
-    Ok(field("Total bytes sent:")? + field("Total bytes received:")?)
+    Ok(stat_field(stats, "Total bytes sent:")? + stat_field(stats, "Total bytes received:")?)
 }
 
 pub fn version() -> String {
@@ -121,5 +135,12 @@ mod tests {
     fn parses_stats_with_thousands_separators() {
         let s = "Number of files: 5\nTotal bytes sent: 2,148,008,221\nTotal bytes received: 99\n";
         assert_eq!(super::parse_wire_bytes(s).unwrap(), 2_148_008_320);
+    }
+
+    #[test]
+    fn stat_field_stops_at_the_unit() {
+        let s = "Literal data: 21,474,836 bytes\nMatched data: 0 bytes\n";
+        assert_eq!(super::stat_field(s, "Literal data:").unwrap(), 21_474_836);
+        assert_eq!(super::stat_field(s, "Matched data:").unwrap(), 0);
     }
 }

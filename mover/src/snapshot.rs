@@ -135,7 +135,13 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
         return Ok(Frozen { provider, root: src.to_path_buf(), ids: None, cleanup: None });
     }
     let root = beneath::open_root(src, "source directory")?;
+    // Creating the scratch directory must not move the source root's mtime (it is replicated).
+    let before = rustix::fs::fstat(&root).ctx(|| format!("stat {}", src.display()))?;
     let scratch = crate::durable::ensure_dir(root.as_fd(), SCRATCH)?;
+    let after = rustix::fs::fstat(&root).ctx(|| format!("stat {}", src.display()))?;
+    if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
+        rustix::fs::futimens(&root, &times(&before)).ctx(|| format!("restoring the mtime of {}", src.display()))?;
+    }
     match provider {
         Provider::Btrfs => {
             if !is_btrfs_subvolume(src) {
