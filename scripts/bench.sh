@@ -11,4 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-bench-deps.sh
 cargo build --release -p mover-cli -p bench
 target/release/bench all --reps "${REPS:-5}" "$@"
-exec target/release/bench incremental --reps "${REPS:-5}" "$@"
+target/release/bench incremental --reps "${REPS:-5}" "$@"
+# The same incremental scenarios with the sources in a btrfs subvolume (loop-mounted image):
+# mover then finds changed blocks from snapshot extents instead of reading whole files.
+exec target/release/bench incremental --source-fs btrfs --name incremental-btrfs --reps "${REPS:-5}" "$@"

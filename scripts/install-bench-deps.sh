@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs rsync, the benchmark's baseline (run as an rsync daemon on 127.0.0.1). Idempotent.
+# Installs rsync, the benchmark's baseline (run as an rsync daemon on 127.0.0.1), and
+# btrfs-progs for the btrfs-source incremental run. Idempotent.
 set -euo pipefail
-if ! command -v rsync >/dev/null 2>&1; then
+need=()
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+{ command -v mkfs.btrfs && command -v btrfs; } >/dev/null 2>&1 || need+=(btrfs-progs)
+if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq rsync
+  apt-get install -y -qq "${need[@]}"
 fi
 rsync --version | head -1
