@@ -17,7 +17,7 @@
 
 use crate::beneath;
 use crate::error::{show, Error, IoContext, Result};
-use crate::tree::walk::{file_id, FileId};
+use crate::tree::walk::{file_id, stat_nofollow, FileId};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -222,7 +222,7 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut dirs: Vec<(Vec<u8>, rustix::fs::Stat)> = Vec::new();
     let root_st = rustix::fs::fstat(src).ctx(|| "stat of the source root".to_string())?;
-    ids.insert(Vec::new(), file_id(&root_st));
+    ids.insert(Vec::new(), file_id(&root_st, (0, 0)));
     dirs.push((Vec::new(), root_st));
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
@@ -233,7 +233,7 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
                 continue;
             }
             let path = if rel.is_empty() { name.clone() } else { [rel.as_slice(), b"/", name.as_slice()].concat() };
-            let st = match rustix::fs::statat(&sdir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            let (st, btime) = match stat_nofollow(sdir.as_fd(), name.as_slice()) {
                 Ok(s) => s,
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(e).ctx(|| format!("stat {}", show(&path))),
@@ -241,7 +241,7 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::Directory => {
                     rustix::fs::mkdirat(&ddir, name.as_slice(), Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir clone {}", show(&path)))?;
-                    ids.insert(path.clone(), file_id(&st));
+                    ids.insert(path.clone(), file_id(&st, btime));
                     dirs.push((path.clone(), st));
                     stack.push(path);
                 }
@@ -251,25 +251,25 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
                             let (fp, fname) = beneath::split_parent(first);
                             let fdir = beneath::open_dir(dst, fp).ctx(|| format!("opening clone of {}", show(fp)))?;
                             rustix::fs::linkat(&fdir, fname, &ddir, name.as_slice(), AtFlags::empty()).ctx(|| format!("hard link {}", show(&path)))?;
-                            ids.insert(path, file_id(&st));
+                            ids.insert(path, file_id(&st, btime));
                             continue;
                         }
                         links.insert((st.st_dev, st.st_ino), path.clone());
                     }
                     let live = clone_file(sdir.as_fd(), ddir.as_fd(), &name, &path)?;
-                    ids.insert(path, file_id(&live));
+                    ids.insert(path, file_id(&live, btime));
                 }
                 FileType::Symlink => {
                     let t = rustix::fs::readlinkat(&sdir, name.as_slice(), Vec::new()).ctx(|| format!("readlink {}", show(&path)))?;
                     rustix::fs::symlinkat(t.as_bytes(), &ddir, name.as_slice()).ctx(|| format!("symlink clone {}", show(&path)))?;
                     set_meta_at(ddir.as_fd(), &name, &st).ctx(|| format!("metadata of clone {}", show(&path)))?;
-                    ids.insert(path, file_id(&st));
+                    ids.insert(path, file_id(&st, btime));
                 }
                 FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
                     let ft = FileType::from_raw_mode(st.st_mode);
                     rustix::fs::mknodat(&ddir, name.as_slice(), ft, Mode::from_raw_mode(0o600), st.st_rdev).ctx(|| format!("mknod clone {}", show(&path)))?;
                     set_meta_at(ddir.as_fd(), &name, &st).ctx(|| format!("metadata of clone {}", show(&path)))?;
-                    ids.insert(path, file_id(&st));
+                    ids.insert(path, file_id(&st, btime));
                 }
                 FileType::Unknown => {}
             }

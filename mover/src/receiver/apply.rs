@@ -11,7 +11,7 @@
 //! must exist, and a delta applies only if the file still has the size and mtime the sender
 //! believes (otherwise the whole file is asked for).
 
-use super::journal::Journal;
+use super::journal::{Journal, Origin};
 use super::meta::times;
 use super::space;
 use super::state::STATE_DIR;
@@ -122,6 +122,9 @@ pub struct Applied {
     pub fresh: Vec<bool>,
     /// Accepted delta ranges per entry (`need == Delta`).
     pub deltas: HashMap<u32, Vec<(u64, u64)>>,
+    /// New sizes of delta files, applied only once the journal (with the pre-images of any
+    /// tail a shrink cuts off) is durable: see `resize_deltas`.
+    pub resizes: Vec<(Vec<u8>, u64)>,
     pub stats: ApplyStats,
 }
 
@@ -190,6 +193,7 @@ pub fn apply_entries(
     // Stage every rename source first, deepest first, so no source path is disturbed by another
     // rename before it is taken; each is put in place when the walk below reaches its entry.
     renames.sort_by_key(|(i, from)| (std::cmp::Reverse(depth(from)), *i));
+    let rename_from: HashMap<usize, &[u8]> = renames.iter().map(|(i, f)| (*i, *f)).collect();
     let mut staged: HashMap<usize, Vec<u8>> = HashMap::new();
     for (i, from) in &renames {
         if let Some(s) = j.stage(from)? {
@@ -197,6 +201,7 @@ pub fn apply_entries(
         }
     }
     let mut deltas = HashMap::new();
+    let mut resizes = Vec::new();
     // Directories this phase created: nothing can exist inside them yet (the root is locked
     // against other receivers), so their children need no lookup and no extraneous pass.
     let mut fresh = vec![false; entries.len()];
@@ -212,6 +217,16 @@ pub fn apply_entries(
             }
             j.place(&s, dir, name, path)?;
             st = stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))?;
+        } else if st.is_some() {
+            // An interrupted session of this job put a recovery-point item here from `from`;
+            // unless this session's hints move that same item here, it is not what the entry
+            // means (the source may have moved things back): set it aside, never trust it.
+            if let Origin::PlacedHere { from } = j.map.origin(path) {
+                if rename_from.get(&i).copied() != Some(from.as_slice()) {
+                    stats.removed += j.move_away(dir, name, path)?;
+                    st = None;
+                }
+            }
         }
         let ft = st.as_ref().map(ftype);
         let clear = |j: &mut Journal, stats: &mut ApplyStats| -> Result<()> {
@@ -262,6 +277,9 @@ pub fn apply_entries(
                     Need::Delta => {
                         let (bsize, _, ranges) = delta_hint[&i];
                         prepare_delta(dir, name, path, bsize, *size, ranges, j)?;
+                        if bsize != *size {
+                            resizes.push((path.clone(), *size));
+                        }
                         stats.files_needed += 1;
                         stats.bytes_needed += ranges.iter().map(|r| r.1).sum::<u64>();
                         deltas.insert(i as u32, ranges.to_vec());
@@ -311,8 +329,11 @@ pub fn apply_entries(
     }
     drop(dirs);
     stats.removed += remove_extraneous(root, entries, paths, &fresh, j)?;
-    Ok(Applied { need, fresh, deltas, stats })
+    Ok(Applied { need, fresh, deltas, resizes, stats })
 }
+
+/// Bound on read-ahead hints per delta file (each is one syscall).
+const MAX_READAHEAD_HINTS: usize = 1 << 16;
 
 /// An in-place update needs write access to the old inode (a receiver that is not root may find
 /// a read-only file there; it is then replaced whole instead).
@@ -324,6 +345,11 @@ fn writable(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
 /// then sets the new size. Data frames later write the ranges in place.
 fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u64, ranges: &[(u64, u64)], j: &mut Journal) -> Result<()> {
     let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty()).ctx(|| format!("opening {} for an in-place update", show(path)))?;
+    // Ask for every range up front: the kernel reads them with a deep queue while the copies
+    // below go one by one (random 4 KiB reads otherwise wait on the device one at a time).
+    for &(o, l) in ranges.iter().take(MAX_READAHEAD_HINTS) {
+        let _ = rustix::fs::fadvise(&fd, o, std::num::NonZeroU64::new(l), rustix::fs::Advice::WillNeed);
+    }
     for &(o, l) in ranges {
         if o < old.min(new) {
             j.preimage(fd.as_fd(), path, o, l.min(old.min(new) - o))?;
@@ -334,7 +360,16 @@ fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u
     }
     if new != old {
         j.resized(path, old).map_err(space::naming(|| format!("journaling the new size of {}", show(path))))?;
-        rustix::fs::ftruncate(&fd, new).ctx(|| format!("resizing {} to {new} bytes", show(path)))?;
+    }
+    Ok(())
+}
+
+/// Gives delta files their new sizes; called after the journal was synced, so a shrink never
+/// reaches the disk before the pre-image of the tail it cuts.
+pub fn resize_deltas(root: BorrowedFd<'_>, resizes: &[(Vec<u8>, u64)]) -> Result<()> {
+    for (path, size) in resizes {
+        let fd = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
+        rustix::fs::ftruncate(&fd, *size).ctx(|| format!("resizing {} to {size} bytes", show(path)))?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::durable::{ensure_dir, Log};
 use crate::error::{show, Error, IoContext, Result};
 use crate::wire::codec::{Dec, Enc};
 use rustix::fs::{AtFlags, Mode, OFlags};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub const JOURNAL_DIR: &str = "journal";
@@ -81,13 +81,99 @@ impl Undo {
     }
 }
 
+/// What the job last did at a path (from the journal, in record order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Created,
+    /// An item of the recovery point, which was at `from` there, was moved here.
+    Placed { from: Vec<u8> },
+    /// What was here was moved away (into the journal or the staging area).
+    Gone,
+}
+
+/// Where the job has been: the latest event per path, with its sequence number. What a path
+/// holds now is decided by the latest event on it or any ancestor (a later move of a directory
+/// makes older events below it stale).
+#[derive(Default)]
+pub struct JobMap {
+    events: HashMap<Vec<u8>, (u64, Event)>,
+    seq: u64,
+    /// Staged path -> the recovery-point path it came from.
+    staged: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Where the item at a path came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Untouched by the job: the recovery point's item for this path.
+    RecoveryPoint,
+    /// Made by the job (its content is the job's).
+    Job,
+    /// A recovery-point item the job moved here from `from` (its own path, not an ancestor's).
+    PlacedHere { from: Vec<u8> },
+    /// Below a moved directory, or where something was moved away: not the recovery point's
+    /// item for this path.
+    Elsewhere,
+}
+
+fn ancestors_and_self(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let cuts = path.iter().enumerate().filter(|(_, &b)| b == b'/').map(|(i, _)| i).chain(std::iter::once(path.len()));
+    cuts.map(move |i| &path[..i])
+}
+
+impl JobMap {
+    pub fn from_records(records: &[Undo]) -> JobMap {
+        let mut m = JobMap::default();
+        for r in records {
+            m.apply(r);
+        }
+        m
+    }
+
+    fn note(&mut self, path: &[u8], e: Event) {
+        self.seq += 1;
+        self.events.insert(path.to_vec(), (self.seq, e));
+    }
+
+    fn apply(&mut self, u: &Undo) {
+        match u {
+            Undo::Created { path } => self.note(path, Event::Created),
+            Undo::Moved { path, .. } => self.note(path, Event::Gone),
+            Undo::Renamed { from, to } => {
+                if to.starts_with(STAGE_PREFIX.as_bytes()) {
+                    self.staged.insert(to.clone(), from.clone());
+                    self.note(from, Event::Gone);
+                } else {
+                    let origin = self.staged.get(from).cloned().unwrap_or_else(|| from.clone());
+                    self.note(from, Event::Gone);
+                    self.note(to, Event::Placed { from: origin });
+                }
+            }
+            Undo::Header { .. } | Undo::PreImage { .. } | Undo::Resized { .. } => {}
+        }
+    }
+
+    /// Where the item now at `path` came from.
+    pub fn origin(&self, path: &[u8]) -> Origin {
+        let latest = ancestors_and_self(path).filter_map(|p| self.events.get(p).map(|(s, e)| (*s, p.len() == path.len(), e))).max_by_key(|x| x.0);
+        match latest {
+            None => Origin::RecoveryPoint,
+            Some((_, _, Event::Created)) => Origin::Job,
+            Some((_, true, Event::Placed { from })) => Origin::PlacedHere { from: from.clone() },
+            Some(_) => Origin::Elsewhere,
+        }
+    }
+}
+
+const STAGE_PREFIX: &str = ".mover-state/journal/stage/";
+
 /// Root-relative path of journal object `n`.
 pub fn obj_path(n: u64) -> Vec<u8> {
     format!(".mover-state/{JOURNAL_DIR}/objs/{n}").into_bytes()
 }
 
 fn stage_path(n: u64) -> Vec<u8> {
-    format!(".mover-state/{JOURNAL_DIR}/stage/{n}").into_bytes()
+    format!("{STAGE_PREFIX}{n}").into_bytes()
 }
 
 /// What an existing journal directory holds, read without changing it.
@@ -147,6 +233,8 @@ pub struct Journal {
     pub base: RecoveryPointId,
     /// Files written in place by this or an interrupted earlier session of the job.
     pub touched: HashSet<Vec<u8>>,
+    /// What the job did where, kept current as this session journals.
+    pub map: JobMap,
 }
 
 impl Journal {
@@ -166,19 +254,24 @@ impl Journal {
             Some(Undo::Header { base: b }) if *b == base => {}
             Some(_) => return Err(Error::Usage("the undo journal belongs to another recovery point".into())),
         }
-        let mut next_obj = 0;
-        let mut next_pre = 0;
+        let mut next_obj = 0u64;
+        let mut next_pre = 0u32;
         let mut touched = HashSet::new();
+        let mut map = JobMap::default();
+        let bad = || Error::Usage("the undo journal's object numbers are exhausted; revert it".into());
         for r in &records {
+            map.apply(r);
             match r {
-                Undo::Moved { obj, .. } => next_obj = next_obj.max(obj + 1),
+                Undo::Moved { obj, .. } => next_obj = next_obj.max(obj.checked_add(1).ok_or_else(bad)?),
                 Undo::Renamed { to, .. } => {
-                    if let Some(n) = to.rsplit(|&b| b == b'/').next().and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok()) {
-                        next_obj = next_obj.max(n + 1);
+                    // Only staged names are numbered; a rename's destination in the tree is not.
+                    let n = to.strip_prefix(STAGE_PREFIX.as_bytes()).and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
+                    if let Some(n) = n {
+                        next_obj = next_obj.max(n.checked_add(1).ok_or_else(bad)?);
                     }
                 }
                 Undo::PreImage { path, file, .. } => {
-                    next_pre = next_pre.max(file + 1);
+                    next_pre = next_pre.max(file.checked_add(1).ok_or_else(bad)?);
                     touched.insert(path.clone());
                 }
                 Undo::Resized { path, .. } => {
@@ -188,11 +281,19 @@ impl Journal {
             }
         }
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0).ctx(|| "dup of the destination root".to_string())?;
-        Ok(Journal { root, dir, objs, stage, log, next_obj, pre: None, next_pre, base, touched })
+        Ok(Journal { root, dir, objs, stage, log, next_obj, pre: None, next_pre, base, touched, map })
     }
 
     fn append(&mut self, u: &Undo) -> Result<()> {
-        self.log.append(&u.encode())
+        self.log.append(&u.encode())?;
+        self.map.apply(u);
+        Ok(())
+    }
+
+    fn take_obj(&mut self) -> Result<u64> {
+        let n = self.next_obj;
+        self.next_obj = n.checked_add(1).ok_or_else(|| Error::Usage("the undo journal's object numbers are exhausted; revert it".into()))?;
+        Ok(n)
     }
 
     /// Records that `path` is about to be created.
@@ -200,15 +301,22 @@ impl Journal {
         self.append(&Undo::Created { path: path.to_vec() })
     }
 
-    /// Moves `name` in `dir` (the item at `path`) into the journal instead of deleting it.
+    /// Moves `name` in `dir` (the item at `path`) into the journal instead of deleting it. A
+    /// non-directory the job itself made (an unfinished copy from an interrupted session) is
+    /// simply deleted: its `Created` record already undoes it, and keeping it would only fill
+    /// the disk with every attempt's partial files.
     pub fn move_away(&mut self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<u64> {
-        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(_) => {}
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
             Err(e) if e == rustix::io::Errno::NOENT => return Ok(0),
             Err(e) => return Err(e).ctx(|| format!("stat {}", show(path))),
+        };
+        if self.map.origin(path) == Origin::Job && rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).ctx(|| format!("removing the job's unfinished {}", show(path)))?;
+            self.map.note(path, Event::Gone);
+            return Ok(1);
         }
-        let obj = self.next_obj;
-        self.next_obj += 1;
+        let obj = self.take_obj()?;
         self.append(&Undo::Moved { path: path.to_vec(), obj })?;
         rustix::fs::renameat(dir, name, &self.objs, obj.to_string().as_str())
             .ctx(|| format!("moving {} into the undo journal", show(path)))?;
@@ -216,19 +324,19 @@ impl Journal {
     }
 
     /// Moves the item at `path` into the staging area (for a rename); returns its staged path,
-    /// or None if nothing is at `path`.
+    /// or None if the recovery point's item is not there (gone, or an interrupted session of
+    /// this job already moved it or put something else there): hints are advice, and the entry
+    /// is then sent whole.
     pub fn stage(&mut self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.map.origin(path) != Origin::RecoveryPoint {
+            return Ok(None);
+        }
         let (p, n) = split_parent(path);
-        let dir = match beneath::open_dir(self.root.as_fd(), p) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
-            Err(e) => return Err(e).ctx(|| format!("opening directory of {}", show(path))),
-        };
+        let Ok(dir) = beneath::open_dir(self.root.as_fd(), p) else { return Ok(None) };
         if rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return Ok(None);
         }
-        let k = self.next_obj;
-        self.next_obj += 1;
+        let k = self.take_obj()?;
         let to = stage_path(k);
         self.append(&Undo::Renamed { from: path.to_vec(), to: to.clone() })?;
         rustix::fs::renameat(&dir, n, &self.stage, k.to_string().as_str()).ctx(|| format!("staging {} for a rename", show(path)))?;
@@ -372,5 +480,33 @@ mod tests {
             assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
         }
         assert!(Undo::decode(&[9]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    fn p(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn origins_follow_the_latest_event_on_a_path_or_its_ancestors() {
+        let mut m = JobMap::default();
+        m.apply(&Undo::Created { path: p("X/f") });
+        assert_eq!(m.origin(b"X/f"), Origin::Job);
+        assert_eq!(m.origin(b"X"), Origin::RecoveryPoint);
+        // X moves away and Z takes its place: X/f is now the recovery point's Z/f.
+        m.apply(&Undo::Renamed { from: p("X"), to: stage_path(0) });
+        m.apply(&Undo::Renamed { from: p("Z"), to: stage_path(1) });
+        m.apply(&Undo::Renamed { from: stage_path(1), to: p("X") });
+        assert_eq!(m.origin(b"X"), Origin::PlacedHere { from: p("Z") });
+        assert_eq!(m.origin(b"X/f"), Origin::Elsewhere);
+        assert_eq!(m.origin(b"Z"), Origin::Elsewhere);
+        assert_eq!(m.origin(b"Y"), Origin::RecoveryPoint);
+        m.apply(&Undo::Moved { path: p("Y"), obj: 2 });
+        m.apply(&Undo::Created { path: p("Y") });
+        assert_eq!(m.origin(b"Y/g"), Origin::Job);
     }
 }

@@ -174,7 +174,7 @@ impl Session {
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
         let paths = crate::tree::entry::relative_paths(&entries);
-        let Applied { need, fresh, deltas, stats } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
+        let Applied { need, fresh, deltas, resizes, stats } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
         report.files_delta = deltas.len() as u64;
@@ -182,6 +182,7 @@ impl Session {
         self.progress.set_totals(stats.files_needed, stats.bytes_needed);
         // Every pre-image and undo record is durable before the first byte is written in place.
         journal.sync()?;
+        super::apply::resize_deltas(root, &resizes)?;
         send_need(ctl, &need)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), needed = stats.files_needed, "apply phase done");
 

@@ -8,7 +8,6 @@ use super::journal;
 use crate::beneath;
 use crate::error::{show, Error};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// Words every disk-full message carries, so callers and tests can recognise one.
@@ -77,26 +76,22 @@ pub fn bytes(n: u64) -> String {
 /// this leaves a journal that still reverts, or a job that resumes and resends those files.
 /// Returns the bytes released.
 pub fn release_created(root: BorrowedFd<'_>, state: &super::state::State) -> crate::error::Result<u64> {
-    use journal::Undo;
+    use journal::{JobMap, Origin, Undo};
     let Some(existing) = journal::read_existing(state)? else { return Ok(0) };
-    let mut last: HashMap<&[u8], &Undo> = HashMap::new();
-    for u in &existing.records {
-        match u {
-            Undo::Header { .. } => {}
-            Undo::Created { path } | Undo::Moved { path, .. } | Undo::PreImage { path, .. } | Undo::Resized { path, .. } => {
-                last.insert(path, u);
-            }
-            Undo::Renamed { from, to } => {
-                last.insert(from, u);
-                last.insert(to, u);
-            }
-        }
-    }
+    // What a path holds is decided by the latest event on it or an ancestor: a file created at
+    // X/f is not the job's any more once X was moved away and a recovery-point item put there.
+    let map = JobMap::from_records(&existing.records);
+    let created: std::collections::HashSet<&[u8]> = existing
+        .records
+        .iter()
+        .filter_map(|u| match u {
+            Undo::Created { path } => Some(path.as_slice()),
+            _ => None,
+        })
+        .filter(|p| map.origin(p) == Origin::Job)
+        .collect();
     let mut released = 0;
-    for (path, u) in last {
-        if !matches!(u, Undo::Created { .. }) {
-            continue;
-        }
+    for path in created {
         let (p, n) = beneath::split_parent(path);
         let Ok(dir) = beneath::open_dir(root, p) else { continue };
         // Checked before opening (opening a FIFO for writing would block) and again on the open

@@ -57,7 +57,9 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
             continue;
         }
         let id = &w.ids[i];
-        let Some(it) = m.by_ino(id.dev, id.ino).filter(|it| it.kind == e.kind.tag()) else {
+        // Same inode number and birth time: the same item (a freed inode number given to a new
+        // file has a new birth time).
+        let Some(it) = m.by_ino(id.dev, id.ino).filter(|it| it.kind == e.kind.tag() && it.btime == id.btime) else {
             // A new inode at an old path (a file replaced by an atomic save): the old content at
             // this path is still a basis for a delta, though not a rename.
             if let (EntryKind::File { size }, Some(k)) = (&e.kind, m.position(&w.paths[i])) {
@@ -184,6 +186,7 @@ pub fn build_manifest(w: &Walked, rp: u128, mut hashes: HashMap<usize, Vec<u64>>
             size,
             mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
             ctime: (id.ctime_sec, id.ctime_nsec),
+            btime: id.btime,
             hashes: hashes.remove(&i),
         });
     }

@@ -25,7 +25,7 @@ use std::path::Path;
 pub const BLOCK: u64 = 4096;
 const MANIFEST_FILE: &str = "manifest";
 const MAGIC: u32 = u32::from_le_bytes(*b"MVMF");
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
 /// Bound on items in one manifest (the entry list's own bound).
 const MAX_ITEMS: u64 = crate::tree::entry::MAX_ENTRIES as u64;
 
@@ -39,6 +39,8 @@ pub struct Item {
     pub size: u64,
     pub mtime: (i64, u32),
     pub ctime: (i64, u32),
+    /// Birth time: with (dev, ino) the item's identity across renames.
+    pub btime: (i64, u32),
     /// Block hashes of a large file whose content is known to equal the target's copy.
     pub hashes: Option<Vec<u64>>,
 }
@@ -83,7 +85,7 @@ impl Manifest {
         e.u64(self.items.len() as u64);
         for it in &self.items {
             e.bytes(&it.path).u8(it.kind).u64(it.dev).u64(it.ino).u64(it.size);
-            e.i64(it.mtime.0).u32(it.mtime.1).i64(it.ctime.0).u32(it.ctime.1);
+            e.i64(it.mtime.0).u32(it.mtime.1).i64(it.ctime.0).u32(it.ctime.1).i64(it.btime.0).u32(it.btime.1);
             match &it.hashes {
                 None => e.u8(0),
                 Some(h) => {
@@ -126,6 +128,7 @@ impl Manifest {
             let (dev, ino, size) = (d.u64()?, d.u64()?, d.u64()?);
             let mtime = (d.i64()?, d.u32()?);
             let ctime = (d.i64()?, d.u32()?);
+            let btime = (d.i64()?, d.u32()?);
             let hashes = match d.u8()? {
                 0 => None,
                 _ => {
@@ -140,7 +143,7 @@ impl Manifest {
                     Some(h)
                 }
             };
-            items.push(Item { path, kind, dev, ino, size, mtime, ctime, hashes });
+            items.push(Item { path, kind, dev, ino, size, mtime, ctime, btime, hashes });
         }
         d.finish()?;
         let mut m = Manifest::new(rp, items);
@@ -269,8 +272,8 @@ mod tests {
     #[test]
     fn manifest_round_trips_and_rejects_corruption() {
         let items = vec![
-            Item { path: b"a".to_vec(), kind: 1, dev: 1, ino: 2, size: 0, mtime: (1, 2), ctime: (3, 4), hashes: None },
-            Item { path: b"a/f".to_vec(), kind: 2, dev: 1, ino: 3, size: 5000, mtime: (5, 6), ctime: (7, 8), hashes: Some(vec![9, 10]) },
+            Item { path: b"a".to_vec(), kind: 1, dev: 1, ino: 2, size: 0, mtime: (1, 2), ctime: (3, 4), btime: (5, 6), hashes: None },
+            Item { path: b"a/f".to_vec(), kind: 2, dev: 1, ino: 3, size: 5000, mtime: (5, 6), ctime: (7, 8), btime: (0, 0), hashes: Some(vec![9, 10]) },
         ];
         let m = Manifest::new(42, items.clone());
         let raw = m.encode();

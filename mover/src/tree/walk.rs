@@ -11,7 +11,7 @@ use super::entry::{Entry, EntryKind, Meta, MAX_DEPTH};
 use super::xattr::{read_user_xattrs, On};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::EntryId;
-use rustix::fs::{statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -29,18 +29,47 @@ pub struct Walked {
     pub ids: Vec<FileId>,
 }
 
-/// Where an entry lives and when its inode last changed: a rename keeps (dev, ino); any write,
-/// chmod, chown, xattr or link change moves ctime.
+/// Where an entry lives and when its inode last changed: a rename keeps (dev, ino, btime); any
+/// write, chmod, chown, xattr or link change moves ctime. Birth time tells a renamed inode from a
+/// new file that was given a freed inode number ((0, 0) where the file system has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
     pub ctime_sec: i64,
     pub ctime_nsec: u32,
+    pub btime: (i64, u32),
 }
 
-pub fn file_id(st: &Stat) -> FileId {
-    FileId { dev: st.st_dev, ino: st.st_ino, ctime_sec: st.st_ctime, ctime_nsec: st.st_ctime_nsec as u32 }
+pub fn file_id(st: &Stat, btime: (i64, u32)) -> FileId {
+    FileId { dev: st.st_dev, ino: st.st_ino, ctime_sec: st.st_ctime, ctime_nsec: st.st_ctime_nsec as u32, btime }
+}
+
+/// `stat` of `name` in `dir` without following it, by statx so the birth time comes in the same
+/// call.
+pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(Stat, (i64, u32))> {
+    use rustix::fs::{statx, StatxFlags};
+    let x = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS | StatxFlags::BTIME)?;
+    // SAFETY: Stat is a plain C struct of integers, for which all-zero is a valid value; every
+    // field the walk reads is set below.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    st.st_dev = rustix::fs::makedev(x.stx_dev_major, x.stx_dev_minor) as _;
+    st.st_ino = x.stx_ino as _;
+    st.st_nlink = x.stx_nlink as _;
+    st.st_mode = x.stx_mode as _;
+    st.st_uid = x.stx_uid as _;
+    st.st_gid = x.stx_gid as _;
+    st.st_rdev = rustix::fs::makedev(x.stx_rdev_major, x.stx_rdev_minor) as _;
+    st.st_size = x.stx_size as _;
+    st.st_blocks = x.stx_blocks as _;
+    st.st_mtime = x.stx_mtime.tv_sec as _;
+    st.st_mtime_nsec = x.stx_mtime.tv_nsec as _;
+    st.st_ctime = x.stx_ctime.tv_sec as _;
+    st.st_ctime_nsec = x.stx_ctime.tv_nsec as _;
+    st.st_atime = x.stx_atime.tv_sec as _;
+    st.st_atime_nsec = x.stx_atime.tv_nsec as _;
+    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 { (x.stx_btime.tv_sec, x.stx_btime.tv_nsec) } else { (0, 0) };
+    Ok((st, btime))
 }
 
 /// A subtree walked on its own: ids are local (0 = the subtree's top), regular files are not
@@ -151,7 +180,7 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     let mut keys: Vec<Option<(u64, u64)>> = Vec::new();
     w.entries.push(Entry { parent: EntryId::ROOT, name: Vec::new(), kind: EntryKind::Dir, meta: meta_of(&st), xattrs: root_x });
     w.paths.push(Vec::new());
-    w.ids.push(file_id(&st));
+    w.ids.push(file_id(&st, (0, 0)));
     keys.push(None);
     for f in frags {
         let f = f.ok_or_else(|| Error::Usage("a walker thread panicked".into()))??;
@@ -213,8 +242,8 @@ fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fra
 /// Records entry `name` of directory `dirfd`; returns an open fd if it is a directory.
 fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u8], f: &mut Fragment, xattrs: bool) -> Result<Option<OwnedFd>> {
     let path = join(parent_path, &name);
-    let st = match statat(dirfd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
+    let (st, btime) = match stat_nofollow(dirfd, name.as_slice()) {
+        Ok(x) => x,
         // Deleted since the directory was listed: it is not part of this walk.
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(e).ctx(|| format!("stat {}", show(&path))),
@@ -250,6 +279,6 @@ fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u
     f.entries.push(Entry { parent, name, kind, meta: meta_of(&st), xattrs: xa });
     f.paths.push(path);
     f.link_keys.push(key);
-    f.ids.push(file_id(&st));
+    f.ids.push(file_id(&st, btime));
     Ok(child)
 }
