@@ -129,29 +129,69 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
     Ok(p)
 }
 
+/// Files at least this large are hashed by all threads at once, a segment each: one stream of
+/// buffered reads does not keep the device busy.
+const SPLIT_MIN: u64 = 64 << 20;
+const SEGMENT: u64 = 16 << 20;
+/// Threads hashing: reads wait on the device, so more than the CPUs help.
+const HASH_THREADS_MIN: usize = 4;
+
 /// Hashes files in parallel. Unless the source is a frozen snapshot (`stable`), a file whose
 /// size, mtime or ctime differs from the walk (it changed since) is left out: its hashes would
 /// not describe what the receiver gets.
 pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize, stable: bool) -> Result<HashMap<usize, Vec<u64>>> {
+    let threads = threads.max(HASH_THREADS_MIN).min(16);
+    let (big, small): (Vec<(usize, u64)>, Vec<(usize, u64)>) = files.iter().partition(|f| f.1 >= SPLIT_MIN);
+    let mut map = HashMap::new();
+    for (i, size) in big {
+        let path = &w.paths[i];
+        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
+        let regions = super::plan::data_regions(fd.as_fd(), size).ctx(|| format!("finding data regions of {}", show(path)))?;
+        let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
+        let segs = size.div_ceil(SEGMENT) as usize;
+        let next = AtomicUsize::new(0);
+        let parts: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads.min(segs))
+                .map(|_| {
+                    s.spawn(|| -> Result<Vec<(usize, Vec<u64>)>> {
+                        let mut out = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            if k >= segs {
+                                return Ok(out);
+                            }
+                            let (a, b) = (k as u64 * SEGMENT, ((k as u64 + 1) * SEGMENT).min(size));
+                            let h = super::manifest::hash_segment(fd.as_fd(), size, &regions, a, b).ctx(|| format!("hashing {}", show(path)))?;
+                            out.push((k, h));
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::Usage("a hashing thread panicked".into())))).collect()
+        });
+        let mut segs_out: Vec<(usize, Vec<u64>)> = Vec::with_capacity(segs);
+        for p in parts {
+            segs_out.extend(p?);
+        }
+        segs_out.sort_unstable_by_key(|x| x.0);
+        let h: Vec<u64> = segs_out.into_iter().flat_map(|x| x.1).collect();
+        if stable || unchanged_since_walk(fd.as_fd(), w, i, size)? {
+            map.insert(i, h);
+        }
+    }
     let next = AtomicUsize::new(0);
     let results: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads.clamp(1, 16).min(files.len().max(1)))
+        let hs: Vec<_> = (0..threads.min(small.len().max(1)))
             .map(|_| {
                 s.spawn(|| -> Result<Vec<(usize, Vec<u64>)>> {
                     let mut out = Vec::new();
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(i, size)) = files.get(k) else { return Ok(out) };
+                        let Some(&(i, size)) = small.get(k) else { return Ok(out) };
                         let path = &w.paths[i];
                         let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
                         let h = hash_file(fd.as_fd(), size).ctx(|| format!("hashing {}", show(path)))?;
-                        let st = rustix::fs::fstat(&fd).ctx(|| format!("stat {}", show(path)))?;
-                        let e = &w.entries[i];
-                        let id = &w.ids[i];
-                        let same = st.st_size as u64 == size
-                            && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
-                            && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec);
-                        if same || stable {
+                        if stable || unchanged_since_walk(fd.as_fd(), w, i, size)? {
                             out.push((i, h));
                         }
                     }
@@ -160,11 +200,18 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
             .collect();
         hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::Usage("a hashing thread panicked".into())))).collect()
     });
-    let mut map = HashMap::new();
     for r in results {
         map.extend(r?);
     }
     Ok(map)
+}
+
+fn unchanged_since_walk(fd: BorrowedFd<'_>, w: &Walked, i: usize, size: u64) -> Result<bool> {
+    let st = rustix::fs::fstat(fd).ctx(|| format!("stat {}", show(&w.paths[i])))?;
+    let (e, id) = (&w.entries[i], &w.ids[i]);
+    Ok(st.st_size as u64 == size
+        && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
+        && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec))
 }
 
 /// The manifest of the recovery point just committed. `hashes` holds the block hashes known for

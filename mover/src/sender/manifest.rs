@@ -187,12 +187,18 @@ pub fn zero_hash(len: usize) -> u64 {
 /// Hashes every 4 KiB block of an open file of `size` bytes; holes are hashed as zeros without
 /// being read.
 pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<u64>> {
-    const CHUNK: usize = 1 << 20;
-    let nblocks = size.div_ceil(BLOCK) as usize;
-    let mut out = Vec::with_capacity(nblocks);
     let regions = super::plan::data_regions(fd, size)?;
+    hash_segment(fd, size, &regions, 0, size)
+}
+
+/// Hashes blocks [start, end) of a file (`start` block aligned, `end` aligned or the file's
+/// size) given its data regions; segments of one file can be hashed by several threads.
+pub fn hash_segment(fd: BorrowedFd<'_>, size: u64, regions: &[(u64, u64)], start: u64, end: u64) -> std::io::Result<Vec<u64>> {
+    const CHUNK: usize = 1 << 20;
+    debug_assert!(start % BLOCK == 0 && end <= size && (end % BLOCK == 0 || end == size));
+    let mut out = Vec::with_capacity((end - start).div_ceil(BLOCK) as usize);
     let mut buf = vec![0u8; CHUNK];
-    let mut at = 0u64;
+    let mut at = start;
     let push_zeros = |out: &mut Vec<u64>, from: u64, to: u64| {
         let mut b = from;
         while b < to {
@@ -201,16 +207,19 @@ pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<u64>> {
             b += len as u64;
         }
     };
-    for (off, len) in regions {
+    for &(off, len) in regions {
         // Regions are block aligned except at the end of the file.
-        let start = off / BLOCK * BLOCK;
-        if start > at {
-            push_zeros(&mut out, at, start);
+        let rs = (off / BLOCK * BLOCK).max(start);
+        let re = (off + len).div_ceil(BLOCK).saturating_mul(BLOCK).min(size).min(end);
+        if re <= at || rs >= end {
+            continue;
         }
-        let end = (off + len).div_ceil(BLOCK).saturating_mul(BLOCK).min(size);
-        let mut pos = start.max(at);
-        while pos < end {
-            let want = ((end - pos) as usize).min(CHUNK);
+        if rs > at {
+            push_zeros(&mut out, at, rs);
+        }
+        let mut pos = rs.max(at);
+        while pos < re {
+            let want = ((re - pos) as usize).min(CHUNK);
             let mut got = 0;
             while got < want {
                 let n = rustix::io::pread(fd, &mut buf[got..want], pos + got as u64)?;
@@ -224,12 +233,12 @@ pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<u64>> {
             }
             pos += want as u64;
         }
-        at = end.max(at);
+        at = re;
     }
-    if at < size {
-        push_zeros(&mut out, at, size);
+    if at < end {
+        push_zeros(&mut out, at, end);
     }
-    debug_assert_eq!(out.len(), nblocks);
+    debug_assert_eq!(out.len() as u64, (end - start).div_ceil(BLOCK));
     Ok(out)
 }
 
