@@ -141,7 +141,7 @@ struct Dirs {
 }
 
 fn mover_job(o: &Opts, d: &Dirs) -> Result<mover_run::MoverRun> {
-    mover_run::run_with(&o.mover, &d.src, &d.mover_dst, false, &[OsStr::new("--state"), d.state.as_os_str()])
+    mover_run::run_with(&o.mover, &d.src, &d.mover_dst, &[OsStr::new("--state"), d.state.as_os_str()])
 }
 
 /// Builds the scenario's source under `dir`; returns it and a description. With

@@ -21,17 +21,14 @@ pub struct MoverRun {
     pub receiver: Value,
 }
 
-pub fn run(mover: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<MoverRun> {
-    run_with(mover, src, dst, fsync, &[])
+pub fn run(mover: &Path, src: &Path, dst: &Path) -> Result<MoverRun> {
+    run_with(mover, src, dst, &[])
 }
 
 /// `run` with extra `mover send` arguments (the incremental benchmark adds `--state DIR`).
-pub fn run_with(mover: &Path, src: &Path, dst: &Path, fsync: bool, send_extra: &[&OsStr]) -> Result<MoverRun> {
+pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> Result<MoverRun> {
     let mut recv = Command::new(mover);
     recv.args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"]).arg(dst);
-    if fsync {
-        recv.arg("--fsync");
-    }
     let mut recv = recv.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {}", mover.display()))?;
     let mut lines = BufReader::new(recv.stdout.take().context("receiver stdout")?);
     let mut first = String::new();

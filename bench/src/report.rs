@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 pub enum Tool {
     Mover,
     Rsync,
-    /// mover with `receive --fsync`: the session is durable when acknowledged.
-    MoverFsync,
 }
 
 impl Tool {
@@ -19,7 +17,6 @@ impl Tool {
         match self {
             Tool::Mover => "mover",
             Tool::Rsync => "rsync (daemon)",
-            Tool::MoverFsync => "mover --fsync",
         }
     }
 }
@@ -116,7 +113,7 @@ impl Report {
             loopback_tcp_mb_s: tcp,
             note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
                    rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1. mover: receive --once + send, default threads. \
-                   Neither fsyncs except the 'mover --fsync' row. CPU = sender + receiver user+sys.",
+                   mover's receiver syncfs's before committing each recovery point (a job is durable when acknowledged); rsync does not fsync. CPU = sender + receiver user+sys.",
             datasets: Vec::new(),
         }
     }
@@ -143,7 +140,7 @@ impl Report {
                 cpu_vs_rsync: None,
             })
         };
-        let mut rows: Vec<Row> = [Tool::Mover, Tool::MoverFsync, Tool::Rsync].into_iter().filter_map(row).collect();
+        let mut rows: Vec<Row> = [Tool::Mover, Tool::Rsync].into_iter().filter_map(row).collect();
         if let Some(r) = rows.iter().find(|r| r.tool == Tool::Rsync).cloned() {
             for x in rows.iter_mut() {
                 x.throughput_vs_rsync = Some(r.median_seconds / x.median_seconds);
