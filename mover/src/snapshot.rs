@@ -110,7 +110,7 @@ pub fn drop_kept(src: &Path, name: &str) {
 /// Is `src` the root of a btrfs subvolume (so it can be snapshotted)?
 pub fn is_btrfs_subvolume(src: &Path) -> bool {
     let Ok(fd) = beneath::open_root(src, "source directory") else { return false };
-    let fs = rustix::fs::fstatfs(&fd).map(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC).unwrap_or(false);
+    let fs = rustix::fs::fstatfs(&fd).map(|s| s.f_type == BTRFS_SUPER_MAGIC).unwrap_or(false);
     fs && rustix::fs::fstat(&fd).map(|s| s.st_ino == BTRFS_SUBVOL_ROOT_INO).unwrap_or(false)
 }
 

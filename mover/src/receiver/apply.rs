@@ -128,6 +128,9 @@ pub struct Applied {
     pub stats: ApplyStats,
 }
 
+/// A delta hint's base size and mtime, and its ranges.
+type DeltaBase<'a> = (u64, (i64, u32), &'a [(u64, u64)]);
+
 /// A rename source: a relative path of valid names, outside the receiver's state.
 fn check_source_path(p: &[u8]) -> Result<()> {
     let bad = |why: String| Err(Error::Verify(format!("rename hint from {}: {why}", show(p))));
@@ -167,7 +170,7 @@ pub fn apply_entries(
         }
     }
     let mut renames: Vec<(usize, &[u8])> = Vec::new();
-    let mut delta_hint: HashMap<usize, (u64, (i64, u32), &[(u64, u64)])> = HashMap::new();
+    let mut delta_hint: HashMap<usize, DeltaBase<'_>> = HashMap::new();
     for h in hints {
         match h {
             Hint::Rename { entry, from } => {

@@ -127,14 +127,7 @@ pub fn hash_with_basis(fd: BorrowedFd<'_>, size: u64, old: &[u64], unchanged: &[
         }
         let off = b as u64 * BLOCK;
         let len = (size - off).min(BLOCK) as usize;
-        let mut got = 0;
-        while got < len {
-            let n = rustix::io::pread(fd, &mut buf[got..len], off + got as u64)?;
-            if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being hashed"));
-            }
-            got += n;
-        }
+        super::manifest::pread_exact(fd, &mut buf[..len], off)?;
         read += len as u64;
         out.push(xxhash_rust::xxh3::xxh3_64(&buf[..len]));
     }

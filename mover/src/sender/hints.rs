@@ -129,6 +129,10 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
     Ok(p)
 }
 
+/// (entry, size) of a file to hash, and (entry or segment, block hashes) of a result.
+type FileSize = (usize, u64);
+type Hashed = (usize, Vec<u64>);
+
 /// Files at least this large are hashed by all threads at once, a segment each: one stream of
 /// buffered reads does not keep the device busy.
 const SPLIT_MIN: u64 = 64 << 20;
@@ -140,8 +144,8 @@ const HASH_THREADS_MIN: usize = 4;
 /// size, mtime or ctime differs from the walk (it changed since) is left out: its hashes would
 /// not describe what the receiver gets.
 pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize, stable: bool) -> Result<HashMap<usize, Vec<u64>>> {
-    let threads = threads.max(HASH_THREADS_MIN).min(16);
-    let (big, small): (Vec<(usize, u64)>, Vec<(usize, u64)>) = files.iter().partition(|f| f.1 >= SPLIT_MIN);
+    let threads = threads.clamp(HASH_THREADS_MIN, 16);
+    let (big, small): (Vec<FileSize>, Vec<FileSize>) = files.iter().partition(|f| f.1 >= SPLIT_MIN);
     let mut map = HashMap::new();
     for (i, size) in big {
         let path = &w.paths[i];
@@ -150,7 +154,7 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
         let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
         let segs = size.div_ceil(SEGMENT) as usize;
         let next = AtomicUsize::new(0);
-        let parts: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
+        let parts: Vec<Result<Vec<Hashed>>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads.min(segs))
                 .map(|_| {
                     s.spawn(|| -> Result<Vec<(usize, Vec<u64>)>> {
@@ -180,7 +184,7 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
         }
     }
     let next = AtomicUsize::new(0);
-    let results: Vec<Result<Vec<(usize, Vec<u64>)>>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<Hashed>>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads.min(small.len().max(1)))
             .map(|_| {
                 s.spawn(|| -> Result<Vec<(usize, Vec<u64>)>> {

@@ -191,11 +191,24 @@ pub fn hash_file(fd: BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<u64>> {
     hash_segment(fd, size, &regions, 0, size)
 }
 
+/// Fills `buf` from `off`; a file that ends first shrank under the reader.
+pub fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = rustix::io::pread(fd, &mut buf[got..], off + got as u64)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being hashed"));
+        }
+        got += n;
+    }
+    Ok(())
+}
+
 /// Hashes blocks [start, end) of a file (`start` block aligned, `end` aligned or the file's
 /// size) given its data regions; segments of one file can be hashed by several threads.
 pub fn hash_segment(fd: BorrowedFd<'_>, size: u64, regions: &[(u64, u64)], start: u64, end: u64) -> std::io::Result<Vec<u64>> {
     const CHUNK: usize = 1 << 20;
-    debug_assert!(start % BLOCK == 0 && end <= size && (end % BLOCK == 0 || end == size));
+    debug_assert!(start.is_multiple_of(BLOCK) && end <= size && (end.is_multiple_of(BLOCK) || end == size));
     let mut out = Vec::with_capacity((end - start).div_ceil(BLOCK) as usize);
     let mut buf = vec![0u8; CHUNK];
     let mut at = start;
@@ -220,14 +233,7 @@ pub fn hash_segment(fd: BorrowedFd<'_>, size: u64, regions: &[(u64, u64)], start
         let mut pos = rs.max(at);
         while pos < re {
             let want = ((re - pos) as usize).min(CHUNK);
-            let mut got = 0;
-            while got < want {
-                let n = rustix::io::pread(fd, &mut buf[got..want], pos + got as u64)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being hashed"));
-                }
-                got += n;
-            }
+            pread_exact(fd, &mut buf[..want], pos)?;
             for blk in buf[..want].chunks(BLOCK as usize) {
                 out.push(xxhash_rust::xxh3::xxh3_64(blk));
             }
