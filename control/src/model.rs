@@ -1,0 +1,319 @@
+//! Replication relationships as an operator sees them: what is replicated where, when it may
+//! run (blackout windows), and the status the node reports. Pure: validation, edits and the
+//! status decision take values and return values; the store and the daemon do the I/O.
+
+use crate::blackout::{self, BlackoutWindow};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Replication port a target listens on unless the relationship names another.
+pub const DEFAULT_PORT: u16 = 3712;
+/// Longest path or address accepted in a relationship (bounded like everything else).
+pub const MAX_FIELD_LEN: usize = 4096;
+/// Most uid or gid mappings one relationship may carry.
+pub const MAX_ID_MAPPINGS: usize = 1024;
+
+/// A relationship's id: 128 random bits in hex, the same on source and target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RelationshipId(pub String);
+
+impl RelationshipId {
+    pub fn new_random() -> RelationshipId {
+        let mut b = [0u8; 16];
+        // The kernel's random source never fails for 16 bytes after boot; fall back to time and
+        // pid (ids only need to be unique per node pair) rather than fail a create.
+        if getrandom_fill(&mut b).is_err() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            b = (t ^ (std::process::id() as u128) << 96).to_le_bytes();
+        }
+        RelationshipId(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    pub fn parse(s: &str) -> Result<RelationshipId> {
+        if s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            Ok(RelationshipId(s.to_string()))
+        } else {
+            Err(Error::Invalid(format!("{s:?} is not a relationship id (32 lowercase hex digits)")))
+        }
+    }
+}
+
+impl std::fmt::Display for RelationshipId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(b)
+}
+
+/// Which end of the relationship this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Source,
+    Target,
+}
+
+/// What `mover status` shows for a relationship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Idle,
+    AwaitingAuthorization,
+    Disconnected,
+    InBlackoutWindow,
+    ContinuousReplicationDisabled,
+    RevertingToLastRecoveryPoint,
+    JobIncompleteWillRetry,
+    Ended,
+}
+
+impl State {
+    /// The words an operator reads in a table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Idle => "idle",
+            State::AwaitingAuthorization => "awaiting authorization",
+            State::Disconnected => "disconnected",
+            State::InBlackoutWindow => "in blackout window",
+            State::ContinuousReplicationDisabled => "continuous replication disabled",
+            State::RevertingToLastRecoveryPoint => "reverting to last recovery point",
+            State::JobIncompleteWillRetry => "job incomplete - will retry",
+            State::Ended => "ended",
+        }
+    }
+}
+
+/// Numeric owner mappings applied on the target (source id -> target id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    #[serde(default)]
+    pub uid: Vec<(u32, u32)>,
+    #[serde(default)]
+    pub gid: Vec<(u32, u32)>,
+}
+
+/// What an operator gives to create a relationship on the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub source_path: String,
+    pub target_address: String,
+    #[serde(default = "default_port")]
+    pub target_port: u16,
+    pub target_path: String,
+    #[serde(default)]
+    pub blackout_windows: Vec<BlackoutWindow>,
+    #[serde(default)]
+    pub map_ids: Option<IdMap>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Everything but the paths can be edited (a different path is a different relationship).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    pub target_address: Option<String>,
+    pub target_port: Option<u16>,
+    pub blackout_windows: Option<Vec<BlackoutWindow>>,
+    /// `Some(None)` removes the mapping.
+    pub map_ids: Option<Option<IdMap>>,
+    pub enabled: Option<bool>,
+}
+
+fn check_path(what: &str, p: &str) -> Result<()> {
+    if !p.starts_with('/') || p.len() > MAX_FIELD_LEN || p.contains('\0') || p.split('/').any(|c| c == "..") {
+        return Err(Error::Invalid(format!("{what} must be an absolute path without `..` (at most {MAX_FIELD_LEN} bytes), not {p:?}")));
+    }
+    Ok(())
+}
+
+impl Spec {
+    pub fn validate(&self) -> Result<()> {
+        check_path("source path", &self.source_path)?;
+        check_path("target path", &self.target_path)?;
+        if self.target_address.is_empty() || self.target_address.len() > MAX_FIELD_LEN || self.target_address.contains(char::is_whitespace) {
+            return Err(Error::Invalid(format!("target address {:?} is not a host name or IP address", self.target_address)));
+        }
+        if self.target_port == 0 {
+            return Err(Error::Invalid("target port must be 1-65535".into()));
+        }
+        blackout::validate(&self.blackout_windows)?;
+        if let Some(m) = &self.map_ids {
+            if m.uid.len() > MAX_ID_MAPPINGS || m.gid.len() > MAX_ID_MAPPINGS {
+                return Err(Error::Invalid(format!("at most {MAX_ID_MAPPINGS} uid and {MAX_ID_MAPPINGS} gid mappings")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec after `e`, validated; the paths never change.
+    pub fn edited(&self, e: &Edit) -> Result<Spec> {
+        let mut s = self.clone();
+        if let Some(a) = &e.target_address {
+            s.target_address = a.clone();
+        }
+        if let Some(p) = e.target_port {
+            s.target_port = p;
+        }
+        if let Some(w) = &e.blackout_windows {
+            s.blackout_windows = w.clone();
+        }
+        if let Some(m) = &e.map_ids {
+            s.map_ids = m.clone();
+        }
+        if let Some(en) = e.enabled {
+            s.enabled = en;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// The outcome of the latest job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ns: i64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// One relationship as a node stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Relationship {
+    pub id: RelationshipId,
+    pub role: Role,
+    pub spec: Spec,
+    /// The target accepted it (always true on the source once the target said so).
+    pub authorized: bool,
+    pub created_ns: i64,
+    pub last_attempt: Option<Attempt>,
+    /// Time of the source's point in time the target's last recovery point holds.
+    pub recovery_point_ns: Option<i64>,
+    /// A job of this relationship is running right now (kept current by the daemon).
+    pub job_running: bool,
+    /// The peer could not be reached at the last try.
+    pub peer_unreachable: bool,
+    /// The target was made writable (relationship deleted there or reverted for failover).
+    pub ended: bool,
+}
+
+/// The status to show, decided from the relationship and the clock.
+pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
+    if r.ended {
+        return State::Ended;
+    }
+    if !r.authorized {
+        return State::AwaitingAuthorization;
+    }
+    if !r.spec.enabled {
+        return State::ContinuousReplicationDisabled;
+    }
+    if blackout::in_blackout(&r.spec.blackout_windows, now) {
+        return State::InBlackoutWindow;
+    }
+    if r.job_running {
+        return State::Running;
+    }
+    if r.peer_unreachable {
+        return State::Disconnected;
+    }
+    match &r.last_attempt {
+        Some(a) if !a.ok => State::JobIncompleteWillRetry,
+        _ => State::Idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn spec() -> Spec {
+        Spec {
+            source_path: "/srv/data".into(),
+            target_address: "127.0.0.1".into(),
+            target_port: DEFAULT_PORT,
+            target_path: "/srv/replica".into(),
+            blackout_windows: vec![],
+            map_ids: None,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn spec_json_defaults_port_and_enabled() {
+        let s: Spec = serde_json::from_str(r#"{"source_path":"/a","target_address":"h","target_path":"/b"}"#).unwrap();
+        assert_eq!(s.target_port, 3712);
+        assert!(s.enabled);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn relative_or_dotdot_paths_and_port_zero_are_refused() {
+        for (f, v) in [("source", "rel/path"), ("target", "/a/../b")] {
+            let mut s = spec();
+            if f == "source" {
+                s.source_path = v.into();
+            } else {
+                s.target_path = v.into();
+            }
+            assert!(s.validate().unwrap_err().to_string().contains("absolute path"), "{v}");
+        }
+        let mut s = spec();
+        s.target_port = 0;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn edits_change_everything_but_paths() {
+        let s = spec();
+        let e: Edit = serde_json::from_str(r#"{"target_port":4000,"enabled":false}"#).unwrap();
+        let t = s.edited(&e).unwrap();
+        assert_eq!((t.target_port, t.enabled, &t.source_path), (4000, false, &s.source_path));
+        assert!(serde_json::from_str::<Edit>(r#"{"source_path":"/x"}"#).is_err(), "paths are not editable");
+    }
+
+    #[test]
+    fn status_follows_authorization_enabled_and_job_outcome() {
+        let now = chrono::Utc::now();
+        let mut r = Relationship {
+            id: RelationshipId::new_random(),
+            role: Role::Target,
+            spec: spec(),
+            authorized: false,
+            created_ns: 0,
+            last_attempt: None,
+            recovery_point_ns: None,
+            job_running: false,
+            peer_unreachable: false,
+            ended: false,
+        };
+        assert_eq!(status(&r, now), State::AwaitingAuthorization);
+        r.authorized = true;
+        assert_eq!(status(&r, now), State::Idle);
+        r.last_attempt = Some(Attempt { at_ns: 1, ok: false, message: "cut".into() });
+        assert_eq!(status(&r, now), State::JobIncompleteWillRetry);
+        r.job_running = true;
+        assert_eq!(status(&r, now), State::Running);
+        r.spec.enabled = false;
+        assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
+        r.ended = true;
+        assert_eq!(status(&r, now).describe(), "ended");
+        assert_eq!(RelationshipId::parse(&r.id.0).unwrap(), r.id);
+        assert!(RelationshipId::parse("../x").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! The node's durable state: SQLite (bundled) in WAL mode with `synchronous=FULL`, so a
+//! committed change survives a crash or power loss; the schema is migrated step by step,
+//! tracked in `PRAGMA user_version`. A database written by a newer mover is refused rather than
+//! misread. Relationship specs are stored as JSON (one column), the fields the daemon updates on
+//! their own (authorization, job outcome) as columns.
+
+use crate::model::{Attempt, Relationship, RelationshipId, Role, Spec};
+use crate::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+/// Migrations, in order; `user_version` = how many have been applied.
+const MIGRATIONS: &[&str] = &["CREATE TABLE relationships (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('source', 'target')),
+        spec TEXT NOT NULL,
+        authorized INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL,
+        last_attempt TEXT,
+        recovery_point_ns INTEGER,
+        job_running INTEGER NOT NULL DEFAULT 0,
+        peer_unreachable INTEGER NOT NULL DEFAULT 0,
+        ended INTEGER NOT NULL DEFAULT 0
+    )"];
+/// How long a writer waits for another connection's lock before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// One `relationships` row in `COLUMNS` order.
+type RowTuple = (String, String, String, bool, i64, Option<String>, Option<i64>, bool, bool, bool);
+
+fn invalid_json(e: serde_json::Error) -> Error {
+    Error::Invalid(format!("stored relationship is unreadable: {e}"))
+}
+
+fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Source => "source",
+        Role::Target => "target",
+    }
+}
+
+impl Store {
+    /// Opens (creating) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut s = Store { conn };
+        s.migrate(&path.display().to_string())?;
+        Ok(s)
+    }
+
+    fn migrate(&mut self, path: &str) -> Result<()> {
+        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(Error::SchemaTooNew { path: path.to_string(), found, supported });
+        }
+        let tx = self.conn.transaction()?;
+        for m in &MIGRATIONS[found as usize..] {
+            tx.execute_batch(m)?;
+        }
+        tx.pragma_update(None, "user_version", supported)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Stores a new relationship (validated first).
+    pub fn insert(&self, r: &Relationship) -> Result<()> {
+        r.spec.validate()?;
+        let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
+        let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended],
+        )?;
+        if n == 0 {
+            return Err(Error::Invalid(format!("relationship {} already exists", r.id)));
+        }
+        Ok(())
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowTuple> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+    }
+
+    fn decode(t: RowTuple) -> Result<Relationship> {
+        let (id, role, spec, authorized, created_ns, attempt, rp, job_running, peer_unreachable, ended) = t;
+        let role = match role.as_str() {
+            "source" => Role::Source,
+            _ => Role::Target,
+        };
+        let spec: Spec = serde_json::from_str(&spec).map_err(invalid_json)?;
+        let last_attempt: Option<Attempt> = attempt.map(|a| serde_json::from_str(&a)).transpose().map_err(invalid_json)?;
+        Ok(Relationship { id: RelationshipId(id), role, spec, authorized, created_ns, last_attempt, recovery_point_ns: rp, job_running, peer_unreachable, ended })
+    }
+
+    const COLUMNS: &'static str = "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended";
+
+    pub fn get(&self, id: &RelationshipId) -> Result<Relationship> {
+        let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
+        let t = self.conn.query_row(&q, params![id.0], Self::row).optional()?;
+        Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
+    }
+
+    /// Relationships of one role (oldest first), or all.
+    pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
+        let q = format!("SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id", Self::COLUMNS);
+        let mut st = self.conn.prepare(&q)?;
+        let rows = st.query_map(params![role.map(role_str)], Self::row)?;
+        rows.map(|r| Self::decode(r?)).collect()
+    }
+
+    /// Replaces a relationship's stored fields (the id and role stay).
+    pub fn update(&self, r: &Relationship) -> Result<()> {
+        r.spec.validate()?;
+        let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
+        let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
+        let n = self.conn.execute(
+            "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6, peer_unreachable = ?7, ended = ?8 WHERE id = ?1",
+            params![r.id.0, spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(r.id.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &RelationshipId) -> Result<()> {
+        if self.conn.execute("DELETE FROM relationships WHERE id = ?1", params![id.0])? == 0 {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// SQLite's own consistency check ("ok" when the database is intact).
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Edit, DEFAULT_PORT};
+
+    fn rel(role: Role) -> Relationship {
+        Relationship {
+            id: RelationshipId::new_random(),
+            role,
+            spec: Spec {
+                source_path: "/srv/data".into(),
+                target_address: "127.0.0.1".into(),
+                target_port: DEFAULT_PORT,
+                target_path: "/srv/replica".into(),
+                blackout_windows: vec![],
+                map_ids: None,
+                enabled: true,
+            },
+            authorized: false,
+            created_ns: 1,
+            last_attempt: None,
+            recovery_point_ns: None,
+            job_running: false,
+            peer_unreachable: false,
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn relationships_survive_reopen_and_edits_keep_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("state.db");
+        let a = rel(Role::Source);
+        let b = rel(Role::Target);
+        {
+            let s = Store::open(&db).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            s.insert(&a).unwrap();
+            s.insert(&b).unwrap();
+            assert!(s.insert(&a).unwrap_err().to_string().contains("already exists"));
+        }
+        let s = Store::open(&db).unwrap();
+        assert_eq!(s.list(Some(Role::Source)).unwrap(), vec![a.clone()]);
+        assert_eq!(s.list(None).unwrap().len(), 2);
+        let mut got = s.get(&b.id).unwrap();
+        got.spec = got.spec.edited(&Edit { target_port: Some(4000), ..Default::default() }).unwrap();
+        got.authorized = true;
+        got.last_attempt = Some(Attempt { at_ns: 5, ok: true, message: "verified".into() });
+        s.update(&got).unwrap();
+        assert_eq!(s.get(&b.id).unwrap(), got);
+        s.delete(&a.id).unwrap();
+        assert!(matches!(s.get(&a.id), Err(Error::NotFound(_))));
+        assert!(matches!(s.delete(&a.id), Err(Error::NotFound(_))));
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        let mode: String = s.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_mover_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("state.db");
+        drop(Store::open(&db).unwrap());
+        Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let e = Store::open(&db).err().unwrap().to_string();
+        assert!(e.contains("schema version 99 is newer"), "{e}");
+    }
+
+    #[test]
+    fn invalid_specs_are_not_stored() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("state.db")).unwrap();
+        let mut r = rel(Role::Source);
+        r.spec.source_path = "relative".into();
+        assert!(s.insert(&r).is_err());
+        assert!(s.list(None).unwrap().is_empty());
+    }
+}
