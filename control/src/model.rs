@@ -239,9 +239,10 @@ pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A valid spec, shared with the store's tests.
     pub fn spec() -> Spec {
         Spec {
             source_path: "/srv/data".into(),

@@ -152,21 +152,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Edit, DEFAULT_PORT};
+    use crate::model::Edit;
 
     fn rel(role: Role) -> Relationship {
         Relationship {
             id: RelationshipId::new_random(),
             role,
-            spec: Spec {
-                source_path: "/srv/data".into(),
-                target_address: "127.0.0.1".into(),
-                target_port: DEFAULT_PORT,
-                target_path: "/srv/replica".into(),
-                blackout_windows: vec![],
-                map_ids: None,
-                enabled: true,
-            },
+            spec: crate::model::tests::spec(),
             authorized: false,
             created_ns: 1,
             last_attempt: None,

@@ -3,14 +3,14 @@
 //! children does not disturb a parent's mtime once set), and finally the verifying walk.
 
 use super::journal::Journal;
-use super::meta::{apply_fd, times};
+use super::meta::{apply_fd, apply_link_or_special};
 use super::table::RecvTable;
 use crate::beneath::{self, split_parent};
 use crate::error::{show, Error, IoContext, Result};
 use crate::sender::plan::is_inline;
 use crate::tree::entry::EntryKind;
 use crate::wire::message::Need;
-use rustix::fs::{statat, AtFlags, Gid, Mode, OFlags, Uid};
+use rustix::fs::{statat, AtFlags, Mode, OFlags};
 use std::os::fd::AsFd;
 
 pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
@@ -50,16 +50,7 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
             EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
                 let (p, n) = split_parent(path);
                 let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
-                if t.owners {
-                    rustix::fs::chownat(&dir, n, Some(Uid::from_raw(e.meta.uid)), Some(Gid::from_raw(e.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                        .ctx(|| format!("chown {}", show(path)))?;
-                }
-                if matches!(e.kind, EntryKind::Special { .. }) {
-                    rustix::fs::chmodat(&dir, n, Mode::from_raw_mode(e.meta.mode), AtFlags::empty())
-                        .ctx(|| format!("chmod {}", show(path)))?;
-                }
-                rustix::fs::utimensat(&dir, n, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)
-                    .ctx(|| format!("setting mtime of {}", show(path)))?;
+                apply_link_or_special(dir.as_fd(), n, e, t.owners).ctx(|| format!("setting metadata of {}", show(path)))?;
             }
             _ => {}
         }

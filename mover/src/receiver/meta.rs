@@ -27,6 +27,20 @@ pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, owners: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Owner, mode (special files only: a symlink has none of its own) and mtime of the symlink or
+/// special file `name` in `dir`, never following it.
+pub fn apply_link_or_special(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, owners: bool) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode};
+    if owners {
+        rustix::fs::chownat(dir, name, Some(Uid::from_raw(e.meta.uid)), Some(Gid::from_raw(e.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    if matches!(e.kind, crate::tree::entry::EntryKind::Special { .. }) {
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.meta.mode), AtFlags::empty())?;
+    }
+    rustix::fs::utimensat(dir, name, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
 /// Metadata of an inline file this session just created with `mode & 0o777`: owner only if the
 /// kernel did not already assign the right one, mode only if set-id/sticky bits are wanted or
 /// the umask cleared some bits, then xattrs and mtime.

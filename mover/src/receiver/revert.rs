@@ -5,7 +5,7 @@
 
 use super::apply::remove_any;
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
-use super::meta::{apply_fd, times};
+use super::meta::{apply_fd, apply_link_or_special};
 use super::state::{RecoveryPoint, State};
 use crate::beneath::{self, split_parent};
 use crate::durable::Log;
@@ -13,7 +13,7 @@ use crate::error::{show, Error, IoContext, Result};
 use crate::tree::entry::{Entry, EntryKind};
 use crate::tree::hash::{tree_hash, HashOptions};
 use crate::wire::codec::{Dec, Enc};
-use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -171,14 +171,7 @@ pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> R
                 EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
                     let (p, n) = split_parent(path);
                     let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
-                    if owners {
-                        rustix::fs::chownat(&dir, n, Some(Uid::from_raw(w.meta.uid)), Some(Gid::from_raw(w.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                            .ctx(|| format!("chown {}", show(path)))?;
-                    }
-                    if matches!(w.kind, EntryKind::Special { .. }) {
-                        rustix::fs::chmodat(&dir, n, Mode::from_raw_mode(w.meta.mode), AtFlags::empty()).ctx(|| format!("chmod {}", show(path)))?;
-                    }
-                    rustix::fs::utimensat(&dir, n, &times(&w.meta), AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("mtime of {}", show(path)))?;
+                    apply_link_or_special(dir.as_fd(), n, w, owners).ctx(|| format!("restoring metadata of {}", show(path)))?;
                 }
             }
         }

@@ -179,7 +179,7 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
         }
         segs_out.sort_unstable_by_key(|x| x.0);
         let h: Vec<u64> = segs_out.into_iter().flat_map(|x| x.1).collect();
-        if stable || unchanged_since_walk(fd.as_fd(), w, i, size)? {
+        if stable || unchanged_since_walk(fd.as_fd(), w, i)? {
             map.insert(i, h);
         }
     }
@@ -195,7 +195,7 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
                         let path = &w.paths[i];
                         let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
                         let h = hash_file(fd.as_fd(), size).ctx(|| format!("hashing {}", show(path)))?;
-                        if stable || unchanged_since_walk(fd.as_fd(), w, i, size)? {
+                        if stable || unchanged_since_walk(fd.as_fd(), w, i)? {
                             out.push((i, h));
                         }
                     }
@@ -210,12 +210,9 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
     Ok(map)
 }
 
-fn unchanged_since_walk(fd: BorrowedFd<'_>, w: &Walked, i: usize, size: u64) -> Result<bool> {
+fn unchanged_since_walk(fd: BorrowedFd<'_>, w: &Walked, i: usize) -> Result<bool> {
     let st = rustix::fs::fstat(fd).ctx(|| format!("stat {}", show(&w.paths[i])))?;
-    let (e, id) = (&w.entries[i], &w.ids[i]);
-    Ok(st.st_size as u64 == size
-        && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
-        && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec))
+    Ok(w.unchanged_since(i, &st))
 }
 
 /// The manifest of the recovery point just committed. `hashes` holds the block hashes known for

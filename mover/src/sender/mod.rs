@@ -376,17 +376,13 @@ fn streamed_hashes(files: &[FileToSend], frames: Vec<(EntryId, u64, Vec<u64>)>) 
 fn check_unchanged(root: std::os::fd::BorrowedFd<'_>, w: &crate::tree::walk::Walked, need: &[Need]) -> Result<()> {
     let mut changed = Vec::new();
     for (i, e) in w.entries.iter().enumerate() {
-        let EntryKind::File { size } = e.kind else { continue };
-        if need[i] == Need::Nothing {
+        if !matches!(e.kind, EntryKind::File { .. }) || need[i] == Need::Nothing {
             continue;
         }
         let p = &w.paths[i];
         let (dir, name) = crate::beneath::split_parent(p);
         let st = crate::beneath::open_dir(root, dir).ok().and_then(|d| rustix::fs::statat(&d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
-        let same = matches!(st, Some(s) if s.st_size as u64 == size
-            && (s.st_mtime, s.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
-            && (s.st_ctime, s.st_ctime_nsec as u32) == (w.ids[i].ctime_sec, w.ids[i].ctime_nsec));
-        if !same {
+        if !st.is_some_and(|s| w.unchanged_since(i, &s)) {
             changed.push(show(p));
         }
     }

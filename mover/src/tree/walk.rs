@@ -139,6 +139,17 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Walks `root`. `xattrs` = read `user.*` xattrs of files and directories.
+impl Walked {
+    /// Entry `i` still has the size, mtime and ctime the walk saw: nothing wrote to it since.
+    pub fn unchanged_since(&self, i: usize, st: &Stat) -> bool {
+        let (e, id) = (&self.entries[i], &self.ids[i]);
+        let size = if let EntryKind::File { size } = e.kind { size } else { st.st_size as u64 };
+        st.st_size as u64 == size
+            && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
+            && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec)
+    }
+}
+
 pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
     let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .ctx(|| format!("opening source directory {}", root.display()))?;
