@@ -10,6 +10,25 @@ pub enum Error {
     Db(#[from] rusqlite::Error),
     #[error("state database {path}: schema version {found} is newer than this mover understands ({supported})")]
     SchemaTooNew { path: String, found: i64, supported: i64 },
+    /// Certificates, keys and TLS handshakes between daemons.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The peer daemon refused, misbehaved or could not be reached.
+    #[error("peer {peer}: {message}")]
+    Peer { peer: String, message: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds what was being done to an I/O error.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io { context: what(), source })
+    }
+}
