@@ -29,6 +29,6 @@ pub fn code(e: &anyhow::Error) -> i32 {
         Some(Error::Wire(_) | Error::Structure(_) | Error::Peer(_)) => PROTOCOL,
         Some(Error::Io { .. }) => IO,
         Some(Error::SourceChanged(_)) => SOURCE_CHANGED,
-        Some(Error::Usage(_)) | None => UNEXPECTED,
+        Some(Error::Usage(_) | Error::Cancelled(_)) | None => UNEXPECTED,
     }
 }

@@ -108,6 +108,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the node daemon: REST API, relationships, scheduling, peer TLS, data-plane jobs.
+    #[command(long_about = "Run the node daemon (one per node; it serves both roles: source of some \
+relationships, target of others).\n\nIt listens for peer daemons on --listen (mutual TLS, default \
+0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
+certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
+then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
+continuous_interval_secs, threads). SIGTERM stops running jobs at a chunk boundary; the next start \
+resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status")]
+    Daemon {
+        /// Directory for the state database, certificate, tokens and private mounts (created, mode 0700).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML config file (default: /etc/mover/mover.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Peer address other daemons connect to (replication port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// REST API address.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
         /// Work directory (default: a temporary directory, removed afterwards).
@@ -143,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let listen = listen.context("--listen is required")?;
             let progress = Arc::new(Progress::default());
-            let r = Receiver::bind(listen, ReceiveOptions { root, once }, progress)?;
+            let r = Receiver::bind(listen, ReceiveOptions { root, once, ..Default::default() }, progress)?;
             let addr = r.local_addr()?;
             if json {
                 println!("{}", serde_json::json!({ "listening": addr.to_string() }));
@@ -172,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Send { src, to, threads, json, no_direct, state, retries, snapshot } => {
             let to = resolve(&to)?;
-            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot };
+            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot, session: None };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
             let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {
@@ -221,17 +243,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { dir, files } => demo::run(dir, files),
+        Cmd::Daemon { data_dir, config, listen, api } => {
+            use control::daemon::config as cfg;
+            let explicit = config.is_some();
+            let path = config.unwrap_or_else(|| PathBuf::from(cfg::DEFAULT_CONFIG));
+            let file = cfg::ConfigFile::load(&path, explicit)?;
+            let opts = cfg::resolve(file, data_dir, listen, api)?;
+            control::daemon::run(opts)?;
+            Ok(())
+        }
     }
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // The daemon's log is its operators' record of what happened; one-shot commands stay quiet.
+    let level = if matches!(cli.cmd, Cmd::Daemon { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("mover: error: {e:#}");
         std::process::exit(exit::code(&e));

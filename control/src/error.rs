@@ -4,6 +4,9 @@
 pub enum Error {
     #[error("{0}")]
     Invalid(String),
+    /// The request is valid but the relationship's state does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
     #[error("relationship {0} not found")]
     NotFound(String),
     #[error("state database: {0}")]
@@ -16,6 +19,9 @@ pub enum Error {
     /// The peer daemon refused, misbehaved or could not be reached.
     #[error("peer {peer}: {message}")]
     Peer { peer: String, message: String },
+    /// A job's data-plane session failed.
+    #[error("{0}")]
+    DataPlane(#[from] mover::Error),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }

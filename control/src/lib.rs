@@ -1,10 +1,18 @@
-//! mover's control plane, first layer: the replication-relationship model, blackout windows and
-//! the node's durable state in SQLite. Pure where possible (windows, validation, status); the
-//! daemon, REST API and CLI of issue 5 build on this crate. It never touches file data.
+//! mover's control plane: the node daemon (`mover daemon`), its REST API and the peer protocol
+//! between daemons, replication relationships, blackout windows, tokens and privileges, and the
+//! node's durable state in SQLite. Pure where possible (windows, validation, status, privilege
+//! checks); the daemon does the I/O. It runs the data plane's sender and receiver for jobs but
+//! never reads or writes file data itself.
 
+pub mod auth;
 pub mod blackout;
+pub mod daemon;
 pub mod error;
 pub mod model;
+pub mod peer;
+pub mod peer_wire;
+pub mod readonly;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -113,6 +113,9 @@ pub struct Spec {
     pub map_ids: Option<IdMap>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// File data bytes per second a job may send; `None` is unlimited.
+    #[serde(default)]
+    pub bandwidth_limit: Option<u64>,
 }
 
 fn default_port() -> u16 {
@@ -133,6 +136,20 @@ pub struct Edit {
     /// `Some(None)` removes the mapping.
     pub map_ids: Option<Option<IdMap>>,
     pub enabled: Option<bool>,
+    /// `Some(None)` removes the limit.
+    #[serde(default, with = "double_option")]
+    pub bandwidth_limit: Option<Option<u64>>,
+}
+
+/// `Option<Option<T>>` from JSON: absent -> None, null -> Some(None), value -> Some(Some(v)).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 fn check_path(what: &str, p: &str) -> Result<()> {
@@ -153,6 +170,9 @@ impl Spec {
             return Err(Error::Invalid("target port must be 1-65535".into()));
         }
         blackout::validate(&self.blackout_windows)?;
+        if self.bandwidth_limit == Some(0) {
+            return Err(Error::Invalid("bandwidth_limit must be at least 1 byte per second (omit it for no limit)".into()));
+        }
         if let Some(m) = &self.map_ids {
             if m.uid.len() > MAX_ID_MAPPINGS || m.gid.len() > MAX_ID_MAPPINGS {
                 return Err(Error::Invalid(format!("at most {MAX_ID_MAPPINGS} uid and {MAX_ID_MAPPINGS} gid mappings")));
@@ -178,6 +198,9 @@ impl Spec {
         }
         if let Some(en) = e.enabled {
             s.enabled = en;
+        }
+        if let Some(b) = e.bandwidth_limit {
+            s.bandwidth_limit = b;
         }
         s.validate()?;
         Ok(s)
@@ -210,6 +233,11 @@ pub struct Relationship {
     pub peer_unreachable: bool,
     /// The target was made writable (relationship deleted there or reverted for failover).
     pub ended: bool,
+    /// The peer daemon's certificate fingerprint, pinned at creation (source) or when the
+    /// proposal arrived (target); every later peer exchange must present it.
+    pub peer_fingerprint: Option<String>,
+    /// Target role: how the target directory is kept read-only ("bind_mount", "not_enforced").
+    pub read_only: Option<String>,
 }
 
 /// The status to show, decided from the relationship and the clock.
@@ -220,14 +248,15 @@ pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
     if !r.authorized {
         return State::AwaitingAuthorization;
     }
-    if !r.spec.enabled {
-        return State::ContinuousReplicationDisabled;
-    }
     if blackout::in_blackout(&r.spec.blackout_windows, now) {
         return State::InBlackoutWindow;
     }
+    // A manual job ("replicate now") runs even with continuous replication disabled.
     if r.job_running {
         return State::Running;
+    }
+    if !r.spec.enabled {
+        return State::ContinuousReplicationDisabled;
     }
     if r.peer_unreachable {
         return State::Disconnected;
@@ -252,6 +281,7 @@ pub(crate) mod tests {
             blackout_windows: vec![],
             map_ids: None,
             enabled: true,
+            bandwidth_limit: None,
         }
     }
 
@@ -302,6 +332,8 @@ pub(crate) mod tests {
             job_running: false,
             peer_unreachable: false,
             ended: false,
+            peer_fingerprint: None,
+            read_only: None,
         };
         assert_eq!(status(&r, now), State::AwaitingAuthorization);
         r.authorized = true;
@@ -311,6 +343,8 @@ pub(crate) mod tests {
         r.job_running = true;
         assert_eq!(status(&r, now), State::Running);
         r.spec.enabled = false;
+        assert_eq!(status(&r, now), State::Running, "a manual job runs with continuous replication off");
+        r.job_running = false;
         assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
         r.ended = true;
         assert_eq!(status(&r, now).describe(), "ended");

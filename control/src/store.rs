@@ -21,7 +21,16 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE relationships (
         job_running INTEGER NOT NULL DEFAULT 0,
         peer_unreachable INTEGER NOT NULL DEFAULT 0,
         ended INTEGER NOT NULL DEFAULT 0
-    )"];
+    )",
+    "ALTER TABLE relationships ADD COLUMN peer_fingerprint TEXT;
+     ALTER TABLE relationships ADD COLUMN read_only TEXT;
+     CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_ns INTEGER NOT NULL
+     )",
+];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -30,7 +39,7 @@ pub struct Store {
 }
 
 /// One `relationships` row in `COLUMNS` order.
-type RowTuple = (String, String, String, bool, i64, Option<String>, Option<i64>, bool, bool, bool);
+type RowTuple = (String, String, String, bool, i64, Option<String>, Option<i64>, bool, bool, bool, Option<String>, Option<String>);
 
 fn invalid_json(e: serde_json::Error) -> Error {
     Error::Invalid(format!("stored relationship is unreadable: {e}"))
@@ -80,9 +89,9 @@ impl Store {
         let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
         let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended],
+            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
         )?;
         if n == 0 {
             return Err(Error::Invalid(format!("relationship {} already exists", r.id)));
@@ -91,21 +100,35 @@ impl Store {
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowTuple> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?))
     }
 
     fn decode(t: RowTuple) -> Result<Relationship> {
-        let (id, role, spec, authorized, created_ns, attempt, rp, job_running, peer_unreachable, ended) = t;
+        let (id, role, spec, authorized, created_ns, attempt, rp, job_running, peer_unreachable, ended, peer_fingerprint, read_only) = t;
         let role = match role.as_str() {
             "source" => Role::Source,
             _ => Role::Target,
         };
         let spec: Spec = serde_json::from_str(&spec).map_err(invalid_json)?;
         let last_attempt: Option<Attempt> = attempt.map(|a| serde_json::from_str(&a)).transpose().map_err(invalid_json)?;
-        Ok(Relationship { id: RelationshipId(id), role, spec, authorized, created_ns, last_attempt, recovery_point_ns: rp, job_running, peer_unreachable, ended })
+        Ok(Relationship {
+            id: RelationshipId(id),
+            role,
+            spec,
+            authorized,
+            created_ns,
+            last_attempt,
+            recovery_point_ns: rp,
+            job_running,
+            peer_unreachable,
+            ended,
+            peer_fingerprint,
+            read_only,
+        })
     }
 
-    const COLUMNS: &'static str = "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended";
+    const COLUMNS: &'static str =
+        "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only";
 
     pub fn get(&self, id: &RelationshipId) -> Result<Relationship> {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
@@ -127,8 +150,9 @@ impl Store {
         let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
         let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
         let n = self.conn.execute(
-            "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6, peer_unreachable = ?7, ended = ?8 WHERE id = ?1",
-            params![r.id.0, spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended],
+            "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
+             peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10 WHERE id = ?1",
+            params![r.id.0, spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
         )?;
         if n == 0 {
             return Err(Error::NotFound(r.id.to_string()));
@@ -141,6 +165,34 @@ impl Store {
             return Err(Error::NotFound(id.to_string()));
         }
         Ok(())
+    }
+
+    /// Stores a token's hash under a unique name.
+    pub fn insert_token(&self, name: &str, role: &str, hash: &str, created_ns: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO tokens (name, role, hash, created_ns) VALUES (?1, ?2, ?3, ?4)",
+            params![name, role, hash, created_ns],
+        )?;
+        if n == 0 {
+            return Err(Error::Invalid(format!("a token named {name:?} already exists")));
+        }
+        Ok(())
+    }
+
+    /// The (name, role) of the token with this hash.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(self.conn.query_row("SELECT name, role FROM tokens WHERE hash = ?1", params![hash], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// (name, role) of every token, by name.
+    pub fn tokens(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare("SELECT name, role FROM tokens ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn delete_token(&self, name: &str) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM tokens WHERE name = ?1", params![name])? > 0)
     }
 
     /// SQLite's own consistency check ("ok" when the database is intact).
@@ -166,6 +218,8 @@ mod tests {
             job_running: false,
             peer_unreachable: false,
             ended: false,
+            peer_fingerprint: None,
+            read_only: None,
         }
     }
 

@@ -24,6 +24,9 @@ pub enum Error {
     SourceChanged(String),
     #[error("{0}")]
     Usage(String),
+    /// Whoever runs the job asked it to stop (an operator's abort).
+    #[error("job aborted: {0}")]
+    Cancelled(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

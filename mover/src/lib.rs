@@ -19,20 +19,24 @@ pub mod wire;
 pub use error::{Error, Result};
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub fn software_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// Progress counters read by the CLI's progress bar. Workers add to `bytes` once per frame
-/// (relaxed; the bar only needs an approximate, monotonic number).
+/// Progress counters read by the CLI's progress bar and the daemon's status. Workers add to
+/// `bytes` and `files` once per frame (relaxed; readers only need approximate, monotonic
+/// numbers). `control` carries the daemon's requests to a running send.
 #[derive(Default)]
 pub struct Progress {
     pub files_total: AtomicU64,
     pub bytes_total: AtomicU64,
     pub bytes: Arc<AtomicU64>,
+    /// Files whose last data frame has been sent (sender) or written (receiver).
+    pub files: AtomicU64,
+    pub control: JobControl,
 }
 
 impl Progress {
@@ -40,9 +44,93 @@ impl Progress {
         self.files_total.store(files, Ordering::Relaxed);
         self.bytes_total.store(bytes, Ordering::Relaxed);
     }
+    /// Zeroes the counters for a new session; the control requests stay.
     pub fn reset(&self) {
         self.set_totals(0, 0);
         self.bytes.store(0, Ordering::Relaxed);
+        self.files.store(0, Ordering::Relaxed);
+        self.control.restart_budget(0);
+    }
+}
+
+/// What the sender's workers do before starting the next chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Paused or ahead of the bandwidth limit: start nothing new for (at most) this long.
+    Wait(std::time::Duration),
+    /// The job was aborted: stop at this chunk boundary.
+    Cancel,
+}
+
+/// Longest a worker sleeps before looking at the gate again (bounds the reaction to resume,
+/// abort and rate changes).
+pub const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Requests to a running send from whoever runs it (the daemon): pause at the next chunk
+/// boundary (blackout windows), cancel (abort), and a bandwidth limit. Lock-free: workers read
+/// it once per chunk.
+#[derive(Default)]
+pub struct JobControl {
+    paused: AtomicBool,
+    cancelled: AtomicBool,
+    /// Bytes per second of file data; 0 is unlimited.
+    rate: AtomicU64,
+    /// Monotonic time (ns since `mono_ns`'s epoch) and bytes sent when the rate budget began.
+    budget_start_ns: AtomicU64,
+    budget_base: AtomicU64,
+}
+
+fn mono_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
+
+impl JobControl {
+    pub fn set_paused(&self, on: bool, sent: u64) {
+        let was = self.paused.swap(on, Ordering::SeqCst);
+        if was && !on {
+            // Time spent paused is not budget to burst with afterwards.
+            self.restart_budget(sent);
+        }
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    /// `None` or 0: unlimited.
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>, sent: u64) {
+        self.rate.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
+        self.restart_budget(sent);
+    }
+    fn restart_budget(&self, sent: u64) {
+        self.budget_start_ns.store(mono_ns(), Ordering::SeqCst);
+        self.budget_base.store(sent, Ordering::SeqCst);
+    }
+    /// Whether a worker may start another chunk, `sent` bytes into the session.
+    pub fn gate(&self, sent: u64) -> Gate {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Gate::Cancel;
+        }
+        if self.paused.load(Ordering::Relaxed) {
+            return Gate::Wait(GATE_POLL);
+        }
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return Gate::Go;
+        }
+        let elapsed = mono_ns().saturating_sub(self.budget_start_ns.load(Ordering::Relaxed));
+        let allowed = self.budget_base.load(Ordering::Relaxed) as u128 + rate as u128 * elapsed as u128 / 1_000_000_000;
+        if (sent as u128) <= allowed {
+            return Gate::Go;
+        }
+        let ahead_ns = (sent as u128 - allowed) * 1_000_000_000 / rate as u128;
+        Gate::Wait(std::time::Duration::from_nanos(ahead_ns.min(GATE_POLL.as_nanos()) as u64))
     }
 }
 

@@ -37,10 +37,51 @@ const BUSY_GRACE: Duration = Duration::from_secs(2);
 /// Poll interval of the accept loop, which also notices finished sessions.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
+#[derive(Default)]
 pub struct ReceiveOptions {
     pub root: PathBuf,
     /// Exit after one session.
     pub once: bool,
+    /// Accept only control sessions whose id is a ticket issued here (the daemon hands them to
+    /// the authenticated source); `None` accepts any sender (plain `mover receive`).
+    pub tickets: Option<Arc<Tickets>>,
+    /// Set to make `serve` return once no session is running (the daemon stops the receiver).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Outstanding tickets at most; issuing more drops the oldest.
+pub const MAX_TICKETS: usize = 16;
+/// A ticket not redeemed within this long is void.
+pub const TICKET_TTL: Duration = Duration::from_secs(120);
+
+/// One-time session ids: 128 random bits each, handed to an authenticated peer and redeemed by
+/// its control connection. Worker connections join by the same id while the session runs, so
+/// the id is the session's capability.
+#[derive(Default)]
+pub struct Tickets(std::sync::Mutex<std::collections::VecDeque<(SessionId, std::time::Instant)>>);
+
+impl Tickets {
+    pub fn issue(&self) -> Result<SessionId> {
+        let id = SessionId::random().ctx(|| "random session ticket".to_string())?;
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() == MAX_TICKETS {
+            t.pop_front();
+        }
+        t.push_back((id, std::time::Instant::now()));
+        Ok(id)
+    }
+
+    fn redeem(&self, id: SessionId) -> bool {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|(_, at)| at.elapsed() < TICKET_TTL);
+        match t.iter().position(|(x, _)| *x == id) {
+            Some(i) => {
+                t.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 enum Accepted {
@@ -99,6 +140,9 @@ impl Receiver {
                     return Ok(rep);
                 }
             }
+            if active.is_none() && self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                return Ok(SessionReport::failed(SessionId(0), "receiver stopped"));
+            }
             let ready = rustix::event::poll(
                 &mut [rustix::event::PollFd::new(&self.listener, rustix::event::PollFlags::IN)],
                 Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: ACCEPT_POLL.as_nanos() as i64 }),
@@ -111,7 +155,8 @@ impl Receiver {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Error::Io { context: "accept".into(), source: e }),
             };
-            let refuse_control = self.opts.once && started > 0;
+            let stopping = self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            let refuse_control = (self.opts.once && started > 0) || stopping;
             match self.handshake(sock, &running, refuse_control) {
                 Ok(Accepted::Control { session, ctl }) => {
                     let id = session.id;
@@ -171,7 +216,10 @@ impl Receiver {
         match hello.role {
             Role::Control { workers } => {
                 if once_done {
-                    return refuse(&mut conn, "receiver is exiting: it serves one session (--once)".into());
+                    return refuse(&mut conn, "receiver is exiting: it serves one session (--once) or was stopped".into());
+                }
+                if self.opts.tickets.as_ref().is_some_and(|t| !t.redeem(hello.session)) {
+                    return refuse(&mut conn, "session not authorized: its id is not a ticket this receiver issued".into());
                 }
                 // A session that just acknowledged its sender may still be closing: a sender
                 // that starts its next job at once should not be told the receiver is busy.

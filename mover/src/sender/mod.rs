@@ -56,6 +56,9 @@ pub struct SendOptions {
     /// How the job gets one point in time of the source (None: btrfs snapshot where the
     /// source is a subvolume, else plain).
     pub snapshot: Option<crate::snapshot::Provider>,
+    /// The session id to use: a one-time ticket from a daemon-run receiver (which accepts only
+    /// the ids it issued); `None` picks a random one.
+    pub session: Option<SessionId>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,7 +154,10 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let walked = walked;
     let entries = &walked.entries;
     tracing::info!(entries = entries.len(), secs = start.elapsed().as_secs_f64(), "walked source");
-    let session = SessionId::random().ctx(|| "random session id".to_string())?;
+    let session = match opts.session {
+        Some(s) => s,
+        None => SessionId::random().ctx(|| "random session id".to_string())?,
+    };
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(opts.to, session, Role::Control { workers: threads as u16 }, &mut wire)?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
@@ -245,7 +251,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let cpus = crate::worker_cpus(threads, Some(&opts.src));
     let mut handles = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
-        let (table, progress, to) = (table.clone(), progress.bytes.clone(), opts.to);
+        let (table, progress, to) = (table.clone(), progress.clone(), opts.to);
         let cpu = cpus.get(i).copied().flatten();
         let direct = opts.direct;
         let hash_blocks = opts.state.is_some();

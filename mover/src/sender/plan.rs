@@ -25,13 +25,21 @@ pub struct FileToSend {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unit {
-    /// `len` <= DATA_CHUNK bytes of one large file, one Data frame.
-    Chunk { entry: EntryId, offset: u64, len: u32 },
+    /// `len` <= DATA_CHUNK bytes of one large file, one Data frame; `last` is the file's
+    /// final chunk (progress counts the file as sent then).
+    Chunk { entry: EntryId, offset: u64, len: u32, last: bool },
     /// Whole small files, one FileBatch frame.
     Batch { files: Vec<(EntryId, u32)> },
 }
 
 impl Unit {
+    /// Files this unit completes.
+    pub fn files_done(&self) -> u64 {
+        match self {
+            Unit::Chunk { last, .. } => *last as u64,
+            Unit::Batch { files } => files.len() as u64,
+        }
+    }
     pub fn data_bytes(&self) -> u64 {
         match self {
             Unit::Chunk { len, .. } => *len as u64,
@@ -72,7 +80,8 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
             batch_bytes += need;
             continue;
         }
-        for &(roff, rlen) in &f.regions {
+        let regions = f.regions.len();
+        for (ri, &(roff, rlen)) in f.regions.iter().enumerate() {
             let end = roff + rlen;
             let mut off = roff;
             while off < end {
@@ -83,7 +92,8 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
                 let mut c = off;
                 while c < ext_end {
                     let len = (ext_end - c).min(DATA_CHUNK as u64);
-                    units.push(Unit::Chunk { entry: f.entry, offset: c, len: len as u32 });
+                    let last = ri + 1 == regions && c + len == end;
+                    units.push(Unit::Chunk { entry: f.entry, offset: c, len: len as u32, last });
                     c += len;
                 }
                 items.push((ext_end - off + PER_FILE_COST, units));

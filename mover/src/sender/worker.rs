@@ -19,7 +19,7 @@ use rustix::fs::{Mode, OFlags};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Space in front of the data so the frame header and Data prefix fit while the data itself
@@ -77,6 +77,8 @@ struct Buf {
     frame_end: usize,
     sent: usize,
     data_bytes: u64,
+    /// Files the frame completes (progress).
+    files: u64,
     /// Frame checksum, set once the reads are in (for the session's content digest).
     checksum: u64,
 }
@@ -88,7 +90,9 @@ pub struct SendWorker {
     pub units: Vec<Unit>,
     pub sock: std::net::TcpStream,
     pub direct: bool,
-    pub progress: Arc<AtomicU64>,
+    /// Counters (bytes and files sent) and the controller's gate (pause, abort, rate limit),
+    /// looked at once per chunk.
+    pub progress: Arc<crate::Progress>,
     /// Hash each 4 KiB block of Data frames for the manifest (saves re-reading sent files).
     pub hash_blocks: bool,
 }
@@ -116,6 +120,7 @@ impl SendWorker {
                 frame_end: 0,
                 sent: 0,
                 data_bytes: 0,
+                files: 0,
                 checksum: 0,
             })
             .collect();
@@ -128,7 +133,12 @@ impl SendWorker {
         let mut direct_ok = self.direct;
 
         loop {
-            while more {
+            // Chunk boundary: the controller may pause, abort or throttle the job here.
+            let gate = self.progress.control.gate(self.progress.bytes.load(Ordering::Relaxed));
+            if gate == crate::Gate::Cancel {
+                return Err(Error::Cancelled("stopped at a chunk boundary".into()));
+            }
+            while more && gate == crate::Gate::Go {
                 let Some(b) = bufs.iter().position(|b| b.state == State::Free) else { break };
                 if matches!(units.peek(), Some(Unit::Batch { .. })) {
                     let reading = bufs.iter().filter(|x| x.state == State::Reading && x.kind == FrameKind::FileBatch).count();
@@ -155,6 +165,9 @@ impl SendWorker {
                 debug_assert!(ready.is_empty() && !sending);
                 if !more {
                     break;
+                }
+                if let crate::Gate::Wait(d) = gate {
+                    std::thread::sleep(d);
                 }
                 continue;
             }
@@ -186,7 +199,8 @@ impl SendWorker {
                         stats.checksums.push(buf.checksum);
                         stats.frames += 1;
                         stats.data_bytes += buf.data_bytes;
-                        self.progress.fetch_add(buf.data_bytes, Ordering::Relaxed);
+                        self.progress.bytes.fetch_add(buf.data_bytes, Ordering::Relaxed);
+                        self.progress.files.fetch_add(buf.files, Ordering::Relaxed);
                         buf.state = State::Free;
                         let front = ready.pop_front();
                         debug_assert_eq!(front, Some(b));
@@ -220,8 +234,9 @@ fn start_unit(
     buf.reads.clear();
     buf.sent = 0;
     buf.data_bytes = unit.data_bytes();
+    buf.files = unit.files_done();
     match unit {
-        Unit::Chunk { entry, offset, len } => {
+        Unit::Chunk { entry, offset, len, .. } => {
             let want_direct = *direct_ok
                 && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
                 && offset % BUF_ALIGN as u64 == 0;

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
     let r = Receiver::bind(
         "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions { root: root.to_path_buf(), once: true },
+        ReceiveOptions { root: root.to_path_buf(), once: true, ..Default::default() },
         Arc::new(Progress::default()),
     )
     .expect("bind receiver");
@@ -29,13 +29,13 @@ pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
 }
 
 pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<SendReport> {
-    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true, state: None, snapshot: None }, &Arc::new(Progress::default()))
+    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true, state: None, snapshot: None, session: None }, &Arc::new(Progress::default()))
 }
 
 /// A receiver that keeps serving sessions (so a retrying sender can resume); each session's
 /// report arrives on the channel. The thread ends with the test process.
 pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<SessionReport>) {
-    let r = Receiver::bind("127.0.0.1:0".parse().unwrap(), ReceiveOptions { root: root.to_path_buf(), once: false }, Arc::new(Progress::default()))
+    let r = Receiver::bind("127.0.0.1:0".parse().unwrap(), ReceiveOptions { root: root.to_path_buf(), once: false, ..Default::default() }, Arc::new(Progress::default()))
         .expect("bind receiver");
     let addr = r.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -49,7 +49,7 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
 
 /// Sends with a state directory (manifest), so later jobs are incremental.
 pub fn send_state(src: &Path, addr: SocketAddr, state: &Path) -> mover::Result<SendReport> {
-    let opts = SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: None };
+    let opts = SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None };
     send(&opts, &Arc::new(Progress::default()))
 }
 

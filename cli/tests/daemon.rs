@@ -1,0 +1,298 @@
+//! End to end: two (or three) `mover daemon` processes on 127.0.0.1, driven only through the
+//! `mover` CLI and the REST API. Needs root (targets are protected with read-only bind mounts).
+
+mod node;
+
+use node::{fill, need_root, tree_hash, Node, Scratch};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
+fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
+    let port = dst.listen.to_string();
+    let mut args = vec!["relationship", "create", "--source-path", s(from), "--target-address", "127.0.0.1", "--target-port", &port, "--target-path", s(to), "--json"];
+    args.extend_from_slice(extra);
+    let v = src.cli_ok(&args);
+    assert_eq!(v["state"], "awaiting_authorization", "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn synced(v: &Value) -> bool {
+    v["last_attempt"]["ok"] == true && v["job"].is_null()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn relationship_lifecycle_through_cli_and_rest() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("d"), 40, 50_000, 1);
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::write(dst.join("stray"), b"x").unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+
+    // The target lists it as awaiting authorization; nothing runs before it is accepted.
+    let list = b.cli_ok(&["relationship", "list", "--role", "target", "--json"]);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["state"], "awaiting_authorization");
+    let (code, v) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    assert_eq!(code, 409, "{v}");
+
+    // A non-empty target is refused unless the operator says so.
+    let out = b.cli(&["relationship", "authorize", &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    std::fs::remove_file(dst.join("stray")).unwrap();
+    b.cli_ok(&["relationship", "authorize", &id, "--json"]);
+
+    // Initial sync, verified by tree and content hash; both sides report it.
+    let v = a.wait_for("source", &id, "initial sync", synced);
+    assert!(v["recovery_point"]["time"].is_string(), "{v}");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+    let v = b.wait_for("target", &id, "target to hear of the sync", |v| v["last_attempt"]["ok"] == true);
+    assert_eq!(v["authorized"], true);
+    assert_eq!(v["read_only"], "bind_mount");
+    let st = a.cli_ok(&["status", "--json"]);
+    assert!(st.as_array().unwrap().iter().any(|r| r["id"] == id.as_str() && r["role"] == "source"), "{st}");
+
+    // The authorized target is read-only, to root through its path and to everyone else.
+    let e = std::fs::write(dst.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c"])
+        .arg(format!("echo x > {}/d/f0000", s(&dst)))
+        .output()
+        .expect("setpriv (util-linux) runs commands as another user");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Read-only file system"), "{}", stderr(&out));
+
+    // Modify: everything but the paths; the target sees the edit.
+    let v = a.cli_ok(&["relationship", "modify", &id, "--bandwidth-limit", "1000000000", "--disable", "--json"]);
+    assert_eq!((v["enabled"].clone(), v["bandwidth_limit"].clone()), (json!(false), json!(1000000000)));
+    a.wait_for("source", &id, "continuous replication to stop", |v| v["state"] == "continuous_replication_disabled");
+    b.wait_for("target", &id, "the edit to reach the target", |v| v["enabled"] == false);
+    let (code, v) = a.call("PATCH", &format!("/v1/replication/source-relationships/{id}"), Some(&json!({"target_path": "/elsewhere"})));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cannot be edited"), "{v}");
+
+    // An 11th blackout window is refused with a clear error, and nothing changes.
+    let mut args = vec!["relationship", "modify", id.as_str()];
+    for _ in 0..11 {
+        args.extend(["--blackout", "sat 01:00-02:00 UTC"]);
+    }
+    let out = a.cli(&args);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("at most 10 blackout windows; 11 given"), "{}", stderr(&out));
+    assert_eq!(a.view("source", &id)["blackout_windows"], json!([]));
+
+    // Replicate now picks up a change even with continuous replication disabled.
+    std::fs::write(src.join("d/added"), b"new file").unwrap();
+    a.cli_ok(&["relationship", "replicate", &id]);
+    a.wait_for("source", &id, "the manual job", |v| synced(v) && dst.join("d/added").exists());
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+
+    // Delete from the target side: writable again, data kept; the source shows it ended.
+    b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
+    std::fs::write(dst.join("now-writable"), b"ok").unwrap();
+    assert_eq!(std::fs::read(dst.join("d/added")).unwrap(), b"new file");
+    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended");
+    a.cli_ok(&["relationship", "delete", &id]);
+    assert_eq!(a.get(&format!("/v1/replication/source-relationships/{id}")).0, 404);
+
+    // Delete from the source side: the target forgets it too and is writable.
+    let dst2 = t.path().join("dst2");
+    std::fs::create_dir(&dst2).unwrap();
+    let id2 = create(&a, &b, &src, &dst2, &[]);
+    b.cli_ok(&["relationship", "authorize", &id2]);
+    a.wait_for("source", &id2, "second sync", synced);
+    assert!(std::fs::write(dst2.join("x"), b"x").is_err());
+    a.cli_ok(&["relationship", "delete", &id2]);
+    assert_eq!(b.get(&format!("/v1/replication/target-relationships/{id2}")).0, 404);
+    std::fs::write(dst2.join("x"), b"x").unwrap();
+    assert_eq!(tree_hash(&src.join("d")), tree_hash(&dst2.join("d")));
+}
+
+#[test]
+fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 3, 1000, 2);
+    std::fs::create_dir(&dst).unwrap();
+    let token = |n: &Node, name: &str, role: &str| -> String {
+        let (code, v) = n.call("POST", "/v1/tokens", Some(&json!({"name": name, "role": role})));
+        assert_eq!(code, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    };
+    let observer = token(&a, "watcher", "observer");
+    let tgt_op = token(&a, "tgt", "target-operator");
+    let spec = json!({"source_path": s(&src), "target_address": "127.0.0.1", "target_port": b.listen, "target_path": s(&dst)});
+    let path = "/v1/replication/source-relationships";
+
+    let (code, v) = a.call_as(Some(&observer), "POST", path, Some(&spec));
+    assert_eq!(code, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("SOURCE_WRITE"), "{v}");
+    let (code, _) = a.call_as(Some(&tgt_op), "GET", path, None);
+    assert_eq!(code, 403);
+    let (code, _) = a.call_as(None, "GET", path, None);
+    assert_eq!(code, 401);
+    let (code, _) = a.call_as(Some("mvr_not_a_token"), "GET", path, None);
+    assert_eq!(code, 401);
+    let (code, _) = a.call_as(Some(&observer), "POST", "/v1/tokens", Some(&json!({"name": "x", "role": "admin"})));
+    assert_eq!(code, 403);
+    // Nothing was created by the refused requests, here or on the target.
+    assert_eq!(a.get(path).1, json!([]));
+    assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
+    let (code, list) = a.call_as(Some(&observer), "GET", path, None);
+    assert_eq!((code, list), (200, json!([])));
+
+    // The CLI maps a 403 to exit code 7 and says which privilege is missing.
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
+        .args(["relationship", "create", "--source-path", s(&src), "--target-address", "127.0.0.1", "--target-path", s(&dst), "--api", &a.url()])
+        .args(["--target-port", &b.listen.to_string()])
+        .env("MOVER_TOKEN", &observer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SOURCE_WRITE"), "{}", stderr(&out));
+
+    // A target operator on the target may authorize; a source operator may not.
+    let id = create(&a, &b, &src, &dst, &[]);
+    let src_op = token(&b, "src", "source-operator");
+    let (code, _) = b.call_as(Some(&src_op), "POST", &format!("/v1/replication/target-relationships/{id}/authorize"), None);
+    assert_eq!(code, 403);
+    assert_eq!(b.view("target", &id)["authorized"], false);
+    let (code, _) = b.call_as(Some(&src_op), "DELETE", &format!("/v1/replication/target-relationships/{id}"), None);
+    assert_eq!(code, 403);
+    assert_eq!(b.get(&format!("/v1/replication/target-relationships/{id}")).0, 200);
+}
+
+#[test]
+fn unauthenticated_peer_is_refused() {
+    need_root();
+    let t = Scratch::new();
+    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 5, 10_000, 3);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    let before = tree_hash(&dst);
+
+    // Another machine with a copy of the source's database but its own certificate claims
+    // the relationship: the target refuses every request, so no data moves.
+    a.kill();
+    let c_dir = t.path().join("c");
+    std::fs::create_dir_all(c_dir.join("data")).unwrap();
+    std::fs::copy(a.dir.join("data/mover.db"), c_dir.join("data/mover.db")).unwrap();
+    std::fs::write(c_dir.join("data/admin.token"), &a.token).unwrap();
+    std::fs::write(src.join("change"), b"should not arrive").unwrap();
+    let c = Node::start(&c_dir);
+    c.cli_ok(&["relationship", "replicate", &id]);
+    let v = c.wait_for("source", &id, "the refusal", |v| v["last_attempt"]["ok"] == false);
+    let msg = v["last_attempt"]["message"].as_str().unwrap();
+    assert!(msg.contains("not the one pinned"), "{msg}");
+    assert_eq!(tree_hash(&dst), before);
+    assert!(!dst.join("change").exists());
+    assert_eq!(b.view("target", &id)["authorized"], true);
+}
+
+/// Bytes sent by the running job, or None when no job runs.
+fn bytes_done(v: &Value) -> Option<u64> {
+    v["job"]["bytes_done"].as_u64()
+}
+
+#[test]
+fn blackout_window_pauses_a_running_job_which_resumes_after_it() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 16, 1 << 20, 4);
+    std::fs::create_dir(&dst).unwrap();
+    // 16 MiB at 2 MiB/s: a job of about 8 s.
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disable"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    // The window is the current minute (UTC); leave at least 15 s of it for the pause.
+    while chrono::Utc::now().format("%S").to_string().parse::<u32>().unwrap() > 42 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.cli_ok(&["relationship", "replicate", &id]);
+    let v = a.wait_for("source", &id, "the job to move data", |v| bytes_done(v).is_some_and(|b| b > 0));
+    let total = v["job"]["bytes_total"].as_u64().unwrap();
+    let now = chrono::Utc::now();
+    let start = now.format("%H:%M").to_string();
+    let end = (now + chrono::TimeDelta::minutes(1)).format("%H:%M").to_string();
+    let day = now.format("%a").to_string().to_lowercase();
+    let spec = format!("{day} {start}-{end} UTC");
+    a.cli_ok(&["relationship", "modify", &id, "--blackout", &spec]);
+
+    let v = a.wait_for("source", &id, "the pause", |v| v["state"] == "in_blackout_window" && v["job"]["paused"] == true);
+    let paused_at = bytes_done(&v).unwrap();
+    assert!(paused_at < total, "the job finished before the window: {v}");
+    std::thread::sleep(Duration::from_secs(3));
+    let v = a.view("source", &id);
+    let still = bytes_done(&v).unwrap();
+    assert!(still <= paused_at + (16 << 20) / 8, "data kept moving in the window: {paused_at} -> {still}");
+    // No job starts inside a window.
+    let (code, e) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    assert_eq!(code, 409, "{e}");
+    let tv = b.view("target", &id);
+    assert_eq!(tv["state"], "in_blackout_window", "{tv}");
+
+    // After the window the same job goes on from where it paused, and completes.
+    let t0 = Instant::now();
+    let v = a.wait_for("source", &id, "the resume", |v| v["state"] == "running" && v["job"]["paused"] == false);
+    assert!(bytes_done(&v).unwrap() >= still, "the job started over: {still} -> {v}");
+    a.wait_for("source", &id, "the job to complete", synced);
+    assert!(t0.elapsed() < Duration::from_secs(50));
+    let v = a.view("source", &id);
+    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+}
+
+#[test]
+fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
+    need_root();
+    let t = Scratch::new();
+    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 24, 1 << 20, 5);
+    std::fs::create_dir(&dst).unwrap();
+    // 24 MiB at 4 MiB/s: a job of about 6 s.
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "the job to be half way", |v| bytes_done(v).is_some_and(|b| b >= 8 << 20));
+    a.kill();
+    let (listen, api) = (a.listen, a.api);
+    let a = Node::start_on(&a.dir.clone(), listen, api);
+    let v = a.wait_for("source", &id, "the resumed job to complete", synced);
+    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+    // The receiver continued the interrupted job: no journal left, and fewer bytes than a
+    // whole resend went over in the resumed job.
+    assert!(!dst.join(".mover-state/journal").exists());
+    let sent: u64 = v["last_attempt"]["message"].as_str().unwrap().split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(sent < 24 << 20, "resumed job resent everything: {sent}");
+    let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
+    assert_eq!(db.integrity_check().unwrap(), "ok");
+    assert_eq!(db.get(&control::model::RelationshipId(id.clone())).unwrap().job_running, false);
+    drop(db);
+
+    // SIGTERM: the daemon stops at a chunk boundary and exits 0.
+    let mut a = a;
+    let st = a.terminate();
+    assert!(st.success(), "daemon exited {st} on SIGTERM");
+}

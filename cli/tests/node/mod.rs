@@ -1,0 +1,205 @@
+//! Test harness: real `mover daemon` processes on 127.0.0.1, driven through the REST API and
+//! the `mover` CLI. Each node gets its own data dir and free ports; dropping a node SIGKILLs it
+//! and removes the mounts it left under the test's directory.
+
+#![allow(dead_code)]
+
+use assert_cmd::cargo::cargo_bin;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn need_root() {
+    assert!(rustix::process::geteuid().is_root(), "daemon tests mount target directories read-only: run them as root (CI does)");
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub listen: u16,
+    pub api: u16,
+    pub token: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a daemon with its data in `dir` (a new node, or a restart of one).
+    pub fn start(dir: &Path) -> Node {
+        Self::start_on(dir, free_port(), free_port())
+    }
+
+    pub fn start_on(dir: &Path, listen: u16, api: u16) -> Node {
+        std::fs::create_dir_all(dir).unwrap();
+        let cfg = dir.with_extension("toml");
+        std::fs::write(&cfg, "continuous_interval_secs = 2\nthreads = 2\n").unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
+        let child = Command::new(cargo_bin("mover"))
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--listen", &format!("127.0.0.1:{listen}"), "--api", &format!("127.0.0.1:{api}")])
+            .env("MOVER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut n = Node { dir: dir.to_path_buf(), listen, api, token: String::new(), child: Some(child) };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(t) = std::fs::read_to_string(dir.join("data/admin.token")) {
+                n.token = t.trim().to_string();
+                if n.get("/v1/node").0 == 200 {
+                    return n;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "daemon in {} did not come up; log:\n{}", dir.display(), n.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api)
+    }
+
+    /// One REST call with `token` (None: no Authorization header): (status, JSON body).
+    pub fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(90))).build().into();
+        let url = format!("{}{path}", self.url());
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let res = match (method, body) {
+            ("GET", _) => with_auth(agent.get(&url), &auth).call(),
+            ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
+            ("POST", b) => with_auth(agent.post(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null)),
+            ("PATCH", b) => with_auth(agent.patch(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null)),
+            _ => panic!("method {method}"),
+        };
+        let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call_as(Some(&self.token.clone()), method, path, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+
+    /// The `mover` CLI against this node's API with its admin token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(cargo_bin("mover")).args(args).args(["--api", &self.url()]).env("MOVER_TOKEN", &self.token).output().unwrap()
+    }
+
+    /// `cli` that must succeed; its stdout as JSON when it is JSON.
+    pub fn cli_ok(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "mover {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        let s = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned()))
+    }
+
+    pub fn view(&self, role: &str, id: &str) -> Value {
+        let (code, v) = self.get(&format!("/v1/replication/{role}-relationships/{id}"));
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Polls the relationship's view until `ok` holds; panics with the last view and log.
+    pub fn wait_for(&self, role: &str, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.view(role, id);
+            if ok(&v) {
+                return v;
+            }
+            assert!(t0.elapsed() < WAIT, "waited {WAIT:?} for {what}; last view {v:#}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_child(&c), rustix::process::Signal::TERM).unwrap();
+        c.wait().unwrap()
+    }
+}
+
+fn with_auth<B>(r: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => r.header("Authorization", a),
+        None => r,
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes every mount under `dir` (deepest first) so the test's temp dir can go.
+pub fn unmount_under(dir: &Path) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    let mut points: Vec<String> =
+        text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| Path::new(p).starts_with(&prefix)).map(str::to_string).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A test's directory; unmounts what daemons left mounted inside before it is removed.
+pub struct Scratch(pub tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(tempfile::tempdir().unwrap())
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_under(self.0.path());
+    }
+}
+
+pub fn tree_hash(p: &Path) -> (u128, Option<u128>) {
+    let (t, c, _) = mover::tree::hash::hash_dir(p, mover::tree::hash::HashOptions { owners: true }, true).unwrap();
+    (t, c)
+}
+
+/// Random content, `n` files of `size` bytes under `dir`.
+pub fn fill(dir: &Path, n: usize, size: usize, seed: u64) {
+    let mut rng = mover::gen::Rng(seed);
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let mut b = vec![0u8; size];
+        rng.fill(&mut b);
+        std::fs::write(dir.join(format!("f{i:04}")), b).unwrap();
+    }
+}

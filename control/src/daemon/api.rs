@@ -1,0 +1,331 @@
+//! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
+//! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
+
+use super::{lock, now_ns, source, target, view, Node};
+use crate::auth::{self, Privilege, TokenRole};
+use crate::model::{Edit, Relationship, RelationshipId, Role, Spec};
+use crate::peer::{PeerAnswer, PeerRequest};
+use crate::Error;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long deleting or aborting waits for a job to reach a chunk boundary.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
+const MAX_BODY: usize = 256 * 1024;
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let code = match &e {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Peer { .. } => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+type Ctx = State<Arc<Node>>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let src = "/v1/replication/source-relationships";
+    let tgt = "/v1/replication/target-relationships";
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(delete_token))
+        .route("/v1/replication/status", get(status_all))
+        .route(src, get(list_source).post(create_source))
+        .route(&format!("{src}/{{id}}"), get(get_source).patch(modify_source).delete(delete_source))
+        .route(&format!("{src}/{{id}}/replicate"), post(replicate))
+        .route(&format!("{src}/{{id}}/abort"), post(abort))
+        .route(tgt, get(list_target))
+        .route(&format!("{tgt}/{{id}}"), get(get_target).delete(delete_target))
+        .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
+/// The caller's role, if its token carries `p`.
+fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
+    let role = caller(node, h)?;
+    if !role.has(p) {
+        return Err(ApiError(StatusCode::FORBIDDEN, format!("the token's role ({}) lacks the {} privilege", role.name(), p.name())));
+    }
+    Ok(role)
+}
+
+fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
+    let v = h.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <token>`"))?;
+    let token = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")).ok_or_else(|| unauthorized("malformed Authorization header"))?;
+    let (_, role) = node.store().token_by_hash(&auth::hash(token.trim()))?.ok_or_else(|| unauthorized("unknown token"))?;
+    Ok(TokenRole::parse(&role)?)
+}
+
+fn id(s: &str) -> Answer<RelationshipId> {
+    Ok(RelationshipId::parse(s)?)
+}
+
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
+    serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+fn show(node: &Node, r: Relationship) -> Json<view::View> {
+    Json(view::view(node, r))
+}
+
+async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+    caller(&node, &h)?;
+    Ok(Json(serde_json::json!({
+        "version": mover::software_version(),
+        "fingerprint": node.identity.fingerprint.to_string(),
+        "listen": node.opts.listen.to_string(),
+        "api": node.opts.api.to_string(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+async fn create_token(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    check(&node, &h, Privilege::Admin)?;
+    let t: NewToken = body(&b, "token")?;
+    auth::check_name(&t.name)?;
+    let role = TokenRole::parse(&t.role)?;
+    let token = auth::new_token()?;
+    node.store().insert_token(&t.name, role.name(), &auth::hash(&token), now_ns())?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token }))))
+}
+
+async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+    check(&node, &h, Privilege::Admin)?;
+    let all = node.store().tokens()?;
+    Ok(Json(all.into_iter().map(|(name, role)| serde_json::json!({ "name": name, "role": role })).collect()))
+}
+
+async fn delete_token(State(node): Ctx, h: HeaderMap, Path(name): Path<String>) -> Answer<StatusCode> {
+    check(&node, &h, Privilege::Admin)?;
+    match node.store().delete_token(&name)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError(StatusCode::NOT_FOUND, format!("token {name:?} not found"))),
+    }
+}
+
+async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+    let role = caller(&node, &h)?;
+    let (s, t) = (role.has(Privilege::SourceRead), role.has(Privilege::TargetRead));
+    if !s && !t {
+        return Err(ApiError(StatusCode::FORBIDDEN, format!("the token's role ({}) lacks SOURCE_READ and TARGET_READ", role.name())));
+    }
+    let mut all = Vec::new();
+    for (ok, r) in [(s, Role::Source), (t, Role::Target)] {
+        if ok {
+            all.extend(node.store().list(Some(r))?);
+        }
+    }
+    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+}
+
+async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+    check(&node, &h, Privilege::SourceRead)?;
+    let all = node.store().list(Some(Role::Source))?;
+    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+}
+
+async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+    check(&node, &h, Privilege::TargetRead)?;
+    let all = node.store().list(Some(Role::Target))?;
+    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+}
+
+async fn get_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+    check(&node, &h, Privilege::SourceRead)?;
+    Ok(show(&node, node.get(&id(&i)?, Role::Source)?))
+}
+
+async fn get_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+    check(&node, &h, Privilege::TargetRead)?;
+    Ok(show(&node, node.get(&id(&i)?, Role::Target)?))
+}
+
+async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<view::View>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let spec: Spec = body(&b, "relationship")?;
+    spec.validate()?;
+    if !std::path::Path::new(&spec.source_path).is_dir() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("source path {} is not an existing directory on this node", spec.source_path)));
+    }
+    let id = RelationshipId::new_random();
+    let mut r = Relationship {
+        id: id.clone(),
+        role: Role::Source,
+        spec: spec.clone(),
+        authorized: false,
+        created_ns: now_ns(),
+        last_attempt: None,
+        recovery_point_ns: None,
+        job_running: false,
+        peer_unreachable: false,
+        ended: false,
+        peer_fingerprint: None,
+        read_only: None,
+    };
+    // First contact: whatever certificate the target presents is pinned from now on.
+    let addr = source::peer_addr(&r).await?;
+    let req = PeerRequest::Propose { id, spec, software: mover::software_version().to_string() };
+    let (answer, fp) = crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, None, &req).await?;
+    if !matches!(answer, PeerAnswer::Ok) {
+        return Err(source::refused(&r, answer).into());
+    }
+    r.peer_fingerprint = Some(fp.0);
+    node.store().insert(&r)?;
+    tracing::info!(id = %r.id, target = %addr, "relationship created; awaiting authorization on the target");
+    Ok((StatusCode::CREATED, show(&node, r)))
+}
+
+async fn modify_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b: Bytes) -> Answer<Json<view::View>> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let id = id(&i)?;
+    let edit: Edit = serde_json::from_slice(&b).map_err(|e| {
+        let hint = if e.to_string().contains("_path") { " (source and target paths cannot be edited: create a new relationship)" } else { "" };
+        ApiError(StatusCode::BAD_REQUEST, format!("edit: {e}{hint}"))
+    })?;
+    let r = node.get(&id, Role::Source)?;
+    let spec = r.spec.edited(&edit)?;
+    let r = node.modify(&id, |x| x.spec = spec.clone())?;
+    if let Some(j) = lock(&node.jobs).get(&id) {
+        let sent = j.progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        j.progress.control.set_rate(spec.bandwidth_limit, sent);
+    }
+    match source::call(&node, &r, &PeerRequest::Update { id: id.clone(), spec }).await {
+        Ok(PeerAnswer::Ok) => {}
+        Ok(other) => tracing::warn!(%id, "target did not take the edit: {}", source::refused(&r, other)),
+        Err(e) => tracing::warn!(%id, "target did not take the edit: {e}"),
+    }
+    Ok(show(&node, r))
+}
+
+async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<StatusCode> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let id = id(&i)?;
+    let r = node.get(&id, Role::Source)?;
+    if !source::stop_job(&node, &id, STOP_GRACE).await {
+        return Err(ApiError(StatusCode::CONFLICT, "the running job did not stop in time; try again".into()));
+    }
+    // The target reverts an interrupted job and becomes writable; if it cannot be reached
+    // (or already deleted its side) the source still forgets the relationship.
+    if !r.ended {
+        match source::call(&node, &r, &PeerRequest::Delete { id: id.clone() }).await {
+            Ok(PeerAnswer::Ok | PeerAnswer::NotFound) => {}
+            Ok(other) => tracing::warn!(%id, "target kept its side: {}", source::refused(&r, other)),
+            Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
+        }
+    }
+    lock(&node.jobs).remove(&id);
+    node.store().delete(&id)?;
+    let _ = std::fs::remove_dir_all(node.state_dir(&id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<(StatusCode, Json<view::View>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let id = id(&i)?;
+    let r = node.get(&id, Role::Source)?;
+    let conflict = |m: String| Err(ApiError(StatusCode::CONFLICT, m));
+    if r.ended {
+        return conflict(format!("relationship {id} has ended (deleted on the target)"));
+    }
+    if !r.authorized {
+        return conflict(format!("relationship {id} is awaiting authorization on the target"));
+    }
+    let now = chrono::Utc::now();
+    if crate::blackout::in_blackout(&r.spec.blackout_windows, now) {
+        let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now).map(|t| t.to_rfc3339()).unwrap_or_default();
+        return conflict(format!("relationship {id} is in a blackout window (until {until}); no job starts inside one"));
+    }
+    if !lock(&node.jobs).contains_key(&id) {
+        lock(&node.wanted).insert(id.clone());
+    }
+    Ok((StatusCode::ACCEPTED, show(&node, r)))
+}
+
+async fn abort(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<(StatusCode, Json<view::View>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let id = id(&i)?;
+    let r = node.get(&id, Role::Source)?;
+    lock(&node.wanted).remove(&id);
+    if !lock(&node.jobs).contains_key(&id) {
+        return Err(ApiError(StatusCode::CONFLICT, format!("relationship {id} has no running job")));
+    }
+    source::stop_job(&node, &id, STOP_GRACE).await;
+    Ok((StatusCode::ACCEPTED, show(&node, node.get(&id, Role::Source).unwrap_or(r))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeBody {
+    #[serde(default)]
+    allow_non_empty_target: bool,
+}
+
+async fn authorize(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b: Bytes) -> Answer<Json<view::View>> {
+    check(&node, &h, Privilege::TargetWrite)?;
+    let id = id(&i)?;
+    let a: AuthorizeBody = if b.is_empty() { AuthorizeBody::default() } else { body(&b, "authorize")? };
+    let n = node.clone();
+    let r = tokio::task::spawn_blocking(move || target::authorize(&n, &id, a.allow_non_empty_target))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(id = %r.id, read_only = ?r.read_only, "relationship authorized");
+    Ok(show(&node, r))
+}
+
+async fn delete_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<StatusCode> {
+    check(&node, &h, Privilege::TargetWrite)?;
+    let id = id(&i)?;
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || target::delete(&n, &id)).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics(State(node): Ctx) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
+    let all = node.store().list(None)?;
+    let now_ns = now_ns();
+    let ages: Vec<(String, &str, f64)> = all
+        .iter()
+        .filter_map(|r| {
+            let role = if r.role == Role::Source { "source" } else { "target" };
+            r.recovery_point_ns.map(|ns| (r.id.0.clone(), role, (now_ns - ns).max(0) as f64 / 1e9))
+        })
+        .collect();
+    let mut states = std::collections::BTreeMap::new();
+    for r in all {
+        *states.entry(view::view(&node, r).state_text).or_insert(0u64) += 1;
+    }
+    let text = node.metrics.render(&ages, &states);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}

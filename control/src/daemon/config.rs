@@ -1,0 +1,151 @@
+//! The daemon's settings: command-line flags over a TOML file (`/etc/mover/mover.toml` when it
+//! exists) over defaults; plus the two small pieces of process plumbing the daemon needs
+//! (systemd readiness, private files).
+
+use crate::error::IoContext;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/mover/mover.toml";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3712";
+pub const DEFAULT_API: &str = "127.0.0.1:3713";
+/// Pause between the end of one continuous-replication job and the start of the next.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest config file read (it is a handful of keys).
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// What `mover daemon` runs with, all defaults resolved.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub data_dir: PathBuf,
+    /// Peer (replication) port: other daemons connect here over mutual TLS; data-plane
+    /// receivers bind to the same address on ephemeral ports.
+    pub listen: SocketAddr,
+    /// REST API (plain HTTP; keep it on loopback or a management network).
+    pub api: SocketAddr,
+    pub continuous_interval: Duration,
+    /// Data-plane worker threads per job.
+    pub threads: usize,
+}
+
+/// The TOML file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    pub continuous_interval_secs: Option<u64>,
+    pub threads: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; `explicit` means the operator named it, so a missing file is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<ConfigFile> {
+        use std::io::Read;
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(ConfigFile::default()),
+            Err(e) => return Err(Error::Io { context: format!("reading config {}", path.display()), source: e }),
+        };
+        let mut text = String::new();
+        f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).ctx(|| format!("reading config {}", path.display()))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::Invalid(format!("config {} is larger than {MAX_CONFIG_BYTES} bytes", path.display())));
+        }
+        toml::from_str(&text).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))
+    }
+}
+
+/// Flags win over the file, the file over defaults.
+pub fn resolve(
+    file: ConfigFile,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+) -> Result<DaemonOptions> {
+    let data_dir = data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into()))?;
+    let parse = |s: &str| s.parse::<SocketAddr>().map_err(|e| Error::Invalid(format!("{s}: {e}")));
+    let interval = file.continuous_interval_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INTERVAL);
+    let threads = file.threads.unwrap_or_else(mover::default_threads);
+    if threads == 0 || threads > mover::wire::message::MAX_WORKERS as usize {
+        return Err(Error::Invalid(format!("threads must be 1-{}", mover::wire::message::MAX_WORKERS)));
+    }
+    Ok(DaemonOptions {
+        data_dir,
+        listen: listen.or(file.listen).map_or_else(|| parse(DEFAULT_LISTEN), Ok)?,
+        api: api.or(file.api).map_or_else(|| parse(DEFAULT_API), Ok)?,
+        continuous_interval: interval,
+        threads,
+    })
+}
+
+/// Tells systemd (Type=notify) about readiness or shutdown; a no-op outside systemd.
+pub fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()),
+        None => UnixAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), &a)));
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state} to {path}: {e}");
+    }
+}
+
+/// Writes a file only root can read, atomically (temp file, fsync, rename, fsync of the dir).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let what = || format!("writing {}", path.display());
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).ctx(what)?;
+    f.write_all(data).ctx(what)?;
+    f.sync_all().ctx(what)?;
+    std::fs::rename(&tmp, path).ctx(what)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).ctx(what)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("mover.toml");
+        std::fs::write(&p, "data_dir = \"/var/lib/mover\"\nlisten = \"127.0.0.1:4000\"\ncontinuous_interval_secs = 3\n").unwrap();
+        let f = ConfigFile::load(&p, true).unwrap();
+        let o = resolve(f, None, None, Some("127.0.0.1:5000".parse().unwrap())).unwrap();
+        assert_eq!(o.data_dir, PathBuf::from("/var/lib/mover"));
+        assert_eq!(o.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(o.api.to_string(), "127.0.0.1:5000");
+        assert_eq!(o.continuous_interval, Duration::from_secs(3));
+        let o = resolve(ConfigFile::default(), Some("/d".into()), None, None).unwrap();
+        assert_eq!((o.listen.to_string(), o.api.to_string()), (DEFAULT_LISTEN.to_string(), DEFAULT_API.to_string()));
+    }
+
+    #[test]
+    fn config_mistakes_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("mover.toml");
+        std::fs::write(&p, "listen = \"nowhere\"\n").unwrap();
+        assert!(ConfigFile::load(&p, true).unwrap_err().to_string().contains("mover.toml"));
+        std::fs::write(&p, "colour = 1\n").unwrap();
+        assert!(ConfigFile::load(&p, true).unwrap_err().to_string().contains("unknown field"));
+        assert!(ConfigFile::load(&t.path().join("absent.toml"), true).is_err());
+        assert!(ConfigFile::load(&t.path().join("absent.toml"), false).is_ok());
+        assert!(resolve(ConfigFile::default(), None, None, None).unwrap_err().to_string().contains("--data-dir"));
+    }
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics (`GET /metrics`): counters kept in memory since the daemon started,
+//! gauges computed from the relationships when scraped.
+
+use super::lock;
+use crate::model::RelationshipId;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the job duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
+
+#[derive(Default)]
+struct Counters {
+    bytes: BTreeMap<String, u64>,
+    files: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    /// Jobs per bucket (last = +Inf), sum of seconds, count.
+    buckets: [u64; DURATION_BUCKETS.len() + 1],
+    seconds: f64,
+    jobs: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics(Mutex<Counters>);
+
+impl Metrics {
+    pub fn job_done(&self, id: &RelationshipId, bytes: u64, files: u64, took: Duration, ok: bool) {
+        let mut c = lock(&self.0);
+        *c.bytes.entry(id.0.clone()).or_default() += bytes;
+        *c.files.entry(id.0.clone()).or_default() += files;
+        if !ok {
+            *c.errors.entry(id.0.clone()).or_default() += 1;
+        }
+        let s = took.as_secs_f64();
+        let b = DURATION_BUCKETS.iter().position(|&ub| s <= ub).unwrap_or(DURATION_BUCKETS.len());
+        c.buckets[b] += 1;
+        c.seconds += s;
+        c.jobs += 1;
+    }
+
+    /// Text exposition format; `rp_ages` are (relationship, role, age in seconds), `states`
+    /// the number of relationships per state.
+    pub fn render(&self, rp_ages: &[(String, &str, f64)], states: &BTreeMap<&str, u64>) -> String {
+        let c = lock(&self.0);
+        let mut o = String::new();
+        let _ = writeln!(o, "# HELP mover_recovery_point_age_seconds Age of the target's last recovery point.\n# TYPE mover_recovery_point_age_seconds gauge");
+        for (id, role, age) in rp_ages {
+            let _ = writeln!(o, "mover_recovery_point_age_seconds{{relationship=\"{id}\",role=\"{role}\"}} {age}");
+        }
+        for (name, help, map) in [
+            ("mover_bytes_moved_total", "File data bytes sent by jobs.", &c.bytes),
+            ("mover_files_moved_total", "Files sent by jobs.", &c.files),
+            ("mover_job_errors_total", "Jobs that ended without a recovery point.", &c.errors),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (id, v) in map {
+                let _ = writeln!(o, "{name}{{relationship=\"{id}\"}} {v}");
+            }
+        }
+        let _ = writeln!(o, "# HELP mover_job_duration_seconds Duration of finished jobs.\n# TYPE mover_job_duration_seconds histogram");
+        let mut cum = 0;
+        for (i, ub) in DURATION_BUCKETS.iter().enumerate() {
+            cum += c.buckets[i];
+            let _ = writeln!(o, "mover_job_duration_seconds_bucket{{le=\"{ub}\"}} {cum}");
+        }
+        cum += c.buckets[DURATION_BUCKETS.len()];
+        let _ = writeln!(o, "mover_job_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(o, "mover_job_duration_seconds_sum {}\nmover_job_duration_seconds_count {}", c.seconds, c.jobs);
+        let _ = writeln!(o, "# HELP mover_relationships Relationships on this node by state.\n# TYPE mover_relationships gauge");
+        for (state, n) in states {
+            let _ = writeln!(o, "mover_relationships{{state=\"{state}\"}} {n}");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_counters_per_relationship() {
+        let m = Metrics::default();
+        let id = RelationshipId("a".repeat(32));
+        m.job_done(&id, 100, 2, Duration::from_millis(500), true);
+        m.job_done(&id, 50, 1, Duration::from_secs(20), false);
+        let t = m.render(&[(id.0.clone(), "source", 3.5)], &BTreeMap::from([("idle", 1)]));
+        assert!(t.contains(&format!("mover_bytes_moved_total{{relationship=\"{}\"}} 150", id.0)), "{t}");
+        assert!(t.contains(&format!("mover_job_errors_total{{relationship=\"{}\"}} 1", id.0)));
+        assert!(t.contains("mover_job_duration_seconds_bucket{le=\"1\"} 1"));
+        assert!(t.contains("mover_job_duration_seconds_bucket{le=\"60\"} 2"));
+        assert!(t.contains("mover_job_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(t.contains("mover_job_duration_seconds_count 2"));
+        assert!(t.contains("mover_recovery_point_age_seconds{relationship=\"aaaa"));
+        assert!(t.contains("mover_relationships{state=\"idle\"} 1"));
+    }
+}

@@ -1,0 +1,172 @@
+//! `mover daemon`: one per node. It serves the REST API (api.rs), talks to peer daemons over
+//! mutual TLS (peer_server.rs, source.rs), schedules and runs the source side of jobs on the data
+//! plane's threads (source.rs), keeps target directories read-only and hands out data-plane
+//! tickets (target.rs). State lives in SQLite; the node's certificate and the first admin token
+//! in the data dir. It never reads or writes file data itself.
+
+pub mod api;
+pub mod config;
+mod metrics;
+mod peer_server;
+mod source;
+mod target;
+mod view;
+
+use crate::error::IoContext;
+use crate::model::{Relationship, RelationshipId, Role};
+use crate::peer::JobView;
+use crate::store::Store;
+use crate::tls::Identity;
+use crate::{Error, Result};
+pub use config::DaemonOptions;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long SIGTERM waits for running jobs to reach a chunk boundary and record their state.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything the daemon's tasks share. Locks are held for map lookups and SQLite statements
+/// only, never across an await or a network call.
+pub struct Node {
+    pub opts: DaemonOptions,
+    store: Mutex<Store>,
+    pub identity: Identity,
+    /// Source side: jobs running now.
+    jobs: Mutex<HashMap<RelationshipId, source::Job>>,
+    /// Source side: "replicate now" requests not yet started.
+    wanted: Mutex<HashSet<RelationshipId>>,
+    /// Target side: data-plane receivers, one per authorized relationship that ran a job.
+    receivers: Mutex<HashMap<RelationshipId, target::Rx>>,
+    /// Target side: progress the source reported for its running job.
+    reported: Mutex<HashMap<RelationshipId, JobView>>,
+    /// Target side: relationships being reverted and released after a delete.
+    reverting: Mutex<HashSet<RelationshipId>>,
+    metrics: metrics::Metrics,
+    shutting_down: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks left plain data behind, still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+impl Node {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    pub fn get(&self, id: &RelationshipId, role: Role) -> Result<Relationship> {
+        let r = self.store().get(id)?;
+        if r.role != role {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(r)
+    }
+
+    /// Applies `f` to the stored relationship and writes it back (one transaction's worth).
+    pub fn modify(&self, id: &RelationshipId, f: impl FnOnce(&mut Relationship)) -> Result<Relationship> {
+        let s = self.store();
+        let mut r = s.get(id)?;
+        f(&mut r);
+        s.update(&r)?;
+        Ok(r)
+    }
+
+    fn state_dir(&self, id: &RelationshipId) -> PathBuf {
+        self.opts.data_dir.join("state").join(&id.0)
+    }
+
+    fn mount_dir(&self, id: &RelationshipId) -> PathBuf {
+        self.opts.data_dir.join("mnt").join(&id.0)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Opens the data dir (0700: it holds the key, tokens and the private mounts), the database
+/// and the node identity; creates the first admin token.
+fn open_node(opts: DaemonOptions) -> Result<Node> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&opts.data_dir).ctx(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("restricting {}", opts.data_dir.display()))?;
+    let store = Store::open(&opts.data_dir.join("mover.db"))?;
+    let identity = Identity::load_or_create(&opts.data_dir)?;
+    if store.tokens()?.is_empty() {
+        let token = crate::auth::new_token()?;
+        store.insert_token("admin", crate::auth::TokenRole::Admin.name(), &crate::auth::hash(&token), now_ns())?;
+        let path = opts.data_dir.join("admin.token");
+        config::write_private(&path, format!("{token}\n").as_bytes())?;
+        tracing::info!(path = %path.display(), "created the admin token");
+    }
+    Ok(Node {
+        opts,
+        store: Mutex::new(store),
+        identity,
+        jobs: Mutex::default(),
+        wanted: Mutex::default(),
+        receivers: Mutex::default(),
+        reported: Mutex::default(),
+        reverting: Mutex::default(),
+        metrics: metrics::Metrics::default(),
+        shutting_down: AtomicBool::new(false),
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: then running jobs stop at a chunk boundary, their
+/// relationships stay marked running (the next start resumes them) and it exits.
+pub fn run(opts: DaemonOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mover-control")
+        .build()
+        .ctx(|| "starting the async runtime".to_string())?;
+    rt.block_on(serve(opts))
+}
+
+async fn serve(opts: DaemonOptions) -> Result<()> {
+    let node = Arc::new(open_node(opts)?);
+    target::restore(&node)?;
+    let peer = tokio::net::TcpListener::bind(node.opts.listen).await.ctx(|| format!("listening for peers on {}", node.opts.listen))?;
+    let api = tokio::net::TcpListener::bind(node.opts.api).await.ctx(|| format!("listening for the API on {}", node.opts.api))?;
+    tracing::info!(listen = %node.opts.listen, api = %node.opts.api, fingerprint = %node.identity.fingerprint, "mover daemon ready");
+    tokio::spawn(peer_server::serve(node.clone(), peer));
+    tokio::spawn(source::schedule(node.clone()));
+    let app = api::router(node.clone());
+    let server = axum::serve(api, app).with_graceful_shutdown(shutdown_signal());
+    config::sd_notify("READY=1");
+    server.await.ctx(|| "serving the API".to_string())?;
+    config::sd_notify("STOPPING=1");
+    node.shutting_down.store(true, Ordering::SeqCst);
+    source::stop_all(&node, SHUTDOWN_GRACE).await;
+    target::stop_all(&node);
+    tracing::info!("mover daemon stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {},
+                _ = i.recv() => {},
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+    tracing::info!("shutting down: stopping jobs at a chunk boundary");
+}

@@ -1,0 +1,172 @@
+//! The peer port: other daemons connect over mutual TLS and send one request per connection.
+//! A proposal pins the proposer's certificate fingerprint; every later request about that
+//! relationship must come from the same certificate or is refused.
+
+use super::{now_ns, target, Node};
+use crate::model::{Relationship, Role};
+use crate::peer::{PeerAnswer, PeerRequest};
+use crate::peer_wire;
+use crate::tls::Fingerprint;
+use crate::Error;
+use std::sync::Arc;
+
+/// Peer connections handled at once; more wait in the listen backlog.
+const MAX_PEER_CONNECTIONS: usize = 64;
+
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+    let config = match node.identity.server_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("peer TLS configuration: {e}; peers cannot connect");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (tcp, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("peer accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (node, acceptor) = (node.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = one(&node, &acceptor, tcp).await {
+                tracing::warn!(%from, "peer connection: {e}");
+            }
+        });
+    }
+}
+
+async fn one(node: &Arc<Node>, acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) -> crate::Result<()> {
+    let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
+    let req: PeerRequest = tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
+        .await
+        .map_err(|_| Error::Peer { peer: fp.to_string(), message: "no request within the timeout".into() })??;
+    let answer = handle(node, &fp, req).await;
+    if let PeerAnswer::Refused { message } = &answer {
+        tracing::warn!(peer = %fp, "refused: {message}");
+    }
+    peer_wire::write_msg(&mut tls, &answer).await
+}
+
+fn refuse(message: String) -> PeerAnswer {
+    PeerAnswer::Refused { message }
+}
+
+/// The relationship `id` if `fp` is the certificate pinned for it.
+fn pinned(node: &Node, id: &crate::model::RelationshipId, fp: &Fingerprint) -> Result<Relationship, PeerAnswer> {
+    let r = match node.get(id, Role::Target) {
+        Ok(r) => r,
+        Err(Error::NotFound(_)) => return Err(PeerAnswer::NotFound),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
+        return Err(refuse(format!(
+            "peer not authorized for relationship {id}: its certificate {fp} is not the one pinned when the relationship was proposed"
+        )));
+    }
+    Ok(r)
+}
+
+async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAnswer {
+    match req {
+        PeerRequest::Propose { id, spec, software } => propose(node, fp, id, spec, &software),
+        PeerRequest::State { id } => match pinned(node, &id, fp) {
+            Ok(r) => PeerAnswer::State { authorized: r.authorized, ended: r.ended },
+            Err(a) => a,
+        },
+        PeerRequest::Ticket { id } => {
+            let r = match pinned(node, &id, fp) {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+            if !r.authorized {
+                return refuse(format!("relationship {id} is awaiting authorization on the target"));
+            }
+            let node = node.clone();
+            match tokio::task::spawn_blocking(move || target::ticket(&node, &r)).await {
+                Ok(Ok((port, t))) => PeerAnswer::Ticket { port, ticket: format!("{t:032x}") },
+                Ok(Err(e)) => refuse(e.to_string()),
+                Err(e) => refuse(format!("ticket task failed: {e}")),
+            }
+        }
+        PeerRequest::Report { id, running, job, last_attempt, recovery_point_ns } => {
+            if let Err(a) = pinned(node, &id, fp) {
+                return a;
+            }
+            match target::record_report(node, &id, running, job, last_attempt, recovery_point_ns) {
+                Ok(()) => PeerAnswer::Ok,
+                Err(e) => refuse(e.to_string()),
+            }
+        }
+        PeerRequest::Update { id, spec } => {
+            let r = match pinned(node, &id, fp) {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+            if spec.source_path != r.spec.source_path || spec.target_path != r.spec.target_path {
+                return refuse("paths of a relationship cannot change".into());
+            }
+            match spec.validate().and_then(|_| node.modify(&id, |x| x.spec = spec)) {
+                Ok(_) => PeerAnswer::Ok,
+                Err(e) => refuse(e.to_string()),
+            }
+        }
+        PeerRequest::Delete { id } => {
+            if let Err(a) = pinned(node, &id, fp) {
+                return a;
+            }
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || target::delete(&n, &id)).await {
+                Ok(Ok(())) => PeerAnswer::Ok,
+                Ok(Err(e)) => refuse(e.to_string()),
+                Err(e) => refuse(format!("delete task failed: {e}")),
+            }
+        }
+    }
+}
+
+fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec: crate::model::Spec, software: &str) -> PeerAnswer {
+    if let Err(e) = spec.validate() {
+        return refuse(e.to_string());
+    }
+    match node.store().get(&id) {
+        Ok(r) if r.peer_fingerprint.as_deref() == Some(fp.0.as_str()) && r.role == Role::Target => return PeerAnswer::Ok,
+        Ok(_) => return refuse(format!("relationship {id} already exists here with another peer")),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return refuse(e.to_string()),
+    }
+    let taken = node.store().list(Some(Role::Target)).map(|all| all.into_iter().find(|r| r.spec.target_path == spec.target_path && !r.ended));
+    match taken {
+        Ok(Some(other)) => return refuse(format!("target directory {} is already the target of relationship {}", spec.target_path, other.id)),
+        Ok(None) => {}
+        Err(e) => return refuse(e.to_string()),
+    }
+    let r = Relationship {
+        id: id.clone(),
+        role: Role::Target,
+        spec,
+        authorized: false,
+        created_ns: now_ns(),
+        last_attempt: None,
+        recovery_point_ns: None,
+        job_running: false,
+        peer_unreachable: false,
+        ended: false,
+        peer_fingerprint: Some(fp.0.clone()),
+        read_only: None,
+    };
+    match node.store().insert(&r) {
+        Ok(()) => {
+            tracing::info!(%id, peer = %fp, software, "relationship proposed; awaiting authorization");
+            PeerAnswer::Ok
+        }
+        Err(e) => refuse(e.to_string()),
+    }
+}

@@ -1,0 +1,347 @@
+//! Source side: the scheduler decides when a relationship's job starts, pauses (blackout
+//! window) or stops (abort, delete, shutdown); each job runs the data plane's sender on its own
+//! threads, one session per attempt, each attempt with a fresh ticket from the target.
+
+use super::{lock, now_ns, Node};
+use crate::blackout;
+use crate::model::{Attempt, Relationship, RelationshipId, Role};
+use crate::peer::{JobView, PeerAnswer, PeerRequest};
+use crate::tls::Fingerprint;
+use crate::{Error, Result};
+use mover::units::SessionId;
+use mover::Progress;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Scheduler tick: bounds how late a pause, resume or start happens.
+const TICK: Duration = Duration::from_millis(200);
+/// How often an unauthorized relationship asks the target whether it was authorized, and an
+/// authorized idle one checks the target is still there.
+const POLL_UNAUTHORIZED: Duration = Duration::from_secs(1);
+const POLL_AUTHORIZED: Duration = Duration::from_secs(3);
+/// Progress reports to the target while a job runs.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Sessions per job before it is recorded as failed (the scheduler tries again later).
+const JOB_ATTEMPTS: u32 = 5;
+const RETRY_BACKOFF_START: Duration = Duration::from_millis(500);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// After a failed job, wait this long before the next one.
+const FAILED_JOB_PAUSE: Duration = Duration::from_secs(5);
+
+pub struct Job {
+    pub progress: Arc<Progress>,
+    pub started: Instant,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Job {
+    pub fn view(&self) -> JobView {
+        let p = &self.progress;
+        JobView::from_counts(
+            p.control.is_paused(),
+            self.started.elapsed().as_secs_f64(),
+            (p.files.load(Ordering::Relaxed), p.files_total.load(Ordering::Relaxed)),
+            (p.bytes.load(Ordering::Relaxed), p.bytes_total.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Resolves the target's peer address.
+pub async fn peer_addr(r: &Relationship) -> Result<SocketAddr> {
+    let (host, port) = (r.spec.target_address.as_str(), r.spec.target_port);
+    let mut it = tokio::net::lookup_host((host, port)).await.map_err(|e| Error::Peer { peer: format!("{host}:{port}"), message: format!("cannot resolve: {e}") })?;
+    it.next().ok_or_else(|| Error::Peer { peer: format!("{host}:{port}"), message: "no address".into() })
+}
+
+/// One request to the relationship's target, with its pinned certificate.
+pub async fn call(node: &Node, r: &Relationship, req: &PeerRequest) -> Result<PeerAnswer> {
+    let addr = peer_addr(r).await?;
+    let pin = r.peer_fingerprint.as_deref().map(|f| Fingerprint(f.to_string()));
+    let (a, _) = crate::peer_wire::call(addr, &node.identity, pin.as_ref(), req).await?;
+    Ok(a)
+}
+
+pub fn refused(r: &Relationship, a: PeerAnswer) -> Error {
+    let message = match a {
+        PeerAnswer::Refused { message } => message,
+        PeerAnswer::NotFound => format!("the target does not know relationship {}", r.id),
+        other => format!("unexpected answer {other:?}"),
+    };
+    Error::Peer { peer: format!("{}:{}", r.spec.target_address, r.spec.target_port), message }
+}
+
+/// The scheduler: runs forever, one pass per tick over the source relationships.
+pub async fn schedule(node: Arc<Node>) {
+    let mut last_poll: std::collections::HashMap<RelationshipId, Instant> = Default::default();
+    let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> = Default::default();
+    let mut last_report = Instant::now();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if node.shutting_down() {
+            return;
+        }
+        let rels = match node.store().list(Some(Role::Source)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("reading relationships: {e}");
+                continue;
+            }
+        };
+        let report = last_report.elapsed() >= REPORT_EVERY;
+        if report {
+            last_report = Instant::now();
+        }
+        for r in rels {
+            if r.ended {
+                continue;
+            }
+            let due_poll = if r.authorized { POLL_AUTHORIZED } else { POLL_UNAUTHORIZED };
+            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll) {
+                last_poll.insert(r.id.clone(), Instant::now());
+                tokio::spawn(poll_target(node.clone(), r.clone()));
+            }
+            if !r.authorized {
+                continue;
+            }
+            let blackout = blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now());
+            let running = lock(&node.jobs).get(&r.id).map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
+            match running {
+                Some((p, false)) => {
+                    let sent = p.bytes.load(Ordering::Relaxed);
+                    p.control.set_paused(blackout, sent);
+                    if report {
+                        tokio::spawn(report_progress(node.clone(), r.id.clone()));
+                    }
+                }
+                Some((_, true)) => {
+                    let ok = lock(&node.jobs).remove(&r.id).is_some();
+                    debug_assert!(ok);
+                    let failed = node.store().get(&r.id).is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
+                    last_end.insert(r.id.clone(), (Instant::now(), failed));
+                    tokio::spawn(report_progress(node.clone(), r.id.clone()));
+                }
+                None => {
+                    let wanted = lock(&node.wanted).contains(&r.id);
+                    let continuous = r.spec.enabled
+                        && last_end.get(&r.id).is_none_or(|(t, failed)| {
+                            t.elapsed() >= if *failed { FAILED_JOB_PAUSE.max(node.opts.continuous_interval) } else { node.opts.continuous_interval }
+                        });
+                    // `job_running` still set: the daemon stopped mid-job; resume it now.
+                    if !blackout && (wanted || continuous || r.job_running) {
+                        lock(&node.wanted).remove(&r.id);
+                        start_job(&node, &r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks the target about the relationship: learns authorization, notices a target-side
+/// delete (the relationship ends here too) or an unreachable target (disconnected).
+async fn poll_target(node: Arc<Node>, r: Relationship) {
+    let answer = call(&node, &r, &PeerRequest::State { id: r.id.clone() }).await;
+    let (authorized, ended, unreachable) = match answer {
+        Ok(PeerAnswer::State { authorized, ended }) => (authorized, ended, false),
+        Ok(PeerAnswer::NotFound) => (r.authorized, true, false),
+        Ok(other) => {
+            tracing::warn!(id = %r.id, "target refused a status request: {}", refused(&r, other));
+            (r.authorized, false, true)
+        }
+        Err(e) => {
+            tracing::debug!(id = %r.id, "target unreachable: {e}");
+            (r.authorized, false, true)
+        }
+    };
+    if ended {
+        if let Some(j) = lock(&node.jobs).get(&r.id) {
+            j.progress.control.cancel();
+        }
+    }
+    if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
+        let res = node.modify(&r.id, |x| {
+            x.authorized = authorized;
+            x.ended = ended;
+            x.peer_unreachable = unreachable;
+            if ended {
+                x.job_running = false;
+            }
+        });
+        if let Err(e) = res {
+            tracing::debug!(id = %r.id, "recording target status: {e}");
+        }
+    }
+}
+
+async fn report_progress(node: Arc<Node>, id: RelationshipId) {
+    let Ok(r) = node.get(&id, Role::Source) else { return };
+    let job = lock(&node.jobs).get(&id).filter(|j| !j.done.load(Ordering::SeqCst)).map(|j| j.view());
+    let req = PeerRequest::Report {
+        id: id.clone(),
+        running: job.is_some(),
+        job,
+        last_attempt: r.last_attempt.clone(),
+        recovery_point_ns: r.recovery_point_ns,
+    };
+    match call(&node, &r, &req).await {
+        Ok(PeerAnswer::Ok) => {}
+        Ok(PeerAnswer::NotFound) => {
+            if let Some(j) = lock(&node.jobs).get(&id) {
+                j.progress.control.cancel();
+            }
+        }
+        Ok(other) => tracing::debug!(%id, "progress report refused: {}", refused(&r, other)),
+        Err(e) => tracing::debug!(%id, "progress report: {e}"),
+    }
+}
+
+fn start_job(node: &Arc<Node>, r: &Relationship) {
+    let progress = Arc::new(Progress::default());
+    progress.control.set_rate(r.spec.bandwidth_limit, 0);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = Job { progress: progress.clone(), started: Instant::now(), done: done.clone() };
+    lock(&node.jobs).insert(r.id.clone(), job);
+    if let Err(e) = node.modify(&r.id, |x| x.job_running = true) {
+        tracing::error!(id = %r.id, "recording the job start: {e}");
+    }
+    tracing::info!(id = %r.id, source = %r.spec.source_path, "job started");
+    let (n, id, rt) = (node.clone(), r.id.clone(), tokio::runtime::Handle::current());
+    let spawned = std::thread::Builder::new().name("mover-job".into()).spawn(move || {
+        let node = n;
+        let started = Instant::now();
+        let source_time = now_ns();
+        let result = run_job(&node, &rt, &id, &progress);
+        finish_job(&node, &id, &progress, result, source_time, started.elapsed());
+        done.store(true, Ordering::SeqCst);
+    });
+    if let Err(e) = spawned {
+        tracing::error!("spawning a job thread: {e}");
+        lock(&node.jobs).remove(&r.id);
+    }
+}
+
+/// Sessions until one verifies, the job is stopped, or attempts run out.
+fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progress: &Arc<Progress>) -> Result<mover::sender::SendReport> {
+    let mut pause = RETRY_BACKOFF_START;
+    let mut attempt = 1;
+    loop {
+        let r = node.get(id, Role::Source)?;
+        progress.reset();
+        progress.control.set_rate(r.spec.bandwidth_limit, 0);
+        let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
+            let opts = mover::sender::SendOptions {
+                src: r.spec.source_path.clone().into(),
+                to,
+                threads: node.opts.threads,
+                direct: true,
+                state: Some(node.state_dir(id)),
+                snapshot: None,
+                session: Some(session),
+            };
+            Ok(mover::sender::send(&opts, progress)?)
+        });
+        match res {
+            Ok(mut rep) => {
+                rep.attempts = attempt;
+                return Ok(rep);
+            }
+            Err(e) => {
+                if progress.control.is_cancelled() || attempt >= JOB_ATTEMPTS || !worth_retrying(&e) {
+                    return Err(e);
+                }
+                tracing::warn!(%id, attempt, "session failed, retrying in {pause:?}: {e}");
+                let until = Instant::now() + pause;
+                while Instant::now() < until && !progress.control.is_cancelled() {
+                    std::thread::sleep(mover::GATE_POLL);
+                }
+                pause = (pause * 2).min(RETRY_BACKOFF_MAX);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Data-plane failures as the data plane judges them; an unreachable or refusing target is
+/// worth another try too (it may be restarting).
+fn worth_retrying(e: &Error) -> bool {
+    match e {
+        Error::DataPlane(d) => mover::sender::retryable(d),
+        Error::Peer { .. } | Error::Io { .. } => true,
+        _ => false,
+    }
+}
+
+async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)> {
+    match call(node, r, &PeerRequest::Ticket { id: r.id.clone() }).await? {
+        PeerAnswer::Ticket { port, ticket } => {
+            let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer { peer: r.spec.target_address.clone(), message: "malformed ticket".into() })?;
+            let mut addr = peer_addr(r).await?;
+            addr.set_port(port);
+            Ok((addr, SessionId(t)))
+        }
+        other => Err(refused(r, other)),
+    }
+}
+
+fn finish_job(node: &Node, id: &RelationshipId, progress: &Progress, result: Result<mover::sender::SendReport>, source_time: i64, took: Duration) {
+    let shutdown = node.shutting_down();
+    let (attempt, rp) = match &result {
+        Ok(rep) => {
+            node.metrics.job_done(id, rep.bytes, rep.files, took, true);
+            let msg = format!("completed: {} files, {} bytes sent in {:.1} s", rep.files, rep.bytes, rep.seconds);
+            (Attempt { at_ns: now_ns(), ok: true, message: msg }, Some(source_time))
+        }
+        Err(e) => {
+            node.metrics.job_done(id, progress.bytes.load(Ordering::Relaxed), progress.files.load(Ordering::Relaxed), took, false);
+            let msg = if shutdown {
+                "interrupted by daemon shutdown; resumes when it starts again".to_string()
+            } else if progress.control.is_cancelled() {
+                "aborted".to_string()
+            } else {
+                e.to_string()
+            };
+            (Attempt { at_ns: now_ns(), ok: false, message: msg }, None)
+        }
+    };
+    tracing::info!(%id, ok = attempt.ok, "job ended: {}", attempt.message);
+    let res = node.modify(id, |x| {
+        x.last_attempt = Some(attempt);
+        if rp.is_some() {
+            x.recovery_point_ns = rp;
+        }
+        // A job stopped by shutdown stays marked running so the next start resumes it.
+        x.job_running = shutdown;
+    });
+    if let Err(e) = res {
+        tracing::error!(%id, "recording the job's end: {e}");
+    }
+}
+
+/// Stops every running job at a chunk boundary and waits (bounded) for their threads to
+/// record it.
+pub async fn stop_all(node: &Node, grace: Duration) {
+    for j in lock(&node.jobs).values() {
+        j.progress.control.cancel();
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until && lock(&node.jobs).values().any(|j| !j.done.load(Ordering::SeqCst)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Aborts a relationship's running job and waits (bounded) until it has stopped.
+pub async fn stop_job(node: &Node, id: &RelationshipId, grace: Duration) -> bool {
+    let Some(done) = lock(&node.jobs).get(id).map(|j| {
+        j.progress.control.cancel();
+        j.done.clone()
+    }) else {
+        return true;
+    };
+    let until = Instant::now() + grace;
+    while Instant::now() < until && !done.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.load(Ordering::SeqCst)
+}

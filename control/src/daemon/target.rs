@@ -1,0 +1,186 @@
+//! Target side: authorization (empty-directory check, read-only protection), the data-plane
+//! receiver of each authorized relationship (started on the first ticket, accepting only the
+//! session ids it issued), and deletion (revert an interrupted job, make the directory
+//! writable again, keep the data).
+
+use super::{lock, Node};
+use crate::model::{Attempt, Relationship, RelationshipId, Role};
+use crate::readonly;
+use crate::{Error, Result};
+use mover::receiver::{ReceiveOptions, Receiver, Tickets};
+use mover::Progress;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a delete waits for a running session to end (the source stops its job when it
+/// sees the relationship gone, within a few seconds) before giving up with an error.
+pub const STOP_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Rx {
+    pub addr: SocketAddr,
+    pub tickets: Arc<Tickets>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Where the receiver writes: the private writable view when the target is protected.
+fn receiver_root(node: &Node, r: &Relationship) -> PathBuf {
+    match r.read_only.as_deref() {
+        Some("bind_mount") => node.mount_dir(&r.id),
+        _ => PathBuf::from(&r.spec.target_path),
+    }
+}
+
+/// At start: re-establish the read-only protection of every authorized target (mounts do not
+/// survive a reboot; after a crash they are still there and this is a no-op).
+pub fn restore(node: &Node) -> Result<()> {
+    for r in node.store().list(Some(Role::Target))? {
+        if r.authorized && !r.ended && r.read_only.as_deref() == Some("bind_mount") {
+            readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
+        }
+    }
+    Ok(())
+}
+
+/// The operator accepts a proposed relationship.
+pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Result<Relationship> {
+    let r = node.get(id, Role::Target)?;
+    if r.authorized {
+        return Err(Error::Invalid(format!("relationship {id} is already authorized")));
+    }
+    let target = PathBuf::from(&r.spec.target_path);
+    let mut entries = std::fs::read_dir(&target).map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
+    if !target.is_dir() {
+        return Err(Error::Invalid(format!("target path {} is not a directory", target.display())));
+    }
+    if !allow_non_empty && entries.next().is_some() {
+        return Err(Error::Conflict(format!(
+            "target directory {} is not empty; replication would replace its contents (pass allow_non_empty_target to accept that)",
+            target.display()
+        )));
+    }
+    let (mode, _) = readonly::protect(&target, &node.mount_dir(id))?;
+    node.modify(id, |x| {
+        x.authorized = true;
+        x.read_only = Some(mode.name().to_string());
+    })
+}
+
+/// A one-time session id for the relationship's receiver, starting the receiver if needed.
+pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
+    if lock(&node.reverting).contains(&r.id) || r.ended {
+        return Err(Error::Conflict(format!("relationship {} is being deleted on the target", r.id)));
+    }
+    let mut rxs = lock(&node.receivers);
+    if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
+        rxs.remove(&r.id);
+    }
+    if !rxs.contains_key(&r.id) {
+        let rx = start_receiver(node, r)?;
+        rxs.insert(r.id.clone(), rx);
+    }
+    let Some(rx) = rxs.get(&r.id) else { unreachable!("inserted above") };
+    let t = rx.tickets.issue()?;
+    Ok((rx.addr.port(), t.0))
+}
+
+fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
+    let tickets = Arc::new(Tickets::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = ReceiveOptions { root: receiver_root(node, r), once: false, tickets: Some(tickets.clone()), stop: Some(stop.clone()) };
+    let bind = SocketAddr::new(node.opts.listen.ip(), 0);
+    let rx = Receiver::bind(bind, opts, Arc::new(Progress::default()))?;
+    let addr = rx.local_addr()?;
+    let id = r.id.clone();
+    let thread = std::thread::Builder::new()
+        .name("mover-receiver".into())
+        .spawn(move || {
+            let served = rx.serve(|rep| tracing::info!(%id, ok = rep.ok, error = ?rep.error, "receiver session ended"));
+            if let Err(e) = served {
+                tracing::error!(%id, "receiver stopped: {e}");
+            }
+        })
+        .map_err(|e| Error::Io { context: "spawning the receiver thread".into(), source: e })?;
+    tracing::info!(id = %r.id, %addr, "data-plane receiver listening");
+    Ok(Rx { addr, tickets, stop, thread })
+}
+
+/// Stops the relationship's receiver and waits (bounded) until its session, if any, ended.
+fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()> {
+    let Some(rx) = lock(&node.receivers).remove(id) else { return Ok(()) };
+    rx.stop.store(true, Ordering::SeqCst);
+    let until = Instant::now() + wait;
+    while !rx.thread.is_finished() {
+        if Instant::now() >= until {
+            lock(&node.receivers).insert(id.clone(), rx);
+            return Err(Error::Conflict(format!("a job of relationship {id} is still writing; try again when the source has stopped it")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = rx.thread.join();
+    Ok(())
+}
+
+/// Deletes a target relationship: reverts an interrupted job to the last recovery point, lifts
+/// the read-only protection, forgets the relationship. The directory keeps its data.
+/// Blocking (waits for a running session); call from a blocking thread.
+pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
+    let r = node.get(id, Role::Target)?;
+    lock(&node.reverting).insert(id.clone());
+    let res = (|| {
+        // The source notices within a few seconds (its next report or poll is answered
+        // "not found") and stops its job at a chunk boundary.
+        node.modify(id, |x| x.ended = true)?;
+        stop_receiver(node, id, STOP_WAIT)?;
+        if r.authorized {
+            let root = receiver_root(node, &r);
+            let rep = mover::receiver::revert_root(&root)?;
+            if rep.reverted {
+                tracing::info!(%id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
+            }
+            readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id))?;
+        }
+        node.store().delete(id)
+    })();
+    lock(&node.reverting).remove(id);
+    lock(&node.reported).remove(id);
+    if res.is_err() {
+        let _ = node.modify(id, |x| x.ended = false);
+    }
+    res
+}
+
+/// The source's report about its job (progress while running, the outcome when done).
+pub fn record_report(node: &Node, id: &RelationshipId, running: bool, job: Option<crate::peer::JobView>, last: Option<Attempt>, rp: Option<i64>) -> Result<()> {
+    let r = node.get(id, Role::Target)?;
+    match job {
+        Some(j) if running => {
+            lock(&node.reported).insert(id.clone(), j);
+        }
+        _ => {
+            lock(&node.reported).remove(id);
+        }
+    }
+    if r.job_running != running || r.last_attempt != last || (rp.is_some() && r.recovery_point_ns != rp) || r.peer_unreachable {
+        node.modify(id, |x| {
+            x.job_running = running;
+            x.last_attempt = last;
+            x.peer_unreachable = false;
+            if rp.is_some() {
+                x.recovery_point_ns = rp;
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// At shutdown: receivers stop taking sessions. A session still running is cut when the
+/// process exits; its journal lets the next one resume.
+pub fn stop_all(node: &Node) {
+    for rx in lock(&node.receivers).values() {
+        rx.stop.store(true, Ordering::SeqCst);
+    }
+}

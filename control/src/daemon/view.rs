@@ -1,0 +1,82 @@
+//! What the API shows for a relationship (docs/api.md, "View").
+
+use super::{lock, Node};
+use crate::blackout::BlackoutWindow;
+use crate::model::{self, IdMap, Relationship, Role, State};
+use crate::peer::JobView;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct TimeView {
+    pub time: String,
+    pub age_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    pub time: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub id: String,
+    pub role: Role,
+    pub state: State,
+    pub state_text: &'static str,
+    pub source_path: String,
+    pub target_address: String,
+    pub target_port: u16,
+    pub target_path: String,
+    pub blackout_windows: Vec<BlackoutWindow>,
+    pub map_ids: Option<IdMap>,
+    pub enabled: bool,
+    pub bandwidth_limit: Option<u64>,
+    pub authorized: bool,
+    pub peer_fingerprint: Option<String>,
+    pub read_only: Option<String>,
+    pub recovery_point: Option<TimeView>,
+    pub last_attempt: Option<AttemptView>,
+    pub job: Option<JobView>,
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn view(node: &Node, r: Relationship) -> View {
+    let now = chrono::Utc::now();
+    let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let job = match r.role {
+        Role::Source => lock(&node.jobs).get(&r.id).map(|j| j.view()),
+        Role::Target => lock(&node.reported).get(&r.id).cloned().filter(|_| r.job_running),
+    };
+    let mut state = model::status(&r, now);
+    if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
+    if job.is_some() && state == State::Idle {
+        state = State::Running;
+    }
+    View {
+        id: r.id.0,
+        role: r.role,
+        state,
+        state_text: state.describe(),
+        source_path: r.spec.source_path,
+        target_address: r.spec.target_address,
+        target_port: r.spec.target_port,
+        target_path: r.spec.target_path,
+        blackout_windows: r.spec.blackout_windows,
+        map_ids: r.spec.map_ids,
+        enabled: r.spec.enabled,
+        bandwidth_limit: r.spec.bandwidth_limit,
+        authorized: r.authorized,
+        peer_fingerprint: r.peer_fingerprint,
+        read_only: r.read_only,
+        recovery_point: r.recovery_point_ns.map(|ns| TimeView { time: rfc3339(ns), age_seconds: (now_ns - ns).max(0) as f64 / 1e9 }),
+        last_attempt: r.last_attempt.map(|a| AttemptView { time: rfc3339(a.at_ns), ok: a.ok, message: a.message }),
+        job,
+    }
+}

@@ -1,0 +1,94 @@
+//! What two daemons say to each other, over mutual TLS (peer_wire): the source proposes a
+//! relationship, polls whether the target authorized it, asks for a one-time data-plane ticket
+//! per session, reports job progress, and propagates edits and deletes. Every request after the
+//! proposal must come from the certificate pinned when the proposal arrived.
+
+use crate::model::{Attempt, RelationshipId, Spec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerRequest {
+    Propose { id: RelationshipId, spec: Spec, software: String },
+    State { id: RelationshipId },
+    Ticket { id: RelationshipId },
+    Report { id: RelationshipId, running: bool, job: Option<JobView>, last_attempt: Option<Attempt>, recovery_point_ns: Option<i64> },
+    Update { id: RelationshipId, spec: Spec },
+    Delete { id: RelationshipId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum PeerAnswer {
+    Ok,
+    State { authorized: bool, ended: bool },
+    /// Data-plane receiver port on the target's address and a one-time session id (hex).
+    Ticket { port: u16, ticket: String },
+    NotFound,
+    Refused { message: String },
+}
+
+/// A running job's progress, as shown by `mover status` on both nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub paused: bool,
+    pub run_seconds: f64,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub files_remaining: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_remaining: u64,
+    pub percent_files: f64,
+    pub percent_bytes: f64,
+    pub percent: f64,
+    pub throughput_bytes_per_sec: f64,
+}
+
+impl JobView {
+    /// From the data plane's counters; a total of 0 counts as done (nothing to send).
+    pub fn from_counts(paused: bool, run_seconds: f64, files: (u64, u64), bytes: (u64, u64)) -> JobView {
+        let (fd, ft) = (files.0.min(files.1), files.1);
+        let (bd, bt) = (bytes.0.min(bytes.1), bytes.1);
+        let pct = |d: u64, t: u64| if t == 0 { 0.0 } else { d as f64 * 100.0 / t as f64 };
+        let (pf, pb) = (pct(fd, ft), pct(bd, bt));
+        JobView {
+            paused,
+            run_seconds,
+            files_done: fd,
+            files_total: ft,
+            files_remaining: ft - fd,
+            bytes_done: bd,
+            bytes_total: bt,
+            bytes_remaining: bt - bd,
+            percent_files: pf,
+            percent_bytes: pb,
+            percent: (pf + pb) / 2.0,
+            throughput_bytes_per_sec: if run_seconds > 0.0 { bd as f64 / run_seconds } else { 0.0 },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_view_percentages_mix_files_and_bytes_and_never_exceed_totals() {
+        let v = JobView::from_counts(false, 2.0, (30, 100), (50, 100));
+        assert_eq!((v.percent_files, v.percent_bytes, v.percent), (30.0, 50.0, 40.0));
+        assert_eq!((v.files_remaining, v.bytes_remaining), (70, 50));
+        assert_eq!(v.throughput_bytes_per_sec, 25.0);
+        let v = JobView::from_counts(true, 0.0, (5, 3), (0, 0));
+        assert_eq!((v.files_done, v.files_remaining, v.percent_bytes), (3, 0, 0.0));
+    }
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let r = PeerRequest::State { id: RelationshipId("ab".repeat(16)) };
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains(r#""op":"state""#), "{j}");
+        let a: PeerAnswer = serde_json::from_str(r#"{"answer":"ticket","port":5,"ticket":"00ff"}"#).unwrap();
+        assert!(matches!(a, PeerAnswer::Ticket { port: 5, .. }));
+    }
+}
