@@ -5,6 +5,8 @@
 pub mod blackout;
 pub mod error;
 pub mod model;
+pub mod peer_wire;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};
