@@ -1,5 +1,6 @@
 //! Exit codes that mean something to scripts (listed in `mover --help`).
 
+use crate::api::ApiError;
 use mover::Error;
 
 pub const UNEXPECTED: i32 = 1;
@@ -7,6 +8,14 @@ pub const VERIFY: i32 = 3;
 pub const PROTOCOL: i32 = 4;
 pub const IO: i32 = 5;
 pub const SOURCE_CHANGED: i32 = 6;
+/// The daemon refused the token (401/403), or no token was given.
+pub const NOT_PERMITTED: i32 = 7;
+/// No such relationship or token (404).
+pub const NOT_FOUND: i32 = 8;
+/// The request was refused as invalid (400) or conflicting with the relationship's state (409).
+pub const REFUSED: i32 = 9;
+/// The daemon could not be reached, failed (5xx) or could not reach its peer (502).
+pub const DAEMON: i32 = 10;
 
 /// A receive session that ended without verifying; carries the session's error text.
 #[derive(Debug)]
@@ -21,6 +30,9 @@ impl std::fmt::Display for SessionFailed {
 impl std::error::Error for SessionFailed {}
 
 pub fn code(e: &anyhow::Error) -> i32 {
+    if let Some(a) = e.downcast_ref::<ApiError>() {
+        return api_code(a);
+    }
     if e.downcast_ref::<SessionFailed>().is_some() {
         return VERIFY;
     }
@@ -30,5 +42,48 @@ pub fn code(e: &anyhow::Error) -> i32 {
         Some(Error::Io { .. }) => IO,
         Some(Error::SourceChanged(_)) => SOURCE_CHANGED,
         Some(Error::Usage(_) | Error::Cancelled(_)) | None => UNEXPECTED,
+    }
+}
+
+pub fn api_code(e: &ApiError) -> i32 {
+    match e {
+        ApiError::NoToken => NOT_PERMITTED,
+        ApiError::Unreachable { .. } | ApiError::BadAnswer { .. } => DAEMON,
+        ApiError::Status { status, .. } | ApiError::Local { status, .. } => match status {
+            401 | 403 => NOT_PERMITTED,
+            404 => NOT_FOUND,
+            // Other 4xx (405, 415, 422...) also mean "this request is not acceptable".
+            400..=499 => REFUSED,
+            // 5xx and anything unexpected (a 3xx from a proxy): the daemon side failed.
+            _ => DAEMON,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: u16) -> anyhow::Error {
+        ApiError::Status { status: s, method: "GET", path: "/v1/x".into(), message: "m".into() }.into()
+    }
+
+    #[test]
+    fn api_errors_map_to_their_exit_codes() {
+        let cases = [(401, 7), (403, 7), (404, 8), (400, 9), (409, 9), (422, 9), (500, 10), (502, 10), (503, 10)];
+        for (s, c) in cases {
+            assert_eq!(code(&status(s)), c, "HTTP {s}");
+        }
+        assert_eq!(code(&ApiError::NoToken.into()), NOT_PERMITTED);
+        assert_eq!(code(&ApiError::Local { status: 404, message: "no id starts with ab".into() }.into()), NOT_FOUND);
+        assert_eq!(code(&ApiError::Unreachable { url: "u".into(), detail: "d".into() }.into()), DAEMON);
+        assert_eq!(code(&ApiError::BadAnswer { url: "u".into(), detail: "d".into() }.into()), DAEMON);
+    }
+
+    #[test]
+    fn context_does_not_hide_the_api_error() {
+        let e = status(404).context("showing relationship ab12");
+        assert_eq!(code(&e), NOT_FOUND);
+        assert_eq!(code(&anyhow::anyhow!("other")), UNEXPECTED);
     }
 }

@@ -1,9 +1,15 @@
 //! `mover`: the one binary. Parses arguments, calls into the libraries, renders progress and
 //! results, maps errors to exit codes. No replication logic lives here.
 
+mod api;
 mod demo;
 mod exit;
 mod progress;
+mod relationship;
+mod spec;
+mod status;
+mod token;
+mod view;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -20,8 +26,12 @@ use std::sync::Arc;
     long_about = "Disaster-recovery data mover: replicates a directory tree from a source node to a target \
 node over TCP with a thread-per-core io_uring engine.\n\nQuick start (two shells):\n  \
 mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/data --to 127.0.0.1:3712\n\n\
+A running daemon is driven over its REST API with `mover relationship`, `mover status` and \
+`mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
-5 I/O error, 6 source changed while being read.")]
+5 I/O error, 6 source changed while being read, 7 not permitted by the daemon (401/403 or no token), \
+8 not found (404), 9 refused as invalid or conflicting (400/409), 10 daemon unreachable or failed \
+(connection error, 5xx, 502 peer unreachable).")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -139,6 +149,19 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
         #[arg(long, default_value_t = 5000)]
         files: usize,
     },
+    // Control-plane commands: clients of a running daemon's REST API (docs/api.md).
+    /// Create, inspect, change, authorize and drive replication relationships on a daemon.
+    Relationship {
+        #[command(subcommand)]
+        cmd: relationship::RelationshipCmd,
+    },
+    /// Table of all relationships: state, recovery point age, last attempt, job progress.
+    Status(status::StatusArgs),
+    /// Create, list and delete the daemon's API tokens (admin only).
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
+    },
 }
 
 fn resolve(to: &str) -> Result<SocketAddr> {
@@ -252,6 +275,9 @@ fn run(cli: Cli) -> Result<()> {
             control::daemon::run(opts)?;
             Ok(())
         }
+        Cmd::Relationship { cmd } => relationship::run(cmd),
+        Cmd::Status(a) => status::run(a),
+        Cmd::Token { cmd } => token::run(cmd),
     }
 }
 

@@ -144,3 +144,20 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.exists())
 }
+
+/// Port 1 on loopback: nothing listens there, so the connection is refused at once.
+#[test]
+fn relationship_list_without_a_daemon_names_the_address_and_exits_10() {
+    let out = mover().args(["relationship", "list", "--api", "http://127.0.0.1:1", "--token", "x"]).env_remove("MOVER_API").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("cannot reach the mover daemon at http://127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn relationship_list_without_a_token_says_how_to_give_one() {
+    let out = mover().args(["relationship", "list", "--api", "http://127.0.0.1:1"]).env_remove("MOVER_TOKEN").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("--token") && err.contains("MOVER_TOKEN") && err.contains("admin.token"), "{err}");
+}
