@@ -196,7 +196,11 @@ fn unauthenticated_peer_is_refused() {
     a.kill();
     let c_dir = t.path().join("c");
     std::fs::create_dir_all(c_dir.join("data")).unwrap();
-    std::fs::copy(a.dir.join("data/mover.db"), c_dir.join("data/mover.db")).unwrap();
+    for f in ["mover.db", "mover.db-wal"] {
+        if a.dir.join("data").join(f).exists() {
+            std::fs::copy(a.dir.join("data").join(f), c_dir.join("data").join(f)).unwrap();
+        }
+    }
     std::fs::write(c_dir.join("data/admin.token"), &a.token).unwrap();
     std::fs::write(src.join("change"), b"should not arrive").unwrap();
     let c = Node::start(&c_dir);
@@ -223,10 +227,11 @@ fn blackout_window_pauses_a_running_job_which_resumes_after_it() {
     fill(&src, 16, 1 << 20, 4);
     std::fs::create_dir(&dst).unwrap();
     // 16 MiB at 2 MiB/s: a job of about 8 s.
-    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disable"]);
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
     b.cli_ok(&["relationship", "authorize", &id]);
-    // The window is the current minute (UTC); leave at least 15 s of it for the pause.
-    while chrono::Utc::now().format("%S").to_string().parse::<u32>().unwrap() > 42 {
+    // The window is the current minute (UTC): start the job 28-40 s into a minute so the
+    // pause lasts some 20-30 s.
+    while !(28..=40).contains(&chrono::Utc::now().format("%S").to_string().parse::<u32>().unwrap()) {
         std::thread::sleep(Duration::from_millis(200));
     }
     a.cli_ok(&["relationship", "replicate", &id]);

@@ -49,7 +49,8 @@ impl Progress {
         self.set_totals(0, 0);
         self.bytes.store(0, Ordering::Relaxed);
         self.files.store(0, Ordering::Relaxed);
-        self.control.restart_budget(0);
+        self.control.issued.store(0, Ordering::SeqCst);
+        self.control.restart_budget();
     }
 }
 
@@ -76,7 +77,10 @@ pub struct JobControl {
     cancelled: AtomicBool,
     /// Bytes per second of file data; 0 is unlimited.
     rate: AtomicU64,
-    /// Monotonic time (ns since `mono_ns`'s epoch) and bytes sent when the rate budget began.
+    /// File data bytes of the chunks workers have started (sent or in flight): the rate
+    /// limit counts these, so a worker filling its buffers cannot run ahead of it.
+    issued: AtomicU64,
+    /// Monotonic time (ns since `mono_ns`'s epoch) and bytes issued when the rate budget began.
     budget_start_ns: AtomicU64,
     budget_base: AtomicU64,
 }
@@ -87,11 +91,11 @@ fn mono_ns() -> u64 {
 }
 
 impl JobControl {
-    pub fn set_paused(&self, on: bool, sent: u64) {
+    pub fn set_paused(&self, on: bool) {
         let was = self.paused.swap(on, Ordering::SeqCst);
         if was && !on {
             // Time spent paused is not budget to burst with afterwards.
-            self.restart_budget(sent);
+            self.restart_budget();
         }
     }
     pub fn is_paused(&self) -> bool {
@@ -104,16 +108,21 @@ impl JobControl {
         self.cancelled.load(Ordering::SeqCst)
     }
     /// `None` or 0: unlimited.
-    pub fn set_rate(&self, bytes_per_sec: Option<u64>, sent: u64) {
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
         self.rate.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
-        self.restart_budget(sent);
+        self.restart_budget();
     }
-    fn restart_budget(&self, sent: u64) {
+    fn restart_budget(&self) {
         self.budget_start_ns.store(mono_ns(), Ordering::SeqCst);
-        self.budget_base.store(sent, Ordering::SeqCst);
+        self.budget_base.store(self.issued.load(Ordering::SeqCst), Ordering::SeqCst);
     }
-    /// Whether a worker may start another chunk, `sent` bytes into the session.
-    pub fn gate(&self, sent: u64) -> Gate {
+    /// A worker started a chunk of `bytes` file data.
+    pub fn issue(&self, bytes: u64) {
+        self.issued.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Whether a worker may start another chunk now.
+    pub fn gate(&self) -> Gate {
+        let sent = self.issued.load(Ordering::Relaxed);
         if self.cancelled.load(Ordering::Relaxed) {
             return Gate::Cancel;
         }
@@ -178,4 +187,30 @@ pub fn worker_cpus(n: usize, near: Option<&Path>) -> Vec<Option<hw::CpuId>> {
 /// Number of CPUs in this process's affinity mask (the default worker count).
 pub fn default_threads() -> usize {
     hw::allowed_cpus().map(|c| c.len()).unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn gate_pauses_cancels_and_keeps_to_the_rate() {
+        let c = JobControl::default();
+        assert_eq!(c.gate(), Gate::Go);
+        c.set_paused(true);
+        assert_eq!(c.gate(), Gate::Wait(GATE_POLL));
+        c.set_paused(false);
+        c.set_rate(Some(1 << 20));
+        c.issue(1 << 20);
+        // 1 MiB issued at 1 MiB/s just after the budget began: wait, at most one poll.
+        assert!(matches!(c.gate(), Gate::Wait(d) if d > Duration::ZERO && d <= GATE_POLL));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(c.gate(), Gate::Go);
+        c.set_rate(None);
+        c.issue(1 << 30);
+        assert_eq!(c.gate(), Gate::Go);
+        c.cancel();
+        assert_eq!(c.gate(), Gate::Cancel);
+    }
 }

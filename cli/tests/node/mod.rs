@@ -56,7 +56,7 @@ impl Node {
         loop {
             if let Ok(t) = std::fs::read_to_string(dir.join("data/admin.token")) {
                 n.token = t.trim().to_string();
-                if n.get("/v1/node").0 == 200 {
+                if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok() && n.get("/v1/node").0 == 200 {
                     return n;
                 }
             }

@@ -218,8 +218,7 @@ async fn modify_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b:
     let spec = r.spec.edited(&edit)?;
     let r = node.modify(&id, |x| x.spec = spec.clone())?;
     if let Some(j) = lock(&node.jobs).get(&id) {
-        let sent = j.progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
-        j.progress.control.set_rate(spec.bandwidth_limit, sent);
+        j.progress.control.set_rate(spec.bandwidth_limit);
     }
     match source::call(&node, &r, &PeerRequest::Update { id: id.clone(), spec }).await {
         Ok(PeerAnswer::Ok) => {}
@@ -254,8 +253,17 @@ async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
 async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
-    let r = node.get(&id, Role::Source)?;
+    let mut r = node.get(&id, Role::Source)?;
     let conflict = |m: String| Err(ApiError(StatusCode::CONFLICT, m));
+    if !r.authorized && !r.ended {
+        // The target may have accepted it since the scheduler last asked.
+        if let Ok(PeerAnswer::State { authorized: true, ended }) = source::call(&node, &r, &PeerRequest::State { id: id.clone() }).await {
+            r = node.modify(&id, |x| {
+                x.authorized = true;
+                x.ended = ended;
+            })?;
+        }
+    }
     if r.ended {
         return conflict(format!("relationship {id} has ended (deleted on the target)"));
     }

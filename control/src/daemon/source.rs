@@ -109,8 +109,7 @@ pub async fn schedule(node: Arc<Node>) {
             let running = lock(&node.jobs).get(&r.id).map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
             match running {
                 Some((p, false)) => {
-                    let sent = p.bytes.load(Ordering::Relaxed);
-                    p.control.set_paused(blackout, sent);
+                    p.control.set_paused(blackout);
                     if report {
                         tokio::spawn(report_progress(node.clone(), r.id.clone()));
                     }
@@ -199,7 +198,7 @@ async fn report_progress(node: Arc<Node>, id: RelationshipId) {
 
 fn start_job(node: &Arc<Node>, r: &Relationship) {
     let progress = Arc::new(Progress::default());
-    progress.control.set_rate(r.spec.bandwidth_limit, 0);
+    progress.control.set_rate(r.spec.bandwidth_limit);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let job = Job { progress: progress.clone(), started: Instant::now(), done: done.clone() };
     lock(&node.jobs).insert(r.id.clone(), job);
@@ -229,7 +228,7 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
     loop {
         let r = node.get(id, Role::Source)?;
         progress.reset();
-        progress.control.set_rate(r.spec.bandwidth_limit, 0);
+        progress.control.set_rate(r.spec.bandwidth_limit);
         let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
             let opts = mover::sender::SendOptions {
                 src: r.spec.source_path.clone().into(),

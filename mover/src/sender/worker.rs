@@ -134,7 +134,7 @@ impl SendWorker {
 
         loop {
             // Chunk boundary: the controller may pause, abort or throttle the job here.
-            let gate = self.progress.control.gate(self.progress.bytes.load(Ordering::Relaxed));
+            let mut gate = self.progress.control.gate();
             if gate == crate::Gate::Cancel {
                 return Err(Error::Cancelled("stopped at a chunk boundary".into()));
             }
@@ -147,12 +147,16 @@ impl SendWorker {
                     }
                 }
                 match units.next() {
-                    Some(u) => start_unit(&mut ring, &mut bufs[b], b, u, &self.table, &mut cache, &mut direct_ok)?,
+                    Some(u) => {
+                        self.progress.control.issue(u.data_bytes());
+                        start_unit(&mut ring, &mut bufs[b], b, u, &self.table, &mut cache, &mut direct_ok)?;
+                    }
                     None => more = false,
                 }
                 if bufs[b].state == State::Ready {
                     ready.push_back(b);
                 }
+                gate = self.progress.control.gate();
             }
             if !sending {
                 if let Some(&b) = ready.front() {
