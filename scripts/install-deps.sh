@@ -2,7 +2,7 @@
 # Installs what mover's build and tests need on a fresh Debian machine: a C toolchain for
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
-# XFS images). Idempotent; fails loudly.
+# XFS images), setpriv (the daemon tests act as an unprivileged user). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
@@ -13,6 +13,8 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 # Debian's util-linux ships mount and umount (with loop-device support) in package "mount".
 { command -v mount && command -v umount; } >/dev/null 2>&1 || need+=(mount)
+# setpriv (util-linux): the daemon tests write into a protected target as an unprivileged user.
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -25,4 +27,5 @@ command -v btrfs >/dev/null || { echo "btrfs (btrfs-progs) missing after install
 command -v mkfs.xfs >/dev/null || { echo "mkfs.xfs (xfsprogs) missing after install" >&2; exit 1; }
 command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1; }
 command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
+command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }

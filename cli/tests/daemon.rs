@@ -293,11 +293,98 @@ fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
     assert!(sent < 24 << 20, "resumed job resent everything: {sent}");
     let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
-    assert_eq!(db.get(&control::model::RelationshipId(id.clone())).unwrap().job_running, false);
+    assert!(!db.get(&control::model::RelationshipId(id.clone())).unwrap().job_running);
     drop(db);
 
     // SIGTERM: the daemon stops at a chunk boundary and exits 0.
     let mut a = a;
     let st = a.terminate();
     assert!(st.success(), "daemon exited {st} on SIGTERM");
+}
+
+#[test]
+fn daemon_tells_systemd_it_is_ready_and_exits_cleanly_on_sigterm() {
+    need_root();
+    let t = Scratch::new();
+    let sock_path = t.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data = t.path().join("n");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
+        .arg("daemon")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{}", node::free_port()), "--api", &format!("127.0.0.1:{}", node::free_port())])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means the token exists and the API answers.
+    assert!(data.join("admin.token").exists());
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    // The unit file the README points to asks for exactly this protocol.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mover.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("KillSignal=SIGTERM"));
+}
+
+#[test]
+fn deleting_on_the_target_mid_job_reverts_to_the_last_recovery_point() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("old"), 4, 256 << 10, 6);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.cli_ok(&["relationship", "replicate", &id]);
+    a.wait_for("source", &id, "the first recovery point", synced);
+    let first = tree_hash(&dst);
+
+    // A second job that changes existing files and adds 16 MiB, cut by a delete on the target.
+    fill(&src.join("old"), 4, 256 << 10, 7);
+    fill(&src.join("new"), 16, 1 << 20, 8);
+    a.cli_ok(&["relationship", "replicate", &id]);
+    a.wait_for("source", &id, "the second job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 3 << 20));
+    b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
+    assert_eq!(tree_hash(&dst), first, "the target is not at its last recovery point");
+    assert!(!dst.join(".mover-state/journal").exists());
+    std::fs::write(dst.join("writable"), b"yes").unwrap();
+    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended" && v["job"].is_null());
+}
+
+#[test]
+fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
+    need_root();
+    let t = Scratch::new();
+    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 16, 1 << 20, 9);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "the job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 4 << 20));
+    let t0 = Instant::now();
+    let st = a.terminate();
+    assert!(st.success(), "daemon exited {st} on SIGTERM");
+    assert!(t0.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", t0.elapsed());
+    {
+        let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
+        let r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
+        assert!(r.job_running, "the interrupted job must stay marked running");
+        assert!(r.last_attempt.unwrap().message.contains("resumes"));
+    }
+    let (dir, listen, api) = (a.dir.clone(), a.listen, a.api);
+    drop(a);
+    let a = Node::start_on(&dir, listen, api);
+    let v = a.wait_for("source", &id, "the resumed job to complete", synced);
+    let sent: u64 = v["last_attempt"]["message"].as_str().unwrap().split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(sent < 16 << 20, "the resumed job started over: {sent} bytes");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
 }

@@ -69,16 +69,19 @@ proptest! {
     }
 
     #[test]
-    fn plan_covers_every_byte_exactly_once(sizes in proptest::collection::vec(0u64..(20 << 20), 1..40), workers in 1usize..6) {
+    fn plan_covers_every_byte_exactly_once_and_counts_each_file_once(sizes in proptest::collection::vec(0u64..(20 << 20), 1..40), workers in 1usize..6) {
         let files: Vec<FileToSend> = sizes.iter().enumerate()
             .map(|(i, &s)| FileToSend { entry: EntryId(i as u32 + 1), size: s, regions: vec![(0, s)] })
             .collect();
         let plans = plan(&files, workers);
         prop_assert_eq!(plans.len(), workers);
+        // Progress: every file is completed by exactly one unit (small ones by their batch).
+        let completed: u64 = plans.iter().flatten().map(|u| u.files_done()).sum();
+        prop_assert_eq!(completed, files.len() as u64);
         let mut covered = vec![Vec::new(); files.len() + 1];
         for u in plans.iter().flatten() {
             match u {
-                Unit::Chunk { entry, offset, len } => covered[entry.index()].push((*offset, *len as u64)),
+                Unit::Chunk { entry, offset, len, .. } => covered[entry.index()].push((*offset, *len as u64)),
                 Unit::Batch { files: fs } => for (e, l) in fs { covered[e.index()].push((0, *l as u64)); },
             }
         }

@@ -275,9 +275,9 @@ async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Ans
         let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now).map(|t| t.to_rfc3339()).unwrap_or_default();
         return conflict(format!("relationship {id} is in a blackout window (until {until}); no job starts inside one"));
     }
-    if !lock(&node.jobs).contains_key(&id) {
-        lock(&node.wanted).insert(id.clone());
-    }
+    // While a job runs, the request queues one more job after it (it picks up what changed
+    // since that job's point in time).
+    lock(&node.wanted).insert(id.clone());
     Ok((StatusCode::ACCEPTED, show(&node, r)))
 }
 
@@ -286,7 +286,7 @@ async fn abort(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<
     let id = id(&i)?;
     let r = node.get(&id, Role::Source)?;
     lock(&node.wanted).remove(&id);
-    if !lock(&node.jobs).contains_key(&id) {
+    if lock(&node.jobs).get(&id).is_none_or(|j| j.finished()) {
         return Err(ApiError(StatusCode::CONFLICT, format!("relationship {id} has no running job")));
     }
     source::stop_job(&node, &id, STOP_GRACE).await;

@@ -143,7 +143,7 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
     let app = api::router(node.clone());
-    let server = axum::serve(api, app).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(api, app).with_graceful_shutdown(shutdown_signal()?);
     config::sd_notify("READY=1");
     server.await.ctx(|| "serving the API".to_string())?;
     config::sd_notify("STOPPING=1");
@@ -154,19 +154,17 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before readiness is announced, so a stop request
+/// right after READY=1 is not lost) and returns the future that completes on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {},
-                _ = i.recv() => {},
-            }
+    let mut term = signal(SignalKind::terminate()).ctx(|| "installing the SIGTERM handler".to_string())?;
+    let mut int = signal(SignalKind::interrupt()).ctx(|| "installing the SIGINT handler".to_string())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-            std::future::pending::<()>().await
-        }
-    }
-    tracing::info!("shutting down: stopping jobs at a chunk boundary");
+        tracing::info!("shutting down: stopping jobs at a chunk boundary");
+    })
 }

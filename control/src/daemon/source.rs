@@ -37,6 +37,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job's thread has recorded its outcome (the scheduler drops it on its next tick).
+    pub fn finished(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
     pub fn view(&self) -> JobView {
         let p = &self.progress;
         JobView::from_counts(

@@ -49,7 +49,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
     let now = chrono::Utc::now();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let job = match r.role {
-        Role::Source => lock(&node.jobs).get(&r.id).map(|j| j.view()),
+        Role::Source => lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view()),
         Role::Target => lock(&node.reported).get(&r.id).cloned().filter(|_| r.job_running),
     };
     let mut state = model::status(&r, now);
