@@ -217,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Send { src, to, threads, json, no_direct, state, retries, snapshot } => {
             let to = resolve(&to)?;
-            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot, session: None };
+            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot, session: None, id_map: None };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
             let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {

@@ -37,7 +37,7 @@ fn dirs() -> Dirs {
 }
 
 fn options(src: &Path, to: SocketAddr, state: &Path) -> SendOptions {
-    SendOptions { src: src.to_path_buf(), to, threads: THREADS, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None }
+    SendOptions { src: src.to_path_buf(), to, threads: THREADS, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None, id_map: None }
 }
 
 /// `send_with_retry` through `to`; returns the result and the error of every failed attempt.

@@ -137,3 +137,30 @@ fn type_changes_in_the_destination_are_replaced() {
     replicate(&src, &dst, 1);
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn id_map_replicates_owners_as_the_target_ids() {
+    assert!(rustix::process::geteuid().is_root(), "owners are set only by a root receiver: run as root (CI does)");
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("a"), b"a").unwrap();
+    std::fs::write(src.path().join("b"), b"b").unwrap();
+    std::os::unix::fs::chown(src.path().join("b"), Some(4321), Some(4321)).unwrap();
+    let (addr, h) = start_receiver(dst.path());
+    let map = mover::sender::IdMap { uid: [(0, 1000)].into(), gid: [(0, 2000), (4321, 4322)].into() };
+    let opts = mover::sender::SendOptions {
+        src: src.path().to_path_buf(),
+        to: addr,
+        threads: 2,
+        direct: true,
+        state: None,
+        snapshot: None,
+        session: None,
+        id_map: Some(map),
+    };
+    mover::sender::send(&opts, &std::sync::Arc::new(mover::Progress::default())).unwrap();
+    assert!(h.join().unwrap().ok);
+    let (a, b) = (std::fs::metadata(dst.path().join("a")).unwrap(), std::fs::metadata(dst.path().join("b")).unwrap());
+    assert_eq!((a.uid(), a.gid()), (1000, 2000), "mapped ids");
+    assert_eq!((b.uid(), b.gid()), (4321, 4322), "unmapped uid passes, mapped gid changes");
+    assert_eq!(std::fs::metadata(dst.path()).unwrap().uid(), 1000, "the root directory too");
+}

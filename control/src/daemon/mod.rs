@@ -25,6 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// A target that has not heard from its source for this long shows it as disconnected (the
+/// source polls every few seconds).
+pub const DISCONNECTED_AFTER: Duration = Duration::from_secs(30);
+
 /// How long SIGTERM waits for running jobs to reach a chunk boundary and record their state.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -44,6 +48,9 @@ pub struct Node {
     reported: Mutex<HashMap<RelationshipId, JobView>>,
     /// Target side: relationships being reverted and released after a delete.
     reverting: Mutex<HashSet<RelationshipId>>,
+    /// Target side: when the pinned source last reached us, per relationship.
+    last_contact: Mutex<HashMap<RelationshipId, std::time::Instant>>,
+    started: std::time::Instant,
     metrics: metrics::Metrics,
     shutting_down: AtomicBool,
 }
@@ -117,6 +124,8 @@ fn open_node(opts: DaemonOptions) -> Result<Node> {
         receivers: Mutex::default(),
         reported: Mutex::default(),
         reverting: Mutex::default(),
+        last_contact: Mutex::default(),
+        started: std::time::Instant::now(),
         metrics: metrics::Metrics::default(),
         shutting_down: AtomicBool::new(false),
     })

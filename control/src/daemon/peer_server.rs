@@ -71,6 +71,7 @@ fn pinned(node: &Node, id: &crate::model::RelationshipId, fp: &Fingerprint) -> R
             "peer not authorized for relationship {id}: its certificate {fp} is not the one pinned when the relationship was proposed"
         )));
     }
+    super::lock(&node.last_contact).insert(id.clone(), std::time::Instant::now());
     Ok(r)
 }
 

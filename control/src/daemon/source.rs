@@ -243,6 +243,10 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
                 state: Some(node.state_dir(id)),
                 snapshot: None,
                 session: Some(session),
+                id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
+                    uid: m.uid.iter().copied().collect(),
+                    gid: m.gid.iter().copied().collect(),
+                }),
             };
             Ok(mover::sender::send(&opts, progress)?)
         });

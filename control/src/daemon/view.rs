@@ -59,6 +59,12 @@ pub fn view(node: &Node, r: Relationship) -> View {
     if job.is_some() && state == State::Idle {
         state = State::Running;
     }
+    if r.role == Role::Target && r.authorized && matches!(state, State::Idle | State::JobIncompleteWillRetry) {
+        let since = lock(&node.last_contact).get(&r.id).copied().unwrap_or(node.started);
+        if since.elapsed() > super::DISCONNECTED_AFTER {
+            state = State::Disconnected;
+        }
+    }
     View {
         id: r.id.0,
         role: r.role,

@@ -59,6 +59,30 @@ pub struct SendOptions {
     /// The session id to use: a one-time ticket from a daemon-run receiver (which accepts only
     /// the ids it issued); `None` picks a random one.
     pub session: Option<SessionId>,
+    /// Numeric owners to replicate as other ids (the target's users differ).
+    pub id_map: Option<IdMap>,
+}
+
+/// Source id -> target id, for uids and gids; an id not listed is sent as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdMap {
+    pub uid: std::collections::HashMap<u32, u32>,
+    pub gid: std::collections::HashMap<u32, u32>,
+}
+
+impl IdMap {
+    /// Rewrites the owners of walked entries; the tree hash both sides verify is then the
+    /// mapped tree's.
+    pub fn apply(&self, entries: &mut [crate::tree::entry::Entry]) {
+        for e in entries {
+            if let Some(&u) = self.uid.get(&e.meta.uid) {
+                e.meta.uid = u;
+            }
+            if let Some(&g) = self.gid.get(&e.meta.gid) {
+                e.meta.gid = g;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,6 +175,9 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         }
     }
     let stable = provider != crate::snapshot::Provider::Plain;
+    if let Some(m) = &opts.id_map {
+        m.apply(&mut walked.entries);
+    }
     let walked = walked;
     let entries = &walked.entries;
     tracing::info!(entries = entries.len(), secs = start.elapsed().as_secs_f64(), "walked source");

@@ -29,7 +29,7 @@ pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
 }
 
 pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<SendReport> {
-    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true, state: None, snapshot: None, session: None }, &Arc::new(Progress::default()))
+    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true, state: None, snapshot: None, session: None, id_map: None }, &Arc::new(Progress::default()))
 }
 
 /// A receiver that keeps serving sessions (so a retrying sender can resume); each session's
@@ -49,7 +49,7 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
 
 /// Sends with a state directory (manifest), so later jobs are incremental.
 pub fn send_state(src: &Path, addr: SocketAddr, state: &Path) -> mover::Result<SendReport> {
-    let opts = SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None };
+    let opts = SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None, id_map: None };
     send(&opts, &Arc::new(Progress::default()))
 }
 
