@@ -211,6 +211,17 @@ fn unauthenticated_peer_is_refused() {
     assert_eq!(tree_hash(&dst), before);
     assert!(!dst.join("change").exists());
     assert_eq!(b.view("target", &id)["authorized"], true);
+
+    // A plain data-plane sender on the replication port, without a ticket: refused, unwritten.
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
+        .arg("send")
+        .arg(&src)
+        .args(["--to", &format!("127.0.0.1:{}", b.listen), "--retries", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("session not authorized"), "{}", stderr(&out));
+    assert_eq!(tree_hash(&dst), before);
 }
 
 /// Bytes sent by the running job, or None when no job runs.

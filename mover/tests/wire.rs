@@ -166,3 +166,26 @@ fn large_files_are_split_across_workers_on_extent_boundaries() {
         assert_eq!(offset % 4096, 0, "chunk offsets stay O_DIRECT aligned");
     }
 }
+
+#[test]
+fn a_data_plane_hello_is_told_apart_from_tls_and_read_without_consuming() {
+    use mover::receiver::{hello_session, DATA_PLANE_FIRST_BYTE};
+    use mover::units::SessionId;
+    let hello = Hello {
+        min_version: PROTOCOL_VERSION_MIN,
+        max_version: PROTOCOL_VERSION_MAX,
+        software: "t".into(),
+        capabilities: 0,
+        session: SessionId(0xfeed),
+        role: Role::Worker { index: mover::units::WorkerIndex(3) },
+    };
+    let f = encode_frame(FrameKind::Hello, &hello.encode());
+    assert_eq!(f[0], DATA_PLANE_FIRST_BYTE);
+    assert_ne!(DATA_PLANE_FIRST_BYTE, 0x16, "TLS handshake records start with 0x16");
+    assert_eq!(hello_session(&f).unwrap(), Some(SessionId(0xfeed)));
+    for cut in [1, 10, f.len() - 1] {
+        assert_eq!(hello_session(&f[..cut]).unwrap(), None, "{cut} bytes: need more");
+    }
+    assert!(hello_session(&[0x16, 3, 1, 0, 200, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    assert!(hello_session(&encode_frame(FrameKind::Data, b"x")).is_err());
+}

@@ -48,6 +48,9 @@ pub struct Node {
     reported: Mutex<HashMap<RelationshipId, JobView>>,
     /// Target side: relationships being reverted and released after a delete.
     reverting: Mutex<HashSet<RelationshipId>>,
+    /// Target side: session id (ticket) -> relationship, to route data-plane connections that
+    /// arrive on the replication port.
+    routes: Mutex<HashMap<u128, (RelationshipId, std::time::Instant)>>,
     /// Target side: when the pinned source last reached us, per relationship.
     last_contact: Mutex<HashMap<RelationshipId, std::time::Instant>>,
     started: std::time::Instant,
@@ -124,6 +127,7 @@ fn open_node(opts: DaemonOptions) -> Result<Node> {
         receivers: Mutex::default(),
         reported: Mutex::default(),
         reverting: Mutex::default(),
+        routes: Mutex::default(),
         last_contact: Mutex::default(),
         started: std::time::Instant::now(),
         metrics: metrics::Metrics::default(),

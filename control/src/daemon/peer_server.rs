@@ -43,7 +43,15 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     }
 }
 
+/// Largest Hello a data-plane connection may open with (it is well under 1 KiB).
+const MAX_HELLO_PEEK: usize = 4096;
+
 async fn one(node: &Arc<Node>, acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) -> crate::Result<()> {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(peer_wire::PEER_TIMEOUT, tcp.peek(&mut first)).await;
+    if matches!(peeked, Ok(Ok(1))) && first[0] == mover::receiver::DATA_PLANE_FIRST_BYTE {
+        return data_plane(node, tcp).await;
+    }
     let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
     let req: PeerRequest = tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
         .await
@@ -53,6 +61,44 @@ async fn one(node: &Arc<Node>, acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio:
         tracing::warn!(peer = %fp, "refused: {message}");
     }
     peer_wire::write_msg(&mut tls, &answer).await
+}
+
+/// A data-plane connection on the replication port: read its Hello without consuming it and
+/// hand the socket to the receiver that issued its session id as a ticket.
+async fn data_plane(node: &Arc<Node>, tcp: tokio::net::TcpStream) -> crate::Result<()> {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let fail = |message: String| Error::Peer { peer: peer.clone(), message };
+    let mut buf = vec![0u8; MAX_HELLO_PEEK];
+    let deadline = tokio::time::Instant::now() + peer_wire::PEER_TIMEOUT;
+    let session = loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.map_err(|_| fail("no data-plane Hello in time".into()))?;
+        let n = n.map_err(|e| fail(format!("reading a data-plane Hello: {e}")))?;
+        match mover::receiver::hello_session(&buf[..n]) {
+            Ok(Some(s)) => break s,
+            Ok(None) if n < buf.len() => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Ok(None) => return Err(fail("data-plane Hello too large".into())),
+            Err(e) => return Err(fail(format!("malformed data-plane Hello: {e}"))),
+        }
+    };
+    let std = tcp.into_std().map_err(|e| fail(format!("socket: {e}")))?;
+    let n = node.clone();
+    let routed = tokio::task::spawn_blocking(move || {
+        let keep = std.try_clone().ok();
+        let ok = target::route(&n, session.0, std);
+        (ok, keep)
+    })
+    .await
+    .map_err(|e| fail(format!("routing task: {e}")))?;
+    if !routed.0 {
+        // Tell the sender why before closing (its Hello is answered with an Error frame).
+        if let Some(mut s) = routed.1 {
+            use std::io::Write;
+            let msg = mover::wire::message::encode_message("session not authorized: its id is not a ticket this node issued");
+            let _ = s.write_all(&mover::wire::frame::encode_frame(mover::wire::frame::FrameKind::Error, &msg));
+        }
+        return Err(fail("data-plane session with an id no receiver issued; closed".into()));
+    }
+    Ok(())
 }
 
 fn refuse(message: String) -> PeerAnswer {

@@ -9,7 +9,6 @@ use crate::readonly;
 use crate::{Error, Result};
 use mover::receiver::{ReceiveOptions, Receiver, Tickets};
 use mover::Progress;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +19,8 @@ use std::time::{Duration, Instant};
 pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Rx {
-    pub addr: SocketAddr,
+    /// Data-plane connections the peer port routed to this relationship.
+    pub inbox: std::sync::mpsc::Sender<std::net::TcpStream>,
     pub tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
@@ -84,16 +84,38 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     }
     let Some(rx) = rxs.get(&r.id) else { unreachable!("inserted above") };
     let t = rx.tickets.issue()?;
-    Ok((rx.addr.port(), t.0))
+    let mut routes = lock(&node.routes);
+    routes.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
+    if routes.len() >= MAX_ROUTES {
+        return Err(Error::Conflict("too many data-plane sessions pending on this node; try again".into()));
+    }
+    routes.insert(t.0, (r.id.clone(), Instant::now()));
+    // The data plane shares the replication port: the source connects where it sent this.
+    Ok((node.opts.listen.port(), t.0))
+}
+
+/// How long a ticket's session id keeps routing data-plane connections (the session's workers
+/// connect right after its control connection; a session is one job attempt).
+pub const ROUTE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Session routes kept at most (bounds memory whatever a source asks).
+pub const MAX_ROUTES: usize = 4096;
+
+/// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
+/// no receiver issued it (the caller closes the connection).
+pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
+    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else { return false };
+    match lock(&node.receivers).get(&id) {
+        Some(rx) => rx.inbox.send(conn).is_ok(),
+        None => false,
+    }
 }
 
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     let tickets = Arc::new(Tickets::default());
     let stop = Arc::new(AtomicBool::new(false));
     let opts = ReceiveOptions { root: receiver_root(node, r), once: false, tickets: Some(tickets.clone()), stop: Some(stop.clone()) };
-    let bind = SocketAddr::new(node.opts.listen.ip(), 0);
-    let rx = Receiver::bind(bind, opts, Arc::new(Progress::default()))?;
-    let addr = rx.local_addr()?;
+    let (inbox, incoming) = std::sync::mpsc::channel();
+    let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
     let id = r.id.clone();
     let thread = std::thread::Builder::new()
         .name("mover-receiver".into())
@@ -104,8 +126,8 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             }
         })
         .map_err(|e| Error::Io { context: "spawning the receiver thread".into(), source: e })?;
-    tracing::info!(id = %r.id, %addr, "data-plane receiver listening");
-    Ok(Rx { addr, tickets, stop, thread })
+    tracing::info!(id = %r.id, "data-plane receiver started");
+    Ok(Rx { inbox, tickets, stop, thread })
 }
 
 /// Stops the relationship's receiver and waits (bounded) until its session, if any, ended.

@@ -90,7 +90,9 @@ enum Accepted {
 }
 
 pub struct Receiver {
-    listener: TcpListener,
+    /// Where connections come from: its own listener, or (inside the daemon, which owns the one
+    /// replication port) a channel of connections already accepted and routed by session id.
+    source: Incoming,
     opts: ReceiveOptions,
     /// Worker-connection channels of running sessions, touched only by the accept loop.
     sessions: HashMap<SessionId, mpsc::Sender<(WorkerIndex, TcpStream)>>,
@@ -102,25 +104,97 @@ pub struct Receiver {
     root: std::os::fd::OwnedFd,
 }
 
+enum Incoming {
+    Listener(TcpListener),
+    Inbox(mpsc::Receiver<TcpStream>),
+}
+
+/// The session id in a connection's first bytes (a Hello frame), `Ok(None)` while more bytes
+/// are needed. Lets a daemon that owns the replication port route data-plane connections to
+/// the receiver that issued the session's ticket without consuming anything.
+pub fn hello_session(first: &[u8]) -> std::result::Result<Option<SessionId>, crate::wire::WireError> {
+    match crate::wire::frame::decode_frame(first) {
+        Ok((h, payload, _)) if h.kind == FrameKind::Hello => Ok(Some(Hello::decode(payload)?.session)),
+        Ok(_) => Err(crate::wire::WireError::BadField { field: "first frame (not Hello)" }),
+        Err(crate::wire::WireError::Truncated { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A connection's first byte is this for a data-plane connection (the Hello frame kind); TLS
+/// records start with 0x16, so one port can carry both.
+pub const DATA_PLANE_FIRST_BYTE: u8 = FrameKind::Hello as u8;
+
 impl Receiver {
     /// Binds and locks the root so a second receiver cannot interleave writes into it.
     pub fn bind(addr: SocketAddr, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
+        let root = Self::lock_root(&opts)?;
+        let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
+        listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
+        Ok(Self::new(Incoming::Listener(listener), opts, progress, root))
+    }
+
+    /// A receiver fed with connections someone else accepted (blocking or not; each is checked
+    /// like an accepted one: Hello, version, ticket).
+    pub fn from_inbox(inbox: mpsc::Receiver<TcpStream>, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
+        let root = Self::lock_root(&opts)?;
+        Ok(Self::new(Incoming::Inbox(inbox), opts, progress, root))
+    }
+
+    fn lock_root(opts: &ReceiveOptions) -> Result<std::os::fd::OwnedFd> {
         let root = crate::beneath::open_root(&opts.root, "destination root")?;
         rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| Error::Usage(format!("{} is already in use by another mover receiver", opts.root.display())))?;
-        let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
-        listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
+        Ok(root)
+    }
+
+    fn new(source: Incoming, opts: ReceiveOptions, progress: Arc<Progress>, root: std::os::fd::OwnedFd) -> Receiver {
         crate::raise_fd_limit();
         // Read (and restore) the umask: inline files are created with their final permission
         // bits, and fchmod is skipped only where the umask cannot have cleared any.
         let umask = rustix::process::umask(rustix::fs::Mode::empty());
         rustix::process::umask(umask);
         let owners = rustix::process::geteuid().is_root();
-        Ok(Receiver { listener, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), root })
+        Receiver { source, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), root }
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().ctx(|| "listener address".to_string())
+        match &self.source {
+            Incoming::Listener(l) => l.local_addr().ctx(|| "listener address".to_string()),
+            Incoming::Inbox(_) => Err(Error::Usage("this receiver has no listener of its own".into())),
+        }
+    }
+
+    /// The next connection, waiting at most ACCEPT_POLL; `Ok(None)` when none came.
+    fn next_connection(&self) -> Result<Option<(TcpStream, String)>> {
+        match &self.source {
+            Incoming::Listener(l) => {
+                let ready = rustix::event::poll(
+                    &mut [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)],
+                    Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: ACCEPT_POLL.as_nanos() as i64 }),
+                );
+                if !matches!(ready, Ok(n) if n > 0) {
+                    return Ok(None);
+                }
+                match l.accept() {
+                    Ok((s, peer)) => Ok(Some((s, peer.to_string()))),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(Error::Io { context: "accept".into(), source: e }),
+                }
+            }
+            Incoming::Inbox(rx) => match rx.recv_timeout(ACCEPT_POLL) {
+                Ok(s) => {
+                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    Ok(Some((s, peer)))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                // The daemon dropped the sender: nobody can reach this receiver any more.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(ACCEPT_POLL);
+                    Ok(None)
+                }
+            },
+        }
     }
 
     /// Serves until one session ended (`once`) or forever; calls `on_report` after each session.
@@ -143,18 +217,7 @@ impl Receiver {
             if active.is_none() && self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
                 return Ok(SessionReport::failed(SessionId(0), "receiver stopped"));
             }
-            let ready = rustix::event::poll(
-                &mut [rustix::event::PollFd::new(&self.listener, rustix::event::PollFlags::IN)],
-                Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: ACCEPT_POLL.as_nanos() as i64 }),
-            );
-            if !matches!(ready, Ok(n) if n > 0) {
-                continue;
-            }
-            let (sock, peer) = match self.listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Error::Io { context: "accept".into(), source: e }),
-            };
+            let Some((sock, peer)) = self.next_connection()? else { continue };
             let stopping = self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             let refuse_control = (self.opts.once && started > 0) || stopping;
             match self.handshake(sock, &running, refuse_control) {
