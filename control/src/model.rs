@@ -74,6 +74,21 @@ pub enum State {
 }
 
 impl State {
+    /// The name in JSON and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Idle => "idle",
+            State::AwaitingAuthorization => "awaiting_authorization",
+            State::Disconnected => "disconnected",
+            State::InBlackoutWindow => "in_blackout_window",
+            State::ContinuousReplicationDisabled => "continuous_replication_disabled",
+            State::RevertingToLastRecoveryPoint => "reverting_to_last_recovery_point",
+            State::JobIncompleteWillRetry => "job_incomplete_will_retry",
+            State::Ended => "ended",
+        }
+    }
+
     /// The words an operator reads in a table.
     pub fn describe(self) -> &'static str {
         match self {
@@ -240,6 +255,26 @@ pub struct Relationship {
     pub read_only: Option<String>,
 }
 
+impl Relationship {
+    /// A relationship just created (source) or proposed (target): not yet authorized, no job.
+    pub fn new(id: RelationshipId, role: Role, spec: Spec, created_ns: i64, peer_fingerprint: Option<String>) -> Relationship {
+        Relationship {
+            id,
+            role,
+            spec,
+            authorized: false,
+            created_ns,
+            last_attempt: None,
+            recovery_point_ns: None,
+            job_running: false,
+            peer_unreachable: false,
+            ended: false,
+            peer_fingerprint,
+            read_only: None,
+        }
+    }
+}
+
 /// The status to show, decided from the relationship and the clock.
 pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
     if r.ended {
@@ -319,22 +354,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn state_names_are_the_json_names() {
+        for st in [State::Running, State::AwaitingAuthorization, State::JobIncompleteWillRetry, State::RevertingToLastRecoveryPoint] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.name());
+        }
+    }
+
+    #[test]
     fn status_follows_authorization_enabled_and_job_outcome() {
         let now = chrono::Utc::now();
-        let mut r = Relationship {
-            id: RelationshipId::new_random(),
-            role: Role::Target,
-            spec: spec(),
-            authorized: false,
-            created_ns: 0,
-            last_attempt: None,
-            recovery_point_ns: None,
-            job_running: false,
-            peer_unreachable: false,
-            ended: false,
-            peer_fingerprint: None,
-            read_only: None,
-        };
+        let mut r = Relationship::new(RelationshipId::new_random(), Role::Target, spec(), 0, None);
         assert_eq!(status(&r, now), State::AwaitingAuthorization);
         r.authorized = true;
         assert_eq!(status(&r, now), State::Idle);

@@ -207,20 +207,7 @@ mod tests {
     use crate::model::Edit;
 
     fn rel(role: Role) -> Relationship {
-        Relationship {
-            id: RelationshipId::new_random(),
-            role,
-            spec: crate::model::tests::spec(),
-            authorized: false,
-            created_ns: 1,
-            last_attempt: None,
-            recovery_point_ns: None,
-            job_running: false,
-            peer_unreachable: false,
-            ended: false,
-            peer_fingerprint: None,
-            read_only: None,
-        }
+        Relationship::new(RelationshipId::new_random(), role, crate::model::tests::spec(), 1, None)
     }
 
     #[test]

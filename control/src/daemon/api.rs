@@ -180,20 +180,7 @@ async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(Stat
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("source path {} is not an existing directory on this node", spec.source_path)));
     }
     let id = RelationshipId::new_random();
-    let mut r = Relationship {
-        id: id.clone(),
-        role: Role::Source,
-        spec: spec.clone(),
-        authorized: false,
-        created_ns: now_ns(),
-        last_attempt: None,
-        recovery_point_ns: None,
-        job_running: false,
-        peer_unreachable: false,
-        ended: false,
-        peer_fingerprint: None,
-        read_only: None,
-    };
+    let mut r = Relationship::new(id.clone(), Role::Source, spec.clone(), now_ns(), None);
     // First contact: whatever certificate the target presents is pinned from now on.
     let addr = source::peer_addr(&r).await?;
     let req = PeerRequest::Propose { id, spec, software: mover::software_version().to_string() };
@@ -332,7 +319,7 @@ async fn metrics(State(node): Ctx) -> Answer<([(axum::http::HeaderName, &'static
         .collect();
     let mut states = std::collections::BTreeMap::new();
     for r in all {
-        *states.entry(view::view(&node, r).state_text).or_insert(0u64) += 1;
+        *states.entry(view::view(&node, r).state.name()).or_insert(0u64) += 1;
     }
     let text = node.metrics.render(&ages, &states);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))

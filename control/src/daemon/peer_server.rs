@@ -195,20 +195,7 @@ fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec
         Ok(None) => {}
         Err(e) => return refuse(e.to_string()),
     }
-    let r = Relationship {
-        id: id.clone(),
-        role: Role::Target,
-        spec,
-        authorized: false,
-        created_ns: now_ns(),
-        last_attempt: None,
-        recovery_point_ns: None,
-        job_running: false,
-        peer_unreachable: false,
-        ended: false,
-        peer_fingerprint: Some(fp.0.clone()),
-        read_only: None,
-    };
+    let r = Relationship::new(id.clone(), Role::Target, spec, now_ns(), Some(fp.0.clone()));
     match node.store().insert(&r) {
         Ok(()) => {
             tracing::info!(%id, peer = %fp, software, "relationship proposed; awaiting authorization");

@@ -82,6 +82,7 @@ pub async fn schedule(node: Arc<Node>) {
     let mut last_poll: std::collections::HashMap<RelationshipId, Instant> = Default::default();
     let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> = Default::default();
     let mut last_report = Instant::now();
+    let polling: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> = Default::default();
     loop {
         tokio::time::sleep(TICK).await;
         if node.shutting_down() {
@@ -103,9 +104,15 @@ pub async fn schedule(node: Arc<Node>) {
                 continue;
             }
             let due_poll = if r.authorized { POLL_AUTHORIZED } else { POLL_UNAUTHORIZED };
-            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll) {
+            // One poll in flight per relationship: a slow target must not pile them up.
+            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll) && lock(&polling).insert(r.id.clone()) {
                 last_poll.insert(r.id.clone(), Instant::now());
-                tokio::spawn(poll_target(node.clone(), r.clone()));
+                let (node, r, polling) = (node.clone(), r.clone(), polling.clone());
+                tokio::spawn(async move {
+                    let id = r.id.clone();
+                    poll_target(node, r).await;
+                    lock(&polling).remove(&id);
+                });
             }
             if !r.authorized {
                 continue;
