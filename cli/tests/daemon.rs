@@ -156,6 +156,12 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
     let (code, list) = a.call_as(Some(&observer), "GET", path, None);
     assert_eq!((code, list), (200, json!([])));
+    // A misspelt setting is an error, not silently dropped.
+    let mut typo = spec.clone();
+    typo["bandwith_limit"] = json!(5);
+    let (code, v) = a.call("POST", path, Some(&typo));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bandwith_limit"), "{v}");
 
     // The CLI maps a 403 to exit code 7 and says which privilege is missing.
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))

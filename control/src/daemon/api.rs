@@ -18,6 +18,8 @@ use std::time::Duration;
 
 /// How long deleting or aborting waits for a job to reach a chunk boundary.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// The fields a create request may carry (model::Spec).
+const SPEC_FIELDS: [&str; 8] = ["source_path", "target_address", "target_port", "target_path", "blackout_windows", "map_ids", "enabled", "bandwidth_limit"];
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
 const MAX_BODY: usize = 256 * 1024;
 
@@ -174,7 +176,13 @@ async fn get_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> An
 
 async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
-    let spec: Spec = body(&b, "relationship")?;
+    let raw: serde_json::Value = body(&b, "relationship")?;
+    // Strict here (a typo must not silently drop a setting), lenient in storage and between
+    // daemons (a newer peer may know more fields).
+    if let Some(unknown) = raw.as_object().and_then(|o| o.keys().find(|k| !SPEC_FIELDS.contains(&k.as_str()))) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("relationship: unknown field `{unknown}`, expected one of {}", SPEC_FIELDS.join(", "))));
+    }
+    let spec: Spec = serde_json::from_value(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("relationship: {e}")))?;
     spec.validate()?;
     if !std::path::Path::new(&spec.source_path).is_dir() {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("source path {} is not an existing directory on this node", spec.source_path)));
@@ -323,4 +331,17 @@ async fn metrics(State(node): Ctx) -> Answer<([(axum::http::HeaderName, &'static
     }
     let text = node.metrics.render(&ages, &states);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spec_fields_are_exactly_the_specs_fields() {
+        let v = serde_json::to_value(crate::model::tests::spec()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut known = super::SPEC_FIELDS.to_vec();
+        keys.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(keys, known);
+    }
 }
