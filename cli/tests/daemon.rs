@@ -411,3 +411,28 @@ fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     assert!(sent < 16 << 20, "the resumed job started over: {sent} bytes");
     assert_eq!(tree_hash(&src), tree_hash(&dst));
 }
+
+#[test]
+fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
+    need_root();
+    let t = Scratch::new();
+    let (a, mut b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 16, 1 << 20, 10);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "the job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 4 << 20));
+    b.kill();
+    // The target is still protected while its daemon is down (the mounts outlive it).
+    assert!(std::fs::write(dst.join("x"), b"x").is_err());
+    let (dir, listen, api) = (b.dir.clone(), b.listen, b.api);
+    drop(b);
+    let b = Node::start_on(&dir, listen, api);
+    let v = a.wait_for("source", &id, "the job to complete after the target came back", synced);
+    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+    assert!(std::fs::write(dst.join("x"), b"x").is_err());
+    let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
+    assert_eq!(db.integrity_check().unwrap(), "ok");
+}
