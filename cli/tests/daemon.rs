@@ -156,6 +156,14 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
     let (code, list) = a.call_as(Some(&observer), "GET", path, None);
     assert_eq!((code, list), (200, json!([])));
+    // The daemon's own data dir (key, tokens) cannot be a source, nor a tree holding it.
+    for p in [a.dir.join("data"), a.dir.clone()] {
+        let mut bad = spec.clone();
+        bad["source_path"] = json!(s(&p));
+        let (code, v) = a.call("POST", path, Some(&bad));
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("data dir"), "{v}");
+    }
     // A misspelt setting is an error, not silently dropped.
     let mut typo = spec.clone();
     typo["bandwith_limit"] = json!(5);

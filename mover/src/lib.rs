@@ -74,7 +74,12 @@ pub const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 #[derive(Default)]
 pub struct JobControl {
     paused: AtomicBool,
+    /// When the current pause began (`mono_ns`), 0 when not paused.
+    paused_since_ns: AtomicU64,
     cancelled: AtomicBool,
+    /// Stop this session at a chunk boundary but not the job: its runner starts a new session
+    /// (which resumes) later. Used for pauses longer than a peer waits on a silent connection.
+    suspended: AtomicBool,
     /// Bytes per second of file data; 0 is unlimited.
     rate: AtomicU64,
     /// File data bytes of the chunks workers have started (sent or in flight): the rate
@@ -93,10 +98,28 @@ fn mono_ns() -> u64 {
 impl JobControl {
     pub fn set_paused(&self, on: bool) {
         let was = self.paused.swap(on, Ordering::SeqCst);
+        if !was && on {
+            self.paused_since_ns.store(mono_ns().max(1), Ordering::SeqCst);
+        }
         if was && !on {
+            self.paused_since_ns.store(0, Ordering::SeqCst);
             // Time spent paused is not budget to burst with afterwards.
             self.restart_budget();
         }
+    }
+    /// How long the current pause has lasted.
+    pub fn paused_for(&self) -> Option<std::time::Duration> {
+        match self.paused_since_ns.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(std::time::Duration::from_nanos(mono_ns().saturating_sub(t))),
+        }
+    }
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::SeqCst);
+    }
+    /// Whether the session was suspended (clearing it for the next session).
+    pub fn take_suspended(&self) -> bool {
+        self.suspended.swap(false, Ordering::SeqCst)
     }
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
@@ -123,7 +146,7 @@ impl JobControl {
     /// Whether a worker may start another chunk now.
     pub fn gate(&self) -> Gate {
         let sent = self.issued.load(Ordering::Relaxed);
-        if self.cancelled.load(Ordering::Relaxed) {
+        if self.cancelled.load(Ordering::Relaxed) || self.suspended.load(Ordering::Relaxed) {
             return Gate::Cancel;
         }
         if self.paused.load(Ordering::Relaxed) {
@@ -210,6 +233,13 @@ mod tests {
         c.set_rate(None);
         c.issue(1 << 30);
         assert_eq!(c.gate(), Gate::Go);
+        c.set_paused(true);
+        assert!(c.paused_for().is_some());
+        c.suspend();
+        assert_eq!(c.gate(), Gate::Cancel);
+        assert!(c.take_suspended() && !c.take_suspended());
+        c.set_paused(false);
+        assert_eq!((c.gate(), c.paused_for()), (Gate::Go, None));
         c.cancel();
         assert_eq!(c.gate(), Gate::Cancel);
     }

@@ -184,8 +184,16 @@ async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(Stat
     }
     let spec: Spec = serde_json::from_value(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("relationship: {e}")))?;
     spec.validate()?;
-    if !std::path::Path::new(&spec.source_path).is_dir() {
+    let Ok(src) = std::path::Path::new(&spec.source_path).canonicalize().map_err(drop).and_then(|p| if p.is_dir() { Ok(p) } else { Err(()) }) else {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("source path {} is not an existing directory on this node", spec.source_path)));
+    };
+    // The data dir holds the node's key and tokens: no relationship may copy it elsewhere.
+    let data = node.opts.data_dir.canonicalize().unwrap_or_else(|_| node.opts.data_dir.clone());
+    if src.starts_with(&data) || data.starts_with(&src) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("source path {} overlaps the daemon's data dir {} (its key and tokens are not replicated)", src.display(), data.display()),
+        ));
     }
     let id = RelationshipId::new_random();
     let mut r = Relationship::new(id.clone(), Role::Source, spec.clone(), now_ns(), None);
@@ -226,8 +234,12 @@ async fn modify_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b:
 async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<StatusCode> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
+    lock(&node.wanted).remove(&id);
+    // Ended first, so the scheduler starts no job while the target is asked to delete.
     let r = node.get(&id, Role::Source)?;
+    node.modify(&id, |x| x.ended = true)?;
     if !source::stop_job(&node, &id, STOP_GRACE).await {
+        let _ = node.modify(&id, |x| x.ended = r.ended);
         return Err(ApiError(StatusCode::CONFLICT, "the running job did not stop in time; try again".into()));
     }
     // The target reverts an interrupted job and becomes writable; if it cannot be reached

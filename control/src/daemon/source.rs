@@ -27,6 +27,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const JOB_ATTEMPTS: u32 = 5;
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(500);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A pause (blackout window) longer than this ends the session at its chunk boundary and the
+/// job continues in a new session after the window: the receiver gives up on a silent
+/// connection after 60 s.
+const MAX_PAUSE_IN_SESSION: Duration = Duration::from_secs(40);
 /// After a failed job, wait this long before the next one.
 const FAILED_JOB_PAUSE: Duration = Duration::from_secs(5);
 
@@ -122,6 +126,9 @@ pub async fn schedule(node: Arc<Node>) {
             match running {
                 Some((p, false)) => {
                     p.control.set_paused(blackout);
+                    if p.control.paused_for().is_some_and(|d| d > MAX_PAUSE_IN_SESSION) {
+                        p.control.suspend();
+                    }
                     if report {
                         tokio::spawn(report_progress(node.clone(), r.id.clone()));
                     }
@@ -262,6 +269,19 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
                 rep.attempts = attempt;
                 return Ok(rep);
             }
+            Err(_) if progress.control.take_suspended() && !progress.control.is_cancelled() => {
+                // A long blackout window: wait it out, then resume in a new session. Not a
+                // failed attempt.
+                tracing::info!(%id, "session suspended for a long blackout window; the job resumes after it");
+                while !progress.control.is_cancelled() {
+                    let r = node.get(id, Role::Source)?;
+                    if !blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now()) {
+                        break;
+                    }
+                    std::thread::sleep(TICK);
+                }
+                pause = RETRY_BACKOFF_START;
+            }
             Err(e) => {
                 if progress.control.is_cancelled() || attempt >= JOB_ATTEMPTS || !worth_retrying(&e) {
                     return Err(e);
@@ -290,11 +310,11 @@ fn worth_retrying(e: &Error) -> bool {
 
 async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)> {
     match call(node, r, &PeerRequest::Ticket { id: r.id.clone() }).await? {
-        PeerAnswer::Ticket { port, ticket } => {
+        PeerAnswer::Ticket { port: _, ticket } => {
             let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer { peer: r.spec.target_address.clone(), message: "malformed ticket".into() })?;
-            let mut addr = peer_addr(r).await?;
-            addr.set_port(port);
-            Ok((addr, SessionId(t)))
+            // The data plane shares the peer port; the configured one is what reaches the
+            // target through NAT or port forwarding, whatever port it listens on itself.
+            Ok((peer_addr(r).await?, SessionId(t)))
         }
         other => Err(refused(r, other)),
     }

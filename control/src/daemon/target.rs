@@ -36,20 +36,42 @@ fn receiver_root(node: &Node, r: &Relationship) -> PathBuf {
 
 /// At start: re-establish the read-only protection of every authorized target (mounts do not
 /// survive a reboot; after a crash they are still there and this is a no-op).
+/// One relationship that cannot be protected (a missing volume, say) is logged and left for
+/// the operator; it does not keep the daemon, and so the API to delete it, from starting.
 pub fn restore(node: &Node) -> Result<()> {
     for r in node.store().list(Some(Role::Target))? {
         if r.authorized && !r.ended && r.read_only.as_deref() == Some("bind_mount") {
-            readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
+            if let Err(e) = readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id)) {
+                tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot protect the target directory; its jobs are refused until it can be: {e}");
+            }
         }
     }
     Ok(())
+}
+
+/// The directory the receiver must write through, checked now: a protected target's private
+/// view must really be mounted (else the data would land in the data dir, not the target).
+fn writable_root(node: &Node, r: &Relationship) -> Result<PathBuf> {
+    match r.read_only.as_deref() {
+        Some("bind_mount") => {
+            let (mode, via) = readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
+            if mode != readonly::Mode::BindMount {
+                return Err(Error::Conflict(format!(
+                    "target {} was protected by a bind mount that can no longer be made; delete and recreate the relationship",
+                    r.spec.target_path
+                )));
+            }
+            Ok(via)
+        }
+        _ => Ok(PathBuf::from(&r.spec.target_path)),
+    }
 }
 
 /// The operator accepts a proposed relationship.
 pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Result<Relationship> {
     let r = node.get(id, Role::Target)?;
     if r.authorized {
-        return Err(Error::Invalid(format!("relationship {id} is already authorized")));
+        return Err(Error::Conflict(format!("relationship {id} is already authorized")));
     }
     let target = PathBuf::from(&r.spec.target_path);
     let mut entries = std::fs::read_dir(&target).map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
@@ -71,10 +93,12 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
 
 /// A one-time session id for the relationship's receiver, starting the receiver if needed.
 pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
+    // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
+    // ticket that starts a new one.
+    let mut rxs = lock(&node.receivers);
     if lock(&node.reverting).contains(&r.id) || r.ended {
         return Err(Error::Conflict(format!("relationship {} is being deleted on the target", r.id)));
     }
-    let mut rxs = lock(&node.receivers);
     if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
         rxs.remove(&r.id);
     }
@@ -85,7 +109,17 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     let Some(rx) = rxs.get(&r.id) else { unreachable!("inserted above") };
     let t = rx.tickets.issue()?;
     let mut routes = lock(&node.routes);
-    routes.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
+    // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
+    // void (one session runs at a time, and its workers join right after its control
+    // connection).
+    let mut mine: Vec<(u128, Instant)> = routes.iter().filter(|(_, (id, _))| *id == r.id).map(|(t, (_, at))| (*t, *at)).collect();
+    if mine.len() >= mover::receiver::MAX_TICKETS {
+        mine.sort_by_key(|(_, at)| *at);
+        for (t, _) in &mine[..=mine.len() - mover::receiver::MAX_TICKETS] {
+            routes.remove(t);
+        }
+    }
+    routes.retain(|_, (_, at)| at.elapsed() < mover::receiver::TICKET_TTL);
     if routes.len() >= MAX_ROUTES {
         return Err(Error::Conflict("too many data-plane sessions pending on this node; try again".into()));
     }
@@ -94,11 +128,9 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     Ok((node.opts.listen.port(), t.0))
 }
 
-/// How long a ticket's session id keeps routing data-plane connections (the session's workers
-/// connect right after its control connection; a session is one job attempt).
-pub const ROUTE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Session routes kept at most (bounds memory whatever a source asks).
-pub const MAX_ROUTES: usize = 4096;
+/// Session routes kept at most: MAX_TICKETS per relationship, bounded overall whatever
+/// sources ask.
+pub const MAX_ROUTES: usize = 65536;
 
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
@@ -113,7 +145,7 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     let tickets = Arc::new(Tickets::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let opts = ReceiveOptions { root: receiver_root(node, r), once: false, tickets: Some(tickets.clone()), stop: Some(stop.clone()) };
+    let opts = ReceiveOptions { root: writable_root(node, r)?, once: false, tickets: Some(tickets.clone()), stop: Some(stop.clone()) };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
     let id = r.id.clone();
@@ -169,6 +201,10 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     })();
     lock(&node.reverting).remove(id);
     lock(&node.reported).remove(id);
+    if res.is_ok() {
+        lock(&node.routes).retain(|_, (rid, _)| rid != id);
+        lock(&node.last_contact).remove(id);
+    }
     if res.is_err() {
         let _ = node.modify(id, |x| x.ended = false);
     }

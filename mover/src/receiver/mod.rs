@@ -51,8 +51,11 @@ pub struct ReceiveOptions {
 
 /// Outstanding tickets at most; issuing more drops the oldest.
 pub const MAX_TICKETS: usize = 16;
-/// A ticket not redeemed within this long is void.
-pub const TICKET_TTL: Duration = Duration::from_secs(120);
+/// A ticket not redeemed within this long is void. Long: a sender asks for its ticket before
+/// it takes its snapshot and walks the tree, which can take hours on a large source; the
+/// ticket is a 128-bit secret handed only to the authenticated source, and at most
+/// MAX_TICKETS are outstanding.
+pub const TICKET_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// One-time session ids: 128 random bits each, handed to an authenticated peer and redeemed by
 /// its control connection. Worker connections join by the same id while the session runs, so
