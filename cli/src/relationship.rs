@@ -90,6 +90,18 @@ kinds to keep both.\n\nExample:\n  mover relationship modify 4f0c1a2b --blackout
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// On the target node: make the target directory writable (failover) and end the
+    /// relationship; an interrupted job is reverted to the last recovery point first.
+    #[command(long_about = "On the target node: make the target directory writable, for example to fail over to it. An interrupted job is first reverted to the last recovery point, so the directory holds exactly that recovery point; then the read-only protection is lifted. The relationship stays, in state `ended`, on both nodes (the source stops replicating at its next poll) until it is deleted.
+
+Example:
+  mover relationship make-writable 4f0c1a2b")]
+    MakeWritable {
+        /// Relationship id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// On the source node: start a replication job now instead of waiting.
     Replicate {
         /// Relationship id, or a unique prefix of it.
@@ -222,6 +234,15 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 return print_json(&v);
             }
             println!("authorized relationship {full} ({})", view::text(&v, "state_text"));
+        }
+        RelationshipCmd::MakeWritable { id, api } => {
+            let c = api.client();
+            let full = full_id(&c, Some(Role::Target), &id).with_context(|| format!("making the target of {id} writable"))?;
+            let v = c.post(&format!("{TARGET}/{full}/make-writable"), None).with_context(|| format!("making the target of {full} writable"))?;
+            if api.json {
+                return print_json(&v);
+            }
+            println!("target directory {} of relationship {full} is writable; the relationship has ended", view::text(&v, "target_path"));
         }
         RelationshipCmd::Replicate { id, api } => action(&id, &api, "replicate", "replication of")?,
         RelationshipCmd::Abort { id, api } => action(&id, &api, "abort", "abort of")?,

@@ -42,9 +42,12 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-/// True while some relationship has a job in flight (what `--until-idle` waits out).
+/// True while some relationship has a job in flight (what `--until-idle` waits out), a job
+/// paused by a blackout window included.
 pub fn any_running(views: &Value) -> bool {
-    views.as_array().is_some_and(|a| a.iter().any(|v| v.get("state").and_then(Value::as_str) == Some("running")))
+    views.as_array().is_some_and(|a| {
+        a.iter().any(|v| v.get("state").and_then(Value::as_str) == Some("running") || v.get("job").is_some_and(|j| !j.is_null()))
+    })
 }
 
 /// One round's output: a JSON line, or the table (with a header line when redrawing).
@@ -96,6 +99,8 @@ mod tests {
         assert!(any_running(&json!([{"state": "idle"}, {"state": "running"}])));
         assert!(!any_running(&json!([{"state": "idle"}, {"state": "job_incomplete_will_retry"}])));
         assert!(!any_running(&json!([])));
+        assert!(any_running(&json!([{"state": "in_blackout_window", "job": {"paused": true}}])), "a paused job is still in flight");
+        assert!(!any_running(&json!([{"state": "in_blackout_window", "job": null}])));
     }
 
     #[test]

@@ -251,9 +251,23 @@ fn bytes_done(v: &Value) -> Option<u64> {
 
 #[test]
 fn blackout_window_pauses_a_running_job_which_resumes_after_it() {
+    blackout_pauses_and_resumes(None);
+}
+
+/// A window longer than a session may stay paused (here 3 s): the session ends at its chunk
+/// boundary, and after the window the same job goes on in a new session that resumes the
+/// target's journal instead of starting over.
+#[test]
+fn a_long_blackout_window_suspends_the_session_and_the_job_resumes_after_it() {
+    blackout_pauses_and_resumes(Some(3));
+}
+
+fn blackout_pauses_and_resumes(max_pause_in_session: Option<u64>) {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let extra = max_pause_in_session.map(|s| format!("max_pause_in_session_secs = {s}\n")).unwrap_or_default();
+    let a = Node::start_configured(&t.path().join("a"), node::free_port(), node::free_port(), &extra);
+    let b = Node::start(&t.path().join("b"));
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 16, 1 << 20, 4);
     std::fs::create_dir(&dst).unwrap();
@@ -297,6 +311,12 @@ fn blackout_window_pauses_a_running_job_which_resumes_after_it() {
     let v = a.view("source", &id);
     assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
     assert_eq!(tree_hash(&src), tree_hash(&dst));
+    if max_pause_in_session.is_some() {
+        // The last session sent only what the suspended one had not.
+        let sent = sent_by_last_job(&v);
+        assert!(sent < total, "the job started over after the window: {sent} of {total} bytes resent");
+        assert!(a.log().contains("session suspended for a long blackout window"), "{}", a.log());
+    }
 }
 
 #[test]
@@ -443,4 +463,44 @@ fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
     assert!(std::fs::write(dst.join("x"), b"x").is_err());
     let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_data() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 6, 20_000, 11);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    assert!(std::fs::write(dst.join("x"), b"x").is_err());
+    let synced_hash = tree_hash(&dst);
+
+    // A source operator may not do it; a target operator may.
+    let (code, v) = b.call("POST", "/v1/tokens", Some(&json!({"name": "s", "role": "source-operator"})));
+    assert_eq!(code, 201, "{v}");
+    let (code, _) = b.call_as(v["token"].as_str(), "POST", &format!("/v1/replication/target-relationships/{id}/make-writable"), None);
+    assert_eq!(code, 403);
+    assert!(std::fs::write(dst.join("x"), b"x").is_err(), "a refused request changed nothing");
+
+    let v = b.cli_ok(&["relationship", "make-writable", &id, "--json"]);
+    assert_eq!((v["state"].clone(), v["read_only"].clone()), (json!("ended"), Value::Null), "{v}");
+    assert_eq!(tree_hash(&dst), synced_hash, "the target holds its last recovery point");
+    std::fs::write(dst.join("x"), b"failover writes").unwrap();
+    // The source stops replicating: ended, and a replicate request is refused.
+    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended");
+    std::fs::write(src.join("later"), b"not replicated").unwrap();
+    let (code, e) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    assert_eq!(code, 409, "{e}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!dst.join("later").exists());
+    // A second make-writable is a conflict; deleting on both sides forgets it, data kept.
+    let out = b.cli(&["relationship", "make-writable", &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
+    a.cli_ok(&["relationship", "delete", &id]);
+    assert_eq!(std::fs::read(dst.join("x")).unwrap(), b"failover writes");
 }

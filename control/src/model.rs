@@ -148,7 +148,8 @@ pub struct Edit {
     pub target_address: Option<String>,
     pub target_port: Option<u16>,
     pub blackout_windows: Option<Vec<BlackoutWindow>>,
-    /// `Some(None)` removes the mapping.
+    /// `Some(None)` (JSON null) removes the mapping.
+    #[serde(default, with = "double_option")]
     pub map_ids: Option<Option<IdMap>>,
     pub enabled: Option<bool>,
     /// `Some(None)` removes the limit.
@@ -351,6 +352,19 @@ pub(crate) mod tests {
         let t = s.edited(&e).unwrap();
         assert_eq!((t.target_port, t.enabled, &t.source_path), (4000, false, &s.source_path));
         assert!(serde_json::from_str::<Edit>(r#"{"source_path":"/x"}"#).is_err(), "paths are not editable");
+    }
+
+    #[test]
+    fn null_removes_an_id_map_or_a_limit_and_absence_keeps_them() {
+        let mut s = spec();
+        s.map_ids = Some(IdMap { uid: vec![(1000, 2000)], gid: vec![] });
+        s.bandwidth_limit = Some(5);
+        let keep: Edit = serde_json::from_str(r#"{"enabled":false}"#).unwrap();
+        let t = s.edited(&keep).unwrap();
+        assert_eq!((t.map_ids.is_some(), t.bandwidth_limit), (true, Some(5)));
+        let clear: Edit = serde_json::from_str(r#"{"map_ids":null,"bandwidth_limit":null}"#).unwrap();
+        let t = s.edited(&clear).unwrap();
+        assert_eq!((t.map_ids, t.bandwidth_limit), (None, None));
     }
 
     #[test]

@@ -10,11 +10,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PeerRequest {
     Propose { id: RelationshipId, spec: Spec, software: String },
-    State { id: RelationshipId },
+    /// The source's periodic poll. It carries the source's own view, so a target that missed
+    /// a report or an edit (restarting, a network blip) catches up within one poll.
+    State {
+        id: RelationshipId,
+        #[serde(default)]
+        source: Option<SourceState>,
+    },
     Ticket { id: RelationshipId },
     Report { id: RelationshipId, running: bool, job: Option<JobView>, last_attempt: Option<Attempt>, recovery_point_ns: Option<i64> },
     Update { id: RelationshipId, spec: Spec },
     Delete { id: RelationshipId },
+}
+
+/// What the source knows of the relationship: its settings, its job and the last outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceState {
+    pub spec: Spec,
+    pub running: bool,
+    pub job: Option<JobView>,
+    pub last_attempt: Option<Attempt>,
+    pub recovery_point_ns: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,10 +101,13 @@ mod tests {
 
     #[test]
     fn requests_are_tagged_json() {
-        let r = PeerRequest::State { id: RelationshipId("ab".repeat(16)) };
+        let r = PeerRequest::State { id: RelationshipId("ab".repeat(16)), source: None };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains(r#""op":"state""#), "{j}");
         let a: PeerAnswer = serde_json::from_str(r#"{"answer":"ticket","port":5,"ticket":"00ff"}"#).unwrap();
         assert!(matches!(a, PeerAnswer::Ticket { port: 5, .. }));
+        // A poll without the source's view (an older source) still parses.
+        let old: PeerRequest = serde_json::from_str(&format!(r#"{{"op":"state","id":"{}"}}"#, "ab".repeat(16))).unwrap();
+        assert!(matches!(old, PeerRequest::State { source: None, .. }));
     }
 }

@@ -35,9 +35,14 @@ impl Node {
     }
 
     pub fn start_on(dir: &Path, listen: u16, api: u16) -> Node {
+        Self::start_configured(dir, listen, api, "")
+    }
+
+    /// `start_on` with more lines for the daemon's TOML config.
+    pub fn start_configured(dir: &Path, listen: u16, api: u16, extra_config: &str) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let cfg = dir.with_extension("toml");
-        std::fs::write(&cfg, "continuous_interval_secs = 2\nthreads = 2\n").unwrap();
+        std::fs::write(&cfg, format!("continuous_interval_secs = 2\nthreads = 2\n{extra_config}")).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
         let child = Command::new(cargo_bin("mover"))
             .arg("daemon")

@@ -62,6 +62,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(tgt, get(list_target))
         .route(&format!("{tgt}/{{id}}"), get(get_target).delete(delete_target))
         .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
+        .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
@@ -264,7 +265,7 @@ async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Ans
     let conflict = |m: String| Err(ApiError(StatusCode::CONFLICT, m));
     if !r.authorized && !r.ended {
         // The target may have accepted it since the scheduler last asked.
-        if let Ok(PeerAnswer::State { authorized: true, ended }) = source::call(&node, &r, &PeerRequest::State { id: id.clone() }).await {
+        if let Ok(PeerAnswer::State { authorized: true, ended }) = source::call(&node, &r, &PeerRequest::State { id: id.clone(), source: None }).await {
             r = node.modify(&id, |x| {
                 x.authorized = true;
                 x.ended = ended;
@@ -292,9 +293,13 @@ async fn abort(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let r = node.get(&id, Role::Source)?;
-    lock(&node.wanted).remove(&id);
+    // A queued "replicate now" is dropped too; with neither, there is nothing to abort.
+    let queued = lock(&node.wanted).remove(&id);
     if lock(&node.jobs).get(&id).is_none_or(|j| j.finished()) {
-        return Err(ApiError(StatusCode::CONFLICT, format!("relationship {id} has no running job")));
+        if queued {
+            return Ok((StatusCode::ACCEPTED, show(&node, r)));
+        }
+        return Err(ApiError(StatusCode::CONFLICT, format!("relationship {id} has no running or queued job")));
     }
     source::stop_job(&node, &id, STOP_GRACE).await;
     Ok((StatusCode::ACCEPTED, show(&node, node.get(&id, Role::Source).unwrap_or(r))))
@@ -325,6 +330,17 @@ async fn delete_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
     let n = node.clone();
     tokio::task::spawn_blocking(move || target::delete(&n, &id)).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn make_writable(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+    check(&node, &h, Privilege::TargetWrite)?;
+    let id = id(&i)?;
+    let n = node.clone();
+    let r = tokio::task::spawn_blocking(move || target::make_writable(&n, &id))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(id = %r.id, "target made writable; the relationship has ended");
+    Ok(show(&node, r))
 }
 
 async fn metrics(State(node): Ctx) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {

@@ -14,6 +14,12 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:3712";
 pub const DEFAULT_API: &str = "127.0.0.1:3713";
 /// Pause between the end of one continuous-replication job and the start of the next.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// A blackout pause longer than this ends the session at its chunk boundary and the job goes
+/// on in a new session after the window: receivers give up on a connection silent for 60 s
+/// (`mover::receiver`), so a paused session cannot be held open for long.
+pub const DEFAULT_MAX_PAUSE_IN_SESSION: Duration = Duration::from_secs(40);
+/// Upper bound for `max_pause_in_session_secs`, well inside the receivers' 60 s.
+pub const MAX_PAUSE_IN_SESSION_LIMIT: u64 = 50;
 /// Largest config file read (it is a handful of keys).
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
@@ -29,6 +35,8 @@ pub struct DaemonOptions {
     pub continuous_interval: Duration,
     /// Data-plane worker threads per job.
     pub threads: usize,
+    /// Longest blackout pause a session is held open for (DEFAULT_MAX_PAUSE_IN_SESSION).
+    pub max_pause_in_session: Duration,
 }
 
 /// The TOML file; every key optional.
@@ -40,6 +48,7 @@ pub struct ConfigFile {
     pub api: Option<SocketAddr>,
     pub continuous_interval_secs: Option<u64>,
     pub threads: Option<usize>,
+    pub max_pause_in_session_secs: Option<u64>,
 }
 
 impl ConfigFile {
@@ -76,12 +85,17 @@ pub fn resolve(
     if threads == 0 || threads > mover::wire::message::MAX_WORKERS as usize {
         return Err(Error::Invalid(format!("threads must be 1-{}", mover::wire::message::MAX_WORKERS)));
     }
+    let max_pause = file.max_pause_in_session_secs.map_or(DEFAULT_MAX_PAUSE_IN_SESSION, Duration::from_secs);
+    if max_pause.is_zero() || max_pause.as_secs() > MAX_PAUSE_IN_SESSION_LIMIT {
+        return Err(Error::Invalid(format!("max_pause_in_session_secs must be 1-{MAX_PAUSE_IN_SESSION_LIMIT}")));
+    }
     Ok(DaemonOptions {
         data_dir,
         listen: listen.or(file.listen).map_or_else(|| parse(DEFAULT_LISTEN), Ok)?,
         api: api.or(file.api).map_or_else(|| parse(DEFAULT_API), Ok)?,
         continuous_interval: interval,
         threads,
+        max_pause_in_session: max_pause,
     })
 }
 
@@ -147,5 +161,7 @@ mod tests {
         assert!(ConfigFile::load(&t.path().join("absent.toml"), true).is_err());
         assert!(ConfigFile::load(&t.path().join("absent.toml"), false).is_ok());
         assert!(resolve(ConfigFile::default(), None, None, None).unwrap_err().to_string().contains("--data-dir"));
+        let f = ConfigFile { max_pause_in_session_secs: Some(61), ..Default::default() };
+        assert!(resolve(f, Some("/d".into()), None, None).unwrap_err().to_string().contains("max_pause_in_session_secs"));
     }
 }

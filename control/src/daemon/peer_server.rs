@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 /// Peer connections handled at once; more wait in the listen backlog.
 const MAX_PEER_CONNECTIONS: usize = 64;
+/// Proposals awaiting authorization kept at once: any certificate may propose, so what they
+/// can make this node store is bounded.
+pub const MAX_PENDING_PROPOSALS: usize = 256;
 
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     let config = match node.identity.server_config() {
@@ -124,8 +127,15 @@ fn pinned(node: &Node, id: &crate::model::RelationshipId, fp: &Fingerprint) -> R
 async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAnswer {
     match req {
         PeerRequest::Propose { id, spec, software } => propose(node, fp, id, spec, &software),
-        PeerRequest::State { id } => match pinned(node, &id, fp) {
-            Ok(r) => PeerAnswer::State { authorized: r.authorized, ended: r.ended },
+        PeerRequest::State { id, source } => match pinned(node, &id, fp) {
+            Ok(r) => {
+                if let Some(s) = source.filter(|_| !r.ended) {
+                    if let Err(e) = catch_up(node, &r, s) {
+                        tracing::warn!(%id, "taking the source's state: {e}");
+                    }
+                }
+                PeerAnswer::State { authorized: r.authorized, ended: r.ended }
+            }
             Err(a) => a,
         },
         PeerRequest::Ticket { id } => {
@@ -179,6 +189,17 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
     }
 }
 
+/// Takes the source's view from a poll: its job and last outcome, and an edit this node
+/// missed. The paths never change (a source asking for that is refused in Update, ignored here).
+fn catch_up(node: &Node, r: &Relationship, s: crate::peer::SourceState) -> crate::Result<()> {
+    target::record_report(node, &r.id, s.running, s.job, s.last_attempt, s.recovery_point_ns)?;
+    let same_paths = s.spec.source_path == r.spec.source_path && s.spec.target_path == r.spec.target_path;
+    if same_paths && s.spec != r.spec && s.spec.validate().is_ok() {
+        node.modify(&r.id, |x| x.spec = s.spec)?;
+    }
+    Ok(())
+}
+
 fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec: crate::model::Spec, software: &str) -> PeerAnswer {
     if let Err(e) = spec.validate() {
         return refuse(e.to_string());
@@ -189,11 +210,16 @@ fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec
         Err(Error::NotFound(_)) => {}
         Err(e) => return refuse(e.to_string()),
     }
-    let taken = node.store().list(Some(Role::Target)).map(|all| all.into_iter().find(|r| r.spec.target_path == spec.target_path && !r.ended));
-    match taken {
-        Ok(Some(other)) => return refuse(format!("target directory {} is already the target of relationship {}", spec.target_path, other.id)),
-        Ok(None) => {}
+    let all = match node.store().list(Some(Role::Target)) {
+        Ok(all) => all,
         Err(e) => return refuse(e.to_string()),
+    };
+    let same = |a: &str, b: &str| std::path::Path::new(a).components().eq(std::path::Path::new(b).components());
+    if let Some(other) = all.iter().find(|r| same(&r.spec.target_path, &spec.target_path) && !r.ended) {
+        return refuse(format!("target directory {} is already the target of relationship {}", spec.target_path, other.id));
+    }
+    if all.iter().filter(|r| !r.authorized && !r.ended).count() >= MAX_PENDING_PROPOSALS {
+        return refuse(format!("this node already has {MAX_PENDING_PROPOSALS} relationships awaiting authorization; authorize or delete some first"));
     }
     let r = Relationship::new(id.clone(), Role::Target, spec, now_ns(), Some(fp.0.clone()));
     match node.store().insert(&r) {

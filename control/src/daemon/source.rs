@@ -27,17 +27,36 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const JOB_ATTEMPTS: u32 = 5;
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(500);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A pause (blackout window) longer than this ends the session at its chunk boundary and the
-/// job continues in a new session after the window: the receiver gives up on a silent
-/// connection after 60 s.
-const MAX_PAUSE_IN_SESSION: Duration = Duration::from_secs(40);
 /// After a failed job, wait this long before the next one.
 const FAILED_JOB_PAUSE: Duration = Duration::from_secs(5);
 
+/// Throughput is measured over at least this long (a sliding sample, so a pause or a slow
+/// start does not drag the figure down for the rest of the job).
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
 pub struct Job {
     pub progress: Arc<Progress>,
+    /// Files and bytes that earlier sessions of this job sent (each session's counters start
+    /// at zero; the job's progress goes on from where the last session ended).
+    carried: Arc<Carried>,
     pub started: Instant,
     done: Arc<std::sync::atomic::AtomicBool>,
+    /// (when, job bytes then, bytes per second measured up to then).
+    rate: std::sync::Mutex<(Instant, u64, f64)>,
+}
+
+#[derive(Default)]
+struct Carried {
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Carried {
+    /// Before a new session resets the counters: keep what the last one sent.
+    fn carry(&self, p: &Progress) {
+        self.files.fetch_add(p.files.load(Ordering::Relaxed).min(p.files_total.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.bytes.fetch_add(p.bytes.load(Ordering::Relaxed).min(p.bytes_total.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
 }
 
 impl Job {
@@ -47,13 +66,19 @@ impl Job {
     }
 
     pub fn view(&self) -> JobView {
-        let p = &self.progress;
-        JobView::from_counts(
-            p.control.is_paused(),
-            self.started.elapsed().as_secs_f64(),
-            (p.files.load(Ordering::Relaxed), p.files_total.load(Ordering::Relaxed)),
-            (p.bytes.load(Ordering::Relaxed), p.bytes_total.load(Ordering::Relaxed)),
-        )
+        let (p, c) = (&self.progress, &self.carried);
+        let (cf, cb) = (c.files.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
+        let files = (cf + p.files.load(Ordering::Relaxed), cf + p.files_total.load(Ordering::Relaxed));
+        let bytes = (cb + p.bytes.load(Ordering::Relaxed), cb + p.bytes_total.load(Ordering::Relaxed));
+        let mut v = JobView::from_counts(p.control.is_paused(), self.started.elapsed().as_secs_f64(), files, bytes);
+        let mut rate = lock(&self.rate);
+        let dt = rate.0.elapsed();
+        if dt >= RATE_WINDOW {
+            let moved = v.bytes_done.saturating_sub(rate.1);
+            *rate = (Instant::now(), v.bytes_done, moved as f64 / dt.as_secs_f64());
+        }
+        v.throughput_bytes_per_sec = if v.paused { 0.0 } else if self.started.elapsed() < RATE_WINDOW { v.throughput_bytes_per_sec } else { rate.2 };
+        v
     }
 }
 
@@ -126,7 +151,8 @@ pub async fn schedule(node: Arc<Node>) {
             match running {
                 Some((p, false)) => {
                     p.control.set_paused(blackout);
-                    if p.control.paused_for().is_some_and(|d| d > MAX_PAUSE_IN_SESSION) {
+                    // A long window ends the session (config::DEFAULT_MAX_PAUSE_IN_SESSION).
+                    if p.control.paused_for().is_some_and(|d| d > node.opts.max_pause_in_session) {
                         p.control.suspend();
                     }
                     if report {
@@ -160,7 +186,16 @@ pub async fn schedule(node: Arc<Node>) {
 /// Asks the target about the relationship: learns authorization, notices a target-side
 /// delete (the relationship ends here too) or an unreachable target (disconnected).
 async fn poll_target(node: Arc<Node>, r: Relationship) {
-    let answer = call(&node, &r, &PeerRequest::State { id: r.id.clone() }).await;
+    let r = node.get(&r.id, Role::Source).unwrap_or(r);
+    let job = lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view());
+    let source = crate::peer::SourceState {
+        spec: r.spec.clone(),
+        running: job.is_some(),
+        job,
+        last_attempt: r.last_attempt.clone(),
+        recovery_point_ns: r.recovery_point_ns,
+    };
+    let answer = call(&node, &r, &PeerRequest::State { id: r.id.clone(), source: Some(source) }).await;
     let (authorized, ended, unreachable) = match answer {
         Ok(PeerAnswer::State { authorized, ended }) => (authorized, ended, false),
         Ok(PeerAnswer::NotFound) => (r.authorized, true, false),
@@ -179,9 +214,11 @@ async fn poll_target(node: Arc<Node>, r: Relationship) {
         }
     }
     if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
+        // Written over the stored row, not `r` (read before the call): an end recorded
+        // meanwhile (a delete in progress) is never undone here.
         let res = node.modify(&r.id, |x| {
-            x.authorized = authorized;
-            x.ended = ended;
+            x.authorized = x.authorized || authorized;
+            x.ended = x.ended || ended;
             x.peer_unreachable = unreachable;
             if ended {
                 x.job_running = false;
@@ -219,8 +256,28 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
     let progress = Arc::new(Progress::default());
     progress.control.set_rate(r.spec.bandwidth_limit);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let job = Job { progress: progress.clone(), started: Instant::now(), done: done.clone() };
-    lock(&node.jobs).insert(r.id.clone(), job);
+    let carried = Arc::new(Carried::default());
+    let job = Job {
+        progress: progress.clone(),
+        carried: carried.clone(),
+        started: Instant::now(),
+        done: done.clone(),
+        rate: std::sync::Mutex::new((Instant::now(), 0, 0.0)),
+    };
+    {
+        // `r` was read at the start of the scheduler's pass. A delete marks the relationship
+        // ended and then looks for its job under this lock: checking `ended` here, under the
+        // same lock, means either the delete finds this job and stops it, or no job starts.
+        let mut jobs = lock(&node.jobs);
+        match node.get(&r.id, Role::Source) {
+            Ok(now) if !now.ended && now.authorized => {}
+            _ => return,
+        }
+        if jobs.contains_key(&r.id) {
+            return;
+        }
+        jobs.insert(r.id.clone(), job);
+    }
     if let Err(e) = node.modify(&r.id, |x| x.job_running = true) {
         tracing::error!(id = %r.id, "recording the job start: {e}");
     }
@@ -230,7 +287,7 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         let node = n;
         let started = Instant::now();
         let source_time = now_ns();
-        let result = run_job(&node, &rt, &id, &progress);
+        let result = run_job(&node, &rt, &id, &progress, &carried);
         finish_job(&node, &id, &progress, result, source_time, started.elapsed());
         done.store(true, Ordering::SeqCst);
     });
@@ -241,11 +298,15 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
 }
 
 /// Sessions until one verifies, the job is stopped, or attempts run out.
-fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progress: &Arc<Progress>) -> Result<mover::sender::SendReport> {
+fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progress: &Arc<Progress>, carried: &Carried) -> Result<mover::sender::SendReport> {
     let mut pause = RETRY_BACKOFF_START;
     let mut attempt = 1;
     loop {
+        // No session starts once the job is stopped, nor inside a blackout window (a retry or
+        // a resume after a long window waits it out here).
+        wait_until_allowed(node, id, progress)?;
         let r = node.get(id, Role::Source)?;
+        carried.carry(progress);
         progress.reset();
         progress.control.set_rate(r.spec.bandwidth_limit);
         let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
@@ -270,16 +331,9 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
                 return Ok(rep);
             }
             Err(_) if progress.control.take_suspended() && !progress.control.is_cancelled() => {
-                // A long blackout window: wait it out, then resume in a new session. Not a
-                // failed attempt.
+                // A long blackout window: the next pass waits it out and resumes in a new
+                // session. Not a failed attempt.
                 tracing::info!(%id, "session suspended for a long blackout window; the job resumes after it");
-                while !progress.control.is_cancelled() {
-                    let r = node.get(id, Role::Source)?;
-                    if !blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now()) {
-                        break;
-                    }
-                    std::thread::sleep(TICK);
-                }
                 pause = RETRY_BACKOFF_START;
             }
             Err(e) => {
@@ -295,6 +349,33 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Returns once a session may start: the job is not stopped, the relationship is not in a
+/// blackout window and the scheduler has lifted its pause. Clears a suspension left from the
+/// window (the scheduler asks for one on every tick of a long pause), so the next session is
+/// not cut at its first chunk.
+fn wait_until_allowed(node: &Node, id: &RelationshipId, progress: &Progress) -> Result<()> {
+    let mut said = false;
+    loop {
+        if progress.control.is_cancelled() {
+            return Err(Error::Conflict(format!("job of relationship {id} stopped")));
+        }
+        let r = node.get(id, Role::Source)?;
+        if r.ended {
+            return Err(Error::Conflict(format!("relationship {id} has ended")));
+        }
+        let blackout = blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now());
+        if !blackout && !progress.control.is_paused() {
+            progress.control.take_suspended();
+            return Ok(());
+        }
+        if !said {
+            tracing::info!(%id, "waiting for the blackout window to end before the next session");
+            said = true;
+        }
+        std::thread::sleep(TICK);
     }
 }
 
@@ -341,13 +422,15 @@ fn finish_job(node: &Node, id: &RelationshipId, progress: &Progress, result: Res
         }
     };
     tracing::info!(%id, ok = attempt.ok, "job ended: {}", attempt.message);
+    let attempt_failed = !attempt.ok;
     let res = node.modify(id, |x| {
         x.last_attempt = Some(attempt);
         if rp.is_some() {
             x.recovery_point_ns = rp;
         }
-        // A job stopped by shutdown stays marked running so the next start resumes it.
-        x.job_running = shutdown;
+        // A job stopped by shutdown stays marked running so the next start resumes it; one
+        // that completed meanwhile does not run again.
+        x.job_running = shutdown && !x.ended && attempt_failed;
     });
     if let Err(e) = res {
         tracing::error!(%id, "recording the job's end: {e}");

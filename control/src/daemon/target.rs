@@ -40,6 +40,13 @@ fn receiver_root(node: &Node, r: &Relationship) -> PathBuf {
 /// the operator; it does not keep the daemon, and so the API to delete it, from starting.
 pub fn restore(node: &Node) -> Result<()> {
     for r in node.store().list(Some(Role::Target))? {
+        if r.ended && r.read_only.is_some() {
+            // Stopped while making it writable: finish that (revert, unmount) now.
+            if let Err(e) = release(node, &r) {
+                tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot finish making the target writable: {e}");
+            }
+            continue;
+        }
         if r.authorized && !r.ended && r.read_only.as_deref() == Some("bind_mount") {
             if let Err(e) = readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id)) {
                 tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot protect the target directory; its jobs are refused until it can be: {e}");
@@ -78,6 +85,7 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
     if !target.is_dir() {
         return Err(Error::Invalid(format!("target path {} is not a directory", target.display())));
     }
+    check_no_overlap(node, &r, &target)?;
     if !allow_non_empty && entries.next().is_some() {
         return Err(Error::Conflict(format!(
             "target directory {} is not empty; replication would replace its contents (pass allow_non_empty_target to accept that)",
@@ -89,6 +97,34 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
         x.authorized = true;
         x.read_only = Some(mode.name().to_string());
     })
+}
+
+/// A protected target must not be, hold or sit inside another live relationship's target or
+/// this daemon's data dir: two receivers would write one tree, and lifting one protection would
+/// lift the other. Compared as canonical paths, so `/srv//r`, `/srv/r/` and symlinks alias.
+fn check_no_overlap(node: &Node, r: &Relationship, target: &std::path::Path) -> Result<()> {
+    let canon = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let mine = target.canonicalize().map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
+    let overlaps = |other: &std::path::Path| mine.starts_with(other) || other.starts_with(&mine);
+    let data = canon(&node.opts.data_dir);
+    if overlaps(&data) {
+        return Err(Error::Invalid(format!("target directory {} overlaps the daemon's data dir {}", mine.display(), data.display())));
+    }
+    for other in node.store().list(Some(Role::Target))? {
+        if other.id == r.id || other.ended || !other.authorized {
+            continue;
+        }
+        let theirs = canon(std::path::Path::new(&other.spec.target_path));
+        if overlaps(&theirs) {
+            return Err(Error::Conflict(format!(
+                "target directory {} overlaps {}, the target of relationship {}",
+                mine.display(),
+                theirs.display(),
+                other.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A one-time session id for the relationship's receiver, starting the receiver if needed.
@@ -183,30 +219,63 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
 /// Blocking (waits for a running session); call from a blocking thread.
 pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let r = node.get(id, Role::Target)?;
+    // A target already made writable has nothing left to revert or release.
+    let res = if r.ended && r.read_only.is_none() { Ok(()) } else { release(node, &r) };
+    let res = res.and_then(|()| node.store().delete(id));
+    if res.is_ok() {
+        lock(&node.routes).retain(|_, (rid, _)| rid != id);
+        lock(&node.last_contact).remove(id);
+    }
+    res
+}
+
+/// Makes the target directory writable while keeping the relationship (as `ended`): an
+/// interrupted job is reverted to the last recovery point, the read-only protection is lifted
+/// and no further job is accepted. The source sees the relationship ended at its next poll.
+/// What a failover does to the target; the record stays so operators see what happened.
+pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
+    let r = node.get(id, Role::Target)?;
+    if r.ended {
+        return Err(Error::Conflict(format!("relationship {id} has already ended; its target directory is writable")));
+    }
+    if !r.authorized {
+        return Err(Error::Conflict(format!("relationship {id} was never authorized; its target directory was never protected")));
+    }
+    release(node, &r)?;
+    node.get(id, Role::Target)
+}
+
+/// Ends the relationship on this node and gives the directory back: marks it ended (no new
+/// ticket is issued), stops the receiver (waiting for a running session, bounded), reverts an
+/// interrupted job, removes the mounts. On failure the relationship is as it was.
+fn release(node: &Node, r: &Relationship) -> Result<()> {
+    let id = &r.id;
     lock(&node.reverting).insert(id.clone());
     let res = (|| {
         // The source notices within a few seconds (its next report or poll is answered
-        // "not found") and stops its job at a chunk boundary.
+        // "ended" or "not found") and stops its job at a chunk boundary.
         node.modify(id, |x| x.ended = true)?;
         stop_receiver(node, id, STOP_WAIT)?;
         if r.authorized {
-            let root = receiver_root(node, &r);
+            let root = receiver_root(node, r);
             let rep = mover::receiver::revert_root(&root)?;
             if rep.reverted {
                 tracing::info!(%id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
             }
             readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id))?;
         }
-        node.store().delete(id)
+        node.modify(id, |x| {
+            x.job_running = false;
+            x.read_only = None;
+        })?;
+        Ok(())
     })();
     lock(&node.reverting).remove(id);
     lock(&node.reported).remove(id);
-    if res.is_ok() {
-        lock(&node.routes).retain(|_, (rid, _)| rid != id);
-        lock(&node.last_contact).remove(id);
-    }
     if res.is_err() {
-        let _ = node.modify(id, |x| x.ended = false);
+        let _ = node.modify(id, |x| x.ended = r.ended);
+    } else {
+        lock(&node.routes).retain(|_, (rid, _)| rid != id);
     }
     res
 }

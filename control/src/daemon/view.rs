@@ -59,7 +59,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
     if job.is_some() && state == State::Idle {
         state = State::Running;
     }
-    if r.role == Role::Target && r.authorized && matches!(state, State::Idle | State::JobIncompleteWillRetry) {
+    // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
+    if r.role == Role::Target && r.authorized && matches!(state, State::Idle | State::JobIncompleteWillRetry | State::Running) {
         let since = lock(&node.last_contact).get(&r.id).copied().unwrap_or(node.started);
         if since.elapsed() > super::DISCONNECTED_AFTER {
             state = State::Disconnected;
