@@ -157,6 +157,15 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     },
     /// Table of all relationships: state, recovery point age, last attempt, job progress.
     Status(status::StatusArgs),
+    /// This node's daemon: software version, certificate fingerprint, peer and API addresses.
+    #[command(long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
+
+Example:
+  mover node")]
+    Node {
+        #[command(flatten)]
+        api: api::ApiArgs,
+    },
     /// Create, list and delete the daemon's API tokens (admin only).
     Token {
         #[command(subcommand)]
@@ -278,6 +287,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Relationship { cmd } => relationship::run(cmd),
         Cmd::Status(a) => status::run(a),
         Cmd::Token { cmd } => token::run(cmd),
+        Cmd::Node { api } => {
+            let v = api.client().get("/v1/node", None).context("reading the node's details")?;
+            if api.json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                for k in ["version", "fingerprint", "listen", "api"] {
+                    println!("{k:<12} {}", v.get(k).and_then(serde_json::Value::as_str).unwrap_or("-"));
+                }
+            }
+            Ok(())
+        }
     }
 }
 

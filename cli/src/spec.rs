@@ -68,6 +68,10 @@ pub struct CreateArgs {
     /// Limit file data to this many bytes per second (default: unlimited).
     #[arg(long, value_name = "BYTES_PER_SEC")]
     pub bandwidth_limit: Option<u64>,
+    /// The target daemon's certificate fingerprint, as `mover node` prints it there
+    /// ("sha256:..."). Without it the certificate the target presents now is trusted and pinned.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub target_fingerprint: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -152,6 +156,9 @@ pub fn spec_body(a: &CreateArgs) -> Value {
     }
     if let Some(l) = a.bandwidth_limit {
         b["bandwidth_limit"] = json!(l);
+    }
+    if let Some(f) = &a.target_fingerprint {
+        b["target_fingerprint"] = json!(f);
     }
     b
 }

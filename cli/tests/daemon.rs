@@ -200,7 +200,18 @@ fn unauthenticated_peer_is_refused() {
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 5, 10_000, 3);
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &[]);
+    // The source may name the target's certificate up front: another one is refused at the
+    // first contact and nothing is created on either side.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = a.cli(&["relationship", "create", "--source-path", s(&src), "--target-address", "127.0.0.1", "--target-port", &b.listen.to_string(), "--target-path", s(&dst), "--target-fingerprint", &wrong]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not match the pinned"), "{}", stderr(&out));
+    assert_eq!(a.get("/v1/replication/source-relationships").1, json!([]));
+    assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
+    let fp = b.cli_ok(&["node", "--json"])["fingerprint"].as_str().unwrap().to_string();
+    let id = create(&a, &b, &src, &dst, &["--target-fingerprint", &fp]);
+    assert_eq!(a.view("source", &id)["peer_fingerprint"], fp.as_str());
+    assert_eq!(b.view("target", &id)["peer_fingerprint"], a.cli_ok(&["node", "--json"])["fingerprint"]);
     b.cli_ok(&["relationship", "authorize", &id]);
     a.wait_for("source", &id, "initial sync", synced);
     let before = tree_hash(&dst);

@@ -20,6 +20,8 @@ use std::time::Duration;
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// The fields a create request may carry (model::Spec).
 const SPEC_FIELDS: [&str; 8] = ["source_path", "target_address", "target_port", "target_path", "blackout_windows", "map_ids", "enabled", "bandwidth_limit"];
+/// Optional create field: the fingerprint the target's certificate must have.
+const TARGET_FINGERPRINT: &str = "target_fingerprint";
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
 const MAX_BODY: usize = 256 * 1024;
 
@@ -177,11 +179,21 @@ async fn get_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> An
 
 async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
-    let raw: serde_json::Value = body(&b, "relationship")?;
+    let mut raw: serde_json::Value = body(&b, "relationship")?;
+    // The target's certificate as its operator read it (`mover node` there); without it the
+    // certificate presented at this first contact is trusted and pinned.
+    let expect = match raw.as_object_mut().and_then(|o| o.remove(TARGET_FINGERPRINT)) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(f)) => Some(crate::tls::Fingerprint::parse(&f)?),
+        Some(other) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("{TARGET_FINGERPRINT} must be a string, not {other}"))),
+    };
     // Strict here (a typo must not silently drop a setting), lenient in storage and between
     // daemons (a newer peer may know more fields).
     if let Some(unknown) = raw.as_object().and_then(|o| o.keys().find(|k| !SPEC_FIELDS.contains(&k.as_str()))) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("relationship: unknown field `{unknown}`, expected one of {}", SPEC_FIELDS.join(", "))));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("relationship: unknown field `{unknown}`, expected one of {}, {TARGET_FINGERPRINT}", SPEC_FIELDS.join(", ")),
+        ));
     }
     let spec: Spec = serde_json::from_value(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("relationship: {e}")))?;
     spec.validate()?;
@@ -198,10 +210,11 @@ async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(Stat
     }
     let id = RelationshipId::new_random();
     let mut r = Relationship::new(id.clone(), Role::Source, spec.clone(), now_ns(), None);
-    // First contact: whatever certificate the target presents is pinned from now on.
+    // First contact: the certificate the target presents (the expected one, if given) is
+    // pinned from now on.
     let addr = source::peer_addr(&r).await?;
     let req = PeerRequest::Propose { id, spec, software: mover::software_version().to_string() };
-    let (answer, fp) = crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, None, &req).await?;
+    let (answer, fp) = crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, expect.as_ref(), &req).await?;
     if !matches!(answer, PeerAnswer::Ok) {
         return Err(source::refused(&r, answer).into());
     }
