@@ -62,6 +62,21 @@ fn relationship_lifecycle_through_cli_and_rest() {
     let v = b.wait_for("target", &id, "target to hear of the sync", |v| v["last_attempt"]["ok"] == true);
     assert_eq!(v["authorized"], true);
     assert_eq!(v["read_only"], "bind_mount");
+    // Prometheus metrics, without a token: the job's bytes and files, its duration, the
+    // recovery point's age, relationships by state.
+    let (code, m) = a.call_as(None, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let m = m.as_str().unwrap().to_string();
+    let sample = |name: &str| -> f64 {
+        let line = m.lines().find(|l| l.starts_with(&format!("{name}{{relationship=\"{id}\""))).unwrap_or_else(|| panic!("no {name} in\n{m}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("mover_bytes_moved_total") >= (40 * 50_000) as f64, "{m}");
+    assert!(sample("mover_files_moved_total") >= 40.0, "{m}");
+    assert!(sample("mover_recovery_point_age_seconds") >= 0.0, "{m}");
+    // Continuous replication may have run another (no-op) job by now.
+    let jobs: u64 = m.lines().find_map(|l| l.strip_prefix("mover_job_duration_seconds_count ")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(jobs >= 1 && m.contains("mover_relationships{state="), "{m}");
     let st = a.cli_ok(&["status", "--json"]);
     assert!(st.as_array().unwrap().iter().any(|r| r["id"] == id.as_str() && r["role"] == "source"), "{st}");
 

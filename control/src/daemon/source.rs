@@ -112,6 +112,18 @@ pub async fn schedule(node: Arc<Node>) {
     let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> = Default::default();
     let mut last_report = Instant::now();
     let polling: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> = Default::default();
+    let reporting: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> = Default::default();
+    // At most one progress report in flight per relationship: a slow target must not pile
+    // them up. The final one (job ended) is sent even if a progress report is still out.
+    let report_once = |node: &Arc<Node>, id: &RelationshipId, always: bool| {
+        if lock(&reporting).insert(id.clone()) || always {
+            let (node, id, reporting) = (node.clone(), id.clone(), reporting.clone());
+            tokio::spawn(async move {
+                report_progress(node, id.clone()).await;
+                lock(&reporting).remove(&id);
+            });
+        }
+    };
     loop {
         tokio::time::sleep(TICK).await;
         if node.shutting_down() {
@@ -124,6 +136,9 @@ pub async fn schedule(node: Arc<Node>) {
                 continue;
             }
         };
+        // Forget deleted relationships.
+        last_poll.retain(|id, _| rels.iter().any(|r| r.id == *id));
+        last_end.retain(|id, _| rels.iter().any(|r| r.id == *id));
         let report = last_report.elapsed() >= REPORT_EVERY;
         if report {
             last_report = Instant::now();
@@ -156,7 +171,7 @@ pub async fn schedule(node: Arc<Node>) {
                         p.control.suspend();
                     }
                     if report {
-                        tokio::spawn(report_progress(node.clone(), r.id.clone()));
+                        report_once(&node, &r.id, false);
                     }
                 }
                 Some((_, true)) => {
@@ -164,7 +179,7 @@ pub async fn schedule(node: Arc<Node>) {
                     debug_assert!(ok);
                     let failed = node.store().get(&r.id).is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
                     last_end.insert(r.id.clone(), (Instant::now(), failed));
-                    tokio::spawn(report_progress(node.clone(), r.id.clone()));
+                    report_once(&node, &r.id, true);
                 }
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
@@ -288,7 +303,9 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         let started = Instant::now();
         let source_time = now_ns();
         let result = run_job(&node, &rt, &id, &progress, &carried);
-        finish_job(&node, &id, &progress, result, source_time, started.elapsed());
+        carried.carry(&progress);
+        progress.reset();
+        finish_job(&node, &id, (&carried, progress.control.is_cancelled()), result, source_time, started.elapsed());
         done.store(true, Ordering::SeqCst);
     });
     if let Err(e) = spawned {
@@ -401,19 +418,20 @@ async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)
     }
 }
 
-fn finish_job(node: &Node, id: &RelationshipId, progress: &Progress, result: Result<mover::sender::SendReport>, source_time: i64, took: Duration) {
+fn finish_job(node: &Node, id: &RelationshipId, (carried, cancelled): (&Carried, bool), result: Result<mover::sender::SendReport>, source_time: i64, took: Duration) {
     let shutdown = node.shutting_down();
     let (attempt, rp) = match &result {
         Ok(rep) => {
-            node.metrics.job_done(id, rep.bytes, rep.files, took, true);
+            // Every session's files and bytes (a resumed job's earlier sessions too).
+            node.metrics.job_done(id, carried.bytes.load(Ordering::Relaxed), carried.files.load(Ordering::Relaxed), took, true);
             let msg = format!("completed: {} files, {} bytes sent in {:.1} s", rep.files, rep.bytes, rep.seconds);
             (Attempt { at_ns: now_ns(), ok: true, message: msg }, Some(source_time))
         }
         Err(e) => {
-            node.metrics.job_done(id, progress.bytes.load(Ordering::Relaxed), progress.files.load(Ordering::Relaxed), took, false);
+            node.metrics.job_done(id, carried.bytes.load(Ordering::Relaxed), carried.files.load(Ordering::Relaxed), took, false);
             let msg = if shutdown {
                 "interrupted by daemon shutdown; resumes when it starts again".to_string()
-            } else if progress.control.is_cancelled() {
+            } else if cancelled {
                 "aborted".to_string()
             } else {
                 e.to_string()
