@@ -58,7 +58,11 @@ pub fn progress(job: &Value) -> String {
     if !job.is_object() {
         return "-".into();
     }
-    let mut s = format!(
+    // Totals arrive once the source is walked and the target said what it needs.
+    let mut s = if num(job, "files_total") == 0.0 && num(job, "bytes_total") == 0.0 {
+        "preparing (scanning the source)".to_string()
+    } else {
+        format!(
         "{} {}/{} files {}/{} {}/s",
         percent(num(job, "percent")),
         num(job, "files_done") as u64,
@@ -66,7 +70,8 @@ pub fn progress(job: &Value) -> String {
         bytes(num(job, "bytes_done")),
         bytes(num(job, "bytes_total")),
         bytes(num(job, "throughput_bytes_per_sec"))
-    );
+        )
+    };
     if job.get("paused").and_then(Value::as_bool) == Some(true) {
         s.push_str(" paused");
     }
@@ -296,6 +301,7 @@ mod tests {
         assert_eq!(progress(&v[0]["job"]), "45.2% 120/400 files 100 MiB/400 MiB 31 MiB/s");
         assert_eq!(progress(&Value::Null), "-");
         assert!(progress(&json!({"paused": true})).ends_with(" paused"));
+        assert_eq!(progress(&json!({"files_total": 0, "bytes_total": 0, "paused": false})), "preparing (scanning the source)");
     }
 
     #[test]
