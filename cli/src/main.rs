@@ -24,10 +24,16 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "mover", version, about = "Disaster-recovery data mover: replicate directory trees between nodes",
     long_about = "Disaster-recovery data mover: replicates a directory tree from a source node to a target \
-node over TCP with a thread-per-core io_uring engine.\n\nQuick start (two shells):\n  \
-mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/data --to 127.0.0.1:3712\n\n\
-A running daemon is driven over its REST API with `mover relationship`, `mover status` and \
+node over TCP with a thread-per-core io_uring engine.\n\nAs a service (one daemon per node):\n  \
+mover daemon --data-dir /var/lib/mover                 # on both nodes\n  \
+export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  \
+mover relationship create --source-path /srv/data --target-address TARGET --target-path /srv/replica   # source\n  \
+mover relationship authorize ID                        # target\n  \
+mover status --watch                                   # either\n\n\
+A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover node` and \
 `mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
+The data plane on its own (two shells):\n  \
+mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/data --to 127.0.0.1:3712\n\n\
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
 5 I/O error, 6 source changed while being read, 7 not permitted by the daemon (401/403 or no token), \
 8 not found (404), 9 refused as invalid or conflicting (400/409), 10 daemon unreachable or failed \
@@ -124,7 +130,7 @@ relationships, target of others).\n\nIt listens for peer daemons on --listen (mu
 0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
-continuous_interval_secs, threads). SIGTERM stops running jobs at a chunk boundary; the next start \
+continuous_interval_secs, threads, max_pause_in_session_secs). SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status")]
     Daemon {
         /// Directory for the state database, certificate, tokens and private mounts (created, mode 0700).
