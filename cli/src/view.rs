@@ -59,7 +59,8 @@ pub fn progress(job: &Value) -> String {
         return "-".into();
     }
     // Totals arrive once the source is walked and the target said what it needs.
-    let mut s = if num(job, "files_total") == 0.0 && num(job, "bytes_total") == 0.0 {
+    let scanning = job.get("scanning").and_then(Value::as_bool) == Some(true);
+    let mut s = if scanning || (num(job, "files_total") == 0.0 && num(job, "bytes_total") == 0.0) {
         "preparing (scanning the source)".to_string()
     } else {
         format!(

@@ -530,3 +530,45 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
     a.cli_ok(&["relationship", "delete", &id]);
     assert_eq!(std::fs::read(dst.join("x")).unwrap(), b"failover writes");
 }
+
+/// A target daemon killed while making its target writable (here: the database says ended but
+/// the directory is still protected and a job's journal is live) finishes the job at its next
+/// start: it reverts to the last recovery point, lifts the protection, and still serves its API.
+#[test]
+fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
+    need_root();
+    let t = Scratch::new();
+    let (a, mut b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("old"), 4, 256 << 10, 12);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.cli_ok(&["relationship", "replicate", &id]);
+    a.wait_for("source", &id, "the first recovery point", synced);
+    let first = tree_hash(&dst);
+
+    fill(&src.join("old"), 4, 256 << 10, 13);
+    fill(&src.join("new"), 16, 1 << 20, 14);
+    a.cli_ok(&["relationship", "replicate", &id]);
+    a.wait_for("source", &id, "the second job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 3 << 20));
+    b.kill();
+    assert!(dst.join(".mover-state/journal").exists(), "the cut job left no journal to revert");
+    {
+        let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
+        let mut r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
+        assert_eq!(r.read_only.as_deref(), Some("bind_mount"));
+        r.ended = true;
+        db.update(&r).unwrap();
+    }
+    let (dir, listen, api) = (b.dir.clone(), b.listen, b.api);
+    drop(b);
+    let b = Node::start_on(&dir, listen, api);
+    let v = b.view("target", &id);
+    assert_eq!((v["state"].clone(), v["read_only"].clone(), v["job"].clone()), (json!("ended"), Value::Null, Value::Null), "{v}");
+    assert_eq!(tree_hash(&dst), first, "the target is not at its last recovery point");
+    assert!(!dst.join(".mover-state/journal").exists());
+    std::fs::write(dst.join("writable"), b"yes").unwrap();
+    // The source learns of the end and stops its job.
+    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended" && v["job"].is_null());
+}

@@ -48,6 +48,10 @@ pub enum PeerAnswer {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub paused: bool,
+    /// The session is still walking the source and learning what the target needs: totals and
+    /// percentages are not known yet (a resumed job shows what earlier sessions sent).
+    #[serde(default)]
+    pub scanning: bool,
     pub run_seconds: f64,
     pub files_done: u64,
     pub files_total: u64,
@@ -70,6 +74,7 @@ impl JobView {
         let (pf, pb) = (pct(fd, ft), pct(bd, bt));
         JobView {
             paused,
+            scanning: false,
             run_seconds,
             files_done: fd,
             files_total: ft,

@@ -257,13 +257,13 @@ async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
         return Err(ApiError(StatusCode::CONFLICT, "the running job did not stop in time; try again".into()));
     }
     // The target reverts an interrupted job and becomes writable; if it cannot be reached
-    // (or already deleted its side) the source still forgets the relationship.
-    if !r.ended {
-        match source::call(&node, &r, &PeerRequest::Delete { id: id.clone() }).await {
-            Ok(PeerAnswer::Ok | PeerAnswer::NotFound) => {}
-            Ok(other) => tracing::warn!(%id, "target kept its side: {}", source::refused(&r, other)),
-            Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
-        }
+    // (or already deleted its side) the source still forgets the relationship. Asked even when
+    // the relationship ended here: a target whose release failed after the source saw it end
+    // must not be left protected with no source.
+    match source::call(&node, &r, &PeerRequest::Delete { id: id.clone() }).await {
+        Ok(PeerAnswer::Ok | PeerAnswer::NotFound) => {}
+        Ok(other) => tracing::warn!(%id, "target kept its side: {}", source::refused(&r, other)),
+        Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
     }
     lock(&node.jobs).remove(&id);
     node.store().delete(&id)?;
@@ -281,7 +281,7 @@ async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Ans
         if let Ok(PeerAnswer::State { authorized: true, ended }) = source::call(&node, &r, &PeerRequest::State { id: id.clone(), source: None }).await {
             r = node.modify(&id, |x| {
                 x.authorized = true;
-                x.ended = ended;
+                x.ended = x.ended || ended;
             })?;
         }
     }

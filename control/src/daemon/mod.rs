@@ -46,8 +46,10 @@ pub struct Node {
     receivers: Mutex<HashMap<RelationshipId, target::Rx>>,
     /// Target side: progress the source reported for its running job.
     reported: Mutex<HashMap<RelationshipId, JobView>>,
-    /// Target side: relationships being reverted and released after a delete.
+    /// Target side: relationships being reverted and released (delete, make-writable).
     reverting: Mutex<HashSet<RelationshipId>>,
+    /// Target side: held while authorizing (overlap check, then protection).
+    authorizing: Mutex<()>,
     /// Target side: session id (ticket) -> relationship, to route data-plane connections that
     /// arrive on the replication port.
     routes: Mutex<HashMap<u128, (RelationshipId, std::time::Instant)>>,
@@ -127,6 +129,7 @@ fn open_node(opts: DaemonOptions) -> Result<Node> {
         receivers: Mutex::default(),
         reported: Mutex::default(),
         reverting: Mutex::default(),
+        authorizing: Mutex::default(),
         routes: Mutex::default(),
         last_contact: Mutex::default(),
         started: std::time::Instant::now(),

@@ -13,8 +13,10 @@ use std::sync::Arc;
 /// Peer connections handled at once; more wait in the listen backlog.
 const MAX_PEER_CONNECTIONS: usize = 64;
 /// Proposals awaiting authorization kept at once: any certificate may propose, so what they
-/// can make this node store is bounded.
+/// can make this node store is bounded, overall and per proposing certificate (so one peer
+/// cannot crowd out the others).
 pub const MAX_PENDING_PROPOSALS: usize = 256;
+pub const MAX_PENDING_PER_PEER: usize = 32;
 
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     let config = match node.identity.server_config() {
@@ -129,12 +131,15 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
         PeerRequest::Propose { id, spec, software } => propose(node, fp, id, spec, &software),
         PeerRequest::State { id, source } => match pinned(node, &id, fp) {
             Ok(r) => {
-                if let Some(s) = source.filter(|_| !r.ended) {
+                // Being released (delete, make-writable) counts as ended: the source stops its
+                // job, so the running session ends and the release can go on.
+                let ended = r.ended || super::lock(&node.reverting).contains(&id);
+                if let Some(s) = source.filter(|_| !ended) {
                     if let Err(e) = catch_up(node, &r, s) {
-                        tracing::warn!(%id, "taking the source's state: {e}");
+                        tracing::debug!(%id, "taking the source's state: {e}");
                     }
                 }
-                PeerAnswer::State { authorized: r.authorized, ended: r.ended }
+                PeerAnswer::State { authorized: r.authorized, ended }
             }
             Err(a) => a,
         },
@@ -159,6 +164,8 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
             }
             match target::record_report(node, &id, running, job, last_attempt, recovery_point_ns) {
                 Ok(()) => PeerAnswer::Ok,
+                // Ended or being released here: the source stops its job.
+                Err(Error::NotFound(_)) => PeerAnswer::NotFound,
                 Err(e) => refuse(e.to_string()),
             }
         }
@@ -218,8 +225,13 @@ fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec
     if let Some(other) = all.iter().find(|r| same(&r.spec.target_path, &spec.target_path) && !r.ended) {
         return refuse(format!("target directory {} is already the target of relationship {}", spec.target_path, other.id));
     }
-    if all.iter().filter(|r| !r.authorized && !r.ended).count() >= MAX_PENDING_PROPOSALS {
-        return refuse(format!("this node already has {MAX_PENDING_PROPOSALS} relationships awaiting authorization; authorize or delete some first"));
+    let pending: Vec<&Relationship> = all.iter().filter(|r| !r.authorized && !r.ended).collect();
+    let from_peer = pending.iter().filter(|r| r.peer_fingerprint.as_deref() == Some(fp.0.as_str())).count();
+    if pending.len() >= MAX_PENDING_PROPOSALS || from_peer >= MAX_PENDING_PER_PEER {
+        return refuse(format!(
+            "too many relationships await authorization on this node ({} in all, {from_peer} from this source; at most {MAX_PENDING_PROPOSALS} and {MAX_PENDING_PER_PEER}): authorize or delete some first",
+            pending.len()
+        ));
     }
     let r = Relationship::new(id.clone(), Role::Target, spec, now_ns(), Some(fp.0.clone()));
     match node.store().insert(&r) {

@@ -52,10 +52,14 @@ struct Carried {
 }
 
 impl Carried {
-    /// Before a new session resets the counters: keep what the last one sent.
-    fn carry(&self, p: &Progress) {
-        self.files.fetch_add(p.files.load(Ordering::Relaxed).min(p.files_total.load(Ordering::Relaxed)), Ordering::Relaxed);
-        self.bytes.fetch_add(p.bytes.load(Ordering::Relaxed).min(p.bytes_total.load(Ordering::Relaxed)), Ordering::Relaxed);
+    /// Between sessions: moves what the last one sent from its counters (zeroed for the next)
+    /// to the job's. Zeroed first, so a reader never counts the same bytes twice.
+    fn roll(&self, p: &Progress) {
+        let files = p.files.load(Ordering::Relaxed).min(p.files_total.load(Ordering::Relaxed));
+        let bytes = p.bytes.load(Ordering::Relaxed).min(p.bytes_total.load(Ordering::Relaxed));
+        p.reset();
+        self.files.fetch_add(files, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -70,7 +74,13 @@ impl Job {
         let (cf, cb) = (c.files.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
         let files = (cf + p.files.load(Ordering::Relaxed), cf + p.files_total.load(Ordering::Relaxed));
         let bytes = (cb + p.bytes.load(Ordering::Relaxed), cb + p.bytes_total.load(Ordering::Relaxed));
+        let scanning = p.files_total.load(Ordering::Relaxed) == 0 && p.bytes_total.load(Ordering::Relaxed) == 0;
         let mut v = JobView::from_counts(p.control.is_paused(), self.started.elapsed().as_secs_f64(), files, bytes);
+        if scanning {
+            // Totals of this session are not known yet: no percentages to claim.
+            v.scanning = true;
+            (v.percent_files, v.percent_bytes, v.percent) = (0.0, 0.0, 0.0);
+        }
         let mut rate = lock(&self.rate);
         let dt = rate.0.elapsed();
         if dt >= RATE_WINDOW {
@@ -303,8 +313,7 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         let started = Instant::now();
         let source_time = now_ns();
         let result = run_job(&node, &rt, &id, &progress, &carried);
-        carried.carry(&progress);
-        progress.reset();
+        carried.roll(&progress);
         finish_job(&node, &id, (&carried, progress.control.is_cancelled()), result, source_time, started.elapsed());
         done.store(true, Ordering::SeqCst);
     });
@@ -323,8 +332,7 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
         // a resume after a long window waits it out here).
         wait_until_allowed(node, id, progress)?;
         let r = node.get(id, Role::Source)?;
-        carried.carry(progress);
-        progress.reset();
+        carried.roll(progress);
         progress.control.set_rate(r.spec.bandwidth_limit);
         let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
             let opts = mover::sender::SendOptions {

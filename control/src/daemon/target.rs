@@ -26,23 +26,17 @@ pub struct Rx {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Where the receiver writes: the private writable view when the target is protected.
-fn receiver_root(node: &Node, r: &Relationship) -> PathBuf {
-    match r.read_only.as_deref() {
-        Some("bind_mount") => node.mount_dir(&r.id),
-        _ => PathBuf::from(&r.spec.target_path),
-    }
-}
-
 /// At start: re-establish the read-only protection of every authorized target (mounts do not
 /// survive a reboot; after a crash they are still there and this is a no-op).
 /// One relationship that cannot be protected (a missing volume, say) is logged and left for
 /// the operator; it does not keep the daemon, and so the API to delete it, from starting.
 pub fn restore(node: &Node) -> Result<()> {
-    for r in node.store().list(Some(Role::Target))? {
+    // Listed first: the store lock must not be held across `release`, which writes.
+    let all = node.store().list(Some(Role::Target))?;
+    for r in all {
         if r.ended && r.read_only.is_some() {
             // Stopped while making it writable: finish that (revert, unmount) now.
-            if let Err(e) = release(node, &r) {
+            if let Err(e) = release(node, &r.id) {
                 tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot finish making the target writable: {e}");
             }
             continue;
@@ -76,7 +70,12 @@ fn writable_root(node: &Node, r: &Relationship) -> Result<PathBuf> {
 
 /// The operator accepts a proposed relationship.
 pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Result<Relationship> {
+    // One authorization at a time: the overlap check and the protection it guards are one step.
+    let _one = lock(&node.authorizing);
     let r = node.get(id, Role::Target)?;
+    if r.ended {
+        return Err(Error::Conflict(format!("relationship {id} has ended")));
+    }
     if r.authorized {
         return Err(Error::Conflict(format!("relationship {id} is already authorized")));
     }
@@ -110,7 +109,8 @@ fn check_no_overlap(node: &Node, r: &Relationship, target: &std::path::Path) -> 
     if overlaps(&data) {
         return Err(Error::Invalid(format!("target directory {} overlaps the daemon's data dir {}", mine.display(), data.display())));
     }
-    for other in node.store().list(Some(Role::Target))? {
+    let all = node.store().list(Some(Role::Target))?;
+    for other in all {
         if other.id == r.id || other.ended || !other.authorized {
             continue;
         }
@@ -220,11 +220,12 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
 pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let r = node.get(id, Role::Target)?;
     // A target already made writable has nothing left to revert or release.
-    let res = if r.ended && r.read_only.is_none() { Ok(()) } else { release(node, &r) };
+    let res = if r.ended && r.read_only.is_none() { Ok(()) } else { release(node, id) };
     let res = res.and_then(|()| node.store().delete(id));
     if res.is_ok() {
         lock(&node.routes).retain(|_, (rid, _)| rid != id);
         lock(&node.last_contact).remove(id);
+        lock(&node.reported).remove(id);
     }
     res
 }
@@ -241,23 +242,36 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
     if !r.authorized {
         return Err(Error::Conflict(format!("relationship {id} was never authorized; its target directory was never protected")));
     }
-    release(node, &r)?;
+    release(node, id)?;
     node.get(id, Role::Target)
 }
 
-/// Ends the relationship on this node and gives the directory back: marks it ended (no new
-/// ticket is issued), stops the receiver (waiting for a running session, bounded), reverts an
-/// interrupted job, removes the mounts. On failure the relationship is as it was.
-fn release(node: &Node, r: &Relationship) -> Result<()> {
-    let id = &r.id;
-    lock(&node.reverting).insert(id.clone());
+/// Ends the relationship on this node and gives the directory back: no new ticket is issued,
+/// the source is told (polls answer "ended"), the receiver is stopped (waiting for a running
+/// session, bounded), an interrupted job is reverted, the mounts are removed, and then the
+/// relationship is recorded ended and unprotected. One release per relationship at a time.
+/// Every step can be repeated after a crash: `restore` finishes a release that was cut.
+fn release(node: &Node, id: &RelationshipId) -> Result<()> {
+    if !lock(&node.reverting).insert(id.clone()) {
+        return Err(Error::Conflict(format!("relationship {id} is already being made writable or deleted")));
+    }
     let res = (|| {
-        // The source notices within a few seconds (its next report or poll is answered
-        // "ended" or "not found") and stops its job at a chunk boundary.
-        node.modify(id, |x| x.ended = true)?;
+        // Read after claiming it, so a release that just finished is seen.
+        let r = node.get(id, Role::Target)?;
         stop_receiver(node, id, STOP_WAIT)?;
-        if r.authorized {
-            let root = receiver_root(node, r);
+        // Recorded before anything is undone: from here on the source must not come back,
+        // even if a later step fails (it is retried, by the operator or at the next start).
+        node.modify(id, |x| x.ended = true)?;
+        let gone = !std::path::Path::new(&r.spec.target_path).exists();
+        if gone {
+            // Nothing left to revert or unprotect; the relationship can still be ended.
+            tracing::warn!(%id, target = %r.spec.target_path, "target directory is gone; nothing to revert");
+            let _ = readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id));
+        }
+        if r.authorized && r.read_only.is_some() && !gone {
+            // The journal is reverted through the private writable view (rebuilt if a reboot
+            // took it), while the target path is still read-only to everyone else.
+            let root = writable_root(node, &r)?;
             let rep = mover::receiver::revert_root(&root)?;
             if rep.reverted {
                 tracing::info!(%id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
@@ -272,9 +286,7 @@ fn release(node: &Node, r: &Relationship) -> Result<()> {
     })();
     lock(&node.reverting).remove(id);
     lock(&node.reported).remove(id);
-    if res.is_err() {
-        let _ = node.modify(id, |x| x.ended = r.ended);
-    } else {
+    if res.is_ok() {
         lock(&node.routes).retain(|_, (rid, _)| rid != id);
     }
     res
@@ -283,6 +295,10 @@ fn release(node: &Node, r: &Relationship) -> Result<()> {
 /// The source's report about its job (progress while running, the outcome when done).
 pub fn record_report(node: &Node, id: &RelationshipId, running: bool, job: Option<crate::peer::JobView>, last: Option<Attempt>, rp: Option<i64>) -> Result<()> {
     let r = node.get(id, Role::Target)?;
+    if r.ended || lock(&node.reverting).contains(id) {
+        // Nothing runs into an ended target; its view keeps no job.
+        return Err(Error::NotFound(id.to_string()));
+    }
     match job {
         Some(j) if running => {
             lock(&node.reported).insert(id.clone(), j);
@@ -293,10 +309,16 @@ pub fn record_report(node: &Node, id: &RelationshipId, running: bool, job: Optio
     }
     if r.job_running != running || r.last_attempt != last || (rp.is_some() && r.recovery_point_ns != rp) || r.peer_unreachable {
         node.modify(id, |x| {
+            if x.ended {
+                return;
+            }
             x.job_running = running;
-            x.last_attempt = last;
             x.peer_unreachable = false;
-            if rp.is_some() {
+            // Outcomes and recovery points only move forward (a late message is older).
+            if last.as_ref().map(|a| a.at_ns) >= x.last_attempt.as_ref().map(|a| a.at_ns) {
+                x.last_attempt = last;
+            }
+            if rp > x.recovery_point_ns {
                 x.recovery_point_ns = rp;
             }
         })?;

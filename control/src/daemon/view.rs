@@ -66,6 +66,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
             state = State::Disconnected;
         }
     }
+    // What an ended or silent source last reported is not a job in flight.
+    let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
     View {
         id: r.id.0,
         role: r.role,
