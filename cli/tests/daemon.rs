@@ -498,11 +498,22 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
     let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 6, 20_000, 11);
+    std::os::unix::fs::chown(src.join("f0000"), Some(1000), Some(1000)).unwrap();
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &[]);
+    // Owners are mapped on the way (uid 1000 -> 2000, gid 1000 -> 3000).
+    let id = create(&a, &b, &src, &dst, &["--map-uid", "1000:2000", "--map-gid", "1000:3000"]);
     b.cli_ok(&["relationship", "authorize", &id]);
     a.wait_for("source", &id, "initial sync", synced);
     assert!(std::fs::write(dst.join("x"), b"x").is_err());
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dst.join("f0000")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (2000, 3000));
+    let m = std::fs::metadata(dst.join("f0001")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "unmapped owners stay as they are");
+    // The map can be removed again; the target sees the edit.
+    let v = a.cli_ok(&["relationship", "modify", &id, "--clear-id-map", "--json"]);
+    assert_eq!(v["map_ids"], Value::Null, "{v}");
+    b.wait_for("target", &id, "the edit to reach the target", |v| v["map_ids"].is_null());
     let synced_hash = tree_hash(&dst);
 
     // A source operator may not do it; a target operator may.
