@@ -410,25 +410,40 @@ fn daemon_tells_systemd_it_is_ready_and_exits_cleanly_on_sigterm() {
     assert!(unit.contains("Type=notify") && unit.contains("KillSignal=SIGTERM"));
 }
 
-#[test]
-fn deleting_on_the_target_mid_job_reverts_to_the_last_recovery_point() {
+/// Two nodes and a relationship with one recovery point (`first`), then a second job that
+/// changes existing files and adds 16 MiB, under way at 2 MiB/s when this returns. Bind `t`
+/// first when destructuring, so it drops last: daemons are killed before its mounts go.
+struct SecondJob {
+    a: Node,
+    b: Node,
+    dst: std::path::PathBuf,
+    id: String,
+    first: (u128, Option<u128>),
+    t: Scratch,
+}
+
+fn second_job_under_way(seed: u64) -> SecondJob {
     need_root();
     let t = Scratch::new();
     let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    fill(&src.join("old"), 4, 256 << 10, 6);
+    fill(&src.join("old"), 4, 256 << 10, seed);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
     b.cli_ok(&["relationship", "authorize", &id]);
     a.cli_ok(&["relationship", "replicate", &id]);
     a.wait_for("source", &id, "the first recovery point", synced);
     let first = tree_hash(&dst);
-
-    // A second job that changes existing files and adds 16 MiB, cut by a delete on the target.
-    fill(&src.join("old"), 4, 256 << 10, 7);
-    fill(&src.join("new"), 16, 1 << 20, 8);
+    fill(&src.join("old"), 4, 256 << 10, seed + 1);
+    fill(&src.join("new"), 16, 1 << 20, seed + 2);
     a.cli_ok(&["relationship", "replicate", &id]);
     a.wait_for("source", &id, "the second job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 3 << 20));
+    SecondJob { a, b, dst, id, first, t }
+}
+
+#[test]
+fn deleting_on_the_target_mid_job_reverts_to_the_last_recovery_point() {
+    let SecondJob { t: _t, a, b, dst, id, first } = second_job_under_way(6);
     b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
     assert_eq!(tree_hash(&dst), first, "the target is not at its last recovery point");
     assert!(!dst.join(".mover-state/journal").exists());
@@ -547,22 +562,7 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
 /// start: it reverts to the last recovery point, lifts the protection, and still serves its API.
 #[test]
 fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
-    need_root();
-    let t = Scratch::new();
-    let (a, mut b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    fill(&src.join("old"), 4, 256 << 10, 12);
-    std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
-    b.cli_ok(&["relationship", "authorize", &id]);
-    a.cli_ok(&["relationship", "replicate", &id]);
-    a.wait_for("source", &id, "the first recovery point", synced);
-    let first = tree_hash(&dst);
-
-    fill(&src.join("old"), 4, 256 << 10, 13);
-    fill(&src.join("new"), 16, 1 << 20, 14);
-    a.cli_ok(&["relationship", "replicate", &id]);
-    a.wait_for("source", &id, "the second job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 3 << 20));
+    let SecondJob { t: _t, a, mut b, dst, id, first } = second_job_under_way(12);
     b.kill();
     assert!(dst.join(".mover-state/journal").exists(), "the cut job left no journal to revert");
     {
