@@ -174,11 +174,8 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
                 Ok(r) => r,
                 Err(a) => return a,
             };
-            if spec.source_path != r.spec.source_path || spec.target_path != r.spec.target_path {
-                return refuse("paths of a relationship cannot change".into());
-            }
-            match spec.validate().and_then(|_| node.modify(&id, |x| x.spec = spec)) {
-                Ok(_) => PeerAnswer::Ok,
+            match take_spec(node, &r, spec) {
+                Ok(()) => PeerAnswer::Ok,
                 Err(e) => refuse(e.to_string()),
             }
         }
@@ -196,13 +193,22 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
     }
 }
 
-/// Takes the source's view from a poll: its job and last outcome, and an edit this node
-/// missed. The paths never change (a source asking for that is refused in Update, ignored here).
+/// The source's edited settings (Update, or a poll carrying an edit this node missed): valid,
+/// and with the same paths.
+fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::Result<()> {
+    if spec.source_path != r.spec.source_path || spec.target_path != r.spec.target_path {
+        return Err(Error::Invalid("paths of a relationship cannot change".into()));
+    }
+    spec.validate()?;
+    node.modify(&r.id, |x| x.spec = spec)?;
+    Ok(())
+}
+
+/// Takes the source's view from a poll: its job and last outcome, and an edit this node missed.
 fn catch_up(node: &Node, r: &Relationship, s: crate::peer::SourceState) -> crate::Result<()> {
     target::record_report(node, &r.id, s.running, s.job, s.last_attempt, s.recovery_point_ns)?;
-    let same_paths = s.spec.source_path == r.spec.source_path && s.spec.target_path == r.spec.target_path;
-    if same_paths && s.spec != r.spec && s.spec.validate().is_ok() {
-        node.modify(&r.id, |x| x.spec = s.spec)?;
+    if s.spec != r.spec {
+        take_spec(node, r, s.spec)?;
     }
     Ok(())
 }

@@ -212,14 +212,7 @@ pub async fn schedule(node: Arc<Node>) {
 /// delete (the relationship ends here too) or an unreachable target (disconnected).
 async fn poll_target(node: Arc<Node>, r: Relationship) {
     let r = node.get(&r.id, Role::Source).unwrap_or(r);
-    let job = lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view());
-    let source = crate::peer::SourceState {
-        spec: r.spec.clone(),
-        running: job.is_some(),
-        job,
-        last_attempt: r.last_attempt.clone(),
-        recovery_point_ns: r.recovery_point_ns,
-    };
+    let source = source_state(&node, &r);
     let answer = call(&node, &r, &PeerRequest::State { id: r.id.clone(), source: Some(source) }).await;
     let (authorized, ended, unreachable) = match answer {
         Ok(PeerAnswer::State { authorized, ended }) => (authorized, ended, false),
@@ -255,16 +248,23 @@ async fn poll_target(node: Arc<Node>, r: Relationship) {
     }
 }
 
-async fn report_progress(node: Arc<Node>, id: RelationshipId) {
-    let Ok(r) = node.get(&id, Role::Source) else { return };
-    let job = lock(&node.jobs).get(&id).filter(|j| !j.done.load(Ordering::SeqCst)).map(|j| j.view());
-    let req = PeerRequest::Report {
-        id: id.clone(),
+/// What this node tells the target about the relationship: its settings, its running job and
+/// the last outcome (polls carry all of it, progress reports all but the settings).
+fn source_state(node: &Node, r: &Relationship) -> crate::peer::SourceState {
+    let job = lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view());
+    crate::peer::SourceState {
+        spec: r.spec.clone(),
         running: job.is_some(),
         job,
         last_attempt: r.last_attempt.clone(),
         recovery_point_ns: r.recovery_point_ns,
-    };
+    }
+}
+
+async fn report_progress(node: Arc<Node>, id: RelationshipId) {
+    let Ok(r) = node.get(&id, Role::Source) else { return };
+    let s = source_state(&node, &r);
+    let req = PeerRequest::Report { id: id.clone(), running: s.running, job: s.job, last_attempt: s.last_attempt, recovery_point_ns: s.recovery_point_ns };
     match call(&node, &r, &req).await {
         Ok(PeerAnswer::Ok) => {}
         Ok(PeerAnswer::NotFound) => {
@@ -314,7 +314,7 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         let source_time = now_ns();
         let result = run_job(&node, &rt, &id, &progress, &carried);
         carried.roll(&progress);
-        finish_job(&node, &id, (&carried, progress.control.is_cancelled()), result, source_time, started.elapsed());
+        finish_job(&node, &id, &carried, progress.control.is_cancelled(), result, (source_time, started.elapsed()));
         done.store(true, Ordering::SeqCst);
     });
     if let Err(e) = spawned {
@@ -426,7 +426,10 @@ async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)
     }
 }
 
-fn finish_job(node: &Node, id: &RelationshipId, (carried, cancelled): (&Carried, bool), result: Result<mover::sender::SendReport>, source_time: i64, took: Duration) {
+/// Records a job's outcome; `when` is the source's point in time the job replicated and how
+/// long the job took.
+fn finish_job(node: &Node, id: &RelationshipId, carried: &Carried, cancelled: bool, result: Result<mover::sender::SendReport>, when: (i64, Duration)) {
+    let (source_time, took) = when;
     let shutdown = node.shutting_down();
     let (attempt, rp) = match &result {
         Ok(rep) => {

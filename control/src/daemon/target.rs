@@ -223,9 +223,8 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let res = if r.ended && r.read_only.is_none() { Ok(()) } else { release(node, id) };
     let res = res.and_then(|()| node.store().delete(id));
     if res.is_ok() {
-        lock(&node.routes).retain(|_, (rid, _)| rid != id);
+        // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
-        lock(&node.reported).remove(id);
     }
     res
 }
@@ -262,13 +261,11 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
         node.modify(id, |x| x.ended = true)?;
-        let gone = !std::path::Path::new(&r.spec.target_path).exists();
-        if gone {
+        if !std::path::Path::new(&r.spec.target_path).exists() {
             // Nothing left to revert or unprotect; the relationship can still be ended.
             tracing::warn!(%id, target = %r.spec.target_path, "target directory is gone; nothing to revert");
             let _ = readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id));
-        }
-        if r.authorized && r.read_only.is_some() && !gone {
+        } else if r.authorized && r.read_only.is_some() {
             // The journal is reverted through the private writable view (rebuilt if a reboot
             // took it), while the target path is still read-only to everyone else.
             let root = writable_root(node, &r)?;
