@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(c: &mut Command) -> Result<()> {
-    let out = c.output().with_context(|| format!("running {c:?} (scripts/install-bench-deps.sh installs btrfs-progs)"))?;
+    let out = c.output().with_context(|| {
+        format!("running {c:?} (scripts/install-bench-deps.sh installs btrfs-progs)")
+    })?;
     if !out.status.success() {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -27,14 +29,22 @@ impl Mount {
         std::fs::File::create(image)?.set_len(size)?;
         run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(image))?;
         std::fs::create_dir_all(dir)?;
-        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir))?;
-        Ok(Mount { dir: dir.to_path_buf(), image: image.to_path_buf() })
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir))?;
+        Ok(Mount {
+            dir: dir.to_path_buf(),
+            image: image.to_path_buf(),
+        })
     }
 
     /// Creates subvolume `name` under the mount and returns its path.
     pub fn subvolume(&self, name: &str) -> Result<PathBuf> {
         let p = self.dir.join(name);
-        run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(&p))?;
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(&p))?;
         Ok(p)
     }
 }
@@ -48,7 +58,13 @@ impl Drop for Mount {
 
 /// Copies the contents of `from` into the existing directory `to` (own inodes and extents).
 pub fn copy_into(from: &Path, to: &Path) -> Result<()> {
-    let st = Command::new("cp").arg("-a").arg("--reflink=never").arg(from.join(".")).arg(to).status().context("running cp")?;
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=never")
+        .arg(from.join("."))
+        .arg(to)
+        .status()
+        .context("running cp")?;
     if !st.success() {
         bail!("cp -a {}/. {} failed: {st}", from.display(), to.display());
     }

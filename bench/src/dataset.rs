@@ -40,7 +40,8 @@ pub fn write_file(p: &Path, rng: &mut Rng, size: usize, buf: &mut Vec<u8>) -> Re
         let n = left.min(8 << 20);
         buf.resize(n, 0);
         rng.fill(buf);
-        f.write_all(buf).with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(buf)
+            .with_context(|| format!("writing {}", p.display()))?;
         left -= n;
     }
     Ok(())
@@ -62,7 +63,13 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
     let bytes_est = |dir: &Path| -> Result<u64> { Ok(count(dir)?.1) };
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(spec.as_str()) {
         let bytes = bytes_est(&dir)?;
-        return Ok(Dataset { kind, dir, files, bytes, spec });
+        return Ok(Dataset {
+            kind,
+            dir,
+            files,
+            bytes,
+            spec,
+        });
     }
     eprintln!("bench: generating {} dataset ({spec})", kind.name());
     let _ = std::fs::remove_dir_all(work.join(kind.name()));
@@ -82,13 +89,22 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
     }
     if kind == Kind::Mixed {
         for i in 0..s(100.0) {
-            std::os::unix::fs::symlink(format!("../large{}.bin", i % 8), dir.join(format!("d{:04}/link{i}", i % dirs)))
-                .context("creating symlink")?;
+            std::os::unix::fs::symlink(
+                format!("../large{}.bin", i % 8),
+                dir.join(format!("d{:04}/link{i}", i % dirs)),
+            )
+            .context("creating symlink")?;
         }
     }
     std::fs::write(&marker, &spec).context("writing dataset marker")?;
     let bytes = bytes_est(&dir)?;
-    Ok(Dataset { kind, dir, files, bytes, spec })
+    Ok(Dataset {
+        kind,
+        dir,
+        files,
+        bytes,
+        spec,
+    })
 }
 
 /// (regular files, bytes) under `dir`, not following symlinks.

@@ -59,7 +59,13 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
-    pub fn new(name: &'static str, description: String, files: u64, bytes: u64, samples: Vec<IncSample>) -> ScenarioResult {
+    pub fn new(
+        name: &'static str,
+        description: String,
+        files: u64,
+        bytes: u64,
+        samples: Vec<IncSample>,
+    ) -> ScenarioResult {
         let med = |v: Vec<f64>| median(v);
         let changed = med(samples.iter().map(|s| s.changed_bytes as f64).collect()) as u64;
         let row = |tool: Tool| -> Option<IncRow> {
@@ -68,7 +74,10 @@ impl ScenarioResult {
                 return None;
             }
             let wire = med(s.iter().map(|x| x.wire_bytes as f64).collect()) as u64;
-            let lo: Option<Vec<f64>> = s.iter().map(|x| x.loopback_bytes.map(|b| b as f64)).collect();
+            let lo: Option<Vec<f64>> = s
+                .iter()
+                .map(|x| x.loopback_bytes.map(|b| b as f64))
+                .collect();
             Some(IncRow {
                 tool,
                 median_seconds: med(s.iter().map(|x| x.seconds).collect()),
@@ -78,10 +87,18 @@ impl ScenarioResult {
                 wire_per_changed_byte: (changed > 0).then(|| wire as f64 / changed as f64),
             })
         };
-        let rows: Vec<IncRow> = [Tool::Mover, Tool::Rsync].into_iter().filter_map(row).collect();
-        let (m, r) = (rows.iter().find(|x| x.tool == Tool::Mover), rows.iter().find(|x| x.tool == Tool::Rsync));
+        let rows: Vec<IncRow> = [Tool::Mover, Tool::Rsync]
+            .into_iter()
+            .filter_map(row)
+            .collect();
+        let (m, r) = (
+            rows.iter().find(|x| x.tool == Tool::Mover),
+            rows.iter().find(|x| x.tool == Tool::Rsync),
+        );
         let speed = m.zip(r).map(|(m, r)| r.median_seconds / m.median_seconds);
-        let cpu = m.zip(r).map(|(m, r)| m.median_cpu_seconds / r.median_cpu_seconds);
+        let cpu = m
+            .zip(r)
+            .map(|(m, r)| m.median_cpu_seconds / r.median_cpu_seconds);
         let targets = targets(name, m, speed);
         ScenarioResult {
             name,
@@ -100,21 +117,42 @@ impl ScenarioResult {
 
 /// The acceptance targets of each scenario, judged on medians.
 fn targets(name: &str, mover: Option<&IncRow>, speed: Option<f64>) -> Vec<Target> {
-    let t = |target: &str, measured: String, met: Option<bool>| Target { target: target.into(), measured, met };
-    let speed_s = speed.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+    let t = |target: &str, measured: String, met: Option<bool>| Target {
+        target: target.into(),
+        measured,
+        met,
+    };
+    let speed_s = speed
+        .map(|x| format!("{x:.2}x"))
+        .unwrap_or_else(|| "-".into());
     match name {
         "rewrite-1pct" => vec![
-            t("mover >= 5x faster than rsync", speed_s, speed.map(|x| x >= 5.0)),
+            t(
+                "mover >= 5x faster than rsync",
+                speed_s,
+                speed.map(|x| x >= 5.0),
+            ),
             t(
                 "mover wire <= 1.2x changed bytes",
-                mover.and_then(|m| m.wire_per_changed_byte).map(|x| format!("{x:.3}x")).unwrap_or_else(|| "-".into()),
-                mover.and_then(|m| m.wire_per_changed_byte).map(|x| x <= 1.2),
+                mover
+                    .and_then(|m| m.wire_per_changed_byte)
+                    .map(|x| format!("{x:.3}x"))
+                    .unwrap_or_else(|| "-".into()),
+                mover
+                    .and_then(|m| m.wire_per_changed_byte)
+                    .map(|x| x <= 1.2),
             ),
         ],
-        "noop-small" => vec![t("mover seconds <= rsync seconds", format!("rsync/mover {speed_s}"), speed.map(|x| x >= 1.0))],
+        "noop-small" => vec![t(
+            "mover seconds <= rsync seconds",
+            format!("rsync/mover {speed_s}"),
+            speed.map(|x| x >= 1.0),
+        )],
         "rename-dir" => vec![t(
             "mover wire < 1 MiB",
-            mover.map(|m| format!("{} bytes", m.median_wire_bytes)).unwrap_or_else(|| "-".into()),
+            mover
+                .map(|m| format!("{} bytes", m.median_wire_bytes))
+                .unwrap_or_else(|| "-".into()),
             mover.map(|m| m.median_wire_bytes < 1 << 20),
         )],
         _ => Vec::new(),
@@ -156,7 +194,8 @@ impl IncReport {
             "| scenario | tool | median s | CPU s | wire bytes | loopback bytes | wire / changed | speed vs rsync | CPU vs rsync |\n",
         );
         s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        let x = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}x")).unwrap_or_else(|| "-".into());
+        let x =
+            |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}x")).unwrap_or_else(|| "-".into());
         for sc in &self.scenarios {
             for r in &sc.rows {
                 let mover = r.tool == Tool::Mover;
@@ -180,7 +219,13 @@ impl IncReport {
         s.push_str("\n| scenario | target | measured | result |\n|---|---|---|---|\n");
         for sc in &self.scenarios {
             for t in &sc.targets {
-                s.push_str(&format!("| {} | {} | {} | {} |\n", sc.name, t.target, t.measured, met(t.met)));
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    sc.name,
+                    t.target,
+                    t.measured,
+                    met(t.met)
+                ));
             }
         }
         s.push_str("\nScenarios:\n\n");

@@ -39,7 +39,10 @@ impl Scenario {
     pub fn select(what: &str) -> Option<Vec<Scenario>> {
         match what {
             "incremental" => Some(Self::ALL.to_vec()),
-            w => Self::ALL.into_iter().find(|s| s.name() == w).map(|s| vec![s]),
+            w => Self::ALL
+                .into_iter()
+                .find(|s| s.name() == w)
+                .map(|s| vec![s]),
         }
     }
 }
@@ -73,7 +76,13 @@ pub fn run(o: &Opts, scenarios: &[Scenario]) -> Result<IncReport> {
     for &sc in scenarios {
         let r = scenario(o, sc)?;
         for t in &r.targets {
-            eprintln!("bench: {} target: {}: measured {} -> {}", sc.name(), t.target, t.measured, met(t.met));
+            eprintln!(
+                "bench: {} target: {}: measured {} -> {}",
+                sc.name(),
+                t.target,
+                t.measured,
+                met(t.met)
+            );
         }
         rep.scenarios.push(r);
     }
@@ -91,10 +100,18 @@ fn hash(mover: &Path, dir: &Path) -> Result<(String, String)> {
     }
     let out = c.output().context("running mover hash")?;
     if !out.status.success() {
-        bail!("mover hash {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "mover hash {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("mover hash JSON")?;
-    let f = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("no {k} in mover hash output"));
+    let f = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no {k} in mover hash output"))
+    };
     Ok((f("tree_hash")?, f("content_hash")?))
 }
 
@@ -103,8 +120,13 @@ fn hash(mover: &Path, dir: &Path) -> Result<(String, String)> {
 /// source's mtime keeps a wrong sub-second mtime, on this run and every later one. Waiting after
 /// each change of the source keeps verification exact for both tools at no cost to either.
 fn next_second() {
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - ns as u64 + 10_000_000));
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - ns as u64 + 10_000_000,
+    ));
 }
 
 fn verify(mover: &Path, want: &(String, String), dst: &Path, tool: Tool, when: &str) -> Result<()> {
@@ -125,13 +147,28 @@ fn verify(mover: &Path, want: &(String, String), dst: &Path, tool: Tool, when: &
 /// One timed job: page cache dropped first, loopback traffic counted around it. `job` runs the
 /// tool, verifies its destination (after its own timing ends) and returns (seconds, CPU
 /// seconds, wire bytes, details).
-fn timed(tool: Tool, rep: usize, changed: u64, job: impl FnOnce() -> Result<(f64, f64, u64, serde_json::Value)>) -> Result<IncSample> {
+fn timed(
+    tool: Tool,
+    rep: usize,
+    changed: u64,
+    job: impl FnOnce() -> Result<(f64, f64, u64, serde_json::Value)>,
+) -> Result<IncSample> {
     let cache_dropped = proc::drop_caches();
     let lo = proc::loopback_bytes();
     let (seconds, cpu_seconds, wire_bytes, detail) = job()?;
     // Read before hashing would add nothing: `mover hash` uses no sockets.
     let loopback_bytes = lo.zip(proc::loopback_bytes()).map(|(a, b)| b - a);
-    Ok(IncSample { tool, rep, seconds, cpu_seconds, wire_bytes, loopback_bytes, changed_bytes: changed, cache_dropped, detail })
+    Ok(IncSample {
+        tool,
+        rep,
+        seconds,
+        cpu_seconds,
+        wire_bytes,
+        loopback_bytes,
+        changed_bytes: changed,
+        cache_dropped,
+        detail,
+    })
 }
 
 struct Dirs {
@@ -141,7 +178,12 @@ struct Dirs {
 }
 
 fn mover_job(o: &Opts, d: &Dirs) -> Result<mover_run::MoverRun> {
-    mover_run::run_with(&o.mover, &d.src, &d.mover_dst, &[OsStr::new("--state"), d.state.as_os_str()])
+    mover_run::run_with(
+        &o.mover,
+        &d.src,
+        &d.mover_dst,
+        &[OsStr::new("--state"), d.state.as_os_str()],
+    )
 }
 
 /// Builds the scenario's source under `dir`; returns it and a description. With
@@ -150,12 +192,25 @@ fn mover_job(o: &Opts, d: &Dirs) -> Result<mover_run::MoverRun> {
 fn source(o: &Opts, sc: Scenario, dir: &Path) -> Result<(PathBuf, String, Option<btrfs::Mount>)> {
     if o.btrfs_source {
         let (data, what) = match sc {
-            Scenario::Rewrite => (Some(dataset::ensure(&o.work, dataset::Kind::Large, o.scale)?), "the large dataset"),
-            Scenario::Noop => (Some(dataset::ensure(&o.work, dataset::Kind::Small, o.scale)?), "the small dataset"),
+            Scenario::Rewrite => (
+                Some(dataset::ensure(&o.work, dataset::Kind::Large, o.scale)?),
+                "the large dataset",
+            ),
+            Scenario::Noop => (
+                Some(dataset::ensure(&o.work, dataset::Kind::Small, o.scale)?),
+                "the small dataset",
+            ),
             Scenario::Rename => (None, "the rename tree"),
         };
-        let bytes = data.as_ref().map(|d| d.bytes).unwrap_or((1.1 * 1073741824.0 * o.scale) as u64);
-        let m = btrfs::Mount::new(&dir.join("btrfs.img"), &dir.join("btrfs"), (3 * bytes).max(1 << 30))?;
+        let bytes = data
+            .as_ref()
+            .map(|d| d.bytes)
+            .unwrap_or((1.1 * 1073741824.0 * o.scale) as u64);
+        let m = btrfs::Mount::new(
+            &dir.join("btrfs.img"),
+            &dir.join("btrfs"),
+            (3 * bytes).max(1 << 30),
+        )?;
         let src = m.subvolume("src")?;
         match &data {
             Some(d) => btrfs::copy_into(&d.dir, &src)?,
@@ -166,7 +221,11 @@ fn source(o: &Opts, sc: Scenario, dir: &Path) -> Result<(PathBuf, String, Option
             Scenario::Noop => "unchanged: each rep is a no-op job",
             Scenario::Rename => "each rep renames blob-N to blob-N+1",
         };
-        return Ok((src, format!("{what} in a btrfs subvolume on a loop-mounted image; {change}"), Some(m)));
+        return Ok((
+            src,
+            format!("{what} in a btrfs subvolume on a loop-mounted image; {change}"),
+            Some(m),
+        ));
     }
     Ok(match sc {
         Scenario::Rewrite => {
@@ -178,7 +237,14 @@ fn source(o: &Opts, sc: Scenario, dir: &Path) -> Result<(PathBuf, String, Option
         // Nothing changes, so the tools read the dataset itself.
         Scenario::Noop => {
             let ds = dataset::ensure(&o.work, dataset::Kind::Small, o.scale)?;
-            (ds.dir, format!("the small dataset ({}), unchanged: each rep is a no-op job", ds.spec), None)
+            (
+                ds.dir,
+                format!(
+                    "the small dataset ({}), unchanged: each rep is a no-op job",
+                    ds.spec
+                ),
+                None,
+            )
         }
         Scenario::Rename => {
             let src = dir.join("src");
@@ -198,13 +264,21 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     next_second();
     let (files, bytes) = dataset::count(&src)?;
     eprintln!("bench: {}: {files} files, {bytes} bytes", sc.name());
-    let d = Dirs { src, mover_dst: dir.join("mover-dst"), state: dir.join("mover-state") };
+    let d = Dirs {
+        src,
+        mover_dst: dir.join("mover-dst"),
+        state: dir.join("mover-state"),
+    };
     let rsync_root = dir.join("rsync");
     let rsync_dst = rsync_root.join("dst");
     std::fs::create_dir_all(&d.mover_dst)?;
     std::fs::create_dir_all(&rsync_root)?;
     std::fs::create_dir_all(dir.join("rsyncd"))?;
-    let daemon = if o.run_rsync { Some(rsync::Daemon::start(&dir.join("rsyncd"), &rsync_root)?) } else { None };
+    let daemon = if o.run_rsync {
+        Some(rsync::Daemon::start(&dir.join("rsyncd"), &rsync_root)?)
+    } else {
+        None
+    };
 
     // Initial syncs: untimed, verified.
     let want = hash(&o.mover, &d.src)?;
@@ -237,10 +311,19 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
                 (Tool::Mover, _) if o.run_mover => timed(tool, r, changed, || {
                     let x = mover_job(o, &d)?;
                     if x.report["incremental"] != serde_json::Value::Bool(true) {
-                        bail!("mover {} rep {r}: job was not incremental (manifest unused): {}", sc.name(), x.report);
+                        bail!(
+                            "mover {} rep {r}: job was not incremental (manifest unused): {}",
+                            sc.name(),
+                            x.report
+                        );
                     }
                     verify(&o.mover, &want, &d.mover_dst, tool, &format!("rep {r}"))?;
-                    Ok((x.seconds, x.cpu_seconds, x.wire_bytes, serde_json::json!({ "send": x.report, "receive": x.receiver })))
+                    Ok((
+                        x.seconds,
+                        x.cpu_seconds,
+                        x.wire_bytes,
+                        serde_json::json!({ "send": x.report, "receive": x.receiver }),
+                    ))
                 })?,
                 (Tool::Rsync, Some(dm)) => timed(tool, r, changed, || {
                     let x = dm.run_with(&d.src, "dst", &RSYNC_EXTRA)?;
@@ -269,5 +352,11 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     drop(mount);
     // Frees the copies (up to 3x the data) before the next scenario.
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(ScenarioResult::new(sc.name(), description, files, bytes, samples))
+    Ok(ScenarioResult::new(
+        sc.name(),
+        description,
+        files,
+        bytes,
+        samples,
+    ))
 }

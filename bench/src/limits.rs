@@ -33,7 +33,9 @@ pub fn loopback_tcp() -> Result<f64> {
         s.write_all(&buf)?;
     }
     drop(s);
-    let n = rx.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let n = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     Ok(n as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 

@@ -2,9 +2,9 @@
 //! alternating, page cache dropped before each run, with the machine's limits measured in the
 //! same run. Writes results/<date>-<name>.json and .md.
 
+mod btrfs;
 mod dataset;
 mod inc_report;
-mod btrfs;
 mod incremental;
 mod limits;
 mod mover_run;
@@ -67,20 +67,36 @@ fn fresh(dir: &Path) -> Result<()> {
 fn check_copy(src: &Path, dst: &Path, tool: Tool) -> Result<()> {
     let (a, b) = (dataset::count(src)?, dataset::count(dst)?);
     if a != b {
-        bail!("{tool:?} left {} files / {} bytes, source has {} / {}", b.0, b.1, a.0, a.1);
+        bail!(
+            "{tool:?} left {} files / {} bytes, source has {} / {}",
+            b.0,
+            b.1,
+            a.0,
+            a.1
+        );
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let work = a.work_dir.clone().or_else(|| std::env::var_os("MOVER_BENCH_DIR").map(PathBuf::from)).unwrap_or_else(|| "/work/bench-data".into());
+    let work = a
+        .work_dir
+        .clone()
+        .or_else(|| std::env::var_os("MOVER_BENCH_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| "/work/bench-data".into());
     let mover = match &a.mover {
         Some(m) => m.clone(),
-        None => std::env::current_exe()?.parent().context("exe dir")?.join("mover"),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("mover"),
     };
     if a.tools != Tools::Rsync && !mover.exists() {
-        bail!("mover binary not found at {} (cargo build --release first, or pass --mover)", mover.display());
+        bail!(
+            "mover binary not found at {} (cargo build --release first, or pass --mover)",
+            mover.display()
+        );
     }
     if a.source_fs != "native" && a.source_fs != "btrfs" {
         bail!("--source-fs must be native or btrfs, not {:?}", a.source_fs);
@@ -89,7 +105,10 @@ fn main() -> Result<()> {
     if let Some(scenarios) = incremental::Scenario::select(&a.what) {
         // `mover hash` verifies every destination, so the binary is needed even for rsync alone.
         if !mover.exists() {
-            bail!("mover binary not found at {} (cargo build --release first, or pass --mover)", mover.display());
+            bail!(
+                "mover binary not found at {} (cargo build --release first, or pass --mover)",
+                mover.display()
+            );
         }
         let o = incremental::Opts {
             work,
@@ -121,7 +140,12 @@ fn main() -> Result<()> {
     for kind in kinds {
         let ds = dataset::ensure(&work, kind, a.scale)?;
         let read = limits::sequential_read(&ds.dir)?;
-        eprintln!("bench: {}: {} files, {} bytes; sequential read {read:.0} MB/s", kind.name(), ds.files, ds.bytes);
+        eprintln!(
+            "bench: {}: {} files, {} bytes; sequential read {read:.0} MB/s",
+            kind.name(),
+            ds.files,
+            ds.bytes
+        );
         // Every run gets its own, new destination directory; all are removed only after the
         // dataset's last run. Deleting tens of thousands of inodes right before a run would make
         // ext4 skip them as "recently deleted" (for 60 s) in the next run's inode allocation, a
@@ -130,7 +154,11 @@ fn main() -> Result<()> {
         let tmp = work.join(kind.name()).join("rsyncd");
         std::fs::create_dir_all(&tmp)?;
         fresh(&dsts)?;
-        let daemon = if a.tools != Tools::Mover { Some(rsync::Daemon::start(&tmp, &dsts)?) } else { None };
+        let daemon = if a.tools != Tools::Mover {
+            Some(rsync::Daemon::start(&tmp, &dsts)?)
+        } else {
+            None
+        };
         let mut samples = Vec::new();
         for r in 0..a.reps {
             // Rotate the order every rep so no tool always follows the same neighbour (the
@@ -151,19 +179,44 @@ fn main() -> Result<()> {
                 let s = match (tool, &daemon) {
                     (Tool::Rsync, Some(d)) => {
                         let x = d.run(&ds.dir, &sub)?;
-                        Sample { tool, rep: r, seconds: x.seconds, cpu_seconds: x.cpu_seconds, wire_bytes: x.wire_bytes, cache_dropped: dropped }
+                        Sample {
+                            tool,
+                            rep: r,
+                            seconds: x.seconds,
+                            cpu_seconds: x.cpu_seconds,
+                            wire_bytes: x.wire_bytes,
+                            cache_dropped: dropped,
+                        }
                     }
                     (Tool::Rsync, None) => continue,
                     _ => {
                         let x = mover_run::run(&mover, &ds.dir, &dst)?;
                         if x.files != ds.files {
-                            bail!("mover sent {} files into an empty destination, dataset has {}", x.files, ds.files);
+                            bail!(
+                                "mover sent {} files into an empty destination, dataset has {}",
+                                x.files,
+                                ds.files
+                            );
                         }
-                        Sample { tool, rep: r, seconds: x.seconds, cpu_seconds: x.cpu_seconds, wire_bytes: x.wire_bytes, cache_dropped: dropped }
+                        Sample {
+                            tool,
+                            rep: r,
+                            seconds: x.seconds,
+                            cpu_seconds: x.cpu_seconds,
+                            wire_bytes: x.wire_bytes,
+                            cache_dropped: dropped,
+                        }
                     }
                 };
                 check_copy(&ds.dir, &dst, tool)?;
-                eprintln!("bench: {} {:?} rep {r}: {:.2}s, cpu {:.2}s, wire {}", kind.name(), tool, s.seconds, s.cpu_seconds, s.wire_bytes);
+                eprintln!(
+                    "bench: {} {:?} rep {r}: {:.2}s, cpu {:.2}s, wire {}",
+                    kind.name(),
+                    tool,
+                    s.seconds,
+                    s.cpu_seconds,
+                    s.wire_bytes
+                );
                 samples.push(s);
             }
         }

@@ -28,8 +28,20 @@ pub fn run(mover: &Path, src: &Path, dst: &Path) -> Result<MoverRun> {
 /// `run` with extra `mover send` arguments (the incremental benchmark adds `--state DIR`).
 pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> Result<MoverRun> {
     let mut recv = Command::new(mover);
-    recv.args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"]).arg(dst);
-    let mut recv = recv.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {}", mover.display()))?;
+    recv.args([
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+        "--json",
+        "--root",
+    ])
+    .arg(dst);
+    let mut recv = recv
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", mover.display()))?;
     let mut lines = BufReader::new(recv.stdout.take().context("receiver stdout")?);
     let mut first = String::new();
     lines.read_line(&mut first)?;
@@ -48,7 +60,10 @@ pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> 
         .spawn()
         .context("starting mover send")?;
     let mut out = String::new();
-    send.stdout.take().context("sender stdout")?.read_to_string(&mut out)?;
+    send.stdout
+        .take()
+        .context("sender stdout")?
+        .read_to_string(&mut out)?;
     let su = wait_usage(&mut send)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut rest = String::new();
@@ -68,6 +83,10 @@ pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> 
         wire_bytes: v["wire_bytes"].as_u64().context("wire_bytes")?,
         files: v["files"].as_u64().context("files")?,
         report: v,
-        receiver: rest.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null),
+        receiver: rest
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null),
     })
 }

@@ -16,7 +16,13 @@ pub const BLOCK: u64 = 4096;
 /// Copies `from` to the new directory `to` with its own inodes and data blocks (no hard links,
 /// no shared extents): the tools read this copy and the benchmark rewrites it in place.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let st = Command::new("cp").arg("-a").arg("--reflink=never").arg(from).arg(to).status().context("running cp")?;
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=never")
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running cp")?;
     if !st.success() {
         bail!("cp -a {} {} failed: {st}", from.display(), to.display());
     }
@@ -53,13 +59,18 @@ pub fn rewrite_blocks(dir: &Path, fraction: f64, seed: u64) -> Result<u64> {
             open = None;
         }
         if open.is_none() {
-            open =
-                Some(std::fs::OpenOptions::new().write(true).open(&files[fi]).with_context(|| format!("opening {}", files[fi].display()))?);
+            open = Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&files[fi])
+                    .with_context(|| format!("opening {}", files[fi].display()))?,
+            );
         }
         let first = if fi == 0 { 0 } else { ends[fi - 1] };
         rng.fill(&mut buf);
         let f = open.as_ref().context("file")?;
-        f.write_all_at(&buf, (b - first) * BLOCK).with_context(|| format!("writing {}", files[fi].display()))?;
+        f.write_all_at(&buf, (b - first) * BLOCK)
+            .with_context(|| format!("writing {}", files[fi].display()))?;
     }
     Ok(n * BLOCK)
 }
@@ -79,7 +90,12 @@ pub fn build_rename_tree(dir: &Path, scale: f64) -> Result<()> {
     let mut rng = Rng(0x5eed_0e0a);
     let mut buf = Vec::new();
     for i in 0..4 {
-        write_file(&blob.join(format!("big{i}.bin")), &mut rng, s(256.0 * 1048576.0), &mut buf)?;
+        write_file(
+            &blob.join(format!("big{i}.bin")),
+            &mut rng,
+            s(256.0 * 1048576.0),
+            &mut buf,
+        )?;
     }
     for i in 0..s(1000.0) {
         write_file(&keep.join(format!("f{i:04}")), &mut rng, 4096, &mut buf)?;
@@ -91,7 +107,8 @@ pub fn build_rename_tree(dir: &Path, scale: f64) -> Result<()> {
 pub fn rename_blob(dir: &Path, rep: usize) -> Result<u64> {
     let (from, to) = (dir.join(blob_dir(rep)), dir.join(blob_dir(rep + 1)));
     let bytes = crate::dataset::count(&from)?.1;
-    std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     Ok(bytes)
 }
 
@@ -107,7 +124,13 @@ mod tests {
         let sizes = [10 * BLOCK + 100, 30 * BLOCK + 7];
         let mut rng = Rng(1);
         for (i, &n) in sizes.iter().enumerate() {
-            write_file(&dir.join(format!("f{i}")), &mut rng, n as usize, &mut Vec::new()).unwrap();
+            write_file(
+                &dir.join(format!("f{i}")),
+                &mut rng,
+                n as usize,
+                &mut Vec::new(),
+            )
+            .unwrap();
         }
         let read = |i: usize| std::fs::read(dir.join(format!("f{i}"))).unwrap();
         let before: Vec<Vec<u8>> = (0..2).map(read).collect();
@@ -118,7 +141,11 @@ mod tests {
             assert_eq!(new.len(), old.len());
             let whole = old.len() - old.len() % BLOCK as usize;
             assert_eq!(new[whole..], old[whole..]);
-            changed += old[..whole].chunks(BLOCK as usize).zip(new[..whole].chunks(BLOCK as usize)).filter(|(a, b)| a != b).count();
+            changed += old[..whole]
+                .chunks(BLOCK as usize)
+                .zip(new[..whole].chunks(BLOCK as usize))
+                .filter(|(a, b)| a != b)
+                .count();
         }
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(changed, 10);

@@ -27,7 +27,10 @@ pub fn wait_usage(child: &mut Child) -> Result<Usage> {
         if r == pid {
             let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
             let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-            return Ok(Usage { cpu_seconds: t(ru.ru_utime) + t(ru.ru_stime), exit_ok: ok });
+            return Ok(Usage {
+                cpu_seconds: t(ru.ru_utime) + t(ru.ru_stime),
+                exit_ok: ok,
+            });
         }
         if r < 0 {
             bail!("wait4({pid}): {}", std::io::Error::last_os_error());
@@ -42,7 +45,8 @@ pub fn wait_usage(child: &mut Child) -> Result<Usage> {
 
 /// utime + stime + cutime + cstime of `pid`, in seconds.
 pub fn daemon_cpu(pid: u32) -> Result<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     parse_stat_cpu(&s)
 }
 
@@ -51,7 +55,9 @@ pub fn parse_stat_cpu(stat: &str) -> Result<f64> {
     let rest = &stat[stat.rfind(')').context("no ')' in stat")? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state(0) ... utime is field 14 of the full line = index 11 here.
-    let ticks: f64 = (11..15).map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum();
+    let ticks: f64 = (11..15)
+        .map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum();
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz.max(1.0))
@@ -68,7 +74,11 @@ pub fn drop_caches() -> bool {
 /// Counts both directions of every connection, TCP/IP headers included, and any other loopback
 /// traffic on the machine: a cross-check of the tools' own wire counts, not a replacement.
 pub fn loopback_bytes() -> Option<u64> {
-    std::fs::read_to_string("/sys/class/net/lo/statistics/tx_bytes").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/sys/class/net/lo/statistics/tx_bytes")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -88,7 +88,11 @@ pub fn cmd_line(cmd: &str, args: &[&str]) -> String {
 pub fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     serde_json::json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -140,14 +144,23 @@ impl Report {
                 cpu_vs_rsync: None,
             })
         };
-        let mut rows: Vec<Row> = [Tool::Mover, Tool::Rsync].into_iter().filter_map(row).collect();
+        let mut rows: Vec<Row> = [Tool::Mover, Tool::Rsync]
+            .into_iter()
+            .filter_map(row)
+            .collect();
         if let Some(r) = rows.iter().find(|r| r.tool == Tool::Rsync).cloned() {
             for x in rows.iter_mut() {
                 x.throughput_vs_rsync = Some(r.median_seconds / x.median_seconds);
                 x.cpu_vs_rsync = Some(x.cpu_s_per_gb / r.cpu_s_per_gb);
             }
         }
-        self.datasets.push(DatasetResult { dataset: ds, sequential_read_mb_s: read, limit_mb_s: limit, rows, samples });
+        self.datasets.push(DatasetResult {
+            dataset: ds,
+            sequential_read_mb_s: read,
+            limit_mb_s: limit,
+            rows,
+            samples,
+        });
     }
 
     pub fn markdown(&self) -> String {
@@ -159,7 +172,8 @@ impl Report {
         s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for d in &self.datasets {
             for r in &d.rows {
-                let f = |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+                let f =
+                    |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
                 s.push_str(&format!(
                     "| {} ({} files, limit {:.0} MB/s) | {} | {:.2} | {:.0} | {:.0} | {:.2} | {} | {:.0}% | {} | {} |\n",
                     d.dataset.kind.name(),

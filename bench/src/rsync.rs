@@ -22,7 +22,9 @@ pub struct RsyncRun {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Daemon {
@@ -89,12 +91,19 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         let wire_bytes = parse_wire_bytes(&out)?;
-        Ok(RsyncRun { seconds, cpu_seconds: usage.cpu_seconds + (after - before), wire_bytes, stats: out })
+        Ok(RsyncRun {
+            seconds,
+            cpu_seconds: usage.cpu_seconds + (after - before),
+            wire_bytes,
+            stats: out,
+        })
     }
 }
 
 fn has_children(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map(|s| !s.trim().is_empty()).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false)
 }
 
 impl Drop for Daemon {
@@ -106,10 +115,16 @@ impl Drop for Daemon {
 
 /// The number after `name` (e.g. "Literal data:") in `rsync --stats` output.
 pub fn stat_field(stats: &str, name: &str) -> Result<u64> {
-    let line = stats.lines().find(|l| l.starts_with(name)).with_context(|| format!("no '{name}' in rsync --stats"))?;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(name))
+        .with_context(|| format!("no '{name}' in rsync --stats"))?;
     // The number ends at its first character that is neither a digit nor a thousands separator:
     // "Literal data: 1,234 bytes".
-    let number = line[name.len()..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == ',');
+    let number = line[name.len()..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',');
     let digits: String = number.filter(|c| c.is_ascii_digit()).collect();
     digits.parse().with_context(|| format!("parsing {line:?}"))
 }

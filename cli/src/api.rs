@@ -18,7 +18,12 @@ pub struct ApiArgs {
     pub api: String,
     /// API token. The daemon writes its admin token to <data-dir>/admin.token on first start;
     /// `mover token create` makes tokens with narrower roles.
-    #[arg(long, env = "MOVER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "MOVER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// Print the daemon's JSON answer (one line) instead of text.
     #[arg(long)]
@@ -42,7 +47,12 @@ pub enum ApiError {
     /// A success status whose body is not JSON: a daemon of another version or not a daemon.
     BadAnswer { url: String, detail: String },
     /// The daemon answered with an error status and (usually) `{"error": message}`.
-    Status { status: u16, method: &'static str, path: String, message: String },
+    Status {
+        status: u16,
+        method: &'static str,
+        path: String,
+        message: String,
+    },
     /// Refused before asking the daemon, with the status it would have answered (an id prefix
     /// that matches no relationship is a 404); exit codes follow the status.
     Local { status: u16, message: String },
@@ -103,7 +113,11 @@ impl Api {
     pub fn new(base: &str, token: Option<String>) -> Api {
         let base = base.trim().trim_end_matches('/');
         // The daemon's own --api flag takes HOST:PORT; accept the same spelling here.
-        let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
+        let base = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
         let agent = ureq::Agent::config_builder()
             // Error statuses carry the daemon's {"error": ...} message; we want to read it.
             .http_status_as_error(false)
@@ -134,16 +148,30 @@ impl Api {
 
     /// One request; a success answer with an empty body (204) is `Value::Null`.
     fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        let token = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()).ok_or(ApiError::NoToken)?;
+        let token = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::NoToken)?;
         let url = format!("{}{}", self.base, path);
-        let unreachable = |detail: String| ApiError::Unreachable { url: self.base.clone(), detail };
+        let unreachable = |detail: String| ApiError::Unreachable {
+            url: self.base.clone(),
+            detail,
+        };
         if url.starts_with("https://") {
-            return Err(unreachable("this mover speaks plain HTTP to its daemon; use an http:// URL".into()));
+            return Err(unreachable(
+                "this mover speaks plain HTTP to its daemon; use an http:// URL".into(),
+            ));
         }
         let auth = format!("Bearer {token}");
         let res = match method {
             Method::Get | Method::Delete => {
-                let rb = if matches!(method, Method::Get) { self.agent.get(&url) } else { self.agent.delete(&url) };
+                let rb = if matches!(method, Method::Get) {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
                 let rb = rb.header("Authorization", &auth);
                 match body {
                     None => rb.call(),
@@ -151,7 +179,11 @@ impl Api {
                 }
             }
             Method::Post | Method::Patch => {
-                let rb = if matches!(method, Method::Post) { self.agent.post(&url) } else { self.agent.patch(&url) };
+                let rb = if matches!(method, Method::Post) {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.patch(&url)
+                };
                 let rb = rb.header("Authorization", &auth);
                 match body {
                     None => rb.send_empty(),
@@ -161,12 +193,18 @@ impl Api {
         };
         let mut resp = res.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
-        let text = resp.body_mut().read_to_string().map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_str(&text).map_err(|e| ApiError::BadAnswer { url, detail: format!("not JSON: {e}") });
+            return serde_json::from_str(&text).map_err(|e| ApiError::BadAnswer {
+                url,
+                detail: format!("not JSON: {e}"),
+            });
         }
         Err(ApiError::Status {
             status: status.as_u16(),
@@ -203,7 +241,10 @@ mod tests {
 
     #[test]
     fn error_message_prefers_the_error_field() {
-        assert_eq!(error_message(r#"{"error":"token lacks SOURCE_WRITE"}"#, Some("Forbidden")), "token lacks SOURCE_WRITE");
+        assert_eq!(
+            error_message(r#"{"error":"token lacks SOURCE_WRITE"}"#, Some("Forbidden")),
+            "token lacks SOURCE_WRITE"
+        );
         assert_eq!(error_message("", Some("Not Found")), "Not Found");
         assert_eq!(error_message("  bad gateway  ", None), "bad gateway");
         assert_eq!(error_message(&"x".repeat(300), None).len(), 203);
@@ -211,22 +252,38 @@ mod tests {
 
     #[test]
     fn base_url_gets_a_scheme_and_loses_trailing_slashes() {
-        assert_eq!(Api::new("127.0.0.1:3713/", None).base, "http://127.0.0.1:3713");
-        assert_eq!(Api::new("http://10.0.0.1:80", None).base, "http://10.0.0.1:80");
+        assert_eq!(
+            Api::new("127.0.0.1:3713/", None).base,
+            "http://127.0.0.1:3713"
+        );
+        assert_eq!(
+            Api::new("http://10.0.0.1:80", None).base,
+            "http://10.0.0.1:80"
+        );
     }
 
     #[test]
     fn missing_or_blank_token_is_refused_before_connecting() {
         for t in [None, Some(String::new()), Some("  ".into())] {
-            let e = Api::new("http://127.0.0.1:1", t).get("/v1/node", None).err();
+            let e = Api::new("http://127.0.0.1:1", t)
+                .get("/v1/node", None)
+                .err();
             assert!(matches!(e, Some(ApiError::NoToken)), "{e:?}");
         }
     }
 
     #[test]
     fn display_names_status_and_request() {
-        let e = ApiError::Status { status: 404, method: "GET", path: "/v1/x".into(), message: "no such relationship".into() };
-        assert_eq!(e.to_string(), "no such relationship (HTTP 404 on GET /v1/x)");
+        let e = ApiError::Status {
+            status: 404,
+            method: "GET",
+            path: "/v1/x".into(),
+            message: "no such relationship".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no such relationship (HTTP 404 on GET /v1/x)"
+        );
         assert!(ApiError::NoToken.to_string().contains("MOVER_TOKEN"));
     }
 }

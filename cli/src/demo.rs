@@ -14,7 +14,14 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 /// returned too: dropping it would close the pipe the receiver still writes its report to.
 fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<ChildStdout>)> {
     let mut child = Command::new(exe)
-        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"])
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--json",
+            "--root",
+        ])
         .arg(dst)
         .stdout(Stdio::piped())
         .spawn()
@@ -22,9 +29,15 @@ fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<Ch
     let out = child.stdout.take().context("receiver stdout")?;
     let mut line = String::new();
     let mut reader = BufReader::new(out);
-    reader.read_line(&mut line).context("reading receiver's listening line")?;
-    let v: Value = serde_json::from_str(&line).with_context(|| format!("receiver said {line:?}"))?;
-    let addr = v["listening"].as_str().context("no listening address")?.to_string();
+    reader
+        .read_line(&mut line)
+        .context("reading receiver's listening line")?;
+    let v: Value =
+        serde_json::from_str(&line).with_context(|| format!("receiver said {line:?}"))?;
+    let addr = v["listening"]
+        .as_str()
+        .context("no listening address")?
+        .to_string();
     Ok((child, addr, reader))
 }
 
@@ -38,16 +51,25 @@ fn replicate(exe: &Path, src: &Path, dst: &Path, state: &Path) -> Result<Value> 
         .output()
         .context("running sender")?;
     let mut report = String::new();
-    reader.read_to_string(&mut report).context("reading receiver report")?;
+    reader
+        .read_to_string(&mut report)
+        .context("reading receiver report")?;
     let status = recv.wait().context("waiting for receiver")?;
     if !out.status.success() || !status.success() {
-        bail!("replication failed: sender {}: {}; receiver {}", out.status, String::from_utf8_lossy(&out.stderr), status);
+        bail!(
+            "replication failed: sender {}: {}; receiver {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            status
+        );
     }
     serde_json::from_slice(&out.stdout).context("parsing sender JSON")
 }
 
 fn verify(src: &Path, dst: &Path) -> Result<String> {
-    let opts = HashOptions { owners: rustix::process::geteuid().is_root() };
+    let opts = HashOptions {
+        owners: rustix::process::geteuid().is_root(),
+    };
     let (ts, cs, n) = hash_dir(src, opts, true)?;
     let (td, cd, _) = hash_dir(dst, opts, true)?;
     if ts != td || cs != cd {
@@ -61,14 +83,29 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
     let base = match dir {
         Some(d) => d,
         None => {
-            tmp = tempfile::Builder::new().prefix("mover-demo").tempdir().context("creating temp dir")?;
+            tmp = tempfile::Builder::new()
+                .prefix("mover-demo")
+                .tempdir()
+                .context("creating temp dir")?;
             tmp.path().to_path_buf()
         }
     };
-    let (src, dst, state) = (base.join("source"), base.join("target"), base.join("sender-state"));
+    let (src, dst, state) = (
+        base.join("source"),
+        base.join("target"),
+        base.join("sender-state"),
+    );
     std::fs::create_dir_all(&dst).context("creating target dir")?;
     let exe = std::env::current_exe().context("locating the mover binary")?;
-    let spec = TreeSpec { seed: 42, small_files: files, small_max: 16 * 1024, large_files: 4, large_size: 32 << 20, fanout: 60, extras: true };
+    let spec = TreeSpec {
+        seed: 42,
+        small_files: files,
+        small_max: 16 * 1024,
+        large_files: 4,
+        large_size: 32 << 20,
+        fanout: 60,
+        extras: true,
+    };
     println!("generating {} files under {}", files + 9, src.display());
     generate(&src, &spec)?;
 
@@ -76,19 +113,34 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
     let r = replicate(&exe, &src, &dst, &state)?;
     println!(
         "  sent {} files, {} data bytes, {} wire bytes in {:.2}s; recovery point {}",
-        r["files"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0), r["recovery_point"]
+        r["files"],
+        r["bytes"],
+        r["wire_bytes"],
+        r["seconds"].as_f64().unwrap_or(0.0),
+        r["recovery_point"]
     );
-    println!("  verified by the receiver; independent check: {}", verify(&src, &dst)?);
+    println!(
+        "  verified by the receiver; independent check: {}",
+        verify(&src, &dst)?
+    );
 
     // Change a few blocks, append, create, move a directory: only the changes travel.
     for i in 0..3 {
         let p = src.join(format!("large{i}.bin"));
-        let f = std::fs::OpenOptions::new().write(true).open(&p).context("opening for an in-place write")?;
-        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 4096], 4096 * (1 + 97 * i as u64)).context("rewriting a block")?;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).context("appending")?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .context("opening for an in-place write")?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 4096], 4096 * (1 + 97 * i as u64))
+            .context("rewriting a block")?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .context("appending")?;
         f.write_all(b"appended by the demo").context("appending")?;
     }
-    std::fs::write(src.join("new-file.txt"), b"created after the first sync").context("writing new file")?;
+    std::fs::write(src.join("new-file.txt"), b"created after the first sync")
+        .context("writing new file")?;
     std::fs::rename(src.join("dir000"), src.join("dir000-moved")).context("moving a directory")?;
     println!("incremental: one 4 KiB block rewritten and a line appended in 3 large files, 1 file created, 1 directory moved");
     let r = replicate(&exe, &src, &dst, &state)?;

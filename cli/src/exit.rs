@@ -65,19 +65,62 @@ mod tests {
     use super::*;
 
     fn status(s: u16) -> anyhow::Error {
-        ApiError::Status { status: s, method: "GET", path: "/v1/x".into(), message: "m".into() }.into()
+        ApiError::Status {
+            status: s,
+            method: "GET",
+            path: "/v1/x".into(),
+            message: "m".into(),
+        }
+        .into()
     }
 
     #[test]
     fn api_errors_map_to_their_exit_codes() {
-        let cases = [(401, 7), (403, 7), (404, 8), (400, 9), (409, 9), (422, 9), (500, 10), (502, 10), (503, 10)];
+        let cases = [
+            (401, 7),
+            (403, 7),
+            (404, 8),
+            (400, 9),
+            (409, 9),
+            (422, 9),
+            (500, 10),
+            (502, 10),
+            (503, 10),
+        ];
         for (s, c) in cases {
             assert_eq!(code(&status(s)), c, "HTTP {s}");
         }
         assert_eq!(code(&ApiError::NoToken.into()), NOT_PERMITTED);
-        assert_eq!(code(&ApiError::Local { status: 404, message: "no id starts with ab".into() }.into()), NOT_FOUND);
-        assert_eq!(code(&ApiError::Unreachable { url: "u".into(), detail: "d".into() }.into()), DAEMON);
-        assert_eq!(code(&ApiError::BadAnswer { url: "u".into(), detail: "d".into() }.into()), DAEMON);
+        assert_eq!(
+            code(
+                &ApiError::Local {
+                    status: 404,
+                    message: "no id starts with ab".into()
+                }
+                .into()
+            ),
+            NOT_FOUND
+        );
+        assert_eq!(
+            code(
+                &ApiError::Unreachable {
+                    url: "u".into(),
+                    detail: "d".into()
+                }
+                .into()
+            ),
+            DAEMON
+        );
+        assert_eq!(
+            code(
+                &ApiError::BadAnswer {
+                    url: "u".into(),
+                    detail: "d".into()
+                }
+                .into()
+            ),
+            DAEMON
+        );
     }
 
     #[test]

@@ -22,7 +22,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "mover", version, about = "Disaster-recovery data mover: replicate directory trees between nodes",
+#[command(
+    name = "mover",
+    version,
+    about = "Disaster-recovery data mover: replicate directory trees between nodes",
     long_about = "Disaster-recovery data mover: replicates a directory tree from a source node to a target \
 node over TCP with a thread-per-core io_uring engine.\n\nAs a service (one daemon per node):\n  \
 mover daemon --data-dir /var/lib/mover                 # on both nodes\n  \
@@ -37,7 +40,8 @@ mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/dat
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
 5 I/O error, 6 source changed while being read, 7 not permitted by the daemon (401/403 or no token), \
 8 not found (404), 9 refused as invalid or conflicting (400/409), 10 daemon unreachable or failed \
-(connection error, 5xx, 502 peer unreachable).")]
+(connection error, 5xx, 502 peer unreachable)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -125,13 +129,15 @@ enum Cmd {
         json: bool,
     },
     /// Run the node daemon: REST API, relationships, scheduling, peer TLS, data-plane jobs.
-    #[command(long_about = "Run the node daemon (one per node; it serves both roles: source of some \
+    #[command(
+        long_about = "Run the node daemon (one per node; it serves both roles: source of some \
 relationships, target of others).\n\nIt listens for peer daemons on --listen (mutual TLS, default \
 0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
 continuous_interval_secs, threads, max_pause_in_session_secs). SIGTERM stops running jobs at a chunk boundary; the next start \
-resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status")]
+resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
+    )]
     Daemon {
         /// Directory for the state database, certificate, tokens and private mounts (created, mode 0700).
         #[arg(long)]
@@ -164,10 +170,12 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     /// Table of all relationships: state, recovery point age, last attempt, job progress.
     Status(status::StatusArgs),
     /// This node's daemon: software version, certificate fingerprint, peer and API addresses.
-    #[command(long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
+    #[command(
+        long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
 
 Example:
-  mover node")]
+  mover node"
+    )]
     Node {
         #[command(flatten)]
         api: api::ApiArgs,
@@ -188,14 +196,28 @@ fn resolve(to: &str) -> Result<SocketAddr> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Receive { listen, root, once, fsync: _, revert, json } => {
+        Cmd::Receive {
+            listen,
+            root,
+            once,
+            fsync: _,
+            revert,
+            json,
+        } => {
             if revert {
                 let rep = mover::receiver::revert_root(&root)?;
                 if json {
                     println!("{}", serde_json::to_string(&rep)?);
                 } else if rep.reverted {
-                    let rp = rep.recovery_point.as_ref().map(|r| r.id.to_string()).unwrap_or_default();
-                    println!("reverted to recovery point {rp} ({} undo records applied)", rep.undone);
+                    let rp = rep
+                        .recovery_point
+                        .as_ref()
+                        .map(|r| r.id.to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "reverted to recovery point {rp} ({} undo records applied)",
+                        rep.undone
+                    );
                 } else {
                     println!("nothing to revert: the destination is at its last recovery point");
                 }
@@ -203,7 +225,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             let listen = listen.context("--listen is required")?;
             let progress = Arc::new(Progress::default());
-            let r = Receiver::bind(listen, ReceiveOptions { root, once, ..Default::default() }, progress)?;
+            let r = Receiver::bind(
+                listen,
+                ReceiveOptions {
+                    root,
+                    once,
+                    ..Default::default()
+                },
+                progress,
+            )?;
             let addr = r.local_addr()?;
             if json {
                 println!("{}", serde_json::json!({ "listening": addr.to_string() }));
@@ -230,13 +260,34 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Send { src, to, threads, json, no_direct, state, retries, snapshot } => {
+        Cmd::Send {
+            src,
+            to,
+            threads,
+            json,
+            no_direct,
+            state,
+            retries,
+            snapshot,
+        } => {
             let to = resolve(&to)?;
-            let opts = SendOptions { src, to, threads: threads.unwrap_or_else(mover::default_threads), direct: !no_direct, state, snapshot, session: None, id_map: None };
+            let opts = SendOptions {
+                src,
+                to,
+                threads: threads.unwrap_or_else(mover::default_threads),
+                direct: !no_direct,
+                state,
+                snapshot,
+                session: None,
+                id_map: None,
+            };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
             let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {
-                eprintln!("mover: attempt {n} failed: {e}; retrying in {:.1}s", pause.as_secs_f64());
+                eprintln!(
+                    "mover: attempt {n} failed: {e}; retrying in {:.1}s",
+                    pause.as_secs_f64()
+                );
             });
             bar.finish();
             let rep = res?;
@@ -251,27 +302,48 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Hw { sysfs, threads, near, json } => {
+        Cmd::Hw {
+            sysfs,
+            threads,
+            near,
+            json,
+        } => {
             let topo = hw::Topology::from_sysfs(&sysfs)?;
             let allowed = hw::allowed_cpus()?;
             let n = threads.unwrap_or(allowed.len() as u32);
-            let dev = near.as_deref().and_then(|p| hw::block_device_for_path(&sysfs, p));
+            let dev = near
+                .as_deref()
+                .and_then(|p| hw::block_device_for_path(&sysfs, p));
             let plan = hw::PinningPlan::plan(&topo, &allowed, n, dev.as_deref())?;
             if json {
-                println!("{}", serde_json::json!({ "topology": topo, "allowed_cpus": allowed, "plan": plan }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "topology": topo, "allowed_cpus": allowed, "plan": plan })
+                );
             } else {
                 print!("{}", topo.render_text());
-                println!("allowed CPUs: {:?}", allowed.iter().map(|c| c.0).collect::<Vec<_>>());
+                println!(
+                    "allowed CPUs: {:?}",
+                    allowed.iter().map(|c| c.0).collect::<Vec<_>>()
+                );
                 print!("{}", plan.render_text());
             }
             Ok(())
         }
-        Cmd::Hash { dir, content, no_owners, json } => {
+        Cmd::Hash {
+            dir,
+            content,
+            no_owners,
+            json,
+        } => {
             let opts = mover::tree::hash::HashOptions { owners: !no_owners };
             let (tree, data, n) = mover::tree::hash::hash_dir(&dir, opts, content)?;
             if json {
                 let data = data.map(|d| format!("{d:032x}"));
-                println!("{}", serde_json::json!({ "entries": n, "tree_hash": format!("{tree:032x}"), "content_hash": data }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "entries": n, "tree_hash": format!("{tree:032x}"), "content_hash": data })
+                );
             } else {
                 match data {
                     Some(d) => println!("{tree:032x} {d:032x} {n} entries"),
@@ -281,7 +353,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { dir, files } => demo::run(dir, files),
-        Cmd::Daemon { data_dir, config, listen, api } => {
+        Cmd::Daemon {
+            data_dir,
+            config,
+            listen,
+            api,
+        } => {
             use control::daemon::config as cfg;
             let explicit = config.is_some();
             let path = config.unwrap_or_else(|| PathBuf::from(cfg::DEFAULT_CONFIG));
@@ -294,12 +371,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Status(a) => status::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Node { api } => {
-            let v = api.client().get("/v1/node", None).context("reading the node's details")?;
+            let v = api
+                .client()
+                .get("/v1/node", None)
+                .context("reading the node's details")?;
             if api.json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 for k in ["version", "fingerprint", "listen", "api"] {
-                    println!("{k:<12} {}", v.get(k).and_then(serde_json::Value::as_str).unwrap_or("-"));
+                    println!(
+                        "{k:<12} {}",
+                        v.get(k).and_then(serde_json::Value::as_str).unwrap_or("-")
+                    );
                 }
             }
             Ok(())
@@ -310,9 +393,16 @@ fn run(cli: Cli) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     // The daemon's log is its operators' record of what happened; one-shot commands stay quiet.
-    let level = if matches!(cli.cmd, Cmd::Daemon { .. }) { "info" } else { "warn" };
+    let level = if matches!(cli.cmd, Cmd::Daemon { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {

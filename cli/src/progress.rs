@@ -39,7 +39,10 @@ impl Bar {
             }
             bar.finish_and_clear();
         });
-        Bar { stop, handle: Some(handle) }
+        Bar {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     pub fn finish(mut self) {

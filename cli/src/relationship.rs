@@ -39,11 +39,13 @@ impl Role {
 #[derive(Subcommand)]
 pub enum RelationshipCmd {
     /// Create a relationship on this node (the source); the target node must then authorize it.
-    #[command(long_about = "Create a relationship on this node (the source). The target node lists it as \
+    #[command(
+        long_about = "Create a relationship on this node (the source). The target node lists it as \
 awaiting authorization until an operator there runs `mover relationship authorize ID`.\n\nExample:\n  \
 mover relationship create --source-path /srv/data --target-address 10.0.0.2 --target-path /srv/replica \\\n    \
 --blackout 'weekdays 08:00-18:00 Europe/Berlin' --map-uid 1000:2000 --bandwidth-limit 104857600\n\n\
-Prints the new relationship's id.")]
+Prints the new relationship's id."
+    )]
     Create(CreateArgs),
     /// List relationships: without --role, all this token may read (sources first).
     List {
@@ -63,11 +65,13 @@ Prints the new relationship's id.")]
         api: ApiArgs,
     },
     /// Change a relationship on the source; only the given settings change (paths cannot).
-    #[command(long_about = "Change a relationship on the source node; only the settings given change, and \
+    #[command(
+        long_about = "Change a relationship on the source node; only the settings given change, and \
 the source and target paths cannot change (delete and create instead).\n\n--blackout replaces all \
 blackout windows with the ones given; --map-uid/--map-gid replace the whole id map, so give both \
 kinds to keep both.\n\nExample:\n  mover relationship modify 4f0c1a2b --blackout 'daily 01:00-05:00' \
---no-bandwidth-limit")]
+--no-bandwidth-limit"
+    )]
     Modify(ModifyArgs),
     /// Delete a relationship. On the target this reverts an interrupted job to the last recovery
     /// point and makes the target directory writable again; its data is kept.
@@ -92,10 +96,12 @@ kinds to keep both.\n\nExample:\n  mover relationship modify 4f0c1a2b --blackout
     },
     /// On the target node: make the target directory writable (failover) and end the
     /// relationship; an interrupted job is reverted to the last recovery point first.
-    #[command(long_about = "On the target node: make the target directory writable, for example to fail over to it. An interrupted job is first reverted to the last recovery point, so the directory holds exactly that recovery point; then the read-only protection is lifted. The relationship stays, in state `ended`, on both nodes (the source stops replicating at its next poll) until it is deleted.
+    #[command(
+        long_about = "On the target node: make the target directory writable, for example to fail over to it. An interrupted job is first reverted to the last recovery point, so the directory holds exactly that recovery point; then the read-only protection is lifted. The relationship stays, in state `ended`, on both nodes (the source stops replicating at its next poll) until it is deleted.
 
 Example:
-  mover relationship make-writable 4f0c1a2b")]
+  mover relationship make-writable 4f0c1a2b"
+    )]
     MakeWritable {
         /// Relationship id, or a unique prefix of it.
         id: String,
@@ -123,24 +129,42 @@ fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String, ApiError> 
     let id = id.trim().to_ascii_lowercase();
     // Also keeps '/' and '?' out of the request path.
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let message = format!("{id:?} is not a relationship id (32 hex digits, or a prefix of them)");
-        return Err(ApiError::Local { status: 400, message });
+        let message =
+            format!("{id:?} is not a relationship id (32 hex digits, or a prefix of them)");
+        return Err(ApiError::Local {
+            status: 400,
+            message,
+        });
     }
     if id.len() >= 32 {
         return Ok(id);
     }
     let side = role.map_or(String::new(), |r| format!("{} ", r.name()));
     let list = api.get(role.map_or(STATUS, Role::base), None)?;
-    let mut ids: Vec<&str> =
-        list.as_array().into_iter().flatten().filter_map(|v| v.get("id")?.as_str()).filter(|i| i.starts_with(&id)).collect();
+    let mut ids: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("id")?.as_str())
+        .filter(|i| i.starts_with(&id))
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     match ids.as_slice() {
         [one] => Ok(one.to_string()),
-        [] => Err(ApiError::Local { status: 404, message: format!("no {side}relationship id starts with {id}") }),
+        [] => Err(ApiError::Local {
+            status: 404,
+            message: format!("no {side}relationship id starts with {id}"),
+        }),
         many => {
-            let message = format!("id prefix {id} is ambiguous: it matches {}; give more digits", many.join(", "));
-            Err(ApiError::Local { status: 400, message })
+            let message = format!(
+                "id prefix {id} is ambiguous: it matches {}; give more digits",
+                many.join(", ")
+            );
+            Err(ApiError::Local {
+                status: 400,
+                message,
+            })
         }
     }
 }
@@ -148,7 +172,10 @@ fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String, ApiError> 
 /// Runs `f` on the given side, or without one on the source and then, if the source side does
 /// not have it (404) or may not be read (403), on the target. When both fail the more telling
 /// error wins: "not permitted" says more than "not found" about a side the token cannot see.
-fn either_side<T>(role: Option<Role>, mut f: impl FnMut(Role) -> Result<T, ApiError>) -> Result<(Role, T), ApiError> {
+fn either_side<T>(
+    role: Option<Role>,
+    mut f: impl FnMut(Role) -> Result<T, ApiError>,
+) -> Result<(Role, T), ApiError> {
     if let Some(r) = role {
         return f(r).map(|t| (r, t));
     }
@@ -161,8 +188,15 @@ fn either_side<T>(role: Option<Role>, mut f: impl FnMut(Role) -> Result<T, ApiEr
         Ok(t) => Ok((Role::Target, t)),
         Err(e) if matches!(e.status(), Some(403 | 404)) => {
             // Both answers matter to the operator ("no such source" and "may not read targets").
-            let status = if e.status() == Some(404) { src_err.status() } else { e.status() };
-            Err(ApiError::Local { status: status.unwrap_or(404), message: format!("source side: {src_err}; target side: {e}") })
+            let status = if e.status() == Some(404) {
+                src_err.status()
+            } else {
+                e.status()
+            };
+            Err(ApiError::Local {
+                status: status.unwrap_or(404),
+                message: format!("source side: {src_err}; target side: {e}"),
+            })
         }
         Err(e) => Err(e),
     }
@@ -177,7 +211,11 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
     let now = chrono::Utc::now();
     match cmd {
         RelationshipCmd::Create(a) => {
-            let v = a.api.client().post(SOURCE, Some(&spec_body(&a))).context("creating the relationship")?;
+            let v = a
+                .api
+                .client()
+                .post(SOURCE, Some(&spec_body(&a)))
+                .context("creating the relationship")?;
             if a.api.json {
                 return print_json(&v);
             }
@@ -186,7 +224,10 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             eprintln!("mover: next, on the target node: mover relationship authorize {id}");
         }
         RelationshipCmd::List { role, api } => {
-            let v = api.client().get(role.map_or(STATUS, Role::base), None).context("listing relationships")?;
+            let v = api
+                .client()
+                .get(role.map_or(STATUS, Role::base), None)
+                .context("listing relationships")?;
             if api.json {
                 return print_json(&v);
             }
@@ -194,8 +235,13 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         }
         RelationshipCmd::Show { id, role, api } => {
             let c = api.client();
-            let (_, v) = either_side(role, |r| c.get(&format!("{}/{}", r.base(), full_id(&c, Some(r), &id)?), None))
-                .with_context(|| format!("showing relationship {id}"))?;
+            let (_, v) = either_side(role, |r| {
+                c.get(
+                    &format!("{}/{}", r.base(), full_id(&c, Some(r), &id)?),
+                    None,
+                )
+            })
+            .with_context(|| format!("showing relationship {id}"))?;
             if api.json {
                 return print_json(&v);
             }
@@ -203,8 +249,11 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         }
         RelationshipCmd::Modify(a) => {
             let c = a.api.client();
-            let id = full_id(&c, Some(Role::Source), &a.id).with_context(|| format!("modifying relationship {}", a.id))?;
-            let v = c.patch(&format!("{SOURCE}/{id}"), Some(&edit_body(&a))).with_context(|| format!("modifying relationship {id}"))?;
+            let id = full_id(&c, Some(Role::Source), &a.id)
+                .with_context(|| format!("modifying relationship {}", a.id))?;
+            let v = c
+                .patch(&format!("{SOURCE}/{id}"), Some(&edit_body(&a)))
+                .with_context(|| format!("modifying relationship {id}"))?;
             if a.api.json {
                 return print_json(&v);
             }
@@ -214,7 +263,8 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             let c = api.client();
             let (r, full) = either_side(role, |r| {
                 let full = full_id(&c, Some(r), &id)?;
-                c.delete(&format!("{}/{full}", r.base()), None).map(|_| full)
+                c.delete(&format!("{}/{full}", r.base()), None)
+                    .map(|_| full)
             })
             .with_context(|| format!("deleting relationship {id}"))?;
             if api.json {
@@ -225,20 +275,33 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 Role::Target => println!("deleted target relationship {full} (the target directory keeps its data and is writable again)"),
             }
         }
-        RelationshipCmd::Authorize { id, allow_non_empty_target, api } => {
+        RelationshipCmd::Authorize {
+            id,
+            allow_non_empty_target,
+            api,
+        } => {
             let c = api.client();
             let body = json!({ "allow_non_empty_target": allow_non_empty_target });
-            let full = full_id(&c, Some(Role::Target), &id).with_context(|| format!("authorizing relationship {id}"))?;
-            let v = c.post(&format!("{TARGET}/{full}/authorize"), Some(&body)).with_context(|| format!("authorizing relationship {full}"))?;
+            let full = full_id(&c, Some(Role::Target), &id)
+                .with_context(|| format!("authorizing relationship {id}"))?;
+            let v = c
+                .post(&format!("{TARGET}/{full}/authorize"), Some(&body))
+                .with_context(|| format!("authorizing relationship {full}"))?;
             if api.json {
                 return print_json(&v);
             }
-            println!("authorized relationship {full} ({})", view::text(&v, "state_text"));
+            println!(
+                "authorized relationship {full} ({})",
+                view::text(&v, "state_text")
+            );
         }
         RelationshipCmd::MakeWritable { id, api } => {
             let c = api.client();
-            let full = full_id(&c, Some(Role::Target), &id).with_context(|| format!("making the target of {id} writable"))?;
-            let v = c.post(&format!("{TARGET}/{full}/make-writable"), None).with_context(|| format!("making the target of {full} writable"))?;
+            let full = full_id(&c, Some(Role::Target), &id)
+                .with_context(|| format!("making the target of {id} writable"))?;
+            let v = c
+                .post(&format!("{TARGET}/{full}/make-writable"), None)
+                .with_context(|| format!("making the target of {full} writable"))?;
             if api.json {
                 return print_json(&v);
             }
@@ -253,8 +316,11 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
 /// `replicate` and `abort`: a POST on the source side that answers 202 with the view.
 fn action(id: &str, api: &ApiArgs, verb: &str, what: &str) -> Result<()> {
     let c = api.client();
-    let full = full_id(&c, Some(Role::Source), id).with_context(|| format!("{what} relationship {id}"))?;
-    let v = c.post(&format!("{SOURCE}/{full}/{verb}"), None).with_context(|| format!("{what} relationship {full}"))?;
+    let full =
+        full_id(&c, Some(Role::Source), id).with_context(|| format!("{what} relationship {id}"))?;
+    let v = c
+        .post(&format!("{SOURCE}/{full}/{verb}"), None)
+        .with_context(|| format!("{what} relationship {full}"))?;
     if api.json {
         return print_json(&v);
     }
@@ -267,7 +333,12 @@ mod tests {
     use super::*;
 
     fn status(s: u16) -> ApiError {
-        ApiError::Status { status: s, method: "GET", path: "/p".into(), message: format!("{s}") }
+        ApiError::Status {
+            status: s,
+            method: "GET",
+            path: "/p".into(),
+            message: format!("{s}"),
+        }
     }
 
     #[test]
@@ -285,18 +356,38 @@ mod tests {
         assert_eq!(answer(Some(403), None), Ok("target"));
         assert_eq!(answer(Some(404), Some(404)), Err(Some(404)));
         assert_eq!(answer(Some(404), Some(403)), Err(Some(403)));
-        assert_eq!(answer(Some(403), Some(404)), Err(Some(403)), "the source may have it; the token cannot tell");
-        assert_eq!(answer(Some(502), None), Err(Some(502)), "a failing daemon is not a missing relationship");
-        assert_eq!(either_side(Some(Role::Target), Ok::<_, ApiError>).map(|(r, _)| r).ok(), Some(Role::Target));
+        assert_eq!(
+            answer(Some(403), Some(404)),
+            Err(Some(403)),
+            "the source may have it; the token cannot tell"
+        );
+        assert_eq!(
+            answer(Some(502), None),
+            Err(Some(502)),
+            "a failing daemon is not a missing relationship"
+        );
+        assert_eq!(
+            either_side(Some(Role::Target), Ok::<_, ApiError>)
+                .map(|(r, _)| r)
+                .ok(),
+            Some(Role::Target)
+        );
     }
 
     #[test]
     fn ids_must_be_hex() {
         let api = Api::new("http://127.0.0.1:1", Some("x".into()));
         let full = "4f0c1a2b3c4d5e6f708192a3b4c5d6e7";
-        assert_eq!(full_id(&api, None, &full.to_uppercase()).ok().as_deref(), Some(full));
+        assert_eq!(
+            full_id(&api, None, &full.to_uppercase()).ok().as_deref(),
+            Some(full)
+        );
         for bad in ["", "../tokens", "4f0c?x=1"] {
-            assert_eq!(full_id(&api, None, bad).err().and_then(|e| e.status()), Some(400), "{bad}");
+            assert_eq!(
+                full_id(&api, None, bad).err().and_then(|e| e.status()),
+                Some(400),
+                "{bad}"
+            );
         }
     }
 }

@@ -21,7 +21,11 @@ pub fn parse_blackout(spec: &str) -> Result<Value, String> {
     let mut out: Vec<String> = Vec::new();
     for d in days.split(',') {
         let expanded: &[&str] = match d.to_ascii_lowercase().as_str() {
-            "" => return Err(format!("an empty day in {days:?} (write days without spaces: mon,tue); {SHAPE}")),
+            "" => {
+                return Err(format!(
+                    "an empty day in {days:?} (write days without spaces: mon,tue); {SHAPE}"
+                ))
+            }
             "daily" => &ALL_DAYS,
             "weekdays" => &ALL_DAYS[..5],
             "weekends" => &ALL_DAYS[5..],
@@ -34,7 +38,11 @@ pub fn parse_blackout(spec: &str) -> Result<Value, String> {
     }
     let (start, end) = match span.split_once('-') {
         Some((s, e)) if !s.is_empty() && !e.is_empty() && !e.contains('-') => (s, e),
-        _ => return Err(format!("{span:?} is not a START-END time span like 22:00-06:00; {SHAPE}")),
+        _ => {
+            return Err(format!(
+                "{span:?} is not a START-END time span like 22:00-06:00; {SHAPE}"
+            ))
+        }
     };
     Ok(json!({ "days": out, "start": start, "end": end, "timezone": zone }))
 }
@@ -43,7 +51,10 @@ pub fn parse_blackout(spec: &str) -> Result<Value, String> {
 pub fn parse_id_pair(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{s:?} is not SRC:DST with two numeric ids, e.g. 1000:2000");
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
-    Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+    Ok((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 #[derive(Args)]
@@ -129,7 +140,11 @@ pub struct ModifyArgs {
     #[arg(long)]
     pub disable: bool,
     /// Limit file data to this many bytes per second.
-    #[arg(long, value_name = "BYTES_PER_SEC", conflicts_with = "no_bandwidth_limit")]
+    #[arg(
+        long,
+        value_name = "BYTES_PER_SEC",
+        conflicts_with = "no_bandwidth_limit"
+    )]
     pub bandwidth_limit: Option<u64>,
     /// Remove the bandwidth limit.
     #[arg(long)]
@@ -227,20 +242,39 @@ mod tests {
     fn blackout_day_groups_expand() {
         let days = |s: &str| parse_blackout(s).unwrap()["days"].clone();
         assert_eq!(days("daily 01:00-02:00"), json!(ALL_DAYS));
-        assert_eq!(days("Weekdays 01:00-02:00"), json!(["mon", "tue", "wed", "thu", "fri"]));
-        assert_eq!(days("weekends,mon 01:00-02:00"), json!(["sat", "sun", "mon"]));
+        assert_eq!(
+            days("Weekdays 01:00-02:00"),
+            json!(["mon", "tue", "wed", "thu", "fri"])
+        );
+        assert_eq!(
+            days("weekends,mon 01:00-02:00"),
+            json!(["sat", "sun", "mon"])
+        );
     }
 
     #[test]
     fn blackout_leaves_names_and_times_to_the_daemon() {
         // Not the CLI's to refuse: the daemon names the bad field in its 400.
         let v = parse_blackout("Funday 25:99-1:00 Mars/Olympus").unwrap();
-        assert_eq!(v, json!({"days": ["Funday"], "start": "25:99", "end": "1:00", "timezone": "Mars/Olympus"}));
+        assert_eq!(
+            v,
+            json!({"days": ["Funday"], "start": "25:99", "end": "1:00", "timezone": "Mars/Olympus"})
+        );
     }
 
     #[test]
     fn blackout_of_the_wrong_shape_is_refused_with_the_syntax() {
-        for bad in ["", "mon", "mon 22:00", "mon 22:00-", "mon -06:00", "mon 22:00-06:00-07:00", "mon, tue 22:00-06:00", "mon 22:00-06:00 UTC extra", "mon,,tue 22:00-06:00"] {
+        for bad in [
+            "",
+            "mon",
+            "mon 22:00",
+            "mon 22:00-",
+            "mon -06:00",
+            "mon 22:00-06:00-07:00",
+            "mon, tue 22:00-06:00",
+            "mon 22:00-06:00 UTC extra",
+            "mon,,tue 22:00-06:00",
+        ] {
             let e = parse_blackout(bad).expect_err(bad);
             assert!(e.contains("DAYS START-END [TIMEZONE]"), "{bad:?}: {e}");
         }
@@ -250,14 +284,26 @@ mod tests {
     fn id_pairs() {
         assert_eq!(parse_id_pair("1000:2000"), Ok((1000, 2000)));
         assert_eq!(parse_id_pair("0:4294967295"), Ok((0, u32::MAX)));
-        for bad in ["1000", "1000:", ":5", "a:b", "1:2:3", "-1:5", "4294967296:1"] {
+        for bad in [
+            "1000",
+            "1000:",
+            ":5",
+            "a:b",
+            "1:2:3",
+            "-1:5",
+            "4294967296:1",
+        ] {
             assert!(parse_id_pair(bad).unwrap_err().contains("SRC:DST"), "{bad}");
         }
     }
 
     #[test]
     fn create_body_has_defaults_and_the_given_fields() {
-        let Ok(RelationshipCmd::Create(a)) = parse("create|--source-path|/srv/data|--target-address|10.0.0.2|--target-path|/r") else { panic!() };
+        let Ok(RelationshipCmd::Create(a)) =
+            parse("create|--source-path|/srv/data|--target-address|10.0.0.2|--target-path|/r")
+        else {
+            panic!()
+        };
         assert_eq!(
             spec_body(&a),
             json!({"source_path": "/srv/data", "target_address": "10.0.0.2", "target_port": 3712, "target_path": "/r",
@@ -265,17 +311,27 @@ mod tests {
         );
         let args = "create|--source-path|/s|--target-address|h|--target-port|4000|--target-path|/t|--blackout|sat 00:00-00:00\
                     |--map-uid|1000:2000|--map-gid|5:6|--disabled|--bandwidth-limit|1048576";
-        let Ok(RelationshipCmd::Create(a)) = parse(args) else { panic!() };
+        let Ok(RelationshipCmd::Create(a)) = parse(args) else {
+            panic!()
+        };
         let b = spec_body(&a);
         assert_eq!(b["target_port"], 4000);
         assert_eq!(b["blackout_windows"][0]["days"], json!(["sat"]));
-        assert_eq!(b["map_ids"], json!({"uid": [[1000, 2000]], "gid": [[5, 6]]}));
-        assert_eq!((b["enabled"].clone(), b["bandwidth_limit"].clone()), (json!(false), json!(1048576)));
+        assert_eq!(
+            b["map_ids"],
+            json!({"uid": [[1000, 2000]], "gid": [[5, 6]]})
+        );
+        assert_eq!(
+            (b["enabled"].clone(), b["bandwidth_limit"].clone()),
+            (json!(false), json!(1048576))
+        );
     }
 
     #[test]
     fn create_refuses_a_bad_blackout_as_usage() {
-        let e = parse("create|--source-path|/s|--target-address|h|--target-path|/t|--blackout|mon").err().unwrap();
+        let e = parse("create|--source-path|/s|--target-address|h|--target-path|/t|--blackout|mon")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("DAYS START-END"), "{e}");
     }
 
@@ -287,17 +343,33 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(body("modify|ab|--disable"), json!({"enabled": false}));
-        assert_eq!(body("modify|ab|--enable|--target-port|1"), json!({"enabled": true, "target_port": 1}));
-        assert_eq!(body("modify|ab|--clear-blackouts|--no-bandwidth-limit|--clear-id-map"),
-            json!({"blackout_windows": [], "bandwidth_limit": null, "map_ids": null}));
-        assert_eq!(body("modify|ab|--map-gid|1:2"), json!({"map_ids": {"uid": [], "gid": [[1, 2]]}}));
-        assert_eq!(body("modify|ab|--blackout|daily 1:00-2:00|--bandwidth-limit|9")["bandwidth_limit"], 9);
+        assert_eq!(
+            body("modify|ab|--enable|--target-port|1"),
+            json!({"enabled": true, "target_port": 1})
+        );
+        assert_eq!(
+            body("modify|ab|--clear-blackouts|--no-bandwidth-limit|--clear-id-map"),
+            json!({"blackout_windows": [], "bandwidth_limit": null, "map_ids": null})
+        );
+        assert_eq!(
+            body("modify|ab|--map-gid|1:2"),
+            json!({"map_ids": {"uid": [], "gid": [[1, 2]]}})
+        );
+        assert_eq!(
+            body("modify|ab|--blackout|daily 1:00-2:00|--bandwidth-limit|9")["bandwidth_limit"],
+            9
+        );
     }
 
     #[test]
     fn modify_needs_a_change_and_refuses_contradictions() {
-        for bad in ["modify|ab", "modify|ab|--enable|--disable", "modify|ab|--bandwidth-limit|1|--no-bandwidth-limit",
-                    "modify|ab|--clear-id-map|--map-uid|1:2", "modify|ab|--clear-blackouts|--blackout|mon 1:00-2:00"] {
+        for bad in [
+            "modify|ab",
+            "modify|ab|--enable|--disable",
+            "modify|ab|--bandwidth-limit|1|--no-bandwidth-limit",
+            "modify|ab|--clear-id-map|--map-uid|1:2",
+            "modify|ab|--clear-blackouts|--blackout|mon 1:00-2:00",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

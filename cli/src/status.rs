@@ -15,10 +15,12 @@ const STATUS: &str = "/v1/replication/status";
 const CLEAR: &str = "\x1b[H\x1b[2J";
 
 #[derive(Args)]
-#[command(long_about = "Show every relationship this token may read (sources first): state, age of the \
+#[command(
+    long_about = "Show every relationship this token may read (sources first): state, age of the \
 last recovery point, the last attempt, and the running job's progress.\n\nExamples:\n  \
 mover status --watch                  live view until Ctrl-C\n  \
-mover relationship replicate 4f0c1a2b && mover status --watch --until-idle --json > progress.log")]
+mover relationship replicate 4f0c1a2b && mover status --watch --until-idle --json > progress.log"
+)]
 pub struct StatusArgs {
     /// Repeat until Ctrl-C: redraws in place on a terminal, else prints one table (or with --json
     /// one JSON array per line) per interval.
@@ -38,7 +40,9 @@ pub struct StatusArgs {
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86400.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 86400, e.g. 1 or 0.5")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400, e.g. 1 or 0.5"
+        )),
     }
 }
 
@@ -46,7 +50,10 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 /// paused by a blackout window included.
 pub fn any_running(views: &Value) -> bool {
     views.as_array().is_some_and(|a| {
-        a.iter().any(|v| v.get("state").and_then(Value::as_str) == Some("running") || v.get("job").is_some_and(|j| !j.is_null()))
+        a.iter().any(|v| {
+            v.get("state").and_then(Value::as_str) == Some("running")
+                || v.get("job").is_some_and(|j| !j.is_null())
+        })
     })
 }
 
@@ -59,7 +66,9 @@ fn frame(views: &Value, json: bool, redraw: bool, interval: f64) -> Result<Strin
     let table = view::table(views, now);
     if redraw {
         let clock = now.with_timezone(&chrono::Local).format("%H:%M:%S");
-        return Ok(format!("{CLEAR}mover status  {clock}  every {interval}s  (Ctrl-C to stop)\n\n{table}"));
+        return Ok(format!(
+            "{CLEAR}mover status  {clock}  every {interval}s  (Ctrl-C to stop)\n\n{table}"
+        ));
     }
     Ok(table)
 }
@@ -78,7 +87,11 @@ pub fn run(a: StatusArgs) -> Result<()> {
         first = false;
         let mut stdout = std::io::stdout().lock();
         // A reader that went away (`| head`) ends the watch quietly instead of with a panic.
-        if stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+        if stdout
+            .write_all(out.as_bytes())
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             return Ok(());
         }
         drop(stdout);
@@ -96,11 +109,20 @@ mod tests {
 
     #[test]
     fn running_means_state_running() {
-        assert!(any_running(&json!([{"state": "idle"}, {"state": "running"}])));
-        assert!(!any_running(&json!([{"state": "idle"}, {"state": "job_incomplete_will_retry"}])));
+        assert!(any_running(
+            &json!([{"state": "idle"}, {"state": "running"}])
+        ));
+        assert!(!any_running(
+            &json!([{"state": "idle"}, {"state": "job_incomplete_will_retry"}])
+        ));
         assert!(!any_running(&json!([])));
-        assert!(any_running(&json!([{"state": "in_blackout_window", "job": {"paused": true}}])), "a paused job is still in flight");
-        assert!(!any_running(&json!([{"state": "in_blackout_window", "job": null}])));
+        assert!(
+            any_running(&json!([{"state": "in_blackout_window", "job": {"paused": true}}])),
+            "a paused job is still in flight"
+        );
+        assert!(!any_running(
+            &json!([{"state": "in_blackout_window", "job": null}])
+        ));
     }
 
     #[test]
@@ -116,7 +138,10 @@ mod tests {
         let v = json!([]);
         assert_eq!(frame(&v, true, false, 1.0).unwrap(), "[]\n");
         let f = frame(&v, false, true, 2.0).unwrap();
-        assert!(f.starts_with(CLEAR) && f.contains("every 2s") && f.ends_with("no relationships\n"), "{f}");
+        assert!(
+            f.starts_with(CLEAR) && f.contains("every 2s") && f.ends_with("no relationships\n"),
+            "{f}"
+        );
         assert_eq!(frame(&v, false, false, 1.0).unwrap(), "no relationships\n");
     }
 }

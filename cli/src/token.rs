@@ -11,10 +11,12 @@ const TOKENS: &str = "/v1/tokens";
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create a token and print it (this is the only time it is shown).
-    #[command(long_about = "Create a token and print it; the daemon keeps only its hash, so this is the \
+    #[command(
+        long_about = "Create a token and print it; the daemon keeps only its hash, so this is the \
 only time it is shown.\n\nRoles: admin (everything), source-operator (read and change source \
 relationships), target-operator (read and change target relationships, authorize), observer (read \
-both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --token \"$(cat /var/lib/mover/admin.token)\"")]
+both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --token \"$(cat /var/lib/mover/admin.token)\""
+    )]
     Create {
         /// Name to list and delete the token by.
         #[arg(long)]
@@ -45,14 +47,21 @@ fn field<'a>(v: &'a Value, k: &str) -> &'a str {
 pub fn run(cmd: TokenCmd) -> Result<()> {
     match cmd {
         TokenCmd::Create { name, role, api } => {
-            let v = api.client().post(TOKENS, Some(&json!({ "name": name, "role": role }))).with_context(|| format!("creating token {name}"))?;
+            let v = api
+                .client()
+                .post(TOKENS, Some(&json!({ "name": name, "role": role })))
+                .with_context(|| format!("creating token {name}"))?;
             if api.json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 // The token alone on stdout so `TOKEN=$(mover token create ...)` works; the
                 // reminder goes to stderr.
                 println!("{}", field(&v, "token"));
-                eprintln!("mover: created token {} with role {}; store it now, it cannot be shown again", field(&v, "name"), field(&v, "role"));
+                eprintln!(
+                    "mover: created token {} with role {}; store it now, it cannot be shown again",
+                    field(&v, "name"),
+                    field(&v, "role")
+                );
             }
         }
         TokenCmd::List { api } => {
@@ -62,14 +71,21 @@ pub fn run(cmd: TokenCmd) -> Result<()> {
                 return Ok(());
             }
             let list = v.as_array().cloned().unwrap_or_default();
-            let w = list.iter().map(|t| field(t, "name").len()).chain([4]).max().unwrap_or(4);
+            let w = list
+                .iter()
+                .map(|t| field(t, "name").len())
+                .chain([4])
+                .max()
+                .unwrap_or(4);
             println!("{:<w$}  ROLE", "NAME");
             for t in &list {
                 println!("{:<w$}  {}", field(t, "name"), field(t, "role"));
             }
         }
         TokenCmd::Delete { name, api } => {
-            api.client().delete(&format!("{TOKENS}/{}", path_segment(&name)), None).with_context(|| format!("deleting token {name}"))?;
+            api.client()
+                .delete(&format!("{TOKENS}/{}", path_segment(&name)), None)
+                .with_context(|| format!("deleting token {name}"))?;
             if api.json {
                 println!("{}", json!({ "name": name, "deleted": true }));
             } else {

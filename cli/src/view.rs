@@ -10,7 +10,11 @@ const MESSAGE_WIDTH: usize = 30;
 
 /// "12s ago", "3m ago", "5h ago", "2d ago": one unit is enough to judge a recovery point.
 pub fn age(secs: f64) -> String {
-    let s = if secs.is_finite() { secs.max(0.0) as u64 } else { 0 };
+    let s = if secs.is_finite() {
+        secs.max(0.0) as u64
+    } else {
+        0
+    };
     match s {
         0..=59 => format!("{s}s ago"),
         60..=3599 => format!("{}m ago", s / 60),
@@ -64,13 +68,13 @@ pub fn progress(job: &Value) -> String {
         "preparing (scanning the source)".to_string()
     } else {
         format!(
-        "{} {}/{} files {}/{} {}/s",
-        percent(num(job, "percent")),
-        num(job, "files_done") as u64,
-        num(job, "files_total") as u64,
-        bytes(num(job, "bytes_done")),
-        bytes(num(job, "bytes_total")),
-        bytes(num(job, "throughput_bytes_per_sec"))
+            "{} {}/{} files {}/{} {}/s",
+            percent(num(job, "percent")),
+            num(job, "files_done") as u64,
+            num(job, "files_total") as u64,
+            bytes(num(job, "bytes_done")),
+            bytes(num(job, "bytes_total")),
+            bytes(num(job, "throughput_bytes_per_sec"))
         )
     };
     if job.get("paused").and_then(Value::as_bool) == Some(true) {
@@ -89,7 +93,12 @@ pub fn recovery_point(rp: &Value) -> String {
 /// "ok 2m ago" / "failed 5s ago" from a `last_attempt` object.
 fn outcome(la: &Value, now: DateTime<Utc>) -> (bool, String) {
     let ok = la.get("ok").and_then(Value::as_bool) == Some(true);
-    let when = la.get("time").and_then(Value::as_str).and_then(|t| since(t, now)).map(age).unwrap_or_else(|| "at ?".into());
+    let when = la
+        .get("time")
+        .and_then(Value::as_str)
+        .and_then(|t| since(t, now))
+        .map(age)
+        .unwrap_or_else(|| "at ?".into());
     (ok, format!("{} {when}", if ok { "ok" } else { "failed" }))
 }
 
@@ -112,8 +121,15 @@ pub fn last_attempt(la: &Value, now: DateTime<Utc>, width: usize) -> String {
 }
 
 pub fn target(v: &Value) -> String {
-    let port = v.get("target_port").map(|p| p.to_string()).unwrap_or_else(|| "?".into());
-    format!("{}:{port}:{}", text(v, "target_address"), text(v, "target_path"))
+    let port = v
+        .get("target_port")
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{}:{port}:{}",
+        text(v, "target_address"),
+        text(v, "target_path")
+    )
 }
 
 /// The table of `mover status` and `mover relationship list`.
@@ -123,7 +139,16 @@ pub fn table(views: &Value, now: DateTime<Utc>) -> String {
     if views.is_empty() {
         return "no relationships\n".into();
     }
-    let head = ["ID", "ROLE", "STATE", "RECOVERY POINT", "LAST ATTEMPT", "SOURCE", "TARGET", "PROGRESS"];
+    let head = [
+        "ID",
+        "ROLE",
+        "STATE",
+        "RECOVERY POINT",
+        "LAST ATTEMPT",
+        "SOURCE",
+        "TARGET",
+        "PROGRESS",
+    ];
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
     for v in views {
         rows.push(vec![
@@ -160,15 +185,29 @@ pub fn table(views: &Value, now: DateTime<Utc>) -> String {
 
 /// A blackout window in the syntax `--blackout` takes, so it can be pasted back.
 pub fn blackout(w: &Value) -> String {
-    let days: Vec<&str> = w.get("days").and_then(Value::as_array).map(|d| d.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    format!("{} {}-{} {}", days.join(","), text(w, "start"), text(w, "end"), text(w, "timezone"))
+    let days: Vec<&str> = w
+        .get("days")
+        .and_then(Value::as_array)
+        .map(|d| d.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "{} {}-{} {}",
+        days.join(","),
+        text(w, "start"),
+        text(w, "end"),
+        text(w, "timezone")
+    )
 }
 
 fn id_pairs(m: &Value, k: &str) -> String {
     let pairs: Vec<String> = m
         .get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|p| Some(format!("{}:{}", p.get(0)?, p.get(1)?))).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some(format!("{}:{}", p.get(0)?, p.get(1)?)))
+                .collect()
+        })
         .unwrap_or_default();
     if pairs.is_empty() {
         "-".into()
@@ -200,7 +239,11 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
             None => "unlimited".into(),
         },
     );
-    let wins = v.get("blackout_windows").and_then(Value::as_array).cloned().unwrap_or_default();
+    let wins = v
+        .get("blackout_windows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if wins.is_empty() {
         add("blackout_windows", "-".into());
     }
@@ -208,31 +251,111 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         add("blackout_window", blackout(w));
     }
     let m = &v["map_ids"];
-    add("map_ids", if m.is_object() { format!("uid {} gid {}", id_pairs(m, "uid"), id_pairs(m, "gid")) } else { "-".into() });
+    add(
+        "map_ids",
+        if m.is_object() {
+            format!("uid {} gid {}", id_pairs(m, "uid"), id_pairs(m, "gid"))
+        } else {
+            "-".into()
+        },
+    );
     let rp = &v["recovery_point"];
-    add("recovery_point", if rp.is_object() { format!("{} ({})", text(rp, "time"), recovery_point(rp)) } else { "-".into() });
+    add(
+        "recovery_point",
+        if rp.is_object() {
+            format!("{} ({})", text(rp, "time"), recovery_point(rp))
+        } else {
+            "-".into()
+        },
+    );
     let la = &v["last_attempt"];
-    add("last_attempt", if la.is_object() { format!("{} ({}): {}", outcome(la, now).1, text(la, "time"), text(la, "message")) } else { "-".into() });
+    add(
+        "last_attempt",
+        if la.is_object() {
+            format!(
+                "{} ({}): {}",
+                outcome(la, now).1,
+                text(la, "time"),
+                text(la, "message")
+            )
+        } else {
+            "-".into()
+        },
+    );
     let job = &v["job"];
-    add("job", if job.is_object() { progress(job) } else { "-".into() });
+    add(
+        "job",
+        if job.is_object() {
+            progress(job)
+        } else {
+            "-".into()
+        },
+    );
     if let Some(j) = job.as_object() {
         let (f, b) = (|k: &str| num(job, k), |k: &str| bytes(num(job, k)));
-        add("job.files", format!("{} of {} done, {} to go ({})", f("files_done"), f("files_total"), f("files_remaining"), percent(f("percent_files"))));
-        add("job.bytes", format!("{} of {} done, {} to go ({})", b("bytes_done"), b("bytes_total"), b("bytes_remaining"), percent(f("percent_bytes"))));
+        add(
+            "job.files",
+            format!(
+                "{} of {} done, {} to go ({})",
+                f("files_done"),
+                f("files_total"),
+                f("files_remaining"),
+                percent(f("percent_files"))
+            ),
+        );
+        add(
+            "job.bytes",
+            format!(
+                "{} of {} done, {} to go ({})",
+                b("bytes_done"),
+                b("bytes_total"),
+                b("bytes_remaining"),
+                percent(f("percent_bytes"))
+            ),
+        );
         add("job.rate", format!("{}/s", b("throughput_bytes_per_sec")));
         add("job.run_time", format!("{:.1}s", f("run_seconds")));
-        add("job.paused", j.get("paused").map_or("-".into(), Value::to_string));
+        add(
+            "job.paused",
+            j.get("paused").map_or("-".into(), Value::to_string),
+        );
         const SHOWN: [&str; 12] = [
-            "files_done", "files_total", "files_remaining", "percent_files", "bytes_done", "bytes_total", "bytes_remaining",
-            "percent_bytes", "throughput_bytes_per_sec", "run_seconds", "paused", "percent",
+            "files_done",
+            "files_total",
+            "files_remaining",
+            "percent_files",
+            "bytes_done",
+            "bytes_total",
+            "bytes_remaining",
+            "percent_bytes",
+            "throughput_bytes_per_sec",
+            "run_seconds",
+            "paused",
+            "percent",
         ];
         for (k, x) in j.iter().filter(|(k, _)| !SHOWN.contains(&k.as_str())) {
             add(&format!("job.{k}"), x.to_string());
         }
     }
     let known = [
-        "id", "role", "state", "state_text", "source_path", "target_address", "target_port", "target_path", "enabled", "authorized",
-        "peer_fingerprint", "read_only", "bandwidth_limit", "blackout_windows", "map_ids", "recovery_point", "last_attempt", "job",
+        "id",
+        "role",
+        "state",
+        "state_text",
+        "source_path",
+        "target_address",
+        "target_port",
+        "target_path",
+        "enabled",
+        "authorized",
+        "peer_fingerprint",
+        "read_only",
+        "bandwidth_limit",
+        "blackout_windows",
+        "map_ids",
+        "recovery_point",
+        "last_attempt",
+        "job",
     ];
     if let Some(o) = v.as_object() {
         for (k, x) in o.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
@@ -240,7 +363,10 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         }
     }
     let w = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    lines.iter().map(|(k, s)| format!("{k:<w$}  {s}\n")).collect()
+    lines
+        .iter()
+        .map(|(k, s)| format!("{k:<w$}  {s}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -249,7 +375,9 @@ mod tests {
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-25T06:42:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-25T06:42:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     /// One view of each kind the table must handle: a running job, an idle relationship with a
@@ -299,18 +427,37 @@ mod tests {
         assert_eq!(percent(27.5), "27.5%");
         assert_eq!(percent(100.0), "100.0%");
         let v = sample();
-        assert_eq!(progress(&v[0]["job"]), "45.2% 120/400 files 100 MiB/400 MiB 31 MiB/s");
+        assert_eq!(
+            progress(&v[0]["job"]),
+            "45.2% 120/400 files 100 MiB/400 MiB 31 MiB/s"
+        );
         assert_eq!(progress(&Value::Null), "-");
         assert!(progress(&json!({"paused": true})).ends_with(" paused"));
-        assert_eq!(progress(&json!({"files_total": 0, "bytes_total": 0, "paused": false})), "preparing (scanning the source)");
+        assert_eq!(
+            progress(&json!({"files_total": 0, "bytes_total": 0, "paused": false})),
+            "preparing (scanning the source)"
+        );
     }
 
     #[test]
     fn last_attempts() {
-        assert_eq!(last_attempt(&json!({"time": "2026-11-25T06:40:00Z", "ok": true, "message": "completed"}), now(), 40), "ok 2m ago");
+        assert_eq!(
+            last_attempt(
+                &json!({"time": "2026-11-25T06:40:00Z", "ok": true, "message": "completed"}),
+                now(),
+                40
+            ),
+            "ok 2m ago"
+        );
         let failed = json!({"time": "2026-11-25T06:41:55+00:00", "ok": false, "message": "connection refused"});
-        assert_eq!(last_attempt(&failed, now(), 40), "failed 5s ago: connection refused");
-        assert_eq!(last_attempt(&failed, now(), 10), "failed 5s ago: connection...");
+        assert_eq!(
+            last_attempt(&failed, now(), 40),
+            "failed 5s ago: connection refused"
+        );
+        assert_eq!(
+            last_attempt(&failed, now(), 10),
+            "failed 5s ago: connection..."
+        );
         assert_eq!(last_attempt(&Value::Null, now(), 40), "-");
     }
 
@@ -319,19 +466,46 @@ mod tests {
         let t = table(&sample(), now());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
-        for h in ["ID", "ROLE", "STATE", "RECOVERY POINT", "LAST ATTEMPT", "SOURCE", "TARGET", "PROGRESS"] {
+        for h in [
+            "ID",
+            "ROLE",
+            "STATE",
+            "RECOVERY POINT",
+            "LAST ATTEMPT",
+            "SOURCE",
+            "TARGET",
+            "PROGRESS",
+        ] {
             assert!(lines[0].contains(h), "{h}: {t}");
         }
         assert!(lines[1].starts_with("4f0c1a2b  source  running"), "{t}");
-        assert!(lines[1].contains("12s ago") && lines[1].contains("ok 2m ago"), "{t}");
+        assert!(
+            lines[1].contains("12s ago") && lines[1].contains("ok 2m ago"),
+            "{t}"
+        );
         assert!(lines[1].contains("127.0.0.1:3712:/srv/replica"), "{t}");
-        assert!(lines[1].ends_with("45.2% 120/400 files 100 MiB/400 MiB 31 MiB/s"), "{t}");
-        assert!(lines[2].contains("3m ago") && lines[2].contains("failed 5s ago: peer refused: target directory...  /a"), "{t}");
+        assert!(
+            lines[1].ends_with("45.2% 120/400 files 100 MiB/400 MiB 31 MiB/s"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("3m ago")
+                && lines[2].contains("failed 5s ago: peer refused: target directory...  /a"),
+            "{t}"
+        );
         assert!(lines[2].ends_with('-'), "{t}");
-        assert!(lines[3].starts_with("01234567  target  awaiting authorization"), "{t}");
+        assert!(
+            lines[3].starts_with("01234567  target  awaiting authorization"),
+            "{t}"
+        );
         // Columns line up: every row has its STATE where the header has it.
         let col = lines[0].find("STATE").unwrap();
-        assert!(lines[1..].iter().all(|l| l[col - 2..col] == *"  " && l.as_bytes()[col] != b' '), "{t}");
+        assert!(
+            lines[1..]
+                .iter()
+                .all(|l| l[col - 2..col] == *"  " && l.as_bytes()[col] != b' '),
+            "{t}"
+        );
         assert_eq!(table(&json!([]), now()), "no relationships\n");
     }
 
@@ -358,6 +532,11 @@ mod tests {
             assert!(s.contains(want), "{want:?} missing from\n{s}");
         }
         let s = show(&sample()[2], now());
-        assert!(s.contains("recovery_point    -") && s.contains("job               -") && s.contains("bandwidth_limit   unlimited"), "{s}");
+        assert!(
+            s.contains("recovery_point    -")
+                && s.contains("job               -")
+                && s.contains("bandwidth_limit   unlimited"),
+            "{s}"
+        );
     }
 }

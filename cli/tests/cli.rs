@@ -12,13 +12,22 @@ fn mover() -> Command {
 
 fn start_receiver(root: &std::path::Path) -> (Child, String) {
     let mut c = std::process::Command::new(cargo_bin("mover"))
-        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"])
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--json",
+            "--root",
+        ])
         .arg(root)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     (c, v["listening"].as_str().unwrap().to_string())
 }
@@ -36,8 +45,17 @@ fn help_explains_commands_and_exit_codes() {
 #[test]
 fn send_to_a_closed_port_fails_with_the_io_exit_code() {
     let t = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = mover().arg("send").arg(t.path()).args(["--to", &format!("127.0.0.1:{port}")]).output().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = mover()
+        .arg("send")
+        .arg(t.path())
+        .args(["--to", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to receiver"));
 }
@@ -51,14 +69,26 @@ fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
     std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
     std::fs::write(src.join("b"), b"bee").unwrap();
     let (mut recv, addr) = start_receiver(&dst);
-    let out = mover().arg("send").arg(&src).args(["--to", &addr, "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mover()
+        .arg("send")
+        .arg(&src)
+        .args(["--to", &addr, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"], 2);
     assert_eq!(v["bytes"], 100_003);
     assert!(v["wire_bytes"].as_u64().unwrap() > 100_003);
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
-    assert!(recv.wait().unwrap().success(), "receiver --once exits 0 after a verified session");
+    assert!(
+        recv.wait().unwrap().success(),
+        "receiver --once exits 0 after a verified session"
+    );
     assert_eq!(std::fs::read(dst.join("b")).unwrap(), b"bee");
 }
 
@@ -66,14 +96,21 @@ fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
 fn receive_refuses_a_root_that_is_not_a_directory() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("file"), b"x").unwrap();
-    let out = mover().args(["receive", "--listen", "127.0.0.1:0", "--once", "--root"]).arg(t.path().join("file")).output().unwrap();
+    let out = mover()
+        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--root"])
+        .arg(t.path().join("file"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("opening destination root"));
 }
 
 #[test]
 fn hw_json_has_topology_and_a_plan() {
-    let out = mover().args(["hw", "--json", "--threads", "3"]).output().unwrap();
+    let out = mover()
+        .args(["hw", "--json", "--threads", "3"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["topology"]["cpus"].as_array().unwrap().is_empty());
@@ -83,16 +120,25 @@ fn hw_json_has_topology_and_a_plan() {
 #[test]
 fn demo_replicates_and_verifies_between_two_processes() {
     let t = tempfile::tempdir().unwrap();
-    let out = mover().args(["demo", "--files", "300", "--dir"]).arg(t.path()).output().unwrap();
+    let out = mover()
+        .args(["demo", "--files", "300", "--dir"])
+        .arg(t.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("demo OK") && text.contains("incremental"));
 }
 
 /// strace must be installed (.ci/run installs it); this test fails loudly without it.
 #[test]
 fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
-    let strace = which("strace").expect("strace is required for this test: apt-get install strace (done by .ci/run)");
+    let strace = which("strace")
+        .expect("strace is required for this test: apt-get install strace (done by .ci/run)");
     let t = tempfile::tempdir().unwrap();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     std::fs::create_dir_all(&src).unwrap();
@@ -119,45 +165,109 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
     let mut log_text = String::new();
     for e in std::fs::read_dir(t.path()).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("strace.log.") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("strace.log.")
+        {
             log_text.push_str(&std::fs::read_to_string(&p).unwrap());
         }
     }
     let log = log_text;
-    let uring = log.lines().filter(|l| l.contains("io_uring_enter(")).count();
+    let uring = log
+        .lines()
+        .filter(|l| l.contains("io_uring_enter("))
+        .count();
     // A syscall that moved a data-sized block (>= 64 KiB) outside io_uring.
     let big_copies: Vec<&str> = log
         .lines()
-        .filter(|l| ["read(", "write(", "pread64(", "pwrite64(", "sendto(", "sendmsg(", "readv(", "writev("].iter().any(|c| l.contains(c)))
-        .filter(|l| l.rsplit(" = ").next().and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0) >= 65536)
+        .filter(|l| {
+            [
+                "read(",
+                "write(",
+                "pread64(",
+                "pwrite64(",
+                "sendto(",
+                "sendmsg(",
+                "readv(",
+                "writev(",
+            ]
+            .iter()
+            .any(|c| l.contains(c))
+        })
+        .filter(|l| {
+            l.rsplit(" = ")
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0)
+                >= 65536
+        })
         .collect();
-    assert!(uring >= 4, "expected the data to move through io_uring_enter, saw {uring} calls");
-    assert!(big_copies.is_empty(), "data moved outside io_uring: {big_copies:?}");
-    let pins: Vec<&str> = log.lines().filter(|l| l.contains("sched_setaffinity(0,") && l.ends_with("= 0")).collect();
+    assert!(
+        uring >= 4,
+        "expected the data to move through io_uring_enter, saw {uring} calls"
+    );
+    assert!(
+        big_copies.is_empty(),
+        "data moved outside io_uring: {big_copies:?}"
+    );
+    let pins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sched_setaffinity(0,") && l.ends_with("= 0"))
+        .collect();
     assert_eq!(pins.len(), 2, "one pin per worker: {pins:?}");
     for p in &pins {
         let mask = &p[p.find('[').unwrap() + 1..p.find(']').unwrap()];
-        assert!(mask.parse::<u32>().is_ok(), "worker pinned to a single CPU, got [{mask}]");
+        assert!(
+            mask.parse::<u32>().is_ok(),
+            "worker pinned to a single CPU, got [{mask}]"
+        );
     }
 }
 
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.exists())
 }
 
 /// Port 1 on loopback: nothing listens there, so the connection is refused at once.
 #[test]
 fn relationship_list_without_a_daemon_names_the_address_and_exits_10() {
-    let out = mover().args(["relationship", "list", "--api", "http://127.0.0.1:1", "--token", "x"]).env_remove("MOVER_API").output().unwrap();
+    let out = mover()
+        .args([
+            "relationship",
+            "list",
+            "--api",
+            "http://127.0.0.1:1",
+            "--token",
+            "x",
+        ])
+        .env_remove("MOVER_API")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(10), "{err}");
-    assert!(err.contains("cannot reach the mover daemon at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the mover daemon at http://127.0.0.1:1"),
+        "{err}"
+    );
 }
 
 #[test]
 fn relationship_list_without_a_token_says_how_to_give_one() {
-    let out = mover().args(["relationship", "list", "--api", "http://127.0.0.1:1"]).env_remove("MOVER_TOKEN").output().unwrap();
+    let out = mover()
+        .args(["relationship", "list", "--api", "http://127.0.0.1:1"])
+        .env_remove("MOVER_TOKEN")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{err}");
-    assert!(err.contains("--token") && err.contains("MOVER_TOKEN") && err.contains("admin.token"), "{err}");
+    assert!(
+        err.contains("--token") && err.contains("MOVER_TOKEN") && err.contains("admin.token"),
+        "{err}"
+    );
 }

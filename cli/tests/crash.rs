@@ -16,21 +16,38 @@ const ITERATIONS: u64 = 20;
 type Hash = (u128, Option<u128>);
 
 fn hash(p: &Path) -> Hash {
-    let (t, c, _) = hash_dir(p, HashOptions { owners: rustix::process::geteuid().is_root() }, true).unwrap();
+    let (t, c, _) = hash_dir(
+        p,
+        HashOptions {
+            owners: rustix::process::geteuid().is_root(),
+        },
+        true,
+    )
+    .unwrap();
     (t, c)
 }
 
 fn receiver(root: &Path) -> (Child, String) {
     let mut c = Command::new(cargo_bin("mover"))
-        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--json", "--root"])
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--json",
+            "--root",
+        ])
         .arg(root)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("receiver said {line:?}"));
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("receiver said {line:?}"));
     (c, v["listening"].as_str().unwrap().to_string())
 }
 
@@ -38,7 +55,16 @@ fn sender(src: &Path, addr: &str, state: &Path) -> Child {
     Command::new(cargo_bin("mover"))
         .arg("send")
         .arg(src)
-        .args(["--to", addr, "--json", "--retries", "1", "--threads", "2", "--state"])
+        .args([
+            "--to",
+            addr,
+            "--json",
+            "--retries",
+            "1",
+            "--threads",
+            "2",
+            "--state",
+        ])
         .arg(state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,7 +77,11 @@ fn job(src: &Path, dst: &Path, state: &Path) -> serde_json::Value {
     let (mut r, addr) = receiver(dst);
     let out = sender(src, &addr, state).wait_with_output().unwrap();
     let rs = r.wait().unwrap();
-    assert!(out.status.success(), "sender: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(rs.success(), "receiver exited {rs}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -62,7 +92,12 @@ fn kill(c: &mut Child) {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }
 
@@ -71,16 +106,40 @@ fn sigkill_at_a_random_moment_then_resume_or_revert() {
     let (mut resumed_wire, mut reference_wire, mut reverts, mut resumes) = (0u64, 0u64, 0, 0);
     for seed in 1..=ITERATIONS {
         let t = tempfile::tempdir().unwrap();
-        let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+        let (src, dst, state) = (
+            t.path().join("src"),
+            t.path().join("dst"),
+            t.path().join("state"),
+        );
         std::fs::create_dir(&dst).unwrap();
         // No gen extras: its deeper-than-PATH_MAX path defeats `cp -a` for the reference copy
         // (churn still makes symlinks, hard links, xattrs and type changes).
-        generate(&src, &TreeSpec { seed, small_files: 120, large_files: 3, large_size: 2 << 20, fanout: 6, extras: false, ..Default::default() }).unwrap();
+        generate(
+            &src,
+            &TreeSpec {
+                seed,
+                small_files: 120,
+                large_files: 3,
+                large_size: 2 << 20,
+                fanout: 6,
+                extras: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         job(&src, &dst, &state);
         let before = hash(&dst);
         assert_eq!(before, hash(&src));
 
-        churn(&src, &ChurnSpec { seed, ops: 40, ..Default::default() }).unwrap();
+        churn(
+            &src,
+            &ChurnSpec {
+                seed,
+                ops: 40,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut rng = Rng(seed);
         let mut data = vec![0u8; 3 << 20];
         rng.fill(&mut data);
@@ -97,7 +156,8 @@ fn sigkill_at_a_random_moment_then_resume_or_revert() {
 
         let (mut r, addr) = receiver(&dst);
         let mut s = sender(&src, &addr, &state);
-        let delay = Duration::from_micros(rng.next_u64() % (took.as_micros() as u64 * 12 / 10).max(1));
+        let delay =
+            Duration::from_micros(rng.next_u64() % (took.as_micros() as u64 * 12 / 10).max(1));
         std::thread::sleep(delay);
         let kill_receiver = seed % 2 == 0;
         if kill_receiver {
@@ -117,31 +177,58 @@ fn sigkill_at_a_random_moment_then_resume_or_revert() {
             c.wait().unwrap();
         }
 
-        let what = format!("seed {seed}: killed {} after {delay:?} of a {took:?} job", if kill_receiver { "receiver" } else { "sender" });
+        let what = format!(
+            "seed {seed}: killed {} after {delay:?} of a {took:?} job",
+            if kill_receiver { "receiver" } else { "sender" }
+        );
         if (seed / 2) % 2 == 0 {
-            let out = Command::new(cargo_bin("mover")).args(["receive", "--revert", "--json", "--root"]).arg(&dst).output().unwrap();
-            assert!(out.status.success(), "{what}: revert failed: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(cargo_bin("mover"))
+                .args(["receive", "--revert", "--json", "--root"])
+                .arg(&dst)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: revert failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let now = hash(&dst);
             eprintln!("{what}: revert {}", v["reverted"]);
             if v["reverted"] == true {
-                assert_eq!(now, before, "{what}: revert must restore the previous recovery point");
+                assert_eq!(
+                    now, before,
+                    "{what}: revert must restore the previous recovery point"
+                );
             } else {
                 // Killed before the job touched the target, or after it committed.
-                assert!(now == before || now == after, "{what}: target is neither recovery point");
+                assert!(
+                    now == before || now == after,
+                    "{what}: target is neither recovery point"
+                );
             }
             reverts += 1;
             job(&src, &dst, &state);
         } else {
             let rep = job(&src, &dst, &state);
-            eprintln!("{what}: resumed with {} wire bytes, uninterrupted {}", rep["wire_bytes"], reference["wire_bytes"]);
+            eprintln!(
+                "{what}: resumed with {} wire bytes, uninterrupted {}",
+                rep["wire_bytes"], reference["wire_bytes"]
+            );
             resumed_wire += rep["wire_bytes"].as_u64().unwrap();
             reference_wire += reference["wire_bytes"].as_u64().unwrap();
             resumes += 1;
         }
-        assert_eq!(hash(&dst), after, "{what}: target must equal the source after the next job");
+        assert_eq!(
+            hash(&dst),
+            after,
+            "{what}: target must equal the source after the next job"
+        );
     }
-    assert!(reverts >= 5 && resumes >= 5, "both outcomes exercised: {reverts} reverts, {resumes} resumes");
+    assert!(
+        reverts >= 5 && resumes >= 5,
+        "both outcomes exercised: {reverts} reverts, {resumes} resumes"
+    );
     assert!(
         resumed_wire < reference_wire,
         "resumed jobs put {resumed_wire} bytes on the wire, the same jobs uninterrupted {reference_wire}"

@@ -15,7 +15,19 @@ fn s(p: &Path) -> &str {
 /// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
 fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
     let port = dst.listen.to_string();
-    let mut args = vec!["relationship", "create", "--source-path", s(from), "--target-address", "127.0.0.1", "--target-port", &port, "--target-path", s(to), "--json"];
+    let mut args = vec![
+        "relationship",
+        "create",
+        "--source-path",
+        s(from),
+        "--target-address",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--target-path",
+        s(to),
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let v = src.cli_ok(&args);
     assert_eq!(v["state"], "awaiting_authorization", "{v}");
@@ -34,7 +46,10 @@ fn stderr(o: &std::process::Output) -> String {
 fn relationship_lifecycle_through_cli_and_rest() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src.join("d"), 40, 50_000, 1);
     std::fs::create_dir(&dst).unwrap();
@@ -45,7 +60,11 @@ fn relationship_lifecycle_through_cli_and_rest() {
     let list = b.cli_ok(&["relationship", "list", "--role", "target", "--json"]);
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["state"], "awaiting_authorization");
-    let (code, v) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    let (code, v) = a.call(
+        "POST",
+        &format!("/v1/replication/source-relationships/{id}/replicate"),
+        None,
+    );
     assert_eq!(code, 409, "{v}");
 
     // A non-empty target is refused unless the operator says so.
@@ -59,7 +78,9 @@ fn relationship_lifecycle_through_cli_and_rest() {
     let v = a.wait_for("source", &id, "initial sync", synced);
     assert!(v["recovery_point"]["time"].is_string(), "{v}");
     assert_eq!(tree_hash(&src), tree_hash(&dst));
-    let v = b.wait_for("target", &id, "target to hear of the sync", |v| v["last_attempt"]["ok"] == true);
+    let v = b.wait_for("target", &id, "target to hear of the sync", |v| {
+        v["last_attempt"]["ok"] == true
+    });
     assert_eq!(v["authorized"], true);
     assert_eq!(v["read_only"], "bind_mount");
     // Prometheus metrics, without a token: the job's bytes and files, its duration, the
@@ -68,37 +89,86 @@ fn relationship_lifecycle_through_cli_and_rest() {
     assert_eq!(code, 200);
     let m = m.as_str().unwrap().to_string();
     let sample = |name: &str| -> f64 {
-        let line = m.lines().find(|l| l.starts_with(&format!("{name}{{relationship=\"{id}\""))).unwrap_or_else(|| panic!("no {name} in\n{m}"));
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{relationship=\"{id}\"")))
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert!(sample("mover_bytes_moved_total") >= (40 * 50_000) as f64, "{m}");
+    assert!(
+        sample("mover_bytes_moved_total") >= (40 * 50_000) as f64,
+        "{m}"
+    );
     assert!(sample("mover_files_moved_total") >= 40.0, "{m}");
     assert!(sample("mover_recovery_point_age_seconds") >= 0.0, "{m}");
     // Continuous replication may have run another (no-op) job by now.
-    let jobs: u64 = m.lines().find_map(|l| l.strip_prefix("mover_job_duration_seconds_count ")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let jobs: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("mover_job_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(jobs >= 1 && m.contains("mover_relationships{state="), "{m}");
     let st = a.cli_ok(&["status", "--json"]);
-    assert!(st.as_array().unwrap().iter().any(|r| r["id"] == id.as_str() && r["role"] == "source"), "{st}");
+    assert!(
+        st.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str() && r["role"] == "source"),
+        "{st}"
+    );
 
     // The authorized target is read-only, to root through its path and to everyone else.
     let e = std::fs::write(dst.join("new"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+        ])
         .arg(format!("echo x > {}/d/f0000", s(&dst)))
         .output()
         .expect("setpriv (util-linux) runs commands as another user");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Read-only file system"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
 
     // Modify: everything but the paths; the target sees the edit.
-    let v = a.cli_ok(&["relationship", "modify", &id, "--bandwidth-limit", "1000000000", "--disable", "--json"]);
-    assert_eq!((v["enabled"].clone(), v["bandwidth_limit"].clone()), (json!(false), json!(1000000000)));
-    a.wait_for("source", &id, "continuous replication to stop", |v| v["state"] == "continuous_replication_disabled");
-    b.wait_for("target", &id, "the edit to reach the target", |v| v["enabled"] == false);
-    let (code, v) = a.call("PATCH", &format!("/v1/replication/source-relationships/{id}"), Some(&json!({"target_path": "/elsewhere"})));
+    let v = a.cli_ok(&[
+        "relationship",
+        "modify",
+        &id,
+        "--bandwidth-limit",
+        "1000000000",
+        "--disable",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["enabled"].clone(), v["bandwidth_limit"].clone()),
+        (json!(false), json!(1000000000))
+    );
+    a.wait_for("source", &id, "continuous replication to stop", |v| {
+        v["state"] == "continuous_replication_disabled"
+    });
+    b.wait_for("target", &id, "the edit to reach the target", |v| {
+        v["enabled"] == false
+    });
+    let (code, v) = a.call(
+        "PATCH",
+        &format!("/v1/replication/source-relationships/{id}"),
+        Some(&json!({"target_path": "/elsewhere"})),
+    );
     assert_eq!(code, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("cannot be edited"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot be edited"),
+        "{v}"
+    );
 
     // An 11th blackout window is refused with a clear error, and nothing changes.
     let mut args = vec!["relationship", "modify", id.as_str()];
@@ -107,22 +177,34 @@ fn relationship_lifecycle_through_cli_and_rest() {
     }
     let out = a.cli(&args);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
-    assert!(stderr(&out).contains("at most 10 blackout windows; 11 given"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 10 blackout windows; 11 given"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(a.view("source", &id)["blackout_windows"], json!([]));
 
     // Replicate now picks up a change even with continuous replication disabled.
     std::fs::write(src.join("d/added"), b"new file").unwrap();
     a.cli_ok(&["relationship", "replicate", &id]);
-    a.wait_for("source", &id, "the manual job", |v| synced(v) && dst.join("d/added").exists());
+    a.wait_for("source", &id, "the manual job", |v| {
+        synced(v) && dst.join("d/added").exists()
+    });
     assert_eq!(tree_hash(&src), tree_hash(&dst));
 
     // Delete from the target side: writable again, data kept; the source shows it ended.
     b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
     std::fs::write(dst.join("now-writable"), b"ok").unwrap();
     assert_eq!(std::fs::read(dst.join("d/added")).unwrap(), b"new file");
-    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended");
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended"
+    });
     a.cli_ok(&["relationship", "delete", &id]);
-    assert_eq!(a.get(&format!("/v1/replication/source-relationships/{id}")).0, 404);
+    assert_eq!(
+        a.get(&format!("/v1/replication/source-relationships/{id}"))
+            .0,
+        404
+    );
 
     // Delete from the source side: the target forgets it too and is writable.
     let dst2 = t.path().join("dst2");
@@ -132,7 +214,11 @@ fn relationship_lifecycle_through_cli_and_rest() {
     a.wait_for("source", &id2, "second sync", synced);
     assert!(std::fs::write(dst2.join("x"), b"x").is_err());
     a.cli_ok(&["relationship", "delete", &id2]);
-    assert_eq!(b.get(&format!("/v1/replication/target-relationships/{id2}")).0, 404);
+    assert_eq!(
+        b.get(&format!("/v1/replication/target-relationships/{id2}"))
+            .0,
+        404
+    );
     std::fs::write(dst2.join("x"), b"x").unwrap();
     assert_eq!(tree_hash(&src.join("d")), tree_hash(&dst2.join("d")));
 }
@@ -141,12 +227,19 @@ fn relationship_lifecycle_through_cli_and_rest() {
 fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 3, 1000, 2);
     std::fs::create_dir(&dst).unwrap();
     let token = |n: &Node, name: &str, role: &str| -> String {
-        let (code, v) = n.call("POST", "/v1/tokens", Some(&json!({"name": name, "role": role})));
+        let (code, v) = n.call(
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"name": name, "role": role})),
+        );
         assert_eq!(code, 201, "{v}");
         v["token"].as_str().unwrap().to_string()
     };
@@ -164,7 +257,12 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     assert_eq!(code, 401);
     let (code, _) = a.call_as(Some("mvr_not_a_token"), "GET", path, None);
     assert_eq!(code, 401);
-    let (code, _) = a.call_as(Some(&observer), "POST", "/v1/tokens", Some(&json!({"name": "x", "role": "admin"})));
+    let (code, _) = a.call_as(
+        Some(&observer),
+        "POST",
+        "/v1/tokens",
+        Some(&json!({"name": "x", "role": "admin"})),
+    );
     assert_eq!(code, 403);
     // Nothing was created by the refused requests, here or on the target.
     assert_eq!(a.get(path).1, json!([]));
@@ -184,11 +282,25 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     typo["bandwith_limit"] = json!(5);
     let (code, v) = a.call("POST", path, Some(&typo));
     assert_eq!(code, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("bandwith_limit"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("bandwith_limit"),
+        "{v}"
+    );
 
     // The CLI maps a 403 to exit code 7 and says which privilege is missing.
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
-        .args(["relationship", "create", "--source-path", s(&src), "--target-address", "127.0.0.1", "--target-path", s(&dst), "--api", &a.url()])
+        .args([
+            "relationship",
+            "create",
+            "--source-path",
+            s(&src),
+            "--target-address",
+            "127.0.0.1",
+            "--target-path",
+            s(&dst),
+            "--api",
+            &a.url(),
+        ])
         .args(["--target-port", &b.listen.to_string()])
         .env("MOVER_TOKEN", &observer)
         .output()
@@ -199,34 +311,74 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     // A target operator on the target may authorize; a source operator may not.
     let id = create(&a, &b, &src, &dst, &[]);
     let src_op = token(&b, "src", "source-operator");
-    let (code, _) = b.call_as(Some(&src_op), "POST", &format!("/v1/replication/target-relationships/{id}/authorize"), None);
+    let (code, _) = b.call_as(
+        Some(&src_op),
+        "POST",
+        &format!("/v1/replication/target-relationships/{id}/authorize"),
+        None,
+    );
     assert_eq!(code, 403);
     assert_eq!(b.view("target", &id)["authorized"], false);
-    let (code, _) = b.call_as(Some(&src_op), "DELETE", &format!("/v1/replication/target-relationships/{id}"), None);
+    let (code, _) = b.call_as(
+        Some(&src_op),
+        "DELETE",
+        &format!("/v1/replication/target-relationships/{id}"),
+        None,
+    );
     assert_eq!(code, 403);
-    assert_eq!(b.get(&format!("/v1/replication/target-relationships/{id}")).0, 200);
+    assert_eq!(
+        b.get(&format!("/v1/replication/target-relationships/{id}"))
+            .0,
+        200
+    );
 }
 
 #[test]
 fn unauthenticated_peer_is_refused() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (mut a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 5, 10_000, 3);
     std::fs::create_dir(&dst).unwrap();
     // The source may name the target's certificate up front: another one is refused at the
     // first contact and nothing is created on either side.
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let out = a.cli(&["relationship", "create", "--source-path", s(&src), "--target-address", "127.0.0.1", "--target-port", &b.listen.to_string(), "--target-path", s(&dst), "--target-fingerprint", &wrong]);
+    let out = a.cli(&[
+        "relationship",
+        "create",
+        "--source-path",
+        s(&src),
+        "--target-address",
+        "127.0.0.1",
+        "--target-port",
+        &b.listen.to_string(),
+        "--target-path",
+        s(&dst),
+        "--target-fingerprint",
+        &wrong,
+    ]);
     assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
-    assert!(stderr(&out).contains("does not match the pinned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the pinned"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(a.get("/v1/replication/source-relationships").1, json!([]));
     assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
-    let fp = b.cli_ok(&["node", "--json"])["fingerprint"].as_str().unwrap().to_string();
+    let fp = b.cli_ok(&["node", "--json"])["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let id = create(&a, &b, &src, &dst, &["--target-fingerprint", &fp]);
     assert_eq!(a.view("source", &id)["peer_fingerprint"], fp.as_str());
-    assert_eq!(b.view("target", &id)["peer_fingerprint"], a.cli_ok(&["node", "--json"])["fingerprint"]);
+    assert_eq!(
+        b.view("target", &id)["peer_fingerprint"],
+        a.cli_ok(&["node", "--json"])["fingerprint"]
+    );
     b.cli_ok(&["relationship", "authorize", &id]);
     a.wait_for("source", &id, "initial sync", synced);
     let before = tree_hash(&dst);
@@ -245,7 +397,9 @@ fn unauthenticated_peer_is_refused() {
     std::fs::write(src.join("change"), b"should not arrive").unwrap();
     let c = Node::start(&c_dir);
     c.cli_ok(&["relationship", "replicate", &id]);
-    let v = c.wait_for("source", &id, "the refusal", |v| v["last_attempt"]["ok"] == false);
+    let v = c.wait_for("source", &id, "the refusal", |v| {
+        v["last_attempt"]["ok"] == false
+    });
     let msg = v["last_attempt"]["message"].as_str().unwrap();
     assert!(msg.contains("not the one pinned"), "{msg}");
     assert_eq!(tree_hash(&dst), before);
@@ -260,14 +414,22 @@ fn unauthenticated_peer_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("session not authorized"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("session not authorized"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(tree_hash(&dst), before);
 }
 
 /// File data bytes the last completed job sent, from its message.
 fn sent_by_last_job(v: &Value) -> u64 {
     let m = v["last_attempt"]["message"].as_str().unwrap();
-    m.split(", ").nth(1).and_then(|b| b.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no byte count in {m:?}"))
+    m.split(", ")
+        .nth(1)
+        .and_then(|b| b.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {m:?}"))
 }
 
 /// Bytes sent by the running job, or None when no job runs.
@@ -291,57 +453,108 @@ fn a_long_blackout_window_suspends_the_session_and_the_job_resumes_after_it() {
 fn blackout_pauses_and_resumes(max_pause_in_session: Option<u64>) {
     need_root();
     let t = Scratch::new();
-    let extra = max_pause_in_session.map(|s| format!("max_pause_in_session_secs = {s}\n")).unwrap_or_default();
-    let a = Node::start_configured(&t.path().join("a"), node::free_port(), node::free_port(), &extra);
+    let extra = max_pause_in_session
+        .map(|s| format!("max_pause_in_session_secs = {s}\n"))
+        .unwrap_or_default();
+    let a = Node::start_configured(
+        &t.path().join("a"),
+        node::free_port(),
+        node::free_port(),
+        &extra,
+    );
     let b = Node::start(&t.path().join("b"));
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 16, 1 << 20, 4);
     std::fs::create_dir(&dst).unwrap();
     // 16 MiB at 2 MiB/s: a job of about 8 s.
-    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
+    let id = create(
+        &a,
+        &b,
+        &src,
+        &dst,
+        &["--bandwidth-limit", "2097152", "--disabled"],
+    );
     b.cli_ok(&["relationship", "authorize", &id]);
     // The window is the current minute (UTC): start the job 28-40 s into a minute so the
     // pause lasts some 20-30 s.
-    while !(28..=40).contains(&chrono::Utc::now().format("%S").to_string().parse::<u32>().unwrap()) {
+    while !(28..=40).contains(
+        &chrono::Utc::now()
+            .format("%S")
+            .to_string()
+            .parse::<u32>()
+            .unwrap(),
+    ) {
         std::thread::sleep(Duration::from_millis(200));
     }
     a.cli_ok(&["relationship", "replicate", &id]);
-    let v = a.wait_for("source", &id, "the job to move data", |v| bytes_done(v).is_some_and(|b| b > 0));
+    let v = a.wait_for("source", &id, "the job to move data", |v| {
+        bytes_done(v).is_some_and(|b| b > 0)
+    });
     let total = v["job"]["bytes_total"].as_u64().unwrap();
     let now = chrono::Utc::now();
     let start = now.format("%H:%M").to_string();
-    let end = (now + chrono::TimeDelta::minutes(1)).format("%H:%M").to_string();
+    let end = (now + chrono::TimeDelta::minutes(1))
+        .format("%H:%M")
+        .to_string();
     let day = now.format("%a").to_string().to_lowercase();
     let spec = format!("{day} {start}-{end} UTC");
     a.cli_ok(&["relationship", "modify", &id, "--blackout", &spec]);
 
-    let v = a.wait_for("source", &id, "the pause", |v| v["state"] == "in_blackout_window" && v["job"]["paused"] == true);
+    let v = a.wait_for("source", &id, "the pause", |v| {
+        v["state"] == "in_blackout_window" && v["job"]["paused"] == true
+    });
     let paused_at = bytes_done(&v).unwrap();
     assert!(paused_at < total, "the job finished before the window: {v}");
     std::thread::sleep(Duration::from_secs(3));
     let v = a.view("source", &id);
     let still = bytes_done(&v).unwrap();
-    assert!(still <= paused_at + (16 << 20) / 8, "data kept moving in the window: {paused_at} -> {still}");
+    assert!(
+        still <= paused_at + (16 << 20) / 8,
+        "data kept moving in the window: {paused_at} -> {still}"
+    );
     // No job starts inside a window.
-    let (code, e) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    let (code, e) = a.call(
+        "POST",
+        &format!("/v1/replication/source-relationships/{id}/replicate"),
+        None,
+    );
     assert_eq!(code, 409, "{e}");
     let tv = b.view("target", &id);
     assert_eq!(tv["state"], "in_blackout_window", "{tv}");
 
     // After the window the same job goes on from where it paused, and completes.
     let t0 = Instant::now();
-    let v = a.wait_for("source", &id, "the resume", |v| v["state"] == "running" && v["job"]["paused"] == false);
-    assert!(bytes_done(&v).unwrap() >= still, "the job started over: {still} -> {v}");
+    let v = a.wait_for("source", &id, "the resume", |v| {
+        v["state"] == "running" && v["job"]["paused"] == false
+    });
+    assert!(
+        bytes_done(&v).unwrap() >= still,
+        "the job started over: {still} -> {v}"
+    );
     a.wait_for("source", &id, "the job to complete", synced);
     assert!(t0.elapsed() < Duration::from_secs(50));
     let v = a.view("source", &id);
-    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    assert!(
+        v["last_attempt"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{v}"
+    );
     assert_eq!(tree_hash(&src), tree_hash(&dst));
     if max_pause_in_session.is_some() {
         // The last session sent only what the suspended one had not.
         let sent = sent_by_last_job(&v);
-        assert!(sent < total, "the job started over after the window: {sent} of {total} bytes resent");
-        assert!(a.log().contains("session suspended for a long blackout window"), "{}", a.log());
+        assert!(
+            sent < total,
+            "the job started over after the window: {sent} of {total} bytes resent"
+        );
+        assert!(
+            a.log()
+                .contains("session suspended for a long blackout window"),
+            "{}",
+            a.log()
+        );
     }
 }
 
@@ -349,19 +562,30 @@ fn blackout_pauses_and_resumes(max_pause_in_session: Option<u64>) {
 fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (mut a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 24, 1 << 20, 5);
     std::fs::create_dir(&dst).unwrap();
     // 24 MiB at 4 MiB/s: a job of about 6 s.
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
     b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "the job to be half way", |v| bytes_done(v).is_some_and(|b| b >= 8 << 20));
+    a.wait_for("source", &id, "the job to be half way", |v| {
+        bytes_done(v).is_some_and(|b| b >= 8 << 20)
+    });
     a.kill();
     let (listen, api) = (a.listen, a.api);
     let a = Node::start_on(&a.dir.clone(), listen, api);
     let v = a.wait_for("source", &id, "the resumed job to complete", synced);
-    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    assert!(
+        v["last_attempt"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{v}"
+    );
     assert_eq!(tree_hash(&src), tree_hash(&dst));
     // The receiver continued the interrupted job: no journal left, and fewer bytes than a
     // whole resend went over in the resumed job.
@@ -370,7 +594,11 @@ fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
     assert!(sent < 24 << 20, "resumed job resent everything: {sent}");
     let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
-    assert!(!db.get(&control::model::RelationshipId(id.clone())).unwrap().job_running);
+    assert!(
+        !db.get(&control::model::RelationshipId(id.clone()))
+            .unwrap()
+            .job_running
+    );
     drop(db);
 
     // SIGTERM: the daemon stops at a chunk boundary and exits 0.
@@ -385,13 +613,19 @@ fn daemon_tells_systemd_it_is_ready_and_exits_cleanly_on_sigterm() {
     let t = Scratch::new();
     let sock_path = t.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let data = t.path().join("n");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
         .arg("daemon")
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{}", node::free_port()), "--api", &format!("127.0.0.1:{}", node::free_port())])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", node::free_port()),
+            "--api",
+            &format!("127.0.0.1:{}", node::free_port()),
+        ])
         .env("NOTIFY_SOCKET", &sock_path)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -401,12 +635,20 @@ fn daemon_tells_systemd_it_is_ready_and_exits_cleanly_on_sigterm() {
     assert_eq!(&buf[..n], b"READY=1");
     // Ready means the token exists and the API answers.
     assert!(data.join("admin.token").exists());
-    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
     // The unit file the README points to asks for exactly this protocol.
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mover.service")).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/mover.service"
+    ))
+    .unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("KillSignal=SIGTERM"));
 }
 
@@ -425,11 +667,20 @@ struct SecondJob {
 fn second_job_under_way(seed: u64) -> SecondJob {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src.join("old"), 4, 256 << 10, seed);
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "2097152", "--disabled"]);
+    let id = create(
+        &a,
+        &b,
+        &src,
+        &dst,
+        &["--bandwidth-limit", "2097152", "--disabled"],
+    );
     b.cli_ok(&["relationship", "authorize", &id]);
     a.cli_ok(&["relationship", "replicate", &id]);
     a.wait_for("source", &id, "the first recovery point", synced);
@@ -437,39 +688,73 @@ fn second_job_under_way(seed: u64) -> SecondJob {
     fill(&src.join("old"), 4, 256 << 10, seed + 1);
     fill(&src.join("new"), 16, 1 << 20, seed + 2);
     a.cli_ok(&["relationship", "replicate", &id]);
-    a.wait_for("source", &id, "the second job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 3 << 20));
-    SecondJob { a, b, dst, id, first, t }
+    a.wait_for("source", &id, "the second job to be under way", |v| {
+        bytes_done(v).is_some_and(|b| b >= 3 << 20)
+    });
+    SecondJob {
+        a,
+        b,
+        dst,
+        id,
+        first,
+        t,
+    }
 }
 
 #[test]
 fn deleting_on_the_target_mid_job_reverts_to_the_last_recovery_point() {
-    let SecondJob { t: _t, a, b, dst, id, first } = second_job_under_way(6);
+    let SecondJob {
+        t: _t,
+        a,
+        b,
+        dst,
+        id,
+        first,
+    } = second_job_under_way(6);
     b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
-    assert_eq!(tree_hash(&dst), first, "the target is not at its last recovery point");
+    assert_eq!(
+        tree_hash(&dst),
+        first,
+        "the target is not at its last recovery point"
+    );
     assert!(!dst.join(".mover-state/journal").exists());
     std::fs::write(dst.join("writable"), b"yes").unwrap();
-    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended" && v["job"].is_null());
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended" && v["job"].is_null()
+    });
 }
 
 #[test]
 fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (mut a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 16, 1 << 20, 9);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
     b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "the job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 4 << 20));
+    a.wait_for("source", &id, "the job to be under way", |v| {
+        bytes_done(v).is_some_and(|b| b >= 4 << 20)
+    });
     let t0 = Instant::now();
     let st = a.terminate();
     assert!(st.success(), "daemon exited {st} on SIGTERM");
-    assert!(t0.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        t0.elapsed()
+    );
     {
         let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
         let r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
-        assert!(r.job_running, "the interrupted job must stay marked running");
+        assert!(
+            r.job_running,
+            "the interrupted job must stay marked running"
+        );
         assert!(r.last_attempt.unwrap().message.contains("resumes"));
     }
     let (dir, listen, api) = (a.dir.clone(), a.listen, a.api);
@@ -477,7 +762,10 @@ fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     let a = Node::start_on(&dir, listen, api);
     let v = a.wait_for("source", &id, "the resumed job to complete", synced);
     let sent = sent_by_last_job(&v);
-    assert!(sent < 16 << 20, "the resumed job started over: {sent} bytes");
+    assert!(
+        sent < 16 << 20,
+        "the resumed job started over: {sent} bytes"
+    );
     assert_eq!(tree_hash(&src), tree_hash(&dst));
 }
 
@@ -485,21 +773,37 @@ fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
 fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
     need_root();
     let t = Scratch::new();
-    let (a, mut b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (a, mut b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 16, 1 << 20, 10);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
     b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "the job to be under way", |v| bytes_done(v).is_some_and(|b| b >= 4 << 20));
+    a.wait_for("source", &id, "the job to be under way", |v| {
+        bytes_done(v).is_some_and(|b| b >= 4 << 20)
+    });
     b.kill();
     // The target is still protected while its daemon is down (the mounts outlive it).
     assert!(std::fs::write(dst.join("x"), b"x").is_err());
     let (dir, listen, api) = (b.dir.clone(), b.listen, b.api);
     drop(b);
     let b = Node::start_on(&dir, listen, api);
-    let v = a.wait_for("source", &id, "the job to complete after the target came back", synced);
-    assert!(v["last_attempt"]["message"].as_str().unwrap().contains("completed"), "{v}");
+    let v = a.wait_for(
+        "source",
+        &id,
+        "the job to complete after the target came back",
+        synced,
+    );
+    assert!(
+        v["last_attempt"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{v}"
+    );
     assert_eq!(tree_hash(&src), tree_hash(&dst));
     assert!(std::fs::write(dst.join("x"), b"x").is_err());
     let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
@@ -510,13 +814,22 @@ fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
 fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_data() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (Node::start(&t.path().join("a")), Node::start(&t.path().join("b")));
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src, 6, 20_000, 11);
     std::os::unix::fs::chown(src.join("f0000"), Some(1000), Some(1000)).unwrap();
     std::fs::create_dir(&dst).unwrap();
     // Owners are mapped on the way (uid 1000 -> 2000, gid 1000 -> 3000).
-    let id = create(&a, &b, &src, &dst, &["--map-uid", "1000:2000", "--map-gid", "1000:3000"]);
+    let id = create(
+        &a,
+        &b,
+        &src,
+        &dst,
+        &["--map-uid", "1000:2000", "--map-gid", "1000:3000"],
+    );
     b.cli_ok(&["relationship", "authorize", &id]);
     a.wait_for("source", &id, "initial sync", synced);
     assert!(std::fs::write(dst.join("x"), b"x").is_err());
@@ -524,28 +837,60 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
     let m = std::fs::metadata(dst.join("f0000")).unwrap();
     assert_eq!((m.uid(), m.gid()), (2000, 3000));
     let m = std::fs::metadata(dst.join("f0001")).unwrap();
-    assert_eq!((m.uid(), m.gid()), (0, 0), "unmapped owners stay as they are");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (0, 0),
+        "unmapped owners stay as they are"
+    );
     // The map can be removed again; the target sees the edit.
     let v = a.cli_ok(&["relationship", "modify", &id, "--clear-id-map", "--json"]);
     assert_eq!(v["map_ids"], Value::Null, "{v}");
-    b.wait_for("target", &id, "the edit to reach the target", |v| v["map_ids"].is_null());
+    b.wait_for("target", &id, "the edit to reach the target", |v| {
+        v["map_ids"].is_null()
+    });
     let synced_hash = tree_hash(&dst);
 
     // A source operator may not do it; a target operator may.
-    let (code, v) = b.call("POST", "/v1/tokens", Some(&json!({"name": "s", "role": "source-operator"})));
+    let (code, v) = b.call(
+        "POST",
+        "/v1/tokens",
+        Some(&json!({"name": "s", "role": "source-operator"})),
+    );
     assert_eq!(code, 201, "{v}");
-    let (code, _) = b.call_as(v["token"].as_str(), "POST", &format!("/v1/replication/target-relationships/{id}/make-writable"), None);
+    let (code, _) = b.call_as(
+        v["token"].as_str(),
+        "POST",
+        &format!("/v1/replication/target-relationships/{id}/make-writable"),
+        None,
+    );
     assert_eq!(code, 403);
-    assert!(std::fs::write(dst.join("x"), b"x").is_err(), "a refused request changed nothing");
+    assert!(
+        std::fs::write(dst.join("x"), b"x").is_err(),
+        "a refused request changed nothing"
+    );
 
     let v = b.cli_ok(&["relationship", "make-writable", &id, "--json"]);
-    assert_eq!((v["state"].clone(), v["read_only"].clone()), (json!("ended"), Value::Null), "{v}");
-    assert_eq!(tree_hash(&dst), synced_hash, "the target holds its last recovery point");
+    assert_eq!(
+        (v["state"].clone(), v["read_only"].clone()),
+        (json!("ended"), Value::Null),
+        "{v}"
+    );
+    assert_eq!(
+        tree_hash(&dst),
+        synced_hash,
+        "the target holds its last recovery point"
+    );
     std::fs::write(dst.join("x"), b"failover writes").unwrap();
     // The source stops replicating: ended, and a replicate request is refused.
-    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended");
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended"
+    });
     std::fs::write(src.join("later"), b"not replicated").unwrap();
-    let (code, e) = a.call("POST", &format!("/v1/replication/source-relationships/{id}/replicate"), None);
+    let (code, e) = a.call(
+        "POST",
+        &format!("/v1/replication/source-relationships/{id}/replicate"),
+        None,
+    );
     assert_eq!(code, 409, "{e}");
     std::thread::sleep(Duration::from_secs(3));
     assert!(!dst.join("later").exists());
@@ -562,9 +907,19 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
 /// start: it reverts to the last recovery point, lifts the protection, and still serves its API.
 #[test]
 fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
-    let SecondJob { t: _t, a, mut b, dst, id, first } = second_job_under_way(12);
+    let SecondJob {
+        t: _t,
+        a,
+        mut b,
+        dst,
+        id,
+        first,
+    } = second_job_under_way(12);
     b.kill();
-    assert!(dst.join(".mover-state/journal").exists(), "the cut job left no journal to revert");
+    assert!(
+        dst.join(".mover-state/journal").exists(),
+        "the cut job left no journal to revert"
+    );
     {
         let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
         let mut r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
@@ -576,10 +931,20 @@ fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
     drop(b);
     let b = Node::start_on(&dir, listen, api);
     let v = b.view("target", &id);
-    assert_eq!((v["state"].clone(), v["read_only"].clone(), v["job"].clone()), (json!("ended"), Value::Null, Value::Null), "{v}");
-    assert_eq!(tree_hash(&dst), first, "the target is not at its last recovery point");
+    assert_eq!(
+        (v["state"].clone(), v["read_only"].clone(), v["job"].clone()),
+        (json!("ended"), Value::Null, Value::Null),
+        "{v}"
+    );
+    assert_eq!(
+        tree_hash(&dst),
+        first,
+        "the target is not at its last recovery point"
+    );
     assert!(!dst.join(".mover-state/journal").exists());
     std::fs::write(dst.join("writable"), b"yes").unwrap();
     // The source learns of the end and stops its job.
-    a.wait_for("source", &id, "the source to see the end", |v| v["state"] == "ended" && v["job"].is_null());
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended" && v["job"].is_null()
+    });
 }

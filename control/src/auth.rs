@@ -47,10 +47,19 @@ impl TokenRole {
     }
 
     pub fn parse(s: &str) -> Result<TokenRole> {
-        [TokenRole::Admin, TokenRole::SourceOperator, TokenRole::TargetOperator, TokenRole::Observer]
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| Error::Invalid(format!("unknown role {s:?}: one of admin, source-operator, target-operator, observer")))
+        [
+            TokenRole::Admin,
+            TokenRole::SourceOperator,
+            TokenRole::TargetOperator,
+            TokenRole::Observer,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown role {s:?}: one of admin, source-operator, target-operator, observer"
+            ))
+        })
     }
 
     pub fn has(self, p: Privilege) -> bool {
@@ -68,7 +77,12 @@ impl TokenRole {
 pub const MAX_TOKEN_NAME: usize = 64;
 
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_TOKEN_NAME || !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
+    if name.is_empty()
+        || name.len() > MAX_TOKEN_NAME
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+    {
         return Err(Error::Invalid(format!("token name must be 1-{MAX_TOKEN_NAME} characters of letters, digits, '-', '_' or '.', not {name:?}")));
     }
     Ok(())
@@ -77,7 +91,8 @@ pub fn check_name(name: &str) -> Result<()> {
 /// A new secret: "mvr_" and 32 hex digits from the kernel's random source.
 pub fn new_token() -> Result<String> {
     let mut b = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| Error::Invalid("no random source".into()))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| Error::Invalid("no random source".into()))?;
     Ok(format!("mvr_{}", hex(&b)))
 }
 
@@ -97,13 +112,27 @@ mod tests {
     fn roles_carry_exactly_their_privileges() {
         use Privilege::*;
         let all = [SourceRead, SourceWrite, TargetRead, TargetWrite, Admin];
-        let granted = |r: TokenRole| all.iter().filter(|p| r.has(**p)).map(|p| p.name()).collect::<Vec<_>>();
+        let granted = |r: TokenRole| {
+            all.iter()
+                .filter(|p| r.has(**p))
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(granted(TokenRole::Admin).len(), 5);
-        assert_eq!(granted(TokenRole::SourceOperator), ["SOURCE_READ", "SOURCE_WRITE"]);
-        assert_eq!(granted(TokenRole::TargetOperator), ["TARGET_READ", "TARGET_WRITE"]);
+        assert_eq!(
+            granted(TokenRole::SourceOperator),
+            ["SOURCE_READ", "SOURCE_WRITE"]
+        );
+        assert_eq!(
+            granted(TokenRole::TargetOperator),
+            ["TARGET_READ", "TARGET_WRITE"]
+        );
         assert_eq!(granted(TokenRole::Observer), ["SOURCE_READ", "TARGET_READ"]);
         assert_eq!(TokenRole::parse("observer").unwrap(), TokenRole::Observer);
-        assert!(TokenRole::parse("root").unwrap_err().to_string().contains("unknown role"));
+        assert!(TokenRole::parse("root")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown role"));
     }
 
     #[test]
@@ -114,6 +143,8 @@ mod tests {
         assert_eq!(hash(&a).len(), 64);
         assert_ne!(hash(&a), hash(&b));
         assert!(!hash(&a).contains(&a[4..]));
-        assert!(check_name("ops-ro").is_ok() && check_name("a b").is_err() && check_name("").is_err());
+        assert!(
+            check_name("ops-ro").is_ok() && check_name("a b").is_err() && check_name("").is_err()
+        );
     }
 }

@@ -25,7 +25,10 @@
 //! * Windows of a relationship combine: it is in blackout while any of them covers the instant.
 
 use crate::{Error, Result};
-use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone, Utc,
+    Weekday,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -57,7 +60,15 @@ const DAYS_AFTER: i64 = 1;
 const MAX_GAP_SECS: i64 = 2 * 86_400;
 
 /// The days of the week, Monday first, in the order bits and lists use.
-const WEEKDAYS: [Weekday; 7] = [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun];
+const WEEKDAYS: [Weekday; 7] = [
+    Weekday::Mon,
+    Weekday::Tue,
+    Weekday::Wed,
+    Weekday::Thu,
+    Weekday::Fri,
+    Weekday::Sat,
+    Weekday::Sun,
+];
 /// Short (the serialized form) and full names of [`WEEKDAYS`], both accepted when parsing.
 const DAY_NAMES: [(&str, &str); 7] = [
     ("mon", "monday"),
@@ -85,7 +96,11 @@ pub fn parse_weekday(s: &str) -> Result<Weekday> {
         .zip(DAY_NAMES)
         .find(|(_, (short, full))| t == *short || t == *full)
         .map(|(d, _)| *d)
-        .ok_or_else(|| Error::Invalid(format!("unknown day of the week {s:?} (expected mon, tue, wed, thu, fri, sat or sun)")))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown day of the week {s:?} (expected mon, tue, wed, thu, fri, sat or sun)"
+            ))
+        })
 }
 
 /// The days of the week a window starts on: never empty, since a window that never happens is
@@ -103,14 +118,19 @@ impl Days {
     pub fn new(days: impl IntoIterator<Item = Weekday>) -> Result<Days> {
         let bits = days.into_iter().fold(0, |bits, d| bits | day_bit(d));
         if bits == 0 {
-            return Err(Error::Invalid("a blackout window needs at least one day of the week".into()));
+            return Err(Error::Invalid(
+                "a blackout window needs at least one day of the week".into(),
+            ));
         }
         Ok(Days(bits))
     }
 
     /// Days named as [`parse_weekday`] accepts them.
     pub fn parse_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Days> {
-        let days = names.into_iter().map(|n| parse_weekday(n.as_ref())).collect::<Result<Vec<_>>>()?;
+        let days = names
+            .into_iter()
+            .map(|n| parse_weekday(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         Days::new(days)
     }
 
@@ -176,7 +196,9 @@ impl ClockTime {
     pub const MIDNIGHT: ClockTime = ClockTime { hour: 0, minute: 0 };
 
     pub fn new(hour: u8, minute: u8) -> Result<ClockTime> {
-        if u16::from(hour) >= MINUTES_PER_DAY / MINUTES_PER_HOUR || u16::from(minute) >= MINUTES_PER_HOUR {
+        if u16::from(hour) >= MINUTES_PER_DAY / MINUTES_PER_HOUR
+            || u16::from(minute) >= MINUTES_PER_HOUR
+        {
             return Err(Error::Invalid(format!(
                 "time of day must be 00:00 to 23:59 on a 24-hour clock, not {hour:02}:{minute:02}"
             )));
@@ -207,9 +229,15 @@ impl ClockTime {
 impl FromStr for ClockTime {
     type Err = Error;
     fn from_str(s: &str) -> Result<ClockTime> {
-        let bad = || Error::Invalid(format!("time of day must be HH:MM on a 24-hour clock (00:00 to 23:59), not {s:?}"));
+        let bad = || {
+            Error::Invalid(format!(
+                "time of day must be HH:MM on a 24-hour clock (00:00 to 23:59), not {s:?}"
+            ))
+        };
         let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
-        let digits = |t: &str, max_len: usize| !t.is_empty() && t.len() <= max_len && t.bytes().all(|b| b.is_ascii_digit());
+        let digits = |t: &str, max_len: usize| {
+            !t.is_empty() && t.len() <= max_len && t.bytes().all(|b| b.is_ascii_digit())
+        };
         if !digits(h, 2) || !digits(m, 2) || m.len() != 2 {
             return Err(bad());
         }
@@ -264,14 +292,20 @@ impl BlackoutWindow {
     /// the daylight-saving shift on the nights the clocks change.
     pub fn length(&self) -> TimeDelta {
         let (s, e) = (self.start.minutes(), self.end.minutes());
-        let minutes = if e > s { e - s } else { MINUTES_PER_DAY - s + e };
+        let minutes = if e > s {
+            e - s
+        } else {
+            MINUTES_PER_DAY - s + e
+        };
         TimeDelta::minutes(minutes.into())
     }
 
     /// Whether the window covers `at`.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
         let today = at.with_timezone(&self.timezone).date_naive();
-        dates(today, -DAYS_BEFORE, DAYS_AFTER).filter_map(|d| self.occurrence(d)).any(|(s, e)| s <= at && at < e)
+        dates(today, -DAYS_BEFORE, DAYS_AFTER)
+            .filter_map(|d| self.occurrence(d))
+            .any(|(s, e)| s <= at && at < e)
     }
 
     /// The first instant after `at`, at most [`LOOKAHEAD_DAYS`] later, at which [`contains`]
@@ -291,7 +325,10 @@ impl BlackoutWindow {
         }
         let start = date.and_time(self.start.naive());
         let end = start.checked_add_signed(self.length())?;
-        let (s, e) = (first_instant(self.timezone, start)?, first_instant(self.timezone, end)?);
+        let (s, e) = (
+            first_instant(self.timezone, start)?,
+            first_instant(self.timezone, end)?,
+        );
         (s < e).then_some((s, e))
     }
 
@@ -299,13 +336,22 @@ impl BlackoutWindow {
     /// possibly a few just outside: the only instants where `contains` can change.
     fn edges(&self, at: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let today = at.with_timezone(&self.timezone).date_naive();
-        dates(today, -DAYS_BEFORE, LOOKAHEAD_DAYS + DAYS_AFTER).filter_map(|d| self.occurrence(d)).flat_map(|(s, e)| [s, e])
+        dates(today, -DAYS_BEFORE, LOOKAHEAD_DAYS + DAYS_AFTER)
+            .filter_map(|d| self.occurrence(d))
+            .flat_map(|(s, e)| [s, e])
     }
 }
 
 impl fmt::Display for BlackoutWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}-{} {}", self.days, self.start, self.end, self.timezone.name())
+        write!(
+            f,
+            "{} {}-{} {}",
+            self.days,
+            self.start,
+            self.end,
+            self.timezone.name()
+        )
     }
 }
 
@@ -343,14 +389,17 @@ fn gap_end(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
         step *= 2;
     };
     while (exists_at - skipped).num_seconds() > 1 {
-        let mid = skipped.checked_add_signed(TimeDelta::seconds((exists_at - skipped).num_seconds() / 2))?;
+        let mid = skipped
+            .checked_add_signed(TimeDelta::seconds((exists_at - skipped).num_seconds() / 2))?;
         if exists(mid) {
             exists_at = mid;
         } else {
             skipped = mid;
         }
     }
-    tz.from_local_datetime(&exists_at).earliest().map(|t| t.with_timezone(&Utc))
+    tz.from_local_datetime(&exists_at)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Refuses a set of windows a relationship cannot have. Each window is valid by construction;
@@ -379,7 +428,11 @@ pub fn next_change_any(windows: &[BlackoutWindow], at: DateTime<Utc>) -> Option<
     let now = in_blackout(windows, at);
     // Between consecutive edges every window's `contains` is constant, so the first edge where
     // the combined answer differs is exactly the next change.
-    let mut edges: Vec<DateTime<Utc>> = windows.iter().flat_map(|w| w.edges(at)).filter(|t| at < *t && *t <= horizon).collect();
+    let mut edges: Vec<DateTime<Utc>> = windows
+        .iter()
+        .flat_map(|w| w.edges(at))
+        .filter(|t| at < *t && *t <= horizon)
+        .collect();
     edges.sort_unstable();
     edges.dedup();
     edges.into_iter().find(|t| in_blackout(windows, *t) != now)
@@ -424,7 +477,11 @@ mod tests {
     fn assert_span(w: &BlackoutWindow, from: &str, to: &str) {
         let (from, to) = (utc(from), utc(to));
         let ns = TimeDelta::nanoseconds(1);
-        assert!(!w.contains(from - ns), "{w} should not yet cover {}", from - ns);
+        assert!(
+            !w.contains(from - ns),
+            "{w} should not yet cover {}",
+            from - ns
+        );
         assert!(w.contains(from), "{w} should cover {from}");
         assert!(w.contains(to - ns), "{w} should still cover {}", to - ns);
         assert!(!w.contains(to), "{w} should have ended at {to}");
@@ -439,7 +496,10 @@ mod tests {
         assert!(w.contains(utc("2024-01-01T12:00:00Z")));
         assert_span(&w, "2024-01-01T09:00:00Z", "2024-01-01T17:00:00Z");
         assert!(!w.contains(utc("2024-01-01T08:59:00Z")));
-        assert!(!w.contains(utc("2024-01-02T12:00:00Z")), "Tuesday is not listed");
+        assert!(
+            !w.contains(utc("2024-01-02T12:00:00Z")),
+            "Tuesday is not listed"
+        );
         assert!(w.contains(utc("2024-01-08T12:00:00Z")), "every week");
         assert_eq!(w.length(), TimeDelta::hours(8));
     }
@@ -448,11 +508,23 @@ mod tests {
     fn window_ending_before_it_starts_wraps_past_midnight() {
         // 2024-01-05 is a Friday.
         let w = win("fri", "22:00", "06:00", "UTC");
-        assert!(w.contains(utc("2024-01-06T03:00:00Z")), "Saturday 03:00 is inside Friday's window");
+        assert!(
+            w.contains(utc("2024-01-06T03:00:00Z")),
+            "Saturday 03:00 is inside Friday's window"
+        );
         assert!(!w.contains(utc("2024-01-05T21:59:00Z")));
-        assert!(!w.contains(utc("2024-01-06T06:00:00Z")), "the end is not inside");
-        assert!(!w.contains(utc("2024-01-06T22:00:00Z")), "Saturday is not listed");
-        assert!(!w.contains(utc("2024-01-05T03:00:00Z")), "Thursday is not listed, so no window runs into Friday");
+        assert!(
+            !w.contains(utc("2024-01-06T06:00:00Z")),
+            "the end is not inside"
+        );
+        assert!(
+            !w.contains(utc("2024-01-06T22:00:00Z")),
+            "Saturday is not listed"
+        );
+        assert!(
+            !w.contains(utc("2024-01-05T03:00:00Z")),
+            "Thursday is not listed, so no window runs into Friday"
+        );
         assert_span(&w, "2024-01-05T22:00:00Z", "2024-01-06T06:00:00Z");
         assert_eq!(w.length(), TimeDelta::hours(8));
     }
@@ -475,7 +547,12 @@ mod tests {
             end: ClockTime::MIDNIGHT,
             timezone: Tz::Europe__Berlin,
         };
-        for at in ["2024-01-01T00:00:00Z", "2024-03-31T01:00:00Z", "2024-10-27T00:59:59Z", "2024-10-27T01:00:00Z"] {
+        for at in [
+            "2024-01-01T00:00:00Z",
+            "2024-03-31T01:00:00Z",
+            "2024-10-27T00:59:59Z",
+            "2024-10-27T01:00:00Z",
+        ] {
             assert!(w.contains(utc(at)), "{at}");
             assert_eq!(w.next_change(utc(at)), None, "{at}");
         }
@@ -500,8 +577,15 @@ mod tests {
     fn spring_forward_skipped_hour_moves_edges_to_the_jump() {
         // Berlin, Sunday 2024-03-31: at 01:00 UTC the clock jumps from 02:00 CET to 03:00 CEST.
         let inside_gap = win("sun", "02:00", "02:30", "Europe/Berlin");
-        for at in ["2024-03-31T00:59:59Z", "2024-03-31T01:00:00Z", "2024-03-31T01:15:00Z"] {
-            assert!(!inside_gap.contains(utc(at)), "a window inside the skipped hour does not happen: {at}");
+        for at in [
+            "2024-03-31T00:59:59Z",
+            "2024-03-31T01:00:00Z",
+            "2024-03-31T01:15:00Z",
+        ] {
+            assert!(
+                !inside_gap.contains(utc(at)),
+                "a window inside the skipped hour does not happen: {at}"
+            );
         }
         assert_eq!(
             inside_gap.next_change(utc("2024-03-30T12:00:00Z")),
@@ -509,30 +593,64 @@ mod tests {
             "so the next change is the following Sunday"
         );
         // Starts before the gap, ends inside it: ends at the jump.
-        assert_span(&win("sun", "01:30", "02:30", "Europe/Berlin"), "2024-03-31T00:30:00Z", "2024-03-31T01:00:00Z");
+        assert_span(
+            &win("sun", "01:30", "02:30", "Europe/Berlin"),
+            "2024-03-31T00:30:00Z",
+            "2024-03-31T01:00:00Z",
+        );
         // Starts inside the gap: starts at the jump.
-        assert_span(&win("sun", "02:30", "04:00", "Europe/Berlin"), "2024-03-31T01:00:00Z", "2024-03-31T02:00:00Z");
+        assert_span(
+            &win("sun", "02:30", "04:00", "Europe/Berlin"),
+            "2024-03-31T01:00:00Z",
+            "2024-03-31T02:00:00Z",
+        );
         // Across the night: 22:00 CET to 06:00 CEST, an hour shorter in real time.
-        assert_span(&win("sat", "22:00", "06:00", "Europe/Berlin"), "2024-03-30T21:00:00Z", "2024-03-31T04:00:00Z");
+        assert_span(
+            &win("sat", "22:00", "06:00", "Europe/Berlin"),
+            "2024-03-30T21:00:00Z",
+            "2024-03-31T04:00:00Z",
+        );
         // A full day that day is 23 hours.
-        assert_span(&win("sun", "00:00", "00:00", "Europe/Berlin"), "2024-03-30T23:00:00Z", "2024-03-31T22:00:00Z");
+        assert_span(
+            &win("sun", "00:00", "00:00", "Europe/Berlin"),
+            "2024-03-30T23:00:00Z",
+            "2024-03-31T22:00:00Z",
+        );
     }
 
     #[test]
     fn fall_back_repeated_hour_means_its_first_pass_and_windows_stay_whole() {
         // Berlin, Sunday 2024-10-27: at 01:00 UTC the clock goes back from 03:00 CEST to 02:00 CET.
         let inside_repeat = win("sun", "02:00", "02:30", "Europe/Berlin");
-        assert_span(&inside_repeat, "2024-10-27T00:00:00Z", "2024-10-27T00:30:00Z");
-        assert!(!inside_repeat.contains(utc("2024-10-27T01:15:00Z")), "not again on the second pass");
-        assert_eq!(inside_repeat.next_change(utc("2024-10-27T00:30:00Z")), Some(utc("2024-11-03T01:00:00Z")));
+        assert_span(
+            &inside_repeat,
+            "2024-10-27T00:00:00Z",
+            "2024-10-27T00:30:00Z",
+        );
+        assert!(
+            !inside_repeat.contains(utc("2024-10-27T01:15:00Z")),
+            "not again on the second pass"
+        );
+        assert_eq!(
+            inside_repeat.next_change(utc("2024-10-27T00:30:00Z")),
+            Some(utc("2024-11-03T01:00:00Z"))
+        );
         // Straddles the change: one span, 02:30 CEST to 04:00 CET, without a gap when the clock
         // goes back to 02:00 (which would be before its start by the wall clock).
         let across = win("sun", "02:30", "04:00", "Europe/Berlin");
         assert_span(&across, "2024-10-27T00:30:00Z", "2024-10-27T03:00:00Z");
         assert!(across.contains(utc("2024-10-27T01:00:00Z")));
         // Across the night: 22:00 CEST to 06:00 CET, an hour longer in real time.
-        assert_span(&win("sat", "22:00", "06:00", "Europe/Berlin"), "2024-10-26T20:00:00Z", "2024-10-27T05:00:00Z");
-        assert_span(&win("sun", "00:00", "00:00", "Europe/Berlin"), "2024-10-26T22:00:00Z", "2024-10-27T23:00:00Z");
+        assert_span(
+            &win("sat", "22:00", "06:00", "Europe/Berlin"),
+            "2024-10-26T20:00:00Z",
+            "2024-10-27T05:00:00Z",
+        );
+        assert_span(
+            &win("sun", "00:00", "00:00", "Europe/Berlin"),
+            "2024-10-26T22:00:00Z",
+            "2024-10-27T23:00:00Z",
+        );
     }
 
     #[test]
@@ -540,31 +658,81 @@ mod tests {
         // Chile springs forward at midnight: Sunday 2024-09-08 00:00 does not exist in Santiago,
         // the clock goes from 23:59:59 -04 to 01:00 -03 at 04:00 UTC.
         let santiago = Tz::America__Santiago;
-        let midnight = NaiveDate::from_ymd_opt(2024, 9, 8).unwrap().and_hms_opt(0, 0, 0).unwrap();
-        assert!(matches!(santiago.from_local_datetime(&midnight), LocalResult::None), "zone data as assumed");
-        assert_span(&win("sun", "00:00", "00:00", "America/Santiago"), "2024-09-08T04:00:00Z", "2024-09-09T03:00:00Z");
-        assert_span(&win("sat", "22:00", "00:30", "America/Santiago"), "2024-09-08T02:00:00Z", "2024-09-08T04:00:00Z");
+        let midnight = NaiveDate::from_ymd_opt(2024, 9, 8)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        assert!(
+            matches!(santiago.from_local_datetime(&midnight), LocalResult::None),
+            "zone data as assumed"
+        );
+        assert_span(
+            &win("sun", "00:00", "00:00", "America/Santiago"),
+            "2024-09-08T04:00:00Z",
+            "2024-09-09T03:00:00Z",
+        );
+        assert_span(
+            &win("sat", "22:00", "00:30", "America/Santiago"),
+            "2024-09-08T02:00:00Z",
+            "2024-09-08T04:00:00Z",
+        );
         // Samoa skipped Friday 2011-12-30 entirely (Thursday 24:00 -10 became Saturday 00:00 +14
         // at 10:00 UTC): Friday's window does not happen, Thursday night's ends at the jump.
-        let friday = NaiveDate::from_ymd_opt(2011, 12, 30).unwrap().and_hms_opt(12, 0, 0).unwrap();
-        assert!(matches!(Tz::Pacific__Apia.from_local_datetime(&friday), LocalResult::None), "zone data as assumed");
+        let friday = NaiveDate::from_ymd_opt(2011, 12, 30)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        assert!(
+            matches!(
+                Tz::Pacific__Apia.from_local_datetime(&friday),
+                LocalResult::None
+            ),
+            "zone data as assumed"
+        );
         let fri = win("fri", "09:00", "17:00", "Pacific/Apia");
         assert!(!fri.contains(utc("2011-12-30T10:00:00Z")));
-        assert_eq!(fri.next_change(utc("2011-12-29T00:00:00Z")), Some(utc("2012-01-05T19:00:00Z")), "09:00 +14 the next Friday");
-        assert_span(&win("thu", "22:00", "06:00", "Pacific/Apia"), "2011-12-30T08:00:00Z", "2011-12-30T10:00:00Z");
+        assert_eq!(
+            fri.next_change(utc("2011-12-29T00:00:00Z")),
+            Some(utc("2012-01-05T19:00:00Z")),
+            "09:00 +14 the next Friday"
+        );
+        assert_span(
+            &win("thu", "22:00", "06:00", "Pacific/Apia"),
+            "2011-12-30T08:00:00Z",
+            "2011-12-30T10:00:00Z",
+        );
     }
 
     #[test]
     fn next_change_lands_exactly_on_the_boundaries() {
         // 2024-01-08 is a Monday; Berlin is UTC+1 in January.
         let w = win("mon,wed", "09:00", "17:00", "Europe/Berlin");
-        assert_eq!(w.next_change(utc("2024-01-08T00:00:00Z")), Some(utc("2024-01-08T08:00:00Z")));
-        assert_eq!(w.next_change(utc("2024-01-08T07:59:59.5Z")), Some(utc("2024-01-08T08:00:00Z")));
-        assert_eq!(w.next_change(utc("2024-01-08T08:00:00Z")), Some(utc("2024-01-08T16:00:00Z")), "strictly after");
-        assert_eq!(w.next_change(utc("2024-01-08T12:00:00Z")), Some(utc("2024-01-08T16:00:00Z")));
-        assert_eq!(w.next_change(utc("2024-01-08T16:00:00Z")), Some(utc("2024-01-10T08:00:00Z")));
+        assert_eq!(
+            w.next_change(utc("2024-01-08T00:00:00Z")),
+            Some(utc("2024-01-08T08:00:00Z"))
+        );
+        assert_eq!(
+            w.next_change(utc("2024-01-08T07:59:59.5Z")),
+            Some(utc("2024-01-08T08:00:00Z"))
+        );
+        assert_eq!(
+            w.next_change(utc("2024-01-08T08:00:00Z")),
+            Some(utc("2024-01-08T16:00:00Z")),
+            "strictly after"
+        );
+        assert_eq!(
+            w.next_change(utc("2024-01-08T12:00:00Z")),
+            Some(utc("2024-01-08T16:00:00Z"))
+        );
+        assert_eq!(
+            w.next_change(utc("2024-01-08T16:00:00Z")),
+            Some(utc("2024-01-10T08:00:00Z"))
+        );
         // From Wednesday evening the next is Monday, five days on.
-        assert_eq!(w.next_change(utc("2024-01-10T16:00:00Z")), Some(utc("2024-01-15T08:00:00Z")));
+        assert_eq!(
+            w.next_change(utc("2024-01-10T16:00:00Z")),
+            Some(utc("2024-01-15T08:00:00Z"))
+        );
     }
 
     #[test]
@@ -577,9 +745,18 @@ mod tests {
         ];
         assert!(in_blackout(&ws, utc("2024-01-01T13:00:00Z")));
         assert!(!in_blackout(&ws, utc("2024-01-01T15:00:00Z")));
-        assert_eq!(next_change_any(&ws, utc("2024-01-01T08:00:00Z")), Some(utc("2024-01-01T09:00:00Z")));
-        assert_eq!(next_change_any(&ws, utc("2024-01-01T09:00:00Z")), Some(utc("2024-01-01T15:00:00Z")));
-        assert_eq!(next_change_any(&ws, utc("2024-01-01T15:00:00Z")), Some(utc("2024-01-02T09:00:00Z")));
+        assert_eq!(
+            next_change_any(&ws, utc("2024-01-01T08:00:00Z")),
+            Some(utc("2024-01-01T09:00:00Z"))
+        );
+        assert_eq!(
+            next_change_any(&ws, utc("2024-01-01T09:00:00Z")),
+            Some(utc("2024-01-01T15:00:00Z"))
+        );
+        assert_eq!(
+            next_change_any(&ws, utc("2024-01-01T15:00:00Z")),
+            Some(utc("2024-01-02T09:00:00Z"))
+        );
         assert!(!in_blackout(&[], utc("2024-01-01T13:00:00Z")));
         assert_eq!(next_change_any(&[], utc("2024-01-01T13:00:00Z")), None);
     }
@@ -591,7 +768,10 @@ mod tests {
         assert!(validate(&[w; MAX_WINDOWS]).is_ok());
         let err = validate(&[w; MAX_WINDOWS + 1]).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)));
-        assert_eq!(err.to_string(), "a relationship has at most 10 blackout windows; 11 given");
+        assert_eq!(
+            err.to_string(),
+            "a relationship has at most 10 blackout windows; 11 given"
+        );
     }
 
     #[test]
@@ -613,16 +793,39 @@ mod tests {
     #[test]
     fn json_refuses_what_is_not_a_window() {
         let refused = |json: &str, says: &str| {
-            let e = serde_json::from_str::<BlackoutWindow>(json).unwrap_err().to_string();
+            let e = serde_json::from_str::<BlackoutWindow>(json)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{json}: {e}");
         };
-        refused(r#"{"days":[],"start":"22:00","end":"06:00","timezone":"UTC"}"#, "at least one day");
-        refused(r#"{"days":["mon","funday"],"start":"22:00","end":"06:00","timezone":"UTC"}"#, "\"funday\"");
-        refused(r#"{"days":["mon"],"start":"24:00","end":"06:00","timezone":"UTC"}"#, "HH:MM");
-        refused(r#"{"days":["mon"],"start":"22:00","end":"6","timezone":"UTC"}"#, "HH:MM");
-        refused(r#"{"days":["mon"],"start":"22:00","end":"06:00","timezone":"Mars/Olympus"}"#, "unknown time zone");
-        refused(r#"{"days":["mon"],"start":"22:00","end":"06:00"}"#, "timezone");
-        refused(r#"{"days":["mon"],"start":"22:00","end":"06:00","timezone":"UTC","tz":"UTC"}"#, "tz");
+        refused(
+            r#"{"days":[],"start":"22:00","end":"06:00","timezone":"UTC"}"#,
+            "at least one day",
+        );
+        refused(
+            r#"{"days":["mon","funday"],"start":"22:00","end":"06:00","timezone":"UTC"}"#,
+            "\"funday\"",
+        );
+        refused(
+            r#"{"days":["mon"],"start":"24:00","end":"06:00","timezone":"UTC"}"#,
+            "HH:MM",
+        );
+        refused(
+            r#"{"days":["mon"],"start":"22:00","end":"6","timezone":"UTC"}"#,
+            "HH:MM",
+        );
+        refused(
+            r#"{"days":["mon"],"start":"22:00","end":"06:00","timezone":"Mars/Olympus"}"#,
+            "unknown time zone",
+        );
+        refused(
+            r#"{"days":["mon"],"start":"22:00","end":"06:00"}"#,
+            "timezone",
+        );
+        refused(
+            r#"{"days":["mon"],"start":"22:00","end":"06:00","timezone":"UTC","tz":"UTC"}"#,
+            "tz",
+        );
     }
 
     #[test]
@@ -631,7 +834,10 @@ mod tests {
         assert_eq!(parse_weekday("SUNDAY").unwrap(), Weekday::Sun);
         assert!(parse_weekday("mo").is_err());
         let d: Days = "Fri, monday,WED".parse().unwrap();
-        assert_eq!(d.iter().collect::<Vec<_>>(), [Weekday::Mon, Weekday::Wed, Weekday::Fri]);
+        assert_eq!(
+            d.iter().collect::<Vec<_>>(),
+            [Weekday::Mon, Weekday::Wed, Weekday::Fri]
+        );
         assert_eq!(d.to_string(), "mon,wed,fri");
         assert!("".parse::<Days>().is_err());
         assert!(Days::new([]).is_err());
@@ -641,7 +847,10 @@ mod tests {
         assert_eq!((t.hour(), t.minute(), t.minutes()), (7, 5, 425));
         assert_eq!("7:05".parse::<ClockTime>().unwrap(), t);
         assert_eq!("23:59".parse::<ClockTime>().unwrap().to_string(), "23:59");
-        for bad in ["24:00", "12:60", "12:5", "1200", "", ":", "+1:00", "1:+5", "001:00", "12:00:00", "a:bc"] {
+        for bad in [
+            "24:00", "12:60", "12:5", "1200", "", ":", "+1:00", "1:+5", "001:00", "12:00:00",
+            "a:bc",
+        ] {
             assert!(bad.parse::<ClockTime>().is_err(), "{bad:?}");
         }
         assert!(ClockTime::new(23, 59).is_ok());
@@ -670,16 +879,27 @@ mod tests {
 
     fn arb_window() -> impl Strategy<Value = BlackoutWindow> {
         let minute = || prop_oneof![Just(0u8), Just(30u8), 0u8..60];
-        (1u8..=127, 0u8..24, minute(), 0u8..24, minute(), 0..ZONES.len()).prop_map(|(days, sh, sm, eh, em, z)| BlackoutWindow {
-            days: Days(days),
-            start: ClockTime::new(sh, sm).unwrap(),
-            end: ClockTime::new(eh, em).unwrap(),
-            timezone: ZONES[z].0,
-        })
+        (
+            1u8..=127,
+            0u8..24,
+            minute(),
+            0u8..24,
+            minute(),
+            0..ZONES.len(),
+        )
+            .prop_map(|(days, sh, sm, eh, em, z)| BlackoutWindow {
+                days: Days(days),
+                start: ClockTime::new(sh, sm).unwrap(),
+                end: ClockTime::new(eh, em).unwrap(),
+                timezone: ZONES[z].0,
+            })
     }
 
     /// An instant anywhere, or (more often) within days of one of the window's zone's changes.
-    fn arb_instant_for(w: BlackoutWindow, whole_minutes: bool) -> impl Strategy<Value = DateTime<Utc>> {
+    fn arb_instant_for(
+        w: BlackoutWindow,
+        whole_minutes: bool,
+    ) -> impl Strategy<Value = DateTime<Utc>> {
         let changes: Vec<i64> = ZONES
             .iter()
             .filter(|(tz, _)| *tz == w.timezone)
@@ -706,7 +926,10 @@ mod tests {
         let now = covers(at);
         let (until, flips) = match next {
             Some(n) => {
-                prop_assert!(at < n && n <= at + TimeDelta::days(LOOKAHEAD_DAYS), "{at} -> {n}");
+                prop_assert!(
+                    at < n && n <= at + TimeDelta::days(LOOKAHEAD_DAYS),
+                    "{at} -> {n}"
+                );
                 (n, true)
             }
             None => (at + TimeDelta::days(LOOKAHEAD_DAYS), false),
@@ -715,9 +938,21 @@ mod tests {
         const SAMPLES: i32 = 64;
         for k in 1..SAMPLES {
             let p = at + span / SAMPLES * k;
-            prop_assert_eq!(covers(p), now, "at {} changed before {} (at {})", at, until, p);
+            prop_assert_eq!(
+                covers(p),
+                now,
+                "at {} changed before {} (at {})",
+                at,
+                until,
+                p
+            );
         }
-        prop_assert_eq!(covers(until - TimeDelta::nanoseconds(1)), now, "just before {}", until);
+        prop_assert_eq!(
+            covers(until - TimeDelta::nanoseconds(1)),
+            now,
+            "just before {}",
+            until
+        );
         if flips {
             prop_assert_ne!(covers(until), now, "no change at {}", until);
         }

@@ -12,7 +12,11 @@ pub enum Error {
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("state database {path}: schema version {found} is newer than this mover understands ({supported})")]
-    SchemaTooNew { path: String, found: i64, supported: i64 },
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
     /// Certificates, keys and TLS handshakes between daemons.
     #[error("tls: {0}")]
     Tls(String),
@@ -23,7 +27,10 @@ pub enum Error {
     #[error("{0}")]
     DataPlane(#[from] mover::Error),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -35,6 +42,9 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io { context: what(), source })
+        self.map_err(|source| Error::Io {
+            context: what(),
+            source,
+        })
     }
 }

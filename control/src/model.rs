@@ -24,17 +24,25 @@ impl RelationshipId {
         // The kernel's random source never fails for 16 bytes after boot; fall back to time and
         // pid (ids only need to be unique per node pair) rather than fail a create.
         if getrandom_fill(&mut b).is_err() {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             b = (t ^ (std::process::id() as u128) << 96).to_le_bytes();
         }
         RelationshipId(b.iter().map(|x| format!("{x:02x}")).collect())
     }
 
     pub fn parse(s: &str) -> Result<RelationshipId> {
-        if s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        if s.len() == 32
+            && s.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
             Ok(RelationshipId(s.to_string()))
         } else {
-            Err(Error::Invalid(format!("{s:?} is not a relationship id (32 lowercase hex digits)")))
+            Err(Error::Invalid(format!(
+                "{s:?} is not a relationship id (32 lowercase hex digits)"
+            )))
         }
     }
 }
@@ -160,16 +168,25 @@ pub struct Edit {
 /// `Option<Option<T>>` from JSON: absent -> None, null -> Some(None), value -> Some(Some(v)).
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         v.serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
 
 fn check_path(what: &str, p: &str) -> Result<()> {
-    if !p.starts_with('/') || p.len() > MAX_FIELD_LEN || p.contains('\0') || p.split('/').any(|c| c == "..") {
+    if !p.starts_with('/')
+        || p.len() > MAX_FIELD_LEN
+        || p.contains('\0')
+        || p.split('/').any(|c| c == "..")
+    {
         return Err(Error::Invalid(format!("{what} must be an absolute path without `..` (at most {MAX_FIELD_LEN} bytes), not {p:?}")));
     }
     Ok(())
@@ -179,19 +196,29 @@ impl Spec {
     pub fn validate(&self) -> Result<()> {
         check_path("source path", &self.source_path)?;
         check_path("target path", &self.target_path)?;
-        if self.target_address.is_empty() || self.target_address.len() > MAX_FIELD_LEN || self.target_address.contains(char::is_whitespace) {
-            return Err(Error::Invalid(format!("target address {:?} is not a host name or IP address", self.target_address)));
+        if self.target_address.is_empty()
+            || self.target_address.len() > MAX_FIELD_LEN
+            || self.target_address.contains(char::is_whitespace)
+        {
+            return Err(Error::Invalid(format!(
+                "target address {:?} is not a host name or IP address",
+                self.target_address
+            )));
         }
         if self.target_port == 0 {
             return Err(Error::Invalid("target port must be 1-65535".into()));
         }
         blackout::validate(&self.blackout_windows)?;
         if self.bandwidth_limit == Some(0) {
-            return Err(Error::Invalid("bandwidth_limit must be at least 1 byte per second (omit it for no limit)".into()));
+            return Err(Error::Invalid(
+                "bandwidth_limit must be at least 1 byte per second (omit it for no limit)".into(),
+            ));
         }
         if let Some(m) = &self.map_ids {
             if m.uid.len() > MAX_ID_MAPPINGS || m.gid.len() > MAX_ID_MAPPINGS {
-                return Err(Error::Invalid(format!("at most {MAX_ID_MAPPINGS} uid and {MAX_ID_MAPPINGS} gid mappings")));
+                return Err(Error::Invalid(format!(
+                    "at most {MAX_ID_MAPPINGS} uid and {MAX_ID_MAPPINGS} gid mappings"
+                )));
             }
         }
         Ok(())
@@ -258,7 +285,13 @@ pub struct Relationship {
 
 impl Relationship {
     /// A relationship just created (source) or proposed (target): not yet authorized, no job.
-    pub fn new(id: RelationshipId, role: Role, spec: Spec, created_ns: i64, peer_fingerprint: Option<String>) -> Relationship {
+    pub fn new(
+        id: RelationshipId,
+        role: Role,
+        spec: Spec,
+        created_ns: i64,
+        peer_fingerprint: Option<String>,
+    ) -> Relationship {
         Relationship {
             id,
             role,
@@ -323,7 +356,9 @@ pub(crate) mod tests {
 
     #[test]
     fn spec_json_defaults_port_and_enabled() {
-        let s: Spec = serde_json::from_str(r#"{"source_path":"/a","target_address":"h","target_path":"/b"}"#).unwrap();
+        let s: Spec =
+            serde_json::from_str(r#"{"source_path":"/a","target_address":"h","target_path":"/b"}"#)
+                .unwrap();
         assert_eq!(s.target_port, 3712);
         assert!(s.enabled);
         s.validate().unwrap();
@@ -338,7 +373,13 @@ pub(crate) mod tests {
             } else {
                 s.target_path = v.into();
             }
-            assert!(s.validate().unwrap_err().to_string().contains("absolute path"), "{v}");
+            assert!(
+                s.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("absolute path"),
+                "{v}"
+            );
         }
         let mut s = spec();
         s.target_port = 0;
@@ -350,26 +391,41 @@ pub(crate) mod tests {
         let s = spec();
         let e: Edit = serde_json::from_str(r#"{"target_port":4000,"enabled":false}"#).unwrap();
         let t = s.edited(&e).unwrap();
-        assert_eq!((t.target_port, t.enabled, &t.source_path), (4000, false, &s.source_path));
-        assert!(serde_json::from_str::<Edit>(r#"{"source_path":"/x"}"#).is_err(), "paths are not editable");
+        assert_eq!(
+            (t.target_port, t.enabled, &t.source_path),
+            (4000, false, &s.source_path)
+        );
+        assert!(
+            serde_json::from_str::<Edit>(r#"{"source_path":"/x"}"#).is_err(),
+            "paths are not editable"
+        );
     }
 
     #[test]
     fn null_removes_an_id_map_or_a_limit_and_absence_keeps_them() {
         let mut s = spec();
-        s.map_ids = Some(IdMap { uid: vec![(1000, 2000)], gid: vec![] });
+        s.map_ids = Some(IdMap {
+            uid: vec![(1000, 2000)],
+            gid: vec![],
+        });
         s.bandwidth_limit = Some(5);
         let keep: Edit = serde_json::from_str(r#"{"enabled":false}"#).unwrap();
         let t = s.edited(&keep).unwrap();
         assert_eq!((t.map_ids.is_some(), t.bandwidth_limit), (true, Some(5)));
-        let clear: Edit = serde_json::from_str(r#"{"map_ids":null,"bandwidth_limit":null}"#).unwrap();
+        let clear: Edit =
+            serde_json::from_str(r#"{"map_ids":null,"bandwidth_limit":null}"#).unwrap();
         let t = s.edited(&clear).unwrap();
         assert_eq!((t.map_ids, t.bandwidth_limit), (None, None));
     }
 
     #[test]
     fn state_names_are_the_json_names() {
-        for st in [State::Running, State::AwaitingAuthorization, State::JobIncompleteWillRetry, State::RevertingToLastRecoveryPoint] {
+        for st in [
+            State::Running,
+            State::AwaitingAuthorization,
+            State::JobIncompleteWillRetry,
+            State::RevertingToLastRecoveryPoint,
+        ] {
             assert_eq!(serde_json::to_value(st).unwrap(), st.name());
         }
     }
@@ -381,12 +437,20 @@ pub(crate) mod tests {
         assert_eq!(status(&r, now), State::AwaitingAuthorization);
         r.authorized = true;
         assert_eq!(status(&r, now), State::Idle);
-        r.last_attempt = Some(Attempt { at_ns: 1, ok: false, message: "cut".into() });
+        r.last_attempt = Some(Attempt {
+            at_ns: 1,
+            ok: false,
+            message: "cut".into(),
+        });
         assert_eq!(status(&r, now), State::JobIncompleteWillRetry);
         r.job_running = true;
         assert_eq!(status(&r, now), State::Running);
         r.spec.enabled = false;
-        assert_eq!(status(&r, now), State::Running, "a manual job runs with continuous replication off");
+        assert_eq!(
+            status(&r, now),
+            State::Running,
+            "a manual job runs with continuous replication off"
+        );
         r.job_running = false;
         assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
         r.ended = true;

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PeerRequest {
-    Propose { id: RelationshipId, spec: Spec, software: String },
+    Propose {
+        id: RelationshipId,
+        spec: Spec,
+        software: String,
+    },
     /// The source's periodic poll. It carries the source's own view, so a target that missed
     /// a report or an edit (restarting, a network blip) catches up within one poll.
     State {
@@ -17,10 +21,23 @@ pub enum PeerRequest {
         #[serde(default)]
         source: Option<SourceState>,
     },
-    Ticket { id: RelationshipId },
-    Report { id: RelationshipId, running: bool, job: Option<JobView>, last_attempt: Option<Attempt>, recovery_point_ns: Option<i64> },
-    Update { id: RelationshipId, spec: Spec },
-    Delete { id: RelationshipId },
+    Ticket {
+        id: RelationshipId,
+    },
+    Report {
+        id: RelationshipId,
+        running: bool,
+        job: Option<JobView>,
+        last_attempt: Option<Attempt>,
+        recovery_point_ns: Option<i64>,
+    },
+    Update {
+        id: RelationshipId,
+        spec: Spec,
+    },
+    Delete {
+        id: RelationshipId,
+    },
 }
 
 /// What the source knows of the relationship: its settings, its job and the last outcome.
@@ -37,11 +54,19 @@ pub struct SourceState {
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum PeerAnswer {
     Ok,
-    State { authorized: bool, ended: bool },
+    State {
+        authorized: bool,
+        ended: bool,
+    },
     /// Data-plane receiver port on the target's address and a one-time session id (hex).
-    Ticket { port: u16, ticket: String },
+    Ticket {
+        port: u16,
+        ticket: String,
+    },
     NotFound,
-    Refused { message: String },
+    Refused {
+        message: String,
+    },
 }
 
 /// A running job's progress, as shown by `mover status` on both nodes.
@@ -67,10 +92,21 @@ pub struct JobView {
 
 impl JobView {
     /// From the data plane's counters; a total of 0 counts as done (nothing to send).
-    pub fn from_counts(paused: bool, run_seconds: f64, files: (u64, u64), bytes: (u64, u64)) -> JobView {
+    pub fn from_counts(
+        paused: bool,
+        run_seconds: f64,
+        files: (u64, u64),
+        bytes: (u64, u64),
+    ) -> JobView {
         let (fd, ft) = (files.0.min(files.1), files.1);
         let (bd, bt) = (bytes.0.min(bytes.1), bytes.1);
-        let pct = |d: u64, t: u64| if t == 0 { 0.0 } else { d as f64 * 100.0 / t as f64 };
+        let pct = |d: u64, t: u64| {
+            if t == 0 {
+                0.0
+            } else {
+                d as f64 * 100.0 / t as f64
+            }
+        };
         let (pf, pb) = (pct(fd, ft), pct(bd, bt));
         JobView {
             paused,
@@ -85,7 +121,11 @@ impl JobView {
             percent_files: pf,
             percent_bytes: pb,
             percent: (pf + pb) / 2.0,
-            throughput_bytes_per_sec: if run_seconds > 0.0 { bd as f64 / run_seconds } else { 0.0 },
+            throughput_bytes_per_sec: if run_seconds > 0.0 {
+                bd as f64 / run_seconds
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -97,22 +137,34 @@ mod tests {
     #[test]
     fn job_view_percentages_mix_files_and_bytes_and_never_exceed_totals() {
         let v = JobView::from_counts(false, 2.0, (30, 100), (50, 100));
-        assert_eq!((v.percent_files, v.percent_bytes, v.percent), (30.0, 50.0, 40.0));
+        assert_eq!(
+            (v.percent_files, v.percent_bytes, v.percent),
+            (30.0, 50.0, 40.0)
+        );
         assert_eq!((v.files_remaining, v.bytes_remaining), (70, 50));
         assert_eq!(v.throughput_bytes_per_sec, 25.0);
         let v = JobView::from_counts(true, 0.0, (5, 3), (0, 0));
-        assert_eq!((v.files_done, v.files_remaining, v.percent_bytes), (3, 0, 0.0));
+        assert_eq!(
+            (v.files_done, v.files_remaining, v.percent_bytes),
+            (3, 0, 0.0)
+        );
     }
 
     #[test]
     fn requests_are_tagged_json() {
-        let r = PeerRequest::State { id: RelationshipId("ab".repeat(16)), source: None };
+        let r = PeerRequest::State {
+            id: RelationshipId("ab".repeat(16)),
+            source: None,
+        };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains(r#""op":"state""#), "{j}");
-        let a: PeerAnswer = serde_json::from_str(r#"{"answer":"ticket","port":5,"ticket":"00ff"}"#).unwrap();
+        let a: PeerAnswer =
+            serde_json::from_str(r#"{"answer":"ticket","port":5,"ticket":"00ff"}"#).unwrap();
         assert!(matches!(a, PeerAnswer::Ticket { port: 5, .. }));
         // A poll without the source's view (an older source) still parses.
-        let old: PeerRequest = serde_json::from_str(&format!(r#"{{"op":"state","id":"{}"}}"#, "ab".repeat(16))).unwrap();
+        let old: PeerRequest =
+            serde_json::from_str(&format!(r#"{{"op":"state","id":"{}"}}"#, "ab".repeat(16)))
+                .unwrap();
         assert!(matches!(old, PeerRequest::State { source: None, .. }));
     }
 }

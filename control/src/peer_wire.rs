@@ -23,12 +23,18 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn too_large(n: usize) -> Error {
-    Error::Invalid(format!("message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"))
+    Error::Invalid(format!(
+        "message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"
+    ))
 }
 
 /// Writes `msg` as a `u32` LE length then its JSON bytes, then flushes.
-pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(w: &mut W, msg: &T) -> Result<()> {
-    let body = serde_json::to_vec(msg).map_err(|e| Error::Invalid(format!("encoding a peer message: {e}")))?;
+pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<()> {
+    let body = serde_json::to_vec(msg)
+        .map_err(|e| Error::Invalid(format!("encoding a peer message: {e}")))?;
     if body.len() > MAX_MESSAGE {
         return Err(too_large(body.len()));
     }
@@ -43,16 +49,23 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: serde::Serialize>(w: &mut W, ms
 }
 
 /// Reads one message written by [`write_msg`].
-pub async fn read_msg<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(r: &mut R) -> Result<T> {
+pub async fn read_msg<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+) -> Result<T> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.ctx(|| "reading the length of a peer message".to_string())?;
+    r.read_exact(&mut len)
+        .await
+        .ctx(|| "reading the length of a peer message".to_string())?;
     let n = u32::from_le_bytes(len) as usize;
     if n > MAX_MESSAGE {
         return Err(too_large(n));
     }
     let mut body = vec![0u8; n];
-    r.read_exact(&mut body).await.ctx(|| format!("reading a peer message of {n} bytes"))?;
-    serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("peer message is not the expected JSON: {e}")))
+    r.read_exact(&mut body)
+        .await
+        .ctx(|| format!("reading a peer message of {n} bytes"))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Invalid(format!("peer message is not the expected JSON: {e}")))
 }
 
 /// Connects to `addr`, handshakes with `id.client_config(pin)`; returns the stream and the
@@ -65,13 +78,23 @@ pub async fn connect(
     let connector = TlsConnector::from(id.client_config(pin)?);
     let name = server_name()?;
     let handshake = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| peer_err(addr, format!("connecting: {e}")))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| peer_err(addr, format!("connecting: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        connector.connect(name, tcp).await.map_err(|e| peer_err(addr, handshake_failure(&e)))
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| peer_err(addr, handshake_failure(&e)))
     };
     let stream = tokio::time::timeout(PEER_TIMEOUT, handshake)
         .await
-        .map_err(|_| peer_err(addr, format!("no TLS handshake within {}s", PEER_TIMEOUT.as_secs())))??;
+        .map_err(|_| {
+            peer_err(
+                addr,
+                format!("no TLS handshake within {}s", PEER_TIMEOUT.as_secs()),
+            )
+        })??;
     let fp = peer_fingerprint(stream.get_ref().1)
         .ok_or_else(|| peer_err(addr, "presented no certificate".to_string()))?;
     Ok((stream, fp))
@@ -79,7 +102,10 @@ pub async fn connect(
 
 /// Server side of one accepted TCP connection: handshake (bounded by PEER_TIMEOUT), returns the
 /// stream and the client's fingerprint. A client without a certificate is refused.
-pub async fn accept(acceptor: &TlsAcceptor, tcp: TcpStream) -> Result<(server::TlsStream<TcpStream>, Fingerprint)> {
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+) -> Result<(server::TlsStream<TcpStream>, Fingerprint)> {
     accept_within(acceptor, tcp, PEER_TIMEOUT).await
 }
 
@@ -88,14 +114,20 @@ async fn accept_within(
     tcp: TcpStream,
     limit: Duration,
 ) -> Result<(server::TlsStream<TcpStream>, Fingerprint)> {
-    let who = tcp.peer_addr().map_or_else(|_| "unknown address".to_string(), |a| a.to_string());
+    let who = tcp
+        .peer_addr()
+        .map_or_else(|_| "unknown address".to_string(), |a| a.to_string());
     let _ = tcp.set_nodelay(true);
-    let fail = |message: String| Error::Peer { peer: who.clone(), message };
+    let fail = |message: String| Error::Peer {
+        peer: who.clone(),
+        message,
+    };
     let stream = tokio::time::timeout(limit, acceptor.accept(tcp))
         .await
         .map_err(|_| fail(format!("no TLS handshake within {:?}", limit)))?
         .map_err(|e| fail(handshake_failure(&e)))?;
-    let fp = peer_fingerprint(stream.get_ref().1).ok_or_else(|| fail("presented no client certificate".to_string()))?;
+    let fp = peer_fingerprint(stream.get_ref().1)
+        .ok_or_else(|| fail("presented no client certificate".to_string()))?;
     Ok((stream, fp))
 }
 
@@ -109,19 +141,32 @@ pub async fn call<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
 ) -> Result<(A, Fingerprint)> {
     let exchange = async {
         let (mut stream, fp) = connect(addr, id, pin).await?;
-        write_msg(&mut stream, req).await.map_err(|e| as_peer(addr, e))?;
+        write_msg(&mut stream, req)
+            .await
+            .map_err(|e| as_peer(addr, e))?;
         let answer = read_msg(&mut stream).await.map_err(|e| as_peer(addr, e))?;
         // The answer is in hand; a failed close_notify changes nothing.
         let _ = stream.shutdown().await;
         Ok((answer, fp))
     };
-    tokio::time::timeout(PEER_TIMEOUT, exchange).await.map_err(|_| {
-        peer_err(addr, format!("no answer within {}s (TLS handshake and one request)", PEER_TIMEOUT.as_secs()))
-    })?
+    tokio::time::timeout(PEER_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            peer_err(
+                addr,
+                format!(
+                    "no answer within {}s (TLS handshake and one request)",
+                    PEER_TIMEOUT.as_secs()
+                ),
+            )
+        })?
 }
 
 fn peer_err(addr: SocketAddr, message: String) -> Error {
-    Error::Peer { peer: addr.to_string(), message }
+    Error::Peer {
+        peer: addr.to_string(),
+        message,
+    }
 }
 
 /// Attributes an error from the message layer to the peer at `addr`, explaining TLS alerts.
@@ -184,7 +229,10 @@ mod tests {
     }
 
     /// Accepts one connection and reports the handshake's outcome.
-    fn serve_one(l: TcpListener, config: Arc<rustls::ServerConfig>) -> tokio::task::JoinHandle<Result<Fingerprint>> {
+    fn serve_one(
+        l: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> tokio::task::JoinHandle<Result<Fingerprint>> {
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             let (tcp, _) = l.accept().await.unwrap();
@@ -199,7 +247,10 @@ mod tests {
     /// then the refusal arrives on the first read.
     async fn exchange_as(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String> {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut s = TlsConnector::from(config).connect(server_name()?, tcp).await.ctx(|| "handshake".to_string())?;
+        let mut s = TlsConnector::from(config)
+            .connect(server_name()?, tcp)
+            .await
+            .ctx(|| "handshake".to_string())?;
         write_msg(&mut s, &"hello").await?;
         read_msg(&mut s).await
     }
@@ -209,7 +260,9 @@ mod tests {
         let ((_d1, server), (_d2, client)) = (identity(), identity());
         let (l, addr) = listener().await;
         let task = serve_one(l, server.server_config().unwrap());
-        let (_s, seen_server) = connect(addr, &client, Some(&server.fingerprint)).await.unwrap();
+        let (_s, seen_server) = connect(addr, &client, Some(&server.fingerprint))
+            .await
+            .unwrap();
         assert_eq!(seen_server, server.fingerprint);
         assert_eq!(task.await.unwrap().unwrap(), client.fingerprint);
     }
@@ -229,13 +282,21 @@ mod tests {
         let ((_d1, server), (_d2, client), (_d3, expected)) = (identity(), identity(), identity());
         let (l, addr) = listener().await;
         let task = serve_one(l, server.server_config().unwrap());
-        let err = connect(addr, &client, Some(&expected.fingerprint)).await.unwrap_err();
+        let err = connect(addr, &client, Some(&expected.fingerprint))
+            .await
+            .unwrap_err();
         let want = format!(
             "certificate fingerprint {} does not match the pinned {} (a different node answers at this address)",
             server.fingerprint, expected.fingerprint
         );
-        assert!(matches!(&err, Error::Peer { peer, message } if *peer == addr.to_string() && *message == want), "{err}");
-        assert!(task.await.unwrap().is_err(), "the server must not see a finished handshake");
+        assert!(
+            matches!(&err, Error::Peer { peer, message } if *peer == addr.to_string() && *message == want),
+            "{err}"
+        );
+        assert!(
+            task.await.unwrap().is_err(),
+            "the server must not see a finished handshake"
+        );
     }
 
     #[tokio::test]
@@ -244,7 +305,10 @@ mod tests {
         let (l, addr) = listener().await;
         let task = serve_one(l, server.server_config().unwrap());
         let client_side = exchange_as(crate::tls::doubles::client_config(None), addr).await;
-        assert!(client_side.is_err(), "an anonymous client got an answer: {client_side:?}");
+        assert!(
+            client_side.is_err(),
+            "an anonymous client got an answer: {client_side:?}"
+        );
         let err = task.await.unwrap().unwrap_err().to_string();
         assert!(err.contains("presented no certificate"), "{err}");
     }
@@ -254,10 +318,20 @@ mod tests {
         let ((_d1, server), (_d2, pinned), (_d3, impostor)) = (identity(), identity(), identity());
         let (l, addr) = listener().await;
         let task = serve_one(l, server.server_config().unwrap());
-        let client_side = exchange_as(crate::tls::doubles::client_config(Some((&pinned, &impostor))), addr).await;
-        assert!(client_side.is_err(), "an impostor client got an answer: {client_side:?}");
+        let client_side = exchange_as(
+            crate::tls::doubles::client_config(Some((&pinned, &impostor))),
+            addr,
+        )
+        .await;
+        assert!(
+            client_side.is_err(),
+            "an impostor client got an answer: {client_side:?}"
+        );
         let err = task.await.unwrap().unwrap_err();
-        assert!(matches!(&err, Error::Peer { message, .. } if message.contains("does not verify with the certificate")), "{err}");
+        assert!(
+            matches!(&err, Error::Peer { message, .. } if message.contains("does not verify with the certificate")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -265,8 +339,13 @@ mod tests {
         let ((_d1, pinned), (_d2, impostor), (_d3, client)) = (identity(), identity(), identity());
         let (l, addr) = listener().await;
         let task = serve_one(l, crate::tls::doubles::server_config((&pinned, &impostor)));
-        let err = connect(addr, &client, Some(&pinned.fingerprint)).await.unwrap_err();
-        assert!(matches!(&err, Error::Peer { message, .. } if message.contains("does not verify with the certificate")), "{err}");
+        let err = connect(addr, &client, Some(&pinned.fingerprint))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Peer { message, .. } if message.contains("does not verify with the certificate")),
+            "{err}"
+        );
         assert!(task.await.unwrap().is_err());
     }
 
@@ -276,10 +355,15 @@ mod tests {
         let (l, addr) = listener().await;
         let task = serve_one(l, server.server_config().unwrap());
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let err = task.await.unwrap().unwrap_err();
         let want = "TLS handshake failed: the peer does not speak TLS";
-        assert!(matches!(&err, Error::Peer { message, .. } if message.starts_with(want)), "{err}");
+        assert!(
+            matches!(&err, Error::Peer { message, .. } if message.starts_with(want)),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -290,9 +374,14 @@ mod tests {
         let _tcp = TcpStream::connect(addr).await.unwrap();
         let (tcp, _) = l.accept().await.unwrap();
         let started = std::time::Instant::now();
-        let err = accept_within(&acceptor, tcp, Duration::from_millis(200)).await.unwrap_err();
+        let err = accept_within(&acceptor, tcp, Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(err.to_string().contains("no TLS handshake within 200ms"), "{err}");
+        assert!(
+            err.to_string().contains("no TLS handshake within 200ms"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -301,14 +390,25 @@ mod tests {
         // A length prefix of 4 GiB and no body: reading the body would wait forever (the writer
         // stays open), so an immediate error proves the length was refused first.
         w.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), read_msg::<_, String>(&mut r)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), read_msg::<_, String>(&mut r))
+            .await
+            .unwrap();
         let err = got.unwrap_err().to_string();
-        assert_eq!(err, "message of 4294967295 bytes exceeds the 1048576-byte limit");
+        assert_eq!(
+            err,
+            "message of 4294967295 bytes exceeds the 1048576-byte limit"
+        );
 
         let big = "x".repeat(MAX_MESSAGE);
         let (mut w2, mut r2) = tokio::io::duplex(64);
         let err = write_msg(&mut w2, &big).await.unwrap_err().to_string();
-        assert_eq!(err, format!("message of {} bytes exceeds the 1048576-byte limit", MAX_MESSAGE + 2));
+        assert_eq!(
+            err,
+            format!(
+                "message of {} bytes exceeds the 1048576-byte limit",
+                MAX_MESSAGE + 2
+            )
+        );
         drop(w2);
         let mut rest = Vec::new();
         r2.read_to_end(&mut rest).await.unwrap();
@@ -325,7 +425,10 @@ mod tests {
         w.write_all(&10u32.to_le_bytes()).await.unwrap();
         w.write_all(b"{\"a\"").await.unwrap();
         drop(w);
-        assert!(matches!(read_msg::<_, serde_json::Value>(&mut r).await, Err(Error::Io { .. })));
+        assert!(matches!(
+            read_msg::<_, serde_json::Value>(&mut r).await,
+            Err(Error::Io { .. })
+        ));
     }
 
     #[tokio::test]
@@ -342,13 +445,32 @@ mod tests {
             let (tcp, _) = l.accept().await.unwrap();
             let (mut s, fp) = accept(&acceptor, tcp).await.unwrap();
             let ask: Ask = read_msg(&mut s).await.unwrap();
-            write_msg(&mut s, &Ask { relationship: ask.relationship.to_uppercase(), n: ask.n + 1 }).await.unwrap();
+            write_msg(
+                &mut s,
+                &Ask {
+                    relationship: ask.relationship.to_uppercase(),
+                    n: ask.n + 1,
+                },
+            )
+            .await
+            .unwrap();
             s.shutdown().await.unwrap();
             fp
         });
-        let req = Ask { relationship: "home-to-dr".into(), n: 41 };
-        let (answer, fp): (Ask, _) = call(addr, &client, Some(&server.fingerprint), &req).await.unwrap();
-        assert_eq!(answer, Ask { relationship: "HOME-TO-DR".into(), n: 42 });
+        let req = Ask {
+            relationship: "home-to-dr".into(),
+            n: 41,
+        };
+        let (answer, fp): (Ask, _) = call(addr, &client, Some(&server.fingerprint), &req)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Ask {
+                relationship: "HOME-TO-DR".into(),
+                n: 42
+            }
+        );
         assert_eq!(fp, server.fingerprint);
         assert_eq!(task.await.unwrap(), client.fingerprint);
     }
@@ -358,7 +480,12 @@ mod tests {
         let (_d, client) = identity();
         let (l, addr) = listener().await;
         drop(l);
-        let err = call::<_, String>(addr, &client, None, &"hi").await.unwrap_err();
-        assert!(matches!(&err, Error::Peer { peer, message } if *peer == addr.to_string() && message.starts_with("connecting")), "{err}");
+        let err = call::<_, String>(addr, &client, None, &"hi")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Peer { peer, message } if *peer == addr.to_string() && message.starts_with("connecting")),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,10 @@
 
 use crate::error::IoContext;
 use crate::{Error, Result};
-use rustix::mount::{mount_bind, mount_change, mount_remount, unmount, MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::mount::{
+    mount_bind, mount_change, mount_remount, unmount, MountFlags, MountPropagationFlags,
+    UnmountFlags,
+};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -58,13 +64,16 @@ fn unescape(s: &str) -> String {
 
 /// Mounts whose mount point is `path`, bottom first.
 fn mounts_at(path: &Path) -> Result<Vec<MountAt>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".to_string())?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .ctx(|| "reading /proc/self/mountinfo".to_string())?;
     let want = path.to_string_lossy();
     Ok(text
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 5 && unescape(f[4]) == want).then(|| MountAt { read_only: f[5].split(',').any(|o| o == "ro") })
+            (f.len() > 5 && unescape(f[4]) == want).then(|| MountAt {
+                read_only: f[5].split(',').any(|o| o == "ro"),
+            })
         })
         .collect())
 }
@@ -72,7 +81,10 @@ fn mounts_at(path: &Path) -> Result<Vec<MountAt>> {
 fn canonical(p: &Path, what: &str) -> Result<PathBuf> {
     let c = p.canonicalize().ctx(|| format!("{what} {}", p.display()))?;
     if !c.is_dir() {
-        return Err(Error::Invalid(format!("{what} {} is not a directory", c.display())));
+        return Err(Error::Invalid(format!(
+            "{what} {} is not a directory",
+            c.display()
+        )));
     }
     Ok(c)
 }
@@ -82,7 +94,10 @@ fn permission_denied(e: &rustix::io::Errno) -> bool {
 }
 
 fn mnt_err(what: String) -> impl FnOnce(rustix::io::Errno) -> Error {
-    move |e| Error::Io { context: what, source: e.into() }
+    move |e| Error::Io {
+        context: what,
+        source: e.into(),
+    }
 }
 
 /// Makes `target` read-only with a writable view at `backing` (created if missing); returns
@@ -99,7 +114,8 @@ pub fn protect(target: &Path, backing: &Path) -> Result<(Mode, PathBuf)> {
     if overlay {
         // The private view must be taken of the writable directory, not of the read-only
         // overlay; drop the overlay and build both again.
-        unmount(&target, UnmountFlags::DETACH).map_err(mnt_err(format!("unmounting {}", target.display())))?;
+        unmount(&target, UnmountFlags::DETACH)
+            .map_err(mnt_err(format!("unmounting {}", target.display())))?;
     }
     if !backed {
         match mount_bind(&target, &backing) {
@@ -108,9 +124,16 @@ pub fn protect(target: &Path, backing: &Path) -> Result<(Mode, PathBuf)> {
                 tracing::warn!(target = %target.display(), "cannot mount ({e}); the target directory is not protected against writes");
                 return Ok((Mode::NotEnforced, target));
             }
-            Err(e) => return Err(mnt_err(format!("bind-mounting {} on {}", target.display(), backing.display()))(e)),
+            Err(e) => {
+                return Err(mnt_err(format!(
+                    "bind-mounting {} on {}",
+                    target.display(),
+                    backing.display()
+                ))(e))
+            }
         }
-        mount_change(&backing, MountPropagationFlags::PRIVATE).map_err(mnt_err(format!("making {} private", backing.display())))?;
+        mount_change(&backing, MountPropagationFlags::PRIVATE)
+            .map_err(mnt_err(format!("making {} private", backing.display())))?;
     }
     let overlay = (|| {
         mount_bind(&target, &target)?;
@@ -119,7 +142,9 @@ pub fn protect(target: &Path, backing: &Path) -> Result<(Mode, PathBuf)> {
     })();
     if let Err(e) = overlay {
         let _ = release(&target, &backing);
-        return Err(mnt_err(format!("mounting {} read-only", target.display()))(e));
+        return Err(mnt_err(format!("mounting {} read-only", target.display()))(
+            e,
+        ));
     }
     Ok((Mode::BindMount, backing))
 }
@@ -129,12 +154,14 @@ pub fn protect(target: &Path, backing: &Path) -> Result<(Mode, PathBuf)> {
 pub fn release(target: &Path, backing: &Path) -> Result<()> {
     if let Ok(target) = target.canonicalize() {
         while mounts_at(&target)?.last().is_some_and(|m| m.read_only) {
-            unmount(&target, UnmountFlags::DETACH).map_err(mnt_err(format!("unmounting {}", target.display())))?;
+            unmount(&target, UnmountFlags::DETACH)
+                .map_err(mnt_err(format!("unmounting {}", target.display())))?;
         }
     }
     if let Ok(b) = backing.canonicalize() {
         while !mounts_at(&b)?.is_empty() {
-            unmount(&b, UnmountFlags::DETACH).map_err(mnt_err(format!("unmounting {}", b.display())))?;
+            unmount(&b, UnmountFlags::DETACH)
+                .map_err(mnt_err(format!("unmounting {}", b.display())))?;
         }
         let _ = std::fs::remove_dir(&b);
     }
@@ -146,7 +173,10 @@ mod tests {
     use super::*;
 
     fn need_root() {
-        assert!(rustix::process::geteuid().is_root(), "this test mounts: run it as root (CI does)");
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts: run it as root (CI does)"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
 /// Migrations, in order; `user_version` = how many have been applied.
-const MIGRATIONS: &[&str] = &["CREATE TABLE relationships (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE relationships (
         id TEXT PRIMARY KEY,
         role TEXT NOT NULL CHECK (role IN ('source', 'target')),
         spec TEXT NOT NULL,
@@ -39,7 +40,20 @@ pub struct Store {
 }
 
 /// One `relationships` row in `COLUMNS` order.
-type RowTuple = (String, String, String, bool, i64, Option<String>, Option<i64>, bool, bool, bool, Option<String>, Option<String>);
+type RowTuple = (
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    Option<String>,
+    Option<i64>,
+    bool,
+    bool,
+    bool,
+    Option<String>,
+    Option<String>,
+);
 
 fn invalid_json(e: serde_json::Error) -> Error {
     Error::Invalid(format!("stored relationship is unreadable: {e}"))
@@ -65,10 +79,16 @@ impl Store {
     }
 
     fn migrate(&mut self, path: &str) -> Result<()> {
-        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if found > supported {
-            return Err(Error::SchemaTooNew { path: path.to_string(), found, supported });
+            return Err(Error::SchemaTooNew {
+                path: path.to_string(),
+                found,
+                supported,
+            });
         }
         let tx = self.conn.transaction()?;
         for m in &MIGRATIONS[found as usize..] {
@@ -80,37 +100,76 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Stores a new relationship (validated first).
     pub fn insert(&self, r: &Relationship) -> Result<()> {
         r.spec.validate()?;
         let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
-        let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
+        let attempt = r
+            .last_attempt
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(invalid_json)?;
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
         )?;
         if n == 0 {
-            return Err(Error::Invalid(format!("relationship {} already exists", r.id)));
+            return Err(Error::Invalid(format!(
+                "relationship {} already exists",
+                r.id
+            )));
         }
         Ok(())
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowTuple> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+        ))
     }
 
     fn decode(t: RowTuple) -> Result<Relationship> {
-        let (id, role, spec, authorized, created_ns, attempt, rp, job_running, peer_unreachable, ended, peer_fingerprint, read_only) = t;
+        let (
+            id,
+            role,
+            spec,
+            authorized,
+            created_ns,
+            attempt,
+            rp,
+            job_running,
+            peer_unreachable,
+            ended,
+            peer_fingerprint,
+            read_only,
+        ) = t;
         let role = match role.as_str() {
             "source" => Role::Source,
             _ => Role::Target,
         };
         let spec: Spec = serde_json::from_str(&spec).map_err(invalid_json)?;
-        let last_attempt: Option<Attempt> = attempt.map(|a| serde_json::from_str(&a)).transpose().map_err(invalid_json)?;
+        let last_attempt: Option<Attempt> = attempt
+            .map(|a| serde_json::from_str(&a))
+            .transpose()
+            .map_err(invalid_json)?;
         Ok(Relationship {
             id: RelationshipId(id),
             role,
@@ -132,13 +191,19 @@ impl Store {
 
     pub fn get(&self, id: &RelationshipId) -> Result<Relationship> {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
-        let t = self.conn.query_row(&q, params![id.0], Self::row).optional()?;
+        let t = self
+            .conn
+            .query_row(&q, params![id.0], Self::row)
+            .optional()?;
         Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
     }
 
     /// Relationships of one role (oldest first), or all.
     pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
-        let q = format!("SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id", Self::COLUMNS);
+        let q = format!(
+            "SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id",
+            Self::COLUMNS
+        );
         let mut st = self.conn.prepare(&q)?;
         let rows = st.query_map(params![role.map(role_str)], Self::row)?;
         rows.map(|r| Self::decode(r?)).collect()
@@ -148,7 +213,12 @@ impl Store {
     pub fn update(&self, r: &Relationship) -> Result<()> {
         r.spec.validate()?;
         let spec = serde_json::to_string(&r.spec).map_err(invalid_json)?;
-        let attempt = r.last_attempt.as_ref().map(serde_json::to_string).transpose().map_err(invalid_json)?;
+        let attempt = r
+            .last_attempt
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(invalid_json)?;
         let n = self.conn.execute(
             "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
              peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10 WHERE id = ?1",
@@ -161,7 +231,11 @@ impl Store {
     }
 
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {
-        if self.conn.execute("DELETE FROM relationships WHERE id = ?1", params![id.0])? == 0 {
+        if self
+            .conn
+            .execute("DELETE FROM relationships WHERE id = ?1", params![id.0])?
+            == 0
+        {
             return Err(Error::NotFound(id.to_string()));
         }
         Ok(())
@@ -174,30 +248,46 @@ impl Store {
             params![name, role, hash, created_ns],
         )?;
         if n == 0 {
-            return Err(Error::Invalid(format!("a token named {name:?} already exists")));
+            return Err(Error::Invalid(format!(
+                "a token named {name:?} already exists"
+            )));
         }
         Ok(())
     }
 
     /// The (name, role) of the token with this hash.
     pub fn token_by_hash(&self, hash: &str) -> Result<Option<(String, String)>> {
-        Ok(self.conn.query_row("SELECT name, role FROM tokens WHERE hash = ?1", params![hash], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, role FROM tokens WHERE hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// (name, role) of every token, by name.
     pub fn tokens(&self) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare("SELECT name, role FROM tokens ORDER BY name")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT name, role FROM tokens ORDER BY name")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn delete_token(&self, name: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM tokens WHERE name = ?1", params![name])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM tokens WHERE name = ?1", params![name])?
+            > 0)
     }
 
     /// SQLite's own consistency check ("ok" when the database is intact).
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 
@@ -207,7 +297,13 @@ mod tests {
     use crate::model::Edit;
 
     fn rel(role: Role) -> Relationship {
-        Relationship::new(RelationshipId::new_random(), role, crate::model::tests::spec(), 1, None)
+        Relationship::new(
+            RelationshipId::new_random(),
+            role,
+            crate::model::tests::spec(),
+            1,
+            None,
+        )
     }
 
     #[test]
@@ -221,22 +317,39 @@ mod tests {
             assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
             s.insert(&a).unwrap();
             s.insert(&b).unwrap();
-            assert!(s.insert(&a).unwrap_err().to_string().contains("already exists"));
+            assert!(s
+                .insert(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("already exists"));
         }
         let s = Store::open(&db).unwrap();
         assert_eq!(s.list(Some(Role::Source)).unwrap(), vec![a.clone()]);
         assert_eq!(s.list(None).unwrap().len(), 2);
         let mut got = s.get(&b.id).unwrap();
-        got.spec = got.spec.edited(&Edit { target_port: Some(4000), ..Default::default() }).unwrap();
+        got.spec = got
+            .spec
+            .edited(&Edit {
+                target_port: Some(4000),
+                ..Default::default()
+            })
+            .unwrap();
         got.authorized = true;
-        got.last_attempt = Some(Attempt { at_ns: 5, ok: true, message: "verified".into() });
+        got.last_attempt = Some(Attempt {
+            at_ns: 5,
+            ok: true,
+            message: "verified".into(),
+        });
         s.update(&got).unwrap();
         assert_eq!(s.get(&b.id).unwrap(), got);
         s.delete(&a.id).unwrap();
         assert!(matches!(s.get(&a.id), Err(Error::NotFound(_))));
         assert!(matches!(s.delete(&a.id), Err(Error::NotFound(_))));
         assert_eq!(s.integrity_check().unwrap(), "ok");
-        let mode: String = s.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        let mode: String = s
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 
@@ -245,7 +358,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let db = t.path().join("state.db");
         drop(Store::open(&db).unwrap());
-        Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         let e = Store::open(&db).err().unwrap().to_string();
         assert!(e.contains("schema version 99 is newer"), "{e}");
     }

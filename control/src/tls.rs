@@ -26,7 +26,9 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -65,7 +67,10 @@ impl Fingerprint {
                 "fingerprint {s:?} must be {FP_PREFIX:?} followed by 64 hex digits"
             )));
         }
-        Ok(Fingerprint(format!("{FP_PREFIX}{}", hex.to_ascii_lowercase())))
+        Ok(Fingerprint(format!(
+            "{FP_PREFIX}{}",
+            hex.to_ascii_lowercase()
+        )))
     }
 }
 
@@ -84,7 +89,9 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,13 +124,23 @@ impl Identity {
     fn load(crt: &Path, key: &Path) -> Result<Identity> {
         let cert = CertificateDer::from_pem_file(crt)
             .map_err(|e| Error::Tls(format!("reading certificate {}: {e}", crt.display())))?;
-        let mode = fs::metadata(key).ctx(|| format!("inspecting {}", key.display()))?.mode();
+        let mode = fs::metadata(key)
+            .ctx(|| format!("inspecting {}", key.display()))?
+            .mode();
         if mode & 0o077 != 0 {
-            tracing::warn!("private key {} has mode {:o}; it should be 0600", key.display(), mode & 0o777);
+            tracing::warn!(
+                "private key {} has mode {:o}; it should be 0600",
+                key.display(),
+                mode & 0o777
+            );
         }
         let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| Error::Tls(format!("reading private key {}: {e}", key.display())))?;
-        Ok(Identity { fingerprint: Fingerprint::of_der(&cert), cert_der: cert.to_vec(), key: key_der })
+        Ok(Identity {
+            fingerprint: Fingerprint::of_der(&cert),
+            cert_der: cert.to_vec(),
+            key: key_der,
+        })
     }
 
     fn create(dir: &Path) -> Result<Identity> {
@@ -136,20 +153,30 @@ impl Identity {
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls)?;
         let mut params = rcgen::CertificateParams::new(vec![NODE_NAME.to_string()]).map_err(tls)?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, NODE_NAME);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, NODE_NAME);
         params.not_before = rcgen::date_time_ymd(1975, 1, 1);
         params.not_after = rcgen::date_time_ymd(4096, 1, 1);
         let cert = params.self_signed(&key_pair).map_err(tls)?;
         // Key first: a crash between the two renames leaves a key without a certificate, which
         // load_or_create reports instead of silently regenerating.
-        write_atomic(&dir.join(KEY_FILE), key_pair.serialize_pem().as_bytes(), 0o600)?;
+        write_atomic(
+            &dir.join(KEY_FILE),
+            key_pair.serialize_pem().as_bytes(),
+            0o600,
+        )?;
         write_atomic(&dir.join(CERT_FILE), cert.pem().as_bytes(), 0o644)?;
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .ctx(|| format!("syncing directory {}", dir.display()))?;
         let key = PrivateKeyDer::try_from(key_pair.serialize_der())
             .map_err(|e| Error::Tls(format!("encoding the node key: {e}")))?;
-        Ok(Identity { fingerprint: Fingerprint::of_der(cert.der()), cert_der: cert.der().to_vec(), key })
+        Ok(Identity {
+            fingerprint: Fingerprint::of_der(cert.der()),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
     }
 
     fn chain(&self) -> Vec<CertificateDer<'static>> {
@@ -160,7 +187,9 @@ impl Identity {
     /// handshake signatures are verified; which fingerprint is acceptable is decided above TLS.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
         let provider = provider();
-        let verifier = AnyClientCert { algs: provider.signature_verification_algorithms };
+        let verifier = AnyClientCert {
+            algs: provider.signature_verification_algorithms,
+        };
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(tls_err("server config"))?
@@ -174,8 +203,10 @@ impl Identity {
     /// fingerprint equals `pin`, or any certificate when `pin` is `None` (first contact).
     pub fn client_config(&self, pin: Option<&Fingerprint>) -> Result<Arc<rustls::ClientConfig>> {
         let provider = provider();
-        let verifier =
-            PinnedServerCert { pin: pin.cloned(), algs: provider.signature_verification_algorithms };
+        let verifier = PinnedServerCert {
+            pin: pin.cloned(),
+            algs: provider.signature_verification_algorithms,
+        };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(tls_err("client config"))?
@@ -189,7 +220,9 @@ impl Identity {
 
 /// The fingerprint of the certificate the peer presented in a finished handshake.
 pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<Fingerprint> {
-    conn.peer_certificates()?.first().map(|c| Fingerprint::of_der(c))
+    conn.peer_certificates()?
+        .first()
+        .map(|c| Fingerprint::of_der(c))
 }
 
 /// The server name clients send (fixed; see [`NODE_NAME`]).
@@ -206,13 +239,19 @@ pub(crate) mod doubles {
     type Impostor<'a> = (&'a Identity, &'a Identity);
 
     fn impostor_key((cert_of, key_of): Impostor) -> Arc<rustls::sign::SingleCertAndKey> {
-        let key = provider().key_provider.load_private_key(key_of.key.clone_key()).unwrap();
+        let key = provider()
+            .key_provider
+            .load_private_key(key_of.key.clone_key())
+            .unwrap();
         Arc::new(rustls::sign::CertifiedKey::new(cert_of.chain(), key).into())
     }
 
     pub(crate) fn client_config(impostor: Option<Impostor>) -> Arc<rustls::ClientConfig> {
         let provider = provider();
-        let verifier = PinnedServerCert { pin: None, algs: provider.signature_verification_algorithms };
+        let verifier = PinnedServerCert {
+            pin: None,
+            algs: provider.signature_verification_algorithms,
+        };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -226,7 +265,9 @@ pub(crate) mod doubles {
 
     pub(crate) fn server_config(impostor: Impostor) -> Arc<rustls::ServerConfig> {
         let provider = provider();
-        let verifier = AnyClientCert { algs: provider.signature_verification_algorithms };
+        let verifier = AnyClientCert {
+            algs: provider.signature_verification_algorithms,
+        };
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -287,7 +328,12 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         // `mode` is filtered by the umask and ignored for a pre-existing temp file: set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
@@ -343,8 +389,13 @@ impl ServerCertVerifier for PinnedServerCert {
         let seen = Fingerprint::of_der(end_entity);
         match &self.pin {
             Some(pinned) if *pinned != seen => {
-                let why = PinMismatch { seen, pinned: pinned.clone() };
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(why)))))
+                let why = PinMismatch {
+                    seen,
+                    pinned: pinned.clone(),
+                };
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(why)),
+                )))
             }
             _ => Ok(ServerCertVerified::assertion()),
         }
@@ -405,10 +456,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(dir.path()).unwrap();
         fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
-        let err = Identity::load_or_create(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("node.key exists but") && err.contains("node.crt does not"), "{err}");
+        let err = Identity::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node.key exists but") && err.contains("node.crt does not"),
+            "{err}"
+        );
         assert!(!dir.path().join(CERT_FILE).exists());
-        assert!(dir.path().join(KEY_FILE).exists(), "the key of {} was touched", id.fingerprint);
+        assert!(
+            dir.path().join(KEY_FILE).exists(),
+            "the key of {} was touched",
+            id.fingerprint
+        );
     }
 
     #[test]
@@ -429,9 +489,27 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(Fingerprint::parse(&fp.0).unwrap(), fp);
-        assert_eq!(Fingerprint::parse(&format!(" {} ", fp.0.to_uppercase().replace("SHA256", "sha256"))).unwrap(), fp);
-        for bad in ["", "sha256:", "ba7816bf", "md5:ba78", &fp.0[..70], &format!("{}0", fp.0), &fp.0.replace('b', "g")] {
-            assert!(matches!(Fingerprint::parse(bad), Err(Error::Invalid(_))), "{bad:?} accepted");
+        assert_eq!(
+            Fingerprint::parse(&format!(
+                " {} ",
+                fp.0.to_uppercase().replace("SHA256", "sha256")
+            ))
+            .unwrap(),
+            fp
+        );
+        for bad in [
+            "",
+            "sha256:",
+            "ba7816bf",
+            "md5:ba78",
+            &fp.0[..70],
+            &format!("{}0", fp.0),
+            &fp.0.replace('b', "g"),
+        ] {
+            assert!(
+                matches!(Fingerprint::parse(bad), Err(Error::Invalid(_))),
+                "{bad:?} accepted"
+            );
         }
         assert_eq!(serde_json::to_string(&fp).unwrap(), format!("\"{}\"", fp.0));
         assert_eq!(fp.to_string(), fp.0);

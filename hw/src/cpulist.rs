@@ -36,7 +36,11 @@ pub fn format_cpu_list(cpus: &[CpuId]) -> String {
         while i + 1 < v.len() && v[i + 1] == v[i] + 1 {
             i += 1;
         }
-        parts.push(if start == v[i] { start.to_string() } else { format!("{start}-{}", v[i]) });
+        parts.push(if start == v[i] {
+            start.to_string()
+        } else {
+            format!("{start}-{}", v[i])
+        });
         i += 1;
     }
     parts.join(",")
@@ -73,7 +77,10 @@ mod tests {
         assert_eq!(parse_cpu_list("").unwrap(), vec![]);
         assert!(parse_cpu_list("3-1").is_none());
         assert!(parse_cpu_list("x").is_none());
-        assert_eq!(parse_cpu_mask("00000000,0000000f").unwrap(), (0..4).map(CpuId).collect::<Vec<_>>());
+        assert_eq!(
+            parse_cpu_mask("00000000,0000000f").unwrap(),
+            (0..4).map(CpuId).collect::<Vec<_>>()
+        );
         assert_eq!(parse_cpu_mask("1,00000000").unwrap(), vec![CpuId(32)]);
     }
 

@@ -9,7 +9,9 @@ mod topology;
 pub use affinity::{allowed_cpus, pin_current_thread};
 pub use cpulist::{format_cpu_list, parse_cpu_list, parse_cpu_mask};
 pub use plan::{PinningPlan, WorkerPlacement};
-pub use topology::{block_device_for_dev, block_device_for_path, BlockDevice, Cpu, HwQueue, Nic, NumaNode, Topology};
+pub use topology::{
+    block_device_for_dev, block_device_for_path, BlockDevice, Cpu, HwQueue, Nic, NumaNode, Topology,
+};
 
 use serde::Serialize;
 
@@ -33,7 +35,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{path}: cannot parse {what} from {text:?}")]
-    Parse { path: String, what: &'static str, text: String },
+    Parse {
+        path: String,
+        what: &'static str,
+        text: String,
+    },
     #[error("no CPUs allowed for this process")]
     NoCpus,
     #[error("sched_setaffinity to CPU {cpu}: {source}")]

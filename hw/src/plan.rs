@@ -20,7 +20,12 @@ pub struct PinningPlan {
 }
 
 impl PinningPlan {
-    pub fn plan(topo: &Topology, allowed: &[CpuId], workers: u32, near: Option<&str>) -> Result<PinningPlan, Error> {
+    pub fn plan(
+        topo: &Topology,
+        allowed: &[CpuId],
+        workers: u32,
+        near: Option<&str>,
+    ) -> Result<PinningPlan, Error> {
         if allowed.is_empty() {
             return Err(Error::NoCpus);
         }
@@ -57,7 +62,12 @@ impl PinningPlan {
                 if w as usize >= order.len() {
                     reason.push_str(", shared (more workers than CPUs)");
                 }
-                WorkerPlacement { worker: w, cpu, numa_node: node_of(cpu), reason }
+                WorkerPlacement {
+                    worker: w,
+                    cpu,
+                    numa_node: node_of(cpu),
+                    reason,
+                }
             })
             .collect();
         Ok(PinningPlan { workers })
@@ -66,7 +76,11 @@ impl PinningPlan {
     pub fn render_text(&self) -> String {
         let mut s = String::from("Pinning plan:\n");
         for w in &self.workers {
-            let _ = writeln!(s, "  worker {:<3} -> CPU {:<4} ({})", w.worker, w.cpu.0, w.reason);
+            let _ = writeln!(
+                s,
+                "  worker {:<3} -> CPU {:<4} ({})",
+                w.worker, w.cpu.0, w.reason
+            );
         }
         s
     }

@@ -57,7 +57,9 @@ pub struct Topology {
 }
 
 fn read_opt(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn num_opt<T: std::str::FromStr>(p: &Path) -> Option<T> {
@@ -75,7 +77,12 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<(u32, PathBuf)> {
         Ok(rd) => rd
             .flatten()
             .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().strip_prefix(prefix)?.parse::<u32>().ok()?;
+                let n = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_prefix(prefix)?
+                    .parse::<u32>()
+                    .ok()?;
                 Some((n, e.path()))
             })
             .collect(),
@@ -88,7 +95,11 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<(u32, PathBuf)> {
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -97,22 +108,34 @@ fn names(dir: &Path) -> Vec<String> {
 impl Topology {
     pub fn from_sysfs(root: &Path) -> Result<Topology, Error> {
         let cpu_dir = root.join("devices/system/cpu");
-        std::fs::read_dir(&cpu_dir).map_err(|e| Error::Read { path: cpu_dir.display().to_string(), source: e })?;
+        std::fs::read_dir(&cpu_dir).map_err(|e| Error::Read {
+            path: cpu_dir.display().to_string(),
+            source: e,
+        })?;
         let numa_nodes: Vec<NumaNode> = numbered(&root.join("devices/system/node"), "node")
             .into_iter()
             .map(|(n, p)| NumaNode {
                 id: NumaNodeId(n),
-                cpus: read_opt(&p.join("cpulist")).and_then(|s| parse_cpu_list(&s)).unwrap_or_default(),
+                cpus: read_opt(&p.join("cpulist"))
+                    .and_then(|s| parse_cpu_list(&s))
+                    .unwrap_or_default(),
             })
             .collect();
-        let node_of = |c: CpuId| numa_nodes.iter().find(|n| n.cpus.contains(&c)).map(|n| n.id);
+        let node_of = |c: CpuId| {
+            numa_nodes
+                .iter()
+                .find(|n| n.cpus.contains(&c))
+                .map(|n| n.id)
+        };
         let cpus = numbered(&cpu_dir, "cpu")
             .into_iter()
             .filter(|(n, _)| *n < MAX_CPUS)
             .map(|(n, p)| Cpu {
                 id: CpuId(n),
                 // cpu0 often has no `online` file: it cannot be taken offline.
-                online: read_opt(&p.join("online")).map(|s| s == "1").unwrap_or(true),
+                online: read_opt(&p.join("online"))
+                    .map(|s| s == "1")
+                    .unwrap_or(true),
                 numa_node: node_of(CpuId(n)),
                 core_id: num_opt(&p.join("topology/core_id")),
                 package_id: num_opt(&p.join("topology/physical_package_id")),
@@ -126,7 +149,9 @@ impl Topology {
                     .into_iter()
                     .map(|(i, p)| HwQueue {
                         index: i,
-                        cpus: read_opt(&p.join("cpu_list")).and_then(|s| parse_cpu_list(&s)).unwrap_or_default(),
+                        cpus: read_opt(&p.join("cpu_list"))
+                            .and_then(|s| parse_cpu_list(&s))
+                            .unwrap_or_default(),
                     })
                     .collect();
                 BlockDevice {
@@ -151,10 +176,21 @@ impl Topology {
                         Some(HwQueue { index: *i, cpus })
                     })
                     .collect();
-                Nic { numa_node: node_opt(&d.join("device/numa_node")), rx_queues: rx.len() as u32, tx_queues: tx.len() as u32, queue_cpus, name }
+                Nic {
+                    numa_node: node_opt(&d.join("device/numa_node")),
+                    rx_queues: rx.len() as u32,
+                    tx_queues: tx.len() as u32,
+                    queue_cpus,
+                    name,
+                }
             })
             .collect();
-        Ok(Topology { cpus, numa_nodes, block_devices, nics })
+        Ok(Topology {
+            cpus,
+            numa_nodes,
+            block_devices,
+            nics,
+        })
     }
 
     /// NUMA node of a block device or NIC by name.
@@ -163,7 +199,12 @@ impl Topology {
             .iter()
             .find(|b| b.name == name)
             .and_then(|b| b.numa_node)
-            .or_else(|| self.nics.iter().find(|n| n.name == name).and_then(|n| n.numa_node))
+            .or_else(|| {
+                self.nics
+                    .iter()
+                    .find(|n| n.name == name)
+                    .and_then(|n| n.numa_node)
+            })
     }
 
     pub fn render_text(&self) -> String {
@@ -171,25 +212,50 @@ impl Topology {
         let online = self.cpus.iter().filter(|c| c.online).count();
         let _ = writeln!(s, "CPUs: {} ({} online)", self.cpus.len(), online);
         for n in &self.numa_nodes {
-            let _ = writeln!(s, "  NUMA node {}: CPUs {}", n.id.0, crate::format_cpu_list(&n.cpus));
+            let _ = writeln!(
+                s,
+                "  NUMA node {}: CPUs {}",
+                n.id.0,
+                crate::format_cpu_list(&n.cpus)
+            );
         }
         let _ = writeln!(s, "Block devices:");
         for b in &self.block_devices {
-            let node = b.numa_node.map(|n| n.0.to_string()).unwrap_or_else(|| "-".into());
+            let node = b
+                .numa_node
+                .map(|n| n.0.to_string())
+                .unwrap_or_else(|| "-".into());
             let rot = match b.rotational {
                 Some(true) => "rotational",
                 Some(false) => "non-rotational",
                 None => "?",
             };
-            let _ = writeln!(s, "  {:<12} node {node:<2} {rot:<15} {} hw queues", b.name, b.hw_queues.len());
+            let _ = writeln!(
+                s,
+                "  {:<12} node {node:<2} {rot:<15} {} hw queues",
+                b.name,
+                b.hw_queues.len()
+            );
             for q in b.hw_queues.iter().take(8) {
-                let _ = writeln!(s, "      queue {}: CPUs {}", q.index, crate::format_cpu_list(&q.cpus));
+                let _ = writeln!(
+                    s,
+                    "      queue {}: CPUs {}",
+                    q.index,
+                    crate::format_cpu_list(&q.cpus)
+                );
             }
         }
         let _ = writeln!(s, "NICs:");
         for n in &self.nics {
-            let node = n.numa_node.map(|n| n.0.to_string()).unwrap_or_else(|| "-".into());
-            let _ = writeln!(s, "  {:<12} node {node:<2} rx {} tx {} queues", n.name, n.rx_queues, n.tx_queues);
+            let node = n
+                .numa_node
+                .map(|n| n.0.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "  {:<12} node {node:<2} rx {} tx {} queues",
+                n.name, n.rx_queues, n.tx_queues
+            );
         }
         s
     }
@@ -200,7 +266,11 @@ impl Topology {
 pub fn block_device_for_dev(sysfs_root: &Path, major: u32, minor: u32) -> Option<String> {
     let link = sysfs_root.join(format!("dev/block/{major}:{minor}"));
     let real = std::fs::canonicalize(&link).ok()?;
-    let dev = if real.join("partition").exists() { real.parent()?.to_path_buf() } else { real };
+    let dev = if real.join("partition").exists() {
+        real.parent()?.to_path_buf()
+    } else {
+        real
+    };
     Some(dev.file_name()?.to_string_lossy().into_owned())
 }
 

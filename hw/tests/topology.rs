@@ -16,8 +16,16 @@ fn fixture() -> tempfile::TempDir {
     let r = t.path();
     for cpu in 0..8u32 {
         let core = (cpu % 4) / 2;
-        put(r, &format!("devices/system/cpu/cpu{cpu}/topology/core_id"), &format!("{core}\n"));
-        put(r, &format!("devices/system/cpu/cpu{cpu}/topology/physical_package_id"), &format!("{}\n", cpu / 4));
+        put(
+            r,
+            &format!("devices/system/cpu/cpu{cpu}/topology/core_id"),
+            &format!("{core}\n"),
+        );
+        put(
+            r,
+            &format!("devices/system/cpu/cpu{cpu}/topology/physical_package_id"),
+            &format!("{}\n", cpu / 4),
+        );
         if cpu != 0 {
             put(r, &format!("devices/system/cpu/cpu{cpu}/online"), "1\n");
         }
@@ -25,7 +33,11 @@ fn fixture() -> tempfile::TempDir {
     put(r, "devices/system/node/node0/cpulist", "0-3\n");
     put(r, "devices/system/node/node1/cpulist", "4-7\n");
     for q in 0..4 {
-        put(r, &format!("block/nvme0n1/mq/{q}/cpu_list"), &format!("{},{}\n", q * 2, q * 2 + 1));
+        put(
+            r,
+            &format!("block/nvme0n1/mq/{q}/cpu_list"),
+            &format!("{},{}\n", q * 2, q * 2 + 1),
+        );
     }
     put(r, "block/nvme0n1/queue/rotational", "0\n");
     put(r, "block/nvme0n1/queue/logical_block_size", "512\n");
@@ -34,13 +46,18 @@ fn fixture() -> tempfile::TempDir {
     put(r, "class/net/eth0/device/numa_node", "1\n");
     for q in 0..2 {
         put(r, &format!("class/net/eth0/queues/rx-{q}/rps_cpus"), "0\n");
-        put(r, &format!("class/net/eth0/queues/tx-{q}/xps_cpus"), if q == 0 { "00000030\n" } else { "000000c0\n" });
+        put(
+            r,
+            &format!("class/net/eth0/queues/tx-{q}/xps_cpus"),
+            if q == 0 { "00000030\n" } else { "000000c0\n" },
+        );
     }
     put(r, "class/net/lo/device_absent", "");
     // dev/block links: 259:0 -> the disk, 259:1 -> its partition
     std::fs::create_dir_all(r.join("dev/block")).unwrap();
     std::os::unix::fs::symlink(r.join("block/nvme0n1"), r.join("dev/block/259:0")).unwrap();
-    std::os::unix::fs::symlink(r.join("block/nvme0n1/nvme0n1p1"), r.join("dev/block/259:1")).unwrap();
+    std::os::unix::fs::symlink(r.join("block/nvme0n1/nvme0n1p1"), r.join("dev/block/259:1"))
+        .unwrap();
     t
 }
 
@@ -49,7 +66,10 @@ fn reads_cpus_numa_nodes_and_smt_layout() {
     let t = fixture();
     let topo = Topology::from_sysfs(t.path()).unwrap();
     assert_eq!(topo.cpus.len(), 8);
-    assert!(topo.cpus.iter().all(|c| c.online), "cpu0 without an online file counts as online");
+    assert!(
+        topo.cpus.iter().all(|c| c.online),
+        "cpu0 without an online file counts as online"
+    );
     assert_eq!(topo.numa_nodes.len(), 2);
     assert_eq!(topo.cpus[5].numa_node, Some(NumaNodeId(1)));
     assert_eq!(topo.cpus[3].core_id, Some(1));
@@ -59,7 +79,11 @@ fn reads_cpus_numa_nodes_and_smt_layout() {
 fn reads_blk_mq_queue_cpu_lists() {
     let t = fixture();
     let topo = Topology::from_sysfs(t.path()).unwrap();
-    let nvme = topo.block_devices.iter().find(|b| b.name == "nvme0n1").unwrap();
+    let nvme = topo
+        .block_devices
+        .iter()
+        .find(|b| b.name == "nvme0n1")
+        .unwrap();
     assert_eq!(nvme.hw_queues.len(), 4);
     assert_eq!(nvme.hw_queues[2].cpus, vec![CpuId(4), CpuId(5)]);
     assert_eq!(nvme.numa_node, Some(NumaNodeId(1)));
@@ -87,7 +111,10 @@ fn plans_workers_on_numa_node_of_the_device_distinct_cores_first() {
     let cpus: Vec<u32> = plan.workers.iter().map(|w| w.cpu.0).collect();
     // Node 1 holds CPUs 4-7; cores (1,0) = {4,5}, (1,1) = {6,7}: one CPU per core first.
     assert_eq!(cpus, vec![4, 6, 5]);
-    assert!(plan.workers.iter().all(|w| w.numa_node == Some(NumaNodeId(1))));
+    assert!(plan
+        .workers
+        .iter()
+        .all(|w| w.numa_node == Some(NumaNodeId(1))));
 }
 
 #[test]
@@ -96,7 +123,10 @@ fn plan_wraps_when_workers_exceed_allowed_cpus_and_rejects_no_cpus() {
     let topo = Topology::from_sysfs(t.path()).unwrap();
     let plan = PinningPlan::plan(&topo, &[CpuId(2), CpuId(3)], 5, None).unwrap();
     assert_eq!(plan.workers.len(), 5);
-    assert!(plan.workers.iter().all(|w| w.cpu == CpuId(2) || w.cpu == CpuId(3)));
+    assert!(plan
+        .workers
+        .iter()
+        .all(|w| w.cpu == CpuId(2) || w.cpu == CpuId(3)));
     assert!(plan.workers[4].reason.contains("shared"));
     assert!(PinningPlan::plan(&topo, &[], 1, None).is_err());
 }
@@ -104,8 +134,14 @@ fn plan_wraps_when_workers_exceed_allowed_cpus_and_rejects_no_cpus() {
 #[test]
 fn partition_maps_to_its_parent_disk() {
     let t = fixture();
-    assert_eq!(block_device_for_dev(t.path(), 259, 1).as_deref(), Some("nvme0n1"));
-    assert_eq!(block_device_for_dev(t.path(), 259, 0).as_deref(), Some("nvme0n1"));
+    assert_eq!(
+        block_device_for_dev(t.path(), 259, 1).as_deref(),
+        Some("nvme0n1")
+    );
+    assert_eq!(
+        block_device_for_dev(t.path(), 259, 0).as_deref(),
+        Some("nvme0n1")
+    );
     assert_eq!(block_device_for_dev(t.path(), 1, 1), None);
 }
 

@@ -66,14 +66,31 @@ pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
 /// Opens `name` (one component) inside `dir` without following a symlink there.
 pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     debug_assert!(!name.contains(&b'/'));
-    Ok(openat2(dir, name, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode, resolve_flags())?)
+    Ok(openat2(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode,
+        resolve_flags(),
+    )?)
 }
 
 /// Opens file `rel` beneath `root`.
-pub fn open_file(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+pub fn open_file(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    flags: OFlags,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
     let (parent, name) = split_parent(rel);
     if rel.len() <= RESOLVE_CHUNK {
-        return Ok(openat2(root, rel, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode, resolve_flags())?);
+        return Ok(openat2(
+            root,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            mode,
+            resolve_flags(),
+        )?);
     }
     let dir = open_dir(root, parent)?;
     open_in(dir.as_fd(), name, flags, mode)
@@ -95,6 +112,10 @@ pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
 /// root"). O_DIRECTORY makes anything but a directory fail here.
 pub fn open_root(root: &std::path::Path, what: &str) -> crate::error::Result<OwnedFd> {
     use crate::error::IoContext;
-    rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("opening {what} {}", root.display()))
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening {what} {}", root.display()))
 }

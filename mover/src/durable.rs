@@ -19,7 +19,11 @@ fn record_checksum(body: &[u8]) -> u64 {
 
 /// Frames one record for appending to a log.
 pub fn frame_record(body: &[u8], out: &mut Vec<u8>) {
-    assert!(body.len() <= MAX_RECORD, "record of {} bytes exceeds MAX_RECORD", body.len());
+    assert!(
+        body.len() <= MAX_RECORD,
+        "record of {} bytes exceeds MAX_RECORD",
+        body.len()
+    );
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&record_checksum(body).to_le_bytes());
     out.extend_from_slice(body);
@@ -49,7 +53,12 @@ pub fn parse_records(buf: &[u8]) -> (Vec<&[u8]>, usize) {
 
 /// Reads a whole file relative to `dir`; `None` if it does not exist.
 pub fn read_opt(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
-    let fd = match rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty()) {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(e).ctx(|| format!("opening {name}")),
@@ -75,7 +84,8 @@ pub fn write_atomic(dir: BorrowedFd<'_>, name: &str, data: &[u8]) -> Result<()> 
     f.write_all(data).ctx(|| format!("writing {tmp}"))?;
     f.sync_all().ctx(|| format!("fsync {tmp}"))?;
     drop(f);
-    rustix::fs::renameat(dir, tmp.as_str(), dir, name).ctx(|| format!("renaming {tmp} to {name}"))?;
+    rustix::fs::renameat(dir, tmp.as_str(), dir, name)
+        .ctx(|| format!("renaming {tmp} to {name}"))?;
     rustix::fs::fsync(dir).ctx(|| format!("fsync of the directory holding {name}"))?;
     Ok(())
 }
@@ -87,8 +97,13 @@ pub fn ensure_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
         Err(e) if e == rustix::io::Errno::EXIST => {}
         Err(e) => return Err(e).ctx(|| format!("creating directory {name}")),
     }
-    rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("opening directory {name}"))
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening directory {name}"))
 }
 
 /// An append-only log of records.
@@ -114,8 +129,13 @@ impl Log {
         .ctx(|| format!("opening log {name}"))?;
         rustix::fs::ftruncate(&fd, valid as u64).ctx(|| format!("trimming log {name}"))?;
         let file = std::fs::File::from(fd);
-        let mut log = Log { file, name: name.to_string(), buf: Vec::new() };
-        std::io::Seek::seek(&mut log.file, std::io::SeekFrom::End(0)).ctx(|| format!("seeking log {name}"))?;
+        let mut log = Log {
+            file,
+            name: name.to_string(),
+            buf: Vec::new(),
+        };
+        std::io::Seek::seek(&mut log.file, std::io::SeekFrom::End(0))
+            .ctx(|| format!("seeking log {name}"))?;
         Ok((log, records))
     }
 
@@ -124,7 +144,9 @@ impl Log {
     pub fn append(&mut self, body: &[u8]) -> Result<()> {
         self.buf.clear();
         frame_record(body, &mut self.buf);
-        self.file.write_all(&self.buf).ctx(|| format!("appending to {}", self.name))
+        self.file
+            .write_all(&self.buf)
+            .ctx(|| format!("appending to {}", self.name))
     }
 
     pub fn sync(&mut self) -> Result<()> {
@@ -143,7 +165,8 @@ mod tests {
     #[test]
     fn torn_tail_is_ignored_and_trimmed() {
         let t = tempfile::tempdir().unwrap();
-        let dir = rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let dir =
+            rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let (mut log, recs) = Log::open(dir.as_fd(), "log").unwrap();
         assert!(recs.is_empty());
         log.append(b"one").unwrap();
@@ -176,7 +199,8 @@ mod tests {
     #[test]
     fn write_atomic_replaces_whole_file() {
         let t = tempfile::tempdir().unwrap();
-        let dir = rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let dir =
+            rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
         write_atomic(dir.as_fd(), "rp", b"first").unwrap();
         write_atomic(dir.as_fd(), "rp", b"second").unwrap();
         assert_eq!(read_opt(dir.as_fd(), "rp").unwrap().unwrap(), b"second");

@@ -38,13 +38,19 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx<F: FnOnce() -> String>(self, what: F) -> Result<T> {
-        self.map_err(|source| Error::Io { context: what(), source })
+        self.map_err(|source| Error::Io {
+            context: what(),
+            source,
+        })
     }
 }
 
 impl<T> IoContext<T> for rustix::io::Result<T> {
     fn ctx<F: FnOnce() -> String>(self, what: F) -> Result<T> {
-        self.map_err(|e| Error::Io { context: what(), source: e.into() })
+        self.map_err(|e| Error::Io {
+            context: what(),
+            source: e.into(),
+        })
     }
 }
 

@@ -3,11 +3,11 @@
 //! `user.*` xattrs, non-UTF-8 names, odd modes and mtimes). Deterministic for a seed.
 
 use crate::error::{IoContext, Result};
+use rustix::fs::{Mode, OFlags};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use rustix::fs::{Mode, OFlags};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -25,7 +25,15 @@ pub struct TreeSpec {
 
 impl Default for TreeSpec {
     fn default() -> Self {
-        TreeSpec { seed: 1, small_files: 200, small_max: 8192, large_files: 2, large_size: 3 << 20, fanout: 8, extras: true }
+        TreeSpec {
+            seed: 1,
+            small_files: 200,
+            small_max: 8192,
+            large_files: 2,
+            large_size: 3 << 20,
+            fanout: 8,
+            extras: true,
+        }
     }
 }
 
@@ -62,10 +70,22 @@ fn write_file(p: &Path, data: &[u8]) -> Result<()> {
 
 fn set_mtime(p: &Path, sec: i64, nsec: i64) -> Result<()> {
     let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
-        last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+        last_access: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("utimensat {}", p.display()))
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .ctx(|| format!("utimensat {}", p.display()))
 }
 
 /// Generates the tree under `root` (created if missing). Returns the number of regular files.
@@ -88,9 +108,16 @@ pub fn generate(root: &Path, spec: &TreeSpec) -> Result<usize> {
         rng.fill(&mut buf[..n]);
         let p = d.join(format!("f{i:05}.dat"));
         write_file(&p, &buf[..n])?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600 | (rng.below(8) as u32) << 3))
-            .ctx(|| format!("chmod {}", p.display()))?;
-        set_mtime(&p, 1_600_000_000 + rng.below(100_000_000) as i64, rng.below(1_000_000_000) as i64)?;
+        std::fs::set_permissions(
+            &p,
+            std::fs::Permissions::from_mode(0o600 | (rng.below(8) as u32) << 3),
+        )
+        .ctx(|| format!("chmod {}", p.display()))?;
+        set_mtime(
+            &p,
+            1_600_000_000 + rng.below(100_000_000) as i64,
+            rng.below(1_000_000_000) as i64,
+        )?;
         files += 1;
     }
     for i in 0..spec.large_files {
@@ -106,34 +133,65 @@ pub fn generate(root: &Path, spec: &TreeSpec) -> Result<usize> {
         // A 64 MiB file holding 1 MiB of data in its middle: holes must stay holes.
         let sp = x.join("sparse.img");
         let f = std::fs::File::create(&sp).ctx(|| "creating sparse file".to_string())?;
-        f.set_len(64 << 20).ctx(|| "sizing sparse file".to_string())?;
+        f.set_len(64 << 20)
+            .ctx(|| "sizing sparse file".to_string())?;
         rng.fill(&mut buf[..1 << 20]);
-        std::os::unix::fs::FileExt::write_all_at(&f, &buf[..1 << 20], 32 << 20).ctx(|| "writing sparse data".to_string())?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &buf[..1 << 20], 32 << 20)
+            .ctx(|| "writing sparse data".to_string())?;
         drop(f);
         files += 2;
         let weird = x.join(OsStr::from_bytes(b"caf\xe9-not-utf8 \n\t name"));
         write_file(&weird, b"latin-1 name")?;
         files += 1;
         symlink("../large0.bin", x.join("link-to-large")).ctx(|| "symlink".to_string())?;
-        symlink("/nonexistent/absolute/target", x.join("dangling")).ctx(|| "symlink".to_string())?;
+        symlink("/nonexistent/absolute/target", x.join("dangling"))
+            .ctx(|| "symlink".to_string())?;
         let h = x.join("hard-a");
         write_file(&h, b"shared inode")?;
         std::fs::hard_link(&h, x.join("hard-b")).ctx(|| "hard link".to_string())?;
         files += 1;
-        rustix::fs::setxattr(&h, "user.mover.test", b"value-1", rustix::fs::XattrFlags::empty()).ctx(|| "setxattr".to_string())?;
-        rustix::fs::setxattr(&x, "user.dir.attr", b"on a directory", rustix::fs::XattrFlags::empty()).ctx(|| "setxattr".to_string())?;
+        rustix::fs::setxattr(
+            &h,
+            "user.mover.test",
+            b"value-1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .ctx(|| "setxattr".to_string())?;
+        rustix::fs::setxattr(
+            &x,
+            "user.dir.attr",
+            b"on a directory",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .ctx(|| "setxattr".to_string())?;
         // A deep path longer than PATH_MAX, built with *at calls since no single path reaches it.
-        let mut fd = rustix::fs::open(&x, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).ctx(|| "open extras".to_string())?;
+        let mut fd = rustix::fs::open(&x, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .ctx(|| "open extras".to_string())?;
         for i in 0..40 {
             let name = format!("{:0>120}", i);
-            rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o755)).ctx(|| "deep mkdir".to_string())?;
-            fd = rustix::fs::openat(&fd, name.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).ctx(|| "deep open".to_string())?;
+            rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o755))
+                .ctx(|| "deep mkdir".to_string())?;
+            fd = rustix::fs::openat(
+                &fd,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .ctx(|| "deep open".to_string())?;
         }
-        let f = rustix::fs::openat(&fd, "bottom.txt", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644))
-            .ctx(|| "deep file".to_string())?;
-        std::fs::File::from(f).write_all(b"at the bottom").ctx(|| "deep write".to_string())?;
+        let f = rustix::fs::openat(
+            &fd,
+            "bottom.txt",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .ctx(|| "deep file".to_string())?;
+        std::fs::File::from(f)
+            .write_all(b"at the bottom")
+            .ctx(|| "deep write".to_string())?;
         files += 1;
-        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o750)).ctx(|| "chmod".to_string())?;
+        std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o750))
+            .ctx(|| "chmod".to_string())?;
     }
     Ok(files)
 }

@@ -3,11 +3,11 @@
 //! docs/protocol.md for the wire format.
 
 pub mod beneath;
+pub mod churn;
 pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod gen;
-pub mod churn;
 pub mod receiver;
 pub mod sender;
 pub mod snapshot;
@@ -92,14 +92,18 @@ pub struct JobControl {
 
 fn mono_ns() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl JobControl {
     pub fn set_paused(&self, on: bool) {
         let was = self.paused.swap(on, Ordering::SeqCst);
         if !was && on {
-            self.paused_since_ns.store(mono_ns().max(1), Ordering::SeqCst);
+            self.paused_since_ns
+                .store(mono_ns().max(1), Ordering::SeqCst);
         }
         if was && !on {
             self.paused_since_ns.store(0, Ordering::SeqCst);
@@ -132,12 +136,14 @@ impl JobControl {
     }
     /// `None` or 0: unlimited.
     pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
-        self.rate.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
+        self.rate
+            .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
         self.restart_budget();
     }
     fn restart_budget(&self) {
         self.budget_start_ns.store(mono_ns(), Ordering::SeqCst);
-        self.budget_base.store(self.issued.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.budget_base
+            .store(self.issued.load(Ordering::SeqCst), Ordering::SeqCst);
     }
     /// A worker started a chunk of `bytes` file data.
     pub fn issue(&self, bytes: u64) {
@@ -157,12 +163,15 @@ impl JobControl {
             return Gate::Go;
         }
         let elapsed = mono_ns().saturating_sub(self.budget_start_ns.load(Ordering::Relaxed));
-        let allowed = self.budget_base.load(Ordering::Relaxed) as u128 + rate as u128 * elapsed as u128 / 1_000_000_000;
+        let allowed = self.budget_base.load(Ordering::Relaxed) as u128
+            + rate as u128 * elapsed as u128 / 1_000_000_000;
         if (sent as u128) <= allowed {
             return Gate::Go;
         }
         let ahead_ns = (sent as u128 - allowed) * 1_000_000_000 / rate as u128;
-        Gate::Wait(std::time::Duration::from_nanos(ahead_ns.min(GATE_POLL.as_nanos()) as u64))
+        Gate::Wait(std::time::Duration::from_nanos(
+            ahead_ns.min(GATE_POLL.as_nanos()) as u64,
+        ))
     }
 }
 
@@ -184,7 +193,13 @@ pub fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
-        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum });
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
     }
 }
 

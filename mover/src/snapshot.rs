@@ -44,7 +44,9 @@ impl std::str::FromStr for Provider {
             "btrfs" => Ok(Provider::Btrfs),
             "reflink" => Ok(Provider::Reflink),
             "plain" | "none" => Ok(Provider::Plain),
-            other => Err(format!("unknown snapshot provider {other:?}: btrfs, reflink or plain")),
+            other => Err(format!(
+                "unknown snapshot provider {other:?}: btrfs, reflink or plain"
+            )),
         }
     }
 }
@@ -69,12 +71,17 @@ impl Drop for Frozen {
         let r = match self.cleanup.take() {
             Some(Cleanup::Subvolume { parent, name }) => btrfs_destroy(parent.as_fd(), &name),
             Some(Cleanup::Tree { parent, name }) => {
-                crate::receiver::apply::remove_any(parent.as_fd(), name.as_bytes(), 0).map(|_| ()).map_err(std::io::Error::from)
+                crate::receiver::apply::remove_any(parent.as_fd(), name.as_bytes(), 0)
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
             }
             None => Ok(()),
         };
         if let Err(e) = r {
-            tracing::warn!("could not remove the job's snapshot under {}: {e}", self.root.display());
+            tracing::warn!(
+                "could not remove the job's snapshot under {}: {e}",
+                self.root.display()
+            );
         }
     }
 }
@@ -103,15 +110,24 @@ pub fn drop_kept(src: &Path, name: &str) {
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|d| btrfs_destroy(d.as_fd(), name));
     if let Err(e) = r {
-        tracing::warn!("could not delete the old snapshot {name} of {}: {e}", src.display());
+        tracing::warn!(
+            "could not delete the old snapshot {name} of {}: {e}",
+            src.display()
+        );
     }
 }
 
 /// Is `src` the root of a btrfs subvolume (so it can be snapshotted)?
 pub fn is_btrfs_subvolume(src: &Path) -> bool {
-    let Ok(fd) = beneath::open_root(src, "source directory") else { return false };
-    let fs = rustix::fs::fstatfs(&fd).map(|s| s.f_type == BTRFS_SUPER_MAGIC).unwrap_or(false);
-    fs && rustix::fs::fstat(&fd).map(|s| s.st_ino == BTRFS_SUBVOL_ROOT_INO).unwrap_or(false)
+    let Ok(fd) = beneath::open_root(src, "source directory") else {
+        return false;
+    };
+    let fs = rustix::fs::fstatfs(&fd)
+        .map(|s| s.f_type == BTRFS_SUPER_MAGIC)
+        .unwrap_or(false);
+    fs && rustix::fs::fstat(&fd)
+        .map(|s| s.st_ino == BTRFS_SUBVOL_ROOT_INO)
+        .unwrap_or(false)
 }
 
 /// The provider used when none is asked for: a btrfs snapshot where the source is a subvolume,
@@ -132,7 +148,12 @@ fn random_name(prefix: &str) -> Result<String> {
 /// Freezes `src` with `provider`.
 pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
     if provider == Provider::Plain {
-        return Ok(Frozen { provider, root: src.to_path_buf(), ids: None, cleanup: None });
+        return Ok(Frozen {
+            provider,
+            root: src.to_path_buf(),
+            ids: None,
+            cleanup: None,
+        });
     }
     let root = beneath::open_root(src, "source directory")?;
     // Creating the scratch directory must not move the source root's mtime (it is replicated).
@@ -140,31 +161,53 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
     let scratch = crate::durable::ensure_dir(root.as_fd(), SCRATCH)?;
     let after = rustix::fs::fstat(&root).ctx(|| format!("stat {}", src.display()))?;
     if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
-        rustix::fs::futimens(&root, &times(&before)).ctx(|| format!("restoring the mtime of {}", src.display()))?;
+        rustix::fs::futimens(&root, &times(&before))
+            .ctx(|| format!("restoring the mtime of {}", src.display()))?;
     }
     match provider {
         Provider::Btrfs => {
             if !is_btrfs_subvolume(src) {
-                return Err(Error::Usage(format!("{} is not a btrfs subvolume: use --snapshot reflink or plain", src.display())));
+                return Err(Error::Usage(format!(
+                    "{} is not a btrfs subvolume: use --snapshot reflink or plain",
+                    src.display()
+                )));
             }
             let name = random_name("snap")?;
-            btrfs_snapshot(root.as_fd(), scratch.as_fd(), &name).ctx(|| format!("creating a read-only btrfs snapshot of {}", src.display()))?;
+            btrfs_snapshot(root.as_fd(), scratch.as_fd(), &name)
+                .ctx(|| format!("creating a read-only btrfs snapshot of {}", src.display()))?;
             let path = src.join(SCRATCH).join(&name);
-            Ok(Frozen { provider, root: path, ids: None, cleanup: Some(Cleanup::Subvolume { parent: scratch, name }) })
+            Ok(Frozen {
+                provider,
+                root: path,
+                ids: None,
+                cleanup: Some(Cleanup::Subvolume {
+                    parent: scratch,
+                    name,
+                }),
+            })
         }
         Provider::Reflink => {
             let name = random_name("clone")?;
-            rustix::fs::mkdirat(&scratch, name.as_str(), Mode::from_raw_mode(0o700)).ctx(|| "creating the clone directory".to_string())?;
+            rustix::fs::mkdirat(&scratch, name.as_str(), Mode::from_raw_mode(0o700))
+                .ctx(|| "creating the clone directory".to_string())?;
             let frozen_root = src.join(SCRATCH).join(&name);
             let mut frozen = Frozen {
                 provider,
                 root: frozen_root,
                 ids: Some(HashMap::new()),
-                cleanup: Some(Cleanup::Tree { parent: scratch, name: name.clone() }),
+                cleanup: Some(Cleanup::Tree {
+                    parent: scratch,
+                    name: name.clone(),
+                }),
             };
             let dst = match &frozen.cleanup {
-                Some(Cleanup::Tree { parent, .. }) => beneath::open_in(parent.as_fd(), name.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                    .ctx(|| "opening the clone directory".to_string())?,
+                Some(Cleanup::Tree { parent, .. }) => beneath::open_in(
+                    parent.as_fd(),
+                    name.as_bytes(),
+                    OFlags::RDONLY | OFlags::DIRECTORY,
+                    Mode::empty(),
+                )
+                .ctx(|| "opening the clone directory".to_string())?,
                 _ => unreachable!("a reflink freeze has a tree to clean up"),
             };
             let ids = frozen.ids.get_or_insert_with(HashMap::new);
@@ -195,21 +238,50 @@ const BTRFS_IOC_SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
 const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 
 fn btrfs_snapshot(subvol: BorrowedFd<'_>, into: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
-    let mut a = VolArgsV2 { fd: subvol.as_raw_fd() as i64, transid: 0, flags: BTRFS_SUBVOL_RDONLY, unused: [0; 4], name: [0; 4040] };
+    let mut a = VolArgsV2 {
+        fd: subvol.as_raw_fd() as i64,
+        transid: 0,
+        flags: BTRFS_SUBVOL_RDONLY,
+        unused: [0; 4],
+        name: [0; 4040],
+    };
     a.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 reads a `struct btrfs_ioctl_vol_args_v2` (this 4096-byte
     // layout, from linux/btrfs.h) during the call only; both fds stay open for the call.
-    let r = unsafe { libc::ioctl(into.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2 as _, &a as *const VolArgsV2) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::ioctl(
+            into.as_raw_fd(),
+            BTRFS_IOC_SNAP_CREATE_V2 as _,
+            &a as *const VolArgsV2,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn btrfs_destroy(parent: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
-    let mut a = VolArgs { fd: 0, name: [0; 4088] };
+    let mut a = VolArgs {
+        fd: 0,
+        name: [0; 4088],
+    };
     a.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: BTRFS_IOC_SNAP_DESTROY reads a `struct btrfs_ioctl_vol_args` (4096 bytes, from
     // linux/btrfs.h) during the call only; the parent fd stays open for the call.
-    let r = unsafe { libc::ioctl(parent.as_raw_fd(), BTRFS_IOC_SNAP_DESTROY as _, &a as *const VolArgs) };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::ioctl(
+            parent.as_raw_fd(),
+            BTRFS_IOC_SNAP_DESTROY as _,
+            &a as *const VolArgs,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// FICLONE: `dst` shares all of `src`'s extents.
@@ -218,7 +290,11 @@ fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> std::io::Result<()> {
 }
 
 /// Clones the tree under `src` into the empty directory `dst`, recording the live identities.
-fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8>, FileId>) -> Result<()> {
+fn clone_tree(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    ids: &mut HashMap<Vec<u8>, FileId>,
+) -> Result<()> {
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut dirs: Vec<(Vec<u8>, rustix::fs::Stat)> = Vec::new();
     let root_st = rustix::fs::fstat(src).ctx(|| "stat of the source root".to_string())?;
@@ -227,12 +303,19 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
         let sdir = beneath::open_dir(src, &rel).ctx(|| format!("opening {}", show(&rel)))?;
-        let ddir = beneath::open_dir(dst, &rel).ctx(|| format!("opening clone of {}", show(&rel)))?;
-        for name in crate::tree::walk::dir_names(sdir.as_fd()).ctx(|| format!("listing {}", show(&rel)))? {
+        let ddir =
+            beneath::open_dir(dst, &rel).ctx(|| format!("opening clone of {}", show(&rel)))?;
+        for name in
+            crate::tree::walk::dir_names(sdir.as_fd()).ctx(|| format!("listing {}", show(&rel)))?
+        {
             if rel.is_empty() && name.as_slice() == SCRATCH.as_bytes() {
                 continue;
             }
-            let path = if rel.is_empty() { name.clone() } else { [rel.as_slice(), b"/", name.as_slice()].concat() };
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                [rel.as_slice(), b"/", name.as_slice()].concat()
+            };
             let (st, btime) = match stat_nofollow(sdir.as_fd(), name.as_slice()) {
                 Ok(s) => s,
                 Err(rustix::io::Errno::NOENT) => continue,
@@ -240,7 +323,8 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
             };
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::Directory => {
-                    rustix::fs::mkdirat(&ddir, name.as_slice(), Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir clone {}", show(&path)))?;
+                    rustix::fs::mkdirat(&ddir, name.as_slice(), Mode::from_raw_mode(0o700))
+                        .ctx(|| format!("mkdir clone {}", show(&path)))?;
                     ids.insert(path.clone(), file_id(&st, btime));
                     dirs.push((path.clone(), st));
                     stack.push(path);
@@ -249,8 +333,16 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
                     if st.st_nlink > 1 {
                         if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
                             let (fp, fname) = beneath::split_parent(first);
-                            let fdir = beneath::open_dir(dst, fp).ctx(|| format!("opening clone of {}", show(fp)))?;
-                            rustix::fs::linkat(&fdir, fname, &ddir, name.as_slice(), AtFlags::empty()).ctx(|| format!("hard link {}", show(&path)))?;
+                            let fdir = beneath::open_dir(dst, fp)
+                                .ctx(|| format!("opening clone of {}", show(fp)))?;
+                            rustix::fs::linkat(
+                                &fdir,
+                                fname,
+                                &ddir,
+                                name.as_slice(),
+                                AtFlags::empty(),
+                            )
+                            .ctx(|| format!("hard link {}", show(&path)))?;
                             ids.insert(path, file_id(&st, btime));
                             continue;
                         }
@@ -260,15 +352,29 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
                     ids.insert(path, file_id(&live, btime));
                 }
                 FileType::Symlink => {
-                    let t = rustix::fs::readlinkat(&sdir, name.as_slice(), Vec::new()).ctx(|| format!("readlink {}", show(&path)))?;
-                    rustix::fs::symlinkat(t.as_bytes(), &ddir, name.as_slice()).ctx(|| format!("symlink clone {}", show(&path)))?;
-                    set_meta_at(ddir.as_fd(), &name, &st).ctx(|| format!("metadata of clone {}", show(&path)))?;
+                    let t = rustix::fs::readlinkat(&sdir, name.as_slice(), Vec::new())
+                        .ctx(|| format!("readlink {}", show(&path)))?;
+                    rustix::fs::symlinkat(t.as_bytes(), &ddir, name.as_slice())
+                        .ctx(|| format!("symlink clone {}", show(&path)))?;
+                    set_meta_at(ddir.as_fd(), &name, &st)
+                        .ctx(|| format!("metadata of clone {}", show(&path)))?;
                     ids.insert(path, file_id(&st, btime));
                 }
-                FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
+                FileType::Fifo
+                | FileType::Socket
+                | FileType::CharacterDevice
+                | FileType::BlockDevice => {
                     let ft = FileType::from_raw_mode(st.st_mode);
-                    rustix::fs::mknodat(&ddir, name.as_slice(), ft, Mode::from_raw_mode(0o600), st.st_rdev).ctx(|| format!("mknod clone {}", show(&path)))?;
-                    set_meta_at(ddir.as_fd(), &name, &st).ctx(|| format!("metadata of clone {}", show(&path)))?;
+                    rustix::fs::mknodat(
+                        &ddir,
+                        name.as_slice(),
+                        ft,
+                        Mode::from_raw_mode(0o600),
+                        st.st_rdev,
+                    )
+                    .ctx(|| format!("mknod clone {}", show(&path)))?;
+                    set_meta_at(ddir.as_fd(), &name, &st)
+                        .ctx(|| format!("metadata of clone {}", show(&path)))?;
                     ids.insert(path, file_id(&st, btime));
                 }
                 FileType::Unknown => {}
@@ -279,40 +385,83 @@ fn clone_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ids: &mut HashMap<Vec<u8
     for (rel, st) in dirs.iter().rev() {
         let s = beneath::open_dir(src, rel).ctx(|| format!("opening {}", show(rel)))?;
         let d = beneath::open_dir(dst, rel).ctx(|| format!("opening clone of {}", show(rel)))?;
-        copy_meta_fd(s.as_fd(), d.as_fd(), st).ctx(|| format!("metadata of clone {}", show(rel)))?;
+        copy_meta_fd(s.as_fd(), d.as_fd(), st)
+            .ctx(|| format!("metadata of clone {}", show(rel)))?;
     }
     Ok(())
 }
 
 /// Clones one file, retrying while its size, mtime or ctime move during the clone. Returns the
 /// live stat the clone matches.
-fn clone_file(sdir: BorrowedFd<'_>, ddir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<rustix::fs::Stat> {
-    let key = |s: &rustix::fs::Stat| (s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec);
+fn clone_file(
+    sdir: BorrowedFd<'_>,
+    ddir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+) -> Result<rustix::fs::Stat> {
+    let key = |s: &rustix::fs::Stat| {
+        (
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_ctime,
+            s.st_ctime_nsec,
+        )
+    };
     for _ in 0..MAX_CLONE_TRIES {
-        let sf = beneath::open_in(sdir, name, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
+        let sf = beneath::open_in(sdir, name, OFlags::RDONLY, Mode::empty())
+            .ctx(|| format!("opening {}", show(path)))?;
         let before = rustix::fs::fstat(&sf).ctx(|| format!("stat {}", show(path)))?;
-        let df = beneath::open_in(ddir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, Mode::from_raw_mode(0o600))
-            .ctx(|| format!("creating clone of {}", show(path)))?;
-        ficlone(df.as_fd(), sf.as_fd()).ctx(|| format!("cloning {} (the file system must support reflinks)", show(path)))?;
+        let df = beneath::open_in(
+            ddir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx(|| format!("creating clone of {}", show(path)))?;
+        ficlone(df.as_fd(), sf.as_fd()).ctx(|| {
+            format!(
+                "cloning {} (the file system must support reflinks)",
+                show(path)
+            )
+        })?;
         let after = rustix::fs::fstat(&sf).ctx(|| format!("stat {}", show(path)))?;
         if key(&before) == key(&after) {
-            copy_meta_fd(sf.as_fd(), df.as_fd(), &before).ctx(|| format!("metadata of clone {}", show(path)))?;
+            copy_meta_fd(sf.as_fd(), df.as_fd(), &before)
+                .ctx(|| format!("metadata of clone {}", show(path)))?;
             return Ok(before);
         }
     }
-    Err(Error::SourceChanged(format!("{} kept changing while being cloned", show(path))))
+    Err(Error::SourceChanged(format!(
+        "{} kept changing while being cloned",
+        show(path)
+    )))
 }
 
 fn times(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
-        last_modification: rustix::fs::Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     }
 }
 
-fn copy_meta_fd(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &rustix::fs::Stat) -> std::io::Result<()> {
+fn copy_meta_fd(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    st: &rustix::fs::Stat,
+) -> std::io::Result<()> {
     if rustix::process::geteuid().is_root() {
-        rustix::fs::fchown(dst, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))?;
+        rustix::fs::fchown(
+            dst,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )?;
     }
     rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
     let x = crate::tree::xattr::read_user_xattrs(crate::tree::xattr::On::Fd(src))?;
@@ -323,10 +472,21 @@ fn copy_meta_fd(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &rustix::fs::Stat)
 
 fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], st: &rustix::fs::Stat) -> std::io::Result<()> {
     if rustix::process::geteuid().is_root() {
-        rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
     }
     if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())?;
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )?;
     }
     rustix::fs::utimensat(dir, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())

@@ -25,7 +25,8 @@ impl SessionId {
         let mut b = [0u8; 16];
         let mut filled = 0;
         while filled < b.len() {
-            let n = rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
+            let n =
+                rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
             filled += n;
         }
         Ok(SessionId(u128::from_le_bytes(b)))

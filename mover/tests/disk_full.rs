@@ -19,8 +19,15 @@ const IMAGE_BYTES: u64 = 48 << 20;
 const LEFT_FREE: u64 = 6 << 20;
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/install-deps.sh)"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/install-deps.sh)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn require(tool: &str) {
@@ -29,7 +36,10 @@ fn require(tool: &str) {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .chain(["/sbin", "/usr/sbin"].map(PathBuf::from))
         .any(|d| d.join(tool).is_file());
-    assert!(found, "disk_full needs `{tool}` (run scripts/install-deps.sh); refusing to skip");
+    assert!(
+        found,
+        "disk_full needs `{tool}` (run scripts/install-deps.sh); refusing to skip"
+    );
 }
 
 /// A freshly made ext4 file system mounted on a temporary directory; unmounted on drop (also
@@ -50,13 +60,24 @@ impl Ext4 {
         }
         let img_dir = tempfile::tempdir().unwrap();
         let img = img_dir.path().join("target.ext4");
-        run(Command::new("truncate").arg("-s").arg(IMAGE_BYTES.to_string()).arg(&img));
+        run(Command::new("truncate")
+            .arg("-s")
+            .arg(IMAGE_BYTES.to_string())
+            .arg(&img));
         // -m 0: no blocks reserved for root, so "full" is the same for this root test as for an
         // unprivileged receiver, and statvfs' f_bavail is what can really be written.
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&img));
         let mnt = tempfile::tempdir().unwrap();
-        run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(mnt.path()));
-        Ext4 { mnt, _img_dir: img_dir }
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(mnt.path()));
+        Ext4 {
+            mnt,
+            _img_dir: img_dir,
+        }
     }
 
     fn path(&self) -> &Path {
@@ -66,11 +87,17 @@ impl Ext4 {
 
 impl Drop for Ext4 {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(self.mnt.path()).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(self.mnt.path())
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             // Something still holds a file open there (a panicking test's threads): detach it
             // so the loop device and image are released once they let go.
-            let _ = Command::new("umount").arg("-l").arg(self.mnt.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.mnt.path())
+                .status();
         }
     }
 }
@@ -87,9 +114,21 @@ fn tree_hash(p: &Path) -> (u128, Option<u128>) {
 
 /// The byte count in "… (N bytes) free" or "N bytes free".
 fn reported_free(msg: &str) -> u64 {
-    let at = msg.find(" bytes) free").or_else(|| msg.find(" bytes free")).unwrap_or_else(|| panic!("no free space in: {msg}"));
-    let digits: String = msg[..at].chars().rev().take_while(|c| c.is_ascii_digit()).collect();
-    digits.chars().rev().collect::<String>().parse().unwrap_or_else(|_| panic!("no free space in: {msg}"))
+    let at = msg
+        .find(" bytes) free")
+        .or_else(|| msg.find(" bytes free"))
+        .unwrap_or_else(|| panic!("no free space in: {msg}"));
+    let digits: String = msg[..at]
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no free space in: {msg}"))
 }
 
 /// Relative paths of every regular file in `root` (the generated tree is deeper than PATH_MAX,
@@ -111,7 +150,16 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     let (src, state) = (t.path().join("src"), t.path().join("state"));
     let dst = fs.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    generate(&src, &TreeSpec { small_files: 80, large_files: 2, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &src,
+        &TreeSpec {
+            small_files: 80,
+            large_files: 2,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     // Job 1 fits and commits a recovery point.
     let (addr, h) = start_receiver(&dst);
@@ -120,20 +168,41 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     assert!(r.ok, "first job: {:?}", r.error);
     assert_same_tree(&src, &dst);
     let at_rp = tree_hash(&dst);
-    let rp = mover::receiver::recovery_point(&dst).unwrap().expect("a recovery point after the first job");
+    let rp = mover::receiver::recovery_point(&dst)
+        .unwrap()
+        .expect("a recovery point after the first job");
 
     // Fill the file system (outside the root) until LEFT_FREE remains, then give the source
     // changes, including new data several times larger than that.
     let filler = fs.path().join("filler");
     let f = std::fs::File::create(&filler).unwrap();
-    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, free_bytes(fs.path()) - LEFT_FREE).unwrap();
+    rustix::fs::fallocate(
+        &f,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free_bytes(fs.path()) - LEFT_FREE,
+    )
+    .unwrap();
     f.sync_all().unwrap();
     drop(f);
     let free_before = free_bytes(fs.path());
-    churn(&src, &ChurnSpec { seed: 11, ops: 30, large_max: 1 << 20, ..Default::default() }).unwrap();
+    churn(
+        &src,
+        &ChurnSpec {
+            seed: 11,
+            ops: 30,
+            large_max: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     std::fs::create_dir(src.join("new")).unwrap();
     for i in 0..4 {
-        std::fs::write(src.join(format!("new/big{i}.bin")), vec![i as u8 + 1; 5 << 20]).unwrap();
+        std::fs::write(
+            src.join(format!("new/big{i}.bin")),
+            vec![i as u8 + 1; 5 << 20],
+        )
+        .unwrap();
     }
 
     // Job 2 runs out of space: both sides say so, naming the file and the free space.
@@ -143,29 +212,59 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     assert!(!r.ok, "the second job cannot fit");
     let msg = r.error.clone().unwrap_or_default();
     eprintln!("receiver: {msg}");
-    assert!(msg.contains("full"), "receiver error does not say the disk is full: {msg}");
+    assert!(
+        msg.contains("full"),
+        "receiver error does not say the disk is full: {msg}"
+    );
     let free = reported_free(&msg);
-    assert!(free < LEFT_FREE, "reported {free} bytes free, but at most {LEFT_FREE} were left: {msg}");
+    assert!(
+        free < LEFT_FREE,
+        "reported {free} bytes free, but at most {LEFT_FREE} were left: {msg}"
+    );
     assert!(msg.contains("this job needs"), "no bytes needed in: {msg}");
     let files = files_under(&src);
-    assert!(files.iter().any(|p| msg.contains(p.as_str())), "the error names no path of the job: {msg}");
-    assert!(msg.contains(&format!("reverted to recovery point {}", rp.id)), "not reverted to {}: {msg}", rp.id);
+    assert!(
+        files.iter().any(|p| msg.contains(p.as_str())),
+        "the error names no path of the job: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("reverted to recovery point {}", rp.id)),
+        "not reverted to {}: {msg}",
+        rp.id
+    );
     // The sender shows the receiver's reason when its Error frame arrives in time; when the
     // sender fails on its own socket error first, only the failure itself is certain.
     match sent.expect_err("the sender sees the second job fail") {
         mover::Error::Peer(m) => {
             eprintln!("sender: {m}");
-            assert!(m.contains("full") && m.contains("free"), "sender got a reason that is not disk full: {m}");
+            assert!(
+                m.contains("full") && m.contains("free"),
+                "sender got a reason that is not disk full: {m}"
+            );
         }
         e => eprintln!("sender failed before the receiver's reason arrived: {e}"),
     }
 
     // The target is exactly at its last recovery point, and the job's space is free again.
-    assert_eq!(tree_hash(&dst), at_rp, "target left between recovery points");
-    assert_eq!(mover::receiver::recovery_point(&dst).unwrap().as_ref(), Some(&rp), "recovery point changed");
-    assert!(!dst.join(".mover-state/journal").exists(), "the reverted job's journal is still there");
+    assert_eq!(
+        tree_hash(&dst),
+        at_rp,
+        "target left between recovery points"
+    );
+    assert_eq!(
+        mover::receiver::recovery_point(&dst).unwrap().as_ref(),
+        Some(&rp),
+        "recovery point changed"
+    );
+    assert!(
+        !dst.join(".mover-state/journal").exists(),
+        "the reverted job's journal is still there"
+    );
     let free_after = free_bytes(fs.path());
-    assert!(free_after + (1 << 20) >= free_before, "revert left {free_after} bytes free, {free_before} before the job");
+    assert!(
+        free_after + (1 << 20) >= free_before,
+        "revert left {free_after} bytes free, {free_before} before the job"
+    );
 
     // With space freed the same job goes through.
     std::fs::remove_file(&filler).unwrap();

@@ -57,7 +57,13 @@ impl TestServer {
                         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
                         let idx = {
                             let mut g = log2.lock().unwrap();
-                            g.push(ConnLog { accepted_at: Instant::now(), head: vec![], bytes: 0, arrivals: vec![], closed: false });
+                            g.push(ConnLog {
+                                accepted_at: Instant::now(),
+                                head: vec![],
+                                bytes: 0,
+                                arrivals: vec![],
+                                closed: false,
+                            });
                             g.len() - 1
                         };
                         let (log3, stop3) = (log2.clone(), stop2.clone());
@@ -67,7 +73,12 @@ impl TestServer {
                 }
             }
         });
-        TestServer { addr, log, stop, thread: Some(thread) }
+        TestServer {
+            addr,
+            log,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn snapshot(&self) -> Vec<ConnLog> {
@@ -82,7 +93,10 @@ impl TestServer {
             if pred(&log) {
                 return log;
             }
-            assert!(Instant::now() < end, "timed out waiting for: {what}; server log: {log:?}");
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for: {what}; server log: {log:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -97,7 +111,13 @@ impl Drop for TestServer {
     }
 }
 
-fn serve(mut s: TcpStream, idx: usize, mode: Mode, log: Arc<Mutex<Vec<ConnLog>>>, stop: Arc<AtomicBool>) {
+fn serve(
+    mut s: TcpStream,
+    idx: usize,
+    mode: Mode,
+    log: Arc<Mutex<Vec<ConnLog>>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match s.read(&mut buf) {
@@ -116,7 +136,12 @@ fn serve(mut s: TcpStream, idx: usize, mode: Mode, log: Arc<Mutex<Vec<ConnLog>>>
                     break;
                 }
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
@@ -155,7 +180,10 @@ fn assert_closed(c: &mut TcpStream, what: &str) {
             Ok(0) => return,
             Ok(_) => continue, // data forwarded before the fault; drain it
             Err(e) => {
-                assert!(!matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{what}: still open: {e}");
+                assert!(
+                    !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    "{what}: still open: {e}"
+                );
                 return;
             }
         }
@@ -197,11 +225,18 @@ fn proxy_forwards_bytes_intact() {
 fn cut_closes_every_connection_after_budget() {
     const BUDGET: u64 = 100_000;
     let srv = TestServer::start(Mode::Sink);
-    let proxy = FaultProxy::start(srv.addr, vec![Fault::Cut { after_bytes: BUDGET }]);
+    let proxy = FaultProxy::start(
+        srv.addr,
+        vec![Fault::Cut {
+            after_bytes: BUDGET,
+        }],
+    );
     let (mut a, mut b) = (connect(proxy.addr), connect(proxy.addr));
     a.write_all(&pattern(30_000, 1)).unwrap();
     b.write_all(&pattern(30_000, 2)).unwrap();
-    srv.wait_for("60 kB below the budget", |l| l.len() == 2 && l.iter().map(|c| c.bytes).sum::<u64>() == 60_000);
+    srv.wait_for("60 kB below the budget", |l| {
+        l.len() == 2 && l.iter().map(|c| c.bytes).sum::<u64>() == 60_000
+    });
     assert_eq!(proxy.faults_fired(), 0);
     assert_eq!(proxy.forwarded(), 60_000);
 
@@ -219,18 +254,29 @@ fn cut_closes_every_connection_after_budget() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert!(sent > BUDGET - 30_000, "client wrote enough to reach the budget");
+    assert!(
+        sent > BUDGET - 30_000,
+        "client wrote enough to reach the budget"
+    );
     assert_closed(&mut a, "connection a");
     assert_closed(&mut b, "connection b (idle, still cut)");
     assert_eq!(proxy.faults_fired(), 1);
     assert_eq!(proxy.forwarded(), BUDGET, "exactly the budget passes");
-    let log = srv.wait_for("both upstream connections closed", |l| l.len() == 2 && l.iter().all(|c| c.closed));
-    assert_eq!(log.iter().map(|c| c.bytes).sum::<u64>(), BUDGET, "server received exactly the budget");
+    let log = srv.wait_for("both upstream connections closed", |l| {
+        l.len() == 2 && l.iter().all(|c| c.closed)
+    });
+    assert_eq!(
+        log.iter().map(|c| c.bytes).sum::<u64>(),
+        BUDGET,
+        "server received exactly the budget"
+    );
 
     // The partition heals: a new connection gets through.
     let mut c = connect(proxy.addr);
     c.write_all(b"after the cut").unwrap();
-    let log = srv.wait_for("third connection's bytes", |l| l.len() == 3 && l[2].bytes == 13);
+    let log = srv.wait_for("third connection's bytes", |l| {
+        l.len() == 3 && l[2].bytes == 13
+    });
     assert_eq!(log[2].head, b"after the cut");
     assert_eq!(proxy.forwarded(), BUDGET + 13);
     assert_eq!(proxy.connections(), 3);
@@ -240,7 +286,13 @@ fn cut_closes_every_connection_after_budget() {
 fn stall_pauses_then_resumes() {
     const STALL: Duration = Duration::from_millis(400);
     let srv = TestServer::start(Mode::Echo);
-    let proxy = FaultProxy::start(srv.addr, vec![Fault::Stall { after_bytes: 1000, for_ms: STALL.as_millis() as u64 }]);
+    let proxy = FaultProxy::start(
+        srv.addr,
+        vec![Fault::Stall {
+            after_bytes: 1000,
+            for_ms: STALL.as_millis() as u64,
+        }],
+    );
     let mut c = connect(proxy.addr);
     let data = pattern(2000, 7);
     let t0 = Instant::now();
@@ -255,8 +307,16 @@ fn stall_pauses_then_resumes() {
     // Upstream: the first 1000 bytes passed, byte 1001 only after the stall.
     let log = srv.snapshot();
     assert_eq!(log.len(), 1, "the stall kept the one connection open");
-    let (late, _) = *log[0].arrivals.iter().find(|(_, total)| *total > 1000).unwrap();
-    assert!(late >= t0 + STALL, "byte 1001 arrived {:?} after the start, before the stall ended", late - t0);
+    let (late, _) = *log[0]
+        .arrivals
+        .iter()
+        .find(|(_, total)| *total > 1000)
+        .unwrap();
+    assert!(
+        late >= t0 + STALL,
+        "byte 1001 arrived {:?} after the start, before the stall ended",
+        late - t0
+    );
     // Then the link continues normally on the same connection.
     echo_roundtrip(&mut c, b"still here");
     assert_eq!(proxy.forwarded(), 2010);
@@ -266,13 +326,23 @@ fn stall_pauses_then_resumes() {
 #[test]
 fn byte_faults_fire_in_order_with_fresh_budgets() {
     let srv = TestServer::start(Mode::Sink);
-    let faults = vec![Fault::Stall { after_bytes: 1000, for_ms: 100 }, Fault::Cut { after_bytes: 1500 }];
+    let faults = vec![
+        Fault::Stall {
+            after_bytes: 1000,
+            for_ms: 100,
+        },
+        Fault::Cut { after_bytes: 1500 },
+    ];
     let proxy = FaultProxy::start(srv.addr, faults);
     let mut c = connect(proxy.addr);
     c.write_all(&pattern(5000, 9)).unwrap();
     assert_closed(&mut c, "cut connection");
     assert_eq!(proxy.faults_fired(), 2);
-    assert_eq!(proxy.forwarded(), 2500, "the cut counts from when the stall fired");
+    assert_eq!(
+        proxy.forwarded(),
+        2500,
+        "the cut counts from when the stall fired"
+    );
     let log = srv.wait_for("upstream closed", |l| l.len() == 1 && l[0].closed);
     assert_eq!(log[0].bytes, 2500);
 }
@@ -281,7 +351,13 @@ fn byte_faults_fire_in_order_with_fresh_budgets() {
 fn delayed_connection_is_held() {
     const HOLD: Duration = Duration::from_millis(800);
     let srv = TestServer::start(Mode::Echo);
-    let proxy = FaultProxy::start(srv.addr, vec![Fault::DelayConnect { conn_index: 1, ms: HOLD.as_millis() as u64 }]);
+    let proxy = FaultProxy::start(
+        srv.addr,
+        vec![Fault::DelayConnect {
+            conn_index: 1,
+            ms: HOLD.as_millis() as u64,
+        }],
+    );
     let mut c0 = connect(proxy.addr);
     echo_roundtrip(&mut c0, b"zero");
     let t1 = Instant::now();
@@ -299,8 +375,14 @@ fn delayed_connection_is_held() {
     let log = srv.snapshot();
     let pos = |h: &[u8]| log.iter().position(|c| c.head == h).unwrap();
     assert_eq!(log.len(), 3);
-    assert!(pos(b"two!") < pos(b"one!"), "the held connection reached the server after a later one");
-    assert!(log[pos(b"one!")].accepted_at >= t1 + HOLD, "connected upstream before the hold ended");
+    assert!(
+        pos(b"two!") < pos(b"one!"),
+        "the held connection reached the server after a later one"
+    );
+    assert!(
+        log[pos(b"one!")].accepted_at >= t1 + HOLD,
+        "connected upstream before the hold ended"
+    );
 }
 
 #[test]
@@ -315,7 +397,11 @@ fn close_early_drops_that_connection() {
     assert_eq!(proxy.faults_fired(), 1);
     assert_eq!(proxy.forwarded(), 2);
     let log = srv.snapshot();
-    assert_eq!(log.len(), 1, "the closed-early connection never reached the server");
+    assert_eq!(
+        log.len(),
+        1,
+        "the closed-early connection never reached the server"
+    );
     assert_eq!(log[0].head, b"hi");
 }
 
@@ -327,9 +413,14 @@ fn drop_closes_open_connections() {
     echo_roundtrip(&mut c, b"ping");
     let t = Instant::now();
     drop(proxy);
-    assert!(t.elapsed() < Duration::from_secs(5), "drop joined its threads promptly");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "drop joined its threads promptly"
+    );
     assert_closed(&mut c, "client side after drop");
-    srv.wait_for("upstream side closed after drop", |l| l.len() == 1 && l[0].closed);
+    srv.wait_for("upstream side closed after drop", |l| {
+        l.len() == 1 && l[0].closed
+    });
 }
 
 #[test]
@@ -337,13 +428,20 @@ fn random_schedule_is_seeded_and_bounded() {
     let mut distinct = std::collections::HashSet::new();
     for seed in 0..200u64 {
         let s = random_schedule(seed, 1 << 20);
-        assert_eq!(s, random_schedule(seed, 1 << 20), "same seed, same schedule");
+        assert_eq!(
+            s,
+            random_schedule(seed, 1 << 20),
+            "same seed, same schedule"
+        );
         assert!((1..=3).contains(&s.len()), "{s:?}");
         let mut idx = Vec::new();
         for f in &s {
             match *f {
                 Fault::Cut { after_bytes } => assert!((1..=1 << 20).contains(&after_bytes)),
-                Fault::Stall { after_bytes, for_ms } => {
+                Fault::Stall {
+                    after_bytes,
+                    for_ms,
+                } => {
                     assert!((1..=1 << 20).contains(&after_bytes));
                     assert!(for_ms <= MAX_HOLD_MS);
                 }
@@ -357,10 +455,24 @@ fn random_schedule_is_seeded_and_bounded() {
         let n = idx.len();
         idx.sort_unstable();
         idx.dedup();
-        assert_eq!(idx.len(), n, "connection faults target distinct connections: {s:?}");
+        assert_eq!(
+            idx.len(),
+            n,
+            "connection faults target distinct connections: {s:?}"
+        );
         distinct.insert(format!("{s:?}"));
     }
-    assert!(distinct.len() > 150, "seeds give varied schedules ({} distinct)", distinct.len());
-    let kinds = (0..200u64).flat_map(|s| random_schedule(s, 1000)).map(|f| std::mem::discriminant(&f));
-    assert_eq!(kinds.collect::<std::collections::HashSet<_>>().len(), 4, "every kind of fault occurs");
+    assert!(
+        distinct.len() > 150,
+        "seeds give varied schedules ({} distinct)",
+        distinct.len()
+    );
+    let kinds = (0..200u64)
+        .flat_map(|s| random_schedule(s, 1000))
+        .map(|f| std::mem::discriminant(&f));
+    assert_eq!(
+        kinds.collect::<std::collections::HashSet<_>>().len(),
+        4,
+        "every kind of fault occurs"
+    );
 }

@@ -7,14 +7,23 @@ use common::*;
 use mover::tree::entry::{Entry, EntryKind, Meta};
 use mover::units::{EntryId, SessionId, WorkerIndex};
 use mover::wire::codec::Enc;
-use mover::wire::frame::{encode_frame, FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
+use mover::wire::frame::{
+    encode_frame, FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD,
+};
 use mover::wire::message::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 
 fn hello(session: u128, role: Role, min: u16, max: u16) -> Vec<u8> {
-    let h = Hello { min_version: min, max_version: max, software: "hostile".into(), capabilities: CAP_OWNERS, session: SessionId(session), role };
+    let h = Hello {
+        min_version: min,
+        max_version: max,
+        software: "hostile".into(),
+        capabilities: CAP_OWNERS,
+        session: SessionId(session),
+        role,
+    };
     encode_frame(FrameKind::Hello, &h.encode())
 }
 
@@ -29,14 +38,29 @@ fn read_frame(s: &mut TcpStream) -> Option<(FrameKind, Vec<u8>)> {
 
 fn connect_control(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&hello(1, Role::Control { workers: 1 }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).unwrap();
+    s.write_all(&hello(
+        1,
+        Role::Control { workers: 1 },
+        PROTOCOL_VERSION_MIN,
+        PROTOCOL_VERSION_MAX,
+    ))
+    .unwrap();
     let (k, _) = read_frame(&mut s).expect("HelloAck");
     assert_eq!(k, FrameKind::HelloAck);
     s
 }
 
 fn entry(parent: u32, name: &[u8], kind: EntryKind) -> Entry {
-    Entry { parent: EntryId(parent), name: name.to_vec(), kind, meta: Meta { mode: 0o644, ..Meta::default() }, xattrs: vec![] }
+    Entry {
+        parent: EntryId(parent),
+        name: name.to_vec(),
+        kind,
+        meta: Meta {
+            mode: 0o644,
+            ..Meta::default()
+        },
+        xattrs: vec![],
+    }
 }
 
 fn entries_frame(es: &[Entry]) -> Vec<u8> {
@@ -53,7 +77,10 @@ fn root_entry() -> Entry {
 
 /// Runs `attack` against a fresh receiver and returns the receiver's error text. Also checks
 /// that a sentinel directory beside the root is untouched.
-fn attack(setup: impl FnOnce(&Path, &Path), attack: impl FnOnce(SocketAddr)) -> (String, tempfile::TempDir) {
+fn attack(
+    setup: impl FnOnce(&Path, &Path),
+    attack: impl FnOnce(SocketAddr),
+) -> (String, tempfile::TempDir) {
     let t = tempfile::tempdir().unwrap();
     let (root, outside) = (t.path().join("root"), t.path().join("outside"));
     std::fs::create_dir_all(&root).unwrap();
@@ -65,79 +92,132 @@ fn attack(setup: impl FnOnce(&Path, &Path), attack: impl FnOnce(SocketAddr)) -> 
     let rep = h.join().unwrap();
     assert!(!rep.ok, "hostile session must fail");
     assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing created outside the root");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "nothing created outside the root"
+    );
     (rep.error.unwrap_or_default(), t)
 }
 
 #[test]
 fn oversized_frame_is_rejected_naming_the_limit() {
-    let (err, _t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        let h = FrameHeader { kind: FrameKind::Entries, len: (MAX_FRAME_PAYLOAD + 1) as u32, checksum: 0 };
-        s.write_all(&h.encode()).unwrap();
-        let (k, msg) = read_frame(&mut s).expect("error frame");
-        assert_eq!(k, FrameKind::Error);
-        assert!(decode_message(&msg).unwrap().contains("MAX_FRAME_PAYLOAD"));
-    });
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            let h = FrameHeader {
+                kind: FrameKind::Entries,
+                len: (MAX_FRAME_PAYLOAD + 1) as u32,
+                checksum: 0,
+            };
+            s.write_all(&h.encode()).unwrap();
+            let (k, msg) = read_frame(&mut s).expect("error frame");
+            assert_eq!(k, FrameKind::Error);
+            assert!(decode_message(&msg).unwrap().contains("MAX_FRAME_PAYLOAD"));
+        },
+    );
     assert!(err.contains("exceeds the limit of 2097152"), "{err}");
 }
 
 #[test]
 fn corrupted_frame_is_rejected_before_use() {
-    let (err, t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        let mut f = entries_frame(&[root_entry(), entry(0, b"made-by-corrupt-frame", EntryKind::Dir)]);
-        let last = f.len() - 1;
-        f[last] ^= 0xff;
-        s.write_all(&f).unwrap();
-        let _ = read_frame(&mut s);
-    });
+    let (err, t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            let mut f = entries_frame(&[
+                root_entry(),
+                entry(0, b"made-by-corrupt-frame", EntryKind::Dir),
+            ]);
+            let last = f.len() - 1;
+            f[last] ^= 0xff;
+            s.write_all(&f).unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!t.path().join("root/made-by-corrupt-frame").exists());
 }
 
 #[test]
 fn truncated_frame_ends_the_session() {
-    let (err, _t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        let f = entries_frame(&[root_entry(), entry(0, b"a", EntryKind::Dir)]);
-        s.write_all(&f[..f.len() - 3]).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let _ = read_frame(&mut s);
-    });
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            let f = entries_frame(&[root_entry(), entry(0, b"a", EntryKind::Dir)]);
+            s.write_all(&f[..f.len() - 3]).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
     assert!(err.contains("reading Entries frame"), "{err}");
 }
 
 #[test]
 fn hostile_names_are_rejected() {
-    for bad in [&b".."[..], b".", b"a/b", b"", b"nul\0byte", b"../../outside/victim"] {
-        let (err, t) = attack(|_, _| {}, |addr| {
-            let mut s = connect_control(addr);
-            s.write_all(&entries_frame(&[root_entry(), entry(0, bad, EntryKind::File { size: 1 })])).unwrap();
-            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
-            let (k, _) = read_frame(&mut s).expect("error frame");
-            assert_eq!(k, FrameKind::Error);
-        });
+    for bad in [
+        &b".."[..],
+        b".",
+        b"a/b",
+        b"",
+        b"nul\0byte",
+        b"../../outside/victim",
+    ] {
+        let (err, t) = attack(
+            |_, _| {},
+            |addr| {
+                let mut s = connect_control(addr);
+                s.write_all(&entries_frame(&[
+                    root_entry(),
+                    entry(0, bad, EntryKind::File { size: 1 }),
+                ]))
+                .unwrap();
+                s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
+                    .unwrap();
+                let (k, _) = read_frame(&mut s).expect("error frame");
+                assert_eq!(k, FrameKind::Error);
+            },
+        );
         assert!(err.contains("bad name"), "{bad:?}: {err}");
-        assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0, "nothing created for {bad:?}");
+        assert_eq!(
+            std::fs::read_dir(t.path().join("root")).unwrap().count(),
+            0,
+            "nothing created for {bad:?}"
+        );
     }
 }
 
 #[test]
 fn parent_that_is_not_a_directory_is_rejected() {
-    let (err, _t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        let es = [root_entry(), entry(0, b"f", EntryKind::File { size: 1 }), entry(1, b"under-a-file", EntryKind::Dir)];
-        s.write_all(&entries_frame(&es)).unwrap();
-        let _ = read_frame(&mut s);
-    });
-    assert!(err.contains("parent 1 is not an earlier directory"), "{err}");
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            let es = [
+                root_entry(),
+                entry(0, b"f", EntryKind::File { size: 1 }),
+                entry(1, b"under-a-file", EntryKind::Dir),
+            ];
+            s.write_all(&entries_frame(&es)).unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(
+        err.contains("parent 1 is not an earlier directory"),
+        "{err}"
+    );
 }
 
 #[test]
 fn symlink_planted_in_destination_does_not_redirect_writes() {
     let t = tempfile::tempdir().unwrap();
-    let (src, dst, outside) = (t.path().join("src"), t.path().join("dst"), t.path().join("outside"));
+    let (src, dst, outside) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("outside"),
+    );
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("sub/file"), b"from the source").unwrap();
     std::fs::write(src.join("victim"), vec![7u8; 200_000]).unwrap();
@@ -156,26 +236,46 @@ fn symlink_planted_in_destination_does_not_redirect_writes() {
 
 #[test]
 fn data_frame_for_an_entry_not_in_the_session_is_rejected() {
-    let (err, t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        s.write_all(&entries_frame(&[root_entry(), entry(0, b"d", EntryKind::Dir)])).unwrap();
-        s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
-        let (k, _) = read_frame(&mut s).expect("need list");
-        assert_eq!(k, FrameKind::NeedList);
-        s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[]))).unwrap();
-        let mut w = TcpStream::connect(addr).unwrap();
-        w.write_all(&hello(1, Role::Worker { index: WorkerIndex(0) }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)).unwrap();
-        let (k, _) = read_frame(&mut w).expect("ack");
-        assert_eq!(k, FrameKind::HelloAck);
-        let mut p = Vec::new();
-        p.extend_from_slice(&1u32.to_le_bytes()); // entry 1 is a directory
-        p.extend_from_slice(&0u64.to_le_bytes());
-        p.extend_from_slice(b"payload aimed at a directory");
-        w.write_all(&encode_frame(FrameKind::Data, &p)).unwrap();
-        let _ = read_frame(&mut s);
-    });
+    let (err, t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            s.write_all(&entries_frame(&[
+                root_entry(),
+                entry(0, b"d", EntryKind::Dir),
+            ]))
+            .unwrap();
+            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
+                .unwrap();
+            let (k, _) = read_frame(&mut s).expect("need list");
+            assert_eq!(k, FrameKind::NeedList);
+            s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[])))
+                .unwrap();
+            let mut w = TcpStream::connect(addr).unwrap();
+            w.write_all(&hello(
+                1,
+                Role::Worker {
+                    index: WorkerIndex(0),
+                },
+                PROTOCOL_VERSION_MIN,
+                PROTOCOL_VERSION_MAX,
+            ))
+            .unwrap();
+            let (k, _) = read_frame(&mut w).expect("ack");
+            assert_eq!(k, FrameKind::HelloAck);
+            let mut p = Vec::new();
+            p.extend_from_slice(&1u32.to_le_bytes()); // entry 1 is a directory
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(b"payload aimed at a directory");
+            w.write_all(&encode_frame(FrameKind::Data, &p)).unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
     assert!(err.contains("does not transfer"), "{err}");
-    assert_eq!(std::fs::read_dir(t.path().join("root/d")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(t.path().join("root/d")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -183,7 +283,8 @@ fn version_mismatch_is_refused_with_both_ranges() {
     let t = tempfile::tempdir().unwrap();
     let (addr, _h) = start_receiver(t.path());
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(&hello(5, Role::Control { workers: 1 }, 90, 99)).unwrap();
+    s.write_all(&hello(5, Role::Control { workers: 1 }, 90, 99))
+        .unwrap();
     let (k, msg) = read_frame(&mut s).expect("error frame");
     assert_eq!(k, FrameKind::Error);
     let msg = decode_message(&msg).unwrap();
@@ -195,7 +296,13 @@ fn bad_magic_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let (addr, _h) = start_receiver(t.path());
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut p = hello(5, Role::Control { workers: 1 }, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)[FRAME_HEADER_LEN..].to_vec();
+    let mut p = hello(
+        5,
+        Role::Control { workers: 1 },
+        PROTOCOL_VERSION_MIN,
+        PROTOCOL_VERSION_MAX,
+    )[FRAME_HEADER_LEN..]
+        .to_vec();
     p[0] = b'X';
     s.write_all(&encode_frame(FrameKind::Hello, &p)).unwrap();
     let (k, msg) = read_frame(&mut s).expect("error frame");
@@ -205,34 +312,77 @@ fn bad_magic_is_refused() {
 
 #[test]
 fn expect_list_that_does_not_match_the_need_list_is_rejected() {
-    let (err, t) = attack(|_, _| {}, |addr| {
-        let mut s = connect_control(addr);
-        s.write_all(&entries_frame(&[root_entry(), entry(0, b"small", EntryKind::File { size: 10 })])).unwrap();
-        s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
-        let (k, _) = read_frame(&mut s).expect("need list");
-        assert_eq!(k, FrameKind::NeedList);
-        // Announces data for a small (inline) file, which travels in FileBatch frames only.
-        s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[(EntryId(1), 10)]))).unwrap();
-        let _ = read_frame(&mut s);
-    });
+    let (err, t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            s.write_all(&entries_frame(&[
+                root_entry(),
+                entry(0, b"small", EntryKind::File { size: 10 }),
+            ]))
+            .unwrap();
+            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
+                .unwrap();
+            let (k, _) = read_frame(&mut s).expect("need list");
+            assert_eq!(k, FrameKind::NeedList);
+            // Announces data for a small (inline) file, which travels in FileBatch frames only.
+            s.write_all(&encode_frame(
+                FrameKind::Expect,
+                &encode_expect(true, &[(EntryId(1), 10)]),
+            ))
+            .unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
     assert!(err.contains("does not match the need list"), "{err}");
-    assert!(!t.path().join("root/small").exists() || std::fs::metadata(t.path().join("root/small")).unwrap().len() == 0);
+    assert!(
+        !t.path().join("root/small").exists()
+            || std::fs::metadata(t.path().join("root/small"))
+                .unwrap()
+                .len()
+                == 0
+    );
 }
 
 #[test]
 fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
-    for from in [&b"../outside/victim"[..], b"/etc/passwd", b".mover-state/recovery-point", b"a//b", b""] {
-        let (err, t) = attack(|_, _| {}, |addr| {
-            let mut s = connect_control(addr);
-            s.write_all(&entries_frame(&[root_entry(), entry(0, b"stolen", EntryKind::File { size: 8 })])).unwrap();
-            let mut e = Enc::new();
-            encode_hint(&mut e, &Hint::Rename { entry: EntryId(1), from: from.to_vec() });
-            s.write_all(&encode_frame(FrameKind::Hints, &e.buf)).unwrap();
-            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes())).unwrap();
-            let _ = read_frame(&mut s);
-        });
+    for from in [
+        &b"../outside/victim"[..],
+        b"/etc/passwd",
+        b".mover-state/recovery-point",
+        b"a//b",
+        b"",
+    ] {
+        let (err, t) = attack(
+            |_, _| {},
+            |addr| {
+                let mut s = connect_control(addr);
+                s.write_all(&entries_frame(&[
+                    root_entry(),
+                    entry(0, b"stolen", EntryKind::File { size: 8 }),
+                ]))
+                .unwrap();
+                let mut e = Enc::new();
+                encode_hint(
+                    &mut e,
+                    &Hint::Rename {
+                        entry: EntryId(1),
+                        from: from.to_vec(),
+                    },
+                );
+                s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
+                    .unwrap();
+                s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
+                    .unwrap();
+                let _ = read_frame(&mut s);
+            },
+        );
         assert!(err.contains("rename hint"), "{from:?}: {err}");
         assert!(!t.path().join("root/stolen").exists(), "{from:?}");
-        assert_eq!(std::fs::read(t.path().join("outside/victim")).unwrap(), b"precious", "{from:?}");
+        assert_eq!(
+            std::fs::read(t.path().join("outside/victim")).unwrap(),
+            b"precious",
+            "{from:?}"
+        );
     }
 }

@@ -27,7 +27,12 @@ fn setup(t: &Path, spec: TreeSpec) -> (std::path::PathBuf, std::path::PathBuf, s
 #[test]
 fn churn_rounds_keep_target_equal_to_source() {
     let t = tempfile::tempdir().unwrap();
-    let spec = TreeSpec { small_files: 60, large_files: 3, large_size: 1 << 20, ..Default::default() };
+    let spec = TreeSpec {
+        small_files: 60,
+        large_files: 3,
+        large_size: 1 << 20,
+        ..Default::default()
+    };
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, reports) = start_serving(&dst);
     let first = send_state(&src, addr, &state).unwrap();
@@ -35,7 +40,15 @@ fn churn_rounds_keep_target_equal_to_source() {
     assert_same_tree(&src, &dst);
     let (mut deltas, mut incremental) = (0, 0);
     for round in 0..ROUNDS {
-        churn(&src, &ChurnSpec { seed: 1000 + round, ops: 30, ..Default::default() }).unwrap();
+        churn(
+            &src,
+            &ChurnSpec {
+                seed: 1000 + round,
+                ops: 30,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let rep = send_state(&src, addr, &state).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let r = reports.recv().unwrap();
         assert!(r.ok, "round {round}: {:?}", r.error);
@@ -43,18 +56,31 @@ fn churn_rounds_keep_target_equal_to_source() {
         deltas += rep.files_delta;
         incremental += rep.incremental as u32;
     }
-    assert_eq!(incremental, ROUNDS as u32, "every later job used the manifest");
+    assert_eq!(
+        incremental, ROUNDS as u32,
+        "every later job used the manifest"
+    );
     assert!(deltas > 0, "some changed large files went as block deltas");
 }
 
 #[test]
 fn rewriting_a_few_blocks_sends_only_those_blocks() {
     let t = tempfile::tempdir().unwrap();
-    let spec = TreeSpec { small_files: 5, large_files: 1, large_size: 16 << 20, extras: false, ..Default::default() };
+    let spec = TreeSpec {
+        small_files: 5,
+        large_files: 1,
+        large_size: 16 << 20,
+        extras: false,
+        ..Default::default()
+    };
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, _reports) = start_serving(&dst);
     send_state(&src, addr, &state).unwrap();
-    let big = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).find(|p| p.metadata().unwrap().len() == 16 << 20).unwrap();
+    let big = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.metadata().unwrap().len() == 16 << 20)
+        .unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
     let mut rng = Rng(5);
     let mut block = vec![0u8; 4096];
@@ -72,19 +98,32 @@ fn rewriting_a_few_blocks_sends_only_those_blocks() {
     let changed = 40 * 4096;
     assert_eq!(rep.files_delta, 1);
     assert_eq!(rep.bytes, changed, "exactly the rewritten blocks");
-    assert!(rep.wire_bytes as f64 <= changed as f64 * 1.2 + 64.0 * 1024.0, "wire {} for {changed} changed", rep.wire_bytes);
+    assert!(
+        rep.wire_bytes as f64 <= changed as f64 * 1.2 + 64.0 * 1024.0,
+        "wire {} for {changed} changed",
+        rep.wire_bytes
+    );
 }
 
 #[test]
 fn renamed_directory_is_sent_as_a_rename() {
     let t = tempfile::tempdir().unwrap();
-    let spec = TreeSpec { small_files: 200, large_files: 4, large_size: 4 << 20, ..Default::default() };
+    let spec = TreeSpec {
+        small_files: 200,
+        large_files: 4,
+        large_size: 4 << 20,
+        ..Default::default()
+    };
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, _reports) = start_serving(&dst);
     send_state(&src, addr, &state).unwrap();
     std::fs::create_dir(src.join("moved-here")).unwrap();
     std::fs::rename(src.join("dir000"), src.join("moved-here/renamed")).unwrap();
-    std::fs::rename(src.join("large0.bin"), src.join("moved-here/large0-renamed.bin")).unwrap();
+    std::fs::rename(
+        src.join("large0.bin"),
+        src.join("moved-here/large0-renamed.bin"),
+    )
+    .unwrap();
     let rep = send_state(&src, addr, &state).unwrap();
     assert_same_tree(&src, &dst);
     assert!(rep.incremental);
@@ -95,23 +134,47 @@ fn renamed_directory_is_sent_as_a_rename() {
 #[test]
 fn interrupted_job_reverts_to_the_previous_recovery_point() {
     let t = tempfile::tempdir().unwrap();
-    let spec = TreeSpec { small_files: 100, large_files: 3, large_size: 2 << 20, ..Default::default() };
+    let spec = TreeSpec {
+        small_files: 100,
+        large_files: 3,
+        large_size: 2 << 20,
+        ..Default::default()
+    };
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, h) = start_receiver(&dst);
     send_state(&src, addr, &state).unwrap();
     assert!(h.join().unwrap().ok);
     let before = tree_hash(&dst);
-    churn(&src, &ChurnSpec { seed: 77, ops: 60, ..Default::default() }).unwrap();
+    churn(
+        &src,
+        &ChurnSpec {
+            seed: 77,
+            ops: 60,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     std::fs::write(src.join("new-large.bin"), vec![7u8; 3 << 20]).unwrap();
     // Cut the job a little way into its data.
     let (addr, h) = start_receiver(&dst);
     let proxy = CutProxy::start(addr, 1 << 20);
-    assert!(send_state(&src, proxy.addr, &state).is_err(), "the cut job fails");
+    assert!(
+        send_state(&src, proxy.addr, &state).is_err(),
+        "the cut job fails"
+    );
     assert!(!h.join().unwrap().ok);
-    assert_ne!(tree_hash(&dst), before, "the cut job changed the target in place");
+    assert_ne!(
+        tree_hash(&dst),
+        before,
+        "the cut job changed the target in place"
+    );
     let rep = mover::receiver::revert_root(&dst).unwrap();
     assert!(rep.reverted && rep.undone > 0, "{rep:?}");
-    assert_eq!(tree_hash(&dst), before, "back at the previous recovery point, data included");
+    assert_eq!(
+        tree_hash(&dst),
+        before,
+        "back at the previous recovery point, data included"
+    );
     let again = mover::receiver::revert_root(&dst).unwrap();
     assert!(!again.reverted, "nothing left to revert");
     // The next job starts from the restored recovery point and completes.
@@ -124,14 +187,26 @@ fn interrupted_job_reverts_to_the_previous_recovery_point() {
 #[test]
 fn interrupted_job_resumes_with_less_than_a_full_resend() {
     let t = tempfile::tempdir().unwrap();
-    let spec = TreeSpec { small_files: 50, large_files: 4, large_size: 4 << 20, ..Default::default() };
+    let spec = TreeSpec {
+        small_files: 50,
+        large_files: 4,
+        large_size: 4 << 20,
+        ..Default::default()
+    };
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, reports) = start_serving(&dst);
     send_state(&src, addr, &state).unwrap();
     reports.recv().unwrap();
     // New large files (one frame each, so each finishes as its frame lands): a full resend
     // would carry all 16 MiB.
-    let mut spec2 = TreeSpec { seed: 9, small_files: 0, large_files: 16, large_size: 1 << 20, extras: false, ..Default::default() };
+    let mut spec2 = TreeSpec {
+        seed: 9,
+        small_files: 0,
+        large_files: 16,
+        large_size: 1 << 20,
+        extras: false,
+        ..Default::default()
+    };
     spec2.fanout = 1;
     generate(&src.join("new"), &spec2).unwrap();
     let proxy = CutProxy::start(addr, 10 << 20);
@@ -140,5 +215,9 @@ fn interrupted_job_resumes_with_less_than_a_full_resend() {
     let rep = send_state(&src, addr, &state).unwrap();
     assert!(rep.resumed, "the receiver continued the interrupted job");
     assert_same_tree(&src, &dst);
-    assert!(rep.bytes <= 12 << 20, "resume sent {} bytes of 16 MiB", rep.bytes);
+    assert!(
+        rep.bytes <= 12 << 20,
+        "resume sent {} bytes of 16 MiB",
+        rep.bytes
+    );
 }

@@ -31,21 +31,49 @@ struct Dirs {
 
 fn dirs() -> Dirs {
     let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    let (src, dst, state) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("state"),
+    );
     std::fs::create_dir_all(&dst).unwrap();
-    Dirs { _tmp: tmp, src, dst, state }
+    Dirs {
+        _tmp: tmp,
+        src,
+        dst,
+        state,
+    }
 }
 
 fn options(src: &Path, to: SocketAddr, state: &Path) -> SendOptions {
-    SendOptions { src: src.to_path_buf(), to, threads: THREADS, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None, id_map: None }
+    SendOptions {
+        src: src.to_path_buf(),
+        to,
+        threads: THREADS,
+        direct: true,
+        state: Some(state.to_path_buf()),
+        snapshot: None,
+        session: None,
+        id_map: None,
+    }
 }
 
 /// `send_with_retry` through `to`; returns the result and the error of every failed attempt.
-fn send_retrying(src: &Path, to: SocketAddr, state: &Path, attempts: u32) -> (mover::Result<SendReport>, Vec<String>) {
+fn send_retrying(
+    src: &Path,
+    to: SocketAddr,
+    state: &Path,
+    attempts: u32,
+) -> (mover::Result<SendReport>, Vec<String>) {
     let mut failures = Vec::new();
-    let r = send_with_retry(&options(src, to, state), &Arc::new(Progress::default()), attempts, |n, e, pause| {
-        failures.push(format!("attempt {n}: {e} (retry in {pause:?})"));
-    });
+    let r = send_with_retry(
+        &options(src, to, state),
+        &Arc::new(Progress::default()),
+        attempts,
+        |n, e, pause| {
+            failures.push(format!("attempt {n}: {e} (retry in {pause:?})"));
+        },
+    );
     (r, failures)
 }
 
@@ -57,7 +85,8 @@ fn drain(reports: &mpsc::Receiver<SessionReport>, want_ok_last: bool) -> Vec<Ses
     loop {
         match reports.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => out.push(r),
-            Err(_) if want_ok_last && !out.last().is_some_and(|r| r.ok) && Instant::now() < end => {}
+            Err(_) if want_ok_last && !out.last().is_some_and(|r| r.ok) && Instant::now() < end => {
+            }
             Err(_) => return out,
         }
     }
@@ -66,35 +95,76 @@ fn drain(reports: &mpsc::Receiver<SessionReport>, want_ok_last: bool) -> Vec<Ses
 #[test]
 fn sender_retries_after_cuts_and_resumes() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 120, large_files: 3, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 120,
+            large_files: 3,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
     // The first cut lands in the first session's data; the second counts from the first and
     // lands in the resumed session's data.
-    let faults = vec![Fault::Cut { after_bytes: 1 << 20 }, Fault::Cut { after_bytes: 900 << 10 }];
+    let faults = vec![
+        Fault::Cut {
+            after_bytes: 1 << 20,
+        },
+        Fault::Cut {
+            after_bytes: 900 << 10,
+        },
+    ];
     let proxy = FaultProxy::start(addr, faults);
     let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 6);
     let rep = r.unwrap_or_else(|e| panic!("send failed after {failures:?}: {e}"));
     assert_eq!(proxy.faults_fired(), 2, "both cuts fired");
     assert!(rep.attempts > 1, "the cuts forced retries: {rep:?}");
     assert_eq!(rep.attempts as usize, failures.len() + 1);
-    assert!(rep.resumed, "the last session continued the interrupted job");
+    assert!(
+        rep.resumed,
+        "the last session continued the interrupted job"
+    );
     assert_same_tree(&d.src, &d.dst);
     let sessions = drain(&reports, true);
     assert!(sessions.last().is_some_and(|s| s.ok), "{sessions:?}");
-    assert!(sessions.iter().filter(|s| !s.ok).count() >= 1, "a cut session failed at the receiver: {sessions:?}");
+    assert!(
+        sessions.iter().filter(|s| !s.ok).count() >= 1,
+        "a cut session failed at the receiver: {sessions:?}"
+    );
     // The next job through the healed link has nothing to send.
     let (again, _) = send_retrying(&d.src, proxy.addr, &d.state, 2);
     let again = again.unwrap();
-    assert_eq!((again.attempts, again.bytes, again.resumed), (1, 0, false), "{again:?}");
+    assert_eq!(
+        (again.attempts, again.bytes, again.resumed),
+        (1, 0, false),
+        "{again:?}"
+    );
     assert_same_tree(&d.src, &d.dst);
 }
 
 #[test]
 fn stalled_link_pauses_and_completes() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 100, large_files: 3, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 100,
+            large_files: 3,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
-    let proxy = FaultProxy::start(addr, vec![Fault::Stall { after_bytes: 1 << 20, for_ms: 1500 }]);
+    let proxy = FaultProxy::start(
+        addr,
+        vec![Fault::Stall {
+            after_bytes: 1 << 20,
+            for_ms: 1500,
+        }],
+    );
     let t = Instant::now();
     let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 3);
     let took = t.elapsed();
@@ -102,8 +172,15 @@ fn stalled_link_pauses_and_completes() {
     assert_eq!(proxy.faults_fired(), 1, "the stall fired");
     assert_eq!(rep.attempts, 1, "a stall is not a failure: {failures:?}");
     assert!(failures.is_empty());
-    assert!(took >= Duration::from_millis(1400), "the job went through the stall, took {took:?}");
-    assert!(rep.bytes > 3 << 20, "whole tree in one session: {}", rep.bytes);
+    assert!(
+        took >= Duration::from_millis(1400),
+        "the job went through the stall, took {took:?}"
+    );
+    assert!(
+        rep.bytes > 3 << 20,
+        "whole tree in one session: {}",
+        rep.bytes
+    );
     assert_same_tree(&d.src, &d.dst);
     let sessions = drain(&reports, true);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -116,19 +193,42 @@ fn stalled_link_pauses_and_completes() {
 #[test]
 fn reordered_and_refused_connections_are_survived() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 100, large_files: 2, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 100,
+            large_files: 2,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
     // Session 1: connection 0 is its control connection, 1 and 2 its workers (in whichever
     // order they connect): one worker is held back so it reaches the receiver last, the other
     // is closed by the "network" right after accept.
-    let faults = vec![Fault::DelayConnect { conn_index: 1, ms: 700 }, Fault::CloseEarly { conn_index: 2 }];
+    let faults = vec![
+        Fault::DelayConnect {
+            conn_index: 1,
+            ms: 700,
+        },
+        Fault::CloseEarly { conn_index: 2 },
+    ];
     let proxy = FaultProxy::start(addr, faults);
     let t = Instant::now();
     let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 6);
-    let rep = r.unwrap_or_else(|e| panic!("send failed after {:?} and {failures:?}: {e}", t.elapsed()));
+    let rep =
+        r.unwrap_or_else(|e| panic!("send failed after {:?} and {failures:?}: {e}", t.elapsed()));
     assert_eq!(proxy.faults_fired(), 2);
-    assert!(rep.attempts > 1, "the refused worker failed the first session");
-    assert!(t.elapsed() < Duration::from_secs(30), "recovery took {:?}: {failures:?}", t.elapsed());
+    assert!(
+        rep.attempts > 1,
+        "the refused worker failed the first session"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "recovery took {:?}: {failures:?}",
+        t.elapsed()
+    );
     assert_same_tree(&d.src, &d.dst);
     let sessions = drain(&reports, true);
     assert!(sessions.last().is_some_and(|s| s.ok), "{sessions:?}");
@@ -140,16 +240,38 @@ fn reordered_and_refused_connections_are_survived() {
 #[test]
 fn cut_while_a_worker_connection_is_held_is_survived() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 100, large_files: 2, large_size: 2 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 100,
+            large_files: 2,
+            large_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
-    let faults = vec![Fault::DelayConnect { conn_index: 2, ms: 3000 }, Fault::Cut { after_bytes: 256 << 10 }];
+    let faults = vec![
+        Fault::DelayConnect {
+            conn_index: 2,
+            ms: 3000,
+        },
+        Fault::Cut {
+            after_bytes: 256 << 10,
+        },
+    ];
     let proxy = FaultProxy::start(addr, faults);
     let t = Instant::now();
     let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 6);
-    let rep = r.unwrap_or_else(|e| panic!("send failed after {:?} and {failures:?}: {e}", t.elapsed()));
+    let rep =
+        r.unwrap_or_else(|e| panic!("send failed after {:?} and {failures:?}: {e}", t.elapsed()));
     assert_eq!(proxy.faults_fired(), 2);
     assert!(rep.attempts > 1);
-    assert!(t.elapsed() < Duration::from_secs(30), "recovery took {:?}: {failures:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "recovery took {:?}: {failures:?}",
+        t.elapsed()
+    );
     assert_same_tree(&d.src, &d.dst);
     let sessions = drain(&reports, true);
     assert!(sessions.last().is_some_and(|s| s.ok), "{sessions:?}");
@@ -161,15 +283,29 @@ fn cut_while_a_worker_connection_is_held_is_survived() {
 #[test]
 fn reordered_connections_and_a_refused_control_connection_are_survived() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 100, large_files: 2, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 100,
+            large_files: 2,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
     // Connections: 0 control and 1-2 workers of session 1, cut in its data; 3 the control
     // connection of session 2, refused (so it opens no workers); 4 control and 5-6 workers of
     // session 3, the first worker connection held back 700 ms.
     let faults = vec![
-        Fault::Cut { after_bytes: 1 << 20 },
+        Fault::Cut {
+            after_bytes: 1 << 20,
+        },
         Fault::CloseEarly { conn_index: 3 },
-        Fault::DelayConnect { conn_index: 5, ms: 700 },
+        Fault::DelayConnect {
+            conn_index: 5,
+            ms: 700,
+        },
     ];
     let proxy = FaultProxy::start(addr, faults);
     let t = Instant::now();
@@ -177,9 +313,16 @@ fn reordered_connections_and_a_refused_control_connection_are_survived() {
     let rep = r.unwrap_or_else(|e| panic!("send failed after {failures:?}: {e}"));
     assert_eq!(proxy.faults_fired(), 3, "{failures:?}");
     assert_eq!(proxy.connections(), 7, "{failures:?}");
-    assert_eq!(rep.attempts, 3, "cut, then refused control connection: {failures:?}");
+    assert_eq!(
+        rep.attempts, 3,
+        "cut, then refused control connection: {failures:?}"
+    );
     assert!(rep.resumed, "the last session continued the cut job");
-    assert!(t.elapsed() < Duration::from_secs(30), "recovery took {:?}: {failures:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "recovery took {:?}: {failures:?}",
+        t.elapsed()
+    );
     assert_same_tree(&d.src, &d.dst);
     let sessions = drain(&reports, true);
     assert!(sessions.last().is_some_and(|s| s.ok), "{sessions:?}");
@@ -191,18 +334,43 @@ const SCHEDULE_BYTES: u64 = 512 << 10;
 
 fn random_schedules_converge(keep: impl Fn(&Fault) -> bool) {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 120, large_files: 2, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 120,
+            large_files: 2,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
     send_state(&d.src, addr, &d.state).expect("first job, no faults");
     assert_same_tree(&d.src, &d.dst);
     drain(&reports, true);
     for seed in 1..=6u64 {
-        churn(&d.src, &ChurnSpec { seed, ops: 25, ..Default::default() }).unwrap();
-        let schedule: Vec<Fault> = random_schedule(seed, SCHEDULE_BYTES).into_iter().filter(|f| keep(f)).collect();
+        churn(
+            &d.src,
+            &ChurnSpec {
+                seed,
+                ops: 25,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let schedule: Vec<Fault> = random_schedule(seed, SCHEDULE_BYTES)
+            .into_iter()
+            .filter(|f| keep(f))
+            .collect();
         let proxy = FaultProxy::start(addr, schedule.clone());
         let t = Instant::now();
         let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 6);
-        let rep = r.unwrap_or_else(|e| panic!("seed {seed}, schedule {schedule:?}: failed after {:?} and {failures:?}: {e}", t.elapsed()));
+        let rep = r.unwrap_or_else(|e| {
+            panic!(
+                "seed {seed}, schedule {schedule:?}: failed after {:?} and {failures:?}: {e}",
+                t.elapsed()
+            )
+        });
         eprintln!(
             "seed {seed}: {schedule:?}: {} attempt(s), {} bytes, {:?}, {} fault(s) fired",
             rep.attempts,
@@ -211,10 +379,16 @@ fn random_schedules_converge(keep: impl Fn(&Fault) -> bool) {
             proxy.faults_fired()
         );
         assert_eq!(rep.attempts as usize, failures.len() + 1);
-        assert!(rep.incremental, "seed {seed}: the manifest names the receiver's recovery point");
+        assert!(
+            rep.incremental,
+            "seed {seed}: the manifest names the receiver's recovery point"
+        );
         assert_same_tree(&d.src, &d.dst);
         let sessions = drain(&reports, true);
-        assert!(sessions.last().is_some_and(|s| s.ok), "seed {seed}: {sessions:?}");
+        assert!(
+            sessions.last().is_some_and(|s| s.ok),
+            "seed {seed}: {sessions:?}"
+        );
     }
 }
 
@@ -233,20 +407,46 @@ fn seeded_random_fault_schedules_without_refusals_converge() {
 #[test]
 fn resumed_job_sends_less_than_a_full_resend() {
     let d = dirs();
-    generate(&d.src, &TreeSpec { small_files: 40, large_files: 1, large_size: 1 << 20, ..Default::default() }).unwrap();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 40,
+            large_files: 1,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (addr, reports) = start_serving(&d.dst);
     send_state(&d.src, addr, &d.state).expect("first job, no faults");
     drain(&reports, true);
     const NEW: u64 = 12;
-    let spec = TreeSpec { seed: 11, small_files: 0, large_files: NEW as usize, large_size: 1 << 20, extras: false, fanout: 1, ..Default::default() };
+    let spec = TreeSpec {
+        seed: 11,
+        small_files: 0,
+        large_files: NEW as usize,
+        large_size: 1 << 20,
+        extras: false,
+        fanout: 1,
+        ..Default::default()
+    };
     generate(&d.src.join("new"), &spec).unwrap();
     let total = NEW << 20;
-    let proxy = FaultProxy::start(addr, vec![Fault::Cut { after_bytes: 8 << 20 }]);
+    let proxy = FaultProxy::start(
+        addr,
+        vec![Fault::Cut {
+            after_bytes: 8 << 20,
+        }],
+    );
     let (r, failures) = send_retrying(&d.src, proxy.addr, &d.state, 4);
     let rep = r.unwrap_or_else(|e| panic!("send failed after {failures:?}: {e}"));
     assert_eq!(proxy.faults_fired(), 1);
     assert_eq!(rep.attempts, 2, "one cut, one retry: {failures:?}");
     assert!(rep.resumed, "the retry continued the cut job");
-    assert!(rep.bytes > 0 && rep.bytes < total, "the retry sent {} bytes of {total} new", rep.bytes);
+    assert!(
+        rep.bytes > 0 && rep.bytes < total,
+        "the retry sent {} bytes of {total} new",
+        rep.bytes
+    );
     assert_same_tree(&d.src, &d.dst);
 }

@@ -25,7 +25,8 @@ fn dirs(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 fn set_mtime(p: &Path, secs: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-    f.set_modified(UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
+    f.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
 }
 
 /// Deterministic incompressible bytes.
@@ -57,10 +58,16 @@ fn job(src: &Path, dst: &Path, state: &Path) -> bool {
 fn cut_job(src: &Path, dst: &Path, state: &Path, budget: u64) {
     let (addr, h) = start_receiver(dst);
     let proxy = CutProxy::start(addr, budget);
-    assert!(send_state(src, proxy.addr, state).is_err(), "the cut job fails");
+    assert!(
+        send_state(src, proxy.addr, state).is_err(),
+        "the cut job fails"
+    );
     let r = h.join().unwrap();
     assert!(!r.ok, "the receiver session failed too");
-    assert!(dst.join(".mover-state/journal/log").exists(), "the job's journal is kept");
+    assert!(
+        dst.join(".mover-state/journal/log").exists(),
+        "the job's journal is kept"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -86,11 +93,17 @@ fn resume_after_swap_and_swap_back_small_files() {
     swap(&src.join("d/x"), &src.join("d/y"));
     std::fs::write(src.join("big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
-    assert!(std::fs::read(dst.join("d/x")).unwrap() == vec![b'B'; 1000], "the cut session carried out the swap");
+    assert!(
+        std::fs::read(dst.join("d/x")).unwrap() == vec![b'B'; 1000],
+        "the cut session carried out the swap"
+    );
 
     swap(&src.join("d/x"), &src.join("d/y"));
     assert!(job(&src, &dst, &state), "the resumed job commits");
-    assert!(std::fs::read(dst.join("d/x")).unwrap() == vec![b'A'; 1000], "d/x holds d/y's data after the resumed job");
+    assert!(
+        std::fs::read(dst.join("d/x")).unwrap() == vec![b'A'; 1000],
+        "d/x holds d/y's data after the resumed job"
+    );
     assert_same_tree(&src, &dst);
 }
 
@@ -176,19 +189,31 @@ fn release_created_then_revert_after_renames_across_sessions() {
     std::fs::rename(src.join("X"), src.join("Y")).unwrap();
     std::fs::rename(src.join("Z"), src.join("X")).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
-    assert!(std::fs::read(dst.join("X/f")).unwrap() == bytes(21, 30_000), "session 2 moved the recovery point's Z to X");
+    assert!(
+        std::fs::read(dst.join("X/f")).unwrap() == bytes(21, 30_000),
+        "session 2 moved the recovery point's Z to X"
+    );
 
     // What the session's disk-full handler does before it reverts.
     let root = mover::beneath::open_root(&dst, "destination").unwrap();
-    let st = mover::receiver::state::State::find(std::os::fd::AsFd::as_fd(&root)).unwrap().unwrap();
+    let st = mover::receiver::state::State::find(std::os::fd::AsFd::as_fd(&root))
+        .unwrap()
+        .unwrap();
     mover::receiver::space::release_created(std::os::fd::AsFd::as_fd(&root), &st).unwrap();
     drop(st);
     drop(root);
     let len = std::fs::metadata(dst.join("X/f")).unwrap().len();
-    assert_eq!(len, 30_000, "release_created emptied the recovery point's Z/f (now at X/f)");
+    assert_eq!(
+        len, 30_000,
+        "release_created emptied the recovery point's Z/f (now at X/f)"
+    );
     let rep = mover::receiver::revert_root(&dst);
     assert!(rep.as_ref().is_ok_and(|r| r.reverted), "revert: {rep:?}");
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+    assert_eq!(
+        full_hash(&dst),
+        rp,
+        "back at the recovery point, data included"
+    );
 }
 
 /// Control for the test above: the same two cut sessions (a Created path, then renames that put
@@ -207,18 +232,35 @@ fn revert_after_renames_across_two_cut_sessions() {
     let rp = full_hash(&dst);
 
     std::fs::write(src.join("X/f"), bytes(22, 30_000)).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(src.join("Z/big")).unwrap(), &bytes(24, 8192), 4096).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("Z/big"))
+            .unwrap(),
+        &bytes(24, 8192),
+        4096,
+    )
+    .unwrap();
     std::fs::write(src.join("big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
 
     std::fs::rename(src.join("X"), src.join("Y")).unwrap();
     std::fs::rename(src.join("Z"), src.join("X")).unwrap();
-    std::fs::OpenOptions::new().write(true).open(src.join("X/big")).unwrap().set_len(1 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("X/big"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
 
     let rep = mover::receiver::revert_root(&dst).unwrap();
     assert!(rep.reverted && rep.undone > 0, "{rep:?}");
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+    assert_eq!(
+        full_hash(&dst),
+        rp,
+        "back at the recovery point, data included"
+    );
     // And the next job from there completes.
     assert!(job(&src, &dst, &state));
     assert_same_tree(&src, &dst);
@@ -248,12 +290,20 @@ fn resume_when_rename_source_parent_became_a_symlink() {
     std::os::unix::fs::symlink("keep", src.join("D")).unwrap();
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
-    assert!(std::fs::symlink_metadata(dst.join("D")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(dst.join("D"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     let (addr, h) = start_receiver(&dst);
     let rep = send_state(&src, addr, &state);
     let r = h.join().unwrap();
-    assert!(rep.is_ok() && r.ok, "resumed job failed: sender {:?}, receiver {:?}", rep.err(), r.error);
+    assert!(
+        rep.is_ok() && r.ok,
+        "resumed job failed: sender {:?}, receiver {:?}",
+        rep.err(),
+        r.error
+    );
     assert_same_tree(&src, &dst);
 }
 
@@ -278,13 +328,20 @@ fn resume_rename_with_new_directory_at_old_path_resends_everything() {
     std::fs::write(src.join("A/note"), bytes(81, 100)).unwrap();
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
-    assert!(dst.join("B/big.bin").exists(), "session 1 carried out the rename");
+    assert!(
+        dst.join("B/big.bin").exists(),
+        "session 1 carried out the rename"
+    );
 
     let (addr, h) = start_receiver(&dst);
     let rep = send_state(&src, addr, &state).unwrap();
     assert!(h.join().unwrap().ok);
     assert_same_tree(&src, &dst);
-    assert!(rep.bytes <= (8 << 20) + 4096, "the resumed job sent {} bytes: B/big.bin went again although it was in place", rep.bytes);
+    assert!(
+        rep.bytes <= (8 << 20) + 4096,
+        "the resumed job sent {} bytes: B/big.bin went again although it was in place",
+        rep.bytes
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,10 +374,18 @@ fn resume_after_rename_to_a_huge_numeric_name() {
     let proxy = CutProxy::start(addr, 1 << 20);
     let _ = send_state(&src, proxy.addr, &state);
     let r = h.join().unwrap();
-    assert!(r.error.as_deref().is_none_or(|e| !e.contains("panicked")), "receiver session: {:?}", r.error);
+    assert!(
+        r.error.as_deref().is_none_or(|e| !e.contains("panicked")),
+        "receiver session: {:?}",
+        r.error
+    );
     let rep = mover::receiver::revert_root(&dst);
     assert!(rep.as_ref().is_ok_and(|r| r.reverted), "revert: {rep:?}");
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+    assert_eq!(
+        full_hash(&dst),
+        rp,
+        "back at the recovery point, data included"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,7 +420,10 @@ fn resume_does_not_keep_partial_copies_of_job_created_files() {
         cut_job(&src, &dst, &state, 12 << 20);
     }
     let objs = allocated(&dst.join(".mover-state/journal/objs"));
-    assert!(objs < 1 << 20, "{objs} bytes of partial copies of big.bin kept in the journal");
+    assert!(
+        objs < 1 << 20,
+        "{objs} bytes of partial copies of big.bin kept in the journal"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,15 +440,25 @@ fn delta_tree(src: &Path) {
 
 fn delta_churn(src: &Path, seed: u64) {
     use std::os::unix::fs::FileExt;
-    let a = std::fs::OpenOptions::new().write(true).open(src.join("a.bin")).unwrap();
+    let a = std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("a.bin"))
+        .unwrap();
     for k in [0u64, 7, 300, 701] {
         a.write_all_at(&bytes(seed + k, 4096), k * 4096).unwrap();
     }
-    let c = std::fs::OpenOptions::new().write(true).open(src.join("c.bin")).unwrap();
+    let c = std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("c.bin"))
+        .unwrap();
     c.write_all_at(&bytes(seed + 1, 5000), 1000).unwrap();
     c.set_len((3 << 20) + 7).unwrap();
-    c.write_all_at(&bytes(seed + 2, 3000), (3 << 20) - 2000).unwrap();
-    let s = std::fs::OpenOptions::new().write(true).open(src.join("s.bin")).unwrap();
+    c.write_all_at(&bytes(seed + 2, 3000), (3 << 20) - 2000)
+        .unwrap();
+    let s = std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("s.bin"))
+        .unwrap();
     s.set_len((1 << 20) + 1000).unwrap();
     s.write_all_at(&bytes(seed + 3, 4096), 8192).unwrap();
 }
@@ -395,10 +473,18 @@ fn cut_delta_job_with_hard_link_and_resize_reverts_exactly() {
     delta_churn(&src, 100);
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 2 << 20);
-    assert_eq!(std::fs::metadata(dst.join("c.bin")).unwrap().len(), std::fs::metadata(src.join("c.bin")).unwrap().len(), "the delta resized in place");
+    assert_eq!(
+        std::fs::metadata(dst.join("c.bin")).unwrap().len(),
+        std::fs::metadata(src.join("c.bin")).unwrap().len(),
+        "the delta resized in place"
+    );
     let rep = mover::receiver::revert_root(&dst).unwrap();
     assert!(rep.reverted, "{rep:?}");
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+    assert_eq!(
+        full_hash(&dst),
+        rp,
+        "back at the recovery point, data included"
+    );
     // The manifest still names that recovery point: the next job is incremental and exact.
     let (addr, h) = start_receiver(&dst);
     let rep = send_state(&src, addr, &state).unwrap();
@@ -460,7 +546,11 @@ fn type_changes_across_cut_sessions_resume_and_revert() {
         if revert {
             let rep = mover::receiver::revert_root(&dst).unwrap();
             assert!(rep.reverted);
-            assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+            assert_eq!(
+                full_hash(&dst),
+                rp,
+                "back at the recovery point, data included"
+            );
         } else {
             std::fs::remove_file(src.join("D")).unwrap();
             std::fs::create_dir(src.join("D")).unwrap();
@@ -485,10 +575,21 @@ fn rename_already_done_by_interrupted_session() {
     assert!(job(&src, &dst, &state));
     std::fs::create_dir(src.join("N")).unwrap();
     std::fs::rename(src.join("A"), src.join("N/B")).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(src.join("N/B/f.bin")).unwrap(), &bytes(72, 4096), 40960).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("N/B/f.bin"))
+            .unwrap(),
+        &bytes(72, 4096),
+        40960,
+    )
+    .unwrap();
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
-    assert!(dst.join("N/B").is_dir() && !dst.join("A").exists(), "the cut session did the rename");
+    assert!(
+        dst.join("N/B").is_dir() && !dst.join("A").exists(),
+        "the cut session did the rename"
+    );
     assert!(job(&src, &dst, &state));
     assert_same_tree(&src, &dst);
 }
@@ -510,7 +611,10 @@ fn stale_manifest_after_sender_died_before_saving_is_ignored() {
     let (addr, h) = start_receiver(&dst);
     let rep = send_state(&src, addr, &state).unwrap();
     assert!(h.join().unwrap().ok);
-    assert!(!rep.incremental, "a manifest of another recovery point is not used");
+    assert!(
+        !rep.incremental,
+        "a manifest of another recovery point is not used"
+    );
     assert_same_tree(&src, &dst);
     delta_churn(&src, 300);
     let (addr, h) = start_receiver(&dst);
@@ -557,7 +661,15 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
         assert!(job(&src, &dst, &state));
         let rp = full_hash(&dst);
 
-        std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(src.join("a.bin")).unwrap(), &bytes(103, 8192), 4096).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new()
+                .write(true)
+                .open(src.join("a.bin"))
+                .unwrap(),
+            &bytes(103, 8192),
+            4096,
+        )
+        .unwrap();
         std::fs::write(src.join("b"), bytes(104, 3000)).unwrap();
         // Created first, so it cannot reuse the inode of sub/e (which would make it a rename).
         std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap(); // Created{zz-big.bin}
@@ -568,17 +680,29 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
             immutable(&dst, true);
             let _g = Unfreeze(dst.clone());
             let r = mover::receiver::revert_root(&dst);
-            assert!(r.as_ref().is_err_and(|e| e.to_string().contains("zz-big.bin")), "the revert stops at zz-big.bin: {r:?}");
+            assert!(
+                r.as_ref()
+                    .is_err_and(|e| e.to_string().contains("zz-big.bin")),
+                "the revert stops at zz-big.bin: {r:?}"
+            );
         }
         let log = dst.join(".mover-state/journal/revert");
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 20, "exactly one undo logged");
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            20,
+            "exactly one undo logged"
+        );
         assert!(dst.join("sub/e").exists(), "sub/e is back");
         std::fs::write(&log, b"").unwrap(); // the kill came before that log record
 
         if then_revert {
             let rep = mover::receiver::revert_root(&dst).unwrap();
             assert!(rep.reverted);
-            assert_eq!(full_hash(&dst), rp, "back at the recovery point, data included");
+            assert_eq!(
+                full_hash(&dst),
+                rp,
+                "back at the recovery point, data included"
+            );
         } else {
             assert!(job(&src, &dst, &state), "the job resumes");
             assert_same_tree(&src, &dst);
@@ -612,8 +736,21 @@ fn revert_is_idempotent_when_killed_between_undo_and_log() {
     }
     let _ = state;
     let rp = full_hash(&variants[0].0);
-    std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(src.join("d/a.bin")).unwrap(), &bytes(114, 8192), 4096).unwrap();
-    std::fs::OpenOptions::new().write(true).open(src.join("s.bin")).unwrap().set_len(300_000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("d/a.bin"))
+            .unwrap(),
+        &bytes(114, 8192),
+        4096,
+    )
+    .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("s.bin"))
+        .unwrap()
+        .set_len(300_000)
+        .unwrap();
     std::fs::write(src.join("b"), bytes(115, 3000)).unwrap();
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     std::fs::rename(src.join("d"), src.join("D2")).unwrap();
@@ -632,15 +769,25 @@ fn revert_is_idempotent_when_killed_between_undo_and_log() {
         {
             immutable(&p, true);
             let _g = Unfreeze(p.clone());
-            assert!(mover::receiver::revert_root(dst).is_err(), "{}: the revert stops there", p.display());
+            assert!(
+                mover::receiver::revert_root(dst).is_err(),
+                "{}: the revert stops there",
+                p.display()
+            );
         }
         let log = dst.join(".mover-state/journal/revert");
         let raw = std::fs::read(&log).unwrap_or_default();
         if raw.len() >= 20 {
             std::fs::write(&log, &raw[..raw.len() - 20]).unwrap();
         }
-        let rep = mover::receiver::revert_root(dst).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let rep =
+            mover::receiver::revert_root(dst).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(rep.reverted);
-        assert_eq!(full_hash(dst), rp, "{}: back at the recovery point", p.display());
+        assert_eq!(
+            full_hash(dst),
+            rp,
+            "{}: back at the recovery point",
+            p.display()
+        );
     }
 }

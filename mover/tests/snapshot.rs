@@ -16,8 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (run scripts/install-deps.sh as root)"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run scripts/install-deps.sh as root)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A loop-mounted file system image, unmounted on drop.
@@ -28,14 +34,20 @@ struct Mounted {
 
 impl Mounted {
     fn new(fs: &str, size: u64) -> Mounted {
-        assert!(rustix::process::geteuid().is_root(), "snapshot tests need root (loop mounts)");
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "snapshot tests need root (loop mounts)"
+        );
         let t = tempfile::tempdir().unwrap();
         let img = t.path().join("fs.img");
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
         run(Command::new(format!("mkfs.{fs}")).arg("-q").arg(&img));
         let dir = t.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
-        run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&dir));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir));
         Mounted { dir, _t: t }
     }
 }
@@ -47,24 +59,45 @@ impl Drop for Mounted {
 }
 
 fn opts(src: &Path, addr: std::net::SocketAddr, state: &Path, snapshot: Provider) -> SendOptions {
-    SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: Some(snapshot), session: None, id_map: None }
+    SendOptions {
+        src: src.to_path_buf(),
+        to: addr,
+        threads: 2,
+        direct: true,
+        state: Some(state.to_path_buf()),
+        snapshot: Some(snapshot),
+        session: None,
+        id_map: None,
+    }
 }
 
 fn scratch_is_empty(src: &Path) -> bool {
-    std::fs::read_dir(src.join(".mover-state")).map(|d| d.count() == 0).unwrap_or(true)
+    std::fs::read_dir(src.join(".mover-state"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
 }
 
 /// Rewrites `f` whole, again and again, each version one repeated byte, until `stop`: in place
 /// (a reader can catch it half-written), or `atomic`ally by writing a temp file and renaming it
 /// over (as careful applications do; any point in time then holds one whole version).
-fn writer(f: PathBuf, size: usize, stop: Arc<AtomicBool>, atomic: bool) -> std::thread::JoinHandle<u32> {
+fn writer(
+    f: PathBuf,
+    size: usize,
+    stop: Arc<AtomicBool>,
+    atomic: bool,
+) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let tmp = f.with_extension("tmp-version");
         let mut v = 0u32;
         while !stop.load(Ordering::SeqCst) {
             v += 1;
             let target = if atomic { &tmp } else { &f };
-            let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(target).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(target)
+                .unwrap();
             let chunk = vec![v as u8; 1 << 20];
             for off in (0..size).step_by(1 << 20) {
                 file.write_all_at(&chunk, off as u64).unwrap();
@@ -87,10 +120,21 @@ fn one_version(p: &Path) -> bool {
 fn btrfs_snapshot_is_one_point_in_time_and_keeps_identities() {
     let m = Mounted::new("btrfs", 512 << 20);
     let src = m.dir.join("src");
-    run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(&src));
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&src));
     assert!(mover::snapshot::is_btrfs_subvolume(&src));
     assert_eq!(mover::snapshot::auto(&src), Provider::Btrfs);
-    generate(&src, &TreeSpec { small_files: 80, large_files: 2, large_size: 2 << 20, ..Default::default() }).unwrap();
+    generate(
+        &src,
+        &TreeSpec {
+            small_files: 80,
+            large_files: 2,
+            large_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
     let t = tempfile::tempdir().unwrap();
     let (dst, state) = (t.path().join("dst"), t.path().join("state"));
@@ -100,19 +144,38 @@ fn btrfs_snapshot_is_one_point_in_time_and_keeps_identities() {
     // A writer replaces busy.bin throughout the job: the snapshot holds one version of it.
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(src.join("busy.bin"), 8 << 20, stop.clone(), true);
-    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    let rep = send(
+        &opts(&src, addr, &state, Provider::Btrfs),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     stop.store(true, Ordering::SeqCst);
     assert!(w.join().unwrap() > 0);
     assert_eq!(rep.snapshot, Provider::Btrfs);
-    assert!(one_version(&dst.join("busy.bin")), "the target holds one version of a file written during the job");
-    assert_eq!(std::fs::read_dir(src.join(".mover-state")).unwrap().count(), 1, "only the job's snapshot is kept, as the next base");
+    assert!(
+        one_version(&dst.join("busy.bin")),
+        "the target holds one version of a file written during the job"
+    );
+    assert_eq!(
+        std::fs::read_dir(src.join(".mover-state")).unwrap().count(),
+        1,
+        "only the job's snapshot is kept, as the next base"
+    );
 
     // The live tree at rest now: the next job is incremental against snapshot-era identities.
     let _ = std::fs::remove_file(src.join("busy.tmp-version"));
     std::fs::rename(src.join("dir000"), src.join("dir000-renamed")).unwrap();
-    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    let rep = send(
+        &opts(&src, addr, &state, Provider::Btrfs),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     assert!(rep.incremental, "manifest matched");
-    assert!(rep.bytes <= 8 << 20, "only busy.bin's last version may travel, not the renamed directory: {}", rep.bytes);
+    assert!(
+        rep.bytes <= 8 << 20,
+        "only busy.bin's last version may travel, not the renamed directory: {}",
+        rep.bytes
+    );
     assert_same_tree(&src, &dst);
 }
 
@@ -120,28 +183,56 @@ fn btrfs_snapshot_is_one_point_in_time_and_keeps_identities() {
 fn reflink_clone_on_xfs_reads_consistent_files_and_keeps_live_identities() {
     let m = Mounted::new("xfs", 600 << 20);
     let src = m.dir.join("src");
-    generate(&src, &TreeSpec { small_files: 80, large_files: 2, large_size: 2 << 20, ..Default::default() }).unwrap();
+    generate(
+        &src,
+        &TreeSpec {
+            small_files: 80,
+            large_files: 2,
+            large_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let t = tempfile::tempdir().unwrap();
     let (dst, state) = (t.path().join("dst"), t.path().join("state"));
     std::fs::create_dir(&dst).unwrap();
     let (addr, _reports) = start_serving(&dst);
-    let rep = send(&opts(&src, addr, &state, Provider::Reflink), &Arc::new(Progress::default())).unwrap();
+    let rep = send(
+        &opts(&src, addr, &state, Provider::Reflink),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     assert_eq!(rep.snapshot, Provider::Reflink);
     assert_same_tree(&src, &dst);
     assert!(scratch_is_empty(&src), "the clone is removed");
 
     std::fs::create_dir(src.join("moved-here")).unwrap();
-    std::fs::rename(src.join("large0.bin"), src.join("moved-here/large0-moved.bin")).unwrap();
-    let rep = send(&opts(&src, addr, &state, Provider::Reflink), &Arc::new(Progress::default())).unwrap();
+    std::fs::rename(
+        src.join("large0.bin"),
+        src.join("moved-here/large0-moved.bin"),
+    )
+    .unwrap();
+    let rep = send(
+        &opts(&src, addr, &state, Provider::Reflink),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     assert!(rep.incremental);
-    assert_eq!(rep.bytes, 0, "a moved file is a rename, even read through clones");
+    assert_eq!(
+        rep.bytes, 0,
+        "a moved file is a rename, even read through clones"
+    );
     assert_same_tree(&src, &dst);
 }
 
 #[test]
 fn plain_provider_retries_a_file_changed_while_read() {
     let t = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (t.path().join("src"), t.path().join("dst"), t.path().join("state"));
+    let (src, dst, state) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("state"),
+    );
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir(&dst).unwrap();
     std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
@@ -156,16 +247,27 @@ fn plain_provider_retries_a_file_changed_while_read() {
         })
     };
     let mut changed = 0;
-    let rep = send_with_retry(&opts(&src, addr, &state, Provider::Plain), &Arc::new(Progress::default()), 40, |_, e, _| {
-        assert!(matches!(e, mover::Error::SourceChanged(_)), "only source changes expected: {e}");
-        changed += 1;
-    })
+    let rep = send_with_retry(
+        &opts(&src, addr, &state, Provider::Plain),
+        &Arc::new(Progress::default()),
+        40,
+        |_, e, _| {
+            assert!(
+                matches!(e, mover::Error::SourceChanged(_)),
+                "only source changes expected: {e}"
+            );
+            changed += 1;
+        },
+    )
     .unwrap();
     stopper.join().unwrap();
     w.join().unwrap();
     assert!(changed > 0, "the writer was caught at least once");
     assert!(rep.attempts > 1);
-    assert!(one_version(&dst.join("busy.bin")), "never a torn file in a recovery point");
+    assert!(
+        one_version(&dst.join("busy.bin")),
+        "never a torn file in a recovery point"
+    );
     assert_same_tree(&src, &dst);
 }
 
@@ -173,7 +275,9 @@ fn plain_provider_retries_a_file_changed_while_read() {
 fn btrfs_finds_changed_blocks_from_shared_extents_without_reading_the_file() {
     let m = Mounted::new("btrfs", 512 << 20);
     let src = m.dir.join("src");
-    run(Command::new("btrfs").args(["-q", "subvolume", "create"]).arg(&src));
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&src));
     let mut data = vec![0u8; 32 << 20];
     mover::gen::Rng(3).fill(&mut data);
     std::fs::write(src.join("big.bin"), &data).unwrap();
@@ -181,21 +285,45 @@ fn btrfs_finds_changed_blocks_from_shared_extents_without_reading_the_file() {
     let (dst, state) = (t.path().join("dst"), t.path().join("state"));
     std::fs::create_dir(&dst).unwrap();
     let (addr, _reports) = start_serving(&dst);
-    send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
-    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state")).unwrap().collect();
-    assert_eq!(kept.len(), 1, "the job's snapshot is kept as the next job's base");
+    send(
+        &opts(&src, addr, &state, Provider::Btrfs),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
+    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the job's snapshot is kept as the next job's base"
+    );
 
-    let f = std::fs::OpenOptions::new().write(true).open(src.join("big.bin")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("big.bin"))
+        .unwrap();
     for k in 0..16u64 {
-        f.write_all_at(&[k as u8 + 1; 4096], (k * 509 + 7) * 4096).unwrap();
+        f.write_all_at(&[k as u8 + 1; 4096], (k * 509 + 7) * 4096)
+            .unwrap();
     }
     f.sync_all().unwrap();
     drop(f);
-    let rep = send(&opts(&src, addr, &state, Provider::Btrfs), &Arc::new(Progress::default())).unwrap();
+    let rep = send(
+        &opts(&src, addr, &state, Provider::Btrfs),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     assert_same_tree(&src, &dst);
     assert_eq!(rep.files_delta, 1);
     assert_eq!(rep.bytes, 16 * 4096, "only the rewritten blocks travel");
-    assert!(rep.hashed_bytes <= 1 << 20, "read {} bytes of a 32 MiB file to find 64 KiB of changes", rep.hashed_bytes);
-    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state")).unwrap().collect();
+    assert!(
+        rep.hashed_bytes <= 1 << 20,
+        "read {} bytes of a 32 MiB file to find 64 KiB of changes",
+        rep.hashed_bytes
+    );
+    let kept: Vec<_> = std::fs::read_dir(src.join(".mover-state"))
+        .unwrap()
+        .collect();
     assert_eq!(kept.len(), 1, "the older base is deleted");
 }

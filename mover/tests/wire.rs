@@ -13,17 +13,34 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
     let kind = prop_oneof![
         Just(EntryKind::Dir),
         any::<u64>().prop_map(|size| EntryKind::File { size }),
-        proptest::collection::vec(1u8..=255, 1..100).prop_map(|target| EntryKind::Symlink { target }),
+        proptest::collection::vec(1u8..=255, 1..100)
+            .prop_map(|target| EntryKind::Symlink { target }),
         any::<u32>().prop_map(|t| EntryKind::HardLink { target: EntryId(t) }),
     ];
-    (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300), kind, 0u32..0o7777, 0u32..u32::MAX, any::<i64>(), 0u32..1_000_000_000)
-        .prop_map(|(parent, name, kind, mode, uid, mtime_sec, mtime_nsec)| Entry {
-            parent: EntryId(parent),
-            name: name.into_iter().take(255).collect(),
-            kind,
-            meta: Meta { mode, uid, gid: uid / 2, mtime_sec, mtime_nsec },
-            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-        })
+    (
+        any::<u32>(),
+        proptest::collection::vec(any::<u8>(), 0..300),
+        kind,
+        0u32..0o7777,
+        0u32..u32::MAX,
+        any::<i64>(),
+        0u32..1_000_000_000,
+    )
+        .prop_map(
+            |(parent, name, kind, mode, uid, mtime_sec, mtime_nsec)| Entry {
+                parent: EntryId(parent),
+                name: name.into_iter().take(255).collect(),
+                kind,
+                meta: Meta {
+                    mode,
+                    uid,
+                    gid: uid / 2,
+                    mtime_sec,
+                    mtime_nsec,
+                },
+                xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            },
+        )
 }
 
 proptest! {
@@ -99,13 +116,22 @@ proptest! {
 fn frame_over_the_limit_is_rejected_before_reading_it() {
     let mut f = encode_frame(FrameKind::Data, b"x");
     f[4..8].copy_from_slice(&((MAX_FRAME_PAYLOAD as u32) + 1).to_le_bytes());
-    assert_eq!(decode_frame(&f).unwrap_err(), WireError::FrameTooLarge { len: MAX_FRAME_PAYLOAD + 1, limit: MAX_FRAME_PAYLOAD });
+    assert_eq!(
+        decode_frame(&f).unwrap_err(),
+        WireError::FrameTooLarge {
+            len: MAX_FRAME_PAYLOAD + 1,
+            limit: MAX_FRAME_PAYLOAD
+        }
+    );
 }
 
 #[test]
 fn truncated_frame_is_reported() {
     let f = encode_frame(FrameKind::Data, b"hello world");
-    assert!(matches!(decode_frame(&f[..f.len() - 1]), Err(WireError::Truncated { .. })));
+    assert!(matches!(
+        decode_frame(&f[..f.len() - 1]),
+        Err(WireError::Truncated { .. })
+    ));
 }
 
 #[test]
@@ -123,17 +149,42 @@ fn names_that_could_escape_are_invalid() {
 #[test]
 fn version_negotiation_picks_the_highest_common_version() {
     assert_eq!(negotiate_version(1, 5), Ok(PROTOCOL_VERSION_MAX));
-    assert!(matches!(negotiate_version(PROTOCOL_VERSION_MAX + 1, 9), Err(WireError::VersionMismatch { .. })));
-    assert!(matches!(negotiate_version(1, 1), Err(WireError::VersionMismatch { .. })), "version 1 peers have no recovery points");
-    assert!(matches!(negotiate_version(1, 0), Err(WireError::VersionMismatch { .. })));
+    assert!(matches!(
+        negotiate_version(PROTOCOL_VERSION_MAX + 1, 9),
+        Err(WireError::VersionMismatch { .. })
+    ));
+    assert!(
+        matches!(
+            negotiate_version(1, 1),
+            Err(WireError::VersionMismatch { .. })
+        ),
+        "version 1 peers have no recovery points"
+    );
+    assert!(matches!(
+        negotiate_version(1, 0),
+        Err(WireError::VersionMismatch { .. })
+    ));
 }
 
 #[test]
 fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
     let hs = vec![
-        Hint::Rename { entry: EntryId(3), from: b"old/dir".to_vec() },
-        Hint::Delta { entry: EntryId(4), base_size: 9000, base_mtime: (5, 6), ranges: vec![(0, 4096), (8192, 100)] },
-        Hint::Delta { entry: EntryId(5), base_size: 0, base_mtime: (0, 0), ranges: vec![] },
+        Hint::Rename {
+            entry: EntryId(3),
+            from: b"old/dir".to_vec(),
+        },
+        Hint::Delta {
+            entry: EntryId(4),
+            base_size: 9000,
+            base_mtime: (5, 6),
+            ranges: vec![(0, 4096), (8192, 100)],
+        },
+        Hint::Delta {
+            entry: EntryId(5),
+            base_size: 0,
+            base_mtime: (0, 0),
+            ranges: vec![],
+        },
     ];
     let mut e = Enc::new();
     for h in &hs {
@@ -142,9 +193,21 @@ fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
         assert_eq!(e.buf.len() - before, hint_len(h));
     }
     assert_eq!(decode_hints(&e.buf).unwrap(), hs);
-    for bad in [vec![(4096u64, 10u64), (0, 10)], vec![(0, 0)], vec![(u64::MAX, 2)]] {
+    for bad in [
+        vec![(4096u64, 10u64), (0, 10)],
+        vec![(0, 0)],
+        vec![(u64::MAX, 2)],
+    ] {
         let mut e = Enc::new();
-        encode_hint(&mut e, &Hint::Delta { entry: EntryId(1), base_size: 1, base_mtime: (0, 0), ranges: bad.clone() });
+        encode_hint(
+            &mut e,
+            &Hint::Delta {
+                entry: EntryId(1),
+                base_size: 1,
+                base_mtime: (0, 0),
+                ranges: bad.clone(),
+            },
+        );
         assert!(decode_hints(&e.buf).is_err(), "{bad:?} accepted");
     }
     let need = [Need::Nothing, Need::Full, Need::Delta];
@@ -158,11 +221,20 @@ fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
 
 #[test]
 fn large_files_are_split_across_workers_on_extent_boundaries() {
-    let files = vec![FileToSend { entry: EntryId(1), size: 10 * EXTENT_SIZE, regions: vec![(0, 10 * EXTENT_SIZE)] }];
+    let files = vec![FileToSend {
+        entry: EntryId(1),
+        size: 10 * EXTENT_SIZE,
+        regions: vec![(0, 10 * EXTENT_SIZE)],
+    }];
     let plans = plan(&files, 2);
-    assert!(plans.iter().all(|p| !p.is_empty()), "both workers get extents of the one big file");
+    assert!(
+        plans.iter().all(|p| !p.is_empty()),
+        "both workers get extents of the one big file"
+    );
     for u in plans.iter().flatten() {
-        let Unit::Chunk { offset, .. } = u else { panic!("large file sent as batch") };
+        let Unit::Chunk { offset, .. } = u else {
+            panic!("large file sent as batch")
+        };
         assert_eq!(offset % 4096, 0, "chunk offsets stay O_DIRECT aligned");
     }
 }
@@ -177,14 +249,23 @@ fn a_data_plane_hello_is_told_apart_from_tls_and_read_without_consuming() {
         software: "t".into(),
         capabilities: 0,
         session: SessionId(0xfeed),
-        role: Role::Worker { index: mover::units::WorkerIndex(3) },
+        role: Role::Worker {
+            index: mover::units::WorkerIndex(3),
+        },
     };
     let f = encode_frame(FrameKind::Hello, &hello.encode());
     assert_eq!(f[0], DATA_PLANE_FIRST_BYTE);
-    assert_ne!(DATA_PLANE_FIRST_BYTE, 0x16, "TLS handshake records start with 0x16");
+    assert_ne!(
+        DATA_PLANE_FIRST_BYTE, 0x16,
+        "TLS handshake records start with 0x16"
+    );
     assert_eq!(hello_session(&f).unwrap(), Some(SessionId(0xfeed)));
     for cut in [1, 10, f.len() - 1] {
-        assert_eq!(hello_session(&f[..cut]).unwrap(), None, "{cut} bytes: need more");
+        assert_eq!(
+            hello_session(&f[..cut]).unwrap(),
+            None,
+            "{cut} bytes: need more"
+        );
     }
     assert!(hello_session(&[0x16, 3, 1, 0, 200, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     assert!(hello_session(&encode_frame(FrameKind::Data, b"x")).is_err());

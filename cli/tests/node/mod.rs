@@ -13,11 +13,18 @@ use std::time::{Duration, Instant};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 pub fn need_root() {
-    assert!(rustix::process::geteuid().is_root(), "daemon tests mount target directories read-only: run them as root (CI does)");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "daemon tests mount target directories read-only: run them as root (CI does)"
+    );
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Node {
@@ -42,30 +49,56 @@ impl Node {
     pub fn start_configured(dir: &Path, listen: u16, api: u16, extra_config: &str) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let cfg = dir.with_extension("toml");
-        std::fs::write(&cfg, format!("continuous_interval_secs = 2\nthreads = 2\n{extra_config}")).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
+        std::fs::write(
+            &cfg,
+            format!("continuous_interval_secs = 2\nthreads = 2\n{extra_config}"),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(cargo_bin("mover"))
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--config")
             .arg(&cfg)
-            .args(["--listen", &format!("127.0.0.1:{listen}"), "--api", &format!("127.0.0.1:{api}")])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--api",
+                &format!("127.0.0.1:{api}"),
+            ])
             .env("MOVER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut n = Node { dir: dir.to_path_buf(), listen, api, token: String::new(), child: Some(child) };
+        let mut n = Node {
+            dir: dir.to_path_buf(),
+            listen,
+            api,
+            token: String::new(),
+            child: Some(child),
+        };
         let t0 = Instant::now();
         loop {
             if let Ok(t) = std::fs::read_to_string(dir.join("data/admin.token")) {
                 n.token = t.trim().to_string();
-                if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok() && n.get("/v1/node").0 == 200 {
+                if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+                    && n.get("/v1/node").0 == 200
+                {
                     return n;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "daemon in {} did not come up; log:\n{}", dir.display(), n.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "daemon in {} did not come up; log:\n{}",
+                dir.display(),
+                n.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -79,21 +112,38 @@ impl Node {
     }
 
     /// One REST call with `token` (None: no Authorization header): (status, JSON body).
-    pub fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(90))).build().into();
+    pub fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(90)))
+            .build()
+            .into();
         let url = format!("{}{path}", self.url());
         let auth = token.map(|t| format!("Bearer {t}"));
         let res = match (method, body) {
             ("GET", _) => with_auth(agent.get(&url), &auth).call(),
             ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
-            ("POST", b) => with_auth(agent.post(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null)),
-            ("PATCH", b) => with_auth(agent.patch(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null)),
+            ("POST", b) => {
+                with_auth(agent.post(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null))
+            }
+            ("PATCH", b) => {
+                with_auth(agent.patch(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null))
+            }
             _ => panic!("method {method}"),
         };
         let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -106,13 +156,23 @@ impl Node {
 
     /// The `mover` CLI against this node's API with its admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cargo_bin("mover")).args(args).args(["--api", &self.url()]).env("MOVER_TOKEN", &self.token).output().unwrap()
+        Command::new(cargo_bin("mover"))
+            .args(args)
+            .args(["--api", &self.url()])
+            .env("MOVER_TOKEN", &self.token)
+            .output()
+            .unwrap()
     }
 
     /// `cli` that must succeed; its stdout as JSON when it is JSON.
     pub fn cli_ok(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "mover {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mover {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let s = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned()))
     }
@@ -131,7 +191,11 @@ impl Node {
             if ok(&v) {
                 return v;
             }
-            assert!(t0.elapsed() < WAIT, "waited {WAIT:?} for {what}; last view {v:#}\nlog:\n{}", self.log());
+            assert!(
+                t0.elapsed() < WAIT,
+                "waited {WAIT:?} for {what}; last view {v:#}\nlog:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -145,7 +209,11 @@ impl Node {
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        rustix::process::kill_process(rustix::process::Pid::from_child(&c), rustix::process::Signal::TERM).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&c),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
         c.wait().unwrap()
     }
 }
@@ -167,8 +235,12 @@ impl Drop for Node {
 pub fn unmount_under(dir: &Path) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.canonicalize().unwrap_or(dir.to_path_buf());
-    let mut points: Vec<String> =
-        text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| Path::new(p).starts_with(&prefix)).map(str::to_string).collect();
+    let mut points: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
@@ -194,7 +266,9 @@ impl Drop for Scratch {
 }
 
 pub fn tree_hash(p: &Path) -> (u128, Option<u128>) {
-    let (t, c, _) = mover::tree::hash::hash_dir(p, mover::tree::hash::HashOptions { owners: true }, true).unwrap();
+    let (t, c, _) =
+        mover::tree::hash::hash_dir(p, mover::tree::hash::HashOptions { owners: true }, true)
+            .unwrap();
     (t, c)
 }
 

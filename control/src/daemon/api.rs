@@ -19,7 +19,16 @@ use std::time::Duration;
 /// How long deleting or aborting waits for a job to reach a chunk boundary.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// The fields a create request may carry (model::Spec).
-const SPEC_FIELDS: [&str; 8] = ["source_path", "target_address", "target_port", "target_path", "blackout_windows", "map_ids", "enabled", "bandwidth_limit"];
+const SPEC_FIELDS: [&str; 8] = [
+    "source_path",
+    "target_address",
+    "target_port",
+    "target_path",
+    "blackout_windows",
+    "map_ids",
+    "enabled",
+    "bandwidth_limit",
+];
 /// Optional create field: the fingerprint the target's certificate must have.
 const TARGET_FINGERPRINT: &str = "target_fingerprint";
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
@@ -58,11 +67,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(delete_token))
         .route("/v1/replication/status", get(status_all))
         .route(src, get(list_source).post(create_source))
-        .route(&format!("{src}/{{id}}"), get(get_source).patch(modify_source).delete(delete_source))
+        .route(
+            &format!("{src}/{{id}}"),
+            get(get_source).patch(modify_source).delete(delete_source),
+        )
         .route(&format!("{src}/{{id}}/replicate"), post(replicate))
         .route(&format!("{src}/{{id}}/abort"), post(abort))
         .route(tgt, get(list_target))
-        .route(&format!("{tgt}/{{id}}"), get(get_target).delete(delete_target))
+        .route(
+            &format!("{tgt}/{{id}}"),
+            get(get_target).delete(delete_target),
+        )
         .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
         .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
         .route("/metrics", get(metrics))
@@ -74,16 +89,32 @@ pub fn router(node: Arc<Node>) -> Router {
 fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
     let role = caller(node, h)?;
     if !role.has(p) {
-        return Err(ApiError(StatusCode::FORBIDDEN, format!("the token's role ({}) lacks the {} privilege", role.name(), p.name())));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token's role ({}) lacks the {} privilege",
+                role.name(),
+                p.name()
+            ),
+        ));
     }
     Ok(role)
 }
 
 fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
     let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
-    let v = h.get(axum::http::header::AUTHORIZATION).ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <token>`"))?;
-    let token = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")).ok_or_else(|| unauthorized("malformed Authorization header"))?;
-    let (_, role) = node.store().token_by_hash(&auth::hash(token.trim()))?.ok_or_else(|| unauthorized("unknown token"))?;
+    let v = h
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <token>`"))?;
+    let token = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("malformed Authorization header"))?;
+    let (_, role) = node
+        .store()
+        .token_by_hash(&auth::hash(token.trim()))?
+        .ok_or_else(|| unauthorized("unknown token"))?;
     Ok(TokenRole::parse(&role)?)
 }
 
@@ -116,35 +147,63 @@ struct NewToken {
     role: String,
 }
 
-async fn create_token(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+async fn create_token(
+    State(node): Ctx,
+    h: HeaderMap,
+    b: Bytes,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
     check(&node, &h, Privilege::Admin)?;
     let t: NewToken = body(&b, "token")?;
     auth::check_name(&t.name)?;
     let role = TokenRole::parse(&t.role)?;
     let token = auth::new_token()?;
-    node.store().insert_token(&t.name, role.name(), &auth::hash(&token), now_ns())?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token }))))
+    node.store()
+        .insert_token(&t.name, role.name(), &auth::hash(&token), now_ns())?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token })),
+    ))
 }
 
 async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
     check(&node, &h, Privilege::Admin)?;
     let all = node.store().tokens()?;
-    Ok(Json(all.into_iter().map(|(name, role)| serde_json::json!({ "name": name, "role": role })).collect()))
+    Ok(Json(
+        all.into_iter()
+            .map(|(name, role)| serde_json::json!({ "name": name, "role": role }))
+            .collect(),
+    ))
 }
 
-async fn delete_token(State(node): Ctx, h: HeaderMap, Path(name): Path<String>) -> Answer<StatusCode> {
+async fn delete_token(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer<StatusCode> {
     check(&node, &h, Privilege::Admin)?;
     match node.store().delete_token(&name)? {
         true => Ok(StatusCode::NO_CONTENT),
-        false => Err(ApiError(StatusCode::NOT_FOUND, format!("token {name:?} not found"))),
+        false => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("token {name:?} not found"),
+        )),
     }
 }
 
 async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     let role = caller(&node, &h)?;
-    let (s, t) = (role.has(Privilege::SourceRead), role.has(Privilege::TargetRead));
+    let (s, t) = (
+        role.has(Privilege::SourceRead),
+        role.has(Privilege::TargetRead),
+    );
     if !s && !t {
-        return Err(ApiError(StatusCode::FORBIDDEN, format!("the token's role ({}) lacks SOURCE_READ and TARGET_READ", role.name())));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the token's role ({}) lacks SOURCE_READ and TARGET_READ",
+                role.name()
+            ),
+        ));
     }
     let mut all = Vec::new();
     for (ok, r) in [(s, Role::Source), (t, Role::Target)] {
@@ -152,56 +211,103 @@ async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vie
             all.extend(node.store().list(Some(r))?);
         }
     }
-    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+    Ok(Json(
+        all.into_iter().map(|r| view::view(&node, r)).collect(),
+    ))
 }
 
 async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::SourceRead)?;
     let all = node.store().list(Some(Role::Source))?;
-    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+    Ok(Json(
+        all.into_iter().map(|r| view::view(&node, r)).collect(),
+    ))
 }
 
 async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::TargetRead)?;
     let all = node.store().list(Some(Role::Target))?;
-    Ok(Json(all.into_iter().map(|r| view::view(&node, r)).collect()))
+    Ok(Json(
+        all.into_iter().map(|r| view::view(&node, r)).collect(),
+    ))
 }
 
-async fn get_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+async fn get_source(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::SourceRead)?;
     Ok(show(&node, node.get(&id(&i)?, Role::Source)?))
 }
 
-async fn get_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+async fn get_target(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::TargetRead)?;
     Ok(show(&node, node.get(&id(&i)?, Role::Target)?))
 }
 
-async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(StatusCode, Json<view::View>)> {
+async fn create_source(
+    State(node): Ctx,
+    h: HeaderMap,
+    b: Bytes,
+) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
     let mut raw: serde_json::Value = body(&b, "relationship")?;
     // The target's certificate as its operator read it (`mover node` there); without it the
     // certificate presented at this first contact is trusted and pinned.
-    let expect = match raw.as_object_mut().and_then(|o| o.remove(TARGET_FINGERPRINT)) {
+    let expect = match raw
+        .as_object_mut()
+        .and_then(|o| o.remove(TARGET_FINGERPRINT))
+    {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(f)) => Some(crate::tls::Fingerprint::parse(&f)?),
-        Some(other) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("{TARGET_FINGERPRINT} must be a string, not {other}"))),
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{TARGET_FINGERPRINT} must be a string, not {other}"),
+            ))
+        }
     };
     // Strict here (a typo must not silently drop a setting), lenient in storage and between
     // daemons (a newer peer may know more fields).
-    if let Some(unknown) = raw.as_object().and_then(|o| o.keys().find(|k| !SPEC_FIELDS.contains(&k.as_str()))) {
+    if let Some(unknown) = raw
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !SPEC_FIELDS.contains(&k.as_str())))
+    {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("relationship: unknown field `{unknown}`, expected one of {}, {TARGET_FINGERPRINT}", SPEC_FIELDS.join(", ")),
+            format!(
+                "relationship: unknown field `{unknown}`, expected one of {}, {TARGET_FINGERPRINT}",
+                SPEC_FIELDS.join(", ")
+            ),
         ));
     }
-    let spec: Spec = serde_json::from_value(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("relationship: {e}")))?;
+    let spec: Spec = serde_json::from_value(raw)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("relationship: {e}")))?;
     spec.validate()?;
-    let Ok(src) = std::path::Path::new(&spec.source_path).canonicalize().map_err(drop).and_then(|p| if p.is_dir() { Ok(p) } else { Err(()) }) else {
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("source path {} is not an existing directory on this node", spec.source_path)));
+    let Ok(src) = std::path::Path::new(&spec.source_path)
+        .canonicalize()
+        .map_err(drop)
+        .and_then(|p| if p.is_dir() { Ok(p) } else { Err(()) })
+    else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "source path {} is not an existing directory on this node",
+                spec.source_path
+            ),
+        ));
     };
     // The data dir holds the node's key and tokens: no relationship may copy it elsewhere.
-    let data = node.opts.data_dir.canonicalize().unwrap_or_else(|_| node.opts.data_dir.clone());
+    let data = node
+        .opts
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| node.opts.data_dir.clone());
     if src.starts_with(&data) || data.starts_with(&src) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -213,8 +319,14 @@ async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(Stat
     // First contact: the certificate the target presents (the expected one, if given) is
     // pinned from now on.
     let addr = source::peer_addr(&r).await?;
-    let req = PeerRequest::Propose { id, spec, software: mover::software_version().to_string() };
-    let (answer, fp) = crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, expect.as_ref(), &req).await?;
+    let req = PeerRequest::Propose {
+        id,
+        spec,
+        software: mover::software_version().to_string(),
+    };
+    let (answer, fp) =
+        crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, expect.as_ref(), &req)
+            .await?;
     if !matches!(answer, PeerAnswer::Ok) {
         return Err(source::refused(&r, answer).into());
     }
@@ -224,11 +336,20 @@ async fn create_source(State(node): Ctx, h: HeaderMap, b: Bytes) -> Answer<(Stat
     Ok((StatusCode::CREATED, show(&node, r)))
 }
 
-async fn modify_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b: Bytes) -> Answer<Json<view::View>> {
+async fn modify_source(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+    b: Bytes,
+) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let edit: Edit = serde_json::from_slice(&b).map_err(|e| {
-        let hint = if e.to_string().contains("_path") { " (source and target paths cannot be edited: create a new relationship)" } else { "" };
+        let hint = if e.to_string().contains("_path") {
+            " (source and target paths cannot be edited: create a new relationship)"
+        } else {
+            ""
+        };
         ApiError(StatusCode::BAD_REQUEST, format!("edit: {e}{hint}"))
     })?;
     let r = node.get(&id, Role::Source)?;
@@ -237,15 +358,30 @@ async fn modify_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b:
     if let Some(j) = lock(&node.jobs).get(&id) {
         j.progress.control.set_rate(spec.bandwidth_limit);
     }
-    match source::call(&node, &r, &PeerRequest::Update { id: id.clone(), spec }).await {
+    match source::call(
+        &node,
+        &r,
+        &PeerRequest::Update {
+            id: id.clone(),
+            spec,
+        },
+    )
+    .await
+    {
         Ok(PeerAnswer::Ok) => {}
-        Ok(other) => tracing::warn!(%id, "target did not take the edit: {}", source::refused(&r, other)),
+        Ok(other) => {
+            tracing::warn!(%id, "target did not take the edit: {}", source::refused(&r, other))
+        }
         Err(e) => tracing::warn!(%id, "target did not take the edit: {e}"),
     }
     Ok(show(&node, r))
 }
 
-async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<StatusCode> {
+async fn delete_source(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<StatusCode> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     lock(&node.wanted).remove(&id);
@@ -254,7 +390,10 @@ async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
     node.modify(&id, |x| x.ended = true)?;
     if !source::stop_job(&node, &id, STOP_GRACE).await {
         let _ = node.modify(&id, |x| x.ended = r.ended);
-        return Err(ApiError(StatusCode::CONFLICT, "the running job did not stop in time; try again".into()));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "the running job did not stop in time; try again".into(),
+        ));
     }
     // The target reverts an interrupted job and becomes writable; if it cannot be reached
     // (or already deleted its side) the source still forgets the relationship. Asked even when
@@ -271,14 +410,30 @@ async fn delete_source(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<(StatusCode, Json<view::View>)> {
+async fn replicate(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let mut r = node.get(&id, Role::Source)?;
     let conflict = |m: String| Err(ApiError(StatusCode::CONFLICT, m));
     if !r.authorized && !r.ended {
         // The target may have accepted it since the scheduler last asked.
-        if let Ok(PeerAnswer::State { authorized: true, ended }) = source::call(&node, &r, &PeerRequest::State { id: id.clone(), source: None }).await {
+        if let Ok(PeerAnswer::State {
+            authorized: true,
+            ended,
+        }) = source::call(
+            &node,
+            &r,
+            &PeerRequest::State {
+                id: id.clone(),
+                source: None,
+            },
+        )
+        .await
+        {
             r = node.modify(&id, |x| {
                 x.authorized = true;
                 x.ended = x.ended || ended;
@@ -286,15 +441,23 @@ async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Ans
         }
     }
     if r.ended {
-        return conflict(format!("relationship {id} has ended (deleted on the target)"));
+        return conflict(format!(
+            "relationship {id} has ended (deleted on the target)"
+        ));
     }
     if !r.authorized {
-        return conflict(format!("relationship {id} is awaiting authorization on the target"));
+        return conflict(format!(
+            "relationship {id} is awaiting authorization on the target"
+        ));
     }
     let now = chrono::Utc::now();
     if crate::blackout::in_blackout(&r.spec.blackout_windows, now) {
-        let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now).map(|t| t.to_rfc3339()).unwrap_or_default();
-        return conflict(format!("relationship {id} is in a blackout window (until {until}); no job starts inside one"));
+        let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        return conflict(format!(
+            "relationship {id} is in a blackout window (until {until}); no job starts inside one"
+        ));
     }
     // While a job runs, the request queues one more job after it (it picks up what changed
     // since that job's point in time).
@@ -302,7 +465,11 @@ async fn replicate(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Ans
     Ok((StatusCode::ACCEPTED, show(&node, r)))
 }
 
-async fn abort(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<(StatusCode, Json<view::View>)> {
+async fn abort(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<(StatusCode, Json<view::View>)> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let r = node.get(&id, Role::Source)?;
@@ -312,10 +479,16 @@ async fn abort(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<
         if queued {
             return Ok((StatusCode::ACCEPTED, show(&node, r)));
         }
-        return Err(ApiError(StatusCode::CONFLICT, format!("relationship {id} has no running or queued job")));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("relationship {id} has no running or queued job"),
+        ));
     }
     source::stop_job(&node, &id, STOP_GRACE).await;
-    Ok((StatusCode::ACCEPTED, show(&node, node.get(&id, Role::Source).unwrap_or(r))))
+    Ok((
+        StatusCode::ACCEPTED,
+        show(&node, node.get(&id, Role::Source).unwrap_or(r)),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -325,27 +498,47 @@ struct AuthorizeBody {
     allow_non_empty_target: bool,
 }
 
-async fn authorize(State(node): Ctx, h: HeaderMap, Path(i): Path<String>, b: Bytes) -> Answer<Json<view::View>> {
+async fn authorize(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+    b: Bytes,
+) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
-    let a: AuthorizeBody = if b.is_empty() { AuthorizeBody::default() } else { body(&b, "authorize")? };
+    let a: AuthorizeBody = if b.is_empty() {
+        AuthorizeBody::default()
+    } else {
+        body(&b, "authorize")?
+    };
     let n = node.clone();
-    let r = tokio::task::spawn_blocking(move || target::authorize(&n, &id, a.allow_non_empty_target))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let r =
+        tokio::task::spawn_blocking(move || target::authorize(&n, &id, a.allow_non_empty_target))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(id = %r.id, read_only = ?r.read_only, "relationship authorized");
     Ok(show(&node, r))
 }
 
-async fn delete_target(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<StatusCode> {
+async fn delete_target(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<StatusCode> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
     let n = node.clone();
-    tokio::task::spawn_blocking(move || target::delete(&n, &id)).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tokio::task::spawn_blocking(move || target::delete(&n, &id))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn make_writable(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) -> Answer<Json<view::View>> {
+async fn make_writable(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
     let n = node.clone();
@@ -356,22 +549,37 @@ async fn make_writable(State(node): Ctx, h: HeaderMap, Path(i): Path<String>) ->
     Ok(show(&node, r))
 }
 
-async fn metrics(State(node): Ctx) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
+async fn metrics(
+    State(node): Ctx,
+) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
     let all = node.store().list(None)?;
     let now_ns = now_ns();
     let ages: Vec<(String, &str, f64)> = all
         .iter()
         .filter_map(|r| {
-            let role = if r.role == Role::Source { "source" } else { "target" };
-            r.recovery_point_ns.map(|ns| (r.id.0.clone(), role, (now_ns - ns).max(0) as f64 / 1e9))
+            let role = if r.role == Role::Source {
+                "source"
+            } else {
+                "target"
+            };
+            r.recovery_point_ns
+                .map(|ns| (r.id.0.clone(), role, (now_ns - ns).max(0) as f64 / 1e9))
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();
     for r in all {
-        *states.entry(view::view(&node, r).state.name()).or_insert(0u64) += 1;
+        *states
+            .entry(view::view(&node, r).state.name())
+            .or_insert(0u64) += 1;
     }
     let text = node.metrics.render(&ages, &states);
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    ))
 }
 
 #[cfg(test)]

@@ -57,13 +57,25 @@ impl ConfigFile {
         use std::io::Read;
         let f = match std::fs::File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(ConfigFile::default()),
-            Err(e) => return Err(Error::Io { context: format!("reading config {}", path.display()), source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(ConfigFile::default())
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("reading config {}", path.display()),
+                    source: e,
+                })
+            }
         };
         let mut text = String::new();
-        f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).ctx(|| format!("reading config {}", path.display()))?;
+        f.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .ctx(|| format!("reading config {}", path.display()))?;
         if text.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(Error::Invalid(format!("config {} is larger than {MAX_CONFIG_BYTES} bytes", path.display())));
+            return Err(Error::Invalid(format!(
+                "config {} is larger than {MAX_CONFIG_BYTES} bytes",
+                path.display()
+            )));
         }
         toml::from_str(&text).map_err(|e| Error::Invalid(format!("config {}: {e}", path.display())))
     }
@@ -76,22 +88,37 @@ pub fn resolve(
     listen: Option<SocketAddr>,
     api: Option<SocketAddr>,
 ) -> Result<DaemonOptions> {
-    let data_dir = data_dir
-        .or(file.data_dir)
-        .ok_or_else(|| Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into()))?;
-    let parse = |s: &str| s.parse::<SocketAddr>().map_err(|e| Error::Invalid(format!("{s}: {e}")));
-    let interval = file.continuous_interval_secs.map(Duration::from_secs).unwrap_or(DEFAULT_INTERVAL);
+    let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
+        Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
+    })?;
+    let parse = |s: &str| {
+        s.parse::<SocketAddr>()
+            .map_err(|e| Error::Invalid(format!("{s}: {e}")))
+    };
+    let interval = file
+        .continuous_interval_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_INTERVAL);
     let threads = file.threads.unwrap_or_else(mover::default_threads);
     if threads == 0 || threads > mover::wire::message::MAX_WORKERS as usize {
-        return Err(Error::Invalid(format!("threads must be 1-{}", mover::wire::message::MAX_WORKERS)));
+        return Err(Error::Invalid(format!(
+            "threads must be 1-{}",
+            mover::wire::message::MAX_WORKERS
+        )));
     }
-    let max_pause = file.max_pause_in_session_secs.map_or(DEFAULT_MAX_PAUSE_IN_SESSION, Duration::from_secs);
+    let max_pause = file
+        .max_pause_in_session_secs
+        .map_or(DEFAULT_MAX_PAUSE_IN_SESSION, Duration::from_secs);
     if max_pause.is_zero() || max_pause.as_secs() > MAX_PAUSE_IN_SESSION_LIMIT {
-        return Err(Error::Invalid(format!("max_pause_in_session_secs must be 1-{MAX_PAUSE_IN_SESSION_LIMIT}")));
+        return Err(Error::Invalid(format!(
+            "max_pause_in_session_secs must be 1-{MAX_PAUSE_IN_SESSION_LIMIT}"
+        )));
     }
     Ok(DaemonOptions {
         data_dir,
-        listen: listen.or(file.listen).map_or_else(|| parse(DEFAULT_LISTEN), Ok)?,
+        listen: listen
+            .or(file.listen)
+            .map_or_else(|| parse(DEFAULT_LISTEN), Ok)?,
         api: api.or(file.api).map_or_else(|| parse(DEFAULT_API), Ok)?,
         continuous_interval: interval,
         threads,
@@ -103,13 +130,16 @@ pub fn resolve(
 pub fn sd_notify(state: &str) {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let path = path.to_string_lossy().into_owned();
     let addr = match path.strip_prefix('@') {
         Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()),
         None => UnixAddr::from_pathname(&path),
     };
-    let sent = addr.and_then(|a| UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), &a)));
+    let sent = addr
+        .and_then(|a| UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), &a)));
     if let Err(e) = sent {
         tracing::warn!("sd_notify {state} to {path}: {e}");
     }
@@ -121,12 +151,20 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let what = || format!("writing {}", path.display());
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).ctx(what)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx(what)?;
     f.write_all(data).ctx(what)?;
     f.sync_all().ctx(what)?;
     std::fs::rename(&tmp, path).ctx(what)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).ctx(what)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .ctx(what)?;
     }
     Ok(())
 }
@@ -147,7 +185,10 @@ mod tests {
         assert_eq!(o.api.to_string(), "127.0.0.1:5000");
         assert_eq!(o.continuous_interval, Duration::from_secs(3));
         let o = resolve(ConfigFile::default(), Some("/d".into()), None, None).unwrap();
-        assert_eq!((o.listen.to_string(), o.api.to_string()), (DEFAULT_LISTEN.to_string(), DEFAULT_API.to_string()));
+        assert_eq!(
+            (o.listen.to_string(), o.api.to_string()),
+            (DEFAULT_LISTEN.to_string(), DEFAULT_API.to_string())
+        );
     }
 
     #[test]
@@ -155,13 +196,28 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("mover.toml");
         std::fs::write(&p, "listen = \"nowhere\"\n").unwrap();
-        assert!(ConfigFile::load(&p, true).unwrap_err().to_string().contains("mover.toml"));
+        assert!(ConfigFile::load(&p, true)
+            .unwrap_err()
+            .to_string()
+            .contains("mover.toml"));
         std::fs::write(&p, "colour = 1\n").unwrap();
-        assert!(ConfigFile::load(&p, true).unwrap_err().to_string().contains("unknown field"));
+        assert!(ConfigFile::load(&p, true)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
         assert!(ConfigFile::load(&t.path().join("absent.toml"), true).is_err());
         assert!(ConfigFile::load(&t.path().join("absent.toml"), false).is_ok());
-        assert!(resolve(ConfigFile::default(), None, None, None).unwrap_err().to_string().contains("--data-dir"));
-        let f = ConfigFile { max_pause_in_session_secs: Some(61), ..Default::default() };
-        assert!(resolve(f, Some("/d".into()), None, None).unwrap_err().to_string().contains("max_pause_in_session_secs"));
+        assert!(resolve(ConfigFile::default(), None, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--data-dir"));
+        let f = ConfigFile {
+            max_pause_in_session_secs: Some(61),
+            ..Default::default()
+        };
+        assert!(resolve(f, Some("/d".into()), None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("max_pause_in_session_secs"));
     }
 }

@@ -34,7 +34,10 @@ impl Metrics {
             *c.errors.entry(id.0.clone()).or_default() += 1;
         }
         let s = took.as_secs_f64();
-        let b = DURATION_BUCKETS.iter().position(|&ub| s <= ub).unwrap_or(DURATION_BUCKETS.len());
+        let b = DURATION_BUCKETS
+            .iter()
+            .position(|&ub| s <= ub)
+            .unwrap_or(DURATION_BUCKETS.len());
         c.buckets[b] += 1;
         c.seconds += s;
         c.jobs += 1;
@@ -47,12 +50,23 @@ impl Metrics {
         let mut o = String::new();
         let _ = writeln!(o, "# HELP mover_recovery_point_age_seconds Age of the target's last recovery point.\n# TYPE mover_recovery_point_age_seconds gauge");
         for (id, role, age) in rp_ages {
-            let _ = writeln!(o, "mover_recovery_point_age_seconds{{relationship=\"{id}\",role=\"{role}\"}} {age}");
+            let _ = writeln!(
+                o,
+                "mover_recovery_point_age_seconds{{relationship=\"{id}\",role=\"{role}\"}} {age}"
+            );
         }
         for (name, help, map) in [
-            ("mover_bytes_moved_total", "File data bytes sent by jobs.", &c.bytes),
+            (
+                "mover_bytes_moved_total",
+                "File data bytes sent by jobs.",
+                &c.bytes,
+            ),
             ("mover_files_moved_total", "Files sent by jobs.", &c.files),
-            ("mover_job_errors_total", "Jobs that ended without a recovery point.", &c.errors),
+            (
+                "mover_job_errors_total",
+                "Jobs that ended without a recovery point.",
+                &c.errors,
+            ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
             for (id, v) in map {
@@ -67,7 +81,11 @@ impl Metrics {
         }
         cum += c.buckets[DURATION_BUCKETS.len()];
         let _ = writeln!(o, "mover_job_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(o, "mover_job_duration_seconds_sum {}\nmover_job_duration_seconds_count {}", c.seconds, c.jobs);
+        let _ = writeln!(
+            o,
+            "mover_job_duration_seconds_sum {}\nmover_job_duration_seconds_count {}",
+            c.seconds, c.jobs
+        );
         let _ = writeln!(o, "# HELP mover_relationships Relationships on this node by state.\n# TYPE mover_relationships gauge");
         for (state, n) in states {
             let _ = writeln!(o, "mover_relationships{{state=\"{state}\"}} {n}");
@@ -86,9 +104,21 @@ mod tests {
         let id = RelationshipId("a".repeat(32));
         m.job_done(&id, 100, 2, Duration::from_millis(500), true);
         m.job_done(&id, 50, 1, Duration::from_secs(20), false);
-        let t = m.render(&[(id.0.clone(), "source", 3.5)], &BTreeMap::from([("idle", 1)]));
-        assert!(t.contains(&format!("mover_bytes_moved_total{{relationship=\"{}\"}} 150", id.0)), "{t}");
-        assert!(t.contains(&format!("mover_job_errors_total{{relationship=\"{}\"}} 1", id.0)));
+        let t = m.render(
+            &[(id.0.clone(), "source", 3.5)],
+            &BTreeMap::from([("idle", 1)]),
+        );
+        assert!(
+            t.contains(&format!(
+                "mover_bytes_moved_total{{relationship=\"{}\"}} 150",
+                id.0
+            )),
+            "{t}"
+        );
+        assert!(t.contains(&format!(
+            "mover_job_errors_total{{relationship=\"{}\"}} 1",
+            id.0
+        )));
         assert!(t.contains("mover_job_duration_seconds_bucket{le=\"1\"} 1"));
         assert!(t.contains("mover_job_duration_seconds_bucket{le=\"60\"} 2"));
         assert!(t.contains("mover_job_duration_seconds_bucket{le=\"+Inf\"} 2"));

@@ -83,7 +83,11 @@ impl Node {
     }
 
     /// Applies `f` to the stored relationship and writes it back (one transaction's worth).
-    pub fn modify(&self, id: &RelationshipId, f: impl FnOnce(&mut Relationship)) -> Result<Relationship> {
+    pub fn modify(
+        &self,
+        id: &RelationshipId,
+        f: impl FnOnce(&mut Relationship),
+    ) -> Result<Relationship> {
         let s = self.store();
         let mut r = s.get(id)?;
         f(&mut r);
@@ -108,14 +112,20 @@ impl Node {
 /// and the node identity; creates the first admin token.
 fn open_node(opts: DaemonOptions) -> Result<Node> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(&opts.data_dir).ctx(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .ctx(|| format!("creating data dir {}", opts.data_dir.display()))?;
     std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("restricting {}", opts.data_dir.display()))?;
     let store = Store::open(&opts.data_dir.join("mover.db"))?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
     if store.tokens()?.is_empty() {
         let token = crate::auth::new_token()?;
-        store.insert_token("admin", crate::auth::TokenRole::Admin.name(), &crate::auth::hash(&token), now_ns())?;
+        store.insert_token(
+            "admin",
+            crate::auth::TokenRole::Admin.name(),
+            &crate::auth::hash(&token),
+            now_ns(),
+        )?;
         let path = opts.data_dir.join("admin.token");
         config::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
@@ -153,8 +163,12 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
 async fn serve(opts: DaemonOptions) -> Result<()> {
     let node = Arc::new(open_node(opts)?);
     target::restore(&node)?;
-    let peer = tokio::net::TcpListener::bind(node.opts.listen).await.ctx(|| format!("listening for peers on {}", node.opts.listen))?;
-    let api = tokio::net::TcpListener::bind(node.opts.api).await.ctx(|| format!("listening for the API on {}", node.opts.api))?;
+    let peer = tokio::net::TcpListener::bind(node.opts.listen)
+        .await
+        .ctx(|| format!("listening for peers on {}", node.opts.listen))?;
+    let api = tokio::net::TcpListener::bind(node.opts.api)
+        .await
+        .ctx(|| format!("listening for the API on {}", node.opts.api))?;
     tracing::info!(listen = %node.opts.listen, api = %node.opts.api, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
@@ -174,8 +188,10 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
 /// right after READY=1 is not lost) and returns the future that completes on either.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ctx(|| "installing the SIGTERM handler".to_string())?;
-    let mut int = signal(SignalKind::interrupt()).ctx(|| "installing the SIGINT handler".to_string())?;
+    let mut term =
+        signal(SignalKind::terminate()).ctx(|| "installing the SIGTERM handler".to_string())?;
+    let mut int =
+        signal(SignalKind::interrupt()).ctx(|| "installing the SIGINT handler".to_string())?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => {},

@@ -29,7 +29,9 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, from) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -51,16 +53,24 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
 /// Largest Hello a data-plane connection may open with (it is well under 1 KiB).
 const MAX_HELLO_PEEK: usize = 4096;
 
-async fn one(node: &Arc<Node>, acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStream) -> crate::Result<()> {
+async fn one(
+    node: &Arc<Node>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> crate::Result<()> {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(peer_wire::PEER_TIMEOUT, tcp.peek(&mut first)).await;
     if matches!(peeked, Ok(Ok(1))) && first[0] == mover::receiver::DATA_PLANE_FIRST_BYTE {
         return data_plane(node, tcp).await;
     }
     let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
-    let req: PeerRequest = tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
-        .await
-        .map_err(|_| Error::Peer { peer: fp.to_string(), message: "no request within the timeout".into() })??;
+    let req: PeerRequest =
+        tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
+            .await
+            .map_err(|_| Error::Peer {
+                peer: fp.to_string(),
+                message: "no request within the timeout".into(),
+            })??;
     let answer = handle(node, &fp, req).await;
     if let PeerAnswer::Refused { message } = &answer {
         tracing::warn!(peer = %fp, "refused: {message}");
@@ -72,15 +82,22 @@ async fn one(node: &Arc<Node>, acceptor: &tokio_rustls::TlsAcceptor, tcp: tokio:
 /// hand the socket to the receiver that issued its session id as a ticket.
 async fn data_plane(node: &Arc<Node>, tcp: tokio::net::TcpStream) -> crate::Result<()> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let fail = |message: String| Error::Peer { peer: peer.clone(), message };
+    let fail = |message: String| Error::Peer {
+        peer: peer.clone(),
+        message,
+    };
     let mut buf = vec![0u8; MAX_HELLO_PEEK];
     let deadline = tokio::time::Instant::now() + peer_wire::PEER_TIMEOUT;
     let session = loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.map_err(|_| fail("no data-plane Hello in time".into()))?;
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .map_err(|_| fail("no data-plane Hello in time".into()))?;
         let n = n.map_err(|e| fail(format!("reading a data-plane Hello: {e}")))?;
         match mover::receiver::hello_session(&buf[..n]) {
             Ok(Some(s)) => break s,
-            Ok(None) if n < buf.len() => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Ok(None) if n < buf.len() => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
             Ok(None) => return Err(fail("data-plane Hello too large".into())),
             Err(e) => return Err(fail(format!("malformed data-plane Hello: {e}"))),
         }
@@ -98,10 +115,17 @@ async fn data_plane(node: &Arc<Node>, tcp: tokio::net::TcpStream) -> crate::Resu
         // Tell the sender why before closing (its Hello is answered with an Error frame).
         if let Some(mut s) = routed.1 {
             use std::io::Write;
-            let msg = mover::wire::message::encode_message("session not authorized: its id is not a ticket this node issued");
-            let _ = s.write_all(&mover::wire::frame::encode_frame(mover::wire::frame::FrameKind::Error, &msg));
+            let msg = mover::wire::message::encode_message(
+                "session not authorized: its id is not a ticket this node issued",
+            );
+            let _ = s.write_all(&mover::wire::frame::encode_frame(
+                mover::wire::frame::FrameKind::Error,
+                &msg,
+            ));
         }
-        return Err(fail("data-plane session with an id no receiver issued; closed".into()));
+        return Err(fail(
+            "data-plane session with an id no receiver issued; closed".into(),
+        ));
     }
     Ok(())
 }
@@ -111,7 +135,11 @@ fn refuse(message: String) -> PeerAnswer {
 }
 
 /// The relationship `id` if `fp` is the certificate pinned for it.
-fn pinned(node: &Node, id: &crate::model::RelationshipId, fp: &Fingerprint) -> Result<Relationship, PeerAnswer> {
+fn pinned(
+    node: &Node,
+    id: &crate::model::RelationshipId,
+    fp: &Fingerprint,
+) -> Result<Relationship, PeerAnswer> {
     let r = match node.get(id, Role::Target) {
         Ok(r) => r,
         Err(Error::NotFound(_)) => return Err(PeerAnswer::NotFound),
@@ -139,7 +167,10 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
                         tracing::debug!(%id, "taking the source's state: {e}");
                     }
                 }
-                PeerAnswer::State { authorized: r.authorized, ended }
+                PeerAnswer::State {
+                    authorized: r.authorized,
+                    ended,
+                }
             }
             Err(a) => a,
         },
@@ -149,16 +180,27 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
                 Err(a) => return a,
             };
             if !r.authorized {
-                return refuse(format!("relationship {id} is awaiting authorization on the target"));
+                return refuse(format!(
+                    "relationship {id} is awaiting authorization on the target"
+                ));
             }
             let node = node.clone();
             match tokio::task::spawn_blocking(move || target::ticket(&node, &r)).await {
-                Ok(Ok((port, t))) => PeerAnswer::Ticket { port, ticket: format!("{t:032x}") },
+                Ok(Ok((port, t))) => PeerAnswer::Ticket {
+                    port,
+                    ticket: format!("{t:032x}"),
+                },
                 Ok(Err(e)) => refuse(e.to_string()),
                 Err(e) => refuse(format!("ticket task failed: {e}")),
             }
         }
-        PeerRequest::Report { id, running, job, last_attempt, recovery_point_ns } => {
+        PeerRequest::Report {
+            id,
+            running,
+            job,
+            last_attempt,
+            recovery_point_ns,
+        } => {
             if let Err(a) = pinned(node, &id, fp) {
                 return a;
             }
@@ -197,7 +239,9 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
 /// and with the same paths.
 fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::Result<()> {
     if spec.source_path != r.spec.source_path || spec.target_path != r.spec.target_path {
-        return Err(Error::Invalid("paths of a relationship cannot change".into()));
+        return Err(Error::Invalid(
+            "paths of a relationship cannot change".into(),
+        ));
     }
     spec.validate()?;
     node.modify(&r.id, |x| x.spec = spec)?;
@@ -206,20 +250,39 @@ fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::
 
 /// Takes the source's view from a poll: its job and last outcome, and an edit this node missed.
 fn catch_up(node: &Node, r: &Relationship, s: crate::peer::SourceState) -> crate::Result<()> {
-    target::record_report(node, &r.id, s.running, s.job, s.last_attempt, s.recovery_point_ns)?;
+    target::record_report(
+        node,
+        &r.id,
+        s.running,
+        s.job,
+        s.last_attempt,
+        s.recovery_point_ns,
+    )?;
     if s.spec != r.spec {
         take_spec(node, r, s.spec)?;
     }
     Ok(())
 }
 
-fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec: crate::model::Spec, software: &str) -> PeerAnswer {
+fn propose(
+    node: &Node,
+    fp: &Fingerprint,
+    id: crate::model::RelationshipId,
+    spec: crate::model::Spec,
+    software: &str,
+) -> PeerAnswer {
     if let Err(e) = spec.validate() {
         return refuse(e.to_string());
     }
     match node.store().get(&id) {
-        Ok(r) if r.peer_fingerprint.as_deref() == Some(fp.0.as_str()) && r.role == Role::Target => return PeerAnswer::Ok,
-        Ok(_) => return refuse(format!("relationship {id} already exists here with another peer")),
+        Ok(r) if r.peer_fingerprint.as_deref() == Some(fp.0.as_str()) && r.role == Role::Target => {
+            return PeerAnswer::Ok
+        }
+        Ok(_) => {
+            return refuse(format!(
+                "relationship {id} already exists here with another peer"
+            ))
+        }
         Err(Error::NotFound(_)) => {}
         Err(e) => return refuse(e.to_string()),
     }
@@ -227,12 +290,25 @@ fn propose(node: &Node, fp: &Fingerprint, id: crate::model::RelationshipId, spec
         Ok(all) => all,
         Err(e) => return refuse(e.to_string()),
     };
-    let same = |a: &str, b: &str| std::path::Path::new(a).components().eq(std::path::Path::new(b).components());
-    if let Some(other) = all.iter().find(|r| same(&r.spec.target_path, &spec.target_path) && !r.ended) {
-        return refuse(format!("target directory {} is already the target of relationship {}", spec.target_path, other.id));
+    let same = |a: &str, b: &str| {
+        std::path::Path::new(a)
+            .components()
+            .eq(std::path::Path::new(b).components())
+    };
+    if let Some(other) = all
+        .iter()
+        .find(|r| same(&r.spec.target_path, &spec.target_path) && !r.ended)
+    {
+        return refuse(format!(
+            "target directory {} is already the target of relationship {}",
+            spec.target_path, other.id
+        ));
     }
     let pending: Vec<&Relationship> = all.iter().filter(|r| !r.authorized && !r.ended).collect();
-    let from_peer = pending.iter().filter(|r| r.peer_fingerprint.as_deref() == Some(fp.0.as_str())).count();
+    let from_peer = pending
+        .iter()
+        .filter(|r| r.peer_fingerprint.as_deref() == Some(fp.0.as_str()))
+        .count();
     if pending.len() >= MAX_PENDING_PROPOSALS || from_peer >= MAX_PENDING_PER_PEER {
         return refuse(format!(
             "too many relationships await authorization on this node ({} in all, {from_peer} from this source; at most {MAX_PENDING_PROPOSALS} and {MAX_PENDING_PER_PEER}): authorize or delete some first",

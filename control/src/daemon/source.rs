@@ -55,8 +55,14 @@ impl Carried {
     /// Between sessions: moves what the last one sent from its counters (zeroed for the next)
     /// to the job's. Zeroed first, so a reader never counts the same bytes twice.
     fn roll(&self, p: &Progress) {
-        let files = p.files.load(Ordering::Relaxed).min(p.files_total.load(Ordering::Relaxed));
-        let bytes = p.bytes.load(Ordering::Relaxed).min(p.bytes_total.load(Ordering::Relaxed));
+        let files = p
+            .files
+            .load(Ordering::Relaxed)
+            .min(p.files_total.load(Ordering::Relaxed));
+        let bytes = p
+            .bytes
+            .load(Ordering::Relaxed)
+            .min(p.bytes_total.load(Ordering::Relaxed));
         p.reset();
         self.files.fetch_add(files, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -71,11 +77,26 @@ impl Job {
 
     pub fn view(&self) -> JobView {
         let (p, c) = (&self.progress, &self.carried);
-        let (cf, cb) = (c.files.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
-        let files = (cf + p.files.load(Ordering::Relaxed), cf + p.files_total.load(Ordering::Relaxed));
-        let bytes = (cb + p.bytes.load(Ordering::Relaxed), cb + p.bytes_total.load(Ordering::Relaxed));
-        let scanning = p.files_total.load(Ordering::Relaxed) == 0 && p.bytes_total.load(Ordering::Relaxed) == 0;
-        let mut v = JobView::from_counts(p.control.is_paused(), self.started.elapsed().as_secs_f64(), files, bytes);
+        let (cf, cb) = (
+            c.files.load(Ordering::Relaxed),
+            c.bytes.load(Ordering::Relaxed),
+        );
+        let files = (
+            cf + p.files.load(Ordering::Relaxed),
+            cf + p.files_total.load(Ordering::Relaxed),
+        );
+        let bytes = (
+            cb + p.bytes.load(Ordering::Relaxed),
+            cb + p.bytes_total.load(Ordering::Relaxed),
+        );
+        let scanning = p.files_total.load(Ordering::Relaxed) == 0
+            && p.bytes_total.load(Ordering::Relaxed) == 0;
+        let mut v = JobView::from_counts(
+            p.control.is_paused(),
+            self.started.elapsed().as_secs_f64(),
+            files,
+            bytes,
+        );
         if scanning {
             // Totals of this session are not known yet: no percentages to claim.
             v.scanning = true;
@@ -85,9 +106,19 @@ impl Job {
         let dt = rate.0.elapsed();
         if dt >= RATE_WINDOW {
             let moved = v.bytes_done.saturating_sub(rate.1);
-            *rate = (Instant::now(), v.bytes_done, moved as f64 / dt.as_secs_f64());
+            *rate = (
+                Instant::now(),
+                v.bytes_done,
+                moved as f64 / dt.as_secs_f64(),
+            );
         }
-        v.throughput_bytes_per_sec = if v.paused { 0.0 } else if self.started.elapsed() < RATE_WINDOW { v.throughput_bytes_per_sec } else { rate.2 };
+        v.throughput_bytes_per_sec = if v.paused {
+            0.0
+        } else if self.started.elapsed() < RATE_WINDOW {
+            v.throughput_bytes_per_sec
+        } else {
+            rate.2
+        };
         v
     }
 }
@@ -95,14 +126,25 @@ impl Job {
 /// Resolves the target's peer address.
 pub async fn peer_addr(r: &Relationship) -> Result<SocketAddr> {
     let (host, port) = (r.spec.target_address.as_str(), r.spec.target_port);
-    let mut it = tokio::net::lookup_host((host, port)).await.map_err(|e| Error::Peer { peer: format!("{host}:{port}"), message: format!("cannot resolve: {e}") })?;
-    it.next().ok_or_else(|| Error::Peer { peer: format!("{host}:{port}"), message: "no address".into() })
+    let mut it = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Error::Peer {
+            peer: format!("{host}:{port}"),
+            message: format!("cannot resolve: {e}"),
+        })?;
+    it.next().ok_or_else(|| Error::Peer {
+        peer: format!("{host}:{port}"),
+        message: "no address".into(),
+    })
 }
 
 /// One request to the relationship's target, with its pinned certificate.
 pub async fn call(node: &Node, r: &Relationship, req: &PeerRequest) -> Result<PeerAnswer> {
     let addr = peer_addr(r).await?;
-    let pin = r.peer_fingerprint.as_deref().map(|f| Fingerprint(f.to_string()));
+    let pin = r
+        .peer_fingerprint
+        .as_deref()
+        .map(|f| Fingerprint(f.to_string()));
     let (a, _) = crate::peer_wire::call(addr, &node.identity, pin.as_ref(), req).await?;
     Ok(a)
 }
@@ -113,16 +155,22 @@ pub fn refused(r: &Relationship, a: PeerAnswer) -> Error {
         PeerAnswer::NotFound => format!("the target does not know relationship {}", r.id),
         other => format!("unexpected answer {other:?}"),
     };
-    Error::Peer { peer: format!("{}:{}", r.spec.target_address, r.spec.target_port), message }
+    Error::Peer {
+        peer: format!("{}:{}", r.spec.target_address, r.spec.target_port),
+        message,
+    }
 }
 
 /// The scheduler: runs forever, one pass per tick over the source relationships.
 pub async fn schedule(node: Arc<Node>) {
     let mut last_poll: std::collections::HashMap<RelationshipId, Instant> = Default::default();
-    let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> = Default::default();
+    let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> =
+        Default::default();
     let mut last_report = Instant::now();
-    let polling: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> = Default::default();
-    let reporting: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> = Default::default();
+    let polling: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> =
+        Default::default();
+    let reporting: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> =
+        Default::default();
     // At most one progress report in flight per relationship: a slow target must not pile
     // them up. The final one (job ended) is sent even if a progress report is still out.
     let report_once = |node: &Arc<Node>, id: &RelationshipId, always: bool| {
@@ -157,9 +205,15 @@ pub async fn schedule(node: Arc<Node>) {
             if r.ended {
                 continue;
             }
-            let due_poll = if r.authorized { POLL_AUTHORIZED } else { POLL_UNAUTHORIZED };
+            let due_poll = if r.authorized {
+                POLL_AUTHORIZED
+            } else {
+                POLL_UNAUTHORIZED
+            };
             // One poll in flight per relationship: a slow target must not pile them up.
-            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll) && lock(&polling).insert(r.id.clone()) {
+            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll)
+                && lock(&polling).insert(r.id.clone())
+            {
                 last_poll.insert(r.id.clone(), Instant::now());
                 let (node, r, polling) = (node.clone(), r.clone(), polling.clone());
                 tokio::spawn(async move {
@@ -172,12 +226,17 @@ pub async fn schedule(node: Arc<Node>) {
                 continue;
             }
             let blackout = blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now());
-            let running = lock(&node.jobs).get(&r.id).map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
+            let running = lock(&node.jobs)
+                .get(&r.id)
+                .map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
             match running {
                 Some((p, false)) => {
                     p.control.set_paused(blackout);
                     // A long window ends the session (config::DEFAULT_MAX_PAUSE_IN_SESSION).
-                    if p.control.paused_for().is_some_and(|d| d > node.opts.max_pause_in_session) {
+                    if p.control
+                        .paused_for()
+                        .is_some_and(|d| d > node.opts.max_pause_in_session)
+                    {
                         p.control.suspend();
                     }
                     if report {
@@ -187,7 +246,10 @@ pub async fn schedule(node: Arc<Node>) {
                 Some((_, true)) => {
                     let ok = lock(&node.jobs).remove(&r.id).is_some();
                     debug_assert!(ok);
-                    let failed = node.store().get(&r.id).is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
+                    let failed = node
+                        .store()
+                        .get(&r.id)
+                        .is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
                     last_end.insert(r.id.clone(), (Instant::now(), failed));
                     report_once(&node, &r.id, true);
                 }
@@ -195,7 +257,12 @@ pub async fn schedule(node: Arc<Node>) {
                     let wanted = lock(&node.wanted).contains(&r.id);
                     let continuous = r.spec.enabled
                         && last_end.get(&r.id).is_none_or(|(t, failed)| {
-                            t.elapsed() >= if *failed { FAILED_JOB_PAUSE.max(node.opts.continuous_interval) } else { node.opts.continuous_interval }
+                            t.elapsed()
+                                >= if *failed {
+                                    FAILED_JOB_PAUSE.max(node.opts.continuous_interval)
+                                } else {
+                                    node.opts.continuous_interval
+                                }
                         });
                     // `job_running` still set: the daemon stopped mid-job; resume it now.
                     if !blackout && (wanted || continuous || r.job_running) {
@@ -213,7 +280,15 @@ pub async fn schedule(node: Arc<Node>) {
 async fn poll_target(node: Arc<Node>, r: Relationship) {
     let r = node.get(&r.id, Role::Source).unwrap_or(r);
     let source = source_state(&node, &r);
-    let answer = call(&node, &r, &PeerRequest::State { id: r.id.clone(), source: Some(source) }).await;
+    let answer = call(
+        &node,
+        &r,
+        &PeerRequest::State {
+            id: r.id.clone(),
+            source: Some(source),
+        },
+    )
+    .await;
     let (authorized, ended, unreachable) = match answer {
         Ok(PeerAnswer::State { authorized, ended }) => (authorized, ended, false),
         Ok(PeerAnswer::NotFound) => (r.authorized, true, false),
@@ -251,7 +326,10 @@ async fn poll_target(node: Arc<Node>, r: Relationship) {
 /// What this node tells the target about the relationship: its settings, its running job and
 /// the last outcome (polls carry all of it, progress reports all but the settings).
 fn source_state(node: &Node, r: &Relationship) -> crate::peer::SourceState {
-    let job = lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view());
+    let job = lock(&node.jobs)
+        .get(&r.id)
+        .filter(|j| !j.finished())
+        .map(|j| j.view());
     crate::peer::SourceState {
         spec: r.spec.clone(),
         running: job.is_some(),
@@ -262,9 +340,17 @@ fn source_state(node: &Node, r: &Relationship) -> crate::peer::SourceState {
 }
 
 async fn report_progress(node: Arc<Node>, id: RelationshipId) {
-    let Ok(r) = node.get(&id, Role::Source) else { return };
+    let Ok(r) = node.get(&id, Role::Source) else {
+        return;
+    };
     let s = source_state(&node, &r);
-    let req = PeerRequest::Report { id: id.clone(), running: s.running, job: s.job, last_attempt: s.last_attempt, recovery_point_ns: s.recovery_point_ns };
+    let req = PeerRequest::Report {
+        id: id.clone(),
+        running: s.running,
+        job: s.job,
+        last_attempt: s.last_attempt,
+        recovery_point_ns: s.recovery_point_ns,
+    };
     match call(&node, &r, &req).await {
         Ok(PeerAnswer::Ok) => {}
         Ok(PeerAnswer::NotFound) => {
@@ -307,16 +393,29 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         tracing::error!(id = %r.id, "recording the job start: {e}");
     }
     tracing::info!(id = %r.id, source = %r.spec.source_path, "job started");
-    let (n, id, rt) = (node.clone(), r.id.clone(), tokio::runtime::Handle::current());
-    let spawned = std::thread::Builder::new().name("mover-job".into()).spawn(move || {
-        let node = n;
-        let started = Instant::now();
-        let source_time = now_ns();
-        let result = run_job(&node, &rt, &id, &progress, &carried);
-        carried.roll(&progress);
-        finish_job(&node, &id, &carried, progress.control.is_cancelled(), result, (source_time, started.elapsed()));
-        done.store(true, Ordering::SeqCst);
-    });
+    let (n, id, rt) = (
+        node.clone(),
+        r.id.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("mover-job".into())
+        .spawn(move || {
+            let node = n;
+            let started = Instant::now();
+            let source_time = now_ns();
+            let result = run_job(&node, &rt, &id, &progress, &carried);
+            carried.roll(&progress);
+            finish_job(
+                &node,
+                &id,
+                &carried,
+                progress.control.is_cancelled(),
+                result,
+                (source_time, started.elapsed()),
+            );
+            done.store(true, Ordering::SeqCst);
+        });
     if let Err(e) = spawned {
         tracing::error!("spawning a job thread: {e}");
         lock(&node.jobs).remove(&r.id);
@@ -324,7 +423,13 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
 }
 
 /// Sessions until one verifies, the job is stopped, or attempts run out.
-fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progress: &Arc<Progress>, carried: &Carried) -> Result<mover::sender::SendReport> {
+fn run_job(
+    node: &Node,
+    rt: &tokio::runtime::Handle,
+    id: &RelationshipId,
+    progress: &Arc<Progress>,
+    carried: &Carried,
+) -> Result<mover::sender::SendReport> {
     let mut pause = RETRY_BACKOFF_START;
     let mut attempt = 1;
     loop {
@@ -362,7 +467,8 @@ fn run_job(node: &Node, rt: &tokio::runtime::Handle, id: &RelationshipId, progre
                 pause = RETRY_BACKOFF_START;
             }
             Err(e) => {
-                if progress.control.is_cancelled() || attempt >= JOB_ATTEMPTS || !worth_retrying(&e) {
+                if progress.control.is_cancelled() || attempt >= JOB_ATTEMPTS || !worth_retrying(&e)
+                {
                     return Err(e);
                 }
                 tracing::warn!(%id, attempt, "session failed, retrying in {pause:?}: {e}");
@@ -417,7 +523,10 @@ fn worth_retrying(e: &Error) -> bool {
 async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)> {
     match call(node, r, &PeerRequest::Ticket { id: r.id.clone() }).await? {
         PeerAnswer::Ticket { port: _, ticket } => {
-            let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer { peer: r.spec.target_address.clone(), message: "malformed ticket".into() })?;
+            let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer {
+                peer: r.spec.target_address.clone(),
+                message: "malformed ticket".into(),
+            })?;
             // The data plane shares the peer port; the configured one is what reaches the
             // target through NAT or port forwarding, whatever port it listens on itself.
             Ok((peer_addr(r).await?, SessionId(t)))
@@ -428,18 +537,47 @@ async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)
 
 /// Records a job's outcome; `when` is the source's point in time the job replicated and how
 /// long the job took.
-fn finish_job(node: &Node, id: &RelationshipId, carried: &Carried, cancelled: bool, result: Result<mover::sender::SendReport>, when: (i64, Duration)) {
+fn finish_job(
+    node: &Node,
+    id: &RelationshipId,
+    carried: &Carried,
+    cancelled: bool,
+    result: Result<mover::sender::SendReport>,
+    when: (i64, Duration),
+) {
     let (source_time, took) = when;
     let shutdown = node.shutting_down();
     let (attempt, rp) = match &result {
         Ok(rep) => {
             // Every session's files and bytes (a resumed job's earlier sessions too).
-            node.metrics.job_done(id, carried.bytes.load(Ordering::Relaxed), carried.files.load(Ordering::Relaxed), took, true);
-            let msg = format!("completed: {} files, {} bytes sent in {:.1} s", rep.files, rep.bytes, rep.seconds);
-            (Attempt { at_ns: now_ns(), ok: true, message: msg }, Some(source_time))
+            node.metrics.job_done(
+                id,
+                carried.bytes.load(Ordering::Relaxed),
+                carried.files.load(Ordering::Relaxed),
+                took,
+                true,
+            );
+            let msg = format!(
+                "completed: {} files, {} bytes sent in {:.1} s",
+                rep.files, rep.bytes, rep.seconds
+            );
+            (
+                Attempt {
+                    at_ns: now_ns(),
+                    ok: true,
+                    message: msg,
+                },
+                Some(source_time),
+            )
         }
         Err(e) => {
-            node.metrics.job_done(id, carried.bytes.load(Ordering::Relaxed), carried.files.load(Ordering::Relaxed), took, false);
+            node.metrics.job_done(
+                id,
+                carried.bytes.load(Ordering::Relaxed),
+                carried.files.load(Ordering::Relaxed),
+                took,
+                false,
+            );
             let msg = if shutdown {
                 "interrupted by daemon shutdown; resumes when it starts again".to_string()
             } else if cancelled {
@@ -447,7 +585,14 @@ fn finish_job(node: &Node, id: &RelationshipId, carried: &Carried, cancelled: bo
             } else {
                 e.to_string()
             };
-            (Attempt { at_ns: now_ns(), ok: false, message: msg }, None)
+            (
+                Attempt {
+                    at_ns: now_ns(),
+                    ok: false,
+                    message: msg,
+                },
+                None,
+            )
         }
     };
     tracing::info!(%id, ok = attempt.ok, "job ended: {}", attempt.message);
@@ -473,7 +618,11 @@ pub async fn stop_all(node: &Node, grace: Duration) {
         j.progress.control.cancel();
     }
     let until = Instant::now() + grace;
-    while Instant::now() < until && lock(&node.jobs).values().any(|j| !j.done.load(Ordering::SeqCst)) {
+    while Instant::now() < until
+        && lock(&node.jobs)
+            .values()
+            .any(|j| !j.done.load(Ordering::SeqCst))
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

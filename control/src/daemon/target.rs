@@ -55,7 +55,8 @@ pub fn restore(node: &Node) -> Result<()> {
 fn writable_root(node: &Node, r: &Relationship) -> Result<PathBuf> {
     match r.read_only.as_deref() {
         Some("bind_mount") => {
-            let (mode, via) = readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
+            let (mode, via) =
+                readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
             if mode != readonly::Mode::BindMount {
                 return Err(Error::Conflict(format!(
                     "target {} was protected by a bind mount that can no longer be made; delete and recreate the relationship",
@@ -77,12 +78,18 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
         return Err(Error::Conflict(format!("relationship {id} has ended")));
     }
     if r.authorized {
-        return Err(Error::Conflict(format!("relationship {id} is already authorized")));
+        return Err(Error::Conflict(format!(
+            "relationship {id} is already authorized"
+        )));
     }
     let target = PathBuf::from(&r.spec.target_path);
-    let mut entries = std::fs::read_dir(&target).map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
+    let mut entries = std::fs::read_dir(&target)
+        .map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
     if !target.is_dir() {
-        return Err(Error::Invalid(format!("target path {} is not a directory", target.display())));
+        return Err(Error::Invalid(format!(
+            "target path {} is not a directory",
+            target.display()
+        )));
     }
     check_no_overlap(node, &r, &target)?;
     if !allow_non_empty && entries.next().is_some() {
@@ -103,11 +110,17 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
 /// lift the other. Compared as canonical paths, so `/srv//r`, `/srv/r/` and symlinks alias.
 fn check_no_overlap(node: &Node, r: &Relationship, target: &std::path::Path) -> Result<()> {
     let canon = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let mine = target.canonicalize().map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
+    let mine = target
+        .canonicalize()
+        .map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
     let overlaps = |other: &std::path::Path| mine.starts_with(other) || other.starts_with(&mine);
     let data = canon(&node.opts.data_dir);
     if overlaps(&data) {
-        return Err(Error::Invalid(format!("target directory {} overlaps the daemon's data dir {}", mine.display(), data.display())));
+        return Err(Error::Invalid(format!(
+            "target directory {} overlaps the daemon's data dir {}",
+            mine.display(),
+            data.display()
+        )));
     }
     let all = node.store().list(Some(Role::Target))?;
     for other in all {
@@ -133,7 +146,10 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     // ticket that starts a new one.
     let mut rxs = lock(&node.receivers);
     if lock(&node.reverting).contains(&r.id) || r.ended {
-        return Err(Error::Conflict(format!("relationship {} is being deleted on the target", r.id)));
+        return Err(Error::Conflict(format!(
+            "relationship {} is being deleted on the target",
+            r.id
+        )));
     }
     if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
         rxs.remove(&r.id);
@@ -142,13 +158,19 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
         let rx = start_receiver(node, r)?;
         rxs.insert(r.id.clone(), rx);
     }
-    let Some(rx) = rxs.get(&r.id) else { unreachable!("inserted above") };
+    let Some(rx) = rxs.get(&r.id) else {
+        unreachable!("inserted above")
+    };
     let t = rx.tickets.issue()?;
     let mut routes = lock(&node.routes);
     // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
     // void (one session runs at a time, and its workers join right after its control
     // connection).
-    let mut mine: Vec<(u128, Instant)> = routes.iter().filter(|(_, (id, _))| *id == r.id).map(|(t, (_, at))| (*t, *at)).collect();
+    let mut mine: Vec<(u128, Instant)> = routes
+        .iter()
+        .filter(|(_, (id, _))| *id == r.id)
+        .map(|(t, (_, at))| (*t, *at))
+        .collect();
     if mine.len() >= mover::receiver::MAX_TICKETS {
         mine.sort_by_key(|(_, at)| *at);
         for (t, _) in &mine[..=mine.len() - mover::receiver::MAX_TICKETS] {
@@ -157,7 +179,9 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     }
     routes.retain(|_, (_, at)| at.elapsed() < mover::receiver::TICKET_TTL);
     if routes.len() >= MAX_ROUTES {
-        return Err(Error::Conflict("too many data-plane sessions pending on this node; try again".into()));
+        return Err(Error::Conflict(
+            "too many data-plane sessions pending on this node; try again".into(),
+        ));
     }
     routes.insert(t.0, (r.id.clone(), Instant::now()));
     // The data plane shares the replication port: the source connects where it sent this.
@@ -171,7 +195,9 @@ pub const MAX_ROUTES: usize = 65536;
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
 pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
-    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else { return false };
+    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
+        return false;
+    };
     match lock(&node.receivers).get(&id) {
         Some(rx) => rx.inbox.send(conn).is_ok(),
         None => false,
@@ -181,7 +207,12 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     let tickets = Arc::new(Tickets::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let opts = ReceiveOptions { root: writable_root(node, r)?, once: false, tickets: Some(tickets.clone()), stop: Some(stop.clone()) };
+    let opts = ReceiveOptions {
+        root: writable_root(node, r)?,
+        once: false,
+        tickets: Some(tickets.clone()),
+        stop: Some(stop.clone()),
+    };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
     let id = r.id.clone();
@@ -195,12 +226,19 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         })
         .map_err(|e| Error::Io { context: "spawning the receiver thread".into(), source: e })?;
     tracing::info!(id = %r.id, "data-plane receiver started");
-    Ok(Rx { inbox, tickets, stop, thread })
+    Ok(Rx {
+        inbox,
+        tickets,
+        stop,
+        thread,
+    })
 }
 
 /// Stops the relationship's receiver and waits (bounded) until its session, if any, ended.
 fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()> {
-    let Some(rx) = lock(&node.receivers).remove(id) else { return Ok(()) };
+    let Some(rx) = lock(&node.receivers).remove(id) else {
+        return Ok(());
+    };
     rx.stop.store(true, Ordering::SeqCst);
     let until = Instant::now() + wait;
     while !rx.thread.is_finished() {
@@ -220,7 +258,11 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
 pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let r = node.get(id, Role::Target)?;
     // A target already made writable has nothing left to revert or release.
-    let res = if r.ended && r.read_only.is_none() { Ok(()) } else { release(node, id) };
+    let res = if r.ended && r.read_only.is_none() {
+        Ok(())
+    } else {
+        release(node, id)
+    };
     let res = res.and_then(|()| node.store().delete(id));
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
@@ -236,10 +278,14 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
 pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
     let r = node.get(id, Role::Target)?;
     if r.ended {
-        return Err(Error::Conflict(format!("relationship {id} has already ended; its target directory is writable")));
+        return Err(Error::Conflict(format!(
+            "relationship {id} has already ended; its target directory is writable"
+        )));
     }
     if !r.authorized {
-        return Err(Error::Conflict(format!("relationship {id} was never authorized; its target directory was never protected")));
+        return Err(Error::Conflict(format!(
+            "relationship {id} was never authorized; its target directory was never protected"
+        )));
     }
     release(node, id)?;
     node.get(id, Role::Target)
@@ -252,7 +298,9 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
 /// Every step can be repeated after a crash: `restore` finishes a release that was cut.
 fn release(node: &Node, id: &RelationshipId) -> Result<()> {
     if !lock(&node.reverting).insert(id.clone()) {
-        return Err(Error::Conflict(format!("relationship {id} is already being made writable or deleted")));
+        return Err(Error::Conflict(format!(
+            "relationship {id} is already being made writable or deleted"
+        )));
     }
     let res = (|| {
         // Read after claiming it, so a release that just finished is seen.
@@ -290,7 +338,14 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
 }
 
 /// The source's report about its job (progress while running, the outcome when done).
-pub fn record_report(node: &Node, id: &RelationshipId, running: bool, job: Option<crate::peer::JobView>, last: Option<Attempt>, rp: Option<i64>) -> Result<()> {
+pub fn record_report(
+    node: &Node,
+    id: &RelationshipId,
+    running: bool,
+    job: Option<crate::peer::JobView>,
+    last: Option<Attempt>,
+    rp: Option<i64>,
+) -> Result<()> {
     let r = node.get(id, Role::Target)?;
     if r.ended || lock(&node.reverting).contains(id) {
         // Nothing runs into an ended target; its view keeps no job.
@@ -304,7 +359,11 @@ pub fn record_report(node: &Node, id: &RelationshipId, running: bool, job: Optio
             lock(&node.reported).remove(id);
         }
     }
-    if r.job_running != running || r.last_attempt != last || (rp.is_some() && r.recovery_point_ns != rp) || r.peer_unreachable {
+    if r.job_running != running
+        || r.last_attempt != last
+        || (rp.is_some() && r.recovery_point_ns != rp)
+        || r.peer_unreachable
+    {
         node.modify(id, |x| {
             if x.ended {
                 return;

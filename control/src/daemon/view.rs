@@ -49,8 +49,14 @@ pub fn view(node: &Node, r: Relationship) -> View {
     let now = chrono::Utc::now();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let job = match r.role {
-        Role::Source => lock(&node.jobs).get(&r.id).filter(|j| !j.finished()).map(|j| j.view()),
-        Role::Target => lock(&node.reported).get(&r.id).cloned().filter(|_| r.job_running),
+        Role::Source => lock(&node.jobs)
+            .get(&r.id)
+            .filter(|j| !j.finished())
+            .map(|j| j.view()),
+        Role::Target => lock(&node.reported)
+            .get(&r.id)
+            .cloned()
+            .filter(|_| r.job_running),
     };
     let mut state = model::status(&r, now);
     if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
@@ -60,8 +66,17 @@ pub fn view(node: &Node, r: Relationship) -> View {
         state = State::Running;
     }
     // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
-    if r.role == Role::Target && r.authorized && matches!(state, State::Idle | State::JobIncompleteWillRetry | State::Running) {
-        let since = lock(&node.last_contact).get(&r.id).copied().unwrap_or(node.started);
+    if r.role == Role::Target
+        && r.authorized
+        && matches!(
+            state,
+            State::Idle | State::JobIncompleteWillRetry | State::Running
+        )
+    {
+        let since = lock(&node.last_contact)
+            .get(&r.id)
+            .copied()
+            .unwrap_or(node.started);
         if since.elapsed() > super::DISCONNECTED_AFTER {
             state = State::Disconnected;
         }
@@ -84,8 +99,15 @@ pub fn view(node: &Node, r: Relationship) -> View {
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,
-        recovery_point: r.recovery_point_ns.map(|ns| TimeView { time: rfc3339(ns), age_seconds: (now_ns - ns).max(0) as f64 / 1e9 }),
-        last_attempt: r.last_attempt.map(|a| AttemptView { time: rfc3339(a.at_ns), ok: a.ok, message: a.message }),
+        recovery_point: r.recovery_point_ns.map(|ns| TimeView {
+            time: rfc3339(ns),
+            age_seconds: (now_ns - ns).max(0) as f64 / 1e9,
+        }),
+        last_attempt: r.last_attempt.map(|a| AttemptView {
+            time: rfc3339(a.at_ns),
+            ok: a.ok,
+            message: a.message,
+        }),
         job,
     }
 }

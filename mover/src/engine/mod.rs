@@ -30,13 +30,20 @@ impl FrameStats {
 
 /// Joins every worker (none is left running) and merges their stats, or returns the first
 /// error; a panicked worker counts as an error.
-pub fn join_workers(handles: Vec<JoinHandle<Result<FrameStats>>>, side: &str) -> Result<FrameStats> {
+pub fn join_workers(
+    handles: Vec<JoinHandle<Result<FrameStats>>>,
+    side: &str,
+) -> Result<FrameStats> {
     join_workers_preferring(handles, side, |_| false)
 }
 
 /// As `join_workers`, but an error for which `cause` holds wins over earlier ones: when one
 /// worker's failure (a full disk) makes the peer drop the others, their errors only echo it.
-pub fn join_workers_preferring(handles: Vec<JoinHandle<Result<FrameStats>>>, side: &str, cause: impl Fn(&Error) -> bool) -> Result<FrameStats> {
+pub fn join_workers_preferring(
+    handles: Vec<JoinHandle<Result<FrameStats>>>,
+    side: &str,
+    cause: impl Fn(&Error) -> bool,
+) -> Result<FrameStats> {
     let mut all = FrameStats::default();
     let mut first_err: Option<Error> = None;
     for h in handles {
@@ -65,5 +72,9 @@ pub fn user_data(op: u64, buf: usize, idx: usize) -> u64 {
 }
 
 pub fn split_user_data(u: u64) -> (u64, usize, usize) {
-    (u >> 48, ((u >> 24) & 0xff_ffff) as usize, (u & 0xff_ffff) as usize)
+    (
+        u >> 48,
+        ((u >> 24) & 0xff_ffff) as usize,
+        (u & 0xff_ffff) as usize,
+    )
 }

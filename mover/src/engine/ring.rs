@@ -30,14 +30,25 @@ pub struct Slab {
 
 impl Slab {
     pub fn new(count: usize, buf_size: usize) -> io::Result<Slab> {
-        assert!(count > 0 && count <= u16::MAX as usize, "slab buffer count out of range");
-        assert!(buf_size.is_multiple_of(BUF_ALIGN), "slab buffer size must be a multiple of BUF_ALIGN");
+        assert!(
+            count > 0 && count <= u16::MAX as usize,
+            "slab buffer count out of range"
+        );
+        assert!(
+            buf_size.is_multiple_of(BUF_ALIGN),
+            "slab buffer size must be a multiple of BUF_ALIGN"
+        );
         let layout = Layout::from_size_align(count * buf_size, BUF_ALIGN)
             .map_err(|_| io::Error::other("slab layout overflow"))?;
         // SAFETY: layout has non-zero size (count > 0, buf_size >= BUF_ALIGN).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        Ok(Slab { ptr, layout, buf_size, count })
+        Ok(Slab {
+            ptr,
+            layout,
+            buf_size,
+            count,
+        })
     }
 
     /// Start of buffer `i`. Raw pointer: callers hand it to the kernel or build slices from it
@@ -68,7 +79,10 @@ impl Slab {
 
     fn iovecs(&self) -> Vec<libc::iovec> {
         (0..self.count)
-            .map(|i| libc::iovec { iov_base: self.ptr(i).cast(), iov_len: self.buf_size })
+            .map(|i| libc::iovec {
+                iov_base: self.ptr(i).cast(),
+                iov_len: self.buf_size,
+            })
             .collect()
     }
 }
@@ -98,7 +112,9 @@ pub struct Uring {
 
 impl Uring {
     pub fn new(entries: u32, nbuf: usize, buf_size: usize) -> io::Result<Uring> {
-        let ring = IoUring::builder().setup_cqsize(entries * 2).build(entries)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)?;
         // Buffered file I/O that cannot complete inline is punted to io-wq threads. Unbounded,
         // several of them end up spinning on the same inode's i_rwsem; a small bound keeps the
         // file I/O of one worker in one or two kernel threads and leaves the CPUs to the rings.
@@ -112,9 +128,17 @@ impl Uring {
         // ring is dropped (and so unregistered) in `Uring::drop` before the slab is freed.
         let fixed = unsafe { ring.submitter().register_buffers(&iov) }.is_ok();
         if !fixed {
-            tracing::warn!("could not register io_uring buffers (RLIMIT_MEMLOCK?); using unregistered I/O");
+            tracing::warn!(
+                "could not register io_uring buffers (RLIMIT_MEMLOCK?); using unregistered I/O"
+            );
         }
-        Ok(Uring { ring, slab: Some(slab), fixed, inflight: 0, cqes: Vec::with_capacity(entries as usize * 2) })
+        Ok(Uring {
+            ring,
+            slab: Some(slab),
+            fixed,
+            inflight: 0,
+            cqes: Vec::with_capacity(entries as usize * 2),
+        })
     }
 
     pub fn slab(&self) -> &Slab {
@@ -144,7 +168,9 @@ impl Uring {
     /// returning all available completions as (user_data, result). Waiting longer than `stall`
     /// without any completion is an error of kind `TimedOut`.
     pub fn reap_within(&mut self, want: usize, stall: Duration) -> io::Result<&[(u64, i32)]> {
-        let ts = types::Timespec::new().sec(stall.as_secs()).nsec(stall.subsec_nanos());
+        let ts = types::Timespec::new()
+            .sec(stall.as_secs())
+            .nsec(stall.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
@@ -152,7 +178,10 @@ impl Uring {
             // ETIME: the wait timed out; it only counts as a stall if nothing completed.
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
                 if self.ring.completion().is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no I/O completed for {stall:?}")));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no I/O completed for {stall:?}"),
+                    ));
                 }
             }
             Err(e) => return Err(e),
@@ -178,7 +207,10 @@ impl Drop for Uring {
         }
         if self.inflight > 0 {
             // The kernel may still write into the slab: leaking it is the only sound choice.
-            tracing::error!(inflight = self.inflight, "io_uring did not drain; leaking its buffers");
+            tracing::error!(
+                inflight = self.inflight,
+                "io_uring did not drain; leaking its buffers"
+            );
             std::mem::forget(self.slab.take());
         }
     }

@@ -76,7 +76,12 @@ struct DirStack {
 }
 
 impl DirStack {
-    fn parent(&mut self, root: BorrowedFd<'_>, p: EntryId, paths: &[Vec<u8>]) -> Result<BorrowedFd<'_>> {
+    fn parent(
+        &mut self,
+        root: BorrowedFd<'_>,
+        p: EntryId,
+        paths: &[Vec<u8>],
+    ) -> Result<BorrowedFd<'_>> {
         while let Some((id, _)) = self.stack.last() {
             if *id == p {
                 break;
@@ -84,7 +89,8 @@ impl DirStack {
             self.stack.pop();
         }
         if self.stack.is_empty() {
-            let fd = beneath::open_dir(root, &paths[p.index()]).ctx(|| format!("opening directory {}", show(&paths[p.index()])))?;
+            let fd = beneath::open_dir(root, &paths[p.index()])
+                .ctx(|| format!("opening directory {}", show(&paths[p.index()])))?;
             self.stack.push((p, fd));
         }
         match self.stack.last() {
@@ -95,12 +101,29 @@ impl DirStack {
 }
 
 /// Sets owner/mode/xattrs/mtime on an existing file found unchanged, where they differ.
-fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, owners: bool) -> std::io::Result<()> {
+fn fix_unchanged_meta(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    st: &Stat,
+    e: &Entry,
+    owners: bool,
+) -> std::io::Result<()> {
     if owners && (st.st_uid != e.meta.uid || st.st_gid != e.meta.gid) {
-        rustix::fs::chownat(dir, name, Some(Uid::from_raw(e.meta.uid)), Some(Gid::from_raw(e.meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(Uid::from_raw(e.meta.uid)),
+            Some(Gid::from_raw(e.meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
     }
     if st.st_mode & 0o7777 != e.meta.mode || owners && st.st_uid != e.meta.uid {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.meta.mode), AtFlags::empty())?;
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(e.meta.mode),
+            AtFlags::empty(),
+        )?;
     }
     sync_user_xattrs(On::At(dir, name), &e.xattrs)?;
     // xattr changes bump ctime only, but restore mtime in case anything above touched it.
@@ -108,11 +131,12 @@ fn fix_unchanged_meta(dir: BorrowedFd<'_>, name: &[u8], st: &Stat, e: &Entry, ow
     Ok(())
 }
 
-
 /// Journals that `path` is about to be created. The journal's own errors name only its log
 /// file; on a full disk the operator needs the item the job was at.
 fn journal_created(j: &mut Journal, path: &[u8]) -> Result<()> {
-    j.created(path).map_err(space::naming(|| format!("journaling the creation of {}", show(path))))
+    j.created(path).map_err(space::naming(|| {
+        format!("journaling the creation of {}", show(path))
+    }))
 }
 
 /// What the first phase decided.
@@ -133,7 +157,12 @@ type DeltaBase<'a> = (u64, (i64, u32), &'a [(u64, u64)]);
 
 /// A rename source: a relative path of valid names, outside the receiver's state.
 fn check_source_path(p: &[u8]) -> Result<()> {
-    let bad = |why: String| Err(Error::Verify(format!("rename hint from {}: {why}", show(p))));
+    let bad = |why: String| {
+        Err(Error::Verify(format!(
+            "rename hint from {}: {why}",
+            show(p)
+        )))
+    };
     if p.is_empty() {
         return bad("empty path".into());
     }
@@ -175,19 +204,36 @@ pub fn apply_entries(
         match h {
             Hint::Rename { entry, from } => {
                 let i = entry.index();
-                if i == 0 || i >= entries.len() || matches!(entries[i].kind, EntryKind::HardLink { .. }) {
-                    return Err(Error::Verify(format!("rename hint for entry {} which cannot be renamed", entry.0)));
+                if i == 0
+                    || i >= entries.len()
+                    || matches!(entries[i].kind, EntryKind::HardLink { .. })
+                {
+                    return Err(Error::Verify(format!(
+                        "rename hint for entry {} which cannot be renamed",
+                        entry.0
+                    )));
                 }
                 check_source_path(from)?;
                 renames.push((i, from.as_slice()));
             }
-            Hint::Delta { entry, base_size, base_mtime, ranges } => {
+            Hint::Delta {
+                entry,
+                base_size,
+                base_mtime,
+                ranges,
+            } => {
                 let i = entry.index();
                 let Some(EntryKind::File { size }) = entries.get(i).map(|e| &e.kind) else {
-                    return Err(Error::Verify(format!("delta hint for entry {} which is not a regular file", entry.0)));
+                    return Err(Error::Verify(format!(
+                        "delta hint for entry {} which is not a regular file",
+                        entry.0
+                    )));
                 };
                 if ranges.last().is_some_and(|&(o, l)| o + l > *size) {
-                    return Err(Error::Verify(format!("delta hint for {} runs past its size {size}", show(&paths[i]))));
+                    return Err(Error::Verify(format!(
+                        "delta hint for {} runs past its size {size}",
+                        show(&paths[i])
+                    )));
                 }
                 delta_hint.insert(i, (*base_size, *base_mtime, ranges.as_slice()));
             }
@@ -213,7 +259,11 @@ pub fn apply_entries(
         let path = &paths[i];
         let dir = dirs.parent(root, e.parent, paths)?;
         let name = e.name.as_slice();
-        let mut st = if fresh[e.parent.index()] { None } else { stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))? };
+        let mut st = if fresh[e.parent.index()] {
+            None
+        } else {
+            stat_opt(dir, name).ctx(|| format!("stat {}", show(path)))?
+        };
         if let Some(s) = staged.remove(&i) {
             if st.is_some() {
                 stats.removed += j.move_away(dir, name, path)?;
@@ -243,37 +293,62 @@ pub fn apply_entries(
                         clear(j, &mut stats)?;
                     }
                     journal_created(j, path)?;
-                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).ctx(|| format!("mkdir {}", show(path)))?;
+                    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+                        .ctx(|| format!("mkdir {}", show(path)))?;
                     fresh[i] = true;
                 }
-                let sub = beneath::open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                    .ctx(|| format!("opening directory {}", show(path)))?;
+                let sub =
+                    beneath::open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                        .ctx(|| format!("opening directory {}", show(path)))?;
                 dirs.stack.push((EntryId(i as u32), sub));
             }
             EntryKind::File { size } => {
                 let is_file = matches!(&st, Some(s) if ftype(s) == FileType::RegularFile);
                 let links_ok = matches!(&st, Some(s) if s.st_nlink == 1 + links_to[i] as u64);
-                let same = |s: &Stat, sz: u64, m: (i64, u32)| s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m;
+                let same = |s: &Stat, sz: u64, m: (i64, u32)| {
+                    s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m
+                };
                 let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
-                let complete = is_file && links_ok && st.as_ref().is_some_and(|s| same(s, *size, mtime));
+                let complete =
+                    is_file && links_ok && st.as_ref().is_some_and(|s| same(s, *size, mtime));
                 let decision = match delta_hint.get(&i) {
-                    Some(_) if is_inline(*size) => if complete { Need::Nothing } else { Need::Full },
+                    Some(_) if is_inline(*size) => {
+                        if complete {
+                            Need::Nothing
+                        } else {
+                            Need::Full
+                        }
+                    }
                     Some(&(bsize, bmtime, _)) if j.touched.contains(path) => {
                         // Written in place by an interrupted session of this job: complete only if
                         // it visibly reached the new version, else its content is unknown.
-                        if complete && (*size, mtime) != (bsize, bmtime) { Need::Nothing } else { Need::Full }
+                        if complete && (*size, mtime) != (bsize, bmtime) {
+                            Need::Nothing
+                        } else {
+                            Need::Full
+                        }
                     }
                     Some(&(bsize, bmtime, _))
-                        if is_file && links_ok && st.as_ref().is_some_and(|s| same(s, bsize, bmtime)) && writable(dir, name) =>
+                        if is_file
+                            && links_ok
+                            && st.as_ref().is_some_and(|s| same(s, bsize, bmtime))
+                            && writable(dir, name) =>
                     {
                         Need::Delta
                     }
-                    _ => if complete { Need::Nothing } else { Need::Full },
+                    _ => {
+                        if complete {
+                            Need::Nothing
+                        } else {
+                            Need::Full
+                        }
+                    }
                 };
                 match decision {
                     Need::Nothing => {
                         if let Some(s) = &st {
-                            fix_unchanged_meta(dir, name, s, e, owners).ctx(|| format!("updating metadata of {}", show(path)))?;
+                            fix_unchanged_meta(dir, name, s, e, owners)
+                                .ctx(|| format!("updating metadata of {}", show(path)))?;
                         }
                         stats.files_unchanged += 1;
                     }
@@ -296,9 +371,15 @@ pub fn apply_entries(
                         stats.files_needed += 1;
                         stats.bytes_needed += size;
                         if !is_inline(*size) {
-                            let fd = beneath::open_in(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
-                                .ctx(|| format!("creating {}", show(path)))?;
-                            rustix::fs::ftruncate(&fd, *size).ctx(|| format!("sizing {} to {size} bytes", show(path)))?;
+                            let fd = beneath::open_in(
+                                dir,
+                                name,
+                                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                                Mode::from_raw_mode(0o600),
+                            )
+                            .ctx(|| format!("creating {}", show(path)))?;
+                            rustix::fs::ftruncate(&fd, *size)
+                                .ctx(|| format!("sizing {} to {size} bytes", show(path)))?;
                         }
                     }
                 }
@@ -306,13 +387,16 @@ pub fn apply_entries(
             }
             EntryKind::Symlink { target } => {
                 let same = ft == Some(FileType::Symlink)
-                    && rustix::fs::readlinkat(dir, name, Vec::new()).map(|t| t.as_bytes() == target.as_slice()).unwrap_or(false);
+                    && rustix::fs::readlinkat(dir, name, Vec::new())
+                        .map(|t| t.as_bytes() == target.as_slice())
+                        .unwrap_or(false);
                 if !same {
                     if st.is_some() {
                         clear(j, &mut stats)?;
                     }
                     journal_created(j, path)?;
-                    rustix::fs::symlinkat(target.as_slice(), dir, name).ctx(|| format!("symlink {}", show(path)))?;
+                    rustix::fs::symlinkat(target.as_slice(), dir, name)
+                        .ctx(|| format!("symlink {}", show(path)))?;
                 }
             }
             EntryKind::HardLink { .. } => {} // in finalize, once the target file is complete
@@ -332,7 +416,13 @@ pub fn apply_entries(
     }
     drop(dirs);
     stats.removed += remove_extraneous(root, entries, paths, &fresh, j)?;
-    Ok(Applied { need, fresh, deltas, resizes, stats })
+    Ok(Applied {
+        need,
+        fresh,
+        deltas,
+        resizes,
+        stats,
+    })
 }
 
 /// Bound on read-ahead hints per delta file (each is one syscall).
@@ -341,17 +431,32 @@ const MAX_READAHEAD_HINTS: usize = 1 << 16;
 /// An in-place update needs write access to the old inode (a receiver that is not root may find
 /// a read-only file there; it is then replaced whole instead).
 fn writable(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-    rustix::process::geteuid().is_root() || rustix::fs::accessat(dir, name, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS).is_ok()
+    rustix::process::geteuid().is_root()
+        || rustix::fs::accessat(dir, name, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS).is_ok()
 }
 
 /// Saves pre-images of every range the delta will overwrite (and of a tail a shrink cuts off),
 /// then sets the new size. Data frames later write the ranges in place.
-fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u64, ranges: &[(u64, u64)], j: &mut Journal) -> Result<()> {
-    let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty()).ctx(|| format!("opening {} for an in-place update", show(path)))?;
+fn prepare_delta(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    old: u64,
+    new: u64,
+    ranges: &[(u64, u64)],
+    j: &mut Journal,
+) -> Result<()> {
+    let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty())
+        .ctx(|| format!("opening {} for an in-place update", show(path)))?;
     // Ask for every range up front: the kernel reads them with a deep queue while the copies
     // below go one by one (random 4 KiB reads otherwise wait on the device one at a time).
     for &(o, l) in ranges.iter().take(MAX_READAHEAD_HINTS) {
-        let _ = rustix::fs::fadvise(&fd, o, std::num::NonZeroU64::new(l), rustix::fs::Advice::WillNeed);
+        let _ = rustix::fs::fadvise(
+            &fd,
+            o,
+            std::num::NonZeroU64::new(l),
+            rustix::fs::Advice::WillNeed,
+        );
     }
     for &(o, l) in ranges {
         if o < old.min(new) {
@@ -362,7 +467,9 @@ fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u
         j.preimage(fd.as_fd(), path, new, old - new)?;
     }
     if new != old {
-        j.resized(path, old).map_err(space::naming(|| format!("journaling the new size of {}", show(path))))?;
+        j.resized(path, old).map_err(space::naming(|| {
+            format!("journaling the new size of {}", show(path))
+        }))?;
     }
     Ok(())
 }
@@ -371,24 +478,40 @@ fn prepare_delta(dir: BorrowedFd<'_>, name: &[u8], path: &[u8], old: u64, new: u
 /// reaches the disk before the pre-image of the tail it cuts.
 pub fn resize_deltas(root: BorrowedFd<'_>, resizes: &[(Vec<u8>, u64)]) -> Result<()> {
     for (path, size) in resizes {
-        let fd = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
-        rustix::fs::ftruncate(&fd, *size).ctx(|| format!("resizing {} to {size} bytes", show(path)))?;
+        let fd = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
+            .ctx(|| format!("opening {}", show(path)))?;
+        rustix::fs::ftruncate(&fd, *size)
+            .ctx(|| format!("resizing {} to {size} bytes", show(path)))?;
     }
     Ok(())
 }
 
 /// Moves what the destination holds that the source does not into the journal (the target is a
 /// mirror); the receiver's state directory at the top is never touched.
-fn remove_extraneous(root: BorrowedFd<'_>, entries: &[Entry], paths: &[Vec<u8>], fresh: &[bool], j: &mut Journal) -> Result<u64> {
-    let names: HashSet<(u32, &[u8])> = entries.iter().skip(1).map(|e| (e.parent.0, e.name.as_slice())).collect();
+fn remove_extraneous(
+    root: BorrowedFd<'_>,
+    entries: &[Entry],
+    paths: &[Vec<u8>],
+    fresh: &[bool],
+    j: &mut Journal,
+) -> Result<u64> {
+    let names: HashSet<(u32, &[u8])> = entries
+        .iter()
+        .skip(1)
+        .map(|e| (e.parent.0, e.name.as_slice()))
+        .collect();
     let mut removed = 0;
     for (i, e) in entries.iter().enumerate() {
         if e.kind != EntryKind::Dir || fresh[i] {
             continue;
         }
-        let fd = beneath::open_dir(root, &paths[i]).ctx(|| format!("opening directory {}", show(&paths[i])))?;
+        let fd = beneath::open_dir(root, &paths[i])
+            .ctx(|| format!("opening directory {}", show(&paths[i])))?;
         let listed = dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[i])))?;
-        for n in listed.into_iter().filter(|n| !names.contains(&(i as u32, n.as_slice()))) {
+        for n in listed
+            .into_iter()
+            .filter(|n| !names.contains(&(i as u32, n.as_slice())))
+        {
             if i == 0 && n.as_slice() == STATE_DIR {
                 continue;
             }

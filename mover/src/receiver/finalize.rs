@@ -21,23 +21,36 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
             EntryKind::File { size } if t.need[i] != Need::Nothing && !is_inline(*size) => {
                 // Files that received data were finished by the worker that wrote their last
                 // byte; the rest (all holes, or a delta of metadata only) are finished here.
-                match t.remaining.get(&(i as u32)).map(|r| r.load(std::sync::atomic::Ordering::Acquire)) {
+                match t
+                    .remaining
+                    .get(&(i as u32))
+                    .map(|r| r.load(std::sync::atomic::Ordering::Acquire))
+                {
                     Some(0) if t.expected.get(&(i as u32)) != Some(&0) => continue,
                     Some(0) => {}
                     left => {
-                        return Err(Error::Verify(format!("{} is missing {} bytes of data", show(path), left.unwrap_or(*size))));
+                        return Err(Error::Verify(format!(
+                            "{} is missing {} bytes of data",
+                            show(path),
+                            left.unwrap_or(*size)
+                        )));
                     }
                 }
-                let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
-                apply_fd(fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of {}", show(path)))?;
+                let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
+                    .ctx(|| format!("opening {}", show(path)))?;
+                apply_fd(fd.as_fd(), e, t.owners)
+                    .ctx(|| format!("setting metadata of {}", show(path)))?;
             }
             EntryKind::HardLink { target } => {
                 let tpath = &t.paths[target.index()];
                 let (tp, tn) = split_parent(tpath);
                 let (lp, ln) = split_parent(path);
-                let tdir = beneath::open_dir(root, tp).ctx(|| format!("opening directory of {}", show(tpath)))?;
-                let ldir = beneath::open_dir(root, lp).ctx(|| format!("opening directory of {}", show(path)))?;
-                let tst = statat(&tdir, tn, AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("stat {}", show(tpath)))?;
+                let tdir = beneath::open_dir(root, tp)
+                    .ctx(|| format!("opening directory of {}", show(tpath)))?;
+                let ldir = beneath::open_dir(root, lp)
+                    .ctx(|| format!("opening directory of {}", show(path)))?;
+                let tst = statat(&tdir, tn, AtFlags::SYMLINK_NOFOLLOW)
+                    .ctx(|| format!("stat {}", show(tpath)))?;
                 let same = matches!(statat(&ldir, ln, AtFlags::SYMLINK_NOFOLLOW),
                     Ok(s) if s.st_ino == tst.st_ino && s.st_dev == tst.st_dev);
                 if !same {
@@ -49,8 +62,10 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
             }
             EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
                 let (p, n) = split_parent(path);
-                let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
-                apply_link_or_special(dir.as_fd(), n, e, t.owners).ctx(|| format!("setting metadata of {}", show(path)))?;
+                let dir = beneath::open_dir(root, p)
+                    .ctx(|| format!("opening directory of {}", show(path)))?;
+                apply_link_or_special(dir.as_fd(), n, e, t.owners)
+                    .ctx(|| format!("setting metadata of {}", show(path)))?;
             }
             _ => {}
         }
@@ -61,18 +76,33 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
             continue;
         }
         let path = &t.paths[i];
-        let fd = beneath::open_dir(root, path).ctx(|| format!("opening directory {}", show(path)))?;
-        apply_fd(fd.as_fd(), e, t.owners).ctx(|| format!("setting metadata of directory {}", show(path)))?;
+        let fd =
+            beneath::open_dir(root, path).ctx(|| format!("opening directory {}", show(path)))?;
+        apply_fd(fd.as_fd(), e, t.owners)
+            .ctx(|| format!("setting metadata of directory {}", show(path)))?;
     }
     Ok(())
 }
 
 /// Names the first entry where two lists differ, for a useful verification error.
-pub fn first_difference(want: &[crate::tree::entry::Entry], got: &[crate::tree::entry::Entry], paths: &[Vec<u8>]) -> Error {
+pub fn first_difference(
+    want: &[crate::tree::entry::Entry],
+    got: &[crate::tree::entry::Entry],
+    paths: &[Vec<u8>],
+) -> Error {
     for (i, (a, b)) in want.iter().zip(got).enumerate() {
         if a != b {
-            return Error::Verify(format!("destination differs from source at {}: expected {:?}, found {:?}", show(&paths[i]), a, b));
+            return Error::Verify(format!(
+                "destination differs from source at {}: expected {:?}, found {:?}",
+                show(&paths[i]),
+                a,
+                b
+            ));
         }
     }
-    Error::Verify(format!("destination has {} entries, source {}", got.len(), want.len()))
+    Error::Verify(format!(
+        "destination has {} entries, source {}",
+        got.len(),
+        want.len()
+    ))
 }

@@ -34,7 +34,8 @@ pub const JOURNAL_DIR: &str = "journal";
 const LOG: &str = "log";
 pub const REVERT_LOG: &str = "revert";
 /// Bound on one journaled path (a path is at most MAX_DEPTH components of MAX_NAME_LEN).
-const MAX_JOURNAL_PATH: usize = crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
+const MAX_JOURNAL_PATH: usize =
+    crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
 /// Pre-image copies are placed at this alignment so they can share extents with the file.
 const CLONE_ALIGN: u64 = 4096;
 /// Largest pre-image file before a new one is started.
@@ -42,12 +43,31 @@ const PRE_FILE_MAX: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Undo {
-    Header { base: RecoveryPointId },
-    Created { path: Vec<u8> },
-    Moved { path: Vec<u8>, obj: u64 },
-    Renamed { from: Vec<u8>, to: Vec<u8> },
-    PreImage { path: Vec<u8>, offset: u64, len: u64, file: u32, file_off: u64 },
-    Resized { path: Vec<u8>, old_size: u64 },
+    Header {
+        base: RecoveryPointId,
+    },
+    Created {
+        path: Vec<u8>,
+    },
+    Moved {
+        path: Vec<u8>,
+        obj: u64,
+    },
+    Renamed {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    PreImage {
+        path: Vec<u8>,
+        offset: u64,
+        len: u64,
+        file: u32,
+        file_off: u64,
+    },
+    Resized {
+        path: Vec<u8>,
+        old_size: u64,
+    },
 }
 
 impl Undo {
@@ -58,7 +78,19 @@ impl Undo {
             Undo::Created { path } => e.u8(2).bytes(path),
             Undo::Moved { path, obj } => e.u8(3).bytes(path).u64(*obj),
             Undo::Renamed { from, to } => e.u8(4).bytes(from).bytes(to),
-            Undo::PreImage { path, offset, len, file, file_off } => e.u8(5).bytes(path).u64(*offset).u64(*len).u32(*file).u64(*file_off),
+            Undo::PreImage {
+                path,
+                offset,
+                len,
+                file,
+                file_off,
+            } => e
+                .u8(5)
+                .bytes(path)
+                .u64(*offset)
+                .u64(*len)
+                .u32(*file)
+                .u64(*file_off),
             Undo::Resized { path, old_size } => e.u8(6).bytes(path).u64(*old_size),
         };
         e.buf
@@ -66,15 +98,39 @@ impl Undo {
 
     pub fn decode(b: &[u8]) -> Result<Undo> {
         let mut d = Dec::new(b);
-        let p = |d: &mut Dec<'_>| d.bytes(MAX_JOURNAL_PATH, "journal path").map(|x| x.to_vec());
+        let p = |d: &mut Dec<'_>| {
+            d.bytes(MAX_JOURNAL_PATH, "journal path")
+                .map(|x| x.to_vec())
+        };
         let u = match d.u8()? {
-            1 => Undo::Header { base: RecoveryPointId(d.u128()?) },
+            1 => Undo::Header {
+                base: RecoveryPointId(d.u128()?),
+            },
             2 => Undo::Created { path: p(&mut d)? },
-            3 => Undo::Moved { path: p(&mut d)?, obj: d.u64()? },
-            4 => Undo::Renamed { from: p(&mut d)?, to: p(&mut d)? },
-            5 => Undo::PreImage { path: p(&mut d)?, offset: d.u64()?, len: d.u64()?, file: d.u32()?, file_off: d.u64()? },
-            6 => Undo::Resized { path: p(&mut d)?, old_size: d.u64()? },
-            t => return Err(Error::Usage(format!("undo journal holds an unknown record type {t}"))),
+            3 => Undo::Moved {
+                path: p(&mut d)?,
+                obj: d.u64()?,
+            },
+            4 => Undo::Renamed {
+                from: p(&mut d)?,
+                to: p(&mut d)?,
+            },
+            5 => Undo::PreImage {
+                path: p(&mut d)?,
+                offset: d.u64()?,
+                len: d.u64()?,
+                file: d.u32()?,
+                file_off: d.u64()?,
+            },
+            6 => Undo::Resized {
+                path: p(&mut d)?,
+                old_size: d.u64()?,
+            },
+            t => {
+                return Err(Error::Usage(format!(
+                    "undo journal holds an unknown record type {t}"
+                )))
+            }
         };
         d.finish()?;
         Ok(u)
@@ -86,7 +142,9 @@ impl Undo {
 enum Event {
     Created,
     /// An item of the recovery point, which was at `from` there, was moved here.
-    Placed { from: Vec<u8> },
+    Placed {
+        from: Vec<u8>,
+    },
     /// What was here was moved away (into the journal or the staging area).
     Gone,
 }
@@ -117,7 +175,12 @@ pub enum Origin {
 }
 
 fn ancestors_and_self(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let cuts = path.iter().enumerate().filter(|(_, &b)| b == b'/').map(|(i, _)| i).chain(std::iter::once(path.len()));
+    let cuts = path
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'/')
+        .map(|(i, _)| i)
+        .chain(std::iter::once(path.len()));
     cuts.map(move |i| &path[..i])
 }
 
@@ -144,7 +207,11 @@ impl JobMap {
                     self.staged.insert(to.clone(), from.clone());
                     self.note(from, Event::Gone);
                 } else {
-                    let origin = self.staged.get(from).cloned().unwrap_or_else(|| from.clone());
+                    let origin = self
+                        .staged
+                        .get(from)
+                        .cloned()
+                        .unwrap_or_else(|| from.clone());
                     self.note(from, Event::Gone);
                     self.note(to, Event::Placed { from: origin });
                 }
@@ -155,7 +222,13 @@ impl JobMap {
 
     /// Where the item now at `path` came from.
     pub fn origin(&self, path: &[u8]) -> Origin {
-        let latest = ancestors_and_self(path).filter_map(|p| self.events.get(p).map(|(s, e)| (*s, p.len() == path.len(), e))).max_by_key(|x| x.0);
+        let latest = ancestors_and_self(path)
+            .filter_map(|p| {
+                self.events
+                    .get(p)
+                    .map(|(s, e)| (*s, p.len() == path.len(), e))
+            })
+            .max_by_key(|x| x.0);
         match latest {
             None => Origin::RecoveryPoint,
             Some((_, _, Event::Created)) => Origin::Job,
@@ -186,26 +259,44 @@ pub struct Existing {
 /// Reads the journal of `state`, if there is one. A journal without a valid header is garbage
 /// left by a crash while it was being created or dropped.
 pub fn read_existing(state: &State) -> Result<Option<Existing>> {
-    let dir = match rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+    let dir = match rustix::fs::openat(
+        &state.dir,
+        JOURNAL_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(d) => d,
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
     };
     let raw = crate::durable::read_opt(dir.as_fd(), LOG)?.unwrap_or_default();
     let (recs, _) = crate::durable::parse_records(&raw);
-    let records = recs.into_iter().map(Undo::decode).collect::<Result<Vec<_>>>()?;
+    let records = recs
+        .into_iter()
+        .map(Undo::decode)
+        .collect::<Result<Vec<_>>>()?;
     let base = match records.first() {
         Some(Undo::Header { base }) => Some(*base),
         _ => None,
     };
-    let reverting = crate::durable::read_opt(dir.as_fd(), REVERT_LOG)?.is_some_and(|r| !r.is_empty());
-    Ok(Some(Existing { base, records, reverting }))
+    let reverting =
+        crate::durable::read_opt(dir.as_fd(), REVERT_LOG)?.is_some_and(|r| !r.is_empty());
+    Ok(Some(Existing {
+        base,
+        records,
+        reverting,
+    }))
 }
 
 /// Removes the journal directory: the log first, so a crash halfway leaves a headerless (garbage)
 /// journal rather than one that looks live.
 pub fn discard(state: &State) -> Result<()> {
-    match rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+    match rustix::fs::openat(
+        &state.dir,
+        JOURNAL_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(dir) => {
             match rustix::fs::unlinkat(&dir, LOG, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}
@@ -216,7 +307,8 @@ pub fn discard(state: &State) -> Result<()> {
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
         Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
     }
-    super::apply::remove_any(state.dir.as_fd(), JOURNAL_DIR.as_bytes(), 0).ctx(|| "removing the old journal".to_string())?;
+    super::apply::remove_any(state.dir.as_fd(), JOURNAL_DIR.as_bytes(), 0)
+        .ctx(|| "removing the old journal".to_string())?;
     Ok(())
 }
 
@@ -245,27 +337,39 @@ impl Journal {
         let objs = ensure_dir(dir.as_fd(), "objs")?;
         let stage = ensure_dir(dir.as_fd(), "stage")?;
         let (mut log, raw) = Log::open(dir.as_fd(), LOG)?;
-        let records = raw.iter().map(|r| Undo::decode(r)).collect::<Result<Vec<_>>>()?;
+        let records = raw
+            .iter()
+            .map(|r| Undo::decode(r))
+            .collect::<Result<Vec<_>>>()?;
         match records.first() {
             None => {
                 log.append(&Undo::Header { base }.encode())?;
                 log.sync()?;
             }
             Some(Undo::Header { base: b }) if *b == base => {}
-            Some(_) => return Err(Error::Usage("the undo journal belongs to another recovery point".into())),
+            Some(_) => {
+                return Err(Error::Usage(
+                    "the undo journal belongs to another recovery point".into(),
+                ))
+            }
         }
         let mut next_obj = 0u64;
         let mut next_pre = 0u32;
         let mut touched = HashSet::new();
         let mut map = JobMap::default();
-        let bad = || Error::Usage("the undo journal's object numbers are exhausted; revert it".into());
+        let bad =
+            || Error::Usage("the undo journal's object numbers are exhausted; revert it".into());
         for r in &records {
             map.apply(r);
             match r {
-                Undo::Moved { obj, .. } => next_obj = next_obj.max(obj.checked_add(1).ok_or_else(bad)?),
+                Undo::Moved { obj, .. } => {
+                    next_obj = next_obj.max(obj.checked_add(1).ok_or_else(bad)?)
+                }
                 Undo::Renamed { to, .. } => {
                     // Only staged names are numbered; a rename's destination in the tree is not.
-                    let n = to.strip_prefix(STAGE_PREFIX.as_bytes()).and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
+                    let n = to
+                        .strip_prefix(STAGE_PREFIX.as_bytes())
+                        .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
                     if let Some(n) = n {
                         next_obj = next_obj.max(n.checked_add(1).ok_or_else(bad)?);
                     }
@@ -280,8 +384,21 @@ impl Journal {
                 _ => {}
             }
         }
-        let root = rustix::io::fcntl_dupfd_cloexec(root, 0).ctx(|| "dup of the destination root".to_string())?;
-        Ok(Journal { root, dir, objs, stage, log, next_obj, pre: None, next_pre, base, touched, map })
+        let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
+            .ctx(|| "dup of the destination root".to_string())?;
+        Ok(Journal {
+            root,
+            dir,
+            objs,
+            stage,
+            log,
+            next_obj,
+            pre: None,
+            next_pre,
+            base,
+            touched,
+            map,
+        })
     }
 
     fn append(&mut self, u: &Undo) -> Result<()> {
@@ -292,13 +409,17 @@ impl Journal {
 
     fn take_obj(&mut self) -> Result<u64> {
         let n = self.next_obj;
-        self.next_obj = n.checked_add(1).ok_or_else(|| Error::Usage("the undo journal's object numbers are exhausted; revert it".into()))?;
+        self.next_obj = n.checked_add(1).ok_or_else(|| {
+            Error::Usage("the undo journal's object numbers are exhausted; revert it".into())
+        })?;
         Ok(n)
     }
 
     /// Records that `path` is about to be created.
     pub fn created(&mut self, path: &[u8]) -> Result<()> {
-        self.append(&Undo::Created { path: path.to_vec() })
+        self.append(&Undo::Created {
+            path: path.to_vec(),
+        })
     }
 
     /// Moves `name` in `dir` (the item at `path`) into the journal instead of deleting it. A
@@ -311,13 +432,19 @@ impl Journal {
             Err(e) if e == rustix::io::Errno::NOENT => return Ok(0),
             Err(e) => return Err(e).ctx(|| format!("stat {}", show(path))),
         };
-        if self.map.origin(path) == Origin::Job && rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty()).ctx(|| format!("removing the job's unfinished {}", show(path)))?;
+        if self.map.origin(path) == Origin::Job
+            && rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory
+        {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                .ctx(|| format!("removing the job's unfinished {}", show(path)))?;
             self.map.note(path, Event::Gone);
             return Ok(1);
         }
         let obj = self.take_obj()?;
-        self.append(&Undo::Moved { path: path.to_vec(), obj })?;
+        self.append(&Undo::Moved {
+            path: path.to_vec(),
+            obj,
+        })?;
         rustix::fs::renameat(dir, name, &self.objs, obj.to_string().as_str())
             .ctx(|| format!("moving {} into the undo journal", show(path)))?;
         Ok(1)
@@ -332,33 +459,58 @@ impl Journal {
             return Ok(None);
         }
         let (p, n) = split_parent(path);
-        let Ok(dir) = beneath::open_dir(self.root.as_fd(), p) else { return Ok(None) };
+        let Ok(dir) = beneath::open_dir(self.root.as_fd(), p) else {
+            return Ok(None);
+        };
         if rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return Ok(None);
         }
         let k = self.take_obj()?;
         let to = stage_path(k);
-        self.append(&Undo::Renamed { from: path.to_vec(), to: to.clone() })?;
-        rustix::fs::renameat(&dir, n, &self.stage, k.to_string().as_str()).ctx(|| format!("staging {} for a rename", show(path)))?;
+        self.append(&Undo::Renamed {
+            from: path.to_vec(),
+            to: to.clone(),
+        })?;
+        rustix::fs::renameat(&dir, n, &self.stage, k.to_string().as_str())
+            .ctx(|| format!("staging {} for a rename", show(path)))?;
         Ok(Some(to))
     }
 
     /// Moves a staged item to `name` in `dir` (its new place `path`), which must be free.
-    pub fn place(&mut self, staged: &[u8], dir: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<()> {
+    pub fn place(
+        &mut self,
+        staged: &[u8],
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<()> {
         let k = split_parent(staged).1;
-        self.append(&Undo::Renamed { from: staged.to_vec(), to: path.to_vec() })?;
-        rustix::fs::renameat(&self.stage, k, dir, name).ctx(|| format!("renaming into place at {}", show(path)))
+        self.append(&Undo::Renamed {
+            from: staged.to_vec(),
+            to: path.to_vec(),
+        })?;
+        rustix::fs::renameat(&self.stage, k, dir, name)
+            .ctx(|| format!("renaming into place at {}", show(path)))
     }
 
     /// Records that file `path` is about to be resized from `old_size`.
     pub fn resized(&mut self, path: &[u8], old_size: u64) -> Result<()> {
         self.touched.insert(path.to_vec());
-        self.append(&Undo::Resized { path: path.to_vec(), old_size })
+        self.append(&Undo::Resized {
+            path: path.to_vec(),
+            old_size,
+        })
     }
 
     /// Saves bytes [offset, offset+len) of the open file `fd` (at `path`) before they are
     /// overwritten.
-    pub fn preimage(&mut self, fd: BorrowedFd<'_>, path: &[u8], offset: u64, len: u64) -> Result<()> {
+    pub fn preimage(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -374,13 +526,22 @@ impl Journal {
             .ctx(|| "creating a pre-image file in the journal".to_string())?;
             self.pre = Some((f, n, 0));
         }
-        let Some((pre, n, at)) = self.pre.as_mut() else { unreachable!("pre-image file opened above") };
+        let Some((pre, n, at)) = self.pre.as_mut() else {
+            unreachable!("pre-image file opened above")
+        };
         let dest = at.div_ceil(CLONE_ALIGN) * CLONE_ALIGN;
-        copy_range(fd, offset, pre.as_fd(), dest, len).ctx(|| format!("saving a pre-image of {}", show(path)))?;
+        copy_range(fd, offset, pre.as_fd(), dest, len)
+            .ctx(|| format!("saving a pre-image of {}", show(path)))?;
         *at = dest + len;
         let file = *n;
         self.touched.insert(path.to_vec());
-        self.append(&Undo::PreImage { path: path.to_vec(), offset, len, file, file_off: dest })
+        self.append(&Undo::PreImage {
+            path: path.to_vec(),
+            offset,
+            len,
+            file,
+            file_off: dest,
+        })
     }
 
     /// Makes every record and pre-image so far durable.
@@ -396,16 +557,37 @@ impl Journal {
 
 /// Copies a byte range between files: shared extents where the file system can (btrfs, XFS with
 /// reflink), else an in-kernel copy, else read/write.
-pub fn copy_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+pub fn copy_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<()> {
     if clone_range(src, src_off, dst, dst_off, len).is_ok() {
         return Ok(());
     }
     let (mut so, mut dof, mut left) = (src_off, dst_off, len);
     while left > 0 {
-        match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut dof), left.min(1 << 30) as usize) {
+        match rustix::fs::copy_file_range(
+            src,
+            Some(&mut so),
+            dst,
+            Some(&mut dof),
+            left.min(1 << 30) as usize,
+        ) {
             Ok(0) => break, // past the source's end: the rest reads as zeros (sparse)
             Ok(n) => left -= n as u64,
-            Err(e) if left == len && matches!(e, rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+            Err(e)
+                if left == len
+                    && matches!(
+                        e,
+                        rustix::io::Errno::XDEV
+                            | rustix::io::Errno::INVAL
+                            | rustix::io::Errno::NOSYS
+                            | rustix::io::Errno::OPNOTSUPP
+                    ) =>
+            {
                 return copy_by_hand(src, src_off, dst, dst_off, len);
             }
             Err(e) => return Err(e.into()),
@@ -422,7 +604,13 @@ pub fn copy_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_of
     Ok(())
 }
 
-fn copy_by_hand(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+fn copy_by_hand(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; (len as usize).min(1 << 20)];
     let mut done = 0u64;
     while done < len {
@@ -442,7 +630,13 @@ fn copy_by_hand(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off:
 }
 
 /// `FICLONERANGE`: makes [dst_off, +len) of `dst` share the extents of `src`'s range.
-fn clone_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: u64, len: u64) -> std::io::Result<()> {
+fn clone_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<()> {
     #[repr(C)]
     struct FileCloneRange {
         src_fd: i64,
@@ -451,10 +645,21 @@ fn clone_range(src: BorrowedFd<'_>, src_off: u64, dst: BorrowedFd<'_>, dst_off: 
         dest_offset: u64,
     }
     const FICLONERANGE: libc::c_ulong = 0x4020_940d;
-    let arg = FileCloneRange { src_fd: src.as_raw_fd() as i64, src_offset: src_off, src_length: len, dest_offset: dst_off };
+    let arg = FileCloneRange {
+        src_fd: src.as_raw_fd() as i64,
+        src_offset: src_off,
+        src_length: len,
+        dest_offset: dst_off,
+    };
     // SAFETY: FICLONERANGE reads a `struct file_clone_range` (this layout, from linux/fs.h) through
     // the pointer during the call only; both fds are open for the call's duration.
-    let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONERANGE as _, &arg as *const FileCloneRange) };
+    let r = unsafe {
+        libc::ioctl(
+            dst.as_raw_fd(),
+            FICLONERANGE as _,
+            &arg as *const FileCloneRange,
+        )
+    };
     if r == 0 {
         Ok(())
     } else {
@@ -469,12 +674,31 @@ mod tests {
     #[test]
     fn undo_records_round_trip() {
         let all = [
-            Undo::Header { base: RecoveryPointId(7) },
-            Undo::Created { path: b"a/b".to_vec() },
-            Undo::Moved { path: b"x".to_vec(), obj: 3 },
-            Undo::Renamed { from: b"a".to_vec(), to: stage_path(4) },
-            Undo::PreImage { path: b"f".to_vec(), offset: 4096, len: 10, file: 1, file_off: 8192 },
-            Undo::Resized { path: b"f".to_vec(), old_size: 99 },
+            Undo::Header {
+                base: RecoveryPointId(7),
+            },
+            Undo::Created {
+                path: b"a/b".to_vec(),
+            },
+            Undo::Moved {
+                path: b"x".to_vec(),
+                obj: 3,
+            },
+            Undo::Renamed {
+                from: b"a".to_vec(),
+                to: stage_path(4),
+            },
+            Undo::PreImage {
+                path: b"f".to_vec(),
+                offset: 4096,
+                len: 10,
+                file: 1,
+                file_off: 8192,
+            },
+            Undo::Resized {
+                path: b"f".to_vec(),
+                old_size: 99,
+            },
         ];
         for u in all {
             assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
@@ -498,14 +722,26 @@ mod map_tests {
         assert_eq!(m.origin(b"X/f"), Origin::Job);
         assert_eq!(m.origin(b"X"), Origin::RecoveryPoint);
         // X moves away and Z takes its place: X/f is now the recovery point's Z/f.
-        m.apply(&Undo::Renamed { from: p("X"), to: stage_path(0) });
-        m.apply(&Undo::Renamed { from: p("Z"), to: stage_path(1) });
-        m.apply(&Undo::Renamed { from: stage_path(1), to: p("X") });
+        m.apply(&Undo::Renamed {
+            from: p("X"),
+            to: stage_path(0),
+        });
+        m.apply(&Undo::Renamed {
+            from: p("Z"),
+            to: stage_path(1),
+        });
+        m.apply(&Undo::Renamed {
+            from: stage_path(1),
+            to: p("X"),
+        });
         assert_eq!(m.origin(b"X"), Origin::PlacedHere { from: p("Z") });
         assert_eq!(m.origin(b"X/f"), Origin::Elsewhere);
         assert_eq!(m.origin(b"Z"), Origin::Elsewhere);
         assert_eq!(m.origin(b"Y"), Origin::RecoveryPoint);
-        m.apply(&Undo::Moved { path: p("Y"), obj: 2 });
+        m.apply(&Undo::Moved {
+            path: p("Y"),
+            obj: 2,
+        });
         m.apply(&Undo::Created { path: p("Y") });
         assert_eq!(m.origin(b"Y/g"), Origin::Job);
     }

@@ -16,7 +16,9 @@ use crate::transport::tcp::TcpConn;
 use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, write_frame};
-use crate::wire::message::{encode_message, negotiate_version, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS};
+use crate::wire::message::{
+    encode_message, negotiate_version, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS,
+};
 use crate::{software_version, Progress};
 use session::{Session, SessionReport};
 use state::State;
@@ -115,10 +117,16 @@ enum Incoming {
 /// The session id in a connection's first bytes (a Hello frame), `Ok(None)` while more bytes
 /// are needed. Lets a daemon that owns the replication port route data-plane connections to
 /// the receiver that issued the session's ticket without consuming anything.
-pub fn hello_session(first: &[u8]) -> std::result::Result<Option<SessionId>, crate::wire::WireError> {
+pub fn hello_session(
+    first: &[u8],
+) -> std::result::Result<Option<SessionId>, crate::wire::WireError> {
     match crate::wire::frame::decode_frame(first) {
-        Ok((h, payload, _)) if h.kind == FrameKind::Hello => Ok(Some(Hello::decode(payload)?.session)),
-        Ok(_) => Err(crate::wire::WireError::BadField { field: "first frame (not Hello)" }),
+        Ok((h, payload, _)) if h.kind == FrameKind::Hello => {
+            Ok(Some(Hello::decode(payload)?.session))
+        }
+        Ok(_) => Err(crate::wire::WireError::BadField {
+            field: "first frame (not Hello)",
+        }),
         Err(crate::wire::WireError::Truncated { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -130,41 +138,77 @@ pub const DATA_PLANE_FIRST_BYTE: u8 = FrameKind::Hello as u8;
 
 impl Receiver {
     /// Binds and locks the root so a second receiver cannot interleave writes into it.
-    pub fn bind(addr: SocketAddr, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
+    pub fn bind(
+        addr: SocketAddr,
+        opts: ReceiveOptions,
+        progress: Arc<Progress>,
+    ) -> Result<Receiver> {
         let root = Self::lock_root(&opts)?;
         let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
-        listener.set_nonblocking(true).ctx(|| "listener".to_string())?;
-        Ok(Self::new(Incoming::Listener(listener), opts, progress, root))
+        listener
+            .set_nonblocking(true)
+            .ctx(|| "listener".to_string())?;
+        Ok(Self::new(
+            Incoming::Listener(listener),
+            opts,
+            progress,
+            root,
+        ))
     }
 
     /// A receiver fed with connections someone else accepted (blocking or not; each is checked
     /// like an accepted one: Hello, version, ticket).
-    pub fn from_inbox(inbox: mpsc::Receiver<TcpStream>, opts: ReceiveOptions, progress: Arc<Progress>) -> Result<Receiver> {
+    pub fn from_inbox(
+        inbox: mpsc::Receiver<TcpStream>,
+        opts: ReceiveOptions,
+        progress: Arc<Progress>,
+    ) -> Result<Receiver> {
         let root = Self::lock_root(&opts)?;
         Ok(Self::new(Incoming::Inbox(inbox), opts, progress, root))
     }
 
     fn lock_root(opts: &ReceiveOptions) -> Result<std::os::fd::OwnedFd> {
         let root = crate::beneath::open_root(&opts.root, "destination root")?;
-        rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| Error::Usage(format!("{} is already in use by another mover receiver", opts.root.display())))?;
+        rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                Error::Usage(format!(
+                    "{} is already in use by another mover receiver",
+                    opts.root.display()
+                ))
+            },
+        )?;
         Ok(root)
     }
 
-    fn new(source: Incoming, opts: ReceiveOptions, progress: Arc<Progress>, root: std::os::fd::OwnedFd) -> Receiver {
+    fn new(
+        source: Incoming,
+        opts: ReceiveOptions,
+        progress: Arc<Progress>,
+        root: std::os::fd::OwnedFd,
+    ) -> Receiver {
         crate::raise_fd_limit();
         // Read (and restore) the umask: inline files are created with their final permission
         // bits, and fchmod is skipped only where the umask cannot have cleared any.
         let umask = rustix::process::umask(rustix::fs::Mode::empty());
         rustix::process::umask(umask);
         let owners = rustix::process::geteuid().is_root();
-        Receiver { source, opts, sessions: HashMap::new(), progress, owners, umask: umask.bits(), root }
+        Receiver {
+            source,
+            opts,
+            sessions: HashMap::new(),
+            progress,
+            owners,
+            umask: umask.bits(),
+            root,
+        }
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         match &self.source {
             Incoming::Listener(l) => l.local_addr().ctx(|| "listener address".to_string()),
-            Incoming::Inbox(_) => Err(Error::Usage("this receiver has no listener of its own".into())),
+            Incoming::Inbox(_) => Err(Error::Usage(
+                "this receiver has no listener of its own".into(),
+            )),
         }
     }
 
@@ -174,7 +218,10 @@ impl Receiver {
             Incoming::Listener(l) => {
                 let ready = rustix::event::poll(
                     &mut [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)],
-                    Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: ACCEPT_POLL.as_nanos() as i64 }),
+                    Some(&rustix::time::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: ACCEPT_POLL.as_nanos() as i64,
+                    }),
                 );
                 if !matches!(ready, Ok(n) if n > 0) {
                     return Ok(None);
@@ -182,7 +229,10 @@ impl Receiver {
                 match l.accept() {
                     Ok((s, peer)) => Ok(Some((s, peer.to_string()))),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(Error::Io { context: "accept".into(), source: e }),
+                    Err(e) => Err(Error::Io {
+                        context: "accept".into(),
+                        source: e,
+                    }),
                 }
             }
             Incoming::Inbox(rx) => match rx.recv_timeout(ACCEPT_POLL) {
@@ -217,11 +267,23 @@ impl Receiver {
                     return Ok(rep);
                 }
             }
-            if active.is_none() && self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            if active.is_none()
+                && self
+                    .opts
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+            {
                 return Ok(SessionReport::failed(SessionId(0), "receiver stopped"));
             }
-            let Some((sock, peer)) = self.next_connection()? else { continue };
-            let stopping = self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            let Some((sock, peer)) = self.next_connection()? else {
+                continue;
+            };
+            let stopping = self
+                .opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             let refuse_control = (self.opts.once && started > 0) || stopping;
             match self.handshake(sock, &running, refuse_control) {
                 Ok(Accepted::Control { session, ctl }) => {
@@ -234,8 +296,13 @@ impl Receiver {
                         .name("mover-session".into())
                         .spawn(move || {
                             // A panic must still end the session (and `--once`) with a report.
-                            let rep = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run(ctl)))
-                                .unwrap_or_else(|_| SessionReport::failed(id, "receiver session panicked"));
+                            let rep =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    session.run(ctl)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    SessionReport::failed(id, "receiver session panicked")
+                                });
                             running.store(false, std::sync::atomic::Ordering::SeqCst);
                             let _ = tx.send((id, rep));
                         })
@@ -249,16 +316,27 @@ impl Receiver {
 
     /// The recovery point the destination is at, and whether a job's journal awaits.
     fn job_state(&self) -> Result<(u128, bool)> {
-        let Some(state) = State::find(self.root.as_fd())? else { return Ok((0, false)) };
+        let Some(state) = State::find(self.root.as_fd())? else {
+            return Ok((0, false));
+        };
         let rp = state.recovery_point()?;
-        let pending = journal::read_existing(&state)?.is_some_and(|j| j.base.is_some() && j.base == rp.as_ref().map(|r| r.id));
+        let pending = journal::read_existing(&state)?
+            .is_some_and(|j| j.base.is_some() && j.base == rp.as_ref().map(|r| r.id));
         Ok((rp.map(|r| r.id.0).unwrap_or(0), pending))
     }
 
-    fn handshake(&mut self, sock: TcpStream, running: &std::sync::atomic::AtomicBool, once_done: bool) -> Result<Accepted> {
-        sock.set_nonblocking(false).ctx(|| "socket mode".to_string())?;
+    fn handshake(
+        &mut self,
+        sock: TcpStream,
+        running: &std::sync::atomic::AtomicBool,
+        once_done: bool,
+    ) -> Result<Accepted> {
+        sock.set_nonblocking(false)
+            .ctx(|| "socket mode".to_string())?;
         let mut conn = TcpConn::new(sock).ctx(|| "socket options".to_string())?;
-        conn.0.set_read_timeout(Some(HELLO_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
+        conn.0
+            .set_read_timeout(Some(HELLO_TIMEOUT))
+            .ctx(|| "socket timeout".to_string())?;
         let mut buf = Vec::new();
         expect_frame(&mut conn, FrameKind::Hello, &mut buf)?;
         let hello = match Hello::decode(&buf) {
@@ -274,30 +352,60 @@ impl Receiver {
         };
         let version = match negotiate_version(hello.min_version, hello.max_version) {
             Ok(v) => v,
-            Err(e) => return refuse(&mut conn, format!("{e} (receiver is mover {})", software_version())),
+            Err(e) => {
+                return refuse(
+                    &mut conn,
+                    format!("{e} (receiver is mover {})", software_version()),
+                )
+            }
         };
         let caps = CAP_USER_XATTRS | if self.owners { CAP_OWNERS } else { 0 };
         let (recovery_point, job_pending) = self.job_state()?;
-        let ack = HelloAck { version, software: software_version().to_string(), capabilities: caps, recovery_point, job_pending };
+        let ack = HelloAck {
+            version,
+            software: software_version().to_string(),
+            capabilities: caps,
+            recovery_point,
+            job_pending,
+        };
         match hello.role {
             Role::Control { workers } => {
                 if once_done {
-                    return refuse(&mut conn, "receiver is exiting: it serves one session (--once) or was stopped".into());
+                    return refuse(
+                        &mut conn,
+                        "receiver is exiting: it serves one session (--once) or was stopped".into(),
+                    );
                 }
-                if self.opts.tickets.as_ref().is_some_and(|t| !t.redeem(hello.session)) {
-                    return refuse(&mut conn, "session not authorized: its id is not a ticket this receiver issued".into());
+                if self
+                    .opts
+                    .tickets
+                    .as_ref()
+                    .is_some_and(|t| !t.redeem(hello.session))
+                {
+                    return refuse(
+                        &mut conn,
+                        "session not authorized: its id is not a ticket this receiver issued"
+                            .into(),
+                    );
                 }
                 // A session that just acknowledged its sender may still be closing: a sender
                 // that starts its next job at once should not be told the receiver is busy.
                 let deadline = std::time::Instant::now() + BUSY_GRACE;
-                while running.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                while running.load(std::sync::atomic::Ordering::SeqCst)
+                    && std::time::Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 if running.load(std::sync::atomic::Ordering::SeqCst) {
-                    return refuse(&mut conn, "receiver busy: another session is writing to this root".into());
+                    return refuse(
+                        &mut conn,
+                        "receiver busy: another session is writing to this root".into(),
+                    );
                 }
                 write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.0.set_read_timeout(Some(CONTROL_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
+                conn.0
+                    .set_read_timeout(Some(CONTROL_TIMEOUT))
+                    .ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
                 self.sessions.insert(hello.session, tx);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")
@@ -321,7 +429,9 @@ impl Receiver {
                     return refuse(&mut conn, format!("unknown session {}", hello.session));
                 };
                 write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.0.set_read_timeout(None).ctx(|| "socket timeout".to_string())?;
+                conn.0
+                    .set_read_timeout(None)
+                    .ctx(|| "socket timeout".to_string())?;
                 let _ = tx.send((index, conn.0));
                 Ok(Accepted::Worker)
             }
@@ -334,11 +444,19 @@ impl Receiver {
 /// while one is serving the root.
 pub fn revert_root(root: &std::path::Path) -> Result<revert::RevertReport> {
     let fd = crate::beneath::open_root(root, "destination root")?;
-    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| Error::Usage(format!("{} is in use by a mover receiver; stop it first", root.display())))?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::Usage(format!(
+            "{} is in use by a mover receiver; stop it first",
+            root.display()
+        ))
+    })?;
     match State::find(fd.as_fd())? {
         Some(state) => revert::revert(fd.as_fd(), &state),
-        None => Ok(revert::RevertReport { undone: 0, recovery_point: None, reverted: false }),
+        None => Ok(revert::RevertReport {
+            undone: 0,
+            recovery_point: None,
+            reverted: false,
+        }),
     }
 }
 

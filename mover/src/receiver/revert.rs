@@ -47,7 +47,8 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
         Undo::Header { .. } => {}
         Undo::Created { path } => {
             if let Some(d) = parent_of(root, path)? {
-                remove_any(d.as_fd(), split_parent(path).1, 0).ctx(|| format!("removing {} (created by the job)", show(path)))?;
+                remove_any(d.as_fd(), split_parent(path).1, 0)
+                    .ctx(|| format!("removing {} (created by the job)", show(path)))?;
             }
         }
         Undo::Moved { path, obj } => {
@@ -55,31 +56,56 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
             if !exists(root, &from) {
                 return Ok(()); // already restored
             }
-            let d = parent_of(root, path)?.ok_or_else(|| Error::Usage(format!("cannot restore {}: its directory is gone", show(path))))?;
+            let d = parent_of(root, path)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "cannot restore {}: its directory is gone",
+                    show(path)
+                ))
+            })?;
             let n = split_parent(path).1;
             remove_any(d.as_fd(), n, 0).ctx(|| format!("clearing {}", show(path)))?;
-            let od = beneath::open_dir(root, split_parent(&from).0).ctx(|| "opening journal objects".to_string())?;
-            rustix::fs::renameat(&od, split_parent(&from).1, &d, n).ctx(|| format!("restoring {}", show(path)))?;
+            let od = beneath::open_dir(root, split_parent(&from).0)
+                .ctx(|| "opening journal objects".to_string())?;
+            rustix::fs::renameat(&od, split_parent(&from).1, &d, n)
+                .ctx(|| format!("restoring {}", show(path)))?;
         }
         Undo::Renamed { from, to } => {
             if !exists(root, to) {
                 return Ok(());
             }
-            let fd = parent_of(root, from)?.ok_or_else(|| Error::Usage(format!("cannot move back to {}: its directory is gone", show(from))))?;
-            let td = beneath::open_dir(root, split_parent(to).0).ctx(|| format!("opening directory of {}", show(to)))?;
-            remove_any(fd.as_fd(), split_parent(from).1, 0).ctx(|| format!("clearing {}", show(from)))?;
+            let fd = parent_of(root, from)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "cannot move back to {}: its directory is gone",
+                    show(from)
+                ))
+            })?;
+            let td = beneath::open_dir(root, split_parent(to).0)
+                .ctx(|| format!("opening directory of {}", show(to)))?;
+            remove_any(fd.as_fd(), split_parent(from).1, 0)
+                .ctx(|| format!("clearing {}", show(from)))?;
             rustix::fs::renameat(&td, split_parent(to).1, &fd, split_parent(from).1)
                 .ctx(|| format!("moving {} back to {}", show(to), show(from)))?;
         }
-        Undo::PreImage { path, offset, len, file, file_off } => {
-            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {} to restore its data", show(path)))?;
+        Undo::PreImage {
+            path,
+            offset,
+            len,
+            file,
+            file_off,
+        } => {
+            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
+                .ctx(|| format!("opening {} to restore its data", show(path)))?;
             let pre = format!(".mover-state/{JOURNAL_DIR}/pre-{file}");
-            let p = beneath::open_file(root, pre.as_bytes(), OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {pre}"))?;
-            journal::copy_range(p.as_fd(), *file_off, f.as_fd(), *offset, *len).ctx(|| format!("restoring data of {}", show(path)))?;
+            let p = beneath::open_file(root, pre.as_bytes(), OFlags::RDONLY, Mode::empty())
+                .ctx(|| format!("opening {pre}"))?;
+            journal::copy_range(p.as_fd(), *file_off, f.as_fd(), *offset, *len)
+                .ctx(|| format!("restoring data of {}", show(path)))?;
         }
         Undo::Resized { path, old_size } => {
-            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()).ctx(|| format!("opening {} to restore its size", show(path)))?;
-            rustix::fs::ftruncate(&f, *old_size).ctx(|| format!("restoring the size of {}", show(path)))?;
+            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
+                .ctx(|| format!("opening {} to restore its size", show(path)))?;
+            rustix::fs::ftruncate(&f, *old_size)
+                .ctx(|| format!("restoring the size of {}", show(path)))?;
         }
     }
     Ok(())
@@ -90,18 +116,31 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
 pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     let rp = state.recovery_point()?;
     let Some(existing) = journal::read_existing(state)? else {
-        return Ok(RevertReport { undone: 0, recovery_point: rp, reverted: false });
+        return Ok(RevertReport {
+            undone: 0,
+            recovery_point: rp,
+            reverted: false,
+        });
     };
     let rp = match (existing.base, rp) {
         (Some(b), Some(rp)) if b == rp.id => rp,
         _ => {
             // Headerless, or left over from a job that committed: nothing of it is live.
             journal::discard(state)?;
-            return Ok(RevertReport { undone: 0, recovery_point: state.recovery_point()?, reverted: false });
+            return Ok(RevertReport {
+                undone: 0,
+                recovery_point: state.recovery_point()?,
+                reverted: false,
+            });
         }
     };
-    let jdir = rustix::fs::openat(&state.dir, JOURNAL_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| "opening the journal".to_string())?;
+    let jdir = rustix::fs::openat(
+        &state.dir,
+        JOURNAL_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "opening the journal".to_string())?;
     let (mut progress, done) = Log::open(jdir.as_fd(), REVERT_LOG)?;
     let mut undone_before = 0u64;
     if let Some(last) = done.last() {
@@ -109,7 +148,12 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     }
     let records = &existing.records;
     let mut undone = 0;
-    for (k, u) in records.iter().enumerate().rev().skip(undone_before as usize) {
+    for (k, u) in records
+        .iter()
+        .enumerate()
+        .rev()
+        .skip(undone_before as usize)
+    {
         undo_one(root, u)?;
         undone += 1;
         let mut e = Enc::new();
@@ -119,17 +163,28 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     let want = state.rp_entries(rp.id)?;
     restore_metadata(root, &want, rp.hash_owners)?;
     let got = crate::tree::walk::walk_fd(root, true)?;
-    let opts = HashOptions { owners: rp.hash_owners };
+    let opts = HashOptions {
+        owners: rp.hash_owners,
+    };
     if tree_hash(&got.entries, opts) != rp.tree_hash {
         let paths = crate::tree::entry::relative_paths(&want);
-        return Err(match super::finalize::first_difference(&want, &got.entries, &paths) {
-            Error::Verify(m) => Error::Verify(format!("revert did not reach recovery point {}: {m}", rp.id)),
-            e => e,
-        });
+        return Err(
+            match super::finalize::first_difference(&want, &got.entries, &paths) {
+                Error::Verify(m) => Error::Verify(format!(
+                    "revert did not reach recovery point {}: {m}",
+                    rp.id
+                )),
+                e => e,
+            },
+        );
     }
     rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
     journal::discard(state)?;
-    Ok(RevertReport { undone, recovery_point: Some(rp), reverted: true })
+    Ok(RevertReport {
+        undone,
+        recovery_point: Some(rp),
+        reverted: true,
+    })
 }
 
 /// Sets owner, mode, xattrs and mtime of every entry whose metadata differs from `want`, the
@@ -138,8 +193,18 @@ pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> R
     let got = crate::tree::walk::walk_fd(root, true)?;
     let paths = crate::tree::entry::relative_paths(want);
     let shape = |e: &Entry| (e.parent, e.name.clone(), e.kind.clone());
-    if got.entries.len() != want.len() || got.entries.iter().zip(want).any(|(g, w)| shape(g) != shape(w)) {
-        return Err(super::finalize::first_difference(want, &got.entries, &paths));
+    if got.entries.len() != want.len()
+        || got
+            .entries
+            .iter()
+            .zip(want)
+            .any(|(g, w)| shape(g) != shape(w))
+    {
+        return Err(super::finalize::first_difference(
+            want,
+            &got.entries,
+            &paths,
+        ));
     }
     let differs = |g: &Entry, w: &Entry| {
         g.meta.mode != w.meta.mode
@@ -150,7 +215,11 @@ pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> R
     // Non-directories first, then directories deepest first: fixing a child does not touch its
     // directory's mtime, but restoring xattrs would bump nothing either; order is for safety.
     for pass_dirs in [false, true] {
-        let order: Box<dyn Iterator<Item = usize>> = if pass_dirs { Box::new((0..want.len()).rev()) } else { Box::new(0..want.len()) };
+        let order: Box<dyn Iterator<Item = usize>> = if pass_dirs {
+            Box::new((0..want.len()).rev())
+        } else {
+            Box::new(0..want.len())
+        };
         for i in order {
             let (g, w) = (&got.entries[i], &want[i]);
             if (w.kind == EntryKind::Dir) != pass_dirs || !differs(g, w) {
@@ -165,13 +234,16 @@ pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> R
                         beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
                     }
                     .ctx(|| format!("opening {}", show(path)))?;
-                    apply_fd(fd.as_fd(), w, owners).ctx(|| format!("restoring metadata of {}", show(path)))?;
+                    apply_fd(fd.as_fd(), w, owners)
+                        .ctx(|| format!("restoring metadata of {}", show(path)))?;
                 }
                 EntryKind::HardLink { .. } => {}
                 EntryKind::Symlink { .. } | EntryKind::Special { .. } => {
                     let (p, n) = split_parent(path);
-                    let dir = beneath::open_dir(root, p).ctx(|| format!("opening directory of {}", show(path)))?;
-                    apply_link_or_special(dir.as_fd(), n, w, owners).ctx(|| format!("restoring metadata of {}", show(path)))?;
+                    let dir = beneath::open_dir(root, p)
+                        .ctx(|| format!("opening directory of {}", show(path)))?;
+                    apply_link_or_special(dir.as_fd(), n, w, owners)
+                        .ctx(|| format!("restoring metadata of {}", show(path)))?;
                 }
             }
         }

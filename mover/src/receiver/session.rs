@@ -18,7 +18,8 @@ use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::{expect_frame, read_frame, write_frame};
 use crate::wire::message::{
-    decode_entries, decode_expect, decode_hints, decode_message, encode_message, encode_need, Commit, Hint, Need, Verified, NEED_CHUNK_BYTES,
+    decode_entries, decode_expect, decode_hints, decode_message, encode_message, encode_need,
+    Commit, Hint, Need, Verified, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
 use crate::{content_digest, Progress};
@@ -105,13 +106,20 @@ impl Session {
             Ok(()) => report.ok = true,
             Err(e) if space::is_full(&e) => {
                 // The apply phase sets the totals; 0 means it failed before knowing them.
-                let needed = Some(progress.bytes_total.load(std::sync::atomic::Ordering::Relaxed)).filter(|&n| n > 0);
+                let needed = Some(
+                    progress
+                        .bytes_total
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
+                .filter(|&n| n > 0);
                 let msg = match &root {
                     Ok(root) => disk_full(root.as_fd(), e, needed, &mut ctl, id),
                     Err(dup) => {
                         // Without the root there is nothing to measure or revert with; the
                         // journal stays and the next job resumes.
-                        let msg = format!("{e} (not reverted: dup of the destination root failed: {dup})");
+                        let msg = format!(
+                            "{e} (not reverted: dup of the destination root failed: {dup})"
+                        );
                         tracing::error!(session = %id, "session failed: {msg}");
                         let _ = write_frame(&mut ctl, FrameKind::Error, &encode_message(&msg));
                         msg
@@ -143,8 +151,11 @@ impl Session {
                 FrameKind::Entries => {
                     for e in decode_entries(&buf)? {
                         checker.push(&e)?;
-                        if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR {
-                            return Err(Error::Verify("entry list names the receiver's reserved .mover-state".into()));
+                        if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR
+                        {
+                            return Err(Error::Verify(
+                                "entry list names the receiver's reserved .mover-state".into(),
+                            ));
                         }
                         entries.push(e);
                     }
@@ -157,14 +168,27 @@ impl Session {
                     hints.extend(hs);
                 }
                 FrameKind::EntriesEnd => {
-                    let n = u64::from_le_bytes(buf.as_slice().try_into().map_err(|_| WireError::BadField { field: "entry count" })?);
+                    let n = u64::from_le_bytes(buf.as_slice().try_into().map_err(|_| {
+                        WireError::BadField {
+                            field: "entry count",
+                        }
+                    })?);
                     if n != entries.len() as u64 || entries.is_empty() {
-                        return Err(Error::Verify(format!("sender announced {n} entries, sent {}", entries.len())));
+                        return Err(Error::Verify(format!(
+                            "sender announced {n} entries, sent {}",
+                            entries.len()
+                        )));
                     }
                     break;
                 }
                 FrameKind::Error => return Err(Error::Peer(decode_message(&buf)?)),
-                other => return Err(WireError::Unexpected { expected: FrameKind::Entries, got: other }.into()),
+                other => {
+                    return Err(WireError::Unexpected {
+                        expected: FrameKind::Entries,
+                        got: other,
+                    }
+                    .into())
+                }
             }
         }
         report.entries = entries.len() as u64;
@@ -174,22 +198,42 @@ impl Session {
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
         let paths = crate::tree::entry::relative_paths(&entries);
-        let Applied { need, fresh, deltas, resizes, stats } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
+        let Applied {
+            need,
+            fresh,
+            deltas,
+            resizes,
+            stats,
+        } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
         report.files_delta = deltas.len() as u64;
-        report.renamed = hints.iter().filter(|h| matches!(h, Hint::Rename { .. })).count() as u64;
-        self.progress.set_totals(stats.files_needed, stats.bytes_needed);
+        report.renamed = hints
+            .iter()
+            .filter(|h| matches!(h, Hint::Rename { .. }))
+            .count() as u64;
+        self.progress
+            .set_totals(stats.files_needed, stats.bytes_needed);
         // Every pre-image and undo record is durable before the first byte is written in place.
         journal.sync()?;
         super::apply::resize_deltas(root, &resizes)?;
         send_need(ctl, &need)?;
-        tracing::info!(secs = t0.elapsed().as_secs_f64(), needed = stats.files_needed, "apply phase done");
+        tracing::info!(
+            secs = t0.elapsed().as_secs_f64(),
+            needed = stats.files_needed,
+            "apply phase done"
+        );
 
         let expected = read_expect(ctl, &need, &entries, &deltas)?;
-        let remaining = expected.iter().map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v))).collect();
+        let remaining = expected
+            .iter()
+            .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
+            .collect();
         let conns = collect_workers(&self.worker_conns, self.workers, ctl)?;
-        let creator = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let creator = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         let table = Arc::new(RecvTable {
             root: self.root,
             entries,
@@ -225,28 +269,39 @@ impl Session {
         expect_frame(ctl, FrameKind::Commit, &mut buf)?;
         let commit = Commit::decode(&buf)?;
         let digest = content_digest(&mut all.checksums);
-        if commit.data_frames != all.frames || commit.data_bytes != all.data_bytes || commit.content_digest != digest {
+        if commit.data_frames != all.frames
+            || commit.data_bytes != all.data_bytes
+            || commit.content_digest != digest
+        {
             return Err(Error::Verify(format!(
                 "content mismatch: sender sent {} frames / {} bytes, received {} / {}{}",
                 commit.data_frames,
                 commit.data_bytes,
                 all.frames,
                 all.data_bytes,
-                if commit.content_digest != digest { " (content digest differs)" } else { "" }
+                if commit.content_digest != digest {
+                    " (content digest differs)"
+                } else {
+                    ""
+                }
             )));
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "workers done");
         journal.sync()?;
         finalize(&table, &mut journal)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "finalized");
-        let opts = HashOptions { owners: self.owners };
+        let opts = HashOptions {
+            owners: self.owners,
+        };
         let root = std::os::fd::AsFd::as_fd(&table.root);
         let walked = crate::tree::walk::walk_fd(root, true)?;
         let got = tree_hash(&walked.entries, opts);
         let want = tree_hash(&table.entries, opts);
         report.tree_hash = format!("{got:032x}");
         if want != commit.tree_hash {
-            return Err(Error::Verify("sender's tree hash does not match the entry list it sent".into()));
+            return Err(Error::Verify(
+                "sender's tree hash does not match the entry list it sent".into(),
+            ));
         }
         if got != want {
             let norm = |v: &[Entry]| -> Vec<Entry> {
@@ -261,13 +316,21 @@ impl Session {
                     })
                     .collect()
             };
-            return Err(first_difference(&norm(&table.entries), &norm(&walked.entries), &table.paths));
+            return Err(first_difference(
+                &norm(&table.entries),
+                &norm(&walked.entries),
+                &table.paths,
+            ));
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
         // The new recovery point: data durable first, then the record, then the journal goes.
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
         let rp = RecoveryPoint {
-            id: RecoveryPointId(SessionId::random().ctx(|| "random recovery point id".to_string())?.0),
+            id: RecoveryPointId(
+                SessionId::random()
+                    .ctx(|| "random recovery point id".to_string())?
+                    .0,
+            ),
             committed_ns: now_ns(),
             source_time_ns: commit.source_time_ns,
             tree_hash: got,
@@ -279,7 +342,12 @@ impl Session {
         journal::discard(&state)?;
         report.recovery_point = rp.id.to_string();
         tracing::info!(secs = t0.elapsed().as_secs_f64(), rp = %rp.id, "recovery point committed");
-        let v = Verified { ok: true, message: "verified".into(), tree_hash: got, recovery_point: rp.id.0 };
+        let v = Verified {
+            ok: true,
+            message: "verified".into(),
+            tree_hash: got,
+            recovery_point: rp.id.0,
+        };
         write_frame(ctl, FrameKind::Verified, &v.encode())?;
         Ok(())
     }
@@ -290,7 +358,13 @@ impl Session {
 /// recovery point and the space the job took is free again (a resumed job would only hit the same
 /// wall; network failures, by contrast, keep the journal so the next job resumes). Returns the
 /// session's error text.
-fn disk_full(root: BorrowedFd<'_>, e: Error, needed: Option<u64>, ctl: &mut TcpConn, id: SessionId) -> String {
+fn disk_full(
+    root: BorrowedFd<'_>,
+    e: Error,
+    needed: Option<u64>,
+    ctl: &mut TcpConn,
+    id: SessionId,
+) -> String {
     let msg = space::explain(root, e, needed).to_string();
     tracing::error!(session = %id, "session failed: {msg}");
     let state = match State::find(root) {
@@ -313,17 +387,29 @@ fn disk_full(root: BorrowedFd<'_>, e: Error, needed: Option<u64>, ctl: &mut TcpC
     };
     // The sender is told before the revert: it waits only briefly for the reason after its data
     // connections broke, and a revert walks and syncs the whole destination.
-    let _ = write_frame(ctl, FrameKind::Error, &encode_message(&format!("{msg}; reverting the target to recovery point {rp}")));
+    let _ = write_frame(
+        ctl,
+        FrameKind::Error,
+        &encode_message(&format!(
+            "{msg}; reverting the target to recovery point {rp}"
+        )),
+    );
     // On a file system with no block left the revert's own progress log could not be written:
     // the files the job created go first (the revert removes them anyway).
     match space::release_created(root, &state) {
-        Ok(n) => tracing::info!(session = %id, "released {} of files the failed job created", space::bytes(n)),
-        Err(re) => tracing::warn!(session = %id, "releasing the failed job's files before the revert: {re}"),
+        Ok(n) => {
+            tracing::info!(session = %id, "released {} of files the failed job created", space::bytes(n))
+        }
+        Err(re) => {
+            tracing::warn!(session = %id, "releasing the failed job's files before the revert: {re}")
+        }
     }
     match super::revert::revert(root, &state) {
         Ok(r) => {
             let rp = r.recovery_point.map(|rp| rp.id.to_string()).unwrap_or(rp);
-            let free = space::free_bytes(root).map(space::bytes).unwrap_or_else(|fe| format!("unknown ({fe})"));
+            let free = space::free_bytes(root)
+                .map(space::bytes)
+                .unwrap_or_else(|fe| format!("unknown ({fe})"));
             tracing::info!(session = %id, undone = r.undone, "disk full: target reverted to recovery point {rp}; {free} free now");
             format!("{msg}; the target was reverted to recovery point {rp} ({} changes undone, {free} free now)", r.undone)
         }
@@ -338,7 +424,11 @@ fn disk_full(root: BorrowedFd<'_>, e: Error, needed: Option<u64>, ctl: &mut TcpC
 /// records stay valid: undo in reverse order still reaches the same recovery point); a revert
 /// that was interrupted is finished first; a stale journal is dropped. A destination with no
 /// recovery point yet gets one for its current state, so a first job can be reverted too.
-fn open_job(root: std::os::fd::BorrowedFd<'_>, state: &State, owners: bool) -> Result<(Journal, bool)> {
+fn open_job(
+    root: std::os::fd::BorrowedFd<'_>,
+    state: &State,
+    owners: bool,
+) -> Result<(Journal, bool)> {
     let mut rp = state.recovery_point()?;
     let mut resumed = false;
     if let Some(ex) = journal::read_existing(state)? {
@@ -354,7 +444,11 @@ fn open_job(root: std::os::fd::BorrowedFd<'_>, state: &State, owners: bool) -> R
     if rp.is_none() {
         let walked = crate::tree::walk::walk_fd(root, true)?;
         let first = RecoveryPoint {
-            id: RecoveryPointId(SessionId::random().ctx(|| "random recovery point id".to_string())?.0),
+            id: RecoveryPointId(
+                SessionId::random()
+                    .ctx(|| "random recovery point id".to_string())?
+                    .0,
+            ),
             committed_ns: now_ns(),
             source_time_ns: 0,
             tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
@@ -364,13 +458,20 @@ fn open_job(root: std::os::fd::BorrowedFd<'_>, state: &State, owners: bool) -> R
         state.commit(&first, &walked.entries)?;
         rp = Some(first);
     }
-    let base = rp.map(|r| r.id).ok_or_else(|| Error::Usage("no recovery point".into()))?;
+    let base = rp
+        .map(|r| r.id)
+        .ok_or_else(|| Error::Usage("no recovery point".into()))?;
     Ok((Journal::open(root, state, base)?, resumed))
 }
 
 /// Reads the sender's Expect list: one record for every large file the need list asked for, its
 /// byte count bounded by the file's size (or equal to its accepted delta).
-fn read_expect(ctl: &mut TcpConn, need: &[Need], entries: &[Entry], deltas: &std::collections::HashMap<u32, Vec<(u64, u64)>>) -> Result<std::collections::HashMap<u32, u64>> {
+fn read_expect(
+    ctl: &mut TcpConn,
+    need: &[Need],
+    entries: &[Entry],
+    deltas: &std::collections::HashMap<u32, Vec<(u64, u64)>>,
+) -> Result<std::collections::HashMap<u32, u64>> {
     use crate::tree::entry::EntryKind;
     let mut out = std::collections::HashMap::new();
     let mut buf = Vec::new();
@@ -379,12 +480,19 @@ fn read_expect(ctl: &mut TcpConn, need: &[Need], entries: &[Entry], deltas: &std
         let (last, recs) = decode_expect(&buf)?;
         for (e, bytes) in recs {
             let ok = match (need.get(e.index()), entries.get(e.index()).map(|x| &x.kind)) {
-                (Some(Need::Full), Some(EntryKind::File { size })) => !crate::sender::plan::is_inline(*size) && bytes <= *size,
-                (Some(Need::Delta), Some(EntryKind::File { .. })) => deltas.get(&e.0).is_some_and(|r| r.iter().map(|x| x.1).sum::<u64>() == bytes),
+                (Some(Need::Full), Some(EntryKind::File { size })) => {
+                    !crate::sender::plan::is_inline(*size) && bytes <= *size
+                }
+                (Some(Need::Delta), Some(EntryKind::File { .. })) => deltas
+                    .get(&e.0)
+                    .is_some_and(|r| r.iter().map(|x| x.1).sum::<u64>() == bytes),
                 _ => false,
             };
             if !ok || out.insert(e.0, bytes).is_some() {
-                return Err(Error::Verify(format!("Expect record for entry {} does not match the need list", e.0)));
+                return Err(Error::Verify(format!(
+                    "Expect record for entry {} does not match the need list",
+                    e.0
+                )));
             }
         }
         if last {
@@ -395,7 +503,9 @@ fn read_expect(ctl: &mut TcpConn, need: &[Need], entries: &[Entry], deltas: &std
         **n != Need::Nothing && matches!(entries[*i].kind, EntryKind::File { size } if !crate::sender::plan::is_inline(size))
     });
     if wanted.count() != out.len() {
-        return Err(Error::Verify("Expect list does not cover every large file of the need list".into()));
+        return Err(Error::Verify(
+            "Expect list does not cover every large file of the need list".into(),
+        ));
     }
     Ok(out)
 }
@@ -404,19 +514,29 @@ fn send_need(ctl: &mut TcpConn, need: &[Need]) -> Result<()> {
     let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
         let first = (k * NEED_CHUNK_BYTES) as u32;
-        write_frame(ctl, FrameKind::NeedList, &encode_need(first, k + 1 == chunks.len(), c))?;
+        write_frame(
+            ctl,
+            FrameKind::NeedList,
+            &encode_need(first, k + 1 == chunks.len(), c),
+        )?;
     }
     Ok(())
 }
 
-fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16, ctl: &TcpConn) -> Result<Vec<TcpStream>> {
+fn collect_workers(
+    rx: &Receiver<(WorkerIndex, TcpStream)>,
+    n: u16,
+    ctl: &TcpConn,
+) -> Result<Vec<TcpStream>> {
     let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
     let deadline = Instant::now() + WORKER_CONNECT_TIMEOUT;
     let mut have = 0;
     while have < n as usize {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Peer(format!("only {have} of {n} worker connections arrived within {WORKER_CONNECT_TIMEOUT:?}")));
+            return Err(Error::Peer(format!(
+                "only {have} of {n} worker connections arrived within {WORKER_CONNECT_TIMEOUT:?}"
+            )));
         }
         let (idx, s) = match rx.recv_timeout(left.min(WORKER_POLL)) {
             Ok(x) => x,
@@ -448,14 +568,24 @@ fn collect_workers(rx: &Receiver<(WorkerIndex, TcpStream)>, n: u16, ctl: &TcpCon
 fn control_closed(ctl: &TcpConn) -> bool {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(&ctl.0, PollFlags::IN | PollFlags::RDHUP)];
-    match poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+    match poll(
+        &mut fds,
+        Some(&rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        }),
+    ) {
         Ok(n) if n > 0 => {
             let r = fds[0].revents();
             if r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) {
                 return true;
             }
             let mut b = [0u8; 1];
-            match rustix::net::recv(&ctl.0, &mut b, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT) {
+            match rustix::net::recv(
+                &ctl.0,
+                &mut b,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            ) {
                 Ok((0, _)) => true,
                 Ok(_) | Err(rustix::io::Errno::AGAIN) => false,
                 Err(_) => true,

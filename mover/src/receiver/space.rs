@@ -30,9 +30,10 @@ pub fn is_full(e: &Error) -> bool {
 /// pass unchanged.
 pub fn naming(what: impl FnOnce() -> String) -> impl FnOnce(Error) -> Error {
     move |e| match e {
-        Error::Io { context, source } if source.raw_os_error() == Some(libc::ENOSPC) => {
-            Error::Io { context: format!("{}: {context}", what()), source }
-        }
+        Error::Io { context, source } if source.raw_os_error() == Some(libc::ENOSPC) => Error::Io {
+            context: format!("{}: {context}", what()),
+            source,
+        },
         e => e,
     }
 }
@@ -47,8 +48,13 @@ pub fn explain(root: BorrowedFd<'_>, e: Error, needed: Option<u64>) -> Error {
                 Ok(b) => format!("{} free", bytes(b)),
                 Err(e) => format!("free space unknown: statvfs failed: {e}"),
             };
-            let needed = needed.map(|n| format!(", this job needs {}", bytes(n))).unwrap_or_default();
-            Error::Io { context: format!("{context}: {FULL} ({free}{needed})"), source }
+            let needed = needed
+                .map(|n| format!(", this job needs {}", bytes(n)))
+                .unwrap_or_default();
+            Error::Io {
+                context: format!("{context}: {FULL} ({free}{needed})"),
+                source,
+            }
         }
         e => e,
     }
@@ -75,9 +81,14 @@ pub fn bytes(n: u64) -> String {
 /// job points at a file of the recovery point; its data must survive). A process killed after
 /// this leaves a journal that still reverts, or a job that resumes and resends those files.
 /// Returns the bytes released.
-pub fn release_created(root: BorrowedFd<'_>, state: &super::state::State) -> crate::error::Result<u64> {
+pub fn release_created(
+    root: BorrowedFd<'_>,
+    state: &super::state::State,
+) -> crate::error::Result<u64> {
     use journal::{JobMap, Origin, Undo};
-    let Some(existing) = journal::read_existing(state)? else { return Ok(0) };
+    let Some(existing) = journal::read_existing(state)? else {
+        return Ok(0);
+    };
     // What a path holds is decided by the latest event on it or an ancestor: a file created at
     // X/f is not the job's any more once X was moved away and a recovery-point item put there.
     let map = JobMap::from_records(&existing.records);
@@ -93,15 +104,31 @@ pub fn release_created(root: BorrowedFd<'_>, state: &super::state::State) -> cra
     let mut released = 0;
     for path in created {
         let (p, n) = beneath::split_parent(path);
-        let Ok(dir) = beneath::open_dir(root, p) else { continue };
+        let Ok(dir) = beneath::open_dir(root, p) else {
+            continue;
+        };
         // Checked before opening (opening a FIFO for writing would block) and again on the open
         // fd; a failure anywhere here only means less space is given back early.
-        let Ok(st) = rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW) else { continue };
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 || st.st_blocks == 0 {
+        let Ok(st) = rustix::fs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || st.st_nlink != 1
+            || st.st_blocks == 0
+        {
             continue;
         }
-        let Ok(fd) = beneath::open_in(dir.as_fd(), n, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty()) else { continue };
-        let Ok(st) = rustix::fs::fstat(&fd) else { continue };
+        let Ok(fd) = beneath::open_in(
+            dir.as_fd(),
+            n,
+            OFlags::WRONLY | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            continue;
+        };
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
             continue;
         }
@@ -127,9 +154,15 @@ mod tests {
 
     #[test]
     fn only_enospc_is_explained() {
-        let other = Error::Io { context: "writing a".into(), source: std::io::Error::from_raw_os_error(libc::EIO) };
+        let other = Error::Io {
+            context: "writing a".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
         assert!(!is_full(&other));
-        let full = Error::Io { context: "writing a".into(), source: std::io::Error::from_raw_os_error(libc::ENOSPC) };
+        let full = Error::Io {
+            context: "writing a".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
         assert!(is_full(&full));
         let named = naming(|| "creating b".into())(full);
         assert!(matches!(&named, Error::Io { context, .. } if context == "creating b: writing a"));

@@ -53,15 +53,26 @@ pub struct RecoveryPoint {
 impl RecoveryPoint {
     fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(RP_MAGIC).u16(RP_VERSION).u128(self.id.0).i64(self.committed_ns).i64(self.source_time_ns);
-        e.u128(self.tree_hash).u64(self.entries).u8(self.hash_owners as u8);
+        e.u32(RP_MAGIC)
+            .u16(RP_VERSION)
+            .u128(self.id.0)
+            .i64(self.committed_ns)
+            .i64(self.source_time_ns);
+        e.u128(self.tree_hash)
+            .u64(self.entries)
+            .u8(self.hash_owners as u8);
         let mut out = Vec::new();
         durable::frame_record(&e.buf, &mut out);
         out
     }
 
     fn decode(raw: &[u8]) -> Result<RecoveryPoint> {
-        let bad = || Error::Usage(format!("{}/{RP_FILE} is corrupt", crate::error::show(STATE_DIR)));
+        let bad = || {
+            Error::Usage(format!(
+                "{}/{RP_FILE} is corrupt",
+                crate::error::show(STATE_DIR)
+            ))
+        };
         let (recs, _) = durable::parse_records(raw);
         let body = recs.first().ok_or_else(bad)?;
         let mut d = Dec::new(body);
@@ -101,18 +112,32 @@ impl State {
     /// Opens (creating) `.mover-state` in `root`, refusing a symlink or non-directory there.
     pub fn open(root: BorrowedFd<'_>) -> Result<State> {
         match rustix::fs::mkdirat(root, STATE_DIR, Mode::from_raw_mode(0o700)) {
-            Ok(()) => rustix::fs::fsync(root).ctx(|| "fsync of the destination root".to_string())?,
+            Ok(()) => {
+                rustix::fs::fsync(root).ctx(|| "fsync of the destination root".to_string())?
+            }
             Err(e) if e == rustix::io::Errno::EXIST => {}
-            Err(e) => return Err(e).ctx(|| "creating .mover-state in the destination root".to_string()),
+            Err(e) => {
+                return Err(e).ctx(|| "creating .mover-state in the destination root".to_string())
+            }
         }
-        let dir = rustix::fs::openat(root, STATE_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .ctx(|| "opening .mover-state (it must be a directory)".to_string())?;
+        let dir = rustix::fs::openat(
+            root,
+            STATE_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening .mover-state (it must be a directory)".to_string())?;
         Ok(State { dir })
     }
 
     /// Opens `.mover-state` if it exists, creating nothing (for read-only questions).
     pub fn find(root: BorrowedFd<'_>) -> Result<Option<State>> {
-        match rustix::fs::openat(root, STATE_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+        match rustix::fs::openat(
+            root,
+            STATE_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(dir) => Ok(Some(State { dir })),
             Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
             Err(e) => Err(e).ctx(|| "opening .mover-state (it must be a directory)".to_string()),
@@ -129,8 +154,11 @@ impl State {
     /// The entry list stored with a recovery point.
     pub fn rp_entries(&self, id: RecoveryPointId) -> Result<Vec<Entry>> {
         let name = entries_name(id);
-        let raw = read_opt(self.dir.as_fd(), &name)?
-            .ok_or_else(|| Error::Usage(format!(".mover-state/{name} is missing: the recovery point cannot be restored")))?;
+        let raw = read_opt(self.dir.as_fd(), &name)?.ok_or_else(|| {
+            Error::Usage(format!(
+                ".mover-state/{name} is missing: the recovery point cannot be restored"
+            ))
+        })?;
         let (recs, valid) = durable::parse_records(&raw);
         if valid != raw.len() {
             return Err(Error::Usage(format!(".mover-state/{name} is corrupt")));
@@ -161,7 +189,11 @@ impl State {
         write_atomic(self.dir.as_fd(), &entries_name(rp.id), &raw)?;
         write_atomic(self.dir.as_fd(), RP_FILE, &rp.encode())?;
         if let Some(old) = old.filter(|o| o.id != rp.id) {
-            let _ = rustix::fs::unlinkat(&self.dir, entries_name(old.id).as_str(), rustix::fs::AtFlags::empty());
+            let _ = rustix::fs::unlinkat(
+                &self.dir,
+                entries_name(old.id).as_str(),
+                rustix::fs::AtFlags::empty(),
+            );
         }
         Ok(())
     }

@@ -46,7 +46,8 @@ impl RecvTable {
     }
 
     pub fn is_needed_inline(&self, e: EntryId) -> bool {
-        self.need.get(e.index()) == Some(&Need::Full) && matches!(self.needed_size(e), Some(s) if is_inline(s))
+        self.need.get(e.index()) == Some(&Need::Full)
+            && matches!(self.needed_size(e), Some(s) if is_inline(s))
     }
 
     /// A Data frame for [off, off + len) of `e` is one this session asked for: anywhere inside
@@ -55,7 +56,9 @@ impl RecvTable {
         if self.need.get(e.index()) != Some(&Need::Delta) {
             return true;
         }
-        let Some(r) = self.deltas.get(&e.0) else { return false };
+        let Some(r) = self.deltas.get(&e.0) else {
+            return false;
+        };
         let k = r.partition_point(|&(o, _)| o <= off);
         k > 0 && off + len <= r[k - 1].0 + r[k - 1].1
     }
@@ -64,16 +67,25 @@ impl RecvTable {
     /// through `fd` (mtime last, so a rerun's quick check sees it finished).
     pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::Result<()> {
         let Some(r) = self.remaining.get(&e.0) else {
-            return Err(crate::Error::Verify(format!("data for entry {} which expects none", e.0)));
+            return Err(crate::Error::Verify(format!(
+                "data for entry {} which expects none",
+                e.0
+            )));
         };
         let prev = r.fetch_sub(len, Ordering::AcqRel);
         if prev < len {
-            return Err(crate::Error::Verify(format!("more data for entry {} than the sender announced", e.0)));
+            return Err(crate::Error::Verify(format!(
+                "more data for entry {} than the sender announced",
+                e.0
+            )));
         }
         if prev == len {
             let entry = &self.entries[e.index()];
             super::meta::apply_fd(fd, entry, self.owners).map_err(|source| crate::Error::Io {
-                context: format!("setting metadata of {}", crate::error::show(&self.paths[e.index()])),
+                context: format!(
+                    "setting metadata of {}",
+                    crate::error::show(&self.paths[e.index()])
+                ),
                 source,
             })?;
         }

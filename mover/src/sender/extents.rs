@@ -45,7 +45,15 @@ fn extents(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(u64, u64, u64, u32)>> {
     let mut out = Vec::new();
     let mut start = 0u64;
     for _ in 0..MAX_CALLS {
-        let mut m = Fiemap { start, length: u64::MAX - start, flags: FIEMAP_FLAG_SYNC, mapped: 0, count: BATCH as u32, reserved: 0, extents: [FiemapExtent::default(); BATCH] };
+        let mut m = Fiemap {
+            start,
+            length: u64::MAX - start,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped: 0,
+            count: BATCH as u32,
+            reserved: 0,
+            extents: [FiemapExtent::default(); BATCH],
+        };
         // SAFETY: FS_IOC_FIEMAP reads the header and writes at most `count` (= BATCH) extents
         // into `m.extents`, which has room for exactly BATCH; `m` outlives the call.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m as *mut Fiemap) };
@@ -71,7 +79,12 @@ fn extents(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(u64, u64, u64, u32)>> {
 /// For each 4 KiB block of the new file (`new_size` bytes), whether it provably holds what the
 /// old file's block at the same offset held: both holes, or both on the same physical bytes.
 /// None when the file system cannot tell (no FIEMAP), so the caller hashes everything.
-pub fn unchanged_blocks(old: BorrowedFd<'_>, old_size: u64, new: BorrowedFd<'_>, new_size: u64) -> Option<Vec<bool>> {
+pub fn unchanged_blocks(
+    old: BorrowedFd<'_>,
+    old_size: u64,
+    new: BorrowedFd<'_>,
+    new_size: u64,
+) -> Option<Vec<bool>> {
     let (o, n) = (extents(old).ok()?, extents(new).ok()?);
     let blocks = new_size.div_ceil(BLOCK) as usize;
     let common = old_size.min(new_size);
@@ -107,7 +120,12 @@ pub fn unchanged_blocks(old: BorrowedFd<'_>, old_size: u64, new: BorrowedFd<'_>,
 
 /// Hashes of the new file: old hashes where the block is unchanged, read and hashed elsewhere.
 /// Returns the hashes and the bytes read.
-pub fn hash_with_basis(fd: BorrowedFd<'_>, size: u64, old: &[u64], unchanged: &[bool]) -> std::io::Result<(Vec<u64>, u64)> {
+pub fn hash_with_basis(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    old: &[u64],
+    unchanged: &[bool],
+) -> std::io::Result<(Vec<u64>, u64)> {
     let blocks = size.div_ceil(BLOCK) as usize;
     let mut out = Vec::with_capacity(blocks);
     let mut buf = vec![0u8; BLOCK as usize];
@@ -116,7 +134,12 @@ pub fn hash_with_basis(fd: BorrowedFd<'_>, size: u64, old: &[u64], unchanged: &[
     // preads below find them cached instead of waiting on one random read after another.
     for b in (0..blocks).filter(|&b| !unchanged.get(b).copied().unwrap_or(false)) {
         let off = b as u64 * BLOCK;
-        let _ = rustix::fs::fadvise(fd, off, std::num::NonZeroU64::new(BLOCK), rustix::fs::Advice::WillNeed);
+        let _ = rustix::fs::fadvise(
+            fd,
+            off,
+            std::num::NonZeroU64::new(BLOCK),
+            rustix::fs::Advice::WillNeed,
+        );
     }
     for b in 0..blocks {
         if unchanged.get(b).copied().unwrap_or(false) {

@@ -43,13 +43,28 @@ fn unchanged(it: &Item, size: u64, mtime: (i64, u32), id: &FileId) -> bool {
 /// Computes hints from `m`, which describes the receiver's current recovery point.
 /// `base` is the kept snapshot the recovery point was made from, if any: blocks on extents it
 /// shares with the new snapshot are known unchanged without reading them.
-pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize, stable: bool, base: Option<BorrowedFd<'_>>) -> Result<Planned> {
+pub fn plan_hints(
+    w: &Walked,
+    m: &Manifest,
+    root: BorrowedFd<'_>,
+    threads: usize,
+    stable: bool,
+    base: Option<BorrowedFd<'_>>,
+) -> Result<Planned> {
     let n = w.entries.len();
-    let mut p = Planned { old: vec![None; n], ..Default::default() };
+    let mut p = Planned {
+        old: vec![None; n],
+        ..Default::default()
+    };
     // Where each entry's item sits in the recovery point (its "old location").
     let mut old_path: Vec<Option<Vec<u8>>> = vec![None; n];
     old_path[0] = Some(Vec::new());
-    let new_at: HashMap<&[u8], usize> = w.paths.iter().enumerate().map(|(i, q)| (q.as_slice(), i)).collect();
+    let new_at: HashMap<&[u8], usize> = w
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.as_slice(), i))
+        .collect();
     let mut candidates: Vec<(usize, u64)> = Vec::new();
     for i in 1..n {
         let e = &w.entries[i];
@@ -59,25 +74,38 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
         let id = &w.ids[i];
         // Same inode number and birth time: the same item (a freed inode number given to a new
         // file has a new birth time).
-        let Some(it) = m.by_ino(id.dev, id.ino).filter(|it| it.kind == e.kind.tag() && it.btime == id.btime) else {
+        let Some(it) = m
+            .by_ino(id.dev, id.ino)
+            .filter(|it| it.kind == e.kind.tag() && it.btime == id.btime)
+        else {
             // A new inode at an old path (a file replaced by an atomic save): the old content at
             // this path is still a basis for a delta, though not a rename.
             if let (EntryKind::File { size }, Some(k)) = (&e.kind, m.position(&w.paths[i])) {
-                if m.items[k].kind == e.kind.tag() && m.items[k].hashes.is_some() && !is_inline(*size) {
+                if m.items[k].kind == e.kind.tag()
+                    && m.items[k].hashes.is_some()
+                    && !is_inline(*size)
+                {
                     p.old[i] = Some(k);
                     candidates.push((i, *size));
                 }
             }
             continue;
         };
-        let implied = old_path[e.parent.index()].as_ref().map(|pp| join(pp, &e.name));
+        let implied = old_path[e.parent.index()]
+            .as_ref()
+            .map(|pp| join(pp, &e.name));
         if implied.as_deref() != Some(it.path.as_slice()) {
             // The inode still at its old path too (a new hard link) is not a move.
-            let still_there = new_at.get(it.path.as_slice()).is_some_and(|&k| w.ids[k].dev == id.dev && w.ids[k].ino == id.ino);
+            let still_there = new_at
+                .get(it.path.as_slice())
+                .is_some_and(|&k| w.ids[k].dev == id.dev && w.ids[k].ino == id.ino);
             if still_there {
                 continue;
             }
-            p.hints.push(Hint::Rename { entry: EntryId(i as u32), from: it.path.clone() });
+            p.hints.push(Hint::Rename {
+                entry: EntryId(i as u32),
+                from: it.path.clone(),
+            });
         }
         old_path[i] = Some(it.path.clone());
         p.old[i] = m.position(&it.path);
@@ -92,11 +120,23 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
     let mut hashed = HashMap::new();
     if let Some(base) = base {
         candidates.retain(|&(i, size)| {
-            let Some(it) = p.old[i].map(|k| &m.items[k]) else { return true };
+            let Some(it) = p.old[i].map(|k| &m.items[k]) else {
+                return true;
+            };
             let Some(old_h) = &it.hashes else { return true };
-            let Ok(old_fd) = beneath::open_file(base, &it.path, OFlags::RDONLY, Mode::empty()) else { return true };
-            let Ok(new_fd) = beneath::open_file(root, &w.paths[i], OFlags::RDONLY, Mode::empty()) else { return true };
-            let Some(same) = super::extents::unchanged_blocks(old_fd.as_fd(), it.size, new_fd.as_fd(), size) else { return true };
+            let Ok(old_fd) = beneath::open_file(base, &it.path, OFlags::RDONLY, Mode::empty())
+            else {
+                return true;
+            };
+            let Ok(new_fd) = beneath::open_file(root, &w.paths[i], OFlags::RDONLY, Mode::empty())
+            else {
+                return true;
+            };
+            let Some(same) =
+                super::extents::unchanged_blocks(old_fd.as_fd(), it.size, new_fd.as_fd(), size)
+            else {
+                return true;
+            };
             match super::extents::hash_with_basis(new_fd.as_fd(), size, old_h, &same) {
                 Ok((h, read)) => {
                     p.hashed_bytes += read;
@@ -119,10 +159,17 @@ pub fn plan_hints(w: &Walked, m: &Manifest, root: BorrowedFd<'_>, threads: usize
     candidates.sort_unstable();
     for (i, size) in candidates {
         let Some(new) = hashed.get(&i) else { continue };
-        let Some(it) = p.old[i].map(|k| &m.items[k]) else { continue };
+        let Some(it) = p.old[i].map(|k| &m.items[k]) else {
+            continue;
+        };
         let Some(old) = &it.hashes else { continue };
         let ranges = changed_ranges(old, new, size, MAX_DELTA_RANGES);
-        p.hints.push(Hint::Delta { entry: EntryId(i as u32), base_size: it.size, base_mtime: it.mtime, ranges: ranges.clone() });
+        p.hints.push(Hint::Delta {
+            entry: EntryId(i as u32),
+            base_size: it.size,
+            base_mtime: it.mtime,
+            ranges: ranges.clone(),
+        });
         p.deltas.insert(i, ranges);
     }
     p.hashes = hashed;
@@ -143,14 +190,22 @@ const HASH_THREADS_MIN: usize = 4;
 /// Hashes files in parallel. Unless the source is a frozen snapshot (`stable`), a file whose
 /// size, mtime or ctime differs from the walk (it changed since) is left out: its hashes would
 /// not describe what the receiver gets.
-pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], threads: usize, stable: bool) -> Result<HashMap<usize, Vec<u64>>> {
+pub fn hash_files(
+    root: BorrowedFd<'_>,
+    w: &Walked,
+    files: &[(usize, u64)],
+    threads: usize,
+    stable: bool,
+) -> Result<HashMap<usize, Vec<u64>>> {
     let threads = threads.clamp(HASH_THREADS_MIN, 16);
     let (big, small): (Vec<FileSize>, Vec<FileSize>) = files.iter().partition(|f| f.1 >= SPLIT_MIN);
     let mut map = HashMap::new();
     for (i, size) in big {
         let path = &w.paths[i];
-        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
-        let regions = super::plan::data_regions(fd.as_fd(), size).ctx(|| format!("finding data regions of {}", show(path)))?;
+        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
+            .ctx(|| format!("opening {}", show(path)))?;
+        let regions = super::plan::data_regions(fd.as_fd(), size)
+            .ctx(|| format!("finding data regions of {}", show(path)))?;
         let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
         let segs = size.div_ceil(SEGMENT) as usize;
         let next = AtomicUsize::new(0);
@@ -165,13 +220,20 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
                                 return Ok(out);
                             }
                             let (a, b) = (k as u64 * SEGMENT, ((k as u64 + 1) * SEGMENT).min(size));
-                            let h = super::manifest::hash_segment(fd.as_fd(), size, &regions, a, b).ctx(|| format!("hashing {}", show(path)))?;
+                            let h = super::manifest::hash_segment(fd.as_fd(), size, &regions, a, b)
+                                .ctx(|| format!("hashing {}", show(path)))?;
                             out.push((k, h));
                         }
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::Usage("a hashing thread panicked".into())))).collect()
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::Error::Usage("a hashing thread panicked".into()))
+                    })
+                })
+                .collect()
         });
         let mut segs_out: Vec<(usize, Vec<u64>)> = Vec::with_capacity(segs);
         for p in parts {
@@ -191,10 +253,14 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
                     let mut out = Vec::new();
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(i, size)) = small.get(k) else { return Ok(out) };
+                        let Some(&(i, size)) = small.get(k) else {
+                            return Ok(out);
+                        };
                         let path = &w.paths[i];
-                        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty()).ctx(|| format!("opening {}", show(path)))?;
-                        let h = hash_file(fd.as_fd(), size).ctx(|| format!("hashing {}", show(path)))?;
+                        let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
+                            .ctx(|| format!("opening {}", show(path)))?;
+                        let h = hash_file(fd.as_fd(), size)
+                            .ctx(|| format!("hashing {}", show(path)))?;
                         if stable || unchanged_since_walk(fd.as_fd(), w, i)? {
                             out.push((i, h));
                         }
@@ -202,7 +268,13 @@ pub fn hash_files(root: BorrowedFd<'_>, w: &Walked, files: &[(usize, u64)], thre
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::Usage("a hashing thread panicked".into())))).collect()
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::Error::Usage("a hashing thread panicked".into()))
+                })
+            })
+            .collect()
     });
     for r in results {
         map.extend(r?);
@@ -225,7 +297,11 @@ pub fn build_manifest(w: &Walked, rp: u128, mut hashes: HashMap<usize, Vec<u64>>
             continue;
         }
         let id = &w.ids[i];
-        let size = if let EntryKind::File { size } = e.kind { size } else { 0 };
+        let size = if let EntryKind::File { size } = e.kind {
+            size
+        } else {
+            0
+        };
         items.push(Item {
             path: w.paths[i].clone(),
             kind: e.kind.tag(),
@@ -245,10 +321,16 @@ pub fn build_manifest(w: &Walked, rp: u128, mut hashes: HashMap<usize, Vec<u64>>
 pub fn carried_hashes(w: &Walked, m: &Manifest, old: &[Option<usize>]) -> HashMap<usize, Vec<u64>> {
     let mut out = HashMap::new();
     for (i, e) in w.entries.iter().enumerate() {
-        let EntryKind::File { size } = e.kind else { continue };
-        let Some(it) = old.get(i).copied().flatten().map(|k| &m.items[k]) else { continue };
+        let EntryKind::File { size } = e.kind else {
+            continue;
+        };
+        let Some(it) = old.get(i).copied().flatten().map(|k| &m.items[k]) else {
+            continue;
+        };
         if let Some(h) = &it.hashes {
-            if !is_inline(size) && unchanged(it, size, (e.meta.mtime_sec, e.meta.mtime_nsec), &w.ids[i]) {
+            if !is_inline(size)
+                && unchanged(it, size, (e.meta.mtime_sec, e.meta.mtime_nsec), &w.ids[i])
+            {
                 out.insert(i, h.clone());
             }
         }

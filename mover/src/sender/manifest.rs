@@ -59,7 +59,11 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(rp: u128, items: Vec<Item>) -> Manifest {
-        let mut m = Manifest { rp, items, ..Default::default() };
+        let mut m = Manifest {
+            rp,
+            items,
+            ..Default::default()
+        };
         for (i, it) in m.items.iter().enumerate() {
             m.by_path.insert(it.path.clone(), i);
             m.by_ino.insert((it.dev, it.ino), i);
@@ -81,11 +85,23 @@ impl Manifest {
 
     fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(MAGIC).u16(VERSION).u128(self.rp).bytes(self.base_snapshot.as_deref().unwrap_or("").as_bytes());
+        e.u32(MAGIC)
+            .u16(VERSION)
+            .u128(self.rp)
+            .bytes(self.base_snapshot.as_deref().unwrap_or("").as_bytes());
         e.u64(self.items.len() as u64);
         for it in &self.items {
-            e.bytes(&it.path).u8(it.kind).u64(it.dev).u64(it.ino).u64(it.size);
-            e.i64(it.mtime.0).u32(it.mtime.1).i64(it.ctime.0).u32(it.ctime.1).i64(it.btime.0).u32(it.btime.1);
+            e.bytes(&it.path)
+                .u8(it.kind)
+                .u64(it.dev)
+                .u64(it.ino)
+                .u64(it.size);
+            e.i64(it.mtime.0)
+                .u32(it.mtime.1)
+                .i64(it.ctime.0)
+                .u32(it.ctime.1)
+                .i64(it.btime.0)
+                .u32(it.btime.1);
             match &it.hashes {
                 None => e.u8(0),
                 Some(h) => {
@@ -103,7 +119,11 @@ impl Manifest {
     }
 
     fn decode(raw: &[u8]) -> Result<Manifest> {
-        let bad = |why: &str| Error::Usage(format!("the manifest in the state directory is unusable ({why}); remove it to start over"));
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "the manifest in the state directory is unusable ({why}); remove it to start over"
+            ))
+        };
         if raw.len() < 16 {
             return Err(bad("truncated"));
         }
@@ -116,7 +136,8 @@ impl Manifest {
             return Err(bad("unknown format"));
         }
         let rp = d.u128()?;
-        let base = String::from_utf8(d.bytes(255, "base snapshot name")?.to_vec()).map_err(|_| bad("base snapshot name"))?;
+        let base = String::from_utf8(d.bytes(255, "base snapshot name")?.to_vec())
+            .map_err(|_| bad("base snapshot name"))?;
         let n = d.u64()?;
         if n > MAX_ITEMS {
             return Err(bad("too many items"));
@@ -143,7 +164,17 @@ impl Manifest {
                     Some(h)
                 }
             };
-            items.push(Item { path, kind, dev, ino, size, mtime, ctime, btime, hashes });
+            items.push(Item {
+                path,
+                kind,
+                dev,
+                ino,
+                size,
+                mtime,
+                ctime,
+                btime,
+                hashes,
+            });
         }
         d.finish()?;
         let mut m = Manifest::new(rp, items);
@@ -175,7 +206,8 @@ impl Manifest {
 }
 
 fn open_state(state: &Path) -> Result<std::os::fd::OwnedFd> {
-    std::fs::create_dir_all(state).ctx(|| format!("creating state directory {}", state.display()))?;
+    std::fs::create_dir_all(state)
+        .ctx(|| format!("creating state directory {}", state.display()))?;
     crate::beneath::open_root(state, "state directory")
 }
 
@@ -197,7 +229,10 @@ pub fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> std::io::Res
     while got < buf.len() {
         let n = rustix::io::pread(fd, &mut buf[got..], off + got as u64)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being hashed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being hashed",
+            ));
         }
         got += n;
     }
@@ -206,9 +241,17 @@ pub fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> std::io::Res
 
 /// Hashes blocks [start, end) of a file (`start` block aligned, `end` aligned or the file's
 /// size) given its data regions; segments of one file can be hashed by several threads.
-pub fn hash_segment(fd: BorrowedFd<'_>, size: u64, regions: &[(u64, u64)], start: u64, end: u64) -> std::io::Result<Vec<u64>> {
+pub fn hash_segment(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    regions: &[(u64, u64)],
+    start: u64,
+    end: u64,
+) -> std::io::Result<Vec<u64>> {
     const CHUNK: usize = 1 << 20;
-    debug_assert!(start.is_multiple_of(BLOCK) && end <= size && (end.is_multiple_of(BLOCK) || end == size));
+    debug_assert!(
+        start.is_multiple_of(BLOCK) && end <= size && (end.is_multiple_of(BLOCK) || end == size)
+    );
     let mut out = Vec::with_capacity((end - start).div_ceil(BLOCK) as usize);
     let mut buf = vec![0u8; CHUNK];
     let mut at = start;
@@ -223,7 +266,11 @@ pub fn hash_segment(fd: BorrowedFd<'_>, size: u64, regions: &[(u64, u64)], start
     for &(off, len) in regions {
         // Regions are block aligned except at the end of the file.
         let rs = (off / BLOCK * BLOCK).max(start);
-        let re = (off + len).div_ceil(BLOCK).saturating_mul(BLOCK).min(size).min(end);
+        let re = (off + len)
+            .div_ceil(BLOCK)
+            .saturating_mul(BLOCK)
+            .min(size)
+            .min(end);
         if re <= at || rs >= end {
             continue;
         }
@@ -287,8 +334,28 @@ mod tests {
     #[test]
     fn manifest_round_trips_and_rejects_corruption() {
         let items = vec![
-            Item { path: b"a".to_vec(), kind: 1, dev: 1, ino: 2, size: 0, mtime: (1, 2), ctime: (3, 4), btime: (5, 6), hashes: None },
-            Item { path: b"a/f".to_vec(), kind: 2, dev: 1, ino: 3, size: 5000, mtime: (5, 6), ctime: (7, 8), btime: (0, 0), hashes: Some(vec![9, 10]) },
+            Item {
+                path: b"a".to_vec(),
+                kind: 1,
+                dev: 1,
+                ino: 2,
+                size: 0,
+                mtime: (1, 2),
+                ctime: (3, 4),
+                btime: (5, 6),
+                hashes: None,
+            },
+            Item {
+                path: b"a/f".to_vec(),
+                kind: 2,
+                dev: 1,
+                ino: 3,
+                size: 5000,
+                mtime: (5, 6),
+                ctime: (7, 8),
+                btime: (0, 0),
+                hashes: Some(vec![9, 10]),
+            },
         ];
         let m = Manifest::new(42, items.clone());
         let raw = m.encode();
@@ -305,11 +372,20 @@ mod tests {
     fn hash_file_matches_block_hashes_and_treats_holes_as_zeros() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("f");
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
         f.set_len(3 * BLOCK * 64 + 100).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 5000], BLOCK * 64).unwrap();
         let dense: Vec<u8> = std::fs::read(&p).unwrap();
-        let want: Vec<u64> = dense.chunks(BLOCK as usize).map(xxhash_rust::xxh3::xxh3_64).collect();
+        let want: Vec<u64> = dense
+            .chunks(BLOCK as usize)
+            .map(xxhash_rust::xxh3::xxh3_64)
+            .collect();
         let got = hash_file(f.as_fd(), dense.len() as u64).unwrap();
         assert_eq!(got, want);
     }

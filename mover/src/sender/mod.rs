@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod plan;
 pub mod worker;
 
+use crate::engine::{join_workers, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::transport::tcp::{TcpConn, TcpTransport};
 use crate::transport::{Connection, Transport};
@@ -18,13 +19,14 @@ use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, write_frame};
 use crate::wire::message::{
-    decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit, Hello, HelloAck, Need, Role, Verified,
-    CAP_OWNERS, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
+    Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_USER_XATTRS, MAX_EXPECT_RECORDS,
+    MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
-use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
-use manifest::Manifest;
 use crate::wire::WireError;
 use crate::{content_digest, software_version, Progress};
+use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
+use manifest::Manifest;
 use plan::{data_regions, is_inline, plan, FileToSend};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -32,7 +34,6 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::engine::{join_workers, FrameStats};
 use worker::{SendTable, SendWorker};
 
 /// Entries frames are flushed at this size (one entry is at most ~300 KiB, so a frame stays
@@ -132,9 +133,17 @@ fn hello(session: SessionId, role: Role) -> Vec<u8> {
     .encode()
 }
 
-fn connect(to: SocketAddr, session: SessionId, role: Role, wire: &mut u64) -> Result<(TcpConn, HelloAck)> {
-    let mut c = TcpTransport.connect(to).ctx(|| format!("connecting to receiver at {to}"))?;
-    c.set_timeout(Some(CONTROL_TIMEOUT)).ctx(|| "socket timeout".to_string())?;
+fn connect(
+    to: SocketAddr,
+    session: SessionId,
+    role: Role,
+    wire: &mut u64,
+) -> Result<(TcpConn, HelloAck)> {
+    let mut c = TcpTransport
+        .connect(to)
+        .ctx(|| format!("connecting to receiver at {to}"))?;
+    c.set_timeout(Some(CONTROL_TIMEOUT))
+        .ctx(|| "socket timeout".to_string())?;
     *wire += write_frame(&mut c, FrameKind::Hello, &hello(session, role))?;
     let mut buf = Vec::new();
     expect_frame(&mut c, FrameKind::HelloAck, &mut buf)?;
@@ -156,7 +165,9 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let source_time_ns = crate::receiver::state::now_ns();
     crate::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
-    let provider = opts.snapshot.unwrap_or_else(|| crate::snapshot::auto(&opts.src));
+    let provider = opts
+        .snapshot
+        .unwrap_or_else(|| crate::snapshot::auto(&opts.src));
     let mut frozen = crate::snapshot::freeze(&opts.src, provider)?;
     let mut walked = walk(&frozen.root, true)?;
     if let Some(ids) = &frozen.ids {
@@ -180,13 +191,24 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     }
     let walked = walked;
     let entries = &walked.entries;
-    tracing::info!(entries = entries.len(), secs = start.elapsed().as_secs_f64(), "walked source");
+    tracing::info!(
+        entries = entries.len(),
+        secs = start.elapsed().as_secs_f64(),
+        "walked source"
+    );
     let session = match opts.session {
         Some(s) => s,
         None => SessionId::random().ctx(|| "random session id".to_string())?,
     };
     let mut wire = 0u64;
-    let (mut ctl, ack) = connect(opts.to, session, Role::Control { workers: threads as u16 }, &mut wire)?;
+    let (mut ctl, ack) = connect(
+        opts.to,
+        session,
+        Role::Control {
+            workers: threads as u16,
+        },
+        &mut wire,
+    )?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
     let root = crate::beneath::open_root(&frozen.root, "source directory")?;
 
@@ -198,13 +220,37 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         .as_ref()
         .and_then(|m| m.base_snapshot.as_deref())
         .filter(|_| provider == crate::snapshot::Provider::Btrfs)
-        .and_then(|name| crate::beneath::open_root(&crate::snapshot::kept_path(&opts.src, name), "base snapshot").ok());
+        .and_then(|name| {
+            crate::beneath::open_root(
+                &crate::snapshot::kept_path(&opts.src, name),
+                "base snapshot",
+            )
+            .ok()
+        });
     let planned = match &manifest {
-        Some(m) => plan_hints(&walked, m, root.as_fd(), threads, stable, base.as_ref().map(|b| b.as_fd()))?,
-        None => Planned { old: vec![None; entries.len()], ..Default::default() },
+        Some(m) => plan_hints(
+            &walked,
+            m,
+            root.as_fd(),
+            threads,
+            stable,
+            base.as_ref().map(|b| b.as_fd()),
+        )?,
+        None => Planned {
+            old: vec![None; entries.len()],
+            ..Default::default()
+        },
     };
-    tracing::info!(hints = planned.hints.len(), secs = start.elapsed().as_secs_f64(), "hints planned");
-    let planned_renames = planned.hints.iter().filter(|h| matches!(h, crate::wire::message::Hint::Rename { .. })).count() as u64;
+    tracing::info!(
+        hints = planned.hints.len(),
+        secs = start.elapsed().as_secs_f64(),
+        "hints planned"
+    );
+    let planned_renames = planned
+        .hints
+        .iter()
+        .filter(|h| matches!(h, crate::wire::message::Hint::Rename { .. }))
+        .count() as u64;
 
     let mut enc = Enc::new();
     for e in entries {
@@ -228,52 +274,99 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     if !enc.buf.is_empty() {
         wire += write_frame(&mut ctl, FrameKind::Hints, &enc.buf)?;
     }
-    wire += write_frame(&mut ctl, FrameKind::EntriesEnd, &(entries.len() as u64).to_le_bytes())?;
+    wire += write_frame(
+        &mut ctl,
+        FrameKind::EntriesEnd,
+        &(entries.len() as u64).to_le_bytes(),
+    )?;
 
     let need = read_need(&mut ctl, entries.len())?;
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total, mut files_delta) = (0u64, 0u64, 0u64);
     for (i, e) in entries.iter().enumerate() {
-        let EntryKind::File { size } = e.kind else { continue };
+        let EntryKind::File { size } = e.kind else {
+            continue;
+        };
         files_total += 1;
         bytes_total += size;
         let regions = match need[i] {
             Need::Nothing => continue,
             Need::Delta => {
                 files_delta += 1;
-                planned.deltas.get(&i).cloned().ok_or(WireError::BadField { field: "delta need for a file without a delta hint" })?
+                planned.deltas.get(&i).cloned().ok_or(WireError::BadField {
+                    field: "delta need for a file without a delta hint",
+                })?
             }
             Need::Full if is_inline(size) || size == 0 => vec![(0, size)],
             Need::Full => {
                 let p = &walked.paths[i];
-                let fd = crate::beneath::open_file(root.as_fd(), p, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
-                    .ctx(|| format!("opening {}", show(p)))?;
-                data_regions(fd.as_fd(), size).ctx(|| format!("finding data regions of {}", show(p)))?
+                let fd = crate::beneath::open_file(
+                    root.as_fd(),
+                    p,
+                    rustix::fs::OFlags::RDONLY,
+                    rustix::fs::Mode::empty(),
+                )
+                .ctx(|| format!("opening {}", show(p)))?;
+                data_regions(fd.as_fd(), size)
+                    .ctx(|| format!("finding data regions of {}", show(p)))?
             }
         };
         if need[i] == Need::Delta && is_inline(size) {
-            return Err(WireError::BadField { field: "delta need for a small file" }.into());
+            return Err(WireError::BadField {
+                field: "delta need for a small file",
+            }
+            .into());
         }
-        files.push(FileToSend { entry: EntryId(i as u32), size, regions });
+        files.push(FileToSend {
+            entry: EntryId(i as u32),
+            size,
+            regions,
+        });
     }
     let expect: Vec<(EntryId, u64)> = files
         .iter()
         .filter(|f| !is_inline(f.size))
         .map(|f| (f.entry, f.regions.iter().map(|r| r.1).sum()))
         .collect();
-    let chunks: Vec<&[(EntryId, u64)]> = if expect.is_empty() { vec![&[][..]] } else { expect.chunks(MAX_EXPECT_RECORDS).collect() };
+    let chunks: Vec<&[(EntryId, u64)]> = if expect.is_empty() {
+        vec![&[][..]]
+    } else {
+        expect.chunks(MAX_EXPECT_RECORDS).collect()
+    };
     for (k, c) in chunks.iter().enumerate() {
-        wire += write_frame(&mut ctl, FrameKind::Expect, &encode_expect(k + 1 == chunks.len(), c))?;
+        wire += write_frame(
+            &mut ctl,
+            FrameKind::Expect,
+            &encode_expect(k + 1 == chunks.len(), c),
+        )?;
     }
     let sent_files = files.len() as u64;
-    let send_bytes: u64 = files.iter().map(|f| if is_inline(f.size) { f.size } else { f.regions.iter().map(|r| r.1).sum() }).sum();
+    let send_bytes: u64 = files
+        .iter()
+        .map(|f| {
+            if is_inline(f.size) {
+                f.size
+            } else {
+                f.regions.iter().map(|r| r.1).sum()
+            }
+        })
+        .sum();
     progress.set_totals(sent_files, send_bytes);
     let plans = plan(&files, threads);
     let table = Arc::new(SendTable {
         root,
         paths: walked.paths.clone(),
-        sizes: entries.iter().map(|e| if let EntryKind::File { size } = e.kind { size } else { 0 }).collect(),
+        sizes: entries
+            .iter()
+            .map(|e| {
+                if let EntryKind::File { size } = e.kind {
+                    size
+                } else {
+                    0
+                }
+            })
+            .collect(),
     });
     let cpus = crate::worker_cpus(threads, Some(&opts.src));
     let mut handles = Vec::new();
@@ -288,12 +381,27 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
                 let (conn, _) = connect(to, session, Role::Worker { index }, &mut w)?;
-                conn.0.set_write_timeout(None).ctx(|| "socket timeout".to_string())?;
+                conn.0
+                    .set_write_timeout(None)
+                    .ctx(|| "socket timeout".to_string())?;
                 let sock = conn.0.try_clone().ctx(|| "socket".to_string())?;
-                let worker = SendWorker { index, cpu, table, units, sock, direct, progress, hash_blocks };
+                let worker = SendWorker {
+                    index,
+                    cpu,
+                    table,
+                    units,
+                    sock,
+                    direct,
+                    progress,
+                    hash_blocks,
+                };
                 let mut stats = worker.run()?;
                 let mut conn = conn;
-                stats.wire_bytes += w + write_frame(&mut conn, FrameKind::WorkerDone, &encode_worker_done(stats.frames, stats.data_bytes))?;
+                stats.wire_bytes += w + write_frame(
+                    &mut conn,
+                    FrameKind::WorkerDone,
+                    &encode_worker_done(stats.frames, stats.data_bytes),
+                )?;
                 Ok(stats)
             })
             .ctx(|| "spawning sender worker".to_string())?;
@@ -322,7 +430,10 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     expect_frame(&mut ctl, FrameKind::Verified, &mut buf)?;
     let v = Verified::decode(&buf)?;
     if !v.ok || v.tree_hash != th {
-        return Err(Error::Verify(format!("receiver did not verify the tree: {}", v.message)));
+        return Err(Error::Verify(format!(
+            "receiver did not verify the tree: {}",
+            v.message
+        )));
     }
     let hashed_bytes = planned.hashed_bytes;
     if let Some(dir) = &opts.state {
@@ -331,7 +442,19 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         let old_base = manifest.as_ref().and_then(|m| m.base_snapshot.clone());
         drop(base);
         let streamed = streamed_hashes(&files, std::mem::take(&mut all.block_hashes));
-        let saved = save_manifest(dir, &walked, &table.root, manifest.as_ref(), planned, &need, streamed, v.recovery_point, threads, stable, kept.clone());
+        let saved = save_manifest(
+            dir,
+            &walked,
+            &table.root,
+            manifest.as_ref(),
+            planned,
+            &need,
+            streamed,
+            v.recovery_point,
+            threads,
+            stable,
+            kept.clone(),
+        );
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
             (Err(_), Some(new), _) => crate::snapshot::drop_kept(&opts.src, &new),
@@ -366,10 +489,18 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
 /// Assembles the workers' per-frame block hashes into whole-file hash lists for large files
 /// sent whole; blocks in holes (not sent) hash as zeros. A file with any block unaccounted for
 /// is left out (it is hashed from disk instead).
-fn streamed_hashes(files: &[FileToSend], frames: Vec<(EntryId, u64, Vec<u64>)>) -> std::collections::HashMap<usize, Vec<u64>> {
+fn streamed_hashes(
+    files: &[FileToSend],
+    frames: Vec<(EntryId, u64, Vec<u64>)>,
+) -> std::collections::HashMap<usize, Vec<u64>> {
     use manifest::{zero_hash, BLOCK};
-    let mut partial: std::collections::HashMap<u32, Vec<Option<u64>>> = std::collections::HashMap::new();
-    let sizes: std::collections::HashMap<u32, &FileToSend> = files.iter().filter(|f| !is_inline(f.size)).map(|f| (f.entry.0, f)).collect();
+    let mut partial: std::collections::HashMap<u32, Vec<Option<u64>>> =
+        std::collections::HashMap::new();
+    let sizes: std::collections::HashMap<u32, &FileToSend> = files
+        .iter()
+        .filter(|f| !is_inline(f.size))
+        .map(|f| (f.entry.0, f))
+        .collect();
     for (e, first, hs) in frames {
         let Some(f) = sizes.get(&e.0) else { continue };
         let v = partial.entry(e.0).or_insert_with(|| {
@@ -399,14 +530,22 @@ fn streamed_hashes(files: &[FileToSend], frames: Vec<(EntryId, u64, Vec<u64>)>) 
     }
     partial
         .into_iter()
-        .filter_map(|(e, v)| v.into_iter().collect::<Option<Vec<u64>>>().map(|h| (e as usize, h)))
+        .filter_map(|(e, v)| {
+            v.into_iter()
+                .collect::<Option<Vec<u64>>>()
+                .map(|h| (e as usize, h))
+        })
         .collect()
 }
 
 /// Plain provider: a file whose size, mtime or ctime moved since the walk may have been read
 /// torn. Failing before Commit keeps the receiver from making a recovery point of it; the retry
 /// walks again and resends it.
-fn check_unchanged(root: std::os::fd::BorrowedFd<'_>, w: &crate::tree::walk::Walked, need: &[Need]) -> Result<()> {
+fn check_unchanged(
+    root: std::os::fd::BorrowedFd<'_>,
+    w: &crate::tree::walk::Walked,
+    need: &[Need],
+) -> Result<()> {
     let mut changed = Vec::new();
     for (i, e) in w.entries.iter().enumerate() {
         if !matches!(e.kind, EntryKind::File { .. }) || need[i] == Need::Nothing {
@@ -414,7 +553,9 @@ fn check_unchanged(root: std::os::fd::BorrowedFd<'_>, w: &crate::tree::walk::Wal
         }
         let p = &w.paths[i];
         let (dir, name) = crate::beneath::split_parent(p);
-        let st = crate::beneath::open_dir(root, dir).ok().and_then(|d| rustix::fs::statat(&d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
+        let st = crate::beneath::open_dir(root, dir)
+            .ok()
+            .and_then(|d| rustix::fs::statat(&d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
         if !st.is_some_and(|s| w.unchanged_since(i, &s)) {
             changed.push(show(p));
         }
@@ -424,7 +565,10 @@ fn check_unchanged(root: std::os::fd::BorrowedFd<'_>, w: &crate::tree::walk::Wal
     }
     let n = changed.len();
     changed.truncate(5);
-    Err(Error::SourceChanged(format!("{n} file(s) changed while being sent, e.g. {}", changed.join(", "))))
+    Err(Error::SourceChanged(format!(
+        "{n} file(s) changed while being sent, e.g. {}",
+        changed.join(", ")
+    )))
 }
 
 /// First pause before retrying a failed session; doubles up to RETRY_BACKOFF_MAX.
@@ -514,11 +658,18 @@ fn save_manifest(
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e.kind {
-            EntryKind::File { size } if !is_inline(size) && (need[i] == Need::Full || !hashes.contains_key(&i)) => Some((i, size)),
+            EntryKind::File { size }
+                if !is_inline(size) && (need[i] == Need::Full || !hashes.contains_key(&i)) =>
+            {
+                Some((i, size))
+            }
             _ => None,
         })
         .collect();
-    let todo: Vec<(usize, u64)> = todo.into_iter().filter(|(i, _)| !(need[*i] == Need::Full && hashes.contains_key(i))).collect();
+    let todo: Vec<(usize, u64)> = todo
+        .into_iter()
+        .filter(|(i, _)| !(need[*i] == Need::Full && hashes.contains_key(i)))
+        .collect();
     hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
     let mut m = build_manifest(walked, rp, hashes);
     m.base_snapshot = base_snapshot;
@@ -546,12 +697,18 @@ fn read_need(ctl: &mut TcpConn, n: usize) -> Result<Vec<Need>> {
         expect_frame(ctl, FrameKind::NeedList, &mut buf)?;
         let (first, last, chunk) = decode_need(&buf)?;
         if first as usize != need.len() || need.len() + chunk.len() > n {
-            return Err(WireError::BadField { field: "need list offset" }.into());
+            return Err(WireError::BadField {
+                field: "need list offset",
+            }
+            .into());
         }
         need.extend(chunk);
         if last {
             if need.len() != n {
-                return Err(WireError::BadField { field: "need list length" }.into());
+                return Err(WireError::BadField {
+                    field: "need list length",
+                }
+                .into());
             }
             return Ok(need);
         }

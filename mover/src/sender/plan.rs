@@ -27,7 +27,12 @@ pub struct FileToSend {
 pub enum Unit {
     /// `len` <= DATA_CHUNK bytes of one large file, one Data frame; `last` is the file's
     /// final chunk (progress counts the file as sent then).
-    Chunk { entry: EntryId, offset: u64, len: u32, last: bool },
+    Chunk {
+        entry: EntryId,
+        offset: u64,
+        len: u32,
+        last: bool,
+    },
     /// Whole small files, one FileBatch frame.
     Batch { files: Vec<(EntryId, u32)> },
 }
@@ -62,14 +67,17 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
     let mut items: Vec<(u64, Vec<Unit>)> = Vec::new();
     let mut batch: Vec<(EntryId, u32)> = Vec::new();
     let mut batch_bytes = BATCH_PREFIX_LEN;
-    let flush = |batch: &mut Vec<(EntryId, u32)>, bytes: &mut usize, items: &mut Vec<(u64, Vec<Unit>)>| {
-        if !batch.is_empty() {
-            let b = Unit::Batch { files: std::mem::take(batch) };
-            let cost = b.data_bytes() + PER_FILE_COST * (b_len(&b) as u64);
-            items.push((cost, vec![b]));
-        }
-        *bytes = BATCH_PREFIX_LEN;
-    };
+    let flush =
+        |batch: &mut Vec<(EntryId, u32)>, bytes: &mut usize, items: &mut Vec<(u64, Vec<Unit>)>| {
+            if !batch.is_empty() {
+                let b = Unit::Batch {
+                    files: std::mem::take(batch),
+                };
+                let cost = b.data_bytes() + PER_FILE_COST * (b_len(&b) as u64);
+                items.push((cost, vec![b]));
+            }
+            *bytes = BATCH_PREFIX_LEN;
+        };
     for f in files {
         if is_inline(f.size) {
             let need = BATCH_RECORD_HEADER + f.size as usize;
@@ -93,7 +101,12 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
                 while c < ext_end {
                     let len = (ext_end - c).min(DATA_CHUNK as u64);
                     let last = ri + 1 == regions && c + len == end;
-                    units.push(Unit::Chunk { entry: f.entry, offset: c, len: len as u32, last });
+                    units.push(Unit::Chunk {
+                        entry: f.entry,
+                        offset: c,
+                        len: len as u32,
+                        last,
+                    });
                     c += len;
                 }
                 items.push((ext_end - off + PER_FILE_COST, units));
@@ -112,7 +125,11 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
     for (cost, units) in items {
         // The worker whose share of the total this item's midpoint falls into.
         let mid = acc + cost / 2;
-        let w = if total == 0 { 0 } else { ((mid as u128 * workers as u128) / total as u128) as usize };
+        let w = if total == 0 {
+            0
+        } else {
+            ((mid as u128 * workers as u128) / total as u128) as usize
+        };
         out[w.min(workers - 1)].extend(units);
         acc += cost;
     }
@@ -129,7 +146,10 @@ fn b_len(u: &Unit) -> usize {
 /// Data regions of an open file via SEEK_DATA/SEEK_HOLE, so holes are never read or sent.
 /// Falls back to the whole file if the file system does not report holes or if there are more
 /// than `MAX_REGIONS` regions.
-pub fn data_regions(fd: std::os::fd::BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub fn data_regions(
+    fd: std::os::fd::BorrowedFd<'_>,
+    size: u64,
+) -> std::io::Result<Vec<(u64, u64)>> {
     use rustix::fs::{seek, SeekFrom};
     const MAX_REGIONS: usize = 65536;
     let mut out = Vec::new();

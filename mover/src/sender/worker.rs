@@ -41,13 +41,11 @@ const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 const OP_READ: u64 = 1;
 const OP_SEND: u64 = 2;
 
-
 pub struct SendTable {
     pub root: OwnedFd,
     pub paths: Vec<Vec<u8>>,
     pub sizes: Vec<u64>,
 }
-
 
 struct ReadOp {
     fd: Rc<OwnedFd>,
@@ -106,9 +104,11 @@ struct Cached {
 impl SendWorker {
     pub fn run(self) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
-            hw::pin_current_thread(cpu).map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
+            hw::pin_current_thread(cpu)
+                .map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
         }
-        let mut ring = Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
+        let mut ring =
+            Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
         let sock = self.sock.as_raw_fd();
         let mut bufs: Vec<Buf> = (0..BUFFERS)
             .map(|_| Buf {
@@ -139,9 +139,14 @@ impl SendWorker {
                 return Err(Error::Cancelled("stopped at a chunk boundary".into()));
             }
             while more && gate == crate::Gate::Go {
-                let Some(b) = bufs.iter().position(|b| b.state == State::Free) else { break };
+                let Some(b) = bufs.iter().position(|b| b.state == State::Free) else {
+                    break;
+                };
                 if matches!(units.peek(), Some(Unit::Batch { .. })) {
-                    let reading = bufs.iter().filter(|x| x.state == State::Reading && x.kind == FrameKind::FileBatch).count();
+                    let reading = bufs
+                        .iter()
+                        .filter(|x| x.state == State::Reading && x.kind == FrameKind::FileBatch)
+                        .count();
                     if reading >= MAX_BATCH_BUFFERS_READING {
                         break;
                     }
@@ -149,7 +154,15 @@ impl SendWorker {
                 match units.next() {
                     Some(u) => {
                         self.progress.control.issue(u.data_bytes());
-                        start_unit(&mut ring, &mut bufs[b], b, u, &self.table, &mut cache, &mut direct_ok)?;
+                        start_unit(
+                            &mut ring,
+                            &mut bufs[b],
+                            b,
+                            u,
+                            &self.table,
+                            &mut cache,
+                            &mut direct_ok,
+                        )?;
                     }
                     None => more = false,
                 }
@@ -175,7 +188,10 @@ impl SendWorker {
                 }
                 continue;
             }
-            let cqes: Vec<(u64, i32)> = ring.reap_within(1, STALL_TIMEOUT).ctx(|| "waiting for the peer and the disk".to_string())?.to_vec();
+            let cqes: Vec<(u64, i32)> = ring
+                .reap_within(1, STALL_TIMEOUT)
+                .ctx(|| "waiting for the peer and the disk".to_string())?
+                .to_vec();
             for (u, res) in cqes {
                 let (op, b, idx) = split_user_data(u);
                 match op {
@@ -183,7 +199,12 @@ impl SendWorker {
                         if on_read(&mut ring, &mut bufs[b], b, idx, res, &self.table)? {
                             finish_frame(&mut ring, &mut bufs[b], b)?;
                             if self.hash_blocks && bufs[b].kind == FrameKind::Data {
-                                stats.block_hashes.extend(block_hashes(&mut ring, &bufs[b], b, &self.table));
+                                stats.block_hashes.extend(block_hashes(
+                                    &mut ring,
+                                    &bufs[b],
+                                    b,
+                                    &self.table,
+                                ));
                             }
                             ready.push_back(b);
                         }
@@ -191,8 +212,15 @@ impl SendWorker {
                     OP_SEND => {
                         let buf = &mut bufs[b];
                         if res <= 0 {
-                            let e = std::io::Error::from_raw_os_error(if res == 0 { libc::EPIPE } else { -res });
-                            return Err(Error::Io { context: "sending to receiver".into(), source: e });
+                            let e = std::io::Error::from_raw_os_error(if res == 0 {
+                                libc::EPIPE
+                            } else {
+                                -res
+                            });
+                            return Err(Error::Io {
+                                context: "sending to receiver".into(),
+                                source: e,
+                            });
                         }
                         buf.sent += res as usize;
                         stats.wire_bytes += res as u64;
@@ -203,7 +231,9 @@ impl SendWorker {
                         stats.checksums.push(buf.checksum);
                         stats.frames += 1;
                         stats.data_bytes += buf.data_bytes;
-                        self.progress.bytes.fetch_add(buf.data_bytes, Ordering::Relaxed);
+                        self.progress
+                            .bytes
+                            .fetch_add(buf.data_bytes, Ordering::Relaxed);
                         self.progress.files.fetch_add(buf.files, Ordering::Relaxed);
                         buf.state = State::Free;
                         let front = ready.pop_front();
@@ -221,8 +251,14 @@ impl SendWorker {
 
 fn open_for_read(table: &SendTable, entry: EntryId, direct: bool) -> Result<OwnedFd> {
     let p = &table.paths[entry.index()];
-    let flags = OFlags::RDONLY | if direct { OFlags::DIRECT } else { OFlags::empty() };
-    beneath::open_file(table.root.as_fd(), p, flags, Mode::empty()).ctx(|| format!("opening {} for reading", show(p)))
+    let flags = OFlags::RDONLY
+        | if direct {
+            OFlags::DIRECT
+        } else {
+            OFlags::empty()
+        };
+    beneath::open_file(table.root.as_fd(), p, flags, Mode::empty())
+        .ctx(|| format!("opening {} for reading", show(p)))
 }
 
 fn start_unit(
@@ -240,7 +276,9 @@ fn start_unit(
     buf.data_bytes = unit.data_bytes();
     buf.files = unit.files_done();
     match unit {
-        Unit::Chunk { entry, offset, len, .. } => {
+        Unit::Chunk {
+            entry, offset, len, ..
+        } => {
             let want_direct = *direct_ok
                 && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
                 && offset % BUF_ALIGN as u64 == 0;
@@ -249,26 +287,47 @@ fn start_unit(
                 let fd = match open_for_read(table, entry, want_direct) {
                     Ok(fd) => (fd, want_direct),
                     // The file system refuses O_DIRECT: read buffered from now on.
-                    Err(Error::Io { source, .. }) if want_direct && source.raw_os_error() == Some(libc::EINVAL) => {
+                    Err(Error::Io { source, .. })
+                        if want_direct && source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
                         *direct_ok = false;
                         (open_for_read(table, entry, false)?, false)
                     }
                     Err(e) => return Err(e),
                 };
-                let st = rustix::fs::fstat(&fd.0).ctx(|| format!("stat {}", show(&table.paths[entry.index()])))?;
+                let st = rustix::fs::fstat(&fd.0)
+                    .ctx(|| format!("stat {}", show(&table.paths[entry.index()])))?;
                 if st.st_size as u64 != table.sizes[entry.index()] {
                     return Err(Error::SourceChanged(show(&table.paths[entry.index()])));
                 }
-                *cache = Some(Cached { entry, fd: Rc::new(fd.0), direct: fd.1 });
+                *cache = Some(Cached {
+                    entry,
+                    fd: Rc::new(fd.0),
+                    direct: fd.1,
+                });
             }
-            let Some(c) = cache.as_ref() else { unreachable!("cache filled above") };
+            let Some(c) = cache.as_ref() else {
+                unreachable!("cache filled above")
+            };
             let len = len as usize;
-            let ask = if c.direct { len.div_ceil(BUF_ALIGN) * BUF_ALIGN } else { len };
+            let ask = if c.direct {
+                len.div_ceil(BUF_ALIGN) * BUF_ALIGN
+            } else {
+                len
+            };
             debug_assert!(HEADROOM + ask <= BUF_SIZE);
             buf.kind = FrameKind::Data;
             buf.frame_start = HEADROOM - DATA_PREFIX_LEN - FRAME_HEADER_LEN;
             buf.frame_end = HEADROOM + len;
-            buf.reads.push(ReadOp { fd: c.fd.clone(), entry, file_off: offset, buf_off: HEADROOM, len, ask, done: 0 });
+            buf.reads.push(ReadOp {
+                fd: c.fd.clone(),
+                entry,
+                file_off: offset,
+                buf_off: HEADROOM,
+                len,
+                ask,
+                done: 0,
+            });
             // SAFETY: buffer b is Free, so nothing in flight touches it.
             let s = unsafe { ring.slab().slice_mut(b) };
             s[HEADROOM - DATA_PREFIX_LEN..HEADROOM - 8].copy_from_slice(&entry.0.to_le_bytes());
@@ -289,11 +348,22 @@ fn start_unit(
                 if size > 0 {
                     let fd = open_for_read(table, entry, false)?;
                     let len = size as usize;
-                    buf.reads.push(ReadOp { fd: Rc::new(fd), entry, file_off: 0, buf_off: pos, len, ask: len, done: 0 });
+                    buf.reads.push(ReadOp {
+                        fd: Rc::new(fd),
+                        entry,
+                        file_off: 0,
+                        buf_off: pos,
+                        len,
+                        ask: len,
+                        done: 0,
+                    });
                 }
                 pos += size as usize;
             }
-            assert!(pos <= BUF_SIZE, "batch overflows its buffer: plan and buffer size disagree");
+            assert!(
+                pos <= BUF_SIZE,
+                "batch overflows its buffer: plan and buffer size disagree"
+            );
             buf.frame_end = pos;
         }
     }
@@ -318,22 +388,35 @@ fn submit_read(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
     let n = (r.ask - r.done) as u32;
     let off = r.file_off + r.done as u64;
     let sqe = if ring.fixed {
-        opcode::ReadFixed::new(fd, dst, n, b as u16).offset(off).build()
+        opcode::ReadFixed::new(fd, dst, n, b as u16)
+            .offset(off)
+            .build()
     } else {
         opcode::Read::new(fd, dst, n).offset(off).build()
     };
     // SAFETY: dst is valid for n bytes until the CQE (see above); the fd is kept open by the Rc in
     // buf.reads, which is only cleared once all reads of the buffer completed.
-    unsafe { ring.push(&sqe.user_data(user_data(OP_READ, b, i))) }.ctx(|| "submitting read".to_string())
+    unsafe { ring.push(&sqe.user_data(user_data(OP_READ, b, i))) }
+        .ctx(|| "submitting read".to_string())
 }
 
 /// Handles a read completion; returns true when the buffer's last read finished.
-fn on_read(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, table: &SendTable) -> Result<bool> {
+fn on_read(
+    ring: &mut Uring,
+    buf: &mut Buf,
+    b: usize,
+    i: usize,
+    res: i32,
+    table: &SendTable,
+) -> Result<bool> {
     let r = &mut buf.reads[i];
     let path = || show(&table.paths[r.entry.index()]);
     if res < 0 {
         let e = std::io::Error::from_raw_os_error(-res);
-        return Err(Error::Io { context: format!("reading {}", path()), source: e });
+        return Err(Error::Io {
+            context: format!("reading {}", path()),
+            source: e,
+        });
     }
     if res == 0 && r.done < r.len {
         // EOF before the size the walk saw: the file shrank under us.
@@ -353,7 +436,12 @@ fn on_read(ring: &mut Uring, buf: &mut Buf, b: usize, i: usize, res: i32, table:
 
 /// Per-block hashes of a finished Data frame whose data starts on a block boundary: (entry,
 /// first block, hashes). The last block of a file may be short, as in the manifest.
-fn block_hashes(ring: &mut Uring, buf: &Buf, b: usize, table: &SendTable) -> Option<(EntryId, u64, Vec<u64>)> {
+fn block_hashes(
+    ring: &mut Uring,
+    buf: &Buf,
+    b: usize,
+    table: &SendTable,
+) -> Option<(EntryId, u64, Vec<u64>)> {
     const BLOCK: usize = super::manifest::BLOCK as usize;
     // SAFETY: the frame is finished (state Ready): no operation refers to buffer b until its
     // send is submitted, which happens after this returns.
@@ -366,8 +454,19 @@ fn block_hashes(ring: &mut Uring, buf: &Buf, b: usize, table: &SendTable) -> Opt
     // A short last block counts only at the end of the file (mid-file it would be a block
     // half data, half hole, whose hash covers all 4 KiB).
     let end = offset + data.len() as u64;
-    let whole = if data.len() % BLOCK != 0 && table.sizes.get(entry.index()) != Some(&end) { data.len() / BLOCK * BLOCK } else { data.len() };
-    Some((entry, offset / BLOCK as u64, data[..whole].chunks(BLOCK).map(xxhash_rust::xxh3::xxh3_64).collect()))
+    let whole = if data.len() % BLOCK != 0 && table.sizes.get(entry.index()) != Some(&end) {
+        data.len() / BLOCK * BLOCK
+    } else {
+        data.len()
+    };
+    Some((
+        entry,
+        offset / BLOCK as u64,
+        data[..whole]
+            .chunks(BLOCK)
+            .map(xxhash_rust::xxh3::xxh3_64)
+            .collect(),
+    ))
 }
 
 /// All reads are in: checksum the payload and write the header in front of it.

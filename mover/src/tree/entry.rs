@@ -22,12 +22,21 @@ pub const XATTR_PREFIX: &[u8] = b"user.";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Dir,
-    File { size: u64 },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Another name for the file entry `target` (which precedes it in the list).
-    HardLink { target: EntryId },
+    HardLink {
+        target: EntryId,
+    },
     /// FIFO, socket, character or block device: `file_type` is the S_IFMT bits.
-    Special { file_type: u32, rdev: u64 },
+    Special {
+        file_type: u32,
+        rdev: u64,
+    },
 }
 
 impl EntryKind {
@@ -103,7 +112,11 @@ pub enum StructureError {
     #[error("entry {id}: first entry must be the root directory with an empty name")]
     BadRoot { id: u32 },
     #[error("entry {id}: bad name {name:?}: {err}")]
-    BadName { id: u32, name: String, err: NameError },
+    BadName {
+        id: u32,
+        name: String,
+        err: NameError,
+    },
     #[error("entry {id}: parent {parent} is not an earlier directory")]
     BadParent { id: u32, parent: u32 },
     #[error("entry {id}: hard link target {target} is not an earlier regular file")]
@@ -166,7 +179,10 @@ impl StructureChecker {
         }
         if let EntryKind::HardLink { target } = e.kind {
             if target.0 >= id || self.kinds[target.index()] != (EntryKind::File { size: 0 }).tag() {
-                return Err(StructureError::BadLinkTarget { id, target: target.0 });
+                return Err(StructureError::BadLinkTarget {
+                    id,
+                    target: target.0,
+                });
             }
         }
         if !self.names.insert((p, e.name.clone())) {

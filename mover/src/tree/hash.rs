@@ -41,7 +41,10 @@ pub fn tree_hash(entries: &[Entry], opts: HashOptions) -> u128 {
         let m = &e.meta;
         // Symlink permission bits cannot be set on Linux and hard links share their target's
         // inode, so neither contributes mode of its own.
-        let has_mode = !matches!(e.kind, EntryKind::Symlink { .. } | EntryKind::HardLink { .. });
+        let has_mode = !matches!(
+            e.kind,
+            EntryKind::Symlink { .. } | EntryKind::HardLink { .. }
+        );
         h.update(&(if has_mode { m.mode } else { 0 }).to_le_bytes());
         if opts.owners {
             h.update(&m.uid.to_le_bytes());
@@ -63,14 +66,23 @@ pub fn tree_hash(entries: &[Entry], opts: HashOptions) -> u128 {
 /// Hash of every regular file's bytes, in entry order (holes read as zeros). Reads everything:
 /// meant for tests, the demo and `mover hash --content`, not for the data path.
 pub fn content_hash(root: &Path, entries: &[Entry], paths: &[Vec<u8>]) -> Result<u128> {
-    let root_fd = rustix::fs::open(root, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
-        .ctx(|| format!("opening {}", root.display()))?;
+    let root_fd = rustix::fs::open(
+        root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .ctx(|| format!("opening {}", root.display()))?;
     let mut h = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     for (e, p) in entries.iter().zip(paths) {
         if let EntryKind::File { .. } = e.kind {
-            let fd = crate::beneath::open_file(root_fd.as_fd(), p, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())
-                .ctx(|| format!("opening {}", show(p)))?;
+            let fd = crate::beneath::open_file(
+                root_fd.as_fd(),
+                p,
+                rustix::fs::OFlags::RDONLY,
+                rustix::fs::Mode::empty(),
+            )
+            .ctx(|| format!("opening {}", show(p)))?;
             let mut f = std::fs::File::from(fd);
             let mut fh = Xxh3::new();
             loop {
@@ -87,9 +99,17 @@ pub fn content_hash(root: &Path, entries: &[Entry], paths: &[Vec<u8>]) -> Result
 }
 
 /// Tree hash and (optionally) content hash of a directory, as `mover hash` prints them.
-pub fn hash_dir(root: &Path, opts: HashOptions, content: bool) -> Result<(u128, Option<u128>, usize)> {
+pub fn hash_dir(
+    root: &Path,
+    opts: HashOptions,
+    content: bool,
+) -> Result<(u128, Option<u128>, usize)> {
     let w = super::walk::walk(root, true)?;
     let t = tree_hash(&w.entries, opts);
-    let c = if content { Some(content_hash(root, &w.entries, &w.paths)?) } else { None };
+    let c = if content {
+        Some(content_hash(root, &w.entries, &w.paths)?)
+    } else {
+        None
+    };
     Ok((t, c, w.entries.len()))
 }

@@ -42,14 +42,25 @@ pub struct FileId {
 }
 
 pub fn file_id(st: &Stat, btime: (i64, u32)) -> FileId {
-    FileId { dev: st.st_dev, ino: st.st_ino, ctime_sec: st.st_ctime, ctime_nsec: st.st_ctime_nsec as u32, btime }
+    FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        ctime_sec: st.st_ctime,
+        ctime_nsec: st.st_ctime_nsec as u32,
+        btime,
+    }
 }
 
 /// `stat` of `name` in `dir` without following it, by statx so the birth time comes in the same
 /// call.
 pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(Stat, (i64, u32))> {
     use rustix::fs::{statx, StatxFlags};
-    let x = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS | StatxFlags::BTIME)?;
+    let x = statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
     // SAFETY: Stat is a plain C struct of integers, for which all-zero is a valid value; every
     // field the walk reads is set below.
     let mut st: Stat = unsafe { std::mem::zeroed() };
@@ -68,7 +79,11 @@ pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(St
     st.st_ctime_nsec = x.stx_ctime.tv_nsec as _;
     st.st_atime = x.stx_atime.tv_sec as _;
     st.st_atime_nsec = x.stx_atime.tv_nsec as _;
-    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 { (x.stx_btime.tv_sec, x.stx_btime.tv_nsec) } else { (0, 0) };
+    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        (x.stx_btime.tv_sec, x.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
     Ok((st, btime))
 }
 
@@ -143,7 +158,11 @@ impl Walked {
     /// Entry `i` still has the size, mtime and ctime the walk saw: nothing wrote to it since.
     pub fn unchanged_since(&self, i: usize, st: &Stat) -> bool {
         let (e, id) = (&self.entries[i], &self.ids[i]);
-        let size = if let EntryKind::File { size } = e.kind { size } else { st.st_size as u64 };
+        let size = if let EntryKind::File { size } = e.kind {
+            size
+        } else {
+            st.st_size as u64
+        };
         st.st_size as u64 == size
             && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
             && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec)
@@ -151,15 +170,23 @@ impl Walked {
 }
 
 pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
-    let root_fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("opening source directory {}", root.display()))?;
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening source directory {}", root.display()))?;
     walk_fd(root_fd.as_fd(), xattrs)
 }
 
 pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
     let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
-    let root_x = if xattrs { read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())? } else { Vec::new() };
+    let root_x = if xattrs {
+        read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())?
+    } else {
+        Vec::new()
+    };
     let mut names = read_names(root_fd.as_fd(), b"")?;
     // The receiver's own state is never part of a tree (a replica can be a source in turn).
     names.retain(|n| n.as_slice() != crate::receiver::state::STATE_DIR);
@@ -180,16 +207,29 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let mut frags: Vec<Option<Result<Fragment>>> = (0..names.len()).map(|_| None).collect();
     for (i, r) in results.into_iter().flatten() {
         frags[i] = Some(r);
     }
 
-    let mut w = Walked { entries: Vec::new(), paths: Vec::new(), ids: Vec::new() };
+    let mut w = Walked {
+        entries: Vec::new(),
+        paths: Vec::new(),
+        ids: Vec::new(),
+    };
     let mut keys: Vec<Option<(u64, u64)>> = Vec::new();
-    w.entries.push(Entry { parent: EntryId::ROOT, name: Vec::new(), kind: EntryKind::Dir, meta: meta_of(&st), xattrs: root_x });
+    w.entries.push(Entry {
+        parent: EntryId::ROOT,
+        name: Vec::new(),
+        kind: EntryKind::Dir,
+        meta: meta_of(&st),
+        xattrs: root_x,
+    });
     w.paths.push(Vec::new());
     w.ids.push(file_id(&st, (0, 0)));
     keys.push(None);
@@ -197,8 +237,16 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
         let f = f.ok_or_else(|| Error::Usage("a walker thread panicked".into()))??;
         let base = w.entries.len() as u32;
         w.ids.extend(f.ids);
-        for (mut e, (p, k)) in f.entries.into_iter().zip(f.paths.into_iter().zip(f.link_keys)) {
-            e.parent = if w.entries.len() as u32 == base { EntryId::ROOT } else { EntryId(base + e.parent.0) };
+        for (mut e, (p, k)) in f
+            .entries
+            .into_iter()
+            .zip(f.paths.into_iter().zip(f.link_keys))
+        {
+            e.parent = if w.entries.len() as u32 == base {
+                EntryId::ROOT
+            } else {
+                EntryId(base + e.parent.0)
+            };
             w.entries.push(e);
             w.paths.push(p);
             keys.push(k);
@@ -225,7 +273,12 @@ fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fra
     let mut stack: Vec<Frame> = Vec::new();
     if let Some(fd) = visit(parent, name.to_vec(), EntryId(0), &[], &mut f, xattrs)? {
         let names = read_names(fd.as_fd(), &f.paths[0])?;
-        stack.push(Frame { fd, id: EntryId(0), names, next: 0 });
+        stack.push(Frame {
+            fd,
+            id: EntryId(0),
+            names,
+            next: 0,
+        });
     }
     loop {
         let depth = stack.len();
@@ -238,20 +291,35 @@ fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fra
         top.next += 1;
         let pid = top.id;
         if depth >= MAX_DEPTH {
-            return Err(Error::Usage(format!("{}: deeper than {MAX_DEPTH} directories", show(&f.paths[pid.index()]))));
+            return Err(Error::Usage(format!(
+                "{}: deeper than {MAX_DEPTH} directories",
+                show(&f.paths[pid.index()])
+            )));
         }
         let parent_path = f.paths[pid.index()].clone();
         if let Some(fd) = visit(top.fd.as_fd(), name, pid, &parent_path, &mut f, xattrs)? {
             let id = EntryId(f.entries.len() as u32 - 1);
             let names = read_names(fd.as_fd(), &f.paths[id.index()])?;
-            stack.push(Frame { fd, id, names, next: 0 });
+            stack.push(Frame {
+                fd,
+                id,
+                names,
+                next: 0,
+            });
         }
     }
     Ok(f)
 }
 
 /// Records entry `name` of directory `dirfd`; returns an open fd if it is a directory.
-fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u8], f: &mut Fragment, xattrs: bool) -> Result<Option<OwnedFd>> {
+fn visit(
+    dirfd: BorrowedFd<'_>,
+    name: Vec<u8>,
+    parent: EntryId,
+    parent_path: &[u8],
+    f: &mut Fragment,
+    xattrs: bool,
+) -> Result<Option<OwnedFd>> {
     let path = join(parent_path, &name);
     let (st, btime) = match stat_nofollow(dirfd, name.as_slice()) {
         Ok(x) => x,
@@ -263,21 +331,31 @@ fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u
     let mut child: Option<OwnedFd> = None;
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {
-            child = Some(open_subdir(dirfd, &name).ctx(|| format!("opening directory {}", show(&path)))?);
+            child = Some(
+                open_subdir(dirfd, &name).ctx(|| format!("opening directory {}", show(&path)))?,
+            );
             EntryKind::Dir
         }
         FileType::RegularFile => {
             if st.st_nlink > 1 {
                 key = Some((st.st_dev, st.st_ino));
             }
-            EntryKind::File { size: st.st_size as u64 }
+            EntryKind::File {
+                size: st.st_size as u64,
+            }
         }
         FileType::Symlink => {
-            let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new()).ctx(|| format!("readlink {}", show(&path)))?;
-            EntryKind::Symlink { target: t.into_bytes() }
+            let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new())
+                .ctx(|| format!("readlink {}", show(&path)))?;
+            EntryKind::Symlink {
+                target: t.into_bytes(),
+            }
         }
         FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
-            EntryKind::Special { file_type: st.st_mode & libc::S_IFMT, rdev: st.st_rdev }
+            EntryKind::Special {
+                file_type: st.st_mode & libc::S_IFMT,
+                rdev: st.st_rdev,
+            }
         }
         FileType::Unknown => return Ok(None),
     };
@@ -287,7 +365,13 @@ fn visit(dirfd: BorrowedFd<'_>, name: Vec<u8>, parent: EntryId, parent_path: &[u
         }
         _ => Vec::new(),
     };
-    f.entries.push(Entry { parent, name, kind, meta: meta_of(&st), xattrs: xa });
+    f.entries.push(Entry {
+        parent,
+        name,
+        kind,
+        meta: meta_of(&st),
+        xattrs: xa,
+    });
     f.paths.push(path);
     f.link_keys.push(key);
     f.ids.push(file_id(&st, btime));

@@ -17,7 +17,11 @@ pub enum On<'a> {
 /// listxattrat(2), Linux 6.13+: lists by (dirfd, name) without resolving a /proc path.
 /// Returns None where the kernel lacks it (ENOSYS) so the caller falls back.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn listxattrat(dir: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> Option<rustix::io::Result<usize>> {
+fn listxattrat(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    buf: &mut [u8],
+) -> Option<rustix::io::Result<usize>> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Same number on x86_64 and the generic table (aarch64).
@@ -42,7 +46,11 @@ fn listxattrat(dir: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> Option<rusti
     if r >= 0 {
         return Some(Ok(r as usize));
     }
-    let errno = rustix::io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    let errno = rustix::io::Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    );
     if errno == rustix::io::Errno::NOSYS {
         MISSING.store(true, Ordering::Relaxed);
         return None;
@@ -61,25 +69,36 @@ impl On<'_> {
             On::Fd(fd) => rustix::fs::flistxattr(fd, buf),
             On::At(dir, name) => match listxattrat(dir, name, buf) {
                 Some(r) => r,
-                None => rustix::fs::llistxattr(crate::beneath::proc_path(dir, name).as_slice(), buf),
+                None => {
+                    rustix::fs::llistxattr(crate::beneath::proc_path(dir, name).as_slice(), buf)
+                }
             },
         }
     }
     fn get(self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
         match self {
-            On::At(dir, n) => rustix::fs::lgetxattr(crate::beneath::proc_path(dir, n).as_slice(), name, buf),
+            On::At(dir, n) => {
+                rustix::fs::lgetxattr(crate::beneath::proc_path(dir, n).as_slice(), name, buf)
+            }
             On::Fd(fd) => rustix::fs::fgetxattr(fd, name, buf),
         }
     }
     fn set(self, name: &[u8], v: &[u8]) -> rustix::io::Result<()> {
         match self {
-            On::At(dir, n) => rustix::fs::lsetxattr(crate::beneath::proc_path(dir, n).as_slice(), name, v, rustix::fs::XattrFlags::empty()),
+            On::At(dir, n) => rustix::fs::lsetxattr(
+                crate::beneath::proc_path(dir, n).as_slice(),
+                name,
+                v,
+                rustix::fs::XattrFlags::empty(),
+            ),
             On::Fd(fd) => rustix::fs::fsetxattr(fd, name, v, rustix::fs::XattrFlags::empty()),
         }
     }
     fn remove(self, name: &[u8]) -> rustix::io::Result<()> {
         match self {
-            On::At(dir, n) => rustix::fs::lremovexattr(crate::beneath::proc_path(dir, n).as_slice(), name),
+            On::At(dir, n) => {
+                rustix::fs::lremovexattr(crate::beneath::proc_path(dir, n).as_slice(), name)
+            }
             On::Fd(fd) => rustix::fs::fremovexattr(fd, name),
         }
     }
@@ -112,7 +131,9 @@ pub fn read_user_xattrs(on: On<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
             continue;
         }
         if out.len() == MAX_XATTRS_PER_ENTRY {
-            return Err(io::Error::other(format!("more than {MAX_XATTRS_PER_ENTRY} user xattrs")));
+            return Err(io::Error::other(format!(
+                "more than {MAX_XATTRS_PER_ENTRY} user xattrs"
+            )));
         }
         let mut val = vec![0u8; MAX_XATTR_VALUE];
         let len = match on.get(name, &mut val[..]) {

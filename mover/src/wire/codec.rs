@@ -62,7 +62,10 @@ impl<'a> Dec<'a> {
     }
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.remaining() < n {
-            return Err(WireError::Truncated { needed: n, available: self.remaining() });
+            return Err(WireError::Truncated {
+                needed: n,
+                available: self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -96,7 +99,11 @@ impl<'a> Dec<'a> {
     pub fn bytes(&mut self, limit: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         let n = self.u32()? as usize;
         if n > limit {
-            return Err(WireError::FieldTooLong { field: what, len: n, limit });
+            return Err(WireError::FieldTooLong {
+                field: what,
+                len: n,
+                limit,
+            });
         }
         self.take(n)
     }
@@ -104,7 +111,9 @@ impl<'a> Dec<'a> {
     /// on the layout, which must not be silently ignored.
     pub fn finish(&self) -> Result<(), WireError> {
         if self.remaining() != 0 {
-            return Err(WireError::TrailingBytes { extra: self.remaining() });
+            return Err(WireError::TrailingBytes {
+                extra: self.remaining(),
+            });
         }
         Ok(())
     }

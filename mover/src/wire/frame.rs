@@ -78,8 +78,15 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// Header for `payload`, computing its checksum.
     pub fn for_payload(kind: FrameKind, payload: &[u8]) -> FrameHeader {
-        assert!(payload.len() <= MAX_FRAME_PAYLOAD, "payload over MAX_FRAME_PAYLOAD");
-        FrameHeader { kind, len: payload.len() as u32, checksum: frame_checksum(kind, payload) }
+        assert!(
+            payload.len() <= MAX_FRAME_PAYLOAD,
+            "payload over MAX_FRAME_PAYLOAD"
+        );
+        FrameHeader {
+            kind,
+            len: payload.len() as u32,
+            checksum: frame_checksum(kind, payload),
+        }
     }
 
     pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
@@ -99,20 +106,34 @@ impl FrameHeader {
         }
         let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         if len as usize > MAX_FRAME_PAYLOAD {
-            return Err(WireError::FrameTooLarge { len: len as usize, limit: MAX_FRAME_PAYLOAD });
+            return Err(WireError::FrameTooLarge {
+                len: len as usize,
+                limit: MAX_FRAME_PAYLOAD,
+            });
         }
         let checksum = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
-        Ok(FrameHeader { kind, len, checksum })
+        Ok(FrameHeader {
+            kind,
+            len,
+            checksum,
+        })
     }
 
     /// Verifies `payload` against the header: length and xxh3 checksum.
     pub fn verify(&self, payload: &[u8]) -> Result<(), WireError> {
         if payload.len() != self.len as usize {
-            return Err(WireError::Truncated { needed: self.len as usize, available: payload.len() });
+            return Err(WireError::Truncated {
+                needed: self.len as usize,
+                available: payload.len(),
+            });
         }
         let actual = frame_checksum(self.kind, payload);
         if actual != self.checksum {
-            return Err(WireError::ChecksumMismatch { kind: self.kind, expected: self.checksum, actual });
+            return Err(WireError::ChecksumMismatch {
+                kind: self.kind,
+                expected: self.checksum,
+                actual,
+            });
         }
         Ok(())
     }
@@ -123,14 +144,20 @@ impl FrameHeader {
 /// streaming readers use `FrameHeader::decode` + `verify` directly on their buffers.
 pub fn decode_frame(buf: &[u8]) -> Result<(FrameHeader, &[u8], usize), WireError> {
     if buf.len() < FRAME_HEADER_LEN {
-        return Err(WireError::Truncated { needed: FRAME_HEADER_LEN, available: buf.len() });
+        return Err(WireError::Truncated {
+            needed: FRAME_HEADER_LEN,
+            available: buf.len(),
+        });
     }
     let mut h = [0u8; FRAME_HEADER_LEN];
     h.copy_from_slice(&buf[..FRAME_HEADER_LEN]);
     let header = FrameHeader::decode(&h)?;
     let end = FRAME_HEADER_LEN + header.len as usize;
     if buf.len() < end {
-        return Err(WireError::Truncated { needed: end, available: buf.len() });
+        return Err(WireError::Truncated {
+            needed: end,
+            available: buf.len(),
+        });
     }
     let payload = &buf[FRAME_HEADER_LEN..end];
     header.verify(payload)?;

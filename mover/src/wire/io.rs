@@ -10,18 +10,22 @@ use crate::transport::Connection;
 /// Writes one frame; returns the bytes put on the wire.
 pub fn write_frame(c: &mut dyn Connection, kind: FrameKind, payload: &[u8]) -> Result<u64> {
     let h = FrameHeader::for_payload(kind, payload).encode();
-    c.send_all(&h).ctx(|| format!("sending {kind:?} frame header"))?;
-    c.send_all(payload).ctx(|| format!("sending {kind:?} frame"))?;
+    c.send_all(&h)
+        .ctx(|| format!("sending {kind:?} frame header"))?;
+    c.send_all(payload)
+        .ctx(|| format!("sending {kind:?} frame"))?;
     Ok((FRAME_HEADER_LEN + payload.len()) as u64)
 }
 
 /// Reads one frame into `buf` (resized to the payload) after checking its header and checksum.
 pub fn read_frame(c: &mut dyn Connection, buf: &mut Vec<u8>) -> Result<FrameHeader> {
     let mut h = [0u8; FRAME_HEADER_LEN];
-    c.recv_exact(&mut h).ctx(|| "reading frame header (peer closed or timed out)".to_string())?;
+    c.recv_exact(&mut h)
+        .ctx(|| "reading frame header (peer closed or timed out)".to_string())?;
     let header = FrameHeader::decode(&h)?;
     buf.resize(header.len as usize, 0);
-    c.recv_exact(buf).ctx(|| format!("reading {:?} frame of {} bytes", header.kind, header.len))?;
+    c.recv_exact(buf)
+        .ctx(|| format!("reading {:?} frame of {} bytes", header.kind, header.len))?;
     header.verify(buf)?;
     Ok(header)
 }
@@ -33,7 +37,11 @@ pub fn expect_frame(c: &mut dyn Connection, kind: FrameKind, buf: &mut Vec<u8>) 
         return Err(Error::Peer(decode_message(buf)?));
     }
     if h.kind != kind {
-        return Err(WireError::Unexpected { expected: kind, got: h.kind }.into());
+        return Err(WireError::Unexpected {
+            expected: kind,
+            got: h.kind,
+        }
+        .into());
     }
     Ok(())
 }

@@ -81,7 +81,12 @@ pub enum Hint {
     Rename { entry: EntryId, from: Vec<u8> },
     /// This large file was `base_size` bytes with mtime `base_mtime` in the recovery point;
     /// only `ranges` (sorted, disjoint, inside the new size) differ.
-    Delta { entry: EntryId, base_size: u64, base_mtime: (i64, u32), ranges: Vec<(u64, u64)> },
+    Delta {
+        entry: EntryId,
+        base_size: u64,
+        base_mtime: (i64, u32),
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
 /// Longest rename source path a hint may carry.
@@ -109,7 +114,9 @@ impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u32(MAGIC).u16(self.min_version).u16(self.max_version);
-        e.bytes(self.software.as_bytes()).u64(self.capabilities).u128(self.session.0);
+        e.bytes(self.software.as_bytes())
+            .u64(self.capabilities)
+            .u128(self.session.0);
         match self.role {
             Role::Control { workers } => e.u8(0).u16(workers),
             Role::Worker { index } => e.u8(1).u16(index.0),
@@ -129,18 +136,30 @@ impl Hello {
         let session = SessionId(d.u128()?);
         let role = match (d.u8()?, d.u16()?) {
             (0, w) if (1..=MAX_WORKERS).contains(&w) => Role::Control { workers: w },
-            (1, i) if i < MAX_WORKERS => Role::Worker { index: WorkerIndex(i) },
+            (1, i) if i < MAX_WORKERS => Role::Worker {
+                index: WorkerIndex(i),
+            },
             (r, n) => return Err(WireError::BadRole { role: r, n }),
         };
         d.finish()?;
-        Ok(Hello { min_version, max_version, software, capabilities, session, role })
+        Ok(Hello {
+            min_version,
+            max_version,
+            software,
+            capabilities,
+            session,
+            role,
+        })
     }
 }
 
 impl HelloAck {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(MAGIC).u16(self.version).bytes(self.software.as_bytes()).u64(self.capabilities);
+        e.u32(MAGIC)
+            .u16(self.version)
+            .bytes(self.software.as_bytes())
+            .u64(self.capabilities);
         e.u128(self.recovery_point).u8(self.job_pending as u8);
         e.buf
     }
@@ -156,7 +175,13 @@ impl HelloAck {
         let recovery_point = d.u128()?;
         let job_pending = d.u8()? != 0;
         d.finish()?;
-        Ok(HelloAck { version, software, capabilities, recovery_point, job_pending })
+        Ok(HelloAck {
+            version,
+            software,
+            capabilities,
+            recovery_point,
+            job_pending,
+        })
     }
 }
 
@@ -191,9 +216,15 @@ pub fn decode_message(p: &[u8]) -> Result<String, WireError> {
 
 /// Appends one entry to an Entries payload.
 pub fn encode_entry(e: &mut Enc, entry: &Entry) {
-    e.u32(entry.parent.0).bytes(&entry.name).u8(entry.kind.tag());
+    e.u32(entry.parent.0)
+        .bytes(&entry.name)
+        .u8(entry.kind.tag());
     let m = &entry.meta;
-    e.u32(m.mode).u32(m.uid).u32(m.gid).i64(m.mtime_sec).u32(m.mtime_nsec);
+    e.u32(m.mode)
+        .u32(m.uid)
+        .u32(m.gid)
+        .i64(m.mtime_sec)
+        .u32(m.mtime_nsec);
     match &entry.kind {
         EntryKind::Dir => {}
         EntryKind::File { size } => {
@@ -232,46 +263,73 @@ pub fn decode_entries(p: &[u8]) -> Result<Vec<Entry>, WireError> {
             mtime_nsec: d.u32()?,
         };
         if meta.mode & !0o7777 != 0 || meta.mtime_nsec >= 1_000_000_000 {
-            return Err(WireError::BadField { field: "mode or mtime" });
+            return Err(WireError::BadField {
+                field: "mode or mtime",
+            });
         }
         // -1 means "leave unchanged" to chown(2); it is never a real owner.
         if meta.uid == u32::MAX || meta.gid == u32::MAX {
-            return Err(WireError::BadField { field: "uid or gid" });
+            return Err(WireError::BadField {
+                field: "uid or gid",
+            });
         }
         let kind = match tag {
             1 => EntryKind::Dir,
             2 => EntryKind::File { size: d.u64()? },
-            3 => EntryKind::Symlink { target: d.bytes(MAX_SYMLINK_TARGET, "symlink target")?.to_vec() },
-            4 => EntryKind::HardLink { target: EntryId(d.u32()?) },
+            3 => EntryKind::Symlink {
+                target: d.bytes(MAX_SYMLINK_TARGET, "symlink target")?.to_vec(),
+            },
+            4 => EntryKind::HardLink {
+                target: EntryId(d.u32()?),
+            },
             5 => {
                 let file_type = d.u32()?;
                 let ok = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
                 if !ok.contains(&file_type) {
-                    return Err(WireError::BadField { field: "special file type" });
+                    return Err(WireError::BadField {
+                        field: "special file type",
+                    });
                 }
-                EntryKind::Special { file_type, rdev: d.u64()? }
+                EntryKind::Special {
+                    file_type,
+                    rdev: d.u64()?,
+                }
             }
             other => return Err(WireError::BadEntryKind(other)),
         };
         if let EntryKind::Symlink { target } = &kind {
             if target.is_empty() || target.contains(&0) {
-                return Err(WireError::BadField { field: "symlink target" });
+                return Err(WireError::BadField {
+                    field: "symlink target",
+                });
             }
         }
         let n = d.u16()? as usize;
         if n > MAX_XATTRS_PER_ENTRY {
-            return Err(WireError::FieldTooLong { field: "xattr count", len: n, limit: MAX_XATTRS_PER_ENTRY });
+            return Err(WireError::FieldTooLong {
+                field: "xattr count",
+                len: n,
+                limit: MAX_XATTRS_PER_ENTRY,
+            });
         }
         let mut xattrs = Vec::with_capacity(n);
         for _ in 0..n {
             let k = d.bytes(MAX_XATTR_NAME, "xattr name")?.to_vec();
             let v = d.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();
             if !k.starts_with(XATTR_PREFIX) || k.len() == XATTR_PREFIX.len() || k.contains(&0) {
-                return Err(WireError::BadField { field: "xattr name" });
+                return Err(WireError::BadField {
+                    field: "xattr name",
+                });
             }
             xattrs.push((k, v));
         }
-        out.push(Entry { parent, name, kind, meta, xattrs });
+        out.push(Entry {
+            parent,
+            name,
+            kind,
+            meta,
+            xattrs,
+        });
     }
     Ok(out)
 }
@@ -296,7 +354,9 @@ pub fn decode_need(p: &[u8]) -> Result<(u32, bool, Vec<Need>), WireError> {
             0 => Ok(Need::Nothing),
             1 => Ok(Need::Full),
             2 => Ok(Need::Delta),
-            _ => Err(WireError::BadField { field: "need list value" }),
+            _ => Err(WireError::BadField {
+                field: "need list value",
+            }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((first, last, needs))
@@ -308,9 +368,23 @@ pub fn encode_hint(e: &mut Enc, h: &Hint) {
         Hint::Rename { entry, from } => {
             e.u8(1).u32(entry.0).bytes(from);
         }
-        Hint::Delta { entry, base_size, base_mtime, ranges } => {
-            assert!(ranges.len() <= MAX_DELTA_RANGES, "delta hint with {} ranges", ranges.len());
-            e.u8(2).u32(entry.0).u64(*base_size).i64(base_mtime.0).u32(base_mtime.1).u32(ranges.len() as u32);
+        Hint::Delta {
+            entry,
+            base_size,
+            base_mtime,
+            ranges,
+        } => {
+            assert!(
+                ranges.len() <= MAX_DELTA_RANGES,
+                "delta hint with {} ranges",
+                ranges.len()
+            );
+            e.u8(2)
+                .u32(entry.0)
+                .u64(*base_size)
+                .i64(base_mtime.0)
+                .u32(base_mtime.1)
+                .u32(ranges.len() as u32);
             for (o, l) in ranges {
                 e.u64(*o).u64(*l);
             }
@@ -344,21 +418,36 @@ pub fn decode_hints(p: &[u8]) -> Result<Vec<Hint>, WireError> {
                 let base_mtime = (d.i64()?, d.u32()?);
                 let n = d.u32()? as usize;
                 if n > MAX_DELTA_RANGES {
-                    return Err(WireError::FieldTooLong { field: "delta ranges", len: n, limit: MAX_DELTA_RANGES });
+                    return Err(WireError::FieldTooLong {
+                        field: "delta ranges",
+                        len: n,
+                        limit: MAX_DELTA_RANGES,
+                    });
                 }
                 let mut ranges = Vec::with_capacity(n.min(d.remaining() / 16));
                 let mut end = 0u64;
                 for _ in 0..n {
                     let (o, l) = (d.u64()?, d.u64()?);
                     if l == 0 || o < end || o.checked_add(l).is_none() {
-                        return Err(WireError::BadField { field: "delta range" });
+                        return Err(WireError::BadField {
+                            field: "delta range",
+                        });
                     }
                     end = o + l;
                     ranges.push((o, l));
                 }
-                out.push(Hint::Delta { entry, base_size, base_mtime, ranges });
+                out.push(Hint::Delta {
+                    entry,
+                    base_size,
+                    base_mtime,
+                    ranges,
+                });
             }
-            t => return Err(WireError::BadField { field: if t == 0 { "hint type 0" } else { "hint type" } }),
+            t => {
+                return Err(WireError::BadField {
+                    field: if t == 0 { "hint type 0" } else { "hint type" },
+                })
+            }
         }
     }
     Ok(out)
@@ -387,7 +476,11 @@ pub fn decode_batch(p: &[u8]) -> Result<Vec<(EntryId, std::ops::Range<usize>)>, 
     let mut d = Dec::new(p);
     let count = d.u32()? as usize;
     if count > MAX_BATCH_FILES {
-        return Err(WireError::FieldTooLong { field: "batch file count", len: count, limit: MAX_BATCH_FILES });
+        return Err(WireError::FieldTooLong {
+            field: "batch file count",
+            len: count,
+            limit: MAX_BATCH_FILES,
+        });
     }
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
@@ -417,7 +510,11 @@ pub fn decode_worker_done(p: &[u8]) -> Result<(u64, u64), WireError> {
 impl Commit {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u128(self.tree_hash).u128(self.content_digest).u64(self.data_frames).u64(self.data_bytes).i64(self.source_time_ns);
+        e.u128(self.tree_hash)
+            .u128(self.content_digest)
+            .u64(self.data_frames)
+            .u64(self.data_bytes)
+            .i64(self.source_time_ns);
         e.buf
     }
     pub fn decode(p: &[u8]) -> Result<Commit, WireError> {
@@ -437,7 +534,9 @@ impl Commit {
 impl Verified {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u8(self.ok as u8).u128(self.tree_hash).u128(self.recovery_point);
+        e.u8(self.ok as u8)
+            .u128(self.tree_hash)
+            .u128(self.recovery_point);
         let b = self.message.as_bytes();
         e.bytes(&b[..b.len().min(MAX_MESSAGE_LEN)]);
         e.buf
@@ -449,7 +548,12 @@ impl Verified {
         let recovery_point = d.u128()?;
         let message = string(&mut d, MAX_MESSAGE_LEN, "message")?;
         d.finish()?;
-        Ok(Verified { ok, message, tree_hash, recovery_point })
+        Ok(Verified {
+            ok,
+            message,
+            tree_hash,
+            recovery_point,
+        })
     }
 }
 
@@ -460,7 +564,11 @@ pub const MAX_EXPECT_RECORDS: usize = 65536;
 /// bytes each large file of the need list will receive, so the receiver can finish a file (set
 /// its metadata) the moment its last byte lands, and a resumed job skips finished files.
 pub fn encode_expect(last: bool, recs: &[(EntryId, u64)]) -> Vec<u8> {
-    assert!(recs.len() <= MAX_EXPECT_RECORDS, "expect frame of {} records", recs.len());
+    assert!(
+        recs.len() <= MAX_EXPECT_RECORDS,
+        "expect frame of {} records",
+        recs.len()
+    );
     let mut e = Enc::new();
     e.u8(last as u8).u32(recs.len() as u32);
     for (id, b) in recs {
@@ -474,7 +582,11 @@ pub fn decode_expect(p: &[u8]) -> Result<(bool, Vec<(EntryId, u64)>), WireError>
     let last = d.u8()? != 0;
     let n = d.u32()? as usize;
     if n > MAX_EXPECT_RECORDS {
-        return Err(WireError::FieldTooLong { field: "expect records", len: n, limit: MAX_EXPECT_RECORDS });
+        return Err(WireError::FieldTooLong {
+            field: "expect records",
+            len: n,
+            limit: MAX_EXPECT_RECORDS,
+        });
     }
     let mut out = Vec::with_capacity(n.min(d.remaining() / 12));
     for _ in 0..n {

@@ -19,9 +19,17 @@ pub enum WireError {
     #[error("truncated: needed {needed} bytes, {available} available")]
     Truncated { needed: usize, available: usize },
     #[error("checksum mismatch in {kind:?} frame: header says {expected:#018x}, payload hashes to {actual:#018x}")]
-    ChecksumMismatch { kind: FrameKind, expected: u64, actual: u64 },
+    ChecksumMismatch {
+        kind: FrameKind,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{field} is {len} long, over the limit of {limit}")]
-    FieldTooLong { field: &'static str, len: usize, limit: usize },
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("{extra} unexpected bytes after the end of the payload")]
     TrailingBytes { extra: usize },
     #[error("{field} is not UTF-8")]
@@ -31,7 +39,12 @@ pub enum WireError {
     #[error("bad role {role} / {n}")]
     BadRole { role: u8, n: u16 },
     #[error("no common protocol version: peer speaks {peer_min}..={peer_max}, we speak {ours_min}..={ours_max}")]
-    VersionMismatch { peer_min: u16, peer_max: u16, ours_min: u16, ours_max: u16 },
+    VersionMismatch {
+        peer_min: u16,
+        peer_max: u16,
+        ours_min: u16,
+        ours_max: u16,
+    },
     #[error("bad entry kind {0}")]
     BadEntryKind(u8),
     #[error("invalid {field}")]

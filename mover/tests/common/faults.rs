@@ -75,11 +75,15 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on 127.0.0.1:0 and forwards to `target`, which must be a loopback address.
     pub fn start(target: SocketAddr, faults: Vec<Fault>) -> FaultProxy {
-        assert!(target.ip().is_loopback(), "FaultProxy only forwards to loopback, not {target}");
+        assert!(
+            target.ip().is_loopback(),
+            "FaultProxy only forwards to loopback, not {target}"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let (byte_faults, conn_faults): (Vec<Fault>, Vec<Fault>) = faults.into_iter().partition(Fault::byte_based);
+        let (byte_faults, conn_faults): (Vec<Fault>, Vec<Fault>) =
+            faults.into_iter().partition(Fault::byte_based);
         let shared = Arc::new(Shared {
             target,
             stop: AtomicBool::new(false),
@@ -94,7 +98,11 @@ impl FaultProxy {
             .name("fault-proxy-accept".into())
             .spawn(move || accept_loop(sh, listener))
             .unwrap();
-        FaultProxy { addr, shared, accept: Some(accept) }
+        FaultProxy {
+            addr,
+            shared,
+            accept: Some(accept),
+        }
     }
 
     /// Client->server bytes forwarded so far, over all connections.
@@ -142,14 +150,20 @@ pub fn random_schedule(seed: u64, max_bytes: u64) -> Vec<Fault> {
         let mut idx = (splitmix64(&mut s) % 8) as usize;
         out.push(match kind {
             0 => Fault::Cut { after_bytes: bytes },
-            1 => Fault::Stall { after_bytes: bytes, for_ms: ms },
+            1 => Fault::Stall {
+                after_bytes: bytes,
+                for_ms: ms,
+            },
             _ => {
                 while used[idx] {
                     idx = (idx + 1) % 8;
                 }
                 used[idx] = true;
                 if kind == 2 {
-                    Fault::DelayConnect { conn_index: idx, ms }
+                    Fault::DelayConnect {
+                        conn_index: idx,
+                        ms,
+                    }
                 } else {
                     Fault::CloseEarly { conn_index: idx }
                 }
@@ -354,14 +368,20 @@ fn admit(sh: &Arc<Shared>, client: TcpStream) -> Option<JoinHandle<()>> {
     let id = st.next_id;
     st.next_id += 1;
     let epoch = st.epoch;
-    st.live.push(Live { id, client: tracked, server: None });
+    st.live.push(Live {
+        id,
+        client: tracked,
+        server: None,
+    });
     drop(st);
     let delay = Duration::from_millis(delay_ms.min(MAX_HOLD_MS));
     let sh2 = sh.clone();
-    let spawned = std::thread::Builder::new().name(format!("fault-proxy-conn{index}")).spawn(move || {
-        connection(&sh2, id, epoch, client, delay);
-        sh2.remove(id);
-    });
+    let spawned = std::thread::Builder::new()
+        .name(format!("fault-proxy-conn{index}"))
+        .spawn(move || {
+            connection(&sh2, id, epoch, client, delay);
+            sh2.remove(id);
+        });
     match spawned {
         Ok(h) => Some(h),
         Err(_) => {
@@ -411,7 +431,8 @@ fn connection(sh: &Shared, id: u64, epoch: u64, client: TcpStream, delay: Durati
         let _ = server.shutdown(Shutdown::Both);
         return;
     };
-    if client.set_read_timeout(Some(POLL)).is_err() || server.set_read_timeout(Some(POLL)).is_err() {
+    if client.set_read_timeout(Some(POLL)).is_err() || server.set_read_timeout(Some(POLL)).is_err()
+    {
         let _ = client.shutdown(Shutdown::Both);
         let _ = server.shutdown(Shutdown::Both);
         return;
@@ -439,7 +460,12 @@ fn pump(sh: &Shared, epoch: u64, mut from: TcpStream, mut to: TcpStream, upstrea
         let n = match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 continue
             }
             Err(_) => {

@@ -19,7 +19,11 @@ use std::thread::JoinHandle;
 pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
     let r = Receiver::bind(
         "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions { root: root.to_path_buf(), once: true, ..Default::default() },
+        ReceiveOptions {
+            root: root.to_path_buf(),
+            once: true,
+            ..Default::default()
+        },
         Arc::new(Progress::default()),
     )
     .expect("bind receiver");
@@ -29,14 +33,34 @@ pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
 }
 
 pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<SendReport> {
-    send(&SendOptions { src: src.to_path_buf(), to: addr, threads, direct: true, state: None, snapshot: None, session: None, id_map: None }, &Arc::new(Progress::default()))
+    send(
+        &SendOptions {
+            src: src.to_path_buf(),
+            to: addr,
+            threads,
+            direct: true,
+            state: None,
+            snapshot: None,
+            session: None,
+            id_map: None,
+        },
+        &Arc::new(Progress::default()),
+    )
 }
 
 /// A receiver that keeps serving sessions (so a retrying sender can resume); each session's
 /// report arrives on the channel. The thread ends with the test process.
 pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<SessionReport>) {
-    let r = Receiver::bind("127.0.0.1:0".parse().unwrap(), ReceiveOptions { root: root.to_path_buf(), once: false, ..Default::default() }, Arc::new(Progress::default()))
-        .expect("bind receiver");
+    let r = Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ReceiveOptions {
+            root: root.to_path_buf(),
+            once: false,
+            ..Default::default()
+        },
+        Arc::new(Progress::default()),
+    )
+    .expect("bind receiver");
     let addr = r.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -49,7 +73,16 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
 
 /// Sends with a state directory (manifest), so later jobs are incremental.
 pub fn send_state(src: &Path, addr: SocketAddr, state: &Path) -> mover::Result<SendReport> {
-    let opts = SendOptions { src: src.to_path_buf(), to: addr, threads: 2, direct: true, state: Some(state.to_path_buf()), snapshot: None, session: None, id_map: None };
+    let opts = SendOptions {
+        src: src.to_path_buf(),
+        to: addr,
+        threads: 2,
+        direct: true,
+        state: Some(state.to_path_buf()),
+        snapshot: None,
+        session: None,
+        id_map: None,
+    };
     send(&opts, &Arc::new(Progress::default()))
 }
 
@@ -63,7 +96,9 @@ pub fn replicate(src: &Path, dst: &Path, threads: usize) -> SendReport {
 }
 
 pub fn owners() -> HashOptions {
-    HashOptions { owners: rustix::process::geteuid().is_root() }
+    HashOptions {
+        owners: rustix::process::geteuid().is_root(),
+    }
 }
 
 /// Tree hash and content hash of both trees are equal.
@@ -98,7 +133,9 @@ impl CutProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(target) else { break };
+                let Ok(server) = TcpStream::connect(target) else {
+                    break;
+                };
                 conns.lock().unwrap().push(client.try_clone().unwrap());
                 conns.lock().unwrap().push(server.try_clone().unwrap());
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -107,11 +144,20 @@ impl CutProxy {
                 std::thread::spawn(move || pump(s2, c2, None));
             }
         });
-        CutProxy { addr, forwarded, stop }
+        CutProxy {
+            addr,
+            forwarded,
+            stop,
+        }
     }
 }
 
-type Budget = (Arc<AtomicU64>, u64, Arc<AtomicBool>, Arc<Mutex<Vec<TcpStream>>>);
+type Budget = (
+    Arc<AtomicU64>,
+    u64,
+    Arc<AtomicBool>,
+    Arc<Mutex<Vec<TcpStream>>>,
+);
 
 fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Budget>) {
     let mut buf = vec![0u8; 64 * 1024];
