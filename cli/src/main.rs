@@ -1,6 +1,8 @@
 //! `mover`: the one binary. Parses arguments, calls into the libraries, renders progress and
 //! results, maps errors to exit codes. No replication logic lives here.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod demo;
 mod exit;

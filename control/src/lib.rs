@@ -4,6 +4,8 @@
 //! checks); the daemon does the I/O. It runs the data plane's sender and receiver for jobs but
 //! never reads or writes file data itself.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod blackout;
 pub mod daemon;

@@ -1,6 +1,8 @@
 //! Hardware topology read from a sysfs tree (a parameter, so tests use fixture trees) and the
 //! plan that pins each data-plane worker to a CPU near the device it serves.
 
+#![forbid(unsafe_code)]
+
 mod affinity;
 mod cpulist;
 mod plan;

@@ -65,7 +65,8 @@ impl Slab {
     /// No io_uring operation that writes into buffer `i` may be in flight, and no `&mut` slice of
     /// it may be alive.
     pub unsafe fn slice(&self, i: usize) -> &[u8] {
-        std::slice::from_raw_parts(self.ptr(i), self.buf_size)
+        // SAFETY: the caller guarantees no writer; the range is inside the allocation.
+        unsafe { std::slice::from_raw_parts(self.ptr(i), self.buf_size) }
     }
 
     /// Buffer `i` as a mutable slice.
@@ -74,7 +75,8 @@ impl Slab {
     /// No io_uring operation on buffer `i` may be in flight, and no other slice of it may be alive.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, i: usize) -> &mut [u8] {
-        std::slice::from_raw_parts_mut(self.ptr(i), self.buf_size)
+        // SAFETY: the caller guarantees exclusive access; the range is inside the allocation.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(i), self.buf_size) }
     }
 
     fn iovecs(&self) -> Vec<libc::iovec> {
@@ -156,7 +158,8 @@ impl Uring {
     /// is returned by `reap`.
     pub unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
         loop {
-            if self.ring.submission().push(sqe).is_ok() {
+            // SAFETY: the caller keeps the entry's buffers and fds valid until its completion.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 self.inflight += 1;
                 return Ok(());
             }
