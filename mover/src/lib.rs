@@ -4,6 +4,7 @@
 
 pub mod beneath;
 pub mod churn;
+pub mod clock;
 pub mod durable;
 pub mod engine;
 pub mod error;
@@ -90,13 +91,7 @@ pub struct JobControl {
     budget_base: AtomicU64,
 }
 
-fn mono_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
-}
+use clock::mono_ns;
 
 impl JobControl {
     pub fn set_paused(&self, on: bool) {

@@ -92,13 +92,6 @@ impl RecoveryPoint {
     }
 }
 
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 fn entries_name(id: RecoveryPointId) -> String {
     format!("rp-{id}.entries")
 }

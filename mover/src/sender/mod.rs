@@ -162,7 +162,7 @@ fn connect(
 
 pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> {
     let start = Instant::now();
-    let source_time_ns = crate::receiver::state::now_ns();
+    let source_time_ns = crate::clock::now_ns();
     crate::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
     let provider = opts
