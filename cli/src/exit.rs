@@ -1,9 +1,13 @@
 //! Exit codes that mean something to scripts (listed in `mover --help`).
 
 use crate::api::ApiError;
+use mover::wire::message::ErrorCode;
 use mover::Error;
 
 pub const UNEXPECTED: i32 = 1;
+/// Arguments that cannot work here (clap also exits 2 for bad syntax), such as a snapshot
+/// provider the file system does not have.
+pub const USAGE: i32 = 2;
 pub const VERIFY: i32 = 3;
 pub const PROTOCOL: i32 = 4;
 pub const IO: i32 = 5;
@@ -16,6 +20,12 @@ pub const NOT_FOUND: i32 = 8;
 pub const REFUSED: i32 = 9;
 /// The daemon could not be reached, failed (5xx) or could not reach its peer (502).
 pub const DAEMON: i32 = 10;
+/// The target file system is full; the receiver reverted the job to its last recovery point.
+pub const TARGET_FULL: i32 = 11;
+/// The destination is in use by another receiver, or the receiver is busy with a session.
+pub const BUSY: i32 = 12;
+/// The destination's state (recovery point, journal) cannot be used or undone as recorded.
+pub const STATE: i32 = 13;
 
 /// A receive session that ended without verifying; carries the session's error text.
 #[derive(Debug)]
@@ -36,12 +46,32 @@ pub fn code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<SessionFailed>().is_some() {
         return VERIFY;
     }
-    match e.downcast_ref::<Error>() {
-        Some(Error::Verify(_)) => VERIFY,
-        Some(Error::Wire(_) | Error::Structure(_) | Error::Peer(_)) => PROTOCOL,
-        Some(Error::Io { .. }) => IO,
-        Some(Error::SourceChanged(_)) => SOURCE_CHANGED,
-        Some(Error::Usage(_) | Error::Cancelled(_)) | None => UNEXPECTED,
+    let Some(e) = e.downcast_ref::<Error>() else {
+        return UNEXPECTED;
+    };
+    match e {
+        Error::Verify(_) => VERIFY,
+        Error::Peer {
+            code: ErrorCode::DiskFull,
+            ..
+        } => TARGET_FULL,
+        Error::Busy(_)
+        | Error::Peer {
+            code: ErrorCode::Busy,
+            ..
+        } => BUSY,
+        Error::Wire(_)
+        | Error::Structure(_)
+        | Error::Peer { .. }
+        | Error::Refused { .. }
+        | Error::PeerLost(_) => PROTOCOL,
+        Error::Io { .. } => IO,
+        Error::SourceChanged(_) => SOURCE_CHANGED,
+        Error::Corrupt(_) | Error::Revert(_) => STATE,
+        Error::Unsupported(_) => USAGE,
+        Error::Limit(_) | Error::Pinning { .. } | Error::Panicked(_) | Error::Cancelled(_) => {
+            UNEXPECTED
+        }
     }
 }
 
@@ -121,6 +151,29 @@ mod tests {
             ),
             DAEMON
         );
+    }
+
+    #[test]
+    fn data_plane_errors_map_to_their_exit_codes() {
+        let peer = |code| Error::Peer {
+            code,
+            message: "m".into(),
+        };
+        let cases: Vec<(Error, i32)> = vec![
+            (peer(ErrorCode::DiskFull), TARGET_FULL),
+            (peer(ErrorCode::Busy), BUSY),
+            (peer(ErrorCode::Other), PROTOCOL),
+            (Error::Busy("root in use".into()), BUSY),
+            (Error::Verify("v".into()), VERIFY),
+            (Error::SourceChanged("s".into()), SOURCE_CHANGED),
+            (Error::Corrupt("c".into()), STATE),
+            (Error::Unsupported("u".into()), USAGE),
+            (Error::PeerLost("p".into()), PROTOCOL),
+        ];
+        for (e, c) in cases {
+            let shown = e.to_string();
+            assert_eq!(code(&anyhow::Error::from(e)), c, "{shown}");
+        }
     }
 
     #[test]

@@ -42,7 +42,9 @@ mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/dat
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
 5 I/O error, 6 source changed while being read, 7 not permitted by the daemon (401/403 or no token), \
 8 not found (404), 9 refused as invalid or conflicting (400/409), 10 daemon unreachable or failed \
-(connection error, 5xx, 502 peer unreachable)."
+(connection error, 5xx, 502 peer unreachable), 11 target file system full (the job was reverted), \
+12 destination busy (another receiver or session), 13 destination state unusable (corrupt \
+recovery point or journal)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -119,3 +119,50 @@ pub fn open_root(root: &std::path::Path, what: &str) -> crate::error::Result<Own
     )
     .ctx(|| format!("opening {what} {}", root.display()))
 }
+
+/// Names in directory `fd` except `.` and `..`, sorted by bytes.
+pub fn dir_names(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<Vec<u8>>> {
+    let mut dir = rustix::fs::Dir::read_from(fd)?;
+    let mut names = Vec::new();
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// `name` in `dir`, not following a final symlink; None if there is nothing there.
+pub fn stat_opt(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `name` in `dir`, recursively for directories, never following symlinks.
+pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> rustix::io::Result<u64> {
+    let st = match stat_opt(dir, name)? {
+        Some(s) => s,
+        None => return Ok(0),
+    };
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty())?;
+        return Ok(1);
+    }
+    if depth > crate::tree::entry::MAX_DEPTH {
+        return Err(rustix::io::Errno::LOOP);
+    }
+    let sub = open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
+    let mut removed = 0;
+    for n in dir_names(sub.as_fd())? {
+        removed += remove_any(sub.as_fd(), &n, depth + 1)?;
+    }
+    rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::REMOVEDIR)?;
+    Ok(removed + 1)
+}

@@ -539,9 +539,7 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<u64> {
     let sub = open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
         .ctx(|| format!("opening {}", show(name)))?;
     let mut n = 1;
-    for child in
-        crate::tree::walk::dir_names(sub.as_fd()).ctx(|| format!("reading {}", show(name)))?
-    {
+    for child in crate::beneath::dir_names(sub.as_fd()).ctx(|| format!("reading {}", show(name)))? {
         n += remove_tree(sub.as_fd(), &child)?;
     }
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)

@@ -6,7 +6,7 @@
 use crate::error::{IoContext, Result};
 use rustix::fs::{Mode, OFlags};
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// Longest record a log accepts; a longer length field means a torn or foreign file.
 pub const MAX_RECORD: usize = 4 * 1024 * 1024;
@@ -152,15 +152,12 @@ impl Log {
     pub fn sync(&mut self) -> Result<()> {
         self.file.sync_data().ctx(|| format!("fsync {}", self.name))
     }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn torn_tail_is_ignored_and_trimmed() {

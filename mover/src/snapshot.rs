@@ -71,7 +71,7 @@ impl Drop for Frozen {
         let r = match self.cleanup.take() {
             Some(Cleanup::Subvolume { parent, name }) => btrfs_destroy(parent.as_fd(), &name),
             Some(Cleanup::Tree { parent, name }) => {
-                crate::receiver::apply::remove_any(parent.as_fd(), name.as_bytes(), 0)
+                crate::beneath::remove_any(parent.as_fd(), name.as_bytes(), 0)
                     .map(|_| ())
                     .map_err(std::io::Error::from)
             }
@@ -167,7 +167,7 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
     match provider {
         Provider::Btrfs => {
             if !is_btrfs_subvolume(src) {
-                return Err(Error::Usage(format!(
+                return Err(Error::Unsupported(format!(
                     "{} is not a btrfs subvolume: use --snapshot reflink or plain",
                     src.display()
                 )));
@@ -306,7 +306,7 @@ fn clone_tree(
         let ddir =
             beneath::open_dir(dst, &rel).ctx(|| format!("opening clone of {}", show(&rel)))?;
         for name in
-            crate::tree::walk::dir_names(sdir.as_fd()).ctx(|| format!("listing {}", show(&rel)))?
+            crate::beneath::dir_names(sdir.as_fd()).ctx(|| format!("listing {}", show(&rel)))?
         {
             if rel.is_empty() && name.as_slice() == SCRATCH.as_bytes() {
                 continue;

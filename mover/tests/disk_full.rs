@@ -235,8 +235,17 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     // The sender shows the receiver's reason when its Error frame arrives in time; when the
     // sender fails on its own socket error first, only the failure itself is certain.
     match sent.expect_err("the sender sees the second job fail") {
-        mover::Error::Peer(m) => {
+        mover::Error::Peer { code, message: m } => {
             eprintln!("sender: {m}");
+            assert_eq!(
+                code,
+                mover::wire::message::ErrorCode::DiskFull,
+                "the receiver's reason travels as a disk-full code: {m}"
+            );
+            assert!(!mover::sender::retryable(&mover::Error::Peer {
+                code,
+                message: m.clone()
+            }));
             assert!(
                 m.contains("full") && m.contains("free"),
                 "sender got a reason that is not disk full: {m}"

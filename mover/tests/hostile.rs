@@ -81,13 +81,22 @@ fn attack(
     setup: impl FnOnce(&Path, &Path),
     attack: impl FnOnce(SocketAddr),
 ) -> (String, tempfile::TempDir) {
+    attack_with(Default::default(), setup, attack)
+}
+
+/// `attack` against a receiver with the given session limits.
+fn attack_with(
+    limits: mover::SessionLimits,
+    setup: impl FnOnce(&Path, &Path),
+    attack: impl FnOnce(SocketAddr),
+) -> (String, tempfile::TempDir) {
     let t = tempfile::tempdir().unwrap();
     let (root, outside) = (t.path().join("root"), t.path().join("outside"));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("victim"), b"precious").unwrap();
     setup(&root, &outside);
-    let (addr, h) = start_receiver(&root);
+    let (addr, h) = start_receiver_with(&root, limits);
     attack(addr);
     let rep = h.join().unwrap();
     assert!(!rep.ok, "hostile session must fail");
@@ -114,7 +123,7 @@ fn oversized_frame_is_rejected_naming_the_limit() {
             s.write_all(&h.encode()).unwrap();
             let (k, msg) = read_frame(&mut s).expect("error frame");
             assert_eq!(k, FrameKind::Error);
-            assert!(decode_message(&msg).unwrap().contains("MAX_FRAME_PAYLOAD"));
+            assert!(decode_error(&msg).unwrap().1.contains("MAX_FRAME_PAYLOAD"));
         },
     );
     assert!(err.contains("exceeds the limit of 2097152"), "{err}");
@@ -287,8 +296,13 @@ fn version_mismatch_is_refused_with_both_ranges() {
         .unwrap();
     let (k, msg) = read_frame(&mut s).expect("error frame");
     assert_eq!(k, FrameKind::Error);
-    let msg = decode_message(&msg).unwrap();
-    assert!(msg.contains("peer speaks 90..=99, we speak 2..=2"), "{msg}");
+    let (code, msg) = decode_error(&msg).unwrap();
+    assert_eq!(code, ErrorCode::Version);
+    let ours = format!("we speak {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}");
+    assert!(
+        msg.contains("peer speaks 90..=99") && msg.contains(&ours),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -307,7 +321,7 @@ fn bad_magic_is_refused() {
     s.write_all(&encode_frame(FrameKind::Hello, &p)).unwrap();
     let (k, msg) = read_frame(&mut s).expect("error frame");
     assert_eq!(k, FrameKind::Error);
-    assert!(decode_message(&msg).unwrap().contains("bad magic"));
+    assert!(decode_error(&msg).unwrap().1.contains("bad magic"));
 }
 
 #[test]
@@ -385,4 +399,173 @@ fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
             "{from:?}"
         );
     }
+}
+
+/// Connects worker 0 of session 1 (the control connection's) and returns its socket.
+fn connect_worker(addr: SocketAddr) -> TcpStream {
+    let mut w = TcpStream::connect(addr).unwrap();
+    w.write_all(&hello(
+        1,
+        Role::Worker {
+            index: WorkerIndex(0),
+        },
+        PROTOCOL_VERSION_MIN,
+        PROTOCOL_VERSION_MAX,
+    ))
+    .unwrap();
+    let (k, _) = read_frame(&mut w).expect("ack");
+    assert_eq!(k, FrameKind::HelloAck);
+    w
+}
+
+/// Sends `es` and EntriesEnd, reads the need list, sends `expect` as the whole Expect list and
+/// connects the worker.
+fn open_session(
+    addr: SocketAddr,
+    es: &[Entry],
+    expect: &[(EntryId, u64)],
+) -> (TcpStream, TcpStream) {
+    let mut s = connect_control(addr);
+    s.write_all(&entries_frame(es)).unwrap();
+    s.write_all(&encode_frame(
+        FrameKind::EntriesEnd,
+        &(es.len() as u64).to_le_bytes(),
+    ))
+    .unwrap();
+    let (k, _) = read_frame(&mut s).expect("need list");
+    assert_eq!(k, FrameKind::NeedList);
+    s.write_all(&encode_frame(
+        FrameKind::Expect,
+        &encode_expect(true, expect),
+    ))
+    .unwrap();
+    let w = connect_worker(addr);
+    (s, w)
+}
+
+#[test]
+fn an_empty_file_batch_is_refused() {
+    let (err, t) = attack(
+        |_, _| {},
+        |addr| {
+            let es = [
+                root_entry(),
+                entry(0, b"small", EntryKind::File { size: 10 }),
+            ];
+            let (mut s, mut w) = open_session(addr, &es, &[]);
+            // A FileBatch of zero records: nothing to write, but it would count as a frame.
+            w.write_all(&encode_frame(FrameKind::FileBatch, &0u32.to_le_bytes()))
+                .unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(err.contains("batch file count (0)"), "{err}");
+    assert!(!t.path().join("root/small").exists());
+}
+
+#[test]
+fn an_entry_list_over_its_byte_budget_is_refused() {
+    let limits = mover::SessionLimits {
+        entry_list_bytes: 4096,
+        ..Default::default()
+    };
+    let (err, t) = attack_with(
+        limits,
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            // 64 directories with 200-byte names: about 14 KiB, well under the count limit.
+            let mut es = vec![root_entry()];
+            for i in 0..64 {
+                es.push(entry(0, format!("{i:0200}").as_bytes(), EntryKind::Dir));
+            }
+            s.write_all(&entries_frame(&es)).unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(
+        err.contains("entry list exceeds this receiver's limit of 4096 bytes"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0);
+}
+
+#[test]
+fn hints_over_their_byte_budget_are_refused() {
+    let limits = mover::SessionLimits {
+        hint_bytes: 1024,
+        ..Default::default()
+    };
+    let (err, t) = attack_with(
+        limits,
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            s.write_all(&entries_frame(&[
+                root_entry(),
+                entry(0, b"f", EntryKind::File { size: 1 }),
+            ]))
+            .unwrap();
+            // One rename hint with a 2000-byte source: within the count and path limits.
+            let mut e = Enc::new();
+            encode_hint(
+                &mut e,
+                &Hint::Rename {
+                    entry: EntryId(1),
+                    from: vec![b'x'; 2000],
+                },
+            );
+            s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
+                .unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(
+        err.contains("hint list exceeds this receiver's limit of 1024 bytes"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0);
+}
+
+#[test]
+fn more_data_frames_than_the_expect_totals_allow_are_refused() {
+    // A 200 KiB file announced whole: the plan could cut it into at most
+    // max_data_frames(204800) frames. One more, each carrying one byte (so the byte count
+    // stays under what was announced), ends the session.
+    const SIZE: u64 = 200 * 1024;
+    let budget = max_data_frames(SIZE);
+    assert!(
+        budget < SIZE,
+        "the frame budget binds before the byte count"
+    );
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let es = [
+                root_entry(),
+                entry(0, b"big", EntryKind::File { size: SIZE }),
+            ];
+            let (mut s, mut w) = open_session(addr, &es, &[(EntryId(1), SIZE)]);
+            let mut out = Vec::with_capacity(64 << 10);
+            for k in 0..=budget {
+                let mut p = Vec::with_capacity(DATA_PREFIX_LEN + 1);
+                p.extend_from_slice(&1u32.to_le_bytes());
+                p.extend_from_slice(&k.to_le_bytes());
+                p.push(b'x');
+                out.extend_from_slice(&encode_frame(FrameKind::Data, &p));
+                if out.len() >= 60 << 10 {
+                    if w.write_all(&out).is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+            }
+            let _ = w.write_all(&out);
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(
+        err.contains("more data frames than the need list and the Expect totals allow"),
+        "{err}"
+    );
 }

@@ -20,6 +20,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PAUSE_IN_SESSION: Duration = Duration::from_secs(40);
 /// Upper bound for `max_pause_in_session_secs`, well inside the receivers' 60 s.
 pub const MAX_PAUSE_IN_SESSION_LIMIT: u64 = 50;
+// A paused session must end before the receiver's workers give up on its silent connections.
+const _: () = assert!(MAX_PAUSE_IN_SESSION_LIMIT < mover::STALL_TIMEOUT.as_secs());
 /// Largest config file read (it is a handful of keys).
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 

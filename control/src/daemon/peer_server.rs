@@ -115,7 +115,8 @@ async fn data_plane(node: &Arc<Node>, tcp: tokio::net::TcpStream) -> crate::Resu
         // Tell the sender why before closing (its Hello is answered with an Error frame).
         if let Some(mut s) = routed.1 {
             use std::io::Write;
-            let msg = mover::wire::message::encode_message(
+            let msg = mover::wire::message::encode_error(
+                mover::wire::message::ErrorCode::Refused,
                 "session not authorized: its id is not a ticket this node issued",
             );
             let _ = s.write_all(&mover::wire::frame::encode_frame(

@@ -20,7 +20,7 @@ pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Rx {
     /// Data-plane connections the peer port routed to this relationship.
-    pub inbox: std::sync::mpsc::Sender<std::net::TcpStream>,
+    pub inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
     pub tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
@@ -198,8 +198,11 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
     let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
         return false;
     };
+    let Ok(conn) = mover::transport::tcp::TcpConn::new(conn) else {
+        return false;
+    };
     match lock(&node.receivers).get(&id) {
-        Some(rx) => rx.inbox.send(conn).is_ok(),
+        Some(rx) => rx.inbox.send(Box::new(conn)).is_ok(),
         None => false,
     }
 }
@@ -212,6 +215,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         once: false,
         tickets: Some(tickets.clone()),
         stop: Some(stop.clone()),
+        limits: Default::default(),
     };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;

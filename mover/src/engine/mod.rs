@@ -55,7 +55,7 @@ pub fn join_workers_preferring(
                 }
             }
             Err(_) => {
-                first_err.get_or_insert(Error::Usage(format!("{side} worker panicked")));
+                first_err.get_or_insert(Error::Panicked(format!("a {side} worker")));
             }
         }
     }
@@ -63,18 +63,4 @@ pub fn join_workers_preferring(
         Some(e) => Err(e),
         None => Ok(all),
     }
-}
-
-/// io_uring user_data: operation kind, buffer index and per-buffer operation index.
-pub fn user_data(op: u64, buf: usize, idx: usize) -> u64 {
-    debug_assert!(op < 1 << 16 && buf < 1 << 24 && idx < 1 << 24);
-    (op << 48) | ((buf as u64) << 24) | idx as u64
-}
-
-pub fn split_user_data(u: u64) -> (u64, usize, usize) {
-    (
-        u >> 48,
-        ((u >> 24) & 0xff_ffff) as usize,
-        (u & 0xff_ffff) as usize,
-    )
 }

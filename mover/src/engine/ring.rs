@@ -1,44 +1,72 @@
-//! One io_uring plus the slab of registered buffers it reads into and writes from.
+//! One io_uring, the slab of buffers it reads into and writes from, and the one owner of every
+//! operation in flight.
 //!
-//! Ownership rule, relied on by every `unsafe` submission in the workers: a buffer is only
-//! touched by the CPU while no submitted operation refers to it, and the slab's memory is never
-//! freed while any operation is in flight (`Drop` drains the ring first and leaks the memory if
-//! it cannot).
+//! Ownership rule: an operation holds its file descriptor (an `Rc<OwnedFd>` clone) and its
+//! buffer from the moment it is queued until its completion has been reaped, or until `Drop`
+//! has drained it. Workers never build submission entries themselves, so no worker can close
+//! an fd, or touch or free a buffer, while the kernel may still use it:
+//! - the fd of a queued or running operation stays open (its `Rc` lives in the slot table);
+//! - a buffer is handed out as a slice only while no operation refers to it (`buf`, `buf_mut`
+//!   assert it), and the borrow checker keeps that slice from outliving the next submission;
+//! - the slab is freed only after every operation completed; if the ring cannot be drained its
+//!   memory and fds are leaked instead.
 
-use io_uring::{cqueue, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Buffers are aligned for O_DIRECT on any logical block size up to a page.
 pub const BUF_ALIGN: usize = 4096;
-/// How long `Drop` waits for in-flight operations before giving up and leaking the slab.
+/// How long `Drop` waits for cancelled operations before giving up and leaking the slab.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// A worker that sees no completion at all for this long reports its peer or disk as stalled
-/// instead of waiting forever (a peer that stops reading but keeps its socket open).
 /// io-wq threads per ring for file I/O (see `Uring::new`).
 const IOWQ_BOUNDED_WORKERS: u32 = 1;
+/// A worker that sees no completion at all for this long reports its peer or disk as stalled
+/// instead of waiting forever (a peer that stops reading but keeps its socket open).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// user_data of cancel requests; slot indices stay far below it.
+const CANCEL_USER_DATA: u64 = u64::MAX;
+/// Buffers per slab at most (buffer indices travel as u16 in fixed reads and writes).
+pub const MAX_BUFFERS: usize = u16::MAX as usize;
+
+/// A file descriptor an operation keeps open until it completes.
+pub type OpFd = Rc<OwnedFd>;
+
+/// A reaped completion: the caller's tag, the buffer the operation used, and the kernel's
+/// result (bytes, or a negated errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub tag: u64,
+    pub buf: usize,
+    pub result: i32,
+}
 
 pub struct Slab {
     ptr: NonNull<u8>,
     layout: Layout,
-    pub buf_size: usize,
-    pub count: usize,
+    buf_size: usize,
+    count: usize,
 }
 
 impl Slab {
-    pub fn new(count: usize, buf_size: usize) -> io::Result<Slab> {
+    fn new(count: usize, buf_size: usize) -> io::Result<Slab> {
         assert!(
-            count > 0 && count <= u16::MAX as usize,
+            count > 0 && count <= MAX_BUFFERS,
             "slab buffer count out of range"
         );
         assert!(
-            buf_size.is_multiple_of(BUF_ALIGN),
-            "slab buffer size must be a multiple of BUF_ALIGN"
+            buf_size > 0 && buf_size.is_multiple_of(BUF_ALIGN),
+            "slab buffer size must be a positive multiple of BUF_ALIGN"
         );
-        let layout = Layout::from_size_align(count * buf_size, BUF_ALIGN)
+        let size = count
+            .checked_mul(buf_size)
+            .ok_or_else(|| io::Error::other("slab size overflow"))?;
+        let layout = Layout::from_size_align(size, BUF_ALIGN)
             .map_err(|_| io::Error::other("slab layout overflow"))?;
         // SAFETY: layout has non-zero size (count > 0, buf_size >= BUF_ALIGN).
         let raw = unsafe { alloc_zeroed(layout) };
@@ -51,32 +79,11 @@ impl Slab {
         })
     }
 
-    /// Start of buffer `i`. Raw pointer: callers hand it to the kernel or build slices from it
-    /// only while the buffer has no operation in flight.
-    pub fn ptr(&self, i: usize) -> *mut u8 {
-        assert!(i < self.count);
+    /// Start of buffer `i`.
+    fn ptr(&self, i: usize) -> *mut u8 {
+        assert!(i < self.count, "buffer {i} out of range");
         // SAFETY: i < count, so the offset stays inside the allocation.
         unsafe { self.ptr.as_ptr().add(i * self.buf_size) }
-    }
-
-    /// Buffer `i` as a slice.
-    ///
-    /// # Safety
-    /// No io_uring operation that writes into buffer `i` may be in flight, and no `&mut` slice of
-    /// it may be alive.
-    pub unsafe fn slice(&self, i: usize) -> &[u8] {
-        // SAFETY: the caller guarantees no writer; the range is inside the allocation.
-        unsafe { std::slice::from_raw_parts(self.ptr(i), self.buf_size) }
-    }
-
-    /// Buffer `i` as a mutable slice.
-    ///
-    /// # Safety
-    /// No io_uring operation on buffer `i` may be in flight, and no other slice of it may be alive.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, i: usize) -> &mut [u8] {
-        // SAFETY: the caller guarantees exclusive access; the range is inside the allocation.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(i), self.buf_size) }
     }
 
     fn iovecs(&self) -> Vec<libc::iovec> {
@@ -97,23 +104,40 @@ impl Drop for Slab {
     }
 }
 
-// SAFETY: the slab is plain memory owned by one worker thread; moving it to that thread at spawn
-// is fine (it is never shared).
-unsafe impl Send for Slab {}
+/// What an in-flight operation owns until its completion.
+struct Slot {
+    fd: OpFd,
+    buf: u16,
+    tag: u64,
+}
 
 pub struct Uring {
-    pub ring: IoUring,
+    ring: IoUring,
     /// Option so that Drop can leak it if the kernel might still write into it.
     slab: Option<Slab>,
     /// Whether the slab is registered (ReadFixed/WriteFixed usable). Registration can fail
     /// under a small RLIMIT_MEMLOCK; the engine then uses plain Read/Write on the same memory.
-    pub fixed: bool,
-    pub inflight: usize,
-    cqes: Vec<(u64, i32)>,
+    fixed: bool,
+    /// In-flight operations by user_data; `free` lists the empty slots.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// In-flight operations per buffer.
+    busy: Vec<u16>,
+    inflight: usize,
+    /// Queued cancel requests whose completions have not been reaped.
+    cancels: usize,
+    /// Slots pushed since the last submit (checked by the debug audit before the kernel sees
+    /// them).
+    #[cfg(debug_assertions)]
+    unsubmitted: Vec<(u32, (u64, u64))>,
 }
 
 impl Uring {
+    /// A ring of `entries` submission slots (at most that many operations in flight) and a slab
+    /// of `nbuf` buffers of `buf_size` bytes.
     pub fn new(entries: u32, nbuf: usize, buf_size: usize) -> io::Result<Uring> {
+        assert!(entries > 0 && entries.is_power_of_two(), "ring entries");
+        // Room for every operation's completion plus a cancel per operation.
         let ring = IoUring::builder()
             .setup_cqsize(entries * 2)
             .build(entries)?;
@@ -127,50 +151,203 @@ impl Uring {
         let slab = Slab::new(nbuf, buf_size)?;
         let iov = slab.iovecs();
         // SAFETY: the iovecs describe `slab`'s allocation, which outlives the registration: the
-        // ring is dropped (and so unregistered) in `Uring::drop` before the slab is freed.
+        // ring is dropped (and so unregistered) before the slab is freed, or the slab is leaked.
         let fixed = unsafe { ring.submitter().register_buffers(&iov) }.is_ok();
         if !fixed {
             tracing::warn!(
                 "could not register io_uring buffers (RLIMIT_MEMLOCK?); using unregistered I/O"
             );
         }
+        let cap = entries as usize;
         Ok(Uring {
             ring,
             slab: Some(slab),
             fixed,
+            slots: Vec::with_capacity(cap),
+            free: Vec::with_capacity(cap),
+            busy: vec![0; nbuf],
             inflight: 0,
-            cqes: Vec::with_capacity(entries as usize * 2),
+            cancels: 0,
+            #[cfg(debug_assertions)]
+            unsubmitted: Vec::new(),
         })
     }
 
-    pub fn slab(&self) -> &Slab {
+    fn slab(&self) -> &Slab {
         match &self.slab {
             Some(s) => s,
-            // Invariant: slab is only taken in Drop.
+            // Invariant: the slab is only taken in Drop.
             None => unreachable!("slab used after drop"),
         }
     }
 
-    /// Queues one operation, submitting the queue first if it is full.
-    ///
-    /// # Safety
-    /// Every buffer and fd the entry refers to must stay valid and untouched until its completion
-    /// is returned by `reap`.
-    pub unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: the caller keeps the entry's buffers and fds valid until its completion.
-            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-                self.inflight += 1;
-                return Ok(());
+    /// Operations queued or running.
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// Whether an operation still refers to buffer `b`.
+    pub fn is_busy(&self, b: usize) -> bool {
+        self.busy[b] != 0
+    }
+
+    /// Buffer `b`, which no operation may be using.
+    pub fn buf(&self, b: usize) -> &[u8] {
+        assert!(
+            !self.is_busy(b),
+            "buffer {b} read while an operation uses it"
+        );
+        let s = self.slab();
+        // SAFETY: no in-flight operation refers to buffer b (asserted above), and none can be
+        // queued while this shared borrow of the ring lives (queueing takes `&mut self`).
+        unsafe { std::slice::from_raw_parts(s.ptr(b), s.buf_size) }
+    }
+
+    /// Buffer `b` for writing, which no operation may be using.
+    pub fn buf_mut(&mut self, b: usize) -> &mut [u8] {
+        assert!(
+            !self.is_busy(b),
+            "buffer {b} written while an operation uses it"
+        );
+        let s = self.slab();
+        // SAFETY: as in `buf`; the exclusive borrow of the ring makes this the only slice.
+        unsafe { std::slice::from_raw_parts_mut(s.ptr(b), s.buf_size) }
+    }
+
+    /// Queues a read of `fd` at `file_off` into `range` of buffer `b`.
+    pub fn read(
+        &mut self,
+        fd: &OpFd,
+        file_off: u64,
+        b: usize,
+        range: Range<usize>,
+        tag: u64,
+    ) -> io::Result<()> {
+        let (ptr, len) = self.span(b, &range);
+        let raw = types::Fd(fd.as_raw_fd());
+        let sqe = if self.fixed {
+            opcode::ReadFixed::new(raw, ptr, len, b as u16)
+                .offset(file_off)
+                .build()
+        } else {
+            opcode::Read::new(raw, ptr, len).offset(file_off).build()
+        };
+        self.queue(sqe, fd, b, tag)
+    }
+
+    /// Queues a write of `range` of buffer `b` to `fd` at `file_off`.
+    pub fn write(
+        &mut self,
+        fd: &OpFd,
+        file_off: u64,
+        b: usize,
+        range: Range<usize>,
+        tag: u64,
+    ) -> io::Result<()> {
+        let (ptr, len) = self.span(b, &range);
+        let raw = types::Fd(fd.as_raw_fd());
+        let sqe = if self.fixed {
+            opcode::WriteFixed::new(raw, ptr, len, b as u16)
+                .offset(file_off)
+                .build()
+        } else {
+            opcode::Write::new(raw, ptr, len).offset(file_off).build()
+        };
+        self.queue(sqe, fd, b, tag)
+    }
+
+    /// Queues a send of `range` of buffer `b` on socket `sock` (all of it unless the socket
+    /// fails; no SIGPIPE).
+    pub fn send(&mut self, sock: &OpFd, b: usize, range: Range<usize>, tag: u64) -> io::Result<()> {
+        let (ptr, len) = self.span(b, &range);
+        let sqe = opcode::Send::new(types::Fd(sock.as_raw_fd()), ptr, len)
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build();
+        self.queue(sqe, sock, b, tag)
+    }
+
+    /// Queues a receive into `range` of buffer `b` from socket `sock` (all of it unless the
+    /// peer closes or the socket fails).
+    pub fn recv(&mut self, sock: &OpFd, b: usize, range: Range<usize>, tag: u64) -> io::Result<()> {
+        let (ptr, len) = self.span(b, &range);
+        let sqe = opcode::Recv::new(types::Fd(sock.as_raw_fd()), ptr, len)
+            .flags(libc::MSG_WAITALL)
+            .build();
+        self.queue(sqe, sock, b, tag)
+    }
+
+    /// The address and length of `range` inside buffer `b`, bounds-checked.
+    fn span(&self, b: usize, range: &Range<usize>) -> (*mut u8, u32) {
+        let s = self.slab();
+        assert!(
+            range.start < range.end && range.end <= s.buf_size,
+            "operation range {range:?} outside a {}-byte buffer",
+            s.buf_size
+        );
+        // SAFETY: range.start < buf_size, so the pointer stays inside buffer b.
+        let ptr = unsafe { s.ptr(b).add(range.start) };
+        (ptr, (range.end - range.start) as u32)
+    }
+
+    /// Takes ownership of one operation until its completion and queues its entry.
+    fn queue(&mut self, sqe: squeue::Entry, fd: &OpFd, b: usize, tag: u64) -> io::Result<()> {
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = self.slots.len();
+                assert!(
+                    i < self.ring.params().sq_entries() as usize,
+                    "more operations in flight than the ring has entries"
+                );
+                self.slots.push(None);
+                i as u32
             }
-            self.ring.submit()?;
+        };
+        debug_assert!(self.slots[slot as usize].is_none());
+        let sqe = sqe.user_data(u64::from(slot));
+        while self.ring.submission().is_full() {
+            self.submit()?;
         }
+        // SAFETY: the entry names `fd` and a range of buffer b. The slot stored below keeps an
+        // `Rc` of the fd open and counts buffer b busy (so `buf`/`buf_mut` refuse it) until the
+        // operation's completion is reaped, or Drop drained or leaked everything.
+        let pushed = unsafe { self.ring.submission().push(&sqe) };
+        if pushed.is_err() {
+            // Invariant: the queue was just found not full and nothing else pushes.
+            self.free.push(slot);
+            return Err(io::Error::other("io_uring submission queue full"));
+        }
+        self.slots[slot as usize] = Some(Slot {
+            fd: fd.clone(),
+            buf: b as u16,
+            tag,
+        });
+        self.busy[b] += 1;
+        self.inflight += 1;
+        #[cfg(debug_assertions)]
+        self.unsubmitted.push((slot, audit::identity(fd)));
+        Ok(())
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        #[cfg(debug_assertions)]
+        self.audit_unsubmitted();
+        self.ring.submit()?;
+        Ok(())
     }
 
     /// Submits queued operations and waits for at least `want` completions (0: don't wait),
-    /// returning all available completions as (user_data, result). Waiting longer than `stall`
-    /// without any completion is an error of kind `TimedOut`.
-    pub fn reap_within(&mut self, want: usize, stall: Duration) -> io::Result<&[(u64, i32)]> {
+    /// appending every available completion to `out` (cleared first). Waiting longer than
+    /// `stall` without any completion is an error of kind `TimedOut`.
+    pub fn reap(
+        &mut self,
+        want: usize,
+        stall: Duration,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        out.clear();
+        #[cfg(debug_assertions)]
+        self.audit_unsubmitted();
         let ts = types::Timespec::new()
             .sec(stall.as_secs())
             .nsec(stall.subsec_nanos());
@@ -189,32 +366,199 @@ impl Uring {
             }
             Err(e) => return Err(e),
         }
-        self.cqes.clear();
         for c in self.ring.completion() {
             let c: cqueue::Entry = c;
-            self.cqes.push((c.user_data(), c.result()));
+            let (ud, result) = (c.user_data(), c.result());
+            if ud == CANCEL_USER_DATA {
+                self.cancels -= 1;
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(ud as usize).and_then(Option::take) else {
+                // Invariant: the kernel completes each queued user_data exactly once.
+                unreachable!("completion for unknown operation {ud}");
+            };
+            self.busy[slot.buf as usize] -= 1;
+            self.inflight -= 1;
+            self.free.push(ud as u32);
+            out.push(Completion {
+                tag: slot.tag,
+                buf: slot.buf as usize,
+                result,
+            });
+            // The operation's fd reference is released here, after its completion.
         }
-        debug_assert!(self.cqes.len() <= self.inflight);
-        self.inflight -= self.cqes.len();
-        Ok(&self.cqes)
+        Ok(())
+    }
+
+    /// Asks the kernel to cancel every operation in flight; their completions (usually
+    /// `-ECANCELED`, or the result if they finished first) still arrive through `reap`.
+    pub fn cancel_all(&mut self) -> io::Result<()> {
+        let live: Vec<u64> = (0..self.slots.len() as u64)
+            .filter(|&i| self.slots[i as usize].is_some())
+            .collect();
+        for ud in live {
+            let sqe = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            while self.ring.submission().is_full() {
+                self.submit()?;
+            }
+            // SAFETY: a cancel request refers to no buffer or fd, only to a user_data.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                self.cancels += 1;
+            }
+        }
+        self.submit()
+    }
+
+    /// Cancels what is in flight and waits (at most `timeout`) until every operation has
+    /// completed; returns whether the ring is idle.
+    pub fn drain(&mut self, timeout: Duration) -> bool {
+        if self.inflight == 0 {
+            return true;
+        }
+        if let Err(e) = self.cancel_all() {
+            tracing::warn!("cancelling in-flight io_uring operations: {e}");
+        }
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while self.inflight > 0 {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() || self.reap(1, left, &mut out).is_err() {
+                break;
+            }
+        }
+        self.inflight == 0
+    }
+
+    /// Debug builds: every operation about to reach the kernel still names the file it named
+    /// when it was queued (no fd closed, or closed and reused, while its entry waited).
+    #[cfg(debug_assertions)]
+    fn audit_unsubmitted(&mut self) {
+        for (slot, id) in std::mem::take(&mut self.unsubmitted) {
+            if let Some(Some(s)) = self.slots.get(slot as usize) {
+                audit::check(&s.fd, id);
+            }
+        }
     }
 }
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        let start = Instant::now();
-        while self.inflight > 0 && start.elapsed() < DRAIN_TIMEOUT {
-            if self.reap_within(1, DRAIN_TIMEOUT).is_err() {
-                break;
-            }
+        if self.drain(DRAIN_TIMEOUT) {
+            return;
         }
-        if self.inflight > 0 {
-            // The kernel may still write into the slab: leaking it is the only sound choice.
+        // The kernel may still use the slab and the fds: leaking both is the only sound choice.
+        tracing::error!(
+            inflight = self.inflight,
+            "io_uring did not drain; leaking its buffers and fds"
+        );
+        std::mem::forget(self.slab.take());
+        std::mem::forget(std::mem::take(&mut self.slots));
+    }
+}
+
+/// Debug-build check that the ownership rule holds: counts operations submitted against an fd
+/// that no longer names the file it named when queued.
+#[cfg(debug_assertions)]
+pub mod audit {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+    /// Operations that reached the kernel naming a closed or reused fd, in this process.
+    #[cfg(test)]
+    pub fn violations() -> u64 {
+        VIOLATIONS.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn identity(fd: &OwnedFd) -> (u64, u64) {
+        match rustix::fs::fstat(fd.as_fd()) {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(_) => (u64::MAX, u64::MAX),
+        }
+    }
+
+    pub(super) fn check(fd: &OwnedFd, queued: (u64, u64)) {
+        if identity(fd) != queued {
+            VIOLATIONS.fetch_add(1, Ordering::SeqCst);
             tracing::error!(
-                inflight = self.inflight,
-                "io_uring did not drain; leaking its buffers"
+                "io_uring operation submitted against an fd closed since it was queued"
             );
-            std::mem::forget(self.slab.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn pipe() -> (OpFd, std::io::PipeWriter) {
+        let (r, w) = std::io::pipe().expect("pipe");
+        (Rc::new(OwnedFd::from(r)), w)
+    }
+
+    #[test]
+    fn an_operation_keeps_its_fd_open_until_its_completion() {
+        let mut ring = Uring::new(8, 2, BUF_ALIGN).expect("ring");
+        let (r, mut w) = pipe();
+        let raw = r.as_raw_fd();
+        ring.read(&r, 0, 1, 0..16, 7).expect("queue read");
+        drop(r);
+        let mut out = Vec::new();
+        // Submitted and blocked on the empty pipe: the caller's fd is gone, the ring's is not.
+        ring.reap(0, Duration::from_millis(10), &mut out)
+            .expect("submit");
+        assert!(out.is_empty());
+        assert!(rustix::io::fcntl_getfd(unsafe_free_borrow(raw)).is_ok());
+        assert!(ring.is_busy(1));
+        w.write_all(b"0123456789abcdef").expect("write pipe");
+        ring.reap(1, Duration::from_secs(5), &mut out)
+            .expect("reap");
+        assert_eq!(
+            out,
+            vec![Completion {
+                tag: 7,
+                buf: 1,
+                result: 16
+            }]
+        );
+        assert!(!ring.is_busy(1));
+        assert_eq!(&ring.buf(1)[..16], b"0123456789abcdef");
+        // Reaped: the ring let go of the last reference, so the fd is closed now.
+        assert!(rustix::io::fcntl_getfd(unsafe_free_borrow(raw)).is_err());
+    }
+
+    #[test]
+    fn dropping_a_ring_cancels_and_drains_a_read_that_would_never_complete() {
+        let mut ring = Uring::new(8, 1, BUF_ALIGN).expect("ring");
+        let (r, _w) = pipe();
+        ring.read(&r, 0, 0, 0..BUF_ALIGN, 1).expect("queue read");
+        let mut out = Vec::new();
+        ring.reap(0, Duration::from_millis(10), &mut out)
+            .expect("submit");
+        let start = Instant::now();
+        assert!(ring.drain(Duration::from_secs(5)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(ring.inflight(), 0);
+        assert!(!ring.is_busy(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "operation uses it")]
+    fn a_busy_buffer_is_not_handed_out() {
+        let mut ring = Uring::new(8, 1, BUF_ALIGN).expect("ring");
+        let (r, _w) = pipe();
+        ring.read(&r, 0, 0, 0..8, 1).expect("queue read");
+        let _ = ring.buf(0);
+    }
+
+    /// A borrowed view of a raw fd number for fcntl probes; it may be closed, which is what
+    /// the probe asks.
+    fn unsafe_free_borrow(raw: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+        // SAFETY: only used for F_GETFD, which is harmless on a closed or reused fd number.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }
     }
 }

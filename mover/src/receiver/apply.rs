@@ -14,16 +14,16 @@
 use super::journal::{Journal, Origin};
 use super::meta::times;
 use super::space;
-use super::state::STATE_DIR;
 use crate::beneath;
+use crate::beneath::{dir_names, stat_opt};
 use crate::error::{show, Error, IoContext, Result};
-use crate::sender::plan::is_inline;
-use crate::tree::entry::{validate_name, Entry, EntryKind, MAX_DEPTH};
-use crate::tree::walk::dir_names;
+use crate::tree::entry::{validate_name, Entry, EntryKind};
 use crate::tree::xattr::{sync_user_xattrs, On};
+use crate::tree::STATE_DIR;
 use crate::units::EntryId;
+use crate::wire::message::is_inline;
 use crate::wire::message::{Hint, Need};
-use rustix::fs::{statat, AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -35,39 +35,8 @@ pub struct ApplyStats {
     pub removed: u64,
 }
 
-fn stat_opt(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<Option<Stat>> {
-    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 fn ftype(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
-}
-
-/// Removes `name` in `dir`, recursively for directories, never following symlinks.
-pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> rustix::io::Result<u64> {
-    let st = match stat_opt(dir, name)? {
-        Some(s) => s,
-        None => return Ok(0),
-    };
-    if ftype(&st) != FileType::Directory {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
-        return Ok(1);
-    }
-    if depth > MAX_DEPTH {
-        return Err(rustix::io::Errno::LOOP);
-    }
-    let sub = beneath::open_in(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
-    let mut removed = 0;
-    for n in dir_names(sub.as_fd())? {
-        removed += remove_any(sub.as_fd(), &n, depth + 1)?;
-    }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    Ok(removed + 1)
 }
 
 /// Directory fds along the current pre-order path, so most entries resolve their parent for free.

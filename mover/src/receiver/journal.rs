@@ -127,8 +127,8 @@ impl Undo {
                 old_size: d.u64()?,
             },
             t => {
-                return Err(Error::Usage(format!(
-                    "undo journal holds an unknown record type {t}"
+                return Err(Error::Corrupt(format!(
+                    "the undo journal holds an unknown record type {t}; revert with an older mover or remove .mover-state/journal to drop the interrupted job"
                 )))
             }
         };
@@ -307,7 +307,7 @@ pub fn discard(state: &State) -> Result<()> {
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(()),
         Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
     }
-    super::apply::remove_any(state.dir.as_fd(), JOURNAL_DIR.as_bytes(), 0)
+    crate::beneath::remove_any(state.dir.as_fd(), JOURNAL_DIR.as_bytes(), 0)
         .ctx(|| "removing the old journal".to_string())?;
     Ok(())
 }
@@ -322,7 +322,6 @@ pub struct Journal {
     next_obj: u64,
     pre: Option<(OwnedFd, u32, u64)>,
     next_pre: u32,
-    pub base: RecoveryPointId,
     /// Files written in place by this or an interrupted earlier session of the job.
     pub touched: HashSet<Vec<u8>>,
     /// What the job did where, kept current as this session journals.
@@ -348,7 +347,7 @@ impl Journal {
             }
             Some(Undo::Header { base: b }) if *b == base => {}
             Some(_) => {
-                return Err(Error::Usage(
+                return Err(Error::Corrupt(
                     "the undo journal belongs to another recovery point".into(),
                 ))
             }
@@ -358,7 +357,7 @@ impl Journal {
         let mut touched = HashSet::new();
         let mut map = JobMap::default();
         let bad =
-            || Error::Usage("the undo journal's object numbers are exhausted; revert it".into());
+            || Error::Limit("the undo journal's object numbers are exhausted; revert it".into());
         for r in &records {
             map.apply(r);
             match r {
@@ -395,7 +394,6 @@ impl Journal {
             next_obj,
             pre: None,
             next_pre,
-            base,
             touched,
             map,
         })
@@ -410,7 +408,7 @@ impl Journal {
     fn take_obj(&mut self) -> Result<u64> {
         let n = self.next_obj;
         self.next_obj = n.checked_add(1).ok_or_else(|| {
-            Error::Usage("the undo journal's object numbers are exhausted; revert it".into())
+            Error::Limit("the undo journal's object numbers are exhausted; revert it".into())
         })?;
         Ok(n)
     }

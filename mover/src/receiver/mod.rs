@@ -1,29 +1,34 @@
 //! `mover receive`: accept connections, run one session at a time into the destination root.
 
-pub mod apply;
-pub mod finalize;
-pub mod journal;
-pub mod meta;
-pub mod revert;
-pub mod session;
+pub(crate) mod apply;
+pub(crate) mod finalize;
+pub(crate) mod journal;
+pub(crate) mod meta;
+pub(crate) mod revert;
+pub(crate) mod session;
 pub mod space;
 pub mod state;
-pub mod table;
-pub mod worker;
+pub(crate) mod table;
+pub(crate) mod worker;
+
+pub use revert::RevertReport;
+pub use session::SessionReport;
 
 use crate::error::{Error, IoContext, Result};
 use crate::transport::tcp::TcpConn;
+use crate::transport::Connection;
 use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::FrameKind;
-use crate::wire::io::{expect_frame, write_frame};
+use crate::wire::io::{expect_frame, send_error, write_frame};
 use crate::wire::message::{
-    encode_message, negotiate_version, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS,
+    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS,
 };
 use crate::{software_version, Progress};
-use session::{Session, SessionReport};
+use session::Session;
+pub use session::SessionLimits;
 use state::State;
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -49,6 +54,8 @@ pub struct ReceiveOptions {
     pub tickets: Option<Arc<Tickets>>,
     /// Set to make `serve` return once no session is running (the daemon stops the receiver).
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Bounds on the entry list and hints a sender may send.
+    pub limits: SessionLimits,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -89,8 +96,14 @@ impl Tickets {
     }
 }
 
+/// A worker connection that joined a session, with its index.
+pub(crate) type WorkerConn = (WorkerIndex, Box<dyn Connection>);
+
 enum Accepted {
-    Control { session: Session, ctl: TcpConn },
+    Control {
+        session: Session,
+        ctl: Box<dyn Connection>,
+    },
     Worker,
 }
 
@@ -100,7 +113,7 @@ pub struct Receiver {
     source: Incoming,
     opts: ReceiveOptions,
     /// Worker-connection channels of running sessions, touched only by the accept loop.
-    sessions: HashMap<SessionId, mpsc::Sender<(WorkerIndex, TcpStream)>>,
+    sessions: HashMap<SessionId, mpsc::Sender<WorkerConn>>,
     progress: Arc<Progress>,
     owners: bool,
     umask: u32,
@@ -111,7 +124,7 @@ pub struct Receiver {
 
 enum Incoming {
     Listener(TcpListener),
-    Inbox(mpsc::Receiver<TcpStream>),
+    Inbox(mpsc::Receiver<Box<dyn Connection>>),
 }
 
 /// The session id in a connection's first bytes (a Hello frame), `Ok(None)` while more bytes
@@ -156,10 +169,11 @@ impl Receiver {
         ))
     }
 
-    /// A receiver fed with connections someone else accepted (blocking or not; each is checked
-    /// like an accepted one: Hello, version, ticket).
+    /// A receiver fed with connections someone else accepted or made (the daemon's replication
+    /// port, an in-memory transport); each is checked like an accepted one: Hello, version,
+    /// ticket.
     pub fn from_inbox(
-        inbox: mpsc::Receiver<TcpStream>,
+        inbox: mpsc::Receiver<Box<dyn Connection>>,
         opts: ReceiveOptions,
         progress: Arc<Progress>,
     ) -> Result<Receiver> {
@@ -171,7 +185,7 @@ impl Receiver {
         let root = crate::beneath::open_root(&opts.root, "destination root")?;
         rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
             |_| {
-                Error::Usage(format!(
+                Error::Busy(format!(
                     "{} is already in use by another mover receiver",
                     opts.root.display()
                 ))
@@ -206,14 +220,14 @@ impl Receiver {
     pub fn local_addr(&self) -> Result<SocketAddr> {
         match &self.source {
             Incoming::Listener(l) => l.local_addr().ctx(|| "listener address".to_string()),
-            Incoming::Inbox(_) => Err(Error::Usage(
+            Incoming::Inbox(_) => Err(Error::Unsupported(
                 "this receiver has no listener of its own".into(),
             )),
         }
     }
 
     /// The next connection, waiting at most ACCEPT_POLL; `Ok(None)` when none came.
-    fn next_connection(&self) -> Result<Option<(TcpStream, String)>> {
+    fn next_connection(&self) -> Result<Option<Box<dyn Connection>>> {
         match &self.source {
             Incoming::Listener(l) => {
                 let ready = rustix::event::poll(
@@ -227,7 +241,10 @@ impl Receiver {
                     return Ok(None);
                 }
                 match l.accept() {
-                    Ok((s, peer)) => Ok(Some((s, peer.to_string()))),
+                    Ok((s, _)) => {
+                        let c = TcpConn::new(s).ctx(|| "accepted socket options".to_string())?;
+                        Ok(Some(Box::new(c)))
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) => Err(Error::Io {
                         context: "accept".into(),
@@ -236,10 +253,7 @@ impl Receiver {
                 }
             }
             Incoming::Inbox(rx) => match rx.recv_timeout(ACCEPT_POLL) {
-                Ok(s) => {
-                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                    Ok(Some((s, peer)))
-                }
+                Ok(c) => Ok(Some(c)),
                 Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
                 // The daemon dropped the sender: nobody can reach this receiver any more.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -276,16 +290,17 @@ impl Receiver {
             {
                 return Ok(SessionReport::failed(SessionId(0), "receiver stopped"));
             }
-            let Some((sock, peer)) = self.next_connection()? else {
+            let Some(conn) = self.next_connection()? else {
                 continue;
             };
+            let peer = conn.peer();
             let stopping = self
                 .opts
                 .stop
                 .as_ref()
                 .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             let refuse_control = (self.opts.once && started > 0) || stopping;
-            match self.handshake(sock, &running, refuse_control) {
+            match self.handshake(conn, &running, refuse_control) {
                 Ok(Accepted::Control { session, ctl }) => {
                     let id = session.id;
                     active = Some(id);
@@ -327,34 +342,31 @@ impl Receiver {
 
     fn handshake(
         &mut self,
-        sock: TcpStream,
+        mut conn: Box<dyn Connection>,
         running: &std::sync::atomic::AtomicBool,
         once_done: bool,
     ) -> Result<Accepted> {
-        sock.set_nonblocking(false)
-            .ctx(|| "socket mode".to_string())?;
-        let mut conn = TcpConn::new(sock).ctx(|| "socket options".to_string())?;
-        conn.0
-            .set_read_timeout(Some(HELLO_TIMEOUT))
+        conn.set_timeout(Some(HELLO_TIMEOUT))
             .ctx(|| "socket timeout".to_string())?;
         let mut buf = Vec::new();
-        expect_frame(&mut conn, FrameKind::Hello, &mut buf)?;
+        expect_frame(&mut *conn, FrameKind::Hello, &mut buf)?;
         let hello = match Hello::decode(&buf) {
             Ok(h) => h,
             Err(e) => {
-                let _ = write_frame(&mut conn, FrameKind::Error, &encode_message(&e.to_string()));
+                send_error(&mut *conn, ErrorCode::Other, &e.to_string());
                 return Err(e.into());
             }
         };
-        let refuse = |conn: &mut TcpConn, msg: String| -> Result<Accepted> {
-            let _ = write_frame(conn, FrameKind::Error, &encode_message(&msg));
-            Err(Error::Peer(msg))
+        let refuse = |conn: &mut dyn Connection, code: ErrorCode, message: String| {
+            send_error(conn, code, &message);
+            Err(Error::Refused { code, message })
         };
         let version = match negotiate_version(hello.min_version, hello.max_version) {
             Ok(v) => v,
             Err(e) => {
                 return refuse(
-                    &mut conn,
+                    &mut *conn,
+                    ErrorCode::Version,
                     format!("{e} (receiver is mover {})", software_version()),
                 )
             }
@@ -372,7 +384,8 @@ impl Receiver {
             Role::Control { workers } => {
                 if once_done {
                     return refuse(
-                        &mut conn,
+                        &mut *conn,
+                        ErrorCode::Busy,
                         "receiver is exiting: it serves one session (--once) or was stopped".into(),
                     );
                 }
@@ -383,7 +396,8 @@ impl Receiver {
                     .is_some_and(|t| !t.redeem(hello.session))
                 {
                     return refuse(
-                        &mut conn,
+                        &mut *conn,
+                        ErrorCode::Refused,
                         "session not authorized: its id is not a ticket this receiver issued"
                             .into(),
                     );
@@ -398,13 +412,13 @@ impl Receiver {
                 }
                 if running.load(std::sync::atomic::Ordering::SeqCst) {
                     return refuse(
-                        &mut conn,
+                        &mut *conn,
+                        ErrorCode::Busy,
                         "receiver busy: another session is writing to this root".into(),
                     );
                 }
-                write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.0
-                    .set_read_timeout(Some(CONTROL_TIMEOUT))
+                write_frame(&mut *conn, FrameKind::HelloAck, &ack.encode())?;
+                conn.set_timeout(Some(CONTROL_TIMEOUT))
                     .ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
                 self.sessions.insert(hello.session, tx);
@@ -421,18 +435,22 @@ impl Receiver {
                     worker_conns: rx,
                     cpus,
                     progress: self.progress.clone(),
+                    limits: self.opts.limits,
                 };
                 Ok(Accepted::Control { session, ctl: conn })
             }
             Role::Worker { index } => {
                 let Some(tx) = self.sessions.get(&hello.session) else {
-                    return refuse(&mut conn, format!("unknown session {}", hello.session));
+                    return refuse(
+                        &mut *conn,
+                        ErrorCode::Refused,
+                        format!("unknown session {}", hello.session),
+                    );
                 };
-                write_frame(&mut conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.0
-                    .set_read_timeout(None)
+                write_frame(&mut *conn, FrameKind::HelloAck, &ack.encode())?;
+                conn.set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
-                let _ = tx.send((index, conn.0));
+                let _ = tx.send((index, conn));
                 Ok(Accepted::Worker)
             }
         }
@@ -445,7 +463,7 @@ impl Receiver {
 pub fn revert_root(root: &std::path::Path) -> Result<revert::RevertReport> {
     let fd = crate::beneath::open_root(root, "destination root")?;
     rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::Usage(format!(
+        Error::Busy(format!(
             "{} is in use by a mover receiver; stop it first",
             root.display()
         ))

@@ -3,10 +3,10 @@
 //! journal. Progress is logged after each record so an interrupted revert resumes where it
 //! stopped (each undo step is also idempotent for the record being undone when it was killed).
 
-use super::apply::remove_any;
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
 use super::meta::{apply_fd, apply_link_or_special};
 use super::state::{RecoveryPoint, State};
+use crate::beneath::remove_any;
 use crate::beneath::{self, split_parent};
 use crate::durable::Log;
 use crate::error::{show, Error, IoContext, Result};
@@ -57,7 +57,7 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
                 return Ok(()); // already restored
             }
             let d = parent_of(root, path)?.ok_or_else(|| {
-                Error::Usage(format!(
+                Error::Revert(format!(
                     "cannot restore {}: its directory is gone",
                     show(path)
                 ))
@@ -74,7 +74,7 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
                 return Ok(());
             }
             let fd = parent_of(root, from)?.ok_or_else(|| {
-                Error::Usage(format!(
+                Error::Revert(format!(
                     "cannot move back to {}: its directory is gone",
                     show(from)
                 ))

@@ -6,26 +6,26 @@ use super::apply::{apply_entries, Applied};
 use super::finalize::{finalize, first_difference};
 use super::journal::{self, Journal};
 use super::space;
-use super::state::{RecoveryPoint, RecoveryPointId, State, STATE_DIR};
+use super::state::{RecoveryPoint, RecoveryPointId, State};
 use super::table::RecvTable;
 use super::worker::RecvWorker;
 use crate::clock::now_ns;
 use crate::engine::join_workers_preferring;
 use crate::error::{Error, IoContext, Result};
-use crate::transport::tcp::TcpConn;
+use crate::transport::Connection;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{tree_hash, HashOptions};
-use crate::units::{SessionId, WorkerIndex};
+use crate::tree::STATE_DIR;
+use crate::units::SessionId;
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
-use crate::wire::io::{expect_frame, read_frame, write_frame};
+use crate::wire::io::{expect_frame, read_frame, send_error, write_frame};
 use crate::wire::message::{
-    decode_entries, decode_expect, decode_hints, decode_message, encode_message, encode_need,
-    Commit, Hint, Need, Verified, NEED_CHUNK_BYTES,
+    decode_entries, decode_error, decode_expect, decode_hints, encode_need, is_inline, Commit,
+    ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
 use crate::{content_digest, Progress};
 use serde::Serialize;
-use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -59,6 +59,41 @@ pub struct SessionReport {
     pub recovery_point: String,
 }
 
+/// Default of `SessionLimits::entry_list_bytes`: room for tens of millions of entries.
+pub const DEFAULT_ENTRY_LIST_BYTES: u64 = 4 << 30;
+/// Default of `SessionLimits::hint_bytes`.
+pub const DEFAULT_HINT_BYTES: u64 = 1 << 30;
+
+/// Per-session bounds on what a sender can make the receiver hold in memory before any data
+/// flows, besides the protocol's count limits (MAX_ENTRIES, twice as many hints as entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Encoded bytes of the entry list (all Entries frames).
+    pub entry_list_bytes: u64,
+    /// Encoded bytes of the hints (all Hints frames).
+    pub hint_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits {
+            entry_list_bytes: DEFAULT_ENTRY_LIST_BYTES,
+            hint_bytes: DEFAULT_HINT_BYTES,
+        }
+    }
+}
+
+/// Counts bytes against one of the limits; the error names the limit.
+fn charge(used: &mut u64, add: usize, limit: u64, what: &str) -> Result<()> {
+    *used = used.saturating_add(add as u64);
+    if *used > limit {
+        return Err(Error::Limit(format!(
+            "the sender's {what} exceeds this receiver's limit of {limit} bytes"
+        )));
+    }
+    Ok(())
+}
+
 pub struct Session {
     pub id: SessionId,
     pub workers: u16,
@@ -66,7 +101,8 @@ pub struct Session {
     /// The process umask, applied by the kernel to files the workers create.
     pub umask: u32,
     pub root: OwnedFd,
-    pub worker_conns: Receiver<(WorkerIndex, TcpStream)>,
+    pub worker_conns: Receiver<super::WorkerConn>,
+    pub limits: SessionLimits,
     pub cpus: Vec<Option<hw::CpuId>>,
     pub progress: Arc<Progress>,
 }
@@ -94,7 +130,7 @@ impl SessionReport {
 }
 
 impl Session {
-    pub fn run(self, mut ctl: TcpConn) -> SessionReport {
+    pub fn run(self, mut ctl: Box<dyn Connection>) -> SessionReport {
         let start = Instant::now();
         let id = self.id;
         let mut report = SessionReport::failed(id, "");
@@ -103,7 +139,7 @@ impl Session {
         // lets a disk-full job be explained and reverted afterwards.
         let root = rustix::io::fcntl_dupfd_cloexec(&self.root, 0);
         let progress = self.progress.clone();
-        match self.drive(&mut ctl, &mut report) {
+        match self.drive(&mut *ctl, &mut report) {
             Ok(()) => report.ok = true,
             Err(e) if space::is_full(&e) => {
                 // The apply phase sets the totals; 0 means it failed before knowing them.
@@ -114,7 +150,7 @@ impl Session {
                 )
                 .filter(|&n| n > 0);
                 let msg = match &root {
-                    Ok(root) => disk_full(root.as_fd(), e, needed, &mut ctl, id),
+                    Ok(root) => disk_full(root.as_fd(), e, needed, &mut *ctl, id),
                     Err(dup) => {
                         // Without the root there is nothing to measure or revert with; the
                         // journal stays and the next job resumes.
@@ -122,7 +158,7 @@ impl Session {
                             "{e} (not reverted: dup of the destination root failed: {dup})"
                         );
                         tracing::error!(session = %id, "session failed: {msg}");
-                        let _ = write_frame(&mut ctl, FrameKind::Error, &encode_message(&msg));
+                        send_error(&mut *ctl, ErrorCode::DiskFull, &msg);
                         msg
                     }
                 };
@@ -131,8 +167,7 @@ impl Session {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(session = %id, "session failed: {msg}");
-                // Best effort: the sender may already be gone.
-                let _ = write_frame(&mut ctl, FrameKind::Error, &encode_message(&msg));
+                send_error(&mut *ctl, e.code(), &msg);
                 report.error = Some(msg);
             }
         }
@@ -140,16 +175,24 @@ impl Session {
         report
     }
 
-    fn drive(self, ctl: &mut TcpConn, report: &mut SessionReport) -> Result<()> {
+    fn drive(self, ctl: &mut dyn Connection, report: &mut SessionReport) -> Result<()> {
         let mut buf = Vec::new();
         let mut checker = StructureChecker::new();
         let mut entries: Vec<Entry> = Vec::new();
         let mut hints: Vec<Hint> = Vec::new();
+        let (mut list_bytes, mut hint_bytes) = (0u64, 0u64);
+        let limits = self.limits;
         loop {
             let h = read_frame(ctl, &mut buf)?;
             report.wire_bytes += (FRAME_HEADER_LEN + buf.len()) as u64;
             match h.kind {
                 FrameKind::Entries => {
+                    charge(
+                        &mut list_bytes,
+                        buf.len(),
+                        limits.entry_list_bytes,
+                        "entry list",
+                    )?;
                     for e in decode_entries(&buf)? {
                         checker.push(&e)?;
                         if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR
@@ -162,6 +205,7 @@ impl Session {
                     }
                 }
                 FrameKind::Hints => {
+                    charge(&mut hint_bytes, buf.len(), limits.hint_bytes, "hint list")?;
                     let hs = decode_hints(&buf)?;
                     if hints.len() + hs.len() > entries.len() * 2 {
                         return Err(Error::Verify("more hints than entries".into()));
@@ -182,7 +226,10 @@ impl Session {
                     }
                     break;
                 }
-                FrameKind::Error => return Err(Error::Peer(decode_message(&buf)?)),
+                FrameKind::Error => {
+                    let (code, message) = decode_error(&buf)?;
+                    return Err(Error::Peer { code, message });
+                }
                 other => {
                     return Err(WireError::Unexpected {
                         expected: FrameKind::Entries,
@@ -226,6 +273,7 @@ impl Session {
         );
 
         let expected = read_expect(ctl, &need, &entries, &deltas)?;
+        let frame_budget = data_frame_budget(&need, &entries, &expected);
         let remaining = expected
             .iter()
             .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
@@ -245,15 +293,16 @@ impl Session {
             fresh_dir: fresh,
             remaining,
             expected,
+            frame_budget: std::sync::atomic::AtomicU64::new(frame_budget),
             creator,
             umask: self.umask,
         });
         let mut handles = Vec::new();
-        for (i, sock) in conns.into_iter().enumerate() {
+        for (i, conn) in conns.into_iter().enumerate() {
             let w = RecvWorker {
                 cpu: self.cpus.get(i).copied().flatten(),
                 table: table.clone(),
-                sock,
+                conn,
                 progress: self.progress.bytes.clone(),
             };
             let h = std::thread::Builder::new()
@@ -363,7 +412,7 @@ fn disk_full(
     root: BorrowedFd<'_>,
     e: Error,
     needed: Option<u64>,
-    ctl: &mut TcpConn,
+    ctl: &mut dyn Connection,
     id: SessionId,
 ) -> String {
     let msg = space::explain(root, e, needed).to_string();
@@ -372,12 +421,12 @@ fn disk_full(
         Ok(Some(s)) => s,
         Ok(None) => {
             // Failed before the state directory existed: the job changed nothing yet.
-            let _ = write_frame(ctl, FrameKind::Error, &encode_message(&msg));
+            send_error(ctl, ErrorCode::DiskFull, &msg);
             return msg;
         }
         Err(se) => {
             let msg = format!("{msg}; the target could not be reverted: {se}");
-            let _ = write_frame(ctl, FrameKind::Error, &encode_message(&msg));
+            send_error(ctl, ErrorCode::DiskFull, &msg);
             return msg;
         }
     };
@@ -388,12 +437,10 @@ fn disk_full(
     };
     // The sender is told before the revert: it waits only briefly for the reason after its data
     // connections broke, and a revert walks and syncs the whole destination.
-    let _ = write_frame(
+    send_error(
         ctl,
-        FrameKind::Error,
-        &encode_message(&format!(
-            "{msg}; reverting the target to recovery point {rp}"
-        )),
+        ErrorCode::DiskFull,
+        &format!("{msg}; reverting the target to recovery point {rp}"),
     );
     // On a file system with no block left the revert's own progress log could not be written:
     // the files the job created go first (the revert removes them anyway).
@@ -430,7 +477,7 @@ fn open_job(
     state: &State,
     owners: bool,
 ) -> Result<(Journal, bool)> {
-    let mut rp = state.recovery_point()?;
+    let rp = state.recovery_point()?;
     let mut resumed = false;
     if let Some(ex) = journal::read_existing(state)? {
         let live = matches!((ex.base, &rp), (Some(b), Some(rp)) if b == rp.id);
@@ -442,33 +489,33 @@ fn open_job(
             journal::discard(state)?;
         }
     }
-    if rp.is_none() {
-        let walked = crate::tree::walk::walk_fd(root, true)?;
-        let first = RecoveryPoint {
-            id: RecoveryPointId(
-                SessionId::random()
-                    .ctx(|| "random recovery point id".to_string())?
-                    .0,
-            ),
-            committed_ns: now_ns(),
-            source_time_ns: 0,
-            tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
-            entries: walked.entries.len() as u64,
-            hash_owners: owners,
-        };
-        state.commit(&first, &walked.entries)?;
-        rp = Some(first);
-    }
-    let base = rp
-        .map(|r| r.id)
-        .ok_or_else(|| Error::Usage("no recovery point".into()))?;
+    let base = match rp {
+        Some(rp) => rp.id,
+        None => {
+            let walked = crate::tree::walk::walk_fd(root, true)?;
+            let first = RecoveryPoint {
+                id: RecoveryPointId(
+                    SessionId::random()
+                        .ctx(|| "random recovery point id".to_string())?
+                        .0,
+                ),
+                committed_ns: now_ns(),
+                source_time_ns: 0,
+                tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
+                entries: walked.entries.len() as u64,
+                hash_owners: owners,
+            };
+            state.commit(&first, &walked.entries)?;
+            first.id
+        }
+    };
     Ok((Journal::open(root, state, base)?, resumed))
 }
 
 /// Reads the sender's Expect list: one record for every large file the need list asked for, its
 /// byte count bounded by the file's size (or equal to its accepted delta).
 fn read_expect(
-    ctl: &mut TcpConn,
+    ctl: &mut dyn Connection,
     need: &[Need],
     entries: &[Entry],
     deltas: &std::collections::HashMap<u32, Vec<(u64, u64)>>,
@@ -482,7 +529,7 @@ fn read_expect(
         for (e, bytes) in recs {
             let ok = match (need.get(e.index()), entries.get(e.index()).map(|x| &x.kind)) {
                 (Some(Need::Full), Some(EntryKind::File { size })) => {
-                    !crate::sender::plan::is_inline(*size) && bytes <= *size
+                    !is_inline(*size) && bytes <= *size
                 }
                 (Some(Need::Delta), Some(EntryKind::File { .. })) => deltas
                     .get(&e.0)
@@ -501,7 +548,8 @@ fn read_expect(
         }
     }
     let wanted = need.iter().enumerate().filter(|(i, n)| {
-        **n != Need::Nothing && matches!(entries[*i].kind, EntryKind::File { size } if !crate::sender::plan::is_inline(size))
+        **n != Need::Nothing
+            && matches!(entries[*i].kind, EntryKind::File { size } if !is_inline(size))
     });
     if wanted.count() != out.len() {
         return Err(Error::Verify(
@@ -511,7 +559,7 @@ fn read_expect(
     Ok(out)
 }
 
-fn send_need(ctl: &mut TcpConn, need: &[Need]) -> Result<()> {
+fn send_need(ctl: &mut dyn Connection, need: &[Need]) -> Result<()> {
     let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
         let first = (k * NEED_CHUNK_BYTES) as u32;
@@ -525,17 +573,17 @@ fn send_need(ctl: &mut TcpConn, need: &[Need]) -> Result<()> {
 }
 
 fn collect_workers(
-    rx: &Receiver<(WorkerIndex, TcpStream)>,
+    rx: &Receiver<super::WorkerConn>,
     n: u16,
-    ctl: &TcpConn,
-) -> Result<Vec<TcpStream>> {
-    let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    ctl: &dyn Connection,
+) -> Result<Vec<Box<dyn Connection>>> {
+    let mut slots: Vec<Option<Box<dyn Connection>>> = (0..n).map(|_| None).collect();
     let deadline = Instant::now() + WORKER_CONNECT_TIMEOUT;
     let mut have = 0;
     while have < n as usize {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Peer(format!(
+            return Err(Error::PeerLost(format!(
                 "only {have} of {n} worker connections arrived within {WORKER_CONNECT_TIMEOUT:?}"
             )));
         }
@@ -545,18 +593,22 @@ fn collect_workers(
                 // A sender that gave up (one of its connections was lost) closes its control
                 // connection: end the session now rather than keep the root busy for the
                 // rest of the timeout while it retries.
-                if control_closed(ctl) {
-                    return Err(Error::Peer(format!("sender closed the session while {have} of {n} worker connections had arrived")));
+                if ctl.peer_closed() {
+                    return Err(Error::PeerLost(format!("sender closed the session while {have} of {n} worker connections had arrived")));
                 }
                 continue;
             }
-            Err(e) => return Err(Error::Peer(format!("waiting for worker connections: {e}"))),
+            Err(e) => {
+                return Err(Error::PeerLost(format!(
+                    "waiting for worker connections: {e}"
+                )))
+            }
         };
         let slot = slots
             .get_mut(idx.0 as usize)
-            .ok_or_else(|| Error::Peer(format!("worker index {} out of range", idx.0)))?;
+            .ok_or_else(|| Error::PeerLost(format!("worker index {} out of range", idx.0)))?;
         if slot.is_some() {
-            return Err(Error::Peer(format!("worker {} connected twice", idx.0)));
+            return Err(Error::PeerLost(format!("worker {} connected twice", idx.0)));
         }
         *slot = Some(s);
         have += 1;
@@ -564,34 +616,25 @@ fn collect_workers(
     Ok(slots.into_iter().flatten().collect())
 }
 
-/// The peer closed (or reset) the control connection: nothing is due from it at this point, so
-/// readable means end of stream or an error.
-fn control_closed(ctl: &TcpConn) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags};
-    let mut fds = [PollFd::new(&ctl.0, PollFlags::IN | PollFlags::RDHUP)];
-    match poll(
-        &mut fds,
-        Some(&rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        }),
-    ) {
-        Ok(n) if n > 0 => {
-            let r = fds[0].revents();
-            if r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) {
-                return true;
-            }
-            let mut b = [0u8; 1];
-            match rustix::net::recv(
-                &ctl.0,
-                &mut b,
-                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
-            ) {
-                Ok((0, _)) => true,
-                Ok(_) | Err(rustix::io::Errno::AGAIN) => false,
-                Err(_) => true,
-            }
-        }
-        _ => false,
-    }
+/// Most data frames this session can legitimately receive: one FileBatch per inline file at
+/// most (empty batches are refused), and for each large file what the sender's plan can cut
+/// its announced bytes into. Bounds the per-frame state (checksums) a sender can make the
+/// workers keep.
+fn data_frame_budget(
+    need: &[Need],
+    entries: &[Entry],
+    expected: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    use crate::tree::entry::EntryKind;
+    let inline = need
+        .iter()
+        .zip(entries)
+        .filter(|(n, e)| {
+            **n == Need::Full && matches!(e.kind, EntryKind::File { size } if is_inline(size))
+        })
+        .count() as u64;
+    expected
+        .values()
+        .map(|&bytes| crate::wire::message::max_data_frames(bytes))
+        .fold(inline, u64::saturating_add)
 }

@@ -13,14 +13,13 @@
 use crate::durable::{self, read_opt, write_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::tree::entry::Entry;
+use crate::tree::STATE_DIR;
 use crate::wire::codec::{Dec, Enc};
 use crate::wire::message::{decode_entries, encode_entry};
 use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// Reserved top-level name of the receiver's state directory.
-pub const STATE_DIR: &[u8] = b".mover-state";
 const RP_FILE: &str = "recovery-point";
 const RP_MAGIC: u32 = u32::from_le_bytes(*b"MVRP");
 const RP_VERSION: u16 = 1;
@@ -68,7 +67,7 @@ impl RecoveryPoint {
 
     fn decode(raw: &[u8]) -> Result<RecoveryPoint> {
         let bad = || {
-            Error::Usage(format!(
+            Error::Corrupt(format!(
                 "{}/{RP_FILE} is corrupt",
                 crate::error::show(STATE_DIR)
             ))
@@ -148,13 +147,13 @@ impl State {
     pub fn rp_entries(&self, id: RecoveryPointId) -> Result<Vec<Entry>> {
         let name = entries_name(id);
         let raw = read_opt(self.dir.as_fd(), &name)?.ok_or_else(|| {
-            Error::Usage(format!(
+            Error::Corrupt(format!(
                 ".mover-state/{name} is missing: the recovery point cannot be restored"
             ))
         })?;
         let (recs, valid) = durable::parse_records(&raw);
         if valid != raw.len() {
-            return Err(Error::Usage(format!(".mover-state/{name} is corrupt")));
+            return Err(Error::Corrupt(format!(".mover-state/{name} is corrupt")));
         }
         let mut out = Vec::new();
         for r in recs {

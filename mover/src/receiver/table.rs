@@ -1,9 +1,9 @@
 //! What a receiver's workers need to know about a session, built once by the control thread
 //! before any data frame is accepted and then shared read-only (no locks on the data path).
 
-use crate::sender::plan::is_inline;
 use crate::tree::entry::{Entry, EntryKind};
 use crate::units::EntryId;
+use crate::wire::message::is_inline;
 use crate::wire::message::Need;
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -25,6 +25,9 @@ pub struct RecvTable {
     pub remaining: HashMap<u32, AtomicU64>,
     /// The announced byte count per large file.
     pub expected: HashMap<u32, u64>,
+    /// Data frames the workers may still accept (all workers together), from the need list
+    /// and the Expect totals.
+    pub frame_budget: AtomicU64,
     /// Owner the kernel gives files this process creates in a fresh directory.
     pub creator: (u32, u32),
     pub umask: u32,
@@ -90,6 +93,18 @@ impl RecvTable {
             })?;
         }
         Ok(())
+    }
+
+    /// Counts one data frame against the session's budget.
+    pub fn take_frame(&self) -> crate::Result<()> {
+        self.frame_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| {
+                crate::Error::Verify(
+                    "more data frames than the need list and the Expect totals allow".into(),
+                )
+            })
     }
 
     pub fn is_needed_extent_file(&self, e: EntryId) -> bool {

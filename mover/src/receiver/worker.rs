@@ -6,18 +6,18 @@
 use super::meta::apply_new_file;
 use super::table::RecvTable;
 use crate::beneath;
-use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
-use crate::engine::{split_user_data, user_data, FrameStats};
+use crate::engine::ring::{Completion, OpFd, Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
+use crate::transport::Connection;
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::wire::message::{
-    decode_batch, decode_data_prefix, decode_message, decode_worker_done, DATA_PREFIX_LEN,
+    decode_batch, decode_data_prefix, decode_error, decode_worker_done, DATA_PREFIX_LEN,
 };
 use crate::wire::WireError;
-use io_uring::{opcode, types};
 use rustix::fs::{Mode, OFlags};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,11 +37,19 @@ const RING_ENTRIES: u32 = 2048;
 
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
+/// Operation kinds in the ring's tags (the low 32 bits carry the write's index in its buffer).
 const OP_RECV: u64 = 1;
 const OP_WRITE: u64 = 2;
 
+fn tag(op: u64, idx: usize) -> u64 {
+    debug_assert!(idx < 1 << 32);
+    (op << 32) | idx as u64
+}
+
+/// One write of a buffer's frame. The fd is the worker's reference (for resubmitting a short
+/// write and for finishing the file); the ring holds its own until each submission completes.
 struct WriteOp {
-    fd: Rc<OwnedFd>,
+    fd: OpFd,
     entry: EntryId,
     file_off: u64,
     buf_off: usize,
@@ -54,9 +62,9 @@ struct WriteOp {
 #[derive(PartialEq, Eq, Debug, Clone, Copy)]
 enum State {
     Free,
-    /// Receiving the header (payload_len None) or the payload.
+    /// Receiving the header (payload None) or the payload.
     Receiving {
-        payload: Option<(FrameHeader, usize)>,
+        payload: Option<FrameHeader>,
         got: usize,
     },
     Writing,
@@ -71,20 +79,35 @@ struct Buf {
 pub struct RecvWorker {
     pub cpu: Option<hw::CpuId>,
     pub table: Arc<RecvTable>,
-    pub sock: std::net::TcpStream,
+    pub conn: Box<dyn Connection>,
     pub progress: Arc<AtomicU64>,
 }
 
+/// The worker's state apart from its ring and buffers, so frames can be handled while a
+/// buffer is borrowed.
+struct Ctx<'a> {
+    t: &'a RecvTable,
+    stats: FrameStats,
+    cache: Option<ExtentFds>,
+    direct_ok: bool,
+    progress: &'a AtomicU64,
+}
+
 impl RecvWorker {
+    /// Receives and writes frames until the sender's WorkerDone. On failure, writes already
+    /// submitted are let land (and counted) before the ring is dropped, so a file whose last
+    /// bytes were in flight is finished and a resumed job does not resend it.
     pub fn run(self) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
-            hw::pin_current_thread(cpu)
-                .map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
+            hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
         }
         let mut ring =
             Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
-        let sock = self.sock.as_raw_fd();
-        let t = &*self.table;
+        let mut conn = self.conn;
+        let sock: Option<OpFd> = conn
+            .uring_socket()
+            .ctx(|| "duplicating the socket".to_string())?
+            .map(Rc::new);
         let mut bufs: Vec<Buf> = (0..BUFFERS)
             .map(|_| Buf {
                 state: State::Free,
@@ -92,290 +115,273 @@ impl RecvWorker {
                 pending: 0,
             })
             .collect();
-        let mut stats = FrameStats::default();
-        let mut receiving: Option<usize> = None;
-        let mut done = false;
-        let mut cache: Option<ExtentFds> = None;
-        let mut direct_ok = true;
+        let mut cx = Ctx {
+            t: &self.table,
+            stats: FrameStats::default(),
+            cache: None,
+            direct_ok: true,
+            progress: &self.progress,
+        };
+        let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
         let result = (|| -> Result<()> {
+            let mut receiving: Option<usize> = None;
+            let mut done = false;
             loop {
                 if receiving.is_none() && !done {
                     if let Some(b) = bufs.iter().position(|b| b.state == State::Free) {
-                        bufs[b].state = State::Receiving {
-                            payload: None,
-                            got: 0,
-                        };
-                        submit_recv(&mut ring, &bufs[b], b, sock)?;
-                        receiving = Some(b);
+                        match &sock {
+                            Some(sock) => {
+                                bufs[b].state = State::Receiving {
+                                    payload: None,
+                                    got: 0,
+                                };
+                                submit_recv(&mut ring, &bufs[b], b, sock)?;
+                                receiving = Some(b);
+                            }
+                            None => {
+                                // No kernel socket: the frame comes through the connection,
+                                // then the writes it started run while the next one arrives.
+                                let h = recv_frame(&mut *conn, &mut ring, b)?;
+                                cx.stats.wire_bytes += (FRAME_HEADER_LEN + h.len as usize) as u64;
+                                done |= on_frame(&mut ring, &mut bufs[b], b, h, &mut cx)?;
+                                ring.reap(0, STALL_TIMEOUT, &mut cqes)
+                                    .ctx(|| "reaping writes".to_string())?;
+                                for c in cqes.drain(..) {
+                                    on_completion(&mut ring, &mut bufs, c, &mut cx, None)?;
+                                }
+                                continue;
+                            }
+                        }
                     }
                 }
-                if ring.inflight == 0 {
+                if ring.inflight() == 0 {
                     if done {
                         return Ok(());
                     }
-                    // Invariant: not done and nothing in flight means a free buffer was available
-                    // and a receive was just submitted.
+                    // Invariant: not done and nothing in flight means a free buffer was
+                    // available and a receive was just submitted (or a frame just received).
                     unreachable!("receiver worker idle with nothing in flight");
                 }
-                let cqes: Vec<(u64, i32)> = ring
-                    .reap_within(1, STALL_TIMEOUT)
-                    .ctx(|| "waiting for the peer and the disk".to_string())?
-                    .to_vec();
-                for (u, res) in cqes {
-                    let (op, b, idx) = split_user_data(u);
-                    match op {
-                        OP_RECV => {
-                            if res < 0 {
-                                let e = std::io::Error::from_raw_os_error(-res);
-                                return Err(Error::Io {
-                                    context: "receiving from sender".into(),
-                                    source: e,
-                                });
-                            }
-                            if res == 0 {
-                                return Err(Error::Peer(
-                                    "sender closed a data connection mid-stream".into(),
-                                ));
-                            }
-                            stats.wire_bytes += res as u64;
-                            let State::Receiving { payload, got } = bufs[b].state else {
-                                unreachable!("recv completion for a buffer not receiving")
+                ring.reap(1, STALL_TIMEOUT, &mut cqes)
+                    .ctx(|| "waiting for the peer and the disk".to_string())?;
+                for c in cqes.drain(..) {
+                    let b = c.buf;
+                    if c.tag >> 32 != OP_RECV {
+                        on_completion(&mut ring, &mut bufs, c, &mut cx, None)?;
+                        continue;
+                    }
+                    let Some(sock) = &sock else {
+                        unreachable!("a receive completed on a worker without a socket")
+                    };
+                    if c.result < 0 {
+                        return Err(Error::Io {
+                            context: "receiving from sender".into(),
+                            source: std::io::Error::from_raw_os_error(-c.result),
+                        });
+                    }
+                    if c.result == 0 {
+                        return Err(Error::PeerLost(
+                            "sender closed a data connection mid-stream".into(),
+                        ));
+                    }
+                    cx.stats.wire_bytes += c.result as u64;
+                    let State::Receiving { payload, got } = bufs[b].state else {
+                        unreachable!("recv completion for a buffer not receiving")
+                    };
+                    let got = got + c.result as usize;
+                    let want = payload.map(|h| h.len as usize).unwrap_or(0) + FRAME_HEADER_LEN;
+                    bufs[b].state = State::Receiving { payload, got };
+                    if got < want {
+                        submit_recv(&mut ring, &bufs[b], b, sock)?;
+                        continue;
+                    }
+                    let h = match payload {
+                        Some(h) => h,
+                        None => {
+                            let h = header_in(&ring, b)?;
+                            bufs[b].state = State::Receiving {
+                                payload: Some(h),
+                                got,
                             };
-                            let got = got + res as usize;
-                            let want = payload.map(|(h, _)| h.len as usize).unwrap_or(0)
-                                + FRAME_HEADER_LEN;
-                            bufs[b].state = State::Receiving { payload, got };
-                            if got < want {
+                            if h.len != 0 {
                                 submit_recv(&mut ring, &bufs[b], b, sock)?;
                                 continue;
                             }
-                            match payload {
-                                None => {
-                                    // SAFETY: the header recv into buffer b completed; nothing in flight.
-                                    let s = unsafe { ring.slab().slice(b) };
-                                    let mut h = [0u8; FRAME_HEADER_LEN];
-                                    h.copy_from_slice(&s[BASE..BASE + FRAME_HEADER_LEN]);
-                                    let h = FrameHeader::decode(&h)?;
-                                    bufs[b].state = State::Receiving {
-                                        payload: Some((h, 0)),
-                                        got,
-                                    };
-                                    if h.len == 0 {
-                                        receiving = None;
-                                        done |= on_frame(
-                                            &mut ring,
-                                            &mut bufs[b],
-                                            b,
-                                            h,
-                                            t,
-                                            &mut stats,
-                                            &mut cache,
-                                            &mut direct_ok,
-                                        )?;
-                                    } else {
-                                        submit_recv(&mut ring, &bufs[b], b, sock)?;
-                                    }
-                                }
-                                Some((h, _)) => {
-                                    receiving = None;
-                                    done |= on_frame(
-                                        &mut ring,
-                                        &mut bufs[b],
-                                        b,
-                                        h,
-                                        t,
-                                        &mut stats,
-                                        &mut cache,
-                                        &mut direct_ok,
-                                    )?;
-                                }
-                            }
+                            h
                         }
-                        OP_WRITE => {
-                            on_write(&mut ring, &mut bufs[b], b, idx, res, t, &self.progress)?
-                        }
-                        _ => unreachable!("unknown op in user_data {u:#x}"),
-                    }
+                    };
+                    receiving = None;
+                    done |= on_frame(&mut ring, &mut bufs[b], b, h, &mut cx)?;
                 }
             }
         })();
         if result.is_err() {
-            // Unblock a pending recv so the ring drains promptly.
-            let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
+            // Unblock a pending receive so the ring drains promptly.
+            conn.shutdown();
             // Let writes already submitted land and count: a file whose last bytes were in
             // flight is then finished (metadata set), and a resumed job does not resend it.
             let mut rounds = 0;
-            while ring.inflight > 0 && rounds < DRAIN_ROUNDS {
+            while ring.inflight() > 0 && rounds < DRAIN_ROUNDS {
                 rounds += 1;
-                let Ok(cqes) = ring.reap_within(1, STALL_TIMEOUT).map(|c| c.to_vec()) else {
+                if ring.reap(1, STALL_TIMEOUT, &mut cqes).is_err() {
                     break;
-                };
-                for (u, res) in cqes {
-                    let (op, b, idx) = split_user_data(u);
-                    if op == OP_WRITE
-                        && bufs[b].state == State::Writing
-                        && on_write(&mut ring, &mut bufs[b], b, idx, res, t, &self.progress)
-                            .is_err()
-                    {
-                        bufs[b].state = State::Free;
+                }
+                for c in cqes.drain(..) {
+                    if c.tag >> 32 == OP_WRITE && bufs[c.buf].state == State::Writing {
+                        let b = c.buf;
+                        if on_completion(&mut ring, &mut bufs, c, &mut cx, Some(())).is_err() {
+                            bufs[b].state = State::Free;
+                        }
                     }
                 }
             }
         }
+        // The ring cancels and drains whatever is left before its fds and buffers go.
         drop(ring);
-        result.map(|()| stats)
+        result.map(|()| cx.stats)
     }
 }
 
-fn submit_recv(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()> {
+/// The frame header just received into buffer `b`.
+fn header_in(ring: &Uring, b: usize) -> Result<FrameHeader> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h.copy_from_slice(&ring.buf(b)[BASE..BASE + FRAME_HEADER_LEN]);
+    Ok(FrameHeader::decode(&h)?)
+}
+
+/// Receives one whole frame into buffer `b` through the connection (transports without a
+/// kernel socket).
+fn recv_frame(conn: &mut dyn Connection, ring: &mut Uring, b: usize) -> Result<FrameHeader> {
+    let lost = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            Error::PeerLost("sender closed a data connection mid-stream".into())
+        }
+        _ => Error::Io {
+            context: "receiving from sender".into(),
+            source: e,
+        },
+    };
+    let s = ring.buf_mut(b);
+    conn.recv_exact(&mut s[BASE..BASE + FRAME_HEADER_LEN])
+        .map_err(lost)?;
+    let h = header_in(ring, b)?;
+    let end = BASE + FRAME_HEADER_LEN + h.len as usize;
+    conn.recv_exact(&mut ring.buf_mut(b)[BASE + FRAME_HEADER_LEN..end])
+        .map_err(lost)?;
+    Ok(h)
+}
+
+/// A write completed (or, while draining after a failure, `draining` is set and only writes
+/// are handled).
+fn on_completion(
+    ring: &mut Uring,
+    bufs: &mut [Buf],
+    c: Completion,
+    cx: &mut Ctx<'_>,
+    draining: Option<()>,
+) -> Result<()> {
+    match c.tag >> 32 {
+        OP_WRITE => on_write(
+            ring,
+            &mut bufs[c.buf],
+            c.buf,
+            (c.tag & 0xffff_ffff) as usize,
+            c.result,
+            cx,
+        ),
+        OP_RECV if draining.is_some() => Ok(()),
+        other => unreachable!("unexpected operation kind {other} in tag {:#x}", c.tag),
+    }
+}
+
+fn submit_recv(ring: &mut Uring, buf: &Buf, b: usize, sock: &OpFd) -> Result<()> {
     let State::Receiving { payload, got } = buf.state else {
         unreachable!("submit_recv on idle buffer")
     };
-    let want = FRAME_HEADER_LEN + payload.map(|(h, _)| h.len as usize).unwrap_or(0);
+    let want = FRAME_HEADER_LEN + payload.map(|h| h.len as usize).unwrap_or(0);
+    // BASE + want <= BUF_SIZE: the header was bounds checked against MAX_FRAME_PAYLOAD.
     debug_assert!(got < want && BASE + want <= BUF_SIZE);
-    // SAFETY: [BASE + got, BASE + want) lies inside buffer b (BASE + want <= BUF_SIZE because the
-    // header was bounds checked against MAX_FRAME_PAYLOAD); the buffer is untouched until this
-    // CQE arrives.
-    let dst = unsafe { ring.slab().ptr(b).add(BASE + got) };
-    let sqe = opcode::Recv::new(types::Fd(sock), dst, (want - got) as u32)
-        .flags(libc::MSG_WAITALL)
-        .build()
-        .user_data(user_data(OP_RECV, b, 0));
-    // SAFETY: see above; the socket is owned by the worker and outlives the ring.
-    unsafe { ring.push(&sqe) }.ctx(|| "submitting recv".to_string())
+    ring.recv(sock, b, BASE + got..BASE + want, tag(OP_RECV, 0))
+        .ctx(|| "submitting recv".to_string())
 }
 
 /// A whole frame is in buffer b. Verifies it and starts its writes; returns true on WorkerDone.
-#[allow(clippy::too_many_arguments)] // the worker's state, split so buffers can be borrowed apart
 fn on_frame(
     ring: &mut Uring,
     buf: &mut Buf,
     b: usize,
     h: FrameHeader,
-    t: &RecvTable,
-    stats: &mut FrameStats,
-    cache: &mut Option<ExtentFds>,
-    direct_ok: &mut bool,
+    cx: &mut Ctx<'_>,
 ) -> Result<bool> {
-    // SAFETY: the payload recv completed; no operation refers to buffer b.
-    let s = unsafe { ring.slab().slice(b) };
-    let payload = &s[BASE + FRAME_HEADER_LEN..BASE + FRAME_HEADER_LEN + h.len as usize];
-    h.verify(payload)?;
+    let t = cx.t;
     buf.writes.clear();
-    match h.kind {
-        FrameKind::WorkerDone => {
-            let (frames, bytes) = decode_worker_done(payload)?;
-            if frames != stats.frames || bytes != stats.data_bytes {
-                return Err(Error::Verify(format!(
-                    "worker stream ended with {frames} frames / {bytes} bytes announced, {} / {} received",
-                    stats.frames, stats.data_bytes
-                )));
-            }
-            buf.state = State::Free;
-            return Ok(true);
-        }
-        FrameKind::Error => return Err(Error::Peer(decode_message(payload)?)),
-        FrameKind::Data => {
-            let (entry, offset, data) = decode_data_prefix(payload)?;
-            if !t.is_needed_extent_file(entry) {
-                return Err(Error::Verify(format!(
-                    "Data frame for entry {} which this session does not transfer",
-                    entry.0
-                )));
-            }
-            let size = t.needed_size(entry).unwrap_or(0);
-            if data.is_empty()
-                || offset
-                    .checked_add(data.len() as u64)
-                    .is_none_or(|end| end > size)
-                || !t.allows(entry, offset, data.len() as u64)
-            {
-                return Err(Error::Verify(format!(
-                    "Data frame for {} at offset {offset} len {} runs past its size {size} or outside its delta",
-                    show(&t.paths[entry.index()]),
-                    data.len()
-                )));
-            }
-            let fds = match cache {
-                Some(c) if c.entry == entry => c.clone(),
-                _ => {
-                    let c = open_extent_file(t, entry, size, direct_ok)?;
-                    *cache = Some(c.clone());
-                    c
-                }
-            };
-            // The block-aligned head goes O_DIRECT straight from the buffer; an unaligned tail
-            // (end of file) goes through the page cache.
-            let aligned = match &fds.direct {
-                Some(_) if offset % BUF_ALIGN as u64 == 0 => data.len() & !(BUF_ALIGN - 1),
-                _ => 0,
-            };
-            if let (Some(d), true) = (&fds.direct, aligned > 0) {
-                buf.writes.push(WriteOp {
-                    fd: d.clone(),
-                    entry,
-                    file_off: offset,
-                    buf_off: DATA_OFF,
-                    len: aligned,
-                    done: 0,
-                    inline: false,
-                });
-            }
-            if aligned < data.len() {
-                let op = WriteOp {
-                    fd: fds.buffered.clone(),
-                    entry,
-                    file_off: offset + aligned as u64,
-                    buf_off: DATA_OFF + aligned,
-                    len: data.len() - aligned,
-                    done: 0,
-                    inline: false,
-                };
-                buf.writes.push(op);
-            }
-        }
-        FrameKind::FileBatch => {
-            for (entry, range) in decode_batch(payload)? {
-                if !t.is_needed_inline(entry) || t.needed_size(entry) != Some(range.len() as u64) {
+    {
+        let payload =
+            &ring.buf(b)[BASE + FRAME_HEADER_LEN..BASE + FRAME_HEADER_LEN + h.len as usize];
+        h.verify(payload)?;
+        match h.kind {
+            FrameKind::WorkerDone => {
+                let (frames, bytes) = decode_worker_done(payload)?;
+                if frames != cx.stats.frames || bytes != cx.stats.data_bytes {
                     return Err(Error::Verify(format!(
-                        "FileBatch record for entry {} does not match the entry list",
-                        entry.0
+                        "worker stream ended with {frames} frames / {bytes} bytes announced, \
+                         {} / {} received",
+                        cx.stats.frames, cx.stats.data_bytes
                     )));
                 }
-                let p = &t.paths[entry.index()];
-                // O_EXCL: the control phase removed whatever stood here; anything there now was
-                // planted mid-session and is not written through.
-                let mode = t.entries[entry.index()].meta.mode & 0o777;
-                let fd = beneath::open_file(
-                    t.root.as_fd(),
-                    p,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
-                    Mode::from_raw_mode(mode),
-                )
-                .ctx(|| format!("creating {}", show(p)))?;
-                let op = WriteOp {
-                    fd: Rc::new(fd),
-                    entry,
-                    file_off: 0,
-                    buf_off: BASE + FRAME_HEADER_LEN + range.start,
-                    len: range.len(),
-                    done: 0,
-                    inline: true,
-                };
-                buf.writes.push(op);
+                buf.state = State::Free;
+                return Ok(true);
             }
-        }
-        other => {
-            return Err(WireError::Unexpected {
-                expected: FrameKind::Data,
-                got: other,
+            FrameKind::Error => {
+                let (code, message) = decode_error(payload)?;
+                return Err(Error::Peer { code, message });
             }
-            .into())
+            FrameKind::Data => {
+                let (entry, offset, data) = decode_data_prefix(payload)?;
+                data_writes(buf, entry, offset, data.len(), cx)?;
+            }
+            FrameKind::FileBatch => {
+                for (entry, range) in decode_batch(payload)? {
+                    if !t.is_needed_inline(entry)
+                        || t.needed_size(entry) != Some(range.len() as u64)
+                    {
+                        return Err(Error::Verify(format!(
+                            "FileBatch record for entry {} does not match the entry list",
+                            entry.0
+                        )));
+                    }
+                    let p = &t.paths[entry.index()];
+                    // O_EXCL: the control phase removed whatever stood here; anything there now
+                    // was planted mid-session and is not written through.
+                    let mode = t.entries[entry.index()].meta.mode & 0o777;
+                    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+                    let fd =
+                        beneath::open_file(t.root.as_fd(), p, flags, Mode::from_raw_mode(mode))
+                            .ctx(|| format!("creating {}", show(p)))?;
+                    buf.writes.push(WriteOp {
+                        fd: Rc::new(fd),
+                        entry,
+                        file_off: 0,
+                        buf_off: BASE + FRAME_HEADER_LEN + range.start,
+                        len: range.len(),
+                        done: 0,
+                        inline: true,
+                    });
+                }
+            }
+            other => {
+                return Err(WireError::Unexpected {
+                    expected: FrameKind::Data,
+                    got: other,
+                }
+                .into())
+            }
         }
     }
-    stats.frames += 1;
-    stats.data_bytes += buf.writes.iter().map(|w| w.len as u64).sum::<u64>();
-    stats.checksums.push(h.checksum);
+    t.take_frame()?;
+    cx.stats.frames += 1;
+    cx.stats.data_bytes += buf.writes.iter().map(|w| w.len as u64).sum::<u64>();
+    cx.stats.checksums.push(h.checksum);
     buf.pending = 0;
     buf.state = State::Writing;
     for i in 0..buf.writes.len() {
@@ -393,12 +399,78 @@ fn on_frame(
     Ok(false)
 }
 
+/// The writes of a Data frame for `len` bytes of `entry` at `offset`, checked against what the
+/// session asked for.
+fn data_writes(
+    buf: &mut Buf,
+    entry: EntryId,
+    offset: u64,
+    len: usize,
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    let t = cx.t;
+    if !t.is_needed_extent_file(entry) {
+        return Err(Error::Verify(format!(
+            "Data frame for entry {} which this session does not transfer",
+            entry.0
+        )));
+    }
+    let size = t.needed_size(entry).unwrap_or(0);
+    let inside = offset
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= size);
+    if len == 0 || !inside || !t.allows(entry, offset, len as u64) {
+        return Err(Error::Verify(format!(
+            "Data frame for {} at offset {offset} len {len} runs past its size {size} or \
+             outside its delta",
+            show(&t.paths[entry.index()]),
+        )));
+    }
+    let fds = match &cx.cache {
+        Some(c) if c.entry == entry => c.clone(),
+        _ => {
+            let c = open_extent_file(t, entry, size, &mut cx.direct_ok)?;
+            cx.cache = Some(c.clone());
+            c
+        }
+    };
+    // The block-aligned head goes O_DIRECT straight from the buffer; an unaligned tail (end of
+    // file) goes through the page cache.
+    let aligned = match &fds.direct {
+        Some(_) if offset.is_multiple_of(BUF_ALIGN as u64) => len & !(BUF_ALIGN - 1),
+        _ => 0,
+    };
+    if let (Some(d), true) = (&fds.direct, aligned > 0) {
+        buf.writes.push(WriteOp {
+            fd: d.clone(),
+            entry,
+            file_off: offset,
+            buf_off: DATA_OFF,
+            len: aligned,
+            done: 0,
+            inline: false,
+        });
+    }
+    if aligned < len {
+        buf.writes.push(WriteOp {
+            fd: fds.buffered.clone(),
+            entry,
+            file_off: offset + aligned as u64,
+            buf_off: DATA_OFF + aligned,
+            len: len - aligned,
+            done: 0,
+            inline: false,
+        });
+    }
+    Ok(())
+}
+
 /// Open fds of the extent file a worker is currently writing.
 #[derive(Clone)]
 struct ExtentFds {
     entry: EntryId,
-    direct: Option<Rc<OwnedFd>>,
-    buffered: Rc<OwnedFd>,
+    direct: Option<OpFd>,
+    buffered: OpFd,
 }
 
 fn open_extent_file(
@@ -433,22 +505,15 @@ fn open_extent_file(
 
 fn submit_write(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
     let w = &buf.writes[i];
-    // SAFETY: the source range lies in buffer b (validated against the frame length); the buffer
-    // stays in state Writing, untouched, until every write's CQE has arrived.
-    let src = unsafe { ring.slab().ptr(b).add(w.buf_off + w.done) };
-    let n = (w.len - w.done) as u32;
-    let off = w.file_off + w.done as u64;
-    let fd = types::Fd(w.fd.as_raw_fd());
-    let sqe = if ring.fixed {
-        opcode::WriteFixed::new(fd, src, n, b as u16)
-            .offset(off)
-            .build()
-    } else {
-        opcode::Write::new(fd, src, n).offset(off).build()
-    };
-    // SAFETY: see above; the fd is kept open by the Rc in buf.writes until the buffer is freed.
-    unsafe { ring.push(&sqe.user_data(user_data(OP_WRITE, b, i))) }
-        .ctx(|| "submitting write".to_string())
+    let at = w.buf_off + w.done;
+    ring.write(
+        &w.fd,
+        w.file_off + w.done as u64,
+        b,
+        at..w.buf_off + w.len,
+        tag(OP_WRITE, i),
+    )
+    .ctx(|| "submitting write".to_string())
 }
 
 fn on_write(
@@ -457,9 +522,9 @@ fn on_write(
     b: usize,
     i: usize,
     res: i32,
-    t: &RecvTable,
-    progress: &AtomicU64,
+    cx: &mut Ctx<'_>,
 ) -> Result<()> {
+    let t = cx.t;
     let w = &mut buf.writes[i];
     if res <= 0 {
         let p = show(&t.paths[w.entry.index()]);
@@ -473,7 +538,7 @@ fn on_write(
         });
     }
     w.done += res as usize;
-    progress.fetch_add(res as u64, Ordering::Relaxed);
+    cx.progress.fetch_add(res as u64, Ordering::Relaxed);
     if w.done < w.len {
         return submit_write(ring, buf, b, i);
     }

@@ -2,12 +2,12 @@
 //! deltas of changed large files), and building the next manifest once the job committed.
 
 use super::manifest::{changed_ranges, hash_file, Item, Manifest};
-use super::plan::is_inline;
 use crate::beneath;
 use crate::error::{show, IoContext, Result};
 use crate::tree::entry::EntryKind;
 use crate::tree::walk::{FileId, Walked};
 use crate::units::EntryId;
+use crate::wire::message::is_inline;
 use crate::wire::message::{Hint, MAX_DELTA_RANGES};
 use rustix::fs::{Mode, OFlags};
 use std::collections::HashMap;
@@ -229,9 +229,8 @@ pub fn hash_files(
                 .collect();
             hs.into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(crate::Error::Usage("a hashing thread panicked".into()))
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err(crate::Error::Panicked("a hashing thread".into())))
                 })
                 .collect()
         });
@@ -270,9 +269,8 @@ pub fn hash_files(
             .collect();
         hs.into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(crate::Error::Usage("a hashing thread panicked".into()))
-                })
+                h.join()
+                    .unwrap_or_else(|_| Err(crate::Error::Panicked("a hashing thread".into())))
             })
             .collect()
     });

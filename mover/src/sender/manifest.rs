@@ -71,10 +71,6 @@ impl Manifest {
         m
     }
 
-    pub fn by_path(&self, p: &[u8]) -> Option<&Item> {
-        self.by_path.get(p).map(|&i| &self.items[i])
-    }
-
     pub fn position(&self, p: &[u8]) -> Option<usize> {
         self.by_path.get(p).copied()
     }
@@ -120,7 +116,7 @@ impl Manifest {
 
     fn decode(raw: &[u8]) -> Result<Manifest> {
         let bad = |why: &str| {
-            Error::Usage(format!(
+            Error::Corrupt(format!(
                 "the manifest in the state directory is unusable ({why}); remove it to start over"
             ))
         };

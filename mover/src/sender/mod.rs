@@ -1,15 +1,15 @@
 //! `mover send`: walk the source, negotiate with the receiver, learn what it needs, then stream
 //! the data over one connection per pinned worker and commit with the tree hash.
 
-pub mod extents;
-pub mod hints;
-pub mod manifest;
+pub(crate) mod extents;
+pub(crate) mod hints;
+pub(crate) mod manifest;
 pub mod plan;
-pub mod worker;
+pub(crate) mod worker;
 
 use crate::engine::{join_workers, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
-use crate::transport::tcp::{TcpConn, TcpTransport};
+use crate::transport::tcp::TcpTransport;
 use crate::transport::{Connection, Transport};
 use crate::tree::entry::EntryKind;
 use crate::tree::hash::{tree_hash, HashOptions};
@@ -18,16 +18,17 @@ use crate::units::{EntryId, SessionId, WorkerIndex};
 use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, write_frame};
+use crate::wire::message::is_inline;
 use crate::wire::message::{
     decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
-    Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_USER_XATTRS, MAX_EXPECT_RECORDS,
-    MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_USER_XATTRS,
+    MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::wire::WireError;
 use crate::{content_digest, software_version, Progress};
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
 use manifest::Manifest;
-use plan::{data_regions, is_inline, plan, FileToSend};
+use plan::{data_regions, plan, FileToSend};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -134,19 +135,20 @@ fn hello(session: SessionId, role: Role) -> Vec<u8> {
 }
 
 fn connect(
+    transport: &dyn Transport,
     to: SocketAddr,
     session: SessionId,
     role: Role,
     wire: &mut u64,
-) -> Result<(TcpConn, HelloAck)> {
-    let mut c = TcpTransport
+) -> Result<(Box<dyn Connection>, HelloAck)> {
+    let mut c = transport
         .connect(to)
         .ctx(|| format!("connecting to receiver at {to}"))?;
     c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
-    *wire += write_frame(&mut c, FrameKind::Hello, &hello(session, role))?;
+    *wire += write_frame(&mut *c, FrameKind::Hello, &hello(session, role))?;
     let mut buf = Vec::new();
-    expect_frame(&mut c, FrameKind::HelloAck, &mut buf)?;
+    expect_frame(&mut *c, FrameKind::HelloAck, &mut buf)?;
     let ack = HelloAck::decode(&buf)?;
     if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&ack.version) {
         return Err(WireError::VersionMismatch {
@@ -160,7 +162,19 @@ fn connect(
     Ok((c, ack))
 }
 
+/// One session over TCP.
 pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> {
+    let tcp: Arc<dyn Transport> = Arc::new(TcpTransport);
+    send_over(opts, progress, &tcp)
+}
+
+/// One session over `transport`: walk, handshake, entry list and hints, need list, Expect, the
+/// workers' data, Commit, and the manifest of the recovery point the receiver verified.
+pub fn send_over(
+    opts: &SendOptions,
+    progress: &Arc<Progress>,
+    transport: &Arc<dyn Transport>,
+) -> Result<SendReport> {
     let start = Instant::now();
     let source_time_ns = crate::clock::now_ns();
     crate::raise_fd_limit();
@@ -202,6 +216,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     };
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(
+        &**transport,
         opts.to,
         session,
         Role::Control {
@@ -256,31 +271,31 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     for e in entries {
         encode_entry(&mut enc, e);
         if enc.buf.len() >= ENTRIES_FRAME_BYTES {
-            wire += write_frame(&mut ctl, FrameKind::Entries, &enc.buf)?;
+            wire += write_frame(&mut *ctl, FrameKind::Entries, &enc.buf)?;
             enc.buf.clear();
         }
     }
     if !enc.buf.is_empty() {
-        wire += write_frame(&mut ctl, FrameKind::Entries, &enc.buf)?;
+        wire += write_frame(&mut *ctl, FrameKind::Entries, &enc.buf)?;
         enc.buf.clear();
     }
     for h in &planned.hints {
         if !enc.buf.is_empty() && enc.buf.len() + hint_len(h) > ENTRIES_FRAME_BYTES {
-            wire += write_frame(&mut ctl, FrameKind::Hints, &enc.buf)?;
+            wire += write_frame(&mut *ctl, FrameKind::Hints, &enc.buf)?;
             enc.buf.clear();
         }
         encode_hint(&mut enc, h);
     }
     if !enc.buf.is_empty() {
-        wire += write_frame(&mut ctl, FrameKind::Hints, &enc.buf)?;
+        wire += write_frame(&mut *ctl, FrameKind::Hints, &enc.buf)?;
     }
     wire += write_frame(
-        &mut ctl,
+        &mut *ctl,
         FrameKind::EntriesEnd,
         &(entries.len() as u64).to_le_bytes(),
     )?;
 
-    let need = read_need(&mut ctl, entries.len())?;
+    let need = read_need(&mut *ctl, entries.len())?;
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total, mut files_delta) = (0u64, 0u64, 0u64);
@@ -336,7 +351,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     };
     for (k, c) in chunks.iter().enumerate() {
         wire += write_frame(
-            &mut ctl,
+            &mut *ctl,
             FrameKind::Expect,
             &encode_expect(k + 1 == chunks.len(), c),
         )?;
@@ -372,6 +387,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     let mut handles = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
         let (table, progress, to) = (table.clone(), progress.clone(), opts.to);
+        let transport = transport.clone();
         let cpu = cpus.get(i).copied().flatten();
         let direct = opts.direct;
         let hash_blocks = opts.state.is_some();
@@ -380,25 +396,21 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
             .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
-                let (conn, _) = connect(to, session, Role::Worker { index }, &mut w)?;
-                conn.0
-                    .set_write_timeout(None)
+                let (mut conn, _) =
+                    connect(&*transport, to, session, Role::Worker { index }, &mut w)?;
+                conn.set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
-                let sock = conn.0.try_clone().ctx(|| "socket".to_string())?;
                 let worker = SendWorker {
-                    index,
                     cpu,
                     table,
                     units,
-                    sock,
                     direct,
                     progress,
                     hash_blocks,
                 };
-                let mut stats = worker.run()?;
-                let mut conn = conn;
+                let mut stats = worker.run(&mut *conn)?;
                 stats.wire_bytes += w + write_frame(
-                    &mut conn,
+                    &mut *conn,
                     FrameKind::WorkerDone,
                     &encode_worker_done(stats.frames, stats.data_bytes),
                 )?;
@@ -411,7 +423,7 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
     tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
     let mut all = match joined {
         Ok(all) => all,
-        Err(e) => return Err(explain_worker_failure(e, &mut ctl)),
+        Err(e) => return Err(explain_worker_failure(e, &mut *ctl)),
     };
     wire += all.wire_bytes;
     if !stable {
@@ -425,9 +437,9 @@ pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> 
         data_bytes: all.data_bytes,
         source_time_ns,
     };
-    wire += write_frame(&mut ctl, FrameKind::Commit, &commit.encode())?;
+    wire += write_frame(&mut *ctl, FrameKind::Commit, &commit.encode())?;
     let mut buf = Vec::new();
-    expect_frame(&mut ctl, FrameKind::Verified, &mut buf)?;
+    expect_frame(&mut *ctl, FrameKind::Verified, &mut buf)?;
     let v = Verified::decode(&buf)?;
     if !v.ok || v.tree_hash != th {
         return Err(Error::Verify(format!(
@@ -578,14 +590,14 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// Whether a failed session is worth retrying: the network or the peer failed (the receiver
-/// keeps its journal and the next session resumes), or a file changed while being read. Protocol
-/// violations, verification failures, usage errors and a full target would fail the same way
-/// again.
+/// keeps its journal and the next session resumes), the receiver was busy, or a file changed
+/// while being read. Protocol violations, verification failures, a version mismatch and a full
+/// target would fail the same way again.
 pub fn retryable(e: &Error) -> bool {
     match e {
         // A full target reverted the job; the same job would fill it again.
-        Error::Peer(m) => !m.contains(crate::receiver::space::FULL),
-        Error::Io { .. } | Error::SourceChanged(_) => true,
+        Error::Peer { code, .. } => !matches!(code, ErrorCode::DiskFull | ErrorCode::Version),
+        Error::Io { .. } | Error::PeerLost(_) | Error::SourceChanged(_) => true,
         _ => false,
     }
 }
@@ -596,6 +608,18 @@ pub fn send_with_retry(
     opts: &SendOptions,
     progress: &Arc<Progress>,
     attempts: u32,
+    on_retry: impl FnMut(u32, &Error, Duration),
+) -> Result<SendReport> {
+    let tcp: Arc<dyn Transport> = Arc::new(TcpTransport);
+    send_with_retry_over(opts, progress, attempts, &tcp, on_retry)
+}
+
+/// `send_with_retry` over `transport`.
+pub fn send_with_retry_over(
+    opts: &SendOptions,
+    progress: &Arc<Progress>,
+    attempts: u32,
+    transport: &Arc<dyn Transport>,
     mut on_retry: impl FnMut(u32, &Error, Duration),
 ) -> Result<SendReport> {
     let attempts = attempts.clamp(1, MAX_ATTEMPTS);
@@ -603,7 +627,7 @@ pub fn send_with_retry(
     let mut attempt = 1;
     loop {
         progress.reset();
-        match send(opts, progress) {
+        match send_over(opts, progress, transport) {
             Ok(mut r) => {
                 r.attempts = attempt;
                 return Ok(r);
@@ -678,19 +702,19 @@ fn save_manifest(
 
 /// When a worker's socket failed, the receiver closed it and usually says why on the control
 /// connection: prefer its message. Any other failure (source changed, unreadable file) is ours.
-fn explain_worker_failure(e: Error, ctl: &mut TcpConn) -> Error {
+fn explain_worker_failure(e: Error, ctl: &mut dyn Connection) -> Error {
     let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending"));
     if socket_failed {
         let mut buf = Vec::new();
         ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
-        if let Err(Error::Peer(msg)) = expect_frame(ctl, FrameKind::Verified, &mut buf) {
-            return Error::Peer(msg);
+        if let Err(peer @ Error::Peer { .. }) = expect_frame(ctl, FrameKind::Verified, &mut buf) {
+            return peer;
         }
     }
     e
 }
 
-fn read_need(ctl: &mut TcpConn, n: usize) -> Result<Vec<Need>> {
+fn read_need(ctl: &mut dyn Connection, n: usize) -> Result<Vec<Need>> {
     let mut need = Vec::with_capacity(n);
     let mut buf = Vec::new();
     loop {

@@ -4,13 +4,24 @@
 
 use crate::units::EntryId;
 use crate::wire::frame::DATA_CHUNK;
-use crate::wire::message::{BATCH_PREFIX_LEN, BATCH_RECORD_HEADER, INLINE_MAX};
+use crate::wire::message::{is_inline, BATCH_PREFIX_LEN, BATCH_RECORD_HEADER};
 
 /// Unit of assignment to a worker for large files.
 pub const EXTENT_SIZE: u64 = 4 * 1024 * 1024;
 /// Most files per FileBatch frame the sender builds (well under the protocol's MAX_BATCH_FILES;
 /// bounds io_uring reads in flight per buffer).
 pub const SEND_BATCH_MAX_FILES: usize = 128;
+// Limits that must agree (checked at compile time):
+// - a batch the sender builds is one the receiver accepts;
+const _: () = assert!(SEND_BATCH_MAX_FILES <= crate::wire::message::MAX_BATCH_FILES);
+// - extents are whole chunks, so chunk offsets stay aligned across extents;
+const _: () = assert!(EXTENT_SIZE.is_multiple_of(DATA_CHUNK as u64));
+// - a full chunk, or a full batch, plus its prefix fits in one frame.
+const _: () = assert!(
+    DATA_CHUNK + crate::wire::message::DATA_PREFIX_LEN <= crate::wire::frame::MAX_FRAME_PAYLOAD
+);
+const _: () = assert!(BATCH_CAPACITY + BATCH_PREFIX_LEN <= crate::wire::frame::MAX_FRAME_PAYLOAD);
+
 /// Per-file cost in the load balance, in byte-equivalents (open + create + metadata).
 const PER_FILE_COST: u64 = 32 * 1024;
 
@@ -55,10 +66,6 @@ impl Unit {
 
 /// Bytes of batch payload available for file data and record headers.
 const BATCH_CAPACITY: usize = DATA_CHUNK;
-
-pub fn is_inline(size: u64) -> bool {
-    size <= INLINE_MAX
-}
 
 /// Splits the work into per-worker unit lists.
 pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
@@ -145,13 +152,13 @@ fn b_len(u: &Unit) -> usize {
 
 /// Data regions of an open file via SEEK_DATA/SEEK_HOLE, so holes are never read or sent.
 /// Falls back to the whole file if the file system does not report holes or if there are more
-/// than `MAX_REGIONS` regions.
+/// than `MAX_FILE_REGIONS` regions (the receiver's frame budget counts on that bound).
 pub fn data_regions(
     fd: std::os::fd::BorrowedFd<'_>,
     size: u64,
 ) -> std::io::Result<Vec<(u64, u64)>> {
+    use crate::wire::message::MAX_FILE_REGIONS;
     use rustix::fs::{seek, SeekFrom};
-    const MAX_REGIONS: usize = 65536;
     let mut out = Vec::new();
     let mut off = 0u64;
     while off < size {
@@ -169,7 +176,7 @@ pub fn data_regions(
             return Ok(vec![(0, size)]);
         }
         out.push((data, hole - data));
-        if out.len() > MAX_REGIONS {
+        if out.len() > MAX_FILE_REGIONS {
             return Ok(vec![(0, size)]);
         }
         off = hole;

@@ -8,16 +8,16 @@
 
 use super::plan::Unit;
 use crate::beneath;
-use crate::engine::ring::{Uring, BUF_ALIGN, STALL_TIMEOUT};
-use crate::engine::{split_user_data, user_data, FrameStats};
+use crate::engine::ring::{OpFd, Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
-use crate::units::{EntryId, WorkerIndex};
+use crate::transport::Connection;
+use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, DATA_CHUNK, FRAME_HEADER_LEN};
 use crate::wire::message::{BATCH_PREFIX_LEN, BATCH_RECORD_HEADER, DATA_PREFIX_LEN};
-use io_uring::{opcode, types};
 use rustix::fs::{Mode, OFlags};
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +26,9 @@ use std::sync::Arc;
 /// starts on an O_DIRECT-aligned address.
 const HEADROOM: usize = BUF_ALIGN;
 pub const BUF_SIZE: usize = HEADROOM + DATA_CHUNK;
+// The frame header and Data prefix fit in front of the data; a batch frame fits a buffer.
+const _: () = assert!(FRAME_HEADER_LEN + DATA_PREFIX_LEN <= HEADROOM);
+const _: () = assert!(FRAME_HEADER_LEN + BATCH_PREFIX_LEN + DATA_CHUNK <= BUF_SIZE);
 /// Buffers per worker: reads for many frames in flight while one frame is being sent. Measured
 /// on the development VM's virtio disk: 8 -> 16 -> 32 buffers took a 2 GiB O_DIRECT send from
 /// ~3.3 s to ~2.4 s (the device wants a deep queue).
@@ -38,8 +41,14 @@ const RING_ENTRIES: u32 = 4096;
 /// is streamed once, so filling the page cache with it only evicts useful pages.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 
+/// Operation kinds in the ring's tags (the low 32 bits carry the read's index in its buffer).
 const OP_READ: u64 = 1;
 const OP_SEND: u64 = 2;
+
+fn tag(op: u64, idx: usize) -> u64 {
+    debug_assert!(idx < 1 << 32);
+    (op << 32) | idx as u64
+}
 
 pub struct SendTable {
     pub root: OwnedFd,
@@ -47,8 +56,10 @@ pub struct SendTable {
     pub sizes: Vec<u64>,
 }
 
+/// One read of a buffer's frame. The fd is the worker's reference for resubmitting a short
+/// read; the ring holds its own until each submission completes.
 struct ReadOp {
-    fd: Rc<OwnedFd>,
+    fd: OpFd,
     entry: EntryId,
     file_off: u64,
     buf_off: usize,
@@ -81,12 +92,27 @@ struct Buf {
     checksum: u64,
 }
 
+impl Buf {
+    fn new() -> Buf {
+        Buf {
+            state: State::Free,
+            pending: 0,
+            reads: Vec::new(),
+            kind: FrameKind::Data,
+            frame_start: 0,
+            frame_end: 0,
+            sent: 0,
+            data_bytes: 0,
+            files: 0,
+            checksum: 0,
+        }
+    }
+}
+
 pub struct SendWorker {
-    pub index: WorkerIndex,
     pub cpu: Option<hw::CpuId>,
     pub table: Arc<SendTable>,
     pub units: Vec<Unit>,
-    pub sock: std::net::TcpStream,
     pub direct: bool,
     /// Counters (bytes and files sent) and the controller's gate (pause, abort, rate limit),
     /// looked at once per chunk.
@@ -97,40 +123,43 @@ pub struct SendWorker {
 
 struct Cached {
     entry: EntryId,
-    fd: Rc<OwnedFd>,
+    fd: OpFd,
     direct: bool,
 }
 
+/// Where frames go: io_uring sends on the connection's kernel socket, or the connection's
+/// own blocking `send_all` for a transport without one.
+enum Out<'c> {
+    Ring(OpFd),
+    Conn(&'c mut dyn Connection),
+}
+
 impl SendWorker {
-    pub fn run(self) -> Result<FrameStats> {
+    /// Streams the worker's units over `conn`. Returns when every frame is sent, or at the
+    /// first error; either way every operation it started has completed or been cancelled
+    /// before its fds and buffers go (the ring owns them).
+    pub fn run(mut self, conn: &mut dyn Connection) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
-            hw::pin_current_thread(cpu)
-                .map_err(|e| Error::Usage(format!("pinning worker to CPU {}: {e}", cpu.0)))?;
+            hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
         }
         let mut ring =
             Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
-        let sock = self.sock.as_raw_fd();
-        let mut bufs: Vec<Buf> = (0..BUFFERS)
-            .map(|_| Buf {
-                state: State::Free,
-                pending: 0,
-                reads: Vec::new(),
-                kind: FrameKind::Data,
-                frame_start: 0,
-                frame_end: 0,
-                sent: 0,
-                data_bytes: 0,
-                files: 0,
-                checksum: 0,
-            })
-            .collect();
+        let mut out = match conn
+            .uring_socket()
+            .ctx(|| "duplicating the socket".to_string())?
+        {
+            Some(fd) => Out::Ring(Rc::new(fd)),
+            None => Out::Conn(conn),
+        };
+        let mut bufs: Vec<Buf> = (0..BUFFERS).map(|_| Buf::new()).collect();
         let mut stats = FrameStats::default();
-        let mut ready: VecDeque<usize> = VecDeque::new();
+        let mut ready: VecDeque<usize> = VecDeque::with_capacity(BUFFERS);
         let mut sending = false;
-        let mut units = self.units.into_iter().peekable();
+        let mut units = std::mem::take(&mut self.units).into_iter().peekable();
         let mut more = true;
         let mut cache: Option<Cached> = None;
         let mut direct_ok = self.direct;
+        let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
 
         loop {
             // Chunk boundary: the controller may pause, abort or throttle the job here.
@@ -154,31 +183,43 @@ impl SendWorker {
                 match units.next() {
                     Some(u) => {
                         self.progress.control.issue(u.data_bytes());
-                        start_unit(
-                            &mut ring,
-                            &mut bufs[b],
-                            b,
-                            u,
-                            &self.table,
-                            &mut cache,
-                            &mut direct_ok,
-                        )?;
+                        let ctx = UnitCtx {
+                            table: &self.table,
+                            cache: &mut cache,
+                            direct_ok: &mut direct_ok,
+                        };
+                        start_unit(&mut ring, &mut bufs[b], b, u, ctx)?;
                     }
                     None => more = false,
                 }
                 if bufs[b].state == State::Ready {
+                    self.finished_frame(&ring, &bufs[b], b, &mut stats);
                     ready.push_back(b);
                 }
                 gate = self.progress.control.gate();
             }
             if !sending {
                 if let Some(&b) = ready.front() {
-                    submit_send(&mut ring, &bufs[b], b, sock)?;
                     bufs[b].state = State::Sending;
-                    sending = true;
+                    match &mut out {
+                        Out::Ring(sock) => {
+                            submit_send(&mut ring, &bufs[b], b, sock)?;
+                            sending = true;
+                        }
+                        Out::Conn(c) => {
+                            let buf = &bufs[b];
+                            c.send_all(&ring.buf(b)[buf.frame_start..buf.frame_end])
+                                .ctx(|| "sending to receiver".to_string())?;
+                            let n = buf.frame_end - buf.frame_start;
+                            self.sent(&mut bufs[b], n, &mut stats);
+                            let front = ready.pop_front();
+                            debug_assert_eq!(front, Some(b));
+                            continue;
+                        }
+                    }
                 }
             }
-            if ring.inflight == 0 {
+            if ring.inflight() == 0 {
                 debug_assert!(ready.is_empty() && !sending);
                 if !more {
                     break;
@@ -188,65 +229,81 @@ impl SendWorker {
                 }
                 continue;
             }
-            let cqes: Vec<(u64, i32)> = ring
-                .reap_within(1, STALL_TIMEOUT)
-                .ctx(|| "waiting for the peer and the disk".to_string())?
-                .to_vec();
-            for (u, res) in cqes {
-                let (op, b, idx) = split_user_data(u);
-                match op {
+            ring.reap(1, STALL_TIMEOUT, &mut cqes)
+                .ctx(|| "waiting for the peer and the disk".to_string())?;
+            for c in cqes.drain(..) {
+                let (b, idx) = (c.buf, (c.tag & 0xffff_ffff) as usize);
+                match c.tag >> 32 {
                     OP_READ => {
-                        if on_read(&mut ring, &mut bufs[b], b, idx, res, &self.table)? {
-                            finish_frame(&mut ring, &mut bufs[b], b)?;
-                            if self.hash_blocks && bufs[b].kind == FrameKind::Data {
-                                stats.block_hashes.extend(block_hashes(
-                                    &mut ring,
-                                    &bufs[b],
-                                    b,
-                                    &self.table,
-                                ));
-                            }
+                        if on_read(&mut ring, &mut bufs[b], b, idx, c.result, &self.table)? {
+                            finish_frame(&mut ring, &mut bufs[b], b);
+                            self.finished_frame(&ring, &bufs[b], b, &mut stats);
                             ready.push_back(b);
                         }
                     }
                     OP_SEND => {
-                        let buf = &mut bufs[b];
-                        if res <= 0 {
-                            let e = std::io::Error::from_raw_os_error(if res == 0 {
+                        if c.result <= 0 {
+                            let errno = if c.result == 0 {
                                 libc::EPIPE
                             } else {
-                                -res
-                            });
+                                -c.result
+                            };
                             return Err(Error::Io {
                                 context: "sending to receiver".into(),
-                                source: e,
+                                source: std::io::Error::from_raw_os_error(errno),
                             });
                         }
-                        buf.sent += res as usize;
-                        stats.wire_bytes += res as u64;
+                        let buf = &mut bufs[b];
+                        buf.sent += c.result as usize;
                         if buf.sent < buf.frame_end - buf.frame_start {
-                            submit_send(&mut ring, buf, b, sock)?;
+                            if let Out::Ring(sock) = &out {
+                                submit_send(&mut ring, buf, b, sock)?;
+                            }
                             continue;
                         }
-                        stats.checksums.push(buf.checksum);
-                        stats.frames += 1;
-                        stats.data_bytes += buf.data_bytes;
-                        self.progress
-                            .bytes
-                            .fetch_add(buf.data_bytes, Ordering::Relaxed);
-                        self.progress.files.fetch_add(buf.files, Ordering::Relaxed);
-                        buf.state = State::Free;
+                        let total = buf.sent;
+                        self.sent(buf, total, &mut stats);
                         let front = ready.pop_front();
                         debug_assert_eq!(front, Some(b));
                         sending = false;
                     }
-                    _ => unreachable!("unknown op in user_data {u:#x}"),
+                    other => unreachable!("unknown operation kind {other} in tag {:#x}", c.tag),
                 }
             }
         }
-        drop(ring);
         Ok(stats)
     }
+
+    /// A frame is ready to send: take its block hashes for the manifest while the buffer is
+    /// still the worker's alone.
+    fn finished_frame(&self, ring: &Uring, buf: &Buf, b: usize, stats: &mut FrameStats) {
+        if self.hash_blocks && buf.kind == FrameKind::Data {
+            stats
+                .block_hashes
+                .extend(block_hashes(ring, buf, b, &self.table));
+        }
+    }
+
+    /// The whole frame of `buf` (`n` bytes) is on the wire.
+    fn sent(&self, buf: &mut Buf, n: usize, stats: &mut FrameStats) {
+        debug_assert_eq!(n, buf.frame_end - buf.frame_start);
+        stats.wire_bytes += n as u64;
+        stats.checksums.push(buf.checksum);
+        stats.frames += 1;
+        stats.data_bytes += buf.data_bytes;
+        self.progress
+            .bytes
+            .fetch_add(buf.data_bytes, Ordering::Relaxed);
+        self.progress.files.fetch_add(buf.files, Ordering::Relaxed);
+        buf.state = State::Free;
+    }
+}
+
+/// What `start_unit` needs of the worker besides the ring and the buffer.
+struct UnitCtx<'a> {
+    table: &'a SendTable,
+    cache: &'a mut Option<Cached>,
+    direct_ok: &'a mut bool,
 }
 
 fn open_for_read(table: &SendTable, entry: EntryId, direct: bool) -> Result<OwnedFd> {
@@ -266,11 +323,10 @@ fn start_unit(
     buf: &mut Buf,
     b: usize,
     unit: Unit,
-    table: &SendTable,
-    cache: &mut Option<Cached>,
-    direct_ok: &mut bool,
+    cx: UnitCtx<'_>,
 ) -> Result<()> {
     debug_assert_eq!(buf.state, State::Free);
+    let table = cx.table;
     buf.reads.clear();
     buf.sent = 0;
     buf.data_bytes = unit.data_bytes();
@@ -279,10 +335,10 @@ fn start_unit(
         Unit::Chunk {
             entry, offset, len, ..
         } => {
-            let want_direct = *direct_ok
+            let want_direct = *cx.direct_ok
                 && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
                 && offset % BUF_ALIGN as u64 == 0;
-            let reuse = matches!(cache, Some(c) if c.entry == entry && c.direct == want_direct);
+            let reuse = matches!(cx.cache, Some(c) if c.entry == entry && c.direct == want_direct);
             if !reuse {
                 let fd = match open_for_read(table, entry, want_direct) {
                     Ok(fd) => (fd, want_direct),
@@ -290,7 +346,7 @@ fn start_unit(
                     Err(Error::Io { source, .. })
                         if want_direct && source.raw_os_error() == Some(libc::EINVAL) =>
                     {
-                        *direct_ok = false;
+                        *cx.direct_ok = false;
                         (open_for_read(table, entry, false)?, false)
                     }
                     Err(e) => return Err(e),
@@ -300,13 +356,13 @@ fn start_unit(
                 if st.st_size as u64 != table.sizes[entry.index()] {
                     return Err(Error::SourceChanged(show(&table.paths[entry.index()])));
                 }
-                *cache = Some(Cached {
+                *cx.cache = Some(Cached {
                     entry,
                     fd: Rc::new(fd.0),
                     direct: fd.1,
                 });
             }
-            let Some(c) = cache.as_ref() else {
+            let Some(c) = cx.cache.as_ref() else {
                 unreachable!("cache filled above")
             };
             let len = len as usize;
@@ -328,35 +384,24 @@ fn start_unit(
                 ask,
                 done: 0,
             });
-            // SAFETY: buffer b is Free, so nothing in flight touches it.
-            let s = unsafe { ring.slab().slice_mut(b) };
+            let s = ring.buf_mut(b);
             s[HEADROOM - DATA_PREFIX_LEN..HEADROOM - 8].copy_from_slice(&entry.0.to_le_bytes());
             s[HEADROOM - 8..HEADROOM].copy_from_slice(&offset.to_le_bytes());
         }
         Unit::Batch { files } => {
             buf.kind = FrameKind::FileBatch;
             buf.frame_start = 0;
-            // SAFETY: buffer b is Free, so nothing in flight touches it.
-            let s = unsafe { ring.slab().slice_mut(b) };
             let mut pos = FRAME_HEADER_LEN;
+            let s = ring.buf_mut(b);
             s[pos..pos + BATCH_PREFIX_LEN].copy_from_slice(&(files.len() as u32).to_le_bytes());
             pos += BATCH_PREFIX_LEN;
-            for (entry, size) in files {
+            let mut opened = Vec::new();
+            for &(entry, size) in &files {
                 s[pos..pos + 4].copy_from_slice(&entry.0.to_le_bytes());
                 s[pos + 4..pos + 8].copy_from_slice(&size.to_le_bytes());
                 pos += BATCH_RECORD_HEADER;
                 if size > 0 {
-                    let fd = open_for_read(table, entry, false)?;
-                    let len = size as usize;
-                    buf.reads.push(ReadOp {
-                        fd: Rc::new(fd),
-                        entry,
-                        file_off: 0,
-                        buf_off: pos,
-                        len,
-                        ask: len,
-                        done: 0,
-                    });
+                    opened.push((entry, pos, size as usize));
                 }
                 pos += size as usize;
             }
@@ -365,11 +410,23 @@ fn start_unit(
                 "batch overflows its buffer: plan and buffer size disagree"
             );
             buf.frame_end = pos;
+            for (entry, buf_off, len) in opened {
+                let fd = open_for_read(table, entry, false)?;
+                buf.reads.push(ReadOp {
+                    fd: Rc::new(fd),
+                    entry,
+                    file_off: 0,
+                    buf_off,
+                    len,
+                    ask: len,
+                    done: 0,
+                });
+            }
         }
     }
     buf.pending = buf.reads.len();
     if buf.pending == 0 {
-        finish_frame(ring, buf, b)?;
+        finish_frame(ring, buf, b);
         return Ok(());
     }
     buf.state = State::Reading;
@@ -381,23 +438,16 @@ fn start_unit(
 
 fn submit_read(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
     let r = &buf.reads[i];
-    let fd = types::Fd(r.fd.as_raw_fd());
-    // SAFETY: the destination lies inside buffer b (buf_off + ask <= BUF_SIZE, checked when the
-    // unit was laid out); buffer b stays in state Reading, untouched, until this read's CQE.
-    let dst = unsafe { ring.slab().ptr(b).add(r.buf_off + r.done) };
-    let n = (r.ask - r.done) as u32;
-    let off = r.file_off + r.done as u64;
-    let sqe = if ring.fixed {
-        opcode::ReadFixed::new(fd, dst, n, b as u16)
-            .offset(off)
-            .build()
-    } else {
-        opcode::Read::new(fd, dst, n).offset(off).build()
-    };
-    // SAFETY: dst is valid for n bytes until the CQE (see above); the fd is kept open by the Rc in
-    // buf.reads, which is only cleared once all reads of the buffer completed.
-    unsafe { ring.push(&sqe.user_data(user_data(OP_READ, b, i))) }
-        .ctx(|| "submitting read".to_string())
+    let at = r.buf_off + r.done;
+    debug_assert!(r.buf_off + r.ask <= BUF_SIZE);
+    ring.read(
+        &r.fd,
+        r.file_off + r.done as u64,
+        b,
+        at..r.buf_off + r.ask,
+        tag(OP_READ, i),
+    )
+    .ctx(|| "submitting read".to_string())
 }
 
 /// Handles a read completion; returns true when the buffer's last read finished.
@@ -437,24 +487,23 @@ fn on_read(
 /// Per-block hashes of a finished Data frame whose data starts on a block boundary: (entry,
 /// first block, hashes). The last block of a file may be short, as in the manifest.
 fn block_hashes(
-    ring: &mut Uring,
+    ring: &Uring,
     buf: &Buf,
     b: usize,
     table: &SendTable,
 ) -> Option<(EntryId, u64, Vec<u64>)> {
     const BLOCK: usize = super::manifest::BLOCK as usize;
-    // SAFETY: the frame is finished (state Ready): no operation refers to buffer b until its
-    // send is submitted, which happens after this returns.
-    let s = unsafe { ring.slab().slice(b) };
+    let s = ring.buf(b);
     let payload = &s[buf.frame_start + FRAME_HEADER_LEN..buf.frame_end];
     let (entry, offset, data) = crate::wire::message::decode_data_prefix(payload).ok()?;
-    if offset % BLOCK as u64 != 0 {
+    if !offset.is_multiple_of(BLOCK as u64) {
         return None;
     }
     // A short last block counts only at the end of the file (mid-file it would be a block
     // half data, half hole, whose hash covers all 4 KiB).
     let end = offset + data.len() as u64;
-    let whole = if data.len() % BLOCK != 0 && table.sizes.get(entry.index()) != Some(&end) {
+    let whole = if !data.len().is_multiple_of(BLOCK) && table.sizes.get(entry.index()) != Some(&end)
+    {
         data.len() / BLOCK * BLOCK
     } else {
         data.len()
@@ -470,28 +519,148 @@ fn block_hashes(
 }
 
 /// All reads are in: checksum the payload and write the header in front of it.
-fn finish_frame(ring: &mut Uring, buf: &mut Buf, b: usize) -> Result<()> {
+fn finish_frame(ring: &mut Uring, buf: &mut Buf, b: usize) {
     buf.reads.clear();
-    // SAFETY: every read into buffer b has completed; nothing in flight refers to it.
-    let s = unsafe { ring.slab().slice_mut(b) };
+    let s = ring.buf_mut(b);
     let payload = &s[buf.frame_start + FRAME_HEADER_LEN..buf.frame_end];
     let h = FrameHeader::for_payload(buf.kind, payload);
     buf.checksum = h.checksum;
     s[buf.frame_start..buf.frame_start + FRAME_HEADER_LEN].copy_from_slice(&h.encode());
     buf.state = State::Ready;
-    Ok(())
 }
 
-fn submit_send(ring: &mut Uring, buf: &Buf, b: usize, sock: RawFd) -> Result<()> {
-    let total = buf.frame_end - buf.frame_start;
-    debug_assert!(buf.sent < total);
-    // SAFETY: the range lies inside buffer b; the buffer is in state Sending and untouched until
-    // the send's CQE arrives.
-    let src = unsafe { ring.slab().ptr(b).add(buf.frame_start + buf.sent) };
-    let sqe = opcode::Send::new(types::Fd(sock), src, (total - buf.sent) as u32)
-        .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(user_data(OP_SEND, b, 0));
-    // SAFETY: see above; the socket outlives the ring (owned by the worker until it returns).
-    unsafe { ring.push(&sqe) }.ctx(|| "submitting send".to_string())
+fn submit_send(ring: &mut Uring, buf: &Buf, b: usize, sock: &OpFd) -> Result<()> {
+    debug_assert!(buf.frame_start + buf.sent < buf.frame_end);
+    ring.send(
+        sock,
+        b,
+        buf.frame_start + buf.sent..buf.frame_end,
+        tag(OP_SEND, 0),
+    )
+    .ctx(|| "submitting send".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ring::audit;
+    use crate::transport::tcp::TcpConn;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
+
+    const FILE_SIZE: usize = 2 << 20;
+
+    /// A tree of `n` 2 MiB files and the table a sender would build for it.
+    fn tree(dir: &Path, n: usize) -> Arc<SendTable> {
+        let mut paths = Vec::new();
+        for i in 0..n {
+            let name = format!("f{i:02}");
+            std::fs::write(dir.join(&name), vec![i as u8; FILE_SIZE]).expect("write file");
+            paths.push(name.into_bytes());
+        }
+        let root = crate::beneath::open_root(dir, "source").expect("open root");
+        let sizes = vec![FILE_SIZE as u64; n];
+        Arc::new(SendTable { root, paths, sizes })
+    }
+
+    fn chunks(entries: std::ops::Range<u32>) -> Vec<Unit> {
+        let mut units = Vec::new();
+        for e in entries {
+            for k in 0..(FILE_SIZE / DATA_CHUNK) as u64 {
+                units.push(Unit::Chunk {
+                    entry: EntryId(e),
+                    offset: k * DATA_CHUNK as u64,
+                    len: DATA_CHUNK as u32,
+                    last: k == 1,
+                });
+            }
+        }
+        units
+    }
+
+    /// Fds of this process open on files under `dir`.
+    fn open_under(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                if target.starts_with(dir) && target != dir {
+                    out.push(target);
+                }
+            }
+        }
+        out
+    }
+
+    /// A connected pair on loopback: the worker's end, and the peer's.
+    fn pair() -> (TcpConn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        (TcpConn::new(c).expect("conn"), s)
+    }
+
+    fn worker(table: Arc<SendTable>, units: Vec<Unit>) -> SendWorker {
+        SendWorker {
+            cpu: None,
+            table,
+            units,
+            direct: false,
+            progress: Arc::new(crate::Progress::default()),
+            hash_blocks: false,
+        }
+    }
+
+    /// The worker fails with reads queued and in flight, once because a planned file vanished
+    /// (its reads were queued but not yet submitted when the error returned) and once because
+    /// the peer went away (sends fail while reads are in flight). Either way no operation
+    /// reaches the kernel naming an fd closed since it was queued (the ring's audit counts
+    /// those), and every file fd is closed once the worker returned.
+    #[test]
+    fn a_sender_failing_mid_flight_closes_no_fd_while_an_operation_names_it() {
+        let before = audit::violations();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = tree(dir.path(), 24);
+        std::fs::remove_file(dir.path().join("f05")).expect("file vanishes after the plan");
+
+        // 1. A vanished file right after ten queued reads (the first round fills the buffers
+        // before anything is submitted); the peer reads everything.
+        let (mut conn, mut peer) = pair();
+        let drain = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = peer.read_to_end(&mut sink);
+        });
+        let units = chunks(0..24);
+        let err = worker(table.clone(), units)
+            .run(&mut conn)
+            .expect_err("the vanished file fails the worker");
+        assert!(
+            err.to_string().contains("f05"),
+            "the error names the vanished file: {err}"
+        );
+        drop(conn);
+        drain.join().expect("drain thread");
+        assert_eq!(open_under(dir.path()), Vec::<std::path::PathBuf>::new());
+
+        // 2. The peer closes at once: sends fail while reads of later frames are in flight.
+        let (mut conn, peer) = pair();
+        drop(peer);
+        let err = worker(table, chunks(6..24))
+            .run(&mut conn)
+            .expect_err("the closed peer fails the worker");
+        assert!(
+            err.to_string().contains("sending to receiver"),
+            "the send failed: {err}"
+        );
+        assert_eq!(open_under(dir.path()), Vec::<std::path::PathBuf>::new());
+
+        assert_eq!(
+            audit::violations(),
+            before,
+            "an operation was submitted against a closed fd"
+        );
+    }
 }

@@ -1,25 +1,38 @@
-//! How bytes reach the peer. TCP today; the trait leaves room for RDMA, whose connections have no
-//! kernel fd for io_uring to drive (`uring_fd` returns None and the engine would use the
-//! transport's own completion path).
+//! How bytes reach the peer. Sessions and their workers see only `Connection`s, so a transport
+//! is a connect function plus a connection type:
+//! - `tcp`: kernel sockets. `uring_socket` hands the io_uring engine a duplicate of the socket,
+//!   and workers move data frames with io_uring sends and receives.
+//! - `mem` (feature `testkit`): an in-process network with seeded faults, for tests that drive
+//!   whole sessions without sockets. It has no kernel fd, so workers move frames through
+//!   `send_all`/`recv_exact`, as an RDMA transport's would go through its own verbs.
 
 pub mod tcp;
 
+#[cfg(feature = "testkit")]
+pub mod mem;
+
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 pub trait Connection: Send {
     fn send_all(&mut self, buf: &[u8]) -> io::Result<()>;
     fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()>;
-    /// Kernel socket the io_uring engine may drive directly.
-    fn uring_fd(&self) -> Option<RawFd>;
-    /// Bounds how long a blocking send/recv on the control path may wait for the peer.
+    /// A duplicate of the kernel socket for the io_uring engine to drive (the ring keeps it
+    /// open until its last operation completes), or None if this transport has none.
+    fn uring_socket(&self) -> io::Result<Option<OwnedFd>>;
+    /// Bounds how long a blocking send/recv may wait for the peer; None waits forever.
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    fn peer(&self) -> io::Result<SocketAddr>;
+    /// Ends both directions: blocked sends and receives here return, the peer reads EOF.
+    fn shutdown(&self);
+    /// Whether the peer has closed or reset the connection, without blocking. Only meaningful
+    /// when the peer owes nothing: unread data also counts as "not closed".
+    fn peer_closed(&self) -> bool;
+    /// The peer, for logs.
+    fn peer(&self) -> String;
 }
 
 pub trait Transport: Send + Sync {
-    type Conn: Connection + 'static;
-    fn connect(&self, peer: SocketAddr) -> io::Result<Self::Conn>;
+    fn connect(&self, peer: SocketAddr) -> io::Result<Box<dyn Connection>>;
 }

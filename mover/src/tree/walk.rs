@@ -11,7 +11,7 @@ use super::entry::{Entry, EntryKind, Meta, MAX_DEPTH};
 use super::xattr::{read_user_xattrs, On};
 use crate::error::{show, Error, IoContext, Result};
 use crate::units::EntryId;
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -115,23 +115,8 @@ pub fn meta_of(st: &Stat) -> Meta {
     }
 }
 
-/// Names in directory `fd` except `.` and `..`, sorted by bytes.
-pub fn dir_names(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<Vec<u8>>> {
-    let mut dir = Dir::read_from(fd)?;
-    let mut names = Vec::new();
-    while let Some(ent) = dir.read() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    names.sort_unstable();
-    Ok(names)
-}
-
 fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
-    dir_names(fd).ctx(|| format!("reading directory {}", show(what)))
+    crate::beneath::dir_names(fd).ctx(|| format!("reading directory {}", show(what)))
 }
 
 fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
@@ -189,7 +174,7 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     };
     let mut names = read_names(root_fd.as_fd(), b"")?;
     // The receiver's own state is never part of a tree (a replica can be a source in turn).
-    names.retain(|n| n.as_slice() != crate::receiver::state::STATE_DIR);
+    names.retain(|n| n.as_slice() != crate::tree::STATE_DIR);
 
     let next = AtomicUsize::new(0);
     let threads = WALK_THREADS.min(names.len()).max(1);
@@ -234,7 +219,7 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     w.ids.push(file_id(&st, (0, 0)));
     keys.push(None);
     for f in frags {
-        let f = f.ok_or_else(|| Error::Usage("a walker thread panicked".into()))??;
+        let f = f.ok_or_else(|| Error::Panicked("a walker thread".into()))??;
         let base = w.entries.len() as u32;
         w.ids.extend(f.ids);
         for (mut e, (p, k)) in f
@@ -291,7 +276,7 @@ fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fra
         top.next += 1;
         let pid = top.id;
         if depth >= MAX_DEPTH {
-            return Err(Error::Usage(format!(
+            return Err(Error::Limit(format!(
                 "{}: deeper than {MAX_DEPTH} directories",
                 show(&f.paths[pid.index()])
             )));

@@ -1,8 +1,8 @@
 //! Blocking frame I/O over a `Connection`, used for handshakes and the control connection.
-//! The data path does not use this: its workers drive their sockets through io_uring.
+//! The data path does not use this: its workers move whole frames from their buffers.
 
 use super::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN};
-use super::message::decode_message;
+use super::message::{decode_error, encode_error, ErrorCode};
 use super::WireError;
 use crate::error::{Error, IoContext, Result};
 use crate::transport::Connection;
@@ -34,7 +34,8 @@ pub fn read_frame(c: &mut dyn Connection, buf: &mut Vec<u8>) -> Result<FrameHead
 pub fn expect_frame(c: &mut dyn Connection, kind: FrameKind, buf: &mut Vec<u8>) -> Result<()> {
     let h = read_frame(c, buf)?;
     if h.kind == FrameKind::Error {
-        return Err(Error::Peer(decode_message(buf)?));
+        let (code, message) = decode_error(buf)?;
+        return Err(Error::Peer { code, message });
     }
     if h.kind != kind {
         return Err(WireError::Unexpected {
@@ -44,4 +45,11 @@ pub fn expect_frame(c: &mut dyn Connection, kind: FrameKind, buf: &mut Vec<u8>) 
         .into());
     }
     Ok(())
+}
+
+/// Tells the peer why this side ends the session (best effort: it may already be gone).
+pub fn send_error(c: &mut dyn Connection, code: ErrorCode, message: &str) {
+    if let Err(e) = write_frame(c, FrameKind::Error, &encode_error(code, message)) {
+        tracing::debug!("could not tell the peer about the error ({message}): {e}");
+    }
 }

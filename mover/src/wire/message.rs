@@ -10,9 +10,11 @@ use crate::tree::entry::{
 use crate::units::{EntryId, SessionId, WorkerIndex};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOVR");
-/// Version 2 added recovery points, hints (renames, deltas) and the per-entry need list.
-pub const PROTOCOL_VERSION_MIN: u16 = 2;
-pub const PROTOCOL_VERSION_MAX: u16 = 2;
+/// Version 2 added recovery points, hints (renames, deltas) and the per-entry need list;
+/// version 3 gave Error frames a code (`ErrorCode`), so a peer acts on the kind of failure
+/// instead of searching its text.
+pub const PROTOCOL_VERSION_MIN: u16 = 3;
+pub const PROTOCOL_VERSION_MAX: u16 = 3;
 pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most workers (and so connections) one session may open.
@@ -92,7 +94,20 @@ pub enum Hint {
 /// Longest rename source path a hint may carry.
 pub const MAX_HINT_PATH: usize = 64 * 1024;
 /// Most ranges one delta hint may carry (the sender merges nearby ranges to stay under it).
-pub const MAX_DELTA_RANGES: usize = 65536;
+pub const MAX_DELTA_RANGES: usize = MAX_FILE_REGIONS;
+
+/// Most data regions (runs between holes) a sender sends of one file; a file with more is
+/// sent whole, holes included.
+pub const MAX_FILE_REGIONS: usize = 65536;
+
+/// Most Data frames a large file of `bytes` announced bytes can arrive in: the sender cuts each
+/// region (at most MAX_FILE_REGIONS of them, or delta ranges) into chunks of at most
+/// DATA_CHUNK that also end on extent boundaries (one extra cut per region at most), and every
+/// frame carries at least one byte.
+pub fn max_data_frames(bytes: u64) -> u64 {
+    let cuts = bytes.div_ceil(super::frame::DATA_CHUNK as u64) + 2 * MAX_FILE_REGIONS as u64;
+    cuts.min(bytes)
+}
 
 /// The receiver's answer per entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,8 +217,7 @@ pub fn negotiate_version(peer_min: u16, peer_max: u16) -> Result<u16, WireError>
 
 pub fn encode_message(msg: &str) -> Vec<u8> {
     let mut e = Enc::new();
-    let b = msg.as_bytes();
-    e.bytes(&b[..b.len().min(MAX_MESSAGE_LEN)]);
+    e.bytes(truncated(msg).as_bytes());
     e.buf
 }
 
@@ -212,6 +226,64 @@ pub fn decode_message(p: &[u8]) -> Result<String, WireError> {
     let s = d.bytes(MAX_MESSAGE_LEN, "message")?;
     d.finish()?;
     Ok(String::from_utf8_lossy(s).into_owned())
+}
+
+/// What kind of failure an Error frame reports. Unknown codes from a newer peer read as
+/// `Other`, which every side treats as a plain failure.
+#[repr(u16)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Other = 0,
+    /// The destination file system is full; the receiver reverted the job, and the same job
+    /// would fill it again, so the sender does not retry.
+    DiskFull = 1,
+    /// Another session is writing to the root, or the receiver is stopping: try again later.
+    Busy = 2,
+    /// The session or worker is not admitted (unknown session id, ticket not issued here).
+    Refused = 3,
+    /// No protocol version in common.
+    Version = 4,
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> ErrorCode {
+        match v {
+            1 => ErrorCode::DiskFull,
+            2 => ErrorCode::Busy,
+            3 => ErrorCode::Refused,
+            4 => ErrorCode::Version,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
+/// Error payload: code u16, message string (<= MAX_MESSAGE_LEN, cut at a character boundary).
+pub fn encode_error(code: ErrorCode, msg: &str) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u16(code as u16);
+    e.bytes(truncated(msg).as_bytes());
+    e.buf
+}
+
+pub fn decode_error(p: &[u8]) -> Result<(ErrorCode, String), WireError> {
+    let mut d = Dec::new(p);
+    let code = ErrorCode::from_u16(d.u16()?);
+    let s = d.bytes(MAX_MESSAGE_LEN, "message")?;
+    d.finish()?;
+    Ok((code, String::from_utf8_lossy(s).into_owned()))
+}
+
+/// `msg` cut to at most MAX_MESSAGE_LEN bytes without splitting a character.
+fn truncated(msg: &str) -> &str {
+    if msg.len() <= MAX_MESSAGE_LEN {
+        return msg;
+    }
+    let mut end = MAX_MESSAGE_LEN;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
 }
 
 /// Appends one entry to an Entries payload.
@@ -457,6 +529,13 @@ pub fn decode_hints(p: &[u8]) -> Result<Vec<Hint>, WireError> {
 /// at full size) by the receiver before data flows and filled by Data frames.
 pub const INLINE_MAX: u64 = 64 * 1024;
 
+/// Files this small travel whole inside FileBatch frames and are created, written and finished
+/// by one receiver worker; larger ones travel as Data frames of extents. Both sides decide by
+/// this one rule.
+pub fn is_inline(size: u64) -> bool {
+    size <= INLINE_MAX
+}
+
 /// Prefix of a Data payload: `entry u32, offset u64`, then the file bytes.
 pub const DATA_PREFIX_LEN: usize = 12;
 
@@ -475,6 +554,13 @@ pub const BATCH_RECORD_HEADER: usize = 8;
 pub fn decode_batch(p: &[u8]) -> Result<Vec<(EntryId, std::ops::Range<usize>)>, WireError> {
     let mut d = Dec::new(p);
     let count = d.u32()? as usize;
+    // An empty batch carries nothing but would still count as a frame (and a checksum) at the
+    // receiver.
+    if count == 0 {
+        return Err(WireError::BadField {
+            field: "batch file count (0)",
+        });
+    }
     if count > MAX_BATCH_FILES {
         return Err(WireError::FieldTooLong {
             field: "batch file count",

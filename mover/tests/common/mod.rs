@@ -4,11 +4,11 @@
 
 pub mod faults;
 
-use mover::receiver::session::SessionReport;
 use mover::receiver::{ReceiveOptions, Receiver};
 use mover::sender::{send, SendOptions, SendReport};
 use mover::tree::hash::{hash_dir, HashOptions};
 use mover::Progress;
+use mover::SessionReport;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -17,11 +17,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
+    start_receiver_with(root, Default::default())
+}
+
+/// `start_receiver` with session limits other than the defaults.
+pub fn start_receiver_with(
+    root: &Path,
+    limits: mover::SessionLimits,
+) -> (SocketAddr, JoinHandle<SessionReport>) {
     let r = Receiver::bind(
         "127.0.0.1:0".parse().unwrap(),
         ReceiveOptions {
             root: root.to_path_buf(),
             once: true,
+            limits,
             ..Default::default()
         },
         Arc::new(Progress::default()),
