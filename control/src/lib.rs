@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod blackout;
+pub mod clock;
 pub mod daemon;
 pub mod error;
 pub mod model;
