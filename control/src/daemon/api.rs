@@ -1,7 +1,7 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
-use super::{lock, now_ns, source, target, view, Node};
+use super::{lock, source, target, view, Node};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role, Spec};
 use crate::peer::{PeerAnswer, PeerRequest};
@@ -157,8 +157,12 @@ async fn create_token(
     auth::check_name(&t.name)?;
     let role = TokenRole::parse(&t.role)?;
     let token = auth::new_token()?;
-    node.store()
-        .insert_token(&t.name, role.name(), &auth::hash(&token), now_ns())?;
+    node.store().insert_token(
+        &t.name,
+        role.name(),
+        &auth::hash(&token),
+        node.clock.now_ns(),
+    )?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token })),
@@ -315,7 +319,13 @@ async fn create_source(
         ));
     }
     let id = RelationshipId::new_random();
-    let mut r = Relationship::new(id.clone(), Role::Source, spec.clone(), now_ns(), None);
+    let mut r = Relationship::new(
+        id.clone(),
+        Role::Source,
+        spec.clone(),
+        node.clock.now_ns(),
+        None,
+    );
     // First contact: the certificate the target presents (the expected one, if given) is
     // pinned from now on.
     let addr = source::peer_addr(&r).await?;
@@ -450,7 +460,7 @@ async fn replicate(
             "relationship {id} is awaiting authorization on the target"
         ));
     }
-    let now = chrono::Utc::now();
+    let now = node.clock.now();
     if crate::blackout::in_blackout(&r.spec.blackout_windows, now) {
         let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now)
             .map(|t| t.to_rfc3339())
@@ -553,7 +563,7 @@ async fn metrics(
     State(node): Ctx,
 ) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
     let all = node.store().list(None)?;
-    let now_ns = now_ns();
+    let now_ns = node.clock.now_ns();
     let ages: Vec<(String, &str, f64)> = all
         .iter()
         .filter_map(|r| {
