@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_types;
 pub mod auth;
 pub mod blackout;
 pub mod clock;
