@@ -1,6 +1,9 @@
-//! Blocking client for the REST API of `mover daemon` (contract: docs/api.md). Plain HTTP only;
-//! every answer is a `serde_json::Value` so the CLI keeps working when the daemon adds fields.
+//! Blocking client for the REST API of `mover daemon` (contract: docs/api.md). Plain HTTP only.
+//! Request bodies are the control crate's types (`control::api_types`, `control::model::Edit`),
+//! the ones the daemon reads; every answer is a `serde_json::Value` so the CLI keeps working
+//! when the daemon adds fields, and `--json` prints it as the daemon sent it.
 
+use serde::Serialize;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
@@ -103,6 +106,9 @@ impl Method {
     }
 }
 
+/// No request body, of a type `call` can be instantiated with.
+const NO_BODY: Option<&()> = None;
+
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
@@ -130,24 +136,34 @@ impl Api {
         Api { base, token, agent }
     }
 
-    pub fn get(&self, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        self.call(Method::Get, path, body)
+    pub fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(Method::Get, path, NO_BODY)
     }
 
-    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        self.call(Method::Post, path, body)
+    pub fn post(&self, path: &str, body: &impl Serialize) -> Result<Value, ApiError> {
+        self.call(Method::Post, path, Some(body))
     }
 
-    pub fn patch(&self, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        self.call(Method::Patch, path, body)
+    /// A POST whose request has no body (an action on the resource the path names).
+    pub fn post_empty(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(Method::Post, path, NO_BODY)
     }
 
-    pub fn delete(&self, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        self.call(Method::Delete, path, body)
+    pub fn patch(&self, path: &str, body: &impl Serialize) -> Result<Value, ApiError> {
+        self.call(Method::Patch, path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(Method::Delete, path, NO_BODY)
     }
 
     /// One request; a success answer with an empty body (204) is `Value::Null`.
-    fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
+    fn call<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Value, ApiError> {
         let token = self
             .token
             .as_deref()
@@ -166,18 +182,13 @@ impl Api {
         }
         let auth = format!("Bearer {token}");
         let res = match method {
-            Method::Get | Method::Delete => {
-                let rb = if matches!(method, Method::Get) {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                let rb = rb.header("Authorization", &auth);
-                match body {
-                    None => rb.call(),
-                    Some(b) => rb.force_send_body().send_json(b),
-                }
-            }
+            // Neither carries a body in this API.
+            Method::Get => self.agent.get(&url).header("Authorization", &auth).call(),
+            Method::Delete => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
             Method::Post | Method::Patch => {
                 let rb = if matches!(method, Method::Post) {
                     self.agent.post(&url)
@@ -265,9 +276,7 @@ mod tests {
     #[test]
     fn missing_or_blank_token_is_refused_before_connecting() {
         for t in [None, Some(String::new()), Some("  ".into())] {
-            let e = Api::new("http://127.0.0.1:1", t)
-                .get("/v1/node", None)
-                .err();
+            let e = Api::new("http://127.0.0.1:1", t).get("/v1/node").err();
             assert!(matches!(e, Some(ApiError::NoToken)), "{e:?}");
         }
     }

@@ -377,7 +377,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Node { api } => {
             let v = api
                 .client()
-                .get("/v1/node", None)
+                .get("/v1/node")
                 .context("reading the node's details")?;
             if api.json {
                 println!("{}", serde_json::to_string(&v)?);

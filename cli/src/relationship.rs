@@ -1,12 +1,14 @@
 //! `mover relationship ...`: create, inspect, change and drive replication relationships through
-//! the daemon's REST API (docs/api.md). Builds the request bodies from flags and prints views;
-//! all validation beyond the shape of a flag is the daemon's, so its messages are the truth.
+//! the daemon's REST API (docs/api.md). Builds the request bodies from flags (spec.rs) and
+//! prints views; validation beyond the shape of a flag is the control crate's or the daemon's,
+//! so their messages are the truth.
 
 use crate::api::{Api, ApiArgs, ApiError};
-use crate::spec::{edit_body, spec_body, CreateArgs, ModifyArgs};
+use crate::spec::{edit, new_relationship, CreateArgs, ModifyArgs};
 use crate::view;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
+use control::api_types::Authorize;
 use serde_json::{json, Value};
 
 const SOURCE: &str = "/v1/replication/source-relationships";
@@ -140,7 +142,7 @@ fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String, ApiError> 
         return Ok(id);
     }
     let side = role.map_or(String::new(), |r| format!("{} ", r.name()));
-    let list = api.get(role.map_or(STATUS, Role::base), None)?;
+    let list = api.get(role.map_or(STATUS, Role::base))?;
     let mut ids: Vec<&str> = list
         .as_array()
         .into_iter()
@@ -211,10 +213,8 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
     let now = chrono::Utc::now();
     match cmd {
         RelationshipCmd::Create(a) => {
-            let v = a
-                .api
-                .client()
-                .post(SOURCE, Some(&spec_body(&a)))
+            let v = new_relationship(&a)
+                .and_then(|body| a.api.client().post(SOURCE, &body))
                 .context("creating the relationship")?;
             if a.api.json {
                 return print_json(&v);
@@ -226,7 +226,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         RelationshipCmd::List { role, api } => {
             let v = api
                 .client()
-                .get(role.map_or(STATUS, Role::base), None)
+                .get(role.map_or(STATUS, Role::base))
                 .context("listing relationships")?;
             if api.json {
                 return print_json(&v);
@@ -236,10 +236,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         RelationshipCmd::Show { id, role, api } => {
             let c = api.client();
             let (_, v) = either_side(role, |r| {
-                c.get(
-                    &format!("{}/{}", r.base(), full_id(&c, Some(r), &id)?),
-                    None,
-                )
+                c.get(&format!("{}/{}", r.base(), full_id(&c, Some(r), &id)?))
             })
             .with_context(|| format!("showing relationship {id}"))?;
             if api.json {
@@ -251,8 +248,8 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             let c = a.api.client();
             let id = full_id(&c, Some(Role::Source), &a.id)
                 .with_context(|| format!("modifying relationship {}", a.id))?;
-            let v = c
-                .patch(&format!("{SOURCE}/{id}"), Some(&edit_body(&a)))
+            let v = edit(&a)
+                .and_then(|body| c.patch(&format!("{SOURCE}/{id}"), &body))
                 .with_context(|| format!("modifying relationship {id}"))?;
             if a.api.json {
                 return print_json(&v);
@@ -263,8 +260,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             let c = api.client();
             let (r, full) = either_side(role, |r| {
                 let full = full_id(&c, Some(r), &id)?;
-                c.delete(&format!("{}/{full}", r.base()), None)
-                    .map(|_| full)
+                c.delete(&format!("{}/{full}", r.base())).map(|_| full)
             })
             .with_context(|| format!("deleting relationship {id}"))?;
             if api.json {
@@ -281,11 +277,13 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             api,
         } => {
             let c = api.client();
-            let body = json!({ "allow_non_empty_target": allow_non_empty_target });
+            let body = Authorize {
+                allow_non_empty_target,
+            };
             let full = full_id(&c, Some(Role::Target), &id)
                 .with_context(|| format!("authorizing relationship {id}"))?;
             let v = c
-                .post(&format!("{TARGET}/{full}/authorize"), Some(&body))
+                .post(&format!("{TARGET}/{full}/authorize"), &body)
                 .with_context(|| format!("authorizing relationship {full}"))?;
             if api.json {
                 return print_json(&v);
@@ -300,7 +298,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
             let full = full_id(&c, Some(Role::Target), &id)
                 .with_context(|| format!("making the target of {id} writable"))?;
             let v = c
-                .post(&format!("{TARGET}/{full}/make-writable"), None)
+                .post_empty(&format!("{TARGET}/{full}/make-writable"))
                 .with_context(|| format!("making the target of {full} writable"))?;
             if api.json {
                 return print_json(&v);
@@ -319,7 +317,7 @@ fn action(id: &str, api: &ApiArgs, verb: &str, what: &str) -> Result<()> {
     let full =
         full_id(&c, Some(Role::Source), id).with_context(|| format!("{what} relationship {id}"))?;
     let v = c
-        .post(&format!("{SOURCE}/{full}/{verb}"), None)
+        .post_empty(&format!("{SOURCE}/{full}/{verb}"))
         .with_context(|| format!("{what} relationship {full}"))?;
     if api.json {
         return print_json(&v);

@@ -1,16 +1,35 @@
-//! The flags of `mover relationship create/modify` and the request bodies they make, with the
-//! parsers of the compact syntaxes: blackout windows ("mon,fri 22:00-06:00 Europe/Berlin") and
-//! id-map pairs ("1000:2000"). The parsers check only the shape; day names, times, zones and
-//! counts are the daemon's to judge, so the rules live in one place (the control crate).
+//! The flags of `mover relationship create/modify` and the request bodies they make (the
+//! control crate's `NewRelationship` and `Edit`, which the daemon reads), with the parsers of
+//! the compact syntaxes: blackout windows ("mon,fri 22:00-06:00 Europe/Berlin") and id-map
+//! pairs ("1000:2000"). A flag of the wrong shape is a usage error; day names, times, zones and
+//! fingerprints are judged by the control crate's own parsers, so the rules live in one place,
+//! and a value they refuse fails the command as the daemon's 400 did (see [`Judged`]). Counts
+//! and settings that depend on each other are the daemon's to judge.
 
-use crate::api::ApiArgs;
+use crate::api::{ApiArgs, ApiError};
 use clap::{ArgGroup, Args};
-use serde_json::{json, Value};
+use control::api_types::NewRelationship;
+use control::blackout::BlackoutWindow;
+use control::model::{Edit, IdMap, Spec};
+use control::tls::Fingerprint;
 
 const ALL_DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// "DAYS START-END [TIMEZONE]" to the API's blackout window object.
-pub fn parse_blackout(spec: &str) -> Result<Value, String> {
+/// A flag value as the control crate judged it, or its words of refusal. The refusal waits
+/// until the request is built and then fails the command as the daemon's 400 did (exit code 9),
+/// before any request is sent.
+pub type Judged<T> = Result<T, String>;
+
+/// The refusal of a [`Judged`] value, as the daemon would have answered it.
+fn refused(message: String) -> ApiError {
+    ApiError::Local {
+        status: 400,
+        message,
+    }
+}
+
+/// "DAYS START-END [TIMEZONE]" to a blackout window.
+pub fn parse_blackout(spec: &str) -> Result<Judged<BlackoutWindow>, String> {
     const SHAPE: &str = "expected \"DAYS START-END [TIMEZONE]\", e.g. \"mon,tue,fri 22:00-06:00 Europe/Berlin\" or \"weekends 00:00-00:00\"";
     let parts: Vec<&str> = spec.split_whitespace().collect();
     let (days, span, zone) = match parts.as_slice() {
@@ -44,7 +63,13 @@ pub fn parse_blackout(spec: &str) -> Result<Value, String> {
             ))
         }
     };
-    Ok(json!({ "days": out, "start": start, "end": end, "timezone": zone }))
+    Ok(BlackoutWindow::from_parts(&out, start, end, zone)
+        .map_err(|e| format!("blackout window {:?}: {e}", spec.trim())))
+}
+
+/// "sha256:..." as `mover node` prints it on the target.
+pub fn parse_fingerprint(s: &str) -> Result<Judged<Fingerprint>, String> {
+    Ok(Fingerprint::parse(s).map_err(|e| e.to_string()))
 }
 
 /// "SRC:DST" numeric ids.
@@ -81,8 +106,8 @@ pub struct CreateArgs {
     pub bandwidth_limit: Option<u64>,
     /// The target daemon's certificate fingerprint, as `mover node` prints it there
     /// ("sha256:..."). Without it the certificate the target presents now is trusted and pinned.
-    #[arg(long, value_name = "FINGERPRINT")]
-    pub target_fingerprint: Option<String>,
+    #[arg(long, value_name = "FINGERPRINT", value_parser = parse_fingerprint)]
+    pub target_fingerprint: Option<Judged<Fingerprint>>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -95,7 +120,7 @@ pub struct Shared {
     /// whole day; TIMEZONE is an IANA name (default UTC). E.g. 'mon,fri 22:00-06:00
     /// Europe/Berlin'. Repeat for more (at most 10).
     #[arg(long = "blackout", value_name = "SPEC", value_parser = parse_blackout)]
-    pub blackout: Vec<Value>,
+    pub blackout: Vec<Judged<BlackoutWindow>>,
     /// Map a numeric user id on the target: SRC:DST, e.g. 1000:2000. Repeatable.
     #[arg(long, value_name = "SRC:DST", value_parser = parse_id_pair)]
     pub map_uid: Vec<(u32, u32)>,
@@ -105,12 +130,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn map_ids(&self) -> Option<Value> {
+    fn blackout_windows(&self) -> Result<Vec<BlackoutWindow>, ApiError> {
+        self.blackout
+            .iter()
+            .cloned()
+            .collect::<Judged<_>>()
+            .map_err(refused)
+    }
+
+    fn map_ids(&self) -> Option<IdMap> {
         if self.map_uid.is_empty() && self.map_gid.is_empty() {
             return None;
         }
-        let pairs = |v: &[(u32, u32)]| v.iter().map(|(s, d)| json!([s, d])).collect::<Vec<_>>();
-        Some(json!({ "uid": pairs(&self.map_uid), "gid": pairs(&self.map_gid) }))
+        Some(IdMap {
+            uid: self.map_uid.clone(),
+            gid: self.map_gid.clone(),
+        })
     }
 }
 
@@ -157,53 +192,42 @@ pub struct ModifyArgs {
 }
 
 /// The create body (docs/api.md "Spec").
-pub fn spec_body(a: &CreateArgs) -> Value {
-    let mut b = json!({
-        "source_path": a.source_path,
-        "target_address": a.target_address,
-        "target_port": a.target_port,
-        "target_path": a.target_path,
-        "blackout_windows": a.shared.blackout,
-        "enabled": !a.disabled,
-    });
-    if let Some(m) = a.shared.map_ids() {
-        b["map_ids"] = m;
-    }
-    if let Some(l) = a.bandwidth_limit {
-        b["bandwidth_limit"] = json!(l);
-    }
-    if let Some(f) = &a.target_fingerprint {
-        b["target_fingerprint"] = json!(f);
-    }
-    b
+pub fn new_relationship(a: &CreateArgs) -> Result<NewRelationship, ApiError> {
+    Ok(NewRelationship {
+        spec: Spec {
+            source_path: a.source_path.clone(),
+            target_address: a.target_address.clone(),
+            target_port: a.target_port,
+            target_path: a.target_path.clone(),
+            blackout_windows: a.shared.blackout_windows()?,
+            map_ids: a.shared.map_ids(),
+            enabled: !a.disabled,
+            bandwidth_limit: a.bandwidth_limit,
+        },
+        target_fingerprint: a.target_fingerprint.clone().transpose().map_err(refused)?,
+    })
 }
 
-/// The edit body: only the fields the user gave, since unknown or absent ones stay as they are.
-pub fn edit_body(a: &ModifyArgs) -> Value {
-    let mut b = serde_json::Map::new();
-    if let Some(t) = &a.target_address {
-        b.insert("target_address".into(), json!(t));
-    }
-    if let Some(p) = a.target_port {
-        b.insert("target_port".into(), json!(p));
-    }
-    if !a.shared.blackout.is_empty() || a.clear_blackouts {
-        b.insert("blackout_windows".into(), json!(a.shared.blackout));
-    }
-    if a.enable || a.disable {
-        b.insert("enabled".into(), json!(a.enable));
-    }
-    if let Some(l) = a.bandwidth_limit {
-        b.insert("bandwidth_limit".into(), json!(l));
-    } else if a.no_bandwidth_limit {
-        b.insert("bandwidth_limit".into(), Value::Null);
-    }
-    if let Some(m) = a.shared.map_ids() {
-        b.insert("map_ids".into(), m);
-    } else if a.clear_id_map {
-        b.insert("map_ids".into(), Value::Null);
-    }
-    Value::Object(b)
+/// The edit body: only the settings the user gave (the others stay as they are); a "clear" or
+/// "no" flag is `Some(None)`, sent as null.
+pub fn edit(a: &ModifyArgs) -> Result<Edit, ApiError> {
+    let windows = !a.shared.blackout.is_empty() || a.clear_blackouts;
+    let map_ids = match a.shared.map_ids() {
+        Some(m) => Some(Some(m)),
+        None => a.clear_id_map.then_some(None),
+    };
+    let bandwidth_limit = match a.bandwidth_limit {
+        Some(l) => Some(Some(l)),
+        None => a.no_bandwidth_limit.then_some(None),
+    };
+    Ok(Edit {
+        target_address: a.target_address.clone(),
+        target_port: a.target_port,
+        blackout_windows: windows.then(|| a.shared.blackout_windows()).transpose()?,
+        map_ids,
+        enabled: (a.enable || a.disable).then_some(a.enable),
+        bandwidth_limit,
+    })
 }
 
 #[cfg(test)]
@@ -211,6 +235,7 @@ mod tests {
     use super::*;
     use crate::relationship::RelationshipCmd;
     use clap::Parser;
+    use serde_json::{json, Value};
 
     #[derive(Parser)]
     struct T {
@@ -222,10 +247,15 @@ mod tests {
         T::try_parse_from(std::iter::once("t").chain(args.split('|'))).map(|t| t.cmd)
     }
 
+    /// The window's JSON as the request carries it.
+    fn window(spec: &str) -> Value {
+        serde_json::to_value(parse_blackout(spec).unwrap().unwrap()).unwrap()
+    }
+
     #[test]
     fn blackout_with_zone_days_and_wrap() {
         assert_eq!(
-            parse_blackout("mon,tue,fri 22:00-06:00 Europe/Berlin").unwrap(),
+            window("mon,tue,fri 22:00-06:00 Europe/Berlin"),
             json!({"days": ["mon", "tue", "fri"], "start": "22:00", "end": "06:00", "timezone": "Europe/Berlin"})
         );
     }
@@ -233,32 +263,69 @@ mod tests {
     #[test]
     fn blackout_zone_defaults_to_utc_and_whitespace_is_free() {
         assert_eq!(
-            parse_blackout("  sat   00:00-00:00 ").unwrap(),
+            window("  sat   00:00-00:00 "),
             json!({"days": ["sat"], "start": "00:00", "end": "00:00", "timezone": "UTC"})
         );
     }
 
     #[test]
     fn blackout_day_groups_expand() {
-        let days = |s: &str| parse_blackout(s).unwrap()["days"].clone();
+        let days = |s: &str| window(s)["days"].clone();
         assert_eq!(days("daily 01:00-02:00"), json!(ALL_DAYS));
         assert_eq!(
             days("Weekdays 01:00-02:00"),
             json!(["mon", "tue", "wed", "thu", "fri"])
         );
+        // A set of days, sent Monday first as the daemon keeps it.
         assert_eq!(
-            days("weekends,mon 01:00-02:00"),
-            json!(["sat", "sun", "mon"])
+            days("weekends,mon,sun 01:00-02:00"),
+            json!(["mon", "sat", "sun"])
         );
+        assert_eq!(window("mon 1:00-2:00")["start"], "01:00");
     }
 
     #[test]
-    fn blackout_leaves_names_and_times_to_the_daemon() {
-        // Not the CLI's to refuse: the daemon names the bad field in its 400.
-        let v = parse_blackout("Funday 25:99-1:00 Mars/Olympus").unwrap();
-        assert_eq!(
-            v,
-            json!({"days": ["Funday"], "start": "25:99", "end": "1:00", "timezone": "Mars/Olympus"})
+    fn blackout_names_times_and_zones_are_judged_by_the_control_crate_when_the_request_is_built() {
+        for (bad, why) in [
+            ("Funday 01:00-02:00", "unknown day of the week \"Funday\""),
+            ("mon 25:99-02:00", "time of day must be HH:MM"),
+            (
+                "mon 01:00-02:00 Mars/Olympus",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+        ] {
+            let e = parse_blackout(bad).unwrap().unwrap_err();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+        let args = "create|--source-path|/s|--target-address|h|--target-path|/t\
+                    |--blackout|Funday 01:00-02:00";
+        let Ok(RelationshipCmd::Create(a)) = parse(args) else {
+            panic!("the flag's shape is right; its day is the control crate's to refuse")
+        };
+        let e = new_relationship(&a).unwrap_err();
+        assert_eq!(e.status(), Some(400), "refused as the daemon would: {e}");
+        let Ok(RelationshipCmd::Modify(m)) = parse("modify|ab|--blackout|Funday 01:00-02:00")
+        else {
+            panic!()
+        };
+        assert_eq!(edit(&m).unwrap_err().status(), Some(400));
+    }
+
+    #[test]
+    fn a_fingerprint_is_judged_by_the_control_crate_and_sent_normalized() {
+        let base =
+            "create|--source-path|/s|--target-address|h|--target-path|/t|--target-fingerprint|";
+        let create = |fp: &str| match parse(&format!("{base}{fp}")) {
+            Ok(RelationshipCmd::Create(a)) => new_relationship(&a),
+            _ => panic!(),
+        };
+        let fp = format!("sha256:{}", "AB".repeat(32));
+        let body = serde_json::to_value(create(&fp).unwrap()).unwrap();
+        assert_eq!(body["target_fingerprint"], fp.to_lowercase());
+        let e = create("md5:00").unwrap_err();
+        assert!(
+            e.status() == Some(400) && e.to_string().contains("must start with"),
+            "{e}"
         );
     }
 
@@ -304,8 +371,9 @@ mod tests {
         else {
             panic!()
         };
+        let body = |a: &CreateArgs| serde_json::to_value(new_relationship(a).unwrap()).unwrap();
         assert_eq!(
-            spec_body(&a),
+            body(&a),
             json!({"source_path": "/srv/data", "target_address": "10.0.0.2", "target_port": 3712, "target_path": "/r",
                    "blackout_windows": [], "enabled": true})
         );
@@ -314,7 +382,7 @@ mod tests {
         let Ok(RelationshipCmd::Create(a)) = parse(args) else {
             panic!()
         };
-        let b = spec_body(&a);
+        let b = body(&a);
         assert_eq!(b["target_port"], 4000);
         assert_eq!(b["blackout_windows"][0]["days"], json!(["sat"]));
         assert_eq!(
@@ -338,7 +406,7 @@ mod tests {
     #[test]
     fn modify_sends_only_what_was_given() {
         let body = |a: &str| match parse(a) {
-            Ok(RelationshipCmd::Modify(m)) => edit_body(&m),
+            Ok(RelationshipCmd::Modify(m)) => serde_json::to_value(edit(&m).unwrap()).unwrap(),
             Ok(_) => panic!("not modify"),
             Err(e) => panic!("{e}"),
         };

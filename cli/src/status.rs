@@ -78,7 +78,7 @@ pub fn run(a: StatusArgs) -> Result<()> {
     let redraw = a.watch && !a.api.json && std::io::stdout().is_terminal();
     let mut first = true;
     loop {
-        let views = api.get(STATUS, None).context("reading the status")?;
+        let views = api.get(STATUS).context("reading the status")?;
         let mut out = frame(&views, a.api.json, redraw, a.interval)?;
         if a.watch && !redraw && !a.api.json && !first {
             // Appended tables need a gap to be told apart.

@@ -3,7 +3,10 @@
 
 use crate::api::ApiArgs;
 use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Subcommand;
+use control::api_types::NewToken;
+use control::auth::TokenRole;
 use serde_json::{json, Value};
 
 const TOKENS: &str = "/v1/tokens";
@@ -22,8 +25,8 @@ both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --t
         #[arg(long)]
         name: String,
         /// What the token may do.
-        #[arg(long, value_parser = ["admin", "source-operator", "target-operator", "observer"])]
-        role: String,
+        #[arg(long, value_parser = role_parser())]
+        role: TokenRole,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -40,6 +43,12 @@ both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --t
     },
 }
 
+/// A role by name; the names are the control crate's, listed in `--help`.
+fn role_parser() -> impl TypedValueParser<Value = TokenRole> {
+    PossibleValuesParser::new(TokenRole::ALL.map(TokenRole::name))
+        .try_map(|name| TokenRole::parse(&name))
+}
+
 fn field<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("?")
 }
@@ -47,9 +56,13 @@ fn field<'a>(v: &'a Value, k: &str) -> &'a str {
 pub fn run(cmd: TokenCmd) -> Result<()> {
     match cmd {
         TokenCmd::Create { name, role, api } => {
+            let body = NewToken {
+                name: name.clone(),
+                role,
+            };
             let v = api
                 .client()
-                .post(TOKENS, Some(&json!({ "name": name, "role": role })))
+                .post(TOKENS, &body)
                 .with_context(|| format!("creating token {name}"))?;
             if api.json {
                 println!("{}", serde_json::to_string(&v)?);
@@ -65,7 +78,7 @@ pub fn run(cmd: TokenCmd) -> Result<()> {
             }
         }
         TokenCmd::List { api } => {
-            let v = api.client().get(TOKENS, None).context("listing tokens")?;
+            let v = api.client().get(TOKENS).context("listing tokens")?;
             if api.json {
                 println!("{}", serde_json::to_string(&v)?);
                 return Ok(());
@@ -84,7 +97,7 @@ pub fn run(cmd: TokenCmd) -> Result<()> {
         }
         TokenCmd::Delete { name, api } => {
             api.client()
-                .delete(&format!("{TOKENS}/{}", path_segment(&name)), None)
+                .delete(&format!("{TOKENS}/{}", path_segment(&name)))
                 .with_context(|| format!("deleting token {name}"))?;
             if api.json {
                 println!("{}", json!({ "name": name, "deleted": true }));

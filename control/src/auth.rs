@@ -27,8 +27,9 @@ impl Privilege {
     }
 }
 
+/// In JSON its name; read through [`TokenRole::parse`], so a refusal says the same either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum TokenRole {
     Admin,
     SourceOperator,
@@ -37,6 +38,13 @@ pub enum TokenRole {
 }
 
 impl TokenRole {
+    pub const ALL: [TokenRole; 4] = [
+        TokenRole::Admin,
+        TokenRole::SourceOperator,
+        TokenRole::TargetOperator,
+        TokenRole::Observer,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             TokenRole::Admin => "admin",
@@ -47,19 +55,14 @@ impl TokenRole {
     }
 
     pub fn parse(s: &str) -> Result<TokenRole> {
-        [
-            TokenRole::Admin,
-            TokenRole::SourceOperator,
-            TokenRole::TargetOperator,
-            TokenRole::Observer,
-        ]
-        .into_iter()
-        .find(|r| r.name() == s)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown role {s:?}: one of admin, source-operator, target-operator, observer"
-            ))
-        })
+        TokenRole::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown role {s:?}: one of admin, source-operator, target-operator, observer"
+                ))
+            })
     }
 
     pub fn has(self, p: Privilege) -> bool {
@@ -70,6 +73,13 @@ impl TokenRole {
             TokenRole::TargetOperator => matches!(p, TargetRead | TargetWrite),
             TokenRole::Observer => matches!(p, SourceRead | TargetRead),
         }
+    }
+}
+
+impl TryFrom<String> for TokenRole {
+    type Error = Error;
+    fn try_from(s: String) -> Result<TokenRole> {
+        TokenRole::parse(&s)
     }
 }
 

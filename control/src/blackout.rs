@@ -342,6 +342,34 @@ impl BlackoutWindow {
     }
 }
 
+impl BlackoutWindow {
+    /// A window from its parts as an operator writes them (days as [`Days::parse_names`] takes
+    /// them, "HH:MM" times, an IANA zone): the rules, and the words of a refusal, of reading
+    /// one from JSON, so a client can build the value the daemon would read.
+    pub fn from_parts<S: AsRef<str>>(
+        days: impl IntoIterator<Item = S>,
+        start: &str,
+        end: &str,
+        timezone: &str,
+    ) -> Result<BlackoutWindow> {
+        Ok(BlackoutWindow {
+            days: Days::parse_names(days)?,
+            start: start.parse()?,
+            end: end.parse()?,
+            timezone: parse_timezone(timezone)?,
+        })
+    }
+}
+
+/// A time zone by its IANA name ("Europe/Berlin", "UTC"), as the zone database spells it.
+pub fn parse_timezone(name: &str) -> Result<Tz> {
+    name.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "unknown time zone {name:?} (expected an IANA name such as \"Europe/Berlin\" or \"UTC\")"
+        ))
+    })
+}
+
 impl fmt::Display for BlackoutWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -449,9 +477,7 @@ mod tz_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
         let name = String::deserialize(d)?;
-        name.parse().map_err(|_| {
-            D::Error::custom(format!("unknown time zone {name:?} (expected an IANA name such as \"Europe/Berlin\" or \"UTC\")"))
-        })
+        super::parse_timezone(&name).map_err(D::Error::custom)
     }
 }
 
@@ -487,6 +513,34 @@ mod tests {
         assert!(!w.contains(to), "{w} should have ended at {to}");
         assert_eq!(w.next_change(from - ns), Some(from));
         assert_eq!(w.next_change(from), Some(to));
+    }
+
+    #[test]
+    fn a_window_from_its_parts_is_the_window_read_from_json_and_refused_in_the_same_words() {
+        let parts = |d: &[&str], s: &str, e: &str, z: &str| {
+            let json = serde_json::json!({"days": d, "start": s, "end": e, "timezone": z});
+            let read = serde_json::from_value::<BlackoutWindow>(json).map_err(|e| e.to_string());
+            (
+                BlackoutWindow::from_parts(d, s, e, z).map_err(|e| e.to_string()),
+                read,
+            )
+        };
+        let (made, read) = parts(&["Monday", "fri", "mon"], "6:00", "22:30", "Europe/Berlin");
+        assert_eq!(made, read);
+        assert_eq!(
+            made.unwrap(),
+            win("mon,fri", "06:00", "22:30", "Europe/Berlin")
+        );
+        for (d, s, e, z) in [
+            ("Funday", "01:00", "02:00", "UTC"),
+            ("mon", "25:99", "02:00", "UTC"),
+            ("mon", "01:00", "2", "UTC"),
+            ("mon", "01:00", "02:00", "Mars/Olympus"),
+        ] {
+            let (made, read) = parts(&[d], s, e, z);
+            assert_eq!(made, read, "{d} {s}-{e} {z}");
+            assert!(made.is_err());
+        }
     }
 
     #[test]

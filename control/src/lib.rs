@@ -6,8 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_types;
 pub mod auth;
 pub mod blackout;
+pub mod clock;
 pub mod daemon;
 pub mod error;
 pub mod model;

@@ -122,7 +122,8 @@ pub struct IdMap {
     pub gid: Vec<(u32, u32)>,
 }
 
-/// What an operator gives to create a relationship on the source.
+/// What an operator gives to create a relationship on the source. Optional settings that are
+/// not set are left out of its JSON, as absent and null mean the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
     pub source_path: String,
@@ -132,12 +133,12 @@ pub struct Spec {
     pub target_path: String,
     #[serde(default)]
     pub blackout_windows: Vec<BlackoutWindow>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map_ids: Option<IdMap>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// File data bytes per second a job may send; `None` is unlimited.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<u64>,
 }
 
@@ -150,18 +151,32 @@ fn yes() -> bool {
 }
 
 /// Everything but the paths can be edited (a different path is a different relationship).
+/// The body of `PATCH .../source-relationships/{id}`: a field left out (`None`) stays as it is,
+/// so `None` is never written as null, which would remove a mapping or a limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blackout_windows: Option<Vec<BlackoutWindow>>,
     /// `Some(None)` (JSON null) removes the mapping.
-    #[serde(default, with = "double_option")]
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub map_ids: Option<Option<IdMap>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// `Some(None)` removes the limit.
-    #[serde(default, with = "double_option")]
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bandwidth_limit: Option<Option<u64>>,
 }
 

@@ -12,6 +12,7 @@ mod source;
 mod target;
 mod view;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::IoContext;
 use crate::model::{Relationship, RelationshipId, Role};
 use crate::peer::JobView;
@@ -23,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A target that has not heard from its source for this long shows it as disconnected (the
 /// source polls every few seconds).
@@ -36,6 +37,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// only, never across an await or a network call.
 pub struct Node {
     pub opts: DaemonOptions,
+    /// Every time the daemon reads goes through this (tests pass a simulated one).
+    pub clock: Arc<dyn Clock>,
     store: Mutex<Store>,
     pub identity: Identity,
     /// Source side: jobs running now.
@@ -52,10 +55,10 @@ pub struct Node {
     authorizing: Mutex<()>,
     /// Target side: session id (ticket) -> relationship, to route data-plane connections that
     /// arrive on the replication port.
-    routes: Mutex<HashMap<u128, (RelationshipId, std::time::Instant)>>,
+    routes: Mutex<HashMap<u128, (RelationshipId, Instant)>>,
     /// Target side: when the pinned source last reached us, per relationship.
-    last_contact: Mutex<HashMap<RelationshipId, std::time::Instant>>,
-    started: std::time::Instant,
+    last_contact: Mutex<HashMap<RelationshipId, Instant>>,
+    started: Instant,
     metrics: metrics::Metrics,
     shutting_down: AtomicBool,
 }
@@ -64,8 +67,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks left plain data behind, still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-pub use mover::clock::now_ns;
 
 impl Node {
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -108,7 +109,7 @@ impl Node {
 
 /// Opens the data dir (0700: it holds the key, tokens and the private mounts), the database
 /// and the node identity; creates the first admin token.
-fn open_node(opts: DaemonOptions) -> Result<Node> {
+fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(&opts.data_dir)
         .ctx(|| format!("creating data dir {}", opts.data_dir.display()))?;
@@ -122,14 +123,16 @@ fn open_node(opts: DaemonOptions) -> Result<Node> {
             "admin",
             crate::auth::TokenRole::Admin.name(),
             &crate::auth::hash(&token),
-            now_ns(),
+            clock.now_ns(),
         )?;
         let path = opts.data_dir.join("admin.token");
         config::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
+    let started = clock.instant();
     Ok(Node {
         opts,
+        clock,
         store: Mutex::new(store),
         identity,
         jobs: Mutex::default(),
@@ -140,7 +143,7 @@ fn open_node(opts: DaemonOptions) -> Result<Node> {
         authorizing: Mutex::default(),
         routes: Mutex::default(),
         last_contact: Mutex::default(),
-        started: std::time::Instant::now(),
+        started,
         metrics: metrics::Metrics::default(),
         shutting_down: AtomicBool::new(false),
     })
@@ -159,7 +162,7 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
 }
 
 async fn serve(opts: DaemonOptions) -> Result<()> {
-    let node = Arc::new(open_node(opts)?);
+    let node = Arc::new(open_node(opts, Arc::new(SystemClock))?);
     target::restore(&node)?;
     let peer = tokio::net::TcpListener::bind(node.opts.listen)
         .await

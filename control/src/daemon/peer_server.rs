@@ -2,7 +2,7 @@
 //! A proposal pins the proposer's certificate fingerprint; every later request about that
 //! relationship must come from the same certificate or is refused.
 
-use super::{now_ns, target, Node};
+use super::{target, Node};
 use crate::model::{Relationship, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
 use crate::peer_wire;
@@ -151,7 +151,7 @@ fn pinned(
             "peer not authorized for relationship {id}: its certificate {fp} is not the one pinned when the relationship was proposed"
         )));
     }
-    super::lock(&node.last_contact).insert(id.clone(), std::time::Instant::now());
+    super::lock(&node.last_contact).insert(id.clone(), node.clock.instant());
     Ok(r)
 }
 
@@ -316,7 +316,13 @@ fn propose(
             pending.len()
         ));
     }
-    let r = Relationship::new(id.clone(), Role::Target, spec, now_ns(), Some(fp.0.clone()));
+    let r = Relationship::new(
+        id.clone(),
+        Role::Target,
+        spec,
+        node.clock.now_ns(),
+        Some(fp.0.clone()),
+    );
     match node.store().insert(&r) {
         Ok(()) => {
             tracing::info!(%id, peer = %fp, software, "relationship proposed; awaiting authorization");

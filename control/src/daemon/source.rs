@@ -2,14 +2,17 @@
 //! window) or stops (abort, delete, shutdown); each job runs the data plane's sender on its own
 //! threads, one session per attempt, each attempt with a fresh ticket from the target.
 
-use super::{lock, now_ns, Node};
+use super::{lock, Node};
 use crate::blackout;
+use crate::clock::Clock;
 use crate::model::{Attempt, Relationship, RelationshipId, Role};
 use crate::peer::{JobView, PeerAnswer, PeerRequest};
 use crate::tls::Fingerprint;
 use crate::{Error, Result};
+use chrono::{DateTime, Utc};
 use mover::units::SessionId;
 use mover::Progress;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,7 +78,8 @@ impl Job {
         self.done.load(Ordering::SeqCst)
     }
 
-    pub fn view(&self) -> JobView {
+    /// The job's progress at `now` (the node clock's monotonic time).
+    pub fn view(&self, now: Instant) -> JobView {
         let (p, c) = (&self.progress, &self.carried);
         let (cf, cb) = (
             c.files.load(Ordering::Relaxed),
@@ -91,35 +95,148 @@ impl Job {
         );
         let scanning = p.files_total.load(Ordering::Relaxed) == 0
             && p.bytes_total.load(Ordering::Relaxed) == 0;
-        let mut v = JobView::from_counts(
-            p.control.is_paused(),
-            self.started.elapsed().as_secs_f64(),
-            files,
-            bytes,
-        );
+        let run = now.saturating_duration_since(self.started);
+        let mut v = JobView::from_counts(p.control.is_paused(), run.as_secs_f64(), files, bytes);
         if scanning {
             // Totals of this session are not known yet: no percentages to claim.
             v.scanning = true;
             (v.percent_files, v.percent_bytes, v.percent) = (0.0, 0.0, 0.0);
         }
         let mut rate = lock(&self.rate);
-        let dt = rate.0.elapsed();
+        let dt = now.saturating_duration_since(rate.0);
         if dt >= RATE_WINDOW {
             let moved = v.bytes_done.saturating_sub(rate.1);
-            *rate = (
-                Instant::now(),
-                v.bytes_done,
-                moved as f64 / dt.as_secs_f64(),
-            );
+            *rate = (now, v.bytes_done, moved as f64 / dt.as_secs_f64());
         }
         v.throughput_bytes_per_sec = if v.paused {
             0.0
-        } else if self.started.elapsed() < RATE_WINDOW {
+        } else if run < RATE_WINDOW {
             v.throughput_bytes_per_sec
         } else {
             rate.2
         };
         v
+    }
+}
+
+/// The time of a scheduling decision, read once from the node's clock: wall time for blackout
+/// windows, monotonic time for intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Now {
+    wall: DateTime<Utc>,
+    mono: Instant,
+}
+
+impl Now {
+    fn read(clock: &dyn Clock) -> Now {
+        Now {
+            wall: clock.now(),
+            mono: clock.instant(),
+        }
+    }
+}
+
+/// What the scheduler remembers of one relationship between ticks, and the decisions that
+/// depend on time. Pure: the time is an argument, as in `blackout`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Timing {
+    /// When the target was last asked about the relationship.
+    last_poll: Option<Instant>,
+    /// When the last job ended, and whether it failed.
+    last_end: Option<(Instant, bool)>,
+    /// When the running job was paused for a blackout window; `None` while it is not.
+    paused_since: Option<Instant>,
+}
+
+/// What to do with a running job at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pause {
+    paused: bool,
+    /// End the session at its chunk boundary; the job goes on in a new one after the window.
+    suspend: bool,
+}
+
+impl Timing {
+    /// Whether the target is due another poll.
+    fn poll_due(&self, authorized: bool, now: Instant) -> bool {
+        let every = if authorized {
+            POLL_AUTHORIZED
+        } else {
+            POLL_UNAUTHORIZED
+        };
+        self.last_poll
+            .is_none_or(|t| now.saturating_duration_since(t) >= every)
+    }
+
+    /// Whether continuous replication wants the next job: `interval` after the last one ended,
+    /// and after a failed one not before FAILED_JOB_PAUSE either.
+    fn job_due(&self, interval: Duration, now: Instant) -> bool {
+        self.last_end.is_none_or(|(t, failed)| {
+            let wait = if failed {
+                FAILED_JOB_PAUSE.max(interval)
+            } else {
+                interval
+            };
+            now.saturating_duration_since(t) >= wait
+        })
+    }
+
+    /// Whether an idle relationship's next job starts now: never inside a blackout window;
+    /// otherwise on "replicate now" (`wanted`), when continuous replication is due, or to resume
+    /// a job the daemon was stopped in the middle of (`job_running` still set).
+    fn job_starts(&self, r: &Relationship, wanted: bool, interval: Duration, now: Now) -> bool {
+        let blackout = blackout::in_blackout(&r.spec.blackout_windows, now.wall);
+        let continuous = r.spec.enabled && self.job_due(interval, now.mono);
+        !blackout && (wanted || continuous || r.job_running)
+    }
+
+    fn job_ended(&mut self, failed: bool, now: Instant) {
+        self.last_end = Some((now, failed));
+        self.paused_since = None;
+    }
+
+    /// A running job is paused while a blackout window is open; a pause longer than
+    /// `max_pause` (config::DEFAULT_MAX_PAUSE_IN_SESSION) suspends its session, asked again on
+    /// every tick until the window ends.
+    fn running(&mut self, r: &Relationship, max_pause: Duration, now: Now) -> Pause {
+        if !blackout::in_blackout(&r.spec.blackout_windows, now.wall) {
+            self.paused_since = None;
+            return Pause {
+                paused: false,
+                suspend: false,
+            };
+        }
+        let since = *self.paused_since.get_or_insert(now.mono);
+        Pause {
+            paused: true,
+            suspend: now.mono.saturating_duration_since(since) > max_pause,
+        }
+    }
+}
+
+/// The waits between failed sessions of a job: doubling from RETRY_BACKOFF_START up to
+/// RETRY_BACKOFF_MAX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: RETRY_BACKOFF_START,
+        }
+    }
+
+    /// After a failed session (the `attempt`th): the wait before the next one, or `None` if
+    /// the job gives up (stopped, out of attempts, or an error another session would not fix).
+    fn after_failure(&mut self, attempt: u32, stopped: bool, retryable: bool) -> Option<Duration> {
+        if stopped || attempt >= JOB_ATTEMPTS || !retryable {
+            return None;
+        }
+        let wait = self.next;
+        self.next = (wait * 2).min(RETRY_BACKOFF_MAX);
+        Some(wait)
     }
 }
 
@@ -163,14 +280,11 @@ pub fn refused(r: &Relationship, a: PeerAnswer) -> Error {
 
 /// The scheduler: runs forever, one pass per tick over the source relationships.
 pub async fn schedule(node: Arc<Node>) {
-    let mut last_poll: std::collections::HashMap<RelationshipId, Instant> = Default::default();
-    let mut last_end: std::collections::HashMap<RelationshipId, (Instant, bool)> =
-        Default::default();
-    let mut last_report = Instant::now();
-    let polling: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> =
-        Default::default();
-    let reporting: Arc<std::sync::Mutex<std::collections::HashSet<RelationshipId>>> =
-        Default::default();
+    let clock = node.clock.clone();
+    let mut timings: HashMap<RelationshipId, Timing> = HashMap::new();
+    let mut last_report = clock.instant();
+    let polling: Arc<std::sync::Mutex<HashSet<RelationshipId>>> = Default::default();
+    let reporting: Arc<std::sync::Mutex<HashSet<RelationshipId>>> = Default::default();
     // At most one progress report in flight per relationship: a slow target must not pile
     // them up. The final one (job ended) is sent even if a progress report is still out.
     let report_once = |node: &Arc<Node>, id: &RelationshipId, always: bool| {
@@ -195,26 +309,21 @@ pub async fn schedule(node: Arc<Node>) {
             }
         };
         // Forget deleted relationships.
-        last_poll.retain(|id, _| rels.iter().any(|r| r.id == *id));
-        last_end.retain(|id, _| rels.iter().any(|r| r.id == *id));
-        let report = last_report.elapsed() >= REPORT_EVERY;
+        timings.retain(|id, _| rels.iter().any(|r| r.id == *id));
+        let pass = clock.instant();
+        let report = pass.saturating_duration_since(last_report) >= REPORT_EVERY;
         if report {
-            last_report = Instant::now();
+            last_report = pass;
         }
         for r in rels {
             if r.ended {
                 continue;
             }
-            let due_poll = if r.authorized {
-                POLL_AUTHORIZED
-            } else {
-                POLL_UNAUTHORIZED
-            };
+            let t = timings.entry(r.id.clone()).or_default();
             // One poll in flight per relationship: a slow target must not pile them up.
-            if last_poll.get(&r.id).is_none_or(|t| t.elapsed() >= due_poll)
-                && lock(&polling).insert(r.id.clone())
-            {
-                last_poll.insert(r.id.clone(), Instant::now());
+            let now = clock.instant();
+            if t.poll_due(r.authorized, now) && lock(&polling).insert(r.id.clone()) {
+                t.last_poll = Some(now);
                 let (node, r, polling) = (node.clone(), r.clone(), polling.clone());
                 tokio::spawn(async move {
                     let id = r.id.clone();
@@ -225,18 +334,14 @@ pub async fn schedule(node: Arc<Node>) {
             if !r.authorized {
                 continue;
             }
-            let blackout = blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now());
             let running = lock(&node.jobs)
                 .get(&r.id)
                 .map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
             match running {
                 Some((p, false)) => {
-                    p.control.set_paused(blackout);
-                    // A long window ends the session (config::DEFAULT_MAX_PAUSE_IN_SESSION).
-                    if p.control
-                        .paused_for()
-                        .is_some_and(|d| d > node.opts.max_pause_in_session)
-                    {
+                    let pause = t.running(&r, node.opts.max_pause_in_session, Now::read(&*clock));
+                    p.control.set_paused(pause.paused);
+                    if pause.suspend {
                         p.control.suspend();
                     }
                     if report {
@@ -250,22 +355,13 @@ pub async fn schedule(node: Arc<Node>) {
                         .store()
                         .get(&r.id)
                         .is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
-                    last_end.insert(r.id.clone(), (Instant::now(), failed));
+                    t.job_ended(failed, clock.instant());
                     report_once(&node, &r.id, true);
                 }
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
-                    let continuous = r.spec.enabled
-                        && last_end.get(&r.id).is_none_or(|(t, failed)| {
-                            t.elapsed()
-                                >= if *failed {
-                                    FAILED_JOB_PAUSE.max(node.opts.continuous_interval)
-                                } else {
-                                    node.opts.continuous_interval
-                                }
-                        });
-                    // `job_running` still set: the daemon stopped mid-job; resume it now.
-                    if !blackout && (wanted || continuous || r.job_running) {
+                    let interval = node.opts.continuous_interval;
+                    if t.job_starts(&r, wanted, interval, Now::read(&*clock)) {
                         lock(&node.wanted).remove(&r.id);
                         start_job(&node, &r);
                     }
@@ -329,7 +425,7 @@ fn source_state(node: &Node, r: &Relationship) -> crate::peer::SourceState {
     let job = lock(&node.jobs)
         .get(&r.id)
         .filter(|j| !j.finished())
-        .map(|j| j.view());
+        .map(|j| j.view(node.clock.instant()));
     crate::peer::SourceState {
         spec: r.spec.clone(),
         running: job.is_some(),
@@ -368,12 +464,13 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
     progress.control.set_rate(r.spec.bandwidth_limit);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let carried = Arc::new(Carried::default());
+    let now = node.clock.instant();
     let job = Job {
         progress: progress.clone(),
         carried: carried.clone(),
-        started: Instant::now(),
+        started: now,
         done: done.clone(),
-        rate: std::sync::Mutex::new((Instant::now(), 0, 0.0)),
+        rate: std::sync::Mutex::new((now, 0, 0.0)),
     };
     {
         // `r` was read at the start of the scheduler's pass. A delete marks the relationship
@@ -402,17 +499,18 @@ fn start_job(node: &Arc<Node>, r: &Relationship) {
         .name("mover-job".into())
         .spawn(move || {
             let node = n;
-            let started = Instant::now();
-            let source_time = now_ns();
+            let started = node.clock.instant();
+            let source_time = node.clock.now_ns();
             let result = run_job(&node, &rt, &id, &progress, &carried);
             carried.roll(&progress);
+            let took = node.clock.instant().saturating_duration_since(started);
             finish_job(
                 &node,
                 &id,
                 &carried,
                 progress.control.is_cancelled(),
                 result,
-                (source_time, started.elapsed()),
+                (source_time, took),
             );
             done.store(true, Ordering::SeqCst);
         });
@@ -430,7 +528,7 @@ fn run_job(
     progress: &Arc<Progress>,
     carried: &Carried,
 ) -> Result<mover::sender::SendReport> {
-    let mut pause = RETRY_BACKOFF_START;
+    let mut backoff = Backoff::new();
     let mut attempt = 1;
     loop {
         // No session starts once the job is stopped, nor inside a blackout window (a retry or
@@ -464,19 +562,19 @@ fn run_job(
                 // A long blackout window: the next pass waits it out and resumes in a new
                 // session. Not a failed attempt.
                 tracing::info!(%id, "session suspended for a long blackout window; the job resumes after it");
-                pause = RETRY_BACKOFF_START;
+                backoff = Backoff::new();
             }
             Err(e) => {
-                if progress.control.is_cancelled() || attempt >= JOB_ATTEMPTS || !worth_retrying(&e)
-                {
+                let stopped = progress.control.is_cancelled();
+                let Some(pause) = backoff.after_failure(attempt, stopped, worth_retrying(&e))
+                else {
                     return Err(e);
-                }
+                };
                 tracing::warn!(%id, attempt, "session failed, retrying in {pause:?}: {e}");
-                let until = Instant::now() + pause;
-                while Instant::now() < until && !progress.control.is_cancelled() {
+                let until = node.clock.instant() + pause;
+                while node.clock.instant() < until && !progress.control.is_cancelled() {
                     std::thread::sleep(mover::GATE_POLL);
                 }
-                pause = (pause * 2).min(RETRY_BACKOFF_MAX);
                 attempt += 1;
             }
         }
@@ -497,7 +595,7 @@ fn wait_until_allowed(node: &Node, id: &RelationshipId, progress: &Progress) -> 
         if r.ended {
             return Err(Error::Conflict(format!("relationship {id} has ended")));
         }
-        let blackout = blackout::in_blackout(&r.spec.blackout_windows, chrono::Utc::now());
+        let blackout = blackout::in_blackout(&r.spec.blackout_windows, node.clock.now());
         if !blackout && !progress.control.is_paused() {
             progress.control.take_suspended();
             return Ok(());
@@ -563,7 +661,7 @@ fn finish_job(
             );
             (
                 Attempt {
-                    at_ns: now_ns(),
+                    at_ns: node.clock.now_ns(),
                     ok: true,
                     message: msg,
                 },
@@ -587,7 +685,7 @@ fn finish_job(
             };
             (
                 Attempt {
-                    at_ns: now_ns(),
+                    at_ns: node.clock.now_ns(),
                     ok: false,
                     message: msg,
                 },
@@ -617,14 +715,9 @@ pub async fn stop_all(node: &Node, grace: Duration) {
     for j in lock(&node.jobs).values() {
         j.progress.control.cancel();
     }
-    let until = Instant::now() + grace;
-    while Instant::now() < until
-        && lock(&node.jobs)
-            .values()
-            .any(|j| !j.done.load(Ordering::SeqCst))
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all_done = || lock(&node.jobs).values().all(Job::finished);
+    // Past the grace the jobs are left as they are: the caller goes on regardless.
+    let _ = tokio::time::timeout(grace, until(all_done)).await;
 }
 
 /// Aborts a relationship's running job and waits (bounded) until it has stopped.
@@ -635,9 +728,262 @@ pub async fn stop_job(node: &Node, id: &RelationshipId, grace: Duration) -> bool
     }) else {
         return true;
     };
-    let until = Instant::now() + grace;
-    while Instant::now() < until && !done.load(Ordering::SeqCst) {
+    let finished = || done.load(Ordering::SeqCst);
+    // Timing out is answered below: the job did not stop.
+    let _ = tokio::time::timeout(grace, until(&finished)).await;
+    finished()
+}
+
+/// Resolves once `done` holds, looking every 50 ms (a job thread says nothing when it ends).
+async fn until(done: impl Fn() -> bool) {
+    while !done() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    done.load(Ordering::SeqCst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SimClock;
+    use crate::model::tests::spec;
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// An authorized source relationship with these blackout windows.
+    fn relationship(windows: serde_json::Value) -> Relationship {
+        let mut s = spec();
+        s.blackout_windows = serde_json::from_value(windows).unwrap();
+        let mut r = Relationship::new(RelationshipId::new_random(), Role::Source, s, 0, None);
+        r.authorized = true;
+        r
+    }
+
+    /// Scheduler ticks from now until an idle relationship's next job starts (at most `limit`
+    /// of simulated time): when it started, on the wall clock.
+    fn first_start(
+        clock: &SimClock,
+        t: &Timing,
+        r: &Relationship,
+        interval: Duration,
+        limit: Duration,
+    ) -> Option<DateTime<Utc>> {
+        let end = clock.instant() + limit;
+        while clock.instant() < end {
+            let now = Now::read(clock);
+            if t.job_starts(r, false, interval, now) {
+                return Some(now.wall);
+            }
+            clock.advance(TICK);
+        }
+        None
+    }
+
+    #[test]
+    fn a_job_is_due_exactly_the_continuous_interval_after_the_last_one_ended() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let r = relationship(serde_json::json!([]));
+        let interval = Duration::from_secs(10);
+        let mut t = Timing::default();
+        assert!(
+            t.job_starts(&r, false, interval, Now::read(&clock)),
+            "a relationship that never ran starts at once"
+        );
+        t.job_ended(false, clock.instant());
+        clock.advance(interval - Duration::from_nanos(1));
+        assert!(!t.job_starts(&r, false, interval, Now::read(&clock)));
+        clock.advance(Duration::from_nanos(1));
+        assert!(t.job_starts(&r, false, interval, Now::read(&clock)));
+    }
+
+    #[test]
+    fn after_a_failed_job_the_next_waits_for_the_failed_job_pause() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let r = relationship(serde_json::json!([]));
+        let interval = Duration::from_secs(1);
+        let mut t = Timing::default();
+        t.job_ended(true, clock.instant());
+        let started = first_start(&clock, &t, &r, interval, Duration::from_secs(60));
+        assert_eq!(started, Some(at("2025-06-02T12:00:05Z")));
+    }
+
+    #[test]
+    fn disabled_relationships_start_only_when_asked_or_resuming() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let mut r = relationship(serde_json::json!([]));
+        r.spec.enabled = false;
+        let t = Timing::default();
+        let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
+        assert!(!t.job_starts(&r, false, interval, now));
+        assert!(t.job_starts(&r, true, interval, now), "replicate now");
+        r.job_running = true;
+        assert!(
+            t.job_starts(&r, false, interval, now),
+            "a job the daemon was stopped in resumes"
+        );
+    }
+
+    #[test]
+    fn no_job_starts_inside_a_blackout_window_and_the_next_starts_at_its_end() {
+        let r = relationship(serde_json::json!([
+            {"days": ["wed"], "start": "09:00", "end": "10:30", "timezone": "UTC"}
+        ]));
+        let clock = SimClock::new(at("2025-06-04T08:59:55Z"));
+        let mut t = Timing::default();
+        t.job_ended(false, clock.instant());
+        let interval = Duration::from_secs(10);
+        let started = first_start(&clock, &t, &r, interval, Duration::from_secs(3 * 3600));
+        assert_eq!(started, Some(at("2025-06-04T10:30:00Z")));
+        // Not even "replicate now" or a resume starts a job inside it.
+        let mut resuming = r.clone();
+        resuming.job_running = true;
+        let inside = Now::read(&SimClock::new(at("2025-06-04T09:30:00Z")));
+        assert!(!t.job_starts(&resuming, true, interval, inside));
+    }
+
+    #[test]
+    fn across_daylight_saving_changes_the_next_job_starts_when_the_local_window_ends() {
+        // Europe/Berlin, 01:00-04:00 local on Sundays. On 30 March 2025 the clocks skip from
+        // 02:00 to 03:00, so the window is two real hours (00:00-02:00 UTC); on 26 October
+        // they go back from 03:00 to 02:00, so it is four (23:00 the day before to 03:00 UTC).
+        let r = relationship(serde_json::json!([
+            {"days": ["sun"], "start": "01:00", "end": "04:00", "timezone": "Europe/Berlin"}
+        ]));
+        let interval = Duration::from_secs(10);
+        for (begin, end) in [
+            ("2025-03-30T00:00:00Z", "2025-03-30T02:00:00Z"),
+            ("2025-10-25T23:00:00Z", "2025-10-26T03:00:00Z"),
+        ] {
+            // The last job ended just before the window; the next is due inside it.
+            let clock = SimClock::new(at(begin) - chrono::TimeDelta::seconds(2));
+            let mut t = Timing::default();
+            t.job_ended(false, clock.instant());
+            let started = first_start(&clock, &t, &r, interval, Duration::from_secs(6 * 3600));
+            assert_eq!(started, Some(at(end)), "window from {begin}");
+            assert_eq!(
+                blackout::next_change_any(&r.spec.blackout_windows, at(begin)),
+                Some(at(end))
+            );
+        }
+    }
+
+    #[test]
+    fn a_pause_longer_than_max_pause_in_session_suspends_the_session() {
+        // A one-minute window over a running job: paused from its first tick, suspended once
+        // the pause is longer than 40 s, running again when it ends.
+        let r = relationship(serde_json::json!([
+            {"days": ["mon"], "start": "12:00", "end": "12:01", "timezone": "UTC"}
+        ]));
+        let max = Duration::from_secs(40);
+        let clock = SimClock::new(at("2025-06-02T11:59:00Z"));
+        let mut t = Timing::default();
+        let (mut paused_at, mut suspended_at, mut resumed_at) = (None, None, None);
+        for _ in 0..(3 * 60 * 5) {
+            let now = Now::read(&clock);
+            let p = t.running(&r, max, now);
+            assert!(p.paused || !p.suspend, "only a paused job is suspended");
+            if p.paused && paused_at.is_none() {
+                paused_at = Some(now.wall);
+            }
+            if p.suspend && suspended_at.is_none() {
+                suspended_at = Some(now.wall);
+            }
+            if !p.paused && paused_at.is_some() && resumed_at.is_none() {
+                resumed_at = Some(now.wall);
+            }
+            clock.advance(TICK);
+        }
+        assert_eq!(paused_at, Some(at("2025-06-02T12:00:00Z")));
+        assert_eq!(
+            suspended_at,
+            Some(at("2025-06-02T12:00:40.200Z")),
+            "the first tick after 40 s of pause"
+        );
+        assert_eq!(resumed_at, Some(at("2025-06-02T12:01:00Z")));
+        assert_eq!(t.paused_since, None);
+    }
+
+    #[test]
+    fn a_short_pause_keeps_the_session_and_each_window_counts_its_own_pause() {
+        let r = relationship(serde_json::json!([
+            {"days": ["mon"], "start": "12:00", "end": "12:01", "timezone": "UTC"},
+            {"days": ["mon"], "start": "12:02", "end": "12:03", "timezone": "UTC"}
+        ]));
+        let max = Duration::from_secs(90);
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let mut t = Timing::default();
+        for _ in 0..(4 * 60 * 5) {
+            assert!(!t.running(&r, max, Now::read(&clock)).suspend);
+            clock.advance(TICK);
+        }
+    }
+
+    #[test]
+    fn polls_are_every_second_until_authorized_then_every_three() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let mut t = Timing::default();
+        assert!(t.poll_due(false, clock.instant()), "first poll at once");
+        t.last_poll = Some(clock.instant());
+        clock.advance(Duration::from_millis(999));
+        assert!(!t.poll_due(false, clock.instant()));
+        clock.advance(Duration::from_millis(1));
+        assert!(t.poll_due(false, clock.instant()));
+        assert!(!t.poll_due(true, clock.instant()));
+        clock.advance(Duration::from_secs(2));
+        assert!(t.poll_due(true, clock.instant()));
+    }
+
+    #[test]
+    fn failed_sessions_are_retried_with_doubling_waits_until_attempts_run_out() {
+        let mut b = Backoff::new();
+        let waits: Vec<Option<Duration>> = (1..=JOB_ATTEMPTS)
+            .map(|attempt| b.after_failure(attempt, false, true))
+            .collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(waits, [ms(500), ms(1000), ms(2000), ms(4000), None]);
+        // The waits stop growing at RETRY_BACKOFF_MAX.
+        let mut b = Backoff::new();
+        let longest = (0..10)
+            .filter_map(|_| b.after_failure(1, false, true))
+            .last();
+        assert_eq!(longest, Some(RETRY_BACKOFF_MAX));
+        // A stopped job or an error a new session cannot fix is not retried.
+        assert_eq!(Backoff::new().after_failure(1, true, true), None);
+        assert_eq!(Backoff::new().after_failure(1, false, false), None);
+    }
+
+    #[test]
+    fn throughput_is_measured_over_the_last_two_seconds_and_is_zero_while_paused() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let progress = Arc::new(Progress::default());
+        progress.bytes_total.store(10_000, Ordering::Relaxed);
+        progress.files_total.store(1, Ordering::Relaxed);
+        let now = clock.instant();
+        let job = Job {
+            progress: progress.clone(),
+            carried: Arc::default(),
+            started: now,
+            done: Arc::default(),
+            rate: std::sync::Mutex::new((now, 0, 0.0)),
+        };
+        clock.advance(Duration::from_secs(1));
+        progress.bytes.store(1_000, Ordering::Relaxed);
+        let v = job.view(clock.instant());
+        assert_eq!((v.run_seconds, v.throughput_bytes_per_sec), (1.0, 1_000.0));
+        clock.advance(Duration::from_secs(1));
+        progress.bytes.store(4_000, Ordering::Relaxed);
+        assert_eq!(job.view(clock.instant()).throughput_bytes_per_sec, 2_000.0);
+        // A burst within the window does not show until the window is over.
+        clock.advance(Duration::from_secs(1));
+        progress.bytes.store(9_000, Ordering::Relaxed);
+        assert_eq!(job.view(clock.instant()).throughput_bytes_per_sec, 2_000.0);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(job.view(clock.instant()).throughput_bytes_per_sec, 2_500.0);
+        progress.control.set_paused(true);
+        let v = job.view(clock.instant());
+        assert_eq!((v.paused, v.throughput_bytes_per_sec), (true, 0.0));
+    }
 }

@@ -177,13 +177,14 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
             routes.remove(t);
         }
     }
-    routes.retain(|_, (_, at)| at.elapsed() < mover::receiver::TICKET_TTL);
+    let now = node.clock.instant();
+    routes.retain(|_, (_, at)| now.saturating_duration_since(*at) < mover::receiver::TICKET_TTL);
     if routes.len() >= MAX_ROUTES {
         return Err(Error::Conflict(
             "too many data-plane sessions pending on this node; try again".into(),
         ));
     }
-    routes.insert(t.0, (r.id.clone(), Instant::now()));
+    routes.insert(t.0, (r.id.clone(), now));
     // The data plane shares the replication port: the source connects where it sent this.
     Ok((node.opts.listen.port(), t.0))
 }

@@ -46,13 +46,14 @@ fn rfc3339(ns: i64) -> String {
 }
 
 pub fn view(node: &Node, r: Relationship) -> View {
-    let now = chrono::Utc::now();
+    let now = node.clock.now();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let mono = node.clock.instant();
     let job = match r.role {
         Role::Source => lock(&node.jobs)
             .get(&r.id)
             .filter(|j| !j.finished())
-            .map(|j| j.view()),
+            .map(|j| j.view(mono)),
         Role::Target => lock(&node.reported)
             .get(&r.id)
             .cloned()
@@ -77,7 +78,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
             .get(&r.id)
             .copied()
             .unwrap_or(node.started);
-        if since.elapsed() > super::DISCONNECTED_AFTER {
+        if mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER {
             state = State::Disconnected;
         }
     }
@@ -109,5 +110,58 @@ pub fn view(node: &Node, r: Relationship) -> View {
             message: a.message,
         }),
         job,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{lock, open_node, DaemonOptions, DISCONNECTED_AFTER};
+    use crate::clock::{Clock, SimClock};
+    use crate::model::{Relationship, RelationshipId, Role, State};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_target_not_heard_from_its_source_for_30_s_shows_disconnected() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(SimClock::new(chrono::Utc::now()));
+        let opts = DaemonOptions {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api: "127.0.0.1:0".parse().unwrap(),
+            continuous_interval: Duration::from_secs(10),
+            threads: 1,
+            max_pause_in_session: Duration::from_secs(40),
+        };
+        let node = open_node(opts, clock.clone()).unwrap();
+        let id = RelationshipId::new_random();
+        let mut r = Relationship::new(
+            id.clone(),
+            Role::Target,
+            crate::model::tests::spec(),
+            0,
+            None,
+        );
+        r.authorized = true;
+        node.store().insert(&r).unwrap();
+        let state = || super::view(&node, node.get(&id, Role::Target).unwrap()).state;
+
+        // Counted from the daemon's start until the source first reaches it.
+        assert_eq!(state(), State::Idle);
+        clock.advance(DISCONNECTED_AFTER);
+        assert_eq!(state(), State::Idle, "30 s is not yet longer than 30 s");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(state(), State::Disconnected);
+
+        // A poll (the source reached us) reconnects it; silence again disconnects it, even
+        // with a job the source last reported as running.
+        lock(&node.last_contact).insert(id.clone(), clock.instant());
+        assert_eq!(state(), State::Idle);
+        node.modify(&id, |x| x.job_running = true).unwrap();
+        lock(&node.reported).insert(id.clone(), crate::peer::JobView::default());
+        assert_eq!(state(), State::Running);
+        clock.advance(DISCONNECTED_AFTER + Duration::from_secs(1));
+        let v = super::view(&node, node.get(&id, Role::Target).unwrap());
+        assert_eq!((v.state, v.job), (State::Disconnected, None));
     }
 }
