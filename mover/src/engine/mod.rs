@@ -2,7 +2,10 @@
 
 pub mod ring;
 
+pub use ring::STALL_TIMEOUT;
+
 use crate::error::{Error, Result};
+use std::path::Path;
 use std::thread::JoinHandle;
 
 /// What one worker moved, merged per session. Both sides count the same things so the
@@ -63,4 +66,56 @@ pub fn join_workers_preferring(
         Some(e) => Err(e),
         None => Ok(all),
     }
+}
+
+/// Order-independent digest of all data frames of a session: both sides sort the frame
+/// checksums they sent / verified and hash them, so a lost, duplicated or misrouted frame shows.
+pub fn content_digest(checksums: &mut [u64]) -> u128 {
+    checksums.sort_unstable();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(checksums.len() as u64).to_le_bytes());
+    for c in checksums.iter() {
+        h.update(&c.to_le_bytes());
+    }
+    h.digest128()
+}
+
+/// Walks hold one fd per directory level and sessions one per worker: lift the soft limit to
+/// the hard one. Failure only means deep trees may hit EMFILE, which is reported then.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+}
+
+/// CPU for each of `n` workers from the pinning plan (near the block device holding `near`), or
+/// `None` for all if the topology cannot be read (workers then run unpinned, with a warning).
+pub fn worker_cpus(n: usize, near: Option<&Path>) -> Vec<Option<hw::CpuId>> {
+    let plan = (|| -> std::result::Result<hw::PinningPlan, hw::Error> {
+        let sys = Path::new("/sys");
+        let topo = hw::Topology::from_sysfs(sys)?;
+        let allowed = hw::allowed_cpus()?;
+        let dev = near.and_then(|p| hw::block_device_for_path(sys, p));
+        hw::PinningPlan::plan(&topo, &allowed, n as u32, dev.as_deref())
+    })();
+    match plan {
+        Ok(p) => p.workers.iter().map(|w| Some(w.cpu)).collect(),
+        Err(e) => {
+            tracing::warn!("no pinning plan ({e}); workers run unpinned");
+            vec![None; n]
+        }
+    }
+}
+
+/// Number of CPUs in this process's affinity mask (the default worker count).
+pub fn default_threads() -> usize {
+    hw::allowed_cpus().map(|c| c.len()).unwrap_or(1).max(1)
 }

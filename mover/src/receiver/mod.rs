@@ -15,15 +15,16 @@ pub use revert::RevertReport;
 pub use session::SessionReport;
 
 use crate::error::{Error, IoContext, Result};
+use crate::job::Progress;
 use crate::transport::tcp::TcpConn;
 use crate::transport::Connection;
 use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, send_error, write_frame};
+use crate::wire::message::software_version;
 use crate::wire::message::{
     negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS,
 };
-use crate::{software_version, Progress};
 use session::Session;
 pub use session::SessionLimits;
 use state::State;
@@ -200,7 +201,7 @@ impl Receiver {
         progress: Arc<Progress>,
         root: std::os::fd::OwnedFd,
     ) -> Receiver {
-        crate::raise_fd_limit();
+        crate::engine::raise_fd_limit();
         // Read (and restore) the umask: inline files are created with their final permission
         // bits, and fchmod is skipped only where the umask cannot have cleared any.
         let umask = rustix::process::umask(rustix::fs::Mode::empty());
@@ -424,7 +425,7 @@ impl Receiver {
                 self.sessions.insert(hello.session, tx);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")
                     .ctx(|| format!("reopening {}", self.opts.root.display()))?;
-                let cpus = crate::worker_cpus(workers as usize, Some(&self.opts.root));
+                let cpus = crate::engine::worker_cpus(workers as usize, Some(&self.opts.root));
                 self.progress.reset();
                 let session = Session {
                     id: hello.session,

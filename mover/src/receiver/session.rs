@@ -10,8 +10,10 @@ use super::state::{RecoveryPoint, RecoveryPointId, State};
 use super::table::RecvTable;
 use super::worker::RecvWorker;
 use crate::clock::now_ns;
+use crate::engine::content_digest;
 use crate::engine::join_workers_preferring;
 use crate::error::{Error, IoContext, Result};
+use crate::job::Progress;
 use crate::transport::Connection;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{tree_hash, HashOptions};
@@ -24,7 +26,6 @@ use crate::wire::message::{
     ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
-use crate::{content_digest, Progress};
 use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::Receiver;

@@ -68,40 +68,42 @@ impl RecvTable {
 
     /// Counts `len` bytes written to large file `e`; on its last byte, applies its metadata
     /// through `fd` (mtime last, so a rerun's quick check sees it finished).
-    pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::Result<()> {
+    pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::error::Result<()> {
         let Some(r) = self.remaining.get(&e.0) else {
-            return Err(crate::Error::Verify(format!(
+            return Err(crate::error::Error::Verify(format!(
                 "data for entry {} which expects none",
                 e.0
             )));
         };
         let prev = r.fetch_sub(len, Ordering::AcqRel);
         if prev < len {
-            return Err(crate::Error::Verify(format!(
+            return Err(crate::error::Error::Verify(format!(
                 "more data for entry {} than the sender announced",
                 e.0
             )));
         }
         if prev == len {
             let entry = &self.entries[e.index()];
-            super::meta::apply_fd(fd, entry, self.owners).map_err(|source| crate::Error::Io {
-                context: format!(
-                    "setting metadata of {}",
-                    crate::error::show(&self.paths[e.index()])
-                ),
-                source,
+            super::meta::apply_fd(fd, entry, self.owners).map_err(|source| {
+                crate::error::Error::Io {
+                    context: format!(
+                        "setting metadata of {}",
+                        crate::error::show(&self.paths[e.index()])
+                    ),
+                    source,
+                }
             })?;
         }
         Ok(())
     }
 
     /// Counts one data frame against the session's budget.
-    pub fn take_frame(&self) -> crate::Result<()> {
+    pub fn take_frame(&self) -> crate::error::Result<()> {
         self.frame_budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map(|_| ())
             .map_err(|_| {
-                crate::Error::Verify(
+                crate::error::Error::Verify(
                     "more data frames than the need list and the Expect totals allow".into(),
                 )
             })

@@ -229,8 +229,9 @@ pub fn hash_files(
                 .collect();
             hs.into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(crate::Error::Panicked("a hashing thread".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::error::Error::Panicked("a hashing thread".into()))
+                    })
                 })
                 .collect()
         });
@@ -269,8 +270,9 @@ pub fn hash_files(
             .collect();
         hs.into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(crate::Error::Panicked("a hashing thread".into())))
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::error::Error::Panicked("a hashing thread".into()))
+                })
             })
             .collect()
     });

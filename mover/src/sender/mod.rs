@@ -7,8 +7,10 @@ pub(crate) mod manifest;
 pub mod plan;
 pub(crate) mod worker;
 
+use crate::engine::content_digest;
 use crate::engine::{join_workers, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
+use crate::job::Progress;
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Connection, Transport};
 use crate::tree::entry::EntryKind;
@@ -19,13 +21,13 @@ use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, write_frame};
 use crate::wire::message::is_inline;
+use crate::wire::message::software_version;
 use crate::wire::message::{
     decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
     ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_USER_XATTRS,
     MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::wire::WireError;
-use crate::{content_digest, software_version, Progress};
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
 use manifest::Manifest;
 use plan::{data_regions, plan, FileToSend};
@@ -177,7 +179,7 @@ pub fn send_over(
 ) -> Result<SendReport> {
     let start = Instant::now();
     let source_time_ns = crate::clock::now_ns();
-    crate::raise_fd_limit();
+    crate::engine::raise_fd_limit();
     let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
     let provider = opts
         .snapshot
@@ -383,7 +385,7 @@ pub fn send_over(
             })
             .collect(),
     });
-    let cpus = crate::worker_cpus(threads, Some(&opts.src));
+    let cpus = crate::engine::worker_cpus(threads, Some(&opts.src));
     let mut handles = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
         let (table, progress, to) = (table.clone(), progress.clone(), opts.to);

@@ -116,7 +116,7 @@ pub struct SendWorker {
     pub direct: bool,
     /// Counters (bytes and files sent) and the controller's gate (pause, abort, rate limit),
     /// looked at once per chunk.
-    pub progress: Arc<crate::Progress>,
+    pub progress: Arc<crate::job::Progress>,
     /// Hash each 4 KiB block of Data frames for the manifest (saves re-reading sent files).
     pub hash_blocks: bool,
 }
@@ -164,10 +164,10 @@ impl SendWorker {
         loop {
             // Chunk boundary: the controller may pause, abort or throttle the job here.
             let mut gate = self.progress.control.gate();
-            if gate == crate::Gate::Cancel {
+            if gate == crate::job::Gate::Cancel {
                 return Err(Error::Cancelled("stopped at a chunk boundary".into()));
             }
-            while more && gate == crate::Gate::Go {
+            while more && gate == crate::job::Gate::Go {
                 let Some(b) = bufs.iter().position(|b| b.state == State::Free) else {
                     break;
                 };
@@ -224,7 +224,7 @@ impl SendWorker {
                 if !more {
                     break;
                 }
-                if let crate::Gate::Wait(d) = gate {
+                if let crate::job::Gate::Wait(d) = gate {
                     std::thread::sleep(d);
                 }
                 continue;
@@ -609,7 +609,7 @@ mod tests {
             table,
             units,
             direct: false,
-            progress: Arc::new(crate::Progress::default()),
+            progress: Arc::new(crate::job::Progress::default()),
             hash_blocks: false,
         }
     }

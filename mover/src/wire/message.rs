@@ -16,6 +16,12 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"MOVR");
 pub const PROTOCOL_VERSION_MIN: u16 = 3;
 pub const PROTOCOL_VERSION_MAX: u16 = 3;
 pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
+
+/// The software version this build announces in Hello and HelloAck.
+pub fn software_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+const _: () = assert!(env!("CARGO_PKG_VERSION").len() <= MAX_SOFTWARE_VERSION_LEN);
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most workers (and so connections) one session may open.
 pub const MAX_WORKERS: u16 = 256;
