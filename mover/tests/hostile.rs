@@ -248,30 +248,8 @@ fn data_frame_for_an_entry_not_in_the_session_is_rejected() {
     let (err, t) = attack(
         |_, _| {},
         |addr| {
-            let mut s = connect_control(addr);
-            s.write_all(&entries_frame(&[
-                root_entry(),
-                entry(0, b"d", EntryKind::Dir),
-            ]))
-            .unwrap();
-            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
-                .unwrap();
-            let (k, _) = read_frame(&mut s).expect("need list");
-            assert_eq!(k, FrameKind::NeedList);
-            s.write_all(&encode_frame(FrameKind::Expect, &encode_expect(true, &[])))
-                .unwrap();
-            let mut w = TcpStream::connect(addr).unwrap();
-            w.write_all(&hello(
-                1,
-                Role::Worker {
-                    index: WorkerIndex(0),
-                },
-                PROTOCOL_VERSION_MIN,
-                PROTOCOL_VERSION_MAX,
-            ))
-            .unwrap();
-            let (k, _) = read_frame(&mut w).expect("ack");
-            assert_eq!(k, FrameKind::HelloAck);
+            let es = [root_entry(), entry(0, b"d", EntryKind::Dir)];
+            let (mut s, mut w) = open_session(addr, &es, &[]);
             let mut p = Vec::new();
             p.extend_from_slice(&1u32.to_le_bytes()); // entry 1 is a directory
             p.extend_from_slice(&0u64.to_le_bytes());
@@ -370,22 +348,7 @@ fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
         let (err, t) = attack(
             |_, _| {},
             |addr| {
-                let mut s = connect_control(addr);
-                s.write_all(&entries_frame(&[
-                    root_entry(),
-                    entry(0, b"stolen", EntryKind::File { size: 8 }),
-                ]))
-                .unwrap();
-                let mut e = Enc::new();
-                encode_hint(
-                    &mut e,
-                    &Hint::Rename {
-                        entry: EntryId(1),
-                        from: from.to_vec(),
-                    },
-                );
-                s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
-                    .unwrap();
+                let mut s = rename_hint(addr, b"stolen", from);
                 s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
                     .unwrap();
                 let _ = read_frame(&mut s);
@@ -399,6 +362,26 @@ fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
             "{from:?}"
         );
     }
+}
+
+/// Opens a session whose entry list is one small file `name`, then sends a hint that it was
+/// renamed from `from`.
+fn rename_hint(addr: SocketAddr, name: &[u8], from: &[u8]) -> TcpStream {
+    let mut s = connect_control(addr);
+    s.write_all(&entries_frame(&[
+        root_entry(),
+        entry(0, name, EntryKind::File { size: 8 }),
+    ]))
+    .unwrap();
+    let mut e = Enc::new();
+    let hint = Hint::Rename {
+        entry: EntryId(1),
+        from: from.to_vec(),
+    };
+    encode_hint(&mut e, &hint);
+    s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
+        .unwrap();
+    s
 }
 
 /// Connects worker 0 of session 1 (the control connection's) and returns its socket.
@@ -500,23 +483,8 @@ fn hints_over_their_byte_budget_are_refused() {
         limits,
         |_, _| {},
         |addr| {
-            let mut s = connect_control(addr);
-            s.write_all(&entries_frame(&[
-                root_entry(),
-                entry(0, b"f", EntryKind::File { size: 1 }),
-            ]))
-            .unwrap();
             // One rename hint with a 2000-byte source: within the count and path limits.
-            let mut e = Enc::new();
-            encode_hint(
-                &mut e,
-                &Hint::Rename {
-                    entry: EntryId(1),
-                    from: vec![b'x'; 2000],
-                },
-            );
-            s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
-                .unwrap();
+            let mut s = rename_hint(addr, b"f", &[b'x'; 2000]);
             let _ = read_frame(&mut s);
         },
     );

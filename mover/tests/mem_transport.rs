@@ -9,9 +9,7 @@ use common::*;
 use mover::churn::{churn, ChurnSpec};
 use mover::gen::{generate, TreeSpec};
 use mover::transport::mem::{MemFaults, MemNet};
-use mover::{
-    send_with_retry_over, Progress, ReceiveOptions, Receiver, SendOptions, SessionReport, Transport,
-};
+use mover::{send_with_retry_over, Progress, ReceiveOptions, Receiver, SessionReport, Transport};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -43,16 +41,7 @@ fn serve(net: &MemNet, dst: &Path) -> mpsc::Receiver<SessionReport> {
 }
 
 fn job(net: &Arc<MemNet>, src: &Path, state: &Path) -> mover::SendReport {
-    let opts = SendOptions {
-        src: src.to_path_buf(),
-        to: addr(),
-        threads: THREADS,
-        direct: false,
-        state: Some(state.to_path_buf()),
-        snapshot: None,
-        session: None,
-        id_map: None,
-    };
+    let opts = send_options(src, addr(), THREADS, Some(state));
     let transport: Arc<dyn Transport> = net.clone();
     send_with_retry_over(
         &opts,
@@ -66,13 +55,8 @@ fn job(net: &Arc<MemNet>, src: &Path, state: &Path) -> mover::SendReport {
 
 #[test]
 fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_resets() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("state"),
-    );
-    std::fs::create_dir_all(&dst).unwrap();
+    let d = dirs();
+    let (src, dst, state) = (&d.src, &d.dst, &d.state);
     let spec = TreeSpec {
         seed: 11,
         small_files: 150,
@@ -80,15 +64,15 @@ fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_reset
         large_size: 3 << 20,
         ..Default::default()
     };
-    generate(&src, &spec).unwrap();
+    generate(src, &spec).unwrap();
 
     // The initial sync over a network with no fault armed.
     let net = MemNet::new(1, MemFaults::default());
-    let reports = serve(&net, &dst);
-    let r = job(&net, &src, &state);
+    let reports = serve(&net, dst);
+    let r = job(&net, src, state);
     assert_eq!(r.attempts, 1);
     assert!(reports.recv().expect("session report").ok);
-    assert_same_tree(&src, &dst);
+    assert_same_tree(src, dst);
     assert!(
         net.bytes() > r.bytes,
         "the data crossed the in-memory network"
@@ -98,7 +82,7 @@ fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_reset
     // job's traffic.
     for seed in 0..4u64 {
         churn(
-            &src,
+            src,
             &ChurnSpec {
                 seed: 100 + seed,
                 ops: 30,
@@ -109,8 +93,8 @@ fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_reset
         .unwrap();
         let resets = net.resets();
         net.reset_after(2_000 + (seed * 7_919) % 40_000);
-        let r = job(&net, &src, &state);
-        assert_same_tree(&src, &dst);
+        let r = job(&net, src, state);
+        assert_same_tree(src, dst);
         // The receiver reports a session just after the sender saw it verified.
         let mut sessions: Vec<SessionReport> = Vec::new();
         while !sessions.last().is_some_and(|s| s.ok) {

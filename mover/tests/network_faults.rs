@@ -13,7 +13,7 @@ use mover::sender::{send_with_retry, SendOptions, SendReport};
 use mover::Progress;
 use mover::SessionReport;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,40 +22,8 @@ use std::time::{Duration, Instant};
 /// session, then its `THREADS` worker connections).
 const THREADS: usize = 2;
 
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    src: PathBuf,
-    dst: PathBuf,
-    state: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("state"),
-    );
-    std::fs::create_dir_all(&dst).unwrap();
-    Dirs {
-        _tmp: tmp,
-        src,
-        dst,
-        state,
-    }
-}
-
 fn options(src: &Path, to: SocketAddr, state: &Path) -> SendOptions {
-    SendOptions {
-        src: src.to_path_buf(),
-        to,
-        threads: THREADS,
-        direct: true,
-        state: Some(state.to_path_buf()),
-        snapshot: None,
-        session: None,
-        id_map: None,
-    }
+    send_options(src, to, THREADS, Some(state))
 }
 
 /// `send_with_retry` through `to`; returns the result and the error of every failed attempt.

@@ -46,6 +46,54 @@ pub struct Completion {
     pub result: i32,
 }
 
+/// A tag of operation kind `op` (the worker's own numbering) and index `idx` within its buffer.
+pub fn tag(op: u32, idx: usize) -> u64 {
+    debug_assert!(idx <= u32::MAX as usize);
+    (u64::from(op) << 32) | idx as u64
+}
+
+impl Completion {
+    /// The operation kind of a tag made by `tag`.
+    pub fn op(&self) -> u32 {
+        (self.tag >> 32) as u32
+    }
+    /// The index within its buffer of a tag made by `tag`.
+    pub fn index(&self) -> usize {
+        (self.tag & 0xffff_ffff) as usize
+    }
+}
+
+/// Which way a file transfer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+/// A file read or write between `fd` at `file_off` and the buffer range starting at `buf_off`,
+/// `len` bytes of which `done` have completed (a short completion is resubmitted from there).
+/// The worker keeps it for resubmitting; the ring keeps its own reference to the fd while a
+/// submission is in flight.
+pub struct Transfer {
+    pub fd: OpFd,
+    pub file_off: u64,
+    pub buf_off: usize,
+    pub len: usize,
+    pub done: usize,
+}
+
+impl Transfer {
+    pub fn new(fd: OpFd, file_off: u64, buf_off: usize, len: usize) -> Transfer {
+        Transfer {
+            fd,
+            file_off,
+            buf_off,
+            len,
+            done: 0,
+        }
+    }
+}
+
 pub struct Slab {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -214,46 +262,24 @@ impl Uring {
         unsafe { std::slice::from_raw_parts_mut(s.ptr(b), s.buf_size) }
     }
 
-    /// Queues a read of `fd` at `file_off` into `range` of buffer `b`.
-    pub fn read(
-        &mut self,
-        fd: &OpFd,
-        file_off: u64,
-        b: usize,
-        range: Range<usize>,
-        tag: u64,
-    ) -> io::Result<()> {
-        let (ptr, len) = self.span(b, &range);
-        let raw = types::Fd(fd.as_raw_fd());
-        let sqe = if self.fixed {
-            opcode::ReadFixed::new(raw, ptr, len, b as u16)
-                .offset(file_off)
-                .build()
-        } else {
-            opcode::Read::new(raw, ptr, len).offset(file_off).build()
+    /// Queues the rest of file transfer `t` (from `t.done` on) between its fd and buffer `b`.
+    pub fn transfer(&mut self, dir: Dir, t: &Transfer, b: usize, tag: u64) -> io::Result<()> {
+        debug_assert!(t.done < t.len, "transfer already complete");
+        let (ptr, len) = self.span(b, &(t.buf_off + t.done..t.buf_off + t.len));
+        let off = t.file_off + t.done as u64;
+        let fd = types::Fd(t.fd.as_raw_fd());
+        let idx = b as u16;
+        let sqe = match (dir, self.fixed) {
+            (Dir::Read, true) => opcode::ReadFixed::new(fd, ptr, len, idx)
+                .offset(off)
+                .build(),
+            (Dir::Read, false) => opcode::Read::new(fd, ptr, len).offset(off).build(),
+            (Dir::Write, true) => opcode::WriteFixed::new(fd, ptr, len, idx)
+                .offset(off)
+                .build(),
+            (Dir::Write, false) => opcode::Write::new(fd, ptr, len).offset(off).build(),
         };
-        self.queue(sqe, fd, b, tag)
-    }
-
-    /// Queues a write of `range` of buffer `b` to `fd` at `file_off`.
-    pub fn write(
-        &mut self,
-        fd: &OpFd,
-        file_off: u64,
-        b: usize,
-        range: Range<usize>,
-        tag: u64,
-    ) -> io::Result<()> {
-        let (ptr, len) = self.span(b, &range);
-        let raw = types::Fd(fd.as_raw_fd());
-        let sqe = if self.fixed {
-            opcode::WriteFixed::new(raw, ptr, len, b as u16)
-                .offset(file_off)
-                .build()
-        } else {
-            opcode::Write::new(raw, ptr, len).offset(file_off).build()
-        };
-        self.queue(sqe, fd, b, tag)
+        self.queue(sqe, &t.fd, b, tag)
     }
 
     /// Queues a send of `range` of buffer `b` on socket `sock` (all of it unless the socket
@@ -505,7 +531,8 @@ mod tests {
         let mut ring = Uring::new(8, 2, BUF_ALIGN).expect("ring");
         let (r, mut w) = pipe();
         let raw = r.as_raw_fd();
-        ring.read(&r, 0, 1, 0..16, 7).expect("queue read");
+        ring.transfer(Dir::Read, &Transfer::new(r.clone(), 0, 0, 16), 1, 7)
+            .expect("queue read");
         drop(r);
         let mut out = Vec::new();
         // Submitted and blocked on the empty pipe: the caller's fd is gone, the ring's is not.
@@ -535,7 +562,8 @@ mod tests {
     fn dropping_a_ring_cancels_and_drains_a_read_that_would_never_complete() {
         let mut ring = Uring::new(8, 1, BUF_ALIGN).expect("ring");
         let (r, _w) = pipe();
-        ring.read(&r, 0, 0, 0..BUF_ALIGN, 1).expect("queue read");
+        ring.transfer(Dir::Read, &Transfer::new(r, 0, 0, BUF_ALIGN), 0, 1)
+            .expect("queue read");
         let mut out = Vec::new();
         ring.reap(0, Duration::from_millis(10), &mut out)
             .expect("submit");
@@ -551,7 +579,8 @@ mod tests {
     fn a_busy_buffer_is_not_handed_out() {
         let mut ring = Uring::new(8, 1, BUF_ALIGN).expect("ring");
         let (r, _w) = pipe();
-        ring.read(&r, 0, 0, 0..8, 1).expect("queue read");
+        ring.transfer(Dir::Read, &Transfer::new(r, 0, 0, 8), 0, 1)
+            .expect("queue read");
         let _ = ring.buf(0);
     }
 

@@ -376,19 +376,13 @@ impl Session {
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
         // The new recovery point: data durable first, then the record, then the journal goes.
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
-        let rp = RecoveryPoint {
-            id: RecoveryPointId(
-                SessionId::random()
-                    .ctx(|| "random recovery point id".to_string())?
-                    .0,
-            ),
-            committed_ns: now_ns(),
-            source_time_ns: commit.source_time_ns,
-            tree_hash: got,
-            entries: walked.entries.len() as u64,
-            hash_owners: self.owners,
-        };
-        state.commit(&rp, &walked.entries)?;
+        let rp = commit_recovery_point(
+            &state,
+            &walked.entries,
+            got,
+            commit.source_time_ns,
+            self.owners,
+        )?;
         drop(journal);
         journal::discard(&state)?;
         report.recovery_point = rp.id.to_string();
@@ -494,20 +488,8 @@ fn open_job(
         Some(rp) => rp.id,
         None => {
             let walked = crate::tree::walk::walk_fd(root, true)?;
-            let first = RecoveryPoint {
-                id: RecoveryPointId(
-                    SessionId::random()
-                        .ctx(|| "random recovery point id".to_string())?
-                        .0,
-                ),
-                committed_ns: now_ns(),
-                source_time_ns: 0,
-                tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
-                entries: walked.entries.len() as u64,
-                hash_owners: owners,
-            };
-            state.commit(&first, &walked.entries)?;
-            first.id
+            let th = tree_hash(&walked.entries, HashOptions { owners });
+            commit_recovery_point(state, &walked.entries, th, 0, owners)?.id
         }
     };
     Ok((Journal::open(root, state, base)?, resumed))
@@ -638,4 +620,26 @@ fn data_frame_budget(
         .values()
         .map(|&bytes| crate::wire::message::max_data_frames(bytes))
         .fold(inline, u64::saturating_add)
+}
+
+/// Records a new recovery point for `entries` (the destination as walked, whose tree hash is
+/// `tree_hash`), replicating the source as it was at `source_time_ns`.
+fn commit_recovery_point(
+    state: &State,
+    entries: &[Entry],
+    tree_hash: u128,
+    source_time_ns: i64,
+    owners: bool,
+) -> Result<RecoveryPoint> {
+    let id = SessionId::random().ctx(|| "random recovery point id".to_string())?;
+    let rp = RecoveryPoint {
+        id: RecoveryPointId(id.0),
+        committed_ns: now_ns(),
+        source_time_ns,
+        tree_hash,
+        entries: entries.len() as u64,
+        hash_owners: owners,
+    };
+    state.commit(&rp, entries)?;
+    Ok(rp)
 }

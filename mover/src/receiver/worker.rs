@@ -6,7 +6,7 @@
 use super::meta::apply_new_file;
 use super::table::RecvTable;
 use crate::beneath;
-use crate::engine::ring::{Completion, OpFd, Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::ring::{tag, Completion, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
@@ -37,24 +37,14 @@ const RING_ENTRIES: u32 = 2048;
 
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
-/// Operation kinds in the ring's tags (the low 32 bits carry the write's index in its buffer).
-const OP_RECV: u64 = 1;
-const OP_WRITE: u64 = 2;
+/// Operation kinds in the ring's tags (with the write's index in its buffer).
+const OP_RECV: u32 = 1;
+const OP_WRITE: u32 = 2;
 
-fn tag(op: u64, idx: usize) -> u64 {
-    debug_assert!(idx < 1 << 32);
-    (op << 32) | idx as u64
-}
-
-/// One write of a buffer's frame. The fd is the worker's reference (for resubmitting a short
-/// write and for finishing the file); the ring holds its own until each submission completes.
+/// One write of a buffer's frame, and the file it belongs to.
 struct WriteOp {
-    fd: OpFd,
+    io: Transfer,
     entry: EntryId,
-    file_off: u64,
-    buf_off: usize,
-    len: usize,
-    done: usize,
     /// Inline files get their metadata and are closed once written.
     inline: bool,
 }
@@ -166,7 +156,7 @@ impl RecvWorker {
                     .ctx(|| "waiting for the peer and the disk".to_string())?;
                 for c in cqes.drain(..) {
                     let b = c.buf;
-                    if c.tag >> 32 != OP_RECV {
+                    if c.op() != OP_RECV {
                         on_completion(&mut ring, &mut bufs, c, &mut cx, None)?;
                         continue;
                     }
@@ -227,7 +217,7 @@ impl RecvWorker {
                     break;
                 }
                 for c in cqes.drain(..) {
-                    if c.tag >> 32 == OP_WRITE && bufs[c.buf].state == State::Writing {
+                    if c.op() == OP_WRITE && bufs[c.buf].state == State::Writing {
                         let b = c.buf;
                         if on_completion(&mut ring, &mut bufs, c, &mut cx, Some(())).is_err() {
                             bufs[b].state = State::Free;
@@ -280,15 +270,8 @@ fn on_completion(
     cx: &mut Ctx<'_>,
     draining: Option<()>,
 ) -> Result<()> {
-    match c.tag >> 32 {
-        OP_WRITE => on_write(
-            ring,
-            &mut bufs[c.buf],
-            c.buf,
-            (c.tag & 0xffff_ffff) as usize,
-            c.result,
-            cx,
-        ),
+    match c.op() {
+        OP_WRITE => on_write(ring, &mut bufs[c.buf], c.buf, c.index(), c.result, cx),
         OP_RECV if draining.is_some() => Ok(()),
         other => unreachable!("unexpected operation kind {other} in tag {:#x}", c.tag),
     }
@@ -358,13 +341,10 @@ fn on_frame(
                     let fd =
                         beneath::open_file(t.root.as_fd(), p, flags, Mode::from_raw_mode(mode))
                             .ctx(|| format!("creating {}", show(p)))?;
+                    let at = BASE + FRAME_HEADER_LEN + range.start;
                     buf.writes.push(WriteOp {
-                        fd: Rc::new(fd),
+                        io: Transfer::new(Rc::new(fd), 0, at, range.len()),
                         entry,
-                        file_off: 0,
-                        buf_off: BASE + FRAME_HEADER_LEN + range.start,
-                        len: range.len(),
-                        done: 0,
                         inline: true,
                     });
                 }
@@ -380,12 +360,12 @@ fn on_frame(
     }
     t.take_frame()?;
     cx.stats.frames += 1;
-    cx.stats.data_bytes += buf.writes.iter().map(|w| w.len as u64).sum::<u64>();
+    cx.stats.data_bytes += buf.writes.iter().map(|w| w.io.len as u64).sum::<u64>();
     cx.stats.checksums.push(h.checksum);
     buf.pending = 0;
     buf.state = State::Writing;
     for i in 0..buf.writes.len() {
-        if buf.writes[i].len == 0 {
+        if buf.writes[i].io.len == 0 {
             finish_inline(&buf.writes[i], t)?;
             continue;
         }
@@ -442,23 +422,21 @@ fn data_writes(
     };
     if let (Some(d), true) = (&fds.direct, aligned > 0) {
         buf.writes.push(WriteOp {
-            fd: d.clone(),
+            io: Transfer::new(d.clone(), offset, DATA_OFF, aligned),
             entry,
-            file_off: offset,
-            buf_off: DATA_OFF,
-            len: aligned,
-            done: 0,
             inline: false,
         });
     }
     if aligned < len {
+        let tail = Transfer::new(
+            fds.buffered.clone(),
+            offset + aligned as u64,
+            DATA_OFF + aligned,
+            len - aligned,
+        );
         buf.writes.push(WriteOp {
-            fd: fds.buffered.clone(),
+            io: tail,
             entry,
-            file_off: offset + aligned as u64,
-            buf_off: DATA_OFF + aligned,
-            len: len - aligned,
-            done: 0,
             inline: false,
         });
     }
@@ -504,16 +482,8 @@ fn open_extent_file(
 }
 
 fn submit_write(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
-    let w = &buf.writes[i];
-    let at = w.buf_off + w.done;
-    ring.write(
-        &w.fd,
-        w.file_off + w.done as u64,
-        b,
-        at..w.buf_off + w.len,
-        tag(OP_WRITE, i),
-    )
-    .ctx(|| "submitting write".to_string())
+    ring.transfer(Dir::Write, &buf.writes[i].io, b, tag(OP_WRITE, i))
+        .ctx(|| "submitting write".to_string())
 }
 
 fn on_write(
@@ -537,15 +507,15 @@ fn on_write(
             source: e,
         });
     }
-    w.done += res as usize;
+    w.io.done += res as usize;
     cx.progress.fetch_add(res as u64, Ordering::Relaxed);
-    if w.done < w.len {
+    if w.io.done < w.io.len {
         return submit_write(ring, buf, b, i);
     }
     if w.inline {
         finish_inline(w, t)?;
     } else {
-        t.written(w.entry, w.len as u64, w.fd.as_fd())?;
+        t.written(w.entry, w.io.len as u64, w.io.fd.as_fd())?;
     }
     buf.pending -= 1;
     if buf.pending == 0 {
@@ -558,7 +528,7 @@ fn on_write(
 fn finish_inline(w: &WriteOp, t: &RecvTable) -> Result<()> {
     let e = &t.entries[w.entry.index()];
     apply_new_file(
-        w.fd.as_fd(),
+        w.io.fd.as_fd(),
         e,
         t.owners,
         t.owner_is_default(w.entry),

@@ -8,7 +8,7 @@
 
 use super::plan::Unit;
 use crate::beneath;
-use crate::engine::ring::{OpFd, Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::ring::{tag, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
@@ -41,14 +41,9 @@ const RING_ENTRIES: u32 = 4096;
 /// is streamed once, so filling the page cache with it only evicts useful pages.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 
-/// Operation kinds in the ring's tags (the low 32 bits carry the read's index in its buffer).
-const OP_READ: u64 = 1;
-const OP_SEND: u64 = 2;
-
-fn tag(op: u64, idx: usize) -> u64 {
-    debug_assert!(idx < 1 << 32);
-    (op << 32) | idx as u64
-}
+/// Operation kinds in the ring's tags (with the read's index in its buffer).
+const OP_READ: u32 = 1;
+const OP_SEND: u32 = 2;
 
 pub struct SendTable {
     pub root: OwnedFd,
@@ -56,17 +51,12 @@ pub struct SendTable {
     pub sizes: Vec<u64>,
 }
 
-/// One read of a buffer's frame. The fd is the worker's reference for resubmitting a short
-/// read; the ring holds its own until each submission completes.
+/// One read of a buffer's frame: the transfer asked of the kernel (rounded up to whole blocks
+/// for O_DIRECT) and the bytes the frame wants of it.
 struct ReadOp {
-    fd: OpFd,
+    io: Transfer,
     entry: EntryId,
-    file_off: u64,
-    buf_off: usize,
-    /// Bytes wanted, and bytes asked of the kernel (rounded up for O_DIRECT).
-    len: usize,
-    ask: usize,
-    done: usize,
+    want: usize,
 }
 
 #[derive(PartialEq, Eq, Debug)]
@@ -232,8 +222,8 @@ impl SendWorker {
             ring.reap(1, STALL_TIMEOUT, &mut cqes)
                 .ctx(|| "waiting for the peer and the disk".to_string())?;
             for c in cqes.drain(..) {
-                let (b, idx) = (c.buf, (c.tag & 0xffff_ffff) as usize);
-                match c.tag >> 32 {
+                let (b, idx) = (c.buf, c.index());
+                match c.op() {
                     OP_READ => {
                         if on_read(&mut ring, &mut bufs[b], b, idx, c.result, &self.table)? {
                             finish_frame(&mut ring, &mut bufs[b], b);
@@ -376,13 +366,9 @@ fn start_unit(
             buf.frame_start = HEADROOM - DATA_PREFIX_LEN - FRAME_HEADER_LEN;
             buf.frame_end = HEADROOM + len;
             buf.reads.push(ReadOp {
-                fd: c.fd.clone(),
+                io: Transfer::new(c.fd.clone(), offset, HEADROOM, ask),
                 entry,
-                file_off: offset,
-                buf_off: HEADROOM,
-                len,
-                ask,
-                done: 0,
+                want: len,
             });
             let s = ring.buf_mut(b);
             s[HEADROOM - DATA_PREFIX_LEN..HEADROOM - 8].copy_from_slice(&entry.0.to_le_bytes());
@@ -413,13 +399,9 @@ fn start_unit(
             for (entry, buf_off, len) in opened {
                 let fd = open_for_read(table, entry, false)?;
                 buf.reads.push(ReadOp {
-                    fd: Rc::new(fd),
+                    io: Transfer::new(Rc::new(fd), 0, buf_off, len),
                     entry,
-                    file_off: 0,
-                    buf_off,
-                    len,
-                    ask: len,
-                    done: 0,
+                    want: len,
                 });
             }
         }
@@ -437,17 +419,10 @@ fn start_unit(
 }
 
 fn submit_read(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
-    let r = &buf.reads[i];
-    let at = r.buf_off + r.done;
-    debug_assert!(r.buf_off + r.ask <= BUF_SIZE);
-    ring.read(
-        &r.fd,
-        r.file_off + r.done as u64,
-        b,
-        at..r.buf_off + r.ask,
-        tag(OP_READ, i),
-    )
-    .ctx(|| "submitting read".to_string())
+    let r = &buf.reads[i].io;
+    debug_assert!(r.buf_off + r.len <= BUF_SIZE);
+    ring.transfer(Dir::Read, r, b, tag(OP_READ, i))
+        .ctx(|| "submitting read".to_string())
 }
 
 /// Handles a read completion; returns true when the buffer's last read finished.
@@ -468,13 +443,13 @@ fn on_read(
             source: e,
         });
     }
-    if res == 0 && r.done < r.len {
+    if res == 0 && r.io.done < r.want {
         // EOF before the size the walk saw: the file shrank under us.
         return Err(Error::SourceChanged(path()));
     }
-    r.done += res as usize;
-    if r.done < r.len {
-        if r.ask != r.len && !r.done.is_multiple_of(BUF_ALIGN) {
+    r.io.done += res as usize;
+    if r.io.done < r.want {
+        if r.io.len != r.want && !r.io.done.is_multiple_of(BUF_ALIGN) {
             return Err(Error::SourceChanged(path()));
         }
         submit_read(ring, buf, b, i)?;

@@ -41,20 +41,29 @@ pub fn start_receiver_with(
     (addr, h)
 }
 
+/// Options of a send from `src` to `to` with `threads` workers, O_DIRECT where it works, and a
+/// state directory (manifest) if given; no snapshot provider, session id or id map chosen.
+pub fn send_options(
+    src: &Path,
+    to: SocketAddr,
+    threads: usize,
+    state: Option<&Path>,
+) -> SendOptions {
+    SendOptions {
+        src: src.to_path_buf(),
+        to,
+        threads,
+        direct: true,
+        state: state.map(Path::to_path_buf),
+        snapshot: None,
+        session: None,
+        id_map: None,
+    }
+}
+
 pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<SendReport> {
-    send(
-        &SendOptions {
-            src: src.to_path_buf(),
-            to: addr,
-            threads,
-            direct: true,
-            state: None,
-            snapshot: None,
-            session: None,
-            id_map: None,
-        },
-        &Arc::new(Progress::default()),
-    )
+    let opts = send_options(src, addr, threads, None);
+    send(&opts, &Arc::new(Progress::default()))
 }
 
 /// A receiver that keeps serving sessions (so a retrying sender can resume); each session's
@@ -82,16 +91,7 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
 
 /// Sends with a state directory (manifest), so later jobs are incremental.
 pub fn send_state(src: &Path, addr: SocketAddr, state: &Path) -> mover::Result<SendReport> {
-    let opts = SendOptions {
-        src: src.to_path_buf(),
-        to: addr,
-        threads: 2,
-        direct: true,
-        state: Some(state.to_path_buf()),
-        snapshot: None,
-        session: None,
-        id_map: None,
-    };
+    let opts = send_options(src, addr, 2, Some(state));
     send(&opts, &Arc::new(Progress::default()))
 }
 
@@ -196,4 +196,28 @@ fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Budget>) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A scratch directory with a source, an empty destination and a sender state directory.
+pub struct Dirs {
+    _tmp: tempfile::TempDir,
+    pub src: std::path::PathBuf,
+    pub dst: std::path::PathBuf,
+    pub state: std::path::PathBuf,
+}
+
+pub fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("state"),
+    );
+    std::fs::create_dir_all(&dst).unwrap();
+    Dirs {
+        _tmp: tmp,
+        src,
+        dst,
+        state,
+    }
 }
