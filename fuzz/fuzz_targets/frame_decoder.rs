@@ -25,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode_data_prefix(payload);
         let _ = Commit::decode(payload);
         let _ = Verified::decode(payload);
+        let _ = decode_error(payload);
+        let _ = decode_hints(payload);
+        let _ = decode_expect(payload);
+        let _ = decode_worker_done(payload);
         rest = &rest[used..];
     }
     // Unframed: the payload decoders must hold on raw bytes too.

@@ -321,6 +321,8 @@ impl Uring {
             Some(i) => i,
             None => {
                 let i = self.slots.len();
+                // Invariant: each worker sizes its ring for the most operations it can have in
+                // flight (checked at compile time next to its RING_ENTRIES).
                 assert!(
                     i < self.ring.params().sq_entries() as usize,
                     "more operations in flight than the ring has entries"

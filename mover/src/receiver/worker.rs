@@ -33,7 +33,10 @@ pub const BUF_SIZE: usize =
 /// receiver does not fill its page cache with data nobody reads back.
 const DIRECT_WRITE_MIN: u64 = 4 * 1024 * 1024;
 pub const BUFFERS: usize = 8;
-const RING_ENTRIES: u32 = 2048;
+/// Every buffer may hold a FileBatch of MAX_BATCH_FILES records being written, while the next
+/// frame is received: the ring has a slot for each of those operations (the ring refuses more).
+const RING_ENTRIES: u32 = 16384;
+const _: () = assert!(BUFFERS * crate::wire::message::MAX_BATCH_FILES < RING_ENTRIES as usize);
 
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;

@@ -36,7 +36,12 @@ pub const BUFFERS: usize = 32;
 /// FileBatch buffers reading at once: each holds up to SEND_BATCH_MAX_FILES open files, so this
 /// bounds the worker's open fds (8 x 128) whatever BUFFERS is.
 const MAX_BATCH_BUFFERS_READING: usize = 8;
+/// A slot for every operation the worker can have in flight: a read per FileBatch file of the
+/// batch buffers reading, a read per other buffer, and the send.
 const RING_ENTRIES: u32 = 4096;
+const _: () = assert!(
+    MAX_BATCH_BUFFERS_READING * super::plan::SEND_BATCH_MAX_FILES + BUFFERS < RING_ENTRIES as usize
+);
 /// Files at least this large are read with O_DIRECT (when the file system allows): the data
 /// is streamed once, so filling the page cache with it only evicts useful pages.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
