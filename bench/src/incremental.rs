@@ -56,6 +56,8 @@ pub struct Opts {
     pub run_rsync: bool,
     /// Put each source in a btrfs subvolume on a loop-mounted image.
     pub btrfs_source: bool,
+    /// Certificates of mover's receiver and sender.
+    pub keys: mover_run::Keys,
 }
 
 pub fn run(o: &Opts, scenarios: &[Scenario]) -> Result<IncReport> {
@@ -183,6 +185,7 @@ fn mover_job(o: &Opts, d: &Dirs) -> Result<mover_run::MoverRun> {
         &d.src,
         &d.mover_dst,
         &[OsStr::new("--state"), d.state.as_os_str()],
+        &o.keys,
     )
 }
 

@@ -110,6 +110,7 @@ fn main() -> Result<()> {
                 mover.display()
             );
         }
+        let keys = mover_run::Keys::sealed(&mover, &work.join("identities"))?;
         let o = incremental::Opts {
             work,
             mover,
@@ -118,6 +119,7 @@ fn main() -> Result<()> {
             run_mover: a.tools != Tools::Rsync,
             run_rsync: a.tools != Tools::Mover,
             btrfs_source: a.source_fs == "btrfs",
+            keys,
         };
         let rep = incremental::run(&o, &scenarios)?;
         let (json, md) = rep.write(&a.results, &name)?;
@@ -134,6 +136,8 @@ fn main() -> Result<()> {
         other => bail!("unknown benchmark {other:?}: all, large, small, mixed, limits, incremental or one of its scenarios"),
     };
     std::fs::create_dir_all(&work)?;
+    let sealed = mover_run::Keys::sealed(&mover, &work.join("identities"))?;
+    let plain = mover_run::Keys::plaintext();
     let tcp = limits::loopback_tcp()?;
     eprintln!("bench: loopback TCP single stream {tcp:.0} MB/s");
     let mut rep = report::Report::new(&mover, a.scale, tcp);
@@ -163,8 +167,8 @@ fn main() -> Result<()> {
         for r in 0..a.reps {
             // Rotate the order every rep so no tool always follows the same neighbour (the
             // host's write-back of the previous run's data otherwise lands on one tool).
-            let mut order = [Tool::Mover, Tool::Rsync];
-            order.rotate_left(r % 2);
+            let mut order = [Tool::Mover, Tool::MoverPlain, Tool::Rsync];
+            order.rotate_left(r % 3);
             for tool in order {
                 let is_rsync = tool == Tool::Rsync;
                 if (is_rsync && a.tools == Tools::Mover) || (!is_rsync && a.tools == Tools::Rsync) {
@@ -190,7 +194,12 @@ fn main() -> Result<()> {
                     }
                     (Tool::Rsync, None) => continue,
                     _ => {
-                        let x = mover_run::run(&mover, &ds.dir, &dst)?;
+                        let keys = if tool == Tool::MoverPlain {
+                            &plain
+                        } else {
+                            &sealed
+                        };
+                        let x = mover_run::run(&mover, &ds.dir, &dst, keys)?;
                         if x.files != ds.files {
                             bail!(
                                 "mover sent {} files into an empty destination, dataset has {}",

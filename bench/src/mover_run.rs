@@ -4,7 +4,7 @@
 use crate::proc::wait_usage;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,12 +21,64 @@ pub struct MoverRun {
     pub receiver: Value,
 }
 
-pub fn run(mover: &Path, src: &Path, dst: &Path) -> Result<MoverRun> {
-    run_with(mover, src, dst, &[])
+/// How the receiver and the sender protect their sessions: each pins the other's certificate
+/// (the default: frames are sealed), or both run `--insecure-plaintext`.
+pub struct Keys {
+    pub receive: Vec<OsString>,
+    pub send: Vec<OsString>,
+}
+
+impl Keys {
+    /// Certificates for both sides under `dir` (made with `mover identity` if missing).
+    pub fn sealed(mover: &Path, dir: &Path) -> Result<Keys> {
+        let fingerprint = |id: &Path| -> Result<String> {
+            let out = Command::new(mover)
+                .arg("identity")
+                .arg("--identity")
+                .arg(id)
+                .output()
+                .context("running mover identity")?;
+            anyhow::ensure!(out.status.success(), "mover identity failed");
+            Ok(String::from_utf8(out.stdout)?.trim().to_string())
+        };
+        let (r, s) = (dir.join("receiver"), dir.join("sender"));
+        let (fr, fs) = (fingerprint(&r)?, fingerprint(&s)?);
+        let args = |id: &Path, pin: String| -> Vec<OsString> {
+            vec![
+                "--identity".into(),
+                id.as_os_str().to_owned(),
+                "--peer-fingerprint".into(),
+                pin.into(),
+            ]
+        };
+        Ok(Keys {
+            receive: args(&r, fs),
+            send: args(&s, fr),
+        })
+    }
+
+    /// Both sides in clear (the cost of encryption is the difference).
+    pub fn plaintext() -> Keys {
+        let flag = vec![OsString::from("--insecure-plaintext")];
+        Keys {
+            receive: flag.clone(),
+            send: flag,
+        }
+    }
+}
+
+pub fn run(mover: &Path, src: &Path, dst: &Path, keys: &Keys) -> Result<MoverRun> {
+    run_with(mover, src, dst, &[], keys)
 }
 
 /// `run` with extra `mover send` arguments (the incremental benchmark adds `--state DIR`).
-pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> Result<MoverRun> {
+pub fn run_with(
+    mover: &Path,
+    src: &Path,
+    dst: &Path,
+    send_extra: &[&OsStr],
+    keys: &Keys,
+) -> Result<MoverRun> {
     let mut recv = Command::new(mover);
     recv.args([
         "receive",
@@ -36,7 +88,8 @@ pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> 
         "--json",
         "--root",
     ])
-    .arg(dst);
+    .arg(dst)
+    .args(&keys.receive);
     let mut recv = recv
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,6 +108,7 @@ pub fn run_with(mover: &Path, src: &Path, dst: &Path, send_extra: &[&OsStr]) -> 
         .arg(src)
         .args(["--to", &addr, "--json"])
         .args(send_extra)
+        .args(&keys.send)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

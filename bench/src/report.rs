@@ -8,14 +8,18 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Tool {
+    /// mover as deployed: sessions sealed (AES-256-GCM), certificates pinned.
     Mover,
+    /// mover with --insecure-plaintext on both sides: what encryption costs is the difference.
+    MoverPlain,
     Rsync,
 }
 
 impl Tool {
     pub fn label(self) -> &'static str {
         match self {
-            Tool::Mover => "mover",
+            Tool::Mover => "mover (encrypted)",
+            Tool::MoverPlain => "mover --insecure-plaintext",
             Tool::Rsync => "rsync (daemon)",
         }
     }
@@ -116,7 +120,7 @@ impl Report {
             scale,
             loopback_tcp_mb_s: tcp,
             note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
-                   rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1. mover: receive --once + send, default threads. \
+                   rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1 (in clear). mover: receive --once + send, default threads, sessions encrypted with certificates pinned; the plaintext row runs both with --insecure-plaintext. \
                    mover's receiver syncfs's before committing each recovery point (a job is durable when acknowledged); rsync does not fsync. CPU = sender + receiver user+sys.",
             datasets: Vec::new(),
         }
@@ -144,7 +148,7 @@ impl Report {
                 cpu_vs_rsync: None,
             })
         };
-        let mut rows: Vec<Row> = [Tool::Mover, Tool::Rsync]
+        let mut rows: Vec<Row> = [Tool::Mover, Tool::MoverPlain, Tool::Rsync]
             .into_iter()
             .filter_map(row)
             .collect();

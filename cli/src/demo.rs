@@ -12,7 +12,39 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 /// Starts `mover receive --once --json` and returns it with its address. The stdout reader is
 /// returned too: dropping it would close the pipe the receiver still writes its report to.
-fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<ChildStdout>)> {
+/// Certificate arguments: the receiver's (its identity, the sender it accepts) and the
+/// sender's (its identity, the receiver it trusts).
+struct Keys {
+    receive: Vec<std::ffi::OsString>,
+    send: Vec<std::ffi::OsString>,
+}
+
+/// A certificate for each side under `base`, each pinning the other, as two nodes would.
+fn keys(base: &Path) -> Result<Keys> {
+    let (r, s) = (base.join("receiver-identity"), base.join("sender-identity"));
+    let (fr, fs) = (
+        crate::keys::load_identity(&r)?.fingerprint,
+        crate::keys::load_identity(&s)?.fingerprint,
+    );
+    let args = |dir: &Path, pin: String| {
+        vec![
+            "--identity".into(),
+            dir.as_os_str().to_owned(),
+            "--peer-fingerprint".into(),
+            pin.into(),
+        ]
+    };
+    Ok(Keys {
+        receive: args(&r, fs.0),
+        send: args(&s, fr.0),
+    })
+}
+
+fn spawn_receiver(
+    exe: &Path,
+    dst: &Path,
+    keys: &Keys,
+) -> Result<(Child, String, BufReader<ChildStdout>)> {
     let mut child = Command::new(exe)
         .args([
             "receive",
@@ -23,6 +55,7 @@ fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<Ch
             "--root",
         ])
         .arg(dst)
+        .args(&keys.receive)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting receiver process")?;
@@ -41,13 +74,14 @@ fn spawn_receiver(exe: &Path, dst: &Path) -> Result<(Child, String, BufReader<Ch
     Ok((child, addr, reader))
 }
 
-fn replicate(exe: &Path, src: &Path, dst: &Path, state: &Path) -> Result<Value> {
-    let (mut recv, addr, mut reader) = spawn_receiver(exe, dst)?;
+fn replicate(exe: &Path, src: &Path, dst: &Path, state: &Path, keys: &Keys) -> Result<Value> {
+    let (mut recv, addr, mut reader) = spawn_receiver(exe, dst, keys)?;
     let out = Command::new(exe)
         .arg("send")
         .arg(src)
         .args(["--to", &addr, "--json", "--state"])
         .arg(state)
+        .args(&keys.send)
         .output()
         .context("running sender")?;
     let mut report = String::new();
@@ -109,8 +143,11 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
     println!("generating {} files under {}", files + 9, src.display());
     generate(&src, &spec)?;
 
-    println!("initial sync: mover receive + mover send over 127.0.0.1");
-    let r = replicate(&exe, &src, &dst, &state)?;
+    let keys = keys(&base)?;
+    println!(
+        "initial sync: mover receive + mover send over 127.0.0.1, encrypted, certificates pinned"
+    );
+    let r = replicate(&exe, &src, &dst, &state, &keys)?;
     println!(
         "  sent {} files, {} data bytes, {} wire bytes in {:.2}s; recovery point {}",
         r["files"],
@@ -143,7 +180,7 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<()> {
         .context("writing new file")?;
     std::fs::rename(src.join("dir000"), src.join("dir000-moved")).context("moving a directory")?;
     println!("incremental: one 4 KiB block rewritten and a line appended in 3 large files, 1 file created, 1 directory moved");
-    let r = replicate(&exe, &src, &dst, &state)?;
+    let r = replicate(&exe, &src, &dst, &state, &keys)?;
     println!(
         "  sent {} files ({} as block deltas, {} unchanged skipped unread), {} data bytes, {} wire bytes in {:.2}s; recovery point {}",
         r["files"], r["files_delta"], r["files_unchanged"], r["bytes"], r["wire_bytes"], r["seconds"].as_f64().unwrap_or(0.0), r["recovery_point"]

@@ -6,6 +6,7 @@
 mod api;
 mod demo;
 mod exit;
+mod keys;
 mod progress;
 mod relationship;
 mod spec;
@@ -16,7 +17,7 @@ mod view;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mover::receiver::{ReceiveOptions, Receiver};
-use mover::sender::{send_with_retry, SendOptions};
+use mover::sender::{send_with_retry_each, SendOptions};
 use mover::Progress;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -37,8 +38,10 @@ mover relationship authorize ID                        # target\n  \
 mover status --watch                                   # either\n\n\
 A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover node` and \
 `mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
-The data plane on its own (two shells):\n  \
-mover receive --listen 127.0.0.1:3712 --root /srv/replica\n  mover send /srv/data --to 127.0.0.1:3712\n\n\
+The data plane on its own (two shells; sessions are encrypted, and each side pins the other's \
+certificate, which `mover identity` prints):\n  \
+mover receive --listen 127.0.0.1:3712 --root /srv/replica --peer-fingerprint <the sender's>\n  \
+mover send /srv/data --to 127.0.0.1:3712 --peer-fingerprint <the receiver's>\n\n\
 Exit codes: 0 ok, 1 unexpected error, 2 usage, 3 verification failed, 4 protocol or peer error, \
 5 I/O error, 6 source changed while being read, 7 not permitted by the daemon (401/403 or no token), \
 8 not found (404), 9 refused as invalid or conflicting (400/409), 10 daemon unreachable or failed \
@@ -75,6 +78,8 @@ enum Cmd {
         /// Machine-readable output: one JSON object per line ({"listening":..} first, then one per session).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        peers: keys::PeerArgs,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
     Send {
@@ -105,6 +110,17 @@ enum Cmd {
         /// retry any that change while read). Default: btrfs for a subvolume, else plain.
         #[arg(long)]
         snapshot: Option<mover::snapshot::Provider>,
+        #[command(flatten)]
+        peers: keys::PeerArgs,
+    },
+    /// Print this node's certificate fingerprint (creating the certificate if missing), for a
+    /// peer's --peer-fingerprint.
+    Identity {
+        /// Directory with the certificate and key (node.crt, node.key).
+        #[arg(long, env = "MOVER_IDENTITY", default_value = keys::DEFAULT_IDENTITY)]
+        identity: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Show CPU / NUMA / device / NIC topology and the worker pinning plan.
     Hw {
@@ -207,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             fsync: _,
             revert,
             json,
+            peers,
         } => {
             if revert {
                 let rep = mover::receiver::revert_root(&root)?;
@@ -229,20 +246,59 @@ fn run(cli: Cli) -> Result<()> {
             }
             let listen = listen.context("--listen is required")?;
             let progress = Arc::new(Progress::default());
-            let r = Receiver::bind(
-                listen,
-                ReceiveOptions {
-                    root,
-                    once,
-                    ..Default::default()
-                },
-                progress,
-            )?;
-            let addr = r.local_addr()?;
+            let mut opts = ReceiveOptions {
+                root,
+                once,
+                ..Default::default()
+            };
+            let (r, addr, fingerprint) = match peers.protection()? {
+                keys::Protection::Plaintext => {
+                    opts.insecure_plaintext = true;
+                    let r = Receiver::bind(listen, opts, progress)?;
+                    let addr = r.local_addr()?;
+                    (r, addr, None)
+                }
+                keys::Protection::Sealed { identity, pins } => {
+                    // One port: TLS key exchanges go to the key server, data-plane connections
+                    // to the receiver's inbox.
+                    let tickets = Arc::new(mover::Tickets::default());
+                    opts.tickets = Some(tickets.clone());
+                    let (inbox, incoming) = std::sync::mpsc::channel();
+                    let r = Receiver::from_inbox(incoming, opts, progress)?;
+                    let listener = std::net::TcpListener::bind(listen)
+                        .with_context(|| format!("listening on {listen}"))?;
+                    let addr = listener.local_addr()?;
+                    let fp = identity.fingerprint.clone();
+                    let server = control::standalone::KeyServer {
+                        identity,
+                        allowed: pins,
+                        tickets,
+                    };
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    std::thread::Builder::new()
+                        .name("mover-accept".into())
+                        .spawn(move || {
+                            if let Err(e) = server.serve(listener, inbox, stop) {
+                                eprintln!("mover: accepting connections failed: {e}");
+                            }
+                        })
+                        .context("starting the accept thread")?;
+                    (r, addr, Some(fp))
+                }
+            };
+            let encrypted = fingerprint.is_some();
             if json {
-                println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "listening": addr.to_string(), "encrypted": encrypted, "fingerprint": fingerprint })
+                );
             } else {
-                eprintln!("mover: listening on {addr}");
+                match &fingerprint {
+                    Some(fp) => {
+                        eprintln!("mover: listening on {addr} (encrypted; this node is {fp})")
+                    }
+                    None => eprintln!("mover: listening on {addr} (INSECURE: sessions in clear)"),
+                }
             }
             let rep = r.serve(|rep| {
                 // A closed stdout must not turn a verified session into a crash.
@@ -273,8 +329,10 @@ fn run(cli: Cli) -> Result<()> {
             state,
             retries,
             snapshot,
+            peers,
         } => {
             let to = resolve(&to)?;
+            let protection = peers.protection()?;
             let opts = SendOptions {
                 src,
                 to,
@@ -284,15 +342,26 @@ fn run(cli: Cli) -> Result<()> {
                 snapshot,
                 session: None,
                 id_map: None,
+                secret: None,
             };
             let progress = Arc::new(Progress::default());
             let bar = progress::Bar::start(progress.clone(), !json);
-            let res = send_with_retry(&opts, &progress, retries.max(1), |n, e, pause| {
+            let tcp: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
+            let on_retry = |n: u32, e: &mover::Error, pause: std::time::Duration| {
                 eprintln!(
                     "mover: attempt {n} failed: {e}; retrying in {:.1}s",
                     pause.as_secs_f64()
                 );
-            });
+            };
+            // Each session gets a fresh secret (and ticket) from the receiver.
+            let before = |o: &mut SendOptions| -> mover::Result<()> {
+                if let keys::Protection::Sealed { identity, pins } = &protection {
+                    o.secret = Some(keys::ask_secret(to, identity, &pins[0])?);
+                }
+                Ok(())
+            };
+            let res =
+                send_with_retry_each(&opts, &progress, retries.max(1), &tcp, before, on_retry);
             bar.finish();
             let rep = res?;
             if json {
@@ -303,6 +372,18 @@ fn run(cli: Cli) -> Result<()> {
                     "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire, {} unchanged; verified tree {}",
                     rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.files_unchanged, rep.tree_hash
                 );
+            }
+            Ok(())
+        }
+        Cmd::Identity { identity, json } => {
+            let id = keys::load_identity(&identity)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "fingerprint": id.fingerprint, "identity": identity })
+                );
+            } else {
+                println!("{}", id.fingerprint);
             }
             Ok(())
         }

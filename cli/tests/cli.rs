@@ -1,8 +1,11 @@
 //! The `mover` binary as users and scripts meet it: help, JSON, exit codes, the demo, and an
 //! strace of a send showing data moving through io_uring from pinned workers.
 
+mod peers;
+
 use assert_cmd::cargo::cargo_bin;
 use assert_cmd::Command;
+use peers::{peers, Peers};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 
@@ -10,7 +13,7 @@ fn mover() -> Command {
     Command::cargo_bin("mover").unwrap()
 }
 
-fn start_receiver(root: &std::path::Path) -> (Child, String) {
+fn start_receiver(root: &std::path::Path, p: &Peers) -> (Child, String) {
     let mut c = std::process::Command::new(cargo_bin("mover"))
         .args([
             "receive",
@@ -21,6 +24,7 @@ fn start_receiver(root: &std::path::Path) -> (Child, String) {
             "--root",
         ])
         .arg(root)
+        .args(&p.receive)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -50,14 +54,61 @@ fn send_to_a_closed_port_fails_with_the_io_exit_code() {
         .local_addr()
         .unwrap()
         .port();
+    let p = peers(t.path());
     let out = mover()
         .arg("send")
         .arg(t.path())
-        .args(["--to", &format!("127.0.0.1:{port}")])
+        .args(["--to", &format!("127.0.0.1:{port}"), "--retries", "1"])
+        .args(&p.send)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to receiver"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connecting") && err.contains("refused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn send_without_a_peer_to_trust_says_how_to_give_one() {
+    let t = tempfile::tempdir().unwrap();
+    let out = mover()
+        .arg("send")
+        .arg(t.path())
+        .args(["--to", "127.0.0.1:9", "--identity"])
+        .arg(t.path().join("id"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--peer-fingerprint") && err.contains("mover identity"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_encrypted_receiver_refuses_a_sender_in_clear_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("a"), b"secret").unwrap();
+    let p = peers(t.path());
+    let (mut recv, addr) = start_receiver(&dst, &p);
+    let out = mover()
+        .arg("send")
+        .arg(&src)
+        .args(["--to", &addr, "--retries", "1", "--insecure-plaintext"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("accepts only encrypted sessions"), "{err}");
+    let _ = recv.kill();
+    let _ = recv.wait();
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
 }
 
 #[test]
@@ -68,11 +119,13 @@ fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
     std::fs::create_dir_all(&dst).unwrap();
     std::fs::write(src.join("a"), vec![1u8; 100_000]).unwrap();
     std::fs::write(src.join("b"), b"bee").unwrap();
-    let (mut recv, addr) = start_receiver(&dst);
+    let p = peers(t.path());
+    let (mut recv, addr) = start_receiver(&dst, &p);
     let out = mover()
         .arg("send")
         .arg(&src)
         .args(["--to", &addr, "--json"])
+        .args(&p.send)
         .output()
         .unwrap();
     assert!(
@@ -97,7 +150,14 @@ fn receive_refuses_a_root_that_is_not_a_directory() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("file"), b"x").unwrap();
     let out = mover()
-        .args(["receive", "--listen", "127.0.0.1:0", "--once", "--root"])
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--insecure-plaintext",
+        ])
+        .arg("--root")
         .arg(t.path().join("file"))
         .output()
         .unwrap();
@@ -147,7 +207,8 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
     mover::gen::Rng(3).fill(&mut data);
     std::fs::write(src.join("big1"), &data).unwrap();
     std::fs::write(src.join("big2"), &data[..8 << 20]).unwrap();
-    let (mut recv, addr) = start_receiver(&dst);
+    let p = peers(t.path());
+    let (mut recv, addr) = start_receiver(&dst, &p);
     let log = t.path().join("strace.log");
     let st = std::process::Command::new(strace)
         // -ff: one file per thread, so concurrent syscalls are never split into
@@ -158,6 +219,7 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
         .arg("send")
         .arg(&src)
         .args(["--to", &addr, "--threads", "2"])
+        .args(&p.send)
         .status()
         .unwrap();
     assert!(st.success());

@@ -2,6 +2,8 @@
 //! moment, then either resumed or reverted. The target must then be exactly the source's new
 //! state (resume) or exactly the previous recovery point (revert); never anything else.
 
+mod peers;
+
 use assert_cmd::cargo::cargo_bin;
 use mover::churn::{churn, ChurnSpec};
 use mover::gen::{generate, Rng, TreeSpec};
@@ -27,6 +29,19 @@ fn hash(p: &Path) -> Hash {
     (t, c)
 }
 
+/// The certificates every receiver and sender of this test uses (made once).
+fn keys() -> &'static peers::Peers {
+    static KEYS: std::sync::OnceLock<(tempfile::TempDir, peers::Peers)> =
+        std::sync::OnceLock::new();
+    &KEYS
+        .get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            let p = peers::peers(d.path());
+            (d, p)
+        })
+        .1
+}
+
 fn receiver(root: &Path) -> (Child, String) {
     let mut c = Command::new(cargo_bin("mover"))
         .args([
@@ -38,6 +53,7 @@ fn receiver(root: &Path) -> (Child, String) {
             "--root",
         ])
         .arg(root)
+        .args(&keys().receive)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -66,6 +82,7 @@ fn sender(src: &Path, addr: &str, state: &Path) -> Child {
             "--state",
         ])
         .arg(state)
+        .args(&keys().send)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -165,8 +182,10 @@ fn sigkill_at_a_random_moment_then_resume_or_revert() {
         } else {
             kill(&mut s);
         }
-        // The survivor fails on its own (peer gone); bound the wait, then make sure.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // The survivor fails on its own (peer gone) within moments; a receiver whose sender died
+        // before its session began (during the key exchange) rightly waits for the next one.
+        // Bound the wait, then make sure.
+        let deadline = Instant::now() + Duration::from_secs(8);
         for c in [&mut r, &mut s] {
             while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));

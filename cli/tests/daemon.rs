@@ -406,16 +406,19 @@ fn unauthenticated_peer_is_refused() {
     assert!(!dst.join("change").exists());
     assert_eq!(b.view("target", &id)["authorized"], true);
 
-    // A plain data-plane sender on the replication port, without a ticket: refused, unwritten.
+    // A data-plane sender on the replication port in clear, without a ticket: refused,
+    // unwritten.
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
         .arg("send")
         .arg(&src)
         .args(["--to", &format!("127.0.0.1:{}", b.listen), "--retries", "1"])
+        .arg("--insecure-plaintext")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("session not authorized"),
+        stderr(&out).contains("session not authorized")
+            || stderr(&out).contains("accepts only encrypted sessions"),
         "{}",
         stderr(&out)
     );

@@ -16,6 +16,7 @@ pub mod model;
 pub mod peer;
 pub mod peer_wire;
 pub mod readonly;
+pub mod standalone;
 pub mod store;
 pub mod tls;
 

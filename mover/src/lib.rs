@@ -43,9 +43,11 @@ pub use receiver::{
     recovery_point, revert_root, ReceiveOptions, Receiver, SessionLimits, SessionReport, Tickets,
 };
 pub use sender::{
-    send, send_over, send_with_retry, send_with_retry_over, IdMap, SendOptions, SendReport,
+    send, send_over, send_with_retry, send_with_retry_each, send_with_retry_over, IdMap,
+    SendOptions, SendReport,
 };
 pub use transport::{Connection, Transport};
+pub use wire::seal::SessionSecret;
 
 pub use engine::{default_threads, STALL_TIMEOUT};
 pub use job::{Gate, JobControl, Progress, GATE_POLL};

@@ -23,12 +23,7 @@ impl SessionId {
     /// A fresh id from the kernel's random source.
     pub fn random() -> std::io::Result<SessionId> {
         let mut b = [0u8; 16];
-        let mut filled = 0;
-        while filled < b.len() {
-            let n =
-                rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
-            filled += n;
-        }
+        fill_random(&mut b)?;
         Ok(SessionId(u128::from_le_bytes(b)))
     }
 }
@@ -42,3 +37,12 @@ impl std::fmt::Display for SessionId {
 /// Index of a worker (and of its connection) within a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct WorkerIndex(pub u16);
+
+/// Fills `b` from the kernel's random source.
+pub fn fill_random(b: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < b.len() {
+        filled += rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}

@@ -117,6 +117,7 @@ fn oversized_frame_is_rejected_naming_the_limit() {
             let mut s = connect_control(addr);
             let h = FrameHeader {
                 kind: FrameKind::Entries,
+                sealed: false,
                 len: (MAX_FRAME_PAYLOAD + 1) as u32,
                 checksum: 0,
             };

@@ -1,7 +1,8 @@
 //! Whole sessions over the in-memory transport: the sender's and the receiver's workers move
-//! their frames through the `Connection` trait (no kernel socket), the network is seeded and
-//! resets every connection at a seeded point. The target must equal the source after every
-//! job, and a job cut by a reset must finish in a later session that resumes it.
+//! their frames through the `Connection` trait (no kernel socket), every frame sealed with the
+//! session's secret (a fresh ticket per session, as a daemon issues them), the network is
+//! seeded and resets every connection at a seeded point. The target must equal the source
+//! after every job, and a job cut by a reset must finish in a later session that resumes it.
 
 mod common;
 
@@ -9,7 +10,10 @@ use common::*;
 use mover::churn::{churn, ChurnSpec};
 use mover::gen::{generate, TreeSpec};
 use mover::transport::mem::{MemFaults, MemNet};
-use mover::{send_with_retry_over, Progress, ReceiveOptions, Receiver, SessionReport, Transport};
+use mover::{
+    send_with_retry_each, Progress, ReceiveOptions, Receiver, SessionReport, SessionSecret,
+    Tickets, Transport,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -20,12 +24,14 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 3712))
 }
 
-/// A receiver serving `dst` on `net` at `addr()`; each session's report arrives on the channel.
-fn serve(net: &MemNet, dst: &Path) -> mpsc::Receiver<SessionReport> {
+/// A receiver serving `dst` on `net` at `addr()`, admitting only sealed sessions of the tickets
+/// it issued; each session's report arrives on the channel.
+fn serve(net: &MemNet, dst: &Path, tickets: &Arc<Tickets>) -> mpsc::Receiver<SessionReport> {
     let r = Receiver::from_inbox(
         net.listen(addr()),
         ReceiveOptions {
             root: dst.to_path_buf(),
+            tickets: Some(tickets.clone()),
             ..Default::default()
         },
         Arc::new(Progress::default()),
@@ -40,17 +46,22 @@ fn serve(net: &MemNet, dst: &Path) -> mpsc::Receiver<SessionReport> {
     rx
 }
 
-fn job(net: &Arc<MemNet>, src: &Path, state: &Path) -> mover::SendReport {
+fn job(net: &Arc<MemNet>, src: &Path, state: &Path, tickets: &Tickets) -> mover::SendReport {
     let opts = send_options(src, addr(), THREADS, Some(state));
     let transport: Arc<dyn Transport> = net.clone();
-    send_with_retry_over(
-        &opts,
-        &Arc::new(Progress::default()),
-        5,
-        &transport,
-        |_, _, _| {},
-    )
-    .expect("job completes")
+    // Every session gets a fresh secret, issued as a ticket at the receiver.
+    let before = |o: &mut mover::SendOptions| -> mover::Result<()> {
+        let secret = SessionSecret::random().map_err(|source| mover::Error::Io {
+            context: "random secret".into(),
+            source,
+        })?;
+        tickets.issue_sealed(secret.clone());
+        o.secret = Some(secret);
+        Ok(())
+    };
+    let progress = Arc::new(Progress::default());
+    send_with_retry_each(&opts, &progress, 5, &transport, before, |_, _, _| {})
+        .expect("job completes")
 }
 
 #[test]
@@ -68,8 +79,13 @@ fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_reset
 
     // The initial sync over a network with no fault armed.
     let net = MemNet::new(1, MemFaults::default());
-    let reports = serve(&net, dst);
-    let r = job(&net, src, state);
+    let tickets = Arc::new(Tickets::default());
+    let reports = serve(&net, dst, &tickets);
+    let r = job(&net, src, state, &tickets);
+    assert!(
+        r.encrypted,
+        "sessions over the in-memory network are sealed"
+    );
     assert_eq!(r.attempts, 1);
     assert!(reports.recv().expect("session report").ok);
     assert_same_tree(src, dst);
@@ -93,7 +109,7 @@ fn whole_sessions_run_over_the_in_memory_transport_and_resume_after_seeded_reset
         .unwrap();
         let resets = net.resets();
         net.reset_after(2_000 + (seed * 7_919) % 40_000);
-        let r = job(&net, src, state);
+        let r = job(&net, src, state, &tickets);
         assert_same_tree(src, dst);
         // The receiver reports a session just after the sender saw it verified.
         let mut sessions: Vec<SessionReport> = Vec::new();

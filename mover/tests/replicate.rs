@@ -223,14 +223,8 @@ fn id_map_replicates_owners_as_the_target_ids() {
         gid: [(0, 2000), (4321, 4322)].into(),
     };
     let opts = mover::sender::SendOptions {
-        src: src.path().to_path_buf(),
-        to: addr,
-        threads: 2,
-        direct: true,
-        state: None,
-        snapshot: None,
-        session: None,
         id_map: Some(map),
+        ..send_options(src.path(), addr, 2, None)
     };
     mover::sender::send(&opts, &std::sync::Arc::new(mover::Progress::default())).unwrap();
     assert!(h.join().unwrap().ok);

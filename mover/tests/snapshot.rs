@@ -60,14 +60,8 @@ impl Drop for Mounted {
 
 fn opts(src: &Path, addr: std::net::SocketAddr, state: &Path, snapshot: Provider) -> SendOptions {
     SendOptions {
-        src: src.to_path_buf(),
-        to: addr,
-        threads: 2,
-        direct: true,
-        state: Some(state.to_path_buf()),
         snapshot: Some(snapshot),
-        session: None,
-        id_map: None,
+        ..send_options(src, addr, 2, Some(state))
     }
 }
 

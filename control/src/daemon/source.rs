@@ -546,6 +546,9 @@ fn run_job(
                 state: Some(node.state_dir(id)),
                 snapshot: None,
                 session: Some(session),
+                // Transitional: daemon jobs get their session secret from the ticket's TLS
+                // session in the next step; until then they run in clear.
+                secret: None,
                 id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
                     uid: m.uid.iter().copied().collect(),
                     gid: m.gid.iter().copied().collect(),

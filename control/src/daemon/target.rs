@@ -217,6 +217,8 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         tickets: Some(tickets.clone()),
         stop: Some(stop.clone()),
         limits: Default::default(),
+        // Transitional, as `secret: None` in source.rs.
+        insecure_plaintext: true,
     };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;

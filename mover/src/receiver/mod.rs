@@ -20,11 +20,12 @@ use crate::transport::tcp::TcpConn;
 use crate::transport::Connection;
 use crate::units::{SessionId, WorkerIndex};
 use crate::wire::frame::FrameKind;
-use crate::wire::io::{expect_frame, send_error, write_frame};
+use crate::wire::io::{expect_frame, send_error, Link};
 use crate::wire::message::software_version;
 use crate::wire::message::{
-    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_USER_XATTRS,
+    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_SEALED, CAP_USER_XATTRS,
 };
+use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use session::Session;
 pub use session::SessionLimits;
 use state::State;
@@ -57,6 +58,10 @@ pub struct ReceiveOptions {
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Bounds on the entry list and hints a sender may send.
     pub limits: SessionLimits,
+    /// Accept sessions whose frames travel in clear (checksummed, not encrypted). Off, only
+    /// sealed sessions of tickets issued with a secret are accepted; the sender must agree to
+    /// plaintext too.
+    pub insecure_plaintext: bool,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -67,44 +72,73 @@ pub const MAX_TICKETS: usize = 16;
 /// MAX_TICKETS are outstanding.
 pub const TICKET_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// One-time session ids: 128 random bits each, handed to an authenticated peer and redeemed by
-/// its control connection. Worker connections join by the same id while the session runs, so
-/// the id is the session's capability.
+/// One issued, unredeemed session: its id as Hellos will carry it, and the secret its frames
+/// are sealed with (None: a plaintext session).
+struct Ticket {
+    id: SessionId,
+    secret: Option<SessionSecret>,
+    issued: std::time::Instant,
+}
+
+/// One-time sessions handed to an authenticated peer and redeemed by its control connection;
+/// worker connections join by the same id while the session runs.
+/// - Sealed: the peers share a secret (a daemon derives it from the mutual TLS session that
+///   asked for the ticket); Hellos carry only its handle, and every frame after the Hello is
+///   sealed with it, so the id is not a capability on its own.
+/// - Plain (`--insecure-plaintext`): 128 random bits, carried in clear: the id is the capability.
 #[derive(Default)]
-pub struct Tickets(std::sync::Mutex<std::collections::VecDeque<(SessionId, std::time::Instant)>>);
+pub struct Tickets(std::sync::Mutex<std::collections::VecDeque<Ticket>>);
 
 impl Tickets {
-    pub fn issue(&self) -> Result<SessionId> {
-        let id = SessionId::random().ctx(|| "random session ticket".to_string())?;
+    fn push(&self, ticket: Ticket) -> SessionId {
+        let id = ticket.id;
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if t.len() == MAX_TICKETS {
             t.pop_front();
         }
-        t.push_back((id, std::time::Instant::now()));
-        Ok(id)
+        t.push_back(ticket);
+        id
     }
 
-    fn redeem(&self, id: SessionId) -> bool {
+    /// A plaintext session: returns its id, which the peer sends in clear.
+    pub fn issue(&self) -> Result<SessionId> {
+        let id = SessionId::random().ctx(|| "random session ticket".to_string())?;
+        Ok(self.push(Ticket {
+            id,
+            secret: None,
+            issued: std::time::Instant::now(),
+        }))
+    }
+
+    /// A sealed session with `secret`: returns its handle, the id its Hellos will carry.
+    pub fn issue_sealed(&self, secret: SessionSecret) -> SessionId {
+        self.push(Ticket {
+            id: secret.handle(),
+            secret: Some(secret),
+            issued: std::time::Instant::now(),
+        })
+    }
+
+    /// Takes the session `id` if it was issued here and is still valid: `Some(secret)`.
+    fn redeem(&self, id: SessionId) -> Option<Option<SessionSecret>> {
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        t.retain(|(_, at)| at.elapsed() < TICKET_TTL);
-        match t.iter().position(|(x, _)| *x == id) {
-            Some(i) => {
-                t.remove(i);
-                true
-            }
-            None => false,
-        }
+        t.retain(|x| x.issued.elapsed() < TICKET_TTL);
+        let i = t.iter().position(|x| x.id == id)?;
+        t.remove(i).map(|x| x.secret)
     }
 }
 
 /// A worker connection that joined a session, with its index.
-pub(crate) type WorkerConn = (WorkerIndex, Box<dyn Connection>);
+pub(crate) type WorkerConn = (WorkerIndex, Link);
+
+/// A running session as the accept loop sees it: where its workers go, and its secret.
+struct Running {
+    workers: mpsc::Sender<WorkerConn>,
+    secret: Option<SessionSecret>,
+}
 
 enum Accepted {
-    Control {
-        session: Session,
-        ctl: Box<dyn Connection>,
-    },
+    Control { session: Session, ctl: Box<Link> },
     Worker,
 }
 
@@ -114,7 +148,7 @@ pub struct Receiver {
     source: Incoming,
     opts: ReceiveOptions,
     /// Worker-connection channels of running sessions, touched only by the accept loop.
-    sessions: HashMap<SessionId, mpsc::Sender<WorkerConn>>,
+    sessions: HashMap<SessionId, Running>,
     progress: Arc<Progress>,
     owners: bool,
     umask: u32,
@@ -314,7 +348,7 @@ impl Receiver {
                             // A panic must still end the session (and `--once`) with a report.
                             let rep =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    session.run(ctl)
+                                    session.run(*ctl)
                                 }))
                                 .unwrap_or_else(|_| {
                                     SessionReport::failed(id, "receiver session panicked")
@@ -372,7 +406,19 @@ impl Receiver {
                 )
             }
         };
-        let caps = CAP_USER_XATTRS | if self.owners { CAP_OWNERS } else { 0 };
+        let sealed = hello.capabilities & CAP_SEALED != 0;
+        if !sealed && !self.opts.insecure_plaintext {
+            return refuse(
+                &mut *conn,
+                ErrorCode::Refused,
+                "this receiver accepts only encrypted sessions (the sender has no session \
+                 secret); both sides must be started with --insecure-plaintext to send in clear"
+                    .into(),
+            );
+        }
+        let caps = CAP_USER_XATTRS
+            | if self.owners { CAP_OWNERS } else { 0 }
+            | if sealed { CAP_SEALED } else { 0 };
         let (recovery_point, job_pending) = self.job_state()?;
         let ack = HelloAck {
             version,
@@ -390,19 +436,19 @@ impl Receiver {
                         "receiver is exiting: it serves one session (--once) or was stopped".into(),
                     );
                 }
-                if self
-                    .opts
-                    .tickets
-                    .as_ref()
-                    .is_some_and(|t| !t.redeem(hello.session))
-                {
-                    return refuse(
-                        &mut *conn,
-                        ErrorCode::Refused,
-                        "session not authorized: its id is not a ticket this receiver issued"
-                            .into(),
-                    );
-                }
+                let secret =
+                    match self.opts.tickets.as_ref().map(|t| t.redeem(hello.session)) {
+                        // Plain `mover receive`: any sender, in clear only (checked above).
+                        None if !sealed => None,
+                        Some(Some(secret)) if sealed == secret.is_some() => secret,
+                        _ => return refuse(
+                            &mut *conn,
+                            ErrorCode::Refused,
+                            "session not authorized: its id is not a ticket this receiver issued \
+                             (or not one for a session of this kind)"
+                                .into(),
+                        ),
+                    };
                 // A session that just acknowledged its sender may still be closing: a sender
                 // that starts its next job at once should not be told the receiver is busy.
                 let deadline = std::time::Instant::now() + BUSY_GRACE;
@@ -418,11 +464,20 @@ impl Receiver {
                         "receiver busy: another session is writing to this root".into(),
                     );
                 }
-                write_frame(&mut *conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.set_timeout(Some(CONTROL_TIMEOUT))
+                let mut ctl = match &secret {
+                    Some(s) => Link::sealed(conn, s, false, CONTROL_CONN),
+                    None => Link::plain(conn),
+                };
+                ctl.write_frame(FrameKind::HelloAck, &ack.encode())?;
+                ctl.conn
+                    .set_timeout(Some(CONTROL_TIMEOUT))
                     .ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
-                self.sessions.insert(hello.session, tx);
+                let run = Running {
+                    workers: tx,
+                    secret,
+                };
+                self.sessions.insert(hello.session, run);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")
                     .ctx(|| format!("reopening {}", self.opts.root.display()))?;
                 let cpus = crate::engine::worker_cpus(workers as usize, Some(&self.opts.root));
@@ -438,20 +493,35 @@ impl Receiver {
                     progress: self.progress.clone(),
                     limits: self.opts.limits,
                 };
-                Ok(Accepted::Control { session, ctl: conn })
+                Ok(Accepted::Control {
+                    session,
+                    ctl: Box::new(ctl),
+                })
             }
             Role::Worker { index } => {
-                let Some(tx) = self.sessions.get(&hello.session) else {
+                let Some(run) = self.sessions.get(&hello.session) else {
                     return refuse(
                         &mut *conn,
                         ErrorCode::Refused,
                         format!("unknown session {}", hello.session),
                     );
                 };
-                write_frame(&mut *conn, FrameKind::HelloAck, &ack.encode())?;
-                conn.set_timeout(None)
+                if sealed != run.secret.is_some() {
+                    return refuse(
+                        &mut *conn,
+                        ErrorCode::Refused,
+                        "worker connection of another kind than its session".into(),
+                    );
+                }
+                let mut link = match &run.secret {
+                    Some(s) => Link::sealed(conn, s, false, u32::from(index.0)),
+                    None => Link::plain(conn),
+                };
+                link.write_frame(FrameKind::HelloAck, &ack.encode())?;
+                link.conn
+                    .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
-                let _ = tx.send((index, conn));
+                let _ = run.workers.send((index, link));
                 Ok(Accepted::Worker)
             }
         }

@@ -20,7 +20,7 @@ use crate::tree::hash::{tree_hash, HashOptions};
 use crate::tree::STATE_DIR;
 use crate::units::SessionId;
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
-use crate::wire::io::{expect_frame, read_frame, send_error, write_frame};
+use crate::wire::io::Link;
 use crate::wire::message::{
     decode_entries, decode_error, decode_expect, decode_hints, encode_need, is_inline, Commit,
     ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
@@ -58,6 +58,8 @@ pub struct SessionReport {
     pub resumed: bool,
     /// The recovery point committed (empty if none).
     pub recovery_point: String,
+    /// The session's frames were sealed (encrypted and authenticated).
+    pub encrypted: bool,
 }
 
 /// Default of `SessionLimits::entry_list_bytes`: room for tens of millions of entries.
@@ -126,21 +128,23 @@ impl SessionReport {
             renamed: 0,
             resumed: false,
             recovery_point: String::new(),
+            encrypted: false,
         }
     }
 }
 
 impl Session {
-    pub fn run(self, mut ctl: Box<dyn Connection>) -> SessionReport {
+    pub fn run(self, mut ctl: Link) -> SessionReport {
         let start = Instant::now();
         let id = self.id;
         let mut report = SessionReport::failed(id, "");
         report.error = None;
+        report.encrypted = ctl.is_sealed();
         // drive() hands the root fd to the workers' table, which is gone when it fails: a dup
         // lets a disk-full job be explained and reverted afterwards.
         let root = rustix::io::fcntl_dupfd_cloexec(&self.root, 0);
         let progress = self.progress.clone();
-        match self.drive(&mut *ctl, &mut report) {
+        match self.drive(&mut ctl, &mut report) {
             Ok(()) => report.ok = true,
             Err(e) if space::is_full(&e) => {
                 // The apply phase sets the totals; 0 means it failed before knowing them.
@@ -151,7 +155,7 @@ impl Session {
                 )
                 .filter(|&n| n > 0);
                 let msg = match &root {
-                    Ok(root) => disk_full(root.as_fd(), e, needed, &mut *ctl, id),
+                    Ok(root) => disk_full(root.as_fd(), e, needed, &mut ctl, id),
                     Err(dup) => {
                         // Without the root there is nothing to measure or revert with; the
                         // journal stays and the next job resumes.
@@ -159,7 +163,7 @@ impl Session {
                             "{e} (not reverted: dup of the destination root failed: {dup})"
                         );
                         tracing::error!(session = %id, "session failed: {msg}");
-                        send_error(&mut *ctl, ErrorCode::DiskFull, &msg);
+                        ctl.send_error(ErrorCode::DiskFull, &msg);
                         msg
                     }
                 };
@@ -168,7 +172,7 @@ impl Session {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(session = %id, "session failed: {msg}");
-                send_error(&mut *ctl, e.code(), &msg);
+                ctl.send_error(e.code(), &msg);
                 report.error = Some(msg);
             }
         }
@@ -176,7 +180,7 @@ impl Session {
         report
     }
 
-    fn drive(self, ctl: &mut dyn Connection, report: &mut SessionReport) -> Result<()> {
+    fn drive(self, ctl: &mut Link, report: &mut SessionReport) -> Result<()> {
         let mut buf = Vec::new();
         let mut checker = StructureChecker::new();
         let mut entries: Vec<Entry> = Vec::new();
@@ -184,8 +188,8 @@ impl Session {
         let (mut list_bytes, mut hint_bytes) = (0u64, 0u64);
         let limits = self.limits;
         loop {
-            let h = read_frame(ctl, &mut buf)?;
-            report.wire_bytes += (FRAME_HEADER_LEN + buf.len()) as u64;
+            let h = ctl.read_frame(&mut buf)?;
+            report.wire_bytes += (FRAME_HEADER_LEN + h.len as usize) as u64;
             match h.kind {
                 FrameKind::Entries => {
                     charge(
@@ -279,7 +283,7 @@ impl Session {
             .iter()
             .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
             .collect();
-        let conns = collect_workers(&self.worker_conns, self.workers, ctl)?;
+        let conns = collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?;
         let creator = (
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
@@ -303,7 +307,7 @@ impl Session {
             let w = RecvWorker {
                 cpu: self.cpus.get(i).copied().flatten(),
                 table: table.clone(),
-                conn,
+                link: conn,
                 progress: self.progress.bytes.clone(),
             };
             let h = std::thread::Builder::new()
@@ -317,7 +321,7 @@ impl Session {
         report.wire_bytes += all.wire_bytes;
         report.files_received = stats.files_needed;
 
-        expect_frame(ctl, FrameKind::Commit, &mut buf)?;
+        ctl.expect_frame(FrameKind::Commit, &mut buf)?;
         let commit = Commit::decode(&buf)?;
         let digest = content_digest(&mut all.checksums);
         if commit.data_frames != all.frames
@@ -393,7 +397,7 @@ impl Session {
             tree_hash: got,
             recovery_point: rp.id.0,
         };
-        write_frame(ctl, FrameKind::Verified, &v.encode())?;
+        ctl.write_frame(FrameKind::Verified, &v.encode())?;
         Ok(())
     }
 }
@@ -407,7 +411,7 @@ fn disk_full(
     root: BorrowedFd<'_>,
     e: Error,
     needed: Option<u64>,
-    ctl: &mut dyn Connection,
+    ctl: &mut Link,
     id: SessionId,
 ) -> String {
     let msg = space::explain(root, e, needed).to_string();
@@ -416,12 +420,12 @@ fn disk_full(
         Ok(Some(s)) => s,
         Ok(None) => {
             // Failed before the state directory existed: the job changed nothing yet.
-            send_error(ctl, ErrorCode::DiskFull, &msg);
+            ctl.send_error(ErrorCode::DiskFull, &msg);
             return msg;
         }
         Err(se) => {
             let msg = format!("{msg}; the target could not be reverted: {se}");
-            send_error(ctl, ErrorCode::DiskFull, &msg);
+            ctl.send_error(ErrorCode::DiskFull, &msg);
             return msg;
         }
     };
@@ -432,8 +436,7 @@ fn disk_full(
     };
     // The sender is told before the revert: it waits only briefly for the reason after its data
     // connections broke, and a revert walks and syncs the whole destination.
-    send_error(
-        ctl,
+    ctl.send_error(
         ErrorCode::DiskFull,
         &format!("{msg}; reverting the target to recovery point {rp}"),
     );
@@ -498,7 +501,7 @@ fn open_job(
 /// Reads the sender's Expect list: one record for every large file the need list asked for, its
 /// byte count bounded by the file's size (or equal to its accepted delta).
 fn read_expect(
-    ctl: &mut dyn Connection,
+    ctl: &mut Link,
     need: &[Need],
     entries: &[Entry],
     deltas: &std::collections::HashMap<u32, Vec<(u64, u64)>>,
@@ -507,7 +510,7 @@ fn read_expect(
     let mut out = std::collections::HashMap::new();
     let mut buf = Vec::new();
     loop {
-        expect_frame(ctl, FrameKind::Expect, &mut buf)?;
+        ctl.expect_frame(FrameKind::Expect, &mut buf)?;
         let (last, recs) = decode_expect(&buf)?;
         for (e, bytes) in recs {
             let ok = match (need.get(e.index()), entries.get(e.index()).map(|x| &x.kind)) {
@@ -542,12 +545,11 @@ fn read_expect(
     Ok(out)
 }
 
-fn send_need(ctl: &mut dyn Connection, need: &[Need]) -> Result<()> {
+fn send_need(ctl: &mut Link, need: &[Need]) -> Result<()> {
     let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
         let first = (k * NEED_CHUNK_BYTES) as u32;
-        write_frame(
-            ctl,
+        ctl.write_frame(
             FrameKind::NeedList,
             &encode_need(first, k + 1 == chunks.len(), c),
         )?;
@@ -559,8 +561,8 @@ fn collect_workers(
     rx: &Receiver<super::WorkerConn>,
     n: u16,
     ctl: &dyn Connection,
-) -> Result<Vec<Box<dyn Connection>>> {
-    let mut slots: Vec<Option<Box<dyn Connection>>> = (0..n).map(|_| None).collect();
+) -> Result<Vec<Link>> {
+    let mut slots: Vec<Option<Link>> = (0..n).map(|_| None).collect();
     let deadline = Instant::now() + WORKER_CONNECT_TIMEOUT;
     let mut have = 0;
     while have < n as usize {

@@ -12,9 +12,11 @@ use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
+use crate::wire::io::Link;
 use crate::wire::message::{
     decode_batch, decode_data_prefix, decode_error, decode_worker_done, DATA_PREFIX_LEN,
 };
+use crate::wire::seal::Opener;
 use crate::wire::WireError;
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::AsFd;
@@ -72,7 +74,8 @@ struct Buf {
 pub struct RecvWorker {
     pub cpu: Option<hw::CpuId>,
     pub table: Arc<RecvTable>,
-    pub conn: Box<dyn Connection>,
+    /// The worker connection, past its handshake; sealed if the session is.
+    pub link: Link,
     pub progress: Arc<AtomicU64>,
 }
 
@@ -84,6 +87,8 @@ struct Ctx<'a> {
     cache: Option<ExtentFds>,
     direct_ok: bool,
     progress: &'a AtomicU64,
+    /// Opens the sealed frames of this connection, in order.
+    opener: Option<&'a mut Opener>,
 }
 
 impl RecvWorker {
@@ -96,7 +101,8 @@ impl RecvWorker {
         }
         let mut ring =
             Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
-        let mut conn = self.conn;
+        let mut link = self.link;
+        let (conn, _, opener) = link.parts();
         let sock: Option<OpFd> = conn
             .uring_socket()
             .ctx(|| "duplicating the socket".to_string())?
@@ -114,6 +120,7 @@ impl RecvWorker {
             cache: None,
             direct_ok: true,
             progress: &self.progress,
+            opener,
         };
         let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
         let result = (|| -> Result<()> {
@@ -134,7 +141,7 @@ impl RecvWorker {
                             None => {
                                 // No kernel socket: the frame comes through the connection,
                                 // then the writes it started run while the next one arrives.
-                                let h = recv_frame(&mut *conn, &mut ring, b)?;
+                                let h = recv_frame(conn, &mut ring, b)?;
                                 cx.stats.wire_bytes += (FRAME_HEADER_LEN + h.len as usize) as u64;
                                 done |= on_frame(&mut ring, &mut bufs[b], b, h, &mut cx)?;
                                 ring.reap(0, STALL_TIMEOUT, &mut cqes)
@@ -302,9 +309,17 @@ fn on_frame(
     let t = cx.t;
     buf.writes.clear();
     {
-        let payload =
-            &ring.buf(b)[BASE + FRAME_HEADER_LEN..BASE + FRAME_HEADER_LEN + h.len as usize];
-        h.verify(payload)?;
+        // Nothing of the payload is used before it is verified (plain) or authenticated and
+        // decrypted in place (sealed).
+        let body = BASE + FRAME_HEADER_LEN..BASE + FRAME_HEADER_LEN + h.len as usize;
+        let len = match cx.opener.as_deref_mut() {
+            Some(o) => o.open(&h, &mut ring.buf_mut(b)[body.clone()])?,
+            None => {
+                h.verify(&ring.buf(b)[body.clone()])?;
+                h.len as usize
+            }
+        };
+        let payload = &ring.buf(b)[body.start..body.start + len];
         match h.kind {
             FrameKind::WorkerDone => {
                 let (frames, bytes) = decode_worker_done(payload)?;

@@ -12,21 +12,22 @@ use crate::engine::{join_workers, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::tcp::TcpTransport;
-use crate::transport::{Connection, Transport};
+use crate::transport::Transport;
 use crate::tree::entry::EntryKind;
 use crate::tree::hash::{tree_hash, HashOptions};
 use crate::tree::walk::walk;
 use crate::units::{EntryId, SessionId, WorkerIndex};
 use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
-use crate::wire::io::{expect_frame, write_frame};
+use crate::wire::io::{write_frame, Link};
 use crate::wire::message::is_inline;
 use crate::wire::message::software_version;
 use crate::wire::message::{
     decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
-    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_USER_XATTRS,
+    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_SEALED, CAP_USER_XATTRS,
     MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
+use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use crate::wire::WireError;
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
 use manifest::Manifest;
@@ -48,6 +49,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// After a data connection failed, how long to wait for the receiver's explanation.
 const PEER_REASON_WAIT: Duration = Duration::from_secs(2);
 
+#[derive(Clone)]
 pub struct SendOptions {
     pub src: PathBuf,
     pub to: SocketAddr,
@@ -65,6 +67,10 @@ pub struct SendOptions {
     pub session: Option<SessionId>,
     /// Numeric owners to replicate as other ids (the target's users differ).
     pub id_map: Option<IdMap>,
+    /// The secret shared with the receiver for this session: every frame after the Hello is
+    /// sealed with it (AES-256-GCM), and the Hello carries only its handle. `None` sends in
+    /// clear, which a receiver accepts only when it too was told to (`insecure_plaintext`).
+    pub secret: Option<SessionSecret>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -122,36 +128,63 @@ pub struct SendReport {
     /// Source bytes read to find which blocks of changed files changed (btrfs extent sharing
     /// with the previous job's snapshot avoids most of them).
     pub hashed_bytes: u64,
+    /// The session's frames were sealed (encrypted and authenticated).
+    pub encrypted: bool,
 }
 
-fn hello(session: SessionId, role: Role) -> Vec<u8> {
+/// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
+/// sealed with (None: in clear).
+#[derive(Clone)]
+struct Identity {
+    session: SessionId,
+    secret: Option<SessionSecret>,
+}
+
+fn hello(id: &Identity, role: Role) -> Vec<u8> {
+    let sealed = if id.secret.is_some() { CAP_SEALED } else { 0 };
     Hello {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
         software: software_version().to_string(),
-        capabilities: CAP_OWNERS | CAP_USER_XATTRS,
-        session,
+        capabilities: CAP_OWNERS | CAP_USER_XATTRS | sealed,
+        session: id.session,
         role,
     }
     .encode()
 }
 
+/// Opens one connection of the session: Hello in clear, then a link sealed with the session's
+/// secret (if any) on which the receiver's HelloAck is the first frame.
 fn connect(
     transport: &dyn Transport,
     to: SocketAddr,
-    session: SessionId,
+    id: &Identity,
     role: Role,
     wire: &mut u64,
-) -> Result<(Box<dyn Connection>, HelloAck)> {
+) -> Result<(Link, HelloAck)> {
     let mut c = transport
         .connect(to)
         .ctx(|| format!("connecting to receiver at {to}"))?;
     c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
-    *wire += write_frame(&mut *c, FrameKind::Hello, &hello(session, role))?;
+    *wire += write_frame(&mut *c, FrameKind::Hello, &hello(id, role))?;
+    let conn_no = match role {
+        Role::Control { .. } => CONTROL_CONN,
+        Role::Worker { index } => u32::from(index.0),
+    };
+    let mut link = match &id.secret {
+        Some(s) => Link::sealed(c, s, true, conn_no),
+        None => Link::plain(c),
+    };
     let mut buf = Vec::new();
-    expect_frame(&mut *c, FrameKind::HelloAck, &mut buf)?;
+    link.expect_frame(FrameKind::HelloAck, &mut buf)?;
     let ack = HelloAck::decode(&buf)?;
+    if (ack.capabilities & CAP_SEALED != 0) != id.secret.is_some() {
+        return Err(WireError::BadField {
+            field: "HelloAck sealed capability (the receiver answered another kind of session)",
+        }
+        .into());
+    }
     if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&ack.version) {
         return Err(WireError::VersionMismatch {
             peer_min: ack.version,
@@ -161,7 +194,7 @@ fn connect(
         }
         .into());
     }
-    Ok((c, ack))
+    Ok((link, ack))
 }
 
 /// One session over TCP.
@@ -212,15 +245,20 @@ pub fn send_over(
         secs = start.elapsed().as_secs_f64(),
         "walked source"
     );
-    let session = match opts.session {
-        Some(s) => s,
-        None => SessionId::random().ctx(|| "random session id".to_string())?,
+    let id = Identity {
+        session: match (&opts.secret, opts.session) {
+            (Some(secret), _) => secret.handle(),
+            (None, Some(s)) => s,
+            (None, None) => SessionId::random().ctx(|| "random session id".to_string())?,
+        },
+        secret: opts.secret.clone(),
     };
+    let session = id.session;
     let mut wire = 0u64;
     let (mut ctl, ack) = connect(
         &**transport,
         opts.to,
-        session,
+        &id,
         Role::Control {
             workers: threads as u16,
         },
@@ -273,31 +311,27 @@ pub fn send_over(
     for e in entries {
         encode_entry(&mut enc, e);
         if enc.buf.len() >= ENTRIES_FRAME_BYTES {
-            wire += write_frame(&mut *ctl, FrameKind::Entries, &enc.buf)?;
+            wire += ctl.write_frame(FrameKind::Entries, &enc.buf)?;
             enc.buf.clear();
         }
     }
     if !enc.buf.is_empty() {
-        wire += write_frame(&mut *ctl, FrameKind::Entries, &enc.buf)?;
+        wire += ctl.write_frame(FrameKind::Entries, &enc.buf)?;
         enc.buf.clear();
     }
     for h in &planned.hints {
         if !enc.buf.is_empty() && enc.buf.len() + hint_len(h) > ENTRIES_FRAME_BYTES {
-            wire += write_frame(&mut *ctl, FrameKind::Hints, &enc.buf)?;
+            wire += ctl.write_frame(FrameKind::Hints, &enc.buf)?;
             enc.buf.clear();
         }
         encode_hint(&mut enc, h);
     }
     if !enc.buf.is_empty() {
-        wire += write_frame(&mut *ctl, FrameKind::Hints, &enc.buf)?;
+        wire += ctl.write_frame(FrameKind::Hints, &enc.buf)?;
     }
-    wire += write_frame(
-        &mut *ctl,
-        FrameKind::EntriesEnd,
-        &(entries.len() as u64).to_le_bytes(),
-    )?;
+    wire += ctl.write_frame(FrameKind::EntriesEnd, &(entries.len() as u64).to_le_bytes())?;
 
-    let need = read_need(&mut *ctl, entries.len())?;
+    let need = read_need(&mut ctl, entries.len())?;
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total, mut files_delta) = (0u64, 0u64, 0u64);
@@ -352,11 +386,7 @@ pub fn send_over(
         expect.chunks(MAX_EXPECT_RECORDS).collect()
     };
     for (k, c) in chunks.iter().enumerate() {
-        wire += write_frame(
-            &mut *ctl,
-            FrameKind::Expect,
-            &encode_expect(k + 1 == chunks.len(), c),
-        )?;
+        wire += ctl.write_frame(FrameKind::Expect, &encode_expect(k + 1 == chunks.len(), c))?;
     }
     let sent_files = files.len() as u64;
     let send_bytes: u64 = files
@@ -389,7 +419,7 @@ pub fn send_over(
     let mut handles = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
         let (table, progress, to) = (table.clone(), progress.clone(), opts.to);
-        let transport = transport.clone();
+        let (transport, id) = (transport.clone(), id.clone());
         let cpu = cpus.get(i).copied().flatten();
         let direct = opts.direct;
         let hash_blocks = opts.state.is_some();
@@ -398,9 +428,9 @@ pub fn send_over(
             .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
-                let (mut conn, _) =
-                    connect(&*transport, to, session, Role::Worker { index }, &mut w)?;
-                conn.set_timeout(None)
+                let (mut link, _) = connect(&*transport, to, &id, Role::Worker { index }, &mut w)?;
+                link.conn
+                    .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
                 let worker = SendWorker {
                     cpu,
@@ -410,9 +440,8 @@ pub fn send_over(
                     progress,
                     hash_blocks,
                 };
-                let mut stats = worker.run(&mut *conn)?;
-                stats.wire_bytes += w + write_frame(
-                    &mut *conn,
+                let mut stats = worker.run(&mut link)?;
+                stats.wire_bytes += w + link.write_frame(
                     FrameKind::WorkerDone,
                     &encode_worker_done(stats.frames, stats.data_bytes),
                 )?;
@@ -425,7 +454,7 @@ pub fn send_over(
     tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
     let mut all = match joined {
         Ok(all) => all,
-        Err(e) => return Err(explain_worker_failure(e, &mut *ctl)),
+        Err(e) => return Err(explain_worker_failure(e, &mut ctl)),
     };
     wire += all.wire_bytes;
     if !stable {
@@ -439,9 +468,9 @@ pub fn send_over(
         data_bytes: all.data_bytes,
         source_time_ns,
     };
-    wire += write_frame(&mut *ctl, FrameKind::Commit, &commit.encode())?;
+    wire += ctl.write_frame(FrameKind::Commit, &commit.encode())?;
     let mut buf = Vec::new();
-    expect_frame(&mut *ctl, FrameKind::Verified, &mut buf)?;
+    ctl.expect_frame(FrameKind::Verified, &mut buf)?;
     let v = Verified::decode(&buf)?;
     if !v.ok || v.tree_hash != th {
         return Err(Error::Verify(format!(
@@ -497,6 +526,7 @@ pub fn send_over(
         attempts: 1,
         snapshot: provider,
         hashed_bytes,
+        encrypted: opts.secret.is_some(),
     })
 }
 
@@ -622,14 +652,30 @@ pub fn send_with_retry_over(
     progress: &Arc<Progress>,
     attempts: u32,
     transport: &Arc<dyn Transport>,
+    on_retry: impl FnMut(u32, &Error, Duration),
+) -> Result<SendReport> {
+    send_with_retry_each(opts, progress, attempts, transport, |_| Ok(()), on_retry)
+}
+
+/// `send_with_retry_over`, calling `before` on the options of each session before it starts:
+/// a session that needs a fresh ticket and secret (they are one-time) gets them there. An
+/// error from `before` counts as the session's.
+pub fn send_with_retry_each(
+    opts: &SendOptions,
+    progress: &Arc<Progress>,
+    attempts: u32,
+    transport: &Arc<dyn Transport>,
+    mut before: impl FnMut(&mut SendOptions) -> Result<()>,
     mut on_retry: impl FnMut(u32, &Error, Duration),
 ) -> Result<SendReport> {
     let attempts = attempts.clamp(1, MAX_ATTEMPTS);
     let mut pause = RETRY_BACKOFF_START;
     let mut attempt = 1;
+    let mut session = opts.clone();
     loop {
         progress.reset();
-        match send_over(opts, progress, transport) {
+        let res = before(&mut session).and_then(|()| send_over(&session, progress, transport));
+        match res {
             Ok(mut r) => {
                 r.attempts = attempt;
                 return Ok(r);
@@ -704,23 +750,23 @@ fn save_manifest(
 
 /// When a worker's socket failed, the receiver closed it and usually says why on the control
 /// connection: prefer its message. Any other failure (source changed, unreadable file) is ours.
-fn explain_worker_failure(e: Error, ctl: &mut dyn Connection) -> Error {
+fn explain_worker_failure(e: Error, ctl: &mut Link) -> Error {
     let socket_failed = matches!(&e, Error::Io { context, .. } if context.starts_with("sending"));
     if socket_failed {
         let mut buf = Vec::new();
-        ctl.set_timeout(Some(PEER_REASON_WAIT)).ok();
-        if let Err(peer @ Error::Peer { .. }) = expect_frame(ctl, FrameKind::Verified, &mut buf) {
+        ctl.conn.set_timeout(Some(PEER_REASON_WAIT)).ok();
+        if let Err(peer @ Error::Peer { .. }) = ctl.expect_frame(FrameKind::Verified, &mut buf) {
             return peer;
         }
     }
     e
 }
 
-fn read_need(ctl: &mut dyn Connection, n: usize) -> Result<Vec<Need>> {
+fn read_need(ctl: &mut Link, n: usize) -> Result<Vec<Need>> {
     let mut need = Vec::with_capacity(n);
     let mut buf = Vec::new();
     loop {
-        expect_frame(ctl, FrameKind::NeedList, &mut buf)?;
+        ctl.expect_frame(FrameKind::NeedList, &mut buf)?;
         let (first, last, chunk) = decode_need(&buf)?;
         if first as usize != need.len() || need.len() + chunk.len() > n {
             return Err(WireError::BadField {

@@ -14,7 +14,9 @@ use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, DATA_CHUNK, FRAME_HEADER_LEN};
+use crate::wire::io::Link;
 use crate::wire::message::{BATCH_PREFIX_LEN, BATCH_RECORD_HEADER, DATA_PREFIX_LEN};
+use crate::wire::seal::{Sealer, TAG_LEN};
 use rustix::fs::{Mode, OFlags};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,7 +27,10 @@ use std::sync::Arc;
 /// Space in front of the data so the frame header and Data prefix fit while the data itself
 /// starts on an O_DIRECT-aligned address.
 const HEADROOM: usize = BUF_ALIGN;
-pub const BUF_SIZE: usize = HEADROOM + DATA_CHUNK;
+/// Room after the data for a sealed frame's tag, keeping buffers whole blocks.
+const TAILROOM: usize = BUF_ALIGN;
+pub const BUF_SIZE: usize = HEADROOM + DATA_CHUNK + TAILROOM;
+const _: () = assert!(TAG_LEN <= TAILROOM);
 // The frame header and Data prefix fit in front of the data; a batch frame fits a buffer.
 const _: () = assert!(FRAME_HEADER_LEN + DATA_PREFIX_LEN <= HEADROOM);
 const _: () = assert!(FRAME_HEADER_LEN + BATCH_PREFIX_LEN + DATA_CHUNK <= BUF_SIZE);
@@ -68,6 +73,8 @@ struct ReadOp {
 enum State {
     Free,
     Reading,
+    /// Laid out with nothing to read; to be finished.
+    Filled,
     Ready,
     Sending,
 }
@@ -130,15 +137,17 @@ enum Out<'c> {
 }
 
 impl SendWorker {
-    /// Streams the worker's units over `conn`. Returns when every frame is sent, or at the
-    /// first error; either way every operation it started has completed or been cancelled
-    /// before its fds and buffers go (the ring owns them).
-    pub fn run(mut self, conn: &mut dyn Connection) -> Result<FrameStats> {
+    /// Streams the worker's units over `link`, sealing each frame if the link is sealed.
+    /// Returns when every frame is sent, or at the first error; either way every operation it
+    /// started has completed or been cancelled before its fds and buffers go (the ring owns
+    /// them).
+    pub fn run(mut self, link: &mut Link) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
         }
         let mut ring =
             Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
+        let (conn, mut sealer, _) = link.parts();
         let mut out = match conn
             .uring_socket()
             .ctx(|| "duplicating the socket".to_string())?
@@ -187,8 +196,9 @@ impl SendWorker {
                     }
                     None => more = false,
                 }
-                if bufs[b].state == State::Ready {
-                    self.finished_frame(&ring, &bufs[b], b, &mut stats);
+                if bufs[b].state == State::Filled {
+                    // No reads (a batch of empty files): ready at once.
+                    finish_frame(&mut ring, &mut bufs[b], b, sealer.as_deref_mut());
                     ready.push_back(b);
                 }
                 gate = self.progress.control.gate();
@@ -231,8 +241,9 @@ impl SendWorker {
                 match c.op() {
                     OP_READ => {
                         if on_read(&mut ring, &mut bufs[b], b, idx, c.result, &self.table)? {
-                            finish_frame(&mut ring, &mut bufs[b], b);
-                            self.finished_frame(&ring, &bufs[b], b, &mut stats);
+                            // Hashes of the plain data first: sealing encrypts it in place.
+                            self.hash_frame(&ring, &bufs[b], b, &mut stats);
+                            finish_frame(&mut ring, &mut bufs[b], b, sealer.as_deref_mut());
                             ready.push_back(b);
                         }
                     }
@@ -269,9 +280,9 @@ impl SendWorker {
         Ok(stats)
     }
 
-    /// A frame is ready to send: take its block hashes for the manifest while the buffer is
-    /// still the worker's alone.
-    fn finished_frame(&self, ring: &Uring, buf: &Buf, b: usize, stats: &mut FrameStats) {
+    /// A frame's data is in: take its block hashes for the manifest while the buffer is
+    /// still the worker's alone and in clear.
+    fn hash_frame(&self, ring: &Uring, buf: &Buf, b: usize, stats: &mut FrameStats) {
         if self.hash_blocks && buf.kind == FrameKind::Data {
             stats
                 .block_hashes
@@ -413,7 +424,7 @@ fn start_unit(
     }
     buf.pending = buf.reads.len();
     if buf.pending == 0 {
-        finish_frame(ring, buf, b);
+        buf.state = State::Filled;
         return Ok(());
     }
     buf.state = State::Reading;
@@ -499,11 +510,23 @@ fn block_hashes(
 }
 
 /// All reads are in: checksum the payload and write the header in front of it.
-fn finish_frame(ring: &mut Uring, buf: &mut Buf, b: usize) {
+/// All reads are in: checksum or seal the payload in place and write the header in front of
+/// it (and a sealed frame's tag after it). Sealed frames must be finished in the order they
+/// are sent: the sealer numbers them.
+fn finish_frame(ring: &mut Uring, buf: &mut Buf, b: usize, sealer: Option<&mut Sealer>) {
     buf.reads.clear();
     let s = ring.buf_mut(b);
-    let payload = &s[buf.frame_start + FRAME_HEADER_LEN..buf.frame_end];
-    let h = FrameHeader::for_payload(buf.kind, payload);
+    let body = buf.frame_start + FRAME_HEADER_LEN..buf.frame_end;
+    let h = match sealer {
+        None => FrameHeader::for_payload(buf.kind, &s[body]),
+        Some(sealer) => {
+            let (h, tag) = sealer.seal(buf.kind, &mut s[body]);
+            debug_assert!(buf.frame_end + TAG_LEN <= BUF_SIZE);
+            s[buf.frame_end..buf.frame_end + TAG_LEN].copy_from_slice(&tag);
+            buf.frame_end += TAG_LEN;
+            h
+        }
+    };
     buf.checksum = h.checksum;
     s[buf.frame_start..buf.frame_start + FRAME_HEADER_LEN].copy_from_slice(&h.encode());
     buf.state = State::Ready;
@@ -575,12 +598,15 @@ mod tests {
         out
     }
 
-    /// A connected pair on loopback: the worker's end, and the peer's.
-    fn pair() -> (TcpConn, TcpStream) {
+    /// A connected pair on loopback: the worker's end (sealed with a random secret, as a
+    /// daemon's job is), and the peer's.
+    fn pair() -> (Link, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (s, _) = l.accept().expect("accept");
-        (TcpConn::new(c).expect("conn"), s)
+        let conn = Box::new(TcpConn::new(c).expect("conn"));
+        let secret = crate::wire::seal::SessionSecret::random().expect("secret");
+        (Link::sealed(conn, &secret, true, 0), s)
     }
 
     fn worker(table: Arc<SendTable>, units: Vec<Unit>) -> SendWorker {

@@ -3,10 +3,11 @@
 //! ```text
 //! offset size field
 //! 0      1    kind      (FrameKind)
-//! 1      1    flags     (must be 0 in protocol version 1)
+//! 1      1    flags     (bit 0: sealed, see seal.rs; other bits must be 0)
 //! 2      2    reserved  (must be 0)
 //! 4      4    payload length, little endian, <= MAX_FRAME_PAYLOAD
-//! 8      8    xxh3-64 of the payload seeded with kind and length, little endian
+//! 8      8    xxh3-64 of the payload seeded with kind and length, little endian; in a sealed
+//!             frame, the first 8 bytes of its authentication tag
 //! ```
 //! The checksum is verified before the payload is interpreted or written anywhere. Seeding it
 //! with the header's kind and length means a corrupted kind byte cannot turn one valid frame
@@ -68,9 +69,14 @@ impl FrameKind {
     }
 }
 
+/// Flag bit of a sealed frame: its payload is ciphertext followed by the tag.
+pub const FLAG_SEALED: u8 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub kind: FrameKind,
+    /// The payload is sealed (AEAD ciphertext and tag) rather than checksummed.
+    pub sealed: bool,
     pub len: u32,
     pub checksum: u64,
 }
@@ -84,6 +90,7 @@ impl FrameHeader {
         );
         FrameHeader {
             kind,
+            sealed: false,
             len: payload.len() as u32,
             checksum: frame_checksum(kind, payload),
         }
@@ -92,6 +99,7 @@ impl FrameHeader {
     pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
         let mut h = [0u8; FRAME_HEADER_LEN];
         h[0] = self.kind as u8;
+        h[1] = if self.sealed { FLAG_SEALED } else { 0 };
         h[4..8].copy_from_slice(&self.len.to_le_bytes());
         h[8..16].copy_from_slice(&self.checksum.to_le_bytes());
         h
@@ -101,7 +109,7 @@ impl FrameHeader {
     /// never allocates or reads more than `MAX_FRAME_PAYLOAD` on a peer's word.
     pub fn decode(h: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, WireError> {
         let kind = FrameKind::from_u8(h[0])?;
-        if h[1] != 0 || h[2] != 0 || h[3] != 0 {
+        if h[1] & !FLAG_SEALED != 0 || h[2] != 0 || h[3] != 0 {
             return Err(WireError::ReservedBitsSet);
         }
         let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
@@ -114,13 +122,17 @@ impl FrameHeader {
         let checksum = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         Ok(FrameHeader {
             kind,
+            sealed: h[1] & FLAG_SEALED != 0,
             len,
             checksum,
         })
     }
 
-    /// Verifies `payload` against the header: length and xxh3 checksum.
+    /// Verifies a plain (unsealed) `payload` against the header: length and xxh3 checksum.
     pub fn verify(&self, payload: &[u8]) -> Result<(), WireError> {
+        if self.sealed {
+            return Err(WireError::UnexpectedSeal { kind: self.kind });
+        }
         if payload.len() != self.len as usize {
             return Err(WireError::Truncated {
                 needed: self.len as usize,

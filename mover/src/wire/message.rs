@@ -34,7 +34,10 @@ pub const MAX_BATCH_FILES: usize = 1024;
 /// both sides leave uid/gid out of the tree hash.
 pub const CAP_OWNERS: u64 = 1 << 0;
 pub const CAP_USER_XATTRS: u64 = 1 << 1;
-pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS;
+/// The session is sealed (see seal.rs): the Hello carries the handle of its secret, every later
+/// frame is sealed. A receiver echoes it when it accepts.
+pub const CAP_SEALED: u64 = 1 << 2;
+pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

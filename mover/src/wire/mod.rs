@@ -5,6 +5,7 @@ pub mod codec;
 pub mod frame;
 pub mod io;
 pub mod message;
+pub mod seal;
 
 pub use frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 
@@ -34,6 +35,15 @@ pub enum WireError {
     TrailingBytes { extra: usize },
     #[error("{field} is not UTF-8")]
     NotUtf8 { field: &'static str },
+    #[error(
+        "{kind:?} frame {counter} of its connection failed authentication: replayed, reordered, \
+         injected, corrupted or sealed with another session's key"
+    )]
+    Unauthenticated { kind: FrameKind, counter: u64 },
+    #[error("{kind:?} frame is not sealed, but this session is encrypted")]
+    NotSealed { kind: FrameKind },
+    #[error("{kind:?} frame is sealed, but this session is not encrypted")]
+    UnexpectedSeal { kind: FrameKind },
     #[error("bad magic {0:#010x}: peer is not speaking the mover protocol")]
     BadMagic(u32),
     #[error("bad role {role} / {n}")]

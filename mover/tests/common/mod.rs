@@ -31,6 +31,7 @@ pub fn start_receiver_with(
             root: root.to_path_buf(),
             once: true,
             limits,
+            insecure_plaintext: true,
             ..Default::default()
         },
         Arc::new(Progress::default()),
@@ -58,6 +59,7 @@ pub fn send_options(
         snapshot: None,
         session: None,
         id_map: None,
+        secret: None,
     }
 }
 
@@ -74,6 +76,7 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
         ReceiveOptions {
             root: root.to_path_buf(),
             once: false,
+            insecure_plaintext: true,
             ..Default::default()
         },
         Arc::new(Progress::default()),
