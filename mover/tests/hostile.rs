@@ -71,6 +71,14 @@ fn entries_frame(es: &[Entry]) -> Vec<u8> {
     encode_frame(FrameKind::Entries, &e.buf)
 }
 
+/// Entries of a receiver's root other than its own state directory.
+fn entries_in(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name() != ".mover-state")
+        .count()
+}
+
 fn root_entry() -> Entry {
     entry(0, b"", EntryKind::Dir)
 }
@@ -192,7 +200,7 @@ fn hostile_names_are_rejected() {
         );
         assert!(err.contains("bad name"), "{bad:?}: {err}");
         assert_eq!(
-            std::fs::read_dir(t.path().join("root")).unwrap().count(),
+            entries_in(&t.path().join("root")),
             0,
             "nothing created for {bad:?}"
         );
@@ -471,7 +479,7 @@ fn an_entry_list_over_its_byte_budget_is_refused() {
         err.contains("entry list exceeds this receiver's limit of 4096 bytes"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0);
+    assert_eq!(entries_in(&t.path().join("root")), 0);
 }
 
 #[test]
@@ -493,7 +501,7 @@ fn hints_over_their_byte_budget_are_refused() {
         err.contains("hint list exceeds this receiver's limit of 1024 bytes"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(t.path().join("root")).unwrap().count(), 0);
+    assert_eq!(entries_in(&t.path().join("root")), 0);
 }
 
 #[test]
@@ -537,4 +545,31 @@ fn more_data_frames_than_the_expect_totals_allow_are_refused() {
         err.contains("more data frames than the need list and the Expect totals allow"),
         "{err}"
     );
+}
+
+#[test]
+fn a_deep_chain_whose_paths_outgrow_the_entry_list_is_refused_before_it_is_built() {
+    // 900 nested directories with 255-byte names: 270 KB of entries, 100 MB of full paths.
+    let (err, t) = attack(
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            let mut es = vec![root_entry()];
+            for i in 0..900u32 {
+                let name = format!("{i:0255}");
+                es.push(entry(i, name.as_bytes(), EntryKind::Dir));
+            }
+            for chunk in es.chunks(1000) {
+                s.write_all(&entries_frame(chunk)).unwrap();
+            }
+            s.write_all(&encode_frame(
+                FrameKind::EntriesEnd,
+                &(es.len() as u64).to_le_bytes(),
+            ))
+            .unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(err.contains("directories nested too deep"), "{err}");
+    assert_eq!(entries_in(&t.path().join("root")), 0);
 }

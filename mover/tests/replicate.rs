@@ -244,3 +244,44 @@ fn id_map_replicates_owners_as_the_target_ids() {
         "the root directory too"
     );
 }
+
+#[test]
+fn a_lock_anyone_takes_on_the_root_does_not_stop_the_receiver_or_a_revert() {
+    // Any reader of a (read-only) target can flock its root directory; the receiver's own lock
+    // lives in .mover-state (0700), which only the receiver's user can reach.
+    let d = dirs();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 20,
+            large_files: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let squatter = std::fs::File::open(&d.dst).unwrap();
+    rustix::fs::flock(
+        &squatter,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .unwrap();
+    replicate(&d.src, &d.dst, 2);
+    assert_same_tree(&d.src, &d.dst);
+    let rep = mover::revert_root(&d.dst).expect("revert despite the squatter's lock");
+    assert!(!rep.reverted, "nothing to revert after a verified job");
+    let state = std::fs::metadata(d.dst.join(".mover-state")).unwrap();
+    assert_eq!(state.mode() & 0o777, 0o700);
+
+    // The receiver's own lock still keeps a second receiver out while the first one runs.
+    let (_addr, _h) = start_receiver(&d.dst);
+    let second = mover::Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        mover::ReceiveOptions {
+            root: d.dst.clone(),
+            ..Default::default()
+        },
+        std::sync::Arc::new(mover::Progress::default()),
+    );
+    assert!(matches!(second, Err(mover::Error::Busy(_))));
+    drop(squatter);
+}

@@ -152,9 +152,11 @@ pub struct Receiver {
     progress: Arc<Progress>,
     owners: bool,
     umask: u32,
-    /// The destination root, flock'ed for the receiver's lifetime; sessions reopen it from
-    /// this fd so they write into exactly the directory that is locked.
+    /// The destination root; sessions reopen it from this fd so they write into exactly the
+    /// directory that is locked.
     root: std::os::fd::OwnedFd,
+    /// The root's lock (`.mover-state/lock`), held for the receiver's lifetime.
+    _lock: std::os::fd::OwnedFd,
 }
 
 enum Incoming {
@@ -191,7 +193,7 @@ impl Receiver {
         opts: ReceiveOptions,
         progress: Arc<Progress>,
     ) -> Result<Receiver> {
-        let root = Self::lock_root(&opts)?;
+        let locked = Self::lock_root(&opts)?;
         let listener = TcpListener::bind(addr).ctx(|| format!("listening on {addr}"))?;
         listener
             .set_nonblocking(true)
@@ -200,7 +202,7 @@ impl Receiver {
             Incoming::Listener(listener),
             opts,
             progress,
-            root,
+            locked,
         ))
     }
 
@@ -212,28 +214,22 @@ impl Receiver {
         opts: ReceiveOptions,
         progress: Arc<Progress>,
     ) -> Result<Receiver> {
-        let root = Self::lock_root(&opts)?;
-        Ok(Self::new(Incoming::Inbox(inbox), opts, progress, root))
+        let locked = Self::lock_root(&opts)?;
+        Ok(Self::new(Incoming::Inbox(inbox), opts, progress, locked))
     }
 
-    fn lock_root(opts: &ReceiveOptions) -> Result<std::os::fd::OwnedFd> {
+    /// Opens the root and takes its lock (held as long as the receiver lives).
+    fn lock_root(opts: &ReceiveOptions) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         let root = crate::beneath::open_root(&opts.root, "destination root")?;
-        rustix::fs::flock(&root, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |_| {
-                Error::Busy(format!(
-                    "{} is already in use by another mover receiver",
-                    opts.root.display()
-                ))
-            },
-        )?;
-        Ok(root)
+        let lock = State::open(root.as_fd())?.lock(&opts.root)?;
+        Ok((root, lock))
     }
 
     fn new(
         source: Incoming,
         opts: ReceiveOptions,
         progress: Arc<Progress>,
-        root: std::os::fd::OwnedFd,
+        (root, lock): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     ) -> Receiver {
         crate::engine::raise_fd_limit();
         // Read (and restore) the umask: inline files are created with their final permission
@@ -249,6 +245,7 @@ impl Receiver {
             owners,
             umask: umask.bits(),
             root,
+            _lock: lock,
         }
     }
 
@@ -533,14 +530,11 @@ impl Receiver {
 /// while one is serving the root.
 pub fn revert_root(root: &std::path::Path) -> Result<revert::RevertReport> {
     let fd = crate::beneath::open_root(root, "destination root")?;
-    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::Busy(format!(
-            "{} is in use by a mover receiver; stop it first",
-            root.display()
-        ))
-    })?;
     match State::find(fd.as_fd())? {
-        Some(state) => revert::revert(fd.as_fd(), &state),
+        Some(state) => {
+            let _lock = state.lock(root)?;
+            revert::revert(fd.as_fd(), &state)
+        }
         None => Ok(revert::RevertReport {
             undone: 0,
             recovery_point: None,

@@ -64,6 +64,11 @@ pub struct SessionReport {
 
 /// Default of `SessionLimits::entry_list_bytes`: room for tens of millions of entries.
 pub const DEFAULT_ENTRY_LIST_BYTES: u64 = 4 << 30;
+/// The receiver holds every entry's full path: at most this many times the entry list's bytes
+/// (ordinary trees need a few; a deep chain of long names needs hundreds)...
+pub const PATH_BYTES_PER_LIST_BYTE: u64 = 64;
+/// ...or this much, whichever is more.
+pub const PATH_BYTES_FLOOR: u64 = 64 << 20;
 /// Default of `SessionLimits::hint_bytes`.
 pub const DEFAULT_HINT_BYTES: u64 = 1 << 30;
 
@@ -250,6 +255,16 @@ impl Session {
         let state = State::open(root)?;
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
+        let path_budget = list_bytes
+            .saturating_mul(PATH_BYTES_PER_LIST_BYTE)
+            .max(PATH_BYTES_FLOOR);
+        let need = crate::tree::entry::path_bytes(&entries);
+        if need > path_budget {
+            return Err(Error::Limit(format!(
+                "the entry list's paths take {need} bytes, more than this receiver holds for \
+                 {list_bytes} bytes of entries ({path_budget}): directories nested too deep"
+            )));
+        }
         let paths = crate::tree::entry::relative_paths(&entries);
         let Applied {
             need,

@@ -21,6 +21,8 @@ use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const RP_FILE: &str = "recovery-point";
+/// The receiver's lock (see `State::lock`).
+const LOCK_FILE: &str = "lock";
 const RP_MAGIC: u32 = u32::from_le_bytes(*b"MVRP");
 const RP_VERSION: u16 = 1;
 /// Entry-list records are cut at this size.
@@ -120,6 +122,30 @@ impl State {
         )
         .ctx(|| "opening .mover-state (it must be a directory)".to_string())?;
         Ok(State { dir })
+    }
+
+    /// Takes the destination's lock for the caller's lifetime: `.mover-state/lock`, an flock
+    /// that only the receiver's own user can reach (the directory is 0700), unlike the root
+    /// itself, which any reader of a read-only target could lock.
+    pub fn lock(&self, what: &std::path::Path) -> Result<OwnedFd> {
+        rustix::fs::fchmod(&self.dir, Mode::from_raw_mode(0o700))
+            .ctx(|| "restricting .mover-state to its owner".to_string())?;
+        let fd = rustix::fs::openat(
+            &self.dir,
+            LOCK_FILE,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx(|| "opening .mover-state/lock".to_string())?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                Error::Busy(format!(
+                    "{} is in use by another mover receiver (or a revert); stop it first",
+                    what.display()
+                ))
+            },
+        )?;
+        Ok(fd)
     }
 
     /// Opens `.mover-state` if it exists, creating nothing (for read-only questions).

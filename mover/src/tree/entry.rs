@@ -199,6 +199,24 @@ impl StructureChecker {
 }
 
 /// Full relative path of every entry (root = empty), built from parent links.
+/// Total bytes of the paths `relative_paths` would build, computed without building them (an
+/// entry list of a few hundred kilobytes can describe a chain whose paths take gigabytes).
+pub fn path_bytes(entries: &[Entry]) -> u64 {
+    let mut len: Vec<u64> = Vec::with_capacity(entries.len());
+    let mut total = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        let l = if i == 0 {
+            0
+        } else {
+            let parent = len[e.parent.index()];
+            parent + u64::from(parent > 0) + e.name.len() as u64
+        };
+        len.push(l);
+        total = total.saturating_add(l);
+    }
+    total
+}
+
 pub fn relative_paths(entries: &[Entry]) -> Vec<Vec<u8>> {
     let mut paths: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
