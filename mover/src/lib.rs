@@ -36,6 +36,8 @@ pub mod wire;
 #[cfg(feature = "testkit")]
 pub mod churn;
 #[cfg(feature = "testkit")]
+pub mod fuzz;
+#[cfg(feature = "testkit")]
 pub mod gen;
 
 pub use error::{Error, Result};

@@ -274,7 +274,14 @@ pub fn read_existing(state: &State) -> Result<Option<Existing>> {
     let records = recs
         .into_iter()
         .map(Undo::decode)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| {
+            Error::Corrupt(format!(
+                "the undo journal .mover-state/{JOURNAL_DIR}/{LOG} cannot be read ({e}): the \
+                 interrupted job cannot be undone or resumed; {}",
+                super::state::CORRUPT_STATE_ADVICE
+            ))
+        })?;
     let base = match records.first() {
         Some(Undo::Header { base }) => Some(*base),
         _ => None,

@@ -21,6 +21,11 @@ use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const RP_FILE: &str = "recovery-point";
+/// What an operator can do about a state file that cannot be read.
+pub const CORRUPT_STATE_ADVICE: &str = "move .mover-state out of the destination (keep it for \
+    inspection); the next job then takes the destination as it is as its starting point and \
+    sends whatever differs, and `mover receive --revert` has nothing to undo";
+
 /// The receiver's lock (see `State::lock`).
 const LOCK_FILE: &str = "lock";
 const RP_MAGIC: u32 = u32::from_le_bytes(*b"MVRP");
@@ -52,7 +57,7 @@ pub struct RecoveryPoint {
 }
 
 impl RecoveryPoint {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u32(RP_MAGIC)
             .u16(RP_VERSION)
@@ -67,29 +72,32 @@ impl RecoveryPoint {
         out
     }
 
-    fn decode(raw: &[u8]) -> Result<RecoveryPoint> {
+    pub(crate) fn decode(raw: &[u8]) -> Result<RecoveryPoint> {
         let bad = || {
             Error::Corrupt(format!(
-                "{}/{RP_FILE} is corrupt",
+                "{}/{RP_FILE} is corrupt: {CORRUPT_STATE_ADVICE}",
                 crate::error::show(STATE_DIR)
             ))
         };
         let (recs, _) = durable::parse_records(raw);
         let body = recs.first().ok_or_else(bad)?;
         let mut d = Dec::new(body);
-        if d.u32()? != RP_MAGIC || d.u16()? != RP_VERSION {
-            return Err(bad());
-        }
-        let rp = RecoveryPoint {
-            id: RecoveryPointId(d.u128()?),
-            committed_ns: d.i64()?,
-            source_time_ns: d.i64()?,
-            tree_hash: d.u128()?,
-            entries: d.u64()?,
-            hash_owners: d.u8()? != 0,
-        };
-        d.finish()?;
-        Ok(rp)
+        let fields = (|| -> std::result::Result<RecoveryPoint, crate::wire::WireError> {
+            if d.u32()? != RP_MAGIC || d.u16()? != RP_VERSION {
+                return Err(crate::wire::WireError::BadField { field: "magic" });
+            }
+            let rp = RecoveryPoint {
+                id: RecoveryPointId(d.u128()?),
+                committed_ns: d.i64()?,
+                source_time_ns: d.i64()?,
+                tree_hash: d.u128()?,
+                entries: d.u64()?,
+                hash_owners: d.u8()? != 0,
+            };
+            d.finish()?;
+            Ok(rp)
+        })();
+        fields.map_err(|_| bad())
     }
 }
 
@@ -179,7 +187,9 @@ impl State {
         })?;
         let (recs, valid) = durable::parse_records(&raw);
         if valid != raw.len() {
-            return Err(Error::Corrupt(format!(".mover-state/{name} is corrupt")));
+            return Err(Error::Corrupt(format!(
+                ".mover-state/{name} is corrupt: {CORRUPT_STATE_ADVICE}"
+            )));
         }
         let mut out = Vec::new();
         for r in recs {

@@ -79,7 +79,7 @@ impl Manifest {
         self.by_ino.get(&(dev, ino)).map(|&i| &self.items[i])
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u32(MAGIC)
             .u16(VERSION)
@@ -114,7 +114,7 @@ impl Manifest {
         e.buf
     }
 
-    fn decode(raw: &[u8]) -> Result<Manifest> {
+    pub(crate) fn decode(raw: &[u8]) -> Result<Manifest> {
         let bad = |why: &str| {
             Error::Corrupt(format!(
                 "the manifest in the state directory is unusable ({why}); remove it to start over"
