@@ -13,10 +13,16 @@ pub const MAX_FIELD_LEN: usize = 4096;
 /// Most uid or gid mappings one relationship may carry.
 pub const MAX_ID_MAPPINGS: usize = 1024;
 
-/// A relationship's id: 128 random bits in hex, the same on source and target.
+/// A relationship's id: 128 random bits as 32 lowercase hex digits, the same on source and
+/// target. Only valid ids can be made (`parse`, `new_random`, and deserializing, which goes
+/// through `parse`): ids name directories in the data dir (`mnt/<id>`, `state/<id>`) and appear
+/// in metrics labels, and a peer chooses the id of what it proposes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RelationshipId(pub String);
+#[serde(try_from = "String", into = "String")]
+pub struct RelationshipId(String);
+
+/// Hex digits in a relationship id (128 bits).
+pub const ID_LEN: usize = 32;
 
 impl RelationshipId {
     pub fn new_random() -> RelationshipId {
@@ -34,16 +40,31 @@ impl RelationshipId {
     }
 
     pub fn parse(s: &str) -> Result<RelationshipId> {
-        if s.len() == 32
-            && s.bytes()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        {
+        if s.len() == ID_LEN && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(RelationshipId(s.to_string()))
         } else {
             Err(Error::Invalid(format!(
-                "{s:?} is not a relationship id (32 lowercase hex digits)"
+                "{:?} is not a relationship id ({ID_LEN} lowercase hex digits)",
+                s.chars().take(2 * ID_LEN).collect::<String>()
             )))
         }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RelationshipId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<RelationshipId> {
+        RelationshipId::parse(&s)
+    }
+}
+
+impl From<RelationshipId> for String {
+    fn from(id: RelationshipId) -> String {
+        id.0
     }
 }
 
@@ -470,7 +491,7 @@ pub(crate) mod tests {
         assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
         r.ended = true;
         assert_eq!(status(&r, now).describe(), "ended");
-        assert_eq!(RelationshipId::parse(&r.id.0).unwrap(), r.id);
+        assert_eq!(RelationshipId::parse(r.id.as_str()).unwrap(), r.id);
         assert!(RelationshipId::parse("../x").is_err());
     }
 }

@@ -31,6 +31,11 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL UNIQUE,
         created_ns INTEGER NOT NULL
      )",
+    // Older daemons stored whatever id a peer proposed. Every id this node makes or accepts
+    // now is 32 lowercase hex digits (`RelationshipId`); other rows can only be hostile
+    // proposals, never authorized (authorizing goes through a checked id), so nothing was ever
+    // protected for them: they are dropped, freeing the pending slots they held.
+    "DELETE FROM relationships WHERE length(id) != 32 OR id GLOB '*[^0-9a-f]*'",
 ];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -118,7 +123,7 @@ impl Store {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
+            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
         )?;
         if n == 0 {
             return Err(Error::Invalid(format!(
@@ -171,7 +176,7 @@ impl Store {
             .transpose()
             .map_err(invalid_json)?;
         Ok(Relationship {
-            id: RelationshipId(id),
+            id: RelationshipId::parse(&id)?,
             role,
             spec,
             authorized,
@@ -193,7 +198,7 @@ impl Store {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
         let t = self
             .conn
-            .query_row(&q, params![id.0], Self::row)
+            .query_row(&q, params![id.as_str()], Self::row)
             .optional()?;
         Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
     }
@@ -222,7 +227,7 @@ impl Store {
         let n = self.conn.execute(
             "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
              peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10 WHERE id = ?1",
-            params![r.id.0, spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
+            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
         )?;
         if n == 0 {
             return Err(Error::NotFound(r.id.to_string()));
@@ -231,10 +236,10 @@ impl Store {
     }
 
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {
-        if self
-            .conn
-            .execute("DELETE FROM relationships WHERE id = ?1", params![id.0])?
-            == 0
+        if self.conn.execute(
+            "DELETE FROM relationships WHERE id = ?1",
+            params![id.as_str()],
+        )? == 0
         {
             return Err(Error::NotFound(id.to_string()));
         }
@@ -374,5 +379,36 @@ mod tests {
         r.spec.source_path = "relative".into();
         assert!(s.insert(&r).is_err());
         assert!(s.list(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_with_ids_that_are_not_relationship_ids_are_dropped_from_older_databases() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("state.db");
+        {
+            // A database of schema 2, as older daemons wrote it, holding a proposal whose id
+            // a hostile peer chose.
+            let c = Connection::open(&db).unwrap();
+            for m in &MIGRATIONS[..2] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 2).unwrap();
+            let spec = serde_json::to_string(&crate::model::tests::spec()).unwrap();
+            for id in ["../../srv", "ab".repeat(16).as_str()] {
+                c.execute(
+                    "INSERT INTO relationships (id, role, spec, authorized, created_ns) VALUES (?1, 'target', ?2, 0, 1)",
+                    params![id, spec],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&db).unwrap();
+        let ids: Vec<String> = s
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
+        assert_eq!(ids, vec!["ab".repeat(16)]);
     }
 }

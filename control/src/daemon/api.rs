@@ -518,7 +518,7 @@ async fn metrics(
                 "target"
             };
             r.recovery_point_ns
-                .map(|ns| (r.id.0.clone(), role, (now_ns - ns).max(0) as f64 / 1e9))
+                .map(|ns| (r.id.to_string(), role, (now_ns - ns).max(0) as f64 / 1e9))
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();

@@ -95,11 +95,11 @@ impl Node {
     }
 
     fn state_dir(&self, id: &RelationshipId) -> PathBuf {
-        self.opts.data_dir.join("state").join(&id.0)
+        self.opts.data_dir.join("state").join(id.as_str())
     }
 
     fn mount_dir(&self, id: &RelationshipId) -> PathBuf {
-        self.opts.data_dir.join("mnt").join(&id.0)
+        self.opts.data_dir.join("mnt").join(id.as_str())
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -200,4 +200,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down: stopping jobs at a chunk boundary");
     })
+}
+
+/// A node on a simulated clock with its data in `dir`, for tests of the daemon's parts.
+#[cfg(test)]
+pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimClock>) {
+    let clock = Arc::new(crate::clock::SimClock::new(chrono::Utc::now()));
+    let opts = DaemonOptions {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        api: "127.0.0.1:0".parse().expect("an address"),
+        continuous_interval: Duration::from_secs(10),
+        threads: 1,
+        max_pause_in_session: Duration::from_secs(40),
+    };
+    let node = open_node(opts, clock.clone()).expect("a test node");
+    (node, clock)
 }

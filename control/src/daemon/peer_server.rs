@@ -64,13 +64,30 @@ async fn one(
         return data_plane(node, tcp).await;
     }
     let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
-    let req: PeerRequest =
-        tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
-            .await
-            .map_err(|_| Error::Peer {
+    let req = tokio::time::timeout(
+        peer_wire::PEER_TIMEOUT,
+        peer_wire::read_msg::<_, PeerRequest>(&mut tls),
+    )
+    .await
+    .map_err(|_| Error::Peer {
+        peer: fp.to_string(),
+        message: "no request within the timeout".into(),
+    })?;
+    let req = match req {
+        Ok(req) => req,
+        Err(Error::Invalid(message)) => {
+            // Malformed, or an id that is not a relationship id: say so, act on nothing.
+            let answer = PeerAnswer::Refused {
+                message: message.clone(),
+            };
+            let _ = peer_wire::write_msg(&mut tls, &answer).await;
+            return Err(Error::Peer {
                 peer: fp.to_string(),
-                message: "no request within the timeout".into(),
-            })??;
+                message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let answer = handle(node, &fp, req).await;
     if let PeerAnswer::Refused { message } = &answer {
         tracing::warn!(peer = %fp, "refused: {message}");
@@ -329,5 +346,97 @@ fn propose(
             PeerAnswer::Ok
         }
         Err(e) => refuse(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Mounts a tmpfs holding one file on `dir` (created).
+    fn mounted_victim(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            c"size=1m",
+        )
+        .unwrap();
+        std::fs::write(dir.join("precious"), b"data").unwrap();
+    }
+
+    /// Lazily unmounts its directories when the test ends, passed or not.
+    struct Unmount(Vec<std::path::PathBuf>);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+
+    fn mounted(dir: &std::path::Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let want = dir.to_str().unwrap();
+        text.lines().any(|l| l.split(' ').nth(4) == Some(want))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_chosen_id_never_names_a_path_the_target_unmounts_or_removes() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (node, _clock) = super::super::test_node(&base.join("node"));
+        let node = Arc::new(node);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(node.clone(), listener));
+        // A certificate the target has never seen.
+        let hostile = crate::tls::Identity::load_or_create(&base.join("hostile")).unwrap();
+        // The private mounts live in <data dir>/mnt/<id>: an absolute id, or one climbing out
+        // of it, would name these directories instead.
+        let (abs, rel) = (base.join("victim-abs"), base.join("victim-rel"));
+        let _mounts = Unmount(vec![abs.clone(), rel.clone()]);
+        mounted_victim(&abs);
+        mounted_victim(&rel);
+        let ids = [
+            abs.to_str().unwrap().to_string(),
+            "../../../victim-rel".to_string(),
+            format!("{}\nmover_fake 1", "ab".repeat(16)),
+        ];
+        let mut stored_answers = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let gone = base.join(format!("gone-{i}"));
+            let spec = json!({"source_path": "/srv/data", "target_address": "127.0.0.1",
+                              "target_path": gone.to_str().unwrap()});
+            let propose = json!({"op": "propose", "id": id, "spec": spec, "software": "probe"});
+            let answer: Result<(Value, _), _> =
+                crate::peer_wire::call(addr, &hostile, None, &propose).await;
+            if answer.as_ref().is_ok_and(|(a, _)| a["answer"] == "ok") {
+                stored_answers.push(id.clone());
+            }
+            let delete = json!({"op": "delete", "id": id});
+            let _ = crate::peer_wire::call::<_, Value>(addr, &hostile, None, &delete).await;
+        }
+        for v in [&abs, &rel] {
+            assert!(
+                mounted(v) && v.join("precious").exists(),
+                "a peer-chosen id unmounted or removed {}",
+                v.display()
+            );
+        }
+        assert!(
+            stored_answers.is_empty(),
+            "proposals with these ids were taken: {stored_answers:?}"
+        );
+        let stored = node.store().list(None).unwrap();
+        assert!(stored.is_empty(), "{stored:?}");
     }
 }

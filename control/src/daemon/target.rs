@@ -314,11 +314,14 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
         node.modify(id, |x| x.ended = true)?;
-        if !std::path::Path::new(&r.spec.target_path).exists() {
+        if !r.authorized || r.read_only.is_none() {
+            // Never protected (a proposal nobody authorized, or released already): there is
+            // nothing of ours to revert or unmount, and the paths it names are a peer's words.
+        } else if !std::path::Path::new(&r.spec.target_path).exists() {
             // Nothing left to revert or unprotect; the relationship can still be ended.
             tracing::warn!(%id, target = %r.spec.target_path, "target directory is gone; nothing to revert");
             let _ = readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id));
-        } else if r.authorized && r.read_only.is_some() {
+        } else {
             // The journal is reverted through the private writable view (rebuilt if a reboot
             // took it), while the target path is still read-only to everyone else.
             let root = writable_root(node, &r)?;

@@ -85,7 +85,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
     View {
-        id: r.id.0,
+        id: r.id.into(),
         role: r.role,
         state,
         state_text: state.describe(),
