@@ -99,10 +99,15 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
         )));
     }
     let (mode, _) = readonly::protect(&target, &node.mount_dir(id))?;
-    node.modify(id, |x| {
+    let r = node.modify(id, |x| {
         x.authorized = true;
         x.read_only = Some(mode.name().to_string());
-    })
+    })?;
+    // "Disconnected" means not heard from the source for DISCONNECTED_AFTER since it became
+    // due to talk to us: an authorization made long after the proposal (or the daemon's start)
+    // is not a silent source, and it polls again within seconds.
+    lock(&node.last_contact).insert(id.clone(), node.clock.instant());
+    Ok(r)
 }
 
 /// A protected target must not be, hold or sit inside another live relationship's target or

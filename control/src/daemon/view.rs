@@ -164,4 +164,27 @@ mod tests {
         let v = super::view(&node, node.get(&id, Role::Target).unwrap());
         assert_eq!((v.state, v.job), (State::Disconnected, None));
     }
+
+    #[test]
+    fn right_after_authorize_a_target_is_not_shown_disconnected() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "authorizing mounts: run this test as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (node, clock) = super::super::test_node(dir.path());
+        let target = dir.path().join("replica");
+        std::fs::create_dir(&target).unwrap();
+        let mut spec = crate::model::tests::spec();
+        spec.target_path = target.to_str().unwrap().to_string();
+        let id = RelationshipId::new_random();
+        let r = Relationship::new(id.clone(), Role::Target, spec, 0, None);
+        node.store().insert(&r).unwrap();
+        // The daemon has been up for a while; the proposal came in long ago.
+        clock.advance(DISCONNECTED_AFTER + Duration::from_secs(10));
+        let r = super::super::target::authorize(&node, &id, false).unwrap();
+        let state = super::view(&node, r).state;
+        super::super::target::delete(&node, &id).unwrap();
+        assert_eq!(state, State::Idle);
+    }
 }
