@@ -5,7 +5,7 @@
 mod node;
 
 use node::{fill, need_root, Node, Scratch};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -113,4 +113,62 @@ fn idle_connections_on_the_peer_port_do_not_keep_genuine_peers_out() {
         "an idle connection stayed open for {:?}",
         t0.elapsed()
     );
+}
+
+#[test]
+fn the_api_closes_slow_and_idle_connections_and_bounds_how_many_are_open() {
+    need_root();
+    let t = Scratch::new();
+    let a = Node::start(&t.path().join("a"));
+    let api: SocketAddr = ([127, 0, 0, 1], a.api).into();
+
+    // Slowloris: a request head that never ends, one header line a second.
+    let mut slow = TcpStream::connect(api).unwrap();
+    slow.write_all(b"GET /v1/node HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut cut = false;
+    while t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_secs(1));
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() {
+            cut = true;
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match slow.read(&mut b) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            _ => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "a slowloris request head was still being read after 20 s"
+    );
+
+    // Idle connections: beyond the cap closed at once, the rest once the head timeout passes.
+    let idle: Vec<TcpStream> = (0..400).map(|_| TcpStream::connect(api).unwrap()).collect();
+    let shut = idle
+        .iter()
+        .rev()
+        .take(50)
+        .filter(|c| closed_within(c, Duration::from_millis(200)))
+        .count();
+    assert!(shut > 0, "400 idle API connections were all kept open");
+    std::thread::sleep(Duration::from_secs(12));
+    let open = idle
+        .iter()
+        .filter(|c| !closed_within(c, Duration::from_millis(1)))
+        .count();
+    assert_eq!(open, 0, "idle API connections still open after 12 s");
+    // The API still serves.
+    assert_eq!(a.get("/v1/node").0, 200);
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+mod http;
 mod metrics;
 mod peer_server;
 mod source;
@@ -174,7 +175,8 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
     let app = api::router(node.clone());
-    let server = axum::serve(api, app).with_graceful_shutdown(shutdown_signal()?);
+    let server =
+        axum::serve(http::Limited::new(api), app).with_graceful_shutdown(shutdown_signal()?);
     config::sd_notify("READY=1");
     server.await.ctx(|| "serving the API".to_string())?;
     config::sd_notify("STOPPING=1");
