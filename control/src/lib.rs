@@ -15,6 +15,7 @@ pub mod error;
 pub mod model;
 pub mod peer;
 pub mod peer_wire;
+pub mod pinned;
 pub mod readonly;
 pub mod store;
 pub mod tls;

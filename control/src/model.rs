@@ -99,6 +99,9 @@ pub enum State {
     ContinuousReplicationDisabled,
     RevertingToLastRecoveryPoint,
     JobIncompleteWillRetry,
+    /// The directory this node checked is no longer at its path (replaced by a symlink or
+    /// another directory, or now overlapping what it must not): nothing runs until it is back.
+    PathChanged,
     Ended,
 }
 
@@ -114,6 +117,7 @@ impl State {
             State::ContinuousReplicationDisabled => "continuous_replication_disabled",
             State::RevertingToLastRecoveryPoint => "reverting_to_last_recovery_point",
             State::JobIncompleteWillRetry => "job_incomplete_will_retry",
+            State::PathChanged => "path_changed",
             State::Ended => "ended",
         }
     }
@@ -129,6 +133,7 @@ impl State {
             State::ContinuousReplicationDisabled => "continuous replication disabled",
             State::RevertingToLastRecoveryPoint => "reverting to last recovery point",
             State::JobIncompleteWillRetry => "job incomplete - will retry",
+            State::PathChanged => "path changed - stopped",
             State::Ended => "ended",
         }
     }
@@ -286,6 +291,33 @@ impl Spec {
     }
 }
 
+/// What a target's operator accepts for the read-only replica when authorizing. By default
+/// the replica is mounted nosuid, nodev and noexec, so setuid/setgid binaries, device nodes and
+/// executables replicated from the source are inert on the target; each can be allowed. Only
+/// the target's operator sets these (they are not in the spec the source sends and edits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaOptions {
+    /// Honour setuid and setgid bits of replicated files (no `nosuid`).
+    #[serde(default)]
+    pub allow_setuid: bool,
+    /// Let replicated device nodes be opened (no `nodev`).
+    #[serde(default)]
+    pub allow_devices: bool,
+    /// Let replicated files be executed (no `noexec`).
+    #[serde(default)]
+    pub allow_exec: bool,
+}
+
+/// A directory as it was checked: its canonical path (no symlinks, no `..`) and the device and
+/// inode found there. Every later use opens the path again without following symlinks and
+/// must find the same device and inode (`crate::pinned`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedDir {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// The outcome of the latest job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -317,6 +349,15 @@ pub struct Relationship {
     pub peer_fingerprint: Option<String>,
     /// Target role: how the target directory is kept read-only ("bind_mount", "not_enforced").
     pub read_only: Option<String>,
+    /// The directory this node replicates from (source role, pinned at create) or into
+    /// (target role, pinned at authorization). `None` for relationships of older versions
+    /// until their first use pins them.
+    pub pinned: Option<PinnedDir>,
+    /// Why the pinned directory could not be used at its last check; the relationship is
+    /// stopped (`PathChanged`) until a check passes again.
+    pub path_error: Option<String>,
+    /// Target role: what its operator accepted for the replica at authorization.
+    pub replica: ReplicaOptions,
 }
 
 impl Relationship {
@@ -341,6 +382,9 @@ impl Relationship {
             ended: false,
             peer_fingerprint,
             read_only: None,
+            pinned: None,
+            path_error: None,
+            replica: ReplicaOptions::default(),
         }
     }
 }
@@ -352,6 +396,9 @@ pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
     }
     if !r.authorized {
         return State::AwaitingAuthorization;
+    }
+    if r.path_error.is_some() {
+        return State::PathChanged;
     }
     if blackout::in_blackout(&r.spec.blackout_windows, now) {
         return State::InBlackoutWindow;
@@ -489,6 +536,8 @@ pub(crate) mod tests {
         );
         r.job_running = false;
         assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
+        r.path_error = Some("a symlink stands in its path".into());
+        assert_eq!(status(&r, now).name(), "path_changed");
         r.ended = true;
         assert_eq!(status(&r, now).describe(), "ended");
         assert_eq!(RelationshipId::parse(r.id.as_str()).unwrap(), r.id);

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 mod http;
 mod metrics;
+mod paths;
 mod peer_server;
 mod source;
 mod target;

@@ -2,7 +2,7 @@
 
 use super::{lock, Node};
 use crate::blackout::BlackoutWindow;
-use crate::model::{self, IdMap, Relationship, Role, State};
+use crate::model::{self, IdMap, Relationship, ReplicaOptions, Role, State};
 use crate::peer::JobView;
 use serde::Serialize;
 
@@ -36,6 +36,10 @@ pub struct View {
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
     pub read_only: Option<String>,
+    /// Why the relationship is stopped (state `path_changed`), if it is.
+    pub path_error: Option<String>,
+    /// Target role: what its operator accepted for the replica at authorization.
+    pub replica_options: Option<ReplicaOptions>,
     pub recovery_point: Option<TimeView>,
     pub last_attempt: Option<AttemptView>,
     pub job: Option<JobView>,
@@ -100,6 +104,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,
+        path_error: r.path_error,
+        replica_options: (r.role == Role::Target && r.authorized).then_some(r.replica),
         recovery_point: r.recovery_point_ns.map(|ns| TimeView {
             time: rfc3339(ns),
             age_seconds: (now_ns - ns).max(0) as f64 / 1e9,
@@ -182,7 +188,7 @@ mod tests {
         node.store().insert(&r).unwrap();
         // The daemon has been up for a while; the proposal came in long ago.
         clock.advance(DISCONNECTED_AFTER + Duration::from_secs(10));
-        let r = super::super::target::authorize(&node, &id, false).unwrap();
+        let r = super::super::target::authorize(&node, &id, &Default::default()).unwrap();
         let state = super::view(&node, r).state;
         super::super::target::delete(&node, &id).unwrap();
         assert_eq!(state, State::Idle);
