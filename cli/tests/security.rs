@@ -326,6 +326,49 @@ fn a_target_whose_parent_became_a_symlink_while_the_daemon_was_down_is_left_alon
     assert!(victim.join("precious").exists());
 }
 
+#[test]
+fn source_paths_in_system_directories_are_refused_unless_configured() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let path = "/v1/replication/source-relationships";
+    let spec = |from: &str| {
+        json!({"source_path": from, "target_address": "127.0.0.1", "target_port": b.listen,
+               "target_path": s(&dst)})
+    };
+    for sys in ["/etc", "/root", "/proc", "/", "/usr/share", "/var/run"] {
+        let (code, v) = a.call("POST", path, Some(&spec(sys)));
+        assert_eq!(code, 400, "{sys}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("allowed_source_roots"),
+            "{sys}: {v}"
+        );
+    }
+    assert_eq!(b.get("/v1/replication/target-relationships").1, json!([]));
+
+    // An explicit list replaces the default: exactly what it names is allowed.
+    let c = Node::start_configured(
+        &t.path().join("c"),
+        node::free_port(),
+        node::free_port(),
+        "allowed_source_roots = [\"/etc\"]\n",
+    );
+    let (code, v) = c.call("POST", path, Some(&spec("/etc")));
+    assert_eq!(code, 201, "{v}");
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let (code, v) = c.call("POST", path, Some(&spec(s(&src))));
+    assert_eq!(code, 400, "{v}");
+}
+
 /// A TCP connection to `to` from the loopback address `from` (another "host").
 fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     use rustix::net::{AddressFamily, SocketType};

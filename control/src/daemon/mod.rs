@@ -216,6 +216,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         continuous_interval: Duration::from_secs(10),
         threads: 1,
         max_pause_in_session: Duration::from_secs(40),
+        allowed_source_roots: None,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

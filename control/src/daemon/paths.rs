@@ -29,8 +29,9 @@ fn check_data_dir(node: &Node, dir: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a source directory (canonical) may not be: the data dir.
+/// What a source directory (canonical) may not be: outside the allowed roots, or the data dir.
 pub fn check_source(node: &Node, dir: &Path) -> Result<()> {
+    node.opts.source_allowed(dir)?;
     check_data_dir(node, dir, "source path")
 }
 

@@ -138,6 +138,7 @@ mod tests {
             continuous_interval: Duration::from_secs(10),
             threads: 1,
             max_pause_in_session: Duration::from_secs(40),
+            allowed_source_roots: None,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();
