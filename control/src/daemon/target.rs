@@ -312,10 +312,10 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
         node.modify(id, |x| x.ended = true)?;
-        if !r.authorized || r.read_only.is_none() {
-            // Never protected (a proposal nobody authorized, or released already): there is
-            // nothing of ours to revert or unmount, and the paths it names are a peer's words.
-        } else {
+        // Only what was protected is released. A proposal nobody authorized (or a target
+        // released already) has nothing of ours to revert or unmount, and the paths it names
+        // are a peer's words.
+        if r.authorized && r.read_only.is_some() {
             unprotect(node, &r)?;
         }
         node.modify(id, |x| {
