@@ -155,7 +155,7 @@ relationships, target of others).\n\nIt listens for peer daemons on --listen (mu
 0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
-continuous_interval_secs, threads, max_pause_in_session_secs). SIGTERM stops running jobs at a chunk boundary; the next start \
+continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots). SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
     )]
     Daemon {
@@ -171,6 +171,11 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
         /// REST API address.
         #[arg(long)]
         api: Option<SocketAddr>,
+        /// Allow source paths in this directory (repeat for more); replaces the default, which
+        /// allows anything but system directories (/etc, /root, /proc, /usr, ...) and overrides
+        /// allowed_source_roots in the config file.
+        #[arg(long = "allowed-source-root", value_name = "DIR")]
+        allowed_source_roots: Vec<PathBuf>,
     },
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
@@ -443,12 +448,19 @@ fn run(cli: Cli) -> Result<()> {
             config,
             listen,
             api,
+            allowed_source_roots,
         } => {
             use control::daemon::config as cfg;
             let explicit = config.is_some();
             let path = config.unwrap_or_else(|| PathBuf::from(cfg::DEFAULT_CONFIG));
             let file = cfg::ConfigFile::load(&path, explicit)?;
-            let opts = cfg::resolve(file, data_dir, listen, api)?;
+            let flags = cfg::Flags {
+                data_dir,
+                listen,
+                api,
+                allowed_source_roots,
+            };
+            let opts = cfg::resolve(file, flags)?;
             control::daemon::run(opts)?;
             Ok(())
         }

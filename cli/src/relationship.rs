@@ -87,12 +87,28 @@ kinds to keep both.\n\nExample:\n  mover relationship modify 4f0c1a2b --blackout
         api: ApiArgs,
     },
     /// On the target node: accept a relationship so the source may replicate into it.
+    #[command(
+        long_about = "On the target node: accept a relationship so the source may replicate into it. The target directory must exist and be empty (--allow-non-empty-target to replace what it holds); it is then mounted read-only over itself, nosuid, nodev and noexec, so setuid binaries, device nodes and executables replicated from the source are inert here. Only this node's operator can allow each of them, here and now.
+
+Example:
+  mover relationship authorize 4f0c1a2b
+  mover relationship authorize 4f0c1a2b --allow-exec      # a replica whose programs may run"
+    )]
     Authorize {
         /// Relationship id, or a unique prefix of it.
         id: String,
         /// Accept a target directory that already holds files (they will be replaced).
         #[arg(long)]
         allow_non_empty_target: bool,
+        /// Honour setuid/setgid bits of replicated files on the replica (default: mounted nosuid).
+        #[arg(long)]
+        allow_setuid: bool,
+        /// Let replicated device nodes be opened on the replica (default: mounted nodev).
+        #[arg(long)]
+        allow_devices: bool,
+        /// Let replicated files be executed on the replica (default: mounted noexec).
+        #[arg(long)]
+        allow_exec: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -274,11 +290,17 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         RelationshipCmd::Authorize {
             id,
             allow_non_empty_target,
+            allow_setuid,
+            allow_devices,
+            allow_exec,
             api,
         } => {
             let c = api.client();
             let body = Authorize {
                 allow_non_empty_target,
+                allow_setuid,
+                allow_devices,
+                allow_exec,
             };
             let full = full_id(&c, Some(Role::Target), &id)
                 .with_context(|| format!("authorizing relationship {id}"))?;

@@ -216,6 +216,23 @@ fn id_pairs(m: &Value, k: &str) -> String {
     }
 }
 
+/// What a target's operator accepted for the replica, in words ("-" where none applies).
+fn replica_options(o: &Value) -> String {
+    if !o.is_object() {
+        return "-".into();
+    }
+    let said = |k: &str, what: &str| {
+        let yes = o.get(k).and_then(Value::as_bool).unwrap_or(false);
+        format!("{what} {}", if yes { "allowed" } else { "inert" })
+    };
+    [
+        said("allow_setuid", "setuid/setgid"),
+        said("allow_devices", "devices"),
+        said("allow_exec", "exec"),
+    ]
+    .join(", ")
+}
+
 /// Every field of one view, one per line, known ones in words and the rest as JSON.
 pub fn show(v: &Value, now: DateTime<Utc>) -> String {
     let mut lines: Vec<(String, String)> = Vec::new();
@@ -229,9 +246,16 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         add(k, plain(k));
     }
     add("target", target(v));
-    for k in ["enabled", "authorized", "peer_fingerprint", "read_only"] {
+    for k in [
+        "enabled",
+        "authorized",
+        "peer_fingerprint",
+        "read_only",
+        "path_error",
+    ] {
         add(k, plain(k));
     }
+    add("replica_options", replica_options(&v["replica_options"]));
     add(
         "bandwidth_limit",
         match v.get("bandwidth_limit").and_then(Value::as_f64) {
@@ -350,6 +374,8 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         "authorized",
         "peer_fingerprint",
         "read_only",
+        "path_error",
+        "replica_options",
         "bandwidth_limit",
         "blackout_windows",
         "map_ids",

@@ -598,7 +598,7 @@ fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
     let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
     assert!(
-        !db.get(&control::model::RelationshipId(id.clone()))
+        !db.get(&control::model::RelationshipId::parse(&id).unwrap())
             .unwrap()
             .job_running
     );
@@ -753,7 +753,9 @@ fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     );
     {
         let db = control::store::Store::open(&a.dir.join("data/mover.db")).unwrap();
-        let r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
+        let r = db
+            .get(&control::model::RelationshipId::parse(&id).unwrap())
+            .unwrap();
         assert!(
             r.job_running,
             "the interrupted job must stay marked running"
@@ -925,7 +927,9 @@ fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
     );
     {
         let db = control::store::Store::open(&b.dir.join("data/mover.db")).unwrap();
-        let mut r = db.get(&control::model::RelationshipId(id.clone())).unwrap();
+        let mut r = db
+            .get(&control::model::RelationshipId::parse(&id).unwrap())
+            .unwrap();
         assert_eq!(r.read_only.as_deref(), Some("bind_mount"));
         r.ended = true;
         db.update(&r).unwrap();

@@ -2,7 +2,7 @@
 //! read them and the CLI that writes them. A relationship's edit is [`crate::model::Edit`].
 
 use crate::auth::TokenRole;
-use crate::model::Spec;
+use crate::model::{ReplicaOptions, Spec};
 use crate::tls::Fingerprint;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,31 @@ pub struct Authorize {
     /// Accept a target directory that already holds files (they will be replaced).
     #[serde(default)]
     pub allow_non_empty_target: bool,
+    /// Honour setuid/setgid bits of replicated files on the replica (no `nosuid`). Like the
+    /// other opt-ins, written only when set, so a body without them reads the same everywhere.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_setuid: bool,
+    /// Let replicated device nodes be opened on the replica (no `nodev`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_devices: bool,
+    /// Let replicated files be executed on the replica (no `noexec`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_exec: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Authorize {
+    /// What the operator accepts for the replica.
+    pub fn replica(&self) -> ReplicaOptions {
+        ReplicaOptions {
+            allow_setuid: self.allow_setuid,
+            allow_devices: self.allow_devices,
+            allow_exec: self.allow_exec,
+        }
+    }
 }
 
 /// `POST /v1/tokens`.
@@ -214,10 +239,18 @@ mod tests {
         assert!(e.contains("unknown role \"root\""), "{e}");
         let a = Authorize {
             allow_non_empty_target: true,
+            allow_devices: true,
+            ..Default::default()
         };
+        let v = serde_json::to_value(a).unwrap();
         assert_eq!(
-            serde_json::to_value(a).unwrap(),
-            json!({"allow_non_empty_target": true})
+            v,
+            json!({"allow_non_empty_target": true, "allow_devices": true})
+        );
+        assert_eq!(serde_json::from_value::<Authorize>(v).unwrap(), a);
+        assert_eq!(
+            serde_json::from_value::<Authorize>(json!({})).unwrap(),
+            Authorize::default()
         );
         assert!(serde_json::from_value::<Authorize>(json!({"allow": true})).is_err());
     }

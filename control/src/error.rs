@@ -48,3 +48,12 @@ impl<T> IoContext<T> for std::io::Result<T> {
         })
     }
 }
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Io {
+            context: what(),
+            source: e.into(),
+        })
+    }
+}

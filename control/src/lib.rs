@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod model;
 pub mod peer;
 pub mod peer_wire;
+pub mod pinned;
 pub mod readonly;
 pub mod standalone;
 pub mod store;

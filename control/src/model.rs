@@ -13,10 +13,16 @@ pub const MAX_FIELD_LEN: usize = 4096;
 /// Most uid or gid mappings one relationship may carry.
 pub const MAX_ID_MAPPINGS: usize = 1024;
 
-/// A relationship's id: 128 random bits in hex, the same on source and target.
+/// A relationship's id: 128 random bits as 32 lowercase hex digits, the same on source and
+/// target. Only valid ids can be made (`parse`, `new_random`, and deserializing, which goes
+/// through `parse`): ids name directories in the data dir (`mnt/<id>`, `state/<id>`) and appear
+/// in metrics labels, and a peer chooses the id of what it proposes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RelationshipId(pub String);
+#[serde(try_from = "String", into = "String")]
+pub struct RelationshipId(String);
+
+/// Hex digits in a relationship id (128 bits).
+pub const ID_LEN: usize = 32;
 
 impl RelationshipId {
     pub fn new_random() -> RelationshipId {
@@ -34,16 +40,31 @@ impl RelationshipId {
     }
 
     pub fn parse(s: &str) -> Result<RelationshipId> {
-        if s.len() == 32
-            && s.bytes()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        {
+        if s.len() == ID_LEN && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(RelationshipId(s.to_string()))
         } else {
             Err(Error::Invalid(format!(
-                "{s:?} is not a relationship id (32 lowercase hex digits)"
+                "{:?} is not a relationship id ({ID_LEN} lowercase hex digits)",
+                s.chars().take(2 * ID_LEN).collect::<String>()
             )))
         }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RelationshipId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<RelationshipId> {
+        RelationshipId::parse(&s)
+    }
+}
+
+impl From<RelationshipId> for String {
+    fn from(id: RelationshipId) -> String {
+        id.0
     }
 }
 
@@ -78,6 +99,9 @@ pub enum State {
     ContinuousReplicationDisabled,
     RevertingToLastRecoveryPoint,
     JobIncompleteWillRetry,
+    /// The directory this node checked is no longer at its path (replaced by a symlink or
+    /// another directory, or now overlapping what it must not): nothing runs until it is back.
+    PathChanged,
     Ended,
 }
 
@@ -93,6 +117,7 @@ impl State {
             State::ContinuousReplicationDisabled => "continuous_replication_disabled",
             State::RevertingToLastRecoveryPoint => "reverting_to_last_recovery_point",
             State::JobIncompleteWillRetry => "job_incomplete_will_retry",
+            State::PathChanged => "path_changed",
             State::Ended => "ended",
         }
     }
@@ -108,6 +133,7 @@ impl State {
             State::ContinuousReplicationDisabled => "continuous replication disabled",
             State::RevertingToLastRecoveryPoint => "reverting to last recovery point",
             State::JobIncompleteWillRetry => "job incomplete - will retry",
+            State::PathChanged => "path changed - stopped",
             State::Ended => "ended",
         }
     }
@@ -265,6 +291,33 @@ impl Spec {
     }
 }
 
+/// What a target's operator accepts for the read-only replica when authorizing. By default
+/// the replica is mounted nosuid, nodev and noexec, so setuid/setgid binaries, device nodes and
+/// executables replicated from the source are inert on the target; each can be allowed. Only
+/// the target's operator sets these (they are not in the spec the source sends and edits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaOptions {
+    /// Honour setuid and setgid bits of replicated files (no `nosuid`).
+    #[serde(default)]
+    pub allow_setuid: bool,
+    /// Let replicated device nodes be opened (no `nodev`).
+    #[serde(default)]
+    pub allow_devices: bool,
+    /// Let replicated files be executed (no `noexec`).
+    #[serde(default)]
+    pub allow_exec: bool,
+}
+
+/// A directory as it was checked: its canonical path (no symlinks, no `..`) and the device and
+/// inode found there. Every later use opens the path again without following symlinks and
+/// must find the same device and inode (`crate::pinned`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedDir {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// The outcome of the latest job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -296,6 +349,15 @@ pub struct Relationship {
     pub peer_fingerprint: Option<String>,
     /// Target role: how the target directory is kept read-only ("bind_mount", "not_enforced").
     pub read_only: Option<String>,
+    /// The directory this node replicates from (source role, pinned at create) or into
+    /// (target role, pinned at authorization). `None` for relationships of older versions
+    /// until their first use pins them.
+    pub pinned: Option<PinnedDir>,
+    /// Why the pinned directory could not be used at its last check; the relationship is
+    /// stopped (`PathChanged`) until a check passes again.
+    pub path_error: Option<String>,
+    /// Target role: what its operator accepted for the replica at authorization.
+    pub replica: ReplicaOptions,
 }
 
 impl Relationship {
@@ -320,6 +382,9 @@ impl Relationship {
             ended: false,
             peer_fingerprint,
             read_only: None,
+            pinned: None,
+            path_error: None,
+            replica: ReplicaOptions::default(),
         }
     }
 }
@@ -331,6 +396,9 @@ pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
     }
     if !r.authorized {
         return State::AwaitingAuthorization;
+    }
+    if r.path_error.is_some() {
+        return State::PathChanged;
     }
     if blackout::in_blackout(&r.spec.blackout_windows, now) {
         return State::InBlackoutWindow;
@@ -468,9 +536,11 @@ pub(crate) mod tests {
         );
         r.job_running = false;
         assert_eq!(status(&r, now), State::ContinuousReplicationDisabled);
+        r.path_error = Some("a symlink stands in its path".into());
+        assert_eq!(status(&r, now).name(), "path_changed");
         r.ended = true;
         assert_eq!(status(&r, now).describe(), "ended");
-        assert_eq!(RelationshipId::parse(&r.id.0).unwrap(), r.id);
+        assert_eq!(RelationshipId::parse(r.id.as_str()).unwrap(), r.id);
         assert!(RelationshipId::parse("../x").is_err());
     }
 }

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn requests_are_tagged_json() {
         let r = PeerRequest::State {
-            id: RelationshipId("ab".repeat(16)),
+            id: RelationshipId::parse(&"ab".repeat(16)).unwrap(),
             source: None,
         };
         let j = serde_json::to_string(&r).unwrap();
@@ -166,5 +166,26 @@ mod tests {
             serde_json::from_str(&format!(r#"{{"op":"state","id":"{}"}}"#, "ab".repeat(16)))
                 .unwrap();
         assert!(matches!(old, PeerRequest::State { source: None, .. }));
+    }
+
+    #[test]
+    fn peer_messages_with_an_id_that_is_not_32_lowercase_hex_are_refused() {
+        let good = "ab".repeat(16);
+        let msg = |id: &str| serde_json::json!({"op": "delete", "id": id}).to_string();
+        assert!(serde_json::from_str::<PeerRequest>(&msg(&good)).is_ok());
+        for bad in [
+            "/srv/data".to_string(),
+            "../../etc".to_string(),
+            "AB".repeat(16),
+            "ab".repeat(15),
+            format!("{}\n", "ab".repeat(16)),
+            "zz".repeat(16),
+            String::new(),
+        ] {
+            assert!(
+                serde_json::from_str::<PeerRequest>(&msg(&bad)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 }

@@ -488,4 +488,21 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn peers_speak_tls_1_3_only_as_server_and_as_client() {
+        let ((_d1, server), (_d2, client)) = (identity(), identity());
+        // A TLS 1.2-only client is refused by a node...
+        let (l, addr) = listener().await;
+        let task = serve_one(l, server.server_config().unwrap());
+        let client_side =
+            exchange_as(crate::tls::doubles::tls12_client_config(&client), addr).await;
+        assert!(client_side.is_err(), "a TLS 1.2 client got an answer");
+        assert!(task.await.unwrap().is_err());
+        // ...and a node refuses a TLS 1.2-only server.
+        let (l, addr) = listener().await;
+        let task = serve_one(l, crate::tls::doubles::tls12_server_config(&server));
+        assert!(connect(addr, &client, None).await.is_err());
+        assert!(task.await.unwrap().is_err());
+    }
 }

@@ -4,7 +4,7 @@
 //! misread. Relationship specs are stored as JSON (one column), the fields the daemon updates on
 //! their own (authorization, job outcome) as columns.
 
-use crate::model::{Attempt, Relationship, RelationshipId, Role, Spec};
+use crate::model::{Attempt, PinnedDir, Relationship, RelationshipId, ReplicaOptions, Role, Spec};
 use crate::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -31,6 +31,16 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL UNIQUE,
         created_ns INTEGER NOT NULL
      )",
+    // Older daemons stored whatever id a peer proposed. Every id this node makes or accepts
+    // now is 32 lowercase hex digits (`RelationshipId`); other rows can only be hostile
+    // proposals, never authorized (authorizing goes through a checked id), so nothing was ever
+    // protected for them: they are dropped, freeing the pending slots they held.
+    "DELETE FROM relationships WHERE length(id) != 32 OR id GLOB '*[^0-9a-f]*'",
+    // The checked directory (JSON `PinnedDir`), why it failed its last check, and what the
+    // target's operator accepted for the replica (JSON `ReplicaOptions`).
+    "ALTER TABLE relationships ADD COLUMN pinned TEXT;
+     ALTER TABLE relationships ADD COLUMN path_error TEXT;
+     ALTER TABLE relationships ADD COLUMN replica TEXT",
 ];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -51,6 +61,9 @@ type RowTuple = (
     bool,
     bool,
     bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -115,10 +128,11 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(invalid_json)?;
+        let (pinned, replica) = Self::encode_extras(r)?;
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![r.id.0, role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
+            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica],
         )?;
         if n == 0 {
             return Err(Error::Invalid(format!(
@@ -143,7 +157,26 @@ impl Store {
             r.get(9)?,
             r.get(10)?,
             r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
         ))
+    }
+
+    /// The JSON columns beyond the spec: the pinned directory and the replica options (null
+    /// when they are the defaults, as rows of older versions have them).
+    fn encode_extras(r: &Relationship) -> Result<(Option<String>, Option<String>)> {
+        let pinned = r
+            .pinned
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(invalid_json)?;
+        let replica = (r.replica != ReplicaOptions::default())
+            .then(|| serde_json::to_string(&r.replica))
+            .transpose()
+            .map_err(invalid_json)?;
+        Ok((pinned, replica))
     }
 
     fn decode(t: RowTuple) -> Result<Relationship> {
@@ -160,6 +193,9 @@ impl Store {
             ended,
             peer_fingerprint,
             read_only,
+            pinned,
+            path_error,
+            replica,
         ) = t;
         let role = match role.as_str() {
             "source" => Role::Source,
@@ -170,8 +206,16 @@ impl Store {
             .map(|a| serde_json::from_str(&a))
             .transpose()
             .map_err(invalid_json)?;
+        let pinned: Option<PinnedDir> = pinned
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .map_err(invalid_json)?;
+        let replica: Option<ReplicaOptions> = replica
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(invalid_json)?;
         Ok(Relationship {
-            id: RelationshipId(id),
+            id: RelationshipId::parse(&id)?,
             role,
             spec,
             authorized,
@@ -183,17 +227,20 @@ impl Store {
             ended,
             peer_fingerprint,
             read_only,
+            pinned,
+            path_error,
+            replica: replica.unwrap_or_default(),
         })
     }
 
     const COLUMNS: &'static str =
-        "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only";
+        "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica";
 
     pub fn get(&self, id: &RelationshipId) -> Result<Relationship> {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
         let t = self
             .conn
-            .query_row(&q, params![id.0], Self::row)
+            .query_row(&q, params![id.as_str()], Self::row)
             .optional()?;
         Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
     }
@@ -219,10 +266,12 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(invalid_json)?;
+        let (pinned, replica) = Self::encode_extras(r)?;
         let n = self.conn.execute(
             "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
-             peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10 WHERE id = ?1",
-            params![r.id.0, spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only],
+             peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10, pinned = ?11, path_error = ?12,
+             replica = ?13 WHERE id = ?1",
+            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica],
         )?;
         if n == 0 {
             return Err(Error::NotFound(r.id.to_string()));
@@ -231,10 +280,10 @@ impl Store {
     }
 
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {
-        if self
-            .conn
-            .execute("DELETE FROM relationships WHERE id = ?1", params![id.0])?
-            == 0
+        if self.conn.execute(
+            "DELETE FROM relationships WHERE id = ?1",
+            params![id.as_str()],
+        )? == 0
         {
             return Err(Error::NotFound(id.to_string()));
         }
@@ -335,6 +384,16 @@ mod tests {
             })
             .unwrap();
         got.authorized = true;
+        got.pinned = Some(PinnedDir {
+            path: "/srv/replica".into(),
+            dev: u64::MAX,
+            ino: 2,
+        });
+        got.path_error = Some("moved".into());
+        got.replica = ReplicaOptions {
+            allow_setuid: true,
+            ..Default::default()
+        };
         got.last_attempt = Some(Attempt {
             at_ns: 5,
             ok: true,
@@ -374,5 +433,36 @@ mod tests {
         r.spec.source_path = "relative".into();
         assert!(s.insert(&r).is_err());
         assert!(s.list(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_with_ids_that_are_not_relationship_ids_are_dropped_from_older_databases() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("state.db");
+        {
+            // A database of schema 2, as older daemons wrote it, holding a proposal whose id
+            // a hostile peer chose.
+            let c = Connection::open(&db).unwrap();
+            for m in &MIGRATIONS[..2] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 2).unwrap();
+            let spec = serde_json::to_string(&crate::model::tests::spec()).unwrap();
+            for id in ["../../srv", "ab".repeat(16).as_str()] {
+                c.execute(
+                    "INSERT INTO relationships (id, role, spec, authorized, created_ns) VALUES (?1, 'target', ?2, 0, 1)",
+                    params![id, spec],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&db).unwrap();
+        let ids: Vec<String> = s
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
+        assert_eq!(ids, vec!["ab".repeat(16)]);
     }
 }

@@ -38,6 +38,10 @@ pub const NODE_NAME: &str = "mover-node";
 const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
 const FP_PREFIX: &str = "sha256:";
+/// Daemons speak TLS 1.3 only (docs/api.md): both ends are this software, so there is no older
+/// peer to accommodate, and 1.3 encrypts the certificates and has no renegotiation or static
+/// RSA key exchange to get wrong.
+const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 /// "sha256:" + 64 lowercase hex digits of SHA-256 over the certificate's DER.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -191,7 +195,7 @@ impl Identity {
             algs: provider.signature_verification_algorithms,
         };
         let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(tls_err("server config"))?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(self.chain(), self.key.clone_key())
@@ -208,7 +212,7 @@ impl Identity {
             algs: provider.signature_verification_algorithms,
         };
         let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(tls_err("client config"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
@@ -261,6 +265,39 @@ pub(crate) mod doubles {
             None => builder.with_no_client_auth(),
             Some(i) => builder.with_client_cert_resolver(impostor_key(i)),
         })
+    }
+
+    /// A peer that speaks only TLS 1.2, with `id`'s certificate: as client and as server.
+    pub(crate) fn tls12_client_config(id: &Identity) -> Arc<rustls::ClientConfig> {
+        let provider = provider();
+        let verifier = PinnedServerCert {
+            pin: None,
+            algs: provider.signature_verification_algorithms,
+        };
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_auth_cert(id.chain(), id.key.clone_key())
+                .unwrap(),
+        )
+    }
+
+    pub(crate) fn tls12_server_config(id: &Identity) -> Arc<rustls::ServerConfig> {
+        let provider = provider();
+        let verifier = AnyClientCert {
+            algs: provider.signature_verification_algorithms,
+        };
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_client_cert_verifier(Arc::new(verifier))
+                .with_single_cert(id.chain(), id.key.clone_key())
+                .unwrap(),
+        )
     }
 
     pub(crate) fn server_config(impostor: Impostor) -> Arc<rustls::ServerConfig> {

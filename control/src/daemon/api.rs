@@ -1,7 +1,7 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
-use super::{lock, source, target, view, Node};
+use super::{lock, paths, source, target, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
@@ -245,31 +245,17 @@ async fn create_source(
         target_fingerprint: expect,
     } = NewRelationship::parse(&b)?;
     spec.validate()?;
-    let Ok(src) = std::path::Path::new(&spec.source_path)
-        .canonicalize()
-        .map_err(drop)
-        .and_then(|p| if p.is_dir() { Ok(p) } else { Err(()) })
-    else {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "source path {} is not an existing directory on this node",
-                spec.source_path
-            ),
-        ));
-    };
-    // The data dir holds the node's key and tokens: no relationship may copy it elsewhere.
-    let data = node
-        .opts
-        .data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| node.opts.data_dir.clone());
-    if src.starts_with(&data) || data.starts_with(&src) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("source path {} overlaps the daemon's data dir {} (its key and tokens are not replicated)", src.display(), data.display()),
-        ));
-    }
+    // Pinned now: every job opens this directory again without following symlinks and must
+    // find this one (see `paths`), so what is checked here is what is replicated.
+    let src = crate::pinned::pin(std::path::Path::new(&spec.source_path), "source path").map_err(
+        |e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{e} (it must be an existing directory on this node)"),
+            )
+        },
+    )?;
+    paths::check_source(&node, src.path())?;
     let id = RelationshipId::new_random();
     let mut r = Relationship::new(
         id.clone(),
@@ -278,6 +264,8 @@ async fn create_source(
         node.clock.now_ns(),
         None,
     );
+    r.pinned = Some(src.pin().clone());
+    drop(src);
     // First contact: the certificate the target presents (the expected one, if given) is
     // pinned from now on.
     let addr = source::peer_addr(&r).await?;
@@ -412,6 +400,18 @@ async fn replicate(
             "relationship {id} is awaiting authorization on the target"
         ));
     }
+    if r.path_error.is_some() {
+        // Stopped for its source directory: asking again checks it again.
+        let (n, stopped) = (node.clone(), r.clone());
+        tokio::task::spawn_blocking(move || paths::source_dir(&n, &stopped).map(drop))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| match e {
+                Error::Conflict(m) | Error::Invalid(m) => ApiError(StatusCode::CONFLICT, m),
+                e => e.into(),
+            })?;
+        r = node.get(&id, Role::Source)?;
+    }
     let now = node.clock.now();
     if crate::blackout::in_blackout(&r.spec.blackout_windows, now) {
         let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now)
@@ -467,10 +467,9 @@ async fn authorize(
         body(&b, "authorize")?
     };
     let n = node.clone();
-    let r =
-        tokio::task::spawn_blocking(move || target::authorize(&n, &id, a.allow_non_empty_target))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let r = tokio::task::spawn_blocking(move || target::authorize(&n, &id, &a))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(id = %r.id, read_only = ?r.read_only, "relationship authorized");
     Ok(show(&node, r))
 }
@@ -518,7 +517,7 @@ async fn metrics(
                 "target"
             };
             r.recovery_point_ns
-                .map(|ns| (r.id.0.clone(), role, (now_ns - ns).max(0) as f64 / 1e9))
+                .map(|ns| (r.id.to_string(), role, (now_ns - ns).max(0) as f64 / 1e9))
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();

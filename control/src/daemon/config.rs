@@ -39,6 +39,56 @@ pub struct DaemonOptions {
     pub threads: usize,
     /// Longest blackout pause a session is held open for (DEFAULT_MAX_PAUSE_IN_SESSION).
     pub max_pause_in_session: Duration,
+    /// Directories a source path must be in (or be); `None`: anywhere but the system
+    /// directories (`SYSTEM_DIRS`).
+    pub allowed_source_roots: Option<Vec<PathBuf>>,
+}
+
+/// Where a source path may not be (nor hold one of them, as `/` does) unless
+/// `allowed_source_roots` names it: the node's configuration and secrets (/etc, /root), its
+/// software, and pseudo file systems (/proc, /sys, /dev, /run).
+pub const SYSTEM_DIRS: [&str; 14] = [
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
+    "/run", "/sbin", "/sys", "/usr",
+];
+/// Most entries in `allowed_source_roots` (bounded like every setting).
+pub const MAX_SOURCE_ROOTS: usize = 64;
+
+impl DaemonOptions {
+    /// Whether relationships may replicate from `source` (a canonical path): in one of the
+    /// allowed roots, or by default anywhere but the system directories. The data dir is never
+    /// allowed (checked apart: it holds the node's key and tokens).
+    pub fn source_allowed(&self, source: &Path) -> Result<()> {
+        // Roots are compared canonical too (/lib may be /usr/lib, /var/run is /run).
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        match &self.allowed_source_roots {
+            Some(roots) => {
+                if roots.iter().any(|r| source.starts_with(canon(r))) {
+                    return Ok(());
+                }
+                let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+                Err(Error::Invalid(format!(
+                    "source path {} is not in the allowed_source_roots of this node ({})",
+                    source.display(),
+                    list.join(", ")
+                )))
+            }
+            None => {
+                let system = SYSTEM_DIRS.iter().map(Path::new).find(|d| {
+                    let d = canon(d);
+                    source.starts_with(&d) || d.starts_with(source)
+                });
+                match system {
+                    None => Ok(()),
+                    Some(d) => Err(Error::Invalid(format!(
+                        "source path {} is or holds the system directory {}; to replicate it, name it in allowed_source_roots (mover.toml) or --allowed-source-root",
+                        source.display(),
+                        d.display()
+                    ))),
+                }
+            }
+        }
+    }
 }
 
 /// The TOML file; every key optional.
@@ -51,6 +101,7 @@ pub struct ConfigFile {
     pub continuous_interval_secs: Option<u64>,
     pub threads: Option<usize>,
     pub max_pause_in_session_secs: Option<u64>,
+    pub allowed_source_roots: Option<Vec<PathBuf>>,
 }
 
 impl ConfigFile {
@@ -83,13 +134,23 @@ impl ConfigFile {
     }
 }
 
+/// The settings given as command-line flags (`None` or empty: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    pub allowed_source_roots: Vec<PathBuf>,
+}
+
 /// Flags win over the file, the file over defaults.
-pub fn resolve(
-    file: ConfigFile,
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    api: Option<SocketAddr>,
-) -> Result<DaemonOptions> {
+pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
+    let Flags {
+        data_dir,
+        listen,
+        api,
+        allowed_source_roots,
+    } = flags;
     let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
         Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
     })?;
@@ -116,6 +177,16 @@ pub fn resolve(
             "max_pause_in_session_secs must be 1-{MAX_PAUSE_IN_SESSION_LIMIT}"
         )));
     }
+    let roots = Some(allowed_source_roots)
+        .filter(|r| !r.is_empty())
+        .or(file.allowed_source_roots);
+    if let Some(r) = &roots {
+        if r.is_empty() || r.len() > MAX_SOURCE_ROOTS || r.iter().any(|p| !p.is_absolute()) {
+            return Err(Error::Invalid(format!(
+                "allowed_source_roots must be 1-{MAX_SOURCE_ROOTS} absolute paths"
+            )));
+        }
+    }
     Ok(DaemonOptions {
         data_dir,
         listen: listen
@@ -125,6 +196,7 @@ pub fn resolve(
         continuous_interval: interval,
         threads,
         max_pause_in_session: max_pause,
+        allowed_source_roots: roots,
     })
 }
 
@@ -175,18 +247,71 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn data_dir(d: &str) -> Flags {
+        Flags {
+            data_dir: Some(d.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn system_directories_are_no_sources_unless_allowed_source_roots_names_them() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("mover.toml");
+        let o = resolve(ConfigFile::default(), data_dir("/d")).unwrap();
+        for sys in [
+            "/etc",
+            "/etc/ssh",
+            "/root",
+            "/proc",
+            "/",
+            "/usr/share",
+            "/run",
+        ] {
+            let e = o.source_allowed(Path::new(sys)).unwrap_err().to_string();
+            assert!(e.contains("allowed_source_roots"), "{sys}: {e}");
+        }
+        for fine in ["/srv/data", "/home/u", "/var/lib/app", "/tmp/x"] {
+            o.source_allowed(Path::new(fine)).unwrap();
+        }
+        std::fs::write(
+            &p,
+            "data_dir = \"/d\"\nallowed_source_roots = [\"/etc\", \"/srv\"]\n",
+        )
+        .unwrap();
+        let o = resolve(ConfigFile::load(&p, true).unwrap(), Flags::default()).unwrap();
+        o.source_allowed(Path::new("/etc/app")).unwrap();
+        o.source_allowed(Path::new("/srv")).unwrap();
+        assert!(o.source_allowed(Path::new("/home/u")).is_err());
+        assert!(o.source_allowed(Path::new("/srvx")).is_err());
+        // Flags replace the file's list.
+        let flags = Flags {
+            allowed_source_roots: vec!["/home".into()],
+            ..Default::default()
+        };
+        let o = resolve(ConfigFile::load(&p, true).unwrap(), flags).unwrap();
+        o.source_allowed(Path::new("/home/u")).unwrap();
+        assert!(o.source_allowed(Path::new("/etc/app")).is_err());
+        std::fs::write(&p, "allowed_source_roots = [\"relative\"]\n").unwrap();
+        assert!(resolve(ConfigFile::load(&p, true).unwrap(), data_dir("/d")).is_err());
+    }
+
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("mover.toml");
         std::fs::write(&p, "data_dir = \"/var/lib/mover\"\nlisten = \"127.0.0.1:4000\"\ncontinuous_interval_secs = 3\n").unwrap();
         let f = ConfigFile::load(&p, true).unwrap();
-        let o = resolve(f, None, None, Some("127.0.0.1:5000".parse().unwrap())).unwrap();
+        let flags = Flags {
+            api: Some("127.0.0.1:5000".parse().unwrap()),
+            ..Default::default()
+        };
+        let o = resolve(f, flags).unwrap();
         assert_eq!(o.data_dir, PathBuf::from("/var/lib/mover"));
         assert_eq!(o.listen.to_string(), "127.0.0.1:4000");
         assert_eq!(o.api.to_string(), "127.0.0.1:5000");
         assert_eq!(o.continuous_interval, Duration::from_secs(3));
-        let o = resolve(ConfigFile::default(), Some("/d".into()), None, None).unwrap();
+        let o = resolve(ConfigFile::default(), data_dir("/d")).unwrap();
         assert_eq!(
             (o.listen.to_string(), o.api.to_string()),
             (DEFAULT_LISTEN.to_string(), DEFAULT_API.to_string())
@@ -209,7 +334,7 @@ mod tests {
             .contains("unknown field"));
         assert!(ConfigFile::load(&t.path().join("absent.toml"), true).is_err());
         assert!(ConfigFile::load(&t.path().join("absent.toml"), false).is_ok());
-        assert!(resolve(ConfigFile::default(), None, None, None)
+        assert!(resolve(ConfigFile::default(), Flags::default())
             .unwrap_err()
             .to_string()
             .contains("--data-dir"));
@@ -217,7 +342,7 @@ mod tests {
             max_pause_in_session_secs: Some(61),
             ..Default::default()
         };
-        assert!(resolve(f, Some("/d".into()), None, None)
+        assert!(resolve(f, data_dir("/d"))
             .unwrap_err()
             .to_string()
             .contains("max_pause_in_session_secs"));

@@ -11,6 +11,21 @@ use std::time::Duration;
 /// Upper bounds (seconds) of the job duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0];
 
+/// A label value in the text format: backslash, double quote and newline escaped, so no value
+/// can end its label or its line (ids are checked hex, but this holds whatever a label holds).
+fn label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 #[derive(Default)]
 struct Counters {
     bytes: BTreeMap<String, u64>,
@@ -28,10 +43,10 @@ pub struct Metrics(Mutex<Counters>);
 impl Metrics {
     pub fn job_done(&self, id: &RelationshipId, bytes: u64, files: u64, took: Duration, ok: bool) {
         let mut c = lock(&self.0);
-        *c.bytes.entry(id.0.clone()).or_default() += bytes;
-        *c.files.entry(id.0.clone()).or_default() += files;
+        *c.bytes.entry(id.to_string()).or_default() += bytes;
+        *c.files.entry(id.to_string()).or_default() += files;
         if !ok {
-            *c.errors.entry(id.0.clone()).or_default() += 1;
+            *c.errors.entry(id.to_string()).or_default() += 1;
         }
         let s = took.as_secs_f64();
         let b = DURATION_BUCKETS
@@ -52,7 +67,9 @@ impl Metrics {
         for (id, role, age) in rp_ages {
             let _ = writeln!(
                 o,
-                "mover_recovery_point_age_seconds{{relationship=\"{id}\",role=\"{role}\"}} {age}"
+                "mover_recovery_point_age_seconds{{relationship=\"{}\",role=\"{}\"}} {age}",
+                label(id),
+                label(role)
             );
         }
         for (name, help, map) in [
@@ -70,7 +87,7 @@ impl Metrics {
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
             for (id, v) in map {
-                let _ = writeln!(o, "{name}{{relationship=\"{id}\"}} {v}");
+                let _ = writeln!(o, "{name}{{relationship=\"{}\"}} {v}", label(id));
             }
         }
         let _ = writeln!(o, "# HELP mover_job_duration_seconds Duration of finished jobs.\n# TYPE mover_job_duration_seconds histogram");
@@ -88,7 +105,7 @@ impl Metrics {
         );
         let _ = writeln!(o, "# HELP mover_relationships Relationships on this node by state.\n# TYPE mover_relationships gauge");
         for (state, n) in states {
-            let _ = writeln!(o, "mover_relationships{{state=\"{state}\"}} {n}");
+            let _ = writeln!(o, "mover_relationships{{state=\"{}\"}} {n}", label(state));
         }
         o
     }
@@ -101,23 +118,23 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_counters_per_relationship() {
         let m = Metrics::default();
-        let id = RelationshipId("a".repeat(32));
+        let id = RelationshipId::parse(&"a".repeat(32)).unwrap();
         m.job_done(&id, 100, 2, Duration::from_millis(500), true);
         m.job_done(&id, 50, 1, Duration::from_secs(20), false);
         let t = m.render(
-            &[(id.0.clone(), "source", 3.5)],
+            &[(id.to_string(), "source", 3.5)],
             &BTreeMap::from([("idle", 1)]),
         );
         assert!(
             t.contains(&format!(
                 "mover_bytes_moved_total{{relationship=\"{}\"}} 150",
-                id.0
+                id
             )),
             "{t}"
         );
         assert!(t.contains(&format!(
             "mover_job_errors_total{{relationship=\"{}\"}} 1",
-            id.0
+            id
         )));
         assert!(t.contains("mover_job_duration_seconds_bucket{le=\"1\"} 1"));
         assert!(t.contains("mover_job_duration_seconds_bucket{le=\"60\"} 2"));
@@ -125,5 +142,20 @@ mod tests {
         assert!(t.contains("mover_job_duration_seconds_count 2"));
         assert!(t.contains("mover_recovery_point_age_seconds{relationship=\"aaaa"));
         assert!(t.contains("mover_relationships{state=\"idle\"} 1"));
+    }
+
+    #[test]
+    fn label_values_are_escaped_so_no_line_can_be_injected() {
+        let m = Metrics::default();
+        let evil = "x\"} 1\nmover_fake{a=\"b\\".to_string();
+        let t = m.render(&[(evil, "target", 1.0)], &BTreeMap::new());
+        assert!(
+            !t.lines().any(|l| l.starts_with("mover_fake")),
+            "a label value injected a line:\n{t}"
+        );
+        assert!(
+            t.contains(r#"relationship="x\"} 1\nmover_fake{a=\"b\\""#),
+            "{t}"
+        );
     }
 }

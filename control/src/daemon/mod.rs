@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod config;
+mod http;
 mod metrics;
+mod paths;
 mod peer_server;
 mod source;
 mod target;
@@ -95,11 +97,11 @@ impl Node {
     }
 
     fn state_dir(&self, id: &RelationshipId) -> PathBuf {
-        self.opts.data_dir.join("state").join(&id.0)
+        self.opts.data_dir.join("state").join(id.as_str())
     }
 
     fn mount_dir(&self, id: &RelationshipId) -> PathBuf {
-        self.opts.data_dir.join("mnt").join(&id.0)
+        self.opts.data_dir.join("mnt").join(id.as_str())
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -174,7 +176,8 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
     let app = api::router(node.clone());
-    let server = axum::serve(api, app).with_graceful_shutdown(shutdown_signal()?);
+    let server =
+        axum::serve(http::Limited::new(api), app).with_graceful_shutdown(shutdown_signal()?);
     config::sd_notify("READY=1");
     server.await.ctx(|| "serving the API".to_string())?;
     config::sd_notify("STOPPING=1");
@@ -200,4 +203,21 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down: stopping jobs at a chunk boundary");
     })
+}
+
+/// A node on a simulated clock with its data in `dir`, for tests of the daemon's parts.
+#[cfg(test)]
+pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimClock>) {
+    let clock = Arc::new(crate::clock::SimClock::new(chrono::Utc::now()));
+    let opts = DaemonOptions {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        api: "127.0.0.1:0".parse().expect("an address"),
+        continuous_interval: Duration::from_secs(10),
+        threads: 1,
+        max_pause_in_session: Duration::from_secs(40),
+        allowed_source_roots: None,
+    };
+    let node = open_node(opts, clock.clone()).expect("a test node");
+    (node, clock)
 }

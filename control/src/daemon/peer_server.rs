@@ -8,15 +8,78 @@ use crate::peer::{PeerAnswer, PeerRequest};
 use crate::peer_wire;
 use crate::tls::Fingerprint;
 use crate::Error;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Peer connections handled at once; more wait in the listen backlog.
-const MAX_PEER_CONNECTIONS: usize = 64;
 /// Proposals awaiting authorization kept at once: any certificate may propose, so what they
 /// can make this node store is bounded, overall and per proposing certificate (so one peer
 /// cannot crowd out the others).
 pub const MAX_PENDING_PROPOSALS: usize = 256;
 pub const MAX_PENDING_PER_PEER: usize = 32;
+/// Requests from authenticated peers handled at once (TLS done, request read); more wait for a
+/// slot. Handling is short (a few SQLite statements, a ticket, or a delete bounded by
+/// `target::STOP_WAIT`), and nothing unauthenticated holds one.
+const MAX_PEER_REQUESTS: usize = 64;
+/// Connections accepted but not yet authenticated (first-byte peek, TLS handshake and request,
+/// or a data-plane Hello not yet routed), in all and per source address. A connection beyond
+/// either bound is closed at once: idle sockets cost an attacker a slot for at most
+/// PRE_AUTH_TIMEOUT and never keep genuine peers, who connect from their own addresses, out.
+pub const MAX_PRE_AUTH: usize = 512;
+/// A source opens a job's worker connections (up to MAX_WORKERS) and its control connection
+/// at once, from one address.
+pub const MAX_PRE_AUTH_PER_ADDR: usize = mover::wire::message::MAX_WORKERS as usize + 8;
+const _: () = assert!(MAX_PRE_AUTH_PER_ADDR > mover::wire::message::MAX_WORKERS as usize + 1);
+const _: () = assert!(MAX_PRE_AUTH_PER_ADDR <= MAX_PRE_AUTH);
+/// Everything before a connection is authenticated (peek, TLS handshake and request, or a
+/// data-plane Hello) must be done within this, counted from accept.
+pub const PRE_AUTH_TIMEOUT: Duration = peer_wire::PEER_TIMEOUT;
+/// Pause after an accept error that is not about one connection (out of fds, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counts unauthenticated connections, in all and per source address.
+#[derive(Default)]
+struct PreAuth {
+    by_addr: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One unauthenticated connection's place in the count, given back when dropped.
+struct PreAuthSlot {
+    table: Arc<PreAuth>,
+    ip: IpAddr,
+}
+
+impl PreAuth {
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<PreAuthSlot> {
+        let mut g = super::lock(&self.by_addr);
+        let (total, by_addr) = &mut *g;
+        let mine = by_addr.entry(ip).or_default();
+        if *total >= MAX_PRE_AUTH || *mine >= MAX_PRE_AUTH_PER_ADDR {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(PreAuthSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        let mut g = super::lock(&self.table.by_addr);
+        let (total, by_addr) = &mut *g;
+        *total -= 1;
+        if let Some(n) = by_addr.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_addr.remove(&self.ip);
+            }
+        }
+    }
+}
 
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
     let config = match node.identity.server_config() {
@@ -27,23 +90,26 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    let pre_auth = Arc::new(PreAuth::default());
+    let requests = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_REQUESTS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
+        // Accept first, always: what limits connections is decided per connection below, so
+        // a full table never leaves peers waiting in the listen backlog.
         let (tcp, from) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("peer accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let (node, acceptor) = (node.clone(), acceptor.clone());
+        let Some(slot) = pre_auth.claim(from.ip()) else {
+            tracing::debug!(%from, "too many unauthenticated peer connections; closed");
+            continue;
+        };
+        let (node, acceptor, requests) = (node.clone(), acceptor.clone(), requests.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = one(&node, &acceptor, tcp).await {
+            if let Err(e) = one(&node, &acceptor, tcp, slot, &requests).await {
                 tracing::warn!(%from, "peer connection: {e}");
             }
         });
@@ -57,37 +123,82 @@ async fn one(
     node: &Arc<Node>,
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
+    slot: PreAuthSlot,
+    requests: &tokio::sync::Semaphore,
 ) -> crate::Result<()> {
+    let deadline = tokio::time::Instant::now() + PRE_AUTH_TIMEOUT;
+    let who = tcp
+        .peer_addr()
+        .map_or_else(|_| "unknown address".to_string(), |a| a.to_string());
+    let late = || Error::Peer {
+        peer: who.clone(),
+        message: format!(
+            "not authenticated within {}s (TLS handshake and request)",
+            PRE_AUTH_TIMEOUT.as_secs()
+        ),
+    };
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(peer_wire::PEER_TIMEOUT, tcp.peek(&mut first)).await;
+    let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
     if matches!(peeked, Ok(Ok(1))) && first[0] == mover::receiver::DATA_PLANE_FIRST_BYTE {
-        return data_plane(node, tcp).await;
+        return data_plane(node, tcp, deadline).await;
     }
-    let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
-    let req: PeerRequest =
-        tokio::time::timeout(peer_wire::PEER_TIMEOUT, peer_wire::read_msg(&mut tls))
-            .await
-            .map_err(|_| Error::Peer {
+    let authenticate = async {
+        let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
+        let req = peer_wire::read_msg::<_, PeerRequest>(&mut tls).await;
+        Ok::<_, Error>((tls, fp, req))
+    };
+    let (mut tls, fp, req) = tokio::time::timeout_at(deadline, authenticate)
+        .await
+        .map_err(|_| late())??;
+    drop(slot);
+    let req = match req {
+        Ok(req) => req,
+        Err(Error::Invalid(message)) => {
+            // Malformed, or an id that is not a relationship id: say so, act on nothing.
+            let answer = PeerAnswer::Refused {
+                message: message.clone(),
+            };
+            let _ = tokio::time::timeout(PRE_AUTH_TIMEOUT, peer_wire::write_msg(&mut tls, &answer))
+                .await;
+            return Err(Error::Peer {
                 peer: fp.to_string(),
-                message: "no request within the timeout".into(),
-            })??;
+                message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let Ok(_permit) = requests.acquire().await else {
+        return Ok(());
+    };
     let answer = handle(node, &fp, req).await;
     if let PeerAnswer::Refused { message } = &answer {
         tracing::warn!(peer = %fp, "refused: {message}");
     }
-    peer_wire::write_msg(&mut tls, &answer).await
+    // A peer that does not take its answer must not hold the connection either.
+    tokio::time::timeout(
+        peer_wire::PEER_TIMEOUT,
+        peer_wire::write_msg(&mut tls, &answer),
+    )
+    .await
+    .map_err(|_| Error::Peer {
+        peer: fp.to_string(),
+        message: "did not take the answer in time".into(),
+    })?
 }
 
 /// A data-plane connection on the replication port: read its Hello without consuming it and
 /// hand the socket to the receiver that issued its session id as a ticket.
-async fn data_plane(node: &Arc<Node>, tcp: tokio::net::TcpStream) -> crate::Result<()> {
+async fn data_plane(
+    node: &Arc<Node>,
+    tcp: tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+) -> crate::Result<()> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let fail = |message: String| Error::Peer {
         peer: peer.clone(),
         message,
     };
     let mut buf = vec![0u8; MAX_HELLO_PEEK];
-    let deadline = tokio::time::Instant::now() + peer_wire::PEER_TIMEOUT;
     let session = loop {
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
             .await
@@ -329,5 +440,97 @@ fn propose(
             PeerAnswer::Ok
         }
         Err(e) => refuse(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Mounts a tmpfs holding one file on `dir` (created).
+    fn mounted_victim(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            c"size=1m",
+        )
+        .unwrap();
+        std::fs::write(dir.join("precious"), b"data").unwrap();
+    }
+
+    /// Lazily unmounts its directories when the test ends, passed or not.
+    struct Unmount(Vec<std::path::PathBuf>);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+
+    fn mounted(dir: &std::path::Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let want = dir.to_str().unwrap();
+        text.lines().any(|l| l.split(' ').nth(4) == Some(want))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_chosen_id_never_names_a_path_the_target_unmounts_or_removes() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (node, _clock) = super::super::test_node(&base.join("node"));
+        let node = Arc::new(node);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(node.clone(), listener));
+        // A certificate the target has never seen.
+        let hostile = crate::tls::Identity::load_or_create(&base.join("hostile")).unwrap();
+        // The private mounts live in <data dir>/mnt/<id>: an absolute id, or one climbing out
+        // of it, would name these directories instead.
+        let (abs, rel) = (base.join("victim-abs"), base.join("victim-rel"));
+        let _mounts = Unmount(vec![abs.clone(), rel.clone()]);
+        mounted_victim(&abs);
+        mounted_victim(&rel);
+        let ids = [
+            abs.to_str().unwrap().to_string(),
+            "../../../victim-rel".to_string(),
+            format!("{}\nmover_fake 1", "ab".repeat(16)),
+        ];
+        let mut stored_answers = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let gone = base.join(format!("gone-{i}"));
+            let spec = json!({"source_path": "/srv/data", "target_address": "127.0.0.1",
+                              "target_path": gone.to_str().unwrap()});
+            let propose = json!({"op": "propose", "id": id, "spec": spec, "software": "probe"});
+            let answer: Result<(Value, _), _> =
+                crate::peer_wire::call(addr, &hostile, None, &propose).await;
+            if answer.as_ref().is_ok_and(|(a, _)| a["answer"] == "ok") {
+                stored_answers.push(id.clone());
+            }
+            let delete = json!({"op": "delete", "id": id});
+            let _ = crate::peer_wire::call::<_, Value>(addr, &hostile, None, &delete).await;
+        }
+        for v in [&abs, &rel] {
+            assert!(
+                mounted(v) && v.join("precious").exists(),
+                "a peer-chosen id unmounted or removed {}",
+                v.display()
+            );
+        }
+        assert!(
+            stored_answers.is_empty(),
+            "proposals with these ids were taken: {stored_answers:?}"
+        );
+        let stored = node.store().list(None).unwrap();
+        assert!(stored.is_empty(), "{stored:?}");
     }
 }

@@ -184,10 +184,12 @@ impl Timing {
     /// Whether an idle relationship's next job starts now: never inside a blackout window;
     /// otherwise on "replicate now" (`wanted`), when continuous replication is due, or to resume
     /// a job the daemon was stopped in the middle of (`job_running` still set).
+    /// A relationship stopped for its source directory (`path_error`) starts nothing until a
+    /// "replicate now" finds the directory again (the API checks it before queueing).
     fn job_starts(&self, r: &Relationship, wanted: bool, interval: Duration, now: Now) -> bool {
         let blackout = blackout::in_blackout(&r.spec.blackout_windows, now.wall);
         let continuous = r.spec.enabled && self.job_due(interval, now.mono);
-        !blackout && (wanted || continuous || r.job_running)
+        r.path_error.is_none() && !blackout && (wanted || continuous || r.job_running)
     }
 
     fn job_ended(&mut self, failed: bool, now: Instant) {
@@ -535,11 +537,15 @@ fn run_job(
         // a resume after a long window waits it out here).
         wait_until_allowed(node, id, progress)?;
         let r = node.get(id, Role::Source)?;
+        // Checked for this session and read through the descriptor checked: the data plane
+        // opens `/proc/self/fd/<n>`, exactly the pinned directory, whatever the path shows by
+        // then. A directory that is not the pinned one stops the relationship (not retried).
+        let src = super::paths::source_dir(node, &r)?;
         carried.roll(progress);
         progress.control.set_rate(r.spec.bandwidth_limit);
         let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
             let opts = mover::sender::SendOptions {
-                src: r.spec.source_path.clone().into(),
+                src: src.proc_path(),
                 to,
                 threads: node.opts.threads,
                 direct: true,
@@ -811,6 +817,18 @@ mod tests {
         t.job_ended(true, clock.instant());
         let started = first_start(&clock, &t, &r, interval, Duration::from_secs(60));
         assert_eq!(started, Some(at("2025-06-02T12:00:05Z")));
+    }
+
+    #[test]
+    fn a_relationship_stopped_for_its_source_directory_starts_no_job() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let mut r = relationship(serde_json::json!([]));
+        r.job_running = true;
+        r.path_error = Some("a symlink now stands in its path".into());
+        let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
+        assert!(!Timing::default().job_starts(&r, true, interval, now));
+        r.path_error = None;
+        assert!(Timing::default().job_starts(&r, false, interval, now));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! session ids it issued), and deletion (revert an interrupted job, make the directory
 //! writable again, keep the data).
 
-use super::{lock, Node};
+use super::{lock, paths, Node};
+use crate::api_types::Authorize;
 use crate::model::{Attempt, Relationship, RelationshipId, Role};
+use crate::pinned::OpenDir;
 use crate::readonly;
 use crate::{Error, Result};
 use mover::receiver::{ReceiveOptions, Receiver, Tickets};
 use mover::Progress;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +26,14 @@ pub struct Rx {
     pub tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    /// The checked target directory, open while the receiver lives (an unprotected target is
+    /// written through its descriptor's path).
+    _root: OpenDir,
 }
 
 /// At start: re-establish the read-only protection of every authorized target (mounts do not
-/// survive a reboot; after a crash they are still there and this is a no-op).
+/// survive a reboot; after a crash they are still there and this is a no-op), after checking
+/// that each target path still leads to the directory that was authorized.
 /// One relationship that cannot be protected (a missing volume, say) is logged and left for
 /// the operator; it does not keep the daemon, and so the API to delete it, from starting.
 pub fn restore(node: &Node) -> Result<()> {
@@ -42,7 +48,7 @@ pub fn restore(node: &Node) -> Result<()> {
             continue;
         }
         if r.authorized && !r.ended && r.read_only.as_deref() == Some("bind_mount") {
-            if let Err(e) = readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id)) {
+            if let Err(e) = writable_root(node, &r) {
                 tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot protect the target directory; its jobs are refused until it can be: {e}");
             }
         }
@@ -50,27 +56,36 @@ pub fn restore(node: &Node) -> Result<()> {
     Ok(())
 }
 
-/// The directory the receiver must write through, checked now: a protected target's private
-/// view must really be mounted (else the data would land in the data dir, not the target).
-fn writable_root(node: &Node, r: &Relationship) -> Result<PathBuf> {
+/// The directory the receiver must write through, checked now: the target path must still
+/// lead to the authorized directory (else nothing is mounted or written there), and a
+/// protected target's private view must really be mounted and show it (else the data would
+/// land in the data dir, or elsewhere).
+fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
+    let dir = paths::target_dir(node, r)?;
     match r.read_only.as_deref() {
         Some("bind_mount") => {
-            let (mode, via) =
-                readonly::protect(r.spec.target_path.as_ref(), &node.mount_dir(&r.id))?;
+            let (mode, via) = readonly::protect(dir.pin(), &node.mount_dir(&r.id), r.replica)?;
             if mode != readonly::Mode::BindMount {
                 return Err(Error::Conflict(format!(
                     "target {} was protected by a bind mount that can no longer be made; delete and recreate the relationship",
                     r.spec.target_path
                 )));
             }
-            Ok(via)
+            if !crate::pinned::shows(&via, dir.pin()) {
+                return Err(Error::Conflict(format!(
+                    "the private view {} does not show target {}",
+                    via.display(),
+                    dir.pin().path
+                )));
+            }
+            Ok((via, dir))
         }
-        _ => Ok(PathBuf::from(&r.spec.target_path)),
+        _ => Ok((dir.proc_path(), dir)),
     }
 }
 
-/// The operator accepts a proposed relationship.
-pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Result<Relationship> {
+/// The operator accepts a proposed relationship, with what it accepts for the replica.
+pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Relationship> {
     // One authorization at a time: the overlap check and the protection it guards are one step.
     let _one = lock(&node.authorizing);
     let r = node.get(id, Role::Target)?;
@@ -82,62 +97,31 @@ pub fn authorize(node: &Node, id: &RelationshipId, allow_non_empty: bool) -> Res
             "relationship {id} is already authorized"
         )));
     }
-    let target = PathBuf::from(&r.spec.target_path);
-    let mut entries = std::fs::read_dir(&target)
-        .map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
-    if !target.is_dir() {
-        return Err(Error::Invalid(format!(
-            "target path {} is not a directory",
-            target.display()
-        )));
-    }
-    check_no_overlap(node, &r, &target)?;
-    if !allow_non_empty && entries.next().is_some() {
+    let dir = crate::pinned::pin(Path::new(&r.spec.target_path), "target directory")?;
+    paths::check_target(node, &r, dir.path())?;
+    let mut entries = std::fs::read_dir(dir.proc_path())
+        .map_err(|e| Error::Invalid(format!("target directory {}: {e}", dir.pin().path)))?;
+    if !a.allow_non_empty_target && entries.next().is_some() {
         return Err(Error::Conflict(format!(
             "target directory {} is not empty; replication would replace its contents (pass allow_non_empty_target to accept that)",
-            target.display()
+            dir.pin().path
         )));
     }
-    let (mode, _) = readonly::protect(&target, &node.mount_dir(id))?;
-    node.modify(id, |x| {
+    let replica = a.replica();
+    let (mode, _) = readonly::protect(dir.pin(), &node.mount_dir(id), replica)?;
+    let pin = dir.pin().clone();
+    let r = node.modify(id, |x| {
         x.authorized = true;
         x.read_only = Some(mode.name().to_string());
-    })
-}
-
-/// A protected target must not be, hold or sit inside another live relationship's target or
-/// this daemon's data dir: two receivers would write one tree, and lifting one protection would
-/// lift the other. Compared as canonical paths, so `/srv//r`, `/srv/r/` and symlinks alias.
-fn check_no_overlap(node: &Node, r: &Relationship, target: &std::path::Path) -> Result<()> {
-    let canon = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let mine = target
-        .canonicalize()
-        .map_err(|e| Error::Invalid(format!("target directory {}: {e}", target.display())))?;
-    let overlaps = |other: &std::path::Path| mine.starts_with(other) || other.starts_with(&mine);
-    let data = canon(&node.opts.data_dir);
-    if overlaps(&data) {
-        return Err(Error::Invalid(format!(
-            "target directory {} overlaps the daemon's data dir {}",
-            mine.display(),
-            data.display()
-        )));
-    }
-    let all = node.store().list(Some(Role::Target))?;
-    for other in all {
-        if other.id == r.id || other.ended || !other.authorized {
-            continue;
-        }
-        let theirs = canon(std::path::Path::new(&other.spec.target_path));
-        if overlaps(&theirs) {
-            return Err(Error::Conflict(format!(
-                "target directory {} overlaps {}, the target of relationship {}",
-                mine.display(),
-                theirs.display(),
-                other.id
-            )));
-        }
-    }
-    Ok(())
+        x.pinned = Some(pin);
+        x.path_error = None;
+        x.replica = replica;
+    })?;
+    // "Disconnected" means not heard from the source for DISCONNECTED_AFTER since it became
+    // due to talk to us: an authorization made long after the proposal (or the daemon's start)
+    // is not a silent source, and it polls again within seconds.
+    lock(&node.last_contact).insert(id.clone(), node.clock.instant());
+    Ok(r)
 }
 
 /// A one-time session id for the relationship's receiver, starting the receiver if needed.
@@ -154,7 +138,11 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
         rxs.remove(&r.id);
     }
-    if !rxs.contains_key(&r.id) {
+    if rxs.contains_key(&r.id) {
+        // Every session is a use of the target directory: checked again even though the
+        // running receiver writes through the view it was started with.
+        paths::target_dir(node, r)?;
+    } else {
         let rx = start_receiver(node, r)?;
         rxs.insert(r.id.clone(), rx);
     }
@@ -211,8 +199,9 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     let tickets = Arc::new(Tickets::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let (root, dir) = writable_root(node, r)?;
     let opts = ReceiveOptions {
-        root: writable_root(node, r)?,
+        root,
         once: false,
         tickets: Some(tickets.clone()),
         stop: Some(stop.clone()),
@@ -238,6 +227,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         tickets,
         stop,
         thread,
+        _root: dir,
     })
 }
 
@@ -294,6 +284,14 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
             "relationship {id} was never authorized; its target directory was never protected"
         )));
     }
+    if r.read_only.is_some() {
+        // What is at the path now is not ours to make writable (delete forgets it instead).
+        paths::target_identity(node, &r).map_err(|e| {
+            Error::Conflict(format!(
+                "{e}; nothing was changed (delete the relationship to end it)"
+            ))
+        })?;
+    }
     release(node, id)?;
     node.get(id, Role::Target)
 }
@@ -316,19 +314,11 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
         node.modify(id, |x| x.ended = true)?;
-        if !std::path::Path::new(&r.spec.target_path).exists() {
-            // Nothing left to revert or unprotect; the relationship can still be ended.
-            tracing::warn!(%id, target = %r.spec.target_path, "target directory is gone; nothing to revert");
-            let _ = readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id));
-        } else if r.authorized && r.read_only.is_some() {
-            // The journal is reverted through the private writable view (rebuilt if a reboot
-            // took it), while the target path is still read-only to everyone else.
-            let root = writable_root(node, &r)?;
-            let rep = mover::receiver::revert_root(&root)?;
-            if rep.reverted {
-                tracing::info!(%id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
-            }
-            readonly::release(r.spec.target_path.as_ref(), &node.mount_dir(id))?;
+        // Only what was protected is released. A proposal nobody authorized (or a target
+        // released already) has nothing of ours to revert or unmount, and the paths it names
+        // are a peer's words.
+        if r.authorized && r.read_only.is_some() {
+            unprotect(node, &r)?;
         }
         node.modify(id, |x| {
             x.job_running = false;
@@ -342,6 +332,46 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         lock(&node.routes).retain(|_, (rid, _)| rid != id);
     }
     res
+}
+
+/// Reverts an interrupted job and removes the protection of an authorized target, if its path
+/// still leads to the authorized directory. If it does not, nothing is done at the path: only
+/// the private view in the data dir goes (after the revert, if it still shows the authorized
+/// directory); a read-only view that moved away with the directory stays where it went.
+fn unprotect(node: &Node, r: &Relationship) -> Result<()> {
+    let backing = node.mount_dir(&r.id);
+    match paths::target_identity(node, r) {
+        Ok(dir) => {
+            // The journal is reverted through the private writable view (rebuilt if a reboot
+            // took it), while the target path is still read-only to everyone else.
+            let root = match r.read_only.as_deref() {
+                Some("bind_mount") => readonly::protect(dir.pin(), &backing, r.replica)?.1,
+                _ => dir.proc_path(),
+            };
+            revert(r, &root)?;
+            readonly::release(dir.path(), &backing)
+        }
+        Err(e) => {
+            tracing::error!(id = %r.id, "{e}: leaving it alone; if the directory was moved, its read-only mount went with it (unmount it there by hand)");
+            if let Some(pin) = r
+                .pinned
+                .as_ref()
+                .filter(|p| crate::pinned::shows(&backing, p))
+            {
+                tracing::info!(id = %r.id, "reverting through the private view, which still shows {}", pin.path);
+                revert(r, &backing)?;
+            }
+            readonly::release_backing(&backing)
+        }
+    }
+}
+
+fn revert(r: &Relationship, root: &Path) -> Result<()> {
+    let rep = mover::receiver::revert_root(root)?;
+    if rep.reverted {
+        tracing::info!(id = %r.id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
+    }
+    Ok(())
 }
 
 /// The source's report about its job (progress while running, the outcome when done).

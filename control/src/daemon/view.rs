@@ -2,7 +2,7 @@
 
 use super::{lock, Node};
 use crate::blackout::BlackoutWindow;
-use crate::model::{self, IdMap, Relationship, Role, State};
+use crate::model::{self, IdMap, Relationship, ReplicaOptions, Role, State};
 use crate::peer::JobView;
 use serde::Serialize;
 
@@ -36,6 +36,10 @@ pub struct View {
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
     pub read_only: Option<String>,
+    /// Why the relationship is stopped (state `path_changed`), if it is.
+    pub path_error: Option<String>,
+    /// Target role: what its operator accepted for the replica at authorization.
+    pub replica_options: Option<ReplicaOptions>,
     pub recovery_point: Option<TimeView>,
     pub last_attempt: Option<AttemptView>,
     pub job: Option<JobView>,
@@ -85,7 +89,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
     View {
-        id: r.id.0,
+        id: r.id.into(),
         role: r.role,
         state,
         state_text: state.describe(),
@@ -100,6 +104,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,
+        path_error: r.path_error,
+        replica_options: (r.role == Role::Target && r.authorized).then_some(r.replica),
         recovery_point: r.recovery_point_ns.map(|ns| TimeView {
             time: rfc3339(ns),
             age_seconds: (now_ns - ns).max(0) as f64 / 1e9,
@@ -132,6 +138,7 @@ mod tests {
             continuous_interval: Duration::from_secs(10),
             threads: 1,
             max_pause_in_session: Duration::from_secs(40),
+            allowed_source_roots: None,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();
@@ -163,5 +170,28 @@ mod tests {
         clock.advance(DISCONNECTED_AFTER + Duration::from_secs(1));
         let v = super::view(&node, node.get(&id, Role::Target).unwrap());
         assert_eq!((v.state, v.job), (State::Disconnected, None));
+    }
+
+    #[test]
+    fn right_after_authorize_a_target_is_not_shown_disconnected() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "authorizing mounts: run this test as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (node, clock) = super::super::test_node(dir.path());
+        let target = dir.path().join("replica");
+        std::fs::create_dir(&target).unwrap();
+        let mut spec = crate::model::tests::spec();
+        spec.target_path = target.to_str().unwrap().to_string();
+        let id = RelationshipId::new_random();
+        let r = Relationship::new(id.clone(), Role::Target, spec, 0, None);
+        node.store().insert(&r).unwrap();
+        // The daemon has been up for a while; the proposal came in long ago.
+        clock.advance(DISCONNECTED_AFTER + Duration::from_secs(10));
+        let r = super::super::target::authorize(&node, &id, &Default::default()).unwrap();
+        let state = super::view(&node, r).state;
+        super::super::target::delete(&node, &id).unwrap();
+        assert_eq!(state, State::Idle);
     }
 }
