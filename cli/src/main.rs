@@ -80,6 +80,12 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         peers: keys::PeerArgs,
+        /// Keep setuid and setgid bits of replicated files (they are cleared otherwise).
+        #[arg(long)]
+        allow_setuid: bool,
+        /// Create replicated character and block devices (they are left out otherwise).
+        #[arg(long)]
+        allow_devices: bool,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
     Send {
@@ -155,7 +161,9 @@ relationships, target of others).\n\nIt listens for peer daemons on --listen (mu
 0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
-continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots). SIGTERM stops running jobs at a chunk boundary; the next start \
+continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots, insecure_plaintext). \
+Data-plane sessions are encrypted (AES-256-GCM, keys from the peers' mutual TLS) unless both nodes run \
+with --insecure-plaintext. SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
     )]
     Daemon {
@@ -176,6 +184,11 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
         /// allowed_source_roots in the config file.
         #[arg(long = "allowed-source-root", value_name = "DIR")]
         allowed_source_roots: Vec<PathBuf>,
+        /// Run data-plane sessions in clear (checksummed, not encrypted): trusted networks only.
+        /// A session runs in clear only when both nodes are set so (insecure_plaintext in the
+        /// config file also sets it).
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
@@ -229,6 +242,8 @@ fn run(cli: Cli) -> Result<()> {
             revert,
             json,
             peers,
+            allow_setuid,
+            allow_devices,
         } => {
             if revert {
                 let rep = mover::receiver::revert_root(&root)?;
@@ -254,6 +269,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut opts = ReceiveOptions {
                 root,
                 once,
+                policy: mover::receiver::policy::ReplicaPolicy {
+                    allow_setid: allow_setuid,
+                    allow_devices,
+                },
                 ..Default::default()
             };
             let (r, addr, fingerprint) = match peers.protection()? {
@@ -449,6 +468,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             api,
             allowed_source_roots,
+            insecure_plaintext,
         } => {
             use control::daemon::config as cfg;
             let explicit = config.is_some();
@@ -459,6 +479,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen,
                 api,
                 allowed_source_roots,
+                insecure_plaintext,
             };
             let opts = cfg::resolve(file, flags)?;
             control::daemon::run(opts)?;

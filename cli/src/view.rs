@@ -251,6 +251,7 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         "authorized",
         "peer_fingerprint",
         "read_only",
+        "data_plane",
         "path_error",
     ] {
         add(k, plain(k));
@@ -374,6 +375,7 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         "authorized",
         "peer_fingerprint",
         "read_only",
+        "data_plane",
         "path_error",
         "replica_options",
         "bandwidth_limit",

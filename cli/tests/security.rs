@@ -123,11 +123,13 @@ fn a_replica_is_nosuid_nodev_noexec_unless_the_target_operator_opts_in() {
     let id = create(&a, &b, &src, &dst, &[]);
     b.cli_ok(&["relationship", "authorize", &id]);
     a.wait_for("source", &id, "initial sync", synced);
+    // Not opted in: the data plane drops the setuid bit and the device, so nothing is left to
+    // defend even once the replica is made writable; the mount flags hold meanwhile too.
     let mode = std::fs::metadata(dst.join("id")).unwrap().mode();
-    assert_eq!(
-        mode & 0o7777,
-        0o4755,
-        "the setuid bit was not replicated: nothing to defend against"
+    assert_eq!(mode & 0o7777, 0o755, "the setuid bit was replicated");
+    assert!(
+        std::fs::symlink_metadata(dst.join("null")).is_err(),
+        "the device node was replicated"
     );
     let opts = mount_options(&dst).unwrap();
     for o in ["ro", "nosuid", "nodev", "noexec"] {
@@ -135,9 +137,14 @@ fn a_replica_is_nosuid_nodev_noexec_unless_the_target_operator_opts_in() {
     }
     let (_, euid, err) = as_nobody(&format!("{}/id -u", s(&dst)));
     assert_ne!(euid, "0", "a replicated setuid binary ran as root ({err})");
-    let e = device_writable(&dst.join("null")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    b.cli_ok(&["relationship", "make-writable", &id]);
+    let (_, euid, err) = as_nobody(&format!("{}/id -u", s(&dst)));
+    assert_ne!(
+        euid, "0",
+        "after failover, a replicated setuid binary ran as root ({err})"
+    );
     let v = b.view("target", &id);
+    assert_eq!(v["state"], "ended", "{v}");
     assert_eq!(
         v["replica_options"],
         json!({"allow_exec": false, "allow_setuid": false, "allow_devices": false}),
@@ -577,4 +584,161 @@ fn a_source_on_a_btrfs_subvolume_is_snapshotted_through_the_checked_descriptor()
     );
     node::unmount_under(&dst);
     node::unmount_under(&b.dir);
+}
+
+/// Bytes recorded by the tap, shared with its pump threads.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A proxy on 127.0.0.1 in front of `target`: every connection is forwarded, and what the
+/// client sends on each (and both directions, all together) is recorded.
+struct Tap {
+    port: u16,
+    all: Recorded,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl Tap {
+    fn start(target: u16) -> Tap {
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let all: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sent: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (a, s) = (all.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(client) = c else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    break;
+                };
+                let mine: Arc<Mutex<Vec<u8>>> = Arc::default();
+                s.lock().unwrap().push(mine.clone());
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (a1, a2) = (a.clone(), a.clone());
+                std::thread::spawn(move || pump(client, server, a1, Some(mine)));
+                std::thread::spawn(move || pump(s2, c2, a2, None));
+            }
+        });
+        Tap { port, all, sent }
+    }
+
+    fn contains(&self, needle: &[u8]) -> bool {
+        let all = self.all.lock().unwrap();
+        all.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    all: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    mine: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        all.lock().unwrap().extend_from_slice(&buf[..n]);
+        if let Some(m) = &mine {
+            m.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// The frames of one data-plane connection as the sender sent them: (kind, flags, payload).
+fn frames(mut b: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 16 {
+        let len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        if b.len() < 16 + len {
+            break;
+        }
+        out.push((b[0], b[1], b[16..16 + len].to_vec()));
+        b = &b[16 + len..];
+    }
+    out
+}
+
+#[test]
+fn a_daemon_job_puts_no_file_content_no_name_and_no_ticket_on_the_wire_in_clear() {
+    need_root();
+    const CANARY: &[u8] = b"CANARY-content-of-a-replicated-file-0123456789";
+    let t = Scratch::new();
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("canary-secret-name.txt"), CANARY.repeat(50)).unwrap();
+    std::fs::write(src.join("dir/big"), CANARY.repeat(200_000)).unwrap();
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    // Every byte between the nodes (peer requests and the data plane) goes through the tap.
+    let tap = Tap::start(b.listen);
+    let port = tap.port.to_string();
+    let v = a.cli_ok(&[
+        "relationship",
+        "create",
+        "--source-path",
+        s(&src),
+        "--target-address",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--target-path",
+        s(&dst),
+        "--json",
+    ]);
+    let id = v["id"].as_str().unwrap().to_string();
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+    assert_eq!(a.view("source", &id)["data_plane"], "encrypted");
+
+    assert!(
+        tap.all.lock().unwrap().len() > 9_000_000,
+        "the job's data went through the tap"
+    );
+    assert!(!tap.contains(&CANARY[..20]), "file content in clear");
+    assert!(!tap.contains(b"canary-secret-name"), "a file name in clear");
+    assert!(!tap.contains(b"ticket"), "a ticket answer in clear");
+    // Connections are TLS (peer requests) or the data plane; on the data plane only the Hello
+    // is in clear, it announces a sealed session, and every later frame is sealed.
+    let conns = tap.sent.lock().unwrap().clone();
+    let mut data_plane = 0;
+    for c in conns {
+        let bytes = c.lock().unwrap().clone();
+        match bytes.first() {
+            Some(0x16) => continue,
+            Some(&k) if k == mover::receiver::DATA_PLANE_FIRST_BYTE => {}
+            other => panic!("a connection that is neither TLS nor the data plane: {other:?}"),
+        }
+        data_plane += 1;
+        let fs = frames(&bytes);
+        let hello = mover::wire::message::Hello::decode(&fs[0].2).expect("a Hello first");
+        assert_ne!(
+            hello.capabilities & mover::wire::message::CAP_SEALED,
+            0,
+            "a data-plane session in clear"
+        );
+        assert!(fs.len() > 1);
+        for (kind, flags, _) in &fs[1..] {
+            assert_eq!(
+                flags & 1,
+                1,
+                "a frame of kind {kind} in clear after the Hello"
+            );
+        }
+    }
+    assert!(
+        data_plane >= 2,
+        "the control and worker connections were seen"
+    );
 }

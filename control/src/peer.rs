@@ -21,8 +21,14 @@ pub enum PeerRequest {
         #[serde(default)]
         source: Option<SourceState>,
     },
+    /// A one-time data-plane session for the relationship. The session's frames are sealed
+    /// with the secret both ends derive from this request's TLS connection, unless the source
+    /// asks for a session in clear (`plaintext`, which the target grants only if it is set to
+    /// run in clear too).
     Ticket {
         id: RelationshipId,
+        #[serde(default)]
+        plaintext: bool,
     },
     Report {
         id: RelationshipId,

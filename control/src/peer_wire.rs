@@ -139,15 +139,34 @@ pub async fn call<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
     pin: Option<&Fingerprint>,
     req: &Q,
 ) -> Result<(A, Fingerprint)> {
+    call_then(addr, id, pin, req, |_, _| Ok(()))
+        .await
+        .map(|(a, fp, ())| (a, fp))
+}
+
+/// `call`, then `after` on the connection and the answer before it closes (a ticket's secret
+/// is derived from the TLS session there).
+pub async fn call_then<Q, A, R>(
+    addr: SocketAddr,
+    id: &Identity,
+    pin: Option<&Fingerprint>,
+    req: &Q,
+    after: impl FnOnce(&rustls::ClientConnection, &A) -> Result<R>,
+) -> Result<(A, Fingerprint, R)>
+where
+    Q: serde::Serialize,
+    A: serde::de::DeserializeOwned,
+{
     let exchange = async {
         let (mut stream, fp) = connect(addr, id, pin).await?;
         write_msg(&mut stream, req)
             .await
             .map_err(|e| as_peer(addr, e))?;
         let answer = read_msg(&mut stream).await.map_err(|e| as_peer(addr, e))?;
+        let extra = after(stream.get_ref().1, &answer)?;
         // The answer is in hand; a failed close_notify changes nothing.
         let _ = stream.shutdown().await;
-        Ok((answer, fp))
+        Ok((answer, fp, extra))
     };
     tokio::time::timeout(PEER_TIMEOUT, exchange)
         .await

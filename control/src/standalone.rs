@@ -2,13 +2,13 @@
 //! session the sender opens a mutual-TLS connection to the receiver's port (one port carries
 //! both: a TLS record starts with 0x16, a data-plane Hello with its frame kind). Each side pins
 //! the other's certificate fingerprint. Both derive the session secret from that TLS session
-//! (`session_secret`, an RFC 8446 exporter), the receiver issues a sealed ticket for it, answers
+//! (`tls::session_secret`, an RFC 8446 exporter), the receiver issues a sealed ticket for it, answers
 //! that it is ready, and the data-plane session follows, sealed with that secret.
 //!
 //! Blocking on purpose: the standalone commands have no async runtime.
 
 use crate::error::IoContext;
-use crate::tls::{peer_fingerprint, server_name, Fingerprint, Identity};
+use crate::tls::{peer_fingerprint, server_name, session_secret, Fingerprint, Identity};
 use crate::{Error, Result};
 use mover::receiver::DATA_PLANE_FIRST_BYTE;
 use mover::transport::tcp::TcpConn;
@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-/// The exporter label both ends use (RFC 8446 section 7.5).
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-mover-data-plane-session-v1";
+/// The exporter context of a standalone key exchange (one TLS connection per session, so
+/// nothing more is needed to make the secret unique).
+const STANDALONE_CONTEXT: &[u8] = b"standalone";
 /// How long a key exchange may take, handshake included.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Key exchanges in progress at once on a receiver; more connections wait in the backlog.
@@ -31,14 +32,6 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 const READY: u8 = 1;
 const REFUSED: u8 = 0;
 const MAX_REASON: usize = 512;
-
-/// The session secret both ends of a finished TLS handshake derive.
-pub fn session_secret<D>(conn: &rustls::ConnectionCommon<D>) -> Result<SessionSecret> {
-    let out = conn
-        .export_keying_material([0u8; mover::wire::seal::SECRET_LEN], EXPORTER_LABEL, None)
-        .map_err(|e| Error::Tls(format!("deriving the session secret: {e}")))?;
-    Ok(SessionSecret::from_bytes(out))
-}
 
 /// The fingerprint of the certificate in PEM file `path` (a peer's certificate given as a
 /// file instead of its fingerprint).
@@ -82,7 +75,7 @@ pub fn ask_secret(addr: SocketAddr, id: &Identity, pin: &Fingerprint) -> Result<
             String::from_utf8_lossy(&reason)
         )));
     }
-    session_secret(&tls.conn)
+    session_secret(&tls.conn, STANDALONE_CONTEXT)
 }
 
 /// Receiver side of the standalone key exchange.
@@ -187,7 +180,7 @@ impl KeyServer {
             let _ = tls.conn.complete_io(&mut tls.sock);
             return Err(Error::Tls(reason));
         }
-        let secret = session_secret(&tls.conn)?;
+        let secret = session_secret(&tls.conn, STANDALONE_CONTEXT)?;
         self.tickets.issue_sealed(secret);
         tls.write_all(&[READY])
             .and_then(|()| tls.flush())

@@ -222,6 +222,27 @@ impl Identity {
     }
 }
 
+/// The label of the exporter both ends of a peer connection derive a data-plane session's
+/// secret with (RFC 8446 section 7.5).
+const SESSION_SECRET_LABEL: &[u8] = b"EXPORTER-mover-data-plane-session-v1";
+
+/// The data-plane session secret both ends of this finished TLS handshake derive for the
+/// session named `ticket` (sent inside the TLS session): every connection and ticket gives a
+/// different one, and nobody else can compute it.
+pub fn session_secret<D>(
+    conn: &rustls::ConnectionCommon<D>,
+    ticket: &[u8],
+) -> Result<mover::SessionSecret> {
+    let out = conn
+        .export_keying_material(
+            [0u8; mover::wire::seal::SECRET_LEN],
+            SESSION_SECRET_LABEL,
+            Some(ticket),
+        )
+        .map_err(|e| Error::Tls(format!("deriving the session secret: {e}")))?;
+    Ok(mover::SessionSecret::from_bytes(out))
+}
+
 /// The fingerprint of the certificate the peer presented in a finished handshake.
 pub fn peer_fingerprint(conn: &rustls::CommonState) -> Option<Fingerprint> {
     conn.peer_certificates()?

@@ -32,6 +32,7 @@ fn serve(net: &MemNet, dst: &Path, tickets: &Arc<Tickets>) -> mpsc::Receiver<Ses
         ReceiveOptions {
             root: dst.to_path_buf(),
             tickets: Some(tickets.clone()),
+            policy: every_kind(),
             ..Default::default()
         },
         Arc::new(Progress::default()),

@@ -197,3 +197,37 @@ fn a_byte_changed_in_flight_ends_a_sealed_session_and_the_target_keeps_its_recov
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn by_default_a_receiver_clears_setuid_bits_and_leaves_device_nodes_out() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = dirs();
+    std::fs::create_dir_all(&d.src).unwrap();
+    std::fs::write(d.src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(d.src.join("tool"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        d.src.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    // Something already standing at the device's name goes too: the replica mirrors what the
+    // policy lets in.
+    std::fs::write(d.dst.join("null"), b"planted").unwrap();
+    let (addr, tickets, h) = receiver(&d.dst, false);
+    let secret = SessionSecret::random().unwrap();
+    tickets.issue_sealed(secret.clone());
+    let opts = mover::SendOptions {
+        secret: Some(secret),
+        ..send_options(&d.src, addr, 1, None)
+    };
+    send(&opts, &Arc::new(Progress::default())).expect("session verifies");
+    let r = h.join().unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!((r.setid_cleared, r.devices_skipped), (1, 1));
+    let mode = std::fs::metadata(d.dst.join("tool")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o755);
+    assert!(std::fs::symlink_metadata(d.dst.join("null")).is_err());
+}

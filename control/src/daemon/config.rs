@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     /// Directories a source path must be in (or be); `None`: anywhere but the system
     /// directories (`SYSTEM_DIRS`).
     pub allowed_source_roots: Option<Vec<PathBuf>>,
+    /// Run data-plane sessions in clear (checksummed, not encrypted): for trusted networks
+    /// only, and only with a peer that is set the same way.
+    pub insecure_plaintext: bool,
 }
 
 /// Where a source path may not be (nor hold one of them, as `/` does) unless
@@ -102,6 +105,7 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
     pub max_pause_in_session_secs: Option<u64>,
     pub allowed_source_roots: Option<Vec<PathBuf>>,
+    pub insecure_plaintext: Option<bool>,
 }
 
 impl ConfigFile {
@@ -141,6 +145,7 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     pub api: Option<SocketAddr>,
     pub allowed_source_roots: Vec<PathBuf>,
+    pub insecure_plaintext: bool,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -150,6 +155,7 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         listen,
         api,
         allowed_source_roots,
+        insecure_plaintext,
     } = flags;
     let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
         Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
@@ -197,6 +203,7 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         threads,
         max_pause_in_session: max_pause,
         allowed_source_roots: roots,
+        insecure_plaintext: insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
     })
 }
 

@@ -217,6 +217,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         threads: 1,
         max_pause_in_session: Duration::from_secs(40),
         allowed_source_roots: None,
+        insecure_plaintext: false,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

@@ -3,6 +3,7 @@
 //! relationship must come from the same certificate or is refused.
 
 use super::{target, Node};
+use crate::error::IoContext;
 use crate::model::{Relationship, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
 use crate::peer_wire;
@@ -170,7 +171,12 @@ async fn one(
     let Ok(_permit) = requests.acquire().await else {
         return Ok(());
     };
-    let answer = handle(node, &fp, req).await;
+    // A ticket names its session with 128 random bits that travel only inside this TLS
+    // session; the session's frames are sealed with the secret this TLS session gives both
+    // ends for that ticket.
+    let ticket = mover::units::SessionId::random().ctx(|| "random ticket".to_string())?;
+    let secret = crate::tls::session_secret(tls.get_ref().1, &ticket.0.to_le_bytes())?;
+    let answer = handle(node, &fp, req, (ticket, secret)).await;
     if let PeerAnswer::Refused { message } = &answer {
         tracing::warn!(peer = %fp, "refused: {message}");
     }
@@ -266,7 +272,12 @@ fn pinned(
     Ok(r)
 }
 
-async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAnswer {
+async fn handle(
+    node: &Arc<Node>,
+    fp: &Fingerprint,
+    req: PeerRequest,
+    (ticket, secret): (mover::units::SessionId, mover::SessionSecret),
+) -> PeerAnswer {
     match req {
         PeerRequest::Propose { id, spec, software } => propose(node, fp, id, spec, &software),
         PeerRequest::State { id, source } => match pinned(node, &id, fp) {
@@ -286,7 +297,7 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
             }
             Err(a) => a,
         },
-        PeerRequest::Ticket { id } => {
+        PeerRequest::Ticket { id, plaintext } => {
             let r = match pinned(node, &id, fp) {
                 Ok(r) => r,
                 Err(a) => return a,
@@ -296,11 +307,26 @@ async fn handle(node: &Arc<Node>, fp: &Fingerprint, req: PeerRequest) -> PeerAns
                     "relationship {id} is awaiting authorization on the target"
                 ));
             }
+            // Both sides must agree to run in clear; a target set to run in clear still
+            // seals the sessions of a source that asks for them sealed.
+            let secret = match (plaintext, node.opts.insecure_plaintext) {
+                (false, _) => Some(secret),
+                (true, true) => None,
+                (true, false) => {
+                    return refuse(
+                        "this target runs data-plane sessions encrypted only; a session in \
+                         clear needs insecure_plaintext on both nodes"
+                            .into(),
+                    )
+                }
+            };
             let node = node.clone();
-            match tokio::task::spawn_blocking(move || target::ticket(&node, &r)).await {
+            match tokio::task::spawn_blocking(move || target::ticket(&node, &r, secret)).await {
+                // Sealed: the random ticket the secret was derived for (the data plane only
+                // ever carries the secret's handle). Plain: the session id itself.
                 Ok(Ok((port, t))) => PeerAnswer::Ticket {
                     port,
-                    ticket: format!("{t:032x}"),
+                    ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
                 },
                 Ok(Err(e)) => refuse(e.to_string()),
                 Err(e) => refuse(format!("ticket task failed: {e}")),

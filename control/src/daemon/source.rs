@@ -543,25 +543,25 @@ fn run_job(
         let src = super::paths::source_dir(node, &r)?;
         carried.roll(progress);
         progress.control.set_rate(r.spec.bandwidth_limit);
-        let res = rt.block_on(ticket(node, &r)).and_then(|(to, session)| {
-            let opts = mover::sender::SendOptions {
-                src: src.proc_path(),
-                to,
-                threads: node.opts.threads,
-                direct: true,
-                state: Some(node.state_dir(id)),
-                snapshot: None,
-                session: Some(session),
-                // Transitional: daemon jobs get their session secret from the ticket's TLS
-                // session in the next step; until then they run in clear.
-                secret: None,
-                id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
-                    uid: m.uid.iter().copied().collect(),
-                    gid: m.gid.iter().copied().collect(),
-                }),
-            };
-            Ok(mover::sender::send(&opts, progress)?)
-        });
+        let res = rt
+            .block_on(ticket(node, &r))
+            .and_then(|(to, session, secret)| {
+                let opts = mover::sender::SendOptions {
+                    src: src.proc_path(),
+                    to,
+                    threads: node.opts.threads,
+                    direct: true,
+                    state: Some(node.state_dir(id)),
+                    snapshot: None,
+                    session: Some(session),
+                    secret,
+                    id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
+                        uid: m.uid.iter().copied().collect(),
+                        gid: m.gid.iter().copied().collect(),
+                    }),
+                };
+                Ok(mover::sender::send(&opts, progress)?)
+            });
         match res {
             Ok(mut rep) => {
                 rep.attempts = attempt;
@@ -627,8 +627,36 @@ fn worth_retrying(e: &Error) -> bool {
     }
 }
 
-async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)> {
-    match call(node, r, &PeerRequest::Ticket { id: r.id.clone() }).await? {
+/// A session from the target: where to send, its id, and the secret its frames are sealed
+/// with (derived from the ticket request's TLS session; `None` when this node runs in clear).
+async fn ticket(
+    node: &Node,
+    r: &Relationship,
+) -> Result<(SocketAddr, SessionId, Option<mover::SessionSecret>)> {
+    let addr = peer_addr(r).await?;
+    let pin = r
+        .peer_fingerprint
+        .as_deref()
+        .map(|f| Fingerprint(f.to_string()));
+    let plaintext = node.opts.insecure_plaintext;
+    let req = PeerRequest::Ticket {
+        id: r.id.clone(),
+        plaintext,
+    };
+    // A sealed session's secret is derived from this TLS session for the ticket it answers.
+    let derive = |conn: &rustls::ClientConnection, a: &PeerAnswer| match a {
+        PeerAnswer::Ticket { ticket, .. } if !plaintext => {
+            let t = u128::from_str_radix(ticket, 16).map_err(|_| Error::Peer {
+                peer: r.spec.target_address.clone(),
+                message: "malformed ticket".into(),
+            })?;
+            crate::tls::session_secret(conn, &t.to_le_bytes()).map(Some)
+        }
+        _ => Ok(None),
+    };
+    let (answer, _, secret) =
+        crate::peer_wire::call_then(addr, &node.identity, pin.as_ref(), &req, derive).await?;
+    match answer {
         PeerAnswer::Ticket { port: _, ticket } => {
             let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer {
                 peer: r.spec.target_address.clone(),
@@ -636,7 +664,7 @@ async fn ticket(node: &Node, r: &Relationship) -> Result<(SocketAddr, SessionId)
             })?;
             // The data plane shares the peer port; the configured one is what reaches the
             // target through NAT or port forwarding, whatever port it listens on itself.
-            Ok((peer_addr(r).await?, SessionId(t)))
+            Ok((addr, SessionId(t), secret))
         }
         other => Err(refused(r, other)),
     }

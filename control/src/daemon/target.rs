@@ -124,8 +124,13 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
     Ok(r)
 }
 
-/// A one-time session id for the relationship's receiver, starting the receiver if needed.
-pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
+/// A one-time session for the relationship's receiver, starting the receiver if needed:
+/// sealed with `secret` (the id returned is its handle), or in clear with a random id.
+pub fn ticket(
+    node: &Node,
+    r: &Relationship,
+    secret: Option<mover::SessionSecret>,
+) -> Result<(u16, u128)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
     // ticket that starts a new one.
     let mut rxs = lock(&node.receivers);
@@ -149,7 +154,10 @@ pub fn ticket(node: &Node, r: &Relationship) -> Result<(u16, u128)> {
     let Some(rx) = rxs.get(&r.id) else {
         unreachable!("inserted above")
     };
-    let t = rx.tickets.issue()?;
+    let t = match secret {
+        Some(s) => rx.tickets.issue_sealed(s),
+        None => rx.tickets.issue()?,
+    };
     let mut routes = lock(&node.routes);
     // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
     // void (one session runs at a time, and its workers join right after its control
@@ -206,8 +214,14 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         tickets: Some(tickets.clone()),
         stop: Some(stop.clone()),
         limits: Default::default(),
-        // Transitional, as `secret: None` in source.rs.
-        insecure_plaintext: true,
+        insecure_plaintext: node.opts.insecure_plaintext,
+        // What the target's operator accepted at authorization reaches the data too: without
+        // it, setuid/setgid bits are cleared and device nodes not created, so nothing stays
+        // dangerous once the replica is made writable.
+        policy: mover::receiver::policy::ReplicaPolicy {
+            allow_setid: r.replica.allow_setuid,
+            allow_devices: r.replica.allow_devices,
+        },
     };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;

@@ -36,6 +36,9 @@ pub struct View {
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
     pub read_only: Option<String>,
+    /// How this node runs the relationship's data-plane sessions: "encrypted", or (both nodes
+    /// set insecure_plaintext) "plaintext".
+    pub data_plane: &'static str,
     /// Why the relationship is stopped (state `path_changed`), if it is.
     pub path_error: Option<String>,
     /// Target role: what its operator accepted for the replica at authorization.
@@ -104,6 +107,11 @@ pub fn view(node: &Node, r: Relationship) -> View {
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,
+        data_plane: if node.opts.insecure_plaintext {
+            "plaintext"
+        } else {
+            "encrypted"
+        },
         path_error: r.path_error,
         replica_options: (r.role == Role::Target && r.authorized).then_some(r.replica),
         recovery_point: r.recovery_point_ns.map(|ns| TimeView {
@@ -139,6 +147,7 @@ mod tests {
             threads: 1,
             max_pause_in_session: Duration::from_secs(40),
             allowed_source_roots: None,
+            insecure_plaintext: false,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();

@@ -157,6 +157,7 @@ pub fn apply_entries(
     paths: &[Vec<u8>],
     hints: &[Hint],
     owners: bool,
+    skip: &[bool],
     j: &mut Journal,
 ) -> Result<Applied> {
     let mut need = vec![Need::Nothing; entries.len()];
@@ -225,6 +226,10 @@ pub fn apply_entries(
     let mut fresh = vec![false; entries.len()];
     let mut dirs = DirStack { stack: Vec::new() };
     for (i, e) in entries.iter().enumerate().skip(1) {
+        if skip[i] {
+            // Not created; whatever stands at its name goes with the extraneous pass below.
+            continue;
+        }
         let path = &paths[i];
         let dir = dirs.parent(root, e.parent, paths)?;
         let name = e.name.as_slice();
@@ -384,7 +389,7 @@ pub fn apply_entries(
         }
     }
     drop(dirs);
-    stats.removed += remove_extraneous(root, entries, paths, &fresh, j)?;
+    stats.removed += remove_extraneous(root, entries, paths, skip, &fresh, j)?;
     Ok(Applied {
         need,
         fresh,
@@ -461,13 +466,16 @@ fn remove_extraneous(
     root: BorrowedFd<'_>,
     entries: &[Entry],
     paths: &[Vec<u8>],
+    skip: &[bool],
     fresh: &[bool],
     j: &mut Journal,
 ) -> Result<u64> {
     let names: HashSet<(u32, &[u8])> = entries
         .iter()
+        .enumerate()
         .skip(1)
-        .map(|e| (e.parent.0, e.name.as_slice()))
+        .filter(|(i, _)| !skip[*i])
+        .map(|(_, e)| (e.parent.0, e.name.as_slice()))
         .collect();
     let mut removed = 0;
     for (i, e) in entries.iter().enumerate() {

@@ -16,6 +16,9 @@ use std::os::fd::AsFd;
 pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
     let root = t.root.as_fd();
     for (i, e) in t.entries.iter().enumerate() {
+        if t.skip[i] {
+            continue;
+        }
         let path = &t.paths[i];
         match &e.kind {
             EntryKind::File { size } if t.need[i] != Need::Nothing && !is_inline(*size) => {

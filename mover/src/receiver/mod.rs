@@ -4,6 +4,7 @@ pub(crate) mod apply;
 pub(crate) mod finalize;
 pub(crate) mod journal;
 pub(crate) mod meta;
+pub mod policy;
 pub(crate) mod revert;
 pub(crate) mod session;
 pub mod space;
@@ -62,6 +63,9 @@ pub struct ReceiveOptions {
     /// sealed sessions of tickets issued with a secret are accepted; the sender must agree to
     /// plaintext too.
     pub insecure_plaintext: bool,
+    /// What the replica may hold beyond plain files and directories (setuid/setgid bits,
+    /// devices); nothing by default.
+    pub policy: policy::ReplicaPolicy,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -489,6 +493,7 @@ impl Receiver {
                     cpus,
                     progress: self.progress.clone(),
                     limits: self.opts.limits,
+                    policy: self.opts.policy,
                 };
                 Ok(Accepted::Control {
                     session,

@@ -60,6 +60,10 @@ pub struct SessionReport {
     pub recovery_point: String,
     /// The session's frames were sealed (encrypted and authenticated).
     pub encrypted: bool,
+    /// Files whose setuid/setgid bits the replica policy cleared, and device nodes it did not
+    /// create.
+    pub setid_cleared: u64,
+    pub devices_skipped: u64,
 }
 
 /// Default of `SessionLimits::entry_list_bytes`: room for tens of millions of entries.
@@ -111,6 +115,7 @@ pub struct Session {
     pub root: OwnedFd,
     pub worker_conns: Receiver<super::WorkerConn>,
     pub limits: SessionLimits,
+    pub policy: super::policy::ReplicaPolicy,
     pub cpus: Vec<Option<hw::CpuId>>,
     pub progress: Arc<Progress>,
 }
@@ -134,6 +139,8 @@ impl SessionReport {
             resumed: false,
             recovery_point: String::new(),
             encrypted: false,
+            setid_cleared: 0,
+            devices_skipped: 0,
         }
     }
 }
@@ -265,6 +272,18 @@ impl Session {
                  {list_bytes} bytes of entries ({path_budget}): directories nested too deep"
             )));
         }
+        // The sender's tree hash covers the list as sent; the target holds it as the policy
+        // lets it in.
+        let sent_hash = tree_hash(
+            &entries,
+            HashOptions {
+                owners: self.owners,
+            },
+        );
+        let filtered = self.policy.apply(&mut entries);
+        report.setid_cleared = filtered.setid_cleared;
+        report.devices_skipped = filtered.devices_skipped;
+        let skip = filtered.skip;
         let paths = crate::tree::entry::relative_paths(&entries);
         let Applied {
             need,
@@ -272,7 +291,15 @@ impl Session {
             deltas,
             resizes,
             stats,
-        } = apply_entries(root, &entries, &paths, &hints, self.owners, &mut journal)?;
+        } = apply_entries(
+            root,
+            &entries,
+            &paths,
+            &hints,
+            self.owners,
+            &skip,
+            &mut journal,
+        )?;
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
         report.files_delta = deltas.len() as u64;
@@ -316,6 +343,7 @@ impl Session {
             frame_budget: std::sync::atomic::AtomicU64::new(frame_budget),
             creator,
             umask: self.umask,
+            skip,
         });
         let mut handles = Vec::new();
         for (i, conn) in conns.into_iter().enumerate() {
@@ -366,9 +394,10 @@ impl Session {
         let root = std::os::fd::AsFd::as_fd(&table.root);
         let walked = crate::tree::walk::walk_fd(root, true)?;
         let got = tree_hash(&walked.entries, opts);
-        let want = tree_hash(&table.entries, opts);
+        let (kept, kept_paths) = super::policy::without(&table.entries, &table.paths, &table.skip);
+        let want = tree_hash(&kept, opts);
         report.tree_hash = format!("{got:032x}");
-        if want != commit.tree_hash {
+        if sent_hash != commit.tree_hash {
             return Err(Error::Verify(
                 "sender's tree hash does not match the entry list it sent".into(),
             ));
@@ -387,9 +416,9 @@ impl Session {
                     .collect()
             };
             return Err(first_difference(
-                &norm(&table.entries),
+                &norm(&kept),
                 &norm(&walked.entries),
-                &table.paths,
+                &kept_paths,
             ));
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
@@ -406,10 +435,12 @@ impl Session {
         journal::discard(&state)?;
         report.recovery_point = rp.id.to_string();
         tracing::info!(secs = t0.elapsed().as_secs_f64(), rp = %rp.id, "recovery point committed");
+        // The sender's hash, confirmed: the target holds that tree as the replica policy admits
+        // it (which the walk just checked).
         let v = Verified {
             ok: true,
             message: "verified".into(),
-            tree_hash: got,
+            tree_hash: sent_hash,
             recovery_point: rp.id.0,
         };
         ctl.write_frame(FrameKind::Verified, &v.encode())?;

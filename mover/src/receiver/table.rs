@@ -31,6 +31,8 @@ pub struct RecvTable {
     /// Owner the kernel gives files this process creates in a fresh directory.
     pub creator: (u32, u32),
     pub umask: u32,
+    /// Entries the replica policy keeps out (not created, no metadata).
+    pub skip: Vec<bool>,
 }
 
 impl RecvTable {

@@ -16,6 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// The tests replicate every kind of item, setuid bits and devices included (a target's
+/// operator must allow those; `sealed.rs` and `replicate.rs` check the default).
+pub fn every_kind() -> mover::receiver::policy::ReplicaPolicy {
+    mover::receiver::policy::ReplicaPolicy {
+        allow_setid: true,
+        allow_devices: true,
+    }
+}
+
 pub fn start_receiver(root: &Path) -> (SocketAddr, JoinHandle<SessionReport>) {
     start_receiver_with(root, Default::default())
 }
@@ -32,6 +41,7 @@ pub fn start_receiver_with(
             once: true,
             limits,
             insecure_plaintext: true,
+            policy: every_kind(),
             ..Default::default()
         },
         Arc::new(Progress::default()),
@@ -77,6 +87,7 @@ pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<Sess
             root: root.to_path_buf(),
             once: false,
             insecure_plaintext: true,
+            policy: every_kind(),
             ..Default::default()
         },
         Arc::new(Progress::default()),
