@@ -48,6 +48,14 @@ struct Args {
     /// in a subvolume of a loop-mounted image: mover finds changed blocks from shared extents).
     #[arg(long, default_value = "native")]
     source_fs: String,
+    /// Initial sync only: `cold` drops the page cache before every run; `hot` reads the
+    /// dataset into it instead (and mover reads through it: --no-direct).
+    #[arg(long, default_value = "cold")]
+    cache: String,
+    /// Initial sync only: where the destinations go (e.g. a tmpfs such as /dev/shm/bench);
+    /// default: beside the dataset in the work dir.
+    #[arg(long)]
+    dst_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -127,6 +135,11 @@ fn main() -> Result<()> {
         eprintln!("bench: wrote {} and {}", json.display(), md.display());
         return Ok(());
     }
+    let hot = match a.cache.as_str() {
+        "hot" => true,
+        "cold" => false,
+        other => bail!("--cache must be hot or cold, not {other:?}"),
+    };
     let kinds: Vec<Kind> = match a.what.as_str() {
         "all" => vec![Kind::Large, Kind::Small, Kind::Mixed],
         "large" => vec![Kind::Large],
@@ -141,6 +154,19 @@ fn main() -> Result<()> {
     let tcp = limits::loopback_tcp()?;
     eprintln!("bench: loopback TCP single stream {tcp:.0} MB/s");
     let mut rep = report::Report::new(&mover, a.scale, tcp);
+    rep.regime = format!(
+        "source {}, destination {}",
+        if hot {
+            "hot (in the page cache)"
+        } else {
+            "cold (page cache dropped before every run)"
+        },
+        a.dst_dir
+            .as_ref()
+            .map_or("beside it in the work dir".to_string(), |d| d
+                .display()
+                .to_string())
+    );
     for kind in kinds {
         let ds = dataset::ensure(&work, kind, a.scale)?;
         let read = limits::sequential_read(&ds.dir)?;
@@ -154,7 +180,10 @@ fn main() -> Result<()> {
         // dataset's last run. Deleting tens of thousands of inodes right before a run would make
         // ext4 skip them as "recently deleted" (for 60 s) in the next run's inode allocation, a
         // cost no real initial sync into an empty target pays.
-        let dsts = work.join(kind.name()).join("dst");
+        let dsts = match &a.dst_dir {
+            Some(d) => d.join(kind.name()),
+            None => work.join(kind.name()).join("dst"),
+        };
         let tmp = work.join(kind.name()).join("rsyncd");
         std::fs::create_dir_all(&tmp)?;
         fresh(&dsts)?;
@@ -179,7 +208,12 @@ fn main() -> Result<()> {
                 if tool != Tool::Rsync {
                     fresh(&dst)?;
                 }
-                let dropped = proc::drop_caches();
+                let dropped = if hot {
+                    proc::warm(&ds.dir)?;
+                    false
+                } else {
+                    proc::drop_caches()
+                };
                 let s = match (tool, &daemon) {
                     (Tool::Rsync, Some(d)) => {
                         let x = d.run(&ds.dir, &sub)?;
@@ -199,7 +233,12 @@ fn main() -> Result<()> {
                         } else {
                             &sealed
                         };
-                        let x = mover_run::run(&mover, &ds.dir, &dst, keys)?;
+                        let extra: &[&std::ffi::OsStr] = if hot {
+                            &[std::ffi::OsStr::new("--no-direct")]
+                        } else {
+                            &[]
+                        };
+                        let x = mover_run::run_with(&mover, &ds.dir, &dst, extra, keys)?;
                         if x.files != ds.files {
                             bail!(
                                 "mover sent {} files into an empty destination, dataset has {}",

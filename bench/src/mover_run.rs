@@ -67,11 +67,8 @@ impl Keys {
     }
 }
 
-pub fn run(mover: &Path, src: &Path, dst: &Path, keys: &Keys) -> Result<MoverRun> {
-    run_with(mover, src, dst, &[], keys)
-}
-
-/// `run` with extra `mover send` arguments (the incremental benchmark adds `--state DIR`).
+/// One `mover receive --once` + `mover send` run, with extra `mover send` arguments (the
+/// incremental benchmark adds `--state DIR`, hot runs `--no-direct`).
 pub fn run_with(
     mover: &Path,
     src: &Path,

@@ -70,6 +70,21 @@ pub fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
+/// Reads every file under `dir` so the dataset is in the page cache (a hot run).
+pub fn warm(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            warm(&p)?;
+        } else if p.is_file() {
+            let mut f = std::fs::File::open(&p)?;
+            while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+        }
+    }
+    Ok(())
+}
+
 /// Bytes sent over the loopback interface so far (on `lo` every byte sent is also received).
 /// Counts both directions of every connection, TCP/IP headers included, and any other loopback
 /// traffic on the machine: a cross-check of the tools' own wire counts, not a replacement.

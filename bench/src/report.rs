@@ -65,6 +65,8 @@ pub struct Report {
     pub rsync_version: String,
     pub scale: f64,
     pub loopback_tcp_mb_s: f64,
+    /// Where the data comes from and goes to in this run.
+    pub regime: String,
     pub note: &'static str,
     pub datasets: Vec<DatasetResult>,
 }
@@ -119,6 +121,7 @@ impl Report {
             rsync_version: crate::rsync::version(),
             scale,
             loopback_tcp_mb_s: tcp,
+            regime: String::new(),
             note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
                    rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1 (in clear). mover: receive --once + send, default threads, sessions encrypted with certificates pinned; the plaintext row runs both with --insecure-plaintext. \
                    mover's receiver syncfs's before committing each recovery point (a job is durable when acknowledged); rsync does not fsync. CPU = sender + receiver user+sys.",
@@ -169,8 +172,8 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "# mover vs rsync, {}\n\n{} CPUs, kernel {}, {}; loopback TCP {:.0} MB/s; scale {}\n\n{}\n\n",
-            self.date, self.machine["nproc"], self.machine["kernel"].as_str().unwrap_or(""), self.rsync_version, self.loopback_tcp_mb_s, self.scale, self.note
+            "# mover vs rsync, {}\n\n{} CPUs, kernel {}, {}; loopback TCP {:.0} MB/s; scale {}\n\nRegime: {}.\n\n{}\n\n",
+            self.date, self.machine["nproc"], self.machine["kernel"].as_str().unwrap_or(""), self.rsync_version, self.loopback_tcp_mb_s, self.scale, self.regime, self.note
         );
         s.push_str("| dataset | tool | median s | MB/s | files/s | CPU s/GB | wire bytes | % of limit | speed vs rsync | CPU vs rsync |\n");
         s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
