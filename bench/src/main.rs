@@ -52,8 +52,9 @@ struct Args {
     /// dataset into it instead (and mover reads through it: --no-direct).
     #[arg(long, default_value = "cold")]
     cache: String,
-    /// Initial sync only: where the destinations go (e.g. a tmpfs such as /dev/shm/bench);
-    /// default: beside the dataset in the work dir.
+    /// Initial sync only: where the destinations go (e.g. a tmpfs such as /dev/shm/bench),
+    /// each removed right after its run; default: beside the dataset in the work dir, all
+    /// kept until the dataset's last run.
     #[arg(long)]
     dst_dir: Option<PathBuf>,
 }
@@ -257,6 +258,13 @@ fn main() -> Result<()> {
                     }
                 };
                 check_copy(&ds.dir, &dst, tool)?;
+                if a.dst_dir.is_some() {
+                    // A destination in memory (tmpfs) would crowd the hot source out of the
+                    // page cache: it goes after its run (the ext4 reason for keeping them, its
+                    // recently-deleted inodes, does not apply there).
+                    std::fs::remove_dir_all(&dst)
+                        .with_context(|| format!("removing {}", dst.display()))?;
+                }
                 eprintln!(
                     "bench: {} {:?} rep {r}: {:.2}s, cpu {:.2}s, wire {}",
                     kind.name(),

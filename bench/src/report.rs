@@ -122,7 +122,7 @@ impl Report {
             scale,
             loopback_tcp_mb_s: tcp,
             regime: String::new(),
-            note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory on the same file system (destinations are removed only after a dataset's last run), page cache dropped before every run. \
+            note: "MB = 10^6 bytes. Medians of the reps; tool order rotates every rep. Initial sync into a new, empty destination directory (in the work dir, removed only after a dataset's last run; with --dst-dir, removed right after its run). Cold runs drop the page cache before every run; hot runs read the dataset into it before every run, and mover reads through it (--no-direct). \
                    rsync: -aHX --numeric-ids to an rsync daemon on 127.0.0.1 (in clear). mover: receive --once + send, default threads, sessions encrypted with certificates pinned; the plaintext row runs both with --insecure-plaintext. \
                    mover's receiver syncfs's before committing each recovery point (a job is durable when acknowledged); rsync does not fsync. CPU = sender + receiver user+sys.",
             datasets: Vec::new(),

@@ -102,12 +102,24 @@ impl KeyServer {
         let me = Arc::new(self);
         let busy = Arc::new(AtomicUsize::new(0));
         while !stop.load(Ordering::SeqCst) {
+            // Wait for a connection, looking at the stop flag every ACCEPT_POLL: a session's
+            // connections are accepted the moment they arrive.
+            let ready = rustix::event::poll(
+                &mut [rustix::event::PollFd::new(
+                    &listener,
+                    rustix::event::PollFlags::IN,
+                )],
+                Some(&rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: ACCEPT_POLL.as_nanos() as i64,
+                }),
+            );
+            if !matches!(ready, Ok(n) if n > 0) {
+                continue;
+            }
             let (tcp, from) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(ACCEPT_POLL);
-                    continue;
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     return Err(Error::Io {
                         context: "accepting a connection".into(),

@@ -15,8 +15,8 @@
 use super::frame::{FrameHeader, FrameKind, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 use super::WireError;
 use crate::units::SessionId;
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-use ring::hkdf;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::hkdf;
 
 /// Bytes of the authentication tag appended to a sealed payload.
 pub const TAG_LEN: usize = 16;
@@ -228,7 +228,7 @@ impl Opener {
         }
         let n = nonce(self.dir, self.conn, self.next);
         self.key
-            .open_in_place_separate_tag(n, Aad::from(aad(h.kind, total)), Tag::from(t), data, 0..)
+            .open_in_place_separate_tag(n, Aad::from(aad(h.kind, total)), &t, data)
             .map_err(|_| fail)?;
         self.next += 1;
         Ok(at)
