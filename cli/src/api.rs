@@ -1,4 +1,5 @@
-//! Blocking client for the REST API of `mover daemon` (contract: docs/api.md). Plain HTTP only.
+//! Blocking client for the REST API of `mover daemon` (contract: docs/api.md): plain HTTP on
+//! loopback, or HTTPS trusting exactly the certificate given with `--api-cert`.
 //! Request bodies are the control crate's types (`control::api_types`, `control::model::Edit`),
 //! the ones the daemon reads; every answer is a `serde_json::Value` so the CLI keeps working
 //! when the daemon adds fields, and `--json` prints it as the daemon sent it.
@@ -16,9 +17,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Options every control-plane command takes: where the daemon is, who we are, output format.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// Base URL of the daemon's REST API (plain HTTP; a bare HOST:PORT means http://HOST:PORT).
+    /// Base URL of the daemon's REST API (a bare HOST:PORT means http://HOST:PORT; https://
+    /// for a daemon serving it over TLS, with --api-cert).
     #[arg(long, env = "MOVER_API", default_value = DEFAULT_API, value_name = "URL")]
     pub api: String,
+    /// For an https:// API: the certificate to trust, as a PEM file (the daemon's node.crt
+    /// from its data dir, or the api_cert it was given). Nothing else is trusted. With an IP
+    /// address in the URL the certificate must name `mover-node`, as node certificates do.
+    #[arg(long, env = "MOVER_API_CERT", value_name = "FILE")]
+    pub api_cert: Option<std::path::PathBuf>,
     /// API token. The daemon writes its admin token to <data-dir>/admin.token on first start;
     /// `mover token create` makes tokens with narrower roles.
     #[arg(
@@ -35,7 +42,7 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     pub fn client(&self) -> Api {
-        Api::new(&self.api, self.token.clone())
+        Api::with_cert(&self.api, self.token.clone(), self.api_cert.as_deref())
     }
 }
 
@@ -112,11 +119,43 @@ const NO_BODY: Option<&()> = None;
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
-    agent: ureq::Agent,
+    /// The agent, or why none could be made (a certificate that cannot be read): every call
+    /// then fails with that reason.
+    agent: Result<ureq::Agent, String>,
+    /// Where requests go (the base, with the name the certificate is checked against).
+    target: String,
+}
+
+/// The name node certificates carry (`control::tls::NODE_NAME`): an API reached by IP address
+/// is checked against it.
+const NODE_NAME: &str = control::tls::NODE_NAME;
+
+/// Resolves the node name to the address the operator gave (the certificate names the node,
+/// the URL its address).
+#[derive(Debug)]
+struct Pinned(std::net::SocketAddr);
+
+impl ureq::unversioned::resolver::Resolver for Pinned {
+    fn resolve(
+        &self,
+        _uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let mut out = self.empty();
+        out.push(self.0);
+        Ok(out)
+    }
 }
 
 impl Api {
+    #[cfg(test)]
     pub fn new(base: &str, token: Option<String>) -> Api {
+        Api::with_cert(base, token, None)
+    }
+
+    /// A client of the API at `base`; an https:// base trusts only `cert`.
+    pub fn with_cert(base: &str, token: Option<String>, cert: Option<&std::path::Path>) -> Api {
         let base = base.trim().trim_end_matches('/');
         // The daemon's own --api flag takes HOST:PORT; accept the same spelling here.
         let base = if base.contains("://") {
@@ -124,16 +163,56 @@ impl Api {
         } else {
             format!("http://{base}")
         };
-        let agent = ureq::Agent::config_builder()
+        let (agent, target) = match Self::agent(&base, cert) {
+            Ok((a, t)) => (Ok(a), t),
+            Err(e) => (Err(e), base.clone()),
+        };
+        Api {
+            base,
+            token,
+            agent,
+            target,
+        }
+    }
+
+    fn agent(base: &str, cert: Option<&std::path::Path>) -> Result<(ureq::Agent, String), String> {
+        let config = ureq::Agent::config_builder()
             // Error statuses carry the daemon's {"error": ...} message; we want to read it.
             .http_status_as_error(false)
             .timeout_global(Some(TIMEOUT))
             // The API lives on loopback or a management network: an HTTP_PROXY meant for the
             // internet must not intercept it (and with it the bearer token).
-            .proxy(None)
-            .build()
-            .new_agent();
-        Api { base, token, agent }
+            .proxy(None);
+        let Some(rest) = base.strip_prefix("https://") else {
+            return Ok((config.build().new_agent(), base.to_string()));
+        };
+        let cert = cert.ok_or_else(|| {
+            "an https:// API needs --api-cert FILE (the daemon's node.crt, or its api_cert)"
+                .to_string()
+        })?;
+        let pem = std::fs::read(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
+        let root = ureq::tls::Certificate::from_pem(&pem)
+            .map_err(|e| format!("{} holds no PEM certificate: {e}", cert.display()))?;
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[root]))
+            .build();
+        let config = config.tls_config(tls).build();
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        match authority.parse::<std::net::SocketAddr>() {
+            // An address, not a name: check the certificate against the node name and connect
+            // to the address given.
+            Ok(addr) => {
+                let agent = ureq::Agent::with_parts(
+                    config,
+                    ureq::unversioned::transport::DefaultConnector::new(),
+                    Pinned(addr),
+                );
+                let sep = if path.is_empty() { "" } else { "/" };
+                let target = format!("https://{NODE_NAME}:{}{sep}{path}", addr.port());
+                Ok((agent, target))
+            }
+            Err(_) => Ok((config.new_agent(), base.to_string())),
+        }
     }
 
     pub fn get(&self, path: &str) -> Result<Value, ApiError> {
@@ -170,30 +249,22 @@ impl Api {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::NoToken)?;
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.target, path);
         let unreachable = |detail: String| ApiError::Unreachable {
             url: self.base.clone(),
             detail,
         };
-        if url.starts_with("https://") {
-            return Err(unreachable(
-                "this mover speaks plain HTTP to its daemon; use an http:// URL".into(),
-            ));
-        }
+        let agent = self.agent.as_ref().map_err(|e| unreachable(e.clone()))?;
         let auth = format!("Bearer {token}");
         let res = match method {
             // Neither carries a body in this API.
-            Method::Get => self.agent.get(&url).header("Authorization", &auth).call(),
-            Method::Delete => self
-                .agent
-                .delete(&url)
-                .header("Authorization", &auth)
-                .call(),
+            Method::Get => agent.get(&url).header("Authorization", &auth).call(),
+            Method::Delete => agent.delete(&url).header("Authorization", &auth).call(),
             Method::Post | Method::Patch => {
                 let rb = if matches!(method, Method::Post) {
-                    self.agent.post(&url)
+                    agent.post(&url)
                 } else {
-                    self.agent.patch(&url)
+                    agent.patch(&url)
                 };
                 let rb = rb.header("Authorization", &auth);
                 match body {

@@ -158,10 +158,12 @@ enum Cmd {
     #[command(
         long_about = "Run the node daemon (one per node; it serves both roles: source of some \
 relationships, target of others).\n\nIt listens for peer daemons on --listen (mutual TLS, default \
-0.0.0.0:3712) and for the REST API on --api (plain HTTP, default 127.0.0.1:3713). State, the node's \
+0.0.0.0:3712) and for the REST API on --api (default 127.0.0.1:3713; plain HTTP only on loopback, \
+else over TLS with --api-tls or --api-cert/--api-key). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
-continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots, insecure_plaintext). \
+continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots, insecure_plaintext, \
+api_tls, api_cert, api_key). \
 Data-plane sessions are encrypted (AES-256-GCM, keys from the peers' mutual TLS) unless both nodes run \
 with --insecure-plaintext. SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
@@ -189,6 +191,18 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
         /// config file also sets it).
         #[arg(long)]
         insecure_plaintext: bool,
+        /// Serve the REST API over TLS 1.3 with this node's certificate (node.crt, named
+        /// mover-node; clients pass it with --api-cert). Needed for an --api address off
+        /// loopback.
+        #[arg(long)]
+        api_tls: bool,
+        /// Serve the REST API over TLS with this certificate (PEM) instead, for the names
+        /// clients use; with --api-key.
+        #[arg(long, value_name = "FILE", requires = "api_key")]
+        api_cert: Option<PathBuf>,
+        /// The private key (PEM) of --api-cert.
+        #[arg(long, value_name = "FILE", requires = "api_cert")]
+        api_key: Option<PathBuf>,
     },
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
@@ -469,6 +483,9 @@ fn run(cli: Cli) -> Result<()> {
             api,
             allowed_source_roots,
             insecure_plaintext,
+            api_tls,
+            api_cert,
+            api_key,
         } => {
             use control::daemon::config as cfg;
             let explicit = config.is_some();
@@ -480,6 +497,9 @@ fn run(cli: Cli) -> Result<()> {
                 api,
                 allowed_source_roots,
                 insecure_plaintext,
+                api_tls,
+                api_cert,
+                api_key,
             };
             let opts = cfg::resolve(file, flags)?;
             control::daemon::run(opts)?;

@@ -742,3 +742,157 @@ fn a_daemon_job_puts_no_file_content_no_name_and_no_ticket_on_the_wire_in_clear(
         "the control and worker connections were seen"
     );
 }
+
+/// A daemon process killed when the test ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mover(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"));
+    c.args(args);
+    c
+}
+
+/// Starts a daemon serving its API over TLS with `tls` flags: (daemon, API address, token).
+fn api_over_tls(data: &Path, tls: &[&str]) -> (Daemon, String, String) {
+    let (listen, api) = (node::free_port(), node::free_port());
+    let api_addr = format!("127.0.0.1:{api}");
+    let child = mover(&["daemon", "--config", "/dev/null"])
+        .args(tls)
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--api",
+            &api_addr,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child);
+    let t0 = Instant::now();
+    while !(data.join("admin.token").exists() && TcpStream::connect(&api_addr).is_ok()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "daemon did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    (daemon, api_addr, token.to_string())
+}
+
+#[test]
+fn the_api_is_served_over_tls_to_clients_that_trust_the_node_certificate_and_refused_in_clear_off_loopback(
+) {
+    let t = Scratch::new();
+    let data = t.path().join("data");
+    let (_daemon, api_addr, token) = api_over_tls(&data, &["--api-tls"]);
+    let cert = data.join("node.crt");
+    let https = format!("https://{api_addr}");
+    let node = |url: &str, cert: Option<&Path>| {
+        let mut c = mover(&["node", "--json", "--api", url]);
+        c.env("MOVER_TOKEN", &token).env_remove("MOVER_API_CERT");
+        if let Some(cert) = cert {
+            c.arg("--api-cert").arg(cert);
+        }
+        c.output().unwrap()
+    };
+
+    // A client trusting the node's certificate gets the node's answer.
+    let out = node(&https, Some(&cert));
+    assert!(
+        out.status.success(),
+        "mover node over https: {}",
+        stderr(&out)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:")),
+        "{v}"
+    );
+
+    // Not without a certificate to trust, nor trusting another one, nor in clear.
+    let out = node(&https, None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--api-cert"), "{}", stderr(&out));
+    let other = t.path().join("other");
+    run(mover(&["identity", "--identity"]).arg(&other));
+    let out = node(&https, Some(&other.join("node.crt")));
+    assert!(
+        !out.status.success(),
+        "a certificate the daemon does not hold was accepted"
+    );
+    let out = node(&format!("http://{api_addr}"), None);
+    assert!(!out.status.success(), "the TLS API answered plain HTTP");
+
+    // A raw plaintext request gets no HTTP answer: the token would have gone nowhere readable.
+    let mut raw = TcpStream::connect(&api_addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = raw.write_all(
+        format!(
+            "GET /v1/node HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            token
+        )
+        .as_bytes(),
+    );
+    let mut b = Vec::new();
+    let _ = raw.read_to_end(&mut b);
+    assert!(!b.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&b));
+
+    // Off loopback, plain HTTP is refused before anything listens.
+    let out = mover(&["daemon", "--config", "/dev/null", "--api", "0.0.0.0:1"])
+        .arg("--data-dir")
+        .arg(t.path().join("refused"))
+        .args(["--listen", &format!("127.0.0.1:{}", node::free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("plain HTTP off loopback"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With certificate files of the operator's choosing, clients trust that certificate.
+    let (_d2, api2, token2) = api_over_tls(
+        &t.path().join("data2"),
+        &[
+            "--api-cert",
+            s(&other.join("node.crt")),
+            "--api-key",
+            s(&other.join("node.key")),
+        ],
+    );
+    let as_client = |cert: &Path| {
+        mover(&[
+            "node",
+            "--json",
+            "--api",
+            &format!("https://{api2}"),
+            "--api-cert",
+        ])
+        .arg(cert)
+        .env("MOVER_TOKEN", &token2)
+        .output()
+        .unwrap()
+    };
+    let out = as_client(&other.join("node.crt"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(t.path().join("data2/node.crt").exists());
+    let out = as_client(&t.path().join("data2/node.crt"));
+    assert!(
+        !out.status.success(),
+        "the API presented the node certificate, not the one given"
+    );
+}

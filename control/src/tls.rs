@@ -125,6 +125,26 @@ impl Identity {
         Ok(id)
     }
 
+    /// A certificate and key given as PEM files (the REST API's, when an operator supplies
+    /// one for their management network's names).
+    pub fn from_files(crt: &Path, key: &Path) -> Result<Identity> {
+        let id = Self::load(crt, key)?;
+        id.api_server_config()?;
+        Ok(id)
+    }
+
+    /// Server side of the REST API over TLS 1.3: presents this certificate, asks no client
+    /// certificate (API clients authenticate with tokens).
+    pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .map_err(tls_err("API server config"))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain(), self.key.clone_key())
+            .map_err(tls_err("API server certificate"))?;
+        Ok(Arc::new(config))
+    }
+
     fn load(crt: &Path, key: &Path) -> Result<Identity> {
         let cert = CertificateDer::from_pem_file(crt)
             .map_err(|e| Error::Tls(format!("reading certificate {}: {e}", crt.display())))?;

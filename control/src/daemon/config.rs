@@ -32,7 +32,7 @@ pub struct DaemonOptions {
     /// Peer (replication) port: other daemons connect here over mutual TLS; data-plane
     /// receivers bind to the same address on ephemeral ports.
     pub listen: SocketAddr,
-    /// REST API (plain HTTP; keep it on loopback or a management network).
+    /// REST API address (plain HTTP only on loopback; elsewhere `api_tls` is required).
     pub api: SocketAddr,
     pub continuous_interval: Duration,
     /// Data-plane worker threads per job.
@@ -45,6 +45,17 @@ pub struct DaemonOptions {
     /// Run data-plane sessions in clear (checksummed, not encrypted): for trusted networks
     /// only, and only with a peer that is set the same way.
     pub insecure_plaintext: bool,
+    /// Serve the REST API over TLS; required for an API address off loopback.
+    pub api_tls: Option<ApiTls>,
+}
+
+/// The certificate the REST API presents over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    /// The node's own certificate (`node.crt`; its name is `mover-node`).
+    NodeCertificate,
+    /// A certificate and key given as PEM files (for the names clients use).
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 /// Where a source path may not be (nor hold one of them, as `/` does) unless
@@ -106,6 +117,9 @@ pub struct ConfigFile {
     pub max_pause_in_session_secs: Option<u64>,
     pub allowed_source_roots: Option<Vec<PathBuf>>,
     pub insecure_plaintext: Option<bool>,
+    pub api_tls: Option<bool>,
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -146,6 +160,9 @@ pub struct Flags {
     pub api: Option<SocketAddr>,
     pub allowed_source_roots: Vec<PathBuf>,
     pub insecure_plaintext: bool,
+    pub api_tls: bool,
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -156,6 +173,9 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         api,
         allowed_source_roots,
         insecure_plaintext,
+        api_tls,
+        api_cert,
+        api_key,
     } = flags;
     let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
         Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
@@ -193,17 +213,35 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
             )));
         }
     }
+    let api = api.or(file.api).map_or_else(|| parse(DEFAULT_API), Ok)?;
+    let api_tls = match (api_cert.or(file.api_cert), api_key.or(file.api_key)) {
+        (Some(cert), Some(key)) => Some(ApiTls::Files { cert, key }),
+        (None, None) if api_tls || file.api_tls.unwrap_or(false) => Some(ApiTls::NodeCertificate),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Invalid(
+                "api_cert and api_key go together (a certificate and its private key)".into(),
+            ))
+        }
+    };
+    if api_tls.is_none() && !api.ip().is_loopback() {
+        return Err(Error::Invalid(format!(
+            "the REST API on {api} would be plain HTTP off loopback: serve it over TLS \
+             (--api-tls, or api_cert and api_key), or bind it to 127.0.0.1"
+        )));
+    }
     Ok(DaemonOptions {
         data_dir,
         listen: listen
             .or(file.listen)
             .map_or_else(|| parse(DEFAULT_LISTEN), Ok)?,
-        api: api.or(file.api).map_or_else(|| parse(DEFAULT_API), Ok)?,
+        api,
         continuous_interval: interval,
         threads,
         max_pause_in_session: max_pause,
         allowed_source_roots: roots,
         insecure_plaintext: insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
+        api_tls,
     })
 }
 
@@ -353,5 +391,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_pause_in_session_secs"));
+    }
+
+    #[test]
+    fn an_api_off_loopback_needs_tls_and_a_certificate_needs_its_key() {
+        let off = |f: Flags| Flags {
+            api: Some("0.0.0.0:3713".parse().unwrap()),
+            ..f
+        };
+        let e = resolve(ConfigFile::default(), off(data_dir("/d"))).unwrap_err();
+        assert!(e.to_string().contains("plain HTTP off loopback"), "{e}");
+        let tls = Flags {
+            api_tls: true,
+            ..data_dir("/d")
+        };
+        let o = resolve(ConfigFile::default(), off(tls)).unwrap();
+        assert_eq!(o.api_tls, Some(ApiTls::NodeCertificate));
+        let file = ConfigFile {
+            api_cert: Some("/c.pem".into()),
+            api_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let o = resolve(file, off(data_dir("/d"))).unwrap();
+        assert_eq!(
+            o.api_tls,
+            Some(ApiTls::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let half = ConfigFile {
+            api_cert: Some("/c.pem".into()),
+            ..Default::default()
+        };
+        let e = resolve(half, data_dir("/d")).unwrap_err();
+        assert!(e.to_string().contains("api_key"), "{e}");
+        // Loopback stays plain HTTP by default.
+        let o = resolve(ConfigFile::default(), data_dir("/d")).unwrap();
+        assert_eq!(o.api_tls, None);
     }
 }

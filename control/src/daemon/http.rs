@@ -3,6 +3,8 @@
 //! `API_HEADER_TIMEOUT`, counted from accept or from the previous response (so a slowloris
 //! head, or a connection that never sends one, is closed, and an idle keep-alive connection
 //! too). axum serves what this listener hands it; the deadline lives in the connection's I/O.
+//! With TLS (`api_tls`), the handshake runs in the connection's own task, inside the same
+//! deadline, so a client that stalls its handshake holds nobody else up.
 
 use std::future::Future;
 use std::io;
@@ -26,17 +28,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// The API's listener: hands axum connections within the limits.
+/// The API's listener: hands axum connections within the limits, over TLS if `tls` is set.
 pub struct Limited {
     inner: TcpListener,
     open: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Limited {
-    pub fn new(inner: TcpListener) -> Limited {
+    pub fn new(inner: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Limited {
         Limited {
             inner,
             open: Arc::new(Semaphore::new(MAX_API_CONNECTIONS)),
+            tls,
         }
     }
 }
@@ -56,7 +60,13 @@ impl axum::serve::Listener for Limited {
                 }
             };
             match self.open.clone().try_acquire_owned() {
-                Ok(permit) => return (Bounded::new(tcp, permit), addr),
+                Ok(permit) => {
+                    let conn = match &self.tls {
+                        Some(a) => Conn::Handshaking(Box::new(a.accept(tcp))),
+                        None => Conn::Plain(tcp),
+                    };
+                    return (Bounded::new(conn, permit), addr);
+                }
                 Err(_) => {
                     // Best effort: the socket's buffer takes these few bytes or nothing.
                     let _ = tcp.try_write(BUSY);
@@ -98,9 +108,53 @@ impl HeadScan {
     }
 }
 
+/// An API connection's stream: in clear, or TLS (handshaking first).
+enum Conn {
+    Plain(TcpStream),
+    Handshaking(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl Conn {
+    /// Drives a TLS handshake to its end; Ready(Ok) once the stream can carry data.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Conn::Handshaking(accept) = self {
+            match Pin::new(&mut **accept).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(s)) => *self = Conn::Tls(Box::new(s)),
+                Poll::Ready(Err(e)) => {
+                    *self = Conn::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            Conn::Failed => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn io(&mut self) -> Pin<&mut (dyn Stream + Send)> {
+        match self {
+            Conn::Plain(t) => Pin::new(t),
+            Conn::Tls(t) => Pin::new(&mut **t),
+            // Invariant: io() is called only after poll_ready returned Ready(Ok).
+            Conn::Handshaking(_) | Conn::Failed => unreachable!("stream used before its handshake"),
+        }
+    }
+}
+
+/// What a connection's stream can do.
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
+
 /// A connection of the API, holding its place in the limit until dropped.
 pub struct Bounded {
-    tcp: TcpStream,
+    tcp: Conn,
     _open: OwnedSemaphorePermit,
     /// While a request head is awaited: when it must be complete. None from the end of a head
     /// until its response starts (the handler may take long; that is not the client's doing).
@@ -111,7 +165,7 @@ pub struct Bounded {
 }
 
 impl Bounded {
-    fn new(tcp: TcpStream, open: OwnedSemaphorePermit) -> Bounded {
+    fn new(tcp: Conn, open: OwnedSemaphorePermit) -> Bounded {
         Bounded {
             tcp,
             _open: open,
@@ -151,8 +205,11 @@ impl AsyncRead for Bounded {
                 )));
             }
         }
+        if let Err(e) = std::task::ready!(me.tcp.poll_ready(cx)) {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut me.tcp).poll_read(cx, buf);
+        let polled = me.tcp.io().poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
             if me.deadline.is_some() && me.scan.feed(&buf.filled()[before..]) {
                 me.deadline = None;
@@ -169,8 +226,9 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.tcp.poll_ready(cx))?;
         self.responding();
-        Pin::new(&mut self.tcp).poll_write(cx, data)
+        self.tcp.io().poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -178,20 +236,29 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.tcp.poll_ready(cx))?;
         self.responding();
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        self.tcp.io().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        match &self.tcp {
+            Conn::Plain(t) => t.is_write_vectored(),
+            Conn::Tls(t) => t.is_write_vectored(),
+            Conn::Handshaking(_) | Conn::Failed => false,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        std::task::ready!(self.tcp.poll_ready(cx))?;
+        self.tcp.io().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        match &mut self.tcp {
+            Conn::Handshaking(_) | Conn::Failed => Poll::Ready(Ok(())),
+            _ => self.tcp.io().poll_shutdown(cx),
+        }
     }
 }
 

@@ -176,8 +176,16 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
     let app = api::router(node.clone());
+    let tls = match &node.opts.api_tls {
+        None => None,
+        Some(config::ApiTls::NodeCertificate) => Some(node.identity.api_server_config()?),
+        Some(config::ApiTls::Files { cert, key }) => {
+            Some(crate::tls::Identity::from_files(cert, key)?.api_server_config()?)
+        }
+    };
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let server =
-        axum::serve(http::Limited::new(api), app).with_graceful_shutdown(shutdown_signal()?);
+        axum::serve(http::Limited::new(api, tls), app).with_graceful_shutdown(shutdown_signal()?);
     config::sd_notify("READY=1");
     server.await.ctx(|| "serving the API".to_string())?;
     config::sd_notify("STOPPING=1");
@@ -218,6 +226,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         max_pause_in_session: Duration::from_secs(40),
         allowed_source_roots: None,
         insecure_plaintext: false,
+        api_tls: None,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

@@ -148,6 +148,7 @@ mod tests {
             max_pause_in_session: Duration::from_secs(40),
             allowed_source_roots: None,
             insecure_plaintext: false,
+            api_tls: None,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();
