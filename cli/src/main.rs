@@ -100,7 +100,8 @@ enum Cmd {
         /// Print one JSON object with the result instead of a summary.
         #[arg(long)]
         json: bool,
-        /// Read large files through the page cache instead of O_DIRECT.
+        /// Read large files through the page cache only (default: ranges not in the page cache
+        /// are read with O_DIRECT).
         #[arg(long)]
         no_direct: bool,
         /// State directory of this replication stream: keeps the manifest of what the receiver

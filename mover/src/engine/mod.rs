@@ -1,5 +1,6 @@
 //! The io_uring engine shared by sender and receiver workers.
 
+pub mod cache;
 pub mod ring;
 
 pub use ring::STALL_TIMEOUT;
@@ -19,6 +20,9 @@ pub struct FrameStats {
     pub checksums: Vec<u64>,
     /// Sender only, with a manifest: (entry, first block, 4 KiB block hashes) per Data frame.
     pub block_hashes: Vec<(crate::units::EntryId, u64, Vec<u64>)>,
+    /// Sender only: file bytes read through the page cache, and with O_DIRECT from the device.
+    pub read_buffered: u64,
+    pub read_direct: u64,
 }
 
 impl FrameStats {
@@ -28,6 +32,8 @@ impl FrameStats {
         self.wire_bytes += o.wire_bytes;
         self.checksums.extend(o.checksums);
         self.block_hashes.extend(o.block_hashes);
+        self.read_buffered += o.read_buffered;
+        self.read_direct += o.read_direct;
     }
 }
 

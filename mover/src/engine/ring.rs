@@ -80,6 +80,9 @@ pub struct Transfer {
     pub buf_off: usize,
     pub len: usize,
     pub done: usize,
+    /// A buffered read that must not wait for the device (`RWF_NOWAIT`): it completes with
+    /// what the page cache holds, or EAGAIN, and the caller reads the rest another way.
+    pub nowait: bool,
 }
 
 impl Transfer {
@@ -90,6 +93,7 @@ impl Transfer {
             buf_off,
             len,
             done: 0,
+            nowait: false,
         }
     }
 }
@@ -271,11 +275,17 @@ impl Uring {
         let off = t.file_off + t.done as u64;
         let fd = types::Fd(t.fd.as_raw_fd());
         let idx = b as u16;
+        debug_assert!(!t.nowait || dir == Dir::Read, "RWF_NOWAIT is for reads");
+        let rw_flags = if t.nowait { libc::RWF_NOWAIT } else { 0 };
         let sqe = match (dir, self.fixed) {
             (Dir::Read, true) => opcode::ReadFixed::new(fd, ptr, len, idx)
                 .offset(off)
+                .rw_flags(rw_flags)
                 .build(),
-            (Dir::Read, false) => opcode::Read::new(fd, ptr, len).offset(off).build(),
+            (Dir::Read, false) => opcode::Read::new(fd, ptr, len)
+                .offset(off)
+                .rw_flags(rw_flags)
+                .build(),
             (Dir::Write, true) => opcode::WriteFixed::new(fd, ptr, len, idx)
                 .offset(off)
                 .build(),

@@ -130,6 +130,10 @@ pub struct SendReport {
     pub hashed_bytes: u64,
     /// The session's frames were sealed (encrypted and authenticated).
     pub encrypted: bool,
+    /// File bytes read through the page cache (data found there, or small files), and read
+    /// from the device with O_DIRECT (large files' ranges that were not cached).
+    pub read_buffered_bytes: u64,
+    pub read_direct_bytes: u64,
 }
 
 /// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
@@ -527,6 +531,8 @@ pub fn send_over(
         snapshot: provider,
         hashed_bytes,
         encrypted: opts.secret.is_some(),
+        read_buffered_bytes: all.read_buffered,
+        read_direct_bytes: all.read_direct,
     })
 }
 

@@ -8,6 +8,7 @@
 
 use super::plan::Unit;
 use crate::beneath;
+use crate::engine::cache::Residency;
 use crate::engine::ring::{tag, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
@@ -47,8 +48,10 @@ const RING_ENTRIES: u32 = 4096;
 const _: () = assert!(
     MAX_BATCH_BUFFERS_READING * super::plan::SEND_BATCH_MAX_FILES + BUFFERS < RING_ENTRIES as usize
 );
-/// Files at least this large are read with O_DIRECT (when the file system allows): the data
-/// is streamed once, so filling the page cache with it only evicts useful pages.
+/// Ranges of files at least this large that are not in the page cache are read with O_DIRECT
+/// (when the file system allows): the data is streamed once, so filling the page cache with it
+/// only evicts useful pages. Ranges that are cached are read through the cache (a memory copy
+/// instead of a device read). Smaller files are always read buffered.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 
 /// Operation kinds in the ring's tags (with the read's index in its buffer).
@@ -67,6 +70,8 @@ struct ReadOp {
     io: Transfer,
     entry: EntryId,
     want: usize,
+    /// Read with O_DIRECT (else through the page cache).
+    direct: bool,
 }
 
 #[derive(PartialEq, Eq, Debug)]
@@ -123,10 +128,22 @@ pub struct SendWorker {
     pub hash_blocks: bool,
 }
 
+/// The file a worker is reading: its buffered fd, and an O_DIRECT one once a range of it
+/// turned out not to be in the page cache.
 struct Cached {
     entry: EntryId,
-    fd: OpFd,
-    direct: bool,
+    buffered: OpFd,
+    direct: Option<OpFd>,
+}
+
+/// How one chunk is read (`engine::cache`): through the page cache when it holds the data, from
+/// the device otherwise, or (a kernel without `cachestat`) through the cache without waiting
+/// for the device, and the rest from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    Buffered,
+    Direct,
+    NoWait,
 }
 
 /// Where frames go: io_uring sends on the connection's kernel socket, or the connection's
@@ -240,7 +257,19 @@ impl SendWorker {
                 let (b, idx) = (c.buf, c.index());
                 match c.op() {
                     OP_READ => {
-                        if on_read(&mut ring, &mut bufs[b], b, idx, c.result, &self.table)? {
+                        let cx = UnitCtx {
+                            table: &self.table,
+                            cache: &mut cache,
+                            direct_ok: &mut direct_ok,
+                        };
+                        if on_read(&mut ring, &mut bufs[b], b, idx, c.result, cx)? {
+                            for r in &bufs[b].reads {
+                                if r.direct {
+                                    stats.read_direct += r.want as u64;
+                                } else {
+                                    stats.read_buffered += r.want as u64;
+                                }
+                            }
                             // Hashes of the plain data first: sealing encrypts it in place.
                             self.hash_frame(&ring, &bufs[b], b, &mut stats);
                             finish_frame(&mut ring, &mut bufs[b], b, sealer.as_deref_mut());
@@ -324,6 +353,25 @@ fn open_for_read(table: &SendTable, entry: EntryId, direct: bool) -> Result<Owne
         .ctx(|| format!("opening {} for reading", show(p)))
 }
 
+/// The O_DIRECT fd of the file being read, opened on first use; None if the file system
+/// refuses O_DIRECT (then the worker reads buffered from now on).
+fn direct_fd<'c>(
+    table: &SendTable,
+    c: &'c mut Cached,
+    direct_ok: &mut bool,
+) -> Result<Option<&'c OpFd>> {
+    if c.direct.is_none() && *direct_ok {
+        match open_for_read(table, c.entry, true) {
+            Ok(fd) => c.direct = Some(Rc::new(fd)),
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                *direct_ok = false
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(c.direct.as_ref())
+}
+
 fn start_unit(
     ring: &mut Uring,
     buf: &mut Buf,
@@ -341,50 +389,53 @@ fn start_unit(
         Unit::Chunk {
             entry, offset, len, ..
         } => {
-            let want_direct = *cx.direct_ok
-                && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
-                && offset % BUF_ALIGN as u64 == 0;
-            let reuse = matches!(cx.cache, Some(c) if c.entry == entry && c.direct == want_direct);
-            if !reuse {
-                let fd = match open_for_read(table, entry, want_direct) {
-                    Ok(fd) => (fd, want_direct),
-                    // The file system refuses O_DIRECT: read buffered from now on.
-                    Err(Error::Io { source, .. })
-                        if want_direct && source.raw_os_error() == Some(libc::EINVAL) =>
-                    {
-                        *cx.direct_ok = false;
-                        (open_for_read(table, entry, false)?, false)
-                    }
-                    Err(e) => return Err(e),
-                };
-                let st = rustix::fs::fstat(&fd.0)
+            if !matches!(cx.cache, Some(c) if c.entry == entry) {
+                let fd = open_for_read(table, entry, false)?;
+                let st = rustix::fs::fstat(&fd)
                     .ctx(|| format!("stat {}", show(&table.paths[entry.index()])))?;
                 if st.st_size as u64 != table.sizes[entry.index()] {
                     return Err(Error::SourceChanged(show(&table.paths[entry.index()])));
                 }
                 *cx.cache = Some(Cached {
                     entry,
-                    fd: Rc::new(fd.0),
-                    direct: fd.1,
+                    buffered: Rc::new(fd),
+                    direct: None,
                 });
             }
-            let Some(c) = cx.cache.as_ref() else {
+            let Some(c) = cx.cache.as_mut() else {
                 unreachable!("cache filled above")
             };
-            let len = len as usize;
-            let ask = if c.direct {
-                len.div_ceil(BUF_ALIGN) * BUF_ALIGN
+            let large = *cx.direct_ok
+                && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
+                && offset.is_multiple_of(BUF_ALIGN as u64);
+            let mut mode = if large {
+                match crate::engine::cache::resident(c.buffered.as_fd(), offset, u64::from(len)) {
+                    Residency::Cached => ReadMode::Buffered,
+                    Residency::Uncached => ReadMode::Direct,
+                    Residency::Unknown => ReadMode::NoWait,
+                }
             } else {
-                len
+                ReadMode::Buffered
+            };
+            if mode == ReadMode::Direct && direct_fd(table, c, cx.direct_ok)?.is_none() {
+                mode = ReadMode::Buffered;
+            }
+            let len = len as usize;
+            let (fd, ask) = match (mode, &c.direct) {
+                (ReadMode::Direct, Some(d)) => (d.clone(), len.div_ceil(BUF_ALIGN) * BUF_ALIGN),
+                _ => (c.buffered.clone(), len),
             };
             debug_assert!(HEADROOM + ask <= BUF_SIZE);
             buf.kind = FrameKind::Data;
             buf.frame_start = HEADROOM - DATA_PREFIX_LEN - FRAME_HEADER_LEN;
             buf.frame_end = HEADROOM + len;
+            let mut io = Transfer::new(fd, offset, HEADROOM, ask);
+            io.nowait = mode == ReadMode::NoWait;
             buf.reads.push(ReadOp {
-                io: Transfer::new(c.fd.clone(), offset, HEADROOM, ask),
+                io,
                 entry,
                 want: len,
+                direct: matches!((mode, &c.direct), (ReadMode::Direct, Some(_))),
             });
             let s = ring.buf_mut(b);
             s[HEADROOM - DATA_PREFIX_LEN..HEADROOM - 8].copy_from_slice(&entry.0.to_le_bytes());
@@ -418,6 +469,7 @@ fn start_unit(
                     io: Transfer::new(Rc::new(fd), 0, buf_off, len),
                     entry,
                     want: len,
+                    direct: false,
                 });
             }
         }
@@ -448,10 +500,28 @@ fn on_read(
     b: usize,
     i: usize,
     res: i32,
-    table: &SendTable,
+    cx: UnitCtx<'_>,
 ) -> Result<bool> {
+    let table = cx.table;
     let r = &mut buf.reads[i];
     let path = || show(&table.paths[r.entry.index()]);
+    if res == -libc::EAGAIN && r.io.nowait {
+        // The rest is not in the page cache: read it from the device if the file (still the
+        // worker's current one) and the offset allow, else buffered, waiting for it.
+        r.io.nowait = false;
+        let at = r.io.file_off + r.io.done as u64;
+        if let Some(c) = cx.cache.as_mut().filter(|c| c.entry == r.entry) {
+            if at.is_multiple_of(BUF_ALIGN as u64) {
+                if let Some(d) = direct_fd(table, c, cx.direct_ok)? {
+                    r.io.fd = d.clone();
+                    r.io.len = r.want.div_ceil(BUF_ALIGN) * BUF_ALIGN;
+                    r.direct = true;
+                }
+            }
+        }
+        submit_read(ring, buf, b, i)?;
+        return Ok(false);
+    }
     if res < 0 {
         let e = std::io::Error::from_raw_os_error(-res);
         return Err(Error::Io {
@@ -668,5 +738,89 @@ mod tests {
             before,
             "an operation was submitted against a closed fd"
         );
+    }
+
+    /// Reads exactly the first `len` bytes of `path` into the page cache (no readahead).
+    fn warm(path: &Path, len: usize) {
+        let f = std::fs::File::open(path).expect("open");
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random).expect("fadvise");
+        let mut b = vec![0u8; len];
+        rustix::io::pread(f, &mut b, 0).expect("pread");
+    }
+
+    /// Sends every chunk of `file` (entry 0) over a plain link and returns the worker's stats
+    /// and the bytes that arrived, reassembled by offset.
+    fn send_file(dir: &Path, size: usize) -> (FrameStats, Vec<u8>) {
+        let root = crate::beneath::open_root(dir, "source").expect("open root");
+        let table = Arc::new(SendTable {
+            root,
+            paths: vec![b"big".to_vec()],
+            sizes: vec![size as u64],
+        });
+        let units = (0..size / DATA_CHUNK)
+            .map(|k| Unit::Chunk {
+                entry: EntryId(0),
+                offset: (k * DATA_CHUNK) as u64,
+                len: DATA_CHUNK as u32,
+                last: k + 1 == size / DATA_CHUNK,
+            })
+            .collect();
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut peer, _) = l.accept().expect("accept");
+        let got = std::thread::spawn(move || {
+            let mut out = vec![0u8; size];
+            let mut h = [0u8; FRAME_HEADER_LEN];
+            while peer.read_exact(&mut h).is_ok() {
+                let h = FrameHeader::decode(&h).expect("frame header");
+                let mut p = vec![0u8; h.len as usize];
+                peer.read_exact(&mut p).expect("payload");
+                h.verify(&p).expect("checksum");
+                let (_, off, data) =
+                    crate::wire::message::decode_data_prefix(&p).expect("data prefix");
+                out[off as usize..off as usize + data.len()].copy_from_slice(data);
+            }
+            out
+        });
+        let mut link = Link::plain(Box::new(TcpConn::new(c).expect("conn")));
+        let mut w = worker(table, units);
+        w.direct = true;
+        let stats = w.run(&mut link).expect("send");
+        drop(link);
+        (stats, got.join().expect("peer"))
+    }
+
+    /// A 16 MiB file (on a disk file system) whose first half is in the page cache: that half
+    /// is read through the cache, the rest with O_DIRECT; and the same on a kernel without
+    /// cachestat, where RWF_NOWAIT reads find out. Either way the bytes that arrive are the
+    /// file's.
+    #[test]
+    fn cached_ranges_are_read_through_the_page_cache_and_the_rest_from_the_device() {
+        const SIZE: usize = 16 << 20;
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp");
+        let p = dir.path().join("big");
+        let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(&p, &data).expect("write");
+        let f = std::fs::File::open(&p).expect("open");
+        f.sync_all().expect("fsync");
+        let fs = rustix::fs::fstatfs(&f).expect("fstatfs");
+        assert_ne!(
+            fs.f_type,
+            libc::TMPFS_MAGIC,
+            "/var/tmp must be a disk file system"
+        );
+        for no_cachestat in [false, true] {
+            crate::engine::cache::pretend_no_cachestat(no_cachestat);
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+            warm(&p, SIZE / 2);
+            let (stats, got) = send_file(dir.path(), SIZE);
+            assert!(got == data, "the bytes sent differ from the file's");
+            assert_eq!(
+                (stats.read_buffered, stats.read_direct),
+                (SIZE as u64 / 2, SIZE as u64 / 2),
+                "cached half through the cache, the rest direct (no cachestat: {no_cachestat})"
+            );
+        }
+        crate::engine::cache::pretend_no_cachestat(false);
     }
 }
