@@ -86,6 +86,10 @@ enum Cmd {
         /// Create replicated character and block devices (they are left out otherwise).
         #[arg(long)]
         allow_devices: bool,
+        /// While a large file is written, flush it and log what is on disk every N MiB, so a
+        /// job interrupted inside the file resumes there (smaller: less resent, more fsyncs).
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        checkpoint_mib: u64,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
     Send {
@@ -117,6 +121,9 @@ enum Cmd {
         /// retry any that change while read). Default: btrfs for a subvolume, else plain.
         #[arg(long)]
         snapshot: Option<mover::snapshot::Provider>,
+        /// Send file data at most this fast, in MiB/s (default: as fast as it goes).
+        #[arg(long, value_name = "MIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        bwlimit: Option<u64>,
         #[command(flatten)]
         peers: keys::PeerArgs,
     },
@@ -259,6 +266,7 @@ fn run(cli: Cli) -> Result<()> {
             peers,
             allow_setuid,
             allow_devices,
+            checkpoint_mib,
         } => {
             if revert {
                 let rep = mover::receiver::revert_root(&root)?;
@@ -288,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                     allow_setid: allow_setuid,
                     allow_devices,
                 },
+                checkpoint_bytes: Some(checkpoint_mib << 20),
                 ..Default::default()
             };
             let (r, addr, fingerprint) = match peers.protection()? {
@@ -368,6 +377,7 @@ fn run(cli: Cli) -> Result<()> {
             state,
             retries,
             snapshot,
+            bwlimit,
             peers,
         } => {
             let to = resolve(&to)?;
@@ -384,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
                 secret: None,
             };
             let progress = Arc::new(Progress::default());
+            progress.control.set_rate(bwlimit.map(|m| m << 20));
             let bar = progress::Bar::start(progress.clone(), !json);
             let tcp: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
             let on_retry = |n: u32, e: &mover::Error, pause: std::time::Duration| {

@@ -36,6 +36,7 @@ fn payload_decoders(p: &[u8]) {
     let _ = decode_batch(p);
     let _ = decode_data_prefix(p);
     let _ = decode_worker_done(p);
+    let _ = crate::wire::message::decode_rest(p);
     let _ = decode_error(p);
     let _ = Commit::decode(p);
     let _ = Verified::decode(p);
@@ -59,12 +60,14 @@ pub fn sealed_frame(data: &[u8]) {
 }
 
 /// The files a receiver and a sender keep on disk: the recovery point record, the recovery
-/// point's entry list, the undo journal and the sender's manifest.
+/// point's entry list, the undo journal and the workers' logs of durable ranges beside it, and
+/// the sender's manifest.
 pub fn state_files(data: &[u8]) {
     let _ = crate::receiver::state::RecoveryPoint::decode(data);
     let (recs, _) = crate::durable::parse_records(data);
     for r in &recs {
         let _ = crate::receiver::journal::Undo::decode(r);
+        let _ = crate::receiver::resume::Written::decode(r);
         if let Ok(es) = decode_entries(r) {
             let _ = crate::tree::entry::path_bytes(&es);
         }
@@ -232,6 +235,18 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         crate::durable::frame_record(&u.encode(), &mut journal);
     }
     out.push(("state_files", "journal".into(), journal));
+    let mut written = Vec::new();
+    let w = crate::receiver::resume::Written {
+        path: b"f".to_vec(),
+        version: crate::receiver::resume::Version {
+            ino: 12,
+            size: 1 << 20,
+            mtime: (1_700_000_000, 5),
+        },
+        ranges: vec![(0, 65536), (131072, 4096)],
+    };
+    crate::durable::frame_record(&w.encode(), &mut written);
+    out.push(("state_files", "written-log".into(), written));
     let m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
     out.push(("state_files", "manifest".into(), m.encode()));
     Ok(out)

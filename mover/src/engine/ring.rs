@@ -31,14 +31,19 @@ const IOWQ_BOUNDED_WORKERS: u32 = 1;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// user_data of cancel requests; slot indices stay far below it.
 const CANCEL_USER_DATA: u64 = u64::MAX;
-/// Buffers per slab at most (buffer indices travel as u16 in fixed reads and writes).
-pub const MAX_BUFFERS: usize = u16::MAX as usize;
+/// Buffers per slab at most (buffer indices travel as u16 in fixed reads and writes; the
+/// largest u16 means no buffer).
+pub const MAX_BUFFERS: usize = u16::MAX as usize - 1;
 
 /// A file descriptor an operation keeps open until it completes.
 pub type OpFd = Rc<OwnedFd>;
 
-/// A reaped completion: the caller's tag, the buffer the operation used, and the kernel's
-/// result (bytes, or a negated errno).
+/// `Completion::buf` of an operation that uses no buffer (a file sync).
+pub const NO_BUF: usize = u16::MAX as usize;
+const _: () = assert!(MAX_BUFFERS < NO_BUF);
+
+/// A reaped completion: the caller's tag, the buffer the operation used (`NO_BUF` for none),
+/// and the kernel's result (bytes, or a negated errno).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     pub tag: u64,
@@ -294,6 +299,14 @@ impl Uring {
         self.queue(sqe, &t.fd, b, tag)
     }
 
+    /// Queues an fdatasync of `fd` (its data and the metadata needed to read it back).
+    pub fn datasync(&mut self, fd: &OpFd, tag: u64) -> io::Result<()> {
+        let sqe = opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        self.queue(sqe, fd, NO_BUF, tag)
+    }
+
     /// Queues a send of `range` of buffer `b` on socket `sock` (all of it unless the socket
     /// fails; no SIGPIPE).
     pub fn send(&mut self, sock: &OpFd, b: usize, range: Range<usize>, tag: u64) -> io::Result<()> {
@@ -362,7 +375,9 @@ impl Uring {
             buf: b as u16,
             tag,
         });
-        self.busy[b] += 1;
+        if b != NO_BUF {
+            self.busy[b] += 1;
+        }
         self.inflight += 1;
         #[cfg(debug_assertions)]
         self.unsubmitted.push((slot, audit::identity(fd)));
@@ -417,7 +432,9 @@ impl Uring {
                 // Invariant: the kernel completes each queued user_data exactly once.
                 unreachable!("completion for unknown operation {ud}");
             };
-            self.busy[slot.buf as usize] -= 1;
+            if slot.buf as usize != NO_BUF {
+                self.busy[slot.buf as usize] -= 1;
+            }
             self.inflight -= 1;
             self.free.push(ud as u32);
             out.push(Completion {

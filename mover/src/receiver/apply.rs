@@ -115,6 +115,8 @@ pub struct Applied {
     pub fresh: Vec<bool>,
     /// Accepted delta ranges per entry (`need == Delta`).
     pub deltas: HashMap<u32, Vec<(u64, u64)>>,
+    /// Ranges still needed of files an interrupted session left unfinished (`need == Rest`).
+    pub rests: HashMap<u32, Vec<(u64, u64)>>,
     /// New sizes of delta files, applied only once the journal (with the pre-images of any
     /// tail a shrink cuts off) is durable: see `resize_deltas`.
     pub resizes: Vec<(Vec<u8>, u64)>,
@@ -220,6 +222,7 @@ pub fn apply_entries(
         }
     }
     let mut deltas = HashMap::new();
+    let mut rests = HashMap::new();
     let mut resizes = Vec::new();
     // Directories this phase created: nothing can exist inside them yet (the root is locked
     // against other receivers), so their children need no lookup and no extraneous pass.
@@ -285,7 +288,22 @@ pub fn apply_entries(
                 let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
                 let complete =
                     is_file && links_ok && st.as_ref().is_some_and(|s| same(s, *size, mtime));
+                // Left unfinished by an interrupted session of this job: what it made durable
+                // of this version need not come again (resume.rs).
+                let mut rest = None;
+                if !complete && is_file && !is_inline(*size) {
+                    rest = resumable(
+                        j,
+                        path,
+                        st.as_ref(),
+                        *size,
+                        mtime,
+                        links_to[i],
+                        delta_hint.get(&i),
+                    );
+                }
                 let decision = match delta_hint.get(&i) {
+                    _ if rest.is_some() => Need::Rest,
                     Some(_) if is_inline(*size) => {
                         if complete {
                             Need::Nothing
@@ -319,6 +337,12 @@ pub fn apply_entries(
                     }
                 };
                 match decision {
+                    Need::Rest => {
+                        let r = rest.take().unwrap_or_default();
+                        stats.files_needed += 1;
+                        stats.bytes_needed += r.iter().map(|x| x.1).sum::<u64>();
+                        rests.insert(i as u32, r);
+                    }
                     Need::Nothing => {
                         if let Some(s) = &st {
                             fix_unchanged_meta(dir, name, s, e, owners)
@@ -394,9 +418,49 @@ pub fn apply_entries(
         need,
         fresh,
         deltas,
+        rests,
         resizes,
         stats,
     })
+}
+
+/// The ranges a resumed session still needs of large file `path` (entry version `size`,
+/// `mtime`), found unfinished as `st`: None unless an interrupted session of this job wrote it
+/// and made ranges of this very version durable. A file the job created must still be that
+/// inode, at its full size, not yet hard-linked; a file updated in place must still be that
+/// inode, and every range of its delta must have its pre-image in the journal (so revert stays
+/// exact without saving anything again).
+fn resumable(
+    j: &Journal,
+    path: &[u8],
+    st: Option<&Stat>,
+    size: u64,
+    mtime: (i64, u32),
+    links: u32,
+    delta: Option<&DeltaBase<'_>>,
+) -> Option<Vec<(u64, u64)>> {
+    let st = st?;
+    let durable = j.durable.get(path)?;
+    let version = super::resume::Version {
+        ino: st.st_ino,
+        size,
+        mtime,
+    };
+    if st.st_size as u64 != size {
+        return None;
+    }
+    match delta {
+        Some(&(_, _, ranges)) if j.touched.contains(path) => {
+            let saved = j.preimaged.get(path)?;
+            (st.st_nlink == 1 + u64::from(links) && super::resume::covers(saved, ranges))
+                .then(|| super::resume::rest(durable, version, ranges))
+                .flatten()
+        }
+        _ if j.map.created_here(path) && st.st_nlink == 1 => {
+            super::resume::rest(durable, version, &[(0, size)])
+        }
+        _ => None,
+    }
 }
 
 /// Bound on read-ahead hints per delta file (each is one syscall).

@@ -220,6 +220,19 @@ impl JobMap {
         }
     }
 
+    /// Whether the item at `path` is the one the job created there (the latest event on the
+    /// path or an ancestor is the creation of the path itself).
+    pub fn created_here(&self, path: &[u8]) -> bool {
+        let latest = ancestors_and_self(path)
+            .filter_map(|p| {
+                self.events
+                    .get(p)
+                    .map(|(s, e)| (*s, p.len() == path.len(), e))
+            })
+            .max_by_key(|x| x.0);
+        matches!(latest, Some((_, true, Event::Created)))
+    }
+
     /// Where the item now at `path` came from.
     pub fn origin(&self, path: &[u8]) -> Origin {
         let latest = ancestors_and_self(path)
@@ -333,6 +346,10 @@ pub struct Journal {
     pub touched: HashSet<Vec<u8>>,
     /// What the job did where, kept current as this session journals.
     pub map: JobMap,
+    /// Ranges earlier sessions of the job wrote and flushed, per path and version (resume.rs).
+    pub durable: super::resume::Durable,
+    /// Ranges of files updated in place whose old bytes the journal holds, per path (merged).
+    pub preimaged: HashMap<Vec<u8>, Vec<(u64, u64)>>,
 }
 
 impl Journal {
@@ -362,6 +379,7 @@ impl Journal {
         let mut next_obj = 0u64;
         let mut next_pre = 0u32;
         let mut touched = HashSet::new();
+        let mut preimaged: HashMap<Vec<u8>, Vec<(u64, u64)>> = HashMap::new();
         let mut map = JobMap::default();
         let bad =
             || Error::Limit("the undo journal's object numbers are exhausted; revert it".into());
@@ -380,9 +398,19 @@ impl Journal {
                         next_obj = next_obj.max(n.checked_add(1).ok_or_else(bad)?);
                     }
                 }
-                Undo::PreImage { path, file, .. } => {
+                Undo::PreImage {
+                    path,
+                    file,
+                    offset,
+                    len,
+                    ..
+                } => {
                     next_pre = next_pre.max(file.checked_add(1).ok_or_else(bad)?);
                     touched.insert(path.clone());
+                    preimaged
+                        .entry(path.clone())
+                        .or_default()
+                        .push((*offset, *len));
                 }
                 Undo::Resized { path, .. } => {
                     touched.insert(path.clone());
@@ -390,6 +418,10 @@ impl Journal {
                 _ => {}
             }
         }
+        for r in preimaged.values_mut() {
+            *r = super::resume::merge(std::mem::take(r));
+        }
+        let durable = super::resume::read_logs(dir.as_fd())?;
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
             .ctx(|| "dup of the destination root".to_string())?;
         Ok(Journal {
@@ -403,7 +435,14 @@ impl Journal {
             next_pre,
             touched,
             map,
+            durable,
+            preimaged,
         })
+    }
+
+    /// The journal directory, for the workers' logs of durable ranges.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     fn append(&mut self, u: &Undo) -> Result<()> {

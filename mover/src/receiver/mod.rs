@@ -5,6 +5,7 @@ pub(crate) mod finalize;
 pub(crate) mod journal;
 pub(crate) mod meta;
 pub mod policy;
+pub(crate) mod resume;
 pub(crate) mod revert;
 pub(crate) mod session;
 pub mod space;
@@ -24,7 +25,8 @@ use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, send_error, Link};
 use crate::wire::message::software_version;
 use crate::wire::message::{
-    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_SEALED, CAP_USER_XATTRS,
+    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_RESUME_RANGES, CAP_SEALED,
+    CAP_USER_XATTRS,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use session::Session;
@@ -66,6 +68,9 @@ pub struct ReceiveOptions {
     /// What the replica may hold beyond plain files and directories (setuid/setgid bits,
     /// devices); nothing by default.
     pub policy: policy::ReplicaPolicy,
+    /// A large file being written is flushed and its written ranges logged every this many
+    /// bytes, so an interrupted job resumes inside it (None: `resume::FLUSH_BYTES`).
+    pub checkpoint_bytes: Option<u64>,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -417,9 +422,11 @@ impl Receiver {
                     .into(),
             );
         }
+        let resume_ranges = hello.capabilities & CAP_RESUME_RANGES != 0;
         let caps = CAP_USER_XATTRS
             | if self.owners { CAP_OWNERS } else { 0 }
-            | if sealed { CAP_SEALED } else { 0 };
+            | if sealed { CAP_SEALED } else { 0 }
+            | if resume_ranges { CAP_RESUME_RANGES } else { 0 };
         let (recovery_point, job_pending) = self.job_state()?;
         let ack = HelloAck {
             version,
@@ -494,6 +501,12 @@ impl Receiver {
                     progress: self.progress.clone(),
                     limits: self.opts.limits,
                     policy: self.opts.policy,
+                    resume_ranges,
+                    checkpoint_bytes: self
+                        .opts
+                        .checkpoint_bytes
+                        .unwrap_or(resume::FLUSH_BYTES)
+                        .max(resume::MIN_FLUSH_BYTES),
                 };
                 Ok(Accepted::Control {
                     session,

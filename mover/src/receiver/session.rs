@@ -18,12 +18,12 @@ use crate::transport::Connection;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{tree_hash, HashOptions};
 use crate::tree::STATE_DIR;
-use crate::units::SessionId;
+use crate::units::{EntryId, SessionId};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
 use crate::wire::message::{
-    decode_entries, decode_error, decode_expect, decode_hints, encode_need, is_inline, Commit,
-    ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
+    decode_entries, decode_error, decode_expect, decode_hints, encode_need, encode_rest, is_inline,
+    Commit, ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
 use serde::Serialize;
@@ -56,6 +56,9 @@ pub struct SessionReport {
     pub renamed: u64,
     /// This session continued an interrupted job's journal.
     pub resumed: bool,
+    /// Files an interrupted session left unfinished of which this one received only the
+    /// ranges not yet durable.
+    pub files_resumed: u64,
     /// The recovery point committed (empty if none).
     pub recovery_point: String,
     /// The session's frames were sealed (encrypted and authenticated).
@@ -118,6 +121,11 @@ pub struct Session {
     pub policy: super::policy::ReplicaPolicy,
     pub cpus: Vec<Option<hw::CpuId>>,
     pub progress: Arc<Progress>,
+    /// The sender takes `Need::Rest` (CAP_RESUME_RANGES): a resumed job asks only for what an
+    /// interrupted session did not make durable.
+    pub resume_ranges: bool,
+    /// Workers flush and log a large file's written ranges every this many bytes.
+    pub checkpoint_bytes: u64,
 }
 
 impl SessionReport {
@@ -137,6 +145,7 @@ impl SessionReport {
             files_delta: 0,
             renamed: 0,
             resumed: false,
+            files_resumed: 0,
             recovery_point: String::new(),
             encrypted: false,
             setid_cleared: 0,
@@ -262,6 +271,9 @@ impl Session {
         let state = State::open(root)?;
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
+        if !self.resume_ranges {
+            journal.durable.clear();
+        }
         let path_budget = list_bytes
             .saturating_mul(PATH_BYTES_PER_LIST_BYTE)
             .max(PATH_BYTES_FLOOR);
@@ -288,7 +300,8 @@ impl Session {
         let Applied {
             need,
             fresh,
-            deltas,
+            mut deltas,
+            rests,
             resizes,
             stats,
         } = apply_entries(
@@ -303,6 +316,10 @@ impl Session {
         report.files_unchanged = stats.files_unchanged;
         report.removed = stats.removed;
         report.files_delta = deltas.len() as u64;
+        report.files_resumed = rests.len() as u64;
+        let mut rest_list: Vec<(EntryId, Vec<(u64, u64)>)> =
+            rests.into_iter().map(|(e, r)| (EntryId(e), r)).collect();
+        rest_list.sort_unstable_by_key(|x| x.0 .0);
         report.renamed = hints
             .iter()
             .filter(|h| matches!(h, Hint::Rename { .. }))
@@ -313,6 +330,13 @@ impl Session {
         journal.sync()?;
         super::apply::resize_deltas(root, &resizes)?;
         send_need(ctl, &need)?;
+        if !rest_list.is_empty() {
+            for p in encode_rest(&rest_list) {
+                ctl.write_frame(FrameKind::Rest, &p)?;
+            }
+        }
+        // From here on the table treats the rest of a resumed file like a delta's ranges.
+        deltas.extend(rest_list.into_iter().map(|(e, r)| (e.0, r)));
         tracing::info!(
             secs = t0.elapsed().as_secs_f64(),
             needed = stats.files_needed,
@@ -344,10 +368,14 @@ impl Session {
             creator,
             umask: self.umask,
             skip,
+            journal: rustix::io::fcntl_dupfd_cloexec(journal.dir(), 0)
+                .ctx(|| "dup of the journal directory".to_string())?,
+            checkpoint_bytes: self.checkpoint_bytes,
         });
         let mut handles = Vec::new();
         for (i, conn) in conns.into_iter().enumerate() {
             let w = RecvWorker {
+                index: i,
                 cpu: self.cpus.get(i).copied().flatten(),
                 table: table.clone(),
                 link: conn,
@@ -563,7 +591,7 @@ fn read_expect(
                 (Some(Need::Full), Some(EntryKind::File { size })) => {
                     !is_inline(*size) && bytes <= *size
                 }
-                (Some(Need::Delta), Some(EntryKind::File { .. })) => deltas
+                (Some(Need::Delta | Need::Rest), Some(EntryKind::File { .. })) => deltas
                     .get(&e.0)
                     .is_some_and(|r| r.iter().map(|x| x.1).sum::<u64>() == bytes),
                 _ => false,

@@ -15,7 +15,8 @@ pub struct RecvTable {
     pub paths: Vec<Vec<u8>>,
     /// What data this session transfers for each entry.
     pub need: Vec<Need>,
-    /// Ranges of files updated in place (`Need::Delta`), sorted and disjoint.
+    /// Ranges of files updated in place (`Need::Delta`) or resumed (`Need::Rest`), sorted and
+    /// disjoint.
     pub deltas: HashMap<u32, Vec<(u64, u64)>>,
     pub owners: bool,
     /// Directories created by this session's apply phase (no set-gid parent can be involved).
@@ -33,6 +34,10 @@ pub struct RecvTable {
     pub umask: u32,
     /// Entries the replica policy keeps out (not created, no metadata).
     pub skip: Vec<bool>,
+    /// The job's journal directory: workers log the ranges they made durable there.
+    pub journal: OwnedFd,
+    /// Flush and log a large file's written ranges every this many bytes (resume.rs).
+    pub checkpoint_bytes: u64,
 }
 
 impl RecvTable {
@@ -58,7 +63,7 @@ impl RecvTable {
     /// A Data frame for [off, off + len) of `e` is one this session asked for: anywhere inside
     /// a whole file, or inside one accepted range of a delta.
     pub fn allows(&self, e: EntryId, off: u64, len: u64) -> bool {
-        if self.need.get(e.index()) != Some(&Need::Delta) {
+        if !matches!(self.need.get(e.index()), Some(Need::Delta | Need::Rest)) {
             return true;
         }
         let Some(r) = self.deltas.get(&e.0) else {
@@ -69,8 +74,8 @@ impl RecvTable {
     }
 
     /// Counts `len` bytes written to large file `e`; on its last byte, applies its metadata
-    /// through `fd` (mtime last, so a rerun's quick check sees it finished).
-    pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::error::Result<()> {
+    /// through `fd` (mtime last, so a rerun's quick check sees it finished) and returns true.
+    pub fn written(&self, e: EntryId, len: u64, fd: BorrowedFd<'_>) -> crate::error::Result<bool> {
         let Some(r) = self.remaining.get(&e.0) else {
             return Err(crate::error::Error::Verify(format!(
                 "data for entry {} which expects none",
@@ -96,7 +101,7 @@ impl RecvTable {
                 }
             })?;
         }
-        Ok(())
+        Ok(prev == len)
     }
 
     /// Counts one data frame against the session's budget.

@@ -4,6 +4,7 @@
 //! the same buffer. Several buffers let writes run while the next frame is received.
 
 use super::meta::apply_new_file;
+use super::resume::{self, Pending, Version};
 use super::table::RecvTable;
 use crate::beneath;
 use crate::engine::ring::{tag, Completion, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
@@ -42,9 +43,16 @@ const _: () = assert!(BUFFERS * crate::wire::message::MAX_BATCH_FILES < RING_ENT
 
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
-/// Operation kinds in the ring's tags (with the write's index in its buffer).
+/// Flushes of written ranges in flight at once (more wait: their ranges stay pending).
+const MAX_FLUSHING: usize = 4;
+const _: () = assert!(
+    BUFFERS * crate::wire::message::MAX_BATCH_FILES + MAX_FLUSHING + 1 < RING_ENTRIES as usize
+);
+/// Operation kinds in the ring's tags (with the write's index in its buffer, or the flush's
+/// slot).
 const OP_RECV: u32 = 1;
 const OP_WRITE: u32 = 2;
+const OP_SYNC: u32 = 3;
 
 /// One write of a buffer's frame, and the file it belongs to.
 struct WriteOp {
@@ -72,6 +80,8 @@ struct Buf {
 }
 
 pub struct RecvWorker {
+    /// The worker's number in its session (names its log of durable ranges).
+    pub index: usize,
     pub cpu: Option<hw::CpuId>,
     pub table: Arc<RecvTable>,
     /// The worker connection, past its handshake; sealed if the session is.
@@ -89,6 +99,12 @@ struct Ctx<'a> {
     progress: &'a AtomicU64,
     /// Opens the sealed frames of this connection, in order.
     opener: Option<&'a mut Opener>,
+    /// The large file being written and what of it was written since its last flush.
+    pending: Option<Pending>,
+    /// Flushes in flight, by slot.
+    flushing: [Option<Pending>; MAX_FLUSHING],
+    /// Where flushed ranges are logged (resume.rs).
+    log: crate::durable::Log,
 }
 
 impl RecvWorker {
@@ -114,6 +130,7 @@ impl RecvWorker {
                 pending: 0,
             })
             .collect();
+        let log = resume::open_log(self.table.journal.as_fd(), self.index)?;
         let mut cx = Ctx {
             t: &self.table,
             stats: FrameStats::default(),
@@ -121,6 +138,9 @@ impl RecvWorker {
             direct_ok: true,
             progress: &self.progress,
             opener,
+            pending: None,
+            flushing: Default::default(),
+            log,
         };
         let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
         let result = (|| -> Result<()> {
@@ -232,7 +252,14 @@ impl RecvWorker {
                         if on_completion(&mut ring, &mut bufs, c, &mut cx, Some(())).is_err() {
                             bufs[b].state = State::Free;
                         }
+                    } else if c.op() == OP_SYNC {
+                        let _ = on_completion(&mut ring, &mut bufs, c, &mut cx, Some(()));
                     }
+                }
+                // Once the writes have landed, what was written of the unfinished file is
+                // flushed and logged too: the next session need not send it again.
+                if ring.inflight() == 0 && cx.pending.is_some() {
+                    let _ = flush(&mut ring, &mut cx);
                 }
             }
         }
@@ -282,6 +309,7 @@ fn on_completion(
 ) -> Result<()> {
     match c.op() {
         OP_WRITE => on_write(ring, &mut bufs[c.buf], c.buf, c.index(), c.result, cx),
+        OP_SYNC => on_flushed(c.index(), c.result, cx),
         OP_RECV if draining.is_some() => Ok(()),
         other => unreachable!("unexpected operation kind {other} in tag {:#x}", c.tag),
     }
@@ -533,7 +561,9 @@ fn on_write(
     if w.inline {
         finish_inline(w, t)?;
     } else {
-        t.written(w.entry, w.io.len as u64, w.io.fd.as_fd())?;
+        let finished = t.written(w.entry, w.io.len as u64, w.io.fd.as_fd())?;
+        let (entry, off, len, fd) = (w.entry, w.io.file_off, w.io.len as u64, w.io.fd.clone());
+        note_written(ring, cx, entry, (off, len), &fd, finished)?;
     }
     buf.pending -= 1;
     if buf.pending == 0 {
@@ -541,6 +571,86 @@ fn on_write(
         buf.state = State::Free;
     }
     Ok(())
+}
+
+/// Counts a completed write of large file `entry` towards its next flush: a file finished
+/// needs none (its metadata says it is complete); one unfinished is flushed and logged every
+/// `checkpoint_bytes`, and when the worker moves on to another file.
+fn note_written(
+    ring: &mut Uring,
+    cx: &mut Ctx<'_>,
+    entry: EntryId,
+    (off, len): (u64, u64),
+    fd: &OpFd,
+    finished: bool,
+) -> Result<()> {
+    if cx.pending.as_ref().is_some_and(|p| p.entry != entry) {
+        flush(ring, cx)?;
+        // With every flush slot busy the other file's ranges are dropped: it is resent whole
+        // if the job is interrupted, as without resumption.
+        cx.pending = None;
+    }
+    if finished {
+        cx.pending = None;
+        return Ok(());
+    }
+    let t = cx.t;
+    if cx.pending.is_none() {
+        let e = &t.entries[entry.index()];
+        let st = rustix::fs::fstat(fd.as_fd())
+            .ctx(|| format!("stat {}", show(&t.paths[entry.index()])))?;
+        cx.pending = Some(Pending {
+            fd: fd.clone(),
+            entry,
+            path: t.paths[entry.index()].clone(),
+            version: Version {
+                ino: st.st_ino,
+                size: t.needed_size(entry).unwrap_or(0),
+                mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+            },
+            ranges: Vec::new(),
+            bytes: 0,
+        });
+    }
+    let Some(p) = cx.pending.as_mut() else {
+        unreachable!("pending set above")
+    };
+    p.add(off, len);
+    if p.bytes >= t.checkpoint_bytes {
+        flush(ring, cx)?;
+    }
+    Ok(())
+}
+
+/// Starts an fdatasync of the pending file; its ranges are logged when it completes. With
+/// every flush slot busy the ranges stay pending (and grow) until one frees.
+fn flush(ring: &mut Uring, cx: &mut Ctx<'_>) -> Result<()> {
+    let Some(k) = cx.flushing.iter().position(Option::is_none) else {
+        return Ok(());
+    };
+    let Some(p) = cx.pending.take() else {
+        return Ok(());
+    };
+    if p.ranges.is_empty() {
+        return Ok(());
+    }
+    ring.datasync(&p.fd, tag(OP_SYNC, k))
+        .ctx(|| "submitting fdatasync".to_string())?;
+    cx.flushing[k] = Some(p);
+    Ok(())
+}
+
+fn on_flushed(k: usize, res: i32, cx: &mut Ctx<'_>) -> Result<()> {
+    let Some(p) = cx.flushing.get_mut(k).and_then(Option::take) else {
+        unreachable!("flush completion for an idle slot {k}")
+    };
+    if res < 0 {
+        return Err(Error::Io {
+            context: format!("flushing {}", show(&p.path)),
+            source: std::io::Error::from_raw_os_error(-res),
+        });
+    }
+    resume::log_batch(&mut cx.log, p)
 }
 
 fn finish_inline(w: &WriteOp, t: &RecvTable) -> Result<()> {

@@ -24,8 +24,8 @@ use crate::wire::message::is_inline;
 use crate::wire::message::software_version;
 use crate::wire::message::{
     decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
-    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_SEALED, CAP_USER_XATTRS,
-    MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_RESUME_RANGES, CAP_SEALED,
+    CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use crate::wire::WireError;
@@ -150,7 +150,7 @@ fn hello(id: &Identity, role: Role) -> Vec<u8> {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
         software: software_version().to_string(),
-        capabilities: CAP_OWNERS | CAP_USER_XATTRS | sealed,
+        capabilities: CAP_OWNERS | CAP_USER_XATTRS | CAP_RESUME_RANGES | sealed,
         session: id.session,
         role,
     }
@@ -336,6 +336,17 @@ pub fn send_over(
     wire += ctl.write_frame(FrameKind::EntriesEnd, &(entries.len() as u64).to_le_bytes())?;
 
     let need = read_need(&mut ctl, entries.len())?;
+    let mut rests = if need.contains(&Need::Rest) {
+        if ack.capabilities & CAP_RESUME_RANGES == 0 {
+            return Err(WireError::BadField {
+                field: "need list asks for the rest of a file without CAP_RESUME_RANGES",
+            }
+            .into());
+        }
+        read_rest(&mut ctl, &need, entries)?
+    } else {
+        std::collections::HashMap::new()
+    };
     tracing::info!(secs = start.elapsed().as_secs_f64(), "need list received");
     let mut files = Vec::new();
     let (mut files_total, mut bytes_total, mut files_delta) = (0u64, 0u64, 0u64);
@@ -353,6 +364,9 @@ pub fn send_over(
                     field: "delta need for a file without a delta hint",
                 })?
             }
+            Need::Rest => rests.remove(&i).ok_or(WireError::BadField {
+                field: "rest need without its ranges",
+            })?,
             Need::Full if is_inline(size) || size == 0 => vec![(0, size)],
             Need::Full => {
                 let p = &walked.paths[i];
@@ -766,6 +780,52 @@ fn explain_worker_failure(e: Error, ctl: &mut Link) -> Error {
         }
     }
     e
+}
+
+/// Reads the Rest frames: the ranges still needed of every `Need::Rest` file, each inside its
+/// file, each file once.
+fn read_rest(
+    ctl: &mut Link,
+    need: &[Need],
+    entries: &[crate::tree::entry::Entry],
+) -> Result<std::collections::HashMap<usize, Vec<(u64, u64)>>> {
+    let mut out = std::collections::HashMap::new();
+    let mut buf = Vec::new();
+    loop {
+        ctl.expect_frame(FrameKind::Rest, &mut buf)?;
+        let (last, records) = crate::wire::message::decode_rest(&buf)?;
+        for (e, ranges) in records {
+            let i = e.index();
+            let size = match entries.get(i).map(|x| &x.kind) {
+                Some(EntryKind::File { size }) if need[i] == Need::Rest && !is_inline(*size) => {
+                    *size
+                }
+                _ => {
+                    return Err(WireError::BadField {
+                        field: "rest ranges for an entry not resumed",
+                    }
+                    .into())
+                }
+            };
+            if ranges.last().is_some_and(|&(o, l)| o + l > size) || out.insert(i, ranges).is_some()
+            {
+                return Err(WireError::BadField {
+                    field: "rest ranges past the file or repeated",
+                }
+                .into());
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    if out.len() != need.iter().filter(|n| **n == Need::Rest).count() {
+        return Err(WireError::BadField {
+            field: "rest ranges missing for a resumed file",
+        }
+        .into());
+    }
+    Ok(out)
 }
 
 fn read_need(ctl: &mut Link, n: usize) -> Result<Vec<Need>> {

@@ -45,6 +45,9 @@ pub enum FrameKind {
     Verified = 11,
     Hints = 12,
     Expect = 13,
+    /// Receiver to sender, after the need list (CAP_RESUME_RANGES): the ranges still needed
+    /// of each `Need::Rest` file.
+    Rest = 14,
 }
 
 impl FrameKind {
@@ -64,6 +67,7 @@ impl FrameKind {
             11 => Verified,
             12 => Hints,
             13 => Expect,
+            14 => Rest,
             other => return Err(WireError::UnknownFrameKind(other)),
         })
     }

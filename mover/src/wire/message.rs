@@ -37,7 +37,11 @@ pub const CAP_USER_XATTRS: u64 = 1 << 1;
 /// The session is sealed (see seal.rs): the Hello carries the handle of its secret, every later
 /// frame is sealed. A receiver echoes it when it accepts.
 pub const CAP_SEALED: u64 = 1 << 2;
-pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED;
+/// The sender understands `Need::Rest` and the Rest frames: a resumed job asks only for the
+/// ranges of a file an interrupted session did not make durable. A receiver echoes it when it
+/// will use them.
+pub const CAP_RESUME_RANGES: u64 = 1 << 3;
+pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED | CAP_RESUME_RANGES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -127,6 +131,76 @@ pub enum Need {
     Full = 1,
     /// Send only the delta hint's ranges; the receiver writes them in place.
     Delta = 2,
+    /// Send only the ranges the Rest frames list (whole, holes as zeros): an interrupted
+    /// session of this job made the rest of this version of the file durable.
+    Rest = 3,
+}
+
+/// Rest frames carry at most this many bytes of records (one record, MAX_DELTA_RANGES ranges
+/// at most, always fits a frame).
+pub const REST_FRAME_BYTES: usize = 512 * 1024;
+const REST_RECORD_HEADER: usize = 8;
+const _: () = assert!(REST_RECORD_HEADER + 16 * MAX_DELTA_RANGES < super::frame::MAX_FRAME_PAYLOAD);
+
+/// Splits `(entry, ranges)` records into Rest payloads: `[last u8] ([entry u32][n u32]
+/// ([offset u64][len u64]){n})*`. Always at least one payload (the last), possibly empty.
+pub fn encode_rest(records: &[(EntryId, Vec<(u64, u64)>)]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut e = Enc::new();
+    e.u8(0);
+    for (entry, ranges) in records {
+        let len = REST_RECORD_HEADER + 16 * ranges.len();
+        if e.buf.len() > 1 && e.buf.len() + len > REST_FRAME_BYTES {
+            out.push(std::mem::take(&mut e.buf));
+            e.u8(0);
+        }
+        e.u32(entry.0).u32(ranges.len() as u32);
+        for &(o, l) in ranges {
+            e.u64(o).u64(l);
+        }
+    }
+    e.buf[0] = 1;
+    out.push(e.buf);
+    out
+}
+
+/// One Rest payload: (last, records). Ranges are checked sorted, disjoint and non-empty; the
+/// caller checks them against the files' sizes.
+#[allow(clippy::type_complexity)]
+pub fn decode_rest(p: &[u8]) -> Result<(bool, Vec<(EntryId, Vec<(u64, u64)>)>), WireError> {
+    let mut d = Dec::new(p);
+    let last = match d.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(WireError::BadField { field: "rest flag" }),
+    };
+    let mut out = Vec::new();
+    while d.remaining() > 0 {
+        let entry = EntryId(d.u32()?);
+        let n = d.u32()? as usize;
+        if n > MAX_DELTA_RANGES || n * 16 > d.remaining() {
+            return Err(WireError::BadField {
+                field: "rest range count",
+            });
+        }
+        let mut ranges = Vec::with_capacity(n);
+        let mut end = 0u64;
+        for _ in 0..n {
+            let (o, l) = (d.u64()?, d.u64()?);
+            let e = o.checked_add(l).ok_or(WireError::BadField {
+                field: "rest range",
+            })?;
+            if l == 0 || (!ranges.is_empty() && o < end) {
+                return Err(WireError::BadField {
+                    field: "rest range",
+                });
+            }
+            end = e;
+            ranges.push((o, l));
+        }
+        out.push((entry, ranges));
+    }
+    Ok((last, out))
 }
 
 fn string(d: &mut Dec<'_>, limit: usize, what: &'static str) -> Result<String, WireError> {
@@ -435,6 +509,7 @@ pub fn decode_need(p: &[u8]) -> Result<(u32, bool, Vec<Need>), WireError> {
             0 => Ok(Need::Nothing),
             1 => Ok(Need::Full),
             2 => Ok(Need::Delta),
+            3 => Ok(Need::Rest),
             _ => Err(WireError::BadField {
                 field: "need list value",
             }),

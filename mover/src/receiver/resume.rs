@@ -1,0 +1,299 @@
+//! Resuming inside files: which byte ranges of a file an interrupted session already made
+//! durable, so the next session of the same job asks only for the rest.
+//!
+//! Workers flush what they wrote of a large file in batches (`FLUSH_BYTES`, an fdatasync
+//! through the ring) and then log the flushed ranges in the job's journal directory, one log
+//! per worker (`written-<worker>`, no lock between workers). A record names the file by path
+//! and by what identifies its content: the inode written (nothing is deleted during a job, so
+//! no other file of the job can have that number) and the size and mtime of the source version
+//! being written. A later session trusts the ranges only for a file that is still that inode
+//! and whose entry is still that version; anything else is sent again whole, as before.
+//!
+//! Undo is unaffected: a file the job created is removed by revert, and a file updated in place
+//! has its pre-images, which the resumed ranges must lie inside (checked here).
+
+use crate::durable::{parse_records, read_opt, Log};
+use crate::error::{Error, Result};
+use crate::wire::codec::{Dec, Enc};
+use crate::wire::message::MAX_DELTA_RANGES;
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+
+/// A worker flushes and logs a file's written ranges once this many bytes of it are unlogged
+/// (and when it moves on to another file). Smaller: less to resend after a kill, more
+/// fdatasyncs; 64 MiB is about a third of a second of this machine's disk.
+pub const FLUSH_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest checkpoint interval an operator may set (each is an fdatasync).
+pub const MIN_FLUSH_BYTES: u64 = 1024 * 1024;
+/// Most ranges one record carries (a worker's writes of one file between flushes are mostly
+/// one run; a batch with more ranges is logged in several records).
+pub const MAX_RECORD_RANGES: usize = 256;
+/// Bound on one logged path (as the undo journal's).
+const MAX_PATH: usize = crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
+/// Bound on the workers' logs read back (the sender's worker count is at most MAX_WORKERS).
+const MAX_LOGS: usize = crate::wire::message::MAX_WORKERS as usize;
+const LOG_PREFIX: &str = "written-";
+
+/// The source version a file's bytes belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, u32),
+}
+
+/// Per path, the versions an interrupted session wrote and the ranges of each it made durable.
+pub type Durable = HashMap<Vec<u8>, Vec<(Version, Vec<(u64, u64)>)>>;
+
+/// Ranges of one file flushed to disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub path: Vec<u8>,
+    pub version: Version,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl Written {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        let v = &self.version;
+        e.bytes(&self.path)
+            .u64(v.ino)
+            .u64(v.size)
+            .i64(v.mtime.0)
+            .u32(v.mtime.1)
+            .u32(self.ranges.len() as u32);
+        for &(o, l) in &self.ranges {
+            e.u64(o).u64(l);
+        }
+        e.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Written> {
+        let mut d = Dec::new(b);
+        let path = d.bytes(MAX_PATH, "written path")?.to_vec();
+        let version = Version {
+            ino: d.u64()?,
+            size: d.u64()?,
+            mtime: (d.i64()?, d.u32()?),
+        };
+        let n = d.u32()? as usize;
+        if n > MAX_RECORD_RANGES {
+            return Err(Error::Corrupt(format!("a written record with {n} ranges")));
+        }
+        let mut ranges = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (o, l) = (d.u64()?, d.u64()?);
+            if l == 0 || o.checked_add(l).is_none_or(|end| end > version.size) {
+                return Err(Error::Corrupt("a written range outside its file".into()));
+            }
+            ranges.push((o, l));
+        }
+        d.finish()?;
+        Ok(Written {
+            path,
+            version,
+            ranges,
+        })
+    }
+}
+
+/// Opens worker `index`'s log in the journal directory for appending.
+pub fn open_log(journal: BorrowedFd<'_>, index: usize) -> Result<Log> {
+    Ok(Log::open(journal, &format!("{LOG_PREFIX}{index}"))?.0)
+}
+
+/// Every durable range the workers' logs record, per path and version, merged. A log that
+/// cannot be decoded loses only the resumption (its files are sent again whole).
+pub fn read_logs(journal: BorrowedFd<'_>) -> Result<Durable> {
+    let mut out = Durable::new();
+    for index in 0..MAX_LOGS {
+        let Some(raw) = read_opt(journal, &format!("{LOG_PREFIX}{index}"))? else {
+            continue;
+        };
+        let (records, _) = parse_records(&raw);
+        for r in records {
+            let Ok(w) = Written::decode(r) else {
+                tracing::warn!(
+                    index,
+                    "unreadable record in a written log; ignoring the rest"
+                );
+                break;
+            };
+            let per = out.entry(w.path).or_default();
+            match per.iter_mut().find(|(v, _)| *v == w.version) {
+                Some((_, rs)) => rs.extend(w.ranges),
+                None => per.push((w.version, w.ranges)),
+            }
+        }
+    }
+    for per in out.values_mut() {
+        for (_, rs) in per.iter_mut() {
+            *rs = merge(std::mem::take(rs));
+        }
+    }
+    Ok(out)
+}
+
+/// Sorted, disjoint, adjacent runs joined.
+pub fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.retain(|x| x.1 > 0);
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (o, l) in r {
+        match out.last_mut() {
+            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+            _ => out.push((o, l)),
+        }
+    }
+    out
+}
+
+/// `want` minus `have` (both sorted and disjoint).
+pub fn subtract(want: &[(u64, u64)], have: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(o, l) in want {
+        let (mut at, end) = (o, o + l);
+        for &(ho, hl) in have {
+            let hend = ho + hl;
+            if hend <= at || ho >= end {
+                continue;
+            }
+            if ho > at {
+                out.push((at, ho - at));
+            }
+            at = at.max(hend);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push((at, end - at));
+        }
+    }
+    out
+}
+
+/// Whether every range of `inner` lies inside `outer` (both sorted and disjoint).
+pub fn covers(outer: &[(u64, u64)], inner: &[(u64, u64)]) -> bool {
+    subtract(inner, outer).is_empty()
+}
+
+/// What a resumed session still needs of a file: `want` (the whole file, or a delta's ranges)
+/// minus what an interrupted session of the job made durable for this exact `version`; None
+/// when nothing is known for it (the caller sends it whole, as without resumption), or when
+/// the rest would take more ranges than a need may carry.
+pub fn rest(
+    durable: &[(Version, Vec<(u64, u64)>)],
+    version: Version,
+    want: &[(u64, u64)],
+) -> Option<Vec<(u64, u64)>> {
+    let (_, have) = durable.iter().find(|(v, _)| *v == version)?;
+    let rest = subtract(want, have);
+    (rest.len() <= MAX_DELTA_RANGES).then_some(rest)
+}
+
+/// A worker's record of what it wrote of the file it is writing, flushed and logged in batches.
+pub struct Pending {
+    /// The file, kept open until its flush completes.
+    pub fd: crate::engine::ring::OpFd,
+    pub entry: crate::units::EntryId,
+    pub path: Vec<u8>,
+    pub version: Version,
+    pub ranges: Vec<(u64, u64)>,
+    pub bytes: u64,
+}
+
+impl Pending {
+    pub fn add(&mut self, off: u64, len: u64) {
+        debug_assert!(off + len <= self.version.size);
+        self.ranges.push((off, len));
+        self.bytes += len;
+    }
+
+    /// The records that log this batch.
+    pub fn records(self) -> Vec<Written> {
+        let merged = merge(self.ranges);
+        merged
+            .chunks(MAX_RECORD_RANGES)
+            .map(|c| Written {
+                path: self.path.clone(),
+                version: self.version,
+                ranges: c.to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// Appends a flushed batch to the worker's log.
+pub fn log_batch(log: &mut Log, batch: Pending) -> Result<()> {
+    for w in batch.records() {
+        log.append(&w.encode())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_arithmetic() {
+        assert_eq!(
+            merge(vec![(10, 5), (0, 10), (20, 1), (15, 0)]),
+            vec![(0, 15), (20, 1)]
+        );
+        assert_eq!(
+            subtract(&[(0, 100)], &[(10, 10), (50, 60)]),
+            vec![(0, 10), (20, 30)]
+        );
+        assert_eq!(
+            subtract(&[(0, 10), (20, 10)], &[(5, 20)]),
+            vec![(0, 5), (25, 5)]
+        );
+        assert!(covers(&[(0, 50), (60, 10)], &[(0, 10), (62, 3)]));
+        assert!(!covers(&[(0, 50)], &[(40, 20)]));
+    }
+
+    #[test]
+    fn only_the_same_version_of_the_same_inode_resumes() {
+        let v = Version {
+            ino: 7,
+            size: 1000,
+            mtime: (5, 6),
+        };
+        let durable = vec![(v, vec![(0, 400)])];
+        assert_eq!(rest(&durable, v, &[(0, 1000)]), Some(vec![(400, 600)]));
+        for other in [
+            Version { ino: 8, ..v },
+            Version { size: 999, ..v },
+            Version { mtime: (5, 7), ..v },
+        ] {
+            assert_eq!(rest(&durable, other, &[(0, 1000)]), None);
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_hostile_ones_are_refused() {
+        let w = Written {
+            path: b"a/b".to_vec(),
+            version: Version {
+                ino: 1,
+                size: 100,
+                mtime: (1, 2),
+            },
+            ranges: vec![(0, 10), (50, 50)],
+        };
+        assert_eq!(Written::decode(&w.encode()).expect("decode"), w);
+        let past = Written {
+            ranges: vec![(90, 20)],
+            ..w.clone()
+        };
+        assert!(Written::decode(&past.encode()).is_err());
+        let empty = Written {
+            ranges: vec![(0, 0)],
+            ..w
+        };
+        assert!(Written::decode(&empty.encode()).is_err());
+    }
+}
