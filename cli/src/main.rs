@@ -88,7 +88,7 @@ enum Cmd {
         allow_devices: bool,
         /// While a large file is written, flush it and log what is on disk every N MiB, so a
         /// job interrupted inside the file resumes there (smaller: less resent, more fsyncs).
-        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
         checkpoint_mib: u64,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
