@@ -75,6 +75,44 @@ pub fn open_in(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> i
     )?)
 }
 
+/// The directory of the last file opened through it: files come in walk order, so most share
+/// their parent with the one before, and opening relative to it resolves one name instead of
+/// the whole path (the directory itself was resolved beneath the root).
+#[derive(Default)]
+pub struct DirCache {
+    parent: Vec<u8>,
+    fd: Option<OwnedFd>,
+}
+
+impl DirCache {
+    /// Opens file `rel` beneath `root`, like `open_file`.
+    pub fn open_file(
+        &mut self,
+        root: BorrowedFd<'_>,
+        rel: &[u8],
+        flags: OFlags,
+        mode: Mode,
+    ) -> io::Result<OwnedFd> {
+        let (parent, name) = split_parent(rel);
+        open_in(self.dir(root, parent)?, name, flags, mode)
+    }
+
+    /// Directory `parent` beneath `root` (empty: the root), opened unless it is the last one.
+    pub fn dir(&mut self, root: BorrowedFd<'_>, parent: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        if self.fd.is_none() || self.parent != parent {
+            self.fd = None;
+            let fd = open_dir(root, parent)?;
+            self.parent.clear();
+            self.parent.extend_from_slice(parent);
+            self.fd = Some(fd);
+        }
+        match &self.fd {
+            Some(fd) => Ok(fd.as_fd()),
+            None => unreachable!("set above"),
+        }
+    }
+}
+
 /// Opens file `rel` beneath `root`.
 pub fn open_file(
     root: BorrowedFd<'_>,

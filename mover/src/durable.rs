@@ -149,6 +149,21 @@ impl Log {
             .ctx(|| format!("appending to {}", self.name))
     }
 
+    /// Appends several records with a single write(2) (all or, if the process dies during
+    /// it, a valid prefix: a torn tail is cut off when the log is next opened).
+    pub fn append_many<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        self.buf.clear();
+        for b in bodies {
+            frame_record(b, &mut self.buf);
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.buf)
+            .ctx(|| format!("appending to {}", self.name))
+    }
+
     pub fn sync(&mut self) -> Result<()> {
         self.file.sync_data().ctx(|| format!("fsync {}", self.name))
     }

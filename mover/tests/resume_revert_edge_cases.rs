@@ -657,7 +657,9 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
         std::fs::create_dir(src.join("sub")).unwrap();
         std::fs::write(src.join("sub/e"), bytes(100, 3000)).unwrap();
         std::fs::write(src.join("a.bin"), bytes(101, 1 << 20)).unwrap();
-        std::fs::write(src.join("b"), bytes(102, 3000)).unwrap();
+        // Over INLINE_MAX: its records come in walk order (small files' Created records are
+        // written together at the end of the apply phase).
+        std::fs::write(src.join("b"), bytes(102, 100_000)).unwrap();
         assert!(job(&src, &dst, &state));
         let rp = full_hash(&dst);
 
@@ -670,7 +672,7 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
             4096,
         )
         .unwrap();
-        std::fs::write(src.join("b"), bytes(104, 3000)).unwrap();
+        std::fs::write(src.join("b"), bytes(104, 100_000)).unwrap();
         // Created first, so it cannot reuse the inode of sub/e (which would make it a rename).
         std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap(); // Created{zz-big.bin}
         std::fs::remove_file(src.join("sub/e")).unwrap(); // newest record: Moved{sub/e} (extraneous)

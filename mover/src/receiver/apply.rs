@@ -365,7 +365,12 @@ pub fn apply_entries(
                             // Never write into the old inode: it may be hard-linked elsewhere.
                             clear(j, &mut stats)?;
                         }
-                        journal_created(j, path)?;
+                        if is_inline(*size) {
+                            // Created by a worker: journaled with the others in one write.
+                            j.created_later(path);
+                        } else {
+                            journal_created(j, path)?;
+                        }
                         stats.files_needed += 1;
                         stats.bytes_needed += size;
                         if !is_inline(*size) {
@@ -413,6 +418,9 @@ pub fn apply_entries(
         }
     }
     drop(dirs);
+    j.flush_deferred().map_err(space::naming(|| {
+        "journaling the creation of small files".to_string()
+    }))?;
     stats.removed += remove_extraneous(root, entries, paths, skip, &fresh, j)?;
     Ok(Applied {
         need,

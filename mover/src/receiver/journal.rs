@@ -350,6 +350,9 @@ pub struct Journal {
     pub durable: super::resume::Durable,
     /// Ranges of files updated in place whose old bytes the journal holds, per path (merged).
     pub preimaged: HashMap<Vec<u8>, Vec<(u64, u64)>>,
+    /// `Created` records of items made later (small files the workers create), written
+    /// together by `flush_deferred` before any of them is made.
+    deferred: Vec<Undo>,
 }
 
 impl Journal {
@@ -437,6 +440,7 @@ impl Journal {
             map,
             durable,
             preimaged,
+            deferred: Vec::new(),
         })
     }
 
@@ -464,6 +468,31 @@ impl Journal {
         self.append(&Undo::Created {
             path: path.to_vec(),
         })
+    }
+
+    /// Journals that `path` will be created after `flush_deferred` (by a worker): one write for
+    /// all of them instead of one per file. Nothing may be done at `path` before the flush;
+    /// whatever stood there must already be moved away (its record comes first, so undoing
+    /// newest-first removes the new item before putting the old one back).
+    pub fn created_later(&mut self, path: &[u8]) {
+        self.deferred.push(Undo::Created {
+            path: path.to_vec(),
+        });
+    }
+
+    /// Writes the deferred records, in bounded batches of one write(2) each.
+    pub fn flush_deferred(&mut self) -> Result<()> {
+        /// Records per write: bounds the buffer (a record is at most a path and a few bytes).
+        const BATCH: usize = 4096;
+        let deferred = std::mem::take(&mut self.deferred);
+        for chunk in deferred.chunks(BATCH) {
+            let bodies: Vec<Vec<u8>> = chunk.iter().map(Undo::encode).collect();
+            self.log.append_many(bodies.iter().map(Vec::as_slice))?;
+            for u in chunk {
+                self.map.apply(u);
+            }
+        }
+        Ok(())
     }
 
     /// Moves `name` in `dir` (the item at `path`) into the journal instead of deleting it. A

@@ -105,6 +105,8 @@ struct Ctx<'a> {
     flushing: [Option<Pending>; MAX_FLUSHING],
     /// Where flushed ranges are logged (resume.rs).
     log: crate::durable::Log,
+    /// The directory small files are being created in.
+    dirs: beneath::DirCache,
 }
 
 impl RecvWorker {
@@ -141,6 +143,7 @@ impl RecvWorker {
             pending: None,
             flushing: Default::default(),
             log,
+            dirs: beneath::DirCache::default(),
         };
         let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
         let result = (|| -> Result<()> {
@@ -384,9 +387,10 @@ fn on_frame(
                     // was planted mid-session and is not written through.
                     let mode = t.entries[entry.index()].meta.mode & 0o777;
                     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
-                    let fd =
-                        beneath::open_file(t.root.as_fd(), p, flags, Mode::from_raw_mode(mode))
-                            .ctx(|| format!("creating {}", show(p)))?;
+                    let fd = cx
+                        .dirs
+                        .open_file(t.root.as_fd(), p, flags, Mode::from_raw_mode(mode))
+                        .ctx(|| format!("creating {}", show(p)))?;
                     let at = BASE + FRAME_HEADER_LEN + range.start;
                     buf.writes.push(WriteOp {
                         io: Transfer::new(Rc::new(fd), 0, at, range.len()),

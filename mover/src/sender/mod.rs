@@ -611,15 +611,17 @@ fn check_unchanged(
     need: &[Need],
 ) -> Result<()> {
     let mut changed = Vec::new();
+    let mut dirs = crate::beneath::DirCache::default();
     for (i, e) in w.entries.iter().enumerate() {
         if !matches!(e.kind, EntryKind::File { .. }) || need[i] == Need::Nothing {
             continue;
         }
         let p = &w.paths[i];
         let (dir, name) = crate::beneath::split_parent(p);
-        let st = crate::beneath::open_dir(root, dir)
+        let st = dirs
+            .dir(root, dir)
             .ok()
-            .and_then(|d| rustix::fs::statat(&d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
+            .and_then(|d| rustix::fs::statat(d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
         if !st.is_some_and(|s| w.unchanged_since(i, &s)) {
             changed.push(show(p));
         }

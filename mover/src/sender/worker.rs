@@ -180,6 +180,7 @@ impl SendWorker {
         let mut more = true;
         let mut cache: Option<Cached> = None;
         let mut direct_ok = self.direct;
+        let mut dirs = beneath::DirCache::default();
         let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
 
         loop {
@@ -208,6 +209,7 @@ impl SendWorker {
                             table: &self.table,
                             cache: &mut cache,
                             direct_ok: &mut direct_ok,
+                            dirs: &mut dirs,
                         };
                         start_unit(&mut ring, &mut bufs[b], b, u, ctx)?;
                     }
@@ -261,6 +263,7 @@ impl SendWorker {
                             table: &self.table,
                             cache: &mut cache,
                             direct_ok: &mut direct_ok,
+                            dirs: &mut dirs,
                         };
                         if on_read(&mut ring, &mut bufs[b], b, idx, c.result, cx)? {
                             for r in &bufs[b].reads {
@@ -339,6 +342,8 @@ struct UnitCtx<'a> {
     table: &'a SendTable,
     cache: &'a mut Option<Cached>,
     direct_ok: &'a mut bool,
+    /// The directory small files are being opened in.
+    dirs: &'a mut beneath::DirCache,
 }
 
 fn open_for_read(table: &SendTable, entry: EntryId, direct: bool) -> Result<OwnedFd> {
@@ -464,7 +469,11 @@ fn start_unit(
             );
             buf.frame_end = pos;
             for (entry, buf_off, len) in opened {
-                let fd = open_for_read(table, entry, false)?;
+                let p = &table.paths[entry.index()];
+                let fd = cx
+                    .dirs
+                    .open_file(table.root.as_fd(), p, OFlags::RDONLY, Mode::empty())
+                    .ctx(|| format!("opening {} for reading", show(p)))?;
                 buf.reads.push(ReadOp {
                     io: Transfer::new(Rc::new(fd), 0, buf_off, len),
                     entry,
