@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+mod host;
 mod http;
 mod metrics;
 mod paths;
@@ -43,6 +44,8 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     store: Mutex<Store>,
     pub identity: Identity,
+    /// Mounts, reverts and receiver threads (`host::System`; the simulation's fake in tests).
+    host: Arc<dyn host::Host>,
     /// Source side: jobs running now.
     jobs: Mutex<HashMap<RelationshipId, source::Job>>,
     /// Source side: "replicate now" requests not yet started.
@@ -131,24 +134,44 @@ fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
         config::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
-    let started = clock.instant();
-    Ok(Node {
+    Ok(Node::new(
         opts,
         clock,
-        store: Mutex::new(store),
+        store,
         identity,
-        jobs: Mutex::default(),
-        wanted: Mutex::default(),
-        receivers: Mutex::default(),
-        reported: Mutex::default(),
-        reverting: Mutex::default(),
-        authorizing: Mutex::default(),
-        routes: Mutex::default(),
-        last_contact: Mutex::default(),
-        started,
-        metrics: metrics::Metrics::default(),
-        shutting_down: AtomicBool::new(false),
-    })
+        Arc::new(host::System),
+    ))
+}
+
+impl Node {
+    /// A node with nothing running yet: what a start begins with, whatever its store holds.
+    fn new(
+        opts: DaemonOptions,
+        clock: Arc<dyn Clock>,
+        store: Store,
+        identity: Identity,
+        host: Arc<dyn host::Host>,
+    ) -> Node {
+        let started = clock.instant();
+        Node {
+            opts,
+            clock,
+            store: Mutex::new(store),
+            identity,
+            host,
+            jobs: Mutex::default(),
+            wanted: Mutex::default(),
+            receivers: Mutex::default(),
+            reported: Mutex::default(),
+            reverting: Mutex::default(),
+            authorizing: Mutex::default(),
+            routes: Mutex::default(),
+            last_contact: Mutex::default(),
+            started,
+            metrics: metrics::Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT: then running jobs stop at a chunk boundary, their

@@ -9,8 +9,7 @@ use crate::model::{Attempt, Relationship, RelationshipId, Role};
 use crate::pinned::OpenDir;
 use crate::readonly;
 use crate::{Error, Result};
-use mover::receiver::{ReceiveOptions, Receiver, Tickets};
-use mover::Progress;
+use mover::receiver::{ReceiveOptions, Tickets};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,11 +20,10 @@ use std::time::{Duration, Instant};
 pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Rx {
-    /// Data-plane connections the peer port routed to this relationship.
-    pub inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
+    /// The receiver, fed the data-plane connections the peer port routes to this relationship.
+    receiving: Box<dyn super::host::Receiving>,
     pub tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
     /// The checked target directory, open while the receiver lives (an unprotected target is
     /// written through its descriptor's path).
     _root: OpenDir,
@@ -64,14 +62,16 @@ fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
     let dir = paths::target_dir(node, r)?;
     match r.read_only.as_deref() {
         Some("bind_mount") => {
-            let (mode, via) = readonly::protect(dir.pin(), &node.mount_dir(&r.id), r.replica)?;
+            let (mode, via) =
+                node.host
+                    .protect(&r.id, dir.pin(), &node.mount_dir(&r.id), r.replica)?;
             if mode != readonly::Mode::BindMount {
                 return Err(Error::Conflict(format!(
                     "target {} was protected by a bind mount that can no longer be made; delete and recreate the relationship",
                     r.spec.target_path
                 )));
             }
-            if !crate::pinned::shows(&via, dir.pin()) {
+            if !node.host.shows(&r.id, &via, dir.pin()) {
                 return Err(Error::Conflict(format!(
                     "the private view {} does not show target {}",
                     via.display(),
@@ -108,7 +108,9 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
         )));
     }
     let replica = a.replica();
-    let (mode, _) = readonly::protect(dir.pin(), &node.mount_dir(id), replica)?;
+    let (mode, _) = node
+        .host
+        .protect(id, dir.pin(), &node.mount_dir(id), replica)?;
     let pin = dir.pin().clone();
     let r = node.modify(id, |x| {
         x.authorized = true;
@@ -140,7 +142,7 @@ pub fn ticket(
             r.id
         )));
     }
-    if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
+    if rxs.get(&r.id).is_some_and(|rx| rx.receiving.is_finished()) {
         rxs.remove(&r.id);
     }
     if rxs.contains_key(&r.id) {
@@ -168,7 +170,8 @@ pub fn ticket(
         .map(|(t, (_, at))| (*t, *at))
         .collect();
     if mine.len() >= mover::receiver::MAX_TICKETS {
-        mine.sort_by_key(|(_, at)| *at);
+        // Oldest first; equal times by ticket, so which go never depends on the map's order.
+        mine.sort_by_key(|(t, at)| (*at, *t));
         for (t, _) in &mine[..=mine.len() - mover::receiver::MAX_TICKETS] {
             routes.remove(t);
         }
@@ -192,14 +195,19 @@ pub const MAX_ROUTES: usize = 65536;
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
 pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
-    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
-        return false;
-    };
     let Ok(conn) = mover::transport::tcp::TcpConn::new(conn) else {
         return false;
     };
+    deliver(node, session, Box::new(conn))
+}
+
+/// `route` for a connection of any transport.
+pub(crate) fn deliver(node: &Node, session: u128, conn: Box<dyn mover::Connection>) -> bool {
+    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
+        return false;
+    };
     match lock(&node.receivers).get(&id) {
-        Some(rx) => rx.inbox.send(Box::new(conn)).is_ok(),
+        Some(rx) => rx.receiving.deliver(conn),
         None => false,
     }
 }
@@ -223,24 +231,12 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             allow_devices: r.replica.allow_devices,
         },
     };
-    let (inbox, incoming) = std::sync::mpsc::channel();
-    let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
-    let id = r.id.clone();
-    let thread = std::thread::Builder::new()
-        .name("mover-receiver".into())
-        .spawn(move || {
-            let served = rx.serve(|rep| tracing::info!(%id, ok = rep.ok, error = ?rep.error, "receiver session ended"));
-            if let Err(e) = served {
-                tracing::error!(%id, "receiver stopped: {e}");
-            }
-        })
-        .map_err(|e| Error::Io { context: "spawning the receiver thread".into(), source: e })?;
+    let receiving = node.host.start_receiver(&r.id, opts)?;
     tracing::info!(id = %r.id, "data-plane receiver started");
     Ok(Rx {
-        inbox,
+        receiving,
         tickets,
         stop,
-        thread,
         _root: dir,
     })
 }
@@ -252,14 +248,14 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
     };
     rx.stop.store(true, Ordering::SeqCst);
     let until = Instant::now() + wait;
-    while !rx.thread.is_finished() {
+    while !rx.receiving.is_finished() {
         if Instant::now() >= until {
             lock(&node.receivers).insert(id.clone(), rx);
             return Err(Error::Conflict(format!("a job of relationship {id} is still writing; try again when the source has stopped it")));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = rx.thread.join();
+    rx.receiving.join();
     Ok(())
 }
 
@@ -359,31 +355,30 @@ fn unprotect(node: &Node, r: &Relationship) -> Result<()> {
             // The journal is reverted through the private writable view (rebuilt if a reboot
             // took it), while the target path is still read-only to everyone else.
             let root = match r.read_only.as_deref() {
-                Some("bind_mount") => readonly::protect(dir.pin(), &backing, r.replica)?.1,
+                Some("bind_mount") => node.host.protect(&r.id, dir.pin(), &backing, r.replica)?.1,
                 _ => dir.proc_path(),
             };
-            revert(r, &root)?;
-            readonly::release(dir.path(), &backing)
+            revert(node, r, &root)?;
+            node.host.release(&r.id, dir.path(), &backing)
         }
         Err(e) => {
             tracing::error!(id = %r.id, "{e}: leaving it alone; if the directory was moved, its read-only mount went with it (unmount it there by hand)");
             if let Some(pin) = r
                 .pinned
                 .as_ref()
-                .filter(|p| crate::pinned::shows(&backing, p))
+                .filter(|p| node.host.shows(&r.id, &backing, p))
             {
                 tracing::info!(id = %r.id, "reverting through the private view, which still shows {}", pin.path);
-                revert(r, &backing)?;
+                revert(node, r, &backing)?;
             }
-            readonly::release_backing(&backing)
+            node.host.release_backing(&r.id, &backing)
         }
     }
 }
 
-fn revert(r: &Relationship, root: &Path) -> Result<()> {
-    let rep = mover::receiver::revert_root(root)?;
-    if rep.reverted {
-        tracing::info!(id = %r.id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
+fn revert(node: &Node, r: &Relationship, root: &Path) -> Result<()> {
+    if let Some(undone) = node.host.revert(&r.id, root)? {
+        tracing::info!(id = %r.id, undone, "reverted the interrupted job to the last recovery point");
     }
     Ok(())
 }
