@@ -443,7 +443,7 @@ fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::
         ));
     }
     spec.validate()?;
-    node.modify(&r.id, |x| x.spec = spec)?;
+    node.modify(&r.id, Role::Target, |x| x.spec = spec)?;
     Ok(())
 }
 

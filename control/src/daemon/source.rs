@@ -482,7 +482,7 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
     if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
         // Written over the stored row, not `r` (read before the call): an end recorded
         // meanwhile (a delete in progress) is never undone here.
-        let res = node.modify(&r.id, |x| {
+        let res = node.modify(&r.id, Role::Source, |x| {
             x.authorized = x.authorized || authorized;
             x.ended = x.ended || ended;
             x.peer_unreachable = unreachable;
@@ -591,7 +591,7 @@ pub(crate) fn claim_job(node: &Node, r: &Relationship) -> Option<Claimed> {
         }
         jobs.insert(r.id.clone(), job);
     }
-    if let Err(e) = node.modify(&r.id, |x| x.job_running = true) {
+    if let Err(e) = node.modify(&r.id, Role::Source, |x| x.job_running = true) {
         tracing::error!(id = %r.id, "recording the job start: {e}");
     }
     tracing::info!(id = %r.id, source = %r.spec.source_path, "job started");
@@ -947,7 +947,7 @@ fn finish_job(
     };
     tracing::info!(%id, ok = attempt.ok, "job ended: {}", attempt.message);
     let attempt_failed = !attempt.ok;
-    let res = node.modify(id, |x| {
+    let res = node.modify(id, Role::Source, |x| {
         x.last_attempt = Some(attempt);
         if rp.is_some() {
             x.recovery_point_ns = rp;
@@ -1049,7 +1049,7 @@ pub(crate) fn learned(
         Ok(PeerAnswer::State {
             authorized: true,
             ended,
-        }) => node.modify(&r.id, |x| {
+        }) => node.modify(&r.id, Role::Source, |x| {
             x.authorized = true;
             x.ended = x.ended || ended;
         }),
@@ -1065,7 +1065,7 @@ pub(crate) fn edit(
 ) -> Result<Relationship> {
     let r = node.get(id, Role::Source)?;
     let spec = r.spec.edited(e)?;
-    let r = node.modify(id, |x| x.spec = spec.clone())?;
+    let r = node.modify(id, Role::Source, |x| x.spec = spec.clone())?;
     if let Some(j) = lock(&node.jobs).get(id) {
         j.progress.control.set_rate(spec.bandwidth_limit);
     }
@@ -1127,13 +1127,13 @@ pub(crate) fn delete_begin(node: &Node, id: &RelationshipId) -> Result<Relations
     lock(&node.wanted).remove(id);
     // Ended first, so the scheduler starts no job while the target is asked to delete.
     let r = node.get(id, Role::Source)?;
-    node.modify(id, |x| x.ended = true)?;
+    node.modify(id, Role::Source, |x| x.ended = true)?;
     Ok(r)
 }
 
 /// The job did not stop: the relationship goes back to how it was before the delete.
 pub(crate) fn delete_abandoned(node: &Node, was: &Relationship) {
-    if let Err(e) = node.modify(&was.id, |x| x.ended = was.ended) {
+    if let Err(e) = node.modify(&was.id, Role::Source, |x| x.ended = was.ended) {
         tracing::warn!(id = %was.id, "putting back the relationship after a failed delete: {e}");
     }
 }
@@ -1142,7 +1142,7 @@ pub(crate) fn delete_abandoned(node: &Node, was: &Relationship) {
 /// forgets it and its state dir.
 pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.jobs).remove(id);
-    node.store().delete(id)?;
+    node.forget(id, Role::Source)?;
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));
     Ok(())

@@ -112,7 +112,7 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
         .host
         .protect(id, dir.pin(), &node.mount_dir(id), replica)?;
     let pin = dir.pin().clone();
-    let r = node.modify(id, |x| {
+    let r = node.modify(id, Role::Target, |x| {
         x.authorized = true;
         x.read_only = Some(mode.name().to_string());
         x.pinned = Some(pin);
@@ -270,7 +270,7 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     } else {
         release(node, id)
     };
-    let res = res.and_then(|()| node.store().delete(id));
+    let res = res.and_then(|()| node.forget(id, Role::Target));
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
@@ -323,14 +323,14 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         stop_receiver(node, id, STOP_WAIT)?;
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
-        node.modify(id, |x| x.ended = true)?;
+        node.modify(id, Role::Target, |x| x.ended = true)?;
         // Only what was protected is released. A proposal nobody authorized (or a target
         // released already) has nothing of ours to revert or unmount, and the paths it names
         // are a peer's words.
         if r.authorized && r.read_only.is_some() {
             unprotect(node, &r)?;
         }
-        node.modify(id, |x| {
+        node.modify(id, Role::Target, |x| {
             x.job_running = false;
             x.read_only = None;
         })?;
@@ -410,7 +410,7 @@ pub fn record_report(
         || (rp.is_some() && r.recovery_point_ns != rp)
         || r.peer_unreachable
     {
-        node.modify(id, |x| {
+        node.modify(id, Role::Target, |x| {
             if x.ended {
                 return;
             }
