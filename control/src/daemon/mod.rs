@@ -262,6 +262,23 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
     (node, clock)
 }
 
+/// A test node whose machine is `host` and whose store is in memory.
+#[cfg(test)]
+pub(crate) fn test_node_on(
+    dir: &std::path::Path,
+    host: Arc<dyn host::Host>,
+) -> (Node, Arc<crate::clock::SimClock>) {
+    let (node, clock) = test_node(dir);
+    let node = Node::new(
+        node.opts,
+        clock.clone(),
+        Store::open_in_memory().expect("a store in memory"),
+        node.identity,
+        host,
+    );
+    (node, clock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

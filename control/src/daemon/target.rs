@@ -134,11 +134,19 @@ pub fn ticket(
     secret: Option<mover::SessionSecret>,
 ) -> Result<(u16, u128)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
-    // ticket that starts a new one.
+    // ticket that starts a new one. Read again here: `r` was read when the request arrived,
+    // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
+    let r = &node.get(&r.id, Role::Target)?;
     if lock(&node.reverting).contains(&r.id) || r.ended {
         return Err(Error::Conflict(format!(
             "relationship {} is being deleted on the target",
+            r.id
+        )));
+    }
+    if !r.authorized {
+        return Err(Error::Conflict(format!(
+            "relationship {} is awaiting authorization on the target",
             r.id
         )));
     }
@@ -433,5 +441,109 @@ pub fn record_report(
 pub fn stop_all(node: &Node) {
     for rx in lock(&node.receivers).values() {
         rx.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::host::{Host, Receiving};
+    use crate::model::{PinnedDir, ReplicaOptions};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A machine nothing may be done to: counts the attempts, refuses them.
+    #[derive(Default)]
+    struct Untouchable(AtomicUsize);
+
+    impl Untouchable {
+        fn no(&self) -> Error {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Error::Conflict("nothing may be done to this machine".into())
+        }
+    }
+
+    impl Host for Untouchable {
+        fn protect(
+            &self,
+            _: &RelationshipId,
+            _: &PinnedDir,
+            _: &Path,
+            _: ReplicaOptions,
+        ) -> Result<(readonly::Mode, PathBuf)> {
+            Err(self.no())
+        }
+        fn shows(&self, _: &RelationshipId, _: &Path, _: &PinnedDir) -> bool {
+            self.no();
+            false
+        }
+        fn revert(&self, _: &RelationshipId, _: &Path) -> Result<Option<u64>> {
+            Err(self.no())
+        }
+        fn release(&self, _: &RelationshipId, _: &Path, _: &Path) -> Result<()> {
+            Err(self.no())
+        }
+        fn release_backing(&self, _: &RelationshipId, _: &Path) -> Result<()> {
+            Err(self.no())
+        }
+        fn start_receiver(
+            &self,
+            _: &RelationshipId,
+            _: ReceiveOptions,
+        ) -> Result<Box<dyn Receiving>> {
+            Err(self.no())
+        }
+    }
+
+    /// A target relationship as a source proposed it, stored on `node`.
+    fn proposed(node: &Node, dir: &Path, peer: &str) -> Relationship {
+        let target = dir.join("replica");
+        std::fs::create_dir_all(&target).unwrap();
+        let mut spec = crate::model::tests::spec();
+        spec.target_path = target.to_str().unwrap().to_string();
+        let id = RelationshipId::new_random();
+        let r = Relationship::new(id, Role::Target, spec, 0, Some(peer.into()));
+        node.store().insert(&r).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_ticket_asked_before_a_release_finished_starts_nothing_after_it() {
+        // Found by the simulation (seed in sim::tests): a ticket request was checked, its
+        // blocking part ran after make-writable had released the target, and started a
+        // receiver (protecting the directory again) on the released target.
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Untouchable::default());
+        let (node, _clock) = crate::daemon::test_node_on(dir.path(), host.clone());
+        let r = proposed(&node, dir.path(), "sha256:source");
+        let pin = crate::pinned::pin(Path::new(&r.spec.target_path), "target")
+            .unwrap()
+            .pin()
+            .clone();
+        // Authorized and protected when the request arrived...
+        let asked = node
+            .modify(&r.id, Role::Target, |x| {
+                x.authorized = true;
+                x.read_only = Some("bind_mount".into());
+                x.pinned = Some(pin);
+            })
+            .unwrap();
+        // ...released (ended, unprotected) before its blocking part ran.
+        node.modify(&r.id, Role::Target, |x| {
+            x.ended = true;
+            x.read_only = None;
+        })
+        .unwrap();
+        let res = ticket(&node, &asked, None);
+        assert!(matches!(res, Err(Error::Conflict(_))), "{res:?}");
+        assert_eq!(host.0.load(Ordering::SeqCst), 0, "the machine was touched");
+        assert!(lock(&node.receivers).is_empty());
+        assert!(lock(&node.routes).is_empty());
+        // Deleted meanwhile: the same.
+        node.forget(&r.id, Role::Target).unwrap();
+        assert!(matches!(
+            ticket(&node, &asked, None),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(host.0.load(Ordering::SeqCst), 0);
     }
 }
