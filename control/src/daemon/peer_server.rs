@@ -447,16 +447,19 @@ fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::
     Ok(())
 }
 
-/// Takes the source's view from a poll: its job and last outcome, and an edit this node missed.
+/// Takes the source's view from a poll: its job and last outcome (once authorized: no job runs
+/// before), and an edit this node missed.
 fn catch_up(node: &Node, r: &Relationship, s: crate::peer::SourceState) -> crate::Result<()> {
-    target::record_report(
-        node,
-        &r.id,
-        s.running,
-        s.job,
-        s.last_attempt,
-        s.recovery_point_ns,
-    )?;
+    if r.authorized {
+        target::record_report(
+            node,
+            &r.id,
+            s.running,
+            s.job,
+            s.last_attempt,
+            s.recovery_point_ns,
+        )?;
+    }
     if s.spec != r.spec {
         take_spec(node, r, s.spec)?;
     }

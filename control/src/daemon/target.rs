@@ -405,6 +405,13 @@ pub fn record_report(
         // Nothing runs into an ended target; its view keeps no job.
         return Err(Error::NotFound(id.to_string()));
     }
+    if !r.authorized {
+        // No ticket, so no job, before authorization: whatever the proposer says of one
+        // (running, an outcome, a recovery point) is not taken.
+        return Err(Error::Conflict(format!(
+            "relationship {id} is awaiting authorization on the target; no job runs before"
+        )));
+    }
     match job {
         Some(j) if running => {
             lock(&node.reported).insert(id.clone(), j);
@@ -449,6 +456,7 @@ mod tests {
     use super::*;
     use crate::daemon::host::{Host, Receiving};
     use crate::model::{PinnedDir, ReplicaOptions};
+    use crate::peer::{PeerAnswer, PeerRequest};
     use std::sync::atomic::AtomicUsize;
 
     /// A machine nothing may be done to: counts the attempts, refuses them.
@@ -545,5 +553,74 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert_eq!(host.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_proposal_awaiting_authorization_takes_no_job_report_but_takes_edits() {
+        // Found by the simulation (seed in sim::tests): a peer's report about its own
+        // unauthorized proposal was recorded (running, an outcome, a recovery point it made up).
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Untouchable::default());
+        let (node, _clock) = crate::daemon::test_node_on(dir.path(), host);
+        let fp = crate::tls::Fingerprint("sha256:proposer".into());
+        let r = proposed(&node, dir.path(), &fp.0);
+        let attempt = Attempt {
+            at_ns: 5,
+            ok: true,
+            message: "made up".into(),
+        };
+        let grant = || {
+            (
+                mover::units::SessionId(1),
+                mover::SessionSecret::from_bytes([7; 32]),
+            )
+        };
+        let report = PeerRequest::Report {
+            id: r.id.clone(),
+            running: true,
+            job: Some(Default::default()),
+            last_attempt: Some(attempt.clone()),
+            recovery_point_ns: Some(i64::MAX),
+        };
+        let answer = match super::super::peer_server::respond(&node, &fp, report, grant()) {
+            super::super::peer_server::Handled::Answer(a) => a,
+            super::super::peer_server::Handled::Blocking(_) => panic!("a report does not block"),
+        };
+        assert!(matches!(answer, PeerAnswer::Refused { .. }), "{answer:?}");
+        assert_eq!(node.get(&r.id, Role::Target).unwrap(), r);
+        // A poll carrying the same is answered, and only its settings are taken.
+        let mut spec = r.spec.clone();
+        spec.enabled = false;
+        let poll = PeerRequest::State {
+            id: r.id.clone(),
+            source: Some(crate::peer::SourceState {
+                spec: spec.clone(),
+                running: true,
+                job: None,
+                last_attempt: Some(attempt),
+                recovery_point_ns: Some(i64::MAX),
+            }),
+        };
+        let answer = match super::super::peer_server::respond(&node, &fp, poll, grant()) {
+            super::super::peer_server::Handled::Answer(a) => a,
+            super::super::peer_server::Handled::Blocking(_) => panic!("a poll does not block"),
+        };
+        assert!(matches!(
+            answer,
+            PeerAnswer::State {
+                authorized: false,
+                ended: false
+            }
+        ));
+        let now = node.get(&r.id, Role::Target).unwrap();
+        assert_eq!(
+            (
+                now.job_running,
+                now.last_attempt,
+                now.recovery_point_ns,
+                now.spec
+            ),
+            (false, None, None, spec)
+        );
     }
 }
