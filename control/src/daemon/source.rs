@@ -676,25 +676,27 @@ fn run_job(
         // a resume after a long window waits it out here).
         wait_until_allowed(node, id, progress)?;
         let (r, src) = prepare_session(node, c)?;
-        let res = rt
-            .block_on(ticket(node, &r))
-            .and_then(|(to, session, secret)| {
-                let opts = mover::sender::SendOptions {
-                    src: src.proc_path(),
-                    to,
-                    threads: node.opts.threads,
-                    direct: true,
-                    state: Some(node.state_dir(id)),
-                    snapshot: None,
-                    session: Some(session),
-                    secret,
-                    id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
-                        uid: m.uid.iter().copied().collect(),
-                        gid: m.gid.iter().copied().collect(),
-                    }),
-                };
-                Ok(mover::sender::send(&opts, progress)?)
-            });
+        let res = match rt.block_on(ticket(node, &r)) {
+            Ok(_) if !ticket_usable(node, id, progress)? => continue,
+            other => other,
+        };
+        let res = res.and_then(|(to, session, secret)| {
+            let opts = mover::sender::SendOptions {
+                src: src.proc_path(),
+                to,
+                threads: node.opts.threads,
+                direct: true,
+                state: Some(node.state_dir(id)),
+                snapshot: None,
+                session: Some(session),
+                secret,
+                id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
+                    uid: m.uid.iter().copied().collect(),
+                    gid: m.gid.iter().copied().collect(),
+                }),
+            };
+            Ok(mover::sender::send(&opts, progress)?)
+        });
         match sessions.ended(id, progress, res) {
             AfterSession::Done(res) => return res,
             AfterSession::Again => {}
@@ -820,6 +822,14 @@ pub(crate) fn session_allowed(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Whether the session of a ticket just granted may start: asking for it can take up to
+/// `PEER_TIMEOUT`, and a blackout window may have opened meanwhile, or the job been paused or
+/// stopped (an error then, as `session_allowed`). If not, the ticket goes unused (tickets are
+/// bounded and expire) and the job waits for the next session as before.
+pub(crate) fn ticket_usable(node: &Node, id: &RelationshipId, progress: &Progress) -> Result<bool> {
+    session_allowed(node, id, progress)
 }
 
 /// Data-plane failures as the data plane judges them; an unreachable or refusing target is
