@@ -102,6 +102,13 @@ impl Store {
         Ok(s)
     }
 
+    /// Rows changed since it was opened (lets the simulation's checker skip reading a store
+    /// again when no step changed it).
+    #[cfg(test)]
+    pub(crate) fn changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
     fn migrate(&mut self, path: &str) -> Result<()> {
         let found: i64 = self
             .conn

@@ -11,6 +11,8 @@ mod http;
 mod metrics;
 mod paths;
 mod peer_server;
+#[cfg(test)]
+mod sim;
 mod source;
 mod target;
 mod view;
