@@ -291,6 +291,11 @@ mod tests {
         assert_eq!((a.digest, a.stats.steps), (b.digest, b.stats.steps));
         assert_ne!(a.digest, c.digest);
         assert!(a.stats.steps > 1000, "{} steps", a.stats.steps);
+        // Traced, step by step: the same again, and the same schedule as untraced.
+        let (t1, t2) = (run_one(7, true), run_one(7, true));
+        assert!(t1.trace.len() > 100, "{} lines", t1.trace.len());
+        assert_eq!(t1.trace, t2.trace);
+        assert_eq!((t1.digest, t1.stats.steps), (a.digest, a.stats.steps));
     }
 
     /// `scripts/simulate.sh`: MOVER_SIM_SEEDS seeds from MOVER_SIM_FIRST_SEED (0); with

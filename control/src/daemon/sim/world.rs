@@ -146,7 +146,8 @@ pub(crate) struct Outcome {
     pub(crate) stats: Stats,
     /// The first invariant that did not hold, with when and where.
     pub(crate) violation: Option<String>,
-    /// A digest of every step (kind, time, node, what came of it): equal for equal schedules.
+    /// A digest of every step (its time and kind) and of the run's counts: equal for equal
+    /// schedules.
     pub(crate) digest: u64,
     /// Every step, described, when asked for (`trace`).
     pub(crate) trace: Vec<String>,
@@ -287,6 +288,34 @@ enum Ev {
     Settle,
     Quiesce,
     End,
+}
+
+impl Ev {
+    /// Which kind of event, and where: for the run's digest.
+    fn code(&self) -> u64 {
+        let (kind, arg) = match self {
+            Ev::Tick(n, _) => (0, *n as u64),
+            Ev::Deliver(c, dup) => (1, c << 1 | u64::from(*dup)),
+            Ev::Finish(k) => (2, *k),
+            Ev::Answer(c, res) => (3, c << 1 | u64::from(res.is_ok())),
+            Ev::Timeout(c) => (4, *c),
+            Ev::Job(k) => (5, *k),
+            Ev::Op => (6, 0),
+            Ev::Create(i) => (7, *i as u64),
+            Ev::Authorize(_) => (8, 0),
+            Ev::DeleteWait(k) => (9, *k),
+            Ev::Intrude => (10, 0),
+            Ev::Stop(n) => (11, *n as u64),
+            Ev::GraceCheck(n, _, _) => (12, *n as u64),
+            Ev::Start(n) => (13, *n as u64),
+            Ev::Partition => (14, 0),
+            Ev::Heal(..) => (15, 0),
+            Ev::Settle => (16, 0),
+            Ev::Quiesce => (17, 0),
+            Ev::End => (18, 0),
+        };
+        kind << 56 ^ arg
+    }
 }
 
 struct Queued {
@@ -547,7 +576,8 @@ impl World {
             violation: None,
             dir,
         };
-        w.digest_str(&format!("seed {seed} start {start}"));
+        w.mix(seed);
+        w.mix(u64::try_from(start.timestamp()).unwrap_or(0));
         Ok(w)
     }
 
@@ -562,20 +592,23 @@ impl World {
         }));
     }
 
-    fn digest_str(&mut self, s: &str) {
-        // FNV-1a: enough to tell two schedules apart.
-        for b in s.bytes() {
+    fn mix(&mut self, x: u64) {
+        // FNV-1a over the bytes: enough to tell two schedules apart.
+        for b in x.to_le_bytes() {
             self.digest ^= u64::from(b);
             self.digest = self.digest.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 
-    /// Records what a step did (digest always, text when tracing).
+    fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Describes what a step did, when tracing (formatting every step costs more than
+    /// running it).
     fn note(&mut self, what: impl FnOnce() -> String) {
-        let line = format!("{:>10.3}s {}", self.now as f64 / 1e9, what());
-        self.digest_str(&line);
         if let Some(t) = &mut self.trace {
-            t.push(line);
+            t.push(format!("{:>10.3}s {}", self.now as f64 / 1e9, what()));
         }
     }
 
@@ -615,11 +648,17 @@ impl World {
             self.clock.advance(Duration::from_nanos(q.at - self.now));
             self.now = q.at;
             self.stats.steps += 1;
+            self.mix(q.at);
+            self.mix(q.ev.code());
             let end = matches!(q.ev, Ev::End);
             self.step(q.ev);
             self.check();
             if end {
                 self.converged();
+                let s = self.stats;
+                for x in [s.messages, s.jobs, s.sessions, s.completed, s.releases] {
+                    self.mix(x);
+                }
                 return;
             }
         }
@@ -923,17 +962,22 @@ impl World {
         }
         let tasks = sched.pass(node);
         let node = node.clone();
+        let tracing = self.tracing();
         let mut said = Vec::new();
         for task in tasks {
             match task {
                 Task::Poll(r) => {
-                    said.push(format!("poll {}", short(&r.id)));
+                    if tracing {
+                        said.push(format!("poll {}", short(&r.id)));
+                    }
                     let (r, req) = source::poll_request(&node, *r);
                     self.send(Caller::Node(n, inc), &r, req, Cont::Poll(r.clone()));
                 }
                 Task::Report(id) => match source::report_request(&node, &id) {
                     Some((r, req)) => {
-                        said.push(format!("report {}", short(&id)));
+                        if tracing {
+                            said.push(format!("report {}", short(&id)));
+                        }
                         self.send(Caller::Node(n, inc), &r, req, Cont::Report(r.clone()));
                     }
                     None => {
@@ -943,7 +987,9 @@ impl World {
                     }
                 },
                 Task::Run(c) => {
-                    said.push(format!("job {}", short(&c.id)));
+                    if tracing {
+                        said.push(format!("job {}", short(&c.id)));
+                    }
                     self.stats.jobs += 1;
                     let key = self.next_job;
                     self.next_job += 1;
