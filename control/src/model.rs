@@ -17,7 +17,7 @@ pub const MAX_ID_MAPPINGS: usize = 1024;
 /// target. Only valid ids can be made (`parse`, `new_random`, and deserializing, which goes
 /// through `parse`): ids name directories in the data dir (`mnt/<id>`, `state/<id>`) and appear
 /// in metrics labels, and a peer chooses the id of what it proposes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RelationshipId(String);
 

@@ -91,6 +91,24 @@ impl Store {
         Ok(s)
     }
 
+    /// A database held in memory, with the same schema and statements: the simulation's
+    /// nodes, whose store must outlive their restarts but never touches the disk (a file
+    /// with `synchronous=FULL` costs an fsync per write, which thousands of seeds cannot pay).
+    pub fn open_in_memory() -> Result<Store> {
+        let mut s = Store {
+            conn: Connection::open_in_memory()?,
+        };
+        s.migrate(":memory:")?;
+        Ok(s)
+    }
+
+    /// Rows changed since it was opened (lets the simulation's checker skip reading a store
+    /// again when no step changed it).
+    #[cfg(test)]
+    pub(crate) fn changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
     fn migrate(&mut self, path: &str) -> Result<()> {
         let found: i64 = self
             .conn
@@ -240,18 +258,20 @@ impl Store {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
         let t = self
             .conn
-            .query_row(&q, params![id.as_str()], Self::row)
+            .prepare_cached(&q)?
+            .query_row(params![id.as_str()], Self::row)
             .optional()?;
         Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
     }
 
-    /// Relationships of one role (oldest first), or all.
+    /// Relationships of one role (oldest first), or all. Like `get` and `update`, which the
+    /// scheduler also runs on every tick, its statement is prepared once and cached.
     pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
         let q = format!(
             "SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id",
             Self::COLUMNS
         );
-        let mut st = self.conn.prepare(&q)?;
+        let mut st = self.conn.prepare_cached(&q)?;
         let rows = st.query_map(params![role.map(role_str)], Self::row)?;
         rows.map(|r| Self::decode(r?)).collect()
     }
@@ -267,10 +287,11 @@ impl Store {
             .transpose()
             .map_err(invalid_json)?;
         let (pinned, replica) = Self::encode_extras(r)?;
-        let n = self.conn.execute(
+        let n = self.conn.prepare_cached(
             "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
              peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10, pinned = ?11, path_error = ?12,
              replica = ?13 WHERE id = ?1",
+        )?.execute(
             params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica],
         )?;
         if n == 0 {

@@ -167,12 +167,8 @@ impl Identity {
         })
     }
 
-    fn create(dir: &Path) -> Result<Identity> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .ctx(|| format!("creating {}", dir.display()))?;
+    /// A new key pair and its self-signed certificate.
+    fn generate() -> Result<(rcgen::KeyPair, rcgen::Certificate)> {
         let tls = |e: rcgen::Error| Error::Tls(format!("generating the node certificate: {e}"));
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(tls)?;
         let mut params = rcgen::CertificateParams::new(vec![NODE_NAME.to_string()]).map_err(tls)?;
@@ -183,6 +179,33 @@ impl Identity {
         params.not_before = rcgen::date_time_ymd(1975, 1, 1);
         params.not_after = rcgen::date_time_ymd(4096, 1, 1);
         let cert = params.self_signed(&key_pair).map_err(tls)?;
+        Ok((key_pair, cert))
+    }
+
+    fn from_generated(key_pair: &rcgen::KeyPair, cert: &rcgen::Certificate) -> Result<Identity> {
+        let key = PrivateKeyDer::try_from(key_pair.serialize_der())
+            .map_err(|e| Error::Tls(format!("encoding the node key: {e}")))?;
+        Ok(Identity {
+            fingerprint: Fingerprint::of_der(cert.der()),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
+    }
+
+    /// An identity kept only in memory, never written: for nodes that live inside one process
+    /// (the simulation), which no peer pins across runs.
+    pub fn ephemeral() -> Result<Identity> {
+        let (key_pair, cert) = Self::generate()?;
+        Self::from_generated(&key_pair, &cert)
+    }
+
+    fn create(dir: &Path) -> Result<Identity> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+        let (key_pair, cert) = Self::generate()?;
         // Key first: a crash between the two renames leaves a key without a certificate, which
         // load_or_create reports instead of silently regenerating.
         write_atomic(
@@ -194,13 +217,7 @@ impl Identity {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .ctx(|| format!("syncing directory {}", dir.display()))?;
-        let key = PrivateKeyDer::try_from(key_pair.serialize_der())
-            .map_err(|e| Error::Tls(format!("encoding the node key: {e}")))?;
-        Ok(Identity {
-            fingerprint: Fingerprint::of_der(cert.der()),
-            cert_der: cert.der().to_vec(),
-            key,
-        })
+        Self::from_generated(&key_pair, &cert)
     }
 
     fn chain(&self) -> Vec<CertificateDer<'static>> {

@@ -1,7 +1,7 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
-use super::{lock, paths, source, target, view, Node};
+use super::{paths, source, target, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long deleting or aborting waits for a job to reach a chunk boundary.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
 const MAX_BODY: usize = 256 * 1024;
 
@@ -244,44 +244,15 @@ async fn create_source(
         spec,
         target_fingerprint: expect,
     } = NewRelationship::parse(&b)?;
-    spec.validate()?;
-    // Pinned now: every job opens this directory again without following symlinks and must
-    // find this one (see `paths`), so what is checked here is what is replicated.
-    let src = crate::pinned::pin(std::path::Path::new(&spec.source_path), "source path").map_err(
-        |e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{e} (it must be an existing directory on this node)"),
-            )
-        },
-    )?;
-    paths::check_source(&node, src.path())?;
-    let id = RelationshipId::new_random();
-    let mut r = Relationship::new(
-        id.clone(),
-        Role::Source,
-        spec.clone(),
-        node.clock.now_ns(),
-        None,
-    );
-    r.pinned = Some(src.pin().clone());
-    drop(src);
+    let r = source::new_relationship(&node, RelationshipId::new_random(), spec)?;
     // First contact: the certificate the target presents (the expected one, if given) is
     // pinned from now on.
     let addr = source::peer_addr(&r).await?;
-    let req = PeerRequest::Propose {
-        id,
-        spec,
-        software: mover::software_version().to_string(),
-    };
+    let req = source::proposal(&r);
     let (answer, fp) =
         crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, expect.as_ref(), &req)
             .await?;
-    if !matches!(answer, PeerAnswer::Ok) {
-        return Err(source::refused(&r, answer).into());
-    }
-    r.peer_fingerprint = Some(fp.0);
-    node.store().insert(&r)?;
+    let r = source::proposed(&node, r, answer, fp)?;
     tracing::info!(id = %r.id, target = %addr, "relationship created; awaiting authorization on the target");
     Ok((StatusCode::CREATED, show(&node, r)))
 }
@@ -302,12 +273,8 @@ async fn modify_source(
         };
         ApiError(StatusCode::BAD_REQUEST, format!("edit: {e}{hint}"))
     })?;
-    let r = node.get(&id, Role::Source)?;
-    let spec = r.spec.edited(&edit)?;
-    let r = node.modify(&id, |x| x.spec = spec.clone())?;
-    if let Some(j) = lock(&node.jobs).get(&id) {
-        j.progress.control.set_rate(spec.bandwidth_limit);
-    }
+    let r = source::edit(&node, &id, &edit)?;
+    let spec = r.spec.clone();
     match source::call(
         &node,
         &r,
@@ -334,12 +301,9 @@ async fn delete_source(
 ) -> Answer<StatusCode> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
-    lock(&node.wanted).remove(&id);
-    // Ended first, so the scheduler starts no job while the target is asked to delete.
-    let r = node.get(&id, Role::Source)?;
-    node.modify(&id, |x| x.ended = true)?;
+    let r = source::delete_begin(&node, &id)?;
     if !source::stop_job(&node, &id, STOP_GRACE).await {
-        let _ = node.modify(&id, |x| x.ended = r.ended);
+        source::delete_abandoned(&node, &r);
         return Err(ApiError(
             StatusCode::CONFLICT,
             "the running job did not stop in time; try again".into(),
@@ -354,9 +318,7 @@ async fn delete_source(
         Ok(other) => tracing::warn!(%id, "target kept its side: {}", source::refused(&r, other)),
         Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
     }
-    lock(&node.jobs).remove(&id);
-    node.store().delete(&id)?;
-    let _ = std::fs::remove_dir_all(node.state_dir(&id));
+    source::delete_end(&node, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -368,38 +330,16 @@ async fn replicate(
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let mut r = node.get(&id, Role::Source)?;
-    let conflict = |m: String| Err(ApiError(StatusCode::CONFLICT, m));
     if !r.authorized && !r.ended {
         // The target may have accepted it since the scheduler last asked.
-        if let Ok(PeerAnswer::State {
-            authorized: true,
-            ended,
-        }) = source::call(
-            &node,
-            &r,
-            &PeerRequest::State {
-                id: id.clone(),
-                source: None,
-            },
-        )
-        .await
-        {
-            r = node.modify(&id, |x| {
-                x.authorized = true;
-                x.ended = x.ended || ended;
-            })?;
-        }
+        let ask = PeerRequest::State {
+            id: id.clone(),
+            source: None,
+        };
+        let answer = source::call(&node, &r, &ask).await;
+        r = source::learned(&node, r, answer)?;
     }
-    if r.ended {
-        return conflict(format!(
-            "relationship {id} has ended (deleted on the target)"
-        ));
-    }
-    if !r.authorized {
-        return conflict(format!(
-            "relationship {id} is awaiting authorization on the target"
-        ));
-    }
+    source::may_replicate(&r)?;
     if r.path_error.is_some() {
         // Stopped for its source directory: asking again checks it again.
         let (n, stopped) = (node.clone(), r.clone());
@@ -412,18 +352,7 @@ async fn replicate(
             })?;
         r = node.get(&id, Role::Source)?;
     }
-    let now = node.clock.now();
-    if crate::blackout::in_blackout(&r.spec.blackout_windows, now) {
-        let until = crate::blackout::next_change_any(&r.spec.blackout_windows, now)
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_default();
-        return conflict(format!(
-            "relationship {id} is in a blackout window (until {until}); no job starts inside one"
-        ));
-    }
-    // While a job runs, the request queues one more job after it (it picks up what changed
-    // since that job's point in time).
-    lock(&node.wanted).insert(id.clone());
+    source::replicate_now(&node, &r)?;
     Ok((StatusCode::ACCEPTED, show(&node, r)))
 }
 
@@ -435,16 +364,8 @@ async fn abort(
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let r = node.get(&id, Role::Source)?;
-    // A queued "replicate now" is dropped too; with neither, there is nothing to abort.
-    let queued = lock(&node.wanted).remove(&id);
-    if lock(&node.jobs).get(&id).is_none_or(|j| j.finished()) {
-        if queued {
-            return Ok((StatusCode::ACCEPTED, show(&node, r)));
-        }
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("relationship {id} has no running or queued job"),
-        ));
+    if !source::abort(&node, &id)? {
+        return Ok((StatusCode::ACCEPTED, show(&node, r)));
     }
     source::stop_job(&node, &id, STOP_GRACE).await;
     Ok((

@@ -6,10 +6,13 @@
 
 pub mod api;
 pub mod config;
+mod host;
 mod http;
 mod metrics;
 mod paths;
 mod peer_server;
+#[cfg(test)]
+mod sim;
 mod source;
 mod target;
 mod view;
@@ -43,6 +46,8 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     store: Mutex<Store>,
     pub identity: Identity,
+    /// Mounts, reverts and receiver threads (`host::System`; the simulation's fake in tests).
+    host: Arc<dyn host::Host>,
     /// Source side: jobs running now.
     jobs: Mutex<HashMap<RelationshipId, source::Job>>,
     /// Source side: "replicate now" requests not yet started.
@@ -83,17 +88,33 @@ impl Node {
         Ok(r)
     }
 
-    /// Applies `f` to the stored relationship and writes it back (one transaction's worth).
+    /// Applies `f` to the stored relationship `id` of this role and writes it back (one
+    /// transaction's worth). Of this role: what a node reads before a peer call may be gone
+    /// when the answer comes, and its id taken meanwhile by a relationship of the other role
+    /// (any peer may propose any free id), which must not get the answer's effects.
     pub fn modify(
         &self,
         id: &RelationshipId,
+        role: Role,
         f: impl FnOnce(&mut Relationship),
     ) -> Result<Relationship> {
         let s = self.store();
         let mut r = s.get(id)?;
+        if r.role != role {
+            return Err(Error::NotFound(id.to_string()));
+        }
         f(&mut r);
         s.update(&r)?;
         Ok(r)
+    }
+
+    /// Deletes the stored relationship `id` of this role (as `modify`, never one of the other).
+    fn forget(&self, id: &RelationshipId, role: Role) -> Result<()> {
+        let s = self.store();
+        if s.get(id)?.role != role {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        s.delete(id)
     }
 
     fn state_dir(&self, id: &RelationshipId) -> PathBuf {
@@ -131,24 +152,44 @@ fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
         config::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
-    let started = clock.instant();
-    Ok(Node {
+    Ok(Node::new(
         opts,
         clock,
-        store: Mutex::new(store),
+        store,
         identity,
-        jobs: Mutex::default(),
-        wanted: Mutex::default(),
-        receivers: Mutex::default(),
-        reported: Mutex::default(),
-        reverting: Mutex::default(),
-        authorizing: Mutex::default(),
-        routes: Mutex::default(),
-        last_contact: Mutex::default(),
-        started,
-        metrics: metrics::Metrics::default(),
-        shutting_down: AtomicBool::new(false),
-    })
+        Arc::new(host::System),
+    ))
+}
+
+impl Node {
+    /// A node with nothing running yet: what a start begins with, whatever its store holds.
+    fn new(
+        opts: DaemonOptions,
+        clock: Arc<dyn Clock>,
+        store: Store,
+        identity: Identity,
+        host: Arc<dyn host::Host>,
+    ) -> Node {
+        let started = clock.instant();
+        Node {
+            opts,
+            clock,
+            store: Mutex::new(store),
+            identity,
+            host,
+            jobs: Mutex::default(),
+            wanted: Mutex::default(),
+            receivers: Mutex::default(),
+            reported: Mutex::default(),
+            reverting: Mutex::default(),
+            authorizing: Mutex::default(),
+            routes: Mutex::default(),
+            last_contact: Mutex::default(),
+            started,
+            metrics: metrics::Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT: then running jobs stop at a chunk boundary, their
@@ -230,4 +271,62 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)
+}
+
+/// A test node whose machine is `host` and whose store is in memory.
+#[cfg(test)]
+pub(crate) fn test_node_on(
+    dir: &std::path::Path,
+    host: Arc<dyn host::Host>,
+) -> (Node, Arc<crate::clock::SimClock>) {
+    let (node, clock) = test_node(dir);
+    let node = Node::new(
+        node.opts,
+        clock.clone(),
+        Store::open_in_memory().expect("a store in memory"),
+        node.identity,
+        host,
+    );
+    (node, clock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerAnswer;
+
+    /// A relationship of this role with a fixed id, pinned to `peer`.
+    fn stored(node: &Node, role: Role, authorized: bool, peer: &str) -> Relationship {
+        let id = RelationshipId::parse(&"5e".repeat(16)).unwrap();
+        let mut r = Relationship::new(id, role, crate::model::tests::spec(), 1, Some(peer.into()));
+        r.authorized = authorized;
+        node.store().insert(&r).unwrap();
+        r
+    }
+
+    #[test]
+    fn changes_meant_for_one_role_never_reach_a_relationship_of_the_other_with_the_same_id() {
+        // Found by the simulation (seed in sim::tests): a source's poll was answered after the
+        // relationship was deleted here and its id proposed to this node by another peer; the
+        // answer ("authorized") made that unauthorized proposal authorized.
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = test_node(dir.path());
+        let mut was = stored(&node, Role::Target, false, "sha256:intruder");
+        let proposal = was.clone();
+        was.role = Role::Source;
+        was.authorized = true;
+        let answer = Ok(PeerAnswer::State {
+            authorized: true,
+            ended: false,
+        });
+        source::polled(&node, &was, answer);
+        assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
+        let err = node.modify(&was.id, Role::Source, |x| x.authorized = true);
+        assert!(matches!(err, Err(Error::NotFound(_))), "{err:?}");
+        assert!(matches!(
+            node.forget(&was.id, Role::Source),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
+    }
 }

@@ -72,7 +72,7 @@ fn open_pinned(node: &Node, r: &Relationship, path: &str, what: &str) -> Result<
             let dir = pinned::pin(Path::new(path), what)?;
             tracing::info!(id = %r.id, path = %dir.pin().path, dev = dir.pin().dev, ino = dir.pin().ino, "pinned the {what} of a relationship made by an older version");
             let pin = dir.pin().clone();
-            node.modify(&r.id, |x| x.pinned = Some(pin))?;
+            node.modify(&r.id, r.role, |x| x.pinned = Some(pin))?;
             Ok(dir)
         }
     }
@@ -95,7 +95,7 @@ fn record(node: &Node, r: &Relationship, res: &Result<OpenDir>) {
             tracing::info!(id = %r.id, "its directory is the checked one again; relationship goes on")
         }
     }
-    if let Err(e) = node.modify(&r.id, |x| x.path_error = now.clone()) {
+    if let Err(e) = node.modify(&r.id, r.role, |x| x.path_error = now.clone()) {
         tracing::error!(id = %r.id, "recording the directory check: {e}");
     }
 }

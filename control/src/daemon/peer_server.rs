@@ -276,9 +276,81 @@ async fn handle(
     node: &Arc<Node>,
     fp: &Fingerprint,
     req: PeerRequest,
-    (ticket, secret): (mover::units::SessionId, mover::SessionSecret),
+    ticket: (mover::units::SessionId, mover::SessionSecret),
 ) -> PeerAnswer {
-    match req {
+    match respond(node, fp, req, ticket) {
+        Handled::Answer(a) => a,
+        Handled::Blocking(work) => {
+            let (n, what) = (node.clone(), work.what());
+            tokio::task::spawn_blocking(move || finish(&n, work))
+                .await
+                .unwrap_or_else(|e| refuse(format!("{what} task failed: {e}")))
+        }
+    }
+}
+
+/// How a peer request is answered: at once, or by work that blocks (starting a receiver,
+/// waiting for a session to end), which the daemon runs on a blocking thread and the
+/// simulation as a later step, as `finish`.
+pub(crate) enum Handled {
+    Answer(PeerAnswer),
+    Blocking(Blocking),
+}
+
+/// Work a peer request left for a blocking thread, with what it was decided on.
+pub(crate) enum Blocking {
+    /// A session for `r` (read and checked when the request arrived).
+    Ticket {
+        r: Box<Relationship>,
+        /// The secret its frames are sealed with; `None`: a session in clear.
+        secret: Option<mover::SessionSecret>,
+        /// The ticket a sealed session's secret was derived for.
+        ticket: mover::units::SessionId,
+    },
+    Delete(crate::model::RelationshipId),
+}
+
+impl Blocking {
+    fn what(&self) -> &'static str {
+        match self {
+            Blocking::Ticket { .. } => "ticket",
+            Blocking::Delete(_) => "delete",
+        }
+    }
+}
+
+/// Does the blocking part of a request and answers it.
+pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
+    match work {
+        Blocking::Ticket { r, secret, ticket } => {
+            let plaintext = secret.is_none();
+            match target::ticket(node, &r, secret) {
+                // Sealed: the random ticket the secret was derived for (the data plane only
+                // ever carries the secret's handle). Plain: the session id itself.
+                Ok((port, t)) => PeerAnswer::Ticket {
+                    port,
+                    ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
+                },
+                Err(e) => refuse(e.to_string()),
+            }
+        }
+        Blocking::Delete(id) => match target::delete(node, &id) {
+            Ok(()) => PeerAnswer::Ok,
+            Err(e) => refuse(e.to_string()),
+        },
+    }
+}
+
+/// Answers the request of the peer presenting `fp`, or says what blocking work answers it.
+/// `ticket` and `secret` are what a ticket request is granted (the secret derived from this
+/// request's TLS session).
+pub(crate) fn respond(
+    node: &Node,
+    fp: &Fingerprint,
+    req: PeerRequest,
+    (ticket, secret): (mover::units::SessionId, mover::SessionSecret),
+) -> Handled {
+    Handled::Answer(match req {
         PeerRequest::Propose { id, spec, software } => propose(node, fp, id, spec, &software),
         PeerRequest::State { id, source } => match pinned(node, &id, fp) {
             Ok(r) => {
@@ -300,12 +372,12 @@ async fn handle(
         PeerRequest::Ticket { id, plaintext } => {
             let r = match pinned(node, &id, fp) {
                 Ok(r) => r,
-                Err(a) => return a,
+                Err(a) => return Handled::Answer(a),
             };
             if !r.authorized {
-                return refuse(format!(
+                return Handled::Answer(refuse(format!(
                     "relationship {id} is awaiting authorization on the target"
-                ));
+                )));
             }
             // Both sides must agree to run in clear; a target set to run in clear still
             // seals the sessions of a source that asks for them sealed.
@@ -313,24 +385,18 @@ async fn handle(
                 (false, _) => Some(secret),
                 (true, true) => None,
                 (true, false) => {
-                    return refuse(
+                    return Handled::Answer(refuse(
                         "this target runs data-plane sessions encrypted only; a session in \
                          clear needs insecure_plaintext on both nodes"
                             .into(),
-                    )
+                    ))
                 }
             };
-            let node = node.clone();
-            match tokio::task::spawn_blocking(move || target::ticket(&node, &r, secret)).await {
-                // Sealed: the random ticket the secret was derived for (the data plane only
-                // ever carries the secret's handle). Plain: the session id itself.
-                Ok(Ok((port, t))) => PeerAnswer::Ticket {
-                    port,
-                    ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
-                },
-                Ok(Err(e)) => refuse(e.to_string()),
-                Err(e) => refuse(format!("ticket task failed: {e}")),
-            }
+            return Handled::Blocking(Blocking::Ticket {
+                r: Box::new(r),
+                secret,
+                ticket,
+            });
         }
         PeerRequest::Report {
             id,
@@ -340,7 +406,7 @@ async fn handle(
             recovery_point_ns,
         } => {
             if let Err(a) = pinned(node, &id, fp) {
-                return a;
+                return Handled::Answer(a);
             }
             match target::record_report(node, &id, running, job, last_attempt, recovery_point_ns) {
                 Ok(()) => PeerAnswer::Ok,
@@ -352,7 +418,7 @@ async fn handle(
         PeerRequest::Update { id, spec } => {
             let r = match pinned(node, &id, fp) {
                 Ok(r) => r,
-                Err(a) => return a,
+                Err(a) => return Handled::Answer(a),
             };
             match take_spec(node, &r, spec) {
                 Ok(()) => PeerAnswer::Ok,
@@ -361,16 +427,11 @@ async fn handle(
         }
         PeerRequest::Delete { id } => {
             if let Err(a) = pinned(node, &id, fp) {
-                return a;
+                return Handled::Answer(a);
             }
-            let n = node.clone();
-            match tokio::task::spawn_blocking(move || target::delete(&n, &id)).await {
-                Ok(Ok(())) => PeerAnswer::Ok,
-                Ok(Err(e)) => refuse(e.to_string()),
-                Err(e) => refuse(format!("delete task failed: {e}")),
-            }
+            return Handled::Blocking(Blocking::Delete(id));
         }
-    }
+    })
 }
 
 /// The source's edited settings (Update, or a poll carrying an edit this node missed): valid,
@@ -382,20 +443,23 @@ fn take_spec(node: &Node, r: &Relationship, spec: crate::model::Spec) -> crate::
         ));
     }
     spec.validate()?;
-    node.modify(&r.id, |x| x.spec = spec)?;
+    node.modify(&r.id, Role::Target, |x| x.spec = spec)?;
     Ok(())
 }
 
-/// Takes the source's view from a poll: its job and last outcome, and an edit this node missed.
+/// Takes the source's view from a poll: its job and last outcome (once authorized: no job runs
+/// before), and an edit this node missed.
 fn catch_up(node: &Node, r: &Relationship, s: crate::peer::SourceState) -> crate::Result<()> {
-    target::record_report(
-        node,
-        &r.id,
-        s.running,
-        s.job,
-        s.last_attempt,
-        s.recovery_point_ns,
-    )?;
+    if r.authorized {
+        target::record_report(
+            node,
+            &r.id,
+            s.running,
+            s.job,
+            s.last_attempt,
+            s.recovery_point_ns,
+        )?;
+    }
     if s.spec != r.spec {
         take_spec(node, r, s.spec)?;
     }

@@ -9,8 +9,7 @@ use crate::model::{Attempt, Relationship, RelationshipId, Role};
 use crate::pinned::OpenDir;
 use crate::readonly;
 use crate::{Error, Result};
-use mover::receiver::{ReceiveOptions, Receiver, Tickets};
-use mover::Progress;
+use mover::receiver::{ReceiveOptions, Tickets};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,11 +20,10 @@ use std::time::{Duration, Instant};
 pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Rx {
-    /// Data-plane connections the peer port routed to this relationship.
-    pub inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
+    /// The receiver, fed the data-plane connections the peer port routes to this relationship.
+    receiving: Box<dyn super::host::Receiving>,
     pub tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
     /// The checked target directory, open while the receiver lives (an unprotected target is
     /// written through its descriptor's path).
     _root: OpenDir,
@@ -64,14 +62,16 @@ fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
     let dir = paths::target_dir(node, r)?;
     match r.read_only.as_deref() {
         Some("bind_mount") => {
-            let (mode, via) = readonly::protect(dir.pin(), &node.mount_dir(&r.id), r.replica)?;
+            let (mode, via) =
+                node.host
+                    .protect(&r.id, dir.pin(), &node.mount_dir(&r.id), r.replica)?;
             if mode != readonly::Mode::BindMount {
                 return Err(Error::Conflict(format!(
                     "target {} was protected by a bind mount that can no longer be made; delete and recreate the relationship",
                     r.spec.target_path
                 )));
             }
-            if !crate::pinned::shows(&via, dir.pin()) {
+            if !node.host.shows(&r.id, &via, dir.pin()) {
                 return Err(Error::Conflict(format!(
                     "the private view {} does not show target {}",
                     via.display(),
@@ -108,9 +108,11 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
         )));
     }
     let replica = a.replica();
-    let (mode, _) = readonly::protect(dir.pin(), &node.mount_dir(id), replica)?;
+    let (mode, _) = node
+        .host
+        .protect(id, dir.pin(), &node.mount_dir(id), replica)?;
     let pin = dir.pin().clone();
-    let r = node.modify(id, |x| {
+    let r = node.modify(id, Role::Target, |x| {
         x.authorized = true;
         x.read_only = Some(mode.name().to_string());
         x.pinned = Some(pin);
@@ -132,15 +134,23 @@ pub fn ticket(
     secret: Option<mover::SessionSecret>,
 ) -> Result<(u16, u128)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
-    // ticket that starts a new one.
+    // ticket that starts a new one. Read again here: `r` was read when the request arrived,
+    // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
+    let r = &node.get(&r.id, Role::Target)?;
     if lock(&node.reverting).contains(&r.id) || r.ended {
         return Err(Error::Conflict(format!(
             "relationship {} is being deleted on the target",
             r.id
         )));
     }
-    if rxs.get(&r.id).is_some_and(|rx| rx.thread.is_finished()) {
+    if !r.authorized {
+        return Err(Error::Conflict(format!(
+            "relationship {} is awaiting authorization on the target",
+            r.id
+        )));
+    }
+    if rxs.get(&r.id).is_some_and(|rx| rx.receiving.is_finished()) {
         rxs.remove(&r.id);
     }
     if rxs.contains_key(&r.id) {
@@ -168,7 +178,8 @@ pub fn ticket(
         .map(|(t, (_, at))| (*t, *at))
         .collect();
     if mine.len() >= mover::receiver::MAX_TICKETS {
-        mine.sort_by_key(|(_, at)| *at);
+        // Oldest first; equal times by ticket, so which go never depends on the map's order.
+        mine.sort_by_key(|(t, at)| (*at, *t));
         for (t, _) in &mine[..=mine.len() - mover::receiver::MAX_TICKETS] {
             routes.remove(t);
         }
@@ -192,14 +203,19 @@ pub const MAX_ROUTES: usize = 65536;
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
 pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
-    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
-        return false;
-    };
     let Ok(conn) = mover::transport::tcp::TcpConn::new(conn) else {
         return false;
     };
+    deliver(node, session, Box::new(conn))
+}
+
+/// `route` for a connection of any transport.
+pub(crate) fn deliver(node: &Node, session: u128, conn: Box<dyn mover::Connection>) -> bool {
+    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
+        return false;
+    };
     match lock(&node.receivers).get(&id) {
-        Some(rx) => rx.inbox.send(Box::new(conn)).is_ok(),
+        Some(rx) => rx.receiving.deliver(conn),
         None => false,
     }
 }
@@ -224,24 +240,12 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         },
         checkpoint_bytes: None,
     };
-    let (inbox, incoming) = std::sync::mpsc::channel();
-    let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
-    let id = r.id.clone();
-    let thread = std::thread::Builder::new()
-        .name("mover-receiver".into())
-        .spawn(move || {
-            let served = rx.serve(|rep| tracing::info!(%id, ok = rep.ok, error = ?rep.error, "receiver session ended"));
-            if let Err(e) = served {
-                tracing::error!(%id, "receiver stopped: {e}");
-            }
-        })
-        .map_err(|e| Error::Io { context: "spawning the receiver thread".into(), source: e })?;
+    let receiving = node.host.start_receiver(&r.id, opts)?;
     tracing::info!(id = %r.id, "data-plane receiver started");
     Ok(Rx {
-        inbox,
+        receiving,
         tickets,
         stop,
-        thread,
         _root: dir,
     })
 }
@@ -253,14 +257,14 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
     };
     rx.stop.store(true, Ordering::SeqCst);
     let until = Instant::now() + wait;
-    while !rx.thread.is_finished() {
+    while !rx.receiving.is_finished() {
         if Instant::now() >= until {
             lock(&node.receivers).insert(id.clone(), rx);
             return Err(Error::Conflict(format!("a job of relationship {id} is still writing; try again when the source has stopped it")));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = rx.thread.join();
+    rx.receiving.join();
     Ok(())
 }
 
@@ -275,7 +279,7 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     } else {
         release(node, id)
     };
-    let res = res.and_then(|()| node.store().delete(id));
+    let res = res.and_then(|()| node.forget(id, Role::Target));
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
@@ -328,14 +332,14 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
         stop_receiver(node, id, STOP_WAIT)?;
         // Recorded before anything is undone: from here on the source must not come back,
         // even if a later step fails (it is retried, by the operator or at the next start).
-        node.modify(id, |x| x.ended = true)?;
+        node.modify(id, Role::Target, |x| x.ended = true)?;
         // Only what was protected is released. A proposal nobody authorized (or a target
         // released already) has nothing of ours to revert or unmount, and the paths it names
         // are a peer's words.
         if r.authorized && r.read_only.is_some() {
             unprotect(node, &r)?;
         }
-        node.modify(id, |x| {
+        node.modify(id, Role::Target, |x| {
             x.job_running = false;
             x.read_only = None;
         })?;
@@ -360,31 +364,30 @@ fn unprotect(node: &Node, r: &Relationship) -> Result<()> {
             // The journal is reverted through the private writable view (rebuilt if a reboot
             // took it), while the target path is still read-only to everyone else.
             let root = match r.read_only.as_deref() {
-                Some("bind_mount") => readonly::protect(dir.pin(), &backing, r.replica)?.1,
+                Some("bind_mount") => node.host.protect(&r.id, dir.pin(), &backing, r.replica)?.1,
                 _ => dir.proc_path(),
             };
-            revert(r, &root)?;
-            readonly::release(dir.path(), &backing)
+            revert(node, r, &root)?;
+            node.host.release(&r.id, dir.path(), &backing)
         }
         Err(e) => {
             tracing::error!(id = %r.id, "{e}: leaving it alone; if the directory was moved, its read-only mount went with it (unmount it there by hand)");
             if let Some(pin) = r
                 .pinned
                 .as_ref()
-                .filter(|p| crate::pinned::shows(&backing, p))
+                .filter(|p| node.host.shows(&r.id, &backing, p))
             {
                 tracing::info!(id = %r.id, "reverting through the private view, which still shows {}", pin.path);
-                revert(r, &backing)?;
+                revert(node, r, &backing)?;
             }
-            readonly::release_backing(&backing)
+            node.host.release_backing(&r.id, &backing)
         }
     }
 }
 
-fn revert(r: &Relationship, root: &Path) -> Result<()> {
-    let rep = mover::receiver::revert_root(root)?;
-    if rep.reverted {
-        tracing::info!(id = %r.id, undone = rep.undone, "reverted the interrupted job to the last recovery point");
+fn revert(node: &Node, r: &Relationship, root: &Path) -> Result<()> {
+    if let Some(undone) = node.host.revert(&r.id, root)? {
+        tracing::info!(id = %r.id, undone, "reverted the interrupted job to the last recovery point");
     }
     Ok(())
 }
@@ -403,6 +406,13 @@ pub fn record_report(
         // Nothing runs into an ended target; its view keeps no job.
         return Err(Error::NotFound(id.to_string()));
     }
+    if !r.authorized {
+        // No ticket, so no job, before authorization: whatever the proposer says of one
+        // (running, an outcome, a recovery point) is not taken.
+        return Err(Error::Conflict(format!(
+            "relationship {id} is awaiting authorization on the target; no job runs before"
+        )));
+    }
     match job {
         Some(j) if running => {
             lock(&node.reported).insert(id.clone(), j);
@@ -416,7 +426,7 @@ pub fn record_report(
         || (rp.is_some() && r.recovery_point_ns != rp)
         || r.peer_unreachable
     {
-        node.modify(id, |x| {
+        node.modify(id, Role::Target, |x| {
             if x.ended {
                 return;
             }
@@ -439,5 +449,179 @@ pub fn record_report(
 pub fn stop_all(node: &Node) {
     for rx in lock(&node.receivers).values() {
         rx.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::host::{Host, Receiving};
+    use crate::model::{PinnedDir, ReplicaOptions};
+    use crate::peer::{PeerAnswer, PeerRequest};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A machine nothing may be done to: counts the attempts, refuses them.
+    #[derive(Default)]
+    struct Untouchable(AtomicUsize);
+
+    impl Untouchable {
+        fn no(&self) -> Error {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Error::Conflict("nothing may be done to this machine".into())
+        }
+    }
+
+    impl Host for Untouchable {
+        fn protect(
+            &self,
+            _: &RelationshipId,
+            _: &PinnedDir,
+            _: &Path,
+            _: ReplicaOptions,
+        ) -> Result<(readonly::Mode, PathBuf)> {
+            Err(self.no())
+        }
+        fn shows(&self, _: &RelationshipId, _: &Path, _: &PinnedDir) -> bool {
+            self.no();
+            false
+        }
+        fn revert(&self, _: &RelationshipId, _: &Path) -> Result<Option<u64>> {
+            Err(self.no())
+        }
+        fn release(&self, _: &RelationshipId, _: &Path, _: &Path) -> Result<()> {
+            Err(self.no())
+        }
+        fn release_backing(&self, _: &RelationshipId, _: &Path) -> Result<()> {
+            Err(self.no())
+        }
+        fn start_receiver(
+            &self,
+            _: &RelationshipId,
+            _: ReceiveOptions,
+        ) -> Result<Box<dyn Receiving>> {
+            Err(self.no())
+        }
+    }
+
+    /// A target relationship as a source proposed it, stored on `node`.
+    fn proposed(node: &Node, dir: &Path, peer: &str) -> Relationship {
+        let target = dir.join("replica");
+        std::fs::create_dir_all(&target).unwrap();
+        let mut spec = crate::model::tests::spec();
+        spec.target_path = target.to_str().unwrap().to_string();
+        let id = RelationshipId::new_random();
+        let r = Relationship::new(id, Role::Target, spec, 0, Some(peer.into()));
+        node.store().insert(&r).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_ticket_asked_before_a_release_finished_starts_nothing_after_it() {
+        // Found by the simulation (seed in sim::tests): a ticket request was checked, its
+        // blocking part ran after make-writable had released the target, and started a
+        // receiver (protecting the directory again) on the released target.
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Untouchable::default());
+        let (node, _clock) = crate::daemon::test_node_on(dir.path(), host.clone());
+        let r = proposed(&node, dir.path(), "sha256:source");
+        let pin = crate::pinned::pin(Path::new(&r.spec.target_path), "target")
+            .unwrap()
+            .pin()
+            .clone();
+        // Authorized and protected when the request arrived...
+        let asked = node
+            .modify(&r.id, Role::Target, |x| {
+                x.authorized = true;
+                x.read_only = Some("bind_mount".into());
+                x.pinned = Some(pin);
+            })
+            .unwrap();
+        // ...released (ended, unprotected) before its blocking part ran.
+        node.modify(&r.id, Role::Target, |x| {
+            x.ended = true;
+            x.read_only = None;
+        })
+        .unwrap();
+        let res = ticket(&node, &asked, None);
+        assert!(matches!(res, Err(Error::Conflict(_))), "{res:?}");
+        assert_eq!(host.0.load(Ordering::SeqCst), 0, "the machine was touched");
+        assert!(lock(&node.receivers).is_empty());
+        assert!(lock(&node.routes).is_empty());
+        // Deleted meanwhile: the same.
+        node.forget(&r.id, Role::Target).unwrap();
+        assert!(matches!(
+            ticket(&node, &asked, None),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(host.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_proposal_awaiting_authorization_takes_no_job_report_but_takes_edits() {
+        // Found by the simulation (seed in sim::tests): a peer's report about its own
+        // unauthorized proposal was recorded (running, an outcome, a recovery point it made up).
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Untouchable::default());
+        let (node, _clock) = crate::daemon::test_node_on(dir.path(), host);
+        let fp = crate::tls::Fingerprint("sha256:proposer".into());
+        let r = proposed(&node, dir.path(), &fp.0);
+        let attempt = Attempt {
+            at_ns: 5,
+            ok: true,
+            message: "made up".into(),
+        };
+        let grant = || {
+            (
+                mover::units::SessionId(1),
+                mover::SessionSecret::from_bytes([7; 32]),
+            )
+        };
+        let report = PeerRequest::Report {
+            id: r.id.clone(),
+            running: true,
+            job: Some(Default::default()),
+            last_attempt: Some(attempt.clone()),
+            recovery_point_ns: Some(i64::MAX),
+        };
+        let answer = match super::super::peer_server::respond(&node, &fp, report, grant()) {
+            super::super::peer_server::Handled::Answer(a) => a,
+            super::super::peer_server::Handled::Blocking(_) => panic!("a report does not block"),
+        };
+        assert!(matches!(answer, PeerAnswer::Refused { .. }), "{answer:?}");
+        assert_eq!(node.get(&r.id, Role::Target).unwrap(), r);
+        // A poll carrying the same is answered, and only its settings are taken.
+        let mut spec = r.spec.clone();
+        spec.enabled = false;
+        let poll = PeerRequest::State {
+            id: r.id.clone(),
+            source: Some(crate::peer::SourceState {
+                spec: spec.clone(),
+                running: true,
+                job: None,
+                last_attempt: Some(attempt),
+                recovery_point_ns: Some(i64::MAX),
+            }),
+        };
+        let answer = match super::super::peer_server::respond(&node, &fp, poll, grant()) {
+            super::super::peer_server::Handled::Answer(a) => a,
+            super::super::peer_server::Handled::Blocking(_) => panic!("a poll does not block"),
+        };
+        assert!(matches!(
+            answer,
+            PeerAnswer::State {
+                authorized: false,
+                ended: false
+            }
+        ));
+        let now = node.get(&r.id, Role::Target).unwrap();
+        assert_eq!(
+            (
+                now.job_running,
+                now.last_attempt,
+                now.recovery_point_ns,
+                now.spec
+            ),
+            (false, None, None, spec)
+        );
     }
 }

@@ -174,7 +174,8 @@ mod tests {
         // with a job the source last reported as running.
         lock(&node.last_contact).insert(id.clone(), clock.instant());
         assert_eq!(state(), State::Idle);
-        node.modify(&id, |x| x.job_running = true).unwrap();
+        node.modify(&id, Role::Target, |x| x.job_running = true)
+            .unwrap();
         lock(&node.reported).insert(id.clone(), crate::peer::JobView::default());
         assert_eq!(state(), State::Running);
         clock.advance(DISCONNECTED_AFTER + Duration::from_secs(1));

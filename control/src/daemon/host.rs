@@ -1,0 +1,131 @@
+//! What a target node does to its own machine besides keeping its store: the read-only
+//! protection of target directories (bind mounts, `readonly`), reverting an interrupted job
+//! (`mover::receiver::revert_root`) and running the data-plane receivers (a thread each).
+//! Behind a trait so the deterministic simulation (`sim`) runs the real target logic
+//! (authorize, ticket, release, restore) against a fake that records every effect, instead of
+//! mounting and spawning threads. Production uses [`System`]; nothing else implements it
+//! outside tests.
+
+use crate::model::{PinnedDir, RelationshipId, ReplicaOptions};
+use crate::readonly::{self, Mode};
+use crate::{Error, Result};
+use mover::receiver::{ReceiveOptions, Receiver};
+use mover::Progress;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The machine's side of a target relationship `id`. Every method names the relationship, so
+/// a fake can tell whose protection an effect touches.
+pub trait Host: Send + Sync {
+    /// `readonly::protect`: `target` read-only for everyone, writable through `backing`.
+    fn protect(
+        &self,
+        id: &RelationshipId,
+        target: &PinnedDir,
+        backing: &Path,
+        replica: ReplicaOptions,
+    ) -> Result<(Mode, PathBuf)>;
+    /// `pinned::shows`: whether `view` shows the pinned directory.
+    fn shows(&self, id: &RelationshipId, view: &Path, target: &PinnedDir) -> bool;
+    /// Reverts an interrupted job under `root` to its last recovery point: how many journal
+    /// records were undone, `None` if there was no job to revert.
+    fn revert(&self, id: &RelationshipId, root: &Path) -> Result<Option<u64>>;
+    /// `readonly::release`: the target writable again, the private view gone.
+    fn release(&self, id: &RelationshipId, target: &Path, backing: &Path) -> Result<()>;
+    /// `readonly::release_backing`: the private view alone.
+    fn release_backing(&self, id: &RelationshipId, backing: &Path) -> Result<()>;
+    /// Starts a receiver for `opts` (tickets and stop flag included), serving connections
+    /// handed to it with [`Receiving::deliver`].
+    fn start_receiver(
+        &self,
+        id: &RelationshipId,
+        opts: ReceiveOptions,
+    ) -> Result<Box<dyn Receiving>>;
+}
+
+/// A running receiver.
+pub trait Receiving: Send {
+    /// Hands it a data-plane connection routed to it; `false` if it takes no more.
+    fn deliver(&self, conn: Box<dyn mover::Connection>) -> bool;
+    /// Whether it has stopped serving (after its stop flag, or on an error).
+    fn is_finished(&self) -> bool;
+    /// Waits for it to end (called once it has finished).
+    fn join(self: Box<Self>);
+}
+
+/// The real machine: mounts and receiver threads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct System;
+
+impl Host for System {
+    fn protect(
+        &self,
+        _: &RelationshipId,
+        target: &PinnedDir,
+        backing: &Path,
+        replica: ReplicaOptions,
+    ) -> Result<(Mode, PathBuf)> {
+        readonly::protect(target, backing, replica)
+    }
+
+    fn shows(&self, _: &RelationshipId, view: &Path, target: &PinnedDir) -> bool {
+        crate::pinned::shows(view, target)
+    }
+
+    fn revert(&self, _: &RelationshipId, root: &Path) -> Result<Option<u64>> {
+        let rep = mover::receiver::revert_root(root)?;
+        Ok(rep.reverted.then_some(rep.undone))
+    }
+
+    fn release(&self, _: &RelationshipId, target: &Path, backing: &Path) -> Result<()> {
+        readonly::release(target, backing)
+    }
+
+    fn release_backing(&self, _: &RelationshipId, backing: &Path) -> Result<()> {
+        readonly::release_backing(backing)
+    }
+
+    fn start_receiver(
+        &self,
+        id: &RelationshipId,
+        opts: ReceiveOptions,
+    ) -> Result<Box<dyn Receiving>> {
+        let (inbox, incoming) = std::sync::mpsc::channel();
+        let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
+        let id = id.clone();
+        let thread = std::thread::Builder::new()
+            .name("mover-receiver".into())
+            .spawn(move || {
+                let served = rx.serve(|rep| tracing::info!(%id, ok = rep.ok, error = ?rep.error, "receiver session ended"));
+                if let Err(e) = served {
+                    tracing::error!(%id, "receiver stopped: {e}");
+                }
+            })
+            .map_err(|e| Error::Io {
+                context: "spawning the receiver thread".into(),
+                source: e,
+            })?;
+        Ok(Box::new(Threaded { inbox, thread }))
+    }
+}
+
+/// A receiver on its own thread, fed through a channel.
+struct Threaded {
+    inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Receiving for Threaded {
+    fn deliver(&self, conn: Box<dyn mover::Connection>) -> bool {
+        self.inbox.send(conn).is_ok()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn join(self: Box<Self>) {
+        // A receiver that panicked has nothing more to give back; it is gone either way.
+        let _ = self.thread.join();
+    }
+}
