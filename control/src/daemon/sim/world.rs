@@ -517,6 +517,7 @@ impl World {
                 max_pause_in_session: rng.between(Duration::from_secs(3), Duration::from_secs(40)),
                 allowed_source_roots: None,
                 insecure_plaintext: false,
+                api_tls: None,
             };
             nodes.push(SimNode {
                 addr: format!("10.0.0.{}", i + 1),
@@ -1634,6 +1635,8 @@ impl World {
             snapshot: mover::snapshot::Provider::Plain,
             hashed_bytes: 0,
             encrypted: true,
+            read_buffered_bytes: files << 20,
+            read_direct_bytes: 0,
         };
         self.session_ended(key, node, Ok(report));
     }
