@@ -1,5 +1,8 @@
 //! Benchmark datasets, generated once per spec under the work directory and reused (a marker
-//! file records the spec). Data is pseudo-random (incompressible) from a fixed seed.
+//! file records the spec). Data is pseudo-random (incompressible) from a fixed seed. At scale 1:
+//! large = 2 x 512 MiB, small = 20,000 x 4 KiB in 100 directories (the two sets),
+//! mixed = 8 x 64 MiB + 20,000 files of 1-64 KiB + symlinks, tree = a seeded random tree of
+//! 100,000 files (0-4 KiB, random modes and mtimes) in 2,000 directories (the no-op rerun's).
 
 use anyhow::{Context, Result};
 use mover::gen::Rng;
@@ -11,6 +14,7 @@ pub enum Kind {
     Large,
     Small,
     Mixed,
+    Tree,
 }
 
 impl Kind {
@@ -19,6 +23,7 @@ impl Kind {
             Kind::Large => "large",
             Kind::Small => "small",
             Kind::Mixed => "mixed",
+            Kind::Tree => "tree",
         }
     }
 }
@@ -52,11 +57,12 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
     let s = |n: f64| ((n * scale).round() as usize).max(1);
     // (large files, large size, small files, small min, small max, dirs)
     let (nl, ls, ns, smin, smax, dirs) = match kind {
-        Kind::Large => (4, s(512.0 * 1048576.0), 0, 0, 0, 1),
-        Kind::Small => (0, 0, s(50_000.0), 4096, 4096, s(250.0)),
+        Kind::Large => (2, s(512.0 * 1048576.0), 0, 0, 0, 1),
+        Kind::Small => (0, 0, s(20_000.0), 4096, 4096, s(100.0)),
         Kind::Mixed => (8, s(64.0 * 1048576.0), s(20_000.0), 1024, 65536, s(100.0)),
+        Kind::Tree => (0, 0, s(100_000.0), 0, 4096, s(2_000.0)),
     };
-    let spec = format!("v1 {kind:?} large={nl}x{ls} small={ns}x{smin}..{smax} dirs={dirs}");
+    let spec = format!("v2 {kind:?} large={nl}x{ls} small={ns}x{smin}..{smax} dirs={dirs}");
     let dir = work.join(kind.name()).join("src");
     let marker = work.join(kind.name()).join("spec");
     let files = (nl + ns) as u64;
@@ -74,12 +80,26 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
     eprintln!("bench: generating {} dataset ({spec})", kind.name());
     let _ = std::fs::remove_dir_all(work.join(kind.name()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if kind == Kind::Tree {
+        // mover's own seeded generator: random parents, sizes, modes and mtimes. Without its
+        // extras (hard links, xattrs, a path beyond PATH_MAX), which rsync cannot all copy.
+        let spec = mover::gen::TreeSpec {
+            seed: 0x5eed_7733,
+            small_files: ns,
+            small_max: smax,
+            large_files: 0,
+            large_size: 0,
+            fanout: dirs,
+            extras: false,
+        };
+        mover::gen::generate(&dir, &spec).context("generating the tree")?;
+    }
     let mut rng = Rng(0x5eed ^ kind as u64);
     let mut buf = Vec::new();
     for i in 0..nl {
         write_file(&dir.join(format!("large{i}.bin")), &mut rng, ls, &mut buf)?;
     }
-    for i in 0..ns {
+    for i in (0..ns).filter(|_| kind != Kind::Tree) {
         let d = dir.join(format!("d{:04}", i % dirs));
         if i < dirs {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -109,7 +129,14 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
 
 /// (regular files, bytes) under `dir`, not following symlinks.
 pub fn count(dir: &Path) -> Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
+    let (files, _, bytes) = count_all(dir)?;
+    Ok((files, bytes))
+}
+
+/// (regular files, every item but `dir` itself, bytes of regular files) under `dir`, not
+/// following symlinks.
+pub fn count_all(dir: &Path) -> Result<(u64, u64, u64)> {
+    let (mut files, mut entries, mut bytes) = (0, 0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
@@ -118,6 +145,7 @@ pub fn count(dir: &Path) -> Result<(u64, u64)> {
             if m.is_dir() && e.file_name() == ".mover-state" {
                 continue; // mover's scratch in a btrfs source, not data
             }
+            entries += 1;
             if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file() {
@@ -126,5 +154,5 @@ pub fn count(dir: &Path) -> Result<(u64, u64)> {
             }
         }
     }
-    Ok((files, bytes))
+    Ok((files, entries, bytes))
 }

@@ -1,12 +1,13 @@
 //! `bench incremental`: mover's incremental jobs (`send --state`) against rsync's delta
 //! algorithm (daemon on 127.0.0.1) on the same change of the same source, same run. Per
 //! scenario: untimed initial sync of both tools into their own destinations; then per rep one
-//! seeded change of the source, then one timed job of each tool (order alternating, page cache
-//! dropped before each), each destination verified against the source afterwards. Destinations
-//! and mover's state persist across reps: every rep is an incremental job.
+//! seeded change of the source, then one timed job of each tool (order alternating, the page
+//! cache prepared as the scenario says before each), each destination verified against the
+//! source afterwards. Destinations and mover's state persist across reps: every rep is an
+//! incremental job.
 
-use crate::inc_report::{met, IncReport, IncSample, ScenarioResult};
-use crate::report::{cmd_line, machine, today, Tool};
+use crate::inc_report::{IncSample, ScenarioResult};
+use crate::report::{met, Tool};
 use crate::{btrfs, dataset, mover_run, mutate, proc, rsync};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
@@ -30,8 +31,21 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Rewrite => "rewrite-1pct",
-            Scenario::Noop => "noop-small",
+            Scenario::Noop => "noop-tree",
             Scenario::Rename => "rename-dir",
+        }
+    }
+
+    /// How the page cache is prepared before each timed job. The issue measures the rewrite
+    /// and the no-op with the source warm: continuous replication runs while the data is in
+    /// use. A rewrite's destination is left cold (the target node's cache is its own); a no-op
+    /// job leaves both trees as the previous job left them (in memory), the steady state of
+    /// frequent jobs. The rename keeps the cold regime it was introduced with.
+    fn cache(self) -> CachePrep {
+        match self {
+            Scenario::Rewrite => CachePrep::DropThenWarmSource,
+            Scenario::Noop => CachePrep::WarmSource,
+            Scenario::Rename => CachePrep::Drop,
         }
     }
 
@@ -47,9 +61,35 @@ impl Scenario {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CachePrep {
+    /// Page cache dropped.
+    Drop,
+    /// Page cache dropped, then the source read into it.
+    DropThenWarmSource,
+    /// Nothing dropped; the source read (already in memory after the first rep).
+    WarmSource,
+}
+
+impl CachePrep {
+    fn describe(self) -> &'static str {
+        match self {
+            CachePrep::Drop => "page cache dropped before each timed job (source cold)",
+            CachePrep::DropThenWarmSource => {
+                "before each timed job the page cache is dropped, then the source read into it (source warm, destinations cold)"
+            }
+            CachePrep::WarmSource => {
+                "page cache not dropped; the source is read before each timed job (source and destinations warm)"
+            }
+        }
+    }
+}
+
 pub struct Opts {
     pub work: PathBuf,
     pub mover: PathBuf,
+    /// mover's workers (`--threads`).
+    pub threads: usize,
     pub scale: f64,
     pub reps: usize,
     pub run_mover: bool,
@@ -60,21 +100,8 @@ pub struct Opts {
     pub keys: mover_run::Keys,
 }
 
-pub fn run(o: &Opts, scenarios: &[Scenario]) -> Result<IncReport> {
-    let mut rep = IncReport {
-        date: today(),
-        machine: machine(),
-        mover_version: cmd_line(&o.mover.display().to_string(), &["--version"]),
-        rsync_version: rsync::version(),
-        scale: o.scale,
-        note: "Medians of the reps; tool order alternates every rep; page cache dropped before every timed job. \
-               Each rep changes the source in place once, then both tools sync that same change into their own destination, \
-               kept (with mover's --state) from the previous rep. rsync: -aHX --numeric-ids --delete to an rsync daemon on 127.0.0.1 \
-               (default delta algorithm). mover: receive --once + send --state (default threads and snapshot provider). \
-               mover's receiver syncfs's before committing each recovery point; rsync does not fsync. CPU = sender + receiver user+sys. Wire bytes: mover's sender count, rsync's sent + received; loopback bytes: \
-               both directions on lo incl. TCP/IP headers, for both tools. Speed vs rsync = rsync s / mover s; CPU vs rsync = mover / rsync.",
-        scenarios: Vec::new(),
-    };
+pub fn run(o: &Opts, scenarios: &[Scenario]) -> Result<Vec<ScenarioResult>> {
+    let mut out = Vec::new();
     for &sc in scenarios {
         let r = scenario(o, sc)?;
         for t in &r.targets {
@@ -86,14 +113,14 @@ pub fn run(o: &Opts, scenarios: &[Scenario]) -> Result<IncReport> {
                 met(t.met)
             );
         }
-        rep.scenarios.push(r);
+        out.push(r);
     }
-    Ok(rep)
+    Ok(out)
 }
 
 /// `mover hash --content` of `dir`: (tree hash, content hash). Owners count only as root (both
 /// tools then keep them: rsync daemon as uid root with --numeric-ids, mover's receiver).
-fn hash(mover: &Path, dir: &Path) -> Result<(String, String)> {
+pub fn hash(mover: &Path, dir: &Path) -> Result<(String, String)> {
     let mut c = std::process::Command::new(mover);
     c.arg("hash").arg(dir).args(["--content", "--json"]);
     // SAFETY: geteuid has no preconditions.
@@ -146,16 +173,22 @@ fn verify(mover: &Path, want: &(String, String), dst: &Path, tool: Tool, when: &
     Ok(())
 }
 
-/// One timed job: page cache dropped first, loopback traffic counted around it. `job` runs the
-/// tool, verifies its destination (after its own timing ends) and returns (seconds, CPU
-/// seconds, wire bytes, details).
+/// One timed job: page cache prepared first (`prep`, from `src`), loopback traffic counted
+/// around it. `job` runs the tool, verifies its destination (after its own timing ends) and
+/// returns (seconds, CPU seconds, wire bytes, details).
 fn timed(
-    tool: Tool,
-    rep: usize,
-    changed: u64,
+    (tool, rep, changed): (Tool, usize, u64),
+    prep: CachePrep,
+    (work, src): (&Path, &Path),
     job: impl FnOnce() -> Result<(f64, f64, u64, serde_json::Value)>,
 ) -> Result<IncSample> {
-    let cache_dropped = proc::drop_caches();
+    // The previous job's write-back (rsync does not fsync: a rewrite leaves a whole new file
+    // dirty) and the rep's change of the source are flushed first, so they are nobody's cost.
+    let quiet_before = proc::quiesce(&[work, src]);
+    let cache_dropped = prep != CachePrep::WarmSource && proc::drop_caches();
+    if prep != CachePrep::Drop {
+        proc::warm(src).with_context(|| format!("reading {} into the cache", src.display()))?;
+    }
     let lo = proc::loopback_bytes();
     let (seconds, cpu_seconds, wire_bytes, detail) = job()?;
     // Read before hashing would add nothing: `mover hash` uses no sockets.
@@ -169,6 +202,7 @@ fn timed(
         loopback_bytes,
         changed_bytes: changed,
         cache_dropped,
+        quiet_before,
         detail,
     })
 }
@@ -180,30 +214,45 @@ struct Dirs {
 }
 
 fn mover_job(o: &Opts, d: &Dirs) -> Result<mover_run::MoverRun> {
+    let threads = o.threads.to_string();
     mover_run::run_with(
         &o.mover,
         &d.src,
         &d.mover_dst,
-        &[OsStr::new("--state"), d.state.as_os_str()],
+        &[
+            OsStr::new("--threads"),
+            OsStr::new(&threads),
+            OsStr::new("--state"),
+            d.state.as_os_str(),
+        ],
         &o.keys,
     )
 }
+
+/// Rewrite's source: one file of 1 GiB (at scale 1) of seeded pseudo-random data in `dir`.
+fn write_rewrite_source(dir: &Path, scale: f64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let size = ((REWRITE_FILE_BYTES as f64 * scale).round() as usize).max(mutate::BLOCK as usize);
+    dataset::write_file(
+        &dir.join("big.bin"),
+        &mut mover::gen::Rng(0x5eed_1919),
+        size,
+        &mut Vec::new(),
+    )
+}
+
+/// The rewrite scenario's file, at scale 1 (the issue's "1 GiB file").
+const REWRITE_FILE_BYTES: u64 = 1 << 30;
 
 /// Builds the scenario's source under `dir`; returns it and a description. With
 /// `--source-fs btrfs` the source is a subvolume of a loop-mounted image (returned to be kept
 /// mounted for the scenario).
 fn source(o: &Opts, sc: Scenario, dir: &Path) -> Result<(PathBuf, String, Option<btrfs::Mount>)> {
+    let rewrite = "one file of 1 GiB at scale 1 (seeded pseudo-random data); each rep rewrites 1% of its 4 KiB blocks in place with random data (distinct blocks drawn uniformly, seeded)";
     if o.btrfs_source {
-        let (data, what) = match sc {
-            Scenario::Rewrite => (
-                Some(dataset::ensure(&o.work, dataset::Kind::Large, o.scale)?),
-                "the large dataset",
-            ),
-            Scenario::Noop => (
-                Some(dataset::ensure(&o.work, dataset::Kind::Small, o.scale)?),
-                "the small dataset",
-            ),
-            Scenario::Rename => (None, "the rename tree"),
+        let data = match sc {
+            Scenario::Noop => Some(dataset::ensure(&o.work, dataset::Kind::Tree, o.scale)?),
+            Scenario::Rewrite | Scenario::Rename => None,
         };
         let bytes = data
             .as_ref()
@@ -215,35 +264,46 @@ fn source(o: &Opts, sc: Scenario, dir: &Path) -> Result<(PathBuf, String, Option
             (3 * bytes).max(1 << 30),
         )?;
         let src = m.subvolume("src")?;
-        match &data {
-            Some(d) => btrfs::copy_into(&d.dir, &src)?,
-            None => mutate::build_rename_tree(&src, o.scale)?,
-        }
-        let change = match sc {
-            Scenario::Rewrite => "each rep rewrites 1% of its 4 KiB blocks in place (seeded)",
-            Scenario::Noop => "unchanged: each rep is a no-op job",
-            Scenario::Rename => "each rep renames blob-N to blob-N+1",
+        let what = match (sc, &data) {
+            (_, Some(d)) => {
+                btrfs::copy_into(&d.dir, &src)?;
+                format!(
+                    "the generated tree ({}), unchanged: each rep is a no-op job",
+                    d.spec
+                )
+            }
+            (Scenario::Rewrite, None) => {
+                write_rewrite_source(&src, o.scale)?;
+                rewrite.to_string()
+            }
+            (_, None) => {
+                mutate::build_rename_tree(&src, o.scale)?;
+                "the rename tree; each rep renames blob-N to blob-N+1".to_string()
+            }
         };
         return Ok((
             src,
-            format!("{what} in a btrfs subvolume on a loop-mounted image; {change}"),
+            format!("{what}; in a btrfs subvolume on a loop-mounted image"),
             Some(m),
         ));
     }
     Ok(match sc {
         Scenario::Rewrite => {
-            let ds = dataset::ensure(&o.work, dataset::Kind::Large, o.scale)?;
             let src = dir.join("src");
-            mutate::copy_tree(&ds.dir, &src)?;
-            (src, format!("copy of the large dataset ({}); each rep rewrites 1% of its 4 KiB blocks in place with random data (distinct blocks drawn uniformly over all files, seeded)", ds.spec), None)
+            write_rewrite_source(&src, o.scale)?;
+            (
+                src,
+                format!("{rewrite}; on the work dir's file system"),
+                None,
+            )
         }
         // Nothing changes, so the tools read the dataset itself.
         Scenario::Noop => {
-            let ds = dataset::ensure(&o.work, dataset::Kind::Small, o.scale)?;
+            let ds = dataset::ensure(&o.work, dataset::Kind::Tree, o.scale)?;
             (
                 ds.dir,
                 format!(
-                    "the small dataset ({}), unchanged: each rep is a no-op job",
+                    "the generated tree ({}), unchanged: each rep is a no-op job",
                     ds.spec
                 ),
                 None,
@@ -264,9 +324,13 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     }
     std::fs::create_dir_all(&dir)?;
     let (src, description, mount) = source(o, sc, &dir)?;
+    let description = format!("{description}; {}", sc.cache().describe());
     next_second();
-    let (files, bytes) = dataset::count(&src)?;
-    eprintln!("bench: {}: {files} files, {bytes} bytes", sc.name());
+    let (files, entries, bytes) = dataset::count_all(&src)?;
+    eprintln!(
+        "bench: {}: {entries} entries, {files} files, {bytes} bytes",
+        sc.name()
+    );
     let d = Dirs {
         src,
         mover_dst: dir.join("mover-dst"),
@@ -311,34 +375,38 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
         order.rotate_left(r % 2);
         for tool in order {
             let s = match (tool, &daemon) {
-                (Tool::Mover, _) if o.run_mover => timed(tool, r, changed, || {
-                    let x = mover_job(o, &d)?;
-                    if x.report["incremental"] != serde_json::Value::Bool(true) {
-                        bail!(
-                            "mover {} rep {r}: job was not incremental (manifest unused): {}",
-                            sc.name(),
-                            x.report
-                        );
-                    }
-                    verify(&o.mover, &want, &d.mover_dst, tool, &format!("rep {r}"))?;
-                    Ok((
-                        x.seconds,
-                        x.cpu_seconds,
-                        x.wire_bytes,
-                        serde_json::json!({ "send": x.report, "receive": x.receiver }),
-                    ))
-                })?,
-                (Tool::Rsync, Some(dm)) => timed(tool, r, changed, || {
-                    let x = dm.run_with(&d.src, "dst", &RSYNC_EXTRA)?;
-                    verify(&o.mover, &want, &rsync_dst, tool, &format!("rep {r}"))?;
-                    let f = |n: &str| rsync::stat_field(&x.stats, n).ok();
-                    let detail = serde_json::json!({
-                        "literal_bytes": f("Literal data:"),
-                        "matched_bytes": f("Matched data:"),
-                        "files_transferred": f("Number of regular files transferred:"),
-                    });
-                    Ok((x.seconds, x.cpu_seconds, x.wire_bytes, detail))
-                })?,
+                (Tool::Mover, _) if o.run_mover => {
+                    timed((tool, r, changed), sc.cache(), (&o.work, &d.src), || {
+                        let x = mover_job(o, &d)?;
+                        if x.report["incremental"] != serde_json::Value::Bool(true) {
+                            bail!(
+                                "mover {} rep {r}: job was not incremental (manifest unused): {}",
+                                sc.name(),
+                                x.report
+                            );
+                        }
+                        verify(&o.mover, &want, &d.mover_dst, tool, &format!("rep {r}"))?;
+                        Ok((
+                            x.seconds,
+                            x.cpu_seconds,
+                            x.wire_bytes,
+                            serde_json::json!({ "send": x.report, "receive": x.receiver }),
+                        ))
+                    })?
+                }
+                (Tool::Rsync, Some(dm)) => {
+                    timed((tool, r, changed), sc.cache(), (&o.work, &d.src), || {
+                        let x = dm.run_with(&d.src, "dst", &RSYNC_EXTRA)?;
+                        verify(&o.mover, &want, &rsync_dst, tool, &format!("rep {r}"))?;
+                        let f = |n: &str| rsync::stat_field(&x.stats, n).ok();
+                        let detail = serde_json::json!({
+                            "literal_bytes": f("Literal data:"),
+                            "matched_bytes": f("Matched data:"),
+                            "files_transferred": f("Number of regular files transferred:"),
+                        });
+                        Ok((x.seconds, x.cpu_seconds, x.wire_bytes, detail))
+                    })?
+                }
                 _ => continue,
             };
             eprintln!(
@@ -353,13 +421,14 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     }
     drop(daemon);
     drop(mount);
-    // Frees the copies (up to 3x the data) before the next scenario.
+    // Frees the copies (up to 3x the data) before the next scenario, and lets the disk finish
+    // with the deletion before anything else is timed.
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    proc::quiesce(&[&o.work]);
     Ok(ScenarioResult::new(
         sc.name(),
         description,
-        files,
-        bytes,
+        (files, entries, bytes),
         samples,
     ))
 }

@@ -1,8 +1,11 @@
-//! `bench`: mover vs rsync (daemon mode, 127.0.0.1) on the same data in the same run,
-//! alternating, page cache dropped before each run, with the machine's limits measured in the
-//! same run. Writes results/<date>-<name>.json and .md.
+//! `bench`: mover against rsync (daemon mode, 127.0.0.1) and `cp -a` + `sync` on the same data
+//! in the same run, with the machine's limits measured in that run: initial syncs with the
+//! source hot or cold and the destination on disk or in a tmpfs, incremental jobs (no-op rerun,
+//! 1% block rewrite, directory rename) and the resume of a killed job. Medians of rotating reps;
+//! writes results/<date>-<name>.json and .md.
 
 mod btrfs;
+mod cp;
 mod dataset;
 mod inc_report;
 mod incremental;
@@ -10,78 +13,202 @@ mod limits;
 mod mover_run;
 mod mutate;
 mod proc;
+mod regimes;
 mod report;
+mod resume;
 mod rsync;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use dataset::Kind;
-use report::{Sample, Tool};
+use report::{Cache, Dest, Limits, Report, Tool};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const ABOUT: &str = "Benchmark mover against rsync (daemon on 127.0.0.1) and cp -a + sync, \
+with the machine's limits measured in the same run.
+
+What to run (WHAT):
+  full (default; `all` is the same)  everything below, one report
+  initial        limits + initial syncs of the large (2 x 512 MiB) and small (20,000 x 4 KiB)
+                 sets in every regime: source hot|cold x destination disk|tmpfs
+  large | small | mixed   limits + initial syncs of one set in every regime
+  limits         loopback TCP and memory copy (1 and N streams), disk read, disk/tmpfs write
+  incremental    noop-tree (no-op rerun on a generated tree of 102,000 entries), rewrite-1pct
+                 (1% of a 1 GiB file's 4 KiB blocks), rename-dir; or one of these by name
+  resume         initial sync of the large set, receiver SIGKILLed at 35% of the bytes on disk,
+                 then rerun: the fraction resent and whether the target equals the source
+
+Sizes are at --scale 1. Needs root (drops the page cache). mover runs encrypted, with
+--threads N (N = --threads, default: the CPUs this process may run on, as mover picks it);
+the TCP and memory-copy limits use N streams too.";
 
 #[derive(Parser)]
-#[command(about = "Benchmark mover against rsync (daemon mode) on 127.0.0.1")]
+#[command(about = "Benchmark mover against rsync and cp -a + sync, with the machine's limits", long_about = ABOUT)]
 struct Args {
-    /// all | large | small | mixed | limits (initial sync), or incremental | rewrite-1pct |
-    /// noop-small | rename-dir (incremental jobs: all three scenarios, or one)
-    #[arg(default_value = "all")]
+    /// full | all | initial | large | small | mixed | limits | incremental | noop-tree |
+    /// rewrite-1pct | rename-dir | resume (see --help)
+    #[arg(default_value = "full")]
     what: String,
-    /// Where datasets and destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
+    /// Where datasets and disk destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// mover binary (default: target/release/mover beside this binary).
     #[arg(long)]
     mover: Option<PathBuf>,
+    /// Reps per tool and regime (the issue asks for medians of at least 5).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Directory of the report files, <date>-<name>.json (every sample) and .md.
     #[arg(long, default_value = "results")]
     results: PathBuf,
-    /// Result file name (default: the dataset argument).
+    /// Result file name (default: WHAT).
     #[arg(long)]
     name: Option<String>,
     /// Scale dataset sizes (0.01 for a smoke run).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    #[arg(long, value_enum, default_value_t = Tools::Both)]
-    tools: Tools,
+    /// Tools, in their first rep's order (rotated every rep). The incremental scenarios run
+    /// mover and rsync only.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "mover,rsync,cp"
+    )]
+    tools: Vec<ToolArg>,
+    /// Initial syncs also run mover with --insecure-plaintext (the cost of encryption).
+    #[arg(long)]
+    plaintext: bool,
+    /// mover's workers (--threads), and the streams of the TCP, memory-copy, read and write
+    /// limits (default: as `mover send` picks it, the CPUs in this process's affinity mask).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Initial syncs: the source cache states to run (hot: read just before each run; cold:
+    /// page cache dropped just before each run).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "hot,cold")]
+    cache: Vec<Cache>,
+    /// Initial syncs: the destinations to run (disk: in the work dir; tmpfs: in --tmpfs-dir).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "disk,tmpfs")]
+    dest: Vec<Dest>,
+    /// The tmpfs destinations' directory (must be on a tmpfs or other memory file system).
+    #[arg(long, alias = "dst-dir", default_value = "/dev/shm/mover-bench")]
+    tmpfs_dir: PathBuf,
     /// Incremental scenarios only: `native` (the work dir's file system) or `btrfs` (each source
     /// in a subvolume of a loop-mounted image: mover finds changed blocks from shared extents).
     #[arg(long, default_value = "native")]
     source_fs: String,
-    /// Initial sync only: `cold` drops the page cache before every run; `hot` reads the
-    /// dataset into it instead (and mover reads through it: --no-direct).
-    #[arg(long, default_value = "cold")]
-    cache: String,
-    /// Initial sync only: where the destinations go (e.g. a tmpfs such as /dev/shm/bench),
-    /// each removed right after its run; default: beside the dataset in the work dir, all
-    /// kept until the dataset's last run.
-    #[arg(long)]
-    dst_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Tools {
-    Both,
+enum ToolArg {
     Mover,
     Rsync,
+    Cp,
 }
 
-fn fresh(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+/// The parts of a run WHAT selects.
+struct Parts {
+    limits: bool,
+    initial: Vec<Kind>,
+    incremental: Vec<incremental::Scenario>,
+    resume: bool,
+}
+
+fn parts(what: &str) -> Result<Parts> {
+    let none = Parts {
+        limits: false,
+        initial: Vec::new(),
+        incremental: Vec::new(),
+        resume: false,
+    };
+    let issue_sets = vec![Kind::Large, Kind::Small];
+    Ok(match what {
+        "full" | "all" => Parts {
+            limits: true,
+            initial: issue_sets,
+            incremental: incremental::Scenario::ALL.to_vec(),
+            resume: true,
+        },
+        "initial" => Parts {
+            limits: true,
+            initial: issue_sets,
+            ..none
+        },
+        "large" | "small" | "mixed" => Parts {
+            limits: true,
+            initial: vec![match what {
+                "large" => Kind::Large,
+                "small" => Kind::Small,
+                _ => Kind::Mixed,
+            }],
+            ..none
+        },
+        "limits" => Parts {
+            limits: true,
+            ..none
+        },
+        "resume" => Parts {
+            resume: true,
+            ..none
+        },
+        w => match incremental::Scenario::select(w) {
+            Some(s) => Parts {
+                incremental: s,
+                ..none
+            },
+            None => bail!("unknown benchmark {w:?} (see bench --help)"),
+        },
+    })
+}
+
+/// Every limit, measured now with `n` streams where it applies; `read_sets` are the datasets
+/// whose cold read is measured.
+fn measure_limits(
+    n: usize,
+    read_sets: &[dataset::Dataset],
+    write_dirs: &[(Dest, PathBuf)],
+    write_bytes: u64,
+) -> Result<Limits> {
+    let tcp_1 = limits::loopback_tcp(1)?;
+    let tcp_n = limits::loopback_tcp(n)?;
+    eprintln!("bench: loopback TCP {tcp_1:.0} MB/s (1 stream), {tcp_n:.0} MB/s ({n} streams)");
+    let memcpy_1 = limits::memcpy(1)?;
+    let memcpy_n = limits::memcpy(n)?;
+    eprintln!("bench: memory copy {memcpy_1:.0} MB/s (1 thread), {memcpy_n:.0} MB/s ({n} threads)");
+    let mut read = std::collections::BTreeMap::new();
+    for ds in read_sets {
+        let r = limits::sequential_read(&ds.dir, n)?;
+        eprintln!("bench: disk read of {}: {r:.0} MB/s", ds.kind.name());
+        read.insert(ds.kind.name().to_string(), r);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+    let mut write = std::collections::BTreeMap::new();
+    for (d, dir) in write_dirs {
+        let w = limits::sequential_write(dir, write_bytes, n)?;
+        eprintln!(
+            "bench: write to {} ({}): {w:.0} MB/s",
+            d.name(),
+            dir.display()
+        );
+        write.insert(d.name().to_string(), w);
+    }
+    Ok(Limits {
+        workers: n,
+        tcp_1,
+        tcp_n,
+        memcpy_1,
+        memcpy_n,
+        read,
+        write,
+    })
 }
 
-fn check_copy(src: &Path, dst: &Path, tool: Tool) -> Result<()> {
-    let (a, b) = (dataset::count(src)?, dataset::count(dst)?);
-    if a != b {
+fn check_tmpfs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if proc::device_stat_file(dir).is_some() {
         bail!(
-            "{tool:?} left {} files / {} bytes, source has {} / {}",
-            b.0,
-            b.1,
-            a.0,
-            a.1
+            "--tmpfs-dir {} is on a block device, not in memory",
+            dir.display()
         );
     }
     Ok(())
@@ -89,6 +216,7 @@ fn check_copy(src: &Path, dst: &Path, tool: Tool) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let began = Instant::now();
     let work = a
         .work_dir
         .clone()
@@ -101,7 +229,8 @@ fn main() -> Result<()> {
             .context("exe dir")?
             .join("mover"),
     };
-    if a.tools != Tools::Rsync && !mover.exists() {
+    // `mover hash` verifies destinations, so the binary is needed even without mover runs.
+    if !mover.exists() {
         bail!(
             "mover binary not found at {} (cargo build --release first, or pass --mover)",
             mover.display()
@@ -110,178 +239,164 @@ fn main() -> Result<()> {
     if a.source_fs != "native" && a.source_fs != "btrfs" {
         bail!("--source-fs must be native or btrfs, not {:?}", a.source_fs);
     }
-    let name = a.name.clone().unwrap_or_else(|| a.what.clone());
-    if let Some(scenarios) = incremental::Scenario::select(&a.what) {
-        // `mover hash` verifies every destination, so the binary is needed even for rsync alone.
-        if !mover.exists() {
-            bail!(
-                "mover binary not found at {} (cargo build --release first, or pass --mover)",
-                mover.display()
-            );
-        }
-        let keys = mover_run::Keys::sealed(&mover, &work.join("identities"))?;
-        let o = incremental::Opts {
-            work,
-            mover,
-            scale: a.scale,
-            reps: a.reps,
-            run_mover: a.tools != Tools::Rsync,
-            run_rsync: a.tools != Tools::Mover,
-            btrfs_source: a.source_fs == "btrfs",
-            keys,
-        };
-        let rep = incremental::run(&o, &scenarios)?;
-        let (json, md) = rep.write(&a.results, &name)?;
-        println!("{}", rep.markdown());
-        eprintln!("bench: wrote {} and {}", json.display(), md.display());
-        return Ok(());
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
     }
-    let hot = match a.cache.as_str() {
-        "hot" => true,
-        "cold" => false,
-        other => bail!("--cache must be hot or cold, not {other:?}"),
-    };
-    let kinds: Vec<Kind> = match a.what.as_str() {
-        "all" => vec![Kind::Large, Kind::Small, Kind::Mixed],
-        "large" => vec![Kind::Large],
-        "small" => vec![Kind::Small],
-        "mixed" => vec![Kind::Mixed],
-        "limits" => vec![],
-        other => bail!("unknown benchmark {other:?}: all, large, small, mixed, limits, incremental or one of its scenarios"),
-    };
+    let p = parts(&a.what)?;
+    let name = a.name.clone().unwrap_or_else(|| a.what.clone());
+    let threads = a.threads.unwrap_or_else(mover::default_threads).max(1);
+    let mut tools: Vec<Tool> = Vec::new();
+    for t in &a.tools {
+        let t = match t {
+            ToolArg::Mover => Tool::Mover,
+            ToolArg::Rsync => Tool::Rsync,
+            ToolArg::Cp => Tool::Cp,
+        };
+        if !tools.contains(&t) {
+            tools.push(t);
+        }
+    }
+    if a.plaintext && tools.contains(&Tool::Mover) {
+        tools.push(Tool::MoverPlain);
+    }
+    let tmpfs_used =
+        !p.initial.is_empty() && a.dest.contains(&Dest::Tmpfs) || p.limits && p.initial.is_empty();
+    if tmpfs_used {
+        check_tmpfs(&a.tmpfs_dir)?;
+    }
     std::fs::create_dir_all(&work)?;
     let sealed = mover_run::Keys::sealed(&mover, &work.join("identities"))?;
-    let plain = mover_run::Keys::plaintext();
-    let tcp = limits::loopback_tcp()?;
-    eprintln!("bench: loopback TCP single stream {tcp:.0} MB/s");
-    let mut rep = report::Report::new(&mover, a.scale, tcp);
-    rep.regime = format!(
-        "source {}, destination {}",
-        if hot {
-            "hot (in the page cache)"
-        } else {
-            "cold (page cache dropped before every run)"
-        },
-        a.dst_dir
-            .as_ref()
-            .map_or("beside it in the work dir".to_string(), |d| d
-                .display()
-                .to_string())
-    );
-    for kind in kinds {
-        let ds = dataset::ensure(&work, kind, a.scale)?;
-        let read = limits::sequential_read(&ds.dir)?;
-        eprintln!(
-            "bench: {}: {} files, {} bytes; sequential read {read:.0} MB/s",
-            kind.name(),
-            ds.files,
-            ds.bytes
-        );
-        // Every run gets its own, new destination directory; all are removed only after the
-        // dataset's last run. Deleting tens of thousands of inodes right before a run would make
-        // ext4 skip them as "recently deleted" (for 60 s) in the next run's inode allocation, a
-        // cost no real initial sync into an empty target pays.
-        let dsts = match &a.dst_dir {
-            Some(d) => d.join(kind.name()),
-            None => work.join(kind.name()).join("dst"),
-        };
-        let tmp = work.join(kind.name()).join("rsyncd");
-        std::fs::create_dir_all(&tmp)?;
-        fresh(&dsts)?;
-        let daemon = if a.tools != Tools::Mover {
-            Some(rsync::Daemon::start(&tmp, &dsts)?)
-        } else {
-            None
-        };
-        let mut samples = Vec::new();
-        for r in 0..a.reps {
-            // Rotate the order every rep so no tool always follows the same neighbour (the
-            // host's write-back of the previous run's data otherwise lands on one tool).
-            let mut order = [Tool::Mover, Tool::MoverPlain, Tool::Rsync];
-            order.rotate_left(r % 3);
-            for tool in order {
-                let is_rsync = tool == Tool::Rsync;
-                if (is_rsync && a.tools == Tools::Mover) || (!is_rsync && a.tools == Tools::Rsync) {
-                    continue;
-                }
-                let sub = format!("{tool:?}-{r}");
-                let dst = dsts.join(&sub);
-                if tool != Tool::Rsync {
-                    fresh(&dst)?;
-                }
-                let dropped = if hot {
-                    proc::warm(&ds.dir)?;
-                    false
-                } else {
-                    proc::drop_caches()
-                };
-                let s = match (tool, &daemon) {
-                    (Tool::Rsync, Some(d)) => {
-                        let x = d.run(&ds.dir, &sub)?;
-                        Sample {
-                            tool,
-                            rep: r,
-                            seconds: x.seconds,
-                            cpu_seconds: x.cpu_seconds,
-                            wire_bytes: x.wire_bytes,
-                            cache_dropped: dropped,
-                        }
-                    }
-                    (Tool::Rsync, None) => continue,
-                    _ => {
-                        let keys = if tool == Tool::MoverPlain {
-                            &plain
-                        } else {
-                            &sealed
-                        };
-                        let extra: &[&std::ffi::OsStr] = if hot {
-                            &[std::ffi::OsStr::new("--no-direct")]
-                        } else {
-                            &[]
-                        };
-                        let x = mover_run::run_with(&mover, &ds.dir, &dst, extra, keys)?;
-                        if x.files != ds.files {
-                            bail!(
-                                "mover sent {} files into an empty destination, dataset has {}",
-                                x.files,
-                                ds.files
-                            );
-                        }
-                        Sample {
-                            tool,
-                            rep: r,
-                            seconds: x.seconds,
-                            cpu_seconds: x.cpu_seconds,
-                            wire_bytes: x.wire_bytes,
-                            cache_dropped: dropped,
-                        }
-                    }
-                };
-                check_copy(&ds.dir, &dst, tool)?;
-                if a.dst_dir.is_some() {
-                    // A destination in memory (tmpfs) would crowd the hot source out of the
-                    // page cache: it goes after its run (the ext4 reason for keeping them, its
-                    // recently-deleted inodes, does not apply there).
-                    std::fs::remove_dir_all(&dst)
-                        .with_context(|| format!("removing {}", dst.display()))?;
-                }
-                eprintln!(
-                    "bench: {} {:?} rep {r}: {:.2}s, cpu {:.2}s, wire {}",
-                    kind.name(),
-                    tool,
-                    s.seconds,
-                    s.cpu_seconds,
-                    s.wire_bytes
-                );
-                samples.push(s);
-            }
-        }
-        drop(daemon);
-        std::fs::remove_dir_all(&dsts).with_context(|| format!("removing {}", dsts.display()))?;
-        rep.add(ds, read, samples);
+
+    let mut rep = Report {
+        date: report::today(),
+        name: name.clone(),
+        machine: report::Machine::probe(&work, tmpfs_used.then_some(a.tmpfs_dir.as_path())),
+        mover_version: report::cmd_line(&mover.display().to_string(), &["--version"]),
+        rsync_version: rsync::version(),
+        scale: a.scale,
+        reps: a.reps,
+        workers: threads,
+        scheme: Vec::new(),
+        limits: None,
+        initial: Vec::new(),
+        incremental: Vec::new(),
+        resume: None,
+        targets: Vec::new(),
+    };
+
+    // Untimed: every dataset this run needs, generated (or reused) before anything is measured.
+    let mut sets = Vec::new();
+    for &k in &p.initial {
+        sets.push(dataset::ensure(&work, k, a.scale)?);
     }
-    let (json, md) = rep.write(&a.results, &name)?;
+    if p.limits && sets.is_empty() {
+        for k in [Kind::Large, Kind::Small] {
+            sets.push(dataset::ensure(&work, k, a.scale)?);
+        }
+    }
+    let large = if p.resume {
+        Some(dataset::ensure(&work, Kind::Large, a.scale)?)
+    } else {
+        None
+    };
+    for ds in &sets {
+        eprintln!(
+            "bench: {}: {} files, {} bytes ({})",
+            ds.kind.name(),
+            ds.files,
+            ds.bytes,
+            ds.spec
+        );
+    }
+    proc::quiesce(&[&work]);
+
+    if p.limits {
+        let mut write_dirs = Vec::new();
+        let dests: Vec<Dest> = if p.initial.is_empty() {
+            vec![Dest::Disk, Dest::Tmpfs]
+        } else {
+            a.dest.clone()
+        };
+        for d in dests {
+            write_dirs.push((
+                d,
+                match d {
+                    Dest::Disk => work.join("limits"),
+                    Dest::Tmpfs => a.tmpfs_dir.join("limits"),
+                },
+            ));
+        }
+        let write_bytes = ((limits::WRITE_MAX_BYTES as f64 * a.scale) as u64)
+            .clamp(limits::WRITE_MIN_BYTES, limits::WRITE_MAX_BYTES);
+        rep.limits = Some(measure_limits(threads, &sets, &write_dirs, write_bytes)?);
+        rep.scheme.push(format!(
+            "Limits are measured first, after the datasets exist: loopback TCP (1 and {threads} connections, 3 s each), memory copy (1 and {threads} threads, 128 MiB buffers, 1 s), \
+             each dataset read cold with O_DIRECT by {threads} threads, and {write_bytes} bytes written as {threads} new files with fsync to each destination's file system."
+        ));
+    }
+
+    if !p.initial.is_empty() {
+        let o = regimes::Opts {
+            work: work.clone(),
+            tmpfs_dir: a.tmpfs_dir.clone(),
+            mover: mover.clone(),
+            sealed: sealed.clone(),
+            plain: mover_run::Keys::plaintext(),
+            threads,
+            reps: a.reps,
+            tools: tools.clone(),
+            caches: a.cache.clone(),
+            dests: a.dest.clone(),
+        };
+        rep.scheme.extend(report::initial_scheme(&tools));
+        rep.initial = regimes::run(&o, &sets, rep.limits.as_ref())?;
+        rep.targets.extend(report::initial_targets(&rep.initial));
+    }
+
+    if !p.incremental.is_empty() {
+        let o = incremental::Opts {
+            work: work.clone(),
+            mover: mover.clone(),
+            threads,
+            scale: a.scale,
+            reps: a.reps,
+            run_mover: tools.contains(&Tool::Mover),
+            run_rsync: tools.contains(&Tool::Rsync),
+            btrfs_source: a.source_fs == "btrfs",
+            keys: sealed.clone(),
+        };
+        rep.incremental = incremental::run(&o, &p.incremental)?;
+        for sc in &rep.incremental {
+            rep.targets.extend(sc.targets.iter().cloned());
+        }
+    }
+
+    if let Some(ds) = &large {
+        let o = resume::Opts {
+            work: &work,
+            mover: &mover,
+            keys: &sealed,
+            threads,
+            reps: a.reps,
+        };
+        let r = resume::run(&o, ds)?;
+        rep.targets.extend(r.targets.iter().cloned());
+        rep.resume = Some(r);
+    }
+
+    if tmpfs_used {
+        // Only what the bench made there: its limits directory, then the directory itself if
+        // it is now empty (it may be a shared tmpfs such as /dev/shm).
+        let _ = std::fs::remove_dir_all(a.tmpfs_dir.join("limits"));
+        let _ = std::fs::remove_dir(&a.tmpfs_dir);
+    }
+    let (json, md) = rep.write(&a.results)?;
     println!("{}", rep.markdown());
-    eprintln!("bench: wrote {} and {}", json.display(), md.display());
+    eprintln!(
+        "bench: wrote {} and {} ({:.0} s)",
+        json.display(),
+        md.display(),
+        began.elapsed().as_secs_f64()
+    );
     Ok(())
 }

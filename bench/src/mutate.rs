@@ -8,26 +8,9 @@ use mover::gen::Rng;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The unit mover's manifest hashes and the unit the rewrite changes.
 pub const BLOCK: u64 = 4096;
-
-/// Copies `from` to the new directory `to` with its own inodes and data blocks (no hard links,
-/// no shared extents): the tools read this copy and the benchmark rewrites it in place.
-pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=never")
-        .arg(from)
-        .arg(to)
-        .status()
-        .context("running cp")?;
-    if !st.success() {
-        bail!("cp -a {} {} failed: {st}", from.display(), to.display());
-    }
-    Ok(())
-}
 
 /// Overwrites `fraction` of the whole 4 KiB blocks of the regular files under `dir` with
 /// random data: distinct blocks drawn uniformly over all files, 4 KiB-aligned, written in

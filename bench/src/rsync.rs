@@ -140,7 +140,11 @@ pub fn version() -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_else(|| "rsync not found".into())
 }
 
