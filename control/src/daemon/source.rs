@@ -1041,7 +1041,9 @@ pub(crate) fn may_replicate(r: &Relationship) -> Result<()> {
 
 /// Queues "replicate now" for the scheduler's next pass, unless a blackout window is open.
 /// While a job runs, the request queues one more job after it (it picks up what changed since
-/// that job's point in time).
+/// that job's point in time). An accepted request survives the daemon: with no job running it
+/// is recorded as a job owed (`job_running`, what a restart resumes), so a daemon killed before
+/// the scheduler's next pass still runs it when it comes back.
 pub(crate) fn replicate_now(node: &Node, r: &Relationship) -> Result<()> {
     let now = node.clock.now();
     if blackout::in_blackout(&r.spec.blackout_windows, now) {
@@ -1054,6 +1056,10 @@ pub(crate) fn replicate_now(node: &Node, r: &Relationship) -> Result<()> {
         )));
     }
     lock(&node.wanted).insert(r.id.clone());
+    let running = lock(&node.jobs).get(&r.id).is_some_and(|j| !j.finished());
+    if !running && !r.job_running {
+        node.modify(&r.id, Role::Source, |x| x.job_running = true)?;
+    }
     Ok(())
 }
 
@@ -1247,6 +1253,30 @@ mod tests {
         let c = claim_job(&node, &node.get(&r.id, Role::Source).unwrap()).unwrap();
         assert!(abort(&node, &r.id).unwrap(), "a running job to wait for");
         assert!(c.progress.control.is_cancelled());
+    }
+
+    #[test]
+    fn a_replicate_now_accepted_before_the_daemon_dies_still_runs_after_its_restart() {
+        // Found by the fault soak (seed 87): the source daemon was SIGKILLed right after it
+        // accepted "replicate now" and before its scheduler's next pass; the request lived only
+        // in memory, so after the restart no job ran.
+        let dir = tempfile::tempdir().unwrap();
+        let (node, clock) = super::super::test_node(dir.path());
+        let mut r = relationship(serde_json::json!([]));
+        r.spec.enabled = false;
+        node.store().insert(&r).unwrap();
+        replicate_now(&node, &r).unwrap();
+        drop(node);
+        // The restarted daemon knows only what its store says.
+        let (again, _) = super::super::test_node(dir.path());
+        let r = again.get(&r.id, Role::Source).unwrap();
+        assert!(r.job_running, "the accepted request is recorded");
+        let t = Timing::default();
+        let interval = Duration::from_secs(3600);
+        assert!(
+            first_start(&clock, &t, &r, interval, Duration::from_secs(1)).is_some(),
+            "the restarted scheduler runs the job at once"
+        );
     }
 
     #[test]
