@@ -31,6 +31,33 @@ fn payload_decoders(p: &[u8]) {
         let _ = crate::tree::entry::path_bytes(&es);
     }
     let _ = decode_hints(p);
+    if let Ok(ops) = decode_delta(p) {
+        // Against a small base, the way a receiver applies them.
+        let base = [crate::tree::entry::Entry {
+            parent: crate::units::EntryId(0),
+            name: Vec::new(),
+            kind: crate::tree::entry::EntryKind::Dir,
+            meta: Default::default(),
+            xattrs: Vec::new(),
+        }];
+        let mut a = crate::tree::diff::DeltaApplier::new(base.len());
+        let mut c = StructureChecker::new();
+        for op in ops {
+            let r = a.apply(
+                &base,
+                op,
+                |e| -> Result<(), crate::tree::diff::DeltaError> {
+                    let _ = c.push(&e);
+                    Ok(())
+                },
+            );
+            if r.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = BaseOffer::decode(p);
+    let _ = BaseAnswer::decode(p);
     let _ = decode_need(p);
     let _ = decode_expect(p);
     let _ = decode_batch(p);
@@ -196,6 +223,8 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         tree_hash: 3,
         entries: walked.entries.len() as u64,
         hash_owners: true,
+        list_digest: 4,
+        policy: Default::default(),
     };
     out.push(("state_files", "recovery-point".into(), rp.encode()));
     let mut list = Vec::new();

@@ -222,6 +222,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             allow_setid: r.replica.allow_setuid,
             allow_devices: r.replica.allow_devices,
         },
+        ..Default::default()
     };
     let (inbox, incoming) = std::sync::mpsc::channel();
     let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;

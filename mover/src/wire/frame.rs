@@ -45,6 +45,10 @@ pub enum FrameKind {
     Verified = 11,
     Hints = 12,
     Expect = 13,
+    // Protocol 5, the delta entry list (numbered apart from other additions).
+    BaseOffer = 20,
+    BaseAnswer = 21,
+    EntriesDelta = 22,
 }
 
 impl FrameKind {
@@ -64,6 +68,9 @@ impl FrameKind {
             11 => Verified,
             12 => Hints,
             13 => Expect,
+            20 => BaseOffer,
+            21 => BaseAnswer,
+            22 => EntriesDelta,
             other => return Err(WireError::UnknownFrameKind(other)),
         })
     }
