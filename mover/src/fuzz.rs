@@ -59,6 +59,7 @@ fn payload_decoders(p: &[u8]) {
     let _ = BaseOffer::decode(p);
     let _ = BaseAnswer::decode(p);
     let _ = decode_need(p);
+    let _ = decode_need_sparse(p);
     let _ = decode_expect(p);
     let _ = decode_batch(p);
     let _ = decode_data_prefix(p);
@@ -97,6 +98,7 @@ pub fn state_files(data: &[u8]) {
         }
     }
     let _ = crate::sender::manifest::Manifest::decode(data);
+    let _ = crate::receiver::scrub::ScrubReport::decode(data);
 }
 
 /// Valid inputs for each target, built from the tree at `root` (a few files are enough): the
@@ -165,6 +167,33 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         },
     );
     frame("hints", FrameKind::Hints, h.buf);
+    let offer = BaseOffer {
+        recovery_point: 9,
+        list_digest: 4,
+        entries: walked.entries.len() as u64,
+    };
+    frame("base-offer", FrameKind::BaseOffer, offer.encode());
+    let answer = BaseAnswer {
+        accepted: true,
+        recovery_point: 9,
+        list_digest: 4,
+    };
+    frame("base-answer", FrameKind::BaseAnswer, answer.encode());
+    let mut delta = Enc::new();
+    for op in [
+        DeltaOp::Keep(2),
+        DeltaOp::Skip(1),
+        DeltaOp::Replace(walked.entries[1].clone()),
+        DeltaOp::Put(walked.entries[2].clone()),
+    ] {
+        encode_delta_op(&mut delta, &op);
+    }
+    frame("entries-delta", FrameKind::EntriesDelta, delta.buf);
+    frame(
+        "need-sparse",
+        FrameKind::NeedSparse,
+        encode_need_sparse(true, &[(EntryId(1), Need::Full), (EntryId(3), Need::Delta)]),
+    );
     let needs = vec![Need::Nothing, Need::Full, Need::Delta];
     frame("need", FrameKind::NeedList, encode_need(0, true, &needs));
     frame(
@@ -261,7 +290,18 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         crate::durable::frame_record(&u.encode(), &mut journal);
     }
     out.push(("state_files", "journal".into(), journal));
-    let m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
+    let mut m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
+    m.entries = walked.entries.clone();
+    m.list_digest = 4;
     out.push(("state_files", "manifest".into(), m.encode()));
+    let scrub = crate::receiver::scrub::ScrubReport {
+        at_ns: 1,
+        ok: false,
+        recovery_point: format!("{:032x}", 9),
+        entries: 3,
+        difference: Some("destination differs from source at a".into()),
+        by: crate::receiver::scrub::ScrubBy::Scrub,
+    };
+    out.push(("state_files", "scrub".into(), scrub.encode()));
     Ok(out)
 }

@@ -50,7 +50,7 @@ pub struct ScrubReport {
 }
 
 impl ScrubReport {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u32(MAGIC)
             .u16(VERSION)

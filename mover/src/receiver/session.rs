@@ -20,13 +20,13 @@ use crate::tree::diff::DeltaApplier;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{merkle, tree_hash, HashOptions};
 use crate::tree::STATE_DIR;
-use crate::units::SessionId;
+use crate::units::{EntryId, SessionId};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
 use crate::wire::message::{
     decode_delta, decode_entries, decode_error, decode_expect, decode_hints, encode_need,
-    entry_len, is_inline, BaseAnswer, BaseOffer, Commit, ErrorCode, Hint, Need, Verified,
-    NEED_CHUNK_BYTES,
+    encode_need_sparse, entry_len, is_inline, BaseAnswer, BaseOffer, Commit, ErrorCode, Hint, Need,
+    Verified, MAX_NEED_SPARSE, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
 use serde::Serialize;
@@ -478,7 +478,12 @@ impl Session {
             .iter()
             .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
             .collect();
-        let conns = collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?;
+        // A job that needs no data gets no worker connection (the sender opens none).
+        let conns = if need.iter().all(|n| *n == Need::Nothing) {
+            Vec::new()
+        } else {
+            collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?
+        };
         let creator = (
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
@@ -823,7 +828,29 @@ fn read_expect(
     Ok(out)
 }
 
+/// Sends the need list, dense or sparse, whichever is shorter.
 fn send_need(ctl: &mut Link, need: &[Need]) -> Result<()> {
+    let wanted: Vec<(EntryId, Need)> = need
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != Need::Nothing)
+        .map(|(i, n)| (EntryId(i as u32), *n))
+        .collect();
+    // Five bytes per entry that needs data, against one per entry.
+    if wanted.len().saturating_mul(5) < need.len() {
+        let chunks: Vec<&[(EntryId, Need)]> = if wanted.is_empty() {
+            vec![&[][..]]
+        } else {
+            wanted.chunks(MAX_NEED_SPARSE).collect()
+        };
+        for (k, c) in chunks.iter().enumerate() {
+            ctl.write_frame(
+                FrameKind::NeedSparse,
+                &encode_need_sparse(k + 1 == chunks.len(), c),
+            )?;
+        }
+        return Ok(());
+    }
     let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
         let first = (k * NEED_CHUNK_BYTES) as u32;

@@ -49,6 +49,7 @@ pub enum FrameKind {
     BaseOffer = 20,
     BaseAnswer = 21,
     EntriesDelta = 22,
+    NeedSparse = 23,
 }
 
 impl FrameKind {
@@ -71,6 +72,7 @@ impl FrameKind {
             20 => BaseOffer,
             21 => BaseAnswer,
             22 => EntriesDelta,
+            23 => NeedSparse,
             other => return Err(WireError::UnknownFrameKind(other)),
         })
     }

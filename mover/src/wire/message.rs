@@ -341,6 +341,9 @@ pub fn decode_entries(p: &[u8]) -> Result<Vec<Entry>, WireError> {
     Ok(out)
 }
 
+/// The smallest encoded entry (a directory with a one-byte name and nothing else is 36).
+pub const MIN_ENTRY_LEN: usize = 35;
+
 /// Encoded size of one entry (what `encode_entry` appends), without encoding it.
 pub fn entry_len(e: &Entry) -> usize {
     let kind = match &e.kind {
@@ -354,7 +357,8 @@ pub fn entry_len(e: &Entry) -> usize {
     4 + 4 + e.name.len() + 1 + 24 + kind + 2 + xattrs
 }
 
-fn decode_entry(d: &mut Dec<'_>) -> Result<Entry, WireError> {
+/// Decodes one entry (as `encode_entry` wrote it) from `d`.
+pub fn decode_entry(d: &mut Dec<'_>) -> Result<Entry, WireError> {
     let parent = EntryId(d.u32()?);
     let name = d.bytes(MAX_NAME_LEN, "file name")?.to_vec();
     let tag = d.u8()?;
@@ -584,6 +588,55 @@ pub fn decode_need(p: &[u8]) -> Result<(u32, bool, Vec<Need>), WireError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((first, last, needs))
+}
+
+/// Most records one NeedSparse frame carries (5 bytes each).
+pub const MAX_NEED_SPARSE: usize = 65536;
+
+/// NeedSparse payload: `last u8, count u32`, then `count` x (`entry u32, need u8`), entries
+/// increasing: the entries that need data (need 1 or 2), every other one needs nothing. The
+/// receiver sends it instead of NeedList when it is the shorter (a job that changed little).
+pub fn encode_need_sparse(last: bool, recs: &[(EntryId, Need)]) -> Vec<u8> {
+    assert!(
+        recs.len() <= MAX_NEED_SPARSE,
+        "sparse need frame of {} records",
+        recs.len()
+    );
+    let mut e = Enc::new();
+    e.u8(last as u8).u32(recs.len() as u32);
+    for (id, n) in recs {
+        e.u32(id.0).u8(*n as u8);
+    }
+    e.buf
+}
+
+pub fn decode_need_sparse(p: &[u8]) -> Result<(bool, Vec<(EntryId, Need)>), WireError> {
+    let mut d = Dec::new(p);
+    let last = d.u8()? != 0;
+    let n = d.u32()? as usize;
+    if n > MAX_NEED_SPARSE {
+        return Err(WireError::FieldTooLong {
+            field: "sparse need records",
+            len: n,
+            limit: MAX_NEED_SPARSE,
+        });
+    }
+    let mut out = Vec::with_capacity(n.min(d.remaining() / 5));
+    for _ in 0..n {
+        let e = EntryId(d.u32()?);
+        let need = match d.u8()? {
+            1 => Need::Full,
+            2 => Need::Delta,
+            _ => {
+                return Err(WireError::BadField {
+                    field: "sparse need value",
+                })
+            }
+        };
+        out.push((e, need));
+    }
+    d.finish()?;
+    Ok((last, out))
 }
 
 /// Appends one hint to a Hints payload.
