@@ -54,12 +54,18 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VerifyArg {
+    Changed,
+    Full,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Receive replication sessions into a destination directory.
     Receive {
         /// Address to listen on, e.g. 127.0.0.1:3712 (port 0 picks a free port and prints it).
-        #[arg(long, required_unless_present = "revert")]
+        #[arg(long, required_unless_present_any = ["revert", "scrub"])]
         listen: Option<SocketAddr>,
         /// Destination root; everything the sender has is mirrored beneath it, nothing outside.
         #[arg(long)]
@@ -90,6 +96,15 @@ enum Cmd {
         /// job interrupted inside the file resumes there (smaller: less resent, more fsyncs).
         #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=65536))]
         checkpoint_mib: u64,
+        /// How each session verifies the destination: `changed` checks what the job changed
+        /// (against the recovery point it started from); `full` compares every entry with the
+        /// disk, repairs what differs and walks the whole destination.
+        #[arg(long, value_enum, default_value = "changed")]
+        verify: VerifyArg,
+        /// Compare the destination at rest with its recovery point (a full verifying walk)
+        /// and exit: status 0 if it is exactly the recovery point; --listen is not needed.
+        #[arg(long, conflicts_with = "revert")]
+        scrub: bool,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
     Send {
@@ -267,7 +282,38 @@ fn run(cli: Cli) -> Result<()> {
             allow_setuid,
             allow_devices,
             checkpoint_mib,
+            verify,
+            scrub,
         } => {
+            if scrub {
+                let rep = mover::receiver::scrub_root(&root)?;
+                if json {
+                    println!("{}", serde_json::to_string(&rep)?);
+                }
+                return match rep {
+                    None => {
+                        if !json {
+                            println!("nothing to scrub: no recovery point yet, or an interrupted job waits (resume or --revert it)");
+                        }
+                        Ok(())
+                    }
+                    Some(r) if r.ok => {
+                        if !json {
+                            println!(
+                                "scrubbed: {} entries are recovery point {}",
+                                r.entries, r.recovery_point
+                            );
+                        }
+                        Ok(())
+                    }
+                    Some(r) => Err(mover::Error::Verify(format!(
+                        "the destination is not its recovery point {}: {}",
+                        r.recovery_point,
+                        r.difference.unwrap_or_default()
+                    ))
+                    .into()),
+                };
+            }
             if revert {
                 let rep = mover::receiver::revert_root(&root)?;
                 if json {
@@ -297,6 +343,10 @@ fn run(cli: Cli) -> Result<()> {
                     allow_devices,
                 },
                 checkpoint_bytes: Some(checkpoint_mib << 20),
+                verify: match verify {
+                    VerifyArg::Changed => mover::receiver::Verify::Changed,
+                    VerifyArg::Full => mover::receiver::Verify::Full,
+                },
                 ..Default::default()
             };
             let (r, addr, fingerprint) = match peers.protection()? {

@@ -293,6 +293,197 @@ fn strace_shows_data_moving_through_io_uring_from_pinned_workers() {
     }
 }
 
+/// `mover receive --once` with `extra` arguments, run under `wrap` (a command and its
+/// arguments, e.g. strace) if given; returns the process and the address it listens on.
+fn start_receiver_with(
+    root: &std::path::Path,
+    p: &Peers,
+    extra: &[&str],
+    wrap: Option<Vec<std::ffi::OsString>>,
+) -> (Child, String) {
+    let mut cmd = match &wrap {
+        Some(w) => {
+            let mut c = std::process::Command::new(&w[0]);
+            c.args(&w[1..]).arg(cargo_bin("mover"));
+            c
+        }
+        None => std::process::Command::new(cargo_bin("mover")),
+    };
+    let mut c = cmd
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+            "--json",
+            "--root",
+        ])
+        .arg(root)
+        .args(extra)
+        .args(&p.receive)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (c, v["listening"].as_str().unwrap().to_string())
+}
+
+fn send_json(
+    src: &std::path::Path,
+    addr: &str,
+    state: &std::path::Path,
+    p: &Peers,
+) -> serde_json::Value {
+    let out = mover()
+        .arg("send")
+        .arg(src)
+        .args(["--to", addr, "--json", "--state"])
+        .arg(state)
+        .args(&p.send)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (inode, ctime) of every entry of a tree but the receiver's state.
+fn ctimes(root: &std::path::Path) -> Vec<(Vec<u8>, u64, i64, u32)> {
+    let w = mover::tree::walk::walk(root, true).unwrap();
+    w.paths
+        .into_iter()
+        .zip(w.ids)
+        .map(|(p, id)| (p, id.ino, id.ctime_sec, id.ctime_nsec))
+        .collect()
+}
+
+/// strace must be installed (.ci/run installs it); this test fails loudly without it.
+#[test]
+fn a_noop_rerun_changes_no_target_ctime_and_stats_no_target_entry() {
+    let strace = which("strace")
+        .expect("strace is required for this test: apt-get install strace (done by .ci/run)");
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("state"),
+    );
+    std::fs::create_dir_all(&dst).unwrap();
+    mover::gen::generate(
+        &src,
+        &mover::gen::TreeSpec {
+            small_files: 2000,
+            small_max: 256,
+            large_files: 1,
+            large_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p = peers(t.path());
+    for _ in 0..2 {
+        let (mut recv, addr) = start_receiver_with(&dst, &p, &[], None);
+        send_json(&src, &addr, &state, &p);
+        assert!(recv.wait().unwrap().success());
+    }
+    let before = ctimes(&dst);
+    let log = t.path().join("strace.txt");
+    let wrap = vec![
+        strace.into_os_string(),
+        "-f".into(),
+        "-c".into(),
+        "-e".into(),
+        "trace=stat,lstat,fstat,newfstatat,statx".into(),
+        "-o".into(),
+        log.clone().into_os_string(),
+    ];
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &[], Some(wrap));
+    let v = send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success());
+    assert_eq!(v["delta_list"], true);
+    assert_eq!(v["files"], 0);
+    assert_eq!(before, ctimes(&dst), "a no-op job changed a target inode");
+    // `strace -c` ends with a total line: "100.00 <secs> <usecs/call> <calls> [errors] total".
+    let summary = std::fs::read_to_string(&log).unwrap();
+    let calls: u64 = summary
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in the strace summary:\n{summary}"));
+    // The process's own start (libraries, certificates, the state directory) takes some; the
+    // entries of the tree (about 2,100) none.
+    assert!(
+        calls < 200,
+        "a no-op receiver made {calls} stat calls for {} entries:\n{summary}",
+        before.len()
+    );
+}
+
+#[test]
+fn receive_scrub_and_verify_full_find_a_change_behind_the_receivers_back() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("state"),
+    );
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("a/file"), b"in a").unwrap();
+    std::fs::write(src.join("b/file"), b"in b").unwrap();
+    let p = peers(t.path());
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &[], None);
+    send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success());
+    let scrub = || {
+        mover()
+            .args(["receive", "--scrub", "--json", "--root"])
+            .arg(&dst)
+            .output()
+            .unwrap()
+    };
+    let out = scrub();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+
+    std::fs::write(dst.join("a/file"), b"xx").unwrap();
+    let out = scrub();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a difference is a verification failure"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a/file"));
+
+    // A job into b leaves a/ alone unless told to verify everything, which repairs it.
+    std::fs::write(src.join("b/new"), b"new").unwrap();
+    std::fs::remove_file(dst.join(".mover-state/scrub")).unwrap();
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &[], None);
+    send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success());
+    assert_eq!(std::fs::read(dst.join("a/file")).unwrap(), b"xx");
+    std::fs::write(src.join("b/newer"), b"newer").unwrap();
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &["--verify", "full"], None);
+    send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success());
+    assert_eq!(std::fs::read(dst.join("a/file")).unwrap(), b"in a");
+    assert!(scrub().status.success());
+}
+
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -18,20 +18,51 @@ pub fn frames(data: &[u8]) {
     payload_decoders(data);
 }
 
+/// The list passes the structure checks a receiver applies to every list.
+fn checked(es: &[crate::tree::entry::Entry]) -> bool {
+    let mut c = StructureChecker::new();
+    es.iter().all(|e| c.push(e).is_ok())
+}
+
 fn payload_decoders(p: &[u8]) {
     let _ = Hello::decode(p);
     let _ = HelloAck::decode(p);
     if let Ok(es) = decode_entries(p) {
+        // As the receiver does: paths are measured only of a list that passed the checker.
+        if checked(&es) {
+            let _ = crate::tree::entry::path_bytes(&es);
+        }
+    }
+    let _ = decode_hints(p);
+    if let Ok(ops) = decode_delta(p) {
+        // Against a small base, the way a receiver applies them.
+        let base = [crate::tree::entry::Entry {
+            parent: crate::units::EntryId(0),
+            name: Vec::new(),
+            kind: crate::tree::entry::EntryKind::Dir,
+            meta: Default::default(),
+            xattrs: Vec::new(),
+        }];
+        let mut a = crate::tree::diff::DeltaApplier::new(base.len());
         let mut c = StructureChecker::new();
-        for e in &es {
-            if c.push(e).is_err() {
+        for op in ops {
+            let r = a.apply(
+                &base,
+                op,
+                |e| -> Result<(), crate::tree::diff::DeltaError> {
+                    let _ = c.push(&e);
+                    Ok(())
+                },
+            );
+            if r.is_err() {
                 break;
             }
         }
-        let _ = crate::tree::entry::path_bytes(&es);
     }
-    let _ = decode_hints(p);
+    let _ = BaseOffer::decode(p);
+    let _ = BaseAnswer::decode(p);
     let _ = decode_need(p);
+    let _ = decode_need_sparse(p);
     let _ = decode_expect(p);
     let _ = decode_batch(p);
     let _ = decode_data_prefix(p);
@@ -69,10 +100,13 @@ pub fn state_files(data: &[u8]) {
         let _ = crate::receiver::journal::Undo::decode(r);
         let _ = crate::receiver::resume::Written::decode(r);
         if let Ok(es) = decode_entries(r) {
-            let _ = crate::tree::entry::path_bytes(&es);
+            if checked(&es) {
+                let _ = crate::tree::entry::path_bytes(&es);
+            }
         }
     }
     let _ = crate::sender::manifest::Manifest::decode(data);
+    let _ = crate::receiver::scrub::ScrubReport::decode(data);
 }
 
 /// Valid inputs for each target, built from the tree at `root` (a few files are enough): the
@@ -141,6 +175,33 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         },
     );
     frame("hints", FrameKind::Hints, h.buf);
+    let offer = BaseOffer {
+        recovery_point: 9,
+        list_digest: 4,
+        entries: walked.entries.len() as u64,
+    };
+    frame("base-offer", FrameKind::BaseOffer, offer.encode());
+    let answer = BaseAnswer {
+        accepted: true,
+        recovery_point: 9,
+        list_digest: 4,
+    };
+    frame("base-answer", FrameKind::BaseAnswer, answer.encode());
+    let mut delta = Enc::new();
+    for op in [
+        DeltaOp::Keep(2),
+        DeltaOp::Skip(1),
+        DeltaOp::Replace(walked.entries[1].clone()),
+        DeltaOp::Put(walked.entries[2].clone()),
+    ] {
+        encode_delta_op(&mut delta, &op);
+    }
+    frame("entries-delta", FrameKind::EntriesDelta, delta.buf);
+    frame(
+        "need-sparse",
+        FrameKind::NeedSparse,
+        encode_need_sparse(true, &[(EntryId(1), Need::Full), (EntryId(3), Need::Delta)]),
+    );
     let needs = vec![Need::Nothing, Need::Full, Need::Delta];
     frame("need", FrameKind::NeedList, encode_need(0, true, &needs));
     frame(
@@ -199,6 +260,8 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         tree_hash: 3,
         entries: walked.entries.len() as u64,
         hash_owners: true,
+        list_digest: 4,
+        policy: Default::default(),
     };
     out.push(("state_files", "recovery-point".into(), rp.encode()));
     let mut list = Vec::new();
@@ -247,7 +310,18 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
     };
     crate::durable::frame_record(&w.encode(), &mut written);
     out.push(("state_files", "written-log".into(), written));
-    let m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
+    let mut m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
+    m.entries = walked.entries.clone();
+    m.list_digest = 4;
     out.push(("state_files", "manifest".into(), m.encode()));
+    let scrub = crate::receiver::scrub::ScrubReport {
+        at_ns: 1,
+        ok: false,
+        recovery_point: format!("{:032x}", 9),
+        entries: 3,
+        difference: Some("destination differs from source at a".into()),
+        by: crate::receiver::scrub::ScrubBy::Scrub,
+    };
+    out.push(("state_files", "scrub".into(), scrub.encode()));
     Ok(out)
 }

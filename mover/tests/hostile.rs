@@ -257,7 +257,13 @@ fn data_frame_for_an_entry_not_in_the_session_is_rejected() {
     let (err, t) = attack(
         |_, _| {},
         |addr| {
-            let es = [root_entry(), entry(0, b"d", EntryKind::Dir)];
+            // The small file needs data, so the session takes worker connections (one that
+            // needs none opens none).
+            let es = [
+                root_entry(),
+                entry(0, b"d", EntryKind::Dir),
+                entry(0, b"f", EntryKind::File { size: 1 }),
+            ];
             let (mut s, mut w) = open_session(addr, &es, &[]);
             let mut p = Vec::new();
             p.extend_from_slice(&1u32.to_le_bytes()); // entry 1 is a directory

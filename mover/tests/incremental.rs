@@ -55,6 +55,11 @@ fn churn_rounds_keep_target_equal_to_source() {
         assert_same_tree(&src, &dst);
         deltas += rep.files_delta;
         incremental += rep.incremental as u32;
+        assert!(rep.delta_list, "round {round}: the list went as a delta");
+        assert!(
+            !r.full_verify,
+            "round {round}: only what changed was verified"
+        );
     }
     assert_eq!(
         incremental, ROUNDS as u32,

@@ -64,6 +64,25 @@ proptest! {
     }
 
     #[test]
+    fn delta_ops_and_base_messages_round_trip_and_entry_len_is_exact(es in proptest::collection::vec(arb_entry(), 0..20), n in 1u32..1000) {
+        let mut ops = vec![DeltaOp::Keep(n), DeltaOp::Skip(n + 1)];
+        for (k, x) in es.iter().enumerate() {
+            let mut one = Enc::new();
+            encode_entry(&mut one, x);
+            prop_assert_eq!(entry_len(x), one.buf.len());
+            ops.push(if k % 2 == 0 { DeltaOp::Put(x.clone()) } else { DeltaOp::Replace(x.clone()) });
+        }
+        let mut e = Enc::new();
+        for op in &ops { encode_delta_op(&mut e, op); }
+        prop_assert_eq!(e.buf.len(), ops.iter().map(delta_op_len).sum::<usize>());
+        prop_assert_eq!(decode_delta(&e.buf).unwrap(), ops);
+        let offer = BaseOffer { recovery_point: u128::from(n), list_digest: 7, entries: 9 };
+        prop_assert_eq!(BaseOffer::decode(&offer.encode()).unwrap(), offer);
+        let answer = BaseAnswer { accepted: n % 2 == 0, recovery_point: 3, list_digest: u128::from(n) };
+        prop_assert_eq!(BaseAnswer::decode(&answer.encode()).unwrap(), answer);
+    }
+
+    #[test]
     fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let _ = decode_frame(&bytes);
         let _ = decode_entries(&bytes);
@@ -72,6 +91,9 @@ proptest! {
         let _ = decode_batch(&bytes);
         let _ = decode_need(&bytes);
         let _ = decode_hints(&bytes);
+        let _ = decode_delta(&bytes);
+        let _ = BaseOffer::decode(&bytes);
+        let _ = BaseAnswer::decode(&bytes);
         let _ = Commit::decode(&bytes);
         let _ = Verified::decode(&bytes);
     }

@@ -698,7 +698,7 @@ fn run_job(
             Ok(mover::sender::send(&opts, progress)?)
         });
         match sessions.ended(id, progress, res) {
-            AfterSession::Done(res) => return res,
+            AfterSession::Done(res) => return *res,
             AfterSession::Again => {}
             AfterSession::Retry(pause) => {
                 let until = node.clock.instant() + pause;
@@ -714,7 +714,7 @@ fn run_job(
 #[derive(Debug)]
 pub(crate) enum AfterSession {
     /// The job is over, with this outcome.
-    Done(Result<mover::sender::SendReport>),
+    Done(Box<Result<mover::sender::SendReport>>),
     /// Another session, as soon as one is allowed (a long blackout window suspended this one).
     Again,
     /// Another session after this wait, unless the job is stopped meanwhile.
@@ -746,7 +746,7 @@ impl Sessions {
         match res {
             Ok(mut rep) => {
                 rep.attempts = self.attempt;
-                AfterSession::Done(Ok(rep))
+                AfterSession::Done(Box::new(Ok(rep)))
             }
             Err(_) if progress.control.take_suspended() && !progress.control.is_cancelled() => {
                 // A long blackout window: the next pass waits it out and resumes in a new
@@ -761,7 +761,7 @@ impl Sessions {
                     self.backoff
                         .after_failure(self.attempt, stopped, worth_retrying(&e))
                 else {
-                    return AfterSession::Done(Err(e));
+                    return AfterSession::Done(Box::new(Err(e)));
                 };
                 tracing::warn!(%id, attempt = self.attempt, "session failed, retrying in {pause:?}: {e}");
                 self.attempt += 1;

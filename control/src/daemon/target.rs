@@ -239,6 +239,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             allow_devices: r.replica.allow_devices,
         },
         checkpoint_bytes: None,
+        ..Default::default()
     };
     let receiving = node.host.start_receiver(&r.id, opts)?;
     tracing::info!(id = %r.id, "data-plane receiver started");

@@ -10,6 +10,16 @@
 //! Hints from the sender's manifest are checked here before they are trusted: a rename source
 //! must exist, and a delta applies only if the file still has the size and mtime the sender
 //! believes (otherwise the whole file is asked for).
+//!
+//! A job that starts from a recovery point (not a resumed one) knows what the target holds: the
+//! recovery point's entry list. It then touches an entry only where the new list differs from
+//! that one (by path): an unchanged entry costs no system call at all, a change of metadata
+//! only the calls that make it, and only what changed otherwise is looked at on disk (one stat)
+//! and handled as below. What the recovery point held and the new list does not is moved into
+//! the journal by name, without listing directories. What the target may have been made to hold
+//! behind the receiver's back is found by the verification of what the job changed, by a full
+//! verifying job, or by a scrub; a resumed job (whose interrupted session changed the disk in
+//! ways the list does not say) compares every entry with the disk.
 
 use super::journal::{Journal, Origin};
 use super::meta::times;
@@ -95,8 +105,45 @@ fn fix_unchanged_meta(
         )?;
     }
     sync_user_xattrs(On::At(dir, name), &e.xattrs)?;
-    // xattr changes bump ctime only, but restore mtime in case anything above touched it.
-    rustix::fs::utimensat(dir, name, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)?;
+    // Nothing above moves mtime (ownership, mode and xattrs change ctime only): it is set only
+    // where it differs, so an unchanged file's inode is not touched at all.
+    if (st.st_mtime, st.st_mtime_nsec as u32) != (e.meta.mtime_sec, e.meta.mtime_nsec) {
+        rustix::fs::utimensat(dir, name, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
+}
+
+/// Sets what differs between a file's recovery-point entry `was` (which the target holds) and
+/// its new entry `e`, the content being unchanged (same size and mtime): no stat needed.
+fn fix_meta_from(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    was: &Entry,
+    e: &Entry,
+    owners: bool,
+) -> std::io::Result<()> {
+    let chown = owners && (was.meta.uid, was.meta.gid) != (e.meta.uid, e.meta.gid);
+    if chown {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(Uid::from_raw(e.meta.uid)),
+            Some(Gid::from_raw(e.meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    // chown clears set-id bits: the mode is set again after it.
+    if chown || was.meta.mode != e.meta.mode {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(e.meta.mode),
+            AtFlags::empty(),
+        )?;
+    }
+    if was.xattrs != e.xattrs {
+        sync_user_xattrs(On::At(dir, name), &e.xattrs)?;
+    }
     Ok(())
 }
 
@@ -121,6 +168,109 @@ pub struct Applied {
     /// tail a shrink cuts off) is durable: see `resize_deltas`.
     pub resizes: Vec<(Vec<u8>, u64)>,
     pub stats: ApplyStats,
+    /// Entries finalize still has to finish in a job from a recovery point: directories,
+    /// symlinks and special files whose metadata it sets, hard links it checks. None (a
+    /// resumed job): every one of them.
+    pub finish: Option<Vec<bool>>,
+    /// Directories whose listing this phase changed (created, removed, moved or renamed
+    /// something in them): their mtime is set again, and they are verified.
+    pub touched: Vec<bool>,
+}
+
+/// What the target holds before the job (a recovery point's list, its policy applied), and
+/// where each new entry was in it: lets the first phase touch only what differs.
+pub struct Baseline<'a> {
+    pub entries: &'a [Entry],
+    pub skip: &'a [bool],
+    /// For each new entry, the baseline entry at the same path.
+    pub matched: &'a [Option<u32>],
+}
+
+/// How a new entry relates to the baseline entry at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Equal in everything the target holds: nothing to do.
+    Same,
+    /// Same item (kind, and for a file size, mtime and links; for a symlink its target; for a
+    /// special file its type and device), other metadata.
+    MetaOnly,
+    /// Anything else (new, another kind, new content, moved away by a rename): looked at on disk.
+    Changed,
+}
+
+fn meta_equal(a: &Entry, b: &Entry, owners: bool) -> bool {
+    let symlink = matches!(a.kind, EntryKind::Symlink { .. });
+    (symlink || a.meta.mode == b.meta.mode)
+        && (!owners || (a.meta.uid, a.meta.gid) == (b.meta.uid, b.meta.gid))
+        && (a.meta.mtime_sec, a.meta.mtime_nsec) == (b.meta.mtime_sec, b.meta.mtime_nsec)
+        && a.xattrs == b.xattrs
+}
+
+fn links(entries: &[Entry]) -> Vec<u32> {
+    let mut n = vec![0u32; entries.len()];
+    for e in entries {
+        if let EntryKind::HardLink { target } = e.kind {
+            n[target.index()] += 1;
+        }
+    }
+    n
+}
+
+/// Classifies every new entry against the baseline (before renames: see `apply_entries`).
+pub fn classify(entries: &[Entry], skip: &[bool], base: &Baseline<'_>, owners: bool) -> Vec<Class> {
+    let (links_new, links_base) = (links(entries), links(base.entries));
+    let mut class = vec![Class::Changed; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if skip[i] {
+            continue;
+        }
+        let Some(b) = base.matched.get(i).copied().flatten() else {
+            continue;
+        };
+        let be = &base.entries[b as usize];
+        let same_item = match (&e.kind, &be.kind) {
+            (EntryKind::Dir, EntryKind::Dir) => true,
+            (EntryKind::File { size }, EntryKind::File { size: bs }) => {
+                size == bs
+                    && (e.meta.mtime_sec, e.meta.mtime_nsec)
+                        == (be.meta.mtime_sec, be.meta.mtime_nsec)
+                    && links_new[i] == links_base[b as usize]
+            }
+            (EntryKind::Symlink { target }, EntryKind::Symlink { target: bt }) => target == bt,
+            (
+                EntryKind::Special { file_type, rdev },
+                EntryKind::Special {
+                    file_type: bf,
+                    rdev: br,
+                },
+            ) => file_type == bf && rdev == br,
+            (EntryKind::HardLink { target }, EntryKind::HardLink { target: bt }) => {
+                // Another name for the same item; its metadata is its target's.
+                class[i] = if base.matched.get(target.index()).copied().flatten() == Some(bt.0) {
+                    Class::Same
+                } else {
+                    Class::Changed
+                };
+                continue;
+            }
+            _ => false,
+        };
+        class[i] = match (same_item, meta_equal(e, be, owners)) {
+            (false, _) => Class::Changed,
+            (true, true) => Class::Same,
+            (true, false) => Class::MetaOnly,
+        };
+    }
+    class
+}
+
+/// The entry of `entries` at relative path `p`, found by name from the root.
+fn find_path(index: &crate::tree::diff::BaseIndex<'_>, p: &[u8]) -> Option<u32> {
+    let mut cur = 0u32;
+    for c in p.split(|&b| b == b'/') {
+        cur = index.child(cur, c)?;
+    }
+    Some(cur)
 }
 
 /// A delta hint's base size and mtime, and its ranges.
@@ -152,7 +302,9 @@ fn depth(p: &[u8]) -> usize {
     p.iter().filter(|&&b| b == b'/').count()
 }
 
-/// Runs the first phase.
+/// Runs the first phase. With a `base` (a job starting from a recovery point) only what
+/// differs from it is touched; without (a resumed job), every entry is compared with the disk.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_entries(
     root: BorrowedFd<'_>,
     entries: &[Entry],
@@ -160,15 +312,18 @@ pub fn apply_entries(
     hints: &[Hint],
     owners: bool,
     skip: &[bool],
+    base: Option<&Baseline<'_>>,
     j: &mut Journal,
 ) -> Result<Applied> {
     let mut need = vec![Need::Nothing; entries.len()];
     let mut stats = ApplyStats::default();
-    let mut links_to = vec![0u32; entries.len()];
-    for e in entries {
-        if let EntryKind::HardLink { target } = e.kind {
-            links_to[target.index()] += 1;
-        }
+    let links_to = links(entries);
+    let mut class = base.map(|b| classify(entries, skip, b, owners));
+    let mut finish = base.map(|_| vec![false; entries.len()]);
+    let mut touched = vec![false; entries.len()];
+    if let (Some(c), Some(f)) = (&class, finish.as_mut()) {
+        // The root is no one's child: its own metadata is set if it differs.
+        f[0] = c.first().is_some_and(|c| *c != Class::Same);
     }
     let mut renames: Vec<(usize, &[u8])> = Vec::new();
     let mut delta_hint: HashMap<usize, DeltaBase<'_>> = HashMap::new();
@@ -186,6 +341,11 @@ pub fn apply_entries(
                     )));
                 }
                 check_source_path(from)?;
+                // The item moved here is the sender's word on content the metadata cannot tell
+                // (two files of one size and mtime swapped): the entry is a change.
+                if let Some(c) = class.as_mut() {
+                    c[i] = Class::Changed;
+                }
                 renames.push((i, from.as_slice()));
             }
             Hint::Delta {
@@ -221,6 +381,37 @@ pub fn apply_entries(
             staged.insert(*i, s);
         }
     }
+    // What was staged is no longer where the baseline says: entries at or below a staged path
+    // are looked at on disk, the baseline's items there are not moved away again, and the
+    // directory a source left is verified.
+    let mut moved_base = vec![false; base.map_or(0, |b| b.entries.len())];
+    if let (Some(b), Some(class)) = (base, class.as_mut()) {
+        let base_index = crate::tree::diff::BaseIndex::new(b.entries, b.skip);
+        let new_index = crate::tree::diff::BaseIndex::new(entries, skip);
+        let ends = crate::tree::diff::subtree_ends(b.entries);
+        for i in staged.keys() {
+            let from = rename_from[i];
+            if let Some(k) = find_path(&base_index, from) {
+                for m in &mut moved_base[k as usize..ends[k as usize] as usize] {
+                    *m = true;
+                }
+            }
+            let (parent, _) = beneath::split_parent(from);
+            let p = if parent.is_empty() {
+                Some(0)
+            } else {
+                find_path(&new_index, parent)
+            };
+            if let Some(p) = p {
+                touched[p as usize] = true;
+            }
+        }
+        for (i, m) in b.matched.iter().enumerate() {
+            if m.is_some_and(|k| moved_base[k as usize]) {
+                class[i] = Class::Changed;
+            }
+        }
+    }
     let mut deltas = HashMap::new();
     let mut rests = HashMap::new();
     let mut resizes = Vec::new();
@@ -232,6 +423,32 @@ pub fn apply_entries(
         if skip[i] {
             // Not created; whatever stands at its name goes with the extraneous pass below.
             continue;
+        }
+        if let (Some(class), Some(b), Some(finish)) = (&class, base, finish.as_mut()) {
+            let is_file = matches!(e.kind, EntryKind::File { .. });
+            match class[i] {
+                Class::Same => {
+                    stats.files_unchanged += u64::from(is_file);
+                    continue;
+                }
+                Class::MetaOnly if is_file => {
+                    let was = &b.entries[b.matched[i].map_or(0, |k| k as usize)];
+                    let dir = dirs.parent(root, e.parent, paths)?;
+                    fix_meta_from(dir, &e.name, was, e, owners)
+                        .ctx(|| format!("updating metadata of {}", show(&paths[i])))?;
+                    stats.files_unchanged += 1;
+                    continue;
+                }
+                Class::MetaOnly => {
+                    finish[i] = true;
+                    continue;
+                }
+                Class::Changed => {
+                    // Whatever happens below may add or remove a name in the directory.
+                    touched[e.parent.index()] = true;
+                    finish[i] = true;
+                }
+            }
         }
         let path = &paths[i];
         let dir = dirs.parent(root, e.parent, paths)?;
@@ -421,7 +638,47 @@ pub fn apply_entries(
     j.flush_deferred().map_err(space::naming(|| {
         "journaling the creation of small files".to_string()
     }))?;
-    stats.removed += remove_extraneous(root, entries, paths, skip, &fresh, j)?;
+    match (base, &class, finish.as_mut()) {
+        (Some(b), Some(class), Some(finish)) => {
+            stats.removed += remove_gone(root, paths, b, class, &moved_base, &mut touched, j)?;
+            // A directory that is not the baseline's at its path but was found on disk (moved
+            // here by a rename, or inside one) may hold what the new list does not.
+            let scan = |i: usize| class[i] == Class::Changed;
+            stats.removed +=
+                remove_extraneous(root, entries, paths, skip, &fresh, scan, &mut touched, j)?;
+            // A hard link is checked where it or its target is not the baseline's item in
+            // place (a target sent whole is a new inode the link must follow).
+            for (i, e) in entries.iter().enumerate() {
+                if let EntryKind::HardLink { target } = e.kind {
+                    let t = target.index();
+                    if class[i] != Class::Same
+                        || need[t] != Need::Nothing
+                        || class[t] == Class::Changed
+                    {
+                        finish[i] = true;
+                        touched[e.parent.index()] = true;
+                    }
+                }
+            }
+            for (i, f) in fresh.iter().enumerate() {
+                if *f {
+                    finish[i] = true;
+                }
+            }
+        }
+        _ => {
+            stats.removed += remove_extraneous(
+                root,
+                entries,
+                paths,
+                skip,
+                &fresh,
+                |_| true,
+                &mut touched,
+                j,
+            )?
+        }
+    }
     Ok(Applied {
         need,
         fresh,
@@ -429,6 +686,8 @@ pub fn apply_entries(
         rests,
         resizes,
         stats,
+        finish,
+        touched,
     })
 }
 
@@ -469,6 +728,56 @@ fn resumable(
         }
         _ => None,
     }
+}
+
+/// Moves what the baseline holds and the new list does not into the journal, by name: each
+/// item whose parent is still the baseline's directory in place (the rest went with an
+/// ancestor, or with a rename's staging).
+fn remove_gone(
+    root: BorrowedFd<'_>,
+    paths: &[Vec<u8>],
+    b: &Baseline<'_>,
+    class: &[Class],
+    moved: &[bool],
+    touched: &mut [bool],
+    j: &mut Journal,
+) -> Result<u64> {
+    let mut new_of = vec![None; b.entries.len()];
+    for (i, m) in b.matched.iter().enumerate() {
+        if let Some(k) = m {
+            new_of[*k as usize] = Some(i);
+        }
+    }
+    let mut removed = 0;
+    let mut open: Option<(usize, OwnedFd)> = None;
+    for (k, e) in b.entries.iter().enumerate().skip(1) {
+        if b.skip[k] || new_of[k].is_some() || moved[k] {
+            continue;
+        }
+        // The parent must be the baseline's directory, still in place at its new entry.
+        let Some(p) = new_of[e.parent.index()] else {
+            continue;
+        };
+        if class[p] == Class::Changed {
+            continue;
+        }
+        if open.as_ref().is_none_or(|(q, _)| *q != p) {
+            let fd = beneath::open_dir(root, &paths[p])
+                .ctx(|| format!("opening directory {}", show(&paths[p])))?;
+            open = Some((p, fd));
+        }
+        let Some((_, fd)) = &open else {
+            unreachable!("opened above")
+        };
+        let mut path = paths[p].clone();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&e.name);
+        removed += j.move_away(fd.as_fd(), &e.name, &path)?;
+        touched[p] = true;
+    }
+    Ok(removed)
 }
 
 /// Bound on read-ahead hints per delta file (each is one syscall).
@@ -532,14 +841,17 @@ pub fn resize_deltas(root: BorrowedFd<'_>, resizes: &[(Vec<u8>, u64)]) -> Result
     Ok(())
 }
 
-/// Moves what the destination holds that the source does not into the journal (the target is a
-/// mirror); the receiver's state directory at the top is never touched.
+/// Moves what the directories `scan` selects hold that the source does not into the journal
+/// (the target is a mirror); the receiver's state directory at the top is never touched.
+#[allow(clippy::too_many_arguments)]
 fn remove_extraneous(
     root: BorrowedFd<'_>,
     entries: &[Entry],
     paths: &[Vec<u8>],
     skip: &[bool],
     fresh: &[bool],
+    scan: impl Fn(usize) -> bool,
+    touched: &mut [bool],
     j: &mut Journal,
 ) -> Result<u64> {
     let names: HashSet<(u32, &[u8])> = entries
@@ -551,7 +863,7 @@ fn remove_extraneous(
         .collect();
     let mut removed = 0;
     for (i, e) in entries.iter().enumerate() {
-        if e.kind != EntryKind::Dir || fresh[i] {
+        if e.kind != EntryKind::Dir || fresh[i] || skip[i] || !scan(i) {
             continue;
         }
         let fd = beneath::open_dir(root, &paths[i])
@@ -570,6 +882,7 @@ fn remove_extraneous(
             }
             p.extend_from_slice(&n);
             removed += j.move_away(fd.as_fd(), &n, &p)?;
+            touched[i] = true;
         }
     }
     Ok(removed)

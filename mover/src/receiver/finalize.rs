@@ -1,6 +1,8 @@
 //! The receiver's last phase, after every worker has finished: metadata of large files, hard
 //! links, symlink and special-file metadata, then directories from the deepest up (so creating
-//! children does not disturb a parent's mtime once set), and finally the verifying walk.
+//! children does not disturb a parent's mtime once set). In a job from a recovery point only
+//! what the first phase marked is finished (`finish`), plus the directories whose listing the
+//! job changed (`touched`); a resumed job finishes everything.
 
 use super::journal::Journal;
 use super::meta::{apply_fd, apply_link_or_special};
@@ -13,8 +15,14 @@ use crate::wire::message::Need;
 use rustix::fs::{statat, AtFlags, Mode, OFlags};
 use std::os::fd::AsFd;
 
-pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
+pub fn finalize(
+    t: &RecvTable,
+    j: &mut Journal,
+    finish: Option<&[bool]>,
+    touched: &mut [bool],
+) -> Result<()> {
     let root = t.root.as_fd();
+    let marked = |i: usize| finish.is_none_or(|f| f[i]);
     for (i, e) in t.entries.iter().enumerate() {
         if t.skip[i] {
             continue;
@@ -44,6 +52,8 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
                 apply_fd(fd.as_fd(), e, t.owners)
                     .ctx(|| format!("setting metadata of {}", show(path)))?;
             }
+            EntryKind::HardLink { .. } | EntryKind::Symlink { .. } | EntryKind::Special { .. }
+                if !marked(i) => {}
             EntryKind::HardLink { target } => {
                 let tpath = &t.paths[target.index()];
                 let (tp, tn) = split_parent(tpath);
@@ -57,6 +67,7 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
                 let same = matches!(statat(&ldir, ln, AtFlags::SYMLINK_NOFOLLOW),
                     Ok(s) if s.st_ino == tst.st_ino && s.st_dev == tst.st_dev);
                 if !same {
+                    touched[e.parent.index()] = true;
                     j.move_away(ldir.as_fd(), ln, path)?;
                     j.created(path)?;
                     rustix::fs::linkat(&tdir, tn, &ldir, ln, AtFlags::empty())
@@ -75,7 +86,7 @@ pub fn finalize(t: &RecvTable, j: &mut Journal) -> Result<()> {
     }
     // Children have larger ids than their parents: reverse order is deepest first.
     for (i, e) in t.entries.iter().enumerate().rev() {
-        if e.kind != EntryKind::Dir {
+        if e.kind != EntryKind::Dir || !(marked(i) || touched[i]) {
             continue;
         }
         let path = &t.paths[i];

@@ -7,14 +7,17 @@ pub(crate) mod meta;
 pub mod policy;
 pub(crate) mod resume;
 pub(crate) mod revert;
+pub mod scrub;
 pub(crate) mod session;
 pub mod space;
 pub mod state;
 pub(crate) mod table;
+pub(crate) mod verify;
 pub(crate) mod worker;
 
 pub use revert::RevertReport;
-pub use session::SessionReport;
+pub use scrub::{scrub_root, ScrubReport, ScrubStatus};
+pub use session::{SessionReport, Verify};
 
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
@@ -71,6 +74,11 @@ pub struct ReceiveOptions {
     /// A large file being written is flushed and its written ranges logged every this many
     /// bytes, so an interrupted job resumes inside it (None: `resume::FLUSH_BYTES`).
     pub checkpoint_bytes: Option<u64>,
+    /// How sessions verify the target: what the job changed (default), or everything.
+    pub verify: Verify,
+    /// Scrub the target (a full verifying walk against its recovery point) this often, between
+    /// sessions; `None`: never.
+    pub scrub_every: Option<Duration>,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -166,6 +174,8 @@ pub struct Receiver {
     root: std::os::fd::OwnedFd,
     /// The root's lock (`.mover-state/lock`), held for the receiver's lifetime.
     _lock: std::os::fd::OwnedFd,
+    /// The last scrub's (or full verification's) result.
+    scrub: Arc<ScrubStatus>,
 }
 
 enum Incoming {
@@ -246,6 +256,10 @@ impl Receiver {
         let umask = rustix::process::umask(rustix::fs::Mode::empty());
         rustix::process::umask(umask);
         let owners = rustix::process::geteuid().is_root();
+        let scrub = Arc::new(ScrubStatus::default());
+        if let Ok(Some(state)) = State::find(root.as_fd()) {
+            scrub.set(scrub::last(&state));
+        }
         Receiver {
             source,
             opts,
@@ -255,6 +269,44 @@ impl Receiver {
             umask: umask.bits(),
             root,
             _lock: lock,
+            scrub,
+        }
+    }
+
+    /// The last full verification of the target (a scrub, or a job that walked it all), kept
+    /// current while the receiver serves.
+    pub fn scrub_status(&self) -> Arc<ScrubStatus> {
+        self.scrub.clone()
+    }
+
+    /// Scrubs the target now (between sessions) and records the result.
+    fn run_scrub(&self) {
+        let state = match State::open(self.root.as_fd()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("scrub: {e}");
+                return;
+            }
+        };
+        match scrub::scrub_fd(self.root.as_fd(), &state) {
+            Ok(Some(r)) => {
+                if r.ok {
+                    tracing::info!(
+                        entries = r.entries,
+                        "scrub: the target is its recovery point"
+                    );
+                } else {
+                    tracing::error!(
+                        "scrub: the target differs from its recovery point: {}",
+                        r.difference.as_deref().unwrap_or("")
+                    );
+                }
+                self.scrub.set(Some(r));
+            }
+            Ok(None) => {
+                tracing::info!("scrub skipped: no recovery point, or a job waits to resume")
+            }
+            Err(e) => tracing::error!("scrub failed: {e}"),
         }
     }
 
@@ -311,6 +363,9 @@ impl Receiver {
         let mut active: Option<SessionId> = None;
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut started = 0u64;
+        let mut scrub_due = self.opts.scrub_every.map(|every| {
+            scrub::next_due(self.scrub.last().as_ref(), every, crate::clock::now_ns())
+        });
         loop {
             while let Ok((id, rep)) = done_rx.try_recv() {
                 self.sessions.remove(&id);
@@ -318,8 +373,25 @@ impl Receiver {
                     active = None;
                 }
                 on_report(&rep);
+                if rep.ok && rep.full_verify {
+                    // The job walked the whole target: that counts as the last scrub.
+                    if let Ok(Some(state)) = State::find(self.root.as_fd()) {
+                        self.scrub.set(scrub::last(&state));
+                    }
+                }
                 if self.opts.once {
                     return Ok(rep);
+                }
+            }
+            if let (Some(due), Some(every), None) = (scrub_due, self.opts.scrub_every, active) {
+                let now = crate::clock::now_ns();
+                if now >= due {
+                    self.run_scrub();
+                    let last = self.scrub.last().filter(|r| r.at_ns >= now);
+                    scrub_due = Some(match last {
+                        Some(r) => scrub::next_due(Some(&r), every, now),
+                        None => now.saturating_add(scrub::SCRUB_RETRY.as_nanos() as i64),
+                    });
                 }
             }
             if active.is_none()
@@ -507,6 +579,7 @@ impl Receiver {
                         .checkpoint_bytes
                         .unwrap_or(resume::FLUSH_BYTES)
                         .max(resume::MIN_FLUSH_BYTES),
+                    verify: self.opts.verify,
                 };
                 Ok(Accepted::Control {
                     session,

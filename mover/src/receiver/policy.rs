@@ -31,6 +31,17 @@ fn is_device(e: &Entry) -> bool {
 }
 
 impl ReplicaPolicy {
+    fn clears_setid(&self, e: &Entry) -> bool {
+        !self.allow_setid
+            && matches!(e.kind, EntryKind::File { .. })
+            && e.meta.mode & SETID_BITS != 0
+    }
+
+    /// Whether `apply` would change any entry's fields (rather than only mark entries to skip).
+    pub fn changes(&self, entries: &[Entry]) -> bool {
+        entries.iter().any(|e| self.clears_setid(e))
+    }
+
     /// Clears what is not allowed in place and marks the entries not to create.
     pub fn apply(&self, entries: &mut [Entry]) -> Filtered {
         let mut out = Filtered {
@@ -38,10 +49,7 @@ impl ReplicaPolicy {
             ..Default::default()
         };
         for (i, e) in entries.iter_mut().enumerate() {
-            if !self.allow_setid
-                && matches!(e.kind, EntryKind::File { .. })
-                && e.meta.mode & SETID_BITS != 0
-            {
+            if self.clears_setid(e) {
                 e.meta.mode &= !SETID_BITS;
                 out.setid_cleared += 1;
             }

@@ -166,7 +166,9 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     let opts = HashOptions {
         owners: rp.hash_owners,
     };
-    if tree_hash(&got.entries, opts) != rp.tree_hash {
+    // Compared with the stored list's own hash: a record written before the tree hash became
+    // a Merkle tree holds the older hash.
+    if tree_hash(&got.entries, opts) != tree_hash(&want, opts) {
         let paths = crate::tree::entry::relative_paths(&want);
         return Err(
             match super::finalize::first_difference(&want, &got.entries, &paths) {

@@ -2,12 +2,13 @@
 //! -> workers -> commit -> finalize -> verify. Any failure is reported to the sender as an Error
 //! frame and returned.
 
-use super::apply::{apply_entries, Applied};
+use super::apply::{apply_entries, Applied, Baseline};
 use super::finalize::{finalize, first_difference};
 use super::journal::{self, Journal};
 use super::space;
-use super::state::{RecoveryPoint, RecoveryPointId, State};
+use super::state::{Held, RecoveryPoint, RecoveryPointId, State};
 use super::table::RecvTable;
+use super::verify::{dirs_to_check, verify_dirs, Before};
 use super::worker::RecvWorker;
 use crate::clock::now_ns;
 use crate::engine::content_digest;
@@ -15,15 +16,17 @@ use crate::engine::join_workers_preferring;
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::Connection;
+use crate::tree::diff::DeltaApplier;
 use crate::tree::entry::{Entry, StructureChecker};
-use crate::tree::hash::{tree_hash, HashOptions};
+use crate::tree::hash::{merkle, tree_hash, HashOptions};
 use crate::tree::STATE_DIR;
 use crate::units::{EntryId, SessionId};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
 use crate::wire::message::{
-    decode_entries, decode_error, decode_expect, decode_hints, encode_need, encode_rest, is_inline,
-    Commit, ErrorCode, Hint, Need, Verified, NEED_CHUNK_BYTES,
+    decode_delta, decode_entries, decode_error, decode_expect, decode_hints, encode_need,
+    encode_need_sparse, encode_rest, entry_len, is_inline, BaseAnswer, BaseOffer, Commit,
+    ErrorCode, Hint, Need, Verified, MAX_NEED_SPARSE, NEED_CHUNK_BYTES,
 };
 use crate::wire::WireError;
 use serde::Serialize;
@@ -67,6 +70,14 @@ pub struct SessionReport {
     /// create.
     pub setid_cleared: u64,
     pub devices_skipped: u64,
+    /// The entry list came as a delta against the recovery point's list.
+    pub delta_list: bool,
+    /// The job compared every entry with the disk and walked the whole target to verify it
+    /// (resumed, `--verify full`, after a failed scrub, or no usable recovery point list);
+    /// otherwise it touched and verified only what differs from its recovery point.
+    pub full_verify: bool,
+    /// Entries the verification looked at on disk.
+    pub verified_entries: u64,
 }
 
 /// Default of `SessionLimits::entry_list_bytes`: room for tens of millions of entries.
@@ -126,6 +137,18 @@ pub struct Session {
     pub resume_ranges: bool,
     /// Workers flush and log a large file's written ranges every this many bytes.
     pub checkpoint_bytes: u64,
+    pub verify: Verify,
+}
+
+/// How a session verifies the target before committing a recovery point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// Touch and check only what differs from the recovery point's list (on disk: the
+    /// directories the job changed); a resumed job still checks everything.
+    #[default]
+    Changed,
+    /// Compare every entry with the disk (fixing what differs) and walk the whole target.
+    Full,
 }
 
 impl SessionReport {
@@ -150,6 +173,9 @@ impl SessionReport {
             encrypted: false,
             setid_cleared: 0,
             devices_skipped: 0,
+            delta_list: false,
+            full_verify: false,
+            verified_entries: 0,
         }
     }
 }
@@ -201,33 +227,91 @@ impl Session {
         report
     }
 
-    fn drive(self, ctl: &mut Link, report: &mut SessionReport) -> Result<()> {
+    /// Reads the entry list (whole, or as a delta against the recovery point's list if the
+    /// sender offered it and it is the one kept here), its hints and its end.
+    fn read_list(
+        &self,
+        ctl: &mut Link,
+        report: &mut SessionReport,
+        state: &State,
+    ) -> Result<ListIn> {
         let mut buf = Vec::new();
         let mut checker = StructureChecker::new();
         let mut entries: Vec<Entry> = Vec::new();
         let mut hints: Vec<Hint> = Vec::new();
         let (mut list_bytes, mut hint_bytes) = (0u64, 0u64);
         let limits = self.limits;
+        // The base of a delta: the recovery point and its stored list, once accepted.
+        let mut base: Option<(RecoveryPoint, Vec<Entry>)> = None;
+        let mut applier: Option<DeltaApplier> = None;
+        let mut offered = false;
+        let mut push = |e: Entry, entries: &mut Vec<Entry>, list_bytes: &mut u64| -> Result<()> {
+            charge(
+                list_bytes,
+                entry_len(&e),
+                limits.entry_list_bytes,
+                "entry list",
+            )?;
+            checker.push(&e)?;
+            if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR {
+                return Err(Error::Verify(
+                    "entry list names the receiver's reserved .mover-state".into(),
+                ));
+            }
+            entries.push(e);
+            Ok(())
+        };
         loop {
             let h = ctl.read_frame(&mut buf)?;
             report.wire_bytes += (FRAME_HEADER_LEN + h.len as usize) as u64;
             match h.kind {
-                FrameKind::Entries => {
-                    charge(
-                        &mut list_bytes,
-                        buf.len(),
-                        limits.entry_list_bytes,
-                        "entry list",
-                    )?;
-                    for e in decode_entries(&buf)? {
-                        checker.push(&e)?;
-                        if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR
-                        {
-                            return Err(Error::Verify(
-                                "entry list names the receiver's reserved .mover-state".into(),
-                            ));
+                FrameKind::BaseOffer => {
+                    if offered || !entries.is_empty() || !hints.is_empty() {
+                        return Err(Error::Verify("BaseOffer after the entry list began".into()));
+                    }
+                    offered = true;
+                    let offer = BaseOffer::decode(&buf)?;
+                    let rp = state.recovery_point()?;
+                    let (id, digest) = rp.as_ref().map_or((0, 0), |r| (r.id.0, r.list_digest));
+                    if let Some(rp) = rp.filter(|_| {
+                        digest != 0 && id == offer.recovery_point && digest == offer.list_digest
+                    }) {
+                        match state.rp_entries(rp.id) {
+                            Ok(list) if list.len() as u64 == offer.entries => {
+                                applier = Some(DeltaApplier::new(list.len()));
+                                base = Some((rp, list));
+                            }
+                            Ok(list) => tracing::warn!(
+                                kept = list.len(),
+                                offered = offer.entries,
+                                "the recovery point's stored list has another length than the sender's: asking for the whole list"
+                            ),
+                            Err(e) => tracing::warn!(
+                                "the recovery point's stored list cannot be read ({e}): asking for the whole list"
+                            ),
                         }
-                        entries.push(e);
+                    }
+                    let answer = BaseAnswer {
+                        accepted: base.is_some(),
+                        recovery_point: id,
+                        list_digest: digest,
+                    };
+                    ctl.write_frame(FrameKind::BaseAnswer, &answer.encode())?;
+                }
+                FrameKind::Entries if base.is_none() => {
+                    for e in decode_entries(&buf)? {
+                        push(e, &mut entries, &mut list_bytes)?;
+                    }
+                }
+                FrameKind::EntriesDelta => {
+                    let (Some((_, list)), Some(a)) = (&base, applier.as_mut()) else {
+                        return Err(Error::Verify(
+                            "EntriesDelta frame without an accepted base".into(),
+                        ));
+                    };
+                    // Charged as the entries it rebuilds (each op yields or consumes one).
+                    for op in decode_delta(&buf)? {
+                        a.apply(list, op, |e| push(e, &mut entries, &mut list_bytes))?;
                     }
                 }
                 FrameKind::Hints => {
@@ -258,22 +342,48 @@ impl Session {
                 }
                 other => {
                     return Err(WireError::Unexpected {
-                        expected: FrameKind::Entries,
+                        expected: if base.is_some() {
+                            FrameKind::EntriesDelta
+                        } else {
+                            FrameKind::Entries
+                        },
                         got: other,
                     }
                     .into())
                 }
             }
         }
-        report.entries = entries.len() as u64;
-        let t0 = Instant::now();
+        Ok(ListIn {
+            entries,
+            hints,
+            list_bytes,
+            delta: base.is_some(),
+            base,
+        })
+    }
+
+    fn drive(self, ctl: &mut Link, report: &mut SessionReport) -> Result<()> {
+        let mut buf = Vec::new();
         let root = std::os::fd::AsFd::as_fd(&self.root);
         let state = State::open(root)?;
+        let ListIn {
+            mut entries,
+            hints,
+            list_bytes,
+            base,
+            delta,
+        } = self.read_list(ctl, report, &state)?;
+        report.entries = entries.len() as u64;
+        report.delta_list = delta;
+        let t0 = Instant::now();
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
         if !self.resume_ranges {
             journal.durable.clear();
         }
+        let rp = state.recovery_point()?.ok_or_else(|| {
+            Error::Corrupt("the destination has no recovery point after opening the job".into())
+        })?;
         let path_budget = list_bytes
             .saturating_mul(PATH_BYTES_PER_LIST_BYTE)
             .max(PATH_BYTES_FLOOR);
@@ -284,19 +394,59 @@ impl Session {
                  {list_bytes} bytes of entries ({path_budget}): directories nested too deep"
             )));
         }
+        let opts = HashOptions {
+            owners: self.owners,
+        };
         // The sender's tree hash covers the list as sent; the target holds it as the policy
-        // lets it in.
-        let sent_hash = tree_hash(
-            &entries,
-            HashOptions {
-                owners: self.owners,
-            },
-        );
+        // lets it in. The digest (with owners) names the list as a base for the next delta.
+        let digest = merkle(&entries, &[], HashOptions { owners: true }).root;
+        let sent_hash = if self.owners {
+            digest
+        } else {
+            tree_hash(&entries, opts)
+        };
+        let sent = self.policy.changes(&entries).then(|| entries.clone());
         let filtered = self.policy.apply(&mut entries);
         report.setid_cleared = filtered.setid_cleared;
         report.devices_skipped = filtered.devices_skipped;
         let skip = filtered.skip;
         let paths = crate::tree::entry::relative_paths(&entries);
+        // What the target holds, if this job can trust it: a job starting from its recovery
+        // point (not resumed: an interrupted session changed the disk beyond the list), with
+        // owners counted as they were, not asked to compare everything.
+        let full = self.verify == Verify::Full || super::scrub::failed(&state);
+        let before = if resumed || full || rp.hash_owners != self.owners {
+            None
+        } else {
+            match base {
+                Some((brp, mut list)) if brp.id == rp.id => {
+                    let skip = rp.policy.apply(&mut list).skip;
+                    Some(Held {
+                        entries: list,
+                        skip,
+                    })
+                }
+                _ => match state.held(&rp) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!("the recovery point's list cannot be read ({e}): comparing every entry with the disk");
+                        None
+                    }
+                },
+            }
+        };
+        report.full_verify = before.is_none();
+        let matched = before
+            .as_ref()
+            .map(|b| crate::tree::diff::match_paths(&entries, &skip, &b.entries, &b.skip));
+        let baseline = before
+            .as_ref()
+            .zip(matched.as_ref())
+            .map(|(b, m)| Baseline {
+                entries: &b.entries,
+                skip: &b.skip,
+                matched: m,
+            });
         let Applied {
             need,
             fresh,
@@ -304,6 +454,8 @@ impl Session {
             rests,
             resizes,
             stats,
+            finish,
+            mut touched,
         } = apply_entries(
             root,
             &entries,
@@ -311,6 +463,7 @@ impl Session {
             &hints,
             self.owners,
             &skip,
+            baseline.as_ref(),
             &mut journal,
         )?;
         report.files_unchanged = stats.files_unchanged;
@@ -349,7 +502,12 @@ impl Session {
             .iter()
             .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
             .collect();
-        let conns = collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?;
+        // A job that needs no data gets no worker connection (the sender opens none).
+        let conns = if need.iter().all(|n| *n == Need::Nothing) {
+            Vec::new()
+        } else {
+            collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?
+        };
         let creator = (
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
@@ -394,10 +552,10 @@ impl Session {
 
         ctl.expect_frame(FrameKind::Commit, &mut buf)?;
         let commit = Commit::decode(&buf)?;
-        let digest = content_digest(&mut all.checksums);
+        let digest_data = content_digest(&mut all.checksums);
         if commit.data_frames != all.frames
             || commit.data_bytes != all.data_bytes
-            || commit.content_digest != digest
+            || commit.content_digest != digest_data
         {
             return Err(Error::Verify(format!(
                 "content mismatch: sender sent {} frames / {} bytes, received {} / {}{}",
@@ -405,7 +563,7 @@ impl Session {
                 commit.data_bytes,
                 all.frames,
                 all.data_bytes,
-                if commit.content_digest != digest {
+                if commit.content_digest != digest_data {
                     " (content digest differs)"
                 } else {
                     ""
@@ -414,66 +572,130 @@ impl Session {
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "workers done");
         journal.sync()?;
-        finalize(&table, &mut journal)?;
+        finalize(&table, &mut journal, finish.as_deref(), &mut touched)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "finalized");
-        let opts = HashOptions {
-            owners: self.owners,
-        };
-        let root = std::os::fd::AsFd::as_fd(&table.root);
-        let walked = crate::tree::walk::walk_fd(root, true)?;
-        let got = tree_hash(&walked.entries, opts);
-        let (kept, kept_paths) = super::policy::without(&table.entries, &table.paths, &table.skip);
-        let want = tree_hash(&kept, opts);
-        report.tree_hash = format!("{got:032x}");
         if sent_hash != commit.tree_hash {
             return Err(Error::Verify(
                 "sender's tree hash does not match the entry list it sent".into(),
             ));
         }
-        if got != want {
-            let norm = |v: &[Entry]| -> Vec<Entry> {
-                v.iter()
-                    .cloned()
-                    .map(|mut e| {
-                        if !self.owners {
-                            e.meta.uid = 0;
-                            e.meta.gid = 0;
-                        }
-                        e
-                    })
-                    .collect()
-            };
-            return Err(first_difference(
-                &norm(&kept),
-                &norm(&walked.entries),
-                &kept_paths,
-            ));
+        let root = std::os::fd::AsFd::as_fd(&table.root);
+        let tree = merkle(&table.entries, &table.skip, opts);
+        let want = tree.root;
+        report.tree_hash = format!("{want:032x}");
+        match (&before, &matched, finish.is_some()) {
+            (Some(b), Some(m), true) => {
+                let old = merkle(&b.entries, &b.skip, opts);
+                let was = Before {
+                    entries: &b.entries,
+                    merkle: &old,
+                    matched: m,
+                };
+                let check = dirs_to_check(&table.entries, &table.skip, &tree, &was, &touched);
+                report.verified_entries = verify_dirs(
+                    root,
+                    &table.entries,
+                    &table.skip,
+                    &table.paths,
+                    &check,
+                    self.owners,
+                )
+                .map_err(|e| match e {
+                    Error::Verify(m) => Error::Verify(format!(
+                        "{m} (changed behind the receiver's back? The next job resumes this \
+                         one and compares every entry with the disk)"
+                    )),
+                    e => e,
+                })?;
+            }
+            _ => {
+                let walked = crate::tree::walk::walk_fd(root, true)?;
+                report.verified_entries = walked.entries.len() as u64;
+                if tree_hash(&walked.entries, opts) != want {
+                    let (kept, kept_paths) =
+                        super::policy::without(&table.entries, &table.paths, &table.skip);
+                    let norm = |v: &[Entry]| -> Vec<Entry> {
+                        v.iter()
+                            .cloned()
+                            .map(|mut e| {
+                                if !self.owners {
+                                    e.meta.uid = 0;
+                                    e.meta.gid = 0;
+                                }
+                                e
+                            })
+                            .collect()
+                    };
+                    return Err(first_difference(
+                        &norm(&kept),
+                        &norm(&walked.entries),
+                        &kept_paths,
+                    ));
+                }
+            }
         }
-        tracing::info!(secs = t0.elapsed().as_secs_f64(), "verified");
+        tracing::info!(
+            secs = t0.elapsed().as_secs_f64(),
+            checked = report.verified_entries,
+            "verified"
+        );
         // The new recovery point: data durable first, then the record, then the journal goes.
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
-        let rp = commit_recovery_point(
-            &state,
-            &walked.entries,
-            got,
-            commit.source_time_ns,
-            self.owners,
-        )?;
+        let held = table.skip.iter().filter(|s| !**s).count() as u64;
+        let new_rp = RecoveryPoint {
+            id: new_rp_id()?,
+            committed_ns: now_ns(),
+            source_time_ns: commit.source_time_ns,
+            tree_hash: want,
+            entries: held,
+            hash_owners: self.owners,
+            list_digest: digest,
+            policy: self.policy,
+        };
+        // A job that changed nothing links the recovery point's list instead of writing it.
+        let same_list = rp.list_digest == digest
+            && before
+                .as_ref()
+                .is_some_and(|b| b.entries == table.entries && b.skip == table.skip);
+        if same_list {
+            state.commit_same_list(&new_rp, rp.id)?;
+        } else {
+            state.commit(&new_rp, sent.as_deref().unwrap_or(&table.entries))?;
+        }
         drop(journal);
         journal::discard(&state)?;
-        report.recovery_point = rp.id.to_string();
-        tracing::info!(secs = t0.elapsed().as_secs_f64(), rp = %rp.id, "recovery point committed");
+        if full {
+            super::scrub::verified_by_job(&state, &new_rp, report.verified_entries);
+        }
+        report.recovery_point = new_rp.id.to_string();
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), rp = %new_rp.id, "recovery point committed");
         // The sender's hash, confirmed: the target holds that tree as the replica policy admits
-        // it (which the walk just checked).
+        // it (which the verification just checked).
         let v = Verified {
             ok: true,
             message: "verified".into(),
             tree_hash: sent_hash,
-            recovery_point: rp.id.0,
+            recovery_point: new_rp.id.0,
         };
         ctl.write_frame(FrameKind::Verified, &v.encode())?;
         Ok(())
     }
+}
+
+/// The entry list a session received.
+struct ListIn {
+    entries: Vec<Entry>,
+    hints: Vec<Hint>,
+    /// What the list is charged against the entry-list budget.
+    list_bytes: u64,
+    /// The recovery point and its stored list, if the list came as a delta against it.
+    base: Option<(RecoveryPoint, Vec<Entry>)>,
+    delta: bool,
+}
+
+fn new_rp_id() -> Result<RecoveryPointId> {
+    let id = SessionId::random().ctx(|| "random recovery point id".to_string())?;
+    Ok(RecoveryPointId(id.0))
 }
 
 /// A job failed because the destination is full: the error is completed with the free space and
@@ -564,9 +786,24 @@ fn open_job(
     let base = match rp {
         Some(rp) => rp.id,
         None => {
+            // What the destination holds, as it holds it: admitted under a policy that allows
+            // everything.
             let walked = crate::tree::walk::walk_fd(root, true)?;
-            let th = tree_hash(&walked.entries, HashOptions { owners });
-            commit_recovery_point(state, &walked.entries, th, 0, owners)?.id
+            let rp = RecoveryPoint {
+                id: new_rp_id()?,
+                committed_ns: now_ns(),
+                source_time_ns: 0,
+                tree_hash: tree_hash(&walked.entries, HashOptions { owners }),
+                entries: walked.entries.len() as u64,
+                hash_owners: owners,
+                list_digest: tree_hash(&walked.entries, HashOptions { owners: true }),
+                policy: super::policy::ReplicaPolicy {
+                    allow_setid: true,
+                    allow_devices: true,
+                },
+            };
+            state.commit(&rp, &walked.entries)?;
+            rp.id
         }
     };
     Ok((Journal::open(root, state, base)?, resumed))
@@ -619,7 +856,29 @@ fn read_expect(
     Ok(out)
 }
 
+/// Sends the need list, dense or sparse, whichever is shorter.
 fn send_need(ctl: &mut Link, need: &[Need]) -> Result<()> {
+    let wanted: Vec<(EntryId, Need)> = need
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != Need::Nothing)
+        .map(|(i, n)| (EntryId(i as u32), *n))
+        .collect();
+    // Five bytes per entry that needs data, against one per entry.
+    if wanted.len().saturating_mul(5) < need.len() {
+        let chunks: Vec<&[(EntryId, Need)]> = if wanted.is_empty() {
+            vec![&[][..]]
+        } else {
+            wanted.chunks(MAX_NEED_SPARSE).collect()
+        };
+        for (k, c) in chunks.iter().enumerate() {
+            ctl.write_frame(
+                FrameKind::NeedSparse,
+                &encode_need_sparse(k + 1 == chunks.len(), c),
+            )?;
+        }
+        return Ok(());
+    }
     let chunks: Vec<&[Need]> = need.chunks(NEED_CHUNK_BYTES).collect();
     for (k, c) in chunks.iter().enumerate() {
         let first = (k * NEED_CHUNK_BYTES) as u32;
@@ -696,26 +955,4 @@ fn data_frame_budget(
         .values()
         .map(|&bytes| crate::wire::message::max_data_frames(bytes))
         .fold(inline, u64::saturating_add)
-}
-
-/// Records a new recovery point for `entries` (the destination as walked, whose tree hash is
-/// `tree_hash`), replicating the source as it was at `source_time_ns`.
-fn commit_recovery_point(
-    state: &State,
-    entries: &[Entry],
-    tree_hash: u128,
-    source_time_ns: i64,
-    owners: bool,
-) -> Result<RecoveryPoint> {
-    let id = SessionId::random().ctx(|| "random recovery point id".to_string())?;
-    let rp = RecoveryPoint {
-        id: RecoveryPointId(id.0),
-        committed_ns: now_ns(),
-        source_time_ns,
-        tree_hash,
-        entries: entries.len() as u64,
-        hash_owners: owners,
-    };
-    state.commit(&rp, entries)?;
-    Ok(rp)
 }

@@ -2,14 +2,19 @@
 //! file system, so replaced and deleted items can be moved into the journal with rename(2)):
 //!
 //! ```text
-//! .mover-state/recovery-point        the last recovery point: id, times, tree hash
-//! .mover-state/rp-<id>.entries       its canonical entry list (metadata for a revert)
+//! .mover-state/recovery-point        the last recovery point: id, times, tree hash, the digest
+//!                                    of its entry list and the replica policy it was made under
+//! .mover-state/rp-<id>.entries       its canonical entry list as the sender sent it (the base of
+//!                                    the next job's delta; with the policy, what the target
+//!                                    holds: metadata for a revert, the next job's comparisons)
 //! .mover-state/journal/               the undo journal of a job in progress (journal.rs)
+//! .mover-state/scrub                  the last scrub's result (scrub.rs)
 //! ```
 //!
 //! The walks on both sides skip `.mover-state` at the top level, so it is never replicated, and
 //! the receiver refuses entries and renames that name it.
 
+use super::policy::ReplicaPolicy;
 use crate::durable::{self, read_opt, write_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::tree::entry::Entry;
@@ -29,7 +34,11 @@ pub const CORRUPT_STATE_ADVICE: &str = "move .mover-state out of the destination
 /// The receiver's lock (see `State::lock`).
 const LOCK_FILE: &str = "lock";
 const RP_MAGIC: u32 = u32::from_le_bytes(*b"MVRP");
-const RP_VERSION: u16 = 1;
+/// Version 2 added the list digest and the replica policy, and keeps the list as sent (version
+/// 1 kept the destination's walk: read as a list admitted under a policy that allows all, with
+/// no digest, so it is never a delta's base).
+const RP_VERSION: u16 = 2;
+const RP_VERSION_1: u16 = 1;
 /// Entry-list records are cut at this size.
 const ENTRIES_RECORD: usize = 1024 * 1024;
 
@@ -54,6 +63,13 @@ pub struct RecoveryPoint {
     pub entries: u64,
     /// The tree hash covers numeric owners (the receiver ran as root and the sender asked).
     pub hash_owners: bool,
+    /// Tree hash with owners of the stored list as the sender sent it: what a sender's base
+    /// must match for a delta entry list (0: none, the list is not a base).
+    pub list_digest: u128,
+    /// The replica policy the list was admitted under: applied to the stored list, it gives
+    /// what the target holds.
+    #[serde(skip)]
+    pub policy: ReplicaPolicy,
 }
 
 impl RecoveryPoint {
@@ -67,6 +83,9 @@ impl RecoveryPoint {
         e.u128(self.tree_hash)
             .u64(self.entries)
             .u8(self.hash_owners as u8);
+        e.u128(self.list_digest)
+            .u8(self.policy.allow_setid as u8)
+            .u8(self.policy.allow_devices as u8);
         let mut out = Vec::new();
         durable::frame_record(&e.buf, &mut out);
         out
@@ -83,17 +102,31 @@ impl RecoveryPoint {
         let body = recs.first().ok_or_else(bad)?;
         let mut d = Dec::new(body);
         let fields = (|| -> std::result::Result<RecoveryPoint, crate::wire::WireError> {
-            if d.u32()? != RP_MAGIC || d.u16()? != RP_VERSION {
+            let magic = d.u32()?;
+            let version = d.u16()?;
+            if magic != RP_MAGIC || !(RP_VERSION_1..=RP_VERSION).contains(&version) {
                 return Err(crate::wire::WireError::BadField { field: "magic" });
             }
-            let rp = RecoveryPoint {
+            let mut rp = RecoveryPoint {
                 id: RecoveryPointId(d.u128()?),
                 committed_ns: d.i64()?,
                 source_time_ns: d.i64()?,
                 tree_hash: d.u128()?,
                 entries: d.u64()?,
                 hash_owners: d.u8()? != 0,
+                list_digest: 0,
+                policy: ReplicaPolicy {
+                    allow_setid: true,
+                    allow_devices: true,
+                },
             };
+            if version >= RP_VERSION {
+                rp.list_digest = d.u128()?;
+                rp.policy = ReplicaPolicy {
+                    allow_setid: d.u8()? != 0,
+                    allow_devices: d.u8()? != 0,
+                };
+            }
             d.finish()?;
             Ok(rp)
         })();
@@ -103,6 +136,13 @@ impl RecoveryPoint {
 
 fn entries_name(id: RecoveryPointId) -> String {
     format!("rp-{id}.entries")
+}
+
+/// What a target holds at a recovery point: the stored list with its policy applied (setid
+/// bits cleared in place) and the entries the policy kept out.
+pub struct Held {
+    pub entries: Vec<Entry>,
+    pub skip: Vec<bool>,
 }
 
 /// The open state directory of one destination root.
@@ -195,7 +235,43 @@ impl State {
         for r in recs {
             out.extend(decode_entries(r)?);
         }
+        // The list was checked when it arrived; checking it again costs one pass and turns a
+        // list damaged behind a valid checksum into an error instead of a bad index later.
+        let mut c = crate::tree::entry::StructureChecker::new();
+        for e in &out {
+            c.push(e).map_err(|e| {
+                Error::Corrupt(format!(
+                    ".mover-state/{name} is not a valid entry list ({e}): {CORRUPT_STATE_ADVICE}"
+                ))
+            })?;
+        }
         Ok(out)
+    }
+
+    /// What the target holds at `rp`: its stored list with the policy it was admitted under
+    /// applied in place, and the entries that policy kept out.
+    pub fn held(&self, rp: &RecoveryPoint) -> Result<Held> {
+        let mut entries = self.rp_entries(rp.id)?;
+        let skip = rp.policy.apply(&mut entries).skip;
+        Ok(Held { entries, skip })
+    }
+
+    /// Makes `rp` the recovery point with the very list recovery point `same` stored (a job
+    /// that changed nothing): the list file is linked, not written again.
+    pub fn commit_same_list(&self, rp: &RecoveryPoint, same: RecoveryPointId) -> Result<()> {
+        let (old, new) = (entries_name(same), entries_name(rp.id));
+        match rustix::fs::linkat(
+            &self.dir,
+            old.as_str(),
+            &self.dir,
+            new.as_str(),
+            rustix::fs::AtFlags::empty(),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e).ctx(|| format!("linking .mover-state/{new}")),
+        }
+        rustix::fs::fsync(&self.dir).ctx(|| "fsync of .mover-state".to_string())?;
+        self.commit_record(rp)
     }
 
     /// Makes `rp` (with its entry list) the recovery point, durably and atomically: the entry
@@ -213,8 +289,13 @@ impl State {
         if !e.buf.is_empty() {
             durable::frame_record(&e.buf, &mut raw);
         }
-        let old = self.recovery_point().ok().flatten();
         write_atomic(self.dir.as_fd(), &entries_name(rp.id), &raw)?;
+        self.commit_record(rp)
+    }
+
+    /// Writes the record of `rp`, whose list is in place, and drops the previous list.
+    fn commit_record(&self, rp: &RecoveryPoint) -> Result<()> {
+        let old = self.recovery_point().ok().flatten();
         write_atomic(self.dir.as_fd(), RP_FILE, &rp.encode())?;
         if let Some(old) = old.filter(|o| o.id != rp.id) {
             let _ = rustix::fs::unlinkat(

@@ -3,6 +3,7 @@
 
 pub(crate) mod extents;
 pub(crate) mod hints;
+pub(crate) mod list;
 pub(crate) mod manifest;
 pub mod plan;
 pub(crate) mod worker;
@@ -15,7 +16,6 @@ use crate::transport::tcp::TcpTransport;
 use crate::transport::Transport;
 use crate::tree::entry::EntryKind;
 use crate::tree::hash::{tree_hash, HashOptions};
-use crate::tree::walk::walk;
 use crate::units::{EntryId, SessionId, WorkerIndex};
 use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
@@ -23,13 +23,15 @@ use crate::wire::io::{write_frame, Link};
 use crate::wire::message::is_inline;
 use crate::wire::message::software_version;
 use crate::wire::message::{
-    decode_need, encode_entry, encode_expect, encode_hint, encode_worker_done, hint_len, Commit,
-    ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_RESUME_RANGES, CAP_SEALED,
-    CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    decode_need, decode_need_sparse, encode_expect, encode_hint, encode_worker_done, hint_len,
+    Commit, ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_RESUME_RANGES,
+    CAP_SEALED, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use crate::wire::WireError;
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
+use list::{ListOut, ENTRIES_FRAME_BYTES};
 use manifest::Manifest;
 use plan::{data_regions, plan, FileToSend};
 use serde::Serialize;
@@ -40,9 +42,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use worker::{SendTable, SendWorker};
 
-/// Entries frames are flushed at this size (one entry is at most ~300 KiB, so a frame stays
-/// under MAX_FRAME_PAYLOAD).
-const ENTRIES_FRAME_BYTES: usize = 1024 * 1024;
 /// How long the sender waits on the control connection (the receiver's apply phase and final
 /// verification of a large tree can take a while).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -134,6 +133,10 @@ pub struct SendReport {
     /// from the device with O_DIRECT (large files' ranges that were not cached).
     pub read_buffered_bytes: u64,
     pub read_direct_bytes: u64,
+    /// The entry list went as a delta against the receiver's recovery point's list.
+    pub delta_list: bool,
+    /// Entries the delta put or replaced (0 when the whole list was sent).
+    pub list_changed: u64,
 }
 
 /// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
@@ -222,7 +225,53 @@ pub fn send_over(
         .snapshot
         .unwrap_or_else(|| crate::snapshot::auto(&opts.src));
     let mut frozen = crate::snapshot::freeze(&opts.src, provider)?;
-    let mut walked = walk(&frozen.root, true)?;
+    let id = Identity {
+        session: match (&opts.secret, opts.session) {
+            (Some(secret), _) => secret.handle(),
+            (None, Some(s)) => s,
+            (None, None) => SessionId::random().ctx(|| "random session id".to_string())?,
+        },
+        secret: opts.secret.clone(),
+    };
+    let session = id.session;
+    let mut wire = 0u64;
+    // Connected before the walk: the entry list goes out while the walk runs.
+    let (mut ctl, ack) = connect(
+        &**transport,
+        opts.to,
+        &id,
+        Role::Control {
+            workers: threads as u16,
+        },
+        &mut wire,
+    )?;
+    let owners = ack.capabilities & CAP_OWNERS != 0;
+    let root = crate::beneath::open_root(&frozen.root, "source directory")?;
+    let manifest = match &opts.state {
+        Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
+        None => None,
+    };
+    // The list travels as a delta if the receiver still keeps the list the manifest recorded.
+    let delta = match &manifest {
+        Some(m) if !m.entries.is_empty() && m.list_digest != 0 => {
+            list::offer_base(&mut ctl, m, &mut wire)?
+        }
+        _ => false,
+    };
+    let mut out = ListOut::new(
+        manifest
+            .as_ref()
+            .filter(|_| delta)
+            .map(|m| m.entries.as_slice()),
+    );
+    let mut walked = crate::tree::walk::walk_fd_streaming(root.as_fd(), true, &mut |es| {
+        if let Some(m) = &opts.id_map {
+            m.apply(es);
+        }
+        out.push(es, &mut ctl)
+    })?;
+    let list_changed = out.finish(&mut ctl)?;
+    wire += out.wire;
     if let Some(ids) = &frozen.ids {
         for (i, p) in walked.paths.iter().enumerate() {
             if let Some(id) = ids.get(p) {
@@ -239,42 +288,14 @@ pub fn send_over(
         }
     }
     let stable = provider != crate::snapshot::Provider::Plain;
-    if let Some(m) = &opts.id_map {
-        m.apply(&mut walked.entries);
-    }
     let walked = walked;
     let entries = &walked.entries;
     tracing::info!(
         entries = entries.len(),
+        delta = delta,
         secs = start.elapsed().as_secs_f64(),
-        "walked source"
+        "walked source and sent the entry list"
     );
-    let id = Identity {
-        session: match (&opts.secret, opts.session) {
-            (Some(secret), _) => secret.handle(),
-            (None, Some(s)) => s,
-            (None, None) => SessionId::random().ctx(|| "random session id".to_string())?,
-        },
-        secret: opts.secret.clone(),
-    };
-    let session = id.session;
-    let mut wire = 0u64;
-    let (mut ctl, ack) = connect(
-        &**transport,
-        opts.to,
-        &id,
-        Role::Control {
-            workers: threads as u16,
-        },
-        &mut wire,
-    )?;
-    let owners = ack.capabilities & CAP_OWNERS != 0;
-    let root = crate::beneath::open_root(&frozen.root, "source directory")?;
-
-    let manifest = match &opts.state {
-        Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
-        None => None,
-    };
     let base = manifest
         .as_ref()
         .and_then(|m| m.base_snapshot.as_deref())
@@ -312,17 +333,6 @@ pub fn send_over(
         .count() as u64;
 
     let mut enc = Enc::new();
-    for e in entries {
-        encode_entry(&mut enc, e);
-        if enc.buf.len() >= ENTRIES_FRAME_BYTES {
-            wire += ctl.write_frame(FrameKind::Entries, &enc.buf)?;
-            enc.buf.clear();
-        }
-    }
-    if !enc.buf.is_empty() {
-        wire += ctl.write_frame(FrameKind::Entries, &enc.buf)?;
-        enc.buf.clear();
-    }
     for h in &planned.hints {
         if !enc.buf.is_empty() && enc.buf.len() + hint_len(h) > ENTRIES_FRAME_BYTES {
             wire += ctl.write_frame(FrameKind::Hints, &enc.buf)?;
@@ -418,7 +428,12 @@ pub fn send_over(
         })
         .sum();
     progress.set_totals(sent_files, send_bytes);
-    let plans = plan(&files, threads);
+    // A job that needs no data opens no worker connection (the receiver expects none).
+    let plans = if need.iter().all(|n| *n == Need::Nothing) {
+        Vec::new()
+    } else {
+        plan(&files, threads)
+    };
     let table = Arc::new(SendTable {
         root,
         paths: walked.paths.clone(),
@@ -478,7 +493,13 @@ pub fn send_over(
     if !stable {
         check_unchanged(table.root.as_fd(), &walked, &need)?;
     }
-    let th = tree_hash(entries, HashOptions { owners });
+    // The digest names this list as the base of the next job's delta.
+    let digest = tree_hash(entries, HashOptions { owners: true });
+    let th = if owners {
+        digest
+    } else {
+        tree_hash(entries, HashOptions { owners })
+    };
     let commit = Commit {
         tree_hash: th,
         content_digest: content_digest(&mut all.checksums),
@@ -515,6 +536,7 @@ pub fn send_over(
             threads,
             stable,
             kept.clone(),
+            digest,
         );
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
@@ -547,6 +569,8 @@ pub fn send_over(
         encrypted: opts.secret.is_some(),
         read_buffered_bytes: all.read_buffered,
         read_direct_bytes: all.read_direct,
+        delta_list: list_changed.is_some(),
+        list_changed: list_changed.unwrap_or(0),
     })
 }
 
@@ -729,6 +753,7 @@ fn save_manifest(
     threads: usize,
     stable: bool,
     base_snapshot: Option<String>,
+    list_digest: u128,
 ) -> Result<()> {
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
@@ -767,6 +792,8 @@ fn save_manifest(
     hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
     let mut m = build_manifest(walked, rp, hashes);
     m.base_snapshot = base_snapshot;
+    m.entries = walked.entries.clone();
+    m.list_digest = list_digest;
     m.save(dir)
 }
 
@@ -830,11 +857,28 @@ fn read_rest(
     Ok(out)
 }
 
+/// The receiver's need list: dense (one byte per entry, NeedList frames) or sparse (only the
+/// entries that need data, NeedSparse frames), whichever it chose.
 fn read_need(ctl: &mut Link, n: usize) -> Result<Vec<Need>> {
-    let mut need = Vec::with_capacity(n);
     let mut buf = Vec::new();
+    let h = ctl.read_frame(&mut buf)?;
+    match h.kind {
+        FrameKind::NeedSparse => return read_need_sparse(ctl, n, buf),
+        FrameKind::NeedList => {}
+        FrameKind::Error => {
+            let (code, message) = crate::wire::message::decode_error(&buf)?;
+            return Err(Error::Peer { code, message });
+        }
+        got => {
+            return Err(WireError::Unexpected {
+                expected: FrameKind::NeedList,
+                got,
+            }
+            .into())
+        }
+    }
+    let mut need = Vec::with_capacity(n);
     loop {
-        ctl.expect_frame(FrameKind::NeedList, &mut buf)?;
         let (first, last, chunk) = decode_need(&buf)?;
         if first as usize != need.len() || need.len() + chunk.len() > n {
             return Err(WireError::BadField {
@@ -852,5 +896,29 @@ fn read_need(ctl: &mut Link, n: usize) -> Result<Vec<Need>> {
             }
             return Ok(need);
         }
+        ctl.expect_frame(FrameKind::NeedList, &mut buf)?;
+    }
+}
+
+fn read_need_sparse(ctl: &mut Link, n: usize, mut buf: Vec<u8>) -> Result<Vec<Need>> {
+    let mut need = vec![Need::Nothing; n];
+    let mut next = 0usize;
+    loop {
+        let (last, recs) = decode_need_sparse(&buf)?;
+        for (e, x) in recs {
+            // Increasing entry numbers, each inside the list: every entry said at most once.
+            if e.index() < next || e.index() >= n {
+                return Err(WireError::BadField {
+                    field: "sparse need list entry",
+                }
+                .into());
+            }
+            need[e.index()] = x;
+            next = e.index() + 1;
+        }
+        if last {
+            return Ok(need);
+        }
+        ctl.expect_frame(FrameKind::NeedSparse, &mut buf)?;
     }
 }

@@ -125,17 +125,22 @@ pub enum StructureError {
     TooDeep { id: u32 },
     #[error("entry {id}: duplicate name {name:?} in directory {parent}")]
     Duplicate { id: u32, parent: u32, name: String },
+    #[error("entry {id}: {name:?} is out of canonical order (pre-order, children sorted by name)")]
+    OutOfOrder { id: u32, name: String },
     #[error("more than {MAX_ENTRIES} entries")]
     TooMany,
 }
 
 /// Checks entries as they arrive, in order, so a receiver can reject a hostile list before
-/// acting on the bad entry. Pure: it only remembers kinds, depths and names seen.
+/// acting on the bad entry: names, parents, hard-link targets, depth, and canonical order
+/// (pre-order, children sorted by name bytes, which also rules out duplicates). Pure: it only
+/// remembers kinds, depths and the last name seen in each directory of the current path.
 #[derive(Default)]
 pub struct StructureChecker {
     kinds: Vec<u8>,
     depth: Vec<u16>,
-    names: std::collections::HashSet<(u32, Vec<u8>)>,
+    /// Directories along the current pre-order path, each with its last child's name.
+    open: Vec<(u32, Option<Vec<u8>>)>,
 }
 
 impl StructureChecker {
@@ -162,6 +167,7 @@ impl StructureChecker {
             }
             self.kinds.push(e.kind.tag());
             self.depth.push(0);
+            self.open.push((0, None));
             return Ok(EntryId(0));
         }
         validate_name(&e.name).map_err(|err| StructureError::BadName {
@@ -185,12 +191,28 @@ impl StructureChecker {
                 });
             }
         }
-        if !self.names.insert((p, e.name.clone())) {
-            return Err(StructureError::Duplicate {
-                id,
-                parent: p,
-                name: String::from_utf8_lossy(&e.name).into_owned(),
-            });
+        let name = || String::from_utf8_lossy(&e.name).into_owned();
+        // Pre-order: the parent is on the current path (anything deeper is finished).
+        let Some(k) = self.open.iter().rposition(|(d, _)| *d == p) else {
+            return Err(StructureError::OutOfOrder { id, name: name() });
+        };
+        self.open.truncate(k + 1);
+        let last = &mut self.open[k].1;
+        match last.as_deref().map(|l| l.cmp(e.name.as_slice())) {
+            Some(std::cmp::Ordering::Equal) => {
+                return Err(StructureError::Duplicate {
+                    id,
+                    parent: p,
+                    name: name(),
+                })
+            }
+            Some(std::cmp::Ordering::Greater) => {
+                return Err(StructureError::OutOfOrder { id, name: name() })
+            }
+            _ => *last = Some(e.name.clone()),
+        }
+        if e.kind == EntryKind::Dir {
+            self.open.push((id, None));
         }
         self.kinds.push(e.kind.tag());
         self.depth.push(depth);
@@ -198,9 +220,9 @@ impl StructureChecker {
     }
 }
 
-/// Full relative path of every entry (root = empty), built from parent links.
 /// Total bytes of the paths `relative_paths` would build, computed without building them (an
 /// entry list of a few hundred kilobytes can describe a chain whose paths take gigabytes).
+/// The list must have passed `StructureChecker` (every parent an earlier entry).
 pub fn path_bytes(entries: &[Entry]) -> u64 {
     let mut len: Vec<u64> = Vec::with_capacity(entries.len());
     let mut total = 0u64;
@@ -217,6 +239,8 @@ pub fn path_bytes(entries: &[Entry]) -> u64 {
     total
 }
 
+/// Full relative path of every entry (root = empty), built from parent links; the list must
+/// have passed `StructureChecker`.
 pub fn relative_paths(entries: &[Entry]) -> Vec<Vec<u8>> {
     let mut paths: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! The replicated tree as data: entries, the canonical walk, xattrs and the tree hash.
 
+pub mod diff;
 pub mod entry;
 pub mod hash;
 pub mod walk;

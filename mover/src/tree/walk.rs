@@ -4,8 +4,10 @@
 //!
 //! The root's children are walked as independent subtrees by up to `WALK_THREADS` threads (a
 //! walk is bound by inode reads, so several in flight help even on few cores), then
-//! concatenated in name order; hard links are folded afterwards over the merged list, so the
-//! result does not depend on thread timing.
+//! concatenated in name order as each is done and all before it are; hard links are folded in
+//! that order over the merged list, so the result does not depend on thread timing. A caller
+//! may see each merged piece as it is added (`walk_fd_streaming`): the sender sends the entry
+//! list while the walk goes on.
 
 use super::entry::{Entry, EntryKind, Meta, MAX_DEPTH};
 use super::xattr::{read_user_xattrs, On};
@@ -19,6 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads walking subtrees of the root in parallel.
 const WALK_THREADS: usize = 4;
+/// Walked subtrees waiting to be merged, at most (the merge takes them as they come, so this
+/// only bounds how far walkers get ahead of a slow consumer of the stream).
+const WALK_QUEUE: usize = 256;
 
 /// What a walk found, plus what the sender needs to read files back.
 pub struct Walked {
@@ -165,6 +170,18 @@ pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
 }
 
 pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
+    walk_fd_streaming(root, xattrs, &mut |_| Ok(()))
+}
+
+/// `walk_fd`, handing each piece of the canonical list to `sink` as soon as it is merged (the
+/// root first, then each subtree of the root in name order), before the rest is walked. `sink`
+/// may rewrite the entries' metadata (an id map); what it leaves is what the walk returns. An
+/// error from `sink` stops the walk.
+pub fn walk_fd_streaming(
+    root: BorrowedFd<'_>,
+    xattrs: bool,
+    sink: &mut dyn FnMut(&mut [Entry]) -> Result<()>,
+) -> Result<Walked> {
     let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
     let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
     let root_x = if xattrs {
@@ -176,38 +193,11 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     // The receiver's own state is never part of a tree (a replica can be a source in turn).
     names.retain(|n| n.as_slice() != crate::tree::STATE_DIR);
 
-    let next = AtomicUsize::new(0);
-    let threads = WALK_THREADS.min(names.len()).max(1);
-    let results: Vec<Vec<(usize, Result<Fragment>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(name) = names.get(i) else { break };
-                        out.push((i, walk_subtree(root_fd.as_fd(), name, xattrs)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut frags: Vec<Option<Result<Fragment>>> = (0..names.len()).map(|_| None).collect();
-    for (i, r) in results.into_iter().flatten() {
-        frags[i] = Some(r);
-    }
-
     let mut w = Walked {
         entries: Vec::new(),
         paths: Vec::new(),
         ids: Vec::new(),
     };
-    let mut keys: Vec<Option<(u64, u64)>> = Vec::new();
     w.entries.push(Entry {
         parent: EntryId::ROOT,
         name: Vec::new(),
@@ -217,39 +207,94 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
     });
     w.paths.push(Vec::new());
     w.ids.push(file_id(&st, (0, 0)));
-    keys.push(None);
-    for f in frags {
-        let f = f.ok_or_else(|| Error::Panicked("a walker thread".into()))??;
-        let base = w.entries.len() as u32;
-        w.ids.extend(f.ids);
-        for (mut e, (p, k)) in f
-            .entries
-            .into_iter()
-            .zip(f.paths.into_iter().zip(f.link_keys))
-        {
-            e.parent = if w.entries.len() as u32 == base {
-                EntryId::ROOT
-            } else {
-                EntryId(base + e.parent.0)
-            };
-            w.entries.push(e);
-            w.paths.push(p);
-            keys.push(k);
-        }
-    }
+    sink(&mut w.entries[..])?;
+
+    let next = AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let threads = WALK_THREADS.min(names.len()).max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Fragment>)>(WALK_QUEUE);
     // Fold hard links: the first name in canonical order keeps the data, later ones link to it.
     let mut first: HashMap<(u64, u64), EntryId> = HashMap::new();
-    for (i, k) in keys.iter().enumerate() {
-        if let Some(k) = k {
-            match first.get(k) {
-                Some(&t) => w.entries[i].kind = EntryKind::HardLink { target: t },
-                None => {
-                    first.insert(*k, EntryId(i as u32));
+    let mut failed: Option<Error> = None;
+    std::thread::scope(|s| {
+        let mut walkers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (names, next, stop, root_fd) = (&names, &next, &stop, &root_fd);
+            walkers.push(s.spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let f = walk_subtree(root_fd.as_fd(), name, xattrs);
+                if tx.send((i, f)).is_err() {
+                    break;
+                }
+            }));
+        }
+        drop(tx);
+        // Subtrees done out of order wait here until those before them are merged.
+        let mut waiting: HashMap<usize, Result<Fragment>> = HashMap::new();
+        let mut merged = 0usize;
+        for (i, f) in rx.iter() {
+            if failed.is_some() {
+                continue; // draining, so no walker stays blocked on the queue
+            }
+            waiting.insert(i, f);
+            while let Some(f) = waiting.remove(&merged) {
+                merged += 1;
+                let start = w.entries.len();
+                let step = f.and_then(|f| {
+                    merge(&mut w, f, &mut first);
+                    sink(&mut w.entries[start..])
+                });
+                if let Err(e) = step {
+                    stop.store(true, Ordering::Relaxed);
+                    failed = Some(e);
+                    break;
                 }
             }
         }
+        // Joined here, so a walker's panic is this error rather than the scope's panic.
+        let panicked = walkers.into_iter().any(|h| h.join().is_err());
+        if failed.is_none() && (panicked || merged != names.len()) {
+            failed = Some(Error::Panicked("a walker thread".into()));
+        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(w),
     }
-    Ok(w)
+}
+
+/// Appends a walked subtree of the root to `w`, renumbering it and folding its regular files
+/// into hard links of the first name of their inode seen so far.
+fn merge(w: &mut Walked, f: Fragment, first: &mut HashMap<(u64, u64), EntryId>) {
+    let base = w.entries.len() as u32;
+    w.ids.extend(f.ids);
+    for (mut e, (p, k)) in f
+        .entries
+        .into_iter()
+        .zip(f.paths.into_iter().zip(f.link_keys))
+    {
+        let id = EntryId(w.entries.len() as u32);
+        e.parent = if id.0 == base {
+            EntryId::ROOT
+        } else {
+            EntryId(base + e.parent.0)
+        };
+        if let Some(k) = k {
+            match first.get(&k) {
+                Some(&t) => e.kind = EntryKind::HardLink { target: t },
+                None => {
+                    first.insert(k, id);
+                }
+            }
+        }
+        w.entries.push(e);
+        w.paths.push(p);
+    }
 }
 
 /// Pre-order walk of `name` inside `parent` (a single entry if it is not a directory).

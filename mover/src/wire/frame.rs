@@ -48,6 +48,11 @@ pub enum FrameKind {
     /// Receiver to sender, after the need list (CAP_RESUME_RANGES): the ranges still needed
     /// of each `Need::Rest` file.
     Rest = 14,
+    // Protocol 5, the delta entry list (numbered apart from other additions).
+    BaseOffer = 20,
+    BaseAnswer = 21,
+    EntriesDelta = 22,
+    NeedSparse = 23,
 }
 
 impl FrameKind {
@@ -68,6 +73,10 @@ impl FrameKind {
             12 => Hints,
             13 => Expect,
             14 => Rest,
+            20 => BaseOffer,
+            21 => BaseAnswer,
+            22 => EntriesDelta,
+            23 => NeedSparse,
             other => return Err(WireError::UnknownFrameKind(other)),
         })
     }

@@ -12,9 +12,12 @@ use crate::units::{EntryId, SessionId, WorkerIndex};
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MOVR");
 /// Version 2 added recovery points, hints (renames, deltas) and the per-entry need list;
 /// version 3 gave Error frames a code (`ErrorCode`), so a peer acts on the kind of failure
-/// instead of searching its text.
-pub const PROTOCOL_VERSION_MIN: u16 = 3;
-pub const PROTOCOL_VERSION_MAX: u16 = 3;
+/// instead of searching its text; version 4 sealed frames (the number stayed 3 in code);
+/// version 5 made the tree hash a Merkle tree, requires canonical order, and lets the entry
+/// list travel as a delta against the receiver's recovery point (BaseOffer, BaseAnswer,
+/// EntriesDelta).
+pub const PROTOCOL_VERSION_MIN: u16 = 5;
+pub const PROTOCOL_VERSION_MAX: u16 = 5;
 pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
 
 /// The software version this build announces in Hello and HelloAck.
@@ -407,83 +410,227 @@ pub fn decode_entries(p: &[u8]) -> Result<Vec<Entry>, WireError> {
     let mut d = Dec::new(p);
     let mut out = Vec::new();
     while d.remaining() > 0 {
-        let parent = EntryId(d.u32()?);
-        let name = d.bytes(MAX_NAME_LEN, "file name")?.to_vec();
-        let tag = d.u8()?;
-        let meta = Meta {
-            mode: d.u32()?,
-            uid: d.u32()?,
-            gid: d.u32()?,
-            mtime_sec: d.i64()?,
-            mtime_nsec: d.u32()?,
-        };
-        if meta.mode & !0o7777 != 0 || meta.mtime_nsec >= 1_000_000_000 {
-            return Err(WireError::BadField {
-                field: "mode or mtime",
-            });
-        }
-        // -1 means "leave unchanged" to chown(2); it is never a real owner.
-        if meta.uid == u32::MAX || meta.gid == u32::MAX {
-            return Err(WireError::BadField {
-                field: "uid or gid",
-            });
-        }
-        let kind = match tag {
-            1 => EntryKind::Dir,
-            2 => EntryKind::File { size: d.u64()? },
-            3 => EntryKind::Symlink {
-                target: d.bytes(MAX_SYMLINK_TARGET, "symlink target")?.to_vec(),
-            },
-            4 => EntryKind::HardLink {
-                target: EntryId(d.u32()?),
-            },
-            5 => {
-                let file_type = d.u32()?;
-                let ok = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
-                if !ok.contains(&file_type) {
-                    return Err(WireError::BadField {
-                        field: "special file type",
-                    });
-                }
-                EntryKind::Special {
-                    file_type,
-                    rdev: d.u64()?,
-                }
-            }
-            other => return Err(WireError::BadEntryKind(other)),
-        };
-        if let EntryKind::Symlink { target } = &kind {
-            if target.is_empty() || target.contains(&0) {
+        out.push(decode_entry(&mut d)?);
+    }
+    Ok(out)
+}
+
+/// The smallest encoded entry (a directory with a one-byte name and nothing else is 36).
+pub const MIN_ENTRY_LEN: usize = 35;
+
+/// Encoded size of one entry (what `encode_entry` appends), without encoding it.
+pub fn entry_len(e: &Entry) -> usize {
+    let kind = match &e.kind {
+        EntryKind::Dir => 0,
+        EntryKind::File { .. } => 8,
+        EntryKind::Symlink { target } => 4 + target.len(),
+        EntryKind::HardLink { .. } => 4,
+        EntryKind::Special { .. } => 12,
+    };
+    let xattrs: usize = e.xattrs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    4 + 4 + e.name.len() + 1 + 24 + kind + 2 + xattrs
+}
+
+/// Decodes one entry (as `encode_entry` wrote it) from `d`.
+pub fn decode_entry(d: &mut Dec<'_>) -> Result<Entry, WireError> {
+    let parent = EntryId(d.u32()?);
+    let name = d.bytes(MAX_NAME_LEN, "file name")?.to_vec();
+    let tag = d.u8()?;
+    let meta = Meta {
+        mode: d.u32()?,
+        uid: d.u32()?,
+        gid: d.u32()?,
+        mtime_sec: d.i64()?,
+        mtime_nsec: d.u32()?,
+    };
+    if meta.mode & !0o7777 != 0 || meta.mtime_nsec >= 1_000_000_000 {
+        return Err(WireError::BadField {
+            field: "mode or mtime",
+        });
+    }
+    // -1 means "leave unchanged" to chown(2); it is never a real owner.
+    if meta.uid == u32::MAX || meta.gid == u32::MAX {
+        return Err(WireError::BadField {
+            field: "uid or gid",
+        });
+    }
+    let kind = match tag {
+        1 => EntryKind::Dir,
+        2 => EntryKind::File { size: d.u64()? },
+        3 => EntryKind::Symlink {
+            target: d.bytes(MAX_SYMLINK_TARGET, "symlink target")?.to_vec(),
+        },
+        4 => EntryKind::HardLink {
+            target: EntryId(d.u32()?),
+        },
+        5 => {
+            let file_type = d.u32()?;
+            let ok = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
+            if !ok.contains(&file_type) {
                 return Err(WireError::BadField {
-                    field: "symlink target",
+                    field: "special file type",
                 });
             }
+            EntryKind::Special {
+                file_type,
+                rdev: d.u64()?,
+            }
         }
-        let n = d.u16()? as usize;
-        if n > MAX_XATTRS_PER_ENTRY {
-            return Err(WireError::FieldTooLong {
-                field: "xattr count",
-                len: n,
-                limit: MAX_XATTRS_PER_ENTRY,
+        other => return Err(WireError::BadEntryKind(other)),
+    };
+    if let EntryKind::Symlink { target } = &kind {
+        if target.is_empty() || target.contains(&0) {
+            return Err(WireError::BadField {
+                field: "symlink target",
             });
         }
-        let mut xattrs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let k = d.bytes(MAX_XATTR_NAME, "xattr name")?.to_vec();
-            let v = d.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();
-            if !k.starts_with(XATTR_PREFIX) || k.len() == XATTR_PREFIX.len() || k.contains(&0) {
-                return Err(WireError::BadField {
-                    field: "xattr name",
-                });
-            }
-            xattrs.push((k, v));
+    }
+    let n = d.u16()? as usize;
+    if n > MAX_XATTRS_PER_ENTRY {
+        return Err(WireError::FieldTooLong {
+            field: "xattr count",
+            len: n,
+            limit: MAX_XATTRS_PER_ENTRY,
+        });
+    }
+    let mut xattrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = d.bytes(MAX_XATTR_NAME, "xattr name")?.to_vec();
+        let v = d.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();
+        if !k.starts_with(XATTR_PREFIX) || k.len() == XATTR_PREFIX.len() || k.contains(&0) {
+            return Err(WireError::BadField {
+                field: "xattr name",
+            });
         }
-        out.push(Entry {
-            parent,
-            name,
-            kind,
-            meta,
-            xattrs,
+        xattrs.push((k, v));
+    }
+    Ok(Entry {
+        parent,
+        name,
+        kind,
+        meta,
+        xattrs,
+    })
+}
+
+/// The sender holds the entry list of the receiver's recovery point `recovery_point` (its
+/// digest and length given) and offers to send the new list as a delta against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseOffer {
+    pub recovery_point: u128,
+    /// `list_digest` of the base list: its tree hash with owners, as sent.
+    pub list_digest: u128,
+    pub entries: u64,
+}
+
+/// The receiver's answer to a BaseOffer: it names its current recovery point and the digest of
+/// the list it keeps for it (0: none kept), and whether the delta may come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseAnswer {
+    pub accepted: bool,
+    pub recovery_point: u128,
+    pub list_digest: u128,
+}
+
+impl BaseOffer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u128(self.recovery_point)
+            .u128(self.list_digest)
+            .u64(self.entries);
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<BaseOffer, WireError> {
+        let mut d = Dec::new(p);
+        let o = BaseOffer {
+            recovery_point: d.u128()?,
+            list_digest: d.u128()?,
+            entries: d.u64()?,
+        };
+        d.finish()?;
+        Ok(o)
+    }
+}
+
+impl BaseAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u8(self.accepted as u8)
+            .u128(self.recovery_point)
+            .u128(self.list_digest);
+        e.buf
+    }
+    pub fn decode(p: &[u8]) -> Result<BaseAnswer, WireError> {
+        let mut d = Dec::new(p);
+        let accepted = match d.u8()? {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(WireError::BadField {
+                    field: "base answer",
+                })
+            }
+        };
+        let a = BaseAnswer {
+            accepted,
+            recovery_point: d.u128()?,
+            list_digest: d.u128()?,
+        };
+        d.finish()?;
+        Ok(a)
+    }
+}
+
+/// One step of a delta entry list (`EntriesDelta` frames), applied to the base list in order:
+/// keep its next entries (renumbered), skip them (gone), put a new entry, or replace the next
+/// base entry with a changed one (its children may still be kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaOp {
+    Keep(u32),
+    Skip(u32),
+    Put(Entry),
+    Replace(Entry),
+}
+
+/// Appends one op to an EntriesDelta payload.
+pub fn encode_delta_op(e: &mut Enc, op: &DeltaOp) {
+    match op {
+        DeltaOp::Keep(n) => {
+            e.u8(1).u32(*n);
+        }
+        DeltaOp::Skip(n) => {
+            e.u8(2).u32(*n);
+        }
+        DeltaOp::Put(x) => {
+            e.u8(3);
+            encode_entry(e, x);
+        }
+        DeltaOp::Replace(x) => {
+            e.u8(4);
+            encode_entry(e, x);
+        }
+    }
+}
+
+/// Encoded size of one op.
+pub fn delta_op_len(op: &DeltaOp) -> usize {
+    match op {
+        DeltaOp::Keep(_) | DeltaOp::Skip(_) => 5,
+        DeltaOp::Put(x) | DeltaOp::Replace(x) => 1 + entry_len(x),
+    }
+}
+
+/// Decodes an EntriesDelta payload; counts and entries are checked as the base is applied.
+pub fn decode_delta(p: &[u8]) -> Result<Vec<DeltaOp>, WireError> {
+    let mut d = Dec::new(p);
+    let mut out = Vec::new();
+    while d.remaining() > 0 {
+        out.push(match d.u8()? {
+            1 => DeltaOp::Keep(d.u32()?),
+            2 => DeltaOp::Skip(d.u32()?),
+            3 => DeltaOp::Put(decode_entry(&mut d)?),
+            4 => DeltaOp::Replace(decode_entry(&mut d)?),
+            _ => return Err(WireError::BadField { field: "delta op" }),
         });
     }
     Ok(out)
@@ -516,6 +663,56 @@ pub fn decode_need(p: &[u8]) -> Result<(u32, bool, Vec<Need>), WireError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((first, last, needs))
+}
+
+/// Most records one NeedSparse frame carries (5 bytes each).
+pub const MAX_NEED_SPARSE: usize = 65536;
+
+/// NeedSparse payload: `last u8, count u32`, then `count` x (`entry u32, need u8`), entries
+/// increasing: the entries that need data (need 1 or 2), every other one needs nothing. The
+/// receiver sends it instead of NeedList when it is the shorter (a job that changed little).
+pub fn encode_need_sparse(last: bool, recs: &[(EntryId, Need)]) -> Vec<u8> {
+    assert!(
+        recs.len() <= MAX_NEED_SPARSE,
+        "sparse need frame of {} records",
+        recs.len()
+    );
+    let mut e = Enc::new();
+    e.u8(last as u8).u32(recs.len() as u32);
+    for (id, n) in recs {
+        e.u32(id.0).u8(*n as u8);
+    }
+    e.buf
+}
+
+pub fn decode_need_sparse(p: &[u8]) -> Result<(bool, Vec<(EntryId, Need)>), WireError> {
+    let mut d = Dec::new(p);
+    let last = d.u8()? != 0;
+    let n = d.u32()? as usize;
+    if n > MAX_NEED_SPARSE {
+        return Err(WireError::FieldTooLong {
+            field: "sparse need records",
+            len: n,
+            limit: MAX_NEED_SPARSE,
+        });
+    }
+    let mut out = Vec::with_capacity(n.min(d.remaining() / 5));
+    for _ in 0..n {
+        let e = EntryId(d.u32()?);
+        let need = match d.u8()? {
+            1 => Need::Full,
+            2 => Need::Delta,
+            3 => Need::Rest,
+            _ => {
+                return Err(WireError::BadField {
+                    field: "sparse need value",
+                })
+            }
+        };
+        out.push((e, need));
+    }
+    d.finish()?;
+    Ok((last, out))
 }
 
 /// Appends one hint to a Hints payload.

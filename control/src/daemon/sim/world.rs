@@ -1637,6 +1637,8 @@ impl World {
             encrypted: true,
             read_buffered_bytes: files << 20,
             read_direct_bytes: 0,
+            delta_list: false,
+            list_changed: 0,
         };
         self.session_ended(key, node, Ok(report));
     }
@@ -1652,7 +1654,7 @@ impl World {
             return;
         };
         match j.sessions.ended(&j.c.id, &j.c.progress, res) {
-            AfterSession::Done(res) => self.conclude(key, node, res),
+            AfterSession::Done(res) => self.conclude(key, node, *res),
             AfterSession::Again => {
                 self.stats.suspended += 1;
                 self.try_session(key, node);

@@ -1,0 +1,214 @@
+//! Verifying a job on disk. A job from a recovery point checks what it could have changed: the
+//! directories whose content hash (tree/hash.rs) differs from the recovery point's, those whose
+//! listing the job changed for any other reason, and all their ancestors. Each is listed and
+//! every child is looked at once (one stat, its xattrs, a symlink's target) and compared with
+//! the new list; an unchanged subdirectory's content is the recovery point's, which was
+//! verified when it was committed. Together that is the tree hash of the new list. A resumed
+//! job, a full verification (`--verify full`) and a scrub walk the whole target instead.
+
+use crate::beneath::{self, split_parent};
+use crate::error::{show, Error, IoContext, Result};
+use crate::tree::entry::{Entry, EntryKind};
+use crate::tree::hash::{same_record, HashOptions, Merkle};
+use crate::tree::walk::meta_of;
+use crate::tree::xattr::{read_user_xattrs, On};
+use crate::tree::STATE_DIR;
+use rustix::fs::{AtFlags, FileType, Stat};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// What the receiver compares the new list with: the recovery point's list (its policy
+/// applied), its Merkle tree, and the baseline entry at each new entry's path.
+pub struct Before<'a> {
+    pub entries: &'a [Entry],
+    pub merkle: &'a Merkle,
+    pub matched: &'a [Option<u32>],
+}
+
+/// Directories of the new list to verify: new ones, those whose content hash differs from the
+/// recovery point's directory at their path, those marked `touched`, and their ancestors.
+pub fn dirs_to_check(
+    entries: &[Entry],
+    skip: &[bool],
+    merkle: &Merkle,
+    before: &Before<'_>,
+    touched: &[bool],
+) -> Vec<bool> {
+    let mut check = vec![false; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind != EntryKind::Dir || skip[i] {
+            continue;
+        }
+        let same = before.matched.get(i).copied().flatten().is_some_and(|b| {
+            let b = b as usize;
+            before.entries[b].kind == EntryKind::Dir && before.merkle.dirs[b] == merkle.dirs[i]
+        });
+        check[i] = !same || touched[i];
+    }
+    // Children follow their parents: one reverse pass carries a mark to every ancestor.
+    for i in (1..entries.len()).rev() {
+        if check[i] {
+            check[entries[i].parent.index()] = true;
+        }
+    }
+    check
+}
+
+fn differs(path: &[u8], want: &Entry, got: Option<&Entry>) -> Error {
+    Error::Verify(match got {
+        Some(got) => format!(
+            "destination differs from source at {}: expected {:?}, found {:?}",
+            show(path),
+            want,
+            got
+        ),
+        None => format!("destination lacks {}", show(path)),
+    })
+}
+
+/// The entry `name` in `dir` as a walk would record it, given the entry the list has there (a
+/// regular file is a hard link of `want`'s target if it is that target's inode).
+fn on_disk(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    st: &Stat,
+    want: &Entry,
+    inode_of: &mut dyn FnMut(usize) -> Result<(u64, u64)>,
+) -> Result<Entry> {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => match want.kind {
+            EntryKind::HardLink { target }
+                if inode_of(target.index())? == (st.st_dev, st.st_ino) =>
+            {
+                EntryKind::HardLink { target }
+            }
+            _ => EntryKind::File {
+                size: st.st_size as u64,
+            },
+        },
+        FileType::Symlink => EntryKind::Symlink {
+            target: rustix::fs::readlinkat(dir, name, Vec::new())
+                .ctx(|| format!("readlink {}", show(name)))?
+                .into_bytes(),
+        },
+        _ => EntryKind::Special {
+            file_type: st.st_mode & libc::S_IFMT,
+            rdev: st.st_rdev,
+        },
+    };
+    let xattrs = match kind {
+        EntryKind::Dir | EntryKind::File { .. } | EntryKind::HardLink { .. } => {
+            read_user_xattrs(On::At(dir, name)).ctx(|| format!("xattrs of {}", show(name)))?
+        }
+        _ => Vec::new(),
+    };
+    Ok(Entry {
+        parent: want.parent,
+        name: name.to_vec(),
+        kind,
+        meta: meta_of(st),
+        xattrs,
+    })
+}
+
+/// Lists every directory marked in `check` and compares each child on disk with the list;
+/// the root's own record is always compared. Returns the number of entries looked at.
+pub fn verify_dirs(
+    root: BorrowedFd<'_>,
+    entries: &[Entry],
+    skip: &[bool],
+    paths: &[Vec<u8>],
+    check: &[bool],
+    owners: bool,
+) -> Result<u64> {
+    let opts = HashOptions { owners };
+    let mut kids: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate().skip(1) {
+        if !skip[i] && check[e.parent.index()] {
+            kids.entry(e.parent.index()).or_default().push(i);
+        }
+    }
+    let st = rustix::fs::fstat(root).ctx(|| "stat of the destination root".to_string())?;
+    let root_x = read_user_xattrs(On::Fd(root)).ctx(|| "xattrs of the root".to_string())?;
+    let top = Entry {
+        parent: entries[0].parent,
+        name: Vec::new(),
+        kind: EntryKind::Dir,
+        meta: meta_of(&st),
+        xattrs: root_x,
+    };
+    if !same_record(&top, &entries[0], opts) {
+        return Err(differs(b"(the root)", &entries[0], Some(&top)));
+    }
+    // Inodes of hard-link targets: seen while checking their directory, else looked up.
+    let mut inodes: HashMap<usize, (u64, u64)> = HashMap::new();
+    let mut looked = 1u64;
+    for (d, _) in check.iter().enumerate().filter(|(_, c)| **c) {
+        let fd = beneath::open_dir(root, &paths[d])
+            .ctx(|| format!("opening directory {}", show(&paths[d])))?;
+        let mut names =
+            beneath::dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[d])))?;
+        if d == 0 {
+            names.retain(|n| n.as_slice() != STATE_DIR);
+        }
+        let want = kids.get(&d).map(Vec::as_slice).unwrap_or(&[]);
+        let join = |n: &[u8]| {
+            let mut p = paths[d].clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(n);
+            p
+        };
+        // Both sorted by name: the first name that is not the list's is extra or missing.
+        for k in 0..names.len().max(want.len()) {
+            let (got, w) = (names.get(k), want.get(k).map(|&c| &entries[c]));
+            match (got, w) {
+                (Some(g), Some(w)) if *g == w.name => {}
+                (Some(g), Some(w)) if *g < w.name => {
+                    return Err(Error::Verify(format!(
+                        "destination has {}, which the source does not",
+                        show(&join(g))
+                    )))
+                }
+                (None, Some(w)) | (Some(_), Some(w)) => {
+                    return Err(differs(&join(&w.name), w, None))
+                }
+                (Some(g), None) => {
+                    return Err(Error::Verify(format!(
+                        "destination has {}, which the source does not",
+                        show(&join(g))
+                    )))
+                }
+                (None, None) => {}
+            }
+        }
+        for &c in want {
+            let w = &entries[c];
+            let st = rustix::fs::statat(&fd, w.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .ctx(|| format!("stat {}", show(&paths[c])))?;
+            if matches!(w.kind, EntryKind::File { .. }) {
+                inodes.insert(c, (st.st_dev, st.st_ino));
+            }
+            let mut inode_of = |t: usize| -> Result<(u64, u64)> {
+                if let Some(x) = inodes.get(&t) {
+                    return Ok(*x);
+                }
+                let (p, n) = split_parent(&paths[t]);
+                let d = beneath::open_dir(root, p)
+                    .ctx(|| format!("opening directory of {}", show(&paths[t])))?;
+                let s = rustix::fs::statat(&d, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .ctx(|| format!("stat {}", show(&paths[t])))?;
+                inodes.insert(t, (s.st_dev, s.st_ino));
+                Ok((s.st_dev, s.st_ino))
+            };
+            let got = on_disk(fd.as_fd(), &w.name, &st, w, &mut inode_of)?;
+            if !same_record(&got, w, opts) {
+                return Err(differs(&paths[c], w, Some(&got)));
+            }
+            looked += 1;
+        }
+    }
+    Ok(looked)
+}
