@@ -105,7 +105,8 @@ pub fn state_files(data: &[u8]) {
             }
         }
     }
-    let _ = crate::sender::manifest::Manifest::decode(data);
+    let _ = crate::sender::manifest::Manifest::decode_body(data);
+    let _ = crate::sender::manifest::Manifest::decode_head(data);
     let _ = crate::receiver::scrub::ScrubReport::decode(data);
 }
 
@@ -313,7 +314,8 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
     let mut m = crate::sender::hints::build_manifest(&walked, 9, Default::default());
     m.entries = walked.entries.clone();
     m.list_digest = 4;
-    out.push(("state_files", "manifest".into(), m.encode()));
+    out.push(("state_files", "manifest".into(), m.encode_body()));
+    out.push(("state_files", "manifest-head".into(), m.encode_head()));
     let scrub = crate::receiver::scrub::ScrubReport {
         at_ns: 1,
         ok: false,

@@ -428,3 +428,59 @@ fn a_full_verification_and_a_scrub_catch_a_change_in_a_directory_no_job_changed(
     assert_same_tree(&d.src, &again);
     let _ = addr;
 }
+
+#[test]
+fn a_serving_receiver_scrubs_its_target_between_sessions_and_the_next_job_repairs_it() {
+    let (_t, d) = dirs_in_memory();
+    generate(&d.src, &TreeSpec::default()).unwrap();
+    let r = Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ReceiveOptions {
+            root: d.dst.clone(),
+            insecure_plaintext: true,
+            policy: every_kind(),
+            scrub_every: Some(std::time::Duration::from_millis(200)),
+            ..Default::default()
+        },
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    let addr = r.local_addr().unwrap();
+    let status = r.scrub_status();
+    let (tx, reports) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = r.serve(|rep| {
+            let _ = tx.send(rep.clone());
+        });
+    });
+    send_state(&d.src, addr, &d.state).unwrap();
+    assert!(reports.recv().unwrap().ok);
+    // Scrubs between sessions find the target as committed...
+    let wait_for = |want_ok: bool| {
+        for _ in 0..200 {
+            if let Some(s) = status.last().filter(|s| s.ok == want_ok) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "no scrub with ok={want_ok} within 10 s: {:?}",
+            status.last()
+        );
+    };
+    assert!(wait_for(true).entries > 1);
+    // ... and then a change made behind the receiver's back, by name.
+    let f = tamper(&d.dst, "dir002");
+    let bad = wait_for(false);
+    let name = f.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        bad.difference.as_deref().unwrap_or("").contains(&name),
+        "{bad:?}"
+    );
+    // The next job, though nothing changed at the source, compares everything and repairs.
+    send_state(&d.src, addr, &d.state).unwrap();
+    let r = reports.recv().unwrap();
+    assert!(r.ok && r.full_verify, "{r:?}");
+    assert_same_tree(&d.src, &d.dst);
+    assert!(wait_for(true).ok);
+}

@@ -442,12 +442,16 @@ async fn metrics(
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();
+    let mut scrubs = Vec::new();
     for r in all {
-        *states
-            .entry(view::view(&node, r).state.name())
-            .or_insert(0u64) += 1;
+        let v = view::view(&node, r);
+        if let Some(s) = &v.scrub {
+            scrubs.push((v.id.clone(), s.ok, (now_ns - s.at_ns).max(0) as f64 / 1e9));
+        }
+        *states.entry(v.state.name()).or_insert(0u64) += 1;
     }
-    let text = node.metrics.render(&ages, &states);
+    let mut text = node.metrics.render(&ages, &states);
+    text.push_str(&super::metrics::render_scrubs(&scrubs));
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -22,6 +22,9 @@ pub const DEFAULT_MAX_PAUSE_IN_SESSION: Duration = Duration::from_secs(40);
 pub const MAX_PAUSE_IN_SESSION_LIMIT: u64 = 50;
 // A paused session must end before the receiver's workers give up on its silent connections.
 const _: () = assert!(MAX_PAUSE_IN_SESSION_LIMIT < mover::STALL_TIMEOUT.as_secs());
+/// How often a target's receiver scrubs it (a full verifying walk against its recovery point)
+/// by default; `scrub_interval_secs = 0` turns scrubs off.
+pub const DEFAULT_SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Largest config file read (it is a handful of keys).
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
@@ -47,6 +50,8 @@ pub struct DaemonOptions {
     pub insecure_plaintext: bool,
     /// Serve the REST API over TLS; required for an API address off loopback.
     pub api_tls: Option<ApiTls>,
+    /// How often each target is scrubbed; `None`: never.
+    pub scrub_interval: Option<Duration>,
 }
 
 /// The certificate the REST API presents over TLS.
@@ -120,6 +125,7 @@ pub struct ConfigFile {
     pub api_tls: Option<bool>,
     pub api_cert: Option<PathBuf>,
     pub api_key: Option<PathBuf>,
+    pub scrub_interval_secs: Option<u64>,
 }
 
 impl ConfigFile {
@@ -242,6 +248,11 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         allowed_source_roots: roots,
         insecure_plaintext: insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
         api_tls,
+        scrub_interval: match file.scrub_interval_secs {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => Some(DEFAULT_SCRUB_INTERVAL),
+        },
     })
 }
 

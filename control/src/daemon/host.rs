@@ -51,6 +51,8 @@ pub trait Receiving: Send {
     fn is_finished(&self) -> bool;
     /// Waits for it to end (called once it has finished).
     fn join(self: Box<Self>);
+    /// Its last scrub (or full verification) of the target; None: none since it started.
+    fn scrub(&self) -> Option<mover::receiver::ScrubReport>;
 }
 
 /// The real machine: mounts and receiver threads.
@@ -92,6 +94,7 @@ impl Host for System {
     ) -> Result<Box<dyn Receiving>> {
         let (inbox, incoming) = std::sync::mpsc::channel();
         let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
+        let scrub = rx.scrub_status();
         let id = id.clone();
         let thread = std::thread::Builder::new()
             .name("mover-receiver".into())
@@ -105,7 +108,11 @@ impl Host for System {
                 context: "spawning the receiver thread".into(),
                 source: e,
             })?;
-        Ok(Box::new(Threaded { inbox, thread }))
+        Ok(Box::new(Threaded {
+            inbox,
+            thread,
+            scrub,
+        }))
     }
 }
 
@@ -113,6 +120,7 @@ impl Host for System {
 struct Threaded {
     inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
     thread: std::thread::JoinHandle<()>,
+    scrub: Arc<mover::receiver::ScrubStatus>,
 }
 
 impl Receiving for Threaded {
@@ -127,5 +135,9 @@ impl Receiving for Threaded {
     fn join(self: Box<Self>) {
         // A receiver that panicked has nothing more to give back; it is gone either way.
         let _ = self.thread.join();
+    }
+
+    fn scrub(&self) -> Option<mover::receiver::ScrubReport> {
+        self.scrub.last()
     }
 }

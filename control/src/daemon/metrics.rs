@@ -111,6 +111,30 @@ impl Metrics {
     }
 }
 
+/// Scrub gauges of targets: (relationship, ok, age of the last scrub in seconds). A target
+/// whose scrub found a difference shows `mover_scrub_ok 0` until a job repairs it.
+pub fn render_scrubs(scrubs: &[(String, bool, f64)]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# HELP mover_scrub_ok Whether the target's last scrub found it equal to its recovery point.\n# TYPE mover_scrub_ok gauge");
+    for (id, ok, _) in scrubs {
+        let _ = writeln!(
+            o,
+            "mover_scrub_ok{{relationship=\"{}\"}} {}",
+            label(id),
+            u8::from(*ok)
+        );
+    }
+    let _ = writeln!(o, "# HELP mover_scrub_age_seconds Age of the target's last scrub.\n# TYPE mover_scrub_age_seconds gauge");
+    for (id, _, age) in scrubs {
+        let _ = writeln!(
+            o,
+            "mover_scrub_age_seconds{{relationship=\"{}\"}} {age}",
+            label(id)
+        );
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +166,16 @@ mod tests {
         assert!(t.contains("mover_job_duration_seconds_count 2"));
         assert!(t.contains("mover_recovery_point_age_seconds{relationship=\"aaaa"));
         assert!(t.contains("mover_relationships{state=\"idle\"} 1"));
+    }
+
+    #[test]
+    fn scrub_gauges_say_ok_per_target() {
+        let t = render_scrubs(&[("a".repeat(32), false, 12.0)]);
+        assert!(t.contains(&format!(
+            "mover_scrub_ok{{relationship=\"{}\"}} 0",
+            "a".repeat(32)
+        )));
+        assert!(t.contains("mover_scrub_age_seconds{relationship=\"aaaa"));
     }
 
     #[test]

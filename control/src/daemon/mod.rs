@@ -268,6 +268,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         allowed_source_roots: None,
         insecure_plaintext: false,
         api_tls: None,
+        scrub_interval: None,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

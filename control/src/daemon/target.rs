@@ -239,6 +239,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             allow_devices: r.replica.allow_devices,
         },
         checkpoint_bytes: None,
+        scrub_every: node.opts.scrub_interval,
         ..Default::default()
     };
     let receiving = node.host.start_receiver(&r.id, opts)?;
@@ -443,6 +444,14 @@ pub fn record_report(
         })?;
     }
     Ok(())
+}
+
+/// The last scrub of a target relationship's directory, as its receiver knows it (None: never
+/// scrubbed, or no receiver since the daemon started: it starts with the first job).
+pub fn scrub(node: &Node, id: &RelationshipId) -> Option<mover::receiver::ScrubReport> {
+    lock(&node.receivers)
+        .get(id)
+        .and_then(|rx| rx.receiving.scrub())
 }
 
 /// At shutdown: receivers stop taking sessions. A session still running is cut when the

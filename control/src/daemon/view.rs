@@ -19,6 +19,19 @@ pub struct AttemptView {
     pub message: String,
 }
 
+/// The last full verification of a target (a scrub, or a job that walked it all): `ok` false
+/// is an alert, the target differs from its recovery point (`difference` says where).
+#[derive(Debug, Serialize)]
+pub struct ScrubView {
+    pub last_at: String,
+    #[serde(skip)]
+    pub at_ns: i64,
+    pub ok: bool,
+    pub difference: Option<String>,
+    pub entries: u64,
+    pub by: mover::receiver::scrub::ScrubBy,
+}
+
 #[derive(Debug, Serialize)]
 pub struct View {
     pub id: String,
@@ -46,6 +59,8 @@ pub struct View {
     pub recovery_point: Option<TimeView>,
     pub last_attempt: Option<AttemptView>,
     pub job: Option<JobView>,
+    /// Target role: the last scrub of the target directory.
+    pub scrub: Option<ScrubView>,
 }
 
 fn rfc3339(ns: i64) -> String {
@@ -91,6 +106,17 @@ pub fn view(node: &Node, r: Relationship) -> View {
     }
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
+    let scrub = match r.role {
+        Role::Target => super::target::scrub(node, &r.id).map(|s| ScrubView {
+            last_at: rfc3339(s.at_ns),
+            at_ns: s.at_ns,
+            ok: s.ok,
+            difference: s.difference,
+            entries: s.entries,
+            by: s.by,
+        }),
+        Role::Source => None,
+    };
     View {
         id: r.id.into(),
         role: r.role,
@@ -124,6 +150,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
             message: a.message,
         }),
         job,
+        scrub,
     }
 }
 
@@ -149,6 +176,7 @@ mod tests {
             allowed_source_roots: None,
             insecure_plaintext: false,
             api_tls: None,
+            scrub_interval: None,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();

@@ -385,7 +385,7 @@ pub fn apply_entries(
     // are looked at on disk, the baseline's items there are not moved away again, and the
     // directory a source left is verified.
     let mut moved_base = vec![false; base.map_or(0, |b| b.entries.len())];
-    if let (Some(b), Some(class)) = (base, class.as_mut()) {
+    if let (Some(b), Some(class), false) = (base, class.as_mut(), staged.is_empty()) {
         let base_index = crate::tree::diff::BaseIndex::new(b.entries, b.skip);
         let new_index = crate::tree::diff::BaseIndex::new(entries, skip);
         let ends = crate::tree::diff::subtree_ends(b.entries);
@@ -854,16 +854,18 @@ fn remove_extraneous(
     touched: &mut [bool],
     j: &mut Journal,
 ) -> Result<u64> {
+    let scanned = |i: usize| entries[i].kind == EntryKind::Dir && !fresh[i] && !skip[i] && scan(i);
+    // The names the list has in the directories to scan.
     let names: HashSet<(u32, &[u8])> = entries
         .iter()
         .enumerate()
         .skip(1)
-        .filter(|(i, _)| !skip[*i])
+        .filter(|(i, e)| !skip[*i] && scanned(e.parent.index()))
         .map(|(_, e)| (e.parent.0, e.name.as_slice()))
         .collect();
     let mut removed = 0;
-    for (i, e) in entries.iter().enumerate() {
-        if e.kind != EntryKind::Dir || fresh[i] || skip[i] || !scan(i) {
+    for i in 0..entries.len() {
+        if !scanned(i) {
             continue;
         }
         let fd = beneath::open_dir(root, &paths[i])

@@ -376,6 +376,7 @@ impl Session {
         report.entries = entries.len() as u64;
         report.delta_list = delta;
         let t0 = Instant::now();
+        tracing::debug!(entries = entries.len(), delta, "entry list received");
         let (mut journal, resumed) = open_job(root, &state, self.owners)?;
         report.resumed = resumed;
         if !self.resume_ranges {
@@ -436,6 +437,7 @@ impl Session {
             }
         };
         report.full_verify = before.is_none();
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "baseline loaded");
         let matched = before
             .as_ref()
             .map(|b| crate::tree::diff::match_paths(&entries, &skip, &b.entries, &b.skip));
@@ -447,6 +449,7 @@ impl Session {
                 skip: &b.skip,
                 matched: m,
             });
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "matched by path");
         let Applied {
             need,
             fresh,
@@ -641,6 +644,7 @@ impl Session {
         );
         // The new recovery point: data durable first, then the record, then the journal goes.
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "synced");
         let held = table.skip.iter().filter(|s| !**s).count() as u64;
         let new_rp = RecoveryPoint {
             id: new_rp_id()?,

@@ -27,13 +27,15 @@ pub struct Planned {
     pub hashed_bytes: u64,
 }
 
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = parent.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
+/// `path` is `parent/name` (or `name` under the root), compared without building it.
+fn is_join(parent: &[u8], name: &[u8], path: &[u8]) -> bool {
+    if parent.is_empty() {
+        return path == name;
     }
-    p.extend_from_slice(name);
-    p
+    path.len() == parent.len() + 1 + name.len()
+        && path.starts_with(parent)
+        && path[parent.len()] == b'/'
+        && path.ends_with(name)
 }
 
 fn unchanged(it: &Item, size: u64, mtime: (i64, u32), id: &FileId) -> bool {
@@ -56,15 +58,10 @@ pub fn plan_hints(
         old: vec![None; n],
         ..Default::default()
     };
-    // Where each entry's item sits in the recovery point (its "old location").
-    let mut old_path: Vec<Option<Vec<u8>>> = vec![None; n];
-    old_path[0] = Some(Vec::new());
-    let new_at: HashMap<&[u8], usize> = w
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, q)| (q.as_slice(), i))
-        .collect();
+    // The item each entry was in the recovery point (its "old location"); the root is none.
+    let mut old_item: Vec<Option<usize>> = vec![None; n];
+    // Every new path, built only when an item is found away from its old path.
+    let mut new_at: Option<HashMap<&[u8], usize>> = None;
     let mut candidates: Vec<(usize, u64)> = Vec::new();
     for i in 1..n {
         let e = &w.entries[i];
@@ -74,9 +71,10 @@ pub fn plan_hints(
         let id = &w.ids[i];
         // Same inode number and birth time: the same item (a freed inode number given to a new
         // file has a new birth time).
-        let Some(it) = m
-            .by_ino(id.dev, id.ino)
-            .filter(|it| it.kind == e.kind.tag() && it.btime == id.btime)
+        let Some((k, it)) = m
+            .by_ino_index(id.dev, id.ino)
+            .map(|k| (k, &m.items[k]))
+            .filter(|(_, it)| it.kind == e.kind.tag() && it.btime == id.btime)
         else {
             // A new inode at an old path (a file replaced by an atomic save): the old content at
             // this path is still a basis for a delta, though not a rename.
@@ -91,11 +89,20 @@ pub fn plan_hints(
             }
             continue;
         };
-        let implied = old_path[e.parent.index()]
-            .as_ref()
-            .map(|pp| join(pp, &e.name));
-        if implied.as_deref() != Some(it.path.as_slice()) {
+        // Where its parent was, plus its name: where it would be had it not moved.
+        let parent_was: Option<&[u8]> = match e.parent.index() {
+            0 => Some(&[]),
+            pi => old_item[pi].map(|pk| m.items[pk].path.as_slice()),
+        };
+        if !parent_was.is_some_and(|pp| is_join(pp, &e.name, &it.path)) {
             // The inode still at its old path too (a new hard link) is not a move.
+            let new_at = new_at.get_or_insert_with(|| {
+                w.paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| (q.as_slice(), i))
+                    .collect()
+            });
             let still_there = new_at
                 .get(it.path.as_slice())
                 .is_some_and(|&k| w.ids[k].dev == id.dev && w.ids[k].ino == id.ino);
@@ -107,8 +114,8 @@ pub fn plan_hints(
                 from: it.path.clone(),
             });
         }
-        old_path[i] = Some(it.path.clone());
-        p.old[i] = m.position(&it.path);
+        old_item[i] = Some(k);
+        p.old[i] = Some(k);
         if let EntryKind::File { size } = e.kind {
             let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
             if !is_inline(size) && it.hashes.is_some() && !unchanged(it, size, mtime, id) {

@@ -16,6 +16,10 @@
 //!
 //! A manifest is valid only for the recovery point it names: it is written after the receiver
 //! verified and committed that point, atomically, and ignored if the receiver reports another.
+//! It is two files: the body (`manifest`: items and list, checksummed) and a small head
+//! (`manifest.rp`: the recovery point, the kept snapshot, the body's checksum). A job that
+//! changed nothing rewrites only the head; a head and body that do not belong together (a crash
+//! between the two renames) are an unusable manifest, never a wrong one.
 
 use crate::durable::{read_opt, write_atomic};
 use crate::error::{Error, IoContext, Result};
@@ -27,7 +31,9 @@ use std::path::Path;
 
 pub const BLOCK: u64 = 4096;
 const MANIFEST_FILE: &str = "manifest";
+const HEAD_FILE: &str = "manifest.rp";
 const MAGIC: u32 = u32::from_le_bytes(*b"MVMF");
+const HEAD_MAGIC: u32 = u32::from_le_bytes(*b"MVMH");
 /// Version 4 added the entry list as sent and its digest (an older manifest is set aside: the
 /// next job compares by size and mtime and sends the whole list, then writes a new one).
 const VERSION: u16 = 4;
@@ -62,38 +68,76 @@ pub struct Manifest {
     pub entries: Vec<crate::tree::entry::Entry>,
     /// Its digest (`list_digest`: tree hash with owners), which the receiver must name.
     pub list_digest: u128,
-    by_path: HashMap<Vec<u8>, usize>,
-    by_ino: HashMap<(u64, u64), usize>,
+    /// Checksum of the body as last saved or loaded (the head names it).
+    pub body_sum: u128,
+    /// Items by a seeded hash of their path (a lookup checks the path: a collision is a miss,
+    /// which costs a file's hashing or data, never a wrong answer). Built by `index`.
+    by_path: HashMap<u64, u32>,
+    by_ino: HashMap<(u64, u64), u32>,
+    path_seed: u64,
+    /// The entry of `entries` each item was made from (items skip the root and hard links),
+    /// when the two lists agree.
+    entry_of: Vec<u32>,
 }
 
 impl Manifest {
+    /// A manifest to be saved (not indexed for lookups).
     pub fn new(rp: u128, items: Vec<Item>) -> Manifest {
-        let mut m = Manifest {
+        Manifest {
             rp,
             items,
             ..Default::default()
-        };
-        for (i, it) in m.items.iter().enumerate() {
-            m.by_path.insert(it.path.clone(), i);
-            m.by_ino.insert((it.dev, it.ino), i);
         }
-        m
+    }
+
+    /// Builds the lookups a job needs (by path, by inode, item to entry).
+    fn index(&mut self) {
+        let mut seed = [0u8; 8];
+        // A fixed seed is only slower under a crafted tree, never wrong.
+        let _ = crate::units::fill_random(&mut seed);
+        self.path_seed = u64::from_le_bytes(seed);
+        self.by_path = HashMap::with_capacity(self.items.len());
+        self.by_ino = HashMap::with_capacity(self.items.len());
+        for (i, it) in self.items.iter().enumerate() {
+            let h = xxhash_rust::xxh3::xxh3_64_with_seed(&it.path, self.path_seed);
+            self.by_path.entry(h).or_insert(i as u32);
+            self.by_ino.insert((it.dev, it.ino), i as u32);
+        }
+        let of: Vec<u32> = self
+            .entries
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, e)| !matches!(e.kind, crate::tree::entry::EntryKind::HardLink { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let agree = of.len() == self.items.len()
+            && of
+                .iter()
+                .zip(&self.items)
+                .all(|(&e, it)| self.entries[e as usize].kind.tag() == it.kind);
+        self.entry_of = if agree { of } else { Vec::new() };
     }
 
     pub fn position(&self, p: &[u8]) -> Option<usize> {
-        self.by_path.get(p).copied()
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(p, self.path_seed);
+        let k = *self.by_path.get(&h)? as usize;
+        (self.items[k].path == p).then_some(k)
     }
 
-    pub fn by_ino(&self, dev: u64, ino: u64) -> Option<&Item> {
-        self.by_ino.get(&(dev, ino)).map(|&i| &self.items[i])
+    pub fn by_ino_index(&self, dev: u64, ino: u64) -> Option<usize> {
+        self.by_ino.get(&(dev, ino)).map(|&i| i as usize)
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The entry of the kept list that item `k` describes, if the lists agree.
+    pub fn entry_of(&self, k: usize) -> Option<&crate::tree::entry::Entry> {
+        self.entry_of.get(k).map(|&e| &self.entries[e as usize])
+    }
+
+    /// The body: list digest, items, entry list, then its checksum (xxh3-128 of the rest).
+    pub(crate) fn encode_body(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u32(MAGIC)
-            .u16(VERSION)
-            .u128(self.rp)
-            .bytes(self.base_snapshot.as_deref().unwrap_or("").as_bytes());
+        e.u32(MAGIC).u16(VERSION);
         e.u128(self.list_digest);
         e.u64(self.items.len() as u64);
         for it in &self.items {
@@ -128,26 +172,47 @@ impl Manifest {
         e.buf
     }
 
-    pub(crate) fn decode(raw: &[u8]) -> Result<Manifest> {
-        let bad = |why: &str| {
-            Error::Corrupt(format!(
-                "the manifest in the state directory is unusable ({why}); remove it to start over"
-            ))
-        };
-        if raw.len() < 16 {
-            return Err(bad("truncated"));
+    /// The head: recovery point, kept snapshot, the body's checksum; then its own checksum.
+    pub(crate) fn encode_head(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u32(HEAD_MAGIC)
+            .u16(VERSION)
+            .u128(self.rp)
+            .bytes(self.base_snapshot.as_deref().unwrap_or("").as_bytes())
+            .u128(self.body_sum);
+        let sum = xxhash_rust::xxh3::xxh3_128(&e.buf);
+        e.u128(sum);
+        e.buf
+    }
+
+    /// (recovery point, kept snapshot, body checksum) from a head.
+    pub(crate) fn decode_head(raw: &[u8]) -> Result<(u128, Option<String>, u128)> {
+        let body = checked(raw)?;
+        let mut d = Dec::new(body);
+        if d.u32()? != HEAD_MAGIC || d.u16()? != VERSION {
+            return Err(unusable("unknown format"));
         }
-        let (body, sum) = raw.split_at(raw.len() - 16);
-        if xxhash_rust::xxh3::xxh3_128(body).to_le_bytes() != sum {
-            return Err(bad("checksum mismatch"));
-        }
+        let rp = d.u128()?;
+        let base = String::from_utf8(d.bytes(255, "base snapshot name")?.to_vec())
+            .map_err(|_| unusable("base snapshot name"))?;
+        let body_sum = d.u128()?;
+        d.finish()?;
+        Ok((rp, (!base.is_empty()).then_some(base), body_sum))
+    }
+
+    /// A manifest from its body (its head's fields left empty).
+    pub(crate) fn decode_body(raw: &[u8]) -> Result<Manifest> {
+        let body = checked(raw)?;
+        let body_sum = u128::from_le_bytes(
+            raw[body.len()..]
+                .try_into()
+                .map_err(|_| unusable("truncated"))?,
+        );
+        let bad = unusable;
         let mut d = Dec::new(body);
         if d.u32()? != MAGIC || d.u16()? != VERSION {
             return Err(bad("unknown format"));
         }
-        let rp = d.u128()?;
-        let base = String::from_utf8(d.bytes(255, "base snapshot name")?.to_vec())
-            .map_err(|_| bad("base snapshot name"))?;
         let list_digest = d.u128()?;
         let n = d.u64()?;
         if n > MAX_ITEMS {
@@ -168,7 +233,7 @@ impl Manifest {
                     if k != size.div_ceil(BLOCK) {
                         return Err(bad("hash count does not match the size"));
                     }
-                    let mut h = Vec::with_capacity(k as usize);
+                    let mut h = Vec::with_capacity((k as usize).min(d.remaining() / 8));
                     for _ in 0..k {
                         h.push(d.u64()?);
                     }
@@ -199,10 +264,10 @@ impl Manifest {
             entries.push(crate::wire::message::decode_entry(&mut d)?);
         }
         d.finish()?;
-        let mut m = Manifest::new(rp, items);
-        m.base_snapshot = (!base.is_empty()).then_some(base);
+        let mut m = Manifest::new(0, items);
         m.entries = entries;
         m.list_digest = list_digest;
+        m.body_sum = body_sum;
         Ok(m)
     }
 
@@ -211,22 +276,74 @@ impl Manifest {
     /// size and mtime, which is slower but never wrong.
     pub fn load(state: &Path) -> Result<Option<Manifest>> {
         let dir = open_state(state)?;
-        match read_opt(dir.as_fd(), MANIFEST_FILE)? {
-            None => Ok(None),
-            Some(raw) => match Manifest::decode(&raw) {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => {
-                    tracing::warn!("ignoring the manifest in {}: {e}", state.display());
-                    Ok(None)
-                }
-            },
+        let Some(head) = read_opt(dir.as_fd(), HEAD_FILE)? else {
+            return Ok(None);
+        };
+        let body = read_opt(dir.as_fd(), MANIFEST_FILE)?.unwrap_or_default();
+        let loaded = Manifest::decode_head(&head).and_then(|(rp, base, sum)| {
+            let mut m = Manifest::decode_body(&body)?;
+            if m.body_sum != sum {
+                return Err(unusable("its head and body are from different jobs"));
+            }
+            m.rp = rp;
+            m.base_snapshot = base;
+            Ok(m)
+        });
+        match loaded {
+            Ok(mut m) => {
+                m.index();
+                Ok(Some(m))
+            }
+            Err(e) => {
+                tracing::warn!("ignoring the manifest in {}: {e}", state.display());
+                Ok(None)
+            }
         }
     }
 
-    pub fn save(&self, state: &Path) -> Result<()> {
+    /// Writes body and head (the body first: a head always names a body that was written).
+    pub fn save(&mut self, state: &Path) -> Result<()> {
         let dir = open_state(state)?;
-        write_atomic(dir.as_fd(), MANIFEST_FILE, &self.encode())
+        let body = self.encode_body();
+        self.body_sum = u128::from_le_bytes(
+            body[body.len() - 16..]
+                .try_into()
+                .map_err(|_| unusable("encoding"))?,
+        );
+        write_atomic(dir.as_fd(), MANIFEST_FILE, &body)?;
+        write_atomic(dir.as_fd(), HEAD_FILE, &self.encode_head())
     }
+
+    /// Writes only a head naming recovery point `rp` (and kept snapshot `base`) for this
+    /// manifest's body, which is the one on disk and still describes the source.
+    pub fn save_head_as(&self, state: &Path, rp: u128, base: Option<String>) -> Result<()> {
+        let dir = open_state(state)?;
+        let head = Manifest {
+            rp,
+            base_snapshot: base,
+            body_sum: self.body_sum,
+            ..Default::default()
+        };
+        write_atomic(dir.as_fd(), HEAD_FILE, &head.encode_head())
+    }
+}
+
+fn unusable(why: &str) -> Error {
+    Error::Corrupt(format!(
+        "the manifest in the state directory is unusable ({why}); remove it to start over"
+    ))
+}
+
+/// The part of `raw` its trailing xxh3-128 covers, if it matches.
+fn checked(raw: &[u8]) -> Result<&[u8]> {
+    if raw.len() < 16 {
+        return Err(unusable("truncated"));
+    }
+    let (body, sum) = raw.split_at(raw.len() - 16);
+    if xxhash_rust::xxh3::xxh3_128(body).to_le_bytes() != sum {
+        return Err(unusable("checksum mismatch"));
+    }
+    Ok(body)
 }
 
 fn open_state(state: &Path) -> Result<std::os::fd::OwnedFd> {
@@ -390,15 +507,25 @@ mod tests {
             xattrs: vec![],
         }];
         m.list_digest = 77;
-        let raw = m.encode();
-        let back = Manifest::decode(&raw).unwrap();
-        assert_eq!(back.rp, 42);
+        m.base_snapshot = Some("snap".into());
+        let t = tempfile::tempdir().unwrap();
+        m.save(t.path()).unwrap();
+        let back = Manifest::load(t.path()).unwrap().unwrap();
+        assert_eq!((back.rp, back.base_snapshot.as_deref()), (42, Some("snap")));
         assert_eq!(back.items, items);
         assert_eq!((&back.entries, back.list_digest), (&m.entries, 77));
-        assert_eq!(back.by_ino(1, 3).unwrap().path, b"a/f");
+        assert_eq!(back.items[back.by_ino_index(1, 3).unwrap()].path, b"a/f");
+        // A new head over the same body.
+        back.save_head_as(t.path(), 43, None).unwrap();
+        assert_eq!(Manifest::load(t.path()).unwrap().unwrap().rp, 43);
+        let raw = m.encode_body();
         let mut bad = raw.clone();
         bad[20] ^= 1;
-        assert!(Manifest::decode(&bad).is_err());
+        assert!(Manifest::decode_body(&bad).is_err());
+        // A body that is not the one the head names is no manifest.
+        m.items.pop();
+        std::fs::write(t.path().join(MANIFEST_FILE), m.encode_body()).unwrap();
+        assert!(Manifest::load(t.path()).unwrap().is_none());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::transport::tcp::TcpTransport;
 use crate::transport::Transport;
 use crate::tree::entry::EntryKind;
 use crate::tree::hash::{tree_hash, HashOptions};
+use crate::tree::walk::{FileId, Known};
 use crate::units::{EntryId, SessionId, WorkerIndex};
 use crate::wire::codec::Enc;
 use crate::wire::frame::FrameKind;
@@ -251,6 +252,11 @@ pub fn send_over(
         Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
         None => None,
     };
+    tracing::debug!(
+        items = manifest.as_ref().map_or(0, |m| m.items.len()),
+        secs = start.elapsed().as_secs_f64(),
+        "manifest loaded"
+    );
     // The list travels as a delta if the receiver still keeps the list the manifest recorded.
     let delta = match &manifest {
         Some(m) if !m.entries.is_empty() && m.list_digest != 0 => {
@@ -264,12 +270,33 @@ pub fn send_over(
             .filter(|_| delta)
             .map(|m| m.entries.as_slice()),
     );
-    let mut walked = crate::tree::walk::walk_fd_streaming(root.as_fd(), true, &mut |es| {
-        if let Some(m) = &opts.id_map {
-            m.apply(es);
-        }
-        out.push(es, &mut ctl)
-    })?;
+    // What the manifest knows of an item whose inode did not change since (xattrs, a
+    // symlink's target) is not read again.
+    let known = |path: &[u8], id: &FileId, tag: u8| -> Option<Known> {
+        let m = manifest.as_ref()?;
+        let k = m.position(path)?;
+        let it = &m.items[k];
+        // The device is left out: a btrfs snapshot is a new one each job with the same inodes.
+        let same = it.kind == tag
+            && it.ino == id.ino
+            && it.btime == id.btime
+            && it.ctime == (id.ctime_sec, id.ctime_nsec);
+        let e = m.entry_of(k).filter(|_| same)?;
+        Some(Known {
+            xattrs: e.xattrs.clone(),
+            target: match &e.kind {
+                EntryKind::Symlink { target } => Some(target.clone()),
+                _ => None,
+            },
+        })
+    };
+    let mut walked =
+        crate::tree::walk::walk_fd_streaming(root.as_fd(), true, Some(&known), &mut |es| {
+            if let Some(m) = &opts.id_map {
+                m.apply(es);
+            }
+            out.push(es, &mut ctl)
+        })?;
     let list_changed = out.finish(&mut ctl)?;
     wire += out.wire;
     if let Some(ids) = &frozen.ids {
@@ -537,6 +564,10 @@ pub fn send_over(
             stable,
             kept.clone(),
             digest,
+            list_changed == Some(0)
+                && manifest
+                    .as_ref()
+                    .is_some_and(|m| m.entries.len() == entries.len()),
         );
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
@@ -544,6 +575,7 @@ pub fn send_over(
             _ => {}
         }
         saved?;
+        tracing::debug!(secs = start.elapsed().as_secs_f64(), "manifest saved");
     }
     Ok(SendReport {
         session: session.to_string(),
@@ -754,7 +786,20 @@ fn save_manifest(
     stable: bool,
     base_snapshot: Option<String>,
     list_digest: u128,
+    list_same: bool,
 ) -> Result<()> {
+    // Nothing changed (the list, every item's identity and times, no block hash to add): the
+    // body stays, the head names the new recovery point.
+    if let Some(m) = old.filter(|m| {
+        list_same
+            && m.list_digest == list_digest
+            && planned.hashes.is_empty()
+            && streamed.is_empty()
+            && need.iter().all(|n| *n == Need::Nothing)
+            && same_items(walked, m)
+    }) {
+        return m.save_head_as(dir, rp, base_snapshot);
+    }
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
         None => Default::default(),
@@ -795,6 +840,37 @@ fn save_manifest(
     m.entries = walked.entries.clone();
     m.list_digest = list_digest;
     m.save(dir)
+}
+
+/// Every item the walk makes is the manifest's, in order, with the same identity, size and
+/// times, and every large file already has its block hashes.
+fn same_items(w: &crate::tree::walk::Walked, m: &Manifest) -> bool {
+    let mut k = 0usize;
+    for (i, e) in w.entries.iter().enumerate().skip(1) {
+        let size = match e.kind {
+            EntryKind::HardLink { .. } => continue,
+            EntryKind::File { size } => size,
+            _ => 0,
+        };
+        let Some(it) = m.items.get(k) else {
+            return false;
+        };
+        let id = &w.ids[i];
+        let same = it.path == w.paths[i]
+            && it.kind == e.kind.tag()
+            && (it.dev, it.ino, it.btime) == (id.dev, id.ino, id.btime)
+            && it.size == size
+            && it.mtime == (e.meta.mtime_sec, e.meta.mtime_nsec)
+            && it.ctime == (id.ctime_sec, id.ctime_nsec)
+            && (it.hashes.is_some()
+                || !matches!(e.kind, EntryKind::File { .. })
+                || is_inline(size));
+        if !same {
+            return false;
+        }
+        k += 1;
+    }
+    k == m.items.len()
 }
 
 /// When a worker's socket failed, the receiver closed it and usually says why on the control

@@ -36,29 +36,89 @@ impl<'a> BaseIndex<'a> {
 }
 
 /// For each entry of `new` (entries marked in `skip_new` get None), the entry of `base` at the
-/// same path, if any.
+/// same path, if any (never one marked in `skip_base`).
 pub fn match_paths(
     new: &[Entry],
     skip_new: &[bool],
     base: &[Entry],
     skip_base: &[bool],
 ) -> Vec<Option<u32>> {
-    let index = BaseIndex::new(base, skip_base);
-    let mut out: Vec<Option<u32>> = Vec::with_capacity(new.len());
-    for (i, e) in new.iter().enumerate() {
-        let m = if i == 0 {
-            (!base.is_empty()).then_some(0)
-        } else if skip_new.get(i).copied().unwrap_or(false) {
-            None
-        } else {
-            out.get(e.parent.index())
-                .copied()
-                .flatten()
-                .and_then(|bp| index.child(bp, &e.name))
-        };
-        out.push(m);
+    let mut m = PathMatcher::new(base);
+    for e in new {
+        m.next(e);
+    }
+    let mut out = m.matched;
+    for (i, x) in out.iter_mut().enumerate() {
+        let skipped = |k: usize| skip_base.get(k).copied().unwrap_or(false);
+        if skip_new.get(i).copied().unwrap_or(false) || x.is_some_and(|k| skipped(k as usize)) {
+            *x = None;
+        }
     }
     out
+}
+
+/// Finds, for each entry of a new list as it arrives in canonical order, the entry of a
+/// canonical base list at the same path: a merge of the two walks, directory by directory, by
+/// name (no hashing, so nothing a peer names can make it slow). Entries out of canonical order
+/// simply find nothing.
+pub struct PathMatcher<'a> {
+    base: &'a [Entry],
+    ends: Vec<u32>,
+    /// Open directories of the new list along the current path: (new id, the base directory
+    /// at its path, the next child of that base directory not yet passed).
+    open: Vec<(u32, Option<u32>, u32)>,
+    /// The base entry at the path of each new entry so far.
+    pub matched: Vec<Option<u32>>,
+}
+
+impl<'a> PathMatcher<'a> {
+    pub fn new(base: &'a [Entry]) -> PathMatcher<'a> {
+        PathMatcher {
+            base,
+            ends: subtree_ends(base),
+            open: Vec::new(),
+            matched: Vec::new(),
+        }
+    }
+
+    /// The base entry at the path of `e`, the next entry of the new list.
+    pub fn next(&mut self, e: &Entry) -> Option<u32> {
+        let i = self.matched.len() as u32;
+        let b = if i == 0 {
+            self.base.first().map(|_| 0)
+        } else {
+            self.child(e.parent.0, &e.name)
+        };
+        self.matched.push(b);
+        if e.kind == EntryKind::Dir {
+            let bd = b.filter(|&b| self.base[b as usize].kind == EntryKind::Dir);
+            self.open.push((i, bd, bd.map_or(0, |b| b + 1)));
+        }
+        b
+    }
+
+    fn child(&mut self, parent: u32, name: &[u8]) -> Option<u32> {
+        let k = self.open.iter().rposition(|(n, _, _)| *n == parent)?;
+        self.open.truncate(k + 1);
+        let (_, bd, next) = self.open.last_mut()?;
+        let bd = (*bd)?;
+        let end = self.ends[bd as usize];
+        // Children come in name order on both sides: base children named before this one
+        // are not in the new list.
+        while *next < end {
+            let c = &self.base[*next as usize];
+            match c.name.as_slice().cmp(name) {
+                std::cmp::Ordering::Less => *next = self.ends[*next as usize],
+                std::cmp::Ordering::Equal if c.parent.0 == bd => {
+                    let found = *next;
+                    *next = self.ends[found as usize];
+                    return Some(found);
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
 }
 
 /// One past the last entry of each entry's subtree (pre-order: an entry's descendants follow it
@@ -80,9 +140,7 @@ pub fn subtree_ends(entries: &[Entry]) -> Vec<u32> {
 /// (the sender streams it while its walk runs).
 pub struct DeltaEncoder<'a> {
     base: &'a [Entry],
-    index: BaseIndex<'a>,
-    /// Base entry at the path of each new entry so far.
-    matched: Vec<Option<u32>>,
+    paths: PathMatcher<'a>,
     /// Next base entry not yet kept, replaced or skipped.
     cursor: u32,
     /// Keeps not yet emitted (runs are merged).
@@ -95,8 +153,7 @@ impl<'a> DeltaEncoder<'a> {
     pub fn new(base: &'a [Entry]) -> DeltaEncoder<'a> {
         DeltaEncoder {
             base,
-            index: BaseIndex::new(base, &[]),
-            matched: Vec::new(),
+            paths: PathMatcher::new(base),
             cursor: 0,
             keep: 0,
             changed: 0,
@@ -112,19 +169,15 @@ impl<'a> DeltaEncoder<'a> {
 
     /// The next entry of the new list (ids are the new list's); appends the ops it takes.
     pub fn push(&mut self, e: &Entry, out: &mut Vec<DeltaOp>) {
-        let i = self.matched.len();
-        let b = if i == 0 {
-            (!self.base.is_empty()).then_some(0)
-        } else {
-            self.matched
-                .get(e.parent.index())
-                .copied()
-                .flatten()
-                .and_then(|bp| self.index.child(bp, &e.name))
-        };
+        let b = self.paths.next(e);
         // Shared paths come in the same order in both canonical lists; a base entry behind the
         // cursor (a list out of order) is simply not used.
         let b = b.filter(|&b| b >= self.cursor);
+        if b.is_none() {
+            if let Some(m) = self.paths.matched.last_mut() {
+                *m = None;
+            }
+        }
         match b {
             Some(b) => {
                 if b > self.cursor {
@@ -146,7 +199,6 @@ impl<'a> DeltaEncoder<'a> {
                 self.changed += 1;
             }
         }
-        self.matched.push(b);
     }
 
     /// Ends the script: base entries after the last one used are dropped implicitly.
@@ -159,7 +211,7 @@ impl<'a> DeltaEncoder<'a> {
     fn same(&self, e: &Entry, b: &Entry) -> bool {
         let kind = match (&e.kind, &b.kind) {
             (EntryKind::HardLink { target: t }, EntryKind::HardLink { target: bt }) => {
-                self.matched.get(t.index()).copied().flatten() == Some(bt.0)
+                self.paths.matched.get(t.index()).copied().flatten() == Some(bt.0)
             }
             (EntryKind::HardLink { .. }, _) | (_, EntryKind::HardLink { .. }) => false,
             (a, b) => a == b,
@@ -372,6 +424,16 @@ mod tests {
                 prop_assert!(c.push(e).is_ok(), "generator made a non-canonical list");
             }
             prop_assert_eq!(rebuild(&base, delta(&base, &new)).unwrap(), new.clone());
+            // The merge finds what a lookup by path finds.
+            let index = BaseIndex::new(&base, &[]);
+            let mut by_path: Vec<Option<u32>> = Vec::new();
+            for (i, e) in new.iter().enumerate() {
+                let m = if i == 0 { Some(0) } else {
+                    by_path[e.parent.index()].and_then(|bp| index.child(bp, &e.name))
+                };
+                by_path.push(m);
+            }
+            prop_assert_eq!(match_paths(&new, &[], &base, &[]), by_path);
             // Against itself a list is one keep.
             prop_assert_eq!(delta(&new, &new), vec![DeltaOp::Keep(new.len() as u32)]);
         }

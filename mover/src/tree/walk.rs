@@ -92,6 +92,19 @@ pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(St
     Ok((st, btime))
 }
 
+/// What a caller already knows about an entry the walk reaches (from an earlier walk): its
+/// `user.*` xattrs and, for a symlink, its target. Any change to either moves the inode's
+/// ctime, so the caller vouches for them only for the same inode (number, birth time) with the
+/// same ctime, and the walk then skips reading them (a no-op job's walk is half the calls).
+pub struct Known {
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub target: Option<Vec<u8>>,
+}
+
+/// Asked for each entry walked: its path, identity and kind tag (`EntryKind::tag`, a regular
+/// file being a file); `None` makes the walk read everything.
+pub type KnownFn<'a> = &'a (dyn Fn(&[u8], &FileId, u8) -> Option<Known> + Sync);
+
 /// A subtree walked on its own: ids are local (0 = the subtree's top), regular files are not
 /// yet folded into hard links.
 #[derive(Default)]
@@ -170,7 +183,7 @@ pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
 }
 
 pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
-    walk_fd_streaming(root, xattrs, &mut |_| Ok(()))
+    walk_fd_streaming(root, xattrs, None, &mut |_| Ok(()))
 }
 
 /// `walk_fd`, handing each piece of the canonical list to `sink` as soon as it is merged (the
@@ -180,6 +193,7 @@ pub fn walk_fd(root: BorrowedFd<'_>, xattrs: bool) -> Result<Walked> {
 pub fn walk_fd_streaming(
     root: BorrowedFd<'_>,
     xattrs: bool,
+    known: Option<KnownFn<'_>>,
     sink: &mut dyn FnMut(&mut [Entry]) -> Result<()>,
 ) -> Result<Walked> {
     let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
@@ -227,7 +241,7 @@ pub fn walk_fd_streaming(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
-                let f = walk_subtree(root_fd.as_fd(), name, xattrs);
+                let f = walk_subtree(root_fd.as_fd(), name, xattrs, known);
                 if tx.send((i, f)).is_err() {
                     break;
                 }
@@ -298,10 +312,23 @@ fn merge(w: &mut Walked, f: Fragment, first: &mut HashMap<(u64, u64), EntryId>) 
 }
 
 /// Pre-order walk of `name` inside `parent` (a single entry if it is not a directory).
-fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fragment> {
+fn walk_subtree(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    xattrs: bool,
+    known: Option<KnownFn<'_>>,
+) -> Result<Fragment> {
     let mut f = Fragment::default();
     let mut stack: Vec<Frame> = Vec::new();
-    if let Some(fd) = visit(parent, name.to_vec(), EntryId(0), &[], &mut f, xattrs)? {
+    if let Some(fd) = visit(
+        parent,
+        name.to_vec(),
+        EntryId(0),
+        &[],
+        &mut f,
+        xattrs,
+        known,
+    )? {
         let names = read_names(fd.as_fd(), &f.paths[0])?;
         stack.push(Frame {
             fd,
@@ -327,7 +354,15 @@ fn walk_subtree(parent: BorrowedFd<'_>, name: &[u8], xattrs: bool) -> Result<Fra
             )));
         }
         let parent_path = f.paths[pid.index()].clone();
-        if let Some(fd) = visit(top.fd.as_fd(), name, pid, &parent_path, &mut f, xattrs)? {
+        if let Some(fd) = visit(
+            top.fd.as_fd(),
+            name,
+            pid,
+            &parent_path,
+            &mut f,
+            xattrs,
+            known,
+        )? {
             let id = EntryId(f.entries.len() as u32 - 1);
             let names = read_names(fd.as_fd(), &f.paths[id.index()])?;
             stack.push(Frame {
@@ -349,6 +384,7 @@ fn visit(
     parent_path: &[u8],
     f: &mut Fragment,
     xattrs: bool,
+    known: Option<KnownFn<'_>>,
 ) -> Result<Option<OwnedFd>> {
     let path = join(parent_path, &name);
     let (st, btime) = match stat_nofollow(dirfd, name.as_slice()) {
@@ -357,6 +393,18 @@ fn visit(
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(e).ctx(|| format!("stat {}", show(&path))),
     };
+    let id = file_id(&st, btime);
+    let tag = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => EntryKind::Dir.tag(),
+        FileType::RegularFile => EntryKind::File { size: 0 }.tag(),
+        FileType::Symlink => EntryKind::Symlink { target: Vec::new() }.tag(),
+        _ => EntryKind::Special {
+            file_type: 0,
+            rdev: 0,
+        }
+        .tag(),
+    };
+    let mut known = known.and_then(|k| k(&path, &id, tag));
     let mut key = None;
     let mut child: Option<OwnedFd> = None;
     let kind = match FileType::from_raw_mode(st.st_mode) {
@@ -374,13 +422,16 @@ fn visit(
                 size: st.st_size as u64,
             }
         }
-        FileType::Symlink => {
-            let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new())
-                .ctx(|| format!("readlink {}", show(&path)))?;
-            EntryKind::Symlink {
-                target: t.into_bytes(),
+        FileType::Symlink => match known.as_mut().and_then(|k| k.target.take()) {
+            Some(target) => EntryKind::Symlink { target },
+            None => {
+                let t = rustix::fs::readlinkat(dirfd, name.as_slice(), Vec::new())
+                    .ctx(|| format!("readlink {}", show(&path)))?;
+                EntryKind::Symlink {
+                    target: t.into_bytes(),
+                }
             }
-        }
+        },
         FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
             EntryKind::Special {
                 file_type: st.st_mode & libc::S_IFMT,
@@ -389,8 +440,9 @@ fn visit(
         }
         FileType::Unknown => return Ok(None),
     };
-    let xa = match (&kind, xattrs) {
-        (EntryKind::Dir | EntryKind::File { .. }, true) => {
+    let xa = match (&kind, xattrs, known) {
+        (EntryKind::Dir | EntryKind::File { .. }, true, Some(k)) => k.xattrs,
+        (EntryKind::Dir | EntryKind::File { .. }, true, None) => {
             read_user_xattrs(On::At(dirfd, &name)).ctx(|| format!("xattrs of {}", show(&path)))?
         }
         _ => Vec::new(),
@@ -404,6 +456,6 @@ fn visit(
     });
     f.paths.push(path);
     f.link_keys.push(key);
-    f.ids.push(file_id(&st, btime));
+    f.ids.push(id);
     Ok(child)
 }

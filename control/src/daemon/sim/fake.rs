@@ -236,6 +236,10 @@ impl Receiving for FakeReceiving {
     }
 
     fn join(self: Box<Self>) {}
+
+    fn scrub(&self) -> Option<mover::receiver::ScrubReport> {
+        None
+    }
 }
 
 impl Drop for FakeReceiving {

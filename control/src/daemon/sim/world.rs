@@ -518,6 +518,7 @@ impl World {
                 allowed_source_roots: None,
                 insecure_plaintext: false,
                 api_tls: None,
+                scrub_interval: None,
             };
             nodes.push(SimNode {
                 addr: format!("10.0.0.{}", i + 1),
