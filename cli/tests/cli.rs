@@ -14,26 +14,7 @@ fn mover() -> Command {
 }
 
 fn start_receiver(root: &std::path::Path, p: &Peers) -> (Child, String) {
-    let mut c = std::process::Command::new(cargo_bin("mover"))
-        .args([
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--json",
-            "--root",
-        ])
-        .arg(root)
-        .args(&p.receive)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (c, v["listening"].as_str().unwrap().to_string())
+    start_receiver_with(root, p, &[], None)
 }
 
 #[test]

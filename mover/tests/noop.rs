@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use mover::gen::{generate, TreeSpec};
-use mover::receiver::{ReceiveOptions, Receiver, Verify};
-use mover::{Progress, SessionReport};
+use mover::receiver::{ReceiveOptions, Verify};
+use mover::SessionReport;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,26 +19,26 @@ use std::sync::Arc;
 
 /// A receiver serving sessions into `root` with the given verification.
 fn serve(root: &Path, verify: Verify) -> (SocketAddr, std::sync::mpsc::Receiver<SessionReport>) {
-    let r = Receiver::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions {
-            root: root.to_path_buf(),
-            insecure_plaintext: true,
-            policy: every_kind(),
-            verify,
-            ..Default::default()
-        },
-        Arc::new(Progress::default()),
-    )
-    .unwrap();
-    let addr = r.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = r.serve(|rep| {
-            let _ = tx.send(rep.clone());
-        });
+    let (addr, rx, _) = serve_with(ReceiveOptions {
+        root: root.to_path_buf(),
+        insecure_plaintext: true,
+        policy: every_kind(),
+        verify,
+        ..Default::default()
     });
     (addr, rx)
+}
+
+/// A copy of `from` at `to`, as `cp -a` makes it.
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
 /// Inode number, ctime and mtime of every entry of a tree (by path), through the same walk
@@ -388,14 +388,7 @@ fn a_full_verification_and_a_scrub_catch_a_change_in_a_directory_no_job_changed(
     // A scrub of the target at rest finds it (the receiver above still holds the target's
     // lock: the scrub runs on a copy).
     let copy = d.dst.with_extension("copy");
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&d.dst)
-        .arg(&copy)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    copy_tree(&d.dst, &copy);
     let s = mover::receiver::scrub_root(&copy).unwrap().unwrap();
     let name = f.file_name().unwrap().to_string_lossy().to_string();
     assert!(
@@ -412,14 +405,7 @@ fn a_full_verification_and_a_scrub_catch_a_change_in_a_directory_no_job_changed(
     // A receiver verifying everything catches (and repairs) it too. The first receiver still
     // serves (and locks) the original target: this one gets a copy of it as it was.
     let again = d.dst.with_extension("again");
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&d.dst)
-        .arg(&again)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    copy_tree(&d.dst, &again);
     let (addr_f, reports_f) = serve(&again, Verify::Full);
     std::fs::write(b.join("newer.dat"), b"newer").unwrap();
     send_state(&d.src, addr_f, &d.state).unwrap();
@@ -433,25 +419,12 @@ fn a_full_verification_and_a_scrub_catch_a_change_in_a_directory_no_job_changed(
 fn a_serving_receiver_scrubs_its_target_between_sessions_and_the_next_job_repairs_it() {
     let (_t, d) = dirs_in_memory();
     generate(&d.src, &TreeSpec::default()).unwrap();
-    let r = Receiver::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions {
-            root: d.dst.clone(),
-            insecure_plaintext: true,
-            policy: every_kind(),
-            scrub_every: Some(std::time::Duration::from_millis(200)),
-            ..Default::default()
-        },
-        Arc::new(Progress::default()),
-    )
-    .unwrap();
-    let addr = r.local_addr().unwrap();
-    let status = r.scrub_status();
-    let (tx, reports) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = r.serve(|rep| {
-            let _ = tx.send(rep.clone());
-        });
+    let (addr, reports, status) = serve_with(ReceiveOptions {
+        root: d.dst.clone(),
+        insecure_plaintext: true,
+        policy: every_kind(),
+        scrub_every: Some(std::time::Duration::from_millis(200)),
+        ..Default::default()
     });
     send_state(&d.src, addr, &d.state).unwrap();
     assert!(reports.recv().unwrap().ok);

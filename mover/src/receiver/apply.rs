@@ -33,7 +33,7 @@ use crate::tree::STATE_DIR;
 use crate::units::EntryId;
 use crate::wire::message::is_inline;
 use crate::wire::message::{Hint, Need};
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Stat, Uid};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -88,13 +88,7 @@ fn fix_unchanged_meta(
     owners: bool,
 ) -> std::io::Result<()> {
     if owners && (st.st_uid != e.meta.uid || st.st_gid != e.meta.gid) {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(Uid::from_raw(e.meta.uid)),
-            Some(Gid::from_raw(e.meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        super::meta::chown_at(dir, name, e)?;
     }
     if st.st_mode & 0o7777 != e.meta.mode || owners && st.st_uid != e.meta.uid {
         rustix::fs::chmodat(
@@ -124,13 +118,7 @@ fn fix_meta_from(
 ) -> std::io::Result<()> {
     let chown = owners && (was.meta.uid, was.meta.gid) != (e.meta.uid, e.meta.gid);
     if chown {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(Uid::from_raw(e.meta.uid)),
-            Some(Gid::from_raw(e.meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        super::meta::chown_at(dir, name, e)?;
     }
     // chown clears set-id bits: the mode is set again after it.
     if chown || was.meta.mode != e.meta.mode {

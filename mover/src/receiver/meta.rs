@@ -21,6 +21,18 @@ pub fn times(m: &Meta) -> Timestamps {
 }
 
 /// Owner, mode, xattrs (exactly `e`'s) and mtime of an open regular file or directory.
+/// Gives `name` in `dir` (not followed) the entry's uid and gid.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(Uid::from_raw(e.meta.uid)),
+        Some(Gid::from_raw(e.meta.gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
 pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, owners: bool) -> io::Result<()> {
     if owners {
         let (u, g) = (Uid::from_raw(e.meta.uid), Gid::from_raw(e.meta.gid));
@@ -43,13 +55,7 @@ pub fn apply_link_or_special(
 ) -> io::Result<()> {
     use rustix::fs::{AtFlags, Mode};
     if owners {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(Uid::from_raw(e.meta.uid)),
-            Some(Gid::from_raw(e.meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        chown_at(dir, name, e)?;
     }
     if matches!(e.kind, crate::tree::entry::EntryKind::Special { .. }) {
         rustix::fs::chmodat(

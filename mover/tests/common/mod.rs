@@ -81,26 +81,40 @@ pub fn send_to(src: &Path, addr: SocketAddr, threads: usize) -> mover::Result<Se
 /// A receiver that keeps serving sessions (so a retrying sender can resume); each session's
 /// report arrives on the channel. The thread ends with the test process.
 pub fn start_serving(root: &Path) -> (SocketAddr, std::sync::mpsc::Receiver<SessionReport>) {
+    let (addr, rx, _) = serve_with(ReceiveOptions {
+        root: root.to_path_buf(),
+        once: false,
+        insecure_plaintext: true,
+        policy: every_kind(),
+        ..Default::default()
+    });
+    (addr, rx)
+}
+
+/// `start_serving` with these options; also the receiver's scrub status.
+#[allow(dead_code)] // not every test binary scrubs
+pub fn serve_with(
+    opts: ReceiveOptions,
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<SessionReport>,
+    Arc<mover::receiver::ScrubStatus>,
+) {
     let r = Receiver::bind(
         "127.0.0.1:0".parse().unwrap(),
-        ReceiveOptions {
-            root: root.to_path_buf(),
-            once: false,
-            insecure_plaintext: true,
-            policy: every_kind(),
-            ..Default::default()
-        },
+        opts,
         Arc::new(Progress::default()),
     )
     .expect("bind receiver");
     let addr = r.local_addr().unwrap();
+    let status = r.scrub_status();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = r.serve(|rep| {
             let _ = tx.send(rep.clone());
         });
     });
-    (addr, rx)
+    (addr, rx, status)
 }
 
 /// Sends with a state directory (manifest), so later jobs are incremental.
