@@ -260,20 +260,10 @@ fn the_list_goes_whole_when_the_base_does_not_match() {
     let (addr, reports) = serve(&d.dst, Verify::Changed);
     send_state(&d.src, addr, &d.state).unwrap();
     assert!(reports.recv().unwrap().ok);
-    let copy = |from: &Path, to: &Path| {
-        let ok = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
     let old_state = d.state.with_extension("old");
-    copy(&d.state, &old_state);
+    copy_tree(&d.state, &old_state);
     let old_dst = d.dst.with_extension("old");
-    copy(&d.dst, &old_dst);
+    copy_tree(&d.dst, &old_dst);
 
     // The sender's manifest names an older recovery point than the receiver's.
     std::fs::write(d.src.join("dir000/one.dat"), b"one").unwrap();
@@ -281,7 +271,7 @@ fn the_list_goes_whole_when_the_base_does_not_match() {
     assert!(reports.recv().unwrap().ok);
     std::fs::write(d.src.join("dir000/two.dat"), b"two").unwrap();
     let stale = old_state.join("..").join("stale-state");
-    copy(&old_state, &stale);
+    copy_tree(&old_state, &stale);
     let rep = send_state(&d.src, addr, &stale).unwrap();
     assert!(reports.recv().unwrap().ok);
     assert!(
