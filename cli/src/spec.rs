@@ -10,7 +10,7 @@ use crate::api::{ApiArgs, ApiError};
 use clap::{ArgGroup, Args};
 use control::api_types::NewRelationship;
 use control::blackout::BlackoutWindow;
-use control::model::{Edit, IdMap, Spec};
+use control::model::{Edit, IdMap, SnapshotChoice, Spec};
 use control::tls::Fingerprint;
 
 const ALL_DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -127,6 +127,17 @@ pub struct Shared {
     /// Map a numeric group id on the target: SRC:DST. Repeatable.
     #[arg(long, value_name = "SRC:DST", value_parser = parse_id_pair)]
     pub map_gid: Vec<(u32, u32)>,
+    /// How each job takes its point in time of the source: auto (a btrfs snapshot where the
+    /// source is a subvolume, else plain), btrfs (read-only snapshot; the source must be a
+    /// subvolume), reflink (clone every file first: XFS or btrfs), plain (live files, checked
+    /// after sending; a job in which a file changed is retried). Default for create: auto.
+    #[arg(long, value_name = "PROVIDER", value_parser = parse_snapshot)]
+    pub snapshot: Option<SnapshotChoice>,
+}
+
+/// auto | btrfs | reflink | plain.
+pub fn parse_snapshot(s: &str) -> Result<SnapshotChoice, String> {
+    s.parse()
 }
 
 impl Shared {
@@ -152,7 +163,7 @@ impl Shared {
 #[derive(Args)]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "target_address", "target_port", "blackout", "clear_blackouts", "enable", "disable",
-    "bandwidth_limit", "no_bandwidth_limit", "map_uid", "map_gid", "clear_id_map",
+    "bandwidth_limit", "no_bandwidth_limit", "map_uid", "map_gid", "clear_id_map", "snapshot",
 ])))]
 pub struct ModifyArgs {
     /// Relationship id, or a unique prefix of it.
@@ -203,6 +214,7 @@ pub fn new_relationship(a: &CreateArgs) -> Result<NewRelationship, ApiError> {
             map_ids: a.shared.map_ids(),
             enabled: !a.disabled,
             bandwidth_limit: a.bandwidth_limit,
+            snapshot: a.shared.snapshot.unwrap_or_default(),
         },
         target_fingerprint: a.target_fingerprint.clone().transpose().map_err(refused)?,
     })
@@ -227,6 +239,7 @@ pub fn edit(a: &ModifyArgs) -> Result<Edit, ApiError> {
         map_ids,
         enabled: (a.enable || a.disable).then_some(a.enable),
         bandwidth_limit,
+        snapshot: a.shared.snapshot,
     })
 }
 

@@ -955,3 +955,60 @@ fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
         v["state"] == "ended" && v["job"].is_null()
     });
 }
+
+#[test]
+fn a_snapshot_provider_the_source_cannot_serve_is_refused_and_a_chosen_one_is_kept() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("d"), 5, 10_000, 2);
+    std::fs::create_dir(&dst).unwrap();
+    // The scratch directory is a plain directory, not a btrfs subvolume.
+    let port = b.listen.to_string();
+    let out = a.cli(&[
+        "relationship",
+        "create",
+        "--source-path",
+        s(&src),
+        "--target-address",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--target-path",
+        s(&dst),
+        "--snapshot",
+        "btrfs",
+    ]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a btrfs subvolume"),
+        "{}",
+        stderr(&out)
+    );
+    let list = a.cli_ok(&["relationship", "list", "--role", "source", "--json"]);
+    assert_eq!(list, serde_json::json!([]), "nothing was created");
+
+    let id = create(&a, &b, &src, &dst, &["--snapshot", "plain"]);
+    assert_eq!(a.view("source", &id)["snapshot"], "plain");
+    b.cli_ok(&["relationship", "authorize", &id, "--json"]);
+    a.wait_for("source", &id, "initial sync", synced);
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+
+    // An edit to a provider the source cannot serve changes nothing.
+    let out = a.cli(&["relationship", "modify", &id, "--snapshot", "btrfs"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert_eq!(a.view("source", &id)["snapshot"], "plain");
+    a.cli_ok(&[
+        "relationship",
+        "modify",
+        &id,
+        "--snapshot",
+        "auto",
+        "--json",
+    ]);
+    assert_eq!(a.view("source", &id)["snapshot"], "auto");
+}

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a create body that make the spec ([`Spec`]).
-pub const SPEC_FIELDS: [&str; 8] = [
+pub const SPEC_FIELDS: [&str; 9] = [
     "source_path",
     "target_address",
     "target_port",
@@ -17,6 +17,7 @@ pub const SPEC_FIELDS: [&str; 8] = [
     "map_ids",
     "enabled",
     "bandwidth_limit",
+    "snapshot",
 ];
 /// The one create field beyond the spec.
 pub const TARGET_FINGERPRINT: &str = "target_fingerprint";
@@ -129,6 +130,7 @@ mod tests {
             gid: vec![(5, 6)],
         });
         s.bandwidth_limit = Some(1 << 20);
+        s.snapshot = crate::model::SnapshotChoice::Reflink;
         s
     }
 

@@ -148,6 +148,51 @@ pub struct IdMap {
     pub gid: Vec<(u32, u32)>,
 }
 
+/// How a relationship's jobs take their point in time of the source (`mover send --snapshot`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotChoice {
+    /// A btrfs snapshot where the source is a subvolume, else plain.
+    #[default]
+    Auto,
+    /// A read-only btrfs snapshot (the source must be a subvolume).
+    Btrfs,
+    /// A reflink clone of every file (XFS with reflink, btrfs).
+    Reflink,
+    /// Live files, re-checked after sending; a job in which a file changed is retried.
+    Plain,
+}
+
+impl SnapshotChoice {
+    pub fn is_auto(&self) -> bool {
+        *self == SnapshotChoice::Auto
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            SnapshotChoice::Auto => "auto",
+            SnapshotChoice::Btrfs => "btrfs",
+            SnapshotChoice::Reflink => "reflink",
+            SnapshotChoice::Plain => "plain",
+        }
+    }
+}
+
+impl std::str::FromStr for SnapshotChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(SnapshotChoice::Auto),
+            "btrfs" => Ok(SnapshotChoice::Btrfs),
+            "reflink" => Ok(SnapshotChoice::Reflink),
+            "plain" => Ok(SnapshotChoice::Plain),
+            other => Err(format!(
+                "unknown snapshot provider {other:?}: auto, btrfs, reflink or plain"
+            )),
+        }
+    }
+}
+
 /// What an operator gives to create a relationship on the source. Optional settings that are
 /// not set are left out of its JSON, as absent and null mean the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +211,9 @@ pub struct Spec {
     /// File data bytes per second a job may send; `None` is unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<u64>,
+    /// Left out of the JSON when `auto`, so a spec without it reads as before.
+    #[serde(default, skip_serializing_if = "SnapshotChoice::is_auto")]
+    pub snapshot: SnapshotChoice,
 }
 
 fn default_port() -> u16 {
@@ -204,6 +252,8 @@ pub struct Edit {
         skip_serializing_if = "Option::is_none"
     )]
     pub bandwidth_limit: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotChoice>,
 }
 
 /// `Option<Option<T>>` from JSON: absent -> None, null -> Some(None), value -> Some(Some(v)).
@@ -285,6 +335,9 @@ impl Spec {
         }
         if let Some(b) = e.bandwidth_limit {
             s.bandwidth_limit = b;
+        }
+        if let Some(p) = e.snapshot {
+            s.snapshot = p;
         }
         s.validate()?;
         Ok(s)
@@ -434,6 +487,25 @@ pub(crate) mod tests {
             map_ids: None,
             enabled: true,
             bandwidth_limit: None,
+            snapshot: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_snapshot_choice_defaults_to_auto_and_is_left_out_of_the_json_then() {
+        let mut s = spec();
+        let j = serde_json::to_value(&s).unwrap();
+        assert!(j.get("snapshot").is_none(), "{j}");
+        let back: Spec = serde_json::from_value(j).unwrap();
+        assert_eq!(back.snapshot, SnapshotChoice::Auto);
+        s.snapshot = SnapshotChoice::Reflink;
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["snapshot"], "reflink");
+        let e: Edit = serde_json::from_str(r#"{"snapshot":"plain"}"#).unwrap();
+        assert_eq!(s.edited(&e).unwrap().snapshot, SnapshotChoice::Plain);
+        assert!("zfs".parse::<SnapshotChoice>().is_err());
+        for c in ["auto", "btrfs", "reflink", "plain"] {
+            assert_eq!(c.parse::<SnapshotChoice>().unwrap().name(), c);
         }
     }
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 const SCRATCH: &str = ".mover-state";
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 /// Inode number of every btrfs subvolume's root directory.
 const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
 /// A file that keeps changing while it is cloned is given up on after this many tries.
@@ -128,6 +129,52 @@ pub fn is_btrfs_subvolume(src: &Path) -> bool {
     fs && rustix::fs::fstat(&fd)
         .map(|s| s.st_ino == BTRFS_SUBVOL_ROOT_INO)
         .unwrap_or(false)
+}
+
+/// A file system's name from its statfs magic, for messages.
+fn fs_name(magic: i64) -> String {
+    match magic {
+        BTRFS_SUPER_MAGIC => "btrfs".into(),
+        XFS_SUPER_MAGIC => "XFS".into(),
+        0xEF53 => "ext2/3/4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x6969 => "NFS".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x2FC1_2FC1 => "ZFS".into(),
+        other => format!("a file system of type {other:#x}"),
+    }
+}
+
+/// Why `provider` cannot take a point in time of `src` (None: it can, as far as the file
+/// system says), so a relationship asking for it is refused when created, not at its first job.
+pub fn unsupported(src: &Path, provider: Provider) -> Option<String> {
+    if provider == Provider::Plain {
+        return None;
+    }
+    let fd = match beneath::open_root(src, "source directory") {
+        Ok(fd) => fd,
+        Err(e) => return Some(e.to_string()),
+    };
+    let magic = match rustix::fs::fstatfs(&fd) {
+        Ok(s) => s.f_type,
+        Err(e) => return Some(format!("statfs of {}: {e}", src.display())),
+    };
+    let fs = fs_name(magic);
+    match provider {
+        Provider::Btrfs if !is_btrfs_subvolume(src) => Some(format!(
+            "{} is on {fs} and is not a btrfs subvolume: a btrfs snapshot needs one (make the \
+             source a subvolume with `btrfs subvolume create`, or use reflink or plain)",
+            src.display()
+        )),
+        Provider::Reflink if magic != BTRFS_SUPER_MAGIC && magic != XFS_SUPER_MAGIC => {
+            Some(format!(
+                "{} is on {fs}, which has no reflinks (FICLONE): a reflink clone needs XFS \
+                 (reflink=1) or btrfs; use plain here",
+                src.display()
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// The provider used when none is asked for: a btrfs snapshot where the source is a subvolume,

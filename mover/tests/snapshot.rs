@@ -321,3 +321,36 @@ fn btrfs_finds_changed_blocks_from_shared_extents_without_reading_the_file() {
         .collect();
     assert_eq!(kept.len(), 1, "the older base is deleted");
 }
+
+#[test]
+fn a_provider_the_file_system_cannot_serve_is_refused_naming_the_file_system() {
+    let btrfs = Mounted::new("btrfs", 512 << 20);
+    let xfs = Mounted::new("xfs", 512 << 20);
+    let plain_dir = btrfs.dir.join("dir");
+    std::fs::create_dir(&plain_dir).unwrap();
+    let subvol = btrfs.dir.join("subvol");
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&subvol));
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let unsupported = mover::snapshot::unsupported;
+
+    // What each file system can do is accepted.
+    assert_eq!(unsupported(&subvol, Provider::Btrfs), None);
+    assert_eq!(unsupported(&plain_dir, Provider::Reflink), None);
+    assert_eq!(unsupported(&xfs.dir, Provider::Reflink), None);
+    assert_eq!(unsupported(shm.path(), Provider::Plain), None);
+    // What it cannot is refused, naming the file system and what it lacks.
+    let why = unsupported(&plain_dir, Provider::Btrfs).expect("not a subvolume");
+    assert!(
+        why.contains("btrfs") && why.contains("not a btrfs subvolume"),
+        "{why}"
+    );
+    let why = unsupported(&xfs.dir, Provider::Btrfs).expect("XFS has no subvolumes");
+    assert!(why.contains("XFS"), "{why}");
+    let why = unsupported(shm.path(), Provider::Reflink).expect("tmpfs has no reflinks");
+    assert!(
+        why.contains("tmpfs") && why.contains("no reflinks"),
+        "{why}"
+    );
+}

@@ -5,7 +5,7 @@
 use super::{lock, Node};
 use crate::blackout;
 use crate::clock::Clock;
-use crate::model::{Attempt, Relationship, RelationshipId, Role};
+use crate::model::{Attempt, Relationship, RelationshipId, Role, SnapshotChoice};
 use crate::peer::{JobView, PeerAnswer, PeerRequest};
 use crate::tls::Fingerprint;
 use crate::{Error, Result};
@@ -687,7 +687,7 @@ fn run_job(
                 threads: node.opts.threads,
                 direct: true,
                 state: Some(node.state_dir(id)),
-                snapshot: None,
+                snapshot: provider(r.spec.snapshot),
                 session: Some(session),
                 secret,
                 id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
@@ -1090,6 +1090,10 @@ pub(crate) fn edit(
 ) -> Result<Relationship> {
     let r = node.get(id, Role::Source)?;
     let spec = r.spec.edited(e)?;
+    if let (Some(choice), Some(pin)) = (e.snapshot, &r.pinned) {
+        let src = crate::pinned::open(pin, "source path")?;
+        check_snapshot(choice, &src.proc_path())?;
+    }
     let r = node.modify(id, Role::Source, |x| x.spec = spec.clone())?;
     if let Some(j) = lock(&node.jobs).get(id) {
         j.progress.control.set_rate(spec.bandwidth_limit);
@@ -1115,9 +1119,29 @@ pub(crate) fn new_relationship(
         },
     )?;
     super::paths::check_source(node, src.path())?;
+    check_snapshot(spec.snapshot, src.path())?;
     let mut r = Relationship::new(id, Role::Source, spec, node.clock.now_ns(), None);
     r.pinned = Some(src.pin().clone());
     Ok(r)
+}
+
+/// The data plane's provider for a relationship's choice (None: auto, decided per job).
+fn provider(c: SnapshotChoice) -> Option<mover::snapshot::Provider> {
+    match c {
+        SnapshotChoice::Auto => None,
+        SnapshotChoice::Btrfs => Some(mover::snapshot::Provider::Btrfs),
+        SnapshotChoice::Reflink => Some(mover::snapshot::Provider::Reflink),
+        SnapshotChoice::Plain => Some(mover::snapshot::Provider::Plain),
+    }
+}
+
+/// Refuses a provider the source's file system cannot serve, naming the file system and what
+/// it lacks.
+fn check_snapshot(c: SnapshotChoice, src: &std::path::Path) -> Result<()> {
+    match provider(c).and_then(|p| mover::snapshot::unsupported(src, p)) {
+        Some(why) => Err(Error::Invalid(format!("--snapshot {}: {why}", c.name()))),
+        None => Ok(()),
+    }
 }
 
 /// The proposal of `r` to its target: what the operator's create sends.

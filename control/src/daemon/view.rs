@@ -46,6 +46,8 @@ pub struct View {
     pub map_ids: Option<IdMap>,
     pub enabled: bool,
     pub bandwidth_limit: Option<u64>,
+    /// How the source's jobs take their point in time.
+    pub snapshot: crate::model::SnapshotChoice,
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
     pub read_only: Option<String>,
@@ -130,6 +132,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
         map_ids: r.spec.map_ids,
         enabled: r.spec.enabled,
         bandwidth_limit: r.spec.bandwidth_limit,
+        snapshot: r.spec.snapshot,
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,

@@ -1757,6 +1757,7 @@ impl World {
             map_ids: None,
             enabled: true,
             bandwidth_limit: None,
+            snapshot: Default::default(),
         };
         let r = match source::new_relationship(&node, rel.id.clone(), spec) {
             Ok(r) => r,
@@ -2015,6 +2016,7 @@ impl World {
             map_ids: None,
             enabled: true,
             bandwidth_limit: None,
+            snapshot: Default::default(),
         };
         let req = match self.rng.below(6) {
             0 => PeerRequest::Propose {
