@@ -231,7 +231,12 @@ fn daemons_recover_from_seeded_kills_cuts_and_stalls_to_a_verified_recovery_poin
         // A few MiB of new data per run, so the job is still sending when the fault comes.
         let mut bulk = vec![0u8; (2 << 20) + rng.below(4 << 20) as usize];
         rng.fill(&mut bulk);
-        std::fs::write(src.join(format!("bulk-{}", seed % 5)), &bulk).unwrap();
+        // The churn may have renamed a directory to this name: the bulk file takes its place.
+        let bulk_path = src.join(format!("bulk-{}", seed % 5));
+        if bulk_path.is_dir() {
+            std::fs::remove_dir_all(&bulk_path).unwrap();
+        }
+        std::fs::write(&bulk_path, &bulk).unwrap();
         let want = tree_hash(&src);
         let fault = match rng.below(4) {
             0 => Fault::KillSource,
