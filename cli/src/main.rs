@@ -5,6 +5,7 @@
 
 mod api;
 mod demo;
+mod drill;
 mod exit;
 mod keys;
 mod progress;
@@ -259,6 +260,12 @@ Example:
     Token {
         #[command(subcommand)]
         cmd: token::TokenCmd,
+    },
+    /// DR drills on a target node: writable copies of the latest recovery point, made and
+    /// verified while replication goes on.
+    Drill {
+        #[command(subcommand)]
+        cmd: drill::DrillCmd,
     },
 }
 
@@ -570,6 +577,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Relationship { cmd } => relationship::run(cmd),
         Cmd::Status(a) => status::run(a),
         Cmd::Token { cmd } => token::run(cmd),
+        Cmd::Drill { cmd } => drill::run(cmd),
         Cmd::Node { api } => {
             let v = api
                 .client()

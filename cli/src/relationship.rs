@@ -12,7 +12,7 @@ use control::api_types::Authorize;
 use serde_json::{json, Value};
 
 const SOURCE: &str = "/v1/replication/source-relationships";
-const TARGET: &str = "/v1/replication/target-relationships";
+pub(crate) const TARGET: &str = "/v1/replication/target-relationships";
 const STATUS: &str = "/v1/replication/status";
 
 /// Which node's view of a relationship: the one it replicates from or the one it replicates to.
@@ -143,7 +143,7 @@ Example:
 }
 
 /// Full id from a prefix, so the 8 digits the table shows are enough to name a relationship.
-fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String, ApiError> {
+pub(crate) fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String, ApiError> {
     let id = id.trim().to_ascii_lowercase();
     // Also keeps '/' and '?' out of the request path.
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {

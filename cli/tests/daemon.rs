@@ -1012,3 +1012,69 @@ fn a_snapshot_provider_the_source_cannot_serve_is_refused_and_a_chosen_one_is_ke
     ]);
     assert_eq!(a.view("source", &id)["snapshot"], "auto");
 }
+
+#[test]
+fn a_drill_is_a_verified_writable_copy_and_replication_keeps_advancing() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("d"), 20, 20_000, 3);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id, "--json"]);
+    a.wait_for("source", &id, "initial sync", synced);
+    let before = tree_hash(&src);
+
+    // Into a tmpfs: another file system than the target's, so neither a snapshot nor
+    // reflinks; a full copy only when allowed.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let into = shm.path().join("drill");
+    let into_s = s(&into);
+    let out = b.cli(&["drill", "start", &id, "--into", into_s]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("full copy"), "{}", stderr(&out));
+    assert!(!into.exists());
+    let d = b.cli_ok(&[
+        "drill",
+        "start",
+        &id[..8],
+        "--into",
+        into_s,
+        "--allow-copy",
+        "--json",
+    ]);
+    assert_eq!(d["method"], "copy", "{d}");
+    assert_eq!(d["relationship"], id.as_str());
+    assert!(d["seconds_to_writable"].as_f64().unwrap() >= 0.0, "{d}");
+    assert!(d["data_age_seconds"].as_f64().unwrap() >= 0.0, "{d}");
+    assert!(d["recovery_point_time"].is_string(), "{d}");
+    assert_eq!(tree_hash(&into), before, "the drill is the recovery point");
+    std::fs::write(into.join("written-in-the-drill"), b"x").unwrap();
+
+    // Replication goes on: a change at the source reaches the target, not the drill.
+    std::fs::write(src.join("after-the-drill"), b"new").unwrap();
+    a.wait_for("source", &id, "the change to replicate", |_| {
+        dst.join("after-the-drill").exists()
+    });
+    a.wait_for("source", &id, "the job to end", synced);
+    assert_eq!(tree_hash(&dst), tree_hash(&src));
+    assert!(!into.join("after-the-drill").exists());
+    assert!(!dst.join("written-in-the-drill").exists());
+
+    let list = b.cli_ok(&["drill", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], d["id"]);
+    let drill_id = d["id"].as_str().unwrap();
+    b.cli_ok(&["drill", "release", drill_id, "--json"]);
+    assert!(!into.exists());
+    assert_eq!(
+        b.cli_ok(&["drill", "list", "--json"]),
+        serde_json::json!([])
+    );
+    let out = b.cli(&["drill", "release", drill_id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+}

@@ -70,6 +70,18 @@ impl NewRelationship {
     }
 }
 
+/// `POST .../target-relationships/{id}/drills`: where the drill's copy goes (default: beside
+/// the target directory, `<target>.drill-<id>`), and whether a full copy of the data is
+/// acceptable where neither a btrfs snapshot nor reflinks can make it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartDrill {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_copy: bool,
+}
+
 /// `POST /v1/replication/target-relationships/{id}/authorize` (the body is optional: no body
 /// is the default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,10 +123,15 @@ pub fn is_btrfs_subvolume(src: &Path) -> bool {
     let Ok(fd) = beneath::open_root(src, "source directory") else {
         return false;
     };
-    let fs = rustix::fs::fstatfs(&fd)
+    is_btrfs_subvolume_fd(fd.as_fd())
+}
+
+/// `is_btrfs_subvolume` of an open directory.
+pub(crate) fn is_btrfs_subvolume_fd(fd: BorrowedFd<'_>) -> bool {
+    let fs = rustix::fs::fstatfs(fd)
         .map(|s| s.f_type == BTRFS_SUPER_MAGIC)
         .unwrap_or(false);
-    fs && rustix::fs::fstat(&fd)
+    fs && rustix::fs::fstat(fd)
         .map(|s| s.st_ino == BTRFS_SUBVOL_ROOT_INO)
         .unwrap_or(false)
 }
@@ -220,7 +225,7 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
                 )));
             }
             let name = random_name("snap")?;
-            btrfs_snapshot(root.as_fd(), scratch.as_fd(), &name)
+            btrfs_snapshot(root.as_fd(), scratch.as_fd(), &name, true)
                 .ctx(|| format!("creating a read-only btrfs snapshot of {}", src.display()))?;
             let path = src.join(SCRATCH).join(&name);
             Ok(Frozen {
@@ -258,7 +263,7 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
                 _ => unreachable!("a reflink freeze has a tree to clean up"),
             };
             let ids = frozen.ids.get_or_insert_with(HashMap::new);
-            clone_tree(root.as_fd(), dst.as_fd(), ids)?;
+            clone_tree(root.as_fd(), dst.as_fd(), ids, CloneHow::Reflink)?;
             Ok(frozen)
         }
         Provider::Plain => unreachable!("handled above"),
@@ -284,11 +289,21 @@ const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
 const BTRFS_IOC_SNAP_DESTROY: libc::c_ulong = 0x5000_940f;
 const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 
-fn btrfs_snapshot(subvol: BorrowedFd<'_>, into: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+/// A snapshot of subvolume `subvol` named `name` in directory `into` (same btrfs file system).
+pub(crate) fn btrfs_snapshot(
+    subvol: BorrowedFd<'_>,
+    into: BorrowedFd<'_>,
+    name: &str,
+    readonly: bool,
+) -> std::io::Result<()> {
+    assert!(
+        !name.is_empty() && name.len() < 4040 && !name.contains('/'),
+        "snapshot name is one short component"
+    );
     let mut a = VolArgsV2 {
         fd: subvol.as_raw_fd() as i64,
         transid: 0,
-        flags: BTRFS_SUBVOL_RDONLY,
+        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
         unused: [0; 4],
         name: [0; 4040],
     };
@@ -336,11 +351,22 @@ fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> std::io::Result<()> {
     rustix::fs::ioctl_ficlone(dst, src).map_err(std::io::Error::from)
 }
 
-/// Clones the tree under `src` into the empty directory `dst`, recording the live identities.
-fn clone_tree(
+/// How `clone_tree` gives each file its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloneHow {
+    /// FICLONE: the copy shares the original's extents (instant, no space).
+    Reflink,
+    /// A full copy of the data (any file system; time and space of the data).
+    Copy,
+}
+
+/// Clones the tree under `src` (without a `.mover-state` at its top) into the empty directory
+/// `dst`, recording the live identities.
+pub(crate) fn clone_tree(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     ids: &mut HashMap<Vec<u8>, FileId>,
+    how: CloneHow,
 ) -> Result<()> {
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut dirs: Vec<(Vec<u8>, rustix::fs::Stat)> = Vec::new();
@@ -395,7 +421,7 @@ fn clone_tree(
                         }
                         links.insert((st.st_dev, st.st_ino), path.clone());
                     }
-                    let live = clone_file(sdir.as_fd(), ddir.as_fd(), &name, &path)?;
+                    let live = clone_file(sdir.as_fd(), ddir.as_fd(), &name, &path, how)?;
                     ids.insert(path, file_id(&live, btime));
                 }
                 FileType::Symlink => {
@@ -445,6 +471,7 @@ fn clone_file(
     ddir: BorrowedFd<'_>,
     name: &[u8],
     path: &[u8],
+    how: CloneHow,
 ) -> Result<rustix::fs::Stat> {
     let key = |s: &rustix::fs::Stat| {
         (
@@ -466,12 +493,20 @@ fn clone_file(
             Mode::from_raw_mode(0o600),
         )
         .ctx(|| format!("creating clone of {}", show(path)))?;
-        ficlone(df.as_fd(), sf.as_fd()).ctx(|| {
-            format!(
-                "cloning {} (the file system must support reflinks)",
-                show(path)
-            )
-        })?;
+        match how {
+            CloneHow::Reflink => ficlone(df.as_fd(), sf.as_fd()).ctx(|| {
+                format!(
+                    "cloning {} (the file system must support reflinks)",
+                    show(path)
+                )
+            })?,
+            CloneHow::Copy => {
+                // std's copy between two files is copy_file_range: in the kernel, no user buffer.
+                let mut from = std::fs::File::from(rustix::io::dup(&sf).ctx(|| "dup".to_string())?);
+                let mut to = std::fs::File::from(rustix::io::dup(&df).ctx(|| "dup".to_string())?);
+                std::io::copy(&mut from, &mut to).ctx(|| format!("copying {}", show(path)))?;
+            }
+        }
         let after = rustix::fs::fstat(&sf).ctx(|| format!("stat {}", show(path)))?;
         if key(&before) == key(&after) {
             copy_meta_fd(sf.as_fd(), df.as_fd(), &before)

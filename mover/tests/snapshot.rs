@@ -354,3 +354,98 @@ fn a_provider_the_file_system_cannot_serve_is_refused_naming_the_file_system() {
         "{why}"
     );
 }
+
+/// A target at `dst` served by a receiver holding one recovery point of `src`; returns the
+/// handle to ask it for drills.
+fn served_target(src: &Path, dst: &Path) -> mover::receiver::DrillHandle {
+    let (addr, reports, drills) = serve_drillable(dst);
+    send_state(src, addr, &dst.with_extension("state")).unwrap();
+    assert!(reports.recv().unwrap().ok);
+    drills
+}
+
+fn serve_drillable(
+    dst: &Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<mover::SessionReport>,
+    mover::receiver::DrillHandle,
+) {
+    let r = mover::receiver::Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        mover::receiver::ReceiveOptions {
+            root: dst.to_path_buf(),
+            insecure_plaintext: true,
+            policy: every_kind(),
+            ..Default::default()
+        },
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    let addr = r.local_addr().unwrap();
+    let drills = r.drill_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = r.serve(|rep| {
+            let _ = tx.send(rep.clone());
+        });
+    });
+    (addr, rx, drills)
+}
+
+fn drill(
+    h: &mover::receiver::DrillHandle,
+    into: &Path,
+    allow_copy: bool,
+) -> mover::Result<mover::receiver::drill::DrillReport> {
+    h.make(
+        mover::receiver::drill::DrillRequest {
+            into: into.to_path_buf(),
+            allow_copy,
+        },
+        std::time::Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn a_drill_is_a_verified_writable_copy_of_the_recovery_point_by_snapshot_reflink_or_copy() {
+    use mover::receiver::drill::DrillMethod;
+    let btrfs = Mounted::new("btrfs", 512 << 20);
+    let xfs = Mounted::new("xfs", 512 << 20);
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("src");
+    generate(&src, &TreeSpec::default()).unwrap();
+
+    let on_btrfs = btrfs.dir.join("dst");
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&on_btrfs));
+    for (dst, method) in [
+        (on_btrfs, DrillMethod::Snapshot),
+        (xfs.dir.join("dst"), DrillMethod::Reflink),
+        (shm.path().join("dst"), DrillMethod::Copy),
+    ] {
+        std::fs::create_dir_all(&dst).unwrap();
+        let h = served_target(&src, &dst);
+        let into = dst.with_extension("drill");
+        if method == DrillMethod::Copy {
+            let e = drill(&h, &into, false).unwrap_err();
+            assert!(e.to_string().contains("full copy"), "{e}");
+            assert!(!into.exists(), "a refused drill leaves nothing");
+        }
+        let r = drill(&h, &into, true).unwrap();
+        assert_eq!(r.method, method, "{}", dst.display());
+        assert!(r.entries > 10 && r.data_age_seconds >= 0.0, "{r:?}");
+        assert!(!into.join(".mover-state").exists());
+        assert_same_tree(&src, &into);
+        // Writable, and apart from the target: the target stays its recovery point.
+        std::fs::write(into.join("drill-was-here"), b"x").unwrap();
+        assert!(!dst.join("drill-was-here").exists());
+        // A drill goes into a new directory only.
+        let e = drill(&h, &into, true).unwrap_err();
+        assert!(e.to_string().contains("exists"), "{e}");
+        mover::receiver::drill::release(&into).unwrap();
+        assert!(!into.exists());
+    }
+}

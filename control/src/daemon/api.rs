@@ -1,8 +1,8 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
-use super::{paths, source, target, view, Node};
-use crate::api_types::{Authorize, NewRelationship, NewToken};
+use super::{drill, paths, source, target, view, Node};
+use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
@@ -67,6 +67,12 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
         .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
+        .route(&format!("{tgt}/{{id}}/drills"), post(start_drill))
+        .route("/v1/replication/drills", get(list_drills))
+        .route(
+            "/v1/replication/drills/{drill}",
+            axum::routing::delete(release_drill),
+        )
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
@@ -422,6 +428,46 @@ async fn make_writable(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(id = %r.id, "target made writable; the relationship has ended");
     Ok(show(&node, r))
+}
+
+async fn start_drill(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+    b: Bytes,
+) -> Answer<(StatusCode, Json<drill::Drill>)> {
+    check(&node, &h, Privilege::TargetWrite)?;
+    let id = id(&i)?;
+    let d: StartDrill = if b.is_empty() {
+        StartDrill::default()
+    } else {
+        body(&b, "drill")?
+    };
+    let n = node.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        drill::start(&n, &id, d.into.map(std::path::PathBuf::from), d.allow_copy)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
+    check(&node, &h, Privilege::TargetRead)?;
+    Ok(Json(drill::list(&node)?))
+}
+
+async fn release_drill(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(d): Path<String>,
+) -> Answer<Json<drill::Drill>> {
+    check(&node, &h, Privilege::TargetWrite)?;
+    let n = node.clone();
+    let gone = tokio::task::spawn_blocking(move || drill::release(&n, &d))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(gone))
 }
 
 async fn metrics(

@@ -53,6 +53,8 @@ pub trait Receiving: Send {
     fn join(self: Box<Self>);
     /// Its last scrub (or full verification) of the target; None: none since it started.
     fn scrub(&self) -> Option<mover::receiver::ScrubReport>;
+    /// Where to ask it for DR drills (None: it makes none).
+    fn drills(&self) -> Option<mover::receiver::DrillHandle>;
 }
 
 /// The real machine: mounts and receiver threads.
@@ -95,6 +97,7 @@ impl Host for System {
         let (inbox, incoming) = std::sync::mpsc::channel();
         let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
         let scrub = rx.scrub_status();
+        let drills = rx.drill_handle();
         let id = id.clone();
         let thread = std::thread::Builder::new()
             .name("mover-receiver".into())
@@ -112,6 +115,7 @@ impl Host for System {
             inbox,
             thread,
             scrub,
+            drills,
         }))
     }
 }
@@ -121,6 +125,7 @@ struct Threaded {
     inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
     thread: std::thread::JoinHandle<()>,
     scrub: Arc<mover::receiver::ScrubStatus>,
+    drills: mover::receiver::DrillHandle,
 }
 
 impl Receiving for Threaded {
@@ -139,5 +144,9 @@ impl Receiving for Threaded {
 
     fn scrub(&self) -> Option<mover::receiver::ScrubReport> {
         self.scrub.last()
+    }
+
+    fn drills(&self) -> Option<mover::receiver::DrillHandle> {
+        Some(self.drills.clone())
     }
 }

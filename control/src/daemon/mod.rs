@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod drill;
 mod host;
 mod http;
 mod metrics;

@@ -137,33 +137,7 @@ pub fn ticket(
     // ticket that starts a new one. Read again here: `r` was read when the request arrived,
     // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
-    let r = &node.get(&r.id, Role::Target)?;
-    if lock(&node.reverting).contains(&r.id) || r.ended {
-        return Err(Error::Conflict(format!(
-            "relationship {} is being deleted on the target",
-            r.id
-        )));
-    }
-    if !r.authorized {
-        return Err(Error::Conflict(format!(
-            "relationship {} is awaiting authorization on the target",
-            r.id
-        )));
-    }
-    if rxs.get(&r.id).is_some_and(|rx| rx.receiving.is_finished()) {
-        rxs.remove(&r.id);
-    }
-    if rxs.contains_key(&r.id) {
-        // Every session is a use of the target directory: checked again even though the
-        // running receiver writes through the view it was started with.
-        paths::target_dir(node, r)?;
-    } else {
-        let rx = start_receiver(node, r)?;
-        rxs.insert(r.id.clone(), rx);
-    }
-    let Some(rx) = rxs.get(&r.id) else {
-        unreachable!("inserted above")
-    };
+    let rx = running_receiver(node, &mut rxs, &r.id)?;
     let t = match secret {
         Some(s) => rx.tickets.issue_sealed(s),
         None => rx.tickets.issue()?,
@@ -194,6 +168,53 @@ pub fn ticket(
     routes.insert(t.0, (r.id.clone(), now));
     // The data plane shares the replication port: the source connects where it sent this.
     Ok((node.opts.listen.port(), t.0))
+}
+
+/// The relationship's receiver, started if none runs, under the receivers lock. The
+/// relationship is read again here: a release (which stops the receiver under this lock) may
+/// have finished since the caller's request arrived.
+fn running_receiver<'a>(
+    node: &Node,
+    rxs: &'a mut std::collections::HashMap<RelationshipId, Rx>,
+    id: &RelationshipId,
+) -> Result<&'a Rx> {
+    let r = &node.get(id, Role::Target)?;
+    if lock(&node.reverting).contains(&r.id) || r.ended {
+        return Err(Error::Conflict(format!(
+            "relationship {} is being deleted on the target",
+            r.id
+        )));
+    }
+    if !r.authorized {
+        return Err(Error::Conflict(format!(
+            "relationship {} is awaiting authorization on the target",
+            r.id
+        )));
+    }
+    if rxs.get(&r.id).is_some_and(|rx| rx.receiving.is_finished()) {
+        rxs.remove(&r.id);
+    }
+    if rxs.contains_key(&r.id) {
+        // Every use of the target directory is checked again, even though the running
+        // receiver writes through the view it was started with.
+        paths::target_dir(node, r)?;
+    } else {
+        let rx = start_receiver(node, r)?;
+        rxs.insert(r.id.clone(), rx);
+    }
+    match rxs.get(&r.id) {
+        Some(rx) => Ok(rx),
+        None => unreachable!("inserted above"),
+    }
+}
+
+/// Where to ask relationship `id`'s receiver for a DR drill (started if none runs).
+pub fn drill_handle(node: &Node, id: &RelationshipId) -> Result<mover::receiver::DrillHandle> {
+    let mut rxs = lock(&node.receivers);
+    running_receiver(node, &mut rxs, id)?
+        .receiving
+        .drills()
+        .ok_or_else(|| Error::Conflict("this node's receivers make no drills".into()))
 }
 
 /// Session routes kept at most: MAX_TICKETS per relationship, bounded overall whatever

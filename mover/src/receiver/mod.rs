@@ -1,6 +1,7 @@
 //! `mover receive`: accept connections, run one session at a time into the destination root.
 
 pub(crate) mod apply;
+pub mod drill;
 pub(crate) mod finalize;
 pub(crate) mod journal;
 pub(crate) mod meta;
@@ -176,6 +177,48 @@ pub struct Receiver {
     _lock: std::os::fd::OwnedFd,
     /// The last scrub's (or full verification's) result.
     scrub: Arc<ScrubStatus>,
+    /// Drills asked for, made between sessions.
+    drills: (mpsc::Sender<DrillAsk>, mpsc::Receiver<DrillAsk>),
+    /// Drills waiting for the running session to end.
+    drills_waiting: Vec<DrillAsk>,
+}
+
+/// Drills waiting for a session to end, at most (more are refused as busy).
+const MAX_DRILLS_WAITING: usize = 16;
+
+/// A drill asked of a serving receiver, answered on `reply` unless its asker gave up.
+struct DrillAsk {
+    req: drill::DrillRequest,
+    deadline: std::time::Instant,
+    reply: mpsc::Sender<Result<drill::DrillReport>>,
+}
+
+/// Asks a serving receiver for DR drills (see `drill`).
+#[derive(Clone)]
+pub struct DrillHandle(mpsc::Sender<DrillAsk>);
+
+impl DrillHandle {
+    /// The drill, made between two sessions, waiting at most `wait` for the running one to
+    /// end (a drill not started by then is not made).
+    pub fn make(&self, req: drill::DrillRequest, wait: Duration) -> Result<drill::DrillReport> {
+        let (reply, answer) = mpsc::channel();
+        let deadline = std::time::Instant::now() + wait;
+        self.0
+            .send(DrillAsk {
+                req,
+                deadline,
+                reply,
+            })
+            .map_err(|_| Error::Busy("the target's receiver has stopped".into()))?;
+        // Answered when made, or dropped unanswered once `wait` is over with a session still
+        // running (a copy can take long once begun: no timeout here).
+        match answer.recv() {
+            Ok(r) => r,
+            Err(_) => Err(Error::Busy(format!(
+                "a job ran for longer than {wait:?}; no drill was made, try again"
+            ))),
+        }
+    }
 }
 
 enum Incoming {
@@ -270,6 +313,40 @@ impl Receiver {
             root,
             _lock: lock,
             scrub,
+            drills: mpsc::channel(),
+            drills_waiting: Vec::new(),
+        }
+    }
+
+    /// Where to ask this receiver for drills while it serves.
+    pub fn drill_handle(&self) -> DrillHandle {
+        DrillHandle(self.drills.0.clone())
+    }
+
+    /// Makes the drills asked for when no session runs (the target is its recovery point);
+    /// while one runs, drops those whose asker's wait is over (which tells the asker).
+    fn run_drills(&mut self, session_running: bool) {
+        while let Ok(ask) = self.drills.1.try_recv() {
+            if self.drills_waiting.len() >= MAX_DRILLS_WAITING {
+                let _ = ask.reply.send(Err(Error::Busy(format!(
+                    "{MAX_DRILLS_WAITING} drills already wait for the running job"
+                ))));
+                continue;
+            }
+            self.drills_waiting.push(ask);
+        }
+        let now = std::time::Instant::now();
+        self.drills_waiting.retain(|a| a.deadline > now);
+        if session_running {
+            return;
+        }
+        for ask in std::mem::take(&mut self.drills_waiting) {
+            let made = drill::make(self.root.as_fd(), &ask.req);
+            match &made {
+                Ok(r) => tracing::info!(path = %r.path.display(), "drill made and verified"),
+                Err(e) => tracing::warn!("drill failed: {e}"),
+            }
+            let _ = ask.reply.send(made);
         }
     }
 
@@ -394,6 +471,7 @@ impl Receiver {
                     });
                 }
             }
+            self.run_drills(active.is_some());
             if active.is_none()
                 && self
                     .opts

@@ -144,7 +144,28 @@ pub fn scrub_fd(root: BorrowedFd<'_>, state: &State) -> Result<Option<ScrubRepor
     if super::journal::read_existing(state)?.is_some_and(|j| j.base == Some(rp.id)) {
         return Ok(None);
     }
-    let held = state.held(&rp)?;
+    let (ok, difference, entries) = compare(root, state, &rp)?;
+    let r = ScrubReport {
+        at_ns: crate::clock::now_ns(),
+        ok,
+        recovery_point: rp.id.to_string(),
+        entries,
+        difference,
+        by: ScrubBy::Scrub,
+    };
+    record(state, &r)?;
+    Ok(Some(r))
+}
+
+/// Walks the tree at `root` and compares it with recovery point `rp` of `state` (the list as
+/// its replica policy admits it): (equal, the first difference, entries walked). `root` may be
+/// another tree than the one `state` belongs to (a drill's clone).
+pub(crate) fn compare(
+    root: BorrowedFd<'_>,
+    state: &State,
+    rp: &RecoveryPoint,
+) -> Result<(bool, Option<String>, u64)> {
+    let held = state.held(rp)?;
     let paths = crate::tree::entry::relative_paths(&held.entries);
     let (want, want_paths) = super::policy::without(&held.entries, &paths, &held.skip);
     let walked = crate::tree::walk::walk_fd(root, true)?;
@@ -170,16 +191,7 @@ pub fn scrub_fd(root: BorrowedFd<'_>, state: &State) -> Result<Option<ScrubRepor
             e => e.to_string(),
         }
     });
-    let r = ScrubReport {
-        at_ns: crate::clock::now_ns(),
-        ok,
-        recovery_point: rp.id.to_string(),
-        entries: walked.entries.len() as u64,
-        difference,
-        by: ScrubBy::Scrub,
-    };
-    record(state, &r)?;
-    Ok(Some(r))
+    Ok((ok, difference, walked.entries.len() as u64))
 }
 
 /// `mover receive --scrub`: scrubs a destination at rest (taking the receiver's lock).

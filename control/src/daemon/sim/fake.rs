@@ -240,6 +240,10 @@ impl Receiving for FakeReceiving {
     fn scrub(&self) -> Option<mover::receiver::ScrubReport> {
         None
     }
+
+    fn drills(&self) -> Option<mover::receiver::DrillHandle> {
+        None
+    }
 }
 
 impl Drop for FakeReceiving {

@@ -1,0 +1,220 @@
+//! DR drills: a writable copy of a target's latest recovery point, for testing a failover
+//! without failing over. The receiver makes it between sessions (it holds the target's lock,
+//! so no job writes meanwhile, and replication goes on as soon as the copy exists): a btrfs
+//! snapshot where the target is a subvolume and the drill's directory is on the same file
+//! system, else a reflink clone of every file, else (only when allowed) a full copy. The copy
+//! is then walked and compared with the recovery point's list, as a scrub does: a drill that
+//! is not exactly the recovery point is removed and reported as failed.
+
+use super::state::State;
+use crate::beneath;
+use crate::error::{Error, IoContext, Result};
+use crate::snapshot::CloneHow;
+use serde::Serialize;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a drill's copy was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrillMethod {
+    /// A writable btrfs snapshot of the target subvolume (instant).
+    Snapshot,
+    /// FICLONE of every file (metadata work per file, no data copied).
+    Reflink,
+    /// A full copy of the data.
+    Copy,
+}
+
+/// A drill made and verified.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillReport {
+    pub path: PathBuf,
+    pub method: DrillMethod,
+    /// The recovery point it holds.
+    pub recovery_point: String,
+    /// The source's point in time that recovery point holds (ns since the epoch).
+    pub source_time_ns: i64,
+    /// Entries walked and found equal to the recovery point's list.
+    pub entries: u64,
+    /// From the request to a verified, writable copy.
+    pub seconds_to_writable: f64,
+    /// How old the data is: now minus the source's point in time.
+    pub data_age_seconds: f64,
+}
+
+/// What to make: where (a directory that must not exist yet, whose parent exists), and
+/// whether a full copy is acceptable when neither a snapshot nor reflinks are possible.
+#[derive(Debug, Clone)]
+pub struct DrillRequest {
+    pub into: PathBuf,
+    pub allow_copy: bool,
+}
+
+/// Makes the drill of the target at `root` (the caller holds the target's lock). Errors leave
+/// nothing at `into`.
+pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
+    let t0 = Instant::now();
+    let state = State::find(root)?.ok_or_else(|| {
+        Error::Busy("the target has no recovery point yet: nothing to drill".into())
+    })?;
+    let rp = state.recovery_point()?.ok_or_else(|| {
+        Error::Busy("the target has no recovery point yet: nothing to drill".into())
+    })?;
+    if super::journal::read_existing(&state)?.is_some_and(|j| j.base == Some(rp.id)) {
+        return Err(Error::Busy(
+            "an interrupted job waits to be resumed: the target is between two recovery points; \
+             try again after the next job"
+                .into(),
+        ));
+    }
+    let (parent, name) = split(&req.into)?;
+    let parent_fd = beneath::open_root(parent, "the drill's parent directory")?;
+    if beneath::stat_opt(parent_fd.as_fd(), name.as_bytes())
+        .ctx(|| format!("stat {}", req.into.display()))?
+        .is_some()
+    {
+        return Err(Error::Unsupported(format!(
+            "{} exists: a drill goes into a new directory",
+            req.into.display()
+        )));
+    }
+    let made = copy_tree(root, parent_fd.as_fd(), name, req);
+    let method = match made {
+        Ok(m) => m,
+        Err(e) => {
+            discard(parent_fd.as_fd(), name);
+            return Err(e);
+        }
+    };
+    let verified = beneath::open_root(&req.into, "the drill")
+        .and_then(|fd| super::scrub::compare(fd.as_fd(), &state, &rp));
+    match verified {
+        Ok((true, _, entries)) => {
+            let now = crate::clock::now_ns();
+            Ok(DrillReport {
+                path: req.into.clone(),
+                method,
+                recovery_point: rp.id.to_string(),
+                source_time_ns: rp.source_time_ns,
+                entries,
+                seconds_to_writable: t0.elapsed().as_secs_f64(),
+                data_age_seconds: (now - rp.source_time_ns).max(0) as f64 / 1e9,
+            })
+        }
+        Ok((false, difference, _)) => {
+            discard(parent_fd.as_fd(), name);
+            Err(Error::Verify(format!(
+                "the drill's copy is not recovery point {}: {}",
+                rp.id,
+                difference.unwrap_or_default()
+            )))
+        }
+        Err(e) => {
+            discard(parent_fd.as_fd(), name);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a drill's directory (a btrfs snapshot too: as root, a subvolume is removed like a
+/// directory once empty).
+pub fn release(path: &Path) -> Result<()> {
+    let (parent, name) = split(path)?;
+    let parent_fd = beneath::open_root(parent, "the drill's parent directory")?;
+    beneath::remove_any(parent_fd.as_fd(), name.as_bytes(), 0)
+        .ctx(|| format!("removing the drill {}", path.display()))?;
+    Ok(())
+}
+
+fn split(p: &Path) -> Result<(&Path, &str)> {
+    match (p.parent(), p.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) if p.is_absolute() && name != ".." => Ok((parent, name)),
+        _ => Err(Error::Unsupported(format!(
+            "{} is not an absolute path to a new directory",
+            p.display()
+        ))),
+    }
+}
+
+fn discard(parent: BorrowedFd<'_>, name: &str) {
+    if let Err(e) = beneath::remove_any(parent, name.as_bytes(), 0) {
+        tracing::warn!("removing a failed drill's directory {name}: {e}");
+    }
+}
+
+/// The copy itself: the cheapest method that works here.
+fn copy_tree(
+    root: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    name: &str,
+    req: &DrillRequest,
+) -> Result<DrillMethod> {
+    // The ioctl itself says whether the parent is on the same btrfs file system (EXDEV if not).
+    if crate::snapshot::is_btrfs_subvolume_fd(root) {
+        match crate::snapshot::btrfs_snapshot(root, parent, name, false) {
+            Ok(()) => {
+                // The target's state directory came along; the drill is the tree only (its
+                // removal must not move the root's mtime, which the recovery point holds).
+                let fd = beneath::open_in(
+                    parent,
+                    name.as_bytes(),
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                    rustix::fs::Mode::empty(),
+                )
+                .ctx(|| "opening the drill's snapshot".to_string())?;
+                let st = rustix::fs::fstat(&fd).ctx(|| "stat of the drill".to_string())?;
+                beneath::remove_any(fd.as_fd(), crate::tree::STATE_DIR, 0)
+                    .ctx(|| "removing the state directory from the drill".to_string())?;
+                rustix::fs::futimens(
+                    &fd,
+                    &rustix::fs::Timestamps {
+                        last_access: rustix::fs::Timespec {
+                            tv_sec: 0,
+                            tv_nsec: libc::UTIME_OMIT as _,
+                        },
+                        last_modification: rustix::fs::Timespec {
+                            tv_sec: st.st_mtime,
+                            tv_nsec: st.st_mtime_nsec as _,
+                        },
+                    },
+                )
+                .ctx(|| "restoring the drill's mtime".to_string())?;
+                return Ok(DrillMethod::Snapshot);
+            }
+            // Another file system, or not permitted: a clone below.
+            Err(e) => tracing::info!("no btrfs snapshot for the drill ({e}): cloning"),
+        }
+    }
+    for how in [CloneHow::Reflink, CloneHow::Copy] {
+        if how == CloneHow::Copy && !req.allow_copy {
+            return Err(Error::Unsupported(format!(
+                "{} cannot hold a btrfs snapshot or reflinks of the target: a drill there is a \
+                 full copy of its data (time and space); allow the copy to make it anyway",
+                req.into.display()
+            )));
+        }
+        rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o700))
+            .ctx(|| format!("creating {}", req.into.display()))?;
+        let dst = beneath::open_in(
+            parent,
+            name.as_bytes(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .ctx(|| format!("opening {}", req.into.display()))?;
+        let mut ids = std::collections::HashMap::new();
+        match crate::snapshot::clone_tree(root, dst.as_fd(), &mut ids, how) {
+            Ok(()) if how == CloneHow::Reflink => return Ok(DrillMethod::Reflink),
+            Ok(()) => return Ok(DrillMethod::Copy),
+            Err(e) if how == CloneHow::Reflink => {
+                tracing::info!("no reflinks for the drill ({e})");
+                drop(dst);
+                discard(parent, name);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the copy either returned or failed above")
+}
