@@ -292,9 +292,11 @@ fn daemons_recover_from_seeded_kills_cuts_and_stalls_to_a_verified_recovery_poin
             }
             assert!(
                 t0.elapsed() < RECOVERY,
-                "seed {seed} ({fault:?}): no verified recovery point within {RECOVERY:?}; view {v:#}\nsource log:\n{}\ntarget log:\n{}",
+                "seed {seed} ({fault:?}): no verified recovery point within {RECOVERY:?}; view {v:#}\nsource log:\n{}\ntarget log:\n{}\nsource threads:\n{}\ntarget threads:\n{}",
                 a.log(),
-                b.log()
+                b.log(),
+                a.threads(),
+                b.threads()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -416,8 +416,10 @@ fn resume_does_not_keep_partial_copies_of_job_created_files() {
     std::fs::write(src.join("small"), b"x").unwrap();
     assert!(job(&src, &dst, &state));
     std::fs::write(src.join("big.bin"), bytes(90, 32 << 20)).unwrap();
+    // Cut before a checkpoint (resume::FLUSH_BYTES, 16 MiB) makes any range durable, so no
+    // attempt can resume far enough to finish.
     for _ in 0..3 {
-        cut_job(&src, &dst, &state, 12 << 20);
+        cut_job(&src, &dst, &state, 6 << 20);
     }
     let objs = allocated(&dst.join(".mover-state/journal/objs"));
     assert!(

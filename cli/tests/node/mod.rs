@@ -103,6 +103,30 @@ impl Node {
         }
     }
 
+    /// Every thread of the daemon with what it waits in (from /proc: name, wchan, kernel
+    /// stack), for a test that times out waiting for it.
+    pub fn threads(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return "not running".into();
+        };
+        let mut out = String::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return format!("pid {pid} is gone");
+        };
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            out.push_str(&format!(
+                "{} {} wchan={}\n{}",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            ));
+        }
+        out
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
     }
