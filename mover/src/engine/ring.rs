@@ -403,23 +403,31 @@ impl Uring {
         out.clear();
         #[cfg(debug_assertions)]
         self.audit_unsubmitted();
-        let ts = types::Timespec::new()
-            .sec(stall.as_secs())
-            .nsec(stall.subsec_nanos());
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            // ETIME: the wait timed out; it only counts as a stall if nothing completed.
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
-                if self.ring.completion().is_empty() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no I/O completed for {stall:?}"),
-                    ));
-                }
+        // One deadline for the whole wait. A wait can end early without a completion: EINTR
+        // (io-wq's own task work interrupts it every few seconds while a worker blocks in a
+        // send to a peer that stopped reading), or the count of SQEs it submitted returned in
+        // place of ETIME. Either way it goes on with the time left, so a stalled peer is
+        // noticed after `stall`, not never.
+        let deadline = std::time::Instant::now() + stall;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ts = types::Timespec::new()
+                .sec(left.as_secs())
+                .nsec(left.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(want, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+            if want == 0 || !self.ring.completion().is_empty() {
+                break;
+            }
+            if left.is_zero() {
+                return Err(stalled(stall));
+            }
         }
         for c in self.ring.completion() {
             let c: cqueue::Entry = c;
@@ -500,6 +508,13 @@ impl Uring {
     }
 }
 
+fn stalled(stall: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no I/O completed for {stall:?}"),
+    )
+}
+
 impl Drop for Uring {
     fn drop(&mut self) {
         if self.drain(DRAIN_TIMEOUT) {
@@ -555,6 +570,31 @@ mod tests {
     fn pipe() -> (OpFd, std::io::PipeWriter) {
         let (r, w) = std::io::pipe().expect("pipe");
         (Rc::new(OwnedFd::from(r)), w)
+    }
+
+    #[test]
+    fn a_send_to_a_peer_that_stopped_reading_is_a_stall_after_the_stall_time() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let sock = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (_peer, _) = l.accept().expect("accept"); // open, never read
+        let sock: OpFd = Rc::new(OwnedFd::from(sock));
+        const CHUNK: usize = 1 << 20;
+        let mut ring = Uring::new(8, 1, CHUNK).expect("ring");
+        let stall = Duration::from_secs(8);
+        let t0 = std::time::Instant::now();
+        let mut out = Vec::new();
+        // Fill the socket's buffers, then one send blocks in an io-wq worker for good.
+        let err = loop {
+            assert!(t0.elapsed() < stall * 4, "the send never stalled");
+            ring.send(&sock, 0, 0..CHUNK, 1).expect("queue send");
+            match ring.reap(1, stall, &mut out) {
+                Ok(()) => assert!(out.len() == 1 && out[0].result > 0, "{out:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // Interrupted waits (io-wq's task work) do not restart the stall time.
+        assert!(t0.elapsed() < stall * 2, "noticed after {:?}", t0.elapsed());
     }
 
     #[test]
