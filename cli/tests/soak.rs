@@ -231,10 +231,13 @@ fn daemons_recover_from_seeded_kills_cuts_and_stalls_to_a_verified_recovery_poin
         // A few MiB of new data per run, so the job is still sending when the fault comes.
         let mut bulk = vec![0u8; (2 << 20) + rng.below(4 << 20) as usize];
         rng.fill(&mut bulk);
-        // The churn may have renamed a directory to this name: the bulk file takes its place.
+        // The churn may have renamed a directory or a symlink (dangling, perhaps) to this name:
+        // the bulk file takes its place.
         let bulk_path = src.join(format!("bulk-{}", seed % 5));
-        if bulk_path.is_dir() {
-            std::fs::remove_dir_all(&bulk_path).unwrap();
+        match std::fs::symlink_metadata(&bulk_path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&bulk_path).unwrap(),
+            Ok(m) if !m.is_file() => std::fs::remove_file(&bulk_path).unwrap(),
+            _ => {}
         }
         std::fs::write(&bulk_path, &bulk).unwrap();
         let want = tree_hash(&src);
