@@ -13,4 +13,4 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
-rsync --version | head -1
+rsync --version | sed -n 1p  # (head would close the pipe early: SIGPIPE under pipefail)
