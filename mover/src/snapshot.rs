@@ -520,7 +520,8 @@ fn clone_file(
     )))
 }
 
-fn times(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
+/// The mtime of `st`, access time left alone, for futimens/utimensat.
+pub(crate) fn times(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: 0,

@@ -167,20 +167,8 @@ fn copy_tree(
                 let st = rustix::fs::fstat(&fd).ctx(|| "stat of the drill".to_string())?;
                 beneath::remove_any(fd.as_fd(), crate::tree::STATE_DIR, 0)
                     .ctx(|| "removing the state directory from the drill".to_string())?;
-                rustix::fs::futimens(
-                    &fd,
-                    &rustix::fs::Timestamps {
-                        last_access: rustix::fs::Timespec {
-                            tv_sec: 0,
-                            tv_nsec: libc::UTIME_OMIT as _,
-                        },
-                        last_modification: rustix::fs::Timespec {
-                            tv_sec: st.st_mtime,
-                            tv_nsec: st.st_mtime_nsec as _,
-                        },
-                    },
-                )
-                .ctx(|| "restoring the drill's mtime".to_string())?;
+                rustix::fs::futimens(&fd, &crate::snapshot::times(&st))
+                    .ctx(|| "restoring the drill's mtime".to_string())?;
                 return Ok(DrillMethod::Snapshot);
             }
             // Another file system, or not permitted: a clone below.
