@@ -43,10 +43,6 @@ fn dir(node: &Node) -> PathBuf {
     node.opts.data_dir.join("drills")
 }
 
-fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn is_drill_id(s: &str) -> bool {
     s.len() == 16
         && s.bytes()
@@ -104,19 +100,16 @@ pub fn start(
         }
         .into(),
         recovery_point: made.recovery_point,
-        recovery_point_time: rfc3339(made.source_time_ns),
+        recovery_point_time: super::view::rfc3339(made.source_time_ns),
         data_age_seconds: made.data_age_seconds,
         seconds_to_writable: made.seconds_to_writable,
         entries: made.entries,
-        started: rfc3339(started),
+        started: super::view::rfc3339(started),
     };
     let dir = dir(node);
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let body = serde_json::to_vec_pretty(&d).map_err(|e| Error::Invalid(e.to_string()))?;
-    let rec = dir.join(format!("{}.json", d.id));
-    let tmp = rec.with_extension("tmp");
-    std::fs::write(&tmp, body).ctx(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &rec).ctx(|| format!("writing {}", rec.display()))?;
+    super::config::write_private(&dir.join(format!("{}.json", d.id)), &body)?;
     tracing::info!(drill = %d.id, relationship = %id, path = %d.path.display(), method = %d.method, "drill made");
     Ok(d)
 }

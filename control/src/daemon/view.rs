@@ -65,7 +65,7 @@ pub struct View {
     pub scrub: Option<ScrubView>,
 }
 
-fn rfc3339(ns: i64) -> String {
+pub(crate) fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -1303,15 +1303,7 @@ impl World {
     }
 
     fn answer(&mut self, key: u64, res: std::result::Result<Vec<u8>, String>) {
-        let Some(c) = self.calls.get_mut(&key) else {
-            return;
-        };
-        if !c.open {
-            return;
-        }
-        c.open = false;
-        let (from, to) = (c.from, c.to);
-        let Some(cont) = c.cont.take() else {
+        let Some((from, to, cont)) = self.close_call(key) else {
             return;
         };
         let addr = self.nodes[to].addr.clone();
@@ -1328,16 +1320,19 @@ impl World {
         self.resume(key, from, to, cont, answer);
     }
 
-    fn timeout(&mut self, key: u64) {
-        let Some(c) = self.calls.get_mut(&key) else {
-            return;
-        };
+    /// Closes an open call: its caller, callee and continuation (None: unknown or closed).
+    fn close_call(&mut self, key: u64) -> Option<(Caller, usize, Cont)> {
+        let c = self.calls.get_mut(&key)?;
         if !c.open {
-            return;
+            return None;
         }
         c.open = false;
         let (from, to) = (c.from, c.to);
-        let Some(cont) = c.cont.take() else {
+        c.cont.take().map(|cont| (from, to, cont))
+    }
+
+    fn timeout(&mut self, key: u64) {
+        let Some((from, to, cont)) = self.close_call(key) else {
             return;
         };
         let addr = self.nodes[to].addr.clone();
