@@ -166,7 +166,7 @@ pub fn unsupported(src: &Path, provider: Provider) -> Option<String> {
     };
     let fs = fs_name(magic);
     match provider {
-        Provider::Btrfs if !is_btrfs_subvolume(src) => Some(format!(
+        Provider::Btrfs if !is_btrfs_subvolume_fd(fd.as_fd()) => Some(format!(
             "{} is on {fs} and is not a btrfs subvolume: a btrfs snapshot needs one (make the \
              source a subvolume with `btrfs subvolume create`, or use reflink or plain)",
             src.display()
