@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod transport;
 pub mod tree;
 pub mod units;
+pub mod watch;
 pub mod wire;
 
 #[cfg(feature = "testkit")]
