@@ -66,7 +66,7 @@ pub fn code(e: &anyhow::Error) -> i32 {
         | Error::Refused { .. }
         | Error::PeerLost(_) => PROTOCOL,
         Error::Io { .. } => IO,
-        Error::SourceChanged(_) => SOURCE_CHANGED,
+        Error::SourceChanged { .. } => SOURCE_CHANGED,
         Error::Corrupt(_) | Error::Revert(_) => STATE,
         Error::Unsupported(_) => USAGE,
         Error::Limit(_) | Error::Pinning { .. } | Error::Panicked(_) | Error::Cancelled(_) => {
@@ -165,7 +165,13 @@ mod tests {
             (peer(ErrorCode::Other), PROTOCOL),
             (Error::Busy("root in use".into()), BUSY),
             (Error::Verify("v".into()), VERIFY),
-            (Error::SourceChanged("s".into()), SOURCE_CHANGED),
+            (
+                Error::SourceChanged {
+                    message: "s".into(),
+                    paths: Vec::new(),
+                },
+                SOURCE_CHANGED,
+            ),
             (Error::Corrupt("c".into()), STATE),
             (Error::Unsupported("u".into()), USAGE),
             (Error::PeerLost("p".into()), PROTOCOL),

@@ -187,7 +187,12 @@ else over TLS with --api-tls or --api-cert/--api-key). State, the node's \
 certificate and the first admin token (admin.token) live in --data-dir. Settings come from flags, \
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
 continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots, insecure_plaintext, \
-api_tls, api_cert, api_key). \
+api_tls, api_cert, api_key, scrub_interval_secs, change_detection, settle_ms, rescan_interval_secs, \
+watch_max_dirs). \
+Continuous replication is event-driven: the source is watched (change_detection = \"auto\", fanotify \
+else inotify; \"interval\" turns watching off) and a job starts settle_ms (default 100) after the last \
+change, walking only the directories that changed; without a watch a job runs every \
+continuous_interval_secs (default 10). \
 Data-plane sessions are encrypted (AES-256-GCM, keys from the peers' mutual TLS) unless both nodes run \
 with --insecure-plaintext. SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
@@ -449,6 +454,7 @@ fn run(cli: Cli) -> Result<()> {
                 session: None,
                 id_map: None,
                 secret: None,
+                pin: Vec::new(),
             };
             let progress = Arc::new(Progress::default());
             progress.control.set_rate(bwlimit.map(|m| m << 20));

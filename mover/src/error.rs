@@ -30,8 +30,14 @@ pub enum Error {
     PeerLost(String),
     #[error("verification failed: {0}")]
     Verify(String),
-    #[error("source changed while being read: {0}")]
-    SourceChanged(String),
+    /// Files changed while being read (plain provider): the session cannot commit them. The
+    /// next session copies `paths` aside before reading (`SendOptions::pin`).
+    #[error("source changed while being read: {message}")]
+    SourceChanged {
+        message: String,
+        /// The files that changed, relative to the source root (a bounded sample).
+        paths: Vec<Vec<u8>>,
+    },
     /// The destination root is being served (or reverted) by another process.
     #[error("{0}")]
     Busy(String),

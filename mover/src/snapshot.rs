@@ -192,9 +192,22 @@ pub fn auto(src: &Path) -> Provider {
     }
 }
 
-fn random_name(prefix: &str) -> Result<String> {
+pub(crate) fn random_name(prefix: &str) -> Result<String> {
     let id = crate::units::SessionId::random().ctx(|| "random snapshot name".to_string())?;
     Ok(format!("{prefix}-{id}"))
+}
+
+/// The source's scratch directory (`STATE_DIR` at its top), created if missing without moving
+/// the root's mtime (it is replicated).
+pub(crate) fn scratch_dir(root: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let before = rustix::fs::fstat(root).ctx(|| "stat of the source root".to_string())?;
+    let scratch = crate::durable::ensure_dir(root, SCRATCH)?;
+    let after = rustix::fs::fstat(root).ctx(|| "stat of the source root".to_string())?;
+    if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
+        rustix::fs::futimens(root, &times(&before))
+            .ctx(|| "restoring the mtime of the source root".to_string())?;
+    }
+    Ok(scratch)
 }
 
 /// Freezes `src` with `provider`.
@@ -208,14 +221,7 @@ pub fn freeze(src: &Path, provider: Provider) -> Result<Frozen> {
         });
     }
     let root = beneath::open_root(src, "source directory")?;
-    // Creating the scratch directory must not move the source root's mtime (it is replicated).
-    let before = rustix::fs::fstat(&root).ctx(|| format!("stat {}", src.display()))?;
-    let scratch = crate::durable::ensure_dir(root.as_fd(), SCRATCH)?;
-    let after = rustix::fs::fstat(&root).ctx(|| format!("stat {}", src.display()))?;
-    if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
-        rustix::fs::futimens(&root, &times(&before))
-            .ctx(|| format!("restoring the mtime of {}", src.display()))?;
-    }
+    let scratch = scratch_dir(root.as_fd())?;
     match provider {
         Provider::Btrfs => {
             if !is_btrfs_subvolume(src) {
@@ -421,7 +427,7 @@ pub(crate) fn clone_tree(
                         }
                         links.insert((st.st_dev, st.st_ino), path.clone());
                     }
-                    let live = clone_file(sdir.as_fd(), ddir.as_fd(), &name, &path, how)?;
+                    let live = clone_file(sdir.as_fd(), ddir.as_fd(), (&name, &name), &path, how)?;
                     ids.insert(path, file_id(&live, btime));
                 }
                 FileType::Symlink => {
@@ -469,7 +475,7 @@ pub(crate) fn clone_tree(
 fn clone_file(
     sdir: BorrowedFd<'_>,
     ddir: BorrowedFd<'_>,
-    name: &[u8],
+    (name, dname): (&[u8], &[u8]),
     path: &[u8],
     how: CloneHow,
 ) -> Result<rustix::fs::Stat> {
@@ -488,7 +494,7 @@ fn clone_file(
         let before = rustix::fs::fstat(&sf).ctx(|| format!("stat {}", show(path)))?;
         let df = beneath::open_in(
             ddir,
-            name,
+            dname,
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
             Mode::from_raw_mode(0o600),
         )
@@ -514,10 +520,32 @@ fn clone_file(
             return Ok(before);
         }
     }
-    Err(Error::SourceChanged(format!(
-        "{} kept changing while being cloned",
-        show(path)
-    )))
+    Err(Error::SourceChanged {
+        message: format!("{} kept changing while being cloned", show(path)),
+        paths: vec![path.to_vec()],
+    })
+}
+
+/// Copies the file `name` of `sdir` to `dname` in `ddir` as `clone_file` does: a reflink where
+/// the file system has them, else a copy of the data. Returns the live stat the copy matches.
+pub(crate) fn clone_or_copy(
+    sdir: BorrowedFd<'_>,
+    ddir: BorrowedFd<'_>,
+    name: &[u8],
+    dname: &[u8],
+    path: &[u8],
+) -> Result<rustix::fs::Stat> {
+    match clone_file(sdir, ddir, (name, dname), path, CloneHow::Reflink) {
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY)
+            ) =>
+        {
+            clone_file(sdir, ddir, (name, dname), path, CloneHow::Copy)
+        }
+        other => other,
+    }
 }
 
 /// The mtime of `st`, access time left alone, for futimens/utimensat.

@@ -247,7 +247,7 @@ fn plain_provider_retries_a_file_changed_while_read() {
         40,
         |_, e, _| {
             assert!(
-                matches!(e, mover::Error::SourceChanged(_)),
+                matches!(e, mover::Error::SourceChanged { .. }),
                 "only source changes expected: {e}"
             );
             changed += 1;
@@ -262,7 +262,83 @@ fn plain_provider_retries_a_file_changed_while_read() {
         one_version(&dst.join("busy.bin")),
         "never a torn file in a recovery point"
     );
+    assert!(scratch_is_empty(&src), "pinned copies are removed");
+    // The recovery point may hold a version copied aside while the writer went on; the next
+    // job brings the last one.
+    send(
+        &opts(&src, addr, &state, Provider::Plain),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
     assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_log_appended_all_the_time_does_not_stall_plain_jobs_and_arrives_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("state"),
+    );
+    std::fs::create_dir_all(src.join("logs")).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+    let log = src.join("logs/app.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let mut n = 0u64;
+            // Far faster than ten lines a second: every job's read is overtaken.
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                std::io::Write::write_all(&mut f, format!("line {n}\n").as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut pinned_retries = 0;
+    for _job in 0..4 {
+        let rep = send_with_retry(
+            &opts(&src, addr, &state, Provider::Plain),
+            &Arc::new(Progress::default()),
+            4,
+            |_, e, _| {
+                if let mover::Error::SourceChanged { paths, .. } = e {
+                    assert_eq!(paths, &[b"logs/app.log".to_vec()]);
+                    pinned_retries += 1;
+                }
+            },
+        )
+        .expect("a job completes although its log is written all the time");
+        // The copy itself is retried while the log moves under it (snapshot::MAX_CLONE_TRIES),
+        // and rarely all its tries are overtaken: a third session then.
+        assert!(
+            rep.attempts <= 3,
+            "the retry reads a copy: {}",
+            rep.attempts
+        );
+        let got = std::fs::read(dst.join("logs/app.log")).unwrap();
+        let live = std::fs::read(&log).unwrap();
+        assert!(
+            live.starts_with(&got) && got.ends_with(b"\n") && !got.is_empty(),
+            "the recovery point holds a complete earlier state of the log"
+        );
+        assert!(scratch_is_empty(&src));
+    }
+    stop.store(true, Ordering::SeqCst);
+    appender.join().unwrap();
+    assert!(
+        pinned_retries > 0,
+        "a job was overtaken and retried from a copy"
+    );
 }
 
 #[test]

@@ -51,7 +51,12 @@ impl Node {
         let cfg = dir.with_extension("toml");
         std::fs::write(
             &cfg,
-            format!("continuous_interval_secs = 2\nthreads = 2\n{extra_config}"),
+            // A test that sets the interval itself overrides the default's 2 s.
+            if extra_config.contains("continuous_interval_secs") {
+                format!("threads = 2\n{extra_config}")
+            } else {
+                format!("continuous_interval_secs = 2\nthreads = 2\n{extra_config}")
+            },
         )
         .unwrap();
         let log = std::fs::OpenOptions::new()

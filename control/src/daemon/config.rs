@@ -14,6 +14,14 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:3712";
 pub const DEFAULT_API: &str = "127.0.0.1:3713";
 /// Pause between the end of one continuous-replication job and the start of the next.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Settle delay of event-driven jobs by default: long enough to gather a burst of writes
+/// (an editor's save, an untar's directory) into one job, short next to a second of RPO.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(100);
+/// Upper bound for `settle_ms`.
+pub const MAX_SETTLE_MS: u64 = 60_000;
+/// With events, the longest time without any job before a full walk (a safety net under
+/// the watch; scrubs check the target).
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(3600);
 /// A blackout pause longer than this ends the session at its chunk boundary and the job goes
 /// on in a new session after the window: receivers give up on a connection silent for 60 s
 /// (`mover::receiver`), so a paused session cannot be held open for long.
@@ -52,6 +60,14 @@ pub struct DaemonOptions {
     pub api_tls: Option<ApiTls>,
     /// How often each target is scrubbed; `None`: never.
     pub scrub_interval: Option<Duration>,
+    /// How source changes start jobs: events (fanotify, inotify) or the interval.
+    pub change_detection: super::watch::Detection,
+    /// Events are gathered this long after the last one before a job starts.
+    pub settle: Duration,
+    /// With events, a job that walks the whole tree after this long without any job.
+    pub rescan_interval: Duration,
+    /// Changed directories remembered between jobs at most; past it the next job walks all.
+    pub watch_max_dirs: usize,
 }
 
 /// The certificate the REST API presents over TLS.
@@ -126,6 +142,10 @@ pub struct ConfigFile {
     pub api_cert: Option<PathBuf>,
     pub api_key: Option<PathBuf>,
     pub scrub_interval_secs: Option<u64>,
+    pub change_detection: Option<super::watch::Detection>,
+    pub settle_ms: Option<u64>,
+    pub rescan_interval_secs: Option<u64>,
+    pub watch_max_dirs: Option<usize>,
 }
 
 impl ConfigFile {
@@ -236,7 +256,31 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
              (--api-tls, or api_cert and api_key), or bind it to 127.0.0.1"
         )));
     }
+    let settle = Duration::from_millis(file.settle_ms.unwrap_or(DEFAULT_SETTLE.as_millis() as u64));
+    if settle.as_millis() as u64 > MAX_SETTLE_MS {
+        return Err(Error::Invalid(format!(
+            "settle_ms must be 0-{MAX_SETTLE_MS}"
+        )));
+    }
+    let watch_max_dirs = file
+        .watch_max_dirs
+        .unwrap_or(mover::watch::MAX_CHANGED_DIRS);
+    if watch_max_dirs == 0 || watch_max_dirs > mover::watch::MAX_CHANGED_DIRS {
+        return Err(Error::Invalid(format!(
+            "watch_max_dirs must be 1-{}",
+            mover::watch::MAX_CHANGED_DIRS
+        )));
+    }
     Ok(DaemonOptions {
+        change_detection: file
+            .change_detection
+            .unwrap_or(super::watch::Detection::Auto),
+        settle,
+        rescan_interval: match file.rescan_interval_secs {
+            Some(0) | None => DEFAULT_RESCAN_INTERVAL,
+            Some(s) => Duration::from_secs(s),
+        },
+        watch_max_dirs,
         data_dir,
         listen: listen
             .or(file.listen)

@@ -17,6 +17,7 @@ mod sim;
 mod source;
 mod target;
 mod view;
+mod watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::IoContext;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+pub use watch::Detection;
 
 /// A target that has not heard from its source for this long shows it as disconnected (the
 /// source polls every few seconds).
@@ -68,6 +70,10 @@ pub struct Node {
     last_contact: Mutex<HashMap<RelationshipId, Instant>>,
     started: Instant,
     metrics: metrics::Metrics,
+    /// Source side: watchers of the sources that replicate on events.
+    watches: watch::Watches,
+    /// Source side: files that changed while a session read them, and when (`remember_hot`).
+    hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
     shutting_down: AtomicBool,
 }
 
@@ -188,6 +194,8 @@ impl Node {
             last_contact: Mutex::default(),
             started,
             metrics: metrics::Metrics::default(),
+            watches: watch::Watches::default(),
+            hot_files: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -270,6 +278,10 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         insecure_plaintext: false,
         api_tls: None,
         scrub_interval: None,
+        change_detection: watch::Detection::Interval,
+        settle: Duration::from_millis(100),
+        rescan_interval: Duration::from_secs(3600),
+        watch_max_dirs: 1024,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

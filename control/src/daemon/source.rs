@@ -2,6 +2,7 @@
 //! window) or stops (abort, delete, shutdown); each job runs the data plane's sender on its own
 //! threads, one session per attempt, each attempt with a fresh ticket from the target.
 
+use super::watch::{Seen, Walk};
 use super::{lock, Node};
 use crate::blackout;
 use crate::clock::Clock;
@@ -148,6 +149,35 @@ struct Timing {
     paused_since: Option<Instant>,
 }
 
+/// When continuous replication wants a job: what the relationship's watch saw, and the
+/// node's intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    seen: Seen,
+    interval: Duration,
+    rescan: Duration,
+}
+
+impl Due {
+    fn of(node: &Node, id: &RelationshipId) -> Due {
+        Due {
+            seen: node.watches.seen(id),
+            interval: node.opts.continuous_interval,
+            rescan: node.opts.rescan_interval,
+        }
+    }
+
+    /// Without a watch, every `interval`.
+    #[cfg(test)]
+    fn interval(interval: Duration) -> Due {
+        Due {
+            seen: Seen::Interval,
+            interval,
+            rescan: interval,
+        }
+    }
+}
+
 /// What to do with a running job at a tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pause {
@@ -184,11 +214,20 @@ impl Timing {
     /// Whether an idle relationship's next job starts now: never inside a blackout window;
     /// otherwise on "replicate now" (`wanted`), when continuous replication is due, or to resume
     /// a job the daemon was stopped in the middle of (`job_running` still set).
+    /// Continuous replication is due `interval` after the last job without a watch; with one,
+    /// as soon as changes settled, or `rescan` after the last job whatever happened.
     /// A relationship stopped for its source directory (`path_error`) starts nothing until a
     /// "replicate now" finds the directory again (the API checks it before queueing).
-    fn job_starts(&self, r: &Relationship, wanted: bool, interval: Duration, now: Now) -> bool {
+    fn job_starts(&self, r: &Relationship, wanted: bool, due: Due, now: Now) -> bool {
         let blackout = blackout::in_blackout(&r.spec.blackout_windows, now.wall);
-        let continuous = r.spec.enabled && self.job_due(interval, now.mono);
+        let due = match due.seen {
+            Seen::Interval => self.job_due(due.interval, now.mono),
+            Seen::Events { ready } => {
+                (ready && self.job_due(Duration::ZERO, now.mono))
+                    || self.job_due(due.rescan, now.mono)
+            }
+        };
+        let continuous = r.spec.enabled && due;
         r.path_error.is_none() && !blackout && (wanted || continuous || r.job_running)
     }
 
@@ -346,6 +385,7 @@ impl Scheduler {
         // Forget deleted relationships.
         self.timings
             .retain(|id, _| rels.iter().any(|r| r.id == *id));
+        node.watches.sync(node, &rels);
         let pass = clock.instant();
         let report = pass.saturating_duration_since(self.last_report) >= REPORT_EVERY;
         if report {
@@ -395,10 +435,13 @@ impl Scheduler {
                 }
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
-                    let interval = node.opts.continuous_interval;
-                    if t.job_starts(&r, wanted, interval, Now::read(&*clock)) {
+                    let due = Due::of(node, &r.id);
+                    if t.job_starts(&r, wanted, due, Now::read(&*clock)) {
                         lock(&node.wanted).remove(&r.id);
-                        if let Some(c) = claim_job(node, &r) {
+                        // Settled changes narrow the walk; anything else walks it all.
+                        let full = wanted || due.seen != (Seen::Events { ready: true });
+                        if let Some(mut c) = claim_job(node, &r) {
+                            c.walk = node.watches.take(&r.id, full);
                             tasks.push(Task::Run(c));
                         }
                     }
@@ -412,8 +455,13 @@ impl Scheduler {
 /// The scheduler: runs forever, one pass per tick over the source relationships.
 pub async fn schedule(node: Arc<Node>) {
     let mut s = Scheduler::new(node.clock.instant());
+    let wake = node.watches.wake.clone();
     loop {
-        tokio::time::sleep(TICK).await;
+        // A settled batch of changes starts its job now, not at the next tick.
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = wake.notified() => {}
+        }
         if node.shutting_down() {
             return;
         }
@@ -560,6 +608,9 @@ pub(crate) struct Claimed {
     pub(crate) progress: Arc<Progress>,
     carried: Arc<Carried>,
     done: Arc<std::sync::atomic::AtomicBool>,
+    /// What the job's first session walks (`watch::Watches::take`); later sessions walk it
+    /// all (changes after the job began are not in it).
+    pub(crate) walk: Walk,
 }
 
 /// Claims the relationship's next job, recording it running; `None` if the relationship ended
@@ -600,6 +651,7 @@ pub(crate) fn claim_job(node: &Node, r: &Relationship) -> Option<Claimed> {
         progress,
         carried,
         done,
+        walk: Walk::Whole("no watch in place"),
     })
 }
 
@@ -651,6 +703,9 @@ pub(crate) fn conclude(
     result: Result<mover::sender::SendReport>,
 ) {
     c.carried.roll(&c.progress);
+    if result.is_err() {
+        node.watches.failed(&c.id);
+    }
     let took = node.clock.instant().saturating_duration_since(start.mono);
     finish_job(
         node,
@@ -671,6 +726,7 @@ fn run_job(
 ) -> Result<mover::sender::SendReport> {
     let (id, progress) = (&c.id, &c.progress);
     let mut sessions = Sessions::new();
+    let mut walk = Some(c.walk.clone());
     loop {
         // No session starts once the job is stopped, nor inside a blackout window (a retry or
         // a resume after a long window waits it out here).
@@ -679,6 +735,22 @@ fn run_job(
         let res = match rt.block_on(ticket(node, &r)) {
             Ok(_) if !ticket_usable(node, id, progress)? => continue,
             other => other,
+        };
+        // Only the first session may narrow: changes made after the job began are not in
+        // its set, and a later session walks again.
+        let changed = match walk.take() {
+            Some(Walk::Changed(dirs)) => {
+                tracing::info!(%id, dirs = dirs.len(), "walking the changed directories");
+                Some(dirs)
+            }
+            Some(Walk::Whole(why)) => {
+                tracing::info!(%id, "walking the whole tree: {why}");
+                None
+            }
+            None => {
+                tracing::info!(%id, "walking the whole tree: a later session of the job");
+                None
+            }
         };
         let res = res.and_then(|(to, session, secret)| {
             let opts = mover::sender::SendOptions {
@@ -694,9 +766,13 @@ fn run_job(
                     uid: m.uid.iter().copied().collect(),
                     gid: m.gid.iter().copied().collect(),
                 }),
+                pin: hot_pins(node, id),
             };
             Ok(mover::sender::send(&opts, progress)?)
         });
+        if let Err(Error::DataPlane(mover::Error::SourceChanged { paths, .. })) = &res {
+            remember_hot(node, id, paths);
+        }
         match sessions.ended(id, progress, res) {
             AfterSession::Done(res) => return *res,
             AfterSession::Again => {}
@@ -707,6 +783,48 @@ fn run_job(
                 }
             }
         }
+    }
+}
+
+/// How long a file that changed while a session read it is copied aside by later sessions
+/// and jobs (plain provider): a log written all the time keeps being, and each of its jobs
+/// would otherwise fail once before copying it.
+const HOT_FOR: Duration = Duration::from_secs(600);
+
+/// The files the next session of `id` copies aside (`SendOptions::pin`): those that changed
+/// while read within HOT_FOR, at most `MAX_PINS`.
+fn hot_pins(node: &Node, id: &RelationshipId) -> Vec<Vec<u8>> {
+    let now = node.clock.instant();
+    let mut hot = lock(&node.hot_files);
+    let Some(files) = hot.get_mut(id) else {
+        return Vec::new();
+    };
+    files.retain(|_, at| now.saturating_duration_since(*at) < HOT_FOR);
+    files
+        .keys()
+        .take(mover::sender::MAX_PINS)
+        .cloned()
+        .collect()
+}
+
+/// Files of `id` that changed while a session read them.
+fn remember_hot(node: &Node, id: &RelationshipId, paths: &[Vec<u8>]) {
+    let now = node.clock.instant();
+    let mut hot = lock(&node.hot_files);
+    let files = hot.entry(id.clone()).or_default();
+    for p in paths {
+        files.insert(p.clone(), now);
+    }
+    // Bounded: the least recently changed go first.
+    while files.len() > mover::sender::MAX_PINS {
+        let Some(oldest) = files
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(p, _)| p.clone())
+        else {
+            break;
+        };
+        files.remove(&oldest);
     }
 }
 
@@ -1248,7 +1366,7 @@ mod tests {
         let end = clock.instant() + limit;
         while clock.instant() < end {
             let now = Now::read(clock);
-            if t.job_starts(r, false, interval, now) {
+            if t.job_starts(r, false, Due::interval(interval), now) {
                 return Some(now.wall);
             }
             clock.advance(TICK);
@@ -1310,14 +1428,49 @@ mod tests {
         let interval = Duration::from_secs(10);
         let mut t = Timing::default();
         assert!(
-            t.job_starts(&r, false, interval, Now::read(&clock)),
+            t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)),
             "a relationship that never ran starts at once"
         );
         t.job_ended(false, clock.instant());
         clock.advance(interval - Duration::from_nanos(1));
-        assert!(!t.job_starts(&r, false, interval, Now::read(&clock)));
+        assert!(!t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)));
         clock.advance(Duration::from_nanos(1));
-        assert!(t.job_starts(&r, false, interval, Now::read(&clock)));
+        assert!(t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)));
+    }
+
+    #[test]
+    fn with_a_watch_a_job_starts_when_changes_settled_or_after_the_rescan_interval() {
+        let clock = SimClock::new(at("2025-06-02T12:00:00Z"));
+        let r = relationship(serde_json::json!([]));
+        let (interval, rescan) = (Duration::from_secs(10), Duration::from_secs(3600));
+        let due = |ready| Due {
+            seen: Seen::Events { ready },
+            interval,
+            rescan,
+        };
+        let mut t = Timing::default();
+        t.job_ended(false, clock.instant());
+        clock.advance(interval * 2);
+        assert!(
+            !t.job_starts(&r, false, due(false), Now::read(&clock)),
+            "no change, no job: the interval does not apply under a watch"
+        );
+        assert!(t.job_starts(&r, false, due(true), Now::read(&clock)));
+        t.job_ended(false, clock.instant());
+        assert!(
+            t.job_starts(&r, false, due(true), Now::read(&clock)),
+            "changes settled during a job start the next one at once"
+        );
+        t.job_ended(true, clock.instant());
+        assert!(!t.job_starts(&r, false, due(true), Now::read(&clock)));
+        clock.advance(FAILED_JOB_PAUSE);
+        assert!(t.job_starts(&r, false, due(true), Now::read(&clock)));
+        t.job_ended(false, clock.instant());
+        clock.advance(rescan);
+        assert!(
+            t.job_starts(&r, false, due(false), Now::read(&clock)),
+            "the rescan interval's full walk"
+        );
     }
 
     #[test]
@@ -1338,9 +1491,9 @@ mod tests {
         r.job_running = true;
         r.path_error = Some("a symlink now stands in its path".into());
         let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
-        assert!(!Timing::default().job_starts(&r, true, interval, now));
+        assert!(!Timing::default().job_starts(&r, true, Due::interval(interval), now));
         r.path_error = None;
-        assert!(Timing::default().job_starts(&r, false, interval, now));
+        assert!(Timing::default().job_starts(&r, false, Due::interval(interval), now));
     }
 
     #[test]
@@ -1350,11 +1503,14 @@ mod tests {
         r.spec.enabled = false;
         let t = Timing::default();
         let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
-        assert!(!t.job_starts(&r, false, interval, now));
-        assert!(t.job_starts(&r, true, interval, now), "replicate now");
+        assert!(!t.job_starts(&r, false, Due::interval(interval), now));
+        assert!(
+            t.job_starts(&r, true, Due::interval(interval), now),
+            "replicate now"
+        );
         r.job_running = true;
         assert!(
-            t.job_starts(&r, false, interval, now),
+            t.job_starts(&r, false, Due::interval(interval), now),
             "a job the daemon was stopped in resumes"
         );
     }
@@ -1374,7 +1530,7 @@ mod tests {
         let mut resuming = r.clone();
         resuming.job_running = true;
         let inside = Now::read(&SimClock::new(at("2025-06-04T09:30:00Z")));
-        assert!(!t.job_starts(&resuming, true, interval, inside));
+        assert!(!t.job_starts(&resuming, true, Due::interval(interval), inside));
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct View {
     pub job: Option<JobView>,
     /// Target role: the last scrub of the target directory.
     pub scrub: Option<ScrubView>,
+    /// Source role: what starts continuous jobs: "fanotify" or "inotify" (events), or
+    /// "interval" (no watch: node set so, relationship not replicating, or the watch failed).
+    pub change_detection: Option<&'static str>,
+    /// Source role: why the source could not be watched, if it could not.
+    pub watch_error: Option<String>,
 }
 
 pub(crate) fn rfc3339(ns: i64) -> String {
@@ -119,6 +124,18 @@ pub fn view(node: &Node, r: Relationship) -> View {
         }),
         Role::Source => None,
     };
+    let (change_detection, watch_error) = match r.role {
+        Role::Source => {
+            let (backend, error) = node.watches.status(&r.id);
+            let how = match backend {
+                Some(mover::watch::Backend::Fanotify) => "fanotify",
+                Some(mover::watch::Backend::Inotify) => "inotify",
+                None => "interval",
+            };
+            (Some(how), error)
+        }
+        Role::Target => (None, None),
+    };
     View {
         id: r.id.into(),
         role: r.role,
@@ -154,6 +171,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
         }),
         job,
         scrub,
+        change_detection,
+        watch_error,
     }
 }
 
@@ -180,6 +199,10 @@ mod tests {
             insecure_plaintext: false,
             api_tls: None,
             scrub_interval: None,
+            change_detection: crate::daemon::watch::Detection::Interval,
+            settle: Duration::from_millis(100),
+            rescan_interval: Duration::from_secs(3600),
+            watch_max_dirs: 1024,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();

@@ -5,6 +5,8 @@ pub(crate) mod extents;
 pub(crate) mod hints;
 pub(crate) mod list;
 pub(crate) mod manifest;
+pub(crate) mod pin;
+pub use pin::MAX_PINS;
 pub mod plan;
 pub(crate) mod worker;
 
@@ -71,6 +73,9 @@ pub struct SendOptions {
     /// sealed with it (AES-256-GCM), and the Hello carries only its handle. `None` sends in
     /// clear, which a receiver accepts only when it too was told to (`insecure_plaintext`).
     pub secret: Option<SessionSecret>,
+    /// Files (relative paths) to copy aside before the walk and read from the copy: those a
+    /// failed session named in `Error::SourceChanged` (plain provider only; `pin::MAX_PINS`).
+    pub pin: Vec<Vec<u8>>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -248,6 +253,11 @@ pub fn send_over(
     )?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
     let root = crate::beneath::open_root(&frozen.root, "source directory")?;
+    // Files that changed while the last session read them are copied aside first.
+    let pinned = match provider {
+        crate::snapshot::Provider::Plain => pin::pin(root.as_fd(), &opts.pin)?,
+        _ => None,
+    };
     let manifest = match &opts.state {
         Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
         None => None,
@@ -273,6 +283,9 @@ pub fn send_over(
     // What the manifest knows of an item whose inode did not change since (xattrs, a
     // symlink's target) is not read again.
     let known = |path: &[u8], id: &FileId, tag: u8| -> Option<Known> {
+        if let Some(k) = pinned.as_ref().and_then(|p| p.known(path)) {
+            return Some(k);
+        }
         let m = manifest.as_ref()?;
         let k = m.position(path)?;
         let it = &m.items[k];
@@ -283,6 +296,7 @@ pub fn send_over(
             && it.ctime == (id.ctime_sec, id.ctime_nsec);
         let e = m.entry_of(k).filter(|_| same)?;
         Some(Known {
+            stat: None,
             xattrs: e.xattrs.clone(),
             target: match &e.kind {
                 EntryKind::Symlink { target } => Some(target.clone()),
@@ -463,7 +477,15 @@ pub fn send_over(
     };
     let table = Arc::new(SendTable {
         root,
-        paths: walked.paths.clone(),
+        // A pinned file is read from its copy.
+        paths: walked
+            .paths
+            .iter()
+            .map(|p| match pinned.as_ref().and_then(|x| x.files.get(p)) {
+                Some(pin) => pin.at.clone(),
+                None => p.clone(),
+            })
+            .collect(),
         sizes: entries
             .iter()
             .map(|e| {
@@ -518,7 +540,8 @@ pub fn send_over(
     };
     wire += all.wire_bytes;
     if !stable {
-        check_unchanged(table.root.as_fd(), &walked, &need)?;
+        let pinned = |p: &[u8]| pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
+        check_unchanged(table.root.as_fd(), &walked, &need, &pinned)?;
     }
     // The digest names this list as the base of the next job's delta.
     let digest = tree_hash(entries, HashOptions { owners: true });
@@ -665,6 +688,7 @@ fn check_unchanged(
     root: std::os::fd::BorrowedFd<'_>,
     w: &crate::tree::walk::Walked,
     need: &[Need],
+    pinned: &dyn Fn(&[u8]) -> bool,
 ) -> Result<()> {
     let mut changed = Vec::new();
     let mut dirs = crate::beneath::DirCache::default();
@@ -673,24 +697,31 @@ fn check_unchanged(
             continue;
         }
         let p = &w.paths[i];
+        if pinned(p) {
+            continue; // read from its copy, which nothing writes
+        }
         let (dir, name) = crate::beneath::split_parent(p);
         let st = dirs
             .dir(root, dir)
             .ok()
             .and_then(|d| rustix::fs::statat(d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
         if !st.is_some_and(|s| w.unchanged_since(i, &s)) {
-            changed.push(show(p));
+            changed.push(p.clone());
         }
     }
     if changed.is_empty() {
         return Ok(());
     }
     let n = changed.len();
-    changed.truncate(5);
-    Err(Error::SourceChanged(format!(
-        "{n} file(s) changed while being sent, e.g. {}",
-        changed.join(", ")
-    )))
+    changed.truncate(pin::MAX_PINS);
+    let some: Vec<String> = changed.iter().take(5).map(|p| show(p)).collect();
+    Err(Error::SourceChanged {
+        message: format!(
+            "{n} file(s) changed while being sent, e.g. {}",
+            some.join(", ")
+        ),
+        paths: changed,
+    })
 }
 
 /// First pause before retrying a failed session; doubles up to RETRY_BACKOFF_MAX.
@@ -707,7 +738,7 @@ pub fn retryable(e: &Error) -> bool {
     match e {
         // A full target reverted the job; the same job would fill it again.
         Error::Peer { code, .. } => !matches!(code, ErrorCode::DiskFull | ErrorCode::Version),
-        Error::Io { .. } | Error::PeerLost(_) | Error::SourceChanged(_) => true,
+        Error::Io { .. } | Error::PeerLost(_) | Error::SourceChanged { .. } => true,
         _ => false,
     }
 }
@@ -760,6 +791,9 @@ pub fn send_with_retry_each(
             }
             Err(e) if attempt < attempts && retryable(&e) => {
                 on_retry(attempt, &e, pause);
+                if let Error::SourceChanged { paths, .. } = &e {
+                    session.pin = paths.clone();
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(RETRY_BACKOFF_MAX);
                 attempt += 1;

@@ -413,7 +413,7 @@ fn start_unit(
                 let st = rustix::fs::fstat(&fd)
                     .ctx(|| format!("stat {}", show(&table.paths[entry.index()])))?;
                 if st.st_size as u64 != table.sizes[entry.index()] {
-                    return Err(Error::SourceChanged(show(&table.paths[entry.index()])));
+                    return Err(changed(table, entry));
                 }
                 if *cx.direct_ok && table.sizes[entry.index()] >= DIRECT_MIN_SIZE {
                     // Each chunk is read from the cache or from the device as its residency
@@ -523,6 +523,15 @@ fn submit_read(ring: &mut Uring, buf: &Buf, b: usize, i: usize) -> Result<()> {
 }
 
 /// Handles a read completion; returns true when the buffer's last read finished.
+/// `entry` changed while being read.
+fn changed(table: &SendTable, entry: EntryId) -> Error {
+    let p = &table.paths[entry.index()];
+    Error::SourceChanged {
+        message: show(p),
+        paths: vec![p.clone()],
+    }
+}
+
 fn on_read(
     ring: &mut Uring,
     buf: &mut Buf,
@@ -560,12 +569,12 @@ fn on_read(
     }
     if res == 0 && r.io.done < r.want {
         // EOF before the size the walk saw: the file shrank under us.
-        return Err(Error::SourceChanged(path()));
+        return Err(changed(table, r.entry));
     }
     r.io.done += res as usize;
     if r.io.done < r.want {
         if r.io.len != r.want && !r.io.done.is_multiple_of(BUF_ALIGN) {
-            return Err(Error::SourceChanged(path()));
+            return Err(changed(table, r.entry));
         }
         submit_read(ring, buf, b, i)?;
         return Ok(false);

@@ -99,6 +99,9 @@ pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(St
 pub struct Known {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     pub target: Option<Vec<u8>>,
+    /// A regular file copied aside (`sender::pin`): the walk describes it by this stat, the
+    /// live file's when the copy was taken.
+    pub stat: Option<Stat>,
 }
 
 /// Asked for each entry walked: its path, identity and kind tag (`EntryKind::tag`, a regular
@@ -405,6 +408,12 @@ fn visit(
         .tag(),
     };
     let mut known = known.and_then(|k| k(&path, &id, tag));
+    let (st, id) = match known.as_ref().and_then(|k| k.stat) {
+        Some(pinned) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+            (pinned, file_id(&pinned, btime))
+        }
+        _ => (st, id),
+    };
     let mut key = None;
     let mut child: Option<OwnedFd> = None;
     let kind = match FileType::from_raw_mode(st.st_mode) {

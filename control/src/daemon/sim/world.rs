@@ -519,6 +519,10 @@ impl World {
                 insecure_plaintext: false,
                 api_tls: None,
                 scrub_interval: None,
+                change_detection: crate::daemon::watch::Detection::Interval,
+                settle: Duration::from_millis(100),
+                rescan_interval: Duration::from_secs(3600),
+                watch_max_dirs: 1024,
             };
             nodes.push(SimNode {
                 addr: format!("10.0.0.{}", i + 1),
