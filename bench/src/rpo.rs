@@ -7,7 +7,7 @@
 //! the source daemon's config can be extended on the command line to tune it.
 
 use crate::daemons::{Configs, Pair, Ports};
-use crate::report::{median, Target};
+use crate::report::Target;
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -75,7 +75,6 @@ pub struct RpoResult {
     pub p90: Option<f64>,
     pub p99: Option<f64>,
     pub max: Option<f64>,
-    pub median: Option<f64>,
     pub misses: usize,
     pub idle_seconds: f64,
     pub idle_cpu_per_minute: Cpu,
@@ -219,8 +218,6 @@ fn one(o: &Opts, ports: &mut Ports, n: usize) -> Result<RpoResult> {
         p90: percentile(&lat, 90.0),
         p99: percentile(&lat, 99.0),
         max: percentile(&lat, 100.0),
-        median: (lat.iter().all(Option::is_some))
-            .then(|| median(lat.iter().flatten().copied().collect())),
         misses: lat.iter().filter(|l| l.is_none()).count(),
         idle_seconds,
         idle_cpu_per_minute: per_minute(c0, c1, idle_seconds),
