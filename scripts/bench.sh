@@ -28,10 +28,11 @@
 #   scripts/bench.sh rpo [ARGS]            continuous replication's recovery point: trees of
 #       20,000 and 200,000 small files, 60 writes on the source one every 250 ms, each timed
 #       until the target holds it (p50/p90/p99/max, misses; both daemons' CPU per minute).
-#       ~3-5 minutes; --rpo-files 20000 skips the 200,000-file tree; --daemon-config 'LINE'
-#       (repeatable) appends LINE to the source daemon's config file.
+#       ~4 minutes on the 2-core VM, most of it generating the trees (kept for later runs) and
+#       deleting the 200,000-file target; --rpo-files 20000 skips the 200,000-file tree;
+#       --daemon-config 'LINE' (repeatable) appends LINE to the source daemon's config file.
 #   scripts/bench.sh make-writable [ARGS]  failover: make-writable of a 50,000-file target,
-#       median of 3 fresh relationships (~2 minutes).
+#       median of 3 fresh relationships (~1-2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

@@ -386,6 +386,15 @@ impl Drop for Pair {
     }
 }
 
+/// Removes `dir` (after lifting mounts a killed daemon may have left in it).
+pub fn clear(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        unmount_under(dir);
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Lifts every mount under `dir` (deepest first): a target's read-only bind mount outlives a
 /// daemon that was killed, and the directory could not be deleted under it.
 pub fn unmount_under(dir: &Path) {

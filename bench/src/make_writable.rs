@@ -3,9 +3,8 @@
 //! make-writable ID` on the target node, timed from the CLI's start until a file could be
 //! created in the target directory. The target must then hold the source's files.
 
-use crate::daemons::{Configs, Pair, Ports};
+use crate::daemons::{clear, Configs, Pair, Ports};
 use crate::report::{median, Target};
-use crate::rpo::clear;
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

@@ -6,7 +6,7 @@
 //! for any way the daemon decides when to replicate (fixed interval, file-system events, ...);
 //! the source daemon's config can be extended on the command line to tune it.
 
-use crate::daemons::{Configs, Pair, Ports};
+use crate::daemons::{clear, Configs, Pair, Ports};
 use crate::report::Target;
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
@@ -24,6 +24,9 @@ pub const ROTATE: usize = 8;
 /// The directory of the written files, in the source tree (present, empty, before the initial
 /// sync, so every write lands in a directory the target already has).
 pub const PROBE_DIR: &str = "rpo-probe";
+/// Slack on the measurement's deadline (the schedule plus the last write's timeout) for polls
+/// slowed down by a busy machine.
+const DEADLINE_SLACK: Duration = Duration::from_secs(5);
 /// The goal for each tree size.
 pub const GOAL_P99_SECONDS: f64 = 1.0;
 
@@ -156,15 +159,6 @@ pub fn run(o: &Opts, ports: &mut Ports) -> Result<Vec<RpoResult>> {
     Ok(out)
 }
 
-/// Removes `dir` (after lifting mounts a killed daemon may have left in it).
-pub fn clear(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        crate::daemons::unmount_under(dir);
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    Ok(())
-}
-
 fn one(o: &Opts, ports: &mut Ports, n: usize) -> Result<RpoResult> {
     let tree = dataset::ensure_files(o.work, n)?;
     let probe = tree.dir.join(PROBE_DIR);
@@ -235,7 +229,7 @@ fn measure(src: &Path, dst: &Path, writes: usize, interval: Duration) -> Result<
     let path = |dir: &Path, f: usize| -> PathBuf { dir.join(format!("p{f}")) };
     let start = Instant::now();
     // The loop's bound: the schedule, then the last write's timeout, then slack for a slow poll.
-    let deadline = start + interval * writes as u32 + WRITE_TIMEOUT + Duration::from_secs(5);
+    let deadline = start + interval * writes as u32 + WRITE_TIMEOUT + DEADLINE_SLACK;
     let mut at: Vec<Instant> = Vec::with_capacity(writes);
     let mut latency: Vec<Option<f64>> = vec![None; writes];
     // Writes neither seen on the target nor timed out, oldest first.
