@@ -22,8 +22,27 @@
 # VM, plus ~10 for the btrfs run (more on a busy disk: each run waits for it to go quiet).
 # Extra arguments go to both runs, e.g. a smoke run:
 #   REPS=1 scripts/bench.sh --scale 0.01 --results /tmp/bench-smoke --work-dir /tmp/bench-smoke-data
+#
+# Named benchmarks outside `full` (two `mover daemon` processes on 127.0.0.1, driven with the
+# CLI; no rsync), each its own report, results/<date>-<name>.{json,md}:
+#   scripts/bench.sh rpo [ARGS]            continuous replication's recovery point: trees of
+#       20,000 and 200,000 small files, 60 writes on the source one every 250 ms, each timed
+#       until the target holds it (p50/p90/p99/max, misses; both daemons' CPU per minute).
+#       ~4 minutes on the 2-core VM, most of it generating the trees (kept for later runs) and
+#       deleting the 200,000-file target; --rpo-files 20000 skips the 200,000-file tree;
+#       --daemon-config 'LINE' (repeatable) appends LINE to the source daemon's config file.
+#   scripts/bench.sh make-writable [ARGS]  failover: make-writable of a 50,000-file target,
+#       median of 3 fresh relationships (~1-2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  rpo | make-writable)
+    what=$1
+    shift
+    cargo build --release -p mover-cli -p bench
+    exec target/release/bench "$what" "$@"
+    ;;
+esac
 bash scripts/install-bench-deps.sh
 cargo build --release -p mover-cli -p bench
 target/release/bench full --reps "${REPS:-5}" "$@"

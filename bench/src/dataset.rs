@@ -156,3 +156,50 @@ pub fn count_all(dir: &Path) -> Result<(u64, u64, u64)> {
     }
     Ok((files, entries, bytes))
 }
+
+/// Files per directory of the trees of `ensure_files`.
+pub const FILES_PER_DIR: usize = 200;
+/// Size of each file of the trees of `ensure_files`: small, so a tree's cost is per file.
+pub const FILES_SIZE: usize = 1024;
+
+/// A tree of many small files (the continuous-replication and failover benchmarks' sources).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FilesTree {
+    pub dir: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub spec: String,
+}
+
+/// Creates (or reuses) `work/files-<files>/src`: `files` files of FILES_SIZE seeded
+/// pseudo-random bytes, FILES_PER_DIR to a directory (d00000/f0000000, ...).
+pub fn ensure_files(work: &Path, files: usize) -> Result<FilesTree> {
+    let dirs = files.div_ceil(FILES_PER_DIR).max(1);
+    let spec = format!("v1 files={files}x{FILES_SIZE} dirs={dirs}");
+    let base = work.join(format!("files-{files}"));
+    let (dir, marker) = (base.join("src"), base.join("spec"));
+    let tree = FilesTree {
+        dir: dir.clone(),
+        files: files as u64,
+        dirs: dirs as u64,
+        bytes: (files * FILES_SIZE) as u64,
+        spec: spec.clone(),
+    };
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(spec.as_str()) {
+        return Ok(tree);
+    }
+    eprintln!("bench: generating {} ({spec})", dir.display());
+    let _ = std::fs::remove_dir_all(&base);
+    let mut rng = Rng(0x5eed_f11e ^ files as u64);
+    let mut buf = Vec::new();
+    for i in 0..files {
+        let d = dir.join(format!("d{:05}", i / FILES_PER_DIR));
+        if i % FILES_PER_DIR == 0 {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        write_file(&d.join(format!("f{i:07}")), &mut rng, FILES_SIZE, &mut buf)?;
+    }
+    std::fs::write(&marker, &spec).context("writing dataset marker")?;
+    Ok(tree)
+}

@@ -6,16 +6,19 @@
 
 mod btrfs;
 mod cp;
+mod daemons;
 mod dataset;
 mod inc_report;
 mod incremental;
 mod limits;
+mod make_writable;
 mod mover_run;
 mod mutate;
 mod proc;
 mod regimes;
 mod report;
 mod resume;
+mod rpo;
 mod rsync;
 
 use anyhow::{bail, Context, Result};
@@ -39,6 +42,15 @@ What to run (WHAT):
   resume         initial sync of the large set, receiver SIGKILLed at 35% of the bytes on disk,
                  then rerun: the fraction resent and whether the target equals the source
 
+Not part of full (two `mover daemon` processes on 127.0.0.1, driven with the CLI):
+  rpo            continuous replication's recovery point: trees of --rpo-files small files
+                 (default 20,000 and 200,000); after the initial sync, one small write on the
+                 source every --rpo-interval-ms, timed until the target holds it (p50/p90/p99/max,
+                 misses), and both daemons' CPU per minute; goal p99 < 1 s
+  make-writable  failover: `mover relationship make-writable` of a target of
+                 --make-writable-files (50,000) files, timed until the target is writable;
+                 median of --make-writable-reps (3) fresh relationships; goal < 2 s
+
 Sizes are at --scale 1. Needs root (drops the page cache). mover runs encrypted, with
 --threads N (N = --threads, default: the CPUs this process may run on, as mover picks it);
 the TCP and memory-copy limits use N streams too.";
@@ -47,7 +59,7 @@ the TCP and memory-copy limits use N streams too.";
 #[command(about = "Benchmark mover against rsync and cp -a + sync, with the machine's limits", long_about = ABOUT)]
 struct Args {
     /// full | all | initial | large | small | mixed | limits | incremental | noop-tree |
-    /// rewrite-1pct | rename-dir | resume (see --help)
+    /// rewrite-1pct | rename-dir | resume | rpo | make-writable (see --help)
     #[arg(default_value = "full")]
     what: String,
     /// Where datasets and disk destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
@@ -98,6 +110,36 @@ struct Args {
     /// in a subvolume of a loop-mounted image: mover finds changed blocks from shared extents).
     #[arg(long, default_value = "native")]
     source_fs: String,
+    /// rpo: files in each source tree, one run per entry (1 KiB files, 200 to a directory;
+    /// scaled by --scale).
+    #[arg(long, value_delimiter = ',', default_value = "20000,200000")]
+    rpo_files: Vec<usize>,
+    /// rpo: writes per tree size.
+    #[arg(long, default_value_t = 60)]
+    rpo_writes: usize,
+    /// rpo: milliseconds between writes.
+    #[arg(long, default_value_t = 250)]
+    rpo_interval_ms: u64,
+    /// rpo: seconds both daemons' CPU is measured with no writes, before the writes.
+    #[arg(long, default_value_t = 10)]
+    rpo_idle_secs: u64,
+    /// make-writable: files in the target (scaled by --scale).
+    #[arg(long, default_value_t = 50_000)]
+    make_writable_files: usize,
+    /// make-writable: reps, each with a fresh pair of daemons and relationship.
+    #[arg(long, default_value_t = 3)]
+    make_writable_reps: usize,
+    /// rpo, make-writable: a line appended to the source daemon's config file (TOML), e.g.
+    /// --daemon-config 'continuous_interval_secs = 1'; repeat for more lines.
+    #[arg(long = "daemon-config", value_name = "LINE")]
+    daemon_config: Vec<String>,
+    /// rpo, make-writable: a line appended to the target daemon's config file; repeatable.
+    #[arg(long = "target-daemon-config", value_name = "LINE")]
+    target_daemon_config: Vec<String>,
+    /// rpo, make-writable: the daemons' first port on 127.0.0.1 (each daemon takes two, each
+    /// run a new pair of daemons; within 39300-39399).
+    #[arg(long, default_value_t = 39300)]
+    port_base: u16,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -113,6 +155,8 @@ struct Parts {
     initial: Vec<Kind>,
     incremental: Vec<incremental::Scenario>,
     resume: bool,
+    rpo: bool,
+    make_writable: bool,
 }
 
 fn parts(what: &str) -> Result<Parts> {
@@ -121,6 +165,8 @@ fn parts(what: &str) -> Result<Parts> {
         initial: Vec::new(),
         incremental: Vec::new(),
         resume: false,
+        rpo: false,
+        make_writable: false,
     };
     let issue_sets = vec![Kind::Large, Kind::Small];
     Ok(match what {
@@ -129,6 +175,7 @@ fn parts(what: &str) -> Result<Parts> {
             initial: issue_sets,
             incremental: incremental::Scenario::ALL.to_vec(),
             resume: true,
+            ..none
         },
         "initial" => Parts {
             limits: true,
@@ -150,6 +197,11 @@ fn parts(what: &str) -> Result<Parts> {
         },
         "resume" => Parts {
             resume: true,
+            ..none
+        },
+        "rpo" => Parts { rpo: true, ..none },
+        "make-writable" => Parts {
+            make_writable: true,
             ..none
         },
         w => match incremental::Scenario::select(w) {
@@ -239,8 +291,11 @@ fn main() -> Result<()> {
     if a.source_fs != "native" && a.source_fs != "btrfs" {
         bail!("--source-fs must be native or btrfs, not {:?}", a.source_fs);
     }
-    if a.reps == 0 {
-        bail!("--reps must be at least 1");
+    if a.reps == 0 || a.make_writable_reps == 0 {
+        bail!("--reps and --make-writable-reps must be at least 1");
+    }
+    if a.rpo_writes == 0 || a.rpo_files.is_empty() {
+        bail!("--rpo-writes and --rpo-files need at least one");
     }
     let p = parts(&a.what)?;
     let name = a.name.clone().unwrap_or_else(|| a.what.clone());
@@ -281,6 +336,8 @@ fn main() -> Result<()> {
         initial: Vec::new(),
         incremental: Vec::new(),
         resume: None,
+        rpo: Vec::new(),
+        make_writable: None,
         targets: Vec::new(),
     };
 
@@ -382,6 +439,39 @@ fn main() -> Result<()> {
         let r = resume::run(&o, ds)?;
         rep.targets.extend(r.targets.iter().cloned());
         rep.resume = Some(r);
+    }
+
+    let configs = daemons::Configs {
+        source: a.daemon_config.clone(),
+        target: a.target_daemon_config.clone(),
+    };
+    let mut ports = daemons::Ports::new(a.port_base)?;
+    let scaled = |n: usize| ((n as f64 * a.scale).round() as usize).max(1);
+    if p.rpo {
+        let o = rpo::Opts {
+            work: &work,
+            mover: &mover,
+            sizes: a.rpo_files.iter().map(|&n| scaled(n)).collect(),
+            writes: a.rpo_writes,
+            interval: std::time::Duration::from_millis(a.rpo_interval_ms),
+            idle: std::time::Duration::from_secs(a.rpo_idle_secs),
+            configs: &configs,
+        };
+        rep.rpo = rpo::run(&o, &mut ports)?;
+        rep.targets
+            .extend(rep.rpo.iter().map(rpo::RpoResult::target));
+    }
+    if p.make_writable {
+        let o = make_writable::Opts {
+            work: &work,
+            mover: &mover,
+            files: scaled(a.make_writable_files),
+            reps: a.make_writable_reps,
+            configs: &configs,
+        };
+        let m = make_writable::run(&o, &mut ports)?;
+        rep.targets.push(m.target());
+        rep.make_writable = Some(m);
     }
 
     if tmpfs_used {

@@ -476,6 +476,9 @@ pub struct Report {
     pub initial: Vec<CellResult>,
     pub incremental: Vec<ScenarioResult>,
     pub resume: Option<ResumeResult>,
+    /// Continuous replication's recovery point objective, one entry per tree size.
+    pub rpo: Vec<crate::rpo::RpoResult>,
+    pub make_writable: Option<crate::make_writable::MwResult>,
     pub targets: Vec<Target>,
 }
 
@@ -538,15 +541,23 @@ impl Report {
             "| mover | {}; encrypted sessions; {} workers (--threads {}) |\n",
             self.mover_version, self.workers, self.workers
         ));
-        s.push_str(&format!("| rsync | {} |\n", self.rsync_version));
-        s.push_str(&format!(
-            "| reps | {} per tool and regime; medians; ratios within this run |\n| scale | {} |\n\n",
-            self.reps, self.scale
-        ));
+        // The daemon benchmarks (rpo, make-writable) run neither rsync nor rotating reps.
+        let tools_compared =
+            !self.initial.is_empty() || !self.incremental.is_empty() || self.resume.is_some();
+        if tools_compared {
+            s.push_str(&format!("| rsync | {} |\n", self.rsync_version));
+            s.push_str(&format!(
+                "| reps | {} per tool and regime; medians; ratios within this run |\n",
+                self.reps
+            ));
+        }
+        s.push_str(&format!("| scale | {} |\n\n", self.scale));
         for line in &self.scheme {
             s.push_str(&format!("- {line}\n"));
         }
-        s.push('\n');
+        if !self.scheme.is_empty() {
+            s.push('\n');
+        }
         if let Some(l) = &self.limits {
             s.push_str("## Limits, measured in this run\n\n| limit | MB/s |\n|---|---:|\n");
             let n = l.workers;
@@ -672,8 +683,18 @@ impl Report {
             s.push_str(&r.markdown());
             s.push('\n');
         }
+        if !self.rpo.is_empty() {
+            s.push_str("## Continuous replication: recovery point objective\n\n");
+            s.push_str(&crate::rpo::markdown(&self.rpo));
+            s.push('\n');
+        }
+        if let Some(m) = &self.make_writable {
+            s.push_str("## Failover: make-writable\n\n");
+            s.push_str(&m.markdown());
+            s.push('\n');
+        }
         if !self.targets.is_empty() {
-            s.push_str("## Acceptance targets (issue 11), on this run's medians\n\n| area | target | measured | result |\n|---|---|---|---|\n");
+            s.push_str("## Acceptance targets, on this run's figures\n\n| area | target | measured | result |\n|---|---|---|---|\n");
             for t in &self.targets {
                 s.push_str(&format!(
                     "| {} | {} | {} | {} |\n",
@@ -812,6 +833,8 @@ mod tests {
             initial: vec![c],
             incremental: Vec::new(),
             resume: None,
+            rpo: Vec::new(),
+            make_writable: None,
             targets: t,
         };
         let md = rep.markdown();
