@@ -126,6 +126,20 @@ Example:
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// On the source node, after a failover: replicate again into a target that was made
+    /// writable, reverting what was written there since the last recovery point.
+    #[command(
+        long_about = "On the source node, after the target was made writable (failover): replicate again, without a full resync. The target makes its directory read-only again and checks it against its last recovery point (the point both sides last agreed on); the job that starts at once sends only what differs: files written, changed or removed on the target meanwhile are reverted to this source's state. Both nodes show `reverting_to_last_recovery_point` until that job succeeds.
+
+Example:
+  mover relationship reconnect 4f0c1a2b"
+    )]
+    Reconnect {
+        /// Relationship id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// On the source node: start a replication job now instead of waiting.
     Replicate {
         /// Relationship id, or a unique prefix of it.
@@ -326,6 +340,30 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 return print_json(&v);
             }
             println!("target directory {} of relationship {full} is writable; the relationship has ended", view::text(&v, "target_path"));
+        }
+        RelationshipCmd::Reconnect { id, api } => {
+            let c = api.client();
+            let full = full_id(&c, Some(Role::Source), &id)
+                .with_context(|| format!("reconnecting relationship {id}"))?;
+            let v = c
+                .post_empty(&format!("{SOURCE}/{full}/reconnect"))
+                .with_context(|| format!("reconnecting relationship {full}"))?;
+            if api.json {
+                return print_json(&v);
+            }
+            let point = |k: &str| v[k].as_str().unwrap_or("none").to_string();
+            println!(
+                "relationship {full} reconnected: the target is read-only again and reverts to this source's state in the job now starting"
+            );
+            println!(
+                "last recovery point: source {}, target {}{}",
+                point("source_recovery_point"),
+                point("target_recovery_point"),
+                if v["common"] == true { " (common)" } else { "" }
+            );
+            if let Some(d) = v["target_difference"].as_str() {
+                println!("the target differs from it: {d}");
+            }
         }
         RelationshipCmd::Replicate { id, api } => action(&id, &api, "replicate", "replication of")?,
         RelationshipCmd::Abort { id, api } => action(&id, &api, "abort", "abort of")?,

@@ -728,6 +728,33 @@ fn deleting_on_the_target_mid_job_reverts_to_the_last_recovery_point() {
 }
 
 #[test]
+fn make_writable_mid_job_reverts_exactly_and_reconnect_brings_the_source_state() {
+    let SecondJob {
+        t,
+        a,
+        b,
+        dst,
+        id,
+        first,
+    } = second_job_under_way(8);
+    b.cli_ok(&["relationship", "make-writable", &id]);
+    assert_eq!(
+        tree_hash(&dst),
+        first,
+        "exactly the previous recovery point"
+    );
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended" && v["job"].is_null()
+    });
+    a.cli_ok(&["relationship", "modify", &id, "--no-bandwidth-limit"]);
+    a.cli_ok(&["relationship", "reconnect", &id]);
+    a.wait_for("source", &id, "the job after the reconnect", |v| {
+        synced(v) && v["state"] != "reverting_to_last_recovery_point"
+    });
+    assert_eq!(tree_hash(&dst), tree_hash(&t.path().join("src")));
+}
+
+#[test]
 fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     need_root();
     let t = Scratch::new();
@@ -905,6 +932,77 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
     b.cli_ok(&["relationship", "delete", &id, "--role", "target"]);
     a.cli_ok(&["relationship", "delete", &id]);
     assert_eq!(std::fs::read(dst.join("x")).unwrap(), b"failover writes");
+}
+
+#[test]
+fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("big"), 8, 512 * 1024, 21);
+    fill(&src.join("small"), 40, 2000, 22);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    let synced_hash = tree_hash(&dst);
+    // Reconnect is for a relationship whose target was made writable.
+    let out = a.cli(&["relationship", "reconnect", &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+
+    b.cli_ok(&["relationship", "make-writable", &id]);
+    a.wait_for("source", &id, "the source to see the end", |v| {
+        v["state"] == "ended"
+    });
+    // Failover writes on the target: a new file, a changed one, a removed one, a new
+    // directory; 3 small files' worth of changed bytes.
+    std::fs::write(dst.join("written-on-target"), vec![7u8; 2000]).unwrap();
+    std::fs::write(dst.join("small/f0003"), vec![9u8; 2000]).unwrap();
+    std::fs::remove_file(dst.join("small/f0004")).unwrap();
+    std::fs::create_dir_all(dst.join("new-dir/sub")).unwrap();
+    std::fs::write(dst.join("new-dir/sub/x"), b"x").unwrap();
+    assert_ne!(tree_hash(&dst), synced_hash);
+
+    let v = a.cli_ok(&["relationship", "reconnect", &id[..8], "--json"]);
+    assert_eq!(v["common"], true, "{v}");
+    assert!(v["target_difference"].is_string(), "{v}");
+    assert_eq!(
+        v["relationship"]["state"], "reverting_to_last_recovery_point",
+        "{v}"
+    );
+    assert!(
+        std::fs::write(dst.join("y"), b"y").is_err(),
+        "the target is read-only again at once"
+    );
+    a.wait_for("source", &id, "the reverting job", |v| {
+        synced(v) && v["state"] == "idle"
+    });
+    b.wait_for("target", &id, "the target to see it", |v| {
+        v["state"] == "idle"
+    });
+    assert_eq!(
+        tree_hash(&dst),
+        tree_hash(&src),
+        "the target is the source again"
+    );
+    assert_eq!(tree_hash(&dst), synced_hash);
+    let sent = sent_by_last_job(&a.view("source", &id));
+    // Changed on the target: one rewritten and one removed small file (the new ones go).
+    let changed = 2 * 2000;
+    assert!(
+        sent as f64 <= 1.2 * changed as f64 + (1 << 20) as f64,
+        "reconnect sent {sent} bytes for {changed} changed"
+    );
+    assert!(sent < 512 * 1024, "no large file travelled again: {sent}");
+    // And it replicates again.
+    std::fs::write(src.join("after-reconnect"), b"new").unwrap();
+    a.wait_for("source", &id, "the next change", |_| {
+        dst.join("after-reconnect").exists()
+    });
 }
 
 /// A target daemon killed while making its target writable (here: the database says ended but

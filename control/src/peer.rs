@@ -44,6 +44,14 @@ pub enum PeerRequest {
     Delete {
         id: RelationshipId,
     },
+    /// After a failover (make-writable on the target): the source asks to replicate again.
+    /// The target makes the directory read-only again and checks it against its last recovery
+    /// point; the next job sends what differs and brings the target back to the source's
+    /// state. `recovery_point_ns` is the last recovery point the source recorded.
+    Reconnect {
+        id: RelationshipId,
+        recovery_point_ns: Option<i64>,
+    },
 }
 
 /// What the source knows of the relationship: its settings, its job and the last outcome.
@@ -72,6 +80,13 @@ pub enum PeerAnswer {
     NotFound,
     Refused {
         message: String,
+    },
+    /// The target is protected again and replicates. `recovery_point_ns`: the last recovery
+    /// point it holds (the common point when it equals the source's); `difference`: the first
+    /// difference of the directory from it (what the next job reverts), if any.
+    Reconnected {
+        recovery_point_ns: Option<i64>,
+        difference: Option<String>,
     },
 }
 

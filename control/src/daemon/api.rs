@@ -60,6 +60,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(&format!("{src}/{{id}}/replicate"), post(replicate))
         .route(&format!("{src}/{{id}}/abort"), post(abort))
+        .route(&format!("{src}/{{id}}/reconnect"), post(reconnect))
         .route(tgt, get(list_target))
         .route(
             &format!("{tgt}/{{id}}"),
@@ -378,6 +379,17 @@ async fn abort(
         StatusCode::ACCEPTED,
         show(&node, node.get(&id, Role::Source).unwrap_or(r)),
     ))
+}
+
+async fn reconnect(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(i): Path<String>,
+) -> Answer<(StatusCode, Json<source::Reconnected>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let id = id(&i)?;
+    let done = source::reconnect(&node, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(done)))
 }
 
 async fn authorize(

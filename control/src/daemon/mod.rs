@@ -72,6 +72,9 @@ pub struct Node {
     metrics: metrics::Metrics,
     /// Source side: watchers of the sources that replicate on events.
     watches: watch::Watches,
+    /// Both sides: relationships reconnected after a failover whose first job has not
+    /// succeeded yet (state `reverting_to_last_recovery_point`), with when (wall ns).
+    reconnecting: Mutex<HashMap<RelationshipId, i64>>,
     /// Source side: files that changed while a session read them, and when (`remember_hot`).
     hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
     shutting_down: AtomicBool,
@@ -196,6 +199,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             watches: watch::Watches::default(),
             hot_files: Mutex::default(),
+            reconnecting: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

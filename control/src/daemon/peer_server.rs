@@ -308,6 +308,7 @@ pub(crate) enum Blocking {
         ticket: mover::units::SessionId,
     },
     Delete(crate::model::RelationshipId),
+    Reconnect(crate::model::RelationshipId),
 }
 
 impl Blocking {
@@ -315,6 +316,7 @@ impl Blocking {
         match self {
             Blocking::Ticket { .. } => "ticket",
             Blocking::Delete(_) => "delete",
+            Blocking::Reconnect(_) => "reconnect",
         }
     }
 }
@@ -336,6 +338,13 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
         }
         Blocking::Delete(id) => match target::delete(node, &id) {
             Ok(()) => PeerAnswer::Ok,
+            Err(e) => refuse(e.to_string()),
+        },
+        Blocking::Reconnect(id) => match target::reconnect(node, &id) {
+            Ok((recovery_point_ns, difference)) => PeerAnswer::Reconnected {
+                recovery_point_ns,
+                difference,
+            },
             Err(e) => refuse(e.to_string()),
         },
     }
@@ -430,6 +439,19 @@ pub(crate) fn respond(
                 return Handled::Answer(a);
             }
             return Handled::Blocking(Blocking::Delete(id));
+        }
+        PeerRequest::Reconnect {
+            id,
+            recovery_point_ns,
+        } => {
+            let r = match pinned(node, &id, fp) {
+                Ok(r) => r,
+                Err(a) => return Handled::Answer(a),
+            };
+            if r.recovery_point_ns != recovery_point_ns {
+                tracing::warn!(%id, source = ?recovery_point_ns, target = ?r.recovery_point_ns, "source and target recorded different last recovery points; the next job compares every entry");
+            }
+            return Handled::Blocking(Blocking::Reconnect(id));
         }
     })
 }

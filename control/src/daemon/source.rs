@@ -705,6 +705,8 @@ pub(crate) fn conclude(
     c.carried.roll(&c.progress);
     if result.is_err() {
         node.watches.failed(&c.id);
+    } else {
+        lock(&node.reconnecting).remove(&c.id);
     }
     let took = node.clock.instant().saturating_duration_since(start.mono);
     finish_job(
@@ -1198,6 +1200,60 @@ pub(crate) fn learned(
         }),
         _ => Ok(r),
     }
+}
+
+/// What a reconnect found: the last recovery point of each side, and the target's first
+/// difference from its own (what the next job reverts).
+#[derive(Debug, serde::Serialize)]
+pub struct Reconnected {
+    pub relationship: super::view::View,
+    pub source_recovery_point: Option<String>,
+    pub target_recovery_point: Option<String>,
+    /// Both sides recorded the same last recovery point: the common point the target
+    /// returns to. Otherwise the next job compares every entry of the target all the same.
+    pub common: bool,
+    pub target_difference: Option<String>,
+}
+
+/// `mover relationship reconnect`: after the target was made writable (failover), replicate
+/// again. The target makes its directory read-only again and checks it against its last
+/// recovery point; the job that starts now sends only what differs and reverts what was
+/// written on the target meanwhile.
+pub(crate) async fn reconnect(node: &Node, id: &RelationshipId) -> Result<Reconnected> {
+    let r = node.get(id, Role::Source)?;
+    if !r.ended || !r.authorized {
+        return Err(Error::Conflict(format!(
+            "relationship {id} has not ended; reconnect is for a relationship whose target was made writable"
+        )));
+    }
+    let since = node.clock.now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let req = PeerRequest::Reconnect {
+        id: id.clone(),
+        recovery_point_ns: r.recovery_point_ns,
+    };
+    let (target_rp, difference) = match call(node, &r, &req).await? {
+        PeerAnswer::Reconnected {
+            recovery_point_ns,
+            difference,
+        } => (recovery_point_ns, difference),
+        other => return Err(refused(&r, other)),
+    };
+    lock(&node.reconnecting).insert(id.clone(), since);
+    let r = node.modify(id, Role::Source, |x| {
+        x.ended = false;
+        x.peer_unreachable = false;
+        x.job_running = true;
+    })?;
+    lock(&node.wanted).insert(id.clone());
+    tracing::info!(%id, ?difference, "reconnected: the next job reverts the target to this source's state");
+    let show = |ns: Option<i64>| ns.map(super::view::rfc3339);
+    Ok(Reconnected {
+        source_recovery_point: show(r.recovery_point_ns),
+        target_recovery_point: show(target_rp),
+        common: r.recovery_point_ns.is_some() && r.recovery_point_ns == target_rp,
+        target_difference: difference,
+        relationship: super::view::view(node, r),
+    })
 }
 
 /// Applies an operator's edit; the caller tells the target (`PeerRequest::Update`).

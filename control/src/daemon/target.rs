@@ -338,6 +338,55 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
     node.get(id, Role::Target)
 }
 
+/// After a failover (`make_writable`), the source asks to replicate again: the directory is
+/// made read-only again (the same protection as at authorization) and checked against its
+/// last recovery point. A difference is recorded as a failed scrub, so the next job compares
+/// every entry with the disk: what was written here meanwhile is reverted (files removed,
+/// changed ones sent again) and only what differs travels. Returns the last recovery point
+/// this node recorded and the first difference found.
+/// Blocking (checks the whole directory); call from a blocking thread.
+pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Option<String>)> {
+    if !lock(&node.reverting).insert(id.clone()) {
+        return Err(Error::Conflict(format!(
+            "relationship {id} is already being made writable, deleted or reconnected"
+        )));
+    }
+    let res = (|| {
+        let r = node.get(id, Role::Target)?;
+        if !r.ended || !r.authorized || r.read_only.is_some() {
+            return Err(Error::Conflict(format!(
+                "relationship {id} was not made writable here (it is {}); only a target made writable reconnects",
+                crate::model::status(&r, node.clock.now()).name()
+            )));
+        }
+        let dir = paths::target_identity(node, &r)
+            .map_err(|e| Error::Conflict(format!("{e}; nothing was changed")))?;
+        let (mode, via) = node
+            .host
+            .protect(id, dir.pin(), &node.mount_dir(id), r.replica)?;
+        // Checked through the private view while the target path is read-only again: nothing
+        // writes to it meanwhile.
+        let difference = match mover::receiver::scrub_root(&via) {
+            Ok(Some(rep)) => rep.difference.filter(|_| !rep.ok),
+            Ok(None) => Some("no recovery point to compare with".into()),
+            Err(e) => Some(format!("cannot be compared ({e})")),
+        };
+        node.modify(id, Role::Target, |x| {
+            x.ended = false;
+            x.read_only = Some(mode.name().to_string());
+            x.job_running = false;
+            x.path_error = None;
+        })?;
+        lock(&node.last_contact).insert(id.clone(), node.clock.instant());
+        let now = node.clock.now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        lock(&node.reconnecting).insert(id.clone(), now);
+        tracing::info!(%id, difference = ?difference, "target read-only again; the next job reverts it to the source's state");
+        Ok((r.recovery_point_ns, difference))
+    })();
+    lock(&node.reverting).remove(id);
+    res
+}
+
 /// Ends the relationship on this node and gives the directory back: no new ticket is issued,
 /// the source is told (polls answer "ended"), the receiver is stopped (waiting for a running
 /// session, bounded), an interrupted job is reverted, the mounts are removed, and then the
@@ -442,6 +491,13 @@ pub fn record_report(
         }
         _ => {
             lock(&node.reported).remove(id);
+        }
+    }
+    // A reconnect is over once a job after it succeeded: the target is the source's again.
+    if let Some(a) = last.as_ref().filter(|a| a.ok && !running) {
+        let mut rc = lock(&node.reconnecting);
+        if rc.get(id).is_some_and(|since| a.at_ns >= *since) {
+            rc.remove(id);
         }
     }
     if r.job_running != running

@@ -92,6 +92,10 @@ pub fn view(node: &Node, r: Relationship) -> View {
     if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
         state = State::RevertingToLastRecoveryPoint;
     }
+    // Reconnected after a failover: until a job has brought the target back.
+    if !r.ended && lock(&node.reconnecting).contains_key(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
     if job.is_some() && state == State::Idle {
         state = State::Running;
     }

@@ -437,6 +437,7 @@ fn request_name(r: &PeerRequest) -> &'static str {
         PeerRequest::Report { .. } => "report",
         PeerRequest::Update { .. } => "update",
         PeerRequest::Delete { .. } => "delete",
+        PeerRequest::Reconnect { .. } => "reconnect",
     }
 }
 
@@ -447,7 +448,8 @@ fn request_id(r: &PeerRequest) -> &RelationshipId {
         | PeerRequest::Ticket { id, .. }
         | PeerRequest::Report { id, .. }
         | PeerRequest::Update { id, .. }
-        | PeerRequest::Delete { id } => id,
+        | PeerRequest::Delete { id }
+        | PeerRequest::Reconnect { id, .. } => id,
     }
 }
 
