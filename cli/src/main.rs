@@ -140,6 +140,11 @@ enum Cmd {
         /// Send file data at most this fast, in MiB/s (default: as fast as it goes).
         #[arg(long, value_name = "MIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         bwlimit: Option<u64>,
+        /// A directory (relative to SRC; "" for SRC itself) that changed since the last job
+        /// that succeeded; given at least once, the walk reads only these (see
+        /// `SendOptions::changed`). For measurements until a watcher provides the set.
+        #[arg(long, value_name = "PATH", hide = true)]
+        changed_dir: Vec<PathBuf>,
         #[command(flatten)]
         peers: keys::PeerArgs,
     },
@@ -435,6 +440,7 @@ fn run(cli: Cli) -> Result<()> {
             retries,
             snapshot,
             bwlimit,
+            changed_dir,
             peers,
         } => {
             let to = resolve(&to)?;
@@ -449,6 +455,12 @@ fn run(cli: Cli) -> Result<()> {
                 session: None,
                 id_map: None,
                 secret: None,
+                changed: (!changed_dir.is_empty()).then(|| mover::tree::narrow::ChangedDirs {
+                    dirs: changed_dir
+                        .iter()
+                        .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
+                        .collect(),
+                }),
             };
             let progress = Arc::new(Progress::default());
             progress.control.set_rate(bwlimit.map(|m| m << 20));

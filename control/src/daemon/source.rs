@@ -694,6 +694,8 @@ fn run_job(
                     uid: m.uid.iter().copied().collect(),
                     gid: m.gid.iter().copied().collect(),
                 }),
+                // No watcher yet: every job walks the whole tree.
+                changed: None,
             };
             Ok(mover::sender::send(&opts, progress)?)
         });

@@ -134,6 +134,34 @@ impl Manifest {
         self.entry_of.get(k).map(|&e| &self.entries[e as usize])
     }
 
+    /// The kept entry list with each entry's path and identity (the previous job's walk, which
+    /// a narrowed walk starts from), if the list and the items agree and every entry but the
+    /// root has its item (no hard links: they have none).
+    pub fn previous(&self) -> Option<crate::tree::narrow::Previous<'_>> {
+        if self.entries.is_empty()
+            || self.items.len() + 1 != self.entries.len()
+            || self.entry_of.len() != self.items.len()
+        {
+            return None;
+        }
+        let root = crate::tree::walk::FileId::default();
+        Some(crate::tree::narrow::Previous {
+            entries: &self.entries,
+            paths: std::iter::once(&[][..])
+                .chain(self.items.iter().map(|it| it.path.as_slice()))
+                .collect(),
+            ids: std::iter::once(root)
+                .chain(self.items.iter().map(|it| crate::tree::walk::FileId {
+                    dev: it.dev,
+                    ino: it.ino,
+                    ctime_sec: it.ctime.0,
+                    ctime_nsec: it.ctime.1,
+                    btime: it.btime,
+                }))
+                .collect(),
+        })
+    }
+
     /// The body: list digest, items, entry list, then its checksum (xxh3-128 of the rest).
     pub(crate) fn encode_body(&self) -> Vec<u8> {
         let mut e = Enc::new();

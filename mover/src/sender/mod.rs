@@ -71,6 +71,12 @@ pub struct SendOptions {
     /// sealed with it (AES-256-GCM), and the Hello carries only its handle. `None` sends in
     /// clear, which a receiver accepts only when it too was told to (`insecure_plaintext`).
     pub secret: Option<SessionSecret>,
+    /// The directories that changed since the last job that succeeded (a watcher's report):
+    /// the walk then reads only those and takes the rest from that job's list, kept in the
+    /// manifest. None, or a job that cannot narrow (no matching manifest, Reflink snapshots,
+    /// hard links, an id map), walks the whole tree. The set must be complete: what it does
+    /// not name is not looked at.
+    pub changed: Option<crate::tree::narrow::ChangedDirs>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -138,6 +144,10 @@ pub struct SendReport {
     pub delta_list: bool,
     /// Entries the delta put or replaced (0 when the whole list was sent).
     pub list_changed: u64,
+    /// The walk read only the changed directories (`SendOptions::changed`).
+    pub walk_narrowed: bool,
+    /// Entries the walk read from the file system (every one unless narrowed).
+    pub walk_fresh: u64,
 }
 
 /// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
@@ -290,13 +300,41 @@ pub fn send_over(
             },
         })
     };
-    let mut walked =
-        crate::tree::walk::walk_fd_streaming(root.as_fd(), true, Some(&known), &mut |es| {
-            if let Some(m) = &opts.id_map {
-                m.apply(es);
-            }
-            out.push(es, &mut ctl)
-        })?;
+    let narrowed = match (
+        &opts.changed,
+        manifest.as_ref().and_then(Manifest::previous),
+    ) {
+        // A Reflink freeze clones the whole tree anyway; the manifest's entries went through
+        // the id map of their job, which it does not record, so a job with a map (which could
+        // have changed since) walks the whole tree.
+        (Some(changed), Some(prev))
+            if provider != crate::snapshot::Provider::Reflink && opts.id_map.is_none() =>
+        {
+            crate::tree::narrow::narrow(root.as_fd(), &prev, changed, true, Some(&known))?
+        }
+        _ => None,
+    };
+    let (mut walked, walk_fresh) = match narrowed {
+        Some(n) => {
+            let fresh = n.fresh_count();
+            out.push(&n.walked.entries, &mut ctl)?;
+            (n.walked, Some(fresh))
+        }
+        None => {
+            let w = crate::tree::walk::walk_fd_streaming(
+                root.as_fd(),
+                true,
+                Some(&known),
+                &mut |es| {
+                    if let Some(m) = &opts.id_map {
+                        m.apply(es);
+                    }
+                    out.push(es, &mut ctl)
+                },
+            )?;
+            (w, None)
+        }
+    };
     let list_changed = out.finish(&mut ctl)?;
     wire += out.wire;
     if let Some(ids) = &frozen.ids {
@@ -320,6 +358,8 @@ pub fn send_over(
     tracing::info!(
         entries = entries.len(),
         delta = delta,
+        narrowed = walk_fresh.is_some(),
+        fresh = walk_fresh.unwrap_or(entries.len()),
         secs = start.elapsed().as_secs_f64(),
         "walked source and sent the entry list"
     );
@@ -603,6 +643,8 @@ pub fn send_over(
         read_direct_bytes: all.read_direct,
         delta_list: list_changed.is_some(),
         list_changed: list_changed.unwrap_or(0),
+        walk_narrowed: walk_fresh.is_some(),
+        walk_fresh: walk_fresh.unwrap_or(entries.len()) as u64,
     })
 }
 

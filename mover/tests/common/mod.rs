@@ -70,6 +70,7 @@ pub fn send_options(
         session: None,
         id_map: None,
         secret: None,
+        changed: None,
     }
 }
 

@@ -1635,6 +1635,8 @@ impl World {
             read_direct_bytes: 0,
             delta_list: false,
             list_changed: 0,
+            walk_narrowed: false,
+            walk_fresh: files,
         };
         self.session_ended(key, node, Ok(report));
     }
