@@ -461,6 +461,7 @@ fn run(cli: Cli) -> Result<()> {
                         .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
                         .collect(),
                 }),
+                cache: None,
             };
             let progress = Arc::new(Progress::default());
             progress.control.set_rate(bwlimit.map(|m| m << 20));

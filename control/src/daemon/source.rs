@@ -696,6 +696,7 @@ fn run_job(
                 }),
                 // No watcher yet: every job walks the whole tree.
                 changed: None,
+                cache: None,
             };
             Ok(mover::sender::send(&opts, progress)?)
         });

@@ -34,6 +34,7 @@ use crate::wire::WireError;
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
 use list::{ListOut, ENTRIES_FRAME_BYTES};
 use manifest::Manifest;
+pub use manifest::ManifestCache;
 use plan::{data_regions, plan, FileToSend};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -77,6 +78,9 @@ pub struct SendOptions {
     /// hard links, an id map), walks the whole tree. The set must be complete: what it does
     /// not name is not looked at.
     pub changed: Option<crate::tree::narrow::ChangedDirs>,
+    /// The stream's manifest kept in memory between jobs and saved in the background (one
+    /// cache per state directory); None reads and writes it on the job's path.
+    pub cache: Option<Arc<ManifestCache>>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -258,9 +262,13 @@ pub fn send_over(
     )?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
     let root = crate::beneath::open_root(&frozen.root, "source directory")?;
-    let manifest = match &opts.state {
-        Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
-        None => None,
+    let rp_now = ack.recovery_point;
+    let mut manifest: Option<Arc<Manifest>> = match (&opts.state, &opts.cache) {
+        (Some(dir), Some(cache)) => cache.load(dir, rp_now)?.filter(|m| m.rp != 0),
+        (Some(dir), None) => Manifest::load(dir)?
+            .filter(|m| m.rp != 0 && m.rp == rp_now)
+            .map(Arc::new),
+        (None, _) => None,
     };
     tracing::debug!(
         items = manifest.as_ref().map_or(0, |m| m.items.len()),
@@ -302,7 +310,7 @@ pub fn send_over(
     };
     let narrowed = match (
         &opts.changed,
-        manifest.as_ref().and_then(Manifest::previous),
+        manifest.as_deref().and_then(Manifest::previous),
     ) {
         // A Reflink freeze clones the whole tree anyway; the manifest's entries went through
         // the id map of their job, which it does not record, so a job with a map (which could
@@ -585,17 +593,17 @@ pub fn send_over(
         )));
     }
     let hashed_bytes = planned.hashed_bytes;
+    let incremental = manifest.is_some();
     if let Some(dir) = &opts.state {
         // A btrfs snapshot outlives the job as the next job's base; the previous base goes.
         let kept = frozen.keep();
         let old_base = manifest.as_ref().and_then(|m| m.base_snapshot.clone());
         drop(base);
         let streamed = streamed_hashes(&files, std::mem::take(&mut all.block_hashes));
-        let saved = save_manifest(
-            dir,
+        let next = next_manifest(
             &walked,
             &table.root,
-            manifest.as_ref(),
+            manifest.as_deref(),
             planned,
             &need,
             streamed,
@@ -609,6 +617,17 @@ pub fn send_over(
                     .as_ref()
                     .is_some_and(|m| m.entries.len() == entries.len()),
         );
+        let rp = v.recovery_point;
+        // With a cache the manifest is the next job's at once and reaches the disk in the
+        // background; without, it is written now.
+        let saved = next.and_then(|next| match (next, manifest.take(), &opts.cache) {
+            (Some(m), _, Some(c)) => c.save(dir, m),
+            (Some(mut m), _, None) => m.save(dir),
+            (None, Some(old), Some(c)) => c.save_head(dir, old, rp, kept.clone()),
+            (None, Some(old), None) => old.save_head_as(dir, rp, kept.clone()),
+            // next_manifest answers None only for an old manifest.
+            (None, None, _) => Ok(()),
+        });
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
             (Err(_), Some(new), _) => crate::snapshot::drop_kept(&opts.src, &new),
@@ -632,7 +651,7 @@ pub fn send_over(
         receiver_version: ack.software,
         files_delta,
         renames: planned_renames,
-        incremental: manifest.is_some(),
+        incremental,
         resumed: ack.job_pending,
         recovery_point: format!("{:032x}", v.recovery_point),
         attempts: 1,
@@ -811,12 +830,12 @@ pub fn send_with_retry_each(
     }
 }
 
-/// Writes the manifest of the recovery point the receiver just committed. Block hashes come from
-/// the old manifest (unchanged files), the delta pass, or are computed now for files sent whole
-/// or found complete at the receiver; a file that changed since the walk gets none.
+/// The manifest of the recovery point the receiver just committed; None if `old` (then Some)
+/// still describes it and only needs a head naming that point. Block hashes come from the old
+/// manifest (unchanged files), the delta pass, or are computed now for files sent whole or
+/// found complete at the receiver; a file that changed since the walk gets none.
 #[allow(clippy::too_many_arguments)]
-fn save_manifest(
-    dir: &std::path::Path,
+fn next_manifest(
     walked: &crate::tree::walk::Walked,
     root: &std::os::fd::OwnedFd,
     old: Option<&Manifest>,
@@ -829,10 +848,10 @@ fn save_manifest(
     base_snapshot: Option<String>,
     list_digest: u128,
     list_same: bool,
-) -> Result<()> {
+) -> Result<Option<Manifest>> {
     // Nothing changed (the list, every item's identity and times, no block hash to add): the
     // body stays, the head names the new recovery point.
-    if let Some(m) = old.filter(|m| {
+    if old.is_some_and(|m| {
         list_same
             && m.list_digest == list_digest
             && planned.hashes.is_empty()
@@ -840,7 +859,7 @@ fn save_manifest(
             && need.iter().all(|n| *n == Need::Nothing)
             && same_items(walked, m)
     }) {
-        return m.save_head_as(dir, rp, base_snapshot);
+        return Ok(None);
     }
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
@@ -881,7 +900,7 @@ fn save_manifest(
     m.base_snapshot = base_snapshot;
     m.entries = walked.entries.clone();
     m.list_digest = list_digest;
-    m.save(dir)
+    Ok(Some(m))
 }
 
 /// Every item the walk makes is the manifest's, in order, with the same identity, size and

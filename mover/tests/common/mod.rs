@@ -71,6 +71,7 @@ pub fn send_options(
         id_map: None,
         secret: None,
         changed: None,
+        cache: None,
     }
 }
 
