@@ -140,6 +140,16 @@ enum Cmd {
         /// Send file data at most this fast, in MiB/s (default: as fast as it goes).
         #[arg(long, value_name = "MIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         bwlimit: Option<u64>,
+        /// A directory (relative to SRC; "" for SRC itself) that changed since the last job
+        /// that succeeded; given at least once, the walk reads only these (see
+        /// `SendOptions::changed`). For measurements until a watcher provides the set.
+        #[arg(long, value_name = "PATH", hide = true)]
+        changed_dir: Vec<PathBuf>,
+        /// Run this many jobs in this process, sharing a manifest cache (`SendOptions::cache`),
+        /// each after the first when a line arrives on standard input. For measurements of
+        /// what a daemon's back-to-back jobs cost.
+        #[arg(long, default_value_t = 1, hide = true)]
+        repeat: u32,
         #[command(flatten)]
         peers: keys::PeerArgs,
     },
@@ -440,6 +450,8 @@ fn run(cli: Cli) -> Result<()> {
             retries,
             snapshot,
             bwlimit,
+            changed_dir,
+            repeat,
             peers,
         } => {
             let to = resolve(&to)?;
@@ -455,10 +467,14 @@ fn run(cli: Cli) -> Result<()> {
                 id_map: None,
                 secret: None,
                 pin: Vec::new(),
+                changed: (!changed_dir.is_empty()).then(|| mover::tree::narrow::ChangedDirs {
+                    dirs: changed_dir
+                        .iter()
+                        .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
+                        .collect(),
+                }),
+                cache: (repeat > 1).then(|| Arc::new(mover::sender::ManifestCache::new())),
             };
-            let progress = Arc::new(Progress::default());
-            progress.control.set_rate(bwlimit.map(|m| m << 20));
-            let bar = progress::Bar::start(progress.clone(), !json);
             let tcp: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
             let on_retry = |n: u32, e: &mover::Error, pause: std::time::Duration| {
                 eprintln!(
@@ -473,18 +489,30 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             };
-            let res =
-                send_with_retry_each(&opts, &progress, retries.max(1), &tcp, before, on_retry);
-            bar.finish();
-            let rep = res?;
-            if json {
-                println!("{}", serde_json::to_string(&rep)?);
-            } else {
-                let mb = rep.bytes as f64 / 1e6;
-                println!(
-                    "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire, {} unchanged; verified tree {}",
-                    rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.files_unchanged, rep.tree_hash
-                );
+            let mut line = String::new();
+            for job in 0..repeat.max(1) {
+                if job > 0 {
+                    line.clear();
+                    if std::io::stdin().read_line(&mut line)? == 0 {
+                        break;
+                    }
+                }
+                let progress = Arc::new(Progress::default());
+                progress.control.set_rate(bwlimit.map(|m| m << 20));
+                let bar = progress::Bar::start(progress.clone(), !json);
+                let res =
+                    send_with_retry_each(&opts, &progress, retries.max(1), &tcp, before, on_retry);
+                bar.finish();
+                let rep = res?;
+                if json {
+                    println!("{}", serde_json::to_string(&rep)?);
+                } else {
+                    let mb = rep.bytes as f64 / 1e6;
+                    println!(
+                        "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire, {} unchanged; verified tree {}",
+                        rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.files_unchanged, rep.tree_hash
+                    );
+                }
             }
             Ok(())
         }

@@ -75,6 +75,8 @@ pub struct Node {
     /// Both sides: relationships reconnected after a failover whose first job has not
     /// succeeded yet (state `reverting_to_last_recovery_point`), with when (wall ns).
     reconnecting: Mutex<HashMap<RelationshipId, i64>>,
+    /// Source side: each relationship's sender manifest, in memory between jobs.
+    manifests: Mutex<HashMap<RelationshipId, Arc<mover::sender::ManifestCache>>>,
     /// Source side: files that changed while a session read them, and when (`remember_hot`).
     hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
     shutting_down: AtomicBool,
@@ -199,6 +201,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             watches: watch::Watches::default(),
             hot_files: Mutex::default(),
+            manifests: Mutex::default(),
             reconnecting: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         }

@@ -769,6 +769,10 @@ fn run_job(
                     gid: m.gid.iter().copied().collect(),
                 }),
                 pin: hot_pins(node, id),
+                changed: changed.map(|dirs| mover::tree::narrow::ChangedDirs { dirs }),
+                // Kept between jobs: the next one does not read it from disk, and this one
+                // does not wait for it to be written.
+                cache: Some(manifest_cache(node, id)),
             };
             Ok(mover::sender::send(&opts, progress)?)
         });
@@ -786,6 +790,14 @@ fn run_job(
             }
         }
     }
+}
+
+/// The relationship's manifest kept in memory between its jobs.
+fn manifest_cache(node: &Node, id: &RelationshipId) -> Arc<mover::sender::ManifestCache> {
+    lock(&node.manifests)
+        .entry(id.clone())
+        .or_insert_with(|| Arc::new(mover::sender::ManifestCache::new()))
+        .clone()
 }
 
 /// How long a file that changed while a session read it is copied aside by later sessions

@@ -56,7 +56,7 @@ pub struct Item {
     pub hashes: Option<Vec<u64>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Manifest {
     /// The receiver's recovery point this manifest describes.
     pub rp: u128,
@@ -132,6 +132,34 @@ impl Manifest {
     /// The entry of the kept list that item `k` describes, if the lists agree.
     pub fn entry_of(&self, k: usize) -> Option<&crate::tree::entry::Entry> {
         self.entry_of.get(k).map(|&e| &self.entries[e as usize])
+    }
+
+    /// The kept entry list with each entry's path and identity (the previous job's walk, which
+    /// a narrowed walk starts from), if the list and the items agree and every entry but the
+    /// root has its item (no hard links: they have none).
+    pub fn previous(&self) -> Option<crate::tree::narrow::Previous<'_>> {
+        if self.entries.is_empty()
+            || self.items.len() + 1 != self.entries.len()
+            || self.entry_of.len() != self.items.len()
+        {
+            return None;
+        }
+        let root = crate::tree::walk::FileId::default();
+        Some(crate::tree::narrow::Previous {
+            entries: &self.entries,
+            paths: std::iter::once(&[][..])
+                .chain(self.items.iter().map(|it| it.path.as_slice()))
+                .collect(),
+            ids: std::iter::once(root)
+                .chain(self.items.iter().map(|it| crate::tree::walk::FileId {
+                    dev: it.dev,
+                    ino: it.ino,
+                    ctime_sec: it.ctime.0,
+                    ctime_nsec: it.ctime.1,
+                    btime: it.btime,
+                }))
+                .collect(),
+        })
     }
 
     /// The body: list digest, items, entry list, then its checksum (xxh3-128 of the rest).
@@ -303,29 +331,193 @@ impl Manifest {
 
     /// Writes body and head (the body first: a head always names a body that was written).
     pub fn save(&mut self, state: &Path) -> Result<()> {
+        self.body_sum = self.write(state)?;
+        Ok(())
+    }
+
+    /// `save` without recording the body's checksum here (which it returns).
+    fn write(&self, state: &Path) -> Result<u128> {
         let dir = open_state(state)?;
         let body = self.encode_body();
-        self.body_sum = u128::from_le_bytes(
+        let sum = u128::from_le_bytes(
             body[body.len() - 16..]
                 .try_into()
                 .map_err(|_| unusable("encoding"))?,
         );
         write_atomic(dir.as_fd(), MANIFEST_FILE, &body)?;
-        write_atomic(dir.as_fd(), HEAD_FILE, &self.encode_head())
+        write_head(&dir, self.rp, self.base_snapshot.clone(), sum)?;
+        Ok(sum)
     }
 
     /// Writes only a head naming recovery point `rp` (and kept snapshot `base`) for this
     /// manifest's body, which is the one on disk and still describes the source.
     pub fn save_head_as(&self, state: &Path, rp: u128, base: Option<String>) -> Result<()> {
-        let dir = open_state(state)?;
-        let head = Manifest {
-            rp,
-            base_snapshot: base,
-            body_sum: self.body_sum,
-            ..Default::default()
-        };
-        write_atomic(dir.as_fd(), HEAD_FILE, &head.encode_head())
+        write_head(&open_state(state)?, rp, base, self.body_sum)
     }
+}
+
+/// The manifest of a stream's last job kept in memory between jobs (the daemon runs them all in
+/// one process), so a job reads none from disk and writes its own on a background thread: a
+/// job's time is then not that of encoding and writing a manifest the size of the tree.
+///
+/// One cache per state directory. The disk stays what `Manifest::load` reads (same format): a
+/// process that starts again, or a cache that lost its manifest, loads from there. At most one
+/// background save runs at a time: each save, and any read from disk, first waits for the
+/// previous one. A save that failed is logged and the cache forgets its manifest, so the next
+/// job loads from disk (an older manifest, whose recovery point the receiver no longer names,
+/// is ignored: that job compares by size and mtime, slower but never wrong).
+#[derive(Default)]
+pub struct ManifestCache {
+    state: std::sync::Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// The state directory `manifest` belongs to.
+    dir: Option<std::path::PathBuf>,
+    /// The last manifest saved (or loaded), indexed; `generation` names its body.
+    manifest: Option<std::sync::Arc<Manifest>>,
+    generation: u64,
+    /// The body the state directory holds, as (generation, checksum), set by the background
+    /// save; a head-only save can name it. None: unknown (a save failed or none ran yet).
+    on_disk: std::sync::Arc<std::sync::Mutex<Option<(u64, u128)>>>,
+    saving: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// A lock whose holder panicked still guards consistent data here: every update of the
+/// cache's state is a plain assignment.
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl CacheState {
+    /// Waits for the save in flight; a failed one makes the cache forget its manifest.
+    fn join(&mut self) {
+        let Some(h) = self.saving.take() else { return };
+        let res = h
+            .join()
+            .unwrap_or_else(|_| Err(Error::Panicked("the manifest's background save".into())));
+        if let Err(e) = res {
+            tracing::warn!("saving the manifest failed: {e}; the next job loads it from disk");
+            self.manifest = None;
+            *locked(&self.on_disk) = None;
+        }
+    }
+}
+
+impl ManifestCache {
+    pub fn new() -> ManifestCache {
+        ManifestCache::default()
+    }
+
+    /// Waits for the background save, if one runs (a failure is logged).
+    pub fn flush(&self) {
+        locked(&self.state).join();
+    }
+
+    /// The manifest of recovery point `rp` for state directory `dir`: the one in memory if it
+    /// is that, else the one on disk (after the save in flight); None if neither is.
+    pub(crate) fn load(&self, dir: &Path, rp: u128) -> Result<Option<std::sync::Arc<Manifest>>> {
+        let mut s = locked(&self.state);
+        // A save that already failed is known now, not at the next save.
+        if s.saving.as_ref().is_some_and(|h| h.is_finished()) {
+            s.join();
+        }
+        let ours = s.dir.as_deref() == Some(dir);
+        if let Some(m) = s.manifest.as_ref().filter(|m| ours && m.rp == rp) {
+            return Ok(Some(m.clone()));
+        }
+        // A read while the save writes would find a head and body of different jobs.
+        s.join();
+        let m = Manifest::load(dir)?.map(std::sync::Arc::new);
+        s.generation += 1;
+        *locked(&s.on_disk) = m.as_ref().map(|m| (s.generation, m.body_sum));
+        s.dir = Some(dir.to_path_buf());
+        s.manifest = m;
+        Ok(s.manifest.clone().filter(|m| m.rp == rp))
+    }
+
+    /// Makes `m` the stream's manifest at once and writes it to `dir` in the background.
+    pub(crate) fn save(&self, dir: &Path, mut m: Manifest) -> Result<()> {
+        m.index();
+        self.store(dir, m, false)
+    }
+
+    /// The manifest `m` (loaded by this cache), unchanged but now of recovery point `rp` and
+    /// kept snapshot `base`: in the background, only a new head is written if the body on disk
+    /// is `m`'s, else the whole manifest.
+    pub(crate) fn save_head(
+        &self,
+        dir: &Path,
+        m: std::sync::Arc<Manifest>,
+        rp: u128,
+        base: Option<String>,
+    ) -> Result<()> {
+        let mut s = locked(&self.state);
+        // Dropped here, the cache's copy leaves `m` the only one (no clone) once the save in
+        // flight, which holds another, is done.
+        s.join();
+        s.manifest = None;
+        drop(s);
+        let mut m = std::sync::Arc::try_unwrap(m).unwrap_or_else(|a| (*a).clone());
+        m.rp = rp;
+        m.base_snapshot = base;
+        self.store(dir, m, true)
+    }
+
+    fn store(&self, dir: &Path, m: Manifest, same_body: bool) -> Result<()> {
+        let mut s = locked(&self.state);
+        s.join(); // one writer per state directory
+        if !(same_body && s.dir.as_deref() == Some(dir)) {
+            s.generation += 1;
+        }
+        let generation = s.generation;
+        let m = std::sync::Arc::new(m);
+        s.dir = Some(dir.to_path_buf());
+        s.manifest = Some(m.clone());
+        let (on_disk, dir) = (s.on_disk.clone(), dir.to_path_buf());
+        let h = std::thread::Builder::new()
+            .name("mover-manifest".into())
+            .spawn(move || {
+                let claim = *locked(&on_disk);
+                let sum = match claim {
+                    Some((g, sum)) if g == generation => open_state(&dir)
+                        .and_then(|fd| write_head(&fd, m.rp, m.base_snapshot.clone(), sum))
+                        .map(|()| sum),
+                    _ => m.write(&dir),
+                };
+                *locked(&on_disk) = sum.as_ref().ok().map(|&sum| (generation, sum));
+                sum.map(|_| ())
+            })
+            .ctx(|| "spawning the manifest's background save".to_string())?;
+        s.saving = Some(h);
+        Ok(())
+    }
+}
+
+impl Drop for ManifestCache {
+    /// The last save completes before the cache goes (a manifest written is the next
+    /// process's).
+    fn drop(&mut self) {
+        locked(&self.state).join();
+    }
+}
+
+/// Writes a head naming recovery point `rp`, kept snapshot `base` and the body of checksum
+/// `body_sum`.
+fn write_head(
+    dir: &std::os::fd::OwnedFd,
+    rp: u128,
+    base: Option<String>,
+    body_sum: u128,
+) -> Result<()> {
+    let head = Manifest {
+        rp,
+        base_snapshot: base,
+        body_sum,
+        ..Default::default()
+    };
+    write_atomic(dir.as_fd(), HEAD_FILE, &head.encode_head())
 }
 
 fn unusable(why: &str) -> Error {
@@ -526,6 +718,99 @@ mod tests {
         m.items.pop();
         std::fs::write(t.path().join(MANIFEST_FILE), m.encode_body()).unwrap();
         assert!(Manifest::load(t.path()).unwrap().is_none());
+    }
+
+    fn sample(rp: u128) -> Manifest {
+        let mut m = Manifest::new(
+            rp,
+            vec![Item {
+                path: b"f".to_vec(),
+                kind: 2,
+                dev: 0,
+                ino: 9,
+                size: 1,
+                mtime: (1, 0),
+                ctime: (2, 0),
+                btime: (0, 0),
+                hashes: None,
+            }],
+        );
+        m.entries = vec![
+            crate::tree::entry::Entry {
+                parent: crate::units::EntryId(0),
+                name: vec![],
+                kind: crate::tree::entry::EntryKind::Dir,
+                meta: Default::default(),
+                xattrs: vec![],
+            },
+            crate::tree::entry::Entry {
+                parent: crate::units::EntryId(0),
+                name: b"f".to_vec(),
+                kind: crate::tree::entry::EntryKind::File { size: 1 },
+                meta: Default::default(),
+                xattrs: vec![],
+            },
+        ];
+        m.list_digest = 5;
+        m
+    }
+
+    #[test]
+    fn cache_serves_its_manifest_from_memory_and_writes_it_in_the_background() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("st");
+        let c = ManifestCache::new();
+        assert!(c.load(&dir, 7).unwrap().is_none(), "nothing anywhere yet");
+        c.save(&dir, sample(7)).unwrap();
+        let a = c.load(&dir, 7).unwrap().unwrap();
+        assert!(a.previous().is_some(), "indexed at once");
+        assert!(c.load(&dir, 8).unwrap().is_none(), "another recovery point");
+        c.flush();
+        let disk = Manifest::load(&dir).unwrap().unwrap();
+        assert_eq!(
+            (disk.rp, &disk.items, &disk.entries),
+            (7, &a.items, &a.entries)
+        );
+        // Nothing changed: a new head over the body on disk.
+        let body = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();
+        c.save_head(&dir, a, 9, Some("snap".into())).unwrap();
+        let b = c.load(&dir, 9).unwrap().unwrap();
+        assert_eq!(b.base_snapshot.as_deref(), Some("snap"));
+        drop(b);
+        drop(c); // completes the save
+        assert_eq!(std::fs::read(dir.join(MANIFEST_FILE)).unwrap(), body);
+        let disk = Manifest::load(&dir).unwrap().unwrap();
+        assert_eq!((disk.rp, disk.base_snapshot.as_deref()), (9, Some("snap")));
+        // A new cache (a new process) reads it from disk.
+        assert!(ManifestCache::new().load(&dir, 9).unwrap().is_some());
+    }
+
+    #[test]
+    fn cache_forgets_a_manifest_whose_save_failed() {
+        let t = tempfile::tempdir().unwrap();
+        // A file where the state directory should be: every write fails.
+        let dir = t.path().join("st");
+        std::fs::write(&dir, b"not a directory").unwrap();
+        let c = ManifestCache::new();
+        c.save(&dir, sample(7)).unwrap();
+        c.flush();
+        assert!(
+            c.load(&dir, 7).is_err(),
+            "from disk, which cannot be read either"
+        );
+        std::fs::remove_file(&dir).unwrap();
+        assert!(c.load(&dir, 7).unwrap().is_none());
+        // A head-only save over a body that never reached the disk writes the whole manifest.
+        c.save(&dir, sample(7)).unwrap();
+        let a = c.load(&dir, 7).unwrap().unwrap();
+        c.flush();
+        // The body lost after all (as if its save had failed).
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        std::fs::remove_file(dir.join(HEAD_FILE)).unwrap();
+        *locked(&locked(&c.state).on_disk) = None;
+        c.save_head(&dir, a, 8, None).unwrap();
+        c.flush();
+        assert_eq!(Manifest::load(&dir).unwrap().unwrap().rp, 8);
     }
 
     #[test]

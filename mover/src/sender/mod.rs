@@ -36,6 +36,7 @@ use crate::wire::WireError;
 use hints::{build_manifest, carried_hashes, hash_files, plan_hints, Planned};
 use list::{ListOut, ENTRIES_FRAME_BYTES};
 use manifest::Manifest;
+pub use manifest::ManifestCache;
 use plan::{data_regions, plan, FileToSend};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -76,6 +77,15 @@ pub struct SendOptions {
     /// Files (relative paths) to copy aside before the walk and read from the copy: those a
     /// failed session named in `Error::SourceChanged` (plain provider only; `pin::MAX_PINS`).
     pub pin: Vec<Vec<u8>>,
+    /// The directories that changed since the last job that succeeded (a watcher's report):
+    /// the walk then reads only those and takes the rest from that job's list, kept in the
+    /// manifest. None, or a job that cannot narrow (no matching manifest, Reflink snapshots,
+    /// hard links, an id map), walks the whole tree. The set must be complete: what it does
+    /// not name is not looked at.
+    pub changed: Option<crate::tree::narrow::ChangedDirs>,
+    /// The stream's manifest kept in memory between jobs and saved in the background (one
+    /// cache per state directory); None reads and writes it on the job's path.
+    pub cache: Option<Arc<ManifestCache>>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -143,6 +153,10 @@ pub struct SendReport {
     pub delta_list: bool,
     /// Entries the delta put or replaced (0 when the whole list was sent).
     pub list_changed: u64,
+    /// The walk read only the changed directories (`SendOptions::changed`).
+    pub walk_narrowed: bool,
+    /// Entries the walk read from the file system (every one unless narrowed).
+    pub walk_fresh: u64,
 }
 
 /// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
@@ -258,9 +272,13 @@ pub fn send_over(
         crate::snapshot::Provider::Plain => pin::pin(root.as_fd(), &opts.pin)?,
         _ => None,
     };
-    let manifest = match &opts.state {
-        Some(dir) => Manifest::load(dir)?.filter(|m| m.rp != 0 && m.rp == ack.recovery_point),
-        None => None,
+    let rp_now = ack.recovery_point;
+    let mut manifest: Option<Arc<Manifest>> = match (&opts.state, &opts.cache) {
+        (Some(dir), Some(cache)) => cache.load(dir, rp_now)?.filter(|m| m.rp != 0),
+        (Some(dir), None) => Manifest::load(dir)?
+            .filter(|m| m.rp != 0 && m.rp == rp_now)
+            .map(Arc::new),
+        (None, _) => None,
     };
     tracing::debug!(
         items = manifest.as_ref().map_or(0, |m| m.items.len()),
@@ -304,13 +322,41 @@ pub fn send_over(
             },
         })
     };
-    let mut walked =
-        crate::tree::walk::walk_fd_streaming(root.as_fd(), true, Some(&known), &mut |es| {
-            if let Some(m) = &opts.id_map {
-                m.apply(es);
-            }
-            out.push(es, &mut ctl)
-        })?;
+    let narrowed = match (
+        &opts.changed,
+        manifest.as_deref().and_then(Manifest::previous),
+    ) {
+        // A Reflink freeze clones the whole tree anyway; the manifest's entries went through
+        // the id map of their job, which it does not record, so a job with a map (which could
+        // have changed since) walks the whole tree.
+        (Some(changed), Some(prev))
+            if provider != crate::snapshot::Provider::Reflink && opts.id_map.is_none() =>
+        {
+            crate::tree::narrow::narrow(root.as_fd(), &prev, changed, true, Some(&known))?
+        }
+        _ => None,
+    };
+    let (mut walked, walk_fresh) = match narrowed {
+        Some(n) => {
+            let fresh = n.fresh_count();
+            out.push(&n.walked.entries, &mut ctl)?;
+            (n.walked, Some(fresh))
+        }
+        None => {
+            let w = crate::tree::walk::walk_fd_streaming(
+                root.as_fd(),
+                true,
+                Some(&known),
+                &mut |es| {
+                    if let Some(m) = &opts.id_map {
+                        m.apply(es);
+                    }
+                    out.push(es, &mut ctl)
+                },
+            )?;
+            (w, None)
+        }
+    };
     let list_changed = out.finish(&mut ctl)?;
     wire += out.wire;
     if let Some(ids) = &frozen.ids {
@@ -334,6 +380,8 @@ pub fn send_over(
     tracing::info!(
         entries = entries.len(),
         delta = delta,
+        narrowed = walk_fresh.is_some(),
+        fresh = walk_fresh.unwrap_or(entries.len()),
         secs = start.elapsed().as_secs_f64(),
         "walked source and sent the entry list"
     );
@@ -568,17 +616,17 @@ pub fn send_over(
         )));
     }
     let hashed_bytes = planned.hashed_bytes;
+    let incremental = manifest.is_some();
     if let Some(dir) = &opts.state {
         // A btrfs snapshot outlives the job as the next job's base; the previous base goes.
         let kept = frozen.keep();
         let old_base = manifest.as_ref().and_then(|m| m.base_snapshot.clone());
         drop(base);
         let streamed = streamed_hashes(&files, std::mem::take(&mut all.block_hashes));
-        let saved = save_manifest(
-            dir,
+        let next = next_manifest(
             &walked,
             &table.root,
-            manifest.as_ref(),
+            manifest.as_deref(),
             planned,
             &need,
             streamed,
@@ -592,6 +640,17 @@ pub fn send_over(
                     .as_ref()
                     .is_some_and(|m| m.entries.len() == entries.len()),
         );
+        let rp = v.recovery_point;
+        // With a cache the manifest is the next job's at once and reaches the disk in the
+        // background; without, it is written now.
+        let saved = next.and_then(|next| match (next, manifest.take(), &opts.cache) {
+            (Some(m), _, Some(c)) => c.save(dir, m),
+            (Some(mut m), _, None) => m.save(dir),
+            (None, Some(old), Some(c)) => c.save_head(dir, old, rp, kept.clone()),
+            (None, Some(old), None) => old.save_head_as(dir, rp, kept.clone()),
+            // next_manifest answers None only for an old manifest.
+            (None, None, _) => Ok(()),
+        });
         match (&saved, kept, old_base) {
             (Ok(()), _, Some(old)) => crate::snapshot::drop_kept(&opts.src, &old),
             (Err(_), Some(new), _) => crate::snapshot::drop_kept(&opts.src, &new),
@@ -615,7 +674,7 @@ pub fn send_over(
         receiver_version: ack.software,
         files_delta,
         renames: planned_renames,
-        incremental: manifest.is_some(),
+        incremental,
         resumed: ack.job_pending,
         recovery_point: format!("{:032x}", v.recovery_point),
         attempts: 1,
@@ -626,6 +685,8 @@ pub fn send_over(
         read_direct_bytes: all.read_direct,
         delta_list: list_changed.is_some(),
         list_changed: list_changed.unwrap_or(0),
+        walk_narrowed: walk_fresh.is_some(),
+        walk_fresh: walk_fresh.unwrap_or(entries.len()) as u64,
     })
 }
 
@@ -803,12 +864,12 @@ pub fn send_with_retry_each(
     }
 }
 
-/// Writes the manifest of the recovery point the receiver just committed. Block hashes come from
-/// the old manifest (unchanged files), the delta pass, or are computed now for files sent whole
-/// or found complete at the receiver; a file that changed since the walk gets none.
+/// The manifest of the recovery point the receiver just committed; None if `old` (then Some)
+/// still describes it and only needs a head naming that point. Block hashes come from the old
+/// manifest (unchanged files), the delta pass, or are computed now for files sent whole or
+/// found complete at the receiver; a file that changed since the walk gets none.
 #[allow(clippy::too_many_arguments)]
-fn save_manifest(
-    dir: &std::path::Path,
+fn next_manifest(
     walked: &crate::tree::walk::Walked,
     root: &std::os::fd::OwnedFd,
     old: Option<&Manifest>,
@@ -821,10 +882,10 @@ fn save_manifest(
     base_snapshot: Option<String>,
     list_digest: u128,
     list_same: bool,
-) -> Result<()> {
+) -> Result<Option<Manifest>> {
     // Nothing changed (the list, every item's identity and times, no block hash to add): the
     // body stays, the head names the new recovery point.
-    if let Some(m) = old.filter(|m| {
+    if old.is_some_and(|m| {
         list_same
             && m.list_digest == list_digest
             && planned.hashes.is_empty()
@@ -832,7 +893,7 @@ fn save_manifest(
             && need.iter().all(|n| *n == Need::Nothing)
             && same_items(walked, m)
     }) {
-        return m.save_head_as(dir, rp, base_snapshot);
+        return Ok(None);
     }
     let mut hashes = match old {
         Some(m) => carried_hashes(walked, m, &planned.old),
@@ -873,7 +934,7 @@ fn save_manifest(
     m.base_snapshot = base_snapshot;
     m.entries = walked.entries.clone();
     m.list_digest = list_digest;
-    m.save(dir)
+    Ok(Some(m))
 }
 
 /// Every item the walk makes is the manifest's, in order, with the same identity, size and

@@ -3,6 +3,7 @@
 pub mod diff;
 pub mod entry;
 pub mod hash;
+pub mod narrow;
 pub mod walk;
 pub mod xattr;
 

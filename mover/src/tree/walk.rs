@@ -111,12 +111,12 @@ pub type KnownFn<'a> = &'a (dyn Fn(&[u8], &FileId, u8) -> Option<Known> + Sync);
 /// A subtree walked on its own: ids are local (0 = the subtree's top), regular files are not
 /// yet folded into hard links.
 #[derive(Default)]
-struct Fragment {
-    entries: Vec<Entry>,
-    paths: Vec<Vec<u8>>,
+pub(super) struct Fragment {
+    pub(super) entries: Vec<Entry>,
+    pub(super) paths: Vec<Vec<u8>>,
     /// (dev, ino) of regular files with more than one link.
-    link_keys: Vec<Option<(u64, u64)>>,
-    ids: Vec<FileId>,
+    pub(super) link_keys: Vec<Option<(u64, u64)>>,
+    pub(super) ids: Vec<FileId>,
 }
 
 struct Frame {
@@ -136,11 +136,11 @@ pub fn meta_of(st: &Stat) -> Meta {
     }
 }
 
-fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
+pub(super) fn read_names(fd: BorrowedFd<'_>, what: &[u8]) -> Result<Vec<Vec<u8>>> {
     crate::beneath::dir_names(fd).ctx(|| format!("reading directory {}", show(what)))
 }
 
-fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+pub(super) fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
         parent,
         name,
@@ -149,7 +149,7 @@ fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedF
     )
 }
 
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(super) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
     p.extend_from_slice(parent);
     if !p.is_empty() {
@@ -173,6 +173,37 @@ impl Walked {
             && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
             && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec)
     }
+}
+
+/// Reopens the walk's root and makes the one-entry walk of it (the root is always read fresh).
+pub(super) fn open_root(root: BorrowedFd<'_>, xattrs: bool) -> Result<(OwnedFd, Walked)> {
+    let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
+    let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
+    let root_x = if xattrs {
+        read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())?
+    } else {
+        Vec::new()
+    };
+    let w = Walked {
+        entries: vec![Entry {
+            parent: EntryId::ROOT,
+            name: Vec::new(),
+            kind: EntryKind::Dir,
+            meta: meta_of(&st),
+            xattrs: root_x,
+        }],
+        paths: vec![Vec::new()],
+        ids: vec![file_id(&st, (0, 0))],
+    };
+    Ok((root_fd, w))
+}
+
+/// The root's names, sorted, without the state directory: the receiver's own state is never
+/// part of a tree (a replica can be a source in turn).
+pub(super) fn root_names(root_fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+    let mut names = read_names(root_fd, b"")?;
+    names.retain(|n| n.as_slice() != crate::tree::STATE_DIR);
+    Ok(names)
 }
 
 pub fn walk(root: &Path, xattrs: bool) -> Result<Walked> {
@@ -199,31 +230,8 @@ pub fn walk_fd_streaming(
     known: Option<KnownFn<'_>>,
     sink: &mut dyn FnMut(&mut [Entry]) -> Result<()>,
 ) -> Result<Walked> {
-    let root_fd = open_subdir(root, b".").ctx(|| "reopening root directory".to_string())?;
-    let st = rustix::fs::fstat(&root_fd).ctx(|| "stat of root directory".to_string())?;
-    let root_x = if xattrs {
-        read_user_xattrs(On::Fd(root_fd.as_fd())).ctx(|| "xattrs of root".into())?
-    } else {
-        Vec::new()
-    };
-    let mut names = read_names(root_fd.as_fd(), b"")?;
-    // The receiver's own state is never part of a tree (a replica can be a source in turn).
-    names.retain(|n| n.as_slice() != crate::tree::STATE_DIR);
-
-    let mut w = Walked {
-        entries: Vec::new(),
-        paths: Vec::new(),
-        ids: Vec::new(),
-    };
-    w.entries.push(Entry {
-        parent: EntryId::ROOT,
-        name: Vec::new(),
-        kind: EntryKind::Dir,
-        meta: meta_of(&st),
-        xattrs: root_x,
-    });
-    w.paths.push(Vec::new());
-    w.ids.push(file_id(&st, (0, 0)));
+    let (root_fd, mut w) = open_root(root, xattrs)?;
+    let names = root_names(root_fd.as_fd())?;
     sink(&mut w.entries[..])?;
 
     let next = AtomicUsize::new(0);
@@ -322,7 +330,6 @@ fn walk_subtree(
     known: Option<KnownFn<'_>>,
 ) -> Result<Fragment> {
     let mut f = Fragment::default();
-    let mut stack: Vec<Frame> = Vec::new();
     if let Some(fd) = visit(
         parent,
         name.to_vec(),
@@ -332,16 +339,30 @@ fn walk_subtree(
         xattrs,
         known,
     )? {
-        let names = read_names(fd.as_fd(), &f.paths[0])?;
-        stack.push(Frame {
-            fd,
-            id: EntryId(0),
-            names,
-            next: 0,
-        });
+        walk_below(&mut f, fd, EntryId(0), 1, xattrs, known)?;
     }
+    Ok(f)
+}
+
+/// Appends to `f`, in pre-order, everything below its directory entry `id` (open as `fd`),
+/// which lies `depth` directories below the walk's root (1 for a child of the root).
+pub(super) fn walk_below(
+    f: &mut Fragment,
+    fd: OwnedFd,
+    id: EntryId,
+    depth: usize,
+    xattrs: bool,
+    known: Option<KnownFn<'_>>,
+) -> Result<()> {
+    let names = read_names(fd.as_fd(), &f.paths[id.index()])?;
+    let mut stack: Vec<Frame> = vec![Frame {
+        fd,
+        id,
+        names,
+        next: 0,
+    }];
     loop {
-        let depth = stack.len();
+        let level = depth - 1 + stack.len();
         let Some(top) = stack.last_mut() else { break };
         if top.next == top.names.len() {
             stack.pop();
@@ -350,22 +371,14 @@ fn walk_subtree(
         let name = std::mem::take(&mut top.names[top.next]);
         top.next += 1;
         let pid = top.id;
-        if depth >= MAX_DEPTH {
+        if level >= MAX_DEPTH {
             return Err(Error::Limit(format!(
                 "{}: deeper than {MAX_DEPTH} directories",
                 show(&f.paths[pid.index()])
             )));
         }
         let parent_path = f.paths[pid.index()].clone();
-        if let Some(fd) = visit(
-            top.fd.as_fd(),
-            name,
-            pid,
-            &parent_path,
-            &mut f,
-            xattrs,
-            known,
-        )? {
+        if let Some(fd) = visit(top.fd.as_fd(), name, pid, &parent_path, f, xattrs, known)? {
             let id = EntryId(f.entries.len() as u32 - 1);
             let names = read_names(fd.as_fd(), &f.paths[id.index()])?;
             stack.push(Frame {
@@ -376,11 +389,12 @@ fn walk_subtree(
             });
         }
     }
-    Ok(f)
+    Ok(())
 }
 
-/// Records entry `name` of directory `dirfd`; returns an open fd if it is a directory.
-fn visit(
+/// Records entry `name` of directory `dirfd`; returns an open fd if it is a directory. Records
+/// nothing if `name` is gone (deleted since its directory was listed).
+pub(super) fn visit(
     dirfd: BorrowedFd<'_>,
     name: Vec<u8>,
     parent: EntryId,

@@ -71,6 +71,8 @@ pub fn send_options(
         id_map: None,
         secret: None,
         pin: Vec::new(),
+        changed: None,
+        cache: None,
     }
 }
 

@@ -426,6 +426,7 @@ fn answer_name(a: &PeerAnswer) -> &'static str {
         PeerAnswer::Ticket { .. } => "ticket",
         PeerAnswer::NotFound => "not_found",
         PeerAnswer::Refused { .. } => "refused",
+        PeerAnswer::Reconnected { .. } => "reconnected",
     }
 }
 
@@ -1253,6 +1254,7 @@ impl World {
         let (what, id) = match &work {
             Blocking::Ticket { r, .. } => ("ticket", r.id.clone()),
             Blocking::Delete(id) => ("delete", id.clone()),
+            Blocking::Reconnect(id) => ("reconnect", id.clone()),
         };
         let a = peer_server::finish(&node, work);
         if let PeerAnswer::Ticket { .. } = a {
@@ -1641,6 +1643,8 @@ impl World {
             read_direct_bytes: 0,
             delta_list: false,
             list_changed: 0,
+            walk_narrowed: false,
+            walk_fresh: files,
         };
         self.session_ended(key, node, Ok(report));
     }
