@@ -51,6 +51,24 @@ fn replicating(a: &Node, b: &Node, src: &Path, dst: &Path) -> String {
     id
 }
 
+/// The daemon's log without its colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut it = log.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for c in it.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Waits until the target's tree equals the source's.
 fn converges(a: &Node, id: &str, src: &Path, dst: &Path) {
     let t0 = Instant::now();
@@ -96,6 +114,30 @@ fn churn_converges(detection: &str, seed: u64) {
     std::fs::write(src.join("g/late"), b"late").unwrap();
     converges(&a, &id, &src, &dst);
     assert_eq!(std::fs::read(dst.join("g/late")).unwrap(), b"late");
+}
+
+#[test]
+fn a_small_change_is_replicated_by_a_walk_of_its_directory_only() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b) = nodes(&t, "auto", "");
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for d in 0..20 {
+        fill(&src.join(format!("d{d:02}")), 50, 100, d);
+    }
+    let id = replicating(&a, &b, &src, &dst);
+    std::fs::write(src.join("d07/f0003"), b"changed").unwrap();
+    converges(&a, &id, &src, &dst);
+    let log = plain(&a.log());
+    let walked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("walked source and sent the entry list"))
+        .collect();
+    let last = walked.last().expect("a job ran");
+    assert!(
+        last.contains("narrowed=true") && last.contains("fresh=51"),
+        "the job walked d07 (50 files and itself) and took the other 19 directories from the last list: {last}"
+    );
 }
 
 #[test]
