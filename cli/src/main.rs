@@ -284,6 +284,30 @@ Example:
     },
 }
 
+/// A `--changed-dir` as the walk names it: components joined by `/`, no `.`, no trailing
+/// slash, the source itself empty (a name spelt otherwise would match nothing, and what it
+/// names would not be read).
+fn relative_dir(p: &std::path::Path) -> Result<Vec<u8>> {
+    use std::path::Component;
+    let mut out = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(n.as_encoded_bytes());
+            }
+            _ => anyhow::bail!(
+                "--changed-dir {}: a path relative to the source, without `..`",
+                p.display()
+            ),
+        }
+    }
+    Ok(out)
+}
+
 fn resolve(to: &str) -> Result<SocketAddr> {
     to.to_socket_addrs()
         .with_context(|| format!("resolving {to}"))?
@@ -467,12 +491,16 @@ fn run(cli: Cli) -> Result<()> {
                 id_map: None,
                 secret: None,
                 pin: Vec::new(),
-                changed: (!changed_dir.is_empty()).then(|| mover::tree::narrow::ChangedDirs {
-                    dirs: changed_dir
-                        .iter()
-                        .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
-                        .collect(),
-                }),
+                changed: if changed_dir.is_empty() {
+                    None
+                } else {
+                    Some(mover::tree::narrow::ChangedDirs {
+                        dirs: changed_dir
+                            .iter()
+                            .map(|p| relative_dir(p))
+                            .collect::<Result<_>>()?,
+                    })
+                },
                 cache: (repeat > 1).then(|| Arc::new(mover::sender::ManifestCache::new())),
             };
             let tcp: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
@@ -650,5 +678,26 @@ fn main() {
     if let Err(e) = run(cli) {
         eprintln!("mover: error: {e:#}");
         std::process::exit(exit::code(&e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_dir;
+    use std::path::Path;
+
+    #[test]
+    fn changed_dir_is_named_as_the_walk_names_it() {
+        for (given, want) in [
+            ("", ""),
+            (".", ""),
+            ("./a/b/", "a/b"),
+            ("a//b", "a/b"),
+            ("d005", "d005"),
+        ] {
+            assert_eq!(relative_dir(Path::new(given)).unwrap(), want.as_bytes());
+        }
+        assert!(relative_dir(Path::new("/abs")).is_err());
+        assert!(relative_dir(Path::new("a/../b")).is_err());
     }
 }

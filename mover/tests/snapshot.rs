@@ -525,3 +525,49 @@ fn a_drill_is_a_verified_writable_copy_of_the_recovery_point_by_snapshot_reflink
         assert!(!into.exists());
     }
 }
+
+#[test]
+fn btrfs_narrowed_jobs_take_unchanged_entries_from_the_previous_snapshots_list() {
+    let m = Mounted::new("btrfs", 256 << 20);
+    let src = m.dir.join("src");
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&src));
+    for d in ["a", "b"] {
+        std::fs::create_dir(src.join(d)).unwrap();
+        for k in 0..10 {
+            std::fs::write(src.join(d).join(format!("f{k}")), vec![b'x'; 50 + k]).unwrap();
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (dst, state) = (t.path().join("dst"), t.path().join("state"));
+    std::fs::create_dir(&dst).unwrap();
+    let (addr, reports) = start_serving(&dst);
+    let cache = Arc::new(mover::sender::ManifestCache::new());
+    let job = |dirs: &[&str]| {
+        let o = SendOptions {
+            changed: Some(mover::tree::narrow::ChangedDirs {
+                dirs: dirs.iter().map(|d| d.as_bytes().to_vec()).collect(),
+            }),
+            cache: Some(cache.clone()),
+            ..opts(&src, addr, &state, Provider::Btrfs)
+        };
+        let rep = send(&o, &Arc::new(Progress::default())).unwrap();
+        assert!(reports.recv().unwrap().ok);
+        assert_same_tree(&src, &dst);
+        rep
+    };
+    assert!(!job(&[]).walk_narrowed, "no manifest yet");
+    std::fs::write(src.join("a/f1"), b"changed").unwrap();
+    std::fs::write(src.join("b/new"), b"created").unwrap();
+    let rep = job(&["", "a", "b"]);
+    assert!(rep.walk_narrowed && rep.incremental, "{rep:?}");
+    assert_eq!(rep.files, 2);
+    std::fs::write(src.join("b/f2"), b"changed too").unwrap();
+    let rep = job(&["b"]);
+    assert!(rep.walk_narrowed, "{rep:?}");
+    assert_eq!(rep.files, 1);
+    // Each snapshot is a new device: the entries taken from the last list are the same items.
+    assert_eq!(rep.renames, 0);
+    assert_eq!(rep.walk_fresh, 1 + 11, "the root and b's children");
+}

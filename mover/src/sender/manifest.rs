@@ -377,6 +377,9 @@ struct CacheState {
     dir: Option<std::path::PathBuf>,
     /// The last manifest saved (or loaded), indexed; `generation` names its body.
     manifest: Option<std::sync::Arc<Manifest>>,
+    /// Where the background save hands over the manifest it was given once it has indexed it
+    /// (indexing is the part of a save the next job needs; writing is not).
+    indexing: Option<std::sync::mpsc::Receiver<std::sync::Arc<Manifest>>>,
     generation: u64,
     /// The body the state directory holds, as (generation, checksum), set by the background
     /// save; a head-only save can name it. None: unknown (a save failed or none ran yet).
@@ -391,8 +394,17 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CacheState {
+    /// Waits until the manifest of the save in flight is indexed (not until it is written).
+    fn settle(&mut self) {
+        if let Some(rx) = self.indexing.take() {
+            // No manifest if the save died first: the next load reads the disk.
+            self.manifest = rx.recv().ok();
+        }
+    }
+
     /// Waits for the save in flight; a failed one makes the cache forget its manifest.
     fn join(&mut self) {
+        self.settle();
         let Some(h) = self.saving.take() else { return };
         let res = h
             .join()
@@ -423,6 +435,7 @@ impl ManifestCache {
         if s.saving.as_ref().is_some_and(|h| h.is_finished()) {
             s.join();
         }
+        s.settle();
         let ours = s.dir.as_deref() == Some(dir);
         if let Some(m) = s.manifest.as_ref().filter(|m| ours && m.rp == rp) {
             return Ok(Some(m.clone()));
@@ -437,9 +450,9 @@ impl ManifestCache {
         Ok(s.manifest.clone().filter(|m| m.rp == rp))
     }
 
-    /// Makes `m` the stream's manifest at once and writes it to `dir` in the background.
-    pub(crate) fn save(&self, dir: &Path, mut m: Manifest) -> Result<()> {
-        m.index();
+    /// Makes `m` the stream's manifest and writes it to `dir` in the background (the next
+    /// load waits only until it is indexed).
+    pub(crate) fn save(&self, dir: &Path, m: Manifest) -> Result<()> {
         self.store(dir, m, false)
     }
 
@@ -465,20 +478,28 @@ impl ManifestCache {
         self.store(dir, m, true)
     }
 
-    fn store(&self, dir: &Path, m: Manifest, same_body: bool) -> Result<()> {
+    /// `same_body`: `m` is the cached manifest (indexed) under a new head.
+    fn store(&self, dir: &Path, mut m: Manifest, same_body: bool) -> Result<()> {
         let mut s = locked(&self.state);
         s.join(); // one writer per state directory
         if !(same_body && s.dir.as_deref() == Some(dir)) {
             s.generation += 1;
         }
         let generation = s.generation;
-        let m = std::sync::Arc::new(m);
         s.dir = Some(dir.to_path_buf());
-        s.manifest = Some(m.clone());
+        s.manifest = None;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        s.indexing = Some(rx);
         let (on_disk, dir) = (s.on_disk.clone(), dir.to_path_buf());
         let h = std::thread::Builder::new()
             .name("mover-manifest".into())
             .spawn(move || {
+                if !same_body {
+                    m.index();
+                }
+                let m = std::sync::Arc::new(m);
+                // The receiving end goes only with the cache.
+                let _ = tx.send(m.clone());
                 let claim = *locked(&on_disk);
                 let sum = match claim {
                     Some((g, sum)) if g == generation => open_state(&dir)

@@ -377,6 +377,7 @@ pub fn send_over(
     let stable = provider != crate::snapshot::Provider::Plain;
     let walked = walked;
     let entries = &walked.entries;
+    let n_entries = entries.len();
     tracing::info!(
         entries = entries.len(),
         delta = delta,
@@ -615,6 +616,7 @@ pub fn send_over(
             v.message
         )));
     }
+    tracing::debug!(secs = start.elapsed().as_secs_f64(), "receiver verified");
     let hashed_bytes = planned.hashed_bytes;
     let incremental = manifest.is_some();
     if let Some(dir) = &opts.state {
@@ -640,6 +642,14 @@ pub fn send_over(
                     .as_ref()
                     .is_some_and(|m| m.entries.len() == entries.len()),
         );
+        // The list moves into the manifest (not copied: it is the size of the tree).
+        let next = next.map(|m| {
+            m.map(|mut m| {
+                m.entries = walked.entries;
+                m
+            })
+        });
+        tracing::debug!(secs = start.elapsed().as_secs_f64(), "manifest built");
         let rp = v.recovery_point;
         // With a cache the manifest is the next job's at once and reaches the disk in the
         // background; without, it is written now.
@@ -661,7 +671,7 @@ pub fn send_over(
     }
     Ok(SendReport {
         session: session.to_string(),
-        entries: entries.len() as u64,
+        entries: n_entries as u64,
         files: sent_files,
         bytes: all.data_bytes,
         wire_bytes: wire,
@@ -686,7 +696,7 @@ pub fn send_over(
         delta_list: list_changed.is_some(),
         list_changed: list_changed.unwrap_or(0),
         walk_narrowed: walk_fresh.is_some(),
-        walk_fresh: walk_fresh.unwrap_or(entries.len()) as u64,
+        walk_fresh: walk_fresh.unwrap_or(n_entries) as u64,
     })
 }
 
@@ -864,8 +874,9 @@ pub fn send_with_retry_each(
     }
 }
 
-/// The manifest of the recovery point the receiver just committed; None if `old` (then Some)
-/// still describes it and only needs a head naming that point. Block hashes come from the old
+/// The manifest of the recovery point the receiver just committed, but for its entry list (the
+/// walk's, which the caller moves in); None if `old` (then Some) still describes it and only
+/// needs a head naming that point. Block hashes come from the old
 /// manifest (unchanged files), the delta pass, or are computed now for files sent whole or
 /// found complete at the receiver; a file that changed since the walk gets none.
 #[allow(clippy::too_many_arguments)]
@@ -932,7 +943,6 @@ fn next_manifest(
     hashes.extend(hash_files(root.as_fd(), walked, &todo, threads, stable)?);
     let mut m = build_manifest(walked, rp, hashes);
     m.base_snapshot = base_snapshot;
-    m.entries = walked.entries.clone();
     m.list_digest = list_digest;
     Ok(Some(m))
 }

@@ -225,7 +225,8 @@ pub fn narrow(
         depth: 0,
         children,
     }];
-    // Each turn adds at least one entry or pops a frame; frames are at most MAX_DEPTH deep.
+    // Each turn consumes a name or a previous entry of the top frame, or pops it: the loop is
+    // bounded by the names listed plus the previous list; frames are at most MAX_DEPTH deep.
     while let Some(top) = stack.last_mut() {
         let push = match &mut top.children {
             Children::Reused { of, next, end } => {
