@@ -1378,6 +1378,12 @@ pub(crate) fn delete_abandoned(node: &Node, was: &Relationship) {
 pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.jobs).remove(id);
     node.forget(id, Role::Source)?;
+    lock(&node.hot_files).remove(id);
+    // A manifest still being written would make the directory again.
+    let cache = lock(&node.manifests).remove(id);
+    if let Some(c) = cache {
+        c.flush();
+    }
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));
     Ok(())
