@@ -954,6 +954,11 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
     let out = a.cli(&["relationship", "reconnect", &id]);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
 
+    // Both sides know the recovery point (the target learns it from the source's report).
+    let rp = a.view("source", &id)["recovery_point"]["time"].clone();
+    b.wait_for("target", &id, "the target to record it", |v| {
+        v["recovery_point"]["time"] == rp
+    });
     b.cli_ok(&["relationship", "make-writable", &id]);
     a.wait_for("source", &id, "the source to see the end", |v| {
         v["state"] == "ended"
@@ -969,6 +974,10 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
 
     let v = a.cli_ok(&["relationship", "reconnect", &id[..8], "--json"]);
     assert_eq!(v["common"], true, "{v}");
+    assert_eq!(
+        v["relationship"]["epoch"], 2,
+        "make-writable and reconnect: {v}"
+    );
     assert!(v["target_difference"].is_string(), "{v}");
     assert_eq!(
         v["relationship"]["state"], "reverting_to_last_recovery_point",
@@ -982,7 +991,7 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
         synced(v) && v["state"] == "idle"
     });
     b.wait_for("target", &id, "the target to see it", |v| {
-        v["state"] == "idle"
+        v["state"] == "idle" && v["epoch"] == 2
     });
     assert_eq!(
         tree_hash(&dst),

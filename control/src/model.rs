@@ -411,6 +411,11 @@ pub struct Relationship {
     pub path_error: Option<String>,
     /// Target role: what its operator accepted for the replica at authorization.
     pub replica: ReplicaOptions,
+    /// Failovers (make-writable) and reconnects since the relationship began. A peer request
+    /// of another epoch comes from a side that missed one of them: it is refused as split
+    /// brain (`split_brain`).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Relationship {
@@ -438,7 +443,36 @@ impl Relationship {
             pinned: None,
             path_error: None,
             replica: ReplicaOptions::default(),
+            epoch: 0,
         }
+    }
+
+    /// Why a peer request made at `theirs` epoch is refused here (None: same epoch). The
+    /// other side missed a failover or reconnect of this one (or this one of the other's):
+    /// going on would let two nodes write one tree ("split brain").
+    pub fn split_brain(&self, theirs: u64) -> Option<String> {
+        let (id, mine) = (&self.id, self.epoch);
+        if theirs == mine {
+            return None;
+        }
+        let (here, there) = match self.role {
+            Role::Target => ("target", "source"),
+            Role::Source => ("source", "target"),
+        };
+        Some(if theirs < mine {
+            format!(
+                "split brain refused: relationship {id} is at epoch {mine} on this {here}, the {there} asked at epoch {theirs}; \
+                 this {here} was made writable or reconnected since, so its side is newer. To replicate again, run \
+                 `mover relationship reconnect {id}` on the source (it reverts what was written on the target); \
+                 to keep both, delete the relationship on both nodes"
+            )
+        } else {
+            format!(
+                "split brain refused: relationship {id} is at epoch {mine} on this {here}, the {there} asked at epoch {theirs}; \
+                 the {there} is newer (this node's state is from before a failover or reconnect, e.g. restored from a backup). \
+                 Delete the relationship on this node and create it again from the source"
+            )
+        })
     }
 }
 

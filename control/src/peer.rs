@@ -29,6 +29,9 @@ pub enum PeerRequest {
         id: RelationshipId,
         #[serde(default)]
         plaintext: bool,
+        /// The source's epoch of the relationship (`Relationship::epoch`).
+        #[serde(default)]
+        epoch: u64,
     },
     Report {
         id: RelationshipId,
@@ -36,6 +39,8 @@ pub enum PeerRequest {
         job: Option<JobView>,
         last_attempt: Option<Attempt>,
         recovery_point_ns: Option<i64>,
+        #[serde(default)]
+        epoch: u64,
     },
     Update {
         id: RelationshipId,
@@ -87,6 +92,8 @@ pub enum PeerAnswer {
     Reconnected {
         recovery_point_ns: Option<i64>,
         difference: Option<String>,
+        /// The relationship's epoch from now on, on both sides.
+        epoch: u64,
     },
 }
 

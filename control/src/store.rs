@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE relationships ADD COLUMN pinned TEXT;
      ALTER TABLE relationships ADD COLUMN path_error TEXT;
      ALTER TABLE relationships ADD COLUMN replica TEXT",
+    // Failovers and reconnects since the relationship began (`Relationship::epoch`).
+    "ALTER TABLE relationships ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
 ];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -66,6 +68,7 @@ type RowTuple = (
     Option<String>,
     Option<String>,
     Option<String>,
+    i64,
 );
 
 fn invalid_json(e: serde_json::Error) -> Error {
@@ -148,9 +151,9 @@ impl Store {
             .map_err(invalid_json)?;
         let (pinned, replica) = Self::encode_extras(r)?;
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica],
+            "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica, epoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica, r.epoch as i64],
         )?;
         if n == 0 {
             return Err(Error::Invalid(format!(
@@ -178,6 +181,7 @@ impl Store {
             r.get(12)?,
             r.get(13)?,
             r.get(14)?,
+            r.get(15)?,
         ))
     }
 
@@ -214,6 +218,7 @@ impl Store {
             pinned,
             path_error,
             replica,
+            epoch,
         ) = t;
         let role = match role.as_str() {
             "source" => Role::Source,
@@ -248,11 +253,12 @@ impl Store {
             pinned,
             path_error,
             replica: replica.unwrap_or_default(),
+            epoch: epoch.max(0) as u64,
         })
     }
 
     const COLUMNS: &'static str =
-        "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica";
+        "id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica, epoch";
 
     pub fn get(&self, id: &RelationshipId) -> Result<Relationship> {
         let q = format!("SELECT {} FROM relationships WHERE id = ?1", Self::COLUMNS);
@@ -290,9 +296,9 @@ impl Store {
         let n = self.conn.prepare_cached(
             "UPDATE relationships SET spec = ?2, authorized = ?3, last_attempt = ?4, recovery_point_ns = ?5, job_running = ?6,
              peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10, pinned = ?11, path_error = ?12,
-             replica = ?13 WHERE id = ?1",
+             replica = ?13, epoch = ?14 WHERE id = ?1",
         )?.execute(
-            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica],
+            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica, r.epoch as i64],
         )?;
         if n == 0 {
             return Err(Error::NotFound(r.id.to_string()));

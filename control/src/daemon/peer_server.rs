@@ -341,9 +341,10 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
             Err(e) => refuse(e.to_string()),
         },
         Blocking::Reconnect(id) => match target::reconnect(node, &id) {
-            Ok((recovery_point_ns, difference)) => PeerAnswer::Reconnected {
+            Ok((recovery_point_ns, difference, epoch)) => PeerAnswer::Reconnected {
                 recovery_point_ns,
                 difference,
+                epoch,
             },
             Err(e) => refuse(e.to_string()),
         },
@@ -378,11 +379,18 @@ pub(crate) fn respond(
             }
             Err(a) => a,
         },
-        PeerRequest::Ticket { id, plaintext } => {
+        PeerRequest::Ticket {
+            id,
+            plaintext,
+            epoch,
+        } => {
             let r = match pinned(node, &id, fp) {
                 Ok(r) => r,
                 Err(a) => return Handled::Answer(a),
             };
+            if let Some(m) = r.split_brain(epoch) {
+                return Handled::Answer(refuse(m));
+            }
             if !r.authorized {
                 return Handled::Answer(refuse(format!(
                     "relationship {id} is awaiting authorization on the target"
@@ -413,9 +421,17 @@ pub(crate) fn respond(
             job,
             last_attempt,
             recovery_point_ns,
+            epoch,
         } => {
-            if let Err(a) = pinned(node, &id, fp) {
-                return Handled::Answer(a);
+            match pinned(node, &id, fp) {
+                Err(a) => return Handled::Answer(a),
+                // A report from an older epoch is from before the failover: not taken.
+                Ok(r) if !r.ended => {
+                    if let Some(m) = r.split_brain(epoch) {
+                        return Handled::Answer(refuse(m));
+                    }
+                }
+                Ok(_) => {}
             }
             match target::record_report(node, &id, running, job, last_attempt, recovery_point_ns) {
                 Ok(()) => PeerAnswer::Ok,

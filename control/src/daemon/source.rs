@@ -582,6 +582,7 @@ pub(crate) fn report_request(
         job: s.job,
         last_attempt: s.last_attempt,
         recovery_point_ns: s.recovery_point_ns,
+        epoch: r.epoch,
     };
     Some((r, req))
 }
@@ -1010,6 +1011,7 @@ pub(crate) fn ticket_request(node: &Node, r: &Relationship) -> PeerRequest {
     PeerRequest::Ticket {
         id: r.id.clone(),
         plaintext: node.opts.insecure_plaintext,
+        epoch: r.epoch,
     }
 }
 
@@ -1243,11 +1245,12 @@ pub(crate) async fn reconnect(node: &Node, id: &RelationshipId) -> Result<Reconn
         id: id.clone(),
         recovery_point_ns: r.recovery_point_ns,
     };
-    let (target_rp, difference) = match call(node, &r, &req).await? {
+    let (target_rp, difference, epoch) = match call(node, &r, &req).await? {
         PeerAnswer::Reconnected {
             recovery_point_ns,
             difference,
-        } => (recovery_point_ns, difference),
+            epoch,
+        } => (recovery_point_ns, difference, epoch),
         other => return Err(refused(&r, other)),
     };
     lock(&node.reconnecting).insert(id.clone(), since);
@@ -1255,6 +1258,7 @@ pub(crate) async fn reconnect(node: &Node, id: &RelationshipId) -> Result<Reconn
         x.ended = false;
         x.peer_unreachable = false;
         x.job_running = true;
+        x.epoch = epoch;
     })?;
     lock(&node.wanted).insert(id.clone());
     tracing::info!(%id, ?difference, "reconnected: the next job reverts the target to this source's state");

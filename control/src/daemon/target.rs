@@ -335,7 +335,8 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
         })?;
     }
     release(node, id)?;
-    node.get(id, Role::Target)
+    // A new epoch: a source that did not see this failover is refused from now on.
+    node.modify(id, Role::Target, |x| x.epoch += 1)
 }
 
 /// After a failover (`make_writable`), the source asks to replicate again: the directory is
@@ -345,7 +346,7 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
 /// changed ones sent again) and only what differs travels. Returns the last recovery point
 /// this node recorded and the first difference found.
 /// Blocking (checks the whole directory); call from a blocking thread.
-pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Option<String>)> {
+pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Option<String>, u64)> {
     if !lock(&node.reverting).insert(id.clone()) {
         return Err(Error::Conflict(format!(
             "relationship {id} is already being made writable, deleted or reconnected"
@@ -371,17 +372,18 @@ pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Optio
             Ok(None) => Some("no recovery point to compare with".into()),
             Err(e) => Some(format!("cannot be compared ({e})")),
         };
-        node.modify(id, Role::Target, |x| {
+        let r = node.modify(id, Role::Target, |x| {
             x.ended = false;
             x.read_only = Some(mode.name().to_string());
             x.job_running = false;
             x.path_error = None;
+            x.epoch += 1;
         })?;
         lock(&node.last_contact).insert(id.clone(), node.clock.instant());
         let now = node.clock.now().timestamp_nanos_opt().unwrap_or(i64::MAX);
         lock(&node.reconnecting).insert(id.clone(), now);
         tracing::info!(%id, difference = ?difference, "target read-only again; the next job reverts it to the source's state");
-        Ok((r.recovery_point_ns, difference))
+        Ok((r.recovery_point_ns, difference, r.epoch))
     })();
     lock(&node.reverting).remove(id);
     res
@@ -644,6 +646,64 @@ mod tests {
     }
 
     #[test]
+    fn a_request_from_another_epoch_is_refused_as_split_brain() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(Untouchable::default());
+        let (node, _clock) = crate::daemon::test_node_on(dir.path(), host.clone());
+        let fp = crate::tls::Fingerprint("sha256:source".into());
+        let r = proposed(&node, dir.path(), &fp.0);
+        // Made writable once and reconnected once: epoch 2 on both sides.
+        node.modify(&r.id, Role::Target, |x| {
+            x.authorized = true;
+            x.read_only = Some("bind_mount".into());
+            x.epoch = 2;
+        })
+        .unwrap();
+        let grant = || {
+            (
+                mover::units::SessionId(1),
+                mover::SessionSecret::from_bytes([7; 32]),
+            )
+        };
+        let ask = |epoch| {
+            let req = PeerRequest::Ticket {
+                id: r.id.clone(),
+                plaintext: false,
+                epoch,
+            };
+            super::super::peer_server::respond(&node, &fp, req, grant())
+        };
+        use super::super::peer_server::Handled;
+        match ask(1) {
+            Handled::Answer(PeerAnswer::Refused { message }) => {
+                assert!(message.contains("split brain"), "{message}");
+                assert!(
+                    message.contains("this target is newer")
+                        || message.contains("its side is newer"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("mover relationship reconnect"),
+                    "{message}"
+                );
+            }
+            _ => panic!("a source of an older epoch got a session"),
+        }
+        match ask(3) {
+            Handled::Answer(PeerAnswer::Refused { message }) => {
+                assert!(message.contains("split brain"), "{message}");
+                assert!(message.contains("the source is newer"), "{message}");
+            }
+            _ => panic!("a target of an older epoch granted a session"),
+        }
+        assert!(
+            matches!(ask(2), Handled::Blocking(_)),
+            "the same epoch gets its session"
+        );
+        assert_eq!(host.0.load(Ordering::SeqCst), 0, "nothing was touched");
+    }
+
+    #[test]
     fn a_proposal_awaiting_authorization_takes_no_job_report_but_takes_edits() {
         // Found by the simulation (seed in sim::tests): a peer's report about its own
         // unauthorized proposal was recorded (running, an outcome, a recovery point it made up).
@@ -669,6 +729,7 @@ mod tests {
             job: Some(Default::default()),
             last_attempt: Some(attempt.clone()),
             recovery_point_ns: Some(i64::MAX),
+            epoch: 0,
         };
         let answer = match super::super::peer_server::respond(&node, &fp, report, grant()) {
             super::super::peer_server::Handled::Answer(a) => a,

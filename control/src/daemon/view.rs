@@ -68,6 +68,8 @@ pub struct View {
     pub change_detection: Option<&'static str>,
     /// Source role: why the source could not be watched, if it could not.
     pub watch_error: Option<String>,
+    /// Failovers (make-writable) and reconnects so far; a peer of another epoch is refused.
+    pub epoch: u64,
 }
 
 pub(crate) fn rfc3339(ns: i64) -> String {
@@ -78,6 +80,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
     let now = node.clock.now();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let mono = node.clock.instant();
+    let epoch = r.epoch;
     let job = match r.role {
         Role::Source => lock(&node.jobs)
             .get(&r.id)
@@ -177,6 +180,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
         scrub,
         change_detection,
         watch_error,
+        epoch,
     }
 }
 

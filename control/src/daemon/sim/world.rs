@@ -2033,6 +2033,7 @@ impl World {
             2 => PeerRequest::Ticket {
                 id,
                 plaintext: false,
+                epoch: 0,
             },
             3 => PeerRequest::Report {
                 id,
@@ -2040,6 +2041,7 @@ impl World {
                 job: None,
                 last_attempt: None,
                 recovery_point_ns: Some(i64::MAX),
+                epoch: 0,
             },
             4 => PeerRequest::Update { id, spec },
             _ => PeerRequest::Delete { id },
