@@ -571,3 +571,35 @@ fn btrfs_narrowed_jobs_take_unchanged_entries_from_the_previous_snapshots_list()
     assert_eq!(rep.renames, 0);
     assert_eq!(rep.walk_fresh, 1 + 11, "the root and b's children");
 }
+
+#[test]
+fn a_btrfs_subvolume_and_xfs_are_watched_for_changes() {
+    use mover::watch::{Changes, Watcher};
+    let btrfs = Mounted::new("btrfs", 256 << 20);
+    let sub = btrfs.dir.join("vol");
+    run(Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&sub));
+    let xfs = Mounted::new("xfs", 320 << 20);
+    let plain = xfs.dir.join("src");
+    for root in [&sub, &plain] {
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        // Whichever backend is allowed here (fanotify refuses a file-system mark on a btrfs
+        // subvolume that is not the file system's root; inotify then).
+        let mut w = Watcher::new(root, None).expect("a watch");
+        std::fs::write(root.join("d/f"), b"x").unwrap();
+        let mut c = Changes::default();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !c.dirs.contains(&b"d"[..]) && std::time::Instant::now() < end {
+            if w.wait(std::time::Duration::from_millis(200)).unwrap() {
+                w.drain(&mut c).unwrap();
+            }
+        }
+        assert!(
+            c.dirs.contains(&b"d"[..]) && !c.rescan,
+            "{} ({}): {c:?}",
+            root.display(),
+            w.backend()
+        );
+    }
+}
