@@ -76,6 +76,11 @@ pub enum PeerAnswer {
     State {
         authorized: bool,
         ended: bool,
+        /// The target's last scrub found it differs from its recovery point: the source runs
+        /// a job that compares every entry and repairs it (with events, no source change
+        /// would start one).
+        #[serde(default)]
+        scrub_failed: bool,
     },
     /// Data-plane receiver port on the target's address and a one-time session id (hex).
     Ticket {

@@ -339,6 +339,7 @@ mod tests {
         let answer = Ok(PeerAnswer::State {
             authorized: true,
             ended: false,
+            scrub_failed: false,
         });
         source::polled(&node, &was, answer);
         assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
@@ -349,5 +350,35 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
+    }
+
+    #[test]
+    fn a_target_whose_scrub_failed_gets_a_repairing_job_without_a_source_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = test_node(dir.path());
+        let r = stored(&node, Role::Source, true, "sha256:target");
+        let r = node
+            .modify(&r.id, Role::Source, |x| {
+                x.last_attempt = Some(crate::model::Attempt {
+                    at_ns: 1,
+                    ok: true,
+                    message: "ok".into(),
+                })
+            })
+            .unwrap();
+        let answer = |scrub_failed| {
+            Ok(PeerAnswer::State {
+                authorized: true,
+                ended: false,
+                scrub_failed,
+            })
+        };
+        source::polled(&node, &r, answer(false));
+        assert!(!lock(&node.wanted).contains(&r.id));
+        source::polled(&node, &r, answer(true));
+        assert!(
+            lock(&node.wanted).contains(&r.id),
+            "a job (walking everything) is wanted"
+        );
     }
 }

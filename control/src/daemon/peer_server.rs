@@ -375,6 +375,7 @@ pub(crate) fn respond(
                 PeerAnswer::State {
                     authorized: r.authorized,
                     ended,
+                    scrub_failed: !ended && target::scrub(node, &id).is_some_and(|s| !s.ok),
                 }
             }
             Err(a) => a,

@@ -511,7 +511,21 @@ pub(crate) fn poll_request(node: &Node, r: Relationship) -> (Relationship, PeerR
 /// Takes the target's answer to a poll (`r` as `poll_request` read it).
 pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) {
     let (authorized, ended, unreachable) = match answer {
-        Ok(PeerAnswer::State { authorized, ended }) => (authorized, ended, false),
+        Ok(PeerAnswer::State {
+            authorized,
+            ended,
+            scrub_failed,
+        }) => {
+            // After a failed job the usual retry comes anyway (and not at every poll).
+            let last_ok = r.last_attempt.as_ref().is_some_and(|a| a.ok);
+            if scrub_failed && authorized && !ended && r.spec.enabled && last_ok {
+                let running = lock(&node.jobs).contains_key(&r.id);
+                if !running && lock(&node.wanted).insert(r.id.clone()) {
+                    tracing::info!(id = %r.id, "the target's scrub found a difference: a job repairs it");
+                }
+            }
+            (authorized, ended, false)
+        }
         Ok(PeerAnswer::NotFound) => (r.authorized, true, false),
         Ok(other) => {
             tracing::warn!(id = %r.id, "target refused a status request: {}", refused(r, other));
@@ -1208,6 +1222,7 @@ pub(crate) fn learned(
         Ok(PeerAnswer::State {
             authorized: true,
             ended,
+            ..
         }) => node.modify(&r.id, Role::Source, |x| {
             x.authorized = true;
             x.ended = x.ended || ended;

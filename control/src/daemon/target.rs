@@ -758,7 +758,8 @@ mod tests {
             answer,
             PeerAnswer::State {
                 authorized: false,
-                ended: false
+                ended: false,
+                ..
             }
         ));
         let now = node.get(&r.id, Role::Target).unwrap();
