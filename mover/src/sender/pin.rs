@@ -20,6 +20,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// Files pinned in one session at most (a bounded sample of what changed; the rest are
 /// retried as before).
 pub const MAX_PINS: usize = 64;
+/// A file is copied only once it was left alone this long before the copy (and during it):
+/// a writer rewriting a file in place, block after block, is caught between two versions
+/// rather than in the middle of one. An appending log is quiet for most of its time.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(5);
+/// Tries to find a quiet moment per file; then the file is left to the live read (and its
+/// session to the check after sending).
+const QUIET_TRIES: usize = 8;
 
 /// One file copied aside.
 pub(crate) struct Pin {
@@ -56,6 +63,39 @@ impl Drop for Pinned {
     }
 }
 
+/// Copies `file` of `sdir` to `copy` in `dir` once it was unchanged for QUIET before and during
+/// the copy; the live stat the copy matches, or None if it never was.
+fn quiet_copy(
+    sdir: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    file: &[u8],
+    copy: &[u8],
+    path: &[u8],
+) -> Result<Option<Stat>> {
+    let key = |s: &Stat| {
+        (
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_ctime,
+            s.st_ctime_nsec,
+        )
+    };
+    for _ in 0..QUIET_TRIES {
+        let Some(before) = beneath::stat_opt(sdir, file).ctx(|| format!("stat {}", show(path)))?
+        else {
+            return Ok(None);
+        };
+        std::thread::sleep(QUIET);
+        match crate::snapshot::clone_or_copy(sdir, dir, file, copy, path) {
+            Ok(st) if key(&st) == key(&before) => return Ok(Some(st)),
+            Ok(_) | Err(crate::error::Error::SourceChanged { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Copies the regular files among `paths` (relative to `root`) aside. A path that is gone or
 /// not a regular file is skipped (the walk sees it as it is).
 pub(crate) fn pin(root: BorrowedFd<'_>, paths: &[Vec<u8>]) -> Result<Option<Pinned>> {
@@ -88,8 +128,10 @@ pub(crate) fn pin(root: BorrowedFd<'_>, paths: &[Vec<u8>]) -> Result<Option<Pinn
             _ => continue,
         }
         let copy = n.to_string();
-        let stat =
-            crate::snapshot::clone_or_copy(sdir.as_fd(), dir.as_fd(), file, copy.as_bytes(), p)?;
+        let Some(stat) = quiet_copy(sdir.as_fd(), dir.as_fd(), file, copy.as_bytes(), p)? else {
+            tracing::info!(path = %show(p), "never quiet for {QUIET:?}: read live");
+            continue;
+        };
         let xattrs = read_user_xattrs(On::At(sdir.as_fd(), file))
             .ctx(|| format!("xattrs of {}", show(p)))?;
         let mut at = crate::tree::STATE_DIR.to_vec();
