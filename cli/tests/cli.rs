@@ -286,6 +286,10 @@ fn start_receiver_with(
         Some(w) => {
             let mut c = std::process::Command::new(&w[0]);
             c.args(&w[1..]).arg(cargo_bin("mover"));
+            // cargo points the loader at every build script's output directory (the binary,
+            // statically linked but for libc, needs none): its probes there grow with the build
+            // tree, not with what a traced receiver does.
+            c.env_remove("LD_LIBRARY_PATH");
             c
         }
         None => std::process::Command::new(cargo_bin("mover")),
