@@ -109,6 +109,7 @@ pub struct RcResult {
     pub spec: String,
     pub churn_fraction: f64,
     pub median_make_writable_seconds: f64,
+    pub median_source_ended_seconds: f64,
     pub median_reconnect_cli_seconds: f64,
     pub median_revert_seconds: f64,
     pub median_verified_seconds: f64,
@@ -117,6 +118,16 @@ pub struct RcResult {
     pub median_ratio: f64,
     pub configs: Configs,
     pub reps: Vec<RcRep>,
+}
+
+/// Characters of the reconnect's `target_difference` shown in the markdown (the JSON has it all).
+const DIFFERENCE_SHOWN: usize = 160;
+
+fn shorten(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 /// The goal's bound for `changed` bytes.
@@ -194,8 +205,9 @@ impl RcResult {
             ));
         }
         s.push_str(&format!(
-            "| median | | {:.3} | | | {:.0} | | {:.3} | {:.3} | {:.3} | | {:.0} | {:.2} | | |\n\n",
+            "| median | | {:.3} | {:.3} | | {:.0} | | {:.3} | {:.3} | {:.3} | | {:.0} | {:.2} | | |\n\n",
             self.median_make_writable_seconds,
+            self.median_source_ended_seconds,
             self.median_changed_bytes,
             self.median_reconnect_cli_seconds,
             self.median_revert_seconds,
@@ -209,7 +221,10 @@ impl RcResult {
                 r.common
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
-                r.target_difference.as_deref().unwrap_or("-")
+                r.target_difference
+                    .as_deref()
+                    .map(|d| shorten(d, DIFFERENCE_SHOWN))
+                    .unwrap_or_else(|| "-".into())
             ));
         }
         s.push_str(&format!(
@@ -251,6 +266,7 @@ pub fn run(o: &Opts, ports: &mut Ports) -> Result<RcResult> {
         spec: tree.spec.clone(),
         churn_fraction: o.churn,
         median_make_writable_seconds: m(|r| r.make_writable_seconds),
+        median_source_ended_seconds: m(|r| r.source_ended_seconds),
         median_reconnect_cli_seconds: m(|r| r.reconnect_cli_seconds),
         median_revert_seconds: m(|r| r.revert_seconds),
         median_verified_seconds: m(|r| r.verified_seconds),
@@ -461,6 +477,8 @@ mod tests {
             Some((182, 186368))
         );
         assert_eq!(parse_sent("failed: connection refused"), None);
+        assert_eq!(shorten("abcdef", 3), "abc...");
+        assert_eq!(shorten("abc", 3), "abc");
     }
 
     #[test]
