@@ -33,10 +33,14 @@
 #       --daemon-config 'LINE' (repeatable) appends LINE to the source daemon's config file.
 #   scripts/bench.sh make-writable [ARGS]  failover: make-writable of a 50,000-file target,
 #       median of 3 fresh relationships (~1-2 minutes).
+#   scripts/bench.sh reconnect [ARGS]      failover and back: make-writable of a target of 20,000
+#       1 KiB files and 8 x 8 MiB, 1% of the small files churned on the target, then reconnect
+#       on the source, timed until the target equals the source; bytes sent vs bytes changed,
+#       median of 3 fresh relationships (--reconnect-files 5000 for a shorter run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-  rpo | make-writable)
+  rpo | make-writable | reconnect)
     what=$1
     shift
     cargo build --release -p mover-cli -p bench

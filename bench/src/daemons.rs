@@ -1,7 +1,8 @@
 //! Two `mover daemon` processes on 127.0.0.1, a source node and a target node, each with its own
 //! data dir and config file, driven only through the `mover` CLI (as an operator would) and
-//! the file system. Used by the benchmarks of continuous replication (`rpo`) and failover
-//! (`make-writable`), which must not depend on how the daemon decides when to replicate.
+//! the file system. Used by the benchmarks of continuous replication (`rpo`), failover
+//! (`make-writable`) and failback (`reconnect`), which must not depend on how the daemon
+//! decides when to replicate.
 
 use crate::proc;
 use anyhow::{bail, Context, Result};
@@ -19,9 +20,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 /// Longest the initial sync of a benchmark's tree may take (200,000 files on a slow disk).
 pub const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(1200);
-/// Lowest and highest port the bench's daemons may use (the project's benchmarks keep to 393xx).
+/// Lowest and highest port the bench's daemons may use (the project's benchmarks keep to
+/// 393xx-394xx).
 const PORT_MIN: u16 = 39300;
-const PORT_MAX: u16 = 39399;
+const PORT_MAX: u16 = 39499;
 
 /// One `mover daemon` on 127.0.0.1.
 pub struct Node {
@@ -210,7 +212,7 @@ impl Drop for Node {
     }
 }
 
-/// Hands out (peer, API) port pairs from `base` upwards, within 393xx.
+/// Hands out (peer, API) port pairs from `base` upwards, within PORT_MIN-PORT_MAX.
 pub struct Ports {
     next: u16,
 }

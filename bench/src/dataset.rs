@@ -175,15 +175,36 @@ pub struct FilesTree {
 /// Creates (or reuses) `work/files-<files>/src`: `files` files of FILES_SIZE seeded
 /// pseudo-random bytes, FILES_PER_DIR to a directory (d00000/f0000000, ...).
 pub fn ensure_files(work: &Path, files: usize) -> Result<FilesTree> {
+    ensure_files_large(work, files, (0, 0))
+}
+
+/// `ensure_files` plus `large.0` files of `large.1` seeded pseudo-random bytes at the top
+/// (large0.bin, ...), in `work/files-<files>-<n>x<size>/src`; without large files the same
+/// tree, in the same place, as `ensure_files`.
+pub fn ensure_files_large(work: &Path, files: usize, large: (usize, usize)) -> Result<FilesTree> {
+    let (nl, ls) = if large.0 == 0 || large.1 == 0 {
+        (0, 0)
+    } else {
+        large
+    };
     let dirs = files.div_ceil(FILES_PER_DIR).max(1);
-    let spec = format!("v1 files={files}x{FILES_SIZE} dirs={dirs}");
-    let base = work.join(format!("files-{files}"));
+    let (spec, base) = if nl == 0 {
+        (
+            format!("v1 files={files}x{FILES_SIZE} dirs={dirs}"),
+            work.join(format!("files-{files}")),
+        )
+    } else {
+        (
+            format!("v1 files={files}x{FILES_SIZE} dirs={dirs} large={nl}x{ls}"),
+            work.join(format!("files-{files}-{nl}x{ls}")),
+        )
+    };
     let (dir, marker) = (base.join("src"), base.join("spec"));
     let tree = FilesTree {
         dir: dir.clone(),
-        files: files as u64,
+        files: (files + nl) as u64,
         dirs: dirs as u64,
-        bytes: (files * FILES_SIZE) as u64,
+        bytes: (files * FILES_SIZE + nl * ls) as u64,
         spec: spec.clone(),
     };
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(spec.as_str()) {
@@ -191,6 +212,7 @@ pub fn ensure_files(work: &Path, files: usize) -> Result<FilesTree> {
     }
     eprintln!("bench: generating {} ({spec})", dir.display());
     let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = Rng(0x5eed_f11e ^ files as u64);
     let mut buf = Vec::new();
     for i in 0..files {
@@ -200,6 +222,14 @@ pub fn ensure_files(work: &Path, files: usize) -> Result<FilesTree> {
         }
         write_file(&d.join(format!("f{i:07}")), &mut rng, FILES_SIZE, &mut buf)?;
     }
+    for i in 0..nl {
+        write_file(&dir.join(format!("large{i}.bin")), &mut rng, ls, &mut buf)?;
+    }
     std::fs::write(&marker, &spec).context("writing dataset marker")?;
     Ok(tree)
+}
+
+/// Path of small file `i` of an `ensure_files` tree, relative to its root.
+pub fn small_file(i: usize) -> PathBuf {
+    PathBuf::from(format!("d{:05}/f{i:07}", i / FILES_PER_DIR))
 }

@@ -15,6 +15,7 @@ mod make_writable;
 mod mover_run;
 mod mutate;
 mod proc;
+mod reconnect;
 mod regimes;
 mod report;
 mod resume;
@@ -50,6 +51,12 @@ Not part of full (two `mover daemon` processes on 127.0.0.1, driven with the CLI
   make-writable  failover: `mover relationship make-writable` of a target of
                  --make-writable-files (50,000) files, timed until the target is writable;
                  median of --make-writable-reps (3) fresh relationships; goal < 2 s
+  reconnect      failover and back: make-writable of a target of --reconnect-files (20,000)
+                 1 KiB files and --reconnect-large-files (8) of --reconnect-large-size (8 MiB),
+                 --reconnect-churn (1%) of the small files rewritten/deleted/created on the
+                 target, then `mover relationship reconnect` on the source, timed until the
+                 target equals the source again; bytes the reverting job sent vs the changed
+                 bytes; median of --reconnect-reps (3); goal sent <= 1.2 x changed + 1 MiB
 
 Sizes are at --scale 1. Needs root (drops the page cache). mover runs encrypted, with
 --threads N (N = --threads, default: the CPUs this process may run on, as mover picks it);
@@ -129,15 +136,31 @@ struct Args {
     /// make-writable: reps, each with a fresh pair of daemons and relationship.
     #[arg(long, default_value_t = 3)]
     make_writable_reps: usize,
-    /// rpo, make-writable: a line appended to the source daemon's config file (TOML), e.g.
-    /// --daemon-config 'continuous_interval_secs = 1'; repeat for more lines.
+    /// reconnect: small files (1 KiB) in the tree (scaled by --scale).
+    #[arg(long, default_value_t = 20_000)]
+    reconnect_files: usize,
+    /// reconnect: large files in the tree, besides the small ones.
+    #[arg(long, default_value_t = 8)]
+    reconnect_large_files: usize,
+    /// reconnect: bytes of each large file.
+    #[arg(long, default_value_t = 8 << 20)]
+    reconnect_large_size: usize,
+    /// reconnect: fraction of the small files changed on the target while it is writable.
+    #[arg(long, default_value_t = 0.01)]
+    reconnect_churn: f64,
+    /// reconnect: reps, each with a fresh pair of daemons and relationship.
+    #[arg(long, default_value_t = 3)]
+    reconnect_reps: usize,
+    /// rpo, make-writable, reconnect: a line appended to the source daemon's config file
+    /// (TOML), e.g. --daemon-config 'continuous_interval_secs = 1'; repeat for more lines.
     #[arg(long = "daemon-config", value_name = "LINE")]
     daemon_config: Vec<String>,
-    /// rpo, make-writable: a line appended to the target daemon's config file; repeatable.
+    /// rpo, make-writable, reconnect: a line appended to the target daemon's config file;
+    /// repeatable.
     #[arg(long = "target-daemon-config", value_name = "LINE")]
     target_daemon_config: Vec<String>,
-    /// rpo, make-writable: the daemons' first port on 127.0.0.1 (each daemon takes two, each
-    /// run a new pair of daemons; within 39300-39399).
+    /// rpo, make-writable, reconnect: the daemons' first port on 127.0.0.1 (each daemon takes
+    /// two, each run a new pair of daemons; within 39300-39499).
     #[arg(long, default_value_t = 39300)]
     port_base: u16,
 }
@@ -157,6 +180,7 @@ struct Parts {
     resume: bool,
     rpo: bool,
     make_writable: bool,
+    reconnect: bool,
 }
 
 fn parts(what: &str) -> Result<Parts> {
@@ -167,6 +191,7 @@ fn parts(what: &str) -> Result<Parts> {
         resume: false,
         rpo: false,
         make_writable: false,
+        reconnect: false,
     };
     let issue_sets = vec![Kind::Large, Kind::Small];
     Ok(match what {
@@ -202,6 +227,10 @@ fn parts(what: &str) -> Result<Parts> {
         "rpo" => Parts { rpo: true, ..none },
         "make-writable" => Parts {
             make_writable: true,
+            ..none
+        },
+        "reconnect" => Parts {
+            reconnect: true,
             ..none
         },
         w => match incremental::Scenario::select(w) {
@@ -291,8 +320,11 @@ fn main() -> Result<()> {
     if a.source_fs != "native" && a.source_fs != "btrfs" {
         bail!("--source-fs must be native or btrfs, not {:?}", a.source_fs);
     }
-    if a.reps == 0 || a.make_writable_reps == 0 {
-        bail!("--reps and --make-writable-reps must be at least 1");
+    if a.reps == 0 || a.make_writable_reps == 0 || a.reconnect_reps == 0 {
+        bail!("--reps, --make-writable-reps and --reconnect-reps must be at least 1");
+    }
+    if !(a.reconnect_churn > 0.0 && a.reconnect_churn <= 1.0) {
+        bail!("--reconnect-churn must be a fraction in (0, 1]");
     }
     if a.rpo_writes == 0 || a.rpo_files.is_empty() {
         bail!("--rpo-writes and --rpo-files need at least one");
@@ -338,6 +370,7 @@ fn main() -> Result<()> {
         resume: None,
         rpo: Vec::new(),
         make_writable: None,
+        reconnect: None,
         targets: Vec::new(),
     };
 
@@ -472,6 +505,20 @@ fn main() -> Result<()> {
         let m = make_writable::run(&o, &mut ports)?;
         rep.targets.push(m.target());
         rep.make_writable = Some(m);
+    }
+    if p.reconnect {
+        let o = reconnect::Opts {
+            work: &work,
+            mover: &mover,
+            files: scaled(a.reconnect_files),
+            large: (a.reconnect_large_files, a.reconnect_large_size),
+            churn: a.reconnect_churn,
+            reps: a.reconnect_reps,
+            configs: &configs,
+        };
+        let r = reconnect::run(&o, &mut ports)?;
+        rep.targets.push(r.target());
+        rep.reconnect = Some(r);
     }
 
     if tmpfs_used {

@@ -479,6 +479,8 @@ pub struct Report {
     /// Continuous replication's recovery point objective, one entry per tree size.
     pub rpo: Vec<crate::rpo::RpoResult>,
     pub make_writable: Option<crate::make_writable::MwResult>,
+    /// Failback after a failover: reconnect, its seconds and bytes.
+    pub reconnect: Option<crate::reconnect::RcResult>,
     pub targets: Vec<Target>,
 }
 
@@ -541,7 +543,7 @@ impl Report {
             "| mover | {}; encrypted sessions; {} workers (--threads {}) |\n",
             self.mover_version, self.workers, self.workers
         ));
-        // The daemon benchmarks (rpo, make-writable) run neither rsync nor rotating reps.
+        // The daemon benchmarks (rpo, make-writable, reconnect) run neither rsync nor rotating reps.
         let tools_compared =
             !self.initial.is_empty() || !self.incremental.is_empty() || self.resume.is_some();
         if tools_compared {
@@ -693,6 +695,11 @@ impl Report {
             s.push_str(&m.markdown());
             s.push('\n');
         }
+        if let Some(r) = &self.reconnect {
+            s.push_str("## Failback: reconnect after churn on the target\n\n");
+            s.push_str(&r.markdown());
+            s.push('\n');
+        }
         if !self.targets.is_empty() {
             s.push_str("## Acceptance targets, on this run's figures\n\n| area | target | measured | result |\n|---|---|---|---|\n");
             for t in &self.targets {
@@ -835,6 +842,7 @@ mod tests {
             resume: None,
             rpo: Vec::new(),
             make_writable: None,
+            reconnect: None,
             targets: t,
         };
         let md = rep.markdown();
