@@ -107,10 +107,9 @@ pub fn first_difference(
     for (i, (a, b)) in want.iter().zip(got).enumerate() {
         if a != b {
             return Error::Verify(format!(
-                "destination differs from source at {}: expected {:?}, found {:?}",
+                "destination differs from source at {}: {}",
                 show(&paths[i]),
-                a,
-                b
+                crate::tree::entry::describe_difference(a, b)
             ));
         }
     }

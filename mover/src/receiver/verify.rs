@@ -57,10 +57,9 @@ pub fn dirs_to_check(
 fn differs(path: &[u8], want: &Entry, got: Option<&Entry>) -> Error {
     Error::Verify(match got {
         Some(got) => format!(
-            "destination differs from source at {}: expected {:?}, found {:?}",
+            "destination differs from source at {}: {}",
             show(path),
-            want,
-            got
+            crate::tree::entry::describe_difference(want, got)
         ),
         None => format!("destination lacks {}", show(path)),
     })

@@ -61,6 +61,60 @@ pub struct Meta {
     pub mtime_nsec: u32,
 }
 
+/// What differs between the entry a list expects (`want`) and the one found (`got`) at the same
+/// place, in words for an operator ("size 12 bytes, expected 10"); every difference, `; `
+/// separated.
+pub fn describe_difference(want: &Entry, got: &Entry) -> String {
+    let kind = |k: &EntryKind| match k {
+        EntryKind::Dir => "a directory",
+        EntryKind::File { .. } => "a file",
+        EntryKind::Symlink { .. } => "a symlink",
+        EntryKind::HardLink { .. } => "a hard link",
+        EntryKind::Special { .. } => "a special file",
+    };
+    let mut d = Vec::new();
+    if want.name != got.name {
+        d.push(format!(
+            "found {} there (an entry was added or removed)",
+            crate::error::show(&got.name)
+        ));
+    }
+    match (&want.kind, &got.kind) {
+        (EntryKind::File { size: a }, EntryKind::File { size: b }) if a != b => {
+            d.push(format!("size {b} bytes, expected {a}"))
+        }
+        (EntryKind::Symlink { .. }, EntryKind::Symlink { .. }) if want.kind != got.kind => {
+            d.push("the symlink's target differs".into())
+        }
+        (a, b) if a.tag() != b.tag() => d.push(format!("{}, expected {}", kind(b), kind(a))),
+        (a, b) if a != b => d.push("the link or device differs".into()),
+        _ => {}
+    }
+    let (a, b) = (&want.meta, &got.meta);
+    if a.mode != b.mode {
+        d.push(format!("mode {:o}, expected {:o}", b.mode, a.mode));
+    }
+    if (a.uid, a.gid) != (b.uid, b.gid) {
+        d.push(format!(
+            "owner {}:{}, expected {}:{}",
+            b.uid, b.gid, a.uid, a.gid
+        ));
+    }
+    if (a.mtime_sec, a.mtime_nsec) != (b.mtime_sec, b.mtime_nsec) {
+        d.push(format!(
+            "modified at {}.{:09}, expected {}.{:09}",
+            b.mtime_sec, b.mtime_nsec, a.mtime_sec, a.mtime_nsec
+        ));
+    }
+    if want.xattrs != got.xattrs {
+        d.push("extended attributes differ".into());
+    }
+    if d.is_empty() {
+        d.push("its place in the tree differs".into());
+    }
+    d.join("; ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub parent: EntryId,
@@ -258,4 +312,43 @@ pub fn relative_paths(entries: &[Entry]) -> Vec<Vec<u8>> {
         paths.push(p);
     }
     paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64, mode: u32) -> Entry {
+        Entry {
+            parent: EntryId::ROOT,
+            name: b"f".to_vec(),
+            kind: EntryKind::File { size },
+            meta: Meta {
+                mode,
+                uid: 0,
+                gid: 0,
+                mtime_sec: 5,
+                mtime_nsec: 0,
+            },
+            xattrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_difference_is_told_in_words_naming_every_attribute_that_differs() {
+        let want = file(10, 0o644);
+        let mut got = file(12, 0o600);
+        got.meta.mtime_sec = 6;
+        assert_eq!(
+            describe_difference(&want, &got),
+            "size 12 bytes, expected 10; mode 600, expected 644; modified at 6.000000000, expected 5.000000000"
+        );
+        got = want.clone();
+        got.kind = EntryKind::Dir;
+        got.name = b"g".to_vec();
+        assert_eq!(
+            describe_difference(&want, &got),
+            "found g there (an entry was added or removed); a directory, expected a file"
+        );
+    }
 }
