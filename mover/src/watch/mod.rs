@@ -37,6 +37,19 @@ pub const MAX_CHANGED_DIRS: usize = 1 << 16;
 const READ_BUF: usize = 64 * 1024;
 /// `read`s per drain at most, so a flood of events cannot keep `drain` from returning.
 const MAX_READS_PER_DRAIN: usize = 256;
+/// File systems whose changes can come from elsewhere (other clients, a FUSE daemon's own
+/// backend): neither fanotify nor inotify sees those, so watching them would miss changes
+/// silently. (f_type magic, name.)
+const REMOTE_FILE_SYSTEMS: [(i64, &str); 8] = [
+    (0x6969, "NFS"),
+    (0xFF53_4D42, "CIFS"),
+    (0xFE53_4D42, "SMB2"),
+    (0x6573_5546, "FUSE"),
+    (0x00C3_6400, "CephFS"),
+    (0x0102_1997, "9P"),
+    (0x0BD0_0BD0, "Lustre"),
+    (0x4750_4653, "GPFS"),
+];
 
 /// Which backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,6 +131,15 @@ impl Watcher {
     /// `None`.
     pub fn new(root: &Path, backend: Option<Backend>) -> Result<Watcher> {
         let fd = crate::beneath::open_root(root, "source directory")?;
+        let magic = rustix::fs::fstatfs(&fd)
+            .ctx(|| format!("statfs {}", root.display()))?
+            .f_type as i64;
+        if let Some(name) = remote(magic) {
+            return Err(Error::Unsupported(format!(
+                "{} is on {name}, whose changes made elsewhere no local watch sees: replicating on an interval instead",
+                root.display()
+            )));
+        }
         let inner = match backend {
             Some(Backend::Fanotify) => Inner::Fanotify(fanotify::Fanotify::new(root, fd)?),
             Some(Backend::Inotify) => Inner::Inotify(inotify::Inotify::new(fd)?),
@@ -157,6 +179,14 @@ impl Watcher {
         into.bound(MAX_CHANGED_DIRS);
         Ok(())
     }
+}
+
+/// The name of the file system with magic `magic` if changes to it can be made elsewhere.
+fn remote(magic: i64) -> Option<&'static str> {
+    REMOTE_FILE_SYSTEMS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
@@ -273,6 +303,19 @@ mod tests {
         c.record(b".mover-statex".to_vec(), b"f");
         c.record(Vec::new(), b"f");
         assert_eq!(c.dirs.len(), 2);
+    }
+
+    #[test]
+    fn network_and_fuse_file_systems_are_not_watched() {
+        assert_eq!(remote(0x6969), Some("NFS"));
+        assert_eq!(remote(0x6573_5546), Some("FUSE"));
+        assert_eq!(remote(0xEF53), None, "ext4");
+        assert_eq!(remote(0x0102_1994), None, "tmpfs");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Watcher::new(dir.path(), None).is_ok(),
+            "a local file system is"
+        );
     }
 
     #[test]
