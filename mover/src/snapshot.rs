@@ -479,15 +479,6 @@ fn clone_file(
     path: &[u8],
     how: CloneHow,
 ) -> Result<rustix::fs::Stat> {
-    let key = |s: &rustix::fs::Stat| {
-        (
-            s.st_size,
-            s.st_mtime,
-            s.st_mtime_nsec,
-            s.st_ctime,
-            s.st_ctime_nsec,
-        )
-    };
     for _ in 0..MAX_CLONE_TRIES {
         let sf = beneath::open_in(sdir, name, OFlags::RDONLY, Mode::empty())
             .ctx(|| format!("opening {}", show(path)))?;
@@ -514,7 +505,7 @@ fn clone_file(
             }
         }
         let after = rustix::fs::fstat(&sf).ctx(|| format!("stat {}", show(path)))?;
-        if key(&before) == key(&after) {
+        if change_key(&before) == change_key(&after) {
             copy_meta_fd(sf.as_fd(), df.as_fd(), &before)
                 .ctx(|| format!("metadata of clone {}", show(path)))?;
             return Ok(before);
@@ -524,6 +515,18 @@ fn clone_file(
         message: format!("{} kept changing while being cloned", show(path)),
         paths: vec![path.to_vec()],
     })
+}
+
+/// What moves when a file's data or size is written (the inode's change time moves with any
+/// change): equal keys around a read or copy mean nothing wrote to the file meanwhile.
+pub(crate) fn change_key(s: &rustix::fs::Stat) -> (i64, i64, u64, i64, u64) {
+    (
+        s.st_size,
+        s.st_mtime,
+        s.st_mtime_nsec,
+        s.st_ctime,
+        s.st_ctime_nsec,
+    )
 }
 
 /// Copies the file `name` of `sdir` to `dname` in `ddir` as `clone_file` does: a reflink where

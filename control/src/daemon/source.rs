@@ -1255,7 +1255,7 @@ pub(crate) async fn reconnect(node: &Node, id: &RelationshipId) -> Result<Reconn
             "relationship {id} has not ended; reconnect is for a relationship whose target was made writable"
         )));
     }
-    let since = node.clock.now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let since = node.clock.now_ns();
     let req = PeerRequest::Reconnect {
         id: id.clone(),
         recovery_point_ns: r.recovery_point_ns,

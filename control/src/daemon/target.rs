@@ -380,8 +380,7 @@ pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Optio
             x.epoch += 1;
         })?;
         lock(&node.last_contact).insert(id.clone(), node.clock.instant());
-        let now = node.clock.now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        lock(&node.reconnecting).insert(id.clone(), now);
+        lock(&node.reconnecting).insert(id.clone(), node.clock.now_ns());
         tracing::info!(%id, difference = ?difference, "target read-only again; the next job reverts it to the source's state");
         Ok((r.recovery_point_ns, difference, r.epoch))
     })();

@@ -72,15 +72,7 @@ fn quiet_copy(
     copy: &[u8],
     path: &[u8],
 ) -> Result<Option<Stat>> {
-    let key = |s: &Stat| {
-        (
-            s.st_size,
-            s.st_mtime,
-            s.st_mtime_nsec,
-            s.st_ctime,
-            s.st_ctime_nsec,
-        )
-    };
+    let key = crate::snapshot::change_key;
     for _ in 0..QUIET_TRIES {
         let Some(before) = beneath::stat_opt(sdir, file).ctx(|| format!("stat {}", show(path)))?
         else {

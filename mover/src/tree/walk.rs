@@ -149,7 +149,7 @@ pub(super) fn open_subdir(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Re
     )
 }
 
-pub(super) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
     p.extend_from_slice(parent);
     if !p.is_empty() {

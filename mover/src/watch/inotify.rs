@@ -6,6 +6,7 @@
 
 use super::{unsupported, Changes, RootName, MAX_READS_PER_DRAIN, READ_BUF};
 use crate::error::{show, IoContext, Result};
+use crate::tree::walk::join;
 use rustix::fs::inotify::{self as ino, ReadFlags, WatchFlags};
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -135,11 +136,8 @@ impl Inotify {
                 let name = ev.file_name().map(|n| n.to_bytes()).unwrap_or(b"");
                 if name.is_empty() {
                     // The watched directory's own inode: an event of its parent.
-                    match dir.iter().rposition(|&b| b == b'/') {
-                        Some(cut) => into.record(dir[..cut].to_vec(), &dir[cut + 1..]),
-                        None if dir.is_empty() => into.record(Vec::new(), b""),
-                        None => into.record(Vec::new(), dir),
-                    }
+                    let (parent, own) = crate::beneath::split_parent(dir);
+                    into.record(parent.to_vec(), own);
                     continue;
                 }
                 into.record(dir.clone(), name);
@@ -175,14 +173,4 @@ impl Inotify {
         }
         Ok(())
     }
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    if !dir.is_empty() {
-        p.extend_from_slice(dir);
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
