@@ -8,6 +8,7 @@ mod demo;
 mod drill;
 mod exit;
 mod keys;
+mod policy;
 mod progress;
 mod relationship;
 mod spec;
@@ -281,6 +282,17 @@ Example:
     Drill {
         #[command(subcommand)]
         cmd: drill::DrillCmd,
+    },
+    /// Snapshot policies on a source node: schedules that keep read-only points in time of
+    /// the relationships linking them, replicated and kept on the target.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+    },
+    /// Policy snapshots kept on this node (source or target): list and release.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: policy::SnapshotCmd,
     },
 }
 
@@ -640,6 +652,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Status(a) => status::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Drill { cmd } => drill::run(cmd),
+        Cmd::Policy { cmd } => policy::run_policy(cmd),
+        Cmd::Snapshot { cmd } => policy::run_snapshot(cmd),
         Cmd::Node { api } => {
             let v = api
                 .client()

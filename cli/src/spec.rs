@@ -10,7 +10,8 @@ use crate::api::{ApiArgs, ApiError};
 use clap::{ArgGroup, Args};
 use control::api_types::NewRelationship;
 use control::blackout::BlackoutWindow;
-use control::model::{Edit, IdMap, SnapshotChoice, Spec};
+use control::model::{Edit, IdMap, Mode, SnapshotChoice, Spec, TargetExpiry};
+use control::policy::PolicyName;
 use control::tls::Fingerprint;
 
 const ALL_DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -133,6 +134,33 @@ pub struct Shared {
     /// after sending; a job in which a file changed is retried). Default for create: auto.
     #[arg(long, value_name = "PROVIDER", value_parser = parse_snapshot)]
     pub snapshot: Option<SnapshotChoice>,
+    /// What to replicate: continuous (a job as soon as the source changed; the default),
+    /// snapshot-policy (only the snapshots of the linked policies, each kept read-only under
+    /// TARGET/.snapshot/<id>_<policy>/), or snapshot-policy-with-continuous (both; policy
+    /// snapshots are replicated first, in order). The snapshot modes need a btrfs subvolume
+    /// or a file system with reflinks (XFS, btrfs) on both sides.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// A snapshot policy whose snapshots the relationship replicates (see `mover policy`).
+    /// Repeatable; on modify, the list given replaces the linked policies.
+    #[arg(long = "policy", value_name = "NAME", value_parser = parse_policy_name)]
+    pub policies: Vec<PolicyName>,
+    /// How long the target keeps a replicated policy snapshot: same-as-policy (default),
+    /// never, or a duration such as 30d.
+    #[arg(long, value_name = "EXPIRY", value_parser = parse_target_expiry)]
+    pub target_expiry: Option<TargetExpiry>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_policy_name(s: &str) -> Result<PolicyName, String> {
+    PolicyName::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_target_expiry(s: &str) -> Result<TargetExpiry, String> {
+    s.parse()
 }
 
 /// auto | btrfs | reflink | plain.
@@ -164,6 +192,7 @@ impl Shared {
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "target_address", "target_port", "blackout", "clear_blackouts", "enable", "disable",
     "bandwidth_limit", "no_bandwidth_limit", "map_uid", "map_gid", "clear_id_map", "snapshot",
+    "mode", "policies", "target_expiry",
 ])))]
 pub struct ModifyArgs {
     /// Relationship id, or a unique prefix of it.
@@ -215,6 +244,9 @@ pub fn new_relationship(a: &CreateArgs) -> Result<NewRelationship, ApiError> {
             enabled: !a.disabled,
             bandwidth_limit: a.bandwidth_limit,
             snapshot: a.shared.snapshot.unwrap_or_default(),
+            mode: a.shared.mode.unwrap_or_default(),
+            policies: a.shared.policies.clone(),
+            target_expiry: a.shared.target_expiry.unwrap_or_default(),
         },
         target_fingerprint: a.target_fingerprint.clone().transpose().map_err(refused)?,
     })
@@ -240,6 +272,9 @@ pub fn edit(a: &ModifyArgs) -> Result<Edit, ApiError> {
         enabled: (a.enable || a.disable).then_some(a.enable),
         bandwidth_limit,
         snapshot: a.shared.snapshot,
+        mode: a.shared.mode,
+        policies: (!a.shared.policies.is_empty()).then(|| a.shared.policies.clone()),
+        target_expiry: a.shared.target_expiry,
     })
 }
 

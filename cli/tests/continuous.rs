@@ -4,17 +4,13 @@
 
 mod node;
 
-use node::{fill, free_port, need_root, tree_hash, Node, Scratch};
+use node::{fill, free_port, need_root, s, tree_hash, Node, Scratch};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Longest wait for the target to catch up with the source.
 const CONVERGE: Duration = Duration::from_secs(90);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A source node watching with `detection`, and a target node; the interval is an hour.
 fn nodes(t: &Scratch, detection: &str, extra: &str) -> (Node, Node) {

@@ -3,44 +3,9 @@
 
 mod node;
 
-use node::{fill, need_root, tree_hash, Node, Scratch};
+use node::{create, fill, need_root, s, stderr, synced, tree_hash, Node, Scratch};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
-fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
-    let port = dst.listen.to_string();
-    let mut args = vec![
-        "relationship",
-        "create",
-        "--source-path",
-        s(from),
-        "--target-address",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--target-path",
-        s(to),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let v = src.cli_ok(&args);
-    assert_eq!(v["state"], "awaiting_authorization", "{v}");
-    v["id"].as_str().unwrap().to_string()
-}
-
-fn synced(v: &Value) -> bool {
-    v["last_attempt"]["ok"] == true && v["job"].is_null()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[test]
 fn relationship_lifecycle_through_cli_and_rest() {

@@ -4,47 +4,13 @@
 
 mod node;
 
-use node::{fill, need_root, Node, Scratch};
+use node::{create, fill, need_root, run, s, stderr, synced, Node, Scratch};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn synced(v: &Value) -> bool {
-    v["last_attempt"]["ok"] == true && v["job"].is_null()
-}
-
-/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
-fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
-    let port = dst.listen.to_string();
-    let mut args = vec![
-        "relationship",
-        "create",
-        "--source-path",
-        s(from),
-        "--target-address",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--target-path",
-        s(to),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let v = src.cli_ok(&args);
-    assert_eq!(v["state"], "awaiting_authorization", "{v}");
-    v["id"].as_str().unwrap().to_string()
-}
 
 /// The per-mount options of the topmost mount at `p` ("ro,nosuid,nodev,noexec,relatime").
 fn mount_options(p: &Path) -> Option<String> {
@@ -511,11 +477,6 @@ fn the_api_closes_slow_and_idle_connections_and_bounds_how_many_are_open() {
     assert_eq!(open, 0, "idle API connections still open after 12 s");
     // The API still serves.
     assert_eq!(a.get("/v1/node").0, 200);
-}
-
-fn run(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
 }
 
 /// Jobs read the source through the descriptor the daemon checked (`/proc/self/fd/<n>`); the

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a create body that make the spec ([`Spec`]).
-pub const SPEC_FIELDS: [&str; 9] = [
+pub const SPEC_FIELDS: [&str; 12] = [
     "source_path",
     "target_address",
     "target_port",
@@ -18,6 +18,9 @@ pub const SPEC_FIELDS: [&str; 9] = [
     "enabled",
     "bandwidth_limit",
     "snapshot",
+    "mode",
+    "policies",
+    "target_expiry",
 ];
 /// The one create field beyond the spec.
 pub const TARGET_FINGERPRINT: &str = "target_fingerprint";
@@ -143,6 +146,9 @@ mod tests {
         });
         s.bandwidth_limit = Some(1 << 20);
         s.snapshot = crate::model::SnapshotChoice::Reflink;
+        s.mode = crate::model::Mode::SnapshotPolicyWithContinuous;
+        s.policies = vec![crate::policy::PolicyName::parse("hourly").unwrap()];
+        s.target_expiry = crate::model::TargetExpiry::AfterSecs(86_400);
         s
     }
 

@@ -219,7 +219,7 @@ impl ClockTime {
         u16::from(self.hour) * MINUTES_PER_HOUR + u16::from(self.minute)
     }
 
-    fn naive(self) -> NaiveTime {
+    pub(crate) fn naive(self) -> NaiveTime {
         // Both fields were range-checked on the way in, so this is always `Some`.
         NaiveTime::from_hms_opt(self.hour.into(), self.minute.into(), 0).unwrap_or(NaiveTime::MIN)
     }
@@ -384,13 +384,13 @@ impl fmt::Display for BlackoutWindow {
 }
 
 /// Local dates `center + from ..= center + to`, skipping any beyond chrono's calendar.
-fn dates(center: NaiveDate, from: i64, to: i64) -> impl Iterator<Item = NaiveDate> {
+pub(crate) fn dates(center: NaiveDate, from: i64, to: i64) -> impl Iterator<Item = NaiveDate> {
     (from..=to).filter_map(move |k| center.checked_add_signed(TimeDelta::days(k)))
 }
 
 /// The first instant at which the clock of `tz` reads `local`. A repeated local time (fall back)
 /// is its first pass; a skipped one (spring forward) is the moment the clock jumps past it.
-fn first_instant(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+pub(crate) fn first_instant(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     match tz.from_local_datetime(&local) {
         LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
         LocalResult::None => gap_end(tz, local),
@@ -467,7 +467,7 @@ pub fn next_change_any(windows: &[BlackoutWindow], at: DateTime<Utc>) -> Option<
 }
 
 /// Serde for a time zone as its IANA name, refusing names the zone database does not know.
-mod tz_name {
+pub(crate) mod tz_name {
     use chrono_tz::Tz;
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 

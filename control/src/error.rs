@@ -9,6 +9,10 @@ pub enum Error {
     Conflict(String),
     #[error("relationship {0} not found")]
     NotFound(String),
+    /// Something other than a relationship is not there (a policy, a snapshot): the message
+    /// says what.
+    #[error("{0}")]
+    Missing(String),
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("state database {path}: schema version {found} is newer than this mover understands ({supported})")]

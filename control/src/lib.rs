@@ -17,6 +17,7 @@ pub mod model;
 pub mod peer;
 pub mod peer_wire;
 pub mod pinned;
+pub mod policy;
 pub mod readonly;
 pub mod standalone;
 pub mod store;

@@ -193,6 +193,109 @@ impl std::str::FromStr for SnapshotChoice {
     }
 }
 
+/// What a relationship replicates (the three modes of the seeds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A job as soon as the source changed; the target keeps only the latest recovery point.
+    #[default]
+    Continuous,
+    /// Jobs only for the snapshots of the linked policies, each kept on the target.
+    SnapshotPolicy,
+    /// Both: policy snapshots are queued and replicated, in order, before continuous jobs go on.
+    SnapshotPolicyWithContinuous,
+}
+
+impl Mode {
+    pub fn is_continuous(&self) -> bool {
+        *self == Mode::Continuous
+    }
+
+    /// Whether changes start jobs of the live tree.
+    pub fn replicates_changes(&self) -> bool {
+        *self != Mode::SnapshotPolicy
+    }
+
+    /// Whether policy snapshots are replicated and kept.
+    pub fn keeps_snapshots(&self) -> bool {
+        *self != Mode::Continuous
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Continuous => "continuous",
+            Mode::SnapshotPolicy => "snapshot-policy",
+            Mode::SnapshotPolicyWithContinuous => "snapshot-policy-with-continuous",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.replace('_', "-").as_str() {
+            "continuous" => Ok(Mode::Continuous),
+            "snapshot-policy" => Ok(Mode::SnapshotPolicy),
+            "snapshot-policy-with-continuous" => Ok(Mode::SnapshotPolicyWithContinuous),
+            _ => Err(format!(
+                "unknown mode {s:?}: continuous, snapshot-policy or snapshot-policy-with-continuous"
+            )),
+        }
+    }
+}
+
+/// How long the target keeps a replicated policy snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetExpiry {
+    /// As long as the policy keeps it on the source.
+    #[default]
+    SameAsPolicy,
+    Never,
+    AfterSecs(u64),
+}
+
+impl TargetExpiry {
+    pub fn is_default(&self) -> bool {
+        *self == TargetExpiry::SameAsPolicy
+    }
+
+    /// When the target deletes a snapshot taken at `taken_ns` under a policy keeping it for
+    /// `policy`.
+    pub fn at(self, policy: crate::policy::Expiry, taken_ns: i64) -> Option<i64> {
+        match self {
+            TargetExpiry::SameAsPolicy => policy.at(taken_ns),
+            TargetExpiry::Never => None,
+            TargetExpiry::AfterSecs(s) => crate::policy::Expiry::AfterSecs(s).at(taken_ns),
+        }
+    }
+}
+
+impl std::str::FromStr for TargetExpiry {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "same-as-policy" | "same_as_policy" => Ok(TargetExpiry::SameAsPolicy),
+            "never" => Ok(TargetExpiry::Never),
+            d => crate::policy::parse_duration(d)
+                .map(TargetExpiry::AfterSecs)
+                .map_err(|_| {
+                    format!("target expiry {s:?}: same-as-policy, never, or a duration such as 7d")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for TargetExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetExpiry::SameAsPolicy => f.write_str("same-as-policy"),
+            TargetExpiry::Never => f.write_str("never"),
+            TargetExpiry::AfterSecs(s) => f.write_str(&crate::policy::format_duration(*s)),
+        }
+    }
+}
+
 /// What an operator gives to create a relationship on the source. Optional settings that are
 /// not set are left out of its JSON, as absent and null mean the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +317,14 @@ pub struct Spec {
     /// Left out of the JSON when `auto`, so a spec without it reads as before.
     #[serde(default, skip_serializing_if = "SnapshotChoice::is_auto")]
     pub snapshot: SnapshotChoice,
+    /// Left out when continuous, as are the two below when empty or default.
+    #[serde(default, skip_serializing_if = "Mode::is_continuous")]
+    pub mode: Mode,
+    /// The snapshot policies whose snapshots it replicates (snapshot modes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy::PolicyName>,
+    #[serde(default, skip_serializing_if = "TargetExpiry::is_default")]
+    pub target_expiry: TargetExpiry,
 }
 
 fn default_port() -> u16 {
@@ -254,6 +365,13 @@ pub struct Edit {
     pub bandwidth_limit: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Replaces the list of linked policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<crate::policy::PolicyName>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_expiry: Option<TargetExpiry>,
 }
 
 /// `Option<Option<T>>` from JSON: absent -> None, null -> Some(None), value -> Some(Some(v)).
@@ -305,6 +423,29 @@ impl Spec {
                 "bandwidth_limit must be at least 1 byte per second (omit it for no limit)".into(),
             ));
         }
+        match (self.mode.keeps_snapshots(), self.policies.is_empty()) {
+            (true, true) => {
+                return Err(Error::Invalid(format!(
+                    "mode {} needs at least one snapshot policy (--policy NAME)",
+                    self.mode.name()
+                )))
+            }
+            (false, false) => {
+                return Err(Error::Invalid(
+                    "snapshot policies replicate in the snapshot-policy modes only, not in continuous mode".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.policies.len() > crate::policy::MAX_POLICIES_PER_RELATIONSHIP {
+            return Err(Error::Invalid(format!(
+                "a relationship links at most {} policies",
+                crate::policy::MAX_POLICIES_PER_RELATIONSHIP
+            )));
+        }
+        if let TargetExpiry::AfterSecs(s) = self.target_expiry {
+            crate::policy::Expiry::AfterSecs(s).validate()?;
+        }
         if let Some(m) = &self.map_ids {
             if m.uid.len() > MAX_ID_MAPPINGS || m.gid.len() > MAX_ID_MAPPINGS {
                 return Err(Error::Invalid(format!(
@@ -338,6 +479,19 @@ impl Spec {
         }
         if let Some(p) = e.snapshot {
             s.snapshot = p;
+        }
+        if let Some(m) = e.mode {
+            s.mode = m;
+            // Back to continuous: the links go with the mode unless the edit names them.
+            if m == Mode::Continuous && e.policies.is_none() {
+                s.policies.clear();
+            }
+        }
+        if let Some(p) = &e.policies {
+            s.policies = p.clone();
+        }
+        if let Some(t) = e.target_expiry {
+            s.target_expiry = t;
         }
         s.validate()?;
         Ok(s)
@@ -522,6 +676,9 @@ pub(crate) mod tests {
             enabled: true,
             bandwidth_limit: None,
             snapshot: Default::default(),
+            mode: Default::default(),
+            policies: Vec::new(),
+            target_expiry: Default::default(),
         }
     }
 

@@ -57,6 +57,14 @@ pub enum PeerRequest {
         id: RelationshipId,
         recovery_point_ns: Option<i64>,
     },
+    /// The job of a policy snapshot committed `recovery_point`: the target keeps it read-only
+    /// under its `.snapshot` until the snapshot's target expiry. Answered `Ok` once kept.
+    KeepSnapshot {
+        id: RelationshipId,
+        epoch: u64,
+        snapshot: crate::policy::Snapshot,
+        recovery_point: String,
+    },
 }
 
 /// What the source knows of the relationship: its settings, its job and the last outcome.

@@ -9,6 +9,8 @@ use crate::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
+mod policies;
+
 /// Migrations, in order; `user_version` = how many have been applied.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE relationships (
@@ -43,6 +45,24 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE relationships ADD COLUMN replica TEXT",
     // Failovers and reconnects since the relationship began (`Relationship::epoch`).
     "ALTER TABLE relationships ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+    // Snapshot policies (JSON `policy::Policy`) with the time each last fired, and the policy
+    // snapshots a node keeps (JSON `policy::Snapshot`), per relationship and role.
+    "CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        last_fired_ns INTEGER NOT NULL
+     );
+     CREATE TABLE snapshots (
+        relationship TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('source', 'target')),
+        id INTEGER NOT NULL,
+        snapshot TEXT NOT NULL,
+        PRIMARY KEY (relationship, role, id)
+     );
+     CREATE TABLE snapshot_ids (
+        relationship TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+     )",
 ];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -25,6 +25,7 @@ pub(crate) mod durable;
 pub(crate) mod engine;
 pub mod error;
 pub mod job;
+pub mod keep;
 pub mod receiver;
 pub mod sender;
 pub mod snapshot;

@@ -137,7 +137,7 @@ pub(crate) fn is_btrfs_subvolume_fd(fd: BorrowedFd<'_>) -> bool {
 }
 
 /// A file system's name from its statfs magic, for messages.
-fn fs_name(magic: i64) -> String {
+pub(crate) fn fs_name(magic: i64) -> String {
     match magic {
         BTRFS_SUPER_MAGIC => "btrfs".into(),
         XFS_SUPER_MAGIC => "XFS".into(),
@@ -200,8 +200,15 @@ pub(crate) fn random_name(prefix: &str) -> Result<String> {
 /// The source's scratch directory (`STATE_DIR` at its top), created if missing without moving
 /// the root's mtime (it is replicated).
 pub(crate) fn scratch_dir(root: BorrowedFd<'_>) -> Result<OwnedFd> {
-    let before = rustix::fs::fstat(root).ctx(|| "stat of the source root".to_string())?;
-    let scratch = crate::durable::ensure_dir(root, SCRATCH)?;
+    reserved_dir(root, SCRATCH)
+}
+
+/// The reserved directory `name` at the top of the tree at `root` (`tree::reserved_at_top`),
+/// created if missing without moving the root's mtime (it is replicated).
+pub(crate) fn reserved_dir(root: BorrowedFd<'_>, name: &str) -> Result<OwnedFd> {
+    debug_assert!(crate::tree::reserved_at_top(name.as_bytes()));
+    let before = rustix::fs::fstat(root).ctx(|| "stat of the tree's root".to_string())?;
+    let scratch = crate::durable::ensure_dir(root, name)?;
     let after = rustix::fs::fstat(root).ctx(|| "stat of the source root".to_string())?;
     if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
         rustix::fs::futimens(root, &times(&before))
@@ -387,7 +394,7 @@ pub(crate) fn clone_tree(
         for name in
             crate::beneath::dir_names(sdir.as_fd()).ctx(|| format!("listing {}", show(&rel)))?
         {
-            if rel.is_empty() && name.as_slice() == SCRATCH.as_bytes() {
+            if rel.is_empty() && crate::tree::reserved_at_top(&name) {
                 continue;
             }
             let path = if rel.is_empty() {

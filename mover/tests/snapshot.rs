@@ -466,6 +466,7 @@ fn drill(
 ) -> mover::Result<mover::receiver::drill::DrillReport> {
     h.make(
         mover::receiver::drill::DrillRequest {
+            keep: None,
             into: into.to_path_buf(),
             allow_copy,
         },

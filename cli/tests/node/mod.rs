@@ -12,6 +12,48 @@ use std::time::{Duration, Instant};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A path as the CLI takes it.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last job succeeded and none runs.
+pub fn synced(v: &Value) -> bool {
+    v["last_attempt"]["ok"] == true && v["job"].is_null()
+}
+
+/// Runs a setup command that must succeed (mkfs, mount, btrfs).
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
+}
+
+/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
+pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
+    let port = dst.listen.to_string();
+    let mut args = vec![
+        "relationship",
+        "create",
+        "--source-path",
+        s(from),
+        "--target-address",
+        "127.0.0.1",
+        "--target-port",
+        &port,
+        "--target-path",
+        s(to),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let v = src.cli_ok(&args);
+    assert_eq!(v["state"], "awaiting_authorization", "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
 pub fn need_root() {
     assert!(
         rustix::process::geteuid().is_root(),

@@ -21,7 +21,7 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
 const MAX_BODY: usize = 256 * 1024;
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -33,7 +33,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let code = match &e {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::Missing(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Peer { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -42,8 +42,8 @@ impl From<Error> for ApiError {
     }
 }
 
-type Answer<T> = Result<T, ApiError>;
-type Ctx = State<Arc<Node>>;
+pub(super) type Answer<T> = Result<T, ApiError>;
+pub(super) type Ctx = State<Arc<Node>>;
 
 pub fn router(node: Arc<Node>) -> Router {
     let src = "/v1/replication/source-relationships";
@@ -74,13 +74,14 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/replication/drills/{drill}",
             axum::routing::delete(release_drill),
         )
+        .merge(super::api_snapshots::routes())
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }
 
 /// The caller's role, if its token carries `p`.
-fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
+pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
     let role = caller(node, h)?;
     if !role.has(p) {
         return Err(ApiError(
@@ -112,11 +113,11 @@ fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
     Ok(TokenRole::parse(&role)?)
 }
 
-fn id(s: &str) -> Answer<RelationshipId> {
+pub(super) fn id(s: &str) -> Answer<RelationshipId> {
     Ok(RelationshipId::parse(s)?)
 }
 
-fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
+pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
     serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
 }
 

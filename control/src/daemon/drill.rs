@@ -83,7 +83,14 @@ pub fn start(
     let handle = super::target::drill_handle(node, id)?;
     let started = node.clock.now_ns();
     let made = handle
-        .make(DrillRequest { into, allow_copy }, DRILL_WAIT)
+        .make(
+            DrillRequest {
+                into,
+                allow_copy,
+                keep: None,
+            },
+            DRILL_WAIT,
+        )
         .map_err(|e| match e {
             mover::Error::Busy(m) => Error::Conflict(m),
             mover::Error::Unsupported(m) => Error::Invalid(m),

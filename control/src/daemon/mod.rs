@@ -5,6 +5,7 @@
 //! in the data dir. It never reads or writes file data itself.
 
 pub mod api;
+mod api_snapshots;
 pub mod config;
 pub mod drill;
 mod host;
@@ -14,6 +15,7 @@ mod paths;
 mod peer_server;
 #[cfg(test)]
 mod sim;
+pub mod snapshots;
 mod source;
 mod target;
 mod view;
@@ -232,6 +234,11 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     tracing::info!(listen = %node.opts.listen, api = %node.opts.api, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
     tokio::spawn(source::schedule(node.clone()));
+    let policies = node.clone();
+    std::thread::Builder::new()
+        .name("mover-policies".into())
+        .spawn(move || snapshots::run(policies))
+        .ctx(|| "starting the snapshot policy thread".to_string())?;
     let app = api::router(node.clone());
     let tls = match &node.opts.api_tls {
         None => None,

@@ -309,6 +309,11 @@ pub(crate) enum Blocking {
     },
     Delete(crate::model::RelationshipId),
     Reconnect(crate::model::RelationshipId),
+    Keep {
+        id: crate::model::RelationshipId,
+        snapshot: Box<crate::policy::Snapshot>,
+        recovery_point: String,
+    },
 }
 
 impl Blocking {
@@ -317,6 +322,7 @@ impl Blocking {
             Blocking::Ticket { .. } => "ticket",
             Blocking::Delete(_) => "delete",
             Blocking::Reconnect(_) => "reconnect",
+            Blocking::Keep { .. } => "keep snapshot",
         }
     }
 }
@@ -346,6 +352,14 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
                 difference,
                 epoch,
             },
+            Err(e) => refuse(e.to_string()),
+        },
+        Blocking::Keep {
+            id,
+            snapshot,
+            recovery_point,
+        } => match super::snapshots::keep(node, &id, &snapshot, &recovery_point) {
+            Ok(_) => PeerAnswer::Ok,
             Err(e) => refuse(e.to_string()),
         },
     }
@@ -469,6 +483,31 @@ pub(crate) fn respond(
                 tracing::warn!(%id, source = ?recovery_point_ns, target = ?r.recovery_point_ns, "source and target recorded different last recovery points; the next job compares every entry");
             }
             return Handled::Blocking(Blocking::Reconnect(id));
+        }
+        PeerRequest::KeepSnapshot {
+            id,
+            epoch,
+            snapshot,
+            recovery_point,
+        } => {
+            let r = match pinned(node, &id, fp) {
+                Ok(r) => r,
+                Err(a) => return Handled::Answer(a),
+            };
+            if let Some(m) = r.split_brain(epoch) {
+                return Handled::Answer(refuse(m));
+            }
+            if !mover::keep::valid_name(&snapshot.name()) {
+                return Handled::Answer(refuse(format!(
+                    "{:?} is not a policy snapshot's name",
+                    snapshot.name()
+                )));
+            }
+            return Handled::Blocking(Blocking::Keep {
+                id,
+                snapshot: Box::new(snapshot),
+                recovery_point,
+            });
         }
     })
 }

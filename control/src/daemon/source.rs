@@ -218,7 +218,9 @@ impl Timing {
     /// as soon as changes settled, or `rescan` after the last job whatever happened.
     /// A relationship stopped for its source directory (`path_error`) starts nothing until a
     /// "replicate now" finds the directory again (the API checks it before queueing).
-    fn job_starts(&self, r: &Relationship, wanted: bool, due: Due, now: Now) -> bool {
+    /// A policy snapshot waiting in the queue (`queued`) starts a job like a settled change,
+    /// in every mode that keeps them.
+    fn job_starts(&self, r: &Relationship, wanted: bool, due: Due, queued: bool, now: Now) -> bool {
         let blackout = blackout::in_blackout(&r.spec.blackout_windows, now.wall);
         let due = match due.seen {
             Seen::Interval => self.job_due(due.interval, now.mono),
@@ -227,8 +229,9 @@ impl Timing {
                     || self.job_due(due.rescan, now.mono)
             }
         };
-        let continuous = r.spec.enabled && due;
-        r.path_error.is_none() && !blackout && (wanted || continuous || r.job_running)
+        let continuous = r.spec.enabled && due && r.spec.mode.replicates_changes();
+        let queued = r.spec.enabled && queued && self.job_due(Duration::ZERO, now.mono);
+        r.path_error.is_none() && !blackout && (wanted || continuous || queued || r.job_running)
     }
 
     fn job_ended(&mut self, failed: bool, now: Instant) {
@@ -436,12 +439,27 @@ impl Scheduler {
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
                     let due = Due::of(node, &r.id);
-                    if t.job_starts(&r, wanted, due, Now::read(&*clock)) {
-                        lock(&node.wanted).remove(&r.id);
+                    // Policy snapshots go first, oldest first, as the seeds say.
+                    let queued = r
+                        .spec
+                        .mode
+                        .keeps_snapshots()
+                        .then(|| super::snapshots::queued(node, &r.id))
+                        .flatten();
+                    if t.job_starts(&r, wanted, due, queued.is_some(), Now::read(&*clock)) {
+                        if queued.is_none() {
+                            lock(&node.wanted).remove(&r.id);
+                        }
                         // Settled changes narrow the walk; anything else walks it all.
                         let full = wanted || due.seen != (Seen::Events { ready: true });
                         if let Some(mut c) = claim_job(node, &r) {
-                            c.walk = node.watches.take(&r.id, full);
+                            if queued.is_some() {
+                                // The live tree's changes stay for the job after.
+                                c.walk = Walk::Whole("a policy snapshot");
+                                c.policy = queued;
+                            } else {
+                                c.walk = node.watches.take(&r.id, full);
+                            }
                             tasks.push(Task::Run(c));
                         }
                     }
@@ -626,6 +644,8 @@ pub(crate) struct Claimed {
     /// What the job's first session walks (`watch::Watches::take`); later sessions walk it
     /// all (changes after the job began are not in it).
     pub(crate) walk: Walk,
+    /// The queued policy snapshot the job replicates (None: the live tree).
+    pub(crate) policy: Option<crate::policy::Snapshot>,
 }
 
 /// Claims the relationship's next job, recording it running; `None` if the relationship ended
@@ -667,6 +687,7 @@ pub(crate) fn claim_job(node: &Node, r: &Relationship) -> Option<Claimed> {
         carried,
         done,
         walk: Walk::Whole("no watch in place"),
+        policy: None,
     })
 }
 
@@ -769,21 +790,33 @@ fn run_job(
                 None
             }
         };
+        let from = match &c.policy {
+            Some(s) => super::snapshots::source_of(&src.proc_path(), s),
+            None => src.proc_path(),
+        };
         let res = res.and_then(|(to, session, secret)| {
             let opts = mover::sender::SendOptions {
-                src: src.proc_path(),
+                src: from,
                 to,
                 threads: node.opts.threads,
                 direct: true,
                 state: Some(node.state_dir(id)),
-                snapshot: provider(r.spec.snapshot),
+                // A kept policy snapshot is read-only already.
+                snapshot: match c.policy {
+                    Some(_) => Some(mover::snapshot::Provider::Plain),
+                    None => provider(r.spec.snapshot),
+                },
                 session: Some(session),
                 secret,
                 id_map: r.spec.map_ids.as_ref().map(|m| mover::sender::IdMap {
                     uid: m.uid.iter().copied().collect(),
                     gid: m.gid.iter().copied().collect(),
                 }),
-                pin: hot_pins(node, id),
+                pin: if c.policy.is_some() {
+                    Vec::new()
+                } else {
+                    hot_pins(node, id)
+                },
                 changed: changed.map(|dirs| mover::tree::narrow::ChangedDirs { dirs }),
                 // Kept between jobs: the next one does not read it from disk, and this one
                 // does not wait for it to be written.
@@ -795,7 +828,23 @@ fn run_job(
             remember_hot(node, id, paths);
         }
         match sessions.ended(id, progress, res) {
-            AfterSession::Done(res) => return *res,
+            AfterSession::Done(res) => {
+                return match (*res, &c.policy) {
+                    (Ok(report), Some(s)) => {
+                        // Kept on the target before the job counts as done: the next job
+                        // would move the target past this recovery point.
+                        rt.block_on(super::snapshots::keep_on_target(
+                            node,
+                            &r,
+                            s,
+                            &report.recovery_point,
+                        ))?;
+                        super::snapshots::replicated(node, id, s.clone())?;
+                        Ok(report)
+                    }
+                    (res, _) => res,
+                };
+            }
             AfterSession::Again => {}
             AfterSession::Retry(pause) => {
                 let until = node.clock.instant() + pause;
@@ -1295,9 +1344,12 @@ pub(crate) fn edit(
 ) -> Result<Relationship> {
     let r = node.get(id, Role::Source)?;
     let spec = r.spec.edited(e)?;
-    if let (Some(choice), Some(pin)) = (e.snapshot, &r.pinned) {
+    if let Some(pin) = &r.pinned {
         let src = crate::pinned::open(pin, "source path")?;
-        check_snapshot(choice, &src.proc_path())?;
+        if let Some(choice) = e.snapshot {
+            check_snapshot(choice, &src.proc_path())?;
+        }
+        super::snapshots::check_spec(node, &spec, &src.proc_path())?;
     }
     let r = node.modify(id, Role::Source, |x| x.spec = spec.clone())?;
     if let Some(j) = lock(&node.jobs).get(id) {
@@ -1325,6 +1377,7 @@ pub(crate) fn new_relationship(
     )?;
     super::paths::check_source(node, src.path())?;
     check_snapshot(spec.snapshot, src.path())?;
+    super::snapshots::check_spec(node, &spec, src.path())?;
     let mut r = Relationship::new(id, Role::Source, spec, node.clock.now_ns(), None);
     r.pinned = Some(src.pin().clone());
     Ok(r)
@@ -1396,6 +1449,7 @@ pub(crate) fn delete_abandoned(node: &Node, was: &Relationship) {
 /// forgets it and its state dir.
 pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.jobs).remove(id);
+    super::snapshots::forget(node, id, Role::Source);
     node.forget(id, Role::Source)?;
     lock(&node.hot_files).remove(id);
     // A manifest still being written would make the directory again.
@@ -1459,7 +1513,7 @@ mod tests {
         let end = clock.instant() + limit;
         while clock.instant() < end {
             let now = Now::read(clock);
-            if t.job_starts(r, false, Due::interval(interval), now) {
+            if t.job_starts(r, false, Due::interval(interval), false, now) {
                 return Some(now.wall);
             }
             clock.advance(TICK);
@@ -1521,14 +1575,14 @@ mod tests {
         let interval = Duration::from_secs(10);
         let mut t = Timing::default();
         assert!(
-            t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)),
+            t.job_starts(&r, false, Due::interval(interval), false, Now::read(&clock)),
             "a relationship that never ran starts at once"
         );
         t.job_ended(false, clock.instant());
         clock.advance(interval - Duration::from_nanos(1));
-        assert!(!t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)));
+        assert!(!t.job_starts(&r, false, Due::interval(interval), false, Now::read(&clock)));
         clock.advance(Duration::from_nanos(1));
-        assert!(t.job_starts(&r, false, Due::interval(interval), Now::read(&clock)));
+        assert!(t.job_starts(&r, false, Due::interval(interval), false, Now::read(&clock)));
     }
 
     #[test]
@@ -1545,23 +1599,23 @@ mod tests {
         t.job_ended(false, clock.instant());
         clock.advance(interval * 2);
         assert!(
-            !t.job_starts(&r, false, due(false), Now::read(&clock)),
+            !t.job_starts(&r, false, due(false), false, Now::read(&clock)),
             "no change, no job: the interval does not apply under a watch"
         );
-        assert!(t.job_starts(&r, false, due(true), Now::read(&clock)));
+        assert!(t.job_starts(&r, false, due(true), false, Now::read(&clock)));
         t.job_ended(false, clock.instant());
         assert!(
-            t.job_starts(&r, false, due(true), Now::read(&clock)),
+            t.job_starts(&r, false, due(true), false, Now::read(&clock)),
             "changes settled during a job start the next one at once"
         );
         t.job_ended(true, clock.instant());
-        assert!(!t.job_starts(&r, false, due(true), Now::read(&clock)));
+        assert!(!t.job_starts(&r, false, due(true), false, Now::read(&clock)));
         clock.advance(FAILED_JOB_PAUSE);
-        assert!(t.job_starts(&r, false, due(true), Now::read(&clock)));
+        assert!(t.job_starts(&r, false, due(true), false, Now::read(&clock)));
         t.job_ended(false, clock.instant());
         clock.advance(rescan);
         assert!(
-            t.job_starts(&r, false, due(false), Now::read(&clock)),
+            t.job_starts(&r, false, due(false), false, Now::read(&clock)),
             "the rescan interval's full walk"
         );
     }
@@ -1584,9 +1638,9 @@ mod tests {
         r.job_running = true;
         r.path_error = Some("a symlink now stands in its path".into());
         let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
-        assert!(!Timing::default().job_starts(&r, true, Due::interval(interval), now));
+        assert!(!Timing::default().job_starts(&r, true, Due::interval(interval), false, now));
         r.path_error = None;
-        assert!(Timing::default().job_starts(&r, false, Due::interval(interval), now));
+        assert!(Timing::default().job_starts(&r, false, Due::interval(interval), false, now));
     }
 
     #[test]
@@ -1596,14 +1650,14 @@ mod tests {
         r.spec.enabled = false;
         let t = Timing::default();
         let (interval, now) = (Duration::from_secs(10), Now::read(&clock));
-        assert!(!t.job_starts(&r, false, Due::interval(interval), now));
+        assert!(!t.job_starts(&r, false, Due::interval(interval), false, now));
         assert!(
-            t.job_starts(&r, true, Due::interval(interval), now),
+            t.job_starts(&r, true, Due::interval(interval), false, now),
             "replicate now"
         );
         r.job_running = true;
         assert!(
-            t.job_starts(&r, false, Due::interval(interval), now),
+            t.job_starts(&r, false, Due::interval(interval), false, now),
             "a job the daemon was stopped in resumes"
         );
     }
@@ -1623,7 +1677,7 @@ mod tests {
         let mut resuming = r.clone();
         resuming.job_running = true;
         let inside = Now::read(&SimClock::new(at("2025-06-04T09:30:00Z")));
-        assert!(!t.job_starts(&resuming, true, Due::interval(interval), inside));
+        assert!(!t.job_starts(&resuming, true, Due::interval(interval), false, inside));
     }
 
     #[test]

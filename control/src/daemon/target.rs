@@ -58,7 +58,7 @@ pub fn restore(node: &Node) -> Result<()> {
 /// lead to the authorized directory (else nothing is mounted or written there), and a
 /// protected target's private view must really be mounted and show it (else the data would
 /// land in the data dir, or elsewhere).
-fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
+pub(crate) fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
     let dir = paths::target_dir(node, r)?;
     match r.read_only.as_deref() {
         Some("bind_mount") => {
@@ -99,6 +99,14 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
     }
     let dir = crate::pinned::pin(Path::new(&r.spec.target_path), "target directory")?;
     paths::check_target(node, &r, dir.path())?;
+    if r.spec.mode.keeps_snapshots() {
+        if let Some(why) = mover::keep::unsupported(dir.path()) {
+            return Err(Error::Invalid(format!(
+                "mode {} is refused on this target: {why}",
+                r.spec.mode.name()
+            )));
+        }
+    }
     let mut entries = std::fs::read_dir(dir.proc_path())
         .map_err(|e| Error::Invalid(format!("target directory {}: {e}", dir.pin().path)))?;
     if !a.allow_non_empty_target && entries.next().is_some() {
@@ -296,6 +304,7 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
 /// Blocking (waits for a running session); call from a blocking thread.
 pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let r = node.get(id, Role::Target)?;
+    super::snapshots::forget(node, id, Role::Target);
     // A target already made writable has nothing left to revert or release.
     let res = if r.ended && r.read_only.is_none() {
         Ok(())

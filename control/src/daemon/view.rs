@@ -48,6 +48,14 @@ pub struct View {
     pub bandwidth_limit: Option<u64>,
     /// How the source's jobs take their point in time.
     pub snapshot: crate::model::SnapshotChoice,
+    /// continuous, snapshot_policy or snapshot_policy_with_continuous.
+    pub mode: crate::model::Mode,
+    /// The snapshot policies it replicates.
+    pub policies: Vec<crate::policy::PolicyName>,
+    /// How long the target keeps replicated policy snapshots.
+    pub target_expiry: String,
+    /// Policy snapshots on this node: queued (source, not yet replicated) and kept.
+    pub snapshots: SnapshotCounts,
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
     pub read_only: Option<String>,
@@ -72,11 +80,25 @@ pub struct View {
     pub epoch: u64,
 }
 
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SnapshotCounts {
+    pub queued: usize,
+    pub kept: usize,
+}
+
 pub(crate) fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 pub fn view(node: &Node, r: Relationship) -> View {
+    let snapshots = node
+        .store()
+        .snapshots(Some(&r.id), r.role)
+        .map(|s| SnapshotCounts {
+            queued: s.iter().filter(|(_, x)| !x.replicated).count(),
+            kept: s.iter().filter(|(_, x)| x.replicated).count(),
+        })
+        .unwrap_or_default();
     let now = node.clock.now();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let mono = node.clock.instant();
@@ -144,7 +166,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
         Role::Target => (None, None),
     };
     View {
-        id: r.id.into(),
+        id: r.id.to_string(),
         role: r.role,
         state,
         state_text: state.describe(),
@@ -157,6 +179,10 @@ pub fn view(node: &Node, r: Relationship) -> View {
         enabled: r.spec.enabled,
         bandwidth_limit: r.spec.bandwidth_limit,
         snapshot: r.spec.snapshot,
+        mode: r.spec.mode,
+        policies: r.spec.policies.clone(),
+        target_expiry: r.spec.target_expiry.to_string(),
+        snapshots,
         authorized: r.authorized,
         peer_fingerprint: r.peer_fingerprint,
         read_only: r.read_only,

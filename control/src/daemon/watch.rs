@@ -219,6 +219,14 @@ impl Watches {
         }
     }
 
+    /// The next job of `id` walks the whole tree, for `why` (a job of a policy snapshot
+    /// replicated another point in time than the live tree its changes are relative to).
+    pub(crate) fn walk_whole(&self, id: &RelationshipId, why: &'static str) {
+        if let Some(w) = lock(&self.map).get(id) {
+            lock(&w.shared.pending).whole = Some(why);
+        }
+    }
+
     /// A job of `id` failed: what it took was not replicated, so the next one walks it all,
     /// and is due without waiting for another change.
     pub(crate) fn failed(&self, id: &RelationshipId) {

@@ -29,7 +29,6 @@ use crate::beneath::{dir_names, stat_opt};
 use crate::error::{show, Error, IoContext, Result};
 use crate::tree::entry::{validate_name, Entry, EntryKind};
 use crate::tree::xattr::{sync_user_xattrs, On};
-use crate::tree::STATE_DIR;
 use crate::units::EntryId;
 use crate::wire::message::is_inline;
 use crate::wire::message::{Hint, Need};
@@ -279,8 +278,8 @@ fn check_source_path(p: &[u8]) -> Result<()> {
         if let Err(e) = validate_name(c) {
             return bad(e.to_string());
         }
-        if k == 0 && c == STATE_DIR {
-            return bad("names the receiver's state directory".into());
+        if k == 0 && crate::tree::reserved_at_top(c) {
+            return bad("names a reserved directory (.mover-state, .snapshot)".into());
         }
     }
     Ok(())
@@ -863,7 +862,7 @@ fn remove_extraneous(
             .into_iter()
             .filter(|n| !names.contains(&(i as u32, n.as_slice())))
         {
-            if i == 0 && n.as_slice() == STATE_DIR {
+            if i == 0 && crate::tree::reserved_at_top(&n) {
                 continue;
             }
             let mut p = paths[i].clone();

@@ -50,6 +50,18 @@ pub struct DrillReport {
 pub struct DrillRequest {
     pub into: PathBuf,
     pub allow_copy: bool,
+    /// Instead of a drill at `into`, keep the recovery point read-only under the target's
+    /// `.snapshot` (`crate::keep`); `into` is then only the path reported.
+    pub keep: Option<KeepRequest>,
+}
+
+/// A policy snapshot to keep on the target: the copy is made only if the target is still at
+/// the recovery point its job committed.
+#[derive(Debug, Clone)]
+pub struct KeepRequest {
+    /// `<snapshot-id>_<policy>`.
+    pub name: String,
+    pub recovery_point: String,
 }
 
 /// Makes the drill of the target at `root` (the caller holds the target's lock). Errors leave
@@ -69,6 +81,9 @@ pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
                 .into(),
         ));
     }
+    if let Some(k) = &req.keep {
+        return keep(root, req, k, &state, &rp, t0);
+    }
     let (parent, name) = split(&req.into)?;
     let parent_fd = beneath::open_root(parent, "the drill's parent directory")?;
     if beneath::stat_opt(parent_fd.as_fd(), name.as_bytes())
@@ -80,7 +95,7 @@ pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
             req.into.display()
         )));
     }
-    let made = copy_tree(root, parent_fd.as_fd(), name, req);
+    let made = copy_tree(root, parent_fd.as_fd(), name, req.allow_copy);
     let method = match made {
         Ok(m) => m,
         Err(e) => {
@@ -91,18 +106,7 @@ pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
     let verified = beneath::open_root(&req.into, "the drill")
         .and_then(|fd| super::scrub::compare(fd.as_fd(), &state, &rp));
     match verified {
-        Ok((true, _, entries)) => {
-            let now = crate::clock::now_ns();
-            Ok(DrillReport {
-                path: req.into.clone(),
-                method,
-                recovery_point: rp.id.to_string(),
-                source_time_ns: rp.source_time_ns,
-                entries,
-                seconds_to_writable: t0.elapsed().as_secs_f64(),
-                data_age_seconds: (now - rp.source_time_ns).max(0) as f64 / 1e9,
-            })
-        }
+        Ok((true, _, entries)) => Ok(report(req, method, &rp, entries, t0)),
         Ok((false, difference, _)) => {
             discard(parent_fd.as_fd(), name);
             Err(Error::Verify(format!(
@@ -114,6 +118,67 @@ pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
         Err(e) => {
             discard(parent_fd.as_fd(), name);
             Err(e)
+        }
+    }
+}
+
+/// The report of a copy of `rp` verified with `entries` entries.
+fn report(
+    req: &DrillRequest,
+    method: DrillMethod,
+    rp: &super::state::RecoveryPoint,
+    entries: u64,
+    t0: Instant,
+) -> DrillReport {
+    DrillReport {
+        path: req.into.clone(),
+        method,
+        recovery_point: rp.id.to_string(),
+        source_time_ns: rp.source_time_ns,
+        entries,
+        seconds_to_writable: t0.elapsed().as_secs_f64(),
+        data_age_seconds: (crate::clock::now_ns() - rp.source_time_ns).max(0) as f64 / 1e9,
+    }
+}
+
+/// A kept policy snapshot of recovery point `rp`, verified like a drill.
+fn keep(
+    root: BorrowedFd<'_>,
+    req: &DrillRequest,
+    k: &KeepRequest,
+    state: &State,
+    rp: &super::state::RecoveryPoint,
+    t0: Instant,
+) -> Result<DrillReport> {
+    if rp.id.to_string() != k.recovery_point {
+        return Err(Error::Verify(format!(
+            "the target is at recovery point {}, not {}: the policy snapshot {} is not kept",
+            rp.id, k.recovery_point, k.name
+        )));
+    }
+    let method = crate::keep::take(root, &k.name)?;
+    let dir = crate::keep::snapshot_dir(root)?;
+    let verified = beneath::open_in(
+        dir.as_fd(),
+        k.name.as_bytes(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .ctx(|| format!("opening .snapshot/{}", k.name))
+    .and_then(|fd| super::scrub::compare(fd.as_fd(), state, rp));
+    match verified {
+        Ok((true, _, entries)) => Ok(report(req, method, rp, entries, t0)),
+        other => {
+            crate::keep::release(root, &k.name)?;
+            match other {
+                Ok((_, difference, _)) => Err(Error::Verify(format!(
+                    "the kept snapshot {} is not recovery point {}: {}",
+                    k.name,
+                    rp.id,
+                    difference.unwrap_or_default()
+                ))),
+                Err(e) => Err(e),
+            }
         }
     }
 }
@@ -144,12 +209,13 @@ fn discard(parent: BorrowedFd<'_>, name: &str) {
     }
 }
 
-/// The copy itself: the cheapest method that works here.
-fn copy_tree(
+/// The copy of the tree at `root` (without its reserved directories) as `name` in `parent`:
+/// the cheapest method that works here, a full copy only if `allow_copy`.
+pub(crate) fn copy_tree(
     root: BorrowedFd<'_>,
     parent: BorrowedFd<'_>,
     name: &str,
-    req: &DrillRequest,
+    allow_copy: bool,
 ) -> Result<DrillMethod> {
     // The ioctl itself says whether the parent is on the same btrfs file system (EXDEV if not).
     if crate::snapshot::is_btrfs_subvolume_fd(root) {
@@ -165,8 +231,10 @@ fn copy_tree(
                 )
                 .ctx(|| "opening the drill's snapshot".to_string())?;
                 let st = rustix::fs::fstat(&fd).ctx(|| "stat of the drill".to_string())?;
-                beneath::remove_any(fd.as_fd(), crate::tree::STATE_DIR, 0)
-                    .ctx(|| "removing the state directory from the drill".to_string())?;
+                for reserved in [crate::tree::STATE_DIR, crate::tree::SNAPSHOT_DIR] {
+                    beneath::remove_any(fd.as_fd(), reserved, 0)
+                        .ctx(|| "removing a reserved directory from the copy".to_string())?;
+                }
                 rustix::fs::futimens(&fd, &crate::snapshot::times(&st))
                     .ctx(|| "restoring the drill's mtime".to_string())?;
                 return Ok(DrillMethod::Snapshot);
@@ -176,22 +244,22 @@ fn copy_tree(
         }
     }
     for how in [CloneHow::Reflink, CloneHow::Copy] {
-        if how == CloneHow::Copy && !req.allow_copy {
+        if how == CloneHow::Copy && !allow_copy {
             return Err(Error::Unsupported(format!(
                 "{} cannot hold a btrfs snapshot or reflinks of the target: a drill there is a \
                  full copy of its data (time and space); allow the copy to make it anyway",
-                req.into.display()
+                name
             )));
         }
         rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o700))
-            .ctx(|| format!("creating {}", req.into.display()))?;
+            .ctx(|| format!("creating {}", name))?;
         let dst = beneath::open_in(
             parent,
             name.as_bytes(),
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
             rustix::fs::Mode::empty(),
         )
-        .ctx(|| format!("opening {}", req.into.display()))?;
+        .ctx(|| format!("opening {}", name))?;
         let mut ids = std::collections::HashMap::new();
         match crate::snapshot::clone_tree(root, dst.as_fd(), &mut ids, how) {
             Ok(()) if how == CloneHow::Reflink => return Ok(DrillMethod::Reflink),

@@ -19,7 +19,6 @@ use crate::transport::Connection;
 use crate::tree::diff::DeltaApplier;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{merkle, tree_hash, HashOptions};
-use crate::tree::STATE_DIR;
 use crate::units::{EntryId, SessionId};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
@@ -253,10 +252,11 @@ impl Session {
                 "entry list",
             )?;
             checker.push(&e)?;
-            if !entries.is_empty() && e.parent.0 == 0 && e.name.as_slice() == STATE_DIR {
-                return Err(Error::Verify(
-                    "entry list names the receiver's reserved .mover-state".into(),
-                ));
+            if !entries.is_empty() && e.parent.0 == 0 && crate::tree::reserved_at_top(&e.name) {
+                return Err(Error::Verify(format!(
+                    "entry list names the receiver's reserved {}",
+                    crate::error::show(&e.name)
+                )));
             }
             entries.push(e);
             Ok(())

@@ -12,7 +12,6 @@ use crate::tree::entry::{Entry, EntryKind};
 use crate::tree::hash::{same_record, HashOptions, Merkle};
 use crate::tree::walk::meta_of;
 use crate::tree::xattr::{read_user_xattrs, On};
-use crate::tree::STATE_DIR;
 use rustix::fs::{AtFlags, FileType, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -149,7 +148,7 @@ pub fn verify_dirs(
         let mut names =
             beneath::dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[d])))?;
         if d == 0 {
-            names.retain(|n| n.as_slice() != STATE_DIR);
+            names.retain(|n| !crate::tree::reserved_at_top(n));
         }
         let want = kids.get(&d).map(Vec::as_slice).unwrap_or(&[]);
         let join = |n: &[u8]| {

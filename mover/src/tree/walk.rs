@@ -202,7 +202,7 @@ pub(super) fn open_root(root: BorrowedFd<'_>, xattrs: bool) -> Result<(OwnedFd, 
 /// part of a tree (a replica can be a source in turn).
 pub(super) fn root_names(root_fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
     let mut names = read_names(root_fd, b"")?;
-    names.retain(|n| n.as_slice() != crate::tree::STATE_DIR);
+    names.retain(|n| !crate::tree::reserved_at_top(n));
     Ok(names)
 }
 

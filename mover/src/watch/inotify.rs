@@ -89,7 +89,7 @@ impl Inotify {
             let names = crate::beneath::dir_names(dir.as_fd())
                 .ctx(|| format!("reading directory {}", show(&rel)))?;
             for name in names {
-                if rel.is_empty() && name == crate::tree::STATE_DIR {
+                if rel.is_empty() && crate::tree::reserved_at_top(&name) {
                     continue;
                 }
                 let st = rustix::fs::statat(

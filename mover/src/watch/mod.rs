@@ -101,13 +101,13 @@ impl Changes {
     }
 
     /// Records a change of the entry `name` in the directory at `dir` (relative to the root),
-    /// unless it is the tree's own state directory or inside it.
+    /// unless it is one of the tree's reserved directories (state, snapshots) or inside one.
     fn record(&mut self, dir: Vec<u8>, name: &[u8]) {
-        let state = crate::tree::STATE_DIR;
-        if dir.is_empty() && name == state {
+        if dir.is_empty() && crate::tree::reserved_at_top(name) {
             return;
         }
-        if dir.starts_with(state) && (dir.len() == state.len() || dir[state.len()] == b'/') {
+        let top = dir.split(|&b| b == b'/').next().unwrap_or_default();
+        if !dir.is_empty() && crate::tree::reserved_at_top(top) {
             return;
         }
         if !self.rescan {

@@ -439,6 +439,7 @@ fn request_name(r: &PeerRequest) -> &'static str {
         PeerRequest::Update { .. } => "update",
         PeerRequest::Delete { .. } => "delete",
         PeerRequest::Reconnect { .. } => "reconnect",
+        PeerRequest::KeepSnapshot { .. } => "keep_snapshot",
     }
 }
 
@@ -450,7 +451,8 @@ fn request_id(r: &PeerRequest) -> &RelationshipId {
         | PeerRequest::Report { id, .. }
         | PeerRequest::Update { id, .. }
         | PeerRequest::Delete { id }
-        | PeerRequest::Reconnect { id, .. } => id,
+        | PeerRequest::Reconnect { id, .. }
+        | PeerRequest::KeepSnapshot { id, .. } => id,
     }
 }
 
@@ -1255,6 +1257,7 @@ impl World {
             Blocking::Ticket { r, .. } => ("ticket", r.id.clone()),
             Blocking::Delete(id) => ("delete", id.clone()),
             Blocking::Reconnect(id) => ("reconnect", id.clone()),
+            Blocking::Keep { id, .. } => ("keep snapshot", id.clone()),
         };
         let a = peer_server::finish(&node, work);
         if let PeerAnswer::Ticket { .. } = a {
@@ -1763,6 +1766,9 @@ impl World {
             enabled: true,
             bandwidth_limit: None,
             snapshot: Default::default(),
+            mode: Default::default(),
+            policies: Vec::new(),
+            target_expiry: Default::default(),
         };
         let r = match source::new_relationship(&node, rel.id.clone(), spec) {
             Ok(r) => r,
@@ -2022,6 +2028,9 @@ impl World {
             enabled: true,
             bandwidth_limit: None,
             snapshot: Default::default(),
+            mode: Default::default(),
+            policies: Vec::new(),
+            target_expiry: Default::default(),
         };
         let req = match self.rng.below(6) {
             0 => PeerRequest::Propose {

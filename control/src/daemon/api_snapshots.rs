@@ -1,0 +1,140 @@
+//! The REST API of snapshot policies and kept snapshots (docs/api.md "Snapshot policies").
+//! Policies are the source's: reading them takes SOURCE_READ, changing them SOURCE_WRITE.
+//! Snapshots are kept on both sides: listing takes either read privilege, releasing the
+//! write privilege of the side that keeps it.
+
+use super::api::{body, check, id, Answer, ApiError, Ctx};
+use super::snapshots::{self, PolicyView, SnapshotView};
+use super::Node;
+use crate::auth::Privilege;
+use crate::model::Role;
+use crate::policy::{Policy, PolicyEdit, PolicyName, SnapshotId};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/snapshot-policies", get(list).post(create))
+        .route(
+            "/v1/snapshot-policies/{name}",
+            get(show).patch(modify).delete(delete),
+        )
+        .route("/v1/snapshot-policies/{name}/run", post(run))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/snapshots/{relationship}/{id}",
+            axum::routing::delete(release),
+        )
+}
+
+fn name(s: &str) -> Answer<PolicyName> {
+    Ok(PolicyName::parse(s)?)
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<PolicyView>>> {
+    check(&node, &h, Privilege::SourceRead)?;
+    Ok(Json(snapshots::list_policies(&node)?))
+}
+
+async fn create(
+    State(node): Ctx,
+    h: HeaderMap,
+    b: Bytes,
+) -> Answer<(StatusCode, Json<PolicyView>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let p: Policy = body(&b, "snapshot policy")?;
+    Ok((
+        StatusCode::CREATED,
+        Json(snapshots::create_policy(&node, p)?),
+    ))
+}
+
+async fn show(State(node): Ctx, h: HeaderMap, Path(n): Path<String>) -> Answer<Json<PolicyView>> {
+    check(&node, &h, Privilege::SourceRead)?;
+    Ok(Json(snapshots::get_policy(&node, &name(&n)?)?))
+}
+
+async fn modify(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(n): Path<String>,
+    b: Bytes,
+) -> Answer<Json<PolicyView>> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let e: PolicyEdit = body(&b, "policy edit")?;
+    Ok(Json(snapshots::modify_policy(&node, &name(&n)?, &e)?))
+}
+
+async fn delete(State(node): Ctx, h: HeaderMap, Path(n): Path<String>) -> Answer<StatusCode> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    snapshots::delete_policy(&node, &name(&n)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Takes the policy's snapshots now (each relationship linking it), as if it fired.
+async fn run(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(n): Path<String>,
+) -> Answer<(StatusCode, Json<Vec<SnapshotView>>)> {
+    check(&node, &h, Privilege::SourceWrite)?;
+    let p = name(&n)?;
+    let taken = tokio::task::spawn_blocking(move || snapshots::run_policy(&node, &p))
+        .await
+        .map_err(join_error)??;
+    Ok((StatusCode::CREATED, Json(taken)))
+}
+
+#[derive(serde::Deserialize)]
+struct Only {
+    relationship: Option<String>,
+}
+
+async fn list_snapshots(
+    State(node): Ctx,
+    h: HeaderMap,
+    Query(q): Query<Only>,
+) -> Answer<Json<Vec<SnapshotView>>> {
+    let source = check(&node, &h, Privilege::SourceRead).is_ok();
+    let target = check(&node, &h, Privilege::TargetRead).is_ok();
+    if !source && !target {
+        check(&node, &h, Privilege::SourceRead)?;
+    }
+    let only = q.relationship.as_deref().map(id).transpose()?;
+    let all = snapshots::list(&node, only.as_ref())?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|s| match s.role {
+                Role::Source => source,
+                Role::Target => target,
+            })
+            .collect(),
+    ))
+}
+
+async fn release(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path((rel, sid)): Path<(String, u64)>,
+) -> Answer<Json<SnapshotView>> {
+    let rid = id(&rel)?;
+    let role = if node.get(&rid, Role::Source).is_ok() {
+        Privilege::SourceWrite
+    } else {
+        Privilege::TargetWrite
+    };
+    check(&node, &h, role)?;
+    let gone =
+        tokio::task::spawn_blocking(move || snapshots::release(&node, &rid, SnapshotId(sid)))
+            .await
+            .map_err(join_error)??;
+    Ok(Json(gone))
+}
