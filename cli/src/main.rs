@@ -10,6 +10,7 @@ mod exit;
 mod keys;
 mod progress;
 mod relationship;
+mod reverse;
 mod spec;
 mod status;
 mod token;

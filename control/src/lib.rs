@@ -18,6 +18,7 @@ pub mod peer;
 pub mod peer_wire;
 pub mod pinned;
 pub mod readonly;
+pub mod reverse;
 pub mod standalone;
 pub mod store;
 pub mod tls;

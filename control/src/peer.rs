@@ -57,6 +57,8 @@ pub enum PeerRequest {
         id: RelationshipId,
         recovery_point_ns: Option<i64>,
     },
+    /// A step of failback (`mover relationship reverse`, see `crate::reverse`).
+    Reverse(crate::reverse::ReverseAsk),
 }
 
 /// What the source knows of the relationship: its settings, its job and the last outcome.
@@ -100,6 +102,8 @@ pub enum PeerAnswer {
         /// The relationship's epoch from now on, on both sides.
         epoch: u64,
     },
+    /// A step of failback done (`crate::reverse`).
+    Reversed(crate::reverse::ReverseReply),
 }
 
 /// A running job's progress, as shown by `mover status` on both nodes.

@@ -21,7 +21,7 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
 const MAX_BODY: usize = 256 * 1024;
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -42,8 +42,8 @@ impl From<Error> for ApiError {
     }
 }
 
-type Answer<T> = Result<T, ApiError>;
-type Ctx = State<Arc<Node>>;
+pub(super) type Answer<T> = Result<T, ApiError>;
+pub(super) type Ctx = State<Arc<Node>>;
 
 pub fn router(node: Arc<Node>) -> Router {
     let src = "/v1/replication/source-relationships";
@@ -61,6 +61,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(&format!("{src}/{{id}}/replicate"), post(replicate))
         .route(&format!("{src}/{{id}}/abort"), post(abort))
         .route(&format!("{src}/{{id}}/reconnect"), post(reconnect))
+        .route(
+            &format!("{src}/{{id}}/reverse"),
+            post(super::reverse::from_source),
+        )
         .route(tgt, get(list_target))
         .route(
             &format!("{tgt}/{{id}}"),
@@ -68,6 +72,10 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
         .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
+        .route(
+            &format!("{tgt}/{{id}}/reverse"),
+            post(super::reverse::from_target),
+        )
         .route(&format!("{tgt}/{{id}}/drills"), post(start_drill))
         .route("/v1/replication/drills", get(list_drills))
         .route(
@@ -80,7 +88,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// The caller's role, if its token carries `p`.
-fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
+pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
     let role = caller(node, h)?;
     if !role.has(p) {
         return Err(ApiError(
@@ -112,11 +120,11 @@ fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
     Ok(TokenRole::parse(&role)?)
 }
 
-fn id(s: &str) -> Answer<RelationshipId> {
+pub(super) fn id(s: &str) -> Answer<RelationshipId> {
     Ok(RelationshipId::parse(s)?)
 }
 
-fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
+pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
     serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
 }
 

@@ -427,6 +427,7 @@ fn answer_name(a: &PeerAnswer) -> &'static str {
         PeerAnswer::NotFound => "not_found",
         PeerAnswer::Refused { .. } => "refused",
         PeerAnswer::Reconnected { .. } => "reconnected",
+        PeerAnswer::Reversed(_) => "reversed",
     }
 }
 
@@ -439,6 +440,7 @@ fn request_name(r: &PeerRequest) -> &'static str {
         PeerRequest::Update { .. } => "update",
         PeerRequest::Delete { .. } => "delete",
         PeerRequest::Reconnect { .. } => "reconnect",
+        PeerRequest::Reverse(_) => "reverse",
     }
 }
 
@@ -451,6 +453,7 @@ fn request_id(r: &PeerRequest) -> &RelationshipId {
         | PeerRequest::Update { id, .. }
         | PeerRequest::Delete { id }
         | PeerRequest::Reconnect { id, .. } => id,
+        PeerRequest::Reverse(ask) => ask.id(),
     }
 }
 
