@@ -33,6 +33,8 @@
 #       --daemon-config 'LINE' (repeatable) appends LINE to the source daemon's config file.
 #   scripts/bench.sh make-writable [ARGS]  failover: make-writable of a 50,000-file target,
 #       median of 3 fresh relationships (~1-2 minutes).
+#   scripts/bench.sh reverse [ARGS]        failback and back: the reconnect tree, 1% churned on both sides,
+#       `relationship reverse` on the target, then churn on the new source and reverse again there.
 #   scripts/bench.sh reconnect [ARGS]      failover and back: make-writable of a target of 20,000
 #       1 KiB files and 8 x 8 MiB, 1% of the small files churned on the target, then reconnect
 #       on the source, timed until the target equals the source; bytes sent vs bytes changed,
@@ -40,7 +42,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-  rpo | make-writable | reconnect)
+  rpo | make-writable | reconnect | reverse)
     what=$1
     shift
     cargo build --release -p mover-cli -p bench

@@ -19,6 +19,7 @@ mod reconnect;
 mod regimes;
 mod report;
 mod resume;
+mod reverse;
 mod rpo;
 mod rsync;
 
@@ -51,6 +52,10 @@ Not part of full (two `mover daemon` processes on 127.0.0.1, driven with the CLI
   make-writable  failover: `mover relationship make-writable` of a target of
                  --make-writable-files (50,000) files, timed until the target is writable;
                  median of --make-writable-reps (3) fresh relationships; goal < 2 s
+  reverse        failback and back: as reconnect's tree, --reconnect-churn (1%) churned on
+                 both sides after make-writable, `mover relationship reverse` on the target,
+                 then churn on the new source and reverse again on it; seconds and bytes
+                 sent by the first job of each direction (--reconnect-* options)
   reconnect      failover and back: make-writable of a target of --reconnect-files (20,000)
                  1 KiB files and --reconnect-large-files (8) of --reconnect-large-size (8 MiB),
                  --reconnect-churn (1%) of the small files rewritten/deleted/created on the
@@ -181,6 +186,7 @@ struct Parts {
     rpo: bool,
     make_writable: bool,
     reconnect: bool,
+    reverse: bool,
 }
 
 fn parts(what: &str) -> Result<Parts> {
@@ -192,6 +198,7 @@ fn parts(what: &str) -> Result<Parts> {
         rpo: false,
         make_writable: false,
         reconnect: false,
+        reverse: false,
     };
     let issue_sets = vec![Kind::Large, Kind::Small];
     Ok(match what {
@@ -231,6 +238,10 @@ fn parts(what: &str) -> Result<Parts> {
         },
         "reconnect" => Parts {
             reconnect: true,
+            ..none
+        },
+        "reverse" => Parts {
+            reverse: true,
             ..none
         },
         w => match incremental::Scenario::select(w) {
@@ -371,6 +382,7 @@ fn main() -> Result<()> {
         rpo: Vec::new(),
         make_writable: None,
         reconnect: None,
+        reverse: None,
         targets: Vec::new(),
     };
 
@@ -506,19 +518,23 @@ fn main() -> Result<()> {
         rep.targets.push(m.target());
         rep.make_writable = Some(m);
     }
+    // Reconnect and reverse share their tree, churn and reps.
+    let failback = reconnect::Opts {
+        work: &work,
+        mover: &mover,
+        files: scaled(a.reconnect_files),
+        large: (a.reconnect_large_files, a.reconnect_large_size),
+        churn: a.reconnect_churn,
+        reps: a.reconnect_reps,
+        configs: &configs,
+    };
     if p.reconnect {
-        let o = reconnect::Opts {
-            work: &work,
-            mover: &mover,
-            files: scaled(a.reconnect_files),
-            large: (a.reconnect_large_files, a.reconnect_large_size),
-            churn: a.reconnect_churn,
-            reps: a.reconnect_reps,
-            configs: &configs,
-        };
-        let r = reconnect::run(&o, &mut ports)?;
+        let r = reconnect::run(&failback, &mut ports)?;
         rep.targets.push(r.target());
         rep.reconnect = Some(r);
+    }
+    if p.reverse {
+        rep.reverse = Some(reverse::run(&failback, &mut ports)?);
     }
 
     if tmpfs_used {

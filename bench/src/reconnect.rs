@@ -292,13 +292,7 @@ fn one(
     let id = pair.id.clone();
     // A reconnect without a shared recovery point would be a full resync: the target must have
     // recorded the initial sync's (it learns it from the source's report).
-    let rp = pair.source.view("source", &id)?["recovery_point"]["time"].clone();
-    pair.target.wait_for(
-        ("target", &id),
-        "the target to record the recovery point",
-        INITIAL_SYNC_TIMEOUT,
-        |v| v["recovery_point"]["time"] == rp,
-    )?;
+    target_recorded(&pair)?;
     let quiet_before = proc::quiesce(&[o.work]);
 
     // Failover.
@@ -377,6 +371,19 @@ fn one(
     })
 }
 
+/// Waits until the target recorded the source's recovery point (from the source's report).
+pub fn target_recorded(pair: &Pair) -> Result<()> {
+    let id = &pair.id;
+    let rp = pair.source.view("source", id)?["recovery_point"]["time"].clone();
+    pair.target.wait_for(
+        ("target", id),
+        "the target to record the recovery point",
+        INITIAL_SYNC_TIMEOUT,
+        |v| v["recovery_point"]["time"] == rp,
+    )?;
+    Ok(())
+}
+
 /// (files, bytes) of the source's last job, from its `last_attempt.message`
 /// ("completed: N files, B bytes sent in S s").
 pub fn sent_by_last_job(v: &Value) -> Result<(u64, u64)> {
@@ -397,13 +404,18 @@ fn parse_sent(m: &str) -> Option<(u64, u64)> {
 /// of them one in CHURN_SPLIT is deleted, as many new files are created beside others, the
 /// rest are rewritten with new content of the same size.
 pub fn churn(dir: &Path, files: usize, fraction: f64) -> Result<Churn> {
+    churn_seeded(dir, files, fraction, CHURN_SEED)
+}
+
+/// `churn` with its own seed (another set of files).
+pub fn churn_seeded(dir: &Path, files: usize, fraction: f64, seed: u64) -> Result<Churn> {
     let n = ((files as f64 * fraction).round() as usize).clamp(1, files.max(1));
     let (deleted, created) = if n >= CHURN_SPLIT {
         (n / CHURN_SPLIT, n / CHURN_SPLIT)
     } else {
         (0, 0)
     };
-    let mut rng = Rng(CHURN_SEED);
+    let mut rng = Rng(seed);
     let mut picked = BTreeSet::new();
     while picked.len() < (n - created).min(files) {
         picked.insert(rng.below(files as u64) as usize);
@@ -440,7 +452,7 @@ pub fn churn(dir: &Path, files: usize, fraction: f64) -> Result<Churn> {
 }
 
 /// `mover hash --content --json DIR`: the tree hash and the content hash, as one string.
-fn hash(mover: &Path, dir: &Path) -> Result<String> {
+pub fn hash(mover: &Path, dir: &Path) -> Result<String> {
     let out = Command::new(mover)
         .arg("hash")
         .arg("--content")

@@ -481,6 +481,9 @@ pub struct Report {
     pub make_writable: Option<crate::make_writable::MwResult>,
     /// Failback after a failover: reconnect, its seconds and bytes.
     pub reconnect: Option<crate::reconnect::RcResult>,
+    /// Failback by reverse and back: the markdown section (`bench reverse`).
+    #[serde(default)]
+    pub reverse: Option<String>,
     pub targets: Vec<Target>,
 }
 
@@ -695,6 +698,10 @@ impl Report {
             s.push_str(&m.markdown());
             s.push('\n');
         }
+        if let Some(r) = &self.reverse {
+            s.push_str(r);
+            s.push('\n');
+        }
         if let Some(r) = &self.reconnect {
             s.push_str("## Failback: reconnect after churn on the target\n\n");
             s.push_str(&r.markdown());
@@ -843,6 +850,7 @@ mod tests {
             rpo: Vec::new(),
             make_writable: None,
             reconnect: None,
+            reverse: None,
             targets: t,
         };
         let md = rep.markdown();

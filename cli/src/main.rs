@@ -11,6 +11,7 @@ mod keys;
 mod policy;
 mod progress;
 mod relationship;
+mod reverse;
 mod spec;
 mod status;
 mod token;

@@ -23,7 +23,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn base(self) -> &'static str {
+    pub(crate) fn base(self) -> &'static str {
         match self {
             Role::Source => SOURCE,
             Role::Target => TARGET,
@@ -140,6 +140,26 @@ Example:
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// On either node: failback. The target becomes the source and the source a read-only
+    /// target; only what changed since the last common recovery point travels.
+    #[command(
+        long_about = "On either node: reverse the relationship (failback). The target becomes the source and the source a read-only target, going back to the last recovery point both hold: only what changed since then travels. Typically run on the target after make-writable, to send what was written there during the failover back to the original source; on a healthy relationship it is a planned switch (no job may be running). Changes the old source made after that point are reverted there: they are moved aside into a directory named in the report (under the directory's .mover-state/discarded/), each path listed, never silently lost. Every reverse starts a new epoch on both nodes. Running it again restores the original direction the same way.
+
+On the target, give the source daemon's peer address (the target does not otherwise know it).
+
+Examples:
+  mover relationship reverse 4f0c1a2b --source-address 10.0.0.1        # on the target
+  mover relationship reverse 4f0c1a2b                                   # on the source"
+    )]
+    Reverse {
+        /// Relationship id, or a unique prefix of it.
+        id: String,
+        /// On the target: the source daemon's peer address, host or host:port (default port 3712).
+        #[arg(long)]
+        source_address: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// On the source node: start a replication job now instead of waiting.
     Replicate {
         /// Relationship id, or a unique prefix of it.
@@ -204,7 +224,7 @@ pub(crate) fn full_id(api: &Api, role: Option<Role>, id: &str) -> Result<String,
 /// Runs `f` on the given side, or without one on the source and then, if the source side does
 /// not have it (404) or may not be read (403), on the target. When both fail the more telling
 /// error wins: "not permitted" says more than "not found" about a side the token cannot see.
-fn either_side<T>(
+pub(crate) fn either_side<T>(
     role: Option<Role>,
     mut f: impl FnMut(Role) -> Result<T, ApiError>,
 ) -> Result<(Role, T), ApiError> {
@@ -234,7 +254,7 @@ fn either_side<T>(
     }
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -365,6 +385,11 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 println!("the target differs from it: {d}");
             }
         }
+        RelationshipCmd::Reverse {
+            id,
+            source_address,
+            api,
+        } => crate::reverse::run(&id, source_address, &api)?,
         RelationshipCmd::Replicate { id, api } => action(&id, &api, "replicate", "replication of")?,
         RelationshipCmd::Abort { id, api } => action(&id, &api, "abort", "abort of")?,
     }

@@ -19,6 +19,7 @@ pub mod peer_wire;
 pub mod pinned;
 pub mod policy;
 pub mod readonly;
+pub mod reverse;
 pub mod standalone;
 pub mod store;
 pub mod tls;

@@ -65,6 +65,8 @@ pub enum PeerRequest {
         snapshot: crate::policy::Snapshot,
         recovery_point: String,
     },
+    /// A step of failback (`mover relationship reverse`, see `crate::reverse`).
+    Reverse(crate::reverse::ReverseAsk),
 }
 
 /// What the source knows of the relationship: its settings, its job and the last outcome.
@@ -108,6 +110,8 @@ pub enum PeerAnswer {
         /// The relationship's epoch from now on, on both sides.
         epoch: u64,
     },
+    /// A step of failback done (`crate::reverse`).
+    Reversed(crate::reverse::ReverseReply),
 }
 
 /// A running job's progress, as shown by `mover status` on both nodes.

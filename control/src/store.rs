@@ -326,6 +326,27 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a relationship's stored fields and its role, in one transaction: a reverse
+    /// (`daemon/reverse.rs`) turns a node's source into a target of the same id or back.
+    pub fn set_role(&self, r: &Relationship) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let res = self
+            .conn
+            .execute(
+                "UPDATE relationships SET role = ?2 WHERE id = ?1",
+                params![r.id.as_str(), role_str(r.role)],
+            )
+            .map_err(Error::from)
+            .and_then(|_| self.update(r));
+        match res {
+            Ok(()) => Ok(self.conn.execute_batch("COMMIT")?),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {
         if self.conn.execute(
             "DELETE FROM relationships WHERE id = ?1",

@@ -61,6 +61,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(&format!("{src}/{{id}}/replicate"), post(replicate))
         .route(&format!("{src}/{{id}}/abort"), post(abort))
         .route(&format!("{src}/{{id}}/reconnect"), post(reconnect))
+        .route(
+            &format!("{src}/{{id}}/reverse"),
+            post(super::reverse::from_source),
+        )
         .route(tgt, get(list_target))
         .route(
             &format!("{tgt}/{{id}}"),
@@ -68,6 +72,10 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
         .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
+        .route(
+            &format!("{tgt}/{{id}}/reverse"),
+            post(super::reverse::from_target),
+        )
         .route(&format!("{tgt}/{{id}}/drills"), post(start_drill))
         .route("/v1/replication/drills", get(list_drills))
         .route(

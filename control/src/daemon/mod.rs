@@ -13,6 +13,7 @@ mod http;
 mod metrics;
 mod paths;
 mod peer_server;
+mod reverse;
 #[cfg(test)]
 mod sim;
 pub mod snapshots;
@@ -81,6 +82,8 @@ pub struct Node {
     manifests: Mutex<HashMap<RelationshipId, Arc<mover::sender::ManifestCache>>>,
     /// Source side: files that changed while a session read them, and when (`remember_hot`).
     hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
+    /// Both sides: relationships a reverse (failback) is changing on this node.
+    reversing: Mutex<HashSet<RelationshipId>>,
     shutting_down: AtomicBool,
 }
 
@@ -203,6 +206,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             watches: watch::Watches::default(),
             hot_files: Mutex::default(),
+            reversing: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
             shutting_down: AtomicBool::new(false),

@@ -131,6 +131,7 @@ async fn one(
     let who = tcp
         .peer_addr()
         .map_or_else(|_| "unknown address".to_string(), |a| a.to_string());
+    let from = tcp.peer_addr().ok().map(|a| a.ip());
     let late = || Error::Peer {
         peer: who.clone(),
         message: format!(
@@ -176,7 +177,11 @@ async fn one(
     // ends for that ticket.
     let ticket = mover::units::SessionId::random().ctx(|| "random ticket".to_string())?;
     let secret = crate::tls::session_secret(tls.get_ref().1, &ticket.0.to_le_bytes())?;
-    let answer = handle(node, &fp, req, (ticket, secret)).await;
+    let answer = match req {
+        // A reverse's steps need the asker's address (where a new source replicates to).
+        PeerRequest::Reverse(ask) => super::reverse::serve(node, &fp, from, ask).await,
+        req => handle(node, &fp, req, (ticket, secret)).await,
+    };
     if let PeerAnswer::Refused { message } = &answer {
         tracing::warn!(peer = %fp, "refused: {message}");
     }
@@ -260,7 +265,11 @@ fn pinned(
 ) -> Result<Relationship, PeerAnswer> {
     let r = match node.get(id, Role::Target) {
         Ok(r) => r,
-        Err(Error::NotFound(_)) => return Err(PeerAnswer::NotFound),
+        Err(Error::NotFound(_)) => {
+            return Err(
+                super::reverse::stale_peer(node, id, fp, None).unwrap_or(PeerAnswer::NotFound)
+            )
+        }
         Err(e) => return Err(refuse(e.to_string())),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
@@ -509,6 +518,8 @@ pub(crate) fn respond(
                 recovery_point,
             });
         }
+        // Served where the connection's address is known (`one`).
+        PeerRequest::Reverse(_) => refuse("a reverse step is not served here".into()),
     })
 }
 

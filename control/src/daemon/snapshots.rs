@@ -293,8 +293,10 @@ pub fn list(node: &Node, only: Option<&RelationshipId>) -> Result<Vec<SnapshotVi
         // Read first: the store's lock must not be held across `node.get`.
         let all = node.store().snapshots(only, role)?;
         for (id, s) in all {
-            let r = node.get(&id, role)?;
-            out.push(snapshot_view(&r, &s));
+            // A record left by a relationship gone from this role is not listed.
+            if let Ok(r) = node.get(&id, role) {
+                out.push(snapshot_view(&r, &s));
+            }
         }
     }
     Ok(out)

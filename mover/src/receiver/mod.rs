@@ -1,6 +1,7 @@
 //! `mover receive`: accept connections, run one session at a time into the destination root.
 
 pub(crate) mod apply;
+pub mod aside;
 pub mod drill;
 pub(crate) mod finalize;
 pub(crate) mod journal;

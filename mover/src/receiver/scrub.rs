@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const SCRUB_FILE: &str = "scrub";
+pub(crate) const SCRUB_FILE: &str = "scrub";
 const MAGIC: u32 = u32::from_le_bytes(*b"MVSC");
 const VERSION: u16 = 1;
 

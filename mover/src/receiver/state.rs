@@ -25,7 +25,7 @@ use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-const RP_FILE: &str = "recovery-point";
+pub(crate) const RP_FILE: &str = "recovery-point";
 /// What an operator can do about a state file that cannot be read.
 pub const CORRUPT_STATE_ADVICE: &str = "move .mover-state out of the destination (keep it for \
     inspection); the next job then takes the destination as it is as its starting point and \

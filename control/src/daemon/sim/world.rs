@@ -427,6 +427,7 @@ fn answer_name(a: &PeerAnswer) -> &'static str {
         PeerAnswer::NotFound => "not_found",
         PeerAnswer::Refused { .. } => "refused",
         PeerAnswer::Reconnected { .. } => "reconnected",
+        PeerAnswer::Reversed(_) => "reversed",
     }
 }
 
@@ -440,6 +441,7 @@ fn request_name(r: &PeerRequest) -> &'static str {
         PeerRequest::Delete { .. } => "delete",
         PeerRequest::Reconnect { .. } => "reconnect",
         PeerRequest::KeepSnapshot { .. } => "keep_snapshot",
+        PeerRequest::Reverse(_) => "reverse",
     }
 }
 
@@ -453,6 +455,7 @@ fn request_id(r: &PeerRequest) -> &RelationshipId {
         | PeerRequest::Delete { id }
         | PeerRequest::Reconnect { id, .. }
         | PeerRequest::KeepSnapshot { id, .. } => id,
+        PeerRequest::Reverse(ask) => ask.id(),
     }
 }
 
