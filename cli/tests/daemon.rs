@@ -935,6 +935,27 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
     std::fs::remove_file(dst.join("small/f0004")).unwrap();
     std::fs::create_dir_all(dst.join("new-dir/sub")).unwrap();
     std::fs::write(dst.join("new-dir/sub/x"), b"x").unwrap();
+    // And large files changed in part: 8 KiB overwritten inside one, one cut short, one grown.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dst.join("big/f0001"))
+            .unwrap();
+        f.write_all_at(&[5u8; 8192], 100_000).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dst.join("big/f0002"))
+            .unwrap();
+        f.set_len(300_000).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dst.join("big/f0005"))
+            .unwrap();
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.write_all(&[6u8; 10_000]).unwrap();
+    }
     assert_ne!(tree_hash(&dst), synced_hash);
 
     let v = a.cli_ok(&["relationship", "reconnect", &id[..8], "--json"]);
@@ -965,13 +986,19 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
     );
     assert_eq!(tree_hash(&dst), synced_hash);
     let sent = sent_by_last_job(&a.view("source", &id));
-    // Changed on the target: one rewritten and one removed small file (the new ones go).
-    let changed = 2 * 2000;
+    // Changed on the target: one rewritten and one removed small file (the new ones go), 8 KiB
+    // inside a large file, the 224,288 bytes cut off another; the grown one is cut back.
+    let changed = 2 * 2000 + 8192 + (512 * 1024 - 300_000);
     assert!(
         sent as f64 <= 1.2 * changed as f64 + (1 << 20) as f64,
         "reconnect sent {sent} bytes for {changed} changed"
     );
-    assert!(sent < 512 * 1024, "no large file travelled again: {sent}");
+    // The blocks around what changed (4 KiB each), never a whole large file again.
+    let restore = 2 * 2000 + 3 * 4096 + (512 * 1024 - 300_000) + 2 * 4096;
+    assert!(
+        sent <= restore,
+        "large files travelled whole: {sent} sent, {restore} to restore"
+    );
     // And it replicates again.
     std::fs::write(src.join("after-reconnect"), b"new").unwrap();
     a.wait_for("source", &id, "the next change", |_| {

@@ -175,6 +175,14 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
             ranges: vec![(0, 4096), (65536, 8192)],
         },
     );
+    encode_hint(
+        &mut h,
+        &Hint::Blocks {
+            entry: EntryId(1),
+            first: 0,
+            hashes: vec![0x1234, 0x5678],
+        },
+    );
     frame("hints", FrameKind::Hints, h.buf);
     let offer = BaseOffer {
         recovery_point: 9,

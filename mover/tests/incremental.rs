@@ -226,3 +226,52 @@ fn interrupted_job_resumes_with_less_than_a_full_resend() {
         rep.bytes
     );
 }
+
+/// A target that already holds another version of a large file (written while it was
+/// writable, or a copy made before replication began) and no recovery point: the receiver asks
+/// for block hashes, compares its own blocks and receives only those that differ.
+#[test]
+fn a_target_holding_another_version_of_a_large_file_gets_only_the_blocks_that_differ() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = TreeSpec {
+        small_files: 5,
+        large_files: 1,
+        large_size: 16 << 20,
+        extras: false,
+        ..Default::default()
+    };
+    let (src, dst, state) = setup(t.path(), spec);
+    std::fs::remove_dir(&dst).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let big = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.metadata().unwrap().len() == 16 << 20)
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    let mut rng = Rng(9);
+    let mut block = vec![0u8; 4096];
+    let mut blocks = std::collections::BTreeSet::new();
+    while blocks.len() < 40 {
+        blocks.insert(rng.next_u64() % 4096);
+    }
+    for b in &blocks {
+        rng.fill(&mut block);
+        std::os::unix::fs::FileExt::write_all_at(&f, &block, b * 4096).unwrap();
+    }
+    drop(f);
+    let (addr, _reports) = start_serving(&dst);
+    let rep = send_state(&src, addr, &state).unwrap();
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        rep.bytes,
+        40 * 4096,
+        "exactly the blocks written on the target"
+    );
+}

@@ -207,6 +207,11 @@ fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
             base_mtime: (0, 0),
             ranges: vec![],
         },
+        Hint::Blocks {
+            entry: EntryId(6),
+            first: 16_384,
+            hashes: vec![1, 2, u64::MAX],
+        },
     ];
     let mut e = Enc::new();
     for h in &hs {
@@ -231,6 +236,15 @@ fn hints_and_need_lists_round_trip_and_reject_bad_ranges() {
             },
         );
         assert!(decode_hints(&e.buf).is_err(), "{bad:?} accepted");
+    }
+    // A Blocks hint with no hashes, or more than a hint may carry, is refused.
+    for n in [0u32, MAX_BLOCK_HASHES_PER_HINT as u32 + 1] {
+        let mut e = Enc::new();
+        e.u8(3).u32(1).u64(0).u32(n);
+        for _ in 0..n {
+            e.u64(7);
+        }
+        assert!(decode_hints(&e.buf).is_err(), "{n} hashes accepted");
     }
     let need = [Need::Nothing, Need::Full, Need::Delta];
     let p = encode_need(7, true, &need);

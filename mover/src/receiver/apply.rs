@@ -27,11 +27,12 @@ use super::space;
 use crate::beneath;
 use crate::beneath::{dir_names, stat_opt};
 use crate::error::{show, Error, IoContext, Result};
+use crate::sender::manifest::BLOCK;
 use crate::tree::entry::{validate_name, Entry, EntryKind};
 use crate::tree::xattr::{sync_user_xattrs, On};
 use crate::units::EntryId;
 use crate::wire::message::is_inline;
-use crate::wire::message::{Hint, Need};
+use crate::wire::message::{Hint, Need, MAX_DELTA_RANGES};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -314,6 +315,8 @@ pub fn apply_entries(
     }
     let mut renames: Vec<(usize, &[u8])> = Vec::new();
     let mut delta_hint: HashMap<usize, DeltaBase<'_>> = HashMap::new();
+    // A repairing job's block hashes of large files (`Hint::Blocks`), by entry.
+    let mut blocks: HashMap<usize, Vec<u64>> = HashMap::new();
     for h in hints {
         match h {
             Hint::Rename { entry, from } => {
@@ -355,6 +358,32 @@ pub fn apply_entries(
                     )));
                 }
                 delta_hint.insert(i, (*base_size, *base_mtime, ranges.as_slice()));
+            }
+            Hint::Blocks {
+                entry,
+                first,
+                hashes,
+            } => {
+                let i = entry.index();
+                let size = match entries.get(i).map(|e| &e.kind) {
+                    Some(EntryKind::File { size }) if !is_inline(*size) => *size,
+                    _ => {
+                        return Err(Error::Verify(format!(
+                            "block hashes for entry {} which is not a large file",
+                            entry.0
+                        )))
+                    }
+                };
+                let have = blocks.entry(i).or_default();
+                if *first != have.len() as u64
+                    || (have.len() + hashes.len()) as u64 > size.div_ceil(BLOCK)
+                {
+                    return Err(Error::Verify(format!(
+                        "block hashes of {} out of order or past its size {size}",
+                        show(&paths[i])
+                    )));
+                }
+                have.extend_from_slice(hashes);
             }
         }
     }
@@ -505,6 +534,32 @@ pub fn apply_entries(
                         links_to[i],
                         delta_hint.get(&i),
                     );
+                }
+                let delta_fits = delta_hint.get(&i).is_some_and(|&(bsize, bmtime, _)| {
+                    st.as_ref().is_some_and(|s| same(s, bsize, bmtime))
+                });
+                // Another version of this file is here (the target was written while writable,
+                // or held a tree already) and the sender gave the blocks of its content: only
+                // the blocks that differ travel, written in place with pre-images, as a delta.
+                if rest.is_none()
+                    && !complete
+                    && is_file
+                    && links_ok
+                    && !delta_fits
+                    && !j.touched.contains(path)
+                    && writable(dir, name)
+                {
+                    if let (Some(theirs), Some(s)) = (blocks.get(&i), &st) {
+                        if theirs.len() as u64 == size.div_ceil(BLOCK) {
+                            let old = s.st_size as u64;
+                            let ranges = repair_ranges(dir, name, path, old, *size, theirs)?;
+                            prepare_delta(dir, name, path, old, *size, &ranges, j)?;
+                            if old != *size {
+                                resizes.push((path.clone(), *size));
+                            }
+                            rest = Some(ranges);
+                        }
+                    }
                 }
                 let decision = match delta_hint.get(&i) {
                     _ if rest.is_some() => Need::Rest,
@@ -775,6 +830,31 @@ const MAX_READAHEAD_HINTS: usize = 1 << 16;
 fn writable(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
     rustix::process::geteuid().is_root()
         || rustix::fs::accessat(dir, name, rustix::fs::Access::WRITE_OK, AtFlags::EACCESS).is_ok()
+}
+
+/// The ranges of the sender's version of a file (`size` bytes, block hashes `theirs`) that the
+/// file here (`old` bytes) does not hold: its blocks are hashed and compared. Never empty (the
+/// last block comes again when every block is equal), so the file's metadata is applied when
+/// its last byte is written.
+fn repair_ranges(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+    old: u64,
+    size: u64,
+    theirs: &[u64],
+) -> Result<Vec<(u64, u64)>> {
+    let fd = beneath::open_in(dir, name, OFlags::RDONLY, Mode::empty())
+        .ctx(|| format!("opening {} to compare its blocks", show(path)))?;
+    let mine = crate::sender::manifest::hash_file(fd.as_fd(), old)
+        .ctx(|| format!("hashing the blocks of {}", show(path)))?;
+    let mut ranges = crate::sender::manifest::changed_ranges(&mine, theirs, size, MAX_DELTA_RANGES);
+    if ranges.is_empty() && size > 0 {
+        let last = (size - 1) / BLOCK * BLOCK;
+        ranges.push((last, size - last));
+    }
+    debug_assert!(ranges.iter().all(|&(o, l)| l > 0 && o + l <= size));
+    Ok(ranges)
 }
 
 /// Saves pre-images of every range the delta will overwrite (and of a tail a shrink cuts off),

@@ -255,8 +255,24 @@ pub fn set_aside(root: &Path, point: &[Entry], name: &str) -> Result<AsideReport
             let from = crate::beneath::open_dir(fd.as_fd(), parent)
                 .ctx(|| format!("opening {}", show(parent)))?;
             let to = mkdirs(aside.as_fd(), parent)?;
-            rustix::fs::renameat(&from, leaf, &to, leaf)
-                .ctx(|| format!("moving {} aside", show(&d.path)))?;
+            // A large file changed in place is kept aside as a reflink and stays: the first
+            // job then sends only the blocks that differ from the recovery point's version
+            // (CAP_BLOCK_HASHES), not the whole file again.
+            let large = d.change == Change::Modified
+                && crate::beneath::stat_opt(from.as_fd(), leaf)
+                    .ctx(|| format!("stat {}", show(&d.path)))?
+                    .is_some_and(|s| {
+                        rustix::fs::FileType::from_raw_mode(s.st_mode)
+                            == rustix::fs::FileType::RegularFile
+                            && !crate::wire::message::is_inline(s.st_size as u64)
+                            && s.st_nlink == 1
+                    });
+            let kept = large
+                && crate::snapshot::reflink_file(from.as_fd(), to.as_fd(), leaf, &d.path).is_ok();
+            if !kept {
+                rustix::fs::renameat(&from, leaf, &to, leaf)
+                    .ctx(|| format!("moving {} aside", show(&d.path)))?;
+            }
         }
         match d.change {
             Change::Added => report.added += 1,

@@ -30,8 +30,8 @@ use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, send_error, Link};
 use crate::wire::message::software_version;
 use crate::wire::message::{
-    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_OWNERS, CAP_RESUME_RANGES, CAP_SEALED,
-    CAP_USER_XATTRS,
+    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_BLOCK_HASHES, CAP_OWNERS,
+    CAP_RESUME_RANGES, CAP_SEALED, CAP_USER_XATTRS,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use session::Session;
@@ -522,6 +522,21 @@ impl Receiver {
     }
 
     /// The recovery point the destination is at, and whether a job's journal awaits.
+    /// Whether the next job repairs the target rather than moving it from its recovery point:
+    /// its last scrub found it differs, or it has no recovery point but holds a tree already
+    /// (a target made writable and reversed, one authorized non-empty).
+    fn repairing(&self) -> Result<bool> {
+        let state = State::find(self.root.as_fd())?;
+        if let Some(s) = &state {
+            if s.recovery_point()?.is_some() {
+                return Ok(super::receiver::scrub::failed(s));
+            }
+        }
+        let names = crate::beneath::dir_names(self.root.as_fd())
+            .ctx(|| "listing the target's top".to_string())?;
+        Ok(names.iter().any(|n| !crate::tree::reserved_at_top(n)))
+    }
+
     fn job_state(&self) -> Result<(u128, bool)> {
         let Some(state) = State::find(self.root.as_fd())? else {
             return Ok((0, false));
@@ -574,10 +589,17 @@ impl Receiver {
             );
         }
         let resume_ranges = hello.capabilities & CAP_RESUME_RANGES != 0;
+        // Block hashes are asked for only when this job repairs (they cost the sender a read
+        // of files its manifest does not describe), and answered with Rest ranges.
+        let blocks = resume_ranges
+            && hello.capabilities & CAP_BLOCK_HASHES != 0
+            && matches!(hello.role, Role::Control { .. })
+            && self.repairing()?;
         let caps = CAP_USER_XATTRS
             | if self.owners { CAP_OWNERS } else { 0 }
             | if sealed { CAP_SEALED } else { 0 }
-            | if resume_ranges { CAP_RESUME_RANGES } else { 0 };
+            | if resume_ranges { CAP_RESUME_RANGES } else { 0 }
+            | if blocks { CAP_BLOCK_HASHES } else { 0 };
         let (recovery_point, job_pending) = self.job_state()?;
         let ack = HelloAck {
             version,

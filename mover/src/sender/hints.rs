@@ -8,7 +8,7 @@ use crate::tree::entry::EntryKind;
 use crate::tree::walk::{FileId, Walked};
 use crate::units::EntryId;
 use crate::wire::message::is_inline;
-use crate::wire::message::{Hint, MAX_DELTA_RANGES};
+use crate::wire::message::{Hint, MAX_BLOCK_HASHES_PER_HINT, MAX_DELTA_RANGES};
 use rustix::fs::{Mode, OFlags};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -181,6 +181,63 @@ pub fn plan_hints(
     }
     p.hashes = hashed;
     Ok(p)
+}
+
+/// Most bytes of block hashes one repairing session sends (8 per 4 KiB block: this describes
+/// 128 GiB of large files). Files past it get none: compared by size and mtime, they travel
+/// whole if they differ.
+pub const MAX_BLOCK_HINT_BYTES: u64 = 256 << 20;
+
+/// For a receiver that repairs (CAP_BLOCK_HASHES): the block hashes of every large file's
+/// content, from this session's hashing, else from the manifest where the file is unchanged
+/// since, else read now. A file that changes while it is read gets none.
+pub fn block_hints(
+    w: &Walked,
+    m: Option<&Manifest>,
+    p: &Planned,
+    root: BorrowedFd<'_>,
+    threads: usize,
+    stable: bool,
+) -> Result<Vec<Hint>> {
+    let mut known: Vec<(usize, &[u64])> = Vec::new();
+    let mut to_hash: Vec<FileSize> = Vec::new();
+    let mut budget = MAX_BLOCK_HINT_BYTES;
+    for (i, e) in w.entries.iter().enumerate() {
+        let EntryKind::File { size } = e.kind else {
+            continue;
+        };
+        let cost = size.div_ceil(super::manifest::BLOCK) * 8;
+        if is_inline(size) || cost > budget {
+            continue;
+        }
+        budget -= cost;
+        let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
+        let from_manifest = p.old.get(i).copied().flatten().and_then(|k| {
+            let it = &m?.items[k];
+            it.hashes
+                .as_deref()
+                .filter(|_| unchanged(it, size, mtime, &w.ids[i]))
+        });
+        match p.hashes.get(&i).map(Vec::as_slice).or(from_manifest) {
+            Some(h) => known.push((i, h)),
+            None => to_hash.push((i, size)),
+        }
+    }
+    let read = hash_files(root, w, &to_hash, threads, stable)?;
+    let mut all: Vec<(usize, &[u64])> = known;
+    all.extend(read.iter().map(|(i, h)| (*i, h.as_slice())));
+    all.sort_unstable_by_key(|x| x.0);
+    let mut out = Vec::new();
+    for (i, hashes) in all {
+        for (k, chunk) in hashes.chunks(MAX_BLOCK_HASHES_PER_HINT).enumerate() {
+            out.push(Hint::Blocks {
+                entry: EntryId(i as u32),
+                first: (k * MAX_BLOCK_HASHES_PER_HINT) as u64,
+                hashes: chunk.to_vec(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// (entry, size) of a file to hash, and (entry or segment, block hashes) of a result.

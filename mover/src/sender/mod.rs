@@ -27,9 +27,9 @@ use crate::wire::message::is_inline;
 use crate::wire::message::software_version;
 use crate::wire::message::{
     decode_need, decode_need_sparse, encode_expect, encode_hint, encode_worker_done, hint_len,
-    Commit, ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_OWNERS, CAP_RESUME_RANGES,
-    CAP_SEALED, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS, PROTOCOL_VERSION_MAX,
-    PROTOCOL_VERSION_MIN,
+    Commit, ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_BLOCK_HASHES, CAP_OWNERS,
+    CAP_RESUME_RANGES, CAP_SEALED, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS,
+    PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
 use crate::wire::WireError;
@@ -173,7 +173,7 @@ fn hello(id: &Identity, role: Role) -> Vec<u8> {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
         software: software_version().to_string(),
-        capabilities: CAP_OWNERS | CAP_USER_XATTRS | CAP_RESUME_RANGES | sealed,
+        capabilities: CAP_OWNERS | CAP_USER_XATTRS | CAP_RESUME_RANGES | CAP_BLOCK_HASHES | sealed,
         session: id.session,
         role,
     }
@@ -416,6 +416,24 @@ pub fn send_over(
         secs = start.elapsed().as_secs_f64(),
         "hints planned"
     );
+    let blocks = if ack.capabilities & CAP_BLOCK_HASHES != 0 {
+        let b = hints::block_hints(
+            &walked,
+            manifest.as_deref(),
+            &planned,
+            root.as_fd(),
+            threads,
+            stable,
+        )?;
+        tracing::info!(
+            hints = b.len(),
+            secs = start.elapsed().as_secs_f64(),
+            "block hashes for a repairing receiver"
+        );
+        b
+    } else {
+        Vec::new()
+    };
     let planned_renames = planned
         .hints
         .iter()
@@ -423,7 +441,7 @@ pub fn send_over(
         .count() as u64;
 
     let mut enc = Enc::new();
-    for h in &planned.hints {
+    for h in planned.hints.iter().chain(&blocks) {
         if !enc.buf.is_empty() && enc.buf.len() + hint_len(h) > ENTRIES_FRAME_BYTES {
             wire += ctl.write_frame(FrameKind::Hints, &enc.buf)?;
             enc.buf.clear();

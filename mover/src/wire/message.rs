@@ -44,7 +44,12 @@ pub const CAP_SEALED: u64 = 1 << 2;
 /// ranges of a file an interrupted session did not make durable. A receiver echoes it when it
 /// will use them.
 pub const CAP_RESUME_RANGES: u64 = 1 << 3;
-pub const CAPS_KNOWN: u64 = CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED | CAP_RESUME_RANGES;
+/// The sender can send `Hint::Blocks`; in the receiver's answer: send them, this job repairs a
+/// target that may hold other versions of large files than its recovery point (written while
+/// it was writable, or a tree it had before), so it asks only for the blocks that differ.
+pub const CAP_BLOCK_HASHES: u64 = 1 << 4;
+pub const CAPS_KNOWN: u64 =
+    CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED | CAP_RESUME_RANGES | CAP_BLOCK_HASHES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -105,7 +110,18 @@ pub enum Hint {
         base_mtime: (i64, u32),
         ranges: Vec<(u64, u64)>,
     },
+    /// The block hashes (xxh3-64 of each 4 KiB block) of this large file's content from block
+    /// `first` on: a repairing receiver compares its own file with them and asks only for the
+    /// blocks that differ. A file's hashes come in order, in several hints when long.
+    Blocks {
+        entry: EntryId,
+        first: u64,
+        hashes: Vec<u64>,
+    },
 }
+
+/// Most block hashes one Blocks hint carries (64 MiB of file), so it fits a Hints frame.
+pub const MAX_BLOCK_HASHES_PER_HINT: usize = 16_384;
 
 /// Longest rename source path a hint may carry.
 pub const MAX_HINT_PATH: usize = 64 * 1024;
@@ -742,6 +758,21 @@ pub fn encode_hint(e: &mut Enc, h: &Hint) {
                 e.u64(*o).u64(*l);
             }
         }
+        Hint::Blocks {
+            entry,
+            first,
+            hashes,
+        } => {
+            assert!(
+                hashes.len() <= MAX_BLOCK_HASHES_PER_HINT,
+                "blocks hint with {} hashes",
+                hashes.len()
+            );
+            e.u8(3).u32(entry.0).u64(*first).u32(hashes.len() as u32);
+            for h in hashes {
+                e.u64(*h);
+            }
+        }
     }
 }
 
@@ -750,6 +781,7 @@ pub fn hint_len(h: &Hint) -> usize {
     match h {
         Hint::Rename { from, .. } => 9 + from.len(),
         Hint::Delta { ranges, .. } => 29 + 16 * ranges.len(),
+        Hint::Blocks { hashes, .. } => 17 + 8 * hashes.len(),
     }
 }
 
@@ -794,6 +826,25 @@ pub fn decode_hints(p: &[u8]) -> Result<Vec<Hint>, WireError> {
                     base_size,
                     base_mtime,
                     ranges,
+                });
+            }
+            3 => {
+                let entry = EntryId(d.u32()?);
+                let first = d.u64()?;
+                let n = d.u32()? as usize;
+                if n == 0 || n > MAX_BLOCK_HASHES_PER_HINT {
+                    return Err(WireError::BadField {
+                        field: "block hash count",
+                    });
+                }
+                let mut hashes = Vec::with_capacity(n.min(d.remaining() / 8));
+                for _ in 0..n {
+                    hashes.push(d.u64()?);
+                }
+                out.push(Hint::Blocks {
+                    entry,
+                    first,
+                    hashes,
                 });
             }
             t => {
