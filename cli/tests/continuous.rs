@@ -4,7 +4,7 @@
 
 mod node;
 
-use node::{fill, free_port, need_root, s, tree_hash, Node, Scratch};
+use node::{create, fill, free_port, need_root, tree_hash, Node, Scratch};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,24 +25,14 @@ fn nodes(t: &Scratch, detection: &str, extra: &str) -> (Node, Node) {
 /// A relationship from `a` to `b`, authorized, after its first job.
 fn replicating(a: &Node, b: &Node, src: &Path, dst: &Path) -> String {
     std::fs::create_dir_all(dst).unwrap();
-    let port = b.listen.to_string();
-    let v = a.cli_ok(&[
-        "relationship",
-        "create",
-        "--source-path",
-        s(src),
-        "--target-address",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--target-path",
-        s(dst),
-        "--json",
-    ]);
-    let id = v["id"].as_str().unwrap().to_string();
+    let id = create(a, b, src, dst, &[]);
     b.cli_ok(&["relationship", "authorize", &id, "--json"]);
-    a.wait_for("source", &id, "the initial sync", |v| {
-        v["recovery_point"].is_object() && v["job"].is_null()
+    // The watch is placed as replication begins and its first job walks everything: changes
+    // a test makes after that job are the ones events must carry.
+    a.wait_for("source", &id, "the initial sync and the watch's first walk", |v| {
+        v["recovery_point"].is_object()
+            && v["job"].is_null()
+            && plain(&a.log()).contains("walking the whole tree: the watch was just placed")
     });
     id
 }
