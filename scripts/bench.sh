@@ -36,7 +36,7 @@
 #   scripts/bench.sh reverse [ARGS]        failback and back: the reconnect tree, 1% churned on both sides,
 #       `relationship reverse` on the target, then churn on the new source and reverse again there.
 #   scripts/bench.sh reconnect [ARGS]      failover and back: make-writable of a target of 20,000
-#       1 KiB files and 8 x 8 MiB, 1% of the small files churned on the target, then reconnect
+#       1 KiB files and 8 x 8 MiB, 1% of the small files and of the large files' blocks churned on the target, then reconnect
 #       on the source, timed until the target equals the source; bytes sent vs bytes changed,
 #       median of 3 fresh relationships (--reconnect-files 5000 for a shorter run).
 set -euo pipefail

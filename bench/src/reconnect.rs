@@ -14,7 +14,7 @@ use mover::gen::Rng;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -51,18 +51,20 @@ pub struct Churn {
     pub deleted_bytes: u64,
     pub created_files: u64,
     pub created_bytes: u64,
+    /// 4 KiB blocks rewritten in place inside the large files (the same fraction of each).
+    pub large_blocks_bytes: u64,
 }
 
 impl Churn {
     /// Bytes written in rewritten and new files plus bytes of deleted files (which must come
     /// back): the goal's "changed bytes".
     pub fn changed_bytes(&self) -> u64 {
-        self.rewritten_bytes + self.deleted_bytes + self.created_bytes
+        self.rewritten_bytes + self.deleted_bytes + self.created_bytes + self.large_blocks_bytes
     }
 
     /// The part of the changed bytes the source has to send again (new files only go).
     pub fn restored_bytes(&self) -> u64 {
-        self.rewritten_bytes + self.deleted_bytes
+        self.rewritten_bytes + self.deleted_bytes + self.large_blocks_bytes
     }
 }
 
@@ -164,9 +166,9 @@ impl RcResult {
             "Per rep: a fresh pair of daemons on 127.0.0.1 and a fresh relationship, through its initial sync of {} files ({} of {} bytes in {} dirs, {} of {} bytes; {} bytes). \
              Once the target has recorded the recovery point and the disk is quiet, `mover relationship make-writable ID --json` runs on the target node (timed to its exit, \
              and until the source shows `ended`). Then {}% of the small files are churned in the target directory (rewritten with new content; one in {CHURN_SPLIT} deleted, one in {CHURN_SPLIT} new; \
-             the same files every rep), and `mover relationship reconnect ID --json` runs on the source node: timed to its exit (CLI), until the source shows the job after it succeeded \
+             the same files every rep) and the same fraction of the 4 KiB blocks of each large file is rewritten in place, and `mover relationship reconnect ID --json` runs on the source node: timed to its exit (CLI), until the source shows the job after it succeeded \
              and no longer `{REVERTING}` (revert), and until `mover hash --content` of the target equals the source's (verified). \
-             Sent = file data bytes of that job (its `last_attempt.message`); changed = bytes of rewritten and new files plus bytes of deleted files; to restore = its part the source must send again (rewritten and deleted files; new ones are only removed). Medians of {} reps.\n\n",
+             Sent = file data bytes of that job (its `last_attempt.message`); changed = bytes of rewritten and new files, of deleted files and of rewritten large-file blocks; to restore = its part the source must send again (all but the new files, which are only removed). Medians of {} reps.\n\n",
             self.files,
             self.small_files,
             dataset::FILES_SIZE,
@@ -448,7 +450,47 @@ pub fn churn_seeded(dir: &Path, files: usize, fraction: f64, seed: u64) -> Resul
         c.created_files += 1;
         c.created_bytes += dataset::FILES_SIZE as u64;
     }
+    c.large_blocks_bytes = churn_large(dir, fraction, &mut rng)?;
     Ok(c)
+}
+
+/// Rewrites `fraction` of the 4 KiB blocks of every large file (`large*.bin` at the top of
+/// `dir`) in place, as a database or VM image is written; returns the bytes rewritten.
+fn churn_large(dir: &Path, fraction: f64, rng: &mut Rng) -> Result<u64> {
+    const BLOCK: u64 = 4096;
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("churn: listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("large") && n.ends_with(".bin"))
+        })
+        .collect();
+    names.sort();
+    let mut total = 0;
+    let mut block = vec![0u8; BLOCK as usize];
+    for p in names {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("churn: opening {}", p.display()))?;
+        let blocks = f.metadata()?.len() / BLOCK;
+        let n = ((blocks as f64 * fraction).round() as u64).clamp(1, blocks.max(1));
+        let mut picked = BTreeSet::new();
+        while (picked.len() as u64) < n.min(blocks) {
+            picked.insert(rng.below(blocks));
+        }
+        for b in &picked {
+            for x in block.iter_mut() {
+                *x = rng.below(256) as u8;
+            }
+            std::os::unix::fs::FileExt::write_all_at(&f, &block, b * BLOCK)
+                .with_context(|| format!("churn: writing {}", p.display()))?;
+        }
+        total += picked.len() as u64 * BLOCK;
+    }
+    Ok(total)
 }
 
 /// `mover hash --content --json DIR`: the tree hash and the content hash, as one string.
@@ -504,16 +546,26 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             dataset::write_file(&p, &mut rng, dataset::FILES_SIZE, &mut buf).unwrap();
         }
+        let large = dir.join("large0.bin");
+        dataset::write_file(&large, &mut rng, 1 << 20, &mut buf).unwrap();
+        let before = std::fs::read(&large).unwrap();
         let c = churn(&dir, 1000, 0.02).unwrap();
+        let after = std::fs::read(&large).unwrap();
+        let differ = before
+            .chunks(4096)
+            .zip(after.chunks(4096))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!((c.large_blocks_bytes, differ), (5 * 4096, 5));
         assert_eq!(
             (c.rewritten_files, c.deleted_files, c.created_files),
             (16, 2, 2)
         );
         let size = dataset::FILES_SIZE as u64;
-        assert_eq!(c.changed_bytes(), 20 * size);
-        assert_eq!(c.restored_bytes(), 18 * size);
+        assert_eq!(c.changed_bytes(), 20 * size + 5 * 4096);
+        assert_eq!(c.restored_bytes(), 18 * size + 5 * 4096);
         let (files, _, _) = dataset::count_all(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(files, 1000);
+        assert_eq!(files, 1001);
     }
 }

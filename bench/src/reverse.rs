@@ -148,8 +148,10 @@ fn one(o: &Opts, ports: &mut Ports, tree: &dataset::FilesTree, rep: usize) -> Re
         &id,
         (&src, &dst),
     )?;
-    reverse.to_send =
-        churn_source.restored_bytes() + churn_target.rewritten_bytes + churn_target.created_bytes;
+    reverse.to_send = churn_source.restored_bytes()
+        + churn_target.rewritten_bytes
+        + churn_target.created_bytes
+        + churn_target.large_blocks_bytes;
 
     // And back, a planned switch run on the (new) source after churn there.
     pair.target

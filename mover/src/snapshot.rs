@@ -558,17 +558,6 @@ pub(crate) fn clone_or_copy(
     }
 }
 
-/// A reflink of the file `name` of `sdir` as `name` in `ddir` (checked as `clone_file` does);
-/// an error where the file system has no reflinks.
-pub(crate) fn reflink_file(
-    sdir: BorrowedFd<'_>,
-    ddir: BorrowedFd<'_>,
-    name: &[u8],
-    path: &[u8],
-) -> Result<rustix::fs::Stat> {
-    clone_file(sdir, ddir, (name, name), path, CloneHow::Reflink)
-}
-
 /// The mtime of `st`, access time left alone, for futimens/utimensat.
 pub(crate) fn times(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps {

@@ -255,9 +255,10 @@ pub fn set_aside(root: &Path, point: &[Entry], name: &str) -> Result<AsideReport
             let from = crate::beneath::open_dir(fd.as_fd(), parent)
                 .ctx(|| format!("opening {}", show(parent)))?;
             let to = mkdirs(aside.as_fd(), parent)?;
-            // A large file changed in place is kept aside as a reflink and stays: the first
-            // job then sends only the blocks that differ from the recovery point's version
-            // (CAP_BLOCK_HASHES), not the whole file again.
+            // A large file changed in place is kept aside as a copy (a reflink where the file
+            // system has them) and stays: the first job then sends only the blocks that differ
+            // from the recovery point's version (CAP_BLOCK_HASHES), not the whole file again
+            // over the network.
             let large = d.change == Change::Modified
                 && crate::beneath::stat_opt(from.as_fd(), leaf)
                     .ctx(|| format!("stat {}", show(&d.path)))?
@@ -268,7 +269,8 @@ pub fn set_aside(root: &Path, point: &[Entry], name: &str) -> Result<AsideReport
                             && s.st_nlink == 1
                     });
             let kept = large
-                && crate::snapshot::reflink_file(from.as_fd(), to.as_fd(), leaf, &d.path).is_ok();
+                && crate::snapshot::clone_or_copy(from.as_fd(), to.as_fd(), leaf, leaf, &d.path)
+                    .is_ok();
             if !kept {
                 rustix::fs::renameat(&from, leaf, &to, leaf)
                     .ctx(|| format!("moving {} aside", show(&d.path)))?;
