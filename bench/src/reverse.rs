@@ -209,13 +209,14 @@ fn markdown(o: &Opts, tree: &dataset::FilesTree, reps: &[Rep]) -> String {
          Per rep: a fresh pair of daemons on 127.0.0.1 and a fresh relationship through its initial sync of {} files \
          ({} small of {} bytes, {} x {} bytes). `make-writable` on the target; then {}% of the small files churned on \
          the target (rewritten; one in 10 deleted, one in 10 new) and {}% of other small files churned the same way on \
-         the old source (its writes after the recovery point). **Reverse**: `mover relationship reverse ID \
+         the old source (its writes after the recovery point); each time, the same fraction of the 4 KiB blocks of          every large file is rewritten in place too. **Reverse**: `mover relationship reverse ID \
          --source-address ... --json` on the target, timed to its exit (CLI), until the old target, now the source, \
          shows its first job succeeded (synced), and until `mover hash --content` of both trees is equal (verified). \
          **Back**: replication disabled on the new source, {}% churned there, `mover relationship reverse ID --json` \
          on it (planned switch), timed the same way. Sent = file data bytes of the first job in the new direction; \
-         to send = bytes of the rewritten and deleted files of the side reverted (they come back) plus the \
-         rewritten and new files of the new source; kept aside = files moved aside on the side reverted.\n\n",
+         to send = bytes of the rewritten and deleted files and large-file blocks of the side reverted (they come \
+         back) plus the rewritten and new files and large-file blocks of the new source; kept aside = files set \
+         aside on the side reverted (a changed large file is copied aside and repaired block by block in place).\n\n",
         o.churn * 100.0,
         tree.files,
         o.files,

@@ -29,11 +29,16 @@ fn replicating(a: &Node, b: &Node, src: &Path, dst: &Path) -> String {
     b.cli_ok(&["relationship", "authorize", &id, "--json"]);
     // The watch is placed as replication begins and its first job walks everything: changes
     // a test makes after that job are the ones events must carry.
-    a.wait_for("source", &id, "the initial sync and the watch's first walk", |v| {
-        v["recovery_point"].is_object()
-            && v["job"].is_null()
-            && plain(&a.log()).contains("walking the whole tree: the watch was just placed")
-    });
+    a.wait_for(
+        "source",
+        &id,
+        "the initial sync and the watch's first walk",
+        |v| {
+            v["recovery_point"].is_object()
+                && v["job"].is_null()
+                && plain(&a.log()).contains("walking the whole tree: the watch was just placed")
+        },
+    );
     id
 }
 

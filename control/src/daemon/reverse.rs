@@ -187,10 +187,20 @@ async fn drive_from_source(node: &Arc<Node>, id: &RelationshipId) -> Result<Reve
         epoch,
         port: node.opts.listen.port(),
     });
-    match source::call(node, &r, &commit).await {
-        Ok(PeerAnswer::Reversed(ReverseReply::Source)) => {}
-        Ok(other) => return Err(unexpected(&r, other)),
-        Err(e) => return Err(e),
+    // This node is the target now: the peer must take the source role. A lost answer or a
+    // peer down for a moment is tried again; past that, the operator finishes it there.
+    let mut attempt = 1;
+    loop {
+        match source::call(node, &r, &commit).await {
+            Ok(PeerAnswer::Reversed(ReverseReply::Source)) => break,
+            Ok(other) => return Err(finish_hint(node, id, epoch, unexpected(&r, other))),
+            Err(e) if attempt >= COMMIT_ATTEMPTS => return Err(finish_hint(node, id, epoch, e)),
+            Err(e) => {
+                tracing::warn!(%id, attempt, "the peer did not take the source role yet: {e}");
+                attempt += 1;
+                tokio::time::sleep(COMMIT_RETRY_PAUSE).await;
+            }
+        }
     }
     tracing::info!(%id, epoch, "reversed: this node is the target now");
     Ok(Reversed {
@@ -201,6 +211,21 @@ async fn drive_from_source(node: &Arc<Node>, id: &RelationshipId) -> Result<Reve
         discarded_on: "this_node",
         discarded,
     })
+}
+
+/// Tries of the last step of a reverse run on the source (the peer becoming the source).
+const COMMIT_ATTEMPTS: u32 = 5;
+const COMMIT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The error of a reverse whose last step failed, saying how to finish it: this node is the
+/// target at `epoch`; run on the peer, a reverse naming this node finds it so and completes.
+fn finish_hint(node: &Node, id: &RelationshipId, epoch: u64, e: Error) -> Error {
+    Error::Conflict(format!(
+        "this node is the target of relationship {id} now (epoch {epoch}), but the peer did not \
+         take the source role: {e}. Finish the reverse on the peer: `mover relationship reverse \
+         {id} --source-address <this node's address>:{}`",
+        node.opts.listen.port()
+    ))
 }
 
 /// Run on the target: it is released (made writable if it was not), the source (at `host`,
@@ -541,6 +566,17 @@ async fn step(
             epoch,
             recovery_point,
         } => {
+            // Already the target from a reverse whose last step (the peer taking the source
+            // role) was lost: done, so the peer can finish it (`finish_hint`).
+            if let Ok(t) = pinned_as(node, &id, Role::Target, fp) {
+                if t.epoch > epoch && t.authorized && !t.ended {
+                    tracing::info!(%id, epoch = t.epoch, "reverse finished by the peer");
+                    return Ok(PeerAnswer::Reversed(ReverseReply::Target {
+                        discarded: Discarded::default(),
+                        epoch: t.epoch,
+                    }));
+                }
+            }
             let r = pinned_as(node, &id, Role::Source, fp)?;
             agree(&r, epoch)?;
             let _claim = Claim::take(node, &id).map_err(fail)?;
