@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod compat;
 mod demo;
 mod drill;
 mod exit;
@@ -295,6 +296,9 @@ Example:
         #[command(subcommand)]
         cmd: policy::SnapshotCmd,
     },
+    /// Which mover releases replicate with which: the matrix, or `check A B` for one pair
+    /// (exit 1 when incompatible).
+    Compat(compat::CompatArgs),
 }
 
 /// A `--changed-dir` as the walk names it: components joined by `/`, no `.`, no trailing
@@ -655,6 +659,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Drill { cmd } => drill::run(cmd),
         Cmd::Policy { cmd } => policy::run_policy(cmd),
         Cmd::Snapshot { cmd } => policy::run_snapshot(cmd),
+        Cmd::Compat(a) => {
+            let code = compat::run(a)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Cmd::Node { api } => {
             let v = api
                 .client()

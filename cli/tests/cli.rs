@@ -97,6 +97,38 @@ fn an_encrypted_receiver_refuses_a_sender_in_clear_and_writes_nothing() {
     assert!(written.is_empty(), "{written:?}");
 }
 
+/// The data plane checks releases too: a sender of a release outside the receiver's window
+/// is refused at the handshake with the versions, the rule and the way out; nothing is written.
+#[test]
+fn a_sender_of_an_incompatible_release_is_refused_at_the_handshake() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("a"), b"data").unwrap();
+    let p = peers(t.path());
+    let (mut recv, addr) = start_receiver(&dst, &p);
+    let out = mover()
+        .env(mover::wire::message::TEST_VERSION_ENV, "2.3.0")
+        .arg("send")
+        .arg(&src)
+        .args(["--to", &addr, "--retries", "1"])
+        .args(&p.send)
+        .output()
+        .unwrap();
+    let _ = recv.kill();
+    let _ = recv.wait();
+    assert_eq!(out.status.code(), Some(4), "a refusal by the peer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("incompatible peer version")
+            && err.contains("the sender mover 2.3.0")
+            && err.contains("upgrade the mover 0.1.0 side"),
+        "{err}"
+    );
+    assert!(!dst.join("a").exists());
+}
+
 #[test]
 fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
     let t = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 mod node;
 
-use node::{create, fill, need_root, s, stderr, synced, tree_hash, Node, Scratch};
+use node::{create, fill, need_root, s, stderr, synced, tree_hash, try_create, Node, Scratch};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -1067,21 +1067,7 @@ fn a_snapshot_provider_the_source_cannot_serve_is_refused_and_a_chosen_one_is_ke
     fill(&src.join("d"), 5, 10_000, 2);
     std::fs::create_dir(&dst).unwrap();
     // The scratch directory is a plain directory, not a btrfs subvolume.
-    let port = b.listen.to_string();
-    let out = a.cli(&[
-        "relationship",
-        "create",
-        "--source-path",
-        s(&src),
-        "--target-address",
-        "127.0.0.1",
-        "--target-port",
-        &port,
-        "--target-path",
-        s(&dst),
-        "--snapshot",
-        "btrfs",
-    ]);
+    let out = try_create(&a, b.listen, &src, &dst, &["--snapshot", "btrfs"]);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("not a btrfs subvolume"),

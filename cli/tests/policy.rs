@@ -4,7 +4,7 @@
 
 mod node;
 
-use node::{create, fill, need_root, run, s, stderr, tree_hash, Node, Scratch};
+use node::{create, fill, need_root, run, stderr, tree_hash, try_create, Node, Scratch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,20 +104,7 @@ fn policy_snapshots_arrive_in_order_read_only_under_dot_snapshot_and_expire_on_b
         "12s",
         "--json",
     ]);
-    let out = a.cli(&[
-        "relationship",
-        "create",
-        "--source-path",
-        s(&src),
-        "--target-address",
-        "127.0.0.1",
-        "--target-port",
-        &b.listen.to_string(),
-        "--target-path",
-        s(&dst),
-        "--mode",
-        "snapshot-policy",
-    ]);
+    let out = try_create(&a, b.listen, &src, &dst, &["--mode", "snapshot-policy"]);
     assert_eq!(
         out.status.code(),
         Some(9),
@@ -322,22 +309,13 @@ fn snapshot_modes_on_ext4_are_refused_naming_the_file_system() {
     std::fs::create_dir(&dst).unwrap();
     a.cli_ok(&["policy", "create", "daily", "--at", "01:00"]);
     for mode in ["snapshot-policy", "snapshot-policy-with-continuous"] {
-        let out = a.cli(&[
-            "relationship",
-            "create",
-            "--source-path",
-            s(&src),
-            "--target-address",
-            "127.0.0.1",
-            "--target-port",
-            &b.listen.to_string(),
-            "--target-path",
-            s(&dst),
-            "--mode",
-            mode,
-            "--policy",
-            "daily",
-        ]);
+        let out = try_create(
+            &a,
+            b.listen,
+            &src,
+            &dst,
+            &["--mode", mode, "--policy", "daily"],
+        );
         assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
         let e = stderr(&out);
         assert!(

@@ -102,6 +102,9 @@ pub enum State {
     /// The directory this node checked is no longer at its path (replaced by a symlink or
     /// another directory, or now overlapping what it must not): nothing runs until it is back.
     PathChanged,
+    /// The peer runs a release this one may not replicate with (`mover::compat`): nothing
+    /// runs until one side is upgraded.
+    IncompatiblePeerVersion,
     Ended,
 }
 
@@ -118,6 +121,7 @@ impl State {
             State::RevertingToLastRecoveryPoint => "reverting_to_last_recovery_point",
             State::JobIncompleteWillRetry => "job_incomplete_will_retry",
             State::PathChanged => "path_changed",
+            State::IncompatiblePeerVersion => "incompatible_peer_version",
             State::Ended => "ended",
         }
     }
@@ -134,6 +138,7 @@ impl State {
             State::RevertingToLastRecoveryPoint => "reverting to last recovery point",
             State::JobIncompleteWillRetry => "job incomplete - will retry",
             State::PathChanged => "path changed - stopped",
+            State::IncompatiblePeerVersion => "incompatible peer version - upgrade",
             State::Ended => "ended",
         }
     }

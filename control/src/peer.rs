@@ -32,6 +32,9 @@ pub enum PeerRequest {
         /// The source's epoch of the relationship (`Relationship::epoch`).
         #[serde(default)]
         epoch: u64,
+        /// The source's release (`mover::compat` decides whether the target serves it).
+        #[serde(default)]
+        software: Option<String>,
     },
     Report {
         id: RelationshipId,
@@ -77,6 +80,9 @@ pub struct SourceState {
     pub job: Option<JobView>,
     pub last_attempt: Option<Attempt>,
     pub recovery_point_ns: Option<i64>,
+    /// The source's release (the target checks it at every poll).
+    #[serde(default)]
+    pub software: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +97,9 @@ pub enum PeerAnswer {
         /// would start one).
         #[serde(default)]
         scrub_failed: bool,
+        /// The target's release (the source checks it at every poll).
+        #[serde(default)]
+        software: Option<String>,
     },
     /// Data-plane receiver port on the target's address and a one-time session id (hex).
     Ticket {

@@ -21,6 +21,7 @@
 
 pub mod beneath;
 pub mod clock;
+pub mod compat;
 pub(crate) mod durable;
 pub(crate) mod engine;
 pub mod error;

@@ -32,9 +32,9 @@ pub fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
 }
 
-/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
-pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
-    let port = dst.listen.to_string();
+/// `mover relationship create` on `src` towards `dst` (port `port`), whatever it answers.
+pub fn try_create(src: &Node, port: u16, from: &Path, to: &Path, extra: &[&str]) -> Output {
+    let port = port.to_string();
     let mut args = vec![
         "relationship",
         "create",
@@ -46,10 +46,16 @@ pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) ->
         &port,
         "--target-path",
         s(to),
-        "--json",
     ];
     args.extend_from_slice(extra);
-    let v = src.cli_ok(&args);
+    src.cli(&args)
+}
+
+/// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
+pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
+    let out = try_create(src, dst.listen, from, to, &[&["--json"], extra].concat());
+    assert!(out.status.success(), "create failed: {}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "awaiting_authorization", "{v}");
     v["id"].as_str().unwrap().to_string()
 }
@@ -89,6 +95,15 @@ impl Node {
 
     /// `start_on` with more lines for the daemon's TOML config.
     pub fn start_configured(dir: &Path, listen: u16, api: u16, extra_config: &str) -> Node {
+        Self::spawn(dir, listen, api, extra_config, None)
+    }
+
+    /// A daemon (debug build) that reports `version` as its release, as another build would.
+    pub fn start_as_version(dir: &Path, listen: u16, api: u16, version: &str) -> Node {
+        Self::spawn(dir, listen, api, "", Some(version))
+    }
+
+    fn spawn(dir: &Path, listen: u16, api: u16, extra_config: &str, version: Option<&str>) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let cfg = dir.with_extension("toml");
         std::fs::write(
@@ -119,6 +134,7 @@ impl Node {
                 &format!("127.0.0.1:{api}"),
             ])
             .env("MOVER_LOG", "info")
+            .envs(version.map(|v| (mover::wire::message::TEST_VERSION_ENV, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

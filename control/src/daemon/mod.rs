@@ -82,9 +82,43 @@ pub struct Node {
     manifests: Mutex<HashMap<RelationshipId, Arc<mover::sender::ManifestCache>>>,
     /// Source side: files that changed while a session read them, and when (`remember_hot`).
     hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
+    /// Both sides: relationships whose peer runs a release this one may not replicate with,
+    /// and the refusal (`mover::compat`), learned at the last exchange; state
+    /// `incompatible_peer_version` while there.
+    incompatible: Mutex<HashMap<RelationshipId, String>>,
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
     shutting_down: AtomicBool,
+}
+
+impl Node {
+    /// Records what the last exchange learned of `id`'s peer release (`theirs`, as `who` the
+    /// peer is): the refusal if it is incompatible.
+    pub(crate) fn peer_release(
+        &self,
+        id: &RelationshipId,
+        theirs: &str,
+        who: &str,
+    ) -> Option<String> {
+        let refusal = mover::compat::refuse_peer(mover::software_version(), theirs, who);
+        let mut m = lock(&self.incompatible);
+        match &refusal {
+            Some(why) => {
+                if m.insert(id.clone(), why.clone()).is_none() {
+                    tracing::error!(%id, "{why}");
+                }
+            }
+            None => {
+                m.remove(id);
+            }
+        }
+        refusal
+    }
+
+    /// Why `id`'s peer is refused for its release, if it is.
+    pub(crate) fn incompatible_peer(&self, id: &RelationshipId) -> Option<String> {
+        lock(&self.incompatible).get(id).cloned()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,6 +240,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             watches: watch::Watches::default(),
             hot_files: Mutex::default(),
+            incompatible: Mutex::default(),
             reversing: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
@@ -351,6 +386,7 @@ mod tests {
             authorized: true,
             ended: false,
             scrub_failed: false,
+            software: None,
         });
         source::polled(&node, &was, answer);
         assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
@@ -382,6 +418,7 @@ mod tests {
                 authorized: true,
                 ended: false,
                 scrub_failed,
+                software: None,
             })
         };
         source::polled(&node, &r, answer(false));

@@ -390,6 +390,9 @@ pub(crate) fn respond(
                 // Being released (delete, make-writable) counts as ended: the source stops its
                 // job, so the running session ends and the release can go on.
                 let ended = r.ended || super::lock(&node.reverting).contains(&id);
+                if let Some(v) = source.as_ref().and_then(|s| s.software.as_deref()) {
+                    node.peer_release(&id, v, "source");
+                }
                 if let Some(s) = source.filter(|_| !ended) {
                     if let Err(e) = catch_up(node, &r, s) {
                         tracing::debug!(%id, "taking the source's state: {e}");
@@ -399,6 +402,7 @@ pub(crate) fn respond(
                     authorized: r.authorized,
                     ended,
                     scrub_failed: !ended && target::scrub(node, &id).is_some_and(|s| !s.ok),
+                    software: Some(mover::software_version().to_string()),
                 }
             }
             Err(a) => a,
@@ -407,6 +411,7 @@ pub(crate) fn respond(
             id,
             plaintext,
             epoch,
+            software,
         } => {
             let r = match pinned(node, &id, fp) {
                 Ok(r) => r,
@@ -414,6 +419,10 @@ pub(crate) fn respond(
             };
             if let Some(m) = r.split_brain(epoch) {
                 return Handled::Answer(refuse(m));
+            }
+            // Every session: the source may have been upgraded or downgraded since.
+            if let Some(why) = software.and_then(|s| node.peer_release(&id, &s, "source")) {
+                return Handled::Answer(refuse(why));
             }
             if !r.authorized {
                 return Handled::Answer(refuse(format!(
@@ -564,6 +573,10 @@ fn propose(
 ) -> PeerAnswer {
     if let Err(e) = spec.validate() {
         return refuse(e.to_string());
+    }
+    if let Some(why) = mover::compat::refuse_peer(mover::software_version(), software, "source") {
+        tracing::warn!(%id, "refused a proposal: {why}");
+        return refuse(why);
     }
     match node.store().get(&id) {
         Ok(r) if r.peer_fingerprint.as_deref() == Some(fp.0.as_str()) && r.role == Role::Target => {

@@ -436,6 +436,9 @@ impl Scheduler {
                     t.job_ended(failed, clock.instant());
                     report_once(&mut tasks, &r.id, true);
                 }
+                // No job while the target runs a release this one may not replicate with (it
+                // would refuse every session): polls go on and lift this once it is upgraded.
+                None if node.incompatible_peer(&r.id).is_some() => {}
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
                     let due = Due::of(node, &r.id);
@@ -533,7 +536,11 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
             authorized,
             ended,
             scrub_failed,
+            software,
         }) => {
+            if let Some(s) = &software {
+                node.peer_release(&r.id, s, "target");
+            }
             // After a failed job the usual retry comes anyway (and not at every poll).
             let last_ok = r.last_attempt.as_ref().is_some_and(|a| a.ok);
             if scrub_failed && authorized && !ended && r.spec.enabled && last_ok {
@@ -589,6 +596,7 @@ fn source_state(node: &Node, r: &Relationship) -> crate::peer::SourceState {
         job,
         last_attempt: r.last_attempt.clone(),
         recovery_point_ns: r.recovery_point_ns,
+        software: Some(mover::software_version().to_string()),
     }
 }
 
@@ -1075,6 +1083,7 @@ pub(crate) fn ticket_request(node: &Node, r: &Relationship) -> PeerRequest {
         id: r.id.clone(),
         plaintext: node.opts.insecure_plaintext,
         epoch: r.epoch,
+        software: Some(mover::software_version().to_string()),
     }
 }
 

@@ -678,6 +678,7 @@ mod tests {
                 id: r.id.clone(),
                 plaintext: false,
                 epoch,
+                software: None,
             };
             super::super::peer_server::respond(&node, &fp, req, grant())
         };
@@ -756,6 +757,7 @@ mod tests {
                 job: None,
                 last_attempt: Some(attempt),
                 recovery_point_ns: Some(i64::MAX),
+                software: None,
             }),
         };
         let answer = match super::super::peer_server::respond(&node, &fp, poll, grant()) {

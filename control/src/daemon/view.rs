@@ -78,6 +78,9 @@ pub struct View {
     pub watch_error: Option<String>,
     /// Failovers (make-writable) and reconnects so far; a peer of another epoch is refused.
     pub epoch: u64,
+    /// Why the peer's release is refused (state `incompatible_peer_version`): both versions,
+    /// the rule and the upgrade that fixes it.
+    pub peer_version_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -139,6 +142,10 @@ pub fn view(node: &Node, r: Relationship) -> View {
         if mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER {
             state = State::Disconnected;
         }
+    }
+    let peer_version_error = node.incompatible_peer(&r.id);
+    if peer_version_error.is_some() && !r.ended {
+        state = State::IncompatiblePeerVersion;
     }
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
@@ -207,6 +214,7 @@ pub fn view(node: &Node, r: Relationship) -> View {
         change_detection,
         watch_error,
         epoch,
+        peer_version_error,
     }
 }
 

@@ -578,6 +578,10 @@ impl Receiver {
                 )
             }
         };
+        if let Some(why) = crate::compat::refuse_peer(software_version(), &hello.software, "sender")
+        {
+            return refuse(&mut *conn, ErrorCode::Version, why);
+        }
         let sealed = hello.capabilities & CAP_SEALED != 0;
         if !sealed && !self.opts.insecure_plaintext {
             return refuse(

@@ -206,6 +206,12 @@ fn connect(
     let mut buf = Vec::new();
     link.expect_frame(FrameKind::HelloAck, &mut buf)?;
     let ack = HelloAck::decode(&buf)?;
+    if let Some(why) = crate::compat::refuse_peer(software_version(), &ack.software, "receiver") {
+        return Err(Error::Refused {
+            code: ErrorCode::Version,
+            message: why,
+        });
+    }
     if (ack.capabilities & CAP_SEALED != 0) != id.secret.is_some() {
         return Err(WireError::BadField {
             field: "HelloAck sealed capability (the receiver answered another kind of session)",

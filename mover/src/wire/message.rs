@@ -22,8 +22,25 @@ pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
 
 /// The software version this build announces in Hello and HelloAck.
 pub fn software_version() -> &'static str {
+    // Test builds only: a process can report another release, so two builds of different
+    // versions meet in tests (the compatibility policy, `mover::compat`).
+    #[cfg(debug_assertions)]
+    {
+        static OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let v = OVERRIDE.get_or_init(|| {
+            std::env::var(TEST_VERSION_ENV)
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= MAX_SOFTWARE_VERSION_LEN)
+        });
+        if let Some(v) = v {
+            return v;
+        }
+    }
     env!("CARGO_PKG_VERSION")
 }
+
+/// Debug builds report this variable's value as their version, when it is set.
+pub const TEST_VERSION_ENV: &str = "MOVER_TEST_SOFTWARE_VERSION";
 const _: () = assert!(env!("CARGO_PKG_VERSION").len() <= MAX_SOFTWARE_VERSION_LEN);
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most workers (and so connections) one session may open.

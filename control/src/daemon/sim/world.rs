@@ -2046,6 +2046,7 @@ impl World {
                 id,
                 plaintext: false,
                 epoch: 0,
+                software: None,
             },
             3 => PeerRequest::Report {
                 id,

@@ -1,0 +1,86 @@
+//! End to end: peers of different releases (debug builds reporting another version) are
+//! accepted when the compatibility policy allows the pair and refused otherwise, at proposal
+//! and at every exchange after, with the state `incompatible_peer_version` on both sides.
+
+mod node;
+
+use node::{
+    create, fill, free_port, need_root, stderr, synced, tree_hash, try_create, Node, Scratch,
+};
+use std::time::Duration;
+
+fn incompatible(v: &serde_json::Value) -> bool {
+    v["state"] == "incompatible_peer_version"
+        && v["peer_version_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2.3.0") && e.contains("0.1.0") && e.contains("upgrade"))
+}
+
+#[test]
+fn peers_of_incompatible_releases_are_refused_at_proposal_and_at_every_exchange() {
+    need_root();
+    let t = Scratch::new();
+    let b = Node::start(&t.path().join("b"));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("d"), 5, 1000, 1);
+    std::fs::create_dir(&dst).unwrap();
+    let a_dir = t.path().join("a");
+
+    // 2.3.0 is ten quarterly releases after 0.1.0: the target refuses the proposal.
+    let mut a = Node::start_as_version(&a_dir, free_port(), free_port(), "2.3.0");
+    let out = try_create(&a, b.listen, &src, &dst, &[]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("incompatible peer version")
+            && e.contains("mover 0.1.0, the source mover 2.3.0")
+            && e.contains("up to 8 quarterly releases apart")
+            && e.contains("upgrade the mover 0.1.0 side to"),
+        "{e}"
+    );
+    assert_eq!(
+        a.cli_ok(&["relationship", "list", "--json"]),
+        serde_json::json!([])
+    );
+
+    // 0.3.1 is within the window: accepted, and it replicates.
+    a.kill();
+    let mut a = Node::start_as_version(&a_dir, free_port(), free_port(), "0.3.1");
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+
+    // The source comes back as 2.3.0: both sides refuse each other and say why; no job runs.
+    a.kill();
+    let mut a = Node::start_as_version(&a_dir, free_port(), free_port(), "2.3.0");
+    a.wait_for(
+        "source",
+        &id,
+        "the source to see the target's release",
+        incompatible,
+    );
+    b.wait_for(
+        "target",
+        &id,
+        "the target to see the source's release",
+        incompatible,
+    );
+    std::fs::write(src.join("while-incompatible"), b"x").unwrap();
+    a.cli_ok(&["relationship", "replicate", &id]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !dst.join("while-incompatible").exists(),
+        "a job ran across incompatible releases"
+    );
+
+    // Back on this build's release: replication goes on.
+    a.kill();
+    let a = Node::start(&a_dir);
+    a.wait_for("source", &id, "the change to replicate", |v| {
+        v["state"] != "incompatible_peer_version" && dst.join("while-incompatible").exists()
+    });
+    b.wait_for("target", &id, "the target to accept it again", |v| {
+        v["peer_version_error"].is_null()
+    });
+}
