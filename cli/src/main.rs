@@ -16,6 +16,7 @@ mod reverse;
 mod spec;
 mod status;
 mod token;
+mod upgrade;
 mod view;
 
 use anyhow::{Context, Result};
@@ -299,6 +300,11 @@ Example:
     /// Which mover releases replicate with which: the matrix, or `check A B` for one pair
     /// (exit 1 when incompatible).
     Compat(compat::CompatArgs),
+    /// Before upgrading this node: `check --to VERSION` reports what stands in the way.
+    Upgrade {
+        #[command(subcommand)]
+        cmd: upgrade::UpgradeCmd,
+    },
 }
 
 /// A `--changed-dir` as the walk names it: components joined by `/`, no `.`, no trailing
@@ -659,13 +665,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Drill { cmd } => drill::run(cmd),
         Cmd::Policy { cmd } => policy::run_policy(cmd),
         Cmd::Snapshot { cmd } => policy::run_snapshot(cmd),
-        Cmd::Compat(a) => {
-            let code = compat::run(a)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
-        }
+        Cmd::Compat(a) => exit_with(compat::run(a)?),
+        Cmd::Upgrade { cmd } => exit_with(upgrade::run(cmd)?),
         Cmd::Node { api } => {
             let v = api
                 .client()
@@ -684,6 +685,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A command that answered with a verdict: exits with its code (0 returns normally).
+fn exit_with(code: i32) -> Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn main() {

@@ -5,7 +5,7 @@
 mod node;
 
 use node::{
-    create, fill, free_port, need_root, stderr, synced, tree_hash, try_create, Node, Scratch,
+    create, fill, free_port, need_root, s, stderr, synced, tree_hash, try_create, Node, Scratch,
 };
 use std::time::Duration;
 
@@ -83,4 +83,121 @@ fn peers_of_incompatible_releases_are_refused_at_proposal_and_at_every_exchange(
     b.wait_for("target", &id, "the target to accept it again", |v| {
         v["peer_version_error"].is_null()
     });
+}
+
+fn item<'a>(r: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
+    r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} item in {r}"))
+}
+
+/// A tmpfs of `size` at a new directory (its free space is what statvfs reports).
+fn tmpfs(t: &Scratch, name: &str, size: &str) -> std::path::PathBuf {
+    let at = t.path().join(name);
+    std::fs::create_dir(&at).unwrap();
+    node::run(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at),
+    );
+    at
+}
+
+/// The upgrade checker's items turn yellow or red from real conditions: a full staging area,
+/// a token without the admin privilege, a peer whose release the new one may not replicate
+/// with, a skipped major version, a stopped peer node.
+#[test]
+fn the_upgrade_checker_reports_real_conditions_with_their_remedies() {
+    need_root();
+    let t = Scratch::new();
+    let (a, mut b) = (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+    );
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src.join("d"), 3, 1000, 2);
+    std::fs::create_dir(&dst).unwrap();
+    let id = create(&a, &b, &src, &dst, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    let (big, full) = (tmpfs(&t, "big", "8g"), tmpfs(&t, "full", "1m"));
+    let check = |to: &str, staging: &std::path::Path| {
+        let out = a.cli(&[
+            "upgrade",
+            "check",
+            "--to",
+            to,
+            "--staging",
+            s(staging),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        assert_eq!(
+            out.status.code(),
+            Some(if v["blocked"] == true { 1 } else { 0 }),
+            "{v}"
+        );
+        v
+    };
+
+    let ok = check("0.2.0", &big);
+    assert_eq!(ok["blocked"], false, "{ok:#}");
+    assert!(
+        ok["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["level"] == "green"),
+        "{ok:#}"
+    );
+
+    let r = check("0.2.0", &full);
+    assert_eq!(
+        (
+            r["blocked"].clone(),
+            item(&r, "staging_space")["level"].clone()
+        ),
+        (true.into(), "red".into()),
+        "{r:#}"
+    );
+    assert!(item(&r, "staging_space")["remedy"].is_string());
+
+    let (code, tok) = a.call(
+        "POST",
+        "/v1/tokens",
+        Some(&serde_json::json!({"name": "watcher", "role": "observer"})),
+    );
+    assert_eq!(code, 201, "{tok}");
+    let (code, r) = a.call_as(
+        tok["token"].as_str(),
+        "GET",
+        &format!("/v1/upgrade/check?to=0.2.0&staging={}", s(&big)),
+        None,
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(item(&r, "privilege")["level"], "red", "{r:#}");
+
+    let r = check("2.3.0", &big);
+    assert_eq!(item(&r, "version_step")["level"], "red", "{r:#}");
+    let peers = item(&r, "peer_compatibility");
+    assert_eq!(peers["level"], "red", "{r:#}");
+    assert!(
+        peers["detail"].as_str().unwrap().contains(&id[..8]),
+        "{r:#}"
+    );
+    assert!(
+        peers["remedy"].as_str().unwrap().contains("reconnect"),
+        "{r:#}"
+    );
+
+    b.kill();
+    a.wait_for("source", &id, "the target to be unreachable", |v| {
+        v["state"] == "disconnected"
+    });
+    let r = check("0.2.0", &big);
+    assert_eq!(item(&r, "nodes_online")["level"], "red", "{r:#}");
 }

@@ -23,5 +23,6 @@ pub mod reverse;
 pub mod standalone;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 
 pub use error::{Error, Result};

@@ -83,6 +83,7 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::delete(release_drill),
         )
         .merge(super::api_snapshots::routes())
+        .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
@@ -104,7 +105,7 @@ pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRol
     Ok(role)
 }
 
-fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
+pub(super) fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
     let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
     let v = h
         .get(axum::http::header::AUTHORIZATION)

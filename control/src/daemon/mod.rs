@@ -19,6 +19,7 @@ mod sim;
 pub mod snapshots;
 mod source;
 mod target;
+mod upgrade;
 mod view;
 mod watch;
 
@@ -82,10 +83,10 @@ pub struct Node {
     manifests: Mutex<HashMap<RelationshipId, Arc<mover::sender::ManifestCache>>>,
     /// Source side: files that changed while a session read them, and when (`remember_hot`).
     hot_files: Mutex<HashMap<RelationshipId, HashMap<Vec<u8>, Instant>>>,
-    /// Both sides: relationships whose peer runs a release this one may not replicate with,
-    /// and the refusal (`mover::compat`), learned at the last exchange; state
-    /// `incompatible_peer_version` while there.
-    incompatible: Mutex<HashMap<RelationshipId, String>>,
+    /// Both sides: each relationship's peer release as the last exchange told it, and the
+    /// refusal when this release may not replicate with it (`mover::compat`; state
+    /// `incompatible_peer_version` while there).
+    peer_releases: Mutex<HashMap<RelationshipId, (String, Option<String>)>>,
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
     shutting_down: AtomicBool,
@@ -101,23 +102,22 @@ impl Node {
         who: &str,
     ) -> Option<String> {
         let refusal = mover::compat::refuse_peer(mover::software_version(), theirs, who);
-        let mut m = lock(&self.incompatible);
-        match &refusal {
-            Some(why) => {
-                if m.insert(id.clone(), why.clone()).is_none() {
-                    tracing::error!(%id, "{why}");
-                }
-            }
-            None => {
-                m.remove(id);
-            }
+        let was =
+            lock(&self.peer_releases).insert(id.clone(), (theirs.to_string(), refusal.clone()));
+        if let (Some(why), None | Some((_, None))) = (&refusal, was) {
+            tracing::error!(%id, "{why}");
         }
         refusal
     }
 
     /// Why `id`'s peer is refused for its release, if it is.
     pub(crate) fn incompatible_peer(&self, id: &RelationshipId) -> Option<String> {
-        lock(&self.incompatible).get(id).cloned()
+        lock(&self.peer_releases).get(id).and_then(|p| p.1.clone())
+    }
+
+    /// The release `id`'s peer reported at the last exchange.
+    pub(crate) fn peer_version(&self, id: &RelationshipId) -> Option<String> {
+        lock(&self.peer_releases).get(id).map(|p| p.0.clone())
     }
 }
 
@@ -240,7 +240,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             watches: watch::Watches::default(),
             hot_files: Mutex::default(),
-            incompatible: Mutex::default(),
+            peer_releases: Mutex::default(),
             reversing: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
