@@ -134,8 +134,8 @@ fn the_upgrade_checker_reports_real_conditions_with_their_remedies() {
             s(staging),
             "--json",
         ]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
         assert_eq!(
             out.status.code(),
             Some(if v["blocked"] == true { 1 } else { 0 }),
