@@ -19,7 +19,7 @@ fn hello(session: u128, role: Role, min: u16, max: u16) -> Vec<u8> {
     let h = Hello {
         min_version: min,
         max_version: max,
-        software: "hostile".into(),
+        software: mover::wire::message::software_version().into(),
         capabilities: CAP_OWNERS,
         session: SessionId(session),
         role,

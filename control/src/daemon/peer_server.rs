@@ -702,7 +702,7 @@ mod tests {
             let gone = base.join(format!("gone-{i}"));
             let spec = json!({"source_path": "/srv/data", "target_address": "127.0.0.1",
                               "target_path": gone.to_str().unwrap()});
-            let propose = json!({"op": "propose", "id": id, "spec": spec, "software": "probe"});
+            let propose = json!({"op": "propose", "id": id, "spec": spec, "software": mover::software_version()});
             let answer: Result<(Value, _), _> =
                 crate::peer_wire::call(addr, &hostile, None, &propose).await;
             if answer.as_ref().is_ok_and(|(a, _)| a["answer"] == "ok") {

@@ -225,15 +225,29 @@ fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<SnapshotView> {
     Ok(snapshot_view(r, &s))
 }
 
-/// The oldest snapshot of `id` still to replicate, if any.
-pub(crate) fn queued(node: &Node, id: &RelationshipId) -> Option<Snapshot> {
-    match node.store().snapshots(Some(id), Role::Source) {
-        Ok(all) => all.into_iter().map(|(_, s)| s).find(|s| !s.replicated),
+/// The oldest snapshot of `r` still to replicate, if any. One whose copy is gone from the
+/// source's `.snapshot` (removed by hand) leaves the queue with a warning, so it cannot fail
+/// every job after it.
+pub(crate) fn queued(node: &Node, r: &Relationship) -> Option<Snapshot> {
+    let all = match node.store().snapshots(Some(&r.id), Role::Source) {
+        Ok(all) => all,
         Err(e) => {
-            tracing::error!(%id, "reading the snapshot queue: {e}");
-            None
+            tracing::error!(id = %r.id, "reading the snapshot queue: {e}");
+            return None;
+        }
+    };
+    for (_, s) in all.into_iter().filter(|(_, s)| !s.replicated) {
+        let copy = source_of(std::path::Path::new(&r.spec.source_path), &s);
+        if std::fs::symlink_metadata(&copy).is_ok() {
+            return Some(s);
+        }
+        tracing::warn!(id = %r.id, snapshot = %s.name(), "the queued snapshot's copy is gone: dropped from the queue");
+        if let Err(e) = node.store().delete_snapshot(&r.id, Role::Source, s.id) {
+            tracing::error!(id = %r.id, "dropping a lost snapshot: {e}");
+            return None;
         }
     }
+    None
 }
 
 /// The job of snapshot `s` committed and the target kept it.
@@ -378,8 +392,13 @@ fn expire(node: &Node) {
             }
         };
         for (id, s) in all {
-            // A queued snapshot holds data the target does not have yet: kept until sent.
-            let due = s.expires_ns.is_some_and(|t| t <= now) && s.replicated;
+            // A queued snapshot holds data the target does not have yet: kept until sent,
+            // unless its relationship no longer replicates snapshots (it never will be).
+            let queue_dead = || {
+                node.get(&id, role)
+                    .map_or(true, |r| r.ended || !r.spec.mode.keeps_snapshots())
+            };
+            let due = s.expires_ns.is_some_and(|t| t <= now) && (s.replicated || queue_dead());
             if !due {
                 continue;
             }

@@ -447,7 +447,7 @@ impl Scheduler {
                         .spec
                         .mode
                         .keeps_snapshots()
-                        .then(|| super::snapshots::queued(node, &r.id))
+                        .then(|| super::snapshots::queued(node, &r))
                         .flatten();
                     if t.job_starts(&r, wanted, due, queued.is_some(), Now::read(&*clock)) {
                         if queued.is_none() {
@@ -1358,7 +1358,7 @@ pub(crate) fn edit(
         if let Some(choice) = e.snapshot {
             check_snapshot(choice, &src.proc_path())?;
         }
-        super::snapshots::check_spec(node, &spec, &src.proc_path())?;
+        super::snapshots::check_spec(node, &spec, src.path())?;
     }
     let r = node.modify(id, Role::Source, |x| x.spec = spec.clone())?;
     if let Some(j) = lock(&node.jobs).get(id) {
