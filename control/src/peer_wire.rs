@@ -212,6 +212,17 @@ fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
 fn explain(e: &std::io::Error) -> String {
     use rustls::AlertDescription as A;
     match rustls_error(e) {
+        Some(rustls::Error::AlertReceived(A::NoApplicationProtocol) | rustls::Error::NoApplicationProtocol) => {
+            format!(
+                "the peer speaks none of this release's daemon protocols ({}); one side must be \
+                 upgraded (mover compat check says which releases replicate together)",
+                crate::tls::PEER_PROTOCOLS
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
         Some(rustls::Error::NoCertificatesPresented) => {
             "the client presented no certificate (peer daemons must authenticate with their node certificate)".to_string()
         }
@@ -272,6 +283,50 @@ mod tests {
             .ctx(|| "handshake".to_string())?;
         write_msg(&mut s, &"hello").await?;
         read_msg(&mut s).await
+    }
+
+    /// The newest peer protocol both sides speak is used; a pair with none in common fails the
+    /// handshake, saying so.
+    #[tokio::test]
+    async fn the_newest_peer_protocol_both_speak_is_chosen_and_none_in_common_is_refused() {
+        let ((_d1, server), (_d2, client)) = (identity(), identity());
+        let with = |c: &rustls::ClientConfig, names: &[&[u8]]| {
+            let mut c = c.clone();
+            c.alpn_protocols = names.iter().map(|n| n.to_vec()).collect();
+            Arc::new(c)
+        };
+        let base = client.client_config(None).unwrap();
+        // A newer server (2 and 1) and this client (1): 1.
+        let mut newer = (*server.server_config().unwrap()).clone();
+        newer.alpn_protocols = vec![b"mover-peer/2".to_vec(), b"mover-peer/1".to_vec()];
+        let (l, addr) = listener().await;
+        let acceptor = TlsAcceptor::from(Arc::new(newer.clone()));
+        let task = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let (s, _) = accept(&acceptor, tcp).await.unwrap();
+            crate::tls::peer_protocol(s.get_ref().1.alpn_protocol())
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let s = TlsConnector::from(base.clone())
+            .connect(server_name().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(crate::tls::peer_protocol(s.get_ref().1.alpn_protocol()), 1);
+        assert_eq!(task.await.unwrap(), 1);
+        // A client speaking only 3 against it: refused in the handshake, in words.
+        let (l, addr) = listener().await;
+        let _task = serve_one(l, Arc::new(newer));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let e = TlsConnector::from(with(&base, &[b"mover-peer/3"]))
+            .connect(server_name().unwrap(), tcp)
+            .await
+            .unwrap_err();
+        assert!(
+            explain(&e).contains("speaks none of this release's daemon protocols"),
+            "{e}"
+        );
+        // A peer that offers none is taken as speaking version 1.
+        assert_eq!(crate::tls::peer_protocol(None), 1);
     }
 
     #[tokio::test]

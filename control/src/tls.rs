@@ -231,12 +231,13 @@ impl Identity {
         let verifier = AnyClientCert {
             algs: provider.signature_verification_algorithms,
         };
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(tls_err("server config"))?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_single_cert(self.chain(), self.key.clone_key())
             .map_err(tls_err("server certificate"))?;
+        config.alpn_protocols = peer_protocols();
         Ok(Arc::new(config))
     }
 
@@ -248,15 +249,33 @@ impl Identity {
             pin: pin.cloned(),
             algs: provider.signature_verification_algorithms,
         };
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(tls_err("client config"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.chain(), self.key.clone_key())
             .map_err(tls_err("client certificate"))?;
+        config.alpn_protocols = peer_protocols();
         Ok(Arc::new(config))
     }
+}
+
+/// The versions of the daemon-to-daemon protocol (peer messages) this release speaks, newest
+/// first, as TLS ALPN names: the server picks the newest both speak in the handshake, and a
+/// pair with none in common fails it (`no_application_protocol`). A peer that offers none is
+/// taken as speaking version 1 (the releases before negotiation).
+pub const PEER_PROTOCOLS: &[&[u8]] = &[b"mover-peer/1"];
+
+fn peer_protocols() -> Vec<Vec<u8>> {
+    PEER_PROTOCOLS.iter().map(|p| p.to_vec()).collect()
+}
+
+/// The peer protocol version a handshake settled on (1 when the peer offered none).
+pub fn peer_protocol(alpn: Option<&[u8]>) -> u16 {
+    alpn.and_then(|p| p.strip_prefix(b"mover-peer/"))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The label of the exporter both ends of a peer connection derive a data-plane session's
