@@ -5,7 +5,8 @@
 mod node;
 
 use node::{
-    create, fill, free_port, need_root, s, stderr, synced, tree_hash, try_create, Node, Scratch,
+    fill, free_port, need_root, s, stderr, synced_relationship, tree_hash, try_create, Node,
+    Scratch,
 };
 use std::time::Duration;
 
@@ -46,9 +47,7 @@ fn peers_of_incompatible_releases_are_refused_at_proposal_and_at_every_exchange(
     // 0.3.1 is within the window: accepted, and it replicates.
     a.kill();
     let mut a = Node::start_as_version(&a_dir, free_port(), free_port(), "0.3.1");
-    let id = create(&a, &b, &src, &dst, &[]);
-    b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "initial sync", synced);
+    let id = synced_relationship(&a, &b, &src, &dst);
     assert_eq!(tree_hash(&src), tree_hash(&dst));
 
     // The source comes back as 2.3.0: both sides refuse each other and say why; no job runs.
@@ -120,9 +119,7 @@ fn the_upgrade_checker_reports_real_conditions_with_their_remedies() {
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     fill(&src.join("d"), 3, 1000, 2);
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &[]);
-    b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "initial sync", synced);
+    let id = synced_relationship(&a, &b, &src, &dst);
     let (big, full) = (tmpfs(&t, "big", "8g"), tmpfs(&t, "full", "1m"));
     let check = |to: &str, staging: &std::path::Path| {
         let out = a.cli(&[

@@ -3,7 +3,10 @@
 
 mod node;
 
-use node::{create, fill, need_root, s, stderr, synced, tree_hash, try_create, Node, Scratch};
+use node::{
+    create, fail_over, fill, need_root, s, stderr, synced, synced_relationship, tree_hash,
+    try_create, Node, Scratch,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -911,23 +914,14 @@ fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs(
     fill(&src.join("big"), 8, 512 * 1024, 21);
     fill(&src.join("small"), 40, 2000, 22);
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &[]);
-    b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "initial sync", synced);
+    let id = synced_relationship(&a, &b, &src, &dst);
     let synced_hash = tree_hash(&dst);
     // Reconnect is for a relationship whose target was made writable.
     let out = a.cli(&["relationship", "reconnect", &id]);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
 
     // Both sides know the recovery point (the target learns it from the source's report).
-    let rp = a.view("source", &id)["recovery_point"]["time"].clone();
-    b.wait_for("target", &id, "the target to record it", |v| {
-        v["recovery_point"]["time"] == rp
-    });
-    b.cli_ok(&["relationship", "make-writable", &id]);
-    a.wait_for("source", &id, "the source to see the end", |v| {
-        v["state"] == "ended"
-    });
+    fail_over(&a, &b, &id);
     // Failover writes on the target: a new file, a changed one, a removed one, a new
     // directory; 3 small files' worth of changed bytes.
     std::fs::write(dst.join("written-on-target"), vec![7u8; 2000]).unwrap();

@@ -3,7 +3,7 @@
 
 mod node;
 
-use node::{create, fill, need_root, synced, tree_hash, Node, Scratch};
+use node::{fail_over, fill, need_root, synced, synced_relationship, tree_hash, Node, Scratch};
 use serde_json::Value;
 use std::path::Path;
 
@@ -51,19 +51,10 @@ fn reverse_and_back_send_only_differences_and_keep_the_old_sources_changes_aside
     fill(&src.join("big"), 8, 512 * 1024, 31);
     fill(&src.join("small"), 40, 2000, 32);
     std::fs::create_dir(&dst).unwrap();
-    let id = create(&a, &b, &src, &dst, &[]);
-    b.cli_ok(&["relationship", "authorize", &id]);
-    a.wait_for("source", &id, "initial sync", synced);
-    let rp = a.view("source", &id)["recovery_point"]["time"].clone();
-    b.wait_for("target", &id, "the target to record it", |v| {
-        v["recovery_point"]["time"] == rp
-    });
+    let id = synced_relationship(&a, &b, &src, &dst);
 
     // Failover: b takes writes. The old source, cut off, went on writing too.
-    b.cli_ok(&["relationship", "make-writable", &id]);
-    a.wait_for("source", &id, "the source to see the end", |v| {
-        v["state"] == "ended"
-    });
+    fail_over(&a, &b, &id);
     std::fs::write(dst.join("written-on-b"), vec![7u8; 3000]).unwrap();
     std::fs::write(dst.join("small/f0003"), vec![9u8; 2000]).unwrap();
     std::fs::remove_file(dst.join("small/f0005")).unwrap();

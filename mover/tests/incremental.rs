@@ -24,6 +24,27 @@ fn setup(t: &Path, spec: TreeSpec) -> (std::path::PathBuf, std::path::PathBuf, s
     (src, dst, state)
 }
 
+/// Rewrites `n` distinct seeded 4 KiB blocks of the file of `size` bytes at the top of `dir`
+/// with random data.
+fn rewrite_blocks(dir: &Path, size: u64, n: usize, seed: u64) {
+    let big = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.metadata().unwrap().len() == size)
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    let mut rng = Rng(seed);
+    let mut block = vec![0u8; 4096];
+    let mut blocks = std::collections::BTreeSet::new();
+    while blocks.len() < n {
+        blocks.insert(rng.next_u64() % (size / 4096));
+    }
+    for b in &blocks {
+        rng.fill(&mut block);
+        std::os::unix::fs::FileExt::write_all_at(&f, &block, b * 4096).unwrap();
+    }
+}
+
 #[test]
 fn churn_rounds_keep_target_equal_to_source() {
     let t = tempfile::tempdir().unwrap();
@@ -81,23 +102,7 @@ fn rewriting_a_few_blocks_sends_only_those_blocks() {
     let (src, dst, state) = setup(t.path(), spec);
     let (addr, _reports) = start_serving(&dst);
     send_state(&src, addr, &state).unwrap();
-    let big = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.metadata().unwrap().len() == 16 << 20)
-        .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
-    let mut rng = Rng(5);
-    let mut block = vec![0u8; 4096];
-    let mut blocks = std::collections::BTreeSet::new();
-    while blocks.len() < 40 {
-        blocks.insert(rng.next_u64() % 4096);
-    }
-    for b in &blocks {
-        rng.fill(&mut block);
-        std::os::unix::fs::FileExt::write_all_at(&f, &block, b * 4096).unwrap();
-    }
-    drop(f);
+    rewrite_blocks(&src, 16 << 20, 40, 5);
     let rep = send_state(&src, addr, &state).unwrap();
     assert_same_tree(&src, &dst);
     let changed = 40 * 4096;
@@ -249,23 +254,7 @@ fn a_target_holding_another_version_of_a_large_file_gets_only_the_blocks_that_di
         .status()
         .unwrap();
     assert!(cp.success());
-    let big = std::fs::read_dir(&dst)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.metadata().unwrap().len() == 16 << 20)
-        .unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
-    let mut rng = Rng(9);
-    let mut block = vec![0u8; 4096];
-    let mut blocks = std::collections::BTreeSet::new();
-    while blocks.len() < 40 {
-        blocks.insert(rng.next_u64() % 4096);
-    }
-    for b in &blocks {
-        rng.fill(&mut block);
-        std::os::unix::fs::FileExt::write_all_at(&f, &block, b * 4096).unwrap();
-    }
-    drop(f);
+    rewrite_blocks(&dst, 16 << 20, 40, 9);
     let (addr, _reports) = start_serving(&dst);
     let rep = send_state(&src, addr, &state).unwrap();
     assert_same_tree(&src, &dst);

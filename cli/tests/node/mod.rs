@@ -32,6 +32,27 @@ pub fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
 }
 
+/// A relationship from `a` to `b` created, authorized and through its initial sync; its id.
+pub fn synced_relationship(a: &Node, b: &Node, from: &Path, to: &Path) -> String {
+    let id = create(a, b, from, to, &[]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    a.wait_for("source", &id, "initial sync", synced);
+    id
+}
+
+/// Failover: once the target `b` recorded the source's last recovery point, it is made
+/// writable and the source `a` sees the relationship ended.
+pub fn fail_over(a: &Node, b: &Node, id: &str) {
+    let rp = a.view("source", id)["recovery_point"]["time"].clone();
+    b.wait_for("target", id, "the target to record it", |v| {
+        v["recovery_point"]["time"] == rp
+    });
+    b.cli_ok(&["relationship", "make-writable", id]);
+    a.wait_for("source", id, "the source to see the end", |v| {
+        v["state"] == "ended"
+    });
+}
+
 /// `mover relationship create` on `src` towards `dst` (port `port`), whatever it answers.
 pub fn try_create(src: &Node, port: u16, from: &Path, to: &Path, extra: &[&str]) -> Output {
     let port = port.to_string();
