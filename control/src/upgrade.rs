@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_healthy_node_is_all_green() {
-        let r = assess(&facts(), &Train::builtin());
+        let r = assess(&facts(), Train::builtin());
         assert!(!r.blocked, "{r:?}");
         assert!(r.items.iter().all(|i| i.level == Level::Green), "{r:?}");
     }
@@ -302,16 +302,16 @@ mod tests {
         let t = Train::builtin();
         let mut f = facts();
         f.to = "0.0.1".parse().unwrap();
-        assert_eq!(level(&assess(&f, &t), "version_step"), Level::Red);
+        assert_eq!(level(&assess(&f, t), "version_step"), Level::Red);
         f.to = "2.0.0".parse().unwrap();
-        assert_eq!(level(&assess(&f, &t), "version_step"), Level::Red);
+        assert_eq!(level(&assess(&f, t), "version_step"), Level::Red);
         let mut f = facts();
         f.admin = false;
         f.staging_free = Ok(1 << 20);
         f.peers[0].reachable = false;
         f.alerts.push(("cd".repeat(16), "path_changed".into()));
         f.running.push("ef".repeat(16));
-        let r = assess(&f, &t);
+        let r = assess(&f, t);
         assert!(r.blocked);
         for (c, l) in [
             ("privilege", Level::Red),
@@ -330,9 +330,9 @@ mod tests {
         let mut f = facts();
         // A peer of a release older than any this train supports.
         f.peers[0].version = Some("0.0.1".into());
-        let r = assess(&f, &t);
+        let r = assess(&f, t);
         assert_eq!(level(&r, "peer_compatibility"), Level::Red, "{r:?}");
         f.peers[0].version = None;
-        assert_eq!(level(&assess(&f, &t), "peer_compatibility"), Level::Yellow);
+        assert_eq!(level(&assess(&f, t), "peer_compatibility"), Level::Yellow);
     }
 }

@@ -141,11 +141,14 @@ pub struct Verdict {
 }
 
 impl Train {
-    /// The train this build shipped with.
-    pub fn builtin() -> Train {
+    /// The train this build shipped with, read once (every handshake and poll consults it).
+    pub fn builtin() -> &'static Train {
+        static TRAIN: std::sync::OnceLock<Train> = std::sync::OnceLock::new();
         // The file is part of the build and checked by a test: a parse failure is a build
         // defect, not an input error.
-        Train::parse(BUILTIN_TRAIN).unwrap_or_else(|e| panic!("release-train.txt: {e}"))
+        TRAIN.get_or_init(|| {
+            Train::parse(BUILTIN_TRAIN).unwrap_or_else(|e| panic!("release-train.txt: {e}"))
+        })
     }
 
     pub fn parse(text: &str) -> Result<Train, String> {

@@ -281,6 +281,20 @@ fn pinned(
     Ok(r)
 }
 
+/// `pinned`, from a source at the same `epoch` (else refused as split brain).
+fn pinned_at(
+    node: &Node,
+    id: &crate::model::RelationshipId,
+    fp: &Fingerprint,
+    epoch: u64,
+) -> Result<Relationship, PeerAnswer> {
+    let r = pinned(node, id, fp)?;
+    match r.split_brain(epoch) {
+        Some(m) => Err(refuse(m)),
+        None => Ok(r),
+    }
+}
+
 async fn handle(
     node: &Arc<Node>,
     fp: &Fingerprint,
@@ -413,13 +427,10 @@ pub(crate) fn respond(
             epoch,
             software,
         } => {
-            let r = match pinned(node, &id, fp) {
+            let r = match pinned_at(node, &id, fp, epoch) {
                 Ok(r) => r,
                 Err(a) => return Handled::Answer(a),
             };
-            if let Some(m) = r.split_brain(epoch) {
-                return Handled::Answer(refuse(m));
-            }
             // Every session: the source may have been upgraded or downgraded since.
             if let Some(why) = software.and_then(|s| node.peer_release(&id, &s, "source")) {
                 return Handled::Answer(refuse(why));
@@ -508,12 +519,8 @@ pub(crate) fn respond(
             snapshot,
             recovery_point,
         } => {
-            let r = match pinned(node, &id, fp) {
-                Ok(r) => r,
-                Err(a) => return Handled::Answer(a),
-            };
-            if let Some(m) = r.split_brain(epoch) {
-                return Handled::Answer(refuse(m));
+            if let Err(a) = pinned_at(node, &id, fp, epoch) {
+                return Handled::Answer(a);
             }
             if !mover::keep::valid_name(&snapshot.name()) {
                 return Handled::Answer(refuse(format!(

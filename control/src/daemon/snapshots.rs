@@ -68,7 +68,9 @@ fn snapshot_view(r: &Relationship, s: &Snapshot) -> SnapshotView {
         id: s.id,
         policy: s.policy.clone(),
         name: s.name(),
-        path: format!("{}/.snapshot/{}", root.trim_end_matches('/'), s.name()),
+        path: source_of(std::path::Path::new(root), s)
+            .display()
+            .to_string(),
         taken: rfc3339(s.taken_ns),
         expires: s.expires_ns.map(rfc3339),
         state: match (r.role, s.replicated) {
@@ -419,9 +421,12 @@ pub fn run(node: std::sync::Arc<Node>) {
     }
 }
 
-/// What a job of a queued policy snapshot reads: the kept copy under the source's `.snapshot`.
-pub(crate) fn source_of(src: &std::path::Path, s: &Snapshot) -> std::path::PathBuf {
-    src.join(".snapshot").join(s.name())
+/// Where snapshot `s` is kept under the tree at `root` (`.snapshot/<id>_<policy>`): what a job
+/// of a queued policy snapshot reads on the source.
+pub(crate) fn source_of(root: &std::path::Path, s: &Snapshot) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    root.join(std::ffi::OsStr::from_bytes(mover::tree::SNAPSHOT_DIR))
+        .join(s.name())
 }
 
 /// Asks the target to keep the recovery point the job of `s` committed.

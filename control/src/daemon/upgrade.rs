@@ -111,5 +111,5 @@ pub(super) async fn check(
         ));
     }
     let f = facts(&node, to, role.has(Privilege::Admin), &staging)?;
-    Ok(Json(assess(&f, &Train::builtin())))
+    Ok(Json(assess(&f, Train::builtin())))
 }

@@ -119,7 +119,12 @@ impl Store {
 
     /// Records a kept snapshot (replacing one of the same id: a retried keep).
     pub fn put_snapshot(&self, id: &RelationshipId, role: Role, s: &Snapshot) -> Result<()> {
-        if self.snapshots(Some(id), role)?.len() >= MAX_SNAPSHOTS_PER_RELATIONSHIP
+        let kept: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM snapshots WHERE relationship = ?1 AND role = ?2",
+            params![id.as_str(), role_str(role)],
+            |r| r.get(0),
+        )?;
+        if kept as usize >= MAX_SNAPSHOTS_PER_RELATIONSHIP
             && self.snapshot(id, role, s.id)?.is_none()
         {
             return Err(Error::Conflict(format!(
