@@ -2,7 +2,8 @@
 # Installs what mover's build and tests need on a fresh Debian machine: a C toolchain for
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
-# XFS images), setpriv (the daemon tests act as an unprivileged user). Idempotent; fails loudly.
+# XFS images), setpriv (the daemon tests act as an unprivileged user), promtool (the alert
+# rules). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
@@ -15,6 +16,8 @@ command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 { command -v mount && command -v umount; } >/dev/null 2>&1 || need+=(mount)
 # setpriv (util-linux): the daemon tests write into a protected target as an unprivileged user.
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# promtool (Debian's prometheus package): the alert rules' check and unit tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -28,4 +31,5 @@ command -v mkfs.xfs >/dev/null || { echo "mkfs.xfs (xfsprogs) missing after inst
 command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1; }
 command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
 command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after install" >&2; exit 1; }
+command -v promtool >/dev/null || { echo "promtool (prometheus) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }

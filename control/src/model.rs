@@ -87,6 +87,16 @@ pub enum Role {
     Target,
 }
 
+impl Role {
+    /// The name in JSON and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Target => "target",
+        }
+    }
+}
+
 /// What `mover status` shows for a relationship.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -500,17 +500,30 @@ async fn metrics(
     let ages: Vec<(String, &str, f64)> = all
         .iter()
         .filter_map(|r| {
-            let role = if r.role == Role::Source {
-                "source"
-            } else {
-                "target"
-            };
-            r.recovery_point_ns
-                .map(|ns| (r.id.to_string(), role, (now_ns - ns).max(0) as f64 / 1e9))
+            r.recovery_point_ns.map(|ns| {
+                let age = (now_ns - ns).max(0) as f64 / 1e9;
+                (r.id.to_string(), r.role.name(), age)
+            })
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();
     let mut scrubs = Vec::new();
+    let live = all.iter().filter(|r| r.authorized && !r.ended);
+    let peers: Vec<(String, &'static str, bool)> = live
+        .clone()
+        .map(|r| (r.id.to_string(), r.role.name(), !r.peer_unreachable))
+        .collect();
+    // A target should be read-only from authorization until it is made writable, whether its
+    // protection is a bind mount or was not enforceable (then this reports 0, as it should).
+    let targets: Vec<(String, bool)> = live
+        .filter(|r| r.role == Role::Target)
+        .map(|r| {
+            let path = r.pinned.as_ref().map_or(&r.spec.target_path, |p| &p.path);
+            let ro = rustix::fs::statvfs(path.as_str())
+                .is_ok_and(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+            (r.id.to_string(), ro)
+        })
+        .collect();
     for r in all {
         let v = view::view(&node, r);
         if let Some(s) = &v.scrub {
@@ -520,6 +533,10 @@ async fn metrics(
     }
     let mut text = node.metrics.render(&ages, &states);
     text.push_str(&super::metrics::render_scrubs(&scrubs));
+    text.push_str(&super::metrics::render_health(&super::metrics::Health {
+        peers: &peers,
+        targets: &targets,
+    }));
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

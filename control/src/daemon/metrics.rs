@@ -45,9 +45,9 @@ impl Metrics {
         let mut c = lock(&self.0);
         *c.bytes.entry(id.to_string()).or_default() += bytes;
         *c.files.entry(id.to_string()).or_default() += files;
-        if !ok {
-            *c.errors.entry(id.to_string()).or_default() += 1;
-        }
+        // Present from a relationship's first job, at 0 until one fails: an alert on its
+        // increase then sees the first failure too (a series born at 1 shows no increase).
+        *c.errors.entry(id.to_string()).or_default() += u64::from(!ok);
         let s = took.as_secs_f64();
         let b = DURATION_BUCKETS
             .iter()
@@ -130,6 +130,41 @@ pub fn render_scrubs(scrubs: &[(String, bool, f64)]) -> String {
             o,
             "mover_scrub_age_seconds{{relationship=\"{}\"}} {age}",
             label(id)
+        );
+    }
+    o
+}
+
+/// What the shipped alert rules (`scripts/alerts.yml`) watch besides the recovery point:
+/// whether each live relationship reached its peer at the last try, and whether each
+/// authorized target that should be read-only really is (measured on its path now, so an
+/// unmounted or remounted protection shows at the next scrape).
+pub struct Health<'a> {
+    /// (relationship, role, reached at the last try).
+    pub peers: &'a [(String, &'static str, bool)],
+    /// (relationship, the target path is read-only now).
+    pub targets: &'a [(String, bool)],
+}
+
+pub fn render_health(h: &Health) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# HELP mover_peer_reachable Whether the relationship's peer daemon answered at the last try (1) or not (0).\n# TYPE mover_peer_reachable gauge");
+    for (id, role, up) in h.peers {
+        let _ = writeln!(
+            o,
+            "mover_peer_reachable{{relationship=\"{}\",role=\"{}\"}} {}",
+            label(id),
+            label(role),
+            u8::from(*up)
+        );
+    }
+    let _ = writeln!(o, "# HELP mover_target_read_only Whether an authorized target that should be read-only is read-only on its path now.\n# TYPE mover_target_read_only gauge");
+    for (id, ro) in h.targets {
+        let _ = writeln!(
+            o,
+            "mover_target_read_only{{relationship=\"{}\"}} {}",
+            label(id),
+            u8::from(*ro)
         );
     }
     o
