@@ -1,5 +1,5 @@
-//! `mover upgrade check`: what stands between this node and a release (docs/api.md
-//! "Upgrades").
+//! `mover upgrade check|start|status`: what stands between this node and a release, and
+//! upgrading a single node onto it (docs/api.md "Upgrades").
 
 use crate::api::ApiArgs;
 use anyhow::{Context, Result};
@@ -27,7 +27,52 @@ Examples:
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Upgrade this node (a single `--roles all` daemon) to VERSION: stage the package checked
+    /// by its SHA-256, then restart the daemon onto it; its jobs resume.
+    #[command(
+        long_about = "Upgrade this node to a new release without losing replication progress.
+
+Phase `distribute` copies PACKAGE (the new `mover` binary, a path on the daemon's node) into the daemon's data directory and checks it against the SHA-256 you give (from the release's checksum file): a mismatch stages nothing. Phase `restart` runs the upgrade checker (a red item refuses), keeps the running binary for a rollback, installs the staged one at the running binary's path, stops the daemon as SIGTERM does (running jobs stop at a chunk boundary and keep their progress) and starts the new release in its place; the jobs resume. Without --phase both run; each phase can be run or rerun alone, and an interrupted upgrade is rerun where it stopped. The command waits until the node reports the new release (exit 0) or the restart failed (exit 1).
+
+Examples:
+  sha256sum mover-0.2.0
+  mover upgrade start --to 0.2.0 --package /tmp/mover-0.2.0 --sha256 <hex>
+  mover upgrade start --to 0.2.0 --package /tmp/mover-0.2.0 --sha256 <hex> --phase distribute
+  mover upgrade start --to 0.2.0 --sha256 <hex> --phase restart"
+    )]
+    Start {
+        #[arg(long, value_name = "VERSION")]
+        to: String,
+        /// The new `mover` binary, as a path on the daemon's node.
+        #[arg(long, value_name = "PATH")]
+        package: Option<String>,
+        /// The package's SHA-256 (64 hex digits), from a source you trust.
+        #[arg(long, value_name = "HEX")]
+        sha256: String,
+        /// Run one phase only.
+        #[arg(long, value_enum)]
+        phase: Option<Phase>,
+        /// How long to wait for the restarted node to answer.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait_secs: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show this node's containers (release, health) and its latest upgrade's phase.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Phase {
+    Distribute,
+    Restart,
+}
+
+/// How often `start` asks whether the restarted node is back.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Exit code when the report has a red item.
 pub const BLOCKED: i32 = 1;
@@ -59,7 +104,121 @@ pub fn run(cmd: UpgradeCmd) -> Result<i32> {
             }
             Ok(if blocked { BLOCKED } else { 0 })
         }
+        UpgradeCmd::Start {
+            to,
+            package,
+            sha256,
+            phase,
+            wait_secs,
+            api,
+        } => {
+            let body = serde_json::json!({
+                "to": to,
+                "package": package.map(|p| absolute(&p)),
+                "sha256": sha256,
+                "phase": match phase {
+                    Some(Phase::Distribute) => "distribute",
+                    Some(Phase::Restart) => "restart",
+                    None => "all",
+                },
+            });
+            let client = api.client();
+            let rec = client
+                .post("/v1/upgrade/start", &body)
+                .with_context(|| format!("starting the upgrade to {to}"))?;
+            if rec["phase"] == "distributed" {
+                report(&api, &rec, "staged and checked")?;
+                return Ok(0);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+            let mut last_error = String::new();
+            while std::time::Instant::now() < deadline {
+                std::thread::sleep(POLL);
+                // The node is down between its stop and the new release's start.
+                match client.get("/v1/upgrade/status") {
+                    Ok(v) if v["upgrade"]["phase"] == "done" => {
+                        report(&api, &v["upgrade"], "done: the node runs the new release")?;
+                        return Ok(0);
+                    }
+                    Ok(v) if v["upgrade"]["phase"] == "failed" => {
+                        report(&api, &v["upgrade"], "FAILED")?;
+                        return Ok(BLOCKED);
+                    }
+                    Ok(_) => {}
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            anyhow::bail!(
+                "the node did not come back on {to} within {wait_secs} s (last: {last_error}); \
+                 `mover upgrade status` shows where it stands, and rerunning resumes"
+            )
+        }
+        UpgradeCmd::Status { api } => {
+            let v = api
+                .client()
+                .get("/v1/upgrade/status")
+                .context("reading the upgrade status")?;
+            if api.json {
+                println!("{}", serde_json::to_string(&v)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<22} {:<6} {:<10} {:<8} UPTIME",
+                "NODE", "ROLE", "VERSION", "HEALTH"
+            );
+            for c in v["containers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                println!(
+                    "{:<22} {:<6} {:<10} {:<8} {} s",
+                    c["node"].as_str().unwrap_or("?"),
+                    c["role"].as_str().unwrap_or("?"),
+                    c["version"].as_str().unwrap_or("?"),
+                    c["health"].as_str().unwrap_or("?"),
+                    c["uptime_secs"]
+                );
+            }
+            match v["upgrade"].as_object() {
+                None => println!("no upgrade recorded"),
+                Some(u) => println!(
+                    "upgrade {} -> {}: {}{}",
+                    u["from"].as_str().unwrap_or("?"),
+                    u["to"].as_str().unwrap_or("?"),
+                    u["phase"].as_str().unwrap_or("?"),
+                    u.get("error")
+                        .and_then(Value::as_str)
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            }
+            Ok(0)
+        }
     }
+}
+
+fn report(api: &ApiArgs, rec: &Value, what: &str) -> Result<()> {
+    if api.json {
+        println!("{}", serde_json::to_string(rec)?);
+    } else {
+        println!(
+            "upgrade {} -> {}: {what}",
+            rec["from"].as_str().unwrap_or("?"),
+            rec["to"].as_str().unwrap_or("?")
+        );
+        if let Some(e) = rec["error"].as_str() {
+            println!("  {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The package path as the daemon must see it (it does not share the CLI's directory).
+fn absolute(p: &str) -> String {
+    std::path::absolute(p)
+        .map(|a| a.display().to_string())
+        .unwrap_or_else(|_| p.to_string())
 }
 
 fn print_item(i: &Value) {

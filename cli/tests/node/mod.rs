@@ -124,7 +124,24 @@ impl Node {
         Self::spawn(dir, listen, api, "", Some(version))
     }
 
+    /// `start_as_version` from a binary of its own (`exe`, a copy of the build's), for tests
+    /// that replace the running binary (an upgrade).
+    pub fn start_from(dir: &Path, exe: &Path, version: &str) -> Node {
+        Self::spawn_exe(exe, dir, free_port(), free_port(), "", Some(version))
+    }
+
     fn spawn(dir: &Path, listen: u16, api: u16, extra_config: &str, version: Option<&str>) -> Node {
+        Self::spawn_exe(&cargo_bin("mover"), dir, listen, api, extra_config, version)
+    }
+
+    fn spawn_exe(
+        exe: &Path,
+        dir: &Path,
+        listen: u16,
+        api: u16,
+        extra_config: &str,
+        version: Option<&str>,
+    ) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let cfg = dir.with_extension("toml");
         std::fs::write(
@@ -142,7 +159,7 @@ impl Node {
             .append(true)
             .open(dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(cargo_bin("mover"))
+        let child = Command::new(exe)
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir.join("data"))

@@ -84,6 +84,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(super::api_snapshots::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
+        .route("/v1/upgrade/start", post(super::self_upgrade::start))
+        .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)

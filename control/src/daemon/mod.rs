@@ -14,6 +14,7 @@ mod metrics;
 mod paths;
 mod peer_server;
 mod reverse;
+mod self_upgrade;
 #[cfg(test)]
 mod sim;
 pub mod snapshots;
@@ -90,9 +91,20 @@ pub struct Node {
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
     shutting_down: AtomicBool,
+    /// Set by an upgrade's restart phase: the binary to execute, and the release it is, once
+    /// the daemon has stopped as on SIGTERM (`self_upgrade`).
+    exec_next: Mutex<Option<(PathBuf, mover::compat::Version)>>,
+    /// Wakes the API server's graceful shutdown for that restart.
+    restart: tokio::sync::Notify,
 }
 
 impl Node {
+    /// Stops the daemon as SIGTERM does, then executes `exe` (release `to`) in its place.
+    pub(crate) fn restart_into(&self, exe: PathBuf, to: mover::compat::Version) {
+        *lock(&self.exec_next) = Some((exe, to));
+        self.restart.notify_one();
+    }
+
     /// Records what the last exchange learned of `id`'s peer release (`theirs`, as `who` the
     /// peer is): the refusal if it is incompatible.
     pub(crate) fn peer_release(
@@ -245,12 +257,15 @@ impl Node {
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
             shutting_down: AtomicBool::new(false),
+            exec_next: Mutex::default(),
+            restart: tokio::sync::Notify::new(),
         }
     }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT: then running jobs stop at a chunk boundary, their
-/// relationships stay marked running (the next start resumes them) and it exits.
+/// relationships stay marked running (the next start resumes them) and it exits. After an
+/// upgrade's restart phase it stops the same way and executes the new binary instead.
 pub fn run(opts: DaemonOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -258,11 +273,35 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
         .thread_name("mover-control")
         .build()
         .ctx(|| "starting the async runtime".to_string())?;
-    rt.block_on(serve(opts))
+    let next = rt.block_on(serve(opts))?;
+    drop(rt);
+    let Some((exe, to)) = next else {
+        return Ok(());
+    };
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1));
+    // Test builds report the version a test set (`TEST_VERSION_ENV`); the restarted one then
+    // reports the release it was upgraded to, as a real new binary would.
+    if cfg!(debug_assertions) && std::env::var_os(mover::wire::message::TEST_VERSION_ENV).is_some()
+    {
+        cmd.env(mover::wire::message::TEST_VERSION_ENV, to.to_string());
+    }
+    tracing::info!(exe = %exe.display(), "executing the new release");
+    // `exec` returns only if it failed; every descriptor is close-on-exec, so the new process
+    // binds the same ports afresh.
+    let e = cmd.exec();
+    Err(Error::Io {
+        context: format!("executing the new release {}", exe.display()),
+        source: e,
+    })
 }
 
-async fn serve(opts: DaemonOptions) -> Result<()> {
+async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Version)>> {
     let node = Arc::new(open_node(opts, Arc::new(SystemClock))?);
+    if let Err(e) = self_upgrade::finish(&node) {
+        tracing::error!("cannot finish the upgrade record: {e}");
+    }
     target::restore(&node)?;
     let peer = tokio::net::TcpListener::bind(node.opts.listen)
         .await
@@ -287,8 +326,17 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
         }
     };
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let stop = shutdown_signal()?;
+    let restarting = node.clone();
     let server =
-        axum::serve(http::Limited::new(api, tls), app).with_graceful_shutdown(shutdown_signal()?);
+        axum::serve(http::Limited::new(api, tls), app).with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stop => {},
+                _ = restarting.restart.notified() => {
+                    tracing::info!("restarting for an upgrade: stopping jobs at a chunk boundary");
+                },
+            }
+        });
     config::sd_notify("READY=1");
     server.await.ctx(|| "serving the API".to_string())?;
     config::sd_notify("STOPPING=1");
@@ -296,7 +344,8 @@ async fn serve(opts: DaemonOptions) -> Result<()> {
     source::stop_all(&node, SHUTDOWN_GRACE).await;
     target::stop_all(&node);
     tracing::info!("mover daemon stopped");
-    Ok(())
+    let next = lock(&node.exec_next).take();
+    Ok(next)
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before readiness is announced, so a stop request

@@ -1,0 +1,315 @@
+//! Upgrading a single node (`--roles all`) onto a new release: `POST /v1/upgrade/start`,
+//! `GET /v1/upgrade/status` (docs/api.md "Upgrades").
+//!
+//! Two phases, each runnable alone and rerunnable:
+//! - `distribute`: the package (a `mover` binary on this node) is copied into
+//!   `<data-dir>/releases/<to>/mover` and its SHA-256 checked against the one the operator
+//!   gives; a mismatch leaves nothing staged.
+//! - `restart`: the checker (`crate::upgrade::assess`) must show no red item; the running
+//!   binary is kept as `<data-dir>/releases/<from>/mover` (for a rollback), the staged one is
+//!   renamed over the binary's path (so a supervisor restarting the daemon later runs the new
+//!   release too), the daemon stops as on SIGTERM (running jobs stop at a chunk boundary and
+//!   stay marked running, so they resume) and executes the new binary with the same
+//!   arguments. The new process finishes the record: `done` when it reports the release
+//!   asked for, else `failed` with both versions.
+//!
+//! The record (`<data-dir>/upgrade.json`) is written before every step, so an interrupted
+//! upgrade is seen, and rerun, where it stopped.
+
+use super::api::{check, Answer, ApiError, Ctx};
+use super::{config, Node};
+use crate::auth::{hex, Privilege};
+use crate::error::IoContext;
+use crate::{Error, Result};
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use mover::compat::{Train, Version};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The record of the latest upgrade, in the data directory.
+const RECORD: &str = "upgrade.json";
+/// Staged and kept releases, in the data directory.
+const RELEASES: &str = "releases";
+/// Copy buffer while hashing the package.
+const COPY_CHUNK: usize = 1 << 20;
+/// Largest package accepted: a `mover` binary is tens of MiB; anything near this is not one.
+const MAX_PACKAGE: u64 = 1 << 30;
+
+/// Where an upgrade of this node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The package is staged and checked; the node still runs the old release.
+    Distributed,
+    /// The node is stopping to run the new release.
+    Restarting,
+    /// The node runs the new release.
+    Done,
+    /// The new process does not report the release asked for (`error` says what it reports).
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub from: String,
+    pub to: String,
+    pub sha256: String,
+    pub staged: PathBuf,
+    pub phase: Phase,
+    pub updated_ns: i64,
+    pub error: Option<String>,
+}
+
+/// Which phases `start` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPhase {
+    Distribute,
+    Restart,
+    /// Distribute (unless already staged with this checksum), then restart.
+    All,
+}
+
+#[derive(Deserialize)]
+pub(super) struct StartBody {
+    to: String,
+    /// Path of the new `mover` binary on this node (not needed for `phase: restart`).
+    package: Option<String>,
+    sha256: String,
+    phase: Option<StartPhase>,
+}
+
+fn record_path(node: &Node) -> PathBuf {
+    node.opts.data_dir.join(RECORD)
+}
+
+pub fn read_record(data_dir: &Path) -> Result<Option<Record>> {
+    let p = data_dir.join(RECORD);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("reading {}", p.display())),
+    }
+}
+
+fn write_record(node: &Node, r: &Record) -> Result<()> {
+    let text = serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?;
+    config::write_private(&record_path(node), &text)
+}
+
+/// Copies `package` to `dest` (through a temporary name, synced) and returns its SHA-256.
+fn copy_hashed(package: &Path, dest: &Path) -> Result<String> {
+    let mut src =
+        std::fs::File::open(package).ctx(|| format!("opening package {}", package.display()))?;
+    let len = src.metadata().ctx(|| package.display().to_string())?.len();
+    if len > MAX_PACKAGE {
+        return Err(Error::Invalid(format!(
+            "package {} is {len} bytes, more than a mover binary can be ({MAX_PACKAGE})",
+            package.display()
+        )));
+    }
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let tmp = dest.with_extension("partial");
+    let mut out = std::fs::File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = src
+            .read(&mut buf)
+            .ctx(|| format!("reading {}", package.display()))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .ctx(|| format!("writing {}", tmp.display()))?;
+    }
+    out.sync_all()
+        .ctx(|| format!("syncing {}", tmp.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .ctx(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, dest).ctx(|| format!("renaming into {}", dest.display()))?;
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+fn distribute(node: &Node, to: &Version, package: &Path, sha256: &str) -> Result<Record> {
+    let staged = node
+        .opts
+        .data_dir
+        .join(RELEASES)
+        .join(to.to_string())
+        .join("mover");
+    let got = copy_hashed(package, &staged)?;
+    if got != sha256 {
+        let _ = std::fs::remove_file(&staged);
+        return Err(Error::Invalid(format!(
+            "package {} has SHA-256 {got}, not the {sha256} given: nothing was staged",
+            package.display()
+        )));
+    }
+    let r = Record {
+        from: mover::software_version().to_string(),
+        to: to.to_string(),
+        sha256: got,
+        staged,
+        phase: Phase::Distributed,
+        updated_ns: node.clock.now_ns(),
+        error: None,
+    };
+    write_record(node, &r)?;
+    tracing::info!(to = %r.to, staged = %r.staged.display(), "upgrade: package staged and checked");
+    Ok(r)
+}
+
+/// Puts the staged binary in place of the running one (the old kept for a rollback) and
+/// returns the path to execute.
+fn install(node: &Node, r: &Record) -> Result<PathBuf> {
+    let exe = std::env::current_exe().ctx(|| "finding the running binary".to_string())?;
+    let keep = node
+        .opts
+        .data_dir
+        .join(RELEASES)
+        .join(&r.from)
+        .join("mover");
+    if !keep.exists() {
+        copy_hashed(&exe, &keep)?;
+    }
+    // The staged copy is checked again: it sat in the data directory since `distribute`.
+    let next = exe.with_file_name(".mover.upgrade");
+    let got = copy_hashed(&r.staged, &next)?;
+    if got != r.sha256 {
+        let _ = std::fs::remove_file(&next);
+        return Err(Error::Conflict(format!(
+            "staged {} changed since it was checked (SHA-256 {got}, not {}): distribute again",
+            r.staged.display(),
+            r.sha256
+        )));
+    }
+    std::fs::rename(&next, &exe).ctx(|| format!("installing {}", exe.display()))?;
+    Ok(exe)
+}
+
+/// `POST /v1/upgrade/start` (ADMIN): 200 with the record after `distribute`; 202 when the node
+/// is restarting onto the new release.
+pub(super) async fn start(
+    AxState(node): Ctx,
+    h: HeaderMap,
+    Json(b): Json<StartBody>,
+) -> Answer<(StatusCode, Json<Record>)> {
+    check(&node, &h, Privilege::Admin)?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let to: Version = b.to.parse().map_err(bad)?;
+    let sha = b.sha256.to_ascii_lowercase();
+    if sha.len() != 64 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(format!("sha256 {:?} is not 64 hex digits", b.sha256)));
+    }
+    let phase = b.phase.unwrap_or(StartPhase::All);
+    let staged_already = read_record(&node.opts.data_dir)?
+        .filter(|r| r.to == to.to_string() && r.sha256 == sha && r.staged.exists());
+    let rec = match (phase, staged_already) {
+        (StartPhase::Restart, Some(r)) | (StartPhase::All, Some(r)) => r,
+        (StartPhase::Restart, None) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "release {to} with that SHA-256 is not staged: run the distribute phase first"
+                ),
+            ))
+        }
+        (StartPhase::Distribute | StartPhase::All, _) => {
+            let pkg = b.package.as_deref().ok_or_else(|| {
+                bad("package: the path of the new mover binary is required to distribute".into())
+            })?;
+            let n = node.clone();
+            let pkg = PathBuf::from(pkg);
+            let sha = sha.clone();
+            tokio::task::spawn_blocking(move || distribute(&n, &to, &pkg, &sha))
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+        }
+    };
+    if phase == StartPhase::Distribute {
+        return Ok((StatusCode::OK, Json(rec)));
+    }
+    let f = super::upgrade::facts(&node, to, true, &node.opts.data_dir)?;
+    let report = crate::upgrade::assess(&f, Train::builtin());
+    if report.blocked {
+        let red: Vec<String> = report
+            .items
+            .iter()
+            .filter(|i| i.level == crate::upgrade::Level::Red)
+            .map(|i| format!("{}: {}", i.check, i.detail))
+            .collect();
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the upgrade checker blocks it: {}", red.join("; ")),
+        ));
+    }
+    let n = node.clone();
+    let r = rec.clone();
+    let exe = tokio::task::spawn_blocking(move || install(&n, &r))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let rec = Record {
+        phase: Phase::Restarting,
+        updated_ns: node.clock.now_ns(),
+        error: None,
+        ..rec
+    };
+    write_record(&node, &rec)?;
+    tracing::info!(to = %rec.to, exe = %exe.display(), "upgrade: restarting onto the new release");
+    node.restart_into(exe, to);
+    Ok((StatusCode::ACCEPTED, Json(rec)))
+}
+
+/// `GET /v1/upgrade/status` (any token): this node's one container (`all`), its release, and
+/// the latest upgrade's record.
+pub(super) async fn status(AxState(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+    super::api::caller(&node, &h)?;
+    let rec = read_record(&node.opts.data_dir)?;
+    Ok(Json(serde_json::json!({
+        "containers": [{
+            "node": node.opts.listen.to_string(),
+            "role": "all",
+            "version": mover::software_version(),
+            "pid": std::process::id(),
+            "uptime_secs": node.clock.instant().saturating_duration_since(node.started).as_secs(),
+            "health": "ok",
+        }],
+        "upgrade": rec,
+    })))
+}
+
+/// At start: an upgrade that restarted into this process is done if this is the release it
+/// asked for, failed otherwise.
+pub fn finish(node: &Node) -> Result<()> {
+    let Some(mut r) = read_record(&node.opts.data_dir)? else {
+        return Ok(());
+    };
+    if r.phase != Phase::Restarting {
+        return Ok(());
+    }
+    let now = mover::software_version();
+    if now == r.to {
+        r.phase = Phase::Done;
+        tracing::info!(from = %r.from, to = %r.to, "upgrade done: this node runs the new release");
+    } else {
+        r.phase = Phase::Failed;
+        let e = format!(
+            "restarted for release {} but the binary reports {now}; the previous release is kept at {}",
+            r.to,
+            node.opts.data_dir.join(RELEASES).join(&r.from).join("mover").display()
+        );
+        tracing::error!("upgrade failed: {e}");
+        r.error = Some(e);
+    }
+    r.updated_ns = node.clock.now_ns();
+    write_record(node, &r)
+}
