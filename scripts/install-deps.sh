@@ -3,7 +3,7 @@
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
 # XFS images), setpriv (the daemon tests act as an unprivileged user), promtool (the alert
-# rules). Idempotent; fails loudly.
+# rules), protoc (etcd-client's build) and etcd (the cluster tests). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
@@ -18,6 +18,9 @@ command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # promtool (Debian's prometheus package): the alert rules' check and unit tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# protoc builds etcd-client's protocol; etcd (etcd-server) runs under the cluster tests.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -32,4 +35,6 @@ command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1;
 command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
 command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after install" >&2; exit 1; }
 command -v promtool >/dev/null || { echo "promtool (prometheus) missing after install" >&2; exit 1; }
+command -v protoc >/dev/null || { echo "protoc (protobuf-compiler) missing after install" >&2; exit 1; }
+command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }

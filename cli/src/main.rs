@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod cluster;
 mod compat;
 mod demo;
 mod drill;
@@ -246,6 +247,13 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
         /// The private key (PEM) of --api-cert.
         #[arg(long, value_name = "FILE", requires = "api_cert")]
         api_key: Option<PathBuf>,
+        /// Join the cluster whose state is in this etcd (etcd://HOST:PORT[,HOST:PORT...]):
+        /// membership with a heartbeat lease and leader election (`mover cluster members`).
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
+        /// This node's name in the cluster (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
     },
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
@@ -300,6 +308,11 @@ Example:
     /// Which mover releases replicate with which: the matrix, or `check A B` for one pair
     /// (exit 1 when incompatible).
     Compat(compat::CompatArgs),
+    /// The etcd cluster this node's daemon joined (`mover daemon --cluster`): members, leader.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Before upgrading this node: `check --to VERSION` reports what stands in the way.
     Upgrade {
         #[command(subcommand)]
@@ -640,6 +653,8 @@ fn run(cli: Cli) -> Result<()> {
             api_tls,
             api_cert,
             api_key,
+            cluster,
+            node_name,
         } => {
             use control::daemon::config as cfg;
             let explicit = config.is_some();
@@ -654,6 +669,8 @@ fn run(cli: Cli) -> Result<()> {
                 api_tls,
                 api_cert,
                 api_key,
+                cluster,
+                node_name,
             };
             let opts = cfg::resolve(file, flags)?;
             control::daemon::run(opts)?;
@@ -666,6 +683,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Policy { cmd } => policy::run_policy(cmd),
         Cmd::Snapshot { cmd } => policy::run_snapshot(cmd),
         Cmd::Compat(a) => exit_with(compat::run(a)?),
+        Cmd::Cluster { cmd } => exit_with(cluster::run(cmd)?),
         Cmd::Upgrade { cmd } => exit_with(upgrade::run(cmd)?),
         Cmd::Node { api } => {
             let v = api

@@ -10,6 +10,7 @@ pub mod api_types;
 pub mod auth;
 pub mod blackout;
 pub mod clock;
+pub mod cluster;
 pub mod daemon;
 pub mod error;
 pub mod fuzz;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use assert_cmd::cargo::cargo_bin;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

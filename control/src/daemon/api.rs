@@ -84,11 +84,25 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(super::api_snapshots::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
+}
+
+/// `GET /v1/cluster` (any token): the etcd cluster as this node sees it.
+async fn cluster(State(node): Ctx, h: HeaderMap) -> Answer<Json<crate::cluster::ClusterView>> {
+    caller(&node, &h)?;
+    let m = node.cluster.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this node is not in a cluster (start its daemon with --cluster etcd://HOST:PORT)"
+                .into(),
+        )
+    })?;
+    Ok(Json(m.view()))
 }
 
 /// The caller's role, if its token carries `p`.

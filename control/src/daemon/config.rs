@@ -68,6 +68,8 @@ pub struct DaemonOptions {
     pub rescan_interval: Duration,
     /// Changed directories remembered between jobs at most; past it the next job walks all.
     pub watch_max_dirs: usize,
+    /// The etcd cluster this node joins (`--cluster`); `None`: a single node on its own.
+    pub cluster: Option<crate::cluster::Options>,
 }
 
 /// The certificate the REST API presents over TLS.
@@ -146,6 +148,9 @@ pub struct ConfigFile {
     pub settle_ms: Option<u64>,
     pub rescan_interval_secs: Option<u64>,
     pub watch_max_dirs: Option<usize>,
+    /// `etcd://HOST:PORT[,HOST:PORT...]`
+    pub cluster: Option<String>,
+    pub node_name: Option<String>,
 }
 
 impl ConfigFile {
@@ -189,6 +194,8 @@ pub struct Flags {
     pub api_tls: bool,
     pub api_cert: Option<PathBuf>,
     pub api_key: Option<PathBuf>,
+    pub cluster: Option<String>,
+    pub node_name: Option<String>,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -202,6 +209,8 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         api_tls,
         api_cert,
         api_key,
+        cluster,
+        node_name,
     } = flags;
     let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
         Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
@@ -271,7 +280,24 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
             mover::watch::MAX_CHANGED_DIRS
         )));
     }
+    let cluster = match cluster.or(file.cluster) {
+        None => None,
+        Some(url) => {
+            let name = match node_name.or(file.node_name) {
+                Some(n) => n,
+                None => rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            Some(crate::cluster::Options {
+                endpoints: crate::cluster::parse_url(&url)?,
+                name: crate::cluster::NodeName::try_from(name)?,
+            })
+        }
+    };
     Ok(DaemonOptions {
+        cluster,
         change_detection: file
             .change_detection
             .unwrap_or(super::watch::Detection::Auto),

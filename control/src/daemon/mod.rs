@@ -96,6 +96,8 @@ pub struct Node {
     exec_next: Mutex<Option<(PathBuf, mover::compat::Version)>>,
     /// Wakes the API server's graceful shutdown for that restart.
     restart: tokio::sync::Notify,
+    /// Membership in an etcd cluster (`--cluster`), if this node joined one.
+    pub cluster: Option<Arc<crate::cluster::Membership>>,
 }
 
 impl Node {
@@ -234,7 +236,20 @@ impl Node {
         host: Arc<dyn host::Host>,
     ) -> Node {
         let started = clock.instant();
+        let cluster = opts.cluster.clone().map(|c| {
+            let me = crate::cluster::Member {
+                name: c.name.clone(),
+                roles: vec!["all".into()],
+                version: mover::software_version().to_string(),
+                pid: std::process::id(),
+                api: opts.api.to_string(),
+                listen: opts.listen.to_string(),
+                started_unix: clock.now_ns() / 1_000_000_000,
+            };
+            crate::cluster::Membership::new(c, me)
+        });
         Node {
+            cluster,
             opts,
             clock,
             store: Mutex::new(store),
@@ -311,6 +326,9 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         .ctx(|| format!("listening for the API on {}", node.opts.api))?;
     tracing::info!(listen = %node.opts.listen, api = %node.opts.api, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
+    if let Some(m) = &node.cluster {
+        tokio::spawn(m.clone().run());
+    }
     tokio::spawn(source::schedule(node.clone()));
     let policies = node.clone();
     std::thread::Builder::new()
@@ -384,6 +402,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         settle: Duration::from_millis(100),
         rescan_interval: Duration::from_secs(3600),
         watch_max_dirs: 1024,
+        cluster: None,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

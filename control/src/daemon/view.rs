@@ -245,6 +245,7 @@ mod tests {
             settle: Duration::from_millis(100),
             rescan_interval: Duration::from_secs(3600),
             watch_max_dirs: 1024,
+            cluster: None,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();

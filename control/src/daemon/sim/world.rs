@@ -531,6 +531,7 @@ impl World {
                 settle: Duration::from_millis(100),
                 rescan_interval: Duration::from_secs(3600),
                 watch_max_dirs: 1024,
+                cluster: None,
             };
             nodes.push(SimNode {
                 addr: format!("10.0.0.{}", i + 1),

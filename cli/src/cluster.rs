@@ -1,0 +1,104 @@
+//! `mover cluster members|status`: the etcd cluster as the node's daemon sees it (docs/api.md
+//! "Cluster").
+
+use crate::api::ApiArgs;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Every node that joined: roles, release, up or down, which one leads, its API address.
+    Members {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// This node's link to etcd, the leader, and how many nodes are up; exit 1 when the node
+    /// has no link to etcd or a node is down.
+    #[command(
+        long_about = "This node's link to etcd, the leader, and how many nodes are up. A node that stops heartbeating is shown down within the bound printed (its lease's life plus one renewal). Exit 1 when this node has no link to etcd or some node is down, so scripts can wait on it.
+
+Example:
+  mover cluster status --json"
+    )]
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Exit code of `status` when the cluster is not whole.
+pub const DEGRADED: i32 = 1;
+
+fn members(v: &Value) -> &[Value] {
+    v["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+pub fn run(cmd: ClusterCmd) -> Result<i32> {
+    match cmd {
+        ClusterCmd::Members { api } => {
+            let v = api
+                .client()
+                .get("/v1/cluster")
+                .context("reading the cluster")?;
+            if api.json {
+                println!("{}", serde_json::to_string(&v["members"])?);
+                return Ok(0);
+            }
+            println!(
+                "{:<20} {:<8} {:<10} {:<6} {:<7} API",
+                "NODE", "ROLES", "VERSION", "STATE", "LEADER"
+            );
+            for m in members(&v) {
+                let roles: Vec<&str> = m["roles"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:<8} {:<10} {:<6} {:<7} {}",
+                    m["name"].as_str().unwrap_or("?"),
+                    roles.join(","),
+                    m["version"].as_str().unwrap_or("?"),
+                    if m["up"] == true { "up" } else { "down" },
+                    if m["leader"] == true { "*" } else { "" },
+                    m["api"].as_str().unwrap_or("?"),
+                );
+            }
+            Ok(0)
+        }
+        ClusterCmd::Status { api } => {
+            let v = api
+                .client()
+                .get("/v1/cluster")
+                .context("reading the cluster")?;
+            let all = members(&v).len();
+            let up = members(&v).iter().filter(|m| m["up"] == true).count();
+            let whole = v["connected"] == true && up == all;
+            if api.json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "node {}: {}",
+                    v["this_node"].as_str().unwrap_or("?"),
+                    if v["connected"] == true {
+                        "connected to etcd".to_string()
+                    } else {
+                        format!(
+                            "NOT connected to etcd ({})",
+                            v["last_error"].as_str().unwrap_or("no answer yet")
+                        )
+                    }
+                );
+                println!("leader: {}", v["leader"].as_str().unwrap_or("none"));
+                println!(
+                    "nodes: {up} of {all} up (a node that stops is shown down within {} s)",
+                    v["down_bound_secs"]
+                );
+            }
+            Ok(if whole { 0 } else { DEGRADED })
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Cluster membership on a real etcd (127.0.0.1): three daemons join, elect one leader, and a
+//! killed one is shown down, with a new leader, within the stated bound; an etcd restart is
+//! survived.
+
+mod node;
+
+use node::etcd::Etcd;
+use node::{free_port, Node, Scratch};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// `control::cluster::DOWN_BOUND` (5 s) plus the time a loaded 2-core test machine may add
+/// to a daemon's watch and the test's polls.
+const DOWN_WITHIN: Duration = Duration::from_secs(5 + 5);
+
+fn cluster(n: &Node) -> Value {
+    let (code, v) = n.get("/v1/cluster");
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn up(v: &Value) -> Vec<String> {
+    let mut names: Vec<String> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["up"] == true)
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Polls `n`'s view until `ok`, for at most `within`; the view that satisfied it.
+fn until(n: &Node, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v = cluster(n);
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{what}: not within {within:?}:\n{v:#}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_a_killed_leader_is_down_and_replaced_within_the_bound() {
+    let t = Scratch::new();
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let cfg = format!("cluster = \"{}\"\nnode_name = \"n{i}\"\n", etcd.url());
+            Node::start_configured(
+                &t.path().join(format!("n{i}")),
+                free_port(),
+                free_port(),
+                &cfg,
+            )
+        })
+        .collect();
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    let join = Duration::from_secs(30);
+    for n in &nodes {
+        until(n, "all three up with a leader", join, |v| {
+            up(v) == all && v["leader"].is_string() && v["connected"] == true
+        });
+    }
+    // One leader, the same for all.
+    let leaders: Vec<Value> = nodes.iter().map(|n| cluster(n)["leader"].clone()).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0]), "{leaders:?}");
+    let leader = leaders[0].as_str().unwrap().to_string();
+    let v = cluster(&nodes[0]);
+    let flagged: Vec<&Value> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["leader"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{v:#}");
+    assert_eq!(flagged[0]["version"], "0.1.0");
+    let out = nodes[0].cli(&["cluster", "members"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("n3") && text.contains("up"),
+        "{text}"
+    );
+    assert_eq!(nodes[0].cli(&["cluster", "status"]).status.code(), Some(0));
+
+    // SIGKILL the leader: the others see it down and elect another, within the bound.
+    let i = all.iter().position(|n| *n == leader).unwrap();
+    nodes[i].kill();
+    let t0 = Instant::now();
+    let watcher = &nodes[(i + 1) % 3];
+    let v = until(
+        watcher,
+        "the killed leader down, a new leader",
+        DOWN_WITHIN,
+        |v| !up(v).contains(&leader) && v["leader"].is_string() && v["leader"] != leader.as_str(),
+    );
+    eprintln!("leader {leader} down and replaced after {:?}", t0.elapsed());
+    assert_eq!(up(&v).len(), 2, "{v:#}");
+    // Listed down, not forgotten; `status` says the cluster is not whole (exit 1).
+    assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v:#}");
+    let out = watcher.cli(&["cluster", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 3 up"));
+
+    // etcd killed and started again: the survivors join again and keep one leader.
+    etcd.restart();
+    for (j, n) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+        let v = until(n, "rejoined after the etcd restart", join, |v| {
+            v["connected"] == true && up(v).len() == 2 && v["leader"].is_string()
+        });
+        assert!(up(&v).contains(&format!("n{}", j + 1)), "{v:#}");
+    }
+}
+
+#[test]
+fn a_node_outside_a_cluster_says_how_to_join_one() {
+    let t = Scratch::new();
+    let n = Node::start(&t.path().join("solo"));
+    let (code, v) = n.get("/v1/cluster");
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--cluster"), "{v}");
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mover"))
+        .args([
+            "daemon",
+            "--data-dir",
+            "/nonexistent",
+            "--cluster",
+            "http://x:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        node::stderr(&out).contains("etcd://HOST:PORT"),
+        "{}",
+        node::stderr(&out)
+    );
+}

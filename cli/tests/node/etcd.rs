@@ -1,0 +1,99 @@
+//! A real etcd (Debian's `etcd-server`, installed by `scripts/install-deps.sh`) on 127.0.0.1
+//! free ports with its data in the test's directory; killed when dropped.
+
+use super::free_port;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer on its client port.
+const START: Duration = Duration::from_secs(30);
+
+pub struct Etcd {
+    pub port: u16,
+    peer: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Etcd {
+        let mut e = Etcd {
+            port: free_port(),
+            peer: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    /// `--cluster` for daemons.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "mover-test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("mover-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("etcd (Debian package etcd-server; scripts/install-deps.sh) must run: {e}")
+            });
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < START, "etcd did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Killed and started again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,468 @@
+//! Cluster membership and leader election in etcd (`mover daemon --cluster etcd://HOST:PORT`).
+//!
+//! State in etcd, under `KEY_ROOT`:
+//! - `nodes/<name>`: every node that ever joined, as it last registered (no lease: a node that
+//!   stops is listed as down, not forgotten);
+//! - `alive/<name>`: the node's heartbeat, on a lease of `MEMBER_TTL` kept alive every
+//!   `HEARTBEAT`. A node that stops heartbeating (killed, partitioned, hung) loses the key when
+//!   the lease expires, so it is shown down within `DOWN_BOUND`;
+//! - `leader/…`: etcd's election (`campaign` on the same lease): one node leads the scheduler;
+//!   when it goes, its lease expires and the next candidate is elected.
+//!
+//! Each daemon keeps a view of all of it fed by a watch on `KEY_ROOT` (no polling); on any
+//! error (etcd restarted or unreachable) the session starts again after `RETRY`, with a new
+//! lease, and registers again.
+
+use crate::{Error, Result};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where mover's keys live in etcd (versioned, so a later layout can sit beside it).
+pub const KEY_ROOT: &str = "/mover/v1/";
+/// Lease of a node's heartbeat key, in seconds.
+pub const MEMBER_TTL: i64 = 3;
+/// How often the lease is renewed: a third of its life, so two lost renewals are survived.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node that stopped heartbeating is shown down within this: its lease's life plus one
+/// renewal period (etcd expires leases within half a second of their deadline).
+pub const DOWN_BOUND: Duration = Duration::from_secs(MEMBER_TTL as u64 + 2);
+/// Pause before a session starts again after an error.
+pub const RETRY: Duration = Duration::from_millis(500);
+/// Connecting to etcd, and each request, give up after this.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest node name; names are also etcd key segments.
+pub const MAX_NAME: usize = 64;
+
+/// A node's name in the cluster: 1-64 of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl TryFrom<String> for NodeName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<NodeName> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_NAME
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(NodeName(s))
+        } else {
+            Err(Error::Invalid(format!(
+                "node name {s:?}: 1-{MAX_NAME} letters, digits, '.', '_' or '-'"
+            )))
+        }
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a daemon joins a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// etcd client endpoints, `http://HOST:PORT`.
+    pub endpoints: Vec<String>,
+    pub name: NodeName,
+}
+
+/// Most etcd endpoints in `--cluster`.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// Parses `etcd://HOST:PORT[,HOST:PORT...]`.
+pub fn parse_url(url: &str) -> Result<Vec<String>> {
+    let bad = |why: &str| Error::Invalid(format!("--cluster {url}: {why}"));
+    let rest = url
+        .strip_prefix("etcd://")
+        .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let eps: Vec<String> = rest
+        .split(',')
+        .map(|hp| {
+            let (host, port) = hp
+                .rsplit_once(':')
+                .ok_or_else(|| bad("each endpoint needs :PORT"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad("each endpoint is HOST:PORT"));
+            }
+            Ok(format!("http://{hp}"))
+        })
+        .collect::<Result<_>>()?;
+    if eps.is_empty() || eps.len() > MAX_ENDPOINTS {
+        return Err(bad(&format!("1-{MAX_ENDPOINTS} endpoints")));
+    }
+    Ok(eps)
+}
+
+/// What a node registers about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: NodeName,
+    /// Roles its daemon runs (`all` for a whole daemon in one process).
+    pub roles: Vec<String>,
+    pub version: String,
+    pub pid: u32,
+    pub api: String,
+    pub listen: String,
+    pub started_unix: i64,
+}
+
+/// A node as the cluster sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub member: Member,
+    /// Its heartbeat key exists (its lease is alive).
+    pub up: bool,
+    pub leader: bool,
+}
+
+/// This daemon's picture of the cluster, kept current by the watch.
+#[derive(Debug, Default)]
+struct Known {
+    nodes: BTreeMap<NodeName, Member>,
+    alive: BTreeSet<NodeName>,
+    leader: Option<NodeName>,
+    connected: bool,
+    last_error: Option<String>,
+}
+
+/// The cluster as one daemon sees it (`GET /v1/cluster`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    pub this_node: NodeName,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub leader: Option<NodeName>,
+    pub members: Vec<MemberView>,
+    /// A node that stops heartbeating is shown down within this many seconds.
+    pub down_bound_secs: u64,
+}
+
+/// A daemon's membership: registers it, renews its lease, campaigns for leader and watches.
+pub struct Membership {
+    opts: Options,
+    me: Member,
+    known: Mutex<Known>,
+}
+
+fn key(kind: &str, name: &NodeName) -> String {
+    format!("{KEY_ROOT}{kind}/{name}")
+}
+
+fn lock(m: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    // A panic elsewhere while holding it leaves plain data, still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn etcd_err(what: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("etcd: {what}: {e}"))
+}
+
+/// One etcd request, bounded by `ETCD_TIMEOUT`. (Not the client's own timeout option: that
+/// would also end the long-lived calls, the watch, the lease renewals and the campaign,
+/// whose cancellation withdraws the candidate.)
+async fn within<T>(
+    what: &str,
+    f: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(ETCD_TIMEOUT, f).await {
+        Ok(r) => r.map_err(etcd_err(what)),
+        Err(_) => Err(Error::Invalid(format!(
+            "etcd: {what}: no answer within {ETCD_TIMEOUT:?}"
+        ))),
+    }
+}
+
+impl Membership {
+    pub fn new(opts: Options, me: Member) -> Arc<Membership> {
+        assert_eq!(opts.name, me.name, "a node registers under its own name");
+        Arc::new(Membership {
+            opts,
+            me,
+            known: Mutex::default(),
+        })
+    }
+
+    pub fn view(&self) -> ClusterView {
+        let k = lock(&self.known);
+        ClusterView {
+            this_node: self.me.name.clone(),
+            connected: k.connected,
+            last_error: k.last_error.clone(),
+            leader: k.leader.clone(),
+            members: k
+                .nodes
+                .values()
+                .map(|m| MemberView {
+                    member: m.clone(),
+                    up: k.alive.contains(&m.name),
+                    leader: k.leader.as_ref() == Some(&m.name),
+                })
+                .collect(),
+            down_bound_secs: DOWN_BOUND.as_secs(),
+        }
+    }
+
+    /// Whether this node leads the cluster's scheduler now.
+    pub fn is_leader(&self) -> bool {
+        lock(&self.known).leader.as_ref() == Some(&self.me.name)
+    }
+
+    /// Runs sessions with etcd for as long as the daemon runs.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let e = self.session().await;
+            {
+                let mut k = lock(&self.known);
+                k.connected = false;
+                k.last_error = Some(e.to_string());
+            }
+            tracing::warn!("cluster session ended, joining again: {e}");
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// One session: returns only with the error that ended it.
+    async fn session(&self) -> Error {
+        match self.session_inner().await {
+            Ok(()) => Error::Invalid("etcd closed the watch".into()),
+            Err(e) => e,
+        }
+    }
+
+    async fn session_inner(&self) -> Result<()> {
+        let connect = ConnectOptions::new().with_connect_timeout(ETCD_TIMEOUT);
+        let mut c = within(
+            "connecting",
+            Client::connect(&self.opts.endpoints, Some(connect)),
+        )
+        .await?;
+        let lease = within(
+            "granting the heartbeat lease",
+            c.lease_grant(MEMBER_TTL, None),
+        )
+        .await?
+        .id();
+        let me = serde_json::to_vec(&self.me).map_err(|e| Error::Invalid(e.to_string()))?;
+        within(
+            "registering the node",
+            c.put(key("nodes", &self.me.name), me.clone(), None),
+        )
+        .await?;
+        within(
+            "putting the heartbeat",
+            c.put(
+                key("alive", &self.me.name),
+                me,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        let (mut keeper, mut acks) =
+            within("keeping the lease alive", c.lease_keep_alive(lease)).await?;
+        // Read everything once, then watch from the next revision: nothing is missed between.
+        let all = within(
+            "reading the cluster",
+            c.get(KEY_ROOT, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = all.header().map_or(0, |h| h.revision());
+        {
+            let mut k = lock(&self.known);
+            k.nodes.clear();
+            k.alive.clear();
+            for kv in all.kvs() {
+                apply(&mut k, kv.key(), Some(kv.value()));
+            }
+            k.connected = true;
+            k.last_error = None;
+        }
+        self.refresh_leader(&mut c).await?;
+        let start = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let mut events = within("watching the cluster", c.watch(KEY_ROOT, Some(start))).await?;
+        // Campaigning blocks until elected: on its own task, on the same lease, so a node that
+        // dies loses leadership when its heartbeat goes.
+        let mut elect = c.clone();
+        let name = self.me.name.to_string();
+        let campaign = tokio::spawn(async move {
+            elect
+                .campaign(format!("{KEY_ROOT}leader"), name, lease)
+                .await
+                .map(|_| ())
+        });
+        let _stop_campaign = AbortOnDrop(campaign);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut acked = tokio::time::Instant::now();
+        let ttl = Duration::from_secs(MEMBER_TTL as u64);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // Unanswered for a whole lease life: the lease may be gone; start again.
+                    if acked.elapsed() > ttl {
+                        return Err(Error::Invalid("etcd: no lease renewal answered".into()));
+                    }
+                    within("renewing the lease", keeper.keep_alive()).await?;
+                }
+                ack = acks.message() => {
+                    match ack.map_err(etcd_err("renewing the lease"))? {
+                        Some(a) if a.ttl() > 0 => acked = tokio::time::Instant::now(),
+                        _ => return Err(Error::Invalid("etcd: the heartbeat lease expired".into())),
+                    }
+                }
+                ev = events.message() => {
+                    let Some(resp) = ev.map_err(etcd_err("watching the cluster"))? else {
+                        return Ok(());
+                    };
+                    if resp.canceled() {
+                        return Err(Error::Invalid("etcd canceled the watch (compacted?)".into()));
+                    }
+                    let mut leader_changed = false;
+                    {
+                        let mut k = lock(&self.known);
+                        for e in resp.events() {
+                            let Some(kv) = e.kv() else { continue };
+                            let value = (e.event_type() == EventType::Put).then(|| kv.value());
+                            leader_changed |= apply(&mut k, kv.key(), value);
+                        }
+                    }
+                    if leader_changed {
+                        self.refresh_leader(&mut c).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn refresh_leader(&self, c: &mut Client) -> Result<()> {
+        let asked = tokio::time::timeout(ETCD_TIMEOUT, c.leader(format!("{KEY_ROOT}leader")))
+            .await
+            .map_err(|_| Error::Invalid("etcd: reading the leader: no answer".into()))?;
+        let leader = match asked {
+            Ok(r) => r
+                .kv()
+                .and_then(|kv| String::from_utf8(kv.value().to_vec()).ok())
+                .and_then(|s| NodeName::try_from(s).ok()),
+            // "election: no leader" is an answer, not a failure.
+            Err(e) if e.to_string().contains("no leader") => None,
+            Err(e) => return Err(etcd_err("reading the leader")(e)),
+        };
+        let mut k = lock(&self.known);
+        if k.leader != leader {
+            tracing::info!(leader = ?leader.as_ref().map(|l| l.to_string()), "cluster leader");
+        }
+        k.leader = leader;
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<std::result::Result<(), etcd_client::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Applies one key's new value (`None`: deleted) to the view; true if it was an election key.
+fn apply(k: &mut Known, key: &[u8], value: Option<&[u8]>) -> bool {
+    let Some(rest) = key.strip_prefix(KEY_ROOT.as_bytes()) else {
+        return false;
+    };
+    let rest = String::from_utf8_lossy(rest);
+    let (kind, name) = rest.split_once('/').unwrap_or((&rest, ""));
+    if kind == "leader" {
+        return true;
+    }
+    let Ok(name) = NodeName::try_from(name.to_string()) else {
+        return false;
+    };
+    match (kind, value) {
+        ("nodes", Some(v)) => {
+            if let Ok(m) = serde_json::from_slice::<Member>(v) {
+                k.nodes.insert(name, m);
+            }
+        }
+        ("nodes", None) => {
+            k.nodes.remove(&name);
+        }
+        ("alive", Some(_)) => {
+            k.alive.insert(name);
+        }
+        ("alive", None) => {
+            k.alive.remove(&name);
+        }
+        _ => {}
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(n: &str) -> Member {
+        Member {
+            name: NodeName::try_from(n.to_string()).unwrap(),
+            roles: vec!["all".into()],
+            version: "0.1.0".into(),
+            pid: 1,
+            api: "127.0.0.1:1".into(),
+            listen: "127.0.0.1:2".into(),
+            started_unix: 0,
+        }
+    }
+
+    #[test]
+    fn cluster_urls_name_etcd_endpoints_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_url("etcd://127.0.0.1:2379,[::1]:2380").unwrap(),
+            vec!["http://127.0.0.1:2379", "http://[::1]:2380"]
+        );
+        for bad in [
+            "http://x:1",
+            "etcd://",
+            "etcd://host",
+            "etcd://h:99999",
+            "etcd://:1",
+        ] {
+            let e = parse_url(bad).unwrap_err().to_string();
+            assert!(e.contains("--cluster"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn node_names_are_safe_key_segments() {
+        assert!(NodeName::try_from("node-1.a_b".to_string()).is_ok());
+        for bad in ["", "a/b", "..x/", "a b", &"x".repeat(MAX_NAME + 1)] {
+            assert!(NodeName::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_node_whose_heartbeat_key_goes_is_listed_down_not_forgotten() {
+        let mut k = Known::default();
+        let m = member("n1");
+        let v = serde_json::to_vec(&m).unwrap();
+        apply(&mut k, b"/mover/v1/nodes/n1", Some(&v));
+        apply(&mut k, b"/mover/v1/alive/n1", Some(&v));
+        assert!(k.alive.contains(&m.name));
+        apply(&mut k, b"/mover/v1/alive/n1", None);
+        assert!(!k.alive.contains(&m.name) && k.nodes.contains_key(&m.name));
+        assert!(apply(&mut k, b"/mover/v1/leader/694d7a", Some(b"n1")));
+        assert!(!apply(&mut k, b"/other/key", Some(b"x")));
+    }
+}
