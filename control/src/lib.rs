@@ -12,6 +12,7 @@ pub mod blackout;
 pub mod clock;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fuzz;
 pub mod model;
 pub mod peer;

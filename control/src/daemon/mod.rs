@@ -5,6 +5,7 @@
 //! in the data dir. It never reads or writes file data itself.
 
 pub mod api;
+mod api_events;
 mod api_snapshots;
 pub mod config;
 pub mod drill;
@@ -25,6 +26,7 @@ mod watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::IoContext;
+use crate::events::{EventKind, NewEvent};
 use crate::model::{Relationship, RelationshipId, Role};
 use crate::peer::JobView;
 use crate::store::Store;
@@ -174,6 +176,27 @@ impl Node {
 
     fn mount_dir(&self, id: &RelationshipId) -> PathBuf {
         self.opts.data_dir.join("mnt").join(id.as_str())
+    }
+
+    /// Records an event about `about` (a relationship and this node's role in it), or about the
+    /// node. Storing it failing is logged, never the caller's failure: what it reports
+    /// happened anyway. Takes the store lock: never call it while holding it.
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        about: Option<(&RelationshipId, Role)>,
+        message: impl Into<String>,
+    ) {
+        let e = NewEvent {
+            kind,
+            relationship: about.map(|(id, _)| id.clone()),
+            role: about.map(|(_, role)| role),
+            message: message.into(),
+        };
+        tracing::info!(kind = kind.name(), id = ?e.relationship, "event: {}", e.message);
+        if let Err(err) = self.store().insert_event(self.clock.now_ns(), &e) {
+            tracing::error!(kind = kind.name(), "recording an event: {err}");
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
