@@ -7,6 +7,7 @@ mod api;
 mod compat;
 mod demo;
 mod drill;
+mod events;
 mod exit;
 mod keys;
 mod policy;
@@ -264,6 +265,11 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     },
     /// Table of all relationships: state, recovery point age, last attempt, job progress.
     Status(status::StatusArgs),
+    /// What an operator must notice: job failures and retries, authorization requests,
+    /// failovers, unreachable peers, blackout windows (--follow to keep watching).
+    Events(events::EventsArgs),
+    /// The audit log of mutating API calls: who, what, result (admin only).
+    Audit(events::AuditArgs),
     /// This node's daemon: software version, certificate fingerprint, peer and API addresses.
     #[command(
         long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
@@ -661,6 +667,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Relationship { cmd } => relationship::run(cmd),
         Cmd::Status(a) => status::run(a),
+        Cmd::Events(a) => events::run_events(a),
+        Cmd::Audit(a) => events::run_audit(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Drill { cmd } => drill::run(cmd),
         Cmd::Policy { cmd } => policy::run_policy(cmd),
