@@ -1756,6 +1756,41 @@ mod tests {
     }
 
     #[test]
+    fn a_blackout_window_is_an_event_when_it_opens_and_when_it_closes_not_at_every_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = super::super::test_node(dir.path());
+        let r = relationship(serde_json::json!([
+            {"days": ["wed"], "start": "09:00", "end": "10:30", "timezone": "UTC"}
+        ]));
+        let mut t = Timing::default();
+        for now in [
+            "2025-06-04T08:59:00Z",
+            "2025-06-04T09:00:00Z",
+            "2025-06-04T09:30:00Z",
+            "2025-06-04T10:30:00Z",
+            "2025-06-04T11:00:00Z",
+        ] {
+            t.blackout_transition(&node, &r, at(now));
+        }
+        let all = crate::store::Visible {
+            source: true,
+            target: true,
+        };
+        let seen = node.store().events(None, 10, all).unwrap();
+        let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![EventKind::BlackoutEntered, EventKind::BlackoutLeft]
+        );
+        assert!(
+            seen[0].message.contains("until 2025-06-04T10:30:00"),
+            "{}",
+            seen[0].message
+        );
+        assert_eq!(seen[0].relationship.as_ref(), Some(&r.id));
+    }
+
+    #[test]
     fn no_job_starts_inside_a_blackout_window_and_the_next_starts_at_its_end() {
         let r = relationship(serde_json::json!([
             {"days": ["wed"], "start": "09:00", "end": "10:30", "timezone": "UTC"}
