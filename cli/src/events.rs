@@ -25,17 +25,8 @@ Any token with a read privilege may list them; it sees the relationships of the 
 read.\n\nExamples:\n  mover events\n  mover events --follow --json >> events.log"
 )]
 pub struct EventsArgs {
-    /// Keep printing new events as they happen, until Ctrl-C.
-    #[arg(long)]
-    pub follow: bool,
-    /// Only events after this id.
-    #[arg(long, value_name = "ID")]
-    pub since: Option<u64>,
-    /// At most this many events per request (the daemon caps it at 1000).
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub limit: u32,
     #[command(flatten)]
-    pub api: ApiArgs,
+    pub list: ListArgs,
 }
 
 #[derive(Args)]
@@ -45,7 +36,14 @@ with its time, token name, method, route, relationship, HTTP status and, when re
 Admin only. Oldest first; without --since, the newest --limit.\n\nExample:\n  mover audit --json"
 )]
 pub struct AuditArgs {
-    /// Keep printing new entries as they are recorded, until Ctrl-C.
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+/// What `mover events` and `mover audit` both take.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Keep printing new entries as they come, until Ctrl-C.
     #[arg(long)]
     pub follow: bool,
     /// Only entries after this id.
@@ -103,15 +101,9 @@ fn audit_line(a: &Value) -> String {
 
 /// Prints pages of `path` (after `since`, or the newest), again every FOLLOW_EVERY with
 /// `follow`: one JSON object per line with `json`, else `line` of each.
-fn list(
-    api: &Api,
-    path: &str,
-    mut since: Option<u64>,
-    limit: u32,
-    follow: bool,
-    json: bool,
-    line: fn(&Value) -> String,
-) -> Result<()> {
+fn list(a: &ListArgs, path: &str, line: fn(&Value) -> String) -> Result<()> {
+    let api: Api = a.api.client();
+    let (mut since, limit) = (a.since, a.limit);
     loop {
         let q = match since {
             Some(s) => format!("{path}?since={s}&limit={limit}"),
@@ -120,7 +112,7 @@ fn list(
         let page = api.get(&q).with_context(|| format!("reading {path}"))?;
         let page = page.as_array().cloned().unwrap_or_default();
         for e in &page {
-            if json {
+            if a.api.json {
                 println!("{}", serde_json::to_string(e)?);
             } else {
                 println!("{}", line(e));
@@ -132,7 +124,7 @@ fn list(
             .and_then(Value::as_u64);
         // Following: from the last one shown, or from the start if there was none yet.
         since = last.or(since).or(Some(0));
-        if !follow {
+        if !a.follow {
             return Ok(());
         }
         // A full page means more are waiting: ask again at once.
@@ -143,17 +135,11 @@ fn list(
 }
 
 pub fn run_events(a: EventsArgs) -> Result<()> {
-    let api = a.api.client();
-    list(
-        &api, EVENTS, a.since, a.limit, a.follow, a.api.json, event_line,
-    )
+    list(&a.list, EVENTS, event_line)
 }
 
 pub fn run_audit(a: AuditArgs) -> Result<()> {
-    let api = a.api.client();
-    list(
-        &api, AUDIT, a.since, a.limit, a.follow, a.api.json, audit_line,
-    )
+    list(&a.list, AUDIT, audit_line)
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ fn of_kind<'a>(all: &'a [Value], kind: &str, id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+fn message(e: &Value) -> &str {
+    e["message"].as_str().unwrap()
+}
+
 /// Waits until the node has an event of `kind` about `id`; returns it.
 fn wait_event(n: &Node, kind: &str, id: &str) -> Value {
     let t0 = std::time::Instant::now();
@@ -43,11 +47,7 @@ fn wait_event(n: &Node, kind: &str, id: &str) -> Value {
 fn a_failed_job_its_retries_and_an_unreachable_peer_are_events_read_by_api_and_cli() {
     need_root();
     let t = Scratch::new();
-    let (a, mut b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, mut b, src, dst) = node::pair(&t);
     fill(&src, 5, 10_000, 1);
     std::fs::create_dir(&dst).unwrap();
     let id = synced_relationship(&a, &b, &src, &dst);
@@ -55,13 +55,7 @@ fn a_failed_job_its_retries_and_an_unreachable_peer_are_events_read_by_api_and_c
     // The target was asked to authorize, and was authorized.
     let asked = wait_event(&b, "authorization_requested", &id);
     assert_eq!(asked["role"], "target");
-    assert!(
-        asked["message"]
-            .as_str()
-            .unwrap()
-            .contains(dst.to_str().unwrap()),
-        "{asked}"
-    );
+    assert!(message(&asked).contains(node::s(&dst)), "{asked}");
     let authorized = wait_event(&b, "authorized", &id);
     assert!(authorized["id"].as_i64() > asked["id"].as_i64());
 
@@ -75,13 +69,7 @@ fn a_failed_job_its_retries_and_an_unreachable_peer_are_events_read_by_api_and_c
     });
     let failed = wait_event(&a, "job_failed", &id);
     assert_eq!(failed["role"], "source");
-    assert!(
-        failed["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("job failed: "),
-        "{failed}"
-    );
+    assert!(message(&failed).starts_with("job failed: "), "{failed}");
     assert!(failed["time"].as_str().unwrap().ends_with('Z'), "{failed}");
     assert!(failed["unix"].as_i64().unwrap() > 1_600_000_000, "{failed}");
     let all = events(&a);

@@ -105,19 +105,17 @@ pub struct Event {
     pub time: String,
     /// The same instant in seconds since the Unix epoch.
     pub unix: i64,
+    #[serde(flatten)]
+    pub what: NewEvent,
+}
+
+/// What an event says: what is recorded, before it has an id and a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
     pub kind: EventKind,
     /// The relationship it is about, if any.
     pub relationship: Option<RelationshipId>,
     /// This node's role in that relationship.
-    pub role: Option<Role>,
-    pub message: String,
-}
-
-/// An event about to be recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub relationship: Option<RelationshipId>,
     pub role: Option<Role>,
     pub message: String,
 }
@@ -138,9 +136,16 @@ pub enum Caller {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: AuditId,
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC: when the request arrived.
     pub time: String,
     pub unix: i64,
+    #[serde(flatten)]
+    pub what: NewAudit,
+}
+
+/// What an audit entry records of a request, before it has an id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAudit {
     pub caller: Caller,
     /// POST, PATCH, PUT or DELETE.
     pub method: String,
@@ -151,18 +156,6 @@ pub struct AuditEntry {
     /// The HTTP status answered.
     pub status: u16,
     /// Why it was refused (the API's error message), for error statuses.
-    pub reason: Option<String>,
-}
-
-/// An audit entry about to be recorded (`at_ns` is the request's arrival).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAudit {
-    pub at_ns: i64,
-    pub caller: Caller,
-    pub method: String,
-    pub route: String,
-    pub relationship: Option<RelationshipId>,
-    pub status: u16,
     pub reason: Option<String>,
 }
 

@@ -150,7 +150,6 @@ pub(super) async fn audit(State(node): State<Arc<Node>>, req: Request, next: Nex
         .get::<Refusal>()
         .map(|r| truncated(&r.0, MAX_REASON));
     let entry = NewAudit {
-        at_ns,
         caller,
         method,
         route,
@@ -158,7 +157,7 @@ pub(super) async fn audit(State(node): State<Arc<Node>>, req: Request, next: Nex
         status: resp.status().as_u16(),
         reason,
     };
-    if let Err(e) = node.store().insert_audit(&entry) {
+    if let Err(e) = node.store().insert_audit(at_ns, &entry) {
         tracing::error!(route = %entry.route, "recording an audit entry: {e}");
     }
     resp

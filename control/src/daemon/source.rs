@@ -1777,17 +1777,17 @@ mod tests {
             target: true,
         };
         let seen = node.store().events(None, 10, all).unwrap();
-        let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind).collect();
+        let kinds: Vec<EventKind> = seen.iter().map(|e| e.what.kind).collect();
         assert_eq!(
             kinds,
             vec![EventKind::BlackoutEntered, EventKind::BlackoutLeft]
         );
         assert!(
-            seen[0].message.contains("until 2025-06-04T10:30:00"),
+            seen[0].what.message.contains("until 2025-06-04T10:30:00"),
             "{}",
-            seen[0].message
+            seen[0].what.message
         );
-        assert_eq!(seen[0].relationship.as_ref(), Some(&r.id));
+        assert_eq!(seen[0].what.relationship.as_ref(), Some(&r.id));
     }
 
     #[test]

@@ -120,19 +120,21 @@ impl Store {
                 id: EventId(id),
                 time,
                 unix,
-                kind: EventKind::parse(&kind).ok_or_else(|| unreadable("event kind", &kind))?,
-                relationship: relationship_of(relationship)?,
-                role: role_of(role)?,
-                message,
+                what: NewEvent {
+                    kind: EventKind::parse(&kind).ok_or_else(|| unreadable("event kind", &kind))?,
+                    relationship: relationship_of(relationship)?,
+                    role: role_of(role)?,
+                    message,
+                },
             });
         }
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
 
-    /// Appends an audit entry, dropping entries older than `AUDIT_MAX_AGE` (before its time)
-    /// and the oldest beyond `MAX_AUDIT_ENTRIES`.
-    pub fn insert_audit(&self, a: &NewAudit) -> Result<AuditId> {
+    /// Appends an audit entry of a request that arrived at `at_ns`, dropping entries older
+    /// than `AUDIT_MAX_AGE` (before that) and the oldest beyond `MAX_AUDIT_ENTRIES`.
+    pub fn insert_audit(&self, at_ns: i64, a: &NewAudit) -> Result<AuditId> {
         let (caller, token) = caller_columns(&a.caller);
         self.conn
             .prepare_cached(
@@ -140,7 +142,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
-                a.at_ns,
+                at_ns,
                 caller,
                 token,
                 a.method,
@@ -150,9 +152,7 @@ impl Store {
                 a.reason
             ])?;
         let id = AuditId(self.conn.last_insert_rowid());
-        let cutoff = a
-            .at_ns
-            .saturating_sub(AUDIT_MAX_AGE.as_nanos().min(i64::MAX as u128) as i64);
+        let cutoff = at_ns.saturating_sub(AUDIT_MAX_AGE.as_nanos().min(i64::MAX as u128) as i64);
         self.conn
             .prepare_cached("DELETE FROM audit WHERE at_ns < ?1")?
             .execute(params![cutoff])?;
@@ -190,12 +190,14 @@ impl Store {
                 id: AuditId(id),
                 time,
                 unix,
-                caller: caller_of(&caller, token)?,
-                method,
-                route,
-                relationship: relationship_of(relationship)?,
-                status,
-                reason,
+                what: NewAudit {
+                    caller: caller_of(&caller, token)?,
+                    method,
+                    route,
+                    relationship: relationship_of(relationship)?,
+                    status,
+                    reason,
+                },
             });
         }
         out.sort_by_key(|e| e.id);
@@ -221,9 +223,8 @@ mod tests {
         }
     }
 
-    fn audit(at_ns: i64, status: u16) -> NewAudit {
+    fn audit(status: u16) -> NewAudit {
         NewAudit {
-            at_ns,
             caller: Caller::Token("ops".into()),
             method: "POST".into(),
             route: "/v1/replication/source-relationships".into(),
@@ -249,8 +250,8 @@ mod tests {
         assert!(b > a);
         let all = s.events(None, 10, ALL).unwrap();
         assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a, b]);
-        assert_eq!(all[0].kind, EventKind::JobFailed);
-        assert_eq!(all[1].role, Some(Role::Target));
+        assert_eq!(all[0].what.kind, EventKind::JobFailed);
+        assert_eq!(all[1].what.role, Some(Role::Target));
         let after = s.events(Some(a), 10, ALL).unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].id, b);
@@ -291,7 +292,7 @@ mod tests {
             s.events(None, 10, Visible { source, target })
                 .unwrap()
                 .into_iter()
-                .map(|e| e.kind)
+                .map(|e| e.what.kind)
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -332,7 +333,7 @@ mod tests {
     fn audit_entries_are_pruned_by_count() {
         let s = store();
         for i in 0..(MAX_AUDIT_ENTRIES + 3) as i64 {
-            s.insert_audit(&audit(i, 201)).unwrap();
+            s.insert_audit(i, &audit(201)).unwrap();
         }
         let n: i64 = s
             .conn
@@ -346,10 +347,10 @@ mod tests {
     fn audit_entries_older_than_the_max_age_are_pruned_and_none_can_be_edited() {
         let s = store();
         let day = 24 * 3600 * 1_000_000_000i64;
-        let old = s.insert_audit(&audit(0, 403)).unwrap();
-        let kept = s.insert_audit(&audit(10 * day, 403)).unwrap();
+        let old = s.insert_audit(0, &audit(403)).unwrap();
+        let kept = s.insert_audit(10 * day, &audit(403)).unwrap();
         let now = AUDIT_MAX_AGE.as_nanos() as i64 + day;
-        let new = s.insert_audit(&audit(now, 204)).unwrap();
+        let new = s.insert_audit(now, &audit(204)).unwrap();
         let ids: Vec<AuditId> = s.audit(None, 10).unwrap().iter().map(|a| a.id).collect();
         assert_eq!(ids, vec![kept, new]);
         assert!(old < kept);
@@ -369,25 +370,27 @@ mod tests {
             Caller::UnknownToken,
             Caller::Token("ops".into()),
         ] {
-            let mut a = audit(1, 401);
+            let mut a = audit(401);
             a.caller = caller;
             a.reason = Some("unknown token".into());
             a.relationship = Some(RelationshipId::parse(&"cd".repeat(16)).unwrap());
-            s.insert_audit(&a).unwrap();
+            s.insert_audit(1, &a).unwrap();
         }
         let got = s.audit(None, 10).unwrap();
         assert_eq!(
-            got.iter().map(|a| a.caller.clone()).collect::<Vec<_>>(),
+            got.iter()
+                .map(|a| a.what.caller.clone())
+                .collect::<Vec<_>>(),
             vec![
                 Caller::NoToken,
                 Caller::UnknownToken,
                 Caller::Token("ops".into())
             ]
         );
-        assert_eq!(got[2].reason.as_deref(), Some("unknown token"));
-        assert_eq!(got[2].status, 401);
+        assert_eq!(got[2].what.reason.as_deref(), Some("unknown token"));
+        assert_eq!(got[2].what.status, 401);
         assert_eq!(
-            got[2].relationship.as_ref().unwrap().as_str(),
+            got[2].what.relationship.as_ref().unwrap().as_str(),
             "cd".repeat(16)
         );
     }
