@@ -19,8 +19,9 @@ const SHORT_ID: usize = 8;
 #[command(
     long_about = "List what an operator must notice on this node: authorization requested \
 (a source proposed a relationship), authorized, job retried, job failed, job recovered (a \
-recovery point after a failed job), made writable, peer unreachable and reachable again, blackout \
-entered and left, relationship deleted. Oldest first; without --since, the newest --limit.\n\n\
+recovery point after a failed job), made writable, peer unreachable and reachable again, peer \
+incompatible (a release this one may not replicate with), blackout entered and left, relationship \
+deleted. Oldest first; without --since, the newest --limit.\n\n\
 Any token with a read privilege may list them; it sees the relationships of the roles it may \
 read.\n\nExamples:\n  mover events\n  mover events --follow --json >> events.log"
 )]

@@ -52,6 +52,9 @@ pub enum EventKind {
     PeerUnreachable,
     /// Source: the target answers polls again after being unreachable.
     PeerReachable,
+    /// Either side: the peer runs a release this one may not replicate with (at the first
+    /// exchange that says so); no job runs until one side is upgraded.
+    PeerIncompatible,
     /// Source: a blackout window opened; no job starts and a running one pauses.
     BlackoutEntered,
     /// Source: the blackout window closed; jobs may run again.
@@ -61,7 +64,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::AuthorizationRequested,
         EventKind::Authorized,
         EventKind::JobRetried,
@@ -70,6 +73,7 @@ impl EventKind {
         EventKind::MadeWritable,
         EventKind::PeerUnreachable,
         EventKind::PeerReachable,
+        EventKind::PeerIncompatible,
         EventKind::BlackoutEntered,
         EventKind::BlackoutLeft,
         EventKind::RelationshipDeleted,
@@ -86,6 +90,7 @@ impl EventKind {
             EventKind::MadeWritable => "made_writable",
             EventKind::PeerUnreachable => "peer_unreachable",
             EventKind::PeerReachable => "peer_reachable",
+            EventKind::PeerIncompatible => "peer_incompatible",
             EventKind::BlackoutEntered => "blackout_entered",
             EventKind::BlackoutLeft => "blackout_left",
             EventKind::RelationshipDeleted => "relationship_deleted",

@@ -108,6 +108,13 @@ impl Node {
             lock(&self.peer_releases).insert(id.clone(), (theirs.to_string(), refusal.clone()));
         if let (Some(why), None | Some((_, None))) = (&refusal, was) {
             tracing::error!(%id, "{why}");
+            // The peer is the other end: a target's release is checked on the source.
+            let mine = if who == "target" {
+                Role::Source
+            } else {
+                Role::Target
+            };
+            self.event(EventKind::PeerIncompatible, Some((id, mine)), why.clone());
         }
         refusal
     }
@@ -420,6 +427,31 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
+    }
+
+    #[test]
+    fn an_incompatible_peer_is_one_event_until_its_release_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = test_node(dir.path());
+        let id = RelationshipId::parse(&"5e".repeat(16)).unwrap();
+        for theirs in [
+            "not-a-version",
+            "not-a-version",
+            mover::software_version(),
+            "nope",
+        ] {
+            node.peer_release(&id, theirs, "target");
+        }
+        let all = crate::store::Visible {
+            source: true,
+            target: true,
+        };
+        let seen = node.store().events(None, 10, all).unwrap();
+        let kinds: Vec<(EventKind, Option<Role>)> =
+            seen.iter().map(|e| (e.what.kind, e.what.role)).collect();
+        let once = (EventKind::PeerIncompatible, Some(Role::Source));
+        assert_eq!(kinds, vec![once, once], "{seen:#?}");
+        assert!(seen[0].what.message.contains("incompatible peer version"));
     }
 
     #[test]
