@@ -15,27 +15,31 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// Hex digits of a relationship id shown in text output (as `mover status` shows them).
 const SHORT_ID: usize = 8;
 
-#[derive(Args)]
-#[command(
-    long_about = "List what an operator must notice on this node: authorization requested \
+/// `mover events --help`; set on the subcommand in main.rs, where its one-line doc comment
+/// would otherwise replace it.
+pub const EVENTS_HELP: &str =
+    "List what an operator must notice on this node: authorization requested \
 (a source proposed a relationship), authorized, job retried, job failed, job recovered (a \
 recovery point after a failed job), made writable, peer unreachable and reachable again, peer \
 incompatible (a release this one may not replicate with), blackout entered and left, relationship \
 deleted. Oldest first; without --since, the newest --limit.\n\n\
 Any token with a read privilege may list them; it sees the relationships of the roles it may \
-read.\n\nExamples:\n  mover events\n  mover events --follow --json >> events.log"
-)]
+read.\n\nExamples:\n  mover events\n  mover events --follow --json >> events.log\n\n\
+With --json, one JSON object per line.";
+
+#[derive(Args)]
 pub struct EventsArgs {
     #[command(flatten)]
     pub list: ListArgs,
 }
 
-#[derive(Args)]
-#[command(
-    long_about = "List the audit log: every mutating API call (POST, PATCH, PUT, DELETE) \
+/// `mover audit --help` (as EVENTS_HELP).
+pub const AUDIT_HELP: &str = "List the audit log: every mutating API call (POST, PATCH, PUT, DELETE) \
 with its time, token name, method, route, relationship, HTTP status and, when refused, why. \
-Admin only. Oldest first; without --since, the newest --limit.\n\nExample:\n  mover audit --json"
-)]
+Admin only. Oldest first; without --since, the newest --limit.\n\nExample:\n  mover audit --json\n\n\
+With --json, one JSON object per line.";
+
+#[derive(Args)]
 pub struct AuditArgs {
     #[command(flatten)]
     pub list: ListArgs,

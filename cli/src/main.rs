@@ -267,8 +267,10 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     Status(status::StatusArgs),
     /// What an operator must notice: job failures and retries, authorization requests,
     /// failovers, unreachable peers, blackout windows (--follow to keep watching).
+    #[command(long_about = events::EVENTS_HELP)]
     Events(events::EventsArgs),
     /// The audit log of mutating API calls: who, what, result (admin only).
+    #[command(long_about = events::AUDIT_HELP)]
     Audit(events::AuditArgs),
     /// This node's daemon: software version, certificate fingerprint, peer and API addresses.
     #[command(
