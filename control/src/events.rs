@@ -196,6 +196,54 @@ mod tests {
     }
 
     #[test]
+    fn records_are_flat_json_objects_that_read_back() {
+        let (time, unix) = times(0);
+        let e = Event {
+            id: EventId(3),
+            time: time.clone(),
+            unix,
+            what: NewEvent {
+                kind: EventKind::JobFailed,
+                relationship: Some(RelationshipId::parse(&"ab".repeat(16)).unwrap()),
+                role: Some(Role::Source),
+                message: "job failed: boom".into(),
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 3, "time": "1970-01-01T00:00:00.000Z", "unix": 0,
+                "kind": "job_failed", "relationship": "ab".repeat(16), "role": "source",
+                "message": "job failed: boom"})
+        );
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        let a = AuditEntry {
+            id: AuditId(1),
+            time,
+            unix,
+            what: NewAudit {
+                caller: Caller::Token("ops".into()),
+                method: "POST".into(),
+                route: "/v1/tokens".into(),
+                relationship: None,
+                status: 403,
+                reason: Some("lacks ADMIN".into()),
+            },
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            v["caller"],
+            serde_json::json!({"kind": "token", "name": "ops"})
+        );
+        assert_eq!(v["status"], 403);
+        assert_eq!(serde_json::from_value::<AuditEntry>(v).unwrap(), a);
+        assert_eq!(
+            serde_json::to_value(Caller::NoToken).unwrap(),
+            serde_json::json!({"kind": "no_token"})
+        );
+    }
+
+    #[test]
     fn times_are_rfc3339_utc_and_reasons_are_cut_on_a_character_boundary() {
         assert_eq!(
             times(1_500_000_000_000),
