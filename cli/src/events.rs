@@ -22,7 +22,7 @@ pub const EVENTS_HELP: &str =
 (a source proposed a relationship), authorized, job retried, job failed, job recovered (a \
 recovery point after a failed job), made writable, peer unreachable and reachable again, peer \
 incompatible (a release this one may not replicate with), blackout entered and left, relationship \
-deleted. Oldest first; without --since, the newest --limit.\n\n\
+deleted, relationship ended (by the target). Oldest first; without --since, the newest --limit.\n\n\
 Any token with a read privilege may list them; it sees the relationships of the roles it may \
 read.\n\nExamples:\n  mover events\n  mover events --follow --json >> events.log\n\n\
 With --json, one JSON object per line.";

@@ -147,6 +147,8 @@ fn a_failed_job_its_retries_and_an_unreachable_peer_are_events_read_by_api_and_c
     let _ = follow.wait();
     assert_eq!(writable["relationship"], id.as_str());
     assert_eq!(writable["role"], "target");
+    // The source learns of it at its next poll.
+    wait_event(&a, "relationship_ended", &id);
 }
 
 #[test]

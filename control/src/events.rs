@@ -61,10 +61,12 @@ pub enum EventKind {
     BlackoutLeft,
     /// Either side: the relationship was deleted on this node.
     RelationshipDeleted,
+    /// Source: the target ended the relationship (deleted it there, or made it writable).
+    RelationshipEnded,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::AuthorizationRequested,
         EventKind::Authorized,
         EventKind::JobRetried,
@@ -77,6 +79,7 @@ impl EventKind {
         EventKind::BlackoutEntered,
         EventKind::BlackoutLeft,
         EventKind::RelationshipDeleted,
+        EventKind::RelationshipEnded,
     ];
 
     /// The name stored in the database and sent in JSON.
@@ -94,6 +97,7 @@ impl EventKind {
             EventKind::BlackoutEntered => "blackout_entered",
             EventKind::BlackoutLeft => "blackout_left",
             EventKind::RelationshipDeleted => "relationship_deleted",
+            EventKind::RelationshipEnded => "relationship_ended",
         }
     }
 

@@ -598,9 +598,10 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
     if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
         // Written over the stored row, not `r` (read before the call): an end recorded
         // meanwhile (a delete in progress) is never undone here.
-        let mut was_unreachable = unreachable;
+        let (mut was_unreachable, mut was_ended) = (unreachable, ended);
         let res = node.modify(&r.id, Role::Source, |x| {
             was_unreachable = x.peer_unreachable;
+            was_ended = x.ended;
             x.authorized = x.authorized || authorized;
             x.ended = x.ended || ended;
             x.peer_unreachable = unreachable;
@@ -632,6 +633,14 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
                 )
             };
             node.event(kind, Some((&r.id, Role::Source)), message);
+        }
+        // Ended here first (a delete on this side) is the operator's own doing.
+        if ended && !was_ended {
+            node.event(
+                EventKind::RelationshipEnded,
+                Some((&r.id, Role::Source)),
+                "the target ended the relationship (deleted there, or made writable): no job runs",
+            );
         }
     }
 }
