@@ -42,8 +42,8 @@ export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  \
 mover relationship create --source-path /srv/data --target-address TARGET --target-path /srv/replica   # source\n  \
 mover relationship authorize ID                        # target\n  \
 mover status --watch                                   # either\n\n\
-A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover node` and \
-`mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
+A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover events`, \
+`mover audit`, `mover node` and `mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
 The data plane on its own (two shells; sessions are encrypted, and each side pins the other's \
 certificate, which `mover identity` prints):\n  \
 mover receive --listen 127.0.0.1:3712 --root /srv/replica --peer-fingerprint <the sender's>\n  \
