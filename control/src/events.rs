@@ -17,6 +17,8 @@ pub const AUDIT_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Entries one `GET /v1/events` or `GET /v1/audit` returns at most, and without `limit`.
 pub const MAX_PAGE: usize = 1_000;
 pub const DEFAULT_PAGE: usize = 100;
+/// An event's message is kept up to this many bytes (a job's error can quote many paths).
+pub const MAX_MESSAGE: usize = 2_048;
 /// A refusal's reason is kept up to this many bytes (an error message quoting a large body
 /// must not make every audit row large).
 pub const MAX_REASON: usize = 1_024;

@@ -198,7 +198,7 @@ impl Node {
             kind,
             relationship: about.map(|(id, _)| id.clone()),
             role: about.map(|(_, role)| role),
-            message: message.into(),
+            message: crate::events::truncated(&message.into(), crate::events::MAX_MESSAGE),
         };
         tracing::info!(kind = kind.name(), id = ?e.relationship, "event: {}", e.message);
         if let Err(err) = self.store().insert_event(self.clock.now_ns(), &e) {
