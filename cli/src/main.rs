@@ -8,6 +8,7 @@ mod cluster;
 mod compat;
 mod demo;
 mod drill;
+mod events;
 mod exit;
 mod keys;
 mod policy;
@@ -42,8 +43,8 @@ export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  \
 mover relationship create --source-path /srv/data --target-address TARGET --target-path /srv/replica   # source\n  \
 mover relationship authorize ID                        # target\n  \
 mover status --watch                                   # either\n\n\
-A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover node` and \
-`mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
+A running daemon is driven over its REST API with `mover relationship`, `mover status`, `mover events`, \
+`mover audit`, `mover node` and `mover token` (--api URL or MOVER_API, --token or MOVER_TOKEN).\n\n\
 The data plane on its own (two shells; sessions are encrypted, and each side pins the other's \
 certificate, which `mover identity` prints):\n  \
 mover receive --listen 127.0.0.1:3712 --root /srv/replica --peer-fingerprint <the sender's>\n  \
@@ -272,6 +273,13 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     },
     /// Table of all relationships: state, recovery point age, last attempt, job progress.
     Status(status::StatusArgs),
+    /// What an operator must notice: job failures and retries, authorization requests,
+    /// failovers, unreachable peers, blackout windows (--follow to keep watching).
+    #[command(long_about = events::EVENTS_HELP)]
+    Events(events::EventsArgs),
+    /// The audit log of mutating API calls: who, what, result (admin only).
+    #[command(long_about = events::AUDIT_HELP)]
+    Audit(events::AuditArgs),
     /// This node's daemon: software version, certificate fingerprint, peer and API addresses.
     #[command(
         long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
@@ -678,6 +686,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Relationship { cmd } => relationship::run(cmd),
         Cmd::Status(a) => status::run(a),
+        Cmd::Events(a) => events::run_events(a),
+        Cmd::Audit(a) => events::run_audit(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Drill { cmd } => drill::run(cmd),
         Cmd::Policy { cmd } => policy::run_policy(cmd),

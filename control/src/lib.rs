@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod fuzz;
 pub mod model;
 pub mod peer;

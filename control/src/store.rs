@@ -9,7 +9,10 @@ use crate::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
+mod events;
 mod policies;
+
+pub use events::Visible;
 
 /// Migrations, in order; `user_version` = how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -63,6 +66,32 @@ const MIGRATIONS: &[&str] = &[
         relationship TEXT PRIMARY KEY,
         last INTEGER NOT NULL
      )",
+    // Events (`events::Event`) and the audit log of mutating API calls (`events::AuditEntry`),
+    // each pruned at insert (store/events.rs). AUTOINCREMENT: an id is never handed out twice,
+    // so a reader's `since` never skips a new row. The audit log is append-only: no statement
+    // of this crate updates it, and the trigger refuses any that would.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        relationship TEXT,
+        role TEXT CHECK (role IN ('source', 'target')),
+        message TEXT NOT NULL
+     );
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ns INTEGER NOT NULL,
+        caller TEXT NOT NULL,
+        token TEXT,
+        method TEXT NOT NULL,
+        route TEXT NOT NULL,
+        relationship TEXT,
+        status INTEGER NOT NULL,
+        reason TEXT
+     );
+     CREATE INDEX audit_at ON audit (at_ns);
+     CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
 ];
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

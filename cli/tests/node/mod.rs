@@ -34,6 +34,17 @@ pub fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", stderr(&out));
 }
 
+/// Two new nodes `a` and `b` in `t`, and the paths of a source and a target directory there
+/// (neither made yet).
+pub fn pair(t: &Scratch) -> (Node, Node, PathBuf, PathBuf) {
+    (
+        Node::start(&t.path().join("a")),
+        Node::start(&t.path().join("b")),
+        t.path().join("src"),
+        t.path().join("dst"),
+    )
+}
+
 /// A relationship from `a` to `b` created, authorized and through its initial sync; its id.
 pub fn synced_relationship(a: &Node, b: &Node, from: &Path, to: &Path) -> String {
     let id = create(a, b, from, to, &[]);

@@ -25,7 +25,11 @@ pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(serde_json::json!({ "error": &self.1 }))).into_response();
+        // For the audit log (api_events::audit), which records why a request was refused.
+        r.extensions_mut()
+            .insert(super::api_events::Refusal(self.1));
+        r
     }
 }
 
@@ -83,11 +87,16 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::delete(release_drill),
         )
         .merge(super::api_snapshots::routes())
+        .merge(super::api_events::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/v1/cluster", get(cluster))
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            super::api_events::audit,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }

@@ -5,6 +5,7 @@
 //! in the data dir. It never reads or writes file data itself.
 
 pub mod api;
+mod api_events;
 mod api_snapshots;
 pub mod config;
 pub mod drill;
@@ -26,6 +27,7 @@ mod watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::IoContext;
+use crate::events::{EventKind, NewEvent};
 use crate::model::{Relationship, RelationshipId, Role};
 use crate::peer::JobView;
 use crate::store::Store;
@@ -120,6 +122,13 @@ impl Node {
             lock(&self.peer_releases).insert(id.clone(), (theirs.to_string(), refusal.clone()));
         if let (Some(why), None | Some((_, None))) = (&refusal, was) {
             tracing::error!(%id, "{why}");
+            // The peer is the other end: a target's release is checked on the source.
+            let mine = if who == "target" {
+                Role::Source
+            } else {
+                Role::Target
+            };
+            self.event(EventKind::PeerIncompatible, Some((id, mine)), why.clone());
         }
         refusal
     }
@@ -188,6 +197,27 @@ impl Node {
 
     fn mount_dir(&self, id: &RelationshipId) -> PathBuf {
         self.opts.data_dir.join("mnt").join(id.as_str())
+    }
+
+    /// Records an event about `about` (a relationship and this node's role in it), or about the
+    /// node. Storing it failing is logged, never the caller's failure: what it reports
+    /// happened anyway. Takes the store lock: never call it while holding it.
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        about: Option<(&RelationshipId, Role)>,
+        message: impl Into<String>,
+    ) {
+        let e = NewEvent {
+            kind,
+            relationship: about.map(|(id, _)| id.clone()),
+            role: about.map(|(_, role)| role),
+            message: crate::events::truncated(&message.into(), crate::events::MAX_MESSAGE),
+        };
+        tracing::info!(kind = kind.name(), id = ?e.relationship, "event: {}", e.message);
+        if let Err(err) = self.store().insert_event(self.clock.now_ns(), &e) {
+            tracing::error!(kind = kind.name(), "recording an event: {err}");
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -465,6 +495,31 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert_eq!(node.get(&was.id, Role::Target).unwrap(), proposal);
+    }
+
+    #[test]
+    fn an_incompatible_peer_is_one_event_until_its_release_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = test_node(dir.path());
+        let id = RelationshipId::parse(&"5e".repeat(16)).unwrap();
+        for theirs in [
+            "not-a-version",
+            "not-a-version",
+            mover::software_version(),
+            "nope",
+        ] {
+            node.peer_release(&id, theirs, "target");
+        }
+        let all = crate::store::Visible {
+            source: true,
+            target: true,
+        };
+        let seen = node.store().events(None, 10, all).unwrap();
+        let kinds: Vec<(EventKind, Option<Role>)> =
+            seen.iter().map(|e| (e.what.kind, e.what.role)).collect();
+        let once = (EventKind::PeerIncompatible, Some(Role::Source));
+        assert_eq!(kinds, vec![once, once], "{seen:#?}");
+        assert!(seen[0].what.message.contains("incompatible peer version"));
     }
 
     #[test]

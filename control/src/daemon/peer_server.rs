@@ -633,9 +633,19 @@ fn propose(
         node.clock.now_ns(),
         Some(fp.0.clone()),
     );
-    match node.store().insert(&r) {
+    // Bound first: the store's guard would live through the match, and the event takes it.
+    let inserted = node.store().insert(&r);
+    match inserted {
         Ok(()) => {
             tracing::info!(%id, peer = %fp, software, "relationship proposed; awaiting authorization");
+            node.event(
+                crate::events::EventKind::AuthorizationRequested,
+                Some((&id, Role::Target)),
+                format!(
+                    "source {fp} proposes replicating {} into {}: authorize it here to begin",
+                    r.spec.source_path, r.spec.target_path
+                ),
+            );
             PeerAnswer::Ok
         }
         Err(e) => refuse(e.to_string()),

@@ -6,6 +6,7 @@ use super::watch::{Seen, Walk};
 use super::{lock, Node};
 use crate::blackout;
 use crate::clock::Clock;
+use crate::events::EventKind;
 use crate::model::{Attempt, Relationship, RelationshipId, Role, SnapshotChoice};
 use crate::peer::{JobView, PeerAnswer, PeerRequest};
 use crate::tls::Fingerprint;
@@ -147,6 +148,9 @@ struct Timing {
     last_end: Option<(Instant, bool)>,
     /// When the running job was paused for a blackout window; `None` while it is not.
     paused_since: Option<Instant>,
+    /// Whether a blackout window was open at the last pass (false before the first: a daemon
+    /// started inside one says so once).
+    in_blackout: bool,
 }
 
 /// When continuous replication wants a job: what the relationship's watch saw, and the
@@ -232,6 +236,30 @@ impl Timing {
         let continuous = r.spec.enabled && due && r.spec.mode.replicates_changes();
         let queued = r.spec.enabled && queued && self.job_due(Duration::ZERO, now.mono);
         r.path_error.is_none() && !blackout && (wanted || continuous || queued || r.job_running)
+    }
+
+    /// Records an event when a blackout window opened or closed since the last pass.
+    fn blackout_transition(&mut self, node: &Node, r: &Relationship, now: DateTime<Utc>) {
+        let inside = blackout::in_blackout(&r.spec.blackout_windows, now);
+        if inside == self.in_blackout {
+            return;
+        }
+        self.in_blackout = inside;
+        let until = blackout::next_change_any(&r.spec.blackout_windows, now)
+            .map(|t| format!(" until {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        let (kind, message) = if inside {
+            (
+                EventKind::BlackoutEntered,
+                format!("blackout window open{until}: no job starts, a running one pauses"),
+            )
+        } else {
+            (
+                EventKind::BlackoutLeft,
+                "blackout window closed: jobs run again".to_string(),
+            )
+        };
+        node.event(kind, Some((&r.id, Role::Source)), message);
     }
 
     fn job_ended(&mut self, failed: bool, now: Instant) {
@@ -412,6 +440,7 @@ impl Scheduler {
             if !r.authorized {
                 continue;
             }
+            t.blackout_transition(node, &r, clock.now());
             let running = lock(&node.jobs)
                 .get(&r.id)
                 .map(|j| (j.progress.clone(), j.done.load(Ordering::SeqCst)));
@@ -569,7 +598,10 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
     if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
         // Written over the stored row, not `r` (read before the call): an end recorded
         // meanwhile (a delete in progress) is never undone here.
+        let (mut was_unreachable, mut was_ended) = (unreachable, ended);
         let res = node.modify(&r.id, Role::Source, |x| {
+            was_unreachable = x.peer_unreachable;
+            was_ended = x.ended;
             x.authorized = x.authorized || authorized;
             x.ended = x.ended || ended;
             x.peer_unreachable = unreachable;
@@ -579,6 +611,36 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
         });
         if let Err(e) = res {
             tracing::debug!(id = %r.id, "recording target status: {e}");
+        }
+        // On the stored transition only (compared under the store's lock, not with `r`,
+        // read before the call): one event per outage however many polls it lasts.
+        if was_unreachable != unreachable {
+            let (kind, message) = if unreachable {
+                (
+                    EventKind::PeerUnreachable,
+                    format!(
+                        "target {}:{} does not answer",
+                        r.spec.target_address, r.spec.target_port
+                    ),
+                )
+            } else {
+                (
+                    EventKind::PeerReachable,
+                    format!(
+                        "target {}:{} answers again",
+                        r.spec.target_address, r.spec.target_port
+                    ),
+                )
+            };
+            node.event(kind, Some((&r.id, Role::Source)), message);
+        }
+        // Ended here first (a delete on this side) is the operator's own doing.
+        if ended && !was_ended {
+            node.event(
+                EventKind::RelationshipEnded,
+                Some((&r.id, Role::Source)),
+                "the target ended the relationship (deleted there, or made writable): no job runs",
+            );
         }
     }
 }
@@ -835,6 +897,8 @@ fn run_job(
         if let Err(Error::DataPlane(mover::Error::SourceChanged { paths, .. })) = &res {
             remember_hot(node, id, paths);
         }
+        let failed = res.as_ref().err().map(Error::to_string);
+        let attempt = sessions.attempt;
         match sessions.ended(id, progress, res) {
             AfterSession::Done(res) => {
                 return match (*res, &c.policy) {
@@ -855,6 +919,15 @@ fn run_job(
             }
             AfterSession::Again => {}
             AfterSession::Retry(pause) => {
+                node.event(
+                    EventKind::JobRetried,
+                    Some((id, Role::Source)),
+                    format!(
+                        "attempt {attempt} failed, retrying in {:.1} s: {}",
+                        pause.as_secs_f64(),
+                        failed.unwrap_or_default()
+                    ),
+                );
                 let until = node.clock.instant() + pause;
                 while node.clock.instant() < until && !progress.control.is_cancelled() {
                     std::thread::sleep(mover::GATE_POLL);
@@ -1163,7 +1236,12 @@ fn finish_job(
     };
     tracing::info!(%id, ok = attempt.ok, "job ended: {}", attempt.message);
     let attempt_failed = !attempt.ok;
+    // A stop (abort, delete, shutdown) is the operator's or the daemon's doing, not a failure
+    // to notice.
+    let failure = (attempt_failed && !shutdown && !cancelled).then(|| attempt.message.clone());
+    let mut failed_before = false;
     let res = node.modify(id, Role::Source, |x| {
+        failed_before = x.last_attempt.as_ref().is_some_and(|a| !a.ok);
         x.last_attempt = Some(attempt);
         if rp.is_some() {
             x.recovery_point_ns = rp;
@@ -1174,6 +1252,16 @@ fn finish_job(
     });
     if let Err(e) = res {
         tracing::error!(%id, "recording the job's end: {e}");
+    }
+    let about = Some((id, Role::Source));
+    match failure {
+        Some(why) => node.event(EventKind::JobFailed, about, format!("job failed: {why}")),
+        None if rp.is_some() && failed_before => node.event(
+            EventKind::JobRecovered,
+            about,
+            "a job committed a recovery point after the previous job failed",
+        ),
+        None => {}
     }
 }
 
@@ -1468,6 +1556,11 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     }
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));
+    node.event(
+        EventKind::RelationshipDeleted,
+        Some((id, Role::Source)),
+        "deleted on the source",
+    );
     Ok(())
 }
 
@@ -1669,6 +1762,41 @@ mod tests {
             t.job_starts(&r, false, Due::interval(interval), false, now),
             "a job the daemon was stopped in resumes"
         );
+    }
+
+    #[test]
+    fn a_blackout_window_is_an_event_when_it_opens_and_when_it_closes_not_at_every_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = super::super::test_node(dir.path());
+        let r = relationship(serde_json::json!([
+            {"days": ["wed"], "start": "09:00", "end": "10:30", "timezone": "UTC"}
+        ]));
+        let mut t = Timing::default();
+        for now in [
+            "2025-06-04T08:59:00Z",
+            "2025-06-04T09:00:00Z",
+            "2025-06-04T09:30:00Z",
+            "2025-06-04T10:30:00Z",
+            "2025-06-04T11:00:00Z",
+        ] {
+            t.blackout_transition(&node, &r, at(now));
+        }
+        let all = crate::store::Visible {
+            source: true,
+            target: true,
+        };
+        let seen = node.store().events(None, 10, all).unwrap();
+        let kinds: Vec<EventKind> = seen.iter().map(|e| e.what.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![EventKind::BlackoutEntered, EventKind::BlackoutLeft]
+        );
+        assert!(
+            seen[0].what.message.contains("until 2025-06-04T10:30:00"),
+            "{}",
+            seen[0].what.message
+        );
+        assert_eq!(seen[0].what.relationship.as_ref(), Some(&r.id));
     }
 
     #[test]

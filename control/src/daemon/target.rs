@@ -5,6 +5,7 @@
 
 use super::{lock, paths, Node};
 use crate::api_types::Authorize;
+use crate::events::EventKind;
 use crate::model::{Attempt, Relationship, RelationshipId, Role};
 use crate::pinned::OpenDir;
 use crate::readonly;
@@ -131,6 +132,15 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
     // due to talk to us: an authorization made long after the proposal (or the daemon's start)
     // is not a silent source, and it polls again within seconds.
     lock(&node.last_contact).insert(id.clone(), node.clock.instant());
+    node.event(
+        EventKind::Authorized,
+        Some((id, Role::Target)),
+        format!(
+            "authorized; {} is read-only ({mode}) and receives the source's jobs",
+            r.spec.target_path,
+            mode = mode.name()
+        ),
+    );
     Ok(r)
 }
 
@@ -315,6 +325,14 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
+        node.event(
+            EventKind::RelationshipDeleted,
+            Some((id, Role::Target)),
+            format!(
+                "deleted; {} is writable and keeps its data",
+                r.spec.target_path
+            ),
+        );
     }
     res
 }
@@ -345,7 +363,16 @@ pub fn make_writable(node: &Node, id: &RelationshipId) -> Result<Relationship> {
     }
     release(node, id)?;
     // A new epoch: a source that did not see this failover is refused from now on.
-    node.modify(id, Role::Target, |x| x.epoch += 1)
+    let r = node.modify(id, Role::Target, |x| x.epoch += 1)?;
+    node.event(
+        EventKind::MadeWritable,
+        Some((id, Role::Target)),
+        format!(
+            "{} made writable at its last recovery point; the relationship has ended",
+            r.spec.target_path
+        ),
+    );
+    Ok(r)
 }
 
 /// After a failover (`make_writable`), the source asks to replicate again: the directory is
