@@ -83,6 +83,7 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::routing::delete(release_drill),
         )
         .merge(super::api_snapshots::routes())
+        .merge(super::ui::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
