@@ -35,6 +35,8 @@ const EDITED_MIB_PER_SEC: u64 = 64;
 /// The source's data: files of 1 MiB.
 const SOURCE_FILES: usize = 16;
 const WINDOW: (u32, u32) = (1280, 900);
+/// Room the browser's window takes beyond the page, so the form's screenshot needs no scroll.
+const FORM_SHOT_MARGIN: u32 = 160;
 
 /// chromedriver on a free loopback port, killed when dropped.
 struct Driver {
@@ -313,11 +315,18 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     type_into(&c, &format!("{w0} .w-end"), "02:00").await;
     type_into(&c, &format!("{w0} .w-tz"), "UTC").await;
     assert_eq!(text(&c, &format!("{w0} .w-duration")).await, "1 h");
-    let height = js(&c, "return document.documentElement.scrollHeight").await;
+    // The whole form in one picture, from the top, with no field focused.
+    let height = js(
+        &c,
+        "document.activeElement.blur(); window.scrollTo(0, 0); \
+         return document.documentElement.scrollHeight",
+    )
+    .await;
     let height = height.as_u64().unwrap_or(WINDOW.1.into()) as u32;
-    c.set_window_size(WINDOW.0, height.max(WINDOW.1) + 40)
+    c.set_window_size(WINDOW.0, height.max(WINDOW.1) + FORM_SHOT_MARGIN)
         .await
         .unwrap();
+    js(&c, "window.scrollTo(0, 0); return null").await;
     shots.take(&c, "create-relationship").await;
     c.set_window_size(WINDOW.0, WINDOW.1).await.unwrap();
     click(&c, "#save-relationship").await;
@@ -384,9 +393,48 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     )
     .await;
 
+    // Two more relationships, made through the API, so the page shows more than one state:
+    // one awaiting authorization, one authorized but disabled.
+    let mut others = Vec::new();
+    for (n, enabled) in [(2, true), (3, false)] {
+        let (from, to) = (
+            t.path().join(format!("src{n}")),
+            t.path().join(format!("dst{n}")),
+        );
+        fill(&from, 2, 1024, n);
+        std::fs::create_dir_all(&to).unwrap();
+        let (code, v) = a.call(
+            "POST",
+            "/v1/replication/source-relationships",
+            Some(
+                &json!({"source_path": from, "target_path": to, "target_address": "127.0.0.1",
+                         "target_port": b.listen, "enabled": enabled}),
+            ),
+        );
+        assert_eq!(code, 201, "{v}");
+        let other = v["id"].as_str().unwrap().to_string();
+        if !enabled {
+            let path = format!("/v1/replication/target-relationships/{other}/authorize");
+            assert_eq!(b.call("POST", &path, Some(&json!({}))).0, 200);
+        }
+        others.push(other);
+    }
+
     // 3. The initial sync runs on the source's page (a progress bar), then reaches a
     // recovery point.
     open_ui(&c, &a, &a.token).await;
+    for other in &others {
+        wait_js(
+            &c,
+            "the other relationships on the page",
+            UI_WAIT,
+            &format!(
+                "return !!document.querySelector({:?})",
+                row(other, "source")
+            ),
+        )
+        .await;
+    }
     let running = wait_js(
         &c,
         "the initial sync to run or finish",
@@ -518,6 +566,11 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     );
     click(&c, "#cancel-form").await;
     visible(&c, "the relationships page", "page-list").await;
+
+    for other in &others {
+        let path = format!("/v1/replication/source-relationships/{other}");
+        assert_eq!(a.call("DELETE", &path, None).0, 204);
+    }
 
     // 6. Delete it, after the warning that the target becomes writable.
     click(
