@@ -2,7 +2,8 @@
 # Installs what mover's build and tests need on a fresh Debian machine: a C toolchain for
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
-# XFS images), setpriv (the daemon tests act as an unprivileged user). Idempotent; fails loudly.
+# XFS images), setpriv (the daemon tests act as an unprivileged user), chromium and chromedriver
+# (the web UI's browser test). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
@@ -29,3 +30,16 @@ command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1;
 command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
 command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+
+# The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
+# chromedriver at these paths; it fails, not skips, without them.
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+if [ "${#need[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+[ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium (chromium) missing after install" >&2; exit 1; }
+[ -x /usr/bin/chromedriver ] || { echo "/usr/bin/chromedriver (chromium-driver) missing after install" >&2; exit 1; }
