@@ -363,6 +363,27 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     .await;
     assert_eq!(text(&c, "#who-role").await, "observer");
     assert_eq!(row_state(&c, &id, "target").await, "awaiting_authorization");
+    // Were the button enabled (a page that has not caught up), the API's 403 would be shown
+    // with the privilege it names.
+    js(
+        &c,
+        &format!("const b = document.querySelector({authorize:?}); b.disabled = false; b.click(); return null"),
+    )
+    .await;
+    click(&c, "#dialog-confirm").await;
+    let refused = wait_js(
+        &c,
+        "the 403 in the dialog",
+        UI_WAIT,
+        "const e = document.getElementById('dialog-error'); return e.hidden ? null : e.innerText",
+    )
+    .await;
+    assert_eq!(
+        refused,
+        "Missing privilege (403): the token's role (observer) lacks the TARGET_WRITE privilege"
+    );
+    click(&c, "#dialog-cancel").await;
+    assert_eq!(row_state(&c, &id, "target").await, "awaiting_authorization");
     sign_out(&c).await;
 
     // ... and is authorized there, after comparing the source's fingerprint.
@@ -567,6 +588,33 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     click(&c, "#cancel-form").await;
     visible(&c, "the relationships page", "page-list").await;
 
+    // The disabled one is made writable on its target (failover), after a confirmation.
+    open_ui(&c, &b, &b.token).await;
+    let disabled = row(&others[1], "target");
+    click(
+        &c,
+        &format!("{disabled} button[data-action=\"make-writable\"]"),
+    )
+    .await;
+    wait_js(
+        &c,
+        "the make-writable confirmation",
+        UI_WAIT,
+        "return document.getElementById('dialog').open",
+    )
+    .await;
+    click(&c, "#dialog-confirm").await;
+    wait_js(
+        &c,
+        "the target to end the relationship",
+        UI_WAIT,
+        &format!(
+            "const r = document.querySelector({disabled:?}); return !!r && r.dataset.state === 'ended' \
+             && r.querySelector('button[data-action=\"make-writable\"]').hidden"
+        ),
+    )
+    .await;
+    open_ui(&c, &a, &a.token).await;
     for other in &others {
         let path = format!("/v1/replication/source-relationships/{other}");
         assert_eq!(a.call("DELETE", &path, None).0, 204);
