@@ -223,6 +223,27 @@ async fn sign_out(c: &Client) {
     visible(c, "the sign-in form", "page-signin").await;
 }
 
+/// Waits for the modal dialog to open; the text of its element `id`.
+async fn dialog_text(c: &Client, what: &str, id: &str) -> Value {
+    wait_js(
+        c,
+        what,
+        UI_WAIT,
+        &format!(
+            "const d = document.getElementById('dialog'); \
+             return d.open ? document.getElementById({id:?}).innerText : null"
+        ),
+    )
+    .await
+}
+
+/// Polls `body` (a script that sees the row matching `css` as `r`) until it returns a value;
+/// null while the row is not on the page.
+async fn wait_row(c: &Client, what: &str, limit: Duration, css: &str, body: &str) -> Value {
+    let script = format!("const r = document.querySelector({css:?}); if (!r) return null; {body}");
+    wait_js(c, what, limit, &script).await
+}
+
 fn row(id: &str, role: &str) -> String {
     format!("tr[data-id=\"{id}\"][data-role=\"{role}\"]")
 }
@@ -389,28 +410,19 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     // ... and is authorized there, after comparing the source's fingerprint.
     sign_in(&c, &b.token).await;
     click(&c, &authorize).await;
-    let shown = wait_js(
-        &c,
-        "the authorize dialog",
-        UI_WAIT,
-        "const d = document.getElementById('dialog'); \
-         return d.open ? document.getElementById('authorize-fingerprint').innerText : null",
-    )
-    .await;
+    let shown = dialog_text(&c, "the authorize dialog", "authorize-fingerprint").await;
     assert_eq!(
         shown, a_fingerprint,
         "the dialog shows the source's certificate"
     );
     click(&c, "#dialog-confirm").await;
-    wait_js(
+    wait_row(
         &c,
         "the relationship authorized on the target",
         UI_WAIT,
-        &format!(
-            "const r = document.querySelector({:?}); return !document.getElementById('dialog').open \
-             && !!r && r.dataset.state !== 'awaiting_authorization'",
-            row(&id, "target")
-        ),
+        &row(&id, "target"),
+        "return !document.getElementById('dialog').open \
+         && r.dataset.state !== 'awaiting_authorization'",
     )
     .await;
 
@@ -456,17 +468,14 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
         )
         .await;
     }
-    let running = wait_js(
+    let running = wait_row(
         &c,
         "the initial sync to run or finish",
         SYNC_WAIT,
-        &format!(
-            "const r = document.querySelector({:?}); if (!r) return null; \
-             const p = r.querySelector('progress'); \
-             if (p && Number(p.dataset.percent) > 0) return 'running'; \
-             return r.querySelector('td[data-col=\"recovery-point\"][data-time]') ? 'done' : null",
-            row(&id, "source")
-        ),
+        &row(&id, "source"),
+        "const p = r.querySelector('progress'); \
+         if (p && Number(p.dataset.percent) > 0) return 'running'; \
+         return r.querySelector('td[data-col=\"recovery-point\"][data-time]') ? 'done' : null",
     )
     .await;
     if running == "running" {
@@ -505,17 +514,14 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     shots.take(&c, "details").await;
     click(&c, "#details-back").await;
     visible(&c, "the relationships page", "page-list").await;
-    let rp = wait_js(
+    let rp = wait_row(
         &c,
         "the initial sync's recovery point on the page",
         SYNC_WAIT,
-        &format!(
-            "const r = document.querySelector({:?}); if (!r) return null; \
-             const rp = r.querySelector('td[data-col=\"recovery-point\"]'); \
-             const last = r.querySelector('td[data-col=\"last-attempt\"]'); \
-             return rp.dataset.time && last.dataset.ok === 'true' ? rp.title : null",
-            row(&id, "source")
-        ),
+        &row(&id, "source"),
+        "const rp = r.querySelector('td[data-col=\"recovery-point\"]'); \
+         const last = r.querySelector('td[data-col=\"last-attempt\"]'); \
+         return rp.dataset.time && last.dataset.ok === 'true' ? rp.title : null",
     )
     .await;
     let view = a.view("source", &id);
@@ -604,14 +610,13 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     )
     .await;
     click(&c, "#dialog-confirm").await;
-    wait_js(
+    wait_row(
         &c,
         "the target to end the relationship",
         UI_WAIT,
-        &format!(
-            "const r = document.querySelector({disabled:?}); return !!r && r.dataset.state === 'ended' \
-             && r.querySelector('button[data-action=\"make-writable\"]').hidden"
-        ),
+        &disabled,
+        "return r.dataset.state === 'ended' \
+         && r.querySelector('button[data-action=\"make-writable\"]').hidden",
     )
     .await;
     open_ui(&c, &a, &a.token).await;
@@ -626,14 +631,7 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
         &format!("{} button[data-action=\"delete\"]", row(&id, "source")),
     )
     .await;
-    let warning = wait_js(
-        &c,
-        "the delete confirmation",
-        UI_WAIT,
-        "const d = document.getElementById('dialog'); \
-         return d.open ? document.getElementById('delete-warning').innerText : null",
-    )
-    .await;
+    let warning = dialog_text(&c, "the delete confirmation", "delete-warning").await;
     assert!(warning.as_str().unwrap().contains("becomes writable"));
     click(&c, "#dialog-confirm").await;
     wait_js(

@@ -614,31 +614,21 @@
       metric("d-throughput", "Throughput", j ? bytes(j.throughput_bytes_per_sec) + "/s" : dash),
       metric("d-run-time", "Run time", j ? runTime(j.run_seconds) : dash)
     );
-    const cell = (id, text) => el("td", { id, text });
+    // One row of the counts table: done, remaining and total of files or bytes.
+    const countRow = (label, what, show) =>
+      el(
+        "tr",
+        {},
+        el("th", { text: label }),
+        ...["done", "remaining", "total"].map((k) =>
+          el("td", { id: "d-" + what + "-" + k, text: j ? show(j[what + "_" + k]) : dash })
+        )
+      );
     const counts = el(
       "table",
       { class: "counts" },
       el("thead", {}, el("tr", {}, el("th", { text: "" }), el("th", { text: "Done" }), el("th", { text: "Remaining" }), el("th", { text: "Total" }))),
-      el(
-        "tbody",
-        {},
-        el(
-          "tr",
-          {},
-          el("th", { text: "Files" }),
-          cell("d-files-done", j ? count(j.files_done) : dash),
-          cell("d-files-remaining", j ? count(j.files_remaining) : dash),
-          cell("d-files-total", j ? count(j.files_total) : dash)
-        ),
-        el(
-          "tr",
-          {},
-          el("th", { text: "Data" }),
-          cell("d-bytes-done", j ? bytes(j.bytes_done) : dash),
-          cell("d-bytes-remaining", j ? bytes(j.bytes_remaining) : dash),
-          cell("d-bytes-total", j ? bytes(j.bytes_total) : dash)
-        )
-      )
+      el("tbody", {}, countRow("Files", "files", count), countRow("Data", "bytes", bytes))
     );
     const jobNote = j
       ? el("p", { class: "hint", text: j.scanning ? "Scanning the source: totals are not known yet." : j.paused ? "Paused (blackout window or disabled)." : "A job is running." })
