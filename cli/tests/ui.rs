@@ -382,6 +382,7 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
         ),
     )
     .await;
+    visible(&c, "the banner announcing the request", "auth-banner").await;
     assert_eq!(text(&c, "#who-role").await, "observer");
     assert_eq!(row_state(&c, &id, "target").await, "awaiting_authorization");
     // Were the button enabled (a page that has not caught up), the API's 403 would be shown
@@ -411,6 +412,7 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     sign_in(&c, &b.token).await;
     click(&c, &authorize).await;
     let shown = dialog_text(&c, "the authorize dialog", "authorize-fingerprint").await;
+    shots.take(&c, "authorize").await;
     assert_eq!(
         shown, a_fingerprint,
         "the dialog shows the source's certificate"

@@ -108,3 +108,32 @@ async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<se
         "privileges": privileges,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ASSETS;
+
+    #[test]
+    fn every_file_the_page_names_is_served_and_nothing_comes_from_elsewhere() {
+        let page = std::str::from_utf8(ASSETS[0].2).unwrap();
+        let mut named = 0;
+        for attr in ["src=\"", "href=\""] {
+            for (_, rest) in page
+                .match_indices(attr)
+                .map(|(i, _)| page.split_at(i + attr.len()))
+            {
+                let target = &rest[..rest.find('"').unwrap()];
+                if target.starts_with('#') {
+                    continue;
+                }
+                assert!(
+                    ASSETS.iter().any(|(n, _, _)| *n == target),
+                    "index.html names {target:?}, which /ui/ does not serve"
+                );
+                named += 1;
+            }
+        }
+        assert!(named >= 3, "the page loads its script, style and icon");
+        assert!(!page.contains("<script>") && !page.contains(" style="));
+    }
+}

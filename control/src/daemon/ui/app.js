@@ -309,6 +309,16 @@
     if (current.length !== order.length || current.some((tr, i) => tr !== order[i])) {
       body.replaceChildren(...order);
     }
+    // As the seeds' target cluster does: a request for authorization is announced.
+    const waiting = views.filter((v) => v.role === "target" && v.state === "awaiting_authorization").length;
+    const banner = $("auth-banner");
+    setText(
+      banner,
+      waiting === 1
+        ? "A relationship awaits authorization on this node: compare its source's fingerprint, then Authorize."
+        : waiting + " relationships await authorization on this node: compare their sources' fingerprints, then Authorize."
+    );
+    banner.hidden = waiting === 0;
     $("no-relationships").hidden = views.length > 0;
     $("relationships").hidden = views.length === 0;
   }
