@@ -216,11 +216,23 @@ async fn sign_in(c: &Client, token: &str) {
     type_into(c, "#token", token).await;
     click(c, "#sign-in").await;
     visible(c, "the relationships page", "page-list").await;
+    let stored = js(
+        c,
+        "return [sessionStorage.getItem('mover.token'), localStorage.length, document.cookie]",
+    )
+    .await;
+    assert_eq!(
+        stored,
+        json!([token, 0, ""]),
+        "the token is kept for the session only"
+    );
 }
 
 async fn sign_out(c: &Client) {
     click(c, "#sign-out").await;
     visible(c, "the sign-in form", "page-signin").await;
+    let kept = js(c, "return sessionStorage.length").await;
+    assert_eq!(kept, 0, "signing out forgets the token");
 }
 
 /// Waits for the modal dialog to open; the text of its element `id`.
@@ -554,11 +566,17 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     );
     type_into(&c, "#f-bandwidth", &EDITED_MIB_PER_SEC.to_string()).await;
     type_into(&c, &format!("{w0} .w-end"), "03:30").await;
+    set_checkbox(&c, "#f-map-ids", true).await;
+    type_into(&c, "#f-uid-map", "1000:2000, 1001:2001").await;
     assert_eq!(text(&c, &format!("{w0} .w-duration")).await, "2 h 30 min");
     click(&c, "#save-relationship").await;
     visible(&c, "the relationships page after the edit", "page-list").await;
     let v = a.view("source", &id);
     assert_eq!(v["bandwidth_limit"], EDITED_MIB_PER_SEC << 20, "{v}");
+    assert_eq!(
+        v["map_ids"],
+        json!({"uid": [[1000, 2000], [1001, 2001]], "gid": []})
+    );
     assert_eq!(
         v["blackout_windows"],
         json!([{"days": [day], "start": "01:00", "end": "03:30", "timezone": "UTC"}])
