@@ -2,8 +2,7 @@
 # Installs what mover's build and tests need on a fresh Debian machine: a C toolchain for
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
-# XFS images), setpriv (the daemon tests act as an unprivileged user), chromium and chromedriver
-# (the web UI's browser test). Idempotent; fails loudly.
+# XFS images), setpriv (the daemon tests act as an unprivileged user). Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
