@@ -38,3 +38,16 @@ command -v promtool >/dev/null || { echo "promtool (prometheus) missing after in
 command -v protoc >/dev/null || { echo "protoc (protobuf-compiler) missing after install" >&2; exit 1; }
 command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+
+# The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
+# chromedriver at these paths; it fails, not skips, without them.
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+if [ "${#need[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+[ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium (chromium) missing after install" >&2; exit 1; }
+[ -x /usr/bin/chromedriver ] || { echo "/usr/bin/chromedriver (chromium-driver) missing after install" >&2; exit 1; }

@@ -88,6 +88,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(super::api_snapshots::routes())
         .merge(super::api_events::routes())
+        .merge(super::ui::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/v1/cluster", get(cluster))
         .route("/v1/upgrade/start", post(super::self_upgrade::start))

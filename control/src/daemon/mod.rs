@@ -21,6 +21,7 @@ mod sim;
 pub mod snapshots;
 mod source;
 mod target;
+mod ui;
 mod upgrade;
 mod view;
 mod watch;
