@@ -1,6 +1,7 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
+use super::view::View;
 use super::{drill, paths, source, target, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill};
 use crate::auth::{self, Privilege, TokenRole};
@@ -23,10 +24,45 @@ const MAX_BODY: usize = 256 * 1024;
 
 pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
+/// Every error's body (docs/api.md).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was refused and why.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
+}
+
+/// `GET /v1/node`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    /// This daemon's release.
+    pub version: String,
+    /// Its peer certificate's: "sha256:" and 64 hex digits.
+    pub fingerprint: String,
+    /// Where it listens for peers.
+    pub listen: String,
+    /// Where it serves this API.
+    pub api: String,
+}
+
+/// A token as `GET /v1/tokens` lists it (never the token itself).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+}
+
+/// `POST /v1/tokens`: the only time the token is shown.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: TokenRole,
+    pub token: String,
 }
 
 impl From<Error> for ApiError {
@@ -87,6 +123,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
+        .merge(super::openapi::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }
@@ -128,6 +165,15 @@ pub(super) fn id(s: &str) -> Answer<RelationshipId> {
     Ok(RelationshipId::parse(s)?)
 }
 
+/// A query string as the handler's type, refused in the API's JSON error (axum's own refusal
+/// is text, which the API description does not promise).
+pub(super) fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Answer<T> {
+    q.map(|axum::extract::Query(t)| t)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
     serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
 }
@@ -136,21 +182,43 @@ fn show(node: &Node, r: Relationship) -> Json<view::View> {
     Json(view::view(node, r))
 }
 
-async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/node",
+    responses(
+        (status = 200, description = "this node", body = NodeInfo),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<NodeInfo>> {
     caller(&node, &h)?;
-    Ok(Json(serde_json::json!({
-        "version": mover::software_version(),
-        "fingerprint": node.identity.fingerprint.to_string(),
-        "listen": node.opts.listen.to_string(),
-        "api": node.opts.api.to_string(),
-    })))
+    Ok(Json(NodeInfo {
+        version: mover::software_version().to_string(),
+        fingerprint: node.identity.fingerprint.to_string(),
+        listen: node.opts.listen.to_string(),
+        api: node.opts.api.to_string(),
+    }))
 }
 
-async fn create_token(
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    request_body = NewToken,
+    tag = "tokens",
+    responses(
+        (status = 201, description = "the token, shown this once", body = CreatedToken),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_token(
     State(node): Ctx,
     h: HeaderMap,
     b: Bytes,
-) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+) -> Answer<(StatusCode, Json<CreatedToken>)> {
     check(&node, &h, Privilege::Admin)?;
     let t: NewToken = body(&b, "token")?;
     auth::check_name(&t.name)?;
@@ -164,21 +232,49 @@ async fn create_token(
     )?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token })),
+        Json(CreatedToken {
+            name: t.name,
+            role,
+            token,
+        }),
     ))
 }
 
-async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "every token's name and role", body = [TokenInfo]),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<TokenInfo>>> {
     check(&node, &h, Privilege::Admin)?;
     let all = node.store().tokens()?;
     Ok(Json(
         all.into_iter()
-            .map(|(name, role)| serde_json::json!({ "name": name, "role": role }))
+            .map(|(name, role)| TokenInfo { name, role })
             .collect(),
     ))
 }
 
-async fn delete_token(
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    params(("name" = String, Path, description = "the token's name")),
+    tag = "tokens",
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_token(
     State(node): Ctx,
     h: HeaderMap,
     Path(name): Path<String>,
@@ -193,7 +289,17 @@ async fn delete_token(
     }
 }
 
-async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/status",
+    responses(
+        (status = 200, description = "every relationship the token may read", body = [View]),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     let role = caller(&node, &h)?;
     let (s, t) = (
         role.has(Privilege::SourceRead),
@@ -219,7 +325,18 @@ async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vie
     ))
 }
 
-async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/source-relationships",
+    tag = "source",
+    responses(
+        (status = 200, description = "the source relationships", body = [View]),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::SourceRead)?;
     let all = node.store().list(Some(Role::Source))?;
     Ok(Json(
@@ -227,7 +344,18 @@ async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vi
     ))
 }
 
-async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/target-relationships",
+    tag = "target",
+    responses(
+        (status = 200, description = "the target relationships", body = [View]),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::TargetRead)?;
     let all = node.store().list(Some(Role::Target))?;
     Ok(Json(
@@ -235,7 +363,21 @@ async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vi
     ))
 }
 
-async fn get_source(
+#[utoipa::path(
+    get,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 200, description = "the relationship", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -244,7 +386,21 @@ async fn get_source(
     Ok(show(&node, node.get(&id(&i)?, Role::Source)?))
 }
 
-async fn get_target(
+#[utoipa::path(
+    get,
+    path = "/v1/replication/target-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 200, description = "the relationship", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_target(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -253,7 +409,22 @@ async fn get_target(
     Ok(show(&node, node.get(&id(&i)?, Role::Target)?))
 }
 
-async fn create_source(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships",
+    request_body = NewRelationship,
+    tag = "source",
+    responses(
+        (status = 201, description = "created; awaiting authorization on the target", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_source(
     State(node): Ctx,
     h: HeaderMap,
     b: Bytes,
@@ -276,7 +447,23 @@ async fn create_source(
     Ok((StatusCode::CREATED, show(&node, r)))
 }
 
-async fn modify_source(
+#[utoipa::path(
+    patch,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Edit,
+    tag = "source",
+    responses(
+        (status = 200, description = "edited (the target is told; if it cannot be reached it learns at the next poll)", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn modify_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -313,7 +500,22 @@ async fn modify_source(
     Ok(show(&node, r))
 }
 
-async fn delete_source(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -341,7 +543,23 @@ async fn delete_source(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn replicate(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/replicate",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "a job starts", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn replicate(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -375,7 +593,21 @@ async fn replicate(
     Ok((StatusCode::ACCEPTED, show(&node, r)))
 }
 
-async fn abort(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/abort",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "the running job, if any, is stopped", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn abort(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -393,7 +625,23 @@ async fn abort(
     ))
 }
 
-async fn reconnect(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/reconnect",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "replicating again after a failover", body = source::Reconnected),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn reconnect(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -404,7 +652,23 @@ async fn reconnect(
     Ok((StatusCode::ACCEPTED, Json(done)))
 }
 
-async fn authorize(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/authorize",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<Authorize>,
+    tag = "target",
+    responses(
+        (status = 200, description = "authorized; the target directory is read-only", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn authorize(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -425,7 +689,22 @@ async fn authorize(
     Ok(show(&node, r))
 }
 
-async fn delete_target(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/target-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 204, description = "deleted; the target directory is writable"),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_target(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -439,7 +718,22 @@ async fn delete_target(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn make_writable(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/make-writable",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 200, description = "writable; the relationship has ended", body = View),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn make_writable(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -454,7 +748,23 @@ async fn make_writable(
     Ok(show(&node, r))
 }
 
-async fn start_drill(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/drills",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<StartDrill>,
+    tag = "target",
+    responses(
+        (status = 201, description = "a writable copy of the last recovery point", body = drill::Drill),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn start_drill(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -476,12 +786,37 @@ async fn start_drill(
     Ok((StatusCode::CREATED, Json(made)))
 }
 
-async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/drills",
+    tag = "target",
+    responses(
+        (status = 200, description = "the drills on this node", body = [drill::Drill]),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
     check(&node, &h, Privilege::TargetRead)?;
     Ok(Json(drill::list(&node)?))
 }
 
-async fn release_drill(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/drills/{drill}",
+    params(("drill" = String, Path, description = "drill id: 16 hex digits")),
+    tag = "target",
+    responses(
+        (status = 200, description = "the released drill", body = drill::Drill),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn release_drill(
     State(node): Ctx,
     h: HeaderMap,
     Path(d): Path<String>,
@@ -494,7 +829,16 @@ async fn release_drill(
     Ok(Json(gone))
 }
 
-async fn metrics(
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
+pub(super) async fn metrics(
     State(node): Ctx,
 ) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
     let all = node.store().list(None)?;

@@ -3,7 +3,7 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::api::{body, check, id, Answer, ApiError, Ctx};
+use super::api::{body, check, id, Answer, ApiError, Ctx, ErrorBody};
 use super::{lock, paths, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};
@@ -28,7 +28,7 @@ const JOB_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// What `reverse` answers: this node's view of the relationship after it, the common
 /// recovery point, and what the node that became the target kept aside.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Reversed {
     pub relationship: view::View,
     pub epoch: u64,
@@ -73,6 +73,22 @@ fn both_privileges(node: &Node, h: &HeaderMap) -> Answer<()> {
 }
 
 /// `POST /v1/replication/source-relationships/{id}/reverse`.
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/reverse",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 200, description = "reversed: this node is now the target", body = Reversed),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
 pub(super) async fn from_source(
     axum::extract::State(node): Ctx,
     h: HeaderMap,
@@ -84,6 +100,23 @@ pub(super) async fn from_source(
 }
 
 /// `POST /v1/replication/target-relationships/{id}/reverse`, body `ReverseBody`.
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/reverse",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<ReverseBody>,
+    tag = "target",
+    responses(
+        (status = 200, description = "reversed: this node is now the source", body = Reversed),
+        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
+        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
+        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
+        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
+        (status = 500, description = "anything else", body = ErrorBody),
+    )
+)]
 pub(super) async fn from_target(
     axum::extract::State(node): Ctx,
     h: HeaderMap,
