@@ -93,7 +93,7 @@ pub(super) async fn create(
         (status = 400, description = "malformed or invalid request", body = ErrorBody),
         (status = 401, description = "no token, or an unknown token", body = ErrorBody),
         (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 404, description = "no such policy", body = ErrorBody),
         (status = 500, description = "anything else", body = ErrorBody),
     )
 )]
@@ -117,7 +117,7 @@ pub(super) async fn show(
         (status = 400, description = "malformed or invalid request", body = ErrorBody),
         (status = 401, description = "no token, or an unknown token", body = ErrorBody),
         (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 404, description = "no such policy", body = ErrorBody),
         (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
         (status = 500, description = "anything else", body = ErrorBody),
     )
@@ -143,7 +143,7 @@ pub(super) async fn modify(
         (status = 400, description = "malformed or invalid request", body = ErrorBody),
         (status = 401, description = "no token, or an unknown token", body = ErrorBody),
         (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 404, description = "no such policy", body = ErrorBody),
         (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
         (status = 500, description = "anything else", body = ErrorBody),
     )
@@ -169,7 +169,7 @@ pub(super) async fn delete(
         (status = 400, description = "malformed or invalid request", body = ErrorBody),
         (status = 401, description = "no token, or an unknown token", body = ErrorBody),
         (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 404, description = "no such policy", body = ErrorBody),
         (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
         (status = 500, description = "anything else", body = ErrorBody),
     )
@@ -237,7 +237,7 @@ pub(super) async fn list_snapshots(
         (status = 400, description = "malformed or invalid request", body = ErrorBody),
         (status = 401, description = "no token, or an unknown token", body = ErrorBody),
         (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
+        (status = 404, description = "no such relationship or snapshot", body = ErrorBody),
         (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
         (status = 500, description = "anything else", body = ErrorBody),
     )

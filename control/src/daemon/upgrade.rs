@@ -92,7 +92,7 @@ pub(super) fn facts(
 #[utoipa::path(
     get,
     path = "/v1/upgrade/check",
-    params(("to" = String, Query, description = "the release to upgrade to, e.g. 1.5.0"), ("staging" = Option<String>, Query, description = "absolute path where the release is staged (default: the data dir)")),
+    params(("to" = String, Query, description = "the release to upgrade to, e.g. 1.5.0", pattern = "^[0-9]+[.][0-9]+[.][0-9]+$"), ("staging" = Option<String>, Query, description = "absolute path where the release is staged (default: the data dir)")),
     tag = "upgrade",
     responses(
         (status = 200, description = "what stands between this node and the release", body = Report),

@@ -1,0 +1,142 @@
+//! The API against its own description: schemathesis (pinned in
+//! scripts/api-test-requirements.txt, installed by scripts/install-deps.sh) generates requests
+//! from `GET /v1/openapi.json` and checks every answer. Needs root (a network namespace).
+//!
+//! Generated requests name arbitrary peer addresses, and the daemon calls its peers, so the
+//! daemon and schemathesis run in a network namespace this test makes with only loopback in it:
+//! no packet can leave the machine. Source paths are arbitrary too: the daemon only accepts
+//! sources under an empty directory of the test (`allowed_source_roots`), and target
+//! relationships come only from a peer, which no generated request can become (no source can
+//! be created without a reachable target).
+
+mod node;
+
+use node::{free_port, need_root, s, stderr, Node, Scratch};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Test cases per operation and phase: enough to reach every documented answer, few enough
+/// for the whole run to take well under the 3 minutes it is allowed.
+const MAX_EXAMPLES: &str = "25";
+/// A request unanswered this long fails the run (a hang is a bug).
+const REQUEST_TIMEOUT_SECS: &str = "20";
+/// The whole schemathesis run; past it the test fails rather than waits.
+const RUN_BUDGET: Duration = Duration::from_secs(180);
+const POLL: Duration = Duration::from_millis(200);
+/// What each answer is checked for.
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+                      response_schema_conformance";
+/// Fixed, so a failure reproduces; change it to explore.
+const SEED: &str = "1";
+
+/// A network namespace with only loopback, deleted on drop (even when the test panics).
+struct Netns(String);
+
+impl Netns {
+    /// Makes it and moves the calling thread into it: every socket the thread opens and every
+    /// process it spawns from now on lives there.
+    fn enter() -> Netns {
+        let name = format!("mover-api-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("`ip` (iproute2) is required for this test: {e}"));
+            assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
+        let fd = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).unwrap();
+        rustix::thread::move_into_link_name_space(
+            fd.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn require_schemathesis() {
+    let ok = Command::new("schemathesis")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "schemathesis is required: pip install -r scripts/api-test-requirements.txt \
+         (scripts/install-deps.sh does)"
+    );
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
+    need_root();
+    require_schemathesis();
+    let _ns = Netns::enter();
+    let scratch = Scratch::new();
+    let sources = scratch.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    let n = Node::start_configured(
+        &scratch.path().join("a"),
+        free_port(),
+        free_port(),
+        &format!("allowed_source_roots = [{:?}]\n", s(&sources)),
+    );
+    let only_lo = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&only_lo.stdout).into_owned();
+    assert_eq!(links.lines().count(), 1, "more than loopback: {links}");
+
+    let url = format!("{}/v1/openapi.json", n.url());
+    let auth = format!("Authorization: Bearer {}", n.token);
+    let log = scratch.path().join("schemathesis.log");
+    let mut child = Command::new("schemathesis")
+        .args(["run", &url, "-H", &auth, "--checks", CHECKS])
+        .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
+        .args(["--request-timeout", REQUEST_TIMEOUT_SECS, "--no-color"])
+        // Hypothesis keeps its example database in the working directory.
+        .current_dir(scratch.path())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > RUN_BUDGET {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "schemathesis ran past {RUN_BUDGET:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    let report = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "schemathesis failed ({status}):\n{report}\ndaemon log:\n{}",
+        n.log()
+    );
+    eprintln!("schemathesis passed in {:?}:\n{report}", t0.elapsed());
+
+    // Whatever it sent, the node still answers its admin, and nothing outside the test's
+    // directory became a relationship.
+    let (code, all) = n.get("/v1/replication/status");
+    assert_eq!(code, 200, "{all}");
+    for r in all.as_array().unwrap() {
+        let p = r["source_path"].as_str().unwrap();
+        assert!(p.starts_with(s(&sources)), "a relationship of {p}: {r}");
+    }
+}
