@@ -18,6 +18,8 @@ command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # promtool (Debian's prometheus package): the alert rules' check and unit tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# ip (iproute2): the API test runs its daemon in a network namespace of its own.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -32,4 +34,25 @@ command -v mount >/dev/null || { echo "mount missing after install" >&2; exit 1;
 command -v umount >/dev/null || { echo "umount missing after install" >&2; exit 1; }
 command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after install" >&2; exit 1; }
 command -v promtool >/dev/null || { echo "promtool (prometheus) missing after install" >&2; exit 1; }
+command -v ip >/dev/null || { echo "ip (iproute2) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+
+# --- API test: schemathesis (cli/tests/openapi.rs), the version pinned in
+# scripts/api-test-requirements.txt. Into the Python at hand; where that Python is the
+# system's and refuses (PEP 668), into a venv under /opt linked onto PATH.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  req="$(dirname "$0")/api-test-requirements.txt"
+  if ! command -v python3 >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-venv python3-pip
+  fi
+  if ! python3 -m pip install -q -r "$req"; then
+    python3 -m venv /opt/mover-schemathesis || {
+      apt-get install -y -qq python3-venv && python3 -m venv /opt/mover-schemathesis
+    }
+    /opt/mover-schemathesis/bin/pip install -q -r "$req"
+    ln -sf /opt/mover-schemathesis/bin/schemathesis /usr/local/bin/schemathesis
+  fi
+fi
+command -v schemathesis >/dev/null || { echo "schemathesis missing after install (scripts/api-test-requirements.txt)" >&2; exit 1; }
