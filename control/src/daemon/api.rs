@@ -2,7 +2,7 @@
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
 use super::view::View;
-use super::{drill, paths, source, target, view, Node};
+use super::{drill, openapi, paths, source, target, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
@@ -187,8 +187,7 @@ fn show(node: &Node, r: Relationship) -> Json<view::View> {
     path = "/v1/node",
     responses(
         (status = 200, description = "this node", body = NodeInfo),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::AnyToken,
     )
 )]
 pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<NodeInfo>> {
@@ -208,10 +207,7 @@ pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<Nod
     tag = "tokens",
     responses(
         (status = 201, description = "the token, shown this once", body = CreatedToken),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PrivilegedInput,
     )
 )]
 pub(super) async fn create_token(
@@ -246,9 +242,7 @@ pub(super) async fn create_token(
     tag = "tokens",
     responses(
         (status = 200, description = "every token's name and role", body = [TokenInfo]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<TokenInfo>>> {
@@ -268,11 +262,7 @@ pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "tokens",
     responses(
         (status = 204, description = "deleted"),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such token", body = ErrorBody),
-        (status = 409, description = "the node's last admin token", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Removal,
     )
 )]
 pub(super) async fn delete_token(
@@ -309,9 +299,7 @@ pub(super) async fn delete_token(
     path = "/v1/replication/status",
     responses(
         (status = 200, description = "every relationship the token may read", body = [View]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
@@ -346,9 +334,7 @@ pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Ve
     tag = "source",
     responses(
         (status = 200, description = "the source relationships", body = [View]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
@@ -365,9 +351,7 @@ pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "target",
     responses(
         (status = 200, description = "the target relationships", body = [View]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
@@ -385,11 +369,7 @@ pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "source",
     responses(
         (status = 200, description = "the relationship", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Lookup,
     )
 )]
 pub(super) async fn get_source(
@@ -408,11 +388,7 @@ pub(super) async fn get_source(
     tag = "target",
     responses(
         (status = 200, description = "the relationship", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Lookup,
     )
 )]
 pub(super) async fn get_target(
@@ -431,12 +407,7 @@ pub(super) async fn get_target(
     tag = "source",
     responses(
         (status = 201, description = "created; awaiting authorization on the target", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PeerCreate,
     )
 )]
 pub(super) async fn create_source(
@@ -470,12 +441,7 @@ pub(super) async fn create_source(
     tag = "source",
     responses(
         (status = 200, description = "edited (the target is told; if it cannot be reached it learns at the next poll)", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn modify_source(
@@ -522,12 +488,7 @@ pub(super) async fn modify_source(
     tag = "source",
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn delete_source(
@@ -565,13 +526,7 @@ pub(super) async fn delete_source(
     tag = "source",
     responses(
         (status = 202, description = "a job starts", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PeerChange,
     )
 )]
 pub(super) async fn replicate(
@@ -615,11 +570,7 @@ pub(super) async fn replicate(
     tag = "source",
     responses(
         (status = 202, description = "the running job, if any, is stopped", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Lookup,
     )
 )]
 pub(super) async fn abort(
@@ -647,13 +598,7 @@ pub(super) async fn abort(
     tag = "source",
     responses(
         (status = 202, description = "replicating again after a failover", body = source::Reconnected),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PeerChange,
     )
 )]
 pub(super) async fn reconnect(
@@ -675,12 +620,7 @@ pub(super) async fn reconnect(
     tag = "target",
     responses(
         (status = 200, description = "authorized; the target directory is read-only", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn authorize(
@@ -711,12 +651,7 @@ pub(super) async fn authorize(
     tag = "target",
     responses(
         (status = 204, description = "deleted; the target directory is writable"),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn delete_target(
@@ -740,12 +675,7 @@ pub(super) async fn delete_target(
     tag = "target",
     responses(
         (status = 200, description = "writable; the relationship has ended", body = View),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn make_writable(
@@ -771,12 +701,7 @@ pub(super) async fn make_writable(
     tag = "target",
     responses(
         (status = 201, description = "a writable copy of the last recovery point", body = drill::Drill),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn start_drill(
@@ -807,9 +732,7 @@ pub(super) async fn start_drill(
     tag = "target",
     responses(
         (status = 200, description = "the drills on this node", body = [drill::Drill]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
@@ -824,11 +747,7 @@ pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "target",
     responses(
         (status = 200, description = "the released drill", body = drill::Drill),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such drill", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Lookup,
     )
 )]
 pub(super) async fn release_drill(
@@ -850,7 +769,7 @@ pub(super) async fn release_drill(
     security(()),
     responses(
         (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::ServerError,
     )
 )]
 pub(super) async fn metrics(

@@ -3,9 +3,9 @@
 //! Snapshots are kept on both sides: listing takes either read privilege, releasing the
 //! write privilege of the side that keeps it.
 
-use super::api::{body, check, id, query, Answer, ApiError, Ctx, ErrorBody};
+use super::api::{body, check, id, query, Answer, ApiError, Ctx};
 use super::snapshots::{self, PolicyView, SnapshotView};
-use super::Node;
+use super::{openapi, Node};
 use crate::auth::Privilege;
 use crate::model::Role;
 use crate::policy::{Policy, PolicyEdit, PolicyName, SnapshotId};
@@ -46,9 +46,7 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
     tag = "snapshots",
     responses(
         (status = 200, description = "the snapshot policies", body = [PolicyView]),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Privileged,
     )
 )]
 pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<PolicyView>>> {
@@ -63,11 +61,7 @@ pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<Poli
     tag = "snapshots",
     responses(
         (status = 201, description = "created", body = PolicyView),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Create,
     )
 )]
 pub(super) async fn create(
@@ -90,11 +84,7 @@ pub(super) async fn create(
     tag = "snapshots",
     responses(
         (status = 200, description = "the policy", body = PolicyView),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such policy", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Lookup,
     )
 )]
 pub(super) async fn show(
@@ -114,12 +104,7 @@ pub(super) async fn show(
     tag = "snapshots",
     responses(
         (status = 200, description = "edited", body = PolicyView),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such policy", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn modify(
@@ -140,12 +125,7 @@ pub(super) async fn modify(
     tag = "snapshots",
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such policy", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn delete(
@@ -166,12 +146,7 @@ pub(super) async fn delete(
     tag = "snapshots",
     responses(
         (status = 201, description = "the snapshots taken", body = [SnapshotView]),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such policy", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn run(
@@ -199,10 +174,7 @@ pub(super) struct Only {
     tag = "snapshots",
     responses(
         (status = 200, description = "the kept and queued snapshots the token may read", body = [SnapshotView]),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PrivilegedInput,
     )
 )]
 pub(super) async fn list_snapshots(
@@ -234,12 +206,7 @@ pub(super) async fn list_snapshots(
     tag = "snapshots",
     responses(
         (status = 200, description = "the released snapshot", body = SnapshotView),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship or snapshot", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::Change,
     )
 )]
 pub(super) async fn release(

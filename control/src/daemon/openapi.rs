@@ -8,12 +8,13 @@ use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
 use axum::routing::get;
 use axum::{Json, Router};
-use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::RefOr;
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 pub(super) const PATH: &str = "/v1/openapi.json";
 
@@ -61,6 +62,7 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         api::metrics,
         openapi_json,
     ),
+    components(schemas(api::ErrorBody)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -102,6 +104,76 @@ pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// What each error status means (docs/api.md); the body is always `ErrorBody`.
+fn meaning(status: u16) -> &'static str {
+    match status {
+        400 => "the request is malformed or invalid (the message says which field and why)",
+        401 => "no token, or a token the node does not know",
+        403 => "the token's role lacks the privilege (the message names it)",
+        404 => "no such relationship, policy, snapshot, drill or token",
+        409 => "the request conflicts with the current state",
+        502 => "the peer daemon could not be reached or refused",
+        _ => "anything else (the message says what)",
+    }
+}
+
+fn errors(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(api::ErrorBody::name())))
+        .build();
+    statuses
+        .iter()
+        .map(|s| {
+            let r = ResponseBuilder::new()
+                .description(meaning(*s))
+                .content("application/json", body.clone());
+            (s.to_string(), r.into())
+        })
+        .collect()
+}
+
+/// The sets of error statuses the handlers answer, each named for what kind of call it is;
+/// a handler's `responses(...)` lists its successes and one of these.
+macro_rules! error_sets {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal),+;)+) => {
+        $(
+            $(#[$doc])*
+            pub(super) struct $name;
+
+            impl IntoResponses for $name {
+                fn responses() -> BTreeMap<String, RefOr<Response>> {
+                    errors(&[$($status),+])
+                }
+            }
+        )+
+    };
+}
+
+error_sets! {
+    /// `/metrics`: no token.
+    ServerError: 500;
+    /// Any valid token, nothing to parse.
+    AnyToken: 401, 500;
+    /// A privilege, nothing to parse.
+    Privileged: 401, 403, 500;
+    /// Any valid token and a query.
+    TokenInput: 400, 401, 500;
+    /// A privilege and a body or query.
+    PrivilegedInput: 400, 401, 403, 500;
+    /// Reads one thing by its name or id.
+    Lookup: 400, 401, 403, 404, 500;
+    /// Changes one thing, which its state may not allow.
+    Change: 400, 401, 403, 404, 409, 500;
+    /// Changes one thing and asks the peer.
+    PeerChange: 400, 401, 403, 404, 409, 502, 500;
+    /// Creates a thing whose name may be taken.
+    Create: 400, 401, 403, 409, 500;
+    /// Creates a relationship: asks the target.
+    PeerCreate: 400, 401, 403, 409, 502, 500;
+    /// Deletes a token by its name.
+    Removal: 401, 403, 404, 409, 500;
+}
+
 fn string() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
@@ -118,11 +190,7 @@ impl PartialSchema for Days {
     }
 }
 
-impl ToSchema for Days {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Days")
-    }
-}
+impl ToSchema for Days {}
 
 impl PartialSchema for ClockTime {
     fn schema() -> RefOr<Schema> {
@@ -133,11 +201,7 @@ impl PartialSchema for ClockTime {
     }
 }
 
-impl ToSchema for ClockTime {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("ClockTime")
-    }
-}
+impl ToSchema for ClockTime {}
 
 impl PartialSchema for PolicyName {
     fn schema() -> RefOr<Schema> {
@@ -150,11 +214,7 @@ impl PartialSchema for PolicyName {
     }
 }
 
-impl ToSchema for PolicyName {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("PolicyName")
-    }
-}
+impl ToSchema for PolicyName {}
 
 /// What last verified a target (`mover::receiver::scrub::ScrubBy`, a data-plane type).
 pub(super) fn scrub_by() -> ObjectBuilder {

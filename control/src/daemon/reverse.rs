@@ -3,8 +3,8 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::api::{body, check, id, Answer, ApiError, Ctx, ErrorBody};
-use super::{lock, paths, source, target, view, Node};
+use super::api::{body, check, id, Answer, ApiError, Ctx};
+use super::{lock, openapi, paths, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
@@ -80,13 +80,7 @@ fn both_privileges(node: &Node, h: &HeaderMap) -> Answer<()> {
     tag = "source",
     responses(
         (status = 200, description = "reversed: this node is now the target", body = Reversed),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PeerChange,
     )
 )]
 pub(super) async fn from_source(
@@ -108,13 +102,7 @@ pub(super) async fn from_source(
     tag = "target",
     responses(
         (status = 200, description = "reversed: this node is now the source", body = Reversed),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 403, description = "the token's role lacks the privilege", body = ErrorBody),
-        (status = 404, description = "no such relationship", body = ErrorBody),
-        (status = 409, description = "conflicts with the relationship's state", body = ErrorBody),
-        (status = 502, description = "the peer daemon could not be reached or refused", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::PeerChange,
     )
 )]
 pub(super) async fn from_target(

@@ -2,8 +2,8 @@
 //! (`crate::upgrade::assess`) decides on, gathered from this node and what it last heard of
 //! its peers.
 
-use super::api::{caller, query, Answer, ApiError, Ctx, ErrorBody};
-use super::{view, Node};
+use super::api::{caller, query, Answer, ApiError, Ctx};
+use super::{openapi, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Role, State};
 use crate::upgrade::{assess, Facts, Peer, Report};
@@ -96,9 +96,7 @@ pub(super) fn facts(
     tag = "upgrade",
     responses(
         (status = 200, description = "what stands between this node and the release", body = Report),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
-        (status = 401, description = "no token, or an unknown token", body = ErrorBody),
-        (status = 500, description = "anything else", body = ErrorBody),
+        openapi::TokenInput,
     )
 )]
 pub(super) async fn check(
