@@ -5,13 +5,19 @@
 //! Generated requests name arbitrary peer addresses, and the daemon calls its peers, so the
 //! daemon and schemathesis run in a network namespace this test makes with only loopback in it:
 //! no packet can leave the machine. Source paths are arbitrary too: the daemon only accepts
-//! sources under an empty directory of the test (`allowed_source_roots`), and target
-//! relationships come only from a peer, which no generated request can become (no source can
-//! be created without a reachable target).
+//! sources under a directory of the test (`allowed_source_roots`), and target relationships
+//! come only from a peer, which no generated request can become.
+//!
+//! So that the calls on one relationship or policy reach past "not found", the test makes a
+//! synced relationship (towards a second daemon in the namespace) and a policy first, and hands
+//! their id and name to schemathesis for those operations. A reverse can make the node that
+//! relationship's target, so `POST .../drills` is left out: its `into` names any directory of
+//! the node, where the drill's copy would be written (an operator's choice by design).
 
 mod node;
 
-use node::{free_port, need_root, s, stderr, Node, Scratch};
+use node::{fill, free_port, need_root, s, stderr, synced, Node, Scratch};
+use serde_json::json;
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +35,10 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
                       response_schema_conformance";
 /// Fixed, so a failure reproduces; change it to explore.
 const SEED: &str = "1";
+/// The one operation left out (see the module comment).
+const EXCLUDED: &str = "/drills$";
+/// The seeded policy.
+const POLICY: &str = "hourly";
 
 /// A network namespace with only loopback, deleted on drop (even when the test panics).
 struct Netns(String);
@@ -94,6 +104,9 @@ fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
     let only_lo = Command::new("ip").args(["-o", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&only_lo.stdout).into_owned();
     assert_eq!(links.lines().count(), 1, "more than loopback: {links}");
+    let target = Node::start(&scratch.path().join("b"));
+    let id = seed(&n, &target, &sources, &scratch.path().join("replica"));
+    std::fs::write(scratch.path().join("schemathesis.toml"), config(&id)).unwrap();
 
     let url = format!("{}/v1/openapi.json", n.url());
     let auth = format!("Authorization: Bearer {}", n.token);
@@ -102,7 +115,8 @@ fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
         .args(["run", &url, "-H", &auth, "--checks", CHECKS])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
         .args(["--request-timeout", REQUEST_TIMEOUT_SECS, "--no-color"])
-        // Hypothesis keeps its example database in the working directory.
+        .args(["--exclude-path-regex", EXCLUDED])
+        // Where it finds schemathesis.toml, and where Hypothesis keeps its example database.
         .current_dir(scratch.path())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
@@ -126,8 +140,9 @@ fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
     let report = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success(),
-        "schemathesis failed ({status}):\n{report}\ndaemon log:\n{}",
-        n.log()
+        "schemathesis failed ({status}):\n{report}\ndaemon log:\n{}\ntarget's log:\n{}",
+        n.log(),
+        target.log()
     );
     eprintln!("schemathesis passed in {:?}:\n{report}", t0.elapsed());
 
@@ -139,4 +154,49 @@ fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
         let p = r["source_path"].as_str().unwrap();
         assert!(p.starts_with(s(&sources)), "a relationship of {p}: {r}");
     }
+}
+
+/// A relationship from `a` to `b` through its initial sync, and a policy on `a`; the
+/// relationship's id.
+fn seed(a: &Node, b: &Node, sources: &std::path::Path, replica: &std::path::Path) -> String {
+    let data = sources.join("data");
+    fill(&data, 3, 1000, 7);
+    std::fs::create_dir(replica).unwrap();
+    let spec = json!({"source_path": s(&data), "target_address": "127.0.0.1",
+                      "target_port": b.listen, "target_path": s(replica)});
+    let (code, v) = a.call("POST", "/v1/replication/source-relationships", Some(&spec));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let authorize = format!("/v1/replication/target-relationships/{id}/authorize");
+    let (code, v) = b.call("POST", &authorize, Some(&json!({})));
+    assert_eq!(code, 200, "{v}");
+    a.wait_for("source", &id, "initial sync", synced);
+    let policy = json!({"name": POLICY, "schedule": {"kind": "every", "minutes": 60},
+                        "expiry": {"after_secs": 86400}});
+    let (code, v) = a.call("POST", "/v1/snapshot-policies", Some(&policy));
+    assert_eq!(code, 201, "{v}");
+    id
+}
+
+/// schemathesis.toml: the operations on one relationship or policy get the seeded ones.
+fn config(id: &str) -> String {
+    format!(
+        r#"# 502 is the API's answer when the peer daemon cannot be reached or refuses (documented
+# for the operations that ask it; status_code_conformance holds the others to theirs).
+[checks.not_a_server_error]
+expected-statuses = ["2xx", "3xx", "4xx", "502"]
+
+[[operations]]
+include-path-regex = "^/v1/replication/(source|target)-relationships/[{{]id[}}]"
+parameters = {{ "path.id" = "{id}" }}
+
+[[operations]]
+include-path-regex = "^/v1/snapshots/"
+parameters = {{ "path.relationship" = "{id}" }}
+
+[[operations]]
+include-path-regex = "^/v1/snapshot-policies/[{{]name[}}]"
+parameters = {{ "path.name" = "{POLICY}" }}
+"#
+    )
 }

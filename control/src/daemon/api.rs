@@ -570,7 +570,7 @@ pub(super) async fn replicate(
     tag = "source",
     responses(
         (status = 202, description = "the running job, if any, is stopped", body = View),
-        openapi::Lookup,
+        openapi::Change,
     )
 )]
 pub(super) async fn abort(
