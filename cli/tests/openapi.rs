@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Test cases per operation and phase: enough to reach every documented answer, few enough
 /// for the whole run to take well under the 3 minutes it is allowed.
-const MAX_EXAMPLES: &str = "25";
+const MAX_EXAMPLES: &str = "30";
 /// A request unanswered this long fails the run (a hang is a bug).
 const REQUEST_TIMEOUT_SECS: &str = "20";
 /// The whole schemathesis run; past it the test fails rather than waits.
@@ -36,7 +36,7 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// Fixed, so a failure reproduces; change it to explore.
 const SEED: &str = "1";
 /// The one operation left out (see the module comment).
-const EXCLUDED: &str = "/drills$";
+const EXCLUDED: &str = "/[{]id[}]/drills$";
 /// The seeded policy.
 const POLICY: &str = "hourly";
 
@@ -146,13 +146,21 @@ fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
     );
     eprintln!("schemathesis passed in {:?}:\n{report}", t0.elapsed());
 
-    // Whatever it sent, the node still answers its admin, and nothing outside the test's
-    // directory became a relationship.
+    // Whatever it sent, the node still answers its admin, and no directory of this node
+    // outside the test's became part of a relationship (a reverse may have made the seeded one
+    // a target here: its directory on this node is then the target path).
     let (code, all) = n.get("/v1/replication/status");
     assert_eq!(code, 200, "{all}");
     for r in all.as_array().unwrap() {
-        let p = r["source_path"].as_str().unwrap();
-        assert!(p.starts_with(s(&sources)), "a relationship of {p}: {r}");
+        let here = match r["role"].as_str() {
+            Some("source") => &r["source_path"],
+            _ => &r["target_path"],
+        };
+        let p = here.as_str().unwrap();
+        assert!(
+            p.starts_with(s(scratch.path())),
+            "a relationship of {p}: {r}"
+        );
     }
 }
 
