@@ -208,3 +208,20 @@ parameters = {{ "path.name" = "{POLICY}" }}
 "#
     )
 }
+
+#[test]
+fn a_node_refuses_a_relationship_to_itself() {
+    need_root();
+    let scratch = Scratch::new();
+    let n = Node::start(&scratch.path().join("a"));
+    let data = scratch.path().join("data");
+    fill(&data, 1, 10, 1);
+    let spec = json!({"source_path": s(&data), "target_address": "127.0.0.1",
+                      "target_port": n.listen, "target_path": s(&scratch.path().join("x"))});
+    let (code, v) = n.call("POST", "/v1/replication/source-relationships", Some(&spec));
+    // Refused by the peer, which is itself: 502 as any refusal of the target.
+    assert_eq!(code, 502, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("to itself"), "{v}");
+    let (_, all) = n.get("/v1/replication/status");
+    assert_eq!(all, json!([]), "nothing recorded");
+}
