@@ -178,6 +178,18 @@ pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Ans
     serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
 }
 
+/// A body that may be left out: none, or JSON null, is the default. Null too, as the API
+/// description says (a client that always sends a body sends null for none; it was refused).
+pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    b: &Bytes,
+    what: &str,
+) -> Answer<T> {
+    if b.is_empty() {
+        return Ok(T::default());
+    }
+    Ok(body::<Option<T>>(b, what)?.unwrap_or_default())
+}
+
 fn show(node: &Node, r: Relationship) -> Json<view::View> {
     Json(view::view(node, r))
 }
@@ -631,11 +643,7 @@ pub(super) async fn authorize(
 ) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
-    let a: Authorize = if b.is_empty() {
-        Authorize::default()
-    } else {
-        body(&b, "authorize")?
-    };
+    let a: Authorize = optional_body(&b, "authorize")?;
     let n = node.clone();
     let r = tokio::task::spawn_blocking(move || target::authorize(&n, &id, &a))
         .await
@@ -712,11 +720,7 @@ pub(super) async fn start_drill(
 ) -> Answer<(StatusCode, Json<drill::Drill>)> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
-    let d: StartDrill = if b.is_empty() {
-        StartDrill::default()
-    } else {
-        body(&b, "drill")?
-    };
+    let d: StartDrill = optional_body(&b, "drill")?;
     let n = node.clone();
     let made = tokio::task::spawn_blocking(move || {
         drill::start(&n, &id, d.into.map(std::path::PathBuf::from), d.allow_copy)
@@ -824,4 +828,24 @@ pub(super) async fn metrics(
         )],
         text,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_body_left_out_or_null_is_the_default() {
+        for b in ["", "null", "{}"] {
+            let a: Answer<Authorize> = optional_body(&Bytes::from(b), "authorize");
+            assert!(
+                a.as_ref().is_ok_and(|a| *a == Authorize::default()),
+                "{b:?}"
+            );
+        }
+        let bad = optional_body::<Authorize>(&Bytes::from("5"), "authorize");
+        assert!(bad.is_err_and(|e| e.0 == StatusCode::BAD_REQUEST));
+        let set = optional_body::<Authorize>(&Bytes::from(r#"{"allow_exec":true}"#), "x");
+        assert!(set.is_ok_and(|a| a.allow_exec));
+    }
 }

@@ -3,7 +3,7 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::api::{body, check, id, Answer, ApiError, Ctx};
+use super::api::{check, id, optional_body, Answer, ApiError, Ctx};
 use super::{lock, openapi, paths, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};
@@ -113,11 +113,7 @@ pub(super) async fn from_target(
 ) -> Answer<Json<Reversed>> {
     both_privileges(&node, &h)?;
     let id = id(&i)?;
-    let b: ReverseBody = if b.is_empty() {
-        ReverseBody::default()
-    } else {
-        body(&b, "reverse")?
-    };
+    let b: ReverseBody = optional_body(&b, "reverse")?;
     let Some(addr) = b.source_address else {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
