@@ -80,7 +80,7 @@ pub(super) async fn create(
 #[utoipa::path(
     get,
     path = "/v1/snapshot-policies/{name}",
-    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'")),
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
     tag = "snapshots",
     responses(
         (status = 200, description = "the policy", body = PolicyView),
@@ -99,7 +99,7 @@ pub(super) async fn show(
 #[utoipa::path(
     patch,
     path = "/v1/snapshot-policies/{name}",
-    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'")),
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
     request_body = PolicyEdit,
     tag = "snapshots",
     responses(
@@ -121,7 +121,7 @@ pub(super) async fn modify(
 #[utoipa::path(
     delete,
     path = "/v1/snapshot-policies/{name}",
-    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'")),
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
     tag = "snapshots",
     responses(
         (status = 204, description = "deleted"),
@@ -142,7 +142,7 @@ pub(super) async fn delete(
 #[utoipa::path(
     post,
     path = "/v1/snapshot-policies/{name}/run",
-    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'")),
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
     tag = "snapshots",
     responses(
         (status = 201, description = "the snapshots taken", body = [SnapshotView]),
