@@ -751,7 +751,7 @@ pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "target",
     responses(
         (status = 200, description = "the released drill", body = drill::Drill),
-        openapi::Lookup,
+        openapi::PrivilegedInput,
     )
 )]
 pub(super) async fn release_drill(

@@ -168,7 +168,7 @@ pub fn release(node: &Node, drill_id: &str) -> Result<Drill> {
     }
     let rec = dir(node).join(format!("{drill_id}.json"));
     if !rec.exists() {
-        return Err(Error::Missing(format!("no drill {drill_id} on this node")));
+        return Err(Error::Invalid(format!("no drill {drill_id} on this node")));
     }
     let d = read(&rec)?;
     mover::receiver::drill::release(&d.path)?;

@@ -158,7 +158,8 @@ error_sets! {
     Privileged: 401, 403, 500;
     /// Any valid token and a query.
     TokenInput: 400, 401, 500;
-    /// A privilege and a body or query.
+    /// A privilege and something to check: a body, a query, or a drill id (an unknown drill
+    /// is 400 too, which the CLI's exit code for it has always said).
     PrivilegedInput: 400, 401, 403, 500;
     /// Reads one thing by its name or id.
     Lookup: 400, 401, 403, 404, 500;
