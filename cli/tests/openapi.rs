@@ -13,6 +13,9 @@
 //! their id and name to schemathesis for those operations. A reverse can make the node that
 //! relationship's target, so `POST .../drills` is left out: its `into` names any directory of
 //! the node, where the drill's copy would be written (an operator's choice by design).
+//! `POST /v1/upgrade/start` is in: it copies only a regular file, into the data directory,
+//! and replaces the daemon's binary only with a package whose SHA-256 the request names,
+//! which a generated one cannot.
 
 mod node;
 

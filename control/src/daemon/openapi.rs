@@ -3,7 +3,7 @@
 //! unnoticed. Served without a token at `GET /v1/openapi.json` (it holds no secret, and a
 //! client needs it before it has a token).
 
-use super::{api, api_snapshots, reverse, upgrade, Node};
+use super::{api, api_snapshots, reverse, self_upgrade, upgrade, Node};
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
 use axum::routing::get;
@@ -59,6 +59,8 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         api_snapshots::list_snapshots,
         api_snapshots::release,
         upgrade::check,
+        self_upgrade::start,
+        self_upgrade::status,
         api::metrics,
         openapi_json,
     ),
