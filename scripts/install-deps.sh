@@ -21,6 +21,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # protoc builds etcd-client's protocol; etcd (etcd-server) runs under the cluster tests.
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# ip (iproute2): the API test runs its daemon in a network namespace of its own.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -37,6 +39,7 @@ command -v setpriv >/dev/null || { echo "setpriv (util-linux) missing after inst
 command -v promtool >/dev/null || { echo "promtool (prometheus) missing after install" >&2; exit 1; }
 command -v protoc >/dev/null || { echo "protoc (protobuf-compiler) missing after install" >&2; exit 1; }
 command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" >&2; exit 1; }
+command -v ip >/dev/null || { echo "ip (iproute2) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 
 # The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
@@ -51,3 +54,25 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 [ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium (chromium) missing after install" >&2; exit 1; }
 [ -x /usr/bin/chromedriver ] || { echo "/usr/bin/chromedriver (chromium-driver) missing after install" >&2; exit 1; }
+
+# --- API test: schemathesis (cli/tests/openapi.rs), the version pinned in
+# scripts/api-test-requirements.txt. Into the Python at hand; where that Python is the
+# system's and refuses (PEP 668), into a venv under /opt linked onto PATH.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  req="$(dirname "$0")/api-test-requirements.txt"
+  if ! command -v python3 >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-venv python3-pip
+  fi
+  if ! python3 -m pip install -q -r "$req"; then
+    python3 -m venv /opt/mover-schemathesis || {
+      apt-get install -y -qq python3-venv && python3 -m venv /opt/mover-schemathesis
+    }
+    /opt/mover-schemathesis/bin/pip install -q -r "$req"
+    ln -sf /opt/mover-schemathesis/bin/schemathesis /usr/local/bin/schemathesis
+  fi
+  # Under pyenv, a new console script is on PATH only once its shim exists.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+command -v schemathesis >/dev/null || { echo "schemathesis missing after install (scripts/api-test-requirements.txt)" >&2; exit 1; }

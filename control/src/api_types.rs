@@ -28,7 +28,7 @@ pub const TARGET_FINGERPRINT: &str = "target_fingerprint";
 /// `POST /v1/replication/source-relationships`: the spec, and the certificate the target must
 /// present (`mover node` there shows it); without one, the certificate the target presents at
 /// this first contact is trusted and pinned.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NewRelationship {
     #[serde(flatten)]
     pub spec: Spec,
@@ -76,7 +76,7 @@ impl NewRelationship {
 /// `POST .../target-relationships/{id}/drills`: where the drill's copy goes (default: beside
 /// the target directory, `<target>.drill-<id>`), and whether a full copy of the data is
 /// acceptable where neither a btrfs snapshot nor reflinks can make it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartDrill {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +87,7 @@ pub struct StartDrill {
 
 /// `POST /v1/replication/target-relationships/{id}/authorize` (the body is optional: no body
 /// is the default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authorize {
     /// Accept a target directory that already holds files (they will be replaced).
@@ -121,9 +121,11 @@ impl Authorize {
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    /// Checked by `auth::check_name`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub role: TokenRole,
 }

@@ -28,7 +28,7 @@ impl Privilege {
 }
 
 /// In JSON its name; read through [`TokenRole::parse`], so a refusal says the same either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum TokenRole {
     Admin,

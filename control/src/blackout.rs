@@ -274,7 +274,7 @@ impl fmt::Debug for ClockTime {
 
 /// One weekly blackout window; see the module documentation for exactly when it applies. Every
 /// field is valid by construction, so any value of this type is a window that can be evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackoutWindow {
     /// The days it starts on (a window that wraps past midnight ends the day after).
@@ -284,6 +284,7 @@ pub struct BlackoutWindow {
     pub end: ClockTime,
     /// Whose wall clock `start` and `end` are read on; an IANA name such as "Europe/Berlin".
     #[serde(with = "tz_name")]
+    #[schema(value_type = String, example = "Europe/Berlin")]
     pub timezone: Tz,
 }
 

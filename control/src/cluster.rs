@@ -37,8 +37,11 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_NAME: usize = 64;
 
 /// A node's name in the cluster: 1-64 of `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$")]
 pub struct NodeName(String);
 
 impl TryFrom<String> for NodeName {
@@ -106,7 +109,7 @@ pub fn parse_url(url: &str) -> Result<Vec<String>> {
 }
 
 /// What a node registers about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub name: NodeName,
     /// Roles its daemon runs (`all` for a whole daemon in one process).
@@ -119,9 +122,10 @@ pub struct Member {
 }
 
 /// A node as the cluster sees it now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     #[serde(flatten)]
+    #[schema(inline)]
     pub member: Member,
     /// Its heartbeat key exists (its lease is alive).
     pub up: bool,
@@ -139,7 +143,7 @@ struct Known {
 }
 
 /// The cluster as one daemon sees it (`GET /v1/cluster`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     pub this_node: NodeName,
     pub connected: bool,

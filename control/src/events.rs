@@ -25,17 +25,41 @@ pub const MAX_REASON: usize = 1_024;
 
 /// An event's place in the node's sequence: strictly increasing, never reused (the table is
 /// AUTOINCREMENT, so pruning the newest ones could not hand their ids out again either).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(pub i64);
 
 /// An audit entry's place in the node's sequence (as `EventId`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct AuditId(pub i64);
 
 /// What happened. Stored and sent by its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// Target: a source proposed a relationship; it waits for an operator to authorize it.
@@ -109,7 +133,7 @@ impl EventKind {
 }
 
 /// One event as stored and sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: EventId,
     /// RFC 3339, UTC.
@@ -117,14 +141,16 @@ pub struct Event {
     /// The same instant in seconds since the Unix epoch.
     pub unix: i64,
     #[serde(flatten)]
+    #[schema(inline)]
     pub what: NewEvent,
 }
 
 /// What an event says: what is recorded, before it has an id and a time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewEvent {
     pub kind: EventKind,
     /// The relationship it is about, if any.
+    #[schema(value_type = Option<String>)]
     pub relationship: Option<RelationshipId>,
     /// This node's role in that relationship.
     pub role: Option<Role>,
@@ -132,7 +158,7 @@ pub struct NewEvent {
 }
 
 /// Who made an audited request, as its `Authorization` header showed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "name")]
 pub enum Caller {
     /// No `Authorization: Bearer` header (or a malformed one).
@@ -144,18 +170,19 @@ pub enum Caller {
 }
 
 /// One audit entry as stored and sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: AuditId,
     /// RFC 3339, UTC: when the request arrived.
     pub time: String,
     pub unix: i64,
     #[serde(flatten)]
+    #[schema(inline)]
     pub what: NewAudit,
 }
 
 /// What an audit entry records of a request, before it has an id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewAudit {
     pub caller: Caller,
     /// POST, PATCH, PUT or DELETE.
@@ -163,6 +190,7 @@ pub struct NewAudit {
     /// The matched route pattern, e.g. `/v1/replication/source-relationships/{id}`.
     pub route: String,
     /// The relationship the path names, if it names a valid one.
+    #[schema(value_type = Option<String>)]
     pub relationship: Option<RelationshipId>,
     /// The HTTP status answered.
     pub status: u16,

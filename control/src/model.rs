@@ -80,7 +80,7 @@ fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// Which end of the relationship this node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Source,
@@ -98,7 +98,7 @@ impl Role {
 }
 
 /// What `mover status` shows for a relationship.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Running,
@@ -155,7 +155,7 @@ impl State {
 }
 
 /// Numeric owner mappings applied on the target (source id -> target id).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IdMap {
     #[serde(default)]
     pub uid: Vec<(u32, u32)>,
@@ -164,7 +164,7 @@ pub struct IdMap {
 }
 
 /// How a relationship's jobs take their point in time of the source (`mover send --snapshot`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotChoice {
     /// A btrfs snapshot where the source is a subvolume, else plain.
@@ -209,7 +209,7 @@ impl std::str::FromStr for SnapshotChoice {
 }
 
 /// What a relationship replicates (the three modes of the seeds).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// A job as soon as the source changed; the target keeps only the latest recovery point.
@@ -260,7 +260,7 @@ impl std::str::FromStr for Mode {
 }
 
 /// How long the target keeps a replicated policy snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetExpiry {
     /// As long as the policy keeps it on the source.
@@ -313,7 +313,7 @@ impl std::fmt::Display for TargetExpiry {
 
 /// What an operator gives to create a relationship on the source. Optional settings that are
 /// not set are left out of its JSON, as absent and null mean the same.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Spec {
     pub source_path: String,
     pub target_address: String,
@@ -353,7 +353,7 @@ fn yes() -> bool {
 /// Everything but the paths can be edited (a different path is a different relationship).
 /// The body of `PATCH .../source-relationships/{id}`: a field left out (`None`) stays as it is,
 /// so `None` is never written as null, which would remove a mapping or a limit.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,6 +368,7 @@ pub struct Edit {
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<IdMap>)]
     pub map_ids: Option<Option<IdMap>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -377,6 +378,7 @@ pub struct Edit {
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u64>)]
     pub bandwidth_limit: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotChoice>,
@@ -517,7 +519,7 @@ impl Spec {
 /// the replica is mounted nosuid, nodev and noexec, so setuid/setgid binaries, device nodes and
 /// executables replicated from the source are inert on the target; each can be allowed. Only
 /// the target's operator sets these (they are not in the spec the source sends and edits).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaOptions {
     /// Honour setuid and setgid bits of replicated files (no `nosuid`).
     #[serde(default)]

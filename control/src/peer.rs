@@ -124,7 +124,7 @@ pub enum PeerAnswer {
 }
 
 /// A running job's progress, as shown by `mover status` on both nodes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     pub paused: bool,
     /// The session is still walking the source and learning what the target needs: totals and

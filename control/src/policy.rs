@@ -74,7 +74,7 @@ impl fmt::Display for PolicyName {
 }
 
 /// When a policy fires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// Every `minutes` minutes, on multiples of it since the Unix epoch.
@@ -85,6 +85,7 @@ pub enum Schedule {
         days: Days,
         times: Vec<ClockTime>,
         #[serde(with = "blackout::tz_name")]
+        #[schema(value_type = String, example = "UTC")]
         timezone: Tz,
     },
 }
@@ -167,7 +168,7 @@ impl fmt::Display for Schedule {
 }
 
 /// How long a snapshot is kept: for a number of seconds after it was taken, or until released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Expiry {
     Never,
@@ -243,7 +244,7 @@ pub fn format_duration(secs: u64) -> String {
 }
 
 /// A snapshot policy as a source node stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub name: PolicyName,
@@ -304,7 +305,7 @@ impl Policy {
 const MAX_CATCH_UP_STEPS: usize = 20_000;
 
 /// The body of `PATCH /v1/snapshot-policies/{name}`: what is left out stays.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyEdit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,7 +317,19 @@ pub struct PolicyEdit {
 }
 
 /// A kept snapshot's id: a number, increasing per relationship on the source that took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct SnapshotId(pub u64);
 

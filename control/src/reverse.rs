@@ -71,7 +71,7 @@ pub enum ReverseReply {
 /// What the node that became the target did with the changes it made after the common
 /// recovery point: kept aside in `directory`, each path listed (the whole list is in the
 /// directory's `report.json` and `report.txt`; here at most `MAX_LISTED`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Discarded {
     /// Absolute path of the set-aside directory on that node (None: nothing to keep).
     pub directory: Option<String>,
@@ -84,7 +84,7 @@ pub struct Discarded {
     pub truncated: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiscardedItem {
     pub path: String,
     /// `added`, `modified`, `deleted` or `metadata`.
@@ -94,7 +94,7 @@ pub struct DiscardedItem {
 
 /// The body of `POST /v1/replication/target-relationships/{id}/reverse`: where this node reaches
 /// the relationship's source daemon (its peer port; a target does not otherwise know it).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseBody {
     /// `host` or `host:port` (default port `DEFAULT_PORT`).

@@ -44,7 +44,9 @@ const FP_PREFIX: &str = "sha256:";
 const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 /// "sha256:" + 64 lowercase hex digits of SHA-256 over the certificate's DER.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct Fingerprint(pub String);
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 /// Free space the new release needs where it is staged.
 pub const STAGING_BYTES: u64 = 4 << 30;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Green,
@@ -16,7 +16,7 @@ pub enum Level {
     Red,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Item {
     /// What was checked: privilege, version_step, nodes_online, shard_reassignment, alerts,
     /// staging_space, jobs, peer_compatibility.
@@ -27,9 +27,11 @@ pub struct Item {
     pub remedy: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Report {
+    #[schema(value_type = String, example = "1.4.0")]
     pub from: Version,
+    #[schema(value_type = String, example = "1.5.0")]
     pub to: Version,
     pub items: Vec<Item>,
     /// Some item is red: the upgrade must not start.

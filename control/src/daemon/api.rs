@@ -1,7 +1,8 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
-use super::{drill, paths, source, target, view, Node};
+use super::view::View;
+use super::{drill, openapi, paths, source, target, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill};
 use crate::auth::{self, Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
@@ -23,14 +24,55 @@ const MAX_BODY: usize = 256 * 1024;
 
 pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
+/// Every error's body (docs/api.md).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was refused and why.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.0, Json(serde_json::json!({ "error": &self.1 }))).into_response();
+        let mut r = (
+            self.0,
+            Json(ErrorBody {
+                error: self.1.clone(),
+            }),
+        )
+            .into_response();
         // For the audit log (api_events::audit), which records why a request was refused.
         r.extensions_mut()
             .insert(super::api_events::Refusal(self.1));
         r
     }
+}
+
+/// `GET /v1/node`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    /// This daemon's release.
+    pub version: String,
+    /// Its peer certificate's: "sha256:" and 64 hex digits.
+    pub fingerprint: String,
+    /// Where it listens for peers.
+    pub listen: String,
+    /// Where it serves this API.
+    pub api: String,
+}
+
+/// A token as `GET /v1/tokens` lists it (never the token itself).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+}
+
+/// `POST /v1/tokens`: the only time the token is shown.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: TokenRole,
+    pub token: String,
 }
 
 impl From<Error> for ApiError {
@@ -94,6 +136,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
+        .merge(super::openapi::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             node.clone(),
             super::api_events::audit,
@@ -103,7 +146,20 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// `GET /v1/cluster` (any token): the etcd cluster as this node sees it.
-async fn cluster(State(node): Ctx, h: HeaderMap) -> Answer<Json<crate::cluster::ClusterView>> {
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "members, leader, this node's link to etcd", body = crate::cluster::ClusterView),
+        (status = 404, description = "this node is not in a cluster", body = ErrorBody),
+        super::openapi::AnyToken,
+    )
+)]
+pub(super) async fn cluster(
+    State(node): Ctx,
+    h: HeaderMap,
+) -> Answer<Json<crate::cluster::ClusterView>> {
     caller(&node, &h)?;
     let m = node.cluster.as_ref().ok_or_else(|| {
         ApiError(
@@ -152,29 +208,68 @@ pub(super) fn id(s: &str) -> Answer<RelationshipId> {
     Ok(RelationshipId::parse(s)?)
 }
 
+/// A query string as the handler's type, refused in the API's JSON error (axum's own refusal
+/// is text, which the API description does not promise).
+pub(super) fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Answer<T> {
+    q.map(|axum::extract::Query(t)| t)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
     serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+/// A body that may be left out: none, or JSON null, is the default. Null too, as the API
+/// description says (a client that always sends a body sends null for none; it was refused).
+pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    b: &Bytes,
+    what: &str,
+) -> Answer<T> {
+    if b.is_empty() {
+        return Ok(T::default());
+    }
+    Ok(body::<Option<T>>(b, what)?.unwrap_or_default())
 }
 
 fn show(node: &Node, r: Relationship) -> Json<view::View> {
     Json(view::view(node, r))
 }
 
-async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/node",
+    responses(
+        (status = 200, description = "this node", body = NodeInfo),
+        openapi::AnyToken,
+    )
+)]
+pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<NodeInfo>> {
     caller(&node, &h)?;
-    Ok(Json(serde_json::json!({
-        "version": mover::software_version(),
-        "fingerprint": node.identity.fingerprint.to_string(),
-        "listen": node.opts.listen.to_string(),
-        "api": node.opts.api.to_string(),
-    })))
+    Ok(Json(NodeInfo {
+        version: mover::software_version().to_string(),
+        fingerprint: node.identity.fingerprint.to_string(),
+        listen: node.opts.listen.to_string(),
+        api: node.opts.api.to_string(),
+    }))
 }
 
-async fn create_token(
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    request_body = NewToken,
+    tag = "tokens",
+    responses(
+        (status = 201, description = "the token, shown this once", body = CreatedToken),
+        openapi::PrivilegedInput,
+    )
+)]
+pub(super) async fn create_token(
     State(node): Ctx,
     h: HeaderMap,
     b: Bytes,
-) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+) -> Answer<(StatusCode, Json<CreatedToken>)> {
     check(&node, &h, Privilege::Admin)?;
     let t: NewToken = body(&b, "token")?;
     auth::check_name(&t.name)?;
@@ -188,27 +283,64 @@ async fn create_token(
     )?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "name": t.name, "role": role.name(), "token": token })),
+        Json(CreatedToken {
+            name: t.name,
+            role,
+            token,
+        }),
     ))
 }
 
-async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "every token's name and role", body = [TokenInfo]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<TokenInfo>>> {
     check(&node, &h, Privilege::Admin)?;
     let all = node.store().tokens()?;
     Ok(Json(
         all.into_iter()
-            .map(|(name, role)| serde_json::json!({ "name": name, "role": role }))
+            .map(|(name, role)| TokenInfo { name, role })
             .collect(),
     ))
 }
 
-async fn delete_token(
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    params(("name" = String, Path, description = "the token's name")),
+    tag = "tokens",
+    responses(
+        (status = 204, description = "deleted"),
+        openapi::Removal,
+    )
+)]
+pub(super) async fn delete_token(
     State(node): Ctx,
     h: HeaderMap,
     Path(name): Path<String>,
 ) -> Answer<StatusCode> {
     check(&node, &h, Privilege::Admin)?;
-    match node.store().delete_token(&name)? {
+    // One guard for the check and the delete, so two requests cannot each delete one of the
+    // last two admin tokens.
+    let store = node.store();
+    let tokens = store.tokens()?;
+    let admin = TokenRole::Admin.name();
+    let is_admin = |n: &str| tokens.iter().any(|(t, r)| t == n && r == admin);
+    // Without an admin token nobody can make tokens again (found by the schemathesis run:
+    // a generated DELETE /v1/tokens/admin locked the API).
+    if is_admin(&name) && tokens.iter().filter(|(_, r)| r == admin).count() == 1 {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("token {name:?} is this node's last admin token; create another first"),
+        ));
+    }
+    match store.delete_token(&name)? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -217,7 +349,15 @@ async fn delete_token(
     }
 }
 
-async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/status",
+    responses(
+        (status = 200, description = "every relationship the token may read", body = [View]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     let role = caller(&node, &h)?;
     let (s, t) = (
         role.has(Privilege::SourceRead),
@@ -243,7 +383,16 @@ async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vie
     ))
 }
 
-async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/source-relationships",
+    tag = "source",
+    responses(
+        (status = 200, description = "the source relationships", body = [View]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::SourceRead)?;
     let all = node.store().list(Some(Role::Source))?;
     Ok(Json(
@@ -251,7 +400,16 @@ async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vi
     ))
 }
 
-async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/target-relationships",
+    tag = "target",
+    responses(
+        (status = 200, description = "the target relationships", body = [View]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
     check(&node, &h, Privilege::TargetRead)?;
     let all = node.store().list(Some(Role::Target))?;
     Ok(Json(
@@ -259,7 +417,17 @@ async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::Vi
     ))
 }
 
-async fn get_source(
+#[utoipa::path(
+    get,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 200, description = "the relationship", body = View),
+        openapi::Lookup,
+    )
+)]
+pub(super) async fn get_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -268,7 +436,17 @@ async fn get_source(
     Ok(show(&node, node.get(&id(&i)?, Role::Source)?))
 }
 
-async fn get_target(
+#[utoipa::path(
+    get,
+    path = "/v1/replication/target-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 200, description = "the relationship", body = View),
+        openapi::Lookup,
+    )
+)]
+pub(super) async fn get_target(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -277,7 +455,17 @@ async fn get_target(
     Ok(show(&node, node.get(&id(&i)?, Role::Target)?))
 }
 
-async fn create_source(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships",
+    request_body = NewRelationship,
+    tag = "source",
+    responses(
+        (status = 201, description = "created; awaiting authorization on the target", body = View),
+        openapi::PeerCreate,
+    )
+)]
+pub(super) async fn create_source(
     State(node): Ctx,
     h: HeaderMap,
     b: Bytes,
@@ -300,7 +488,18 @@ async fn create_source(
     Ok((StatusCode::CREATED, show(&node, r)))
 }
 
-async fn modify_source(
+#[utoipa::path(
+    patch,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Edit,
+    tag = "source",
+    responses(
+        (status = 200, description = "edited (the target is told; if it cannot be reached it learns at the next poll)", body = View),
+        openapi::Change,
+    )
+)]
+pub(super) async fn modify_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -337,7 +536,17 @@ async fn modify_source(
     Ok(show(&node, r))
 }
 
-async fn delete_source(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/source-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 204, description = "deleted"),
+        openapi::Change,
+    )
+)]
+pub(super) async fn delete_source(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -365,7 +574,17 @@ async fn delete_source(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn replicate(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/replicate",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "a job starts", body = View),
+        openapi::PeerChange,
+    )
+)]
+pub(super) async fn replicate(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -399,7 +618,17 @@ async fn replicate(
     Ok((StatusCode::ACCEPTED, show(&node, r)))
 }
 
-async fn abort(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/abort",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "the running job, if any, is stopped", body = View),
+        openapi::Change,
+    )
+)]
+pub(super) async fn abort(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -417,7 +646,17 @@ async fn abort(
     ))
 }
 
-async fn reconnect(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/reconnect",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 202, description = "replicating again after a failover", body = source::Reconnected),
+        openapi::PeerChange,
+    )
+)]
+pub(super) async fn reconnect(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -428,7 +667,18 @@ async fn reconnect(
     Ok((StatusCode::ACCEPTED, Json(done)))
 }
 
-async fn authorize(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/authorize",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<Authorize>,
+    tag = "target",
+    responses(
+        (status = 200, description = "authorized; the target directory is read-only", body = View),
+        openapi::Change,
+    )
+)]
+pub(super) async fn authorize(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -436,11 +686,7 @@ async fn authorize(
 ) -> Answer<Json<view::View>> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
-    let a: Authorize = if b.is_empty() {
-        Authorize::default()
-    } else {
-        body(&b, "authorize")?
-    };
+    let a: Authorize = optional_body(&b, "authorize")?;
     let n = node.clone();
     let r = tokio::task::spawn_blocking(move || target::authorize(&n, &id, &a))
         .await
@@ -449,7 +695,17 @@ async fn authorize(
     Ok(show(&node, r))
 }
 
-async fn delete_target(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/target-relationships/{id}",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 204, description = "deleted; the target directory is writable"),
+        openapi::Change,
+    )
+)]
+pub(super) async fn delete_target(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -463,7 +719,17 @@ async fn delete_target(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn make_writable(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/make-writable",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "target",
+    responses(
+        (status = 200, description = "writable; the relationship has ended", body = View),
+        openapi::Change,
+    )
+)]
+pub(super) async fn make_writable(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -478,7 +744,18 @@ async fn make_writable(
     Ok(show(&node, r))
 }
 
-async fn start_drill(
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/drills",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<StartDrill>,
+    tag = "target",
+    responses(
+        (status = 201, description = "a writable copy of the last recovery point", body = drill::Drill),
+        openapi::Change,
+    )
+)]
+pub(super) async fn start_drill(
     State(node): Ctx,
     h: HeaderMap,
     Path(i): Path<String>,
@@ -486,11 +763,7 @@ async fn start_drill(
 ) -> Answer<(StatusCode, Json<drill::Drill>)> {
     check(&node, &h, Privilege::TargetWrite)?;
     let id = id(&i)?;
-    let d: StartDrill = if b.is_empty() {
-        StartDrill::default()
-    } else {
-        body(&b, "drill")?
-    };
+    let d: StartDrill = optional_body(&b, "drill")?;
     let n = node.clone();
     let made = tokio::task::spawn_blocking(move || {
         drill::start(&n, &id, d.into.map(std::path::PathBuf::from), d.allow_copy)
@@ -500,12 +773,31 @@ async fn start_drill(
     Ok((StatusCode::CREATED, Json(made)))
 }
 
-async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/replication/drills",
+    tag = "target",
+    responses(
+        (status = 200, description = "the drills on this node", body = [drill::Drill]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
     check(&node, &h, Privilege::TargetRead)?;
     Ok(Json(drill::list(&node)?))
 }
 
-async fn release_drill(
+#[utoipa::path(
+    delete,
+    path = "/v1/replication/drills/{drill}",
+    params(("drill" = String, Path, description = "drill id: 16 hex digits", pattern = "^[0-9a-f]{16}$")),
+    tag = "target",
+    responses(
+        (status = 200, description = "the released drill", body = drill::Drill),
+        openapi::PrivilegedInput,
+    )
+)]
+pub(super) async fn release_drill(
     State(node): Ctx,
     h: HeaderMap,
     Path(d): Path<String>,
@@ -518,7 +810,16 @@ async fn release_drill(
     Ok(Json(gone))
 }
 
-async fn metrics(
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
+        openapi::ServerError,
+    )
+)]
+pub(super) async fn metrics(
     State(node): Ctx,
 ) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
     let all = node.store().list(None)?;
@@ -570,4 +871,24 @@ async fn metrics(
         )],
         text,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_body_left_out_or_null_is_the_default() {
+        for b in ["", "null", "{}"] {
+            let a: Answer<Authorize> = optional_body(&Bytes::from(b), "authorize");
+            assert!(
+                a.as_ref().is_ok_and(|a| *a == Authorize::default()),
+                "{b:?}"
+            );
+        }
+        let bad = optional_body::<Authorize>(&Bytes::from("5"), "authorize");
+        assert!(bad.is_err_and(|e| e.0 == StatusCode::BAD_REQUEST));
+        let set = optional_body::<Authorize>(&Bytes::from(r#"{"allow_exec":true}"#), "x");
+        assert!(set.is_ok_and(|a| a.allow_exec));
+    }
 }

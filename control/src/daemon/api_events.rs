@@ -36,7 +36,7 @@ pub(super) struct Refusal(pub(super) String);
 
 /// `?since=ID&limit=N`, both optional; read as text so a bad value gets the API's JSON error.
 #[derive(serde::Deserialize)]
-struct Page {
+pub(super) struct Page {
     since: Option<String>,
     limit: Option<String>,
 }
@@ -67,7 +67,25 @@ impl Page {
     }
 }
 
-async fn events(State(node): Ctx, h: HeaderMap, Query(p): Query<Page>) -> Answer<Json<Vec<Event>>> {
+/// What an operator must notice on this node, oldest first (docs/api.md "Events").
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(
+        ("since" = Option<i64>, Query, description = "the first events after this id; without it, the newest"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "events, oldest first", body = Vec<Event>),
+        super::openapi::PrivilegedInput,
+    )
+)]
+pub(super) async fn events(
+    State(node): Ctx,
+    h: HeaderMap,
+    Query(p): Query<Page>,
+) -> Answer<Json<Vec<Event>>> {
     let role = caller(&node, &h)?;
     let v = Visible {
         source: role.has(Privilege::SourceRead),
@@ -86,7 +104,21 @@ async fn events(State(node): Ctx, h: HeaderMap, Query(p): Query<Page>) -> Answer
     Ok(Json(node.store().events(since.map(EventId), limit, v)?))
 }
 
-async fn audit_log(
+/// Every mutating API call and its answer, oldest first (docs/api.md "Audit log").
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "events",
+    params(
+        ("since" = Option<i64>, Query, description = "the first entries after this id; without it, the newest"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "audit entries, oldest first", body = Vec<AuditEntry>),
+        super::openapi::PrivilegedInput,
+    )
+)]
+pub(super) async fn audit_log(
     State(node): Ctx,
     h: HeaderMap,
     Query(p): Query<Page>,

@@ -3,13 +3,14 @@
 //! Snapshots are kept on both sides: listing takes either read privilege, releasing the
 //! write privilege of the side that keeps it.
 
-use super::api::{body, check, id, Answer, ApiError, Ctx};
+use super::api::{body, check, id, query, Answer, ApiError, Ctx};
 use super::snapshots::{self, PolicyView, SnapshotView};
-use super::Node;
+use super::{openapi, Node};
 use crate::auth::Privilege;
 use crate::model::Role;
 use crate::policy::{Policy, PolicyEdit, PolicyName, SnapshotId};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -39,12 +40,31 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<PolicyView>>> {
+#[utoipa::path(
+    get,
+    path = "/v1/snapshot-policies",
+    tag = "snapshots",
+    responses(
+        (status = 200, description = "the snapshot policies", body = [PolicyView]),
+        openapi::Privileged,
+    )
+)]
+pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<PolicyView>>> {
     check(&node, &h, Privilege::SourceRead)?;
     Ok(Json(snapshots::list_policies(&node)?))
 }
 
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot-policies",
+    request_body = Policy,
+    tag = "snapshots",
+    responses(
+        (status = 201, description = "created", body = PolicyView),
+        openapi::Create,
+    )
+)]
+pub(super) async fn create(
     State(node): Ctx,
     h: HeaderMap,
     b: Bytes,
@@ -57,12 +77,37 @@ async fn create(
     ))
 }
 
-async fn show(State(node): Ctx, h: HeaderMap, Path(n): Path<String>) -> Answer<Json<PolicyView>> {
+#[utoipa::path(
+    get,
+    path = "/v1/snapshot-policies/{name}",
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
+    tag = "snapshots",
+    responses(
+        (status = 200, description = "the policy", body = PolicyView),
+        openapi::Lookup,
+    )
+)]
+pub(super) async fn show(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(n): Path<String>,
+) -> Answer<Json<PolicyView>> {
     check(&node, &h, Privilege::SourceRead)?;
     Ok(Json(snapshots::get_policy(&node, &name(&n)?)?))
 }
 
-async fn modify(
+#[utoipa::path(
+    patch,
+    path = "/v1/snapshot-policies/{name}",
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
+    request_body = PolicyEdit,
+    tag = "snapshots",
+    responses(
+        (status = 200, description = "edited", body = PolicyView),
+        openapi::Change,
+    )
+)]
+pub(super) async fn modify(
     State(node): Ctx,
     h: HeaderMap,
     Path(n): Path<String>,
@@ -73,14 +118,38 @@ async fn modify(
     Ok(Json(snapshots::modify_policy(&node, &name(&n)?, &e)?))
 }
 
-async fn delete(State(node): Ctx, h: HeaderMap, Path(n): Path<String>) -> Answer<StatusCode> {
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshot-policies/{name}",
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
+    tag = "snapshots",
+    responses(
+        (status = 204, description = "deleted"),
+        openapi::Change,
+    )
+)]
+pub(super) async fn delete(
+    State(node): Ctx,
+    h: HeaderMap,
+    Path(n): Path<String>,
+) -> Answer<StatusCode> {
     check(&node, &h, Privilege::SourceWrite)?;
     snapshots::delete_policy(&node, &name(&n)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Takes the policy's snapshots now (each relationship linking it), as if it fired.
-async fn run(
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot-policies/{name}/run",
+    params(("name" = String, Path, description = "policy name: 1-64 letters, digits, '-' or '.', not starting with '.'", pattern = "^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$")),
+    tag = "snapshots",
+    responses(
+        (status = 201, description = "the snapshots taken", body = [SnapshotView]),
+        openapi::Change,
+    )
+)]
+pub(super) async fn run(
     State(node): Ctx,
     h: HeaderMap,
     Path(n): Path<String>,
@@ -94,21 +163,31 @@ async fn run(
 }
 
 #[derive(serde::Deserialize)]
-struct Only {
+pub(super) struct Only {
     relationship: Option<String>,
 }
 
-async fn list_snapshots(
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots",
+    params(("relationship" = Option<String>, Query, description = "only this relationship's")),
+    tag = "snapshots",
+    responses(
+        (status = 200, description = "the kept and queued snapshots the token may read", body = [SnapshotView]),
+        openapi::PrivilegedInput,
+    )
+)]
+pub(super) async fn list_snapshots(
     State(node): Ctx,
     h: HeaderMap,
-    Query(q): Query<Only>,
+    q: Result<Query<Only>, QueryRejection>,
 ) -> Answer<Json<Vec<SnapshotView>>> {
     let source = check(&node, &h, Privilege::SourceRead).is_ok();
     let target = check(&node, &h, Privilege::TargetRead).is_ok();
     if !source && !target {
         check(&node, &h, Privilege::SourceRead)?;
     }
-    let only = q.relationship.as_deref().map(id).transpose()?;
+    let only = query(q)?.relationship.as_deref().map(id).transpose()?;
     let all = snapshots::list(&node, only.as_ref())?;
     Ok(Json(
         all.into_iter()
@@ -120,12 +199,30 @@ async fn list_snapshots(
     ))
 }
 
-async fn release(
+#[utoipa::path(
+    delete,
+    path = "/v1/snapshots/{relationship}/{id}",
+    params(("relationship" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$"), ("id" = u64, Path, description = "snapshot id")),
+    tag = "snapshots",
+    responses(
+        (status = 200, description = "the released snapshot", body = SnapshotView),
+        openapi::Change,
+    )
+)]
+pub(super) async fn release(
     State(node): Ctx,
     h: HeaderMap,
-    Path((rel, sid)): Path<(String, u64)>,
+    Path((rel, sid)): Path<(String, String)>,
 ) -> Answer<Json<SnapshotView>> {
     let rid = id(&rel)?;
+    // Parsed here, not by the extractor, whose refusal would be text rather than the API's
+    // JSON error.
+    let sid: u64 = sid.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("snapshot id {sid:?} is not a number"),
+        )
+    })?;
     let role = if node.get(&rid, Role::Source).is_ok() {
         Privilege::SourceWrite
     } else {

@@ -21,11 +21,12 @@ pub const MAX_DRILLS: usize = 64;
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// A drill as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Drill {
     pub id: String,
     pub relationship: String,
     /// The writable copy.
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// `snapshot` (btrfs), `reflink` or `copy`.
     pub method: String,

@@ -12,6 +12,7 @@ pub mod drill;
 mod host;
 mod http;
 mod metrics;
+mod openapi;
 mod paths;
 mod peer_server;
 mod reverse;

@@ -581,6 +581,13 @@ fn propose(
     if let Err(e) = spec.validate() {
         return refuse(e.to_string());
     }
+    // A source naming this node's own address: one store cannot hold both roles of one id, and
+    // the target path it would protect and replicate into is whatever the request said.
+    if *fp == node.identity.fingerprint {
+        return refuse(
+            "a relationship from this node to itself: the target must be another node".into(),
+        );
+    }
     if let Some(why) = mover::compat::refuse_peer(mover::software_version(), software, "source") {
         tracing::warn!(%id, "refused a proposal: {why}");
         return refuse(why);

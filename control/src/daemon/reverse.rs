@@ -3,8 +3,8 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::api::{body, check, id, Answer, ApiError, Ctx};
-use super::{lock, paths, source, target, view, Node};
+use super::api::{check, id, optional_body, Answer, ApiError, Ctx};
+use super::{lock, openapi, paths, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
@@ -28,7 +28,7 @@ const JOB_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// What `reverse` answers: this node's view of the relationship after it, the common
 /// recovery point, and what the node that became the target kept aside.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Reversed {
     pub relationship: view::View,
     pub epoch: u64,
@@ -73,6 +73,16 @@ fn both_privileges(node: &Node, h: &HeaderMap) -> Answer<()> {
 }
 
 /// `POST /v1/replication/source-relationships/{id}/reverse`.
+#[utoipa::path(
+    post,
+    path = "/v1/replication/source-relationships/{id}/reverse",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    tag = "source",
+    responses(
+        (status = 200, description = "reversed: this node is now the target", body = Reversed),
+        openapi::PeerChange,
+    )
+)]
 pub(super) async fn from_source(
     axum::extract::State(node): Ctx,
     h: HeaderMap,
@@ -84,6 +94,17 @@ pub(super) async fn from_source(
 }
 
 /// `POST /v1/replication/target-relationships/{id}/reverse`, body `ReverseBody`.
+#[utoipa::path(
+    post,
+    path = "/v1/replication/target-relationships/{id}/reverse",
+    params(("id" = String, Path, description = "relationship id: 32 lowercase hex digits", pattern = "^[0-9a-f]{32}$")),
+    request_body = Option<ReverseBody>,
+    tag = "target",
+    responses(
+        (status = 200, description = "reversed: this node is now the source", body = Reversed),
+        openapi::PeerChange,
+    )
+)]
 pub(super) async fn from_target(
     axum::extract::State(node): Ctx,
     h: HeaderMap,
@@ -92,11 +113,7 @@ pub(super) async fn from_target(
 ) -> Answer<Json<Reversed>> {
     both_privileges(&node, &h)?;
     let id = id(&i)?;
-    let b: ReverseBody = if b.is_empty() {
-        ReverseBody::default()
-    } else {
-        body(&b, "reverse")?
-    };
+    let b: ReverseBody = optional_body(&b, "reverse")?;
     let Some(addr) = b.source_address else {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,

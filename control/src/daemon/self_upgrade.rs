@@ -16,11 +16,12 @@
 //! The record (`<data-dir>/upgrade.json`) is written before every step, so an interrupted
 //! upgrade is seen, and rerun, where it stopped.
 
-use super::api::{check, Answer, ApiError, Ctx};
-use super::{config, Node};
+use super::api::{body, check, Answer, ApiError, Ctx};
+use super::{config, openapi, Node};
 use crate::auth::{hex, Privilege};
 use crate::error::IoContext;
 use crate::{Error, Result};
+use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -39,7 +40,7 @@ const COPY_CHUNK: usize = 1 << 20;
 const MAX_PACKAGE: u64 = 1 << 30;
 
 /// Where an upgrade of this node stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// The package is staged and checked; the node still runs the old release.
@@ -52,11 +53,12 @@ pub enum Phase {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
     pub from: String,
     pub to: String,
     pub sha256: String,
+    #[schema(value_type = String)]
     pub staged: PathBuf,
     pub phase: Phase,
     pub updated_ns: i64,
@@ -64,7 +66,7 @@ pub struct Record {
 }
 
 /// Which phases `start` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StartPhase {
     Distribute,
@@ -73,7 +75,7 @@ pub enum StartPhase {
     All,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct StartBody {
     to: String,
     /// Path of the new `mover` binary on this node (not needed for `phase: restart`).
@@ -104,9 +106,23 @@ fn write_record(node: &Node, r: &Record) -> Result<()> {
 
 /// Copies `package` to `dest` (through a temporary name, synced) and returns its SHA-256.
 fn copy_hashed(package: &Path, dest: &Path) -> Result<String> {
-    let mut src =
-        std::fs::File::open(package).ctx(|| format!("opening package {}", package.display()))?;
-    let len = src.metadata().ctx(|| package.display().to_string())?.len();
+    // The package path is the request's: what is not there, or not a file, is refused as the
+    // request's mistake (it was a 500; and a device such as /dev/zero never ends, so its copy
+    // filled the data directory).
+    let not_a_package = |why: String| {
+        Error::Invalid(format!(
+            "package {}: {why} (the path of a mover binary on this node)",
+            package.display()
+        ))
+    };
+    let src = std::fs::File::open(package).map_err(|e| not_a_package(e.to_string()))?;
+    let meta = src.metadata().ctx(|| package.display().to_string())?;
+    if !meta.is_file() {
+        return Err(not_a_package("not a regular file".into()));
+    }
+    let len = meta.len();
+    // Bounded all the same: a file growing while it is copied.
+    let mut src = src.take(MAX_PACKAGE);
     if len > MAX_PACKAGE {
         return Err(Error::Invalid(format!(
             "package {} is {len} bytes, more than a mover binary can be ({MAX_PACKAGE})",
@@ -198,12 +214,26 @@ fn install(node: &Node, r: &Record) -> Result<PathBuf> {
 
 /// `POST /v1/upgrade/start` (ADMIN): 200 with the record after `distribute`; 202 when the node
 /// is restarting onto the new release.
+#[utoipa::path(
+    post,
+    path = "/v1/upgrade/start",
+    request_body = StartBody,
+    tag = "upgrade",
+    responses(
+        (status = 200, description = "distributed: the package is staged and checked", body = Record),
+        (status = 202, description = "restarting onto the new release", body = Record),
+        openapi::Create,
+    )
+)]
 pub(super) async fn start(
     AxState(node): Ctx,
     h: HeaderMap,
-    Json(b): Json<StartBody>,
+    b: Bytes,
 ) -> Answer<(StatusCode, Json<Record>)> {
     check(&node, &h, Privilege::Admin)?;
+    // Read here, not by axum's `Json`, whose refusals (415, 422) are text the API does not
+    // promise.
+    let b: StartBody = body(&b, "upgrade start")?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let to: Version = b.to.parse().map_err(bad)?;
     let sha = b.sha256.to_ascii_lowercase();
@@ -269,22 +299,54 @@ pub(super) async fn start(
     Ok((StatusCode::ACCEPTED, Json(rec)))
 }
 
+/// `GET /v1/upgrade/status`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// This node's one container (`all`).
+    pub containers: Vec<Container>,
+    /// The latest upgrade's record (null before any).
+    pub upgrade: Option<Record>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Container {
+    pub node: String,
+    pub role: &'static str,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub health: &'static str,
+}
+
 /// `GET /v1/upgrade/status` (any token): this node's one container (`all`), its release, and
 /// the latest upgrade's record.
-pub(super) async fn status(AxState(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/upgrade/status",
+    tag = "upgrade",
+    responses(
+        (status = 200, description = "this node's release and its latest upgrade", body = Status),
+        openapi::AnyToken,
+    )
+)]
+pub(super) async fn status(AxState(node): Ctx, h: HeaderMap) -> Answer<Json<Status>> {
     super::api::caller(&node, &h)?;
     let rec = read_record(&node.opts.data_dir)?;
-    Ok(Json(serde_json::json!({
-        "containers": [{
-            "node": node.opts.listen.to_string(),
-            "role": "all",
-            "version": mover::software_version(),
-            "pid": std::process::id(),
-            "uptime_secs": node.clock.instant().saturating_duration_since(node.started).as_secs(),
-            "health": "ok",
+    Ok(Json(Status {
+        containers: vec![Container {
+            node: node.opts.listen.to_string(),
+            role: "all",
+            version: mover::software_version().to_string(),
+            pid: std::process::id(),
+            uptime_secs: node
+                .clock
+                .instant()
+                .saturating_duration_since(node.started)
+                .as_secs(),
+            health: "ok",
         }],
-        "upgrade": rec,
-    })))
+        upgrade: rec,
+    }))
 }
 
 /// At start: an upgrade that restarted into this process is done if this is the release it

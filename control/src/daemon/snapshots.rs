@@ -26,7 +26,7 @@ pub const POLICY_TICK: Duration = Duration::from_secs(1);
 pub const KEEP_WAIT: Duration = Duration::from_secs(60);
 
 /// A policy as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     pub name: PolicyName,
     pub schedule: crate::policy::Schedule,
@@ -41,7 +41,7 @@ pub struct PolicyView {
 }
 
 /// A kept snapshot as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub relationship: String,
     pub role: Role,

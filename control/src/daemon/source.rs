@@ -1379,7 +1379,7 @@ pub(crate) fn learned(
 
 /// What a reconnect found: the last recovery point of each side, and the target's first
 /// difference from its own (what the next job reverts).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Reconnected {
     pub relationship: super::view::View,
     pub source_recovery_point: Option<String>,

@@ -84,8 +84,27 @@ fn asset(name: &str) -> Response {
     res
 }
 
+/// The caller's token as `GET /v1/whoami` shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct WhoAmI {
+    name: String,
+    /// admin, source-operator, target-operator or observer.
+    role: &'static str,
+    /// SOURCE_READ, SOURCE_WRITE, TARGET_READ, TARGET_WRITE, ADMIN: those the role carries.
+    privileges: Vec<&'static str>,
+}
+
 /// `GET /v1/whoami` (any valid token): the token's name, role and privileges.
-async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<serde_json::Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "node",
+    responses(
+        (status = 200, description = "the caller's token", body = WhoAmI),
+        super::openapi::AnyToken,
+    )
+)]
+pub(super) async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<WhoAmI>> {
     // `caller` refuses a missing or unknown token with the API's usual 401 words.
     let role = caller(&node, &h)?;
     let name = h
@@ -97,16 +116,16 @@ async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<se
         .flatten()
         .map(|(name, _)| name)
         .unwrap_or_default();
-    let privileges: Vec<&str> = PRIVILEGES
+    let privileges: Vec<&'static str> = PRIVILEGES
         .into_iter()
         .filter(|p| role.has(*p))
         .map(Privilege::name)
         .collect();
-    Ok(Json(serde_json::json!({
-        "name": name,
-        "role": role.name(),
-        "privileges": privileges,
-    })))
+    Ok(Json(WhoAmI {
+        name,
+        role: role.name(),
+        privileges,
+    }))
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! (`crate::upgrade::assess`) decides on, gathered from this node and what it last heard of
 //! its peers.
 
-use super::api::{caller, Answer, ApiError, Ctx};
-use super::{view, Node};
+use super::api::{caller, query, Answer, ApiError, Ctx};
+use super::{openapi, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Role, State};
 use crate::upgrade::{assess, Facts, Peer, Report};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -88,12 +89,23 @@ pub(super) fn facts(
 }
 
 /// Any valid token may ask; whether it may upgrade is one of the items.
+#[utoipa::path(
+    get,
+    path = "/v1/upgrade/check",
+    params(("to" = String, Query, description = "the release to upgrade to, e.g. 1.5.0", pattern = "^[0-9]+[.][0-9]+[.][0-9]+$"), ("staging" = Option<String>, Query, description = "absolute path where the release is staged (default: the data dir)")),
+    tag = "upgrade",
+    responses(
+        (status = 200, description = "what stands between this node and the release", body = Report),
+        openapi::TokenInput,
+    )
+)]
 pub(super) async fn check(
     AxState(node): Ctx,
     h: HeaderMap,
-    Query(q): Query<CheckQuery>,
+    q: Result<Query<CheckQuery>, QueryRejection>,
 ) -> Answer<Json<Report>> {
     let role = caller(&node, &h)?;
+    let q = query(q)?;
     let to: Version =
         q.to.parse()
             .map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e))?;

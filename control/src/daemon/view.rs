@@ -6,13 +6,13 @@ use crate::model::{self, IdMap, Relationship, ReplicaOptions, Role, State};
 use crate::peer::JobView;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TimeView {
     pub time: String,
     pub age_seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub time: String,
     pub ok: bool,
@@ -21,7 +21,7 @@ pub struct AttemptView {
 
 /// The last full verification of a target (a scrub, or a job that walked it all): `ok` false
 /// is an alert, the target differs from its recovery point (`difference` says where).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScrubView {
     pub last_at: String,
     #[serde(skip)]
@@ -29,10 +29,11 @@ pub struct ScrubView {
     pub ok: bool,
     pub difference: Option<String>,
     pub entries: u64,
+    #[schema(schema_with = super::openapi::scrub_by)]
     pub by: mover::receiver::scrub::ScrubBy,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct View {
     pub id: String,
     pub role: Role,
@@ -83,7 +84,7 @@ pub struct View {
     pub peer_version_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct SnapshotCounts {
     pub queued: usize,
     pub kept: usize,

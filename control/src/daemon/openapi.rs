@@ -1,0 +1,311 @@
+//! The API's OpenAPI description, built from the handlers' `#[utoipa::path]` attributes and
+//! the `ToSchema` derives of what they read and answer, so it cannot drift from the code
+//! unnoticed. Served without a token at `GET /v1/openapi.json` (it holds no secret, and a
+//! client needs it before it has a token).
+
+use super::{api, api_events, api_snapshots, reverse, self_upgrade, ui, upgrade, Node};
+use crate::blackout::{ClockTime, Days};
+use crate::policy::PolicyName;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
+
+pub(super) const PATH: &str = "/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mover REST API",
+        description = "The control plane of a mover node (docs/api.md). Every request but \
+                       GET /metrics and GET /v1/openapi.json carries `Authorization: Bearer \
+                       <token>`; errors are `{\"error\": string}`."
+    ),
+    paths(
+        api::node_info,
+        api::list_tokens,
+        api::create_token,
+        api::delete_token,
+        api::status_all,
+        api::list_source,
+        api::create_source,
+        api::get_source,
+        api::modify_source,
+        api::delete_source,
+        api::replicate,
+        api::abort,
+        api::reconnect,
+        reverse::from_source,
+        api::list_target,
+        api::get_target,
+        api::delete_target,
+        api::authorize,
+        api::make_writable,
+        reverse::from_target,
+        api::start_drill,
+        api::list_drills,
+        api::release_drill,
+        api_snapshots::list,
+        api_snapshots::create,
+        api_snapshots::show,
+        api_snapshots::modify,
+        api_snapshots::delete,
+        api_snapshots::run,
+        api_snapshots::list_snapshots,
+        api_snapshots::release,
+        upgrade::check,
+        self_upgrade::start,
+        self_upgrade::status,
+        api::metrics,
+        api::cluster,
+        api_events::events,
+        api_events::audit_log,
+        ui::whoami,
+        openapi_json,
+    ),
+    components(schemas(api::ErrorBody)),
+    modifiers(&Bearer),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// The token scheme every operation but the two open ones requires.
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "a token from `POST /v1/tokens` or <data-dir>/admin.token",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new().route(PATH, get(openapi_json))
+}
+
+/// This description.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    security(()),
+    responses((status = 200, description = "the OpenAPI description of this API", body = Object))
+)]
+pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// What each error status means (docs/api.md); the body is always `ErrorBody`.
+fn meaning(status: u16) -> &'static str {
+    match status {
+        400 => "the request is malformed or invalid (the message says which field and why)",
+        401 => "no token, or a token the node does not know",
+        403 => "the token's role lacks the privilege (the message names it)",
+        404 => "no such relationship, policy, snapshot, drill or token",
+        409 => "the request conflicts with the current state",
+        502 => "the peer daemon could not be reached or refused",
+        _ => "anything else (the message says what)",
+    }
+}
+
+fn errors(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(api::ErrorBody::name())))
+        .build();
+    statuses
+        .iter()
+        .map(|s| {
+            let r = ResponseBuilder::new()
+                .description(meaning(*s))
+                .content("application/json", body.clone());
+            (s.to_string(), r.into())
+        })
+        .collect()
+}
+
+/// The sets of error statuses the handlers answer, each named for what kind of call it is;
+/// a handler's `responses(...)` lists its successes and one of these.
+macro_rules! error_sets {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal),+;)+) => {
+        $(
+            $(#[$doc])*
+            pub(super) struct $name;
+
+            impl IntoResponses for $name {
+                fn responses() -> BTreeMap<String, RefOr<Response>> {
+                    errors(&[$($status),+])
+                }
+            }
+        )+
+    };
+}
+
+error_sets! {
+    /// `/metrics`: no token.
+    ServerError: 500;
+    /// Any valid token, nothing to parse.
+    AnyToken: 401, 500;
+    /// A privilege, nothing to parse.
+    Privileged: 401, 403, 500;
+    /// Any valid token and a query.
+    TokenInput: 400, 401, 500;
+    /// A privilege and something to check: a body, a query, or a drill id (an unknown drill
+    /// is 400 too, which the CLI's exit code for it has always said).
+    PrivilegedInput: 400, 401, 403, 500;
+    /// Reads one thing by its name or id.
+    Lookup: 400, 401, 403, 404, 500;
+    /// Changes one thing, which its state may not allow.
+    Change: 400, 401, 403, 404, 409, 500;
+    /// Changes one thing and asks the peer.
+    PeerChange: 400, 401, 403, 404, 409, 502, 500;
+    /// Creates a thing whose name may be taken.
+    Create: 400, 401, 403, 409, 500;
+    /// Creates a relationship: asks the target.
+    PeerCreate: 400, 401, 403, 409, 502, 500;
+    /// Deletes a token by its name.
+    Removal: 401, 403, 404, 409, 500;
+}
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+/// Days serialize as short names, Monday first; reading also takes full names in any case.
+impl PartialSchema for Days {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(string().examples(["mon", "sat"]))
+            .min_items(Some(1))
+            .max_items(Some(7))
+            .description(Some("days of the week: mon, tue, wed, thu, fri, sat, sun"))
+            .into()
+    }
+}
+
+impl ToSchema for Days {}
+
+impl PartialSchema for ClockTime {
+    fn schema() -> RefOr<Schema> {
+        string()
+            .description(Some("time of day on a 24-hour clock, HH:MM"))
+            .examples(["22:00"])
+            .into()
+    }
+}
+
+impl ToSchema for ClockTime {}
+
+impl PartialSchema for PolicyName {
+    fn schema() -> RefOr<Schema> {
+        string()
+            .description(Some(
+                "1-64 letters, digits, '-' or '.', not starting with '.'",
+            ))
+            .pattern(Some("^[A-Za-z0-9-][A-Za-z0-9.-]{0,63}$"))
+            .into()
+    }
+}
+
+impl ToSchema for PolicyName {}
+
+/// What last verified a target (`mover::receiver::scrub::ScrubBy`, a data-plane type).
+pub(super) fn scrub_by() -> ObjectBuilder {
+    string().enum_values(Some(["scrub", "job"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files whose router functions register the API's routes, with where each function's
+    /// route list starts.
+    /// (`ui.rs` is counted apart: its page and assets are not API operations, `/v1/whoami` is.)
+    const ROUTERS: [(&str, &str); 4] = [
+        (include_str!("api.rs"), "pub fn router("),
+        (include_str!("api_snapshots.rs"), "pub(super) fn routes("),
+        (include_str!("api_events.rs"), "pub(super) fn routes("),
+        (include_str!("openapi.rs"), "pub(super) fn routes("),
+    ];
+    const METHODS: [&str; 5] = ["get(", "post(", "put(", "patch(", "delete("];
+
+    /// Method handlers registered in the router function starting at `start` in `src`.
+    fn registrations(src: &str, start: &str) -> usize {
+        let from = src.find(start).unwrap_or_else(|| panic!("no {start}"));
+        let body = &src[from..];
+        let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        METHODS.iter().map(|m| body.matches(m).count()).sum()
+    }
+
+    fn operations() -> Vec<(String, String)> {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                ops.push((method.clone(), path.clone()));
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn every_routed_handler_is_in_the_description() {
+        // The UI's three page routes are not operations; its `/v1/whoami` is.
+        let ui = registrations(include_str!("ui.rs"), "pub(super) fn routes(") - 3;
+        let routed: usize = ROUTERS
+            .iter()
+            .map(|(s, f)| registrations(s, f))
+            .sum::<usize>()
+            + ui;
+        let ops = operations();
+        assert_eq!(
+            routed,
+            ops.len(),
+            "the routers register {routed} handlers, the description has {}: add \
+             #[utoipa::path] to the new handler and list it in ApiDoc's paths; documented: {ops:?}",
+            ops.len()
+        );
+    }
+
+    #[test]
+    fn every_operation_documents_its_errors_and_token() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (method, path) in operations() {
+            let op = &doc["paths"][&path][&method];
+            let responses = op["responses"].as_object().unwrap();
+            let open = op["security"] == serde_json::json!([{}]);
+            assert_eq!(
+                open,
+                path == "/metrics" || path == PATH,
+                "{method} {path}: only /metrics and the description need no token"
+            );
+            if !open {
+                assert!(responses.contains_key("401"), "{method} {path}: no 401");
+                assert!(responses.contains_key("500"), "{method} {path}: no 500");
+            }
+            let params = op["parameters"].as_array().map_or(0, Vec::len);
+            assert!(
+                path.matches('{').count() <= params,
+                "{method} {path}: a path parameter is not described"
+            );
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+}
