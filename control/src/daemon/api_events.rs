@@ -84,7 +84,7 @@ impl Page {
 pub(super) async fn events(
     State(node): Ctx,
     h: HeaderMap,
-    Query(p): Query<Page>,
+    p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Vec<Event>>> {
     let role = caller(&node, &h)?;
     let v = Visible {
@@ -100,7 +100,7 @@ pub(super) async fn events(
             ),
         ));
     }
-    let (since, limit) = p.read()?;
+    let (since, limit) = super::api::query(p)?.read()?;
     Ok(Json(node.store().events(since.map(EventId), limit, v)?))
 }
 
@@ -121,10 +121,10 @@ pub(super) async fn events(
 pub(super) async fn audit_log(
     State(node): Ctx,
     h: HeaderMap,
-    Query(p): Query<Page>,
+    p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Vec<AuditEntry>>> {
     check(&node, &h, Privilege::Admin)?;
-    let (since, limit) = p.read()?;
+    let (since, limit) = super::api::query(p)?.read()?;
     Ok(Json(node.store().audit(since.map(AuditId), limit)?))
 }
 
