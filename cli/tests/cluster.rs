@@ -90,6 +90,23 @@ fn three_nodes_elect_one_leader_and_a_killed_leader_is_down_and_replaced_within_
         "{text}"
     );
     assert_eq!(nodes[0].cli(&["cluster", "status"]).status.code(), Some(0));
+    // Per-node figures on any node's /metrics.
+    let (code, m) = nodes[1].call_as(None, "GET", "/metrics", None);
+    let m = m.as_str().unwrap().to_string();
+    assert_eq!(code, 200);
+    assert!(m.contains("mover_cluster_connected{node=\"n2\"} 1"), "{m}");
+    for n in &all {
+        assert!(
+            m.contains(&format!(
+                "mover_cluster_member_up{{node=\"{n}\",version=\"0.1.0\"}} 1"
+            )),
+            "{m}"
+        );
+    }
+    assert!(
+        m.contains(&format!("mover_cluster_leader{{node=\"{leader}\"}} 1")),
+        "{m}"
+    );
 
     // SIGKILL the leader: the others see it down and elect another, within the bound.
     let i = all.iter().position(|n| *n == leader).unwrap();

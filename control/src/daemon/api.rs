@@ -864,6 +864,9 @@ pub(super) async fn metrics(
         peers: &peers,
         targets: &targets,
     }));
+    if let Some(c) = &node.cluster {
+        text.push_str(&super::metrics::render_cluster(&c.view()));
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

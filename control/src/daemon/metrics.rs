@@ -170,6 +170,33 @@ pub fn render_health(h: &Health) -> String {
     o
 }
 
+/// Cluster figures, from this node's view of etcd (`crate::cluster`): whether it reaches etcd,
+/// and each member's state, so a dashboard of any one node shows the whole cluster.
+pub fn render_cluster(v: &crate::cluster::ClusterView) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# HELP mover_cluster_connected Whether this node's session with etcd is up.\n# TYPE mover_cluster_connected gauge\nmover_cluster_connected{{node=\"{}\"}} {}", label(&v.this_node.to_string()), u8::from(v.connected));
+    let _ = writeln!(o, "# HELP mover_cluster_member_up Whether a member heartbeats (1) or is down (0).\n# TYPE mover_cluster_member_up gauge");
+    for m in &v.members {
+        let _ = writeln!(
+            o,
+            "mover_cluster_member_up{{node=\"{}\",version=\"{}\"}} {}",
+            label(&m.member.name.to_string()),
+            label(&m.member.version),
+            u8::from(m.up)
+        );
+    }
+    let _ = writeln!(o, "# HELP mover_cluster_leader Whether a member leads the cluster's scheduler.\n# TYPE mover_cluster_leader gauge");
+    for m in &v.members {
+        let _ = writeln!(
+            o,
+            "mover_cluster_leader{{node=\"{}\"}} {}",
+            label(&m.member.name.to_string()),
+            u8::from(m.leader)
+        );
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
