@@ -315,7 +315,7 @@ impl Verbs {
         Ok(())
     }
 
-    fn to_init(&mut self, cfg: &RdmaConfig) -> io::Result<()> {
+    fn move_to_init(&mut self, cfg: &RdmaConfig) -> io::Result<()> {
         // SAFETY: zeroed is a valid ibv_qp_attr.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_INIT;
@@ -330,7 +330,7 @@ impl Verbs {
         self.modify(&mut a, m, "INIT")
     }
 
-    fn to_rtr(&mut self, cfg: &RdmaConfig, peer: &Endpoint) -> io::Result<()> {
+    fn move_to_rtr(&mut self, cfg: &RdmaConfig, peer: &Endpoint) -> io::Result<()> {
         // SAFETY: zeroed is a valid ibv_port_attr / ibv_qp_attr.
         let mut port: ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: query into a zeroed out-struct on an open device.
@@ -361,7 +361,7 @@ impl Verbs {
         self.modify(&mut a, m, "RTR")
     }
 
-    fn to_rts(&mut self, psn: u32) -> io::Result<()> {
+    fn move_to_rts(&mut self, psn: u32) -> io::Result<()> {
         // SAFETY: zeroed is a valid ibv_qp_attr.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RTS;
@@ -448,7 +448,7 @@ impl RdmaConn {
         let mut v = Verbs::open(cfg)?;
         let mut recv = RecvCredits::new(SLOTS).map_err(io::Error::other)?;
         let mut send = SendCredits::new(SLOTS, SLOTS).map_err(io::Error::other)?;
-        let r = v.to_init(cfg);
+        let r = v.move_to_init(cfg);
         setup_io(r, &mut qp)?;
         let _ = qp.on(QpEvent::Advance { peer_known: false });
         // Every slot is posted before the peer learns of it.
@@ -469,10 +469,10 @@ impl RdmaConn {
                 format!("rdma: peer slot size {} != {SLOT_SIZE}", them.slot_size),
             ));
         }
-        let r = v.to_rtr(cfg, &them);
+        let r = v.move_to_rtr(cfg, &them);
         setup_io(r, &mut qp)?;
         let _ = qp.on(QpEvent::Advance { peer_known: true });
-        let r = v.to_rts(psn);
+        let r = v.move_to_rts(psn);
         setup_io(r, &mut qp)?;
         let _ = qp.on(QpEvent::Advance { peer_known: true });
         // The peer posted slots 0..them.slots before sending its endpoint: all are credits.
@@ -588,13 +588,11 @@ impl RdmaConn {
                 "rdma: connection shut down",
             ));
         }
-        if self.qp.is_terminal() || !self.qp.can_post() && self.qp.outstanding() == 0 {
-            if self.qp.cause().is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("rdma: queue pair failed ({:?})", self.qp.cause()),
-                ));
-            }
+        if let Some(cause) = self.qp.cause() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("rdma: queue pair failed ({cause:?})"),
+            ));
         }
         Ok(())
     }
@@ -607,7 +605,7 @@ impl RdmaConn {
         if t.is_some_and(|t| start.elapsed() > t) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "rdma: timed out"));
         }
-        if *idle % PEER_CHECK_POLLS == 0 && self.peer_closed() {
+        if idle.is_multiple_of(PEER_CHECK_POLLS) && self.peer_closed() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "rdma: peer closed the control connection",
