@@ -293,10 +293,7 @@ impl Topology {
         }
         let _ = writeln!(s, "Block devices:");
         for b in &self.block_devices {
-            let node = b
-                .numa_node
-                .map(|n| n.0.to_string())
-                .unwrap_or_else(|| "-".into());
+            let node = node_text(b.numa_node);
             let rot = match b.rotational {
                 Some(true) => "rotational",
                 Some(false) => "non-rotational",
@@ -319,10 +316,7 @@ impl Topology {
         }
         let _ = writeln!(s, "NICs:");
         for n in &self.nics {
-            let node = n
-                .numa_node
-                .map(|n| n.0.to_string())
-                .unwrap_or_else(|| "-".into());
+            let node = node_text(n.numa_node);
             let _ = writeln!(
                 s,
                 "  {:<12} node {node:<2} rx {} tx {} queues",
@@ -334,10 +328,7 @@ impl Topology {
             let _ = writeln!(s, "  (none in class/infiniband)");
         }
         for d in &self.rdma_devices {
-            let node = d
-                .numa_node
-                .map(|n| n.0.to_string())
-                .unwrap_or_else(|| "-".into());
+            let node = node_text(d.numa_node);
             let _ = writeln!(
                 s,
                 "  {:<12} node {node:<2} netdev {}",
@@ -361,6 +352,11 @@ impl Topology {
         }
         s
     }
+}
+
+/// A NUMA node for the text rendering: its number, or "-" when unknown.
+fn node_text(n: Option<NumaNodeId>) -> String {
+    n.map(|n| n.0.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// RDMA devices of `<root>/class/infiniband`, their ports, NUMA nodes and netdevs.

@@ -303,10 +303,17 @@ mod tests {
     const SEEDS: u64 = 300;
     const STEPS: usize = 2_000;
 
+    /// A receiver with `slots` slots and a sender with `sources` buffers, nothing granted.
+    fn pair(slots: u32, sources: u32) -> (RecvCredits, SendCredits) {
+        (
+            RecvCredits::new(slots).unwrap(),
+            SendCredits::new(slots, sources).unwrap(),
+        )
+    }
+
     #[test]
     fn a_write_needs_a_granted_credit() {
-        let mut r = RecvCredits::new(2).unwrap();
-        let mut s = SendCredits::new(2, 4).unwrap();
+        let (mut r, mut s) = pair(2, 4);
         assert_eq!(s.begin_write(SourceBuf(0)), Err(CreditError::NoCredit));
         let g = r.grant(1);
         s.on_grant(&g).unwrap();
@@ -317,8 +324,7 @@ mod tests {
 
     #[test]
     fn a_source_buffer_is_not_reused_before_its_completion() {
-        let mut r = RecvCredits::new(4).unwrap();
-        let mut s = SendCredits::new(4, 2).unwrap();
+        let (mut r, mut s) = pair(4, 2);
         s.on_grant(&r.grant(4)).unwrap();
         let w = s.begin_write(SourceBuf(1)).unwrap();
         assert_eq!(s.begin_write(SourceBuf(1)), Err(CreditError::SourceBusy(1)));
@@ -352,8 +358,7 @@ mod tests {
 
     #[test]
     fn a_slot_may_be_granted_again_before_its_write_completion_is_polled() {
-        let mut r = RecvCredits::new(1).unwrap();
-        let mut s = SendCredits::new(1, 2).unwrap();
+        let (mut r, mut s) = pair(1, 2);
         s.on_grant(&r.grant(1)).unwrap();
         let w = s.begin_write(SourceBuf(0)).unwrap();
         r.on_write(w.slot.0, 8).unwrap();
