@@ -2,7 +2,10 @@
 //! of traffic between two threads of this process over one RDMA device, the control
 //! connections on 127.0.0.1. Sends seeded data both ways through `Connection::send_all` and
 //! `recv_exact` (so through the credit machine and the queue pair), checks xxh3 hashes, then
-//! checks that a shut-down peer is reported as an error, not a hang.
+//! checks that a shut-down peer is reported as an error, not a hang, and that a peer whose
+//! queue pair vanishes mid-stream (the receiver drops its connection after 2 MiB while the
+//! sender keeps sending) fails the sender with an error within a bound: the RDMA error that
+//! the session's reconnect (and, later, the fallback to TCP) starts from.
 //!
 //! Usage: rdma_echo [DEVICE] [GID_INDEX] [MIB]   (defaults: first device, 1, 64)
 //! Prints `rdma-echo: PASS ...` and exits 0, or `rdma-echo: FAIL ...` and exits 1.
@@ -90,9 +93,54 @@ fn run(cfg: RdmaConfig, mib: usize) -> Result<String, String> {
         Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {}
         other => return Err(format!("receive from a closed peer gave {other:?}")),
     }
+    let broken = broken_peer(cfg)?;
     Ok(format!(
-        "{mib} MiB client->server in {secs:.2} s ({:.1} MiB/s, messages of {MAX_PAYLOAD} bytes), 1 MiB back, hashes equal, closed peer reported",
+        "{broken}; {mib} MiB client->server in {secs:.2} s ({:.1} MiB/s, messages of {MAX_PAYLOAD} bytes), 1 MiB back, hashes equal, closed peer reported",
         mib as f64 / secs
+    ))
+}
+
+/// The receiver takes 2 MiB, then drops its connection (QP destroyed, control closed) while
+/// the sender goes on: the sender must get an error, not hang and not time out.
+fn broken_peer(cfg: RdmaConfig) -> Result<String, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let scfg = cfg.clone();
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let (s, _) = l.accept().map_err(|e| e.to_string())?;
+        let mut c = RdmaConn::establish(s, &scfg).map_err(|e| format!("server setup: {e}"))?;
+        let mut buf = vec![0u8; 2 * CHUNK];
+        c.recv_exact(&mut buf)
+            .map_err(|e| format!("server recv: {e}"))?;
+        drop(c);
+        Ok(())
+    });
+    let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let mut c = RdmaConn::establish(s, &cfg).map_err(|e| format!("client setup: {e}"))?;
+    c.set_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let payload = data(3, CHUNK);
+    let t0 = Instant::now();
+    let mut sent = 0usize;
+    let err = loop {
+        match c.send_all(&payload) {
+            Ok(()) => sent += CHUNK,
+            Err(e) => break e,
+        }
+        if sent > 1024 * CHUNK {
+            return Err("sent 1 GiB to a peer that stopped after 2 MiB".into());
+        }
+    };
+    server
+        .join()
+        .map_err(|_| "server thread panicked".to_string())??;
+    if err.kind() == std::io::ErrorKind::TimedOut {
+        return Err(format!("vanished peer only noticed by the timeout: {err}"));
+    }
+    Ok(format!(
+        "vanished peer failed the sender after {} MiB in {:.2} s ({err})",
+        sent / CHUNK,
+        t0.elapsed().as_secs_f64()
     ))
 }
 
