@@ -559,3 +559,43 @@ fn relationship_list_without_a_token_says_how_to_give_one() {
         "{err}"
     );
 }
+
+#[test]
+fn hw_lists_rdma_devices_from_the_given_sysfs_root_and_plans_near_them() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let put = |rel: &str, text: &str| {
+        let p = r.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    put("devices/system/cpu/cpu0/topology/core_id", "0\n");
+    put("devices/system/node/node0/cpulist", "0\n");
+    put("class/net/eth0/device/numa_node", "0\n");
+    put("class/infiniband/rxe0/parent", "eth0\n");
+    put("class/infiniband/rxe0/ports/1/state", "4: ACTIVE\n");
+    put("class/infiniband/rxe0/ports/1/link_layer", "Ethernet\n");
+    let out = mover()
+        .args(["hw", "--json", "--threads", "1", "--sysfs"])
+        .arg(r)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dev = &v["topology"]["rdma_devices"][0];
+    assert_eq!(dev["name"], "rxe0");
+    assert_eq!(dev["netdev"], "eth0");
+    assert_eq!(dev["numa_node"], 0);
+    assert_eq!(dev["ports"][0]["state"], "ACTIVE");
+    assert_eq!(v["plan"]["workers"][0]["rdma"], "rxe0:1");
+    let out = mover()
+        .args(["hw", "--threads", "1", "--sysfs"])
+        .arg(r)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rxe0") && text.contains("RDMA rxe0:1"),
+        "{text}"
+    );
+}

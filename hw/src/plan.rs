@@ -1,6 +1,8 @@
 //! Which CPU each worker runs on. Pure and deterministic: CPUs on the device's NUMA node first,
 //! distinct physical cores before SMT siblings, then round-robin if there are more workers than
-//! allowed CPUs.
+//! allowed CPUs. The device is the one named by `near`, else the first RDMA device with an
+//! active port (the NIC the workers' queue pairs live on). Where RDMA ports are active, each
+//! worker is also given the device and port for its queue pair: one on its own NUMA node first.
 
 use crate::{CpuId, Error, NumaNodeId, Topology};
 use serde::Serialize;
@@ -12,6 +14,8 @@ pub struct WorkerPlacement {
     pub cpu: CpuId,
     pub numa_node: Option<NumaNodeId>,
     pub reason: String,
+    /// The RDMA device and port ("mlx5_0:1") this worker's queue pair uses, if any is active.
+    pub rdma: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -29,7 +33,13 @@ impl PinningPlan {
         if allowed.is_empty() {
             return Err(Error::NoCpus);
         }
-        let node = near.and_then(|n| topo.device_node(n));
+        let (node, near) = match near.and_then(|n| Some((topo.device_node(n)?, n))) {
+            Some((n, name)) => (Some(n), Some(name)),
+            None => match topo.rdma_node() {
+                Some((n, name)) => (Some(n), Some(name)),
+                None => (None, near),
+            },
+        };
         let info = |c: CpuId| topo.cpus.iter().find(|x| x.id == c);
         let node_of = |c: CpuId| info(c).and_then(|x| x.numa_node);
         let core_of = |c: CpuId| info(c).map(|x| (x.package_id, x.core_id));
@@ -62,11 +72,15 @@ impl PinningPlan {
                 if w as usize >= order.len() {
                     reason.push_str(", shared (more workers than CPUs)");
                 }
+                let numa_node = node_of(cpu);
                 WorkerPlacement {
                     worker: w,
                     cpu,
-                    numa_node: node_of(cpu),
+                    numa_node,
                     reason,
+                    rdma: topo
+                        .rdma_port_for(numa_node, w)
+                        .map(|(d, p)| format!("{d}:{p}")),
                 }
             })
             .collect();
@@ -76,9 +90,14 @@ impl PinningPlan {
     pub fn render_text(&self) -> String {
         let mut s = String::from("Pinning plan:\n");
         for w in &self.workers {
+            let rdma = w
+                .rdma
+                .as_deref()
+                .map(|r| format!(", RDMA {r}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  worker {:<3} -> CPU {:<4} ({})",
+                "  worker {:<3} -> CPU {:<4} ({}{rdma})",
                 w.worker, w.cpu.0, w.reason
             );
         }

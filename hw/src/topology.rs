@@ -1,9 +1,9 @@
-//! Reading CPUs, NUMA nodes, block devices (with blk-mq hardware queues) and NICs (with their
-//! queues) from a sysfs root. Optional files that are missing become `None` or empty: sysfs
+//! Reading CPUs, NUMA nodes, block devices (with blk-mq hardware queues), NICs (with their
+//! queues) and RDMA devices (with their ports, from `class/infiniband`) from a sysfs root. Optional files that are missing become `None` or empty: sysfs
 //! differs between kernels, VMs and containers, and a partial picture is still useful.
 
 use crate::cpulist::{parse_cpu_list, parse_cpu_mask};
-use crate::{CpuId, Error, NumaNodeId, MAX_CPUS, MAX_QUEUES};
+use crate::{CpuId, Error, NumaNodeId, MAX_CPUS, MAX_GIDS, MAX_QUEUES, MAX_RDMA_PORTS};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,11 +49,41 @@ pub struct Nic {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RdmaPort {
+    pub port: u32,
+    /// The state word of `ports/N/state` ("4: ACTIVE" reads as "ACTIVE").
+    pub state: Option<String>,
+    /// "Ethernet" (RoCE, soft-RoCE) or "InfiniBand".
+    pub link_layer: Option<String>,
+    /// Populated (non-zero) entries of the GID table, counted up to `MAX_GIDS`.
+    pub gids: u32,
+    /// The netdev this port's GIDs come from (RoCE), where sysfs says.
+    pub netdev: Option<String>,
+}
+
+impl RdmaPort {
+    pub fn is_active(&self) -> bool {
+        self.state.as_deref() == Some("ACTIVE")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RdmaDevice {
+    pub name: String,
+    /// From the device's own `device/numa_node`, else from the netdev it sits on.
+    pub numa_node: Option<NumaNodeId>,
+    /// The netdev the device sits on: `device/net/*` of a NIC, or `parent` of soft-RoCE (rxe).
+    pub netdev: Option<String>,
+    pub ports: Vec<RdmaPort>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Topology {
     pub cpus: Vec<Cpu>,
     pub numa_nodes: Vec<NumaNode>,
     pub block_devices: Vec<BlockDevice>,
     pub nics: Vec<Nic>,
+    pub rdma_devices: Vec<RdmaDevice>,
 }
 
 fn read_opt(p: &Path) -> Option<String> {
@@ -163,7 +193,7 @@ impl Topology {
                 }
             })
             .collect();
-        let nics = names(&root.join("class/net"))
+        let nics: Vec<Nic> = names(&root.join("class/net"))
             .into_iter()
             .map(|name| {
                 let d = root.join("class/net").join(&name);
@@ -185,12 +215,48 @@ impl Topology {
                 }
             })
             .collect();
+        let rdma_devices = rdma_devices(root, &nics);
         Ok(Topology {
             cpus,
             numa_nodes,
             block_devices,
             nics,
+            rdma_devices,
         })
+    }
+
+    /// The RDMA device and port a worker on `node` should use: an active port on that NUMA
+    /// node if there is one, else any active port; `worker` spreads workers over the candidates.
+    pub fn rdma_port_for(&self, node: Option<NumaNodeId>, worker: u32) -> Option<(&str, u32)> {
+        let active = || {
+            self.rdma_devices.iter().flat_map(|d| {
+                d.ports
+                    .iter()
+                    .filter(|p| p.is_active())
+                    .map(move |p| (d, p.port))
+            })
+        };
+        let near: Vec<_> = active()
+            .filter(|(d, _)| node.is_some() && d.numa_node == node)
+            .collect();
+        let pool: Vec<_> = if near.is_empty() {
+            active().collect()
+        } else {
+            near
+        };
+        if pool.is_empty() {
+            return None;
+        }
+        let (d, p) = pool[worker as usize % pool.len()];
+        Some((d.name.as_str(), p))
+    }
+
+    /// NUMA node of the first RDMA device with an active port that has one.
+    pub fn rdma_node(&self) -> Option<(NumaNodeId, &str)> {
+        self.rdma_devices
+            .iter()
+            .filter(|d| d.ports.iter().any(RdmaPort::is_active))
+            .find_map(|d| Some((d.numa_node?, d.name.as_str())))
     }
 
     /// NUMA node of a block device or NIC by name.
@@ -204,6 +270,12 @@ impl Topology {
                     .iter()
                     .find(|n| n.name == name)
                     .and_then(|n| n.numa_node)
+            })
+            .or_else(|| {
+                self.rdma_devices
+                    .iter()
+                    .find(|d| d.name == name)
+                    .and_then(|d| d.numa_node)
             })
     }
 
@@ -221,10 +293,7 @@ impl Topology {
         }
         let _ = writeln!(s, "Block devices:");
         for b in &self.block_devices {
-            let node = b
-                .numa_node
-                .map(|n| n.0.to_string())
-                .unwrap_or_else(|| "-".into());
+            let node = node_text(b.numa_node);
             let rot = match b.rotational {
                 Some(true) => "rotational",
                 Some(false) => "non-rotational",
@@ -247,18 +316,101 @@ impl Topology {
         }
         let _ = writeln!(s, "NICs:");
         for n in &self.nics {
-            let node = n
-                .numa_node
-                .map(|n| n.0.to_string())
-                .unwrap_or_else(|| "-".into());
+            let node = node_text(n.numa_node);
             let _ = writeln!(
                 s,
                 "  {:<12} node {node:<2} rx {} tx {} queues",
                 n.name, n.rx_queues, n.tx_queues
             );
         }
+        let _ = writeln!(s, "RDMA devices:");
+        if self.rdma_devices.is_empty() {
+            let _ = writeln!(s, "  (none in class/infiniband)");
+        }
+        for d in &self.rdma_devices {
+            let node = node_text(d.numa_node);
+            let _ = writeln!(
+                s,
+                "  {:<12} node {node:<2} netdev {}",
+                d.name,
+                d.netdev.as_deref().unwrap_or("-")
+            );
+            for p in &d.ports {
+                let _ = writeln!(
+                    s,
+                    "      port {}: {} {} {} GIDs{}",
+                    p.port,
+                    p.state.as_deref().unwrap_or("?"),
+                    p.link_layer.as_deref().unwrap_or("?"),
+                    p.gids,
+                    p.netdev
+                        .as_deref()
+                        .map(|n| format!(" on {n}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         s
     }
+}
+
+/// A NUMA node for the text rendering: its number, or "-" when unknown.
+fn node_text(n: Option<NumaNodeId>) -> String {
+    n.map(|n| n.0.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// RDMA devices of `<root>/class/infiniband`, their ports, NUMA nodes and netdevs.
+fn rdma_devices(root: &Path, nics: &[Nic]) -> Vec<RdmaDevice> {
+    let class = root.join("class/infiniband");
+    names(&class)
+        .into_iter()
+        .map(|name| {
+            let d = class.join(&name);
+            let netdev = names(&d.join("device/net"))
+                .into_iter()
+                .next()
+                .or_else(|| read_opt(&d.join("parent")));
+            let ports: Vec<RdmaPort> = numbered(&d.join("ports"), "")
+                .into_iter()
+                .take(MAX_RDMA_PORTS)
+                .map(|(port, p)| RdmaPort {
+                    port,
+                    state: read_opt(&p.join("state")).map(|s| {
+                        s.split_once(':')
+                            .map_or(s.as_str(), |(_, w)| w)
+                            .trim()
+                            .into()
+                    }),
+                    link_layer: read_opt(&p.join("link_layer")),
+                    gids: count_gids(&p.join("gids")),
+                    netdev: read_opt(&p.join("gid_attrs/ndevs/0"))
+                        .filter(|n| !n.is_empty())
+                        .or_else(|| netdev.clone()),
+                })
+                .collect();
+            let netdev_node = || {
+                let n = netdev.as_deref()?;
+                nics.iter().find(|x| x.name == n)?.numa_node
+            };
+            RdmaDevice {
+                numa_node: node_opt(&d.join("device/numa_node")).or_else(netdev_node),
+                netdev,
+                ports,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Non-zero GID table entries (a zero GID is an empty slot), reading at most `MAX_GIDS`.
+fn count_gids(dir: &Path) -> u32 {
+    numbered(dir, "")
+        .into_iter()
+        .take(MAX_GIDS)
+        .filter(|(_, p)| {
+            read_opt(p).is_some_and(|g| g.chars().any(|c| c.is_ascii_hexdigit() && c != '0'))
+        })
+        .count() as u32
 }
 
 /// Whole-disk name for device number (major, minor): `<root>/dev/block/MAJ:MIN` resolves into

@@ -168,3 +168,112 @@ fn real_machine_has_cpus_and_threads_can_be_pinned() {
     assert_eq!(got, vec![target]);
     assert!(!topo.render_text().is_empty());
 }
+
+/// Adds two RDMA devices to a fixture: mlx5_0 (a PCI NIC on node 1 over eth0, port 1 ACTIVE
+/// with 2 populated GIDs of 4, port 2 DOWN) and rxe0 (soft-RoCE on eth0: no `device`, a
+/// `parent` file, its node taken from eth0's).
+fn add_rdma(r: &Path) {
+    put(r, "class/infiniband/mlx5_0/device/numa_node", "1\n");
+    std::fs::create_dir_all(r.join("class/infiniband/mlx5_0/device/net/eth0")).unwrap();
+    put(r, "class/infiniband/mlx5_0/ports/1/state", "4: ACTIVE\n");
+    put(
+        r,
+        "class/infiniband/mlx5_0/ports/1/link_layer",
+        "Ethernet\n",
+    );
+    let zero = "0000:0000:0000:0000:0000:0000:0000:0000\n";
+    put(
+        r,
+        "class/infiniband/mlx5_0/ports/1/gids/0",
+        "fe80:0000:0000:0000:5054:00ff:fe12:3456\n",
+    );
+    put(
+        r,
+        "class/infiniband/mlx5_0/ports/1/gids/1",
+        "0000:0000:0000:0000:0000:ffff:0a00:020f\n",
+    );
+    put(r, "class/infiniband/mlx5_0/ports/1/gids/2", zero);
+    put(r, "class/infiniband/mlx5_0/ports/1/gids/3", zero);
+    put(
+        r,
+        "class/infiniband/mlx5_0/ports/1/gid_attrs/ndevs/0",
+        "eth0\n",
+    );
+    put(r, "class/infiniband/mlx5_0/ports/2/state", "1: DOWN\n");
+    put(
+        r,
+        "class/infiniband/mlx5_0/ports/2/link_layer",
+        "Ethernet\n",
+    );
+    put(r, "class/infiniband/rxe0/parent", "eth0\n");
+    put(r, "class/infiniband/rxe0/ports/1/state", "4: ACTIVE\n");
+    put(r, "class/infiniband/rxe0/ports/1/link_layer", "Ethernet\n");
+}
+
+#[test]
+fn reads_rdma_devices_ports_states_gids_netdevs_and_numa_nodes() {
+    let t = fixture();
+    add_rdma(t.path());
+    let topo = Topology::from_sysfs(t.path()).unwrap();
+    assert_eq!(topo.rdma_devices.len(), 2);
+    let mlx = &topo.rdma_devices[0];
+    assert_eq!(mlx.name, "mlx5_0");
+    assert_eq!(mlx.numa_node, Some(NumaNodeId(1)));
+    assert_eq!(mlx.netdev.as_deref(), Some("eth0"));
+    assert_eq!(mlx.ports.len(), 2);
+    assert_eq!(mlx.ports[0].state.as_deref(), Some("ACTIVE"));
+    assert!(mlx.ports[0].is_active());
+    assert_eq!(mlx.ports[0].link_layer.as_deref(), Some("Ethernet"));
+    assert_eq!(mlx.ports[0].gids, 2, "zero GIDs are empty slots");
+    assert_eq!(mlx.ports[0].netdev.as_deref(), Some("eth0"));
+    assert_eq!(mlx.ports[1].state.as_deref(), Some("DOWN"));
+    let rxe = &topo.rdma_devices[1];
+    assert_eq!(rxe.netdev.as_deref(), Some("eth0"));
+    assert_eq!(
+        rxe.numa_node,
+        Some(NumaNodeId(1)),
+        "soft-RoCE takes its netdev's node"
+    );
+    assert_eq!(topo.device_node("rxe0"), Some(NumaNodeId(1)));
+    let text = topo.render_text();
+    assert!(text.contains("RDMA devices:"), "{text}");
+    assert!(
+        text.contains("port 1: ACTIVE Ethernet 2 GIDs on eth0"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&topo).unwrap();
+    assert_eq!(json["rdma_devices"][0]["ports"][0]["gids"], 2);
+}
+
+#[test]
+fn no_infiniband_class_means_no_rdma_devices() {
+    let t = fixture();
+    let topo = Topology::from_sysfs(t.path()).unwrap();
+    assert!(topo.rdma_devices.is_empty());
+    assert!(topo.render_text().contains("(none in class/infiniband)"));
+    let plan = PinningPlan::plan(&topo, &[CpuId(0)], 1, None).unwrap();
+    assert_eq!(plan.workers[0].rdma, None);
+}
+
+#[test]
+fn plan_places_workers_near_the_rdma_nic_and_gives_each_an_active_port() {
+    let t = fixture();
+    add_rdma(t.path());
+    let topo = Topology::from_sysfs(t.path()).unwrap();
+    let allowed: Vec<CpuId> = (0..8).map(CpuId).collect();
+    let plan = PinningPlan::plan(&topo, &allowed, 4, None).unwrap();
+    let cpus: Vec<u32> = plan.workers.iter().map(|w| w.cpu.0).collect();
+    assert_eq!(cpus, vec![4, 6, 5, 7], "all on node 1, the NIC's");
+    assert!(plan.workers[0].reason.contains("mlx5_0"), "{plan:?}");
+    // Both devices sit on node 1; port 2 of mlx5_0 is down and never used.
+    let ports: Vec<&str> = plan
+        .workers
+        .iter()
+        .map(|w| w.rdma.as_deref().unwrap())
+        .collect();
+    assert_eq!(ports, vec!["mlx5_0:1", "rxe0:1", "mlx5_0:1", "rxe0:1"]);
+    assert!(plan.render_text().contains("RDMA mlx5_0:1"));
+    // An explicit device still wins over the NIC.
+    let plan = PinningPlan::plan(&topo, &[CpuId(0), CpuId(4)], 1, Some("nvme0n1")).unwrap();
+    assert!(plan.workers[0].reason.contains("nvme0n1"));
+}

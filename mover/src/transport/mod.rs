@@ -5,7 +5,10 @@
 //! - `mem` (feature `testkit`): an in-process network with seeded faults, for tests that drive
 //!   whole sessions without sockets. It has no kernel fd, so workers move frames through
 //!   `send_all`/`recv_exact`, as an RDMA transport's would go through its own verbs.
+//! - `rdma`: credit and queue-pair state machines (always built, pure), and with feature `rdma`
+//!   the verbs transport over libibverbs.
 
+pub mod rdma;
 pub mod tcp;
 
 #[cfg(feature = "testkit")]

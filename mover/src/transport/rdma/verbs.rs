@@ -1,0 +1,758 @@
+//! The verbs transport (feature `rdma`), first version: one reliable-connected queue pair per
+//! connection (so per worker), every frame moved by SEND with immediate into receive slots the
+//! peer granted with credits. RDMA WRITE with immediate into granted slots is the next step: the
+//! slab is already registered for remote write, the slot ids and the credit protocol are the
+//! same (`credit`), and the immediate already names the slot.
+//!
+//! Memory: one slab per connection, registered as its memory region: `SLOTS` receive slots,
+//! then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a slot is a header (payload
+//! length, number of granted slot ids, the slot ids: credits piggybacked) and the payload.
+//! Completions are polled by the thread that owns the connection (the worker): no completion
+//! channel, no kernel thread on the path.
+//!
+//! Buffer lifetimes across posts: a receive slot is written by the device from its post until
+//! its completion is polled, and only then read, copied out and re-posted; a send buffer is
+//! read by the device from its post until its completion is polled, and `SendCredits` refuses
+//! to hand it out again before that. The slab is freed only in `Drop`, after the queue pair is
+//! destroyed (after which the device touches no buffer).
+//!
+//! Setup, over the TCP control connection (which stays open: it carries end-of-stream and
+//! lets a receiver notice a dead peer): each side sends its `Endpoint`, both move their QP to
+//! RTR and RTS, then exchange one byte so that no SEND reaches a QP that is not ready.
+
+use super::credit::{RecvCredits, SendCredits, SlotId, SourceBuf, WrId, MAX_GRANT_BATCH};
+use super::qp::{FailCause, QpEvent, QpMachine};
+use super::{Endpoint, ENDPOINT_LEN};
+use crate::transport::tcp::CONNECT_TIMEOUT;
+use crate::transport::{Connection, Transport};
+use rdma_sys::*;
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Receive slots per connection (and send buffers: as many).
+pub const SLOTS: u32 = 32;
+/// Bytes of one slot.
+pub const SLOT_SIZE: usize = 64 << 10;
+/// Message header: payload length, grant count, then up to `MAX_GRANT_BATCH` slot ids.
+const HEADER: usize = 8 + 4 * MAX_GRANT_BATCH;
+/// Largest payload of one message.
+pub const MAX_PAYLOAD: usize = SLOT_SIZE - HEADER;
+/// Completion queue entries: every slot and send buffer at once, plus slack.
+const CQ_DEPTH: i32 = 2 * SLOTS as i32 + 16;
+/// Completions taken per poll.
+const POLL_BATCH: usize = 16;
+/// Empty polls spun before the waiting thread sleeps between polls.
+const SPIN_POLLS: u32 = 2_000;
+/// Sleep between polls once spinning did not help.
+const IDLE_SLEEP: Duration = Duration::from_micros(20);
+/// Idle polls between checks of the control connection for a vanished peer.
+const PEER_CHECK_POLLS: u32 = 50_000;
+/// Bound on connection setup (endpoint exchange and the ready byte).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Send-completion tag in work request ids (receive ids are slot numbers).
+const SEND_TAG: u64 = 1 << 63;
+
+/// Which device, port and GID a connection uses (the `hw` plan's `device:port` for its worker).
+#[derive(Debug, Clone)]
+pub struct RdmaConfig {
+    /// Device name (`mlx5_0`, `rxe0`); None takes the first device.
+    pub device: Option<String>,
+    pub port: u8,
+    /// GID table index: for RoCE v2 over IPv4, the entry holding the IPv4-mapped address.
+    pub gid_index: i32,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            device: None,
+            port: 1,
+            gid_index: 1,
+        }
+    }
+}
+
+fn verr(what: &str) -> io::Error {
+    let os = io::Error::last_os_error();
+    io::Error::other(format!("rdma: {what}: {os}"))
+}
+
+/// The verbs objects of one connection, torn down in reverse order.
+struct Verbs {
+    ctx: *mut ibv_context,
+    pd: *mut ibv_pd,
+    cq: *mut ibv_cq,
+    qp: *mut ibv_qp,
+    mr: *mut ibv_mr,
+    /// The registered slab; `base` points into it. Never resized, freed after the QP is gone.
+    slab: Box<[u8]>,
+    base: *mut u8,
+}
+
+// SAFETY: libibverbs objects may be used from any thread (the library locks internally); a
+// `Verbs` is owned by one connection, which one thread at a time uses through `&mut self`.
+unsafe impl Send for Verbs {}
+
+impl Drop for Verbs {
+    fn drop(&mut self) {
+        // SAFETY: each pointer is either null or an object this struct created and nothing
+        // else holds. The QP goes first: once destroyed the device touches no buffer of the
+        // slab, which is freed after this body returns (fields drop after `drop`).
+        unsafe {
+            if !self.qp.is_null() {
+                ibv_destroy_qp(self.qp);
+            }
+            if !self.mr.is_null() {
+                ibv_dereg_mr(self.mr);
+            }
+            if !self.cq.is_null() {
+                ibv_destroy_cq(self.cq);
+            }
+            if !self.pd.is_null() {
+                ibv_dealloc_pd(self.pd);
+            }
+            if !self.ctx.is_null() {
+                ibv_close_device(self.ctx);
+            }
+        }
+    }
+}
+
+impl Verbs {
+    fn open(cfg: &RdmaConfig) -> io::Result<Verbs> {
+        let mut slab = vec![0u8; 2 * SLOTS as usize * SLOT_SIZE].into_boxed_slice();
+        let base = slab.as_mut_ptr();
+        let mut v = Verbs {
+            ctx: std::ptr::null_mut(),
+            pd: std::ptr::null_mut(),
+            cq: std::ptr::null_mut(),
+            qp: std::ptr::null_mut(),
+            mr: std::ptr::null_mut(),
+            slab,
+            base,
+        };
+        // SAFETY: the device list is freed before returning and only read while alive; the
+        // names it yields are NUL-terminated strings owned by the list.
+        unsafe {
+            let mut n = 0;
+            let list = ibv_get_device_list(&mut n);
+            if list.is_null() {
+                return Err(verr("ibv_get_device_list"));
+            }
+            let mut chosen = std::ptr::null_mut();
+            for i in 0..n.max(0) as usize {
+                let d = *list.add(i);
+                let name = CStr::from_ptr(ibv_get_device_name(d)).to_string_lossy();
+                if cfg.device.as_deref().is_none_or(|want| want == name) {
+                    chosen = d;
+                    break;
+                }
+            }
+            if !chosen.is_null() {
+                v.ctx = ibv_open_device(chosen);
+            }
+            ibv_free_device_list(list);
+            if chosen.is_null() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "rdma: no device {:?}",
+                        cfg.device.as_deref().unwrap_or("(any)")
+                    ),
+                ));
+            }
+        }
+        if v.ctx.is_null() {
+            return Err(verr("ibv_open_device"));
+        }
+        // SAFETY: `ctx` is an open device; each object created is stored in `v` at once, so
+        // `Drop` releases it on any early return.
+        unsafe {
+            v.pd = ibv_alloc_pd(v.ctx);
+            if v.pd.is_null() {
+                return Err(verr("ibv_alloc_pd"));
+            }
+            v.cq = ibv_create_cq(
+                v.ctx,
+                CQ_DEPTH,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+            if v.cq.is_null() {
+                return Err(verr("ibv_create_cq"));
+            }
+            let mut init: ibv_qp_init_attr = std::mem::zeroed();
+            init.send_cq = v.cq;
+            init.recv_cq = v.cq;
+            init.cap.max_send_wr = SLOTS;
+            init.cap.max_recv_wr = SLOTS;
+            init.cap.max_send_sge = 1;
+            init.cap.max_recv_sge = 1;
+            init.qp_type = ibv_qp_type::IBV_QPT_RC;
+            init.sq_sig_all = 1;
+            v.qp = ibv_create_qp(v.pd, &mut init);
+            if v.qp.is_null() {
+                return Err(verr("ibv_create_qp"));
+            }
+            let access = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0
+                | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
+            v.mr = ibv_reg_mr(v.pd, v.base.cast(), v.slab.len(), access as i32);
+            if v.mr.is_null() {
+                return Err(verr("ibv_reg_mr"));
+            }
+        }
+        Ok(v)
+    }
+
+    fn recv_slot(&self, slot: u32) -> *mut u8 {
+        debug_assert!(slot < SLOTS);
+        // SAFETY: slot < SLOTS, so the offset stays inside the slab.
+        unsafe { self.base.add(slot as usize * SLOT_SIZE) }
+    }
+
+    fn send_buf(&self, b: u32) -> *mut u8 {
+        debug_assert!(b < SLOTS);
+        // SAFETY: b < SLOTS, so the offset stays inside the slab (second half).
+        unsafe { self.base.add((SLOTS + b) as usize * SLOT_SIZE) }
+    }
+
+    fn lkey(&self) -> u32 {
+        // SAFETY: `mr` is a registered region owned by self.
+        unsafe { (*self.mr).lkey }
+    }
+
+    fn post_recv(&mut self, slot: SlotId) -> io::Result<()> {
+        let mut sge = ibv_sge {
+            addr: self.recv_slot(slot.0) as u64,
+            length: SLOT_SIZE as u32,
+            lkey: self.lkey(),
+        };
+        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE) before the fields are set.
+        let mut wr: ibv_recv_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = u64::from(slot.0);
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the slot lies in the registered slab and, by the credit machine, is not
+        // posted already nor read until its completion; `wr` and `sge` outlive the call (the
+        // library copies them into the queue).
+        let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(io::Error::other(format!("rdma: ibv_post_recv: errno {rc}")));
+        }
+        Ok(())
+    }
+
+    fn post_send(&mut self, buf: u32, len: usize, imm: u32, wr_id: u64) -> io::Result<()> {
+        let mut sge = ibv_sge {
+            addr: self.send_buf(buf) as u64,
+            length: len as u32,
+            lkey: self.lkey(),
+        };
+        // SAFETY: zeroed is a valid ibv_send_wr before the fields are set.
+        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the send buffer lies in the registered slab and was marked busy by
+        // `SendCredits::begin_write`, so it is neither written nor reposted until this
+        // request's completion is polled; `wr` and `sge` outlive the call.
+        let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(io::Error::other(format!("rdma: ibv_post_send: errno {rc}")));
+        }
+        Ok(())
+    }
+
+    fn local_endpoint(&self, cfg: &RdmaConfig, psn: u32) -> io::Result<Endpoint> {
+        // SAFETY: plain queries into zeroed out-structs of the right types on an open device.
+        unsafe {
+            let mut port: ibv_port_attr = std::mem::zeroed();
+            if ___ibv_query_port(self.ctx, cfg.port, &mut port) != 0 {
+                return Err(verr("ibv_query_port"));
+            }
+            let mut gid: ibv_gid = std::mem::zeroed();
+            if ibv_query_gid(self.ctx, cfg.port, cfg.gid_index, &mut gid) != 0 {
+                return Err(verr("ibv_query_gid"));
+            }
+            Ok(Endpoint {
+                qpn: (*self.qp).qp_num,
+                psn,
+                gid: gid.raw,
+                lid: port.lid,
+                rkey: (*self.mr).rkey,
+                addr: self.base as u64,
+                slots: SLOTS,
+                slot_size: SLOT_SIZE as u32,
+            })
+        }
+    }
+
+    fn modify(
+        &mut self,
+        attr: &mut ibv_qp_attr,
+        mask: ibv_qp_attr_mask,
+        what: &str,
+    ) -> io::Result<()> {
+        // SAFETY: `attr` is fully initialized for the fields `mask` names; `qp` is ours.
+        let rc = unsafe { ibv_modify_qp(self.qp, attr, mask.0 as i32) };
+        if rc != 0 {
+            return Err(io::Error::other(format!(
+                "rdma: modify QP to {what}: errno {rc}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn move_to_init(&mut self, cfg: &RdmaConfig) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_qp_attr.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_INIT;
+        a.pkey_index = 0;
+        a.port_num = cfg.port;
+        a.qp_access_flags = ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
+        let m = ibv_qp_attr_mask::IBV_QP_STATE
+            | ibv_qp_attr_mask::IBV_QP_PKEY_INDEX
+            | ibv_qp_attr_mask::IBV_QP_PORT
+            | ibv_qp_attr_mask::IBV_QP_ACCESS_FLAGS;
+        self.modify(&mut a, m, "INIT")
+    }
+
+    fn move_to_rtr(&mut self, cfg: &RdmaConfig, peer: &Endpoint) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_port_attr / ibv_qp_attr.
+        let mut port: ibv_port_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: query into a zeroed out-struct on an open device.
+        if unsafe { ___ibv_query_port(self.ctx, cfg.port, &mut port) } != 0 {
+            return Err(verr("ibv_query_port"));
+        }
+        // SAFETY: as above.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = port.active_mtu;
+        a.dest_qp_num = peer.qpn;
+        a.rq_psn = peer.psn;
+        a.max_dest_rd_atomic = 1;
+        a.min_rnr_timer = 12;
+        a.ah_attr.is_global = 1;
+        a.ah_attr.grh.dgid.raw = peer.gid;
+        a.ah_attr.grh.sgid_index = cfg.gid_index as u8;
+        a.ah_attr.grh.hop_limit = 1;
+        a.ah_attr.dlid = peer.lid;
+        a.ah_attr.port_num = cfg.port;
+        let m = ibv_qp_attr_mask::IBV_QP_STATE
+            | ibv_qp_attr_mask::IBV_QP_AV
+            | ibv_qp_attr_mask::IBV_QP_PATH_MTU
+            | ibv_qp_attr_mask::IBV_QP_DEST_QPN
+            | ibv_qp_attr_mask::IBV_QP_RQ_PSN
+            | ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC
+            | ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER;
+        self.modify(&mut a, m, "RTR")
+    }
+
+    fn move_to_rts(&mut self, psn: u32) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_qp_attr.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_RTS;
+        a.timeout = 14;
+        a.retry_cnt = 7;
+        a.rnr_retry = 7;
+        a.sq_psn = psn;
+        a.max_rd_atomic = 1;
+        let m = ibv_qp_attr_mask::IBV_QP_STATE
+            | ibv_qp_attr_mask::IBV_QP_TIMEOUT
+            | ibv_qp_attr_mask::IBV_QP_RETRY_CNT
+            | ibv_qp_attr_mask::IBV_QP_RNR_RETRY
+            | ibv_qp_attr_mask::IBV_QP_SQ_PSN
+            | ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC;
+        self.modify(&mut a, m, "RTS")
+    }
+
+    /// Polls up to `POLL_BATCH` completions into `out`.
+    fn poll(&mut self, out: &mut Vec<Wc>) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_wc; the array outlives the call, which writes at most
+        // POLL_BATCH entries into it; `cq` is ours.
+        let (wcs, n) = unsafe {
+            let mut wcs: [ibv_wc; POLL_BATCH] = std::mem::zeroed();
+            let n = ibv_poll_cq(self.cq, POLL_BATCH as i32, wcs.as_mut_ptr());
+            (wcs, n)
+        };
+        if n < 0 {
+            return Err(io::Error::other(format!("rdma: ibv_poll_cq: {n}")));
+        }
+        out.extend(wcs[..n as usize].iter().map(|wc| Wc {
+            wr_id: wc.wr_id,
+            status: wc.status,
+            byte_len: wc.byte_len,
+            // SAFETY: reading the union's u32 view is valid for any bits; it is used only for
+            // receive completions, which all carry an immediate (SEND with immediate).
+            imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
+        }));
+        Ok(())
+    }
+}
+
+/// The fields of a work completion this transport uses.
+struct Wc {
+    wr_id: u64,
+    status: ibv_wc_status::Type,
+    byte_len: u32,
+    imm: u32,
+}
+
+/// A connection over one RC queue pair, with its TCP control connection.
+pub struct RdmaConn {
+    v: Verbs,
+    ctrl: TcpStream,
+    qp: QpMachine,
+    recv: RecvCredits,
+    send: SendCredits,
+    /// Slots re-posted and not yet granted to the peer.
+    to_return: Vec<SlotId>,
+    inbound: VecDeque<u8>,
+    timeout: Mutex<Option<Duration>>,
+    closed: AtomicBool,
+    peer: String,
+}
+
+fn setup_io<T>(r: io::Result<T>, qp: &mut QpMachine) -> io::Result<T> {
+    if r.is_err() {
+        let _ = qp.on(QpEvent::Failed(FailCause::SetupRefused));
+    }
+    r
+}
+
+impl RdmaConn {
+    /// Brings up a queue pair with the peer at the other end of `ctrl` (already past the
+    /// session handshake, or fresh for a standalone test): endpoints over `ctrl`, then RTR, RTS.
+    pub fn establish(ctrl: TcpStream, cfg: &RdmaConfig) -> io::Result<RdmaConn> {
+        ctrl.set_nodelay(true)?;
+        ctrl.set_read_timeout(Some(SETUP_TIMEOUT))?;
+        ctrl.set_write_timeout(Some(SETUP_TIMEOUT))?;
+        let peer = ctrl
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let mut qp = QpMachine::new();
+        let mut v = Verbs::open(cfg)?;
+        let mut recv = RecvCredits::new(SLOTS).map_err(io::Error::other)?;
+        let mut send = SendCredits::new(SLOTS, SLOTS).map_err(io::Error::other)?;
+        let r = v.move_to_init(cfg);
+        setup_io(r, &mut qp)?;
+        let _ = qp.on(QpEvent::Advance { peer_known: false });
+        // Every slot is posted before the peer learns of it.
+        for s in recv.grant(SLOTS as usize) {
+            v.post_recv(s)?;
+        }
+        let psn = (v.local_endpoint(cfg, 0)?.qpn.wrapping_mul(2_654_435_761)) & 0x00ff_ffff;
+        let me = v.local_endpoint(cfg, psn)?;
+        let mut c = &ctrl;
+        c.write_all(&me.encode())?;
+        let mut b = [0u8; ENDPOINT_LEN];
+        c.read_exact(&mut b)?;
+        let them =
+            Endpoint::decode(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if them.slot_size as usize != SLOT_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("rdma: peer slot size {} != {SLOT_SIZE}", them.slot_size),
+            ));
+        }
+        let r = v.move_to_rtr(cfg, &them);
+        setup_io(r, &mut qp)?;
+        let _ = qp.on(QpEvent::Advance { peer_known: true });
+        let r = v.move_to_rts(psn);
+        setup_io(r, &mut qp)?;
+        let _ = qp.on(QpEvent::Advance { peer_known: true });
+        // The peer posted slots 0..them.slots before sending its endpoint: all are credits.
+        let initial: Vec<SlotId> = (0..them.slots.min(SLOTS)).map(SlotId).collect();
+        for chunk in initial.chunks(MAX_GRANT_BATCH) {
+            send.on_grant(chunk).map_err(io::Error::other)?;
+        }
+        c.write_all(&[1])?;
+        let mut ready = [0u8; 1];
+        c.read_exact(&mut ready)?;
+        ctrl.set_read_timeout(None)?;
+        ctrl.set_write_timeout(None)?;
+        Ok(RdmaConn {
+            v,
+            ctrl,
+            qp,
+            recv,
+            send,
+            to_return: Vec::new(),
+            inbound: VecDeque::new(),
+            timeout: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            peer,
+        })
+    }
+
+    fn fail(&mut self, cause: FailCause, what: String) -> io::Error {
+        let _ = self.qp.on(QpEvent::Failed(cause));
+        io::Error::new(io::ErrorKind::ConnectionReset, format!("rdma: {what}"))
+    }
+
+    /// Handles the completions available now; returns how many there were.
+    fn progress(&mut self) -> io::Result<usize> {
+        let mut wcs = Vec::with_capacity(POLL_BATCH);
+        self.v.poll(&mut wcs)?;
+        for wc in &wcs {
+            if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+                if wc.wr_id & SEND_TAG != 0 {
+                    let _ = self.qp.on(QpEvent::CompletedWithError);
+                }
+                return Err(self.fail(
+                    FailCause::ErrorCompletion,
+                    format!("completion status {} (wr {:#x})", wc.status, wc.wr_id),
+                ));
+            }
+            if wc.wr_id & SEND_TAG != 0 {
+                self.send
+                    .on_completion(WrId(wc.wr_id & !SEND_TAG))
+                    .map_err(io::Error::other)?;
+                let _ = self.qp.on(QpEvent::Completed);
+                continue;
+            }
+            let imm = wc.imm;
+            let slot = wc.wr_id as u32;
+            if imm != slot {
+                return Err(self.fail(
+                    FailCause::Peer,
+                    format!("message for slot {imm} landed in {slot}"),
+                ));
+            }
+            let slot = match self.recv.on_write(imm, wc.byte_len) {
+                Ok(s) => s,
+                Err(e) => return Err(self.fail(FailCause::Peer, e.to_string())),
+            };
+            self.take_message(slot, wc.byte_len as usize)?;
+        }
+        Ok(wcs.len())
+    }
+
+    /// Reads the message in a filled slot, releases and re-posts the slot.
+    fn take_message(&mut self, slot: SlotId, got: usize) -> io::Result<()> {
+        let p = self.v.recv_slot(slot.0);
+        let mut head = [0u8; 8];
+        if got < HEADER {
+            return Err(self.fail(FailCause::Peer, format!("short message ({got} bytes)")));
+        }
+        // SAFETY: the slot's completion was polled, so the device is done writing it, and it
+        // holds `got >= HEADER` bytes inside the slab.
+        unsafe { std::ptr::copy_nonoverlapping(p, head.as_mut_ptr(), 8) };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let ngrant = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if ngrant > MAX_GRANT_BATCH || HEADER + len > got {
+            return Err(self.fail(
+                FailCause::Peer,
+                format!("bad header len {len} grants {ngrant}"),
+            ));
+        }
+        let mut ids = [0u8; 4 * MAX_GRANT_BATCH];
+        // SAFETY: as above; the grant ids lie within the header.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(8), ids.as_mut_ptr(), 4 * ngrant) };
+        let grants: Vec<SlotId> = ids[..4 * ngrant]
+            .chunks_exact(4)
+            .map(|c| SlotId(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        if let Err(e) = self.send.on_grant(&grants) {
+            return Err(self.fail(FailCause::Peer, e.to_string()));
+        }
+        // SAFETY: as above; the payload lies within the `got` bytes written.
+        let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER), len) };
+        self.inbound.extend(payload);
+        self.recv.release(slot).map_err(io::Error::other)?;
+        for s in self.recv.grant(1) {
+            self.v.post_recv(s)?;
+            self.to_return.push(s);
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "rdma: connection shut down",
+            ));
+        }
+        if let Some(cause) = self.qp.cause() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("rdma: queue pair failed ({cause:?})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One idle turn of a wait: spin, then sleep; bounded by the timeout; notices a peer that
+    /// closed its control connection.
+    fn idle(&self, idle: &mut u32, start: Instant) -> io::Result<()> {
+        *idle += 1;
+        let t = *self.timeout.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_some_and(|t| start.elapsed() > t) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "rdma: timed out"));
+        }
+        if idle.is_multiple_of(PEER_CHECK_POLLS) && self.peer_closed() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "rdma: peer closed the control connection",
+            ));
+        }
+        if *idle > SPIN_POLLS {
+            std::thread::sleep(IDLE_SLEEP);
+        } else {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    /// A free send buffer, if any.
+    fn free_source(&self) -> Option<SourceBuf> {
+        (0..SLOTS)
+            .map(SourceBuf)
+            .find(|b| !self.send.is_source_busy(*b))
+    }
+
+    /// Sends one message (payload may be empty: a credit return). Data keeps one credit back
+    /// so credit returns can always be sent.
+    fn send_msg(&mut self, payload: &[u8]) -> io::Result<()> {
+        let need = if payload.is_empty() { 1 } else { 2 };
+        let start = Instant::now();
+        let mut idle = 0;
+        let src = loop {
+            self.check_open()?;
+            let n = self.progress()?;
+            if self.send.credits() >= need && self.qp.can_post() {
+                if let Some(b) = self.free_source() {
+                    break b;
+                }
+            }
+            if n == 0 {
+                self.maybe_return_credits()?;
+                self.idle(&mut idle, start)?;
+            }
+        };
+        let w = self.send.begin_write(src).map_err(io::Error::other)?;
+        let grants: Vec<SlotId> = self
+            .to_return
+            .drain(..self.to_return.len().min(MAX_GRANT_BATCH))
+            .collect();
+        let mut head = [0u8; HEADER];
+        head[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(grants.len() as u32).to_le_bytes());
+        for (i, g) in grants.iter().enumerate() {
+            head[8 + 4 * i..12 + 4 * i].copy_from_slice(&g.0.to_le_bytes());
+        }
+        let p = self.v.send_buf(src.0);
+        // SAFETY: `src` was just marked busy by begin_write after its previous completion was
+        // polled, so the device does not read it now; HEADER + payload <= SLOT_SIZE.
+        unsafe {
+            std::ptr::copy_nonoverlapping(head.as_ptr(), p, HEADER);
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
+        }
+        self.v.post_send(
+            src.0,
+            HEADER + payload.len(),
+            w.slot.0,
+            SEND_TAG | w.wr_id.0,
+        )?;
+        let _ = self.qp.on(QpEvent::Posted);
+        Ok(())
+    }
+
+    /// Returns credits without data once half the slots wait to be granted again.
+    fn maybe_return_credits(&mut self) -> io::Result<()> {
+        if self.to_return.len() as u32 >= SLOTS / 2
+            && self.send.credits() >= 1
+            && self.qp.can_post()
+            && self.free_source().is_some()
+        {
+            self.send_msg(&[])?;
+        }
+        Ok(())
+    }
+}
+
+impl Connection for RdmaConn {
+    fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        for chunk in buf.chunks(MAX_PAYLOAD) {
+            self.send_msg(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let start = Instant::now();
+        let mut idle = 0;
+        while self.inbound.len() < buf.len() {
+            self.check_open()?;
+            let n = self.progress()?;
+            self.maybe_return_credits()?;
+            if n == 0 {
+                self.idle(&mut idle, start)?;
+            }
+        }
+        let n = buf.len();
+        for (d, s) in buf.iter_mut().zip(self.inbound.drain(..n)) {
+            *d = s;
+        }
+        self.maybe_return_credits()
+    }
+
+    fn uring_socket(&self) -> io::Result<Option<OwnedFd>> {
+        Ok(None)
+    }
+
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        *self.timeout.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.ctrl.shutdown(Shutdown::Both);
+    }
+
+    fn peer_closed(&self) -> bool {
+        if self.ctrl.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut b = [0u8; 1];
+        let closed = match self.ctrl.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        let _ = self.ctrl.set_nonblocking(false);
+        closed
+    }
+
+    fn peer(&self) -> String {
+        format!("rdma:{}", self.peer)
+    }
+}
+
+/// Connects the control connection over TCP, then the queue pair.
+pub struct RdmaTransport {
+    pub cfg: RdmaConfig,
+}
+
+impl Transport for RdmaTransport {
+    fn connect(&self, peer: SocketAddr) -> io::Result<Box<dyn Connection>> {
+        let s = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)?;
+        Ok(Box::new(RdmaConn::establish(s, &self.cfg)?))
+    }
+}
