@@ -3,7 +3,9 @@
 # bundled -sys crates, strace (the io_uring/pinning test), and mkfs.ext4, mkfs.btrfs, btrfs,
 # mkfs.xfs plus mount/umount (the disk-full and snapshot tests loop-mount small ext4, btrfs and
 # XFS images), setpriv (the daemon tests act as an unprivileged user), promtool (the alert
-# rules), protoc (etcd-client's build) and etcd (the cluster tests). Idempotent; fails loudly.
+# rules), protoc (etcd-client's build), etcd (the cluster tests), iproute2 and schemathesis (the
+# API test), chromium (the UI test), libibverbs/librdmacm/libclang (the `rdma` feature's build).
+# Idempotent; fails loudly.
 set -euo pipefail
 need=()
 for p in strace gcc; do
@@ -23,6 +25,10 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # ip (iproute2): the API test runs its daemon in a network namespace of its own.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# libibverbs, librdmacm and libclang: CI checks that the `rdma` feature builds (bindgen).
+[ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
+[ -e /usr/include/rdma/rdma_cma.h ] || need+=(librdmacm-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -40,6 +46,7 @@ command -v promtool >/dev/null || { echo "promtool (prometheus) missing after in
 command -v protoc >/dev/null || { echo "protoc (protobuf-compiler) missing after install" >&2; exit 1; }
 command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" >&2; exit 1; }
 command -v ip >/dev/null || { echo "ip (iproute2) missing after install" >&2; exit 1; }
+[ -e /usr/include/infiniband/verbs.h ] || { echo "libibverbs-dev missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 
 # The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
