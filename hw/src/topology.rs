@@ -123,6 +123,18 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<(u32, PathBuf)> {
     out
 }
 
+/// Block devices with no hardware under them (loop, RAM disks): no queues or NUMA node to
+/// pin near. Skipped, since every session start reads the topology and a machine can hold
+/// hundreds of them (snaps, disk images).
+const VIRTUAL_BLOCK_PREFIXES: [&str; 3] = ["loop", "ram", "zram"];
+
+fn is_virtual_block(name: &str) -> bool {
+    VIRTUAL_BLOCK_PREFIXES.iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -173,6 +185,7 @@ impl Topology {
             .collect();
         let block_devices = names(&root.join("block"))
             .into_iter()
+            .filter(|name| !is_virtual_block(name))
             .map(|name| {
                 let d = root.join("block").join(&name);
                 let hw_queues = numbered(&d.join("mq"), "")

@@ -43,6 +43,9 @@ fn fixture() -> tempfile::TempDir {
     put(r, "block/nvme0n1/queue/logical_block_size", "512\n");
     put(r, "block/nvme0n1/device/numa_node", "1\n");
     put(r, "block/nvme0n1/nvme0n1p1/partition", "1\n");
+    put(r, "block/loop7/queue/rotational", "0\n");
+    put(r, "block/ram0/queue/rotational", "0\n");
+    put(r, "block/loopback-array/queue/rotational", "1\n");
     put(r, "class/net/eth0/device/numa_node", "1\n");
     for q in 0..2 {
         put(r, &format!("class/net/eth0/queues/rx-{q}/rps_cpus"), "0\n");
@@ -73,6 +76,15 @@ fn reads_cpus_numa_nodes_and_smt_layout() {
     assert_eq!(topo.numa_nodes.len(), 2);
     assert_eq!(topo.cpus[5].numa_node, Some(NumaNodeId(1)));
     assert_eq!(topo.cpus[3].core_id, Some(1));
+}
+
+#[test]
+fn loop_devices_and_ram_disks_are_not_read_but_a_disk_merely_named_so_is() {
+    let t = fixture();
+    let topo = Topology::from_sysfs(t.path()).unwrap();
+    // Loop devices and RAM disks have nothing to pin near; a disk merely named so stays.
+    let names: Vec<&str> = topo.block_devices.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["loopback-array", "nvme0n1"]);
 }
 
 #[test]
