@@ -126,6 +126,19 @@ fn three_nodes_elect_one_leader_and_a_killed_leader_is_down_and_replaced_within_
     let out = watcher.cli(&["cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 of 3 up"));
+    // The upgrade checker's nodes_online item names the member that is down (red).
+    let out = watcher.cli(&["upgrade", "check", "--to", "0.2.0", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", node::stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["check"] == "nodes_online")
+        .unwrap()
+        .clone();
+    assert_eq!(item["level"], "red", "{r:#}");
+    assert!(item["detail"].as_str().unwrap().contains(&leader), "{item}");
 
     // etcd killed and started again: the survivors join again and keep one leader.
     etcd.restart();

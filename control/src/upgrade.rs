@@ -65,6 +65,18 @@ pub struct Facts {
     pub alerts: Vec<(String, String)>,
     /// Relationships with a job running now.
     pub running: Vec<String>,
+    /// The etcd cluster as this node sees it, if it joined one.
+    pub cluster: Option<ClusterFacts>,
+}
+
+/// What the checker needs of a cluster (`crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// This node's session with etcd is up.
+    pub connected: bool,
+    pub members: usize,
+    /// Members whose heartbeat is gone.
+    pub down: Vec<String>,
 }
 
 fn item(check: &'static str, level: Level, detail: String, remedy: Option<String>) -> Item {
@@ -125,21 +137,44 @@ pub fn assess(f: &Facts, train: &Train) -> Report {
         )
     });
     let down: Vec<&Peer> = f.peers.iter().filter(|p| !p.reachable).collect();
-    items.push(if down.is_empty() {
+    let mut offline: Vec<String> = down
+        .iter()
+        .map(|p| {
+            format!(
+                "the {} of {} at {} does not answer",
+                p.peer_role,
+                list(std::slice::from_ref(&p.relationship)),
+                p.address
+            )
+        })
+        .collect();
+    if let Some(c) = &f.cluster {
+        if !c.connected {
+            offline.push("this node has no session with the cluster's etcd".into());
+        }
+        offline.extend(
+            c.down
+                .iter()
+                .map(|n| format!("cluster member {n} does not heartbeat")),
+        );
+    }
+    items.push(if offline.is_empty() {
+        let cluster = f
+            .cluster
+            .as_ref()
+            .map(|c| format!(", and all {} cluster members heartbeat", c.members))
+            .unwrap_or_default();
         item(
             "nodes_online",
             Green,
-            format!("this node and the {} peer node(s) of its relationships answer", f.peers.len()),
+            format!("this node and the {} peer node(s) of its relationships answer{cluster}", f.peers.len()),
             None,
         )
     } else {
         item(
             "nodes_online",
             Red,
-            down.iter()
-                .map(|p| format!("the {} of {} at {} does not answer", p.peer_role, list(std::slice::from_ref(&p.relationship)), p.address))
-                .collect::<Vec<_>>()
-                .join("; "),
+            offline.join("; "),
             Some("start the stopped node(s), or delete the relationships they serve, before upgrading".into()),
         )
     });
@@ -285,6 +320,7 @@ mod tests {
             }],
             alerts: vec![],
             running: vec![],
+            cluster: None,
         }
     }
 
@@ -336,5 +372,29 @@ mod tests {
         assert_eq!(level(&r, "peer_compatibility"), Level::Red, "{r:?}");
         f.peers[0].version = None;
         assert_eq!(level(&assess(&f, t), "peer_compatibility"), Level::Yellow);
+    }
+
+    #[test]
+    fn a_cluster_member_down_or_no_etcd_session_is_red() {
+        let t = Train::builtin();
+        let mut f = facts();
+        f.cluster = Some(ClusterFacts {
+            connected: true,
+            members: 3,
+            down: vec![],
+        });
+        assert_eq!(level(&assess(&f, t), "nodes_online"), Level::Green);
+        f.cluster = Some(ClusterFacts {
+            connected: false,
+            members: 3,
+            down: vec!["n2".into()],
+        });
+        let r = assess(&f, t);
+        let i = r.items.iter().find(|i| i.check == "nodes_online").unwrap();
+        assert_eq!(i.level, Level::Red);
+        assert!(
+            i.detail.contains("n2") && i.detail.contains("etcd"),
+            "{i:?}"
+        );
     }
 }

@@ -85,6 +85,19 @@ pub(super) fn facts(
         peers,
         alerts,
         running,
+        cluster: node.cluster.as_ref().map(|c| {
+            let v = c.view();
+            crate::upgrade::ClusterFacts {
+                connected: v.connected,
+                members: v.members.len(),
+                down: v
+                    .members
+                    .iter()
+                    .filter(|m| !m.up)
+                    .map(|m| m.member.name.to_string())
+                    .collect(),
+            }
+        }),
     })
 }
 
