@@ -70,11 +70,7 @@ fn sample(m: &str, series: &str) -> Option<f64> {
 fn alert_rules_read_series_that_live_daemons_expose_with_real_values() {
     need_root();
     let t = Scratch::new();
-    let (a, mut b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, mut b, src, dst) = node::pair(&t);
     fill(&src, 5, 1000, 3);
     std::fs::create_dir(&dst).unwrap();
     let id = synced_relationship(&a, &b, &src, &dst);

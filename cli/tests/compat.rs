@@ -112,11 +112,7 @@ fn tmpfs(t: &Scratch, name: &str, size: &str) -> std::path::PathBuf {
 fn the_upgrade_checker_reports_real_conditions_with_their_remedies() {
     need_root();
     let t = Scratch::new();
-    let (a, mut b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, mut b, src, dst) = node::pair(&t);
     fill(&src.join("d"), 3, 1000, 2);
     std::fs::create_dir(&dst).unwrap();
     let id = synced_relationship(&a, &b, &src, &dst);

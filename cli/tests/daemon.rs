@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 fn relationship_lifecycle_through_cli_and_rest() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src.join("d"), 40, 50_000, 1);
     std::fs::create_dir(&dst).unwrap();
     std::fs::write(dst.join("stray"), b"x").unwrap();
@@ -195,11 +191,7 @@ fn relationship_lifecycle_through_cli_and_rest() {
 fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src, 3, 1000, 2);
     std::fs::create_dir(&dst).unwrap();
     let token = |n: &Node, name: &str, role: &str| -> String {
@@ -305,11 +297,7 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
 fn unauthenticated_peer_is_refused() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (mut a, b, src, dst) = node::pair(&t);
     fill(&src, 5, 10_000, 3);
     std::fs::create_dir(&dst).unwrap();
     // The source may name the target's certificate up front: another one is refused at the
@@ -533,11 +521,7 @@ fn blackout_pauses_and_resumes(max_pause_in_session: Option<u64>) {
 fn daemon_killed_mid_job_resumes_after_restart_with_its_database_intact() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (mut a, b, src, dst) = node::pair(&t);
     fill(&src, 24, 1 << 20, 5);
     std::fs::create_dir(&dst).unwrap();
     // 24 MiB at 4 MiB/s: a job of about 6 s.
@@ -638,11 +622,7 @@ struct SecondJob {
 fn second_job_under_way(seed: u64) -> SecondJob {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src.join("old"), 4, 256 << 10, seed);
     std::fs::create_dir(&dst).unwrap();
     let id = create(
@@ -726,11 +706,7 @@ fn make_writable_mid_job_reverts_exactly_and_reconnect_brings_the_source_state()
 fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
     need_root();
     let t = Scratch::new();
-    let (mut a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (mut a, b, src, dst) = node::pair(&t);
     fill(&src, 16, 1 << 20, 9);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
@@ -773,11 +749,7 @@ fn sigterm_mid_job_stops_at_a_chunk_boundary_and_the_next_start_resumes() {
 fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
     need_root();
     let t = Scratch::new();
-    let (a, mut b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, mut b, src, dst) = node::pair(&t);
     fill(&src, 16, 1 << 20, 10);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "4194304"]);
@@ -814,11 +786,7 @@ fn target_daemon_killed_mid_job_comes_back_protected_and_the_job_completes() {
 fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_data() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src, 6, 20_000, 11);
     std::os::unix::fs::chown(src.join("f0000"), Some(1000), Some(1000)).unwrap();
     std::fs::create_dir(&dst).unwrap();
@@ -906,11 +874,7 @@ fn making_the_target_writable_ends_the_relationship_on_both_sides_and_keeps_the_
 fn reconnect_after_make_writable_reverts_the_target_and_sends_only_what_differs() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src.join("big"), 8, 512 * 1024, 21);
     fill(&src.join("small"), 40, 2000, 22);
     std::fs::create_dir(&dst).unwrap();
@@ -1053,11 +1017,7 @@ fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
 fn a_snapshot_provider_the_source_cannot_serve_is_refused_and_a_chosen_one_is_kept() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src.join("d"), 5, 10_000, 2);
     std::fs::create_dir(&dst).unwrap();
     // The scratch directory is a plain directory, not a btrfs subvolume.
@@ -1096,11 +1056,7 @@ fn a_snapshot_provider_the_source_cannot_serve_is_refused_and_a_chosen_one_is_ke
 fn a_drill_is_a_verified_writable_copy_and_replication_keeps_advancing() {
     need_root();
     let t = Scratch::new();
-    let (a, b) = (
-        Node::start(&t.path().join("a")),
-        Node::start(&t.path().join("b")),
-    );
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let (a, b, src, dst) = node::pair(&t);
     fill(&src.join("d"), 20, 20_000, 3);
     std::fs::create_dir(&dst).unwrap();
     let id = create(&a, &b, &src, &dst, &[]);

@@ -188,20 +188,32 @@ pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRol
 }
 
 pub(super) fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
-    let v = h
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <token>`"))?;
-    let token = v
+    caller_named(node, h).map(|(_, role)| role)
+}
+
+/// The bearer token in `Authorization`, if the header is there and well formed.
+pub(super) fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()
-        .and_then(|s| s.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("malformed Authorization header"))?;
-    let (_, role) = node
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The caller's token name and role (401 without a token the node knows).
+pub(super) fn caller_named(node: &Node, h: &HeaderMap) -> Answer<(String, TokenRole)> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
+    if h.get(axum::http::header::AUTHORIZATION).is_none() {
+        return Err(unauthorized(
+            "no token: send `Authorization: Bearer <token>`",
+        ));
+    }
+    let token = bearer(h).ok_or_else(|| unauthorized("malformed Authorization header"))?;
+    let (name, role) = node
         .store()
-        .token_by_hash(&auth::hash(token.trim()))?
+        .token_by_hash(&auth::hash(token))?
         .ok_or_else(|| unauthorized("unknown token"))?;
-    Ok(TokenRole::parse(&role)?)
+    Ok((name, TokenRole::parse(&role)?))
 }
 
 pub(super) fn id(s: &str) -> Answer<RelationshipId> {

@@ -130,14 +130,10 @@ pub(super) async fn audit_log(
 
 /// Who the request's `Authorization` header names.
 fn who(node: &Node, h: &HeaderMap) -> Caller {
-    let token = h
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.strip_prefix("Bearer "));
-    let Some(token) = token else {
+    let Some(token) = super::api::bearer(h) else {
         return Caller::NoToken;
     };
-    match node.store().token_by_hash(&auth::hash(token.trim())) {
+    match node.store().token_by_hash(&auth::hash(token)) {
         Ok(Some((name, _))) => Caller::Token(name),
         Ok(None) => Caller::UnknownToken,
         Err(e) => {

@@ -4,9 +4,9 @@
 //! call the page makes carries one. `GET /v1/whoami` tells the page what its token may do, so
 //! it can disable what would be refused.
 
-use super::api::{caller, Answer, Ctx};
+use super::api::{caller_named, Answer, Ctx};
 use super::Node;
-use crate::auth::{self, Privilege};
+use crate::auth::Privilege;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -105,17 +105,8 @@ pub(super) struct WhoAmI {
     )
 )]
 pub(super) async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<WhoAmI>> {
-    // `caller` refuses a missing or unknown token with the API's usual 401 words.
-    let role = caller(&node, &h)?;
-    let name = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.strip_prefix("Bearer "))
-        .map(|t| node.store().token_by_hash(&auth::hash(t.trim())))
-        .transpose()?
-        .flatten()
-        .map(|(name, _)| name)
-        .unwrap_or_default();
+    // Refuses a missing or unknown token with the API's usual 401 words.
+    let (name, role) = caller_named(&node, &h)?;
     let privileges: Vec<&'static str> = PRIVILEGES
         .into_iter()
         .filter(|p| role.has(*p))
