@@ -29,6 +29,10 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
 [ -e /usr/include/rdma/rdma_cma.h ] || need+=(librdmacm-dev)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
+# chromedriver at these paths; it fails, not skips, without them.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -48,17 +52,6 @@ command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" 
 command -v ip >/dev/null || { echo "ip (iproute2) missing after install" >&2; exit 1; }
 [ -e /usr/include/infiniband/verbs.h ] || { echo "libibverbs-dev missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
-
-# The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
-# chromedriver at these paths; it fails, not skips, without them.
-need=()
-[ -x /usr/bin/chromium ] || need+=(chromium)
-[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
-if [ "${#need[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}"
-fi
 [ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium (chromium) missing after install" >&2; exit 1; }
 [ -x /usr/bin/chromedriver ] || { echo "/usr/bin/chromedriver (chromium-driver) missing after install" >&2; exit 1; }
 
