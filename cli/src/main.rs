@@ -11,6 +11,7 @@ mod drill;
 mod events;
 mod exit;
 mod keys;
+mod node;
 mod policy;
 mod progress;
 mod relationship;
@@ -204,7 +205,7 @@ certificate and the first admin token (admin.token) live in --data-dir. Settings
 then the TOML file (--config, default /etc/mover/mover.toml when present: keys data_dir, listen, api, \
 continuous_interval_secs, threads, max_pause_in_session_secs, allowed_source_roots, insecure_plaintext, \
 api_tls, api_cert, api_key, scrub_interval_secs, change_detection, settle_ms, rescan_interval_secs, \
-watch_max_dirs). \
+watch_max_dirs, cluster, node_name, roles). \
 Continuous replication is event-driven: the source is watched (change_detection = \"auto\", fanotify \
 else inotify; \"interval\" turns watching off) and a job starts settle_ms (default 100) after the last \
 change, walking only the directories that changed; without a watch a job runs every \
@@ -213,49 +214,7 @@ Data-plane sessions are encrypted (AES-256-GCM, keys from the peers' mutual TLS)
 with --insecure-plaintext. SIGTERM stops running jobs at a chunk boundary; the next start \
 resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MOVER_TOKEN=$(cat /var/lib/mover/admin.token)\n  mover status"
     )]
-    Daemon {
-        /// Directory for the state database, certificate, tokens and private mounts (created, mode 0700).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// TOML config file (default: /etc/mover/mover.toml if it exists).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Peer address other daemons connect to (replication port).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// REST API address.
-        #[arg(long)]
-        api: Option<SocketAddr>,
-        /// Allow source paths in this directory (repeat for more); replaces the default, which
-        /// allows anything but system directories (/etc, /root, /proc, /usr, ...) and overrides
-        /// allowed_source_roots in the config file.
-        #[arg(long = "allowed-source-root", value_name = "DIR")]
-        allowed_source_roots: Vec<PathBuf>,
-        /// Run data-plane sessions in clear (checksummed, not encrypted): trusted networks only.
-        /// A session runs in clear only when both nodes are set so (insecure_plaintext in the
-        /// config file also sets it).
-        #[arg(long)]
-        insecure_plaintext: bool,
-        /// Serve the REST API over TLS 1.3 with this node's certificate (node.crt, named
-        /// mover-node; clients pass it with --api-cert). Needed for an --api address off
-        /// loopback.
-        #[arg(long)]
-        api_tls: bool,
-        /// Serve the REST API over TLS with this certificate (PEM) instead, for the names
-        /// clients use; with --api-key.
-        #[arg(long, value_name = "FILE", requires = "api_key")]
-        api_cert: Option<PathBuf>,
-        /// The private key (PEM) of --api-cert.
-        #[arg(long, value_name = "FILE", requires = "api_cert")]
-        api_key: Option<PathBuf>,
-        /// Join the cluster whose state is in this etcd (etcd://HOST:PORT[,HOST:PORT...]):
-        /// membership with a heartbeat lease and leader election (`mover cluster members`).
-        #[arg(long, value_name = "URL")]
-        cluster: Option<String>,
-        /// This node's name in the cluster (default: the host name).
-        #[arg(long, value_name = "NAME")]
-        node_name: Option<String>,
-    },
+    Daemon(node::DaemonArgs),
     /// Self-contained demo: generate a tree, replicate it between two processes on loopback, verify.
     Demo {
         /// Work directory (default: a temporary directory, removed afterwards).
@@ -284,10 +243,16 @@ resumes them.\n\nExample:\n  mover daemon --data-dir /var/lib/mover\n  export MO
     #[command(
         long_about = "Show this node's daemon: its software version, the fingerprint of its certificate, and its peer and API addresses. Give the target's fingerprint to `mover relationship create --target-fingerprint` on the source, and check the source's against the peer_fingerprint a proposed relationship shows on the target before authorizing it.
 
+`mover node run` runs the daemon as containers by role that restart alone, and `mover node \
+containers` shows them.
+
 Example:
   mover node"
     )]
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
+        #[command(subcommand)]
+        cmd: Option<node::NodeCmd>,
         #[command(flatten)]
         api: api::ApiArgs,
     },
@@ -651,39 +616,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo { dir, files } => demo::run(dir, files),
-        Cmd::Daemon {
-            data_dir,
-            config,
-            listen,
-            api,
-            allowed_source_roots,
-            insecure_plaintext,
-            api_tls,
-            api_cert,
-            api_key,
-            cluster,
-            node_name,
-        } => {
-            use control::daemon::config as cfg;
-            let explicit = config.is_some();
-            let path = config.unwrap_or_else(|| PathBuf::from(cfg::DEFAULT_CONFIG));
-            let file = cfg::ConfigFile::load(&path, explicit)?;
-            let flags = cfg::Flags {
-                data_dir,
-                listen,
-                api,
-                allowed_source_roots,
-                insecure_plaintext,
-                api_tls,
-                api_cert,
-                api_key,
-                cluster,
-                node_name,
-            };
-            let opts = cfg::resolve(file, flags)?;
-            control::daemon::run(opts)?;
-            Ok(())
-        }
+        Cmd::Daemon(a) => node::daemon(a),
         Cmd::Relationship { cmd } => relationship::run(cmd),
         Cmd::Status(a) => status::run(a),
         Cmd::Events(a) => events::run_events(a),
@@ -695,23 +628,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Compat(a) => exit_with(compat::run(a)?),
         Cmd::Cluster { cmd } => exit_with(cluster::run(cmd)?),
         Cmd::Upgrade { cmd } => exit_with(upgrade::run(cmd)?),
-        Cmd::Node { api } => {
-            let v = api
-                .client()
-                .get("/v1/node")
-                .context("reading the node's details")?;
-            if api.json {
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                for k in ["version", "fingerprint", "listen", "api"] {
-                    println!(
-                        "{k:<12} {}",
-                        v.get(k).and_then(serde_json::Value::as_str).unwrap_or("-")
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Node { cmd, api } => node::run(cmd, api),
     }
 }
 
@@ -726,7 +643,14 @@ fn exit_with(code: i32) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     // The daemon's log is its operators' record of what happened; one-shot commands stay quiet.
-    let level = if matches!(cli.cmd, Cmd::Daemon { .. }) {
+    let level = if matches!(
+        cli.cmd,
+        Cmd::Daemon(_)
+            | Cmd::Node {
+                cmd: Some(node::NodeCmd::Run(_)),
+                ..
+            }
+    ) {
         "info"
     } else {
         "warn"

@@ -24,6 +24,7 @@ pub mod readonly;
 pub mod reverse;
 pub mod standalone;
 pub mod store;
+pub mod supervisor;
 pub mod tls;
 pub mod upgrade;
 

@@ -35,8 +35,8 @@ use crate::error::{Error, IoContext, Result};
 /// The name in every node certificate, and the server name clients send (certificates are pinned
 /// by fingerprint, so the name carries no trust and `target_address` may be an IP).
 pub const NODE_NAME: &str = "mover-node";
-const CERT_FILE: &str = "node.crt";
-const KEY_FILE: &str = "node.key";
+pub const CERT_FILE: &str = "node.crt";
+pub const KEY_FILE: &str = "node.key";
 const FP_PREFIX: &str = "sha256:";
 /// Daemons speak TLS 1.3 only (docs/api.md): both ends are this software, so there is no older
 /// peer to accommodate, and 1.3 encrypts the certificates and has no renegotiation or static

@@ -143,12 +143,43 @@ impl Node {
         Self::spawn_exe(exe, dir, free_port(), free_port(), "", Some(version))
     }
 
+    /// The node as containers by role under their supervisor (`mover node run`); `kill` and
+    /// `terminate` act on the supervisor.
+    pub fn start_containers(dir: &Path) -> Node {
+        Self::spawn_as(
+            &cargo_bin("mover"),
+            &["node", "run"],
+            dir,
+            free_port(),
+            free_port(),
+            "",
+            None,
+        )
+    }
+
+    /// The supervisor's (or the one daemon's) pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
     fn spawn(dir: &Path, listen: u16, api: u16, extra_config: &str, version: Option<&str>) -> Node {
         Self::spawn_exe(&cargo_bin("mover"), dir, listen, api, extra_config, version)
     }
 
     fn spawn_exe(
         exe: &Path,
+        dir: &Path,
+        listen: u16,
+        api: u16,
+        extra_config: &str,
+        version: Option<&str>,
+    ) -> Node {
+        Self::spawn_as(exe, &["daemon"], dir, listen, api, extra_config, version)
+    }
+
+    fn spawn_as(
+        exe: &Path,
+        how: &[&str],
         dir: &Path,
         listen: u16,
         api: u16,
@@ -173,7 +204,7 @@ impl Node {
             .open(dir.with_extension("log"))
             .unwrap();
         let child = Command::new(exe)
-            .arg("daemon")
+            .args(how)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--config")

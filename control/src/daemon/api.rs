@@ -130,6 +130,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(super::api_snapshots::routes())
         .merge(super::api_events::routes())
+        .merge(super::api_containers::routes())
         .merge(super::ui::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/v1/cluster", get(cluster))

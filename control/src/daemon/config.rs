@@ -70,6 +70,8 @@ pub struct DaemonOptions {
     pub watch_max_dirs: usize,
     /// The etcd cluster this node joins (`--cluster`); `None`: a single node on its own.
     pub cluster: Option<crate::cluster::Options>,
+    /// What this process runs (`--roles`; `all` by default: the single-node daemon).
+    pub roles: super::roles::Roles,
 }
 
 /// The certificate the REST API presents over TLS.
@@ -151,6 +153,8 @@ pub struct ConfigFile {
     /// `etcd://HOST:PORT[,HOST:PORT...]`
     pub cluster: Option<String>,
     pub node_name: Option<String>,
+    /// `all`, or a list of `data`, `control`, `api`.
+    pub roles: Option<String>,
 }
 
 impl ConfigFile {
@@ -196,6 +200,7 @@ pub struct Flags {
     pub api_key: Option<PathBuf>,
     pub cluster: Option<String>,
     pub node_name: Option<String>,
+    pub roles: Option<String>,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -211,7 +216,12 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         api_key,
         cluster,
         node_name,
+        roles,
     } = flags;
+    let roles = match roles.or(file.roles) {
+        Some(r) => r.parse()?,
+        None => super::roles::Roles::ALL,
+    };
     let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
         Error::Invalid("no data dir: pass --data-dir or set data_dir in the config file".into())
     })?;
@@ -297,6 +307,7 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         }
     };
     Ok(DaemonOptions {
+        roles,
         cluster,
         change_detection: file
             .change_detection

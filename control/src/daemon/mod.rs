@@ -5,7 +5,9 @@
 //! in the data dir. It never reads or writes file data itself.
 
 pub mod api;
+mod api_containers;
 mod api_events;
+mod api_proxy;
 mod api_snapshots;
 pub mod config;
 pub mod drill;
@@ -16,6 +18,7 @@ mod openapi;
 mod paths;
 mod peer_server;
 mod reverse;
+pub mod roles;
 mod self_upgrade;
 #[cfg(test)]
 mod sim;
@@ -271,7 +274,7 @@ impl Node {
         let cluster = opts.cluster.clone().map(|c| {
             let me = crate::cluster::Member {
                 name: c.name.clone(),
-                roles: vec!["all".into()],
+                roles: opts.roles.names(),
                 version: mover::software_version().to_string(),
                 pid: std::process::id(),
                 api: opts.api.to_string(),
@@ -314,6 +317,7 @@ impl Node {
 /// relationships stay marked running (the next start resumes them) and it exits. After an
 /// upgrade's restart phase it stops the same way and executes the new binary instead.
 pub fn run(opts: DaemonOptions) -> Result<()> {
+    crate::supervisor::orphan_guard();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -345,6 +349,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
 }
 
 async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Version)>> {
+    if !opts.roles.control {
+        api_proxy::serve(opts, shutdown_signal()?).await?;
+        return Ok(None);
+    }
     let node = Arc::new(open_node(opts, Arc::new(SystemClock))?);
     if let Err(e) = self_upgrade::finish(&node) {
         tracing::error!("cannot finish the upgrade record: {e}");
@@ -353,10 +361,19 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
     let peer = tokio::net::TcpListener::bind(node.opts.listen)
         .await
         .ctx(|| format!("listening for peers on {}", node.opts.listen))?;
-    let api = tokio::net::TcpListener::bind(node.opts.api)
-        .await
-        .ctx(|| format!("listening for the API on {}", node.opts.api))?;
-    tracing::info!(listen = %node.opts.listen, api = %node.opts.api, fingerprint = %node.identity.fingerprint, "mover daemon ready");
+    // Split (`--roles control,data`), the API is served on a local socket for the api
+    // container to forward to. After the peer port: a second control container for this node
+    // fails on that port before it could take the first one's socket.
+    let api = if node.opts.roles.api {
+        ApiListener::Tcp(
+            tokio::net::TcpListener::bind(node.opts.api)
+                .await
+                .ctx(|| format!("listening for the API on {}", node.opts.api))?,
+        )
+    } else {
+        ApiListener::Local(control_socket(&node.opts.data_dir)?)
+    };
+    tracing::info!(listen = %node.opts.listen, api = %node.opts.api, roles = %node.opts.roles, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
     if let Some(m) = &node.cluster {
         tokio::spawn(m.clone().run());
@@ -378,17 +395,25 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let stop = shutdown_signal()?;
     let restarting = node.clone();
-    let server =
-        axum::serve(http::Limited::new(api, tls), app).with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = stop => {},
-                _ = restarting.restart.notified() => {
-                    tracing::info!("restarting for an upgrade: stopping jobs at a chunk boundary");
-                },
-            }
-        });
+    let stopped = async move {
+        tokio::select! {
+            _ = stop => {},
+            _ = restarting.restart.notified() => {
+                tracing::info!("restarting for an upgrade: stopping jobs at a chunk boundary");
+            },
+        }
+    };
     config::sd_notify("READY=1");
-    server.await.ctx(|| "serving the API".to_string())?;
+    match api {
+        ApiListener::Tcp(api) => axum::serve(http::Limited::new(api, tls), app)
+            .with_graceful_shutdown(stopped)
+            .await
+            .ctx(|| "serving the API".to_string())?,
+        ApiListener::Local(sock) => axum::serve(sock, app)
+            .with_graceful_shutdown(stopped)
+            .await
+            .ctx(|| "serving the API on the control socket".to_string())?,
+    }
     config::sd_notify("STOPPING=1");
     node.shutting_down.store(true, Ordering::SeqCst);
     source::stop_all(&node, SHUTDOWN_GRACE).await;
@@ -396,6 +421,29 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
     tracing::info!("mover daemon stopped");
     let next = lock(&node.exec_next).take();
     Ok(next)
+}
+
+/// Where the control container serves the REST API: its own port, or, with the API in a
+/// container of its own, the local socket that container forwards to.
+enum ApiListener {
+    Tcp(tokio::net::TcpListener),
+    Local(tokio::net::UnixListener),
+}
+
+/// Binds `roles::CONTROL_SOCKET` in the data dir (0700, so only the node's own user reaches
+/// it), replacing the socket file a killed control container left.
+fn control_socket(data_dir: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    let path = data_dir.join(roles::CONTROL_SOCKET);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                context: format!("removing the stale socket {}", path.display()),
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    tokio::net::UnixListener::bind(&path).ctx(|| format!("listening on {}", path.display()))
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before readiness is announced, so a stop request
@@ -435,6 +483,7 @@ pub(crate) fn test_node(dir: &std::path::Path) -> (Node, Arc<crate::clock::SimCl
         rescan_interval: Duration::from_secs(3600),
         watch_max_dirs: 1024,
         cluster: None,
+        roles: crate::daemon::roles::Roles::ALL,
     };
     let node = open_node(opts, clock.clone()).expect("a test node");
     (node, clock)

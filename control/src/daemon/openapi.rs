@@ -3,7 +3,9 @@
 //! unnoticed. Served without a token at `GET /v1/openapi.json` (it holds no secret, and a
 //! client needs it before it has a token).
 
-use super::{api, api_events, api_snapshots, reverse, self_upgrade, ui, upgrade, Node};
+use super::{
+    api, api_containers, api_events, api_snapshots, reverse, self_upgrade, ui, upgrade, Node,
+};
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
 use axum::routing::get;
@@ -23,7 +25,7 @@ pub(super) const PATH: &str = "/v1/openapi.json";
     info(
         title = "mover REST API",
         description = "The control plane of a mover node (docs/api.md). Every request but \
-                       GET /metrics and GET /v1/openapi.json carries `Authorization: Bearer \
+                       GET /metrics, GET /v1/health and GET /v1/openapi.json carries `Authorization: Bearer \
                        <token>`; errors are `{\"error\": string}`."
     ),
     paths(
@@ -63,6 +65,8 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         self_upgrade::status,
         api::metrics,
         api::cluster,
+        api_containers::health,
+        api_containers::containers,
         api_events::events,
         api_events::audit_log,
         ui::whoami,
@@ -235,8 +239,9 @@ mod tests {
     /// The files whose router functions register the API's routes, with where each function's
     /// route list starts.
     /// (`ui.rs` is counted apart: its page and assets are not API operations, `/v1/whoami` is.)
-    const ROUTERS: [(&str, &str); 4] = [
+    const ROUTERS: [(&str, &str); 5] = [
         (include_str!("api.rs"), "pub fn router("),
+        (include_str!("api_containers.rs"), "pub(super) fn routes("),
         (include_str!("api_snapshots.rs"), "pub(super) fn routes("),
         (include_str!("api_events.rs"), "pub(super) fn routes("),
         (include_str!("openapi.rs"), "pub(super) fn routes("),
@@ -290,8 +295,8 @@ mod tests {
             let open = op["security"] == serde_json::json!([{}]);
             assert_eq!(
                 open,
-                path == "/metrics" || path == PATH,
-                "{method} {path}: only /metrics and the description need no token"
+                path == "/metrics" || path == PATH || path == "/v1/health",
+                "{method} {path}: only /metrics, /v1/health and the description need no token"
             );
             if !open {
                 assert!(responses.contains_key("401"), "{method} {path}: no 401");

@@ -247,6 +247,7 @@ mod tests {
             rescan_interval: Duration::from_secs(3600),
             watch_max_dirs: 1024,
             cluster: None,
+            roles: crate::daemon::roles::Roles::ALL,
         };
         let node = open_node(opts, clock.clone()).unwrap();
         let id = RelationshipId::new_random();

@@ -532,6 +532,7 @@ impl World {
                 rescan_interval: Duration::from_secs(3600),
                 watch_max_dirs: 1024,
                 cluster: None,
+                roles: crate::daemon::roles::Roles::ALL,
             };
             nodes.push(SimNode {
                 addr: format!("10.0.0.{}", i + 1),

@@ -1,0 +1,197 @@
+//! A node run as containers by role under `mover node run` (issue 14): the API container and
+//! the control container (with the data plane) are processes of their own. Killing the API
+//! container leaves the running job alone; killing the control container stops it, and the
+//! restarted one resumes it. The supervisor reports each container and stops them on SIGTERM.
+//! Needs root (the target is protected with a read-only bind mount).
+
+mod node;
+
+use node::{create, fill, need_root, stderr, synced, tree_hash, Node, Scratch, WAIT};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// `mover node containers --json`, retried while the node's API does not answer (a container
+/// restarting): the first answer `ok` accepts.
+fn containers_when(n: &Node, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let out = n.cli(&["node", "containers", "--json"]);
+        let v = if out.status.success() {
+            serde_json::from_slice(&out.stdout).unwrap()
+        } else {
+            Value::String(stderr(&out))
+        };
+        if out.status.success() && ok(&v) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "waited {WAIT:?} for {what}; last answer {v:#}\nlog:\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn container<'a>(v: &'a Value, roles: &str) -> &'a Value {
+    v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["roles"] == roles)
+        .unwrap_or_else(|| panic!("no {roles} container in {v:#}"))
+}
+
+fn pid(c: &Value) -> u32 {
+    c["pid"].as_u64().unwrap() as u32
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn sigkill(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+fn all_up(v: &Value) -> bool {
+    v["containers"].as_array().is_some_and(|cs| {
+        cs.len() == 2
+            && cs
+                .iter()
+                .all(|c| c["state"] == "running" && c["healthy"] == true)
+    })
+}
+
+#[test]
+fn containers_by_role_restart_alone_and_the_job_goes_on() {
+    need_root();
+    let t = Scratch::new();
+    let mut a = Node::start_containers(&t.path().join("a"));
+    let b = Node::start(&t.path().join("b"));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 40, 250_000, 11);
+    std::fs::create_dir(&dst).unwrap();
+
+    let v = containers_when(&a, "both containers up", all_up);
+    assert!(
+        v["supervisor_pid"].as_u64() == Some(u64::from(a.pid())),
+        "{v:#}"
+    );
+    let (ctl, api) = (container(&v, "data,control"), container(&v, "api"));
+    let version = a.get("/v1/node").1["version"].clone();
+    assert!(version.is_string());
+    for c in [ctl, api] {
+        assert_eq!(c["version"], version, "{c}");
+        assert_eq!(c["restarts"], 0, "{c}");
+        assert_ne!(pid(c), a.pid());
+    }
+    let (ctl_pid, api_pid) = (pid(ctl), pid(api));
+    assert_ne!(ctl_pid, api_pid);
+    let text = a.cli(&["node", "containers"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("data,control") && text.contains("api"),
+        "{text}"
+    );
+    // Health needs no token; it names the process that answered (the control container).
+    let (code, h) = a.call_as(None, "GET", "/v1/health", None);
+    assert_eq!(
+        (code, &h["status"], &h["roles"]),
+        (200, &Value::from("ok"), &Value::from("data,control")),
+        "{h}"
+    );
+
+    // 10 MB at 1 MB/s: the restarts land mid-job.
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "1000000"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    let before = a.wait_for("source", &id, "the initial sync to be under way", |v| {
+        v["job"]["bytes_done"].as_u64().is_some_and(|n| n > 0)
+    });
+
+    // The API container dies: the job, in the control container, goes on untouched.
+    sigkill(api_pid);
+    let v = containers_when(&a, "the API container restarted", |v| {
+        all_up(v) && container(v, "api")["restarts"] == 1
+    });
+    assert_eq!(pid(container(&v, "data,control")), ctl_pid, "{v:#}");
+    assert_eq!(container(&v, "data,control")["restarts"], 0, "{v:#}");
+    assert!(container(&v, "api")["last_exit"]
+        .as_str()
+        .is_some_and(|e| e.contains("SIGKILL")));
+    let during = a.view("source", &id);
+    // The same job, still running: its run time went on from where it was.
+    assert!(
+        during["job"]["run_seconds"].as_f64() > before["job"]["run_seconds"].as_f64(),
+        "the job must be the same one: {before:#} then {during:#}"
+    );
+    assert!(
+        during["job"]["bytes_done"].as_u64() >= before["job"]["bytes_done"].as_u64(),
+        "{during:#}"
+    );
+    assert!(alive(ctl_pid));
+
+    // The control container dies mid-job: restarted, it resumes the job to its end.
+    sigkill(ctl_pid);
+    let v = containers_when(&a, "the control container restarted", |v| {
+        all_up(v) && container(v, "data,control")["restarts"] == 1
+    });
+    assert_ne!(pid(container(&v, "data,control")), ctl_pid);
+    let done = a.wait_for("source", &id, "the resumed initial sync", synced);
+    assert!(done["recovery_point"]["time"].is_string(), "{done}");
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+
+    // SIGTERM stops the containers, then the supervisor, cleanly.
+    let now = containers_when(&a, "both containers up", all_up);
+    let pids = [
+        pid(container(&now, "data,control")),
+        pid(container(&now, "api")),
+    ];
+    let status = a.terminate();
+    assert!(status.success(), "{status}");
+    for p in pids {
+        assert!(!alive(p), "container {p} outlived its supervisor");
+    }
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("a/data/containers.json")).unwrap())
+            .unwrap();
+    assert!(
+        file["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "stopped"),
+        "{file:#}"
+    );
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_containers_with_it() {
+    need_root();
+    let t = Scratch::new();
+    let mut a = Node::start_containers(&t.path().join("a"));
+    let v = containers_when(&a, "both containers up", all_up);
+    let pids = [
+        pid(container(&v, "data,control")),
+        pid(container(&v, "api")),
+    ];
+    a.kill();
+    let t0 = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "containers {pids:?} outlived their SIGKILLed supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new supervisor starts them again on the same node (its ports and socket are free).
+    let a = Node::start_containers(&t.path().join("a"));
+    containers_when(&a, "both containers up again", all_up);
+}
