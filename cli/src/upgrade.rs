@@ -49,12 +49,23 @@ Examples:
         /// The package's SHA-256 (64 hex digits), from a source you trust.
         #[arg(long, value_name = "HEX")]
         sha256: String,
-        /// Run one phase only.
+        /// Run one phase only (a single node: distribute or restart; a cluster: distribute,
+        /// data, control, api, or restart for the last three).
         #[arg(long, value_enum)]
         phase: Option<Phase>,
-        /// How long to wait for the restarted node to answer.
-        #[arg(long, value_name = "SECS", default_value_t = 120)]
-        wait_secs: u64,
+        /// In a cluster: nodes restarted at once in the data, control and api phases.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        batch_size: usize,
+        /// In a cluster: upgrade only these nodes (comma-separated names).
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        only: Vec<String>,
+        /// In a cluster: leave these nodes out (comma-separated names).
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        skip: Vec<String>,
+        /// How long to wait for the upgrade to finish (default: 120 s for a node, 900 s for a
+        /// cluster).
+        #[arg(long, value_name = "SECS")]
+        wait_secs: Option<u64>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -69,6 +80,9 @@ Examples:
 pub enum Phase {
     Distribute,
     Restart,
+    Data,
+    Control,
+    Api,
 }
 
 /// How often `start` asks whether the restarted node is back.
@@ -109,20 +123,51 @@ pub fn run(cmd: UpgradeCmd) -> Result<i32> {
             package,
             sha256,
             phase,
+            batch_size,
+            only,
+            skip,
             wait_secs,
             api,
         } => {
+            let client = api.client();
+            if client.get("/v1/cluster").is_ok() {
+                let body = serde_json::json!({
+                    "to": to,
+                    "package": package.map(|p| absolute(&p)),
+                    "sha256": sha256,
+                    "phase": match phase {
+                        Some(Phase::Distribute) => "distribute",
+                        Some(Phase::Restart) => "restart",
+                        Some(Phase::Data) => "data",
+                        Some(Phase::Control) => "control",
+                        Some(Phase::Api) => "api",
+                        None => "all",
+                    },
+                    "batch_size": batch_size,
+                    "only": only,
+                    "skip": skip,
+                });
+                return rolling(&api, &client, &body, &to, wait_secs.unwrap_or(900));
+            }
+            if batch_size != 1 || !only.is_empty() || !skip.is_empty() {
+                anyhow::bail!(
+                    "--batch-size, --only and --skip are for a cluster; this node is not in one"
+                );
+            }
+            let wait_secs = wait_secs.unwrap_or(120);
             let body = serde_json::json!({
                 "to": to,
                 "package": package.map(|p| absolute(&p)),
                 "sha256": sha256,
                 "phase": match phase {
                     Some(Phase::Distribute) => "distribute",
-                    Some(Phase::Restart) => "restart",
+                    Some(Phase::Restart | Phase::Data | Phase::Control) => "restart",
+                    Some(Phase::Api) => anyhow::bail!(
+                        "a single node's API restarts with it: use --phase restart"
+                    ),
                     None => "all",
                 },
             });
-            let client = api.client();
             let rec = client
                 .post("/v1/upgrade/start", &body)
                 .with_context(|| format!("starting the upgrade to {to}"))?;
@@ -196,6 +241,92 @@ pub fn run(cmd: UpgradeCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A cluster's rolling upgrade: planned (or resumed) on the leader, then followed until it is
+/// done (exit 0) or failed (exit 1). Nodes restart meanwhile, the one asked too: errors from
+/// its API in between are waited out.
+fn rolling(
+    api: &ApiArgs,
+    client: &crate::api::Api,
+    body: &Value,
+    to: &str,
+    wait_secs: u64,
+) -> Result<i32> {
+    let started = client
+        .post("/v1/upgrade/rolling", body)
+        .with_context(|| format!("starting the rolling upgrade to {to}"))?;
+    if !api.json {
+        println!(
+            "rolling upgrade to {to} {} on {} nodes",
+            if started["resumed"] == true {
+                "resumed"
+            } else {
+                "planned"
+            },
+            started["plan"]["nodes"].as_array().map_or(0, Vec::len)
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let (mut last_error, mut last_line) = (String::new(), String::new());
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(POLL);
+        let v = match client.get("/v1/upgrade/status") {
+            Ok(v) => v,
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let state = v["rolling"]["state"].as_str().unwrap_or("?").to_string();
+        if !api.json {
+            let line = progress_line(&v);
+            if line != last_line {
+                println!("  {line}");
+                last_line = line;
+            }
+        }
+        match state.as_str() {
+            "done" | "failed" => {
+                if api.json {
+                    println!("{}", serde_json::to_string(&v)?);
+                } else if state == "failed" {
+                    println!(
+                        "FAILED: {}",
+                        v["rolling"]["error"].as_str().unwrap_or("no reason given")
+                    );
+                } else {
+                    println!("done: every container runs {to}");
+                }
+                return Ok(if state == "done" { 0 } else { BLOCKED });
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!(
+        "the rolling upgrade to {to} did not finish within {wait_secs} s (last error: \
+         {last_error}); `mover upgrade status` shows where it stands, and rerunning the same \
+         command resumes it"
+    )
+}
+
+/// Each node's step, one line: `a: data requested, b: distribute done, ...`.
+fn progress_line(v: &Value) -> String {
+    v["steps"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(n, s)| {
+                    format!(
+                        "{n}: {} {}",
+                        s["phase"].as_str().unwrap_or("-"),
+                        s["state"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn report(api: &ApiArgs, rec: &Value, what: &str) -> Result<()> {

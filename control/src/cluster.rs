@@ -7,7 +7,10 @@
 //!   `HEARTBEAT`. A node that stops heartbeating (killed, partitioned, hung) loses the key when
 //!   the lease expires, so it is shown down within `DOWN_BOUND`;
 //! - `leader/…`: etcd's election (`campaign` on the same lease): one node leads the scheduler;
-//!   when it goes, its lease expires and the next candidate is elected.
+//!   when it goes, its lease expires and the next candidate is elected;
+//! - `upgrade/plan`, `upgrade/nodes/<name>`: a rolling upgrade's plan and each node's step
+//!   (`daemon/rolling.rs`); `containers/<name>`: each node's containers as its supervisor sees
+//!   them.
 //!
 //! Each daemon keeps a view of all of it fed by a watch on `KEY_ROOT` (no polling); on any
 //! error (etcd restarted or unreachable) the session starts again after `RETRY`, with a new
@@ -140,7 +143,15 @@ struct Known {
     leader: Option<NodeName>,
     connected: bool,
     last_error: Option<String>,
+    /// Other nodes' shared records (`SHARED_KINDS`), by key below `KEY_ROOT`.
+    shared: BTreeMap<String, Vec<u8>>,
 }
+
+/// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
+/// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`).
+const SHARED_KINDS: [&str; 2] = ["upgrade", "containers"];
+/// Largest shared record kept (they are small JSON documents).
+const MAX_SHARED_VALUE: usize = 64 * 1024;
 
 /// The cluster as one daemon sees it (`GET /v1/cluster`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -159,6 +170,8 @@ pub struct Membership {
     opts: Options,
     me: Member,
     known: Mutex<Known>,
+    /// The current session's client (`None` between sessions), for `put`.
+    client: Mutex<Option<Client>>,
 }
 
 fn key(kind: &str, name: &NodeName) -> String {
@@ -196,7 +209,62 @@ impl Membership {
             opts,
             me,
             known: Mutex::default(),
+            client: Mutex::default(),
         })
+    }
+
+    pub fn name(&self) -> &NodeName {
+        &self.me.name
+    }
+
+    /// Whether this node has a working session with etcd now.
+    pub fn connected(&self) -> bool {
+        lock(&self.known).connected
+    }
+
+    /// The shared records whose key (below `KEY_ROOT`) starts with `prefix`, as the watch
+    /// last delivered them.
+    pub fn shared(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        lock(&self.known)
+            .shared
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Writes a shared record (`key` below `KEY_ROOT`, of a `SHARED_KINDS` kind); this node's
+    /// view has it at once, the others through their watch.
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        assert!(
+            SHARED_KINDS
+                .iter()
+                .any(|k| key.starts_with(&format!("{k}/"))),
+            "{key} is not a shared record"
+        );
+        if value.len() > MAX_SHARED_VALUE {
+            return Err(Error::Invalid(format!(
+                "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
+                value.len()
+            )));
+        }
+        let Some(mut c) = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Err(Error::Invalid(
+                "etcd: not connected (the session is starting again)".into(),
+            ));
+        };
+        within(
+            "writing",
+            c.put(format!("{KEY_ROOT}{key}"), value.clone(), None),
+        )
+        .await?;
+        lock(&self.known).shared.insert(key.to_string(), value);
+        Ok(())
     }
 
     pub fn view(&self) -> ClusterView {
@@ -242,7 +310,10 @@ impl Membership {
     async fn session(&self) -> Error {
         match self.session_inner().await {
             Ok(()) => Error::Invalid("etcd closed the watch".into()),
-            Err(e) => e,
+            Err(e) => {
+                *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                e
+            }
         }
     }
 
@@ -283,10 +354,12 @@ impl Membership {
         )
         .await?;
         let rev = all.header().map_or(0, |h| h.revision());
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         {
             let mut k = lock(&self.known);
             k.nodes.clear();
             k.alive.clear();
+            k.shared.clear();
             for kv in all.kvs() {
                 apply(&mut k, kv.key(), Some(kv.value()));
             }
@@ -390,6 +463,17 @@ fn apply(k: &mut Known, key: &[u8], value: Option<&[u8]>) -> bool {
     let (kind, name) = rest.split_once('/').unwrap_or((&rest, ""));
     if kind == "leader" {
         return true;
+    }
+    if SHARED_KINDS.contains(&kind) {
+        match value {
+            Some(v) if v.len() <= MAX_SHARED_VALUE => {
+                k.shared.insert(rest.to_string(), v.to_vec());
+            }
+            _ => {
+                k.shared.remove(rest.as_ref());
+            }
+        }
+        return false;
     }
     let Ok(name) = NodeName::try_from(name.to_string()) else {
         return false;

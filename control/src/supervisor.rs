@@ -194,6 +194,18 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
                 probe(opts, c).await;
                 return;
             }
+            Ok(Some(status)) if status.success() => {
+                // Stopped on request (SIGTERM: an upgrade restarting it onto the new binary,
+                // or an operator): started again at once, not counted as a crash.
+                tracing::info!(roles = %c.roles, "container stopped; starting it again");
+                c.status.last_exit = Some(status.to_string());
+                c.child = None;
+                c.status.state = "restarting".into();
+                c.status.pid = None;
+                c.status.healthy = false;
+                c.due = Some(Instant::now());
+                return;
+            }
             Ok(Some(status)) => {
                 let ran = c.started.map_or(Duration::ZERO, |s| s.elapsed());
                 if ran >= STABLE_AFTER {
@@ -238,14 +250,23 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
 }
 
 fn start(opts: &SupervisorOptions, roles: Roles) -> Result<tokio::process::Child> {
-    tokio::process::Command::new(&opts.exe)
-        .arg("daemon")
+    let mut cmd = tokio::process::Command::new(&opts.exe);
+    cmd.arg("daemon")
         .args(&opts.daemon_args)
         .arg("--roles")
         .arg(roles.to_string())
         .env(SUPERVISOR_ENV, std::process::id().to_string())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    // Test builds report the release a test set (`TEST_VERSION_ENV`); once an upgrade of this
+    // node is done, a container started from the new binary reports the new one, as a real
+    // new binary would.
+    let test_version = mover::wire::message::TEST_VERSION_ENV;
+    if cfg!(debug_assertions) && std::env::var_os(test_version).is_some() {
+        if let Some(to) = crate::daemon::rolling::record_done(&opts.data_dir) {
+            cmd.env(test_version, to);
+        }
+    }
+    cmd.spawn()
         .ctx(|| format!("starting {} daemon --roles {roles}", opts.exe.display()))
 }
 

@@ -157,6 +157,45 @@ impl Node {
         )
     }
 
+    /// `start_containers` from a binary of its own (`exe`, a copy of the build's: an upgrade
+    /// replaces it), with more config lines and, if given, the release it reports.
+    pub fn start_containers_from(
+        dir: &Path,
+        exe: &Path,
+        extra_config: &str,
+        version: Option<&str>,
+    ) -> Node {
+        Self::spawn_as(
+            exe,
+            &["node", "run"],
+            dir,
+            free_port(),
+            free_port(),
+            extra_config,
+            version,
+        )
+    }
+
+    /// A GET that tolerates a node that does not answer (restarting): `None` then.
+    pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut res = agent
+            .get(format!("{}{path}", self.url()))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .ok()?;
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
     /// The supervisor's (or the one daemon's) pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).expect("running")

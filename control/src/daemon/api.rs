@@ -135,6 +135,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/v1/cluster", get(cluster))
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
+        .route("/v1/upgrade/rolling", post(super::api_rolling::start_api))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))
         .route("/metrics", get(metrics))
         .merge(super::openapi::routes())

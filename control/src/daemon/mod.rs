@@ -8,6 +8,7 @@ pub mod api;
 mod api_containers;
 mod api_events;
 mod api_proxy;
+mod api_rolling;
 mod api_snapshots;
 pub mod config;
 pub mod drill;
@@ -19,6 +20,7 @@ mod paths;
 mod peer_server;
 mod reverse;
 pub mod roles;
+pub mod rolling;
 mod self_upgrade;
 #[cfg(test)]
 mod sim;
@@ -375,8 +377,15 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
     };
     tracing::info!(listen = %node.opts.listen, api = %node.opts.api, roles = %node.opts.roles, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
+    if node.cluster.is_none() && !node.opts.roles.api {
+        // A single node's upgrade restarted this control container onto the new release; its
+        // API container follows.
+        tokio::spawn(rolling::api_catches_up(node.clone()));
+    }
     if let Some(m) = &node.cluster {
         tokio::spawn(m.clone().run());
+        tokio::spawn(rolling::lead(node.clone(), m.clone()));
+        tokio::spawn(rolling::follow(node.clone(), m.clone()));
     }
     tokio::spawn(source::schedule(node.clone()));
     let policies = node.clone();

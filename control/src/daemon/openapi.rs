@@ -4,7 +4,8 @@
 //! client needs it before it has a token).
 
 use super::{
-    api, api_containers, api_events, api_snapshots, reverse, self_upgrade, ui, upgrade, Node,
+    api, api_containers, api_events, api_rolling, api_snapshots, reverse, self_upgrade, ui,
+    upgrade, Node,
 };
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
@@ -62,6 +63,7 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         api_snapshots::release,
         upgrade::check,
         self_upgrade::start,
+        api_rolling::start_api,
         self_upgrade::status,
         api::metrics,
         api::cluster,

@@ -155,7 +155,12 @@ fn copy_hashed(package: &Path, dest: &Path) -> Result<String> {
     Ok(hex(ctx.finish().as_ref()))
 }
 
-fn distribute(node: &Node, to: &Version, package: &Path, sha256: &str) -> Result<Record> {
+pub(super) fn distribute(
+    node: &Node,
+    to: &Version,
+    package: &Path,
+    sha256: &str,
+) -> Result<Record> {
     let staged = node
         .opts
         .data_dir
@@ -210,6 +215,31 @@ fn install(node: &Node, r: &Record) -> Result<PathBuf> {
     }
     std::fs::rename(&next, &exe).ctx(|| format!("installing {}", exe.display()))?;
     Ok(exe)
+}
+
+/// A rolling upgrade's data phase on this node: the release `to` staged with `sha256` is
+/// installed and the daemon restarts onto it (as `start`'s restart, without the checker: the
+/// plan was checked when it started).
+pub(super) fn restart_staged(node: &Node, want: &str, sha256: &str, to: Version) -> Result<()> {
+    let rec = read_record(&node.opts.data_dir)?
+        .filter(|r| r.to == want && r.sha256 == sha256 && r.staged.exists())
+        .ok_or_else(|| {
+            Error::Conflict(format!(
+                "release {want} with that SHA-256 is not staged on this node: run the \
+                 distribute phase first"
+            ))
+        })?;
+    let exe = install(node, &rec)?;
+    let rec = Record {
+        phase: Phase::Restarting,
+        updated_ns: node.clock.now_ns(),
+        error: None,
+        ..rec
+    };
+    write_record(node, &rec)?;
+    tracing::info!(to = %rec.to, exe = %exe.display(), "upgrade: restarting onto the new release");
+    node.restart_into(exe, to);
+    Ok(())
 }
 
 /// `POST /v1/upgrade/start` (ADMIN): 200 with the record after `distribute`; 202 when the node
@@ -302,50 +332,100 @@ pub(super) async fn start(
 /// `GET /v1/upgrade/status`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Status {
-    /// This node's one container (`all`).
+    /// This node's containers (in a cluster: every node's, as each published them).
     pub containers: Vec<Container>,
-    /// The latest upgrade's record (null before any).
+    /// This node's latest upgrade record (null before any).
     pub upgrade: Option<Record>,
+    /// In a cluster: the rolling upgrade's plan (null before any).
+    pub rolling: Option<super::rolling::Plan>,
+    /// In a cluster: each node's step of it, by node name.
+    pub steps: std::collections::BTreeMap<String, super::rolling::NodeStep>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Container {
+    /// The node's name in the cluster, else its peer address.
     pub node: String,
-    pub role: &'static str,
+    /// Its roles (`all`, `data,control`, `api`).
+    pub role: String,
     pub version: String,
     pub pid: u32,
     pub uptime_secs: u64,
-    pub health: &'static str,
+    /// `ok`, or `down` when its health probe does not answer.
+    pub health: String,
 }
 
-/// `GET /v1/upgrade/status` (any token): this node's one container (`all`), its release, and
-/// the latest upgrade's record.
+fn container(node: String, c: crate::supervisor::ContainerStatus, now_unix: i64) -> Container {
+    Container {
+        node,
+        role: c.roles,
+        version: c.version.unwrap_or_else(|| "?".into()),
+        pid: c.pid.unwrap_or(0),
+        uptime_secs: c
+            .started_unix
+            .map_or(0, |s| now_unix.saturating_sub(s).max(0) as u64),
+        health: if c.healthy { "ok" } else { "down" }.into(),
+    }
+}
+
+/// `GET /v1/upgrade/status` (any token): the containers, their releases and health, the
+/// latest upgrade's record and, in a cluster, the rolling upgrade and each node's step.
 #[utoipa::path(
     get,
     path = "/v1/upgrade/status",
     tag = "upgrade",
     responses(
-        (status = 200, description = "this node's release and its latest upgrade", body = Status),
+        (status = 200, description = "the containers' releases and the latest upgrade", body = Status),
         openapi::AnyToken,
     )
 )]
 pub(super) async fn status(AxState(node): Ctx, h: HeaderMap) -> Answer<Json<Status>> {
     super::api::caller(&node, &h)?;
     let rec = read_record(&node.opts.data_dir)?;
+    let now_unix = node.clock.now_ns() / 1_000_000_000;
+    let here = match &node.cluster {
+        Some(m) => m.name().to_string(),
+        None => node.opts.listen.to_string(),
+    };
+    let mut containers = Vec::new();
+    let (mut rolling, mut steps) = (None, std::collections::BTreeMap::new());
+    if let Some(m) = &node.cluster {
+        containers = super::rolling::all_containers(m)
+            .into_iter()
+            .map(|(n, c)| container(n, c, now_unix))
+            .collect();
+        rolling = super::rolling::plan(m);
+        steps = super::rolling::steps(m)
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+    }
+    if containers.is_empty() {
+        match crate::supervisor::read_status(&node.opts.data_dir)? {
+            Some(s) if !node.opts.roles.is_all() => {
+                for c in s.containers {
+                    containers.push(container(here.clone(), c, now_unix));
+                }
+            }
+            _ => containers.push(Container {
+                node: here,
+                role: node.opts.roles.to_string(),
+                version: mover::software_version().to_string(),
+                pid: std::process::id(),
+                uptime_secs: node
+                    .clock
+                    .instant()
+                    .saturating_duration_since(node.started)
+                    .as_secs(),
+                health: "ok".into(),
+            }),
+        }
+    }
     Ok(Json(Status {
-        containers: vec![Container {
-            node: node.opts.listen.to_string(),
-            role: "all",
-            version: mover::software_version().to_string(),
-            pid: std::process::id(),
-            uptime_secs: node
-                .clock
-                .instant()
-                .saturating_duration_since(node.started)
-                .as_secs(),
-            health: "ok",
-        }],
+        containers,
         upgrade: rec,
+        rolling,
+        steps,
     }))
 }
 
