@@ -130,19 +130,21 @@ pub fn run(cmd: UpgradeCmd) -> Result<i32> {
             api,
         } => {
             let client = api.client();
+            let package = package.map(|p| absolute(&p));
+            let phase_name = match phase {
+                Some(Phase::Distribute) => "distribute",
+                Some(Phase::Restart) => "restart",
+                Some(Phase::Data) => "data",
+                Some(Phase::Control) => "control",
+                Some(Phase::Api) => "api",
+                None => "all",
+            };
             if client.get("/v1/cluster").is_ok() {
                 let body = serde_json::json!({
                     "to": to,
-                    "package": package.map(|p| absolute(&p)),
+                    "package": package,
                     "sha256": sha256,
-                    "phase": match phase {
-                        Some(Phase::Distribute) => "distribute",
-                        Some(Phase::Restart) => "restart",
-                        Some(Phase::Data) => "data",
-                        Some(Phase::Control) => "control",
-                        Some(Phase::Api) => "api",
-                        None => "all",
-                    },
+                    "phase": phase_name,
                     "batch_size": batch_size,
                     "only": only,
                     "skip": skip,
@@ -155,18 +157,17 @@ pub fn run(cmd: UpgradeCmd) -> Result<i32> {
                 );
             }
             let wait_secs = wait_secs.unwrap_or(120);
+            // A single node restarts whole: its data and control phases are the restart.
+            let phase_name = match phase_name {
+                "data" | "control" => "restart",
+                "api" => anyhow::bail!("a single node's API restarts with it: use --phase restart"),
+                p => p,
+            };
             let body = serde_json::json!({
                 "to": to,
-                "package": package.map(|p| absolute(&p)),
+                "package": package,
                 "sha256": sha256,
-                "phase": match phase {
-                    Some(Phase::Distribute) => "distribute",
-                    Some(Phase::Restart | Phase::Data | Phase::Control) => "restart",
-                    Some(Phase::Api) => anyhow::bail!(
-                        "a single node's API restarts with it: use --phase restart"
-                    ),
-                    None => "all",
-                },
+                "phase": phase_name,
             });
             let rec = client
                 .post("/v1/upgrade/start", &body)

@@ -70,6 +70,22 @@ pub struct ContainerStatus {
     pub last_exit: Option<String>,
 }
 
+impl ContainerStatus {
+    /// A daemon's own process as its one container (no supervisor looks after it).
+    pub fn this_process(roles: Roles, started_unix: Option<i64>) -> ContainerStatus {
+        ContainerStatus {
+            roles: roles.to_string(),
+            state: "running".into(),
+            pid: Some(std::process::id()),
+            version: Some(mover::software_version().to_string()),
+            healthy: true,
+            restarts: 0,
+            started_unix,
+            last_exit: None,
+        }
+    }
+}
+
 /// The status file: the supervisor and its containers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Containers {

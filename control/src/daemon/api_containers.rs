@@ -66,15 +66,9 @@ pub(super) async fn containers(State(node): Ctx, h: HeaderMap) -> Answer<Json<Co
     Ok(Json(Containers {
         supervisor_pid: 0,
         updated_unix: node.clock.now_ns() / 1_000_000_000,
-        containers: vec![ContainerStatus {
-            roles: node.opts.roles.to_string(),
-            state: "running".into(),
-            pid: Some(std::process::id()),
-            version: Some(mover::software_version().to_string()),
-            healthy: true,
-            restarts: 0,
-            started_unix: Some((node.clock.now_ns() / 1_000_000_000) - ran.as_secs() as i64),
-            last_exit: None,
-        }],
+        containers: vec![ContainerStatus::this_process(
+            node.opts.roles,
+            Some((node.clock.now_ns() / 1_000_000_000) - ran.as_secs() as i64),
+        )],
     }))
 }

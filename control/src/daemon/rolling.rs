@@ -505,16 +505,10 @@ pub async fn api_catches_up(node: Arc<Node>) {
 fn containers_record(node: &Node) -> Result<Vec<u8>> {
     let list = match crate::supervisor::read_status(&node.opts.data_dir)? {
         Some(s) if !node.opts.roles.is_all() => s.containers,
-        _ => vec![crate::supervisor::ContainerStatus {
-            roles: node.opts.roles.to_string(),
-            state: "running".into(),
-            pid: Some(std::process::id()),
-            version: Some(mover::software_version().to_string()),
-            healthy: true,
-            restarts: 0,
-            started_unix: None,
-            last_exit: None,
-        }],
+        _ => vec![crate::supervisor::ContainerStatus::this_process(
+            node.opts.roles,
+            None,
+        )],
     };
     json(&list)
 }
