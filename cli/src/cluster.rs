@@ -49,23 +49,48 @@ pub fn run(cmd: ClusterCmd) -> Result<i32> {
                 return Ok(0);
             }
             println!(
-                "{:<20} {:<8} {:<10} {:<6} {:<7} API",
-                "NODE", "ROLES", "VERSION", "STATE", "LEADER"
+                "{:<20} {:<14} {:<10} {:<6} {:<7} {:>5} {:>12}  API",
+                "NODE", "ROLES", "VERSION", "STATE", "LEADER", "JOBS", "MB/s"
             );
             for m in members(&v) {
                 let roles: Vec<&str> = m["roles"]
                     .as_array()
                     .map(|r| r.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
+                let r = &m["report"];
                 println!(
-                    "{:<20} {:<8} {:<10} {:<6} {:<7} {}",
+                    "{:<20} {:<14} {:<10} {:<6} {:<7} {:>5} {:>12}  {}",
                     m["name"].as_str().unwrap_or("?"),
                     roles.join(","),
                     m["version"].as_str().unwrap_or("?"),
                     if m["up"] == true { "up" } else { "down" },
                     if m["leader"] == true { "*" } else { "" },
+                    r["jobs_running"]
+                        .as_u64()
+                        .map_or("-".into(), |n| n.to_string()),
+                    r["throughput_bytes_per_sec"]
+                        .as_f64()
+                        .map_or("-".into(), |b| format!("{:.1}", b / 1e6)),
                     m["api"].as_str().unwrap_or("?"),
                 );
+                // Its containers, one line each, under a node run as containers.
+                for c in r["containers"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    if c["roles"] == "all" {
+                        continue;
+                    }
+                    println!(
+                        "  container {:<14} {:<10} {:<6} pid {} restarts {}",
+                        c["roles"].as_str().unwrap_or("?"),
+                        c["version"].as_str().unwrap_or("?"),
+                        if c["healthy"] == true { "ok" } else { "down" },
+                        c["pid"],
+                        c["restarts"]
+                    );
+                }
             }
             Ok(0)
         }

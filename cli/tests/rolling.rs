@@ -227,6 +227,37 @@ fn a_cluster_upgrades_container_by_container_while_a_relationship_replicates() {
         assert_eq!(steps.as_array().map(Vec::len), Some(4), "n{i}: {steps}");
     }
 
+    // Each member shows its containers and figures, in the cluster view and in /metrics.
+    let t0 = Instant::now();
+    loop {
+        let (code, v) = n2.get("/v1/cluster");
+        assert_eq!(code, 200, "{v}");
+        let ok = v["members"].as_array().unwrap().iter().all(|m| {
+            m["report"]["containers"]
+                .as_array()
+                .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["version"] == "0.1.1"))
+                && m["report"]["throughput_bytes_per_sec"].is_number()
+        });
+        if ok {
+            break;
+        }
+        assert!(t0.elapsed() < UPGRADE_WITHIN, "members' reports: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = n2.get("/metrics");
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for want in [
+        "mover_cluster_container_up{node=\"n1\",roles=\"api\",version=\"0.1.1\"} 1",
+        "mover_cluster_container_up{node=\"n3\",roles=\"data,control\",version=\"0.1.1\"} 1",
+        "mover_cluster_node_throughput_bytes_per_second{node=\"n1\"}",
+        "mover_cluster_node_jobs_running{node=\"n2\"} 0",
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
+    let members = n1.cli(&["cluster", "members"]);
+    let text = String::from_utf8_lossy(&members.stdout);
+    assert_eq!(text.matches("container data,control").count(), 3, "{text}");
+
     // Nothing worse than a transient retry, and the recovery point moved on meanwhile.
     let allowed: BTreeSet<String> = ["running", "idle", "job_incomplete_will_retry"]
         .into_iter()

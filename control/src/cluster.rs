@@ -125,7 +125,7 @@ pub struct Member {
 }
 
 /// A node as the cluster sees it now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     #[serde(flatten)]
     #[schema(inline)]
@@ -133,6 +133,9 @@ pub struct MemberView {
     /// Its heartbeat key exists (its lease is alive).
     pub up: bool,
     pub leader: bool,
+    /// What the node last published: its containers (roles, release, health), running jobs
+    /// and their throughput (null before its first report).
+    pub report: Option<crate::supervisor::NodeReport>,
 }
 
 /// This daemon's picture of the cluster, kept current by the watch.
@@ -281,6 +284,10 @@ impl Membership {
                     member: m.clone(),
                     up: k.alive.contains(&m.name),
                     leader: k.leader.as_ref() == Some(&m.name),
+                    report: k
+                        .shared
+                        .get(&format!("containers/{}", m.name))
+                        .and_then(|v| serde_json::from_slice(v).ok()),
                 })
                 .collect(),
             down_bound_secs: DOWN_BOUND.as_secs(),

@@ -86,6 +86,16 @@ impl ContainerStatus {
     }
 }
 
+/// What each node of a cluster publishes about itself (`containers/<name>` in etcd).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct NodeReport {
+    pub containers: Vec<ContainerStatus>,
+    /// Source jobs running on the node.
+    pub jobs_running: u32,
+    /// Their summed throughput over the last seconds.
+    pub throughput_bytes_per_sec: f64,
+}
+
 /// The status file: the supervisor and its containers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Containers {

@@ -194,6 +194,40 @@ pub fn render_cluster(v: &crate::cluster::ClusterView) -> String {
             u8::from(m.leader)
         );
     }
+    // Per-node figures as each node last reported them (every 5 s at most while they move).
+    let reports: Vec<_> = v
+        .members
+        .iter()
+        .filter_map(|m| Some((label(&m.member.name.to_string()), m.report.as_ref()?)))
+        .collect();
+    let _ = writeln!(o, "# HELP mover_cluster_node_throughput_bytes_per_second What a node's source jobs move now, as it last reported.\n# TYPE mover_cluster_node_throughput_bytes_per_second gauge");
+    for (n, r) in &reports {
+        let _ = writeln!(
+            o,
+            "mover_cluster_node_throughput_bytes_per_second{{node=\"{n}\"}} {}",
+            r.throughput_bytes_per_sec
+        );
+    }
+    let _ = writeln!(o, "# HELP mover_cluster_node_jobs_running Source jobs running on a node, as it last reported.\n# TYPE mover_cluster_node_jobs_running gauge");
+    for (n, r) in &reports {
+        let _ = writeln!(
+            o,
+            "mover_cluster_node_jobs_running{{node=\"{n}\"}} {}",
+            r.jobs_running
+        );
+    }
+    let _ = writeln!(o, "# HELP mover_cluster_container_up Whether a node's container answers its health probe, by roles and release.\n# TYPE mover_cluster_container_up gauge");
+    for (n, r) in &reports {
+        for c in &r.containers {
+            let _ = writeln!(
+                o,
+                "mover_cluster_container_up{{node=\"{n}\",roles=\"{}\",version=\"{}\"}} {}",
+                label(&c.roles),
+                label(c.version.as_deref().unwrap_or("")),
+                u8::from(c.healthy)
+            );
+        }
+    }
     o
 }
 

@@ -349,25 +349,36 @@ async fn lead_once(node: &Node, m: &Membership) -> Result<()> {
     Ok(())
 }
 
-/// Every node's loop: runs this node's requested step, and publishes its containers.
+/// A node's report is written when its containers change, and at most this often when only
+/// its throughput does (bounding etcd writes per node).
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Every node's loop: runs this node's requested step, and publishes its report.
 pub async fn follow(node: Arc<Node>, m: Arc<Membership>) {
     let mut busy = false;
-    let mut published = Vec::new();
+    let mut published: Option<(crate::supervisor::NodeReport, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(POLL).await;
         if node.shutting_down() || !m.connected() {
             continue;
         }
-        match containers_record(&node) {
-            Ok(c) if c != published => {
-                if m.put(&format!("containers/{}", m.name()), c.clone())
-                    .await
-                    .is_ok()
-                {
-                    published = c;
+        match node_report(&node) {
+            Ok(r) => {
+                let due = match &published {
+                    None => true,
+                    Some((last, at)) => {
+                        last.containers != r.containers
+                            || (last != &r && at.elapsed() >= REPORT_EVERY)
+                    }
+                };
+                if due {
+                    if let Ok(v) = json(&r) {
+                        if m.put(&format!("containers/{}", m.name()), v).await.is_ok() {
+                            published = Some((r, tokio::time::Instant::now()));
+                        }
+                    }
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!("reading this node's containers: {e}"),
         }
         if busy {
@@ -501,16 +512,22 @@ pub async fn api_catches_up(node: Arc<Node>) {
     tracing::error!("upgrade: the API container is not on {to} after {API_CATCH_UP:?}");
 }
 
-/// This node's containers for `containers/<name>`: the supervisor's view, or the one process.
-fn containers_record(node: &Node) -> Result<Vec<u8>> {
-    let list = match crate::supervisor::read_status(&node.opts.data_dir)? {
+/// This node's report for `containers/<name>`: the supervisor's view of its containers, or
+/// the one process, and its running jobs.
+fn node_report(node: &Node) -> Result<crate::supervisor::NodeReport> {
+    let containers = match crate::supervisor::read_status(&node.opts.data_dir)? {
         Some(s) if !node.opts.roles.is_all() => s.containers,
         _ => vec![crate::supervisor::ContainerStatus::this_process(
             node.opts.roles,
             None,
         )],
     };
-    json(&list)
+    let (jobs_running, throughput_bytes_per_sec) = super::source::throughput(node);
+    Ok(crate::supervisor::NodeReport {
+        containers,
+        jobs_running,
+        throughput_bytes_per_sec,
+    })
 }
 
 /// Every node's published containers.
@@ -519,8 +536,9 @@ pub fn all_containers(m: &Membership) -> Vec<(String, crate::supervisor::Contain
         .into_iter()
         .flat_map(|(k, v)| {
             let node = k["containers/".len()..].to_string();
-            parse::<Vec<crate::supervisor::ContainerStatus>>(&v)
+            parse::<crate::supervisor::NodeReport>(&v)
                 .unwrap_or_default()
+                .containers
                 .into_iter()
                 .map(move |c| (node.clone(), c))
         })

@@ -121,6 +121,18 @@ impl Job {
     }
 }
 
+/// This node's source jobs running now and their summed throughput (bytes per second), for
+/// the cluster's per-node figures.
+pub(crate) fn throughput(node: &Node) -> (u32, f64) {
+    let now = node.clock.instant();
+    lock(&node.jobs)
+        .values()
+        .filter(|j| !j.finished())
+        .fold((0, 0.0), |(n, b), j| {
+            (n + 1, b + j.view(now).throughput_bytes_per_sec)
+        })
+}
+
 /// The time of a scheduling decision, read once from the node's clock: wall time for blackout
 /// windows, monotonic time for intervals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
