@@ -195,3 +195,71 @@ fn a_killed_supervisor_takes_its_containers_with_it() {
     let a = Node::start_containers(&t.path().join("a"));
     containers_when(&a, "both containers up again", all_up);
 }
+
+#[test]
+fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
+    need_root();
+    let t = Scratch::new();
+    let (bin, pkg) = (t.path().join("bin/mover"), t.path().join("pkg/mover-0.1.1"));
+    for p in [&bin, &pkg] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy(assert_cmd::cargo::cargo_bin("mover"), p).unwrap();
+    }
+    let out = std::process::Command::new("sha256sum")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(out.stdout).unwrap()[..64].to_string();
+    let a = Node::start_containers_from(&t.path().join("a"), &bin, "", Some("0.1.0"));
+    let before = containers_when(&a, "both containers up on 0.1.0", |v| {
+        all_up(v)
+            && v["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["version"] == "0.1.0")
+    });
+    let v = a.cli_ok(&[
+        "upgrade",
+        "start",
+        "--to",
+        "0.1.1",
+        "--package",
+        pkg.to_str().unwrap(),
+        "--sha256",
+        &sum,
+        "--json",
+    ]);
+    assert_eq!(v["phase"], "done", "{v}");
+    // The control container restarted in place onto the new binary, and the API container
+    // followed it (stopped and started again by the supervisor, not counted as a crash).
+    let after = containers_when(&a, "both containers on 0.1.1", |v| {
+        all_up(v)
+            && v["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["version"] == "0.1.1")
+    });
+    let (c0, c1) = (
+        container(&before, "data,control"),
+        container(&after, "data,control"),
+    );
+    assert_eq!(pid(c0), pid(c1), "{after:#}");
+    let api = container(&after, "api");
+    assert_ne!(pid(api), pid(container(&before, "api")), "{after:#}");
+    assert_eq!(api["restarts"], 0, "{after:#}");
+    let st = a.cli_ok(&["upgrade", "status", "--json"]);
+    let roles: Vec<&str> = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["data,control", "api"], "{st}");
+    assert!(st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["version"] == "0.1.1" && c["health"] == "ok"));
+}
