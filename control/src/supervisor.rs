@@ -29,6 +29,8 @@ const POLL: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// A container that exits cleanly sooner than this after its start counts as crashed.
+const MIN_CLEAN_RUN: Duration = Duration::from_secs(2);
 /// One health probe's bound (connect, ask, read the answer).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest health answer read.
@@ -220,7 +222,11 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
                 probe(opts, c).await;
                 return;
             }
-            Ok(Some(status)) if status.success() => {
+            // A clean exit after a while: stopped on request. One right after its start is
+            // treated as a crash (backoff), so a container that cannot stay up is no hot loop.
+            Ok(Some(status))
+                if status.success() && c.started.is_some_and(|s| s.elapsed() >= MIN_CLEAN_RUN) =>
+            {
                 // Stopped on request (SIGTERM: an upgrade restarting it onto the new binary,
                 // or an operator): started again at once, not counted as a crash.
                 tracing::info!(roles = %c.roles, "container stopped; starting it again");
