@@ -311,7 +311,9 @@ async fn probe(opts: &SupervisorOptions, c: &mut Container) {
                 .await
                 .ok()
                 .and_then(|r| r.ok())
-                .map(|_| Health::default())
+                .map(|_| Health {
+                    version: api_self_version(&opts.data_dir, c.status.pid),
+                })
         } else {
             match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(opts.api))
                 .await
@@ -377,6 +379,23 @@ async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) 
         Some(Health { version })
     };
     tokio::time::timeout(PROBE_TIMEOUT, go).await.ok().flatten()
+}
+
+/// What the API container writes about itself at start, in the data dir: its pid and release,
+/// for the supervisor's probe when it cannot read the container's answers (TLS).
+pub const API_SELF_FILE: &str = "api-container.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SelfReport {
+    pub pid: u32,
+    pub version: String,
+}
+
+/// The release the API container `pid` wrote about itself, if that file is its own.
+fn api_self_version(data_dir: &Path, pid: Option<u32>) -> Option<String> {
+    let r: SelfReport =
+        serde_json::from_slice(&std::fs::read(data_dir.join(API_SELF_FILE)).ok()?).ok()?;
+    (Some(r.pid) == pid).then_some(r.version)
 }
 
 /// The header the API container adds to every answer: its own release.

@@ -65,6 +65,19 @@ pub async fn serve(
         socket: opts.data_dir.join(CONTROL_SOCKET),
     });
     let app = axum::Router::new().fallback(forward).with_state(front);
+    // For a supervisor that cannot read this container's answers (the API over TLS).
+    let me = crate::supervisor::SelfReport {
+        pid: std::process::id(),
+        version: mover::software_version().to_string(),
+    };
+    // Best effort: before the control container's first start there is no data dir yet, and
+    // over plain HTTP the probe reads the release from the answers anyway.
+    if let Ok(v) = serde_json::to_vec(&me) {
+        let p = opts.data_dir.join(crate::supervisor::API_SELF_FILE);
+        if let Err(e) = super::config::write_private(&p, &v) {
+            tracing::warn!("writing {}: {e}", p.display());
+        }
+    }
     tracing::info!(api = %opts.api, "mover API container ready");
     super::config::sd_notify("READY=1");
     axum::serve(
