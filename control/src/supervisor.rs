@@ -29,7 +29,8 @@ const POLL: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// A container that exits cleanly sooner than this after its start counts as crashed.
+/// A container that exits cleanly sooner than this after its start waits its backoff before
+/// it starts again.
 const MIN_CLEAN_RUN: Duration = Duration::from_secs(2);
 /// One health probe's bound (connect, ask, read the answer).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -222,20 +223,25 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
                 probe(opts, c).await;
                 return;
             }
-            // A clean exit after a while: stopped on request. One right after its start is
-            // treated as a crash (backoff), so a container that cannot stay up is no hot loop.
-            Ok(Some(status))
-                if status.success() && c.started.is_some_and(|s| s.elapsed() >= MIN_CLEAN_RUN) =>
-            {
+            Ok(Some(status)) if status.success() => {
                 // Stopped on request (SIGTERM: an upgrade restarting it onto the new binary,
-                // or an operator): started again at once, not counted as a crash.
-                tracing::info!(roles = %c.roles, "container stopped; starting it again");
+                // or an operator): started again, not counted as a crash. At once after a
+                // while up; one that keeps stopping right after its start waits its backoff,
+                // so it is no hot loop.
+                let quick = c.started.is_some_and(|s| s.elapsed() < MIN_CLEAN_RUN);
+                let wait = if quick { c.backoff } else { Duration::ZERO };
+                c.backoff = if quick {
+                    (c.backoff * 2).min(MAX_BACKOFF)
+                } else {
+                    FIRST_BACKOFF
+                };
+                tracing::info!(roles = %c.roles, "container stopped; starting it again in {wait:?}");
                 c.status.last_exit = Some(status.to_string());
                 c.child = None;
                 c.status.state = "restarting".into();
                 c.status.pid = None;
                 c.status.healthy = false;
-                c.due = Some(Instant::now());
+                c.due = Some(Instant::now() + wait);
                 return;
             }
             Ok(Some(status)) => {

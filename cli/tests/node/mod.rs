@@ -439,6 +439,20 @@ impl Drop for Node {
     }
 }
 
+/// A copy of the build's `mover` at `to` without its debug info (binutils' `strip`, which
+/// `scripts/install-deps.sh` brings with gcc): a test that stages, hashes and installs
+/// packages copies tens of MB instead of hundreds.
+pub fn lean_copy(to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(cargo_bin("mover"), to).unwrap();
+    let out = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(to)
+        .output()
+        .expect("strip (binutils) is needed: scripts/install-deps.sh installs it");
+    assert!(out.status.success(), "strip: {}", stderr(&out));
+}
+
 /// Removes every mount under `dir` (deepest first) so the test's temp dir can go.
 pub fn unmount_under(dir: &Path) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
