@@ -26,13 +26,14 @@ use super::{Endpoint, ENDPOINT_LEN};
 use crate::transport::tcp::CONNECT_TIMEOUT;
 use crate::transport::{Connection, Transport};
 use rdma_sys::*;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Receive slots per connection (and send buffers: as many).
@@ -51,12 +52,26 @@ const POLL_BATCH: usize = 16;
 const SPIN_POLLS: u32 = 2_000;
 /// Sleep between polls once spinning did not help.
 const IDLE_SLEEP: Duration = Duration::from_micros(20);
-/// Idle polls between checks of the control connection for a vanished peer.
-const PEER_CHECK_POLLS: u32 = 50_000;
+/// How often a waiting connection checks its control connection for a vanished peer.
+const PEER_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send-completion tag in work request ids (receive ids are slot numbers).
 const SEND_TAG: u64 = 1 << 63;
+/// Fault injection for tests (honoured only in this feature build): after this many payload
+/// bytes sent over RDMA by this process, the sending connection moves its queue pair to Error,
+/// once per process, as a device failure would.
+pub const FAIL_AFTER_ENV: &str = "MOVER_RDMA_FAIL_AFTER_BYTES";
+
+/// The byte count of `FAIL_AFTER_ENV`, read once.
+fn fail_after() -> Option<u64> {
+    static N: OnceLock<Option<u64>> = OnceLock::new();
+    *N.get_or_init(|| std::env::var(FAIL_AFTER_ENV).ok()?.trim().parse().ok())
+}
+/// Payload bytes sent over RDMA by this process (counted only when `FAIL_AFTER_ENV` is set).
+static SENT_BYTES: AtomicU64 = AtomicU64::new(0);
+/// The injected fault fired (it fires once per process).
+static FAULT_FIRED: AtomicBool = AtomicBool::new(false);
 
 /// Which device, port and GID a connection uses (the `hw` plan's `device:port` for its worker).
 #[derive(Debug, Clone)]
@@ -379,6 +394,15 @@ impl Verbs {
         self.modify(&mut a, m, "RTS")
     }
 
+    /// Moves the queue pair to Error (fault injection): outstanding and later work requests
+    /// complete with flush errors, as after a device failure.
+    fn force_error(&mut self) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_qp_attr.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut a, ibv_qp_attr_mask::IBV_QP_STATE, "ERR")
+    }
+
     /// Polls up to `POLL_BATCH` completions into `out`.
     fn poll(&mut self, out: &mut Vec<Wc>) -> io::Result<()> {
         // SAFETY: zeroed is a valid ibv_wc; the array outlives the call, which writes at most
@@ -424,6 +448,11 @@ pub struct RdmaConn {
     timeout: Mutex<Option<Duration>>,
     closed: AtomicBool,
     peer: String,
+    /// Set when this connection's transport fails while its peer is still there (see
+    /// `transport::select`: the sender then falls back to TCP).
+    on_failure: Option<Arc<AtomicBool>>,
+    /// When the control connection was last checked for a vanished peer.
+    peer_checked: Cell<Instant>,
 }
 
 fn setup_io<T>(r: io::Result<T>, qp: &mut QpMachine) -> io::Result<T> {
@@ -496,11 +525,27 @@ impl RdmaConn {
             timeout: Mutex::new(None),
             closed: AtomicBool::new(false),
             peer,
+            on_failure: None,
+            peer_checked: Cell::new(Instant::now()),
         })
+    }
+
+    /// The flag to set when this connection's transport fails while the peer is still there.
+    pub fn set_failure_flag(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.on_failure = flag;
     }
 
     fn fail(&mut self, cause: FailCause, what: String) -> io::Error {
         let _ = self.qp.on(QpEvent::Failed(cause));
+        // An error completion while the peer's control connection is open is the transport's
+        // failure (the fallback's cue); with the peer gone (a killed receiver) it is only the
+        // peer's absence, and the next session may use RDMA again.
+        let transport = matches!(cause, FailCause::ErrorCompletion | FailCause::AsyncEvent);
+        if transport && !self.peer_closed() {
+            if let Some(f) = &self.on_failure {
+                f.store(true, Ordering::SeqCst);
+            }
+        }
         io::Error::new(io::ErrorKind::ConnectionReset, format!("rdma: {what}"))
     }
 
@@ -605,11 +650,14 @@ impl RdmaConn {
         if t.is_some_and(|t| start.elapsed() > t) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "rdma: timed out"));
         }
-        if idle.is_multiple_of(PEER_CHECK_POLLS) && self.peer_closed() {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "rdma: peer closed the control connection",
-            ));
+        if self.peer_checked.get().elapsed() >= PEER_CHECK_EVERY {
+            self.peer_checked.set(Instant::now());
+            if self.peer_closed() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "rdma: peer closed the control connection",
+                ));
+            }
         }
         if *idle > SPIN_POLLS {
             std::thread::sleep(IDLE_SLEEP);
@@ -663,13 +711,29 @@ impl RdmaConn {
             std::ptr::copy_nonoverlapping(head.as_ptr(), p, HEADER);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
         }
-        self.v.post_send(
+        let posted = self.v.post_send(
             src.0,
             HEADER + payload.len(),
             w.slot.0,
             SEND_TAG | w.wr_id.0,
-        )?;
+        );
+        if let Err(e) = posted {
+            return Err(self.fail(FailCause::ErrorCompletion, e.to_string()));
+        }
         let _ = self.qp.on(QpEvent::Posted);
+        self.inject_fault(payload.len())
+    }
+
+    /// `FAIL_AFTER_ENV`: moves the queue pair to Error once this process sent that many bytes.
+    fn inject_fault(&mut self, sent: usize) -> io::Result<()> {
+        let Some(limit) = fail_after() else {
+            return Ok(());
+        };
+        let total = SENT_BYTES.fetch_add(sent as u64, Ordering::SeqCst) + sent as u64;
+        if total >= limit && !FAULT_FIRED.swap(true, Ordering::SeqCst) {
+            tracing::warn!(total, "rdma: {FAIL_AFTER_ENV} reached: queue pair to Error");
+            self.v.force_error()?;
+        }
         Ok(())
     }
 
