@@ -1,24 +1,29 @@
-//! The verbs transport (feature `rdma`), first version: one reliable-connected queue pair per
-//! connection (so per worker), every frame moved by SEND with immediate into receive slots the
-//! peer granted with credits. RDMA WRITE with immediate into granted slots is the next step: the
-//! slab is already registered for remote write, the slot ids and the credit protocol are the
-//! same (`credit`), and the immediate already names the slot.
+//! The verbs transport (feature `rdma`): one reliable-connected queue pair per connection (so
+//! per worker), every message moved by RDMA WRITE with immediate straight into a receive slot
+//! the peer granted with a credit (`credit`): the write lands in the peer's registered slab at
+//! `addr + slot * SLOT_SIZE` (its `Endpoint`'s address and rkey), and the immediate names the
+//! slot. Each write with immediate consumes one receive work request at the peer, which only
+//! carries the completion (no buffer: a doorbell); a side keeps one posted per slot it granted,
+//! so a granted write always finds one. The session's control connection stays TCP, and so
+//! does each connection's own setup and end-of-stream (its TCP control stream).
 //!
-//! Memory: one slab per connection, registered as its memory region: `SLOTS` receive slots,
-//! then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a slot is a header (payload
-//! length, number of granted slot ids, the slot ids: credits piggybacked) and the payload.
+//! Memory: one slab per connection, registered as its memory region (local and remote write):
+//! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a
+//! slot is a header (payload length, number of granted slot ids, the slot ids: credits
+//! piggybacked) and the payload.
 //! Completions are polled by the thread that owns the connection (the worker): no completion
 //! channel, no kernel thread on the path.
 //!
-//! Buffer lifetimes across posts: a receive slot is written by the device from its post until
-//! its completion is polled, and only then read, copied out and re-posted; a send buffer is
+//! Buffer lifetimes across posts: a receive slot may be written by the peer's device from its
+//! grant until the completion naming it is polled, and is only then read, copied out and
+//! granted again; a send buffer is
 //! read by the device from its post until its completion is polled, and `SendCredits` refuses
 //! to hand it out again before that. The slab is freed only in `Drop`, after the queue pair is
 //! destroyed (after which the device touches no buffer).
 //!
 //! Setup, over the TCP control connection (which stays open: it carries end-of-stream and
 //! lets a receiver notice a dead peer): each side sends its `Endpoint`, both move their QP to
-//! RTR and RTS, then exchange one byte so that no SEND reaches a QP that is not ready.
+//! RTR and RTS, then exchange one byte so that no write reaches a QP that is not ready.
 
 use super::credit::{RecvCredits, SendCredits, SlotId, SourceBuf, WrId, MAX_GRANT_BATCH};
 use super::qp::{FailCause, QpEvent, QpMachine};
@@ -243,21 +248,16 @@ impl Verbs {
         unsafe { (*self.mr).lkey }
     }
 
+    /// Posts the receive work request a granted slot's write with immediate will consume: no
+    /// buffer (the data lands in the slot by the write), only the completion.
     fn post_recv(&mut self, slot: SlotId) -> io::Result<()> {
-        let mut sge = ibv_sge {
-            addr: self.recv_slot(slot.0) as u64,
-            length: SLOT_SIZE as u32,
-            lkey: self.lkey(),
-        };
-        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE) before the fields are set.
+        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE).
         let mut wr: ibv_recv_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = u64::from(slot.0);
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
+        wr.sg_list = std::ptr::null_mut();
+        wr.num_sge = 0;
         let mut bad = std::ptr::null_mut();
-        // SAFETY: the slot lies in the registered slab and, by the credit machine, is not
-        // posted already nor read until its completion; `wr` and `sge` outlive the call (the
-        // library copies them into the queue).
+        // SAFETY: the request names no memory; `wr` outlives the call (the library copies it).
         let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::other(format!("rdma: ibv_post_recv: errno {rc}")));
@@ -265,7 +265,16 @@ impl Verbs {
         Ok(())
     }
 
-    fn post_send(&mut self, buf: u32, len: usize, imm: u32, wr_id: u64) -> io::Result<()> {
+    /// Writes `len` bytes of send buffer `buf` into the peer's slot `slot` (granted to us),
+    /// with the slot as the immediate.
+    fn post_write(
+        &mut self,
+        buf: u32,
+        len: usize,
+        peer: &Endpoint,
+        slot: u32,
+        wr_id: u64,
+    ) -> io::Result<()> {
         let mut sge = ibv_sge {
             addr: self.send_buf(buf) as u64,
             length: len as u32,
@@ -276,13 +285,20 @@ impl Verbs {
         wr.wr_id = wr_id;
         wr.sg_list = &mut sge;
         wr.num_sge = 1;
-        wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
+        wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
         wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
-        wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+        wr.imm_data_invalidated_rkey_union.imm_data = slot.to_be();
+        wr.wr.rdma = rdma_t {
+            remote_addr: peer.addr + u64::from(slot) * u64::from(peer.slot_size),
+            rkey: peer.rkey,
+        };
         let mut bad = std::ptr::null_mut();
         // SAFETY: the send buffer lies in the registered slab and was marked busy by
         // `SendCredits::begin_write`, so it is neither written nor reposted until this
-        // request's completion is polled; `wr` and `sge` outlive the call.
+        // request's completion is polled; `wr` and `sge` outlive the call. The remote range
+        // is the peer's slot `slot`, which it granted us (checked by `SendCredits`) and does
+        // not read until this write's completion reaches it; slot < peer.slots and
+        // len <= slot_size (checked at setup and by `send_msg`), so it stays in its region.
         let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::other(format!("rdma: ibv_post_send: errno {rc}")));
@@ -420,7 +436,7 @@ impl Verbs {
             status: wc.status,
             byte_len: wc.byte_len,
             // SAFETY: reading the union's u32 view is valid for any bits; it is used only for
-            // receive completions, which all carry an immediate (SEND with immediate).
+            // receive completions, which all carry an immediate (WRITE with immediate).
             imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
         }));
         Ok(())
@@ -442,6 +458,8 @@ pub struct RdmaConn {
     qp: QpMachine,
     recv: RecvCredits,
     send: SendCredits,
+    /// The peer's receive slab (address, rkey, slots) that writes go to.
+    remote: Endpoint,
     /// Slots re-posted and not yet granted to the peer.
     to_return: Vec<SlotId>,
     inbound: VecDeque<u8>,
@@ -492,10 +510,14 @@ impl RdmaConn {
         c.read_exact(&mut b)?;
         let them =
             Endpoint::decode(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if them.slot_size as usize != SLOT_SIZE {
+        // Writes go to the peer's slots by our own layout: it must be the same.
+        if them.slot_size as usize != SLOT_SIZE || them.slots != SLOTS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("rdma: peer slot size {} != {SLOT_SIZE}", them.slot_size),
+                format!(
+                    "rdma: peer has {} slots of {} bytes, not {SLOTS} of {SLOT_SIZE}",
+                    them.slots, them.slot_size
+                ),
             ));
         }
         let r = v.move_to_rtr(cfg, &them);
@@ -520,6 +542,7 @@ impl RdmaConn {
             qp,
             recv,
             send,
+            remote: them,
             to_return: Vec::new(),
             inbound: VecDeque::new(),
             timeout: Mutex::new(None),
@@ -570,14 +593,9 @@ impl RdmaConn {
                 let _ = self.qp.on(QpEvent::Completed);
                 continue;
             }
+            // The immediate names the slot the write landed in (the receive request consumed
+            // is only its doorbell); the credit machine checks it was granted.
             let imm = wc.imm;
-            let slot = wc.wr_id as u32;
-            if imm != slot {
-                return Err(self.fail(
-                    FailCause::Peer,
-                    format!("message for slot {imm} landed in {slot}"),
-                ));
-            }
             let slot = match self.recv.on_write(imm, wc.byte_len) {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(FailCause::Peer, e.to_string())),
@@ -591,8 +609,8 @@ impl RdmaConn {
     fn take_message(&mut self, slot: SlotId, got: usize) -> io::Result<()> {
         let p = self.v.recv_slot(slot.0);
         let mut head = [0u8; 8];
-        if got < HEADER {
-            return Err(self.fail(FailCause::Peer, format!("short message ({got} bytes)")));
+        if !(HEADER..=SLOT_SIZE).contains(&got) {
+            return Err(self.fail(FailCause::Peer, format!("message of {got} bytes")));
         }
         // SAFETY: the slot's completion was polled, so the device is done writing it, and it
         // holds `got >= HEADER` bytes inside the slab.
@@ -711,9 +729,11 @@ impl RdmaConn {
             std::ptr::copy_nonoverlapping(head.as_ptr(), p, HEADER);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
         }
-        let posted = self.v.post_send(
+        let remote = self.remote;
+        let posted = self.v.post_write(
             src.0,
             HEADER + payload.len(),
+            &remote,
             w.slot.0,
             SEND_TAG | w.wr_id.0,
         );
