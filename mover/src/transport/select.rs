@@ -322,6 +322,37 @@ impl RdmaPolicy {
     pub fn failure_flag(&self) -> Arc<AtomicBool> {
         self.fell_back.clone()
     }
+
+    /// Looks ports up under another sysfs root (tests).
+    pub fn with_sysfs(mut self, root: &Path) -> RdmaPolicy {
+        self.sysfs = root.to_path_buf();
+        self
+    }
+}
+
+/// Writes one RDMA port into a fake sysfs tree under `root`, as the kernel shows it: its
+/// state ("4: ACTIVE", "1: DOWN") and GID table (the GID as an address, its type).
+#[cfg(any(test, feature = "testkit"))]
+pub fn fake_port(
+    root: &Path,
+    device: &str,
+    port: u8,
+    state: &str,
+    gids: &[(Ipv6Addr, &str)],
+) -> io::Result<()> {
+    let dir = root.join(format!("class/infiniband/{device}/ports/{port}"));
+    std::fs::create_dir_all(dir.join("gids"))?;
+    std::fs::create_dir_all(dir.join("gid_attrs/types"))?;
+    std::fs::write(dir.join("state"), format!("{state}\n"))?;
+    for (i, (gid, kind)) in gids.iter().enumerate() {
+        let text: Vec<String> = gid.segments().iter().map(|g| format!("{g:04x}")).collect();
+        std::fs::write(dir.join(format!("gids/{i}")), text.join(":") + "\n")?;
+        std::fs::write(
+            dir.join(format!("gid_attrs/types/{i}")),
+            format!("{kind}\n"),
+        )?;
+    }
+    Ok(())
 }
 
 /// The local IP address a connection runs over, if it is a TCP connection.
@@ -393,6 +424,7 @@ impl Transport for Negotiated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn each_side_offers_rdma_only_when_built_with_a_port_and_allowed() {
@@ -458,34 +490,13 @@ mod tests {
     /// GIDs of 10.0.2.15; `mlx5_0` port 1 down with the GID of 10.0.2.16.
     fn fake_sysfs() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
-        let put = |rel: &str, body: &str| {
-            let p = t.path().join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, body).unwrap();
-        };
-        let rxe = "class/infiniband/rxe0/ports/1";
-        put(&format!("{rxe}/state"), "4: ACTIVE\n");
-        let ll = "fe80:0000:0000:0000:5054:00ff:fe12:3456\n";
-        let v4 = "0000:0000:0000:0000:0000:ffff:0a00:020f\n";
-        for (i, (g, t)) in [
-            (ll, "IB/RoCE v1"),
-            (ll, "RoCE v2"),
-            (v4, "IB/RoCE v1"),
-            (v4, "RoCE v2"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            put(&format!("{rxe}/gids/{i}"), g);
-            put(&format!("{rxe}/gid_attrs/types/{i}"), t);
-        }
-        let mlx = "class/infiniband/mlx5_0/ports/1";
-        put(&format!("{mlx}/state"), "1: DOWN\n");
-        put(
-            &format!("{mlx}/gids/0"),
-            "0000:0000:0000:0000:0000:ffff:0a00:0210\n",
-        );
-        put(&format!("{mlx}/gid_attrs/types/0"), "RoCE v2\n");
+        let ll: Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+        let v4 = Ipv4Addr::new(10, 0, 2, 15).to_ipv6_mapped();
+        let (v1, v2) = ("IB/RoCE v1", "RoCE v2");
+        let gids = [(ll, v1), (ll, v2), (v4, v1), (v4, v2)];
+        fake_port(t.path(), "rxe0", 1, "4: ACTIVE", &gids).unwrap();
+        let other = Ipv4Addr::new(10, 0, 2, 16).to_ipv6_mapped();
+        fake_port(t.path(), "mlx5_0", 1, "1: DOWN", &[(other, v2)]).unwrap();
         t
     }
 
