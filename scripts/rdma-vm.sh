@@ -29,6 +29,8 @@
 #        (c) MOVER_RDMA_FAIL_AFTER_BYTES (a third of the tree) moves the sender's QP to Error
 #            mid-job with --transport auto: the retry uses TCP ("transport":"tcp",
 #            "resumed":true, the fallback warning on stderr), hashes equal;
+#        (d) an encrypted sync (identities made with `mover identity`, fingerprints pinned)
+#            with --transport rdma: "encrypted":true, "transport":"rdma", hashes equal;
 #      each prints `rdma-vm: PASS ...` or `rdma-vm: FAIL ...`. Then the benchmark:
 #      $RDMA_VM_BENCH_REPS (default 3, 0: none) syncs of the same tree into an empty target
 #      per transport, one worker, RDMA then TCP; one `rdma-bench:` line each (seconds, bytes,
@@ -259,7 +261,7 @@ receive() { # port root log, then mover receive options
   port=$1 root=$2 log=$3
   shift 3
   mkdir -p "$root"
-  $M receive --listen "$IP:$port" --root "$root" --insecure-plaintext --json "$@" >"$log" 2>&1 &
+  $M receive --listen "$IP:$port" --root "$root" --json "$@" >"$log" 2>&1 &
   rpid=$!
   listening "$log"
 }
@@ -276,7 +278,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
 
   step "(a) sync over RDMA"
   v=fail
-  if receive 3711 /tmp/dst1 /tmp/r1.log --once --transport rdma; then
+  if receive 3711 /tmp/dst1 /tmp/r1.log --insecure-plaintext --once --transport rdma; then
     timeout 180 $M send /tmp/src --to $IP:3711 --insecure-plaintext --json --threads 2 \
       --retries 1 --transport rdma >/tmp/s1.json 2>/tmp/s1.err
     src=$?
@@ -290,7 +292,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
 
   step "(b) receiver SIGKILLed mid-job, restarted: the sender resumes over RDMA"
   v=fail
-  if receive 3712 /tmp/dst2 /tmp/r2a.log --transport rdma; then
+  if receive 3712 /tmp/dst2 /tmp/r2a.log --insecure-plaintext --transport rdma; then
     timeout 240 $M send /tmp/src --to $IP:3712 --insecure-plaintext --json --threads 2 \
       --retries 30 --transport rdma >/tmp/s2.json 2>/tmp/s2.err &
     spid=$!
@@ -305,7 +307,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
     kill -9 $rpid
     wait $rpid 2>/dev/null
     echo "rdma-vm: receiver SIGKILLed with $kb KiB in the target"
-    if receive 3712 /tmp/dst2 /tmp/r2b.log --once --transport rdma; then
+    if receive 3712 /tmp/dst2 /tmp/r2b.log --insecure-plaintext --once --transport rdma; then
       wait $spid
       src=$?
       wait $rpid
@@ -320,7 +322,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
 
   step "(c) RDMA error forced after $FAIL_AFTER bytes: falls back to TCP and completes"
   v=fail
-  if receive 3713 /tmp/dst3 /tmp/r3.log --transport auto; then
+  if receive 3713 /tmp/dst3 /tmp/r3.log --insecure-plaintext --transport auto; then
     MOVER_RDMA_FAIL_AFTER_BYTES=$FAIL_AFTER timeout 240 $M send /tmp/src --to $IP:3713 \
       --insecure-plaintext --json --threads 2 --retries 30 >/tmp/s3.json 2>/tmp/s3.err
     src=$?
@@ -333,6 +335,23 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
   fi
   verdict "(c) forced RDMA error, fell back to TCP: $(grep -o -e '"attempts":[0-9]*' -e '"resumed":[a-z]*' -e '"transport":"[a-z]*"' /tmp/s3.json | tr '\n' ' ')" $v
 
+  step "(d) an encrypted (sealed) sync over RDMA: the same sealed frames on the queue pair"
+  v=fail
+  fa=$($M identity --identity /tmp/id-send --json | grep -o 'sha256:[0-9a-f]*')
+  fb=$($M identity --identity /tmp/id-recv --json | grep -o 'sha256:[0-9a-f]*')
+  if receive 3714 /tmp/dst4 /tmp/r4.log --once --transport rdma --identity /tmp/id-recv \
+    --peer-fingerprint "$fa"; then
+    timeout 180 $M send /tmp/src --to $IP:3714 --json --threads 2 --retries 1 \
+      --transport rdma --identity /tmp/id-send --peer-fingerprint "$fb" >/tmp/s4.json 2>/tmp/s4.err
+    src=$?
+    wait $rpid
+    rrc=$?
+    cat /tmp/s4.json /tmp/s4.err
+    [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s4.json transport '"rdma"' &&
+      has /tmp/s4.json encrypted true && same_tree sealed /tmp/dst4 && v=ok
+  fi
+  verdict "(d) sealed sync over RDMA: $(grep -o -e '"encrypted":[a-z]*' -e '"transport":"[a-z]*"' /tmp/s4.json | tr '\n' ' ')" $v
+
   # The benchmark: the same tree into an empty target, one worker, RDMA then TCP, over the
   # guest's own address (TCP to a local address runs over loopback; rxe loops back in its
   # own stack). CPU: user and sys of each process (the shell's `times` for its children).
@@ -340,7 +359,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
   while [ $r -le "$BENCH_REPS" ]; do
     for t in rdma tcp; do
       rm -rf /tmp/bdst /tmp/br.log
-      (receive 3720 /tmp/bdst /tmp/br.log --once --transport $t && wait $rpid; times >/tmp/br.times) &
+      (receive 3720 /tmp/bdst /tmp/br.log --insecure-plaintext --once --transport $t && wait $rpid; times >/tmp/br.times) &
       bpid=$!
       sleep 0.5
       listening /tmp/br.log >/dev/null
