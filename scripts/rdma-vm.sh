@@ -20,9 +20,10 @@
 #      compared, a shut-down peer reported). Then, with a `mover` built `--features rdma`,
 #      on a generated tree ($RDMA_VM_TREE_MIB MiB in 4 MiB files, default 24, plus 300 small
 #      files) between `mover receive` and `mover send` on the guest's address 10.0.2.15 (the
-#      one rxe0's RoCE v2 GID holds; plaintext sessions, the guest is its own network):
-#        (a) a sync with --transport rdma: exit 0, the JSON says "transport":"rdma", and
-#            `mover hash --content` of source and target are equal;
+#      one rxe0's RoCE v2 GID holds; sessions in clear but in (d): the guest is its own
+#      network):
+#        (a) a sync with --transport rdma: exit 0, the JSON of both sides says
+#            "transport":"rdma", and `mover hash --content` of source and target are equal;
 #        (b) the receiver SIGKILLed once a quarter of the bytes is in the target, restarted
 #            on the same port; the sender (--retries 30) resumes: "resumed":true,
 #            "attempts" > 1, still "transport":"rdma", hashes equal;
@@ -286,7 +287,7 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
     rrc=$?
     cat /tmp/s1.json /tmp/s1.err
     [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s1.json transport '"rdma"' &&
-      same_tree sync /tmp/dst1 && v=ok
+      has /tmp/r1.log transport '"rdma"' && same_tree sync /tmp/dst1 && v=ok
   fi
   verdict "(a) tree sync over RDMA: $(grep -o '"seconds":[0-9.]*' /tmp/s1.json)" $v
 

@@ -702,6 +702,11 @@ impl Receiver {
                         .unwrap_or(resume::FLUSH_BYTES)
                         .max(resume::MIN_FLUSH_BYTES),
                     verify: self.opts.verify,
+                    transport: if rdma {
+                        select::Used::Rdma
+                    } else {
+                        select::Used::Tcp
+                    },
                 };
                 Ok(Accepted::Control {
                     session,
