@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rdma-vm.sh: soft-RoCE (rdma_rxe) smoke test inside a KVM guest (issue 17, phase 1).
+# rdma-vm.sh: soft-RoCE (rdma_rxe) tests inside a KVM guest (issue 17).
 #
 # This machine's kernel has no rdma_rxe and there is no RDMA NIC, so the RDMA tests run in a
 # small Debian guest under KVM:
@@ -17,8 +17,27 @@
 #      rxe0 on the guest's own address), then from the share, when there: `mover hw --json`
 #      (must list rxe0), and `rdma_echo rxe0 <gid>` (mover's RDMA transport: seeded data both
 #      ways between two threads through RdmaConn's send_all/recv_exact over rxe0, hashes
-#      compared, a shut-down peer reported). It prints `RDMA-VM-RESULT: PASS` or `FAIL <step>`
-#      on the serial console and powers off.
+#      compared, a shut-down peer reported). Then, with a `mover` built `--features rdma`,
+#      on a generated tree ($RDMA_VM_TREE_MIB MiB in 4 MiB files, default 24, plus 300 small
+#      files) between `mover receive` and `mover send` on the guest's address 10.0.2.15 (the
+#      one rxe0's RoCE v2 GID holds; sessions in clear but in (d): the guest is its own
+#      network):
+#        (a) a sync with --transport rdma: exit 0, the JSON of both sides says
+#            "transport":"rdma", and `mover hash --content` of source and target are equal;
+#        (b) the receiver SIGKILLed once a quarter of the bytes is in the target, restarted
+#            on the same port; the sender (--retries 30) resumes: "resumed":true,
+#            "attempts" > 1, still "transport":"rdma", hashes equal;
+#        (c) MOVER_RDMA_FAIL_AFTER_BYTES (a third of the tree) moves the sender's QP to Error
+#            mid-job with --transport auto: the retry uses TCP ("transport":"tcp",
+#            "resumed":true, the fallback warning on stderr), hashes equal;
+#        (d) an encrypted sync (identities made with `mover identity`, fingerprints pinned)
+#            with --transport rdma: "encrypted":true, "transport":"rdma", hashes equal;
+#      each prints `rdma-vm: PASS ...` or `rdma-vm: FAIL ...`. Then the benchmark:
+#      $RDMA_VM_BENCH_REPS (default 3, 0: none) syncs of the same tree into an empty target
+#      per transport, one worker, RDMA then TCP; one `rdma-bench:` line each (seconds, bytes,
+#      user and sys CPU of sender and receiver), medians on the host into
+#      $RDMA_VM_DIR/bench-medians.txt. It prints `RDMA-VM-RESULT: PASS` or `FAIL <step>` on the
+#      serial console and powers off.
 #      Accelerator: KVM ($RDMA_VM_ACCEL=kvm, the default). $RDMA_VM_ACCEL=tcg runs the same
 #      guest under emulation, for hosts whose nested KVM cannot boot a Linux guest (the dev
 #      machine's, see ARCHITECTURE.md): slower, but the same tests.
@@ -31,14 +50,16 @@
 # Not wired into CI yet.
 #
 # Measured on the dev machine (2 cores, Dec 2026): image build 230-290 s (network-bound);
-# with RDMA_VM_ACCEL=tcg, boot plus all guest tests 41 s (PASS; rdma_echo moves 32 MiB at
-# ~5 MiB/s under emulation: correctness, not speed). With KVM the guest never gets past the
+# with RDMA_VM_ACCEL=tcg, boot plus all guest tests 130 s (PASS, release build: rdma_echo
+# moves 32 MiB at ~19 MiB/s under emulation; (a)-(c) about 10-20 s each; the benchmark's 6
+# syncs ~30 s; correctness, not speed). With KVM the guest never gets past the
 # kernel decompressor on this machine's nested KVM (same with -cpu host/max/kvm64, q35,
 # nokaslr): the script exits 2 after its 120 s timeout, as it should.
 #
-# Build the binaries first: cargo build -p mover-cli && \
-#   cargo build -p mover --features rdma --example rdma_echo   (needs libibverbs-dev,
-#   librdmacm-dev, libclang-dev on the host).
+# Build the binaries first (release: the emulated guest is slow enough; needs libibverbs-dev,
+#   librdmacm-dev, libclang-dev on the host):
+#   cargo build --release -p mover-cli --features rdma && \
+#   cargo build --release -p mover --features rdma --example rdma_echo
 # Usage: scripts/rdma-vm.sh [--rebuild] [--build-only]
 set -euo pipefail
 
@@ -49,6 +70,14 @@ accel="${RDMA_VM_ACCEL:-kvm}"
 if [ "$accel" = tcg ]; then BOOT_TIMEOUT_S="${RDMA_VM_TIMEOUT:-300}"; else BOOT_TIMEOUT_S="${RDMA_VM_TIMEOUT:-120}"; fi
 # Data the rdma_echo check moves client -> server, MiB.
 ECHO_MIB="${RDMA_VM_ECHO_MIB:-32}"
+# The tree the send/receive tests sync: this many MiB in 4 MiB files, plus SMALL_FILES small
+# ones (emulated soft-RoCE moves a few MiB/s: keep it small).
+TREE_MIB="${RDMA_VM_TREE_MIB:-24}"
+SMALL_FILES=300
+# The forced RDMA failure of the fallback test fires after this many bytes (a third of the tree).
+FAIL_AFTER_BYTES=$((TREE_MIB * 1024 * 1024 / 3))
+# Benchmark repetitions per transport (0: no benchmark).
+BENCH_REPS="${RDMA_VM_BENCH_REPS:-3}"
 IMAGE_SIZE_MB=1536
 # Bumped when the image's contents change; a cached image of another version is rebuilt.
 IMAGE_VERSION=2
@@ -151,6 +180,7 @@ pick() {
 pick mover
 pick examples/rdma_echo
 echo "$ECHO_MIB" >"$share_dir/echo-mib"
+printf '%s %s %s %s\n' "$TREE_MIB" "$SMALL_FILES" "$FAIL_AFTER_BYTES" "$BENCH_REPS" >"$share_dir/params"
 cat >"$share_dir/guest.sh" <<'GUEST'
 # The tests run inside the guest (written by scripts/rdma-vm.sh into the share).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -197,6 +227,156 @@ if [ -x /mnt/host/rdma_echo ]; then
 else
   fail "no rdma_echo shared (cargo build -p mover --features rdma --example rdma_echo)"
 fi
+# mover send/receive over RDMA (the `mover` shared must be built with --features rdma).
+M=/mnt/host/mover
+IP=10.0.2.15
+read TREE_MIB SMALL_FILES FAIL_AFTER BENCH_REPS </mnt/host/params
+# Waits (at most 20 s) for a receiver's {"listening":..} line in file $1.
+listening() {
+  n=0
+  while [ $n -lt 100 ]; do
+    grep -q listening "$1" 2>/dev/null && return 0
+    sleep 0.2
+    n=$((n + 1))
+  done
+  echo "rdma-vm: no receiver listening: $(cat "$1")"
+  return 1
+}
+# Test $1 passes when the content hashes of /tmp/src and $2 are equal.
+same_tree() {
+  a="$($M hash --content /tmp/src --json 2>&1)"
+  b="$($M hash --content "$2" --json 2>&1)"
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then
+    echo "rdma-vm: $1: source and target hashes equal: $a"
+    return 0
+  fi
+  echo "rdma-vm: $1: hashes differ: source $a target $b"
+  return 1
+}
+# Whether the JSON report in file $1 has "$2":$3.
+has() { grep -q "\"$2\":$3" "$1"; }
+verdict() {
+  if [ "$2" = ok ]; then echo "rdma-vm: PASS $1"; else echo "rdma-vm: FAIL $1"; fail "$1"; fi
+}
+receive() { # port root log, then mover receive options
+  port=$1 root=$2 log=$3
+  shift 3
+  mkdir -p "$root"
+  $M receive --listen "$IP:$port" --root "$root" --json "$@" >"$log" 2>&1 &
+  rpid=$!
+  listening "$log"
+}
+if [ -x $M ] && $M send --help | grep -q -- --transport; then
+  step "a tree of ${TREE_MIB} MiB in 4 MiB files and $SMALL_FILES small files"
+  mkdir -p /tmp/src/big /tmp/src/small/a /tmp/src/small/b
+  i=1
+  while [ $i -le $((TREE_MIB / 4)) ]; do head -c $((4 << 20)) /dev/urandom >/tmp/src/big/f$i; i=$((i + 1)); done
+  i=0
+  while [ $i -lt "$SMALL_FILES" ]; do
+    head -c $(((i * 7919) % 20000 + 1)) /dev/urandom >/tmp/src/small/$([ $((i % 2)) = 0 ] && echo a || echo b)/s$i
+    i=$((i + 1))
+  done
+
+  step "(a) sync over RDMA"
+  v=fail
+  if receive 3711 /tmp/dst1 /tmp/r1.log --insecure-plaintext --once --transport rdma; then
+    timeout 180 $M send /tmp/src --to $IP:3711 --insecure-plaintext --json --threads 2 \
+      --retries 1 --transport rdma >/tmp/s1.json 2>/tmp/s1.err
+    src=$?
+    wait $rpid
+    rrc=$?
+    cat /tmp/s1.json /tmp/s1.err
+    [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s1.json transport '"rdma"' &&
+      has /tmp/r1.log transport '"rdma"' && same_tree sync /tmp/dst1 && v=ok
+  fi
+  verdict "(a) tree sync over RDMA: $(grep -o '"seconds":[0-9.]*' /tmp/s1.json)" $v
+
+  step "(b) receiver SIGKILLed mid-job, restarted: the sender resumes over RDMA"
+  v=fail
+  if receive 3712 /tmp/dst2 /tmp/r2a.log --insecure-plaintext --transport rdma; then
+    timeout 240 $M send /tmp/src --to $IP:3712 --insecure-plaintext --json --threads 2 \
+      --retries 30 --transport rdma >/tmp/s2.json 2>/tmp/s2.err &
+    spid=$!
+    # Mid-job: a quarter of the tree's bytes in the target (checked every 0.1 s, 60 s at most).
+    n=0
+    kb=0
+    while [ $n -lt 600 ] && [ "$kb" -lt $((TREE_MIB * 256)) ]; do
+      sleep 0.1
+      kb=$(du -sk /tmp/dst2 | cut -f1)
+      n=$((n + 1))
+    done
+    kill -9 $rpid
+    wait $rpid 2>/dev/null
+    echo "rdma-vm: receiver SIGKILLed with $kb KiB in the target"
+    if receive 3712 /tmp/dst2 /tmp/r2b.log --insecure-plaintext --once --transport rdma; then
+      wait $spid
+      src=$?
+      wait $rpid
+      rrc=$?
+      cat /tmp/s2.json /tmp/s2.err
+      [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s2.json transport '"rdma"' &&
+        has /tmp/s2.json resumed true && ! has /tmp/s2.json attempts 1, &&
+        same_tree resume /tmp/dst2 && v=ok
+    fi
+  fi
+  verdict "(b) SIGKILLed receiver, resumed over RDMA: $(grep -o -e '"attempts":[0-9]*' -e '"resumed":[a-z]*' /tmp/s2.json | tr '\n' ' ')" $v
+
+  step "(c) RDMA error forced after $FAIL_AFTER bytes: falls back to TCP and completes"
+  v=fail
+  if receive 3713 /tmp/dst3 /tmp/r3.log --insecure-plaintext --transport auto; then
+    MOVER_RDMA_FAIL_AFTER_BYTES=$FAIL_AFTER timeout 240 $M send /tmp/src --to $IP:3713 \
+      --insecure-plaintext --json --threads 2 --retries 30 >/tmp/s3.json 2>/tmp/s3.err
+    src=$?
+    kill $rpid
+    wait $rpid
+    cat /tmp/s3.json /tmp/s3.err
+    [ $src = 0 ] && has /tmp/s3.json transport '"tcp"' && ! has /tmp/s3.json attempts 1, &&
+      has /tmp/s3.json resumed true && grep -q "RDMA transport failed" /tmp/s3.err &&
+      same_tree fallback /tmp/dst3 && v=ok
+  fi
+  verdict "(c) forced RDMA error, fell back to TCP: $(grep -o -e '"attempts":[0-9]*' -e '"resumed":[a-z]*' -e '"transport":"[a-z]*"' /tmp/s3.json | tr '\n' ' ')" $v
+
+  step "(d) an encrypted (sealed) sync over RDMA: the same sealed frames on the queue pair"
+  v=fail
+  fa=$($M identity --identity /tmp/id-send --json | grep -o 'sha256:[0-9a-f]*')
+  fb=$($M identity --identity /tmp/id-recv --json | grep -o 'sha256:[0-9a-f]*')
+  if receive 3714 /tmp/dst4 /tmp/r4.log --once --transport rdma --identity /tmp/id-recv \
+    --peer-fingerprint "$fa"; then
+    timeout 180 $M send /tmp/src --to $IP:3714 --json --threads 2 --retries 1 \
+      --transport rdma --identity /tmp/id-send --peer-fingerprint "$fb" >/tmp/s4.json 2>/tmp/s4.err
+    src=$?
+    wait $rpid
+    rrc=$?
+    cat /tmp/s4.json /tmp/s4.err
+    [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s4.json transport '"rdma"' &&
+      has /tmp/s4.json encrypted true && same_tree sealed /tmp/dst4 && v=ok
+  fi
+  verdict "(d) sealed sync over RDMA: $(grep -o -e '"encrypted":[a-z]*' -e '"transport":"[a-z]*"' /tmp/s4.json | tr '\n' ' ')" $v
+
+  # The benchmark: the same tree into an empty target, one worker, RDMA then TCP, over the
+  # guest's own address (TCP to a local address runs over loopback; rxe loops back in its
+  # own stack). CPU: user and sys of each process (the shell's `times` for its children).
+  r=1
+  while [ $r -le "$BENCH_REPS" ]; do
+    for t in rdma tcp; do
+      rm -rf /tmp/bdst /tmp/br.log
+      (receive 3720 /tmp/bdst /tmp/br.log --insecure-plaintext --once --transport $t && wait $rpid; times >/tmp/br.times) &
+      bpid=$!
+      sleep 0.5
+      listening /tmp/br.log >/dev/null
+      (timeout 240 $M send /tmp/src --to $IP:3720 --insecure-plaintext --json --threads 1 \
+        --retries 1 --transport $t >/tmp/bs.json 2>/tmp/bs.err; times >/tmp/bs.times)
+      wait $bpid
+      echo "rdma-bench: transport=$t rep=$r used=$(grep -o '"transport":"[a-z]*"' /tmp/bs.json | cut -d'"' -f4)" \
+        "seconds=$(grep -o '"seconds":[0-9.e-]*' /tmp/bs.json | cut -d: -f2)" \
+        "bytes=$(grep -o '"bytes":[0-9]*' /tmp/bs.json | head -1 | cut -d: -f2)" \
+        "sender_cpu=$(sed -n 2p /tmp/bs.times | tr ' ' ,) receiver_cpu=$(sed -n 2p /tmp/br.times | tr ' ' ,)"
+    done
+    r=$((r + 1))
+  done
+else
+  fail "the shared mover has no --transport (build it with: cargo build --release -p mover-cli --features rdma)"
+fi
 echo "RDMA-VM-RESULT: $result"
 GUEST
 share=(-virtfs "local,path=$share_dir,mount_tag=host,security_model=none,readonly=on")
@@ -214,7 +394,32 @@ timeout "$BOOT_TIMEOUT_S" qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m "$GUES
 qrc=$?
 set -e
 elapsed=$(($(date +%s) - t0))
-grep -a -e 'rdma-vm:' -e 'rdma-echo:' -e 'iters in' "$console" || true
+grep -a -e 'rdma-vm:' -e 'rdma-echo:' -e 'rdma-bench:' -e 'iters in' "$console" || true
+# Benchmark medians per transport: MiB/s, and CPU seconds (user+sys) per GiB moved.
+grep -a 'rdma-bench:' "$console" | tr -d '\r' >"$dir/bench.txt" || true
+awk '
+  function secs(s,  a, n, t, i, m) { # "0m1.23s,0m0.45s" -> 1.68
+    n = split(s, a, ","); t = 0
+    for (i = 1; i <= n; i++) { m = a[i]; sub(/s$/, "", m); split(m, p, "m"); t += p[1] * 60 + p[2] }
+    return t
+  }
+  function median(arr, n,  i, j, x) {
+    for (i = 2; i <= n; i++) { x = arr[i]; for (j = i - 1; j >= 1 && arr[j] > x; j--) arr[j + 1] = arr[j]; arr[j + 1] = x }
+    return n % 2 ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
+  }
+  {
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+    t = f["transport"]; k = ++n[t]; gib = f["bytes"] / 1073741824
+    rate[t, k] = f["bytes"] / 1048576 / f["seconds"]
+    scpu[t, k] = secs(f["sender_cpu"]) / gib; rcpu[t, k] = secs(f["receiver_cpu"]) / gib
+    used[t] = used[t] " " f["used"]
+  }
+  END {
+    for (t in n) {
+      for (k = 1; k <= n[t]; k++) { a[k] = rate[t, k]; b[k] = scpu[t, k]; c[k] = rcpu[t, k] }
+      printf "rdma-bench-median: transport=%s reps=%d used=[%s ] MiB/s=%.2f sender_cpu_s_per_GiB=%.1f receiver_cpu_s_per_GiB=%.1f\n", t, n[t], used[t], median(a, n[t]), median(b, n[t]), median(c, n[t])
+    }
+  }' "$dir/bench.txt" | tee "$dir/bench-medians.txt" || true
 line="$(grep -a 'RDMA-VM-RESULT:' "$console" | tail -1 | tr -d '\r' || true)"
 if [ -z "$line" ]; then
   tail -40 "$console" >&2 || true

@@ -62,6 +62,28 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `--transport` and `--rdma-device` of `send` and `receive`.
+#[derive(clap::Args, Clone)]
+struct TransportArgs {
+    /// Transport of the data (worker) connections: auto (RDMA when both sides are built with
+    /// it and an active RDMA port carries the connection's address, else TCP), tcp, or rdma
+    /// (RDMA or an error). After an RDMA failure mid-job the retry uses TCP.
+    #[arg(long, value_name = "auto|tcp|rdma", default_value = "auto")]
+    transport: mover::transport::select::Choice,
+    /// The RDMA device (and port) to use; default: the one whose GID holds the address.
+    #[arg(long, value_name = "NAME[:PORT]")]
+    rdma_device: Option<mover::transport::select::DeviceSpec>,
+}
+
+impl TransportArgs {
+    /// The RDMA policy, checked: `--transport rdma` fails here where RDMA cannot work.
+    fn policy(&self) -> Result<mover::transport::select::RdmaPolicy> {
+        let p = mover::transport::select::RdmaPolicy::new(self.transport, self.rdma_device.clone());
+        p.check()?;
+        Ok(p)
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum VerifyArg {
     Changed,
@@ -113,6 +135,8 @@ enum Cmd {
         /// and exit: status 0 if it is exactly the recovery point; --listen is not needed.
         #[arg(long, conflicts_with = "revert")]
         scrub: bool,
+        #[command(flatten)]
+        net: TransportArgs,
     },
     /// Send a directory tree to a receiver; files whose size and mtime match are skipped.
     Send {
@@ -159,6 +183,8 @@ enum Cmd {
         repeat: u32,
         #[command(flatten)]
         peers: keys::PeerArgs,
+        #[command(flatten)]
+        net: TransportArgs,
     },
     /// Print this node's certificate fingerprint (creating the certificate if missing), for a
     /// peer's --peer-fingerprint.
@@ -339,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint_mib,
             verify,
             scrub,
+            net,
         } => {
             if scrub {
                 let rep = mover::receiver::scrub_root(&root)?;
@@ -402,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
                     VerifyArg::Changed => mover::receiver::Verify::Changed,
                     VerifyArg::Full => mover::receiver::Verify::Full,
                 },
+                rdma: Some(net.policy()?),
                 ..Default::default()
             };
             let (r, addr, fingerprint) = match peers.protection()? {
@@ -486,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             changed_dir,
             repeat,
             peers,
+            net,
         } => {
             let to = resolve(&to)?;
             let protection = peers.protection()?;
@@ -512,7 +541,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 cache: (repeat > 1).then(|| Arc::new(mover::sender::ManifestCache::new())),
             };
-            let tcp: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
+            let transport: Arc<dyn mover::Transport> =
+                Arc::new(mover::transport::select::Negotiated(net.policy()?));
             let on_retry = |n: u32, e: &mover::Error, pause: std::time::Duration| {
                 eprintln!(
                     "mover: attempt {n} failed: {e}; retrying in {:.1}s",
@@ -537,8 +567,14 @@ fn run(cli: Cli) -> Result<()> {
                 let progress = Arc::new(Progress::default());
                 progress.control.set_rate(bwlimit.map(|m| m << 20));
                 let bar = progress::Bar::start(progress.clone(), !json);
-                let res =
-                    send_with_retry_each(&opts, &progress, retries.max(1), &tcp, before, on_retry);
+                let res = send_with_retry_each(
+                    &opts,
+                    &progress,
+                    retries.max(1),
+                    &transport,
+                    before,
+                    on_retry,
+                );
                 bar.finish();
                 let rep = res?;
                 if json {
@@ -546,8 +582,8 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     let mb = rep.bytes as f64 / 1e6;
                     println!(
-                        "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire, {} unchanged; verified tree {}",
-                        rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.files_unchanged, rep.tree_hash
+                        "sent {} of {} files, {:.1} MB in {:.2}s ({:.1} MB/s), {} bytes on the wire ({}), {} unchanged; verified tree {}",
+                        rep.files, rep.files_total, mb, rep.seconds, mb / rep.seconds.max(1e-9), rep.wire_bytes, rep.transport, rep.files_unchanged, rep.tree_hash
                     );
                 }
             }

@@ -156,11 +156,54 @@ fn send_json_reports_files_bytes_wire_bytes_and_seconds() {
     assert_eq!(v["bytes"], 100_003);
     assert!(v["wire_bytes"].as_u64().unwrap() > 100_003);
     assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    // `--transport auto` (the default) on loopback: no RDMA port carries 127.0.0.1.
+    assert_eq!(v["transport"], "tcp");
     assert!(
         recv.wait().unwrap().success(),
         "receiver --once exits 0 after a verified session"
     );
     assert_eq!(std::fs::read(dst.join("b")).unwrap(), b"bee");
+}
+
+#[test]
+fn transport_rdma_where_rdma_cannot_work_is_a_clear_error_and_a_bad_value_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let rdma_host = cfg!(feature = "rdma")
+        && std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some());
+    if rdma_host {
+        // Here `--transport rdma` works (a receiver would listen): scripts/rdma-vm.sh tests it.
+        eprintln!("this host has RDMA ports: only the bad value is checked here");
+    } else {
+        // Without the `rdma` feature, or with it but no active RDMA port: both commands
+        // refuse before doing anything, naming why.
+        let send = mover()
+            .arg("send")
+            .arg(t.path())
+            .args(["--to", "127.0.0.1:9", "--insecure-plaintext"])
+            .args(["--transport", "rdma"])
+            .output()
+            .unwrap();
+        let recv = mover()
+            .args(["receive", "--listen", "127.0.0.1:0", "--insecure-plaintext"])
+            .args(["--transport", "rdma", "--root"])
+            .arg(t.path())
+            .output()
+            .unwrap();
+        for out in [send, recv] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{err}");
+            let why = err.contains("feature `rdma`") || err.contains("no active RDMA port");
+            assert!(err.contains("RDMA was asked for") && why, "{err}");
+        }
+    }
+    let bad = mover()
+        .arg("send")
+        .arg(t.path())
+        .args(["--to", "127.0.0.1:9", "--transport", "udp"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("auto, tcp or rdma"));
 }
 
 #[test]

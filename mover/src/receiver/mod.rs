@@ -23,6 +23,7 @@ pub use session::{SessionReport, Verify};
 
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
+use crate::transport::select::{self, RdmaPolicy};
 use crate::transport::tcp::TcpConn;
 use crate::transport::Connection;
 use crate::units::{SessionId, WorkerIndex};
@@ -30,7 +31,7 @@ use crate::wire::frame::FrameKind;
 use crate::wire::io::{expect_frame, send_error, Link};
 use crate::wire::message::software_version;
 use crate::wire::message::{
-    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_BLOCK_HASHES, CAP_OWNERS,
+    negotiate_version, ErrorCode, Hello, HelloAck, Role, CAP_BLOCK_HASHES, CAP_OWNERS, CAP_RDMA,
     CAP_RESUME_RANGES, CAP_SEALED, CAP_USER_XATTRS,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
@@ -81,6 +82,10 @@ pub struct ReceiveOptions {
     /// Scrub the target (a full verifying walk against its recovery point) this often, between
     /// sessions; `None`: never.
     pub scrub_every: Option<Duration>,
+    /// Whether worker connections may move to RDMA when a sender offers it (see
+    /// `transport::select`); None: TCP only. A receiver accepts TCP sessions whatever its
+    /// policy: a sender falls back to TCP after an RDMA failure.
+    pub rdma: Option<RdmaPolicy>,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -604,6 +609,18 @@ impl Receiver {
             | if sealed { CAP_SEALED } else { 0 }
             | if resume_ranges { CAP_RESUME_RANGES } else { 0 }
             | if blocks { CAP_BLOCK_HASHES } else { 0 };
+        // RDMA when the sender offers it and so does this side, for this connection's address.
+        let rdma_port = match &self.opts.rdma {
+            Some(p) if hello.capabilities & CAP_RDMA != 0 => {
+                p.offer_for(select::local_ip(&*conn)).unwrap_or_else(|e| {
+                    tracing::warn!(%e, "RDMA not offered");
+                    None
+                })
+            }
+            _ => None,
+        };
+        let rdma = select::answer(hello.capabilities & CAP_RDMA != 0, rdma_port.is_some());
+        let caps = caps | if rdma { CAP_RDMA } else { 0 };
         let (recovery_point, job_pending) = self.job_state()?;
         let ack = HelloAck {
             version,
@@ -685,6 +702,11 @@ impl Receiver {
                         .unwrap_or(resume::FLUSH_BYTES)
                         .max(resume::MIN_FLUSH_BYTES),
                     verify: self.opts.verify,
+                    transport: if rdma {
+                        select::Used::Rdma
+                    } else {
+                        select::Used::Tcp
+                    },
                 };
                 Ok(Accepted::Control {
                     session,
@@ -711,6 +733,11 @@ impl Receiver {
                     None => Link::plain(conn),
                 };
                 link.write_frame(FrameKind::HelloAck, &ack.encode())?;
+                if let (true, Some(port)) = (rdma, &rdma_port) {
+                    // The sender sets its queue pair up as soon as it reads the HelloAck.
+                    link.conn = select::upgrade(&*link.conn, port, None)
+                        .ctx(|| format!("setting up RDMA on {}:{}", port.device, port.port))?;
+                }
                 link.conn
                     .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;

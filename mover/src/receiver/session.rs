@@ -15,6 +15,7 @@ use crate::engine::content_digest;
 use crate::engine::join_workers_preferring;
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
+use crate::transport::select::Used;
 use crate::transport::Connection;
 use crate::tree::diff::DeltaApplier;
 use crate::tree::entry::{Entry, StructureChecker};
@@ -65,6 +66,8 @@ pub struct SessionReport {
     pub recovery_point: String,
     /// The session's frames were sealed (encrypted and authenticated).
     pub encrypted: bool,
+    /// What its worker connections used, as negotiated in the Hello ("tcp" or "rdma").
+    pub transport: Used,
     /// Files whose setuid/setgid bits the replica policy cleared, and device nodes it did not
     /// create.
     pub setid_cleared: u64,
@@ -137,6 +140,8 @@ pub struct Session {
     /// Workers flush and log a large file's written ranges every this many bytes.
     pub checkpoint_bytes: u64,
     pub verify: Verify,
+    /// What the worker connections use (negotiated on the control connection's Hello).
+    pub transport: Used,
 }
 
 /// How a session verifies the target before committing a recovery point.
@@ -170,6 +175,7 @@ impl SessionReport {
             files_resumed: 0,
             recovery_point: String::new(),
             encrypted: false,
+            transport: Used::Tcp,
             setid_cleared: 0,
             devices_skipped: 0,
             delta_list: false,
@@ -186,6 +192,7 @@ impl Session {
         let mut report = SessionReport::failed(id, "");
         report.error = None;
         report.encrypted = ctl.is_sealed();
+        report.transport = self.transport;
         // drive() hands the root fd to the workers' table, which is gone when it fails: a dup
         // lets a disk-full job be explained and reverted afterwards.
         let root = rustix::io::fcntl_dupfd_cloexec(&self.root, 0);

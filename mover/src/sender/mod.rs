@@ -14,6 +14,7 @@ use crate::engine::content_digest;
 use crate::engine::{join_workers, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::job::Progress;
+use crate::transport::select::{self, Used};
 use crate::transport::tcp::TcpTransport;
 use crate::transport::Transport;
 use crate::tree::entry::EntryKind;
@@ -28,7 +29,7 @@ use crate::wire::message::software_version;
 use crate::wire::message::{
     decode_need, decode_need_sparse, encode_expect, encode_hint, encode_worker_done, hint_len,
     Commit, ErrorCode, Hello, HelloAck, Need, Role, Verified, CAP_BLOCK_HASHES, CAP_OWNERS,
-    CAP_RESUME_RANGES, CAP_SEALED, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS,
+    CAP_RDMA, CAP_RESUME_RANGES, CAP_SEALED, CAP_USER_XATTRS, MAX_EXPECT_RECORDS, MAX_WORKERS,
     PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use crate::wire::seal::{SessionSecret, CONTROL_CONN};
@@ -157,6 +158,9 @@ pub struct SendReport {
     pub walk_narrowed: bool,
     /// Entries the walk read from the file system (every one unless narrowed).
     pub walk_fresh: u64,
+    /// What the session's worker connections used ("tcp" or "rdma"), as negotiated in the
+    /// Hello (after an RDMA failure the retried session uses TCP).
+    pub transport: Used,
 }
 
 /// Who this session is to the receiver: the id its Hellos carry, and the secret its frames are
@@ -167,13 +171,19 @@ struct Identity {
     secret: Option<SessionSecret>,
 }
 
-fn hello(id: &Identity, role: Role) -> Vec<u8> {
+fn hello(id: &Identity, role: Role, rdma: bool) -> Vec<u8> {
     let sealed = if id.secret.is_some() { CAP_SEALED } else { 0 };
+    let rdma = if rdma { CAP_RDMA } else { 0 };
     Hello {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
         software: software_version().to_string(),
-        capabilities: CAP_OWNERS | CAP_USER_XATTRS | CAP_RESUME_RANGES | CAP_BLOCK_HASHES | sealed,
+        capabilities: CAP_OWNERS
+            | CAP_USER_XATTRS
+            | CAP_RESUME_RANGES
+            | CAP_BLOCK_HASHES
+            | sealed
+            | rdma,
         session: id.session,
         role,
     }
@@ -181,20 +191,28 @@ fn hello(id: &Identity, role: Role) -> Vec<u8> {
 }
 
 /// Opens one connection of the session: Hello in clear, then a link sealed with the session's
-/// secret (if any) on which the receiver's HelloAck is the first frame.
+/// secret (if any) on which the receiver's HelloAck is the first frame. Where both sides
+/// offered RDMA, a worker connection then moves onto a queue pair set up over it.
 fn connect(
     transport: &dyn Transport,
     to: SocketAddr,
     id: &Identity,
     role: Role,
     wire: &mut u64,
-) -> Result<(Link, HelloAck)> {
+) -> Result<(Link, HelloAck, Used)> {
     let mut c = transport
         .connect(to)
         .ctx(|| format!("connecting to receiver at {to}"))?;
     c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
-    *wire += write_frame(&mut *c, FrameKind::Hello, &hello(id, role))?;
+    let policy = transport.rdma();
+    let offer = match policy {
+        Some(p) => p
+            .offer_for(select::local_ip(&*c))
+            .map_err(|e| Error::Unsupported(e.to_string()))?,
+        None => None,
+    };
+    *wire += write_frame(&mut *c, FrameKind::Hello, &hello(id, role, offer.is_some()))?;
     let conn_no = match role {
         Role::Control { .. } => CONTROL_CONN,
         Role::Worker { index } => u32::from(index.0),
@@ -227,7 +245,14 @@ fn connect(
         }
         .into());
     }
-    Ok((link, ack))
+    let choice = policy.map_or(select::Choice::Tcp, |p| p.choice);
+    let used = select::settle(choice, offer.is_some(), ack.capabilities & CAP_RDMA != 0)
+        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    if let (Used::Rdma, Role::Worker { .. }, Some(port), Some(p)) = (used, role, &offer, policy) {
+        link.conn = select::upgrade(&*link.conn, port, Some(p.failure_flag()))
+            .ctx(|| format!("setting up RDMA on {}:{}", port.device, port.port))?;
+    }
+    Ok((link, ack, used))
 }
 
 /// One session over TCP.
@@ -262,7 +287,7 @@ pub fn send_over(
     let session = id.session;
     let mut wire = 0u64;
     // Connected before the walk: the entry list goes out while the walk runs.
-    let (mut ctl, ack) = connect(
+    let (mut ctl, ack, used) = connect(
         &**transport,
         opts.to,
         &id,
@@ -583,7 +608,7 @@ pub fn send_over(
             .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
-                let (mut link, _) = connect(&*transport, to, &id, Role::Worker { index }, &mut w)?;
+                let (mut link, ..) = connect(&*transport, to, &id, Role::Worker { index }, &mut w)?;
                 link.conn
                     .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
@@ -718,6 +743,7 @@ pub fn send_over(
         read_buffered_bytes: all.read_buffered,
         read_direct_bytes: all.read_direct,
         delta_list: list_changed.is_some(),
+        transport: used,
         list_changed: list_changed.unwrap_or(0),
         walk_narrowed: walk_fresh.is_some(),
         walk_fresh: walk_fresh.unwrap_or(n_entries) as u64,
@@ -885,6 +911,9 @@ pub fn send_with_retry_each(
                 return Ok(r);
             }
             Err(e) if attempt < attempts && retryable(&e) => {
+                if transport.rdma().is_some_and(|p| p.fell_back()) {
+                    tracing::warn!("the RDMA transport failed: this job continues over TCP");
+                }
                 on_retry(attempt, &e, pause);
                 if let Error::SourceChanged { paths, .. } = &e {
                     session.pin = paths.clone();

@@ -7,15 +7,18 @@
 //!   `send_all`/`recv_exact`, as an RDMA transport's would go through its own verbs.
 //! - `rdma`: credit and queue-pair state machines (always built, pure), and with feature `rdma`
 //!   the verbs transport over libibverbs.
+//! - `select`: which of TCP and RDMA a session's worker connections use (negotiated in the
+//!   Hello), and the fallback to TCP after an RDMA failure.
 
 pub mod rdma;
+pub mod select;
 pub mod tcp;
 
 #[cfg(feature = "testkit")]
 pub mod mem;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -34,8 +37,18 @@ pub trait Connection: Send {
     fn peer_closed(&self) -> bool;
     /// The peer, for logs.
     fn peer(&self) -> String;
+    /// A duplicate of the TCP stream under this connection, if it is a TCP connection: what an
+    /// RDMA queue pair is set up over (and keeps as its control connection).
+    fn tcp_stream(&self) -> io::Result<Option<TcpStream>> {
+        Ok(None)
+    }
 }
 
 pub trait Transport: Send + Sync {
     fn connect(&self, peer: SocketAddr) -> io::Result<Box<dyn Connection>>;
+    /// The RDMA policy of sessions over this transport: None offers TCP only (the Hello
+    /// negotiates; see `select`).
+    fn rdma(&self) -> Option<&select::RdmaPolicy> {
+        None
+    }
 }

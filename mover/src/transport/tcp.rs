@@ -70,6 +70,9 @@ impl Connection for TcpConn {
             .map(|a| a.to_string())
             .unwrap_or_else(|e| format!("(unknown peer: {e})"))
     }
+    fn tcp_stream(&self) -> io::Result<Option<TcpStream>> {
+        Ok(Some(self.0.try_clone()?))
+    }
 }
 
 #[derive(Default, Clone, Copy)]

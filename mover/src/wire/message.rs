@@ -65,8 +65,13 @@ pub const CAP_RESUME_RANGES: u64 = 1 << 3;
 /// target that may hold other versions of large files than its recovery point (written while
 /// it was writable, or a tree it had before), so it asks only for the blocks that differ.
 pub const CAP_BLOCK_HASHES: u64 = 1 << 4;
+/// The side offers RDMA for this connection (built with it, an active port carries the
+/// connection's address, allowed). A receiver echoes it when it offers too; on worker
+/// connections both then set a queue pair up over the TCP connection after the HelloAck and
+/// move the rest of the connection's frames over it (`transport::select`).
+pub const CAP_RDMA: u64 = 1 << 5;
 pub const CAPS_KNOWN: u64 =
-    CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED | CAP_RESUME_RANGES | CAP_BLOCK_HASHES;
+    CAP_OWNERS | CAP_USER_XATTRS | CAP_SEALED | CAP_RESUME_RANGES | CAP_BLOCK_HASHES | CAP_RDMA;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

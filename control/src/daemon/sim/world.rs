@@ -1653,6 +1653,7 @@ impl World {
             list_changed: 0,
             walk_narrowed: false,
             walk_fresh: files,
+            transport: mover::transport::select::Used::Tcp,
         };
         self.session_ended(key, node, Ok(report));
     }

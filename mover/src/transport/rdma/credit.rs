@@ -1,8 +1,9 @@
 //! Receiver-granted credits for RDMA WRITE with immediate. Pure: no verbs, no clock, no I/O.
 //!
 //! The receiver owns a fixed set of buffer slots in its registered memory region. A slot is
-//! written by the sender only after the receiver granted it (a grant names slot ids, sent as a
-//! control frame over SEND/RECV), and the immediate value of the write names the slot, so the
+//! written by the sender only after the receiver granted it (a grant names slot ids; `verbs`
+//! carries grants in the header of the receiver's own writes the other way, or in a write
+//! with no payload), and the immediate value of the write names the slot, so the
 //! receiver checks that every arriving write lands in a slot it granted. After the consumer has
 //! handled the extent, the receiver releases the slot and may grant it again.
 //!

@@ -1,24 +1,29 @@
-//! The verbs transport (feature `rdma`), first version: one reliable-connected queue pair per
-//! connection (so per worker), every frame moved by SEND with immediate into receive slots the
-//! peer granted with credits. RDMA WRITE with immediate into granted slots is the next step: the
-//! slab is already registered for remote write, the slot ids and the credit protocol are the
-//! same (`credit`), and the immediate already names the slot.
+//! The verbs transport (feature `rdma`): one reliable-connected queue pair per connection (so
+//! per worker), every message moved by RDMA WRITE with immediate straight into a receive slot
+//! the peer granted with a credit (`credit`): the write lands in the peer's registered slab at
+//! `addr + slot * SLOT_SIZE` (its `Endpoint`'s address and rkey), and the immediate names the
+//! slot. Each write with immediate consumes one receive work request at the peer, which only
+//! carries the completion (no buffer: a doorbell); a side keeps one posted per slot it granted,
+//! so a granted write always finds one. The session's control connection stays TCP, and so
+//! does each connection's own setup and end-of-stream (its TCP control stream).
 //!
-//! Memory: one slab per connection, registered as its memory region: `SLOTS` receive slots,
-//! then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a slot is a header (payload
-//! length, number of granted slot ids, the slot ids: credits piggybacked) and the payload.
+//! Memory: one slab per connection, registered as its memory region (local and remote write):
+//! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a
+//! slot is a header (payload length, number of granted slot ids, the slot ids: credits
+//! piggybacked) and the payload.
 //! Completions are polled by the thread that owns the connection (the worker): no completion
 //! channel, no kernel thread on the path.
 //!
-//! Buffer lifetimes across posts: a receive slot is written by the device from its post until
-//! its completion is polled, and only then read, copied out and re-posted; a send buffer is
+//! Buffer lifetimes across posts: a receive slot may be written by the peer's device from its
+//! grant until the completion naming it is polled, and is only then read, copied out and
+//! granted again; a send buffer is
 //! read by the device from its post until its completion is polled, and `SendCredits` refuses
 //! to hand it out again before that. The slab is freed only in `Drop`, after the queue pair is
 //! destroyed (after which the device touches no buffer).
 //!
 //! Setup, over the TCP control connection (which stays open: it carries end-of-stream and
 //! lets a receiver notice a dead peer): each side sends its `Endpoint`, both move their QP to
-//! RTR and RTS, then exchange one byte so that no SEND reaches a QP that is not ready.
+//! RTR and RTS, then exchange one byte so that no write reaches a QP that is not ready.
 
 use super::credit::{RecvCredits, SendCredits, SlotId, SourceBuf, WrId, MAX_GRANT_BATCH};
 use super::qp::{FailCause, QpEvent, QpMachine};
@@ -26,13 +31,14 @@ use super::{Endpoint, ENDPOINT_LEN};
 use crate::transport::tcp::CONNECT_TIMEOUT;
 use crate::transport::{Connection, Transport};
 use rdma_sys::*;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Receive slots per connection (and send buffers: as many).
@@ -51,12 +57,26 @@ const POLL_BATCH: usize = 16;
 const SPIN_POLLS: u32 = 2_000;
 /// Sleep between polls once spinning did not help.
 const IDLE_SLEEP: Duration = Duration::from_micros(20);
-/// Idle polls between checks of the control connection for a vanished peer.
-const PEER_CHECK_POLLS: u32 = 50_000;
+/// How often a waiting connection checks its control connection for a vanished peer.
+const PEER_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send-completion tag in work request ids (receive ids are slot numbers).
 const SEND_TAG: u64 = 1 << 63;
+/// Fault injection for tests (honoured only in this feature build): after this many payload
+/// bytes sent over RDMA by this process, the sending connection moves its queue pair to Error,
+/// once per process, as a device failure would.
+pub const FAIL_AFTER_ENV: &str = "MOVER_RDMA_FAIL_AFTER_BYTES";
+
+/// The byte count of `FAIL_AFTER_ENV`, read once.
+fn fail_after() -> Option<u64> {
+    static N: OnceLock<Option<u64>> = OnceLock::new();
+    *N.get_or_init(|| std::env::var(FAIL_AFTER_ENV).ok()?.trim().parse().ok())
+}
+/// Payload bytes sent over RDMA by this process (counted only when `FAIL_AFTER_ENV` is set).
+static SENT_BYTES: AtomicU64 = AtomicU64::new(0);
+/// The injected fault fired (it fires once per process).
+static FAULT_FIRED: AtomicBool = AtomicBool::new(false);
 
 /// Which device, port and GID a connection uses (the `hw` plan's `device:port` for its worker).
 #[derive(Debug, Clone)]
@@ -228,21 +248,16 @@ impl Verbs {
         unsafe { (*self.mr).lkey }
     }
 
+    /// Posts the receive work request a granted slot's write with immediate will consume: no
+    /// buffer (the data lands in the slot by the write), only the completion.
     fn post_recv(&mut self, slot: SlotId) -> io::Result<()> {
-        let mut sge = ibv_sge {
-            addr: self.recv_slot(slot.0) as u64,
-            length: SLOT_SIZE as u32,
-            lkey: self.lkey(),
-        };
-        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE) before the fields are set.
+        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE).
         let mut wr: ibv_recv_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = u64::from(slot.0);
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
+        wr.sg_list = std::ptr::null_mut();
+        wr.num_sge = 0;
         let mut bad = std::ptr::null_mut();
-        // SAFETY: the slot lies in the registered slab and, by the credit machine, is not
-        // posted already nor read until its completion; `wr` and `sge` outlive the call (the
-        // library copies them into the queue).
+        // SAFETY: the request names no memory; `wr` outlives the call (the library copies it).
         let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::other(format!("rdma: ibv_post_recv: errno {rc}")));
@@ -250,7 +265,16 @@ impl Verbs {
         Ok(())
     }
 
-    fn post_send(&mut self, buf: u32, len: usize, imm: u32, wr_id: u64) -> io::Result<()> {
+    /// Writes `len` bytes of send buffer `buf` into the peer's slot `slot` (granted to us),
+    /// with the slot as the immediate.
+    fn post_write(
+        &mut self,
+        buf: u32,
+        len: usize,
+        peer: &Endpoint,
+        slot: u32,
+        wr_id: u64,
+    ) -> io::Result<()> {
         let mut sge = ibv_sge {
             addr: self.send_buf(buf) as u64,
             length: len as u32,
@@ -261,13 +285,20 @@ impl Verbs {
         wr.wr_id = wr_id;
         wr.sg_list = &mut sge;
         wr.num_sge = 1;
-        wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
+        wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
         wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
-        wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+        wr.imm_data_invalidated_rkey_union.imm_data = slot.to_be();
+        wr.wr.rdma = rdma_t {
+            remote_addr: peer.addr + u64::from(slot) * u64::from(peer.slot_size),
+            rkey: peer.rkey,
+        };
         let mut bad = std::ptr::null_mut();
         // SAFETY: the send buffer lies in the registered slab and was marked busy by
         // `SendCredits::begin_write`, so it is neither written nor reposted until this
-        // request's completion is polled; `wr` and `sge` outlive the call.
+        // request's completion is polled; `wr` and `sge` outlive the call. The remote range
+        // is the peer's slot `slot`, which it granted us (checked by `SendCredits`) and does
+        // not read until this write's completion reaches it; slot < peer.slots and
+        // len <= slot_size (checked at setup and by `send_msg`), so it stays in its region.
         let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::other(format!("rdma: ibv_post_send: errno {rc}")));
@@ -379,6 +410,15 @@ impl Verbs {
         self.modify(&mut a, m, "RTS")
     }
 
+    /// Moves the queue pair to Error (fault injection): outstanding and later work requests
+    /// complete with flush errors, as after a device failure.
+    fn force_error(&mut self) -> io::Result<()> {
+        // SAFETY: zeroed is a valid ibv_qp_attr.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut a, ibv_qp_attr_mask::IBV_QP_STATE, "ERR")
+    }
+
     /// Polls up to `POLL_BATCH` completions into `out`.
     fn poll(&mut self, out: &mut Vec<Wc>) -> io::Result<()> {
         // SAFETY: zeroed is a valid ibv_wc; the array outlives the call, which writes at most
@@ -396,7 +436,7 @@ impl Verbs {
             status: wc.status,
             byte_len: wc.byte_len,
             // SAFETY: reading the union's u32 view is valid for any bits; it is used only for
-            // receive completions, which all carry an immediate (SEND with immediate).
+            // receive completions, which all carry an immediate (WRITE with immediate).
             imm: u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }),
         }));
         Ok(())
@@ -418,12 +458,19 @@ pub struct RdmaConn {
     qp: QpMachine,
     recv: RecvCredits,
     send: SendCredits,
+    /// The peer's receive slab (address, rkey, slots) that writes go to.
+    remote: Endpoint,
     /// Slots re-posted and not yet granted to the peer.
     to_return: Vec<SlotId>,
     inbound: VecDeque<u8>,
     timeout: Mutex<Option<Duration>>,
     closed: AtomicBool,
     peer: String,
+    /// Set when this connection's transport fails while its peer is still there (see
+    /// `transport::select`: the sender then falls back to TCP).
+    on_failure: Option<Arc<AtomicBool>>,
+    /// When the control connection was last checked for a vanished peer.
+    peer_checked: Cell<Instant>,
 }
 
 fn setup_io<T>(r: io::Result<T>, qp: &mut QpMachine) -> io::Result<T> {
@@ -463,10 +510,14 @@ impl RdmaConn {
         c.read_exact(&mut b)?;
         let them =
             Endpoint::decode(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if them.slot_size as usize != SLOT_SIZE {
+        // Writes go to the peer's slots by our own layout: it must be the same.
+        if them.slot_size as usize != SLOT_SIZE || them.slots != SLOTS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("rdma: peer slot size {} != {SLOT_SIZE}", them.slot_size),
+                format!(
+                    "rdma: peer has {} slots of {} bytes, not {SLOTS} of {SLOT_SIZE}",
+                    them.slots, them.slot_size
+                ),
             ));
         }
         let r = v.move_to_rtr(cfg, &them);
@@ -491,16 +542,33 @@ impl RdmaConn {
             qp,
             recv,
             send,
+            remote: them,
             to_return: Vec::new(),
             inbound: VecDeque::new(),
             timeout: Mutex::new(None),
             closed: AtomicBool::new(false),
             peer,
+            on_failure: None,
+            peer_checked: Cell::new(Instant::now()),
         })
+    }
+
+    /// The flag to set when this connection's transport fails while the peer is still there.
+    pub fn set_failure_flag(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.on_failure = flag;
     }
 
     fn fail(&mut self, cause: FailCause, what: String) -> io::Error {
         let _ = self.qp.on(QpEvent::Failed(cause));
+        // An error completion while the peer's control connection is open is the transport's
+        // failure (the fallback's cue); with the peer gone (a killed receiver) it is only the
+        // peer's absence, and the next session may use RDMA again.
+        let transport = matches!(cause, FailCause::ErrorCompletion | FailCause::AsyncEvent);
+        if transport && !self.peer_closed() {
+            if let Some(f) = &self.on_failure {
+                f.store(true, Ordering::SeqCst);
+            }
+        }
         io::Error::new(io::ErrorKind::ConnectionReset, format!("rdma: {what}"))
     }
 
@@ -525,14 +593,9 @@ impl RdmaConn {
                 let _ = self.qp.on(QpEvent::Completed);
                 continue;
             }
+            // The immediate names the slot the write landed in (the receive request consumed
+            // is only its doorbell); the credit machine checks it was granted.
             let imm = wc.imm;
-            let slot = wc.wr_id as u32;
-            if imm != slot {
-                return Err(self.fail(
-                    FailCause::Peer,
-                    format!("message for slot {imm} landed in {slot}"),
-                ));
-            }
             let slot = match self.recv.on_write(imm, wc.byte_len) {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(FailCause::Peer, e.to_string())),
@@ -546,8 +609,8 @@ impl RdmaConn {
     fn take_message(&mut self, slot: SlotId, got: usize) -> io::Result<()> {
         let p = self.v.recv_slot(slot.0);
         let mut head = [0u8; 8];
-        if got < HEADER {
-            return Err(self.fail(FailCause::Peer, format!("short message ({got} bytes)")));
+        if !(HEADER..=SLOT_SIZE).contains(&got) {
+            return Err(self.fail(FailCause::Peer, format!("message of {got} bytes")));
         }
         // SAFETY: the slot's completion was polled, so the device is done writing it, and it
         // holds `got >= HEADER` bytes inside the slab.
@@ -605,11 +668,14 @@ impl RdmaConn {
         if t.is_some_and(|t| start.elapsed() > t) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "rdma: timed out"));
         }
-        if idle.is_multiple_of(PEER_CHECK_POLLS) && self.peer_closed() {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "rdma: peer closed the control connection",
-            ));
+        if self.peer_checked.get().elapsed() >= PEER_CHECK_EVERY {
+            self.peer_checked.set(Instant::now());
+            if self.peer_closed() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "rdma: peer closed the control connection",
+                ));
+            }
         }
         if *idle > SPIN_POLLS {
             std::thread::sleep(IDLE_SLEEP);
@@ -663,13 +729,31 @@ impl RdmaConn {
             std::ptr::copy_nonoverlapping(head.as_ptr(), p, HEADER);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
         }
-        self.v.post_send(
+        let remote = self.remote;
+        let posted = self.v.post_write(
             src.0,
             HEADER + payload.len(),
+            &remote,
             w.slot.0,
             SEND_TAG | w.wr_id.0,
-        )?;
+        );
+        if let Err(e) = posted {
+            return Err(self.fail(FailCause::ErrorCompletion, e.to_string()));
+        }
         let _ = self.qp.on(QpEvent::Posted);
+        self.inject_fault(payload.len())
+    }
+
+    /// `FAIL_AFTER_ENV`: moves the queue pair to Error once this process sent that many bytes.
+    fn inject_fault(&mut self, sent: usize) -> io::Result<()> {
+        let Some(limit) = fail_after() else {
+            return Ok(());
+        };
+        let total = SENT_BYTES.fetch_add(sent as u64, Ordering::SeqCst) + sent as u64;
+        if total >= limit && !FAULT_FIRED.swap(true, Ordering::SeqCst) {
+            tracing::warn!(total, "rdma: {FAIL_AFTER_ENV} reached: queue pair to Error");
+            self.v.force_error()?;
+        }
         Ok(())
     }
 
