@@ -201,14 +201,7 @@ fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
     need_root();
     let t = Scratch::new();
     let (bin, pkg) = (t.path().join("bin/mover"), t.path().join("pkg/mover-0.1.1"));
-    for p in [&bin, &pkg] {
-        node::lean_copy(p);
-    }
-    let out = std::process::Command::new("sha256sum")
-        .arg(&pkg)
-        .output()
-        .unwrap();
-    let sum = String::from_utf8(out.stdout).unwrap()[..64].to_string();
+    let sum = node::package_pair(&bin, &pkg);
     let a = Node::start_containers_from(&t.path().join("a"), &bin, "", Some("0.1.0"));
     let before = containers_when(&a, "both containers up on 0.1.0", |v| {
         all_up(v)

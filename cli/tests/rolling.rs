@@ -10,22 +10,16 @@ mod node;
 
 use assert_cmd::cargo::cargo_bin;
 use node::etcd::Etcd;
-use node::{create, fill, need_root, stderr, synced, tree_hash, Node, Scratch};
+use node::{create, fill, need_root, sha256, stderr, synced, tree_hash, Node, Scratch};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const UPGRADE_WITHIN: Duration = Duration::from_secs(300);
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
 
 struct Cluster {
     t: Scratch,

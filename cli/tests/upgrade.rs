@@ -4,16 +4,7 @@
 
 mod node;
 
-use assert_cmd::cargo::cargo_bin;
-use node::{create, fill, need_root, s, stderr, synced, tree_hash, Node, Scratch};
-use std::path::Path;
-use std::process::Command;
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
+use node::{create, fill, need_root, s, sha256, stderr, synced, tree_hash, Node, Scratch};
 
 #[test]
 fn single_node_restarts_onto_a_checked_package_and_its_running_job_resumes() {
@@ -21,11 +12,7 @@ fn single_node_restarts_onto_a_checked_package_and_its_running_job_resumes() {
     let t = Scratch::new();
     // The daemon runs from a copy of the build's binary: the upgrade replaces it.
     let (bin, pkg) = (t.path().join("bin/mover"), t.path().join("pkg/mover-0.1.1"));
-    for p in [&bin, &pkg] {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::copy(cargo_bin("mover"), p).unwrap();
-    }
-    let sum = sha256(&pkg);
+    let sum = node::package_pair(&bin, &pkg);
     let mut a = Node::start_from(&t.path().join("a"), &bin, "0.1.0");
     let b = Node::start_as_version(
         &t.path().join("b"),

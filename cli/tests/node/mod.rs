@@ -439,6 +439,22 @@ impl Drop for Node {
     }
 }
 
+/// The SHA-256 of a file, as an operator takes it from `sha256sum`.
+pub fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// A package to upgrade a node with: its binary `bin` and the new release `pkg`, both lean
+/// copies of the build (the test version setting makes the new one report another release),
+/// and the package's SHA-256.
+pub fn package_pair(bin: &Path, pkg: &Path) -> String {
+    lean_copy(bin);
+    lean_copy(pkg);
+    sha256(pkg)
+}
+
 /// A copy of the build's `mover` at `to` without its debug info (binutils' `strip`, which
 /// `scripts/install-deps.sh` brings with gcc): a test that stages, hashes and installs
 /// packages copies tens of MB instead of hundreds.
