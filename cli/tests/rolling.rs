@@ -275,7 +275,10 @@ fn a_cluster_upgrades_container_by_container_while_a_relationship_replicates() {
         }
         assert!(
             t0.elapsed() < UPGRADE_WITHIN,
-            "target never caught up: {v:#}"
+            "target never caught up: source {:?}, target {:?}; {v:#}\nsource node's log:\n{}",
+            tree_hash(&src),
+            tree_hash(&dst),
+            n1.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
