@@ -149,6 +149,21 @@ pub struct Shared {
     /// never, or a duration such as 30d.
     #[arg(long, value_name = "EXPIRY", value_parser = parse_target_expiry)]
     pub target_expiry: Option<TargetExpiry>,
+    /// How the data plane's worker connections travel: auto (RDMA when both nodes have an
+    /// active RDMA port for the connection's address, else TCP; the default), tcp, or rdma
+    /// (refused on a node that cannot use it). The view's transport_used says what ran.
+    #[arg(long, value_name = "auto|tcp|rdma", value_parser = parse_transport)]
+    pub transport: Option<control::model::Transport>,
+}
+
+fn parse_transport(s: &str) -> Result<control::model::Transport, String> {
+    use control::model::Transport;
+    match s {
+        "auto" => Ok(Transport::Auto),
+        "tcp" => Ok(Transport::Tcp),
+        "rdma" => Ok(Transport::Rdma),
+        other => Err(format!("transport {other:?}: auto, tcp or rdma")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -192,7 +207,7 @@ impl Shared {
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "target_address", "target_port", "blackout", "clear_blackouts", "enable", "disable",
     "bandwidth_limit", "no_bandwidth_limit", "map_uid", "map_gid", "clear_id_map", "snapshot",
-    "mode", "policies", "target_expiry",
+    "mode", "policies", "target_expiry", "transport",
 ])))]
 pub struct ModifyArgs {
     /// Relationship id, or a unique prefix of it.
@@ -247,6 +262,7 @@ pub fn new_relationship(a: &CreateArgs) -> Result<NewRelationship, ApiError> {
             mode: a.shared.mode.unwrap_or_default(),
             policies: a.shared.policies.clone(),
             target_expiry: a.shared.target_expiry.unwrap_or_default(),
+            transport: a.shared.transport.unwrap_or_default(),
         },
         target_fingerprint: a.target_fingerprint.clone().transpose().map_err(refused)?,
     })
@@ -275,6 +291,7 @@ pub fn edit(a: &ModifyArgs) -> Result<Edit, ApiError> {
         mode: a.shared.mode,
         policies: (!a.shared.policies.is_empty()).then(|| a.shared.policies.clone()),
         target_expiry: a.shared.target_expiry,
+        transport: a.shared.transport,
     })
 }
 

@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a create body that make the spec ([`Spec`]).
-pub const SPEC_FIELDS: [&str; 12] = [
+pub const SPEC_FIELDS: [&str; 13] = [
     "source_path",
     "target_address",
     "target_port",
@@ -21,6 +21,7 @@ pub const SPEC_FIELDS: [&str; 12] = [
     "mode",
     "policies",
     "target_expiry",
+    "transport",
 ];
 /// The one create field beyond the spec.
 pub const TARGET_FINGERPRINT: &str = "target_fingerprint";
@@ -151,6 +152,7 @@ mod tests {
         s.mode = crate::model::Mode::SnapshotPolicyWithContinuous;
         s.policies = vec![crate::policy::PolicyName::parse("hourly").unwrap()];
         s.target_expiry = crate::model::TargetExpiry::AfterSecs(86_400);
+        s.transport = crate::model::Transport::Tcp;
         s
     }
 

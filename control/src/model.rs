@@ -340,6 +340,45 @@ pub struct Spec {
     pub policies: Vec<crate::policy::PolicyName>,
     #[serde(default, skip_serializing_if = "TargetExpiry::is_default")]
     pub target_expiry: TargetExpiry,
+    /// How the data plane's worker connections travel; left out when `auto`.
+    #[serde(default, skip_serializing_if = "Transport::is_auto")]
+    pub transport: Transport,
+}
+
+/// A relationship's data-plane transport (`mover::transport::select::Choice`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// RDMA when both nodes have an active RDMA port for the connection's address (and are
+    /// built with it), else TCP.
+    #[default]
+    Auto,
+    Tcp,
+    /// RDMA or an error at the start of a session (a failure mid-job still falls back to TCP).
+    Rdma,
+}
+
+impl Transport {
+    pub fn is_auto(&self) -> bool {
+        *self == Transport::Auto
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Tcp => "tcp",
+            Transport::Rdma => "rdma",
+        }
+    }
+
+    pub fn choice(self) -> mover::transport::select::Choice {
+        use mover::transport::select::Choice;
+        match self {
+            Transport::Auto => Choice::Auto,
+            Transport::Tcp => Choice::Tcp,
+            Transport::Rdma => Choice::Rdma,
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -389,6 +428,8 @@ pub struct Edit {
     pub policies: Option<Vec<crate::policy::PolicyName>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_expiry: Option<TargetExpiry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
 }
 
 /// `Option<Option<T>>` from JSON: absent -> None, null -> Some(None), value -> Some(Some(v)).
@@ -496,6 +537,9 @@ impl Spec {
         }
         if let Some(p) = e.snapshot {
             s.snapshot = p;
+        }
+        if let Some(t) = e.transport {
+            s.transport = t;
         }
         if let Some(m) = e.mode {
             s.mode = m;
@@ -696,6 +740,7 @@ pub(crate) mod tests {
             mode: Default::default(),
             policies: Vec::new(),
             target_expiry: Default::default(),
+            transport: Default::default(),
         }
     }
 

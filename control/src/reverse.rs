@@ -151,8 +151,8 @@ pub fn next_epoch(a: u64, b: u64) -> u64 {
 }
 
 /// The spec seen from the other end: the paths swap, the target is the old source's address,
-/// owner mappings are inverted; the snapshot choice goes back to `auto` (the other node's file
-/// system decides) and the mode to continuous (policies are the old source node's). Blackout windows, bandwidth limit and enabled carry over.
+/// owner mappings are inverted; the snapshot choice and the transport go back to `auto` (the
+/// other node's file system and NICs decide) and the mode to continuous (policies are the old source node's). Blackout windows, bandwidth limit and enabled carry over.
 pub fn reversed_spec(s: &Spec, new_target_address: String, new_target_port: u16) -> Spec {
     let flip = |v: &[(u32, u32)]| v.iter().map(|(a, b)| (*b, *a)).collect();
     Spec {
@@ -173,6 +173,8 @@ pub fn reversed_spec(s: &Spec, new_target_address: String, new_target_port: u16)
         mode: Default::default(),
         policies: Vec::new(),
         target_expiry: s.target_expiry,
+        // The other node's hardware decides again.
+        transport: Default::default(),
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Node {
     /// refusal when this release may not replicate with it (`mover::compat`; state
     /// `incompatible_peer_version` while there).
     peer_releases: Mutex<HashMap<RelationshipId, (String, Option<String>)>>,
+    /// Source side: the transport each relationship's last session used (`tcp`, `rdma`).
+    transports: Mutex<HashMap<RelationshipId, String>>,
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
     shutting_down: AtomicBool,
@@ -306,6 +308,7 @@ impl Node {
             hot_files: Mutex::default(),
             peer_releases: Mutex::default(),
             reversing: Mutex::default(),
+            transports: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
             shutting_down: AtomicBool::new(false),

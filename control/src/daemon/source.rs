@@ -846,6 +846,13 @@ fn run_job(
 ) -> Result<mover::sender::SendReport> {
     let (id, progress) = (&c.id, &c.progress);
     let mut sessions = Sessions::new();
+    // One policy for the job: an RDMA failure mid-job sends its retried sessions over TCP.
+    let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::select::Negotiated(
+        mover::transport::select::RdmaPolicy::new(
+            node.get(id, Role::Source)?.spec.transport.choice(),
+            None,
+        ),
+    ));
     let mut walk = Some(c.walk.clone());
     loop {
         // No session starts once the job is stopped, nor inside a blackout window (a retry or
@@ -904,7 +911,9 @@ fn run_job(
                 // does not wait for it to be written.
                 cache: Some(manifest_cache(node, id)),
             };
-            Ok(mover::sender::send(&opts, progress)?)
+            let report = mover::sender::send_over(&opts, progress, &transport)?;
+            lock(&node.transports).insert(id.clone(), report.transport.to_string());
+            Ok(report)
         });
         if let Err(Error::DataPlane(mover::Error::SourceChanged { paths, .. })) = &res {
             remember_hot(node, id, paths);
@@ -1453,6 +1462,9 @@ pub(crate) fn edit(
 ) -> Result<Relationship> {
     let r = node.get(id, Role::Source)?;
     let spec = r.spec.edited(e)?;
+    if let Some(t) = e.transport {
+        check_transport(t)?;
+    }
     if let Some(pin) = &r.pinned {
         let src = crate::pinned::open(pin, "source path")?;
         if let Some(choice) = e.snapshot {
@@ -1486,10 +1498,19 @@ pub(crate) fn new_relationship(
     )?;
     super::paths::check_source(node, src.path())?;
     check_snapshot(spec.snapshot, src.path())?;
+    check_transport(spec.transport)?;
     super::snapshots::check_spec(node, &spec, src.path())?;
     let mut r = Relationship::new(id, Role::Source, spec, node.clock.now_ns(), None);
     r.pinned = Some(src.pin().clone());
     Ok(r)
+}
+
+/// `rdma` is refused where this node cannot use it (built without the feature, or no active
+/// RDMA port), when it is asked for rather than at every job.
+fn check_transport(t: crate::model::Transport) -> Result<()> {
+    mover::transport::select::RdmaPolicy::new(t.choice(), None)
+        .check()
+        .map_err(|e| Error::Invalid(format!("transport {}: {e}", t.name())))
 }
 
 /// The data plane's provider for a relationship's choice (None: auto, decided per job).

@@ -279,6 +279,12 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         },
         checkpoint_bytes: None,
         scrub_every: node.opts.scrub_interval,
+        // Offered when this node has an active RDMA port for the connection's address (and
+        // the build has it); the source's relationship decides whether to ask.
+        rdma: Some(mover::transport::select::RdmaPolicy::new(
+            mover::transport::select::Choice::Auto,
+            None,
+        )),
         ..Default::default()
     };
     let receiving = node.host.start_receiver(&r.id, opts)?;

@@ -47,6 +47,11 @@ pub struct View {
     pub map_ids: Option<IdMap>,
     pub enabled: bool,
     pub bandwidth_limit: Option<u64>,
+    /// The data-plane transport asked for: auto, tcp or rdma.
+    pub transport: crate::model::Transport,
+    /// Source side: what the last session's worker connections used (`tcp`, `rdma`); null
+    /// before the first since the daemon started.
+    pub transport_used: Option<String>,
     /// How the source's jobs take their point in time.
     pub snapshot: crate::model::SnapshotChoice,
     /// continuous, snapshot_policy or snapshot_policy_with_continuous.
@@ -186,6 +191,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
         map_ids: r.spec.map_ids,
         enabled: r.spec.enabled,
         bandwidth_limit: r.spec.bandwidth_limit,
+        transport: r.spec.transport,
+        transport_used: lock(&node.transports).get(&r.id).cloned(),
         snapshot: r.spec.snapshot,
         mode: r.spec.mode,
         policies: r.spec.policies.clone(),

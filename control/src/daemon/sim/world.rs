@@ -1775,6 +1775,7 @@ impl World {
             mode: Default::default(),
             policies: Vec::new(),
             target_expiry: Default::default(),
+            transport: Default::default(),
         };
         let r = match source::new_relationship(&node, rel.id.clone(), spec) {
             Ok(r) => r,
@@ -2037,6 +2038,7 @@ impl World {
             mode: Default::default(),
             policies: Vec::new(),
             target_expiry: Default::default(),
+            transport: Default::default(),
         };
         let req = match self.rng.below(6) {
             0 => PeerRequest::Propose {
