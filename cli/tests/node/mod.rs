@@ -140,6 +140,7 @@ impl Node {
     /// `start_as_version` from a binary of its own (`exe`, a copy of the build's), for tests
     /// that replace the running binary (an upgrade).
     pub fn start_from(dir: &Path, exe: &Path, version: &str) -> Node {
+        staging_room(dir);
         Self::spawn_exe(exe, dir, free_port(), free_port(), "", Some(version))
     }
 
@@ -165,6 +166,7 @@ impl Node {
         extra_config: &str,
         version: Option<&str>,
     ) -> Node {
+        staging_room(dir);
         Self::spawn_as(
             exe,
             &["node", "run"],
@@ -467,6 +469,24 @@ pub fn lean_copy(to: &Path) {
         .output()
         .expect("strip (binutils) is needed: scripts/install-deps.sh installs it");
     assert!(out.status.success(), "strip: {}", stderr(&out));
+}
+
+/// Space the upgrade checker asks for (4 GiB where a release is staged: the data dir),
+/// whatever the machine's temp dir has free: a tmpfs of 8 GiB over `dir/data`. A tmpfs takes
+/// memory only for what is written (a stripped binary or two). A restarted node keeps its mount.
+pub fn staging_room(dir: &Path) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = Command::new("mountpoint")
+        .arg("-q")
+        .arg(&data)
+        .status()
+        .expect("mountpoint (util-linux) is needed");
+    if !mounted.success() {
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8g,mode=0700", "tmpfs"])
+            .arg(&data));
+    }
 }
 
 /// Removes every mount under `dir` (deepest first) so the test's temp dir can go.
