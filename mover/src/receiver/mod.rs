@@ -159,6 +159,8 @@ pub(crate) type WorkerConn = (WorkerIndex, Link);
 struct Running {
     workers: mpsc::Sender<WorkerConn>,
     secret: Option<SessionSecret>,
+    /// The CPU each worker is pinned to (a worker connection's RDMA port is chosen near it).
+    cpus: Vec<Option<hw::CpuId>>,
 }
 
 enum Accepted {
@@ -612,10 +614,21 @@ impl Receiver {
         // RDMA when the sender offers it and so does this side, for this connection's address.
         let rdma_port = match &self.opts.rdma {
             Some(p) if hello.capabilities & CAP_RDMA != 0 => {
-                p.offer_for(select::local_ip(&*conn)).unwrap_or_else(|e| {
-                    tracing::warn!(%e, "RDMA not offered");
-                    None
-                })
+                let at = match hello.role {
+                    Role::Worker { index } => Some(select::Placement {
+                        worker: index.0,
+                        cpu: self
+                            .sessions
+                            .get(&hello.session)
+                            .and_then(|r| r.cpus.get(usize::from(index.0)).copied().flatten()),
+                    }),
+                    Role::Control { .. } => None,
+                };
+                p.offer_for(select::local_ip(&*conn), at)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%e, "RDMA not offered");
+                        None
+                    })
             }
             _ => None,
         };
@@ -675,14 +688,15 @@ impl Receiver {
                     .set_timeout(Some(CONTROL_TIMEOUT))
                     .ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
+                let cpus = crate::engine::worker_cpus(workers as usize, Some(&self.opts.root));
                 let run = Running {
                     workers: tx,
                     secret,
+                    cpus: cpus.clone(),
                 };
                 self.sessions.insert(hello.session, run);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")
                     .ctx(|| format!("reopening {}", self.opts.root.display()))?;
-                let cpus = crate::engine::worker_cpus(workers as usize, Some(&self.opts.root));
                 self.progress.reset();
                 let session = Session {
                     id: hello.session,

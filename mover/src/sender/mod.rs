@@ -198,6 +198,7 @@ fn connect(
     to: SocketAddr,
     id: &Identity,
     role: Role,
+    cpu: Option<hw::CpuId>,
     wire: &mut u64,
 ) -> Result<(Link, HelloAck, Used)> {
     let mut c = transport
@@ -206,9 +207,16 @@ fn connect(
     c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
     let policy = transport.rdma();
+    let at = match role {
+        Role::Worker { index } => Some(select::Placement {
+            worker: index.0,
+            cpu,
+        }),
+        Role::Control { .. } => None,
+    };
     let offer = match policy {
         Some(p) => p
-            .offer_for(select::local_ip(&*c))
+            .offer_for(select::local_ip(&*c), at)
             .map_err(|e| Error::Unsupported(e.to_string()))?,
         None => None,
     };
@@ -294,6 +302,7 @@ pub fn send_over(
         Role::Control {
             workers: threads as u16,
         },
+        None,
         &mut wire,
     )?;
     let owners = ack.capabilities & CAP_OWNERS != 0;
@@ -608,7 +617,8 @@ pub fn send_over(
             .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
-                let (mut link, ..) = connect(&*transport, to, &id, Role::Worker { index }, &mut w)?;
+                let (mut link, ..) =
+                    connect(&*transport, to, &id, Role::Worker { index }, cpu, &mut w)?;
                 link.conn
                     .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
