@@ -747,15 +747,39 @@ impl Receiver {
                     None => Link::plain(conn),
                 };
                 link.write_frame(FrameKind::HelloAck, &ack.encode())?;
-                if let (true, Some(port)) = (rdma, &rdma_port) {
-                    // The sender sets its queue pair up as soon as it reads the HelloAck.
-                    link.conn = select::upgrade(&*link.conn, port, None)
-                        .ctx(|| format!("setting up RDMA on {}:{}", port.device, port.port))?;
-                }
-                link.conn
-                    .set_timeout(None)
-                    .ctx(|| "socket timeout".to_string())?;
-                let _ = run.workers.send((index, link));
+                let Some(port) = rdma_port.filter(|_| rdma) else {
+                    link.conn
+                        .set_timeout(None)
+                        .ctx(|| "socket timeout".to_string())?;
+                    let _ = run.workers.send((index, link));
+                    return Ok(Accepted::Worker);
+                };
+                // The sender sets its queue pair up as soon as it reads the HelloAck. Each
+                // setup is a few round trips on its own connection: a session's workers set
+                // theirs up side by side, off this accept loop (one short thread each, at
+                // most a session's workers at a time).
+                let workers = run.workers.clone();
+                std::thread::Builder::new()
+                    .name(format!("mover-qp-{}", index.0))
+                    .spawn(move || {
+                        let up = select::upgrade(&*link.conn, &port, None)
+                            .and_then(|c| c.set_timeout(None).map(|()| c));
+                        match up {
+                            Ok(c) => {
+                                link.conn = c;
+                                let _ = workers.send((index, link));
+                            }
+                            // The sender's worker fails too; its session is retried (over
+                            // TCP if its transport failed).
+                            Err(e) => tracing::warn!(
+                                worker = index.0,
+                                "setting up RDMA on {}:{}: {e}",
+                                port.device,
+                                port.port
+                            ),
+                        }
+                    })
+                    .ctx(|| "spawning a queue-pair setup".to_string())?;
                 Ok(Accepted::Worker)
             }
         }
