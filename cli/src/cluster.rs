@@ -8,7 +8,8 @@ use serde_json::Value;
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Every node that joined: roles, release, up or down, which one leads, its API address.
+    /// Every node that joined: roles, release, up, drained (`drain`) or down, which one leads,
+    /// running jobs and throughput, its API address.
     Members {
         #[command(flatten)]
         api: ApiArgs,
@@ -63,7 +64,11 @@ pub fn run(cmd: ClusterCmd) -> Result<i32> {
                     m["name"].as_str().unwrap_or("?"),
                     roles.join(","),
                     m["version"].as_str().unwrap_or("?"),
-                    if m["up"] == true { "up" } else { "down" },
+                    match (m["up"] == true, m["drain"]["drained"] == true) {
+                        (true, false) => "up",
+                        (true, true) => "drain",
+                        (false, _) => "down",
+                    },
                     if m["leader"] == true { "*" } else { "" },
                     r["jobs_running"]
                         .as_u64()

@@ -67,6 +67,36 @@ pub enum NodeCmd {
     Run(DaemonArgs),
     /// This node's containers: roles, state, pid, version, health, restarts.
     Containers(ApiArgs),
+    /// Take a cluster node out of service: it starts no job; running ones finish.
+    #[command(long_about = DRAIN_HELP)]
+    Drain(DrainArgs),
+    /// Put a drained cluster node back in service: it starts jobs again.
+    Undrain(DrainArgs),
+}
+
+const DRAIN_HELP: &str = "Take a node of the cluster out of service for maintenance. A \
+drained node starts no job of its relationships: no scheduled or continuous job, no \
+\"replicate now\" (refused, saying so), no resumed job. The jobs running when it was drained \
+finish, so with --wait-secs the command returns once the node runs none and it can be stopped \
+without interrupting a job. It still receives as a target. The drain is kept in etcd: it \
+holds while the node is down and across its restarts, until `mover node undrain NODE`. Any \
+node of the cluster can drain any other (ADMIN token).
+
+Exit 1 if --wait-secs passed and the node still runs a job.
+
+Example:
+  mover node drain n2 --wait-secs 600
+  mover node undrain n2";
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// The node's name in the cluster (`mover cluster members` lists them).
+    pub node: String,
+    /// Drain: wait up to this many seconds until the node runs no job (as it last reported).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait_secs: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 const RUN_HELP: &str = "Run this node's daemon as containers by role, each a process that \
@@ -119,7 +149,54 @@ pub fn run(cmd: Option<NodeCmd>, api: ApiArgs) -> Result<()> {
         None => show(&api),
         Some(NodeCmd::Run(a)) => supervise(a),
         Some(NodeCmd::Containers(api)) => containers(&api),
+        Some(NodeCmd::Drain(a)) => drain(&a, true),
+        Some(NodeCmd::Undrain(a)) => drain(&a, false),
     }
+}
+
+/// How often `drain --wait-secs` reads the cluster.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn drain(a: &DrainArgs, drained: bool) -> Result<()> {
+    let api = a.api.client();
+    let what = if drained { "drain" } else { "undrain" };
+    let mut m = api
+        .post_empty(&format!("/v1/cluster/nodes/{}/{what}", a.node))
+        .with_context(|| format!("{what}ing node {}", a.node))?;
+    let running = |m: &serde_json::Value| m["report"]["jobs_running"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait_secs);
+    while drained && running(&m) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(DRAIN_POLL);
+        let v = api.get("/v1/cluster").context("reading the cluster")?;
+        if let Some(now) = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["name"] == a.node.as_str())
+        {
+            m = now.clone();
+        }
+    }
+    if a.api.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else if drained {
+        println!(
+            "node {} drained: it starts no job; {} running (as it last reported)",
+            a.node,
+            running(&m)
+        );
+    } else {
+        println!("node {} undrained: it starts jobs again", a.node);
+    }
+    if drained && a.wait_secs > 0 && running(&m) > 0 {
+        anyhow::bail!(
+            "node {} still runs {} job(s) after {} s",
+            a.node,
+            running(&m),
+            a.wait_secs
+        );
+    }
+    Ok(())
 }
 
 fn show(api: &ApiArgs) -> Result<()> {

@@ -174,3 +174,105 @@ fn a_node_outside_a_cluster_says_how_to_join_one() {
         node::stderr(&out)
     );
 }
+
+/// The member `name` in `v` (a `GET /v1/cluster` answer).
+fn member<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no member {name}: {v:#}"))
+}
+
+#[test]
+fn a_drained_node_finishes_its_running_job_then_starts_none_until_undrained() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |i: u32| format!("cluster = \"{}\"\nnode_name = \"n{i}\"\n", etcd.url());
+    let (l1, a1) = (free_port(), free_port());
+    let mut n1 = Node::start_configured(&t.path().join("n1"), l1, a1, &cfg(1));
+    let n2 = Node::start_configured(&t.path().join("n2"), free_port(), free_port(), &cfg(2));
+    let names = vec!["n1".to_string(), "n2".into()];
+    until(&n2, "both up", Duration::from_secs(30), |v| up(v) == names);
+
+    // 3 MB at 1 MB/s: the drain lands mid-job.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 3, 1_000_000, 7);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &n2, &src, &dst, &["--bandwidth-limit", "1000000"]);
+    n2.cli_ok(&["relationship", "authorize", &id]);
+    n1.wait_for("source", &id, "the initial sync to be under way", |v| {
+        v["job"]["bytes_done"].as_u64().is_some_and(|n| n > 0)
+    });
+    until(&n2, "n1 reports its job", Duration::from_secs(15), |v| {
+        member(v, "n1")["report"]["jobs_running"] == 1
+    });
+
+    // Drained from the other node, waiting: the running job finishes, whole.
+    let out = n2.cli(&["node", "drain", "n1", "--wait-secs", "60", "--json"]);
+    assert!(out.status.success(), "{}", node::stderr(&out));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&m["drain"]["drained"], &m["report"]["jobs_running"]),
+        (&Value::from(true), &Value::from(0)),
+        "{m:#}"
+    );
+    assert!(m["drain"]["by"].is_string(), "{m:#}");
+    let v = n1.view("source", &id);
+    assert!(node::synced(&v), "the running job must finish: {v:#}");
+    let rp = v["recovery_point"]["time"].clone();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+
+    // Drained: a change starts no job, "replicate now" is refused saying why, and the node
+    // shows drained everywhere.
+    std::fs::write(src.join("after-drain"), b"new").unwrap();
+    let out = n1.cli(&["relationship", "replicate", &id]);
+    assert_eq!(out.status.code(), Some(9), "{}", node::stderr(&out));
+    assert!(
+        node::stderr(&out).contains("n1 is drained"),
+        "{}",
+        node::stderr(&out)
+    );
+    let text = n1.cli(&["cluster", "members"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let line = text.lines().find(|l| l.starts_with("n1 ")).unwrap_or("");
+    assert!(line.contains(" drain "), "{text}");
+    let (_, metrics) = n1.call_as(None, "GET", "/metrics", None);
+    let metrics = metrics.as_str().map(str::to_string).unwrap_or_default();
+    assert!(
+        metrics.contains("mover_cluster_node_drained{node=\"n1\"} 1")
+            && metrics.contains("mover_cluster_node_drained{node=\"n2\"} 0"),
+        "{metrics}"
+    );
+    // Three continuous intervals (2 s each) and a restart of the node: still nothing starts.
+    std::thread::sleep(Duration::from_secs(3));
+    n1.terminate();
+    let n1 = Node::start_configured(&t.path().join("n1"), l1, a1, &cfg(1));
+    until(
+        &n1,
+        "n1 back, still drained",
+        Duration::from_secs(30),
+        |v| up(v) == names && member(v, "n1")["drain"]["drained"] == true,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let v = n1.view("source", &id);
+    assert!(
+        v["job"].is_null() && v["recovery_point"]["time"] == rp,
+        "a drained node must start no job: {v:#}"
+    );
+    assert!(!dst.join("after-drain").exists());
+
+    // Undrained: the change goes over.
+    let out = n1.cli_ok(&["node", "undrain", "n1", "--json"]);
+    assert_eq!(out["drain"]["drained"], false, "{out:#}");
+    n1.wait_for("source", &id, "a job after the undrain", |v| {
+        node::synced(v) && v["recovery_point"]["time"] != rp
+    });
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+
+    // Only a node that joined can be drained.
+    let out = n1.cli(&["node", "drain", "n9"]);
+    assert_eq!(out.status.code(), Some(8), "{}", node::stderr(&out));
+}

@@ -10,7 +10,8 @@
 //!   when it goes, its lease expires and the next candidate is elected;
 //! - `upgrade/plan`, `upgrade/nodes/<name>`: a rolling upgrade's plan and each node's step
 //!   (`daemon/rolling.rs`); `containers/<name>`: each node's containers as its supervisor sees
-//!   them.
+//!   them; `drain/<name>`: whether the node is drained (`mover node drain`), kept while it is
+//!   down, so a node drained for maintenance comes back drained.
 //!
 //! Each daemon keeps a view of all of it fed by a watch on `KEY_ROOT` (no polling); on any
 //! error (etcd restarted or unreachable) the session starts again after `RETRY`, with a new
@@ -136,6 +137,19 @@ pub struct MemberView {
     /// What the node last published: its containers (roles, release, health), running jobs
     /// and their throughput (null before its first report).
     pub report: Option<crate::supervisor::NodeReport>,
+    /// Its last drain or undrain (null if it never was drained).
+    pub drain: Option<Drain>,
+}
+
+/// A node's drain (`mover node drain|undrain`): a drained node starts no job of its
+/// relationships; the jobs running when it was drained finish. Receiving is not affected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Drain {
+    pub drained: bool,
+    /// When it was drained or undrained (RFC 3339).
+    pub at: String,
+    /// The name of the token that did it.
+    pub by: String,
 }
 
 /// This daemon's picture of the cluster, kept current by the watch.
@@ -151,8 +165,9 @@ struct Known {
 }
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
-/// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`).
-const SHARED_KINDS: [&str; 2] = ["upgrade", "containers"];
+/// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`),
+/// each node's drain (`drain/...`).
+const SHARED_KINDS: [&str; 3] = ["upgrade", "containers", "drain"];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;
 
@@ -288,10 +303,26 @@ impl Membership {
                         .shared
                         .get(&format!("containers/{}", m.name))
                         .and_then(|v| serde_json::from_slice(v).ok()),
+                    drain: drain_of(&k, &m.name),
                 })
                 .collect(),
             down_bound_secs: DOWN_BOUND.as_secs(),
         }
+    }
+
+    /// `name`'s last drain or undrain, as the watch last delivered it.
+    pub fn drain(&self, name: &NodeName) -> Option<Drain> {
+        drain_of(&lock(&self.known), name)
+    }
+
+    /// Whether this node is drained: it starts no job.
+    pub fn drained(&self) -> bool {
+        self.drain(&self.me.name).is_some_and(|d| d.drained)
+    }
+
+    /// Whether `name` ever joined the cluster.
+    pub fn knows(&self, name: &NodeName) -> bool {
+        lock(&self.known).nodes.contains_key(name)
     }
 
     /// Whether this node leads the cluster's scheduler now.
@@ -451,6 +482,12 @@ impl Membership {
         k.leader = leader;
         Ok(())
     }
+}
+
+fn drain_of(k: &Known, name: &NodeName) -> Option<Drain> {
+    k.shared
+        .get(&format!("drain/{name}"))
+        .and_then(|v| serde_json::from_slice(v).ok())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<std::result::Result<(), etcd_client::Error>>);

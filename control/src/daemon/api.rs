@@ -134,6 +134,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(super::ui::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/cluster/nodes/{name}/drain",
+            post(super::api_drain::drain),
+        )
+        .route(
+            "/v1/cluster/nodes/{name}/undrain",
+            post(super::api_drain::undrain),
+        )
         .route("/v1/upgrade/start", post(super::self_upgrade::start))
         .route("/v1/upgrade/rolling", post(super::api_rolling::start_api))
         .route("/v1/upgrade/status", get(super::self_upgrade::status))

@@ -194,6 +194,15 @@ pub fn render_cluster(v: &crate::cluster::ClusterView) -> String {
             u8::from(m.leader)
         );
     }
+    let _ = writeln!(o, "# HELP mover_cluster_node_drained Whether a member is drained (`mover node drain`): it starts no job.\n# TYPE mover_cluster_node_drained gauge");
+    for m in &v.members {
+        let _ = writeln!(
+            o,
+            "mover_cluster_node_drained{{node=\"{}\"}} {}",
+            label(&m.member.name.to_string()),
+            u8::from(m.drain.as_ref().is_some_and(|d| d.drained))
+        );
+    }
     // Per-node figures as each node last reported them (every 5 s at most while they move).
     let reports: Vec<_> = v
         .members

@@ -6,6 +6,7 @@
 
 pub mod api;
 mod api_containers;
+mod api_drain;
 mod api_events;
 mod api_proxy;
 mod api_rolling;

@@ -4,8 +4,8 @@
 //! client needs it before it has a token).
 
 use super::{
-    api, api_containers, api_events, api_rolling, api_snapshots, reverse, self_upgrade, ui,
-    upgrade, Node,
+    api, api_containers, api_drain, api_events, api_rolling, api_snapshots, reverse, self_upgrade,
+    ui, upgrade, Node,
 };
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
@@ -67,6 +67,8 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         self_upgrade::status,
         api::metrics,
         api::cluster,
+        api_drain::drain,
+        api_drain::undrain,
         api_containers::health,
         api_containers::containers,
         api_events::events,

@@ -349,8 +349,9 @@ async fn lead_once(node: &Node, m: &Membership) -> Result<()> {
     Ok(())
 }
 
-/// A node's report is written when its containers change, and at most this often when only
-/// its throughput does (bounding etcd writes per node).
+/// A node's report is written when its containers or its number of running jobs change (a
+/// drain waits on the latter), and at most this often when only its throughput does (bounding
+/// etcd writes per node).
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Every node's loop: runs this node's requested step, and publishes its report.
@@ -368,6 +369,7 @@ pub async fn follow(node: Arc<Node>, m: Arc<Membership>) {
                     None => true,
                     Some((last, at)) => {
                         last.containers != r.containers
+                            || last.jobs_running != r.jobs_running
                             || (last != &r && at.elapsed() >= REPORT_EVERY)
                     }
                 };

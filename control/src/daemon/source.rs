@@ -480,6 +480,9 @@ impl Scheduler {
                 // No job while the target runs a release this one may not replicate with (it
                 // would refuse every session): polls go on and lift this once it is upgraded.
                 None if node.incompatible_peer(&r.id).is_some() => {}
+                // A drained node (`mover node drain`) starts nothing; what it owes waits for
+                // its undrain.
+                None if node.cluster.as_ref().is_some_and(|c| c.drained()) => {}
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
                     let due = Due::of(node, &r.id);
@@ -1360,6 +1363,13 @@ pub(crate) fn may_replicate(r: &Relationship) -> Result<()> {
 /// is recorded as a job owed (`job_running`, what a restart resumes), so a daemon killed before
 /// the scheduler's next pass still runs it when it comes back.
 pub(crate) fn replicate_now(node: &Node, r: &Relationship) -> Result<()> {
+    if let Some(c) = node.cluster.as_ref().filter(|c| c.drained()) {
+        return Err(Error::Conflict(format!(
+            "node {} is drained: it starts no job until `mover node undrain {}`",
+            c.name(),
+            c.name()
+        )));
+    }
     let now = node.clock.now();
     if blackout::in_blackout(&r.spec.blackout_windows, now) {
         let until = blackout::next_change_any(&r.spec.blackout_windows, now)
