@@ -197,9 +197,9 @@ fn a_drained_node_finishes_its_running_job_then_starts_none_until_undrained() {
     let names = vec!["n1".to_string(), "n2".into()];
     until(&n2, "both up", Duration::from_secs(30), |v| up(v) == names);
 
-    // 3 MB at 1 MB/s: the drain lands mid-job.
+    // 6 MB at 1 MB/s: the drain lands mid-job.
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    node::fill(&src, 3, 1_000_000, 7);
+    node::fill(&src, 6, 1_000_000, 7);
     std::fs::create_dir_all(&dst).unwrap();
     let id = node::create(&n1, &n2, &src, &dst, &["--bandwidth-limit", "1000000"]);
     n2.cli_ok(&["relationship", "authorize", &id]);
