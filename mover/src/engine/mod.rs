@@ -102,9 +102,20 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// CPU for each of `n` workers from the pinning plan (near the block device holding `near`), or
-/// `None` for all if the topology cannot be read (workers then run unpinned, with a warning).
-pub fn worker_cpus(n: usize, near: Option<&Path>) -> Vec<Option<hw::CpuId>> {
+/// Where one worker runs, from the pinning plan.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerPlace {
+    /// The CPU it is pinned to (None: unpinned).
+    pub cpu: Option<hw::CpuId>,
+    /// The RDMA device and port the plan gives it (an active port on its CPU's NUMA node,
+    /// spread by worker index; what `mover hw` shows), if any port is active.
+    pub rdma: Option<crate::transport::select::DeviceSpec>,
+}
+
+/// Where each of `n` workers runs, from the pinning plan (near the block device holding
+/// `near`), or unpinned with no planned RDMA port for all if the topology cannot be read
+/// (with a warning).
+pub fn worker_places(n: usize, near: Option<&Path>) -> Vec<WorkerPlace> {
     let plan = (|| -> std::result::Result<hw::PinningPlan, hw::Error> {
         let sys = Path::new("/sys");
         let topo = hw::Topology::from_sysfs(sys)?;
@@ -113,10 +124,17 @@ pub fn worker_cpus(n: usize, near: Option<&Path>) -> Vec<Option<hw::CpuId>> {
         hw::PinningPlan::plan(&topo, &allowed, n as u32, dev.as_deref())
     })();
     match plan {
-        Ok(p) => p.workers.iter().map(|w| Some(w.cpu)).collect(),
+        Ok(p) => p
+            .workers
+            .iter()
+            .map(|w| WorkerPlace {
+                cpu: Some(w.cpu),
+                rdma: w.rdma.as_deref().and_then(|r| r.parse().ok()),
+            })
+            .collect(),
         Err(e) => {
             tracing::warn!("no pinning plan ({e}); workers run unpinned");
-            vec![None; n]
+            vec![WorkerPlace::default(); n]
         }
     }
 }

@@ -159,8 +159,8 @@ pub(crate) type WorkerConn = (WorkerIndex, Link);
 struct Running {
     workers: mpsc::Sender<WorkerConn>,
     secret: Option<SessionSecret>,
-    /// The CPU each worker is pinned to (a worker connection's RDMA port is chosen near it).
-    cpus: Vec<Option<hw::CpuId>>,
+    /// Where each worker runs: a worker connection's RDMA port is the one its plan gives it.
+    places: Vec<crate::engine::WorkerPlace>,
 }
 
 enum Accepted {
@@ -614,17 +614,14 @@ impl Receiver {
         // RDMA when the sender offers it and so does this side, for this connection's address.
         let rdma_port = match &self.opts.rdma {
             Some(p) if hello.capabilities & CAP_RDMA != 0 => {
-                let at = match hello.role {
-                    Role::Worker { index } => Some(select::Placement {
-                        worker: index.0,
-                        cpu: self
-                            .sessions
-                            .get(&hello.session)
-                            .and_then(|r| r.cpus.get(usize::from(index.0)).copied().flatten()),
-                    }),
+                let planned = match hello.role {
+                    Role::Worker { index } => self
+                        .sessions
+                        .get(&hello.session)
+                        .and_then(|r| r.places.get(usize::from(index.0))?.rdma.as_ref()),
                     Role::Control { .. } => None,
                 };
-                p.offer_for(select::local_ip(&*conn), at)
+                p.offer_for(select::local_ip(&*conn), planned)
                     .unwrap_or_else(|e| {
                         tracing::warn!(%e, "RDMA not offered");
                         None
@@ -688,11 +685,12 @@ impl Receiver {
                     .set_timeout(Some(CONTROL_TIMEOUT))
                     .ctx(|| "socket timeout".to_string())?;
                 let (tx, rx) = mpsc::channel();
-                let cpus = crate::engine::worker_cpus(workers as usize, Some(&self.opts.root));
+                let places = crate::engine::worker_places(workers as usize, Some(&self.opts.root));
+                let cpus = places.iter().map(|p| p.cpu).collect();
                 let run = Running {
                     workers: tx,
                     secret,
-                    cpus: cpus.clone(),
+                    places,
                 };
                 self.sessions.insert(hello.session, run);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")

@@ -198,7 +198,7 @@ fn connect(
     to: SocketAddr,
     id: &Identity,
     role: Role,
-    cpu: Option<hw::CpuId>,
+    planned: Option<&select::DeviceSpec>,
     wire: &mut u64,
 ) -> Result<(Link, HelloAck, Used)> {
     let mut c = transport
@@ -207,16 +207,9 @@ fn connect(
     c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
     let policy = transport.rdma();
-    let at = match role {
-        Role::Worker { index } => Some(select::Placement {
-            worker: index.0,
-            cpu,
-        }),
-        Role::Control { .. } => None,
-    };
     let offer = match policy {
         Some(p) => p
-            .offer_for(select::local_ip(&*c), at)
+            .offer_for(select::local_ip(&*c), planned)
             .map_err(|e| Error::Unsupported(e.to_string()))?,
         None => None,
     };
@@ -604,12 +597,12 @@ pub fn send_over(
             })
             .collect(),
     });
-    let cpus = crate::engine::worker_cpus(threads, Some(&opts.src));
+    let places = crate::engine::worker_places(threads, Some(&opts.src));
     let mut handles = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
         let (table, progress, to) = (table.clone(), progress.clone(), opts.to);
         let (transport, id) = (transport.clone(), id.clone());
-        let cpu = cpus.get(i).copied().flatten();
+        let place = places.get(i).cloned().unwrap_or_default();
         let direct = opts.direct;
         let hash_blocks = opts.state.is_some();
         let h = std::thread::Builder::new()
@@ -617,13 +610,19 @@ pub fn send_over(
             .spawn(move || -> Result<FrameStats> {
                 let mut w = 0;
                 let index = WorkerIndex(i as u16);
-                let (mut link, ..) =
-                    connect(&*transport, to, &id, Role::Worker { index }, cpu, &mut w)?;
+                let (mut link, ..) = connect(
+                    &*transport,
+                    to,
+                    &id,
+                    Role::Worker { index },
+                    place.rdma.as_ref(),
+                    &mut w,
+                )?;
                 link.conn
                     .set_timeout(None)
                     .ctx(|| "socket timeout".to_string())?;
                 let worker = SendWorker {
-                    cpu,
+                    cpu: place.cpu,
                     table,
                     units,
                     direct,

@@ -12,10 +12,11 @@
 //!   `fell_back`; the session fails like any broken connection, the retry resumes the job, and
 //!   from then on this policy offers TCP only.
 //!
-//! A worker connection's port is the one the pinning plan gives that worker (`mover hw`): an
-//! active port on the NUMA node of the CPU the worker is pinned to, spread over such ports by
-//! worker index (`planned_port`), if that port carries the connection's address; else the port
-//! that does. `--rdma-device` overrides the plan. Control connections look up by address only.
+//! A worker connection's port is the one the pinning plan gives that worker (`mover hw`,
+//! `engine::worker_places`): an active port on the NUMA node of the CPU the worker is pinned
+//! to, spread over such ports by worker index, if that port carries the connection's address;
+//! else the port that does. `--rdma-device` overrides the plan. Control connections look up by
+//! address only.
 //!
 //! Everything above the `Connection` (frames, seals, checksums, journal, recovery points) is
 //! the same over both. The port lookup reads sysfs under a root given as a parameter, so it is
@@ -237,29 +238,6 @@ pub fn port_for_ip(sysfs: &Path, want: Option<&DeviceSpec>, ip: IpAddr) -> Optio
     best.map(|(_, p)| p)
 }
 
-/// Where a worker connection's worker runs: its index in the session and the CPU the pinning
-/// plan put it on (None: unpinned).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    pub worker: u16,
-    pub cpu: Option<hw::CpuId>,
-}
-
-/// The device and port the pinning plan gives a worker: an active port on the NUMA node of its
-/// CPU if any, else any active port, spread by worker index (`hw::Topology::rdma_port_for`,
-/// which `mover hw`'s plan shows). None when the topology cannot be read or no port is active.
-pub fn planned_port(sysfs: &Path, at: Placement) -> Option<DeviceSpec> {
-    let topo = hw::Topology::from_sysfs(sysfs).ok()?;
-    let node = at
-        .cpu
-        .and_then(|c| topo.cpus.iter().find(|x| x.id == c)?.numa_node);
-    let (name, port) = topo.rdma_port_for(node, u32::from(at.worker))?;
-    Some(DeviceSpec {
-        name: name.to_string(),
-        port: Some(u8::try_from(port).ok()?),
-    })
-}
-
 /// Whether any port (of `want`, else of any device) is active.
 pub fn any_active_port(sysfs: &Path, want: Option<&DeviceSpec>) -> bool {
     device_names(sysfs)
@@ -324,22 +302,22 @@ impl RdmaPolicy {
 
     /// The port for a connection over local address `ip`: for a worker connection without
     /// `--rdma-device`, the plan's port if it carries `ip`; else the port that does.
-    fn port_for(&self, ip: IpAddr, at: Option<Placement>) -> Option<RdmaPort> {
+    fn port_for(&self, ip: IpAddr, planned: Option<&DeviceSpec>) -> Option<RdmaPort> {
         if self.device.is_none() {
-            let planned = at.and_then(|a| planned_port(&self.sysfs, a));
-            if let Some(p) = planned.and_then(|d| port_for_ip(&self.sysfs, Some(&d), ip)) {
+            if let Some(p) = planned.and_then(|d| port_for_ip(&self.sysfs, Some(d), ip)) {
                 return Some(p);
             }
         }
         port_for_ip(&self.sysfs, self.device.as_ref(), ip)
     }
 
-    /// The port this side offers RDMA on for a connection from local address `local` (of the
-    /// worker `at`, None for a control connection), or None (TCP). After a fallback, always None.
+    /// The port this side offers RDMA on for a connection from local address `local` (a worker
+    /// connection: with the port its worker's plan gives it, `planned`), or None (TCP). After a
+    /// fallback, always None.
     pub fn offer_for(
         &self,
         local: Option<IpAddr>,
-        at: Option<Placement>,
+        planned: Option<&DeviceSpec>,
     ) -> Result<Option<RdmaPort>, SelectError> {
         if self.fell_back() || self.choice == Choice::Tcp {
             return Ok(None);
@@ -349,7 +327,7 @@ impl RdmaPolicy {
             offer(self.choice, false, false)?;
             return Ok(None);
         }
-        let port = local.and_then(|ip| self.port_for(ip, at));
+        let port = local.and_then(|ip| self.port_for(ip, planned));
         let offered = offer(self.choice, BUILT, port.is_some())?;
         if !offered && self.choice == Choice::Rdma {
             return Err(self.no_port(local.map_or_else(|| "(no IP)".into(), |a| a.to_string())));
@@ -604,45 +582,44 @@ mod tests {
     fn a_worker_connection_uses_the_port_its_pinning_plan_gives_it_where_the_address_allows() {
         let ip = Ipv4Addr::new(10, 0, 2, 15);
         let t = two_node_sysfs(&[ip]);
-        let at = |worker, cpu: Option<u32>| Placement {
-            worker,
-            cpu: cpu.map(hw::CpuId),
+        // The plan (`mover hw`, `engine::worker_places`): workers 0 and 1 on node 0's CPUs get
+        // its port, workers 2 and 3 on node 1's get that one's.
+        let plan = |t: &tempfile::TempDir| -> Vec<DeviceSpec> {
+            let topo = hw::Topology::from_sysfs(t.path()).unwrap();
+            let cpus: Vec<_> = (0..4).map(hw::CpuId).collect();
+            let plan = hw::PinningPlan::plan(&topo, &cpus, 4, None).unwrap();
+            plan.workers
+                .iter()
+                .map(|w| w.rdma.as_deref().unwrap().parse().unwrap())
+                .collect()
         };
-        let name = |a| planned_port(t.path(), a).map(|d| d.name);
-        // Pinned: the port on the worker's NUMA node. Unpinned: spread by worker index.
-        assert_eq!(name(at(0, Some(0))).as_deref(), Some("near0"));
-        assert_eq!(name(at(1, Some(3))).as_deref(), Some("near1"));
-        assert_eq!(name(at(0, None)).as_deref(), Some("near0"));
-        assert_eq!(name(at(1, None)).as_deref(), Some("near1"));
-        // The plan shows the same (`mover hw`): worker 2 is the first on node 1's CPUs.
-        let topo = hw::Topology::from_sysfs(t.path()).unwrap();
-        let cpus: Vec<_> = (0..4).map(hw::CpuId).collect();
-        let plan = hw::PinningPlan::plan(&topo, &cpus, 4, None).unwrap();
-        for w in &plan.workers {
-            let want = planned_port(t.path(), at(w.worker as u16, Some(w.cpu.0)));
-            assert_eq!(w.rdma, want.map(|d| format!("{}:1", d.name)), "{w:?}");
-        }
+        let planned = plan(&t);
+        let names: Vec<&str> = planned.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["near0", "near0", "near1", "near1"]);
+        assert!(planned.iter().all(|d| d.port == Some(1)));
 
         let policy = RdmaPolicy::new(Choice::Rdma, None).with_sysfs(t.path());
-        let dev = |a| {
+        let dev = |d: Option<&DeviceSpec>| {
             policy
-                .port_for(IpAddr::V4(ip), a)
+                .port_for(IpAddr::V4(ip), d)
                 .map(|p| (p.device, p.port))
         };
-        assert_eq!(dev(Some(at(1, Some(2)))), Some(("near1".into(), 1)));
-        assert_eq!(dev(Some(at(0, Some(1)))), Some(("near0".into(), 1)));
+        assert_eq!(dev(Some(&planned[2])), Some(("near1".into(), 1)));
+        assert_eq!(dev(Some(&planned[1])), Some(("near0".into(), 1)));
         // A control connection looks up by address: the first port (by name) carrying it.
         assert_eq!(dev(None), Some(("near0".into(), 1)));
         // --rdma-device overrides the plan.
         let forced =
             RdmaPolicy::new(Choice::Rdma, Some("near0".parse().unwrap())).with_sysfs(t.path());
-        let p = forced.port_for(IpAddr::V4(ip), Some(at(1, Some(2))));
+        let p = forced.port_for(IpAddr::V4(ip), Some(&planned[2]));
         assert_eq!(p.map(|p| p.device).as_deref(), Some("near0"));
 
         // The planned port does not carry the connection's address: the port that does.
         let t = two_node_sysfs(&[Ipv4Addr::new(10, 0, 3, 15)]);
+        let planned = plan(&t);
+        assert_eq!(planned[2].name, "near1");
         let policy = RdmaPolicy::new(Choice::Rdma, None).with_sysfs(t.path());
-        let p = policy.port_for(IpAddr::V4(ip), Some(at(1, Some(2))));
+        let p = policy.port_for(IpAddr::V4(ip), Some(&planned[2]));
         assert_eq!(p.map(|p| p.device).as_deref(), Some("near0"));
     }
 
