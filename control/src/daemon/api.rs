@@ -183,7 +183,12 @@ pub(super) async fn cluster(
 
 /// The caller's role, if its token carries `p`.
 pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
-    let role = caller(node, h)?;
+    check_named(node, h, p).map(|(_, role)| role)
+}
+
+/// The caller's token name and role, if its token carries `p`.
+pub(super) fn check_named(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<(String, TokenRole)> {
+    let (name, role) = caller_named(node, h)?;
     if !role.has(p) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -194,7 +199,7 @@ pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRol
             ),
         ));
     }
-    Ok(role)
+    Ok((name, role))
 }
 
 pub(super) fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {

@@ -5,7 +5,7 @@
 //! receives. The drain is a record in etcd (`drain/<name>`), so it holds while the node is
 //! down and any node of the cluster can set or lift it.
 
-use super::api::{caller_named, check, Answer, ApiError, Ctx};
+use super::api::{check_named, Answer, ApiError, Ctx};
 use crate::auth::Privilege;
 use crate::cluster::{Drain, MemberView, NodeName};
 use axum::extract::{Path, State};
@@ -60,8 +60,7 @@ async fn set(
     name: String,
     drained: bool,
 ) -> Answer<Json<MemberView>> {
-    check(node, h, Privilege::Admin)?;
-    let (by, _) = caller_named(node, h)?;
+    let (by, _) = check_named(node, h, Privilege::Admin)?;
     let m = node.cluster.clone().ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
