@@ -540,6 +540,7 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 },
                 cache: (repeat > 1).then(|| Arc::new(mover::sender::ManifestCache::new())),
+                spread: None,
             };
             let transport: Arc<dyn mover::Transport> =
                 Arc::new(mover::transport::select::Negotiated(net.policy()?));

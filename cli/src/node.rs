@@ -57,6 +57,11 @@ pub struct DaemonArgs {
     /// and metrics, forwarded to it). `mover node run` starts both and restarts a crashed one.
     #[arg(long, value_name = "ROLES")]
     pub roles: Option<String>,
+    /// With --cluster: spread this node's jobs over the members that also set it, and run
+    /// shards of theirs. Every such member must see each relationship's source at the same
+    /// path (one shared file system); the target sees one session as before.
+    #[arg(long)]
+    pub spread_jobs: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +140,7 @@ fn resolve(a: DaemonArgs) -> Result<control::daemon::DaemonOptions> {
         cluster: a.cluster,
         node_name: a.node_name,
         roles: a.roles,
+        spread_jobs: a.spread_jobs,
     };
     Ok(cfg::resolve(file, flags)?)
 }

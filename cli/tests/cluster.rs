@@ -276,3 +276,133 @@ fn a_drained_node_finishes_its_running_job_then_starts_none_until_undrained() {
     let out = n1.cli(&["node", "drain", "n9"]);
     assert_eq!(out.status.code(), Some(8), "{}", node::stderr(&out));
 }
+
+/// One metric's value in `n`'s `/metrics` (the first series whose line starts with `series`).
+fn metric(n: &Node, series: &str) -> f64 {
+    let (_, m) = n.call_as(None, "GET", "/metrics", None);
+    let m = m.as_str().map(str::to_string).unwrap_or_default();
+    m.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{m}"))
+}
+
+/// Times `n`'s log says it started running a shard.
+fn shards_started(n: &Node) -> usize {
+    n.log().matches("running a shard").count()
+}
+
+#[test]
+fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_others() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    // Three source nodes that spread their jobs (they share the source: one directory here),
+    // and a target node in the same cluster that does not.
+    let cfg = |name: &str, spread: bool| {
+        format!(
+            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = {spread}\n",
+            etcd.url()
+        )
+    };
+    let n1 = Node::start_configured(
+        &t.path().join("n1"),
+        free_port(),
+        free_port(),
+        &cfg("n1", true),
+    );
+    let mut n2 = Node::start_configured(
+        &t.path().join("n2"),
+        free_port(),
+        free_port(),
+        &cfg("n2", true),
+    );
+    let n3 = Node::start_configured(
+        &t.path().join("n3"),
+        free_port(),
+        free_port(),
+        &cfg("n3", true),
+    );
+    let tn = Node::start_configured(
+        &t.path().join("t1"),
+        free_port(),
+        free_port(),
+        &cfg("t1", false),
+    );
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into(), "t1".into()];
+    until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
+
+    // 12 MB at 3 MB/s for the job, split between its three places.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, 11);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &tn, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    tn.cli_ok(&["relationship", "authorize", &id]);
+    let v = n1.wait_for("source", &id, "the initial sync", node::synced);
+    let rp = v["recovery_point"]["time"].clone();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+    // Every source node sent a share; the target node, which does not spread, none.
+    for n in [&n2, &n3] {
+        assert_eq!(
+            metric(n, "mover_shards_total{outcome=\"done\"}"),
+            1.0,
+            "{}",
+            n.log()
+        );
+        assert!(metric(n, "mover_shard_bytes_total") > 0.0);
+    }
+    assert_eq!(shards_started(&tn), 0);
+    let first = metric(
+        &n1,
+        &format!("mover_bytes_moved_total{{relationship=\"{id}\"}}"),
+    );
+    assert!(
+        first >= 12e6,
+        "the job's bytes count every place's: {first}"
+    );
+
+    // 18 MB more; n2 is killed while it runs its shard. The job ends on n1 and n3 with one
+    // verified recovery point, and what was durable before the kill is not sent again.
+    node::fill(&src.join("more"), 18, 1_000_000, 12);
+    let t0 = Instant::now();
+    while shards_started(&n2) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no second shard on n2:\n{}",
+            n2.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    n2.kill();
+    let v = n1.wait_for("source", &id, "the job after n2 died", |v| {
+        node::synced(v) && v["recovery_point"]["time"] != rp
+    });
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (_, events) = n1.get("/v1/events?limit=1000");
+    assert!(
+        events.to_string().contains("n2"),
+        "a retry names the node that went: {events:#}"
+    );
+    // The last session's report: "completed: N files, B bytes sent in S s".
+    let last = v["last_attempt"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let sent: f64 = last
+        .split(", ")
+        .nth(1)
+        .and_then(|b| b.split(' ').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes in the last attempt: {v:#}"));
+    assert!(
+        sent < 18e6,
+        "the retried session sent {sent} bytes of 18 MB: what was durable went again ({last})"
+    );
+    assert!(
+        metric(&n3, "mover_shards_total{outcome=\"done\"}") >= 2.0,
+        "{}",
+        n3.log()
+    );
+}

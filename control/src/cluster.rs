@@ -83,6 +83,9 @@ pub struct Options {
     /// etcd client endpoints, `http://HOST:PORT`.
     pub endpoints: Vec<String>,
     pub name: NodeName,
+    /// This node's jobs spread over the members that also set it, and it runs their shards
+    /// (`--spread-jobs`): they see every relationship's source at the same path.
+    pub spread: bool,
 }
 
 /// Most etcd endpoints in `--cluster`.
@@ -123,6 +126,9 @@ pub struct Member {
     pub api: String,
     pub listen: String,
     pub started_unix: i64,
+    /// Takes shards of other members' jobs (`--spread-jobs`).
+    #[serde(default)]
+    pub spread: bool,
 }
 
 /// A node as the cluster sees it now.
@@ -166,8 +172,8 @@ struct Known {
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
 /// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`),
-/// each node's drain (`drain/...`).
-const SHARED_KINDS: [&str; 3] = ["upgrade", "containers", "drain"];
+/// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`).
+const SHARED_KINDS: [&str; 4] = ["upgrade", "containers", "drain", "shards"];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;
 
@@ -235,6 +241,11 @@ impl Membership {
         &self.me.name
     }
 
+    /// Whether this node spreads its jobs and runs other members' shards (`--spread-jobs`).
+    pub fn takes_shards(&self) -> bool {
+        self.me.spread
+    }
+
     /// Whether this node has a working session with etcd now.
     pub fn connected(&self) -> bool {
         lock(&self.known).connected
@@ -251,31 +262,28 @@ impl Membership {
             .collect()
     }
 
+    /// The current session's client, or why there is none.
+    fn client(&self) -> Result<Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::Invalid("etcd: not connected (the session is starting again)".into())
+            })
+    }
+
     /// Writes a shared record (`key` below `KEY_ROOT`, of a `SHARED_KINDS` kind); this node's
     /// view has it at once, the others through their watch.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        assert!(
-            SHARED_KINDS
-                .iter()
-                .any(|k| key.starts_with(&format!("{k}/"))),
-            "{key} is not a shared record"
-        );
+        assert_shared(key);
         if value.len() > MAX_SHARED_VALUE {
             return Err(Error::Invalid(format!(
                 "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
                 value.len()
             )));
         }
-        let Some(mut c) = self
-            .client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
-            return Err(Error::Invalid(
-                "etcd: not connected (the session is starting again)".into(),
-            ));
-        };
+        let mut c = self.client()?;
         within(
             "writing",
             c.put(format!("{KEY_ROOT}{key}"), value.clone(), None),
@@ -283,6 +291,31 @@ impl Membership {
         .await?;
         lock(&self.known).shared.insert(key.to_string(), value);
         Ok(())
+    }
+
+    /// Deletes a shared record (`key` below `KEY_ROOT`, of a `SHARED_KINDS` kind).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        assert_shared(key);
+        let mut c = self.client()?;
+        within("deleting", c.delete(format!("{KEY_ROOT}{key}"), None)).await?;
+        lock(&self.known).shared.remove(key);
+        Ok(())
+    }
+
+    /// Whether member `name` heartbeats now.
+    pub fn up(&self, name: &NodeName) -> bool {
+        lock(&self.known).alive.contains(name)
+    }
+
+    /// Members (not this node) that take shards now: up, `--spread-jobs`, not drained; by name.
+    pub fn shard_places(&self) -> Vec<NodeName> {
+        let k = lock(&self.known);
+        k.nodes
+            .values()
+            .filter(|m| m.name != self.me.name && m.spread && k.alive.contains(&m.name))
+            .filter(|m| !drain_of(&k, &m.name).is_some_and(|d| d.drained))
+            .map(|m| m.name.clone())
+            .collect()
     }
 
     pub fn view(&self) -> ClusterView {
@@ -484,6 +517,17 @@ impl Membership {
     }
 }
 
+/// Only records of the kinds every node's view keeps are written or deleted through `put` and
+/// `delete` (an invariant of the callers: their keys are built in this crate).
+fn assert_shared(key: &str) {
+    assert!(
+        SHARED_KINDS
+            .iter()
+            .any(|k| key.starts_with(&format!("{k}/"))),
+        "{key} is not a shared record"
+    );
+}
+
 fn drain_of(k: &Known, name: &NodeName) -> Option<Drain> {
     k.shared
         .get(&format!("drain/{name}"))
@@ -555,6 +599,7 @@ mod tests {
             api: "127.0.0.1:1".into(),
             listen: "127.0.0.1:2".into(),
             started_unix: 0,
+            spread: false,
         }
     }
 

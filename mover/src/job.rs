@@ -98,6 +98,10 @@ impl JobControl {
             .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
         self.restart_budget();
     }
+    /// The bandwidth limit in force (None: unlimited).
+    pub fn rate(&self) -> Option<u64> {
+        Some(self.rate.load(Ordering::SeqCst)).filter(|r| *r > 0)
+    }
     fn restart_budget(&self) {
         self.budget_start_ns.store(mono_ns(), Ordering::SeqCst);
         self.budget_base

@@ -1,10 +1,10 @@
 //! Newtypes for ids and units so that a byte count is never confused with an entry index.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Index of an entry in a session's entry list. Entry 0 is the root directory; every other
 /// entry's parent has a smaller id, so the list is a pre-order walk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EntryId(pub u32);
 
 impl EntryId {

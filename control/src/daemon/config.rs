@@ -155,6 +155,8 @@ pub struct ConfigFile {
     pub node_name: Option<String>,
     /// `all`, or a list of `data`, `control`, `api`.
     pub roles: Option<String>,
+    /// Cluster only: spread this node's jobs over the members that also set it.
+    pub spread_jobs: Option<bool>,
 }
 
 impl ConfigFile {
@@ -201,6 +203,7 @@ pub struct Flags {
     pub cluster: Option<String>,
     pub node_name: Option<String>,
     pub roles: Option<String>,
+    pub spread_jobs: bool,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -217,7 +220,9 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         cluster,
         node_name,
         roles,
+        spread_jobs,
     } = flags;
+    let spread = spread_jobs || file.spread_jobs.unwrap_or(false);
     let roles = match roles.or(file.roles) {
         Some(r) => r.parse()?,
         None => super::roles::Roles::ALL,
@@ -291,6 +296,11 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         )));
     }
     let cluster = match cluster.or(file.cluster) {
+        None if spread => {
+            return Err(Error::Invalid(
+                "--spread-jobs spreads jobs over a cluster's members: it needs --cluster".into(),
+            ))
+        }
         None => None,
         Some(url) => {
             let name = match node_name.or(file.node_name) {
@@ -303,6 +313,7 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
             Some(crate::cluster::Options {
                 endpoints: crate::cluster::parse_url(&url)?,
                 name: crate::cluster::NodeName::try_from(name)?,
+                spread,
             })
         }
     };

@@ -35,6 +35,11 @@ struct Counters {
     buckets: [u64; DURATION_BUCKETS.len() + 1],
     seconds: f64,
     jobs: u64,
+    /// Shards of other nodes' jobs this node ran (cluster `--spread-jobs`): done, failed,
+    /// and the file bytes they sent.
+    shards_done: u64,
+    shards_failed: u64,
+    shard_bytes: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +61,17 @@ impl Metrics {
         c.buckets[b] += 1;
         c.seconds += s;
         c.jobs += 1;
+    }
+
+    /// A shard of another node's job ended here (`daemon/spread.rs`).
+    pub fn shard_done(&self, ok: bool, bytes: u64) {
+        let mut c = lock(&self.0);
+        if ok {
+            c.shards_done += 1;
+        } else {
+            c.shards_failed += 1;
+        }
+        c.shard_bytes += bytes;
     }
 
     /// Text exposition format; `rp_ages` are (relationship, role, age in seconds), `states`
@@ -103,6 +119,8 @@ impl Metrics {
             "mover_job_duration_seconds_sum {}\nmover_job_duration_seconds_count {}",
             c.seconds, c.jobs
         );
+        let _ = writeln!(o, "# HELP mover_shards_total Shards of cluster jobs this node ran, by outcome.\n# TYPE mover_shards_total counter\nmover_shards_total{{outcome=\"done\"}} {}\nmover_shards_total{{outcome=\"failed\"}} {}", c.shards_done, c.shards_failed);
+        let _ = writeln!(o, "# HELP mover_shard_bytes_total File data bytes this node sent for shards of cluster jobs.\n# TYPE mover_shard_bytes_total counter\nmover_shard_bytes_total {}", c.shard_bytes);
         let _ = writeln!(o, "# HELP mover_relationships Relationships on this node by state.\n# TYPE mover_relationships gauge");
         for (state, n) in states {
             let _ = writeln!(o, "mover_relationships{{state=\"{}\"}} {n}", label(state));

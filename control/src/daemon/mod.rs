@@ -27,6 +27,7 @@ mod self_upgrade;
 mod sim;
 pub mod snapshots;
 mod source;
+mod spread;
 mod target;
 mod ui;
 mod upgrade;
@@ -285,6 +286,7 @@ impl Node {
                 api: opts.api.to_string(),
                 listen: opts.listen.to_string(),
                 started_unix: clock.now_ns() / 1_000_000_000,
+                spread: c.spread,
             };
             crate::cluster::Membership::new(c, me)
         });
@@ -390,6 +392,9 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         tokio::spawn(m.clone().run());
         tokio::spawn(rolling::lead(node.clone(), m.clone()));
         tokio::spawn(rolling::follow(node.clone(), m.clone()));
+        if m.takes_shards() {
+            tokio::spawn(spread::run_assigned(node.clone(), m.clone()));
+        }
     }
     tokio::spawn(source::schedule(node.clone()));
     let policies = node.clone();

@@ -857,11 +857,25 @@ fn run_job(
         ),
     ));
     let mut walk = Some(c.walk.clone());
+    // In a cluster whose members spread their jobs, each session offers them a share.
+    let places = node.cluster.as_ref().filter(|m| m.takes_shards()).map(|m| {
+        Arc::new(super::spread::Places::new(
+            m.clone(),
+            rt.clone(),
+            progress.clone(),
+        ))
+    });
+    let spread = places
+        .clone()
+        .map(|p| p as Arc<dyn mover::sender::shard::Spread>);
     loop {
         // No session starts once the job is stopped, nor inside a blackout window (a retry or
         // a resume after a long window waits it out here).
         wait_until_allowed(node, id, progress)?;
         let (r, src) = prepare_session(node, c)?;
+        if let Some(p) = &places {
+            p.set_source(src.path().to_path_buf());
+        }
         let res = match rt.block_on(ticket(node, &r)) {
             Ok(_) if !ticket_usable(node, id, progress)? => continue,
             other => other,
@@ -913,6 +927,8 @@ fn run_job(
                 // Kept between jobs: the next one does not read it from disk, and this one
                 // does not wait for it to be written.
                 cache: Some(manifest_cache(node, id)),
+                // A kept policy snapshot is read-only: its plan files could not be written.
+                spread: spread.clone().filter(|_| c.policy.is_none()),
             };
             let report = mover::sender::send_over(&opts, progress, &transport)?;
             lock(&node.transports).insert(id.clone(), report.transport.to_string());

@@ -8,6 +8,7 @@ pub(crate) mod manifest;
 pub(crate) mod pin;
 pub use pin::MAX_PINS;
 pub mod plan;
+pub mod shard;
 pub(crate) mod worker;
 
 use crate::engine::content_digest;
@@ -87,6 +88,9 @@ pub struct SendOptions {
     /// The stream's manifest kept in memory between jobs and saved in the background (one
     /// cache per state directory); None reads and writes it on the job's path.
     pub cache: Option<Arc<ManifestCache>>,
+    /// Other nodes that take a share of the session's workers (`shard`): they read the source
+    /// at the same path, so it must be on a file system they share. None: every worker here.
+    pub spread: Option<Arc<dyn shard::Spread>>,
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -256,6 +260,35 @@ fn connect(
     Ok((link, ack, used))
 }
 
+/// One worker connection of a session: connect, send the worker's units, WorkerDone.
+fn run_worker(
+    transport: &dyn Transport,
+    to: SocketAddr,
+    id: &Identity,
+    index: WorkerIndex,
+    place: &crate::engine::WorkerPlace,
+    worker: SendWorker,
+) -> Result<FrameStats> {
+    let mut w = 0;
+    let (mut link, ..) = connect(
+        transport,
+        to,
+        id,
+        Role::Worker { index },
+        place.rdma.as_ref(),
+        &mut w,
+    )?;
+    link.conn
+        .set_timeout(None)
+        .ctx(|| "socket timeout".to_string())?;
+    let mut stats = worker.run(&mut link)?;
+    stats.wire_bytes += w + link.write_frame(
+        FrameKind::WorkerDone,
+        &encode_worker_done(stats.frames, stats.data_bytes),
+    )?;
+    Ok(stats)
+}
+
 /// One session over TCP.
 pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> {
     let tcp: Arc<dyn Transport> = Arc::new(TcpTransport);
@@ -272,7 +305,17 @@ pub fn send_over(
     let start = Instant::now();
     let source_time_ns = crate::clock::now_ns();
     crate::engine::raise_fd_limit();
-    let threads = opts.threads.clamp(1, MAX_WORKERS as usize);
+    // With other places, each runs `per_place` workers of the session.
+    let per_place = opts.threads.clamp(1, MAX_WORKERS as usize);
+    let others = opts.spread.as_ref().map_or(0, |s| {
+        s.places()
+            .min(shard::MAX_PLACES)
+            .min(MAX_WORKERS as usize / per_place - 1)
+    });
+    let threads = per_place * (1 + others);
+    if others > 0 {
+        shard::shards_dir(&opts.src)?;
+    }
     let provider = opts
         .snapshot
         .unwrap_or_else(|| crate::snapshot::auto(&opts.src));
@@ -597,49 +640,93 @@ pub fn send_over(
             })
             .collect(),
     });
-    let places = crate::engine::worker_places(threads, Some(&opts.src));
+    // The job's bandwidth limit is split evenly between the places (this one included) for
+    // the session, and given back after it unless someone changed it meanwhile.
+    let job_rate = progress.control.rate();
+    let share = job_rate
+        .filter(|_| others > 0)
+        .map(|r| (r / (1 + others) as u64).max(1));
+    if share.is_some() {
+        progress.control.set_rate(share);
+    }
+    let places = crate::engine::worker_places(per_place, Some(&opts.src));
     let mut handles = Vec::new();
+    let mut shards: Vec<Vec<(u16, Vec<plan::Unit>)>> = vec![Vec::new(); others];
     for (i, units) in plans.into_iter().enumerate() {
-        let (table, progress, to) = (table.clone(), progress.clone(), opts.to);
-        let (transport, id) = (transport.clone(), id.clone());
+        let at = shard::place_of(i, per_place);
+        if at > 0 {
+            shards[at - 1].push((i as u16, units));
+            continue;
+        }
+        let (to, transport, id) = (opts.to, transport.clone(), id.clone());
         let place = places.get(i).cloned().unwrap_or_default();
-        let direct = opts.direct;
-        let hash_blocks = opts.state.is_some();
+        let worker = SendWorker {
+            cpu: place.cpu,
+            table: table.clone(),
+            units,
+            direct: opts.direct,
+            progress: progress.clone(),
+            hash_blocks: opts.state.is_some(),
+        };
         let h = std::thread::Builder::new()
             .name(format!("mover-send-{i}"))
-            .spawn(move || -> Result<FrameStats> {
-                let mut w = 0;
-                let index = WorkerIndex(i as u16);
-                let (mut link, ..) = connect(
-                    &*transport,
-                    to,
-                    &id,
-                    Role::Worker { index },
-                    place.rdma.as_ref(),
-                    &mut w,
-                )?;
-                link.conn
-                    .set_timeout(None)
-                    .ctx(|| "socket timeout".to_string())?;
-                let worker = SendWorker {
-                    cpu: place.cpu,
-                    table,
-                    units,
-                    direct,
-                    progress,
-                    hash_blocks,
-                };
-                let mut stats = worker.run(&mut link)?;
-                stats.wire_bytes += w + link.write_frame(
-                    FrameKind::WorkerDone,
-                    &encode_worker_done(stats.frames, stats.data_bytes),
-                )?;
-                Ok(stats)
-            })
+            .spawn(move || run_worker(&*transport, to, &id, WorkerIndex(i as u16), &place, worker))
             .ctx(|| "spawning sender worker".to_string())?;
         handles.push(h);
     }
+    // Each other place's plan goes out as a file on the shared source; a thread per place
+    // waits for it as for a worker.
+    if let Some(spread) = &opts.spread {
+        for (k, workers) in shards.into_iter().enumerate() {
+            if workers.is_empty() {
+                continue;
+            }
+            let (spread, table, src, root) = (
+                spread.clone(),
+                table.clone(),
+                opts.src.clone(),
+                frozen.root.clone(),
+            );
+            let (secret, to, direct) = (opts.secret.clone(), opts.to, opts.direct);
+            let h = std::thread::Builder::new()
+                .name(format!("mover-place-{}", k + 1))
+                .spawn(move || {
+                    let shared = spread.source().unwrap_or_else(|| src.clone());
+                    let r = shard::publish(
+                        &src,
+                        &shared,
+                        session,
+                        secret.as_ref(),
+                        to,
+                        k + 1,
+                        &root,
+                        direct,
+                        workers,
+                        &table,
+                        share,
+                    )?;
+                    let ran = spread.run(k, r.clone());
+                    match ran.and_then(|()| shard::collect(&r)) {
+                        Ok(stats) => Ok(stats),
+                        // Another node's failure is this session's lost peer: retried, and
+                        // the receiver resumes from what is durable.
+                        Err(e) => {
+                            shard::forget(&r);
+                            Err(match e {
+                                Error::PeerLost(_) => e,
+                                e => Error::PeerLost(format!("place {}: {e}", k + 1)),
+                            })
+                        }
+                    }
+                })
+                .ctx(|| "spawning a place's waiter".to_string())?;
+            handles.push(h);
+        }
+    }
     let joined = join_workers(handles, "sender");
+    if share.is_some() && progress.control.rate() == share {
+        progress.control.set_rate(job_rate);
+    }
     tracing::info!(secs = start.elapsed().as_secs_f64(), "workers done");
     let mut all = match joined {
         Ok(all) => all,

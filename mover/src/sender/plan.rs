@@ -34,7 +34,7 @@ pub struct FileToSend {
     pub regions: Vec<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Unit {
     /// `len` <= DATA_CHUNK bytes of one large file, one Data frame; `last` is the file's
     /// final chunk (progress counts the file as sent then).

@@ -53,6 +53,12 @@ impl SessionSecret {
         SessionSecret(b)
     }
 
+    /// The secret's bytes, for handing one session's share of workers to another node of the
+    /// same cluster (`sender::shard`) over the cluster's trusted control store; nothing else.
+    pub fn expose(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+
     /// A fresh secret from the kernel's random source (tests, and peers that agree on one over
     /// another secure channel).
     pub fn random() -> std::io::Result<SessionSecret> {

@@ -73,6 +73,7 @@ pub fn send_options(
         pin: Vec::new(),
         changed: None,
         cache: None,
+        spread: None,
     }
 }
 
