@@ -1,6 +1,7 @@
-//! Cluster membership on a real etcd (127.0.0.1): three daemons join, elect one leader, and a
+//! Cluster mode on a real etcd (127.0.0.1): three daemons join, elect one leader, and a
 //! killed one is shown down, with a new leader, within the stated bound; an etcd restart is
-//! survived.
+//! survived. Drain and undrain. Jobs spread over three source nodes (`--spread-jobs`, one
+//! shared source directory): a killed node, an etcd restart and a drain mid-job.
 
 mod node;
 
@@ -404,5 +405,78 @@ fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_other
         metric(&n3, "mover_shards_total{outcome=\"done\"}") >= 2.0,
         "{}",
         n3.log()
+    );
+}
+
+#[test]
+fn a_spread_job_survives_an_etcd_restart_and_a_drained_node_takes_no_later_share() {
+    node::need_root();
+    let t = Scratch::new();
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| {
+        format!(
+            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
+            etcd.url()
+        )
+    };
+    let start = |name: &str| {
+        Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg(name))
+    };
+    let (n1, n2, n3) = (start("n1"), start("n2"), start("n3"));
+    let target = Node::start(&t.path().join("t1"));
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
+
+    // 18 MB at 3 MB/s: etcd goes away for 3 s in the middle of the job.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 18, 1_000_000, 21);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &target, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    target.cli_ok(&["relationship", "authorize", &id]);
+    let t0 = Instant::now();
+    while shards_started(&n2) < 1 || shards_started(&n3) < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no shards:\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.restart();
+    let v = n1.wait_for(
+        "source",
+        &id,
+        "the job across the etcd restart",
+        node::synced,
+    );
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    until(&n1, "all up again", Duration::from_secs(30), |v| {
+        up(v) == all
+    });
+
+    // n3 drained: the next job's session leaves it out and runs on n1 and n2.
+    n1.cli_ok(&["node", "drain", "n3", "--json"]);
+    until(&n1, "n3 drained", Duration::from_secs(10), |v| {
+        member(v, "n3")["drain"]["drained"] == true
+    });
+    let before = shards_started(&n3);
+    let rp = n1.view("source", &id)["recovery_point"]["time"].clone();
+    node::fill(&src.join("more"), 6, 1_000_000, 22);
+    n1.wait_for("source", &id, "a job after the drain", |v| {
+        node::synced(v) && v["recovery_point"]["time"] != rp
+    });
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+    assert_eq!(shards_started(&n3), before, "a drained node takes no share");
+    let log = n1.log();
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("spreading the session"))
+        .unwrap_or_default();
+    assert!(
+        last.contains("[\"n2\"]"),
+        "the session after the drain spreads over n2 only:\n{log}"
     );
 }
