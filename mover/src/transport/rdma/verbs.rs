@@ -59,6 +59,14 @@ const SPIN_POLLS: u32 = 2_000;
 const IDLE_SLEEP: Duration = Duration::from_micros(20);
 /// How often a waiting connection checks its control connection for a vanished peer.
 const PEER_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Written on the control connection by a side whose queue pair failed by its transport, and
+/// written back by a peer that sees it: a live peer answers, a killed one only closes. So a
+/// transport failure (fall back to TCP) is told from a vanished peer (the next session may use
+/// RDMA again), whichever of the error completion and the peer's close comes first.
+const TRANSPORT_FAILED: u8 = 0xFA;
+/// How long a side whose queue pair failed waits for its peer's answer (a waiting peer looks
+/// at the control connection every `PEER_CHECK_EVERY`).
+const VERDICT_WAIT: Duration = Duration::from_millis(1500);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send-completion tag in work request ids (receive ids are slot numbers).
@@ -558,15 +566,65 @@ impl RdmaConn {
         self.on_failure = flag;
     }
 
+    /// What the control connection says now (`wait` None), or within `wait`.
+    fn peer_word(&self, wait: Option<Duration>) -> PeerWord {
+        let set = match wait {
+            None => self.ctrl.set_nonblocking(true),
+            Some(w) => self.ctrl.set_read_timeout(Some(w)),
+        };
+        if set.is_err() {
+            return PeerWord::Closed;
+        }
+        let mut b = [0u8; 1];
+        let word = match self.ctrl.peek(&mut b) {
+            Ok(0) => PeerWord::Closed,
+            Ok(_) if b[0] == TRANSPORT_FAILED => PeerWord::TransportFailed,
+            Ok(_) => PeerWord::Open,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                PeerWord::Open
+            }
+            Err(_) => PeerWord::Closed,
+        };
+        let _ = match wait {
+            None => self.ctrl.set_nonblocking(false),
+            Some(_) => self.ctrl.set_read_timeout(None),
+        };
+        word
+    }
+
+    /// Tells the peer this side's queue pair failed by its transport (one byte; the socket's
+    /// buffer takes it without blocking, and a vanished peer's error is of no interest).
+    fn say_transport_failed(&self) {
+        let _ = (&self.ctrl).write_all(&[TRANSPORT_FAILED]);
+    }
+
+    /// The policy offers TCP only from now on.
+    fn fell_back(&self) {
+        if let Some(f) = &self.on_failure {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn fail(&mut self, cause: FailCause, what: String) -> io::Error {
         let _ = self.qp.on(QpEvent::Failed(cause));
         // An error completion while the peer's control connection is open is the transport's
         // failure (the fallback's cue); with the peer gone (a killed receiver) it is only the
         // peer's absence, and the next session may use RDMA again.
         let transport = matches!(cause, FailCause::ErrorCompletion | FailCause::AsyncEvent);
-        if transport && !self.peer_closed() {
-            if let Some(f) = &self.on_failure {
-                f.store(true, Ordering::SeqCst);
+        if transport {
+            self.say_transport_failed();
+            // The peer's answer (or its own word: both failed), or its close; a peer that
+            // stays silent but connected is alive: the transport failed either way.
+            match self.peer_word(Some(VERDICT_WAIT)) {
+                PeerWord::Closed => {
+                    tracing::info!("rdma: queue pair failed with the peer gone: no fallback")
+                }
+                PeerWord::TransportFailed | PeerWord::Open => self.fell_back(),
             }
         }
         io::Error::new(io::ErrorKind::ConnectionReset, format!("rdma: {what}"))
@@ -670,11 +728,22 @@ impl RdmaConn {
         }
         if self.peer_checked.get().elapsed() >= PEER_CHECK_EVERY {
             self.peer_checked.set(Instant::now());
-            if self.peer_closed() {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "rdma: peer closed the control connection",
-                ));
+            match self.peer_word(None) {
+                PeerWord::Open => {}
+                PeerWord::Closed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "rdma: peer closed the control connection",
+                    ))
+                }
+                PeerWord::TransportFailed => {
+                    self.say_transport_failed();
+                    self.fell_back();
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "rdma: the peer's queue pair failed",
+                    ));
+                }
             }
         }
         if *idle > SPIN_POLLS {
@@ -811,22 +880,22 @@ impl Connection for RdmaConn {
     }
 
     fn peer_closed(&self) -> bool {
-        if self.ctrl.set_nonblocking(true).is_err() {
-            return true;
-        }
-        let mut b = [0u8; 1];
-        let closed = match self.ctrl.peek(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        };
-        let _ = self.ctrl.set_nonblocking(false);
-        closed
+        matches!(self.peer_word(None), PeerWord::Closed)
     }
 
     fn peer(&self) -> String {
         format!("rdma:{}", self.peer)
     }
+}
+
+/// What a queue pair's control connection says about the peer.
+enum PeerWord {
+    /// Connected, nothing said.
+    Open,
+    /// Closed or broken: the peer is gone.
+    Closed,
+    /// The peer's queue pair failed (`TRANSPORT_FAILED`).
+    TransportFailed,
 }
 
 /// Connects the control connection over TCP, then the queue pair.
