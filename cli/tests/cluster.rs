@@ -1,7 +1,7 @@
 //! Cluster mode on a real etcd (127.0.0.1): three daemons join, elect one leader, and a
 //! killed one is shown down, with a new leader, within the stated bound; an etcd restart is
 //! survived. Drain and undrain. Jobs spread over three source nodes (`--spread-jobs`, one
-//! shared source directory): a killed node, an etcd restart and a drain mid-job.
+//! shared source directory): a killed node, an etcd restart, a drain and the owner killed.
 
 mod node;
 
@@ -289,6 +289,19 @@ fn metric(n: &Node, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{m}"))
 }
 
+/// The bytes the last session of a relationship's job sent, from its report ("completed: N
+/// files, B bytes sent in S s"), and the report.
+fn last_sent(v: &Value) -> (f64, String) {
+    let last = v["last_attempt"]["message"].as_str().unwrap_or_default();
+    let sent = last
+        .split(", ")
+        .nth(1)
+        .and_then(|b| b.split(' ').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes in the last attempt: {v:#}"));
+    (sent, last.to_string())
+}
+
 /// Times `n`'s log says it started running a shard.
 fn shards_started(n: &Node) -> usize {
     n.log().matches("running a shard").count()
@@ -386,17 +399,7 @@ fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_other
         events.to_string().contains("n2"),
         "a retry names the node that went: {events:#}"
     );
-    // The last session's report: "completed: N files, B bytes sent in S s".
-    let last = v["last_attempt"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let sent: f64 = last
-        .split(", ")
-        .nth(1)
-        .and_then(|b| b.split(' ').next())
-        .and_then(|b| b.parse().ok())
-        .unwrap_or_else(|| panic!("no bytes in the last attempt: {v:#}"));
+    let (sent, last) = last_sent(&v);
     assert!(
         sent < 18e6,
         "the retried session sent {sent} bytes of 18 MB: what was durable went again ({last})"
@@ -409,20 +412,17 @@ fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_other
 }
 
 #[test]
-fn a_spread_job_survives_an_etcd_restart_and_a_drained_node_takes_no_later_share() {
+fn a_spread_job_survives_an_etcd_restart_a_drain_and_its_owner_killed() {
     node::need_root();
     let t = Scratch::new();
     let mut etcd = Etcd::start(&t.path().join("etcd"));
-    let cfg = |name: &str| {
-        format!(
-            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
-            etcd.url()
-        )
-    };
+    let url = etcd.url();
+    let cfg =
+        |name: &str| format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_jobs = true\n");
     let start = |name: &str| {
         Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg(name))
     };
-    let (n1, n2, n3) = (start("n1"), start("n2"), start("n3"));
+    let (mut n1, n2, n3) = (start("n1"), start("n2"), start("n3"));
     let target = Node::start(&t.path().join("t1"));
     let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
     until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
@@ -478,5 +478,40 @@ fn a_spread_job_survives_an_etcd_restart_and_a_drained_node_takes_no_later_share
     assert!(
         last.contains("[\"n2\"]"),
         "the session after the drain spreads over n2 only:\n{log}"
+    );
+
+    // The owner SIGKILLed while n2 and n3 run their shares, and started again: its job
+    // resumes from what the target holds and ends with one verified recovery point.
+    n1.cli_ok(&["node", "undrain", "n3", "--json"]);
+    until(&n1, "n3 undrained", Duration::from_secs(10), |v| {
+        member(v, "n3")["drain"]["drained"] == false
+    });
+    let (s2, s3) = (shards_started(&n2), shards_started(&n3));
+    let rp = n1.view("source", &id)["recovery_point"]["time"].clone();
+    node::fill(&src.join("last"), 18, 1_000_000, 23);
+    let t0 = Instant::now();
+    while shards_started(&n2) == s2 || shards_started(&n3) == s3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no shares:\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (l1, a1) = (n1.listen, n1.api);
+    n1.kill();
+    let n1 = Node::start_configured(&t.path().join("n1"), l1, a1, &cfg("n1"));
+    let v = n1.wait_for(
+        "source",
+        &id,
+        "the job resumed after the owner's kill",
+        |v| node::synced(v) && v["recovery_point"]["time"] != rp,
+    );
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 18e6,
+        "the resumed job sent {sent} bytes of 18 MB: what was durable went again ({last})"
     );
 }

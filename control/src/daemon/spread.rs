@@ -12,7 +12,7 @@
 use super::Node;
 use crate::cluster::{Membership, NodeName};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ const MAX_SHARD_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Tries to write a shard's outcome while etcd is away (a restart), `crate::cluster::RETRY`
 /// apart.
 const MAX_REPORT_TRIES: u32 = 600;
+/// An answered shard record still there this long after its node first saw it answered is
+/// left over (its owner died or lost etcd before deleting it); that node deletes it.
+const ANSWERED_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,18 +183,32 @@ impl Places {
 pub(crate) async fn run_assigned(node: Arc<Node>, m: Arc<Membership>) {
     let prefix = format!("shards/{}/", m.name());
     let mut started: HashSet<String> = HashSet::new();
+    let mut answered: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut tick = tokio::time::interval(SHARD_POLL);
     loop {
         tick.tick().await;
         let assigned = m.shared(&prefix);
-        // Forget what the owners removed (the set stays the size of the live records).
+        // Forget what the owners removed (the sets stay the size of the live records).
         started.retain(|k| assigned.iter().any(|(a, _)| a == k));
+        answered.retain(|k, _| assigned.iter().any(|(a, _)| a == k));
         for (k, v) in assigned {
             let Ok(record) = serde_json::from_slice::<Record>(&v) else {
                 tracing::warn!("shard record {k} is not one this release reads");
                 continue;
             };
-            if record.state != State::Assigned || !started.insert(k.clone()) {
+            if record.state != State::Assigned {
+                let seen = *answered
+                    .entry(k.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+                if seen.elapsed() > ANSWERED_KEPT {
+                    tracing::info!(shard = %k, owner = %record.owner, "removing a shard record its owner left");
+                    if let Err(e) = m.delete(&k).await {
+                        tracing::warn!("removing shard record {k}: {e}");
+                    }
+                }
+                continue;
+            }
+            if !started.insert(k.clone()) {
                 continue;
             }
             let (node, m, rt) = (node.clone(), m.clone(), tokio::runtime::Handle::current());
