@@ -515,3 +515,54 @@ fn a_spread_job_survives_an_etcd_restart_a_drain_and_its_owner_killed() {
         "the resumed job sent {sent} bytes of 18 MB: what was durable went again ({last})"
     );
 }
+
+#[test]
+fn a_node_that_cannot_read_the_source_fails_one_session_and_is_left_out_of_the_job() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| {
+        format!(
+            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
+            etcd.url()
+        )
+    };
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 8, 1_000_000, 31);
+    std::fs::create_dir_all(&dst).unwrap();
+    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
+    // n2 says it shares the source, but sees an empty directory there.
+    let n2 = Node::start_not_seeing(&t.path().join("n2"), &src, &cfg("n2"));
+    let target = Node::start(&t.path().join("t1"));
+    let all = vec!["n1".to_string(), "n2".into()];
+    until(&n1, "both up", Duration::from_secs(30), |v| up(v) == all);
+
+    let id = node::create(&n1, &target, &src, &dst, &[]);
+    target.cli_ok(&["relationship", "authorize", &id]);
+    let v = n1.wait_for("source", &id, "the initial sync", node::synced);
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    assert_eq!(
+        metric(&n2, "mover_shards_total{outcome=\"failed\"}"),
+        1.0,
+        "{}",
+        n2.log()
+    );
+    let log = n1.log();
+    let spreads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("spreading the session"))
+        .collect();
+    assert_eq!(
+        spreads.len(),
+        2,
+        "one failed session, one without n2:\n{log}"
+    );
+    assert!(
+        spreads[0].contains("[\"n2\"]") && spreads[1].contains("[]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("opening shard file"),
+        "the retry says why:\n{log}"
+    );
+}

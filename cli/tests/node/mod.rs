@@ -144,6 +144,33 @@ impl Node {
         Self::spawn_exe(exe, dir, free_port(), free_port(), "", Some(version))
     }
 
+    /// A daemon in a mount namespace of its own in which `hidden` is an empty tmpfs: a node
+    /// that does not see that directory as the others do (not on their shared file system).
+    pub fn start_not_seeing(dir: &Path, hidden: &Path, extra_config: &str) -> Node {
+        let script = format!(
+            "mount -t tmpfs -o size=1m mover-hidden '{}' && exec '{}' daemon \"$@\"",
+            s(hidden),
+            s(&cargo_bin("mover"))
+        );
+        Self::spawn_as(
+            Path::new("unshare"),
+            &[
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ],
+            dir,
+            free_port(),
+            free_port(),
+            extra_config,
+            None,
+        )
+    }
+
     /// The node as containers by role under their supervisor (`mover node run`); `kill` and
     /// `terminate` act on the supervisor.
     pub fn start_containers(dir: &Path) -> Node {

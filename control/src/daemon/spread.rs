@@ -46,6 +46,10 @@ struct Record {
     error: Option<String>,
     /// File bytes its workers sent.
     bytes: u64,
+    /// It failed before sending anything because the node cannot read the plan or the source
+    /// (not on the shared file system, say).
+    #[serde(default)]
+    unreadable: bool,
 }
 
 fn key(node: &NodeName, shard: &mover::sender::shard::ShardRef) -> String {
@@ -63,6 +67,10 @@ pub(crate) struct Places {
     rt: tokio::runtime::Handle,
     progress: Arc<mover::Progress>,
     chosen: Mutex<Vec<NodeName>>,
+    /// Nodes that could not read a share's plan or source in this job: left out of its later
+    /// sessions, so one node not on the shared file system costs the job one session, not all
+    /// of them.
+    failed: Mutex<HashSet<NodeName>>,
     /// The relationship's source by its canonical path (the owner's own sessions read it
     /// through the pinned directory's `/proc/self/fd` name).
     source: Mutex<Option<std::path::PathBuf>>,
@@ -79,6 +87,7 @@ impl Places {
             rt,
             progress,
             chosen: Mutex::default(),
+            failed: Mutex::default(),
             source: Mutex::default(),
         }
     }
@@ -95,7 +104,13 @@ fn lost(what: String) -> mover::Error {
 
 impl mover::sender::shard::Spread for Places {
     fn places(&self) -> usize {
-        let places = self.m.shard_places();
+        let failed = super::lock(&self.failed).clone();
+        let places: Vec<NodeName> = self
+            .m
+            .shard_places()
+            .into_iter()
+            .filter(|p| !failed.contains(p))
+            .collect();
         tracing::info!(places = ?places.iter().map(|p| p.to_string()).collect::<Vec<_>>(), "spreading the session");
         let n = places.len();
         *super::lock(&self.chosen) = places;
@@ -118,6 +133,7 @@ impl mover::sender::shard::Spread for Places {
             state: State::Assigned,
             error: None,
             bytes: 0,
+            unreadable: false,
         };
         let body = serde_json::to_vec(&record).map_err(|e| lost(e.to_string()))?;
         self.rt
@@ -157,6 +173,9 @@ impl Places {
                     return Ok(());
                 }
                 Some(r) if r.state == State::Failed => {
+                    if r.unreadable {
+                        super::lock(&self.failed).insert(node.clone());
+                    }
                     return Err(lost(format!(
                         "node {node}'s shard failed: {}",
                         r.error.unwrap_or_default()
@@ -226,7 +245,14 @@ fn run_one(node: &Node, m: &Membership, rt: &tokio::runtime::Handle, k: &str, mu
     tracing::info!(shard = k, owner = %record.owner, "running a shard");
     let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
     let progress = Arc::new(mover::Progress::default());
-    match mover::sender::shard::run_shard(&record.shard, &transport, &progress) {
+    let ran = match mover::sender::shard::open_shard(&record.shard) {
+        Ok(open) => open.run(&transport, &progress),
+        Err(e) => {
+            record.unreadable = true;
+            Err(e)
+        }
+    };
+    match ran {
         Ok(bytes) => {
             record.state = State::Done;
             record.bytes = bytes;

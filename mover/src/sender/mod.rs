@@ -289,6 +289,66 @@ fn run_worker(
     Ok(stats)
 }
 
+/// One other place's share of a session (place `k + 1`).
+struct PlaceShare {
+    k: usize,
+    spread: Arc<dyn shard::Spread>,
+    table: Arc<SendTable>,
+    src: PathBuf,
+    root: PathBuf,
+    session: SessionId,
+    secret: Option<SessionSecret>,
+    to: SocketAddr,
+    direct: bool,
+    workers: Vec<(u16, Vec<plan::Unit>)>,
+    share: Option<u64>,
+}
+
+/// Publishes a place's plan on the shared source, has the session's `Spread` run it there and
+/// collects its result (the place's failure is this session's lost peer).
+fn run_place(p: PlaceShare) -> Result<FrameStats> {
+    let PlaceShare {
+        k,
+        spread,
+        table,
+        src,
+        root,
+        session,
+        secret,
+        to,
+        direct,
+        workers,
+        share,
+    } = p;
+    let shared = spread.source().unwrap_or_else(|| src.clone());
+    let r = shard::publish(
+        &src,
+        &shared,
+        session,
+        secret.as_ref(),
+        to,
+        k + 1,
+        &root,
+        direct,
+        workers,
+        &table,
+        share,
+    )?;
+    let ran = spread.run(k, r.clone());
+    match ran.and_then(|()| shard::collect(&r)) {
+        Ok(stats) => Ok(stats),
+        // Another node's failure is this session's lost peer: retried, and
+        // the receiver resumes from what is durable.
+        Err(e) => {
+            shard::forget(&r);
+            Err(match e {
+                Error::PeerLost(_) => e,
+                e => Error::PeerLost(format!("place {}: {e}", k + 1)),
+            })
+        }
+    }
+}
+
 /// One session over TCP.
 pub fn send(opts: &SendOptions, progress: &Arc<Progress>) -> Result<SendReport> {
     let tcp: Arc<dyn Transport> = Arc::new(TcpTransport);
@@ -676,6 +736,9 @@ pub fn send_over(
     }
     // Each other place's plan goes out as a file on the shared source; a thread per place
     // waits for it as for a worker.
+    // A place that fails ends the session at once (below), rather than when every other
+    // worker is done or the receiver gives up waiting for that place's connections.
+    let (place_failed, place_failures) = std::sync::mpsc::channel::<()>();
     if let Some(spread) = &opts.spread {
         for (k, workers) in shards.into_iter().enumerate() {
             if workers.is_empty() {
@@ -688,39 +751,40 @@ pub fn send_over(
                 frozen.root.clone(),
             );
             let (secret, to, direct) = (opts.secret.clone(), opts.to, opts.direct);
+            let failed = place_failed.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", k + 1))
                 .spawn(move || {
-                    let shared = spread.source().unwrap_or_else(|| src.clone());
-                    let r = shard::publish(
-                        &src,
-                        &shared,
+                    let r = run_place(PlaceShare {
+                        k,
+                        spread,
+                        table,
+                        src,
+                        root,
                         session,
-                        secret.as_ref(),
+                        secret,
                         to,
-                        k + 1,
-                        &root,
                         direct,
                         workers,
-                        &table,
                         share,
-                    )?;
-                    let ran = spread.run(k, r.clone());
-                    match ran.and_then(|()| shard::collect(&r)) {
-                        Ok(stats) => Ok(stats),
-                        // Another node's failure is this session's lost peer: retried, and
-                        // the receiver resumes from what is durable.
-                        Err(e) => {
-                            shard::forget(&r);
-                            Err(match e {
-                                Error::PeerLost(_) => e,
-                                e => Error::PeerLost(format!("place {}: {e}", k + 1)),
-                            })
-                        }
+                    });
+                    if r.is_err() {
+                        let _ = failed.send(());
                     }
+                    r
                 })
                 .ctx(|| "spawning a place's waiter".to_string())?;
             handles.push(h);
+        }
+    }
+    drop(place_failed);
+    // Returns when a place failed, or at once when every place's waiter is done (or none
+    // runs). Half-closed, the control connection tells the receiver the session is over (it
+    // drops the session's connections, so the workers here stop too) while the receiver's
+    // explanation of a failure of its own can still be read.
+    if place_failures.recv().is_ok() {
+        if let Ok(Some(s)) = ctl.conn.tcp_stream() {
+            let _ = s.shutdown(std::net::Shutdown::Write);
         }
     }
     let joined = join_workers(handles, "sender");

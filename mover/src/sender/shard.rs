@@ -251,6 +251,22 @@ pub fn run_shard(
     transport: &Arc<dyn Transport>,
     progress: &Arc<Progress>,
 ) -> Result<u64> {
+    open_shard(shard)?.run(transport, progress)
+}
+
+/// A shard whose plan was read and checked and whose source root is open: nothing has been
+/// sent yet. A place that cannot get this far cannot read the shared source at all.
+pub struct OpenShard {
+    shard: ShardRef,
+    id: super::Identity,
+    root: PathBuf,
+    direct: bool,
+    workers: Vec<(u16, Vec<Unit>)>,
+    table: Arc<SendTable>,
+}
+
+/// Reads and checks a shard's plan and opens the source root it names.
+pub fn open_shard(shard: &ShardRef) -> Result<OpenShard> {
     let body = read_bounded(&shard.plan)?;
     if xxhash_rust::xxh3::xxh3_64(&body) != shard.digest {
         return Err(Error::Corrupt(format!(
@@ -273,9 +289,6 @@ pub fn run_shard(
         }
     };
     let id = super::Identity { session, secret };
-    if shard.rate_limit.is_some() {
-        progress.control.set_rate(shard.rate_limit);
-    }
     let last = plan.files.iter().map(|f| f.0).max().unwrap_or(0) as usize;
     if last as u64 >= u64::from(crate::tree::entry::MAX_ENTRIES) {
         return Err(Error::Corrupt(format!("shard plan names entry {last}")));
@@ -304,9 +317,50 @@ pub fn run_shard(
             }
         }
     }
-    let places = crate::engine::worker_places(plan.workers.len(), Some(&plan.root));
+    Ok(OpenShard {
+        shard: shard.clone(),
+        id,
+        root: plan.root,
+        direct: plan.direct,
+        workers: plan.workers,
+        table,
+    })
+}
+
+impl OpenShard {
+    /// Sends the shard's units over its workers' connections; returns the bytes sent.
+    pub fn run(self, transport: &Arc<dyn Transport>, progress: &Arc<Progress>) -> Result<u64> {
+        let OpenShard {
+            shard,
+            id,
+            root,
+            direct,
+            workers,
+            table,
+        } = self;
+        run_open(
+            &shard, id, &root, direct, workers, table, transport, progress,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_open(
+    shard: &ShardRef,
+    id: super::Identity,
+    root: &Path,
+    direct: bool,
+    workers: Vec<(u16, Vec<Unit>)>,
+    table: Arc<SendTable>,
+    transport: &Arc<dyn Transport>,
+    progress: &Arc<Progress>,
+) -> Result<u64> {
+    if shard.rate_limit.is_some() {
+        progress.control.set_rate(shard.rate_limit);
+    }
+    let places = crate::engine::worker_places(workers.len(), Some(root));
     let mut handles = Vec::new();
-    for (k, (index, units)) in plan.workers.into_iter().enumerate() {
+    for (k, (index, units)) in workers.into_iter().enumerate() {
         let (table, progress, transport, id) = (
             table.clone(),
             progress.clone(),
@@ -314,7 +368,7 @@ pub fn run_shard(
             id.clone(),
         );
         let place = places.get(k).cloned().unwrap_or_default();
-        let (to, direct) = (shard.to, plan.direct);
+        let to = shard.to;
         let h = std::thread::Builder::new()
             .name(format!("mover-shard-{index}"))
             .spawn(move || {
