@@ -307,34 +307,22 @@ struct PlaceShare {
 /// Publishes a place's plan on the shared source, has the session's `Spread` run it there and
 /// collects its result (the place's failure is this session's lost peer).
 fn run_place(p: PlaceShare) -> Result<FrameStats> {
-    let PlaceShare {
-        k,
-        spread,
-        table,
-        src,
-        root,
-        session,
-        secret,
-        to,
-        direct,
-        workers,
-        share,
-    } = p;
-    let shared = spread.source().unwrap_or_else(|| src.clone());
+    let k = p.k;
+    let shared = p.spread.source().unwrap_or_else(|| p.src.clone());
     let r = shard::publish(
-        &src,
+        &p.src,
         &shared,
-        session,
-        secret.as_ref(),
-        to,
+        p.session,
+        p.secret.as_ref(),
+        p.to,
         k + 1,
-        &root,
-        direct,
-        workers,
-        &table,
-        share,
+        &p.root,
+        p.direct,
+        p.workers,
+        &p.table,
+        p.share,
     )?;
-    let ran = spread.run(k, r.clone());
+    let ran = p.spread.run(k, r.clone());
     match ran.and_then(|()| shard::collect(&r)) {
         Ok(stats) => Ok(stats),
         // Another node's failure is this session's lost peer: retried, and
