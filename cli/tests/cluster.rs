@@ -566,3 +566,60 @@ fn a_node_that_cannot_read_the_source_fails_one_session_and_is_left_out_of_the_j
         "the retry says why:\n{log}"
     );
 }
+
+#[test]
+fn a_node_cut_off_mid_job_is_left_behind_and_the_job_completes_on_the_others() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| {
+        format!(
+            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
+            etcd.url()
+        )
+    };
+    let start = |name: &str| {
+        Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg(name))
+    };
+    let (n1, _n2, n3) = (start("n1"), start("n2"), start("n3"));
+    let target = Node::start(&t.path().join("t1"));
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
+
+    // 12 MB at 3 MB/s. n3 is frozen (SIGSTOP) while it runs its share: to the others it is
+    // a node partitioned away, whose heartbeat stops and whose connections go silent.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, 41);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &target, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    target.cli_ok(&["relationship", "authorize", &id]);
+    let t0 = Instant::now();
+    while shards_started(&n3) < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no share on n3:\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = n3.pid().to_string();
+    node::run(std::process::Command::new("kill").args(["-STOP", &pid]));
+    let cut = Instant::now();
+    let v = n1.wait_for("source", &id, "the job without n3", node::synced);
+    let took = cut.elapsed();
+    node::run(std::process::Command::new("kill").args(["-CONT", &pid]));
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(sent < 12e6, "the retry sent {sent} bytes of 12 MB ({last})");
+    let log = n1.log();
+    assert!(log.contains("node n3 went down"), "{log}");
+    // The session ended when n3 was seen down (DOWN_BOUND), not when the receiver gave up on
+    // n3's silent connections (a minute).
+    assert!(
+        took < DOWN_WITHIN + Duration::from_secs(10),
+        "{took:?}\n{log}"
+    );
+    // Back from the partition, n3 rejoins.
+    until(&n1, "n3 back", DOWN_WITHIN, |v| up(v) == all);
+}

@@ -544,8 +544,17 @@ impl Session {
                 .ctx(|| "dup of the journal directory".to_string())?,
             checkpoint_bytes: self.checkpoint_bytes,
         });
+        // While the workers run, a sender that ends the session (it half-closes the control
+        // connection when one of its places failed) gets it ended here too: the workers'
+        // connections are shut, so every worker, here and at the sender's places, stops now.
+        let streams: Vec<std::net::TcpStream> = conns
+            .iter()
+            .filter_map(|l| l.conn.tcp_stream().ok().flatten())
+            .collect();
+        let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
         let mut handles = Vec::new();
         for (i, conn) in conns.into_iter().enumerate() {
+            let ended = ended.clone();
             let w = RecvWorker {
                 index: i,
                 cpu: self.cpus.get(i).copied().flatten(),
@@ -555,10 +564,16 @@ impl Session {
             };
             let h = std::thread::Builder::new()
                 .name(format!("mover-recv-{i}"))
-                .spawn(move || w.run())
+                .spawn(move || {
+                    let r = w.run();
+                    let _ = ended.send(());
+                    r
+                })
                 .ctx(|| "spawning receiver worker".to_string())?;
             handles.push(h);
         }
+        drop(ended);
+        watch_sender_end(&workers_ended, handles.len(), &*ctl.conn, &streams);
         let mut all = join_workers_preferring(handles, "receiver", space::is_full)?;
         report.bytes = all.data_bytes;
         report.wire_bytes += all.wire_bytes;
@@ -903,6 +918,32 @@ fn send_need(ctl: &mut Link, need: &[Need]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Returns once `n` workers said they ended on `ended`; shuts `streams` (the workers'
+/// connections) if the sender's control connection closes before that.
+fn watch_sender_end(
+    ended: &Receiver<()>,
+    n: usize,
+    ctl: &dyn Connection,
+    streams: &[std::net::TcpStream],
+) {
+    let mut left = n;
+    while left > 0 {
+        match ended.recv_timeout(WORKER_POLL) {
+            Ok(()) => left -= 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if ctl.peer_closed() {
+                    tracing::info!("the sender ended the session: stopping its workers");
+                    for s in streams {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 fn collect_workers(

@@ -12,7 +12,7 @@ pub mod shard;
 pub(crate) mod worker;
 
 use crate::engine::content_digest;
-use crate::engine::{join_workers, FrameStats};
+use crate::engine::{join_workers_preferring, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::select::{self, Used};
@@ -775,7 +775,11 @@ pub fn send_over(
             let _ = s.shutdown(std::net::Shutdown::Write);
         }
     }
-    let joined = join_workers(handles, "sender");
+    // A spread session that failed because of a place (a node gone, a failed share) says so;
+    // the errors of the workers the ended session stopped only echo it.
+    let joined = join_workers_preferring(handles, "sender", |e| {
+        matches!(e, Error::PeerLost(m) if m.starts_with("node "))
+    });
     if share.is_some() && progress.control.rate() == share {
         progress.control.set_rate(job_rate);
     }
