@@ -777,9 +777,11 @@ pub fn send_over(
     }
     // A spread session that failed because of a place (a node gone, a failed share) says so;
     // the errors of the workers the ended session stopped only echo it.
-    let joined = join_workers_preferring(handles, "sender", |e| {
-        matches!(e, Error::PeerLost(m) if m.starts_with("node "))
-    });
+    let joined = join_workers_preferring(
+        handles,
+        "sender",
+        |e| matches!(e, Error::PeerLost(m) if m.starts_with("node ")),
+    );
     if share.is_some() && progress.control.rate() == share {
         progress.control.set_rate(job_rate);
     }
