@@ -36,7 +36,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   umount -R "$W/dst" 2>/dev/null || true
   grep " $W/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount 2>/dev/null || true
-  rm -rf "$W"
+  [ -n "${KEEP:-}" ] && echo "bench-cluster: kept $W" >&2 || rm -rf "$W"
 }
 trap cleanup EXIT
 

@@ -172,10 +172,14 @@ impl Places {
                         .fetch_add(r.bytes, std::sync::atomic::Ordering::Relaxed);
                     return Ok(());
                 }
+                Some(r) if r.state == State::Failed && r.unreadable => {
+                    super::lock(&self.failed).insert(node.clone());
+                    return Err(lost(format!(
+                        "node {node} cannot read the shared source, left out of this job: {}",
+                        r.error.unwrap_or_default()
+                    )));
+                }
                 Some(r) if r.state == State::Failed => {
-                    if r.unreadable {
-                        super::lock(&self.failed).insert(node.clone());
-                    }
                     return Err(lost(format!(
                         "node {node}'s shard failed: {}",
                         r.error.unwrap_or_default()

@@ -53,13 +53,22 @@ pub fn join_workers_preferring(
     side: &str,
     cause: impl Fn(&Error) -> bool,
 ) -> Result<FrameStats> {
+    join_workers_ranked(handles, side, |e| u8::from(cause(e)))
+}
+
+/// As `join_workers`, but the error of the highest `rank` wins (the earliest among equals).
+pub fn join_workers_ranked(
+    handles: Vec<JoinHandle<Result<FrameStats>>>,
+    side: &str,
+    rank: impl Fn(&Error) -> u8,
+) -> Result<FrameStats> {
     let mut all = FrameStats::default();
     let mut first_err: Option<Error> = None;
     for h in handles {
         match h.join() {
             Ok(Ok(s)) => all.absorb(s),
             Ok(Err(e)) => {
-                if first_err.as_ref().is_none_or(|f| !cause(f) && cause(&e)) {
+                if first_err.as_ref().is_none_or(|f| rank(&e) > rank(f)) {
                     first_err = Some(e);
                 }
             }

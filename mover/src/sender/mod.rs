@@ -12,7 +12,7 @@ pub mod shard;
 pub(crate) mod worker;
 
 use crate::engine::content_digest;
-use crate::engine::{join_workers_preferring, FrameStats};
+use crate::engine::{join_workers_ranked, FrameStats};
 use crate::error::{show, Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::select::{self, Used};
@@ -775,13 +775,14 @@ pub fn send_over(
             let _ = s.shutdown(std::net::Shutdown::Write);
         }
     }
-    // A spread session that failed because of a place (a node gone, a failed share) says so;
-    // the errors of the workers the ended session stopped only echo it.
-    let joined = join_workers_preferring(
-        handles,
-        "sender",
-        |e| matches!(e, Error::PeerLost(m) if m.starts_with("node ")),
-    );
+    // A spread session that failed because of a place says so: a node gone or unable to
+    // read the source first, then a failed share; the errors of the workers the ended
+    // session stopped (here and at other places) only echo it.
+    let joined = join_workers_ranked(handles, "sender", |e| match e {
+        Error::PeerLost(m) if m.starts_with("node ") && !m.contains("'s shard failed") => 2,
+        Error::PeerLost(m) if m.starts_with("node ") => 1,
+        _ => 0,
+    });
     if share.is_some() && progress.control.rate() == share {
         progress.control.set_rate(job_rate);
     }
