@@ -302,6 +302,11 @@ fn last_sent(v: &Value) -> (f64, String) {
     (sent, last.to_string())
 }
 
+/// A node's config lines: in the cluster at `url` as `name`, spreading its jobs or not.
+fn spread_cfg(url: &str, name: &str, spread: bool) -> String {
+    format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_jobs = {spread}\n")
+}
+
 /// Times `n`'s log says it started running a shard.
 fn shards_started(n: &Node) -> usize {
     n.log().matches("running a shard").count()
@@ -314,12 +319,7 @@ fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_other
     let etcd = Etcd::start(&t.path().join("etcd"));
     // Three source nodes that spread their jobs (they share the source: one directory here),
     // and a target node in the same cluster that does not.
-    let cfg = |name: &str, spread: bool| {
-        format!(
-            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = {spread}\n",
-            etcd.url()
-        )
-    };
+    let cfg = |name: &str, spread: bool| spread_cfg(&etcd.url(), name, spread);
     let n1 = Node::start_configured(
         &t.path().join("n1"),
         free_port(),
@@ -417,8 +417,7 @@ fn a_spread_job_survives_an_etcd_restart_a_drain_and_its_owner_killed() {
     let t = Scratch::new();
     let mut etcd = Etcd::start(&t.path().join("etcd"));
     let url = etcd.url();
-    let cfg =
-        |name: &str| format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_jobs = true\n");
+    let cfg = |name: &str| spread_cfg(&url, name, true);
     let start = |name: &str| {
         Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg(name))
     };
@@ -521,12 +520,7 @@ fn a_node_that_cannot_read_the_source_fails_one_session_and_is_left_out_of_the_j
     node::need_root();
     let t = Scratch::new();
     let etcd = Etcd::start(&t.path().join("etcd"));
-    let cfg = |name: &str| {
-        format!(
-            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
-            etcd.url()
-        )
-    };
+    let cfg = |name: &str| spread_cfg(&etcd.url(), name, true);
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     node::fill(&src, 8, 1_000_000, 31);
     std::fs::create_dir_all(&dst).unwrap();
@@ -572,12 +566,7 @@ fn a_node_cut_off_mid_job_is_left_behind_and_the_job_completes_on_the_others() {
     node::need_root();
     let t = Scratch::new();
     let etcd = Etcd::start(&t.path().join("etcd"));
-    let cfg = |name: &str| {
-        format!(
-            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_jobs = true\n",
-            etcd.url()
-        )
-    };
+    let cfg = |name: &str| spread_cfg(&etcd.url(), name, true);
     let start = |name: &str| {
         Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg(name))
     };
