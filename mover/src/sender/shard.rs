@@ -338,81 +338,65 @@ impl OpenShard {
             workers,
             table,
         } = self;
-        run_open(
-            &shard, id, &root, direct, workers, table, transport, progress,
-        )
+        if shard.rate_limit.is_some() {
+            progress.control.set_rate(shard.rate_limit);
+        }
+        let places = crate::engine::worker_places(workers.len(), Some(&root));
+        let mut handles = Vec::new();
+        for (k, (index, units)) in workers.into_iter().enumerate() {
+            let (table, progress, transport, id) = (
+                table.clone(),
+                progress.clone(),
+                transport.clone(),
+                id.clone(),
+            );
+            let place = places.get(k).cloned().unwrap_or_default();
+            let to = shard.to;
+            let h = std::thread::Builder::new()
+                .name(format!("mover-shard-{index}"))
+                .spawn(move || {
+                    super::run_worker(
+                        &*transport,
+                        to,
+                        &id,
+                        WorkerIndex(index),
+                        &place,
+                        super::worker::SendWorker {
+                            cpu: place.cpu,
+                            table,
+                            units,
+                            direct,
+                            progress,
+                            hash_blocks: false,
+                        },
+                    )
+                })
+                .ctx(|| "spawning shard worker".to_string())?;
+            handles.push(h);
+        }
+        let all = crate::engine::join_workers(handles, "shard")?;
+        let done = Done {
+            frames: all.frames,
+            data_bytes: all.data_bytes,
+            wire_bytes: all.wire_bytes,
+            checksums: all.checksums,
+            read_buffered: all.read_buffered,
+            read_direct: all.read_direct,
+        };
+        let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("shard: {e}")))?;
+        let dir = shard
+            .plan
+            .parent()
+            .ok_or_else(|| Error::Corrupt("shard plan has no directory".into()))?;
+        let dirfd = crate::beneath::open_root(dir, "shard directory")?;
+        let name = done_path(&shard.plan);
+        let name = name
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        crate::durable::write_atomic(dirfd.as_fd(), &name, &body)?;
+        Ok(done.data_bytes)
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_open(
-    shard: &ShardRef,
-    id: super::Identity,
-    root: &Path,
-    direct: bool,
-    workers: Vec<(u16, Vec<Unit>)>,
-    table: Arc<SendTable>,
-    transport: &Arc<dyn Transport>,
-    progress: &Arc<Progress>,
-) -> Result<u64> {
-    if shard.rate_limit.is_some() {
-        progress.control.set_rate(shard.rate_limit);
-    }
-    let places = crate::engine::worker_places(workers.len(), Some(root));
-    let mut handles = Vec::new();
-    for (k, (index, units)) in workers.into_iter().enumerate() {
-        let (table, progress, transport, id) = (
-            table.clone(),
-            progress.clone(),
-            transport.clone(),
-            id.clone(),
-        );
-        let place = places.get(k).cloned().unwrap_or_default();
-        let to = shard.to;
-        let h = std::thread::Builder::new()
-            .name(format!("mover-shard-{index}"))
-            .spawn(move || {
-                super::run_worker(
-                    &*transport,
-                    to,
-                    &id,
-                    WorkerIndex(index),
-                    &place,
-                    super::worker::SendWorker {
-                        cpu: place.cpu,
-                        table,
-                        units,
-                        direct,
-                        progress,
-                        hash_blocks: false,
-                    },
-                )
-            })
-            .ctx(|| "spawning shard worker".to_string())?;
-        handles.push(h);
-    }
-    let all = crate::engine::join_workers(handles, "shard")?;
-    let done = Done {
-        frames: all.frames,
-        data_bytes: all.data_bytes,
-        wire_bytes: all.wire_bytes,
-        checksums: all.checksums,
-        read_buffered: all.read_buffered,
-        read_direct: all.read_direct,
-    };
-    let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("shard: {e}")))?;
-    let dir = shard
-        .plan
-        .parent()
-        .ok_or_else(|| Error::Corrupt("shard plan has no directory".into()))?;
-    let dirfd = crate::beneath::open_root(dir, "shard directory")?;
-    let name = done_path(&shard.plan);
-    let name = name
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    crate::durable::write_atomic(dirfd.as_fd(), &name, &body)?;
-    Ok(done.data_bytes)
 }
 
 /// Which place runs worker `index` of a session of `threads` workers per place.
