@@ -1,13 +1,17 @@
 //! Cluster mode on a real etcd (127.0.0.1): three daemons join, elect one leader, and a
 //! killed one is shown down, with a new leader, within the stated bound; an etcd restart is
 //! survived. Drain and undrain. Jobs spread over three source nodes (`--spread-jobs`, one
-//! shared source directory): a killed node, an etcd restart, a drain and the owner killed.
+//! shared source directory): a killed node, an etcd restart, a drain, the owner killed, a
+//! node that cannot read the source, one frozen and one partitioned away (a network
+//! namespace whose link is taken down).
 
 mod node;
 
 use node::etcd::Etcd;
-use node::{free_port, Node, Scratch};
+use node::netns::{Link, Netns};
+use node::{free_port, At, Node, Scratch};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// `control::cluster::DOWN_BOUND` (5 s) plus the time a loaded 2-core test machine may add
@@ -561,6 +565,53 @@ fn a_node_that_cannot_read_the_source_fails_one_session_and_is_left_out_of_the_j
     );
 }
 
+/// A job of 12 MB at 3 MB/s from `n1` (spreading over itself, n2 and `n3`) to `target`;
+/// `cut` cuts `n3` off once it has run its share for 1.5 s. The job completes without n3, when
+/// it is seen down (`DOWN_BOUND`), not when the receiver gives up on its silent connections (a
+/// minute), with the trees equal and a retry that sent less than the job. The relationship,
+/// source and target.
+fn cut_off_mid_share(
+    t: &Scratch,
+    n1: &Node,
+    n3: &Node,
+    target: &Node,
+    seed: u64,
+    cut: impl FnOnce(),
+) -> (String, PathBuf, PathBuf) {
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, seed);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(n1, target, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    target.cli_ok(&["relationship", "authorize", &id]);
+    let t0 = Instant::now();
+    while shards_started(n3) < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no share on n3:\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    cut();
+    let at = Instant::now();
+    let v = n1.wait_for("source", &id, "the job without n3", node::synced);
+    let took = at.elapsed();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 12e6,
+        "the retry sent {sent} bytes of 12 MB: n3's share went again whole ({last})"
+    );
+    let log = n1.log();
+    assert!(log.contains("node n3 went down"), "{log}");
+    assert!(
+        took < DOWN_WITHIN + Duration::from_secs(10),
+        "{took:?}\n{log}"
+    );
+    (id, src, dst)
+}
+
 #[test]
 fn a_node_cut_off_mid_job_is_left_behind_and_the_job_completes_on_the_others() {
     node::need_root();
@@ -575,40 +626,75 @@ fn a_node_cut_off_mid_job_is_left_behind_and_the_job_completes_on_the_others() {
     let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
     until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
 
-    // 12 MB at 3 MB/s. n3 is frozen (SIGSTOP) while it runs its share: to the others it is
-    // a node partitioned away, whose heartbeat stops and whose connections go silent.
-    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    node::fill(&src, 12, 1_000_000, 41);
-    std::fs::create_dir_all(&dst).unwrap();
-    let id = node::create(&n1, &target, &src, &dst, &["--bandwidth-limit", "3000000"]);
-    target.cli_ok(&["relationship", "authorize", &id]);
-    let t0 = Instant::now();
-    while shards_started(&n3) < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no share on n3:\n{}",
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    // n3 is frozen (SIGSTOP) while it runs its share: to the others it is a node partitioned
+    // away, whose heartbeat stops and whose connections go silent.
     let pid = n3.pid().to_string();
-    node::run(std::process::Command::new("kill").args(["-STOP", &pid]));
-    let cut = Instant::now();
-    let v = n1.wait_for("source", &id, "the job without n3", node::synced);
-    let took = cut.elapsed();
+    cut_off_mid_share(&t, &n1, &n3, &target, 41, || {
+        node::run(std::process::Command::new("kill").args(["-STOP", &pid]));
+    });
     node::run(std::process::Command::new("kill").args(["-CONT", &pid]));
-    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
-    let (sent, last) = last_sent(&v);
-    assert!(sent < 12e6, "the retry sent {sent} bytes of 12 MB ({last})");
-    let log = n1.log();
-    assert!(log.contains("node n3 went down"), "{log}");
-    // The session ended when n3 was seen down (DOWN_BOUND), not when the receiver gave up on
-    // n3's silent connections (a minute).
-    assert!(
-        took < DOWN_WITHIN + Duration::from_secs(10),
-        "{took:?}\n{log}"
-    );
     // Back from the partition, n3 rejoins.
     until(&n1, "n3 back", DOWN_WITHIN, |v| up(v) == all);
+}
+
+#[test]
+fn a_node_partitioned_away_mid_job_is_left_behind_and_rejoins_when_the_link_mends() {
+    node::need_root();
+    let t = Scratch::new();
+    // Everything runs in namespaces this test makes: n3 alone in one, linked by a veth pair to
+    // the one this thread moves into, where etcd, n1, n2 and the target run. Taking that link
+    // down drops every packet between n3 and the rest, and resets no connection.
+    let _hub = Netns::enter("hub");
+    let n3ns = Netns::new("n3");
+    let link = Link::new(&n3ns, 0);
+    let etcd = Etcd::start_also_on(&t.path().join("etcd"), Some(&link.near));
+    let start = |name: &str| {
+        Node::start_configured(
+            &t.path().join(name),
+            free_port(),
+            free_port(),
+            &spread_cfg(&etcd.url(), name, true),
+        )
+    };
+    let (n1, _n2) = (start("n1"), start("n2"));
+    let n3 = Node::start_at(
+        &t.path().join("n3"),
+        At {
+            netns: Some(n3ns.0.clone()),
+            ..At::local(free_port(), free_port())
+        },
+        &spread_cfg(&etcd.url_also(), "n3", true),
+    );
+    // The target's peer port is on the link's near side, which n1, n2 and n3 all reach.
+    let target = Node::start_at(
+        &t.path().join("t1"),
+        At {
+            host: link.near.clone(),
+            ..At::local(free_port(), free_port())
+        },
+        "",
+    );
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
+
+    let (id, src, dst) = cut_off_mid_share(&t, &n1, &n3, &target, 51, || link.cut());
+    // While cut off, n3 sees the others as it is seen: no etcd, so no shares. Mended, it
+    // rejoins, and takes a share of the next session.
+    link.mend();
+    until(&n1, "n3 back", Duration::from_secs(60), |v| up(v) == all);
+    let before = shards_started(&n3);
+    node::fill(&src.join("more"), 6, 1_000_000, 52);
+    let v = n1.wait_for("source", &id, "the job with n3 back", |v| {
+        node::synced(v) && node::tree_hash(&src) == node::tree_hash(&dst)
+    });
+    assert!(
+        shards_started(&n3) > before,
+        "n3 took no share after it rejoined: {v:#}\n{}",
+        n3.log()
+    );
+    assert!(
+        metric(&n3, "mover_shards_total{outcome=\"done\"}") >= 1.0,
+        "{}",
+        n3.log()
+    );
 }

@@ -19,9 +19,9 @@
 
 mod node;
 
-use node::{fill, free_port, need_root, s, stderr, synced, Node, Scratch};
+use node::netns::Netns;
+use node::{fill, free_port, need_root, s, synced, Node, Scratch};
 use serde_json::json;
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,40 +43,6 @@ const EXCLUDED: &str = "/[{]id[}]/drills$";
 /// The seeded policy.
 const POLICY: &str = "hourly";
 
-/// A network namespace with only loopback, deleted on drop (even when the test panics).
-struct Netns(String);
-
-impl Netns {
-    /// Makes it and moves the calling thread into it: every socket the thread opens and every
-    /// process it spawns from now on lives there.
-    fn enter() -> Netns {
-        let name = format!("mover-api-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("`ip` (iproute2) is required for this test: {e}"));
-            assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
-        };
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
-        let fd = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).unwrap();
-        rustix::thread::move_into_link_name_space(
-            fd.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn require_schemathesis() {
     let ok = Command::new("schemathesis")
         .arg("--version")
@@ -94,7 +60,7 @@ fn require_schemathesis() {
 fn schemathesis_finds_no_server_error_hang_or_undocumented_answer() {
     need_root();
     require_schemathesis();
-    let _ns = Netns::enter();
+    let _ns = Netns::enter("api");
     let scratch = Scratch::new();
     let sources = scratch.path().join("sources");
     std::fs::create_dir(&sources).unwrap();

@@ -13,15 +13,23 @@ const START: Duration = Duration::from_secs(30);
 pub struct Etcd {
     pub port: u16,
     peer: u16,
+    /// Another address its client port listens on, besides loopback.
+    also: Option<String>,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Etcd {
     pub fn start(dir: &Path) -> Etcd {
+        Self::start_also_on(dir, None)
+    }
+
+    /// `start`, its client port on `also` as well (an address of a namespace's link).
+    pub fn start_also_on(dir: &Path, also: Option<&str>) -> Etcd {
         let mut e = Etcd {
             port: free_port(),
             peer: free_port(),
+            also: also.map(str::to_string),
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -34,9 +42,18 @@ impl Etcd {
         format!("etcd://127.0.0.1:{}", self.port)
     }
 
+    /// `--cluster` for daemons that reach it at `also`.
+    pub fn url_also(&self) -> String {
+        let host = self.also.as_deref().expect("started with another address");
+        format!("etcd://{host}:{}", self.port)
+    }
+
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let client = format!("http://127.0.0.1:{}", self.port);
+        let mut client = format!("http://127.0.0.1:{}", self.port);
+        if let Some(host) = &self.also {
+            client.push_str(&format!(",http://{host}:{}", self.port));
+        }
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod netns;
 
 use assert_cmd::cargo::cargo_bin;
 use serde_json::Value;
@@ -68,6 +69,18 @@ pub fn fail_over(a: &Node, b: &Node, id: &str) {
 
 /// `mover relationship create` on `src` towards `dst` (port `port`), whatever it answers.
 pub fn try_create(src: &Node, port: u16, from: &Path, to: &Path, extra: &[&str]) -> Output {
+    try_create_at(src, "127.0.0.1", port, from, to, extra)
+}
+
+/// `try_create` towards an address other than loopback.
+pub fn try_create_at(
+    src: &Node,
+    host: &str,
+    port: u16,
+    from: &Path,
+    to: &Path,
+    extra: &[&str],
+) -> Output {
     let port = port.to_string();
     let mut args = vec![
         "relationship",
@@ -75,7 +88,7 @@ pub fn try_create(src: &Node, port: u16, from: &Path, to: &Path, extra: &[&str])
         "--source-path",
         s(from),
         "--target-address",
-        "127.0.0.1",
+        host,
         "--target-port",
         &port,
         "--target-path",
@@ -87,7 +100,14 @@ pub fn try_create(src: &Node, port: u16, from: &Path, to: &Path, extra: &[&str])
 
 /// Creates a relationship on `src` towards `dst` with the CLI; returns its id.
 pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) -> String {
-    let out = try_create(src, dst.listen, from, to, &[&["--json"], extra].concat());
+    let out = try_create_at(
+        src,
+        &dst.host,
+        dst.listen,
+        from,
+        to,
+        &[&["--json"], extra].concat(),
+    );
     assert!(out.status.success(), "create failed: {}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "awaiting_authorization", "{v}");
@@ -111,10 +131,35 @@ pub fn free_port() -> u16 {
 
 pub struct Node {
     pub dir: PathBuf,
+    /// The address its peer port listens on (`listen` is the port).
+    pub host: String,
     pub listen: u16,
     pub api: u16,
     pub token: String,
+    /// The network namespace it runs in, when not the test thread's: its API (on that
+    /// namespace's loopback) is called from a thread moved into it.
+    pub netns: Option<String>,
     child: Option<Child>,
+}
+
+/// Where a daemon runs and listens.
+pub struct At {
+    pub netns: Option<String>,
+    pub host: String,
+    pub listen: u16,
+    pub api: u16,
+}
+
+impl At {
+    /// The test thread's namespace, on loopback.
+    pub fn local(listen: u16, api: u16) -> At {
+        At {
+            netns: None,
+            host: "127.0.0.1".into(),
+            listen,
+            api,
+        }
+    }
 }
 
 impl Node {
@@ -164,8 +209,7 @@ impl Node {
                 "sh",
             ],
             dir,
-            free_port(),
-            free_port(),
+            At::local(free_port(), free_port()),
             extra_config,
             None,
         )
@@ -178,8 +222,7 @@ impl Node {
             &cargo_bin("mover"),
             &["node", "run"],
             dir,
-            free_port(),
-            free_port(),
+            At::local(free_port(), free_port()),
             "",
             None,
         )
@@ -198,8 +241,7 @@ impl Node {
             exe,
             &["node", "run"],
             dir,
-            free_port(),
-            free_port(),
+            At::local(free_port(), free_port()),
             extra_config,
             version,
         )
@@ -207,22 +249,22 @@ impl Node {
 
     /// A GET that tolerates a node that does not answer (restarting): `None` then.
     pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut res = agent
-            .get(format!("{}{path}", self.url()))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .call()
-            .ok()?;
-        let status = res.status().as_u16();
-        let text = res.body_mut().read_to_string().unwrap_or_default();
-        Some((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        let url = format!("{}{path}", self.url());
+        let auth = format!("Bearer {}", self.token);
+        netns::within(self.netns.as_deref(), || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into();
+            let mut res = agent.get(&url).header("Authorization", &auth).call().ok()?;
+            let status = res.status().as_u16();
+            let text = res.body_mut().read_to_string().unwrap_or_default();
+            Some((
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            ))
+        })
     }
 
     /// The supervisor's (or the one daemon's) pid.
@@ -242,15 +284,34 @@ impl Node {
         extra_config: &str,
         version: Option<&str>,
     ) -> Node {
-        Self::spawn_as(exe, &["daemon"], dir, listen, api, extra_config, version)
+        Self::spawn_as(
+            exe,
+            &["daemon"],
+            dir,
+            At::local(listen, api),
+            extra_config,
+            version,
+        )
+    }
+
+    /// A daemon placed as `at` says (its peer port on `at.host`, the test thread's namespace
+    /// unless `at.netns`), with more config lines.
+    pub fn start_at(dir: &Path, at: At, extra_config: &str) -> Node {
+        Self::spawn_as(
+            &cargo_bin("mover"),
+            &["daemon"],
+            dir,
+            at,
+            extra_config,
+            None,
+        )
     }
 
     fn spawn_as(
         exe: &Path,
         how: &[&str],
         dir: &Path,
-        listen: u16,
-        api: u16,
+        at: At,
         extra_config: &str,
         version: Option<&str>,
     ) -> Node {
@@ -271,7 +332,7 @@ impl Node {
             .append(true)
             .open(dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(exe)
+        let child = netns::command(at.netns.as_deref(), exe)
             .args(how)
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -279,9 +340,9 @@ impl Node {
             .arg(&cfg)
             .args([
                 "--listen",
-                &format!("127.0.0.1:{listen}"),
+                &format!("{}:{}", at.host, at.listen),
                 "--api",
-                &format!("127.0.0.1:{api}"),
+                &format!("127.0.0.1:{}", at.api),
             ])
             .env("MOVER_LOG", "info")
             .envs(version.map(|v| (mover::wire::message::TEST_VERSION_ENV, v)))
@@ -291,17 +352,20 @@ impl Node {
             .unwrap();
         let mut n = Node {
             dir: dir.to_path_buf(),
-            listen,
-            api,
+            host: at.host,
+            listen: at.listen,
+            api: at.api,
             token: String::new(),
+            netns: at.netns,
             child: Some(child),
         };
         let t0 = Instant::now();
         loop {
             if let Ok(t) = std::fs::read_to_string(dir.join("data/admin.token")) {
                 n.token = t.trim().to_string();
-                if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-                    && n.get("/v1/node").0 == 200
+                if netns::within(n.netns.as_deref(), || {
+                    std::net::TcpStream::connect(("127.0.0.1", n.api)).is_ok()
+                }) && n.get("/v1/node").0 == 200
                 {
                     return n;
                 }
@@ -356,31 +420,32 @@ impl Node {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(90)))
-            .build()
-            .into();
         let url = format!("{}{path}", self.url());
         let auth = token.map(|t| format!("Bearer {t}"));
-        let res = match (method, body) {
-            ("GET", _) => with_auth(agent.get(&url), &auth).call(),
-            ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
-            ("POST", b) => {
-                with_auth(agent.post(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null))
-            }
-            ("PATCH", b) => {
-                with_auth(agent.patch(&url), &auth).send_json(b.cloned().unwrap_or(Value::Null))
-            }
-            _ => panic!("method {method}"),
-        };
-        let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = res.status().as_u16();
-        let text = res.body_mut().read_to_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        netns::within(self.netns.as_deref(), || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(90)))
+                .build()
+                .into();
+            let res =
+                match (method, body) {
+                    ("GET", _) => with_auth(agent.get(&url), &auth).call(),
+                    ("DELETE", _) => with_auth(agent.delete(&url), &auth).call(),
+                    ("POST", b) => with_auth(agent.post(&url), &auth)
+                        .send_json(b.cloned().unwrap_or(Value::Null)),
+                    ("PATCH", b) => with_auth(agent.patch(&url), &auth)
+                        .send_json(b.cloned().unwrap_or(Value::Null)),
+                    _ => panic!("method {method}"),
+                };
+            let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let status = res.status().as_u16();
+            let text = res.body_mut().read_to_string().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -393,7 +458,7 @@ impl Node {
 
     /// The `mover` CLI against this node's API with its admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cargo_bin("mover"))
+        netns::command(self.netns.as_deref(), &cargo_bin("mover"))
             .args(args)
             .args(["--api", &self.url()])
             .env("MOVER_TOKEN", &self.token)
