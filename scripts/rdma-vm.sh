@@ -23,7 +23,9 @@
 #      one rxe0's RoCE v2 GID holds; sessions in clear but in (d): the guest is its own
 #      network):
 #        (a) a sync with --transport rdma: exit 0, the JSON of both sides says
-#            "transport":"rdma", and `mover hash --content` of source and target are equal;
+#            "transport":"rdma", the sender's log says its workers send out of their own slab
+#            (registered as a memory region: no copy), and `mover hash --content` of source
+#            and target are equal;
 #        (b) the receiver SIGKILLed once a quarter of the bytes is in the target, restarted
 #            on the same port; the sender (--retries 30) resumes: "resumed":true,
 #            "attempts" > 1, still "transport":"rdma", hashes equal;
@@ -40,14 +42,16 @@
 #      serial console and powers off.
 #      Accelerator: KVM ($RDMA_VM_ACCEL=kvm, the default). $RDMA_VM_ACCEL=tcg runs the same
 #      guest under emulation, for hosts whose nested KVM cannot boot a Linux guest (the dev
-#      machine's, see ARCHITECTURE.md): slower, but the same tests.
+#      machine's, see ARCHITECTURE.md): slower, but the same tests. $RDMA_VM_ACCEL=auto (what
+#      CI uses, scripts/rdma-ci.sh) tries KVM and, when the guest kernel shows nothing on the
+#      console within KVM_PROBE_S, says so on stderr and boots it under TCG.
 # The host side prints PASS/FAIL and exits 0 (pass), 1 (a test in the guest failed), 2 (the
 # guest did not boot or did not report in time: loud failure when /dev/kvm exists), 3 (missing
 # host tool or /dev/kvm), 4 (image build failed). Timings of build and boot are printed.
 #
 # Host needs (Debian): debootstrap qemu-system-x86 e2fsprogs (scripts/install-deps.sh does not
 # install them; `apt-get install -y debootstrap qemu-system-x86`). Runs as root (debootstrap).
-# Not wired into CI yet.
+# CI runs it through scripts/rdma-ci.sh whenever /dev/kvm exists.
 #
 # Measured on the dev machine (2 cores, Dec 2026): image build 230-290 s (network-bound);
 # with RDMA_VM_ACCEL=tcg, boot plus all guest tests 130 s (PASS, release build: rdma_echo
@@ -67,7 +71,10 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${RDMA_VM_DIR:-$here/target/rdma-vm}"
 accel="${RDMA_VM_ACCEL:-kvm}"
 # Bounds: the whole boot+test must report within this many seconds (emulation is slower).
-if [ "$accel" = tcg ]; then BOOT_TIMEOUT_S="${RDMA_VM_TIMEOUT:-300}"; else BOOT_TIMEOUT_S="${RDMA_VM_TIMEOUT:-120}"; fi
+boot_timeout() { if [ "$1" = tcg ]; then echo "${RDMA_VM_TIMEOUT:-300}"; else echo "${RDMA_VM_TIMEOUT:-120}"; fi; }
+# auto: how long KVM has to show the guest kernel's first console line before the guest is
+# booted under TCG instead (a nested KVM that cannot run a Linux guest prints nothing).
+KVM_PROBE_S=30
 # Data the rdma_echo check moves client -> server, MiB.
 ECHO_MIB="${RDMA_VM_ECHO_MIB:-32}"
 # The tree the send/receive tests sync: this many MiB in 4 MiB files, plus SMALL_FILES small
@@ -98,10 +105,9 @@ need qemu-system-x86_64 "apt-get install -y qemu-system-x86"
 need debootstrap "apt-get install -y debootstrap"
 need mkfs.ext4 "apt-get install -y e2fsprogs"
 case "$accel" in
-  kvm) [ -e /dev/kvm ] || { echo "FAIL: /dev/kvm missing: cannot run the RDMA guest" >&2; exit 3; }
-    accel_args=(-enable-kvm -cpu host) ;;
-  tcg) accel_args=(-accel tcg) ;;
-  *) echo "FAIL: RDMA_VM_ACCEL must be kvm or tcg" >&2; exit 3 ;;
+  kvm | auto) [ -e /dev/kvm ] || { echo "FAIL: /dev/kvm missing: cannot run the RDMA guest" >&2; exit 3; } ;;
+  tcg) ;;
+  *) echo "FAIL: RDMA_VM_ACCEL must be kvm, tcg or auto" >&2; exit 3 ;;
 esac
 
 # The host's Debian release (bookworm on the dev machines).
@@ -280,14 +286,18 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
   step "(a) sync over RDMA"
   v=fail
   if receive 3711 /tmp/dst1 /tmp/r1.log --insecure-plaintext --once --transport rdma; then
-    timeout 180 $M send /tmp/src --to $IP:3711 --insecure-plaintext --json --threads 2 \
-      --retries 1 --transport rdma >/tmp/s1.json 2>/tmp/s1.err
+    MOVER_LOG=info timeout 180 $M send /tmp/src --to $IP:3711 --insecure-plaintext --json \
+      --threads 2 --retries 1 --transport rdma >/tmp/s1.json 2>/tmp/s1.err
     src=$?
     wait $rpid
     rrc=$?
-    cat /tmp/s1.json /tmp/s1.err
+    cat /tmp/s1.json
+    grep -v ' INFO ' /tmp/s1.err
+    # Each worker sent its frames out of its own slab, registered as a memory region.
+    slab=$(grep -c "out of the worker's slab" /tmp/s1.err)
+    echo "rdma-vm: workers sending from their slab: $slab"
     [ $src = 0 ] && [ $rrc = 0 ] && has /tmp/s1.json transport '"rdma"' &&
-      has /tmp/r1.log transport '"rdma"' && same_tree sync /tmp/dst1 && v=ok
+      has /tmp/r1.log transport '"rdma"' && [ "$slab" -ge 1 ] && same_tree sync /tmp/dst1 && v=ok
   fi
   verdict "(a) tree sync over RDMA: $(grep -o '"seconds":[0-9.]*' /tmp/s1.json)" $v
 
@@ -381,18 +391,53 @@ echo "RDMA-VM-RESULT: $result"
 GUEST
 share=(-virtfs "local,path=$share_dir,mount_tag=host,security_model=none,readonly=on")
 console="$dir/console.log"
+# Boots the guest under $1 (kvm or tcg) in the background: its pid in $qpid.
+boot() {
+  local args
+  case "$1" in
+    kvm) args=(-enable-kvm -cpu host) ;;
+    tcg) args=(-accel tcg) ;;
+  esac
+  : >"$console"
+  echo "rdma-vm: booting with $1 (timeout $(boot_timeout "$1") s, console in $console)"
+  timeout "$(boot_timeout "$1")" qemu-system-x86_64 "${args[@]}" -smp 2 -m "$GUEST_MEM_MB" \
+    -nographic -no-reboot -serial "file:$console" -monitor none \
+    -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 init=/sbin/rdma-vm-init" \
+    -drive "file=$dir/root.img,format=raw,if=virtio,snapshot=on" \
+    -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
+    "${share[@]}" >"$dir/qemu.log" 2>&1 &
+  qpid=$!
+}
 t0=$(date +%s)
-echo "rdma-vm: booting with $accel (timeout ${BOOT_TIMEOUT_S} s, console in $console)"
 set +e
-timeout "$BOOT_TIMEOUT_S" qemu-system-x86_64 "${accel_args[@]}" -smp 2 -m "$GUEST_MEM_MB" \
-  -nographic -no-reboot -serial "file:$console" -monitor none \
-  -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
-  -append "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 init=/sbin/rdma-vm-init" \
-  -drive "file=$dir/root.img,format=raw,if=virtio,snapshot=on" \
-  -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
-  "${share[@]}" >"$dir/qemu.log" 2>&1
+if [ "$accel" = auto ]; then
+  boot kvm
+  probe=0
+  while [ "$probe" -lt "$KVM_PROBE_S" ] && kill -0 "$qpid" 2>/dev/null &&
+    ! grep -aq 'Linux version' "$console"; do
+    sleep 1
+    probe=$((probe + 1))
+  done
+  if grep -aq 'Linux version' "$console"; then
+    accel=kvm
+  else
+    kill "$qpid" 2>/dev/null
+    wait "$qpid"
+    cat "$dir/qemu.log" >&2 || true
+    echo "rdma-vm: WARNING: /dev/kvm exists but KVM showed no guest kernel within ${KVM_PROBE_S} s" \
+      "(a nested KVM that cannot run a Linux guest?): booting the same guest under TCG emulation" >&2
+    accel=tcg
+    t0=$(date +%s)
+    boot tcg
+  fi
+else
+  boot "$accel"
+fi
+wait "$qpid"
 qrc=$?
 set -e
+BOOT_TIMEOUT_S="$(boot_timeout "$accel")"
 elapsed=$(($(date +%s) - t0))
 grep -a -e 'rdma-vm:' -e 'rdma-echo:' -e 'rdma-bench:' -e 'iters in' "$console" || true
 # Benchmark medians per transport: MiB/s, and CPU seconds (user+sys) per GiB moved.

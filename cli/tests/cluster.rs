@@ -3,7 +3,8 @@
 //! survived. Drain and undrain. Jobs spread over three source nodes (`--spread-jobs`, one
 //! shared source directory): a killed node, an etcd restart, a drain, the owner killed, a
 //! node that cannot read the source, one frozen and one partitioned away (a network
-//! namespace whose link is taken down).
+//! namespace whose link is taken down), and the leader's control container killed (nodes
+//! run as containers by role).
 
 mod node;
 
@@ -311,6 +312,21 @@ fn spread_cfg(url: &str, name: &str, spread: bool) -> String {
     format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_jobs = {spread}\n")
 }
 
+/// Waits until each node has started at least its count of shares (30 s at most; `owner`'s
+/// log on failure), then `ms` more: a moment when their shares are under way.
+fn mid_share(nodes: &[(&Node, usize)], owner: &Node, ms: u64) {
+    let t0 = Instant::now();
+    while nodes.iter().any(|(n, k)| shards_started(n) < *k) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "shares not started:\n{}",
+            owner.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 /// Times `n`'s log says it started running a shard.
 fn shards_started(n: &Node) -> usize {
     n.log().matches("running a shard").count()
@@ -383,16 +399,7 @@ fn a_job_spreads_over_three_source_nodes_and_a_killed_one_leaves_it_to_the_other
     // 18 MB more; n2 is killed while it runs its shard. The job ends on n1 and n3 with one
     // verified recovery point, and what was durable before the kill is not sent again.
     node::fill(&src.join("more"), 18, 1_000_000, 12);
-    let t0 = Instant::now();
-    while shards_started(&n2) < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no second shard on n2:\n{}",
-            n2.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    mid_share(&[(&n2, 2)], &n1, 1500);
     n2.kill();
     let v = n1.wait_for("source", &id, "the job after n2 died", |v| {
         node::synced(v) && v["recovery_point"]["time"] != rp
@@ -436,16 +443,7 @@ fn a_spread_job_survives_an_etcd_restart_a_drain_and_its_owner_killed() {
     std::fs::create_dir_all(&dst).unwrap();
     let id = node::create(&n1, &target, &src, &dst, &["--bandwidth-limit", "3000000"]);
     target.cli_ok(&["relationship", "authorize", &id]);
-    let t0 = Instant::now();
-    while shards_started(&n2) < 1 || shards_started(&n3) < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no shards:\n{}",
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
+    mid_share(&[(&n2, 1), (&n3, 1)], &n1, 1000);
     etcd.kill();
     std::thread::sleep(Duration::from_secs(3));
     etcd.restart();
@@ -492,16 +490,7 @@ fn a_spread_job_survives_an_etcd_restart_a_drain_and_its_owner_killed() {
     let (s2, s3) = (shards_started(&n2), shards_started(&n3));
     let rp = n1.view("source", &id)["recovery_point"]["time"].clone();
     node::fill(&src.join("last"), 18, 1_000_000, 23);
-    let t0 = Instant::now();
-    while shards_started(&n2) == s2 || shards_started(&n3) == s3 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no shares:\n{}",
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    mid_share(&[(&n2, s2 + 1), (&n3, s3 + 1)], &n1, 1500);
     let (l1, a1) = (n1.listen, n1.api);
     n1.kill();
     let n1 = Node::start_configured(&t.path().join("n1"), l1, a1, &cfg("n1"));
@@ -583,16 +572,7 @@ fn cut_off_mid_share(
     std::fs::create_dir_all(&dst).unwrap();
     let id = node::create(n1, target, &src, &dst, &["--bandwidth-limit", "3000000"]);
     target.cli_ok(&["relationship", "authorize", &id]);
-    let t0 = Instant::now();
-    while shards_started(n3) < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no share on n3:\n{}",
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    mid_share(&[(n3, 1)], n1, 1500);
     cut();
     let at = Instant::now();
     let v = n1.wait_for("source", &id, "the job without n3", node::synced);
@@ -697,4 +677,110 @@ fn a_node_partitioned_away_mid_job_is_left_behind_and_rejoins_when_the_link_mend
         "{}",
         n3.log()
     );
+}
+
+/// The pid of `n`'s control container (`GET /v1/containers`), once both its containers run.
+fn control_container(n: &Node) -> (u32, Value) {
+    let t0 = Instant::now();
+    loop {
+        if let Some((200, v)) = n.try_get("/v1/containers") {
+            let cs = v["containers"].as_array().cloned().unwrap_or_default();
+            if cs.len() == 2 && cs.iter().all(|c| c["state"] == "running") {
+                let ctl = cs.iter().find(|c| c["roles"] == "data,control").unwrap();
+                return (ctl["pid"].as_u64().unwrap() as u32, v);
+            }
+        }
+        assert!(
+            t0.elapsed() < node::WAIT,
+            "containers of {}",
+            n.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_job_completes() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    // Three source nodes run as containers by role (`mover node run`), spreading their jobs.
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| {
+            Node::start_containers_configured(
+                &t.path().join(name),
+                &spread_cfg(&etcd.url(), name, true),
+            )
+        })
+        .collect();
+    let target = Node::start(&t.path().join("t1"));
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    let v = until(
+        &nodes[0],
+        "all up, a leader",
+        Duration::from_secs(30),
+        |v| up(v) == all && v["leader"].is_string(),
+    );
+    let leader = v["leader"].as_str().unwrap().to_string();
+    let li = all.iter().position(|n| *n == leader).unwrap();
+    let owner = &nodes[li];
+
+    // The leader owns the job: 12 MB at 3 MB/s, spread over the three.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, 61);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(
+        owner,
+        &target,
+        &src,
+        &dst,
+        &["--bandwidth-limit", "3000000"],
+    );
+    target.cli_ok(&["relationship", "authorize", &id]);
+    let others: Vec<(&Node, usize)> = (0..3)
+        .filter(|j| *j != li)
+        .map(|j| (&nodes[j], 1))
+        .collect();
+    mid_share(&others, owner, 1500);
+    let (ctl, _) = control_container(owner);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(ctl as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+
+    // Its supervisor restarts it alone; the job resumes and ends with one verified recovery
+    // point, and what was durable is not sent again.
+    let t0 = Instant::now();
+    let v = loop {
+        if let Some((200, v)) = owner.try_get(&format!("/v1/replication/source-relationships/{id}"))
+        {
+            if node::synced(&v) {
+                break v;
+            }
+        }
+        assert!(
+            t0.elapsed() < node::WAIT,
+            "the job after the leader's control container died:\n{}",
+            owner.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 12e6,
+        "the resumed session sent {sent} bytes of 12 MB ({last})"
+    );
+    let (now, cs) = control_container(owner);
+    assert_ne!(now, ctl, "{cs:#}");
+    for c in cs["containers"].as_array().unwrap() {
+        let restarts = if c["roles"] == "api" { 0 } else { 1 };
+        assert_eq!(c["restarts"], restarts, "{cs:#}");
+    }
+    // The cluster is whole again, with a leader.
+    until(&nodes[(li + 1) % 3], "all up, a leader", DOWN_WITHIN, |v| {
+        up(v) == all && v["leader"].is_string()
+    });
 }

@@ -218,12 +218,17 @@ impl Node {
     /// The node as containers by role under their supervisor (`mover node run`); `kill` and
     /// `terminate` act on the supervisor.
     pub fn start_containers(dir: &Path) -> Node {
+        Self::start_containers_configured(dir, "")
+    }
+
+    /// `start_containers` with more config lines.
+    pub fn start_containers_configured(dir: &Path, extra_config: &str) -> Node {
         Self::spawn_as(
             &cargo_bin("mover"),
             &["node", "run"],
             dir,
             At::local(free_port(), free_port()),
-            "",
+            extra_config,
             None,
         )
     }

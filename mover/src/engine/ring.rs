@@ -103,6 +103,24 @@ impl Transfer {
     }
 }
 
+/// An address range of this process's memory (a slab), as a device registers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemSpan {
+    pub addr: usize,
+    pub len: usize,
+}
+
+impl MemSpan {
+    /// Whether `buf` lies wholly inside the span.
+    pub fn holds(&self, buf: &[u8]) -> bool {
+        self.holds_range(buf.as_ptr() as usize, buf.len())
+    }
+
+    fn holds_range(&self, start: usize, len: usize) -> bool {
+        start >= self.addr && start.saturating_add(len) <= self.addr.saturating_add(self.len)
+    }
+}
+
 pub struct Slab {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -237,6 +255,17 @@ impl Uring {
             Some(s) => s,
             // Invariant: the slab is only taken in Drop.
             None => unreachable!("slab used after drop"),
+        }
+    }
+
+    /// Where the slab lies: what a transport registers with its device so that frames go out
+    /// of the slab without a copy (`Connection::send_from_region`). Only an address range: it
+    /// grants no access to the buffers.
+    pub fn slab_span(&self) -> MemSpan {
+        let s = self.slab();
+        MemSpan {
+            addr: s.ptr.as_ptr() as usize,
+            len: s.layout.size(),
         }
     }
 
@@ -595,6 +624,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         // Interrupted waits (io-wq's task work) do not restart the stall time.
         assert!(t0.elapsed() < stall * 2, "noticed after {:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn the_slab_span_holds_every_buffer_and_nothing_past_it() {
+        let ring = Uring::new(8, 4, BUF_ALIGN).expect("ring");
+        let span = ring.slab_span();
+        assert_eq!(span.len, 4 * BUF_ALIGN);
+        for b in 0..4 {
+            assert!(span.holds(ring.buf(b)), "buffer {b}");
+            assert!(span.holds(&ring.buf(b)[1..7]));
+        }
+        let outside = vec![0u8; 16];
+        assert!(!span.holds(&outside));
+        // Ranges that start before it, or run past its end, are not held.
+        let end = span.addr + span.len;
+        assert!(span.holds_range(end - 8, 8));
+        assert!(!span.holds_range(end - 8, 9));
+        assert!(!span.holds_range(span.addr - 1, 2));
+        assert!(!span.holds_range(usize::MAX - 2, 8));
     }
 
     #[test]

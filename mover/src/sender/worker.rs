@@ -169,13 +169,26 @@ impl SendWorker {
         }
         let mut ring =
             Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
+        let streamed = self.stream(&mut ring, link);
+        // The transport may have registered the slab (`send_from_region`): it lets go of it
+        // before the ring frees it, so no later send on the connection can name its addresses.
+        link.parts().0.release_region();
+        streamed
+    }
+
+    fn stream(&mut self, ring: &mut Uring, link: &mut Link) -> Result<FrameStats> {
         let (conn, mut sealer, _) = link.parts();
         let mut out = match conn
             .uring_socket()
             .ctx(|| "duplicating the socket".to_string())?
         {
             Some(fd) => Out::Ring(Rc::new(fd)),
-            None => Out::Conn(conn),
+            None => {
+                // Frames are built in the slab: a transport that can send from it does.
+                conn.send_from_region(ring.slab_span())
+                    .ctx(|| "registering the slab with the transport".to_string())?;
+                Out::Conn(conn)
+            }
         };
         let mut bufs: Vec<Buf> = (0..BUFFERS).map(|_| Buf::new()).collect();
         let mut stats = FrameStats::default();
@@ -223,7 +236,7 @@ impl SendWorker {
                             direct_ok: &mut direct_ok,
                             dirs: &mut dirs,
                         };
-                        start_unit(&mut ring, &mut bufs[b], b, u, ctx)?;
+                        start_unit(ring, &mut bufs[b], b, u, ctx)?;
                         hot = bufs[b].kind == FrameKind::Data
                             && bufs[b].reads.iter().all(|r| !r.direct);
                     }
@@ -231,7 +244,7 @@ impl SendWorker {
                 }
                 if bufs[b].state == State::Filled {
                     // No reads (a batch of empty files): ready at once.
-                    finish_frame(&mut ring, &mut bufs[b], b, sealer.as_deref_mut());
+                    finish_frame(ring, &mut bufs[b], b, sealer.as_deref_mut());
                     ready.push_back(b);
                 }
                 gate = self.progress.control.gate();
@@ -241,7 +254,7 @@ impl SendWorker {
                     bufs[b].state = State::Sending;
                     match &mut out {
                         Out::Ring(sock) => {
-                            submit_send(&mut ring, &bufs[b], b, sock)?;
+                            submit_send(ring, &bufs[b], b, sock)?;
                             sending = true;
                         }
                         Out::Conn(c) => {
@@ -279,7 +292,7 @@ impl SendWorker {
                             direct_ok: &mut direct_ok,
                             dirs: &mut dirs,
                         };
-                        if on_read(&mut ring, &mut bufs[b], b, idx, c.result, cx)? {
+                        if on_read(ring, &mut bufs[b], b, idx, c.result, cx)? {
                             for r in &bufs[b].reads {
                                 if r.direct {
                                     stats.read_direct += r.want as u64;
@@ -288,8 +301,8 @@ impl SendWorker {
                                 }
                             }
                             // Hashes of the plain data first: sealing encrypts it in place.
-                            self.hash_frame(&ring, &bufs[b], b, &mut stats);
-                            finish_frame(&mut ring, &mut bufs[b], b, sealer.as_deref_mut());
+                            self.hash_frame(ring, &bufs[b], b, &mut stats);
+                            finish_frame(ring, &mut bufs[b], b, sealer.as_deref_mut());
                             ready.push_back(b);
                         }
                     }
@@ -309,7 +322,7 @@ impl SendWorker {
                         buf.sent += c.result as usize;
                         if buf.sent < buf.frame_end - buf.frame_start {
                             if let Out::Ring(sock) = &out {
-                                submit_send(&mut ring, buf, b, sock)?;
+                                submit_send(ring, buf, b, sock)?;
                             }
                             continue;
                         }

@@ -17,6 +17,7 @@ pub mod tcp;
 #[cfg(feature = "testkit")]
 pub mod mem;
 
+use crate::engine::ring::MemSpan;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
@@ -42,6 +43,17 @@ pub trait Connection: Send {
     fn tcp_stream(&self) -> io::Result<Option<TcpStream>> {
         Ok(None)
     }
+    /// Tells a transport without a kernel socket that the frames it is given to send lie in
+    /// `span` (the worker's buffer slab): one that can (RDMA) registers it with its device and
+    /// from then on sends slices inside it straight from there, without a copy, returning from
+    /// `send_all` only once the device is done reading them. Whether it does.
+    fn send_from_region(&mut self, span: MemSpan) -> io::Result<bool> {
+        let _ = span;
+        Ok(false)
+    }
+    /// Forgets the region `send_from_region` named (before its memory is freed): later sends
+    /// are copied.
+    fn release_region(&mut self) {}
 }
 
 pub trait Transport: Send + Sync {

@@ -10,7 +10,9 @@
 //! Memory: one slab per connection, registered as its memory region (local and remote write):
 //! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a
 //! slot is a header (payload length, number of granted slot ids, the slot ids: credits
-//! piggybacked) and the payload.
+//! piggybacked) and the payload. A send worker's own buffer slab is registered too
+//! (`send_from_region`, local read only): a frame that lies in it goes out without a copy,
+//! its messages' payloads gathered from the slab behind headers from the send buffers.
 //! Completions are polled by the thread that owns the connection (the worker): no completion
 //! channel, no kernel thread on the path.
 //!
@@ -28,6 +30,7 @@
 use super::credit::{RecvCredits, SendCredits, SlotId, SourceBuf, WrId, MAX_GRANT_BATCH};
 use super::qp::{FailCause, QpEvent, QpMachine};
 use super::{Endpoint, ENDPOINT_LEN};
+use crate::engine::ring::MemSpan;
 use crate::transport::tcp::CONNECT_TIMEOUT;
 use crate::transport::{Connection, Transport};
 use rdma_sys::*;
@@ -67,6 +70,8 @@ const TRANSPORT_FAILED: u8 = 0xFA;
 /// How long a side whose queue pair failed waits for its peer's answer (a waiting peer looks
 /// at the control connection every `PEER_CHECK_EVERY`).
 const VERDICT_WAIT: Duration = Duration::from_millis(1500);
+/// How long a failed `send_in_place` waits for its writes' flush completions.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send-completion tag in work request ids (receive ids are slot numbers).
@@ -121,6 +126,10 @@ struct Verbs {
     /// The registered slab; `base` points into it. Never resized, freed after the QP is gone.
     slab: Box<[u8]>,
     base: *mut u8,
+    /// The worker's buffer slab, registered for local reads only (`send_from_region`), and
+    /// where it lies; null and None until then.
+    region_mr: *mut ibv_mr,
+    region: Option<MemSpan>,
 }
 
 // SAFETY: libibverbs objects may be used from any thread (the library locks internally); a
@@ -138,6 +147,9 @@ impl Drop for Verbs {
             }
             if !self.mr.is_null() {
                 ibv_dereg_mr(self.mr);
+            }
+            if !self.region_mr.is_null() {
+                ibv_dereg_mr(self.region_mr);
             }
             if !self.cq.is_null() {
                 ibv_destroy_cq(self.cq);
@@ -164,6 +176,8 @@ impl Verbs {
             mr: std::ptr::null_mut(),
             slab,
             base,
+            region_mr: std::ptr::null_mut(),
+            region: None,
         };
         // SAFETY: the device list is freed before returning and only read while alive; the
         // names it yields are NUL-terminated strings owned by the list.
@@ -221,7 +235,8 @@ impl Verbs {
             init.recv_cq = v.cq;
             init.cap.max_send_wr = SLOTS;
             init.cap.max_recv_wr = SLOTS;
-            init.cap.max_send_sge = 1;
+            // A message's header from a send buffer, its payload from the worker's slab.
+            init.cap.max_send_sge = 2;
             init.cap.max_recv_sge = 1;
             init.qp_type = ibv_qp_type::IBV_QPT_RC;
             init.sq_sig_all = 1;
@@ -237,6 +252,17 @@ impl Verbs {
             }
         }
         Ok(v)
+    }
+
+    /// Deregisters the worker's slab, if registered. `send_in_place` posts nothing from it
+    /// after it returns, so no work request names it now (or its queue pair is in Error).
+    fn release_region(&mut self) {
+        if !self.region_mr.is_null() {
+            // SAFETY: `region_mr` is a registration this struct made and nothing else holds.
+            unsafe { ibv_dereg_mr(self.region_mr) };
+            self.region_mr = std::ptr::null_mut();
+        }
+        self.region = None;
     }
 
     fn recv_slot(&self, slot: u32) -> *mut u8 {
@@ -273,26 +299,51 @@ impl Verbs {
         Ok(())
     }
 
-    /// Writes `len` bytes of send buffer `buf` into the peer's slot `slot` (granted to us),
-    /// with the slot as the immediate.
+    /// Writes `len` bytes of send buffer `buf`, then `tail` (a slice of the registered region,
+    /// if any), into the peer's slot `slot` (granted to us), with the slot as the immediate.
     fn post_write(
         &mut self,
         buf: u32,
         len: usize,
+        tail: Option<&[u8]>,
         peer: &Endpoint,
         slot: u32,
         wr_id: u64,
     ) -> io::Result<()> {
-        let mut sge = ibv_sge {
-            addr: self.send_buf(buf) as u64,
-            length: len as u32,
-            lkey: self.lkey(),
-        };
+        let mut sges = [
+            ibv_sge {
+                addr: self.send_buf(buf) as u64,
+                length: len as u32,
+                lkey: self.lkey(),
+            },
+            ibv_sge {
+                addr: 0,
+                length: 0,
+                lkey: 0,
+            },
+        ];
+        let mut n = 1;
+        if let Some(t) = tail {
+            // Invariant: only `send_in_place` passes a tail, and only inside the region.
+            assert!(
+                self.region.is_some_and(|r| r.holds(t)) && !self.region_mr.is_null(),
+                "a write's tail outside the registered region"
+            );
+            debug_assert!(len + t.len() <= SLOT_SIZE);
+            // SAFETY: `region_mr` is a live registration (checked non-null above).
+            let lkey = unsafe { (*self.region_mr).lkey };
+            sges[1] = ibv_sge {
+                addr: t.as_ptr() as u64,
+                length: t.len() as u32,
+                lkey,
+            };
+            n = 2;
+        }
         // SAFETY: zeroed is a valid ibv_send_wr before the fields are set.
         let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
+        wr.sg_list = sges.as_mut_ptr();
+        wr.num_sge = n;
         wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
         wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
         wr.imm_data_invalidated_rkey_union.imm_data = slot.to_be();
@@ -303,7 +354,11 @@ impl Verbs {
         let mut bad = std::ptr::null_mut();
         // SAFETY: the send buffer lies in the registered slab and was marked busy by
         // `SendCredits::begin_write`, so it is neither written nor reposted until this
-        // request's completion is polled; `wr` and `sge` outlive the call. The remote range
+        // request's completion is polled. The tail, if any, lies in a region registered for
+        // local reads only (the device never writes it), borrowed by `send_in_place`, which
+        // returns only after this request's completion (or, on an error, after the queue
+        // pair's flush or a bounded wait for it). `wr` and `sges` outlive the call. The
+        // remote range
         // is the peer's slot `slot`, which it granted us (checked by `SendCredits`) and does
         // not read until this write's completion reaches it; slot < peer.slots and
         // len <= slot_size (checked at setup and by `send_msg`), so it stays in its region.
@@ -634,11 +689,14 @@ impl RdmaConn {
     fn progress(&mut self) -> io::Result<usize> {
         let mut wcs = Vec::with_capacity(POLL_BATCH);
         self.v.poll(&mut wcs)?;
-        for wc in &wcs {
+        for (i, wc) in wcs.iter().enumerate() {
             if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
                 if wc.wr_id & SEND_TAG != 0 {
                     let _ = self.qp.on(QpEvent::CompletedWithError);
                 }
+                // The device is done with this write and the rest of the batch: their send
+                // buffers are free (what `flush_writes` waits for).
+                self.retire_sends(&wcs[i..]);
                 return Err(self.fail(
                     FailCause::ErrorCompletion,
                     format!("completion status {} (wr {:#x})", wc.status, wc.wr_id),
@@ -761,9 +819,86 @@ impl RdmaConn {
             .find(|b| !self.send.is_source_busy(*b))
     }
 
-    /// Sends one message (payload may be empty: a credit return). Data keeps one credit back
-    /// so credit returns can always be sent.
+    /// Sends one message (payload may be empty: a credit return), its payload copied.
     fn send_msg(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.send_one(payload, false).map(|_| ())
+    }
+
+    /// Sends `buf`, which lies in the registered region, without copying it: each message's
+    /// payload is gathered by the device from where it lies. Returns once every write it
+    /// posted has completed, as `send_all`'s caller may then reuse the buffer. On an error the
+    /// queue pair is moved to Error and its flushed writes are waited for (`FLUSH_WAIT`).
+    fn send_in_place(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut posted: Vec<SourceBuf> = Vec::with_capacity(buf.len().div_ceil(MAX_PAYLOAD));
+        let mut sent = Ok(());
+        for chunk in buf.chunks(MAX_PAYLOAD) {
+            match self.send_one(chunk, true) {
+                Ok(src) => posted.push(src),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            }
+        }
+        if sent.is_ok() {
+            sent = self.wait_sources(&posted);
+        }
+        if sent.is_err() {
+            self.flush_writes(&posted);
+        }
+        sent
+    }
+
+    /// Waits until none of `sources` is busy: their writes completed.
+    fn wait_sources(&mut self, sources: &[SourceBuf]) -> io::Result<()> {
+        let start = Instant::now();
+        let mut idle = 0;
+        while sources.iter().any(|b| self.send.is_source_busy(*b)) {
+            self.check_open()?;
+            if self.progress()? == 0 {
+                self.maybe_return_credits()?;
+                self.idle(&mut idle, start)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed `send_in_place`: moves the queue pair to Error, so that its posted
+    /// writes complete (flushed), and polls until none of `posted` is busy or `FLUSH_WAIT`
+    /// passed. The device then reads no more of the caller's buffer.
+    fn flush_writes(&mut self, posted: &[SourceBuf]) {
+        let _ = self.v.force_error();
+        let start = Instant::now();
+        let mut wcs = Vec::with_capacity(POLL_BATCH);
+        while posted.iter().any(|b| self.send.is_source_busy(*b)) {
+            if start.elapsed() >= FLUSH_WAIT {
+                tracing::warn!("rdma: writes from the slab not flushed within {FLUSH_WAIT:?}");
+                return;
+            }
+            wcs.clear();
+            if self.v.poll(&mut wcs).is_err() {
+                return;
+            }
+            self.retire_sends(&wcs);
+            if wcs.is_empty() {
+                std::thread::sleep(IDLE_SLEEP);
+            }
+        }
+    }
+
+    /// Frees the send buffers of the send completions in `wcs`, whatever their status (the
+    /// device is done with them either way).
+    fn retire_sends(&mut self, wcs: &[Wc]) {
+        for wc in wcs.iter().filter(|wc| wc.wr_id & SEND_TAG != 0) {
+            let _ = self.send.on_completion(WrId(wc.wr_id & !SEND_TAG));
+        }
+    }
+
+    /// Sends one message: its header from a free send buffer, its payload copied after the
+    /// header or, `in_place`, gathered from where it lies (the registered region). Data keeps
+    /// one credit back so credit returns can always be sent. The send buffer used, busy until
+    /// the write's completion.
+    fn send_one(&mut self, payload: &[u8], in_place: bool) -> io::Result<SourceBuf> {
         let need = if payload.is_empty() { 1 } else { 2 };
         let start = Instant::now();
         let mut idle = 0;
@@ -792,25 +927,30 @@ impl RdmaConn {
             head[8 + 4 * i..12 + 4 * i].copy_from_slice(&g.0.to_le_bytes());
         }
         let p = self.v.send_buf(src.0);
+        debug_assert!(HEADER + payload.len() <= SLOT_SIZE);
         // SAFETY: `src` was just marked busy by begin_write after its previous completion was
         // polled, so the device does not read it now; HEADER + payload <= SLOT_SIZE.
         unsafe {
             std::ptr::copy_nonoverlapping(head.as_ptr(), p, HEADER);
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
+            if !in_place {
+                std::ptr::copy_nonoverlapping(payload.as_ptr(), p.add(HEADER), payload.len());
+            }
         }
         let remote = self.remote;
-        let posted = self.v.post_write(
-            src.0,
-            HEADER + payload.len(),
-            &remote,
-            w.slot.0,
-            SEND_TAG | w.wr_id.0,
-        );
+        let (len, tail) = if in_place {
+            (HEADER, Some(payload))
+        } else {
+            (HEADER + payload.len(), None)
+        };
+        let posted = self
+            .v
+            .post_write(src.0, len, tail, &remote, w.slot.0, SEND_TAG | w.wr_id.0);
         if let Err(e) = posted {
             return Err(self.fail(FailCause::ErrorCompletion, e.to_string()));
         }
         let _ = self.qp.on(QpEvent::Posted);
-        self.inject_fault(payload.len())
+        self.inject_fault(payload.len())?;
+        Ok(src)
     }
 
     /// `FAIL_AFTER_ENV`: moves the queue pair to Error once this process sent that many bytes.
@@ -841,10 +981,43 @@ impl RdmaConn {
 
 impl Connection for RdmaConn {
     fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.v.region.is_some_and(|r| r.holds(buf)) {
+            return self.send_in_place(buf);
+        }
         for chunk in buf.chunks(MAX_PAYLOAD) {
             self.send_msg(chunk)?;
         }
         Ok(())
+    }
+
+    fn release_region(&mut self) {
+        self.v.release_region();
+    }
+
+    fn send_from_region(&mut self, span: MemSpan) -> io::Result<bool> {
+        self.v.release_region();
+        assert!(span.len > 0, "an empty region");
+        // SAFETY: the range is the caller's allocation (the worker's slab). Registered with no
+        // access flags, the device may only read it, and only for writes `send_in_place`
+        // posts from slices the caller lends it; the registration is released in `Drop`.
+        let mr = unsafe { ibv_reg_mr(self.v.pd, span.addr as *mut _, span.len, 0) };
+        if mr.is_null() {
+            // Under a small RLIMIT_MEMLOCK, say: the copy path works as before.
+            tracing::warn!(
+                "rdma: registering the worker's slab ({} MiB) failed: {}; frames are copied",
+                span.len >> 20,
+                io::Error::last_os_error()
+            );
+            return Ok(false);
+        }
+        self.v.region_mr = mr;
+        self.v.region = Some(span);
+        tracing::info!(
+            peer = %self.peer,
+            "rdma: frames go out of the worker's slab ({} MiB registered): no copy",
+            span.len >> 20
+        );
+        Ok(true)
     }
 
     fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
