@@ -19,10 +19,21 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "rdma-ci: installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
 fi
+# The guest image (network-bound: debootstrap) builds while cargo compiles.
+log=target/rdma-vm-image.log
+mkdir -p target
+bash scripts/rdma-vm.sh --build-only >"$log" 2>&1 &
+image=$!
 t0=$(date +%s)
 cargo build --locked -q -p mover-cli --features rdma
 cargo build --locked -q -p mover --features rdma --example rdma_echo
 echo "rdma-ci: rdma build took $(($(date +%s) - t0)) s"
+if ! wait "$image"; then
+  cat "$log" >&2
+  echo "rdma-ci: FAIL: building the guest image" >&2
+  exit 4
+fi
+cat "$log"
 # Debug binaries under emulation are slower than the release ones rdma-vm.sh was timed with:
 # a wider bound for the guest, and no benchmark (its figures come from release builds).
 RDMA_VM_ACCEL=auto RDMA_VM_BENCH_REPS=0 RDMA_VM_TIMEOUT="${RDMA_VM_TIMEOUT:-900}" \

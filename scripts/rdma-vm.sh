@@ -36,7 +36,8 @@
 #            with --transport rdma: "encrypted":true, "transport":"rdma", hashes equal;
 #      each prints `rdma-vm: PASS ...` or `rdma-vm: FAIL ...`. Then the benchmark:
 #      $RDMA_VM_BENCH_REPS (default 3, 0: none) syncs of the same tree into an empty target
-#      per transport, one worker, RDMA then TCP; one `rdma-bench:` line each (seconds, bytes,
+#      per variant, one worker: RDMA, RDMA with frames copied (MOVER_RDMA_COPY: the data path
+#      before the worker's slab was the memory region), then TCP; one `rdma-bench:` line each (seconds, bytes,
 #      user and sys CPU of sender and receiver), medians on the host into
 #      $RDMA_VM_DIR/bench-medians.txt. It prints `RDMA-VM-RESULT: PASS` or `FAIL <step>` on the
 #      serial console and powers off.
@@ -74,7 +75,7 @@ accel="${RDMA_VM_ACCEL:-kvm}"
 boot_timeout() { if [ "$1" = tcg ]; then echo "${RDMA_VM_TIMEOUT:-300}"; else echo "${RDMA_VM_TIMEOUT:-120}"; fi; }
 # auto: how long KVM has to show the guest kernel's first console line before the guest is
 # booted under TCG instead (a nested KVM that cannot run a Linux guest prints nothing).
-KVM_PROBE_S=30
+KVM_PROBE_S=15
 # Data the rdma_echo check moves client -> server, MiB.
 ECHO_MIB="${RDMA_VM_ECHO_MIB:-32}"
 # The tree the send/receive tests sync: this many MiB in 4 MiB files, plus SMALL_FILES small
@@ -363,21 +364,25 @@ if [ -x $M ] && $M send --help | grep -q -- --transport; then
   fi
   verdict "(d) sealed sync over RDMA: $(grep -o -e '"encrypted":[a-z]*' -e '"transport":"[a-z]*"' /tmp/s4.json | tr '\n' ' ')" $v
 
-  # The benchmark: the same tree into an empty target, one worker, RDMA then TCP, over the
-  # guest's own address (TCP to a local address runs over loopback; rxe loops back in its
-  # own stack). CPU: user and sys of each process (the shell's `times` for its children).
+  # The benchmark: the same tree into an empty target, one worker, over the guest's own
+  # address (TCP to a local address runs over loopback; rxe loops back in its own stack):
+  # RDMA sending out of the worker's slab, RDMA with every frame copied into the
+  # connection's send buffers (MOVER_RDMA_COPY, the data path before), then TCP. CPU: user
+  # and sys of each process (the shell's `times` for its children).
   r=1
   while [ $r -le "$BENCH_REPS" ]; do
-    for t in rdma tcp; do
+    for v in rdma rdma-copy tcp; do
+      t=${v%-copy}
+      copy=$([ "$v" = rdma-copy ] && echo 1 || true)
       rm -rf /tmp/bdst /tmp/br.log
       (receive 3720 /tmp/bdst /tmp/br.log --insecure-plaintext --once --transport $t && wait $rpid; times >/tmp/br.times) &
       bpid=$!
       sleep 0.5
       listening /tmp/br.log >/dev/null
-      (timeout 240 $M send /tmp/src --to $IP:3720 --insecure-plaintext --json --threads 1 \
-        --retries 1 --transport $t >/tmp/bs.json 2>/tmp/bs.err; times >/tmp/bs.times)
+      (env ${copy:+MOVER_RDMA_COPY=1} timeout 240 $M send /tmp/src --to $IP:3720 --insecure-plaintext \
+        --json --threads 1 --retries 1 --transport $t >/tmp/bs.json 2>/tmp/bs.err; times >/tmp/bs.times)
       wait $bpid
-      echo "rdma-bench: transport=$t rep=$r used=$(grep -o '"transport":"[a-z]*"' /tmp/bs.json | cut -d'"' -f4)" \
+      echo "rdma-bench: transport=$v rep=$r used=$(grep -o '"transport":"[a-z]*"' /tmp/bs.json | cut -d'"' -f4)" \
         "seconds=$(grep -o '"seconds":[0-9.e-]*' /tmp/bs.json | cut -d: -f2)" \
         "bytes=$(grep -o '"bytes":[0-9]*' /tmp/bs.json | head -1 | cut -d: -f2)" \
         "sender_cpu=$(sed -n 2p /tmp/bs.times | tr ' ' ,) receiver_cpu=$(sed -n 2p /tmp/br.times | tr ' ' ,)"

@@ -82,6 +82,11 @@ fn run(cfg: RdmaConfig, mib: usize) -> Result<String, String> {
         return Err("data sent back differs".into());
     }
     c.send_all(&[1]).map_err(|e| format!("client bye: {e}"))?;
+    // Data went as writes into slots; credit returns and the goodbye as SENDs.
+    let m = c.messages();
+    if m.writes < (total / MAX_PAYLOAD) as u64 || m.sends == 0 {
+        return Err(format!("messages posted by kind: {m:?}"));
+    }
     server
         .join()
         .map_err(|_| "server thread panicked".to_string())??;
@@ -95,8 +100,10 @@ fn run(cfg: RdmaConfig, mib: usize) -> Result<String, String> {
     }
     let broken = broken_peer(cfg)?;
     Ok(format!(
-        "{broken}; {mib} MiB client->server in {secs:.2} s ({:.1} MiB/s, messages of {MAX_PAYLOAD} bytes), 1 MiB back, hashes equal, closed peer reported",
-        mib as f64 / secs
+        "{broken}; {mib} MiB client->server in {secs:.2} s ({:.1} MiB/s, messages of {MAX_PAYLOAD} bytes; the client posted {} writes and {} sends), 1 MiB back, hashes equal, closed peer reported",
+        mib as f64 / secs,
+        m.writes,
+        m.sends
     ))
 }
 

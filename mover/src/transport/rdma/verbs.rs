@@ -1,15 +1,21 @@
 //! The verbs transport (feature `rdma`): one reliable-connected queue pair per connection (so
-//! per worker), every message moved by RDMA WRITE with immediate straight into a receive slot
-//! the peer granted with a credit (`credit`): the write lands in the peer's registered slab at
-//! `addr + slot * SLOT_SIZE` (its `Endpoint`'s address and rkey), and the immediate names the
-//! slot. Each write with immediate consumes one receive work request at the peer, which only
-//! carries the completion (no buffer: a doorbell); a side keeps one posted per slot it granted,
-//! so a granted write always finds one. The session's control connection stays TCP, and so
-//! does each connection's own setup and end-of-stream (its TCP control stream).
+//! per worker). Every message spends one credit, a receive slot the peer granted (`credit`),
+//! and carries that slot as its immediate:
+//! - data (a payload over `CTRL_PAYLOAD`) goes by RDMA WRITE with immediate straight into
+//!   that slot of the peer's registered slab, at `addr + slot * SLOT_SIZE` (its `Endpoint`'s
+//!   address and rkey);
+//! - control messages (credit returns, acks, small frames) go by SEND with immediate: the
+//!   bytes land in the buffer of the receive request they consume, and the slot is released
+//!   at once.
+//!
+//! Either consumes one receive request at the peer; a side keeps one posted, each with a
+//! `CTRL_SIZE` buffer, per slot it granted, so a message always finds one. The session's
+//! control connection stays TCP, and so does each connection's own setup and end-of-stream
+//! (its TCP control stream).
 //!
 //! Memory: one slab per connection, registered as its memory region (local and remote write):
-//! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each. A message in a
-//! slot is a header (payload length, number of granted slot ids, the slot ids: credits
+//! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each, then `SLOTS`
+//! receive buffers of `CTRL_SIZE`. A message is a header (payload length, number of granted slot ids, the slot ids: credits
 //! piggybacked) and the payload. A send worker's own buffer slab is registered too
 //! (`send_from_region`, local read only): a frame that lies in it goes out without a copy,
 //! its messages' payloads gathered from the slab behind headers from the send buffers.
@@ -52,6 +58,13 @@ pub const SLOT_SIZE: usize = 64 << 10;
 const HEADER: usize = 8 + 4 * MAX_GRANT_BATCH;
 /// Largest payload of one message.
 pub const MAX_PAYLOAD: usize = SLOT_SIZE - HEADER;
+const _: () = assert!(SLOTS as usize <= MAX_GRANT_BATCH);
+/// Bytes of the buffer of one posted receive: what a SEND lands in.
+const CTRL_SIZE: usize = 4 << 10;
+/// Largest payload that travels as a SEND (a control message: credit returns, acks, small
+/// frames) rather than as an RDMA WRITE into a slot.
+pub const CTRL_PAYLOAD: usize = CTRL_SIZE - HEADER;
+const _: () = assert!(HEADER < CTRL_SIZE && CTRL_SIZE <= SLOT_SIZE);
 /// Completion queue entries: every slot and send buffer at once, plus slack.
 const CQ_DEPTH: i32 = 2 * SLOTS as i32 + 16;
 /// Completions taken per poll.
@@ -80,6 +93,11 @@ const SEND_TAG: u64 = 1 << 63;
 /// bytes sent over RDMA by this process, the sending connection moves its queue pair to Error,
 /// once per process, as a device failure would.
 pub const FAIL_AFTER_ENV: &str = "MOVER_RDMA_FAIL_AFTER_BYTES";
+
+/// For A/B measurement (honoured only in this feature build): set, a send worker's slab is
+/// not registered (`send_from_region` declines) and every frame is copied into the send
+/// buffers, as before the slab was the memory region.
+pub const COPY_ENV: &str = "MOVER_RDMA_COPY";
 
 /// The byte count of `FAIL_AFTER_ENV`, read once.
 fn fail_after() -> Option<u64> {
@@ -166,7 +184,8 @@ impl Drop for Verbs {
 
 impl Verbs {
     fn open(cfg: &RdmaConfig) -> io::Result<Verbs> {
-        let mut slab = vec![0u8; 2 * SLOTS as usize * SLOT_SIZE].into_boxed_slice();
+        let mut slab = vec![0u8; 2 * SLOTS as usize * SLOT_SIZE + SLOTS as usize * CTRL_SIZE]
+            .into_boxed_slice();
         let base = slab.as_mut_ptr();
         let mut v = Verbs {
             ctx: std::ptr::null_mut(),
@@ -265,6 +284,16 @@ impl Verbs {
         self.region = None;
     }
 
+    /// The buffer of posted receive `r` (what a SEND consuming it lands in).
+    fn ctrl_buf(&self, r: u32) -> *mut u8 {
+        assert!(r < SLOTS, "receive buffer {r} out of range");
+        // SAFETY: r < SLOTS, so the offset stays inside the slab (after the send buffers).
+        unsafe {
+            self.base
+                .add(2 * SLOTS as usize * SLOT_SIZE + r as usize * CTRL_SIZE)
+        }
+    }
+
     fn recv_slot(&self, slot: u32) -> *mut u8 {
         debug_assert!(slot < SLOTS);
         // SAFETY: slot < SLOTS, so the offset stays inside the slab.
@@ -282,16 +311,24 @@ impl Verbs {
         unsafe { (*self.mr).lkey }
     }
 
-    /// Posts the receive work request a granted slot's write with immediate will consume: no
-    /// buffer (the data lands in the slot by the write), only the completion.
-    fn post_recv(&mut self, slot: SlotId) -> io::Result<()> {
-        // SAFETY: zeroed is a valid ibv_recv_wr (null next, no SGE).
+    /// Posts receive `r`: what the peer's next message consumes, whichever way it comes. A
+    /// write with immediate leaves the buffer untouched (its data is in the slot it names); a
+    /// SEND lands in it.
+    fn post_recv(&mut self, r: u32) -> io::Result<()> {
+        let mut sge = ibv_sge {
+            addr: self.ctrl_buf(r) as u64,
+            length: CTRL_SIZE as u32,
+            lkey: self.lkey(),
+        };
+        // SAFETY: zeroed is a valid ibv_recv_wr (null next) before the fields are set.
         let mut wr: ibv_recv_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = u64::from(slot.0);
-        wr.sg_list = std::ptr::null_mut();
-        wr.num_sge = 0;
+        wr.wr_id = u64::from(r);
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
         let mut bad = std::ptr::null_mut();
-        // SAFETY: the request names no memory; `wr` outlives the call (the library copies it).
+        // SAFETY: the buffer lies in the registered slab and is not read until this request's
+        // completion is polled (then it is reposted only after its message was copied out);
+        // `wr` and `sge` outlive the call (the library copies them).
         let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::other(format!("rdma: ibv_post_recv: errno {rc}")));
@@ -300,12 +337,16 @@ impl Verbs {
     }
 
     /// Writes `len` bytes of send buffer `buf`, then `tail` (a slice of the registered region,
-    /// if any), into the peer's slot `slot` (granted to us), with the slot as the immediate.
+    /// if any), into the peer's slot `slot` (granted to us), with the slot as the immediate;
+    /// or, `as_send`, sends them (SEND with the slot as the immediate: the credit is spent,
+    /// the bytes land in the peer's next posted receive).
+    #[allow(clippy::too_many_arguments)]
     fn post_write(
         &mut self,
         buf: u32,
         len: usize,
         tail: Option<&[u8]>,
+        as_send: bool,
         peer: &Endpoint,
         slot: u32,
         wr_id: u64,
@@ -344,13 +385,18 @@ impl Verbs {
         wr.wr_id = wr_id;
         wr.sg_list = sges.as_mut_ptr();
         wr.num_sge = n;
-        wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
         wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
         wr.imm_data_invalidated_rkey_union.imm_data = slot.to_be();
-        wr.wr.rdma = rdma_t {
-            remote_addr: peer.addr + u64::from(slot) * u64::from(peer.slot_size),
-            rkey: peer.rkey,
-        };
+        if as_send {
+            debug_assert!(len + tail.map_or(0, <[u8]>::len) <= CTRL_SIZE);
+            wr.opcode = ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
+        } else {
+            wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+            wr.wr.rdma = rdma_t {
+                remote_addr: peer.addr + u64::from(slot) * u64::from(peer.slot_size),
+                rkey: peer.rkey,
+            };
+        }
         let mut bad = std::ptr::null_mut();
         // SAFETY: the send buffer lies in the registered slab and was marked busy by
         // `SendCredits::begin_write`, so it is neither written nor reposted until this
@@ -497,6 +543,7 @@ impl Verbs {
         out.extend(wcs[..n as usize].iter().map(|wc| Wc {
             wr_id: wc.wr_id,
             status: wc.status,
+            by_send: wc.opcode == ibv_wc_opcode::IBV_WC_RECV,
             byte_len: wc.byte_len,
             // SAFETY: reading the union's u32 view is valid for any bits; it is used only for
             // receive completions, which all carry an immediate (WRITE with immediate).
@@ -510,6 +557,9 @@ impl Verbs {
 struct Wc {
     wr_id: u64,
     status: ibv_wc_status::Type,
+    /// For a receive: whether a SEND brought it (its bytes are in the posted receive's
+    /// buffer), not a write with immediate (its bytes are in the slot the immediate names).
+    by_send: bool,
     byte_len: u32,
     imm: u32,
 }
@@ -534,6 +584,15 @@ pub struct RdmaConn {
     on_failure: Option<Arc<AtomicBool>>,
     /// When the control connection was last checked for a vanished peer.
     peer_checked: Cell<Instant>,
+    /// Messages posted: as writes into slots, and as SENDs (control messages).
+    posted: MessageCounts,
+}
+
+/// Messages a connection posted, by how they travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub writes: u64,
+    pub sends: u64,
 }
 
 fn setup_io<T>(r: io::Result<T>, qp: &mut QpMachine) -> io::Result<T> {
@@ -561,9 +620,12 @@ impl RdmaConn {
         let r = v.move_to_init(cfg);
         setup_io(r, &mut qp)?;
         let _ = qp.on(QpEvent::Advance { peer_known: false });
-        // Every slot is posted before the peer learns of it.
-        for s in recv.grant(SLOTS as usize) {
-            v.post_recv(s)?;
+        // A receive is posted for every slot before the peer learns of it: each message, a
+        // write into a granted slot or a SEND spending its credit, consumes one.
+        let initial = recv.grant(SLOTS as usize).len() as u32;
+        assert_eq!(initial, SLOTS, "the peer takes every slot as granted");
+        for r in 0..initial {
+            v.post_recv(r)?;
         }
         let psn = (v.local_endpoint(cfg, 0)?.qpn.wrapping_mul(2_654_435_761)) & 0x00ff_ffff;
         let me = v.local_endpoint(cfg, psn)?;
@@ -613,7 +675,13 @@ impl RdmaConn {
             peer,
             on_failure: None,
             peer_checked: Cell::new(Instant::now()),
+            posted: MessageCounts::default(),
         })
+    }
+
+    /// Messages posted so far, by how they travel.
+    pub fn messages(&self) -> MessageCounts {
+        self.posted
     }
 
     /// The flag to set when this connection's transport fails while the peer is still there.
@@ -709,27 +777,38 @@ impl RdmaConn {
                 let _ = self.qp.on(QpEvent::Completed);
                 continue;
             }
-            // The immediate names the slot the write landed in (the receive request consumed
-            // is only its doorbell); the credit machine checks it was granted.
+            // The immediate names the slot the message spent: a write landed in it, or a SEND
+            // (in the consumed receive's buffer) used its credit. The credit machine checks it
+            // was granted.
             let imm = wc.imm;
             let slot = match self.recv.on_write(imm, wc.byte_len) {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(FailCause::Peer, e.to_string())),
             };
-            self.take_message(slot, wc.byte_len as usize)?;
+            // Receive ids are the buffer numbers this side posted.
+            let r = u32::try_from(wc.wr_id).ok().filter(|r| *r < SLOTS);
+            let Some(r) = r else {
+                return Err(self.fail(FailCause::Peer, format!("receive id {}", wc.wr_id)));
+            };
+            self.take_message(slot, r, wc.by_send, wc.byte_len as usize)?;
         }
         Ok(wcs.len())
     }
 
-    /// Reads the message in a filled slot, releases and re-posts the slot.
-    fn take_message(&mut self, slot: SlotId, got: usize) -> io::Result<()> {
-        let p = self.v.recv_slot(slot.0);
+    /// Reads the message that spent `slot` (in the slot, or `by_send` in receive `r`'s
+    /// buffer), releases and grants the slot again and reposts receive `r`.
+    fn take_message(&mut self, slot: SlotId, r: u32, by_send: bool, got: usize) -> io::Result<()> {
+        let (p, room) = if by_send {
+            (self.v.ctrl_buf(r), CTRL_SIZE)
+        } else {
+            (self.v.recv_slot(slot.0), SLOT_SIZE)
+        };
         let mut head = [0u8; 8];
-        if !(HEADER..=SLOT_SIZE).contains(&got) {
+        if !(HEADER..=room).contains(&got) {
             return Err(self.fail(FailCause::Peer, format!("message of {got} bytes")));
         }
-        // SAFETY: the slot's completion was polled, so the device is done writing it, and it
-        // holds `got >= HEADER` bytes inside the slab.
+        // SAFETY: the completion was polled, so the device is done writing the slot or the
+        // receive buffer, which holds `got >= HEADER` bytes inside the slab.
         unsafe { std::ptr::copy_nonoverlapping(p, head.as_mut_ptr(), 8) };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let ngrant = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
@@ -753,8 +832,9 @@ impl RdmaConn {
         let payload = unsafe { std::slice::from_raw_parts(p.add(HEADER), len) };
         self.inbound.extend(payload);
         self.recv.release(slot).map_err(io::Error::other)?;
+        // The slot just released is free: one is granted again, with the receive consumed.
         for s in self.recv.grant(1) {
-            self.v.post_recv(s)?;
+            self.v.post_recv(r)?;
             self.to_return.push(s);
         }
         Ok(())
@@ -942,13 +1022,26 @@ impl RdmaConn {
         } else {
             (HEADER + payload.len(), None)
         };
-        let posted = self
-            .v
-            .post_write(src.0, len, tail, &remote, w.slot.0, SEND_TAG | w.wr_id.0);
+        // Control messages (credit returns, acks, small frames) go as SENDs, data as writes.
+        let as_send = payload.len() <= CTRL_PAYLOAD;
+        let posted = self.v.post_write(
+            src.0,
+            len,
+            tail,
+            as_send,
+            &remote,
+            w.slot.0,
+            SEND_TAG | w.wr_id.0,
+        );
         if let Err(e) = posted {
             return Err(self.fail(FailCause::ErrorCompletion, e.to_string()));
         }
         let _ = self.qp.on(QpEvent::Posted);
+        if as_send {
+            self.posted.sends += 1;
+        } else {
+            self.posted.writes += 1;
+        }
         self.inject_fault(payload.len())?;
         Ok(src)
     }
@@ -997,6 +1090,10 @@ impl Connection for RdmaConn {
     fn send_from_region(&mut self, span: MemSpan) -> io::Result<bool> {
         self.v.release_region();
         assert!(span.len > 0, "an empty region");
+        if std::env::var_os(COPY_ENV).is_some() {
+            tracing::info!("rdma: {COPY_ENV} set: frames are copied");
+            return Ok(false);
+        }
         // SAFETY: the range is the caller's allocation (the worker's slab). Registered with no
         // access flags, the device may only read it, and only for writes `send_in_place`
         // posts from slices the caller lends it; the registration is released in `Drop`.
