@@ -4,7 +4,8 @@
 //! shared source directory): a killed node, an etcd restart, a drain, the owner killed, a
 //! node that cannot read the source, one frozen and one partitioned away (a network
 //! namespace whose link is taken down), and the leader's control container killed (nodes
-//! run as containers by role).
+//! run as containers by role). Two owners spread their jobs over the same nodes into two
+//! target nodes.
 
 mod node;
 
@@ -783,4 +784,68 @@ fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_jo
     until(&nodes[(li + 1) % 3], "all up, a leader", DOWN_WITHIN, |v| {
         up(v) == all && v["leader"].is_string()
     });
+}
+
+#[test]
+fn two_owners_spread_their_jobs_over_the_same_three_nodes_into_two_target_nodes() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let start = |name: &str, spread: bool| {
+        Node::start_configured(
+            &t.path().join(name),
+            free_port(),
+            free_port(),
+            &spread_cfg(&etcd.url(), name, spread),
+        )
+    };
+    // Three source nodes and two target nodes, all members of the cluster.
+    let (n1, n2, n3) = (start("n1", true), start("n2", true), start("n3", true));
+    let (t1, t2) = (start("t1", false), start("t2", false));
+    let all: Vec<String> = ["n1", "n2", "n3", "t1", "t2"].map(String::from).to_vec();
+    until(&n1, "all up", Duration::from_secs(30), |v| up(v) == all);
+
+    // n1 owns a job towards t1, n2 one towards t2, at the same time: each is spread over the
+    // three source nodes, whose shares of the two jobs run side by side.
+    let jobs: Vec<(&Node, &Node, PathBuf, PathBuf, String)> = [(&n1, &t1, 71), (&n2, &t2, 72)]
+        .into_iter()
+        .map(|(owner, target, seed)| {
+            let src = t.path().join(format!("src{seed}"));
+            let dst = t.path().join(format!("dst{seed}"));
+            node::fill(&src, 9, 1_000_000, seed);
+            std::fs::create_dir_all(&dst).unwrap();
+            let id = node::create(owner, target, &src, &dst, &["--bandwidth-limit", "3000000"]);
+            (owner, target, src, dst, id)
+        })
+        .collect();
+    for (_, target, _, _, id) in &jobs {
+        target.cli_ok(&["relationship", "authorize", id]);
+    }
+    for (owner, target, src, dst, id) in &jobs {
+        let v = owner.wait_for("source", id, "the spread job", node::synced);
+        assert_eq!(node::tree_hash(src), node::tree_hash(dst), "{v:#}");
+        // One recovery point on its own target, as the source records it.
+        let rp = v["recovery_point"]["time"].clone();
+        target.wait_for("target", id, "the target's recovery point", |tv| {
+            tv["recovery_point"]["time"] == rp
+        });
+    }
+    // Every source node ran a share of each job: n3 of both, n1 of n2's, n2 of n1's.
+    assert_eq!(
+        metric(&n3, "mover_shards_total{outcome=\"done\"}"),
+        2.0,
+        "{}",
+        n3.log()
+    );
+    for n in [&n1, &n2] {
+        assert_eq!(
+            metric(n, "mover_shards_total{outcome=\"done\"}"),
+            1.0,
+            "{}",
+            n.log()
+        );
+    }
+    for tn in [&t1, &t2] {
+        assert_eq!(shards_started(tn), 0);
+    }
 }
