@@ -15,19 +15,21 @@
 //!
 //! Memory: one slab per connection, registered as its memory region (local and remote write):
 //! `SLOTS` receive slots, then `SLOTS` send buffers, `SLOT_SIZE` bytes each, then `SLOTS`
-//! receive buffers of `CTRL_SIZE`. A message is a header (payload length, number of granted slot ids, the slot ids: credits
-//! piggybacked) and the payload. A send worker's own buffer slab is registered too
-//! (`send_from_region`, local read only): a frame that lies in it goes out without a copy,
-//! its messages' payloads gathered from the slab behind headers from the send buffers.
-//! Completions are polled by the thread that owns the connection (the worker): no completion
-//! channel, no kernel thread on the path.
+//! receive buffers of `CTRL_SIZE`. A message is a header (payload length, number of granted
+//! slot ids, the slot ids: credits piggybacked) and the payload. A send worker's own buffer
+//! slab is registered too (`send_from_region`, local read only): a frame that lies in it goes
+//! out without a copy, its messages' payloads gathered from the slab behind headers from the
+//! send buffers. Completions are polled by the thread that owns the connection (the worker):
+//! no completion channel, no kernel thread on the path.
 //!
 //! Buffer lifetimes across posts: a receive slot may be written by the peer's device from its
 //! grant until the completion naming it is polled, and is only then read, copied out and
-//! granted again; a send buffer is
-//! read by the device from its post until its completion is polled, and `SendCredits` refuses
-//! to hand it out again before that. The slab is freed only in `Drop`, after the queue pair is
-//! destroyed (after which the device touches no buffer).
+//! granted again; a receive buffer likewise from its post until its completion, and it is
+//! reposted only after its message was copied out; a send buffer is read by the device from
+//! its post until its completion is polled, and `SendCredits` refuses to hand it out again
+//! before that; a slice of the worker's slab is read from its post until `send_in_place`
+//! saw the completion (or the flush). The slab is freed only in `Drop`, after the queue pair
+//! is destroyed (after which the device touches no buffer).
 //!
 //! Setup, over the TCP control connection (which stays open: it carries end-of-stream and
 //! lets a receiver notice a dead peer): each side sends its `Endpoint`, both move their QP to
@@ -87,7 +89,7 @@ const VERDICT_WAIT: Duration = Duration::from_millis(1500);
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Send-completion tag in work request ids (receive ids are slot numbers).
+/// Send-completion tag in work request ids (receive ids are receive buffer numbers).
 const SEND_TAG: u64 = 1 << 63;
 /// Fault injection for tests (honoured only in this feature build): after this many payload
 /// bytes sent over RDMA by this process, the sending connection moves its queue pair to Error,
