@@ -28,17 +28,22 @@ fn replicating(a: &Node, b: &Node, src: &Path, dst: &Path) -> String {
     let id = create(a, b, src, dst, &[]);
     b.cli_ok(&["relationship", "authorize", &id, "--json"]);
     // The watch is placed as replication begins and its first job walks everything: changes
-    // a test makes after that job are the ones events must carry.
-    a.wait_for(
-        "source",
-        &id,
-        "the initial sync and the watch's first walk",
-        |v| {
-            v["recovery_point"].is_object()
-                && v["job"].is_null()
-                && plain(&a.log()).contains("walking the whole tree: the watch was just placed")
-        },
-    );
+    // a test makes after that job are the ones events must carry. The log is read before the
+    // view: a job that logged its whole walk was claimed by then, so an idle view means it ended.
+    let t0 = Instant::now();
+    loop {
+        let placed = plain(&a.log()).contains("walking the whole tree: the watch was just placed");
+        let v = a.view("source", &id);
+        if placed && v["recovery_point"].is_object() && v["job"].is_null() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < CONVERGE,
+            "waited for the initial sync and the watch's first walk; view {v}\nlog:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     id
 }
 
