@@ -52,9 +52,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
     /// What this process runs: `all` (the default: one process, as a single node runs), or
-    /// containers by role that restart alone: `control,data` (relationships, scheduling, the
-    /// peer port and the data plane; the API on a local socket) and `api` (the REST API, UI
-    /// and metrics, forwarded to it). `mover node run` starts both and restarts a crashed one.
+    /// containers by role that restart alone: `control` (relationships, scheduling, the peer
+    /// port and the receivers; the API on a local socket), `data` (the source side's data
+    /// plane, which control hands its sessions to) and `api` (the REST API, UI and metrics,
+    /// forwarded to control). `control,data` runs both in one process. `mover node run`
+    /// starts the three and restarts a crashed one.
     #[arg(long, value_name = "ROLES")]
     pub roles: Option<String>,
     /// With --cluster: spread this node's jobs over the members that also set it, and run

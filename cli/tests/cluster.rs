@@ -680,15 +680,20 @@ fn a_node_partitioned_away_mid_job_is_left_behind_and_rejoins_when_the_link_mend
     );
 }
 
-/// The pid of `n`'s control container (`GET /v1/containers`), once both its containers run.
+/// The pid of `n`'s control container (`GET /v1/containers`), once its three containers run.
 fn control_container(n: &Node) -> (u32, Value) {
+    container_of(n, "control")
+}
+
+/// The pid of `n`'s container of `roles`, once its three containers run.
+fn container_of(n: &Node, roles: &str) -> (u32, Value) {
     let t0 = Instant::now();
     loop {
         if let Some((200, v)) = n.try_get("/v1/containers") {
             let cs = v["containers"].as_array().cloned().unwrap_or_default();
-            if cs.len() == 2 && cs.iter().all(|c| c["state"] == "running") {
-                let ctl = cs.iter().find(|c| c["roles"] == "data,control").unwrap();
-                return (ctl["pid"].as_u64().unwrap() as u32, v);
+            if cs.len() == 3 && cs.iter().all(|c| c["state"] == "running") {
+                let c = cs.iter().find(|c| c["roles"] == roles).unwrap();
+                return (c["pid"].as_u64().unwrap() as u32, v);
             }
         }
         assert!(
@@ -700,12 +705,9 @@ fn control_container(n: &Node) -> (u32, Value) {
     }
 }
 
-#[test]
-fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_job_completes() {
-    node::need_root();
-    let t = Scratch::new();
-    let etcd = Etcd::start(&t.path().join("etcd"));
-    // Three source nodes run as containers by role (`mover node run`), spreading their jobs.
+/// Three source nodes run as containers by role (`mover node run`), spreading their jobs, and
+/// a target node; waits for the cluster to be whole with a leader, whose index it returns.
+fn container_cluster(t: &Scratch, etcd: &Etcd) -> (Vec<Node>, Node, usize) {
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
         .map(|name| {
@@ -725,49 +727,120 @@ fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_jo
     );
     let leader = v["leader"].as_str().unwrap().to_string();
     let li = all.iter().position(|n| *n == leader).unwrap();
-    let owner = &nodes[li];
+    (nodes, target, li)
+}
 
-    // The leader owns the job: 12 MB at 3 MB/s, spread over the three.
+fn sigkill(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+/// A job of 12 MB at 3 MB/s owned by `nodes[owner]` towards `target`, spread over the three,
+/// once the other two run a share: its id, source and target directories.
+fn spread_job_under_way(
+    t: &Scratch,
+    nodes: &[Node],
+    target: &Node,
+    owner: usize,
+    seed: u64,
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    node::fill(&src, 12, 1_000_000, 61);
+    node::fill(&src, 12, 1_000_000, seed);
     std::fs::create_dir_all(&dst).unwrap();
     let id = node::create(
-        owner,
-        &target,
+        &nodes[owner],
+        target,
         &src,
         &dst,
         &["--bandwidth-limit", "3000000"],
     );
     target.cli_ok(&["relationship", "authorize", &id]);
     let others: Vec<(&Node, usize)> = (0..3)
-        .filter(|j| *j != li)
+        .filter(|j| *j != owner)
         .map(|j| (&nodes[j], 1))
         .collect();
-    mid_share(&others, owner, 1500);
-    let (ctl, _) = control_container(owner);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(ctl as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    mid_share(&others, &nodes[owner], 1500);
+    (id, src, dst)
+}
 
-    // Its supervisor restarts it alone; the job resumes and ends with one verified recovery
-    // point, and what was durable is not sent again.
+/// Waits for `id` on `owner` to be synced, tolerating an API that does not answer meanwhile.
+fn synced_through_restarts(owner: &Node, id: &str, what: &str) -> Value {
     let t0 = Instant::now();
-    let v = loop {
+    loop {
         if let Some((200, v)) = owner.try_get(&format!("/v1/replication/source-relationships/{id}"))
         {
             if node::synced(&v) {
-                break v;
+                return v;
             }
         }
         assert!(
             t0.elapsed() < node::WAIT,
-            "the job after the leader's control container died:\n{}",
+            "the job after {what}:\n{}",
             owner.log()
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+#[test]
+fn a_nodes_data_container_killed_mid_share_restarts_alone_and_the_job_completes() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let (nodes, target, li) = container_cluster(&t, &etcd);
+    let owner = &nodes[li];
+    let victim = &nodes[(li + 1) % 3];
+
+    // Another node's data container dies mid-share.
+    let (id, src, dst) = spread_job_under_way(&t, &nodes, &target, li, 67);
+    let (data, _) = container_of(victim, "data");
+    let (ctl, _) = container_of(victim, "control");
+    sigkill(data);
+
+    // The share fails, its session is retried, and the job ends with one verified recovery
+    // point; what was durable is not sent again.
+    let v = synced_through_restarts(owner, &id, "a node's data container died");
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 12e6,
+        "the retried session sent {sent} bytes of 12 MB ({last})"
+    );
+    assert!(
+        victim.log().contains("shard failed"),
+        "the killed data container's share failed:\n{}",
+        victim.log()
+    );
+    // Its supervisor restarted the data container alone.
+    let (now, cs) = container_of(victim, "data");
+    assert_ne!(now, data, "{cs:#}");
+    assert_eq!(container_of(victim, "control").0, ctl, "{cs:#}");
+    for c in cs["containers"].as_array().unwrap() {
+        let restarts = if c["roles"] == "data" { 1 } else { 0 };
+        assert_eq!(c["restarts"], restarts, "{cs:#}");
+    }
+}
+
+#[test]
+fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_job_completes() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let (nodes, target, li) = container_cluster(&t, &etcd);
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    let owner = &nodes[li];
+
+    // The leader owns the job.
+    let (id, src, dst) = spread_job_under_way(&t, &nodes, &target, li, 61);
+    let (ctl, _) = control_container(owner);
+    sigkill(ctl);
+
+    // Its supervisor restarts it alone; the job resumes and ends with one verified recovery
+    // point, and what was durable is not sent again.
+    let v = synced_through_restarts(owner, &id, "the leader's control container died");
     assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
     let (sent, last) = last_sent(&v);
     assert!(
@@ -777,7 +850,8 @@ fn the_leaders_control_container_killed_mid_spread_job_restarts_alone_and_the_jo
     let (now, cs) = control_container(owner);
     assert_ne!(now, ctl, "{cs:#}");
     for c in cs["containers"].as_array().unwrap() {
-        let restarts = if c["roles"] == "api" { 0 } else { 1 };
+        // The control container alone: the data and API containers went on.
+        let restarts = if c["roles"] == "control" { 1 } else { 0 };
         assert_eq!(c["restarts"], restarts, "{cs:#}");
     }
     // The cluster is whole again, with a leader.

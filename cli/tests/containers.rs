@@ -1,7 +1,9 @@
-//! A node run as containers by role under `mover node run` (issue 14): the API container and
-//! the control container (with the data plane) are processes of their own. Killing the API
-//! container leaves the running job alone; killing the control container stops it, and the
-//! restarted one resumes it. The supervisor reports each container and stops them on SIGTERM.
+//! A node run as containers by role under `mover node run` (issue 14): the control container,
+//! the data container (the source side's data plane) and the API container are processes of
+//! their own. Killing the API container leaves the running job alone; killing the data
+//! container breaks the job's session, and the same job resumes on the restarted one; killing
+//! the control container stops the job, and the restarted one resumes it. The supervisor
+//! reports each container and stops them on SIGTERM.
 //! Needs root (the target is protected with a read-only bind mount).
 
 mod node;
@@ -63,7 +65,7 @@ fn sigkill(pid: u32) {
 
 fn all_up(v: &Value) -> bool {
     v["containers"].as_array().is_some_and(|cs| {
-        cs.len() == 2
+        cs.len() == 3
             && cs
                 .iter()
                 .all(|c| c["state"] == "running" && c["healthy"] == true)
@@ -77,39 +79,43 @@ fn containers_by_role_restart_alone_and_the_job_goes_on() {
     let mut a = Node::start_containers(&t.path().join("a"));
     let b = Node::start(&t.path().join("b"));
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    fill(&src, 40, 250_000, 11);
+    fill(&src, 60, 250_000, 11);
     std::fs::create_dir(&dst).unwrap();
 
-    let v = containers_when(&a, "both containers up", all_up);
+    let v = containers_when(&a, "the three containers up", all_up);
     assert!(
         v["supervisor_pid"].as_u64() == Some(u64::from(a.pid())),
         "{v:#}"
     );
-    let (ctl, api) = (container(&v, "data,control"), container(&v, "api"));
+    let (ctl, data, api) = (
+        container(&v, "control"),
+        container(&v, "data"),
+        container(&v, "api"),
+    );
     let version = a.get("/v1/node").1["version"].clone();
     assert!(version.is_string());
-    for c in [ctl, api] {
+    for c in [ctl, data, api] {
         assert_eq!(c["version"], version, "{c}");
         assert_eq!(c["restarts"], 0, "{c}");
         assert_ne!(pid(c), a.pid());
     }
-    let (ctl_pid, api_pid) = (pid(ctl), pid(api));
-    assert_ne!(ctl_pid, api_pid);
+    let (ctl_pid, data_pid, api_pid) = (pid(ctl), pid(data), pid(api));
+    assert!(ctl_pid != api_pid && ctl_pid != data_pid && data_pid != api_pid);
     let text = a.cli(&["node", "containers"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("data,control") && text.contains("api"),
+        text.contains("control") && text.contains("data") && text.contains("api"),
         "{text}"
     );
     // Health needs no token; it names the process that answered (the control container).
     let (code, h) = a.call_as(None, "GET", "/v1/health", None);
     assert_eq!(
         (code, &h["status"], &h["roles"]),
-        (200, &Value::from("ok"), &Value::from("data,control")),
+        (200, &Value::from("ok"), &Value::from("control")),
         "{h}"
     );
 
-    // 10 MB at 1 MB/s: the restarts land mid-job.
+    // 15 MB at 1 MB/s: the restarts land mid-job.
     let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "1000000"]);
     b.cli_ok(&["relationship", "authorize", &id]);
     let before = a.wait_for("source", &id, "the initial sync to be under way", |v| {
@@ -121,8 +127,9 @@ fn containers_by_role_restart_alone_and_the_job_goes_on() {
     let v = containers_when(&a, "the API container restarted", |v| {
         all_up(v) && container(v, "api")["restarts"] == 1
     });
-    assert_eq!(pid(container(&v, "data,control")), ctl_pid, "{v:#}");
-    assert_eq!(container(&v, "data,control")["restarts"], 0, "{v:#}");
+    assert_eq!(pid(container(&v, "control")), ctl_pid, "{v:#}");
+    assert_eq!(container(&v, "control")["restarts"], 0, "{v:#}");
+    assert_eq!(pid(container(&v, "data")), data_pid, "{v:#}");
     assert!(container(&v, "api")["last_exit"]
         .as_str()
         .is_some_and(|e| e.contains("SIGKILL")));
@@ -138,20 +145,43 @@ fn containers_by_role_restart_alone_and_the_job_goes_on() {
     );
     assert!(alive(ctl_pid));
 
+    // The data container dies mid-job: the job's session breaks, and the same job, in the
+    // control container, resumes on the restarted data container.
+    sigkill(data_pid);
+    let v = containers_when(&a, "the data container restarted", |v| {
+        all_up(v) && container(v, "data")["restarts"] == 1
+    });
+    assert_eq!(pid(container(&v, "control")), ctl_pid, "{v:#}");
+    let resumed = a.wait_for(
+        "source",
+        &id,
+        "the job to send again after the data container died",
+        |v| {
+            v["job"]["bytes_done"].as_u64() > during["job"]["bytes_done"].as_u64()
+                && v["job"]["run_seconds"].as_f64() > during["job"]["run_seconds"].as_f64()
+        },
+    );
+    assert!(
+        a.log().contains("the data container ended the session"),
+        "the broken session was retried: {resumed:#}\nlog:\n{}",
+        a.log()
+    );
+
     // The control container dies mid-job: restarted, it resumes the job to its end.
     sigkill(ctl_pid);
     let v = containers_when(&a, "the control container restarted", |v| {
-        all_up(v) && container(v, "data,control")["restarts"] == 1
+        all_up(v) && container(v, "control")["restarts"] == 1
     });
-    assert_ne!(pid(container(&v, "data,control")), ctl_pid);
+    assert_ne!(pid(container(&v, "control")), ctl_pid);
     let done = a.wait_for("source", &id, "the resumed initial sync", synced);
     assert!(done["recovery_point"]["time"].is_string(), "{done}");
     assert_eq!(tree_hash(&src), tree_hash(&dst));
 
     // SIGTERM stops the containers, then the supervisor, cleanly.
-    let now = containers_when(&a, "both containers up", all_up);
+    let now = containers_when(&a, "the three containers up", all_up);
     let pids = [
-        pid(container(&now, "data,control")),
+        pid(container(&now, "control")),
+        pid(container(&now, "data")),
         pid(container(&now, "api")),
     ];
     let status = a.terminate();
@@ -177,9 +207,10 @@ fn a_killed_supervisor_takes_its_containers_with_it() {
     need_root();
     let t = Scratch::new();
     let mut a = Node::start_containers(&t.path().join("a"));
-    let v = containers_when(&a, "both containers up", all_up);
+    let v = containers_when(&a, "the three containers up", all_up);
     let pids = [
-        pid(container(&v, "data,control")),
+        pid(container(&v, "control")),
+        pid(container(&v, "data")),
         pid(container(&v, "api")),
     ];
     a.kill();
@@ -193,17 +224,17 @@ fn a_killed_supervisor_takes_its_containers_with_it() {
     }
     // A new supervisor starts them again on the same node (its ports and socket are free).
     let a = Node::start_containers(&t.path().join("a"));
-    containers_when(&a, "both containers up again", all_up);
+    containers_when(&a, "the three containers up again", all_up);
 }
 
 #[test]
-fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
+fn a_node_run_as_containers_upgrades_them_all_onto_a_checked_package() {
     need_root();
     let t = Scratch::new();
     let (bin, pkg) = (t.path().join("bin/mover"), t.path().join("pkg/mover-0.1.1"));
     let sum = node::package_pair(&bin, &pkg);
     let a = Node::start_containers_from(&t.path().join("a"), &bin, "", Some("0.1.0"));
-    let before = containers_when(&a, "both containers up on 0.1.0", |v| {
+    let before = containers_when(&a, "the three containers up on 0.1.0", |v| {
         all_up(v)
             && v["containers"]
                 .as_array()
@@ -223,9 +254,10 @@ fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
         "--json",
     ]);
     assert_eq!(v["phase"], "done", "{v}");
-    // The control container restarted in place onto the new binary, and the API container
-    // followed it (stopped and started again by the supervisor, not counted as a crash).
-    let after = containers_when(&a, "both containers on 0.1.1", |v| {
+    // The control container restarted in place onto the new binary, and the data and API
+    // containers followed it (stopped and started again by the supervisor, not counted as
+    // crashes).
+    let after = containers_when(&a, "the three containers on 0.1.1", |v| {
         all_up(v)
             && v["containers"]
                 .as_array()
@@ -233,14 +265,13 @@ fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
                 .iter()
                 .all(|c| c["version"] == "0.1.1")
     });
-    let (c0, c1) = (
-        container(&before, "data,control"),
-        container(&after, "data,control"),
-    );
+    let (c0, c1) = (container(&before, "control"), container(&after, "control"));
     assert_eq!(pid(c0), pid(c1), "{after:#}");
-    let api = container(&after, "api");
-    assert_ne!(pid(api), pid(container(&before, "api")), "{after:#}");
-    assert_eq!(api["restarts"], 0, "{after:#}");
+    for roles in ["data", "api"] {
+        let c = container(&after, roles);
+        assert_ne!(pid(c), pid(container(&before, roles)), "{after:#}");
+        assert_eq!(c["restarts"], 0, "{after:#}");
+    }
     let st = a.cli_ok(&["upgrade", "status", "--json"]);
     let roles: Vec<&str> = st["containers"]
         .as_array()
@@ -248,7 +279,7 @@ fn a_node_run_as_containers_upgrades_both_onto_a_checked_package() {
         .iter()
         .map(|c| c["role"].as_str().unwrap())
         .collect();
-    assert_eq!(roles, ["data,control", "api"], "{st}");
+    assert_eq!(roles, ["control", "data", "api"], "{st}");
     assert!(st["containers"]
         .as_array()
         .unwrap()

@@ -1,9 +1,10 @@
 //! `mover node run`: a node's daemon as containers by role, each a process of its own that
-//! restarts alone (`daemon::roles`): the control container (`--roles control,data`: state,
-//! scheduling, the peer port and the data plane) and the API container (`--roles api`). The
+//! restarts alone (`daemon::roles`): the control container (`--roles control`: state,
+//! scheduling, the peer port and the receivers), the data container (`--roles data`: the
+//! source side's sessions and shares) and the API container (`--roles api`). The
 //! supervisor starts them, restarts a crashed one after a bounded backoff, checks each one's
 //! health, and writes what it sees to `CONTAINERS_FILE` in the data dir, which the API serves
-//! (`GET /v1/containers`, `mover node containers`). SIGTERM stops both as SIGTERM stops the
+//! (`GET /v1/containers`, `mover node containers`). SIGTERM stops them all as SIGTERM stops the
 //! daemon (jobs at a chunk boundary), then the supervisor exits. It holds no state of its own:
 //! killed, its containers stop too (parent-death signal) and a new one starts them again.
 
@@ -56,7 +57,7 @@ pub struct SupervisorOptions {
 /// One container as `GET /v1/containers` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ContainerStatus {
-    /// Its roles, as `--roles` names them (`data,control`, `api`, or `all`).
+    /// Its roles, as `--roles` names them (`control`, `data`, `api`, or `all`).
     pub roles: String,
     /// `running`, `restarting` (crashed; started again after its backoff) or `stopped`.
     pub state: String,
@@ -163,7 +164,8 @@ async fn supervise(opts: SupervisorOptions) -> Result<()> {
     // The control container first: it makes the data dir, the node's identity and the socket
     // the API container forwards to.
     let mut all = [
-        Container::new(Roles::CONTROL_DATA),
+        Container::new(Roles::CONTROL),
+        Container::new(Roles::DATA),
         Container::new(Roles::API),
     ];
     tracing::info!(data_dir = %opts.data_dir.display(), "mover node supervisor started");
@@ -328,6 +330,8 @@ async fn probe(opts: &SupervisorOptions, c: &mut Container) {
                 _ => None,
             }
         }
+    } else if !c.roles.control {
+        ask_data(&opts.data_dir.join(crate::daemon::data_wire::DATA_SOCKET)).await
     } else {
         match tokio::time::timeout(
             PROBE_TIMEOUT,
@@ -383,6 +387,34 @@ async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) 
                 .map(str::to_string)
         });
         Some(Health { version })
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, go).await.ok().flatten()
+}
+
+/// The data container's health over its socket (`data_wire`): the release it answers with.
+async fn ask_data(path: &Path) -> Option<Health> {
+    use crate::daemon::data_wire::{FromData, ToData, OPEN_PLAIN};
+    let go = async {
+        let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
+        let body = serde_json::to_vec(&ToData::Health).ok()?;
+        let mut msg = vec![OPEN_PLAIN];
+        msg.extend_from_slice(&u32::try_from(body.len()).ok()?.to_le_bytes());
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).await.ok()?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let len = u64::from(u32::from_le_bytes(len));
+        if len > MAX_PROBE_BYTES {
+            return None;
+        }
+        let mut buf = Vec::new();
+        (&mut s).take(len).read_to_end(&mut buf).await.ok()?;
+        match serde_json::from_slice(&buf).ok()? {
+            FromData::Health { version, .. } => Some(Health {
+                version: Some(version),
+            }),
+            _ => None,
+        }
     };
     tokio::time::timeout(PROBE_TIMEOUT, go).await.ok().flatten()
 }

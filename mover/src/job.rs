@@ -83,6 +83,10 @@ impl JobControl {
     pub fn take_suspended(&self) -> bool {
         self.suspended.swap(false, Ordering::SeqCst)
     }
+    /// Whether the session was suspended (the flag stays).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
+    }
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }

@@ -31,7 +31,7 @@ const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
 /// A file that keeps changing while it is cloned is given up on after this many tries.
 const MAX_CLONE_TRIES: usize = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Provider {
     Btrfs,
     Reflink,

@@ -18,7 +18,7 @@ pub struct Health {
     /// Always `ok`: an answer means the control container is up.
     pub status: &'static str,
     pub version: String,
-    /// The roles of the process that answered (`all`, or `data,control`).
+    /// The roles of the process that answered (`all`, or `control`).
     pub roles: String,
 }
 

@@ -12,6 +12,9 @@ mod api_proxy;
 mod api_rolling;
 mod api_snapshots;
 pub mod config;
+mod data_client;
+pub mod data_server;
+pub mod data_wire;
 pub mod drill;
 mod host;
 mod http;
@@ -357,6 +360,10 @@ pub fn run(opts: DaemonOptions) -> Result<()> {
 }
 
 async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Version)>> {
+    if !opts.roles.control && opts.roles.data {
+        data_server::serve(&opts.data_dir, shutdown_signal()?).await?;
+        return Ok(None);
+    }
     if !opts.roles.control {
         api_proxy::serve(opts, shutdown_signal()?).await?;
         return Ok(None);
@@ -452,16 +459,19 @@ enum ApiListener {
 /// it), replacing the socket file a killed control container left.
 fn control_socket(data_dir: &std::path::Path) -> Result<tokio::net::UnixListener> {
     let path = data_dir.join(roles::CONTROL_SOCKET);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::Io {
-                context: format!("removing the stale socket {}", path.display()),
-                source: e,
-            })
-        }
-        _ => {}
-    }
+    remove_stale_socket(&path)?;
     tokio::net::UnixListener::bind(&path).ctx(|| format!("listening on {}", path.display()))
+}
+
+/// Removes the socket file a killed container left at `path`, so its successor can bind.
+fn remove_stale_socket(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+            context: format!("removing the stale socket {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (before readiness is announced, so a stop request

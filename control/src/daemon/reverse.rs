@@ -375,6 +375,9 @@ fn become_target_blocking(
     if let Some(c) = lock(&node.manifests).get(id).cloned() {
         c.flush();
     }
+    if !node.opts.roles.data {
+        super::data_client::manifest(node, &node.state_dir(id), false);
+    }
     let (sent, point) = mover::receiver::aside::sent_point(&node.state_dir(id))
         .map_err(|e| Error::Conflict(format!("reading what this source last sent: {e}")))?
         .ok_or_else(|| {
@@ -434,6 +437,9 @@ fn become_target_blocking(
     lock(&node.jobs).remove(id);
     if let Some(c) = lock(&node.manifests).remove(id) {
         c.flush();
+    }
+    if !node.opts.roles.data {
+        super::data_client::manifest(node, &node.state_dir(id), true);
     }
     lock(&node.hot_files).remove(id);
     // Nothing else uses it; one left behind is only disk space.

@@ -4,10 +4,11 @@
 //! - `api`: the REST API, UI and metrics as an HTTP front that forwards every request to the
 //!   control container over its local socket (`CONTROL_SOCKET` in the data dir), so the API
 //!   restarts (or is upgraded) while jobs go on;
-//! - `control` and `data`: relationships, scheduling, the peer port and the data-plane
-//!   sessions. In this release the data plane runs inside the control container, so the two
-//!   are named together (`--roles control,data`); a data container of its own is the next step
-//!   of cluster mode (ARCHITECTURE.md).
+//! - `control`: relationships, scheduling, the peer port and the receivers (the target side's
+//!   data plane still runs here);
+//! - `data`: the source side's data plane, the sessions and shares the control container
+//!   hands it over `data_wire::DATA_SOCKET` (`data_server`). A control container without the
+//!   data role sends through it; `--roles control,data` runs both in one process.
 
 use crate::{Error, Result};
 use std::fmt;
@@ -34,6 +35,19 @@ impl Roles {
     pub const API: Roles = Roles {
         api: true,
         control: false,
+        data: false,
+    };
+    /// The data plane alone: the node's source-side sessions and shares, run for the control
+    /// container over `data_wire::DATA_SOCKET`.
+    pub const DATA: Roles = Roles {
+        api: false,
+        control: false,
+        data: true,
+    };
+    /// Control with the data plane in a container of its own and the API served apart.
+    pub const CONTROL: Roles = Roles {
+        api: false,
+        control: true,
         data: false,
     };
     /// Control with its data plane, the API served apart.
@@ -92,16 +106,15 @@ impl FromStr for Roles {
                 }
             }
         }
-        if r.control != r.data {
+        if r.data && r.api && !r.control {
             return Err(Error::Invalid(format!(
-                "roles {s:?}: the data plane runs inside the control container in this \
-                 release; name control and data together (--roles control,data), and api \
-                 apart or with them"
+                "roles {s:?}: the API forwards to a control container; run data alone, or \
+                 with control"
             )));
         }
-        if !(r.api || r.control) {
+        if !(r.api || r.control || r.data) {
             return Err(Error::Invalid(
-                "no role given: --roles all, api or control,data".into(),
+                "no role given: --roles all, or a list of data, control, api".into(),
             ));
         }
         Ok(r)
@@ -123,11 +136,19 @@ mod tests {
         );
         assert_eq!(Roles::CONTROL_DATA.to_string(), "data,control");
         assert_eq!(Roles::ALL.to_string(), "all");
-        for bad in ["", "data", "control", "api,data", "disk"] {
+        assert_eq!("data".parse::<Roles>().unwrap(), Roles::DATA);
+        assert_eq!("control".parse::<Roles>().unwrap(), Roles::CONTROL);
+        for bad in ["", "api,data", "disk"] {
             let e = bad.parse::<Roles>().unwrap_err().to_string();
             assert!(e.contains("role"), "{bad:?}: {e}");
         }
-        for r in [Roles::ALL, Roles::API, Roles::CONTROL_DATA] {
+        for r in [
+            Roles::ALL,
+            Roles::API,
+            Roles::CONTROL_DATA,
+            Roles::DATA,
+            Roles::CONTROL,
+        ] {
             assert_eq!(r.to_string().parse::<Roles>().unwrap(), r);
         }
     }

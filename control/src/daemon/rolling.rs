@@ -460,8 +460,9 @@ async fn execute(node: &Arc<Node>, p: &Plan, phase: RollPhase) -> Result<Option<
     }
 }
 
-/// The API container on the new release: done; else asks it to stop (once per start of it),
-/// and its supervisor starts it again from the binary the data phase installed.
+/// The containers beside this control container (the API's and the data plane's) on the new
+/// release: done; else asks each that is up on another to stop (once per start of it), and
+/// its supervisor starts it again from the binary the data phase installed.
 fn api_container(node: &Node, to: &str) -> Result<Option<()>> {
     let Some(s) = crate::supervisor::read_status(&node.opts.data_dir)? else {
         return Err(Error::Invalid(
@@ -470,23 +471,29 @@ fn api_container(node: &Node, to: &str) -> Result<Option<()>> {
                 .into(),
         ));
     };
-    let Some(api) = s.containers.iter().find(|c| c.roles == "api") else {
+    if !s.containers.iter().any(|c| c.roles == "api") {
         return Err(Error::Invalid(
             "the supervisor reports no API container".into(),
         ));
-    };
-    if api.healthy && api.version.as_deref() == Some(to) {
-        return Ok(Some(()));
     }
-    if let (Some(pid), "running") = (api.pid, api.state.as_str()) {
-        if api.version.as_deref() != Some(to) && api.healthy {
-            tracing::info!(pid, "rolling upgrade: restarting the API container");
+    let mut all_new = true;
+    for c in s
+        .containers
+        .iter()
+        .filter(|c| c.roles == "api" || c.roles == "data")
+    {
+        if c.healthy && c.version.as_deref() == Some(to) {
+            continue;
+        }
+        all_new = false;
+        if let (Some(pid), "running", true) = (c.pid, c.state.as_str(), c.healthy) {
+            tracing::info!(pid, roles = %c.roles, "upgrade: restarting the container onto the new release");
             if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
             }
         }
     }
-    Ok(None)
+    Ok(all_new.then_some(()))
 }
 
 /// How long a single node's API container gets to come back on the new release.

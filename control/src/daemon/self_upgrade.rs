@@ -346,7 +346,7 @@ pub struct Status {
 pub struct Container {
     /// The node's name in the cluster, else its peer address.
     pub node: String,
-    /// Its roles (`all`, `data,control`, `api`).
+    /// Its roles (`all`, `control`, `data`, `api`).
     pub role: String,
     pub version: String,
     pub pid: u32,

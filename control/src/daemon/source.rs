@@ -850,12 +850,12 @@ fn run_job(
     let (id, progress) = (&c.id, &c.progress);
     let mut sessions = Sessions::new();
     // One policy for the job: an RDMA failure mid-job sends its retried sessions over TCP.
-    let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::select::Negotiated(
-        mover::transport::select::RdmaPolicy::new(
-            node.get(id, Role::Source)?.spec.transport.choice(),
-            None,
-        ),
-    ));
+    let policy = mover::transport::select::RdmaPolicy::new(
+        node.get(id, Role::Source)?.spec.transport.choice(),
+        None,
+    );
+    let transport: Arc<dyn mover::Transport> =
+        Arc::new(mover::transport::select::Negotiated(policy.clone()));
     let mut walk = Some(c.walk.clone());
     // In a cluster whose members spread their jobs, each session offers them a share.
     let places = node.cluster.as_ref().filter(|m| m.takes_shards()).map(|m| {
@@ -926,11 +926,18 @@ fn run_job(
                 changed: changed.map(|dirs| mover::tree::narrow::ChangedDirs { dirs }),
                 // Kept between jobs: the next one does not read it from disk, and this one
                 // does not wait for it to be written.
-                cache: Some(manifest_cache(node, id)),
+                cache: node.opts.roles.data.then(|| manifest_cache(node, id)),
                 // A kept policy snapshot is read-only: its plan files could not be written.
                 spread: spread.clone().filter(|_| c.policy.is_none()),
             };
-            let report = mover::sender::send_over(&opts, progress, &transport)?;
+            let report = if node.opts.roles.data {
+                mover::sender::send_over(&opts, progress, &transport)?
+            } else {
+                // The data plane runs in the node's data container, which keeps the
+                // manifest between jobs.
+                let below = super::data_client::below(&src.proc_path(), &opts.src);
+                super::data_client::send(node, &opts, src.fd(), &below, progress, &policy)?
+            };
             lock(&node.transports).insert(id.clone(), report.transport.to_string());
             Ok(report)
         });
@@ -1612,6 +1619,9 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     let cache = lock(&node.manifests).remove(id);
     if let Some(c) = cache {
         c.flush();
+    }
+    if !node.opts.roles.data {
+        super::data_client::manifest(node, &node.state_dir(id), true);
     }
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));

@@ -249,12 +249,18 @@ fn run_one(node: &Node, m: &Membership, rt: &tokio::runtime::Handle, k: &str, mu
     tracing::info!(shard = k, owner = %record.owner, "running a shard");
     let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
     let progress = Arc::new(mover::Progress::default());
-    let ran = match mover::sender::shard::open_shard(&record.shard) {
-        Ok(open) => open.run(&transport, &progress),
-        Err(e) => {
-            record.unreadable = true;
-            Err(e)
+    let ran = if node.opts.roles.data {
+        match mover::sender::shard::open_shard(&record.shard) {
+            Ok(open) => open.run(&transport, &progress),
+            Err(e) => {
+                record.unreadable = true;
+                Err(e)
+            }
         }
+    } else {
+        let (ran, unreadable) = super::data_client::share(node, &record.shard, &progress);
+        record.unreadable = unreadable;
+        ran
     };
     match ran {
         Ok(bytes) => {

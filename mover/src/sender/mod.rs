@@ -94,7 +94,7 @@ pub struct SendOptions {
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IdMap {
     pub uid: std::collections::HashMap<u32, u32>,
     pub gid: std::collections::HashMap<u32, u32>,
@@ -115,7 +115,7 @@ impl IdMap {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SendReport {
     pub session: String,
     pub entries: u64,

@@ -63,7 +63,7 @@ impl std::str::FromStr for Choice {
 }
 
 /// What a session's worker connections used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Used {
     #[default]

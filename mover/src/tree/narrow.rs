@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 /// `Walked::paths`; the root is the empty path). A directory is in the set iff its listing
 /// changed or a direct child's inode changed (data, metadata, xattrs) or was created, removed,
 /// or renamed in or out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChangedDirs {
     pub dirs: BTreeSet<Vec<u8>>,
 }

@@ -1,0 +1,401 @@
+//! The data container (`mover daemon --roles data`): the node's source-side data plane in a
+//! process of its own. It holds no state: the control container decides every session (its
+//! ticket, secret, walk and bandwidth) and hands it over `data_wire::DATA_SOCKET`; this
+//! process runs it with `mover::sender` and reports counters and the outcome back. Killed, it
+//! breaks its sessions as a killed peer does: the control container retries them with fresh
+//! tickets once the supervisor has started it again, and the receiver resumes them.
+//!
+//! Invariant: a session here ends when its control connection does (control restarted or
+//! killed): nothing sends for a job no control container runs.
+
+use super::data_wire::{
+    self, ControlState, Counters, FromData, RemoteError, SendJob, ToData, DATA_SOCKET,
+    PROGRESS_EVERY,
+};
+use crate::{Error, Result};
+use mover::sender::shard::{ShardRef, Spread};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Sessions and shares one data container runs at once; more connections are closed (their
+/// control side retries).
+pub const MAX_SESSIONS: usize = 256;
+/// Relationships whose manifest the container keeps in memory between jobs; beyond it, jobs
+/// read and write theirs on their path.
+pub const MAX_MANIFESTS: usize = 65_536;
+/// How long running sessions get to stop at a chunk boundary after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the connection threads share.
+#[derive(Default)]
+struct Shared {
+    stopping: AtomicBool,
+    active: AtomicUsize,
+    /// The running sessions' controls, to stop them on SIGTERM.
+    running: Mutex<HashMap<u64, Arc<mover::Progress>>>,
+    next: AtomicUsize,
+    /// Manifests kept between jobs, by state directory.
+    manifests: Mutex<HashMap<PathBuf, Arc<mover::sender::ManifestCache>>>,
+}
+
+impl Shared {
+    fn manifest(&self, state: &Path) -> Option<Arc<mover::sender::ManifestCache>> {
+        let mut all = super::lock(&self.manifests);
+        if let Some(c) = all.get(state) {
+            return Some(c.clone());
+        }
+        if all.len() >= MAX_MANIFESTS {
+            return None;
+        }
+        let c = Arc::new(mover::sender::ManifestCache::new());
+        all.insert(state.to_path_buf(), c.clone());
+        Some(c)
+    }
+}
+
+/// Serves the data socket until `stop` resolves, then stops running sessions at a chunk
+/// boundary (their control side retries them on the next container).
+pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let listener = bind(data_dir)?;
+    let shared = Arc::new(Shared::default());
+    let accepting = shared.clone();
+    std::thread::Builder::new()
+        .name("mover-data-accept".into())
+        .spawn(move || accept_loop(listener, accepting))
+        .map_err(|e| Error::Io {
+            context: "starting the data container's accept thread".into(),
+            source: e,
+        })?;
+    tracing::info!(socket = %data_dir.join(DATA_SOCKET).display(), "mover data container ready");
+    super::config::sd_notify("READY=1");
+    stop.await;
+    shared.stopping.store(true, Ordering::SeqCst);
+    for p in super::lock(&shared.running).values() {
+        p.control.suspend();
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(mover::GATE_POLL).await;
+    }
+    tracing::info!(
+        left = shared.active.load(Ordering::SeqCst),
+        "mover data container stopped"
+    );
+    Ok(())
+}
+
+/// Binds the socket in the data dir (made 0700 if this container starts first), replacing
+/// the file a killed container left.
+fn bind(data_dir: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = data_dir.join(DATA_SOCKET);
+    let io = |context: String| move |e| Error::Io { context, source: e };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io(format!("making {}", data_dir.display())))?;
+    super::remove_stale_socket(&path)?;
+    UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))
+}
+
+fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accepting on the data socket: {e}");
+                std::thread::sleep(mover::GATE_POLL);
+                continue;
+            }
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            continue;
+        }
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("{MAX_SESSIONS} sessions run already; closing a new one");
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mover-data-session".into())
+            .spawn(move || {
+                if let Err(e) = connection(conn, &s) {
+                    tracing::warn!("data socket: {e}");
+                }
+                s.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("starting a data session thread: {e}");
+        }
+    }
+}
+
+fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
+    let source = data_wire::accept(&conn)?;
+    let first = data_wire::read_msg::<ToData>(&mut &conn)?;
+    match (first, source) {
+        (Some(ToData::Health), None) => data_wire::write_msg(
+            &mut &conn,
+            &FromData::Health {
+                version: mover::software_version().to_string(),
+                roles: "data".into(),
+            },
+        ),
+        (Some(ToData::Manifest { state, forget }), None) => {
+            let kept = if forget {
+                super::lock(&shared.manifests).remove(&state)
+            } else {
+                super::lock(&shared.manifests).get(&state).cloned()
+            };
+            if let Some(c) = kept {
+                c.flush();
+            }
+            data_wire::write_msg(&mut &conn, &FromData::Manifest)
+        }
+        (Some(ToData::Send(job)), Some(fd)) => Session::start(conn, shared)?.send(fd, *job),
+        (Some(ToData::Share(shard)), None) => Session::start(conn, shared)?.share(shard),
+        (other, fd) => Err(mover::Error::Corrupt(format!(
+            "the data socket opened with {} and {}",
+            other.map_or("nothing".into(), |m| format!("{m:.40?}")),
+            if fd.is_some() { "a descriptor" } else { "none" }
+        ))),
+    }
+}
+
+/// One session or share and the thread that reads its control connection.
+struct Session {
+    out: Arc<Mutex<UnixStream>>,
+    progress: Arc<mover::Progress>,
+    places: Arc<Waiting>,
+    shared: Arc<Shared>,
+    key: u64,
+}
+
+/// Shares asked of the control side and not yet answered, by place; None once the control
+/// connection ended (no answer can come).
+struct Waiting(Mutex<Option<HashMap<usize, Answer>>>);
+
+/// Where the answer to one place's share goes.
+type Answer = mpsc::Sender<Result<(), RemoteError>>;
+
+impl Default for Waiting {
+    fn default() -> Waiting {
+        Waiting(Mutex::new(Some(HashMap::new())))
+    }
+}
+
+impl Session {
+    fn start(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<Session> {
+        let read = conn.try_clone().map_err(|e| mover::Error::Io {
+            context: "the data socket".into(),
+            source: e,
+        })?;
+        let progress = Arc::new(mover::Progress::default());
+        let places = Arc::new(Waiting::default());
+        let key = shared.next.fetch_add(1, Ordering::SeqCst) as u64;
+        super::lock(&shared.running).insert(key, progress.clone());
+        let (p, w) = (progress.clone(), places.clone());
+        std::thread::Builder::new()
+            .name("mover-data-control".into())
+            .spawn(move || read_control(read, &p, &w))
+            .map_err(|e| mover::Error::Io {
+                context: "starting a data session's control thread".into(),
+                source: e,
+            })?;
+        Ok(Session {
+            out: Arc::new(Mutex::new(conn)),
+            progress,
+            places,
+            shared: shared.clone(),
+            key,
+        })
+    }
+
+    fn say(&self, msg: &FromData) -> mover::Result<()> {
+        data_wire::write_msg(&mut *super::lock(&self.out), msg)
+    }
+
+    /// The outcome as the control side should read it: a session this container stopped
+    /// because it is stopping is lost, not aborted, so it is retried.
+    fn outcome<T>(&self, r: mover::Result<T>) -> Result<T, RemoteError> {
+        r.map_err(|e| {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                RemoteError::PeerLost(format!("the data container stopped the session: {e}"))
+            } else {
+                RemoteError::from(&e)
+            }
+        })
+    }
+
+    fn send(self, source: OwnedFd, job: SendJob) -> mover::Result<()> {
+        let src = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd())).join(&job.below);
+        let choice: mover::transport::select::Choice = job
+            .transport
+            .parse()
+            .map_err(|e| mover::Error::Unsupported(format!("transport {}: {e}", job.transport)))?;
+        let policy = mover::transport::select::RdmaPolicy::new(choice, None);
+        if job.fell_back {
+            policy.failure_flag().store(true, Ordering::SeqCst);
+        }
+        job.control
+            .apply(ControlState::default(), &self.progress.control);
+        let spread = (job.places > 0).then(|| {
+            Arc::new(Remote {
+                places: job.places,
+                source: job.places_source.clone(),
+                out: self.out.clone(),
+                waiting: self.places.clone(),
+            }) as Arc<dyn Spread>
+        });
+        let secret = match job.secret {
+            None => None,
+            Some(b) => Some(mover::SessionSecret::from_bytes(b.try_into().map_err(
+                |_| mover::Error::Corrupt("a session secret of the wrong length".into()),
+            )?)),
+        };
+        let cache = match (&job.state, job.keep_manifest) {
+            (Some(state), true) => self.shared.manifest(state),
+            _ => None,
+        };
+        let opts = mover::sender::SendOptions {
+            src,
+            to: job.to,
+            threads: job.threads,
+            direct: job.direct,
+            state: job.state,
+            snapshot: job.snapshot,
+            session: Some(mover::units::SessionId(job.session)),
+            secret,
+            id_map: job.id_map,
+            pin: job.pin,
+            changed: job.changed,
+            cache,
+            spread,
+        };
+        let transport: Arc<dyn mover::Transport> =
+            Arc::new(mover::transport::select::Negotiated(policy.clone()));
+        let report = self.reporting(|| mover::sender::send_over(&opts, &self.progress, &transport));
+        drop(source);
+        let outcome = self.outcome(report).map(Box::new);
+        self.say(&FromData::Sent {
+            outcome,
+            fell_back: policy.fell_back(),
+        })
+    }
+
+    fn share(self, shard: ShardRef) -> mover::Result<()> {
+        let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
+        let (ran, unreadable) = self.reporting(|| match mover::sender::shard::open_shard(&shard) {
+            Ok(open) => (open.run(&transport, &self.progress), false),
+            Err(e) => (Err(e), true),
+        });
+        let outcome = self.outcome(ran);
+        self.say(&FromData::Shared {
+            outcome,
+            unreadable,
+        })
+    }
+
+    /// Runs `f` while a thread reports the counters every `PROGRESS_EVERY`.
+    fn reporting<T>(&self, f: impl FnOnce() -> T) -> T {
+        let done = Arc::new(AtomicBool::new(false));
+        let (d, out, p) = (done.clone(), self.out.clone(), self.progress.clone());
+        let ticker = std::thread::Builder::new()
+            .name("mover-data-progress".into())
+            .spawn(move || {
+                while !d.load(Ordering::SeqCst) {
+                    std::thread::sleep(PROGRESS_EVERY);
+                    let msg = FromData::Progress(Counters::of(&p));
+                    if data_wire::write_msg(&mut *super::lock(&out), &msg).is_err() {
+                        return;
+                    }
+                }
+            });
+        let r = f();
+        done.store(true, Ordering::SeqCst);
+        if let Ok(t) = ticker {
+            let _ = t.join();
+        }
+        r
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        super::lock(&self.shared.running).remove(&self.key);
+        // The control thread ends when its connection does: shut it now.
+        let _ = super::lock(&self.out).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Applies the control side's requests as they come; a connection that ends (control gone)
+/// cancels the session, and leaves no share waiting for an answer.
+fn read_control(mut conn: UnixStream, progress: &mover::Progress, waiting: &Waiting) {
+    let mut state = ControlState::default();
+    loop {
+        match data_wire::read_msg::<ToData>(&mut conn) {
+            Ok(Some(ToData::Control(now))) => {
+                now.apply(state, &progress.control);
+                state = now;
+            }
+            Ok(Some(ToData::Placed { place, outcome })) => {
+                if let Some(tx) = super::lock(&waiting.0)
+                    .as_mut()
+                    .and_then(|w| w.remove(&place))
+                {
+                    let _ = tx.send(outcome);
+                }
+            }
+            Ok(Some(other)) => {
+                tracing::warn!("data session: unexpected {other:.40?}; ending it");
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    progress.control.cancel();
+    *super::lock(&waiting.0) = None;
+}
+
+/// The session's other places, run by the control side (which holds the cluster).
+struct Remote {
+    places: usize,
+    source: Option<PathBuf>,
+    out: Arc<Mutex<UnixStream>>,
+    waiting: Arc<Waiting>,
+}
+
+impl Spread for Remote {
+    fn places(&self) -> usize {
+        self.places
+    }
+
+    fn source(&self) -> Option<PathBuf> {
+        self.source.clone()
+    }
+
+    fn run(&self, place: usize, shard: ShardRef) -> mover::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(w) = super::lock(&self.waiting.0).as_mut() {
+            w.insert(place, tx);
+        }
+        data_wire::write_msg(
+            &mut *super::lock(&self.out),
+            &FromData::Place { place, shard },
+        )?;
+        match rx.recv() {
+            Ok(outcome) => outcome.map_err(mover::Error::from),
+            Err(_) => Err(mover::Error::PeerLost(
+                "the control container went away while another node ran a share".into(),
+            )),
+        }
+    }
+}
