@@ -61,7 +61,7 @@ impl Shared {
 /// Serves the data socket until `stop` resolves, then stops running sessions at a chunk
 /// boundary (their control side retries them on the next container).
 pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
-    let listener = bind(data_dir)?;
+    let (_lock, listener) = bind(data_dir)?;
     let shared = Arc::new(Shared::default());
     let accepting = shared.clone();
     std::thread::Builder::new()
@@ -89,9 +89,13 @@ pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>)
     Ok(())
 }
 
+/// The lock a data container holds on its data dir while it runs.
+const LOCK_FILE: &str = "data.lock";
+
 /// Binds the socket in the data dir (made 0700 if this container starts first), replacing
-/// the file a killed container left.
-fn bind(data_dir: &Path) -> Result<UnixListener> {
+/// the file a killed container left. A second data container for the same data dir fails
+/// on the lock first, so it cannot take the socket from the one that runs.
+fn bind(data_dir: &Path) -> Result<(std::fs::File, UnixListener)> {
     use std::os::unix::fs::DirBuilderExt;
     let path = data_dir.join(DATA_SOCKET);
     let io = |context: String| move |e| Error::Io { context, source: e };
@@ -100,8 +104,25 @@ fn bind(data_dir: &Path) -> Result<UnixListener> {
         .mode(0o700)
         .create(data_dir)
         .map_err(io(format!("making {}", data_dir.display())))?;
+    let lock_path = data_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |e| {
+            Error::Conflict(format!(
+                "another data container runs for {} ({}: {e})",
+                data_dir.display(),
+                lock_path.display()
+            ))
+        },
+    )?;
     super::remove_stale_socket(&path)?;
-    UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))
+    let listener = UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))?;
+    Ok((lock, listener))
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
@@ -324,6 +345,8 @@ impl Session {
         if let Ok(t) = ticker {
             let _ = t.join();
         }
+        // The last counters before the outcome, so the job's totals are exact.
+        let _ = self.say(&FromData::Progress(Counters::of(&self.progress)));
         r
     }
 }
@@ -397,5 +420,27 @@ impl Spread for Remote {
                 "the control container went away while another node ran a share".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_data_container_for_one_data_dir_is_refused_and_the_first_keeps_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (_lock, first) = bind(&data).unwrap();
+        let e = bind(&data).unwrap_err().to_string();
+        assert!(e.contains("another data container runs"), "{e}");
+        // The first one still answers on its socket.
+        let c = UnixStream::connect(data.join(DATA_SOCKET)).unwrap();
+        let (s, _) = first.accept().unwrap();
+        data_wire::open(&c, None).unwrap();
+        assert!(data_wire::accept(&s).unwrap().is_none());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

@@ -390,10 +390,10 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
     };
     tracing::info!(listen = %node.opts.listen, api = %node.opts.api, roles = %node.opts.roles, fingerprint = %node.identity.fingerprint, "mover daemon ready");
     tokio::spawn(peer_server::serve(node.clone(), peer));
-    if node.cluster.is_none() && !node.opts.roles.api {
+    if node.cluster.is_none() && !(node.opts.roles.api && node.opts.roles.data) {
         // A single node's upgrade restarted this control container onto the new release; its
-        // API container follows.
-        tokio::spawn(rolling::api_catches_up(node.clone()));
+        // data and API containers follow.
+        tokio::spawn(rolling::others_catch_up(node.clone()));
     }
     if let Some(m) = &node.cluster {
         tokio::spawn(m.clone().run());

@@ -442,6 +442,8 @@ async fn execute(node: &Arc<Node>, p: &Plan, phase: RollPhase) -> Result<Option<
             .map_err(|e| Error::Invalid(e.to_string()))??;
             Ok(Some(()))
         }
+        // Control runs the new release; a data container of its own follows it.
+        RollPhase::Data if runs_new && !node.opts.roles.data => container_on(node, &p.to, "data"),
         RollPhase::Data | RollPhase::Control if runs_new => Ok(Some(())),
         RollPhase::Data | RollPhase::Control => {
             let n = node.clone();
@@ -456,69 +458,76 @@ async fn execute(node: &Arc<Node>, p: &Plan, phase: RollPhase) -> Result<Option<
             // The API runs in this process: restarted with it.
             Ok(runs_new.then_some(()))
         }
-        RollPhase::Api => api_container(node, &p.to),
+        RollPhase::Api => container_on(node, &p.to, "api"),
     }
 }
 
-/// The containers beside this control container (the API's and the data plane's) on the new
-/// release: done; else asks each that is up on another to stop (once per start of it), and
+/// This node's container of `roles` (`api` or `data`, beside this control container) on the
+/// new release: done; else asks it to stop if it is up on another (once per start of it), and
 /// its supervisor starts it again from the binary the data phase installed.
-fn api_container(node: &Node, to: &str) -> Result<Option<()>> {
+fn container_on(node: &Node, to: &str, roles: &str) -> Result<Option<()>> {
     let Some(s) = crate::supervisor::read_status(&node.opts.data_dir)? else {
-        return Err(Error::Invalid(
-            "this node's API runs apart but no supervisor reports it (run it with \
+        return Err(Error::Invalid(format!(
+            "this node's {roles} role runs apart but no supervisor reports it (run it with \
              `mover node run`)"
-                .into(),
-        ));
+        )));
     };
-    if !s.containers.iter().any(|c| c.roles == "api") {
-        return Err(Error::Invalid(
-            "the supervisor reports no API container".into(),
-        ));
+    let Some(c) = s.containers.iter().find(|c| c.roles == roles) else {
+        return Err(Error::Invalid(format!(
+            "the supervisor reports no {roles} container"
+        )));
+    };
+    if c.healthy && c.version.as_deref() == Some(to) {
+        return Ok(Some(()));
     }
-    let mut all_new = true;
-    for c in s
-        .containers
-        .iter()
-        .filter(|c| c.roles == "api" || c.roles == "data")
-    {
-        if c.healthy && c.version.as_deref() == Some(to) {
-            continue;
-        }
-        all_new = false;
-        if let (Some(pid), "running", true) = (c.pid, c.state.as_str(), c.healthy) {
-            tracing::info!(pid, roles = %c.roles, "upgrade: restarting the container onto the new release");
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-            }
+    if let (Some(pid), "running", true) = (c.pid, c.state.as_str(), c.healthy) {
+        tracing::info!(
+            pid,
+            roles,
+            "upgrade: restarting the container onto the new release"
+        );
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }
     }
-    Ok(all_new.then_some(()))
+    Ok(None)
 }
 
-/// How long a single node's API container gets to come back on the new release.
+/// How long a single node's other containers get to come back on the new release.
 const API_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// After a single node's upgrade restarted the control container onto the new release: the
-/// API container is restarted onto it too (nothing to do when no upgrade just finished).
-pub async fn api_catches_up(node: Arc<Node>) {
+/// data and API containers are restarted onto it too (nothing to do when no upgrade just
+/// finished), the data container first, as a rolling upgrade's phases go.
+pub async fn others_catch_up(node: Arc<Node>) {
     if record_done(&node.opts.data_dir).as_deref() != Some(mover::software_version()) {
         return;
     }
     let to = mover::software_version().to_string();
     let deadline = tokio::time::Instant::now() + API_CATCH_UP;
-    while tokio::time::Instant::now() < deadline && !node.shutting_down() {
-        match api_container(&node, &to) {
-            Ok(Some(())) => return,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!("upgrade: the API container: {e}");
+    let apart = [
+        ("data", !node.opts.roles.data),
+        ("api", !node.opts.roles.api),
+    ];
+    for roles in apart.iter().filter(|(_, apart)| *apart).map(|(r, _)| *r) {
+        loop {
+            if tokio::time::Instant::now() >= deadline || node.shutting_down() {
+                tracing::error!(
+                    "upgrade: the {roles} container is not on {to} after {API_CATCH_UP:?}"
+                );
                 return;
             }
+            match container_on(&node, &to, roles) {
+                Ok(Some(())) => break,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("upgrade: the {roles} container: {e}");
+                    break;
+                }
+            }
+            tokio::time::sleep(POLL).await;
         }
-        tokio::time::sleep(POLL).await;
     }
-    tracing::error!("upgrade: the API container is not on {to} after {API_CATCH_UP:?}");
 }
 
 /// This node's report for `containers/<name>`: the supervisor's view of its containers, or
