@@ -395,9 +395,10 @@ pub async fn follow(node: Arc<Node>, m: Arc<Membership>) {
         let Some(phase) = st.phase else { continue };
         let outcome = match execute(&node, &p, phase).await {
             Ok(Some(())) => Ok(()),
-            // Under way (restarting, or waiting for a container): looked at again next time.
+            // Under way: this process restarting onto the new release (it looks no more), or
+            // waiting for a container to follow it (looked at again next time).
             Ok(None) => {
-                busy = phase != RollPhase::Api;
+                busy = phase != RollPhase::Api && mover::software_version() != p.to;
                 continue;
             }
             Err(e) => Err(e.to_string()),
