@@ -9,7 +9,7 @@ use super::Node;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 fn connect(node: &Node) -> mover::Result<UnixStream> {
@@ -192,14 +192,16 @@ fn forwarding<T>(
     mut answer: impl FnMut(FromData) -> mover::Result<Option<T>>,
     conn: &UnixStream,
 ) -> mover::Result<T> {
-    let done = Arc::new(AtomicBool::new(false));
-    let (d, o, p) = (done.clone(), out.clone(), progress.clone());
+    // Dropping `done` wakes the forwarder at once: a short session does not wait out a tick.
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    let (o, p) = (out.clone(), progress.clone());
     let forwarder = std::thread::Builder::new()
         .name("mover-data-requests".into())
         .spawn(move || {
             let mut was = ControlState::of(&p.control);
-            while !d.load(Ordering::SeqCst) {
-                std::thread::sleep(mover::GATE_POLL);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                ended.recv_timeout(mover::GATE_POLL)
+            {
                 let now = ControlState::of(&p.control);
                 if now != was {
                     if data_wire::write_msg(&mut *super::lock(&o), &ToData::Control(now)).is_err() {
@@ -226,7 +228,7 @@ fn forwarding<T>(
             Err(e) => break Err(e),
         }
     };
-    done.store(true, Ordering::SeqCst);
+    drop(done);
     let _ = conn.shutdown(std::net::Shutdown::Both);
     let _ = forwarder.join();
     r

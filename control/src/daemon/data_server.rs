@@ -327,13 +327,14 @@ impl Session {
 
     /// Runs `f` while a thread reports the counters every `PROGRESS_EVERY`.
     fn reporting<T>(&self, f: impl FnOnce() -> T) -> T {
-        let done = Arc::new(AtomicBool::new(false));
-        let (d, out, p) = (done.clone(), self.out.clone(), self.progress.clone());
+        // Dropping `done` wakes the ticker at once: a short session does not wait out a tick.
+        let (done, ended) = mpsc::channel::<()>();
+        let (out, p) = (self.out.clone(), self.progress.clone());
         let ticker = std::thread::Builder::new()
             .name("mover-data-progress".into())
             .spawn(move || {
-                while !d.load(Ordering::SeqCst) {
-                    std::thread::sleep(PROGRESS_EVERY);
+                while let Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(PROGRESS_EVERY)
+                {
                     let msg = FromData::Progress(Counters::of(&p));
                     if data_wire::write_msg(&mut *super::lock(&out), &msg).is_err() {
                         return;
@@ -341,7 +342,7 @@ impl Session {
                 }
             });
         let r = f();
-        done.store(true, Ordering::SeqCst);
+        drop(done);
         if let Ok(t) = ticker {
             let _ = t.join();
         }
