@@ -257,11 +257,7 @@ impl Node {
         let url = format!("{}{path}", self.url());
         let auth = format!("Bearer {}", self.token);
         netns::within(self.netns.as_deref(), || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(10)))
-                .build()
-                .into();
+            let agent = agent(Duration::from_secs(10));
             let mut res = agent.get(&url).header("Authorization", &auth).call().ok()?;
             let status = res.status().as_u16();
             let text = res.body_mut().read_to_string().unwrap_or_default();
@@ -428,11 +424,7 @@ impl Node {
         let url = format!("{}{path}", self.url());
         let auth = token.map(|t| format!("Bearer {t}"));
         netns::within(self.netns.as_deref(), || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(90)))
-                .build()
-                .into();
+            let agent = agent(Duration::from_secs(90));
             let res =
                 match (method, body) {
                     ("GET", _) => with_auth(agent.get(&url), &auth).call(),
@@ -636,4 +628,14 @@ pub fn fill(dir: &Path, n: usize, size: usize, seed: u64) {
         rng.fill(&mut b);
         std::fs::write(dir.join(format!("f{i:04}")), b).unwrap();
     }
+}
+
+/// An HTTP client that hands back every status (the tests assert on them) and gives up on a
+/// call after `timeout`.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
 }
