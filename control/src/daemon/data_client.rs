@@ -39,10 +39,8 @@ pub(crate) fn send(
     progress: &Arc<mover::Progress>,
     policy: &mover::transport::select::RdmaPolicy,
 ) -> mover::Result<mover::sender::SendReport> {
-    let conn = connect(node)?;
-    data_wire::open(&conn, Some(source))?;
     let spread = opts.spread.as_ref();
-    let job = SendJob {
+    let mut job = SendJob {
         below: below.to_path_buf(),
         to: opts.to,
         threads: opts.threads,
@@ -61,6 +59,15 @@ pub(crate) fn send(
         control: ControlState::of(&progress.control),
         keep_manifest: true,
     };
+    if job.changed.is_some() && data_wire::encoded_len(&job)? > data_wire::MAX_MESSAGE {
+        // A set of changed directories too large for one message: the session walks the
+        // whole tree instead, as one without a watch does.
+        tracing::warn!("the changed directories do not fit a message to the data container; walking the whole tree");
+        job.changed = None;
+    }
+    let baseline = job.control;
+    let conn = connect(node)?;
+    data_wire::open(&conn, Some(source))?;
     let out = Arc::new(Mutex::new(conn.try_clone().map_err(|e| {
         mover::Error::Io {
             context: "the data socket".into(),
@@ -68,9 +75,12 @@ pub(crate) fn send(
         }
     })?));
     data_wire::write_msg(&mut *super::lock(&out), &ToData::Send(Box::new(job)))?;
+    // The session's other places, joined before it returns, as `send_over` joins its own.
+    let mut placing = Vec::new();
     let answer = forwarding(
         &out,
         progress,
+        baseline,
         |msg| match msg {
             FromData::Place { place, shard } => {
                 let Some(spread) = spread.cloned() else {
@@ -78,8 +88,13 @@ pub(crate) fn send(
                         "the data container asked for a share of an unspread session".into(),
                     ));
                 };
+                if placing.len() >= mover::sender::shard::MAX_PLACES {
+                    return Err(mover::Error::Corrupt(
+                        "the data container asked for more places than a session has".into(),
+                    ));
+                }
                 let out = out.clone();
-                std::thread::Builder::new()
+                let t = std::thread::Builder::new()
                     .name("mover-place".into())
                     .spawn(move || {
                         let outcome = spread
@@ -92,6 +107,7 @@ pub(crate) fn send(
                         context: "starting a share's thread".into(),
                         source: e,
                     })?;
+                placing.push(t);
                 Ok(None)
             }
             FromData::Sent { outcome, fell_back } => {
@@ -103,35 +119,95 @@ pub(crate) fn send(
             other => Err(unexpected(&other)),
         },
         &conn,
-    )?;
-    answer
+    );
+    for t in placing {
+        let _ = t.join();
+    }
+    answer?
+}
+
+/// Longest wait for this node's data container to answer before a session: it restarts
+/// within the supervisor's backoff, and a session started meanwhile would spend an attempt.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits (up to `READY_WAIT`, and not once the job is stopped) until this node's data
+/// container answers its health check on this release: restarting, or still on the other
+/// side of an upgrade, it would fail the session. After the bound the session goes ahead and
+/// its error says what is wrong.
+pub(crate) fn wait_ready(node: &Node, progress: &mover::Progress) {
+    let until = std::time::Instant::now() + READY_WAIT;
+    let mut said = false;
+    while std::time::Instant::now() < until && !progress.control.is_cancelled() {
+        match health(node) {
+            Ok(v) if v == mover::software_version() => return,
+            Ok(v) if !said => {
+                tracing::info!(data = %v, control = %mover::software_version(), "waiting for the data container to run this release");
+                said = true;
+            }
+            Err(e) if !said => {
+                tracing::info!("waiting for the data container: {e}");
+                said = true;
+            }
+            _ => {}
+        }
+        std::thread::sleep(mover::GATE_POLL * 4);
+    }
+}
+
+/// The data container's release, from its health answer.
+fn health(node: &Node) -> mover::Result<String> {
+    let mut conn = connect(node)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(|e| mover::Error::Io {
+            context: "the data socket".into(),
+            source: e,
+        })?;
+    data_wire::open(&conn, None)?;
+    data_wire::write_msg(&mut conn, &ToData::Health)?;
+    match data_wire::read_msg::<FromData>(&mut conn)? {
+        Some(FromData::Health { version, .. }) => Ok(version),
+        Some(other) => Err(unexpected(&other)),
+        None => Err(lost()),
+    }
 }
 
 /// Writes the manifest the data container keeps for `state` (a relationship's state
 /// directory) and, with `forget`, drops it: before this process reads the directory or
-/// removes it. A data container that does not answer keeps nothing (its saves died with it).
-pub(crate) fn manifest(node: &Node, state: &Path, forget: bool) {
-    let run = || -> mover::Result<()> {
-        let mut conn = connect(node)?;
-        conn.set_read_timeout(Some(MANIFEST_WAIT))
-            .map_err(|e| mover::Error::Io {
-                context: "the data socket".into(),
+/// removes it. A data container that is not running keeps nothing (its saves died with it).
+pub(crate) fn manifest(node: &Node, state: &Path, forget: bool) -> mover::Result<()> {
+    let path = node.opts.data_dir.join(DATA_SOCKET);
+    let mut conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(())
+        }
+        Err(e) => {
+            return Err(mover::Error::Io {
+                context: format!("reaching this node's data container at {}", path.display()),
                 source: e,
-            })?;
-        data_wire::open(&conn, None)?;
-        let msg = ToData::Manifest {
-            state: state.to_path_buf(),
-            forget,
-        };
-        data_wire::write_msg(&mut conn, &msg)?;
-        match data_wire::read_msg::<FromData>(&mut conn)? {
-            Some(FromData::Manifest) => Ok(()),
-            Some(other) => Err(unexpected(&other)),
-            None => Err(lost()),
+            })
         }
     };
-    if let Err(e) = run() {
-        tracing::warn!(state = %state.display(), "the data container's manifest: {e}");
+    conn.set_read_timeout(Some(MANIFEST_WAIT))
+        .map_err(|e| mover::Error::Io {
+            context: "the data socket".into(),
+            source: e,
+        })?;
+    data_wire::open(&conn, None)?;
+    let msg = ToData::Manifest {
+        state: state.to_path_buf(),
+        forget,
+    };
+    data_wire::write_msg(&mut conn, &msg)?;
+    match data_wire::read_msg::<FromData>(&mut conn)? {
+        Some(FromData::Manifest) => Ok(()),
+        Some(other) => Err(unexpected(&other)),
+        None => Err(lost()),
     }
 }
 
@@ -158,6 +234,7 @@ pub(crate) fn share(
         forwarding(
             &out,
             progress,
+            ControlState::of(&progress.control),
             |msg| match msg {
                 FromData::Shared {
                     outcome,
@@ -189,6 +266,7 @@ fn choice_name(c: mover::transport::select::Choice) -> &'static str {
 fn forwarding<T>(
     out: &Arc<Mutex<UnixStream>>,
     progress: &Arc<mover::Progress>,
+    baseline: ControlState,
     mut answer: impl FnMut(FromData) -> mover::Result<Option<T>>,
     conn: &UnixStream,
 ) -> mover::Result<T> {
@@ -198,7 +276,8 @@ fn forwarding<T>(
     let forwarder = std::thread::Builder::new()
         .name("mover-data-requests".into())
         .spawn(move || {
-            let mut was = ControlState::of(&p.control);
+            // What the session started with: a change made since is sent on the first tick.
+            let mut was = baseline;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 ended.recv_timeout(mover::GATE_POLL)
             {
@@ -216,9 +295,15 @@ fn forwarding<T>(
             source: e,
         })?;
     let mut read = conn;
+    // The job's counters also hold what the session's other places sent (added as each ends):
+    // the data container's own counters move them by what changed since its last report.
+    let mut last = data_wire::Counters::default();
     let r = loop {
         match data_wire::read_msg::<FromData>(&mut read) {
-            Ok(Some(FromData::Progress(c))) => c.store(progress),
+            Ok(Some(FromData::Progress(c))) => {
+                c.add_since(last, progress);
+                last = c;
+            }
             Ok(Some(msg)) => match answer(msg) {
                 Ok(Some(t)) => break Ok(t),
                 Ok(None) => {}
@@ -234,9 +319,14 @@ fn forwarding<T>(
     r
 }
 
-/// `PathBuf` of `from` below `root`, for a session reading a kept snapshot under the pinned
-/// source (`Path::new("")` for the source itself).
-pub(crate) fn below(root: &Path, from: &Path) -> PathBuf {
-    from.strip_prefix(root)
-        .map_or_else(|_| PathBuf::new(), Path::to_path_buf)
+/// The path of `from` below `root`, for a session reading a kept snapshot under the pinned
+/// source (empty for the source itself).
+pub(crate) fn below(root: &Path, from: &Path) -> mover::Result<PathBuf> {
+    from.strip_prefix(root).map(Path::to_path_buf).map_err(|_| {
+        mover::Error::Unsupported(format!(
+            "{} is not below the source {}",
+            from.display(),
+            root.display()
+        ))
+    })
 }

@@ -28,6 +28,8 @@ pub const MAX_SESSIONS: usize = 256;
 /// Relationships whose manifest the container keeps in memory between jobs; beyond it, jobs
 /// read and write theirs on their path.
 pub const MAX_MANIFESTS: usize = 65_536;
+/// Longest wait for a new connection's opening byte and first message.
+const OPENING_WAIT: Duration = Duration::from_secs(10);
 /// How long running sessions get to stop at a chunk boundary after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -74,6 +76,9 @@ pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>)
     tracing::info!(socket = %data_dir.join(DATA_SOCKET).display(), "mover data container ready");
     super::config::sd_notify("READY=1");
     stop.await;
+    // No new session from here: control waits for the next container instead of spending
+    // an attempt on this one (`data_client::wait_ready`).
+    let _ = std::fs::remove_file(data_dir.join(DATA_SOCKET));
     shared.stopping.store(true, Ordering::SeqCst);
     for p in super::lock(&shared.running).values() {
         p.control.suspend();
@@ -160,8 +165,17 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 }
 
 fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
+    let timeout = |t| {
+        conn.set_read_timeout(t).map_err(|e| mover::Error::Io {
+            context: "the data socket".into(),
+            source: e,
+        })
+    };
+    // A client that says nothing does not hold a session slot for long.
+    timeout(Some(OPENING_WAIT))?;
     let source = data_wire::accept(&conn)?;
     let first = data_wire::read_msg::<ToData>(&mut &conn)?;
+    timeout(None)?;
     match (first, source) {
         (Some(ToData::Health), None) => data_wire::write_msg(
             &mut &conn,
@@ -181,8 +195,12 @@ fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
             }
             data_wire::write_msg(&mut &conn, &FromData::Manifest)
         }
-        (Some(ToData::Send(job)), Some(fd)) => Session::start(conn, shared)?.send(fd, *job),
-        (Some(ToData::Share(shard)), None) => Session::start(conn, shared)?.share(shard),
+        (Some(ToData::Send(job)), Some(fd)) => {
+            Session::start(conn, shared, job.control)?.send(fd, *job)
+        }
+        (Some(ToData::Share(shard)), None) => {
+            Session::start(conn, shared, ControlState::default())?.share(shard)
+        }
         (other, fd) => Err(mover::Error::Corrupt(format!(
             "the data socket opened with {} and {}",
             other.map_or("nothing".into(), |m| format!("{m:.40?}")),
@@ -214,23 +232,33 @@ impl Default for Waiting {
 }
 
 impl Session {
-    fn start(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<Session> {
+    /// A session whose job's requests start as `initial` (what control sent with it).
+    fn start(
+        conn: UnixStream,
+        shared: &Arc<Shared>,
+        initial: ControlState,
+    ) -> mover::Result<Session> {
         let read = conn.try_clone().map_err(|e| mover::Error::Io {
             context: "the data socket".into(),
             source: e,
         })?;
         let progress = Arc::new(mover::Progress::default());
+        initial.apply(ControlState::default(), &progress.control);
         let places = Arc::new(Waiting::default());
-        let key = shared.next.fetch_add(1, Ordering::SeqCst) as u64;
-        super::lock(&shared.running).insert(key, progress.clone());
         let (p, w) = (progress.clone(), places.clone());
         std::thread::Builder::new()
             .name("mover-data-control".into())
-            .spawn(move || read_control(read, &p, &w))
+            .spawn(move || read_control(read, initial, &p, &w))
             .map_err(|e| mover::Error::Io {
                 context: "starting a data session's control thread".into(),
                 source: e,
             })?;
+        let key = shared.next.fetch_add(1, Ordering::SeqCst) as u64;
+        super::lock(&shared.running).insert(key, progress.clone());
+        // Stopping began while this session opened: it stops at once too.
+        if shared.stopping.load(Ordering::SeqCst) {
+            progress.control.suspend();
+        }
         Ok(Session {
             out: Arc::new(Mutex::new(conn)),
             progress,
@@ -245,29 +273,50 @@ impl Session {
     }
 
     /// The outcome as the control side should read it: a session this container stopped
-    /// because it is stopping is lost, not aborted, so it is retried.
+    /// because it is stopping is lost, not aborted, so it is retried. Other errors keep
+    /// their kind (a source that changed still names its files).
     fn outcome<T>(&self, r: mover::Result<T>) -> Result<T, RemoteError> {
-        r.map_err(|e| {
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                RemoteError::PeerLost(format!("the data container stopped the session: {e}"))
-            } else {
-                RemoteError::from(&e)
+        r.map_err(|e| match e {
+            mover::Error::Cancelled(m) if self.shared.stopping.load(Ordering::SeqCst) => {
+                RemoteError::PeerLost(format!("the data container stopped the session: {m}"))
             }
+            e => RemoteError::from(&e),
         })
     }
 
     fn send(self, source: OwnedFd, job: SendJob) -> mover::Result<()> {
-        let src = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd())).join(&job.below);
-        let choice: mover::transport::select::Choice = job
-            .transport
-            .parse()
-            .map_err(|e| mover::Error::Unsupported(format!("transport {}: {e}", job.transport)))?;
-        let policy = mover::transport::select::RdmaPolicy::new(choice, None);
+        let policy = match job.transport.parse() {
+            Ok(choice) => mover::transport::select::RdmaPolicy::new(choice, None),
+            Err(e) => {
+                let e = mover::Error::Unsupported(format!("transport {}: {e}", job.transport));
+                return self.say(&FromData::Sent {
+                    outcome: Err(RemoteError::from(&e)),
+                    fell_back: false,
+                });
+            }
+        };
         if job.fell_back {
             policy.failure_flag().store(true, Ordering::SeqCst);
         }
-        job.control
-            .apply(ControlState::default(), &self.progress.control);
+        let transport: Arc<dyn mover::Transport> =
+            Arc::new(mover::transport::select::Negotiated(policy.clone()));
+        let report = match self.options(&source, job) {
+            Ok(opts) => {
+                self.reporting(|| mover::sender::send_over(&opts, &self.progress, &transport))
+            }
+            Err(e) => Err(e),
+        };
+        drop(source);
+        let outcome = self.outcome(report).map(Box::new);
+        self.say(&FromData::Sent {
+            outcome,
+            fell_back: policy.fell_back(),
+        })
+    }
+
+    /// The session's `SendOptions`, reading the source through `source`.
+    fn options(&self, source: &OwnedFd, job: SendJob) -> mover::Result<mover::sender::SendOptions> {
+        let src = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd())).join(&job.below);
         let spread = (job.places > 0).then(|| {
             Arc::new(Remote {
                 places: job.places,
@@ -286,7 +335,7 @@ impl Session {
             (Some(state), true) => self.shared.manifest(state),
             _ => None,
         };
-        let opts = mover::sender::SendOptions {
+        Ok(mover::sender::SendOptions {
             src,
             to: job.to,
             threads: job.threads,
@@ -300,15 +349,6 @@ impl Session {
             changed: job.changed,
             cache,
             spread,
-        };
-        let transport: Arc<dyn mover::Transport> =
-            Arc::new(mover::transport::select::Negotiated(policy.clone()));
-        let report = self.reporting(|| mover::sender::send_over(&opts, &self.progress, &transport));
-        drop(source);
-        let outcome = self.outcome(report).map(Box::new);
-        self.say(&FromData::Sent {
-            outcome,
-            fell_back: policy.fell_back(),
         })
     }
 
@@ -362,8 +402,12 @@ impl Drop for Session {
 
 /// Applies the control side's requests as they come; a connection that ends (control gone)
 /// cancels the session, and leaves no share waiting for an answer.
-fn read_control(mut conn: UnixStream, progress: &mover::Progress, waiting: &Waiting) {
-    let mut state = ControlState::default();
+fn read_control(
+    mut conn: UnixStream,
+    mut state: ControlState,
+    progress: &mover::Progress,
+    waiting: &Waiting,
+) {
     loop {
         match data_wire::read_msg::<ToData>(&mut conn) {
             Ok(Some(ToData::Control(now))) => {
@@ -408,9 +452,15 @@ impl Spread for Remote {
 
     fn run(&self, place: usize, shard: ShardRef) -> mover::Result<()> {
         let (tx, rx) = mpsc::channel();
-        if let Some(w) = super::lock(&self.waiting.0).as_mut() {
-            w.insert(place, tx);
-        }
+        let Some(w) = super::lock(&self.waiting.0)
+            .as_mut()
+            .map(|w| w.insert(place, tx))
+        else {
+            return Err(mover::Error::PeerLost(
+                "the control connection ended before another node could run a share".into(),
+            ));
+        };
+        drop(w);
         data_wire::write_msg(
             &mut *super::lock(&self.out),
             &FromData::Place { place, shard },

@@ -162,11 +162,15 @@ impl Counters {
         }
     }
 
-    pub fn store(self, p: &mover::Progress) {
+    /// Moves `p` by what these counters gained since `last` (the totals are set): `p` may hold
+    /// more than this session's own counters.
+    pub fn add_since(self, last: Counters, p: &mover::Progress) {
         use std::sync::atomic::Ordering::Relaxed;
         p.set_totals(self.files_total, self.bytes_total);
-        p.bytes.store(self.bytes, Relaxed);
-        p.files.store(self.files, Relaxed);
+        p.bytes
+            .fetch_add(self.bytes.saturating_sub(last.bytes), Relaxed);
+        p.files
+            .fetch_add(self.files.saturating_sub(last.files), Relaxed);
     }
 }
 
@@ -274,9 +278,19 @@ fn io(context: &str, e: std::io::Error) -> mover::Error {
     }
 }
 
+fn encode<T: Serialize>(msg: &T) -> mover::Result<Vec<u8>> {
+    serde_json::to_vec(msg)
+        .map_err(|e| mover::Error::Unsupported(format!("a message to the data container: {e}")))
+}
+
+/// How long `msg` is once encoded.
+pub fn encoded_len<T: Serialize>(msg: &T) -> mover::Result<usize> {
+    encode(msg).map(|b| b.len())
+}
+
 /// Writes one message.
 pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> mover::Result<()> {
-    let body = serde_json::to_vec(msg).map_err(|e| io("encoding", std::io::Error::other(e)))?;
+    let body = encode(msg)?;
     if body.len() > MAX_MESSAGE {
         return Err(mover::Error::Limit(format!(
             "a message to the data container of {} bytes (at most {MAX_MESSAGE})",
@@ -424,6 +438,51 @@ mod tests {
         let mut r = &b;
         let e = read_msg::<ToData>(&mut r).unwrap_err().to_string();
         assert!(e.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn a_change_back_from_what_a_session_started_with_reaches_its_workers() {
+        // The session started paused at 7 B/s; the operator resumes and lifts the limit.
+        let started = ControlState {
+            paused: true,
+            rate: Some(7),
+            ..Default::default()
+        };
+        let c = mover::job::JobControl::default();
+        started.apply(ControlState::default(), &c);
+        assert!(c.is_paused() && c.rate() == Some(7));
+        let now = ControlState::default();
+        now.apply(started, &c);
+        assert!(!c.is_paused() && c.rate().is_none());
+        // Cancel and suspend stay once set, whatever comes after.
+        ControlState {
+            cancelled: true,
+            suspended: true,
+            ..now
+        }
+        .apply(now, &c);
+        now.apply(now, &c);
+        assert!(c.is_cancelled() && c.is_suspended());
+    }
+
+    #[test]
+    fn counters_add_what_the_session_gained_to_a_job_that_counts_its_places_too() {
+        let p = mover::Progress::default();
+        // Another place's share ended: its bytes are in the job's counters already.
+        p.bytes
+            .fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+        let a = Counters {
+            files_total: 3,
+            bytes_total: 9000,
+            bytes: 200,
+            files: 1,
+        };
+        a.add_since(Counters::default(), &p);
+        let b = Counters { bytes: 500, ..a };
+        b.add_since(a, &p);
+        assert_eq!(Counters::of(&p).bytes, 1500);
+        assert_eq!(Counters::of(&p).files, 1);
+        assert_eq!(Counters::of(&p).bytes_total, 9000);
     }
 
     #[test]

@@ -376,7 +376,11 @@ fn become_target_blocking(
         c.flush();
     }
     if !node.opts.roles.data {
-        super::data_client::manifest(node, &node.state_dir(id), false);
+        super::data_client::manifest(node, &node.state_dir(id), false).map_err(|e| {
+            Error::Conflict(format!(
+                "the data container did not write this source's manifest ({e}); try again"
+            ))
+        })?;
     }
     let (sent, point) = mover::receiver::aside::sent_point(&node.state_dir(id))
         .map_err(|e| Error::Conflict(format!("reading what this source last sent: {e}")))?
@@ -439,7 +443,9 @@ fn become_target_blocking(
         c.flush();
     }
     if !node.opts.roles.data {
-        super::data_client::manifest(node, &node.state_dir(id), true);
+        if let Err(e) = super::data_client::manifest(node, &node.state_dir(id), true) {
+            tracing::warn!(%id, "the data container's manifest of a reversed relationship: {e}");
+        }
     }
     lock(&node.hot_files).remove(id);
     // Nothing else uses it; one left behind is only disk space.

@@ -495,7 +495,7 @@ fn container_on(node: &Node, to: &str, roles: &str) -> Result<Option<()>> {
 }
 
 /// How long a single node's other containers get to come back on the new release.
-const API_CATCH_UP: Duration = Duration::from_secs(60);
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// After a single node's upgrade restarted the control container onto the new release: the
 /// data and API containers are restarted onto it too (nothing to do when no upgrade just
@@ -505,7 +505,7 @@ pub async fn others_catch_up(node: Arc<Node>) {
         return;
     }
     let to = mover::software_version().to_string();
-    let deadline = tokio::time::Instant::now() + API_CATCH_UP;
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
     let apart = [
         ("data", !node.opts.roles.data),
         ("api", !node.opts.roles.api),
@@ -513,9 +513,7 @@ pub async fn others_catch_up(node: Arc<Node>) {
     for roles in apart.iter().filter(|(_, apart)| *apart).map(|(r, _)| *r) {
         loop {
             if tokio::time::Instant::now() >= deadline || node.shutting_down() {
-                tracing::error!(
-                    "upgrade: the {roles} container is not on {to} after {API_CATCH_UP:?}"
-                );
+                tracing::error!("upgrade: the {roles} container is not on {to} after {CATCH_UP:?}");
                 return;
             }
             match container_on(&node, &to, roles) {

@@ -876,6 +876,11 @@ fn run_job(
         if let Some(p) = &places {
             p.set_source(src.path().to_path_buf());
         }
+        if !node.opts.roles.data {
+            // A data container restarting (or not yet on this release) would fail the
+            // session: its ticket and attempt wait for it instead.
+            super::data_client::wait_ready(node, progress);
+        }
         let res = match rt.block_on(ticket(node, &r)) {
             Ok(_) if !ticket_usable(node, id, progress)? => continue,
             other => other,
@@ -935,7 +940,7 @@ fn run_job(
             } else {
                 // The data plane runs in the node's data container, which keeps the
                 // manifest between jobs.
-                let below = super::data_client::below(&src.proc_path(), &opts.src);
+                let below = super::data_client::below(&src.proc_path(), &opts.src)?;
                 super::data_client::send(node, &opts, src.fd(), &below, progress, &policy)?
             };
             lock(&node.transports).insert(id.clone(), report.transport.to_string());
@@ -1621,7 +1626,9 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
         c.flush();
     }
     if !node.opts.roles.data {
-        super::data_client::manifest(node, &node.state_dir(id), true);
+        if let Err(e) = super::data_client::manifest(node, &node.state_dir(id), true) {
+            tracing::warn!(%id, "the data container's manifest of a deleted relationship: {e}");
+        }
     }
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));
