@@ -331,7 +331,7 @@ async fn probe(opts: &SupervisorOptions, c: &mut Container) {
             }
         }
     } else if !c.roles.control {
-        ask_data(&opts.data_dir.join(crate::daemon::data_wire::DATA_SOCKET)).await
+        ask_data(opts.data_dir.join(crate::daemon::data_wire::DATA_SOCKET)).await
     } else {
         match tokio::time::timeout(
             PROBE_TIMEOUT,
@@ -392,31 +392,15 @@ async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) 
 }
 
 /// The data container's health over its socket (`data_wire`): the release it answers with.
-async fn ask_data(path: &Path) -> Option<Health> {
-    use crate::daemon::data_wire::{FromData, ToData, OPEN_PLAIN};
-    let go = async {
-        let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
-        let body = serde_json::to_vec(&ToData::Health).ok()?;
-        let mut msg = vec![OPEN_PLAIN];
-        msg.extend_from_slice(&u32::try_from(body.len()).ok()?.to_le_bytes());
-        msg.extend_from_slice(&body);
-        s.write_all(&msg).await.ok()?;
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.ok()?;
-        let len = u64::from(u32::from_le_bytes(len));
-        if len > MAX_PROBE_BYTES {
-            return None;
-        }
-        let mut buf = Vec::new();
-        (&mut s).take(len).read_to_end(&mut buf).await.ok()?;
-        match serde_json::from_slice(&buf).ok()? {
-            FromData::Health { version, .. } => Some(Health {
-                version: Some(version),
-            }),
-            _ => None,
-        }
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, go).await.ok().flatten()
+async fn ask_data(path: PathBuf) -> Option<Health> {
+    use crate::daemon::data_wire::{call, FromData, ToData};
+    let answer = tokio::task::spawn_blocking(move || call(&path, PROBE_TIMEOUT, &ToData::Health));
+    match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
+        Ok(Ok(Ok(FromData::Health { version, .. }))) => Some(Health {
+            version: Some(version),
+        }),
+        _ => None,
+    }
 }
 
 /// What the API container writes about itself at start, in the data dir: its pid and release,

@@ -4,23 +4,33 @@
 //! the job's `Progress`, pause, cancel and bandwidth reach the workers, and the error keeps its
 //! kind. A data container that is down or dies mid-session is a lost peer: the job retries.
 
-use super::data_wire::{self, ControlState, FromData, SendJob, ToData, DATA_SOCKET};
+use super::data_wire::{self, ControlState, FromData, SendJob, Ticker, ToData, DATA_SOCKET};
 use super::Node;
+use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-fn connect(node: &Node) -> mover::Result<UnixStream> {
-    let path = node.opts.data_dir.join(DATA_SOCKET);
-    UnixStream::connect(&path).map_err(|e| mover::Error::Io {
-        context: format!(
-            "reaching this node's data container at {} (`mover node run` starts it)",
-            path.display()
-        ),
-        source: e,
-    })
+fn socket(node: &Node) -> PathBuf {
+    node.opts.data_dir.join(DATA_SOCKET)
+}
+
+/// Opens a session's connection: the opening byte (with `source`) and the first message,
+/// already framed. Returns the connection to read and the writing half the session's threads
+/// share.
+fn session(
+    node: &Node,
+    source: Option<BorrowedFd<'_>>,
+    first: &[u8],
+) -> mover::Result<(UnixStream, Arc<Mutex<UnixStream>>)> {
+    let conn = data_wire::connect(&socket(node))?;
+    data_wire::open(&conn, source)?;
+    let mut out = conn.try_clone().map_err(|e| data_wire::io("cloning", e))?;
+    out.write_all(first)
+        .map_err(|e| data_wire::io("writing", e))?;
+    Ok((conn, Arc::new(Mutex::new(out))))
 }
 
 fn lost() -> mover::Error {
@@ -40,7 +50,7 @@ pub(crate) fn send(
     policy: &mover::transport::select::RdmaPolicy,
 ) -> mover::Result<mover::sender::SendReport> {
     let spread = opts.spread.as_ref();
-    let mut job = SendJob {
+    let job = SendJob {
         below: below.to_path_buf(),
         to: opts.to,
         threads: opts.threads,
@@ -54,27 +64,27 @@ pub(crate) fn send(
         changed: opts.changed.clone(),
         places: spread.map_or(0, |s| s.places()),
         places_source: spread.and_then(|s| s.source()),
-        transport: choice_name(policy.choice).into(),
+        transport: policy.choice,
         fell_back: policy.fell_back(),
         control: ControlState::of(&progress.control),
         keep_manifest: true,
     };
-    if job.changed.is_some() && data_wire::encoded_len(&job)? > data_wire::MAX_MESSAGE {
-        // A set of changed directories too large for one message: the session walks the
-        // whole tree instead, as one without a watch does.
-        tracing::warn!("the changed directories do not fit a message to the data container; walking the whole tree");
-        job.changed = None;
-    }
     let baseline = job.control;
-    let conn = connect(node)?;
-    data_wire::open(&conn, Some(source))?;
-    let out = Arc::new(Mutex::new(conn.try_clone().map_err(|e| {
-        mover::Error::Io {
-            context: "the data socket".into(),
-            source: e,
-        }
-    })?));
-    data_wire::write_msg(&mut *super::lock(&out), &ToData::Send(Box::new(job)))?;
+    let mut msg = ToData::Send(Box::new(job));
+    let first = match data_wire::frame(&msg) {
+        Err(mover::Error::Limit(m)) => match &mut msg {
+            // A set of changed directories too large for one message: the session walks
+            // the whole tree instead, as one without a watch does.
+            ToData::Send(job) if job.changed.is_some() => {
+                tracing::warn!("{m}: walking the whole tree instead of the changed directories");
+                job.changed = None;
+                data_wire::frame(&msg)?
+            }
+            _ => return Err(mover::Error::Limit(m)),
+        },
+        other => other?,
+    };
+    let (conn, out) = session(node, Some(source), &first)?;
     // The session's other places, joined before it returns, as `send_over` joins its own.
     let mut placing = Vec::new();
     let answer = forwarding(
@@ -156,58 +166,35 @@ pub(crate) fn wait_ready(node: &Node, progress: &mover::Progress) {
 
 /// The data container's release, from its health answer.
 fn health(node: &Node) -> mover::Result<String> {
-    let mut conn = connect(node)?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-        .map_err(|e| mover::Error::Io {
-            context: "the data socket".into(),
-            source: e,
-        })?;
-    data_wire::open(&conn, None)?;
-    data_wire::write_msg(&mut conn, &ToData::Health)?;
-    match data_wire::read_msg::<FromData>(&mut conn)? {
-        Some(FromData::Health { version, .. }) => Ok(version),
-        Some(other) => Err(unexpected(&other)),
-        None => Err(lost()),
+    match data_wire::call(&socket(node), HEALTH_WAIT, &ToData::Health)? {
+        FromData::Health { version, .. } => Ok(version),
+        other => Err(unexpected(&other)),
     }
 }
+
+/// Longest wait for the data container's health answer.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Writes the manifest the data container keeps for `state` (a relationship's state
 /// directory) and, with `forget`, drops it: before this process reads the directory or
 /// removes it. A data container that is not running keeps nothing (its saves died with it).
 pub(crate) fn manifest(node: &Node, state: &Path, forget: bool) -> mover::Result<()> {
-    let path = node.opts.data_dir.join(DATA_SOCKET);
-    let mut conn = match UnixStream::connect(&path) {
-        Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(())
-        }
-        Err(e) => {
-            return Err(mover::Error::Io {
-                context: format!("reaching this node's data container at {}", path.display()),
-                source: e,
-            })
-        }
-    };
-    conn.set_read_timeout(Some(MANIFEST_WAIT))
-        .map_err(|e| mover::Error::Io {
-            context: "the data socket".into(),
-            source: e,
-        })?;
-    data_wire::open(&conn, None)?;
     let msg = ToData::Manifest {
         state: state.to_path_buf(),
         forget,
     };
-    data_wire::write_msg(&mut conn, &msg)?;
-    match data_wire::read_msg::<FromData>(&mut conn)? {
-        Some(FromData::Manifest) => Ok(()),
-        Some(other) => Err(unexpected(&other)),
-        None => Err(lost()),
+    match data_wire::call(&socket(node), MANIFEST_WAIT, &msg) {
+        Ok(FromData::Manifest) => Ok(()),
+        Ok(other) => Err(unexpected(&other)),
+        Err(mover::Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -222,15 +209,8 @@ pub(crate) fn share(
     progress: &Arc<mover::Progress>,
 ) -> (mover::Result<u64>, bool) {
     let run = || -> mover::Result<(mover::Result<u64>, bool)> {
-        let conn = connect(node)?;
-        data_wire::open(&conn, None)?;
-        let out = Arc::new(Mutex::new(conn.try_clone().map_err(|e| {
-            mover::Error::Io {
-                context: "the data socket".into(),
-                source: e,
-            }
-        })?));
-        data_wire::write_msg(&mut *super::lock(&out), &ToData::Share(shard.clone()))?;
+        let first = data_wire::frame(&ToData::Share(shard.clone()))?;
+        let (conn, out) = session(node, None, &first)?;
         forwarding(
             &out,
             progress,
@@ -252,15 +232,6 @@ fn unexpected(m: &FromData) -> mover::Error {
     mover::Error::Corrupt(format!("the data container answered {m:.60?}"))
 }
 
-fn choice_name(c: mover::transport::select::Choice) -> &'static str {
-    use mover::transport::select::Choice;
-    match c {
-        Choice::Auto => "auto",
-        Choice::Tcp => "tcp",
-        Choice::Rdma => "rdma",
-    }
-}
-
 /// Reads the data container's messages until `answer` makes one final, storing counters in
 /// `progress` and forwarding its control requests as they change (every `GATE_POLL`).
 fn forwarding<T>(
@@ -270,30 +241,17 @@ fn forwarding<T>(
     mut answer: impl FnMut(FromData) -> mover::Result<Option<T>>,
     conn: &UnixStream,
 ) -> mover::Result<T> {
-    // Dropping `done` wakes the forwarder at once: a short session does not wait out a tick.
-    let (done, ended) = std::sync::mpsc::channel::<()>();
     let (o, p) = (out.clone(), progress.clone());
-    let forwarder = std::thread::Builder::new()
-        .name("mover-data-requests".into())
-        .spawn(move || {
-            // What the session started with: a change made since is sent on the first tick.
-            let mut was = baseline;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                ended.recv_timeout(mover::GATE_POLL)
-            {
-                let now = ControlState::of(&p.control);
-                if now != was {
-                    if data_wire::write_msg(&mut *super::lock(&o), &ToData::Control(now)).is_err() {
-                        return;
-                    }
-                    was = now;
-                }
-            }
-        })
-        .map_err(|e| mover::Error::Io {
-            context: "starting the data session's request thread".into(),
-            source: e,
-        })?;
+    // What the session started with: a change made since is sent on the first tick.
+    let mut was = baseline;
+    let forwarder = Ticker::start("mover-data-requests", mover::GATE_POLL, move || {
+        let now = ControlState::of(&p.control);
+        if now == was {
+            return true;
+        }
+        was = now;
+        data_wire::write_msg(&mut *super::lock(&o), &ToData::Control(now)).is_ok()
+    })?;
     let mut read = conn;
     // The job's counters also hold what the session's other places sent (added as each ends):
     // the data container's own counters move them by what changed since its last report.
@@ -313,9 +271,8 @@ fn forwarding<T>(
             Err(e) => break Err(e),
         }
     };
-    drop(done);
     let _ = conn.shutdown(std::net::Shutdown::Both);
-    let _ = forwarder.join();
+    forwarder.stop();
     r
 }
 

@@ -9,7 +9,7 @@
 //! killed): nothing sends for a job no control container runs.
 
 use super::data_wire::{
-    self, ControlState, Counters, FromData, RemoteError, SendJob, ToData, DATA_SOCKET,
+    self, ControlState, Counters, FromData, RemoteError, SendJob, Ticker, ToData, DATA_SOCKET,
     PROGRESS_EVERY,
 };
 use crate::{Error, Result};
@@ -166,10 +166,8 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
 
 fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
     let timeout = |t| {
-        conn.set_read_timeout(t).map_err(|e| mover::Error::Io {
-            context: "the data socket".into(),
-            source: e,
-        })
+        conn.set_read_timeout(t)
+            .map_err(|e| data_wire::io("setting a timeout", e))
     };
     // A client that says nothing does not hold a session slot for long.
     timeout(Some(OPENING_WAIT))?;
@@ -238,10 +236,7 @@ impl Session {
         shared: &Arc<Shared>,
         initial: ControlState,
     ) -> mover::Result<Session> {
-        let read = conn.try_clone().map_err(|e| mover::Error::Io {
-            context: "the data socket".into(),
-            source: e,
-        })?;
+        let read = conn.try_clone().map_err(|e| data_wire::io("cloning", e))?;
         let progress = Arc::new(mover::Progress::default());
         initial.apply(ControlState::default(), &progress.control);
         let places = Arc::new(Waiting::default());
@@ -285,16 +280,7 @@ impl Session {
     }
 
     fn send(self, source: OwnedFd, job: SendJob) -> mover::Result<()> {
-        let policy = match job.transport.parse() {
-            Ok(choice) => mover::transport::select::RdmaPolicy::new(choice, None),
-            Err(e) => {
-                let e = mover::Error::Unsupported(format!("transport {}: {e}", job.transport));
-                return self.say(&FromData::Sent {
-                    outcome: Err(RemoteError::from(&e)),
-                    fell_back: false,
-                });
-            }
-        };
+        let policy = mover::transport::select::RdmaPolicy::new(job.transport, None);
         if job.fell_back {
             policy.failure_flag().store(true, Ordering::SeqCst);
         }
@@ -367,24 +353,15 @@ impl Session {
 
     /// Runs `f` while a thread reports the counters every `PROGRESS_EVERY`.
     fn reporting<T>(&self, f: impl FnOnce() -> T) -> T {
-        // Dropping `done` wakes the ticker at once: a short session does not wait out a tick.
-        let (done, ended) = mpsc::channel::<()>();
         let (out, p) = (self.out.clone(), self.progress.clone());
-        let ticker = std::thread::Builder::new()
-            .name("mover-data-progress".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(PROGRESS_EVERY)
-                {
-                    let msg = FromData::Progress(Counters::of(&p));
-                    if data_wire::write_msg(&mut *super::lock(&out), &msg).is_err() {
-                        return;
-                    }
-                }
-            });
+        // Without the thread the session still runs; only the last counters are reported.
+        let ticker = Ticker::start("mover-data-progress", PROGRESS_EVERY, move || {
+            let msg = FromData::Progress(Counters::of(&p));
+            data_wire::write_msg(&mut *super::lock(&out), &msg).is_ok()
+        });
         let r = f();
-        drop(done);
         if let Ok(t) = ticker {
-            let _ = t.join();
+            t.stop();
         }
         // The last counters before the outcome, so the job's totals are exact.
         let _ = self.say(&FromData::Progress(Counters::of(&self.progress)));
@@ -452,15 +429,14 @@ impl Spread for Remote {
 
     fn run(&self, place: usize, shard: ShardRef) -> mover::Result<()> {
         let (tx, rx) = mpsc::channel();
-        let Some(w) = super::lock(&self.waiting.0)
-            .as_mut()
-            .map(|w| w.insert(place, tx))
-        else {
-            return Err(mover::Error::PeerLost(
-                "the control connection ended before another node could run a share".into(),
-            ));
+        match super::lock(&self.waiting.0).as_mut() {
+            Some(w) => w.insert(place, tx),
+            None => {
+                return Err(mover::Error::PeerLost(
+                    "the control connection ended before another node could run a share".into(),
+                ))
+            }
         };
-        drop(w);
         data_wire::write_msg(
             &mut *super::lock(&self.out),
             &FromData::Place { place, shard },

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
 /// The data container's socket, in the data dir.
 pub const DATA_SOCKET: &str = "data.sock";
@@ -73,7 +75,7 @@ pub enum FromData {
 }
 
 /// How often the data container reports a session's counters.
-pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// One send session as the control container decided it: `SendOptions` in plain data. The
 /// source is the descriptor passed with the opening byte, and `below` under it (a kept policy
@@ -96,9 +98,9 @@ pub struct SendJob {
     /// where they find the source; 0: every worker here.
     pub places: usize,
     pub places_source: Option<PathBuf>,
-    /// The relationship's transport choice (`auto`, `tcp`, `rdma`) and whether an earlier
-    /// session of the job fell back to TCP.
-    pub transport: String,
+    /// The relationship's transport choice and whether an earlier session of the job fell
+    /// back to TCP.
+    pub transport: mover::transport::select::Choice,
     pub fell_back: bool,
     pub control: ControlState,
     /// Keep the relationship's manifest in memory between its jobs (by `state`), as the
@@ -271,7 +273,8 @@ impl From<RemoteError> for mover::Error {
     }
 }
 
-fn io(context: &str, e: std::io::Error) -> mover::Error {
+/// An error of the data socket while `context`.
+pub fn io(context: &str, e: std::io::Error) -> mover::Error {
     mover::Error::Io {
         context: format!("the data container's socket: {context}"),
         source: e,
@@ -283,13 +286,9 @@ fn encode<T: Serialize>(msg: &T) -> mover::Result<Vec<u8>> {
         .map_err(|e| mover::Error::Unsupported(format!("a message to the data container: {e}")))
 }
 
-/// How long `msg` is once encoded.
-pub fn encoded_len<T: Serialize>(msg: &T) -> mover::Result<usize> {
-    encode(msg).map(|b| b.len())
-}
-
-/// Writes one message.
-pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> mover::Result<()> {
+/// One message as it goes on the socket: its length, then its JSON (a `Limit` error beyond
+/// `MAX_MESSAGE`, before anything is written).
+pub fn frame<T: Serialize>(msg: &T) -> mover::Result<Vec<u8>> {
     let body = encode(msg)?;
     if body.len() > MAX_MESSAGE {
         return Err(mover::Error::Limit(format!(
@@ -302,11 +301,85 @@ pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> mover::Result<()>
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&body);
-    w.write_all(&out).map_err(|e| io("writing", e))
+    Ok(out)
+}
+
+/// Writes one message.
+pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> mover::Result<()> {
+    w.write_all(&frame(msg)?).map_err(|e| io("writing", e))
+}
+
+/// Connects to the data container's socket at `path`.
+pub fn connect(path: &Path) -> mover::Result<UnixStream> {
+    UnixStream::connect(path).map_err(|e| mover::Error::Io {
+        context: format!(
+            "reaching this node's data container at {} (`mover node run` starts it)",
+            path.display()
+        ),
+        source: e,
+    })
+}
+
+/// Largest answer to a `call`: a health check's or a manifest's is a few dozen bytes.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// One request without a descriptor and its one answer (at most `MAX_ANSWER` bytes), waiting
+/// at most `timeout` for it (health checks, manifests).
+pub fn call(path: &Path, timeout: Duration, msg: &ToData) -> mover::Result<FromData> {
+    let mut conn = connect(path)?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| io("setting a timeout", e))?;
+    open(&conn, None)?;
+    write_msg(&mut conn, msg)?;
+    read_bounded(&mut conn, MAX_ANSWER)?.ok_or_else(|| {
+        mover::Error::PeerLost("the data container closed the connection without an answer".into())
+    })
+}
+
+/// A thread that runs `tick` every `period` (until `tick` says to end, or `stop`): stopping
+/// wakes it at once, so a short session does not wait out a tick.
+pub struct Ticker {
+    done: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Ticker {
+    pub fn start(
+        name: &str,
+        period: Duration,
+        mut tick: impl FnMut() -> bool + Send + 'static,
+    ) -> mover::Result<Ticker> {
+        let (done, ended) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(period) {
+                    if !tick() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| io(&format!("starting the {name} thread"), e))?;
+        Ok(Ticker { done, thread })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(self) {
+        drop(self.done);
+        let _ = self.thread.join();
+    }
 }
 
 /// Reads one message; `Ok(None)` at a clean end of the stream (between messages).
 pub fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> mover::Result<Option<T>> {
+    read_bounded(r, MAX_MESSAGE)
+}
+
+/// `read_msg` of a message of at most `max` bytes.
+fn read_bounded<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+    max: usize,
+) -> mover::Result<Option<T>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -314,9 +387,9 @@ pub fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> mover::Resul
         Err(e) => return Err(io("reading", e)),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_MESSAGE {
+    if len > max {
         return Err(mover::Error::Limit(format!(
-            "a message on the data container's socket of {len} bytes (at most {MAX_MESSAGE})"
+            "a message on the data container's socket of {len} bytes (at most {max})"
         )));
     }
     let mut body = vec![0u8; len];

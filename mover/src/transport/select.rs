@@ -40,7 +40,8 @@ const MAX_GIDS: u32 = 256;
 pub const BUILT: bool = cfg!(feature = "rdma");
 
 /// What the operator asked for (`--transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Choice {
     /// RDMA when both sides have it, else TCP.
     #[default]
