@@ -340,10 +340,8 @@ impl Session {
 
     fn share(self, shard: ShardRef) -> mover::Result<()> {
         let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
-        let (ran, unreadable) = self.reporting(|| match mover::sender::shard::open_shard(&shard) {
-            Ok(open) => (open.run(&transport, &self.progress), false),
-            Err(e) => (Err(e), true),
-        });
+        let (ran, unreadable) = self
+            .reporting(|| mover::sender::shard::run_assigned(&shard, &transport, &self.progress));
         let outcome = self.outcome(ran);
         self.say(&FromData::Shared {
             outcome,

@@ -372,16 +372,11 @@ fn become_target_blocking(
 ) -> Result<Discarded> {
     let r = node.get(id, Role::Source)?;
     // The manifest written in the background is the one compared with.
-    if let Some(c) = lock(&node.manifests).get(id).cloned() {
-        c.flush();
-    }
-    if !node.opts.roles.data {
-        super::data_client::manifest(node, &node.state_dir(id), false).map_err(|e| {
-            Error::Conflict(format!(
-                "the data container did not write this source's manifest ({e}); try again"
-            ))
-        })?;
-    }
+    super::source::settle_manifest(node, id, false).map_err(|e| {
+        Error::Conflict(format!(
+            "the data container did not write this source's manifest ({e}); try again"
+        ))
+    })?;
     let (sent, point) = mover::receiver::aside::sent_point(&node.state_dir(id))
         .map_err(|e| Error::Conflict(format!("reading what this source last sent: {e}")))?
         .ok_or_else(|| {
@@ -439,13 +434,8 @@ fn become_target_blocking(
     node.store().set_role(&t)?;
     // What this node kept as a source is about a direction that no longer exists.
     lock(&node.jobs).remove(id);
-    if let Some(c) = lock(&node.manifests).remove(id) {
-        c.flush();
-    }
-    if !node.opts.roles.data {
-        if let Err(e) = super::data_client::manifest(node, &node.state_dir(id), true) {
-            tracing::warn!(%id, "the data container's manifest of a reversed relationship: {e}");
-        }
+    if let Err(e) = super::source::settle_manifest(node, id, true) {
+        tracing::warn!(%id, "the data container's manifest of a reversed relationship: {e}");
     }
     lock(&node.hot_files).remove(id);
     // Nothing else uses it; one left behind is only disk space.

@@ -989,6 +989,24 @@ fn run_job(
     }
 }
 
+/// Writes the manifest of `id` kept in memory between its jobs, wherever it is kept (here,
+/// or in the node's data container), and with `forget` drops it: before its state directory
+/// is read or removed (a save still running would leave it stale, or make it again).
+pub(crate) fn settle_manifest(node: &Node, id: &RelationshipId, forget: bool) -> mover::Result<()> {
+    let here = if forget {
+        lock(&node.manifests).remove(id)
+    } else {
+        lock(&node.manifests).get(id).cloned()
+    };
+    if let Some(c) = here {
+        c.flush();
+    }
+    if node.opts.roles.data {
+        return Ok(());
+    }
+    super::data_client::manifest(node, &node.state_dir(id), forget)
+}
+
 /// The relationship's manifest kept in memory between its jobs.
 fn manifest_cache(node: &Node, id: &RelationshipId) -> Arc<mover::sender::ManifestCache> {
     lock(&node.manifests)
@@ -1621,14 +1639,8 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     node.forget(id, Role::Source)?;
     lock(&node.hot_files).remove(id);
     // A manifest still being written would make the directory again.
-    let cache = lock(&node.manifests).remove(id);
-    if let Some(c) = cache {
-        c.flush();
-    }
-    if !node.opts.roles.data {
-        if let Err(e) = super::data_client::manifest(node, &node.state_dir(id), true) {
-            tracing::warn!(%id, "the data container's manifest of a deleted relationship: {e}");
-        }
+    if let Err(e) = settle_manifest(node, id, true) {
+        tracing::warn!(%id, "the data container's manifest of a deleted relationship: {e}");
     }
     // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));

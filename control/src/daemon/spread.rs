@@ -249,19 +249,12 @@ fn run_one(node: &Node, m: &Membership, rt: &tokio::runtime::Handle, k: &str, mu
     tracing::info!(shard = k, owner = %record.owner, "running a shard");
     let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
     let progress = Arc::new(mover::Progress::default());
-    let ran = if node.opts.roles.data {
-        match mover::sender::shard::open_shard(&record.shard) {
-            Ok(open) => open.run(&transport, &progress),
-            Err(e) => {
-                record.unreadable = true;
-                Err(e)
-            }
-        }
+    let (ran, unreadable) = if node.opts.roles.data {
+        mover::sender::shard::run_assigned(&record.shard, &transport, &progress)
     } else {
-        let (ran, unreadable) = super::data_client::share(node, &record.shard, &progress);
-        record.unreadable = unreadable;
-        ran
+        super::data_client::share(node, &record.shard, &progress)
     };
+    record.unreadable = unreadable;
     match ran {
         Ok(bytes) => {
             record.state = State::Done;

@@ -266,6 +266,20 @@ pub struct OpenShard {
 }
 
 /// Reads and checks a shard's plan and opens the source root it names.
+/// `run_shard` for a place that reports to the owner: the bytes it sent, or its error and
+/// whether its plan or source could not be read (its owner then leaves this place out of the
+/// job).
+pub fn run_assigned(
+    shard: &ShardRef,
+    transport: &Arc<dyn Transport>,
+    progress: &Arc<Progress>,
+) -> (Result<u64>, bool) {
+    match open_shard(shard) {
+        Ok(open) => (open.run(transport, progress), false),
+        Err(e) => (Err(e), true),
+    }
+}
+
 pub fn open_shard(shard: &ShardRef) -> Result<OpenShard> {
     let body = read_bounded(&shard.plan)?;
     if xxhash_rust::xxh3::xxh3_64(&body) != shard.digest {
