@@ -121,12 +121,24 @@ pub fn need_root() {
     );
 }
 
+/// A port free on 127.0.0.1 for a daemon to listen on. Taken below the kernel's ephemeral
+/// range (32768 and up by default), where a port the kernel hands out (port 0, as this did
+/// before) can also become the local port of any process's outgoing connection before the
+/// daemon binds it; a CI run lost a test to that. A counter keeps this process's choices
+/// apart, and the process id spreads test binaries over the range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let p = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {LOW}..{}", LOW + SPAN);
 }
 
 pub struct Node {
