@@ -52,9 +52,9 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
     /// What this process runs: `all` (the default: one process, as a single node runs), or
-    /// containers by role that restart alone: `control` (relationships, scheduling, the peer
-    /// port and the receivers; the API on a local socket), `data` (the source side's data
-    /// plane, which control hands its sessions to) and `api` (the REST API, UI and metrics,
+    /// containers by role that restart alone: `control` (relationships, scheduling,
+    /// authorization and the peer port; the API on a local socket), `data` (the data plane:
+    /// the sessions and receivers control hands it) and `api` (the REST API, UI and metrics,
     /// forwarded to control). `control,data` runs both in one process. `mover node run`
     /// starts the three and restarts a crashed one.
     #[arg(long, value_name = "ROLES")]

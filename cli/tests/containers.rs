@@ -1,6 +1,6 @@
 //! A node run as containers by role under `mover node run` (issue 14): the control container,
-//! the data container (the source side's data plane) and the API container are processes of
-//! their own. Killing the API container leaves the running job alone; killing the data
+//! the data container (the data plane: sends, shares and receivers) and the API container are
+//! processes of their own. Killing the API container leaves the running job alone; killing the data
 //! container breaks the job's session, and the same job resumes on the restarted one; killing
 //! the control container stops the job, and the restarted one resumes it. The supervisor
 //! reports each container and stops them on SIGTERM.
@@ -199,6 +199,119 @@ fn containers_by_role_restart_alone_and_the_job_goes_on() {
             .iter()
             .all(|c| c["state"] == "stopped"),
         "{file:#}"
+    );
+}
+
+/// Whether process `pid` holds a descriptor of the directory `dir` (the same inode: a target
+/// protected by a bind mount is written through its private view).
+fn holds_dir(pid: u32, dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(dir).unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .any(|m| m.is_dir() && m.dev() == want.dev() && m.ino() == want.ino())
+}
+
+#[test]
+fn a_target_run_as_containers_receives_in_its_data_container_through_kills_of_both() {
+    need_root();
+    let t = Scratch::new();
+    let a = Node::start(&t.path().join("a"));
+    let b = Node::start_containers(&t.path().join("b"));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fill(&src, 60, 250_000, 12);
+    std::fs::create_dir(&dst).unwrap();
+    let v = containers_when(&b, "the target's three containers up", all_up);
+    let (ctl_pid, data_pid) = (pid(container(&v, "control")), pid(container(&v, "data")));
+
+    // 15 MB at 1 MB/s: the kills land mid-job.
+    let id = create(&a, &b, &src, &dst, &["--bandwidth-limit", "1000000"]);
+    b.cli_ok(&["relationship", "authorize", &id]);
+    let before = a.wait_for("source", &id, "the initial sync to be under way", |v| {
+        v["job"]["bytes_done"].as_u64().is_some_and(|n| n > 0)
+    });
+    // The receiver runs in the data container, writing through the root it was handed.
+    assert!(
+        holds_dir(data_pid, &dst),
+        "the target's data container holds no descriptor of {}",
+        dst.display()
+    );
+
+    // The target's data container dies mid-job: the session breaks, and the source's retry
+    // is received by the restarted container.
+    sigkill(data_pid);
+    let v = containers_when(&b, "the target's data container restarted", |v| {
+        all_up(v) && container(v, "data")["restarts"] == 1
+    });
+    assert_eq!(pid(container(&v, "control")), ctl_pid, "{v:#}");
+    let data_pid = pid(container(&v, "data"));
+    a.wait_for(
+        "source",
+        &id,
+        "the job to send again after the target's data container died",
+        |v| v["job"]["bytes_done"].as_u64() > before["job"]["bytes_done"].as_u64(),
+    );
+    let t0 = Instant::now();
+    while !holds_dir(data_pid, &dst) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "the restarted data container took no receiver"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The target's control container dies mid-job: the data container's receiver keeps
+    // the running session, and the restarted control takes the relationship on.
+    assert!(
+        !synced(&a.view("source", &id)),
+        "the job ended before the kill"
+    );
+    sigkill(ctl_pid);
+    containers_when(&b, "the target's control container restarted", |v| {
+        all_up(v) && container(v, "control")["restarts"] == 1
+    });
+    a.wait_for("source", &id, "the initial sync", synced);
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+    // A later job goes through the restarted control's own receiver.
+    std::fs::write(src.join("after-the-kills"), b"new").unwrap();
+    a.cli_ok(&["relationship", "replicate", &id]);
+    let t0 = Instant::now();
+    while !dst.join("after-the-kills").exists() {
+        assert!(
+            t0.elapsed() < WAIT,
+            "the change never reached the target\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.wait_for("source", &id, "the second job", synced);
+
+    // A drill is made by the data container's receiver.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let into = shm.path().join("drill");
+    let d = b.cli_ok(&[
+        "drill",
+        "start",
+        &id,
+        "--into",
+        node::s(&into),
+        "--allow-copy",
+        "--json",
+    ]);
+    assert_eq!(d["method"], "copy", "{d}");
+    assert_eq!(
+        tree_hash(&into),
+        tree_hash(&dst),
+        "the drill is the recovery point"
+    );
+
+    // Made writable: no receiver writes any more, and the directory is the operator's.
+    b.cli_ok(&["relationship", "make-writable", &id]);
+    std::fs::write(dst.join("written-after-failover"), b"x").unwrap();
+    assert_eq!(
+        std::fs::read(src.join("after-the-kills")).unwrap(),
+        std::fs::read(dst.join("after-the-kills")).unwrap()
     );
 }
 

@@ -1,7 +1,7 @@
 //! `mover node run`: a node's daemon as containers by role, each a process of its own that
 //! restarts alone (`daemon::roles`): the control container (`--roles control`: state,
-//! scheduling, the peer port and the receivers), the data container (`--roles data`: the
-//! source side's sessions and shares) and the API container (`--roles api`). The
+//! scheduling, authorization and the peer port), the data container (`--roles data`: the
+//! sessions, shares and receivers) and the API container (`--roles api`). The
 //! supervisor starts them, restarts a crashed one after a bounded backoff, checks each one's
 //! health, and writes what it sees to `CONTAINERS_FILE` in the data dir, which the API serves
 //! (`GET /v1/containers`, `mover node containers`). SIGTERM stops them all as SIGTERM stops the
@@ -394,7 +394,9 @@ async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) 
 /// The data container's health over its socket (`data_wire`): the release it answers with.
 async fn ask_data(path: PathBuf) -> Option<Health> {
     use crate::daemon::data_wire::{call, FromData, ToData};
-    let answer = tokio::task::spawn_blocking(move || call(&path, PROBE_TIMEOUT, &ToData::Health));
+    let answer = tokio::task::spawn_blocking(move || {
+        call(&path, Some(PROBE_TIMEOUT), None, &ToData::Health)
+    });
     match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
         Ok(Ok(Ok(FromData::Health { version, .. }))) => Some(Health {
             version: Some(version),

@@ -166,7 +166,7 @@ pub(crate) fn wait_ready(node: &Node, progress: &mover::Progress) {
 
 /// The data container's release, from its health answer.
 fn health(node: &Node) -> mover::Result<String> {
-    match data_wire::call(&socket(node), HEALTH_WAIT, &ToData::Health)? {
+    match data_wire::call(&socket(node), Some(HEALTH_WAIT), None, &ToData::Health)? {
         FromData::Health { version, .. } => Ok(version),
         other => Err(unexpected(&other)),
     }
@@ -183,17 +183,10 @@ pub(crate) fn manifest(node: &Node, state: &Path, forget: bool) -> mover::Result
         state: state.to_path_buf(),
         forget,
     };
-    match data_wire::call(&socket(node), MANIFEST_WAIT, &msg) {
+    match data_wire::call(&socket(node), Some(MANIFEST_WAIT), None, &msg) {
         Ok(FromData::Manifest) => Ok(()),
         Ok(other) => Err(unexpected(&other)),
-        Err(mover::Error::Io { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if data_wire::not_running(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -1,5 +1,5 @@
-//! The data container (`mover daemon --roles data`): the node's source-side data plane in a
-//! process of its own. It holds no state: the control container decides every session (its
+//! The data container (`mover daemon --roles data`): the node's data plane in a process of its
+//! own: the sending side here, the receivers of its target relationships in `receivers`. It holds no state: the control container decides every session (its
 //! ticket, secret, walk and bandwidth) and hands it over `data_wire::DATA_SOCKET`; this
 //! process runs it with `mover::sender` and reports counters and the outcome back. Killed, it
 //! breaks its sessions as a killed peer does: the control container retries them with fresh
@@ -14,6 +14,8 @@ use super::data_wire::{
 };
 use crate::{Error, Result};
 use mover::sender::shard::{ShardRef, Spread};
+
+mod receivers;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,9 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Sessions and shares one data container runs at once; more connections are closed (their
-/// control side retries).
-pub const MAX_SESSIONS: usize = 256;
+/// Sessions, shares, receivers and calls one data container serves at once; more connections
+/// are closed (their control side retries).
+pub const MAX_SESSIONS: usize = 1024;
 /// Relationships whose manifest the container keeps in memory between jobs; beyond it, jobs
 /// read and write theirs on their path.
 pub const MAX_MANIFESTS: usize = 65_536;
@@ -43,6 +45,7 @@ struct Shared {
     next: AtomicUsize,
     /// Manifests kept between jobs, by state directory.
     manifests: Mutex<HashMap<PathBuf, Arc<mover::sender::ManifestCache>>>,
+    receivers: receivers::Receivers,
 }
 
 impl Shared {
@@ -83,6 +86,7 @@ pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>)
     for p in super::lock(&shared.running).values() {
         p.control.suspend();
     }
+    shared.receivers.stop_all();
     let deadline = Instant::now() + STOP_GRACE;
     while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(mover::GATE_POLL).await;
@@ -171,10 +175,10 @@ fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
     };
     // A client that says nothing does not hold a session slot for long.
     timeout(Some(OPENING_WAIT))?;
-    let source = data_wire::accept(&conn)?;
+    let passed = data_wire::accept(&conn)?;
     let first = data_wire::read_msg::<ToData>(&mut &conn)?;
     timeout(None)?;
-    match (first, source) {
+    match (first, passed) {
         (Some(ToData::Health), None) => data_wire::write_msg(
             &mut &conn,
             &FromData::Health {
@@ -198,6 +202,19 @@ fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
         }
         (Some(ToData::Share(shard)), None) => {
             Session::start(conn, shared, ControlState::default())?.share(shard)
+        }
+        (Some(ToData::Receive(job)), Some(root)) => receivers::run(conn, shared, root, job),
+        (Some(ToData::Ticket { key, secret }), None) => {
+            data_wire::write_msg(&mut &conn, &receivers::ticket(shared, key, secret))
+        }
+        (Some(ToData::Deliver { key }), Some(socket)) => {
+            data_wire::write_msg(&mut &conn, &receivers::deliver(shared, key, socket))
+        }
+        (Some(ToData::Drill { key, req, wait }), None) => {
+            data_wire::write_msg(&mut &conn, &receivers::drill(shared, key, req, wait))
+        }
+        (Some(ToData::Quiesce { id, wait }), None) => {
+            data_wire::write_msg(&mut &conn, &receivers::quiesce(shared, &id, wait))
         }
         (other, fd) => Err(mover::Error::Corrupt(format!(
             "the data socket opened with {} and {}",

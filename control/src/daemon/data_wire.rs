@@ -1,8 +1,10 @@
 //! What the control container and the data container (`--roles data`) say to each other over
-//! `DATA_SOCKET` in the data dir: one connection per send session or share. The connection
-//! opens with one byte, which carries the source directory's descriptor (`SCM_RIGHTS`) when
-//! it is 1; then both sides exchange length-prefixed JSON messages (`ToData`, `FromData`)
-//! until the data container's final answer. The socket is in the 0700 data dir, so only the
+//! `DATA_SOCKET` in the data dir: one connection per send session, share or receiver, and a
+//! short one per call (health, ticket, delivered connection, drill). The connection opens
+//! with one byte, which carries a descriptor (`SCM_RIGHTS`) when it is 1: the source
+//! directory of a send, the target root of a receiver, the data-plane socket delivered to
+//! one; then both sides exchange length-prefixed JSON messages (`ToData`, `FromData`) until
+//! the data container's final answer. The socket is in the 0700 data dir, so only the
 //! node's own user reaches it; the secret in a `SendJob` never leaves the machine.
 
 use mover::sender::shard::ShardRef;
@@ -19,9 +21,9 @@ pub const DATA_SOCKET: &str = "data.sock";
 /// Largest message either side sends or reads: a changed-directory set or a pin list of a
 /// large tree is the biggest thing that travels.
 pub const MAX_MESSAGE: usize = 64 << 20;
-/// The opening byte: no descriptor follows, or the source directory's does.
+/// The opening byte: no descriptor follows, or one does.
 pub const OPEN_PLAIN: u8 = 0;
-pub const OPEN_WITH_SOURCE: u8 = 1;
+pub const OPEN_WITH_FD: u8 = 1;
 
 /// From the control container.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +44,41 @@ pub enum ToData {
         place: usize,
         outcome: Result<(), RemoteError>,
     },
+    /// Run the receiver of a target relationship (its root's descriptor came with the opening
+    /// byte) until `StopReceiver` or the end of this connection; answered with
+    /// `FromData::Receiving`, then `Scrubbed` as scrubs end, and `Received` when it stops.
+    Receive(ReceiveJob),
+    /// On a `Receive` connection: take no new session; stop once the running one ended.
+    StopReceiver,
+    /// A one-time session for the receiver `key`: sealed with `secret`, or plain.
+    Ticket { key: u64, secret: Option<Vec<u8>> },
+    /// The data-plane socket that came with the opening byte, for the receiver `key`.
+    Deliver { key: u64 },
+    /// A DR drill (or a kept snapshot) from the receiver `key`, waiting at most `wait` for
+    /// its running session to end.
+    Drill {
+        key: u64,
+        req: mover::receiver::drill::DrillRequest,
+        wait: Duration,
+    },
+    /// Stop every receiver of relationship `id` and wait (at most `wait`) until none runs:
+    /// before its target is made writable, a receiver left by an earlier control container
+    /// must not write any more.
+    Quiesce { id: String, wait: Duration },
+}
+
+/// A target relationship's receiver as the control container decided it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiveJob {
+    /// The relationship (one receiver per relationship runs in a data container).
+    pub id: String,
+    pub insecure_plaintext: bool,
+    pub allow_setid: bool,
+    pub allow_devices: bool,
+    pub checkpoint_bytes: Option<u64>,
+    pub scrub_every: Option<Duration>,
+    /// Offer RDMA to senders that ask for it (`select::Choice::Auto`).
+    pub rdma: bool,
 }
 
 /// From the data container.
@@ -72,6 +109,19 @@ pub enum FromData {
         outcome: Result<u64, RemoteError>,
         unreadable: bool,
     },
+    /// The receiver runs as `key` (or could not start).
+    Receiving(Result<u64, RemoteError>),
+    /// The receiver's last scrub, sent when one ends.
+    Scrubbed(mover::receiver::ScrubReport),
+    /// The receiver stopped.
+    Received(Result<(), RemoteError>),
+    /// The ticket's session id.
+    Ticket(Result<u128, RemoteError>),
+    /// Whether the receiver took the delivered socket.
+    Delivered(bool),
+    Drilled(Result<mover::receiver::drill::DrillReport, RemoteError>),
+    /// No receiver of the relationship runs any more.
+    Quiet(Result<(), RemoteError>),
 }
 
 /// How often the data container reports a session's counters.
@@ -320,16 +370,32 @@ pub fn connect(path: &Path) -> mover::Result<UnixStream> {
     })
 }
 
-/// Largest answer to a `call`: a health check's or a manifest's is a few dozen bytes.
+/// Whether `e` says no data container runs (its socket is gone or nobody listens on it):
+/// then nothing it kept (a manifest, a receiver) exists any more.
+pub fn not_running(e: &mover::Error) -> bool {
+    matches!(e, mover::Error::Io { source, .. } if matches!(
+        source.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    ))
+}
+
+/// Largest answer to a `call`: a health check, a manifest, a ticket or a drill report is at
+/// most a few hundred bytes.
 pub const MAX_ANSWER: usize = 64 * 1024;
 
-/// One request without a descriptor and its one answer (at most `MAX_ANSWER` bytes), waiting
-/// at most `timeout` for it (health checks, manifests).
-pub fn call(path: &Path, timeout: Duration, msg: &ToData) -> mover::Result<FromData> {
+/// One request (with the descriptor `fd`, if any) and its one answer (at most `MAX_ANSWER`
+/// bytes) on a connection of its own, waiting at most `timeout` for it (None: a drill, which
+/// takes as long as its copy).
+pub fn call(
+    path: &Path,
+    timeout: Option<Duration>,
+    fd: Option<BorrowedFd<'_>>,
+    msg: &ToData,
+) -> mover::Result<FromData> {
     let mut conn = connect(path)?;
-    conn.set_read_timeout(Some(timeout))
+    conn.set_read_timeout(timeout)
         .map_err(|e| io("setting a timeout", e))?;
-    open(&conn, None)?;
+    open(&conn, fd)?;
     write_msg(&mut conn, msg)?;
     read_bounded(&mut conn, MAX_ANSWER)?.ok_or_else(|| {
         mover::Error::PeerLost("the data container closed the connection without an answer".into())
@@ -409,7 +475,7 @@ pub fn open(s: &UnixStream, source: Option<BorrowedFd<'_>>) -> mover::Result<()>
         Some(fd) => {
             fds = [fd];
             anc.push(SendAncillaryMessage::ScmRights(&fds));
-            [OPEN_WITH_SOURCE]
+            [OPEN_WITH_FD]
         }
         None => [OPEN_PLAIN],
     };
@@ -453,7 +519,7 @@ pub fn accept(s: &UnixStream) -> mover::Result<Option<OwnedFd>> {
     }
     match (byte[0], fd) {
         (OPEN_PLAIN, None) => Ok(None),
-        (OPEN_WITH_SOURCE, Some(fd)) => Ok(Some(fd)),
+        (OPEN_WITH_FD, Some(fd)) => Ok(Some(fd)),
         (b, fd) => Err(mover::Error::Corrupt(format!(
             "opening byte {b} with {} descriptor",
             if fd.is_some() { "a" } else { "no" }

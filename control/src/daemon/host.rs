@@ -1,18 +1,23 @@
 //! What a target node does to its own machine besides keeping its store: the read-only
 //! protection of target directories (bind mounts, `readonly`), reverting an interrupted job
-//! (`mover::receiver::revert_root`) and running the data-plane receivers (a thread each).
+//! (`mover::receiver::revert_root`) and running the data-plane receivers (a thread each, or in
+//! the node's data container: `data_host::DataHost`).
 //! Behind a trait so the deterministic simulation (`sim`) runs the real target logic
 //! (authorize, ticket, release, restore) against a fake that records every effect, instead of
-//! mounting and spawning threads. Production uses [`System`]; nothing else implements it
-//! outside tests.
+//! mounting and spawning threads. Production uses [`System`], or `data_host::DataHost` where
+//! a data container of its own runs the receivers; nothing else implements it outside tests.
 
 use crate::model::{PinnedDir, RelationshipId, ReplicaOptions};
 use crate::readonly::{self, Mode};
 use crate::{Error, Result};
-use mover::receiver::{ReceiveOptions, Receiver};
-use mover::Progress;
+use mover::receiver::drill::{DrillReport, DrillRequest};
+use mover::receiver::{ReceiveOptions, Receiver, Tickets};
+use mover::units::SessionId;
+use mover::{Progress, SessionSecret};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The machine's side of a target relationship `id`. Every method names the relationship, so
 /// a fake can tell whose protection an effect touches.
@@ -41,20 +46,50 @@ pub trait Host: Send + Sync {
         id: &RelationshipId,
         opts: ReceiveOptions,
     ) -> Result<Box<dyn Receiving>>;
+    /// Waits (at most `wait`) until no receiver of `id` runs, whoever started it: receivers
+    /// in another process can outlive the control process that started them. In-process
+    /// receivers end with their process, so there is nothing to wait for.
+    fn quiesce(&self, _id: &RelationshipId, _wait: Duration) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A running receiver.
 pub trait Receiving: Send {
     /// Hands it a data-plane connection routed to it; `false` if it takes no more.
     fn deliver(&self, conn: Box<dyn mover::Connection>) -> bool;
-    /// Whether it has stopped serving (after its stop flag, or on an error).
+    /// `deliver` for a TCP connection the peer port accepted.
+    fn deliver_tcp(&self, conn: std::net::TcpStream) -> bool {
+        match mover::transport::tcp::TcpConn::new(conn) {
+            Ok(c) => self.deliver(Box::new(c)),
+            Err(_) => false,
+        }
+    }
+    /// A one-time session for it: sealed with `secret` (the id returned is its handle), or
+    /// in clear with a random id.
+    fn issue(&self, secret: Option<SessionSecret>) -> Result<SessionId>;
+    /// Take no new session; stop once the running one ended.
+    fn stop(&self);
+    /// Whether it has stopped serving (after `stop`, or on an error).
     fn is_finished(&self) -> bool;
     /// Waits for it to end (called once it has finished).
     fn join(self: Box<Self>);
     /// Its last scrub (or full verification) of the target; None: none since it started.
     fn scrub(&self) -> Option<mover::receiver::ScrubReport>;
     /// Where to ask it for DR drills (None: it makes none).
-    fn drills(&self) -> Option<mover::receiver::DrillHandle>;
+    fn drills(&self) -> Option<Arc<dyn Drills>>;
+}
+
+/// Where DR drills (and kept snapshots) are asked for.
+pub trait Drills: Send + Sync {
+    /// The drill, made between two sessions, waiting at most `wait` for the running one.
+    fn make(&self, req: DrillRequest, wait: Duration) -> mover::Result<DrillReport>;
+}
+
+impl Drills for mover::receiver::DrillHandle {
+    fn make(&self, req: DrillRequest, wait: Duration) -> mover::Result<DrillReport> {
+        mover::receiver::DrillHandle::make(self, req, wait)
+    }
 }
 
 /// The real machine: mounts and receiver threads.
@@ -95,6 +130,11 @@ impl Host for System {
         opts: ReceiveOptions,
     ) -> Result<Box<dyn Receiving>> {
         let (inbox, incoming) = std::sync::mpsc::channel();
+        let (Some(tickets), Some(stop)) = (opts.tickets.clone(), opts.stop.clone()) else {
+            return Err(Error::Invalid(
+                "a daemon's receiver has tickets and a stop flag".into(),
+            ));
+        };
         let rx = Receiver::from_inbox(incoming, opts, Arc::new(Progress::default()))?;
         let scrub = rx.scrub_status();
         let drills = rx.drill_handle();
@@ -114,6 +154,8 @@ impl Host for System {
         Ok(Box::new(Threaded {
             inbox,
             thread,
+            tickets,
+            stop,
             scrub,
             drills,
         }))
@@ -124,6 +166,8 @@ impl Host for System {
 struct Threaded {
     inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
     thread: std::thread::JoinHandle<()>,
+    tickets: Arc<Tickets>,
+    stop: Arc<AtomicBool>,
     scrub: Arc<mover::receiver::ScrubStatus>,
     drills: mover::receiver::DrillHandle,
 }
@@ -131,6 +175,17 @@ struct Threaded {
 impl Receiving for Threaded {
     fn deliver(&self, conn: Box<dyn mover::Connection>) -> bool {
         self.inbox.send(conn).is_ok()
+    }
+
+    fn issue(&self, secret: Option<SessionSecret>) -> Result<SessionId> {
+        Ok(match secret {
+            Some(s) => self.tickets.issue_sealed(s),
+            None => self.tickets.issue()?,
+        })
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     fn is_finished(&self) -> bool {
@@ -146,7 +201,7 @@ impl Receiving for Threaded {
         self.scrub.last()
     }
 
-    fn drills(&self) -> Option<mover::receiver::DrillHandle> {
-        Some(self.drills.clone())
+    fn drills(&self) -> Option<Arc<dyn Drills>> {
+        Some(Arc::new(self.drills.clone()))
     }
 }

@@ -13,6 +13,7 @@ mod api_rolling;
 mod api_snapshots;
 pub mod config;
 mod data_client;
+mod data_host;
 pub mod data_server;
 pub mod data_wire;
 pub mod drill;
@@ -261,13 +262,13 @@ fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
         config::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
-    Ok(Node::new(
-        opts,
-        clock,
-        store,
-        identity,
-        Arc::new(host::System),
-    ))
+    // Split from its data container, the node's receivers run there.
+    let host: Arc<dyn host::Host> = if opts.roles.data {
+        Arc::new(host::System)
+    } else {
+        Arc::new(data_host::DataHost::new(&opts.data_dir))
+    };
+    Ok(Node::new(opts, clock, store, identity, host))
 }
 
 impl Node {

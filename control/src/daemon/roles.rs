@@ -4,11 +4,10 @@
 //! - `api`: the REST API, UI and metrics as an HTTP front that forwards every request to the
 //!   control container over its local socket (`CONTROL_SOCKET` in the data dir), so the API
 //!   restarts (or is upgraded) while jobs go on;
-//! - `control`: relationships, scheduling, the peer port and the receivers (the target side's
-//!   data plane still runs here);
-//! - `data`: the source side's data plane, the sessions and shares the control container
-//!   hands it over `data_wire::DATA_SOCKET` (`data_server`). A control container without the
-//!   data role sends through it; `--roles control,data` runs both in one process.
+//! - `control`: relationships, scheduling, authorization and the peer port;
+//! - `data`: the data plane, the sessions, shares and receivers the control container hands
+//!   it over `data_wire::DATA_SOCKET` (`data_server`). A control container without the data
+//!   role sends and receives through it; `--roles control,data` runs both in one process.
 
 use crate::{Error, Result};
 use std::fmt;
@@ -37,7 +36,7 @@ impl Roles {
         control: false,
         data: false,
     };
-    /// The data plane alone: the node's source-side sessions and shares, run for the control
+    /// The data plane alone: the node's sessions, shares and receivers, run for the control
     /// container over `data_wire::DATA_SOCKET`.
     pub const DATA: Roles = Roles {
         api: false,

@@ -12,7 +12,7 @@ use crate::readonly;
 use crate::{Error, Result};
 use mover::receiver::{ReceiveOptions, Tickets};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,6 @@ pub const STOP_WAIT: Duration = Duration::from_secs(60);
 pub struct Rx {
     /// The receiver, fed the data-plane connections the peer port routes to this relationship.
     receiving: Box<dyn super::host::Receiving>,
-    pub tickets: Arc<Tickets>,
-    stop: Arc<AtomicBool>,
     /// The checked target directory, open while the receiver lives (an unprotected target is
     /// written through its descriptor's path).
     _root: OpenDir,
@@ -156,10 +154,7 @@ pub fn ticket(
     // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
     let rx = running_receiver(node, &mut rxs, &r.id)?;
-    let t = match secret {
-        Some(s) => rx.tickets.issue_sealed(s),
-        None => rx.tickets.issue()?,
-    };
+    let t = rx.receiving.issue(secret)?;
     let mut routes = lock(&node.routes);
     // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
     // void (one session runs at a time, and its workers join right after its control
@@ -227,7 +222,7 @@ fn running_receiver<'a>(
 }
 
 /// Where to ask relationship `id`'s receiver for a DR drill (started if none runs).
-pub fn drill_handle(node: &Node, id: &RelationshipId) -> Result<mover::receiver::DrillHandle> {
+pub fn drill_handle(node: &Node, id: &RelationshipId) -> Result<Arc<dyn super::host::Drills>> {
     let mut rxs = lock(&node.receivers);
     running_receiver(node, &mut rxs, id)?
         .receiving
@@ -242,13 +237,17 @@ pub const MAX_ROUTES: usize = 65536;
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
 pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
-    let Ok(conn) = mover::transport::tcp::TcpConn::new(conn) else {
+    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
         return false;
     };
-    deliver(node, session, Box::new(conn))
+    match lock(&node.receivers).get(&id) {
+        Some(rx) => rx.receiving.deliver_tcp(conn),
+        None => false,
+    }
 }
 
-/// `route` for a connection of any transport.
+/// `route` for a connection of any transport (the simulation's).
+#[cfg(test)]
 pub(crate) fn deliver(node: &Node, session: u128, conn: Box<dyn mover::Connection>) -> bool {
     let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
         return false;
@@ -260,14 +259,12 @@ pub(crate) fn deliver(node: &Node, session: u128, conn: Box<dyn mover::Connectio
 }
 
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
-    let tickets = Arc::new(Tickets::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let (root, dir) = writable_root(node, r)?;
     let opts = ReceiveOptions {
         root,
         once: false,
-        tickets: Some(tickets.clone()),
-        stop: Some(stop.clone()),
+        tickets: Some(Arc::new(Tickets::default())),
+        stop: Some(Arc::new(AtomicBool::new(false))),
         limits: Default::default(),
         insecure_plaintext: node.opts.insecure_plaintext,
         // What the target's operator accepted at authorization reaches the data too: without
@@ -291,8 +288,6 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     tracing::info!(id = %r.id, "data-plane receiver started");
     Ok(Rx {
         receiving,
-        tickets,
-        stop,
         _root: dir,
     })
 }
@@ -300,9 +295,11 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
 /// Stops the relationship's receiver and waits (bounded) until its session, if any, ended.
 fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()> {
     let Some(rx) = lock(&node.receivers).remove(id) else {
-        return Ok(());
+        // None started by this process; one an earlier control container started in the data
+        // container may still run.
+        return node.host.quiesce(id, wait);
     };
-    rx.stop.store(true, Ordering::SeqCst);
+    rx.receiving.stop();
     let until = Instant::now() + wait;
     while !rx.receiving.is_finished() {
         if Instant::now() >= until {
@@ -578,7 +575,7 @@ pub fn scrub(node: &Node, id: &RelationshipId) -> Option<mover::receiver::ScrubR
 /// process exits; its journal lets the next one resume.
 pub fn stop_all(node: &Node) {
     for rx in lock(&node.receivers).values() {
-        rx.stop.store(true, Ordering::SeqCst);
+        rx.receiving.stop();
     }
 }
 
@@ -588,7 +585,7 @@ mod tests {
     use crate::daemon::host::{Host, Receiving};
     use crate::model::{PinnedDir, ReplicaOptions};
     use crate::peer::{PeerAnswer, PeerRequest};
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A machine nothing may be done to: counts the attempts, refuses them.
     #[derive(Default)]

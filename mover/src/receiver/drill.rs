@@ -10,13 +10,13 @@ use super::state::State;
 use crate::beneath;
 use crate::error::{Error, IoContext, Result};
 use crate::snapshot::CloneHow;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// How a drill's copy was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DrillMethod {
     /// A writable btrfs snapshot of the target subvolume (instant).
@@ -28,7 +28,7 @@ pub enum DrillMethod {
 }
 
 /// A drill made and verified.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillReport {
     pub path: PathBuf,
     pub method: DrillMethod,
@@ -46,7 +46,7 @@ pub struct DrillReport {
 
 /// What to make: where (a directory that must not exist yet, whose parent exists), and
 /// whether a full copy is acceptable when neither a snapshot nor reflinks are possible.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillRequest {
     pub into: PathBuf,
     pub allow_copy: bool,
@@ -57,7 +57,7 @@ pub struct DrillRequest {
 
 /// A policy snapshot to keep on the target: the copy is made only if the target is still at
 /// the recovery point its job committed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeepRequest {
     /// `<snapshot-id>_<policy>`.
     pub name: String,

@@ -15,7 +15,7 @@ use crate::tree::entry::Entry;
 use crate::tree::hash::{tree_hash, HashOptions};
 use crate::wire::codec::{Dec, Enc};
 use crate::wire::message::MAX_MESSAGE_LEN;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,7 +25,7 @@ const MAGIC: u32 = u32::from_le_bytes(*b"MVSC");
 const VERSION: u16 = 1;
 
 /// What checked the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScrubBy {
     /// A scrub of the target at rest.
@@ -35,7 +35,7 @@ pub enum ScrubBy {
 }
 
 /// The result of the last full verification of a target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScrubReport {
     /// When it ended (ns since the epoch).
     pub at_ns: i64,

@@ -190,9 +190,11 @@ impl Host for FakeHost {
         let mut m = locked(&self.machine);
         let p = m.faults.receiver;
         m.fails(p, "receiver start")?;
-        let stop = opts
-            .stop
-            .ok_or_else(|| Error::Invalid("a daemon's receiver has a stop flag".into()))?;
+        let (Some(stop), Some(tickets)) = (opts.stop, opts.tickets) else {
+            return Err(Error::Invalid(
+                "a daemon's receiver has a stop flag and tickets".into(),
+            ));
+        };
         let serial = m.next_serial;
         m.next_serial += 1;
         m.receivers.insert(
@@ -208,6 +210,7 @@ impl Host for FakeHost {
         Ok(Box::new(FakeReceiving {
             serial,
             stop,
+            tickets,
             machine: self.machine.clone(),
         }))
     }
@@ -217,6 +220,7 @@ impl Host for FakeHost {
 struct FakeReceiving {
     serial: u64,
     stop: Arc<AtomicBool>,
+    tickets: Arc<mover::receiver::Tickets>,
     machine: Arc<Mutex<Machine>>,
 }
 
@@ -227,6 +231,17 @@ impl Receiving for FakeReceiving {
         }
         locked(&self.machine).delivered.push(self.serial);
         true
+    }
+
+    fn issue(&self, secret: Option<mover::SessionSecret>) -> Result<mover::units::SessionId> {
+        Ok(match secret {
+            Some(s) => self.tickets.issue_sealed(s),
+            None => self.tickets.issue()?,
+        })
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     fn is_finished(&self) -> bool {
@@ -241,7 +256,7 @@ impl Receiving for FakeReceiving {
         None
     }
 
-    fn drills(&self) -> Option<mover::receiver::DrillHandle> {
+    fn drills(&self) -> Option<Arc<dyn crate::daemon::host::Drills>> {
         None
     }
 }

@@ -1,0 +1,362 @@
+//! The target side of the data container: the receiver of each target relationship the
+//! control container asks for (`ToData::Receive`), fed with the data-plane sockets the peer
+//! port accepted (`ToData::Deliver`), with the tickets control issued (`ToData::Ticket`).
+//! Control keeps the routing (session id to relationship) and the authorization; this
+//! process keeps only what the receiver itself needs.
+//!
+//! Invariant: at most one receiver per relationship runs here. A receiver whose control
+//! connection ended (control killed or restarted) takes no new session and ends with its
+//! running one, which is not cut: the source's session goes on. A new control container's
+//! receiver for the same relationship waits for it (`HANDOVER_WAIT`) or is refused as busy,
+//! and a delete first waits until none runs (`ToData::Quiesce`), so nothing writes into a
+//! target being made writable.
+
+use super::data_wire::{self, FromData, ReceiveJob, RemoteError, Ticker};
+use super::Shared;
+use mover::receiver::{ReceiveOptions, Receiver, Tickets};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a new receiver waits for the previous one of its relationship (left by a control
+/// container that went away) to end its running session before it is refused as busy.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How often a receiver's last scrub is looked at, to report a new one.
+const SCRUB_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The receivers running here, by the key their control connection was given.
+#[derive(Default)]
+pub(super) struct Receivers(Mutex<HashMap<u64, Arc<Entry>>>);
+
+pub(super) struct Entry {
+    id: String,
+    inbox: mpsc::Sender<Box<dyn mover::Connection>>,
+    tickets: Arc<Tickets>,
+    stop: Arc<AtomicBool>,
+    drills: mover::receiver::DrillHandle,
+}
+
+impl Receivers {
+    fn get(&self, key: u64) -> Option<Arc<Entry>> {
+        super::super::lock(&self.0).get(&key).cloned()
+    }
+
+    /// Stops every receiver of relationship `id`; whether any still runs.
+    fn stop_of(&self, id: &str) -> bool {
+        let all = super::super::lock(&self.0);
+        let mine: Vec<&Arc<Entry>> = all.values().filter(|e| e.id == id).collect();
+        for e in &mine {
+            e.stop.store(true, Ordering::SeqCst);
+        }
+        !mine.is_empty()
+    }
+
+    /// Waits up to `wait` until no receiver of `id` runs (stopping them).
+    fn quiet(&self, id: &str, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while self.stop_of(id) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(mover::GATE_POLL);
+        }
+        true
+    }
+
+    /// Registers `e` as `key` unless another receiver of its relationship runs.
+    fn insert(&self, key: u64, e: Arc<Entry>) -> bool {
+        let mut all = super::super::lock(&self.0);
+        if all.values().any(|o| o.id == e.id) {
+            return false;
+        }
+        all.insert(key, e);
+        true
+    }
+
+    fn remove(&self, key: u64) {
+        super::super::lock(&self.0).remove(&key);
+    }
+
+    /// On SIGTERM: every receiver ends with its running session.
+    pub(super) fn stop_all(&self) {
+        for e in super::super::lock(&self.0).values() {
+            e.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn busy(id: &str) -> RemoteError {
+    RemoteError::Busy(format!(
+        "a session of relationship {id} is still running in the data container, under a \
+         control container that went away; the next attempt starts when it ends"
+    ))
+}
+
+/// Runs one receiver for as long as its control connection `conn` asks, writing into the
+/// directory `root`.
+pub(super) fn run(
+    conn: UnixStream,
+    shared: &Arc<Shared>,
+    root: OwnedFd,
+    job: ReceiveJob,
+) -> mover::Result<()> {
+    let out = Arc::new(Mutex::new(conn));
+    let say = |msg: &FromData| data_wire::write_msg(&mut *super::super::lock(&out), msg);
+    if !shared.receivers.quiet(&job.id, HANDOVER_WAIT) {
+        return say(&FromData::Receiving(Err(busy(&job.id))));
+    }
+    let tickets = Arc::new(Tickets::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = ReceiveOptions {
+        // The control side's name for the directory means nothing here; its descriptor does.
+        root: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())),
+        once: false,
+        tickets: Some(tickets.clone()),
+        stop: Some(stop.clone()),
+        insecure_plaintext: job.insecure_plaintext,
+        policy: mover::receiver::policy::ReplicaPolicy {
+            allow_setid: job.allow_setid,
+            allow_devices: job.allow_devices,
+        },
+        checkpoint_bytes: job.checkpoint_bytes,
+        scrub_every: job.scrub_every,
+        rdma: job.rdma.then(|| {
+            mover::transport::select::RdmaPolicy::new(mover::transport::select::Choice::Auto, None)
+        }),
+        ..Default::default()
+    };
+    let (inbox, incoming) = mpsc::channel();
+    let rx = match Receiver::from_inbox(incoming, opts, Arc::new(mover::Progress::default())) {
+        Ok(rx) => rx,
+        Err(e) => return say(&FromData::Receiving(Err(RemoteError::from(&e)))),
+    };
+    let key = shared.next.fetch_add(1, Ordering::SeqCst) as u64;
+    let entry = Arc::new(Entry {
+        id: job.id.clone(),
+        inbox,
+        tickets,
+        stop: stop.clone(),
+        drills: rx.drill_handle(),
+    });
+    if !shared.receivers.insert(key, entry) {
+        return say(&FromData::Receiving(Err(busy(&job.id))));
+    }
+    if shared.stopping.load(Ordering::SeqCst) {
+        stop.store(true, Ordering::SeqCst);
+    }
+    let served = say(&FromData::Receiving(Ok(key))).and_then(|()| {
+        let read = super::super::lock(&out)
+            .try_clone()
+            .map_err(|e| data_wire::io("cloning", e))?;
+        let s = stop.clone();
+        std::thread::Builder::new()
+            .name("mover-data-rxctl".into())
+            .spawn(move || read_control(read, &s))
+            .map_err(|e| data_wire::io("starting a receiver's control thread", e))?;
+        let (scrub, o) = (rx.scrub_status(), out.clone());
+        let mut said = None;
+        // Without the thread the receiver still runs; only its scrubs go unreported.
+        let ticker = Ticker::start("mover-data-scrub", SCRUB_REPORT_EVERY, move || {
+            let last = scrub.last();
+            if last == said {
+                return true;
+            }
+            said.clone_from(&last);
+            last.is_none_or(|r| {
+                data_wire::write_msg(&mut *super::super::lock(&o), &FromData::Scrubbed(r)).is_ok()
+            })
+        });
+        let id = job.id.clone();
+        let served = rx.serve(|rep| {
+            tracing::info!(%id, ok = rep.ok, error = ?rep.error, "receiver session ended");
+        });
+        if let Ok(t) = ticker {
+            t.stop();
+        }
+        Ok(served)
+    });
+    shared.receivers.remove(key);
+    drop(root);
+    let outcome = match served {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(id = %job.id, "receiver stopped: {e}");
+            Err(RemoteError::from(&e))
+        }
+        Err(e) => Err(RemoteError::from(&e)),
+    };
+    let said = say(&FromData::Received(outcome));
+    // The control thread ends when its connection does.
+    let _ = super::super::lock(&out).shutdown(std::net::Shutdown::Both);
+    said
+}
+
+/// A receiver stops when control asks, or when control's connection ends.
+fn read_control(mut conn: UnixStream, stop: &AtomicBool) {
+    loop {
+        match data_wire::read_msg::<super::ToData>(&mut conn) {
+            Ok(Some(super::ToData::StopReceiver)) => stop.store(true, Ordering::SeqCst),
+            Ok(Some(other)) => {
+                tracing::warn!("receiver control: unexpected {other:.40?}; stopping it");
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+}
+
+fn unknown(key: u64) -> RemoteError {
+    RemoteError::Busy(format!(
+        "receiver {key} does not run in the data container (it stopped or the container restarted)"
+    ))
+}
+
+pub(super) fn ticket(shared: &Shared, key: u64, secret: Option<Vec<u8>>) -> FromData {
+    let Some(e) = shared.receivers.get(key) else {
+        return FromData::Ticket(Err(unknown(key)));
+    };
+    let id = match secret {
+        None => e.tickets.issue().map_err(|e| RemoteError::from(&e)),
+        Some(b) => match <[u8; mover::wire::seal::SECRET_LEN]>::try_from(b) {
+            Ok(b) => Ok(e.tickets.issue_sealed(mover::SessionSecret::from_bytes(b))),
+            Err(_) => Err(RemoteError::Corrupt(
+                "a session secret of the wrong length".into(),
+            )),
+        },
+    };
+    FromData::Ticket(id.map(|s| s.0))
+}
+
+pub(super) fn deliver(shared: &Shared, key: u64, socket: OwnedFd) -> FromData {
+    let Some(e) = shared.receivers.get(key) else {
+        return FromData::Delivered(false);
+    };
+    let conn = match mover::transport::tcp::TcpConn::new(std::net::TcpStream::from(socket)) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::warn!("a delivered data-plane socket: {err}");
+            return FromData::Delivered(false);
+        }
+    };
+    FromData::Delivered(e.inbox.send(Box::new(conn)).is_ok())
+}
+
+pub(super) fn drill(
+    shared: &Shared,
+    key: u64,
+    req: mover::receiver::drill::DrillRequest,
+    wait: Duration,
+) -> FromData {
+    let Some(e) = shared.receivers.get(key) else {
+        return FromData::Drilled(Err(unknown(key)));
+    };
+    FromData::Drilled(e.drills.make(req, wait).map_err(|e| RemoteError::from(&e)))
+}
+
+pub(super) fn quiesce(shared: &Shared, id: &str, wait: Duration) -> FromData {
+    FromData::Quiet(if shared.receivers.quiet(id, wait) {
+        Ok(())
+    } else {
+        Err(RemoteError::Busy(format!(
+            "a job of relationship {id} is still writing in the data container; try again \
+             when the source has stopped it"
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> ReceiveJob {
+        ReceiveJob {
+            id: id.into(),
+            insecure_plaintext: false,
+            allow_setid: false,
+            allow_devices: false,
+            checkpoint_bytes: None,
+            scrub_every: None,
+            rdma: false,
+        }
+    }
+
+    /// Starts a receiver of relationship `id` over a socket pair: its control end, its key and
+    /// the thread serving it.
+    fn start(
+        shared: &Arc<Shared>,
+        root: &std::path::Path,
+        id: &str,
+    ) -> (UnixStream, u64, std::thread::JoinHandle<mover::Result<()>>) {
+        let (ctl, srv) = UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(root).unwrap());
+        let (s, j) = (shared.clone(), job(id));
+        let served = std::thread::spawn(move || run(srv, &s, fd, j));
+        match data_wire::read_msg::<FromData>(&mut &ctl).unwrap() {
+            Some(FromData::Receiving(Ok(key))) => (ctl, key, served),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn received(ctl: &UnixStream) {
+        let mut ctl = ctl;
+        match data_wire::read_msg::<FromData>(&mut ctl).unwrap() {
+            Some(FromData::Received(Ok(()))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_receiver_of_a_relationship_ends_the_one_left_running_and_quiesce_leaves_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("target");
+        std::fs::create_dir(&root).unwrap();
+        let shared = Arc::new(Shared::default());
+        let (first, key, served) = start(&shared, &root, "r1");
+        assert!(matches!(
+            ticket(&shared, key, Some(vec![7; mover::wire::seal::SECRET_LEN])),
+            FromData::Ticket(Ok(_))
+        ));
+        assert!(matches!(
+            ticket(&shared, key, Some(vec![7; 3])),
+            FromData::Ticket(Err(RemoteError::Corrupt(_)))
+        ));
+        // Another relationship's receiver runs beside it.
+        let other = root.join("other");
+        std::fs::create_dir(&other).unwrap();
+        let (beside, key_beside, _beside) = start(&shared, &other, "r2");
+
+        // A control container that restarted starts the relationship's receiver again: the
+        // one the old control left (idle here) ends, and its key names nothing any more.
+        let (second, key2, served2) = start(&shared, &root, "r1");
+        assert_ne!(key, key2);
+        received(&first);
+        served.join().unwrap().unwrap();
+        assert!(matches!(
+            ticket(&shared, key, None),
+            FromData::Ticket(Err(RemoteError::Busy(_)))
+        ));
+        let (a, _) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            deliver(&shared, key, OwnedFd::from(a)),
+            FromData::Delivered(false)
+        ));
+
+        // Before its target is made writable: none of the relationship's receivers runs.
+        assert!(matches!(
+            quiesce(&shared, "r1", Duration::from_secs(10)),
+            FromData::Quiet(Ok(()))
+        ));
+        received(&second);
+        served2.join().unwrap().unwrap();
+        assert!(matches!(
+            ticket(&shared, key_beside, None),
+            FromData::Ticket(Ok(_))
+        ));
+        drop(beside);
+    }
+}
