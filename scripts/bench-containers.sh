@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# What running a source node as containers by role costs (issue 14): the same jobs from a
-# source run as one process (`mover daemon`) and as three containers (`mover node run`:
-# control, data, API; the data container runs the sessions the control container hands it
-# over its socket), into one target daemon writing into a tmpfs, alternating, medians of REPS.
+# What running a node as containers by role costs (issue 14): the same jobs in three set-ups,
+# alternating, medians of REPS, every target writing into a tmpfs:
+#   - one:     a source run as one process (`mover daemon`) into a target daemon;
+#   - split:   a source run as three containers (`mover node run`: control, data, API; the data
+#              container runs the sessions control hands it over its socket) into that daemon;
+#   - tsplit:  the one-process source into a target run as containers (its data container
+#              runs the receivers, fed the data-plane sockets its control container accepts).
 #
 # Jobs, each timed from the source's log ("job started" to "job ended"):
 #   - large: the initial sync of SIZE_MB in FILE_MB files, source hot in the page cache;
 #   - noop: a rerun of a relationship over SMALL_FILES x 4 KiB files in which nothing changed
 #     (the per-job cost: ticket, walk, entry list delta, the manifest kept between jobs).
-# CPU seconds are those of every process of the source node (the supervisor and its
-# containers, or the one daemon), per GB for the large job.
+# CPU seconds are those of every process of the source node and of the target node (the
+# supervisor and its containers, or the one daemon), per GB for the large job.
 #
 # Usage: sudo bash scripts/bench-containers.sh   (root: the target daemon mounts its directory)
 # Env: REPS (5), SIZE_MB (1024), FILE_MB (16), SMALL_FILES (20000), OUT (results/<date>-containers)
@@ -58,11 +61,13 @@ start() { # name how (daemon | node)
 cli() { local n=$1; shift; MOVER_TOKEN=$(cat "$W/$n/data/admin.token") "$BIN" "$@" --api "${API[$n]}"; }
 get() { curl -sf -H "Authorization: Bearer $(cat "$W/$1/data/admin.token")" "${API[$1]}$2"; }
 
-start one daemon; start split node; start t1 daemon
-# The split node is ready once its three containers answer.
-for _ in $(seq 300); do
-  get split /v1/containers | python3 -c 'import json,sys; c=json.load(sys.stdin)["containers"]; sys.exit(0 if len(c)==3 and all(x["healthy"] for x in c) else 1)' && break
-  sleep 0.2
+start one daemon; start split node; start t1 daemon; start t2 node
+# A split node is ready once its three containers answer.
+for n in split t2; do
+  for _ in $(seq 300); do
+    get "$n" /v1/containers | python3 -c 'import json,sys; c=json.load(sys.stdin)["containers"]; sys.exit(0 if len(c)==3 and all(x["healthy"] for x in c) else 1)' && break
+    sleep 0.2
+  done
 done
 
 echo "bench-containers: generating $SIZE_MB MB in $FILE_MB MB files and $SMALL_FILES small files" >&2
@@ -117,42 +122,50 @@ for line in open(log, errors="replace"):
 print(end - start)
 EOF
 }
-create() { # node source target -> id
-  local dst=$3 id
+create() { # node source target target-node -> id
+  local dst=$3 tn=$4 id port
   mkdir -p "$dst"
+  port=$(eval echo "\$LISTEN_$tn")
   id=$(cli "$1" relationship create --source-path "$2" --target-address 127.0.0.1 \
-    --target-port "$LISTEN_t1" --target-path "$dst" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  cli t1 relationship authorize "$id" >/dev/null
+    --target-port "$port" --target-path "$dst" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  cli "$tn" relationship authorize "$id" >/dev/null
   echo "$id"
 }
+# Each set-up's source and target node.
+declare -A SRC=([one]=one [split]=split [tsplit]=one) TGT=([one]=t1 [split]=t1 [tsplit]=t2)
 
 # One relationship over the small tree per node, synced once: the no-op reruns use it.
 declare -A SMALL
-for n in one split; do
-  SMALL[$n]=$(create "$n" "$W/small" "$W/dst/$n-small")
-  synced "$n" "${SMALL[$n]}" >/dev/null
+for h in one split tsplit; do
+  SMALL[$h]=$(create "${SRC[$h]}" "$W/small" "$W/dst/$h-small" "${TGT[$h]}")
+  synced "${SRC[$h]}" "${SMALL[$h]}" >/dev/null
 done
 
 JOBS="$W/jobs.jsonl"
 for r in $(seq 1 "$REPS"); do
-  if [ $((r % 2)) = 1 ]; then order="one split"; else order="split one"; fi
-  for n in $order; do
-    echo "bench-containers: rep $r, $n, large" >&2
-    c0=$(cpu_of "$n")
-    id=$(create "$n" "$W/src" "$W/dst/$n-large-$r")
+  case $((r % 3)) in
+    1) order="one split tsplit" ;;
+    2) order="split tsplit one" ;;
+    *) order="tsplit one split" ;;
+  esac
+  for h in $order; do
+    n=${SRC[$h]} tn=${TGT[$h]}
+    echo "bench-containers: rep $r, $h, large" >&2
+    c0=$(cpu_of "$n"); t0=$(cpu_of "$tn")
+    id=$(create "$n" "$W/src" "$W/dst/$h-large-$r" "$tn")
     synced "$n" "$id" >/dev/null
-    c1=$(cpu_of "$n")
+    c1=$(cpu_of "$n"); t1=$(cpu_of "$tn")
     s=$(job_secs "$n" "$id")
     cli "$n" relationship delete "$id" >/dev/null
-    python3 -c "import json; print(json.dumps({'how': '$n', 'job': 'large', 'secs': $s, 'mb_s': $SIZE_MB * 1048576 / $s / 1e6, 'cpu_s_per_gb': ($c1 - $c0) / ($SIZE_MB * 1048576 / 1e9)}))" | tee -a "$JOBS" >&2
-    rm -rf "$W/dst/$n-large-$r"
-    echo "bench-containers: rep $r, $n, noop" >&2
+    python3 -c "import json; gb = $SIZE_MB * 1048576 / 1e9; print(json.dumps({'how': '$h', 'job': 'large', 'secs': $s, 'mb_s': gb * 1e3 / $s, 'cpu_s_per_gb': ($c1 - $c0) / gb, 'target_cpu_s_per_gb': ($t1 - $t0) / gb}))" | tee -a "$JOBS" >&2
+    rm -rf "$W/dst/$h-large-$r"
+    echo "bench-containers: rep $r, $h, noop" >&2
     e0=$(ended_jobs "$n")
-    cli "$n" relationship replicate "${SMALL[$n]}" >/dev/null
+    cli "$n" relationship replicate "${SMALL[$h]}" >/dev/null
     while [ "$(ended_jobs "$n")" -le "$e0" ]; do sleep 0.05; done
-    v=$(synced "$n" "${SMALL[$n]}")
-    s=$(job_secs "$n" "${SMALL[$n]}")
-    python3 -c "import json; print(json.dumps({'how': '$n', 'job': 'noop', 'secs': $s}))" | tee -a "$JOBS" >&2
+    v=$(synced "$n" "${SMALL[$h]}")
+    s=$(job_secs "$n" "${SMALL[$h]}")
+    python3 -c "import json; print(json.dumps({'how': '$h', 'job': 'noop', 'secs': $s}))" | tee -a "$JOBS" >&2
   done
 done
 
@@ -165,19 +178,24 @@ med = lambda how, job, key: statistics.median(j[key] for j in jobs if j["how"] =
 res = {"rev": rev, "size_mb": size, "file_mb": fsize, "small_files": small, "reps": reps, "jobs": jobs,
        "median": {how: {"large_s": med(how, "large", "secs"), "large_mb_s": med(how, "large", "mb_s"),
                         "large_cpu_s_per_gb": med(how, "large", "cpu_s_per_gb"),
-                        "noop_s": med(how, "noop", "secs")} for how in ("one", "split")}}
+                        "large_target_cpu_s_per_gb": med(how, "large", "target_cpu_s_per_gb"),
+                        "noop_s": med(how, "noop", "secs")} for how in ("one", "split", "tsplit")}}
 json.dump(res, open(out + ".json", "w"), indent=1)
 m = res["median"]
-lines = [f"# A source node as one process and as containers by role ({rev})", "",
+lines = [f"# Nodes as one process and as containers by role ({rev})", "",
   f"`REPS={reps} bash scripts/bench-containers.sh`: {size} MiB in {fsize} MiB files (source hot) and a no-op",
-  f"rerun over {small} x 4 KiB files, into one target daemon writing into a tmpfs; the two sources",
-  "alternate. Medians.", "",
-  "| source node | large: time | MB/s | CPU s/GB (source) | no-op rerun |", "|---|---|---|---|---|"]
-for how, name in (("one", "`mover daemon` (one process)"), ("split", "`mover node run` (control, data, API)")):
+  f"rerun over {small} x 4 KiB files, every target writing into a tmpfs; the three set-ups",
+  "rotate. Medians.", "",
+  "| source node | target node | large: time | MB/s | CPU s/GB (source) | CPU s/GB (target) | no-op rerun |",
+  "|---|---|---|---|---|---|---|"]
+daemon, node = "`mover daemon` (one process)", "`mover node run` (control, data, API)"
+for how, src, dst in (("one", daemon, daemon), ("split", node, daemon), ("tsplit", daemon, node)):
     x = m[how]
-    lines.append(f"| {name} | {x['large_s']:.2f} s | {x['large_mb_s']:.0f} | {x['large_cpu_s_per_gb']:.2f} | {x['noop_s']:.3f} s |")
-lines += ["", f"Split / one: large {m['split']['large_s'] / m['one']['large_s']:.2f}x the time, "
-          f"no-op {m['split']['noop_s'] / m['one']['noop_s']:.2f}x."]
+    lines.append(f"| {src} | {dst} | {x['large_s']:.2f} s | {x['large_mb_s']:.0f} | {x['large_cpu_s_per_gb']:.2f} | {x['large_target_cpu_s_per_gb']:.2f} | {x['noop_s']:.3f} s |")
+lines += [""]
+for how, name in (("split", "Source split"), ("tsplit", "Target split")):
+    lines.append(f"{name} / one process: large {m[how]['large_s'] / m['one']['large_s']:.2f}x the time, "
+                 f"no-op {m[how]['noop_s'] / m['one']['noop_s']:.2f}x.")
 open(out + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

@@ -222,7 +222,7 @@ pub(crate) fn share(
 }
 
 fn unexpected(m: &FromData) -> mover::Error {
-    mover::Error::Corrupt(format!("the data container answered {m:.60?}"))
+    mover::Error::Corrupt(format!("the data container answered {}", m.name()))
 }
 
 /// Reads the data container's messages until `answer` makes one final, storing counters in

@@ -24,11 +24,15 @@ use std::time::{Duration, Instant};
 /// How long starting a receiver waits for the data container's socket (a container the
 /// supervisor is restarting is back within its first backoff, 0.5 s).
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
-/// Longest wait for a receiver to start: it may first resume or revert an interrupted job's
-/// journal, and wait for a receiver an earlier control container left (`HANDOVER_WAIT`).
-const START_WAIT: Duration = Duration::from_secs(120);
+/// Longest wait for a receiver to start: the data container first waits up to 5 s for one an
+/// earlier control container left (`receivers::HANDOVER_WAIT`), then opens and locks the root.
+/// Started under the receivers lock, so kept short.
+const START_WAIT: Duration = Duration::from_secs(15);
 /// Longest wait for a ticket or a delivered socket to be taken.
 const CALL_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for a drill beyond the wait for the running session: a full copy of a large
+/// target takes hours, and a hung data container must not hold the API forever.
+const DRILL_CALL_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// `host::System`, with the receivers in the data container whose socket is in `data_dir`.
 pub struct DataHost {
@@ -45,8 +49,24 @@ impl DataHost {
 
 fn unexpected(what: &str, got: &FromData) -> crate::Error {
     crate::Error::from(mover::Error::Corrupt(format!(
-        "the data container answered {what} with {got:.60?}"
+        "the data container answered {what} with {}",
+        got.name()
     )))
+}
+
+impl DataHost {
+    /// Whether a data container process holds this data dir (its lock), socket or not.
+    fn container_runs(&self) -> bool {
+        let Some(dir) = self.socket.parent() else {
+            return false;
+        };
+        let Ok(f) = std::fs::File::open(dir.join(super::data_server::LOCK_FILE)) else {
+            return false;
+        };
+        // Shared and non-blocking: taken only if no container holds it exclusively; dropped
+        // at once with the file.
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+    }
 }
 
 impl Host for DataHost {
@@ -93,7 +113,14 @@ impl Host for DataHost {
             Ok(FromData::Quiet(r)) => r.map_err(|e| crate::Error::from(mover::Error::from(e))),
             Ok(other) => Err(unexpected("a quiesce", &other)),
             // No data container: no receiver runs in it.
-            Err(e) if data_wire::not_running(&e) => Ok(()),
+            Err(e) if data_wire::not_running(&e) && !self.container_runs() => Ok(()),
+            // Stopping, it removed its socket first while its receivers end their sessions.
+            Err(e) if data_wire::not_running(&e) => Err(mover::Error::Busy(
+                "the data container is stopping while a session of this relationship ends; \
+                 try again in a few seconds"
+                    .into(),
+            )
+            .into()),
             Err(e) => Err(e.into()),
         }
     }
@@ -106,7 +133,8 @@ struct Remote {
     out: Mutex<UnixStream>,
     finished: Arc<AtomicBool>,
     scrub: Arc<Mutex<Option<ScrubReport>>>,
-    reader: std::thread::JoinHandle<()>,
+    /// None once joined.
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Remote {
@@ -129,7 +157,20 @@ impl Remote {
             rdma: opts.rdma.is_some(),
         };
         data_wire::write_msg(&mut &conn, &ToData::Receive(job))?;
-        let key = match data_wire::read_msg::<FromData>(&mut &conn)? {
+        let first = data_wire::read_msg::<FromData>(&mut &conn).map_err(|e| match e {
+            mover::Error::Io { ref source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                mover::Error::Busy(format!(
+                    "the data container did not start the receiver within {START_WAIT:?}"
+                ))
+            }
+            e => e,
+        })?;
+        let key = match first {
             Some(FromData::Receiving(r)) => r.map_err(mover::Error::from)?,
             Some(other) => return Err(unexpected("a receiver", &other)),
             None => {
@@ -155,7 +196,7 @@ impl Remote {
             out: Mutex::new(conn),
             finished,
             scrub,
-            reader,
+            reader: Mutex::new(Some(reader)),
         })
     }
 }
@@ -172,7 +213,9 @@ fn connect(socket: &Path) -> mover::Result<UnixStream> {
     }
 }
 
-/// Keeps the receiver's last scrub; the receiver is finished when its connection ends.
+/// Keeps the receiver's last scrub; the receiver is finished when its connection ends. A
+/// connection that says what this release cannot read is ended here, which stops the
+/// receiver in the data container too (its session may still be ending: `quiesce` waits).
 fn read_receiver(
     mut conn: UnixStream,
     id: &RelationshipId,
@@ -187,12 +230,14 @@ fn read_receiver(
             }
             Ok(Some(FromData::Received(Ok(())))) => {}
             Ok(Some(other)) => {
-                tracing::warn!(%id, "receiver connection: unexpected {other:.40?}");
+                tracing::warn!(%id, "receiver connection: unexpected {}", other.name());
+                let _ = conn.shutdown(std::net::Shutdown::Both);
                 break;
             }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(%id, "receiver connection: {e}");
+                let _ = conn.shutdown(std::net::Shutdown::Both);
                 break;
             }
         }
@@ -206,17 +251,28 @@ impl Receiving for Remote {
         false
     }
 
+    /// `false` only when the socket surely did not reach the receiver: the caller then
+    /// answers the sender on it, which must not happen while a receiver reads it.
     fn deliver_tcp(&self, conn: std::net::TcpStream) -> bool {
         let msg = ToData::Deliver { key: self.key };
-        match data_wire::call(&self.socket, Some(CALL_WAIT), Some(conn.as_fd()), &msg) {
-            Ok(FromData::Delivered(taken)) => taken,
-            Ok(other) => {
-                tracing::warn!("{}", unexpected("a delivered socket", &other));
-                false
-            }
+        let asked = match data_wire::ask(&self.socket, Some(CALL_WAIT), Some(conn.as_fd()), &msg) {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!("handing a data-plane connection to the data container: {e}");
-                false
+                return false;
+            }
+        };
+        match data_wire::answer(asked) {
+            Ok(FromData::Delivered(taken)) => taken,
+            // It crossed; whether a receiver took it is unknown. Said nothing here, the
+            // sender sees the connection end if nobody serves it.
+            Ok(other) => {
+                tracing::warn!("{}", unexpected("a delivered socket", &other));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("a data-plane connection handed to the data container: {e}");
+                true
             }
         }
     }
@@ -241,8 +297,10 @@ impl Receiving for Remote {
         self.finished.load(Ordering::SeqCst)
     }
 
-    fn join(self: Box<Self>) {
-        let _ = self.reader.join();
+    fn join(&self) {
+        if let Some(t) = super::lock(&self.reader).take() {
+            let _ = t.join();
+        }
     }
 
     fn scrub(&self) -> Option<ScrubReport> {
@@ -269,11 +327,11 @@ impl Drills for RemoteDrills {
             req,
             wait,
         };
-        // No timeout: once begun, a copy takes as long as it takes (as in one process).
-        match data_wire::call(&self.socket, None, None, &msg)? {
+        match data_wire::call(&self.socket, Some(wait + DRILL_CALL_WAIT), None, &msg)? {
             FromData::Drilled(r) => r.map_err(mover::Error::from),
             other => Err(mover::Error::Corrupt(format!(
-                "the data container answered a drill with {other:.60?}"
+                "the data container answered a drill with {}",
+                other.name()
             ))),
         }
     }

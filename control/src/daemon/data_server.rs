@@ -99,7 +99,7 @@ pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>)
 }
 
 /// The lock a data container holds on its data dir while it runs.
-const LOCK_FILE: &str = "data.lock";
+pub(super) const LOCK_FILE: &str = "data.lock";
 
 /// Binds the socket in the data dir (made 0700 if this container starts first), replacing
 /// the file a killed container left. A second data container for the same data dir fails
@@ -218,7 +218,7 @@ fn connection(conn: UnixStream, shared: &Arc<Shared>) -> mover::Result<()> {
         }
         (other, fd) => Err(mover::Error::Corrupt(format!(
             "the data socket opened with {} and {}",
-            other.map_or("nothing".into(), |m| format!("{m:.40?}")),
+            other.map_or("nothing", |m| m.name()),
             if fd.is_some() { "a descriptor" } else { "none" }
         ))),
     }
@@ -415,7 +415,7 @@ fn read_control(
                 }
             }
             Ok(Some(other)) => {
-                tracing::warn!("data session: unexpected {other:.40?}; ending it");
+                tracing::warn!("data session: unexpected {}; ending it", other.name());
                 break;
             }
             Ok(None) | Err(_) => break,

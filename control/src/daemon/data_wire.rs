@@ -25,8 +25,8 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 pub const OPEN_PLAIN: u8 = 0;
 pub const OPEN_WITH_FD: u8 = 1;
 
-/// From the control container.
-#[derive(Debug, Serialize, Deserialize)]
+/// From the control container. Logged by `name` only: some carry a session's secret.
+#[derive(Serialize, Deserialize)]
 pub enum ToData {
     /// The container's release and roles (the supervisor's probe).
     Health,
@@ -65,6 +65,54 @@ pub enum ToData {
     /// before its target is made writable, a receiver left by an earlier control container
     /// must not write any more.
     Quiesce { id: String, wait: Duration },
+}
+
+/// Its name only, so no log or error message can carry a secret.
+impl std::fmt::Debug for ToData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl ToData {
+    /// What it asks, for logs (never its fields: a `Send` or a `Ticket` carries a secret).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToData::Health => "Health",
+            ToData::Send(_) => "Send",
+            ToData::Share(_) => "Share",
+            ToData::Manifest { .. } => "Manifest",
+            ToData::Control(_) => "Control",
+            ToData::Placed { .. } => "Placed",
+            ToData::Receive(_) => "Receive",
+            ToData::StopReceiver => "StopReceiver",
+            ToData::Ticket { .. } => "Ticket",
+            ToData::Deliver { .. } => "Deliver",
+            ToData::Drill { .. } => "Drill",
+            ToData::Quiesce { .. } => "Quiesce",
+        }
+    }
+}
+
+impl FromData {
+    /// What it says, for logs (a `Place` carries the session's secret).
+    pub fn name(&self) -> &'static str {
+        match self {
+            FromData::Health { .. } => "Health",
+            FromData::Manifest => "Manifest",
+            FromData::Progress(_) => "Progress",
+            FromData::Place { .. } => "Place",
+            FromData::Sent { .. } => "Sent",
+            FromData::Shared { .. } => "Shared",
+            FromData::Receiving(_) => "Receiving",
+            FromData::Scrubbed(_) => "Scrubbed",
+            FromData::Received(_) => "Received",
+            FromData::Ticket(_) => "Ticket",
+            FromData::Delivered(_) => "Delivered",
+            FromData::Drilled(_) => "Drilled",
+            FromData::Quiet(_) => "Quiet",
+        }
+    }
 }
 
 /// A target relationship's receiver as the control container decided it.
@@ -384,22 +432,50 @@ pub fn not_running(e: &mover::Error) -> bool {
 pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// One request (with the descriptor `fd`, if any) and its one answer (at most `MAX_ANSWER`
-/// bytes) on a connection of its own, waiting at most `timeout` for it (None: a drill, which
-/// takes as long as its copy).
+/// bytes) on a connection of its own, waiting at most `timeout` for it (None: no bound).
 pub fn call(
     path: &Path,
     timeout: Option<Duration>,
     fd: Option<BorrowedFd<'_>>,
     msg: &ToData,
 ) -> mover::Result<FromData> {
+    answer(ask(path, timeout, fd, msg)?)
+}
+
+/// The first half of a `call`: once it returns, the descriptor has crossed.
+pub fn ask(
+    path: &Path,
+    timeout: Option<Duration>,
+    fd: Option<BorrowedFd<'_>>,
+    msg: &ToData,
+) -> mover::Result<UnixStream> {
     let mut conn = connect(path)?;
     conn.set_read_timeout(timeout)
         .map_err(|e| io("setting a timeout", e))?;
     open(&conn, fd)?;
     write_msg(&mut conn, msg)?;
-    read_bounded(&mut conn, MAX_ANSWER)?.ok_or_else(|| {
-        mover::Error::PeerLost("the data container closed the connection without an answer".into())
-    })
+    Ok(conn)
+}
+
+/// The second half of a `call`.
+pub fn answer(mut conn: UnixStream) -> mover::Result<FromData> {
+    match read_bounded(&mut conn, MAX_ANSWER) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(mover::Error::PeerLost(
+            "the data container closed the connection without an answer".into(),
+        )),
+        Err(mover::Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(mover::Error::PeerLost(
+                "the data container did not answer in time".into(),
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A thread that runs `tick` every `period` (until `tick` says to end, or `stop`): stopping
@@ -558,7 +634,7 @@ mod tests {
         let mut r = &b;
         match read_msg::<ToData>(&mut r).unwrap() {
             Some(ToData::Control(c)) => assert_eq!((c.paused, c.rate), (true, Some(7))),
-            other => panic!("{other:?}"),
+            other => panic!("{}", other.map_or("nothing", |m| m.name())),
         }
         drop(a);
         assert!(read_msg::<ToData>(&mut r).unwrap().is_none(), "a clean end");

@@ -55,7 +55,7 @@ pub trait Host: Send + Sync {
 }
 
 /// A running receiver.
-pub trait Receiving: Send {
+pub trait Receiving: Send + Sync {
     /// Hands it a data-plane connection routed to it; `false` if it takes no more.
     fn deliver(&self, conn: Box<dyn mover::Connection>) -> bool;
     /// `deliver` for a TCP connection the peer port accepted.
@@ -72,8 +72,8 @@ pub trait Receiving: Send {
     fn stop(&self);
     /// Whether it has stopped serving (after `stop`, or on an error).
     fn is_finished(&self) -> bool;
-    /// Waits for it to end (called once it has finished).
-    fn join(self: Box<Self>);
+    /// Waits for it to end (called once it has finished, once).
+    fn join(&self);
     /// Its last scrub (or full verification) of the target; None: none since it started.
     fn scrub(&self) -> Option<mover::receiver::ScrubReport>;
     /// Where to ask it for DR drills (None: it makes none).
@@ -151,6 +151,7 @@ impl Host for System {
                 context: "spawning the receiver thread".into(),
                 source: e,
             })?;
+        let thread = std::sync::Mutex::new(Some(thread));
         Ok(Box::new(Threaded {
             inbox,
             thread,
@@ -165,7 +166,8 @@ impl Host for System {
 /// A receiver on its own thread, fed through a channel.
 struct Threaded {
     inbox: std::sync::mpsc::Sender<Box<dyn mover::Connection>>,
-    thread: std::thread::JoinHandle<()>,
+    /// None once joined.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     tickets: Arc<Tickets>,
     stop: Arc<AtomicBool>,
     scrub: Arc<mover::receiver::ScrubStatus>,
@@ -189,12 +191,16 @@ impl Receiving for Threaded {
     }
 
     fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        super::lock(&self.thread)
+            .as_ref()
+            .is_none_or(|t| t.is_finished())
     }
 
-    fn join(self: Box<Self>) {
+    fn join(&self) {
         // A receiver that panicked has nothing more to give back; it is gone either way.
-        let _ = self.thread.join();
+        if let Some(t) = super::lock(&self.thread).take() {
+            let _ = t.join();
+        }
     }
 
     fn scrub(&self) -> Option<mover::receiver::ScrubReport> {

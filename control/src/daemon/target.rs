@@ -22,7 +22,9 @@ pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Rx {
     /// The receiver, fed the data-plane connections the peer port routes to this relationship.
-    receiving: Box<dyn super::host::Receiving>,
+    /// Shared so a delivery (a call on the data socket, for a split node) runs outside the
+    /// receivers lock.
+    receiving: Arc<dyn super::host::Receiving>,
     /// The checked target directory, open while the receiver lives (an unprotected target is
     /// written through its descriptor's path).
     _root: OpenDir,
@@ -240,10 +242,10 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
     let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
         return false;
     };
-    match lock(&node.receivers).get(&id) {
-        Some(rx) => rx.receiving.deliver_tcp(conn),
-        None => false,
-    }
+    let receiving = lock(&node.receivers)
+        .get(&id)
+        .map(|rx| rx.receiving.clone());
+    receiving.is_some_and(|r| r.deliver_tcp(conn))
 }
 
 /// `route` for a connection of any transport (the simulation's).
@@ -284,7 +286,7 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
         )),
         ..Default::default()
     };
-    let receiving = node.host.start_receiver(&r.id, opts)?;
+    let receiving = Arc::from(node.host.start_receiver(&r.id, opts)?);
     tracing::info!(id = %r.id, "data-plane receiver started");
     Ok(Rx {
         receiving,
@@ -309,7 +311,10 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
         std::thread::sleep(Duration::from_millis(50));
     }
     rx.receiving.join();
-    Ok(())
+    // Finished as this process sees it; in a data container its session may still be
+    // ending (its connection broke, or its control container was an earlier one).
+    node.host
+        .quiesce(id, until.saturating_duration_since(Instant::now()))
 }
 
 /// Deletes a target relationship: reverts an interrupted job to the last recovery point, lifts
@@ -572,7 +577,8 @@ pub fn scrub(node: &Node, id: &RelationshipId) -> Option<mover::receiver::ScrubR
 }
 
 /// At shutdown: receivers stop taking sessions. A session still running is cut when the
-/// process exits; its journal lets the next one resume.
+/// process exits, and its journal lets the next one resume; in a data container it goes on
+/// to its end.
 pub fn stop_all(node: &Node) {
     for rx in lock(&node.receivers).values() {
         rx.receiving.stop();

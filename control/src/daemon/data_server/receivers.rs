@@ -14,7 +14,7 @@
 use super::data_wire::{self, FromData, ReceiveJob, RemoteError, Ticker};
 use super::Shared;
 use mover::receiver::{ReceiveOptions, Receiver, Tickets};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -28,9 +28,16 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 /// How often a receiver's last scrub is looked at, to report a new one.
 const SCRUB_REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// The receivers running here, by the key their control connection was given.
+/// The receivers running here, by the key their control connection was given, and the
+/// relationships whose receiver is being started.
 #[derive(Default)]
-pub(super) struct Receivers(Mutex<HashMap<u64, Arc<Entry>>>);
+pub(super) struct Receivers(Mutex<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    running: HashMap<u64, Arc<Entry>>,
+    starting: HashSet<String>,
+}
 
 pub(super) struct Entry {
     id: String,
@@ -42,48 +49,54 @@ pub(super) struct Entry {
 
 impl Receivers {
     fn get(&self, key: u64) -> Option<Arc<Entry>> {
-        super::super::lock(&self.0).get(&key).cloned()
+        super::super::lock(&self.0).running.get(&key).cloned()
     }
 
-    /// Stops every receiver of relationship `id`; whether any still runs.
-    fn stop_of(&self, id: &str) -> bool {
-        let all = super::super::lock(&self.0);
-        let mine: Vec<&Arc<Entry>> = all.values().filter(|e| e.id == id).collect();
-        for e in &mine {
-            e.stop.store(true, Ordering::SeqCst);
-        }
-        !mine.is_empty()
-    }
-
-    /// Waits up to `wait` until no receiver of `id` runs (stopping them).
-    fn quiet(&self, id: &str, wait: Duration) -> bool {
+    /// Waits up to `wait` until no receiver of `id` runs or starts (stopping those that run);
+    /// `claim`: then marks `id` as starting, in the same step, so no other can start and no
+    /// quiesce can pass until `started` or `unclaim`.
+    fn quiet(&self, id: &str, wait: Duration, claim: bool) -> bool {
         let until = Instant::now() + wait;
-        while self.stop_of(id) {
+        loop {
+            {
+                let mut all = super::super::lock(&self.0);
+                let mut busy = all.starting.contains(id);
+                for e in all.running.values().filter(|e| e.id == id) {
+                    e.stop.store(true, Ordering::SeqCst);
+                    busy = true;
+                }
+                if !busy {
+                    if claim {
+                        all.starting.insert(id.to_string());
+                    }
+                    return true;
+                }
+            }
             if Instant::now() >= until {
                 return false;
             }
             std::thread::sleep(mover::GATE_POLL);
         }
-        true
     }
 
-    /// Registers `e` as `key` unless another receiver of its relationship runs.
-    fn insert(&self, key: u64, e: Arc<Entry>) -> bool {
+    /// The claimed relationship's receiver runs as `key`.
+    fn started(&self, key: u64, e: Arc<Entry>) {
         let mut all = super::super::lock(&self.0);
-        if all.values().any(|o| o.id == e.id) {
-            return false;
-        }
-        all.insert(key, e);
-        true
+        all.starting.remove(&e.id);
+        all.running.insert(key, e);
+    }
+
+    fn unclaim(&self, id: &str) {
+        super::super::lock(&self.0).starting.remove(id);
     }
 
     fn remove(&self, key: u64) {
-        super::super::lock(&self.0).remove(&key);
+        super::super::lock(&self.0).running.remove(&key);
     }
 
     /// On SIGTERM: every receiver ends with its running session.
     pub(super) fn stop_all(&self) {
-        for e in super::super::lock(&self.0).values() {
+        for e in super::super::lock(&self.0).running.values() {
             e.stop.store(true, Ordering::SeqCst);
         }
     }
@@ -106,45 +119,17 @@ pub(super) fn run(
 ) -> mover::Result<()> {
     let out = Arc::new(Mutex::new(conn));
     let say = |msg: &FromData| data_wire::write_msg(&mut *super::super::lock(&out), msg);
-    if !shared.receivers.quiet(&job.id, HANDOVER_WAIT) {
+    if !shared.receivers.quiet(&job.id, HANDOVER_WAIT, true) {
         return say(&FromData::Receiving(Err(busy(&job.id))));
     }
-    let tickets = Arc::new(Tickets::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = ReceiveOptions {
-        // The control side's name for the directory means nothing here; its descriptor does.
-        root: PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd())),
-        once: false,
-        tickets: Some(tickets.clone()),
-        stop: Some(stop.clone()),
-        insecure_plaintext: job.insecure_plaintext,
-        policy: mover::receiver::policy::ReplicaPolicy {
-            allow_setid: job.allow_setid,
-            allow_devices: job.allow_devices,
-        },
-        checkpoint_bytes: job.checkpoint_bytes,
-        scrub_every: job.scrub_every,
-        rdma: job.rdma.then(|| {
-            mover::transport::select::RdmaPolicy::new(mover::transport::select::Choice::Auto, None)
-        }),
-        ..Default::default()
+    let started = start(shared, root.as_raw_fd(), &job);
+    let (rx, key, stop) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            shared.receivers.unclaim(&job.id);
+            return say(&FromData::Receiving(Err(RemoteError::from(&e))));
+        }
     };
-    let (inbox, incoming) = mpsc::channel();
-    let rx = match Receiver::from_inbox(incoming, opts, Arc::new(mover::Progress::default())) {
-        Ok(rx) => rx,
-        Err(e) => return say(&FromData::Receiving(Err(RemoteError::from(&e)))),
-    };
-    let key = shared.next.fetch_add(1, Ordering::SeqCst) as u64;
-    let entry = Arc::new(Entry {
-        id: job.id.clone(),
-        inbox,
-        tickets,
-        stop: stop.clone(),
-        drills: rx.drill_handle(),
-    });
-    if !shared.receivers.insert(key, entry) {
-        return say(&FromData::Receiving(Err(busy(&job.id))));
-    }
     if shared.stopping.load(Ordering::SeqCst) {
         stop.store(true, Ordering::SeqCst);
     }
@@ -195,13 +180,58 @@ pub(super) fn run(
     said
 }
 
+/// Builds the claimed relationship's receiver over the root `root` and registers it: the
+/// receiver, its key and its stop flag.
+fn start(
+    shared: &Shared,
+    root: std::os::fd::RawFd,
+    job: &ReceiveJob,
+) -> mover::Result<(Receiver, u64, Arc<AtomicBool>)> {
+    let tickets = Arc::new(Tickets::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = ReceiveOptions {
+        // The control side's name for the directory means nothing here; its descriptor does.
+        root: PathBuf::from(format!("/proc/self/fd/{root}")),
+        once: false,
+        tickets: Some(tickets.clone()),
+        stop: Some(stop.clone()),
+        insecure_plaintext: job.insecure_plaintext,
+        policy: mover::receiver::policy::ReplicaPolicy {
+            allow_setid: job.allow_setid,
+            allow_devices: job.allow_devices,
+        },
+        checkpoint_bytes: job.checkpoint_bytes,
+        scrub_every: job.scrub_every,
+        rdma: job.rdma.then(|| {
+            mover::transport::select::RdmaPolicy::new(mover::transport::select::Choice::Auto, None)
+        }),
+        ..Default::default()
+    };
+    let (inbox, incoming) = mpsc::channel();
+    let rx = Receiver::from_inbox(incoming, opts, Arc::new(mover::Progress::default()))?;
+    // Random, not counted: a key a control container kept from an earlier data container
+    // must name no receiver of this one.
+    let key = mover::units::SessionId::random()
+        .map_err(|e| data_wire::io("a random receiver key", e))?
+        .0 as u64;
+    let entry = Arc::new(Entry {
+        id: job.id.clone(),
+        inbox,
+        tickets,
+        stop: stop.clone(),
+        drills: rx.drill_handle(),
+    });
+    shared.receivers.started(key, entry);
+    Ok((rx, key, stop))
+}
+
 /// A receiver stops when control asks, or when control's connection ends.
 fn read_control(mut conn: UnixStream, stop: &AtomicBool) {
     loop {
         match data_wire::read_msg::<super::ToData>(&mut conn) {
             Ok(Some(super::ToData::StopReceiver)) => stop.store(true, Ordering::SeqCst),
             Ok(Some(other)) => {
-                tracing::warn!("receiver control: unexpected {other:.40?}; stopping it");
+                tracing::warn!("receiver control: unexpected {}; stopping it", other.name());
                 break;
             }
             Ok(None) | Err(_) => break,
@@ -259,7 +289,7 @@ pub(super) fn drill(
 }
 
 pub(super) fn quiesce(shared: &Shared, id: &str, wait: Duration) -> FromData {
-    FromData::Quiet(if shared.receivers.quiet(id, wait) {
+    FromData::Quiet(if shared.receivers.quiet(id, wait, false) {
         Ok(())
     } else {
         Err(RemoteError::Busy(format!(

@@ -250,7 +250,7 @@ impl Receiving for FakeReceiving {
         self.stop.load(Ordering::SeqCst)
     }
 
-    fn join(self: Box<Self>) {}
+    fn join(&self) {}
 
     fn scrub(&self) -> Option<mover::receiver::ScrubReport> {
         None
