@@ -28,7 +28,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # libibverbs, librdmacm and libclang: CI checks that the `rdma` feature builds (bindgen).
 [ -e /usr/include/infiniband/verbs.h ] || need+=(libibverbs-dev)
 [ -e /usr/include/rdma/rdma_cma.h ] || need+=(librdmacm-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# libclang itself, not libclang-cpp (which some images carry without it).
+has_libclang() { ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; }
+has_libclang || need+=(libclang-dev)
 # The web UI's browser test (cli/tests/ui.rs) drives Debian's headless chromium through
 # chromedriver at these paths; it fails, not skips, without them.
 [ -x /usr/bin/chromium ] || need+=(chromium)
@@ -51,6 +53,7 @@ command -v protoc >/dev/null || { echo "protoc (protobuf-compiler) missing after
 command -v etcd >/dev/null || { echo "etcd (etcd-server) missing after install" >&2; exit 1; }
 command -v ip >/dev/null || { echo "ip (iproute2) missing after install" >&2; exit 1; }
 [ -e /usr/include/infiniband/verbs.h ] || { echo "libibverbs-dev missing after install" >&2; exit 1; }
+has_libclang || { echo "libclang (libclang-dev) missing after install" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 [ -x /usr/bin/chromium ] || { echo "/usr/bin/chromium (chromium) missing after install" >&2; exit 1; }
 [ -x /usr/bin/chromedriver ] || { echo "/usr/bin/chromedriver (chromium-driver) missing after install" >&2; exit 1; }

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// How long a new receiver waits for the previous one of its relationship (left by a control
 /// container that went away) to end its running session before it is refused as busy.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// Receivers one data container runs at once: each holds one of its `MAX_SESSIONS`
+/// connections for as long as it runs, and half of them stay for sessions and calls.
+pub(super) const MAX_RECEIVERS: usize = super::MAX_SESSIONS / 2;
 /// How often a receiver's last scrub is looked at, to report a new one.
 const SCRUB_REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,8 +57,8 @@ impl Receivers {
 
     /// Waits up to `wait` until no receiver of `id` runs or starts (stopping those that run);
     /// `claim`: then marks `id` as starting, in the same step, so no other can start and no
-    /// quiesce can pass until `started` or `unclaim`.
-    fn quiet(&self, id: &str, wait: Duration, claim: bool) -> bool {
+    /// quiesce can pass until `started` or `unclaim` (refused when `MAX_RECEIVERS` run).
+    fn quiet(&self, id: &str, wait: Duration, claim: bool) -> Result<bool, RemoteError> {
         let until = Instant::now() + wait;
         loop {
             {
@@ -67,13 +70,19 @@ impl Receivers {
                 }
                 if !busy {
                     if claim {
+                        if all.running.len() + all.starting.len() >= MAX_RECEIVERS {
+                            return Err(RemoteError::Busy(format!(
+                                "this node's data container runs {MAX_RECEIVERS} receivers \
+                                 already"
+                            )));
+                        }
                         all.starting.insert(id.to_string());
                     }
-                    return true;
+                    return Ok(true);
                 }
             }
             if Instant::now() >= until {
-                return false;
+                return Ok(false);
             }
             std::thread::sleep(mover::GATE_POLL);
         }
@@ -119,8 +128,10 @@ pub(super) fn run(
 ) -> mover::Result<()> {
     let out = Arc::new(Mutex::new(conn));
     let say = |msg: &FromData| data_wire::write_msg(&mut *super::super::lock(&out), msg);
-    if !shared.receivers.quiet(&job.id, HANDOVER_WAIT, true) {
-        return say(&FromData::Receiving(Err(busy(&job.id))));
+    match shared.receivers.quiet(&job.id, HANDOVER_WAIT, true) {
+        Ok(true) => {}
+        Ok(false) => return say(&FromData::Receiving(Err(busy(&job.id)))),
+        Err(e) => return say(&FromData::Receiving(Err(e))),
     }
     let started = start(shared, root.as_raw_fd(), &job);
     let (rx, key, stop) = match started {
@@ -289,14 +300,16 @@ pub(super) fn drill(
 }
 
 pub(super) fn quiesce(shared: &Shared, id: &str, wait: Duration) -> FromData {
-    FromData::Quiet(if shared.receivers.quiet(id, wait, false) {
-        Ok(())
-    } else {
-        Err(RemoteError::Busy(format!(
-            "a job of relationship {id} is still writing in the data container; try again \
+    FromData::Quiet(
+        if matches!(shared.receivers.quiet(id, wait, false), Ok(true)) {
+            Ok(())
+        } else {
+            Err(RemoteError::Busy(format!(
+                "a job of relationship {id} is still writing in the data container; try again \
              when the source has stopped it"
-        )))
-    })
+            )))
+        },
+    )
 }
 
 #[cfg(test)]
