@@ -157,18 +157,14 @@ impl Remote {
             rdma: opts.rdma.is_some(),
         };
         data_wire::write_msg(&mut &conn, &ToData::Receive(job))?;
-        let first = data_wire::read_msg::<FromData>(&mut &conn).map_err(|e| match e {
-            mover::Error::Io { ref source, .. }
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+        let first = data_wire::read_msg::<FromData>(&mut &conn).map_err(|e| {
+            if data_wire::timed_out(&e) {
                 mover::Error::Busy(format!(
                     "the data container did not start the receiver within {START_WAIT:?}"
                 ))
+            } else {
+                e
             }
-            e => e,
         })?;
         let key = match first {
             Some(FromData::Receiving(r)) => r.map_err(mover::Error::from)?,

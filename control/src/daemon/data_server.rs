@@ -328,12 +328,7 @@ impl Session {
                 waiting: self.places.clone(),
             }) as Arc<dyn Spread>
         });
-        let secret = match job.secret {
-            None => None,
-            Some(b) => Some(mover::SessionSecret::from_bytes(b.try_into().map_err(
-                |_| mover::Error::Corrupt("a session secret of the wrong length".into()),
-            )?)),
-        };
+        let secret = job.secret.map(data_wire::secret).transpose()?;
         let cache = match (&job.state, job.keep_manifest) {
             (Some(state), true) => self.shared.manifest(state),
             _ => None,

@@ -418,6 +418,22 @@ pub fn connect(path: &Path) -> mover::Result<UnixStream> {
     })
 }
 
+/// A session secret as it crossed the socket.
+pub fn secret(bytes: Vec<u8>) -> mover::Result<mover::SessionSecret> {
+    let b = bytes
+        .try_into()
+        .map_err(|_| mover::Error::Corrupt("a session secret of the wrong length".into()))?;
+    Ok(mover::SessionSecret::from_bytes(b))
+}
+
+/// Whether `e` is a read that timed out (a socket with a read timeout).
+pub fn timed_out(e: &mover::Error) -> bool {
+    matches!(e, mover::Error::Io { source, .. } if matches!(
+        source.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
 /// Whether `e` says no data container runs (its socket is gone or nobody listens on it):
 /// then nothing it kept (a manifest, a receiver) exists any more.
 pub fn not_running(e: &mover::Error) -> bool {
@@ -464,16 +480,9 @@ pub fn answer(mut conn: UnixStream) -> mover::Result<FromData> {
         Ok(None) => Err(mover::Error::PeerLost(
             "the data container closed the connection without an answer".into(),
         )),
-        Err(mover::Error::Io { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(mover::Error::PeerLost(
-                "the data container did not answer in time".into(),
-            ))
-        }
+        Err(e) if timed_out(&e) => Err(mover::Error::PeerLost(
+            "the data container did not answer in time".into(),
+        )),
         Err(e) => Err(e),
     }
 }

@@ -180,10 +180,7 @@ impl Receiving for Threaded {
     }
 
     fn issue(&self, secret: Option<SessionSecret>) -> Result<SessionId> {
-        Ok(match secret {
-            Some(s) => self.tickets.issue_sealed(s),
-            None => self.tickets.issue()?,
-        })
+        Ok(self.tickets.issue_with(secret)?)
     }
 
     fn stop(&self) {

@@ -239,25 +239,21 @@ pub const MAX_ROUTES: usize = 65536;
 /// Hands a data-plane connection to the receiver whose ticket its session id is; `false` if
 /// no receiver issued it (the caller closes the connection).
 pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
-    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
-        return false;
-    };
-    let receiving = lock(&node.receivers)
-        .get(&id)
-        .map(|rx| rx.receiving.clone());
-    receiving.is_some_and(|r| r.deliver_tcp(conn))
+    routed(node, session).is_some_and(|r| r.deliver_tcp(conn))
+}
+
+/// The receiver that issued `session` as a ticket, taken out of the receivers lock: a
+/// delivery (a call on the data socket, for a split node) runs without it.
+fn routed(node: &Node, session: u128) -> Option<Arc<dyn super::host::Receiving>> {
+    let id = lock(&node.routes).get(&session).map(|(id, _)| id.clone())?;
+    let rxs = lock(&node.receivers);
+    rxs.get(&id).map(|rx| rx.receiving.clone())
 }
 
 /// `route` for a connection of any transport (the simulation's).
 #[cfg(test)]
 pub(crate) fn deliver(node: &Node, session: u128, conn: Box<dyn mover::Connection>) -> bool {
-    let Some(id) = lock(&node.routes).get(&session).map(|(id, _)| id.clone()) else {
-        return false;
-    };
-    match lock(&node.receivers).get(&id) {
-        Some(rx) => rx.receiving.deliver(conn),
-        None => false,
-    }
+    routed(node, session).is_some_and(|r| r.deliver(conn))
 }
 
 fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {

@@ -134,6 +134,14 @@ impl Tickets {
         }))
     }
 
+    /// `issue_sealed` with `secret`, or `issue` without one.
+    pub fn issue_with(&self, secret: Option<SessionSecret>) -> Result<SessionId> {
+        match secret {
+            Some(s) => Ok(self.issue_sealed(s)),
+            None => self.issue(),
+        }
+    }
+
     /// A sealed session with `secret`: returns its handle, the id its Hellos will carry.
     pub fn issue_sealed(&self, secret: SessionSecret) -> SessionId {
         self.push(Ticket {

@@ -261,16 +261,11 @@ pub(super) fn ticket(shared: &Shared, key: u64, secret: Option<Vec<u8>>) -> From
     let Some(e) = shared.receivers.get(key) else {
         return FromData::Ticket(Err(unknown(key)));
     };
-    let id = match secret {
-        None => e.tickets.issue().map_err(|e| RemoteError::from(&e)),
-        Some(b) => match <[u8; mover::wire::seal::SECRET_LEN]>::try_from(b) {
-            Ok(b) => Ok(e.tickets.issue_sealed(mover::SessionSecret::from_bytes(b))),
-            Err(_) => Err(RemoteError::Corrupt(
-                "a session secret of the wrong length".into(),
-            )),
-        },
-    };
-    FromData::Ticket(id.map(|s| s.0))
+    let id = secret
+        .map(data_wire::secret)
+        .transpose()
+        .and_then(|s| e.tickets.issue_with(s));
+    FromData::Ticket(id.map(|s| s.0).map_err(|e| RemoteError::from(&e)))
 }
 
 pub(super) fn deliver(shared: &Shared, key: u64, socket: OwnedFd) -> FromData {

@@ -234,10 +234,7 @@ impl Receiving for FakeReceiving {
     }
 
     fn issue(&self, secret: Option<mover::SessionSecret>) -> Result<mover::units::SessionId> {
-        Ok(match secret {
-            Some(s) => self.tickets.issue_sealed(s),
-            None => self.tickets.issue()?,
-        })
+        Ok(self.tickets.issue_with(secret)?)
     }
 
     fn stop(&self) {
