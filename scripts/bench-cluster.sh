@@ -6,7 +6,8 @@
 # Reports, per number of source nodes (rotating order, medians of REPS):
 #   - the job's time and throughput (the session's seconds, as the daemon reports them), and
 #     the CPU seconds all mover processes spent per GB;
-#   - etcd writes (put + delete + txn, from etcd's own /metrics) per job and per GiB moved;
+#   - etcd writes (put + delete + txn, from etcd's own /metrics) for a relationship's create and
+#     initial sync, per GiB moved, and per later job (a one-file change replicated);
 # and, for the kill: the time from the SIGKILL to the owner's session failing (detection) and
 # to the retried session running on the nodes left (reassignment), with the bytes the retry
 # sent.
@@ -112,31 +113,50 @@ one_job() { # k -> prints JSON of one job
     sleep 0.2
   done
   t1=$(date +%s.%N); c1=$(cpu_all); e1=$(etcd_writes)
+  # Then a one-file change replicated: what a later job of the relationship costs in etcd
+  # (the window above also holds the relationship's create and authorize).
+  local ended e3 f="$W/src/rerun.$k"
+  ended=$(ended_jobs "$id")
+  date +%s%N > "$f"
+  cli n1 relationship replicate "$id" >/dev/null 2>&1 || true
+  while [ "$(ended_jobs "$id")" -le "$ended" ] || ! get n1 "/v1/replication/source-relationships/$id" \
+      | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("job") is None else 1)'; do
+    sleep 0.2
+  done
+  e3=$(etcd_writes)
+  rm -f "$f"
   cli n1 relationship delete "$id" >/dev/null
   rm -rf "$dst"
-  python3 - "$k" "$v" "$t0" "$t1" "$c0" "$c1" "$e0" "$e1" "$W/n1.log" "$id" <<'EOF'
+  python3 - "$k" "$v" "$t0" "$t1" "$c0" "$c1" "$e0" "$e1" "$W/n1.log" "$id" "$e3" "$ended" <<'EOF'
 import json, re, sys
 import datetime
 ansi = re.compile(r"\x1b\[[0-9;]*m")
 def ts(line):
     t = ansi.sub("", line).split(" ")[0].rstrip("Z")
     return datetime.datetime.fromisoformat(t[:26]).replace(tzinfo=datetime.timezone.utc).timestamp()
-k, v, t0, t1, c0, c1, e0, e1, log, rid = sys.argv[1:]
+k, v, t0, t1, c0, c1, e0, e1, log, rid, e3, ended = sys.argv[1:]
 v = json.loads(v)
 m = re.search(r"([0-9]+) bytes sent in ([0-9.]+) s", v["last_attempt"]["message"])
 b = int(m.group(1))
 # The job's time from the owner's log, to the microsecond: "job started" to "job ended".
 start = end = None
+jobs = 0
 for line in open(log, errors="replace"):
-    if rid in line and "job started" in line:
+    if rid in line and "job started" in line and end is None:
         start = ts(line)
     if rid in line and "job ended" in line:
-        end = ts(line)
+        end = end or ts(line)
+        jobs += 1
 s = end - start
 print(json.dumps({"nodes": int(k), "bytes": b, "session_s": s, "wall_s": float(t1) - float(t0),
   "mb_s": b / s / 1e6, "cpu_s_per_gb": (float(c1) - float(c0)) / (b / 1e9),
-  "etcd_writes": int(float(e1) - float(e0))}))
+  "etcd_writes": int(float(e1) - float(e0)),
+  "rerun_jobs": jobs - int(ended), "etcd_writes_rerun": int(float(e3) - float(e1))}))
 EOF
+}
+
+ended_jobs() { # id -> how many of its jobs n1's log says ended
+  grep "job ended" "$W/n1.log" | grep -c "$1" || true
 }
 
 JOBS="$W/jobs.jsonl"
@@ -200,15 +220,18 @@ for k in (1, 2, 3):
     med = lambda key: statistics.median(j[key] for j in js)
     rows.append({"nodes": k, "reps": len(js), "mb_s": med("mb_s"), "session_s": med("session_s"),
                  "cpu_s_per_gb": med("cpu_s_per_gb"), "etcd_writes_per_job": med("etcd_writes"),
-                 "etcd_writes_per_gib": med("etcd_writes") / (med("bytes") / 2**30)})
+                 "etcd_writes_per_gib": med("etcd_writes") / (med("bytes") / 2**30),
+                 "etcd_writes_per_later_job": statistics.median(
+                     j["etcd_writes_rerun"] / max(j["rerun_jobs"], 1) for j in js)})
 doc = {"size_mb": size, "file_mb": fsize, "threads_per_node": threads, "reps": reps,
        "cpus": os.cpu_count(), "per_nodes": rows, "kill": kill, "jobs": jobs}
 json.dump(doc, open(out + ".json", "w"), indent=2)
-print("| source nodes | MB/s (median) | vs 1 node | session s | CPU s/GB | etcd writes/job | etcd writes/GiB |")
-print("|---|---|---|---|---|---|---|")
+print("| source nodes | MB/s (median) | vs 1 node | session s | CPU s/GB | etcd writes: create + initial sync | per GiB | per later job |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['nodes']} | {r['mb_s']:.0f} | {r['mb_s']/rows[0]['mb_s']:.2f}x | {r['session_s']:.2f} | "
-          f"{r['cpu_s_per_gb']:.2f} | {r['etcd_writes_per_job']:.0f} | {r['etcd_writes_per_gib']:.1f} |")
+          f"{r['cpu_s_per_gb']:.2f} | {r['etcd_writes_per_job']:.0f} | {r['etcd_writes_per_gib']:.1f} | "
+          f"{r['etcd_writes_per_later_job']:.1f} |")
 print(f"\nKill of n3 mid-job: session failed {kill['detect_s']:.2f} s after the SIGKILL, "
       f"the retry ran on the nodes left {kill['reassign_s']:.2f} s after it, and sent {kill['retry_bytes']} bytes.")
 EOF

@@ -127,6 +127,19 @@ pub fn run(cmd: ClusterCmd) -> Result<i32> {
                     "nodes: {up} of {all} up (a node that stops is shown down within {} s)",
                     v["down_bound_secs"]
                 );
+                let held = v["relationships"].as_array().cloned().unwrap_or_default();
+                let orphaned = held.iter().filter(|r| r["owner_up"] != true).count();
+                println!(
+                    "source relationships: {} held, {orphaned} on a node down (the leader takes those over when it can run them)",
+                    held.len()
+                );
+                for r in held.iter().filter(|r| r["owner_up"] != true) {
+                    println!(
+                        "  {} held by {} (down)",
+                        r["id"].as_str().unwrap_or("?"),
+                        r["owner"].as_str().unwrap_or("?")
+                    );
+                }
             }
             Ok(if whole { 0 } else { DEGRADED })
         }

@@ -5,7 +5,8 @@
 //! node that cannot read the source, one frozen and one partitioned away (a network
 //! namespace whose link is taken down), and the leader's control container killed (nodes
 //! run as containers by role). Two owners spread their jobs over the same nodes into two
-//! target nodes.
+//! target nodes. A dead owner's relationship is taken over mid-job by the leader, and the
+//! owner, back, drops its copy.
 
 mod node;
 
@@ -922,4 +923,128 @@ fn two_owners_spread_their_jobs_over_the_same_three_nodes_into_two_target_nodes(
     for tn in [&t1, &t2] {
         assert_eq!(shards_started(tn), 0);
     }
+}
+
+#[test]
+fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its_copy() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| spread_cfg(&etcd.url(), name, false);
+    let mut n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
+    // n2 presents n1's peer identity: the target pins one certificate for the source cluster.
+    let d2 = t.path().join("n2/data");
+    std::fs::create_dir_all(&d2).unwrap();
+    for f in ["node.crt", "node.key"] {
+        std::fs::copy(t.path().join("n1/data").join(f), d2.join(f)).unwrap();
+    }
+    let n2 = Node::start_configured(&t.path().join("n2"), free_port(), free_port(), &cfg("n2"));
+    let target = Node::start(&t.path().join("t1"));
+    let both = vec!["n1".to_string(), "n2".into()];
+    until(&n2, "both up", Duration::from_secs(30), |v| up(v) == both);
+
+    // 12 MB at 3 MB/s; n1, which holds the relationship, is killed mid-job and stays down.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, 31);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &target, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    target.cli_ok(&["relationship", "authorize", &id]);
+    n1.wait_for("source", &id, "the initial sync under way", |v| {
+        v["job"]["bytes_done"]
+            .as_u64()
+            .is_some_and(|n| n > 2_000_000)
+    });
+    let (code, _) = n2.get(&format!("/v1/replication/source-relationships/{id}"));
+    assert_eq!(code, 404, "n2 does not hold it while n1 is up");
+    let held_by = |n: &Node| {
+        cluster(n)["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .map(|r| {
+                (
+                    r["owner"].as_str().unwrap().to_string(),
+                    r["owner_up"] == true,
+                )
+            })
+    };
+    assert_eq!(held_by(&n2), Some(("n1".to_string(), true)));
+    n1.kill();
+    let killed = Instant::now();
+    let logged = n1.log().len();
+
+    // The leader (n2 now) takes it over once n1 has been down for the stated bound, and the
+    // job completes from n2 with the target equal to the source.
+    let t0 = Instant::now();
+    let taken = loop {
+        let (code, v) = n2.get(&format!("/v1/replication/source-relationships/{id}"));
+        if code == 200 {
+            break killed.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5 + 10 + 15),
+            "not taken over: {v}\nn2:\n{}\nn1:\n{}",
+            n2.log(),
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        taken >= Duration::from_secs(10),
+        "taken over after {taken:?}, before n1 was down for TAKEOVER_AFTER"
+    );
+    assert_eq!(held_by(&n2), Some(("n2".to_string(), true)));
+    assert_eq!(
+        metric(&n2, "mover_cluster_node_relationships{node=\"n2\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&n2, "mover_cluster_node_relationships{node=\"n1\"}"),
+        0.0
+    );
+    let v = n2.wait_for("source", &id, "the job taken over", node::synced);
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 12e6,
+        "the new owner sent {sent} bytes of 12 MB: what was durable went again ({last})"
+    );
+    let (_, events) = n2.get("/v1/events?limit=1000");
+    assert!(
+        events.to_string().contains("relationship_taken_over"),
+        "{events:#}"
+    );
+
+    // n1 comes back: it finds the relationship held by n2, forgets its copy and runs no job
+    // of it; the next change goes through n2.
+    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
+    let t0 = Instant::now();
+    while n1
+        .get(&format!("/v1/replication/source-relationships/{id}"))
+        .0
+        != 404
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "n1 kept its copy:\n{}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, events) = n1.get("/v1/events?limit=1000");
+    assert!(
+        events.to_string().contains("relationship_moved"),
+        "{events:#}"
+    );
+    node::fill(&src.join("more"), 2, 100_000, 32);
+    // (Recovery point times have whole seconds: the tree itself says the change arrived.)
+    n2.wait_for("source", &id, "a job after n1 came back", |v| {
+        node::synced(v) && node::tree_hash(&src) == node::tree_hash(&dst)
+    });
+    let back = n1.log()[logged..].to_string();
+    assert!(
+        !back.contains("job started"),
+        "n1 started no job after coming back:\n{back}"
+    );
 }

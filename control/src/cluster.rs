@@ -11,14 +11,20 @@
 //! - `upgrade/plan`, `upgrade/nodes/<name>`: a rolling upgrade's plan and each node's step
 //!   (`daemon/rolling.rs`); `containers/<name>`: each node's containers as its supervisor sees
 //!   them; `drain/<name>`: whether the node is drained (`mover node drain`), kept while it is
-//!   down, so a node drained for maintenance comes back drained.
+//!   down, so a node drained for maintenance comes back drained; `shards/<node>/...`: a spread
+//!   job's shares (`daemon/spread.rs`); `owners/<id>`: which node holds each source
+//!   relationship, and the relationship itself, so another node can take it over
+//!   (`daemon/owners.rs`).
 //!
 //! Each daemon keeps a view of all of it fed by a watch on `KEY_ROOT` (no polling); on any
 //! error (etcd restarted or unreachable) the session starts again after `RETRY`, with a new
 //! lease, and registers again.
 
 use crate::{Error, Result};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -165,6 +171,9 @@ struct Known {
     alive: BTreeSet<NodeName>,
     leader: Option<NodeName>,
     connected: bool,
+    /// The whole cluster was read at least once since the daemon started: the shared records
+    /// are etcd's, not an empty map.
+    loaded: bool,
     last_error: Option<String>,
     /// Other nodes' shared records (`SHARED_KINDS`), by key below `KEY_ROOT`.
     shared: BTreeMap<String, Vec<u8>>,
@@ -172,8 +181,9 @@ struct Known {
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
 /// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`),
-/// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`).
-const SHARED_KINDS: [&str; 4] = ["upgrade", "containers", "drain", "shards"];
+/// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`),
+/// which node holds each source relationship (`owners/<id>`, `daemon/owners.rs`).
+const SHARED_KINDS: [&str; 5] = ["upgrade", "containers", "drain", "shards", "owners"];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;
 
@@ -187,6 +197,18 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// A node that stops heartbeating is shown down within this many seconds.
     pub down_bound_secs: u64,
+    /// Which node holds each source relationship (`daemon/owners.rs`), by id.
+    pub relationships: Vec<Owned>,
+}
+
+/// One source relationship and the node that holds it (runs its jobs).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Owned {
+    pub id: String,
+    pub owner: NodeName,
+    /// Whether the owner heartbeats now; a relationship whose owner stays down is taken over
+    /// by the leader when it can run it.
+    pub owner_up: bool,
 }
 
 /// A daemon's membership: registers it, renews its lease, campaigns for leader and watches.
@@ -251,6 +273,13 @@ impl Membership {
         lock(&self.known).connected
     }
 
+    /// Whether this node has read the whole cluster since it started (its view of the shared
+    /// records is etcd's), and has a working session now.
+    pub fn loaded(&self) -> bool {
+        let k = lock(&self.known);
+        k.loaded && k.connected
+    }
+
     /// The shared records whose key (below `KEY_ROOT`) starts with `prefix`, as the watch
     /// last delivered them.
     pub fn shared(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
@@ -291,6 +320,52 @@ impl Membership {
         .await?;
         lock(&self.known).shared.insert(key.to_string(), value);
         Ok(())
+    }
+
+    /// Writes a shared record only if etcd holds `expected` there now (`None`: no record) and,
+    /// with `down`, that member has no heartbeat key; in one transaction; whether it did. What
+    /// two nodes may race for (a relationship's owner) is written this way, so the later of
+    /// two writers that read the same record loses instead of overwriting, and a member that
+    /// came back meanwhile is not written over.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        down: Option<&NodeName>,
+    ) -> Result<bool> {
+        assert_shared(key);
+        if value.len() > MAX_SHARED_VALUE {
+            return Err(Error::Invalid(format!(
+                "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
+                value.len()
+            )));
+        }
+        let full = format!("{KEY_ROOT}{key}");
+        let mut compare = vec![match expected {
+            None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
+            Some(v) => Compare::value(full.clone(), CompareOp::Equal, v.to_vec()),
+        }];
+        if let Some(n) = down {
+            compare.push(Compare::create_revision(
+                self::key("alive", n),
+                CompareOp::Equal,
+                0,
+            ));
+        }
+        let op = TxnOp::put(full, value.clone(), None);
+        let mut c = self.client()?;
+        let done = within("writing", c.txn(Txn::new().when(compare).and_then([op])))
+            .await?
+            .succeeded();
+        // Into the view at once (the next pass must see its own write, or it would undo it),
+        // but only over the value it replaced: had the watch (or a new session's full read)
+        // already brought this write or a later one, that stays.
+        let mut k = lock(&self.known);
+        if done && k.shared.get(key).map(Vec::as_slice) == expected {
+            k.shared.insert(key.to_string(), value);
+        }
+        Ok(done)
     }
 
     /// Deletes a shared record (`key` below `KEY_ROOT`, of a `SHARED_KINDS` kind).
@@ -340,6 +415,32 @@ impl Membership {
                 })
                 .collect(),
             down_bound_secs: DOWN_BOUND.as_secs(),
+            relationships: k
+                .shared
+                .range("owners/".to_string()..)
+                .take_while(|(key, _)| key.starts_with("owners/"))
+                .filter_map(|(key, v)| {
+                    #[derive(Deserialize)]
+                    struct Ended {
+                        ended: bool,
+                    }
+                    #[derive(Deserialize)]
+                    struct Owner {
+                        owner: NodeName,
+                        relationship: Ended,
+                    }
+                    // A tombstone (deleted, ended, reversed) is held by no one.
+                    let o: Owner = serde_json::from_slice(v).ok()?;
+                    if o.relationship.ended {
+                        return None;
+                    }
+                    Some(Owned {
+                        id: key.trim_start_matches("owners/").to_string(),
+                        owner_up: k.alive.contains(&o.owner),
+                        owner: o.owner,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -435,6 +536,7 @@ impl Membership {
                 apply(&mut k, kv.key(), Some(kv.value()));
             }
             k.connected = true;
+            k.loaded = true;
             k.last_error = None;
         }
         self.refresh_leader(&mut c).await?;

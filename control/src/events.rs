@@ -89,10 +89,16 @@ pub enum EventKind {
     RelationshipDeleted,
     /// Source: the target ended the relationship (deleted it there, or made it writable).
     RelationshipEnded,
+    /// Source (cluster): this node took the relationship over from a node down for
+    /// `owners::TAKEOVER_AFTER`; its jobs run here now.
+    RelationshipTakenOver,
+    /// Source (cluster): another node took the relationship over while this one was down;
+    /// this node forgot its copy.
+    RelationshipMoved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::AuthorizationRequested,
         EventKind::Authorized,
         EventKind::JobRetried,
@@ -106,6 +112,8 @@ impl EventKind {
         EventKind::BlackoutLeft,
         EventKind::RelationshipDeleted,
         EventKind::RelationshipEnded,
+        EventKind::RelationshipTakenOver,
+        EventKind::RelationshipMoved,
     ];
 
     /// The name stored in the database and sent in JSON.
@@ -124,6 +132,8 @@ impl EventKind {
             EventKind::BlackoutLeft => "blackout_left",
             EventKind::RelationshipDeleted => "relationship_deleted",
             EventKind::RelationshipEnded => "relationship_ended",
+            EventKind::RelationshipTakenOver => "relationship_taken_over",
+            EventKind::RelationshipMoved => "relationship_moved",
         }
     }
 

@@ -542,6 +542,7 @@ pub(super) async fn modify_source(
         };
         ApiError(StatusCode::BAD_REQUEST, format!("edit: {e}{hint}"))
     })?;
+    super::owners::check_held(&node, &id)?;
     let r = source::edit(&node, &id, &edit)?;
     let spec = r.spec.clone();
     match source::call(
@@ -580,6 +581,7 @@ pub(super) async fn delete_source(
 ) -> Answer<StatusCode> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
+    super::owners::check_held(&node, &id)?;
     let r = source::delete_begin(&node, &id)?;
     if !source::stop_job(&node, &id, STOP_GRACE).await {
         source::delete_abandoned(&node, &r);
@@ -619,6 +621,7 @@ pub(super) async fn replicate(
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
     let mut r = node.get(&id, Role::Source)?;
+    super::owners::check_held(&node, &id)?;
     if !r.authorized && !r.ended {
         // The target may have accepted it since the scheduler last asked.
         let ask = PeerRequest::State {
@@ -690,6 +693,7 @@ pub(super) async fn reconnect(
 ) -> Answer<(StatusCode, Json<source::Reconnected>)> {
     check(&node, &h, Privilege::SourceWrite)?;
     let id = id(&i)?;
+    super::owners::check_held(&node, &id)?;
     let done = source::reconnect(&node, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(done)))
 }

@@ -255,6 +255,21 @@ pub fn render_cluster(v: &crate::cluster::ClusterView) -> String {
             );
         }
     }
+    // Source relationships each member holds: those of a member down wait for a takeover.
+    let _ = writeln!(o, "# HELP mover_cluster_node_relationships Source relationships a member holds (runs the jobs of).
+# TYPE mover_cluster_node_relationships gauge");
+    for m in &v.members {
+        let held = v
+            .relationships
+            .iter()
+            .filter(|r| r.owner == m.member.name)
+            .count();
+        let _ = writeln!(
+            o,
+            "mover_cluster_node_relationships{{node=\"{}\"}} {held}",
+            label(&m.member.name.to_string())
+        );
+    }
     o
 }
 

@@ -21,6 +21,7 @@ mod host;
 mod http;
 mod metrics;
 mod openapi;
+pub mod owners;
 mod paths;
 mod peer_server;
 mod reverse;
@@ -400,6 +401,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         tokio::spawn(m.clone().run());
         tokio::spawn(rolling::lead(node.clone(), m.clone()));
         tokio::spawn(rolling::follow(node.clone(), m.clone()));
+        tokio::spawn(owners::run(node.clone(), m.clone()));
         if m.takes_shards() {
             tokio::spawn(spread::run_assigned(node.clone(), m.clone()));
         }

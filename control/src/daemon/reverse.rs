@@ -90,6 +90,7 @@ pub(super) async fn from_source(
 ) -> Answer<Json<Reversed>> {
     both_privileges(&node, &h)?;
     let id = id(&i)?;
+    super::owners::check_held(&node, &id)?;
     Ok(Json(drive_from_source(&node, &id).await?))
 }
 

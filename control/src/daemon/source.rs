@@ -445,7 +445,10 @@ impl Scheduler {
             }
             let t = self.timings.entry(r.id.clone()).or_default();
             let now = clock.instant();
-            if t.poll_due(r.authorized, now) && self.polling.begin(&r.id) {
+            // In a cluster, only the node holding the relationship talks to its target about
+            // it (a poll carries this node's spec and job state, which the target adopts).
+            let held = super::owners::held_here(node, &r.id);
+            if held && t.poll_due(r.authorized, now) && self.polling.begin(&r.id) {
                 t.last_poll = Some(now);
                 tasks.push(Task::Poll(Box::new(r.clone())));
             }
@@ -463,7 +466,7 @@ impl Scheduler {
                     if pause.suspend {
                         p.control.suspend();
                     }
-                    if report {
+                    if report && held {
                         report_once(&mut tasks, &r.id, false);
                     }
                 }
@@ -475,7 +478,9 @@ impl Scheduler {
                         .get(&r.id)
                         .is_ok_and(|r| r.last_attempt.is_some_and(|a| !a.ok));
                     t.job_ended(failed, clock.instant());
-                    report_once(&mut tasks, &r.id, true);
+                    if held {
+                        report_once(&mut tasks, &r.id, true);
+                    }
                 }
                 // No job while the target runs a release this one may not replicate with (it
                 // would refuse every session): polls go on and lift this once it is upgraded.
@@ -483,6 +488,9 @@ impl Scheduler {
                 // A drained node (`mover node drain`) starts nothing; what it owes waits for
                 // its undrain.
                 None if node.cluster.as_ref().is_some_and(|c| c.drained()) => {}
+                // In a cluster, a job starts only where the relationship's owner record
+                // points, and only while this node's etcd session is live (`owners`).
+                None if !held => {}
                 None => {
                     let wanted = lock(&node.wanted).contains(&r.id);
                     let due = Due::of(node, &r.id);
@@ -756,6 +764,10 @@ pub(crate) fn claim_job(node: &Node, r: &Relationship) -> Option<Claimed> {
         match node.get(&r.id, Role::Source) {
             Ok(now) if !now.ended && now.authorized => {}
             _ => return None,
+        }
+        // Checked again under the lock `owners::drop_moved` forgets a copy under.
+        if !super::owners::held_here(node, &r.id) {
+            return None;
         }
         if jobs.contains_key(&r.id) {
             return None;

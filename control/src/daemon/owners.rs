@@ -1,0 +1,866 @@
+//! Which node holds each source relationship, kept in etcd, and the takeover of a dead
+//! owner's relationships by another node of the source cluster.
+//!
+//! Every node publishes its source relationships as `owners/<id>` records (`Held`: the owner,
+//! its peer identity's fingerprint, the relationship as stored), rewritten when what a takeover
+//! needs changes (`definition`: a job's start and outcome are not such a change, so a job
+//! costs no etcd write here), at most once a `PUBLISH_EVERY`. A relationship deleted, ended or
+//! reversed into a target leaves its record as a tombstone (ended), which a stale copy on a
+//! node that was down obeys. Of two copies, the higher epoch wins (a failover, reconnect or
+//! reverse moved it on), then, at one epoch, the node the record names.
+//!
+//! The leader takes over the relationships of an owner that has been down for
+//! `TAKEOVER_AFTER` (any other node `LEADER_FIRST` later), when it can run them:
+//! - it presents the same peer identity (the target pins the source's certificate, so the
+//!   nodes of a source cluster that take over each other's relationships share one);
+//! - it sees the pinned source directory at the same path and inode (the shared file system;
+//!   each client of one has its own device number, so the new owner pins its own);
+//! - it is not drained, and no target relationship of that id is stored here.
+//!
+//! A takeover is one etcd transaction on the record as this node read it and on the owner
+//! still having no heartbeat (a second taker, the owner writing meanwhile or coming back
+//! make it fail); the relationship then goes into this node's store with a job owed, so the
+//! new owner catches up at once. An owner that finds its relationship held by another node
+//! (it came back after a takeover) drops its copy.
+//!
+//! Fencing: a node starts a job of a relationship, polls its target about it, and takes an
+//! operator's change to it only while it has a live etcd session and the record names it
+//! (`runs_here`, `check_held`; a relationship just created waits for its record). A node cut
+//! off from etcd loses its session within a lease's life, well before `TAKEOVER_AFTER`, so
+//! the old and the new owner never both start jobs. A job the old owner had under way when it
+//! was cut off goes on; the target's receiver takes one session of a relationship at a time
+//! and commits each whole, so the target is never at a mix of two recovery points, but if that
+//! job's last session ends after the new owner's first job, the recovery point it commits is
+//! the older one (the new owner's next job moves it on again).
+
+use super::Node;
+use crate::cluster::{Membership, NodeName};
+use crate::events::EventKind;
+use crate::model::{PinnedDir, Relationship, RelationshipId, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a node compares its relationships with their records (and the leader looks for
+/// owners gone down).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How long an owner must have been down (its heartbeat gone, so `cluster::DOWN_BOUND` after
+/// it stopped) before the leader takes over its relationships. Longer than a lease's life, so
+/// an owner merely cut off from etcd has stopped starting jobs well before.
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(10);
+/// How much longer the other nodes wait than the leader before taking over: the leader goes
+/// first, and a relationship the leader cannot run (drained, another identity, not on the
+/// shared file system) is still taken by a node that can.
+pub const LEADER_FIRST: Duration = Duration::from_secs(10);
+/// Longest a pass waits for the source directories of relationships it could take over to
+/// be looked at.
+const LOOK_WITHIN: Duration = Duration::from_secs(5);
+/// Distinct warnings a node remembers having logged (each is logged once until then).
+const MAX_TOLD: usize = 1024;
+/// Kind of the records, below `cluster::KEY_ROOT`.
+const KIND: &str = "owners";
+
+/// One relationship's record in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub owner: NodeName,
+    /// The owner's peer identity (the target pins it).
+    pub fingerprint: String,
+    /// As the owner stores it (`published`); a tombstone is ended; in a takeover's record
+    /// `job_running` says the new owner owes a job.
+    pub relationship: Relationship,
+}
+
+fn key(id: &RelationshipId) -> String {
+    format!("{KIND}/{id}")
+}
+
+/// A relationship as its record carries it (a job owed is the new owner's to decide).
+fn published(r: &Relationship) -> Relationship {
+    let mut r = r.clone();
+    r.job_running = false;
+    r
+}
+
+/// What must be current in a record for a takeover: everything but a job's outcome and the
+/// target's reachability. Those change at every job, which would cost every job an etcd write;
+/// a record keeps them as of its last write, so its recovery point is never newer than the
+/// target's (a new owner's first job, owed at once, brings them up to date).
+fn definition(r: &Relationship) -> Relationship {
+    let mut r = published(r);
+    r.last_attempt = None;
+    r.recovery_point_ns = None;
+    r.peer_unreachable = false;
+    r
+}
+
+/// What one pass saw.
+pub struct Seen<'a> {
+    pub me: &'a NodeName,
+    pub fingerprint: &'a str,
+    /// This node is not drained.
+    pub may_take: bool,
+    /// This node's relationships, both roles.
+    pub local: &'a [Relationship],
+    /// Every record, with the bytes etcd holds (what a transaction compares).
+    pub records: &'a BTreeMap<RelationshipId, (Held, Vec<u8>)>,
+    /// Owners down for `TAKEOVER_AFTER` at least (the leader), or that plus `LEADER_FIRST`.
+    pub overdue: &'a BTreeSet<NodeName>,
+    /// The relationship's source directory as this node sees it (same path, a directory of
+    /// the same inode, this node's device), or `None`.
+    pub sees: &'a dyn Fn(&Relationship) -> Option<PinnedDir>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Write this node's record (`expected`: the record etcd holds, `None` for none). A
+    /// record whose relationship is ended is a tombstone: the relationship was deleted, ended
+    /// or reversed where it was held, and a stale copy elsewhere obeys it.
+    Publish {
+        id: RelationshipId,
+        held: Box<Held>,
+        expected: Option<Vec<u8>>,
+    },
+    /// Another node holds it now, or a newer incarnation of it ended: forget the local copy.
+    Drop { id: RelationshipId, owner: NodeName },
+    /// Take over a dead owner's relationship (the transaction also checks the owner is
+    /// still down).
+    Take {
+        held: Box<Held>,
+        from: NodeName,
+        expected: Vec<u8>,
+    },
+    /// A dead owner's relationship this node cannot take, and why.
+    Cannot {
+        id: RelationshipId,
+        from: NodeName,
+        why: &'static str,
+    },
+}
+
+/// The record of a relationship this node no longer holds as a live source (deleted, ended,
+/// reversed into a target): kept, ended, so a stale copy on a node that was down obeys it
+/// instead of claiming the relationship back.
+fn tombstone(h: &Held) -> Held {
+    let mut h = h.clone();
+    h.relationship.ended = true;
+    h.relationship.job_running = false;
+    h
+}
+
+/// The pass's actions: a pure function of what it saw, so tests can play it.
+///
+/// Which copy of a relationship wins: the higher epoch (a failover, reconnect or reverse
+/// moved it on), then, at one epoch, the node the record names.
+pub fn decide(s: &Seen) -> Vec<Action> {
+    let mut out = Vec::new();
+    let sources = s.local.iter().filter(|r| r.role == Role::Source);
+    for r in sources {
+        let record = s.records.get(&r.id);
+        let mine = Held {
+            owner: s.me.clone(),
+            fingerprint: s.fingerprint.to_string(),
+            relationship: published(r),
+        };
+        let publish = |expected: Option<&Vec<u8>>| Action::Publish {
+            id: r.id.clone(),
+            held: Box::new(mine.clone()),
+            expected: expected.cloned(),
+        };
+        match record {
+            None if r.ended => {}
+            None => out.push(publish(None)),
+            // This copy is newer (e.g. the relationship was reversed towards this node).
+            Some((h, raw)) if r.epoch > h.relationship.epoch && !r.ended => {
+                out.push(publish(Some(raw)))
+            }
+            Some((h, _)) if r.epoch < h.relationship.epoch || &h.owner != s.me => {
+                out.push(Action::Drop {
+                    id: r.id.clone(),
+                    owner: h.owner.clone(),
+                })
+            }
+            Some((h, raw)) => {
+                let same = (&h.fingerprint, definition(&h.relationship))
+                    == (&mine.fingerprint, definition(&mine.relationship));
+                if !same {
+                    out.push(publish(Some(raw)));
+                }
+            }
+        }
+    }
+    for (id, (h, raw)) in s.records {
+        let here = s.local.iter().find(|r| &r.id == id);
+        let live_here = here.is_some_and(|r| r.role == Role::Source);
+        if &h.owner == s.me {
+            if !live_here && !h.relationship.ended {
+                out.push(Action::Publish {
+                    id: id.clone(),
+                    held: Box::new(tombstone(h)),
+                    expected: Some(raw.clone()),
+                });
+            }
+            continue;
+        }
+        // A stale copy here is dropped first (above); the next pass may take it.
+        if !s.may_take || !s.overdue.contains(&h.owner) || h.relationship.ended || live_here {
+            continue;
+        }
+        let why = if h.fingerprint != s.fingerprint {
+            Some("this node presents another peer identity than its owner (the target pins the owner's); give the source cluster's nodes one identity to let them take over each other's relationships")
+        } else if here.is_some() {
+            Some("a target relationship of that id is stored on this node")
+        } else if (s.sees)(&h.relationship).is_none() {
+            Some("this node does not see its source directory at the same path and inode (not on the shared file system)")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => out.push(Action::Cannot {
+                id: id.clone(),
+                from: h.owner.clone(),
+                why,
+            }),
+            None => {
+                let mut r = h.relationship.clone();
+                // The new owner catches up at once (a disabled relationship stays idle).
+                r.job_running = r.spec.enabled;
+                if r.pinned.is_some() {
+                    r.pinned = (s.sees)(&r);
+                }
+                // The directory was just found here: the old owner's complaint about it
+                // (which would keep every job from starting) is not this node's.
+                r.path_error = None;
+                out.push(Action::Take {
+                    held: Box::new(Held {
+                        owner: s.me.clone(),
+                        fingerprint: s.fingerprint.to_string(),
+                        relationship: r,
+                    }),
+                    from: h.owner.clone(),
+                    expected: raw.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether this node may start a job of relationship `id` now: it has a live etcd session and
+/// the relationship's record names it. A relationship just created here waits for its record
+/// (`PUBLISH_EVERY`), so no job of it ever ran where the cluster could not find its owner.
+pub fn runs_here(m: &Membership, id: &RelationshipId) -> bool {
+    m.loaded() && held(m, id).is_some_and(|h| &h.owner == m.name() && !h.relationship.ended)
+}
+
+/// `runs_here` for any node: outside a cluster, every relationship runs where it is stored.
+pub fn held_here(node: &Node, id: &RelationshipId) -> bool {
+    node.cluster.as_ref().is_none_or(|m| runs_here(m, id))
+}
+
+/// `r`'s source directory as this node sees it: where its owner pinned it, the same inode.
+fn sees(r: &Relationship) -> Option<PinnedDir> {
+    let (path, ino) = match &r.pinned {
+        Some(p) => (&p.path, Some(p.ino)),
+        None => (&r.spec.source_path, None),
+    };
+    let m = std::fs::symlink_metadata(path).ok()?;
+    (m.is_dir() && ino.is_none_or(|i| i == m.ino())).then(|| PinnedDir {
+        path: path.clone(),
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// Relationships whose source directory was looked at, and those seen here.
+type Looked = (BTreeSet<RelationshipId>, HashMap<RelationshipId, PinnedDir>);
+
+/// Looks at each relationship's source directory (blocking: a shared mount may hang).
+fn look_at(rels: &[Relationship]) -> Looked {
+    let looked = rels.iter().map(|r| r.id.clone()).collect();
+    let seen = rels
+        .iter()
+        .filter_map(|r| Some((r.id.clone(), sees(r)?)))
+        .collect();
+    (looked, seen)
+}
+
+/// Every record in this node's view, parsed (one that does not parse is left alone).
+fn records(m: &Membership) -> BTreeMap<RelationshipId, (Held, Vec<u8>)> {
+    m.shared(&format!("{KIND}/"))
+        .into_iter()
+        .filter_map(|(_, raw)| {
+            let h: Held = serde_json::from_slice(&raw).ok()?;
+            Some((h.relationship.id.clone(), (h, raw)))
+        })
+        .collect()
+}
+
+/// Runs for as long as the daemon does (cluster mode, control role).
+pub async fn run(node: Arc<Node>, m: Arc<Membership>) {
+    let fingerprint = node.identity.fingerprint.to_string();
+    let mut down_since: HashMap<NodeName, Instant> = HashMap::new();
+    // Each reason a relationship cannot be taken is logged once, not every pass.
+    let mut told: HashSet<(RelationshipId, &'static str)> = HashSet::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    let mut look: Option<(tokio::task::JoinHandle<Looked>, Instant)> = None;
+    loop {
+        tokio::time::sleep(PUBLISH_EVERY).await;
+        if node.shutting_down() {
+            return;
+        }
+        if !m.loaded() {
+            // A view that is not etcd's says nothing of who is down.
+            down_since.clear();
+            continue;
+        }
+        let local = match node.store().list(None) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("reading the relationships to publish: {e}");
+                continue;
+            }
+        };
+        let records = records(&m);
+        let now = Instant::now();
+        let owners: BTreeSet<&NodeName> = records.values().map(|(h, _)| &h.owner).collect();
+        down_since.retain(|n, _| owners.contains(n) && !m.up(n));
+        for n in owners {
+            if !m.up(n) {
+                down_since.entry(n.clone()).or_insert(now);
+            }
+        }
+        let after = if m.is_leader() {
+            TAKEOVER_AFTER
+        } else {
+            TAKEOVER_AFTER + LEADER_FIRST
+        };
+        let mut overdue: BTreeSet<NodeName> = down_since
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= after)
+            .map(|(n, _)| n.clone())
+            .collect();
+        // The source directories of what could be taken over are looked at off the runtime,
+        // one look at a time across passes: a hung shared mount stalls neither the daemon
+        // nor this node's own records (it takes nothing over until the look comes back).
+        let candidates: Vec<Relationship> = records
+            .values()
+            .filter(|(h, _)| overdue.contains(&h.owner) && !h.relationship.ended)
+            .map(|(h, _)| h.relationship.clone())
+            .collect();
+        let mut found: Looked = (BTreeSet::new(), HashMap::new());
+        if !candidates.is_empty() {
+            let (h, since) = look.get_or_insert_with(|| {
+                (
+                    tokio::task::spawn_blocking(move || look_at(&candidates)),
+                    Instant::now(),
+                )
+            });
+            if h.is_finished() {
+                if let Some((h, _)) = look.take() {
+                    found = h.await.unwrap_or_default();
+                }
+            } else if since.elapsed() > LOOK_WITHIN && failed.insert("look".into()) {
+                tracing::warn!("looking at the source directories of relationships to take over takes more than {LOOK_WITHIN:?} (a hung shared mount?); none is taken over until it comes back");
+            }
+        }
+        // An owner is taken over from only once each of its relationships was looked at.
+        overdue.retain(|o| {
+            records
+                .values()
+                .filter(|(h, _)| &h.owner == o && !h.relationship.ended)
+                .all(|(h, _)| found.0.contains(&h.relationship.id))
+        });
+        let found = found.1;
+        let seen_here = |r: &Relationship| found.get(&r.id).cloned();
+        let actions = decide(&Seen {
+            me: m.name(),
+            fingerprint: &fingerprint,
+            may_take: !m.drained(),
+            local: &local,
+            records: &records,
+            overdue: &overdue,
+            sees: &seen_here,
+        });
+        if told.len() + failed.len() > MAX_TOLD {
+            // Said again after a while rather than remembered without bound.
+            told.clear();
+            failed.clear();
+        }
+        for a in actions {
+            if let Action::Cannot { id, from, why } = &a {
+                if told.insert((id.clone(), why)) {
+                    tracing::warn!(%id, owner = %from, "cannot take over the relationship of a node down: {why}");
+                }
+                continue;
+            }
+            if let Err(e) = apply(&node, &m, a).await {
+                // Once per message: a record too big to publish would say so every pass.
+                if failed.insert(e.to_string()) {
+                    tracing::warn!("relationship owners: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn encode(h: &Held) -> crate::Result<Vec<u8>> {
+    serde_json::to_vec(h).map_err(|e| crate::Error::Invalid(e.to_string()))
+}
+
+async fn apply(node: &Node, m: &Membership, a: Action) -> crate::Result<()> {
+    match a {
+        Action::Publish { id, held, expected } => {
+            if !m
+                .put_if(&key(&id), expected.as_deref(), encode(&held)?, None)
+                .await?
+            {
+                tracing::debug!(%id, "its record changed meanwhile; the next pass looks again");
+            }
+        }
+        Action::Drop { id, owner } => drop_moved(node, &id, &owner),
+        Action::Take {
+            held,
+            from,
+            expected,
+        } => {
+            let id = held.relationship.id.clone();
+            let value = encode(&held)?;
+            if !m
+                .put_if(&key(&id), Some(&expected), value.clone(), Some(&from))
+                .await?
+            {
+                return Ok(());
+            }
+            let inserted = node.store().insert(&held.relationship);
+            if let Err(e) = inserted {
+                // Give it back as it was: a record naming this node without the relationship
+                // here would become a tombstone, and the relationship lost to the cluster.
+                m.put_if(&key(&id), Some(&value), expected, None).await?;
+                return Err(e);
+            }
+            node.event(
+                EventKind::RelationshipTakenOver,
+                Some((&id, Role::Source)),
+                format!(
+                    "took over relationship {id} from node {from}, down for {}s or more; its jobs run on this node now",
+                    TAKEOVER_AFTER.as_secs()
+                ),
+            );
+        }
+        Action::Cannot { .. } => {}
+    }
+    Ok(())
+}
+
+/// Forgets this node's copy of a relationship another node holds now, once no job of it runs
+/// here (a running one is cancelled; a later pass drops it). Under the jobs lock, as
+/// `source::claim_job` checks `runs_here` under it: no job starts between the check and the
+/// forgetting.
+fn drop_moved(node: &Node, id: &RelationshipId, owner: &NodeName) {
+    {
+        let jobs = super::lock(&node.jobs);
+        if let Some(j) = jobs.get(id) {
+            j.progress.control.cancel();
+            return;
+        }
+        if let Err(e) = node.forget(id, Role::Source) {
+            tracing::warn!(%id, "forgetting a relationship held by node {owner}: {e}");
+            return;
+        }
+    }
+    super::lock(&node.manifests).remove(id);
+    super::lock(&node.wanted).remove(id);
+    let _ = std::fs::remove_dir_all(node.state_dir(id));
+    node.event(
+        EventKind::RelationshipMoved,
+        Some((id, Role::Source)),
+        format!("relationship {id} is held by node {owner} now (it took it over while this node was down, or moved it on); this node forgot its copy"),
+    );
+}
+
+/// Refuses a change to a source relationship (edit, delete, replicate now, reconnect,
+/// reverse) on a node of a cluster that does not hold it now: another node does, or this one
+/// has no session with etcd (it could not publish the change, and another node may have
+/// taken the relationship over meanwhile).
+pub fn check_held(node: &Node, id: &RelationshipId) -> crate::Result<()> {
+    let Some(m) = &node.cluster else {
+        return Ok(());
+    };
+    if !m.loaded() {
+        return Err(crate::Error::Conflict(format!(
+            "relationship {id} is not changed from node {} while it has no session with etcd (another node may hold it by now); try again once `mover cluster status` says connected",
+            m.name()
+        )));
+    }
+    // No record yet (created here a moment ago): the next pass publishes it, change and all.
+    match held(m, id).map(|h| h.owner) {
+        Some(o) if &o != m.name() => Err(crate::Error::Conflict(format!(
+            "relationship {id} is held by node {o} now: change it there"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Relationship `id`'s record in this node's view.
+fn held(m: &Membership, id: &RelationshipId) -> Option<Held> {
+    m.shared(&key(id))
+        .into_iter()
+        .find(|(k, _)| *k == key(id))
+        .and_then(|(_, v)| serde_json::from_slice::<Held>(&v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Relationship;
+
+    fn name(n: &str) -> NodeName {
+        NodeName::try_from(n.to_string()).unwrap()
+    }
+
+    fn id(i: u32) -> RelationshipId {
+        RelationshipId::parse(&format!("{i:032x}")).unwrap()
+    }
+
+    fn rel(i: u32) -> Relationship {
+        let mut r = Relationship::new(id(i), Role::Source, crate::model::tests::spec(), 1, None);
+        r.authorized = true;
+        r.pinned = Some(PinnedDir {
+            path: "/src".into(),
+            dev: 1,
+            ino: 2,
+        });
+        r
+    }
+
+    /// The source directory as another client of the shared file system sees it.
+    fn here(r: &Relationship) -> PinnedDir {
+        let p = r.pinned.clone().unwrap();
+        PinnedDir { dev: 9, ..p }
+    }
+
+    fn held(owner: &str, fp: &str, r: &Relationship) -> (Held, Vec<u8>) {
+        let h = Held {
+            owner: name(owner),
+            fingerprint: fp.into(),
+            relationship: published(r),
+        };
+        let raw = encode(&h).unwrap();
+        (h, raw)
+    }
+
+    struct World {
+        me: NodeName,
+        local: Vec<Relationship>,
+        records: BTreeMap<RelationshipId, (Held, Vec<u8>)>,
+        overdue: BTreeSet<NodeName>,
+        leader: bool,
+        shared: bool,
+    }
+
+    impl World {
+        fn decide(&self) -> Vec<Action> {
+            let sees = |r: &Relationship| self.shared.then(|| here(r));
+            decide(&Seen {
+                me: &self.me,
+                fingerprint: "fp",
+                may_take: self.leader,
+                local: &self.local,
+                records: &self.records,
+                overdue: &self.overdue,
+                sees: &sees,
+            })
+        }
+    }
+
+    fn world(me: &str) -> World {
+        World {
+            me: name(me),
+            local: vec![],
+            records: BTreeMap::new(),
+            overdue: BTreeSet::new(),
+            leader: true,
+            shared: true,
+        }
+    }
+
+    #[test]
+    fn an_owner_publishes_what_a_takeover_needs_but_not_each_jobs_outcome() {
+        let mut w = world("a");
+        let r = rel(1);
+        w.local.push(r.clone());
+        let a = w.decide();
+        assert!(
+            matches!(&a[..], [Action::Publish { expected: None, .. }]),
+            "{a:?}"
+        );
+        w.records.insert(r.id.clone(), held("a", "fp", &r));
+        // A job's start and its outcome cost no write.
+        w.local[0].job_running = true;
+        w.local[0].recovery_point_ns = Some(5);
+        w.local[0].last_attempt = Some(crate::model::Attempt {
+            at_ns: 5,
+            ok: true,
+            message: "done".into(),
+        });
+        assert_eq!(w.decide(), vec![]);
+        // A change of what a takeover needs does, and carries the outcome along.
+        w.local[0].epoch = 1;
+        let a = w.decide();
+        assert!(
+            matches!(&a[..], [Action::Publish { expected: Some(_), held, .. }] if held.relationship.recovery_point_ns == Some(5) && held.relationship.epoch == 1),
+            "{a:?}"
+        );
+        // Deleted here (or ended): the record stays as a tombstone.
+        w.local.clear();
+        assert!(
+            matches!(&w.decide()[..], [Action::Publish { held, .. }] if held.relationship.ended)
+        );
+    }
+
+    #[test]
+    fn the_leader_takes_over_an_overdue_owners_relationship_only_when_it_can_run_it() {
+        let mut w = world("b");
+        let r = rel(1);
+        w.records.insert(r.id.clone(), held("a", "fp", &r));
+        // Down, but not for long enough yet.
+        assert_eq!(w.decide(), vec![]);
+        w.overdue.insert(name("a"));
+        let a = w.decide();
+        match &a[..] {
+            [Action::Take { held, from, .. }] => {
+                assert_eq!((&held.owner, from), (&name("b"), &name("a")));
+                assert!(held.relationship.job_running, "a job is owed at once");
+                let pin = held.relationship.pinned.as_ref().unwrap();
+                assert_eq!(
+                    (pin.ino, pin.dev),
+                    (2, 9),
+                    "pinned anew, on this node's device"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Drained: it takes nothing.
+        w.leader = false;
+        assert_eq!(w.decide(), vec![]);
+        w.leader = true;
+        // Not on the shared file system.
+        w.shared = false;
+        assert!(matches!(&w.decide()[..], [Action::Cannot { .. }]));
+        w.shared = true;
+        // Another identity than the owner's: the target would refuse it.
+        w.records.insert(r.id.clone(), held("a", "other", &r));
+        assert!(
+            matches!(&w.decide()[..], [Action::Cannot { why, .. }] if why.contains("identity"))
+        );
+        // An ended relationship is nothing to take over.
+        let mut ended = r.clone();
+        ended.ended = true;
+        w.records.insert(r.id.clone(), held("a", "fp", &ended));
+        assert_eq!(w.decide(), vec![]);
+    }
+
+    #[test]
+    fn an_owner_back_after_a_takeover_drops_its_copy_and_runs_no_job_of_it() {
+        let mut w = world("a");
+        let r = rel(1);
+        w.local.push(r.clone());
+        w.records.insert(r.id.clone(), held("b", "fp", &r));
+        assert_eq!(
+            w.decide(),
+            vec![Action::Drop {
+                id: r.id.clone(),
+                owner: name("b")
+            }]
+        );
+    }
+
+    #[test]
+    fn a_stale_copy_obeys_a_tombstone_and_a_newer_epoch_wins_the_record() {
+        let mut w = world("a");
+        let r = rel(1);
+        w.local.push(r.clone());
+        // b took it over, then deleted it: its tombstone stays, and a's old copy goes.
+        let mut dead = r.clone();
+        dead.ended = true;
+        w.records.insert(r.id.clone(), held("b", "fp", &dead));
+        assert!(matches!(&w.decide()[..], [Action::Drop { .. }]));
+        // Reversed towards a (the epoch moved on): a's copy is newer and claims the record.
+        w.local[0].epoch = 2;
+        let a = w.decide();
+        assert!(
+            matches!(&a[..], [Action::Publish { expected: Some(_), held, .. }]
+                if held.owner == name("a") && !held.relationship.ended),
+            "{a:?}"
+        );
+        // b, whose copy became the target of the reverse, leaves a tombstone, not nothing.
+        let mut b = world("b");
+        b.records.insert(r.id.clone(), held("b", "fp", &r));
+        let mut t = r.clone();
+        t.role = Role::Target;
+        b.local.push(t);
+        let a = b.decide();
+        assert!(
+            matches!(&a[..], [Action::Publish { held, .. }] if held.relationship.ended),
+            "{a:?}"
+        );
+        // A tombstone is nothing to take over.
+        let mut c = world("c");
+        c.overdue.insert(name("b"));
+        c.records.insert(r.id.clone(), held("b", "fp", &dead));
+        assert_eq!(c.decide(), vec![]);
+    }
+
+    /// Plays `me`'s actions against `etcd` as its transactions would (a stale `expected`, or
+    /// an owner back up, fails them); counts takes and drops.
+    fn play(
+        me: &NodeName,
+        actions: Vec<Action>,
+        etcd: &mut BTreeMap<RelationshipId, (Held, Vec<u8>)>,
+        store: &mut Vec<Relationship>,
+        up: &BTreeSet<NodeName>,
+        counts: &mut (u32, u32),
+    ) {
+        let now = |etcd: &BTreeMap<RelationshipId, (Held, Vec<u8>)>, id: &RelationshipId| {
+            etcd.get(id).map(|(_, raw)| raw.clone())
+        };
+        for a in actions {
+            match a {
+                Action::Publish { id, held, expected } => {
+                    if now(etcd, &id) == expected {
+                        let raw = encode(&held).unwrap();
+                        etcd.insert(id, (*held, raw));
+                    }
+                }
+                Action::Drop { id, .. } => {
+                    counts.1 += 1;
+                    store.retain(|r| r.id != id);
+                }
+                Action::Take {
+                    held,
+                    expected,
+                    from,
+                } => {
+                    let id = held.relationship.id.clone();
+                    if now(etcd, &id) == Some(expected) && !up.contains(&from) {
+                        counts.0 += 1;
+                        store.push(held.relationship.clone());
+                        let raw = encode(&held).unwrap();
+                        etcd.insert(id, (*held, raw));
+                    }
+                }
+                Action::Cannot { .. } => panic!("{me}: every node can take here"),
+            }
+        }
+    }
+
+    #[test]
+    fn seeded_takeovers_and_deletes_leave_every_relationship_with_one_owner() {
+        // Three nodes, five relationships; random nodes die and come back, an owner now and
+        // then deletes one, and each step a random node up plays one pass.
+        let names = [name("a"), name("b"), name("c")];
+        let mut counts = (0, 0);
+        for seed in 0..200u64 {
+            let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let mut next = |n: u64| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (rng >> 33) % n
+            };
+            let mut stores: BTreeMap<NodeName, Vec<Relationship>> =
+                names.iter().map(|n| (n.clone(), vec![])).collect();
+            for i in 0..5 {
+                let owner = &names[next(3) as usize];
+                stores.get_mut(owner).unwrap().push(rel(i));
+            }
+            let mut etcd: BTreeMap<RelationshipId, (Held, Vec<u8>)> = BTreeMap::new();
+            let mut up: BTreeSet<NodeName> = names.iter().cloned().collect();
+            let mut deleted: BTreeSet<RelationshipId> = BTreeSet::new();
+            for _ in 0..300 {
+                if next(10) == 0 {
+                    let n = names[next(3) as usize].clone();
+                    if !up.remove(&n) {
+                        up.insert(n);
+                    }
+                }
+                let me = names[next(3) as usize].clone();
+                if !up.contains(&me) {
+                    continue;
+                }
+                let store = stores.get_mut(&me).unwrap();
+                if next(30) == 0 {
+                    // An operator deletes a relationship where it is held (`check_held`).
+                    let mine = |r: &&mut Relationship| {
+                        !r.ended
+                            && etcd
+                                .get(&r.id)
+                                .is_some_and(|(h, _)| h.owner == me && !h.relationship.ended)
+                    };
+                    if let Some(r) = store.iter_mut().find(mine) {
+                        r.ended = true;
+                        deleted.insert(r.id.clone());
+                    }
+                }
+                let overdue: BTreeSet<NodeName> =
+                    names.iter().filter(|n| !up.contains(*n)).cloned().collect();
+                let sees = |r: &Relationship| Some(here(r));
+                let local = store.clone();
+                let actions = decide(&Seen {
+                    me: &me,
+                    fingerprint: "fp",
+                    may_take: up.iter().next() == Some(&me) || next(2) == 0,
+                    local: &local,
+                    records: &etcd,
+                    overdue: &overdue,
+                    sees: &sees,
+                });
+                play(&me, actions, &mut etcd, store, &up, &mut counts);
+                // No live record names a node without a live copy: nothing is lost.
+                for (id, (h, _)) in &etcd {
+                    if !h.relationship.ended {
+                        assert!(
+                            stores[&h.owner].iter().any(|r| &r.id == id && !r.ended),
+                            "seed {seed}: {id}'s record names {} without a copy",
+                            h.owner
+                        );
+                    }
+                }
+            }
+            // Everyone up and settled: each relationship not deleted is held live by exactly
+            // one node, and a deleted one by none.
+            up = names.iter().cloned().collect();
+            for _ in 0..3 {
+                for me in &names {
+                    let local = stores[me].clone();
+                    let sees = |r: &Relationship| Some(here(r));
+                    let actions = decide(&Seen {
+                        me,
+                        fingerprint: "fp",
+                        may_take: false,
+                        local: &local,
+                        records: &etcd,
+                        overdue: &BTreeSet::new(),
+                        sees: &sees,
+                    });
+                    let store = stores.get_mut(me).unwrap();
+                    play(me, actions, &mut etcd, store, &up, &mut counts);
+                }
+            }
+            for i in 0..5 {
+                let id = id(i);
+                let live = names
+                    .iter()
+                    .filter(|n| stores[*n].iter().any(|r| r.id == id && !r.ended))
+                    .count();
+                let want = usize::from(!deleted.contains(&id));
+                assert_eq!(live, want, "seed {seed}: {id} is held live by {live} nodes");
+            }
+        }
+        let (takes, drops) = counts;
+        assert!(takes > 100 && drops > 100, "takes {takes}, drops {drops}");
+    }
+}
