@@ -1,11 +1,12 @@
 //! `mover token ...`: API tokens of this node's daemon (admin only). The daemon stores only a
-//! hash of each token, so `create` is the one chance to see and keep it.
+//! hash of each token, so `create` is the one chance to see and keep it. On a cluster a token
+//! is the cluster's (valid on every node) unless made with `--scope node`.
 
 use crate::api::ApiArgs;
 use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Subcommand;
-use control::api_types::NewToken;
+use control::api_types::{NewToken, TokenScope};
 use control::auth::TokenRole;
 use serde_json::{json, Value};
 
@@ -27,6 +28,11 @@ both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --t
         /// What the token may do.
         #[arg(long, value_parser = role_parser())]
         role: TokenRole,
+        /// node: valid on this node only (kept in its database, works while etcd is away);
+        /// cluster: kept in etcd, valid on every node of the cluster. Default: cluster on a
+        /// node in a cluster, node otherwise.
+        #[arg(long, value_parser = scope_parser())]
+        scope: Option<TokenScope>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -38,6 +44,9 @@ both sides).\n\nExample:\n  mover token create --name ops-ro --role observer --t
     /// Delete a token; requests carrying it are refused from then on.
     Delete {
         name: String,
+        /// Which token, when a node token and a cluster token share the name.
+        #[arg(long, value_parser = scope_parser())]
+        scope: Option<TokenScope>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -49,16 +58,29 @@ fn role_parser() -> impl TypedValueParser<Value = TokenRole> {
         .try_map(|name| TokenRole::parse(&name))
 }
 
+fn scope_parser() -> impl TypedValueParser<Value = TokenScope> {
+    PossibleValuesParser::new(["node", "cluster"]).map(|s| match s.as_str() {
+        "cluster" => TokenScope::Cluster,
+        _ => TokenScope::Node,
+    })
+}
+
 fn field<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("?")
 }
 
 pub fn run(cmd: TokenCmd) -> Result<()> {
     match cmd {
-        TokenCmd::Create { name, role, api } => {
+        TokenCmd::Create {
+            name,
+            role,
+            scope,
+            api,
+        } => {
             let body = NewToken {
                 name: name.clone(),
                 role,
+                scope,
             };
             let v = api
                 .client()
@@ -71,7 +93,8 @@ pub fn run(cmd: TokenCmd) -> Result<()> {
                 // reminder goes to stderr.
                 println!("{}", field(&v, "token"));
                 eprintln!(
-                    "mover: created token {} with role {}; store it now, it cannot be shown again",
+                    "mover: created {} token {} with role {}; store it now, it cannot be shown again",
+                    field(&v, "scope"),
                     field(&v, "name"),
                     field(&v, "role")
                 );
@@ -90,14 +113,20 @@ pub fn run(cmd: TokenCmd) -> Result<()> {
                 .chain([4])
                 .max()
                 .unwrap_or(4);
-            println!("{:<w$}  ROLE", "NAME");
+            println!("{:<w$}  {:<16}  SCOPE", "NAME", "ROLE");
             for t in &list {
-                println!("{:<w$}  {}", field(t, "name"), field(t, "role"));
+                println!(
+                    "{:<w$}  {:<16}  {}",
+                    field(t, "name"),
+                    field(t, "role"),
+                    field(t, "scope")
+                );
             }
         }
-        TokenCmd::Delete { name, api } => {
+        TokenCmd::Delete { name, scope, api } => {
+            let which = scope.map_or(String::new(), |s| format!("?scope={}", s.name()));
             api.client()
-                .delete(&format!("{TOKENS}/{}", path_segment(&name)))
+                .delete(&format!("{TOKENS}/{}{which}", path_segment(&name)))
                 .with_context(|| format!("deleting token {name}"))?;
             if api.json {
                 println!("{}", json!({ "name": name, "deleted": true }));

@@ -6,7 +6,8 @@
 //! namespace whose link is taken down), and the leader's control container killed (nodes
 //! run as containers by role). Two owners spread their jobs over the same nodes into two
 //! target nodes. A dead owner's relationship is taken over mid-job by the leader, and the
-//! owner, back, drops its copy.
+//! owner, back, drops its copy. A cluster token works on every node, until deleted on any,
+//! and is refused while etcd is away.
 
 mod node;
 
@@ -1047,4 +1048,106 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
         !back.contains("job started"),
         "n1 started no job after coming back:\n{back}"
     );
+}
+
+/// `token` on `n` until it answers `code` to `GET /v1/cluster`, for at most `within`.
+fn token_answers(n: &Node, token: &str, code: u16, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let (got, v) = n.call_as(Some(token), "GET", "/v1/cluster", None);
+        if got == code {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the token answered {got}, not {code}, within {within:?}: {v}\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while_etcd_is_away() {
+    let t = Scratch::new();
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
+    let url = etcd.url();
+    let start = |name: &str| {
+        let cfg = format!("cluster = \"{url}\"\nnode_name = \"{name}\"\n");
+        Node::start_configured(&t.path().join(name), free_port(), free_port(), &cfg)
+    };
+    let (n1, n2) = (start("n1"), start("n2"));
+    let both = vec!["n1".to_string(), "n2".into()];
+    until(&n2, "both up", Duration::from_secs(30), |v| up(v) == both);
+
+    // Made on n1 (a cluster token by default on a node in a cluster), honoured on n2 with
+    // its role: an observer reads the cluster and may not list tokens.
+    let v = n1.cli_ok(&[
+        "token", "create", "--name", "ops-ro", "--role", "observer", "--json",
+    ]);
+    assert_eq!(v["scope"], "cluster", "{v}");
+    let tok = v["token"].as_str().unwrap().to_string();
+    token_answers(&n2, &tok, 200, Duration::from_secs(10));
+    assert_eq!(n2.call_as(Some(&tok), "GET", "/v1/tokens", None).0, 403);
+
+    // A node token is its node's alone, and one name is one token.
+    let (code, v) = n1.call(
+        "POST",
+        "/v1/tokens",
+        Some(&serde_json::json!({"name": "n1-only", "role": "observer", "scope": "node"})),
+    );
+    assert_eq!((code, &v["scope"]), (201, &Value::from("node")), "{v}");
+    let own = v["token"].as_str().unwrap().to_string();
+    token_answers(&n1, &own, 200, Duration::from_secs(1));
+    token_answers(&n2, &own, 401, Duration::from_secs(1));
+    let (code, v) = n2.call(
+        "POST",
+        "/v1/tokens",
+        Some(&serde_json::json!({"name": "ops-ro", "role": "admin", "scope": "node"})),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("already exists"),
+        "{v}"
+    );
+    let (code, list) = n2.get("/v1/tokens");
+    assert_eq!(code, 200, "{list}");
+    let scopes: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().into(),
+                t["scope"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        scopes.contains(&("ops-ro".into(), "cluster".into())),
+        "{list}"
+    );
+    assert!(!scopes.iter().any(|(n, _)| n == "n1-only"), "{list}");
+    let text = String::from_utf8_lossy(&n2.cli(&["token", "list"]).stdout).into_owned();
+    assert!(text.contains("SCOPE") && text.contains("cluster"), "{text}");
+
+    // etcd away: n2 cannot know whether the token was deleted meanwhile, so it refuses it
+    // (503, saying why); its own admin token still works. Back: honoured again.
+    etcd.kill();
+    token_answers(&n2, &tok, 503, Duration::from_secs(20));
+    let (code, v) = n2.call_as(Some(&tok), "GET", "/v1/cluster", None);
+    assert!(
+        code == 503 && v["error"].as_str().unwrap().contains("etcd"),
+        "{code} {v}"
+    );
+    assert_eq!(n2.get("/v1/cluster").0, 200);
+    etcd.restart();
+    token_answers(&n2, &tok, 200, Duration::from_secs(30));
+
+    // Deleted on n2: refused on n1 within the watch's delay.
+    let v = n2.cli_ok(&["token", "delete", "ops-ro", "--json"]);
+    assert_eq!(v["deleted"], true, "{v}");
+    token_answers(&n1, &tok, 401, Duration::from_secs(10));
+    token_answers(&n2, &tok, 401, Duration::from_secs(1));
+    assert_eq!(n1.call("DELETE", "/v1/tokens/ops-ro", None).0, 404);
 }

@@ -129,6 +129,33 @@ pub struct NewToken {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub role: TokenRole,
+    /// Where the token is valid: `node` (this node's own database) or `cluster` (kept in
+    /// etcd, valid on every node of the cluster). Left out: `cluster` on a node in a cluster,
+    /// `node` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+}
+
+/// Where a token is kept, and so where it is valid.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenScope {
+    /// This node's SQLite: valid on this node only, also while etcd is out of reach.
+    Node,
+    /// etcd (`/mover/v1/tokens/<name>`): valid on every node of the cluster; checked only
+    /// while the node has a working etcd session.
+    Cluster,
+}
+
+impl TokenScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenScope::Node => "node",
+            TokenScope::Cluster => "cluster",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +280,7 @@ mod tests {
         let t = NewToken {
             name: "ops-ro".into(),
             role: TokenRole::Observer,
+            scope: None,
         };
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!(v, json!({"name": "ops-ro", "role": "observer"}));

@@ -182,8 +182,16 @@ struct Known {
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
 /// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`),
 /// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`),
-/// which node holds each source relationship (`owners/<id>`, `daemon/owners.rs`).
-const SHARED_KINDS: [&str; 5] = ["upgrade", "containers", "drain", "shards", "owners"];
+/// which node holds each source relationship (`owners/<id>`, `daemon/owners.rs`), the
+/// cluster's API tokens (`tokens/<name>`, `daemon/tokens.rs`).
+const SHARED_KINDS: [&str; 6] = [
+    "upgrade",
+    "containers",
+    "drain",
+    "shards",
+    "owners",
+    "tokens",
+];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;
 

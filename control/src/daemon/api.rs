@@ -2,9 +2,9 @@
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
 use super::view::View;
-use super::{drill, openapi, paths, source, target, view, Node};
-use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill};
-use crate::auth::{self, Privilege, TokenRole};
+use super::{drill, openapi, paths, source, target, tokens, view, Node};
+use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill, TokenScope};
+use crate::auth::{Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
 use crate::Error;
@@ -65,6 +65,8 @@ pub struct NodeInfo {
 pub struct TokenInfo {
     pub name: String,
     pub role: String,
+    /// `node`: this node's own; `cluster`: kept in etcd, valid on every node.
+    pub scope: TokenScope,
 }
 
 /// `POST /v1/tokens`: the only time the token is shown.
@@ -72,6 +74,7 @@ pub struct TokenInfo {
 pub struct CreatedToken {
     pub name: String,
     pub role: TokenRole,
+    pub scope: TokenScope,
     pub token: String,
 }
 
@@ -224,11 +227,14 @@ pub(super) fn caller_named(node: &Node, h: &HeaderMap) -> Answer<(String, TokenR
         ));
     }
     let token = bearer(h).ok_or_else(|| unauthorized("malformed Authorization header"))?;
-    let (name, role) = node
-        .store()
-        .token_by_hash(&auth::hash(token))?
-        .ok_or_else(|| unauthorized("unknown token"))?;
-    Ok((name, TokenRole::parse(&role)?))
+    match tokens::identify(node, token)? {
+        tokens::Identity::Known { name, role, .. } => Ok((name, role)),
+        tokens::Identity::Unknown => Err(unauthorized("unknown token")),
+        tokens::Identity::Unchecked => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the token is not one of this node's own, and the cluster's tokens cannot be checked while etcd is out of reach; use this node's own token (its <data-dir>/admin.token)".into(),
+        )),
+    }
 }
 
 pub(super) fn id(s: &str) -> Answer<RelationshipId> {
@@ -299,20 +305,16 @@ pub(super) async fn create_token(
 ) -> Answer<(StatusCode, Json<CreatedToken>)> {
     check(&node, &h, Privilege::Admin)?;
     let t: NewToken = body(&b, "token")?;
-    auth::check_name(&t.name)?;
-    let role = t.role;
-    let token = auth::new_token()?;
-    node.store().insert_token(
-        &t.name,
-        role.name(),
-        &auth::hash(&token),
-        node.clock.now_ns(),
-    )?;
+    let scope = t
+        .scope
+        .unwrap_or_else(|| tokens::default_scope(node.cluster.is_some()));
+    let token = tokens::create(&node, &t.name, t.role, scope).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
             name: t.name,
-            role,
+            role: t.role,
+            scope,
             token,
         }),
     ))
@@ -329,10 +331,10 @@ pub(super) async fn create_token(
 )]
 pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<TokenInfo>>> {
     check(&node, &h, Privilege::Admin)?;
-    let all = node.store().tokens()?;
     Ok(Json(
-        all.into_iter()
-            .map(|(name, role)| TokenInfo { name, role })
+        tokens::list(&node)?
+            .into_iter()
+            .map(|(name, role, scope)| TokenInfo { name, role, scope })
             .collect(),
     ))
 }
@@ -340,7 +342,7 @@ pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
 #[utoipa::path(
     delete,
     path = "/v1/tokens/{name}",
-    params(("name" = String, Path, description = "the token's name")),
+    params(("name" = String, Path, description = "the token's name"), ScopeQuery),
     tag = "tokens",
     responses(
         (status = 204, description = "deleted"),
@@ -351,29 +353,20 @@ pub(super) async fn delete_token(
     State(node): Ctx,
     h: HeaderMap,
     Path(name): Path<String>,
+    q: Result<axum::extract::Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<StatusCode> {
     check(&node, &h, Privilege::Admin)?;
-    // One guard for the check and the delete, so two requests cannot each delete one of the
-    // last two admin tokens.
-    let store = node.store();
-    let tokens = store.tokens()?;
-    let admin = TokenRole::Admin.name();
-    let is_admin = |n: &str| tokens.iter().any(|(t, r)| t == n && r == admin);
-    // Without an admin token nobody can make tokens again (found by the schemathesis run:
-    // a generated DELETE /v1/tokens/admin locked the API).
-    if is_admin(&name) && tokens.iter().filter(|(_, r)| r == admin).count() == 1 {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("token {name:?} is this node's last admin token; create another first"),
-        ));
-    }
-    match store.delete_token(&name)? {
-        true => Ok(StatusCode::NO_CONTENT),
-        false => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("token {name:?} not found"),
-        )),
-    }
+    let scope = query(q)?.scope;
+    tokens::delete(&node, &name, scope).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/tokens/{name}?scope=node|cluster`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScopeQuery {
+    /// Which token, when a node token and a cluster token share the name.
+    scope: Option<TokenScope>,
 }
 
 #[utoipa::path(

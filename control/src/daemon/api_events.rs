@@ -5,7 +5,7 @@
 
 use super::api::{caller, check, Answer, ApiError, Ctx};
 use super::Node;
-use crate::auth::{self, Privilege};
+use crate::auth::Privilege;
 use crate::events::{
     truncated, AuditEntry, AuditId, Caller, Event, EventId, NewAudit, DEFAULT_PAGE, MAX_PAGE,
     MAX_REASON,
@@ -133,9 +133,11 @@ fn who(node: &Node, h: &HeaderMap) -> Caller {
     let Some(token) = super::api::bearer(h) else {
         return Caller::NoToken;
     };
-    match node.store().token_by_hash(&auth::hash(token)) {
-        Ok(Some((name, _))) => Caller::Token(name),
-        Ok(None) => Caller::UnknownToken,
+    match super::tokens::identify(node, token) {
+        Ok(super::tokens::Identity::Known { name, .. }) => Caller::Token(name),
+        Ok(super::tokens::Identity::Unknown | super::tokens::Identity::Unchecked) => {
+            Caller::UnknownToken
+        }
         Err(e) => {
             tracing::error!("audit: looking up the token: {e}");
             Caller::UnknownToken

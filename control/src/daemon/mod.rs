@@ -34,6 +34,7 @@ pub mod snapshots;
 mod source;
 mod spread;
 mod target;
+mod tokens;
 mod ui;
 mod upgrade;
 mod view;

@@ -127,6 +127,7 @@ fn meaning(status: u16) -> &'static str {
         404 => "no such relationship, policy, snapshot, drill or token",
         409 => "the request conflicts with the current state",
         502 => "the peer daemon could not be reached or refused",
+        503 => "the token could not be checked now: not one of this node's own, and etcd is out of reach (or, behind an API container, its control container is down)",
         _ => "anything else (the message says what)",
     }
 }
@@ -135,11 +136,15 @@ fn errors(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
     let body = ContentBuilder::new()
         .schema(Some(Ref::from_schema_name(api::ErrorBody::name())))
         .build();
+    // Every call that checks a token may meet one it cannot check now.
+    let unavailable = statuses.contains(&401).then_some(503);
     statuses
         .iter()
+        .copied()
+        .chain(unavailable)
         .map(|s| {
             let r = ResponseBuilder::new()
-                .description(meaning(*s))
+                .description(meaning(s))
                 .content("application/json", body.clone());
             (s.to_string(), r.into())
         })
