@@ -1048,6 +1048,11 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
         !back.contains("job started"),
         "n1 started no job after coming back:\n{back}"
     );
+
+    // Deleted on n2: its record is ended by the delete call itself, so no node could take
+    // the relationship back even if n2 died right after.
+    n2.cli_ok(&["relationship", "delete", &id, "--json"]);
+    assert_eq!(held_by(&n2), None, "{:#}", cluster(&n2));
 }
 
 /// `token` on `n` until it answers `code` to `GET /v1/cluster`, for at most `within`.

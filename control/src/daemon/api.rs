@@ -593,6 +593,7 @@ pub(super) async fn delete_source(
         Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
     }
     source::delete_end(&node, &id)?;
+    super::owners::bury(&node, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

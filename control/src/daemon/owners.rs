@@ -504,6 +504,35 @@ pub fn check_held(node: &Node, id: &RelationshipId) -> crate::Result<()> {
     }
 }
 
+/// Writes the tombstone of relationship `id`, which this node held and has just deleted,
+/// in the delete call rather than at the next pass: had this node died before that pass, a
+/// live record would have stayed, and a takeover would have brought the relationship back.
+/// In a transaction on the record read, so it cannot undo a concurrent pass's write; if it
+/// fails (etcd away), the next pass writes it.
+pub async fn bury(node: &Node, id: &RelationshipId) {
+    let Some(m) = &node.cluster else {
+        return;
+    };
+    let Some((raw, h)) = m
+        .shared(&key(id))
+        .into_iter()
+        .find(|(k, _)| *k == key(id))
+        .and_then(|(_, v)| serde_json::from_slice::<Held>(&v).ok().map(|h| (v, h)))
+    else {
+        return;
+    };
+    if &h.owner != m.name() || h.relationship.ended {
+        return;
+    }
+    let done = match encode(&tombstone(&h)) {
+        Ok(v) => m.put_if(&key(id), Some(&raw), v, None).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = done {
+        tracing::warn!(%id, "its record is ended at the next pass: {e}");
+    }
+}
+
 /// Relationship `id`'s record in this node's view.
 fn held(m: &Membership, id: &RelationshipId) -> Option<Held> {
     m.shared(&key(id))
