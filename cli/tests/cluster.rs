@@ -1136,6 +1136,54 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
     let text = String::from_utf8_lossy(&n2.cli(&["token", "list"]).stdout).into_owned();
     assert!(text.contains("SCOPE") && text.contains("cluster"), "{text}");
 
+    // n2 holds a node token "dup" (say, from before it joined) and n1 makes a cluster one:
+    // a delete on n2 must say which.
+    let make = |n: &Node, body: Value| {
+        let (code, v) = n.call("POST", "/v1/tokens", Some(&body));
+        assert_eq!(code, 201, "{v}");
+    };
+    make(
+        &n2,
+        serde_json::json!({"name": "dup", "role": "observer", "scope": "node"}),
+    );
+    make(&n1, serde_json::json!({"name": "dup", "role": "observer"}));
+    let t0 = Instant::now();
+    while n2
+        .get("/v1/tokens")
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "dup")
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "n2 never saw the cluster's dup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, v) = n2.call("DELETE", "/v1/tokens/dup", None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("scope="), "{v}");
+    assert_eq!(
+        n2.call("DELETE", "/v1/tokens/dup?scope=cluster", None).0,
+        204
+    );
+    assert_eq!(n2.call("DELETE", "/v1/tokens/dup?scope=bogus", None).0, 400);
+    let dups: Vec<Value> = n2
+        .get("/v1/tokens")
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "dup")
+        .cloned()
+        .collect();
+    assert_eq!(dups.len(), 1, "{dups:?}");
+    assert_eq!(dups[0]["scope"], "node");
+
     // etcd away: n2 cannot know whether the token was deleted meanwhile, so it refuses it
     // (503, saying why); its own admin token still works. Back: honoured again.
     etcd.kill();
@@ -1146,6 +1194,10 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
         "{code} {v}"
     );
     assert_eq!(n2.get("/v1/cluster").0, 200);
+    // Nor can it delete a cluster token, or one it cannot tell from one.
+    let (code, v) = n2.call("DELETE", "/v1/tokens/ops-ro", None);
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(n2.call("DELETE", "/v1/tokens/dup?scope=node", None).0, 204);
     etcd.restart();
     token_answers(&n2, &tok, 200, Duration::from_secs(30));
 

@@ -294,8 +294,8 @@ pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<Nod
     request_body = NewToken,
     tag = "tokens",
     responses(
-        (status = 201, description = "the token, shown this once", body = CreatedToken),
-        openapi::PrivilegedInput,
+        (status = 201, description = "the token, shown this once (409: scope cluster while etcd is out of reach)", body = CreatedToken),
+        openapi::Create,
     )
 )]
 pub(super) async fn create_token(
@@ -363,6 +363,7 @@ pub(super) async fn delete_token(
 
 /// `DELETE /v1/tokens/{name}?scope=node|cluster`.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ScopeQuery {
     /// Which token, when a node token and a cluster token share the name.
@@ -593,7 +594,7 @@ pub(super) async fn delete_source(
         Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
     }
     source::delete_end(&node, &id)?;
-    super::owners::bury(&node, &id).await;
+    super::owners::bury(&node, &r).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

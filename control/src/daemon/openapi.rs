@@ -190,8 +190,8 @@ error_sets! {
     Create: 400, 401, 403, 409, 500;
     /// Creates a relationship: asks the target.
     PeerCreate: 400, 401, 403, 409, 502, 500;
-    /// Deletes a token by its name.
-    Removal: 401, 403, 404, 409, 500;
+    /// Deletes a token by its name (and an optional scope).
+    Removal: 400, 401, 403, 404, 409, 500;
 }
 
 fn string() -> ObjectBuilder {

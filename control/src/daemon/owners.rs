@@ -61,6 +61,14 @@ const LOOK_WITHIN: Duration = Duration::from_secs(5);
 const MAX_TOLD: usize = 1024;
 /// Kind of the records, below `cluster::KEY_ROOT`.
 const KIND: &str = "owners";
+/// Policy snapshot ids a record reserves for its owner ahead of the last it used. A snapshot
+/// is named by its id on the shared source and on the target, so a new owner must not give
+/// an id its old owner gave: it starts at the reservation. The owner writes a new one before
+/// fewer than half a block are left (one etcd write per 512 snapshots), and takes no snapshot
+/// past it (`may_use_snapshot_id`).
+pub const SNAPSHOT_ID_BLOCK: u64 = 1024;
+/// Most writes a delete call tries to end a relationship's record with (`bury`).
+const BURY_TRIES: usize = 3;
 
 /// One relationship's record in etcd.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +79,20 @@ pub struct Held {
     /// As the owner stores it (`published`); a tombstone is ended; in a takeover's record
     /// `job_running` says the new owner owes a job.
     pub relationship: Relationship,
+    /// Every policy snapshot id the owner gave, or may give before it writes the record
+    /// again, is below this (`SNAPSHOT_ID_BLOCK`). 0 in a record of an earlier release.
+    #[serde(default)]
+    pub snapshot_ids_below: u64,
+}
+
+/// The reservation a record should carry: the one it has while half a block is left above
+/// `last`, else a new one a block and more above it.
+fn reserve(last: u64, below: u64) -> u64 {
+    if last.saturating_add(SNAPSHOT_ID_BLOCK / 2) <= below {
+        below
+    } else {
+        (last / SNAPSHOT_ID_BLOCK + 2).saturating_mul(SNAPSHOT_ID_BLOCK)
+    }
 }
 
 fn key(id: &RelationshipId) -> String {
@@ -104,6 +126,8 @@ pub struct Seen<'a> {
     pub may_take: bool,
     /// This node's relationships, both roles.
     pub local: &'a [Relationship],
+    /// The last policy snapshot id this node gave each relationship (none: 0).
+    pub snapshot_ids: &'a BTreeMap<RelationshipId, u64>,
     /// Every record, with the bytes etcd holds (what a transaction compares).
     pub records: &'a BTreeMap<RelationshipId, (Held, Vec<u8>)>,
     /// Owners down for `TAKEOVER_AFTER` at least (the leader), or that plus `LEADER_FIRST`.
@@ -159,10 +183,12 @@ pub fn decide(s: &Seen) -> Vec<Action> {
     let sources = s.local.iter().filter(|r| r.role == Role::Source);
     for r in sources {
         let record = s.records.get(&r.id);
+        let last = s.snapshot_ids.get(&r.id).copied().unwrap_or(0);
         let mine = Held {
             owner: s.me.clone(),
             fingerprint: s.fingerprint.to_string(),
             relationship: published(r),
+            snapshot_ids_below: reserve(last, record.map_or(0, |(h, _)| h.snapshot_ids_below)),
         };
         let publish = |expected: Option<&Vec<u8>>| Action::Publish {
             id: r.id.clone(),
@@ -183,8 +209,15 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                 })
             }
             Some((h, raw)) => {
-                let same = (&h.fingerprint, definition(&h.relationship))
-                    == (&mine.fingerprint, definition(&mine.relationship));
+                let same = (
+                    &h.fingerprint,
+                    definition(&h.relationship),
+                    h.snapshot_ids_below,
+                ) == (
+                    &mine.fingerprint,
+                    definition(&mine.relationship),
+                    mine.snapshot_ids_below,
+                );
                 if !same {
                     out.push(publish(Some(raw)));
                 }
@@ -238,6 +271,7 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                         owner: s.me.clone(),
                         fingerprint: s.fingerprint.to_string(),
                         relationship: r,
+                        snapshot_ids_below: h.snapshot_ids_below,
                     }),
                     from: h.owner.clone(),
                     expected: raw.clone(),
@@ -323,6 +357,13 @@ pub async fn run(node: Arc<Node>, m: Arc<Membership>) {
                 continue;
             }
         };
+        let snapshot_ids = match node.store().snapshot_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("reading the snapshot ids to reserve: {e}");
+                continue;
+            }
+        };
         let records = records(&m);
         let now = Instant::now();
         let owners: BTreeSet<&NodeName> = records.values().map(|(h, _)| &h.owner).collect();
@@ -380,6 +421,7 @@ pub async fn run(node: Arc<Node>, m: Arc<Membership>) {
             fingerprint: &fingerprint,
             may_take: !m.drained(),
             local: &local,
+            snapshot_ids: &snapshot_ids,
             records: &records,
             overdue: &overdue,
             sees: &seen_here,
@@ -434,18 +476,39 @@ async fn apply(node: &Node, m: &Membership, a: Action) -> crate::Result<()> {
             {
                 return Ok(());
             }
-            let inserted = node.store().insert(&held.relationship);
+            let inserted = {
+                let store = node.store();
+                store.insert(&held.relationship).and_then(|()| {
+                    store.raise_snapshot_id(&id, held.snapshot_ids_below.saturating_sub(1))
+                })
+            };
             if let Err(e) = inserted {
                 // Give it back as it was: a record naming this node without the relationship
                 // here would become a tombstone, and the relationship lost to the cluster.
                 m.put_if(&key(&id), Some(&value), expected, None).await?;
                 return Err(e);
             }
+            let missing: Vec<String> = held
+                .relationship
+                .spec
+                .policies
+                .iter()
+                .filter(|p| node.store().policy(p).is_err())
+                .map(|p| p.to_string())
+                .collect();
+            let policies = if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its snapshot policies {} are not defined on this node, so none of their snapshots is taken until they are (`mover policy create`)",
+                    missing.join(", ")
+                )
+            };
             node.event(
                 EventKind::RelationshipTakenOver,
                 Some((&id, Role::Source)),
                 format!(
-                    "took over relationship {id} from node {from}, down for {}s or more; its jobs run on this node now",
+                    "took over relationship {id} from node {from}, down for {}s or more; its jobs run on this node now{policies}",
                     TAKEOVER_AFTER.as_secs()
                 ),
             );
@@ -504,33 +567,63 @@ pub fn check_held(node: &Node, id: &RelationshipId) -> crate::Result<()> {
     }
 }
 
-/// Writes the tombstone of relationship `id`, which this node held and has just deleted,
-/// in the delete call rather than at the next pass: had this node died before that pass, a
-/// live record would have stayed, and a takeover would have brought the relationship back.
-/// In a transaction on the record read, so it cannot undo a concurrent pass's write; if it
-/// fails (etcd away), the next pass writes it.
-pub async fn bury(node: &Node, id: &RelationshipId) {
+/// Writes the tombstone of relationship `r`, which this node held and has just deleted, in
+/// the delete call rather than at the next pass: had this node died before that pass, a live
+/// record would have stayed, and a takeover would have brought the relationship back. Each
+/// write is a transaction on the record read (none, or this node's live one), so it cannot
+/// undo a concurrent pass's write; one that lost to a pass (which had read the store before
+/// the delete) reads again, at most `BURY_TRIES` times. If etcd is away, the next pass
+/// writes it.
+pub async fn bury(node: &Node, r: &Relationship) {
     let Some(m) = &node.cluster else {
         return;
     };
-    let Some((raw, h)) = m
-        .shared(&key(id))
-        .into_iter()
-        .find(|(k, _)| *k == key(id))
-        .and_then(|(_, v)| serde_json::from_slice::<Held>(&v).ok().map(|h| (v, h)))
-    else {
-        return;
-    };
-    if &h.owner != m.name() || h.relationship.ended {
-        return;
+    let id = &r.id;
+    for _ in 0..BURY_TRIES {
+        let found = m
+            .shared(&key(id))
+            .into_iter()
+            .find(|(k, _)| *k == key(id))
+            .map(|(_, v)| (serde_json::from_slice::<Held>(&v).ok(), v));
+        let (expected, dead) = match found {
+            None => (
+                None,
+                tombstone(&Held {
+                    owner: m.name().clone(),
+                    fingerprint: node.identity.fingerprint.to_string(),
+                    relationship: published(r),
+                    snapshot_ids_below: 0,
+                }),
+            ),
+            Some((Some(h), raw)) if &h.owner == m.name() && !h.relationship.ended => {
+                (Some(raw), tombstone(&h))
+            }
+            // Ended already, held by another node, or not a record this release reads.
+            Some(_) => return,
+        };
+        let done = match encode(&dead) {
+            Ok(v) => m.put_if(&key(id), expected.as_deref(), v, None).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(%id, "its record is ended at the next pass: {e}");
+                return;
+            }
+        }
     }
-    let done = match encode(&tombstone(&h)) {
-        Ok(v) => m.put_if(&key(id), Some(&raw), v, None).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = done {
-        tracing::warn!(%id, "its record is ended at the next pass: {e}");
-    }
+    tracing::warn!(%id, "its record changed {BURY_TRIES} times meanwhile; the next pass ends it");
+}
+
+/// Whether this node may give policy snapshot id `sid` to relationship `id`: outside a
+/// cluster always; in one, only while it holds the relationship and `sid` is below its
+/// record's reservation (a node that took it over after this one died starts there).
+pub fn may_use_snapshot_id(node: &Node, id: &RelationshipId, sid: u64) -> bool {
+    node.cluster
+        .as_ref()
+        .is_none_or(|m| runs_here(m, id) && held(m, id).is_some_and(|h| sid < h.snapshot_ids_below))
 }
 
 /// Relationship `id`'s record in this node's view.
@@ -576,6 +669,7 @@ mod tests {
             owner: name(owner),
             fingerprint: fp.into(),
             relationship: published(r),
+            snapshot_ids_below: reserve(0, 0),
         };
         let raw = encode(&h).unwrap();
         (h, raw)
@@ -584,6 +678,7 @@ mod tests {
     struct World {
         me: NodeName,
         local: Vec<Relationship>,
+        ids: BTreeMap<RelationshipId, u64>,
         records: BTreeMap<RelationshipId, (Held, Vec<u8>)>,
         overdue: BTreeSet<NodeName>,
         leader: bool,
@@ -598,6 +693,7 @@ mod tests {
                 fingerprint: "fp",
                 may_take: self.leader,
                 local: &self.local,
+                snapshot_ids: &self.ids,
                 records: &self.records,
                 overdue: &self.overdue,
                 sees: &sees,
@@ -609,6 +705,7 @@ mod tests {
         World {
             me: name(me),
             local: vec![],
+            ids: BTreeMap::new(),
             records: BTreeMap::new(),
             overdue: BTreeSet::new(),
             leader: true,
@@ -750,6 +847,7 @@ mod tests {
         actions: Vec<Action>,
         etcd: &mut BTreeMap<RelationshipId, (Held, Vec<u8>)>,
         store: &mut Vec<Relationship>,
+        ids: &mut BTreeMap<RelationshipId, u64>,
         up: &BTreeSet<NodeName>,
         counts: &mut (u32, u32),
     ) {
@@ -777,6 +875,8 @@ mod tests {
                     if now(etcd, &id) == Some(expected) && !up.contains(&from) {
                         counts.0 += 1;
                         store.push(held.relationship.clone());
+                        let last = ids.entry(id.clone()).or_insert(0);
+                        *last = (*last).max(held.snapshot_ids_below.saturating_sub(1));
                         let raw = encode(&held).unwrap();
                         etcd.insert(id, (*held, raw));
                     }
@@ -787,11 +887,40 @@ mod tests {
     }
 
     #[test]
+    fn a_record_reserves_snapshot_ids_ahead_and_a_new_owner_starts_above_them() {
+        assert_eq!(reserve(0, 0), 2 * SNAPSHOT_ID_BLOCK);
+        assert_eq!(reserve(1536, 2048), 2048);
+        assert_eq!(reserve(1537, 2048), 3072);
+        assert_eq!(reserve(u64::MAX - 1, 0), u64::MAX);
+        // The owner's record is rewritten once its ids come within half a block of it.
+        let r = rel(1);
+        let mut w = world("a");
+        w.local.push(r.clone());
+        w.records.insert(r.id.clone(), held("a", "fp", &r));
+        assert_eq!(w.decide(), vec![]);
+        w.ids.insert(r.id.clone(), 1600);
+        assert!(
+            matches!(&w.decide()[..], [Action::Publish { held, .. }] if held.snapshot_ids_below == 3072)
+        );
+        // A taker carries the reservation it took over.
+        let mut b = world("b");
+        b.overdue.insert(name("a"));
+        let mut h = held("a", "fp", &r);
+        h.0.snapshot_ids_below = 5120;
+        h.1 = encode(&h.0).unwrap();
+        b.records.insert(r.id.clone(), h);
+        assert!(
+            matches!(&b.decide()[..], [Action::Take { held, .. }] if held.snapshot_ids_below == 5120)
+        );
+    }
+
+    #[test]
     fn seeded_takeovers_and_deletes_leave_every_relationship_with_one_owner() {
         // Three nodes, five relationships; random nodes die and come back, an owner now and
         // then deletes one, and each step a random node up plays one pass.
         let names = [name("a"), name("b"), name("c")];
         let mut counts = (0, 0);
+        let mut renewed = 0u32;
         for seed in 0..200u64 {
             let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             let mut next = |n: u64| {
@@ -809,6 +938,9 @@ mod tests {
             let mut etcd: BTreeMap<RelationshipId, (Held, Vec<u8>)> = BTreeMap::new();
             let mut up: BTreeSet<NodeName> = names.iter().cloned().collect();
             let mut deleted: BTreeSet<RelationshipId> = BTreeSet::new();
+            let mut ids: BTreeMap<NodeName, BTreeMap<RelationshipId, u64>> =
+                names.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
+            let mut given: BTreeSet<(RelationshipId, u64)> = BTreeSet::new();
             for _ in 0..300 {
                 if next(10) == 0 {
                     let n = names[next(3) as usize].clone();
@@ -836,6 +968,33 @@ mod tests {
                 }
                 let overdue: BTreeSet<NodeName> =
                     names.iter().filter(|n| !up.contains(*n)).cloned().collect();
+                // Policy snapshots of what this node runs, in a burst that may use up the
+                // record's reservation: only ids below it (`may_use_snapshot_id`), and no id
+                // is ever given twice, whichever node gives it.
+                if next(3) == 0 {
+                    for r in store.iter().filter(|r| !r.ended) {
+                        let Some((h, _)) = etcd
+                            .get(&r.id)
+                            .filter(|(h, _)| h.owner == me && !h.relationship.ended)
+                        else {
+                            continue;
+                        };
+                        let last = ids.get_mut(&me).unwrap().entry(r.id.clone()).or_insert(0);
+                        for _ in 0..next(700) {
+                            if *last + 1 >= h.snapshot_ids_below {
+                                break;
+                            }
+                            *last += 1;
+                            renewed += u32::from(*last >= 2 * SNAPSHOT_ID_BLOCK);
+                            assert!(
+                                given.insert((r.id.clone(), *last)),
+                                "seed {seed}: snapshot {} of {} given twice",
+                                *last,
+                                r.id
+                            );
+                        }
+                    }
+                }
                 let sees = |r: &Relationship| Some(here(r));
                 let local = store.clone();
                 let actions = decide(&Seen {
@@ -843,11 +1002,20 @@ mod tests {
                     fingerprint: "fp",
                     may_take: up.iter().next() == Some(&me) || next(2) == 0,
                     local: &local,
+                    snapshot_ids: &ids[&me],
                     records: &etcd,
                     overdue: &overdue,
                     sees: &sees,
                 });
-                play(&me, actions, &mut etcd, store, &up, &mut counts);
+                play(
+                    &me,
+                    actions,
+                    &mut etcd,
+                    store,
+                    ids.get_mut(&me).unwrap(),
+                    &up,
+                    &mut counts,
+                );
                 // No live record names a node without a live copy: nothing is lost.
                 for (id, (h, _)) in &etcd {
                     if !h.relationship.ended {
@@ -871,12 +1039,21 @@ mod tests {
                         fingerprint: "fp",
                         may_take: false,
                         local: &local,
+                        snapshot_ids: &ids[me],
                         records: &etcd,
                         overdue: &BTreeSet::new(),
                         sees: &sees,
                     });
                     let store = stores.get_mut(me).unwrap();
-                    play(me, actions, &mut etcd, store, &up, &mut counts);
+                    play(
+                        me,
+                        actions,
+                        &mut etcd,
+                        store,
+                        ids.get_mut(me).unwrap(),
+                        &up,
+                        &mut counts,
+                    );
                 }
             }
             for i in 0..5 {
@@ -891,5 +1068,7 @@ mod tests {
         }
         let (takes, drops) = counts;
         assert!(takes > 100 && drops > 100, "takes {takes}, drops {drops}");
+        // Reservations were used up and renewed, and new owners gave ids above old ones.
+        assert!(renewed > 100, "ids past the first reservation: {renewed}");
     }
 }

@@ -194,8 +194,11 @@ fn take_for(node: &Node, p: &Policy) -> Vec<Result<SnapshotView>> {
         Ok(r) => r,
         Err(e) => return vec![Err(e)],
     };
+    // In a cluster, only the node that holds a relationship snapshots it (the source is
+    // shared: another node's copy, stale or taken over, would snapshot it twice).
     rels.into_iter()
         .filter(|r| !r.ended && r.spec.mode.keeps_snapshots() && r.spec.policies.contains(&p.name))
+        .filter(|r| super::owners::held_here(node, &r.id))
         .map(|r| {
             let taken = take(node, &r, p);
             match &taken {
@@ -213,8 +216,15 @@ fn take_for(node: &Node, p: &Policy) -> Vec<Result<SnapshotView>> {
 fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<SnapshotView> {
     let src = super::paths::source_dir(node, r)?;
     let now = node.clock.now_ns();
+    let id = node.store().next_snapshot_id(&r.id)?;
+    if !super::owners::may_use_snapshot_id(node, &r.id, id.0) {
+        return Err(Error::Conflict(format!(
+            "relationship {}: snapshot id {} is past what this node holds in etcd (another node holds the relationship, or the next pass reserves more ids within a second)",
+            r.id, id.0
+        )));
+    }
     let s = Snapshot {
-        id: node.store().next_snapshot_id(&r.id)?,
+        id,
         policy: p.name.clone(),
         taken_ns: now,
         expires_ns: p.expiry.at(now),

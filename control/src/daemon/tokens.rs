@@ -7,8 +7,11 @@
 //! A cluster token is honoured only while the node has a working etcd session and has read
 //! the whole cluster (`Membership::loaded`): a node cut off from etcd cannot know whether a
 //! token was deleted meanwhile, so it answers 503 for tokens it does not hold itself (its own
-//! admin token still works). Revoked means revoked, on every node, at the price of cluster
-//! tokens during an etcd outage.
+//! admin token still works). A node notices a lost session at once when etcd closes the
+//! connection, and within `cluster::DOWN_BOUND` (5 s: its lease's life, checked every
+//! second) when the network silently drops it: that is the longest a token deleted elsewhere
+//! stays honoured on a node cut off.
+//! The price is cluster tokens during an etcd outage.
 
 use super::Node;
 use crate::api_types::TokenScope;
@@ -203,6 +206,14 @@ fn which(name: &str, local: bool, cluster: bool, scope: Option<TokenScope>) -> R
 /// Deletes the token `name`. This node's last admin token of its own is kept (without one,
 /// nobody could make tokens on it again while etcd is away); cluster tokens may all go.
 pub(super) async fn delete(node: &Node, name: &str, scope: Option<TokenScope>) -> Result<()> {
+    // Without a current view, a cluster token of this name may exist unseen: deleting the
+    // node's one instead would leave it valid.
+    let stale = node.cluster.as_ref().is_some_and(|m| !m.loaded());
+    if stale && scope != Some(TokenScope::Node) {
+        return Err(Error::Conflict(
+            "etcd cannot be reached now: a cluster token cannot be deleted, nor told apart from a node token of the same name (delete a node token with ?scope=node)".into(),
+        ));
+    }
     let cluster = node
         .cluster
         .as_ref()

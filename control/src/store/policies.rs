@@ -117,6 +117,32 @@ impl Store {
         Ok(SnapshotId(next.max(1) as u64))
     }
 
+    /// The last snapshot id given to each relationship on this node.
+    pub fn snapshot_ids(&self) -> Result<std::collections::BTreeMap<RelationshipId, u64>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT relationship, last FROM snapshot_ids")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (id, last) = row?;
+            out.insert(RelationshipId::parse(&id)?, last.max(0) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Makes the next snapshot id of `id` at least `last + 1` (a relationship taken over:
+    /// ids below what its old owner reserved may name snapshots on the source or the target).
+    pub fn raise_snapshot_id(&self, id: &RelationshipId, last: u64) -> Result<()> {
+        let last = i64::try_from(last).unwrap_or(i64::MAX);
+        self.conn.execute(
+            "INSERT INTO snapshot_ids (relationship, last) VALUES (?1, ?2)
+             ON CONFLICT (relationship) DO UPDATE SET last = MAX(last, ?2)",
+            params![id.as_str(), last],
+        )?;
+        Ok(())
+    }
+
     /// Records a kept snapshot (replacing one of the same id: a retried keep).
     pub fn put_snapshot(&self, id: &RelationshipId, role: Role, s: &Snapshot) -> Result<()> {
         let kept: i64 = self.conn.query_row(
