@@ -177,6 +177,23 @@ struct Known {
     last_error: Option<String>,
     /// Other nodes' shared records (`SHARED_KINDS`), by key below `KEY_ROOT`.
     shared: BTreeMap<String, Vec<u8>>,
+    /// The etcd revision the view reflects: the full read's, then the last watched event's.
+    /// A node's own write goes into the view at once only if it is newer (`own_write`): had
+    /// the watch already brought it, and maybe a later change of the key, that stays.
+    revision: i64,
+}
+
+/// Puts this node's own write of `key` (`None`: a delete), made at etcd revision `at`, into
+/// the view, unless the view already reflects that revision (the watch brought the write,
+/// and anything after it, first).
+fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) {
+    if at.is_some_and(|at| at <= k.revision) {
+        return;
+    }
+    match value {
+        Some(v) => k.shared.insert(key.to_string(), v),
+        None => k.shared.remove(key),
+    };
 }
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
@@ -321,12 +338,13 @@ impl Membership {
             )));
         }
         let mut c = self.client()?;
-        within(
+        let done = within(
             "writing",
             c.put(format!("{KEY_ROOT}{key}"), value.clone(), None),
         )
         .await?;
-        lock(&self.known).shared.insert(key.to_string(), value);
+        let at = done.header().map(|h| h.revision());
+        own_write(&mut lock(&self.known), key, Some(value), at);
         Ok(())
     }
 
@@ -363,15 +381,13 @@ impl Membership {
         }
         let op = TxnOp::put(full, value.clone(), None);
         let mut c = self.client()?;
-        let done = within("writing", c.txn(Txn::new().when(compare).and_then([op])))
-            .await?
-            .succeeded();
+        let answer = within("writing", c.txn(Txn::new().when(compare).and_then([op]))).await?;
+        let done = answer.succeeded();
         // Into the view at once (the next pass must see its own write, or it would undo it),
-        // but only over the value it replaced: had the watch (or a new session's full read)
-        // already brought this write or a later one, that stays.
-        let mut k = lock(&self.known);
-        if done && k.shared.get(key).map(Vec::as_slice) == expected {
-            k.shared.insert(key.to_string(), value);
+        // unless the watch already brought this write or a later one.
+        if done {
+            let at = answer.header().map(|h| h.revision());
+            own_write(&mut lock(&self.known), key, Some(value), at);
         }
         Ok(done)
     }
@@ -380,8 +396,9 @@ impl Membership {
     pub async fn delete(&self, key: &str) -> Result<()> {
         assert_shared(key);
         let mut c = self.client()?;
-        within("deleting", c.delete(format!("{KEY_ROOT}{key}"), None)).await?;
-        lock(&self.known).shared.remove(key);
+        let done = within("deleting", c.delete(format!("{KEY_ROOT}{key}"), None)).await?;
+        let at = done.header().map(|h| h.revision());
+        own_write(&mut lock(&self.known), key, None, at);
         Ok(())
     }
 
@@ -546,6 +563,7 @@ impl Membership {
             k.connected = true;
             k.loaded = true;
             k.last_error = None;
+            k.revision = rev;
         }
         self.refresh_leader(&mut c).await?;
         let start = WatchOptions::new()
@@ -595,6 +613,7 @@ impl Membership {
                             let Some(kv) = e.kv() else { continue };
                             let value = (e.event_type() == EventType::Put).then(|| kv.value());
                             leader_changed |= apply(&mut k, kv.key(), value);
+                            k.revision = k.revision.max(kv.mod_revision());
                         }
                     }
                     if leader_changed {
@@ -711,6 +730,29 @@ mod tests {
             started_unix: 0,
             spread: false,
         }
+    }
+
+    #[test]
+    fn a_nodes_own_write_does_not_undo_what_the_watch_brought_after_it() {
+        let mut k = Known::default();
+        let key = "tokens/a";
+        // Written at revision 5; the view is at 3: it goes in at once.
+        k.revision = 3;
+        own_write(&mut k, key, Some(b"mine".to_vec()), Some(5));
+        assert_eq!(k.shared.get(key).unwrap(), b"mine");
+        // The watch brought the write (5) and a delete elsewhere (6) before this node took
+        // the lock: its own write is not put back.
+        k.shared.remove(key);
+        k.revision = 6;
+        own_write(&mut k, key, Some(b"mine".to_vec()), Some(5));
+        assert!(!k.shared.contains_key(key));
+        // Nor is a key re-created elsewhere (8) removed by this node's delete (7).
+        k.shared.insert(key.into(), b"theirs".to_vec());
+        k.revision = 8;
+        own_write(&mut k, key, None, Some(7));
+        assert_eq!(k.shared.get(key).unwrap(), b"theirs");
+        own_write(&mut k, key, None, Some(9));
+        assert!(!k.shared.contains_key(key));
     }
 
     #[test]

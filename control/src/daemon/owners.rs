@@ -67,8 +67,10 @@ const KIND: &str = "owners";
 /// fewer than half a block are left (one etcd write per 512 snapshots), and takes no snapshot
 /// past it (`may_use_snapshot_id`).
 pub const SNAPSHOT_ID_BLOCK: u64 = 1024;
-/// Most writes a delete call tries to end a relationship's record with (`bury`).
+/// Most writes a delete call tries to end a relationship's record with (`bury`), and how long
+/// it waits after a lost one for the watch to bring the write that won.
 const BURY_TRIES: usize = 3;
+const BURY_WAIT: Duration = Duration::from_millis(200);
 
 /// One relationship's record in etcd.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +148,8 @@ pub enum Action {
         id: RelationshipId,
         held: Box<Held>,
         expected: Option<Vec<u8>>,
+        /// Raise this node's snapshot id counter to at least this first (0: leave it).
+        ids_from: u64,
     },
     /// Another node holds it now, or a newer incarnation of it ended: forget the local copy.
     Drop { id: RelationshipId, owner: NodeName },
@@ -155,6 +159,8 @@ pub enum Action {
         held: Box<Held>,
         from: NodeName,
         expected: Vec<u8>,
+        /// This node's snapshot ids go on above this: the old owner's reservation.
+        ids_from: u64,
     },
     /// A dead owner's relationship this node cannot take, and why.
     Cannot {
@@ -183,17 +189,31 @@ pub fn decide(s: &Seen) -> Vec<Action> {
     let sources = s.local.iter().filter(|r| r.role == Role::Source);
     for r in sources {
         let record = s.records.get(&r.id);
-        let last = s.snapshot_ids.get(&r.id).copied().unwrap_or(0);
+        let below = record.map_or(0, |(h, _)| h.snapshot_ids_below);
+        // A record this live copy did not write at this epoch (another node's, a tombstone,
+        // an older epoch's): ids below its reservation may have been given by another node,
+        // or by this one before a reverse, so this node's ids go on above them.
+        let foreign = record.is_some_and(|(h, _)| {
+            &h.owner != s.me || h.relationship.ended || h.relationship.epoch != r.epoch
+        });
+        let ids_from = if foreign { below.saturating_sub(1) } else { 0 };
+        let last = s
+            .snapshot_ids
+            .get(&r.id)
+            .copied()
+            .unwrap_or(0)
+            .max(ids_from);
         let mine = Held {
             owner: s.me.clone(),
             fingerprint: s.fingerprint.to_string(),
             relationship: published(r),
-            snapshot_ids_below: reserve(last, record.map_or(0, |(h, _)| h.snapshot_ids_below)),
+            snapshot_ids_below: reserve(last, below),
         };
         let publish = |expected: Option<&Vec<u8>>| Action::Publish {
             id: r.id.clone(),
             held: Box::new(mine.clone()),
             expected: expected.cloned(),
+            ids_from,
         };
         match record {
             None if r.ended => {}
@@ -233,6 +253,7 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                     id: id.clone(),
                     held: Box::new(tombstone(h)),
                     expected: Some(raw.clone()),
+                    ids_from: 0,
                 });
             }
             continue;
@@ -266,15 +287,19 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                 // The directory was just found here: the old owner's complaint about it
                 // (which would keep every job from starting) is not this node's.
                 r.path_error = None;
+                // The new owner's ids start at the old reservation, and its record reserves
+                // more at once (a policy firing right after the takeover has ids to use).
+                let ids_from = h.snapshot_ids_below.saturating_sub(1);
                 out.push(Action::Take {
                     held: Box::new(Held {
                         owner: s.me.clone(),
                         fingerprint: s.fingerprint.to_string(),
                         relationship: r,
-                        snapshot_ids_below: h.snapshot_ids_below,
+                        snapshot_ids_below: reserve(ids_from, h.snapshot_ids_below),
                     }),
                     from: h.owner.clone(),
                     expected: raw.clone(),
+                    ids_from,
                 });
             }
         }
@@ -454,7 +479,15 @@ fn encode(h: &Held) -> crate::Result<Vec<u8>> {
 
 async fn apply(node: &Node, m: &Membership, a: Action) -> crate::Result<()> {
     match a {
-        Action::Publish { id, held, expected } => {
+        Action::Publish {
+            id,
+            held,
+            expected,
+            ids_from,
+        } => {
+            if ids_from > 0 {
+                node.store().raise_snapshot_id(&id, ids_from)?;
+            }
             if !m
                 .put_if(&key(&id), expected.as_deref(), encode(&held)?, None)
                 .await?
@@ -467,6 +500,7 @@ async fn apply(node: &Node, m: &Membership, a: Action) -> crate::Result<()> {
             held,
             from,
             expected,
+            ids_from,
         } => {
             let id = held.relationship.id.clone();
             let value = encode(&held)?;
@@ -478,9 +512,9 @@ async fn apply(node: &Node, m: &Membership, a: Action) -> crate::Result<()> {
             }
             let inserted = {
                 let store = node.store();
-                store.insert(&held.relationship).and_then(|()| {
-                    store.raise_snapshot_id(&id, held.snapshot_ids_below.saturating_sub(1))
-                })
+                store
+                    .insert(&held.relationship)
+                    .and_then(|()| store.raise_snapshot_id(&id, ids_from))
             };
             if let Err(e) = inserted {
                 // Give it back as it was: a record naming this node without the relationship
@@ -607,7 +641,7 @@ pub async fn bury(node: &Node, r: &Relationship) {
         };
         match done {
             Ok(true) => return,
-            Ok(false) => continue,
+            Ok(false) => tokio::time::sleep(BURY_WAIT).await,
             Err(e) => {
                 tracing::warn!(%id, "its record is ended at the next pass: {e}");
                 return;
@@ -621,9 +655,12 @@ pub async fn bury(node: &Node, r: &Relationship) {
 /// cluster always; in one, only while it holds the relationship and `sid` is below its
 /// record's reservation (a node that took it over after this one died starts there).
 pub fn may_use_snapshot_id(node: &Node, id: &RelationshipId, sid: u64) -> bool {
-    node.cluster
-        .as_ref()
-        .is_none_or(|m| runs_here(m, id) && held(m, id).is_some_and(|h| sid < h.snapshot_ids_below))
+    node.cluster.as_ref().is_none_or(|m| {
+        m.loaded()
+            && held(m, id).is_some_and(|h| {
+                &h.owner == m.name() && !h.relationship.ended && sid < h.snapshot_ids_below
+            })
+    })
 }
 
 /// Relationship `id`'s record in this node's view.
@@ -856,7 +893,14 @@ mod tests {
         };
         for a in actions {
             match a {
-                Action::Publish { id, held, expected } => {
+                Action::Publish {
+                    id,
+                    held,
+                    expected,
+                    ids_from,
+                } => {
+                    let last = ids.entry(id.clone()).or_insert(0);
+                    *last = (*last).max(ids_from);
                     if now(etcd, &id) == expected {
                         let raw = encode(&held).unwrap();
                         etcd.insert(id, (*held, raw));
@@ -870,13 +914,14 @@ mod tests {
                     held,
                     expected,
                     from,
+                    ids_from,
                 } => {
                     let id = held.relationship.id.clone();
                     if now(etcd, &id) == Some(expected) && !up.contains(&from) {
                         counts.0 += 1;
                         store.push(held.relationship.clone());
                         let last = ids.entry(id.clone()).or_insert(0);
-                        *last = (*last).max(held.snapshot_ids_below.saturating_sub(1));
+                        *last = (*last).max(ids_from);
                         let raw = encode(&held).unwrap();
                         etcd.insert(id, (*held, raw));
                     }
@@ -910,7 +955,22 @@ mod tests {
         h.1 = encode(&h.0).unwrap();
         b.records.insert(r.id.clone(), h);
         assert!(
-            matches!(&b.decide()[..], [Action::Take { held, .. }] if held.snapshot_ids_below == 5120)
+            matches!(&b.decide()[..], [Action::Take { held, ids_from: 5119, .. }] if held.snapshot_ids_below == 6144)
+        );
+        // A copy that wins the record by a newer epoch (a reverse brought it back here, where
+        // its counter was forgotten) goes on above the record's reservation too.
+        let mut c = world("c");
+        let mut dead = r.clone();
+        dead.ended = true;
+        let mut h = held("c", "fp", &dead);
+        h.0.snapshot_ids_below = 3072;
+        h.1 = encode(&h.0).unwrap();
+        c.records.insert(r.id.clone(), h);
+        let mut back = r.clone();
+        back.epoch = r.epoch + 1;
+        c.local.push(back);
+        assert!(
+            matches!(&c.decide()[..], [Action::Publish { held, ids_from: 3071, .. }] if held.snapshot_ids_below == 4096)
         );
     }
 

@@ -598,6 +598,9 @@ async fn step(
                 }
             }
             let r = pinned_as(node, &id, Role::Source, fp)?;
+            // In a cluster, only the node holding the relationship may give it up (a stale
+            // copy on a node back after a takeover must not).
+            super::owners::check_held(node, &id).map_err(fail)?;
             agree(&r, epoch)?;
             let _claim = Claim::take(node, &id).map_err(fail)?;
             let new = next_epoch(r.epoch, epoch);
