@@ -6,8 +6,9 @@
 //! namespace whose link is taken down), and the leader's control container killed (nodes
 //! run as containers by role). Two owners spread their jobs over the same nodes into two
 //! target nodes. A dead owner's relationship is taken over mid-job by the leader, and the
-//! owner, back, drops its copy. A cluster token works on every node, until deleted on any,
-//! and is refused while etcd is away.
+//! owner, back, drops its copy; its policy snapshots go on under names the old owner never
+//! gave. A cluster token works on every node, until deleted on any, and is refused while etcd
+//! is away.
 
 mod node;
 
@@ -926,14 +927,11 @@ fn two_owners_spread_their_jobs_over_the_same_three_nodes_into_two_target_nodes(
     }
 }
 
-#[test]
-fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its_copy() {
-    node::need_root();
-    let t = Scratch::new();
-    let etcd = Etcd::start(&t.path().join("etcd"));
+/// n1 and n2 in one cluster (no spread), n2 presenting n1's peer identity (the target pins
+/// one certificate for the source cluster), and a target node outside it; both up.
+fn one_identity_pair(t: &Scratch, etcd: &Etcd) -> (Node, Node, Node) {
     let cfg = |name: &str| spread_cfg(&etcd.url(), name, false);
-    let mut n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
-    // n2 presents n1's peer identity: the target pins one certificate for the source cluster.
+    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
     let d2 = t.path().join("n2/data");
     std::fs::create_dir_all(&d2).unwrap();
     for f in ["node.crt", "node.key"] {
@@ -943,6 +941,34 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
     let target = Node::start(&t.path().join("t1"));
     let both = vec!["n1".to_string(), "n2".into()];
     until(&n2, "both up", Duration::from_secs(30), |v| up(v) == both);
+    (n1, n2, target)
+}
+
+/// Waits until `by` holds relationship `id` (its owner `old` down): at most the bound that
+/// shows a node down, `TAKEOVER_AFTER`, and 15 s for a loaded machine.
+fn wait_taken_over(by: &Node, id: &str, old: &Node) {
+    let t0 = Instant::now();
+    loop {
+        let (code, v) = by.get(&format!("/v1/replication/source-relationships/{id}"));
+        if code == 200 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5 + 10 + 15),
+            "not taken over: {v}\nnew:\n{}\nold:\n{}",
+            by.log(),
+            old.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its_copy() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let (mut n1, n2, target) = one_identity_pair(&t, &etcd);
 
     // 12 MB at 3 MB/s; n1, which holds the relationship, is killed mid-job and stays down.
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
@@ -977,20 +1003,8 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
 
     // The leader (n2 now) takes it over once n1 has been down for the stated bound, and the
     // job completes from n2 with the target equal to the source.
-    let t0 = Instant::now();
-    let taken = loop {
-        let (code, v) = n2.get(&format!("/v1/replication/source-relationships/{id}"));
-        if code == 200 {
-            break killed.elapsed();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5 + 10 + 15),
-            "not taken over: {v}\nn2:\n{}\nn1:\n{}",
-            n2.log(),
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    wait_taken_over(&n2, &id, &n1);
+    let taken = killed.elapsed();
     assert!(
         taken >= Duration::from_secs(10),
         "taken over after {taken:?}, before n1 was down for TAKEOVER_AFTER"
@@ -1019,7 +1033,8 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
 
     // n1 comes back: it finds the relationship held by n2, forgets its copy and runs no job
     // of it; the next change goes through n2.
-    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
+    let cfg = spread_cfg(&etcd.url(), "n1", false);
+    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg);
     let t0 = Instant::now();
     while n1
         .get(&format!("/v1/replication/source-relationships/{id}"))
@@ -1207,4 +1222,78 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
     token_answers(&n1, &tok, 401, Duration::from_secs(10));
     token_answers(&n2, &tok, 401, Duration::from_secs(1));
     assert_eq!(n1.call("DELETE", "/v1/tokens/ops-ro", None).0, 404);
+}
+
+#[test]
+fn a_relationship_taken_over_keeps_its_policy_snapshots_under_new_names() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let (mut n1, n2, target) = one_identity_pair(&t, &etcd);
+
+    // A shared XFS source and an XFS target (snapshots are reflinked copies under their
+    // .snapshot), and the same policy on both nodes (policies are each node's own).
+    let xfs = node::mount(&t, "xfs");
+    let (src, dst) = (xfs.join("src"), xfs.join("dst"));
+    node::fill(&src, 3, 10_000, 41);
+    std::fs::create_dir_all(&dst).unwrap();
+    for n in [&n1, &n2] {
+        n.cli_ok(&["policy", "create", "daily", "--at", "03:00", "--json"]);
+    }
+    let id = node::create(
+        &n1,
+        &target,
+        &src,
+        &dst,
+        &["--mode", "snapshot-policy", "--policy", "daily"],
+    );
+    target.cli_ok(&["relationship", "authorize", &id]);
+    until(&n2, "n1 holds it", Duration::from_secs(10), |v| {
+        v["relationships"].to_string().contains(&id)
+    });
+    let first = n1.cli_ok(&["policy", "run", "daily", "--json"]);
+    assert_eq!(first[0]["name"], "1_daily", "{first}");
+    // n2 does not hold it: its run of the policy snapshots nothing.
+    assert_eq!(
+        n2.cli_ok(&["policy", "run", "daily", "--json"]),
+        Value::Array(vec![])
+    );
+    kept_on(&target, &id, &["1_daily"]);
+
+    // n1 dies; n2 takes the relationship over, and its first snapshot is named above every
+    // id n1's record reserved, so neither the source's nor the target's first one is replaced.
+    n1.kill();
+    wait_taken_over(&n2, &id, &n1);
+    std::fs::write(src.join("after-takeover"), b"in the second snapshot").unwrap();
+    let second = n2.cli_ok(&["policy", "run", "daily", "--json"]);
+    let name = second[0]["name"].as_str().unwrap_or_default().to_string();
+    let n: u64 = name
+        .strip_suffix("_daily")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{second}"));
+    assert!(n >= 1024, "the new owner's first snapshot is {name}");
+    kept_on(&target, &id, &["1_daily", &name]);
+    let kept = src.join(".snapshot");
+    assert!(kept.join("1_daily").is_dir() && kept.join(&name).is_dir());
+}
+
+/// Waits until `target` keeps snapshots named `names` of relationship `id`.
+fn kept_on(target: &Node, id: &str, names: &[&str]) {
+    let t0 = Instant::now();
+    loop {
+        let (_, list) = target.get(&format!("/v1/snapshots?relationship={id}"));
+        let kept: Vec<&str> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+            .unwrap_or_default();
+        if names.iter().all(|n| kept.contains(n)) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the target kept {kept:?}, not all of {names:?}:\n{}",
+            target.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -4,35 +4,11 @@
 
 mod node;
 
-use node::{create, fill, need_root, run, stderr, tree_hash, try_create, Node, Scratch};
+use node::{create, fill, mount, need_root, run, stderr, tree_hash, try_create, Node, Scratch};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A loop-mounted file system of `kind` (btrfs, xfs, ext4) at `<t>/<kind>`.
-fn mount(t: &Scratch, kind: &str) -> PathBuf {
-    let img = t.path().join(format!("{kind}.img"));
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(400 << 20)
-        .unwrap();
-    let mkfs = format!("mkfs.{kind}");
-    let mut c = Command::new(&mkfs);
-    match kind {
-        "xfs" => c.args(["-q", "-m", "reflink=1"]),
-        "ext4" => c.args(["-q", "-F"]),
-        _ => c.arg("-q"),
-    };
-    run(c.arg(&img));
-    let at = t.path().join(kind);
-    std::fs::create_dir(&at).unwrap();
-    run(Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&at));
-    at
-}
 
 /// Kept snapshots of `role` on node `n`, as `mover snapshot list --json` gives them.
 fn snapshots(n: &Node, role: &str) -> Vec<Value> {

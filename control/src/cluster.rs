@@ -316,6 +316,12 @@ impl Membership {
             .collect()
     }
 
+    /// `f` of the shared record `key` (below `KEY_ROOT`), as the watch last delivered it,
+    /// without copying it out of the view (for checks run per relationship per tick).
+    pub fn shared_with<T>(&self, key: &str, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        lock(&self.known).shared.get(key).map(|v| f(v))
+    }
+
     /// The current session's client, or why there is none.
     fn client(&self) -> Result<Client> {
         self.client

@@ -651,3 +651,27 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .build()
         .into()
 }
+
+/// A loop-mounted file system of `kind` (btrfs, xfs, ext4) at `<t>/<kind>`.
+pub fn mount(t: &Scratch, kind: &str) -> PathBuf {
+    let img = t.path().join(format!("{kind}.img"));
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(400 << 20)
+        .unwrap();
+    let mkfs = format!("mkfs.{kind}");
+    let mut c = Command::new(&mkfs);
+    match kind {
+        "xfs" => c.args(["-q", "-m", "reflink=1"]),
+        "ext4" => c.args(["-q", "-F"]),
+        _ => c.arg("-q"),
+    };
+    run(c.arg(&img));
+    let at = t.path().join(kind);
+    std::fs::create_dir(&at).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&at));
+    at
+}
