@@ -24,8 +24,9 @@ const MAX_SHARD_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Tries to write a shard's outcome while etcd is away (a restart), `crate::cluster::RETRY`
 /// apart.
 const MAX_REPORT_TRIES: u32 = 600;
-/// An answered shard record still there this long after its node first saw it answered is
-/// left over (its owner died or lost etcd before deleting it); that node deletes it.
+/// An answered shard record, or one assigned by an owner now down (which that node does not
+/// start), still there this long after its node first saw it so is left over (its owner died
+/// or lost etcd before deleting it); that node deletes it.
 const ANSWERED_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +220,10 @@ pub(crate) async fn run_assigned(node: Arc<Node>, m: Arc<Membership>) {
                 tracing::warn!("shard record {k} is not one this release reads");
                 continue;
             };
-            if record.state != State::Assigned {
+            // Assigned by an owner that is down: its session died with it, and nobody waits
+            // for the answer (a new owner or the owner back starts a new session); left over.
+            let orphan = record.state == State::Assigned && !m.up(&record.owner);
+            if record.state != State::Assigned || orphan {
                 let seen = *answered
                     .entry(k.clone())
                     .or_insert_with(tokio::time::Instant::now);
@@ -231,13 +235,15 @@ pub(crate) async fn run_assigned(node: Arc<Node>, m: Arc<Membership>) {
                 }
                 continue;
             }
+            // Assigned by a live owner: not left over (its owner may have been down a moment).
+            answered.remove(&k);
             if !started.insert(k.clone()) {
                 continue;
             }
             let (node, m, rt) = (node.clone(), m.clone(), tokio::runtime::Handle::current());
             let spawned = std::thread::Builder::new()
                 .name("mover-shard".into())
-                .spawn(move || run_one(&node, &m, &rt, &k, record));
+                .spawn(move || run_one(&node, &m, &rt, &k, record, v));
             if let Err(e) = spawned {
                 tracing::warn!("starting a shard: {e}");
             }
@@ -245,7 +251,15 @@ pub(crate) async fn run_assigned(node: Arc<Node>, m: Arc<Membership>) {
     }
 }
 
-fn run_one(node: &Node, m: &Membership, rt: &tokio::runtime::Handle, k: &str, mut record: Record) {
+/// Runs shard `k` (`assigned`: its record as etcd held it) and answers in its record.
+fn run_one(
+    node: &Node,
+    m: &Membership,
+    rt: &tokio::runtime::Handle,
+    k: &str,
+    mut record: Record,
+    assigned: Vec<u8>,
+) {
     tracing::info!(shard = k, owner = %record.owner, "running a shard");
     let transport: Arc<dyn mover::Transport> = Arc::new(mover::transport::tcp::TcpTransport);
     let progress = Arc::new(mover::Progress::default());
@@ -272,12 +286,14 @@ fn run_one(node: &Node, m: &Membership, rt: &tokio::runtime::Handle, k: &str, mu
         return;
     };
     for _ in 0..MAX_REPORT_TRIES {
-        // The owner gave up on it (its session failed) and removed it: nothing to report.
-        if m.connected() && !m.shared(k).iter().any(|(key, _)| key == k) {
-            return;
-        }
-        match rt.block_on(m.put(k, body.clone())) {
-            Ok(()) => return,
+        // Only over the record as assigned: had the owner given up on it (its session failed)
+        // and removed it, an answer would bring back a record nobody reads.
+        match rt.block_on(m.put_if(k, Some(&assigned), body.clone(), None)) {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::debug!(shard = k, "its owner removed it meanwhile: not answered");
+                return;
+            }
             Err(e) => tracing::warn!(shard = k, "reporting a shard: {e}"),
         }
         std::thread::sleep(crate::cluster::RETRY);
