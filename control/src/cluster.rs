@@ -236,6 +236,31 @@ pub struct Owned {
     pub owner_up: bool,
 }
 
+/// The part of an `owners/<id>` record (`daemon/owners.rs`) that says who holds the
+/// relationship: the view lists it, and the scheduler checks it for every relationship at
+/// every tick, so the rest of the record (the whole relationship) is skipped, not parsed.
+#[derive(Deserialize)]
+pub struct Holding {
+    pub owner: NodeName,
+    relationship: Ending,
+}
+
+#[derive(Deserialize)]
+struct Ending {
+    ended: bool,
+}
+
+impl Holding {
+    pub fn read(record: &[u8]) -> Option<Holding> {
+        serde_json::from_slice(record).ok()
+    }
+
+    /// A tombstone: the relationship was deleted, ended or reversed where it was held.
+    pub fn ended(&self) -> bool {
+        self.relationship.ended
+    }
+}
+
 /// A daemon's membership: registers it, renews its lease, campaigns for leader and watches.
 pub struct Membership {
     opts: Options,
@@ -451,20 +476,8 @@ impl Membership {
                 .range("owners/".to_string()..)
                 .take_while(|(key, _)| key.starts_with("owners/"))
                 .filter_map(|(key, v)| {
-                    #[derive(Deserialize)]
-                    struct Ended {
-                        ended: bool,
-                    }
-                    #[derive(Deserialize)]
-                    struct Owner {
-                        owner: NodeName,
-                        relationship: Ended,
-                    }
                     // A tombstone (deleted, ended, reversed) is held by no one.
-                    let o: Owner = serde_json::from_slice(v).ok()?;
-                    if o.relationship.ended {
-                        return None;
-                    }
+                    let o = Holding::read(v).filter(|o| !o.ended())?;
                     Some(Owned {
                         id: key.trim_start_matches("owners/").to_string(),
                         owner_up: k.alive.contains(&o.owner),

@@ -34,7 +34,7 @@
 //! the older one (the new owner's next job moves it on again).
 
 use super::Node;
-use crate::cluster::{Membership, NodeName};
+use crate::cluster::{Holding, Membership, NodeName};
 use crate::events::EventKind;
 use crate::model::{PinnedDir, Relationship, RelationshipId, Role};
 use serde::{Deserialize, Serialize};
@@ -311,25 +311,10 @@ pub fn decide(s: &Seen) -> Vec<Action> {
 /// the relationship's record names it. A relationship just created here waits for its record
 /// (`PUBLISH_EVERY`), so no job of it ever ran where the cluster could not find its owner.
 pub fn runs_here(m: &Membership, id: &RelationshipId) -> bool {
-    m.loaded() && holder(m, id).is_some_and(|h| &h.owner == m.name() && !h.relationship.ended)
-}
-
-/// The part of a record `runs_here` reads: the scheduler asks it of every relationship at
-/// every tick, so the rest of the record is skipped, not parsed into a `Relationship`.
-#[derive(Deserialize)]
-struct Holder {
-    owner: NodeName,
-    relationship: Ending,
-}
-
-#[derive(Deserialize)]
-struct Ending {
-    ended: bool,
-}
-
-fn holder(m: &Membership, id: &RelationshipId) -> Option<Holder> {
-    m.shared_with(&key(id), |v| serde_json::from_slice::<Holder>(v).ok())
-        .flatten()
+    m.loaded()
+        && m.shared_with(&key(id), Holding::read)
+            .flatten()
+            .is_some_and(|h| &h.owner == m.name() && !h.ended())
 }
 
 /// `runs_here` for any node: outside a cluster, every relationship runs where it is stored.
@@ -632,11 +617,9 @@ pub async fn bury(node: &Node, r: &Relationship) {
     };
     let id = &r.id;
     for _ in 0..BURY_TRIES {
-        let found = m
-            .shared(&key(id))
-            .into_iter()
-            .find(|(k, _)| *k == key(id))
-            .map(|(_, v)| (serde_json::from_slice::<Held>(&v).ok(), v));
+        let found = m.shared_with(&key(id), |v| {
+            (serde_json::from_slice::<Held>(v).ok(), v.to_vec())
+        });
         let (expected, dead) = match found {
             None => (
                 None,
@@ -951,10 +934,10 @@ mod tests {
     fn the_schedulers_light_read_of_a_record_agrees_with_the_record() {
         let r = rel(1);
         for h in [held("a", "fp", &r).0, tombstone(&held("b", "fp", &r).0)] {
-            let l: Holder = serde_json::from_slice(&encode(&h).unwrap()).unwrap();
+            let l = Holding::read(&encode(&h).unwrap()).unwrap();
             assert_eq!(
-                (l.owner, l.relationship.ended),
-                (h.owner.clone(), h.relationship.ended)
+                (l.ended(), l.owner),
+                (h.relationship.ended, h.owner.clone())
             );
         }
     }

@@ -145,7 +145,6 @@ pub(super) async fn create(
     let token = auth::new_token()?;
     let hash = auth::hash(&token);
     let created_ns = node.clock.now_ns();
-    let local = node.store().tokens()?.iter().any(|(n, _)| n == name);
     match (scope, &node.cluster) {
         (TokenScope::Node, m) => {
             if m.as_ref().is_some_and(|m| records(m).iter().any(|r| r.name == name)) {
@@ -160,7 +159,7 @@ pub(super) async fn create(
             ))
         }
         (TokenScope::Cluster, Some(m)) => {
-            if local {
+            if node.store().tokens()?.iter().any(|(n, _)| n == name) {
                 return Err(exists(name));
             }
             if !m.loaded() {
