@@ -243,6 +243,9 @@ pub struct Owned {
 pub struct Holding {
     pub owner: NodeName,
     relationship: Ending,
+    /// The owner's term (`owners::Held::term`).
+    #[serde(default)]
+    pub term: u64,
 }
 
 #[derive(Deserialize)]

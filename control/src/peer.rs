@@ -35,6 +35,10 @@ pub enum PeerRequest {
         /// The source's release (`mover::compat` decides whether the target serves it).
         #[serde(default)]
         software: Option<String>,
+        /// The term its source node holds the relationship at (`owners::term_here`; 0 outside
+        /// a cluster). The target refuses a term below the highest it has seen at this epoch.
+        #[serde(default)]
+        term: u64,
     },
     Report {
         id: RelationshipId,

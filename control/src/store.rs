@@ -92,7 +92,24 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_at ON audit (at_ns);
      CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    // Target role: the highest owner term a source cluster's ticket request carried, and the
+    // epoch it was seen at (`Store::fence`).
+    "ALTER TABLE relationships ADD COLUMN source_term INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE relationships ADD COLUMN source_term_epoch INTEGER NOT NULL DEFAULT 0",
 ];
+
+/// What a ticket request's owner term meets on the target (`Store::fence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// The highest term seen at this epoch: nothing changes.
+    Current,
+    /// Higher than any seen at this epoch (stored now): sessions granted before belong to
+    /// an owner that has been replaced.
+    Raised,
+    /// Below the highest seen at this epoch, which is given: the request comes from an
+    /// owner that has been replaced.
+    Stale(u64),
+}
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -374,6 +391,56 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Compares a ticket request's owner `term` for target relationship `id` at `epoch` with
+    /// the highest seen at that epoch (a new epoch starts again from 0: a reconnect is the
+    /// way back for a source cluster whose etcd, and so its terms, were lost), storing it if
+    /// higher. Term 0 is no term (a single node, or a node of an earlier release, which
+    /// writes records without terms): never fenced, and it clears the term stored, so a node
+    /// of an earlier release that took a relationship over and was then upgraded (its record
+    /// starts again at 1) is not refused. A request of another epoch than the relationship's
+    /// (read before a reconnect) is refused. Called under the caller's receivers lock.
+    pub fn fence(&self, id: &RelationshipId, epoch: u64, term: u64) -> Result<Fenced> {
+        let (epoch, term) = (
+            i64::try_from(epoch).unwrap_or(i64::MAX),
+            i64::try_from(term).unwrap_or(i64::MAX),
+        );
+        let (seen, at, now): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT source_term, source_term_epoch, epoch FROM relationships WHERE id = ?1 AND role = 'target'",
+                params![id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        if epoch != now {
+            return Err(Error::Conflict(format!(
+                "relationship {id} moved from epoch {epoch} to {now} meanwhile; ask again"
+            )));
+        }
+        let seen = if at == epoch { seen } else { 0 };
+        if term == 0 {
+            if seen != 0 {
+                self.conn.execute(
+                    "UPDATE relationships SET source_term = 0 WHERE id = ?1 AND role = 'target'",
+                    params![id.as_str()],
+                )?;
+            }
+            return Ok(Fenced::Current);
+        }
+        if term < seen {
+            return Ok(Fenced::Stale(seen as u64));
+        }
+        if term == seen {
+            return Ok(Fenced::Current);
+        }
+        self.conn.execute(
+            "UPDATE relationships SET source_term = ?2, source_term_epoch = ?3 WHERE id = ?1 AND role = 'target'",
+            params![id.as_str(), term, epoch],
+        )?;
+        Ok(Fenced::Raised)
     }
 
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {

@@ -28,10 +28,15 @@
 //! (`runs_here`, `check_held`; a relationship just created waits for its record). A node cut
 //! off from etcd loses its session within a lease's life, well before `TAKEOVER_AFTER`, so
 //! the old and the new owner never both start jobs. A job the old owner had under way when it
-//! was cut off goes on; the target's receiver takes one session of a relationship at a time
-//! and commits each whole, so the target is never at a mix of two recovery points, but if that
-//! job's last session ends after the new owner's first job, the recovery point it commits is
-//! the older one (the new owner's next job moves it on again).
+//! was cut off goes on, and is fenced by term: each record carries its owner's term, raised
+//! whenever the record passes to another holder, and every ticket request carries the term
+//! its node holds the relationship at (`term_here`). The target refuses a term below the
+//! highest it has seen and voids the sessions it granted before a higher one arrived
+//! (`target::ticket`); the receiver takes one session at a time and commits each whole. So
+//! the old owner's session under way ends (and commits) before the new owner's first begins,
+//! and no session of the old owner begins after it: the recovery point never moves back. A
+//! job also starts no further session once its node's view names another holder
+//! (`lost_here`).
 
 use super::Node;
 use crate::cluster::{Holding, Membership, NodeName};
@@ -85,6 +90,15 @@ pub struct Held {
     /// again, is below this (`SNAPSHOT_ID_BLOCK`). 0 in a record of an earlier release.
     #[serde(default)]
     pub snapshot_ids_below: u64,
+    /// The owner's term, from 1 in the live records this release writes: raised each time
+    /// the record passes to a holder that did not write it (a takeover, a copy winning it
+    /// back), never lowered (but by a takeover given back before its taker asked anything).
+    /// The owner's ticket requests carry it, and the target refuses those of a term below
+    /// the highest it has seen (`target::ticket`), so an old owner still running a job cannot
+    /// commit after its successor. 0 in a record of an earlier release, whose nodes ask with
+    /// none (0), which the target does not fence.
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// The reservation a record should carry: the one it has while half a block is left above
@@ -208,6 +222,10 @@ pub fn decide(s: &Seen) -> Vec<Action> {
             fingerprint: s.fingerprint.to_string(),
             relationship: published(r),
             snapshot_ids_below: reserve(last, below),
+            // At least 1: a record of an earlier release (0) gets one at this pass.
+            term: record
+                .map_or(1, |(h, _)| h.term.saturating_add(u64::from(foreign)))
+                .max(1),
         };
         let publish = |expected: Option<&Vec<u8>>| Action::Publish {
             id: r.id.clone(),
@@ -233,10 +251,12 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                     &h.fingerprint,
                     definition(&h.relationship),
                     h.snapshot_ids_below,
+                    h.term,
                 ) == (
                     &mine.fingerprint,
                     definition(&mine.relationship),
                     mine.snapshot_ids_below,
+                    mine.term,
                 );
                 if !same {
                     out.push(publish(Some(raw)));
@@ -296,6 +316,7 @@ pub fn decide(s: &Seen) -> Vec<Action> {
                         fingerprint: s.fingerprint.to_string(),
                         relationship: r,
                         snapshot_ids_below: reserve(ids_from, h.snapshot_ids_below),
+                        term: h.term.saturating_add(1),
                     }),
                     from: h.owner.clone(),
                     expected: raw.clone(),
@@ -320,6 +341,69 @@ pub fn runs_here(m: &Membership, id: &RelationshipId) -> bool {
 /// `runs_here` for any node: outside a cluster, every relationship runs where it is stored.
 pub fn held_here(node: &Node, id: &RelationshipId) -> bool {
     node.cluster.as_ref().is_none_or(|m| runs_here(m, id))
+}
+
+/// Whether this node takes relationship `id`'s policy snapshots now (`snapshots::take_for`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Snapshots {
+    /// It holds the relationship (or is no member of a cluster).
+    Here,
+    /// Another node holds it, or it ended in the cluster: that node's business.
+    Elsewhere,
+    /// Not yet known, and why: its etcd session is away, or a relationship just created has
+    /// no record yet. A snapshot due meanwhile is owed, and taken once it knows.
+    NotYet(&'static str),
+}
+
+/// `Snapshots` for relationship `id` on this node.
+pub fn snapshots_here(node: &Node, id: &RelationshipId) -> Snapshots {
+    let Some(m) = &node.cluster else {
+        return Snapshots::Here;
+    };
+    match m.shared_with(&key(id), Holding::read).flatten() {
+        Some(h) if h.ended() || &h.owner != m.name() => Snapshots::Elsewhere,
+        Some(_) if m.loaded() => Snapshots::Here,
+        Some(_) => Snapshots::NotYet("this node has no current etcd session"),
+        None if m.loaded() => Snapshots::NotYet("its record in etcd is not written yet"),
+        None => Snapshots::NotYet("this node has no current etcd session"),
+    }
+}
+
+/// Why a job of relationship `id` under way here must start no further session: its record
+/// now names another node, or is a tombstone. A node whose view is not current (etcd away for
+/// a moment) goes on: the target fences its sessions by term (`term_here`).
+pub fn lost_here(node: &Node, id: &RelationshipId) -> Option<String> {
+    let m = node.cluster.as_ref()?;
+    let h = m.shared_with(&key(id), Holding::read).flatten()?;
+    if h.ended() {
+        Some(format!(
+            "relationship {id} was deleted, ended or reversed in the cluster"
+        ))
+    } else if &h.owner != m.name() {
+        Some(format!(
+            "relationship {id} is held by node {} now (taken over); this node's job of it stops",
+            h.owner
+        ))
+    } else {
+        None
+    }
+}
+
+/// The term this node holds relationship `id` at, for its ticket requests (0 outside a
+/// cluster: no term); an error if its view does not show a live record naming it (no
+/// session is asked for then: a term it does not hold would void its holder's sessions). A
+/// view gone stale gives the term as it was, never a higher one, so a node cut off cannot
+/// outrank the node that took over from it.
+pub fn term_here(node: &Node, id: &RelationshipId) -> crate::Result<u64> {
+    let Some(m) = &node.cluster else {
+        return Ok(0);
+    };
+    match m.shared_with(&key(id), Holding::read).flatten() {
+        Some(h) if &h.owner == m.name() && !h.ended() => Ok(h.term),
+        _ => Err(crate::Error::Conflict(lost_here(node, id).unwrap_or_else(
+            || format!("relationship {id} has no record in etcd naming this node yet"),
+        ))),
+    }
 }
 
 /// `r`'s source directory as this node sees it: where its owner pinned it, the same inode.
@@ -628,6 +712,7 @@ pub async fn bury(node: &Node, r: &Relationship) {
                     fingerprint: node.identity.fingerprint.to_string(),
                     relationship: published(r),
                     snapshot_ids_below: 0,
+                    term: 1,
                 }),
             ),
             Some((Some(h), raw)) if &h.owner == m.name() && !h.relationship.ended => {
@@ -706,7 +791,16 @@ mod tests {
             fingerprint: fp.into(),
             relationship: published(r),
             snapshot_ids_below: reserve(0, 0),
+            term: 1,
         };
+        let raw = encode(&h).unwrap();
+        (h, raw)
+    }
+
+    /// `held` by `owner` ("fp"), changed by `f` before it is encoded.
+    fn held_as(owner: &str, r: &Relationship, f: impl FnOnce(&mut Held)) -> (Held, Vec<u8>) {
+        let mut h = held(owner, "fp", r).0;
+        f(&mut h);
         let raw = encode(&h).unwrap();
         (h, raw)
     }
@@ -823,6 +917,40 @@ mod tests {
         ended.ended = true;
         w.records.insert(r.id.clone(), held("a", "fp", &ended));
         assert_eq!(w.decide(), vec![]);
+    }
+
+    #[test]
+    fn a_record_passing_to_another_holder_raises_its_term_and_its_owner_keeps_it() {
+        let r = rel(1);
+        let mut b = world("b");
+        b.overdue.insert(name("a"));
+        b.records
+            .insert(r.id.clone(), held_as("a", &r, |h| h.term = 4));
+        assert!(
+            matches!(&b.decide()[..], [Action::Take { held, .. }] if held.term == 5),
+            "a takeover raises the term"
+        );
+        // The owner rewrites its record (a change of definition) at its term.
+        let mut a = world("a");
+        let h = held_as("a", &r, |h| h.term = 5);
+        a.records.insert(r.id.clone(), h.clone());
+        let mut edited = r.clone();
+        edited.spec.enabled = !edited.spec.enabled;
+        a.local.push(edited);
+        assert!(matches!(&a.decide()[..], [Action::Publish { held, .. }] if held.term == 5));
+        // A copy winning the record back by a newer epoch raises it.
+        a.local[0].epoch += 1;
+        a.records.insert(
+            r.id.clone(),
+            held_as("a", &r, |h| {
+                h.term = 5;
+                h.relationship.ended = true;
+            }),
+        );
+        assert!(matches!(&a.decide()[..], [Action::Publish { held, .. }] if held.term == 6));
+        // The scheduler's light read gives it.
+        let l = Holding::read(&encode(&h.0).unwrap()).unwrap();
+        assert_eq!(l.term, 5);
     }
 
     #[test]
@@ -961,10 +1089,10 @@ mod tests {
         // A taker carries the reservation it took over.
         let mut b = world("b");
         b.overdue.insert(name("a"));
-        let mut h = held("a", "fp", &r);
-        h.0.snapshot_ids_below = 5120;
-        h.1 = encode(&h.0).unwrap();
-        b.records.insert(r.id.clone(), h);
+        b.records.insert(
+            r.id.clone(),
+            held_as("a", &r, |h| h.snapshot_ids_below = 5120),
+        );
         assert!(
             matches!(&b.decide()[..], [Action::Take { held, ids_from: 5119, .. }] if held.snapshot_ids_below == 6144)
         );
@@ -973,10 +1101,10 @@ mod tests {
         let mut c = world("c");
         let mut dead = r.clone();
         dead.ended = true;
-        let mut h = held("c", "fp", &dead);
-        h.0.snapshot_ids_below = 3072;
-        h.1 = encode(&h.0).unwrap();
-        c.records.insert(r.id.clone(), h);
+        c.records.insert(
+            r.id.clone(),
+            held_as("c", &dead, |h| h.snapshot_ids_below = 3072),
+        );
         let mut back = r.clone();
         back.epoch = r.epoch + 1;
         c.local.push(back);
@@ -1012,6 +1140,7 @@ mod tests {
             let mut ids: BTreeMap<NodeName, BTreeMap<RelationshipId, u64>> =
                 names.iter().map(|n| (n.clone(), BTreeMap::new())).collect();
             let mut given: BTreeSet<(RelationshipId, u64)> = BTreeSet::new();
+            let mut terms: BTreeMap<RelationshipId, (NodeName, u64)> = BTreeMap::new();
             for _ in 0..300 {
                 if next(10) == 0 {
                     let n = names[next(3) as usize].clone();
@@ -1087,6 +1216,23 @@ mod tests {
                     &up,
                     &mut counts,
                 );
+                // A record's term never goes down, and a live record naming another node
+                // than before carries a higher one: the target can tell the new owner's
+                // ticket requests from the old one's.
+                for (id, (h, _)) in &etcd {
+                    if let Some((owner, term)) = terms.get(id) {
+                        assert!(h.term >= *term, "seed {seed}: {id}'s term went down");
+                        if !h.relationship.ended && &h.owner != owner {
+                            assert!(
+                                h.term > *term,
+                                "seed {seed}: {id} changed hands at term {term}"
+                            );
+                        }
+                    }
+                    if !h.relationship.ended {
+                        terms.insert(id.clone(), (h.owner.clone(), h.term));
+                    }
+                }
                 // No live record names a node without a live copy: nothing is lost.
                 for (id, (h, _)) in &etcd {
                     if !h.relationship.ended {

@@ -329,6 +329,8 @@ pub(crate) enum Blocking {
         secret: Option<mover::SessionSecret>,
         /// The ticket a sealed session's secret was derived for.
         ticket: mover::units::SessionId,
+        /// The owner term the source asked at (`target::ticket`).
+        term: u64,
     },
     Delete(crate::model::RelationshipId),
     Reconnect(crate::model::RelationshipId),
@@ -353,9 +355,14 @@ impl Blocking {
 /// Does the blocking part of a request and answers it.
 pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
     match work {
-        Blocking::Ticket { r, secret, ticket } => {
+        Blocking::Ticket {
+            r,
+            secret,
+            ticket,
+            term,
+        } => {
             let plaintext = secret.is_none();
-            match target::ticket(node, &r, secret) {
+            match target::ticket(node, &r, secret, term) {
                 // Sealed: the random ticket the secret was derived for (the data plane only
                 // ever carries the secret's handle). Plain: the session id itself.
                 Ok((port, t)) => PeerAnswer::Ticket {
@@ -426,6 +433,7 @@ pub(crate) fn respond(
             plaintext,
             epoch,
             software,
+            term,
         } => {
             let r = match pinned_at(node, &id, fp, epoch) {
                 Ok(r) => r,
@@ -457,6 +465,7 @@ pub(crate) fn respond(
                 r: Box::new(r),
                 secret,
                 ticket,
+                term,
             });
         }
         PeerRequest::Report {

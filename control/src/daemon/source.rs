@@ -1175,6 +1175,9 @@ pub(crate) fn session_allowed(
     if r.ended {
         return Err(Error::Conflict(format!("relationship {id} has ended")));
     }
+    if let Some(why) = super::owners::lost_here(node, id) {
+        return Err(Error::Conflict(why));
+    }
     let blackout = blackout::in_blackout(&r.spec.blackout_windows, node.clock.now());
     if !blackout && !progress.control.is_paused() {
         progress.control.take_suspended();
@@ -1212,7 +1215,7 @@ async fn ticket(
         .peer_fingerprint
         .as_deref()
         .map(|f| Fingerprint(f.to_string()));
-    let req = ticket_request(node, r);
+    let req = ticket_request(node, r)?;
     let plaintext = node.opts.insecure_plaintext;
     // A sealed session's secret is derived from this TLS session for the ticket it answers.
     let derive = |conn: &rustls::ClientConnection, a: &PeerAnswer| match a {
@@ -1232,14 +1235,16 @@ async fn ticket(
     Ok((addr, ticket_session(r, answer)?, secret))
 }
 
-/// The request for a session of `r`: sealed unless this node runs in clear.
-pub(crate) fn ticket_request(node: &Node, r: &Relationship) -> PeerRequest {
-    PeerRequest::Ticket {
+/// The request for a session of `r`: sealed unless this node runs in clear; in a cluster,
+/// only while this node holds `r` (the request carries the term it holds it at).
+pub(crate) fn ticket_request(node: &Node, r: &Relationship) -> Result<PeerRequest> {
+    Ok(PeerRequest::Ticket {
         id: r.id.clone(),
         plaintext: node.opts.insecure_plaintext,
         epoch: r.epoch,
         software: Some(mover::software_version().to_string()),
-    }
+        term: super::owners::term_here(node, &r.id)?,
+    })
 }
 
 /// The session id the target's answer to a ticket request grants.

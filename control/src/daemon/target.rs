@@ -9,6 +9,7 @@ use crate::events::EventKind;
 use crate::model::{Attempt, Relationship, RelationshipId, Role};
 use crate::pinned::OpenDir;
 use crate::readonly;
+use crate::store::Fenced;
 use crate::{Error, Result};
 use mover::receiver::{ReceiveOptions, Tickets};
 use std::path::{Path, PathBuf};
@@ -146,15 +147,40 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
 
 /// A one-time session for the relationship's receiver, starting the receiver if needed:
 /// sealed with `secret` (the id returned is its handle), or in clear with a random id.
+///
+/// `term` is the owner term its source node holds the relationship at (0 outside a source
+/// cluster): one below the highest seen is refused, and a higher one voids the sessions
+/// granted before, so a replaced owner's job, still under way, never commits after its
+/// successor's and moves the recovery point back.
 pub fn ticket(
     node: &Node,
     r: &Relationship,
     secret: Option<mover::SessionSecret>,
+    term: u64,
 ) -> Result<(u16, u128)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
     // ticket that starts a new one. Read again here: `r` was read when the request arrived,
     // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
+    match node.store().fence(&r.id, r.epoch, term)? {
+        Fenced::Stale(seen) => {
+            return Err(Error::Conflict(format!(
+                "relationship {id}: the source node asking holds it at term {term}, but another \
+                 node of the source cluster has taken it over since (term {seen}); this node's \
+                 job of it stops. If the source cluster's etcd was rebuilt or restored from a \
+                 backup (its terms went back), run `mover relationship reconnect {id}` on the \
+                 source",
+                id = r.id
+            )))
+        }
+        // Sessions granted to the replaced owner: one not yet begun never begins, nor does
+        // any worker of one under way that has not joined yet (that session fails, and
+        // commits nothing). One whose workers all joined goes on: the receiver takes one
+        // session at a time, so it ends, and commits, before the new owner's begins. Voided
+        // before anything below can fail: the term is stored already.
+        Fenced::Raised => lock(&node.routes).retain(|_, (id, _)| *id != r.id),
+        Fenced::Current => {}
+    }
     let rx = running_receiver(node, &mut rxs, &r.id)?;
     let t = rx.receiving.issue(secret)?;
     let mut routes = lock(&node.routes);
@@ -245,8 +271,10 @@ pub fn route(node: &Node, session: u128, conn: std::net::TcpStream) -> bool {
 /// The receiver that issued `session` as a ticket, taken out of the receivers lock: a
 /// delivery (a call on the data socket, for a split node) runs without it.
 fn routed(node: &Node, session: u128) -> Option<Arc<dyn super::host::Receiving>> {
-    let id = lock(&node.routes).get(&session).map(|(id, _)| id.clone())?;
+    // Both read under the receivers lock (before the routes lock, as `ticket` takes them),
+    // so a route `ticket` voids is either seen before it did or not at all.
     let rxs = lock(&node.receivers);
+    let id = lock(&node.routes).get(&session).map(|(id, _)| id.clone())?;
     rxs.get(&id).map(|rx| rx.receiving.clone())
 }
 
@@ -671,7 +699,7 @@ mod tests {
             x.read_only = None;
         })
         .unwrap();
-        let res = ticket(&node, &asked, None);
+        let res = ticket(&node, &asked, None, 0);
         assert!(matches!(res, Err(Error::Conflict(_))), "{res:?}");
         assert_eq!(host.0.load(Ordering::SeqCst), 0, "the machine was touched");
         assert!(lock(&node.receivers).is_empty());
@@ -679,10 +707,82 @@ mod tests {
         // Deleted meanwhile: the same.
         node.forget(&r.id, Role::Target).unwrap();
         assert!(matches!(
-            ticket(&node, &asked, None),
+            ticket(&node, &asked, None, 0),
             Err(Error::NotFound(_))
         ));
         assert_eq!(host.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_replaced_source_owners_sessions_are_void_and_its_later_requests_refused() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "authorizing mounts: run this test as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = crate::daemon::test_node(dir.path());
+        let fp = crate::tls::Fingerprint("sha256:source".into());
+        let r = proposed(&node, dir.path(), &fp.0);
+        authorize(&node, &r.id, &Default::default()).unwrap();
+        let mut n = 0u8;
+        // A ticket request at `term`: the route it made (its secret's handle), or the refusal.
+        let mut ask = |term| {
+            n += 1;
+            let secret = mover::SessionSecret::from_bytes([n; 32]);
+            let handle = secret.handle().0;
+            let req = PeerRequest::Ticket {
+                id: r.id.clone(),
+                plaintext: false,
+                epoch: 0,
+                software: None,
+                term,
+            };
+            use super::super::peer_server::{finish, respond, Handled};
+            let answer = match respond(&node, &fp, req, (mover::units::SessionId(n.into()), secret))
+            {
+                Handled::Blocking(work) => finish(&node, work),
+                Handled::Answer(a) => a,
+            };
+            match answer {
+                PeerAnswer::Ticket { .. } => Ok(handle),
+                PeerAnswer::Refused { message } => Err(message),
+                other => panic!("{other:?}"),
+            }
+        };
+        let routed = |h: u128| lock(&node.routes).contains_key(&h);
+        // The first owner (term 1) has a session granted and not yet begun...
+        let old = ask(1).unwrap();
+        assert!(routed(old));
+        // ...when the node that took over (term 2) asks: the old session is void.
+        let new = ask(2).unwrap();
+        assert!(
+            routed(new) && !routed(old),
+            "the replaced owner's session stays"
+        );
+        // The old owner asks again: refused, saying why and what to do.
+        let refused = ask(1).unwrap_err();
+        assert!(refused.contains("taken it over"), "{refused}");
+        assert!(refused.contains("reconnect"), "{refused}");
+        // The new owner's next session leaves its first.
+        let again = ask(2).unwrap();
+        assert!(routed(again) && routed(new));
+        // Kept in the store (a restart forgets nothing).
+        assert_eq!(node.store().fence(&r.id, 0, 1).unwrap(), Fenced::Stale(2));
+        // No term (a node of an earlier release took it over) is not fenced, and starts the
+        // terms again: that node, upgraded, asks at term 1.
+        let unfenced = ask(0).unwrap();
+        assert!(routed(unfenced) && routed(again));
+        assert!(ask(1).is_ok());
+        // A request read before a reconnect moved the epoch on is refused; the new epoch
+        // (a reconnect, the way back for a source cluster whose etcd was rebuilt) starts again.
+        node.modify(&r.id, Role::Target, |x| x.epoch = 1).unwrap();
+        assert!(matches!(
+            node.store().fence(&r.id, 0, 9),
+            Err(Error::Conflict(_))
+        ));
+        assert_eq!(node.store().fence(&r.id, 1, 1).unwrap(), Fenced::Raised);
+        assert_eq!(node.store().fence(&r.id, 1, 1).unwrap(), Fenced::Current);
+        delete(&node, &r.id).unwrap();
     }
 
     #[test]
@@ -711,6 +811,7 @@ mod tests {
                 plaintext: false,
                 epoch,
                 software: None,
+                term: 0,
             };
             super::super::peer_server::respond(&node, &fp, req, grant())
         };

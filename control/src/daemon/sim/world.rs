@@ -1477,7 +1477,10 @@ impl World {
                 Err(e) => self.conclude(key, node, Err(e)),
                 Ok((r, _src)) => {
                     j.phase = Phase::Ticket;
-                    let req = source::ticket_request(node, &r);
+                    let req = match source::ticket_request(node, &r) {
+                        Ok(req) => req,
+                        Err(e) => return self.conclude(key, node, Err(e)),
+                    };
                     self.send(
                         Caller::Node(n, inc),
                         &r,
@@ -2052,6 +2055,7 @@ impl World {
                 plaintext: false,
                 epoch: 0,
                 software: None,
+                term: 0,
             },
             3 => PeerRequest::Report {
                 id,
