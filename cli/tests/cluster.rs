@@ -1225,10 +1225,10 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
 }
 
 #[test]
-fn a_relationship_taken_over_keeps_its_policy_snapshots_under_new_names() {
+fn policy_snapshots_survive_etcd_away_and_a_takeover_under_new_names() {
     node::need_root();
     let t = Scratch::new();
-    let etcd = Etcd::start(&t.path().join("etcd"));
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
     let (mut n1, n2, target) = one_identity_pair(&t, &etcd);
 
     // A shared XFS source and an XFS target (snapshots are reflinked copies under their
@@ -1260,6 +1260,20 @@ fn a_relationship_taken_over_keeps_its_policy_snapshots_under_new_names() {
     );
     kept_on(&target, &id, &["1_daily"]);
 
+    // etcd away when the policy fires: n1 cannot tell whether it still holds the relationship,
+    // so the snapshot is owed, not lost; it is taken, and replicated, once etcd is back.
+    etcd.kill();
+    until(&n1, "n1 without etcd", Duration::from_secs(20), |v| {
+        v["connected"] == false
+    });
+    let out = n1.cli(&["policy", "run", "daily", "--json"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("tried again"), "{said}");
+    etcd.restart();
+    kept_on(&target, &id, &["1_daily", "2_daily"]);
+
     // n1 dies; n2 takes the relationship over, and its first snapshot is named above every
     // id n1's record reserved, so neither the source's nor the target's first one is replaced.
     n1.kill();
@@ -1273,6 +1287,7 @@ fn a_relationship_taken_over_keeps_its_policy_snapshots_under_new_names() {
         .unwrap_or_else(|| panic!("{second}"));
     assert!(n >= 1024, "the new owner's first snapshot is {name}");
     kept_on(&target, &id, &["1_daily", &name]);
+    kept_on(&target, &id, &["1_daily", "2_daily", &name]);
     let kept = src.join(".snapshot");
     assert!(kept.join("1_daily").is_dir() && kept.join(&name).is_dir());
 }

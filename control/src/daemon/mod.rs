@@ -109,6 +109,9 @@ pub struct Node {
     transports: Mutex<HashMap<RelationshipId, String>>,
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
+    /// Source side (cluster): policy snapshots due that this node could not take yet
+    /// (`snapshots::take_owed`), at most `snapshots::MAX_OWED`.
+    snapshots_owed: Mutex<Vec<snapshots::Owed>>,
     shutting_down: AtomicBool,
     /// Set by an upgrade's restart phase: the binary to execute, and the release it is, once
     /// the daemon has stopped as on SIGTERM (`self_upgrade`).
@@ -317,6 +320,7 @@ impl Node {
             hot_files: Mutex::default(),
             peer_releases: Mutex::default(),
             reversing: Mutex::default(),
+            snapshots_owed: Mutex::default(),
             transports: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),

@@ -188,40 +188,139 @@ pub fn run_policy(node: &Node, name: &PolicyName) -> Result<Vec<SnapshotView>> {
     Ok(out)
 }
 
+/// How long a policy snapshot this node could not take when its policy fired, for want of
+/// knowing whether it holds the relationship (`owners::Snapshots::NotYet`) or of snapshot ids
+/// (renewed within a second), is tried again: then it is logged as missed.
+pub const OWED_FOR: Duration = Duration::from_secs(300);
+/// Snapshots owed at most; one more is logged as missed at once.
+const MAX_OWED: usize = 1024;
+
+/// A policy snapshot of a relationship owed since `since` (`OWED_FOR`).
+pub(crate) struct Owed {
+    id: RelationshipId,
+    policy: PolicyName,
+    since: std::time::Instant,
+}
+
+/// Whether relationship `r` takes policy `p`'s snapshots.
+fn links(r: &Relationship, p: &Policy) -> bool {
+    !r.ended && r.spec.mode.keeps_snapshots() && r.spec.policies.contains(&p.name)
+}
+
+/// What trying one policy snapshot came to.
+enum Tried {
+    Taken(SnapshotView),
+    /// Not this node's (another node of the cluster holds the relationship).
+    NotHere,
+    /// To try again (`OWED_FOR`), and why.
+    Owed(String),
+    Failed(Error),
+}
+
 /// Takes a snapshot for every relationship linking `p`; one failing does not stop the others.
+/// In a cluster, only the node that holds a relationship snapshots it (the source is shared:
+/// another node's copy, stale or taken over, would snapshot it twice); one this node cannot
+/// tell yet is owed, and answered as an error saying so.
 fn take_for(node: &Node, p: &Policy) -> Vec<Result<SnapshotView>> {
     let rels = match node.store().list(Some(Role::Source)) {
         Ok(r) => r,
         Err(e) => return vec![Err(e)],
     };
-    // In a cluster, only the node that holds a relationship snapshots it (the source is
-    // shared: another node's copy, stale or taken over, would snapshot it twice).
-    rels.into_iter()
-        .filter(|r| !r.ended && r.spec.mode.keeps_snapshots() && r.spec.policies.contains(&p.name))
-        .filter(|r| super::owners::held_here(node, &r.id))
-        .map(|r| {
-            let taken = take(node, &r, p);
-            match &taken {
-                Ok(s) => tracing::info!(id = %r.id, snapshot = %s.name, "policy snapshot taken"),
-                Err(e) => {
-                    tracing::error!(id = %r.id, policy = %p.name, "policy snapshot failed: {e}")
-                }
+    let now = node.clock.instant();
+    let mut out = Vec::new();
+    for r in rels.into_iter().filter(|r| links(r, p)) {
+        match try_take(node, &r, p) {
+            Tried::Taken(s) => out.push(Ok(s)),
+            Tried::NotHere => {}
+            Tried::Owed(why) => {
+                let owed = Owed {
+                    id: r.id.clone(),
+                    policy: p.name.clone(),
+                    since: now,
+                };
+                let mut all = super::lock(&node.snapshots_owed);
+                let again = all
+                    .iter()
+                    .any(|o| o.id == owed.id && o.policy == owed.policy);
+                let msg = if again || all.len() < MAX_OWED {
+                    // One owed per relationship and policy: a snapshot taken late stands for
+                    // every firing it was owed for.
+                    if !again {
+                        all.push(owed);
+                    }
+                    format!("relationship {}: policy {} snapshot not taken now ({why}); it is tried again for {}s", r.id, p.name, OWED_FOR.as_secs())
+                } else {
+                    tracing::error!(id = %r.id, policy = %p.name, "policy snapshot missed: {why}, and {MAX_OWED} are owed already");
+                    format!(
+                        "relationship {}: policy {} snapshot missed ({why})",
+                        r.id, p.name
+                    )
+                };
+                out.push(Err(Error::Conflict(msg)));
             }
-            taken
-        })
-        .collect()
+            Tried::Failed(e) => out.push(Err(e)),
+        }
+    }
+    out
 }
 
-/// Keeps a point in time of `r`'s source for policy `p`, and queues it.
-fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<SnapshotView> {
+/// Tries the snapshots owed again: each is taken, dropped (the relationship or policy is gone,
+/// or another node holds it), or kept until `OWED_FOR` is over.
+fn take_owed(node: &Node) {
+    let owed = std::mem::take(&mut *super::lock(&node.snapshots_owed));
+    let now = node.clock.instant();
+    let mut keep = Vec::new();
+    for o in owed {
+        let r = node.get(&o.id, Role::Source);
+        let p = node.store().policy(&o.policy).map(|(p, _)| p);
+        let (Ok(r), Ok(p)) = (r, p) else { continue };
+        if !links(&r, &p) {
+            continue;
+        }
+        if let Tried::Owed(why) = try_take(node, &r, &p) {
+            if now.saturating_duration_since(o.since) < OWED_FOR {
+                keep.push(o);
+            } else {
+                tracing::error!(id = %r.id, policy = %p.name, "policy snapshot missed: {why} for {}s after it was due", OWED_FOR.as_secs());
+            }
+        }
+    }
+    // Snapshots owed meanwhile (a policy run from the API) stay too.
+    super::lock(&node.snapshots_owed).extend(keep);
+}
+
+/// One policy snapshot of `r` now, if this node takes them, logged.
+fn try_take(node: &Node, r: &Relationship, p: &Policy) -> Tried {
+    use super::owners::Snapshots;
+    match super::owners::snapshots_here(node, &r.id) {
+        Snapshots::Here => {}
+        Snapshots::Elsewhere => return Tried::NotHere,
+        Snapshots::NotYet(why) => return Tried::Owed(why.to_string()),
+    }
+    match take(node, r, p) {
+        Ok(Some(s)) => {
+            tracing::info!(id = %r.id, snapshot = %s.name, "policy snapshot taken");
+            Tried::Taken(s)
+        }
+        Ok(None) => Tried::Owed(
+            "its snapshot ids in etcd are being renewed, or another node holds it now".into(),
+        ),
+        Err(e) => {
+            tracing::error!(id = %r.id, policy = %p.name, "policy snapshot failed: {e}");
+            Tried::Failed(e)
+        }
+    }
+}
+
+/// Keeps a point in time of `r`'s source for policy `p`, and queues it; `None` if the next
+/// snapshot id is past what this node holds in etcd (its next pass reserves more within a
+/// second, unless another node holds the relationship by now).
+fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<Option<SnapshotView>> {
     let src = super::paths::source_dir(node, r)?;
     let now = node.clock.now_ns();
     let id = node.store().next_snapshot_id(&r.id)?;
     if !super::owners::may_use_snapshot_id(node, &r.id, id.0) {
-        return Err(Error::Conflict(format!(
-            "relationship {}: snapshot id {} is past what this node holds in etcd (another node holds the relationship, or the next pass reserves more ids within a second)",
-            r.id, id.0
-        )));
+        return Ok(None);
     }
     let s = Snapshot {
         id,
@@ -234,7 +333,7 @@ fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<SnapshotView> {
     mover::keep::take(src.fd(), &s.name())?;
     node.store().put_snapshot(&r.id, Role::Source, &s)?;
     node.watches.wake.notify_one();
-    Ok(snapshot_view(r, &s))
+    Ok(Some(snapshot_view(r, &s)))
 }
 
 /// The oldest snapshot of `r` still to replicate, if any. One whose copy is gone from the
@@ -390,6 +489,7 @@ pub fn tick(node: &Node) {
             take_for(node, &p);
         }
     }
+    take_owed(node);
     expire(node);
 }
 
