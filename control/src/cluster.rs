@@ -181,6 +181,8 @@ struct Known {
     /// A node's own write goes into the view at once only if it is newer (`own_write`): had
     /// the watch already brought it, and maybe a later change of the key, that stays.
     revision: i64,
+    /// Changes made to `shared` since the daemon started (`Membership::changes`).
+    changes: u64,
 }
 
 /// Puts this node's own write of `key` (`None`: a delete), made at etcd revision `at`, into
@@ -194,6 +196,7 @@ fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) 
         Some(v) => k.shared.insert(key.to_string(), v),
         None => k.shared.remove(key),
     };
+    k.changes += 1;
 }
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
@@ -342,6 +345,13 @@ impl Membership {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// How many times the shared records changed in this node's view: something derived
+    /// from them (`tokens`' index by hash) is current while this has not moved since it was
+    /// read, before the records were.
+    pub fn changes(&self) -> u64 {
+        lock(&self.known).changes
     }
 
     /// `f` of the shared record `key` (below `KEY_ROOT`), as the watch last delivered it,
@@ -579,6 +589,7 @@ impl Membership {
             k.nodes.clear();
             k.alive.clear();
             k.shared.clear();
+            k.changes += 1;
             for kv in all.kvs() {
                 apply(&mut k, kv.key(), Some(kv.value()));
             }
@@ -704,6 +715,7 @@ fn apply(k: &mut Known, key: &[u8], value: Option<&[u8]>) -> bool {
         return true;
     }
     if SHARED_KINDS.contains(&kind) {
+        k.changes += 1;
         match value {
             Some(v) if v.len() <= MAX_SHARED_VALUE => {
                 k.shared.insert(rest.to_string(), v.to_vec());

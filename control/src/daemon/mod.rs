@@ -112,6 +112,8 @@ pub struct Node {
     /// Source side (cluster): policy snapshots due that this node could not take yet
     /// (`snapshots::take_owed`), at most `snapshots::MAX_OWED`.
     snapshots_owed: Mutex<Vec<snapshots::Owed>>,
+    /// The cluster's API tokens by hash (`tokens::Index`).
+    token_index: Mutex<tokens::Index>,
     shutting_down: AtomicBool,
     /// Set by an upgrade's restart phase: the binary to execute, and the release it is, once
     /// the daemon has stopped as on SIGTERM (`self_upgrade`).
@@ -321,6 +323,7 @@ impl Node {
             peer_releases: Mutex::default(),
             reversing: Mutex::default(),
             snapshots_owed: Mutex::default(),
+            token_index: Mutex::default(),
             transports: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),

@@ -18,6 +18,7 @@ use crate::api_types::TokenScope;
 use crate::auth::{self, TokenRole};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Most cluster tokens kept (each is a record of about 200 bytes that every node's view holds
 /// and that a request unknown to the node's own database is looked up in).
@@ -70,9 +71,34 @@ fn records(m: &crate::cluster::Membership) -> Vec<Record> {
         .collect()
 }
 
-/// The record whose hash is `hash`.
-fn find<'a>(records: &'a [Record], hash: &str) -> Option<&'a Record> {
-    records.iter().find(|r| r.hash == hash)
+/// The cluster's token records by hash, as of the view's `Membership::changes`: a request
+/// whose token is not the node's own costs a map lookup, not a parse of every record (the
+/// index is built again at the first request after the view changed).
+#[derive(Default)]
+pub(super) struct Index {
+    at: Option<u64>,
+    by_hash: HashMap<String, Record>,
+}
+
+/// The records by hash; of two with one hash (never made so), the first by name.
+fn by_hash(records: Vec<Record>) -> HashMap<String, Record> {
+    let mut all = HashMap::with_capacity(records.len());
+    for r in records {
+        all.entry(r.hash.clone()).or_insert(r);
+    }
+    all
+}
+
+/// The cluster token whose hash is `hash`, from the index (rebuilt if the view changed).
+fn find(node: &Node, m: &crate::cluster::Membership, hash: &str) -> Option<Record> {
+    // Read before the records: a change in between makes the next request build it again.
+    let now = m.changes();
+    let mut ix = super::lock(&node.token_index);
+    if ix.at != Some(now) {
+        ix.by_hash = by_hash(records(m));
+        ix.at = Some(now);
+    }
+    ix.by_hash.get(hash).cloned()
 }
 
 /// Who `token` is on this node: its own tokens first, then the cluster's.
@@ -91,9 +117,9 @@ pub(super) fn identify(node: &Node, token: &str) -> Result<Identity> {
     if !m.loaded() {
         return Ok(Identity::Unchecked);
     }
-    Ok(match find(&records(m), &hash) {
+    Ok(match find(node, m, &hash) {
         Some(r) => Identity::Known {
-            name: r.name.clone(),
+            name: r.name,
             role: r.role,
             scope: TokenScope::Cluster,
         },
@@ -263,10 +289,11 @@ mod tests {
 
     #[test]
     fn a_cluster_token_is_found_by_its_hash_only() {
-        let all = [rec("a", "mvr_1"), rec("b", "mvr_2")];
-        assert_eq!(find(&all, &auth::hash("mvr_2")).unwrap().name, "b");
-        assert!(find(&all, &auth::hash("mvr_3")).is_none());
-        assert!(find(&all, "mvr_2").is_none());
+        let all = [rec("a", "mvr_1"), rec("b", "mvr_2"), rec("c", "mvr_2")];
+        let ix = by_hash(all.to_vec());
+        assert_eq!(ix[&auth::hash("mvr_2")].name, "b");
+        assert!(!ix.contains_key(&auth::hash("mvr_3")));
+        assert!(!ix.contains_key("mvr_2"));
         let v = serde_json::to_value(&all[0]).unwrap();
         assert_eq!(v["role"], "observer");
         assert!(!v.to_string().contains("mvr_1"));
