@@ -655,6 +655,11 @@ fn drop_moved(node: &Node, id: &RelationshipId, owner: &NodeName) {
             return;
         }
     }
+    // Its policy snapshots' records go too; their copies on the shared source stay, named
+    // below the holder's ids (this node no longer expires or releases them).
+    if let Err(e) = node.store().delete_snapshots(id, Role::Source) {
+        tracing::warn!(%id, "forgetting its policy snapshots: {e}");
+    }
     super::lock(&node.manifests).remove(id);
     super::lock(&node.wanted).remove(id);
     let _ = std::fs::remove_dir_all(node.state_dir(id));

@@ -514,7 +514,15 @@ fn expire(node: &Node) {
             if !due {
                 continue;
             }
-            let removed = node.get(&id, role).and_then(|r| remove(node, &r, &s));
+            let removed = match node.get(&id, role) {
+                Ok(r) => remove(node, &r, &s),
+                // A record left by a relationship gone from this role (another node of the
+                // cluster took it over, and this one forgot its copy): its copy is not this
+                // node's to release any more, and without the record nothing would try
+                // again at every pass.
+                Err(Error::NotFound(_)) => node.store().delete_snapshot(&id, role, s.id),
+                Err(e) => Err(e),
+            };
             if let Err(e) = removed {
                 tracing::warn!(%id, snapshot = %s.name(), "expiring a policy snapshot: {e}");
             }
@@ -584,5 +592,30 @@ pub(crate) fn forget(node: &Node, id: &RelationshipId, role: Role) {
     }
     if let Err(e) = node.store().delete_snapshots(id, role) {
         tracing::warn!(%id, "forgetting kept snapshots: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_snapshot_record_of_a_relationship_gone_from_this_node_is_dropped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = crate::daemon::test_node(dir.path());
+        // Left by a relationship this node forgot (another node of the cluster holds it).
+        let gone = RelationshipId::new_random();
+        let s = Snapshot {
+            id: SnapshotId(3),
+            policy: PolicyName::parse("daily").unwrap(),
+            taken_ns: 1,
+            expires_ns: Some(2),
+            target_expires_ns: None,
+            replicated: false,
+        };
+        node.store().put_snapshot(&gone, Role::Source, &s).unwrap();
+        expire(&node);
+        let left = node.store().snapshots(Some(&gone), Role::Source).unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
