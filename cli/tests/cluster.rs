@@ -43,19 +43,14 @@ fn up(v: &Value) -> Vec<String> {
 
 /// Polls `n`'s view until `ok`, for at most `within`; the view that satisfied it.
 fn until(n: &Node, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let t0 = Instant::now();
-    loop {
+    node::eventually(what, within, || {
         let v = cluster(n);
         if ok(&v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(format!("{v:#}\n{}", n.log()))
         }
-        assert!(
-            t0.elapsed() < within,
-            "{what}: not within {within:?}:\n{v:#}\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 #[test]
@@ -690,22 +685,19 @@ fn control_container(n: &Node) -> (u32, Value) {
 
 /// The pid of `n`'s container of `roles`, once its three containers run.
 fn container_of(n: &Node, roles: &str) -> (u32, Value) {
-    let t0 = Instant::now();
-    loop {
-        if let Some((200, v)) = n.try_get("/v1/containers") {
+    let what = format!("three containers running on {}", n.dir.display());
+    node::eventually(&what, node::WAIT, || match n.try_get("/v1/containers") {
+        Some((200, v)) => {
             let cs = v["containers"].as_array().cloned().unwrap_or_default();
             if cs.len() == 3 && cs.iter().all(|c| c["state"] == "running") {
                 let c = cs.iter().find(|c| c["roles"] == roles).unwrap();
-                return (c["pid"].as_u64().unwrap() as u32, v);
+                Ok((c["pid"].as_u64().unwrap() as u32, v))
+            } else {
+                Err(format!("{v:#}"))
             }
         }
-        assert!(
-            t0.elapsed() < node::WAIT,
-            "containers of {}",
-            n.dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        other => Err(format!("{other:?}")),
+    })
 }
 
 /// Three source nodes run as containers by role (`mover node run`), spreading their jobs, and
@@ -771,21 +763,15 @@ fn spread_job_under_way(
 
 /// Waits for `id` on `owner` to be synced, tolerating an API that does not answer meanwhile.
 fn synced_through_restarts(owner: &Node, id: &str, what: &str) -> Value {
-    let t0 = Instant::now();
-    loop {
-        if let Some((200, v)) = owner.try_get(&format!("/v1/replication/source-relationships/{id}"))
-        {
-            if node::synced(&v) {
-                return v;
-            }
-        }
-        assert!(
-            t0.elapsed() < node::WAIT,
-            "the job after {what}:\n{}",
-            owner.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let path = format!("/v1/replication/source-relationships/{id}");
+    node::eventually(
+        &format!("the job after {what}"),
+        node::WAIT,
+        || match owner.try_get(&path) {
+            Some((200, v)) if node::synced(&v) => Ok(v),
+            _ => Err(owner.log()),
+        },
+    )
 }
 
 #[test]
@@ -947,20 +933,15 @@ fn one_identity_pair(t: &Scratch, etcd: &Etcd) -> (Node, Node, Node) {
 /// Waits until `by` holds relationship `id` (its owner `old` down): at most the bound that
 /// shows a node down, `TAKEOVER_AFTER`, and 15 s for a loaded machine.
 fn wait_taken_over(by: &Node, id: &str, old: &Node) {
-    let t0 = Instant::now();
-    loop {
-        let (code, v) = by.get(&format!("/v1/replication/source-relationships/{id}"));
-        if code == 200 {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5 + 10 + 15),
-            "not taken over: {v}\nnew:\n{}\nold:\n{}",
-            by.log(),
-            old.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let path = format!("/v1/replication/source-relationships/{id}");
+    node::eventually(
+        "taken over",
+        Duration::from_secs(5 + 10 + 15),
+        || match by.get(&path) {
+            (200, _) => Ok(()),
+            (_, v) => Err(format!("{v}\nnew:\n{}\nold:\n{}", by.log(), old.log())),
+        },
+    )
 }
 
 #[test]
@@ -1035,19 +1016,13 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
     // of it; the next change goes through n2.
     let cfg = spread_cfg(&etcd.url(), "n1", false);
     let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg);
-    let t0 = Instant::now();
-    while n1
-        .get(&format!("/v1/replication/source-relationships/{id}"))
-        .0
-        != 404
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "n1 kept its copy:\n{}",
-            n1.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let path = format!("/v1/replication/source-relationships/{id}");
+    node::eventually("n1 forgot its copy", Duration::from_secs(20), || {
+        match n1.get(&path).0 {
+            404 => Ok(()),
+            _ => Err(n1.log()),
+        }
+    });
     let (_, events) = n1.get("/v1/events?limit=1000");
     assert!(
         events.to_string().contains("relationship_moved"),
@@ -1072,19 +1047,12 @@ fn a_dead_owners_relationship_is_taken_over_mid_job_and_the_owner_back_drops_its
 
 /// `token` on `n` until it answers `code` to `GET /v1/cluster`, for at most `within`.
 fn token_answers(n: &Node, token: &str, code: u16, within: Duration) {
-    let t0 = Instant::now();
-    loop {
-        let (got, v) = n.call_as(Some(token), "GET", "/v1/cluster", None);
-        if got == code {
-            return;
+    node::eventually(&format!("the token answering {code}"), within, || {
+        match n.call_as(Some(token), "GET", "/v1/cluster", None) {
+            (got, _) if got == code => Ok(()),
+            (got, v) => Err(format!("answered {got}: {v}\n{}", n.log())),
         }
-        assert!(
-            t0.elapsed() < within,
-            "the token answered {got}, not {code}, within {within:?}: {v}\n{}",
-            n.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 #[test]
@@ -1162,23 +1130,19 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
         serde_json::json!({"name": "dup", "role": "observer", "scope": "node"}),
     );
     make(&n1, serde_json::json!({"name": "dup", "role": "observer"}));
-    let t0 = Instant::now();
-    while n2
-        .get("/v1/tokens")
-        .1
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["name"] == "dup")
-        .count()
-        < 2
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "n2 never saw the cluster's dup"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    node::eventually(
+        "n2 seeing the cluster's dup",
+        Duration::from_secs(10),
+        || {
+            let (_, v) = n2.get("/v1/tokens");
+            let dups = v.as_array().unwrap().iter().filter(|t| t["name"] == "dup");
+            if dups.count() >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{v:#}"))
+            }
+        },
+    );
     let (code, v) = n2.call("DELETE", "/v1/tokens/dup", None);
     assert_eq!(code, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("scope="), "{v}");
@@ -1294,21 +1258,17 @@ fn policy_snapshots_survive_etcd_away_and_a_takeover_under_new_names() {
 
 /// Waits until `target` keeps snapshots named `names` of relationship `id`.
 fn kept_on(target: &Node, id: &str, names: &[&str]) {
-    let t0 = Instant::now();
-    loop {
-        let (_, list) = target.get(&format!("/v1/snapshots?relationship={id}"));
+    let path = format!("/v1/snapshots?relationship={id}");
+    node::eventually(&format!("the target keeping {names:?}"), node::WAIT, || {
+        let (_, list) = target.get(&path);
         let kept: Vec<&str> = list
             .as_array()
             .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
             .unwrap_or_default();
         if names.iter().all(|n| kept.contains(n)) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("kept {kept:?}\n{}", target.log()))
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the target kept {kept:?}, not all of {names:?}:\n{}",
-            target.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }

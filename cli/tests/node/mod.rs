@@ -15,6 +15,29 @@ use std::time::{Duration, Instant};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// How often `eventually` looks again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `probe` until it gives a value, for at most `within`; then fails saying that `what`
+/// did not happen, with what the last look saw (`probe`'s `Err`).
+pub fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                t0.elapsed() < within,
+                "{what}: not within {within:?}:\n{seen}"
+            ),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// A path as the CLI takes it.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -496,19 +519,14 @@ impl Node {
 
     /// Polls the relationship's view until `ok` holds; panics with the last view and log.
     pub fn wait_for(&self, role: &str, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let t0 = Instant::now();
-        loop {
+        eventually(what, WAIT, || {
             let v = self.view(role, id);
             if ok(&v) {
-                return v;
+                Ok(v)
+            } else {
+                Err(format!("last view {v:#}\nlog:\n{}", self.log()))
             }
-            assert!(
-                t0.elapsed() < WAIT,
-                "waited {WAIT:?} for {what}; last view {v:#}\nlog:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     pub fn kill(&mut self) {
