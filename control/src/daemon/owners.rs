@@ -657,7 +657,7 @@ fn drop_moved(node: &Node, id: &RelationshipId, owner: &NodeName) {
     }
     // Its policy snapshots' records go too; their copies on the shared source stay, named
     // below the holder's ids (this node no longer expires or releases them).
-    if let Err(e) = node.store().delete_snapshots(id, Role::Source) {
+    if let Err(e) = node.store().delete_snapshot_records(id, Role::Source) {
         tracing::warn!(%id, "forgetting its policy snapshots: {e}");
     }
     super::lock(&node.manifests).remove(id);

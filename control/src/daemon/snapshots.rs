@@ -177,16 +177,33 @@ pub(crate) fn check_spec(
     }
 }
 
-/// Takes the snapshots of policy `name` now, as if it fired (`mover policy run`).
+/// Takes the snapshots of policy `name` now, as if it fired (`mover policy run`): those
+/// taken, or the first failure. Snapshots owed (`OWED_FOR`) are logged and taken later; if
+/// nothing was taken and some are owed, that is the answer (409), so a caller that tries
+/// again never doubles a snapshot taken already.
 pub fn run_policy(node: &Node, name: &PolicyName) -> Result<Vec<SnapshotView>> {
     let (p, _) = node.store().policy(name)?;
-    let taken = take_for(node, &p);
     let mut out = Vec::new();
-    for t in taken {
-        out.push(t?);
+    let mut owed = None;
+    for t in take_for(node, &p) {
+        match t {
+            Ok(s) => out.push(s),
+            Err(Owing(why)) => owed = owed.or(Some(why)),
+            Err(Failing(e)) => return Err(e),
+        }
     }
-    Ok(out)
+    match owed {
+        Some(why) if out.is_empty() => Err(Error::Conflict(why)),
+        _ => Ok(out),
+    }
 }
+
+/// Why a policy snapshot was not taken: owed (to be taken later, why), or failed.
+enum NotTaken {
+    Owing(String),
+    Failing(Error),
+}
+use NotTaken::{Failing, Owing};
 
 /// How long a policy snapshot this node could not take when its policy fired, for want of
 /// knowing whether it holds the relationship (`owners::Snapshots::NotYet`) or of snapshot ids
@@ -221,10 +238,10 @@ enum Tried {
 /// In a cluster, only the node that holds a relationship snapshots it (the source is shared:
 /// another node's copy, stale or taken over, would snapshot it twice); one this node cannot
 /// tell yet is owed, and answered as an error saying so.
-fn take_for(node: &Node, p: &Policy) -> Vec<Result<SnapshotView>> {
+fn take_for(node: &Node, p: &Policy) -> Vec<std::result::Result<SnapshotView, NotTaken>> {
     let rels = match node.store().list(Some(Role::Source)) {
         Ok(r) => r,
-        Err(e) => return vec![Err(e)],
+        Err(e) => return vec![Err(Failing(e))],
     };
     let now = node.clock.instant();
     let mut out = Vec::new();
@@ -256,9 +273,10 @@ fn take_for(node: &Node, p: &Policy) -> Vec<Result<SnapshotView>> {
                         r.id, p.name
                     )
                 };
-                out.push(Err(Error::Conflict(msg)));
+                tracing::warn!("{msg}");
+                out.push(Err(Owing(msg)));
             }
-            Tried::Failed(e) => out.push(Err(e)),
+            Tried::Failed(e) => out.push(Err(Failing(e))),
         }
     }
     out
@@ -273,20 +291,35 @@ fn take_owed(node: &Node) {
     for o in owed {
         let r = node.get(&o.id, Role::Source);
         let p = node.store().policy(&o.policy).map(|(p, _)| p);
-        let (Ok(r), Ok(p)) = (r, p) else { continue };
-        if !links(&r, &p) {
-            continue;
-        }
-        if let Tried::Owed(why) = try_take(node, &r, &p) {
-            if now.saturating_duration_since(o.since) < OWED_FOR {
+        let (r, p) = match (r, p) {
+            (Ok(r), Ok(p)) if p.enabled && links(&r, &p) => (r, p),
+            _ => {
+                tracing::warn!(id = %o.id, policy = %o.policy, "owed policy snapshot not taken: the relationship, the policy or their link is gone, or the policy disabled");
+                continue;
+            }
+        };
+        match try_take(node, &r, &p) {
+            Tried::Owed(why) if now.saturating_duration_since(o.since) < OWED_FOR => {
+                tracing::debug!(id = %r.id, policy = %p.name, "policy snapshot still owed: {why}");
                 keep.push(o);
-            } else {
+            }
+            Tried::Owed(why) => {
                 tracing::error!(id = %r.id, policy = %p.name, "policy snapshot missed: {why} for {}s after it was due", OWED_FOR.as_secs());
             }
+            Tried::NotHere => {
+                tracing::warn!(id = %r.id, policy = %p.name, "owed policy snapshot not taken: another node of the cluster holds the relationship now");
+            }
+            // Taken, or failed (logged).
+            Tried::Taken(_) | Tried::Failed(_) => {}
         }
     }
-    // Snapshots owed meanwhile (a policy run from the API) stay too.
-    super::lock(&node.snapshots_owed).extend(keep);
+    // Snapshots owed meanwhile (a policy run from the API) stay, once each.
+    let mut all = super::lock(&node.snapshots_owed);
+    for o in keep {
+        if !all.iter().any(|x| x.id == o.id && x.policy == o.policy) {
+            all.push(o);
+        }
+    }
 }
 
 /// One policy snapshot of `r` now, if this node takes them, logged.
@@ -318,6 +351,11 @@ fn try_take(node: &Node, r: &Relationship, p: &Policy) -> Tried {
 fn take(node: &Node, r: &Relationship, p: &Policy) -> Result<Option<SnapshotView>> {
     let src = super::paths::source_dir(node, r)?;
     let now = node.clock.now_ns();
+    // Looked at before an id is given too, so a snapshot owed for a while uses none meanwhile.
+    let next = node.store().last_snapshot_id(&r.id)?.saturating_add(1);
+    if !super::owners::may_use_snapshot_id(node, &r.id, next) {
+        return Ok(None);
+    }
     let id = node.store().next_snapshot_id(&r.id)?;
     if !super::owners::may_use_snapshot_id(node, &r.id, id.0) {
         return Ok(None);

@@ -117,6 +117,19 @@ impl Store {
         Ok(SnapshotId(next.max(1) as u64))
     }
 
+    /// The last snapshot id given to relationship `id` on this node (none: 0).
+    pub fn last_snapshot_id(&self, id: &RelationshipId) -> Result<u64> {
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last FROM snapshot_ids WHERE relationship = ?1",
+                params![id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(last.unwrap_or(0).max(0) as u64)
+    }
+
     /// The last snapshot id given to each relationship on this node.
     pub fn snapshot_ids(&self) -> Result<std::collections::BTreeMap<RelationshipId, u64>> {
         let mut st = self
@@ -211,6 +224,16 @@ impl Store {
         self.conn.execute(
             "DELETE FROM snapshots WHERE relationship = ?1 AND role = ?2 AND id = ?3",
             params![id.as_str(), role_str(role), sid.0 as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets every snapshot record of relationship `id` in `role`, but not the ids it gave
+    /// (their copies may stay, and the relationship come back here).
+    pub fn delete_snapshot_records(&self, id: &RelationshipId, role: Role) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM snapshots WHERE relationship = ?1 AND role = ?2",
+            params![id.as_str(), role_str(role)],
         )?;
         Ok(())
     }
