@@ -181,8 +181,21 @@ struct Known {
     /// A node's own write goes into the view at once only if it is newer (`own_write`): had
     /// the watch already brought it, and maybe a later change of the key, that stays.
     revision: i64,
-    /// Changes made to `shared` since the daemon started (`Membership::changes`).
-    changes: u64,
+    /// Changes made to `shared` since the daemon started, per kind (`Membership::changes`),
+    /// and whole reloads (which change every kind).
+    changes: BTreeMap<String, u64>,
+    reloads: u64,
+}
+
+/// Counts a change of shared record `key` (below `KEY_ROOT`) in its kind.
+fn changed(k: &mut Known, key: &str) {
+    let kind = key.split_once('/').map_or(key, |(kind, _)| kind);
+    match k.changes.get_mut(kind) {
+        Some(n) => *n += 1,
+        None => {
+            k.changes.insert(kind.to_string(), 1);
+        }
+    }
 }
 
 /// Puts this node's own write of `key` (`None`: a delete), made at etcd revision `at`, into
@@ -196,7 +209,7 @@ fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) 
         Some(v) => k.shared.insert(key.to_string(), v),
         None => k.shared.remove(key),
     };
-    k.changes += 1;
+    changed(k, key);
 }
 
 /// Key kinds below `KEY_ROOT` kept in every node's view for the daemon's other parts: the
@@ -347,11 +360,12 @@ impl Membership {
             .collect()
     }
 
-    /// How many times the shared records changed in this node's view: something derived
-    /// from them (`tokens`' index by hash) is current while this has not moved since it was
-    /// read, before the records were.
-    pub fn changes(&self) -> u64 {
-        lock(&self.known).changes
+    /// How many times the shared records of `kind` (`tokens`, say) changed in this node's
+    /// view: something derived from them (`tokens`' index by hash) is current while this has
+    /// not moved since it was read, before the records were.
+    pub fn changes(&self, kind: &str) -> u64 {
+        let k = lock(&self.known);
+        k.reloads + k.changes.get(kind).copied().unwrap_or(0)
     }
 
     /// `f` of the shared record `key` (below `KEY_ROOT`), as the watch last delivered it,
@@ -589,7 +603,7 @@ impl Membership {
             k.nodes.clear();
             k.alive.clear();
             k.shared.clear();
-            k.changes += 1;
+            k.reloads += 1;
             for kv in all.kvs() {
                 apply(&mut k, kv.key(), Some(kv.value()));
             }
@@ -715,7 +729,7 @@ fn apply(k: &mut Known, key: &[u8], value: Option<&[u8]>) -> bool {
         return true;
     }
     if SHARED_KINDS.contains(&kind) {
-        k.changes += 1;
+        changed(k, &rest);
         match value {
             Some(v) if v.len() <= MAX_SHARED_VALUE => {
                 k.shared.insert(rest.to_string(), v.to_vec());
@@ -764,6 +778,27 @@ mod tests {
             started_unix: 0,
             spread: false,
         }
+    }
+
+    #[test]
+    fn a_change_is_counted_in_its_kind_only() {
+        let mut k = Known::default();
+        let tokens = |k: &Known| k.changes.get("tokens").copied().unwrap_or(0);
+        apply(
+            &mut k,
+            format!("{KEY_ROOT}owners/x").as_bytes(),
+            Some(b"{}"),
+        );
+        assert_eq!(tokens(&k), 0);
+        apply(
+            &mut k,
+            format!("{KEY_ROOT}tokens/a").as_bytes(),
+            Some(b"{}"),
+        );
+        apply(&mut k, format!("{KEY_ROOT}tokens/a").as_bytes(), None);
+        assert_eq!(tokens(&k), 2);
+        own_write(&mut k, "tokens/b", Some(b"{}".to_vec()), None);
+        assert_eq!(tokens(&k), 3);
     }
 
     #[test]

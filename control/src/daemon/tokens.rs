@@ -92,7 +92,7 @@ fn by_hash(records: Vec<Record>) -> HashMap<String, Record> {
 /// The cluster token whose hash is `hash`, from the index (rebuilt if the view changed).
 fn find(node: &Node, m: &crate::cluster::Membership, hash: &str) -> Option<Record> {
     // Read before the records: a change in between makes the next request build it again.
-    let now = m.changes();
+    let now = m.changes(PREFIX.trim_end_matches('/'));
     let mut ix = super::lock(&node.token_index);
     if ix.at != Some(now) {
         ix.by_hash = by_hash(records(m));
