@@ -272,6 +272,16 @@ fn a_drained_node_finishes_its_running_job_then_starts_none_until_undrained() {
     // Undrained: the change goes over.
     let out = n1.cli_ok(&["node", "undrain", "n1", "--json"]);
     assert_eq!(out["drain"]["drained"], false, "{out:#}");
+    // Each was recorded where it was asked for.
+    for (n, kind) in [(&n2, "node_drained"), (&n1, "node_undrained")] {
+        let (_, events) = n.get("/v1/events?limit=1000");
+        let told = events.as_array().unwrap().iter().any(|e| {
+            e["kind"] == kind
+                && e["relationship"].is_null()
+                && e["message"].as_str().unwrap().contains("node n1")
+        });
+        assert!(told, "{kind}: {events:#}");
+    }
     n1.wait_for("source", &id, "a job after the undrain", |v| {
         node::synced(v) && v["recovery_point"]["time"] != rp
     });

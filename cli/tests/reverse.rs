@@ -92,6 +92,14 @@ fn reverse_and_back_send_only_differences_and_keep_the_old_sources_changes_aside
     assert_eq!(v["discarded_on"], "peer", "{v}");
     assert_eq!(v["epoch"], 2, "make-writable and reverse: {v}");
     assert_eq!(v["relationship"]["role"], "source", "{v}");
+    // Each side records the reverse under its new role.
+    for (n, role) in [(&b, "source"), (&a, "target")] {
+        let (_, events) = n.get("/v1/events?limit=1000");
+        let reversed = events.as_array().unwrap().iter().any(|e| {
+            e["kind"] == "relationship_reversed" && e["role"] == role && e["relationship"] == id
+        });
+        assert!(reversed, "{role}: {events:#}");
+    }
     for (p, c) in [
         ("late-on-a", "added"),
         ("small/f0010", "modified"),

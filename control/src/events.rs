@@ -95,10 +95,18 @@ pub enum EventKind {
     /// Source (cluster): another node took the relationship over while this one was down;
     /// this node forgot its copy.
     RelationshipMoved,
+    /// Either side: the relationship was reversed (failback); the event's role is this
+    /// node's new one.
+    RelationshipReversed,
+    /// Node (cluster): an operator drained a node (from this node's API): no new shards or
+    /// takeovers go to it.
+    NodeDrained,
+    /// Node (cluster): an operator put a drained node back in service (from this node's API).
+    NodeUndrained,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::AuthorizationRequested,
         EventKind::Authorized,
         EventKind::JobRetried,
@@ -114,6 +122,9 @@ impl EventKind {
         EventKind::RelationshipEnded,
         EventKind::RelationshipTakenOver,
         EventKind::RelationshipMoved,
+        EventKind::RelationshipReversed,
+        EventKind::NodeDrained,
+        EventKind::NodeUndrained,
     ];
 
     /// The name stored in the database and sent in JSON.
@@ -134,6 +145,9 @@ impl EventKind {
             EventKind::RelationshipEnded => "relationship_ended",
             EventKind::RelationshipTakenOver => "relationship_taken_over",
             EventKind::RelationshipMoved => "relationship_moved",
+            EventKind::RelationshipReversed => "relationship_reversed",
+            EventKind::NodeDrained => "node_drained",
+            EventKind::NodeUndrained => "node_undrained",
         }
     }
 

@@ -8,6 +8,7 @@
 use super::api::{check_named, Answer, ApiError, Ctx};
 use crate::auth::Privilege;
 use crate::cluster::{Drain, MemberView, NodeName};
+use crate::events::EventKind;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -89,6 +90,15 @@ async fn set(
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     tracing::info!(%name, drained, "node {}", if drained { "drained" } else { "undrained" });
+    let (kind, what) = if drained {
+        (
+            EventKind::NodeDrained,
+            "drained: no new shards or takeovers go to it; its shares under way finish or move",
+        )
+    } else {
+        (EventKind::NodeUndrained, "back in service")
+    };
+    node.event(kind, None, format!("node {name} {what} (by {})", record.by));
     m.view()
         .members
         .into_iter()

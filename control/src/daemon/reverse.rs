@@ -444,6 +444,19 @@ fn become_target_blocking(
     lock(&node.last_contact).insert(id.clone(), node.clock.instant());
     lock(&node.reconnecting).insert(id.clone(), node.clock.now_ns());
     tracing::info!(%id, epoch, added = report.added, modified = report.modified, deleted = report.deleted, "back at the common recovery point; this node is the target now");
+    let aside = report
+        .dir
+        .as_deref()
+        .map(|d| format!(", kept aside in {d}"))
+        .unwrap_or_default();
+    node.event(
+        crate::events::EventKind::RelationshipReversed,
+        Some((id, Role::Target)),
+        format!(
+            "reversed (failback, epoch {epoch}): this node is the target now, back at the common recovery point; what it changed since ({} added, {} modified, {} deleted) was set aside{aside}",
+            report.added, report.modified, report.deleted
+        ),
+    );
     Ok(discarded(&dir.pin().path, report))
 }
 
@@ -507,6 +520,14 @@ fn become_source(
     lock(&node.routes).retain(|_, (rid, _)| rid != id);
     lock(&node.reconnecting).insert(id.clone(), node.clock.now_ns());
     lock(&node.wanted).insert(id.clone());
+    node.event(
+        crate::events::EventKind::RelationshipReversed,
+        Some((id, Role::Source)),
+        format!(
+            "reversed (failback, epoch {epoch}): this node is the source now, replicating to {}",
+            s.spec.target_address
+        ),
+    );
     Ok(s)
 }
 
