@@ -110,7 +110,7 @@ pub struct Node {
     /// Both sides: relationships a reverse (failback) is changing on this node.
     reversing: Mutex<HashSet<RelationshipId>>,
     /// Source side (cluster): policy snapshots due that this node could not take yet
-    /// (`snapshots::take_owed`), at most `snapshots::MAX_OWED`.
+    /// (`snapshots::owed`).
     snapshots_owed: Mutex<Vec<snapshots::Owed>>,
     /// The cluster's API tokens by hash (`tokens::Index`).
     token_index: Mutex<tokens::Index>,

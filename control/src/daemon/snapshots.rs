@@ -20,6 +20,10 @@ use serde::Serialize;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+mod owed;
+pub(crate) use owed::Owed;
+use NotTaken::{Failing, Owing};
+
 /// How often policies are checked for a fire and snapshots for expiry.
 pub const POLICY_TICK: Duration = Duration::from_secs(1);
 /// Keeping a snapshot on the target waits this long for a running session to end.
@@ -178,7 +182,7 @@ pub(crate) fn check_spec(
 }
 
 /// Takes the snapshots of policy `name` now, as if it fired (`mover policy run`): those
-/// taken, or the first failure. Snapshots owed (`OWED_FOR`) are logged and taken later; if
+/// taken, or the first failure. Snapshots owed (`owed::OWED_FOR`) are logged and taken later; if
 /// nothing was taken and some are owed, that is the answer (409), so a caller that tries
 /// again never doubles a snapshot taken already.
 pub fn run_policy(node: &Node, name: &PolicyName) -> Result<Vec<SnapshotView>> {
@@ -203,33 +207,18 @@ enum NotTaken {
     Owing(String),
     Failing(Error),
 }
-use NotTaken::{Failing, Owing};
-
-/// How long a policy snapshot this node could not take when its policy fired, for want of
-/// knowing whether it holds the relationship (`owners::Snapshots::NotYet`) or of snapshot ids
-/// (renewed within a second), is tried again: then it is logged as missed.
-pub const OWED_FOR: Duration = Duration::from_secs(300);
-/// Snapshots owed at most; one more is logged as missed at once.
-const MAX_OWED: usize = 1024;
-
-/// A policy snapshot of a relationship owed since `since` (`OWED_FOR`).
-pub(crate) struct Owed {
-    id: RelationshipId,
-    policy: PolicyName,
-    since: std::time::Instant,
-}
 
 /// Whether relationship `r` takes policy `p`'s snapshots.
-fn links(r: &Relationship, p: &Policy) -> bool {
+pub(super) fn links(r: &Relationship, p: &Policy) -> bool {
     !r.ended && r.spec.mode.keeps_snapshots() && r.spec.policies.contains(&p.name)
 }
 
 /// What trying one policy snapshot came to.
-enum Tried {
+pub(super) enum Tried {
     Taken(SnapshotView),
     /// Not this node's (another node of the cluster holds the relationship).
     NotHere,
-    /// To try again (`OWED_FOR`), and why.
+    /// To try again (`owed::OWED_FOR`), and why.
     Owed(String),
     Failed(Error),
 }
@@ -249,81 +238,15 @@ fn take_for(node: &Node, p: &Policy) -> Vec<std::result::Result<SnapshotView, No
         match try_take(node, &r, p) {
             Tried::Taken(s) => out.push(Ok(s)),
             Tried::NotHere => {}
-            Tried::Owed(why) => {
-                let owed = Owed {
-                    id: r.id.clone(),
-                    policy: p.name.clone(),
-                    since: now,
-                };
-                let mut all = super::lock(&node.snapshots_owed);
-                let again = all
-                    .iter()
-                    .any(|o| o.id == owed.id && o.policy == owed.policy);
-                let msg = if again || all.len() < MAX_OWED {
-                    // One owed per relationship and policy: a snapshot taken late stands for
-                    // every firing it was owed for.
-                    if !again {
-                        all.push(owed);
-                    }
-                    format!("relationship {}: policy {} snapshot not taken now ({why}); it is tried again for {}s", r.id, p.name, OWED_FOR.as_secs())
-                } else {
-                    tracing::error!(id = %r.id, policy = %p.name, "policy snapshot missed: {why}, and {MAX_OWED} are owed already");
-                    format!(
-                        "relationship {}: policy {} snapshot missed ({why})",
-                        r.id, p.name
-                    )
-                };
-                tracing::warn!("{msg}");
-                out.push(Err(Owing(msg)));
-            }
+            Tried::Owed(why) => out.push(Err(Owing(owed::owe(node, &r, p, &why, now)))),
             Tried::Failed(e) => out.push(Err(Failing(e))),
         }
     }
     out
 }
 
-/// Tries the snapshots owed again: each is taken, dropped (the relationship or policy is gone,
-/// or another node holds it), or kept until `OWED_FOR` is over.
-fn take_owed(node: &Node) {
-    let owed = std::mem::take(&mut *super::lock(&node.snapshots_owed));
-    let now = node.clock.instant();
-    let mut keep = Vec::new();
-    for o in owed {
-        let r = node.get(&o.id, Role::Source);
-        let p = node.store().policy(&o.policy).map(|(p, _)| p);
-        let (r, p) = match (r, p) {
-            (Ok(r), Ok(p)) if p.enabled && links(&r, &p) => (r, p),
-            _ => {
-                tracing::warn!(id = %o.id, policy = %o.policy, "owed policy snapshot not taken: the relationship, the policy or their link is gone, or the policy disabled");
-                continue;
-            }
-        };
-        match try_take(node, &r, &p) {
-            Tried::Owed(why) if now.saturating_duration_since(o.since) < OWED_FOR => {
-                tracing::debug!(id = %r.id, policy = %p.name, "policy snapshot still owed: {why}");
-                keep.push(o);
-            }
-            Tried::Owed(why) => {
-                tracing::error!(id = %r.id, policy = %p.name, "policy snapshot missed: {why} for {}s after it was due", OWED_FOR.as_secs());
-            }
-            Tried::NotHere => {
-                tracing::warn!(id = %r.id, policy = %p.name, "owed policy snapshot not taken: another node of the cluster holds the relationship now");
-            }
-            // Taken, or failed (logged).
-            Tried::Taken(_) | Tried::Failed(_) => {}
-        }
-    }
-    // Snapshots owed meanwhile (a policy run from the API) stay, once each.
-    let mut all = super::lock(&node.snapshots_owed);
-    for o in keep {
-        if !all.iter().any(|x| x.id == o.id && x.policy == o.policy) {
-            all.push(o);
-        }
-    }
-}
-
 /// One policy snapshot of `r` now, if this node takes them, logged.
-fn try_take(node: &Node, r: &Relationship, p: &Policy) -> Tried {
+pub(super) fn try_take(node: &Node, r: &Relationship, p: &Policy) -> Tried {
     use super::owners::Snapshots;
     match super::owners::snapshots_here(node, &r.id) {
         Snapshots::Here => {}
@@ -527,7 +450,7 @@ pub fn tick(node: &Node) {
             take_for(node, &p);
         }
     }
-    take_owed(node);
+    owed::take_owed(node);
     expire(node);
 }
 
