@@ -162,7 +162,9 @@ pub fn ticket(
     // ticket that starts a new one. Read again here: `r` was read when the request arrived,
     // and a release (which stops the receiver under this lock) may have finished since.
     let mut rxs = lock(&node.receivers);
-    match node.store().fence(&r.id, r.epoch, term)? {
+    // Bound first: the store's guard must not live on into the arms (which lock routes).
+    let fenced = node.store().fence(&r.id, r.epoch, term)?;
+    match fenced {
         Fenced::Stale(seen) => {
             return Err(Error::Conflict(format!(
                 "relationship {id}: the source node asking holds it at term {term}, but another \
