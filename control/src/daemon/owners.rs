@@ -332,10 +332,12 @@ pub fn decide(s: &Seen) -> Vec<Action> {
 /// the relationship's record names it. A relationship just created here waits for its record
 /// (`PUBLISH_EVERY`), so no job of it ever ran where the cluster could not find its owner.
 pub fn runs_here(m: &Membership, id: &RelationshipId) -> bool {
-    m.loaded()
-        && m.shared_with(&key(id), Holding::read)
-            .flatten()
-            .is_some_and(|h| &h.owner == m.name() && !h.ended())
+    m.loaded() && holding(m, id).is_some_and(|h| &h.owner == m.name() && !h.ended())
+}
+
+/// Who holds relationship `id` in this node's view (its record read in place, in part).
+fn holding(m: &Membership, id: &RelationshipId) -> Option<Holding> {
+    m.shared_with(&key(id), Holding::read).flatten()
 }
 
 /// `runs_here` for any node: outside a cluster, every relationship runs where it is stored.
@@ -360,12 +362,11 @@ pub fn snapshots_here(node: &Node, id: &RelationshipId) -> Snapshots {
     let Some(m) = &node.cluster else {
         return Snapshots::Here;
     };
-    match m.shared_with(&key(id), Holding::read).flatten() {
+    match holding(m, id) {
         Some(h) if h.ended() || &h.owner != m.name() => Snapshots::Elsewhere,
-        Some(_) if m.loaded() => Snapshots::Here,
-        Some(_) => Snapshots::NotYet("this node has no current etcd session"),
-        None if m.loaded() => Snapshots::NotYet("its record in etcd is not written yet"),
-        None => Snapshots::NotYet("this node has no current etcd session"),
+        _ if !m.loaded() => Snapshots::NotYet("this node has no current etcd session"),
+        Some(_) => Snapshots::Here,
+        None => Snapshots::NotYet("its record in etcd is not written yet"),
     }
 }
 
@@ -374,7 +375,7 @@ pub fn snapshots_here(node: &Node, id: &RelationshipId) -> Snapshots {
 /// a moment) goes on: the target fences its sessions by term (`term_here`).
 pub fn lost_here(node: &Node, id: &RelationshipId) -> Option<String> {
     let m = node.cluster.as_ref()?;
-    let h = m.shared_with(&key(id), Holding::read).flatten()?;
+    let h = holding(m, id)?;
     if h.ended() {
         Some(format!(
             "relationship {id} was deleted, ended or reversed in the cluster"
@@ -398,7 +399,7 @@ pub fn term_here(node: &Node, id: &RelationshipId) -> crate::Result<u64> {
     let Some(m) = &node.cluster else {
         return Ok(0);
     };
-    match m.shared_with(&key(id), Holding::read).flatten() {
+    match holding(m, id) {
         Some(h) if &h.owner == m.name() && !h.ended() => Ok(h.term),
         _ => Err(crate::Error::Conflict(lost_here(node, id).unwrap_or_else(
             || format!("relationship {id} has no record in etcd naming this node yet"),

@@ -240,10 +240,7 @@ impl Store {
 
     /// Forgets every snapshot record of a deleted relationship in `role`.
     pub fn delete_snapshots(&self, id: &RelationshipId, role: Role) -> Result<()> {
-        self.conn.execute(
-            "DELETE FROM snapshots WHERE relationship = ?1 AND role = ?2",
-            params![id.as_str(), role_str(role)],
-        )?;
+        self.delete_snapshot_records(id, role)?;
         if role == Role::Source {
             self.conn.execute(
                 "DELETE FROM snapshot_ids WHERE relationship = ?1",

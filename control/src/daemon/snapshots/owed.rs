@@ -22,12 +22,19 @@ pub(crate) struct Owed {
     since: Instant,
 }
 
+impl Owed {
+    /// Whether this is the snapshot of relationship `id` that policy `policy` owes.
+    fn is(&self, id: &RelationshipId, policy: &PolicyName) -> bool {
+        &self.id == id && &self.policy == policy
+    }
+}
+
 /// Owes `p`'s snapshot of `r` (due at `now`, not taken for `why`): at most one per
 /// relationship and policy (a snapshot taken late stands for every firing it was owed for),
 /// at most `MAX_OWED`. What to tell the caller.
 pub(super) fn owe(node: &Node, r: &Relationship, p: &Policy, why: &str, now: Instant) -> String {
     let mut all = lock(&node.snapshots_owed);
-    let again = all.iter().any(|o| o.id == r.id && o.policy == p.name);
+    let again = all.iter().any(|o| o.is(&r.id, &p.name));
     let msg = if again || all.len() < MAX_OWED {
         if !again {
             all.push(Owed {
@@ -87,7 +94,7 @@ pub(super) fn take_owed(node: &Node) {
     // Snapshots owed meanwhile (a policy run from the API) stay, once each.
     let mut all = lock(&node.snapshots_owed);
     for o in keep {
-        if !all.iter().any(|x| x.id == o.id && x.policy == o.policy) {
+        if !all.iter().any(|x| x.is(&o.id, &o.policy)) {
             all.push(o);
         }
     }
