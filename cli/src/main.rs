@@ -541,6 +541,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 cache: (repeat > 1).then(|| Arc::new(mover::sender::ManifestCache::new())),
                 spread: None,
+                write_places: Vec::new(),
             };
             let transport: Arc<dyn mover::Transport> =
                 Arc::new(mover::transport::select::Negotiated(net.policy()?));

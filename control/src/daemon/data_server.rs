@@ -347,6 +347,7 @@ impl Session {
             changed: job.changed,
             cache,
             spread,
+            write_places: Vec::new(),
         })
     }
 

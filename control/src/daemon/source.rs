@@ -946,6 +946,7 @@ fn run_job(
                 cache: node.opts.roles.data.then(|| manifest_cache(node, id)),
                 // A kept policy snapshot is read-only: its plan files could not be written.
                 spread: spread.clone().filter(|_| c.policy.is_none()),
+                write_places: Vec::new(),
             };
             let report = if node.opts.roles.data {
                 mover::sender::send_over(&opts, progress, &transport)?

@@ -26,7 +26,7 @@ pub struct FrameStats {
 }
 
 impl FrameStats {
-    fn absorb(&mut self, o: FrameStats) {
+    pub(crate) fn absorb(&mut self, o: FrameStats) {
         self.frames += o.frames;
         self.data_bytes += o.data_bytes;
         self.wire_bytes += o.wire_bytes;

@@ -20,6 +20,7 @@ pub fn finalize(
     j: &mut Journal,
     finish: Option<&[bool]>,
     touched: &mut [bool],
+    elsewhere: &std::collections::HashSet<u32>,
 ) -> Result<()> {
     let root = t.root.as_fd();
     let marked = |i: usize| finish.is_none_or(|f| f[i]);
@@ -31,13 +32,19 @@ pub fn finalize(
         match &e.kind {
             EntryKind::File { size } if t.need[i] != Need::Nothing && !is_inline(*size) => {
                 // Files that received data were finished by the worker that wrote their last
-                // byte; the rest (all holes, or a delta of metadata only) are finished here.
+                // byte; the rest (all holes, a delta of metadata only, or written by several
+                // write places: `elsewhere`) are finished here.
                 match t
                     .remaining
                     .get(&(i as u32))
                     .map(|r| r.load(std::sync::atomic::Ordering::Acquire))
                 {
-                    Some(0) if t.expected.get(&(i as u32)) != Some(&0) => continue,
+                    Some(0)
+                        if t.expected.get(&(i as u32)) != Some(&0)
+                            && !elsewhere.contains(&(i as u32)) =>
+                    {
+                        continue
+                    }
                     Some(0) => {}
                     left => {
                         return Err(Error::Verify(format!(

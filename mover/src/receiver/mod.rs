@@ -11,6 +11,7 @@ pub(crate) mod resume;
 pub(crate) mod revert;
 pub mod scrub;
 pub(crate) mod session;
+pub mod share;
 pub mod space;
 pub mod state;
 pub(crate) mod table;
@@ -86,6 +87,8 @@ pub struct ReceiveOptions {
     /// `transport::select`); None: TCP only. A receiver accepts TCP sessions whatever its
     /// policy: a sender falls back to TCP after an RDMA failure.
     pub rdma: Option<RdmaPolicy>,
+    /// Runs the other write places of sessions whose tickets name some (`share`).
+    pub writers: Option<Arc<dyn share::Writers>>,
 }
 
 /// Outstanding tickets at most; issuing more drops the oldest.
@@ -102,6 +105,8 @@ struct Ticket {
     id: SessionId,
     secret: Option<SessionSecret>,
     issued: std::time::Instant,
+    /// The session's other write places (`share`), in the order its workers are given them.
+    places: Vec<SocketAddr>,
 }
 
 /// One-time sessions handed to an authenticated peer and redeemed by its control connection;
@@ -131,6 +136,7 @@ impl Tickets {
             id,
             secret: None,
             issued: std::time::Instant::now(),
+            places: Vec::new(),
         }))
     }
 
@@ -148,15 +154,44 @@ impl Tickets {
             id: secret.handle(),
             secret: Some(secret),
             issued: std::time::Instant::now(),
+            places: Vec::new(),
         })
     }
 
-    /// Takes the session `id` if it was issued here and is still valid: `Some(secret)`.
-    fn redeem(&self, id: SessionId) -> Option<Option<SessionSecret>> {
+    /// As `issue_with`, for a session whose workers also write at `places` (other write
+    /// places on the shared target, `share`): worker `i` of `n` goes to place
+    /// `write_place(i, n, places.len() + 1)`, place 0 being this receiver.
+    pub fn issue_spread(
+        &self,
+        secret: Option<SessionSecret>,
+        places: Vec<SocketAddr>,
+    ) -> Result<SessionId> {
+        if places.len() > share::MAX_WRITE_PLACES {
+            return Err(Error::Limit(format!(
+                "{} write places, at most {} are served",
+                places.len(),
+                share::MAX_WRITE_PLACES
+            )));
+        }
+        let id = match &secret {
+            Some(s) => s.handle(),
+            None => SessionId::random().ctx(|| "random session ticket".to_string())?,
+        };
+        Ok(self.push(Ticket {
+            id,
+            secret,
+            issued: std::time::Instant::now(),
+            places,
+        }))
+    }
+
+    /// Takes the session `id` if it was issued here and is still valid: its secret and write
+    /// places.
+    fn redeem(&self, id: SessionId) -> Option<(Option<SessionSecret>, Vec<SocketAddr>)> {
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|x| x.issued.elapsed() < TICKET_TTL);
         let i = t.iter().position(|x| x.id == id)?;
-        t.remove(i).map(|x| x.secret)
+        t.remove(i).map(|x| (x.secret, x.places))
     }
 }
 
@@ -310,10 +345,7 @@ impl Receiver {
         (root, lock): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     ) -> Receiver {
         crate::engine::raise_fd_limit();
-        // Read (and restore) the umask: inline files are created with their final permission
-        // bits, and fchmod is skipped only where the umask cannot have cleared any.
-        let umask = rustix::process::umask(rustix::fs::Mode::empty());
-        rustix::process::umask(umask);
+        let umask = process_umask();
         let owners = rustix::process::geteuid().is_root();
         let scrub = Arc::new(ScrubStatus::default());
         if let Ok(Some(state)) = State::find(root.as_fd()) {
@@ -325,7 +357,7 @@ impl Receiver {
             sessions: HashMap::new(),
             progress,
             owners,
-            umask: umask.bits(),
+            umask,
             root,
             _lock: lock,
             scrub,
@@ -656,11 +688,13 @@ impl Receiver {
                         "receiver is exiting: it serves one session (--once) or was stopped".into(),
                     );
                 }
-                let secret =
+                let (secret, write_places) =
                     match self.opts.tickets.as_ref().map(|t| t.redeem(hello.session)) {
                         // Plain `mover receive`: any sender, in clear only (checked above).
-                        None if !sealed => None,
-                        Some(Some(secret)) if sealed == secret.is_some() => secret,
+                        None if !sealed => (None, Vec::new()),
+                        Some(Some((secret, places))) if sealed == secret.is_some() => {
+                            (secret, places)
+                        }
                         _ => return refuse(
                             &mut *conn,
                             ErrorCode::Refused,
@@ -697,7 +731,7 @@ impl Receiver {
                 let cpus = places.iter().map(|p| p.cpu).collect();
                 let run = Running {
                     workers: tx,
-                    secret,
+                    secret: secret.clone(),
                     places,
                 };
                 self.sessions.insert(hello.session, run);
@@ -727,6 +761,9 @@ impl Receiver {
                     } else {
                         select::Used::Tcp
                     },
+                    secret,
+                    write_places,
+                    writers: self.opts.writers.clone(),
                 };
                 Ok(Accepted::Control {
                     session,
@@ -790,6 +827,14 @@ impl Receiver {
             }
         }
     }
+}
+
+/// The process umask (read and restored): inline files are created with their final permission
+/// bits, and fchmod is skipped only where the umask cannot have cleared any.
+pub(crate) fn process_umask() -> u32 {
+    let umask = rustix::process::umask(rustix::fs::Mode::empty());
+    rustix::process::umask(umask);
+    umask.bits()
 }
 
 /// `mover receive --revert`: rolls the destination back to its last recovery point (applying

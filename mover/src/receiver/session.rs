@@ -12,7 +12,7 @@ use super::verify::{dirs_to_check, verify_dirs, Before};
 use super::worker::RecvWorker;
 use crate::clock::now_ns;
 use crate::engine::content_digest;
-use crate::engine::join_workers_preferring;
+use crate::engine::{join_workers_preferring, FrameStats};
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::select::Used;
@@ -20,7 +20,7 @@ use crate::transport::Connection;
 use crate::tree::diff::DeltaApplier;
 use crate::tree::entry::{Entry, StructureChecker};
 use crate::tree::hash::{merkle, tree_hash, HashOptions};
-use crate::units::{EntryId, SessionId};
+use crate::units::{EntryId, SessionId, WorkerIndex};
 use crate::wire::frame::{FrameKind, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
 use crate::wire::message::{
@@ -142,6 +142,12 @@ pub struct Session {
     pub verify: Verify,
     /// What the worker connections use (negotiated on the control connection's Hello).
     pub transport: Used,
+    /// The session's secret (None: in clear), for the write places' shares.
+    pub secret: Option<crate::wire::seal::SessionSecret>,
+    /// The other write places the ticket named (their data-plane addresses), and what runs
+    /// them.
+    pub write_places: Vec<std::net::SocketAddr>,
+    pub writers: Option<Arc<dyn super::share::Writers>>,
 }
 
 /// How a session verifies the target before committing a recovery point.
@@ -517,11 +523,7 @@ impl Session {
             .map(|(k, v)| (*k, std::sync::atomic::AtomicU64::new(*v)))
             .collect();
         // A job that needs no data gets no worker connection (the sender opens none).
-        let conns = if need.iter().all(|n| *n == Need::Nothing) {
-            Vec::new()
-        } else {
-            collect_workers(&self.worker_conns, self.workers, &*ctl.conn)?
-        };
+        let data = !need.iter().all(|n| *n == Need::Nothing);
         let creator = (
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
@@ -544,43 +546,32 @@ impl Session {
                 .ctx(|| "dup of the journal directory".to_string())?,
             checkpoint_bytes: self.checkpoint_bytes,
         });
-        // While the workers run, a sender that ends the session (it half-closes the control
-        // connection when one of its places failed) gets it ended here too: the workers'
-        // connections are shut, so every worker, here and at the sender's places, stops now.
-        let streams: Vec<std::net::TcpStream> = conns
-            .iter()
-            .filter_map(|l| l.conn.tcp_stream().ok().flatten())
-            .collect();
-        let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
-        let mut handles = Vec::new();
-        for (i, conn) in conns.into_iter().enumerate() {
-            let ended = ended.clone();
-            let w = RecvWorker {
-                index: i,
-                cpu: self.cpus.get(i).copied().flatten(),
-                table: table.clone(),
-                link: conn,
-                progress: self.progress.bytes.clone(),
-            };
-            let h = std::thread::Builder::new()
-                .name(format!("mover-recv-{i}"))
-                .spawn(move || {
-                    let r = w.run();
-                    let _ = ended.send(());
-                    r
-                })
-                .ctx(|| "spawning receiver worker".to_string())?;
-            handles.push(h);
-        }
-        drop(ended);
-        watch_sender_end(&workers_ended, handles.len(), &*ctl.conn, &streams);
-        let mut all = join_workers_preferring(handles, "receiver", space::is_full)?;
+        // The other write places start first: the sender's workers connect to all at once.
+        let places = Places {
+            id: self.id,
+            workers: self.workers,
+            secret: self.secret.as_ref(),
+            at: &self.write_places,
+            writers: self.writers.as_ref(),
+        };
+        let started = places.start(&table, data)?;
+        let local = run_local(
+            &table,
+            &self.worker_conns,
+            &places.workers_here(),
+            data,
+            ctl,
+            &self.cpus,
+            &self.progress,
+        );
+        let (all, elsewhere) = join_places(&table, started, local)?;
         report.bytes = all.data_bytes;
         report.wire_bytes += all.wire_bytes;
         report.files_received = stats.files_needed;
 
         ctl.expect_frame(FrameKind::Commit, &mut buf)?;
         let commit = Commit::decode(&buf)?;
+        let mut all = all;
         let digest_data = content_digest(&mut all.checksums);
         if commit.data_frames != all.frames
             || commit.data_bytes != all.data_bytes
@@ -601,7 +592,13 @@ impl Session {
         }
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "workers done");
         journal.sync()?;
-        finalize(&table, &mut journal, finish.as_deref(), &mut touched)?;
+        finalize(
+            &table,
+            &mut journal,
+            finish.as_deref(),
+            &mut touched,
+            &elsewhere,
+        )?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "finalized");
         if sent_hash != commit.tree_hash {
             return Err(Error::Verify(
@@ -709,6 +706,153 @@ impl Session {
         };
         ctl.write_frame(FrameKind::Verified, &v.encode())?;
         Ok(())
+    }
+}
+
+/// The session's write places other than this receiver, as its ticket named them.
+struct Places<'a> {
+    id: SessionId,
+    workers: u16,
+    secret: Option<&'a crate::wire::seal::SessionSecret>,
+    at: &'a [std::net::SocketAddr],
+    writers: Option<&'a Arc<dyn super::share::Writers>>,
+}
+
+impl Places<'_> {
+    /// The worker indices this receiver serves itself.
+    fn workers_here(&self) -> Vec<u16> {
+        super::share::workers_at(0, self.workers, 1 + self.at.len())
+    }
+
+    /// Publishes the share of every other write place and has `writers` run each on its own
+    /// thread; their answers are joined by `join_places`.
+    fn start(&self, table: &RecvTable, data: bool) -> Result<Vec<PlaceRun>> {
+        if !data || self.at.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writers = self.writers.cloned().ok_or_else(|| {
+            Error::Unsupported("the ticket names write places but this receiver has none".into())
+        })?;
+        let n = 1 + self.at.len();
+        let mut runs = Vec::new();
+        for (k, at) in self.at.iter().enumerate() {
+            let at = *at;
+            let workers = super::share::workers_at(k + 1, self.workers, n);
+            if workers.is_empty() {
+                continue;
+            }
+            let share = super::share::publish(table, self.id, self.secret, k + 1, workers)?;
+            let (w, s) = (writers.clone(), share.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("mover-place-{}", k + 1))
+                .spawn(move || w.run(at, s))
+                .ctx(|| "spawning a write place's runner".to_string())?;
+            runs.push(PlaceRun {
+                at,
+                share,
+                handle: h,
+            });
+        }
+        Ok(runs)
+    }
+}
+
+/// Runs the workers this receiver serves itself (`mine`) until they are done.
+fn run_local(
+    table: &Arc<RecvTable>,
+    worker_conns: &Receiver<super::WorkerConn>,
+    mine: &[u16],
+    data: bool,
+    ctl: &Link,
+    cpus: &[Option<hw::CpuId>],
+    progress: &Progress,
+) -> Result<FrameStats> {
+    let conns = if data && !mine.is_empty() {
+        collect_workers(worker_conns, mine, Some(&*ctl.conn))?
+    } else {
+        Vec::new()
+    };
+    // While the workers run, a sender that ends the session (it half-closes the control
+    // connection when one of its places failed) gets it ended here too: the workers'
+    // connections are shut, so every worker, here and at the sender's places, stops now.
+    let streams: Vec<std::net::TcpStream> = conns
+        .iter()
+        .filter_map(|(_, l)| l.conn.tcp_stream().ok().flatten())
+        .collect();
+    let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
+    let mut handles = Vec::new();
+    for (index, conn) in conns {
+        let i = usize::from(index.0);
+        let ended = ended.clone();
+        let w = RecvWorker {
+            index: i,
+            cpu: cpus.get(i).copied().flatten(),
+            table: table.clone(),
+            link: conn,
+            progress: progress.bytes.clone(),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("mover-recv-{i}"))
+            .spawn(move || {
+                let r = w.run();
+                let _ = ended.send(());
+                r
+            })
+            .ctx(|| "spawning receiver worker".to_string())?;
+        handles.push(h);
+    }
+    drop(ended);
+    watch_sender_end(&workers_ended, handles.len(), &*ctl.conn, &streams);
+    join_workers_preferring(handles, "receiver", space::is_full)
+}
+
+/// A write place's share being run.
+struct PlaceRun {
+    at: std::net::SocketAddr,
+    share: super::share::WriteShare,
+    handle: std::thread::JoinHandle<Result<()>>,
+}
+
+/// Waits for every place (whatever the local workers did, so no place of this session writes
+/// on under the next one) and folds their results into the local workers'; returns the totals
+/// and the large files finished across places.
+fn join_places(
+    table: &RecvTable,
+    places: Vec<PlaceRun>,
+    local: Result<FrameStats>,
+) -> Result<(FrameStats, std::collections::HashSet<u32>)> {
+    let mut first: Option<Error> = None;
+    let mut all = FrameStats::default();
+    let mut elsewhere = std::collections::HashSet::new();
+    let answers: Vec<_> = places
+        .into_iter()
+        .map(|p| {
+            let r = p
+                .handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::Corrupt("a write place's runner panicked".into())));
+            (p.at, p.share, r)
+        })
+        .collect();
+    match local {
+        Ok(s) => all.absorb(s),
+        Err(e) => first = Some(e),
+    }
+    for (at, share, r) in answers {
+        let folded = r
+            .and_then(|()| super::share::result(table, &share))
+            .and_then(|done| super::share::fold(table, done, &mut all));
+        match folded {
+            Ok(f) => elsewhere.extend(f.into_iter().map(|e| e.0)),
+            Err(e) if first.is_none() => {
+                first = Some(Error::PeerLost(format!("write place {at}: {e}")))
+            }
+            Err(e) => tracing::warn!(%at, "write place: {e}"),
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok((all, elsewhere)),
     }
 }
 
@@ -946,15 +1090,19 @@ fn watch_sender_end(
     }
 }
 
-fn collect_workers(
+/// The connections of workers `want` (ascending indices), in that order. `ctl`: the session's
+/// control connection, whose closing ends the wait (a place has none).
+pub(crate) fn collect_workers(
     rx: &Receiver<super::WorkerConn>,
-    n: u16,
-    ctl: &dyn Connection,
-) -> Result<Vec<Link>> {
+    want: &[u16],
+    ctl: Option<&dyn Connection>,
+) -> Result<Vec<super::WorkerConn>> {
+    debug_assert!(want.windows(2).all(|w| w[0] < w[1]));
+    let n = want.len();
     let mut slots: Vec<Option<Link>> = (0..n).map(|_| None).collect();
     let deadline = Instant::now() + WORKER_CONNECT_TIMEOUT;
     let mut have = 0;
-    while have < n as usize {
+    while have < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::PeerLost(format!(
@@ -967,7 +1115,7 @@ fn collect_workers(
                 // A sender that gave up (one of its connections was lost) closes its control
                 // connection: end the session now rather than keep the root busy for the
                 // rest of the timeout while it retries.
-                if ctl.peer_closed() {
+                if ctl.is_some_and(|c| c.peer_closed()) {
                     return Err(Error::PeerLost(format!("sender closed the session while {have} of {n} worker connections had arrived")));
                 }
                 continue;
@@ -978,23 +1126,27 @@ fn collect_workers(
                 )))
             }
         };
-        let slot = slots
-            .get_mut(idx.0 as usize)
-            .ok_or_else(|| Error::PeerLost(format!("worker index {} out of range", idx.0)))?;
-        if slot.is_some() {
+        let k = want
+            .binary_search(&idx.0)
+            .map_err(|_| Error::PeerLost(format!("worker index {} is not served here", idx.0)))?;
+        if slots[k].is_some() {
             return Err(Error::PeerLost(format!("worker {} connected twice", idx.0)));
         }
-        *slot = Some(s);
+        slots[k] = Some(s);
         have += 1;
     }
-    Ok(slots.into_iter().flatten().collect())
+    Ok(want
+        .iter()
+        .zip(slots)
+        .filter_map(|(i, s)| Some((WorkerIndex(*i), s?)))
+        .collect())
 }
 
 /// Most data frames this session can legitimately receive: one FileBatch per inline file at
 /// most (empty batches are refused), and for each large file what the sender's plan can cut
 /// its announced bytes into. Bounds the per-frame state (checksums) a sender can make the
 /// workers keep.
-fn data_frame_budget(
+pub(crate) fn data_frame_budget(
     need: &[Need],
     entries: &[Entry],
     expected: &std::collections::HashMap<u32, u64>,

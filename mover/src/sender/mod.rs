@@ -91,6 +91,27 @@ pub struct SendOptions {
     /// Other nodes that take a share of the session's workers (`shard`): they read the source
     /// at the same path, so it must be on a file system they share. None: every worker here.
     pub spread: Option<Arc<dyn shard::Spread>>,
+    /// The receiver's other write places (`receiver::share`), as its ticket named them:
+    /// worker `i` of `n` connects to place `write_place(i, n, write_places.len() + 1)`, place
+    /// 0 being `to`. Empty: every worker connects to `to`.
+    pub write_places: Vec<SocketAddr>,
+}
+
+/// Where worker `i` of a session of `n` workers connects: `to`, or the write place its index
+/// falls to.
+pub(crate) fn worker_to(
+    to: SocketAddr,
+    write_places: &[SocketAddr],
+    i: usize,
+    n: usize,
+) -> SocketAddr {
+    if write_places.is_empty() {
+        return to;
+    }
+    match crate::wire::message::write_place(i, n, write_places.len() + 1) {
+        0 => to,
+        k => write_places[k - 1],
+    }
 }
 
 /// Source id -> target id, for uids and gids; an id not listed is sent as it is.
@@ -299,6 +320,9 @@ struct PlaceShare {
     session: SessionId,
     secret: Option<SessionSecret>,
     to: SocketAddr,
+    /// The receiver's other write places, and the session's worker count.
+    write_places: Vec<SocketAddr>,
+    n: usize,
     direct: bool,
     workers: Vec<(u16, Vec<plan::Unit>)>,
     share: Option<u64>,
@@ -309,7 +333,7 @@ struct PlaceShare {
 fn run_place(p: PlaceShare) -> Result<FrameStats> {
     let k = p.k;
     let shared = p.spread.source().unwrap_or_else(|| p.src.clone());
-    let r = shard::publish(
+    let mut r = shard::publish(
         &p.src,
         &shared,
         p.session,
@@ -322,6 +346,8 @@ fn run_place(p: PlaceShare) -> Result<FrameStats> {
         &p.table,
         p.share,
     )?;
+    r.write_places = p.write_places;
+    r.session_workers = p.n as u16;
     let ran = p.spread.run(k, r.clone());
     match ran.and_then(|()| shard::collect(&r)) {
         Ok(stats) => Ok(stats),
@@ -706,7 +732,8 @@ pub fn send_over(
             shards[at - 1].push((i as u16, units));
             continue;
         }
-        let (to, transport, id) = (opts.to, transport.clone(), id.clone());
+        let to = worker_to(opts.to, &opts.write_places, i, threads);
+        let (transport, id) = (transport.clone(), id.clone());
         let place = places.get(i).cloned().unwrap_or_default();
         let worker = SendWorker {
             cpu: place.cpu,
@@ -739,6 +766,7 @@ pub fn send_over(
                 frozen.root.clone(),
             );
             let (secret, to, direct) = (opts.secret.clone(), opts.to, opts.direct);
+            let write_places = opts.write_places.clone();
             let failed = place_failed.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", k + 1))
@@ -752,6 +780,8 @@ pub fn send_over(
                         session,
                         secret,
                         to,
+                        write_places,
+                        n: threads,
                         direct,
                         workers,
                         share,

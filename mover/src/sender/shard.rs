@@ -75,6 +75,12 @@ pub struct ShardRef {
     /// session started.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// The receiver's other write places and the session's worker count: a worker connects to
+    /// the place its index falls to (`sender::worker_to`). Empty: every worker to `to`.
+    #[serde(default)]
+    pub write_places: Vec<SocketAddr>,
+    #[serde(default)]
+    pub session_workers: u16,
 }
 
 /// What a place does: these workers' units, read from `root`.
@@ -99,7 +105,7 @@ struct Done {
     read_direct: u64,
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -205,6 +211,8 @@ pub(crate) fn publish(
             .join(name),
         digest: xxhash_rust::xxh3::xxh3_64(&body),
         rate_limit,
+        write_places: Vec::new(),
+        session_workers: 0,
     })
 }
 
@@ -290,18 +298,7 @@ pub fn open_shard(shard: &ShardRef) -> Result<OpenShard> {
     }
     let plan: Plan = serde_json::from_slice(&body)
         .map_err(|e| Error::Corrupt(format!("shard plan {}: {e}", shard.plan.display())))?;
-    let session = u128::from_str_radix(&shard.session, 16)
-        .map(SessionId)
-        .map_err(|_| Error::Corrupt(format!("shard session {:.40}", shard.session)))?;
-    let secret = match &shard.secret {
-        None => None,
-        Some(s) => {
-            let b: [u8; crate::wire::seal::SECRET_LEN] = unhex(s)?
-                .try_into()
-                .map_err(|_| Error::Corrupt("shard secret length".into()))?;
-            Some(SessionSecret::from_bytes(b))
-        }
-    };
+    let (session, secret) = identity(&shard.session, shard.secret.as_deref())?;
     let id = super::Identity { session, secret };
     let last = plan.files.iter().map(|f| f.0).max().unwrap_or(0) as usize;
     if last as u64 >= u64::from(crate::tree::entry::MAX_ENTRIES) {
@@ -365,7 +362,12 @@ impl OpenShard {
                 id.clone(),
             );
             let place = places.get(k).cloned().unwrap_or_default();
-            let to = shard.to;
+            let to = super::worker_to(
+                shard.to,
+                &shard.write_places,
+                usize::from(index),
+                usize::from(shard.session_workers),
+            );
             let h = std::thread::Builder::new()
                 .name(format!("mover-shard-{index}"))
                 .spawn(move || {
@@ -411,6 +413,26 @@ impl OpenShard {
         crate::durable::write_atomic(dirfd.as_fd(), &name, &body)?;
         Ok(done.data_bytes)
     }
+}
+
+/// A session id and secret as a shard or a write share carries them (hex).
+pub(crate) fn identity(
+    session: &str,
+    secret: Option<&str>,
+) -> Result<(SessionId, Option<SessionSecret>)> {
+    let id = u128::from_str_radix(session, 16)
+        .map(SessionId)
+        .map_err(|_| Error::Corrupt(format!("session {session:.40}")))?;
+    let secret = match secret {
+        None => None,
+        Some(s) => {
+            let b: [u8; crate::wire::seal::SECRET_LEN] = unhex(s)?
+                .try_into()
+                .map_err(|_| Error::Corrupt("session secret length".into()))?;
+            Some(SessionSecret::from_bytes(b))
+        }
+    };
+    Ok((id, secret))
 }
 
 /// Which place runs worker `index` of a session of `threads` workers per place.

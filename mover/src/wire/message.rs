@@ -45,6 +45,13 @@ const _: () = assert!(env!("CARGO_PKG_VERSION").len() <= MAX_SOFTWARE_VERSION_LE
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most workers (and so connections) one session may open.
 pub const MAX_WORKERS: u16 = 256;
+/// Which write place takes worker `worker` of a session of `workers` workers spread over
+/// `places` places on the target (0: the receiver holding the session; the ticket names the
+/// others): contiguous runs, as even as the counts allow. Both sides compute it.
+pub fn write_place(worker: usize, workers: usize, places: usize) -> usize {
+    debug_assert!(worker < workers && places > 0);
+    worker * places / workers.max(1)
+}
 /// Need lists (one byte per entry) are split into frames of at most this many bytes.
 pub const NEED_CHUNK_BYTES: usize = 512 * 1024;
 /// Most files one FileBatch frame may carry.

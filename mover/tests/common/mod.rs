@@ -74,6 +74,7 @@ pub fn send_options(
         changed: None,
         cache: None,
         spread: None,
+        write_places: Vec::new(),
     }
 }
 

@@ -1,0 +1,531 @@
+//! A session's writes spread over several target nodes that see the target at the same path (a
+//! shared file system): the target half of scale-out jobs.
+//!
+//! The receiver that holds the session (the committing receiver: control connection, journal,
+//! apply phase, finalize, verification, commit) keeps everything but the data. Its ticket
+//! names the other **write places** (their data-plane addresses), so the sender knows before it
+//! connects where each worker goes: worker `i` of `n` goes to place
+//! `wire::message::write_place(i, n, places + 1)`, place 0 being the committing receiver. Once
+//! its table is built (after the Expect list), the committing receiver writes it as a **share
+//! file** into the job's journal directory on the shared target (the size of the entry list,
+//! too big for a control store's record) and hands each place a small `WriteShare` (session,
+//! secret, file name, digest, worker indices) through its `Writers`, which blocks until that
+//! place is done. The place (`ShareHost`) accepts its workers' connections, runs ordinary
+//! receiver workers on them into its own view of the target, logs durable ranges in the same
+//! journal (per worker index, as the committing receiver's workers do, so a resumed job
+//! resends only what no place made durable), syncs the file system and writes what it
+//! received (frames, bytes, checksums, bytes per large file) next to the share file.
+//!
+//! The committing receiver folds every place's result into the content digest and the per-file
+//! countdowns, sets the metadata of large files finished across places, and commits one record
+//! only after every place is done: the target is never at a mix of two recovery points. A
+//! place that fails fails the session, which the sender retries; the committing receiver
+//! waits for every place's answer before the session ends, so no place of a failed session
+//! writes under the next one.
+
+use super::table::RecvTable;
+use super::worker::RecvWorker;
+use super::WorkerConn;
+use crate::engine::{join_workers_preferring, FrameStats};
+use crate::error::{Error, IoContext, Result};
+use crate::transport::Connection;
+use crate::units::{EntryId, SessionId};
+use crate::wire::codec::{Dec, Enc};
+use crate::wire::frame::FrameKind;
+use crate::wire::io::{expect_frame, send_error, Link};
+use crate::wire::message::{
+    decode_entry, encode_entry, negotiate_version, software_version, ErrorCode, Hello, HelloAck,
+    Need, Role, CAP_RESUME_RANGES, CAP_SEALED,
+};
+use crate::wire::seal::SessionSecret;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most write places (other than the committing receiver) one session spreads over.
+pub const MAX_WRITE_PLACES: usize = 16;
+/// Largest share file read back (an entry list and its need list, bounded like a session's).
+const MAX_SHARE_FILE: usize = 1 << 30;
+/// Largest result file read back: one checksum per frame the place may receive.
+const MAX_DONE_FILE: usize = 1 << 30;
+/// Share and result files in the journal directory start with this.
+const SHARE_PREFIX: &str = "share-";
+/// First bytes of a share file (its format's version).
+const SHARE_MAGIC: u32 = 0x6d76_7331;
+/// How long a place holds a worker connection of a session it was not yet handed (the sender's
+/// workers may connect before the committing receiver's share reaches the place).
+const ASSIGN_WAIT: Duration = Duration::from_secs(10);
+/// How often a held connection looks for its session.
+const ASSIGN_POLL: Duration = Duration::from_millis(10);
+/// How long a connection may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions a place runs at once (one per target relationship it writes for, at most).
+const MAX_HOSTED: usize = 64;
+
+/// Runs a session's other write places. The daemon's implementation hands each share to the
+/// target node at that address (through its cluster store) and waits for its answer.
+pub trait Writers: Send + Sync {
+    /// Runs `share` at the place whose data-plane address is `at` and blocks until its workers
+    /// are done and its result file written. An error fails the session.
+    fn run(&self, at: SocketAddr, share: WriteShare) -> Result<()>;
+}
+
+/// A share as it travels to its place; the table itself is a file in the job's journal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteShare {
+    /// The session (hex), as its workers' Hellos carry it.
+    pub session: String,
+    /// The session secret (hex), or None for a session in clear.
+    pub secret: Option<String>,
+    /// The share file's name in `.mover-state/journal/`.
+    pub file: String,
+    /// xxh3 of the share file, so a place never writes by a table other than the one handed.
+    pub digest: u64,
+    /// The worker indices this place serves.
+    pub workers: Vec<u16>,
+}
+
+/// What a place reports back, next to its share file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ShareDone {
+    pub frames: u64,
+    pub data_bytes: u64,
+    pub wire_bytes: u64,
+    pub checksums: Vec<u64>,
+    /// Bytes the place wrote of each large file (entry, bytes).
+    pub written: Vec<(u32, u64)>,
+}
+
+fn share_name(session: SessionId, place: usize) -> String {
+    format!("{SHARE_PREFIX}{session}-{place}")
+}
+
+fn done_name(file: &str) -> String {
+    format!("{file}.done")
+}
+
+/// Writes the share file of `place` for `t` into the journal and returns what the place needs.
+pub(crate) fn publish(
+    t: &RecvTable,
+    session: SessionId,
+    secret: Option<&SessionSecret>,
+    place: usize,
+    workers: Vec<u16>,
+) -> Result<WriteShare> {
+    assert!(place > 0 && place <= MAX_WRITE_PLACES);
+    let mut e = Enc::new();
+    e.u32(SHARE_MAGIC)
+        .u8(u8::from(t.owners))
+        .u64(t.checkpoint_bytes)
+        .u32(t.entries.len() as u32);
+    for x in &t.entries {
+        encode_entry(&mut e, x);
+    }
+    for (i, n) in t.need.iter().enumerate() {
+        e.u8(*n as u8)
+            .u8(u8::from(t.skip[i]))
+            .u8(u8::from(t.fresh_dir[i]));
+    }
+    let mut deltas: Vec<_> = t.deltas.iter().collect();
+    deltas.sort_unstable_by_key(|(k, _)| **k);
+    e.u32(deltas.len() as u32);
+    for (k, ranges) in deltas {
+        e.u32(*k).u32(ranges.len() as u32);
+        for (o, l) in ranges {
+            e.u64(*o).u64(*l);
+        }
+    }
+    let mut expected: Vec<_> = t.expected.iter().collect();
+    expected.sort_unstable_by_key(|(k, _)| **k);
+    e.u32(expected.len() as u32);
+    for (k, v) in expected {
+        e.u32(*k).u64(*v);
+    }
+    let name = share_name(session, place);
+    crate::durable::write_atomic(t.journal.as_fd(), &name, &e.buf)?;
+    Ok(WriteShare {
+        session: format!("{:032x}", session.0),
+        secret: secret.map(|s| crate::sender::shard::hex(s.expose())),
+        file: name,
+        digest: xxhash_rust::xxh3::xxh3_64(&e.buf),
+        workers,
+    })
+}
+
+/// The place's answer to `share`, once its `Writers::run` returned.
+pub(crate) fn result(t: &RecvTable, share: &WriteShare) -> Result<ShareDone> {
+    let name = done_name(&share.file);
+    let body = crate::durable::read_opt(t.journal.as_fd(), &name)?
+        .ok_or_else(|| Error::PeerLost(format!("write place left no result ({name})")))?;
+    if body.len() > MAX_DONE_FILE {
+        return Err(Error::Corrupt(format!("{name} is too large")));
+    }
+    serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("{name}: {e}")))
+}
+
+/// The table a place writes by: the committing receiver's, read from the share file, with
+/// this process's own creator and umask.
+fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<RecvTable> {
+    if share.file.contains('/') || !share.file.starts_with(SHARE_PREFIX) {
+        return Err(Error::Corrupt(format!(
+            "share file name {:.80}",
+            share.file
+        )));
+    }
+    let journal = crate::beneath::open_dir(root, b".mover-state/journal")
+        .ctx(|| "opening the job's journal on the shared target".to_string())?;
+    let body = crate::durable::read_opt(journal.as_fd(), &share.file)?
+        .ok_or_else(|| Error::Corrupt(format!("share file {} is missing", share.file)))?;
+    if body.len() > MAX_SHARE_FILE || xxhash_rust::xxh3::xxh3_64(&body) != share.digest {
+        return Err(Error::Corrupt(format!(
+            "share file {} is not the one handed (digest differs)",
+            share.file
+        )));
+    }
+    let bad = |e: crate::wire::WireError| Error::Corrupt(format!("share file {}: {e}", share.file));
+    let mut d = Dec::new(&body);
+    if d.u32().map_err(bad)? != SHARE_MAGIC {
+        return Err(Error::Corrupt(format!(
+            "share file {}: unknown format",
+            share.file
+        )));
+    }
+    let owners = d.u8().map_err(bad)? != 0;
+    let checkpoint_bytes = d.u64().map_err(bad)?;
+    let n = d.u32().map_err(bad)?;
+    if n == 0 || n >= crate::tree::entry::MAX_ENTRIES {
+        return Err(Error::Corrupt(format!(
+            "share file {}: {n} entries",
+            share.file
+        )));
+    }
+    let mut entries = Vec::new();
+    for i in 0..n {
+        let x = decode_entry(&mut d).map_err(bad)?;
+        // relative_paths needs every parent before its child.
+        if i > 0 && x.parent.0 >= i {
+            return Err(Error::Corrupt(format!(
+                "share file {}: entry {i}'s parent",
+                share.file
+            )));
+        }
+        entries.push(x);
+    }
+    let (mut need, mut skip, mut fresh_dir) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        need.push(match d.u8().map_err(bad)? {
+            0 => Need::Nothing,
+            1 => Need::Full,
+            2 => Need::Delta,
+            3 => Need::Rest,
+            k => return Err(Error::Corrupt(format!("share file: need {k}"))),
+        });
+        skip.push(d.u8().map_err(bad)? != 0);
+        fresh_dir.push(d.u8().map_err(bad)? != 0);
+    }
+    let mut deltas = HashMap::new();
+    for _ in 0..d.u32().map_err(bad)?.min(n) {
+        let k = d.u32().map_err(bad)?;
+        let m = d.u32().map_err(bad)? as usize;
+        let mut ranges = Vec::new();
+        for _ in 0..m.min(d.remaining() / 16) {
+            ranges.push((d.u64().map_err(bad)?, d.u64().map_err(bad)?));
+        }
+        deltas.insert(k, ranges);
+    }
+    let mut expected = HashMap::new();
+    for _ in 0..d.u32().map_err(bad)?.min(n) {
+        let (k, v) = (d.u32().map_err(bad)?, d.u64().map_err(bad)?);
+        expected.insert(k, v);
+    }
+    d.finish().map_err(bad)?;
+    let paths = crate::tree::entry::relative_paths(&entries);
+    let frame_budget = super::session::data_frame_budget(&need, &entries, &expected);
+    Ok(RecvTable {
+        root: rustix::io::fcntl_dupfd_cloexec(root, 0).ctx(|| "dup of the target".to_string())?,
+        remaining: expected
+            .iter()
+            .map(|(k, v)| (*k, AtomicU64::new(*v)))
+            .collect(),
+        entries,
+        paths,
+        need,
+        deltas,
+        owners,
+        fresh_dir,
+        expected,
+        frame_budget: AtomicU64::new(frame_budget),
+        creator: (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ),
+        umask,
+        skip,
+        journal,
+        checkpoint_bytes,
+    })
+}
+
+/// A session handed to this place, as its worker connections find it.
+struct Hosted {
+    secret: Option<SessionSecret>,
+    workers: mpsc::Sender<WorkerConn>,
+}
+
+/// The place side: accepts worker connections of the sessions it was handed and writes them
+/// into its view of the shared target.
+pub struct ShareHost {
+    hosted: Mutex<HashMap<SessionId, Hosted>>,
+    /// The process umask, applied by the kernel to files the workers create.
+    umask: u32,
+    /// Data bytes written here, over every share (for reports and tests).
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl Default for ShareHost {
+    fn default() -> ShareHost {
+        ShareHost::new()
+    }
+}
+
+impl ShareHost {
+    pub fn new() -> ShareHost {
+        ShareHost {
+            hosted: Mutex::new(HashMap::new()),
+            umask: super::process_umask(),
+            bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn hosted(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Hosted>> {
+        self.hosted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a worker connection (its Hello not yet read) and hands it to the share of its
+    /// session, waiting up to `ASSIGN_WAIT` for that share to be handed here.
+    pub fn accept(&self, mut conn: Box<dyn Connection>) -> Result<()> {
+        conn.set_timeout(Some(HELLO_TIMEOUT))
+            .ctx(|| "socket timeout".to_string())?;
+        let mut buf = Vec::new();
+        expect_frame(&mut *conn, FrameKind::Hello, &mut buf)?;
+        let refuse = |conn: &mut dyn Connection, code: ErrorCode, message: String| {
+            send_error(conn, code, &message);
+            Err(Error::Refused { code, message })
+        };
+        let hello = match Hello::decode(&buf) {
+            Ok(h) => h,
+            Err(e) => return refuse(&mut *conn, ErrorCode::Other, e.to_string()),
+        };
+        let version = match negotiate_version(hello.min_version, hello.max_version) {
+            Ok(v) => v,
+            Err(e) => return refuse(&mut *conn, ErrorCode::Version, e.to_string()),
+        };
+        if let Some(why) = crate::compat::refuse_peer(software_version(), &hello.software, "sender")
+        {
+            return refuse(&mut *conn, ErrorCode::Version, why);
+        }
+        let Role::Worker { index } = hello.role else {
+            return refuse(
+                &mut *conn,
+                ErrorCode::Refused,
+                "a write place takes worker connections only".into(),
+            );
+        };
+        let deadline = Instant::now() + ASSIGN_WAIT;
+        let (secret, workers) = loop {
+            if let Some(h) = self.hosted().get(&hello.session) {
+                break (h.secret.clone(), h.workers.clone());
+            }
+            if Instant::now() >= deadline {
+                return refuse(
+                    &mut *conn,
+                    ErrorCode::Refused,
+                    format!("unknown session {} at this write place", hello.session),
+                );
+            }
+            std::thread::sleep(ASSIGN_POLL);
+        };
+        let sealed = hello.capabilities & CAP_SEALED != 0;
+        if sealed != secret.is_some() {
+            return refuse(
+                &mut *conn,
+                ErrorCode::Refused,
+                "worker connection of another kind than its session".into(),
+            );
+        }
+        let ack = HelloAck {
+            version,
+            software: software_version().to_string(),
+            capabilities: (hello.capabilities & CAP_RESUME_RANGES)
+                | if sealed { CAP_SEALED } else { 0 },
+            recovery_point: 0,
+            job_pending: false,
+        };
+        let mut link = match &secret {
+            Some(s) => Link::sealed(conn, s, false, u32::from(index.0)),
+            None => Link::plain(conn),
+        };
+        link.write_frame(FrameKind::HelloAck, &ack.encode())?;
+        link.conn
+            .set_timeout(None)
+            .ctx(|| "socket timeout".to_string())?;
+        // A session already ended drops its receiving end: the connection is then closed.
+        let _ = workers.send((index, link));
+        Ok(())
+    }
+
+    /// Runs `share` into `root` (this place's view of the shared target): waits for its
+    /// workers' connections, writes what they carry, syncs, and leaves the result file.
+    pub fn run(&self, root: BorrowedFd<'_>, share: &WriteShare) -> Result<()> {
+        let (session, secret) =
+            crate::sender::shard::identity(&share.session, share.secret.as_deref())?;
+        if share.workers.is_empty()
+            || share.workers.len() > usize::from(crate::wire::message::MAX_WORKERS)
+        {
+            return Err(Error::Corrupt(format!(
+                "share of {} workers",
+                share.workers.len()
+            )));
+        }
+        let table = Arc::new(open_table(root, share, self.umask)?);
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut h = self.hosted();
+            if h.len() >= MAX_HOSTED || h.contains_key(&session) {
+                return Err(Error::Busy(format!(
+                    "this write place runs {} sessions (or this one already)",
+                    h.len()
+                )));
+            }
+            h.insert(
+                session,
+                Hosted {
+                    secret,
+                    workers: tx,
+                },
+            );
+        }
+        let ran = self.run_hosted(&table, share, &rx);
+        self.hosted().remove(&session);
+        let all = ran?;
+        // What this place wrote is durable before it says so.
+        rustix::fs::syncfs(root).ctx(|| "syncing the shared target".to_string())?;
+        let written = table
+            .expected
+            .iter()
+            .filter_map(|(k, v)| {
+                let left = table
+                    .remaining
+                    .get(k)?
+                    .load(std::sync::atomic::Ordering::Acquire);
+                (left < *v).then_some((*k, v - left))
+            })
+            .collect();
+        let done = ShareDone {
+            frames: all.frames,
+            data_bytes: all.data_bytes,
+            wire_bytes: all.wire_bytes,
+            checksums: all.checksums,
+            written,
+        };
+        let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("share: {e}")))?;
+        crate::durable::write_atomic(table.journal.as_fd(), &done_name(&share.file), &body)
+    }
+
+    fn run_hosted(
+        &self,
+        table: &Arc<RecvTable>,
+        share: &WriteShare,
+        rx: &mpsc::Receiver<WorkerConn>,
+    ) -> Result<FrameStats> {
+        let conns = super::session::collect_workers(rx, &share.workers, None)?;
+        let cpus = crate::engine::worker_places(conns.len(), None);
+        let mut handles = Vec::new();
+        for (k, (index, link)) in conns.into_iter().enumerate() {
+            let w = RecvWorker {
+                index: usize::from(index.0),
+                cpu: cpus.get(k).and_then(|p| p.cpu),
+                table: table.clone(),
+                link,
+                progress: self.bytes.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("mover-place-{}", index.0))
+                .spawn(move || w.run())
+                .ctx(|| "spawning a write place's worker".to_string())?;
+            handles.push(h);
+        }
+        join_workers_preferring(handles, "write place", super::space::is_full)
+    }
+}
+
+/// Worker indices of `workers` that place `place` of `places` (the committing receiver is 0)
+/// serves.
+pub fn workers_at(place: usize, workers: u16, places: usize) -> Vec<u16> {
+    (0..workers)
+        .filter(|&i| {
+            crate::wire::message::write_place(usize::from(i), usize::from(workers), places) == place
+        })
+        .collect()
+}
+
+/// Folds a place's result into the committing receiver's totals; returns the large files the
+/// fold finished (their last bytes were written elsewhere: finalize sets their metadata).
+pub(crate) fn fold(t: &RecvTable, done: ShareDone, all: &mut FrameStats) -> Result<Vec<EntryId>> {
+    let mut finished = Vec::new();
+    for (k, bytes) in done.written {
+        let Some(r) = t.remaining.get(&k) else {
+            return Err(Error::Verify(format!(
+                "a write place wrote entry {k}, which expects no data"
+            )));
+        };
+        let prev = r
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |v| v.checked_sub(bytes),
+            )
+            .map_err(|_| {
+                Error::Verify(format!("more data for entry {k} than the sender announced"))
+            })?;
+        // The place set the metadata itself only if it wrote the whole file.
+        if prev == bytes && t.expected.get(&k) != Some(&bytes) {
+            finished.push(EntryId(k));
+        }
+    }
+    all.absorb(FrameStats {
+        frames: done.frames,
+        data_bytes: done.data_bytes,
+        wire_bytes: done.wire_bytes,
+        checksums: done.checksums,
+        ..FrameStats::default()
+    });
+    Ok(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_has_exactly_one_write_place_and_each_place_a_contiguous_run() {
+        for workers in 1..=12u16 {
+            for places in 1..=5usize {
+                let mut seen = Vec::new();
+                for p in 0..places {
+                    let at = workers_at(p, workers, places);
+                    assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{at:?}");
+                    seen.extend(at);
+                }
+                seen.sort_unstable();
+                assert_eq!(seen, (0..workers).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(workers_at(0, 4, 2), vec![0, 1]);
+        assert_eq!(workers_at(1, 4, 2), vec![2, 3]);
+    }
+}

@@ -1,0 +1,202 @@
+//! A session's writes spread over two write places on one shared target (`receiver::share`):
+//! the receiver holding the session and a place that runs a share of its workers, each on its
+//! own socket on 127.0.0.1, writing into the same directory (as two target nodes would into a
+//! shared file system). The recovery point is committed once, by the receiver, after the
+//! place said it was done; large files cut between the two get their metadata once both
+//! halves landed.
+
+mod common;
+
+use common::*;
+use mover::receiver::share::{ShareHost, WriteShare, Writers};
+use mover::transport::tcp::TcpConn;
+use mover::{send, Progress, ReceiveOptions, Receiver, SessionSecret, Tickets};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The place: a listener whose connections go to its `ShareHost`, and the `Writers` the
+/// receiver hands shares to, which runs them into the place's view of the target.
+struct Place {
+    addr: SocketAddr,
+    host: Arc<ShareHost>,
+}
+
+struct InProcess {
+    host: Arc<ShareHost>,
+    view: PathBuf,
+    want: SocketAddr,
+    /// Shares refused before running one (a place that is down).
+    refuse: AtomicUsize,
+}
+
+impl Writers for InProcess {
+    fn run(&self, at: SocketAddr, share: WriteShare) -> mover::Result<()> {
+        assert_eq!(
+            at, self.want,
+            "the share goes to the place the ticket named"
+        );
+        if self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(mover::Error::PeerLost("the write place is down".into()));
+        }
+        let root = mover::beneath::open_root(&self.view, "the place's view")?;
+        self.host.run(std::os::fd::AsFd::as_fd(&root), &share)
+    }
+}
+
+fn start_place() -> Place {
+    let host = Arc::new(ShareHost::new());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = host.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let _ = h.accept(Box::new(TcpConn::new(s).unwrap()));
+            });
+        }
+    });
+    Place { addr, host }
+}
+
+/// A receiver with a place beside it; each session's report arrives on the channel.
+fn start(
+    dst: &Path,
+    refuse: usize,
+) -> (
+    SocketAddr,
+    Arc<Tickets>,
+    Place,
+    Arc<Progress>,
+    std::sync::mpsc::Receiver<mover::SessionReport>,
+) {
+    let place = start_place();
+    let tickets = Arc::new(Tickets::default());
+    let writers = Arc::new(InProcess {
+        host: place.host.clone(),
+        view: dst.to_path_buf(),
+        want: place.addr,
+        refuse: AtomicUsize::new(refuse),
+    });
+    let progress = Arc::new(Progress::default());
+    let r = Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ReceiveOptions {
+            root: dst.to_path_buf(),
+            tickets: Some(tickets.clone()),
+            policy: every_kind(),
+            writers: Some(writers),
+            ..Default::default()
+        },
+        progress.clone(),
+    )
+    .unwrap();
+    let addr = r.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = r.serve(|rep| {
+            let _ = tx.send(rep.clone());
+        });
+    });
+    (addr, tickets, place, progress, rx)
+}
+
+fn tree(src: &Path) {
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    for i in 0..300u32 {
+        std::fs::write(
+            src.join(format!("small/f{i:03}")),
+            i.to_le_bytes().repeat(300),
+        )
+        .unwrap();
+    }
+    for i in 0..3u64 {
+        let data: Vec<u8> = (0..(20u64 << 20) + i * 4099)
+            .map(|k| (k.wrapping_mul(2654435761) >> (i + 3)) as u8)
+            .collect();
+        std::fs::write(src.join(format!("big{i}")), data).unwrap();
+    }
+}
+
+/// One sealed session with a ticket naming the place.
+fn session(
+    src: &Path,
+    state: &Path,
+    addr: SocketAddr,
+    tickets: &Tickets,
+    place: SocketAddr,
+) -> mover::Result<mover::SendReport> {
+    let secret = SessionSecret::random().unwrap();
+    tickets.issue_spread(Some(secret.clone()), vec![place])?;
+    let opts = mover::SendOptions {
+        secret: Some(secret),
+        write_places: vec![place],
+        ..send_options(src, addr, 4, Some(state))
+    };
+    send(&opts, &Arc::new(Progress::default()))
+}
+
+#[test]
+fn a_session_spread_over_two_write_places_commits_one_verified_recovery_point() {
+    let d = dirs();
+    tree(&d.src);
+    let (addr, tickets, place, here, reports) = start(&d.dst, 0);
+    let rep = session(&d.src, &d.state, addr, &tickets, place.addr).expect("first job");
+    let r = reports.recv().unwrap();
+    assert!(r.ok, "{:?}", r.error);
+    assert!(!r.recovery_point.is_empty());
+    assert_same_tree(&d.src, &d.dst);
+    // Both places wrote a share: together exactly what the sender sent.
+    let there = place.host.bytes.load(Ordering::SeqCst);
+    let mine = here.bytes.load(Ordering::SeqCst);
+    assert!(there > 0 && mine > 0, "here {mine}, at the place {there}");
+    assert_eq!(there + mine, rep.bytes);
+    assert_eq!(r.bytes, rep.bytes);
+    // No share file outlives the job's journal.
+    assert!(!d.dst.join(".mover-state/journal").exists());
+
+    // An incremental job: a block rewritten in the middle of each big file, one file added.
+    for i in 0..3 {
+        let p = d.src.join(format!("big{i}"));
+        let mut data = std::fs::read(&p).unwrap();
+        let mid = data.len() / 2;
+        data[mid..mid + 4096].fill(0xa5);
+        std::fs::write(&p, data).unwrap();
+    }
+    std::fs::write(d.src.join("small/new"), b"new").unwrap();
+    let rep = session(&d.src, &d.state, addr, &tickets, place.addr).expect("second job");
+    let r2 = reports.recv().unwrap();
+    assert!(r2.ok, "{:?}", r2.error);
+    assert_ne!(r2.recovery_point, r.recovery_point);
+    assert!(rep.bytes < 1 << 20, "a delta job sent {} bytes", rep.bytes);
+    assert_same_tree(&d.src, &d.dst);
+}
+
+#[test]
+fn a_write_place_that_fails_fails_the_session_and_the_retry_completes_the_job() {
+    let d = dirs();
+    tree(&d.src);
+    let (addr, tickets, place, _, reports) = start(&d.dst, 1);
+    let err =
+        session(&d.src, &d.state, addr, &tickets, place.addr).expect_err("the place was down");
+    let r = reports.recv().unwrap();
+    assert!(!r.ok);
+    let why = r.error.unwrap_or_default();
+    assert!(why.contains("write place"), "{why}");
+    // The target is still at its recovery point from before the job (the empty directory).
+    let rp = mover::recovery_point(&d.dst).unwrap();
+    assert!(rp.as_ref().is_none_or(|p| p.entries <= 1), "{err}: {rp:?}");
+    // The next session resumes the job: what the receiver's own workers made durable is not
+    // sent again.
+    let rep = session(&d.src, &d.state, addr, &tickets, place.addr).expect("retried job");
+    let r = reports.recv().unwrap();
+    assert!(r.ok && r.resumed, "{:?}", r.error);
+    assert!(rep.bytes < 60 << 20, "the retry sent {} bytes", rep.bytes);
+    assert_same_tree(&d.src, &d.dst);
+}
