@@ -64,6 +64,11 @@ pub struct DaemonArgs {
     /// path (one shared file system); the target sees one session as before.
     #[arg(long)]
     pub spread_jobs: bool,
+    /// With --cluster: spread the writes of this node's target relationships over the members
+    /// that also set it, and write shares of theirs. Every such member must see each target
+    /// directory at the same path (one shared file system) and run as one process.
+    #[arg(long)]
+    pub spread_writes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +148,7 @@ fn resolve(a: DaemonArgs) -> Result<control::daemon::DaemonOptions> {
         node_name: a.node_name,
         roles: a.roles,
         spread_jobs: a.spread_jobs,
+        spread_writes: a.spread_writes,
     };
     Ok(cfg::resolve(file, flags)?)
 }

@@ -8,7 +8,8 @@
 //! target nodes. A dead owner's relationship is taken over mid-job by the leader, and the
 //! owner, back, drops its copy; its policy snapshots go on under names the old owner never
 //! gave. A cluster token works on every node, until deleted on any, and is refused while etcd
-//! is away.
+//! is away. A target's writes spread over two target nodes sharing the target directory
+//! (`--spread-writes`): across an etcd restart, and with one of them SIGKILLed mid-share.
 
 mod node;
 
@@ -1280,4 +1281,108 @@ fn kept_on(target: &Node, id: &str, names: &[&str]) {
             Err(format!("kept {kept:?}\n{}", target.log()))
         }
     })
+}
+
+/// Times `n`'s log says it started writing a share of another node's target session.
+fn write_shares_started(n: &Node) -> usize {
+    n.log().matches("writing a share").count()
+}
+
+#[test]
+fn a_targets_writes_spread_over_two_target_nodes_and_a_killed_one_leaves_them_to_the_other() {
+    node::need_root();
+    let t = Scratch::new();
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
+    // Two target nodes that spread their writes (they share the target: one directory here);
+    // t2 has mounts of its own, as another machine would, so t1's read-only view of the
+    // target is not over its path. The source is a single node.
+    let cfg = |name: &str| {
+        format!(
+            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_writes = true\n",
+            etcd.url()
+        )
+    };
+    let t1 = Node::start_configured(&t.path().join("t1"), free_port(), free_port(), &cfg("t1"));
+    let mut t2 = Node::start_own_mounts(&t.path().join("t2"), &cfg("t2"));
+    let n1 = Node::start(&t.path().join("n1"));
+    let both = vec!["t1".to_string(), "t2".into()];
+    until(&t1, "both up", Duration::from_secs(30), |v| up(v) == both);
+
+    // 12 MB at 3 MB/s: the source's two workers write one through t1, one through t2.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 12, 1_000_000, 91);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &t1, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    t1.cli_ok(&["relationship", "authorize", &id]);
+    let v = n1.wait_for("source", &id, "the initial sync", node::synced);
+    let rp = v["recovery_point"]["time"].clone();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    t1.wait_for("target", &id, "the target's recovery point", |tv| {
+        tv["recovery_point"]["time"] == rp
+    });
+    assert!(
+        metric(&t2, "mover_write_shares_total{outcome=\"done\"}") >= 1.0,
+        "{}\n{}",
+        t2.log(),
+        t1.log()
+    );
+    let there = metric(&t2, "mover_write_share_bytes_total");
+    assert!(
+        there > 2e6 && there < 12e6,
+        "t2 wrote {there} bytes of 12 MB"
+    );
+
+    // 12 MB more; etcd goes away for 3 s while t2 writes its share. The job completes
+    // across the restart.
+    // Made aside and moved in whole, so the job that takes it starts with all of it.
+    let more = |name: &str, n: usize, seed: u64| {
+        let aside = t.path().join(format!("aside-{name}"));
+        node::fill(&aside, n, 1_000_000, seed);
+        std::fs::rename(&aside, src.join(name)).unwrap();
+    };
+    more("across", 12, 93);
+    let t0 = Instant::now();
+    while write_shares_started(&t2) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", t1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.restart();
+    let v = n1.wait_for("source", &id, "the job across the etcd restart", |v| {
+        node::synced(v) && v["recovery_point"]["time"] != rp
+    });
+    let rp = v["recovery_point"]["time"].clone();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    until(&t1, "both up again", Duration::from_secs(30), |v| {
+        up(v) == both
+    });
+
+    // 18 MB more; t2 is killed while it writes its share. The job ends on t1 alone with one
+    // verified recovery point, and what t2 made durable before the kill is not sent again.
+    more("more", 18, 92);
+    let t0 = Instant::now();
+    let before = write_shares_started(&t2);
+    while write_shares_started(&t2) <= before {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", t1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    t2.kill();
+    let v = n1.wait_for("source", &id, "the job after t2 died", |v| {
+        node::synced(v) && v["recovery_point"]["time"] != rp
+    });
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    let (sent, last) = last_sent(&v);
+    assert!(
+        sent < 18e6,
+        "the retried session sent {sent} bytes of 18 MB: what was durable went again ({last})"
+    );
+    let log = t1.log();
+    assert!(
+        log.contains("node t2 went down while it ran a write share")
+            || log.contains("no write place at"),
+        "{log}"
+    );
 }

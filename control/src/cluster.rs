@@ -92,6 +92,10 @@ pub struct Options {
     /// This node's jobs spread over the members that also set it, and it runs their shards
     /// (`--spread-jobs`): they see every relationship's source at the same path.
     pub spread: bool,
+    /// The writes of this node's target relationships spread over the members that also set
+    /// it, and it writes their shares (`--spread-writes`): they see every target directory at
+    /// the same path.
+    pub writes: bool,
 }
 
 /// Most etcd endpoints in `--cluster`.
@@ -135,6 +139,9 @@ pub struct Member {
     /// Takes shards of other members' jobs (`--spread-jobs`).
     #[serde(default)]
     pub spread: bool,
+    /// Writes shares of other members' target sessions (`--spread-writes`).
+    #[serde(default)]
+    pub writes: bool,
 }
 
 /// A node as the cluster sees it now.
@@ -216,14 +223,16 @@ fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) 
 /// rolling upgrade's plan and steps (`upgrade/...`), each node's containers (`containers/...`),
 /// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`),
 /// which node holds each source relationship (`owners/<id>`, `daemon/owners.rs`), the
-/// cluster's API tokens (`tokens/<name>`, `daemon/tokens.rs`).
-const SHARED_KINDS: [&str; 6] = [
+/// cluster's API tokens (`tokens/<name>`, `daemon/tokens.rs`), write shares of target
+/// sessions assigned to a node (`writes/<node>/...`, `daemon/writes.rs`).
+const SHARED_KINDS: [&str; 7] = [
     "upgrade",
     "containers",
     "drain",
     "shards",
     "owners",
     "tokens",
+    "writes",
 ];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;
@@ -474,6 +483,38 @@ impl Membership {
             .filter(|m| !drain_of(&k, &m.name).is_some_and(|d| d.drained))
             .map(|m| m.name.clone())
             .collect()
+    }
+
+    /// Whether every member that takes shards of this node's jobs now runs `release` (a share
+    /// from an earlier one ignores what it does not know, such as write places).
+    pub fn shard_places_run(&self, release: &str) -> bool {
+        let places = self.shard_places();
+        let k = lock(&self.known);
+        places
+            .iter()
+            .all(|n| k.nodes.get(n).is_some_and(|m| m.version == release))
+    }
+
+    /// Members that write shares of this node's target sessions now (up, `--spread-writes`,
+    /// one process, not drained), with the data-plane address they listen on; a member
+    /// listening on every address is left out (no address to give a source).
+    pub fn write_places(&self) -> Vec<(NodeName, std::net::SocketAddr)> {
+        let k = lock(&self.known);
+        k.nodes
+            .values()
+            .filter(|m| m.name != self.me.name && m.writes && k.alive.contains(&m.name))
+            .filter(|m| m.roles.iter().any(|r| r == "all"))
+            .filter(|m| !drain_of(&k, &m.name).is_some_and(|d| d.drained))
+            .filter_map(|m| {
+                let a: std::net::SocketAddr = m.listen.parse().ok()?;
+                (!a.ip().is_unspecified()).then(|| (m.name.clone(), a))
+            })
+            .collect()
+    }
+
+    /// This node writes shares of other members' target sessions.
+    pub fn takes_writes(&self) -> bool {
+        self.me.writes
     }
 
     pub fn view(&self) -> ClusterView {
@@ -777,6 +818,7 @@ mod tests {
             listen: "127.0.0.1:2".into(),
             started_unix: 0,
             spread: false,
+            writes: false,
         }
     }
 

@@ -39,6 +39,10 @@ pub enum PeerRequest {
         /// a cluster). The target refuses a term below the highest it has seen at this epoch.
         #[serde(default)]
         term: u64,
+        /// The source connects each worker where the answer's `write_places` say (an older
+        /// source does not: the target then names none).
+        #[serde(default)]
+        write_places: bool,
     },
     Report {
         id: RelationshipId,
@@ -109,6 +113,12 @@ pub enum PeerAnswer {
     Ticket {
         port: u16,
         ticket: String,
+        /// Other target nodes that take a share of the session's workers (the target's
+        /// `--spread-writes`): worker `i` of `n` connects to the place
+        /// `mover::wire::message::write_place(i, n, write_places.len() + 1)` falls to, place 0
+        /// being the target itself.
+        #[serde(default)]
+        write_places: Vec<std::net::SocketAddr>,
     },
     NotFound,
     Refused {

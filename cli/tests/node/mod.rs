@@ -250,6 +250,21 @@ impl Node {
         )
     }
 
+    /// A daemon in a mount namespace of its own (a copy of the test's, private from then on):
+    /// a node whose mounts are its own, as on another machine. Mounts other nodes make later
+    /// (a target's read-only view) are not seen here.
+    pub fn start_own_mounts(dir: &Path, extra_config: &str) -> Node {
+        let exe = cargo_bin("mover");
+        Self::spawn_as(
+            Path::new("unshare"),
+            &["--mount", "--propagation", "private", s(&exe), "daemon"],
+            dir,
+            At::local(free_port(), free_port()),
+            extra_config,
+            None,
+        )
+    }
+
     /// The node as containers by role under their supervisor (`mover node run`); `kill` and
     /// `terminate` act on the supervisor.
     pub fn start_containers(dir: &Path) -> Node {

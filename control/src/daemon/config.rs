@@ -157,6 +157,9 @@ pub struct ConfigFile {
     pub roles: Option<String>,
     /// Cluster only: spread this node's jobs over the members that also set it.
     pub spread_jobs: Option<bool>,
+    /// Cluster only: spread the writes of this node's target relationships over the members
+    /// that also set it.
+    pub spread_writes: Option<bool>,
 }
 
 impl ConfigFile {
@@ -204,6 +207,7 @@ pub struct Flags {
     pub node_name: Option<String>,
     pub roles: Option<String>,
     pub spread_jobs: bool,
+    pub spread_writes: bool,
 }
 
 /// Flags win over the file, the file over defaults.
@@ -221,8 +225,10 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
         node_name,
         roles,
         spread_jobs,
+        spread_writes,
     } = flags;
     let spread = spread_jobs || file.spread_jobs.unwrap_or(false);
+    let writes = spread_writes || file.spread_writes.unwrap_or(false);
     let roles = match roles.or(file.roles) {
         Some(r) => r.parse()?,
         None => super::roles::Roles::ALL,
@@ -301,6 +307,21 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
                 "--spread-jobs spreads jobs over a cluster's members: it needs --cluster".into(),
             ))
         }
+        None if writes => {
+            return Err(Error::Invalid(
+                "--spread-writes spreads a target's writes over a cluster's members: it needs \
+                 --cluster"
+                    .into(),
+            ))
+        }
+        // A receiver in a data container has no cluster client to hand shares with.
+        Some(_) if writes && !roles.is_all() => {
+            return Err(Error::Invalid(
+                "--spread-writes needs the daemon in one process (roles all): receivers in a \
+                 data container take no write places"
+                    .into(),
+            ))
+        }
         None => None,
         Some(url) => {
             let name = match node_name.or(file.node_name) {
@@ -314,6 +335,7 @@ pub fn resolve(file: ConfigFile, flags: Flags) -> Result<DaemonOptions> {
                 endpoints: crate::cluster::parse_url(&url)?,
                 name: crate::cluster::NodeName::try_from(name)?,
                 spread,
+                writes,
             })
         }
     };

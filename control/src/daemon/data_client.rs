@@ -68,6 +68,7 @@ pub(crate) fn send(
         fell_back: policy.fell_back(),
         control: ControlState::of(&progress.control),
         keep_manifest: true,
+        write_places: opts.write_places.clone(),
     };
     let baseline = job.control;
     let mut msg = ToData::Send(Box::new(job));

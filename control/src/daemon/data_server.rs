@@ -347,7 +347,7 @@ impl Session {
             changed: job.changed,
             cache,
             spread,
-            write_places: Vec::new(),
+            write_places: job.write_places,
         })
     }
 

@@ -204,6 +204,9 @@ pub struct SendJob {
     /// Keep the relationship's manifest in memory between its jobs (by `state`), as the
     /// control container would in one process.
     pub keep_manifest: bool,
+    /// The target's other write places, as its ticket named them.
+    #[serde(default)]
+    pub write_places: Vec<std::net::SocketAddr>,
 }
 
 /// A job's requests, as `JobControl` holds them.

@@ -68,6 +68,21 @@ pub trait Receiving: Send + Sync {
     /// A one-time session for it: sealed with `secret` (the id returned is its handle), or
     /// in clear with a random id.
     fn issue(&self, secret: Option<SessionSecret>) -> Result<SessionId>;
+    /// `issue`, for a session whose workers also write at `places` (other write places on
+    /// the shared target, `mover::receiver::share`). A receiver that cannot run places
+    /// refuses any.
+    fn issue_spread(
+        &self,
+        secret: Option<SessionSecret>,
+        places: Vec<std::net::SocketAddr>,
+    ) -> Result<SessionId> {
+        if places.is_empty() {
+            return self.issue(secret);
+        }
+        Err(Error::Invalid(
+            "this receiver runs in a data container: it takes no write places".into(),
+        ))
+    }
     /// Take no new session; stop once the running one ended.
     fn stop(&self);
     /// Whether it has stopped serving (after `stop`, or on an error).
@@ -181,6 +196,14 @@ impl Receiving for Threaded {
 
     fn issue(&self, secret: Option<SessionSecret>) -> Result<SessionId> {
         Ok(self.tickets.issue_with(secret)?)
+    }
+
+    fn issue_spread(
+        &self,
+        secret: Option<SessionSecret>,
+        places: Vec<std::net::SocketAddr>,
+    ) -> Result<SessionId> {
+        Ok(self.tickets.issue_spread(secret, places)?)
     }
 
     fn stop(&self) {

@@ -40,6 +40,9 @@ struct Counters {
     shards_done: u64,
     shards_failed: u64,
     shard_bytes: u64,
+    write_shares_done: u64,
+    write_shares_failed: u64,
+    write_share_bytes: u64,
 }
 
 #[derive(Default)]
@@ -61,6 +64,17 @@ impl Metrics {
         c.buckets[b] += 1;
         c.seconds += s;
         c.jobs += 1;
+    }
+
+    /// A write share of another node's target session ended here (`daemon/writes.rs`).
+    pub fn write_share_done(&self, ok: bool, bytes: u64) {
+        let mut c = lock(&self.0);
+        if ok {
+            c.write_shares_done += 1;
+        } else {
+            c.write_shares_failed += 1;
+        }
+        c.write_share_bytes += bytes;
     }
 
     /// A shard of another node's job ended here (`daemon/spread.rs`).
@@ -121,6 +135,8 @@ impl Metrics {
         );
         let _ = writeln!(o, "# HELP mover_shards_total Shards of cluster jobs this node ran, by outcome.\n# TYPE mover_shards_total counter\nmover_shards_total{{outcome=\"done\"}} {}\nmover_shards_total{{outcome=\"failed\"}} {}", c.shards_done, c.shards_failed);
         let _ = writeln!(o, "# HELP mover_shard_bytes_total File data bytes this node sent for shards of cluster jobs.\n# TYPE mover_shard_bytes_total counter\nmover_shard_bytes_total {}", c.shard_bytes);
+        let _ = writeln!(o, "# HELP mover_write_shares_total Shares of other nodes' target sessions this node wrote, by outcome.\n# TYPE mover_write_shares_total counter\nmover_write_shares_total{{outcome=\"done\"}} {}\nmover_write_shares_total{{outcome=\"failed\"}} {}", c.write_shares_done, c.write_shares_failed);
+        let _ = writeln!(o, "# HELP mover_write_share_bytes_total File data bytes this node wrote for shares of other nodes' target sessions.\n# TYPE mover_write_share_bytes_total counter\nmover_write_share_bytes_total {}", c.write_share_bytes);
         let _ = writeln!(o, "# HELP mover_relationships Relationships on this node by state.\n# TYPE mover_relationships gauge");
         for (state, n) in states {
             let _ = writeln!(o, "mover_relationships{{state=\"{}\"}} {n}", label(state));

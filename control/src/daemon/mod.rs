@@ -11,6 +11,7 @@ mod api_events;
 mod api_proxy;
 mod api_rolling;
 mod api_snapshots;
+mod assigned;
 pub mod config;
 mod data_client;
 mod data_host;
@@ -39,6 +40,7 @@ mod ui;
 mod upgrade;
 mod view;
 mod watch;
+mod writes;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::IoContext;
@@ -122,6 +124,10 @@ pub struct Node {
     restart: tokio::sync::Notify,
     /// Membership in an etcd cluster (`--cluster`), if this node joined one.
     pub cluster: Option<Arc<crate::cluster::Membership>>,
+    /// Target side (cluster, `--spread-writes`): the write shares of other nodes' sessions
+    /// this node runs, and the members left out of each relationship's write places.
+    share_host: Arc<mover::receiver::share::ShareHost>,
+    writes_left_out: Arc<writes::LeftOut>,
 }
 
 impl Node {
@@ -298,7 +304,16 @@ impl Node {
                 listen: opts.listen.to_string(),
                 started_unix: clock.now_ns() / 1_000_000_000,
                 spread: c.spread,
+                writes: c.writes,
             };
+            if c.writes && opts.listen.ip().is_unspecified() {
+                tracing::warn!(
+                    listen = %opts.listen,
+                    "--spread-writes: this node listens on every address, so no other node \
+                     can name it to a source as a write place; listen on the address sources \
+                     reach"
+                );
+            }
             crate::cluster::Membership::new(c, me)
         });
         Node {
@@ -324,6 +339,8 @@ impl Node {
             reversing: Mutex::default(),
             snapshots_owed: Mutex::default(),
             token_index: Mutex::default(),
+            share_host: Arc::new(mover::receiver::share::ShareHost::new()),
+            writes_left_out: Arc::default(),
             transports: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),
@@ -412,6 +429,9 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         tokio::spawn(owners::run(node.clone(), m.clone()));
         if m.takes_shards() {
             tokio::spawn(spread::run_assigned(node.clone(), m.clone()));
+        }
+        if m.takes_writes() {
+            tokio::spawn(writes::run_assigned(node.clone(), m.clone()));
         }
     }
     tokio::spawn(source::schedule(node.clone()));

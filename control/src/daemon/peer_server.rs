@@ -142,7 +142,7 @@ async fn one(
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await;
     if matches!(peeked, Ok(Ok(1))) && first[0] == mover::receiver::DATA_PLANE_FIRST_BYTE {
-        return data_plane(node, tcp, deadline).await;
+        return data_plane(node, tcp, deadline, slot).await;
     }
     let authenticate = async {
         let (mut tls, fp) = peer_wire::accept(acceptor, tcp).await?;
@@ -203,6 +203,7 @@ async fn data_plane(
     node: &Arc<Node>,
     tcp: tokio::net::TcpStream,
     deadline: tokio::time::Instant,
+    slot: PreAuthSlot,
 ) -> crate::Result<()> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let fail = |message: String| Error::Peer {
@@ -210,13 +211,13 @@ async fn data_plane(
         message,
     };
     let mut buf = vec![0u8; MAX_HELLO_PEEK];
-    let session = loop {
+    let (session, worker) = loop {
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
             .await
             .map_err(|_| fail("no data-plane Hello in time".into()))?;
         let n = n.map_err(|e| fail(format!("reading a data-plane Hello: {e}")))?;
         match mover::receiver::hello_session(&buf[..n]) {
-            Ok(Some(s)) => break s,
+            Ok(Some(s)) => break (s, mover::receiver::hello_is_worker(&buf[..n])),
             Ok(None) if n < buf.len() => {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await
             }
@@ -234,6 +235,16 @@ async fn data_plane(
     .await
     .map_err(|e| fail(format!("routing task: {e}")))?;
     if !routed.0 {
+        // A worker of another node's session, whose share this node writes (or is about to):
+        // held unauthenticated, so it keeps its pre-auth slot (the per-address bound) while
+        // it waits for its share.
+        if worker {
+            if let Some(s) = routed.1.as_ref().and_then(|s| s.try_clone().ok()) {
+                if super::writes::hold(node, s, Box::new(slot)) {
+                    return Ok(());
+                }
+            }
+        }
         // Tell the sender why before closing (its Hello is answered with an Error frame).
         if let Some(mut s) = routed.1 {
             use std::io::Write;
@@ -331,6 +342,8 @@ pub(crate) enum Blocking {
         ticket: mover::units::SessionId,
         /// The owner term the source asked at (`target::ticket`).
         term: u64,
+        /// The source takes write places (`PeerAnswer::Ticket::write_places`).
+        write_places: bool,
     },
     Delete(crate::model::RelationshipId),
     Reconnect(crate::model::RelationshipId),
@@ -360,14 +373,16 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
             secret,
             ticket,
             term,
+            write_places,
         } => {
             let plaintext = secret.is_none();
-            match target::ticket(node, &r, secret, term) {
+            match target::ticket(node, &r, secret, term, write_places) {
                 // Sealed: the random ticket the secret was derived for (the data plane only
                 // ever carries the secret's handle). Plain: the session id itself.
-                Ok((port, t)) => PeerAnswer::Ticket {
+                Ok((port, t, places)) => PeerAnswer::Ticket {
                     port,
                     ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
+                    write_places: places,
                 },
                 Err(e) => refuse(e.to_string()),
             }
@@ -434,6 +449,7 @@ pub(crate) fn respond(
             epoch,
             software,
             term,
+            write_places,
         } => {
             let r = match pinned_at(node, &id, fp, epoch) {
                 Ok(r) => r,
@@ -466,6 +482,7 @@ pub(crate) fn respond(
                 secret,
                 ticket,
                 term,
+                write_places,
             });
         }
         PeerRequest::Report {

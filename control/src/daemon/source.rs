@@ -917,7 +917,13 @@ fn run_job(
             Some(s) => super::snapshots::source_of(&src.proc_path(), s),
             None => src.proc_path(),
         };
-        let res = res.and_then(|(to, session, secret)| {
+        let res = res.and_then(|granted| {
+            let Granted {
+                to,
+                session,
+                secret,
+                write_places,
+            } = granted;
             let opts = mover::sender::SendOptions {
                 src: from,
                 to,
@@ -946,7 +952,7 @@ fn run_job(
                 cache: node.opts.roles.data.then(|| manifest_cache(node, id)),
                 // A kept policy snapshot is read-only: its plan files could not be written.
                 spread: spread.clone().filter(|_| c.policy.is_none()),
-                write_places: Vec::new(),
+                write_places,
             };
             let report = if node.opts.roles.data {
                 mover::sender::send_over(&opts, progress, &transport)?
@@ -1207,10 +1213,7 @@ pub(crate) fn worth_retrying(e: &Error) -> bool {
 
 /// A session from the target: where to send, its id, and the secret its frames are sealed
 /// with (derived from the ticket request's TLS session; `None` when this node runs in clear).
-async fn ticket(
-    node: &Node,
-    r: &Relationship,
-) -> Result<(SocketAddr, SessionId, Option<mover::SessionSecret>)> {
+async fn ticket(node: &Node, r: &Relationship) -> Result<Granted> {
     let addr = peer_addr(r).await?;
     let pin = r
         .peer_fingerprint
@@ -1233,7 +1236,31 @@ async fn ticket(
         crate::peer_wire::call_then(addr, &node.identity, pin.as_ref(), &req, derive).await?;
     // The data plane shares the peer port; the configured one is what reaches the target
     // through NAT or port forwarding, whatever port it listens on itself.
-    Ok((addr, ticket_session(r, answer)?, secret))
+    let write_places = match &answer {
+        PeerAnswer::Ticket { write_places, .. } => write_places.clone(),
+        _ => Vec::new(),
+    };
+    if write_places.len() > mover::receiver::share::MAX_WRITE_PLACES {
+        return Err(Error::Peer {
+            peer: r.spec.target_address.clone(),
+            message: format!("{} write places named", write_places.len()),
+        });
+    }
+    Ok(Granted {
+        to: addr,
+        session: ticket_session(r, answer)?,
+        secret,
+        write_places,
+    })
+}
+
+/// A session the target granted: where to send, its id, the secret its frames are sealed
+/// with, and the target's other write places.
+struct Granted {
+    to: SocketAddr,
+    session: SessionId,
+    secret: Option<mover::SessionSecret>,
+    write_places: Vec<SocketAddr>,
 }
 
 /// The request for a session of `r`: sealed unless this node runs in clear; in a cluster,
@@ -1245,13 +1272,19 @@ pub(crate) fn ticket_request(node: &Node, r: &Relationship) -> Result<PeerReques
         epoch: r.epoch,
         software: Some(mover::software_version().to_string()),
         term: super::owners::term_here(node, &r.id)?,
+        // A session spread over members of an earlier release would send their workers to
+        // the target whatever the places: it asks for none then (a rolling upgrade).
+        write_places: node
+            .cluster
+            .as_ref()
+            .is_none_or(|m| !m.takes_shards() || m.shard_places_run(mover::software_version())),
     })
 }
 
 /// The session id the target's answer to a ticket request grants.
 pub(crate) fn ticket_session(r: &Relationship, answer: PeerAnswer) -> Result<SessionId> {
     match answer {
-        PeerAnswer::Ticket { port: _, ticket } => {
+        PeerAnswer::Ticket { ticket, .. } => {
             let t = u128::from_str_radix(&ticket, 16).map_err(|_| Error::Peer {
                 peer: r.spec.target_address.clone(),
                 message: "malformed ticket".into(),

@@ -12,7 +12,7 @@
 use super::Node;
 use crate::cluster::{Membership, NodeName};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,13 +21,6 @@ use std::time::Duration;
 const SHARD_POLL: Duration = Duration::from_millis(100);
 /// Longest an owner waits for one shard whose node stays up.
 const MAX_SHARD_WAIT: Duration = Duration::from_secs(24 * 3600);
-/// Tries to write a shard's outcome while etcd is away (a restart), `crate::cluster::RETRY`
-/// apart.
-const MAX_REPORT_TRIES: u32 = 600;
-/// An answered shard record, or one assigned by an owner now down (which that node does not
-/// start), still there this long after its node first saw it so is left over (its owner died
-/// or lost etcd before deleting it); that node deletes it.
-const ANSWERED_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,69 +129,43 @@ impl mover::sender::shard::Spread for Places {
             bytes: 0,
             unreadable: false,
         };
-        let body = serde_json::to_vec(&record).map_err(|e| lost(e.to_string()))?;
-        self.rt
-            .block_on(self.m.put(&k, body))
-            .map_err(|e| lost(format!("assigning a shard to {node}: {e}")))?;
-        let outcome = self.wait(&node, &k);
-        // Whatever happened, the record goes; a failed delete (etcd away) leaves it to be
-        // ignored: its session is over.
-        if let Err(e) = self.rt.block_on(self.m.delete(&k)) {
-            tracing::warn!("removing shard record {k}: {e}");
-        }
-        outcome
+        super::assigned::assign(&self.rt, &self.m, (&node, &k), &record, "shard", || {
+            self.wait(&node, &k)
+        })
     }
 }
 
 impl Places {
     fn wait(&self, node: &NodeName, k: &str) -> mover::Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            std::thread::sleep(SHARD_POLL);
-            if self.progress.control.is_cancelled() {
-                return Err(mover::Error::Cancelled(format!(
-                    "the job stopped while {node} ran a shard"
-                )));
+        let r: Record = super::assigned::wait(
+            &self.m,
+            (node, k),
+            (SHARD_POLL, MAX_SHARD_WAIT),
+            "shard",
+            || {
+                self.progress.control.is_cancelled().then(|| {
+                    mover::Error::Cancelled(format!("the job stopped while {node} ran a shard"))
+                })
+            },
+        )?;
+        match r.state {
+            State::Done => {
+                self.progress
+                    .bytes
+                    .fetch_add(r.bytes, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
             }
-            let record = self
-                .m
-                .shared(k)
-                .into_iter()
-                .find(|(key, _)| key == k)
-                .and_then(|(_, v)| serde_json::from_slice::<Record>(&v).ok());
-            match record {
-                Some(r) if r.state == State::Done => {
-                    self.progress
-                        .bytes
-                        .fetch_add(r.bytes, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-                Some(r) if r.state == State::Failed && r.unreadable => {
-                    super::lock(&self.failed).insert(node.clone());
-                    return Err(lost(format!(
-                        "node {node} cannot read the shared source, left out of this job: {}",
-                        r.error.unwrap_or_default()
-                    )));
-                }
-                Some(r) if r.state == State::Failed => {
-                    return Err(lost(format!(
-                        "node {node}'s shard failed: {}",
-                        r.error.unwrap_or_default()
-                    )));
-                }
-                // While etcd is away the view is stale: wait for it (an etcd restart).
-                _ if !self.m.connected() => {}
-                _ if !self.m.up(node) => {
-                    return Err(lost(format!("node {node} went down while it ran a shard")));
-                }
-                None => return Err(lost(format!("the shard record of {node} went away"))),
-                Some(_) => {}
+            _ if r.unreadable => {
+                super::lock(&self.failed).insert(node.clone());
+                Err(lost(format!(
+                    "node {node} cannot read the shared source, left out of this job: {}",
+                    r.error.unwrap_or_default()
+                )))
             }
-            if start.elapsed() > MAX_SHARD_WAIT {
-                return Err(lost(format!(
-                    "node {node} ran a shard for longer than {MAX_SHARD_WAIT:?}"
-                )));
-            }
+            _ => Err(lost(format!(
+                "node {node}'s shard failed: {}",
+                r.error.unwrap_or_default()
+            ))),
         }
     }
 }
@@ -206,48 +173,24 @@ impl Places {
 /// Runs the shards other members assign to this node, for as long as the daemon runs.
 pub(crate) async fn run_assigned(node: Arc<Node>, m: Arc<Membership>) {
     let prefix = format!("shards/{}/", m.name());
-    let mut started: HashSet<String> = HashSet::new();
-    let mut answered: HashMap<String, tokio::time::Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(SHARD_POLL);
-    loop {
-        tick.tick().await;
-        let assigned = m.shared(&prefix);
-        // Forget what the owners removed (the sets stay the size of the live records).
-        started.retain(|k| assigned.iter().any(|(a, _)| a == k));
-        answered.retain(|k, _| assigned.iter().any(|(a, _)| a == k));
-        for (k, v) in assigned {
-            let Ok(record) = serde_json::from_slice::<Record>(&v) else {
-                tracing::warn!("shard record {k} is not one this release reads");
-                continue;
-            };
-            // Assigned by an owner that is down: its session died with it, and nobody waits
-            // for the answer (a new owner or the owner back starts a new session); left over.
-            let orphan = record.state == State::Assigned && !m.up(&record.owner);
-            if record.state != State::Assigned || orphan {
-                let seen = *answered
-                    .entry(k.clone())
-                    .or_insert_with(tokio::time::Instant::now);
-                if seen.elapsed() > ANSWERED_KEPT {
-                    tracing::info!(shard = %k, owner = %record.owner, "removing a shard record its owner left");
-                    if let Err(e) = m.delete(&k).await {
-                        tracing::warn!("removing shard record {k}: {e}");
-                    }
-                }
-                continue;
-            }
-            // Assigned by a live owner: not left over (its owner may have been down a moment).
-            answered.remove(&k);
-            if !started.insert(k.clone()) {
-                continue;
-            }
-            let (node, m, rt) = (node.clone(), m.clone(), tokio::runtime::Handle::current());
-            let spawned = std::thread::Builder::new()
-                .name("mover-shard".into())
-                .spawn(move || run_one(&node, &m, &rt, &k, record, v));
-            if let Err(e) = spawned {
-                tracing::warn!("starting a shard: {e}");
-            }
-        }
+    let rt = tokio::runtime::Handle::current();
+    let m2 = m.clone();
+    super::assigned::run(
+        m,
+        prefix,
+        SHARD_POLL,
+        ("shard", "mover-shard"),
+        move |k: String, record: Record, v| run_one(&node, &m2, &rt, &k, record, v),
+    )
+    .await
+}
+
+impl super::assigned::Assignment for Record {
+    fn assigner(&self) -> &NodeName {
+        &self.owner
+    }
+    fn is_assigned(&self) -> bool {
+        self.state == State::Assigned
     }
 }
 
@@ -282,20 +225,5 @@ fn run_one(
             node.metrics.shard_done(false, 0);
         }
     }
-    let Ok(body) = serde_json::to_vec(&record) else {
-        return;
-    };
-    for _ in 0..MAX_REPORT_TRIES {
-        // Only over the record as assigned: had the owner given up on it (its session failed)
-        // and removed it, an answer would bring back a record nobody reads.
-        match rt.block_on(m.put_if(k, Some(&assigned), body.clone(), None)) {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::debug!(shard = k, "its owner removed it meanwhile: not answered");
-                return;
-            }
-            Err(e) => tracing::warn!(shard = k, "reporting a shard: {e}"),
-        }
-        std::thread::sleep(crate::cluster::RETRY);
-    }
+    super::assigned::answer(rt, m, (k, &assigned), &record, "shard");
 }

@@ -29,6 +29,8 @@ pub struct Rx {
     /// The checked target directory, open while the receiver lives (an unprotected target is
     /// written through its descriptor's path).
     _root: OpenDir,
+    /// Started with this node's write places (`writes`).
+    writes: bool,
 }
 
 /// At start: re-establish the read-only protection of every authorized target (mounts do not
@@ -157,7 +159,8 @@ pub fn ticket(
     r: &Relationship,
     secret: Option<mover::SessionSecret>,
     term: u64,
-) -> Result<(u16, u128)> {
+    write_places: bool,
+) -> Result<(u16, u128, Vec<std::net::SocketAddr>)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
     // ticket that starts a new one. Read again here: `r` was read when the request arrived,
     // and a release (which stops the receiver under this lock) may have finished since.
@@ -184,7 +187,14 @@ pub fn ticket(
         Fenced::Current => {}
     }
     let rx = running_receiver(node, &mut rxs, &r.id)?;
-    let t = rx.receiving.issue(secret)?;
+    // Only to a source that connects its workers where the answer says, and only when the
+    // receiver started with this node's write places (one process, `--spread-writes`).
+    let places = if write_places && rx.writes {
+        super::writes::places_for(node, &r.id)
+    } else {
+        Vec::new()
+    };
+    let t = rx.receiving.issue_spread(secret, places.clone())?;
     let mut routes = lock(&node.routes);
     // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
     // void (one session runs at a time, and its workers join right after its control
@@ -210,7 +220,7 @@ pub fn ticket(
     }
     routes.insert(t.0, (r.id.clone(), now));
     // The data plane shares the replication port: the source connects where it sent this.
-    Ok((node.opts.listen.port(), t.0))
+    Ok((node.opts.listen.port(), t.0, places))
 }
 
 /// The relationship's receiver, started if none runs, under the receivers lock. The
@@ -310,13 +320,16 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
             mover::transport::select::Choice::Auto,
             None,
         )),
+        writers: super::writes::writers(node, &r.id, PathBuf::from(&dir.pin().path)),
         ..Default::default()
     };
+    let writers = opts.writers.is_some();
     let receiving = Arc::from(node.host.start_receiver(&r.id, opts)?);
-    tracing::info!(id = %r.id, "data-plane receiver started");
+    tracing::info!(id = %r.id, writes = writers, "data-plane receiver started");
     Ok(Rx {
         receiving,
         _root: dir,
+        writes: writers,
     })
 }
 
@@ -701,7 +714,7 @@ mod tests {
             x.read_only = None;
         })
         .unwrap();
-        let res = ticket(&node, &asked, None, 0);
+        let res = ticket(&node, &asked, None, 0, false);
         assert!(matches!(res, Err(Error::Conflict(_))), "{res:?}");
         assert_eq!(host.0.load(Ordering::SeqCst), 0, "the machine was touched");
         assert!(lock(&node.receivers).is_empty());
@@ -709,7 +722,7 @@ mod tests {
         // Deleted meanwhile: the same.
         node.forget(&r.id, Role::Target).unwrap();
         assert!(matches!(
-            ticket(&node, &asked, None, 0),
+            ticket(&node, &asked, None, 0, false),
             Err(Error::NotFound(_))
         ));
         assert_eq!(host.0.load(Ordering::SeqCst), 0);
@@ -738,6 +751,7 @@ mod tests {
                 epoch: 0,
                 software: None,
                 term,
+                write_places: false,
             };
             use super::super::peer_server::{finish, respond, Handled};
             let answer = match respond(&node, &fp, req, (mover::units::SessionId(n.into()), secret))
@@ -814,6 +828,7 @@ mod tests {
                 epoch,
                 software: None,
                 term: 0,
+                write_places: false,
             };
             super::super::peer_server::respond(&node, &fp, req, grant())
         };

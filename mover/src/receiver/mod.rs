@@ -164,8 +164,11 @@ impl Tickets {
     pub fn issue_spread(
         &self,
         secret: Option<SessionSecret>,
-        places: Vec<SocketAddr>,
+        mut places: Vec<SocketAddr>,
     ) -> Result<SessionId> {
+        // One share per place: an address named twice would be handed the session twice.
+        let mut seen = std::collections::HashSet::new();
+        places.retain(|a| seen.insert(*a));
         if places.len() > share::MAX_WRITE_PLACES {
             return Err(Error::Limit(format!(
                 "{} write places, at most {} are served",
@@ -293,6 +296,16 @@ pub fn hello_session(
         Err(crate::wire::WireError::Truncated { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Whether a connection's first bytes (a whole Hello frame, as `hello_session` found it) are a
+/// worker connection's Hello.
+pub fn hello_is_worker(first: &[u8]) -> bool {
+    matches!(
+        crate::wire::frame::decode_frame(first),
+        Ok((h, payload, _)) if h.kind == FrameKind::Hello
+            && matches!(Hello::decode(payload), Ok(Hello { role: crate::wire::message::Role::Worker { .. }, .. }))
+    )
 }
 
 /// A connection's first byte is this for a data-plane connection (the Hello frame kind); TLS

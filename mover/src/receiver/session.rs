@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 /// How often the wait for worker connections checks that the sender is still there.
 const WORKER_POLL: Duration = Duration::from_millis(50);
 /// How long the session waits for its worker connections after sending the need list.
-const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionReport {
@@ -553,12 +553,12 @@ impl Session {
             secret: self.secret.as_ref(),
             at: &self.write_places,
             writers: self.writers.as_ref(),
+            failed: Arc::default(),
         };
         let started = places.start(&table, data)?;
-        let local = run_local(
+        let local = places.run_local(
             &table,
             &self.worker_conns,
-            &places.workers_here(),
             data,
             ctl,
             &self.cpus,
@@ -716,6 +716,9 @@ struct Places<'a> {
     secret: Option<&'a crate::wire::seal::SessionSecret>,
     at: &'a [std::net::SocketAddr],
     writers: Option<&'a Arc<dyn super::share::Writers>>,
+    /// Set when a place fails: the local workers are stopped rather than run to the end of
+    /// a session that cannot commit.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Places<'_> {
@@ -734,76 +737,104 @@ impl Places<'_> {
             Error::Unsupported("the ticket names write places but this receiver has none".into())
         })?;
         let n = 1 + self.at.len();
+        // Everything that can fail before a place runs is done first: no place is left
+        // running when this returns an error.
+        let file = super::share::publish(table, self.id)?;
+        let shares: Vec<_> = self
+            .at
+            .iter()
+            .enumerate()
+            .filter_map(|(k, at)| {
+                let workers = super::share::workers_at(k + 1, self.workers, n);
+                (!workers.is_empty()).then(|| {
+                    let s = super::share::share_for(&file, self.id, self.secret, k + 1, workers);
+                    (*at, s)
+                })
+            })
+            .collect();
         let mut runs = Vec::new();
-        for (k, at) in self.at.iter().enumerate() {
-            let at = *at;
-            let workers = super::share::workers_at(k + 1, self.workers, n);
-            if workers.is_empty() {
-                continue;
+        for (at, share) in shares {
+            let (w, s, failed) = (writers.clone(), share.clone(), self.failed.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("mover-place-{}", share.place))
+                .spawn(move || {
+                    let r = w.run(at, s);
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                });
+            match spawned {
+                Ok(handle) => runs.push(PlaceRun { at, share, handle }),
+                Err(e) => {
+                    for r in runs {
+                        let _ = r.handle.join();
+                    }
+                    return Err(e).ctx(|| "spawning a write place's runner".to_string());
+                }
             }
-            let share = super::share::publish(table, self.id, self.secret, k + 1, workers)?;
-            let (w, s) = (writers.clone(), share.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("mover-place-{}", k + 1))
-                .spawn(move || w.run(at, s))
-                .ctx(|| "spawning a write place's runner".to_string())?;
-            runs.push(PlaceRun {
-                at,
-                share,
-                handle: h,
-            });
         }
         Ok(runs)
     }
 }
 
-/// Runs the workers this receiver serves itself (`mine`) until they are done.
-fn run_local(
-    table: &Arc<RecvTable>,
-    worker_conns: &Receiver<super::WorkerConn>,
-    mine: &[u16],
-    data: bool,
-    ctl: &Link,
-    cpus: &[Option<hw::CpuId>],
-    progress: &Progress,
-) -> Result<FrameStats> {
-    let conns = if data && !mine.is_empty() {
-        collect_workers(worker_conns, mine, Some(&*ctl.conn))?
-    } else {
-        Vec::new()
-    };
-    // While the workers run, a sender that ends the session (it half-closes the control
-    // connection when one of its places failed) gets it ended here too: the workers'
-    // connections are shut, so every worker, here and at the sender's places, stops now.
-    let streams: Vec<std::net::TcpStream> = conns
-        .iter()
-        .filter_map(|(_, l)| l.conn.tcp_stream().ok().flatten())
-        .collect();
-    let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
-    let mut handles = Vec::new();
-    for (index, conn) in conns {
-        let i = usize::from(index.0);
-        let ended = ended.clone();
-        let w = RecvWorker {
-            index: i,
-            cpu: cpus.get(i).copied().flatten(),
-            table: table.clone(),
-            link: conn,
-            progress: progress.bytes.clone(),
+impl Places<'_> {
+    /// Runs the workers this receiver serves itself until they are done.
+    fn run_local(
+        &self,
+        table: &Arc<RecvTable>,
+        worker_conns: &Receiver<super::WorkerConn>,
+        data: bool,
+        ctl: &Link,
+        cpus: &[Option<hw::CpuId>],
+        progress: &Progress,
+    ) -> Result<FrameStats> {
+        let mine = self.workers_here();
+        let place_failed = &*self.failed;
+        let conns = if data && !mine.is_empty() {
+            collect_workers(worker_conns, &mine, Some(&*ctl.conn))?
+        } else {
+            Vec::new()
         };
-        let h = std::thread::Builder::new()
-            .name(format!("mover-recv-{i}"))
-            .spawn(move || {
-                let r = w.run();
-                let _ = ended.send(());
-                r
-            })
-            .ctx(|| "spawning receiver worker".to_string())?;
-        handles.push(h);
+        // While the workers run, a sender that ends the session (it half-closes the control
+        // connection when one of its places failed) gets it ended here too: the workers'
+        // connections are shut, so every worker, here and at the sender's places, stops now.
+        let streams: Vec<std::net::TcpStream> = conns
+            .iter()
+            .filter_map(|(_, l)| l.conn.tcp_stream().ok().flatten())
+            .collect();
+        let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
+        let mut handles = Vec::new();
+        for (index, conn) in conns {
+            let i = usize::from(index.0);
+            let ended = ended.clone();
+            let w = RecvWorker {
+                index: i,
+                cpu: cpus.get(i).copied().flatten(),
+                table: table.clone(),
+                link: conn,
+                progress: progress.bytes.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("mover-recv-{i}"))
+                .spawn(move || {
+                    let r = w.run();
+                    let _ = ended.send(());
+                    r
+                })
+                .ctx(|| "spawning receiver worker".to_string())?;
+            handles.push(h);
+        }
+        drop(ended);
+        watch_sender_end(
+            &workers_ended,
+            handles.len(),
+            &*ctl.conn,
+            &streams,
+            place_failed,
+        );
+        join_workers_preferring(handles, "receiver", space::is_full)
     }
-    drop(ended);
-    watch_sender_end(&workers_ended, handles.len(), &*ctl.conn, &streams);
-    join_workers_preferring(handles, "receiver", space::is_full)
 }
 
 /// A write place's share being run.
@@ -834,9 +865,14 @@ fn join_places(
             (p.at, p.share, r)
         })
         .collect();
+    // The local workers' error is only an echo when a place failed first and stopped them.
+    let mut local_echo = false;
     match local {
         Ok(s) => all.absorb(s),
-        Err(e) => first = Some(e),
+        Err(e) => {
+            local_echo = answers.iter().any(|(_, _, r)| r.is_err());
+            first = Some(e)
+        }
     }
     for (at, share, r) in answers {
         let folded = r
@@ -844,8 +880,21 @@ fn join_places(
             .and_then(|done| super::share::fold(table, done, &mut all));
         match folded {
             Ok(f) => elsewhere.extend(f.into_iter().map(|e| e.0)),
-            Err(e) if first.is_none() => {
-                first = Some(Error::PeerLost(format!("write place {at}: {e}")))
+            // A full disk is the cause whatever else failed with it (the disk-full path then
+            // explains it and reverts); otherwise the first error, which a place's failure
+            // is only when nothing failed here (it stopped the workers here).
+            Err(e)
+                if space::is_full(&e)
+                    || first
+                        .as_ref()
+                        .is_none_or(|f| !space::is_full(f) && local_echo) =>
+            {
+                first = Some(match e {
+                    Error::PeerLost(_) => e,
+                    e if space::is_full(&e) => e,
+                    e => Error::PeerLost(format!("write place {at}: {e}")),
+                });
+                local_echo = false;
             }
             Err(e) => tracing::warn!(%at, "write place: {e}"),
         }
@@ -1071,14 +1120,19 @@ fn watch_sender_end(
     n: usize,
     ctl: &dyn Connection,
     streams: &[std::net::TcpStream],
+    place_failed: &std::sync::atomic::AtomicBool,
 ) {
     let mut left = n;
     while left > 0 {
         match ended.recv_timeout(WORKER_POLL) {
             Ok(()) => left -= 1,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if ctl.peer_closed() {
-                    tracing::info!("the sender ended the session: stopping its workers");
+                let place = place_failed.load(std::sync::atomic::Ordering::SeqCst);
+                if place || ctl.peer_closed() {
+                    tracing::info!(
+                        place,
+                        "the sender ended the session, or a write place failed: stopping the workers"
+                    );
                     for s in streams {
                         let _ = s.shutdown(std::net::Shutdown::Both);
                     }

@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 
 /// Most write places (other than the committing receiver) one session spreads over.
 pub const MAX_WRITE_PLACES: usize = 16;
-/// Largest share file read back (an entry list and its need list, bounded like a session's).
-const MAX_SHARE_FILE: usize = 1 << 30;
+/// Largest share file read back: the session's entry list (`SessionLimits` lets a receiver
+/// take up to 4 GiB of it) with its need list, ranges and sizes.
+const MAX_SHARE_FILE: u64 = 8 << 30;
 /// Largest result file read back: one checksum per frame the place may receive.
 const MAX_DONE_FILE: usize = 1 << 30;
 /// Share and result files in the journal directory start with this.
@@ -57,8 +58,9 @@ const SHARE_PREFIX: &str = "share-";
 /// First bytes of a share file (its format's version).
 const SHARE_MAGIC: u32 = 0x6d76_7331;
 /// How long a place holds a worker connection of a session it was not yet handed (the sender's
-/// workers may connect before the committing receiver's share reaches the place).
-const ASSIGN_WAIT: Duration = Duration::from_secs(10);
+/// workers connect right after the Expect list, before the committing receiver has written
+/// the share and the place has been handed it): as long as a receiver waits for its workers.
+const ASSIGN_WAIT: Duration = super::session::WORKER_CONNECT_TIMEOUT;
 /// How often a held connection looks for its session.
 const ASSIGN_POLL: Duration = Duration::from_millis(10);
 /// How long a connection may take to say Hello.
@@ -87,6 +89,8 @@ pub struct WriteShare {
     pub digest: u64,
     /// The worker indices this place serves.
     pub workers: Vec<u16>,
+    /// The place's number in the session (1 and up; names its result file).
+    pub place: u16,
 }
 
 /// What a place reports back, next to its share file.
@@ -100,23 +104,17 @@ pub(crate) struct ShareDone {
     pub written: Vec<(u32, u64)>,
 }
 
-fn share_name(session: SessionId, place: usize) -> String {
-    format!("{SHARE_PREFIX}{session}-{place}")
+fn share_name(session: SessionId) -> String {
+    format!("{SHARE_PREFIX}{session}")
 }
 
-fn done_name(file: &str) -> String {
-    format!("{file}.done")
+fn done_name(share: &WriteShare) -> String {
+    format!("{}.{}.done", share.file, share.place)
 }
 
-/// Writes the share file of `place` for `t` into the journal and returns what the place needs.
-pub(crate) fn publish(
-    t: &RecvTable,
-    session: SessionId,
-    secret: Option<&SessionSecret>,
-    place: usize,
-    workers: Vec<u16>,
-) -> Result<WriteShare> {
-    assert!(place > 0 && place <= MAX_WRITE_PLACES);
+/// Writes the session's share file (one for every place) for `t` into the journal; returns
+/// its name and digest.
+pub(crate) fn publish(t: &RecvTable, session: SessionId) -> Result<(String, u64)> {
     let mut e = Enc::new();
     e.u32(SHARE_MAGIC)
         .u8(u8::from(t.owners))
@@ -145,20 +143,33 @@ pub(crate) fn publish(
     for (k, v) in expected {
         e.u32(*k).u64(*v);
     }
-    let name = share_name(session, place);
+    let name = share_name(session);
     crate::durable::write_atomic(t.journal.as_fd(), &name, &e.buf)?;
-    Ok(WriteShare {
+    Ok((name, xxhash_rust::xxh3::xxh3_64(&e.buf)))
+}
+
+/// What place `place` (1 and up) of the session is handed: the share file and its workers.
+pub(crate) fn share_for(
+    (file, digest): &(String, u64),
+    session: SessionId,
+    secret: Option<&SessionSecret>,
+    place: usize,
+    workers: Vec<u16>,
+) -> WriteShare {
+    assert!(place > 0 && place <= MAX_WRITE_PLACES);
+    WriteShare {
         session: format!("{:032x}", session.0),
         secret: secret.map(|s| crate::sender::shard::hex(s.expose())),
-        file: name,
-        digest: xxhash_rust::xxh3::xxh3_64(&e.buf),
+        file: file.clone(),
+        digest: *digest,
         workers,
-    })
+        place: place as u16,
+    }
 }
 
 /// The place's answer to `share`, once its `Writers::run` returned.
 pub(crate) fn result(t: &RecvTable, share: &WriteShare) -> Result<ShareDone> {
-    let name = done_name(&share.file);
+    let name = done_name(share);
     let body = crate::durable::read_opt(t.journal.as_fd(), &name)?
         .ok_or_else(|| Error::PeerLost(format!("write place left no result ({name})")))?;
     if body.len() > MAX_DONE_FILE {
@@ -178,9 +189,22 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
     }
     let journal = crate::beneath::open_dir(root, b".mover-state/journal")
         .ctx(|| "opening the job's journal on the shared target".to_string())?;
+    let size = rustix::fs::statat(
+        &journal,
+        share.file.as_str(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map(|s| s.st_size as u64)
+    .map_err(|_| Error::Corrupt(format!("share file {} is missing", share.file)))?;
+    if size > MAX_SHARE_FILE {
+        return Err(Error::Limit(format!(
+            "share file {} holds {size} bytes, more than a place reads ({MAX_SHARE_FILE})",
+            share.file
+        )));
+    }
     let body = crate::durable::read_opt(journal.as_fd(), &share.file)?
         .ok_or_else(|| Error::Corrupt(format!("share file {} is missing", share.file)))?;
-    if body.len() > MAX_SHARE_FILE || xxhash_rust::xxh3::xxh3_64(&body) != share.digest {
+    if xxhash_rust::xxh3::xxh3_64(&body) != share.digest {
         return Err(Error::Corrupt(format!(
             "share file {} is not the one handed (digest differs)",
             share.file
@@ -204,13 +228,20 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
         )));
     }
     let mut entries = Vec::new();
+    // Checked as the committing receiver checked the list it came from: names, parents,
+    // order, depth (relative_paths needs every parent before its child), nothing named
+    // where the receiver keeps its state.
+    let mut checker = crate::tree::entry::StructureChecker::new();
     for i in 0..n {
         let x = decode_entry(&mut d).map_err(bad)?;
-        // relative_paths needs every parent before its child.
-        if i > 0 && x.parent.0 >= i {
+        checker
+            .push(&x)
+            .map_err(|e| Error::Corrupt(format!("share file {}: {e}", share.file)))?;
+        if i > 0 && x.parent.0 == 0 && crate::tree::reserved_at_top(&x.name) {
             return Err(Error::Corrupt(format!(
-                "share file {}: entry {i}'s parent",
-                share.file
+                "share file {} names the receiver's reserved {}",
+                share.file,
+                crate::error::show(&x.name)
             )));
         }
         entries.push(x);
@@ -379,19 +410,23 @@ impl ShareHost {
     }
 
     /// Runs `share` into `root` (this place's view of the shared target): waits for its
-    /// workers' connections, writes what they carry, syncs, and leaves the result file.
-    pub fn run(&self, root: BorrowedFd<'_>, share: &WriteShare) -> Result<()> {
+    /// workers' connections, writes what they carry, syncs, and leaves the result file;
+    /// returns the file bytes written.
+    pub fn run(&self, root: BorrowedFd<'_>, share: &WriteShare) -> Result<u64> {
         let (session, secret) =
             crate::sender::shard::identity(&share.session, share.secret.as_deref())?;
+        let sorted = share.workers.windows(2).all(|w| w[0] < w[1]);
         if share.workers.is_empty()
+            || !sorted
             || share.workers.len() > usize::from(crate::wire::message::MAX_WORKERS)
         {
             return Err(Error::Corrupt(format!(
-                "share of {} workers",
-                share.workers.len()
+                "share of workers {:?} (not ascending, or none, or too many)",
+                share.workers
             )));
         }
-        let table = Arc::new(open_table(root, share, self.umask)?);
+        // Its workers' connections are taken (and queue) from now on, while the table is
+        // read: a large one takes a while.
         let (tx, rx) = mpsc::channel();
         {
             let mut h = self.hosted();
@@ -409,9 +444,10 @@ impl ShareHost {
                 },
             );
         }
-        let ran = self.run_hosted(&table, share, &rx);
+        let table = open_table(root, share, self.umask).map(Arc::new);
+        let ran = table.and_then(|t| Ok((self.run_hosted(&t, share, &rx)?, t)));
         self.hosted().remove(&session);
-        let all = ran?;
+        let (all, table) = ran?;
         // What this place wrote is durable before it says so.
         rustix::fs::syncfs(root).ctx(|| "syncing the shared target".to_string())?;
         let written = table
@@ -433,7 +469,8 @@ impl ShareHost {
             written,
         };
         let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("share: {e}")))?;
-        crate::durable::write_atomic(table.journal.as_fd(), &done_name(&share.file), &body)
+        crate::durable::write_atomic(table.journal.as_fd(), &done_name(share), &body)?;
+        Ok(done.data_bytes)
     }
 
     fn run_hosted(

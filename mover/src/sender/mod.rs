@@ -105,12 +105,14 @@ pub(crate) fn worker_to(
     i: usize,
     n: usize,
 ) -> SocketAddr {
-    if write_places.is_empty() {
+    // No places, or a worker count that cannot be right (a shard from an older release
+    // carries none): every worker to `to`, whose receiver refuses what it does not serve.
+    if write_places.is_empty() || i >= n {
         return to;
     }
     match crate::wire::message::write_place(i, n, write_places.len() + 1) {
         0 => to,
-        k => write_places[k - 1],
+        k => write_places.get(k - 1).copied().unwrap_or(to),
     }
 }
 

@@ -2056,6 +2056,7 @@ impl World {
                 epoch: 0,
                 software: None,
                 term: 0,
+                write_places: false,
             },
             3 => PeerRequest::Report {
                 id,
