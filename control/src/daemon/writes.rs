@@ -26,8 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often the committing node looks at a share's record, and a node at the shares assigned
-/// to it (in the node's watch-fed view of etcd: no request to etcd).
-const WRITE_POLL: Duration = Duration::from_millis(100);
+/// to it (in the node's watch-fed view of etcd: no request to etcd, a map lookup). Every
+/// session of a spread target waits for two of these (the place sees its share, then the
+/// committing node its answer), so they are short: the hand-off is a fixed cost of every job.
+const WRITE_POLL: Duration = Duration::from_millis(20);
 /// Longest the committing node waits for one share whose node stays up.
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Worker connections of unknown sessions a node holds at once, waiting for their share.

@@ -480,12 +480,20 @@ impl ShareHost {
         rx: &mpsc::Receiver<WorkerConn>,
     ) -> Result<FrameStats> {
         let conns = super::session::collect_workers(rx, &share.workers, None)?;
-        let cpus = crate::engine::worker_places(conns.len(), None);
+        // Pinned by the worker's index in the session, as the committing receiver pins its
+        // own: places that share a machine (or its CPUs' numbering) do not all start at the
+        // first CPU.
+        let last = conns
+            .iter()
+            .map(|(i, _)| usize::from(i.0))
+            .max()
+            .unwrap_or(0);
+        let cpus = crate::engine::worker_places(last + 1, None);
         let mut handles = Vec::new();
-        for (k, (index, link)) in conns.into_iter().enumerate() {
+        for (index, link) in conns {
             let w = RecvWorker {
                 index: usize::from(index.0),
-                cpu: cpus.get(k).and_then(|p| p.cpu),
+                cpu: cpus.get(usize::from(index.0)).and_then(|p| p.cpu),
                 table: table.clone(),
                 link,
                 progress: self.bytes.clone(),
