@@ -613,35 +613,7 @@ impl Receiver {
         running: &std::sync::atomic::AtomicBool,
         once_done: bool,
     ) -> Result<Accepted> {
-        conn.set_timeout(Some(HELLO_TIMEOUT))
-            .ctx(|| "socket timeout".to_string())?;
-        let mut buf = Vec::new();
-        expect_frame(&mut *conn, FrameKind::Hello, &mut buf)?;
-        let hello = match Hello::decode(&buf) {
-            Ok(h) => h,
-            Err(e) => {
-                send_error(&mut *conn, ErrorCode::Other, &e.to_string());
-                return Err(e.into());
-            }
-        };
-        let refuse = |conn: &mut dyn Connection, code: ErrorCode, message: String| {
-            send_error(conn, code, &message);
-            Err(Error::Refused { code, message })
-        };
-        let version = match negotiate_version(hello.min_version, hello.max_version) {
-            Ok(v) => v,
-            Err(e) => {
-                return refuse(
-                    &mut *conn,
-                    ErrorCode::Version,
-                    format!("{e} (receiver is mover {})", software_version()),
-                )
-            }
-        };
-        if let Some(why) = crate::compat::refuse_peer(software_version(), &hello.software, "sender")
-        {
-            return refuse(&mut *conn, ErrorCode::Version, why);
-        }
+        let (hello, version) = read_hello(&mut *conn)?;
         let sealed = hello.capabilities & CAP_SEALED != 0;
         if !sealed && !self.opts.insecure_plaintext {
             return refuse(
@@ -840,6 +812,43 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Refuses `conn` with `code` and `message` (an Error frame), as `Error::Refused`.
+pub(crate) fn refuse<T>(conn: &mut dyn Connection, code: ErrorCode, message: String) -> Result<T> {
+    send_error(conn, code, &message);
+    Err(Error::Refused { code, message })
+}
+
+/// Reads a new connection's Hello (within `HELLO_TIMEOUT`) and checks what every receiving
+/// end checks before anything else: that it decodes, a protocol version both speak, and a
+/// release this one replicates with. Returns it and the version; refuses the peer otherwise.
+pub(crate) fn read_hello(conn: &mut dyn Connection) -> Result<(Hello, u16)> {
+    conn.set_timeout(Some(HELLO_TIMEOUT))
+        .ctx(|| "socket timeout".to_string())?;
+    let mut buf = Vec::new();
+    expect_frame(conn, FrameKind::Hello, &mut buf)?;
+    let hello = match Hello::decode(&buf) {
+        Ok(h) => h,
+        Err(e) => {
+            send_error(conn, ErrorCode::Other, &e.to_string());
+            return Err(e.into());
+        }
+    };
+    let version = match negotiate_version(hello.min_version, hello.max_version) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                conn,
+                ErrorCode::Version,
+                format!("{e} (receiver is mover {})", software_version()),
+            )
+        }
+    };
+    if let Some(why) = crate::compat::refuse_peer(software_version(), &hello.software, "sender") {
+        return refuse(conn, ErrorCode::Version, why);
+    }
+    Ok((hello, version))
 }
 
 /// The process umask (read and restored): inline files are created with their final permission

@@ -32,10 +32,10 @@ use crate::transport::Connection;
 use crate::units::{EntryId, SessionId};
 use crate::wire::codec::{Dec, Enc};
 use crate::wire::frame::FrameKind;
-use crate::wire::io::{expect_frame, send_error, Link};
+use crate::wire::io::Link;
 use crate::wire::message::{
-    decode_entry, encode_entry, negotiate_version, software_version, ErrorCode, Hello, HelloAck,
-    Need, Role, CAP_RESUME_RANGES, CAP_SEALED,
+    decode_entry, encode_entry, software_version, ErrorCode, HelloAck, Need, Role,
+    CAP_RESUME_RANGES, CAP_SEALED,
 };
 use crate::wire::seal::SessionSecret;
 use serde::{Deserialize, Serialize};
@@ -63,8 +63,6 @@ const SHARE_MAGIC: u32 = 0x6d76_7331;
 const ASSIGN_WAIT: Duration = super::session::WORKER_CONNECT_TIMEOUT;
 /// How often a held connection looks for its session.
 const ASSIGN_POLL: Duration = Duration::from_millis(10);
-/// How long a connection may take to say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sessions a place runs at once (one per target relationship it writes for, at most).
 const MAX_HOSTED: usize = 64;
 
@@ -339,26 +337,8 @@ impl ShareHost {
     /// Takes a worker connection (its Hello not yet read) and hands it to the share of its
     /// session, waiting up to `ASSIGN_WAIT` for that share to be handed here.
     pub fn accept(&self, mut conn: Box<dyn Connection>) -> Result<()> {
-        conn.set_timeout(Some(HELLO_TIMEOUT))
-            .ctx(|| "socket timeout".to_string())?;
-        let mut buf = Vec::new();
-        expect_frame(&mut *conn, FrameKind::Hello, &mut buf)?;
-        let refuse = |conn: &mut dyn Connection, code: ErrorCode, message: String| {
-            send_error(conn, code, &message);
-            Err(Error::Refused { code, message })
-        };
-        let hello = match Hello::decode(&buf) {
-            Ok(h) => h,
-            Err(e) => return refuse(&mut *conn, ErrorCode::Other, e.to_string()),
-        };
-        let version = match negotiate_version(hello.min_version, hello.max_version) {
-            Ok(v) => v,
-            Err(e) => return refuse(&mut *conn, ErrorCode::Version, e.to_string()),
-        };
-        if let Some(why) = crate::compat::refuse_peer(software_version(), &hello.software, "sender")
-        {
-            return refuse(&mut *conn, ErrorCode::Version, why);
-        }
+        let (hello, version) = super::read_hello(&mut *conn)?;
+        let refuse = super::refuse::<()>;
         let Role::Worker { index } = hello.role else {
             return refuse(
                 &mut *conn,
