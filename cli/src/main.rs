@@ -679,6 +679,8 @@ fn exit_with(code: i32) -> Result<()> {
 }
 
 fn main() {
+    // Before any thread exists (see the function).
+    mover::reserve_fd_table();
     let cli = Cli::parse();
     // The daemon's log is its operators' record of what happened; one-shot commands stay quiet.
     let level = if matches!(

@@ -54,6 +54,6 @@ pub use sender::{
 pub use transport::{Connection, Transport};
 pub use wire::seal::SessionSecret;
 
-pub use engine::{default_threads, STALL_TIMEOUT};
+pub use engine::{default_threads, reserve_fd_table, FD_TABLE_RESERVE, STALL_TIMEOUT};
 pub use job::{Gate, JobControl, Progress, GATE_POLL};
 pub use wire::message::software_version;

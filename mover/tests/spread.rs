@@ -46,6 +46,12 @@ impl Spread for Threads {
         let progress = Arc::new(Progress::default());
         let dies =
             place == 0 && self.die_after.is_some() && !self.died.swap(true, Ordering::SeqCst);
+        if dies {
+            // Slowed, so the shard is still running when the watcher sees its limit passed
+            // however late it is scheduled on a loaded machine: its share (about 8 MiB) takes
+            // about half a second, and the limit comes in the first 200 ms.
+            progress.control.set_rate(Some(DYING_RATE));
+        }
         let watcher = dies.then(|| {
             let (p, limit) = (progress.clone(), self.die_after.unwrap_or(0));
             std::thread::spawn(move || {
@@ -67,6 +73,9 @@ impl Spread for Threads {
         Ok(())
     }
 }
+
+/// Bytes per second the place that dies sends at.
+const DYING_RATE: u64 = 16 << 20;
 
 fn tree(src: &std::path::Path) {
     generate(

@@ -15,6 +15,7 @@ use crate::tree::xattr::{read_user_xattrs, On};
 use rustix::fs::{AtFlags, FileType, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What the receiver compares the new list with: the recovery point's list (its policy
 /// applied), its Merkle tree, and the baseline entry at each new entry's path.
@@ -110,8 +111,19 @@ fn on_disk(
     })
 }
 
+/// Most threads one verification lists directories on.
+pub const VERIFY_THREADS: usize = 8;
+/// Directories per thread below which a verification does not start another thread.
+const DIRS_PER_THREAD: usize = 64;
+
 /// Lists every directory marked in `check` and compares each child on disk with the list;
 /// the root's own record is always compared. Returns the number of entries looked at.
+///
+/// The directories are shared out over up to `VERIFY_THREADS` threads (one per CPU), each
+/// taking the next as it finishes one: the session's workers are done by now, and on one
+/// thread this was the longest stretch of an initial small-file job that kept one CPU busy
+/// and the others idle. Of several differences, the one in the first directory in list order
+/// is reported, as one thread going in that order would.
 pub fn verify_dirs(
     root: BorrowedFd<'_>,
     entries: &[Entry],
@@ -139,10 +151,112 @@ pub fn verify_dirs(
     if !same_record(&top, &entries[0], opts) {
         return Err(differs(b"(the root)", &entries[0], Some(&top)));
     }
-    // Inodes of hard-link targets: seen while checking their directory, else looked up.
-    let mut inodes: HashMap<usize, (u64, u64)> = HashMap::new();
+    let dirs: Vec<usize> = (0..check.len()).filter(|&d| check[d]).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(VERIFY_THREADS)
+        .min(dirs.len().div_ceil(DIRS_PER_THREAD))
+        .max(1);
+    let job = Listing {
+        root,
+        entries,
+        paths,
+        kids: &kids,
+        opts,
+        dirs: &dirs,
+        next: AtomicUsize::new(0),
+        first_failed: AtomicUsize::new(usize::MAX),
+    };
+    let results: Vec<ListingResult> = if threads == 1 {
+        vec![job.run()]
+    } else {
+        std::thread::scope(|s| {
+            let running: Vec<_> = (0..threads)
+                .map(|k| {
+                    let job = &job;
+                    std::thread::Builder::new()
+                        .name(format!("mover-verify-{k}"))
+                        .spawn_scoped(s, move || job.run())
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| match t {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Err((0, Error::Verify("a verifying thread panicked".into())))
+                    }),
+                    Err(e) => Err((
+                        0,
+                        Error::Io {
+                            context: "starting a verifying thread".into(),
+                            source: e,
+                        },
+                    )),
+                })
+                .collect()
+        })
+    };
     let mut looked = 1u64;
-    for (d, _) in check.iter().enumerate().filter(|(_, c)| **c) {
+    let mut first: Option<(usize, Error)> = None;
+    for r in results {
+        match r {
+            Ok(n) => looked += n,
+            Err((at, e)) => {
+                if first.as_ref().is_none_or(|(k, _)| at < *k) {
+                    first = Some((at, e));
+                }
+            }
+        }
+    }
+    match first {
+        Some((_, e)) => Err(e),
+        None => Ok(looked),
+    }
+}
+
+/// Entries a thread looked at, or the position in the directory order of its first
+/// difference and the difference.
+type ListingResult = std::result::Result<u64, (usize, Error)>;
+
+/// The directories of one verification and how far its threads are through them.
+struct Listing<'a> {
+    root: BorrowedFd<'a>,
+    entries: &'a [Entry],
+    paths: &'a [Vec<u8>],
+    kids: &'a HashMap<usize, Vec<usize>>,
+    opts: HashOptions,
+    dirs: &'a [usize],
+    /// The next position in `dirs` a thread takes.
+    next: AtomicUsize,
+    /// The lowest position in `dirs` where a thread found a difference (usize::MAX: none).
+    first_failed: AtomicUsize,
+}
+
+impl Listing<'_> {
+    /// Takes directories until none are left, or until the next lies past a difference found
+    /// already (no later one would be reported).
+    fn run(&self) -> ListingResult {
+        // Inodes of hard-link targets: seen while checking their directory, else looked up.
+        let mut inodes: HashMap<usize, (u64, u64)> = HashMap::new();
+        let mut looked = 0u64;
+        loop {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            if k >= self.dirs.len() || k > self.first_failed.load(Ordering::Relaxed) {
+                return Ok(looked);
+            }
+            match self.dir(self.dirs[k], &mut inodes) {
+                Ok(n) => looked += n,
+                Err(e) => {
+                    self.first_failed.fetch_min(k, Ordering::Relaxed);
+                    return Err((k, e));
+                }
+            }
+        }
+    }
+
+    /// Lists directory `d` and compares each of its children with the list.
+    fn dir(&self, d: usize, inodes: &mut HashMap<usize, (u64, u64)>) -> Result<u64> {
+        let (root, entries, paths) = (self.root, self.entries, self.paths);
         let fd = beneath::open_dir(root, &paths[d])
             .ctx(|| format!("opening directory {}", show(&paths[d])))?;
         let mut names =
@@ -150,7 +264,7 @@ pub fn verify_dirs(
         if d == 0 {
             names.retain(|n| !crate::tree::reserved_at_top(n));
         }
-        let want = kids.get(&d).map(Vec::as_slice).unwrap_or(&[]);
+        let want = self.kids.get(&d).map(Vec::as_slice).unwrap_or(&[]);
         let join = |n: &[u8]| {
             let mut p = paths[d].clone();
             if !p.is_empty() {
@@ -182,6 +296,7 @@ pub fn verify_dirs(
                 (None, None) => {}
             }
         }
+        let mut looked = 0u64;
         for &c in want {
             let w = &entries[c];
             let st = rustix::fs::statat(&fd, w.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
@@ -202,11 +317,65 @@ pub fn verify_dirs(
                 Ok((s.st_dev, s.st_ino))
             };
             let got = on_disk(fd.as_fd(), &w.name, &st, w, &mut inode_of)?;
-            if !same_record(&got, w, opts) {
+            if !same_record(&got, w, self.opts) {
                 return Err(differs(&paths[c], w, Some(&got)));
             }
             looked += 1;
         }
+        Ok(looked)
     }
-    Ok(looked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// 300 directories of two files each: more than one thread's share.
+    fn tree(root: &std::path::Path) {
+        for d in 0..300 {
+            let dir = root.join(format!("d{d:03}"));
+            std::fs::create_dir(&dir).unwrap();
+            for f in 0..2 {
+                std::fs::write(dir.join(format!("f{f}")), [d as u8; 10]).unwrap();
+            }
+        }
+    }
+
+    fn verify(root: &std::path::Path, w: &crate::tree::walk::Walked) -> Result<u64> {
+        let fd = std::fs::File::open(root).unwrap();
+        let check: Vec<bool> = w.entries.iter().map(|e| e.kind == EntryKind::Dir).collect();
+        let skip = vec![false; w.entries.len()];
+        verify_dirs(fd.as_fd(), &w.entries, &skip, &w.paths, &check, false)
+    }
+
+    #[test]
+    fn a_verification_over_several_threads_looks_at_every_entry_once_and_reports_the_first_difference(
+    ) {
+        let t = tempfile::tempdir().unwrap();
+        tree(t.path());
+        let w = crate::tree::walk::walk(t.path(), true).unwrap();
+        assert!(
+            w.entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Dir)
+                .count()
+                > 2 * DIRS_PER_THREAD
+        );
+        assert_eq!(verify(t.path(), &w).unwrap(), w.entries.len() as u64);
+        // Two differences: the one in the directory first in list order is the one reported,
+        // however the threads happened to share the directories out.
+        for f in ["d007/f1", "d290/f0"] {
+            std::fs::set_permissions(t.path().join(f), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        for _ in 0..20 {
+            let e = verify(t.path(), &w).unwrap_err().to_string();
+            assert!(e.contains("d007/f1") && e.contains("differs"), "{e}");
+        }
+        // A file added in d150 moves d150's mtime, which the root's listing (first) sees.
+        std::fs::write(t.path().join("d150/extra"), b"x").unwrap();
+        let e = verify(t.path(), &w).unwrap_err().to_string();
+        assert!(e.contains("at d150: modified"), "{e}");
+    }
 }
