@@ -120,6 +120,21 @@ impl MemSpan {
     }
 }
 
+/// The pages a slab asks for.
+///
+/// Huge pages (MADV_HUGEPAGE, advice only) make an O_DIRECT read of a 1 MiB chunk one
+/// physically contiguous segment instead of 256 pages: the cold 1 GiB initial sync to this
+/// VM's disk went from 1.40-1.47 s to 0.93-0.94 s, and registering the slab faults in 16
+/// pages instead of 8,192. But where the kernel compacts memory to find them on request
+/// (transparent_hugepage/defrag = madvise, the default) a fault can stall for tens of ms: a
+/// 20,000-small-file job took 0.31 or 0.44 s by turns. So only a sender whose worker reads
+/// large files asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlabPages {
+    Small,
+    Huge,
+}
+
 pub struct Slab {
     ptr: NonNull<u8>,
     len: usize,
@@ -132,7 +147,7 @@ impl Slab {
     /// pages as they are first touched (or pinned, when the ring registers them), where a
     /// zeroed heap allocation of this alignment is written over once more by `memset` (a
     /// tenth of a small-file sender's CPU went there, for a 32 MiB slab per worker).
-    fn new(count: usize, buf_size: usize) -> io::Result<Slab> {
+    fn new(count: usize, buf_size: usize, pages: SlabPages) -> io::Result<Slab> {
         assert!(
             count > 0 && count <= MAX_BUFFERS,
             "slab buffer count out of range"
@@ -159,12 +174,10 @@ impl Slab {
         if raw == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // Huge pages where the kernel gives them on request (transparent_hugepage=madvise):
-        // registering the ring's buffers pins, faults in and clears every page of the slab
-        // up front, which with 4 KiB pages was a per-page fault 8,192 times per worker (a
-        // tenth of a small-file session's CPU). Advice only: a refusal changes nothing.
-        // SAFETY: advice on the mapping just made, over its exact range.
-        let _ = unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+        if pages == SlabPages::Huge {
+            // SAFETY: advice on the mapping just made, over its exact range.
+            let _ = unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+        }
         let ptr = NonNull::new(raw.cast::<u8>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
         // Mappings are page-aligned, which is what O_DIRECT needs of every buffer.
@@ -238,6 +251,16 @@ impl Uring {
     /// A ring of `entries` submission slots (at most that many operations in flight) and a slab
     /// of `nbuf` buffers of `buf_size` bytes.
     pub fn new(entries: u32, nbuf: usize, buf_size: usize) -> io::Result<Uring> {
+        Uring::with_pages(entries, nbuf, buf_size, SlabPages::Small)
+    }
+
+    /// `new`, with the slab's pages chosen (`SlabPages`).
+    pub fn with_pages(
+        entries: u32,
+        nbuf: usize,
+        buf_size: usize,
+        pages: SlabPages,
+    ) -> io::Result<Uring> {
         assert!(entries > 0 && entries.is_power_of_two(), "ring entries");
         // Room for every operation's completion plus a cancel per operation.
         let ring = IoUring::builder()
@@ -250,7 +273,7 @@ impl Uring {
         if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
             tracing::debug!("cannot bound io-wq workers: {e}");
         }
-        let slab = Slab::new(nbuf, buf_size)?;
+        let slab = Slab::new(nbuf, buf_size, pages)?;
         let iov = slab.iovecs();
         // SAFETY: the iovecs describe `slab`'s allocation, which outlives the registration: the
         // ring is dropped (and so unregistered) before the slab is freed, or the slab is leaked.

@@ -9,7 +9,7 @@
 use super::plan::Unit;
 use crate::beneath;
 use crate::engine::cache::Residency;
-use crate::engine::ring::{tag, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
+use crate::engine::ring::{tag, Dir, OpFd, SlabPages, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
 use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
@@ -167,8 +167,13 @@ impl SendWorker {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
         }
-        let mut ring =
-            Uring::new(RING_ENTRIES, BUFFERS, BUF_SIZE).ctx(|| "creating io_uring".to_string())?;
+        let pages = if self.units.iter().any(|u| matches!(u, Unit::Chunk { .. })) {
+            SlabPages::Huge
+        } else {
+            SlabPages::Small
+        };
+        let mut ring = Uring::with_pages(RING_ENTRIES, BUFFERS, BUF_SIZE, pages)
+            .ctx(|| "creating io_uring".to_string())?;
         let streamed = self.stream(&mut ring, link);
         // The transport may have registered the slab (`send_from_region`): it lets go of it
         // before the ring frees it, so no later send on the connection can name its addresses.
