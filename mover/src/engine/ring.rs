@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Buffers are aligned for O_DIRECT on any logical block size up to a page.
 pub const BUF_ALIGN: usize = 4096;
+/// A huge page on x86-64 and arm64 with 4 KiB pages: `SlabPages::Huge` mappings are a
+/// multiple of it.
+const HUGE_PAGE: usize = 2 << 20;
 /// How long `Drop` waits for cancelled operations before giving up and leaking the slab.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// io-wq threads per ring for file I/O (see `Uring::new`).
@@ -122,13 +125,14 @@ impl MemSpan {
 
 /// The pages a slab asks for.
 ///
-/// Huge pages (MADV_HUGEPAGE, advice only) make an O_DIRECT read of a 1 MiB chunk one
-/// physically contiguous segment instead of 256 pages: the cold 1 GiB initial sync to this
-/// VM's disk went from 1.40-1.47 s to 0.93-0.94 s, and registering the slab faults in 16
-/// pages instead of 8,192. But where the kernel compacts memory to find them on request
-/// (transparent_hugepage/defrag = madvise, the default) a fault can stall for tens of ms: a
-/// 20,000-small-file job took 0.31 or 0.44 s by turns. So only a sender whose worker reads
-/// large files asks for them.
+/// Huge pages (MADV_HUGEPAGE, advice only) put a 1 MiB O_DIRECT read into one or two
+/// physically contiguous runs instead of 256 pages, and registering the slab faults in about
+/// 17 pages instead of about 8,300. Paired in the same minutes, the cold 1 GiB initial sync to
+/// this VM's disk took 1.25 s against 1.32 s without this session's engine changes
+/// (results/2026-12-05-engine-ab.md). But where the kernel compacts memory to find them on
+/// request (transparent_hugepage/defrag = madvise, the default) a fault can stall for tens of
+/// ms: a 20,000-small-file job took 0.31 or 0.44 s by turns. So only a sender worker that reads
+/// files large enough for O_DIRECT asks for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlabPages {
     Small,
@@ -146,7 +150,7 @@ impl Slab {
     /// Maps the slab anonymously rather than allocating it zeroed: the kernel hands out zeroed
     /// pages as they are first touched (or pinned, when the ring registers them), where a
     /// zeroed heap allocation of this alignment is written over once more by `memset` (a
-    /// tenth of a small-file sender's CPU went there, for a 32 MiB slab per worker).
+    /// tenth of a small-file sender's CPU went there, for a 33 MiB slab per worker).
     fn new(count: usize, buf_size: usize, pages: SlabPages) -> io::Result<Slab> {
         assert!(
             count > 0 && count <= MAX_BUFFERS,
@@ -156,9 +160,17 @@ impl Slab {
             buf_size > 0 && buf_size.is_multiple_of(BUF_ALIGN),
             "slab buffer size must be a positive multiple of BUF_ALIGN"
         );
-        let len = count
+        let buffers = count
             .checked_mul(buf_size)
             .ok_or_else(|| io::Error::other("slab size overflow"))?;
+        // A whole number of huge pages, so the kernel places the mapping on a huge-page
+        // boundary; the tail past the buffers is never used.
+        let len = match pages {
+            SlabPages::Small => buffers,
+            SlabPages::Huge => buffers
+                .checked_next_multiple_of(HUGE_PAGE)
+                .ok_or_else(|| io::Error::other("slab size overflow"))?,
+        };
         // SAFETY: a fresh private anonymous mapping of `len` (> 0) bytes names no existing
         // memory; its result is checked before use.
         let raw = unsafe {
@@ -210,8 +222,9 @@ impl Slab {
 impl Drop for Slab {
     fn drop(&mut self) {
         // SAFETY: mapped in `new` with this exact length; `Uring::drop` guarantees the kernel
-        // no longer references it (or forgets the slab instead of dropping it). munmap of a
-        // mapping we own cannot fail but for a bad range, which this is not.
+        // no longer references it (or forgets the slab instead of dropping it). munmap can
+        // still fail (ENOMEM: splitting a merged mapping past vm.max_map_count); the slab is
+        // then leaked, which is harmless.
         let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         debug_assert_eq!(rc, 0, "unmapping the slab");
     }

@@ -119,8 +119,8 @@ const DIRS_PER_THREAD: usize = 64;
 /// Lists every directory marked in `check` and compares each child on disk with the list;
 /// the root's own record is always compared. Returns the number of entries looked at.
 ///
-/// The directories are shared out over up to `VERIFY_THREADS` threads (one per CPU), each
-/// taking the next as it finishes one: the session's workers are done by now, and on one
+/// The directories are shared out over one thread per CPU, at most `VERIFY_THREADS` and one
+/// per `DIRS_PER_THREAD` directories, each taking the next as it finishes one: the session's workers are done by now, and on one
 /// thread this was the longest stretch of an initial small-file job that kept one CPU busy
 /// and the others idle. Of several differences, the one in the first directory in list order
 /// is reported, as one thread going in that order would.
@@ -167,40 +167,32 @@ pub fn verify_dirs(
         next: AtomicUsize::new(0),
         first_failed: AtomicUsize::new(usize::MAX),
     };
-    let results: Vec<ListingResult> = if threads == 1 {
-        vec![job.run()]
-    } else {
-        std::thread::scope(|s| {
-            let running: Vec<_> = (0..threads)
-                .map(|k| {
-                    let job = &job;
-                    std::thread::Builder::new()
-                        .name(format!("mover-verify-{k}"))
-                        .spawn_scoped(s, move || job.run())
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|t| match t {
-                    Ok(h) => h.join().unwrap_or_else(|_| {
-                        Err((0, Error::Verify("a verifying thread panicked".into())))
-                    }),
-                    Err(e) => Err((
-                        0,
-                        Error::Io {
-                            context: "starting a verifying thread".into(),
-                            source: e,
-                        },
-                    )),
-                })
-                .collect()
-        })
-    };
+    // This thread lists too, so a thread that cannot be started only means fewer of them.
+    let results: Vec<ListingResult> = std::thread::scope(|s| {
+        let running: Vec<_> = (1..threads)
+            .filter_map(|k| {
+                let job = &job;
+                std::thread::Builder::new()
+                    .name(format!("mover-verify-{k}"))
+                    .spawn_scoped(s, move || job.run())
+                    .map_err(|e| tracing::warn!("verifying on fewer threads: {e}"))
+                    .ok()
+            })
+            .collect();
+        let mut results = vec![job.run()];
+        results.extend(running.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err((0, Error::Panicked("a verifying thread".into()))))
+        }));
+        results
+    });
     let mut looked = 1u64;
     let mut first: Option<(usize, Error)> = None;
     for r in results {
         match r {
             Ok(n) => looked += n,
+            // A panic is a bug, not a difference: it is reported whatever else was found.
+            Err((_, e @ Error::Panicked(_))) => return Err(e),
             Err((at, e)) => {
                 if first.as_ref().is_none_or(|(k, _)| at < *k) {
                     first = Some((at, e));
@@ -366,8 +358,9 @@ mod tests {
         // Two differences: the one in the directory first in list order is the one reported,
         // however the threads happened to share the directories out.
         for f in ["d007/f1", "d290/f0"] {
-            std::fs::set_permissions(t.path().join(f), std::fs::Permissions::from_mode(0o600))
-                .unwrap();
+            let p = t.path().join(f);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode ^ 0o100)).unwrap();
         }
         for _ in 0..20 {
             let e = verify(t.path(), &w).unwrap_err().to_string();

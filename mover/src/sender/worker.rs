@@ -167,7 +167,12 @@ impl SendWorker {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
         }
-        let pages = if self.units.iter().any(|u| matches!(u, Unit::Chunk { .. })) {
+        // Only chunks of files that may be read with O_DIRECT gain from huge pages.
+        let direct = |u: &Unit| match u {
+            Unit::Chunk { entry, .. } => self.table.sizes[entry.index()] >= DIRECT_MIN_SIZE,
+            Unit::Batch { .. } => false,
+        };
+        let pages = if self.direct && self.units.iter().any(direct) {
             SlabPages::Huge
         } else {
             SlabPages::Small
