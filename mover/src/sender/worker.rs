@@ -59,6 +59,12 @@ const _: () = assert!(
 /// instead of a device read). Smaller files are always read buffered.
 const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
 
+/// Whether `entry`'s chunks may be read with O_DIRECT: direct reads are allowed and the file
+/// is at least `DIRECT_MIN_SIZE`.
+fn may_read_direct(direct_ok: bool, table: &SendTable, entry: EntryId) -> bool {
+    direct_ok && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
+}
+
 /// Operation kinds in the ring's tags (with the read's index in its buffer).
 const OP_READ: u32 = 1;
 const OP_SEND: u32 = 2;
@@ -169,10 +175,10 @@ impl SendWorker {
         }
         // Only chunks of files that may be read with O_DIRECT gain from huge pages.
         let direct = |u: &Unit| match u {
-            Unit::Chunk { entry, .. } => self.table.sizes[entry.index()] >= DIRECT_MIN_SIZE,
+            Unit::Chunk { entry, .. } => may_read_direct(self.direct, &self.table, *entry),
             Unit::Batch { .. } => false,
         };
-        let pages = if self.direct && self.units.iter().any(direct) {
+        let pages = if self.units.iter().any(direct) {
             SlabPages::Huge
         } else {
             SlabPages::Small
@@ -438,7 +444,7 @@ fn start_unit(
                 if st.st_size as u64 != table.sizes[entry.index()] {
                     return Err(changed(table, entry));
                 }
-                if *cx.direct_ok && table.sizes[entry.index()] >= DIRECT_MIN_SIZE {
+                if may_read_direct(*cx.direct_ok, table, entry) {
                     // Each chunk is read from the cache or from the device as its residency
                     // says; kernel readahead would pull the device's share into the cache.
                     // Advice only: a file system that ignores it just reads ahead.
@@ -453,8 +459,7 @@ fn start_unit(
             let Some(c) = cx.cache.as_mut() else {
                 unreachable!("cache filled above")
             };
-            let large = *cx.direct_ok
-                && table.sizes[entry.index()] >= DIRECT_MIN_SIZE
+            let large = may_read_direct(*cx.direct_ok, table, entry)
                 && offset.is_multiple_of(BUF_ALIGN as u64);
             let mut mode = if large {
                 match crate::engine::cache::resident(c.buffered.as_fd(), offset, u64::from(len)) {
