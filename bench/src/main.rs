@@ -22,6 +22,7 @@ mod resume;
 mod reverse;
 mod rpo;
 mod rsync;
+mod trash;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};

@@ -10,11 +10,16 @@
 //! commit, discards and write-back inside that run; keeping every destination until the end
 //! instead would need reps x tools copies of the dataset on disk (and in RAM for a tmpfs,
 //! where they would crowd a hot source out of the page cache).
+//!
+//! One exception: the disk destinations of a dataset of many files are moved into the trash
+//! after their run and deleted when every regime is done (trash.rs), because ext4 without a
+//! journal scans past every inode freed in the last minute for each file it creates.
 
 use crate::dataset::{self, Dataset};
 use crate::mover_run::{self, Keys};
 use crate::proc;
 use crate::report::{rotation, Cache, CellResult, Dest, Limits, Sample, Tool};
+use crate::trash::{self, Trash};
 use crate::{cp, rsync};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
@@ -70,11 +75,14 @@ pub fn remove(dir: &Path) -> Result<()> {
 
 /// Runs every cell for `datasets`; `limits` gives each cell its bound.
 pub fn run(o: &Opts, datasets: &[Dataset], limits: Option<&Limits>) -> Result<Vec<CellResult>> {
+    let trash = Trash::new(&o.work);
+    // Left over from an interrupted bench.
+    trash.empty()?;
     let mut cells = Vec::new();
     for ds in datasets {
         for &dest in &o.dests {
             for &cache in &o.caches {
-                let c = cell(o, ds, cache, dest, limits)?;
+                let c = cell(o, &trash, ds, cache, dest, limits)?;
                 let med = |t: Tool| {
                     c.rows
                         .iter()
@@ -95,11 +103,13 @@ pub fn run(o: &Opts, datasets: &[Dataset], limits: Option<&Limits>) -> Result<Ve
             }
         }
     }
+    trash.empty()?;
     Ok(cells)
 }
 
 fn cell(
     o: &Opts,
+    trash: &Trash,
     ds: &Dataset,
     cache: Cache,
     dest: Dest,
@@ -107,7 +117,15 @@ fn cell(
 ) -> Result<CellResult> {
     let root = o.dest_root(ds.kind, dest);
     // Left over from an interrupted bench: gone, and the disk quiet, before anything is timed.
+    let keep = dest == Dest::Disk && trash::keeps(ds.files, ds.bytes);
+    if keep && root.exists() {
+        trash.take(&root, &format!("{}-leftover", ds.kind.name()))?;
+        trash.empty()?;
+    }
     remove(&root)?;
+    if keep {
+        trash.wait_out();
+    }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let mut quiet = proc::quiesce(&[&o.work, &root]);
     let rsyncd = o.work.join(ds.kind.name()).join("rsyncd");
@@ -192,7 +210,11 @@ fn cell(
                 quiet_before: quiet,
             });
             // After the run, never before one: see the module's documentation.
-            remove(&dst)?;
+            if keep {
+                trash.take(&dst, &format!("{}-{sub}", ds.kind.name()))?;
+            } else {
+                remove(&dst)?;
+            }
             quiet = proc::quiesce(&[&o.work, &root]);
             if quiet.timed_out {
                 eprintln!(
