@@ -17,6 +17,7 @@ pub mod state;
 pub(crate) mod table;
 pub(crate) mod verify;
 pub(crate) mod worker;
+pub(crate) mod writeback;
 
 pub use revert::RevertReport;
 pub use scrub::{scrub_root, ScrubReport, ScrubStatus};

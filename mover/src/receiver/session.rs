@@ -555,6 +555,10 @@ impl Session {
             writers: self.writers.as_ref(),
             failed: Arc::default(),
         };
+        // Write-back overlaps the data's arrival (writeback.rs); stopped on every way out.
+        let writeback = data.then(|| {
+            super::writeback::EarlyWriteback::start(std::os::fd::AsFd::as_fd(&table.root))
+        });
         let started = places.start(&table, data)?;
         let local = places.run_local(
             &table,
@@ -565,6 +569,9 @@ impl Session {
             &self.progress,
         );
         let (all, elsewhere) = join_places(&table, started, local)?;
+        if let Some(w) = writeback {
+            w.stop();
+        }
         report.bytes = all.data_bytes;
         report.wire_bytes += all.wire_bytes;
         report.files_received = stats.files_needed;
