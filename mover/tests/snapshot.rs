@@ -65,6 +65,11 @@ fn opts(src: &Path, addr: std::net::SocketAddr, state: &Path, snapshot: Provider
     }
 }
 
+/// The source, destination and state directory of a test in `t` (none created).
+fn src_dst_state(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (t.join("src"), t.join("dst"), t.join("state"))
+}
+
 fn scratch_is_empty(src: &Path) -> bool {
     std::fs::read_dir(src.join(".mover-state"))
         .map(|d| d.count() == 0)
@@ -219,20 +224,14 @@ fn reflink_clone_on_xfs_reads_consistent_files_and_keeps_live_identities() {
     assert_same_tree(&src, &dst);
 }
 
-#[test]
-fn plain_provider_retries_a_file_changed_while_read() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (
-        t.path().join("src"),
-        t.path().join("dst"),
-        t.path().join("state"),
-    );
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir(&dst).unwrap();
-    std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
-    let (addr, _reports) = start_serving(&dst);
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(src.join("busy.bin"), 8 << 20, stop.clone(), false);
+/// Sends with retries (plain provider) while a writer runs, which `stop` ends after 1.5 s;
+/// every failed session must be a source change. Returns the report and the retries.
+fn send_while_written(
+    src: &Path,
+    addr: std::net::SocketAddr,
+    state: &Path,
+    stop: &Arc<AtomicBool>,
+) -> (mover::sender::SendReport, u32) {
     let stopper = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -242,7 +241,7 @@ fn plain_provider_retries_a_file_changed_while_read() {
     };
     let mut changed = 0;
     let rep = send_with_retry(
-        &opts(&src, addr, &state, Provider::Plain),
+        &opts(src, addr, state, Provider::Plain),
         &Arc::new(Progress::default()),
         40,
         |_, e, _| {
@@ -255,6 +254,32 @@ fn plain_provider_retries_a_file_changed_while_read() {
     )
     .unwrap();
     stopper.join().unwrap();
+    (rep, changed)
+}
+
+/// After `send_while_written`: the pinned copies are gone, and as the recovery point may hold
+/// a version copied aside while the writer went on, the next job brings the last one.
+fn brings_the_last_version(src: &Path, dst: &Path, addr: std::net::SocketAddr, state: &Path) {
+    assert!(scratch_is_empty(src), "pinned copies are removed");
+    send(
+        &opts(src, addr, state, Provider::Plain),
+        &Arc::new(Progress::default()),
+    )
+    .unwrap();
+    assert_same_tree(src, dst);
+}
+
+#[test]
+fn plain_provider_retries_a_file_changed_while_read() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = src_dst_state(t.path());
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::write(src.join("busy.bin"), vec![0u8; 8 << 20]).unwrap();
+    let (addr, _reports) = start_serving(&dst);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(src.join("busy.bin"), 8 << 20, stop.clone(), false);
+    let (rep, changed) = send_while_written(&src, addr, &state, &stop);
     w.join().unwrap();
     assert!(changed > 0, "the writer was caught at least once");
     assert!(rep.attempts > 1);
@@ -262,25 +287,62 @@ fn plain_provider_retries_a_file_changed_while_read() {
         one_version(&dst.join("busy.bin")),
         "never a torn file in a recovery point"
     );
-    assert!(scratch_is_empty(&src), "pinned copies are removed");
-    // The recovery point may hold a version copied aside while the writer went on; the next
-    // job brings the last one.
-    send(
-        &opts(&src, addr, &state, Provider::Plain),
-        &Arc::new(Progress::default()),
-    )
-    .unwrap();
-    assert_same_tree(&src, &dst);
+    brings_the_last_version(&src, &dst, addr, &state);
+}
+
+#[test]
+fn plain_provider_catches_small_files_rewritten_while_read_and_commits_none_torn() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = src_dst_state(t.path());
+    std::fs::create_dir_all(src.join("quiet")).unwrap();
+    std::fs::create_dir_all(src.join("busy")).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    // Small files travel in batches, read whole by the workers, which check each one as soon
+    // as it is read; the session's own check after the data skips them.
+    for i in 0..300 {
+        std::fs::write(src.join(format!("quiet/q{i:03}")), vec![i as u8; 4096]).unwrap();
+    }
+    let busy: Vec<PathBuf> = (0..16).map(|i| src.join(format!("busy/b{i:02}"))).collect();
+    for p in &busy {
+        std::fs::write(p, vec![0u8; 4096]).unwrap();
+    }
+    let (addr, _reports) = start_serving(&dst);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Rewrites every busy file in place, half by half, so a read between the halves is torn.
+    let writer = {
+        let (busy, stop) = (busy.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut v = 0u8;
+            while !stop.load(Ordering::SeqCst) {
+                v = v.wrapping_add(1);
+                for p in &busy {
+                    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                    f.write_all_at(&[v; 2048], 0).unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    f.write_all_at(&[v; 2048], 2048).unwrap();
+                }
+            }
+        })
+    };
+    let (rep, changed) = send_while_written(&src, addr, &state, &stop);
+    writer.join().unwrap();
+    assert!(changed > 0, "the writer was caught at least once");
+    assert!(rep.attempts > 1);
+    for p in &busy {
+        let rel = p.strip_prefix(&src).unwrap();
+        assert!(
+            one_version(&dst.join(rel)),
+            "{} is torn in the recovery point",
+            rel.display()
+        );
+    }
+    brings_the_last_version(&src, &dst, addr, &state);
 }
 
 #[test]
 fn a_log_appended_all_the_time_does_not_stall_plain_jobs_and_arrives_whole() {
     let t = tempfile::tempdir().unwrap();
-    let (src, dst, state) = (
-        t.path().join("src"),
-        t.path().join("dst"),
-        t.path().join("state"),
-    );
+    let (src, dst, state) = src_dst_state(t.path());
     std::fs::create_dir_all(src.join("logs")).unwrap();
     std::fs::create_dir(&dst).unwrap();
     let (addr, _reports) = start_serving(&dst);

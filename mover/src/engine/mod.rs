@@ -23,6 +23,8 @@ pub struct FrameStats {
     /// Sender only: file bytes read through the page cache, and with O_DIRECT from the device.
     pub read_buffered: u64,
     pub read_direct: u64,
+    /// Sender only: files read whole whose stat once read was not the walk's.
+    pub changed: Vec<crate::units::EntryId>,
 }
 
 impl FrameStats {
@@ -32,6 +34,7 @@ impl FrameStats {
         self.wire_bytes += o.wire_bytes;
         self.checksums.extend(o.checksums);
         self.block_hashes.extend(o.block_hashes);
+        self.changed.extend(o.changed);
         self.read_buffered += o.read_buffered;
         self.read_direct += o.read_direct;
     }

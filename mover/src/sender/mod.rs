@@ -46,7 +46,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{SendTable, SendWorker};
+use worker::{SendTable, SendWorker, Stamp};
 
 /// How long the sender waits on the control connection (the receiver's apply phase and final
 /// verification of a large tree can take a while).
@@ -715,6 +715,23 @@ pub fn send_over(
                 }
             })
             .collect(),
+        stamps: if stable {
+            Vec::new()
+        } else {
+            walked
+                .entries
+                .iter()
+                .zip(&walked.ids)
+                .zip(&walked.paths)
+                .map(|((e, id), p)| {
+                    let pin = pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
+                    (matches!(e.kind, EntryKind::File { .. }) && !pin).then_some(Stamp {
+                        mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+                        ctime: (id.ctime_sec, id.ctime_nsec),
+                    })
+                })
+                .collect()
+        },
     });
     // The job's bandwidth limit is split evenly between the places (this one included) for
     // the session, and given back after it unless someone changed it meanwhile.
@@ -728,11 +745,22 @@ pub fn send_over(
     let places = crate::engine::worker_places(per_place, Some(&opts.src));
     let mut handles = Vec::new();
     let mut shards: Vec<Vec<(u16, Vec<plan::Unit>)>> = vec![Vec::new(); others];
+    // Files a worker here reads whole and checks once read (SendWorker::check_batch).
+    let mut read_whole = vec![false; if stable { 0 } else { walked.entries.len() }];
     for (i, units) in plans.into_iter().enumerate() {
         let at = shard::place_of(i, per_place);
         if at > 0 {
             shards[at - 1].push((i as u16, units));
             continue;
+        }
+        for u in &units {
+            if let plan::Unit::Batch { files } = u {
+                for (e, _) in files {
+                    if table.stamps.get(e.index()).is_some_and(Option::is_some) {
+                        read_whole[e.index()] = true;
+                    }
+                }
+            }
         }
         let to = worker_to(opts.to, &opts.write_places, i, threads);
         let (transport, id) = (transport.clone(), id.clone());
@@ -826,7 +854,14 @@ pub fn send_over(
     wire += all.wire_bytes;
     if !stable {
         let pinned = |p: &[u8]| pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
-        check_unchanged(table.root.as_fd(), &walked, &need, &pinned)?;
+        check_unchanged(
+            table.root.as_fd(),
+            &walked,
+            &need,
+            &pinned,
+            &read_whole,
+            &all.changed,
+        )?;
     }
     // The digest names this list as the base of the next job's delta.
     let digest = tree_hash(entries, HashOptions { owners: true });
@@ -991,17 +1026,23 @@ fn streamed_hashes(
 
 /// Plain provider: a file whose size, mtime or ctime moved since the walk may have been read
 /// torn. Failing before Commit keeps the receiver from making a recovery point of it; the retry
-/// walks again and resends it.
+/// walks again and resends it. `read_whole` files were checked by the workers once read (their
+/// findings are `found`); every other file that needed data is stat'ed here.
 fn check_unchanged(
     root: std::os::fd::BorrowedFd<'_>,
     w: &crate::tree::walk::Walked,
     need: &[Need],
     pinned: &dyn Fn(&[u8]) -> bool,
+    read_whole: &[bool],
+    found: &[crate::units::EntryId],
 ) -> Result<()> {
-    let mut changed = Vec::new();
+    let mut changed: Vec<usize> = found.iter().map(|e| e.index()).collect();
     let mut dirs = crate::beneath::DirCache::default();
     for (i, e) in w.entries.iter().enumerate() {
         if !matches!(e.kind, EntryKind::File { .. }) || need[i] == Need::Nothing {
+            continue;
+        }
+        if read_whole.get(i) == Some(&true) {
             continue;
         }
         let p = &w.paths[i];
@@ -1014,12 +1055,15 @@ fn check_unchanged(
             .ok()
             .and_then(|d| rustix::fs::statat(d, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok());
         if !st.is_some_and(|s| w.unchanged_since(i, &s)) {
-            changed.push(p.clone());
+            changed.push(i);
         }
     }
     if changed.is_empty() {
         return Ok(());
     }
+    changed.sort_unstable();
+    changed.dedup();
+    let mut changed: Vec<Vec<u8>> = changed.into_iter().map(|i| w.paths[i].clone()).collect();
     let n = changed.len();
     changed.truncate(pin::MAX_PINS);
     let some: Vec<String> = changed.iter().take(5).map(|p| show(p)).collect();

@@ -232,6 +232,7 @@ pub(crate) fn collect(shard: &ShardRef) -> Result<FrameStats> {
         block_hashes: Vec::new(),
         read_buffered: d.read_buffered,
         read_direct: d.read_direct,
+        changed: Vec::new(),
     })
 }
 
@@ -314,6 +315,8 @@ pub fn open_shard(shard: &ShardRef) -> Result<OpenShard> {
         root: crate::beneath::open_root(&plan.root, "shard's source root")?,
         paths,
         sizes,
+        // The session's own check covers this place's files (it stats them all).
+        stamps: Vec::new(),
     });
     for (_, units) in &plan.workers {
         for u in units {

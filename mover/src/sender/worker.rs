@@ -73,6 +73,27 @@ pub struct SendTable {
     pub root: OwnedFd,
     pub paths: Vec<Vec<u8>>,
     pub sizes: Vec<u64>,
+    /// What the walk saw of each file read from the live tree (no snapshot), by entry; empty,
+    /// or `None` for an entry, where nothing is to be checked. A file a worker reads whole (a
+    /// batched small file) is stat'ed through its open descriptor once read, so the session's
+    /// check that nothing changed (sender/mod.rs) need not look it up again after the data.
+    pub stamps: Vec<Option<Stamp>>,
+}
+
+/// A file's mtime and ctime as the walk saw them (its size is in `SendTable::sizes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl Stamp {
+    /// Nothing wrote to the file since the walk: size, mtime and ctime are the walk's.
+    pub fn unchanged(&self, size: u64, st: &rustix::fs::Stat) -> bool {
+        st.st_size as u64 == size
+            && (st.st_mtime, st.st_mtime_nsec as u32) == self.mtime
+            && (st.st_ctime, st.st_ctime_nsec as u32) == self.ctime
+    }
 }
 
 /// One read of a buffer's frame: the transfer asked of the kernel (rounded up to whole blocks
@@ -316,6 +337,7 @@ impl SendWorker {
                                     stats.read_buffered += r.want as u64;
                                 }
                             }
+                            self.check_batch(&bufs[b], &mut stats);
                             // Hashes of the plain data first: sealing encrypts it in place.
                             self.hash_frame(ring, &bufs[b], b, &mut stats);
                             finish_frame(ring, &mut bufs[b], b, sealer.as_deref_mut());
@@ -362,6 +384,27 @@ impl SendWorker {
             stats
                 .block_hashes
                 .extend(block_hashes(ring, buf, b, &self.table));
+        }
+    }
+
+    /// A batch's files are read: each one whose stat, through the descriptor it was read
+    /// from, is not the walk's may have been read torn and is noted, for the session to fail
+    /// before Commit as its own check would. Once read, a later write cannot tear what was.
+    fn check_batch(&self, buf: &Buf, stats: &mut FrameStats) {
+        if buf.kind != FrameKind::FileBatch {
+            return;
+        }
+        let table = &self.table;
+        for r in &buf.reads {
+            let i = r.entry.index();
+            let Some(Some(stamp)) = table.stamps.get(i) else {
+                continue;
+            };
+            let same =
+                rustix::fs::fstat(&*r.io.fd).is_ok_and(|st| stamp.unchanged(table.sizes[i], &st));
+            if !same {
+                stats.changed.push(r.entry);
+            }
         }
     }
 
@@ -701,7 +744,12 @@ mod tests {
         }
         let root = crate::beneath::open_root(dir, "source").expect("open root");
         let sizes = vec![FILE_SIZE as u64; n];
-        Arc::new(SendTable { root, paths, sizes })
+        Arc::new(SendTable {
+            root,
+            paths,
+            sizes,
+            stamps: Vec::new(),
+        })
     }
 
     fn chunks(entries: std::ops::Range<u32>) -> Vec<Unit> {
@@ -826,6 +874,7 @@ mod tests {
             root,
             paths: vec![b"big".to_vec()],
             sizes: vec![size as u64],
+            stamps: Vec::new(),
         });
         let units = (0..size / DATA_CHUNK)
             .map(|k| Unit::Chunk {
