@@ -78,7 +78,9 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
         });
     }
     eprintln!("bench: generating {} dataset ({spec})", kind.name());
-    let _ = std::fs::remove_dir_all(work.join(kind.name()));
+    if std::fs::remove_dir_all(work.join(kind.name())).is_ok() {
+        crate::trash::Trash::new(work).note_freed()?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if kind == Kind::Tree {
         // mover's own seeded generator: random parents, sizes, modes and mtimes. Without its

@@ -321,6 +321,7 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     let dir = o.work.join("incremental").join(sc.name());
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        crate::trash::Trash::new(&o.work).note_freed()?;
     }
     std::fs::create_dir_all(&dir)?;
     let (src, description, mount) = source(o, sc, &dir)?;
@@ -424,6 +425,7 @@ fn scenario(o: &Opts, sc: Scenario) -> Result<ScenarioResult> {
     // Frees the copies (up to 3x the data) before the next scenario, and lets the disk finish
     // with the deletion before anything else is timed.
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    crate::trash::Trash::new(&o.work).note_freed()?;
     proc::quiesce(&[&o.work]);
     Ok(ScenarioResult::new(
         sc.name(),

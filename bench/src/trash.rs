@@ -9,7 +9,8 @@
 //! instead of 0.6-0.7 s (mover), 85 s after the deletion too, and rsync and cp paid the same
 //! way: the file system's history, not the tool, set the figure. So each such destination is
 //! renamed into the trash after its run (no inode is freed), the trash is emptied when the
-//! regimes are done, and a later bench on this work dir waits out the window first.
+//! regimes are done, and a later bench on this work dir waits out the window first (the
+//! bench's other deletions of many files, of datasets and incremental trees, are noted too).
 
 use crate::proc;
 use anyhow::{Context, Result};
@@ -22,8 +23,8 @@ pub const INODE_REUSE_WAIT: Duration = Duration::from_secs(362);
 /// Datasets with more files than this keep their disk destinations in the trash; with fewer,
 /// deleting right after the run frees too few inodes to matter.
 pub const MIN_FILES: u64 = 1_000;
-/// ... unless their copies would take too much of the disk: a cell keeps reps x tools of them
-/// (15 x 82 MB for the small set).
+/// ... unless their copies would take too much of the disk: the regimes keep caches x reps x
+/// tools of them (30 x 82 MB for the small set).
 pub const MAX_BYTES: u64 = 256 << 20;
 
 /// Whether a dataset's disk destinations go to the trash rather than being deleted at once.
@@ -62,16 +63,24 @@ impl Trash {
             .with_context(|| format!("moving {} to {}", dir.display(), to.display()))
     }
 
-    /// Deletes what the trash holds, writes the deletion back, and notes when.
+    /// Deletes what the trash holds, writes the deletion back, and notes when (before too,
+    /// so a deletion that fails or is interrupted is waited out as well).
     pub fn empty(&self) -> Result<()> {
         let full = std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some());
         if !full {
             return Ok(());
         }
+        self.note_freed()?;
         std::fs::remove_dir_all(&self.dir)
             .with_context(|| format!("removing {}", self.dir.display()))?;
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         proc::syncfs(parent);
+        self.note_freed()
+    }
+
+    /// Notes that many inodes of the work dir's file system were freed now (by the trash or
+    /// any other deletion of the bench), for `wait_out`.
+    pub fn note_freed(&self) -> Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

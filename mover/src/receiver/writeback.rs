@@ -8,6 +8,7 @@
 //! large files already do (one per `--checkpoint-mib` per file), so the interval is kept well
 //! above a device's flush time. A tmpfs has nothing to write back; the calls cost microseconds.
 
+use rustix::fs::{Mode, OFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 /// Pause between two write-backs of the destination while data arrives.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+
+// The helper syncs through its own open file of the root, never a copy of the session's
+// descriptor: `syncfs` reports a write-back error once per open file, to whichever caller
+// asks first, and the recovery point's `syncfs` must see every one.
 
 /// The running helper; stopped (and joined) by `stop` or on drop.
 pub(crate) struct EarlyWriteback {
@@ -30,14 +35,24 @@ impl EarlyWriteback {
     /// descriptor there is simply no early write-back (the recovery point's `syncfs` does it
     /// all), so failures are logged, not returned.
     pub(crate) fn start(root: BorrowedFd<'_>) -> Self {
+        Self::every(root, INTERVAL)
+    }
+
+    fn every(root: BorrowedFd<'_>, interval: Duration) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let rounds = Arc::new(AtomicU64::new(0));
-        let thread = match rustix::io::fcntl_dupfd_cloexec(root, 0) {
+        let own = rustix::fs::openat(
+            root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        let thread = match own {
             Ok(fd) => {
                 let (s, n) = (stop.clone(), rounds.clone());
                 std::thread::Builder::new()
                     .name("mover-writeback".into())
-                    .spawn(move || run(&fd, &s, &n))
+                    .spawn(move || run(&fd, interval, &s, &n))
                     .map_err(|e| tracing::debug!(error = %e, "no early write-back thread"))
                     .ok()
             }
@@ -56,14 +71,7 @@ impl EarlyWriteback {
     /// Stops the helper and waits for a write-back in progress (work the recovery point's
     /// `syncfs` would otherwise do).
     pub(crate) fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        let (flag, wake) = &*self.stop;
-        // A poisoned flag only means the helper panicked; it is stopping anyway.
-        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        wake.notify_all();
+        self.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
             tracing::debug!(
@@ -72,27 +80,37 @@ impl EarlyWriteback {
             );
         }
     }
-}
 
-impl Drop for EarlyWriteback {
-    fn drop(&mut self) {
-        self.halt();
+    fn signal(&self) {
+        let (flag, wake) = &*self.stop;
+        // A poisoned flag only means the helper panicked; it is stopping anyway.
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
     }
 }
 
-fn run(root: &OwnedFd, stop: &(Mutex<bool>, Condvar), rounds: &AtomicU64) {
+impl Drop for EarlyWriteback {
+    /// A session that failed does not wait for a write-back in progress (a stuck device
+    /// would hold its error): the helper ends by itself once that returns.
+    fn drop(&mut self) {
+        self.signal();
+    }
+}
+
+fn run(root: &OwnedFd, interval: Duration, stop: &(Mutex<bool>, Condvar), rounds: &AtomicU64) {
     let (flag, wake) = stop;
     let mut stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let (s, _) = wake
-            .wait_timeout_while(stopped, INTERVAL, |s| !*s)
+            .wait_timeout_while(stopped, interval, |s| !*s)
             .unwrap_or_else(|p| p.into_inner());
         stopped = s;
         if *stopped {
             return;
         }
         drop(stopped);
-        // An error here (EIO) is the recovery point's syncfs to report, not this helper's.
+        // An error here (EIO) is the recovery point's syncfs to report: it syncs through
+        // another open file, which is told of it too.
         let _ = rustix::fs::syncfs(root.as_fd());
         rounds.fetch_add(1, Ordering::Relaxed);
         stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,12 +123,33 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn the_early_write_back_syncs_every_interval_and_stops_at_once_when_asked() {
+    fn stopping_the_early_write_back_does_not_wait_out_its_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(dir.path()).unwrap();
+        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_secs(60));
+        assert!(wb.thread.is_some(), "the helper thread started");
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let rounds = wb.rounds.clone();
+        wb.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "stopping took {:?}: the helper waited out its 60 s pause",
+            t.elapsed()
+        );
+        assert_eq!(
+            rounds.load(Ordering::Relaxed),
+            0,
+            "no write-back before the pause ends"
+        );
+    }
+
+    #[test]
+    fn the_early_write_back_syncs_every_interval_until_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::File::open(dir.path()).unwrap();
         std::fs::write(dir.path().join("f"), vec![7u8; 1 << 20]).unwrap();
-        let wb = EarlyWriteback::start(root.as_fd());
-        assert!(wb.thread.is_some(), "the helper thread started");
+        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_millis(10));
         let rounds = wb.rounds.clone();
         let t = Instant::now();
         while rounds.load(Ordering::Relaxed) < 2 {
@@ -120,13 +159,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Just after a write-back, the helper is in its pause: stopping wakes it rather than
-        // waiting the pause out.
-        let t = Instant::now();
         wb.stop();
-        assert!(t.elapsed() < INTERVAL, "stopping took {:?}", t.elapsed());
         let done = rounds.load(Ordering::Relaxed);
-        std::thread::sleep(INTERVAL * 2);
+        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             rounds.load(Ordering::Relaxed),
             done,

@@ -755,8 +755,9 @@ pub fn send_over(
         }
         for u in &units {
             if let plan::Unit::Batch { files } = u {
-                for (e, _) in files {
-                    if table.stamps.get(e.index()).is_some_and(Option::is_some) {
+                // An empty file has no read, so no check by the worker: the pass stats it.
+                for (e, size) in files {
+                    if *size > 0 && table.stamps.get(e.index()).is_some_and(Option::is_some) {
                         read_whole[e.index()] = true;
                     }
                 }
