@@ -109,3 +109,79 @@ impl Trash {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bench-trash-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn destinations_move_in_under_distinct_names_and_go_when_emptied() {
+        let w = work("empty");
+        let t = Trash::new(&w);
+        for _ in 0..2 {
+            let d = w.join("small/dst/hot-Mover-0");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), b"x").unwrap();
+            t.take(&d, "small-hot-Mover-0").unwrap();
+            assert!(!d.exists(), "the destination moved out");
+        }
+        let held: Vec<_> = std::fs::read_dir(w.join("trash")).unwrap().collect();
+        assert_eq!(
+            held.len(),
+            2,
+            "a second destination of the same name is kept apart"
+        );
+        assert!(!w.join("trash.emptied").exists(), "nothing freed yet");
+        t.empty().unwrap();
+        assert!(!w.join("trash").exists());
+        let at: u64 = std::fs::read_to_string(w.join("trash.emptied"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now - at < 60, "the emptying was noted now");
+        // An empty trash frees nothing and notes nothing.
+        std::fs::write(w.join("trash.emptied"), "1").unwrap();
+        t.empty().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(w.join("trash.emptied")).unwrap(),
+            "1"
+        );
+        std::fs::remove_dir_all(&w).unwrap();
+    }
+
+    #[test]
+    fn a_bench_waits_only_while_freed_inodes_are_recent() {
+        let w = work("wait");
+        let t = Trash::new(&w);
+        let quick = |t: &Trash| {
+            let s = std::time::Instant::now();
+            t.wait_out();
+            s.elapsed() < Duration::from_secs(5)
+        };
+        assert!(quick(&t), "no deletion noted: no wait");
+        let old = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - INODE_REUSE_WAIT;
+        std::fs::write(w.join("trash.emptied"), (old.as_secs() - 1).to_string()).unwrap();
+        assert!(quick(&t), "a deletion older than the window: no wait");
+        assert!(
+            keeps(20_000, 82 << 20),
+            "the small set keeps its destinations"
+        );
+        assert!(!keeps(2, 1 << 30), "the large set does not");
+        assert!(
+            !keeps(20_000, 700 << 20),
+            "nor a set too big to keep 30 copies of"
+        );
+        std::fs::remove_dir_all(&w).unwrap();
+    }
+}
