@@ -34,7 +34,7 @@ pub fn keeps(files: u64, bytes: u64) -> bool {
 
 pub struct Trash {
     dir: PathBuf,
-    /// Unix seconds of the last emptying, read before a run waits.
+    /// Unix seconds of the last deletion noted (`note_freed`), read before a run waits.
     emptied: PathBuf,
 }
 
@@ -89,8 +89,8 @@ impl Trash {
             .with_context(|| format!("writing {}", self.emptied.display()))
     }
 
-    /// Sleeps until `INODE_REUSE_WAIT` has passed since the trash was last emptied (by this
-    /// bench or an earlier one on the same work dir).
+    /// Sleeps until `INODE_REUSE_WAIT` has passed since the last deletion noted (by this bench
+    /// or an earlier one on the same work dir).
     pub fn wait_out(&self) {
         let Some(at) = std::fs::read_to_string(&self.emptied)
             .ok()

@@ -122,8 +122,8 @@ const DIRS_PER_THREAD: usize = 64;
 /// The directories are shared out over one thread per CPU, at most `VERIFY_THREADS` and one
 /// per `DIRS_PER_THREAD` directories, each taking the next as it finishes one: the session's
 /// workers are done by now, and on one thread this was the longest stretch of an initial
-/// small-file job that kept one CPU busy and the others idle. Of several differences, the one in the first directory in list order
-/// is reported, as one thread going in that order would.
+/// small-file job that kept one CPU busy and the others idle. Of several differences, the one
+/// in the first directory in list order is reported, as one thread going in that order would.
 pub fn verify_dirs(
     root: BorrowedFd<'_>,
     entries: &[Entry],

@@ -46,7 +46,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{SendTable, SendWorker, Stamp};
+use worker::{SendTable, SendWorker};
 
 /// How long the sender waits on the control connection (the receiver's apply phase and final
 /// verification of a large tree can take a while).
@@ -694,6 +694,7 @@ pub fn send_over(
     } else {
         plan(&files, threads)
     };
+    let is_pinned = |p: &[u8]| pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
     let table = Arc::new(SendTable {
         root,
         // A pinned file is read from its copy.
@@ -718,17 +719,11 @@ pub fn send_over(
         stamps: if stable {
             Vec::new()
         } else {
-            walked
-                .entries
-                .iter()
-                .zip(&walked.ids)
-                .zip(&walked.paths)
-                .map(|((e, id), p)| {
-                    let pin = pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
-                    (matches!(e.kind, EntryKind::File { .. }) && !pin).then_some(Stamp {
-                        mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
-                        ctime: (id.ctime_sec, id.ctime_nsec),
-                    })
+            // A pinned file is read from its copy, which nothing writes.
+            (0..walked.entries.len())
+                .map(|i| {
+                    let file = matches!(walked.entries[i].kind, EntryKind::File { .. });
+                    (file && !is_pinned(&walked.paths[i])).then(|| walked.stamp(i))
                 })
                 .collect()
         },
@@ -854,12 +849,11 @@ pub fn send_over(
     };
     wire += all.wire_bytes;
     if !stable {
-        let pinned = |p: &[u8]| pinned.as_ref().is_some_and(|x| x.files.contains_key(p));
         check_unchanged(
             table.root.as_fd(),
             &walked,
             &need,
-            &pinned,
+            &is_pinned,
             &read_whole,
             &all.changed,
         )?;

@@ -13,6 +13,7 @@ use crate::engine::ring::{tag, Dir, OpFd, SlabPages, Transfer, Uring, BUF_ALIGN,
 use crate::engine::FrameStats;
 use crate::error::{show, Error, IoContext, Result};
 use crate::transport::Connection;
+use crate::tree::walk::Stamp;
 use crate::units::EntryId;
 use crate::wire::frame::{FrameHeader, FrameKind, DATA_CHUNK, FRAME_HEADER_LEN};
 use crate::wire::io::Link;
@@ -78,22 +79,6 @@ pub struct SendTable {
     /// batched small file) is stat'ed through its open descriptor once read, so the session's
     /// check that nothing changed (sender/mod.rs) need not look it up again after the data.
     pub stamps: Vec<Option<Stamp>>,
-}
-
-/// A file's mtime and ctime as the walk saw them (its size is in `SendTable::sizes`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamp {
-    pub mtime: (i64, u32),
-    pub ctime: (i64, u32),
-}
-
-impl Stamp {
-    /// Nothing wrote to the file since the walk: size, mtime and ctime are the walk's.
-    pub fn unchanged(&self, size: u64, st: &rustix::fs::Stat) -> bool {
-        st.st_size as u64 == size
-            && (st.st_mtime, st.st_mtime_nsec as u32) == self.mtime
-            && (st.st_ctime, st.st_ctime_nsec as u32) == self.ctime
-    }
 }
 
 /// One read of a buffer's frame: the transfer asked of the kernel (rounded up to whole blocks

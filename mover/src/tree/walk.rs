@@ -159,19 +159,41 @@ pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// An entry's mtime and ctime as the walk saw them, to tell later whether anything wrote to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl Stamp {
+    /// Nothing wrote to the entry since the walk: it has `size` and the walk's mtime and ctime.
+    pub fn unchanged(&self, size: u64, st: &Stat) -> bool {
+        st.st_size as u64 == size
+            && (st.st_mtime, st.st_mtime_nsec as u32) == self.mtime
+            && (st.st_ctime, st.st_ctime_nsec as u32) == self.ctime
+    }
+}
+
 /// Walks `root`. `xattrs` = read `user.*` xattrs of files and directories.
 impl Walked {
+    /// Entry `i`'s times as the walk saw them.
+    pub fn stamp(&self, i: usize) -> Stamp {
+        let (e, id) = (&self.entries[i], &self.ids[i]);
+        Stamp {
+            mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
+            ctime: (id.ctime_sec, id.ctime_nsec),
+        }
+    }
+
     /// Entry `i` still has the size, mtime and ctime the walk saw: nothing wrote to it since.
     pub fn unchanged_since(&self, i: usize, st: &Stat) -> bool {
-        let (e, id) = (&self.entries[i], &self.ids[i]);
-        let size = if let EntryKind::File { size } = e.kind {
+        let size = if let EntryKind::File { size } = self.entries[i].kind {
             size
         } else {
             st.st_size as u64
         };
-        st.st_size as u64 == size
-            && (st.st_mtime, st.st_mtime_nsec as u32) == (e.meta.mtime_sec, e.meta.mtime_nsec)
-            && (st.st_ctime, st.st_ctime_nsec as u32) == (id.ctime_sec, id.ctime_nsec)
+        self.stamp(i).unchanged(size, st)
     }
 }
 
