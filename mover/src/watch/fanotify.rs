@@ -24,6 +24,23 @@ const INFO_HEAD: usize = 4 + 8;
 const HANDLE_HEAD: usize = 8;
 /// The kernel's bound on a file handle (MAX_HANDLE_SZ).
 const MAX_HANDLE: usize = 128;
+/// Tries of `open_by_handle_at` that fail with ENOMEM before the event is given up for a
+/// rescan. A directory whose dentry was evicted is reconnected to the root first (a lookup per
+/// level, reading each parent's listing), and that reconnection can fail for a moment.
+const HANDLE_TRIES: u32 = 4;
+/// Pause between those tries.
+const HANDLE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What a directory handle of an event names now.
+#[derive(Clone)]
+enum Dir {
+    /// The directory's path.
+    At(Vec<u8>),
+    /// Gone since the event (stale handle): its removal is an event in its parent.
+    Gone,
+    /// It could not be resolved now: only a walk of everything covers its change.
+    Unknown,
+}
 
 pub(super) struct Fanotify {
     fd: OwnedFd,
@@ -86,7 +103,7 @@ impl Fanotify {
     pub(super) fn drain(&mut self, into: &mut Changes) -> Result<()> {
         // Directories named in this drain, each resolved once: a burst of writes in one
         // directory costs one open_by_handle_at.
-        let mut named: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut named: HashMap<Vec<u8>, Dir> = HashMap::new();
         for _ in 0..MAX_READS_PER_DRAIN {
             let n = match rustix::io::read(&self.fd, &mut self.buf) {
                 Ok(0) => return Ok(()),
@@ -129,7 +146,7 @@ impl Fanotify {
     fn place(
         &self,
         mut info: &[u8],
-        named: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        named: &mut HashMap<Vec<u8>, Dir>,
         into: &mut Changes,
     ) -> Result<()> {
         while info.len() >= INFO_HEAD + HANDLE_HEAD {
@@ -161,16 +178,17 @@ impl Fanotify {
                     d
                 }
             };
-            // A directory gone since (stale handle): its removal is an event in its parent.
-            if let Some(dir) = dir {
-                self.name.place(&dir, name, into);
+            match dir {
+                Dir::At(dir) => self.name.place(&dir, name, into),
+                Dir::Gone => {}
+                Dir::Unknown => into.rescan = true,
             }
         }
         Ok(())
     }
 
-    /// The path of the directory a file handle (header and bytes) names, if it still exists.
-    fn open_dir(&self, handle: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// What the directory a file handle (header and bytes) names is now.
+    fn open_dir(&self, handle: &[u8]) -> Result<Dir> {
         // `struct file_handle` wants 4-byte alignment: copy into u32 words.
         let mut words = [0u32; (HANDLE_HEAD + MAX_HANDLE) / 4];
         for (i, c) in handle.chunks(4).enumerate() {
@@ -178,29 +196,109 @@ impl Fanotify {
             w[..c.len()].copy_from_slice(c);
             words[i] = u32::from_ne_bytes(w);
         }
-        // SAFETY: `words` holds a complete `struct file_handle` (header, then handle_bytes
-        // bytes, at most MAX_HANDLE, checked by the caller), aligned for it, alive for the
-        // call; the kernel only reads it. `root` is an open descriptor on the file system.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                self.root.as_raw_fd(),
-                words.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
-                _ => Err(e).ctx(|| "opening a directory by its handle".to_string()),
+        let opened = with_retries(HANDLE_RETRY_PAUSE, || {
+            // SAFETY: `words` holds a complete `struct file_handle` (header, then handle_bytes
+            // bytes, at most MAX_HANDLE, checked by the caller), aligned for it, alive for the
+            // call; the kernel only reads it. `root` is an open descriptor on the file system.
+            let fd = unsafe {
+                libc::open_by_handle_at(
+                    self.root.as_raw_fd(),
+                    words.as_mut_ptr().cast::<libc::file_handle>(),
+                    libc::O_PATH | libc::O_CLOEXEC,
+                )
             };
-        }
-        // SAFETY: `fd` was just returned by open_by_handle_at and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        fd_path(fd.as_fd())
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned by open_by_handle_at and is owned by nothing else.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })?;
+        Ok(match opened {
+            Opened::Fd(fd) => fd_path(fd.as_fd())?.map_or(Dir::Gone, Dir::At),
+            Opened::Gone => Dir::Gone,
+            Opened::Unknown => Dir::Unknown,
+        })
     }
+}
+
+/// What `with_retries` got.
+#[derive(Debug, PartialEq, Eq)]
+enum Opened<T> {
+    Fd(T),
+    Gone,
+    Unknown,
+}
+
+/// Calls `open` (an `open_by_handle_at`) up to HANDLE_TRIES times while it fails with ENOMEM.
+/// A stale handle (ESTALE, ENOENT) names something gone; ENOMEM every time leaves the
+/// directory unknown (the caller asks for a rescan); any other error is the watch's failure.
+fn with_retries<T>(
+    pause: std::time::Duration,
+    mut open: impl FnMut() -> std::io::Result<T>,
+) -> Result<Opened<T>> {
+    for attempt in 1..=HANDLE_TRIES {
+        let e = match open() {
+            Ok(fd) => return Ok(Opened::Fd(fd)),
+            Err(e) => e,
+        };
+        match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => return Ok(Opened::Gone),
+            Some(libc::ENOMEM) if attempt < HANDLE_TRIES => std::thread::sleep(pause),
+            Some(libc::ENOMEM) => {
+                tracing::warn!(
+                    "a changed directory could not be found by its handle ({e}): the next job \
+                     walks everything"
+                );
+                return Ok(Opened::Unknown);
+            }
+            _ => return Err(e).ctx(|| "opening a directory by its handle".to_string()),
+        }
+    }
+    Ok(Opened::Unknown)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// `open` failing with `errnos` in turn, then succeeding; counts its calls.
+    fn failing(errnos: &[i32]) -> (Result<Opened<u32>>, usize) {
+        let mut calls = 0;
+        let got = with_retries(Duration::ZERO, || {
+            calls += 1;
+            match errnos.get(calls - 1) {
+                Some(&e) => Err(std::io::Error::from_raw_os_error(e)),
+                None => Ok(7),
+            }
+        });
+        (got, calls)
+    }
+
+    #[test]
+    fn a_handle_that_fails_for_lack_of_memory_is_tried_again() {
+        let (got, calls) = failing(&[libc::ENOMEM, libc::ENOMEM]);
+        assert_eq!(got.unwrap(), Opened::Fd(7));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_handle_that_keeps_failing_for_lack_of_memory_asks_for_a_rescan() {
+        let (got, calls) = failing(&[libc::ENOMEM; HANDLE_TRIES as usize + 2]);
+        assert_eq!(got.unwrap(), Opened::Unknown);
+        assert_eq!(calls, HANDLE_TRIES as usize);
+    }
+
+    #[test]
+    fn a_stale_handle_names_a_directory_gone_and_other_errors_fail_the_watch() {
+        assert_eq!(failing(&[libc::ESTALE]).0.unwrap(), Opened::Gone);
+        assert_eq!(failing(&[libc::ENOENT]).0.unwrap(), Opened::Gone);
+        let (got, calls) = failing(&[libc::EACCES]);
+        assert!(got.is_err());
+        assert_eq!(calls, 1);
+    }
 }
