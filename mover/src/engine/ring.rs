@@ -330,6 +330,11 @@ impl Uring {
         }
     }
 
+    /// Buffers in the slab.
+    pub fn buffers(&self) -> usize {
+        self.busy.len()
+    }
+
     /// Operations queued or running.
     pub fn inflight(&self) -> usize {
         self.inflight
