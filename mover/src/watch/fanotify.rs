@@ -31,11 +31,11 @@ const HANDLE_TRIES: u32 = 4;
 /// Pause between those tries.
 const HANDLE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// What a directory handle of an event names now.
-#[derive(Clone)]
-enum Dir {
-    /// The directory's path.
-    At(Vec<u8>),
+/// What a directory handle of an event names now: its descriptor (`with_retries`), then its
+/// path (`open_dir`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Found<T> {
+    At(T),
     /// Gone since the event (stale handle): its removal is an event in its parent.
     Gone,
     /// It could not be resolved now: only a walk of everything covers its change.
@@ -103,7 +103,7 @@ impl Fanotify {
     pub(super) fn drain(&mut self, into: &mut Changes) -> Result<()> {
         // Directories named in this drain, each resolved once: a burst of writes in one
         // directory costs one open_by_handle_at.
-        let mut named: HashMap<Vec<u8>, Dir> = HashMap::new();
+        let mut named: HashMap<Vec<u8>, Found<Vec<u8>>> = HashMap::new();
         for _ in 0..MAX_READS_PER_DRAIN {
             let n = match rustix::io::read(&self.fd, &mut self.buf) {
                 Ok(0) => return Ok(()),
@@ -146,7 +146,7 @@ impl Fanotify {
     fn place(
         &self,
         mut info: &[u8],
-        named: &mut HashMap<Vec<u8>, Dir>,
+        named: &mut HashMap<Vec<u8>, Found<Vec<u8>>>,
         into: &mut Changes,
     ) -> Result<()> {
         while info.len() >= INFO_HEAD + HANDLE_HEAD {
@@ -179,16 +179,16 @@ impl Fanotify {
                 }
             };
             match dir {
-                Dir::At(dir) => self.name.place(&dir, name, into),
-                Dir::Gone => {}
-                Dir::Unknown => into.rescan = true,
+                Found::At(dir) => self.name.place(&dir, name, into),
+                Found::Gone => {}
+                Found::Unknown => into.rescan = true,
             }
         }
         Ok(())
     }
 
     /// What the directory a file handle (header and bytes) names is now.
-    fn open_dir(&self, handle: &[u8]) -> Result<Dir> {
+    fn open_dir(&self, handle: &[u8]) -> Result<Found<Vec<u8>>> {
         // `struct file_handle` wants 4-byte alignment: copy into u32 words.
         let mut words = [0u32; (HANDLE_HEAD + MAX_HANDLE) / 4];
         for (i, c) in handle.chunks(4).enumerate() {
@@ -214,19 +214,11 @@ impl Fanotify {
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         })?;
         Ok(match opened {
-            Opened::Fd(fd) => fd_path(fd.as_fd())?.map_or(Dir::Gone, Dir::At),
-            Opened::Gone => Dir::Gone,
-            Opened::Unknown => Dir::Unknown,
+            Found::At(fd) => fd_path(fd.as_fd())?.map_or(Found::Gone, Found::At),
+            Found::Gone => Found::Gone,
+            Found::Unknown => Found::Unknown,
         })
     }
-}
-
-/// What `with_retries` got.
-#[derive(Debug, PartialEq, Eq)]
-enum Opened<T> {
-    Fd(T),
-    Gone,
-    Unknown,
 }
 
 /// Calls `open` (an `open_by_handle_at`) up to HANDLE_TRIES times while it fails with ENOMEM.
@@ -235,26 +227,26 @@ enum Opened<T> {
 fn with_retries<T>(
     pause: std::time::Duration,
     mut open: impl FnMut() -> std::io::Result<T>,
-) -> Result<Opened<T>> {
+) -> Result<Found<T>> {
     for attempt in 1..=HANDLE_TRIES {
         let e = match open() {
-            Ok(fd) => return Ok(Opened::Fd(fd)),
+            Ok(fd) => return Ok(Found::At(fd)),
             Err(e) => e,
         };
         match e.raw_os_error() {
-            Some(libc::ESTALE) | Some(libc::ENOENT) => return Ok(Opened::Gone),
+            Some(libc::ESTALE) | Some(libc::ENOENT) => return Ok(Found::Gone),
             Some(libc::ENOMEM) if attempt < HANDLE_TRIES => std::thread::sleep(pause),
             Some(libc::ENOMEM) => {
                 tracing::warn!(
                     "a changed directory could not be found by its handle ({e}): the next job \
                      walks everything"
                 );
-                return Ok(Opened::Unknown);
+                return Ok(Found::Unknown);
             }
             _ => return Err(e).ctx(|| "opening a directory by its handle".to_string()),
         }
     }
-    Ok(Opened::Unknown)
+    Ok(Found::Unknown)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -267,7 +259,7 @@ mod tests {
     use std::time::Duration;
 
     /// `open` failing with `errnos` in turn, then succeeding; counts its calls.
-    fn failing(errnos: &[i32]) -> (Result<Opened<u32>>, usize) {
+    fn failing(errnos: &[i32]) -> (Result<Found<u32>>, usize) {
         let mut calls = 0;
         let got = with_retries(Duration::ZERO, || {
             calls += 1;
@@ -282,21 +274,21 @@ mod tests {
     #[test]
     fn a_handle_that_fails_for_lack_of_memory_is_tried_again() {
         let (got, calls) = failing(&[libc::ENOMEM, libc::ENOMEM]);
-        assert_eq!(got.unwrap(), Opened::Fd(7));
+        assert_eq!(got.unwrap(), Found::At(7));
         assert_eq!(calls, 3);
     }
 
     #[test]
     fn a_handle_that_keeps_failing_for_lack_of_memory_asks_for_a_rescan() {
         let (got, calls) = failing(&[libc::ENOMEM; HANDLE_TRIES as usize + 2]);
-        assert_eq!(got.unwrap(), Opened::Unknown);
+        assert_eq!(got.unwrap(), Found::Unknown);
         assert_eq!(calls, HANDLE_TRIES as usize);
     }
 
     #[test]
     fn a_stale_handle_names_a_directory_gone_and_other_errors_fail_the_watch() {
-        assert_eq!(failing(&[libc::ESTALE]).0.unwrap(), Opened::Gone);
-        assert_eq!(failing(&[libc::ENOENT]).0.unwrap(), Opened::Gone);
+        assert_eq!(failing(&[libc::ESTALE]).0.unwrap(), Found::Gone);
+        assert_eq!(failing(&[libc::ENOENT]).0.unwrap(), Found::Gone);
         let (got, calls) = failing(&[libc::EACCES]);
         assert!(got.is_err());
         assert_eq!(calls, 1);
