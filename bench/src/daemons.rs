@@ -388,11 +388,16 @@ impl Drop for Pair {
     }
 }
 
-/// Removes `dir` (after lifting mounts a killed daemon may have left in it).
-pub fn clear(dir: &Path) -> Result<()> {
+/// Removes `dir` under work dir `work` (after lifting mounts a killed daemon may have left in
+/// it), and notes the deletion in the work dir's trash: a later small-file run waits out
+/// ext4's inode-reuse window after it (trash.rs).
+pub fn clear(work: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
+        let trash = crate::trash::Trash::new(work);
+        trash.note_freed()?;
         unmount_under(dir);
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        trash.note_freed()?;
     }
     Ok(())
 }

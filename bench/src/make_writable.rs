@@ -114,7 +114,7 @@ pub fn run(o: &Opts, ports: &mut Ports) -> Result<MwResult> {
 
 fn one(o: &Opts, ports: &mut Ports, tree: &dataset::FilesTree, rep: usize) -> Result<MwRep> {
     let run_dir = o.work.join("make-writable").join(format!("rep-{rep}"));
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     let dst = run_dir.join("target");
     let (pair, initial) = Pair::start(o.mover, &run_dir, ports, o.configs, (&tree.dir, &dst))?;
     // The initial sync's write-back is not the failover's cost.
@@ -150,7 +150,7 @@ fn one(o: &Opts, ports: &mut Ports, tree: &dataset::FilesTree, rep: usize) -> Re
         );
     }
     pair.finish();
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     Ok(MwRep {
         rep,
         initial_sync_seconds: initial,

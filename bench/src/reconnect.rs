@@ -288,7 +288,7 @@ fn one(
     rep: usize,
 ) -> Result<RcRep> {
     let run_dir = o.work.join("reconnect").join(format!("rep-{rep}"));
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     let dst = run_dir.join("target");
     let (pair, initial) = Pair::start(o.mover, &run_dir, ports, o.configs, (&tree.dir, &dst))?;
     let id = pair.id.clone();
@@ -351,7 +351,7 @@ fn one(
     }
     let (sent_files, sent_bytes) = sent_by_last_job(&done)?;
     pair.finish();
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     let changed = churn.changed_bytes();
     Ok(RcRep {
         rep,

@@ -109,7 +109,7 @@ fn leg(
 
 fn one(o: &Opts, ports: &mut Ports, tree: &dataset::FilesTree, rep: usize) -> Result<Rep> {
     let run_dir = o.work.join("reverse").join(format!("rep-{rep}"));
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     std::fs::create_dir_all(&run_dir)?;
     let src = run_dir.join("source");
     copy_tree(&tree.dir, &src)?;
@@ -170,7 +170,7 @@ fn one(o: &Opts, ports: &mut Ports, tree: &dataset::FilesTree, rep: usize) -> Re
     )?;
     back.to_send = churn_back.restored_bytes();
     pair.finish();
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     Ok(Rep {
         initial_sync_seconds,
         churn_target,

@@ -162,10 +162,10 @@ pub fn run(o: &Opts, ports: &mut Ports) -> Result<Vec<RpoResult>> {
 fn one(o: &Opts, ports: &mut Ports, n: usize) -> Result<RpoResult> {
     let tree = dataset::ensure_files(o.work, n)?;
     let probe = tree.dir.join(PROBE_DIR);
-    clear(&probe)?;
+    clear(o.work, &probe)?;
     std::fs::create_dir(&probe).with_context(|| format!("creating {}", probe.display()))?;
     let run_dir = o.work.join("rpo").join(n.to_string());
-    clear(&run_dir)?;
+    clear(o.work, &run_dir)?;
     let dst = run_dir.join("target");
     proc::quiesce(&[o.work]);
     eprintln!("bench: rpo {n} files: initial sync");
@@ -198,8 +198,8 @@ fn one(o: &Opts, ports: &mut Ports, n: usize) -> Result<RpoResult> {
     let samples = measure(&probe, &dst.join(PROBE_DIR), o.writes, o.interval)?;
     let (c2, writing_seconds) = (cpu(&pair)?, t0.elapsed().as_secs_f64() - idle_seconds);
     pair.finish();
-    clear(&run_dir)?;
-    clear(&probe)?;
+    clear(o.work, &run_dir)?;
+    clear(o.work, &probe)?;
     let lat: Vec<Option<f64>> = samples.iter().map(|s| s.latency_seconds).collect();
     Ok(RpoResult {
         files: tree.files,

@@ -1382,3 +1382,58 @@ fn read_need_sparse(ctl: &mut Link, n: usize, mut buf: Vec<u8>) -> Result<Vec<Ne
         ctl.expect_frame(FrameKind::NeedSparse, &mut buf)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// The pass after the data stats every needed file the workers did not check once read.
+    /// An empty file has no read, so a write into it during the job is the pass's to catch.
+    #[test]
+    fn the_pass_after_the_data_catches_an_empty_file_written_during_the_job() {
+        let t = tempfile::tempdir().unwrap();
+        for name in ["empty", "read", "pinned", "quiet"] {
+            std::fs::write(t.path().join(name), b"").unwrap();
+        }
+        std::fs::write(t.path().join("read"), vec![1u8; 4096]).unwrap();
+        let w = crate::tree::walk::walk(t.path(), false).unwrap();
+        let at = |name: &[u8]| w.paths.iter().position(|p| p == name).unwrap();
+        let root = std::fs::File::open(t.path()).unwrap();
+        let need = vec![Need::Full; w.entries.len()];
+        let read_whole: Vec<bool> = (0..w.entries.len()).map(|i| i == at(b"read")).collect();
+        let pinned = |p: &[u8]| p == b"pinned";
+        assert!(
+            check_unchanged(root.as_fd(), &w, &need, &pinned, &read_whole, &[]).is_ok(),
+            "nothing changed since the walk"
+        );
+
+        // Written after the walk: the empty file and the pinned one (read from its copy), and
+        // the file a worker read whole (its own check reports it, through `found`).
+        for name in ["empty", "read", "pinned"] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t.path().join(name))
+                .unwrap();
+            f.write_all_at(b"written during the job", 0).unwrap();
+        }
+        let changed = |found: &[EntryId]| -> Vec<Vec<u8>> {
+            match check_unchanged(root.as_fd(), &w, &need, &pinned, &read_whole, found) {
+                Err(Error::SourceChanged { paths, .. }) => paths,
+                other => panic!("expected SourceChanged, got {other:?}"),
+            }
+        };
+        assert_eq!(changed(&[]), vec![b"empty".to_vec()]);
+        let read = EntryId(at(b"read") as u32);
+        assert_eq!(
+            changed(&[read]),
+            vec![b"empty".to_vec(), b"read".to_vec()],
+            "the workers' findings are reported with the pass's, in list order"
+        );
+
+        // A file the job does not send is not the pass's concern.
+        let mut need = need;
+        need[at(b"empty")] = Need::Nothing;
+        assert!(check_unchanged(root.as_fd(), &w, &need, &pinned, &read_whole, &[]).is_ok());
+    }
+}
