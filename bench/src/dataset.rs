@@ -213,7 +213,9 @@ pub fn ensure_files_large(work: &Path, files: usize, large: (usize, usize)) -> R
         return Ok(tree);
     }
     eprintln!("bench: generating {} ({spec})", dir.display());
-    let _ = std::fs::remove_dir_all(&base);
+    if std::fs::remove_dir_all(&base).is_ok() {
+        crate::trash::Trash::new(work).note_freed()?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = Rng(0x5eed_f11e ^ files as u64);
     let mut buf = Vec::new();

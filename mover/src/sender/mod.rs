@@ -1386,7 +1386,6 @@ fn read_need_sparse(ctl: &mut Link, n: usize, mut buf: Vec<u8>) -> Result<Vec<Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     /// The pass after the data stats every needed file the workers did not check once read.
     /// An empty file has no read, so a write into it during the job is the pass's to catch.
@@ -1409,13 +1408,14 @@ mod tests {
         );
 
         // Written after the walk: the empty file and the pinned one (read from its copy), and
-        // the file a worker read whole (its own check reports it, through `found`).
+        // the file a worker read whole (its own check reports it, through `found`). Each
+        // grows, so its size differs from the walk's even within one timestamp tick.
         for name in ["empty", "read", "pinned"] {
             let f = std::fs::OpenOptions::new()
-                .write(true)
+                .append(true)
                 .open(t.path().join(name))
                 .unwrap();
-            f.write_all_at(b"written during the job", 0).unwrap();
+            std::io::Write::write_all(&mut &f, b"written during the job").unwrap();
         }
         let changed = |found: &[EntryId]| -> Vec<Vec<u8>> {
             match check_unchanged(root.as_fd(), &w, &need, &pinned, &read_whole, found) {
