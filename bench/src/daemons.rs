@@ -393,13 +393,9 @@ impl Drop for Pair {
 /// ext4's inode-reuse window after it (trash.rs).
 pub fn clear(work: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
-        let trash = crate::trash::Trash::new(work);
-        trash.note_freed()?;
         unmount_under(dir);
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-        trash.note_freed()?;
     }
-    Ok(())
+    crate::trash::Trash::new(work).delete(dir)
 }
 
 /// Lifts every mount under `dir` (deepest first): a target's read-only bind mount outlives a

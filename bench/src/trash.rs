@@ -63,18 +63,27 @@ impl Trash {
             .with_context(|| format!("moving {} to {}", dir.display(), to.display()))
     }
 
-    /// Deletes what the trash holds, writes the deletion back, and notes when (before too,
-    /// so a deletion that fails or is interrupted is waited out as well).
+    /// Deletes what the trash holds, writes the deletion back, and notes when (`delete`, and
+    /// once more after the write-back).
     pub fn empty(&self) -> Result<()> {
         let full = std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some());
         if !full {
             return Ok(());
         }
-        self.note_freed()?;
-        std::fs::remove_dir_all(&self.dir)
-            .with_context(|| format!("removing {}", self.dir.display()))?;
+        self.delete(&self.dir)?;
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         proc::syncfs(parent);
+        self.note_freed()
+    }
+
+    /// Deletes `dir` (a tree on the work dir's file system), if it exists, noting the deletion
+    /// before (so one that fails or is interrupted is waited out as well) and after.
+    pub fn delete(&self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.note_freed()?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         self.note_freed()
     }
 
