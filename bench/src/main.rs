@@ -6,6 +6,7 @@
 
 mod btrfs;
 mod cp;
+mod create_path;
 mod daemons;
 mod dataset;
 mod inc_report;
@@ -57,6 +58,10 @@ Not part of full (two `mover daemon` processes on 127.0.0.1, driven with the CLI
                  both sides after make-writable, `mover relationship reverse` on the target,
                  then churn on the new source and reverse again on it; seconds and bytes
                  sent by the first job of each direction (--reconnect-* options)
+  create-path    the receiver's way of creating small files, alone: N threads create
+                 20,000 new 4 KiB files with openat2/futimens/close syscalls (as built), with
+                 linked io_uring OPENAT2/WRITE/CLOSE chains, or with batched ring opens and
+                 closes; into the disk and the tmpfs (--dest), medians of --reps
   reconnect      failover and back: make-writable of a target of --reconnect-files (20,000)
                  1 KiB files and --reconnect-large-files (8) of --reconnect-large-size (8 MiB),
                  --reconnect-churn (1%) of the small files rewritten/deleted/created on the
@@ -72,7 +77,7 @@ the TCP and memory-copy limits use N streams too.";
 #[command(about = "Benchmark mover against rsync and cp -a + sync, with the machine's limits", long_about = ABOUT)]
 struct Args {
     /// full | all | initial | large | small | mixed | limits | incremental | noop-tree |
-    /// rewrite-1pct | rename-dir | resume | rpo | make-writable (see --help)
+    /// rewrite-1pct | rename-dir | resume | rpo | make-writable | reconnect | reverse | create-path (see --help)
     #[arg(default_value = "full")]
     what: String,
     /// Where datasets and disk destinations live (default $MOVER_BENCH_DIR or /work/bench-data).
@@ -188,6 +193,7 @@ struct Parts {
     make_writable: bool,
     reconnect: bool,
     reverse: bool,
+    create_path: bool,
 }
 
 fn parts(what: &str) -> Result<Parts> {
@@ -200,6 +206,7 @@ fn parts(what: &str) -> Result<Parts> {
         make_writable: false,
         reconnect: false,
         reverse: false,
+        create_path: false,
     };
     let issue_sets = vec![Kind::Large, Kind::Small];
     Ok(match what {
@@ -243,6 +250,10 @@ fn parts(what: &str) -> Result<Parts> {
         },
         "reverse" => Parts {
             reverse: true,
+            ..none
+        },
+        "create-path" => Parts {
+            create_path: true,
             ..none
         },
         w => match incremental::Scenario::select(w) {
@@ -384,6 +395,7 @@ fn main() -> Result<()> {
         make_writable: None,
         reconnect: None,
         reverse: None,
+        create_path: None,
         targets: Vec::new(),
     };
 
@@ -538,7 +550,20 @@ fn main() -> Result<()> {
         rep.reverse = Some(reverse::run(&failback, &mut ports)?);
     }
 
-    if tmpfs_used {
+    if p.create_path {
+        check_tmpfs(&a.tmpfs_dir)?;
+        let o = create_path::Opts {
+            work: &work,
+            tmpfs_dir: &a.tmpfs_dir,
+            dests: &a.dest,
+            files: scaled(create_path::FILES),
+            threads,
+            reps: a.reps,
+        };
+        rep.create_path = Some(create_path::run(&o)?);
+    }
+
+    if tmpfs_used || p.create_path {
         // Only what the bench made there: its limits directory, then the directory itself if
         // it is now empty (it may be a shared tmpfs such as /dev/shm).
         let _ = std::fs::remove_dir_all(a.tmpfs_dir.join("limits"));

@@ -484,6 +484,9 @@ pub struct Report {
     /// Failback by reverse and back: the markdown section (`bench reverse`).
     #[serde(default)]
     pub reverse: Option<String>,
+    /// The receiver's way of creating small files, measured alone (`bench create-path`).
+    #[serde(default)]
+    pub create_path: Option<crate::create_path::CreateResult>,
     pub targets: Vec<Target>,
 }
 
@@ -707,6 +710,11 @@ impl Report {
             s.push_str(&r.markdown());
             s.push('\n');
         }
+        if let Some(c) = &self.create_path {
+            s.push_str("## Creating small files: syscalls or io_uring\n\n");
+            s.push_str(&c.markdown());
+            s.push('\n');
+        }
         if !self.targets.is_empty() {
             s.push_str("## Acceptance targets, on this run's figures\n\n| area | target | measured | result |\n|---|---|---|---|\n");
             for t in &self.targets {
@@ -851,6 +859,7 @@ mod tests {
             make_writable: None,
             reconnect: None,
             reverse: None,
+            create_path: None,
             targets: t,
         };
         let md = rep.markdown();
