@@ -37,6 +37,9 @@ const BATCH: usize = 200;
 /// Submission queue entries: a linked batch takes three per file.
 const RING_ENTRIES: u32 = 1024;
 const _: () = assert!(3 * BATCH <= RING_ENTRIES as usize);
+/// Bound on `io_uring_enter` waits for one batch's completions (each reaps at least one,
+/// unless interrupted).
+const MAX_ENTER_ROUNDS: usize = 16 * BATCH;
 
 /// The times every file gets (a fixed past time, as a replicated file's mtime would be).
 const TIMES: [libc::timespec; 2] = [
@@ -93,6 +96,9 @@ pub struct CreateResult {
     pub files: usize,
     pub threads: usize,
     pub reps: usize,
+    /// What one system call costs on this machine (the median of `SYSCALL_ROUNDS` rounds of
+    /// `SYSCALL_CALLS` `getppid` calls), to weigh the calls a way saves.
+    pub syscall_ns: f64,
     pub samples: Vec<Sample>,
 }
 
@@ -101,8 +107,9 @@ impl CreateResult {
         let mut s = format!(
             "{} threads create {} new files of {FILE_BYTES} bytes ({PER_DIR} to a directory, {BATCH} per submission) each way; \
              the ways rotate every rep, each run into a new directory, deleted (tmpfs) or moved to the trash (disk) after it, untimed, \
-             then the disk is let quiet. Medians of {} reps; CPU = user + system of the process, its io-wq threads included.\n\n",
-            self.threads, self.files, self.reps
+             then the disk is let quiet. Medians of {} reps; CPU = user + system of the process, its io-wq threads included. \
+             One system call (`getppid`) costs {:.0} ns here.\n\n",
+            self.threads, self.files, self.reps, self.syscall_ns
         );
         s.push_str("| destination | way | seconds (median) | CPU s (median) | every rep, s |\n|---|---|---:|---:|---|\n");
         let mut dests: Vec<Dest> = Vec::new();
@@ -144,6 +151,7 @@ pub fn run(o: &Opts) -> Result<CreateResult> {
     if o.files == 0 || o.threads == 0 {
         bail!("create-path needs at least one file and one thread");
     }
+    let syscall_ns = syscall_cost_ns();
     let trash = Trash::new(o.work);
     trash.wait_out();
     let mut samples = Vec::new();
@@ -191,8 +199,29 @@ pub fn run(o: &Opts) -> Result<CreateResult> {
         files: o.files,
         threads: o.threads,
         reps: o.reps,
+        syscall_ns,
         samples,
     })
+}
+
+/// Calls per round of `syscall_cost_ns`.
+const SYSCALL_CALLS: u32 = 200_000;
+/// Rounds of `syscall_cost_ns`, of which the median counts.
+const SYSCALL_ROUNDS: usize = 5;
+
+/// Nanoseconds per system call: the median round of `SYSCALL_CALLS` `getppid` calls.
+fn syscall_cost_ns() -> f64 {
+    let rounds = (0..SYSCALL_ROUNDS)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..SYSCALL_CALLS {
+                // SAFETY: getppid takes no arguments and touches no memory of this process.
+                std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            t0.elapsed().as_secs_f64() * 1e9 / f64::from(SYSCALL_CALLS)
+        })
+        .collect();
+    median(rounds)
 }
 
 fn cpu_seconds() -> f64 {
@@ -271,50 +300,68 @@ fn how(cloexec: bool) -> types::OpenHow {
         .resolve(libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS)
 }
 
-/// Submits `entries` (all built over memory that outlives this call) and reaps `want`
-/// completions, all of them even after a failure (the kernel may still be reading the caller's
-/// names and data for the others), then fails with the first negative result.
-fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry], want: usize) -> Result<Vec<i32>> {
+/// Submits `entries` and reaps `want` completions, all of them even after a failure, then
+/// returns every result (negative: -errno) in completion order.
+///
+/// The entries point at the caller's names, OpenHow and data buffer. OPENAT2 copies the name
+/// and the OpenHow when the kernel takes the entry (`getname`, `copy_struct_from_user`), and
+/// the data buffer outlives the creating threads' scope (`create_all`); a thread that ends
+/// with operations still in flight (after an `io_uring_enter` error) has them cancelled and
+/// waited for when its ring is dropped, before that scope ends.
+fn submit_results(
+    ring: &mut IoUring,
+    entries: &[squeue::Entry],
+    want: usize,
+) -> Result<Vec<(u64, i32)>> {
     for e in entries {
-        // SAFETY: every entry points at names, the OpenHow and the data buffer of the caller,
-        // all alive until this function returns, and it returns only after reaping every one
-        // of the entries' completions (or after a submission error, when none was queued to
-        // the kernel: push only fills the shared queue, `submit_and_wait` hands it over).
+        // SAFETY: what each entry points at outlives the kernel's use of it (see above); an
+        // entry that fails to be pushed was never handed to the kernel.
         unsafe { ring.submission().push(e) }.context("submission queue full")?;
     }
-    // Invariant from here on: nothing returns before `want` completions were reaped, except
-    // when io_uring_enter itself fails (then the ring is broken and the process exits on the
-    // error; the bench does not go on to free and reuse the memory under live operations).
-    ring.submit_and_wait(want).context("io_uring_enter")?;
     let mut out = Vec::with_capacity(want);
-    let mut failed: Option<(u64, i32)> = None;
-    let mut reaped = 0;
-    while reaped < want {
-        let got: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        if got.is_empty() {
-            ring.submit_and_wait(want - reaped)
-                .context("io_uring_enter")?;
-            continue;
+    let mut rounds = 0;
+    while out.len() < want {
+        rounds += 1;
+        if rounds > MAX_ENTER_ROUNDS {
+            bail!(
+                "{} of {want} completions after {MAX_ENTER_ROUNDS} waits",
+                out.len()
+            );
         }
-        reaped += got.len();
-        for (tag, res) in got {
-            if res < 0 {
-                failed = failed.or(Some((tag, res)));
-            } else {
-                out.push(res);
-            }
+        match ring.submit_and_wait(want - out.len()) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e).context("io_uring_enter"),
         }
-    }
-    if let Some((tag, res)) = failed {
-        bail!(
-            "operation {tag} failed: {}",
-            std::io::Error::from_raw_os_error(-res)
-        );
+        out.extend(ring.completion().map(|c| (c.user_data(), c.result())));
     }
     Ok(out)
+}
+
+/// The first failure among `results`, as an error naming its operation.
+fn first_failure(results: &[(u64, i32)]) -> Result<()> {
+    match results.iter().find(|(_, res)| *res < 0) {
+        Some((tag, res)) => bail!(
+            "operation {tag} failed: {}",
+            std::io::Error::from_raw_os_error(-res)
+        ),
+        None => Ok(()),
+    }
+}
+
+/// `submit_results`, failing on the first negative result; the results in completion order.
+fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry], want: usize) -> Result<Vec<i32>> {
+    let results = submit_results(ring, entries, want)?;
+    first_failure(&results)?;
+    Ok(results.into_iter().map(|(_, res)| res).collect())
+}
+
+/// Every write of `data` completed whole.
+fn all_whole(done: &[i32], data: &[u8]) -> Result<()> {
+    if done.iter().any(|&n| n as usize != data.len()) {
+        bail!("a short write");
+    }
+    Ok(())
 }
 
 /// A write of `data` at offset 0 of a file descriptor, or of a direct descriptor (`Fixed`).
@@ -361,10 +408,7 @@ fn by_syscalls(ring: &mut IoUring, dir: &OwnedFd, names: &[CString], data: &[u8]
         .enumerate()
         .map(|(i, fd)| write_entry(Ok(types::Fd(fd.as_raw_fd())), data, i as u64))
         .collect();
-    let done = submit_all(ring, &writes, writes.len())?;
-    if done.iter().any(|&n| n as usize != data.len()) {
-        bail!("a short write");
-    }
+    all_whole(&submit_all(ring, &writes, writes.len())?, data)?;
     for fd in &fds {
         set_times(fd)?;
     }
@@ -424,26 +468,35 @@ fn batched(ring: &mut IoUring, dir: &OwnedFd, names: &[CString], data: &[u8]) ->
                 .user_data(i as u64)
         })
         .collect();
-    let raw = submit_all(ring, &opens, opens.len())?;
-    // SAFETY: each result is a descriptor the kernel just opened for this process, owned by
-    // nothing else (completions may come in any order: each is owned once, whatever its slot).
-    let fds: Vec<OwnedFd> = raw
-        .into_iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
+    // Every descriptor opened is owned (and so closed) even if another open failed.
+    let opened = submit_results(ring, &opens, opens.len())?;
+    let mut fds: Vec<(usize, OwnedFd)> = Vec::with_capacity(opened.len());
+    for &(i, fd) in &opened {
+        if fd >= 0 {
+            // SAFETY: a non-negative OPENAT2 result is a descriptor the kernel just opened for
+            // this process, owned by nothing else; each completion is seen once.
+            fds.push((i as usize, unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    first_failure(&opened)?;
     let writes: Vec<squeue::Entry> = fds
         .iter()
-        .enumerate()
-        .map(|(i, fd)| write_entry(Ok(types::Fd(fd.as_raw_fd())), data, i as u64))
+        .map(|(i, fd)| write_entry(Ok(types::Fd(fd.as_raw_fd())), data, *i as u64))
         .collect();
-    submit_all(ring, &writes, writes.len())?;
-    let mut closes = Vec::with_capacity(fds.len());
-    for fd in fds {
-        set_times(&fd)?;
-        // The ring closes it: ownership passes to the CLOSE operation.
-        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
-        closes.push(opcode::Close::new(types::Fd(raw)).build().user_data(0));
+    all_whole(&submit_all(ring, &writes, writes.len())?, data)?;
+    for (_, fd) in &fds {
+        set_times(fd)?;
     }
+    // The ring closes them: each descriptor's ownership passes to its CLOSE operation.
+    let closes: Vec<squeue::Entry> = fds
+        .into_iter()
+        .map(|(i, fd)| {
+            let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+            opcode::Close::new(types::Fd(raw))
+                .build()
+                .user_data(i as u64)
+        })
+        .collect();
     submit_all(ring, &closes, closes.len())?;
     Ok(())
 }
@@ -456,8 +509,9 @@ mod tests {
     #[test]
     fn every_way_creates_the_same_files_with_their_data_and_times() {
         let t = tempfile::tempdir().unwrap();
-        // More than a directory's worth, and a count that does not divide into batches.
-        let files = PER_DIR + 37;
+        // Per thread: two full directories and part of a third, so slots, batches and
+        // directories are all used more than once.
+        let files = 2 * (2 * PER_DIR + 37);
         for way in Way::ALL {
             let root = t.path().join(format!("{way:?}"));
             create_all(way, &root, files, 2).unwrap();

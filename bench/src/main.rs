@@ -369,8 +369,8 @@ fn main() -> Result<()> {
     if a.plaintext && tools.contains(&Tool::Mover) {
         tools.push(Tool::MoverPlain);
     }
-    let tmpfs_used =
-        !p.initial.is_empty() && a.dest.contains(&Dest::Tmpfs) || p.limits && p.initial.is_empty();
+    let tmpfs_used = (!p.initial.is_empty() || p.create_path) && a.dest.contains(&Dest::Tmpfs)
+        || p.limits && p.initial.is_empty();
     if tmpfs_used {
         check_tmpfs(&a.tmpfs_dir)?;
     }
@@ -551,7 +551,6 @@ fn main() -> Result<()> {
     }
 
     if p.create_path {
-        check_tmpfs(&a.tmpfs_dir)?;
         let o = create_path::Opts {
             work: &work,
             tmpfs_dir: &a.tmpfs_dir,
@@ -563,7 +562,7 @@ fn main() -> Result<()> {
         rep.create_path = Some(create_path::run(&o)?);
     }
 
-    if tmpfs_used || p.create_path {
+    if tmpfs_used {
         // Only what the bench made there: its limits directory, then the directory itself if
         // it is now empty (it may be a shared tmpfs such as /dev/shm).
         let _ = std::fs::remove_dir_all(a.tmpfs_dir.join("limits"));

@@ -485,7 +485,6 @@ pub struct Report {
     #[serde(default)]
     pub reverse: Option<String>,
     /// The receiver's way of creating small files, measured alone (`bench create-path`).
-    #[serde(default)]
     pub create_path: Option<crate::create_path::CreateResult>,
     pub targets: Vec<Target>,
 }
