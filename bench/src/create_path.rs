@@ -2,8 +2,9 @@
 //! of N threads (as many as mover's workers) creates its share of 20,000 new 4 KiB files, 200
 //! to a directory, in batches of 200 (about one FileBatch frame), three ways:
 //!
-//! - `syscalls`, as the receiver does: `openat2` (O_CREAT | O_EXCL, RESOLVE_BENEATH), the
-//!   batch's writes through an io_uring, then `futimens` and `close` per file;
+//! - `syscalls`, as the receiver does: its `beneath::open_in` (`openat2`, O_CREAT | O_EXCL,
+//!   RESOLVE_BENEATH), the batch's writes through an io_uring, then `futimens` and `close` per
+//!   file;
 //! - `ring-linked`, the "linked OPENAT/WRITE/CLOSE": per file a linked chain of
 //!   IORING_OP_OPENAT2 into a direct descriptor, WRITE and CLOSE, then `utimensat` by name
 //!   (a direct descriptor has no fd for `futimens`, and io_uring has no op for times);
@@ -20,9 +21,10 @@ use crate::report::{median, rotation, Dest};
 use crate::{proc, trash::Trash};
 use anyhow::{bail, Context, Result};
 use io_uring::{opcode, squeue, types, IoUring};
+use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -383,25 +385,13 @@ fn set_times(fd: &OwnedFd) -> Result<()> {
 }
 
 fn by_syscalls(ring: &mut IoUring, dir: &OwnedFd, names: &[CString], data: &[u8]) -> Result<()> {
-    let how = how(true);
+    // The receiver's own open (`beneath::open_in`, as its `DirCache::open_file` calls it).
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
     let mut fds = Vec::with_capacity(names.len());
     for name in names {
-        // SAFETY: openat2 reads the NUL-terminated name and the open_how (its size passed)
-        // during the call; the returned descriptor is owned by the OwnedFd made from it.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const types::OpenHow,
-                std::mem::size_of::<types::OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("openat2");
-        }
-        // SAFETY: `fd` was just returned by openat2 and nothing else owns it.
-        fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let fd = mover::beneath::open_in(dir.as_fd(), name.to_bytes(), flags, Mode::from(0o644))
+            .context("openat2")?;
+        fds.push(fd);
     }
     let writes: Vec<squeue::Entry> = fds
         .iter()
@@ -438,7 +428,15 @@ fn linked(ring: &mut IoUring, dir: &OwnedFd, names: &[CString], data: &[u8]) -> 
                 .user_data(3 * i as u64 + 2),
         );
     }
-    submit_all(ring, &chain, chain.len())?;
+    let results = submit_results(ring, &chain, chain.len())?;
+    first_failure(&results)?;
+    // Each file's WRITE is the second of its chain (tags 3i + 1).
+    let writes: Vec<i32> = results
+        .iter()
+        .filter(|(tag, _)| tag % 3 == 1)
+        .map(|&(_, res)| res)
+        .collect();
+    all_whole(&writes, data)?;
     for name in names {
         // SAFETY: utimensat reads the NUL-terminated name and two timespecs from a static
         // array during the call.
