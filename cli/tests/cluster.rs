@@ -9,7 +9,9 @@
 //! owner, back, drops its copy; its policy snapshots go on under names the old owner never
 //! gave. A cluster token works on every node, until deleted on any, and is refused while etcd
 //! is away. A target's writes spread over two target nodes sharing the target directory
-//! (`--spread-writes`): across an etcd restart, and with one of them SIGKILLed mid-share.
+//! (`--spread-writes`): across an etcd restart, with one of them SIGKILLed mid-share, and
+//! with one cut off from etcd but not from the source (it stops writing before it is seen
+//! down).
 
 mod node;
 
@@ -1384,5 +1386,103 @@ fn a_targets_writes_spread_over_two_target_nodes_and_a_killed_one_leaves_them_to
         log.contains("node t2 went down while it ran a write share")
             || log.contains("no write place at"),
         "{log}"
+    );
+}
+
+/// The first line of `log` that contains `what` (colours taken out), and its timestamp
+/// (tracing's RFC 3339 in UTC with microseconds: one length, so the strings compare as the
+/// times do).
+fn logged_at(log: &str, what: &str) -> Option<(String, String)> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let at = plain.split_whitespace().next()?.to_string();
+    Some((at, plain))
+}
+
+#[test]
+fn a_write_place_cut_off_from_etcd_stops_writing_before_it_is_seen_down() {
+    node::need_root();
+    let t = Scratch::new();
+    // t2 in a namespace of its own with two links into this thread's: one to etcd, one that
+    // the source's workers reach it by. Cutting the first leaves t2 receiving their frames.
+    let _hub = Netns::enter("hub");
+    let t2ns = Netns::new("t2");
+    let to_etcd = Link::new(&t2ns, 0);
+    let data = Link::new(&t2ns, 1);
+    let etcd = Etcd::start_also_on(&t.path().join("etcd"), Some(&to_etcd.near));
+    let cfg = |url: String, name: &str| {
+        format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_writes = true\n")
+    };
+    let t1 = Node::start_configured(
+        &t.path().join("t1"),
+        free_port(),
+        free_port(),
+        &cfg(etcd.url(), "t1"),
+    );
+    let t2 = Node::start_own_mounts_at(
+        &t.path().join("t2"),
+        At {
+            netns: Some(t2ns.0.clone()),
+            host: data.far.clone(),
+            ..At::local(free_port(), free_port())
+        },
+        &cfg(etcd.url_also(), "t2"),
+    );
+    let n1 = Node::start(&t.path().join("n1"));
+    let both = vec!["t1".to_string(), "t2".into()];
+    until(&t1, "both up", Duration::from_secs(30), |v| up(v) == both);
+
+    // 24 MB at 3 MB/s: the source's two workers write one through t1, one through t2.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 24, 1_000_000, 95);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &t1, &src, &dst, &["--bandwidth-limit", "3000000"]);
+    t1.cli_ok(&["relationship", "authorize", &id]);
+    let t0 = Instant::now();
+    while write_shares_started(&t2) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", t1.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    to_etcd.cut();
+    let v = n1.wait_for("source", &id, "the job without t2", node::synced);
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
+    // t2 stopped writing (its lease could no longer be vouched for) before t1 saw it down
+    // and gave its share up.
+    let (t1_log, t2_log) = (t1.log(), t2.log());
+    let (stopped, why) = logged_at(&t2_log, "write share failed")
+        .unwrap_or_else(|| panic!("t2 went on writing its share, cut off from etcd:\n{t2_log}"));
+    assert!(why.contains("stopped writing"), "{why}");
+    let (down, _) = logged_at(&t1_log, "node t2 went down while it ran a write share")
+        .unwrap_or_else(|| panic!("t1 never saw t2 down:\n{t1_log}"));
+    assert!(
+        stopped < down,
+        "t2 stopped writing at {stopped}, after t1 saw it down at {down}"
+    );
+    eprintln!("t2 stopped writing at {stopped}; t1 saw it down at {down}");
+
+    // Back in reach, t2 rejoins and takes a share of the next session (a lost lease does not
+    // leave a place out).
+    to_etcd.mend();
+    until(&t1, "t2 back", Duration::from_secs(60), |v| up(v) == both);
+    let before = write_shares_started(&t2);
+    let aside = t.path().join("aside");
+    node::fill(&aside, 12, 1_000_000, 96);
+    std::fs::rename(&aside, src.join("more")).unwrap();
+    let v = n1.wait_for("source", &id, "the job with t2 back", |v| {
+        node::synced(v) && node::tree_hash(&src) == node::tree_hash(&dst)
+    });
+    assert!(
+        write_shares_started(&t2) > before,
+        "t2 took no share after it rejoined: {v:#}\n{}",
+        t2.log()
     );
 }

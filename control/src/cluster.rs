@@ -296,6 +296,8 @@ pub struct Membership {
     known: Mutex<Known>,
     /// The current session's client (`None` between sessions), for `put`.
     client: Mutex<Option<Client>>,
+    /// How long this node can vouch for its heartbeat lease (the write shares' fence).
+    lease: Arc<crate::lease::LeaseClock>,
 }
 
 fn key(kind: &str, name: &NodeName) -> String {
@@ -334,7 +336,13 @@ impl Membership {
             me,
             known: Mutex::default(),
             client: Mutex::default(),
+            lease: Arc::default(),
         })
+    }
+
+    /// This node's heartbeat lease, as far as it can vouch for it.
+    pub fn lease(&self) -> &Arc<crate::lease::LeaseClock> {
+        &self.lease
     }
 
     pub fn name(&self) -> &NodeName {
@@ -580,6 +588,7 @@ impl Membership {
     pub async fn run(self: Arc<Self>) {
         loop {
             let e = self.session().await;
+            self.lease.ended();
             {
                 let mut k = lock(&self.known);
                 k.connected = false;
@@ -608,12 +617,15 @@ impl Membership {
             Client::connect(&self.opts.endpoints, Some(connect)),
         )
         .await?;
+        let ttl = Duration::from_secs(MEMBER_TTL as u64);
+        let asked = std::time::Instant::now();
         let lease = within(
             "granting the heartbeat lease",
             c.lease_grant(MEMBER_TTL, None),
         )
         .await?
         .id();
+        self.lease.granted(lease, asked, ttl);
         let me = serde_json::to_vec(&self.me).map_err(|e| Error::Invalid(e.to_string()))?;
         within(
             "registering the node",
@@ -629,8 +641,11 @@ impl Membership {
             ),
         )
         .await?;
+        // The keeper's first renewal is answered before it returns.
+        let asked = std::time::Instant::now();
         let (mut keeper, mut acks) =
             within("keeping the lease alive", c.lease_keep_alive(lease)).await?;
+        self.lease.granted(lease, asked, ttl);
         // Read everything once, then watch from the next revision: nothing is missed between.
         let all = within(
             "reading the cluster",
@@ -671,7 +686,6 @@ impl Membership {
         let _stop_campaign = AbortOnDrop(campaign);
         let mut tick = tokio::time::interval(HEARTBEAT);
         let mut acked = tokio::time::Instant::now();
-        let ttl = Duration::from_secs(MEMBER_TTL as u64);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -679,11 +693,15 @@ impl Membership {
                     if acked.elapsed() > ttl {
                         return Err(Error::Invalid("etcd: no lease renewal answered".into()));
                     }
+                    self.lease.renewal_sent(std::time::Instant::now());
                     within("renewing the lease", keeper.keep_alive()).await?;
                 }
                 ack = acks.message() => {
                     match ack.map_err(etcd_err("renewing the lease"))? {
-                        Some(a) if a.ttl() > 0 => acked = tokio::time::Instant::now(),
+                        Some(a) if a.ttl() > 0 => {
+                            acked = tokio::time::Instant::now();
+                            self.lease.renewal_answered(Duration::from_secs(a.ttl() as u64));
+                        }
                         _ => return Err(Error::Invalid("etcd: the heartbeat lease expired".into())),
                     }
                 }

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod fuzz;
+pub mod lease;
 pub mod model;
 pub mod peer;
 pub mod peer_wire;

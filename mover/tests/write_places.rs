@@ -8,12 +8,12 @@
 mod common;
 
 use common::*;
-use mover::receiver::share::{ShareHost, WriteShare, Writers};
+use mover::receiver::share::{Fence, ShareHost, WriteShare, Writers};
 use mover::transport::tcp::TcpConn;
 use mover::{send, Progress, ReceiveOptions, Receiver, SessionSecret, Tickets};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The place: a listener whose connections go to its `ShareHost`, and the `Writers` the
@@ -23,6 +23,32 @@ struct Place {
     host: Arc<ShareHost>,
     /// The place is down: its connections are closed at once and no share reaches it.
     down: Arc<AtomicBool>,
+    fence: Arc<BytesFence>,
+}
+
+/// A fence that refuses once the place has written `limit` bytes (as a daemon's refuses once
+/// its lease may have expired), counting what it answered and what was written at its first
+/// refusal.
+struct BytesFence {
+    written: Arc<AtomicU64>,
+    limit: AtomicU64,
+    allowed: AtomicU64,
+    refusals: AtomicU64,
+    at_first_refusal: AtomicU64,
+}
+
+impl Fence for BytesFence {
+    fn check(&self) -> Result<(), String> {
+        let written = self.written.load(Ordering::SeqCst);
+        if written < self.limit.load(Ordering::SeqCst) {
+            self.allowed.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        if self.refusals.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.at_first_refusal.store(written, Ordering::SeqCst);
+        }
+        Err("its lease may have expired (test)".into())
+    }
 }
 
 struct InProcess {
@@ -30,6 +56,7 @@ struct InProcess {
     view: PathBuf,
     want: SocketAddr,
     down: Arc<AtomicBool>,
+    fence: Arc<BytesFence>,
 }
 
 impl Writers for InProcess {
@@ -42,8 +69,9 @@ impl Writers for InProcess {
             return Err(mover::Error::PeerLost("the write place is down".into()));
         }
         let root = mover::beneath::open_root(&self.view, "the place's view")?;
+        let fence: Arc<dyn Fence> = self.fence.clone();
         self.host
-            .run(std::os::fd::AsFd::as_fd(&root), &share)
+            .run(std::os::fd::AsFd::as_fd(&root), &share, Some(fence))
             .map(|_| ())
     }
 }
@@ -52,6 +80,13 @@ fn start_place(down: bool) -> Place {
     let host = Arc::new(ShareHost::new());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let fence = Arc::new(BytesFence {
+        written: host.bytes.clone(),
+        limit: AtomicU64::new(u64::MAX),
+        allowed: AtomicU64::new(0),
+        refusals: AtomicU64::new(0),
+        at_first_refusal: AtomicU64::new(0),
+    });
     let (h, down) = (host.clone(), Arc::new(AtomicBool::new(down)));
     let is_down = down.clone();
     std::thread::spawn(move || {
@@ -65,7 +100,12 @@ fn start_place(down: bool) -> Place {
             });
         }
     });
-    Place { addr, host, down }
+    Place {
+        addr,
+        host,
+        down,
+        fence,
+    }
 }
 
 /// A receiver with a place beside it; each session's report arrives on the channel.
@@ -86,6 +126,7 @@ fn start(
         view: dst.to_path_buf(),
         want: place.addr,
         down: place.down.clone(),
+        fence: place.fence.clone(),
     });
     let progress = Arc::new(Progress::default());
     let r = Receiver::bind(
@@ -201,5 +242,51 @@ fn a_write_place_that_fails_fails_the_session_and_the_retry_completes_the_job() 
     let r = reports.recv().unwrap();
     assert!(r.ok && r.resumed, "{:?}", r.error);
     assert!(place.host.bytes.load(Ordering::SeqCst) > 0);
+    assert_same_tree(&d.src, &d.dst);
+}
+
+#[test]
+fn a_write_place_whose_fence_refuses_stops_writing_and_the_retry_completes_the_job() {
+    let d = dirs();
+    tree(&d.src);
+    let (addr, tickets, place, here, reports) = start(&d.dst, false);
+    // The place loses its right to write after 4 MiB of its share (about half of 62 MB).
+    place.fence.limit.store(4 << 20, Ordering::SeqCst);
+    let err = session(&d.src, &d.state, addr, &tickets, place.addr)
+        .expect_err("the place's fence refused mid-share");
+    let r = reports.recv().unwrap();
+    assert!(!r.ok);
+    let why = r.error.unwrap_or_default();
+    assert!(why.contains("stopped writing"), "{why} / {err}");
+    // The place's workers asked before each frame's writes, and stopped at the first no: at
+    // most what each had in flight (a frame per buffer) landed after it.
+    let f = &place.fence;
+    let (allowed, refused) = (
+        f.allowed.load(Ordering::SeqCst),
+        f.refusals.load(Ordering::SeqCst),
+    );
+    assert!(
+        allowed > 2 && refused >= 1,
+        "{allowed} frames allowed, {refused} refused"
+    );
+    let there = place.host.bytes.load(Ordering::SeqCst);
+    let at_refusal = f.at_first_refusal.load(Ordering::SeqCst);
+    let in_flight = 2 * mover::receiver::WORKER_BUFFERS * mover::wire::frame::MAX_FRAME_PAYLOAD;
+    assert!(
+        at_refusal >= 4 << 20 && there - at_refusal <= in_flight as u64,
+        "the place wrote {there} bytes, {at_refusal} when its fence first refused"
+    );
+    // The session is over, and so is the place's writing: nothing lands there afterwards.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(place.host.bytes.load(Ordering::SeqCst), there);
+    let rp = mover::recovery_point(&d.dst).unwrap();
+    assert!(rp.as_ref().is_none_or(|p| p.entries <= 1), "{rp:?}");
+    // Its lease back, the place takes the next session's share; the job completes.
+    place.fence.limit.store(u64::MAX, Ordering::SeqCst);
+    let before = (there, here.bytes.load(Ordering::SeqCst));
+    session(&d.src, &d.state, addr, &tickets, place.addr).expect("retried job");
+    let r = reports.recv().unwrap();
+    assert!(r.ok && r.resumed, "{:?}", r.error);
+    assert!(place.host.bytes.load(Ordering::SeqCst) > before.0);
     assert_same_tree(&d.src, &d.dst);
 }

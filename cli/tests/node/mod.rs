@@ -265,6 +265,20 @@ impl Node {
         )
     }
 
+    /// `start_own_mounts`, placed as `at` says (a network namespace of its own, say): a
+    /// target node on another machine that sees the shared target directory.
+    pub fn start_own_mounts_at(dir: &Path, at: At, extra_config: &str) -> Node {
+        let exe = cargo_bin("mover");
+        Self::spawn_as(
+            Path::new("unshare"),
+            &["--mount", "--propagation", "private", s(&exe), "daemon"],
+            dir,
+            at,
+            extra_config,
+            None,
+        )
+    }
+
     /// The node as containers by role under their supervisor (`mover node run`); `kill` and
     /// `terminate` act on the supervisor.
     pub fn start_containers(dir: &Path) -> Node {

@@ -60,6 +60,10 @@ struct Record {
     /// share (not on the shared file system, say): left out of the relationship's sessions.
     #[serde(default)]
     unreadable: bool,
+    /// It stopped because this node could no longer vouch for its cluster lease (etcd away or
+    /// out of reach, `crate::lease`): not left out, since a node seen up again has a new one.
+    #[serde(default)]
+    fenced: bool,
 }
 
 fn lost(what: String) -> mover::Error {
@@ -144,6 +148,7 @@ impl mover::receiver::share::Writers for Places {
             error: None,
             bytes: 0,
             unreadable: false,
+            fenced: false,
         };
         super::assigned::assign(
             &self.rt,
@@ -167,6 +172,12 @@ impl Places {
         )?;
         if r.state == State::Done {
             return Ok(());
+        }
+        if r.fenced {
+            return Err(lost(format!(
+                "node {node} stopped writing its share: {}",
+                r.error.unwrap_or_default()
+            )));
         }
         super::lock(&self.left_out)
             .entry(self.id.clone())
@@ -260,6 +271,19 @@ fn run_one(
         .target
         .join(".mover-state/journal")
         .join(&record.share.file);
+    // The share writes only under the lease this node holds now (crate::lease).
+    let fence = match m.lease().fence(std::time::Instant::now()) {
+        Ok(f) => Arc::new(f),
+        Err(why) => {
+            tracing::warn!(share = k, "write share not run: {why}");
+            record.state = State::Failed;
+            record.error = Some(format!("this write place did not start: {why}"));
+            record.fenced = true;
+            node.metrics.write_share_done(false, 0);
+            super::assigned::answer(rt, m, (k, &assigned), &record, "write share");
+            return;
+        }
+    };
     let ran = match mover::beneath::open_root(&record.target, "shared target") {
         // Named as the committing node pinned it: absolute, and a directory itself.
         Ok(_) if !record.target.is_absolute() || record.target.is_symlink() => {
@@ -276,9 +300,11 @@ fn run_one(
                 file.display()
             )))
         }
-        Ok(root) => node
-            .share_host
-            .run(std::os::fd::AsFd::as_fd(&root), &record.share),
+        Ok(root) => node.share_host.run(
+            std::os::fd::AsFd::as_fd(&root),
+            &record.share,
+            Some(fence.clone()),
+        ),
         Err(e) => {
             record.unreadable = true;
             Err(e)
@@ -294,6 +320,7 @@ fn run_one(
             tracing::warn!(share = k, "write share failed: {e}");
             record.state = State::Failed;
             record.error = Some(e.to_string());
+            record.fenced = mover::receiver::share::Fence::check(&*fence).is_err();
             node.metrics.write_share_done(false, 0);
         }
     }

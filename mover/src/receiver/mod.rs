@@ -23,6 +23,10 @@ pub use revert::RevertReport;
 pub use scrub::{scrub_root, ScrubReport, ScrubStatus};
 pub use session::{SessionReport, Verify};
 
+/// Registered buffers of one receiver worker: at most this many frames of a worker are being
+/// written at once.
+pub const WORKER_BUFFERS: usize = worker::BUFFERS;
+
 use crate::error::{Error, IoContext, Result};
 use crate::job::Progress;
 use crate::transport::select::{self, RdmaPolicy};

@@ -821,6 +821,7 @@ impl Places<'_> {
                 table: table.clone(),
                 link: conn,
                 progress: progress.bytes.clone(),
+                fence: None,
             };
             let h = std::thread::Builder::new()
                 .name(format!("mover-recv-{i}"))

@@ -74,6 +74,16 @@ pub trait Writers: Send + Sync {
     fn run(&self, at: SocketAddr, share: WriteShare) -> Result<()>;
 }
 
+/// A write place's right to write. The daemon's is its cluster lease: the committing
+/// receiver stops waiting for a place once it sees the place down (its lease expired), so a
+/// place must have stopped writing by then, whether or not it still reaches the sender. A
+/// place's workers ask before each frame's writes start, and the place before it starts and
+/// before it writes its result; a refusal fails the share at once.
+pub trait Fence: Send + Sync {
+    /// `Ok` while this place may write; why not otherwise.
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
 /// A share as it travels to its place; the table itself is a file in the job's journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteShare {
@@ -391,8 +401,21 @@ impl ShareHost {
 
     /// Runs `share` into `root` (this place's view of the shared target): waits for its
     /// workers' connections, writes what they carry, syncs, and leaves the result file;
-    /// returns the file bytes written.
-    pub fn run(&self, root: BorrowedFd<'_>, share: &WriteShare) -> Result<u64> {
+    /// returns the file bytes written. Nothing is written once `fence` refuses (the share
+    /// fails with `Error::Cancelled`).
+    pub fn run(
+        &self,
+        root: BorrowedFd<'_>,
+        share: &WriteShare,
+        fence: Option<Arc<dyn Fence>>,
+    ) -> Result<u64> {
+        let fenced = |f: &Option<Arc<dyn Fence>>| match f.as_deref().map(Fence::check) {
+            Some(Err(why)) => Err(Error::Cancelled(format!(
+                "this write place stopped writing: {why}"
+            ))),
+            _ => Ok(()),
+        };
+        fenced(&fence)?;
         let (session, secret) =
             crate::sender::shard::identity(&share.session, share.secret.as_deref())?;
         let sorted = share.workers.windows(2).all(|w| w[0] < w[1]);
@@ -425,7 +448,7 @@ impl ShareHost {
             );
         }
         let table = open_table(root, share, self.umask).map(Arc::new);
-        let ran = table.and_then(|t| Ok((self.run_hosted(&t, share, &rx)?, t)));
+        let ran = table.and_then(|t| Ok((self.run_hosted(&t, share, &rx, &fence)?, t)));
         self.hosted().remove(&session);
         let (all, table) = ran?;
         // What this place wrote is durable before it says so.
@@ -449,6 +472,7 @@ impl ShareHost {
             written,
         };
         let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("share: {e}")))?;
+        fenced(&fence)?;
         crate::durable::write_atomic(table.journal.as_fd(), &done_name(share), &body)?;
         Ok(done.data_bytes)
     }
@@ -458,8 +482,14 @@ impl ShareHost {
         table: &Arc<RecvTable>,
         share: &WriteShare,
         rx: &mpsc::Receiver<WorkerConn>,
+        fence: &Option<Arc<dyn Fence>>,
     ) -> Result<FrameStats> {
         let conns = super::session::collect_workers(rx, &share.workers, None)?;
+        let streams: Vec<std::net::TcpStream> = conns
+            .iter()
+            .filter_map(|(_, l)| l.conn.tcp_stream().ok().flatten())
+            .collect();
+        let (ended, workers_ended) = mpsc::channel::<()>();
         // Pinned by the worker's index in the session, as the committing receiver pins its
         // own: places that share a machine (or its CPUs' numbering) do not all start at the
         // first CPU.
@@ -477,14 +507,63 @@ impl ShareHost {
                 table: table.clone(),
                 link,
                 progress: self.bytes.clone(),
+                fence: fence.clone(),
             };
+            let ended = ended.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", index.0))
-                .spawn(move || w.run())
+                .spawn(move || {
+                    let r = w.run();
+                    let _ = ended.send(());
+                    r
+                })
                 .ctx(|| "spawning a write place's worker".to_string())?;
             handles.push(h);
         }
-        join_workers_preferring(handles, "write place", super::space::is_full)
+        drop(ended);
+        let n = handles.len();
+        std::thread::scope(|s| {
+            if let Some(f) = fence.as_deref() {
+                let streams = &streams;
+                s.spawn(move || watch_fence(f, &workers_ended, n, streams));
+            }
+            join_workers_preferring(handles, "write place", super::space::is_full)
+        })
+        // A worker stopped by the watch reports its connection shut: say why.
+        .map_err(|e| match fence.as_deref().map(Fence::check) {
+            Some(Err(why)) => Error::Cancelled(format!("this write place stopped writing: {why}")),
+            _ => e,
+        })
+    }
+}
+
+/// How often a place's fence is asked while its workers run.
+const FENCE_POLL: Duration = Duration::from_millis(100);
+
+/// Until `n` workers have ended: once `fence` refuses, shuts their connections, so a worker
+/// waiting for a frame stops now, not when the next frame arrives (the workers also ask the
+/// fence before each frame's writes, so none starts a write after it refused either way).
+fn watch_fence(
+    fence: &dyn Fence,
+    ended: &mpsc::Receiver<()>,
+    n: usize,
+    streams: &[std::net::TcpStream],
+) {
+    let mut left = n;
+    while left > 0 {
+        match ended.recv_timeout(FENCE_POLL) {
+            Ok(()) => left -= 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(why) = fence.check() {
+                    tracing::warn!("write place: stopping its workers: {why}");
+                    for s in streams {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    return;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 

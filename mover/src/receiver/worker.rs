@@ -5,6 +5,7 @@
 
 use super::meta::apply_new_file;
 use super::resume::{self, Pending, Version};
+use super::share::Fence;
 use super::table::RecvTable;
 use crate::beneath;
 use crate::engine::ring::{tag, Completion, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
@@ -87,6 +88,9 @@ pub struct RecvWorker {
     /// The worker connection, past its handshake; sealed if the session is.
     pub link: Link,
     pub progress: Arc<AtomicU64>,
+    /// A write place's fence (`share::Fence`), checked before each frame's writes start;
+    /// `None` for the committing receiver's own workers.
+    pub fence: Option<Arc<dyn Fence>>,
 }
 
 /// The worker's state apart from its ring and buffers, so frames can be handled while a
@@ -107,6 +111,9 @@ struct Ctx<'a> {
     log: crate::durable::Log,
     /// The directory small files are being created in.
     dirs: beneath::DirCache,
+    fence: Option<&'a dyn Fence>,
+    /// The fence refused: nothing more is submitted, not even the flush after a failure.
+    fenced: bool,
 }
 
 impl RecvWorker {
@@ -144,6 +151,8 @@ impl RecvWorker {
             flushing: Default::default(),
             log,
             dirs: beneath::DirCache::default(),
+            fence: self.fence.as_deref(),
+            fenced: false,
         };
         let mut cqes = Vec::with_capacity(RING_ENTRIES as usize);
         let result = (|| -> Result<()> {
@@ -241,8 +250,12 @@ impl RecvWorker {
         if result.is_err() {
             // Unblock a pending receive so the ring drains promptly.
             conn.shutdown();
-            // Let writes already submitted land and count: a file whose last bytes were in
-            // flight is then finished (metadata set), and a resumed job does not resend it.
+        }
+        // Let writes already submitted land and count: a file whose last bytes were in flight
+        // is then finished (metadata set), and a resumed job does not resend it. A fenced
+        // place does none of that (it may no longer be waited for): what it had in flight
+        // lands or is cancelled as the ring goes.
+        if result.is_err() && !cx.fenced {
             let mut rounds = 0;
             while ring.inflight() > 0 && rounds < DRAIN_ROUNDS {
                 rounds += 1;
@@ -339,6 +352,14 @@ fn on_frame(
 ) -> Result<bool> {
     let t = cx.t;
     buf.writes.clear();
+    if let Some(f) = cx.fence {
+        if let Err(why) = f.check() {
+            cx.fenced = true;
+            return Err(Error::Cancelled(format!(
+                "this write place stopped writing: {why}"
+            )));
+        }
+    }
     {
         // Nothing of the payload is used before it is verified (plain) or authenticated and
         // decrypted in place (sealed).
