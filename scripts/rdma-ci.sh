@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # rdma-ci.sh: the RDMA guest tests (scripts/rdma-vm.sh, issue 17) as the test command runs them.
 # Whenever /dev/kvm exists: installs the host tools the guest needs, builds `mover` and the
-# `rdma_echo` example with the `rdma` feature (debug: the workspace's dependencies are already
-# built for the tests), builds the guest image (debootstrap, cached in target/rdma-vm), boots
+# `rdma_echo` example with the `rdma` feature (debug, and with the features the test command
+# builds with, so what the tests built is reused), builds the guest image (debootstrap,
+# cached in target/rdma-vm), boots
 # it (KVM, or TCG when KVM shows no guest kernel: RDMA_VM_ACCEL=auto) and fails unless every
 # guest step passes. Without /dev/kvm it says so and does nothing else.
 set -euo pipefail
@@ -25,8 +26,7 @@ mkdir -p target
 bash scripts/rdma-vm.sh --build-only >"$log" 2>&1 &
 image=$!
 t0=$(date +%s)
-cargo build --locked -q -p mover-cli --features rdma
-cargo build --locked -q -p mover --features rdma --example rdma_echo
+cargo build --locked -q --workspace --features mover/rdma --bins --examples
 echo "rdma-ci: rdma build took $(($(date +%s) - t0)) s"
 if ! wait "$image"; then
   cat "$log" >&2

@@ -64,7 +64,8 @@ pub fn code(e: &anyhow::Error) -> i32 {
         | Error::Structure(_)
         | Error::Peer { .. }
         | Error::Refused { .. }
-        | Error::PeerLost(_) => PROTOCOL,
+        | Error::PeerLost(_)
+        | Error::Fenced(_) => PROTOCOL,
         Error::Io { .. } => IO,
         Error::SourceChanged { .. } => SOURCE_CHANGED,
         Error::Corrupt(_) | Error::Revert(_) => STATE,

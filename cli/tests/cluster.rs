@@ -1455,19 +1455,21 @@ fn a_write_place_cut_off_from_etcd_stops_writing_before_it_is_seen_down() {
     to_etcd.cut();
     let v = n1.wait_for("source", &id, "the job without t2", node::synced);
     assert_eq!(node::tree_hash(&src), node::tree_hash(&dst), "{v:#}");
-    // t2 stopped writing (its lease could no longer be vouched for) before t1 saw it down
-    // and gave its share up.
+    // t2's fence refused (its lease could no longer be vouched for) before t1 saw it down and
+    // gave its share up, and its share failed for that reason.
     let (t1_log, t2_log) = (t1.log(), t2.log());
-    let (stopped, why) = logged_at(&t2_log, "write share failed")
+    let (fenced, _) = logged_at(&t2_log, "write place fenced")
         .unwrap_or_else(|| panic!("t2 went on writing its share, cut off from etcd:\n{t2_log}"));
+    let (_, why) = logged_at(&t2_log, "write share failed")
+        .unwrap_or_else(|| panic!("t2's share did not fail:\n{t2_log}"));
     assert!(why.contains("stopped writing"), "{why}");
     let (down, _) = logged_at(&t1_log, "node t2 went down while it ran a write share")
         .unwrap_or_else(|| panic!("t1 never saw t2 down:\n{t1_log}"));
     assert!(
-        stopped < down,
-        "t2 stopped writing at {stopped}, after t1 saw it down at {down}"
+        fenced < down,
+        "t2 was fenced at {fenced}, after t1 saw it down at {down}"
     );
-    eprintln!("t2 stopped writing at {stopped}; t1 saw it down at {down}");
+    eprintln!("t2 was fenced at {fenced}; t1 saw it down at {down}");
 
     // Back in reach, t2 rejoins and takes a share of the next session (a lost lease does not
     // leave a place out).

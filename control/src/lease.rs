@@ -11,16 +11,18 @@
 //! What the node knows: etcd renews a lease for its TTL from the moment a renewal reaches it,
 //! so each answered renewal proves the lease alive until (the renewal's send time + TTL) at
 //! the earliest. Renewals are answered in order on one stream, so each answer is matched with
-//! the oldest send time not yet answered; a send not recorded (too many unanswered) only makes
-//! the match older, which errs on the safe side. Pure: the caller passes the clock.
+//! the oldest send time not yet answered. Should more go unanswered than are kept, answers
+//! vouch for nothing more until the next lease: they could no longer be matched. Pure: the
+//! caller passes the clock.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A write place stops writing when its lease is vouched for less than this much longer:
 /// with renewals every `cluster::HEARTBEAT` (1 s) and a 3 s TTL, an answered lease runs 2-3 s
-/// ahead, so a place stops after about two renewals went unanswered. The margin also covers
+/// ahead, so a place stops about 2 s after the last renewal that was answered was sent. The
+/// margin also covers
 /// the writes a place already submitted when it checked (they land within it unless the disk
 /// itself stalls) and clock-rate differences between the node and etcd (parts per million).
 pub const FENCE_MARGIN: Duration = Duration::from_secs(1);
@@ -36,6 +38,8 @@ struct State {
     until: Option<Instant>,
     /// Send times of renewals not yet answered, oldest first.
     sent: VecDeque<Instant>,
+    /// A send could not be kept: answers can no longer be matched with their sends.
+    overflowed: bool,
 }
 
 /// This node's lease as far as it can vouch for it. Fed by the membership's session.
@@ -57,6 +61,7 @@ impl LeaseClock {
             id: Some(id),
             until: Some(asked + ttl),
             sent: VecDeque::new(),
+            overflowed: false,
         };
     }
 
@@ -65,12 +70,17 @@ impl LeaseClock {
         let mut s = self.lock();
         if s.sent.len() < MAX_UNANSWERED {
             s.sent.push_back(at);
+        } else {
+            s.overflowed = true;
         }
     }
 
     /// A renewal was answered: the lease lives `ttl` from the oldest unanswered send.
     pub fn renewal_answered(&self, ttl: Duration) {
         let mut s = self.lock();
+        if s.overflowed {
+            return;
+        }
         let Some(sent) = s.sent.pop_front() else {
             // An answer to nothing recorded vouches for nothing.
             return;
@@ -94,8 +104,9 @@ impl LeaseClock {
             )),
             (Some(_), Some(until)) if now + FENCE_MARGIN < until => Ok(()),
             (Some(_), _) => Err(format!(
-                "this node's cluster lease {id:x} has gone {} s without a renewal answered \
-                 and may expire: the committing node would see it down",
+                "this node's cluster lease {id:x} is vouched for less than {} s ahead (its \
+                 renewals go unanswered) and may expire: the committing node would then see \
+                 it down",
                 FENCE_MARGIN.as_secs()
             )),
             (None, _) => Err("this node has no cluster session (etcd away)".into()),
@@ -112,19 +123,32 @@ impl LeaseClock {
         Ok(LeaseFence {
             clock: self.clone(),
             id,
+            refused: OnceLock::new(),
         })
     }
 }
 
-/// A write share's fence: the lease it started under, alive with a margin.
+/// A write share's fence: the lease it started under, alive with a margin. Its first refusal
+/// stays (renewals answered late could vouch for the lease again, but the share's workers
+/// and its watch must agree that it stopped).
 pub struct LeaseFence {
     clock: Arc<LeaseClock>,
     id: i64,
+    refused: OnceLock<String>,
 }
 
 impl mover::receiver::share::Fence for LeaseFence {
     fn check(&self) -> Result<(), String> {
-        self.clock.check(self.id, Instant::now())
+        if let Some(why) = self.refused.get() {
+            return Err(why.clone());
+        }
+        let Err(why) = self.clock.check(self.id, Instant::now()) else {
+            return Ok(());
+        };
+        if self.refused.set(why.clone()).is_ok() {
+            tracing::warn!("write place fenced: {why}");
+        }
+        Err(self.refused.get().cloned().unwrap_or(why))
     }
 }
 
@@ -173,20 +197,24 @@ mod tests {
     }
 
     #[test]
-    fn too_many_unanswered_renewals_only_make_the_match_older() {
+    fn once_sends_overflow_answers_vouch_for_nothing_until_the_next_lease() {
         let c = LeaseClock::default();
         let t0 = Instant::now();
         c.granted(1, t0, TTL);
         for k in 0..(MAX_UNANSWERED as u32 + 5) {
             c.renewal_sent(t0 + S * k);
         }
-        // Every answer matches a send at least as old as its own.
         for _ in 0..(MAX_UNANSWERED + 5) {
             c.renewal_answered(TTL);
         }
-        let last_recorded = t0 + S * (MAX_UNANSWERED as u32 - 1);
-        assert!(c.check(1, last_recorded + TTL - FENCE_MARGIN).is_err());
-        assert!(c.check(1, last_recorded).is_ok());
+        // Only the grant vouches: alive until 3 s, refused from 2 s on.
+        assert!(c.check(1, t0 + S).is_ok());
+        assert!(c.check(1, t0 + 2 * S).is_err());
+        let t1 = t0 + 30 * S;
+        c.granted(2, t1, TTL);
+        c.renewal_sent(t1 + S);
+        c.renewal_answered(TTL);
+        assert!(c.check(2, t1 + 2 * S + S / 2).is_ok());
     }
 
     #[test]
@@ -200,10 +228,30 @@ mod tests {
         c.ended();
         let why = f.check().unwrap_err();
         assert!(why.contains("no cluster session"), "{why}");
-        // A new session, a new lease: the share started under the old one stays fenced.
+        // A new session, a new lease: the share started under the old one stays fenced, for
+        // the reason it first gave.
         c.granted(2, Instant::now(), TTL);
-        let why = f.check().unwrap_err();
-        assert!(why.contains("lease changed"), "{why}");
+        assert_eq!(f.check().unwrap_err(), why);
         assert!(c.fence(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn a_fence_stays_refused_when_late_answers_vouch_for_its_lease_again() {
+        let c = Arc::new(LeaseClock::default());
+        let t0 = Instant::now() - 5 * S;
+        // Granted 5 s ago, a renewal sent then and not yet answered: refused now.
+        c.granted(1, t0, TTL);
+        let f = LeaseFence {
+            clock: c.clone(),
+            id: 1,
+            refused: OnceLock::new(),
+        };
+        use mover::receiver::share::Fence;
+        c.renewal_sent(Instant::now());
+        let why = f.check().unwrap_err();
+        // The answer arrives: the lease is vouched for again, the fence still refuses.
+        c.renewal_answered(TTL);
+        assert!(c.check(1, Instant::now()).is_ok());
+        assert_eq!(f.check().unwrap_err(), why);
     }
 }

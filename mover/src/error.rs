@@ -63,6 +63,11 @@ pub enum Error {
     /// A worker or helper thread panicked (a bug: the message names the thread).
     #[error("{0} panicked")]
     Panicked(String),
+    /// A write place lost its right to write (`receiver::share::Fence`: its node can no
+    /// longer vouch for its cluster lease) and stopped, so the node holding the session may
+    /// give up on it without it writing on.
+    #[error("write place stopped writing: {0}")]
+    Fenced(String),
     /// Whoever runs the job asked it to stop (an operator's abort).
     #[error("job aborted: {0}")]
     Cancelled(String),

@@ -27,11 +27,12 @@ struct Place {
 }
 
 /// A fence that refuses once the place has written `limit` bytes (as a daemon's refuses once
-/// its lease may have expired), counting what it answered and what was written at its first
-/// refusal.
+/// its lease may have expired), counting what it answered its workers and what was written at
+/// its first refusal.
 struct BytesFence {
     written: Arc<AtomicU64>,
     limit: AtomicU64,
+    /// Checks of the place's workers (threads `mover-place-<index>`) that were allowed.
     allowed: AtomicU64,
     refusals: AtomicU64,
     at_first_refusal: AtomicU64,
@@ -41,7 +42,14 @@ impl Fence for BytesFence {
     fn check(&self) -> Result<(), String> {
         let written = self.written.load(Ordering::SeqCst);
         if written < self.limit.load(Ordering::SeqCst) {
-            self.allowed.fetch_add(1, Ordering::SeqCst);
+            let by = std::thread::current().name().map(str::to_string);
+            let worker = by.is_some_and(|n| {
+                n.strip_prefix("mover-place-")
+                    .is_some_and(|i| i.parse::<u16>().is_ok())
+            });
+            if worker {
+                self.allowed.fetch_add(1, Ordering::SeqCst);
+            }
             return Ok(());
         }
         if self.refusals.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -271,7 +279,10 @@ fn a_write_place_whose_fence_refuses_stops_writing_and_the_retry_completes_the_j
     );
     let there = place.host.bytes.load(Ordering::SeqCst);
     let at_refusal = f.at_first_refusal.load(Ordering::SeqCst);
-    let in_flight = 2 * mover::receiver::WORKER_BUFFERS * mover::wire::frame::MAX_FRAME_PAYLOAD;
+    // `session` runs 4 workers over the receiver and this one place.
+    let place_workers = mover::receiver::share::workers_at(1, 4, 2).len();
+    let in_flight =
+        place_workers * mover::receiver::WORKER_BUFFERS * mover::wire::frame::MAX_FRAME_PAYLOAD;
     assert!(
         at_refusal >= 4 << 20 && there - at_refusal <= in_flight as u64,
         "the place wrote {there} bytes, {at_refusal} when its fence first refused"

@@ -320,7 +320,7 @@ fn run_one(
             tracing::warn!(share = k, "write share failed: {e}");
             record.state = State::Failed;
             record.error = Some(e.to_string());
-            record.fenced = mover::receiver::share::Fence::check(&*fence).is_err();
+            record.fenced = matches!(e, mover::Error::Fenced(_)) && !record.unreadable;
             node.metrics.write_share_done(false, 0);
         }
     }

@@ -77,10 +77,13 @@ pub trait Writers: Send + Sync {
 /// A write place's right to write. The daemon's is its cluster lease: the committing
 /// receiver stops waiting for a place once it sees the place down (its lease expired), so a
 /// place must have stopped writing by then, whether or not it still reaches the sender. A
-/// place's workers ask before each frame's writes start, and the place before it starts and
-/// before it writes its result; a refusal fails the share at once.
+/// place's workers ask before each frame's writes start (and every few files a batch
+/// creates), and the place before it starts and before it writes its result; a watch asks
+/// every `FENCE_POLL` and shuts the workers' connections on a refusal. A refusal fails the
+/// share at once (`Error::Fenced`).
 pub trait Fence: Send + Sync {
-    /// `Ok` while this place may write; why not otherwise.
+    /// `Ok` while this place may write; why not otherwise. Once it refused, it refuses from
+    /// then on: the workers and the watch must agree that the share was fenced.
     fn check(&self) -> std::result::Result<(), String>;
 }
 
@@ -410,9 +413,7 @@ impl ShareHost {
         fence: Option<Arc<dyn Fence>>,
     ) -> Result<u64> {
         let fenced = |f: &Option<Arc<dyn Fence>>| match f.as_deref().map(Fence::check) {
-            Some(Err(why)) => Err(Error::Cancelled(format!(
-                "this write place stopped writing: {why}"
-            ))),
+            Some(Err(why)) => Err(Error::Fenced(why)),
             _ => Ok(()),
         };
         fenced(&fence)?;
@@ -485,10 +486,25 @@ impl ShareHost {
         fence: &Option<Arc<dyn Fence>>,
     ) -> Result<FrameStats> {
         let conns = super::session::collect_workers(rx, &share.workers, None)?;
-        let streams: Vec<std::net::TcpStream> = conns
-            .iter()
-            .filter_map(|(_, l)| l.conn.tcp_stream().ok().flatten())
-            .collect();
+        let mut streams = Vec::new();
+        for (i, l) in &conns {
+            match l.conn.tcp_stream() {
+                Ok(Some(s)) => streams.push(s),
+                Ok(None) => {}
+                // Without it the watch could not stop that worker: no share then.
+                Err(e) if fence.is_some() => {
+                    return Err(Error::Io {
+                        context: format!("a handle on worker {}'s connection for its fence", i.0),
+                        source: e,
+                    })
+                }
+                Err(e) => tracing::debug!("worker {}: no socket handle: {e}", i.0),
+            }
+        }
+        // The wait for the workers' connections may have been long.
+        if let Some(Err(why)) = fence.as_deref().map(Fence::check) {
+            return Err(Error::Fenced(why));
+        }
         let (ended, workers_ended) = mpsc::channel::<()>();
         // Pinned by the worker's index in the session, as the committing receiver pins its
         // own: places that share a machine (or its CPUs' numbering) do not all start at the
@@ -525,13 +541,19 @@ impl ShareHost {
         std::thread::scope(|s| {
             if let Some(f) = fence.as_deref() {
                 let streams = &streams;
-                s.spawn(move || watch_fence(f, &workers_ended, n, streams));
+                let watch = std::thread::Builder::new()
+                    .name("mover-place-fence".into())
+                    .spawn_scoped(s, move || watch_fence(f, &workers_ended, n, streams));
+                if let Err(e) = watch {
+                    // The workers still ask before each frame; only a silent one waits longer.
+                    tracing::warn!("write place: no thread to watch its fence: {e}");
+                }
             }
             join_workers_preferring(handles, "write place", super::space::is_full)
         })
         // A worker stopped by the watch reports its connection shut: say why.
         .map_err(|e| match fence.as_deref().map(Fence::check) {
-            Some(Err(why)) => Error::Cancelled(format!("this write place stopped writing: {why}")),
+            Some(Err(why)) => Error::Fenced(why),
             _ => e,
         })
     }

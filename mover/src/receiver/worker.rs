@@ -42,6 +42,8 @@ pub const BUFFERS: usize = 8;
 const RING_ENTRIES: u32 = 16384;
 const _: () = assert!(BUFFERS * crate::wire::message::MAX_BATCH_FILES < RING_ENTRIES as usize);
 
+/// A FileBatch asks the fence again after this many files created.
+const FENCE_EVERY_FILES: usize = 64;
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
 /// Flushes of written ranges in flight at once (more wait: their ranges stay pending).
@@ -139,6 +141,10 @@ impl RecvWorker {
                 pending: 0,
             })
             .collect();
+        // Opening the log of durable ranges truncates it: a write too.
+        if let Some(Err(why)) = self.fence.as_deref().map(Fence::check) {
+            return Err(Error::Fenced(why));
+        }
         let log = resume::open_log(self.table.journal.as_fd(), self.index)?;
         let mut cx = Ctx {
             t: &self.table,
@@ -250,6 +256,11 @@ impl RecvWorker {
         if result.is_err() {
             // Unblock a pending receive so the ring drains promptly.
             conn.shutdown();
+            // The place's watch may have refused first and shut the connection: a refusal
+            // stays (`Fence::check`), so this sees it.
+            if cx.fence.is_some_and(|f| f.check().is_err()) {
+                cx.fenced = true;
+            }
         }
         // Let writes already submitted land and count: a file whose last bytes were in flight
         // is then finished (metadata set), and a resumed job does not resend it. A fenced
@@ -352,14 +363,7 @@ fn on_frame(
 ) -> Result<bool> {
     let t = cx.t;
     buf.writes.clear();
-    if let Some(f) = cx.fence {
-        if let Err(why) = f.check() {
-            cx.fenced = true;
-            return Err(Error::Cancelled(format!(
-                "this write place stopped writing: {why}"
-            )));
-        }
-    }
+    fence(cx)?;
     {
         // Nothing of the payload is used before it is verified (plain) or authenticated and
         // decrypted in place (sealed).
@@ -394,7 +398,11 @@ fn on_frame(
                 data_writes(buf, entry, offset, data.len(), cx)?;
             }
             FrameKind::FileBatch => {
-                for (entry, range) in decode_batch(payload)? {
+                for (k, (entry, range)) in decode_batch(payload)?.into_iter().enumerate() {
+                    // Creating a file writes to the target too.
+                    if k > 0 && k % FENCE_EVERY_FILES == 0 {
+                        fence(cx)?;
+                    }
                     if !t.is_needed_inline(entry)
                         || t.needed_size(entry) != Some(range.len() as u64)
                     {
@@ -429,6 +437,8 @@ fn on_frame(
             }
         }
     }
+    // Asked again before the writes go out: the files' creation took a while.
+    fence(cx)?;
     t.take_frame()?;
     cx.stats.frames += 1;
     cx.stats.data_bytes += buf.writes.iter().map(|w| w.io.len as u64).sum::<u64>();
@@ -448,6 +458,17 @@ fn on_frame(
         buf.state = State::Free;
     }
     Ok(false)
+}
+
+/// Ok while this worker's fence (if any) lets it write; marks it fenced otherwise.
+fn fence(cx: &mut Ctx<'_>) -> Result<()> {
+    match cx.fence.map(|f| f.check()) {
+        Some(Err(why)) => {
+            cx.fenced = true;
+            Err(Error::Fenced(why))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The writes of a Data frame for `len` bytes of `entry` at `offset`, checked against what the
