@@ -26,7 +26,7 @@ mkdir -p target
 bash scripts/rdma-vm.sh --build-only >"$log" 2>&1 &
 image=$!
 t0=$(date +%s)
-cargo build --locked -q --workspace --features mover/rdma --bins --examples
+cargo build --locked -q --workspace --features mover-cli/rdma --bins --examples
 echo "rdma-ci: rdma build took $(($(date +%s) - t0)) s"
 if ! wait "$image"; then
   cat "$log" >&2

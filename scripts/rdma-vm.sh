@@ -60,7 +60,8 @@
 # the guest never gets past the kernel decompressor on this machine's nested KVM (same with
 # -cpu host/max/kvm64, q35, nokaslr): RDMA_VM_ACCEL=kvm exits 2 after its 120 s timeout, as
 # it should, and auto falls back to TCG after KVM_PROBE_S. In CI (scripts/rdma-ci.sh, a
-# fresh clone) the rdma debug build took 275 s, the image 98 s, the guest 83 s.
+# fresh clone) the rdma debug build took 275 s, the image 98 s, the guest 83 s; since the test
+# command builds with the feature itself, rdma-ci.sh reuses that build.
 #
 # Build the binaries first (release: the emulated guest is slow enough; needs libibverbs-dev,
 #   librdmacm-dev, libclang-dev on the host):

@@ -13,7 +13,7 @@ bash scripts/install-deps.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked --features mover/rdma --lib --bins --tests 2>&1 | tee "$log"
+cargo test --workspace --locked --features mover-cli/rdma --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')

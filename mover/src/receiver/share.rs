@@ -405,7 +405,7 @@ impl ShareHost {
     /// Runs `share` into `root` (this place's view of the shared target): waits for its
     /// workers' connections, writes what they carry, syncs, and leaves the result file;
     /// returns the file bytes written. Nothing is written once `fence` refuses (the share
-    /// fails with `Error::Cancelled`).
+    /// fails with `Error::Fenced`).
     pub fn run(
         &self,
         root: BorrowedFd<'_>,
@@ -490,6 +490,8 @@ impl ShareHost {
         for (i, l) in &conns {
             match l.conn.tcp_stream() {
                 Ok(Some(s)) => streams.push(s),
+                // Not a kernel socket (places take TCP connections only: `ShareHost::accept`'s
+                // callers); such a worker still asks the fence before each frame.
                 Ok(None) => {}
                 // Without it the watch could not stop that worker: no share then.
                 Err(e) if fence.is_some() => {
@@ -551,10 +553,11 @@ impl ShareHost {
             }
             join_workers_preferring(handles, "write place", super::space::is_full)
         })
-        // A worker stopped by the watch reports its connection shut: say why.
-        .map_err(|e| match fence.as_deref().map(Fence::check) {
-            Some(Err(why)) => Error::Fenced(why),
-            _ => e,
+        // A worker stopped by the watch reports its connection shut: say why (any other
+        // failure keeps its own error).
+        .map_err(|e| match (e, fence.as_deref().map(Fence::check)) {
+            (Error::PeerLost(_), Some(Err(why))) => Error::Fenced(why),
+            (e, _) => e,
         })
     }
 }

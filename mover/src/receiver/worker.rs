@@ -270,6 +270,11 @@ impl RecvWorker {
             let mut rounds = 0;
             while ring.inflight() > 0 && rounds < DRAIN_ROUNDS {
                 rounds += 1;
+                // A place's fence may refuse while it drains: it stops there.
+                if cx.fence.is_some_and(|f| f.check().is_err()) {
+                    cx.fenced = true;
+                    break;
+                }
                 if ring.reap(1, STALL_TIMEOUT, &mut cqes).is_err() {
                     break;
                 }
@@ -671,6 +676,7 @@ fn note_written(
 /// Starts an fdatasync of the pending file; its ranges are logged when it completes. With
 /// every flush slot busy the ranges stay pending (and grow) until one frees.
 fn flush(ring: &mut Uring, cx: &mut Ctx<'_>) -> Result<()> {
+    fence(cx)?;
     let Some(k) = cx.flushing.iter().position(Option::is_none) else {
         return Ok(());
     };
@@ -696,6 +702,8 @@ fn on_flushed(k: usize, res: i32, cx: &mut Ctx<'_>) -> Result<()> {
             source: std::io::Error::from_raw_os_error(-res),
         });
     }
+    // The log is in the shared target's journal: a write like any other.
+    fence(cx)?;
     resume::log_batch(&mut cx.log, p)
 }
 
