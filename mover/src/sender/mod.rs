@@ -309,6 +309,10 @@ fn run_worker(
         FrameKind::WorkerDone,
         &encode_worker_done(stats.frames, stats.data_bytes),
     )?;
+    // The connection closes when this returns: WorkerDone must have left by then.
+    link.conn
+        .flush_sent()
+        .ctx(|| "sending the worker's last frame".to_string())?;
     Ok(stats)
 }
 

@@ -54,6 +54,12 @@ pub trait Connection: Send {
     /// Forgets the region `send_from_region` named (before its memory is freed): later sends
     /// are copied.
     fn release_region(&mut self) {}
+    /// Returns once what was sent has left this side, so that closing now loses none of it. A
+    /// kernel socket delivers what it queued before its close (nothing to do); an RDMA queue
+    /// pair destroyed with a message still posted loses the message.
+    fn flush_sent(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub trait Transport: Send + Sync {

@@ -87,6 +87,12 @@ const TRANSPORT_FAILED: u8 = 0xFA;
 const VERDICT_WAIT: Duration = Duration::from_millis(1500);
 /// How long a failed `send_in_place` waits for its writes' flush completions.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
+/// Longest `flush_sent` waits for the messages posted to complete. A queue pair destroyed
+/// with a message posted but not yet sent loses it, while the close of the control
+/// connection reaches the peer: a sender worker's last frame (WorkerDone, posted just before
+/// the worker returned) was lost that way in the soft-RoCE guest, and the receiver failed
+/// with "peer closed the control connection".
+const LINGER: Duration = Duration::from_secs(5);
 /// Bound on connection setup (endpoint exchange and the ready byte).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send-completion tag in work request ids (receive ids are receive buffer numbers).
@@ -1087,6 +1093,32 @@ impl Connection for RdmaConn {
 
     fn release_region(&mut self) {
         self.v.release_region();
+    }
+
+    fn flush_sent(&mut self) -> io::Result<()> {
+        let start = Instant::now();
+        while (0..SLOTS)
+            .map(SourceBuf)
+            .any(|b| self.send.is_source_busy(b))
+        {
+            self.check_open()?;
+            if start.elapsed() >= LINGER {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("rdma: messages still unsent after {LINGER:?}"),
+                ));
+            }
+            if self.progress()? == 0 {
+                // A peer that closed has taken what it needed of this connection (its answer
+                // on the session's control connection says whether all arrived); its close
+                // may overtake our last completion.
+                if matches!(self.peer_word(None), PeerWord::Closed) {
+                    return Ok(());
+                }
+                std::thread::sleep(IDLE_SLEEP);
+            }
+        }
+        Ok(())
     }
 
     fn send_from_region(&mut self, span: MemSpan) -> io::Result<bool> {
