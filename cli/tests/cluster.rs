@@ -324,6 +324,11 @@ fn spread_cfg(url: &str, name: &str, spread: bool) -> String {
     format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_jobs = {spread}\n")
 }
 
+/// A target node's config lines: in the cluster at `url` as `name`, spreading its writes.
+fn writes_cfg(url: &str, name: &str) -> String {
+    format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_writes = true\n")
+}
+
 /// Waits until each node has started at least its count of shares (30 s at most; `owner`'s
 /// log on failure), then `ms` more: a moment when their shares are under way.
 fn mid_share(nodes: &[(&Node, usize)], owner: &Node, ms: u64) {
@@ -1298,12 +1303,7 @@ fn a_targets_writes_spread_over_two_target_nodes_and_a_killed_one_leaves_them_to
     // Two target nodes that spread their writes (they share the target: one directory here);
     // t2 has mounts of its own, as another machine would, so t1's read-only view of the
     // target is not over its path. The source is a single node.
-    let cfg = |name: &str| {
-        format!(
-            "cluster = \"{}\"\nnode_name = \"{name}\"\nspread_writes = true\n",
-            etcd.url()
-        )
-    };
+    let cfg = |name: &str| writes_cfg(&etcd.url(), name);
     let t1 = Node::start_configured(&t.path().join("t1"), free_port(), free_port(), &cfg("t1"));
     let mut t2 = Node::start_own_mounts(&t.path().join("t2"), &cfg("t2"));
     let n1 = Node::start(&t.path().join("n1"));
@@ -1418,14 +1418,11 @@ fn a_write_place_cut_off_from_etcd_stops_writing_before_it_is_seen_down() {
     let to_etcd = Link::new(&t2ns, 0);
     let data = Link::new(&t2ns, 1);
     let etcd = Etcd::start_also_on(&t.path().join("etcd"), Some(&to_etcd.near));
-    let cfg = |url: String, name: &str| {
-        format!("cluster = \"{url}\"\nnode_name = \"{name}\"\nspread_writes = true\n")
-    };
     let t1 = Node::start_configured(
         &t.path().join("t1"),
         free_port(),
         free_port(),
-        &cfg(etcd.url(), "t1"),
+        &writes_cfg(&etcd.url(), "t1"),
     );
     let t2 = Node::start_own_mounts_at(
         &t.path().join("t2"),
@@ -1434,7 +1431,7 @@ fn a_write_place_cut_off_from_etcd_stops_writing_before_it_is_seen_down() {
             host: data.far.clone(),
             ..At::local(free_port(), free_port())
         },
-        &cfg(etcd.url_also(), "t2"),
+        &writes_cfg(&etcd.url_also(), "t2"),
     );
     let n1 = Node::start(&t.path().join("n1"));
     let both = vec!["t1".to_string(), "t2".into()];

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 /// A write place stops writing when its lease is vouched for less than this much longer:
 /// with renewals every `cluster::HEARTBEAT` (1 s) and a 3 s TTL, an answered lease runs 2-3 s
 /// ahead, so a place stops about 2 s after the last renewal that was answered was sent. The
-/// margin also covers
-/// the writes a place already submitted when it checked (they land within it unless the disk
-/// itself stalls) and clock-rate differences between the node and etcd (parts per million).
+/// margin also covers the writes a place already submitted when it checked (they land within
+/// it unless the disk itself stalls) and clock-rate differences between the node and etcd
+/// (parts per million).
 pub const FENCE_MARGIN: Duration = Duration::from_secs(1);
 /// Renewal send times kept while unanswered. The membership gives its session up after a
 /// lease life without an answer (3 renewals), so this is never reached in practice.
@@ -32,10 +32,9 @@ const MAX_UNANSWERED: usize = 16;
 
 #[derive(Debug, Default)]
 struct State {
-    /// The current lease (etcd's id), if the node has a session.
-    id: Option<i64>,
-    /// The lease is alive at etcd at least until then.
-    until: Option<Instant>,
+    /// The current lease (etcd's id), if the node has a session, and the earliest time etcd
+    /// may expire it.
+    lease: Option<(i64, Instant)>,
     /// Send times of renewals not yet answered, oldest first.
     sent: VecDeque<Instant>,
     /// A send could not be kept: answers can no longer be matched with their sends.
@@ -58,8 +57,7 @@ impl LeaseClock {
     pub fn granted(&self, id: i64, asked: Instant, ttl: Duration) {
         let mut s = self.lock();
         *s = State {
-            id: Some(id),
-            until: Some(asked + ttl),
+            lease: Some((id, asked + ttl)),
             sent: VecDeque::new(),
             overflowed: false,
         };
@@ -85,8 +83,9 @@ impl LeaseClock {
             // An answer to nothing recorded vouches for nothing.
             return;
         };
-        let until = sent + ttl;
-        s.until = Some(s.until.map_or(until, |u| u.max(until)));
+        if let Some((_, until)) = s.lease.as_mut() {
+            *until = (*until).max(sent + ttl);
+        }
     }
 
     /// The session ended: no lease is vouched for until the next one is granted.
@@ -97,19 +96,19 @@ impl LeaseClock {
     /// Ok while lease `id` is the current one and alive at least `FENCE_MARGIN` past `now`.
     pub fn check(&self, id: i64, now: Instant) -> Result<(), String> {
         let s = self.lock();
-        match (s.id, s.until) {
-            (Some(cur), _) if cur != id => Err(format!(
+        match s.lease {
+            Some((cur, _)) if cur != id => Err(format!(
                 "this node's cluster lease changed (etcd session {id:x} ended): the committing \
                  node may have seen it down"
             )),
-            (Some(_), Some(until)) if now + FENCE_MARGIN < until => Ok(()),
-            (Some(_), _) => Err(format!(
+            Some((_, until)) if now + FENCE_MARGIN < until => Ok(()),
+            Some(_) => Err(format!(
                 "this node's cluster lease {id:x} is vouched for less than {} s ahead (its \
                  renewals go unanswered) and may expire: the committing node would then see \
                  it down",
                 FENCE_MARGIN.as_secs()
             )),
-            (None, _) => Err("this node has no cluster session (etcd away)".into()),
+            None => Err("this node has no cluster session (etcd away)".into()),
         }
     }
 
@@ -117,7 +116,8 @@ impl LeaseClock {
     pub fn fence(self: &Arc<Self>, now: Instant) -> Result<LeaseFence, String> {
         let id = self
             .lock()
-            .id
+            .lease
+            .map(|(id, _)| id)
             .ok_or_else(|| "this node has no cluster session (etcd away)".to_string())?;
         self.check(id, now)?;
         Ok(LeaseFence {

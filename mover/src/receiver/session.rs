@@ -834,13 +834,19 @@ impl Places<'_> {
             handles.push(h);
         }
         drop(ended);
-        watch_sender_end(
-            &workers_ended,
-            handles.len(),
-            &*ctl.conn,
-            &streams,
-            place_failed,
-        );
+        // The sender ends the session by closing its control connection (it gave up, or it
+        // was stopped); a failed place fails it too: the workers then stop at once.
+        watch_workers(&workers_ended, handles.len(), WORKER_POLL, &streams, || {
+            let place = place_failed.load(std::sync::atomic::Ordering::SeqCst);
+            let stop = place || ctl.conn.peer_closed();
+            if stop {
+                tracing::info!(
+                    place,
+                    "the sender ended the session, or a write place failed: stopping the workers"
+                );
+            }
+            stop
+        });
         join_workers_preferring(handles, "receiver", space::is_full)
     }
 }
@@ -1121,26 +1127,21 @@ fn send_need(ctl: &mut Link, need: &[Need]) -> Result<()> {
     Ok(())
 }
 
-/// Returns once `n` workers said they ended on `ended`; shuts `streams` (the workers'
-/// connections) if the sender's control connection closes before that.
-fn watch_sender_end(
+/// Until `n` workers have sent their end on `ended`: every `poll`, asks `stop`; once it says
+/// so, shuts `streams` (a worker blocked in a receive then returns) and returns.
+pub(crate) fn watch_workers(
     ended: &Receiver<()>,
     n: usize,
-    ctl: &dyn Connection,
+    poll: Duration,
     streams: &[std::net::TcpStream],
-    place_failed: &std::sync::atomic::AtomicBool,
+    mut stop: impl FnMut() -> bool,
 ) {
     let mut left = n;
     while left > 0 {
-        match ended.recv_timeout(WORKER_POLL) {
+        match ended.recv_timeout(poll) {
             Ok(()) => left -= 1,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let place = place_failed.load(std::sync::atomic::Ordering::SeqCst);
-                if place || ctl.peer_closed() {
-                    tracing::info!(
-                        place,
-                        "the sender ended the session, or a write place failed: stopping the workers"
-                    );
+                if stop() {
                     for s in streams {
                         let _ = s.shutdown(std::net::Shutdown::Both);
                     }

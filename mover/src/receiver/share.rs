@@ -87,6 +87,14 @@ pub trait Fence: Send + Sync {
     fn check(&self) -> std::result::Result<(), String>;
 }
 
+/// Ok while `fence` (if any) lets this place write; `Error::Fenced` once it refused.
+pub(crate) fn fence_ok(fence: Option<&dyn Fence>) -> Result<()> {
+    match fence.map(Fence::check) {
+        Some(Err(why)) => Err(Error::Fenced(why)),
+        _ => Ok(()),
+    }
+}
+
 /// A share as it travels to its place; the table itself is a file in the job's journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteShare {
@@ -412,11 +420,7 @@ impl ShareHost {
         share: &WriteShare,
         fence: Option<Arc<dyn Fence>>,
     ) -> Result<u64> {
-        let fenced = |f: &Option<Arc<dyn Fence>>| match f.as_deref().map(Fence::check) {
-            Some(Err(why)) => Err(Error::Fenced(why)),
-            _ => Ok(()),
-        };
-        fenced(&fence)?;
+        fence_ok(fence.as_deref())?;
         let (session, secret) =
             crate::sender::shard::identity(&share.session, share.secret.as_deref())?;
         let sorted = share.workers.windows(2).all(|w| w[0] < w[1]);
@@ -473,7 +477,7 @@ impl ShareHost {
             written,
         };
         let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("share: {e}")))?;
-        fenced(&fence)?;
+        fence_ok(fence.as_deref())?;
         crate::durable::write_atomic(table.journal.as_fd(), &done_name(share), &body)?;
         Ok(done.data_bytes)
     }
@@ -504,9 +508,7 @@ impl ShareHost {
             }
         }
         // The wait for the workers' connections may have been long.
-        if let Some(Err(why)) = fence.as_deref().map(Fence::check) {
-            return Err(Error::Fenced(why));
-        }
+        fence_ok(fence.as_deref())?;
         let (ended, workers_ended) = mpsc::channel::<()>();
         // Pinned by the worker's index in the session, as the committing receiver pins its
         // own: places that share a machine (or its CPUs' numbering) do not all start at the
@@ -545,7 +547,15 @@ impl ShareHost {
                 let streams = &streams;
                 let watch = std::thread::Builder::new()
                     .name("mover-place-fence".into())
-                    .spawn_scoped(s, move || watch_fence(f, &workers_ended, n, streams));
+                    .spawn_scoped(s, move || {
+                        super::session::watch_workers(
+                            &workers_ended,
+                            n,
+                            FENCE_POLL,
+                            streams,
+                            || refused(f),
+                        )
+                    });
                 if let Err(e) = watch {
                     // The workers still ask before each frame; only a silent one waits longer.
                     tracing::warn!("write place: no thread to watch its fence: {e}");
@@ -555,41 +565,26 @@ impl ShareHost {
         })
         // A worker stopped by the watch reports its connection shut: say why (any other
         // failure keeps its own error).
-        .map_err(|e| match (e, fence.as_deref().map(Fence::check)) {
-            (Error::PeerLost(_), Some(Err(why))) => Error::Fenced(why),
+        .map_err(|e| match (e, fence_ok(fence.as_deref())) {
+            (Error::PeerLost(_), Err(fenced)) => fenced,
             (e, _) => e,
         })
     }
 }
 
-/// How often a place's fence is asked while its workers run.
+/// How often a place's fence is asked while its workers run. Once it refuses, the watch
+/// shuts the workers' connections, so a worker waiting for a frame stops now, not when the
+/// next frame arrives (the workers also ask the fence before each frame's writes, so none
+/// starts a write after it refused either way).
 const FENCE_POLL: Duration = Duration::from_millis(100);
 
-/// Until `n` workers have ended: once `fence` refuses, shuts their connections, so a worker
-/// waiting for a frame stops now, not when the next frame arrives (the workers also ask the
-/// fence before each frame's writes, so none starts a write after it refused either way).
-fn watch_fence(
-    fence: &dyn Fence,
-    ended: &mpsc::Receiver<()>,
-    n: usize,
-    streams: &[std::net::TcpStream],
-) {
-    let mut left = n;
-    while left > 0 {
-        match ended.recv_timeout(FENCE_POLL) {
-            Ok(()) => left -= 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(why) = fence.check() {
-                    tracing::warn!("write place: stopping its workers: {why}");
-                    for s in streams {
-                        let _ = s.shutdown(std::net::Shutdown::Both);
-                    }
-                    return;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
+/// The watch's question: has `fence` refused (said once, when it has)?
+fn refused(fence: &dyn Fence) -> bool {
+    let why = fence.check().err();
+    if let Some(why) = &why {
+        tracing::warn!("write place: stopping its workers: {why}");
     }
+    why.is_some()
 }
 
 /// Worker indices of `workers` that place `place` of `places` (the committing receiver is 0)

@@ -142,9 +142,7 @@ impl RecvWorker {
             })
             .collect();
         // Opening the log of durable ranges truncates it: a write too.
-        if let Some(Err(why)) = self.fence.as_deref().map(Fence::check) {
-            return Err(Error::Fenced(why));
-        }
+        super::share::fence_ok(self.fence.as_deref())?;
         let log = resume::open_log(self.table.journal.as_fd(), self.index)?;
         let mut cx = Ctx {
             t: &self.table,
@@ -257,10 +255,8 @@ impl RecvWorker {
             // Unblock a pending receive so the ring drains promptly.
             conn.shutdown();
             // The place's watch may have refused first and shut the connection: a refusal
-            // stays (`Fence::check`), so this sees it.
-            if cx.fence.is_some_and(|f| f.check().is_err()) {
-                cx.fenced = true;
-            }
+            // stays (`Fence::check`), so this sees it and marks `cx.fenced`.
+            let _ = fence(&mut cx);
         }
         // Let writes already submitted land and count: a file whose last bytes were in flight
         // is then finished (metadata set), and a resumed job does not resend it. A fenced
@@ -271,8 +267,7 @@ impl RecvWorker {
             while ring.inflight() > 0 && rounds < DRAIN_ROUNDS {
                 rounds += 1;
                 // A place's fence may refuse while it drains: it stops there.
-                if cx.fence.is_some_and(|f| f.check().is_err()) {
-                    cx.fenced = true;
+                if fence(&mut cx).is_err() {
                     break;
                 }
                 if ring.reap(1, STALL_TIMEOUT, &mut cqes).is_err() {
@@ -467,13 +462,9 @@ fn on_frame(
 
 /// Ok while this worker's fence (if any) lets it write; marks it fenced otherwise.
 fn fence(cx: &mut Ctx<'_>) -> Result<()> {
-    match cx.fence.map(|f| f.check()) {
-        Some(Err(why)) => {
-            cx.fenced = true;
-            Err(Error::Fenced(why))
-        }
-        _ => Ok(()),
-    }
+    let ok = super::share::fence_ok(cx.fence);
+    cx.fenced |= ok.is_err();
+    ok
 }
 
 /// The writes of a Data frame for `len` bytes of `entry` at `offset`, checked against what the
