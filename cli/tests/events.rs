@@ -152,6 +152,54 @@ fn a_failed_job_its_retries_and_an_unreachable_peer_are_events_read_by_api_and_c
 }
 
 #[test]
+fn a_target_says_once_when_its_source_went_silent_and_when_it_is_heard_again() {
+    need_root();
+    let t = Scratch::new();
+    let (mut a, b, src, dst) = node::pair(&t);
+    fill(&src, 3, 1_000, 2);
+    std::fs::create_dir(&dst).unwrap();
+    let id = synced_relationship(&a, &b, &src, &dst);
+    assert!(of_kind(&events(&b), "peer_unreachable", &id).is_empty());
+
+    // The source's node dies (SIGKILL): 30 s later the target shows it disconnected, and
+    // says so once.
+    let (listen, api) = (a.listen, a.api);
+    a.kill();
+    let silent = wait_event(&b, "peer_unreachable", &id);
+    assert_eq!(silent["role"], "target", "{silent}");
+    assert!(message(&silent).contains(node::s(&dst)), "{silent}");
+    assert_eq!(b.view("target", &id)["state"], "disconnected");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        of_kind(&events(&b), "peer_unreachable", &id).len(),
+        1,
+        "{:#?}",
+        events(&b)
+    );
+
+    // Back: its first poll reaches the target, which says so once.
+    let a = Node::start_on(&t.path().join("a"), listen, api);
+    let back = wait_event(&b, "peer_reachable", &id);
+    assert_eq!(back["role"], "target", "{back}");
+    assert!(back["id"].as_i64() > silent["id"].as_i64());
+    b.wait_for("target", &id, "the source heard from again", |v| {
+        v["state"] != "disconnected"
+    });
+    // And replicates again.
+    std::fs::write(src.join("after"), b"y").unwrap();
+    a.cli_ok(&["relationship", "replicate", &id]);
+    node::eventually("a job after the outage", WAIT, || {
+        std::fs::read(dst.join("after"))
+            .ok()
+            .filter(|d| d == b"y")
+            .ok_or_else(|| format!("no {}/after yet; log:\n{}", dst.display(), a.log()))
+    });
+    let all = events(&b);
+    assert_eq!(of_kind(&all, "peer_reachable", &id).len(), 1, "{all:#?}");
+    assert_eq!(of_kind(&all, "peer_unreachable", &id).len(), 1, "{all:#?}");
+}
+
+#[test]
 fn a_refused_request_is_in_the_audit_log_which_only_admins_read() {
     let t = Scratch::new();
     let a = Node::start(&t.path().join("a"));

@@ -74,9 +74,11 @@ pub enum EventKind {
     JobRecovered,
     /// Target: the directory was made writable (failover); the relationship ended.
     MadeWritable,
-    /// Source: the target stopped answering polls (logged once, at the transition).
+    /// Source: the target stopped answering polls. Target: the source of an authorized
+    /// relationship has not reached this node for `daemon::DISCONNECTED_AFTER`. Logged once,
+    /// at the transition.
     PeerUnreachable,
-    /// Source: the target answers polls again after being unreachable.
+    /// Either side: the peer is heard from again after being unreachable.
     PeerReachable,
     /// Either side: the peer runs a release this one may not replicate with (at the first
     /// exchange that says so); no job runs until one side is upgraded.

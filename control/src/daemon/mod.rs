@@ -29,6 +29,7 @@ mod reverse;
 pub mod roles;
 pub mod rolling;
 mod self_upgrade;
+mod silence;
 #[cfg(test)]
 mod sim;
 pub mod snapshots;
@@ -435,6 +436,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         }
     }
     tokio::spawn(source::schedule(node.clone()));
+    tokio::spawn(silence::watch(node.clone()));
     let policies = node.clone();
     std::thread::Builder::new()
         .name("mover-policies".into())

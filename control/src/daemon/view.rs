@@ -134,20 +134,12 @@ pub fn view(node: &Node, r: Relationship) -> View {
         state = State::Running;
     }
     // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
-    if r.role == Role::Target
-        && r.authorized
-        && matches!(
-            state,
-            State::Idle | State::JobIncompleteWillRetry | State::Running
-        )
+    if matches!(
+        state,
+        State::Idle | State::JobIncompleteWillRetry | State::Running
+    ) && source_silent(node, &r, mono)
     {
-        let since = lock(&node.last_contact)
-            .get(&r.id)
-            .copied()
-            .unwrap_or(node.started);
-        if mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER {
-            state = State::Disconnected;
-        }
+        state = State::Disconnected;
     }
     let peer_version_error = node.incompatible_peer(&r.id);
     if peer_version_error.is_some() && !r.ended {
@@ -226,37 +218,30 @@ pub fn view(node: &Node, r: Relationship) -> View {
     }
 }
 
+/// An authorized target relationship whose source has not reached this node (a poll, a
+/// ticket, a report) for `DISCONNECTED_AFTER`, counted from the daemon's start or the
+/// authorization if later.
+pub(super) fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
+    let since = lock(&node.last_contact)
+        .get(&r.id)
+        .copied()
+        .unwrap_or(node.started);
+    r.role == Role::Target
+        && r.authorized
+        && mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{lock, open_node, DaemonOptions, DISCONNECTED_AFTER};
-    use crate::clock::{Clock, SimClock};
+    use super::super::{lock, DISCONNECTED_AFTER};
+    use crate::clock::Clock;
     use crate::model::{Relationship, RelationshipId, Role, State};
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
     fn a_target_not_heard_from_its_source_for_30_s_shows_disconnected() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(SimClock::new(chrono::Utc::now()));
-        let opts = DaemonOptions {
-            data_dir: dir.path().join("data"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            api: "127.0.0.1:0".parse().unwrap(),
-            continuous_interval: Duration::from_secs(10),
-            threads: 1,
-            max_pause_in_session: Duration::from_secs(40),
-            allowed_source_roots: None,
-            insecure_plaintext: false,
-            api_tls: None,
-            scrub_interval: None,
-            change_detection: crate::daemon::watch::Detection::Interval,
-            settle: Duration::from_millis(100),
-            rescan_interval: Duration::from_secs(3600),
-            watch_max_dirs: 1024,
-            cluster: None,
-            roles: crate::daemon::roles::Roles::ALL,
-        };
-        let node = open_node(opts, clock.clone()).unwrap();
+        let (node, clock) = super::super::test_node(dir.path());
         let id = RelationshipId::new_random();
         let mut r = Relationship::new(
             id.clone(),
