@@ -1,39 +1,39 @@
 //! The target's events about a silent source: `peer_unreachable` once an authorized
-//! relationship's source has not reached this node for `DISCONNECTED_AFTER` (its view shows
-//! `disconnected` then), `peer_reachable` once it is heard from again. The source says the
-//! same of its target (`source::polled`), so the operator of either node learns of an outage
-//! from its own events.
+//! relationship's view shows it `disconnected` (its source has not reached this node for
+//! `DISCONNECTED_AFTER`), `peer_reachable` once the source's next poll or report arrives
+//! (`target::record_report`). The source says the same of its target (`source::polled`), so
+//! the operator of either node learns of an outage from its own events.
 //!
-//! Kept in memory, as the contact times are: a daemon restarted during an outage says so
-//! again once the outage has lasted `DISCONNECTED_AFTER` from its start.
+//! The outage is recorded in the relationship's row (`peer_unreachable`, as on a source), so
+//! each transition is one event, compared under the store's lock, and a daemon restarted
+//! during an outage neither repeats its start nor misses its end; the view, the metrics and
+//! the upgrade checker show the target's source unreachable from the same flag.
 
-use super::view::source_silent;
 use super::Node;
 use crate::events::EventKind;
-use crate::model::{RelationshipId, Role};
-use std::collections::HashSet;
+use crate::model::{Role, State};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the daemon looks for silent sources: an outage is reported within
-/// `DISCONNECTED_AFTER` plus this, and an end of one within this.
+/// `DISCONNECTED_AFTER` plus this.
 const SILENCE_TICK: Duration = Duration::from_secs(2);
 
 /// Runs until the daemon shuts down.
 pub async fn watch(node: Arc<Node>) {
-    let mut silent = HashSet::new();
     loop {
         tokio::time::sleep(SILENCE_TICK).await;
         if node.shutting_down() {
             return;
         }
-        check(&node, &mut silent);
+        check(&node);
     }
 }
 
-/// One look: records an event for each target relationship that went silent or was heard
-/// from again since the last look. `silent`: the relationships reported silent.
-pub(super) fn check(node: &Node, silent: &mut HashSet<RelationshipId>) {
+/// One look: records the outage of each target relationship whose view shows its source
+/// disconnected and that has none recorded; forgets the outage of an ended one (its events
+/// end with it).
+pub(super) fn check(node: &Node) {
     let all = match node.store().list(Some(Role::Target)) {
         Ok(all) => all,
         Err(e) => {
@@ -41,12 +41,28 @@ pub(super) fn check(node: &Node, silent: &mut HashSet<RelationshipId>) {
             return;
         }
     };
-    let mono = node.clock.instant();
-    let mut live = HashSet::new();
-    for r in all.into_iter().filter(|r| r.authorized && !r.ended) {
-        let now = source_silent(node, &r, mono);
-        let was = silent.contains(&r.id);
-        if now && !was {
+    for r in all {
+        if r.ended && r.peer_unreachable {
+            if let Err(e) = node.modify(&r.id, Role::Target, |x| x.peer_unreachable = false) {
+                tracing::debug!(id = %r.id, "forgetting an ended relationship's outage: {e}");
+            }
+            continue;
+        }
+        let job = r.job_running && super::lock(&node.reported).contains_key(&r.id);
+        if r.peer_unreachable || super::view::state(node, &r, job) != State::Disconnected {
+            continue;
+        }
+        // Set under the store's lock: not over an end or a delete made since the list.
+        let mut newly = false;
+        let res = node.modify(&r.id, Role::Target, |x| {
+            newly = !x.ended && !x.peer_unreachable;
+            x.peer_unreachable |= newly;
+        });
+        if let Err(e) = res {
+            tracing::debug!(id = %r.id, "recording a silent source: {e}");
+            continue;
+        }
+        if newly {
             node.event(
                 EventKind::PeerUnreachable,
                 Some((&r.id, Role::Target)),
@@ -57,36 +73,22 @@ pub(super) fn check(node: &Node, silent: &mut HashSet<RelationshipId>) {
                     super::DISCONNECTED_AFTER.as_secs()
                 ),
             );
-            silent.insert(r.id.clone());
-        } else if was && !now {
-            node.event(
-                EventKind::PeerReachable,
-                Some((&r.id, Role::Target)),
-                format!(
-                    "the source of {} reaches this node again",
-                    r.spec.target_path
-                ),
-            );
-            silent.remove(&r.id);
         }
-        live.insert(r.id);
     }
-    // Ended, deleted or reversed: its events end with it.
-    silent.retain(|id| live.contains(id));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{lock, test_node, DISCONNECTED_AFTER};
-    use crate::clock::Clock;
-    use crate::events::EventId;
-    use crate::events::EventKind;
+    use super::super::{lock, target, test_node, Node, DISCONNECTED_AFTER};
+    use crate::events::{EventId, EventKind};
     use crate::model::{Relationship, RelationshipId, Role};
     use crate::store::Visible;
-    use std::collections::HashSet;
     use std::time::Duration;
 
-    fn kinds(node: &super::Node) -> Vec<(EventKind, Option<Role>)> {
+    const UNREACHABLE: (EventKind, Option<Role>) = (EventKind::PeerUnreachable, Some(Role::Target));
+    const REACHABLE: (EventKind, Option<Role>) = (EventKind::PeerReachable, Some(Role::Target));
+
+    fn kinds(node: &Node) -> Vec<(EventKind, Option<Role>)> {
         let v = Visible {
             source: true,
             target: true,
@@ -95,6 +97,16 @@ mod tests {
         all.into_iter()
             .map(|e| (e.what.kind, e.what.role))
             .collect()
+    }
+
+    fn unreachable(node: &Node, id: &RelationshipId) -> bool {
+        node.get(id, Role::Target).unwrap().peer_unreachable
+    }
+
+    /// A poll from the source, as the peer port takes it.
+    fn poll(node: &Node, id: &RelationshipId) {
+        lock(&node.last_contact).insert(id.clone(), node.clock.instant());
+        target::record_report(node, id, false, None, None, None).unwrap();
     }
 
     #[test]
@@ -111,37 +123,53 @@ mod tests {
         );
         // Not yet authorized: its source owes it nothing.
         node.store().insert(&r).unwrap();
-        let mut silent = HashSet::new();
         clock.advance(DISCONNECTED_AFTER + Duration::from_secs(1));
-        super::check(&node, &mut silent);
+        super::check(&node);
         assert_eq!(kinds(&node), []);
 
         r.authorized = true;
         node.store().update(&r).unwrap();
-        lock(&node.last_contact).insert(id.clone(), clock.instant());
+        poll(&node, &id);
         clock.advance(DISCONNECTED_AFTER);
-        super::check(&node, &mut silent);
+        super::check(&node);
         assert_eq!(kinds(&node), [], "30 s is not yet longer than 30 s");
         clock.advance(Duration::from_millis(1));
-        super::check(&node, &mut silent);
-        super::check(&node, &mut silent);
-        let unreachable = (EventKind::PeerUnreachable, Some(Role::Target));
-        assert_eq!(kinds(&node), [unreachable], "once per outage");
+        super::check(&node);
+        super::check(&node);
+        assert_eq!(kinds(&node), [UNREACHABLE], "once per outage");
+        assert!(unreachable(&node, &id));
 
-        lock(&node.last_contact).insert(id.clone(), clock.instant());
-        super::check(&node, &mut silent);
-        super::check(&node, &mut silent);
-        let reachable = (EventKind::PeerReachable, Some(Role::Target));
-        assert_eq!(kinds(&node), [unreachable, reachable]);
+        poll(&node, &id);
+        poll(&node, &id);
+        super::check(&node);
+        assert_eq!(kinds(&node), [UNREACHABLE, REACHABLE]);
+        assert!(!unreachable(&node, &id));
 
-        // Silent again, then ended (made writable): no event about it after its end.
+        // An outage the daemon was restarted in: not said again, and its end is said.
         clock.advance(DISCONNECTED_AFTER * 2);
-        super::check(&node, &mut silent);
-        assert_eq!(kinds(&node).len(), 3);
+        super::check(&node);
+        drop(node);
+        let (node, clock) = test_node(dir.path());
+        assert!(unreachable(&node, &id));
+        clock.advance(DISCONNECTED_AFTER * 2);
+        super::check(&node);
+        assert_eq!(kinds(&node), [UNREACHABLE, REACHABLE, UNREACHABLE]);
+        poll(&node, &id);
+        assert_eq!(kinds(&node).len(), 4);
+
+        // Being made writable (the source was told and stopped polling): no alarm.
+        lock(&node.reverting).insert(id.clone());
+        clock.advance(DISCONNECTED_AFTER * 2);
+        super::check(&node);
+        assert_eq!(kinds(&node).len(), 4);
+        lock(&node.reverting).remove(&id);
+
+        // Silent, then ended: its outage is forgotten without an event.
+        super::check(&node);
+        assert_eq!(kinds(&node).len(), 5);
         node.modify(&id, Role::Target, |x| x.ended = true).unwrap();
-        lock(&node.last_contact).insert(id.clone(), clock.instant());
-        super::check(&node, &mut silent);
-        assert_eq!(kinds(&node).len(), 3);
-        assert!(silent.is_empty());
+        super::check(&node);
+        assert!(!unreachable(&node, &id));
+        assert_eq!(kinds(&node).len(), 5);
     }
 }

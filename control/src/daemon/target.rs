@@ -589,10 +589,12 @@ pub fn record_report(
         || (rp.is_some() && r.recovery_point_ns != rp)
         || r.peer_unreachable
     {
+        let mut heard_again = false;
         node.modify(id, Role::Target, |x| {
             if x.ended {
                 return;
             }
+            heard_again = x.peer_unreachable;
             x.job_running = running;
             x.peer_unreachable = false;
             // Outcomes and recovery points only move forward (a late message is older).
@@ -603,6 +605,18 @@ pub fn record_report(
                 x.recovery_point_ns = rp;
             }
         })?;
+        // The end of an outage `silence::check` recorded: compared under the store's lock,
+        // so said once.
+        if heard_again {
+            node.event(
+                EventKind::PeerReachable,
+                Some((id, Role::Target)),
+                format!(
+                    "the source of {} reaches this node again",
+                    r.spec.target_path
+                ),
+            );
+        }
     }
     Ok(())
 }

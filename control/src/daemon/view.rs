@@ -122,29 +122,8 @@ pub fn view(node: &Node, r: Relationship) -> View {
             .cloned()
             .filter(|_| r.job_running),
     };
-    let mut state = model::status(&r, now);
-    if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
-        state = State::RevertingToLastRecoveryPoint;
-    }
-    // Reconnected after a failover: until a job has brought the target back.
-    if !r.ended && lock(&node.reconnecting).contains_key(&r.id) {
-        state = State::RevertingToLastRecoveryPoint;
-    }
-    if job.is_some() && state == State::Idle {
-        state = State::Running;
-    }
-    // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
-    if matches!(
-        state,
-        State::Idle | State::JobIncompleteWillRetry | State::Running
-    ) && source_silent(node, &r, mono)
-    {
-        state = State::Disconnected;
-    }
+    let state = state(node, &r, job.is_some());
     let peer_version_error = node.incompatible_peer(&r.id);
-    if peer_version_error.is_some() && !r.ended {
-        state = State::IncompatiblePeerVersion;
-    }
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
     let scrub = match r.role {
@@ -218,10 +197,38 @@ pub fn view(node: &Node, r: Relationship) -> View {
     }
 }
 
+/// The relationship's state as its view shows it; `job`: a running job is known (the source's
+/// own, or one its source reported).
+pub(super) fn state(node: &Node, r: &Relationship, job: bool) -> State {
+    let mut state = model::status(r, node.clock.now());
+    if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
+    // Reconnected after a failover: until a job has brought the target back.
+    if !r.ended && lock(&node.reconnecting).contains_key(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
+    if job && state == State::Idle {
+        state = State::Running;
+    }
+    // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
+    if matches!(
+        state,
+        State::Idle | State::JobIncompleteWillRetry | State::Running
+    ) && source_silent(node, r, node.clock.instant())
+    {
+        state = State::Disconnected;
+    }
+    if node.incompatible_peer(&r.id).is_some() && !r.ended {
+        state = State::IncompatiblePeerVersion;
+    }
+    state
+}
+
 /// An authorized target relationship whose source has not reached this node (a poll, a
 /// ticket, a report) for `DISCONNECTED_AFTER`, counted from the daemon's start or the
 /// authorization if later.
-pub(super) fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
+fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
     let since = lock(&node.last_contact)
         .get(&r.id)
         .copied()
