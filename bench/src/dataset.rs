@@ -78,9 +78,7 @@ pub fn ensure(work: &Path, kind: Kind, scale: f64) -> Result<Dataset> {
         });
     }
     eprintln!("bench: generating {} dataset ({spec})", kind.name());
-    if std::fs::remove_dir_all(work.join(kind.name())).is_ok() {
-        crate::trash::Trash::new(work).note_freed()?;
-    }
+    crate::trash::Trash::new(work).delete(&work.join(kind.name()))?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if kind == Kind::Tree {
         // mover's own seeded generator: random parents, sizes, modes and mtimes. Without its
@@ -213,9 +211,7 @@ pub fn ensure_files_large(work: &Path, files: usize, large: (usize, usize)) -> R
         return Ok(tree);
     }
     eprintln!("bench: generating {} ({spec})", dir.display());
-    if std::fs::remove_dir_all(&base).is_ok() {
-        crate::trash::Trash::new(work).note_freed()?;
-    }
+    crate::trash::Trash::new(work).delete(&base)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = Rng(0x5eed_f11e ^ files as u64);
     let mut buf = Vec::new();

@@ -59,8 +59,7 @@ pub struct SupervisorOptions {
 pub struct ContainerStatus {
     /// Its roles, as `--roles` names them (`control`, `data`, `api`, or `all`).
     pub roles: String,
-    /// `running`, `restarting` (crashed; started again after its backoff) or `stopped`.
-    pub state: String,
+    pub state: ContainerState,
     pub pid: Option<u32>,
     /// The release it reports (from its health answer), once it answered.
     pub version: Option<String>,
@@ -74,12 +73,26 @@ pub struct ContainerStatus {
     pub last_exit: Option<String>,
 }
 
+/// Where a container is in its life, as the supervisor last saw it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Running,
+    /// It exited or crashed; started again after its backoff.
+    Restarting,
+    Stopped,
+    /// A state this release does not know, from a later one's report in etcd (a rolling
+    /// upgrade runs both): read as such rather than losing the node's whole report.
+    #[serde(other)]
+    Other,
+}
+
 impl ContainerStatus {
     /// A daemon's own process as its one container (no supervisor looks after it).
     pub fn this_process(roles: Roles, started_unix: Option<i64>) -> ContainerStatus {
         ContainerStatus {
             roles: roles.to_string(),
-            state: "running".into(),
+            state: ContainerState::Running,
             pid: Some(std::process::id()),
             version: Some(mover::software_version().to_string()),
             healthy: true,
@@ -128,7 +141,7 @@ impl Container {
             backoff: FIRST_BACKOFF,
             status: ContainerStatus {
                 roles: roles.to_string(),
-                state: "stopped".into(),
+                state: ContainerState::Stopped,
                 pid: None,
                 version: None,
                 healthy: false,
@@ -201,7 +214,7 @@ async fn supervise(opts: SupervisorOptions) -> Result<()> {
                 let _ = child.kill().await;
             }
         }
-        c.status.state = "stopped".into();
+        c.status.state = ContainerState::Stopped;
         c.status.pid = None;
         c.status.healthy = false;
     }
@@ -240,7 +253,7 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
                 tracing::info!(roles = %c.roles, "container stopped; starting it again in {wait:?}");
                 c.status.last_exit = Some(status.to_string());
                 c.child = None;
-                c.status.state = "restarting".into();
+                c.status.state = ContainerState::Restarting;
                 c.status.pid = None;
                 c.status.healthy = false;
                 c.due = Some(Instant::now() + wait);
@@ -260,7 +273,7 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
             }
         }
         c.child = None;
-        c.status.state = "restarting".into();
+        c.status.state = ContainerState::Restarting;
         c.status.pid = None;
         c.status.healthy = false;
         c.status.restarts += 1;
@@ -275,7 +288,7 @@ async fn look_after(opts: &SupervisorOptions, c: &mut Container) {
                 c.child = Some(child);
                 c.started = Some(Instant::now());
                 c.status.started_unix = Some(now_unix());
-                c.status.state = "running".into();
+                c.status.state = ContainerState::Running;
                 c.due = None;
                 tracing::info!(roles = %c.roles, pid = ?c.status.pid, "container started");
             }
@@ -484,5 +497,21 @@ pub fn orphan_guard() {
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(sup) {
         tracing::error!("the supervisor (pid {sup}) is gone; stopping");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_releases_container_state_is_read_as_other_without_losing_the_report() {
+        let mut c = ContainerStatus::this_process(Roles::DATA, Some(1));
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["state"], "running");
+        v["state"] = "draining".into();
+        let read: ContainerStatus = serde_json::from_value(v).unwrap();
+        c.state = ContainerState::Other;
+        assert_eq!(read, c);
     }
 }

@@ -14,9 +14,11 @@
 //! a new leader continues the plan where the last one stopped, and rerunning the same start
 //! resumes a failed or interrupted plan.
 
+use super::roles::Roles;
 use super::self_upgrade::{self, Phase as RecordPhase};
 use super::Node;
 use crate::cluster::{Membership, NodeName};
+use crate::supervisor::ContainerState;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -444,7 +446,9 @@ async fn execute(node: &Arc<Node>, p: &Plan, phase: RollPhase) -> Result<Option<
             Ok(Some(()))
         }
         // Control runs the new release; a data container of its own follows it.
-        RollPhase::Data if runs_new && !node.opts.roles.data => container_on(node, &p.to, "data"),
+        RollPhase::Data if runs_new && !node.opts.roles.data => {
+            container_on(node, &p.to, Roles::DATA)
+        }
         RollPhase::Data | RollPhase::Control if runs_new => Ok(Some(())),
         RollPhase::Data | RollPhase::Control => {
             let n = node.clone();
@@ -459,21 +463,21 @@ async fn execute(node: &Arc<Node>, p: &Plan, phase: RollPhase) -> Result<Option<
             // The API runs in this process: restarted with it.
             Ok(runs_new.then_some(()))
         }
-        RollPhase::Api => container_on(node, &p.to, "api"),
+        RollPhase::Api => container_on(node, &p.to, Roles::API),
     }
 }
 
 /// This node's container of `roles` (`api` or `data`, beside this control container) on the
 /// new release: done; else asks it to stop if it is up on another (once per start of it), and
 /// its supervisor starts it again from the binary the data phase installed.
-fn container_on(node: &Node, to: &str, roles: &str) -> Result<Option<()>> {
+fn container_on(node: &Node, to: &str, roles: Roles) -> Result<Option<()>> {
     let Some(s) = crate::supervisor::read_status(&node.opts.data_dir)? else {
         return Err(Error::Invalid(format!(
             "this node's {roles} role runs apart but no supervisor reports it (run it with \
              `mover node run`)"
         )));
     };
-    let Some(c) = s.containers.iter().find(|c| c.roles == roles) else {
+    let Some(c) = s.containers.iter().find(|c| c.roles == roles.to_string()) else {
         return Err(Error::Invalid(format!(
             "the supervisor reports no {roles} container"
         )));
@@ -481,10 +485,10 @@ fn container_on(node: &Node, to: &str, roles: &str) -> Result<Option<()>> {
     if c.healthy && c.version.as_deref() == Some(to) {
         return Ok(Some(()));
     }
-    if let (Some(pid), "running", true) = (c.pid, c.state.as_str(), c.healthy) {
+    if let (Some(pid), ContainerState::Running, true) = (c.pid, c.state, c.healthy) {
         tracing::info!(
             pid,
-            roles,
+            %roles,
             "upgrade: restarting the container onto the new release"
         );
         if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
@@ -507,8 +511,8 @@ pub async fn others_catch_up(node: Arc<Node>) {
     let to = mover::software_version().to_string();
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     let apart = [
-        ("data", !node.opts.roles.data),
-        ("api", !node.opts.roles.api),
+        (Roles::DATA, !node.opts.roles.data),
+        (Roles::API, !node.opts.roles.api),
     ];
     for roles in apart.iter().filter(|(_, apart)| *apart).map(|(r, _)| *r) {
         loop {
