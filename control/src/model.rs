@@ -608,7 +608,8 @@ pub struct Relationship {
     pub recovery_point_ns: Option<i64>,
     /// A job of this relationship is running right now (kept current by the daemon).
     pub job_running: bool,
-    /// The peer could not be reached at the last try.
+    /// Source: the target could not be reached at the last try. Target: the source has not
+    /// reached this node for `daemon::DISCONNECTED_AFTER`, until its next poll or report.
     pub peer_unreachable: bool,
     /// The target was made writable (relationship deleted there or reverted for failover).
     pub ended: bool,

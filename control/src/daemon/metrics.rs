@@ -182,7 +182,7 @@ pub struct Health<'a> {
 
 pub fn render_health(h: &Health) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "# HELP mover_peer_reachable Whether the relationship's peer daemon answered at the last try (1) or not (0).\n# TYPE mover_peer_reachable gauge");
+    let _ = writeln!(o, "# HELP mover_peer_reachable Whether the relationship's peer daemon is reachable (1) or not (0): on a source, the target answered at the last try; on a target, 0 from 30 s without a poll from the source until its next one.\n# TYPE mover_peer_reachable gauge");
     for (id, role, up) in h.peers {
         let _ = writeln!(
             o,

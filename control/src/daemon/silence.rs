@@ -1,7 +1,7 @@
 //! The target's events about a silent source: `peer_unreachable` once an authorized
-//! relationship's view shows it `disconnected` (its source has not reached this node for
-//! `DISCONNECTED_AFTER`), `peer_reachable` once the source's next poll or report arrives
-//! (`target::record_report`). The source says the same of its target (`source::polled`), so
+//! relationship's source has not reached this node for `DISCONNECTED_AFTER` (its view then
+//! shows `disconnected` unless another state, such as a blackout window, shows first),
+//! `peer_reachable` once the source's next poll or report arrives (`target::record_report`). The source says the same of its target (`source::polled`), so
 //! the operator of either node learns of an outage from its own events.
 //!
 //! The outage is recorded in the relationship's row (`peer_unreachable`, as on a source), so
@@ -11,7 +11,7 @@
 
 use super::Node;
 use crate::events::EventKind;
-use crate::model::{Role, State};
+use crate::model::Role;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +30,8 @@ pub async fn watch(node: Arc<Node>) {
     }
 }
 
-/// One look: records the outage of each target relationship whose view shows its source
-/// disconnected and that has none recorded; forgets the outage of an ended one (its events
-/// end with it).
+/// One look: records the outage of each live target relationship whose source went silent
+/// and that has none recorded; forgets the outage of an ended one (its events end with it).
 pub(super) fn check(node: &Node) {
     let all = match node.store().list(Some(Role::Target)) {
         Ok(all) => all,
@@ -48,14 +47,14 @@ pub(super) fn check(node: &Node) {
             }
             continue;
         }
-        let job = r.job_running && super::lock(&node.reported).contains_key(&r.id);
-        if r.peer_unreachable || super::view::state(node, &r, job) != State::Disconnected {
+        if r.ended || r.peer_unreachable || !outage(node, &r) {
             continue;
         }
-        // Set under the store's lock: not over an end or a delete made since the list.
+        // Decided again under the store's lock: not over a poll, an end, a delete or a
+        // release that came since the list.
         let mut newly = false;
         let res = node.modify(&r.id, Role::Target, |x| {
-            newly = !x.ended && !x.peer_unreachable;
+            newly = !x.ended && !x.peer_unreachable && outage(node, x);
             x.peer_unreachable |= newly;
         });
         if let Err(e) = res {
@@ -75,6 +74,14 @@ pub(super) fn check(node: &Node) {
             );
         }
     }
+}
+
+/// The source of `r` has not reached this node for `DISCONNECTED_AFTER`, whatever state `r`
+/// shows (a source polls in a blackout window or with replication disabled too), unless the
+/// relationship is being released here (the source was told it ended and stopped polling).
+fn outage(node: &Node, r: &crate::model::Relationship) -> bool {
+    super::view::source_silent(node, r, node.clock.instant())
+        && !super::lock(&node.reverting).contains(&r.id)
 }
 
 #[cfg(test)]
@@ -127,7 +134,10 @@ mod tests {
         super::check(&node);
         assert_eq!(kinds(&node), []);
 
+        // Authorized, with continuous replication disabled (its view never shows
+        // `disconnected`): the source polls all the same, so its silence is an outage.
         r.authorized = true;
+        r.spec.enabled = false;
         node.store().update(&r).unwrap();
         poll(&node, &id);
         clock.advance(DISCONNECTED_AFTER);

@@ -457,6 +457,7 @@ pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Optio
         };
         let r = node.modify(id, Role::Target, |x| {
             x.ended = false;
+            x.peer_unreachable = false;
             x.read_only = Some(mode.name().to_string());
             x.job_running = false;
             x.path_error = None;

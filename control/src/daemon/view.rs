@@ -122,8 +122,30 @@ pub fn view(node: &Node, r: Relationship) -> View {
             .cloned()
             .filter(|_| r.job_running),
     };
-    let state = state(node, &r, job.is_some());
+    let mut state = model::status(&r, now);
+    if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
+    // Reconnected after a failover: until a job has brought the target back.
+    if !r.ended && lock(&node.reconnecting).contains_key(&r.id) {
+        state = State::RevertingToLastRecoveryPoint;
+    }
+    if job.is_some() && state == State::Idle {
+        state = State::Running;
+    }
+    // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind; an
+    // outage recorded before this daemon started lasts until the source is heard from.
+    if matches!(
+        state,
+        State::Idle | State::JobIncompleteWillRetry | State::Running
+    ) && (source_silent(node, &r, mono) || (r.role == Role::Target && r.peer_unreachable))
+    {
+        state = State::Disconnected;
+    }
     let peer_version_error = node.incompatible_peer(&r.id);
+    if peer_version_error.is_some() && !r.ended {
+        state = State::IncompatiblePeerVersion;
+    }
     // What an ended or silent source last reported is not a job in flight.
     let job = job.filter(|_| !matches!(state, State::Ended | State::Disconnected));
     let scrub = match r.role {
@@ -197,38 +219,10 @@ pub fn view(node: &Node, r: Relationship) -> View {
     }
 }
 
-/// The relationship's state as its view shows it; `job`: a running job is known (the source's
-/// own, or one its source reported).
-pub(super) fn state(node: &Node, r: &Relationship, job: bool) -> State {
-    let mut state = model::status(r, node.clock.now());
-    if r.role == Role::Target && lock(&node.reverting).contains(&r.id) {
-        state = State::RevertingToLastRecoveryPoint;
-    }
-    // Reconnected after a failover: until a job has brought the target back.
-    if !r.ended && lock(&node.reconnecting).contains_key(&r.id) {
-        state = State::RevertingToLastRecoveryPoint;
-    }
-    if job && state == State::Idle {
-        state = State::Running;
-    }
-    // A source that stopped talking mid-job (killed, cut off) leaves no "running" behind.
-    if matches!(
-        state,
-        State::Idle | State::JobIncompleteWillRetry | State::Running
-    ) && source_silent(node, r, node.clock.instant())
-    {
-        state = State::Disconnected;
-    }
-    if node.incompatible_peer(&r.id).is_some() && !r.ended {
-        state = State::IncompatiblePeerVersion;
-    }
-    state
-}
-
 /// An authorized target relationship whose source has not reached this node (a poll, a
 /// ticket, a report) for `DISCONNECTED_AFTER`, counted from the daemon's start or the
 /// authorization if later.
-fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
+pub(super) fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
     let since = lock(&node.last_contact)
         .get(&r.id)
         .copied()
@@ -279,6 +273,15 @@ mod tests {
         clock.advance(DISCONNECTED_AFTER + Duration::from_secs(1));
         let v = super::view(&node, node.get(&id, Role::Target).unwrap());
         assert_eq!((v.state, v.job), (State::Disconnected, None));
+
+        // An outage recorded (`silence`) lasts until the source is heard from (a poll clears
+        // it), also through a restart, when the silence counts afresh from the daemon's start,
+        // and with a job the source last reported running.
+        lock(&node.last_contact).insert(id.clone(), clock.instant());
+        assert_eq!(state(), State::Running);
+        node.modify(&id, Role::Target, |x| x.peer_unreachable = true)
+            .unwrap();
+        assert_eq!(state(), State::Disconnected);
     }
 
     #[test]
