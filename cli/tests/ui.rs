@@ -8,6 +8,7 @@ mod node;
 
 use chrono::Datelike;
 use fantoccini::{Client, ClientBuilder, Locator};
+use node::etcd::Etcd;
 use node::{fill, free_port, need_root, Node, Scratch};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -274,6 +275,16 @@ async fn row_state(c: &Client, id: &str, role: &str) -> Value {
 struct Shots(PathBuf);
 
 impl Shots {
+    /// Into `$MOVER_UI_SCREENSHOTS` if set, else a directory of `t`.
+    fn new(t: &Scratch) -> Shots {
+        let dir = match std::env::var_os(SCREENSHOTS_ENV) {
+            Some(d) => PathBuf::from(d),
+            None => t.path().join("screenshots"),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        Shots(dir)
+    }
+
     /// The page as it is now, as `<name>.png`.
     async fn take(&self, c: &Client, name: &str) {
         let png = c.screenshot().await.unwrap();
@@ -293,12 +304,7 @@ fn quiet_day() -> String {
 async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship_in_the_browser() {
     need_root();
     let t = Scratch::new();
-    let shots = match std::env::var_os(SCREENSHOTS_ENV) {
-        Some(d) => PathBuf::from(d),
-        None => t.path().join("screenshots"),
-    };
-    std::fs::create_dir_all(&shots).unwrap();
-    let shots = Shots(shots);
+    let shots = Shots::new(&t);
     let a = Node::start(&t.path().join("a"));
     let b = Node::start(&t.path().join("b"));
     let src = t.path().join("src");
@@ -324,6 +330,11 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
     .await;
     sign_in(&c, &a.token).await;
     assert_eq!(text(&c, "#who-name").await, "admin");
+    assert_eq!(
+        js(&c, "return document.getElementById('nav-cluster').hidden").await,
+        true,
+        "a node outside a cluster has no cluster page"
+    );
 
     // 2. Create the relationship through the form.
     click(&c, "#create-relationship").await;
@@ -439,6 +450,28 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
          && r.dataset.state !== 'awaiting_authorization'",
     )
     .await;
+    // The node's newest events are listed below its relationships, newest first: the request
+    // and the authorization, the latter on top.
+    let newest_first = format!(
+        "const p = document.getElementById('events-panel'); \
+         const rs = Array.from(document.querySelectorAll('#events-body tr')); \
+         const a = rs.findIndex(r => r.dataset.kind === 'authorized' \
+             && r.textContent.includes({short:?}) && r.textContent.includes({dst:?})); \
+         const q = rs.findIndex(r => r.dataset.kind === 'authorization_requested' \
+             && r.textContent.includes({short:?})); \
+         return !p.hidden && a >= 0 && q > a \
+             && rs.every((r, i) => i === 0 || +rs[i - 1].dataset.event > +r.dataset.event)",
+        short = &id[..8],
+        dst = node::s(&dst),
+    );
+    wait_js(
+        &c,
+        "the authorization in the node's events",
+        UI_WAIT,
+        &newest_first,
+    )
+    .await;
+    shots.take(&c, "events").await;
 
     // Two more relationships, made through the API, so the page shows more than one state:
     // one awaiting authorization, one authorized but disabled.
@@ -676,6 +709,94 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
         != 404
     {
         assert!(t0.elapsed() < UI_WAIT, "the target kept its side of {id}");
+        tokio::time::sleep(STEP).await;
+    }
+    c.close().await.unwrap();
+    drop(driver);
+}
+
+/// The state the cluster page shows for `node`: null while its row is not there.
+async fn node_state(c: &Client, node: &str) -> Value {
+    js(
+        c,
+        &format!(
+            "const r = document.querySelector('#cluster-body tr[data-node=\"{node}\"]'); \
+             return r ? r.dataset.state : null"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sees_the_cluster_and_drains_and_undrains_a_node_in_the_browser() {
+    let t = Scratch::new();
+    let shots = Shots::new(&t);
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| format!("cluster = \"{}\"\nnode_name = \"{name}\"\n", etcd.url());
+    let n1 = Node::start_configured(&t.path().join("n1"), free_port(), free_port(), &cfg("n1"));
+    let n2 = Node::start_configured(&t.path().join("n2"), free_port(), free_port(), &cfg("n2"));
+    let driver = Driver::start(&t.path().join("chromedriver.log"));
+    let c = driver.browser(&t.path().join("profile")).await;
+
+    open_ui(&c, &n1, &n1.token).await;
+    click(&c, "#nav-cluster").await;
+    visible(&c, "the cluster page", "page-cluster").await;
+    let t0 = Instant::now();
+    while (node_state(&c, "n1").await, node_state(&c, "n2").await) != ("up".into(), "up".into()) {
+        assert!(
+            t0.elapsed() < UI_WAIT,
+            "both nodes up on the page; it shows:\n{}",
+            js(&c, "return document.body.innerText").await
+        );
+        tokio::time::sleep(STEP).await;
+    }
+    let line = text(&c, "#cluster-line").await;
+    assert!(
+        line.contains("This node: n1") && line.contains("etcd connected"),
+        "{line}"
+    );
+    shots.take(&c, "cluster").await;
+
+    // Drain n2 from n1's page, after a confirmation that says what a drain does.
+    let drain = "#cluster-body tr[data-node=\"n2\"] button[data-action=\"drain\"]";
+    click(&c, drain).await;
+    let warning = dialog_text(&c, "the drain confirmation", "dialog-body").await;
+    assert!(
+        warning.as_str().unwrap().contains("starts no job"),
+        "{warning}"
+    );
+    click(&c, "#dialog-confirm").await;
+    let t0 = Instant::now();
+    while node_state(&c, "n2").await != "drained" {
+        assert!(t0.elapsed() < UI_WAIT, "n2 shown drained");
+        tokio::time::sleep(STEP).await;
+    }
+    let (code, v) = n2.get("/v1/cluster");
+    assert_eq!(code, 200, "{v}");
+    let m = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n2")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (m["drain"]["drained"].clone(), m["drain"]["by"].clone()),
+        (json!(true), json!("admin")),
+        "{m}"
+    );
+
+    // And back in service.
+    click(
+        &c,
+        "#cluster-body tr[data-node=\"n2\"] button[data-action=\"undrain\"]",
+    )
+    .await;
+    dialog_text(&c, "the undrain confirmation", "dialog-body").await;
+    click(&c, "#dialog-confirm").await;
+    let t0 = Instant::now();
+    while node_state(&c, "n2").await != "up" {
+        assert!(t0.elapsed() < UI_WAIT, "n2 shown in service again");
         tokio::time::sleep(STEP).await;
     }
     c.close().await.unwrap();

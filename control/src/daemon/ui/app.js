@@ -17,6 +17,11 @@
   const TGT = "/v1/replication/target-relationships";
   const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
   const MINUTES_PER_DAY = 1440;
+  // How many of the node's newest events the list page shows.
+  const EVENTS_SHOWN = 10;
+  // Events that say something went wrong, and those that say it was mended.
+  const BAD_EVENTS = new Set(["job_failed", "peer_unreachable", "peer_incompatible"]);
+  const GOOD_EVENTS = new Set(["job_recovered", "peer_reachable"]);
 
   const $ = (id) => document.getElementById(id);
 
@@ -26,6 +31,8 @@
   let pollTimer = null;
   let pollGeneration = 0;
   let details = null; // {role, id} shown on the details page
+  let newestEvent = null; // the id of the newest event shown
+  let clusterSig = null; // what the cluster table shows, to draw it only when it changed
   let editing = null; // the view being edited, null when creating
   const rows = new Map(); // "role:id" -> <tr>
 
@@ -126,7 +133,7 @@
 
   function show(name) {
     page = name;
-    for (const p of ["signin", "list", "form", "details"]) $("page-" + p).hidden = p !== name;
+    for (const p of ["signin", "list", "form", "details", "cluster"]) $("page-" + p).hidden = p !== name;
     document.body.setAttribute("data-page", name);
   }
 
@@ -207,6 +214,16 @@
       "This node: mover " + node.version + " · peer port " + node.listen + " · certificate ",
       el("span", { id: "node-fingerprint", class: "mono", text: node.fingerprint })
     );
+    // A node outside a cluster answers 404: no cluster page then.
+    let inCluster = true;
+    try {
+      await api("GET", "/v1/cluster");
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) throw e;
+      inCluster = false;
+    }
+    $("nav-cluster").hidden = !inCluster;
+    $("nav-cluster-plain").hidden = inCluster;
     showList();
   }
 
@@ -217,7 +234,13 @@
     pollGeneration += 1;
     clearTimeout(pollTimer);
     rows.clear();
+    newestEvent = null;
     $("relationships-body").replaceChildren();
+    $("events-body").replaceChildren();
+    $("cluster-body").replaceChildren();
+    clusterSig = null;
+    $("nav-cluster").hidden = true;
+    $("nav-cluster-plain").hidden = false;
     $("who").hidden = true;
     $("token").value = "";
     showError("");
@@ -253,6 +276,7 @@
     try {
       if (page === "list") await refreshList();
       else if (page === "details") await refreshDetails();
+      else if (page === "cluster") await refreshCluster();
     } catch (e) {
       handle(e);
     }
@@ -277,10 +301,48 @@
       );
       return;
     }
-    const views = (await Promise.all(reads)).flat();
+    const [read, recent] = await Promise.all([
+      Promise.all(reads),
+      api("GET", "/v1/events?limit=" + EVENTS_SHOWN),
+    ]);
+    const views = read.flat();
     if (page !== "list") return;
     showError("");
     renderRows(views);
+    renderEvents(recent);
+  }
+
+  // The newest events first; drawn again only when a new one came.
+  function renderEvents(events) {
+    const newest = events.length ? events[events.length - 1].id : null;
+    $("events-panel").hidden = newest === null;
+    if (newest === newestEvent) return;
+    newestEvent = newest;
+    const trs = events
+      .slice()
+      .reverse()
+      .map((e) => {
+        const about = e.relationship
+          ? el("span", { class: "mono", title: e.relationship, text: e.relationship.slice(0, 8) })
+          : el("span", { class: "sub", text: "this node" });
+        return el(
+          "tr",
+          {
+            "data-event": e.id,
+            "data-kind": e.kind,
+            class: BAD_EVENTS.has(e.kind) ? "bad" : GOOD_EVENTS.has(e.kind) ? "good" : null,
+          },
+          el("td", {
+            class: "event-time",
+            title: exactTime(e.time),
+            text: new Date(e.time).toLocaleString(),
+          }),
+          el("td", { class: "event-kind", text: capital(e.kind.replace(/_/g, " ")) }),
+          el("td", {}, about, e.role ? el("span", { class: "sub role", text: " " + e.role }) : null),
+          el("td", { class: "event-message", text: e.message })
+        );
+      });
+    $("events-body").replaceChildren(...trs);
   }
 
   function renderRows(views) {
@@ -986,6 +1048,129 @@
     ev.preventDefault();
     if (me) showList();
   });
+
+  // ---------------------------------------------------------------- cluster
+
+  function showCluster() {
+    details = null;
+    editing = null;
+    show("cluster");
+    refresh().then(schedule);
+  }
+
+  async function refreshCluster() {
+    const v = await api("GET", "/v1/cluster");
+    if (page !== "cluster") return;
+    showError("");
+    setText(
+      $("cluster-line"),
+      "This node: " + v.this_node +
+        " · etcd " + (v.connected ? "connected" : "not reached" + (v.last_error ? " (" + v.last_error + ")" : "")) +
+        " · leader " + (v.leader || "none") +
+        " · a node that stops heartbeating shows down within " + v.down_bound_secs + " s"
+    );
+    // Drawn again only when something changed, so a button under the pointer stays put.
+    const sig = JSON.stringify([v.this_node, v.leader, v.members, me.privileges]);
+    if (sig === clusterSig) return;
+    clusterSig = sig;
+    $("cluster-body").replaceChildren(...v.members.map((m) => clusterRow(v, m)));
+  }
+
+  // One member: its state, jobs, containers and a drain or undrain button for admins.
+  function clusterRow(v, m) {
+    const drained = !!(m.drain && m.drain.drained);
+    const state = !m.up ? "down" : drained ? "drained" : "up";
+    const name = el(
+      "td",
+      {},
+      el("span", { class: "mono", text: m.name }),
+      m.name === v.this_node ? el("span", { class: "badge", text: "this node" }) : null,
+      m.leader ? el("span", { class: "badge", text: "leader" }) : null,
+      el("div", { class: "sub", text: "mover " + m.version + " · roles " + m.roles.join(", ") })
+    );
+    const status = el(
+      "td",
+      {},
+      el("span", { class: "node-state " + state, text: capital(state) }),
+      m.drain
+        ? el("div", {
+            class: "sub",
+            text: (drained ? "drained" : "undrained") + " by " + m.drain.by,
+            title: exactTime(m.drain.at),
+          })
+        : null
+    );
+    const r = m.report;
+    const jobs = el(
+      "td",
+      {},
+      r ? String(r.jobs_running) : "—",
+      r && r.jobs_running ? el("div", { class: "sub", text: bytes(r.throughput_bytes_per_sec) + "/s" }) : null
+    );
+    const containers = el(
+      "td",
+      {},
+      ...(r ? r.containers : []).map((c) =>
+        el("div", {
+          class: "sub",
+          "data-container": c.roles,
+          text: c.roles + ": " + c.state + (c.healthy ? "" : ", not healthy") + (c.restarts ? ", " + plural(c.restarts, "restart") : ""),
+        })
+      )
+    );
+    const addrs = el(
+      "td",
+      {},
+      el("div", { class: "sub mono", text: "API " + m.api }),
+      el("div", { class: "sub mono", text: "peers " + m.listen })
+    );
+    const admin = can("ADMIN");
+    const action = drained ? "undrain" : "drain";
+    const btn = el("button", {
+      type: "button",
+      class: "icon",
+      "data-action": action,
+      text: drained ? "Undrain" : "Drain",
+      disabled: !admin,
+      title: admin ? null : "your token lacks the ADMIN privilege",
+      onclick: () => confirmDrain(m.name, action),
+    });
+    return el(
+      "tr",
+      { "data-node": m.name, "data-state": state },
+      name,
+      status,
+      jobs,
+      containers,
+      addrs,
+      el("td", { class: "actions" }, btn)
+    );
+  }
+
+  function confirmDrain(name, action) {
+    const drain = action === "drain";
+    dialog({
+      title: drain ? "Drain Node" : "Undrain Node",
+      body: [
+        el("p", { text: (drain ? "Drain " : "Put back in service ") + name + "?" }),
+        el("div", {
+          class: drain ? "warning" : "hint",
+          text: drain
+            ? "A drained node starts no job of its relationships and takes no new shares or takeovers; the jobs it runs now finish. It still receives as a target. The drain holds across restarts until undrained."
+            : "The node starts its relationships' jobs again and takes shares and takeovers.",
+        }),
+      ],
+      confirm: drain ? "Drain " + name : "Undrain " + name,
+      danger: drain,
+      run: () => api("POST", "/v1/cluster/nodes/" + encodeURIComponent(name) + "/" + action),
+    });
+  }
+
+  $("nav-cluster").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    if (me) showCluster();
+  });
+  $("cluster-back").addEventListener("click", () => showList());
 
   // ---------------------------------------------------------------- start
 
