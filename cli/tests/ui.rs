@@ -771,20 +771,9 @@ async fn an_admin_sees_the_cluster_and_drains_and_undrains_a_node_in_the_browser
         assert!(t0.elapsed() < UI_WAIT, "n2 shown drained");
         tokio::time::sleep(STEP).await;
     }
-    let (code, v) = n2.get("/v1/cluster");
-    assert_eq!(code, 200, "{v}");
-    let m = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "n2")
-        .unwrap()
-        .clone();
-    assert_eq!(
-        (m["drain"]["drained"].clone(), m["drain"]["by"].clone()),
-        (json!(true), json!("admin")),
-        "{m}"
-    );
+    // Recorded in etcd: n2 learns of its own drain through its watch.
+    let drained = json!({"drained": true, "by": "admin"});
+    wait_drain(&n2, "n2", &drained).await;
 
     // And back in service.
     click(
@@ -799,8 +788,58 @@ async fn an_admin_sees_the_cluster_and_drains_and_undrains_a_node_in_the_browser
         assert!(t0.elapsed() < UI_WAIT, "n2 shown in service again");
         tokio::time::sleep(STEP).await;
     }
+    wait_drain(&n2, "n2", &json!({"drained": false, "by": "admin"})).await;
+
+    // A token without ADMIN sees the nodes but may not drain them.
+    let (code, tok) = n1.call(
+        "POST",
+        "/v1/tokens",
+        Some(&json!({"name": "watcher", "role": "observer"})),
+    );
+    assert_eq!(code, 201, "{tok}");
+    sign_out(&c).await;
+    sign_in(&c, tok["token"].as_str().unwrap()).await;
+    click(&c, "#nav-cluster").await;
+    visible(&c, "the cluster page", "page-cluster").await;
+    let lacks = wait_js(
+        &c,
+        "n2's drain button, disabled",
+        UI_WAIT,
+        "const b = document.querySelector('#cluster-body tr[data-node=\"n2\"] button[data-action=\"drain\"]'); \
+         return b && b.disabled ? b.title : null",
+    )
+    .await;
+    assert!(lacks.as_str().unwrap().contains("ADMIN"), "{lacks}");
     c.close().await.unwrap();
     drop(driver);
+}
+
+/// Waits until `n`'s view of the cluster shows member `name`'s drain as `want` (the fields
+/// it names).
+async fn wait_drain(n: &Node, name: &str, want: &Value) {
+    let t0 = Instant::now();
+    loop {
+        let (code, v) = n.get("/v1/cluster");
+        assert_eq!(code, 200, "{v}");
+        let m = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_default();
+        let seen: serde_json::Map<String, Value> = want
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (k.clone(), m["drain"][k].clone()))
+            .collect();
+        if Value::Object(seen) == *want {
+            return;
+        }
+        assert!(t0.elapsed() < UI_WAIT, "{name}'s drain is not {want}: {m}");
+        tokio::time::sleep(STEP).await;
+    }
 }
 
 #[test]

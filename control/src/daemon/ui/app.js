@@ -237,6 +237,7 @@
     newestEvent = null;
     $("relationships-body").replaceChildren();
     $("events-body").replaceChildren();
+    $("events-panel").hidden = true;
     $("cluster-body").replaceChildren();
     clusterSig = null;
     $("nav-cluster").hidden = true;
@@ -301,15 +302,27 @@
       );
       return;
     }
-    const [read, recent] = await Promise.all([
-      Promise.all(reads),
-      api("GET", "/v1/events?limit=" + EVENTS_SHOWN),
-    ]);
+    // The events' own failure (a 500, say) shows in their panel: the relationships still
+    // update. A refused token signs out as anywhere else.
+    const events = api("GET", "/v1/events?limit=" + EVENTS_SHOWN).catch((e) => {
+      if (e instanceof ApiError && e.status === 401) throw e;
+      return e;
+    });
+    const [read, recent] = await Promise.all([Promise.all(reads), events]);
     const views = read.flat();
     if (page !== "list") return;
     showError("");
     renderRows(views);
-    renderEvents(recent);
+    if (recent instanceof Error) showEventsError(recent);
+    else renderEvents(recent);
+  }
+
+  function showEventsError(e) {
+    newestEvent = null;
+    $("events-panel").hidden = false;
+    $("events-body").replaceChildren(
+      el("tr", {}, el("td", { colspan: "4", class: "attempt-bad", text: "Cannot read the events: " + describe(e) }))
+    );
   }
 
   // The newest events first; drawn again only when a new one came.
@@ -324,7 +337,7 @@
       .map((e) => {
         const about = e.relationship
           ? el("span", { class: "mono", title: e.relationship, text: e.relationship.slice(0, 8) })
-          : el("span", { class: "sub", text: "this node" });
+          : "—";
         return el(
           "tr",
           {
@@ -1069,11 +1082,24 @@
         " · leader " + (v.leader || "none") +
         " · a node that stops heartbeating shows down within " + v.down_bound_secs + " s"
     );
-    // Drawn again only when something changed, so a button under the pointer stays put.
-    const sig = JSON.stringify([v.this_node, v.leader, v.members, me.privileges]);
-    if (sig === clusterSig) return;
-    clusterSig = sig;
-    $("cluster-body").replaceChildren(...v.members.map((m) => clusterRow(v, m)));
+    // Drawn again only when something but the throughput changed, so a button under the
+    // pointer stays put while jobs run; the throughput is written in place.
+    const sig = JSON.stringify([v.this_node, v.leader, me.privileges, v.members], (k, x) =>
+      k === "throughput_bytes_per_sec" ? undefined : x
+    );
+    if (sig !== clusterSig) {
+      clusterSig = sig;
+      $("cluster-body").replaceChildren(...v.members.map((m) => clusterRow(v, m)));
+    }
+    for (const m of v.members) {
+      const cell = document.querySelector('#cluster-body tr[data-node="' + CSS.escape(m.name) + '"] .node-throughput');
+      if (cell) setText(cell, throughput(m.report));
+    }
+  }
+
+  // A node's running jobs' summed throughput, or nothing while it runs none.
+  function throughput(r) {
+    return r && r.jobs_running ? bytes(Math.round(r.throughput_bytes_per_sec)) + "/s" : "";
   }
 
   // One member: its state, jobs, containers and a drain or undrain button for admins.
@@ -1105,7 +1131,7 @@
       "td",
       {},
       r ? String(r.jobs_running) : "—",
-      r && r.jobs_running ? el("div", { class: "sub", text: bytes(r.throughput_bytes_per_sec) + "/s" }) : null
+      el("div", { class: "sub node-throughput", text: throughput(r) })
     );
     const containers = el(
       "td",
