@@ -987,7 +987,7 @@ fn an_interrupted_make_writable_is_finished_when_the_target_daemon_restarts() {
         let mut r = db
             .get(&control::model::RelationshipId::parse(&id).unwrap())
             .unwrap();
-        assert_eq!(r.read_only.as_deref(), Some("bind_mount"));
+        assert_eq!(r.read_only, Some(control::readonly::Mode::BindMount));
         r.ended = true;
         db.update(&r).unwrap();
     }

@@ -616,8 +616,9 @@ pub struct Relationship {
     /// The peer daemon's certificate fingerprint, pinned at creation (source) or when the
     /// proposal arrived (target); every later peer exchange must present it.
     pub peer_fingerprint: Option<String>,
-    /// Target role: how the target directory is kept read-only ("bind_mount", "not_enforced").
-    pub read_only: Option<String>,
+    /// Target role, once authorized and until released: how the target directory is kept
+    /// read-only.
+    pub read_only: Option<crate::readonly::Mode>,
     /// The directory this node replicates from (source role, pinned at create) or into
     /// (target role, pinned at authorization). `None` for relationships of older versions
     /// until their first use pins them.

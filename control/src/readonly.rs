@@ -33,7 +33,12 @@ use rustix::mount::{
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a target directory is kept read-only (a relationship's `read_only`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ReadOnlyMode)]
 pub enum Mode {
     BindMount,
     NotEnforced,
@@ -45,6 +50,13 @@ impl Mode {
             Mode::BindMount => "bind_mount",
             Mode::NotEnforced => "not_enforced",
         }
+    }
+
+    /// The mode `name` names, as stored.
+    pub fn parse(name: &str) -> Option<Mode> {
+        [Mode::BindMount, Mode::NotEnforced]
+            .into_iter()
+            .find(|m| m.name() == name)
     }
 }
 

@@ -219,7 +219,7 @@ impl Store {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO relationships (id, role, spec, authorized, created_ns, last_attempt, recovery_point_ns, job_running, peer_unreachable, ended, peer_fingerprint, read_only, pinned, path_error, replica, epoch)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica, r.epoch as i64],
+            params![r.id.as_str(), role_str(r.role), spec, r.authorized, r.created_ns, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only.map(crate::readonly::Mode::name), pinned, r.path_error, replica, r.epoch as i64],
         )?;
         if n == 0 {
             return Err(Error::Invalid(format!(
@@ -303,6 +303,15 @@ impl Store {
             .map(|o| serde_json::from_str(&o))
             .transpose()
             .map_err(invalid_json)?;
+        let read_only = read_only
+            .map(|m| {
+                crate::readonly::Mode::parse(&m).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "stored relationship's read_only {m:?} is unreadable"
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(Relationship {
             id: RelationshipId::parse(&id)?,
             role,
@@ -364,7 +373,7 @@ impl Store {
              peer_unreachable = ?7, ended = ?8, peer_fingerprint = ?9, read_only = ?10, pinned = ?11, path_error = ?12,
              replica = ?13, epoch = ?14 WHERE id = ?1",
         )?.execute(
-            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only, pinned, r.path_error, replica, r.epoch as i64],
+            params![r.id.as_str(), spec, r.authorized, attempt, r.recovery_point_ns, r.job_running, r.peer_unreachable, r.ended, r.peer_fingerprint, r.read_only.map(crate::readonly::Mode::name), pinned, r.path_error, replica, r.epoch as i64],
         )?;
         if n == 0 {
             return Err(Error::NotFound(r.id.to_string()));
@@ -554,6 +563,7 @@ mod tests {
             ino: 2,
         });
         got.path_error = Some("moved".into());
+        got.read_only = Some(crate::readonly::Mode::BindMount);
         got.replica = ReplicaOptions {
             allow_setuid: true,
             ..Default::default()
@@ -565,6 +575,26 @@ mod tests {
         });
         s.update(&got).unwrap();
         assert_eq!(s.get(&b.id).unwrap(), got);
+        // Stored by the name it always had; a name this release does not know is refused
+        // saying which, not taken as another mode.
+        let stored: String = s
+            .conn
+            .query_row(
+                "SELECT read_only FROM relationships WHERE id = ?1",
+                [b.id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, "bind_mount");
+        s.conn
+            .execute(
+                "UPDATE relationships SET read_only = 'overlay' WHERE id = ?1",
+                [b.id.as_str()],
+            )
+            .unwrap();
+        let e = s.get(&b.id).unwrap_err().to_string();
+        assert!(e.contains("read_only \"overlay\" is unreadable"), "{e}");
+        s.update(&got).unwrap();
         s.delete(&a.id).unwrap();
         assert!(matches!(s.get(&a.id), Err(Error::NotFound(_))));
         assert!(matches!(s.delete(&a.id), Err(Error::NotFound(_))));

@@ -425,7 +425,7 @@ fn become_target_blocking(
     t.job_running = false;
     t.last_attempt = None;
     t.peer_unreachable = false;
-    t.read_only = Some(mode.name().to_string());
+    t.read_only = Some(mode);
     t.pinned = Some(dir.pin().clone());
     t.path_error = None;
     t.replica = ReplicaOptions::default();

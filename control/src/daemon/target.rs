@@ -49,7 +49,7 @@ pub fn restore(node: &Node) -> Result<()> {
             }
             continue;
         }
-        if r.authorized && !r.ended && r.read_only.as_deref() == Some("bind_mount") {
+        if r.authorized && !r.ended && r.read_only == Some(readonly::Mode::BindMount) {
             if let Err(e) = writable_root(node, &r) {
                 tracing::error!(id = %r.id, target = %r.spec.target_path, "cannot protect the target directory; its jobs are refused until it can be: {e}");
             }
@@ -64,8 +64,8 @@ pub fn restore(node: &Node) -> Result<()> {
 /// land in the data dir, or elsewhere).
 pub(crate) fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, OpenDir)> {
     let dir = paths::target_dir(node, r)?;
-    match r.read_only.as_deref() {
-        Some("bind_mount") => {
+    match r.read_only {
+        Some(readonly::Mode::BindMount) => {
             let (mode, via) =
                 node.host
                     .protect(&r.id, dir.pin(), &node.mount_dir(&r.id), r.replica)?;
@@ -126,7 +126,7 @@ pub fn authorize(node: &Node, id: &RelationshipId, a: &Authorize) -> Result<Rela
     let pin = dir.pin().clone();
     let r = node.modify(id, Role::Target, |x| {
         x.authorized = true;
-        x.read_only = Some(mode.name().to_string());
+        x.read_only = Some(mode);
         x.pinned = Some(pin);
         x.path_error = None;
         x.replica = replica;
@@ -458,7 +458,7 @@ pub fn reconnect(node: &Node, id: &RelationshipId) -> Result<(Option<i64>, Optio
         let r = node.modify(id, Role::Target, |x| {
             x.ended = false;
             x.peer_unreachable = false;
-            x.read_only = Some(mode.name().to_string());
+            x.read_only = Some(mode);
             x.job_running = false;
             x.path_error = None;
             x.epoch += 1;
@@ -520,8 +520,10 @@ fn unprotect(node: &Node, r: &Relationship) -> Result<()> {
         Ok(dir) => {
             // The journal is reverted through the private writable view (rebuilt if a reboot
             // took it), while the target path is still read-only to everyone else.
-            let root = match r.read_only.as_deref() {
-                Some("bind_mount") => node.host.protect(&r.id, dir.pin(), &backing, r.replica)?.1,
+            let root = match r.read_only {
+                Some(readonly::Mode::BindMount) => {
+                    node.host.protect(&r.id, dir.pin(), &backing, r.replica)?.1
+                }
                 _ => dir.proc_path(),
             };
             revert(node, r, &root)?;
@@ -719,7 +721,7 @@ mod tests {
         let asked = node
             .modify(&r.id, Role::Target, |x| {
                 x.authorized = true;
-                x.read_only = Some("bind_mount".into());
+                x.read_only = Some(readonly::Mode::BindMount);
                 x.pinned = Some(pin);
             })
             .unwrap();
@@ -826,7 +828,7 @@ mod tests {
         // Made writable once and reconnected once: epoch 2 on both sides.
         node.modify(&r.id, Role::Target, |x| {
             x.authorized = true;
-            x.read_only = Some("bind_mount".into());
+            x.read_only = Some(readonly::Mode::BindMount);
             x.epoch = 2;
         })
         .unwrap();

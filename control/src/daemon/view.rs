@@ -64,7 +64,7 @@ pub struct View {
     pub snapshots: SnapshotCounts,
     pub authorized: bool,
     pub peer_fingerprint: Option<String>,
-    pub read_only: Option<String>,
+    pub read_only: Option<crate::readonly::Mode>,
     /// How this node runs the relationship's data-plane sessions: "encrypted", or (both nodes
     /// set insecure_plaintext) "plaintext".
     pub data_plane: &'static str,
