@@ -33,7 +33,11 @@ use rustix::mount::{
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-/// How a target directory is kept read-only (a relationship's `read_only`).
+/// How a target directory is kept read-only (a relationship's `read_only`). Stored by
+/// `name`; a stored name a release does not know fails its relationship's row (it never writes
+/// through a protection it does not understand), so a release that adds a mode must also add a
+/// store migration, which an older release refuses at open (`Store::open`) instead of failing
+/// rows.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
@@ -54,9 +58,11 @@ impl Mode {
 
     /// The mode `name` names, as stored.
     pub fn parse(name: &str) -> Option<Mode> {
-        [Mode::BindMount, Mode::NotEnforced]
-            .into_iter()
-            .find(|m| m.name() == name)
+        match name {
+            "bind_mount" => Some(Mode::BindMount),
+            "not_enforced" => Some(Mode::NotEnforced),
+            _ => None,
+        }
     }
 }
 
@@ -298,6 +304,15 @@ mod tests {
 
     fn flags(p: &Path) -> Vfs {
         rustix::fs::statvfs(p).unwrap().f_flag
+    }
+
+    #[test]
+    fn a_mode_is_stored_sent_and_read_by_one_name() {
+        for m in [Mode::BindMount, Mode::NotEnforced] {
+            assert_eq!(Mode::parse(m.name()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+        }
+        assert_eq!(Mode::parse("overlay"), None);
     }
 
     #[test]

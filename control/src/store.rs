@@ -594,7 +594,11 @@ mod tests {
             .unwrap();
         let e = s.get(&b.id).unwrap_err().to_string();
         assert!(e.contains("read_only \"overlay\" is unreadable"), "{e}");
-        s.update(&got).unwrap();
+        for m in [Some(crate::readonly::Mode::NotEnforced), None] {
+            got.read_only = m;
+            s.update(&got).unwrap();
+            assert_eq!(s.get(&b.id).unwrap(), got);
+        }
         s.delete(&a.id).unwrap();
         assert!(matches!(s.get(&a.id), Err(Error::NotFound(_))));
         assert!(matches!(s.delete(&a.id), Err(Error::NotFound(_))));
