@@ -1,8 +1,9 @@
 //! The target's events about a silent source: `peer_unreachable` once an authorized
 //! relationship's source has not reached this node for `DISCONNECTED_AFTER` (its view then
 //! shows `disconnected` unless another state, such as a blackout window, shows first),
-//! `peer_reachable` once the source's next poll or report arrives (`target::record_report`). The source says the same of its target (`source::polled`), so
-//! the operator of either node learns of an outage from its own events.
+//! `peer_reachable` once the source's next poll or report arrives (`target::record_report`).
+//! The source says the same of its target (`source::polled`), so the operator of either node
+//! learns of an outage from its own events.
 //!
 //! The outage is recorded in the relationship's row (`peer_unreachable`, as on a source), so
 //! each transition is one event, compared under the store's lock, and a daemon restarted
