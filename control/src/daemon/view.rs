@@ -223,13 +223,14 @@ pub fn view(node: &Node, r: Relationship) -> View {
 /// ticket, a report) for `DISCONNECTED_AFTER`, counted from the daemon's start or the
 /// authorization if later.
 pub(super) fn source_silent(node: &Node, r: &Relationship, mono: std::time::Instant) -> bool {
+    if r.role != Role::Target || !r.authorized {
+        return false;
+    }
     let since = lock(&node.last_contact)
         .get(&r.id)
         .copied()
         .unwrap_or(node.started);
-    r.role == Role::Target
-        && r.authorized
-        && mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER
+    mono.saturating_duration_since(since) > super::DISCONNECTED_AFTER
 }
 
 #[cfg(test)]

@@ -283,11 +283,16 @@
     }
   }
 
-  function showList() {
+  // A page that is read again every POLL_MS: the list or the cluster's nodes.
+  function showPolled(name) {
     details = null;
     editing = null;
-    show("list");
+    show(name);
     refresh().then(schedule);
+  }
+
+  function showList() {
+    showPolled("list");
   }
 
   // ---------------------------------------------------------------- relationships table
@@ -1064,13 +1069,6 @@
 
   // ---------------------------------------------------------------- cluster
 
-  function showCluster() {
-    details = null;
-    editing = null;
-    show("cluster");
-    refresh().then(schedule);
-  }
-
   async function refreshCluster() {
     const v = await api("GET", "/v1/cluster");
     if (page !== "cluster") return;
@@ -1194,7 +1192,7 @@
 
   $("nav-cluster").addEventListener("click", (ev) => {
     ev.preventDefault();
-    if (me) showCluster();
+    if (me) showPolled("cluster");
   });
   $("cluster-back").addEventListener("click", () => showList());
 
