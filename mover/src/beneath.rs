@@ -160,16 +160,34 @@ pub fn open_root(root: &std::path::Path, what: &str) -> crate::error::Result<Own
 
 /// Names in directory `fd` except `.` and `..`, sorted by bytes.
 pub fn dir_names(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<Vec<u8>>> {
+    Ok(dir_listing(fd)?.into_iter().map(|l| l.name).collect())
+}
+
+/// One name of a directory listing, with what the listing itself says of its item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    /// `Unknown` where the file system does not give types in listings.
+    pub file_type: rustix::fs::FileType,
+}
+
+/// `dir_names` with the inode number and type the listing gives each name.
+pub fn dir_listing(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<Listed>> {
     let mut dir = rustix::fs::Dir::read_from(fd)?;
     let mut names = Vec::new();
     while let Some(ent) = dir.read() {
         let ent = ent?;
         let n = ent.file_name().to_bytes();
         if n != b"." && n != b".." {
-            names.push(n.to_vec());
+            names.push(Listed {
+                name: n.to_vec(),
+                ino: ent.ino(),
+                file_type: ent.file_type(),
+            });
         }
     }
-    names.sort_unstable();
+    names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(names)
 }
 

@@ -54,6 +54,9 @@ pub fn finalize(
                         )));
                     }
                 }
+                // Its metadata is set again here: a check a worker took before does not stand
+                // for what this leaves.
+                t.checked.forget(i);
                 let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
                     .ctx(|| format!("opening {}", show(path)))?;
                 apply_fd(fd.as_fd(), e, t.owners)

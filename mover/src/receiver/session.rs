@@ -528,6 +528,16 @@ impl Session {
             rustix::process::geteuid().as_raw(),
             rustix::process::getegid().as_raw(),
         );
+        // The workers check the files they finish for a verification that lists directories
+        // (below); a resumed or full one walks the whole target and reads no checks.
+        let checked = if data && before.is_some() && finish.is_some() {
+            let dev = rustix::fs::fstat(&self.root)
+                .ctx(|| "stat of the destination root".to_string())?
+                .st_dev;
+            super::verify::Checked::new(dev, entries.len())
+        } else {
+            super::verify::Checked::off()
+        };
         let table = Arc::new(RecvTable {
             root: self.root,
             entries,
@@ -545,6 +555,7 @@ impl Session {
             journal: rustix::io::fcntl_dupfd_cloexec(journal.dir(), 0)
                 .ctx(|| "dup of the journal directory".to_string())?,
             checkpoint_bytes: self.checkpoint_bytes,
+            checked,
         });
         // The other write places start first: the sender's workers connect to all at once.
         let places = Places {
@@ -632,6 +643,7 @@ impl Session {
                     &table.paths,
                     &check,
                     self.owners,
+                    Some(&table.checked),
                 )
                 .map_err(|e| match e {
                     Error::Verify(m) => Error::Verify(format!(

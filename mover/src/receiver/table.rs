@@ -38,6 +38,8 @@ pub struct RecvTable {
     pub journal: OwnedFd,
     /// Flush and log a large file's written ranges every this many bytes (resume.rs).
     pub checkpoint_bytes: u64,
+    /// Files the workers compared with their entries when they finished them (verify.rs).
+    pub checked: super::verify::Checked,
 }
 
 impl RecvTable {
@@ -100,8 +102,18 @@ impl RecvTable {
                     source,
                 }
             })?;
+            self.check(e, fd);
         }
         Ok(prev == len)
+    }
+
+    /// Compares file `e`, just finished through `fd`, with its entry (`Checked::check`).
+    pub fn check(&self, e: EntryId, fd: BorrowedFd<'_>) {
+        let opts = crate::tree::hash::HashOptions {
+            owners: self.owners,
+        };
+        self.checked
+            .check(e.index(), fd, &self.entries[e.index()], opts);
     }
 
     /// Counts one data frame against the session's budget.

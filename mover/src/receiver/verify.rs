@@ -9,13 +9,13 @@
 use crate::beneath::{self, split_parent};
 use crate::error::{show, Error, IoContext, Result};
 use crate::tree::entry::{Entry, EntryKind};
-use crate::tree::hash::{same_record, HashOptions, Merkle};
+use crate::tree::hash::{same_but_name, same_record, HashOptions, Merkle};
 use crate::tree::walk::meta_of;
 use crate::tree::xattr::{read_user_xattrs, On};
 use rustix::fs::{AtFlags, FileType, Stat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the receiver compares the new list with: the recovery point's list (its policy
 /// applied), its Merkle tree, and the baseline entry at each new entry's path.
@@ -111,13 +111,100 @@ fn on_disk(
     })
 }
 
+/// Regular files the session's own workers compared with their entries once they had finished
+/// them: the inode each one checked (0: none). A worker has the file open when it sets the
+/// last of its metadata, so it takes the stat and the user xattrs through that descriptor, as
+/// the verification would take them through the name. The verification then looks only at
+/// what the directory's listing says of the name: if it is a regular file with the inode
+/// checked, nothing is asked again; else (another item put there, a file system whose listing
+/// gives no types or other numbers than its stats) the name is looked at as any other.
+///
+/// What this leaves out is what another process does to a checked file, or at its name,
+/// between the worker's check and the verification (a window as long as the rest of the job):
+/// a change of the inode in place, a new file that happens to get the deleted one's inode
+/// number, a mount over the name (a listing shows the covered inode). The receiver itself
+/// does none of these to a file after checking it; what another process does after the
+/// verification was never seen either.
+///
+/// Written by the workers (each entry by the one that finished it), read by the verifying
+/// threads once the workers have ended.
+pub struct Checked {
+    /// The target's device: a file elsewhere (under a mount inside the target) is not recorded.
+    dev: u64,
+    ino: Box<[AtomicU64]>,
+}
+
+impl Checked {
+    /// Room for `entries` entries of a target on device `dev`.
+    pub fn new(dev: u64, entries: usize) -> Checked {
+        Checked {
+            dev,
+            ino: (0..entries).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Records nothing: for a verification that walks the whole target, and for a write place
+    /// (its checks would be in another process than the verification).
+    pub fn off() -> Checked {
+        Checked::new(0, 0)
+    }
+
+    /// Compares the regular file open as `fd`, which this receiver has just finished for entry
+    /// `i`, with `want`, and records its inode if they agree. A file that differs is not
+    /// recorded: the verification looks at it through its name and reports the difference.
+    pub fn check(&self, i: usize, fd: BorrowedFd<'_>, want: &Entry, opts: HashOptions) {
+        // A check that cannot be taken is no error: the verification asks the name instead.
+        let Some(slot) = self.ino.get(i) else {
+            return;
+        };
+        let Ok(st) = rustix::fs::fstat(fd) else {
+            return;
+        };
+        if st.st_dev != self.dev
+            || st.st_ino == 0
+            || FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        {
+            return;
+        }
+        let Ok(xattrs) = read_user_xattrs(On::Fd(fd)) else {
+            return;
+        };
+        let got = Entry {
+            parent: want.parent,
+            name: Vec::new(),
+            kind: EntryKind::File {
+                size: st.st_size as u64,
+            },
+            meta: meta_of(&st),
+            xattrs,
+        };
+        if same_but_name(&got, want, opts) {
+            slot.store(st.st_ino, Ordering::Release);
+        }
+    }
+
+    /// Forgets entry `i`'s check: the receiver sets the file's metadata again after it.
+    pub fn forget(&self, i: usize) {
+        if let Some(slot) = self.ino.get(i) {
+            slot.store(0, Ordering::Release);
+        }
+    }
+
+    /// The device and inode checked for entry `i`, if one was.
+    fn inode(&self, i: usize) -> Option<(u64, u64)> {
+        let ino = self.ino.get(i)?.load(Ordering::Acquire);
+        (ino != 0).then_some((self.dev, ino))
+    }
+}
+
 /// Most threads one verification lists directories on.
 pub const VERIFY_THREADS: usize = 8;
 /// Directories per thread below which a verification does not start another thread.
 const DIRS_PER_THREAD: usize = 64;
 
 /// Lists every directory marked in `check` and compares each child on disk with the list;
-/// the root's own record is always compared. Returns the number of entries looked at.
+/// the root's own record is always compared. A child the workers `checked` is taken as looked
+/// at if the listing shows its inode at its name. Returns the number of entries looked at.
 ///
 /// The directories are shared out over one thread per CPU, at most `VERIFY_THREADS` and one
 /// per `DIRS_PER_THREAD` directories, each taking the next as it finishes one: the session's
@@ -131,6 +218,7 @@ pub fn verify_dirs(
     paths: &[Vec<u8>],
     check: &[bool],
     owners: bool,
+    checked: Option<&Checked>,
 ) -> Result<u64> {
     let opts = HashOptions { owners };
     let mut kids: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -162,6 +250,7 @@ pub fn verify_dirs(
         entries,
         paths,
         kids: &kids,
+        checked,
         opts,
         dirs: &dirs,
         next: AtomicUsize::new(0),
@@ -216,6 +305,7 @@ struct Listing<'a> {
     entries: &'a [Entry],
     paths: &'a [Vec<u8>],
     kids: &'a HashMap<usize, Vec<usize>>,
+    checked: Option<&'a Checked>,
     opts: HashOptions,
     dirs: &'a [usize],
     /// The next position in `dirs` a thread takes.
@@ -252,9 +342,9 @@ impl Listing<'_> {
         let fd = beneath::open_dir(root, &paths[d])
             .ctx(|| format!("opening directory {}", show(&paths[d])))?;
         let mut names =
-            beneath::dir_names(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[d])))?;
+            beneath::dir_listing(fd.as_fd()).ctx(|| format!("listing {}", show(&paths[d])))?;
         if d == 0 {
-            names.retain(|n| !crate::tree::reserved_at_top(n));
+            names.retain(|l| !crate::tree::reserved_at_top(&l.name));
         }
         let want = self.kids.get(&d).map(Vec::as_slice).unwrap_or(&[]);
         let join = |n: &[u8]| {
@@ -267,7 +357,10 @@ impl Listing<'_> {
         };
         // Both sorted by name: the first name that is not the list's is extra or missing.
         for k in 0..names.len().max(want.len()) {
-            let (got, w) = (names.get(k), want.get(k).map(|&c| &entries[c]));
+            let (got, w) = (
+                names.get(k).map(|l| &l.name),
+                want.get(k).map(|&c| &entries[c]),
+            );
             match (got, w) {
                 (Some(g), Some(w)) if *g == w.name => {}
                 (Some(g), Some(w)) if *g < w.name => {
@@ -289,7 +382,15 @@ impl Listing<'_> {
             }
         }
         let mut looked = 0u64;
-        for &c in want {
+        // Past the loop above, the k-th name is the k-th child's.
+        for (&c, listed) in want.iter().zip(&names) {
+            if let Some((dev, ino)) = self.checked.and_then(|x| x.inode(c)) {
+                if ino == listed.ino && listed.file_type == FileType::RegularFile {
+                    inodes.insert(c, (dev, ino));
+                    looked += 1;
+                    continue;
+                }
+            }
             let w = &entries[c];
             let st = rustix::fs::statat(&fd, w.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
                 .ctx(|| format!("stat {}", show(&paths[c])))?;
@@ -338,7 +439,7 @@ mod tests {
         let fd = std::fs::File::open(root).unwrap();
         let check: Vec<bool> = w.entries.iter().map(|e| e.kind == EntryKind::Dir).collect();
         let skip = vec![false; w.entries.len()];
-        verify_dirs(fd.as_fd(), &w.entries, &skip, &w.paths, &check, false)
+        verify_dirs(fd.as_fd(), &w.entries, &skip, &w.paths, &check, false, None)
     }
 
     #[test]
@@ -370,5 +471,91 @@ mod tests {
         std::fs::write(t.path().join("d150/extra"), b"x").unwrap();
         let e = verify(t.path(), &w).unwrap_err().to_string();
         assert!(e.contains("at d150: modified"), "{e}");
+    }
+
+    #[test]
+    fn a_file_its_worker_checked_is_not_looked_at_again_unless_another_inode_stands_at_its_name() {
+        let t = tempfile::tempdir().unwrap();
+        tree(t.path());
+        // A hard link beside its checked target: the link is compared with the inode checked.
+        std::fs::hard_link(t.path().join("d000/f0"), t.path().join("d000/g0")).unwrap();
+        let w = crate::tree::walk::walk(t.path(), true).unwrap();
+        assert!(w
+            .entries
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::HardLink { .. })));
+        let opts = HashOptions { owners: false };
+        let root = std::fs::File::open(t.path()).unwrap();
+        let dev = rustix::fs::fstat(&root).unwrap().st_dev;
+        let checked = Checked::new(dev, w.entries.len());
+        let files: Vec<usize> = (0..w.entries.len())
+            .filter(|&i| matches!(w.entries[i].kind, EntryKind::File { .. }))
+            .collect();
+        for &i in &files {
+            let f = std::fs::File::open(t.path().join(show(&w.paths[i]))).unwrap();
+            checked.check(i, f.as_fd(), &w.entries[i], opts);
+            assert!(checked.inode(i).is_some(), "{}", show(&w.paths[i]));
+        }
+        let check: Vec<bool> = w.entries.iter().map(|e| e.kind == EntryKind::Dir).collect();
+        let skip = vec![false; w.entries.len()];
+        let run = |c: &Checked| {
+            verify_dirs(
+                root.as_fd(),
+                &w.entries,
+                &skip,
+                &w.paths,
+                &check,
+                false,
+                Some(c),
+            )
+        };
+        assert_eq!(run(&checked).unwrap(), w.entries.len() as u64);
+        // The window this leaves: a checked file's mode changed in place (its inode stays at
+        // its name) is taken as checked; without the checks the verification sees it.
+        let p = t.path().join("d001/f1");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode ^ 0o100)).unwrap();
+        assert_eq!(run(&checked).unwrap(), w.entries.len() as u64);
+        let e = run(&Checked::off()).unwrap_err().to_string();
+        assert!(e.contains("d001/f1") && e.contains("differs"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+
+        // Another file put at d005/f0 (same size and mtime, another mode), its directory's
+        // mtime put back: the listing shows another inode, so the name is looked at and the
+        // difference reported.
+        let at = |p: &str| t.path().join(p);
+        let dir_times = std::fs::metadata(at("d005")).unwrap().modified().unwrap();
+        let old = std::fs::metadata(at("d005/f0")).unwrap();
+        std::fs::write(at("d005/new"), [5u8; 10]).unwrap();
+        std::fs::set_permissions(at("d005/new"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(at("d005/new"))
+            .unwrap();
+        f.set_modified(old.modified().unwrap()).unwrap();
+        std::fs::rename(at("d005/new"), at("d005/f0")).unwrap();
+        std::fs::File::open(at("d005"))
+            .unwrap()
+            .set_modified(dir_times)
+            .unwrap();
+        let e = run(&checked).unwrap_err().to_string();
+        assert!(e.contains("d005/f0") && e.contains("differs"), "{e}");
+
+        // A file that differs from its entry when checked is not recorded, nor one forgotten.
+        let i = files[0];
+        let mut other = w.entries[i].clone();
+        other.meta.mode ^= 0o100;
+        let fresh = Checked::new(dev, w.entries.len());
+        let f = std::fs::File::open(t.path().join(show(&w.paths[i]))).unwrap();
+        fresh.check(i, f.as_fd(), &other, opts);
+        assert_eq!(fresh.inode(i), None);
+        fresh.check(i, f.as_fd(), &w.entries[i], opts);
+        assert!(fresh.inode(i).is_some());
+        fresh.forget(i);
+        assert_eq!(fresh.inode(i), None);
+        // Nor a file of another device than the target's.
+        let elsewhere = Checked::new(dev + 1, w.entries.len());
+        elsewhere.check(i, f.as_fd(), &w.entries[i], opts);
+        assert_eq!(elsewhere.inode(i), None);
     }
 }

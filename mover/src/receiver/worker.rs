@@ -707,5 +707,7 @@ fn finish_inline(w: &WriteOp, t: &RecvTable) -> Result<()> {
         t.owner_is_default(w.entry),
         t.umask,
     )
-    .ctx(|| format!("setting metadata of {}", show(&t.paths[w.entry.index()])))
+    .ctx(|| format!("setting metadata of {}", show(&t.paths[w.entry.index()])))?;
+    t.check(w.entry, w.io.fd.as_fd());
+    Ok(())
 }

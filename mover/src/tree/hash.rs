@@ -103,13 +103,17 @@ fn record(h: &mut Xxh3, entries: &[Entry], i: usize, opts: HashOptions) {
 /// caller compares entries of one numbering. The rule the tree hash applies, for callers that
 /// compare entries one by one.
 pub fn same_record(a: &Entry, b: &Entry, opts: HashOptions) -> bool {
+    a.name == b.name && same_but_name(a, b, opts)
+}
+
+/// `same_record` without the names: for a caller that found the item through the other's name.
+pub fn same_but_name(a: &Entry, b: &Entry, opts: HashOptions) -> bool {
     let link = matches!(a.kind, EntryKind::HardLink { .. });
     let has_mode = !matches!(
         a.kind,
         EntryKind::Symlink { .. } | EntryKind::HardLink { .. }
     );
-    a.name == b.name
-        && a.kind == b.kind
+    a.kind == b.kind
         && (!has_mode || a.meta.mode == b.meta.mode)
         && (!opts.owners || (a.meta.uid, a.meta.gid) == (b.meta.uid, b.meta.gid))
         && (link || (a.meta.mtime_sec, a.meta.mtime_nsec) == (b.meta.mtime_sec, b.meta.mtime_nsec))
