@@ -138,7 +138,16 @@ type RowTuple = (
 );
 
 fn invalid_json(e: serde_json::Error) -> Error {
-    Error::Invalid(format!("stored relationship is unreadable: {e}"))
+    Error::Invalid(format!("relationship cannot be stored: {e}"))
+}
+
+/// A stored relationship's `column` that this release cannot read: the error names the row,
+/// so an operator knows which relationship stops the list (and the daemon's start) from
+/// reading the store.
+fn unreadable(id: &str, column: &str, why: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!(
+        "stored relationship {id:?}: its {column} is unreadable ({why})"
+    ))
 }
 
 fn role_str(r: Role) -> &'static str {
@@ -286,34 +295,38 @@ impl Store {
             replica,
             epoch,
         ) = t;
+        let bad = |column: &str| {
+            let id = id.clone();
+            let column = column.to_string();
+            move |e: serde_json::Error| unreadable(&id, &column, e)
+        };
+        // Never a default: a row read as the other role would run the other side's jobs.
         let role = match role.as_str() {
             "source" => Role::Source,
-            _ => Role::Target,
+            "target" => Role::Target,
+            other => return Err(unreadable(&id, "role", format!("{other:?}"))),
         };
-        let spec: Spec = serde_json::from_str(&spec).map_err(invalid_json)?;
+        let spec: Spec = serde_json::from_str(&spec).map_err(bad("spec"))?;
         let last_attempt: Option<Attempt> = attempt
             .map(|a| serde_json::from_str(&a))
             .transpose()
-            .map_err(invalid_json)?;
+            .map_err(bad("last attempt"))?;
         let pinned: Option<PinnedDir> = pinned
             .map(|p| serde_json::from_str(&p))
             .transpose()
-            .map_err(invalid_json)?;
+            .map_err(bad("pinned directory"))?;
         let replica: Option<ReplicaOptions> = replica
             .map(|o| serde_json::from_str(&o))
             .transpose()
-            .map_err(invalid_json)?;
+            .map_err(bad("replica options"))?;
         let read_only = read_only
             .map(|m| {
-                crate::readonly::Mode::parse(&m).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "stored relationship's read_only {m:?} is unreadable"
-                    ))
-                })
+                crate::readonly::Mode::parse(&m)
+                    .ok_or_else(|| unreadable(&id, "read_only", format!("{m:?}")))
             })
             .transpose()?;
         Ok(Relationship {
-            id: RelationshipId::parse(&id)?,
+            id: RelationshipId::parse(&id).map_err(|e| unreadable(&id, "id", e))?,
             role,
             spec,
             authorized,
@@ -593,7 +606,30 @@ mod tests {
             )
             .unwrap();
         let e = s.get(&b.id).unwrap_err().to_string();
-        assert!(e.contains("read_only \"overlay\" is unreadable"), "{e}");
+        assert!(
+            e.contains(&format!("{:?}", b.id.as_str()))
+                && e.contains("read_only is unreadable (\"overlay\")"),
+            "{e}"
+        );
+        // So is a spec this release cannot read, in the list too: the error names the row.
+        s.conn
+            .execute(
+                "UPDATE relationships SET read_only = NULL, spec = '{\"src\": 7}' WHERE id = ?1",
+                [b.id.as_str()],
+            )
+            .unwrap();
+        for e in [
+            s.get(&b.id).unwrap_err().to_string(),
+            s.list(None).unwrap_err().to_string(),
+        ] {
+            assert!(
+                e.contains(&format!(
+                    "stored relationship {:?}: its spec is unreadable",
+                    b.id.as_str()
+                )),
+                "{e}"
+            );
+        }
         for m in [Some(crate::readonly::Mode::NotEnforced), None] {
             got.read_only = m;
             s.update(&got).unwrap();
