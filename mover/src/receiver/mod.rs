@@ -2,6 +2,7 @@
 
 pub(crate) mod apply;
 pub mod aside;
+pub(crate) mod checked;
 pub mod drill;
 pub(crate) mod finalize;
 pub(crate) mod journal;

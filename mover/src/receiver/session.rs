@@ -534,9 +534,9 @@ impl Session {
             let dev = rustix::fs::fstat(&self.root)
                 .ctx(|| "stat of the destination root".to_string())?
                 .st_dev;
-            super::verify::Checked::new(dev, entries.len())
+            super::checked::Checked::new(dev, entries.len())
         } else {
-            super::verify::Checked::off()
+            super::checked::Checked::off()
         };
         let table = Arc::new(RecvTable {
             root: self.root,

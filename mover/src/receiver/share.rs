@@ -317,7 +317,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
         skip,
         journal,
         checkpoint_bytes,
-        checked: super::verify::Checked::off(),
+        checked: super::checked::Checked::off(),
     })
 }
 

@@ -38,8 +38,8 @@ pub struct RecvTable {
     pub journal: OwnedFd,
     /// Flush and log a large file's written ranges every this many bytes (resume.rs).
     pub checkpoint_bytes: u64,
-    /// Files the workers compared with their entries when they finished them (verify.rs).
-    pub checked: super::verify::Checked,
+    /// Files the workers compared with their entries when they finished them (checked.rs).
+    pub checked: super::checked::Checked,
 }
 
 impl RecvTable {
