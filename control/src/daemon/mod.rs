@@ -211,6 +211,28 @@ impl Node {
         Ok(r)
     }
 
+    /// `modify`, recording the events `f` returns about the relationship under the same hold
+    /// of the store's lock: an event about a transition of the row (an outage and its end)
+    /// is then ordered with the transition, never after a later one another thread made.
+    pub(crate) fn modify_noting(
+        &self,
+        id: &RelationshipId,
+        role: Role,
+        f: impl FnOnce(&mut Relationship) -> Vec<(EventKind, String)>,
+    ) -> Result<Relationship> {
+        let s = self.store();
+        let mut r = s.get(id)?;
+        if r.role != role {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let events = f(&mut r);
+        s.update(&r)?;
+        for (kind, message) in events {
+            self.record_event(&s, kind, Some((id, role)), message);
+        }
+        Ok(r)
+    }
+
     /// Deletes the stored relationship `id` of this role (as `modify`, never one of the other).
     fn forget(&self, id: &RelationshipId, role: Role) -> Result<()> {
         let s = self.store();
@@ -237,6 +259,17 @@ impl Node {
         about: Option<(&RelationshipId, Role)>,
         message: impl Into<String>,
     ) {
+        self.record_event(&self.store(), kind, about, message)
+    }
+
+    /// `event` through the store `s` the caller holds.
+    fn record_event(
+        &self,
+        s: &Store,
+        kind: EventKind,
+        about: Option<(&RelationshipId, Role)>,
+        message: impl Into<String>,
+    ) {
         let e = NewEvent {
             kind,
             relationship: about.map(|(id, _)| id.clone()),
@@ -244,7 +277,7 @@ impl Node {
             message: crate::events::truncated(&message.into(), crate::events::MAX_MESSAGE),
         };
         tracing::info!(kind = kind.name(), id = ?e.relationship, "event: {}", e.message);
-        if let Err(err) = self.store().insert_event(self.clock.now_ns(), &e) {
+        if let Err(err) = s.insert_event(self.clock.now_ns(), &e) {
             tracing::error!(kind = kind.name(), "recording an event: {err}");
         }
     }

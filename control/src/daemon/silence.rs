@@ -51,28 +51,26 @@ pub(super) fn check(node: &Node) {
         if r.ended || r.peer_unreachable || !outage(node, &r) {
             continue;
         }
-        // Decided again under the store's lock: not over a poll, an end, a delete or a
-        // release that came since the list.
-        let mut newly = false;
-        let res = node.modify(&r.id, Role::Target, |x| {
-            newly = !x.ended && !x.peer_unreachable && outage(node, x);
-            x.peer_unreachable |= newly;
-        });
-        if let Err(e) = res {
-            tracing::debug!(id = %r.id, "recording a silent source: {e}");
-            continue;
-        }
-        if newly {
-            node.event(
+        // Decided again under the store's lock, and said under it: not over a poll, an end, a
+        // delete or a release that came since the list, and never after the end a poll
+        // records next.
+        let res = node.modify_noting(&r.id, Role::Target, |x| {
+            if x.ended || x.peer_unreachable || !outage(node, x) {
+                return Vec::new();
+            }
+            x.peer_unreachable = true;
+            vec![(
                 EventKind::PeerUnreachable,
-                Some((&r.id, Role::Target)),
                 format!(
                     "the source of {} has not reached this node for {} s (no poll, ticket or \
                      report): its node may be down, stopped or cut off from this one",
-                    r.spec.target_path,
+                    x.spec.target_path,
                     super::DISCONNECTED_AFTER.as_secs()
                 ),
-            );
+            )]
+        });
+        if let Err(e) = res {
+            tracing::debug!(id = %r.id, "recording a silent source: {e}");
         }
     }
 }

@@ -620,50 +620,45 @@ pub(crate) fn polled(node: &Node, r: &Relationship, answer: Result<PeerAnswer>) 
     }
     if (authorized, ended, unreachable) != (r.authorized, r.ended, r.peer_unreachable) {
         // Written over the stored row, not `r` (read before the call): an end recorded
-        // meanwhile (a delete in progress) is never undone here.
-        let (mut was_unreachable, mut was_ended) = (unreachable, ended);
-        let res = node.modify(&r.id, Role::Source, |x| {
-            was_unreachable = x.peer_unreachable;
-            was_ended = x.ended;
+        // meanwhile (a delete in progress) is never undone here. The events are of the
+        // stored transitions, compared and said under the store's lock: one per outage
+        // however many polls it lasts, in the order of the transitions.
+        let target = format!("{}:{}", r.spec.target_address, r.spec.target_port);
+        let res = node.modify_noting(&r.id, Role::Source, |x| {
+            let (was_unreachable, was_ended) = (x.peer_unreachable, x.ended);
             x.authorized = x.authorized || authorized;
             x.ended = x.ended || ended;
             x.peer_unreachable = unreachable;
             if ended {
                 x.job_running = false;
             }
+            let mut events = Vec::new();
+            if was_unreachable != unreachable {
+                events.push(if unreachable {
+                    (
+                        EventKind::PeerUnreachable,
+                        format!("target {target} does not answer"),
+                    )
+                } else {
+                    (
+                        EventKind::PeerReachable,
+                        format!("target {target} answers again"),
+                    )
+                });
+            }
+            // Ended here first (a delete on this side) is the operator's own doing.
+            if ended && !was_ended {
+                events.push((
+                    EventKind::RelationshipEnded,
+                    "the target ended the relationship (deleted there, or made writable): no \
+                     job runs"
+                        .to_string(),
+                ));
+            }
+            events
         });
         if let Err(e) = res {
             tracing::debug!(id = %r.id, "recording target status: {e}");
-        }
-        // On the stored transition only (compared under the store's lock, not with `r`,
-        // read before the call): one event per outage however many polls it lasts.
-        if was_unreachable != unreachable {
-            let (kind, message) = if unreachable {
-                (
-                    EventKind::PeerUnreachable,
-                    format!(
-                        "target {}:{} does not answer",
-                        r.spec.target_address, r.spec.target_port
-                    ),
-                )
-            } else {
-                (
-                    EventKind::PeerReachable,
-                    format!(
-                        "target {}:{} answers again",
-                        r.spec.target_address, r.spec.target_port
-                    ),
-                )
-            };
-            node.event(kind, Some((&r.id, Role::Source)), message);
-        }
-        // Ended here first (a delete on this side) is the operator's own doing.
-        if ended && !was_ended {
-            node.event(
-                EventKind::RelationshipEnded,
-                Some((&r.id, Role::Source)),
-                "the target ended the relationship (deleted there, or made writable): no job runs",
-            );
         }
     }
 }

@@ -592,12 +592,13 @@ pub fn record_report(
         || (rp.is_some() && r.recovery_point_ns != rp)
         || r.peer_unreachable
     {
-        let mut heard_again = false;
-        node.modify(id, Role::Target, |x| {
+        // The end of an outage `silence::check` recorded: compared and said under the store's
+        // lock, so said once, and after its start.
+        node.modify_noting(id, Role::Target, |x| {
             if x.ended {
-                return;
+                return Vec::new();
             }
-            heard_again = x.peer_unreachable;
+            let heard_again = x.peer_unreachable;
             x.job_running = running;
             x.peer_unreachable = false;
             // Outcomes and recovery points only move forward (a late message is older).
@@ -607,19 +608,17 @@ pub fn record_report(
             if rp > x.recovery_point_ns {
                 x.recovery_point_ns = rp;
             }
-        })?;
-        // The end of an outage `silence::check` recorded: compared under the store's lock,
-        // so said once.
-        if heard_again {
-            node.event(
+            if !heard_again {
+                return Vec::new();
+            }
+            vec![(
                 EventKind::PeerReachable,
-                Some((id, Role::Target)),
                 format!(
                     "the source of {} reaches this node again",
-                    r.spec.target_path
+                    x.spec.target_path
                 ),
-            );
-        }
+            )]
+        })?;
     }
     Ok(())
 }
