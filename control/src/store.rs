@@ -295,10 +295,9 @@ impl Store {
             replica,
             epoch,
         ) = t;
-        let bad = |column: &str| {
-            let id = id.clone();
-            let column = column.to_string();
-            move |e: serde_json::Error| unreadable(&id, &column, e)
+        let bad = |column: &'static str| {
+            let id = id.as_str();
+            move |e: serde_json::Error| unreadable(id, column, e)
         };
         // Never a default: a row read as the other role would run the other side's jobs.
         let role = match role.as_str() {
@@ -630,6 +629,27 @@ mod tests {
                 "{e}"
             );
         }
+        // A role other than the two (past the schema's CHECK) is refused, not read as one.
+        s.conn
+            .execute_batch("PRAGMA ignore_check_constraints = ON")
+            .unwrap();
+        s.conn
+            .execute(
+                "UPDATE relationships SET role = 'mirror' WHERE id = ?1",
+                [b.id.as_str()],
+            )
+            .unwrap();
+        let e = s.get(&b.id).unwrap_err().to_string();
+        assert!(e.contains("its role is unreadable (\"mirror\")"), "{e}");
+        s.conn
+            .execute(
+                "UPDATE relationships SET role = ?2 WHERE id = ?1",
+                [b.id.as_str(), role_str(b.role)],
+            )
+            .unwrap();
+        s.conn
+            .execute_batch("PRAGMA ignore_check_constraints = OFF")
+            .unwrap();
         for m in [Some(crate::readonly::Mode::NotEnforced), None] {
             got.read_only = m;
             s.update(&got).unwrap();
