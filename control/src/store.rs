@@ -598,12 +598,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(stored, "bind_mount");
-        s.conn
-            .execute(
-                "UPDATE relationships SET read_only = 'overlay' WHERE id = ?1",
-                [b.id.as_str()],
-            )
-            .unwrap();
+        // Writes `assignment` into b's row behind the store's back.
+        let set = |assignment: &str| {
+            s.conn
+                .execute(
+                    &format!("UPDATE relationships SET {assignment} WHERE id = ?1"),
+                    [b.id.as_str()],
+                )
+                .unwrap();
+        };
+        set("read_only = 'overlay'");
         let e = s.get(&b.id).unwrap_err().to_string();
         assert!(
             e.contains(&format!("{:?}", b.id.as_str()))
@@ -611,12 +615,7 @@ mod tests {
             "{e}"
         );
         // So is a spec this release cannot read, in the list too: the error names the row.
-        s.conn
-            .execute(
-                "UPDATE relationships SET read_only = NULL, spec = '{\"src\": 7}' WHERE id = ?1",
-                [b.id.as_str()],
-            )
-            .unwrap();
+        set("read_only = NULL, spec = '{\"src\": 7}'");
         for e in [
             s.get(&b.id).unwrap_err().to_string(),
             s.list(None).unwrap_err().to_string(),
@@ -633,20 +632,10 @@ mod tests {
         s.conn
             .execute_batch("PRAGMA ignore_check_constraints = ON")
             .unwrap();
-        s.conn
-            .execute(
-                "UPDATE relationships SET role = 'mirror' WHERE id = ?1",
-                [b.id.as_str()],
-            )
-            .unwrap();
+        set("role = 'mirror'");
         let e = s.get(&b.id).unwrap_err().to_string();
         assert!(e.contains("its role is unreadable (\"mirror\")"), "{e}");
-        s.conn
-            .execute(
-                "UPDATE relationships SET role = ?2 WHERE id = ?1",
-                [b.id.as_str(), role_str(b.role)],
-            )
-            .unwrap();
+        set(&format!("role = '{}'", role_str(b.role)));
         s.conn
             .execute_batch("PRAGMA ignore_check_constraints = OFF")
             .unwrap();

@@ -201,14 +201,10 @@ impl Node {
         role: Role,
         f: impl FnOnce(&mut Relationship),
     ) -> Result<Relationship> {
-        let s = self.store();
-        let mut r = s.get(id)?;
-        if r.role != role {
-            return Err(Error::NotFound(id.to_string()));
-        }
-        f(&mut r);
-        s.update(&r)?;
-        Ok(r)
+        self.modify_noting(id, role, |r| {
+            f(r);
+            Vec::new()
+        })
     }
 
     /// `modify`, recording the events `f` returns about the relationship under the same hold
