@@ -1389,6 +1389,118 @@ fn a_targets_writes_spread_over_two_target_nodes_and_a_killed_one_leaves_them_to
     );
 }
 
+/// A worker's Hello of made-up session `session`, sent to a node's peer port `port` (the
+/// data plane shares it), and the connection left open as a worker's would be.
+fn made_up_worker(port: u16, session: u128) -> std::net::TcpStream {
+    use mover::wire::message::{Hello, Role, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+    use std::io::Write;
+    let hello = Hello {
+        min_version: PROTOCOL_VERSION_MIN,
+        max_version: PROTOCOL_VERSION_MAX,
+        software: mover::wire::message::software_version().into(),
+        capabilities: 0,
+        session: mover::units::SessionId(session),
+        role: Role::Worker {
+            index: mover::units::WorkerIndex(0),
+        },
+    };
+    let frame =
+        mover::wire::frame::encode_frame(mover::wire::frame::FrameKind::Hello, &hello.encode());
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&frame).unwrap();
+    c.set_nonblocking(true).unwrap();
+    c
+}
+
+/// Whether the place answered `c` (its refusal, an Error frame) or closed it.
+fn answered(c: &std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match c.peek(&mut b) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_session() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let cfg = |name: &str| writes_cfg(&etcd.url(), name);
+    let t1 = Node::start_configured(&t.path().join("t1"), free_port(), free_port(), &cfg("t1"));
+    let t2 = Node::start_own_mounts(&t.path().join("t2"), &cfg("t2"));
+    let n1 = Node::start(&t.path().join("n1"));
+    let both = vec!["t1".to_string(), "t2".into()];
+    until(&t1, "both up", Duration::from_secs(30), |v| up(v) == both);
+
+    // Anyone who reaches t2's port keeps as many worker Hellos of made-up sessions open at
+    // t2 as a place ever holds (a worker's index is below MAX_WORKERS), replacing each one
+    // t2 answers, for as long as the job runs.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = {
+        let (flooding, port) = (flooding.clone(), t2.listen);
+        std::thread::spawn(move || {
+            let n = usize::from(mover::wire::message::MAX_WORKERS);
+            let mut next = 0xbad0_0000_u128;
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            let mut refused = 0usize;
+            while flooding.load(std::sync::atomic::Ordering::SeqCst) {
+                let before = open.len();
+                open.retain(|c| !answered(c));
+                refused += before - open.len();
+                while open.len() < n {
+                    next += 1;
+                    open.push(made_up_worker(port, next));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // The last ones replaced are past the announcement's wait (2 s) too.
+            std::thread::sleep(Duration::from_secs(3));
+            (refused, open.iter().filter(|c| !answered(c)).count())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 4, 1_000_000, 97);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &t1, &src, &dst, &[]);
+    t1.cli_ok(&["relationship", "authorize", &id]);
+    n1.wait_for("source", &id, "the initial sync", node::synced);
+    // Past the announcement's wait (2 s) of the first made-up ones, however quick the job.
+    std::thread::sleep(Duration::from_secs(3));
+    flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (refused, still_held) = flood.join().unwrap();
+    assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
+    // t2 took its share of the session: its worker was not refused for want of room.
+    assert!(
+        write_shares_started(&t2) >= 1
+            && metric(&t2, "mover_write_shares_total{outcome=\"done\"}") >= 1.0,
+        "t2 wrote no share\n{}\n{}",
+        t2.log(),
+        t1.log()
+    );
+    assert!(
+        !t1.log()
+            .contains("left out of this relationship's sessions"),
+        "{}",
+        t1.log()
+    );
+    // The made-up sessions were refused after the announcement's wait, but for the few held
+    // as unannounced (a committing node of an older release announces nothing).
+    assert!(
+        refused >= 200,
+        "only {refused} made-up sessions refused\n{}",
+        t2.log()
+    );
+    assert!(
+        still_held <= 16,
+        "{still_held} made-up sessions held\n{}",
+        t2.log()
+    );
+}
+
 /// The first line of `log` that contains `what` (colours taken out), and its timestamp
 /// (tracing's RFC 3339 in UTC with microseconds: one length, so the strings compare as the
 /// times do).

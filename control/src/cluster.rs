@@ -224,8 +224,10 @@ fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) 
 /// each node's drain (`drain/...`), shards of jobs assigned to a node (`shards/<node>/...`),
 /// which node holds each source relationship (`owners/<id>`, `daemon/owners.rs`), the
 /// cluster's API tokens (`tokens/<name>`, `daemon/tokens.rs`), write shares of target
-/// sessions assigned to a node (`writes/<node>/...`, `daemon/writes.rs`).
-const SHARED_KINDS: [&str; 7] = [
+/// sessions assigned to a node (`writes/<node>/...`, `daemon/writes.rs`), and the sessions a
+/// node is told to expect worker connections of as a write place (`expect/<node>/...`, the
+/// same module).
+const SHARED_KINDS: [&str; 8] = [
     "upgrade",
     "containers",
     "drain",
@@ -233,6 +235,7 @@ const SHARED_KINDS: [&str; 7] = [
     "owners",
     "tokens",
     "writes",
+    "expect",
 ];
 /// Largest shared record kept (they are small JSON documents).
 const MAX_SHARED_VALUE: usize = 64 * 1024;

@@ -462,6 +462,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         }
         if m.takes_writes() {
             tokio::spawn(writes::run_assigned(node.clone(), m.clone()));
+            tokio::spawn(writes::sweep_announced(m.clone()));
         }
     }
     tokio::spawn(source::schedule(node.clone()));

@@ -237,10 +237,12 @@ async fn data_plane(
     if !routed.0 {
         // A worker of another node's session, whose share this node writes (or is about to):
         // held unauthenticated, so it keeps its pre-auth slot (the per-address bound) while
-        // it waits for its share.
+        // it waits for its share; in the small bound of unannounced sessions unless the
+        // committing node announced it to this node.
         if worker {
+            let announced = super::writes::announced(node, session.0, deadline).await;
             if let Some(s) = routed.1.as_ref().and_then(|s| s.try_clone().ok()) {
-                if super::writes::hold(node, s, Box::new(slot)) {
+                if super::writes::hold(node, s, Box::new(slot), announced) {
                     return Ok(());
                 }
             }
@@ -379,11 +381,15 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
             match target::ticket(node, &r, secret, term, write_places) {
                 // Sealed: the random ticket the secret was derived for (the data plane only
                 // ever carries the secret's handle). Plain: the session id itself.
-                Ok((port, t, places)) => PeerAnswer::Ticket {
-                    port,
-                    ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
-                    write_places: places,
-                },
+                Ok((port, t, places)) => {
+                    // Out of `ticket`'s locks (routing takes them): etcd may be slow.
+                    super::writes::announce(node, &r.id, t, &places);
+                    PeerAnswer::Ticket {
+                        port,
+                        ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
+                        write_places: places,
+                    }
+                }
                 Err(e) => refuse(e.to_string()),
             }
         }

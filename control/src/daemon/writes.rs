@@ -12,6 +12,12 @@
 //! view of that path and answers in the same record; the committing node, which waits on it,
 //! then deletes it. A place that fails, or goes down, fails the session, which the source
 //! retries; the receiver resumes the job from what every place made durable.
+//!
+//! A place's peer port holds the worker connections of sessions it runs no receiver of until
+//! their share arrives. Anyone who reaches the port can send such Hellos with made-up session
+//! ids, so the committing node announces each session to its places before the source gets
+//! its ticket (`announce`), and a place holds the workers of announced sessions apart from
+//! the rest (`hold`).
 
 use super::Node;
 use crate::cluster::{Membership, NodeName};
@@ -32,8 +38,24 @@ use std::time::Duration;
 const WRITE_POLL: Duration = Duration::from_millis(20);
 /// Longest the committing node waits for one share whose node stays up.
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(24 * 3600);
-/// Worker connections of unknown sessions a node holds at once, waiting for their share.
+/// Worker connections of announced sessions (`announce`) a node holds at once, waiting for
+/// their share.
 pub(crate) const MAX_HELD: usize = mover::wire::message::MAX_WORKERS as usize;
+/// Worker connections of sessions nobody announced that a node holds at once: those of a
+/// committing node of a release that does not announce (during a rolling upgrade), or whose
+/// announcement could not be written. Small, because anyone who reaches the port can send
+/// Hellos with made-up session ids: they fill this bound, never `MAX_HELD`.
+pub(crate) const MAX_HELD_UNANNOUNCED: usize = 16;
+/// How long a place waits for a session's announcement to reach its view (the committing
+/// node writes it before it answers the source, so only the watch's delay is waited for)
+/// before it takes the session's worker as unannounced.
+pub(crate) const ANNOUNCE_LAG: Duration = Duration::from_secs(2);
+/// An announcement is needed until its session's workers have connected, which they do
+/// right after the ticket (a worker connects within `WORKER_CONNECT_TIMEOUT`, 60 s); the
+/// place removes its own this long after it first saw them.
+const ANNOUNCED_KEPT: Duration = Duration::from_secs(300);
+/// How often a place looks for announcements to remove.
+const ANNOUNCED_SWEEP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,16 +219,118 @@ impl Places {
     }
 }
 
+/// The record announcing session `session` to write place `place`.
+fn announcement(place: &NodeName, session: u128) -> String {
+    format!("expect/{place}/{session:032x}")
+}
+
+/// What an announcement says (for the log and an operator reading etcd).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Announced {
+    /// The committing node.
+    owner: NodeName,
+    relationship: RelationshipId,
+}
+
+/// Tells each write place a ticket names (by address) to expect worker connections of
+/// `session`, before the ticket goes to the source: a place holds the workers of announced
+/// sessions in a bound that Hellos with made-up ids cannot fill. Best effort: a place not
+/// told takes the session's workers as unannounced (`MAX_HELD_UNANNOUNCED`), so this never
+/// fails a ticket.
+pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[SocketAddr]) {
+    let (Some(m), false) = (node.cluster.as_ref(), places.is_empty()) else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(relationship = %id, "no runtime to announce a session to its write places");
+        return;
+    };
+    let body = Announced {
+        owner: m.name().clone(),
+        relationship: id.clone(),
+    };
+    let Ok(body) = serde_json::to_vec(&body) else {
+        return;
+    };
+    let named = m.write_places();
+    for at in places {
+        let Some((name, _)) = named.iter().find(|(_, a)| a == at) else {
+            continue;
+        };
+        let k = announcement(name, session);
+        if let Err(e) = rt.block_on(m.put(&k, body.clone())) {
+            tracing::warn!(relationship = %id, place = %name, "announcing a session: {e}");
+        }
+    }
+}
+
+/// Whether this node's view holds an announcement of `session` to it, waiting for it until
+/// `ANNOUNCE_LAG` from now or `until`, whichever is first. False at once on a node that
+/// writes no shares.
+pub(crate) async fn announced(node: &Node, session: u128, until: tokio::time::Instant) -> bool {
+    let Some(m) = node.cluster.as_ref().filter(|m| m.takes_writes()) else {
+        return false;
+    };
+    let k = announcement(m.name(), session);
+    let until = until.min(tokio::time::Instant::now() + ANNOUNCE_LAG);
+    loop {
+        if m.shared_with(&k, |_| ()).is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(WRITE_POLL).await;
+    }
+}
+
+/// Removes the announcements to this node once they are `ANNOUNCED_KEPT` old (as first seen
+/// here), for as long as the daemon runs.
+pub(crate) async fn sweep_announced(m: Arc<Membership>) {
+    let prefix = format!("expect/{}/", m.name());
+    let mut seen: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(ANNOUNCED_SWEEP);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let there: HashSet<String> = m.shared(&prefix).into_iter().map(|(k, _)| k).collect();
+        seen.retain(|k, _| there.contains(k));
+        for k in there {
+            let first = *seen.entry(k.clone()).or_insert(now);
+            if now.saturating_duration_since(first) > ANNOUNCED_KEPT {
+                match m.delete(&k).await {
+                    Ok(()) => {
+                        seen.remove(&k);
+                    }
+                    Err(e) => tracing::debug!("removing announcement {k}: {e}"),
+                }
+            }
+        }
+    }
+}
+
 /// Hands a worker connection no receiver here issued to the write shares this node runs (it
 /// waits there for its session's share, up to `ShareHost`'s bound); `keep` lives as long as it
-/// is held. False if this node writes no shares or too many are held already.
-pub(crate) fn hold(node: &Arc<Node>, conn: std::net::TcpStream, keep: Box<dyn Send>) -> bool {
+/// is held. `announced`: its session was announced to this node (`announced`). False if this
+/// node writes no shares or too many of its kind are held already.
+pub(crate) fn hold(
+    node: &Arc<Node>,
+    conn: std::net::TcpStream,
+    keep: Box<dyn Send>,
+    announced: bool,
+) -> bool {
     if !node.cluster.as_ref().is_some_and(|m| m.takes_writes()) {
         return false;
     }
     static HELD: AtomicUsize = AtomicUsize::new(0);
-    if HELD.fetch_add(1, Ordering::SeqCst) >= MAX_HELD {
-        HELD.fetch_sub(1, Ordering::SeqCst);
+    static UNANNOUNCED: AtomicUsize = AtomicUsize::new(0);
+    let (held, max): (&'static AtomicUsize, usize) = if announced {
+        (&HELD, MAX_HELD)
+    } else {
+        (&UNANNOUNCED, MAX_HELD_UNANNOUNCED)
+    };
+    if held.fetch_add(1, Ordering::SeqCst) >= max {
+        held.fetch_sub(1, Ordering::SeqCst);
         return false;
     }
     let host = node.share_host.clone();
@@ -221,11 +345,11 @@ pub(crate) fn hold(node: &Arc<Node>, conn: std::net::TcpStream, keep: Box<dyn Se
                 }
                 Err(e) => tracing::warn!("write place: socket: {e}"),
             }
-            HELD.fetch_sub(1, Ordering::SeqCst);
+            held.fetch_sub(1, Ordering::SeqCst);
             drop(keep);
         });
     if spawned.is_err() {
-        HELD.fetch_sub(1, Ordering::SeqCst);
+        held.fetch_sub(1, Ordering::SeqCst);
         return false;
     }
     true
