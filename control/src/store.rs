@@ -117,6 +117,22 @@ pub struct Store {
     conn: Connection,
 }
 
+/// The relationships `Store::list_readable` read, and those it could not.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub rows: Vec<Relationship>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A stored relationship this release cannot read.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// Its id as stored.
+    pub id: String,
+    /// Why, naming the row and the column.
+    pub error: Error,
+}
+
 /// One `relationships` row in `COLUMNS` order.
 type RowTuple = (
     String,
@@ -357,16 +373,50 @@ impl Store {
         Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
     }
 
-    /// Relationships of one role (oldest first), or all. Like `get` and `update`, which the
+    /// Relationships of one role (oldest first), or all; fails on a row this release cannot
+    /// read (naming it). For what must see every relationship or none: overlap checks, what a
+    /// node publishes to its cluster, the API's lists. Like `get` and `update`, which the
     /// scheduler also runs on every tick, its statement is prepared once and cached.
     pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
+        let listed = self.list_readable(role)?;
+        match listed.unreadable.into_iter().next() {
+            Some(u) => Err(u.error),
+            None => Ok(listed.rows),
+        }
+    }
+
+    /// `list`, with the rows this release cannot read set apart instead of failing the list:
+    /// for what runs the others (the scheduler, the daemon's start, the metrics), which one
+    /// damaged row must not stop.
+    pub fn list_readable(&self, role: Option<Role>) -> Result<Listed> {
         let q = format!(
             "SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id",
             Self::COLUMNS
         );
         let mut st = self.conn.prepare_cached(&q)?;
         let rows = st.query_map(params![role.map(role_str)], Self::row)?;
-        rows.map(|r| Self::decode(r?)).collect()
+        let mut listed = Listed::default();
+        for r in rows {
+            let t = r?;
+            let id = t.0.clone();
+            match Self::decode(t) {
+                Ok(r) => listed.rows.push(r),
+                Err(error) => listed.unreadable.push(Unreadable { id, error }),
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Sets `assignment` (SQL) on relationship `id`'s row, past every check: tests make rows
+    /// this release cannot read with it.
+    #[cfg(test)]
+    pub(crate) fn set_raw(&self, id: &str, assignment: &str) {
+        self.conn
+            .execute(
+                &format!("UPDATE relationships SET {assignment} WHERE id = ?1"),
+                [id],
+            )
+            .unwrap();
     }
 
     /// Replaces a relationship's stored fields (the id and role stay).
@@ -599,14 +649,7 @@ mod tests {
             .unwrap();
         assert_eq!(stored, "bind_mount");
         // Writes `assignment` into b's row behind the store's back.
-        let set = |assignment: &str| {
-            s.conn
-                .execute(
-                    &format!("UPDATE relationships SET {assignment} WHERE id = ?1"),
-                    [b.id.as_str()],
-                )
-                .unwrap();
-        };
+        let set = |assignment: &str| s.set_raw(b.id.as_str(), assignment);
         set("read_only = 'overlay'");
         let e = s.get(&b.id).unwrap_err().to_string();
         assert!(

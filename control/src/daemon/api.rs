@@ -848,7 +848,10 @@ pub(super) async fn release_drill(
 pub(super) async fn metrics(
     State(node): Ctx,
 ) -> Answer<([(axum::http::HeaderName, &'static str); 1], String)> {
-    let all = node.store().list(None)?;
+    // A row this release cannot read is counted (state "unreadable"), not allowed to take
+    // every other series with it.
+    let listed = node.store().list_readable(None)?;
+    let all = listed.rows;
     let now_ns = node.clock.now_ns();
     let ages: Vec<(String, &str, f64)> = all
         .iter()
@@ -860,6 +863,7 @@ pub(super) async fn metrics(
         })
         .collect();
     let mut states = std::collections::BTreeMap::new();
+    states.insert("unreadable", listed.unreadable.len() as u64);
     let mut scrubs = Vec::new();
     let live = all.iter().filter(|r| r.authorized && !r.ended);
     let peers: Vec<(String, &'static str, bool)> = live
@@ -905,6 +909,42 @@ pub(super) async fn metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn metrics_count_a_stored_relationship_this_release_cannot_read_and_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = super::super::test_node(dir.path());
+        for _ in 0..2 {
+            let r = Relationship::new(
+                crate::model::RelationshipId::new_random(),
+                Role::Source,
+                crate::model::tests::spec(),
+                0,
+                None,
+            );
+            node.store().insert(&r).unwrap();
+        }
+        let one = node.store().list(None).unwrap()[0].id.clone();
+        node.store().set_raw(one.as_str(), "last_attempt = '['");
+        let Ok((_, text)) = metrics(State(Arc::new(node))).await else {
+            panic!("the metrics fail with an unreadable row");
+        };
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mover_relationships{state="))
+            .collect();
+        assert!(
+            states.contains(&"mover_relationships{state=\"unreadable\"} 1"),
+            "{text}"
+        );
+        // The other one is counted in its state.
+        let others: u64 = states
+            .iter()
+            .filter(|l| !l.contains("unreadable"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(others, 1, "{text}");
+    }
 
     #[test]
     fn an_optional_body_left_out_or_null_is_the_default() {

@@ -228,8 +228,10 @@ pub(super) enum Tried {
 /// another node's copy, stale or taken over, would snapshot it twice); one this node cannot
 /// tell yet is owed, and answered as an error saying so.
 fn take_for(node: &Node, p: &Policy) -> Vec<std::result::Result<SnapshotView, NotTaken>> {
-    let rels = match node.store().list(Some(Role::Source)) {
-        Ok(r) => r,
+    // A row this release cannot read is left out (the scheduler says so): it takes no
+    // snapshot, and keeps none of the others from theirs.
+    let rels = match node.store().list_readable(Some(Role::Source)) {
+        Ok(listed) => listed.rows,
         Err(e) => return vec![Err(Failing(e))],
     };
     let now = node.clock.instant();

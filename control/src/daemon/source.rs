@@ -401,6 +401,8 @@ pub(crate) struct Scheduler {
     /// Progress reports in flight (one at most per relationship, but the final report of a
     /// job goes out even while one is).
     pub(crate) reporting: InFlight,
+    /// Stored relationships this release could not read, said once each.
+    unreadable: HashSet<String>,
 }
 
 impl Scheduler {
@@ -410,6 +412,7 @@ impl Scheduler {
             last_report: now,
             polling: InFlight::default(),
             reporting: InFlight::default(),
+            unreadable: HashSet::new(),
         }
     }
 
@@ -418,8 +421,17 @@ impl Scheduler {
     pub(crate) fn pass(&mut self, node: &Node) -> Vec<Task> {
         let clock = node.clock.clone();
         let mut tasks = Vec::new();
-        let rels = match node.store().list(Some(Role::Source)) {
-            Ok(r) => r,
+        let rels = match node.store().list_readable(Some(Role::Source)) {
+            Ok(listed) => {
+                // Said once per row and per daemon: one row this release cannot read stops
+                // its own jobs, not the others' (`mover_relationships_unreadable` counts it).
+                for u in listed.unreadable {
+                    if self.unreadable.insert(u.id) {
+                        tracing::error!("{}; its jobs do not run", u.error);
+                    }
+                }
+                listed.rows
+            }
             Err(e) => {
                 tracing::error!("reading relationships: {e}");
                 return tasks;
@@ -1755,6 +1767,56 @@ mod tests {
             clock.advance(TICK);
         }
         None
+    }
+
+    #[test]
+    fn a_stored_relationship_this_release_cannot_read_stops_its_own_jobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = super::super::test_node(dir.path());
+        let (good, bad) = (
+            relationship(serde_json::json!([])),
+            relationship(serde_json::json!([])),
+        );
+        node.store().insert(&bad).unwrap();
+        node.store().insert(&good).unwrap();
+        node.store()
+            .set_raw(bad.id.as_str(), "spec = '{\"from\": \"a later release\"}'");
+        // What must see every relationship fails, naming the row.
+        let e = node
+            .store()
+            .list(Some(Role::Source))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad.id.as_str()) && e.contains("spec"), "{e}");
+        let listed = node.store().list_readable(None).unwrap();
+        assert_eq!(listed.rows.len(), 1);
+        assert_eq!(listed.unreadable.len(), 1);
+        assert_eq!(listed.unreadable[0].id, bad.id.as_str());
+        // The scheduler runs the other one: its first job starts at once.
+        let mut s = Scheduler::new(node.clock.instant());
+        let tasks = s.pass(&node);
+        let runs: Vec<&RelationshipId> = tasks
+            .iter()
+            .filter_map(|t| match t {
+                Task::Run(c) => Some(&c.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs, [&good.id]);
+        assert!(s.unreadable.contains(bad.id.as_str()));
+        for t in tasks {
+            if let Task::Run(c) = t {
+                c.progress.control.cancel();
+            }
+        }
+        // A target's row the same: the daemon's start and the silence checks go on.
+        let mut t = Relationship::new(RelationshipId::new_random(), Role::Target, spec(), 0, None);
+        t.authorized = true;
+        node.store().insert(&t).unwrap();
+        node.store().set_raw(t.id.as_str(), "replica = 'not json'");
+        assert!(node.store().list(Some(Role::Target)).is_err());
+        super::super::target::restore(&node).unwrap();
+        super::super::silence::check(&node);
     }
 
     #[test]

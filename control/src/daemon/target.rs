@@ -40,8 +40,12 @@ pub struct Rx {
 /// the operator; it does not keep the daemon, and so the API to delete it, from starting.
 pub fn restore(node: &Node) -> Result<()> {
     // Listed first: the store lock must not be held across `release`, which writes.
-    let all = node.store().list(Some(Role::Target))?;
-    for r in all {
+    let listed = node.store().list_readable(Some(Role::Target))?;
+    for u in listed.unreadable {
+        // Its directory's protection is left as it is: a stale mount stays read-only.
+        tracing::error!("{}; its target is not checked or protected again", u.error);
+    }
+    for r in listed.rows {
         if r.ended && r.read_only.is_some() {
             // Stopped while making it writable: finish that (revert, unmount) now.
             if let Err(e) = release(node, &r.id) {
