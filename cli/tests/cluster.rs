@@ -1389,11 +1389,15 @@ fn a_targets_writes_spread_over_two_target_nodes_and_a_killed_one_leaves_them_to
     );
 }
 
-/// A worker's Hello of made-up session `session`, sent to a node's peer port `port` (the
-/// data plane shares it), and the connection left open as a worker's would be.
-fn made_up_worker(port: u16, session: u128) -> std::net::TcpStream {
+/// A worker's Hello of made-up session `session`, sent from 127.0.0.2 (not the source's
+/// address, as an attacker's would be) to a node's peer port `port` (the data plane shares
+/// it), and the connection left open as a worker's would be. None if the node refused the
+/// connection.
+fn made_up_worker(port: u16, session: u128) -> Option<std::net::TcpStream> {
     use mover::wire::message::{Hello, Role, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+    use rustix::net::{AddressFamily, SocketType};
     use std::io::Write;
+    use std::net::{Ipv4Addr, SocketAddr};
     let hello = Hello {
         min_version: PROTOCOL_VERSION_MIN,
         max_version: PROTOCOL_VERSION_MAX,
@@ -1406,10 +1410,13 @@ fn made_up_worker(port: u16, session: u128) -> std::net::TcpStream {
     };
     let frame =
         mover::wire::frame::encode_frame(mover::wire::frame::FrameKind::Hello, &hello.encode());
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.write_all(&frame).unwrap();
-    c.set_nonblocking(true).unwrap();
-    c
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
+    rustix::net::bind(&fd, &SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0))).ok()?;
+    rustix::net::connect(&fd, &SocketAddr::from((Ipv4Addr::LOCALHOST, port))).ok()?;
+    let mut c = std::net::TcpStream::from(fd);
+    c.write_all(&frame).ok()?;
+    c.set_nonblocking(true).ok()?;
+    Some(c)
 }
 
 /// Whether the place answered `c` (its refusal, an Error frame) or closed it.
@@ -1424,6 +1431,8 @@ fn answered(c: &std::net::TcpStream) -> bool {
 
 #[test]
 fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_session() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
     node::need_root();
     let t = Scratch::new();
     let etcd = Etcd::start(&t.path().join("etcd"));
@@ -1435,32 +1444,41 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
     until(&t1, "both up", Duration::from_secs(30), |v| up(v) == both);
 
     // Anyone who reaches t2's port keeps as many worker Hellos of made-up sessions open at
-    // t2 as a place ever holds (a worker's index is below MAX_WORKERS), replacing each one
+    // t2 as a place ever held (a worker's index is below MAX_WORKERS), replacing each one
     // t2 answers, for as long as the job runs.
-    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flooding = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicUsize::new(0));
     let flood = {
-        let (flooding, port) = (flooding.clone(), t2.listen);
+        let (flooding, refused, port) = (flooding.clone(), refused.clone(), t2.listen);
         std::thread::spawn(move || {
             let n = usize::from(mover::wire::message::MAX_WORKERS);
             let mut next = 0xbad0_0000_u128;
             let mut open: Vec<std::net::TcpStream> = Vec::new();
-            let mut refused = 0usize;
-            while flooding.load(std::sync::atomic::Ordering::SeqCst) {
+            while flooding.load(SeqCst) {
                 let before = open.len();
                 open.retain(|c| !answered(c));
-                refused += before - open.len();
+                refused.fetch_add(before - open.len(), SeqCst);
                 while open.len() < n {
                     next += 1;
-                    open.push(made_up_worker(port, next));
+                    match made_up_worker(port, next) {
+                        Some(c) => open.push(c),
+                        None => break,
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            // The last ones replaced are past the announcement's wait (2 s) too.
-            std::thread::sleep(Duration::from_secs(3));
-            (refused, open.iter().filter(|c| !answered(c)).count())
+            open
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // The job starts once t2 holds what it will of the flood: it refused the first ones.
+    node::eventually(
+        "t2 refuses made-up sessions",
+        Duration::from_secs(30),
+        || match refused.load(SeqCst) {
+            0 => Err(t2.log()),
+            n => Ok(n),
+        },
+    );
 
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
     node::fill(&src, 4, 1_000_000, 97);
@@ -1468,17 +1486,17 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
     let id = node::create(&n1, &t1, &src, &dst, &[]);
     t1.cli_ok(&["relationship", "authorize", &id]);
     n1.wait_for("source", &id, "the initial sync", node::synced);
-    // Past the announcement's wait (2 s) of the first made-up ones, however quick the job.
-    std::thread::sleep(Duration::from_secs(3));
-    flooding.store(false, std::sync::atomic::Ordering::SeqCst);
-    let (refused, still_held) = flood.join().unwrap();
+    flooding.store(false, SeqCst);
+    let open = flood.join().unwrap();
     assert_eq!(node::tree_hash(&src), node::tree_hash(&dst));
-    // t2 took its share of the session: its worker was not refused for want of room.
+    // t2 took its share of the session: its worker, announced, was held, not refused for
+    // want of room.
+    let log = plain(&t2.log());
     assert!(
         write_shares_started(&t2) >= 1
-            && metric(&t2, "mover_write_shares_total{outcome=\"done\"}") >= 1.0,
-        "t2 wrote no share\n{}\n{}",
-        t2.log(),
+            && metric(&t2, "mover_write_shares_total{outcome=\"done\"}") >= 1.0
+            && log.contains("announced=true"),
+        "t2 wrote no share of an announced session\n{log}\n{}",
         t1.log()
     );
     assert!(
@@ -1487,17 +1505,16 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
         "{}",
         t1.log()
     );
-    // The made-up sessions were refused after the announcement's wait, but for the few held
-    // as unannounced (a committing node of an older release announces nothing).
-    assert!(
-        refused >= 200,
-        "only {refused} made-up sessions refused\n{}",
-        t2.log()
-    );
-    assert!(
-        still_held <= 16,
-        "{still_held} made-up sessions held\n{}",
-        t2.log()
+    // Of the made-up sessions, t2 holds only the few it takes as unannounced (a committing
+    // node of an older release announces nothing); it answers the rest.
+    assert!(refused.load(SeqCst) >= 200, "{}", refused.load(SeqCst));
+    node::eventually(
+        "t2 answers all but 16 made-up sessions",
+        Duration::from_secs(15),
+        || match open.iter().filter(|c| !answered(c)).count() {
+            n if n <= 16 => Ok(()),
+            n => Err(format!("{n} still held")),
+        },
     );
 }
 
@@ -1505,9 +1522,15 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
 /// (tracing's RFC 3339 in UTC with microseconds: one length, so the strings compare as the
 /// times do).
 fn logged_at(log: &str, what: &str) -> Option<(String, String)> {
-    let line = log.lines().find(|l| l.contains(what))?;
+    let plain = plain(log.lines().find(|l| l.contains(what))?);
+    let at = plain.split_whitespace().next()?.to_string();
+    Some((at, plain))
+}
+
+/// `log` with its colours taken out.
+fn plain(log: &str) -> String {
     let mut plain = String::new();
-    let mut chars = line.chars();
+    let mut chars = log.chars();
     while let Some(c) = chars.next() {
         if c == '\x1b' {
             chars.by_ref().find(|&c| c == 'm');
@@ -1515,8 +1538,7 @@ fn logged_at(log: &str, what: &str) -> Option<(String, String)> {
             plain.push(c);
         }
     }
-    let at = plain.split_whitespace().next()?.to_string();
-    Some((at, plain))
+    plain
 }
 
 #[test]

@@ -14,9 +14,12 @@
 //!   down, so a node drained for maintenance comes back drained; `shards/<node>/...`: a spread
 //!   job's shares (`daemon/spread.rs`); `owners/<id>`: which node holds each source
 //!   relationship, and the relationship itself, so another node can take it over
-//!   (`daemon/owners.rs`).
+//!   (`daemon/owners.rs`); `tokens/<name>`: the cluster's API tokens (`daemon/tokens.rs`);
+//!   `writes/<node>/...`: write shares of target sessions, and `expect/<node>/<session>`: the
+//!   sessions a write place is told to expect workers of (`daemon/writes.rs`).
 //!
-//! Each daemon keeps a view of all of it fed by a watch on `KEY_ROOT` (no polling); on any
+//! Each daemon keeps a view of all of it (but for other nodes' `expect/` records) fed by a
+//! watch on `KEY_ROOT` (no polling); on any
 //! error (etcd restarted or unreachable) the session starts again after `RETRY`, with a new
 //! lease, and registers again.
 
@@ -192,6 +195,15 @@ struct Known {
     /// and whole reloads (which change every kind).
     changes: BTreeMap<String, u64>,
     reloads: u64,
+    /// `expect/<this node>/`: the only announcements (`daemon/writes.rs`) kept in the view,
+    /// which every node would otherwise hold for every place. Empty: none kept.
+    own_expect: String,
+}
+
+/// Whether shared record `key` (below `KEY_ROOT`) stays out of this node's view: another
+/// place's announcement.
+fn not_kept(k: &Known, key: &str) -> bool {
+    key.starts_with("expect/") && (k.own_expect.is_empty() || !key.starts_with(&k.own_expect))
 }
 
 /// Counts a change of shared record `key` (below `KEY_ROOT`) in its kind.
@@ -209,7 +221,7 @@ fn changed(k: &mut Known, key: &str) {
 /// the view, unless the view already reflects that revision (the watch brought the write,
 /// and anything after it, first).
 fn own_write(k: &mut Known, key: &str, value: Option<Vec<u8>>, at: Option<i64>) {
-    if at.is_some_and(|at| at <= k.revision) {
+    if at.is_some_and(|at| at <= k.revision) || not_kept(k, key) {
         return;
     }
     match value {
@@ -334,10 +346,14 @@ async fn within<T>(
 impl Membership {
     pub fn new(opts: Options, me: Member) -> Arc<Membership> {
         assert_eq!(opts.name, me.name, "a node registers under its own name");
+        let known = Known {
+            own_expect: format!("expect/{}/", me.name),
+            ..Known::default()
+        };
         Arc::new(Membership {
             opts,
             me,
-            known: Mutex::default(),
+            known: Mutex::new(known),
             client: Mutex::default(),
             lease: Arc::default(),
         })
@@ -423,6 +439,29 @@ impl Membership {
         .await?;
         let at = done.header().map(|h| h.revision());
         own_write(&mut lock(&self.known), key, Some(value), at);
+        Ok(())
+    }
+
+    /// Writes several shared records in one transaction (one round trip), all or none.
+    pub async fn put_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let mut ops = Vec::with_capacity(records.len());
+        for (key, value) in &records {
+            assert_shared(key);
+            if value.len() > MAX_SHARED_VALUE {
+                return Err(Error::Invalid(format!(
+                    "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
+                    value.len()
+                )));
+            }
+            ops.push(TxnOp::put(format!("{KEY_ROOT}{key}"), value.clone(), None));
+        }
+        let mut c = self.client()?;
+        let done = within("writing", c.txn(Txn::new().and_then(ops))).await?;
+        let at = done.header().map(|h| h.revision());
+        let mut k = lock(&self.known);
+        for (key, value) in records {
+            own_write(&mut k, &key, Some(value), at);
+        }
         Ok(())
     }
 
@@ -791,6 +830,9 @@ fn apply(k: &mut Known, key: &[u8], value: Option<&[u8]>) -> bool {
         return true;
     }
     if SHARED_KINDS.contains(&kind) {
+        if not_kept(k, &rest) {
+            return false;
+        }
         changed(k, &rest);
         match value {
             Some(v) if v.len() <= MAX_SHARED_VALUE => {
@@ -911,6 +953,26 @@ mod tests {
         for bad in ["", "a/b", "..x/", "a b", &"x".repeat(MAX_NAME + 1)] {
             assert!(NodeName::try_from(bad.to_string()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_node_keeps_only_the_announcements_made_to_it() {
+        let mut k = Known {
+            own_expect: "expect/n1/".into(),
+            ..Known::default()
+        };
+        apply(&mut k, b"/mover/v1/expect/n1/0a", Some(b"{}"));
+        apply(&mut k, b"/mover/v1/expect/n2/0b", Some(b"{}"));
+        apply(&mut k, b"/mover/v1/expect/n10/0c", Some(b"{}"));
+        own_write(&mut k, "expect/n2/0d", Some(b"{}".to_vec()), None);
+        let kept: Vec<&String> = k.shared.keys().collect();
+        assert_eq!(kept, ["expect/n1/0a"]);
+        apply(&mut k, b"/mover/v1/expect/n1/0a", None);
+        assert!(k.shared.is_empty());
+        // A view with no name of its own keeps none.
+        let mut k = Known::default();
+        apply(&mut k, b"/mover/v1/expect/n1/0a", Some(b"{}"));
+        assert!(k.shared.is_empty());
     }
 
     #[test]

@@ -387,7 +387,7 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
                     PeerAnswer::Ticket {
                         port,
                         ticket: format!("{:032x}", if plaintext { t } else { ticket.0 }),
-                        write_places: places,
+                        write_places: places.into_iter().map(|(_, a)| a).collect(),
                     }
                 }
                 Err(e) => refuse(e.to_string()),

@@ -164,7 +164,7 @@ pub fn ticket(
     secret: Option<mover::SessionSecret>,
     term: u64,
     write_places: bool,
-) -> Result<(u16, u128, Vec<std::net::SocketAddr>)> {
+) -> Result<(u16, u128, Vec<super::writes::Place>)> {
     // Checked under the receivers lock, so a delete that stopped the receiver cannot race a
     // ticket that starts a new one. Read again here: `r` was read when the request arrived,
     // and a release (which stops the receiver under this lock) may have finished since.
@@ -198,7 +198,9 @@ pub fn ticket(
     } else {
         Vec::new()
     };
-    let t = rx.receiving.issue_spread(secret, places.clone())?;
+    let t = rx
+        .receiving
+        .issue_spread(secret, places.iter().map(|(_, a)| *a).collect())?;
     let mut routes = lock(&node.routes);
     // A relationship's receiver holds at most MAX_TICKETS tickets; routes of older ones are
     // void (one session runs at a time, and its workers join right after its control

@@ -50,12 +50,16 @@ pub(crate) const MAX_HELD_UNANNOUNCED: usize = 16;
 /// node writes it before it answers the source, so only the watch's delay is waited for)
 /// before it takes the session's worker as unannounced.
 pub(crate) const ANNOUNCE_LAG: Duration = Duration::from_secs(2);
-/// An announcement is needed until its session's workers have connected, which they do
-/// right after the ticket (a worker connects within `WORKER_CONNECT_TIMEOUT`, 60 s); the
-/// place removes its own this long after it first saw them.
-const ANNOUNCED_KEPT: Duration = Duration::from_secs(300);
+/// An announcement is needed until its session's workers have connected, which is after
+/// the source's walk and the lists (minutes for a large tree), at most as long as a ticket
+/// lives. The committing node removes it once the place's share is done; one whose session
+/// never got that far (the source died, or failed before its workers connected) is removed
+/// by the place this long after it first saw it.
+const ANNOUNCED_KEPT: Duration = mover::receiver::TICKET_TTL;
 /// How often a place looks for announcements to remove.
-const ANNOUNCED_SWEEP: Duration = Duration::from_secs(10);
+const ANNOUNCED_SWEEP: Duration = Duration::from_secs(60);
+/// How often a Hello waiting for its announcement looks at the view.
+const ANNOUNCED_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,9 +96,12 @@ fn lost(what: String) -> mover::Error {
     mover::Error::PeerLost(what)
 }
 
-/// The write places a ticket of relationship `id` names now (their addresses), if this node
-/// spreads its writes; none otherwise.
-pub(crate) fn places_for(node: &Node, id: &RelationshipId) -> Vec<SocketAddr> {
+/// A write place: the member and the data-plane address the source connects to.
+pub(crate) type Place = (NodeName, SocketAddr);
+
+/// The write places a ticket of relationship `id` names now, if this node spreads its
+/// writes; none otherwise.
+pub(crate) fn places_for(node: &Node, id: &RelationshipId) -> Vec<Place> {
     let Some(m) = node.cluster.as_ref().filter(|m| m.takes_writes()) else {
         return Vec::new();
     };
@@ -118,7 +125,6 @@ pub(crate) fn places_for(node: &Node, id: &RelationshipId) -> Vec<SocketAddr> {
         .into_iter()
         .filter(|(n, a)| !left_out.contains(n) && seen.insert(*a))
         .take(mover::receiver::share::MAX_WRITE_PLACES)
-        .map(|(_, a)| a)
         .collect()
 }
 
@@ -162,6 +168,9 @@ impl mover::receiver::share::Writers for Places {
             .map(|(n, _)| n)
             .ok_or_else(|| lost(format!("no write place at {at} is up now")))?;
         let k = format!("writes/{name}/{}", share.file);
+        let announced = u128::from_str_radix(&share.session, 16)
+            .ok()
+            .map(|s| announcement(&name, s));
         let record = Record {
             owner: self.m.name().clone(),
             share,
@@ -172,14 +181,21 @@ impl mover::receiver::share::Writers for Places {
             unreadable: false,
             fenced: false,
         };
-        super::assigned::assign(
+        let outcome = super::assigned::assign(
             &self.rt,
             &self.m,
             (&name, &k),
             &record,
             "write share",
             || self.wait(&name, &k),
-        )
+        );
+        // Its workers are in (or never will be): the place needs the announcement no more.
+        if let Some(a) = announced {
+            if let Err(e) = self.rt.block_on(self.m.delete(&a)) {
+                tracing::debug!("removing announcement {a}: {e}");
+            }
+        }
+        outcome
     }
 }
 
@@ -232,12 +248,12 @@ struct Announced {
     relationship: RelationshipId,
 }
 
-/// Tells each write place a ticket names (by address) to expect worker connections of
-/// `session`, before the ticket goes to the source: a place holds the workers of announced
-/// sessions in a bound that Hellos with made-up ids cannot fill. Best effort: a place not
-/// told takes the session's workers as unannounced (`MAX_HELD_UNANNOUNCED`), so this never
-/// fails a ticket.
-pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[SocketAddr]) {
+/// Tells each write place a ticket names to expect worker connections of `session`, in one
+/// etcd transaction, before the ticket goes to the source: a place holds the workers of
+/// announced sessions in a bound that Hellos with made-up ids cannot fill. Best effort: a
+/// place not told takes the session's workers as unannounced (`MAX_HELD_UNANNOUNCED`), so
+/// this never fails a ticket.
+pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[Place]) {
     let (Some(m), false) = (node.cluster.as_ref(), places.is_empty()) else {
         return;
     };
@@ -252,15 +268,12 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
     let Ok(body) = serde_json::to_vec(&body) else {
         return;
     };
-    let named = m.write_places();
-    for at in places {
-        let Some((name, _)) = named.iter().find(|(_, a)| a == at) else {
-            continue;
-        };
-        let k = announcement(name, session);
-        if let Err(e) = rt.block_on(m.put(&k, body.clone())) {
-            tracing::warn!(relationship = %id, place = %name, "announcing a session: {e}");
-        }
+    let records = places
+        .iter()
+        .map(|(name, _)| (announcement(name, session), body.clone()))
+        .collect();
+    if let Err(e) = rt.block_on(m.put_all(records)) {
+        tracing::warn!(relationship = %id, "announcing a session to its write places: {e}");
     }
 }
 
@@ -280,7 +293,7 @@ pub(crate) async fn announced(node: &Node, session: u128, until: tokio::time::In
         if tokio::time::Instant::now() >= until {
             return false;
         }
-        tokio::time::sleep(WRITE_POLL).await;
+        tokio::time::sleep(ANNOUNCED_POLL).await;
     }
 }
 
@@ -333,6 +346,10 @@ pub(crate) fn hold(
         held.fetch_sub(1, Ordering::SeqCst);
         return false;
     }
+    tracing::info!(
+        announced,
+        "write place: holding a worker connection for its share"
+    );
     let host = node.share_host.clone();
     let spawned = std::thread::Builder::new()
         .name("mover-place-accept".into())
