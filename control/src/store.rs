@@ -394,12 +394,22 @@ impl Store {
             Self::COLUMNS
         );
         let mut st = self.conn.prepare_cached(&q)?;
-        let rows = st.query_map(params![role.map(role_str)], Self::row)?;
+        // A column of another SQL type than the schema's (a damaged row) is set apart as a
+        // column this release cannot decode is.
+        let rows = st.query_map(params![role.map(role_str)], |r| {
+            let id: String = r.get(0)?;
+            Ok(Self::row(r).map_err(|e| (id, e)))
+        })?;
         let mut listed = Listed::default();
         for r in rows {
-            let t = r?;
-            let id = t.0.clone();
-            match Self::decode(t) {
+            let (id, decoded) = match r? {
+                Ok(t) => (t.0.clone(), Self::decode(t)),
+                Err((id, e)) => {
+                    let error = unreadable(&id, "row", e);
+                    (id, Err(error))
+                }
+            };
+            match decoded {
                 Ok(r) => listed.rows.push(r),
                 Err(error) => listed.unreadable.push(Unreadable { id, error }),
             }

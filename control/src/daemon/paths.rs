@@ -38,11 +38,29 @@ pub fn check_source(node: &Node, dir: &Path) -> Result<()> {
 /// A protected target must not be, hold or sit inside another live relationship's target or
 /// this daemon's data dir: two receivers would write one tree, and lifting one protection would
 /// lift the other. Compared as canonical paths (the others' pinned ones where they have them).
+/// For a new protection (authorizing, reversing): a stored relationship this release cannot
+/// read fails it, since its target could be anywhere.
 pub fn check_target(node: &Node, r: &Relationship, mine: &Path) -> Result<()> {
     check_data_dir(node, mine, "target directory")?;
+    overlapping(r, mine, &node.store().list(Some(Role::Target))?)
+}
+
+/// `check_target` at every use of a protected target: a stored relationship this release
+/// cannot read is passed over. Its overlap was checked when it was authorized, and while it
+/// is unreadable it gets neither a receiver nor a release (reading it fails), so one damaged
+/// row does not stop every other target.
+fn recheck_target(node: &Node, r: &Relationship, mine: &Path) -> Result<()> {
+    check_data_dir(node, mine, "target directory")?;
+    overlapping(
+        r,
+        mine,
+        &node.store().list_readable(Some(Role::Target))?.rows,
+    )
+}
+
+fn overlapping(r: &Relationship, mine: &Path, all: &[Relationship]) -> Result<()> {
     let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     let overlaps = |other: &Path| mine.starts_with(other) || other.starts_with(mine);
-    let all = node.store().list(Some(Role::Target))?;
     for other in all {
         if other.id == r.id || other.ended || !other.authorized {
             continue;
@@ -115,7 +133,7 @@ pub fn source_dir(node: &Node, r: &Relationship) -> Result<OpenDir> {
 /// nothing it may not.
 pub fn target_dir(node: &Node, r: &Relationship) -> Result<OpenDir> {
     let res = target_identity(node, r).and_then(|dir| {
-        check_target(node, r, dir.path())?;
+        recheck_target(node, r, dir.path())?;
         Ok(dir)
     });
     record(node, r, &res);

@@ -34,7 +34,8 @@ pub async fn watch(node: Arc<Node>) {
 /// One look: records the outage of each live target relationship whose source went silent
 /// and that has none recorded; forgets the outage of an ended one (its events end with it).
 pub(super) fn check(node: &Node) {
-    // A row this release cannot read is left out (the scheduler says so).
+    // A row this release cannot read is left out (the daemon's start logs it, the metrics
+    // count it).
     let all = match node.store().list_readable(Some(Role::Target)) {
         Ok(listed) => listed.rows,
         Err(e) => {

@@ -424,7 +424,8 @@ impl Scheduler {
         let rels = match node.store().list_readable(Some(Role::Source)) {
             Ok(listed) => {
                 // Said once per row and per daemon: one row this release cannot read stops
-                // its own jobs, not the others' (`mover_relationships_unreadable` counts it).
+                // its own jobs, not the others' (`mover_relationships{state="unreadable"}`
+                // counts it).
                 for u in listed.unreadable {
                     if self.unreadable.insert(u.id) {
                         tracing::error!("{}; its jobs do not run", u.error);
@@ -1809,14 +1810,38 @@ mod tests {
                 c.progress.control.cancel();
             }
         }
-        // A target's row the same: the daemon's start and the silence checks go on.
+        // A target's row the same, beside a readable target: the daemon's start goes on,
+        // and the other target's directory passes its check at every use, recording no path
+        // problem; a new protection (authorizing) is refused while a row is unreadable.
         let mut t = Relationship::new(RelationshipId::new_random(), Role::Target, spec(), 0, None);
         t.authorized = true;
         node.store().insert(&t).unwrap();
-        node.store().set_raw(t.id.as_str(), "replica = 'not json'");
-        assert!(node.store().list(Some(Role::Target)).is_err());
+        node.store()
+            .set_raw(t.id.as_str(), "created_ns = 'not a number'");
+        let mut ok = Relationship::new(RelationshipId::new_random(), Role::Target, spec(), 1, None);
+        let dir = dir.path().join("target");
+        std::fs::create_dir(&dir).unwrap();
+        ok.spec.target_path = dir.display().to_string();
+        ok.authorized = true;
+        node.store().insert(&ok).unwrap();
+        let listed = node.store().list_readable(Some(Role::Target)).unwrap();
+        assert_eq!(listed.rows.len(), 1);
+        let e = listed.unreadable[0].error.to_string();
+        assert!(e.contains(t.id.as_str()) && e.contains("row"), "{e}");
         super::super::target::restore(&node).unwrap();
         super::super::silence::check(&node);
+        let checked = super::super::paths::target_dir(&node, &ok);
+        assert!(checked.is_ok(), "{:?}", checked.err());
+        assert_eq!(node.get(&ok.id, Role::Target).unwrap().path_error, None);
+        let refused = super::super::paths::check_target(&node, &ok, &dir);
+        assert!(refused.is_err_and(|e| e.to_string().contains(t.id.as_str())));
+        // The upgrade check lists both rows as alerts instead of failing.
+        let to = mover::software_version().parse().unwrap();
+        let facts = super::super::upgrade::facts(&node, to, true, dir.as_path()).unwrap();
+        for id in [&bad.id, &t.id] {
+            let alert = (id.to_string(), "unreadable".to_string());
+            assert!(facts.alerts.contains(&alert), "{:?}", facts.alerts);
+        }
     }
 
     #[test]

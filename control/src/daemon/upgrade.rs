@@ -35,9 +35,14 @@ pub(super) fn facts(
         .parse()
         .map_err(crate::Error::Invalid)?;
     let (mut peers, mut alerts, mut running) = (Vec::new(), Vec::new(), Vec::new());
-    // Read first: the store's lock must not be held across `view`.
-    let all = node.store().list(None)?;
-    for r in all {
+    // Read first: the store's lock must not be held across `view`. A relationship this
+    // release cannot read is an alert (its peer's version is not known here), not a reason
+    // to refuse the check: upgrading may be what repairs it.
+    let listed = node.store().list_readable(None)?;
+    for u in listed.unreadable {
+        alerts.push((u.id, "unreadable".to_string()));
+    }
+    for r in listed.rows {
         if r.ended {
             continue;
         }
