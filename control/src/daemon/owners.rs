@@ -142,6 +142,9 @@ pub struct Seen<'a> {
     pub may_take: bool,
     /// This node's relationships, both roles.
     pub local: &'a [Relationship],
+    /// Ids of relationships stored here that this release cannot read: their records are
+    /// left as they are (neither tombstoned nor taken over) until the rows are repaired.
+    pub unreadable: &'a BTreeSet<String>,
     /// The last policy snapshot id this node gave each relationship (none: 0).
     pub snapshot_ids: &'a BTreeMap<RelationshipId, u64>,
     /// Every record, with the bytes etcd holds (what a transaction compares).
@@ -265,6 +268,9 @@ pub fn decide(s: &Seen) -> Vec<Action> {
         }
     }
     for (id, (h, raw)) in s.records {
+        if s.unreadable.contains(id.as_str()) {
+            continue;
+        }
         let here = s.local.iter().find(|r| &r.id == id);
         let live_here = here.is_some_and(|r| r.role == Role::Source);
         if &h.owner == s.me {
@@ -463,8 +469,13 @@ pub async fn run(node: Arc<Node>, m: Arc<Membership>) {
             down_since.clear();
             continue;
         }
-        let local = match node.store().list(None) {
-            Ok(l) => l,
+        // A row this release cannot read stops only what touches its own record (the
+        // scheduler and the daemon's start log it, the metrics count it).
+        let (local, unreadable) = match node.store().list_readable(None) {
+            Ok(l) => {
+                let ids: BTreeSet<String> = l.unreadable.into_iter().map(|u| u.id).collect();
+                (l.rows, ids)
+            }
             Err(e) => {
                 tracing::warn!("reading the relationships to publish: {e}");
                 continue;
@@ -534,6 +545,7 @@ pub async fn run(node: Arc<Node>, m: Arc<Membership>) {
             fingerprint: &fingerprint,
             may_take: !m.drained(),
             local: &local,
+            unreadable: &unreadable,
             snapshot_ids: &snapshot_ids,
             records: &records,
             overdue: &overdue,

@@ -54,6 +54,7 @@ struct World {
     ids: BTreeMap<RelationshipId, u64>,
     records: BTreeMap<RelationshipId, (Held, Vec<u8>)>,
     overdue: BTreeSet<NodeName>,
+    unreadable: BTreeSet<String>,
     leader: bool,
     shared: bool,
 }
@@ -66,6 +67,7 @@ impl World {
             fingerprint: "fp",
             may_take: self.leader,
             local: &self.local,
+            unreadable: &self.unreadable,
             snapshot_ids: &self.ids,
             records: &self.records,
             overdue: &self.overdue,
@@ -81,6 +83,7 @@ fn world(me: &str) -> World {
         ids: BTreeMap::new(),
         records: BTreeMap::new(),
         overdue: BTreeSet::new(),
+        unreadable: BTreeSet::new(),
         leader: true,
         shared: true,
     }
@@ -156,6 +159,27 @@ fn the_leader_takes_over_an_overdue_owners_relationship_only_when_it_can_run_it(
     ended.ended = true;
     w.records.insert(r.id.clone(), held("a", "fp", &ended));
     assert_eq!(w.decide(), vec![]);
+}
+
+#[test]
+fn a_relationship_stored_here_unreadable_keeps_its_record_and_is_not_taken_over() {
+    // Its owner's own record: a readable copy gone from the list would be tombstoned.
+    let mut w = world("a");
+    let r = rel(1);
+    w.records.insert(r.id.clone(), held("a", "fp", &r));
+    assert!(matches!(&w.decide()[..], [Action::Publish { held, .. }] if held.relationship.ended));
+    w.unreadable.insert(r.id.to_string());
+    assert_eq!(w.decide(), vec![]);
+    // Another node's, overdue: not taken over while a row of that id is unreadable here.
+    let mut w = world("b");
+    w.records.insert(r.id.clone(), held("a", "fp", &r));
+    w.overdue.insert(name("a"));
+    w.unreadable.insert(r.id.to_string());
+    assert_eq!(w.decide(), vec![]);
+    // The others go on: a readable relationship of this node is published.
+    let other = rel(2);
+    w.local.push(other.clone());
+    assert!(matches!(&w.decide()[..], [Action::Publish { id, .. }] if *id == other.id));
 }
 
 #[test]
@@ -441,6 +465,7 @@ fn seeded_takeovers_and_deletes_leave_every_relationship_with_one_owner() {
                 fingerprint: "fp",
                 may_take: up.iter().next() == Some(&me) || next(2) == 0,
                 local: &local,
+                unreadable: &BTreeSet::new(),
                 snapshot_ids: &ids[&me],
                 records: &etcd,
                 overdue: &overdue,
@@ -495,6 +520,7 @@ fn seeded_takeovers_and_deletes_leave_every_relationship_with_one_owner() {
                     fingerprint: "fp",
                     may_take: false,
                     local: &local,
+                    unreadable: &BTreeSet::new(),
                     snapshot_ids: &ids[me],
                     records: &etcd,
                     overdue: &BTreeSet::new(),
