@@ -283,7 +283,14 @@ fn pinned(
                 super::reverse::stale_peer(node, id, fp, None).unwrap_or(PeerAnswer::NotFound)
             )
         }
-        Err(e) => return Err(refuse(e.to_string())),
+        Err(e) => {
+            // Said here, not to a peer whose certificate is not checked yet: the error may
+            // quote what the store holds.
+            tracing::error!(%id, peer = %fp, "a peer's request for the relationship: {e}");
+            return Err(refuse(format!(
+                "relationship {id} cannot be read on the target now; its operator's log says why"
+            )));
+        }
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
         return Err(refuse(format!(
