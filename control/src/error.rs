@@ -15,6 +15,11 @@ pub enum Error {
     Missing(String),
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A stored row this release cannot read (a setting a later release stored, a damaged
+    /// column): the message names the row and the column. Not the caller's fault, and not a
+    /// path problem of the relationships checked against it.
+    #[error("{0}")]
+    Unreadable(String),
     #[error("state database {path}: schema version {found} is newer than this mover understands ({supported})")]
     SchemaTooNew {
         path: String,

@@ -161,7 +161,7 @@ fn invalid_json(e: serde_json::Error) -> Error {
 /// so an operator knows which relationship stops the list (and the daemon's start) from
 /// reading the store.
 fn unreadable(id: &str, column: &str, why: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!(
+    Error::Unreadable(format!(
         "stored relationship {id:?}: its {column} is unreadable ({why})"
     ))
 }
