@@ -158,8 +158,8 @@ fn invalid_json(e: serde_json::Error) -> Error {
 }
 
 /// A stored relationship's `column` that this release cannot read: the error names the row,
-/// so an operator knows which relationship stops the list (and the daemon's start) from
-/// reading the store.
+/// so an operator knows which relationship is stopped, and what refuses to go on without it
+/// (`Store::list`) says which.
 fn unreadable(id: &str, column: &str, why: impl std::fmt::Display) -> Error {
     Error::Unreadable(format!(
         "stored relationship {id:?}: its {column} is unreadable ({why})"
@@ -368,15 +368,17 @@ impl Store {
         let t = self
             .conn
             .prepare_cached(&q)?
-            .query_row(params![id.as_str()], Self::row)
-            .optional()?;
-        Self::decode(t.ok_or_else(|| Error::NotFound(id.to_string()))?)
+            .query_row(params![id.as_str()], |r| Ok(Self::row(r)))
+            .optional()?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        Self::decode(t.map_err(|e| unreadable(id.as_str(), "row", e))?)
     }
 
     /// Relationships of one role (oldest first), or all; fails on a row this release cannot
-    /// read (naming it). For what must see every relationship or none: overlap checks, what a
-    /// node publishes to its cluster, the API's lists. Like `get` and `update`, which the
-    /// scheduler also runs on every tick, its statement is prepared once and cached.
+    /// read (naming it). For what must see every relationship or none: the overlap check of a
+    /// new protection or proposal, the links of a policy being deleted, the API's lists. Like
+    /// `get` and `update`, which the scheduler also runs on every tick, its statement is
+    /// prepared once and cached.
     pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
         let listed = self.list_readable(role)?;
         match listed.unreadable.into_iter().next() {
@@ -386,8 +388,9 @@ impl Store {
     }
 
     /// `list`, with the rows this release cannot read set apart instead of failing the list:
-    /// for what runs the others (the scheduler, the daemon's start, the metrics), which one
-    /// damaged row must not stop.
+    /// for what runs the others (the scheduler, the daemon's start, a target's check at each
+    /// use, silence checks, policy snapshots, cluster publishing, the upgrade check, the
+    /// metrics), which one damaged row must not stop.
     pub fn list_readable(&self, role: Option<Role>) -> Result<Listed> {
         let q = format!(
             "SELECT {} FROM relationships WHERE ?1 IS NULL OR role = ?1 ORDER BY created_ns, id",
@@ -397,7 +400,12 @@ impl Store {
         // A column of another SQL type than the schema's (a damaged row) is set apart as a
         // column this release cannot decode is.
         let rows = st.query_map(params![role.map(role_str)], |r| {
-            let id: String = r.get(0)?;
+            // Even the id may be damaged (the schema lets it be NULL or a blob): named as
+            // well as it can be, so the row is set apart, not the list failed.
+            let id = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                other => format!("{other:?}"),
+            };
             Ok(Self::row(r).map_err(|e| (id, e)))
         })?;
         let mut listed = Listed::default();
@@ -681,6 +689,34 @@ mod tests {
                 "{e}"
             );
         }
+        // A column of another SQL type: the same, in get and set apart by list_readable; a
+        // row whose very id is damaged is set apart too.
+        set("read_only = NULL, spec = (SELECT spec FROM relationships WHERE id != ?1 LIMIT 1)");
+        set("created_ns = 'not a number'");
+        let e = s.get(&b.id).unwrap_err();
+        assert!(matches!(e, Error::Unreadable(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains(&format!("{:?}: its row", b.id.as_str())),
+            "{e}"
+        );
+        let listed = s.list_readable(None).unwrap();
+        assert_eq!((listed.rows.len(), listed.unreadable.len()), (1, 1));
+        s.conn
+            .execute(
+                "UPDATE relationships SET id = x'00ff' WHERE id = ?1",
+                [b.id.as_str()],
+            )
+            .unwrap();
+        let listed = s.list_readable(None).unwrap();
+        assert_eq!((listed.rows.len(), listed.unreadable.len()), (1, 1));
+        s.conn
+            .execute(
+                "UPDATE relationships SET id = ?1 WHERE id = x'00ff'",
+                [b.id.as_str()],
+            )
+            .unwrap();
+        set("created_ns = 1");
         // A role other than the two (past the schema's CHECK) is refused, not read as one.
         s.conn
             .execute_batch("PRAGMA ignore_check_constraints = ON")

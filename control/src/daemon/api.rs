@@ -926,6 +926,10 @@ mod tests {
         }
         let one = node.store().list(None).unwrap()[0].id.clone();
         node.store().set_raw(one.as_str(), "last_attempt = '['");
+        // Lists that must see every relationship fail, as the server's fault, not the
+        // request's.
+        let e = ApiError::from(node.store().list(None).unwrap_err());
+        assert_eq!(e.0, StatusCode::INTERNAL_SERVER_ERROR, "{}", e.1);
         let Ok((_, text)) = metrics(State(Arc::new(node))).await else {
             panic!("the metrics fail with an unreadable row");
         };

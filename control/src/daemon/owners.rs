@@ -269,6 +269,17 @@ pub fn decide(s: &Seen) -> Vec<Action> {
     }
     for (id, (h, raw)) in s.records {
         if s.unreadable.contains(id.as_str()) {
+            if &h.owner != s.me
+                && s.may_take
+                && s.overdue.contains(&h.owner)
+                && !h.relationship.ended
+            {
+                out.push(Action::Cannot {
+                    id: id.clone(),
+                    from: h.owner.clone(),
+                    why: "a relationship of that id stored on this node cannot be read by this release",
+                });
+            }
             continue;
         }
         let here = s.local.iter().find(|r| &r.id == id);

@@ -270,6 +270,25 @@ fn refuse(message: String) -> PeerAnswer {
     PeerAnswer::Refused { message }
 }
 
+/// A refusal of a peer's request that failed with `e`. A stored row this release cannot
+/// read, or the state database failing, is not said to the peer: the text may quote what the
+/// store holds, and the peer's certificate may not be checked yet. The operator hears of it
+/// from the node (its log at start and in the scheduler, `mover_relationships{state=
+/// "unreadable"}`), so here it is logged at debug level only: a source polls every few
+/// seconds.
+pub(crate) fn refusal(e: Error) -> PeerAnswer {
+    match e {
+        Error::Unreadable(_) | Error::Db(_) => {
+            tracing::debug!("a peer's request refused: {e}");
+            refuse(
+                "this node cannot read its stored relationships now; its operator's log says why"
+                    .into(),
+            )
+        }
+        e => refuse(e.to_string()),
+    }
+}
+
 /// The relationship `id` if `fp` is the certificate pinned for it.
 fn pinned(
     node: &Node,
@@ -283,14 +302,7 @@ fn pinned(
                 super::reverse::stale_peer(node, id, fp, None).unwrap_or(PeerAnswer::NotFound)
             )
         }
-        Err(e) => {
-            // Said here, not to a peer whose certificate is not checked yet: the error may
-            // quote what the store holds.
-            tracing::error!(%id, peer = %fp, "a peer's request for the relationship: {e}");
-            return Err(refuse(format!(
-                "relationship {id} cannot be read on the target now; its operator's log says why"
-            )));
-        }
+        Err(e) => return Err(refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
         return Err(refuse(format!(
@@ -641,11 +653,12 @@ fn propose(
             ))
         }
         Err(Error::NotFound(_)) => {}
-        Err(e) => return refuse(e.to_string()),
+        Err(e) => return refusal(e),
     }
+    // Every target, or no proposal: an unreadable one's path could be the one proposed.
     let all = match node.store().list(Some(Role::Target)) {
         Ok(all) => all,
-        Err(e) => return refuse(e.to_string()),
+        Err(e) => return refusal(e),
     };
     let same = |a: &str, b: &str| {
         std::path::Path::new(a)

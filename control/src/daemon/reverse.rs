@@ -541,7 +541,7 @@ fn pinned_as(
     let r = match node.get(id, role) {
         Ok(r) => r,
         Err(Error::NotFound(_)) => return Err(PeerAnswer::NotFound),
-        Err(e) => return Err(refuse(e.to_string())),
+        Err(e) => return Err(super::peer_server::refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
         return Err(refuse(format!(
@@ -585,7 +585,7 @@ async fn step(
     from: Option<IpAddr>,
     ask: ReverseAsk,
 ) -> std::result::Result<PeerAnswer, PeerAnswer> {
-    let fail = |e: Error| refuse(e.to_string());
+    let fail = super::peer_server::refusal;
     match ask {
         ReverseAsk::Release { id, epoch } => {
             let r = pinned_as(node, &id, Role::Target, fp)?;

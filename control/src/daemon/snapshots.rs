@@ -86,9 +86,12 @@ fn snapshot_view(r: &Relationship, s: &Snapshot) -> SnapshotView {
 }
 
 fn policy_view(node: &Node, p: Policy, last_ns: i64) -> Result<PolicyView> {
+    // A relationship this release cannot read is not shown linked (deleting a policy, which
+    // must know every link, still reads them all).
     let linked = node
         .store()
-        .list(Some(Role::Source))?
+        .list_readable(Some(Role::Source))?
+        .rows
         .into_iter()
         .filter(|r| r.spec.policies.contains(&p.name))
         .map(|r| r.id.to_string())

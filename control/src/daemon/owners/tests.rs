@@ -175,11 +175,16 @@ fn a_relationship_stored_here_unreadable_keeps_its_record_and_is_not_taken_over(
     w.records.insert(r.id.clone(), held("a", "fp", &r));
     w.overdue.insert(name("a"));
     w.unreadable.insert(r.id.to_string());
-    assert_eq!(w.decide(), vec![]);
+    assert!(
+        matches!(&w.decide()[..], [Action::Cannot { why, .. }] if why.contains("cannot be read"))
+    );
     // The others go on: a readable relationship of this node is published.
     let other = rel(2);
     w.local.push(other.clone());
-    assert!(matches!(&w.decide()[..], [Action::Publish { id, .. }] if *id == other.id));
+    assert!(w
+        .decide()
+        .iter()
+        .any(|a| matches!(a, Action::Publish { id, .. } if *id == other.id)));
 }
 
 #[test]
