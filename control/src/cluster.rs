@@ -424,13 +424,7 @@ impl Membership {
     /// Writes a shared record (`key` below `KEY_ROOT`, of a `SHARED_KINDS` kind); this node's
     /// view has it at once, the others through their watch.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        assert_shared(key);
-        if value.len() > MAX_SHARED_VALUE {
-            return Err(Error::Invalid(format!(
-                "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
-                value.len()
-            )));
-        }
+        writable(key, &value)?;
         let mut c = self.client()?;
         let done = within(
             "writing",
@@ -446,13 +440,7 @@ impl Membership {
     pub async fn put_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
         let mut ops = Vec::with_capacity(records.len());
         for (key, value) in &records {
-            assert_shared(key);
-            if value.len() > MAX_SHARED_VALUE {
-                return Err(Error::Invalid(format!(
-                    "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
-                    value.len()
-                )));
-            }
+            writable(key, value)?;
             ops.push(TxnOp::put(format!("{KEY_ROOT}{key}"), value.clone(), None));
         }
         let mut c = self.client()?;
@@ -477,13 +465,7 @@ impl Membership {
         value: Vec<u8>,
         down: Option<&NodeName>,
     ) -> Result<bool> {
-        assert_shared(key);
-        if value.len() > MAX_SHARED_VALUE {
-            return Err(Error::Invalid(format!(
-                "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
-                value.len()
-            )));
-        }
+        writable(key, &value)?;
         let full = format!("{KEY_ROOT}{key}");
         let mut compare = vec![match expected {
             None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
@@ -796,6 +778,19 @@ impl Membership {
 
 /// Only records of the kinds every node's view keeps are written or deleted through `put` and
 /// `delete` (an invariant of the callers: their keys are built in this crate).
+/// A shared record this node may write: of a `SHARED_KINDS` kind (else a bug here), and no
+/// larger than every node's view keeps.
+fn writable(key: &str, value: &[u8]) -> Result<()> {
+    assert_shared(key);
+    if value.len() > MAX_SHARED_VALUE {
+        return Err(Error::Invalid(format!(
+            "{key}: {} bytes is more than a shared record holds ({MAX_SHARED_VALUE})",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 fn assert_shared(key: &str) {
     assert!(
         SHARED_KINDS

@@ -400,26 +400,28 @@ impl Store {
         // A column of another SQL type than the schema's (a damaged row) is set apart as a
         // column this release cannot decode is.
         let rows = st.query_map(params![role.map(role_str)], |r| {
-            // Even the id may be damaged (the schema lets it be NULL or a blob): named as
-            // well as it can be, so the row is set apart, not the list failed.
-            let id = match r.get_ref(0)? {
-                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                other => format!("{other:?}"),
-            };
-            Ok(Self::row(r).map_err(|e| (id, e)))
+            Ok(Self::row(r).map_err(|e| {
+                // Even the id may be damaged (the schema lets it be NULL or a blob): named as
+                // well as it can be, so the row is set apart, not the list failed.
+                let id = match r.get_ref(0) {
+                    Ok(rusqlite::types::ValueRef::Text(t)) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
+                let error = unreadable(&id, "row", e);
+                Unreadable { id, error }
+            }))
         })?;
         let mut listed = Listed::default();
         for r in rows {
-            let (id, decoded) = match r? {
-                Ok(t) => (t.0.clone(), Self::decode(t)),
-                Err((id, e)) => {
-                    let error = unreadable(&id, "row", e);
-                    (id, Err(error))
-                }
-            };
+            let decoded = r?.and_then(|t| {
+                let id = t.0.clone();
+                Self::decode(t).map_err(|error| Unreadable { id, error })
+            });
             match decoded {
                 Ok(r) => listed.rows.push(r),
-                Err(error) => listed.unreadable.push(Unreadable { id, error }),
+                Err(u) => listed.unreadable.push(u),
             }
         }
         Ok(listed)
@@ -702,12 +704,7 @@ mod tests {
         );
         let listed = s.list_readable(None).unwrap();
         assert_eq!((listed.rows.len(), listed.unreadable.len()), (1, 1));
-        s.conn
-            .execute(
-                "UPDATE relationships SET id = x'00ff' WHERE id = ?1",
-                [b.id.as_str()],
-            )
-            .unwrap();
+        set("id = x'00ff'");
         let listed = s.list_readable(None).unwrap();
         assert_eq!((listed.rows.len(), listed.unreadable.len()), (1, 1));
         s.conn
