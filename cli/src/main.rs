@@ -19,6 +19,7 @@ mod reverse;
 mod spec;
 mod status;
 mod token;
+mod unreadable;
 mod upgrade;
 mod view;
 

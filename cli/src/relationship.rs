@@ -174,6 +174,33 @@ Examples:
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List the stored relationships this node's release cannot read, with why.
+    #[command(
+        long_about = "List the stored relationships this node's release cannot read, with the column that \
+cannot be read. Usually a downgrade met a setting a later release stored: upgrade again. Such a \
+relationship runs no job and answers no peer, while the others go on; `list` leaves it out and \
+says so. The alert MoverRelationshipUnreadable fires while there is one.\n\nExample:\n  \
+mover relationship unreadable"
+    )]
+    Unreadable {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Forget a stored relationship this release cannot read (last resort: nothing is released).
+    #[command(
+        long_about = "Forget, on this node only, a stored relationship its release cannot read: the \
+last resort when neither upgrading again nor restoring the state database is possible. Nothing \
+of it is released or reverted, since what to release is in the unreadable row: a target \
+directory stays read-only until its mounts are undone by hand, and the peer keeps its side \
+(delete it there). Refused for a relationship this release can read: delete that one.\n\n\
+Example:\n  mover relationship forget 4f0c1a2b9d8e7f60a1b2c3d4e5f60718"
+    )]
+    Forget {
+        /// The id as `mover relationship unreadable` prints it (in full).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// Full id from a prefix, so the 8 digits the table shows are enough to name a relationship.
@@ -278,6 +305,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 .client()
                 .get(role.map_or(STATUS, Role::base))
                 .context("listing relationships")?;
+            crate::unreadable::warn(&api.client());
             if api.json {
                 return print_json(&v);
             }
@@ -392,6 +420,8 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
         } => crate::reverse::run(&id, source_address, &api)?,
         RelationshipCmd::Replicate { id, api } => action(&id, &api, "replicate", "replication of")?,
         RelationshipCmd::Abort { id, api } => action(&id, &api, "abort", "abort of")?,
+        RelationshipCmd::Unreadable { api } => crate::unreadable::list(&api)?,
+        RelationshipCmd::Forget { id, api } => crate::unreadable::forget(&id, &api)?,
     }
     Ok(())
 }

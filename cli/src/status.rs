@@ -79,6 +79,9 @@ pub fn run(a: StatusArgs) -> Result<()> {
     let mut first = true;
     loop {
         let views = api.get(STATUS).context("reading the status")?;
+        if first {
+            crate::unreadable::warn(&api);
+        }
         let mut out = frame(&views, a.api.json, redraw, a.interval)?;
         if a.watch && !redraw && !a.api.json && !first {
             // Appended tables need a gap to be told apart.

@@ -4,8 +4,8 @@
 mod node;
 
 use node::{
-    create, fail_over, fill, need_root, s, stderr, synced, synced_relationship, tree_hash,
-    try_create, Node, Scratch,
+    create, damage_row, fail_over, fill, need_root, s, stderr, synced, synced_relationship,
+    tree_hash, try_create, Node, Scratch,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -194,17 +194,8 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
     let (a, b, src, dst) = node::pair(&t);
     fill(&src, 3, 1000, 2);
     std::fs::create_dir(&dst).unwrap();
-    let token = |n: &Node, name: &str, role: &str| -> String {
-        let (code, v) = n.call(
-            "POST",
-            "/v1/tokens",
-            Some(&json!({"name": name, "role": role})),
-        );
-        assert_eq!(code, 201, "{v}");
-        v["token"].as_str().unwrap().to_string()
-    };
-    let observer = token(&a, "watcher", "observer");
-    let tgt_op = token(&a, "tgt", "target-operator");
+    let observer = a.new_token("watcher", "observer");
+    let tgt_op = a.new_token("tgt", "target-operator");
     let spec = json!({"source_path": s(&src), "target_address": "127.0.0.1", "target_port": b.listen, "target_path": s(&dst)});
     let path = "/v1/replication/source-relationships";
 
@@ -270,7 +261,7 @@ fn privileges_are_enforced_and_a_refused_request_changes_nothing() {
 
     // A target operator on the target may authorize; a source operator may not.
     let id = create(&a, &b, &src, &dst, &[]);
-    let src_op = token(&b, "src", "source-operator");
+    let src_op = b.new_token("src", "source-operator");
     let (code, _) = b.call_as(
         Some(&src_op),
         "POST",
@@ -1112,4 +1103,134 @@ fn a_drill_is_a_verified_writable_copy_and_replication_keeps_advancing() {
     );
     let out = b.cli(&["drill", "release", drill_id]);
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreadable_stored_relationship_is_listed_apart_and_forgotten_while_the_others_go_on() {
+    need_root();
+    let t = Scratch::new();
+    let (a, b, src, dst) = node::pair(&t);
+    fill(&src, 5, 2000, 11);
+    std::fs::create_dir(&dst).unwrap();
+    let kept = synced_relationship(&a, &b, &src, &dst);
+    let (src2, dst2) = (t.path().join("src2"), t.path().join("dst2"));
+    fill(&src2, 2, 100, 12);
+    let damaged = create(&a, &b, &src2, &dst2, &[]);
+    damage_row(&a, &damaged);
+    damage_row(&b, &damaged);
+
+    // The lists answer the readable relationship, and say what they leave out.
+    for (n, role, id) in [(&a, "source", &kept), (&b, "target", &kept)] {
+        let (code, v) = n.get(&format!("/v1/replication/{role}-relationships"));
+        assert_eq!(code, 200, "{v}");
+        let ids: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [id.as_str()], "{v}");
+        let (code, u) = n.get("/v1/replication/unreadable");
+        assert_eq!(code, 200, "{u}");
+        assert_eq!(u.as_array().unwrap().len(), 1, "{u}");
+        assert_eq!(u[0]["id"], json!(damaged), "{u}");
+        assert_eq!(u[0]["role"], json!(role), "{u}");
+        assert!(
+            u[0]["error"].as_str().unwrap().contains("last attempt"),
+            "{u}"
+        );
+    }
+    // The header counting what a list leaves out, on the wire.
+    let head = |n: &Node, path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", n.api)).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            n.token
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase()
+    };
+    for path in [
+        "/v1/replication/status",
+        "/v1/replication/source-relationships",
+    ] {
+        let h = head(&a, path);
+        assert!(
+            h.contains("mover-unreadable-relationships: 1"),
+            "{path}: {h}"
+        );
+    }
+    let out = a.cli(&["relationship", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 stored relationship(s) cannot be read"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&kept[..8]));
+
+    // The readable relationship keeps replicating.
+    std::fs::write(src.join("after-the-damage"), b"new").unwrap();
+    a.cli_ok(&["relationship", "replicate", &kept]);
+    a.wait_for("source", &kept, "the change replicated", |v| {
+        synced(v) && tree_hash(&src) == tree_hash(&dst)
+    });
+
+    // Forgetting takes the write privilege of the row's role, and only an unreadable row.
+    let observer = a.new_token("watcher", "observer");
+    let tgt_op = a.new_token("tgt", "target-operator");
+    let forget = |id: &str| format!("/v1/replication/unreadable/{id}");
+    let (code, v) = a.call_as(Some(&tgt_op), "GET", "/v1/replication/unreadable", None);
+    assert_eq!(
+        (code, v),
+        (200, json!([])),
+        "a source row is not a target operator's"
+    );
+    // One that may read it but not write is refused; one that may not read it finds none.
+    for (tok, want) in [(&observer, 403), (&tgt_op, 404)] {
+        let (code, v) = a.call_as(Some(tok), "DELETE", &forget(&damaged), None);
+        assert_eq!(code, want, "{v}");
+    }
+    let (code, v) = a.call("DELETE", &forget(&kept), None);
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = a.call("DELETE", &forget(&"0".repeat(32)), None);
+    assert_eq!(code, 404, "{v}");
+    assert_eq!(
+        a.get("/v1/replication/unreadable")
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Forgotten on both nodes, through the CLI; the lists are whole again.
+    for n in [&a, &b] {
+        n.cli_ok(&["relationship", "forget", &damaged]);
+        assert_eq!(n.get("/v1/replication/unreadable").1, json!([]));
+        let out = n.cli(&["relationship", "list"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("cannot be read"), "{}", stderr(&out));
+        assert!(!head(n, "/v1/replication/status").contains("mover-unreadable"));
+        let (_, events) = n.get("/v1/events?limit=1000");
+        assert!(
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "relationship_deleted"
+                    && e["relationship"] == json!(damaged)
+                    && e["message"].as_str().unwrap().contains("forgotten")),
+            "{events}"
+        );
+    }
+    let (code, v) = a.call("DELETE", &forget(&damaged), None);
+    assert_eq!(code, 404, "{v}");
+    // The other relationship is untouched, and the target still holds the source's tree.
+    assert!(synced(&a.view("source", &kept)));
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
 }

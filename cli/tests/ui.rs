@@ -9,7 +9,7 @@ mod node;
 use chrono::Datelike;
 use fantoccini::{Client, ClientBuilder, Locator};
 use node::etcd::Etcd;
-use node::{fill, free_port, need_root, Node, Scratch};
+use node::{damage_row, fill, free_port, need_root, Node, Scratch};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -672,11 +672,45 @@ async fn an_operator_creates_authorizes_watches_edits_and_deletes_a_relationship
          && r.querySelector('button[data-action=\"make-writable\"]').hidden",
     )
     .await;
+    // A stored relationship the source's release cannot read is shown apart, with why, and
+    // forgotten from there after a warning; the others stay listed meanwhile.
+    damage_row(&a, &others[0]);
     open_ui(&c, &a, &a.token).await;
-    for other in &others {
-        let path = format!("/v1/replication/source-relationships/{other}");
-        assert_eq!(a.call("DELETE", &path, None).0, 204);
-    }
+    let banner = format!("#unreadable-banner div[data-id={:?}]", others[0]);
+    wait_js(
+        &c,
+        "the unreadable relationship's banner",
+        UI_WAIT,
+        &format!(
+            "const b = document.querySelector({banner:?}); \
+             return !!b && b.textContent.includes('last attempt is unreadable') \
+             && !document.getElementById('unreadable-banner').hidden \
+             && !document.querySelector({:?}) && !!document.querySelector({:?})",
+            row(&others[0], "source"),
+            row(&id, "source")
+        ),
+    )
+    .await;
+    click(&c, &format!("{banner} button")).await;
+    let warning = dialog_text(&c, "the forget confirmation", "dialog-body").await;
+    assert!(
+        warning
+            .as_str()
+            .unwrap()
+            .contains("Nothing of it is released"),
+        "{warning}"
+    );
+    click(&c, "#dialog-confirm").await;
+    wait_js(
+        &c,
+        "the banner to go",
+        UI_WAIT,
+        "return document.getElementById('unreadable-banner').hidden",
+    )
+    .await;
+    assert_eq!(a.get("/v1/replication/unreadable").1, json!([]));
+    let path = format!("/v1/replication/source-relationships/{}", others[1]);
+    assert_eq!(a.call("DELETE", &path, None).0, 204);
 
     // 6. Delete it, after the warning that the target becomes writable.
     click(

@@ -129,6 +129,8 @@ pub struct Listed {
 pub struct Unreadable {
     /// Its id as stored.
     pub id: String,
+    /// Its role, as the schema's check keeps it (`None` only past that check).
+    pub role: Option<Role>,
     /// Why, naming the row and the column.
     pub error: Error,
 }
@@ -164,6 +166,14 @@ fn unreadable(id: &str, column: &str, why: impl std::fmt::Display) -> Error {
     Error::Unreadable(format!(
         "stored relationship {id:?}: its {column} is unreadable ({why})"
     ))
+}
+
+fn role_from(s: &str) -> Option<Role> {
+    match s {
+        "source" => Some(Role::Source),
+        "target" => Some(Role::Target),
+        _ => None,
+    }
 }
 
 fn role_str(r: Role) -> &'static str {
@@ -316,10 +326,8 @@ impl Store {
             move |e: serde_json::Error| unreadable(id, column, e)
         };
         // Never a default: a row read as the other role would run the other side's jobs.
-        let role = match role.as_str() {
-            "source" => Role::Source,
-            "target" => Role::Target,
-            other => return Err(unreadable(&id, "role", format!("{other:?}"))),
+        let Some(role) = role_from(&role) else {
+            return Err(unreadable(&id, "role", format!("{role:?}")));
         };
         let spec: Spec = serde_json::from_str(&spec).map_err(bad("spec"))?;
         let last_attempt: Option<Attempt> = attempt
@@ -409,15 +417,16 @@ impl Store {
                     }
                     other => format!("{other:?}"),
                 };
+                let role = r.get::<_, String>(1).ok().and_then(|s| role_from(&s));
                 let error = unreadable(&id, "row", e);
-                Unreadable { id, error }
+                Unreadable { id, role, error }
             }))
         })?;
         let mut listed = Listed::default();
         for r in rows {
             let decoded = r?.and_then(|t| {
-                let id = t.0.clone();
-                Self::decode(t).map_err(|error| Unreadable { id, error })
+                let (id, role) = (t.0.clone(), role_from(&t.1));
+                Self::decode(t).map_err(|error| Unreadable { id, role, error })
             });
             match decoded {
                 Ok(r) => listed.rows.push(r),
@@ -532,6 +541,32 @@ impl Store {
             params![id.as_str(), term, epoch],
         )?;
         Ok(Fenced::Raised)
+    }
+
+    /// Deletes the stored relationship whose id is stored as `id` if, and only if, this release
+    /// cannot read it (a readable one is deleted through its role's own path, which tells the
+    /// peer and releases what it holds). Returns what was forgotten. Only the row goes: its
+    /// policy snapshots' records are dropped at their expiry, as a departed relationship's.
+    pub fn forget_unreadable(&self, id: &str) -> Result<Unreadable> {
+        let listed = self.list_readable(None)?;
+        if listed.rows.iter().any(|r| r.id.as_str() == id) {
+            return Err(Error::Conflict(format!(
+                "relationship {id} is readable: delete it through its role's relationships"
+            )));
+        }
+        let Some(u) = listed.unreadable.into_iter().find(|u| u.id == id) else {
+            return Err(Error::NotFound(id.to_string()));
+        };
+        // A damaged id that is not text matches no text: such a row is repaired in the
+        // database itself.
+        if self
+            .conn
+            .execute("DELETE FROM relationships WHERE id = ?1", params![id])?
+            == 0
+        {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        Ok(u)
     }
 
     pub fn delete(&self, id: &RelationshipId) -> Result<()> {
@@ -739,6 +774,72 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn only_a_row_this_release_cannot_read_is_forgotten_and_its_role_is_named() {
+        let s = Store::open_in_memory().unwrap();
+        let rows: Vec<Relationship> = [Role::Source, Role::Target]
+            .into_iter()
+            .map(|role| {
+                let r = Relationship::new(
+                    RelationshipId::new_random(),
+                    role,
+                    crate::model::tests::spec(),
+                    0,
+                    None,
+                );
+                s.insert(&r).unwrap();
+                r
+            })
+            .collect();
+        let (readable, damaged) = (&rows[0], &rows[1]);
+        s.set_raw(damaged.id.as_str(), "spec = '{\"later\": true}'");
+        let listed = s.list_readable(None).unwrap();
+        assert_eq!(listed.unreadable.len(), 1);
+        assert_eq!(listed.unreadable[0].role, Some(Role::Target));
+        assert!(matches!(
+            s.forget_unreadable(readable.id.as_str()),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            s.forget_unreadable(&"0".repeat(32)),
+            Err(Error::NotFound(_))
+        ));
+        let gone = s.forget_unreadable(damaged.id.as_str()).unwrap();
+        assert_eq!(
+            (gone.id.as_str(), gone.role),
+            (damaged.id.as_str(), Some(Role::Target))
+        );
+        assert!(
+            gone.error.to_string().contains("its spec is unreadable"),
+            "{}",
+            gone.error
+        );
+        assert!(matches!(
+            s.forget_unreadable(damaged.id.as_str()),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(s.list(None).unwrap(), vec![readable.clone()]);
+        // A row whose very id is damaged cannot be named by text: it stays for the database's
+        // own repair.
+        let other = Relationship::new(
+            RelationshipId::new_random(),
+            Role::Source,
+            crate::model::tests::spec(),
+            0,
+            None,
+        );
+        s.insert(&other).unwrap();
+        s.set_raw(other.id.as_str(), "id = x'00ff'");
+        let listed = s.list_readable(None).unwrap();
+        let shown = listed.unreadable[0].id.clone();
+        assert_eq!(listed.unreadable[0].role, Some(Role::Source));
+        assert!(matches!(
+            s.forget_unreadable(&shown),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(s.list_readable(None).unwrap().unreadable.len(), 1);
     }
 
     #[test]

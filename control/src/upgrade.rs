@@ -200,7 +200,7 @@ pub fn assess(f: &Facts, train: &Train) -> Report {
                 .map(|(id, s)| format!("{} is {s}", list(std::slice::from_ref(id))))
                 .collect::<Vec<_>>()
                 .join("; "),
-            Some("look at these relationships first (mover relationship show ID; an unreadable one is named, with its column, in the daemon's log)".into()),
+            Some("look at these relationships first (mover relationship show ID; an unreadable one: mover relationship unreadable)".into()),
         )
     });
     items.push(match &f.staging_free {

@@ -137,6 +137,25 @@ pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) ->
     v["id"].as_str().unwrap().to_string()
 }
 
+/// Damages relationship `id`'s stored row on `n` as a downgrade would meet it: a column this
+/// release cannot read (the daemon keeps running; SQLite serialises the write).
+pub fn damage_row(n: &Node, id: &str) {
+    let db = rusqlite::Connection::open(n.dir.join("data/mover.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE relationships SET last_attempt = '[' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(
+        changed,
+        1,
+        "relationship {id} is stored on {}",
+        n.dir.display()
+    );
+}
+
 pub fn need_root() {
     assert!(
         rustix::process::geteuid().is_root(),
@@ -511,6 +530,17 @@ impl Node {
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.call_as(Some(&self.token.clone()), method, path, body)
+    }
+
+    /// A new API token named `name` with `role` (the admin token makes it); its secret.
+    pub fn new_token(&self, name: &str, role: &str) -> String {
+        let (code, v) = self.call(
+            "POST",
+            "/v1/tokens",
+            Some(&serde_json::json!({"name": name, "role": role})),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

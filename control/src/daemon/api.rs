@@ -133,6 +133,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(super::api_snapshots::routes())
         .merge(super::api_events::routes())
+        .merge(super::api_unreadable::routes())
         .merge(super::api_containers::routes())
         .merge(super::ui::routes())
         .route("/v1/upgrade/check", get(super::upgrade::check))
@@ -374,11 +375,11 @@ pub(super) struct ScopeQuery {
     get,
     path = "/v1/replication/status",
     responses(
-        (status = 200, description = "every relationship the token may read", body = [View]),
+        (status = 200, description = "every relationship the token may read that this release can read", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
         openapi::Privileged,
     )
 )]
-pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
     let role = caller(&node, &h)?;
     let (s, t) = (
         role.has(Privilege::SourceRead),
@@ -393,15 +394,22 @@ pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Ve
             ),
         ));
     }
-    let mut all = Vec::new();
-    for (ok, r) in [(s, Role::Source), (t, Role::Target)] {
-        if ok {
-            all.extend(node.store().list(Some(r))?);
-        }
-    }
-    Ok(Json(
-        all.into_iter().map(|r| view::view(&node, r)).collect(),
-    ))
+    let roles: Vec<Role> = [(s, Role::Source), (t, Role::Target)]
+        .into_iter()
+        .filter_map(|(ok, r)| ok.then_some(r))
+        .collect();
+    listing(&node, &roles)
+}
+
+/// A relationship list: the views, and the header counting what this release cannot read.
+pub(super) type Listing = (HeaderMap, Json<Vec<view::View>>);
+
+/// The relationships of `roles` this release can read, oldest first within each role; those
+/// it cannot are counted in `api_unreadable::HEADER` and listed at /v1/replication/unreadable.
+fn listing(node: &Node, roles: &[Role]) -> Answer<Listing> {
+    let (headers, all) = super::api_unreadable::readable(node, roles)?;
+    let views = all.into_iter().map(|r| view::view(node, r)).collect();
+    Ok((headers, Json(views)))
 }
 
 #[utoipa::path(
@@ -409,16 +417,13 @@ pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Json<Ve
     path = "/v1/replication/source-relationships",
     tag = "source",
     responses(
-        (status = 200, description = "the source relationships", body = [View]),
+        (status = 200, description = "the source relationships", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
         openapi::Privileged,
     )
 )]
-pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
     check(&node, &h, Privilege::SourceRead)?;
-    let all = node.store().list(Some(Role::Source))?;
-    Ok(Json(
-        all.into_iter().map(|r| view::view(&node, r)).collect(),
-    ))
+    listing(&node, &[Role::Source])
 }
 
 #[utoipa::path(
@@ -426,16 +431,13 @@ pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     path = "/v1/replication/target-relationships",
     tag = "target",
     responses(
-        (status = 200, description = "the target relationships", body = [View]),
+        (status = 200, description = "the target relationships", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
         openapi::Privileged,
     )
 )]
-pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<view::View>>> {
+pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
     check(&node, &h, Privilege::TargetRead)?;
-    let all = node.store().list(Some(Role::Target))?;
-    Ok(Json(
-        all.into_iter().map(|r| view::view(&node, r)).collect(),
-    ))
+    listing(&node, &[Role::Target])
 }
 
 #[utoipa::path(

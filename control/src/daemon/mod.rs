@@ -11,6 +11,7 @@ mod api_events;
 mod api_proxy;
 mod api_rolling;
 mod api_snapshots;
+mod api_unreadable;
 mod assigned;
 pub mod config;
 mod data_client;

@@ -4,8 +4,8 @@
 //! client needs it before it has a token).
 
 use super::{
-    api, api_containers, api_drain, api_events, api_rolling, api_snapshots, reverse, self_upgrade,
-    ui, upgrade, Node,
+    api, api_containers, api_drain, api_events, api_rolling, api_snapshots, api_unreadable,
+    reverse, self_upgrade, ui, upgrade, Node,
 };
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
@@ -73,6 +73,8 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         api_containers::containers,
         api_events::events,
         api_events::audit_log,
+        api_unreadable::list,
+        api_unreadable::forget,
         ui::whoami,
         openapi_json,
     ),
@@ -248,11 +250,12 @@ mod tests {
     /// The files whose router functions register the API's routes, with where each function's
     /// route list starts.
     /// (`ui.rs` is counted apart: its page and assets are not API operations, `/v1/whoami` is.)
-    const ROUTERS: [(&str, &str); 5] = [
+    const ROUTERS: [(&str, &str); 6] = [
         (include_str!("api.rs"), "pub fn router("),
         (include_str!("api_containers.rs"), "pub(super) fn routes("),
         (include_str!("api_snapshots.rs"), "pub(super) fn routes("),
         (include_str!("api_events.rs"), "pub(super) fn routes("),
+        (include_str!("api_unreadable.rs"), "pub(super) fn routes("),
         (include_str!("openapi.rs"), "pub(super) fn routes("),
     ];
     const METHODS: [&str; 5] = ["get(", "post(", "put(", "patch(", "delete("];

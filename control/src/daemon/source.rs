@@ -1711,6 +1711,18 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     Ok(())
 }
 
+/// After a source row this release could not read was forgotten: what this process kept of
+/// it, and its state dir (the sender's last entry list, which nothing else uses), go.
+pub(crate) fn forgotten(node: &Node, id: &RelationshipId) {
+    lock(&node.wanted).remove(id);
+    lock(&node.jobs).remove(id);
+    lock(&node.hot_files).remove(id);
+    if let Err(e) = settle_manifest(node, id, true) {
+        tracing::warn!(%id, "the data container's manifest of a forgotten relationship: {e}");
+    }
+    let _ = std::fs::remove_dir_all(node.state_dir(id));
+}
+
 /// Aborts a relationship's running job and waits (bounded) until it has stopped.
 pub async fn stop_job(node: &Node, id: &RelationshipId, grace: Duration) -> bool {
     let Some(done) = cancel_job(node, id) else {

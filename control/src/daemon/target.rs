@@ -339,6 +339,17 @@ fn start_receiver(node: &Node, r: &Relationship) -> Result<Rx> {
     })
 }
 
+/// Before a target row this release cannot read is forgotten: its receiver, if one still runs
+/// (the row was damaged under it), stops, and what this process kept of it goes. Nothing is
+/// released or reverted: what to release (the target directory) is in the row.
+pub(crate) fn quiesce_unreadable(node: &Node, id: &RelationshipId) -> Result<()> {
+    stop_receiver(node, id, STOP_WAIT)?;
+    lock(&node.routes).retain(|_, (rid, _)| rid != id);
+    lock(&node.reported).remove(id);
+    lock(&node.last_contact).remove(id);
+    Ok(())
+}
+
 /// Stops the relationship's receiver and waits (bounded) until its session, if any, ended.
 fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()> {
     let Some(rx) = lock(&node.receivers).remove(id) else {

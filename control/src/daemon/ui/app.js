@@ -15,6 +15,7 @@
   const MAX_WINDOWS_IN_FORM = 32;
   const SRC = "/v1/replication/source-relationships";
   const TGT = "/v1/replication/target-relationships";
+  const UNREADABLE = "/v1/replication/unreadable";
   const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
   const MINUTES_PER_DAY = 1440;
   // How many of the node's newest events the list page shows.
@@ -313,13 +314,68 @@
       if (e instanceof ApiError && e.status === 401) throw e;
       return e;
     });
-    const [read, recent] = await Promise.all([Promise.all(reads), events]);
+    // Stored relationships this release cannot read are left out of the lists; they are
+    // shown apart, so the others stay in sight while one is repaired.
+    const unreadable = api("GET", UNREADABLE).catch((e) => {
+      if (e instanceof ApiError && e.status === 401) throw e;
+      return [];
+    });
+    const [read, recent, damaged] = await Promise.all([Promise.all(reads), events, unreadable]);
     const views = read.flat();
     if (page !== "list") return;
     showError("");
     renderRows(views);
+    renderUnreadable(damaged);
     if (recent instanceof Error) showEventsError(recent);
     else renderEvents(recent);
+  }
+
+  // One line per stored relationship this release cannot read: why, and a way to forget it.
+  function renderUnreadable(list) {
+    const banner = $("unreadable-banner");
+    banner.hidden = list.length === 0;
+    const key = JSON.stringify(list);
+    if (banner.dataset.shown === key) return;
+    banner.dataset.shown = key;
+    const lines = list.map((u) =>
+      el(
+        "div",
+        { class: "unreadable", "data-id": u.id },
+        el("span", { class: "mono", text: u.id }),
+        " (" + (u.role || "role unreadable") + "): " + u.error + " ",
+        el("button", {
+          type: "button",
+          class: "icon danger",
+          text: "Forget",
+          onclick: () => confirmForget(u),
+        })
+      )
+    );
+    banner.replaceChildren(
+      el("p", {
+        text:
+          "This node's release cannot read " +
+          (list.length === 1 ? "a stored relationship" : list.length + " stored relationships") +
+          ": it runs no job and is not listed below. Upgrade again, or restore the state database; forget it only if neither is possible.",
+      }),
+      ...lines
+    );
+  }
+
+  function confirmForget(u) {
+    dialog({
+      title: "Forget Unreadable Relationship",
+      body: [
+        el("p", { text: "Forget relationship " + u.id + " on this node?" }),
+        el("div", {
+          class: "warning",
+          text: "Nothing of it is released: a target directory stays read-only until its mounts are undone by hand, and the peer keeps its side. This cannot be undone.",
+        }),
+      ],
+      confirm: "Yes, Forget",
+      danger: true,
+      run: () => api("DELETE", UNREADABLE + "/" + encodeURIComponent(u.id)),
+    });
   }
 
   function showEventsError(e) {
