@@ -1505,6 +1505,25 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
         "{}",
         t1.log()
     );
+    // Sessions that give a place no share (no-op jobs here) leave their announcements, and
+    // each session's replace the previous one's: etcd holds at most one session's per
+    // relationship, not one per job until the places' day-long sweep.
+    let expect = format!("{}expect/", control::cluster::KEY_ROOT);
+    for _ in 0..3 {
+        let done = |v: &serde_json::Value| v["last_attempt"]["time"].clone();
+        let before = done(&n1.view("source", &id));
+        // Attempt times are in whole seconds.
+        std::thread::sleep(Duration::from_millis(1100));
+        n1.cli_ok(&["relationship", "replicate", &id]);
+        n1.wait_for("source", &id, "a no-op job", |v| {
+            done(v) != before && node::synced(v)
+        });
+        let held = etcd.count(&expect);
+        assert!(
+            (1..=both.len() as u64).contains(&held),
+            "{held} announcements in etcd"
+        );
+    }
     // Of the made-up sessions, t2 holds only the few it takes as unannounced (a committing
     // node of an older release announces nothing); it answers the rest.
     assert!(refused.load(SeqCst) >= 200, "{}", refused.load(SeqCst));

@@ -35,6 +35,8 @@ use std::time::Duration;
 
 /// Where mover's keys live in etcd (versioned, so a later layout can sit beside it).
 pub const KEY_ROOT: &str = "/mover/v1/";
+/// Most operations one transaction carries: etcd's default `--max-txn-ops`.
+const MAX_TXN_OPS: usize = 128;
 /// Lease of a node's heartbeat key, in seconds.
 pub const MEMBER_TTL: i64 = 3;
 /// How often the lease is renewed: a third of its life, so two lost renewals are survived.
@@ -436,12 +438,27 @@ impl Membership {
         Ok(())
     }
 
-    /// Writes several shared records in one transaction (one round trip), all or none.
-    pub async fn put_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let mut ops = Vec::with_capacity(records.len());
+    /// Writes several shared records and deletes others (`deletes`, of the kinds `put`
+    /// writes) in one transaction (one round trip), all or none.
+    pub async fn write_all(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    ) -> Result<()> {
+        if records.len() + deletes.len() > MAX_TXN_OPS {
+            return Err(Error::Invalid(format!(
+                "etcd takes at most {MAX_TXN_OPS} operations in one transaction, not {}",
+                records.len() + deletes.len()
+            )));
+        }
+        let mut ops = Vec::with_capacity(records.len() + deletes.len());
         for (key, value) in &records {
             writable(key, value)?;
             ops.push(TxnOp::put(format!("{KEY_ROOT}{key}"), value.clone(), None));
+        }
+        for key in &deletes {
+            assert_shared(key);
+            ops.push(TxnOp::delete(format!("{KEY_ROOT}{key}"), None));
         }
         let mut c = self.client()?;
         let done = within("writing", c.txn(Txn::new().and_then(ops))).await?;
@@ -449,6 +466,9 @@ impl Membership {
         let mut k = lock(&self.known);
         for (key, value) in records {
             own_write(&mut k, &key, Some(value), at);
+        }
+        for key in deletes {
+            own_write(&mut k, &key, None, at);
         }
         Ok(())
     }

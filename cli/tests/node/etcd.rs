@@ -37,6 +37,25 @@ impl Etcd {
         e
     }
 
+    /// How many keys below `prefix` etcd holds now (through its JSON gateway on the client
+    /// port: the tests have no etcdctl).
+    pub fn count(&self, prefix: &str) -> u64 {
+        // The prefix's range end: its last byte one higher (the keys here are ASCII).
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().expect("a prefix") += 1;
+        let body = serde_json::json!({
+            "key": base64(prefix.as_bytes()),
+            "range_end": base64(&end),
+            "count_only": true,
+        });
+        let url = format!("http://127.0.0.1:{}/v3/kv/range", self.port);
+        let mut res = ureq::post(&url).send_json(&body).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        // Counts are int64, which the gateway writes as strings, and leaves out at 0.
+        v["count"].as_str().map_or(0, |c| c.parse().unwrap())
+    }
+
     /// `--cluster` for daemons.
     pub fn url(&self) -> String {
         format!("etcd://127.0.0.1:{}", self.port)
@@ -113,4 +132,26 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Standard base64 with padding, for the gateway's byte fields.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -130,6 +130,9 @@ pub struct Node {
     /// this node runs, and the members left out of each relationship's write places.
     share_host: Arc<mover::receiver::share::ShareHost>,
     writes_left_out: Arc<writes::LeftOut>,
+    /// Committing side (cluster, `--spread-writes`): the announcement records of each
+    /// relationship's last session, replaced by the next session's.
+    announced: Mutex<HashMap<RelationshipId, Vec<String>>>,
 }
 
 impl Node {
@@ -372,6 +375,7 @@ impl Node {
             token_index: Mutex::default(),
             share_host: Arc::new(mover::receiver::share::ShareHost::new()),
             writes_left_out: Arc::default(),
+            announced: Mutex::default(),
             transports: Mutex::default(),
             manifests: Mutex::default(),
             reconnecting: Mutex::default(),

@@ -253,6 +253,12 @@ struct Announced {
 /// announced sessions in a bound that Hellos with made-up ids cannot fill. Best effort: a
 /// place not told takes the session's workers as unannounced (`MAX_HELD_UNANNOUNCED`), so
 /// this never fails a ticket.
+///
+/// The same transaction deletes what the relationship's previous session announced: a
+/// session that gave a place no share (a no-op job, one that failed before its shares) left
+/// its announcement there, and a job every few seconds would otherwise pile thousands of
+/// them a day into etcd until the places' sweep. A relationship's sessions follow each
+/// other, so a place holding a worker of the previous one keeps it (held already).
 pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[Place]) {
     let (Some(m), false) = (node.cluster.as_ref(), places.is_empty()) else {
         return;
@@ -268,12 +274,26 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
     let Ok(body) = serde_json::to_vec(&body) else {
         return;
     };
-    let records = places
+    let keys: Vec<String> = places
         .iter()
-        .map(|(name, _)| (announcement(name, session), body.clone()))
+        .map(|(name, _)| announcement(name, session))
         .collect();
-    if let Err(e) = rt.block_on(m.put_all(records)) {
-        tracing::warn!(relationship = %id, "announcing a session to its write places: {e}");
+    let records = keys.iter().map(|k| (k.clone(), body.clone())).collect();
+    let previous: Vec<String> = super::lock(&node.announced)
+        .get(id)
+        .into_iter()
+        .flatten()
+        .filter(|k| !keys.contains(k))
+        .cloned()
+        .collect();
+    match rt.block_on(m.write_all(records, previous)) {
+        Ok(()) => {
+            super::lock(&node.announced).insert(id.clone(), keys);
+        }
+        // The previous ones stay listed, for the next session to delete.
+        Err(e) => {
+            tracing::warn!(relationship = %id, "announcing a session to its write places: {e}")
+        }
     }
 }
 
