@@ -305,7 +305,7 @@ pub fn run(cmd: RelationshipCmd) -> Result<()> {
                 .client()
                 .get(role.map_or(STATUS, Role::base))
                 .context("listing relationships")?;
-            crate::unreadable::warn(&api.client());
+            crate::unreadable::warn(&api.client(), role.map(Role::name));
             if api.json {
                 return print_json(&v);
             }

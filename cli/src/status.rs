@@ -80,7 +80,7 @@ pub fn run(a: StatusArgs) -> Result<()> {
     loop {
         let views = api.get(STATUS).context("reading the status")?;
         if first {
-            crate::unreadable::warn(&api);
+            crate::unreadable::warn(&api, None);
         }
         let mut out = frame(&views, a.api.json, redraw, a.interval)?;
         if a.watch && !redraw && !a.api.json && !first {

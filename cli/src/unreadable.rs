@@ -19,9 +19,12 @@ pub(crate) fn fetch(api: &Api) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// After a relationship list: says on stderr what the list could not show.
-pub(crate) fn warn(api: &Api) {
-    let all = fetch(api);
+/// After a relationship list (of `role`, or of both): says on stderr what it could not show.
+pub(crate) fn warn(api: &Api, role: Option<&str>) {
+    let all: Vec<Value> = fetch(api)
+        .into_iter()
+        .filter(|u| role.is_none_or(|r| u["role"] == r))
+        .collect();
     if !all.is_empty() {
         eprintln!(
             "mover: {} stored relationship(s) cannot be read by this node's release and are not \

@@ -1638,3 +1638,44 @@ fn a_write_place_cut_off_from_etcd_stops_writing_before_it_is_seen_down() {
         t2.log()
     );
 }
+
+#[test]
+fn a_forgotten_unreadable_source_relationship_ends_its_record_in_etcd() {
+    node::need_root();
+    let t = Scratch::new();
+    let etcd = Etcd::start(&t.path().join("etcd"));
+    let n1 = Node::start_configured(
+        &t.path().join("n1"),
+        free_port(),
+        free_port(),
+        &spread_cfg(&etcd.url(), "n1", false),
+    );
+    let tgt = Node::start(&t.path().join("tgt"));
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    node::fill(&src, 3, 1000, 41);
+    std::fs::create_dir_all(&dst).unwrap();
+    let id = node::create(&n1, &tgt, &src, &dst, &[]);
+    tgt.cli_ok(&["relationship", "authorize", &id]);
+    n1.wait_for("source", &id, "the initial sync", node::synced);
+    let key = format!("{}owners/{id}", control::cluster::KEY_ROOT);
+    let record = node::eventually("its record in etcd", Duration::from_secs(30), || {
+        etcd.get_json(&key).ok_or_else(|| "no record".to_string())
+    });
+    assert_eq!(record["relationship"]["ended"], false, "{record}");
+
+    // Unreadable here, then forgotten: its record ends before the row goes, so no node (of
+    // a release that reads it) takes it over once this one is down.
+    node::damage_row(&n1, &id);
+    n1.cli_ok(&["relationship", "forget", &id]);
+    let record = etcd.get_json(&key).unwrap();
+    assert_eq!(
+        (&record["owner"], &record["relationship"]["ended"]),
+        (&Value::from("n1"), &Value::Bool(true)),
+        "{record}"
+    );
+    assert_eq!(record["relationship"]["job_running"], false, "{record}");
+    assert_eq!(
+        n1.get("/v1/replication/unreadable").1,
+        serde_json::json!([])
+    );
+}

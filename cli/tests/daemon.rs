@@ -1113,9 +1113,13 @@ fn an_unreadable_stored_relationship_is_listed_apart_and_forgotten_while_the_oth
     fill(&src, 5, 2000, 11);
     std::fs::create_dir(&dst).unwrap();
     let kept = synced_relationship(&a, &b, &src, &dst);
+    // The damaged one ran too: it has a sender's state here, and a protected target there.
     let (src2, dst2) = (t.path().join("src2"), t.path().join("dst2"));
     fill(&src2, 2, 100, 12);
-    let damaged = create(&a, &b, &src2, &dst2, &[]);
+    std::fs::create_dir(&dst2).unwrap();
+    let damaged = synced_relationship(&a, &b, &src2, &dst2);
+    let state = a.dir.join("data/state").join(&damaged);
+    assert!(state.exists(), "{}", state.display());
     damage_row(&a, &damaged);
     damage_row(&b, &damaged);
 
@@ -1230,6 +1234,28 @@ fn an_unreadable_stored_relationship_is_listed_apart_and_forgotten_while_the_oth
     }
     let (code, v) = a.call("DELETE", &forget(&damaged), None);
     assert_eq!(code, 404, "{v}");
+    // The source's state of it went; the target directory was not released, and is made
+    // writable by hand as docs/api.md says.
+    assert!(!state.exists(), "{}", state.display());
+    assert_eq!(tree_hash(&src2), tree_hash(&dst2));
+    let write = || std::fs::write(dst2.join("by-hand"), b"x");
+    assert_eq!(
+        write().unwrap_err().raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    for m in [dst2.clone(), b.dir.join("data/mnt").join(&damaged)] {
+        let out = std::process::Command::new("umount")
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "umount {}: {}",
+            m.display(),
+            stderr(&out)
+        );
+    }
+    write().unwrap();
     // The other relationship is untouched, and the target still holds the source's tree.
     assert!(synced(&a.view("source", &kept)));
     assert_eq!(tree_hash(&src), tree_hash(&dst));

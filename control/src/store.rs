@@ -384,7 +384,7 @@ impl Store {
 
     /// Relationships of one role (oldest first), or all; fails on a row this release cannot
     /// read (naming it). For what must see every relationship or none: the overlap check of a
-    /// new protection or proposal, the links of a policy being deleted, the API's lists. Like
+    /// new protection or proposal, the links of a policy being deleted. Like
     /// `get` and `update`, which the scheduler also runs on every tick, its statement is
     /// prepared once and cached.
     pub fn list(&self, role: Option<Role>) -> Result<Vec<Relationship>> {
@@ -545,8 +545,8 @@ impl Store {
 
     /// Deletes the stored relationship whose id is stored as `id` if, and only if, this release
     /// cannot read it (a readable one is deleted through its role's own path, which tells the
-    /// peer and releases what it holds). Returns what was forgotten. Only the row goes: its
-    /// policy snapshots' records are dropped at their expiry, as a departed relationship's.
+    /// peer and releases what it holds). Returns what was forgotten. Only the row goes (its
+    /// policy snapshots' records are the caller's).
     pub fn forget_unreadable(&self, id: &str) -> Result<Unreadable> {
         let listed = self.list_readable(None)?;
         if listed.rows.iter().any(|r| r.id.as_str() == id) {

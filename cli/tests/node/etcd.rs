@@ -37,6 +37,20 @@ impl Etcd {
         e
     }
 
+    /// The JSON record etcd holds at `key` now, if any (through its JSON gateway).
+    pub fn get_json(&self, key: &str) -> Option<serde_json::Value> {
+        let v = self.range(serde_json::json!({"key": base64(key.as_bytes())}));
+        let value = v["kvs"].get(0)?["value"].as_str()?.to_string();
+        Some(serde_json::from_slice(&unbase64(&value)).unwrap())
+    }
+
+    /// One range request to the JSON gateway, its answer.
+    fn range(&self, body: serde_json::Value) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/v3/kv/range", self.port);
+        let mut res = ureq::post(&url).send_json(&body).unwrap();
+        serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
     /// How many keys below `prefix` etcd holds now (through its JSON gateway on the client
     /// port: the tests have no etcdctl).
     pub fn count(&self, prefix: &str) -> u64 {
@@ -48,10 +62,7 @@ impl Etcd {
             "range_end": base64(&end),
             "count_only": true,
         });
-        let url = format!("http://127.0.0.1:{}/v3/kv/range", self.port);
-        let mut res = ureq::post(&url).send_json(&body).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        let v = self.range(body);
         // Counts are int64, which the gateway writes as strings, and leaves out at 0.
         v["count"].as_str().map_or(0, |c| c.parse().unwrap())
     }
@@ -134,9 +145,10 @@ impl Drop for Etcd {
     }
 }
 
+const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
 /// Standard base64 with padding, for the gateway's byte fields.
 fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let b = [
@@ -151,6 +163,23 @@ fn base64(bytes: &[u8]) -> String {
             } else {
                 out.push('=');
             }
+        }
+    }
+    out
+}
+
+/// `base64` undone.
+fn unbase64(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let d = ABC.iter().position(|&a| a == c).expect("a base64 digit");
+        acc = (acc << 6) | d as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
         }
     }
     out

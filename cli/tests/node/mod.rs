@@ -138,22 +138,40 @@ pub fn create(src: &Node, dst: &Node, from: &Path, to: &Path, extra: &[&str]) ->
 }
 
 /// Damages relationship `id`'s stored row on `n` as a downgrade would meet it: a column this
-/// release cannot read (the daemon keeps running; SQLite serialises the write).
+/// release cannot read. The daemon keeps running: a write of its that read the row just
+/// before may put a readable value back, so the damage is made again until it stays.
 pub fn damage_row(n: &Node, id: &str) {
     let db = rusqlite::Connection::open(n.dir.join("data/mover.db")).unwrap();
     db.busy_timeout(Duration::from_secs(10)).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE relationships SET last_attempt = '[' WHERE id = ?1",
+    let damaged = || -> bool {
+        db.query_row(
+            "SELECT last_attempt = '[' FROM relationships WHERE id = ?1",
             [id],
+            |r| r.get::<_, Option<bool>>(0),
         )
-        .unwrap();
-    assert_eq!(
-        changed,
-        1,
-        "relationship {id} is stored on {}",
-        n.dir.display()
-    );
+        .unwrap()
+        .unwrap_or(false)
+    };
+    for _ in 0..5 {
+        let changed = db
+            .execute(
+                "UPDATE relationships SET last_attempt = '[' WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        assert_eq!(
+            changed,
+            1,
+            "relationship {id} is stored on {}",
+            n.dir.display()
+        );
+        // Longer than a read-then-write of the daemon takes.
+        std::thread::sleep(Duration::from_millis(300));
+        if damaged() {
+            return;
+        }
+    }
+    panic!("the damage to {id} on {} did not stay", n.dir.display());
 }
 
 pub fn need_root() {

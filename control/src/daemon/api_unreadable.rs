@@ -110,12 +110,17 @@ pub(super) async fn forget(
 ) -> Answer<StatusCode> {
     let token = caller(&node, &h)?;
     let listed = node.store().list_readable(None)?;
-    let found = listed.unreadable.iter().find(|u| u.id == id);
     // A row the token may not read is not there for it, as in the list.
-    let found = found.filter(|u| token.has(privilege(u.role, false)));
+    let found = listed
+        .unreadable
+        .iter()
+        .find(|u| u.id == id)
+        .filter(|u| token.has(privilege(u.role, false)));
     let Some(role) = found.map(|u| u.role) else {
-        // Readable (409, saying where to delete it) or not there for this token.
-        let readable = listed.rows.iter().any(|r| r.id.as_str() == id);
+        let readable = listed
+            .rows
+            .iter()
+            .any(|r| r.id.as_str() == id && token.has(privilege(Some(r.role), false)));
         return Err(if readable {
             ApiError(
                 StatusCode::CONFLICT,
@@ -141,41 +146,81 @@ pub(super) async fn forget(
             ),
         ));
     }
-    // A row damaged under a running job: that job stops first (found by the id, which is all
-    // that can be read).
+    // The roles whose state may be this row's (both when its role is damaged).
+    let roles: &[Role] = match role {
+        Some(Role::Source) => &[Role::Source],
+        Some(Role::Target) => &[Role::Target],
+        None => &[Role::Source, Role::Target],
+    };
+    // What runs, or is kept, by the id alone: a row damaged under a running job.
     let rid = RelationshipId::parse(&id).ok();
-    if let (Some(rid), Some(Role::Source)) = (&rid, role) {
-        if !source::stop_job(&node, rid, STOP_GRACE).await {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                "its running job did not stop in time; try again".into(),
-            ));
+    if let Some(rid) = &rid {
+        if roles.contains(&Role::Source) {
+            if !source::stop_job(&node, rid, STOP_GRACE).await {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    "its running job did not stop in time; try again".into(),
+                ));
+            }
+            // Before the row goes: if the record stayed live, a node of the release that
+            // reads it would take the relationship over once this one is down.
+            super::owners::bury_unreadable(&node, rid).await?;
         }
-    }
-    if let (Some(rid), Some(Role::Target)) = (&rid, role) {
-        let (n, rid) = (node.clone(), rid.clone());
-        tokio::task::spawn_blocking(move || target::quiesce_unreadable(&n, &rid))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        if roles.contains(&Role::Target) {
+            let (n, rid) = (node.clone(), rid.clone());
+            tokio::task::spawn_blocking(move || target::quiesce_unreadable(&n, &rid))
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        }
     }
     let gone = node.store().forget_unreadable(&id)?;
-    if let (Some(rid), Some(Role::Source)) = (&rid, role) {
-        source::forgotten(&node, rid);
+    let mut kept = Vec::new();
+    if let Some(rid) = &rid {
+        for r in roles {
+            kept.extend(snapshots_forgotten(&node, rid, *r));
+        }
+        if roles.contains(&Role::Source) {
+            source::forgotten(&node, rid);
+        }
     }
     tracing::warn!(%id, role = ?role, "forgot a stored relationship this release cannot read: {}", gone.error);
-    let left = match role {
-        Some(Role::Target) => {
-            "; its target directory was not released: if it was protected, unmount its read-only view and the private mount under <data-dir>/mnt to make it writable (docs/api.md)"
-        }
-        _ => "",
-    };
-    node.event(
-        EventKind::RelationshipDeleted,
-        rid.as_ref().zip(role),
-        format!(
-            "relationship {id:?} forgotten, as this release cannot read it ({}){left}",
+    let mut left = String::new();
+    if role == Some(Role::Target) {
+        left.push_str("; its target directory was not released: if it was protected, unmount its read-only view and the private mount under <data-dir>/mnt to make it writable (docs/api.md)");
+    }
+    if !kept.is_empty() {
+        left.push_str(&format!(
+            "; its policy snapshots stay, immutable, under its directories' .snapshot: {}",
+            kept.join(", ")
+        ));
+    }
+    // An event of no relationship is every token's to read: only the row's own readers see
+    // what it held (the error may quote a stored value).
+    let about = rid.as_ref().zip(role);
+    let message = match about {
+        Some(_) => format!(
+            "forgotten, as this release cannot read it ({}){left}",
             gone.error
         ),
-    );
+        None => "a stored relationship whose id or role is damaged was forgotten".to_string(),
+    };
+    node.event(EventKind::RelationshipDeleted, about, message);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops the policy snapshot records of a forgotten relationship in `role` (those of a
+/// snapshot kept for ever would otherwise stay), returning the snapshots' names: the
+/// snapshots themselves stay where they are, as what to release them from is in the row.
+fn snapshots_forgotten(node: &Node, id: &RelationshipId, role: Role) -> Vec<String> {
+    let names = match node.store().snapshots(Some(id), role) {
+        Ok(all) => all.into_iter().map(|(_, s)| s.name()).collect(),
+        Err(e) => {
+            tracing::warn!(%id, "reading its policy snapshots: {e}");
+            Vec::new()
+        }
+    };
+    if let Err(e) = node.store().delete_snapshots(id, role) {
+        tracing::warn!(%id, "forgetting its policy snapshots: {e}");
+    }
+    names
 }

@@ -766,6 +766,43 @@ pub async fn bury(node: &Node, r: &Relationship) {
     tracing::warn!(%id, "its record changed {BURY_TRIES} times meanwhile; the next pass ends it");
 }
 
+/// `bury` for a source relationship about to be forgotten because this release cannot read
+/// its row (`api_unreadable`). Its record is likely unreadable here too (a later release's
+/// setting is in both), and then no publishing pass ever ends it: a node of that later
+/// release would take it over once this one is down. So the record is ended as plain JSON,
+/// its `ended` set and `job_running` cleared as `tombstone` does, if it names this node and
+/// is live. Fails (the row is then kept) if etcd does not take it.
+pub async fn bury_unreadable(node: &Node, id: &RelationshipId) -> crate::Result<()> {
+    let Some(m) = &node.cluster else {
+        return Ok(());
+    };
+    for _ in 0..BURY_TRIES {
+        // No record: nothing for another node to take over.
+        let Some(raw) = m.shared_with(&key(id), <[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
+            crate::Error::Invalid(format!(
+                "its record in etcd is not JSON ({e}); end or delete {KIND}/{id} there first"
+            ))
+        })?;
+        let mine = v["owner"] == serde_json::json!(m.name());
+        if !mine || v["relationship"]["ended"] == serde_json::Value::Bool(true) {
+            return Ok(());
+        }
+        v["relationship"]["ended"] = serde_json::Value::Bool(true);
+        v["relationship"]["job_running"] = serde_json::Value::Bool(false);
+        let dead = serde_json::to_vec(&v).map_err(|e| crate::Error::Invalid(e.to_string()))?;
+        if m.put_if(&key(id), Some(&raw), dead, None).await? {
+            return Ok(());
+        }
+        tokio::time::sleep(BURY_WAIT).await;
+    }
+    Err(crate::Error::Conflict(format!(
+        "its record in etcd changed {BURY_TRIES} times meanwhile; try again"
+    )))
+}
+
 /// Whether this node may give policy snapshot id `sid` to relationship `id`: outside a
 /// cluster always; in one, only while it holds the relationship and `sid` is below its
 /// record's reservation (a node that took it over after this one died starts there).

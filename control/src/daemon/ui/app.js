@@ -334,7 +334,7 @@
   function renderUnreadable(list) {
     const banner = $("unreadable-banner");
     banner.hidden = list.length === 0;
-    const key = JSON.stringify(list);
+    const key = JSON.stringify([me && me.role, list]);
     if (banner.dataset.shown === key) return;
     banner.dataset.shown = key;
     const lines = list.map((u) =>
@@ -343,12 +343,7 @@
         { class: "unreadable", "data-id": u.id },
         el("span", { class: "mono", text: u.id }),
         " (" + (u.role || "role unreadable") + "): " + u.error + " ",
-        el("button", {
-          type: "button",
-          class: "icon danger",
-          text: "Forget",
-          onclick: () => confirmForget(u),
-        })
+        forgetButton(u)
       )
     );
     banner.replaceChildren(
@@ -360,6 +355,19 @@
       }),
       ...lines
     );
+  }
+
+  // Disabled, saying why, for a token that may not forget it (as the other actions are).
+  function forgetButton(u) {
+    const need = u.role === "source" ? "SOURCE_WRITE" : u.role === "target" ? "TARGET_WRITE" : "ADMIN";
+    return el("button", {
+      type: "button",
+      class: "icon danger",
+      text: "Forget",
+      disabled: !can(need),
+      title: can(need) ? null : "your token lacks the " + need + " privilege",
+      onclick: () => confirmForget(u),
+    });
   }
 
   function confirmForget(u) {
