@@ -36,7 +36,7 @@ use std::time::Duration;
 /// Where mover's keys live in etcd (versioned, so a later layout can sit beside it).
 pub const KEY_ROOT: &str = "/mover/v1/";
 /// Most operations one transaction carries: etcd's default `--max-txn-ops`.
-const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = 128;
 /// Lease of a node's heartbeat key, in seconds.
 pub const MEMBER_TTL: i64 = 3;
 /// How often the lease is renewed: a third of its life, so two lost renewals are survived.

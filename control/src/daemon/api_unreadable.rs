@@ -164,7 +164,16 @@ pub(super) async fn forget(
             }
             // Before the row goes: if the record stayed live, a node of the release that
             // reads it would take the relationship over once this one is down.
-            super::owners::bury_unreadable(&node, rid).await?;
+            super::owners::bury_unreadable(&node, rid)
+                .await
+                .map_err(|e| match e {
+                    crate::Error::Conflict(_) => ApiError::from(e),
+                    // etcd out of reach, or slow: the row stays until it can be done.
+                    e => ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("its record in etcd could not be ended: {e}; try again"),
+                    ),
+                })?;
         }
         if roles.contains(&Role::Target) {
             let (n, rid) = (node.clone(), rid.clone());
@@ -183,7 +192,7 @@ pub(super) async fn forget(
             source::forgotten(&node, rid);
         }
     }
-    tracing::warn!(%id, role = ?role, "forgot a stored relationship this release cannot read: {}", gone.error);
+    tracing::warn!(%id, role = ?role, snapshots_left = ?kept, "forgot a stored relationship this release cannot read: {}", gone.error);
     let mut left = String::new();
     if role == Some(Role::Target) {
         left.push_str("; its target directory was not released: if it was protected, unmount its read-only view and the private mount under <data-dir>/mnt to make it writable (docs/api.md)");
@@ -219,7 +228,8 @@ fn snapshots_forgotten(node: &Node, id: &RelationshipId, role: Role) -> Vec<Stri
             Vec::new()
         }
     };
-    if let Err(e) = node.store().delete_snapshots(id, role) {
+    // Their ids stay taken: the snapshots keep the names they give.
+    if let Err(e) = node.store().delete_snapshot_records(id, role) {
         tracing::warn!(%id, "forgetting its policy snapshots: {e}");
     }
     names

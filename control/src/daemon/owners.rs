@@ -776,16 +776,28 @@ pub async fn bury_unreadable(node: &Node, id: &RelationshipId) -> crate::Result<
     let Some(m) = &node.cluster else {
         return Ok(());
     };
+    // An empty view (no session with etcd since the start) is not "no record".
+    if !m.loaded() {
+        return Err(crate::Error::Conflict(format!(
+            "node {} has no session with etcd, where relationship {id}'s record must be ended first; try again once `mover cluster status` says connected",
+            m.name()
+        )));
+    }
     for _ in 0..BURY_TRIES {
         // No record: nothing for another node to take over.
         let Some(raw) = m.shared_with(&key(id), <[u8]>::to_vec) else {
             return Ok(());
         };
-        let mut v: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| {
-            crate::Error::Invalid(format!(
-                "its record in etcd is not JSON ({e}); end or delete {KIND}/{id} there first"
+        let damaged = |why: String| {
+            crate::Error::Conflict(format!(
+                "its record in etcd is {why}; end or delete {KIND}/{id} there first"
             ))
-        })?;
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| damaged(format!("not JSON ({e})")))?;
+        if !v["relationship"].is_object() {
+            return Err(damaged("without a relationship".into()));
+        }
         let mine = v["owner"] == serde_json::json!(m.name());
         if !mine || v["relationship"]["ended"] == serde_json::Value::Bool(true) {
             return Ok(());

@@ -46,6 +46,12 @@ pub(crate) const MAX_HELD: usize = mover::wire::message::MAX_WORKERS as usize;
 /// announcement could not be written. Small, because anyone who reaches the port can send
 /// Hellos with made-up session ids: they fill this bound, never `MAX_HELD`.
 pub(crate) const MAX_HELD_UNANNOUNCED: usize = 16;
+/// Announcement records one relationship's next announcement deletes at most: four sessions'
+/// places, which with the next session's puts stays below etcd's operations per transaction.
+const MAX_ANNOUNCED_LISTED: usize = 4 * mover::receiver::share::MAX_WRITE_PLACES;
+const _: () = assert!(
+    MAX_ANNOUNCED_LISTED + mover::receiver::share::MAX_WRITE_PLACES <= crate::cluster::MAX_TXN_OPS
+);
 /// How long a place waits for a session's announcement to reach its view (the committing
 /// node writes it before it answers the source, so only the watch's delay is waited for)
 /// before it takes the session's worker as unannounced.
@@ -286,15 +292,23 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
         .filter(|k| !keys.contains(k))
         .cloned()
         .collect();
-    match rt.block_on(m.write_all(records, previous)) {
-        Ok(()) => {
-            super::lock(&node.announced).insert(id.clone(), keys);
-        }
-        // The previous ones stay listed, for the next session to delete.
+    let done = rt.block_on(m.write_all(records, previous.clone()));
+    let mut all = super::lock(&node.announced);
+    let listed = all.entry(id.clone()).or_default();
+    match done {
+        // Merged, not replaced: a ticket of the same relationship at the same time (a
+        // source retrying) announced its own.
+        Ok(()) => listed.retain(|k| !previous.contains(k)),
+        // The previous ones stay listed, for the next session to delete, and the new ones
+        // too: the transaction may have been taken although its answer was lost.
         Err(e) => {
             tracing::warn!(relationship = %id, "announcing a session to its write places: {e}")
         }
     }
+    listed.extend(keys);
+    // Bounded (so is the next transaction): what falls off is left to the places' sweep.
+    let over = listed.len().saturating_sub(MAX_ANNOUNCED_LISTED);
+    listed.drain(..over);
 }
 
 /// Whether this node's view holds an announcement of `session` to it, waiting for it until
