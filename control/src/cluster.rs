@@ -327,7 +327,7 @@ fn lock(m: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
 }
 
 fn etcd_err(what: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("etcd: {what}: {e}"))
+    move |e| Error::Unavailable(format!("etcd: {what}: {e}"))
 }
 
 /// One etcd request, bounded by `ETCD_TIMEOUT`. (Not the client's own timeout option: that
@@ -339,7 +339,7 @@ async fn within<T>(
 ) -> Result<T> {
     match tokio::time::timeout(ETCD_TIMEOUT, f).await {
         Ok(r) => r.map_err(etcd_err(what)),
-        Err(_) => Err(Error::Invalid(format!(
+        Err(_) => Err(Error::Unavailable(format!(
             "etcd: {what}: no answer within {ETCD_TIMEOUT:?}"
         ))),
     }
@@ -419,7 +419,7 @@ impl Membership {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| {
-                Error::Invalid("etcd: not connected (the session is starting again)".into())
+                Error::Unavailable("etcd: not connected (the session is starting again)".into())
             })
     }
 
@@ -646,7 +646,7 @@ impl Membership {
     /// One session: returns only with the error that ended it.
     async fn session(&self) -> Error {
         match self.session_inner().await {
-            Ok(()) => Error::Invalid("etcd closed the watch".into()),
+            Ok(()) => Error::Unavailable("etcd closed the watch".into()),
             Err(e) => {
                 *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 e
@@ -735,7 +735,7 @@ impl Membership {
                 _ = tick.tick() => {
                     // Unanswered for a whole lease life: the lease may be gone; start again.
                     if acked.elapsed() > ttl {
-                        return Err(Error::Invalid("etcd: no lease renewal answered".into()));
+                        return Err(Error::Unavailable("etcd: no lease renewal answered".into()));
                     }
                     self.lease.renewal_sent(std::time::Instant::now());
                     within("renewing the lease", keeper.keep_alive()).await?;
@@ -746,7 +746,7 @@ impl Membership {
                             acked = tokio::time::Instant::now();
                             self.lease.renewal_answered(Duration::from_secs(a.ttl() as u64));
                         }
-                        _ => return Err(Error::Invalid("etcd: the heartbeat lease expired".into())),
+                        _ => return Err(Error::Unavailable("etcd: the heartbeat lease expired".into())),
                     }
                 }
                 ev = events.message() => {
@@ -754,7 +754,7 @@ impl Membership {
                         return Ok(());
                     };
                     if resp.canceled() {
-                        return Err(Error::Invalid("etcd canceled the watch (compacted?)".into()));
+                        return Err(Error::Unavailable("etcd canceled the watch (compacted?)".into()));
                     }
                     let mut leader_changed = false;
                     {
@@ -777,7 +777,7 @@ impl Membership {
     async fn refresh_leader(&self, c: &mut Client) -> Result<()> {
         let asked = tokio::time::timeout(ETCD_TIMEOUT, c.leader(format!("{KEY_ROOT}leader")))
             .await
-            .map_err(|_| Error::Invalid("etcd: reading the leader: no answer".into()))?;
+            .map_err(|_| Error::Unavailable("etcd: reading the leader: no answer".into()))?;
         let leader = match asked {
             Ok(r) => r
                 .kv()

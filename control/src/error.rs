@@ -26,6 +26,10 @@ pub enum Error {
         found: i64,
         supported: i64,
     },
+    /// The cluster's shared state (etcd) could not be reached or did not answer in time:
+    /// not the request's fault, and worth trying again.
+    #[error("{0}")]
+    Unavailable(String),
     /// Certificates, keys and TLS handshakes between daemons.
     #[error("tls: {0}")]
     Tls(String),

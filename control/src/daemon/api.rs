@@ -85,6 +85,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) | Error::Missing(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Peer { .. } => StatusCode::BAD_GATEWAY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -932,6 +933,9 @@ mod tests {
         // request's.
         let e = ApiError::from(node.store().list(None).unwrap_err());
         assert_eq!(e.0, StatusCode::INTERNAL_SERVER_ERROR, "{}", e.1);
+        // etcd out of reach mid-call is the server's trouble too, worth a retry.
+        let e = ApiError::from(Error::Unavailable("etcd: writing: no answer".into()));
+        assert_eq!(e.0, StatusCode::SERVICE_UNAVAILABLE);
         let Ok((_, text)) = metrics(State(Arc::new(node))).await else {
             panic!("the metrics fail with an unreadable row");
         };

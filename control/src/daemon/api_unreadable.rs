@@ -164,16 +164,8 @@ pub(super) async fn forget(
             }
             // Before the row goes: if the record stayed live, a node of the release that
             // reads it would take the relationship over once this one is down.
-            super::owners::bury_unreadable(&node, rid)
-                .await
-                .map_err(|e| match e {
-                    crate::Error::Conflict(_) => ApiError::from(e),
-                    // etcd out of reach, or slow: the row stays until it can be done.
-                    e => ApiError(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("its record in etcd could not be ended: {e}; try again"),
-                    ),
-                })?;
+            // etcd out of reach, or slow (503): the row stays until it can be done.
+            super::owners::bury_unreadable(&node, rid).await?;
         }
         if roles.contains(&Role::Target) {
             let (n, rid) = (node.clone(), rid.clone());

@@ -776,7 +776,7 @@ pub async fn bury_unreadable(node: &Node, id: &RelationshipId) -> crate::Result<
     let Some(m) = &node.cluster else {
         return Ok(());
     };
-    // An empty view (no session with etcd since the start) is not "no record".
+    // Without a session the view may be empty or stale, and "no record" would be a guess.
     if !m.loaded() {
         return Err(crate::Error::Conflict(format!(
             "node {} has no session with etcd, where relationship {id}'s record must be ended first; try again once `mover cluster status` says connected",
