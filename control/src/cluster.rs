@@ -796,8 +796,6 @@ impl Membership {
     }
 }
 
-/// Only records of the kinds every node's view keeps are written or deleted through `put` and
-/// `delete` (an invariant of the callers: their keys are built in this crate).
 /// A shared record this node may write: of a `SHARED_KINDS` kind (else a bug here), and no
 /// larger than every node's view keeps.
 fn writable(key: &str, value: &[u8]) -> Result<()> {
@@ -811,6 +809,8 @@ fn writable(key: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Only records of the kinds every node's view keeps are written or deleted through `put` and
+/// `delete` (an invariant of the callers: their keys are built in this crate).
 fn assert_shared(key: &str) {
     assert!(
         SHARED_KINDS

@@ -168,6 +168,13 @@ fn unreadable(id: &str, column: &str, why: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// `Store::forget_unreadable` asked for a row this release reads.
+pub fn still_readable(id: &str) -> Error {
+    Error::Conflict(format!(
+        "relationship {id} is readable: delete it through its role's relationships"
+    ))
+}
+
 fn role_from(s: &str) -> Option<Role> {
     match s {
         "source" => Some(Role::Source),
@@ -550,9 +557,7 @@ impl Store {
     pub fn forget_unreadable(&self, id: &str) -> Result<Unreadable> {
         let listed = self.list_readable(None)?;
         if listed.rows.iter().any(|r| r.id.as_str() == id) {
-            return Err(Error::Conflict(format!(
-                "relationship {id} is readable: delete it through its role's relationships"
-            )));
+            return Err(still_readable(id));
         }
         let Some(u) = listed.unreadable.into_iter().find(|u| u.id == id) else {
             return Err(Error::NotFound(id.to_string()));

@@ -2,6 +2,8 @@
 //! free ports with its data in the test's directory; killed when dropped.
 
 use super::free_port;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,9 +41,9 @@ impl Etcd {
 
     /// The JSON record etcd holds at `key` now, if any (through its JSON gateway).
     pub fn get_json(&self, key: &str) -> Option<serde_json::Value> {
-        let v = self.range(serde_json::json!({"key": base64(key.as_bytes())}));
-        let value = v["kvs"].get(0)?["value"].as_str()?.to_string();
-        Some(serde_json::from_slice(&unbase64(&value)).unwrap())
+        let v = self.range(serde_json::json!({"key": BASE64.encode(key)}));
+        let value = BASE64.decode(v["kvs"].get(0)?["value"].as_str()?).unwrap();
+        Some(serde_json::from_slice(&value).unwrap())
     }
 
     /// One range request to the JSON gateway, its answer.
@@ -58,8 +60,8 @@ impl Etcd {
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().expect("a prefix") += 1;
         let body = serde_json::json!({
-            "key": base64(prefix.as_bytes()),
-            "range_end": base64(&end),
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(&end),
             "count_only": true,
         });
         let v = self.range(body);
@@ -143,44 +145,4 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding, for the gateway's byte fields.
-fn base64(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// `base64` undone.
-fn unbase64(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let d = ABC.iter().position(|&a| a == c).expect("a base64 digit");
-        acc = (acc << 6) | d as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }

@@ -194,17 +194,23 @@ pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRol
 /// The caller's token name and role, if its token carries `p`.
 pub(super) fn check_named(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<(String, TokenRole)> {
     let (name, role) = caller_named(node, h)?;
-    if !role.has(p) {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the token's role ({}) lacks the {} privilege",
-                role.name(),
-                p.name()
-            ),
-        ));
-    }
+    require(role, p)?;
     Ok((name, role))
+}
+
+/// 403 unless `role` carries `p`: for a caller already identified.
+pub(super) fn require(role: TokenRole, p: Privilege) -> Answer<()> {
+    if role.has(p) {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        format!(
+            "the token's role ({}) lacks the {} privilege",
+            role.name(),
+            p.name()
+        ),
+    ))
 }
 
 pub(super) fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {

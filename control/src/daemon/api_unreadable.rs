@@ -5,7 +5,7 @@
 //! upgrading again nor restoring the state database is possible: every other relationship
 //! stays in sight and in reach meanwhile.
 
-use super::api::{caller, Answer, ApiError, Ctx, STOP_GRACE};
+use super::api::{caller, require, Answer, ApiError, Ctx, STOP_GRACE};
 use super::{source, target, Node};
 use crate::auth::{Privilege, TokenRole};
 use crate::events::EventKind;
@@ -122,12 +122,7 @@ pub(super) async fn forget(
             .iter()
             .any(|r| r.id.as_str() == id && token.has(privilege(Some(r.role), false)));
         return Err(if readable {
-            ApiError(
-                StatusCode::CONFLICT,
-                format!(
-                    "relationship {id} is readable: delete it through its role's relationships"
-                ),
-            )
+            ApiError::from(crate::store::still_readable(&id))
         } else {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -135,17 +130,7 @@ pub(super) async fn forget(
             )
         });
     };
-    let p = privilege(role, true);
-    if !token.has(p) {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the token's role ({}) lacks the {} privilege",
-                token.name(),
-                p.name()
-            ),
-        ));
-    }
+    require(token, privilege(role, true))?;
     // The roles whose state may be this row's (both when its role is damaged).
     let roles: &[Role] = match role {
         Some(Role::Source) => &[Role::Source],

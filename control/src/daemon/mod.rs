@@ -130,8 +130,8 @@ pub struct Node {
     /// this node runs, and the members left out of each relationship's write places.
     share_host: Arc<mover::receiver::share::ShareHost>,
     writes_left_out: Arc<writes::LeftOut>,
-    /// Committing side (cluster, `--spread-writes`): the announcement records of each
-    /// relationship's last session, replaced by the next session's.
+    /// Committing side (cluster, `--spread-writes`): the announcement records each
+    /// relationship's sessions left, which its next announcement deletes (`writes::announce`).
     announced: Mutex<HashMap<RelationshipId, Vec<String>>>,
 }
 

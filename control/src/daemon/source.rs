@@ -1696,13 +1696,7 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.jobs).remove(id);
     super::snapshots::forget(node, id, Role::Source);
     node.forget(id, Role::Source)?;
-    lock(&node.hot_files).remove(id);
-    // A manifest still being written would make the directory again.
-    if let Err(e) = settle_manifest(node, id, true) {
-        tracing::warn!(%id, "the data container's manifest of a deleted relationship: {e}");
-    }
-    // Nothing else uses it; one left behind is only disk space.
-    let _ = std::fs::remove_dir_all(node.state_dir(id));
+    drop_state(node, id);
     node.event(
         EventKind::RelationshipDeleted,
         Some((id, Role::Source)),
@@ -1712,14 +1706,22 @@ pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
 }
 
 /// After a source row this release could not read was forgotten: what this process kept of
-/// it, and its state dir (the sender's last entry list, which nothing else uses), go.
+/// it goes, as with a deleted one (`delete_begin` and `delete_end`).
 pub(crate) fn forgotten(node: &Node, id: &RelationshipId) {
     lock(&node.wanted).remove(id);
     lock(&node.jobs).remove(id);
+    drop_state(node, id);
+}
+
+/// A source relationship gone from the store: its hot files and its state dir (the sender's
+/// last entry list) go.
+fn drop_state(node: &Node, id: &RelationshipId) {
     lock(&node.hot_files).remove(id);
+    // A manifest still being written would make the directory again.
     if let Err(e) = settle_manifest(node, id, true) {
-        tracing::warn!(%id, "the data container's manifest of a forgotten relationship: {e}");
+        tracing::warn!(%id, "the data container's manifest of a relationship gone: {e}");
     }
+    // Nothing else uses it; one left behind is only disk space.
     let _ = std::fs::remove_dir_all(node.state_dir(id));
 }
 
