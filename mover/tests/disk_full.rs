@@ -284,3 +284,87 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     assert!(!rep.resumed, "nothing to resume after a revert");
     assert_same_tree(&src, &dst);
 }
+
+/// Small files are written with `pwrite` as their FileBatch frame is decoded, not through the
+/// ring: running out of space there is the same disk-full error, and the same revert.
+#[test]
+fn disk_full_while_writing_small_files_reverts_to_the_recovery_point() {
+    let fs = Ext4::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, state) = (t.path().join("src"), t.path().join("state"));
+    let dst = fs.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    generate(
+        &src,
+        &TreeSpec {
+            small_files: 40,
+            large_files: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (addr, h) = start_receiver(&dst);
+    send_state(&src, addr, &state).expect("first job");
+    let r = h.join().unwrap();
+    assert!(r.ok, "first job: {:?}", r.error);
+    let at_rp = tree_hash(&dst);
+    let rp = mover::receiver::recovery_point(&dst)
+        .unwrap()
+        .expect("a recovery point after the first job");
+
+    let filler = fs.path().join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    rustix::fs::fallocate(
+        &f,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free_bytes(fs.path()) - LEFT_FREE,
+    )
+    .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Twice the space left, all of it in files small enough to travel in FileBatch frames.
+    let files = 2 * LEFT_FREE / 4096;
+    for d in 0..files / 200 {
+        let dir = src.join(format!("small-{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.join(format!("f{i}")), vec![(d + i) as u8; 4096]).unwrap();
+        }
+    }
+    assert!(
+        mover::wire::message::is_inline(4096),
+        "4 KiB files go in FileBatch frames"
+    );
+
+    let (addr, h) = start_receiver(&dst);
+    let sent = send_state(&src, addr, &state);
+    let r = h.join().unwrap();
+    assert!(sent.is_err(), "the sender sees the second job fail");
+    assert!(!r.ok, "the second job cannot fit");
+    let msg = r.error.clone().unwrap_or_default();
+    eprintln!("receiver: {msg}");
+    assert!(msg.contains("full"), "not a disk-full error: {msg}");
+    assert!(
+        msg.contains("writing small-"),
+        "the error names no small file's write: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("reverted to recovery point {}", rp.id)),
+        "not reverted to {}: {msg}",
+        rp.id
+    );
+    assert_eq!(
+        tree_hash(&dst),
+        at_rp,
+        "target left between recovery points"
+    );
+    assert!(!dst.join(".mover-state/journal").exists());
+
+    std::fs::remove_file(&filler).unwrap();
+    let (addr, h) = start_receiver(&dst);
+    send_state(&src, addr, &state).expect("job after freeing space");
+    let r = h.join().unwrap();
+    assert!(r.ok, "job after freeing space: {:?}", r.error);
+    assert_same_tree(&src, &dst);
+}
