@@ -439,11 +439,14 @@ impl Membership {
     }
 
     /// Writes several shared records and deletes others (`deletes`, of the kinds `put`
-    /// writes) in one transaction (one round trip), all or none.
+    /// writes) in one transaction (one round trip), all or none. `leased`: the records live on
+    /// this node's heartbeat lease, so etcd deletes them once the node is gone (killed,
+    /// restarted, cut off for a lease's life); fails if the node has no lease now.
     pub async fn write_all(
         &self,
         records: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
+        leased: bool,
     ) -> Result<()> {
         if records.len() + deletes.len() > MAX_TXN_OPS {
             return Err(Error::Invalid(format!(
@@ -451,10 +454,23 @@ impl Membership {
                 records.len() + deletes.len()
             )));
         }
+        let on = match (leased, self.lease.current()) {
+            (false, _) => None,
+            (true, Some(lease)) => Some(PutOptions::new().with_lease(lease)),
+            (true, None) => {
+                return Err(Error::Unavailable(
+                    "this node has no cluster session (etcd away)".into(),
+                ))
+            }
+        };
         let mut ops = Vec::with_capacity(records.len() + deletes.len());
         for (key, value) in &records {
             writable(key, value)?;
-            ops.push(TxnOp::put(format!("{KEY_ROOT}{key}"), value.clone(), None));
+            ops.push(TxnOp::put(
+                format!("{KEY_ROOT}{key}"),
+                value.clone(),
+                on.clone(),
+            ));
         }
         for key in &deletes {
             assert_shared(key);

@@ -93,6 +93,11 @@ impl LeaseClock {
         *self.lock() = State::default();
     }
 
+    /// The current lease's id, if the node has a session.
+    pub fn current(&self) -> Option<i64> {
+        self.lock().lease.map(|(id, _)| id)
+    }
+
     /// Ok while lease `id` is the current one and alive at least `FENCE_MARGIN` past `now`.
     pub fn check(&self, id: i64, now: Instant) -> Result<(), String> {
         let s = self.lock();
@@ -115,9 +120,7 @@ impl LeaseClock {
     /// A fence on the current lease, if there is one it can vouch for now.
     pub fn fence(self: &Arc<Self>, now: Instant) -> Result<LeaseFence, String> {
         let id = self
-            .lock()
-            .lease
-            .map(|(id, _)| id)
+            .current()
             .ok_or_else(|| "this node has no cluster session (etcd away)".to_string())?;
         self.check(id, now)?;
         Ok(LeaseFence {

@@ -58,9 +58,11 @@ const _: () = assert!(
 pub(crate) const ANNOUNCE_LAG: Duration = Duration::from_secs(2);
 /// An announcement is needed until its session's workers have connected, which is after
 /// the source's walk and the lists (minutes for a large tree), at most as long as a ticket
-/// lives. The committing node removes it once the place's share is done; one whose session
-/// never got that far (the source died, or failed before its workers connected) is removed
-/// by the place this long after it first saw it.
+/// lives. The committing node removes it once the place's share is done, and with the
+/// relationship's next session; it lives on the committing node's heartbeat lease, so etcd
+/// removes it when that node dies or restarts; what is left (the last session of a deleted
+/// relationship, records of an older release) is removed by the place this long after it
+/// first saw it.
 const ANNOUNCED_KEPT: Duration = mover::receiver::TICKET_TTL;
 /// How often a place looks for announcements to remove.
 const ANNOUNCED_SWEEP: Duration = Duration::from_secs(60);
@@ -265,6 +267,12 @@ struct Announced {
 /// its announcement there, and a job every few seconds would otherwise pile thousands of
 /// them a day into etcd until the places' sweep. A relationship's sessions follow each
 /// other, so a place holding a worker of the previous one keeps it (held already).
+///
+/// The records live on this node's heartbeat lease: a committing node that dies or restarts
+/// forgets what it announced (`Node.announced` is in memory), and etcd removes those records
+/// once the lease expires instead of the places' day-long sweep. A session whose committing
+/// node's etcd session ends meanwhile loses its announcement too; its workers are then held
+/// as unannounced, as when no announcement could be written.
 pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[Place]) {
     let (Some(m), false) = (node.cluster.as_ref(), places.is_empty()) else {
         return;
@@ -292,7 +300,7 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
         .filter(|k| !keys.contains(k))
         .cloned()
         .collect();
-    let done = rt.block_on(m.write_all(records, previous.clone()));
+    let done = rt.block_on(m.write_all(records, previous.clone(), true));
     let mut all = super::lock(&node.announced);
     let listed = all.entry(id.clone()).or_default();
     match done {
