@@ -345,9 +345,11 @@ fn disk_full_while_writing_small_files_reverts_to_the_recovery_point() {
     let msg = r.error.clone().unwrap_or_default();
     eprintln!("receiver: {msg}");
     assert!(msg.contains("full"), "not a disk-full error: {msg}");
+    // Its write (ext4 reserves a file's blocks at `pwrite`), or, when the space ran out right
+    // at a batch's start, the growth of a directory while the batch's files were created.
     assert!(
-        msg.contains("writing small-"),
-        "the error names no small file's write: {msg}"
+        msg.contains("writing small-") || msg.contains("creating small-"),
+        "the error names no small file: {msg}"
     );
     assert!(
         msg.contains(&format!("reverted to recovery point {}", rp.id)),

@@ -1,7 +1,10 @@
 //! One receiver worker: pinned, owns an io_uring, registered buffers and one accepted
 //! connection. Frames are received straight into a registered buffer (header, then payload),
-//! verified against their checksum, and only then written to files with io_uring writes from
-//! the same buffer. Several buffers let writes run while the next frame is received.
+//! verified against their checksum, and only then written to files from the same buffer: a
+//! Data frame's extent with io_uring writes, so several buffers let writes run while the next
+//! frame is received; a FileBatch's small files with `pwrite` once the batch's files are
+//! created (a ring write into a tmpfs goes to a kernel worker thread, which costs more than
+//! the 4 KiB copy).
 
 use super::meta::apply_new_file;
 use super::resume::{self, Pending, Version};
@@ -37,20 +40,21 @@ pub const BUF_SIZE: usize =
 /// receiver does not fill its page cache with data nobody reads back.
 const DIRECT_WRITE_MIN: u64 = 4 * 1024 * 1024;
 pub const BUFFERS: usize = 8;
-/// Every buffer may hold a FileBatch of MAX_BATCH_FILES records being written, while the next
-/// frame is received: the ring has a slot for each of those operations (the ring refuses more).
-const RING_ENTRIES: u32 = 16384;
-const _: () = assert!(BUFFERS * crate::wire::message::MAX_BATCH_FILES < RING_ENTRIES as usize);
+/// Ring writes of one Data frame at most: its block-aligned head (O_DIRECT) and its unaligned
+/// tail (buffered). A FileBatch's files are written without the ring.
+const WRITES_PER_FRAME: usize = 2;
+/// Every buffer may hold a Data frame being written while the next frame is received: the ring
+/// has a slot for each of those operations and the flushes (the ring refuses more). Small, so
+/// the ring's creation maps little memory: it is on every job's path.
+const RING_ENTRIES: u32 = 64;
 
-/// A FileBatch asks the fence again after this many files created.
+/// A FileBatch asks the fence again after this many files created, and written.
 const FENCE_EVERY_FILES: usize = 64;
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
 /// Flushes of written ranges in flight at once (more wait: their ranges stay pending).
 const MAX_FLUSHING: usize = 4;
-const _: () = assert!(
-    BUFFERS * crate::wire::message::MAX_BATCH_FILES + MAX_FLUSHING + 1 < RING_ENTRIES as usize
-);
+const _: () = assert!(BUFFERS * WRITES_PER_FRAME + MAX_FLUSHING + 1 < RING_ENTRIES as usize);
 /// Operation kinds in the ring's tags (with the write's index in its buffer, or the flush's
 /// slot).
 const OP_RECV: u32 = 1;
@@ -61,8 +65,8 @@ const OP_SYNC: u32 = 3;
 struct WriteOp {
     io: Transfer,
     entry: EntryId,
-    /// Inline files are written with `pwrite` as their frame is decoded (not through the
-    /// ring), then get their metadata and are closed.
+    /// Inline files are written with `pwrite` (not through the ring) once their FileBatch's
+    /// files are created, then get their metadata, and are closed with the frame's writes.
     inline: bool,
 }
 
@@ -259,8 +263,9 @@ impl RecvWorker {
             // stays (`Fence::check`), so this sees it and marks `cx.fenced`.
             let _ = fence(&mut cx);
         }
-        // Let writes already submitted land and count: a file whose last bytes were in flight
-        // is then finished (metadata set), and a resumed job does not resend it. A fenced
+        // Let writes already submitted land and count (a Data frame's: a FileBatch's files are
+        // written without the ring): a file whose last bytes were in flight is then finished,
+        // and a resumed job does not resend it. A fenced
         // place does none of that (it may no longer be waited for): what it had in flight
         // lands or is cancelled as the ring goes.
         if result.is_err() && !cx.fenced {
@@ -449,7 +454,11 @@ fn on_frame(
     // Small files are written here, before any write of this buffer is queued: a ring write
     // into a file system without non-blocking buffered writes (tmpfs) is handed to a kernel
     // worker thread, which costs more than the 4 KiB copy itself.
-    for w in buf.writes.iter().filter(|w| w.inline) {
+    for (k, w) in buf.writes.iter().filter(|w| w.inline).enumerate() {
+        // As while creating them: writing a batch takes a while too.
+        if k > 0 && k % FENCE_EVERY_FILES == 0 {
+            fence(cx)?;
+        }
         write_inline(ring.buf(b), w, cx)?;
         finish_inline(w, t)?;
     }
@@ -535,6 +544,7 @@ fn data_writes(
             inline: false,
         });
     }
+    debug_assert!(buf.writes.len() <= WRITES_PER_FRAME);
     Ok(())
 }
 
