@@ -1191,9 +1191,13 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
         "{code} {v}"
     );
     assert_eq!(n2.get("/v1/cluster").0, 200);
-    // Nor can it delete a cluster token, or one it cannot tell from one.
+    // Nor can it delete a cluster token, or one it cannot tell from one: 503, try again.
     let (code, v) = n2.call("DELETE", "/v1/tokens/ops-ro", None);
-    assert_eq!(code, 409, "{v}");
+    assert_eq!(code, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("etcd"), "{v}");
+    let made = serde_json::json!({"name": "later", "role": "observer", "scope": "cluster"});
+    let (code, v) = n2.call("POST", "/v1/tokens", Some(&made));
+    assert_eq!(code, 503, "{v}");
     etcd.restart();
     token_answers(&n2, &tok, 200, Duration::from_secs(30));
 
@@ -1252,6 +1256,19 @@ fn policy_snapshots_survive_etcd_away_and_a_takeover_under_new_names() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("tried again"), "{said}");
+    // Nor does it take a change of the relationship: 503, naming etcd (try again), which the
+    // CLI exits 10 for (unavailable), not 9 (refused).
+    let (code, v) = n1.call(
+        "POST",
+        &format!("/v1/replication/source-relationships/{id}/replicate"),
+        None,
+    );
+    assert!(
+        code == 503 && v["error"].as_str().unwrap().contains("etcd"),
+        "{code} {v}"
+    );
+    let out = n1.cli(&["relationship", "replicate", &id]);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
     etcd.restart();
     kept_on(&target, &id, &["1_daily", "2_daily"]);
 
@@ -1434,7 +1451,7 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
     use std::sync::Arc;
     node::need_root();
     let t = Scratch::new();
-    let etcd = Etcd::start(&t.path().join("etcd"));
+    let mut etcd = Etcd::start(&t.path().join("etcd"));
     let cfg = |name: &str| writes_cfg(&etcd.url(), name);
     let mut t1 = Node::start_configured(&t.path().join("t1"), free_port(), free_port(), &cfg("t1"));
     let t2 = Node::start_own_mounts(&t.path().join("t2"), &cfg("t2"));
@@ -1541,6 +1558,20 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
             n => Err(format!("{n} still held")),
         },
     );
+    // etcd away for longer than a lease's life: t1's session ends and its lease with it; its
+    // next session puts the announcement again on its new lease, so it outlives the old one.
+    etcd.kill();
+    until(&t1, "t1 without etcd", Duration::from_secs(20), |v| {
+        v["connected"] == false
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    etcd.restart();
+    until(&t1, "t1 back with etcd", Duration::from_secs(30), |v| {
+        v["connected"] == true
+    });
+    // etcd restarted gives the old lease its whole life again before it expires.
+    std::thread::sleep(Duration::from_secs(2 * control::cluster::MEMBER_TTL as u64));
+    assert_eq!(etcd.count(&expect), 1, "the announcement on t1's new lease");
     // The last announcement lives on the committing node's heartbeat lease: killed (a
     // restarted node no longer knows what it announced), t1 takes it with it once etcd
     // expires the lease (3 s), not after the places' day-long sweep.
@@ -1689,7 +1720,7 @@ fn a_forgotten_unreadable_source_relationship_ends_its_record_in_etcd() {
     etcd.kill();
     let (code, v) = n1.call("DELETE", &format!("/v1/replication/unreadable/{id}"), None);
     assert!(
-        matches!(code, 409 | 503) && v["error"].as_str().unwrap().contains("etcd"),
+        code == 503 && v["error"].as_str().unwrap().contains("etcd"),
         "{code} {v}"
     );
     assert_eq!(n1.get("/v1/replication/unreadable").1[0]["id"], id.as_str());

@@ -48,6 +48,10 @@ pub const DOWN_BOUND: Duration = Duration::from_secs(MEMBER_TTL as u64 + 2);
 pub const RETRY: Duration = Duration::from_millis(500);
 /// Connecting to etcd, and each request, give up after this.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Records on this node's lease it keeps to put again on its next lease (`Membership::leased`);
+/// what comes beyond is not put again. Announcements are the only such records: a few per
+/// relationship whose target this node commits.
+const MAX_LEASED_KEPT: usize = 4096;
 /// Longest node name; names are also etcd key segments.
 pub const MAX_NAME: usize = 64;
 
@@ -315,6 +319,11 @@ pub struct Membership {
     client: Mutex<Option<Client>>,
     /// How long this node can vouch for its heartbeat lease (the write shares' fence).
     lease: Arc<crate::lease::LeaseClock>,
+    /// The records this node wrote on its lease (`write_all(.., leased: true)`) and has not
+    /// deleted, by key below `KEY_ROOT`. Each new session puts them again on its new lease:
+    /// an etcd session that ends while the node lives (renewals unanswered for a lease's life,
+    /// the watch closed) grants a new lease, and the old one's expiry would take them along.
+    leased: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 fn key(kind: &str, name: &NodeName) -> String {
@@ -358,6 +367,7 @@ impl Membership {
             known: Mutex::new(known),
             client: Mutex::default(),
             lease: Arc::default(),
+            leased: Mutex::default(),
         })
     }
 
@@ -441,7 +451,8 @@ impl Membership {
     /// Writes several shared records and deletes others (`deletes`, of the kinds `put`
     /// writes) in one transaction (one round trip), all or none. `leased`: the records live on
     /// this node's heartbeat lease, so etcd deletes them once the node is gone (killed,
-    /// restarted, cut off for a lease's life); fails if the node has no lease now.
+    /// restarted); the node's next etcd session puts them again on its new lease
+    /// (`lease_again`) if the node lives on. Fails if the node has no lease now.
     pub async fn write_all(
         &self,
         records: Vec<(String, Vec<u8>)>,
@@ -479,6 +490,19 @@ impl Membership {
         let mut c = self.client()?;
         let done = within("writing", c.txn(Txn::new().and_then(ops))).await?;
         let at = done.header().map(|h| h.revision());
+        {
+            let mut kept = self.leased.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &deletes {
+                kept.remove(key);
+            }
+            for (key, value) in &records {
+                if !leased {
+                    kept.remove(key);
+                } else if kept.len() < MAX_LEASED_KEPT || kept.contains_key(key) {
+                    kept.insert(key.clone(), value.clone());
+                }
+            }
+        }
         let mut k = lock(&self.known);
         for (key, value) in records {
             own_write(&mut k, &key, Some(value), at);
@@ -532,6 +556,10 @@ impl Membership {
         assert_shared(key);
         let mut c = self.client()?;
         let done = within("deleting", c.delete(format!("{KEY_ROOT}{key}"), None)).await?;
+        self.leased
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         let at = done.header().map(|h| h.revision());
         own_write(&mut lock(&self.known), key, None, at);
         Ok(())
@@ -659,6 +687,34 @@ impl Membership {
         }
     }
 
+    /// Puts the records this node keeps on its lease (`leased`) again, on `lease`, before the
+    /// new session reads the cluster: they are in its view as soon as it has one.
+    async fn lease_again(&self, c: &mut Client, lease: i64) -> Result<()> {
+        let again: Vec<(String, Vec<u8>)> = self
+            .leased
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for part in again.chunks(MAX_TXN_OPS) {
+            let on = PutOptions::new().with_lease(lease);
+            let ops: Vec<TxnOp> = part
+                .iter()
+                .map(|(k, v)| TxnOp::put(format!("{KEY_ROOT}{k}"), v.clone(), Some(on.clone())))
+                .collect();
+            within(
+                "putting this node's leased records again",
+                c.txn(Txn::new().and_then(ops)),
+            )
+            .await?;
+        }
+        if !again.is_empty() {
+            tracing::debug!(records = again.len(), "leased records put on the new lease");
+        }
+        Ok(())
+    }
+
     /// One session: returns only with the error that ended it.
     async fn session(&self) -> Error {
         match self.session_inner().await {
@@ -706,6 +762,7 @@ impl Membership {
         let (mut keeper, mut acks) =
             within("keeping the lease alive", c.lease_keep_alive(lease)).await?;
         self.lease.granted(lease, asked, ttl);
+        self.lease_again(&mut c, lease).await?;
         // Read everything once, then watch from the next revision: nothing is missed between.
         let all = within(
             "reading the cluster",

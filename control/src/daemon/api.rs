@@ -302,7 +302,7 @@ pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<Nod
     request_body = NewToken,
     tag = "tokens",
     responses(
-        (status = 201, description = "the token, shown this once (409: scope cluster while etcd is out of reach)", body = CreatedToken),
+        (status = 201, description = "the token, shown this once (503: scope cluster while etcd is out of reach)", body = CreatedToken),
         openapi::Create,
     )
 )]

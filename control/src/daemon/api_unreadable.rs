@@ -149,7 +149,7 @@ pub(super) async fn forget(
             }
             // Before the row goes: if the record stayed live, a node of the release that
             // reads it would take the relationship over once this one is down. Without
-            // etcd (409, 503) the row stays until it can be done.
+            // etcd (503) the row stays until it can be done.
             super::owners::bury_unreadable(&node, rid).await?;
         }
         if roles.contains(&Role::Target) {

@@ -703,7 +703,7 @@ pub fn check_held(node: &Node, id: &RelationshipId) -> crate::Result<()> {
         return Ok(());
     };
     if !m.loaded() {
-        return Err(crate::Error::Conflict(format!(
+        return Err(crate::Error::Unavailable(format!(
             "relationship {id} is not changed from node {} while it has no session with etcd (another node may hold it by now); try again once `mover cluster status` says connected",
             m.name()
         )));
@@ -778,7 +778,7 @@ pub async fn bury_unreadable(node: &Node, id: &RelationshipId) -> crate::Result<
     };
     // Without a session the view may be empty or stale, and "no record" would be a guess.
     if !m.loaded() {
-        return Err(crate::Error::Conflict(format!(
+        return Err(crate::Error::Unavailable(format!(
             "node {} has no session with etcd, where relationship {id}'s record must be ended first; try again once `mover cluster status` says connected",
             m.name()
         )));

@@ -189,7 +189,7 @@ pub(super) async fn create(
                 return Err(exists(name));
             }
             if !m.loaded() {
-                return Err(Error::Conflict(
+                return Err(Error::Unavailable(
                     "etcd cannot be reached now: a cluster token cannot be made (a node token can, with scope node)".into(),
                 ));
             }
@@ -235,7 +235,7 @@ pub(super) async fn delete(node: &Node, name: &str, scope: Option<TokenScope>) -
     // node's one instead would leave it valid.
     let stale = node.cluster.as_ref().is_some_and(|m| !m.loaded());
     if stale && scope != Some(TokenScope::Node) {
-        return Err(Error::Conflict(
+        return Err(Error::Unavailable(
             "etcd cannot be reached now: a cluster token cannot be deleted, nor told apart from a node token of the same name (delete a node token with ?scope=node)".into(),
         ));
     }

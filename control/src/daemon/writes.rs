@@ -270,9 +270,10 @@ struct Announced {
 ///
 /// The records live on this node's heartbeat lease: a committing node that dies or restarts
 /// forgets what it announced (`Node.announced` is in memory), and etcd removes those records
-/// once the lease expires instead of the places' day-long sweep. A session whose committing
-/// node's etcd session ends meanwhile loses its announcement too; its workers are then held
-/// as unannounced, as when no announcement could be written.
+/// once the lease expires instead of the places' day-long sweep. A committing node whose etcd
+/// session ends while it lives puts them again on its next lease (`Membership::lease_again`);
+/// a worker that comes between the old lease's expiry and that is held as unannounced, as
+/// when no announcement could be written.
 pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: &[Place]) {
     let (Some(m), false) = (node.cluster.as_ref(), places.is_empty()) else {
         return;
