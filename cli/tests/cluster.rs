@@ -1198,6 +1198,7 @@ fn a_cluster_token_works_on_every_node_until_deleted_on_any_and_is_refused_while
     let made = serde_json::json!({"name": "later", "role": "observer", "scope": "cluster"});
     let (code, v) = n2.call("POST", "/v1/tokens", Some(&made));
     assert_eq!(code, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("etcd"), "{v}");
     etcd.restart();
     token_answers(&n2, &tok, 200, Duration::from_secs(30));
 
@@ -1558,8 +1559,9 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
             n => Err(format!("{n} still held")),
         },
     );
-    // etcd away for longer than a lease's life: t1's session ends and its lease with it; its
-    // next session puts the announcement again on its new lease, so it outlives the old one.
+    // etcd away for longer than a lease's life: t1's session ends, and its next one has a new
+    // lease, on which it puts the announcement again. The old lease, given a whole life again
+    // by etcd's restart, then expires without taking the announcement along.
     etcd.kill();
     until(&t1, "t1 without etcd", Duration::from_secs(20), |v| {
         v["connected"] == false

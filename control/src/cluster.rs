@@ -49,9 +49,12 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// Connecting to etcd, and each request, give up after this.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records on this node's lease it keeps to put again on its next lease (`Membership::leased`);
-/// what comes beyond is not put again. Announcements are the only such records: a few per
+/// beyond this, the oldest are let go. Announcements are the only such records: a few per
 /// relationship whose target this node commits.
 const MAX_LEASED_KEPT: usize = 4096;
+/// How long a record written on the lease is put again on later leases: an announcement is
+/// needed until its session's workers have connected, within a ticket's lifetime.
+const LEASED_KEPT_FOR: Duration = mover::receiver::TICKET_TTL;
 /// Longest node name; names are also etcd key segments.
 pub const MAX_NAME: usize = 64;
 
@@ -320,10 +323,11 @@ pub struct Membership {
     /// How long this node can vouch for its heartbeat lease (the write shares' fence).
     lease: Arc<crate::lease::LeaseClock>,
     /// The records this node wrote on its lease (`write_all(.., leased: true)`) and has not
-    /// deleted, by key below `KEY_ROOT`. Each new session puts them again on its new lease:
-    /// an etcd session that ends while the node lives (renewals unanswered for a lease's life,
-    /// the watch closed) grants a new lease, and the old one's expiry would take them along.
-    leased: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// deleted or written otherwise since, by key below `KEY_ROOT`, with when. Each new
+    /// session puts them again on its new lease (`lease_again`): an etcd session that ends
+    /// while the node lives (renewals unanswered for a lease's life, the watch closed) grants a
+    /// new lease, and the old one's expiry would take them along.
+    leased: Mutex<BTreeMap<String, (Vec<u8>, std::time::Instant)>>,
 }
 
 fn key(kind: &str, name: &NodeName) -> String {
@@ -438,6 +442,7 @@ impl Membership {
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         writable(key, &value)?;
         let mut c = self.client()?;
+        self.unlease([key]);
         let done = within(
             "writing",
             c.put(format!("{KEY_ROOT}{key}"), value.clone(), None),
@@ -488,19 +493,27 @@ impl Membership {
             ops.push(TxnOp::delete(format!("{KEY_ROOT}{key}"), None));
         }
         let mut c = self.client()?;
+        // Out of the list before the request: a record whose deletion fails stays on a lease
+        // that is not renewed for it, and goes with that lease.
+        self.unlease(
+            deletes
+                .iter()
+                .chain(records.iter().map(|(k, _)| k))
+                .map(String::as_str),
+        );
         let done = within("writing", c.txn(Txn::new().and_then(ops))).await?;
         let at = done.header().map(|h| h.revision());
-        {
-            let mut kept = self.leased.lock().unwrap_or_else(|p| p.into_inner());
-            for key in &deletes {
-                kept.remove(key);
-            }
+        if leased {
+            let mut kept = self.kept();
+            let now = std::time::Instant::now();
             for (key, value) in &records {
-                if !leased {
-                    kept.remove(key);
-                } else if kept.len() < MAX_LEASED_KEPT || kept.contains_key(key) {
-                    kept.insert(key.clone(), value.clone());
+                if kept.len() >= MAX_LEASED_KEPT {
+                    let oldest = kept.iter().min_by_key(|(_, (_, at))| *at);
+                    if let Some(key) = oldest.map(|(k, _)| k.clone()) {
+                        kept.remove(&key);
+                    }
                 }
+                kept.insert(key.clone(), (value.clone(), now));
             }
         }
         let mut k = lock(&self.known);
@@ -540,6 +553,7 @@ impl Membership {
         }
         let op = TxnOp::put(full, value.clone(), None);
         let mut c = self.client()?;
+        self.unlease([key]);
         let answer = within("writing", c.txn(Txn::new().when(compare).and_then([op]))).await?;
         let done = answer.succeeded();
         // Into the view at once (the next pass must see its own write, or it would undo it),
@@ -555,11 +569,8 @@ impl Membership {
     pub async fn delete(&self, key: &str) -> Result<()> {
         assert_shared(key);
         let mut c = self.client()?;
+        self.unlease([key]);
         let done = within("deleting", c.delete(format!("{KEY_ROOT}{key}"), None)).await?;
-        self.leased
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
         let at = done.header().map(|h| h.revision());
         own_write(&mut lock(&self.known), key, None, at);
         Ok(())
@@ -687,43 +698,73 @@ impl Membership {
         }
     }
 
-    /// Puts the records this node keeps on its lease (`leased`) again, on `lease`, before the
-    /// new session reads the cluster: they are in its view as soon as it has one.
-    async fn lease_again(&self, c: &mut Client, lease: i64) -> Result<()> {
-        let again: Vec<(String, Vec<u8>)> = self
-            .leased
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    fn kept(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Vec<u8>, std::time::Instant)>> {
+        // Plain data: a panic elsewhere while holding it leaves it usable.
+        self.leased.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `keys` out of the records put again on later leases.
+    fn unlease<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        let mut kept = self.kept();
+        for key in keys {
+            kept.remove(key);
+        }
+    }
+
+    /// Puts the records this node keeps on its lease (`leased`), those younger than
+    /// `LEASED_KEPT_FOR`, again on `lease`. Run beside the session's renewals (a slow etcd
+    /// must not hold those up), and best effort: a record not put again is what a lost lease
+    /// takes, as for a node that died.
+    async fn lease_again(&self, mut c: Client, lease: i64) {
+        let now = std::time::Instant::now();
+        let again: Vec<(String, Vec<u8>)> = {
+            let mut kept = self.kept();
+            kept.retain(|_, (_, at)| now.saturating_duration_since(*at) < LEASED_KEPT_FOR);
+            kept.iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect()
+        };
         for part in again.chunks(MAX_TXN_OPS) {
             let on = PutOptions::new().with_lease(lease);
             let ops: Vec<TxnOp> = part
                 .iter()
                 .map(|(k, v)| TxnOp::put(format!("{KEY_ROOT}{k}"), v.clone(), Some(on.clone())))
                 .collect();
-            within(
-                "putting this node's leased records again",
-                c.txn(Txn::new().and_then(ops)),
-            )
-            .await?;
+            let what = "putting this node's leased records on its new lease";
+            if let Err(e) = within(what, c.txn(Txn::new().and_then(ops))).await {
+                tracing::warn!("{e}");
+                return;
+            }
+            // A record deleted meanwhile left the list before its deletion went out: deleted
+            // again, so this put does not bring it back.
+            let gone: Vec<String> = {
+                let kept = self.kept();
+                part.iter()
+                    .filter(|(k, _)| !kept.contains_key(k))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for k in gone {
+                let deleted = within("deleting", c.delete(format!("{KEY_ROOT}{k}"), None)).await;
+                if let Err(e) = deleted {
+                    tracing::debug!("{e}");
+                }
+            }
         }
         if !again.is_empty() {
             tracing::debug!(records = again.len(), "leased records put on the new lease");
         }
-        Ok(())
     }
 
     /// One session: returns only with the error that ended it.
     async fn session(&self) -> Error {
-        match self.session_inner().await {
+        let e = match self.session_inner().await {
             Ok(()) => Error::Unavailable("etcd closed the watch".into()),
-            Err(e) => {
-                *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                e
-            }
-        }
+            Err(e) => e,
+        };
+        // No call goes out on the ended session's client (and lease) meanwhile.
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        e
     }
 
     async fn session_inner(&self) -> Result<()> {
@@ -762,7 +803,6 @@ impl Membership {
         let (mut keeper, mut acks) =
             within("keeping the lease alive", c.lease_keep_alive(lease)).await?;
         self.lease.granted(lease, asked, ttl);
-        self.lease_again(&mut c, lease).await?;
         // Read everything once, then watch from the next revision: nothing is missed between.
         let all = within(
             "reading the cluster",
@@ -803,8 +843,12 @@ impl Membership {
         let _stop_campaign = AbortOnDrop(campaign);
         let mut tick = tokio::time::interval(HEARTBEAT);
         let mut acked = tokio::time::Instant::now();
+        let again = self.lease_again(c.clone(), lease);
+        tokio::pin!(again);
+        let mut put_again = false;
         loop {
             tokio::select! {
+                () = &mut again, if !put_again => put_again = true,
                 _ = tick.tick() => {
                     // Unanswered for a whole lease life: the lease may be gone; start again.
                     if acked.elapsed() > ttl {

@@ -129,7 +129,7 @@ fn meaning(status: u16) -> &'static str {
         404 => "no such relationship, policy, snapshot, drill or token",
         409 => "the request conflicts with the current state",
         502 => "the peer daemon could not be reached or refused",
-        503 => "the token could not be checked now: not one of this node's own, and etcd is out of reach (or, behind an API container, its control container is down); or etcd, which the call writes to, is out of reach: try again",
+        503 => "the token could not be checked now: not one of this node's own, and etcd is out of reach (or, behind an API container, its control container is down); or etcd, which the call needs, is out of reach or this node has no session with it: try again",
         _ => "anything else (the message says what)",
     }
 }
