@@ -143,6 +143,51 @@ fn files_under(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The first job of `src` into `dst` (`state`: the sender's), which fits: the target's tree
+/// hash and its recovery point.
+fn first_job(
+    src: &Path,
+    dst: &Path,
+    state: &Path,
+) -> ((u128, Option<u128>), mover::receiver::state::RecoveryPoint) {
+    let (addr, h) = start_receiver(dst);
+    send_state(src, addr, state).expect("first job");
+    let r = h.join().unwrap();
+    assert!(r.ok, "first job: {:?}", r.error);
+    assert_same_tree(src, dst);
+    let rp = mover::receiver::recovery_point(dst)
+        .unwrap()
+        .expect("a recovery point after the first job");
+    (tree_hash(dst), rp)
+}
+
+/// Fills the file system at `fs` (outside the target's root) until `LEFT_FREE` remains; the
+/// filler's path.
+fn fill(fs: &Path) -> PathBuf {
+    let filler = fs.join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    rustix::fs::fallocate(
+        &f,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free_bytes(fs) - LEFT_FREE,
+    )
+    .unwrap();
+    f.sync_all().unwrap();
+    filler
+}
+
+/// Removes `filler`, then runs the job again: it goes through.
+fn after_freeing(filler: &Path, src: &Path, dst: &Path, state: &Path) -> mover::SendReport {
+    std::fs::remove_file(filler).unwrap();
+    let (addr, h) = start_receiver(dst);
+    let rep = send_state(src, addr, state).expect("job after freeing space");
+    let r = h.join().unwrap();
+    assert!(r.ok, "job after freeing space: {:?}", r.error);
+    assert_same_tree(src, dst);
+    rep
+}
+
 #[test]
 fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     let fs = Ext4::new();
@@ -162,29 +207,11 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     .unwrap();
 
     // Job 1 fits and commits a recovery point.
-    let (addr, h) = start_receiver(&dst);
-    send_state(&src, addr, &state).expect("first job");
-    let r = h.join().unwrap();
-    assert!(r.ok, "first job: {:?}", r.error);
-    assert_same_tree(&src, &dst);
-    let at_rp = tree_hash(&dst);
-    let rp = mover::receiver::recovery_point(&dst)
-        .unwrap()
-        .expect("a recovery point after the first job");
+    let (at_rp, rp) = first_job(&src, &dst, &state);
 
     // Fill the file system (outside the root) until LEFT_FREE remains, then give the source
     // changes, including new data several times larger than that.
-    let filler = fs.path().join("filler");
-    let f = std::fs::File::create(&filler).unwrap();
-    rustix::fs::fallocate(
-        &f,
-        rustix::fs::FallocateFlags::empty(),
-        0,
-        free_bytes(fs.path()) - LEFT_FREE,
-    )
-    .unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let filler = fill(fs.path());
     let free_before = free_bytes(fs.path());
     churn(
         &src,
@@ -276,17 +303,12 @@ fn disk_full_names_path_and_free_space_and_keeps_the_recovery_point() {
     );
 
     // With space freed the same job goes through.
-    std::fs::remove_file(&filler).unwrap();
-    let (addr, h) = start_receiver(&dst);
-    let rep = send_state(&src, addr, &state).expect("job after freeing space");
-    let r = h.join().unwrap();
-    assert!(r.ok, "job after freeing space: {:?}", r.error);
+    let rep = after_freeing(&filler, &src, &dst, &state);
     assert!(!rep.resumed, "nothing to resume after a revert");
-    assert_same_tree(&src, &dst);
 }
 
-/// Small files are written with `pwrite` as their FileBatch frame is decoded, not through the
-/// ring: running out of space there is the same disk-full error, and the same revert.
+/// A FileBatch's small files are written with `pwrite` once created, not through the ring:
+/// running out of space there is the same disk-full error, and the same revert.
 #[test]
 fn disk_full_while_writing_small_files_reverts_to_the_recovery_point() {
     let fs = Ext4::new();
@@ -303,26 +325,8 @@ fn disk_full_while_writing_small_files_reverts_to_the_recovery_point() {
         },
     )
     .unwrap();
-    let (addr, h) = start_receiver(&dst);
-    send_state(&src, addr, &state).expect("first job");
-    let r = h.join().unwrap();
-    assert!(r.ok, "first job: {:?}", r.error);
-    let at_rp = tree_hash(&dst);
-    let rp = mover::receiver::recovery_point(&dst)
-        .unwrap()
-        .expect("a recovery point after the first job");
-
-    let filler = fs.path().join("filler");
-    let f = std::fs::File::create(&filler).unwrap();
-    rustix::fs::fallocate(
-        &f,
-        rustix::fs::FallocateFlags::empty(),
-        0,
-        free_bytes(fs.path()) - LEFT_FREE,
-    )
-    .unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let (at_rp, rp) = first_job(&src, &dst, &state);
+    let filler = fill(fs.path());
     // Twice the space left, all of it in files small enough to travel in FileBatch frames.
     let files = 2 * LEFT_FREE / 4096;
     for d in 0..files / 200 {
@@ -362,11 +366,5 @@ fn disk_full_while_writing_small_files_reverts_to_the_recovery_point() {
         "target left between recovery points"
     );
     assert!(!dst.join(".mover-state/journal").exists());
-
-    std::fs::remove_file(&filler).unwrap();
-    let (addr, h) = start_receiver(&dst);
-    send_state(&src, addr, &state).expect("job after freeing space");
-    let r = h.join().unwrap();
-    assert!(r.ok, "job after freeing space: {:?}", r.error);
-    assert_same_tree(&src, &dst);
+    after_freeing(&filler, &src, &dst, &state);
 }

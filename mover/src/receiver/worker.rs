@@ -602,15 +602,7 @@ fn on_write(
     let t = cx.t;
     let w = &mut buf.writes[i];
     if res <= 0 {
-        let p = show(&t.paths[w.entry.index()]);
-        let code = if res == 0 { libc::EIO } else { -res };
-        let e = std::io::Error::from_raw_os_error(code);
-        // A disk-full error keeps its errno: the session adds the free space and reverts the job
-        // (space.rs), which it recognises by ENOSPC.
-        return Err(Error::Io {
-            context: format!("writing {p}"),
-            source: e,
-        });
+        return Err(write_failed(t, w.entry, -res));
     }
     w.io.done += res as usize;
     cx.progress.fetch_add(res as u64, Ordering::Relaxed);
@@ -721,21 +713,26 @@ fn write_inline(data: &[u8], w: &WriteOp, cx: &mut Ctx<'_>) -> Result<()> {
     while done < w.io.len {
         let from = w.io.buf_off + done;
         let part = &data[from..w.io.buf_off + w.io.len];
-        let res = rustix::io::pwrite(w.io.fd.as_fd(), part, (w.io.file_off + done as u64) as _);
-        let n = match res {
-            Ok(0) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
-            Ok(n) => Ok(n),
-            Err(e) if e == rustix::io::Errno::INTR => continue,
-            Err(e) => Err(std::io::Error::from(e)),
-        };
-        // A disk-full error keeps its errno, as in on_write.
-        done += n.map_err(|source| Error::Io {
-            context: format!("writing {}", show(&cx.t.paths[w.entry.index()])),
-            source,
-        })?;
+        match rustix::io::pwrite(w.io.fd.as_fd(), part, (w.io.file_off + done as u64) as _) {
+            Ok(n) if n > 0 => done += n,
+            Err(e) if e == rustix::io::Errno::INTR => {}
+            Ok(_) => return Err(write_failed(cx.t, w.entry, 0)),
+            Err(e) => return Err(write_failed(cx.t, w.entry, e.raw_os_error())),
+        }
     }
     cx.progress.fetch_add(done as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// The error of a write of `entry` that failed with errno `code` (0: it wrote nothing, EIO).
+/// A disk-full error keeps its errno: the session adds the free space and reverts the job
+/// (space.rs), which it recognises by ENOSPC.
+fn write_failed(t: &RecvTable, entry: EntryId, code: i32) -> Error {
+    let code = if code == 0 { libc::EIO } else { code };
+    Error::Io {
+        context: format!("writing {}", show(&t.paths[entry.index()])),
+        source: std::io::Error::from_raw_os_error(code),
+    }
 }
 
 fn finish_inline(w: &WriteOp, t: &RecvTable) -> Result<()> {
