@@ -1,6 +1,8 @@
 //! Sharding, pure: which worker sends which bytes. Small files are packed many to a frame;
 //! large files are cut into extents, and the sequence of batches and extents is split into
-//! contiguous spans of equal cost, one per worker, so even one big file keeps every worker busy. Deterministic for a given input, so tests can check coverage exactly.
+//! contiguous spans of equal cost, one per worker, so even one big file keeps every worker busy
+//! (a worker that ends its span early takes over part of another's: `pool.rs`). Deterministic
+//! for a given input, so tests can check coverage exactly.
 
 use crate::units::EntryId;
 use crate::wire::frame::DATA_CHUNK;
@@ -124,7 +126,7 @@ pub fn plan(files: &[FileToSend], workers: usize) -> Vec<Vec<Unit>> {
     flush(&mut batch, &mut batch_bytes, &mut items);
 
     // Contiguous spans, balanced by cost: a worker gets whole files (or one long run of a big
-    // file) so the receiver's workers never write the same inode at once and reads stay
+    // file) so the receiver's workers seldom write the same inode at once and reads stay
     // sequential per worker; consecutive small files share directories.
     let total: u64 = items.iter().map(|(c, _)| c).sum();
     let mut out: Vec<Vec<Unit>> = vec![Vec::new(); workers];

@@ -356,8 +356,24 @@ impl OpenShard {
             progress.control.set_rate(shard.rate_limit);
         }
         let places = crate::engine::worker_places(workers.len(), Some(&root));
+        let to = |index: u16| {
+            super::worker_to(
+                shard.to,
+                &shard.write_places,
+                usize::from(index),
+                usize::from(shard.session_workers),
+            )
+        };
+        let indexes: Vec<u16> = workers.iter().map(|w| w.0).collect();
+        // The place's workers share its units as the owner's do (`sender::pool`).
+        let pools = super::pool::pools_by_destination(
+            workers
+                .into_iter()
+                .map(|(i, units)| (to(i), units))
+                .collect(),
+        );
         let mut handles = Vec::new();
-        for (k, (index, units)) in workers.into_iter().enumerate() {
+        for (k, (index, (pool, slot))) in indexes.into_iter().zip(pools).enumerate() {
             let (table, progress, transport, id) = (
                 table.clone(),
                 progress.clone(),
@@ -365,12 +381,7 @@ impl OpenShard {
                 id.clone(),
             );
             let place = places.get(k).cloned().unwrap_or_default();
-            let to = super::worker_to(
-                shard.to,
-                &shard.write_places,
-                usize::from(index),
-                usize::from(shard.session_workers),
-            );
+            let to = to(index);
             let h = std::thread::Builder::new()
                 .name(format!("mover-shard-{index}"))
                 .spawn(move || {
@@ -383,7 +394,8 @@ impl OpenShard {
                         super::worker::SendWorker {
                             cpu: place.cpu,
                             table,
-                            units,
+                            pool,
+                            slot,
                             direct,
                             progress,
                             hash_blocks: false,

@@ -1,12 +1,14 @@
 //! One sender worker: pinned to a CPU, owns an io_uring, a slab of registered buffers and one
-//! TCP connection. It reads its units (planned up front, no shared queue) into buffers with
-//! several reads in flight, checksums each frame and streams it with io_uring sends.
+//! TCP connection. It reads its units (planned up front; once its own span is done, taken over
+//! from a slower worker's, `pool`) into buffers with several reads in flight, checksums each
+//! frame and streams it with io_uring sends.
 //!
 //! Buffer layout for a Data frame (data aligned for O_DIRECT):
 //! `[.. pad ..][header 16][entry 4][offset 8][data at HEADROOM ..]`
 //! For a FileBatch frame: `[header 16][count 4]([entry 4][len 4][data])*`.
 
 use super::plan::Unit;
+use super::pool::UnitPool;
 use crate::beneath;
 use crate::engine::cache::Residency;
 use crate::engine::ring::{tag, Dir, OpFd, SlabPages, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
@@ -142,7 +144,9 @@ impl Buf {
 pub struct SendWorker {
     pub cpu: Option<hw::CpuId>,
     pub table: Arc<SendTable>,
-    pub units: Vec<Unit>,
+    /// The units of this process's workers, and which span is this worker's.
+    pub pool: Arc<UnitPool>,
+    pub slot: usize,
     pub direct: bool,
     /// Counters (bytes and files sent) and the controller's gate (pause, abort, rate limit),
     /// looked at once per chunk.
@@ -190,12 +194,18 @@ impl SendWorker {
             Unit::Chunk { entry, .. } => may_read_direct(self.direct, &self.table, *entry),
             Unit::Batch { .. } => false,
         };
-        let pages = if self.units.iter().any(direct) {
+        // Sized for the whole pool: the worker may take over any of its units.
+        let pages = if self.pool.all().iter().any(direct) {
             SlabPages::Huge
         } else {
             SlabPages::Small
         };
-        let nbuf = if self.units.iter().all(|u| matches!(u, Unit::Batch { .. })) {
+        let nbuf = if self
+            .pool
+            .all()
+            .iter()
+            .all(|u| matches!(u, Unit::Batch { .. }))
+        {
             BATCH_ONLY_BUFFERS
         } else {
             BUFFERS
@@ -227,7 +237,9 @@ impl SendWorker {
         let mut stats = FrameStats::default();
         let mut ready: VecDeque<usize> = VecDeque::with_capacity(bufs.len());
         let mut sending = false;
-        let mut units = std::mem::take(&mut self.units).into_iter().peekable();
+        let pool = self.pool.clone();
+        // The next unit, claimed but not started (a batch waits for a reading slot).
+        let mut held: Option<&Unit> = None;
         let mut more = true;
         let mut cache: Option<Cached> = None;
         let mut direct_ok = self.direct;
@@ -251,7 +263,10 @@ impl SendWorker {
                 if hot && bufs.iter().filter(|b| b.state != State::Free).count() >= HOT_AHEAD {
                     break;
                 }
-                if matches!(units.peek(), Some(Unit::Batch { .. })) {
+                if held.is_none() {
+                    held = pool.next(self.slot);
+                }
+                if matches!(held, Some(Unit::Batch { .. })) {
                     let reading = bufs
                         .iter()
                         .filter(|x| x.state == State::Reading && x.kind == FrameKind::FileBatch)
@@ -260,7 +275,7 @@ impl SendWorker {
                         break;
                     }
                 }
-                match units.next() {
+                match held.take() {
                     Some(u) => {
                         self.progress.control.issue(u.data_bytes());
                         let ctx = UnitCtx {
@@ -463,7 +478,7 @@ fn start_unit(
     ring: &mut Uring,
     buf: &mut Buf,
     b: usize,
-    unit: Unit,
+    unit: &Unit,
     cx: UnitCtx<'_>,
 ) -> Result<()> {
     debug_assert_eq!(buf.state, State::Free);
@@ -472,7 +487,7 @@ fn start_unit(
     buf.sent = 0;
     buf.data_bytes = unit.data_bytes();
     buf.files = unit.files_done();
-    match unit {
+    match *unit {
         Unit::Chunk {
             entry, offset, len, ..
         } => {
@@ -533,7 +548,7 @@ fn start_unit(
             s[HEADROOM - DATA_PREFIX_LEN..HEADROOM - 8].copy_from_slice(&entry.0.to_le_bytes());
             s[HEADROOM - 8..HEADROOM].copy_from_slice(&offset.to_le_bytes());
         }
-        Unit::Batch { files } => {
+        Unit::Batch { ref files } => {
             buf.kind = FrameKind::FileBatch;
             buf.frame_start = 0;
             let mut pos = FRAME_HEADER_LEN;
@@ -541,7 +556,7 @@ fn start_unit(
             s[pos..pos + BATCH_PREFIX_LEN].copy_from_slice(&(files.len() as u32).to_le_bytes());
             pos += BATCH_PREFIX_LEN;
             let mut opened = Vec::new();
-            for &(entry, size) in &files {
+            for &(entry, size) in files {
                 s[pos..pos + 4].copy_from_slice(&entry.0.to_le_bytes());
                 s[pos + 4..pos + 8].copy_from_slice(&size.to_le_bytes());
                 pos += BATCH_RECORD_HEADER;
@@ -794,7 +809,8 @@ mod tests {
         SendWorker {
             cpu: None,
             table,
-            units,
+            pool: Arc::new(UnitPool::new(vec![units])),
+            slot: 0,
             direct: false,
             progress: Arc::new(crate::job::Progress::default()),
             hash_blocks: false,
@@ -910,6 +926,39 @@ mod tests {
                 "file {k}'s bytes"
             );
         }
+    }
+
+    /// Two workers share a pool and the second never starts (a stalled CPU, say): the first
+    /// sends its own span, then takes over the other's, and every chunk arrives once.
+    #[test]
+    fn a_worker_done_with_its_span_sends_the_rest_of_a_stalled_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = tree(dir.path(), 4);
+        let pool = Arc::new(UnitPool::new(vec![chunks(0..1), chunks(1..4)]));
+        let (mut link, got) = plain_to_peer(|p| {
+            let (e, off, data) = crate::wire::message::decode_data_prefix(p).expect("data");
+            (e.0, off, data.len())
+        });
+        let w = SendWorker {
+            pool: pool.clone(),
+            slot: 0,
+            ..worker(table, Vec::new())
+        };
+        let stats = w.run(&mut link).expect("send");
+        drop(link);
+        let frames = got.join().expect("peer");
+        let per_file = (FILE_SIZE / DATA_CHUNK) as u64;
+        assert_eq!(stats.frames, 4 * per_file, "every chunk of both spans");
+        let mut seen: Vec<(u32, u64)> = frames.iter().map(|&(e, off, _)| (e, off)).collect();
+        // (The order of claims is the pool's test; frames go out as their reads complete.)
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len() as u64, 4 * per_file, "each chunk once");
+        assert!(frames.iter().all(|f| f.2 == DATA_CHUNK));
+        assert!(
+            pool.next(1).is_none(),
+            "nothing left for the stalled worker"
+        );
     }
 
     /// Reads exactly the first `len` bytes of `path` into the page cache (no readahead).
