@@ -9,10 +9,11 @@
 //! span, and a thief still reads a run of consecutive units (the same file, or neighbouring
 //! directories) front to back.
 //!
-//! Each span is one `AtomicU64` (front index in the low half, back in the high half), changed
-//! only by compare-and-swap: the owner moves the front up, a thief moves the back down. Units
-//! are never put back, so no span ever takes a value it had before (no ABA), and every unit is
-//! claimed exactly once.
+//! Each span is one `AtomicU64` (front index in the low half, back in the high half). The owner
+//! moves its front up by compare-and-swap; a thief moves a victim's back down the same way,
+//! claiming the first unit it moved, then stores the rest into its own span, which is empty
+//! and which nobody else fills. A span's value says all there is to it, so a value that comes
+//! back (ABA) is harmless, and every unit is claimed exactly once.
 
 use super::plan::Unit;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,8 @@ pub struct UnitPool {
     units: Vec<Unit>,
     /// Per worker: `front | back << 32`, its span of `units` still to claim.
     spans: Vec<AtomicU64>,
+    /// Per worker: its span as planned.
+    planned: Vec<(u32, u32)>,
 }
 
 fn pack(front: u32, back: u32) -> u64 {
@@ -71,42 +74,43 @@ impl UnitPool {
         );
         let mut units = Vec::with_capacity(total);
         let mut spans = Vec::with_capacity(per_worker.len());
+        let mut planned = Vec::with_capacity(per_worker.len());
         for w in per_worker {
             let front = units.len() as u32;
             units.extend(w);
+            planned.push((front, units.len() as u32));
             spans.push(AtomicU64::new(pack(front, units.len() as u32)));
         }
-        UnitPool { units, spans }
-    }
-
-    /// Every unit of the pool, claimed or not (to size a worker's buffers).
-    pub fn all(&self) -> &[Unit] {
-        &self.units
+        UnitPool {
+            units,
+            spans,
+            planned,
+        }
     }
 
     pub fn workers(&self) -> usize {
         self.spans.len()
     }
 
-    /// The next unit for worker `w`: from its own span, else from the back half of the
-    /// fullest other span (which becomes `w`'s). None when every span is empty.
-    pub fn next(&self, w: usize) -> Option<&Unit> {
-        // Each steal moves at least one unit into `w`'s span, which only `w` then takes
-        // from the front: at most one steal per unit.
-        for _ in 0..=self.units.len() {
-            if let Some(i) = self.take_front(w) {
-                return Some(&self.units[i as usize]);
-            }
-            if !self.steal(w) {
-                return None;
-            }
-        }
-        unreachable!("more steals than units")
+    /// The units planned for worker `w` (its span before any stealing), to size its buffers
+    /// as before the pool: a stolen unit fits any worker's buffers.
+    pub fn planned(&self, w: usize) -> &[Unit] {
+        let (front, back) = self.planned[w];
+        &self.units[front as usize..back as usize]
     }
 
-    /// Bound of every compare-and-swap loop: a swap on a span fails only because another
-    /// worker's claim or steal on it succeeded, and there are at most as many of those as
-    /// units (each takes at least one).
+    /// The next unit for worker `w`: from its own span, else the first of the back half of
+    /// the fullest other span (the rest of that half becomes `w`'s). None when every span
+    /// is empty.
+    pub fn next(&self, w: usize) -> Option<&Unit> {
+        let i = self.take_front(w).or_else(|| self.steal(w))?;
+        Some(&self.units[i as usize])
+    }
+
+    /// Bound of every compare-and-swap loop. A swap on a span fails only because the span
+    /// changed since it was read, and every change goes with a claim: the owner's take, a
+    /// thief's swap (which claims the first unit it moves), and that thief's store into its
+    /// own span. So there are at most 2 changes per unit.
     fn retries(&self) -> usize {
         2 * self.units.len() + 2
     }
@@ -132,23 +136,20 @@ impl UnitPool {
         unreachable!("a span changed more often than there are units")
     }
 
-    /// Moves the back half of the fullest other span into `w`'s (empty) span. False when
-    /// no other span has anything left.
-    fn steal(&self, w: usize) -> bool {
+    /// Claims the first unit of the back half of the fullest other span and moves the rest
+    /// of that half into `w`'s (empty) span. None when no other span has anything left.
+    fn steal(&self, w: usize) -> Option<u32> {
         for _ in 0..self.retries() {
-            let victim = (0..self.spans.len())
+            let (v, cur) = (0..self.spans.len())
                 .filter(|&v| v != w)
                 .map(|v| (v, self.spans[v].load(Ordering::Acquire)))
                 .max_by_key(|&(_, s)| {
                     let (f, b) = unpack(s);
                     b.saturating_sub(f)
-                });
-            let Some((v, cur)) = victim else {
-                return false;
-            };
+                })?;
             let (front, back) = unpack(cur);
             if front >= back {
-                return false;
+                return None;
             }
             // At least one unit; the victim keeps the front half it is reading.
             let mid = front + (back - front) / 2;
@@ -162,8 +163,8 @@ impl UnitPool {
                     let (f, b) = unpack(self.spans[w].load(Ordering::Acquire));
                     f >= b
                 });
-                self.spans[w].store(pack(mid, back), Ordering::Release);
-                return true;
+                self.spans[w].store(pack(mid + 1, back), Ordering::Release);
+                return Some(mid);
             }
         }
         unreachable!("spans changed more often than there are units")
@@ -266,6 +267,28 @@ mod tests {
         assert_eq!(b.workers(), 1);
         assert_eq!(entry(b.next(*sb).expect("b keeps its units")), 2);
         assert!(Arc::ptr_eq(&pools[0].0, &pools[2].0));
+    }
+
+    /// Few units and many thieves: a steal claims what it moves, so a unit cannot pass from
+    /// thief to thief unclaimed, and nobody runs out of rounds.
+    #[test]
+    fn a_lone_unit_among_many_thieves_is_claimed_once() {
+        for round in 0..200u32 {
+            let workers = 2 + (round % 7) as usize;
+            let mut per: Vec<Vec<Unit>> = vec![Vec::new(); workers];
+            per[round as usize % workers] = (0..1 + round % 3).map(chunk).collect();
+            let pool = UnitPool::new(per);
+            let claimed: usize = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let pool = &pool;
+                        s.spawn(move || std::iter::from_fn(|| pool.next(w)).count())
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("worker")).sum()
+            });
+            assert_eq!(claimed as u32, 1 + round % 3, "round {round}");
+        }
     }
 
     #[test]

@@ -194,18 +194,17 @@ impl SendWorker {
             Unit::Chunk { entry, .. } => may_read_direct(self.direct, &self.table, *entry),
             Unit::Batch { .. } => false,
         };
-        // Sized for the whole pool: the worker may take over any of its units.
-        let pages = if self.pool.all().iter().any(direct) {
+        // Sized for the units planned for this worker: a unit it takes over from another
+        // fits its buffers too (only their number and pages differ), and a slab sized for
+        // the whole pool would cost small-file workers the huge pages and the pinning that
+        // `SlabPages` and `BATCH_ONLY_BUFFERS` spare them.
+        let planned = self.pool.planned(self.slot);
+        let pages = if planned.iter().any(direct) {
             SlabPages::Huge
         } else {
             SlabPages::Small
         };
-        let nbuf = if self
-            .pool
-            .all()
-            .iter()
-            .all(|u| matches!(u, Unit::Batch { .. }))
-        {
+        let nbuf = if planned.iter().all(|u| matches!(u, Unit::Batch { .. })) {
             BATCH_ONLY_BUFFERS
         } else {
             BUFFERS
