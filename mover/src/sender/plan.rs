@@ -39,7 +39,8 @@ pub struct FileToSend {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Unit {
     /// `len` <= DATA_CHUNK bytes of one large file, one Data frame; `last` is the file's
-    /// final chunk (progress counts the file as sent then).
+    /// final chunk (the pool that holds it counts the file as sent once all of its chunks
+    /// there are sent: `UnitPool::chunk_sent`).
     Chunk {
         entry: EntryId,
         offset: u64,
@@ -51,7 +52,8 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// Files this unit completes.
+    /// Files this unit completes when it is the last of its file's units to be sent (a batch
+    /// completes its files; see `UnitPool::chunk_sent` for chunks).
     pub fn files_done(&self) -> u64 {
         match self {
             Unit::Chunk { last, .. } => *last as u64,

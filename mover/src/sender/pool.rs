@@ -16,7 +16,9 @@
 //! back (ABA) is harmless, and every unit is claimed exactly once.
 
 use super::plan::Unit;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::units::EntryId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Pools for workers that may share work: those that send to the same address (a session
@@ -54,6 +56,10 @@ pub struct UnitPool {
     spans: Vec<AtomicU64>,
     /// Per worker: its span as planned.
     planned: Vec<(u32, u32)>,
+    /// Chunks not yet sent of each large file whose last chunk is in this pool: the file
+    /// counts as sent (progress) when they are all sent, whichever workers sent them. A file
+    /// whose last chunk another place sends is counted there.
+    left: HashMap<EntryId, AtomicU32>,
 }
 
 fn pack(front: u32, back: u32) -> u64 {
@@ -81,11 +87,37 @@ impl UnitPool {
             planned.push((front, units.len() as u32));
             spans.push(AtomicU64::new(pack(front, units.len() as u32)));
         }
+        let mut chunks: HashMap<EntryId, u32> = HashMap::new();
+        let mut ends: Vec<EntryId> = Vec::new();
+        for u in &units {
+            if let Unit::Chunk { entry, last, .. } = *u {
+                *chunks.entry(entry).or_default() += 1;
+                if last {
+                    ends.push(entry);
+                }
+            }
+        }
+        let left = ends
+            .into_iter()
+            .map(|e| (e, AtomicU32::new(chunks.get(&e).copied().unwrap_or(0))))
+            .collect();
         UnitPool {
             units,
             spans,
             planned,
+            left,
         }
+    }
+
+    /// One chunk of `entry` is sent: 1 if that was the last of them to go (the file counts
+    /// as sent), else 0. A thief may send a file's final chunk before its owner sends the
+    /// rest, so the chunk marked `last` does not say it.
+    pub fn chunk_sent(&self, entry: EntryId) -> u64 {
+        self.left.get(&entry).map_or(0, |n| {
+            let before = n.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "more chunks of a file sent than planned");
+            u64::from(before == 1)
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -289,6 +321,27 @@ mod tests {
             });
             assert_eq!(claimed as u32, 1 + round % 3, "round {round}");
         }
+    }
+
+    #[test]
+    fn a_file_counts_as_sent_when_its_last_chunk_to_go_is_sent_not_its_final_one() {
+        let part = |off: u64, last: bool| Unit::Chunk {
+            entry: EntryId(7),
+            offset: off,
+            len: 1,
+            last,
+        };
+        let pool = UnitPool::new(vec![
+            vec![part(0, false), part(1, false)],
+            vec![part(2, true)],
+        ]);
+        // The final chunk goes first (a thief took it): the file is not sent yet.
+        assert_eq!(pool.chunk_sent(EntryId(7)), 0);
+        assert_eq!(pool.chunk_sent(EntryId(7)), 0);
+        assert_eq!(pool.chunk_sent(EntryId(7)), 1);
+        // A file whose final chunk another place sends is counted there.
+        let front = UnitPool::new(vec![vec![part(0, false)]]);
+        assert_eq!(front.chunk_sent(EntryId(7)), 0);
     }
 
     #[test]

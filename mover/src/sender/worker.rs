@@ -118,7 +118,8 @@ struct Buf {
     frame_end: usize,
     sent: usize,
     data_bytes: u64,
-    /// Files the frame completes (progress).
+    /// Files a FileBatch frame completes (progress; a Data frame's file is counted by the
+    /// pool, `UnitPool::chunk_sent`).
     files: u64,
     /// Frame checksum, set once the reads are in (for the session's content digest).
     checksum: u64,
@@ -428,7 +429,14 @@ impl SendWorker {
         self.progress
             .bytes
             .fetch_add(buf.data_bytes, Ordering::Relaxed);
-        self.progress.files.fetch_add(buf.files, Ordering::Relaxed);
+        let files = match buf.kind {
+            FrameKind::Data => buf
+                .reads
+                .first()
+                .map_or(0, |r| self.pool.chunk_sent(r.entry)),
+            _ => buf.files,
+        };
+        self.progress.files.fetch_add(files, Ordering::Relaxed);
         buf.state = State::Free;
     }
 }
