@@ -121,6 +121,8 @@ struct Buf {
     /// Files a FileBatch frame completes (progress; a Data frame's file is counted by the
     /// pool, `UnitPool::chunk_sent`).
     files: u64,
+    /// The file of a Data frame (kept apart: `finish_frame` clears the reads).
+    chunk_of: Option<EntryId>,
     /// Frame checksum, set once the reads are in (for the session's content digest).
     checksum: u64,
 }
@@ -137,6 +139,7 @@ impl Buf {
             sent: 0,
             data_bytes: 0,
             files: 0,
+            chunk_of: None,
             checksum: 0,
         }
     }
@@ -429,12 +432,9 @@ impl SendWorker {
         self.progress
             .bytes
             .fetch_add(buf.data_bytes, Ordering::Relaxed);
-        let files = match buf.kind {
-            FrameKind::Data => buf
-                .reads
-                .first()
-                .map_or(0, |r| self.pool.chunk_sent(r.entry)),
-            _ => buf.files,
+        let files = match buf.chunk_of {
+            Some(entry) => self.pool.chunk_sent(entry),
+            None => buf.files,
         };
         self.progress.files.fetch_add(files, Ordering::Relaxed);
         buf.state = State::Free;
@@ -494,6 +494,10 @@ fn start_unit(
     buf.sent = 0;
     buf.data_bytes = unit.data_bytes();
     buf.files = unit.files_done();
+    buf.chunk_of = match *unit {
+        Unit::Chunk { entry, .. } => Some(entry),
+        Unit::Batch { .. } => None,
+    };
     match *unit {
         Unit::Chunk {
             entry, offset, len, ..
@@ -946,9 +950,11 @@ mod tests {
             let (e, off, data) = crate::wire::message::decode_data_prefix(p).expect("data");
             (e.0, off, data.len())
         });
+        let progress = Arc::new(crate::job::Progress::default());
         let w = SendWorker {
             pool: pool.clone(),
             slot: 0,
+            progress: progress.clone(),
             ..worker(table, Vec::new())
         };
         let stats = w.run(&mut link).expect("send");
@@ -965,6 +971,11 @@ mod tests {
         assert!(
             pool.next(1).is_none(),
             "nothing left for the stalled worker"
+        );
+        assert_eq!(
+            progress.files.load(Ordering::Relaxed),
+            4,
+            "each file counted once, when its last chunk to go is sent"
         );
     }
 
