@@ -747,7 +747,7 @@ pub fn send_over(
     let mut shards: Vec<Vec<(u16, Vec<plan::Unit>)>> = vec![Vec::new(); others];
     // Files a worker here reads whole and checks once read (SendWorker::check_batch).
     let mut read_whole = vec![false; if stable { 0 } else { walked.entries.len() }];
-    let mut local: Vec<usize> = Vec::new();
+    let mut local: Vec<(usize, SocketAddr)> = Vec::new();
     let mut spans: Vec<(SocketAddr, Vec<plan::Unit>)> = Vec::new();
     for (i, units) in plans.into_iter().enumerate() {
         let at = shard::place_of(i, per_place);
@@ -765,14 +765,14 @@ pub fn send_over(
                 }
             }
         }
-        local.push(i);
-        spans.push((worker_to(opts.to, &opts.write_places, i, threads), units));
+        let to = worker_to(opts.to, &opts.write_places, i, threads);
+        local.push((i, to));
+        spans.push((to, units));
     }
     // This place's workers to the same write place share their units: one that ends early
     // takes over the rest of a slower one's span (`sender::pool`).
     let pools = pool::pools_by_destination(spans);
-    for (i, (pool, slot)) in local.into_iter().zip(pools) {
-        let to = worker_to(opts.to, &opts.write_places, i, threads);
+    for ((i, to), (pool, slot)) in local.into_iter().zip(pools) {
         let (transport, id) = (transport.clone(), id.clone());
         let place = places.get(i).cloned().unwrap_or_default();
         let worker = SendWorker {

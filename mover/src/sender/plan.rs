@@ -52,8 +52,8 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// Files this unit completes when it is the last of its file's units to be sent (a batch
-    /// completes its files; see `UnitPool::chunk_sent` for chunks).
+    /// Files this unit completes in the plan: a batch its files, a chunk its file if it is
+    /// the final one (what is sent first may differ: `UnitPool::chunk_sent`).
     pub fn files_done(&self) -> u64 {
         match self {
             Unit::Chunk { last, .. } => *last as u64,

@@ -27,23 +27,22 @@ use std::sync::Arc;
 pub fn pools_by_destination<K: PartialEq>(
     workers: Vec<(K, Vec<Unit>)>,
 ) -> Vec<(Arc<UnitPool>, usize)> {
-    let mut groups: Vec<(K, Vec<usize>, Vec<Vec<Unit>>)> = Vec::new();
+    let mut groups: Vec<(K, Vec<Vec<Unit>>)> = Vec::new();
     let mut at = Vec::with_capacity(workers.len());
-    for (i, (key, units)) in workers.into_iter().enumerate() {
+    for (key, units) in workers {
         let g = match groups.iter().position(|g| g.0 == key) {
             Some(g) => g,
             None => {
-                groups.push((key, Vec::new(), Vec::new()));
+                groups.push((key, Vec::new()));
                 groups.len() - 1
             }
         };
         at.push((g, groups[g].1.len()));
-        groups[g].1.push(i);
-        groups[g].2.push(units);
+        groups[g].1.push(units);
     }
     let pools: Vec<Arc<UnitPool>> = groups
         .into_iter()
-        .map(|(_, _, spans)| Arc::new(UnitPool::new(spans)))
+        .map(|(_, spans)| Arc::new(UnitPool::new(spans)))
         .collect();
     at.into_iter()
         .map(|(g, slot)| (pools[g].clone(), slot))
@@ -206,7 +205,6 @@ impl UnitPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::EntryId;
     use std::collections::HashSet;
 
     fn chunk(e: u32) -> Unit {

@@ -356,24 +356,28 @@ impl OpenShard {
             progress.control.set_rate(shard.rate_limit);
         }
         let places = crate::engine::worker_places(workers.len(), Some(&root));
-        let to = |index: u16| {
-            super::worker_to(
-                shard.to,
-                &shard.write_places,
-                usize::from(index),
-                usize::from(shard.session_workers),
-            )
-        };
-        let indexes: Vec<u16> = workers.iter().map(|w| w.0).collect();
+        let dests: Vec<(u16, std::net::SocketAddr)> = workers
+            .iter()
+            .map(|&(index, _)| {
+                let to = super::worker_to(
+                    shard.to,
+                    &shard.write_places,
+                    usize::from(index),
+                    usize::from(shard.session_workers),
+                );
+                (index, to)
+            })
+            .collect();
         // The place's workers share its units as the owner's do (`sender::pool`).
         let pools = super::pool::pools_by_destination(
-            workers
-                .into_iter()
-                .map(|(i, units)| (to(i), units))
+            dests
+                .iter()
+                .zip(workers)
+                .map(|(&(_, to), (_, units))| (to, units))
                 .collect(),
         );
         let mut handles = Vec::new();
-        for (k, (index, (pool, slot))) in indexes.into_iter().zip(pools).enumerate() {
+        for (k, ((index, to), (pool, slot))) in dests.into_iter().zip(pools).enumerate() {
             let (table, progress, transport, id) = (
                 table.clone(),
                 progress.clone(),
@@ -381,7 +385,6 @@ impl OpenShard {
                 id.clone(),
             );
             let place = places.get(k).cloned().unwrap_or_default();
-            let to = to(index);
             let h = std::thread::Builder::new()
                 .name(format!("mover-shard-{index}"))
                 .spawn(move || {

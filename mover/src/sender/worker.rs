@@ -493,10 +493,9 @@ fn start_unit(
     buf.reads.clear();
     buf.sent = 0;
     buf.data_bytes = unit.data_bytes();
-    buf.files = unit.files_done();
-    buf.chunk_of = match *unit {
-        Unit::Chunk { entry, .. } => Some(entry),
-        Unit::Batch { .. } => None,
+    (buf.files, buf.chunk_of) = match *unit {
+        Unit::Chunk { entry, .. } => (0, Some(entry)),
+        Unit::Batch { ref files } => (files.len() as u64, None),
     };
     match *unit {
         Unit::Chunk {
