@@ -7,6 +7,7 @@
 mod btrfs;
 mod cp;
 mod create_path;
+mod creation;
 mod daemons;
 mod dataset;
 mod inc_report;
@@ -273,6 +274,7 @@ fn measure_limits(
     read_sets: &[dataset::Dataset],
     write_dirs: &[(Dest, PathBuf)],
     write_bytes: u64,
+    trash: &trash::Trash,
 ) -> Result<Limits> {
     let tcp_1 = limits::loopback_tcp(1)?;
     let tcp_n = limits::loopback_tcp(n)?;
@@ -287,6 +289,7 @@ fn measure_limits(
         read.insert(ds.kind.name().to_string(), r);
     }
     let mut write = std::collections::BTreeMap::new();
+    let mut create = Vec::new();
     for (d, dir) in write_dirs {
         let w = limits::sequential_write(dir, write_bytes, n)?;
         eprintln!(
@@ -295,6 +298,17 @@ fn measure_limits(
             dir.display()
         );
         write.insert(d.name().to_string(), w);
+        for ds in read_sets
+            .iter()
+            .filter(|ds| creation::applies(ds.files, ds.bytes))
+        {
+            let c = creation_limit(ds, *d, dir, trash, n)?;
+            eprintln!(
+                "bench: creating the {} files of {} in {}: {:.3} s, best of {:?}",
+                c.files, c.dataset, c.dest, c.seconds, c.runs
+            );
+            create.push(c);
+        }
     }
     Ok(Limits {
         workers: n,
@@ -304,7 +318,48 @@ fn measure_limits(
         memcpy_n,
         read,
         write,
+        create,
     })
+}
+
+/// Creates the files of `ds` in new directories under `dir` (on destination `d`), `REPS`
+/// times with `n` threads (creation.rs). On the disk, no earlier deletion's inodes may still be
+/// recent (trash.rs), and each run's files go to the trash, deleted with the regimes'
+/// destinations (or right after the limits when no regime runs).
+fn creation_limit(
+    ds: &dataset::Dataset,
+    d: Dest,
+    dir: &Path,
+    trash: &trash::Trash,
+    n: usize,
+) -> Result<creation::Creation> {
+    let layout = creation::layout(&ds.dir)?;
+    let mut runs = Vec::new();
+    for rep in 0..creation::REPS {
+        let to = dir.join(format!("create-{}-{rep}", ds.kind.name()));
+        // Left over from an interrupted bench; on the disk, its deletion is waited out too.
+        match d {
+            Dest::Disk => {
+                trash.delete(&to)?;
+                trash.wait_out();
+            }
+            Dest::Tmpfs => regimes::remove(&to)?,
+        }
+        proc::quiesce(&[dir]);
+        runs.push(creation::create_once(&layout, &to, n)?);
+        match d {
+            Dest::Disk => trash.take(&to, &format!("limits-create-{}-{rep}", ds.kind.name()))?,
+            Dest::Tmpfs => regimes::remove(&to)?,
+        }
+    }
+    Ok(creation::summarize(
+        ds.kind.name(),
+        d.name(),
+        ds.files,
+        ds.bytes,
+        n,
+        runs,
+    ))
 }
 
 fn check_tmpfs(dir: &Path) -> Result<()> {
@@ -423,6 +478,20 @@ fn main() -> Result<()> {
             ds.spec
         );
     }
+    let trash = trash::Trash::new(&work);
+    if p.limits {
+        // Left over from an interrupted bench (the creation limit's runs too), deleted before
+        // anything is measured and before the disk is waited on.
+        let scratch = work.join("limits");
+        if let Ok(rd) = std::fs::read_dir(&scratch) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("create-") {
+                    trash.take(&e.path(), "limits-create-leftover")?;
+                }
+            }
+        }
+        trash.empty()?;
+    }
     proc::quiesce(&[&work]);
 
     if p.limits {
@@ -443,11 +512,26 @@ fn main() -> Result<()> {
         }
         let write_bytes = ((limits::WRITE_MAX_BYTES as f64 * a.scale) as u64)
             .clamp(limits::WRITE_MIN_BYTES, limits::WRITE_MAX_BYTES);
-        rep.limits = Some(measure_limits(threads, &sets, &write_dirs, write_bytes)?);
+        let l = measure_limits(threads, &sets, &write_dirs, write_bytes, &trash)?;
         rep.scheme.push(format!(
             "Limits are measured first, after the datasets exist: loopback TCP (1 and {threads} connections, 3 s each), memory copy (1 and {threads} threads, 128 MiB buffers, 1 s), \
              each dataset read cold with O_DIRECT by {threads} threads, and {write_bytes} bytes written as {threads} new files with fsync to each destination's file system."
         ));
+        if !l.create.is_empty() {
+            let mut names: Vec<&str> = l.create.iter().map(|c| c.dataset.as_str()).collect();
+            names.dedup();
+            rep.scheme.push(format!(
+                "Datasets of many small files ({}) are also created in each destination by {threads} threads ({} runs, the fastest counts): their directories made, each file created, written, given an mtime and closed (each thread owning whole directories), then one syncfs. \
+                 That is the least a durable, faithful copy does per file; a copy from the page cache of such a dataset stays far below every bandwidth limit.",
+                names.join(", "),
+                creation::REPS
+            ));
+        }
+        rep.limits = Some(l);
+        if p.initial.is_empty() {
+            // No regime follows to empty it (the next bench waits the deletion out).
+            trash.empty()?;
+        }
     }
 
     if !p.initial.is_empty() {

@@ -204,6 +204,8 @@ pub struct Limits {
     pub read: BTreeMap<String, f64>,
     /// Per destination kind ("disk", "tmpfs"): writing new files, `workers` streams, fsync.
     pub write: BTreeMap<String, f64>,
+    /// Per dataset of many small files and destination: creating its files (creation.rs).
+    pub create: Vec<crate::creation::Creation>,
 }
 
 /// What bounds a regime: the smallest of its components.
@@ -216,11 +218,21 @@ pub struct Bound {
     pub components: Vec<(String, f64)>,
 }
 
+/// The name of the per-file component of a bound (creation.rs).
+const CREATION: &str = "creating its files,";
+
+/// Whether `b` has no per-file component (a run that did not measure the creation limit).
+fn lacks_per_file_bound(b: &Bound) -> bool {
+    !b.components.iter().any(|(n, _)| n.contains(CREATION))
+}
+
 /// The bound of initial syncs of `dataset` in regime (`cache`, `dest`): the source side (page
 /// cache = memory copy, the better of 1 and N threads; cold = the dataset's disk read), loopback TCP with all
 /// workers' streams, and the destination's write rate. Cold to disk reads and writes the same
 /// device (the work dir holds sources and disk destinations), whose time is shared between
-/// them: 1 / (1/read + 1/write). None when a component was not measured.
+/// them: 1 / (1/read + 1/write). A dataset of many small files adds creating its files on the
+/// destination (creation.rs), when measured (cold to disk: shared with the read, likewise).
+/// None when a component was not measured.
 pub fn bound(l: &Limits, dataset: &str, cache: Cache, dest: Dest) -> Option<Bound> {
     let n = l.workers;
     let read = *l.read.get(dataset)?;
@@ -246,6 +258,21 @@ pub fn bound(l: &Limits, dataset: &str, cache: Cache, dest: Dest) -> Option<Boun
                 Dest::Tmpfs => ("tmpfs write".into(), write),
             });
         }
+    }
+    if let Some(k) = l
+        .create
+        .iter()
+        .find(|k| k.dataset == dataset && k.dest == dest.name())
+    {
+        let name = format!("{CREATION} {} threads, + syncfs", k.threads);
+        c.push(match (cache, dest) {
+            // The same device reads the files and takes the new ones.
+            (Cache::Cold, Dest::Disk) => (
+                format!("disk read + {name}, one device"),
+                1.0 / (1.0 / read + 1.0 / k.mb_s),
+            ),
+            _ => (name, k.mb_s),
+        });
     }
     let (by, mb_s) = c
         .iter()
@@ -585,6 +612,18 @@ impl Report {
                     "| sequential write to the {k} destination, {n} files, fsync | {v:.0} |\n"
                 ));
             }
+            for k in &l.create {
+                s.push_str(&format!(
+                    "| creating the {} dataset's {} files in the {} destination, {} threads, + syncfs: {:.3} s (best of {}) | {:.0} |\n",
+                    k.dataset,
+                    k.files,
+                    k.dest,
+                    k.threads,
+                    k.seconds,
+                    k.runs.len(),
+                    k.mb_s
+                ));
+            }
             s.push('\n');
         }
         if !self.initial.is_empty() {
@@ -663,7 +702,7 @@ impl Report {
                         b.mb_s,
                         b.by,
                         comps.join("; "),
-                        if c.dataset == "small" {
+                        if c.dataset == "small" && lacks_per_file_bound(b) {
                             " (a bandwidth bound; 4 KiB files are bound by per-file work, for which cp -a + sync is the reference)"
                         } else {
                             ""
@@ -775,6 +814,7 @@ mod tests {
             memcpy_n: 12000.0,
             read: [("large".to_string(), 600.0)].into(),
             write: [("disk".to_string(), 400.0), ("tmpfs".to_string(), 5000.0)].into(),
+            create: Vec::new(),
         }
     }
 
@@ -792,6 +832,36 @@ mod tests {
         assert!((b.mb_s - 240.0).abs() < 1e-9, "{}", b.mb_s);
         assert_eq!(b.by, "disk read + write, one device");
         assert!(bound(&l, "small", Cache::Hot, Dest::Tmpfs).is_none());
+    }
+
+    #[test]
+    fn many_small_files_are_bound_by_creating_them_where_measured() {
+        let mut l = limits();
+        l.read.insert("small".into(), 60.0);
+        l.create.push(crate::creation::summarize(
+            "small",
+            "disk",
+            20_000,
+            80_000_000,
+            2,
+            vec![0.6, 0.5],
+        ));
+        let b = bound(&l, "small", Cache::Hot, Dest::Disk).unwrap();
+        assert_eq!(b.mb_s, 160.0, "80 MB in 0.5 s, the faster run");
+        assert_eq!(b.by, "creating its files, 2 threads, + syncfs");
+        assert!(!lacks_per_file_bound(&b));
+        // Cold, the one device reads the bytes and creates the files: 1/(1/60 + 1/160).
+        let b = bound(&l, "small", Cache::Cold, Dest::Disk).unwrap();
+        assert_eq!(
+            b.by,
+            "disk read + creating its files, 2 threads, + syncfs, one device"
+        );
+        assert!((b.mb_s - 1.0 / (1.0 / 60.0 + 1.0 / 160.0)).abs() < 1e-9);
+        assert_eq!(b.components.len(), 3, "{:?}", b.components);
+        // No creation measured for the tmpfs: bandwidth components only.
+        let b = bound(&l, "small", Cache::Hot, Dest::Tmpfs).unwrap();
+        assert_eq!(b.by, "loopback TCP, 2 streams");
+        assert!(lacks_per_file_bound(&b));
     }
 
     fn sample(tool: Tool, rep: usize, seconds: f64) -> Sample {

@@ -11,6 +11,7 @@
 //! renamed into the trash after its run (no inode is freed), the trash is emptied when the
 //! regimes are done, and a later bench on this work dir waits out the window first (the
 //! bench's other deletions of many files, of datasets and incremental trees, are noted too).
+//! The limits' creation runs (creation.rs) leave their files in the trash as well.
 
 use crate::proc;
 use anyhow::{Context, Result};
