@@ -4,8 +4,12 @@ mod common;
 
 use common::*;
 use mover::gen::{generate, Rng, TreeSpec};
+use mover::sender::send;
+use mover::Progress;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 #[test]
 fn replicates_every_kind_of_item() {
@@ -96,6 +100,35 @@ fn sparse_file_of_4_gib_with_1_mib_of_data_sends_about_1_mib() {
     let m = std::fs::metadata(dst.join("big.img")).unwrap();
     assert_eq!(m.len(), 4 << 30);
     assert!(m.blocks() * 512 <= 2 << 20, "destination stays sparse");
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn progress_counts_every_file_sent_including_one_that_is_all_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    // Large enough to travel as chunks, not in a batch of small files.
+    std::fs::File::create(src.join("holes.img"))
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let mut data = vec![0u8; 5 << 20];
+    Rng(3).fill(&mut data);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    std::fs::write(src.join("small"), b"small").unwrap();
+    let (addr, h) = start_receiver(&dst);
+    let progress = Arc::new(Progress::default());
+    let rep = send(&send_options(&src, addr, 2, None), &progress).expect("send");
+    assert!(h.join().unwrap().ok);
+    assert_eq!(rep.bytes, (5 << 20) + 5, "the all-hole file sends no byte");
+    assert_eq!(progress.files_total.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        progress.files.load(Ordering::Relaxed),
+        3,
+        "a finished job's progress counts every file, the all-hole one too"
+    );
     assert_same_tree(&src, &dst);
 }
 

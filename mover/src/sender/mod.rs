@@ -45,6 +45,7 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use worker::{SendTable, SendWorker};
@@ -693,6 +694,13 @@ pub fn send_over(
         })
         .sum();
     progress.set_totals(sent_files, send_bytes);
+    // A large file with no byte to send (all holes; a delta or a resumed file with no range
+    // left) has no unit to count it when sent: it is done now.
+    let no_data = files
+        .iter()
+        .filter(|f| !is_inline(f.size) && f.regions.iter().all(|r| r.1 == 0))
+        .count() as u64;
+    progress.files.fetch_add(no_data, Ordering::Relaxed);
     // A job that needs no data opens no worker connection (the receiver expects none).
     let plans = if need.iter().all(|n| *n == Need::Nothing) {
         Vec::new()
