@@ -41,7 +41,10 @@ What to run (WHAT):
   initial        limits + initial syncs of the large (2 x 512 MiB) and small (20,000 x 4 KiB)
                  sets in every regime: source hot|cold x destination disk|tmpfs
   large | small | mixed   limits + initial syncs of one set in every regime
-  limits         loopback TCP and memory copy (1 and N streams), disk read, disk/tmpfs write
+  limits         loopback TCP and memory copy (1 and N streams), disk read, disk/tmpfs write,
+                 and for a set of many small files, creating them with N threads + syncfs
+                 (on the disk, first waiting out ext4's inode-reuse window after the bench's
+                 last deletion of many files: up to 362 s)
   incremental    noop-tree (no-op rerun on a generated tree of 102,000 entries), rewrite-1pct
                  (1% of a 1 GiB file's 4 KiB blocks), rename-dir; or one of these by name
   resume         initial sync of the large set, receiver SIGKILLed at 35% of the bytes on disk,
