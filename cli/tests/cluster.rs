@@ -1550,6 +1550,28 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
         let held = etcd.count(&expect);
         assert_eq!(held, 1, "announcements in etcd");
     }
+    // A second relationship's no-op job leaves its own announcement. Deleted, the
+    // relationship takes it out of etcd at once (t1 lives on, and so would it, on t1's lease,
+    // until t2's day-long sweep), and leaves the first one's.
+    let dst2 = t.path().join("dst2");
+    std::fs::create_dir_all(&dst2).unwrap();
+    let id2 = node::create(&n1, &t1, &src, &dst2, &[]);
+    t1.cli_ok(&["relationship", "authorize", &id2]);
+    n1.wait_for("source", &id2, "the second initial sync", node::synced);
+    let done = |v: &serde_json::Value| v["last_attempt"]["time"].clone();
+    let before = done(&n1.view("source", &id2));
+    std::thread::sleep(Duration::from_millis(1100));
+    n1.cli_ok(&["relationship", "replicate", &id2]);
+    n1.wait_for("source", &id2, "a no-op job", |v| {
+        done(v) != before && node::synced(v)
+    });
+    assert_eq!(etcd.count(&expect), 2, "each relationship's announcement");
+    t1.cli_ok(&["relationship", "delete", &id2, "--role", "target"]);
+    assert_eq!(
+        etcd.count(&expect),
+        1,
+        "the deleted relationship's announcement went with it"
+    );
     // Once the flood stopped, t2 still holds no more than it takes as unannounced.
     node::eventually(
         "t2 answers all but 16 made-up sessions",

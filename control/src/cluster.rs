@@ -492,15 +492,16 @@ impl Membership {
             assert_shared(key);
             ops.push(TxnOp::delete(format!("{KEY_ROOT}{key}"), None));
         }
-        let mut c = self.client()?;
-        // Out of the list before the request: a record whose deletion fails stays on a lease
-        // that is not renewed for it, and goes with that lease.
+        // Out of the list before the request, even one never sent (no client while etcd is
+        // away): a record whose deletion fails stays on a lease that is not renewed for it,
+        // and goes with that lease, instead of being put again on the next one.
         self.unlease(
             deletes
                 .iter()
                 .chain(records.iter().map(|(k, _)| k))
                 .map(String::as_str),
         );
+        let mut c = self.client()?;
         let done = within("writing", c.txn(Txn::new().and_then(ops))).await?;
         let at = done.header().map(|h| h.revision());
         if leased {

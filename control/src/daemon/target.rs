@@ -347,6 +347,7 @@ pub(crate) fn quiesce_unreadable(node: &Node, id: &RelationshipId) -> Result<()>
     lock(&node.routes).retain(|_, (rid, _)| rid != id);
     lock(&node.reported).remove(id);
     lock(&node.last_contact).remove(id);
+    super::writes::withdraw(node, id);
     Ok(())
 }
 
@@ -389,6 +390,7 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
+        super::writes::withdraw(node, id);
         node.event(
             EventKind::RelationshipDeleted,
             Some((id, Role::Target)),
@@ -523,6 +525,8 @@ fn release(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.reported).remove(id);
     if res.is_ok() {
         lock(&node.routes).retain(|_, (rid, _)| rid != id);
+        // Ended: no session follows to replace what the last ones announced.
+        super::writes::withdraw(node, id);
     }
     res
 }

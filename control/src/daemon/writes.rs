@@ -320,6 +320,28 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
     listed.drain(..over);
 }
 
+/// Deletes what the sessions of relationship `id`, ended (made writable or deleted) or
+/// forgotten here, announced to their write places. Best effort: with no next session to
+/// replace them they would stay until the places' day-long sweep, or until this node's lease
+/// ends. What fails to go (etcd away) is left to those: it is no longer put again on this
+/// node's next lease (`Membership::write_all`).
+pub(crate) fn withdraw(node: &Node, id: &RelationshipId) {
+    let Some(keys) = super::lock(&node.announced).remove(id) else {
+        return;
+    };
+    let (Some(m), false) = (node.cluster.as_ref(), keys.is_empty()) else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(relationship = %id, "no runtime to withdraw the announcements of a deleted relationship");
+        return;
+    };
+    // Within one transaction's bound: `announce` keeps at most MAX_ANNOUNCED_LISTED.
+    if let Err(e) = rt.block_on(m.write_all(Vec::new(), keys, false)) {
+        tracing::warn!(relationship = %id, "withdrawing the announcements of a deleted relationship: {e}");
+    }
+}
+
 /// Whether this node's view holds an announcement of `session` to it, waiting for it until
 /// `ANNOUNCE_LAG` from now or `until`, whichever is first. False at once on a node that
 /// writes no shares.
