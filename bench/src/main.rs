@@ -522,6 +522,7 @@ fn main() -> Result<()> {
         ));
         if !l.create.is_empty() {
             let mut names: Vec<&str> = l.create.iter().map(|c| c.dataset.as_str()).collect();
+            names.sort_unstable();
             names.dedup();
             rep.scheme.push(format!(
                 "Datasets of many small files ({}) are also created in each destination by {threads} threads ({} runs, the fastest counts): their directories made, each file created, written, given an mtime and closed (each thread owning whole directories), then one syncfs. \
