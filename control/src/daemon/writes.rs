@@ -333,12 +333,12 @@ pub(crate) fn withdraw(node: &Node, id: &RelationshipId) {
         return;
     };
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(relationship = %id, "no runtime to withdraw the announcements of a deleted relationship");
+        tracing::warn!(relationship = %id, "no runtime to withdraw an ended relationship's announcements");
         return;
     };
     // Within one transaction's bound: `announce` keeps at most MAX_ANNOUNCED_LISTED.
     if let Err(e) = rt.block_on(m.write_all(Vec::new(), keys, false)) {
-        tracing::warn!(relationship = %id, "withdrawing the announcements of a deleted relationship: {e}");
+        tracing::warn!(relationship = %id, "withdrawing an ended relationship's announcements: {e}");
     }
 }
 
