@@ -293,6 +293,12 @@ fn measure_limits(
     }
     let mut write = std::collections::BTreeMap::new();
     let mut create = Vec::new();
+    // Each set's files listed once, for every destination.
+    let layouts = read_sets
+        .iter()
+        .filter(|ds| creation::applies(ds.files, ds.bytes))
+        .map(|ds| Ok((ds, creation::layout(&ds.dir)?)))
+        .collect::<Result<Vec<_>>>()?;
     for (d, dir) in write_dirs {
         let w = limits::sequential_write(dir, write_bytes, n)?;
         eprintln!(
@@ -301,11 +307,8 @@ fn measure_limits(
             dir.display()
         );
         write.insert(d.name().to_string(), w);
-        for ds in read_sets
-            .iter()
-            .filter(|ds| creation::applies(ds.files, ds.bytes))
-        {
-            let c = creation_limit(ds, *d, dir, trash, n)?;
+        for (ds, layout) in &layouts {
+            let c = creation_limit(ds, layout, *d, dir, trash, n)?;
             eprintln!(
                 "bench: creating the {} files of {} in {}: {:.3} s, best of {:?}",
                 c.files, c.dataset, c.dest, c.seconds, c.runs
@@ -325,31 +328,29 @@ fn measure_limits(
     })
 }
 
-/// Creates the files of `ds` in new directories under `dir` (on destination `d`), `REPS`
-/// times with `n` threads (creation.rs). On the disk, no earlier deletion's inodes may still be
+/// Creates the files of `ds` (as `layout` lists them) in new directories under `dir` (on
+/// destination `d`), `REPS` times with `n` threads (creation.rs). On the disk, no earlier deletion's inodes may still be
 /// recent (trash.rs), and each run's files go to the trash, deleted with the regimes'
 /// destinations (or right after the limits when no regime runs).
 fn creation_limit(
     ds: &dataset::Dataset,
+    layout: &[creation::Dir],
     d: Dest,
     dir: &Path,
     trash: &trash::Trash,
     n: usize,
 ) -> Result<creation::Creation> {
-    let layout = creation::layout(&ds.dir)?;
     let mut runs = Vec::new();
     for rep in 0..creation::REPS {
         let to = dir.join(format!("create-{}-{rep}", ds.kind.name()));
-        // Left over from an interrupted bench; on the disk, its deletion is waited out too.
         match d {
-            Dest::Disk => {
-                trash.delete(&to)?;
-                trash.wait_out();
-            }
+            // An interrupted bench's leftovers on the disk went to the trash, emptied before
+            // the limits (main); that deletion, or an earlier one, is waited out.
+            Dest::Disk => trash.wait_out(),
             Dest::Tmpfs => regimes::remove(&to)?,
         }
         proc::quiesce(&[dir]);
-        runs.push(creation::create_once(&layout, &to, n)?);
+        runs.push(creation::create_once(layout, &to, n)?);
         match d {
             Dest::Disk => trash.take(&to, &format!("limits-create-{}-{rep}", ds.kind.name()))?,
             Dest::Tmpfs => regimes::remove(&to)?,

@@ -234,6 +234,8 @@ fn lacks_per_file_bound(b: &Bound) -> bool {
 /// destination (creation.rs), when measured (cold to disk: shared with the read, likewise).
 /// None when a component was not measured.
 pub fn bound(l: &Limits, dataset: &str, cache: Cache, dest: Dest) -> Option<Bound> {
+    // Two rates of one device that does both, one after the other.
+    let one_device = |a: f64, b: f64| 1.0 / (1.0 / a + 1.0 / b);
     let n = l.workers;
     let read = *l.read.get(dataset)?;
     let write = *l.write.get(dest.name())?;
@@ -241,7 +243,7 @@ pub fn bound(l: &Limits, dataset: &str, cache: Cache, dest: Dest) -> Option<Boun
     match (cache, dest) {
         (Cache::Cold, Dest::Disk) => c.push((
             "disk read + write, one device".into(),
-            1.0 / (1.0 / read + 1.0 / write),
+            one_device(read, write),
         )),
         (cache, dest) => {
             c.push(match cache {
@@ -269,7 +271,7 @@ pub fn bound(l: &Limits, dataset: &str, cache: Cache, dest: Dest) -> Option<Boun
             // The same device reads the files and takes the new ones.
             (Cache::Cold, Dest::Disk) => (
                 format!("disk read + {name}, one device"),
-                1.0 / (1.0 / read + 1.0 / k.mb_s),
+                one_device(read, k.mb_s),
             ),
             _ => (name, k.mb_s),
         });

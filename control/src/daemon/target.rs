@@ -390,7 +390,6 @@ pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     if res.is_ok() {
         // `release` dropped its routes and reported progress already.
         lock(&node.last_contact).remove(id);
-        super::writes::withdraw(node, id);
         node.event(
             EventKind::RelationshipDeleted,
             Some((id, Role::Target)),

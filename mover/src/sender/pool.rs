@@ -86,19 +86,19 @@ impl UnitPool {
             planned.push((front, units.len() as u32));
             spans.push(AtomicU64::new(pack(front, units.len() as u32)));
         }
-        let mut chunks: HashMap<EntryId, u32> = HashMap::new();
-        let mut ends: Vec<EntryId> = Vec::new();
+        // Per large file: its chunks here, and whether its final one is among them.
+        let mut chunks: HashMap<EntryId, (u32, bool)> = HashMap::new();
         for u in &units {
             if let Unit::Chunk { entry, last, .. } = *u {
-                *chunks.entry(entry).or_default() += 1;
-                if last {
-                    ends.push(entry);
-                }
+                let c = chunks.entry(entry).or_default();
+                c.0 += 1;
+                c.1 |= last;
             }
         }
-        let left = ends
+        let left = chunks
             .into_iter()
-            .map(|e| (e, AtomicU32::new(chunks.get(&e).copied().unwrap_or(0))))
+            .filter(|(_, (_, last))| *last)
+            .map(|(e, (n, _))| (e, AtomicU32::new(n)))
             .collect();
         UnitPool {
             units,
