@@ -302,22 +302,43 @@ pub(crate) fn announce(node: &Node, id: &RelationshipId, session: u128, places: 
         .cloned()
         .collect();
     let done = rt.block_on(m.write_all(records, previous.clone(), true));
-    let mut all = super::lock(&node.announced);
-    let listed = all.entry(id.clone()).or_default();
-    match done {
-        // Merged, not replaced: a ticket of the same relationship at the same time (a
-        // source retrying) announced its own.
-        Ok(()) => listed.retain(|k| !previous.contains(k)),
-        // The previous ones stay listed, for the next session to delete, and the new ones
-        // too: the transaction may have been taken although its answer was lost.
+    if let Err(e) = &done {
+        tracing::warn!(relationship = %id, "announcing a session to its write places: {e}");
+    }
+    let written = if done.is_ok() { previous } else { Vec::new() };
+    if !list_announced(node, id, keys, &written) {
+        withdraw(node, id);
+    }
+}
+
+/// Lists `keys`, just announced for relationship `id`, for its next session (or its end) to
+/// delete, and drops `deleted`, which the announcing transaction took out. False if the
+/// relationship has ended (made writable or deleted) or cannot be read (forgotten) by now:
+/// then what is listed has to go at once, as `withdraw` does. An end that came while the
+/// announcement was being written withdrew what was listed then, not these keys; it records
+/// the end before it withdraws, and this lists the keys before it looks, so whichever of the
+/// two comes second finds the other's work done.
+fn list_announced(node: &Node, id: &RelationshipId, keys: Vec<String>, deleted: &[String]) -> bool {
+    {
+        let mut all = super::lock(&node.announced);
+        let listed = all.entry(id.clone()).or_default();
+        // Merged, not replaced: a ticket of the same relationship at the same time (a source
+        // retrying) announced its own. What a failed transaction was to delete stays listed,
+        // for the next session, and so do its keys: it may have been taken although its
+        // answer was lost.
+        listed.retain(|k| !deleted.contains(k));
+        listed.extend(keys);
+        // Bounded (so is the next transaction): what falls off is left to the places' sweep.
+        let over = listed.len().saturating_sub(MAX_ANNOUNCED_LISTED);
+        listed.drain(..over);
+    }
+    match node.get(id, crate::model::Role::Target) {
+        Ok(r) => !r.ended,
         Err(e) => {
-            tracing::warn!(relationship = %id, "announcing a session to its write places: {e}")
+            tracing::debug!(relationship = %id, "announced for a relationship not read: {e}");
+            false
         }
     }
-    listed.extend(keys);
-    // Bounded (so is the next transaction): what falls off is left to the places' sweep.
-    let over = listed.len().saturating_sub(MAX_ANNOUNCED_LISTED);
-    listed.drain(..over);
 }
 
 /// Deletes what the sessions of relationship `id`, ended (made writable or deleted) or
@@ -540,3 +561,58 @@ fn run_one(
 pub(crate) type LeftOut = Mutex<HashMap<RelationshipId, HashMap<NodeName, std::time::Instant>>>;
 /// How long a member whose write share failed is left out of that relationship's sessions.
 const LEFT_OUT_FOR: Duration = Duration::from_secs(600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Relationship, Role};
+
+    fn listed(node: &Node, id: &RelationshipId) -> Vec<String> {
+        super::super::lock(&node.announced)
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_announcement_written_after_its_relationship_ended_is_not_kept_for_a_next_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _clock) = super::super::test_node(dir.path());
+        let id = RelationshipId::parse(&"a7".repeat(16)).unwrap();
+        let r = Relationship::new(
+            id.clone(),
+            Role::Target,
+            crate::model::tests::spec(),
+            1,
+            Some("sha256:source".into()),
+        );
+        node.store().insert(&r).unwrap();
+        let keys = |s: u128| {
+            vec![announcement(
+                &NodeName::try_from("t2".to_string()).unwrap(),
+                s,
+            )]
+        };
+
+        // Live: listed for the next session to delete, merged with what is there, less what
+        // the announcing transaction deleted.
+        assert!(list_announced(&node, &id, keys(1), &[]));
+        assert!(list_announced(&node, &id, keys(2), &[]));
+        assert_eq!(listed(&node, &id), [keys(1), keys(2)].concat());
+        assert!(list_announced(&node, &id, keys(3), &keys(1)));
+        assert_eq!(listed(&node, &id), [keys(2), keys(3)].concat());
+
+        // Ended while a ticket's announcement was being written (release withdrew what was
+        // listed then): the late one is not kept for a session that will never come.
+        node.modify(&id, Role::Target, |x| x.ended = true).unwrap();
+        withdraw(&node, &id);
+        assert!(listed(&node, &id).is_empty());
+        assert!(!list_announced(&node, &id, keys(4), &[]));
+        withdraw(&node, &id);
+        assert!(listed(&node, &id).is_empty());
+
+        // Deleted or forgotten (no row to read): the same.
+        node.store().delete(&id).unwrap();
+        assert!(!list_announced(&node, &id, keys(5), &[]));
+    }
+}
