@@ -602,12 +602,7 @@ fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], st: &rustix::fs::Stat) -> std::
         )?;
     }
     if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(st.st_mode & 0o7777),
-            AtFlags::empty(),
-        )?;
+        crate::receiver::meta::chmod_at(dir, name, st.st_mode & 0o7777)?;
     }
     rustix::fs::utimensat(dir, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())

@@ -91,12 +91,7 @@ fn fix_unchanged_meta(
         super::meta::chown_at(dir, name, e)?;
     }
     if st.st_mode & 0o7777 != e.meta.mode || owners && st.st_uid != e.meta.uid {
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(e.meta.mode),
-            AtFlags::empty(),
-        )?;
+        super::meta::chmod_at(dir, name, e.meta.mode)?;
     }
     sync_user_xattrs(On::At(dir, name), &e.xattrs)?;
     // Nothing above moves mtime (ownership, mode and xattrs change ctime only): it is set only
@@ -122,12 +117,7 @@ fn fix_meta_from(
     }
     // chown clears set-id bits: the mode is set again after it.
     if chown || was.meta.mode != e.meta.mode {
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(e.meta.mode),
-            AtFlags::empty(),
-        )?;
+        super::meta::chmod_at(dir, name, e.meta.mode)?;
     }
     if was.xattrs != e.xattrs {
         sync_user_xattrs(On::At(dir, name), &e.xattrs)?;

@@ -33,6 +33,77 @@ pub fn chown_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives `name` in `dir` the permission bits `mode`, never following it: fchmodat follows a
+/// final symlink, so one planted where the target held a file (between jobs, by anyone who
+/// can write there) would take the mode, set-id bits too, to whatever it names, outside the
+/// root. A symlink found there is an error (ELOOP): the target is not what its recovery point
+/// says, and a symlink has no mode of its own to set.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    let planted = || {
+        io::Error::other(format!(
+            "{} is a symlink where the recovery point holds a file (not followed): {}",
+            String::from_utf8_lossy(name),
+            io::Error::from_raw_os_error(libc::ELOOP)
+        ))
+    };
+    if !MISSING.load(Ordering::Relaxed) {
+        let cname =
+            std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: fchmodat2(dirfd, path, mode, flags) (Linux 6.6+) only reads the NUL-terminated
+        // `cname`, which outlives the call; `dir` is a borrowed, open descriptor.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.as_raw_fd() as libc::c_long,
+                cname.as_ptr(),
+                mode as libc::c_long,
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_long,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // What the kernel says to a mode change of a symlink itself.
+            Some(libc::EOPNOTSUPP) => return Err(planted()),
+            Some(libc::ENOSYS) => MISSING.store(true, Ordering::Relaxed),
+            _ => return Err(e),
+        }
+    }
+    chmod_opened(dir, name, mode).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => planted(),
+        _ => e,
+    })
+}
+
+/// `chmod_at` on kernels without fchmodat2: the inode itself, opened without following it,
+/// then changed through its /proc/self/fd link (which names that inode, not a path resolved
+/// again). ELOOP on a symlink.
+fn chmod_opened(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    use rustix::fs::OFlags;
+    use std::os::fd::AsFd;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
+        == rustix::fs::FileType::Symlink
+    {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    rustix::fs::chmod(
+        crate::beneath::proc_path(fd.as_fd(), b"").as_slice(),
+        rustix::fs::Mode::from_raw_mode(mode),
+    )?;
+    Ok(())
+}
+
 pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, owners: bool) -> io::Result<()> {
     if owners {
         let (u, g) = (Uid::from_raw(e.meta.uid), Gid::from_raw(e.meta.gid));
@@ -53,17 +124,12 @@ pub fn apply_link_or_special(
     e: &Entry,
     owners: bool,
 ) -> io::Result<()> {
-    use rustix::fs::{AtFlags, Mode};
+    use rustix::fs::AtFlags;
     if owners {
         chown_at(dir, name, e)?;
     }
     if matches!(e.kind, crate::tree::entry::EntryKind::Special { .. }) {
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(e.meta.mode),
-            AtFlags::empty(),
-        )?;
+        chmod_at(dir, name, e.meta.mode)?;
     }
     rustix::fs::utimensat(dir, name, &times(&e.meta), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
@@ -95,4 +161,40 @@ pub fn apply_new_file(
     }
     rustix::fs::futimens(fd, &times(&e.meta))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_mode_is_set_on_the_entry_itself_and_never_through_a_symlink_with_or_without_fchmodat2() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = crate::beneath::open_root(t.path(), "test dir").unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("link")).unwrap();
+        std::fs::write(t.path().join("file"), b"x").unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(t.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        for (i, set) in [chmod_at, chmod_opened].into_iter().enumerate() {
+            let want = 0o640 + i as u32;
+            set(dir.as_fd(), b"file", want).unwrap();
+            assert_eq!(mode("file"), want);
+            let e = set(dir.as_fd(), b"link", 0o4777).unwrap_err();
+            assert!(
+                e.raw_os_error() == Some(libc::ELOOP) || e.to_string().contains("symlink"),
+                "{e}"
+            );
+            assert_eq!(mode("victim"), 0o600);
+        }
+    }
 }
