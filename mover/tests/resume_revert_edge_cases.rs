@@ -795,3 +795,59 @@ fn revert_is_idempotent_when_killed_between_undo_and_log() {
         );
     }
 }
+
+/// A job through a once-receiver with the default replica policy (no devices, set-id bits
+/// cleared), cut after `budget` bytes if given; whether it succeeded.
+fn policed_job(src: &Path, dst: &Path, state: &Path, budget: Option<u64>) -> bool {
+    let r = mover::receiver::Receiver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        mover::receiver::ReceiveOptions {
+            root: dst.to_path_buf(),
+            once: true,
+            insecure_plaintext: true,
+            ..Default::default()
+        },
+        std::sync::Arc::new(mover::Progress::default()),
+    )
+    .unwrap();
+    let addr = r.local_addr().unwrap();
+    let h = std::thread::spawn(move || r.serve(|_| {}).unwrap());
+    let proxy = budget.map(|b| CutProxy::start(addr, b));
+    let ok = send_state(src, proxy.as_ref().map_or(addr, |p| p.addr), state).is_ok();
+    assert_eq!(ok, h.join().unwrap().ok, "sender and receiver disagree");
+    ok
+}
+
+#[test]
+fn revert_reaches_the_recovery_point_the_replica_policy_admitted() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let dev = rustix::fs::makedev(1, 3);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        dev,
+    )
+    .expect("mknod (the tests run as root)");
+    assert!(policed_job(&src, &dst, &state, None));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dst.join("tool")), 0o755, "set-id bits cleared");
+    assert!(!dst.join("null").exists(), "no device created");
+    let rp = full_hash(&dst);
+
+    std::fs::write(src.join("zz-big.bin"), bytes(7, 8 << 20)).unwrap();
+    assert!(!policed_job(&src, &dst, &state, Some(2 << 20)));
+    assert!(dst.join(".mover-state/journal/log").exists());
+    // The revert compares the target with the list as the policy admitted it: no device to
+    // find, no set-id bit to put back.
+    let rep = mover::receiver::revert_root(&dst).unwrap();
+    assert!(rep.reverted, "{rep:?}");
+    assert_eq!(full_hash(&dst), rp);
+    assert_eq!(mode(&dst.join("tool")), 0o755);
+    assert!(!dst.join("null").exists());
+}
