@@ -274,6 +274,43 @@ pub struct Existing {
     pub reverting: bool,
 }
 
+/// Bytes of the log read for its header record (an Undo::Header is a few dozen).
+const HEADER_READ: u64 = 4096;
+
+/// The recovery point the job of `state`'s journal started from (its header record), read
+/// without the rest of the log, which a large job makes hundreds of MB: every Hello's answer
+/// says whether a job is pending, and a session has a Hello per worker. None with no journal,
+/// or one without a valid header (garbage, as `read_existing` says).
+pub fn read_base(state: &State) -> Result<Option<RecoveryPointId>> {
+    let open = |dir: BorrowedFd<'_>, name: &str, dir_flag: OFlags| match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | dir_flag,
+        Mode::empty(),
+    ) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening .mover-state/{JOURNAL_DIR}/{name}")),
+    };
+    let Some(dir) = open(state.dir.as_fd(), JOURNAL_DIR, OFlags::DIRECTORY)? else {
+        return Ok(None);
+    };
+    let Some(log) = open(dir.as_fd(), LOG, OFlags::empty())? else {
+        return Ok(None);
+    };
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(log), HEADER_READ),
+        &mut head,
+    )
+    .ctx(|| format!("reading .mover-state/{JOURNAL_DIR}/{LOG}"))?;
+    let (recs, _) = crate::durable::parse_records(&head);
+    Ok(match recs.first().map(|r| Undo::decode(r)) {
+        Some(Ok(Undo::Header { base })) => Some(base),
+        _ => None,
+    })
+}
+
 /// Reads the journal of `state`, if there is one. A journal without a valid header is garbage
 /// left by a crash while it was being created or dropped.
 pub fn read_existing(state: &State) -> Result<Option<Existing>> {
@@ -597,6 +634,11 @@ impl Journal {
             return Ok(());
         }
         if self.pre.as_ref().is_none_or(|p| p.2 >= PRE_FILE_MAX) {
+            // `sync` reaches only the current file: a full one is made durable as it is left,
+            // or the data overwriting what it saved could reach the disk before it does.
+            if let Some((full, _, _)) = self.pre.take() {
+                rustix::fs::fsync(&full).ctx(|| "fsync of a pre-image file".to_string())?;
+            }
             let n = self.next_pre;
             self.next_pre += 1;
             let f = rustix::fs::openat(
@@ -633,6 +675,8 @@ impl Journal {
         }
         rustix::fs::fsync(&self.objs).ctx(|| "fsync of the journal".to_string())?;
         rustix::fs::fsync(&self.stage).ctx(|| "fsync of the journal".to_string())?;
+        // The names of the pre-image files (and the log's) are entries of the journal itself.
+        rustix::fs::fsync(&self.dir).ctx(|| "fsync of the journal".to_string())?;
         self.log.sync()
     }
 }
@@ -786,6 +830,30 @@ mod tests {
             assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
         }
         assert!(Undo::decode(&[9]).is_err());
+    }
+
+    #[test]
+    fn the_base_read_from_the_header_alone_is_the_whole_journals() {
+        let t = tempfile::tempdir().unwrap();
+        let root = crate::beneath::open_root(t.path(), "test root").unwrap();
+        std::fs::create_dir(t.path().join(".mover-state")).unwrap();
+        let state = State::find(root.as_fd()).unwrap().unwrap();
+        assert_eq!(read_base(&state).unwrap(), None, "no journal");
+        let mut j = Journal::open(root.as_fd(), &state, RecoveryPointId(42)).unwrap();
+        // A log far longer than what is read for its header.
+        for k in 0..2000 {
+            j.created(format!("dir/file-{k}").as_bytes()).unwrap();
+        }
+        j.sync().unwrap();
+        drop(j);
+        let whole = read_existing(&state).unwrap().unwrap();
+        assert!(whole.records.len() > 2000);
+        assert_eq!(read_base(&state).unwrap(), whole.base);
+        assert_eq!(whole.base, Some(RecoveryPointId(42)));
+        // Garbage where the header should be: no base, as the whole read says.
+        std::fs::write(t.path().join(".mover-state/journal/log"), b"garbage").unwrap();
+        assert_eq!(read_base(&state).unwrap(), None);
+        assert_eq!(read_existing(&state).unwrap().unwrap().base, None);
     }
 }
 
