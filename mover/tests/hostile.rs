@@ -579,3 +579,132 @@ fn a_deep_chain_whose_paths_outgrow_the_entry_list_is_refused_before_it_is_built
     assert!(err.contains("directories nested too deep"), "{err}");
     assert_eq!(entries_in(&t.path().join("root")), 0);
 }
+
+/// A worker Hello of index `index` of session 1; the receiver's answer (kind and payload).
+fn worker_hello(addr: SocketAddr, index: u16) -> (FrameKind, Vec<u8>) {
+    let mut w = TcpStream::connect(addr).unwrap();
+    w.write_all(&hello(
+        1,
+        Role::Worker {
+            index: WorkerIndex(index),
+        },
+        PROTOCOL_VERSION_MIN,
+        PROTOCOL_VERSION_MAX,
+    ))
+    .unwrap();
+    read_frame(&mut w).expect("an answer")
+}
+
+#[test]
+fn a_worker_index_is_taken_once_and_only_if_the_session_has_it() {
+    // Each worker's HelloAck is sealed from counter 0 of its index's key: a second one would
+    // reuse the nonce. Anyone who saw the session's handle (in clear in every Hello) could
+    // ask for it, and have every such connection held until the session ends.
+    let mut answers = Vec::new();
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let es = [
+                root_entry(),
+                entry(0, b"big", EntryKind::File { size: 1 << 20 }),
+            ];
+            // Worker 0 of the session's one worker connects, as the session expects.
+            let (s, _w) = open_session(addr, &es, &[(EntryId(1), 1 << 20)]);
+            answers.push(worker_hello(addr, 0));
+            answers.push(worker_hello(addr, 1));
+            drop(s.shutdown(std::net::Shutdown::Both));
+        },
+    );
+    assert!(!err.is_empty());
+    let said = |(k, p): &(FrameKind, Vec<u8>)| {
+        assert_eq!(
+            *k,
+            FrameKind::Error,
+            "a repeated worker Hello was acknowledged"
+        );
+        String::from_utf8_lossy(p).into_owned()
+    };
+    assert!(said(&answers[0]).contains("worker 0 of this session has connected already"));
+    assert!(said(&answers[1]).contains("worker 1 is not one of this session's"));
+}
+
+#[test]
+fn two_rename_hints_for_one_entry_or_from_one_place_are_refused() {
+    // Of two, only the last would be placed: the other item, staged aside, would be in no
+    // path of the recovery point and go with the job's journal.
+    for hints in [[(1, &b"a"[..]), (1, b"b")], [(1, b"a"), (2, b"a")]] {
+        let (err, t) = attack(
+            |root, _| {
+                std::fs::write(root.join("a"), b"12345678").unwrap();
+                std::fs::write(root.join("b"), b"12345678").unwrap();
+            },
+            |addr| {
+                let mut s = connect_control(addr);
+                s.write_all(&entries_frame(&[
+                    root_entry(),
+                    entry(0, b"x", EntryKind::File { size: 8 }),
+                    entry(0, b"y", EntryKind::File { size: 8 }),
+                ]))
+                .unwrap();
+                let mut e = Enc::new();
+                for (i, from) in hints {
+                    let hint = Hint::Rename {
+                        entry: EntryId(i),
+                        from: from.to_vec(),
+                    };
+                    encode_hint(&mut e, &hint);
+                }
+                s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
+                    .unwrap();
+                s.write_all(&encode_frame(FrameKind::EntriesEnd, &3u64.to_le_bytes()))
+                    .unwrap();
+                let _ = read_frame(&mut s);
+            },
+        );
+        assert!(err.contains("a second rename hint"), "{hints:?}: {err}");
+        for name in ["a", "b"] {
+            assert!(t.path().join("root").join(name).exists(), "{name} moved");
+        }
+    }
+}
+
+#[test]
+fn a_hello_sent_a_byte_at_a_time_holds_up_no_other_connection() {
+    // One accept loop takes every connection, workers of running sessions too: a peer that
+    // sends its Hello a byte a second (each within the read timeout) would hold it for as
+    // long as its Hello lasts, and every sender behind it until they time out.
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for i in 0..20 {
+        std::fs::create_dir_all(src.join(format!("d{}", i % 3))).unwrap();
+        std::fs::write(src.join(format!("d{}/f{i}", i % 3)), vec![i as u8; 5000]).unwrap();
+    }
+    std::fs::create_dir_all(&dst).unwrap();
+    let (addr, reports) = start_serving(&dst);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let frame = hello(7, Role::Control { workers: 1 }, 1, 1);
+            for b in frame {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let sent = send_to(&src, addr, 2);
+    let took = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    trickle.join().unwrap();
+    sent.expect("the job behind the slow Hello");
+    assert!(reports.recv().unwrap().ok);
+    // The trickle lasts its frame's length in half-seconds (over 30 s): the job is not
+    // waiting for it.
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    assert_same_tree(&src, &dst);
+}

@@ -304,6 +304,10 @@ pub fn apply_entries(
         f[0] = c.first().is_some_and(|c| *c != Class::Same);
     }
     let mut renames: Vec<(usize, &[u8])> = Vec::new();
+    // Each entry is renamed from one place, and each place to one entry: of two, only the
+    // last would be placed, and the other item, staged, would be neither placed nor verified
+    // (its old path unchanged in the new list is not looked at), and go with the journal.
+    let (mut renamed, mut renamed_from) = (HashSet::new(), HashSet::new());
     let mut delta_hint: HashMap<usize, DeltaBase<'_>> = HashMap::new();
     // A repairing job's block hashes of large files (`Hint::Blocks`), by entry.
     let mut blocks: HashMap<usize, Vec<u64>> = HashMap::new();
@@ -321,6 +325,13 @@ pub fn apply_entries(
                     )));
                 }
                 check_source_path(from)?;
+                if !renamed.insert(i) || !renamed_from.insert(from.as_slice()) {
+                    return Err(Error::Verify(format!(
+                        "a second rename hint for entry {} or from {}",
+                        entry.0,
+                        String::from_utf8_lossy(from)
+                    )));
+                }
                 // The item moved here is the sender's word on content the metadata cannot tell
                 // (two files of one size and mtime swapped): the entry is a change.
                 if let Some(c) = class.as_mut() {

@@ -5,6 +5,7 @@ pub mod aside;
 pub(crate) mod checked;
 pub mod drill;
 pub(crate) mod finalize;
+mod hellos;
 pub(crate) mod journal;
 pub(crate) mod meta;
 pub mod policy;
@@ -213,6 +214,33 @@ struct Running {
     secret: Option<SessionSecret>,
     /// Where each worker runs: a worker connection's RDMA port is the one its plan gives it.
     places: Vec<crate::engine::WorkerPlace>,
+    /// The worker indices of the session (those its control Hello announced) and those
+    /// acknowledged: each at most once (`take_worker_index`).
+    indices: Vec<u16>,
+    acked: std::collections::HashSet<u16>,
+}
+
+/// Takes worker `index` of a session whose workers are `indices`, once: false (with why) if
+/// it is not one of them or was taken already. A worker's HelloAck is sealed with its index's
+/// key from counter 0, so a second one (a Hello repeated or replayed by anyone who saw the
+/// session's handle, which travels in clear) would seal another plaintext (the HelloAck
+/// echoes capabilities the Hello chose) under the same key and nonce, which gives away the
+/// authentication key; and each would be held as a connection until the session ends.
+fn take_worker_index(
+    acked: &mut std::collections::HashSet<u16>,
+    indices: &[u16],
+    index: WorkerIndex,
+) -> std::result::Result<(), String> {
+    if !indices.contains(&index.0) {
+        return Err(format!("worker {} is not one of this session's", index.0));
+    }
+    if !acked.insert(index.0) {
+        return Err(format!(
+            "worker {} of this session has connected already",
+            index.0
+        ));
+    }
+    Ok(())
 }
 
 enum Accepted {
@@ -241,6 +269,8 @@ pub struct Receiver {
     drills: (mpsc::Sender<DrillAsk>, mpsc::Receiver<DrillAsk>),
     /// Drills waiting for the running session to end.
     drills_waiting: Vec<DrillAsk>,
+    /// Connections on `Incoming::Listener` whose Hello is still arriving.
+    hellos: hellos::Hellos,
 }
 
 /// Drills waiting for a session to end, at most (more are refused as busy).
@@ -277,6 +307,21 @@ impl DrillHandle {
             Err(_) => Err(Error::Busy(format!(
                 "a job ran for longer than {wait:?}; no drill was made, try again"
             ))),
+        }
+    }
+}
+
+/// A new connection, and its Hello's payload if it was read already.
+type Arrival = (Box<dyn Connection>, Option<Vec<u8>>);
+
+/// A connection on a receiver's own listener whose whole Hello is in, and that Hello.
+fn whole_hello(hellos: &mut hellos::Hellos) -> Option<Arrival> {
+    let (s, hello) = hellos.take_whole(HELLO_TIMEOUT)?;
+    match TcpConn::new(s) {
+        Ok(c) => Some((Box::new(c), Some(hello))),
+        Err(e) => {
+            tracing::warn!("accepted socket options: {e}");
+            None
         }
     }
 }
@@ -382,6 +427,7 @@ impl Receiver {
             scrub,
             drills: mpsc::channel(),
             drills_waiting: Vec::new(),
+            hellos: Default::default(),
         }
     }
 
@@ -463,34 +509,45 @@ impl Receiver {
         }
     }
 
-    /// The next connection, waiting at most ACCEPT_POLL; `Ok(None)` when none came.
-    fn next_connection(&self) -> Result<Option<Box<dyn Connection>>> {
+    /// The next connection, waiting at most ACCEPT_POLL; `Ok(None)` when none came. One from
+    /// this receiver's own listener comes with its Hello's payload, read already (`hellos`).
+    fn next_connection(&mut self) -> Result<Option<Arrival>> {
         match &self.source {
             Incoming::Listener(l) => {
+                if let Some(a) = whole_hello(&mut self.hellos) {
+                    return Ok(Some(a));
+                }
+                use rustix::event::{PollFd, PollFlags};
+                let mut fds: Vec<PollFd<'_>> = std::iter::once(l.as_fd())
+                    .chain(self.hellos.fds())
+                    .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+                    .collect();
                 let ready = rustix::event::poll(
-                    &mut [rustix::event::PollFd::new(l, rustix::event::PollFlags::IN)],
+                    &mut fds,
                     Some(&rustix::time::Timespec {
                         tv_sec: 0,
                         tv_nsec: ACCEPT_POLL.as_nanos() as i64,
                     }),
                 );
-                if !matches!(ready, Ok(n) if n > 0) {
-                    return Ok(None);
-                }
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let c = TcpConn::new(s).ctx(|| "accepted socket options".to_string())?;
-                        Ok(Some(Box::new(c)))
+                let listener_ready =
+                    matches!(ready, Ok(n) if n > 0) && !fds[0].revents().is_empty();
+                drop(fds);
+                if listener_ready {
+                    match l.accept() {
+                        Ok((s, _)) => self.hellos.add(s),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            return Err(Error::Io {
+                                context: "accept".into(),
+                                source: e,
+                            })
+                        }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(Error::Io {
-                        context: "accept".into(),
-                        source: e,
-                    }),
                 }
+                Ok(whole_hello(&mut self.hellos))
             }
             Incoming::Inbox(rx) => match rx.recv_timeout(ACCEPT_POLL) {
-                Ok(c) => Ok(Some(c)),
+                Ok(c) => Ok(Some((c, None))),
                 Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
                 // The daemon dropped the sender: nobody can reach this receiver any more.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -548,7 +605,7 @@ impl Receiver {
             {
                 return Ok(SessionReport::failed(SessionId(0), "receiver stopped"));
             }
-            let Some(conn) = self.next_connection()? else {
+            let Some((conn, hello)) = self.next_connection()? else {
                 continue;
             };
             let peer = conn.peer();
@@ -558,7 +615,7 @@ impl Receiver {
                 .as_ref()
                 .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
             let refuse_control = (self.opts.once && started > 0) || stopping;
-            match self.handshake(conn, &running, refuse_control) {
+            match self.handshake(conn, hello, &running, refuse_control) {
                 Ok(Accepted::Control { session, ctl }) => {
                     let id = session.id;
                     active = Some(id);
@@ -608,18 +665,27 @@ impl Receiver {
             return Ok((0, false));
         };
         let rp = state.recovery_point()?;
-        let pending = journal::read_existing(&state)?
-            .is_some_and(|j| j.base.is_some() && j.base == rp.as_ref().map(|r| r.id));
+        let pending = journal::read_base(&state)?
+            .is_some_and(|base| rp.as_ref().is_some_and(|r| r.id == base));
         Ok((rp.map(|r| r.id.0).unwrap_or(0), pending))
     }
 
+    /// Answers a new connection's Hello: `hello`, its payload if read already, or read here.
     fn handshake(
         &mut self,
         mut conn: Box<dyn Connection>,
+        hello: Option<Vec<u8>>,
         running: &std::sync::atomic::AtomicBool,
         once_done: bool,
     ) -> Result<Accepted> {
-        let (hello, version) = read_hello(&mut *conn)?;
+        let (hello, version) = match hello {
+            Some(payload) => {
+                conn.set_timeout(Some(HELLO_TIMEOUT))
+                    .ctx(|| "socket timeout".to_string())?;
+                check_hello(&mut *conn, &payload)?
+            }
+            None => read_hello(&mut *conn)?,
+        };
         let sealed = hello.capabilities & CAP_SEALED != 0;
         if !sealed && !self.opts.insecure_plaintext {
             return refuse(
@@ -724,6 +790,8 @@ impl Receiver {
                     workers: tx,
                     secret: secret.clone(),
                     places,
+                    indices: (0..workers).collect(),
+                    acked: Default::default(),
                 };
                 self.sessions.insert(hello.session, run);
                 let root = crate::beneath::open_dir(self.root.as_fd(), b"")
@@ -762,7 +830,7 @@ impl Receiver {
                 })
             }
             Role::Worker { index } => {
-                let Some(run) = self.sessions.get(&hello.session) else {
+                let Some(run) = self.sessions.get_mut(&hello.session) else {
                     return refuse(
                         &mut *conn,
                         ErrorCode::Refused,
@@ -775,6 +843,9 @@ impl Receiver {
                         ErrorCode::Refused,
                         "worker connection of another kind than its session".into(),
                     );
+                }
+                if let Err(why) = take_worker_index(&mut run.acked, &run.indices, index) {
+                    return refuse(&mut *conn, ErrorCode::Refused, why);
                 }
                 let mut link = match &run.secret {
                     Some(s) => Link::sealed(conn, s, false, u32::from(index.0)),
@@ -834,7 +905,12 @@ pub(crate) fn read_hello(conn: &mut dyn Connection) -> Result<(Hello, u16)> {
         .ctx(|| "socket timeout".to_string())?;
     let mut buf = Vec::new();
     expect_frame(conn, FrameKind::Hello, &mut buf)?;
-    let hello = match Hello::decode(&buf) {
+    check_hello(conn, &buf)
+}
+
+/// Decodes Hello payload `buf` and checks it as `read_hello` says.
+fn check_hello(conn: &mut dyn Connection, buf: &[u8]) -> Result<(Hello, u16)> {
+    let hello = match Hello::decode(buf) {
         Ok(h) => h,
         Err(e) => {
             send_error(conn, ErrorCode::Other, &e.to_string());

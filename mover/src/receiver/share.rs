@@ -325,6 +325,10 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
 struct Hosted {
     secret: Option<SessionSecret>,
     workers: mpsc::Sender<WorkerConn>,
+    /// The worker indices this share takes (`WriteShare::workers`), and those acknowledged:
+    /// each at most once (`super::take_worker_index`).
+    indices: Vec<u16>,
+    acked: std::collections::HashSet<u16>,
 }
 
 /// The place side: accepts worker connections of the sessions it was handed and writes them
@@ -370,7 +374,10 @@ impl ShareHost {
         };
         let deadline = Instant::now() + ASSIGN_WAIT;
         let (secret, workers) = loop {
-            if let Some(h) = self.hosted().get(&hello.session) {
+            if let Some(h) = self.hosted().get_mut(&hello.session) {
+                if let Err(why) = super::take_worker_index(&mut h.acked, &h.indices, index) {
+                    return refuse(&mut *conn, ErrorCode::Refused, why);
+                }
                 break (h.secret.clone(), h.workers.clone());
             }
             if Instant::now() >= deadline {
@@ -450,6 +457,8 @@ impl ShareHost {
                 Hosted {
                     secret,
                     workers: tx,
+                    indices: share.workers.clone(),
+                    acked: Default::default(),
                 },
             );
         }
