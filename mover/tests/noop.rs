@@ -485,3 +485,40 @@ fn a_mode_change_does_not_follow_a_symlink_planted_where_the_file_was() {
     let why = r.error.unwrap_or_default();
     assert!(why.contains("symlink"), "{why}");
 }
+
+/// A file written in place (a delta) must have no name but those the list gives it: its link
+/// count alone would let a name outside the root, made on the target, be written through.
+#[test]
+fn a_delta_never_writes_through_a_hard_link_that_leads_out_of_the_root() {
+    let (t, d) = dirs_in_memory();
+    std::fs::create_dir_all(&d.src).unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    mover::gen::Rng(5).fill(&mut data);
+    std::fs::write(d.src.join("f"), &data).unwrap();
+    std::fs::hard_link(d.src.join("f"), d.src.join("g")).unwrap();
+    let (addr, reports) = serve(&d.dst, Verify::Changed);
+    send_state(&d.src, addr, &d.state).unwrap();
+    assert!(reports.recv().unwrap().ok);
+
+    // On the target, g is gone and a name outside the root takes its place: f still has two.
+    let victim = t.path().join("victim");
+    std::fs::remove_file(d.dst.join("g")).unwrap();
+    std::fs::hard_link(d.dst.join("f"), &victim).unwrap();
+    let before = std::fs::read(&victim).unwrap();
+    // A few blocks of f change in place on the source: the next job sends them as a delta.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.src.join("f"))
+            .unwrap();
+        f.write_all_at(&[0xAB; 8192], 4096 * 10).unwrap();
+    }
+    let _ = send_state(&d.src, addr, &d.state);
+    let _ = reports.recv().unwrap();
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        before,
+        "the delta was written through a name outside the root"
+    );
+}

@@ -184,6 +184,20 @@ fn meta_equal(a: &Entry, b: &Entry, owners: bool) -> bool {
         && a.xattrs == b.xattrs
 }
 
+/// Whether each of `names` (entries of the new list, hard links to one file) is a name of
+/// the inode `st` here. An in-place write reaches every name of an inode: the link count
+/// alone, which the sender's list explains with links it may make up, would let one name
+/// outside the root (a target seeded with `cp -al`, say) be written through.
+fn links_here(root: BorrowedFd<'_>, paths: &[Vec<u8>], names: &[usize], st: &Stat) -> bool {
+    names.iter().all(|&k| {
+        let (parent, name) = beneath::split_parent(&paths[k]);
+        beneath::open_dir(root, parent)
+            .ok()
+            .and_then(|d| rustix::fs::statat(&d, name, AtFlags::SYMLINK_NOFOLLOW).ok())
+            .is_some_and(|l| (l.st_dev, l.st_ino) == (st.st_dev, st.st_ino))
+    })
+}
+
 fn links(entries: &[Entry]) -> Vec<u32> {
     let mut n = vec![0u32; entries.len()];
     for e in entries {
@@ -296,6 +310,13 @@ pub fn apply_entries(
     let mut need = vec![Need::Nothing; entries.len()];
     let mut stats = ApplyStats::default();
     let links_to = links(entries);
+    // The hard links to each linked file, by the file's index.
+    let mut link_names: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (k, e) in entries.iter().enumerate() {
+        if let EntryKind::HardLink { target } = e.kind {
+            link_names.entry(target.index()).or_default().push(k);
+        }
+    }
     let mut class = base.map(|b| classify(entries, skip, b, owners));
     let mut finish = base.map(|_| vec![false; entries.len()]);
     let mut touched = vec![false; entries.len()];
@@ -515,7 +536,8 @@ pub fn apply_entries(
             }
             EntryKind::File { size } => {
                 let is_file = matches!(&st, Some(s) if ftype(s) == FileType::RegularFile);
-                let links_ok = matches!(&st, Some(s) if s.st_nlink == 1 + links_to[i] as u64);
+                let links_ok = matches!(&st, Some(s) if s.st_nlink == 1 + links_to[i] as u64
+                    && link_names.get(&i).is_none_or(|names| links_here(root, paths, names, s)));
                 let same = |s: &Stat, sz: u64, m: (i64, u32)| {
                     s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m
                 };
@@ -532,7 +554,7 @@ pub fn apply_entries(
                         st.as_ref(),
                         *size,
                         mtime,
-                        links_to[i],
+                        links_ok,
                         delta_hint.get(&i),
                     );
                 }
@@ -738,7 +760,7 @@ pub fn apply_entries(
 /// `mtime`), found unfinished as `st`: None unless an interrupted session of this job wrote it
 /// and made ranges of this very version durable. A file the job created must still be that
 /// inode, at its full size, not yet hard-linked; a file updated in place must still be that
-/// inode, and every range of its delta must have its pre-image in the journal (so revert stays
+/// inode, with no name but those the list gives it (`links_ok`), and every range of its delta must have its pre-image in the journal (so revert stays
 /// exact without saving anything again).
 fn resumable(
     j: &Journal,
@@ -746,7 +768,7 @@ fn resumable(
     st: Option<&Stat>,
     size: u64,
     mtime: (i64, u32),
-    links: u32,
+    links_ok: bool,
     delta: Option<&DeltaBase<'_>>,
 ) -> Option<Vec<(u64, u64)>> {
     let st = st?;
@@ -762,7 +784,7 @@ fn resumable(
     match delta {
         Some(&(_, _, ranges)) if j.touched.contains(path) => {
             let saved = j.preimaged.get(path)?;
-            (st.st_nlink == 1 + u64::from(links) && super::resume::covers(saved, ranges))
+            (links_ok && super::resume::covers(saved, ranges))
                 .then(|| super::resume::rest(durable, version, ranges))
                 .flatten()
         }
