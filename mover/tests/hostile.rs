@@ -511,6 +511,38 @@ fn hints_over_their_byte_budget_are_refused() {
 }
 
 #[test]
+fn empty_hint_frames_are_not_free() {
+    // Each Hints frame was charged its payload only: empty ones cost nothing, and each
+    // counted every hint so far again.
+    let limits = mover::SessionLimits {
+        hint_bytes: 1024,
+        ..Default::default()
+    };
+    let (err, _t) = attack_with(
+        limits,
+        |_, _| {},
+        |addr| {
+            let mut s = connect_control(addr);
+            // Refused at once when they are counted; never answered when they are not.
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            s.write_all(&entries_frame(&[root_entry()])).unwrap();
+            let empty = encode_frame(FrameKind::Hints, &Enc::new().buf);
+            for _ in 0..1000 {
+                if s.write_all(&empty).is_err() {
+                    break;
+                }
+            }
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(
+        err.contains("hint list exceeds this receiver's limit of 1024 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn more_data_frames_than_the_expect_totals_allow_are_refused() {
     // A 200 KiB file announced whole: the plan could cut it into at most
     // max_data_frames(204800) frames. One more, each carrying one byte (so the byte count

@@ -452,38 +452,47 @@ fn a_serving_receiver_scrubs_its_target_between_sessions_and_the_next_job_repair
 /// point says what the target holds) must not follow a symlink planted at that path since.
 #[test]
 fn a_mode_change_does_not_follow_a_symlink_planted_where_the_file_was() {
-    let (t, d) = dirs_in_memory();
-    std::fs::create_dir_all(&d.src).unwrap();
-    std::fs::write(d.src.join("notes"), b"notes").unwrap();
-    std::fs::write(d.src.join("special"), b"").unwrap();
-    let fifo = d.src.join("fifo");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let (addr, reports) = serve(&d.dst, Verify::Changed);
-    send_state(&d.src, addr, &d.state).unwrap();
-    assert!(reports.recv().unwrap().ok);
-
-    // Outside the root: what the planted links name.
-    let victim = t.path().join("victim");
-    std::fs::write(&victim, b"secret").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A regular file's mode is set in the apply phase, a special file's when the job
+    // finishes: one of each, each in a target of its own.
     for name in ["notes", "fifo"] {
+        let (t, d) = dirs_in_memory();
+        std::fs::create_dir_all(&d.src).unwrap();
+        let planted = d.src.join(name);
+        if name == "fifo" {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&planted)
+                .status()
+                .unwrap();
+            assert!(made.success());
+        } else {
+            std::fs::write(&planted, b"notes").unwrap();
+        }
+        let (addr, reports) = serve(&d.dst, Verify::Changed);
+        send_state(&d.src, addr, &d.state).unwrap();
+        assert!(reports.recv().unwrap().ok);
+
+        // Outside the root: what the planted link names.
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::remove_file(d.dst.join(name)).unwrap();
         std::os::unix::fs::symlink(&victim, d.dst.join(name)).unwrap();
+        // Mode only: same size and mtime, so the receiver sets the mode without a stat.
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4777)).unwrap();
+        let _ = send_state(&d.src, addr, &d.state);
+        let r = reports.recv().unwrap();
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o600,
+            "{name}: the mode went through a planted symlink"
+        );
+        assert!(
+            !r.ok,
+            "{name}: a job over a planted symlink reported success"
+        );
+        let why = r.error.unwrap_or_default();
+        assert!(why.contains("symlink"), "{name}: {why}");
     }
-    // Mode only: same size and mtime, so the receiver sets the mode without a stat.
-    std::fs::set_permissions(d.src.join("notes"), std::fs::Permissions::from_mode(0o4777)).unwrap();
-    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o4777)).unwrap();
-    let _ = send_state(&d.src, addr, &d.state);
-    let r = reports.recv().unwrap();
-    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o600, "the mode went through a planted symlink");
-    assert!(!r.ok, "a job over planted symlinks reported success");
-    let why = r.error.unwrap_or_default();
-    assert!(why.contains("symlink"), "{why}");
 }
 
 /// A file written in place (a delta) must have no name but those the list gives it: its link

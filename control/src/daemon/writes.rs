@@ -332,11 +332,15 @@ fn list_announced(node: &Node, id: &RelationshipId, keys: Vec<String>, deleted: 
         let over = listed.len().saturating_sub(MAX_ANNOUNCED_LISTED);
         listed.drain(..over);
     }
+    // Gone (deleted) or unreadable (being forgotten): withdrawn. Any other failure to read it
+    // (the store busy) keeps them: withdrawing a live session's would have its places hold its
+    // workers in the small unannounced bound.
     match node.get(id, crate::model::Role::Target) {
         Ok(r) => !r.ended,
+        Err(crate::Error::NotFound(_) | crate::Error::Unreadable(_)) => false,
         Err(e) => {
             tracing::debug!(relationship = %id, "announced for a relationship not read: {e}");
-            false
+            true
         }
     }
 }

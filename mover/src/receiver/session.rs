@@ -251,6 +251,8 @@ impl Session {
         let mut checker = StructureChecker::new();
         let mut entries: Vec<Entry> = Vec::new();
         let mut hints: Vec<Hint> = Vec::new();
+        // Hints other than block hashes, which are bounded by their count (below).
+        let mut counted_hints = 0usize;
         let (mut list_bytes, mut hint_bytes) = (0u64, 0u64);
         let limits = self.limits;
         // The base of a delta: the recovery point and its stored list, once accepted.
@@ -328,13 +330,16 @@ impl Session {
                     }
                 }
                 FrameKind::Hints => {
-                    charge(&mut hint_bytes, buf.len(), limits.hint_bytes, "hint list")?;
+                    // A frame costs its header at least: empty ones are not free.
+                    let cost = FRAME_HEADER_LEN + buf.len();
+                    charge(&mut hint_bytes, cost, limits.hint_bytes, "hint list")?;
                     let hs = decode_hints(&buf)?;
                     // Block hashes are bounded by `hint_bytes` (a long file takes many).
-                    let counted = |h: &&Hint| !matches!(h, Hint::Blocks { .. });
-                    if hints.iter().filter(counted).count() + hs.iter().filter(counted).count()
-                        > entries.len() * 2
-                    {
+                    counted_hints += hs
+                        .iter()
+                        .filter(|h| !matches!(h, Hint::Blocks { .. }))
+                        .count();
+                    if counted_hints > entries.len() * 2 {
                         return Err(Error::Verify("more hints than entries".into()));
                     }
                     hints.extend(hs);

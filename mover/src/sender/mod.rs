@@ -53,14 +53,6 @@ use worker::{SendTable, SendWorker};
 /// How long the sender waits on the control connection (the receiver's apply phase and final
 /// verification of a large tree can take a while).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How long the sender waits for the answer to its Hello. A receiver answers at once, or
-/// after the waits it makes before answering (a write place's for its share, a minute), so
-/// one that has not answered by then is stuck, not busy: the job fails and is retried rather
-/// than waiting for `CONTROL_TIMEOUT`.
-const HELLO_ACK_TIMEOUT: Duration = Duration::from_secs(180);
-const _: () = assert!(
-    HELLO_ACK_TIMEOUT.as_secs() > 2 * crate::receiver::session::WORKER_CONNECT_TIMEOUT.as_secs()
-);
 /// After a data connection failed, how long to wait for the receiver's explanation.
 const PEER_REASON_WAIT: Duration = Duration::from_secs(2);
 
@@ -241,7 +233,7 @@ fn connect(
     let mut c = transport
         .connect(to)
         .ctx(|| format!("connecting to receiver at {to}"))?;
-    c.set_timeout(Some(HELLO_ACK_TIMEOUT))
+    c.set_timeout(Some(CONTROL_TIMEOUT))
         .ctx(|| "socket timeout".to_string())?;
     let policy = transport.rdma();
     let offer = match policy {
@@ -261,9 +253,6 @@ fn connect(
     };
     let mut buf = Vec::new();
     link.expect_frame(FrameKind::HelloAck, &mut buf)?;
-    link.conn
-        .set_timeout(Some(CONTROL_TIMEOUT))
-        .ctx(|| "socket timeout".to_string())?;
     let ack = HelloAck::decode(&buf)?;
     if let Some(why) = crate::compat::refuse_peer(software_version(), &ack.software, "receiver") {
         return Err(Error::Refused {
