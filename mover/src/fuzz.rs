@@ -312,6 +312,7 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         path: b"f".to_vec(),
         version: crate::receiver::resume::Version {
             ino: 12,
+            btime: Some((1_700_000_000, 7)),
             size: 1 << 20,
             mtime: (1_700_000_000, 5),
         },

@@ -552,10 +552,10 @@ pub fn apply_entries(
                         j,
                         path,
                         st.as_ref(),
-                        *size,
-                        mtime,
+                        (*size, mtime),
                         links_ok,
                         delta_hint.get(&i),
+                        (dir, name),
                     );
                 }
                 let delta_fits = delta_hint.get(&i).is_some_and(|&(bsize, bmtime, _)| {
@@ -766,15 +766,21 @@ fn resumable(
     j: &Journal,
     path: &[u8],
     st: Option<&Stat>,
-    size: u64,
-    mtime: (i64, u32),
+    (size, mtime): (u64, (i64, u32)),
     links_ok: bool,
     delta: Option<&DeltaBase<'_>>,
+    (dir, name): (BorrowedFd<'_>, &[u8]),
 ) -> Option<Vec<(u64, u64)>> {
     let st = st?;
     let durable = j.durable.get(path)?;
+    // The birth time tells this inode from one the job unlinked whose number came back.
+    let (ino, btime) = super::resume::identity(dir, name).ok()?;
+    if ino != st.st_ino {
+        return None;
+    }
     let version = super::resume::Version {
-        ino: st.st_ino,
+        ino,
+        btime: Some(btime),
         size,
         mtime,
     };

@@ -4,10 +4,12 @@
 //! Workers flush what they wrote of a large file in batches (`FLUSH_BYTES`, an fdatasync
 //! through the ring) and then log the flushed ranges in the job's journal directory, one log
 //! per worker (`written-<worker>`, no lock between workers). A record names the file by path
-//! and by what identifies its content: the inode written (nothing is deleted during a job, so
-//! no other file of the job can have that number) and the size and mtime of the source version
-//! being written. A later session trusts the ranges only for a file that is still that inode
-//! and whose entry is still that version; anything else is sent again whole, as before.
+//! and by what identifies its content: the inode written, by its number and birth time (the
+//! job unlinks files it made when it replaces them, and the file system may give the number to
+//! the next file it creates), and the size and mtime of the source version being written. A
+//! later session trusts the ranges only for a file that is still that inode and whose entry is
+//! still that version; anything else is sent again whole, as before. A record without a birth
+//! time (an older release's) is not trusted.
 //!
 //! Undo is unaffected: a file the job created is removed by revert, and a file updated in place
 //! has its pre-images, which the resumed ranges must lie inside (checked here).
@@ -39,6 +41,9 @@ const LOG_PREFIX: &str = "written-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Version {
     pub ino: u64,
+    /// The inode's birth time, (0, 0) on a file system that keeps none; None in a record of a
+    /// release that did not log it (which then matches no file).
+    pub btime: Option<(i64, u32)>,
     pub size: u64,
     pub mtime: (i64, u32),
 }
@@ -67,14 +72,19 @@ impl Written {
         for &(o, l) in &self.ranges {
             e.u64(o).u64(l);
         }
+        // Last, so a release that reads records without it still reads the rest.
+        if let Some((sec, nsec)) = v.btime {
+            e.i64(sec).u32(nsec);
+        }
         e.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<Written> {
         let mut d = Dec::new(b);
         let path = d.bytes(MAX_PATH, "written path")?.to_vec();
-        let version = Version {
+        let mut version = Version {
             ino: d.u64()?,
+            btime: None,
             size: d.u64()?,
             mtime: (d.i64()?, d.u32()?),
         };
@@ -90,6 +100,9 @@ impl Written {
             }
             ranges.push((o, l));
         }
+        if d.remaining() > 0 {
+            version.btime = Some((d.i64()?, d.u32()?));
+        }
         d.finish()?;
         Ok(Written {
             path,
@@ -97,6 +110,24 @@ impl Written {
             ranges,
         })
     }
+}
+
+/// The inode number and birth time ((0, 0) where the file system keeps none) of `name` in
+/// `dir`, not followed; of `dir` itself with an empty `name`.
+pub fn identity(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(u64, (i64, u32))> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    let x = statx(dir, name, flags, StatxFlags::INO | StatxFlags::BTIME)?;
+    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        (x.stx_btime.tv_sec, x.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Ok((x.stx_ino, btime))
 }
 
 /// Opens worker `index`'s log in the journal directory for appending.
@@ -260,6 +291,7 @@ mod tests {
     fn only_the_same_version_of_the_same_inode_resumes() {
         let v = Version {
             ino: 7,
+            btime: Some((3, 4)),
             size: 1000,
             mtime: (5, 6),
         };
@@ -267,6 +299,11 @@ mod tests {
         assert_eq!(rest(&durable, v, &[(0, 1000)]), Some(vec![(400, 600)]));
         for other in [
             Version { ino: 8, ..v },
+            // The number given again to a file made since: another birth time.
+            Version {
+                btime: Some((3, 5)),
+                ..v
+            },
             Version { size: 999, ..v },
             Version { mtime: (5, 7), ..v },
         ] {
@@ -280,12 +317,27 @@ mod tests {
             path: b"a/b".to_vec(),
             version: Version {
                 ino: 1,
+                btime: Some((7, 8)),
                 size: 100,
                 mtime: (1, 2),
             },
             ranges: vec![(0, 10), (50, 50)],
         };
         assert_eq!(Written::decode(&w.encode()).expect("decode"), w);
+        // A record as an older release wrote it (no birth time) reads, and resumes nothing.
+        let old = Written {
+            version: Version {
+                btime: None,
+                ..w.version
+            },
+            ..w.clone()
+        };
+        let read = Written::decode(&old.encode()).expect("decode");
+        assert_eq!(read.version.btime, None);
+        assert_eq!(
+            rest(&[(read.version, read.ranges)], w.version, &[(0, 100)]),
+            None
+        );
         let past = Written {
             ranges: vec![(90, 20)],
             ..w.clone()

@@ -646,14 +646,15 @@ fn note_written(
     let t = cx.t;
     if cx.pending.is_none() {
         let e = &t.entries[entry.index()];
-        let st = rustix::fs::fstat(fd.as_fd())
+        let (ino, btime) = super::resume::identity(fd.as_fd(), b"")
             .ctx(|| format!("stat {}", show(&t.paths[entry.index()])))?;
         cx.pending = Some(Pending {
             fd: fd.clone(),
             entry,
             path: t.paths[entry.index()].clone(),
             version: Version {
-                ino: st.st_ino,
+                ino,
+                btime: Some(btime),
                 size: t.needed_size(entry).unwrap_or(0),
                 mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
             },
