@@ -1446,6 +1446,19 @@ fn answered(c: &std::net::TcpStream) -> bool {
     }
 }
 
+/// Runs a job of source relationship `id` on `n` now and waits until it is done and synced
+/// (a no-op job where nothing changed since the last one).
+fn noop_job(n: &Node, id: &str) {
+    let done = |v: &serde_json::Value| v["last_attempt"]["time"].clone();
+    let before = done(&n.view("source", id));
+    // Attempt times are in whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    n.cli_ok(&["relationship", "replicate", id]);
+    n.wait_for("source", id, "a no-op job", |v| {
+        done(v) != before && node::synced(v)
+    });
+}
+
 #[test]
 fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_session() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -1538,14 +1551,7 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
     // relationship, not one per job until the places' day-long sweep.
     let expect = format!("{}expect/", control::cluster::KEY_ROOT);
     for _ in 0..3 {
-        let done = |v: &serde_json::Value| v["last_attempt"]["time"].clone();
-        let before = done(&n1.view("source", &id));
-        // Attempt times are in whole seconds.
-        std::thread::sleep(Duration::from_millis(1100));
-        n1.cli_ok(&["relationship", "replicate", &id]);
-        n1.wait_for("source", &id, "a no-op job", |v| {
-            done(v) != before && node::synced(v)
-        });
+        noop_job(&n1, &id);
         // t2 is the one write place (a committing node writes its own share itself).
         let held = etcd.count(&expect);
         assert_eq!(held, 1, "announcements in etcd");
@@ -1558,13 +1564,7 @@ fn worker_hellos_of_made_up_sessions_do_not_keep_a_write_place_out_of_a_real_ses
     let id2 = node::create(&n1, &t1, &src, &dst2, &[]);
     t1.cli_ok(&["relationship", "authorize", &id2]);
     n1.wait_for("source", &id2, "the second initial sync", node::synced);
-    let done = |v: &serde_json::Value| v["last_attempt"]["time"].clone();
-    let before = done(&n1.view("source", &id2));
-    std::thread::sleep(Duration::from_millis(1100));
-    n1.cli_ok(&["relationship", "replicate", &id2]);
-    n1.wait_for("source", &id2, "a no-op job", |v| {
-        done(v) != before && node::synced(v)
-    });
+    noop_job(&n1, &id2);
     assert_eq!(etcd.count(&expect), 2, "each relationship's announcement");
     t1.cli_ok(&["relationship", "delete", &id2, "--role", "target"]);
     assert_eq!(

@@ -71,7 +71,7 @@ impl Hellos {
     }
 
     /// Reads what each waiting connection has sent; returns one whose whole Hello is in (its
-    /// stream back in blocking mode, and the Hello's payload). Drops those closed, malformed,
+    /// stream, still non-blocking: `TcpConn::new` makes it blocking, and the Hello's payload). Drops those closed, malformed,
     /// or not whole `within` their accept.
     pub(super) fn take_whole(
         &mut self,
@@ -90,10 +90,6 @@ impl Hellos {
                 Arrived::More => k += 1,
                 Arrived::Whole(payload) => {
                     let p = self.pending.remove(k)?;
-                    if let Err(e) = p.stream.set_nonblocking(false) {
-                        tracing::warn!("accepted socket: {e}");
-                        continue;
-                    }
                     return Some((p.stream, payload));
                 }
                 Arrived::Drop(why) => {

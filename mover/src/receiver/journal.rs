@@ -274,6 +274,20 @@ pub struct Existing {
     pub reverting: bool,
 }
 
+/// The journal directory of `state`, if there is one.
+fn open_existing(state: &State) -> Result<Option<OwnedFd>> {
+    match rustix::fs::openat(
+        &state.dir,
+        JOURNAL_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+        Err(e) => Err(e).ctx(|| "opening .mover-state/journal".to_string()),
+    }
+}
+
 /// Bytes of the log read for its header record (an Undo::Header is a few dozen).
 const HEADER_READ: u64 = 4096;
 
@@ -282,21 +296,18 @@ const HEADER_READ: u64 = 4096;
 /// says whether a job is pending, and a session has a Hello per worker. None with no journal,
 /// or one without a valid header (garbage, as `read_existing` says).
 pub fn read_base(state: &State) -> Result<Option<RecoveryPointId>> {
-    let open = |dir: BorrowedFd<'_>, name: &str, dir_flag: OFlags| match rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | dir_flag,
+    let Some(dir) = open_existing(state)? else {
+        return Ok(None);
+    };
+    let log = match rustix::fs::openat(
+        &dir,
+        LOG,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
-        Err(e) => Err(e).ctx(|| format!("opening .mover-state/{JOURNAL_DIR}/{name}")),
-    };
-    let Some(dir) = open(state.dir.as_fd(), JOURNAL_DIR, OFlags::DIRECTORY)? else {
-        return Ok(None);
-    };
-    let Some(log) = open(dir.as_fd(), LOG, OFlags::empty())? else {
-        return Ok(None);
+        Ok(f) => f,
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+        Err(e) => return Err(e).ctx(|| format!("opening .mover-state/{JOURNAL_DIR}/{LOG}")),
     };
     let mut head = Vec::new();
     std::io::Read::read_to_end(
@@ -314,15 +325,8 @@ pub fn read_base(state: &State) -> Result<Option<RecoveryPointId>> {
 /// Reads the journal of `state`, if there is one. A journal without a valid header is garbage
 /// left by a crash while it was being created or dropped.
 pub fn read_existing(state: &State) -> Result<Option<Existing>> {
-    let dir = match rustix::fs::openat(
-        &state.dir,
-        JOURNAL_DIR,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(d) => d,
-        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
-        Err(e) => return Err(e).ctx(|| "opening .mover-state/journal".to_string()),
+    let Some(dir) = open_existing(state)? else {
+        return Ok(None);
     };
     let raw = crate::durable::read_opt(dir.as_fd(), LOG)?.unwrap_or_default();
     let (recs, _) = crate::durable::parse_records(&raw);

@@ -122,12 +122,7 @@ pub fn identity(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(u64, (i
         AtFlags::SYMLINK_NOFOLLOW
     };
     let x = statx(dir, name, flags, StatxFlags::INO | StatxFlags::BTIME)?;
-    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 {
-        (x.stx_btime.tv_sec, x.stx_btime.tv_nsec)
-    } else {
-        (0, 0)
-    };
-    Ok((x.stx_ino, btime))
+    Ok((x.stx_ino, crate::tree::walk::btime(&x)))
 }
 
 /// Opens worker `index`'s log in the journal directory for appending.

@@ -163,9 +163,7 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     // What the target held at its recovery point: the stored list as its replica policy
     // admitted it (set-id bits cleared, devices not created), as the job and a scrub see it,
     // not as the sender sent it.
-    let held = state.held(&rp)?;
-    let paths = crate::tree::entry::relative_paths(&held.entries);
-    let (want, _) = super::policy::without(&held.entries, &paths, &held.skip);
+    let (want, _) = state.admitted(&rp)?;
     restore_metadata(root, &want, rp.hash_owners)?;
     let got = crate::tree::walk::walk_fd(root, true)?;
     let opts = HashOptions {

@@ -165,9 +165,7 @@ pub(crate) fn compare(
     state: &State,
     rp: &RecoveryPoint,
 ) -> Result<(bool, Option<String>, u64)> {
-    let held = state.held(rp)?;
-    let paths = crate::tree::entry::relative_paths(&held.entries);
-    let (want, want_paths) = super::policy::without(&held.entries, &paths, &held.skip);
+    let (want, want_paths) = state.admitted(rp)?;
     let walked = crate::tree::walk::walk_fd(root, true)?;
     let opts = HashOptions {
         owners: rp.hash_owners,

@@ -256,6 +256,14 @@ impl State {
         Ok(Held { entries, skip })
     }
 
+    /// The tree the target holds at `rp`, entry by entry with their paths: `held` without
+    /// what the policy kept out (renumbered), as a walk of the target finds it.
+    pub fn admitted(&self, rp: &RecoveryPoint) -> Result<(Vec<Entry>, Vec<Vec<u8>>)> {
+        let held = self.held(rp)?;
+        let paths = crate::tree::entry::relative_paths(&held.entries);
+        Ok(super::policy::without(&held.entries, &paths, &held.skip))
+    }
+
     /// Makes `rp` the recovery point with the very list recovery point `same` stored (a job
     /// that changed nothing): the list file is linked, not written again.
     pub fn commit_same_list(&self, rp: &RecoveryPoint, same: RecoveryPointId) -> Result<()> {

@@ -84,12 +84,16 @@ pub fn stat_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(St
     st.st_ctime_nsec = x.stx_ctime.tv_nsec as _;
     st.st_atime = x.stx_atime.tv_sec as _;
     st.st_atime_nsec = x.stx_atime.tv_nsec as _;
-    let btime = if x.stx_mask & StatxFlags::BTIME.bits() != 0 {
+    Ok((st, btime(&x)))
+}
+
+/// The birth time statx gave, (0, 0) where the file system keeps none.
+pub fn btime(x: &rustix::fs::Statx) -> (i64, u32) {
+    if x.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0 {
         (x.stx_btime.tv_sec, x.stx_btime.tv_nsec)
     } else {
         (0, 0)
-    };
-    Ok((st, btime))
+    }
 }
 
 /// What a caller already knows about an entry the walk reaches (from an earlier walk): its
