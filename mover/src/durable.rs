@@ -53,6 +53,12 @@ pub fn parse_records(buf: &[u8]) -> (Vec<&[u8]>, usize) {
 
 /// Reads a whole file relative to `dir`; `None` if it does not exist.
 pub fn read_opt(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
+    read_head_opt(dir, name, u64::MAX)
+}
+
+/// Reads at most the first `limit` bytes of a file relative to `dir`; `None` if it does not
+/// exist.
+pub fn read_head_opt(dir: BorrowedFd<'_>, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
     let fd = match rustix::fs::openat(
         dir,
         name,
@@ -63,9 +69,12 @@ pub fn read_opt(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
         Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(e).ctx(|| format!("opening {name}")),
     };
-    let mut f = std::fs::File::from(fd);
     let mut v = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut v).ctx(|| format!("reading {name}"))?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), limit),
+        &mut v,
+    )
+    .ctx(|| format!("reading {name}"))?;
     Ok(Some(v))
 }
 

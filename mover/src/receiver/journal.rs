@@ -299,22 +299,9 @@ pub fn read_base(state: &State) -> Result<Option<RecoveryPointId>> {
     let Some(dir) = open_existing(state)? else {
         return Ok(None);
     };
-    let log = match rustix::fs::openat(
-        &dir,
-        LOG,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(f) => f,
-        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
-        Err(e) => return Err(e).ctx(|| format!("opening .mover-state/{JOURNAL_DIR}/{LOG}")),
+    let Some(head) = crate::durable::read_head_opt(dir.as_fd(), LOG, HEADER_READ)? else {
+        return Ok(None);
     };
-    let mut head = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::from(log), HEADER_READ),
-        &mut head,
-    )
-    .ctx(|| format!("reading .mover-state/{JOURNAL_DIR}/{LOG}"))?;
     let (recs, _) = crate::durable::parse_records(&head);
     Ok(match recs.first().map(|r| Undo::decode(r)) {
         Some(Ok(Undo::Header { base })) => Some(base),
