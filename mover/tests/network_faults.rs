@@ -372,6 +372,22 @@ fn seeded_random_fault_schedules_without_refusals_converge() {
     random_schedules_converge(|f| !matches!(f, Fault::CloseEarly { .. }));
 }
 
+/// Twelve new 1 MiB files under `src/new`; returns their bytes.
+fn new_large_files(src: &Path, seed: u64) -> u64 {
+    const NEW: u64 = 12;
+    let spec = TreeSpec {
+        seed,
+        small_files: 0,
+        large_files: NEW as usize,
+        large_size: 1 << 20,
+        extras: false,
+        fanout: 1,
+        ..Default::default()
+    };
+    generate(&src.join("new"), &spec).unwrap();
+    NEW << 20
+}
+
 #[test]
 fn resumed_job_sends_less_than_a_full_resend() {
     let d = dirs();
@@ -388,18 +404,7 @@ fn resumed_job_sends_less_than_a_full_resend() {
     let (addr, reports) = start_serving(&d.dst);
     send_state(&d.src, addr, &d.state).expect("first job, no faults");
     drain(&reports, true);
-    const NEW: u64 = 12;
-    let spec = TreeSpec {
-        seed: 11,
-        small_files: 0,
-        large_files: NEW as usize,
-        large_size: 1 << 20,
-        extras: false,
-        fanout: 1,
-        ..Default::default()
-    };
-    generate(&d.src.join("new"), &spec).unwrap();
-    let total = NEW << 20;
+    let total = new_large_files(&d.src, 11);
     let proxy = FaultProxy::start(
         addr,
         vec![Fault::Cut {
@@ -416,5 +421,97 @@ fn resumed_job_sends_less_than_a_full_resend() {
         "the retry sent {} bytes of {total} new",
         rep.bytes
     );
+    assert_same_tree(&d.src, &d.dst);
+}
+
+/// The files under `new/` that the target holds finished: the source's size and mtime.
+fn finished_on_target(src: &Path, dst: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(src.join("new")).unwrap() {
+        let e = e.unwrap();
+        let (s, t) = (e.metadata().unwrap(), dst.join("new").join(e.file_name()));
+        let Ok(d) = std::fs::symlink_metadata(&t) else {
+            continue;
+        };
+        if d.len() == s.len() && d.modified().unwrap() == s.modified().unwrap() {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// A job of `NEW` new 1 MiB files into a target that holds a recovery point, cut after
+/// `cut` bytes; returns the dirs, the address of the receiver (still serving) and the total.
+fn cut_job(cut: u64) -> (Dirs, SocketAddr, u64) {
+    let d = dirs();
+    generate(
+        &d.src,
+        &TreeSpec {
+            small_files: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (addr, reports) = start_serving(&d.dst);
+    send_state(&d.src, addr, &d.state).expect("first job, no faults");
+    drain(&reports, true);
+    let total = new_large_files(&d.src, 12);
+    let proxy = FaultProxy::start(addr, vec![Fault::Cut { after_bytes: cut }]);
+    let (r, _) = send_retrying(&d.src, proxy.addr, &d.state, 1);
+    assert!(r.is_err(), "the cut job failed");
+    assert_eq!(proxy.faults_fired(), 1);
+    drain(&reports, false);
+    (d, addr, total)
+}
+
+#[test]
+fn files_finished_before_a_cut_are_not_sent_again() {
+    let (d, addr, total) = cut_job(8 << 20);
+    let finished = finished_on_target(&d.src, &d.dst);
+    assert!(
+        !finished.is_empty(),
+        "some files were finished before the cut"
+    );
+    let (r, failures) = send_retrying(&d.src, addr, &d.state, 1);
+    let rep = r.unwrap_or_else(|e| panic!("resumed job failed after {failures:?}: {e}"));
+    assert!(rep.resumed, "the job was resumed");
+    // The failed workers logged what they had finished once a write-back covered it.
+    let left = total - ((finished.len() as u64) << 20);
+    assert!(
+        rep.bytes <= left,
+        "the resumed job sent {} bytes; {} files ({left} bytes) were unfinished",
+        rep.bytes,
+        (total >> 20) - finished.len() as u64
+    );
+    assert_same_tree(&d.src, &d.dst);
+}
+
+/// A power loss can keep a finished file's size and mtime and lose its bytes (a large file is
+/// sized in full when created), and lose the log records written after the last sync. Here:
+/// every log of written ranges is gone and a finished file reads as zeros.
+#[test]
+fn a_finished_file_whose_bytes_were_lost_is_sent_again_after_a_power_loss() {
+    let (d, addr, _) = cut_job(8 << 20);
+    let finished = finished_on_target(&d.src, &d.dst);
+    let victim = finished.first().expect("a file finished before the cut");
+    let meta = std::fs::metadata(victim).unwrap();
+    std::fs::write(victim, vec![0u8; meta.len() as usize]).unwrap();
+    let f = std::fs::File::options().write(true).open(victim).unwrap();
+    f.set_modified(meta.modified().unwrap()).unwrap();
+    drop(f);
+    let journal = d.dst.join(".mover-state/journal");
+    let mut logs = 0;
+    for e in std::fs::read_dir(&journal).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("written-") {
+            std::fs::remove_file(e.path()).unwrap();
+            logs += 1;
+        }
+    }
+    assert!(logs > 0, "the workers kept logs of what they wrote");
+    let (r, failures) = send_retrying(&d.src, addr, &d.state, 1);
+    let rep = r.unwrap_or_else(|e| panic!("resumed job failed after {failures:?}: {e}"));
+    assert!(rep.resumed, "the job was resumed");
+    assert!(rep.bytes >= meta.len(), "the zeroed file was sent again");
     assert_same_tree(&d.src, &d.dst);
 }

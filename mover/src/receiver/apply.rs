@@ -542,8 +542,14 @@ pub fn apply_entries(
                     s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m
                 };
                 let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
-                let complete =
-                    is_file && links_ok && st.as_ref().is_some_and(|s| same(s, *size, mtime));
+                // A large file an interrupted session of this job wrote is complete only if it
+                // logged it so: its size and mtime may have reached the disk without its bytes.
+                let complete = is_file
+                    && links_ok
+                    && st.as_ref().is_some_and(|s| same(s, *size, mtime))
+                    && (is_inline(*size)
+                        || !written_by_job(j, path)
+                        || logged_finished(j, path, (dir, name), (*size, mtime)));
                 // Left unfinished by an interrupted session of this job: what it made durable
                 // of this version need not come again (resume.rs).
                 let mut rest = None;
@@ -756,6 +762,24 @@ pub fn apply_entries(
     })
 }
 
+/// Whether the item at `path` holds bytes this job wrote (an interrupted session of it).
+fn written_by_job(j: &Journal, path: &[u8]) -> bool {
+    j.touched.contains(path) || matches!(j.map.origin(path), Origin::Job)
+}
+
+/// Whether an interrupted session logged the file at `path` (`name` in `dir`, this very inode)
+/// as finished at version (`size`, `mtime`), after a write-back that made it durable
+/// (resume.rs).
+fn logged_finished(
+    j: &Journal,
+    path: &[u8],
+    (dir, name): (BorrowedFd<'_>, &[u8]),
+    (size, mtime): (u64, (i64, u32)),
+) -> bool {
+    super::resume::version_at(dir, name, size, mtime)
+        .is_ok_and(|v| super::resume::logged_finished(&j.durable, path, v))
+}
+
 /// The ranges a resumed session still needs of large file `path` (entry version `size`,
 /// `mtime`), found unfinished as `st`: None unless an interrupted session of this job wrote it
 /// and made ranges of this very version durable. A file the job created must still be that
@@ -774,16 +798,10 @@ fn resumable(
     let st = st?;
     let durable = j.durable.get(path)?;
     // The birth time tells this inode from one the job unlinked whose number came back.
-    let (ino, btime) = super::resume::identity(dir, name).ok()?;
-    if ino != st.st_ino {
+    let version = super::resume::version_at(dir, name, size, mtime).ok()?;
+    if version.ino != st.st_ino {
         return None;
     }
-    let version = super::resume::Version {
-        ino,
-        btime: Some(btime),
-        size,
-        mtime,
-    };
     if st.st_size as u64 != size {
         return None;
     }

@@ -11,6 +11,13 @@
 //! still that version; anything else is sent again whole, as before. A record without a birth
 //! time (an older release's) is not trusted.
 //!
+//! A finished file is logged too, as one range over all of it, once the target's early
+//! write-back (writeback.rs) synced a round begun after its last write and its metadata: its
+//! size and mtime alone do not say that its bytes reached the disk (a large file is sized in
+//! full when it is created, so a power loss can leave zeros within the right size). A resumed
+//! session trusts a finished file the job wrote only with that record (`apply.rs`); files a
+//! worker finished in the last round or two before an interruption are sent again.
+//!
 //! Undo is unaffected: a file the job created is removed by revert, and a file updated in place
 //! has its pre-images, which the resumed ranges must lie inside (checked here).
 
@@ -31,6 +38,10 @@ pub const MIN_FLUSH_BYTES: u64 = 1024 * 1024;
 /// Most ranges one record carries (a worker's writes of one file between flushes are mostly
 /// one run; a batch with more ranges is logged in several records).
 pub const MAX_RECORD_RANGES: usize = 256;
+/// Most finished files a worker holds while it waits for a write-back round to cover them
+/// (about two rounds' worth of files at line rate); past it the oldest goes unlogged, and is
+/// sent again whole if the job is interrupted.
+pub const MAX_UNLOGGED_FINISHED: usize = 4096;
 /// Bound on one logged path (as the undo journal's).
 const MAX_PATH: usize = crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
 /// Bound on the workers' logs read back (the sender's worker count is at most MAX_WORKERS).
@@ -123,6 +134,22 @@ pub fn identity(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<(u64, (i
     };
     let x = statx(dir, name, flags, StatxFlags::INO | StatxFlags::BTIME)?;
     Ok((x.stx_ino, crate::tree::walk::btime(&x)))
+}
+
+/// The version (`size`, `mtime`) of the inode now at `name` in `dir`.
+pub fn version_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    size: u64,
+    mtime: (i64, u32),
+) -> rustix::io::Result<Version> {
+    let (ino, btime) = identity(dir, name)?;
+    Ok(Version {
+        ino,
+        btime: Some(btime),
+        size,
+        mtime,
+    })
 }
 
 /// Opens worker `index`'s log in the journal directory for appending.
@@ -250,6 +277,66 @@ impl Pending {
             })
             .collect()
     }
+}
+
+/// Files a worker finished, each with the write-back ticket taken after it
+/// (`writeback::SyncRounds`), oldest first, until a round covers them and they are logged.
+#[derive(Default)]
+pub struct Finished {
+    queue: std::collections::VecDeque<(Written, u64)>,
+}
+
+impl Finished {
+    /// Holds `path`, finished as `version` (its whole size written), until `ticket`'s round.
+    pub fn push(&mut self, path: Vec<u8>, version: Version, ticket: u64) {
+        if version.size == 0 {
+            return;
+        }
+        if self.queue.len() >= MAX_UNLOGGED_FINISHED {
+            self.queue.pop_front();
+        }
+        let ranges = vec![(0, version.size)];
+        let w = Written {
+            path,
+            version,
+            ranges,
+        };
+        self.queue.push_back((w, ticket));
+    }
+
+    /// Whether some held file is now known durable.
+    pub fn any_covered(&self, rounds: &super::writeback::SyncRounds) -> bool {
+        self.queue.front().is_some_and(|(_, t)| rounds.covers(*t))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Logs, in one write, every held file a round has covered (tickets only grow, so they
+    /// are a prefix of the queue).
+    pub fn log_covered(
+        &mut self,
+        log: &mut Log,
+        rounds: &super::writeback::SyncRounds,
+    ) -> Result<()> {
+        let n = self
+            .queue
+            .iter()
+            .take_while(|(_, t)| rounds.covers(*t))
+            .count();
+        let bodies: Vec<Vec<u8>> = self.queue.drain(..n).map(|(w, _)| w.encode()).collect();
+        log.append_many(bodies.iter().map(Vec::as_slice))
+    }
+}
+
+/// Whether an interrupted session of the job logged the file now at `path` as finished: this
+/// inode (`ino`, `btime`) written whole as this version.
+pub fn logged_finished(durable: &Durable, path: &[u8], version: Version) -> bool {
+    durable.get(path).is_some_and(|per| {
+        per.iter()
+            .any(|(v, rs)| *v == version && covers(rs, &[(0, version.size)]))
+    })
 }
 
 /// Appends a flushed batch to the worker's log.

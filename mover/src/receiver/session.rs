@@ -561,6 +561,7 @@ impl Session {
                 .ctx(|| "dup of the journal directory".to_string())?,
             checkpoint_bytes: self.checkpoint_bytes,
             checked,
+            syncs: Arc::default(),
         });
         // The other write places start first: the sender's workers connect to all at once.
         let places = Places {
@@ -573,7 +574,10 @@ impl Session {
         };
         // Write-back overlaps the data's arrival (writeback.rs); stopped on every way out.
         let writeback = data.then(|| {
-            super::writeback::EarlyWriteback::start(std::os::fd::AsFd::as_fd(&table.root))
+            super::writeback::EarlyWriteback::start(
+                std::os::fd::AsFd::as_fd(&table.root),
+                table.syncs.clone(),
+            )
         });
         let started = places.start(&table, data)?;
         let local = places.run_local(

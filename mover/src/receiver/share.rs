@@ -318,6 +318,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
         journal,
         checkpoint_bytes,
         checked: super::checked::Checked::off(),
+        syncs: Arc::default(),
     })
 }
 
@@ -463,7 +464,13 @@ impl ShareHost {
             );
         }
         let table = open_table(root, share, self.umask).map(Arc::new);
-        let ran = table.and_then(|t| Ok((self.run_hosted(&t, share, &rx, &fence)?, t)));
+        let ran = table.and_then(|t| {
+            // Write-back overlaps the data here too, and tells the workers what is durable.
+            let writeback = super::writeback::EarlyWriteback::start(root, t.syncs.clone());
+            let hosted = self.run_hosted(&t, share, &rx, &fence)?;
+            writeback.stop();
+            Ok((hosted, t))
+        });
         self.hosted().remove(&session);
         let (all, table) = ran?;
         // What this place wrote is durable before it says so.

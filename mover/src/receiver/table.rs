@@ -40,6 +40,8 @@ pub struct RecvTable {
     pub checkpoint_bytes: u64,
     /// Files the workers compared with their entries when they finished them (checked.rs).
     pub checked: super::checked::Checked,
+    /// The target's write-back rounds: when a finished file is durable (writeback.rs).
+    pub syncs: std::sync::Arc<super::writeback::SyncRounds>,
 }
 
 impl RecvTable {

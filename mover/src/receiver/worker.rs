@@ -50,6 +50,8 @@ const RING_ENTRIES: u32 = 64;
 
 /// A FileBatch asks the fence again after this many files created, and written.
 const FENCE_EVERY_FILES: usize = 64;
+/// Longest a failed worker waits for a write-back round to cover the files it finished last.
+const FINISHED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bound on completion rounds while draining after a failure (each reaps at least one).
 const DRAIN_ROUNDS: usize = 4096;
 /// Flushes of written ranges in flight at once (more wait: their ranges stay pending).
@@ -116,6 +118,8 @@ struct Ctx<'a> {
     flushing: [Option<Pending>; MAX_FLUSHING],
     /// Where flushed ranges are logged (resume.rs).
     log: crate::durable::Log,
+    /// Files finished and not yet known durable, logged once a write-back round covers them.
+    finished: resume::Finished,
     /// The directory small files are being created in.
     dirs: beneath::DirCache,
     fence: Option<&'a dyn Fence>,
@@ -159,6 +163,7 @@ impl RecvWorker {
             pending: None,
             flushing: Default::default(),
             log,
+            finished: resume::Finished::default(),
             dirs: beneath::DirCache::default(),
             fence: self.fence.as_deref(),
             fenced: false,
@@ -197,7 +202,8 @@ impl RecvWorker {
                 }
                 if ring.inflight() == 0 {
                     if done {
-                        return Ok(());
+                        // What is still held waits for the recovery point's syncfs.
+                        return log_finished(&mut cx);
                     }
                     // Invariant: not done and nothing in flight means a free buffer was
                     // available and a receive was just submitted (or a frame just received).
@@ -298,6 +304,17 @@ impl RecvWorker {
         }
         // The ring cancels and drains whatever is left before its fds and buffers go.
         drop(ring);
+        // Files finished just before the failure are logged once the next write-back covers
+        // them (a round or two), so the resumed job need not send them again.
+        if result.is_err() && !cx.fenced {
+            let until = std::time::Instant::now() + FINISHED_WAIT;
+            while !cx.finished.is_empty() && std::time::Instant::now() < until {
+                std::thread::sleep(super::writeback::INTERVAL / 10);
+                if log_finished(&mut cx).is_err() {
+                    break;
+                }
+            }
+        }
         result.map(|()| cx.stats)
     }
 }
@@ -614,6 +631,7 @@ fn on_write(
     let finished = t.written(w.entry, w.io.len as u64, w.io.fd.as_fd())?;
     let (entry, off, len, fd) = (w.entry, w.io.file_off, w.io.len as u64, w.io.fd.clone());
     note_written(ring, cx, entry, (off, len), &fd, finished)?;
+    log_finished(cx)?;
     buf.pending -= 1;
     if buf.pending == 0 {
         buf.writes.clear();
@@ -639,25 +657,24 @@ fn note_written(
         // if the job is interrupted, as without resumption.
         cx.pending = None;
     }
+    let t = cx.t;
     if finished {
-        cx.pending = None;
+        // Its unflushed ranges go: the whole file is logged once a write-back covers it.
+        let version = match cx.pending.take() {
+            Some(p) => p.version,
+            None => version_of(t, entry, fd)?,
+        };
+        let ticket = t.syncs.ticket();
+        cx.finished
+            .push(t.paths[entry.index()].clone(), version, ticket);
         return Ok(());
     }
-    let t = cx.t;
     if cx.pending.is_none() {
-        let e = &t.entries[entry.index()];
-        let (ino, btime) = super::resume::identity(fd.as_fd(), b"")
-            .ctx(|| format!("stat {}", show(&t.paths[entry.index()])))?;
         cx.pending = Some(Pending {
             fd: fd.clone(),
             entry,
             path: t.paths[entry.index()].clone(),
-            version: Version {
-                ino,
-                btime: Some(btime),
-                size: t.needed_size(entry).unwrap_or(0),
-                mtime: (e.meta.mtime_sec, e.meta.mtime_nsec),
-            },
+            version: version_of(t, entry, fd)?,
             ranges: Vec::new(),
             bytes: 0,
         });
@@ -670,6 +687,25 @@ fn note_written(
         flush(ring, cx)?;
     }
     Ok(())
+}
+
+/// The version of large file `entry` being written through `fd`.
+fn version_of(t: &RecvTable, entry: EntryId, fd: &OpFd) -> Result<Version> {
+    let e = &t.entries[entry.index()];
+    let size = t.needed_size(entry).unwrap_or(0);
+    let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
+    resume::version_at(fd.as_fd(), b"", size, mtime)
+        .ctx(|| format!("stat {}", show(&t.paths[entry.index()])))
+}
+
+/// Logs the finished files a write-back round has covered since (resume.rs).
+fn log_finished(cx: &mut Ctx<'_>) -> Result<()> {
+    if !cx.finished.any_covered(&cx.t.syncs) {
+        return Ok(());
+    }
+    // The log is in the shared target's journal: a write like any other.
+    fence(cx)?;
+    cx.finished.log_covered(&mut cx.log, &cx.t.syncs)
 }
 
 /// Starts an fdatasync of the pending file; its ranges are logged when it completes. With

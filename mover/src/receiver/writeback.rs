@@ -7,6 +7,12 @@
 //! (median). Each `syncfs` also flushes the device's cache, as the receiver's checkpoints of
 //! large files already do (one per `--checkpoint-mib` per file), so the interval is kept well
 //! above a device's flush time. A tmpfs has nothing to write back; the calls cost microseconds.
+//!
+//! The rounds also tell the workers when a file they finished is durable (`SyncRounds`): a
+//! worker takes a ticket after a file's last write and its metadata, and logs the file as
+//! complete once a round begun after the ticket has synced (resume.rs). A resumed session
+//! trusts a finished file the job wrote only with that record, so a power loss that kept the
+//! file's size and mtime but not its data cannot pass zeros off as the source's bytes.
 
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,25 +28,51 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 // descriptor: `syncfs` reports a write-back error once per open file, to whichever caller
 // asks first, and the recovery point's `syncfs` must see every one.
 
+/// The write-back rounds of one session's target: how many began, and the last that synced
+/// without error. Without a helper thread no round ever syncs, and no finished file is logged
+/// as durable (a resumed job then sends such files again, as it did before these records).
+#[derive(Debug, Default)]
+pub struct SyncRounds {
+    begun: AtomicU64,
+    synced: AtomicU64,
+}
+
+impl SyncRounds {
+    /// Taken after a file's last write completed: every round begun after this call syncs it.
+    /// A read-modify-write, not a load, so the round's own increment, which reads what this
+    /// wrote, is ordered after it (and with it the writes before it).
+    pub fn ticket(&self) -> u64 {
+        self.begun.fetch_add(0, Ordering::AcqRel)
+    }
+
+    /// Whether a round begun after `ticket` was taken has synced.
+    pub fn covers(&self, ticket: u64) -> bool {
+        self.synced.load(Ordering::Acquire) > ticket
+    }
+
+    /// Rounds synced so far.
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
 /// The running helper; stopped (and joined) by `stop` or on drop.
 pub(crate) struct EarlyWriteback {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
-    /// Write-backs done so far.
-    rounds: Arc<AtomicU64>,
+    rounds: Arc<SyncRounds>,
 }
 
 impl EarlyWriteback {
     /// Starts writing back the file system holding `root`. Best effort: without a thread or a
     /// descriptor there is simply no early write-back (the recovery point's `syncfs` does it
     /// all), so failures are logged, not returned.
-    pub(crate) fn start(root: BorrowedFd<'_>) -> Self {
-        Self::every(root, INTERVAL)
+    pub(crate) fn start(root: BorrowedFd<'_>, rounds: Arc<SyncRounds>) -> Self {
+        Self::every(root, INTERVAL, rounds)
     }
 
-    fn every(root: BorrowedFd<'_>, interval: Duration) -> Self {
+    fn every(root: BorrowedFd<'_>, interval: Duration, rounds: Arc<SyncRounds>) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let rounds = Arc::new(AtomicU64::new(0));
         let own = rustix::fs::openat(
             root,
             ".",
@@ -74,10 +106,7 @@ impl EarlyWriteback {
         self.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            tracing::debug!(
-                rounds = self.rounds.load(Ordering::Relaxed),
-                "early write-back stopped"
-            );
+            tracing::debug!(rounds = self.rounds.synced(), "early write-back stopped");
         }
     }
 
@@ -97,7 +126,7 @@ impl Drop for EarlyWriteback {
     }
 }
 
-fn run(root: &OwnedFd, interval: Duration, stop: &(Mutex<bool>, Condvar), rounds: &AtomicU64) {
+fn run(root: &OwnedFd, interval: Duration, stop: &(Mutex<bool>, Condvar), rounds: &SyncRounds) {
     let (flag, wake) = stop;
     let mut stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     loop {
@@ -109,10 +138,15 @@ fn run(root: &OwnedFd, interval: Duration, stop: &(Mutex<bool>, Condvar), rounds
             return;
         }
         drop(stopped);
+        let round = rounds.begun.fetch_add(1, Ordering::AcqRel) + 1;
         // An error here (EIO) is the recovery point's syncfs to report: it syncs through
-        // another open file, which is told of it too.
-        let _ = rustix::fs::syncfs(root.as_fd());
-        rounds.fetch_add(1, Ordering::Relaxed);
+        // another open file, which is told of it too. The round just does not count.
+        match rustix::fs::syncfs(root.as_fd()) {
+            Ok(()) => {
+                rounds.synced.fetch_max(round, Ordering::AcqRel);
+            }
+            Err(e) => tracing::debug!(error = %e, "early write-back failed"),
+        }
         stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     }
 }
@@ -126,7 +160,7 @@ mod tests {
     fn stopping_the_early_write_back_does_not_wait_out_its_pause() {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::File::open(dir.path()).unwrap();
-        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_secs(60));
+        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_secs(60), Arc::default());
         assert!(wb.thread.is_some(), "the helper thread started");
         std::thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
@@ -137,11 +171,7 @@ mod tests {
             "stopping took {:?}: the helper waited out its 60 s pause",
             t.elapsed()
         );
-        assert_eq!(
-            rounds.load(Ordering::Relaxed),
-            0,
-            "no write-back before the pause ends"
-        );
+        assert_eq!(rounds.synced(), 0, "no write-back before the pause ends");
     }
 
     #[test]
@@ -149,10 +179,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::File::open(dir.path()).unwrap();
         std::fs::write(dir.path().join("f"), vec![7u8; 1 << 20]).unwrap();
-        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_millis(10));
-        let rounds = wb.rounds.clone();
+        let rounds = Arc::new(SyncRounds::default());
+        let ticket = rounds.ticket();
+        assert!(!rounds.covers(ticket), "nothing synced yet");
+        let wb = EarlyWriteback::every(root.as_fd(), Duration::from_millis(10), rounds.clone());
         let t = Instant::now();
-        while rounds.load(Ordering::Relaxed) < 2 {
+        while rounds.synced() < 2 {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "two write-backs within 30 s"
@@ -160,12 +192,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         wb.stop();
-        let done = rounds.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(
-            rounds.load(Ordering::Relaxed),
-            done,
-            "no write-back after stop"
+        assert!(
+            rounds.covers(ticket),
+            "a round begun after the ticket synced"
         );
+        let late = rounds.ticket();
+        assert!(!rounds.covers(late), "no round began after this ticket");
+        let done = rounds.synced();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(rounds.synced(), done, "no write-back after stop");
     }
 }
