@@ -213,6 +213,21 @@ fn holds_dir(pid: u32, dir: &std::path::Path) -> bool {
         .any(|m| m.is_dir() && m.dev() == want.dev() && m.ino() == want.ino())
 }
 
+/// `Node::wait_for` on source `a`'s view, failing with the target `b`'s log as well.
+fn wait_both(a: &Node, b: &Node, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    node::eventually(what, WAIT, || {
+        let v = a.view("source", id);
+        if ok(&v) {
+            return Ok(v);
+        }
+        Err(format!(
+            "last view {v:#}\nsource log:\n{}\ntarget log:\n{}",
+            a.log(),
+            b.log()
+        ))
+    })
+}
+
 #[test]
 fn a_target_run_as_containers_receives_in_its_data_container_through_kills_of_both() {
     need_root();
@@ -246,8 +261,9 @@ fn a_target_run_as_containers_receives_in_its_data_container_through_kills_of_bo
     });
     assert_eq!(pid(container(&v, "control")), ctl_pid, "{v:#}");
     let data_pid = pid(container(&v, "data"));
-    a.wait_for(
-        "source",
+    wait_both(
+        &a,
+        &b,
         &id,
         "the job to send again after the target's data container died",
         |v| v["job"]["bytes_done"].as_u64() > before["job"]["bytes_done"].as_u64(),
@@ -271,7 +287,7 @@ fn a_target_run_as_containers_receives_in_its_data_container_through_kills_of_bo
     containers_when(&b, "the target's control container restarted", |v| {
         all_up(v) && container(v, "control")["restarts"] == 1
     });
-    a.wait_for("source", &id, "the initial sync", synced);
+    wait_both(&a, &b, &id, "the initial sync", synced);
     assert_eq!(tree_hash(&src), tree_hash(&dst));
     // A later job goes through the restarted control's own receiver.
     std::fs::write(src.join("after-the-kills"), b"new").unwrap();

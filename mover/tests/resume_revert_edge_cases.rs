@@ -635,6 +635,15 @@ fn immutable(p: &Path, on: bool) {
     ioctl_setflags(&f, fl).unwrap();
 }
 
+/// Fails the test unless it runs as root (`.ci/run` does): setting FS_IMMUTABLE_FL needs
+/// CAP_LINUX_IMMUTABLE.
+fn need_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test sets FS_IMMUTABLE_FL and must run as root"
+    );
+}
+
 struct Unfreeze(PathBuf);
 impl Drop for Unfreeze {
     fn drop(&mut self) {
@@ -650,9 +659,7 @@ impl Drop for Unfreeze {
 /// recovery point.
 #[test]
 fn revert_killed_after_first_undo_then_resume_or_revert() {
-    if !rustix::process::geteuid().is_root() {
-        return; // FS_IMMUTABLE_FL needs CAP_LINUX_IMMUTABLE
-    }
+    need_root(); // FS_IMMUTABLE_FL needs CAP_LINUX_IMMUTABLE
     for then_revert in [false, true] {
         let t = tempfile::tempdir().unwrap();
         let (src, dst, state) = dirs(t.path());
@@ -719,9 +726,7 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
 /// the revert redoes that record and must still reach the recovery point exactly.
 #[test]
 fn revert_is_idempotent_when_killed_between_undo_and_log() {
-    if !rustix::process::geteuid().is_root() {
-        return;
-    }
+    need_root();
     let t = tempfile::tempdir().unwrap();
     let (src, _, state) = dirs(t.path());
     std::fs::create_dir_all(src.join("d/sub")).unwrap();
@@ -850,4 +855,77 @@ fn revert_reaches_the_recovery_point_the_replica_policy_admitted() {
     assert_eq!(full_hash(&dst), rp);
     assert_eq!(mode(&dst.join("tool")), 0o755);
     assert!(!dst.join("null").exists());
+}
+
+/// A recovery point with file `b` and `a.bin`, then a job cut after its apply phase that
+/// replaced `b` with a directory (journal: `Moved{b}`, then `Created{b}` and `Created{b/x}`) and
+/// changed `a.bin` in place (pre-images, older records than b's). Returns the dirs, the recovery point's hash and b's
+/// recovery-point bytes.
+fn cut_replacing_b(t: &Path) -> (PathBuf, PathBuf, (u128, Option<u128>), Vec<u8>) {
+    let (src, dst, state) = dirs(t);
+    std::fs::write(src.join("a.bin"), bytes(120, 1 << 20)).unwrap();
+    let old_b = bytes(121, 100_000);
+    std::fs::write(src.join("b"), &old_b).unwrap();
+    assert!(job(&src, &dst, &state));
+    let rp = full_hash(&dst);
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("a.bin"))
+            .unwrap(),
+        &bytes(122, 8192),
+        4096,
+    )
+    .unwrap();
+    // A file replaced by a directory is never a delta.
+    std::fs::remove_file(src.join("b")).unwrap();
+    std::fs::create_dir(src.join("b")).unwrap();
+    std::fs::write(src.join("b/x"), bytes(123, 100_000)).unwrap();
+    std::fs::write(src.join("zz-big.bin"), bytes(124, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    (src, dst, rp, old_b)
+}
+
+/// A power loss during a revert can keep its renames and lose its progress records. Here the
+/// revert put `b` back and then stopped (a.bin is immutable), and every progress record is
+/// lost: the rerun must not remove the `b` it put back as the job's creation.
+#[test]
+fn a_revert_rerun_after_its_progress_was_lost_keeps_what_it_put_back() {
+    need_root();
+    let t = tempfile::tempdir().unwrap();
+    let (_, dst, rp, old_b) = cut_replacing_b(t.path());
+    {
+        immutable(&dst.join("a.bin"), true);
+        let _g = Unfreeze(dst.join("a.bin"));
+        let r = mover::receiver::revert_root(&dst);
+        assert!(
+            r.as_ref().is_err_and(|e| e.to_string().contains("a.bin")),
+            "the revert stops at a.bin: {r:?}"
+        );
+    }
+    assert_eq!(std::fs::read(dst.join("b")).unwrap(), old_b, "b is back");
+    std::fs::write(dst.join(".mover-state/journal/revert"), b"").unwrap();
+    let rep = mover::receiver::revert_root(&dst).unwrap();
+    assert!(rep.reverted);
+    assert_eq!(full_hash(&dst), rp, "back at the recovery point");
+}
+
+/// A power loss during a job can keep its undo records (appended before each change, unsynced)
+/// and lose the changes: here `b` was never moved into the journal nor made a directory.
+/// Undoing `Created{b}` must not delete the recovery point's `b` still in its place.
+#[test]
+fn a_revert_keeps_an_item_whose_journaled_move_never_reached_the_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let (_, dst, rp, old_b) = cut_replacing_b(t.path());
+    let objs = dst.join(".mover-state/journal/objs");
+    let obj = std::fs::read_dir(&objs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).is_ok_and(|c| c == old_b))
+        .expect("b's recovery-point version is in the journal");
+    std::fs::remove_dir_all(dst.join("b")).unwrap();
+    std::fs::rename(&obj, dst.join("b")).unwrap();
+    let rep = mover::receiver::revert_root(&dst).unwrap();
+    assert!(rep.reverted);
+    assert_eq!(full_hash(&dst), rp, "back at the recovery point");
 }

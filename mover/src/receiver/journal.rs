@@ -174,7 +174,7 @@ pub enum Origin {
     Elsewhere,
 }
 
-fn ancestors_and_self(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn ancestors_and_self(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     let cuts = path
         .iter()
         .enumerate()

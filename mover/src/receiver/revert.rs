@@ -2,6 +2,9 @@
 //! first, restore metadata from the recovery point's entry list, check the tree hash, drop the
 //! journal. Progress is logged after each record so an interrupted revert resumes where it
 //! stopped (each undo step is also idempotent for the record being undone when it was killed).
+//! The log is synced before each step that puts an item back, so a power loss never reruns a
+//! removal or a data restore over what a later step put back; and a `Created` whose path's move
+//! away never reached the disk is left alone (`Moves`).
 
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
 use super::meta::{apply_fd, apply_link_or_special};
@@ -15,6 +18,7 @@ use crate::tree::hash::{tree_hash, HashOptions};
 use crate::wire::codec::{Dec, Enc};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,6 +115,99 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
     Ok(())
 }
 
+/// Whether undoing `u` puts an item back at a path (a moved item restored, a renamed one
+/// moved back) rather than removing one or restoring bytes.
+fn puts_back(root: BorrowedFd<'_>, u: &Undo) -> bool {
+    match u {
+        Undo::Moved { obj, .. } => exists(root, &obj_path(*obj)),
+        Undo::Renamed { to, .. } => exists(root, to),
+        _ => false,
+    }
+}
+
+/// The journal's moves of items away from their paths, by path, to tell whether a move
+/// reached the disk. Undo records are appended before their changes, unsynced: a power loss
+/// can keep a `Moved` and a later `Created` for the same path and lose both changes (a file
+/// system makes metadata changes durable in order, so the creation never happened if the move
+/// did not). Undoing that `Created` would delete the recovery point's item still there.
+struct Moves<'a> {
+    /// Path moved away: (record index, where to), oldest first; `Moved` goes to its object.
+    away: HashMap<&'a [u8], Vec<(usize, Vec<u8>)>>,
+    /// `Moved` records' indices (their destination moves no further).
+    into_objs: std::collections::HashSet<usize>,
+    /// Record indices of `Created`, by path, oldest first.
+    created: HashMap<&'a [u8], Vec<usize>>,
+}
+
+/// Most steps followed from a move to where its item went on (a staged rename is two).
+const MAX_CHAIN: usize = 64;
+
+impl<'a> Moves<'a> {
+    fn index(records: &'a [Undo]) -> Moves<'a> {
+        let mut m = Moves {
+            away: HashMap::new(),
+            into_objs: Default::default(),
+            created: HashMap::new(),
+        };
+        for (k, u) in records.iter().enumerate() {
+            match u {
+                Undo::Moved { path, obj } => {
+                    m.into_objs.insert(k);
+                    m.away.entry(path).or_default().push((k, obj_path(*obj)));
+                }
+                Undo::Renamed { from, to } => m.away.entry(from).or_default().push((k, to.clone())),
+                Undo::Created { path } => m.created.entry(path).or_default().push(k),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Where the item record `j` moved to `to` is before record `before` is undone: moved on
+    /// by records between them (those newer are undone already). None past `MAX_CHAIN`.
+    fn end_of_chain<'s>(&'s self, j: usize, to: &'s [u8], before: usize) -> Option<&'s [u8]> {
+        let (mut at, mut here) = (j, to);
+        for _ in 0..MAX_CHAIN {
+            if self.into_objs.contains(&at) {
+                return Some(here);
+            }
+            let next = self
+                .away
+                .get(here)
+                .and_then(|v| v.iter().find(|(i, _)| *i > at && *i < before));
+            match next {
+                Some((i, t)) => (at, here) = (*i, t),
+                None => return Some(here),
+            }
+        }
+        None
+    }
+
+    /// Whether undoing record `k`, `Created { path }`, would remove what the job never
+    /// created: for `path` or an ancestor, the latest move away older than `k` never reached
+    /// the disk (its item is not where it went), and the job created that path anew after it
+    /// (so that creation, and this one, never happened either).
+    fn left_in_place(&self, root: BorrowedFd<'_>, k: usize, path: &[u8]) -> bool {
+        journal::ancestors_and_self(path).any(|q| {
+            let Some(&(j, ref to)) = self
+                .away
+                .get(q)
+                .and_then(|v| v.iter().rev().find(|(j, _)| *j < k))
+            else {
+                return false;
+            };
+            let recreated = self
+                .created
+                .get(q)
+                .is_some_and(|c| c.iter().any(|&i| i > j && i <= k));
+            recreated
+                && self
+                    .end_of_chain(j, to, k)
+                    .is_some_and(|end| !exists(root, end))
+        })
+    }
+}
+
 /// Applies the journal (if any) so the destination is back at its recovery point. The caller
 /// holds the root's lock.
 pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
@@ -147,15 +244,29 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         undone_before = Dec::new(last).u64()?;
     }
     let records = &existing.records;
+    let moves = Moves::index(records);
     let mut undone = 0;
+    // Steps undone since the progress log was last synced.
+    let mut unsynced = 0u64;
     for (k, u) in records
         .iter()
         .enumerate()
         .rev()
         .skip(undone_before as usize)
     {
-        undo_one(root, u)?;
+        // Re-running a removal or a data restore after a later step put a recovery-point item
+        // back at its path would destroy that item, and a power loss can keep the renames and
+        // lose the progress records: these are synced before anything is put back.
+        if unsynced > 0 && puts_back(root, u) {
+            progress.sync()?;
+            unsynced = 0;
+        }
+        match u {
+            Undo::Created { path } if moves.left_in_place(root, k, path) => {}
+            _ => undo_one(root, u)?,
+        }
         undone += 1;
+        unsynced += 1;
         let mut e = Enc::new();
         e.u64((records.len() - k) as u64);
         progress.append(&e.buf)?;
