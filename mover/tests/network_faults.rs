@@ -424,16 +424,23 @@ fn resumed_job_sends_less_than_a_full_resend() {
     assert_same_tree(&d.src, &d.dst);
 }
 
-/// The files under `new/` that the target holds finished: the source's size and mtime.
+/// The job's large files under `new/` that the target holds finished: the source's size and
+/// mtime.
 fn finished_on_target(src: &Path, dst: &Path) -> Vec<std::path::PathBuf> {
+    finished_of_size(&src.join("new"), &dst.join("new"), |n| n >= 1 << 20)
+}
+
+/// The files in source directory `src` whose size `keep` takes that target directory `dst`
+/// holds finished.
+fn finished_of_size(src: &Path, dst: &Path, keep: fn(u64) -> bool) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(src.join("new")).unwrap() {
+    for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
-        let (s, t) = (e.metadata().unwrap(), dst.join("new").join(e.file_name()));
+        let (s, t) = (e.metadata().unwrap(), dst.join(e.file_name()));
         let Ok(d) = std::fs::symlink_metadata(&t) else {
             continue;
         };
-        if d.len() == s.len() && d.modified().unwrap() == s.modified().unwrap() {
+        if keep(s.len()) && d.len() == s.len() && d.modified().unwrap() == s.modified().unwrap() {
             out.push(t);
         }
     }
@@ -443,6 +450,11 @@ fn finished_on_target(src: &Path, dst: &Path) -> Vec<std::path::PathBuf> {
 /// A job of `NEW` new 1 MiB files into a target that holds a recovery point, cut after
 /// `cut` bytes; returns the dirs, the address of the receiver (still serving) and the total.
 fn cut_job(cut: u64) -> (Dirs, SocketAddr, u64) {
+    cut_job_with(cut, 0)
+}
+
+/// `cut_job`, the job also creating `small` small files in `new/`.
+fn cut_job_with(cut: u64, small: usize) -> (Dirs, SocketAddr, u64) {
     let d = dirs();
     generate(
         &d.src,
@@ -452,10 +464,24 @@ fn cut_job(cut: u64) -> (Dirs, SocketAddr, u64) {
         },
     )
     .unwrap();
+    // `new` is a directory of the recovery point: the job creates its large files in it.
+    std::fs::create_dir(d.src.join("new")).unwrap();
+    std::fs::write(d.src.join("new/old"), b"of the recovery point").unwrap();
     let (addr, reports) = start_serving(&d.dst);
     send_state(&d.src, addr, &d.state).expect("first job, no faults");
     drain(&reports, true);
     let total = new_large_files(&d.src, 12);
+    if small > 0 {
+        let spec = TreeSpec {
+            seed: 13,
+            small_files: small,
+            large_files: 0,
+            extras: false,
+            fanout: 0,
+            ..Default::default()
+        };
+        generate(&d.src.join("new/small"), &spec).unwrap();
+    }
     let proxy = FaultProxy::start(addr, vec![Fault::Cut { after_bytes: cut }]);
     let (r, _) = send_retrying(&d.src, proxy.addr, &d.state, 1);
     assert!(r.is_err(), "the cut job failed");
@@ -488,11 +514,18 @@ fn files_finished_before_a_cut_are_not_sent_again() {
 
 /// A power loss can keep a finished file's size and mtime and lose its bytes (a large file is
 /// sized in full when created), and lose the log records written after the last sync. Here:
-/// every log of written ranges is gone and a finished file reads as zeros.
-#[test]
-fn a_finished_file_whose_bytes_were_lost_is_sent_again_after_a_power_loss() {
+/// every log of written ranges is gone and a finished file reads as zeros. With `rename`, the
+/// source renames the file's directory before the job resumes.
+fn lose_a_finished_file_then_resume(rename: bool) {
     let (d, addr, _) = cut_job(8 << 20);
     let finished = finished_on_target(&d.src, &d.dst);
+    lose_then_resume(&d, addr, &finished, rename);
+}
+
+/// Zeroes the first of `finished` (size and mtime kept) and drops every log of written
+/// ranges, renames `new` in the source if `rename`, then resumes the job: the target must end
+/// equal to the source.
+fn lose_then_resume(d: &Dirs, addr: SocketAddr, finished: &[std::path::PathBuf], rename: bool) {
     let victim = finished.first().expect("a file finished before the cut");
     let meta = std::fs::metadata(victim).unwrap();
     std::fs::write(victim, vec![0u8; meta.len() as usize]).unwrap();
@@ -509,9 +542,30 @@ fn a_finished_file_whose_bytes_were_lost_is_sent_again_after_a_power_loss() {
         }
     }
     assert!(logs > 0, "the workers kept logs of what they wrote");
+    if rename {
+        std::fs::rename(d.src.join("new"), d.src.join("renamed")).unwrap();
+    }
     let (r, failures) = send_retrying(&d.src, addr, &d.state, 1);
     let rep = r.unwrap_or_else(|e| panic!("resumed job failed after {failures:?}: {e}"));
     assert!(rep.resumed, "the job was resumed");
     assert!(rep.bytes >= meta.len(), "the zeroed file was sent again");
     assert_same_tree(&d.src, &d.dst);
+}
+
+#[test]
+fn a_finished_file_whose_bytes_were_lost_is_sent_again_after_a_power_loss() {
+    lose_a_finished_file_then_resume(false);
+}
+
+#[test]
+fn a_lost_finished_file_is_sent_again_after_its_directory_was_renamed() {
+    lose_a_finished_file_then_resume(true);
+}
+
+#[test]
+fn a_lost_finished_small_file_is_sent_again_after_a_power_loss() {
+    let (d, addr, _) = cut_job_with((12 << 20) + (700 << 10), 300);
+    let small = d.src.join("new/small");
+    let finished = finished_of_size(&small, &d.dst.join("new/small"), |n| n > 0 && n < 1 << 16);
+    lose_then_resume(&d, addr, &finished, false);
 }

@@ -542,13 +542,12 @@ pub fn apply_entries(
                     s.st_size as u64 == sz && (s.st_mtime, s.st_mtime_nsec as u32) == m
                 };
                 let mtime = (e.meta.mtime_sec, e.meta.mtime_nsec);
-                // A large file an interrupted session of this job wrote is complete only if it
-                // logged it so: its size and mtime may have reached the disk without its bytes.
+                // A file an interrupted session of this job wrote is complete only if it logged
+                // it so: its size and mtime may have reached the disk without its bytes.
                 let complete = is_file
                     && links_ok
                     && st.as_ref().is_some_and(|s| same(s, *size, mtime))
-                    && (is_inline(*size)
-                        || !written_by_job(j, path)
+                    && (!j.written_by_job(path)
                         || logged_finished(j, path, (dir, name), (*size, mtime)));
                 // Left unfinished by an interrupted session of this job: what it made durable
                 // of this version need not come again (resume.rs).
@@ -760,11 +759,6 @@ pub fn apply_entries(
         finish,
         touched,
     })
-}
-
-/// Whether the item at `path` holds bytes this job wrote (an interrupted session of it).
-fn written_by_job(j: &Journal, path: &[u8]) -> bool {
-    j.touched.contains(path) || matches!(j.map.origin(path), Origin::Job)
 }
 
 /// Whether an interrupted session logged the file at `path` (`name` in `dir`, this very inode)

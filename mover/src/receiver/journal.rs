@@ -141,9 +141,11 @@ impl Undo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
     Created,
-    /// An item of the recovery point, which was at `from` there, was moved here.
+    /// An item of the recovery point, which was at `from` there, was moved here; it left
+    /// `from` at sequence number `left` (when it was staged).
     Placed {
         from: Vec<u8>,
+        left: u64,
     },
     /// What was here was moved away (into the journal or the staging area).
     Gone,
@@ -156,8 +158,8 @@ enum Event {
 pub struct JobMap {
     events: HashMap<Vec<u8>, (u64, Event)>,
     seq: u64,
-    /// Staged path -> the recovery-point path it came from.
-    staged: HashMap<Vec<u8>, Vec<u8>>,
+    /// Staged path -> the recovery-point path it came from, and when it left it.
+    staged: HashMap<Vec<u8>, (Vec<u8>, u64)>,
 }
 
 /// Where the item at a path came from.
@@ -173,6 +175,14 @@ pub enum Origin {
     /// item for this path.
     Elsewhere,
 }
+
+/// What `JobMap::written` found at a path or an ancestor: the event's sequence number, the
+/// length of the path it is on, and for a placement where the item was and when it left.
+type Came<'a> = (u64, usize, Option<(&'a Vec<u8>, u64)>);
+
+/// Most moves `JobMap::written` follows back (a placed item moves once; its ancestors may
+/// have moved too).
+const MAX_HOPS: usize = 64;
 
 pub(super) fn ancestors_and_self(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     let cuts = path
@@ -209,20 +219,70 @@ impl JobMap {
             Undo::Moved { path, .. } => self.note(path, Event::Gone),
             Undo::Renamed { from, to } => {
                 if to.starts_with(STAGE_PREFIX.as_bytes()) {
-                    self.staged.insert(to.clone(), from.clone());
                     self.note(from, Event::Gone);
+                    self.staged.insert(to.clone(), (from.clone(), self.seq));
                 } else {
-                    let origin = self
+                    let (origin, left) = self
                         .staged
                         .get(from)
                         .cloned()
-                        .unwrap_or_else(|| from.clone());
+                        .unwrap_or_else(|| (from.clone(), self.seq + 1));
                     self.note(from, Event::Gone);
-                    self.note(to, Event::Placed { from: origin });
+                    self.note(to, Event::Placed { from: origin, left });
                 }
             }
             Undo::Header { .. } | Undo::PreImage { .. } | Undo::Resized { .. } => {}
         }
+    }
+
+    /// Whether the job wrote bytes into the item now at `path`: created it (or an ancestor
+    /// of it), or wrote it in place (`touched`), here or, for an item it moved here, where it
+    /// was before. Moves are followed at most `MAX_HOPS` times, past which the answer is yes.
+    ///
+    /// Only the latest event per path is kept. Followed back through a move, a path's events
+    /// after the move are not the item's: at the item's old path and above there were none
+    /// before (only an item whose path and ancestors the job had not touched is moved), and
+    /// below it one may have replaced an older event, so the answer is then yes.
+    pub fn written(&self, touched: &HashSet<Vec<u8>>, path: &[u8]) -> bool {
+        let mut p = path.to_vec();
+        // Events from `bound` on happened after the item left `p` (the Gone it left is
+        // `bound` itself); `moved` is the length of the item's own old path within `p`.
+        let (mut bound, mut moved) = (u64::MAX, 0);
+        for _ in 0..MAX_HOPS {
+            if touched.contains(&p) {
+                return true;
+            }
+            let mut latest: Option<Came<'_>> = None;
+            for q in ancestors_and_self(&p) {
+                let Some((s, e)) = self.events.get(q) else {
+                    continue;
+                };
+                if *s >= bound {
+                    if q.len() <= moved {
+                        continue;
+                    }
+                    return true;
+                }
+                let found = match e {
+                    Event::Created => (*s, q.len(), None),
+                    Event::Placed { from, left } => (*s, q.len(), Some((from, *left))),
+                    Event::Gone => continue,
+                };
+                if latest.is_none_or(|l| l.0 < found.0) {
+                    latest = Some(found);
+                }
+            }
+            match latest {
+                None => return false,
+                Some((_, _, None)) => return true,
+                Some((_, at, Some((from, left)))) => {
+                    let mut before = from.clone();
+                    before.extend_from_slice(&p[at..]);
+                    (p, bound, moved) = (before, left, from.len());
+                }
+            }
+        }
+        true
     }
 
     /// Whether the item at `path` is the one the job created there (the latest event on the
@@ -250,7 +310,9 @@ impl JobMap {
         match latest {
             None => Origin::RecoveryPoint,
             Some((_, _, Event::Created)) => Origin::Job,
-            Some((_, true, Event::Placed { from })) => Origin::PlacedHere { from: from.clone() },
+            Some((_, true, Event::Placed { from, .. })) => {
+                Origin::PlacedHere { from: from.clone() }
+            }
             Some(_) => Origin::Elsewhere,
         }
     }
@@ -391,6 +453,11 @@ pub struct Journal {
 impl Journal {
     /// Opens the journal for a job based on recovery point `base`, continuing an interrupted
     /// job's journal if there is one (the caller has discarded journals of other bases).
+    /// Whether the job wrote bytes into the item now at `path` (`JobMap::written`).
+    pub fn written_by_job(&self, path: &[u8]) -> bool {
+        self.map.written(&self.touched, path)
+    }
+
     pub fn open(root: BorrowedFd<'_>, state: &State, base: RecoveryPointId) -> Result<Journal> {
         let dir = ensure_dir(state.dir.as_fd(), JOURNAL_DIR)?;
         let objs = ensure_dir(dir.as_fd(), "objs")?;
@@ -885,5 +952,49 @@ mod map_tests {
         });
         m.apply(&Undo::Created { path: p("Y") });
         assert_eq!(m.origin(b"Y/g"), Origin::Job);
+    }
+
+    /// A file the job wrote and then moved with its directory, or renamed itself, is still
+    /// the job's bytes (a resumed session then trusts it only if it was logged finished).
+    #[test]
+    fn what_the_job_wrote_is_followed_through_later_renames() {
+        let mut m = JobMap::default();
+        let mut touched = HashSet::new();
+        touched.insert(p("f"));
+        m.apply(&Undo::Created { path: p("X/new") });
+        for (k, (from, to)) in [("X", "Y"), ("f", "g")].into_iter().enumerate() {
+            m.apply(&Undo::Renamed {
+                from: p(from),
+                to: stage_path(k as u64),
+            });
+            m.apply(&Undo::Renamed {
+                from: stage_path(k as u64),
+                to: p(to),
+            });
+        }
+        assert!(
+            m.written(&touched, b"Y/new"),
+            "created, then its directory moved"
+        );
+        assert!(m.written(&touched, b"g"), "written in place, then renamed");
+        assert!(
+            !m.written(&touched, b"Y/old"),
+            "a recovery-point file moved along"
+        );
+        assert!(!m.written(&touched, b"h"), "untouched");
+        m.apply(&Undo::Created { path: p("X") });
+        assert!(
+            m.written(&touched, b"X/any"),
+            "inside a directory the job made"
+        );
+        assert!(
+            !m.written(&touched, b"Y/old"),
+            "a new directory where the moved one was is not the moved one's"
+        );
+        m.apply(&Undo::Created { path: p("X/new") });
+        assert!(
+            m.written(&touched, b"Y/new"),
+            "its own older record was replaced by a later one: counted as written"
+        );
     }
 }

@@ -11,12 +11,15 @@
 //! still that version; anything else is sent again whole, as before. A record without a birth
 //! time (an older release's) is not trusted.
 //!
-//! A finished file is logged too, as one range over all of it, once the target's early
-//! write-back (writeback.rs) synced a round begun after its last write and its metadata: its
-//! size and mtime alone do not say that its bytes reached the disk (a large file is sized in
-//! full when it is created, so a power loss can leave zeros within the right size). A resumed
-//! session trusts a finished file the job wrote only with that record (`apply.rs`); files a
-//! worker finished in the last round or two before an interruption are sent again.
+//! A finished file, small or large, is logged too, as one range over all of it, once the
+//! target's early write-back (writeback.rs) synced a round begun after its last write and its
+//! metadata: its size and mtime alone do not say that its bytes reached the disk (a large file
+//! is sized in full when it is created; ext4 with dioread_nolock commits a small file's size
+//! when its write-back is submitted and its written extent when that completes), so a power
+//! loss can leave zeros within the right size. A resumed session trusts a finished file the
+//! job wrote only with that record (`apply.rs`). A worker logs what a round covered when it
+//! next finishes something, at its end, and (failed) within a second of its failure: files it
+//! finished since are sent again after an interruption.
 //!
 //! Undo is unaffected: a file the job created is removed by revert, and a file updated in place
 //! has its pre-images, which the resumed ranges must lie inside (checked here).
@@ -39,9 +42,9 @@ pub const MIN_FLUSH_BYTES: u64 = 1024 * 1024;
 /// one run; a batch with more ranges is logged in several records).
 pub const MAX_RECORD_RANGES: usize = 256;
 /// Most finished files a worker holds while it waits for a write-back round to cover them
-/// (about two rounds' worth of files at line rate); past it the oldest goes unlogged, and is
-/// sent again whole if the job is interrupted.
-pub const MAX_UNLOGGED_FINISHED: usize = 4096;
+/// (a round's worth of small files at this VM's rate, 20,000 per 0.27 s over two workers);
+/// past it a file goes unlogged, and is sent again if the job is interrupted.
+pub const MAX_UNLOGGED_FINISHED: usize = 8192;
 /// Bound on one logged path (as the undo journal's).
 const MAX_PATH: usize = crate::tree::entry::MAX_DEPTH * (crate::tree::entry::MAX_NAME_LEN + 1);
 /// Bound on the workers' logs read back (the sender's worker count is at most MAX_WORKERS).
@@ -292,8 +295,9 @@ impl Finished {
         if version.size == 0 {
             return;
         }
+        // The oldest are the next a round covers: the newest goes unlogged.
         if self.queue.len() >= MAX_UNLOGGED_FINISHED {
-            self.queue.pop_front();
+            return;
         }
         let ranges = vec![(0, version.size)];
         let w = Written {

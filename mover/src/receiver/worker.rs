@@ -130,7 +130,8 @@ struct Ctx<'a> {
 impl RecvWorker {
     /// Receives and writes frames until the sender's WorkerDone. On failure, writes already
     /// submitted are let land (and counted) before the ring is dropped, so a file whose last
-    /// bytes were in flight is finished and a resumed job does not resend it.
+    /// bytes were in flight is finished, and logged once a write-back covers it (at most
+    /// `FINISHED_WAIT` later): a resumed job then does not resend it.
     pub fn run(self) -> Result<FrameStats> {
         if let Some(cpu) = self.cpu {
             hw::pin_current_thread(cpu).map_err(|source| Error::Pinning { cpu: cpu.0, source })?;
@@ -271,7 +272,7 @@ impl RecvWorker {
         }
         // Let writes already submitted land and count (a Data frame's: a FileBatch's files are
         // written without the ring): a file whose last bytes were in flight is then finished,
-        // and a resumed job does not resend it. A fenced
+        // and (below) logged, so a resumed job does not resend it. A fenced
         // place does none of that (it may no longer be waited for): what it had in flight
         // lands or is cancelled as the ring goes.
         if result.is_err() && !cx.fenced {
@@ -308,7 +309,10 @@ impl RecvWorker {
         // them (a round or two), so the resumed job need not send them again.
         if result.is_err() && !cx.fenced {
             let until = std::time::Instant::now() + FINISHED_WAIT;
-            while !cx.finished.is_empty() && std::time::Instant::now() < until {
+            while !cx.finished.is_empty()
+                && cx.t.syncs.coming()
+                && std::time::Instant::now() < until
+            {
                 std::thread::sleep(super::writeback::INTERVAL / 10);
                 if log_finished(&mut cx).is_err() {
                     break;
@@ -479,6 +483,18 @@ fn on_frame(
         write_inline(ring.buf(b), w, cx)?;
         finish_inline(w, t)?;
     }
+    // The batch's files are finished: each is logged once a write-back covers it. A small
+    // file's size can reach the disk before its bytes too (ext4 with dioread_nolock commits
+    // the size as the write-back is submitted, the written extent when it completes).
+    if buf.writes.iter().any(|w| w.inline) {
+        let ticket = t.syncs.ticket();
+        for w in buf.writes.iter().filter(|w| w.inline) {
+            let version = version_of(t, w.entry, &w.io.fd)?;
+            cx.finished
+                .push(t.paths[w.entry.index()].clone(), version, ticket);
+        }
+        log_finished(cx)?;
+    }
     for i in 0..buf.writes.len() {
         if buf.writes[i].inline {
             continue;
@@ -641,8 +657,9 @@ fn on_write(
 }
 
 /// Counts a completed write of large file `entry` towards its next flush: a file finished
-/// needs none (its metadata says it is complete); one unfinished is flushed and logged every
-/// `checkpoint_bytes`, and when the worker moves on to another file.
+/// needs none (it waits, whole, for a write-back to cover it: `resume::Finished`); one
+/// unfinished is flushed and logged every `checkpoint_bytes`, and when the worker moves on to
+/// another file.
 fn note_written(
     ring: &mut Uring,
     cx: &mut Ctx<'_>,
@@ -689,7 +706,7 @@ fn note_written(
     Ok(())
 }
 
-/// The version of large file `entry` being written through `fd`.
+/// The version of file `entry` being written through `fd`.
 fn version_of(t: &RecvTable, entry: EntryId, fd: &OpFd) -> Result<Version> {
     let e = &t.entries[entry.index()];
     let size = t.needed_size(entry).unwrap_or(0);

@@ -16,7 +16,7 @@
 
 use rustix::fs::{Mode, OFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -35,6 +35,12 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
 pub struct SyncRounds {
     begun: AtomicU64,
     synced: AtomicU64,
+    /// A round failed: `syncfs` reports a write-back error once per open file, so a later
+    /// round through the same file would succeed over data that never reached the disk.
+    /// Nothing is known durable from then on (the recovery point's own syncfs fails the job).
+    failed: AtomicBool,
+    /// A helper thread is running rounds.
+    live: AtomicBool,
 }
 
 impl SyncRounds {
@@ -47,7 +53,12 @@ impl SyncRounds {
 
     /// Whether a round begun after `ticket` was taken has synced.
     pub fn covers(&self, ticket: u64) -> bool {
-        self.synced.load(Ordering::Acquire) > ticket
+        !self.failed.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire) > ticket
+    }
+
+    /// Whether rounds may still come (a helper runs and none failed).
+    pub fn coming(&self) -> bool {
+        self.live.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire)
     }
 
     /// Rounds synced so far.
@@ -82,9 +93,14 @@ impl EarlyWriteback {
         let thread = match own {
             Ok(fd) => {
                 let (s, n) = (stop.clone(), rounds.clone());
+                rounds.live.store(true, Ordering::Release);
                 std::thread::Builder::new()
                     .name("mover-writeback".into())
-                    .spawn(move || run(&fd, interval, &s, &n))
+                    .spawn(move || {
+                        run(&fd, interval, &s, &n);
+                        n.live.store(false, Ordering::Release);
+                    })
+                    .inspect_err(|_| rounds.live.store(false, Ordering::Release))
                     .map_err(|e| tracing::debug!(error = %e, "no early write-back thread"))
                     .ok()
             }
@@ -145,7 +161,10 @@ fn run(root: &OwnedFd, interval: Duration, stop: &(Mutex<bool>, Condvar), rounds
             Ok(()) => {
                 rounds.synced.fetch_max(round, Ordering::AcqRel);
             }
-            Err(e) => tracing::debug!(error = %e, "early write-back failed"),
+            Err(e) => {
+                rounds.failed.store(true, Ordering::Release);
+                tracing::debug!(error = %e, "early write-back failed");
+            }
         }
         stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     }
