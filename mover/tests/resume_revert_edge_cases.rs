@@ -857,75 +857,50 @@ fn revert_reaches_the_recovery_point_the_replica_policy_admitted() {
     assert!(!dst.join("null").exists());
 }
 
-/// A recovery point with file `b` and `a.bin`, then a job cut after its apply phase that
-/// replaced `b` with a directory (journal: `Moved{b}`, then `Created{b}` and `Created{b/x}`) and
-/// changed `a.bin` in place (pre-images, older records than b's). Returns the dirs, the recovery point's hash and b's
-/// recovery-point bytes.
-fn cut_replacing_b(t: &Path) -> (PathBuf, PathBuf, (u128, Option<u128>), Vec<u8>) {
-    let (src, dst, state) = dirs(t);
-    std::fs::write(src.join("a.bin"), bytes(120, 1 << 20)).unwrap();
-    let old_b = bytes(121, 100_000);
-    std::fs::write(src.join("b"), &old_b).unwrap();
-    assert!(job(&src, &dst, &state));
-    let rp = full_hash(&dst);
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("a.bin"))
-            .unwrap(),
-        &bytes(122, 8192),
-        4096,
-    )
-    .unwrap();
-    // A file replaced by a directory is never a delta.
-    std::fs::remove_file(src.join("b")).unwrap();
-    std::fs::create_dir(src.join("b")).unwrap();
-    std::fs::write(src.join("b/x"), bytes(123, 100_000)).unwrap();
-    std::fs::write(src.join("zz-big.bin"), bytes(124, 8 << 20)).unwrap();
-    cut_job(&src, &dst, &state, 1 << 20);
-    (src, dst, rp, old_b)
-}
-
-/// A power loss during a revert can keep its renames and lose its progress records. Here the
-/// revert put `b` back and then stopped (a.bin is immutable), and every progress record is
-/// lost: the rerun must not remove the `b` it put back as the job's creation.
-#[test]
-fn a_revert_rerun_after_its_progress_was_lost_keeps_what_it_put_back() {
-    need_root();
-    let t = tempfile::tempdir().unwrap();
-    let (_, dst, rp, old_b) = cut_replacing_b(t.path());
-    {
-        immutable(&dst.join("a.bin"), true);
-        let _g = Unfreeze(dst.join("a.bin"));
-        let r = mover::receiver::revert_root(&dst);
-        assert!(
-            r.as_ref().is_err_and(|e| e.to_string().contains("a.bin")),
-            "the revert stops at a.bin: {r:?}"
-        );
-    }
-    assert_eq!(std::fs::read(dst.join("b")).unwrap(), old_b, "b is back");
-    std::fs::write(dst.join(".mover-state/journal/revert"), b"").unwrap();
-    let rep = mover::receiver::revert_root(&dst).unwrap();
-    assert!(rep.reverted);
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point");
-}
-
-/// A power loss during a job can keep its undo records (appended before each change, unsynced)
-/// and lose the changes: here `b` was never moved into the journal nor made a directory.
-/// Undoing `Created{b}` must not delete the recovery point's `b` still in its place.
-#[test]
-fn a_revert_keeps_an_item_whose_journaled_move_never_reached_the_disk() {
-    let t = tempfile::tempdir().unwrap();
-    let (_, dst, rp, old_b) = cut_replacing_b(t.path());
-    let objs = dst.join(".mover-state/journal/objs");
-    let obj = std::fs::read_dir(&objs)
+/// The files in the journal's objects directory, by content.
+fn journal_objects(dst: &Path) -> Vec<Vec<u8>> {
+    std::fs::read_dir(dst.join(".mover-state/journal/objs"))
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::read(p).is_ok_and(|c| c == old_b))
-        .expect("b's recovery-point version is in the journal");
-    std::fs::remove_dir_all(dst.join("b")).unwrap();
-    std::fs::rename(&obj, dst.join("b")).unwrap();
-    let rep = mover::receiver::revert_root(&dst).unwrap();
-    assert!(rep.reverted);
-    assert_eq!(full_hash(&dst), rp, "back at the recovery point");
+        .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
+        .collect()
+}
+
+/// A power loss can keep a move into the journal (renames are committed within seconds) and
+/// lose its record (the log's appended bytes reach the disk at write-back). The next session
+/// must not number its own moves from the surviving records alone: it would move an item over
+/// the lost record's object, the recovery point's only copy of it.
+#[test]
+fn a_resumed_job_never_moves_over_a_journal_object_whose_record_was_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    let (old_b, old_c) = (bytes(130, 100_000), bytes(131, 5000));
+    std::fs::write(src.join("b"), &old_b).unwrap();
+    std::fs::write(src.join("c"), &old_c).unwrap();
+    assert!(job(&src, &dst, &state));
+    // A file replaced by a directory is moved into the journal (never a delta).
+    let to_dir = |name: &str, seed: u64| {
+        std::fs::remove_file(src.join(name)).unwrap();
+        std::fs::create_dir(src.join(name)).unwrap();
+        std::fs::write(src.join(name).join("x"), bytes(seed, 100_000)).unwrap();
+    };
+    to_dir("b", 132);
+    std::fs::write(src.join("zz-big.bin"), bytes(133, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    assert!(
+        journal_objects(&dst).contains(&old_b),
+        "b moved into the journal"
+    );
+    // Every record but the header is lost; the move stays.
+    let log = dst.join(".mover-state/journal/log");
+    let raw = std::fs::read(&log).unwrap();
+    let header = 12 + u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;
+    std::fs::write(&log, &raw[..header]).unwrap();
+    to_dir("c", 134);
+    cut_job(&src, &dst, &state, 1 << 20);
+    let objs = journal_objects(&dst);
+    assert!(objs.contains(&old_c), "c moved into the journal");
+    assert!(
+        objs.contains(&old_b),
+        "b's recovery-point version is still in the journal"
+    );
 }

@@ -156,7 +156,9 @@ enum Event {
 /// makes older events below it stale).
 #[derive(Default)]
 pub struct JobMap {
-    events: HashMap<Vec<u8>, (u64, Event)>,
+    /// Per path: the latest event's sequence number, the event, and the first event's
+    /// sequence number there.
+    events: HashMap<Vec<u8>, (u64, Event, u64)>,
     seq: u64,
     /// Staged path -> the recovery-point path it came from, and when it left it.
     staged: HashMap<Vec<u8>, (Vec<u8>, u64)>,
@@ -179,6 +181,27 @@ pub enum Origin {
 /// What `JobMap::written` found at a path or an ancestor: the event's sequence number, the
 /// length of the path it is on, and for a placement where the item was and when it left.
 type Came<'a> = (u64, usize, Option<(&'a Vec<u8>, u64)>);
+
+/// Renames `name` in `dir` to `to` in `into`, which must not exist: a journal object is never
+/// replaced. Where the file system has no RENAME_NOREPLACE, checked first instead.
+fn rename_new(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    into: BorrowedFd<'_>,
+    to: &[u8],
+) -> rustix::io::Result<()> {
+    use rustix::fs::{renameat, renameat_with, RenameFlags};
+    match renameat_with(dir, name, into, to, RenameFlags::NOREPLACE) {
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            match rustix::fs::statat(into, to, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => Err(rustix::io::Errno::EXIST),
+                Err(e) if e == rustix::io::Errno::NOENT => renameat(dir, name, into, to),
+                Err(e) => Err(e),
+            }
+        }
+        r => r,
+    }
+}
 
 /// Most moves `JobMap::written` follows back (a placed item moves once; its ancestors may
 /// have moved too).
@@ -210,7 +233,12 @@ impl JobMap {
 
     fn note(&mut self, path: &[u8], e: Event) {
         self.seq += 1;
-        self.events.insert(path.to_vec(), (self.seq, e));
+        match self.events.get_mut(path) {
+            Some(v) => (v.0, v.1) = (self.seq, e),
+            None => {
+                self.events.insert(path.to_vec(), (self.seq, e, self.seq));
+            }
+        }
     }
 
     fn apply(&mut self, u: &Undo) {
@@ -239,10 +267,11 @@ impl JobMap {
     /// of it), or wrote it in place (`touched`), here or, for an item it moved here, where it
     /// was before. Moves are followed at most `MAX_HOPS` times, past which the answer is yes.
     ///
-    /// Only the latest event per path is kept. Followed back through a move, a path's events
-    /// after the move are not the item's: at the item's old path and above there were none
-    /// before (only an item whose path and ancestors the job had not touched is moved), and
-    /// below it one may have replaced an older event, so the answer is then yes.
+    /// Only the latest event per path is kept, with when the first was. Followed back through
+    /// a move, a path's events after the move are not the item's: at the item's old path and
+    /// above there were none before (only an item whose path and ancestors the job had not
+    /// touched is moved); below it, a path whose first event came after the move had none
+    /// either, and one whose latest event replaced an older one is answered yes.
     pub fn written(&self, touched: &HashSet<Vec<u8>>, path: &[u8]) -> bool {
         let mut p = path.to_vec();
         // Events from `bound` on happened after the item left `p` (the Gone it left is
@@ -254,11 +283,12 @@ impl JobMap {
             }
             let mut latest: Option<Came<'_>> = None;
             for q in ancestors_and_self(&p) {
-                let Some((s, e)) = self.events.get(q) else {
+                let Some((s, e, first)) = self.events.get(q) else {
                     continue;
                 };
                 if *s >= bound {
-                    if q.len() <= moved {
+                    // Nothing here before the item left, or unknown (replaced).
+                    if q.len() <= moved || *first >= bound {
                         continue;
                     }
                     return true;
@@ -292,7 +322,7 @@ impl JobMap {
             .filter_map(|p| {
                 self.events
                     .get(p)
-                    .map(|(s, e)| (*s, p.len() == path.len(), e))
+                    .map(|(s, e, _)| (*s, p.len() == path.len(), e))
             })
             .max_by_key(|x| x.0);
         matches!(latest, Some((_, true, Event::Created)))
@@ -304,7 +334,7 @@ impl JobMap {
             .filter_map(|p| {
                 self.events
                     .get(p)
-                    .map(|(s, e)| (*s, p.len() == path.len(), e))
+                    .map(|(s, e, _)| (*s, p.len() == path.len(), e))
             })
             .max_by_key(|x| x.0);
         match latest {
@@ -451,13 +481,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal for a job based on recovery point `base`, continuing an interrupted
-    /// job's journal if there is one (the caller has discarded journals of other bases).
     /// Whether the job wrote bytes into the item now at `path` (`JobMap::written`).
     pub fn written_by_job(&self, path: &[u8]) -> bool {
         self.map.written(&self.touched, path)
     }
 
+    /// Opens the journal for a job based on recovery point `base`, continuing an interrupted
+    /// job's journal if there is one (the caller has discarded journals of other bases).
     pub fn open(root: BorrowedFd<'_>, state: &State, base: RecoveryPointId) -> Result<Journal> {
         let dir = ensure_dir(state.dir.as_fd(), JOURNAL_DIR)?;
         let objs = ensure_dir(dir.as_fd(), "objs")?;
@@ -523,6 +553,19 @@ impl Journal {
         }
         for r in preimaged.values_mut() {
             *r = super::resume::merge(std::mem::take(r));
+        }
+        // A power loss can keep a move into the journal and lose its record (renames are
+        // committed within seconds, the log's appended bytes at write-back): numbers already
+        // on disk are not taken again either.
+        for d in [&objs, &stage] {
+            for name in crate::beneath::dir_names(d.as_fd()).ctx(|| "listing the journal".into())? {
+                if let Some(n) = std::str::from_utf8(&name)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    next_obj = next_obj.max(n.checked_add(1).ok_or_else(bad)?);
+                }
+            }
         }
         let durable = super::resume::read_logs(dir.as_fd())?;
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
@@ -622,7 +665,7 @@ impl Journal {
             path: path.to_vec(),
             obj,
         })?;
-        rustix::fs::renameat(dir, name, &self.objs, obj.to_string().as_str())
+        rename_new(dir, name, self.objs.as_fd(), obj.to_string().as_bytes())
             .ctx(|| format!("moving {} into the undo journal", show(path)))?;
         Ok(1)
     }
@@ -648,7 +691,7 @@ impl Journal {
             from: path.to_vec(),
             to: to.clone(),
         })?;
-        rustix::fs::renameat(&dir, n, &self.stage, k.to_string().as_str())
+        rename_new(dir.as_fd(), n, self.stage.as_fd(), k.to_string().as_bytes())
             .ctx(|| format!("staging {} for a rename", show(path)))?;
         Ok(Some(to))
     }
@@ -990,6 +1033,11 @@ mod map_tests {
         assert!(
             !m.written(&touched, b"Y/old"),
             "a new directory where the moved one was is not the moved one's"
+        );
+        m.apply(&Undo::Created { path: p("X/old") });
+        assert!(
+            !m.written(&touched, b"Y/old"),
+            "a file made later at the moved one's old path is not the moved one"
         );
         m.apply(&Undo::Created { path: p("X/new") });
         assert!(

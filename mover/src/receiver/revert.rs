@@ -2,9 +2,8 @@
 //! first, restore metadata from the recovery point's entry list, check the tree hash, drop the
 //! journal. Progress is logged after each record so an interrupted revert resumes where it
 //! stopped (each undo step is also idempotent for the record being undone when it was killed).
-//! The log is synced before each step that puts an item back, so a power loss never reruns a
-//! removal or a data restore over what a later step put back; and a `Created` whose path's move
-//! away never reached the disk is left alone (`Moves`).
+//! The target is synced before each step that puts an item back, so a power loss never reruns
+//! a removal or a data restore over what a later step put back.
 
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
 use super::meta::{apply_fd, apply_link_or_special};
@@ -18,7 +17,6 @@ use crate::tree::hash::{tree_hash, HashOptions};
 use crate::wire::codec::{Dec, Enc};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +41,18 @@ fn parent_of(root: BorrowedFd<'_>, path: &[u8]) -> Result<Option<std::os::fd::Ow
         Ok(d) => Ok(Some(d)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e).ctx(|| format!("opening directory of {}", show(path))),
+    }
+}
+
+/// `path` opened for writing, None if it is not there.
+fn open_if_there(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    match beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -97,8 +107,12 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
             file,
             file_off,
         } => {
-            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
-                .ctx(|| format!("opening {} to restore its data", show(path)))?;
+            // Gone: a later step of a rerun removed it (the job made it); nothing to restore.
+            let Some(f) = open_if_there(root, path)
+                .ctx(|| format!("opening {} to restore its data", show(path)))?
+            else {
+                return Ok(());
+            };
             let pre = format!(".mover-state/{JOURNAL_DIR}/pre-{file}");
             let p = beneath::open_file(root, pre.as_bytes(), OFlags::RDONLY, Mode::empty())
                 .ctx(|| format!("opening {pre}"))?;
@@ -106,8 +120,11 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
                 .ctx(|| format!("restoring data of {}", show(path)))?;
         }
         Undo::Resized { path, old_size } => {
-            let f = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
-                .ctx(|| format!("opening {} to restore its size", show(path)))?;
+            let Some(f) = open_if_there(root, path)
+                .ctx(|| format!("opening {} to restore its size", show(path)))?
+            else {
+                return Ok(());
+            };
             rustix::fs::ftruncate(&f, *old_size)
                 .ctx(|| format!("restoring the size of {}", show(path)))?;
         }
@@ -122,89 +139,6 @@ fn puts_back(root: BorrowedFd<'_>, u: &Undo) -> bool {
         Undo::Moved { obj, .. } => exists(root, &obj_path(*obj)),
         Undo::Renamed { to, .. } => exists(root, to),
         _ => false,
-    }
-}
-
-/// The journal's moves of items away from their paths, by path, to tell whether a move
-/// reached the disk. Undo records are appended before their changes, unsynced: a power loss
-/// can keep a `Moved` and a later `Created` for the same path and lose both changes (a file
-/// system makes metadata changes durable in order, so the creation never happened if the move
-/// did not). Undoing that `Created` would delete the recovery point's item still there.
-struct Moves<'a> {
-    /// Path moved away: (record index, where to), oldest first; `Moved` goes to its object.
-    away: HashMap<&'a [u8], Vec<(usize, Vec<u8>)>>,
-    /// `Moved` records' indices (their destination moves no further).
-    into_objs: std::collections::HashSet<usize>,
-    /// Record indices of `Created`, by path, oldest first.
-    created: HashMap<&'a [u8], Vec<usize>>,
-}
-
-/// Most steps followed from a move to where its item went on (a staged rename is two).
-const MAX_CHAIN: usize = 64;
-
-impl<'a> Moves<'a> {
-    fn index(records: &'a [Undo]) -> Moves<'a> {
-        let mut m = Moves {
-            away: HashMap::new(),
-            into_objs: Default::default(),
-            created: HashMap::new(),
-        };
-        for (k, u) in records.iter().enumerate() {
-            match u {
-                Undo::Moved { path, obj } => {
-                    m.into_objs.insert(k);
-                    m.away.entry(path).or_default().push((k, obj_path(*obj)));
-                }
-                Undo::Renamed { from, to } => m.away.entry(from).or_default().push((k, to.clone())),
-                Undo::Created { path } => m.created.entry(path).or_default().push(k),
-                _ => {}
-            }
-        }
-        m
-    }
-
-    /// Where the item record `j` moved to `to` is before record `before` is undone: moved on
-    /// by records between them (those newer are undone already). None past `MAX_CHAIN`.
-    fn end_of_chain<'s>(&'s self, j: usize, to: &'s [u8], before: usize) -> Option<&'s [u8]> {
-        let (mut at, mut here) = (j, to);
-        for _ in 0..MAX_CHAIN {
-            if self.into_objs.contains(&at) {
-                return Some(here);
-            }
-            let next = self
-                .away
-                .get(here)
-                .and_then(|v| v.iter().find(|(i, _)| *i > at && *i < before));
-            match next {
-                Some((i, t)) => (at, here) = (*i, t),
-                None => return Some(here),
-            }
-        }
-        None
-    }
-
-    /// Whether undoing record `k`, `Created { path }`, would remove what the job never
-    /// created: for `path` or an ancestor, the latest move away older than `k` never reached
-    /// the disk (its item is not where it went), and the job created that path anew after it
-    /// (so that creation, and this one, never happened either).
-    fn left_in_place(&self, root: BorrowedFd<'_>, k: usize, path: &[u8]) -> bool {
-        journal::ancestors_and_self(path).any(|q| {
-            let Some(&(j, ref to)) = self
-                .away
-                .get(q)
-                .and_then(|v| v.iter().rev().find(|(j, _)| *j < k))
-            else {
-                return false;
-            };
-            let recreated = self
-                .created
-                .get(q)
-                .is_some_and(|c| c.iter().any(|&i| i > j && i <= k));
-            recreated
-                && self
-                    .end_of_chain(j, to, k)
-                    .is_some_and(|end| !exists(root, end))
-        })
     }
 }
 
@@ -244,10 +178,10 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         undone_before = Dec::new(last).u64()?;
     }
     let records = &existing.records;
-    let moves = Moves::index(records);
     let mut undone = 0;
-    // Steps undone since the progress log was last synced.
-    let mut unsynced = 0u64;
+    // Steps undone since the target was last synced; a killed earlier run's progress may not
+    // be on disk either.
+    let mut unsynced = u64::from(undone_before > 0);
     for (k, u) in records
         .iter()
         .enumerate()
@@ -256,15 +190,13 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     {
         // Re-running a removal or a data restore after a later step put a recovery-point item
         // back at its path would destroy that item, and a power loss can keep the renames and
-        // lose the progress records: these are synced before anything is put back.
+        // lose the progress records: both are synced before anything is put back (the whole
+        // file system: on btrfs an fdatasync of the log would not carry the renames).
         if unsynced > 0 && puts_back(root, u) {
-            progress.sync()?;
+            rustix::fs::syncfs(root).ctx(|| "syncing the revert's progress".to_string())?;
             unsynced = 0;
         }
-        match u {
-            Undo::Created { path } if moves.left_in_place(root, k, path) => {}
-            _ => undo_one(root, u)?,
-        }
+        undo_one(root, u)?;
         undone += 1;
         unsynced += 1;
         let mut e = Enc::new();

@@ -53,7 +53,10 @@ impl SyncRounds {
 
     /// Whether a round begun after `ticket` was taken has synced.
     pub fn covers(&self, ticket: u64) -> bool {
-        !self.failed.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire) > ticket
+        // `synced` first: a round that read it stored it after any failure before it, which
+        // the load of `failed` then sees.
+        let synced = self.synced.load(Ordering::Acquire);
+        !self.failed.load(Ordering::Acquire) && synced > ticket
     }
 
     /// Whether rounds may still come (a helper runs and none failed).
