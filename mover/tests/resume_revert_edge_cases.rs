@@ -904,3 +904,32 @@ fn a_resumed_job_never_moves_over_a_journal_object_whose_record_was_lost() {
         "b's recovery-point version is still in the journal"
     );
 }
+
+/// A recovery-point file written in place and gone when the revert comes (removed by hand,
+/// or moved into the journal by a move whose record a power loss lost): the revert stops at
+/// its bytes, naming it, rather than skipping them and failing only at the end.
+#[test]
+fn a_revert_stops_at_a_recovery_point_file_whose_bytes_it_cannot_restore() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    std::fs::write(src.join("a.bin"), bytes(140, 1 << 20)).unwrap();
+    assert!(job(&src, &dst, &state));
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("a.bin"))
+            .unwrap(),
+        &bytes(141, 8192),
+        4096,
+    )
+    .unwrap();
+    std::fs::write(src.join("zz-big.bin"), bytes(142, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    std::fs::remove_file(dst.join("a.bin")).unwrap();
+    let r = mover::receiver::revert_root(&dst);
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("a.bin to restore its data")),
+        "{r:?}"
+    );
+}

@@ -183,7 +183,7 @@ pub enum Origin {
 type Came<'a> = (u64, usize, Option<(&'a Vec<u8>, u64)>);
 
 /// Renames `name` in `dir` to `to` in `into`, which must not exist: a journal object is never
-/// replaced. Where the file system has no RENAME_NOREPLACE, checked first instead.
+/// replaced. Where the file system or kernel has no RENAME_NOREPLACE, checked first instead.
 fn rename_new(
     dir: BorrowedFd<'_>,
     name: &[u8],
@@ -192,7 +192,9 @@ fn rename_new(
 ) -> rustix::io::Result<()> {
     use rustix::fs::{renameat, renameat_with, RenameFlags};
     match renameat_with(dir, name, into, to, RenameFlags::NOREPLACE) {
-        Err(e) if e == rustix::io::Errno::INVAL => {
+        // No RENAME_NOREPLACE here (EINVAL), or no renameat2 at all (ENOSYS: an old kernel,
+        // or a seccomp profile that does not know it).
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
             match rustix::fs::statat(into, to, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(_) => Err(rustix::io::Errno::EXIST),
                 Err(e) if e == rustix::io::Errno::NOENT => renameat(dir, name, into, to),

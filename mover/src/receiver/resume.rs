@@ -18,8 +18,10 @@
 //! when its write-back is submitted and its written extent when that completes), so a power
 //! loss can leave zeros within the right size. A resumed session trusts a finished file the
 //! job wrote only with that record (`apply.rs`). A worker logs what a round covered when it
-//! next finishes something, at its end, and (failed) within a second of its failure: files it
-//! finished since are sent again after an interruption.
+//! next finishes something, at its end, and (failed) within a second of its failure; what it
+//! still holds then goes to the session, which logs it after a syncfs of its own if it fails
+//! before its recovery point (`RecvTable::log_held`). Files finished in the last round before
+//! a kill or a power loss are sent again.
 //!
 //! Undo is unaffected: a file the job created is removed by revert, and a file updated in place
 //! has its pre-images, which the resumed ranges must lie inside (checked here).
@@ -315,6 +317,12 @@ impl Finished {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Logs, in one write, every held file: a syncfs begun after all were finished completed.
+    pub fn log_all(self, log: &mut Log) -> Result<()> {
+        let bodies: Vec<Vec<u8>> = self.queue.into_iter().map(|(w, _)| w.encode()).collect();
+        log.append_many(bodies.iter().map(Vec::as_slice))
     }
 
     /// Logs, in one write, every held file a round has covered (tickets only grow, so they

@@ -3,7 +3,8 @@
 //! journal. Progress is logged after each record so an interrupted revert resumes where it
 //! stopped (each undo step is also idempotent for the record being undone when it was killed).
 //! The target is synced before each step that puts an item back, so a power loss never reruns
-//! a removal or a data restore over what a later step put back.
+//! a removal or a data restore over what a later step put back; a file's restored bytes are
+//! synced before their step is logged done (the tree hash compares no content).
 
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
 use super::meta::{apply_fd, apply_link_or_special};
@@ -44,19 +45,22 @@ fn parent_of(root: BorrowedFd<'_>, path: &[u8]) -> Result<Option<std::os::fd::Ow
     }
 }
 
-/// `path` opened for writing, None if it is not there.
+/// `path` opened for writing; None if it is not there and `may_be_gone`.
 fn open_if_there(
     root: BorrowedFd<'_>,
     path: &[u8],
+    may_be_gone: bool,
 ) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     match beneath::open_file(root, path, OFlags::WRONLY, Mode::empty()) {
         Ok(f) => Ok(Some(f)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) if may_be_gone && e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
+/// Undoes `u`. `made` tells whether the job made a path (a `Created` at it or an ancestor):
+/// a data or size restore skips such a file when a rerun has removed it already.
+fn undo_one(root: BorrowedFd<'_>, u: &Undo, made: &dyn Fn(&[u8]) -> bool) -> Result<()> {
     match u {
         Undo::Header { .. } => {}
         Undo::Created { path } => {
@@ -107,8 +111,8 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
             file,
             file_off,
         } => {
-            // Gone: a later step of a rerun removed it (the job made it); nothing to restore.
-            let Some(f) = open_if_there(root, path)
+            // Gone, and the job made it: a later step of a rerun removed it already.
+            let Some(f) = open_if_there(root, path, made(path))
                 .ctx(|| format!("opening {} to restore its data", show(path)))?
             else {
                 return Ok(());
@@ -118,9 +122,12 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo) -> Result<()> {
                 .ctx(|| format!("opening {pre}"))?;
             journal::copy_range(p.as_fd(), *file_off, f.as_fd(), *offset, *len)
                 .ctx(|| format!("restoring data of {}", show(path)))?;
+            // On disk before the step is logged done: a rerun would not restore it again, and
+            // the tree hash compares no content.
+            rustix::fs::fdatasync(&f).ctx(|| format!("syncing {}", show(path)))?;
         }
         Undo::Resized { path, old_size } => {
-            let Some(f) = open_if_there(root, path)
+            let Some(f) = open_if_there(root, path, made(path))
                 .ctx(|| format!("opening {} to restore its size", show(path)))?
             else {
                 return Ok(());
@@ -178,6 +185,14 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         undone_before = Dec::new(last).u64()?;
     }
     let records = &existing.records;
+    let created: std::collections::HashSet<&[u8]> = records
+        .iter()
+        .filter_map(|u| match u {
+            Undo::Created { path } => Some(path.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let made = |p: &[u8]| journal::ancestors_and_self(p).any(|q| created.contains(q));
     let mut undone = 0;
     // Steps undone since the target was last synced; a killed earlier run's progress may not
     // be on disk either.
@@ -194,9 +209,10 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         // file system: on btrfs an fdatasync of the log would not carry the renames).
         if unsynced > 0 && puts_back(root, u) {
             rustix::fs::syncfs(root).ctx(|| "syncing the revert's progress".to_string())?;
+            progress.sync()?; // in case .mover-state is another mount
             unsynced = 0;
         }
-        undo_one(root, u)?;
+        undo_one(root, u, &made)?;
         undone += 1;
         unsynced += 1;
         let mut e = Enc::new();

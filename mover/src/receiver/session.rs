@@ -562,7 +562,10 @@ impl Session {
             checkpoint_bytes: self.checkpoint_bytes,
             checked,
             syncs: Arc::default(),
+            held: Default::default(),
         });
+        // Until the recovery point's syncfs, a failure logs what the workers finished and held.
+        let mut held_on_failure = LogHeldOnFailure(Some(table.clone()));
         // The other write places start first: the sender's workers connect to all at once.
         let places = Places {
             id: self.id,
@@ -695,6 +698,7 @@ impl Session {
         );
         // The new recovery point: data durable first, then the record, then the journal goes.
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
+        held_on_failure.0 = None;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "synced");
         let held = table.skip.iter().filter(|s| !**s).count() as u64;
         let new_rp = RecoveryPoint {
@@ -1224,6 +1228,18 @@ pub(crate) fn collect_workers(
         .zip(slots)
         .filter_map(|(i, s)| Some((WorkerIndex(*i), s?)))
         .collect())
+}
+
+/// Logs the workers' held finished files when dropped armed (`RecvTable::log_held`): the
+/// session failed before its recovery point's syncfs.
+struct LogHeldOnFailure(Option<Arc<RecvTable>>);
+
+impl Drop for LogHeldOnFailure {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.log_held();
+        }
+    }
 }
 
 /// Most data frames this session can legitimately receive: one FileBatch per inline file at

@@ -319,6 +319,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
         checkpoint_bytes,
         checked: super::checked::Checked::off(),
         syncs: Arc::default(),
+        held: Default::default(),
     })
 }
 
@@ -467,9 +468,12 @@ impl ShareHost {
         let ran = table.and_then(|t| {
             // Write-back overlaps the data here too, and tells the workers what is durable.
             let writeback = super::writeback::EarlyWriteback::start(root, t.syncs.clone());
-            let hosted = self.run_hosted(&t, share, &rx, &fence)?;
+            let hosted = self.run_hosted(&t, share, &rx, &fence);
             writeback.stop();
-            Ok((hosted, t))
+            if hosted.is_err() && fence_ok(fence.as_deref()).is_ok() {
+                t.log_held();
+            }
+            Ok((hosted?, t))
         });
         self.hosted().remove(&session);
         let (all, table) = ran?;

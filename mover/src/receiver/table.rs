@@ -6,7 +6,7 @@ use crate::units::EntryId;
 use crate::wire::message::is_inline;
 use crate::wire::message::Need;
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct RecvTable {
@@ -42,9 +42,46 @@ pub struct RecvTable {
     pub checked: super::checked::Checked,
     /// The target's write-back rounds: when a finished file is durable (writeback.rs).
     pub syncs: std::sync::Arc<super::writeback::SyncRounds>,
+    /// Finished files the workers ended with unlogged, by worker index (`log_held`).
+    pub held: std::sync::Mutex<Vec<(usize, super::resume::Finished)>>,
 }
 
+/// Longest a failed session waits for the syncfs that lets it log its workers' held files.
+pub const HELD_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl RecvTable {
+    /// Logs the finished files the workers ended with unlogged, once a syncfs begun after
+    /// they ended completes (within `HELD_SYNC_WAIT`, on a thread of its own: a stuck device
+    /// must not hold the session's error). For a session that fails after some worker ended:
+    /// a resumed job then does not send those files again. Nothing when a write-back round
+    /// failed (the error would be lost to this syncfs).
+    pub fn log_held(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if held.is_empty() || self.syncs.failed() {
+            return;
+        }
+        // The session's own root: its syncfs reports any write-back error since it opened.
+        let Ok(root) = rustix::io::fcntl_dupfd_cloexec(&self.root, 0) else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("mover-held-sync".into())
+            .spawn(move || {
+                let _ = tx.send(rustix::fs::syncfs(&root));
+            });
+        if spawned.is_err() || !matches!(rx.recv_timeout(HELD_SYNC_WAIT), Ok(Ok(()))) {
+            return;
+        }
+        for (index, finished) in held {
+            let logged = super::resume::open_log(self.journal.as_fd(), index)
+                .and_then(|mut log| finished.log_all(&mut log));
+            if let Err(e) = logged {
+                tracing::debug!(index, error = %e, "finished files left unlogged");
+            }
+        }
+    }
+
     /// Size of `e` if it is a regular file whose data this session carries.
     pub fn needed_size(&self, e: EntryId) -> Option<u64> {
         match self.entries.get(e.index()).map(|x| &x.kind) {

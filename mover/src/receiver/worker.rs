@@ -319,6 +319,13 @@ impl RecvWorker {
                 }
             }
         }
+        // What is still held goes to the session, which logs it if the session fails after
+        // all (`RecvTable::log_held`); a committed job needs none of it.
+        if !cx.finished.is_empty() && !cx.fenced {
+            let held = std::mem::take(&mut cx.finished);
+            let mut all = cx.t.held.lock().unwrap_or_else(|p| p.into_inner());
+            all.push((self.index, held));
+        }
         result.map(|()| cx.stats)
     }
 }

@@ -64,6 +64,11 @@ impl SyncRounds {
         self.live.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire)
     }
 
+    /// Whether a round failed (nothing is known durable since).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// Rounds synced so far.
     pub fn synced(&self) -> u64 {
         self.synced.load(Ordering::Acquire)
