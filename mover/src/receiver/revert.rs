@@ -58,8 +58,8 @@ fn open_if_there(
     }
 }
 
-/// Undoes `u`. `made` tells whether the job made a path (a `Created` at it or an ancestor):
-/// a data or size restore skips such a file when a rerun has removed it already.
+/// Undoes `u`. `made` tells whether the job made a path before `u` (a `Created` at it or an
+/// ancestor): a data or size restore skips such a file when a rerun has removed it already.
 fn undo_one(root: BorrowedFd<'_>, u: &Undo, made: &dyn Fn(&[u8]) -> bool) -> Result<()> {
     match u {
         Undo::Header { .. } => {}
@@ -185,14 +185,17 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         undone_before = Dec::new(last).u64()?;
     }
     let records = &existing.records;
-    let created: std::collections::HashSet<&[u8]> = records
-        .iter()
-        .filter_map(|u| match u {
-            Undo::Created { path } => Some(path.as_slice()),
-            _ => None,
-        })
-        .collect();
-    let made = |p: &[u8]| journal::ancestors_and_self(p).any(|q| created.contains(q));
+    // Where the job created each path first (record index).
+    let mut created: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for (k, u) in records.iter().enumerate() {
+        if let Undo::Created { path } = u {
+            created.entry(path.as_slice()).or_insert(k);
+        }
+    }
+    // Whether the item at `p` is one the job made before record `k`.
+    let made = |p: &[u8], k: usize| {
+        journal::ancestors_and_self(p).any(|q| created.get(q).is_some_and(|&c| c < k))
+    };
     let mut undone = 0;
     // Steps undone since the target was last synced; a killed earlier run's progress may not
     // be on disk either.
@@ -212,7 +215,7 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
             progress.sync()?; // in case .mover-state is another mount
             unsynced = 0;
         }
-        undo_one(root, u, &made)?;
+        undo_one(root, u, &|p| made(p, k))?;
         undone += 1;
         unsynced += 1;
         let mut e = Enc::new();

@@ -203,7 +203,9 @@ impl Session {
         // lets a disk-full job be explained and reverted afterwards.
         let root = rustix::io::fcntl_dupfd_cloexec(&self.root, 0);
         let progress = self.progress.clone();
-        match self.drive(&mut ctl, &mut report) {
+        // Set while a failure should log what the workers finished and held (`log_held`).
+        let mut held = None;
+        match self.drive(&mut ctl, &mut report, &mut held) {
             Ok(()) => report.ok = true,
             Err(e) if space::is_full(&e) => {
                 // The apply phase sets the totals; 0 means it failed before knowing them.
@@ -233,6 +235,10 @@ impl Session {
                 tracing::error!(session = %id, "session failed: {msg}");
                 ctl.send_error(e.code(), &msg);
                 report.error = Some(msg);
+                // After the sender has the reason; not on a full disk, whose job is reverted.
+                if let Some(t) = held.take() {
+                    t.log_held(&|| true);
+                }
             }
         }
         report.seconds = start.elapsed().as_secs_f64();
@@ -384,7 +390,12 @@ impl Session {
         })
     }
 
-    fn drive(self, ctl: &mut Link, report: &mut SessionReport) -> Result<()> {
+    fn drive(
+        self,
+        ctl: &mut Link,
+        report: &mut SessionReport,
+        held: &mut Option<Arc<RecvTable>>,
+    ) -> Result<()> {
         let mut buf = Vec::new();
         let root = std::os::fd::AsFd::as_fd(&self.root);
         let state = State::open(root)?;
@@ -565,7 +576,7 @@ impl Session {
             held: Default::default(),
         });
         // Until the recovery point's syncfs, a failure logs what the workers finished and held.
-        let mut held_on_failure = LogHeldOnFailure(Some(table.clone()));
+        *held = Some(table.clone());
         // The other write places start first: the sender's workers connect to all at once.
         let places = Places {
             id: self.id,
@@ -697,8 +708,10 @@ impl Session {
             "verified"
         );
         // The new recovery point: data durable first, then the record, then the journal goes.
+        // Not after a failure of this syncfs: it took the write-back error, which the held
+        // files' own syncfs would then not see.
+        *held = None;
         rustix::fs::syncfs(root).ctx(|| "syncing the destination file system".to_string())?;
-        held_on_failure.0 = None;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "synced");
         let held = table.skip.iter().filter(|s| !**s).count() as u64;
         let new_rp = RecoveryPoint {
@@ -1228,18 +1241,6 @@ pub(crate) fn collect_workers(
         .zip(slots)
         .filter_map(|(i, s)| Some((WorkerIndex(*i), s?)))
         .collect())
-}
-
-/// Logs the workers' held finished files when dropped armed (`RecvTable::log_held`): the
-/// session failed before its recovery point's syncfs.
-struct LogHeldOnFailure(Option<Arc<RecvTable>>);
-
-impl Drop for LogHeldOnFailure {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            t.log_held();
-        }
-    }
 }
 
 /// Most data frames this session can legitimately receive: one FileBatch per inline file at

@@ -470,8 +470,8 @@ impl ShareHost {
             let writeback = super::writeback::EarlyWriteback::start(root, t.syncs.clone());
             let hosted = self.run_hosted(&t, share, &rx, &fence);
             writeback.stop();
-            if hosted.is_err() && fence_ok(fence.as_deref()).is_ok() {
-                t.log_held();
+            if hosted.is_err() {
+                t.log_held(&|| fence_ok(fence.as_deref()).is_ok());
             }
             Ok((hosted?, t))
         });
@@ -479,6 +479,8 @@ impl ShareHost {
         let (all, table) = ran?;
         // What this place wrote is durable before it says so.
         rustix::fs::syncfs(root).ctx(|| "syncing the shared target".to_string())?;
+        // And what its workers finished and held is logged: the committing session may fail.
+        table.log_held_synced(&|| fence_ok(fence.as_deref()).is_ok());
         let written = table
             .expected
             .iter()

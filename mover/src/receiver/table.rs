@@ -54,13 +54,20 @@ impl RecvTable {
     /// they ended completes (within `HELD_SYNC_WAIT`, on a thread of its own: a stuck device
     /// must not hold the session's error). For a session that fails after some worker ended:
     /// a resumed job then does not send those files again. Nothing when a write-back round
-    /// failed (the error would be lost to this syncfs).
-    pub fn log_held(&self) {
-        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
-        if held.is_empty() || self.syncs.failed() {
+    /// failed, and each log is written only while `may_write` (a write place's fence) allows.
+    pub fn log_held(&self, may_write: &dyn Fn() -> bool) {
+        let none = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if none || self.syncs.failed() {
             return;
         }
-        // The session's own root: its syncfs reports any write-back error since it opened.
+        // Through the session's own open file, which has had no syncfs (the recovery point's
+        // comes after this is no longer asked for): it reports every write-back error since
+        // the session opened the root, even one another process's syncfs saw first. Not on a
+        // full disk, whose revert syncs through this file too.
         let Ok(root) = rustix::io::fcntl_dupfd_cloexec(&self.root, 0) else {
             return;
         };
@@ -73,7 +80,19 @@ impl RecvTable {
         if spawned.is_err() || !matches!(rx.recv_timeout(HELD_SYNC_WAIT), Ok(Ok(()))) {
             return;
         }
+        self.log_held_synced(may_write);
+    }
+
+    /// `log_held` once a syncfs begun after the workers ended has completed.
+    pub fn log_held_synced(&self, may_write: &dyn Fn() -> bool) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.syncs.failed() {
+            return;
+        }
         for (index, finished) in held {
+            if !may_write() {
+                return;
+            }
             let logged = super::resume::open_log(self.journal.as_fd(), index)
                 .and_then(|mut log| finished.log_all(&mut log));
             if let Err(e) = logged {
