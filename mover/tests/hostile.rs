@@ -382,21 +382,32 @@ fn rename_hint_out_of_the_root_or_into_state_is_rejected() {
 /// Opens a session whose entry list is one small file `name`, then sends a hint that it was
 /// renamed from `from`.
 fn rename_hint(addr: SocketAddr, name: &[u8], from: &[u8]) -> TcpStream {
-    let mut s = connect_control(addr);
-    s.write_all(&entries_frame(&[
-        root_entry(),
-        entry(0, name, EntryKind::File { size: 8 }),
-    ]))
-    .unwrap();
-    let mut e = Enc::new();
+    let es = [root_entry(), entry(0, name, EntryKind::File { size: 8 })];
     let hint = Hint::Rename {
         entry: EntryId(1),
         from: from.to_vec(),
     };
-    encode_hint(&mut e, &hint);
+    list_with_hints(addr, &es, &[hint])
+}
+
+/// Opens a session and sends the entry list `es` and one Hints frame of `hints` (no
+/// EntriesEnd yet).
+fn list_with_hints(addr: SocketAddr, es: &[Entry], hints: &[Hint]) -> TcpStream {
+    let mut s = connect_control(addr);
+    s.write_all(&entries_frame(es)).unwrap();
+    let mut e = Enc::new();
+    for h in hints {
+        encode_hint(&mut e, h);
+    }
     s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
         .unwrap();
     s
+}
+
+/// `open_session` for one large file `big` of `size` bytes (entry 1), announced whole.
+fn open_big_file_session(addr: SocketAddr, size: u64) -> (TcpStream, TcpStream) {
+    let es = [root_entry(), entry(0, b"big", EntryKind::File { size })];
+    open_session(addr, &es, &[(EntryId(1), size)])
 }
 
 /// Connects worker 0 of session 1 (the control connection's) and returns its socket.
@@ -556,11 +567,7 @@ fn more_data_frames_than_the_expect_totals_allow_are_refused() {
     let (err, _t) = attack(
         |_, _| {},
         |addr| {
-            let es = [
-                root_entry(),
-                entry(0, b"big", EntryKind::File { size: SIZE }),
-            ];
-            let (mut s, mut w) = open_session(addr, &es, &[(EntryId(1), SIZE)]);
+            let (mut s, mut w) = open_big_file_session(addr, SIZE);
             let mut out = Vec::with_capacity(64 << 10);
             for k in 0..=budget {
                 let mut p = Vec::with_capacity(DATA_PREFIX_LEN + 1);
@@ -671,23 +678,16 @@ fn two_rename_hints_for_one_entry_or_from_one_place_are_refused() {
                 std::fs::write(root.join("b"), b"12345678").unwrap();
             },
             |addr| {
-                let mut s = connect_control(addr);
-                s.write_all(&entries_frame(&[
+                let es = [
                     root_entry(),
                     entry(0, b"x", EntryKind::File { size: 8 }),
                     entry(0, b"y", EntryKind::File { size: 8 }),
-                ]))
-                .unwrap();
-                let mut e = Enc::new();
-                for (i, from) in hints {
-                    let hint = Hint::Rename {
-                        entry: EntryId(i),
-                        from: from.to_vec(),
-                    };
-                    encode_hint(&mut e, &hint);
-                }
-                s.write_all(&encode_frame(FrameKind::Hints, &e.buf))
-                    .unwrap();
+                ];
+                let hs = hints.map(|(i, from)| Hint::Rename {
+                    entry: EntryId(i),
+                    from: from.to_vec(),
+                });
+                let mut s = list_with_hints(addr, &es, &hs);
                 s.write_all(&encode_frame(FrameKind::EntriesEnd, &3u64.to_le_bytes()))
                     .unwrap();
                 let _ = read_frame(&mut s);
@@ -739,4 +739,55 @@ fn a_hello_sent_a_byte_at_a_time_holds_up_no_other_connection() {
     // waiting for it.
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn block_hashes_the_receiver_did_not_ask_for_are_refused() {
+    // A job that does not repair never asks for them: unasked, they would make the receiver
+    // read and hash target files and rewrite them in place.
+    let size = 4 * INLINE_MAX;
+    let (err, t) = attack(
+        |root, _| std::fs::write(root.join("big"), vec![7u8; size as usize]).unwrap(),
+        |addr| {
+            let es = [root_entry(), entry(0, b"big", EntryKind::File { size })];
+            let hint = Hint::Blocks {
+                entry: EntryId(1),
+                first: 0,
+                hashes: vec![0; 1],
+            };
+            let mut s = list_with_hints(addr, &es, &[hint]);
+            s.write_all(&encode_frame(FrameKind::EntriesEnd, &2u64.to_le_bytes()))
+                .unwrap();
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(err.contains("did not ask for"), "{err}");
+    assert_eq!(
+        std::fs::read(t.path().join("root/big")).unwrap(),
+        vec![7u8; size as usize]
+    );
+}
+
+#[test]
+fn a_data_frame_over_bytes_already_received_is_refused() {
+    // Its first half twice, as many bytes as announced: without a check of which bytes came,
+    // the file would count as finished with its second half a hole.
+    const SIZE: u64 = 4 * INLINE_MAX;
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let (mut s, mut w) = open_big_file_session(addr, SIZE);
+            for (at, byte) in [(0u64, b'a'), (SIZE / 4, b'b'), (0, b'c'), (SIZE / 4, b'd')] {
+                let mut p = Vec::with_capacity(DATA_PREFIX_LEN + SIZE as usize / 4);
+                p.extend_from_slice(&1u32.to_le_bytes());
+                p.extend_from_slice(&at.to_le_bytes());
+                p.resize(DATA_PREFIX_LEN + SIZE as usize / 4, byte);
+                if w.write_all(&encode_frame(FrameKind::Data, &p)).is_err() {
+                    break;
+                }
+            }
+            let _ = read_frame(&mut s);
+        },
+    );
+    assert!(err.contains("overlaps bytes already received"), "{err}");
 }

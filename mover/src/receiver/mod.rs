@@ -3,6 +3,7 @@
 pub(crate) mod apply;
 pub mod aside;
 pub(crate) mod checked;
+pub(crate) mod claims;
 pub mod drill;
 pub(crate) mod finalize;
 mod hellos;
@@ -809,6 +810,7 @@ impl Receiver {
                     limits: self.opts.limits,
                     policy: self.opts.policy,
                     resume_ranges,
+                    block_hashes: blocks,
                     checkpoint_bytes: self
                         .opts
                         .checkpoint_bytes

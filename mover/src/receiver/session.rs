@@ -137,6 +137,9 @@ pub struct Session {
     /// The sender takes `Need::Rest` (CAP_RESUME_RANGES): a resumed job asks only for what an
     /// interrupted session did not make durable.
     pub resume_ranges: bool,
+    /// This side asked for block hashes (CAP_BLOCK_HASHES, a repairing job): without it a
+    /// `Hint::Blocks` is a protocol error, not a reason to read and hash target files.
+    pub block_hashes: bool,
     /// Workers flush and log a large file's written ranges every this many bytes.
     pub checkpoint_bytes: u64,
     pub verify: Verify,
@@ -340,6 +343,13 @@ impl Session {
                     let cost = FRAME_HEADER_LEN + buf.len();
                     charge(&mut hint_bytes, cost, limits.hint_bytes, "hint list")?;
                     let hs = decode_hints(&buf)?;
+                    if !self.block_hashes && hs.iter().any(|h| matches!(h, Hint::Blocks { .. })) {
+                        return Err(Error::Verify(
+                            "block hashes that this receiver did not ask for (it asks only \
+                             when it repairs)"
+                                .into(),
+                        ));
+                    }
                     // Block hashes are bounded by `hint_bytes` (a long file takes many).
                     counted_hints += hs
                         .iter()
@@ -562,6 +572,7 @@ impl Session {
             deltas,
             owners: self.owners,
             fresh_dir: fresh,
+            claims: super::claims::Claims::new(expected.keys().copied()),
             remaining,
             expected,
             frame_budget: std::sync::atomic::AtomicU64::new(frame_budget),

@@ -301,6 +301,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
             .iter()
             .map(|(k, v)| (*k, AtomicU64::new(*v)))
             .collect(),
+        claims: super::claims::Claims::new(expected.keys().copied()),
         entries,
         paths,
         need,

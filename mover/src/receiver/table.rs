@@ -24,6 +24,8 @@ pub struct RecvTable {
     /// Data bytes still to be written per needed large file (from the sender's Expect list).
     /// The worker whose write brings a file to zero sets its metadata: the file is finished.
     pub remaining: HashMap<u32, AtomicU64>,
+    /// The bytes of each large file that Data frames have claimed: none is accepted twice.
+    pub claims: super::claims::Claims,
     /// The announced byte count per large file.
     pub expected: HashMap<u32, u64>,
     /// Data frames the workers may still accept (all workers together), from the need list

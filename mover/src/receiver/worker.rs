@@ -550,6 +550,12 @@ fn data_writes(
             show(&t.paths[entry.index()]),
         )));
     }
+    if !t.claims.claim(entry, offset, len as u64) {
+        return Err(Error::Verify(format!(
+            "Data frame for {} at offset {offset} len {len} overlaps bytes already received",
+            show(&t.paths[entry.index()]),
+        )));
+    }
     let fds = match &cx.cache {
         Some(c) if c.entry == entry => c.clone(),
         _ => {
