@@ -36,6 +36,12 @@ fn bytes(seed: u64, n: usize) -> Vec<u8> {
     v
 }
 
+/// Writes `data` at `at` inside the existing file `p`, in place.
+fn rewrite(p: &Path, data: Vec<u8>, at: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &data, at).unwrap();
+}
+
 fn swap(a: &Path, b: &Path) {
     let tmp = a.with_extension("swap-tmp");
     std::fs::rename(a, &tmp).unwrap();
@@ -232,15 +238,7 @@ fn revert_after_renames_across_two_cut_sessions() {
     let rp = full_hash(&dst);
 
     std::fs::write(src.join("X/f"), bytes(22, 30_000)).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("Z/big"))
-            .unwrap(),
-        &bytes(24, 8192),
-        4096,
-    )
-    .unwrap();
+    rewrite(&src.join("Z/big"), bytes(24, 8192), 4096);
     std::fs::write(src.join("big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
 
@@ -577,15 +575,7 @@ fn rename_already_done_by_interrupted_session() {
     assert!(job(&src, &dst, &state));
     std::fs::create_dir(src.join("N")).unwrap();
     std::fs::rename(src.join("A"), src.join("N/B")).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("N/B/f.bin"))
-            .unwrap(),
-        &bytes(72, 4096),
-        40960,
-    )
-    .unwrap();
+    rewrite(&src.join("N/B/f.bin"), bytes(72, 4096), 40960);
     std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
     assert!(
@@ -672,15 +662,7 @@ fn revert_killed_after_first_undo_then_resume_or_revert() {
         assert!(job(&src, &dst, &state));
         let rp = full_hash(&dst);
 
-        std::os::unix::fs::FileExt::write_all_at(
-            &std::fs::OpenOptions::new()
-                .write(true)
-                .open(src.join("a.bin"))
-                .unwrap(),
-            &bytes(103, 8192),
-            4096,
-        )
-        .unwrap();
+        rewrite(&src.join("a.bin"), bytes(103, 8192), 4096);
         std::fs::write(src.join("b"), bytes(104, 100_000)).unwrap();
         // Created first, so it cannot reuse the inode of sub/e (which would make it a rename).
         std::fs::write(src.join("zz-big.bin"), bytes(1, 8 << 20)).unwrap(); // Created{zz-big.bin}
@@ -745,15 +727,7 @@ fn revert_is_idempotent_when_killed_between_undo_and_log() {
     }
     let _ = state;
     let rp = full_hash(&variants[0].0);
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("d/a.bin"))
-            .unwrap(),
-        &bytes(114, 8192),
-        4096,
-    )
-    .unwrap();
+    rewrite(&src.join("d/a.bin"), bytes(114, 8192), 4096);
     std::fs::OpenOptions::new()
         .write(true)
         .open(src.join("s.bin"))
@@ -914,15 +888,7 @@ fn a_revert_stops_at_a_recovery_point_file_whose_bytes_it_cannot_restore() {
     let (src, dst, state) = dirs(t.path());
     std::fs::write(src.join("a.bin"), bytes(140, 1 << 20)).unwrap();
     assert!(job(&src, &dst, &state));
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new()
-            .write(true)
-            .open(src.join("a.bin"))
-            .unwrap(),
-        &bytes(141, 8192),
-        4096,
-    )
-    .unwrap();
+    rewrite(&src.join("a.bin"), bytes(141, 8192), 4096);
     std::fs::write(src.join("zz-big.bin"), bytes(142, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
     std::fs::remove_file(dst.join("a.bin")).unwrap();
