@@ -791,3 +791,61 @@ fn a_data_frame_over_bytes_already_received_is_refused() {
     );
     assert!(err.contains("overlaps bytes already received"), "{err}");
 }
+
+#[test]
+fn a_file_swapped_for_a_hard_link_mid_job_is_not_written_through() {
+    // A local writer in a standalone receiver's target replaces a large file the job created
+    // with a hard link to a file outside the root, before the job's worker opens it again by
+    // path to write its data: nothing may reach the file outside.
+    use common::faults::{Fault, FaultProxy};
+    let t = tempfile::tempdir().unwrap();
+    let (src, root, outside) = (
+        t.path().join("src"),
+        t.path().join("root"),
+        t.path().join("outside"),
+    );
+    for d in [&src, &root, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    const SIZE: usize = 1 << 20;
+    std::fs::write(src.join("big.bin"), vec![b's'; SIZE]).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let (addr, h) = start_receiver(&root);
+    // Connection 0 is the control connection, 1 the one worker's: held back until the swap.
+    let proxy = FaultProxy::start(
+        addr,
+        vec![Fault::DelayConnect {
+            conn_index: 1,
+            ms: 2000,
+        }],
+    );
+    let to = proxy.addr;
+    let sender = std::thread::spawn(move || send_to(&src, to, 1));
+    let planted = root.join("big.bin");
+    let t0 = std::time::Instant::now();
+    // The apply phase creates the file at its full size before any data comes.
+    while std::fs::metadata(&planted).map_or(true, |m| m.len() != SIZE as u64) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "never created"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::remove_file(&planted).unwrap();
+    std::fs::hard_link(&victim, &planted).unwrap();
+    // The worker is held for 2 s from when it connects, which is after t0.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1500),
+        "swapped too late"
+    );
+    let rep = h.join().unwrap();
+    assert!(!rep.ok, "the session must fail");
+    let err = rep.error.unwrap_or_default();
+    assert!(
+        err.contains("was replaced while this job wrote it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(sender.join().unwrap().is_err());
+}

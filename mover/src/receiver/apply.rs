@@ -24,6 +24,7 @@
 use super::journal::{Journal, Origin};
 use super::meta::times;
 use super::space;
+use super::table::FileId;
 use crate::beneath;
 use crate::beneath::{dir_names, stat_opt};
 use crate::error::{show, Error, IoContext, Result};
@@ -145,6 +146,9 @@ pub struct Applied {
     /// New sizes of delta files, applied only once the journal (with the pre-images of any
     /// tail a shrink cuts off) is durable: see `resize_deltas`.
     pub resizes: Vec<(Vec<u8>, u64)>,
+    /// The file each large file the data phase writes must be (created or checked here): the
+    /// workers reopen it by path and refuse another (`RecvTable::same_file`).
+    pub files: HashMap<u32, FileId>,
     pub stats: ApplyStats,
     /// Entries finalize still has to finish in a job from a recovery point: directories,
     /// symlinks and special files whose metadata it sets, hard links it checks. None (a
@@ -453,6 +457,7 @@ pub fn apply_entries(
     let mut deltas = HashMap::new();
     let mut rests = HashMap::new();
     let mut resizes = Vec::new();
+    let mut files = HashMap::new();
     // Directories this phase created: nothing can exist inside them yet (the root is locked
     // against other receivers), so their children need no lookup and no extraneous pass.
     let mut fresh = vec![false; entries.len()];
@@ -581,7 +586,8 @@ pub fn apply_entries(
                         if theirs.len() as u64 == size.div_ceil(BLOCK) {
                             let old = s.st_size as u64;
                             let ranges = repair_ranges(dir, name, path, old, *size, theirs)?;
-                            prepare_delta(dir, name, path, old, *size, &ranges, j)?;
+                            let file = FileId::of(s);
+                            prepare_delta((dir, name), path, file, (old, *size), &ranges, j)?;
                             if old != *size {
                                 resizes.push((path.clone(), *size));
                             }
@@ -626,6 +632,9 @@ pub fn apply_entries(
                 match decision {
                     Need::Rest => {
                         let r = rest.take().unwrap_or_default();
+                        if let Some(s) = &st {
+                            files.insert(i as u32, FileId::of(s));
+                        }
                         stats.files_needed += 1;
                         stats.bytes_needed += r.iter().map(|x| x.1).sum::<u64>();
                         rests.insert(i as u32, r);
@@ -639,7 +648,12 @@ pub fn apply_entries(
                     }
                     Need::Delta => {
                         let (bsize, _, ranges) = delta_hint[&i];
-                        prepare_delta(dir, name, path, bsize, *size, ranges, j)?;
+                        // Delta is decided only for a regular file found here.
+                        let Some(file) = st.as_ref().map(FileId::of) else {
+                            unreachable!("a delta's file was found by its stat")
+                        };
+                        prepare_delta((dir, name), path, file, (bsize, *size), ranges, j)?;
+                        files.insert(i as u32, file);
                         if bsize != *size {
                             resizes.push((path.clone(), *size));
                         }
@@ -670,6 +684,9 @@ pub fn apply_entries(
                             .ctx(|| format!("creating {}", show(path)))?;
                             rustix::fs::ftruncate(&fd, *size)
                                 .ctx(|| format!("sizing {} to {size} bytes", show(path)))?;
+                            let st =
+                                rustix::fs::fstat(&fd).ctx(|| format!("stat of {}", show(path)))?;
+                            files.insert(i as u32, FileId::of(&st));
                         }
                     }
                 }
@@ -755,6 +772,7 @@ pub fn apply_entries(
         deltas,
         rests,
         resizes,
+        files,
         stats,
         finish,
         touched,
@@ -901,16 +919,16 @@ fn repair_ranges(
 /// Saves pre-images of every range the delta will overwrite (and of a tail a shrink cuts off),
 /// then sets the new size. Data frames later write the ranges in place.
 fn prepare_delta(
-    dir: BorrowedFd<'_>,
-    name: &[u8],
+    (dir, name): (BorrowedFd<'_>, &[u8]),
     path: &[u8],
-    old: u64,
-    new: u64,
+    file: FileId,
+    (old, new): (u64, u64),
     ranges: &[(u64, u64)],
     j: &mut Journal,
 ) -> Result<()> {
     let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty())
         .ctx(|| format!("opening {} for an in-place update", show(path)))?;
+    file.check(fd.as_fd(), path)?;
     // Ask for every range up front: the kernel reads them with a deep queue while the copies
     // below go one by one (random 4 KiB reads otherwise wait on the device one at a time).
     for &(o, l) in ranges.iter().take(MAX_READAHEAD_HINTS) {
@@ -939,10 +957,23 @@ fn prepare_delta(
 
 /// Gives delta files their new sizes; called after the journal was synced, so a shrink never
 /// reaches the disk before the pre-image of the tail it cuts.
-pub fn resize_deltas(root: BorrowedFd<'_>, resizes: &[(Vec<u8>, u64)]) -> Result<()> {
+pub fn resize_deltas(
+    root: BorrowedFd<'_>,
+    resizes: &[(Vec<u8>, u64)],
+    files: &HashMap<u32, FileId>,
+    paths: &[Vec<u8>],
+) -> Result<()> {
+    let by_path: HashMap<&[u8], FileId> = files
+        .iter()
+        .map(|(k, f)| (paths[*k as usize].as_slice(), *f))
+        .collect();
     for (path, size) in resizes {
         let fd = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
             .ctx(|| format!("opening {}", show(path)))?;
+        match by_path.get(path.as_slice()) {
+            Some(f) => f.check(fd.as_fd(), path)?,
+            None => unreachable!("every resized file is written by the data phase"),
+        }
         rustix::fs::ftruncate(&fd, *size)
             .ctx(|| format!("resizing {} to {size} bytes", show(path)))?;
     }

@@ -4,6 +4,10 @@
 //! all would finish a file with a hole, which the recovery point's metadata-only verification
 //! does not see.
 //!
+//! A write place claims for its own workers and reports its ranges; the committing receiver
+//! claims them in its table when it folds the place's result, so a range sent to two places
+//! is refused as well.
+//!
 //! One lock per file, taken once per Data frame (up to `DATA_CHUNK`, 1 MiB) before its writes
 //! are submitted: uncontended unless two workers carry extents of one file at that instant, and
 //! held for a map lookup. The ranges merge as they meet, so a file written in order holds one.
@@ -39,6 +43,11 @@ impl Ranges {
         self.0.insert(start, end);
         true
     }
+
+    /// The claimed ranges as (offset, length), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0.iter().map(|(s, e)| (*s, e - s))
+    }
 }
 
 /// The claims of every large file a session carries data for.
@@ -62,6 +71,24 @@ impl Claims {
         // A poisoned lock means a worker panicked mid-claim: the map is still well formed (a
         // claim mutates it only after its checks), and the session fails on that panic anyway.
         m.lock().unwrap_or_else(|p| p.into_inner()).claim(off, end)
+    }
+
+    /// Every file's claimed ranges, (offset, length) in order, for the files with any: what a
+    /// write place reports, so the committing receiver claims them too (share.rs `fold`).
+    pub fn taken(&self) -> Vec<(u32, Vec<(u64, u64)>)> {
+        let mut all: Vec<_> = self
+            .0
+            .iter()
+            .map(|(k, m)| {
+                (
+                    *k,
+                    m.lock().unwrap_or_else(|p| p.into_inner()).iter().collect(),
+                )
+            })
+            .filter(|(_, r): &(u32, Vec<_>)| !r.is_empty())
+            .collect();
+        all.sort_unstable_by_key(|(k, _)| *k);
+        all
     }
 }
 

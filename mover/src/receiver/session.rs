@@ -499,6 +499,7 @@ impl Session {
             mut deltas,
             rests,
             resizes,
+            files,
             stats,
             finish,
             mut touched,
@@ -527,7 +528,7 @@ impl Session {
             .set_totals(stats.files_needed, stats.bytes_needed);
         // Every pre-image and undo record is durable before the first byte is written in place.
         journal.sync()?;
-        super::apply::resize_deltas(root, &resizes)?;
+        super::apply::resize_deltas(root, &resizes, &files, &paths)?;
         send_need(ctl, &need)?;
         if !rest_list.is_empty() {
             for p in encode_rest(&rest_list) {
@@ -573,6 +574,7 @@ impl Session {
             owners: self.owners,
             fresh_dir: fresh,
             claims: super::claims::Claims::new(expected.keys().copied()),
+            files,
             remaining,
             expected,
             frame_budget: std::sync::atomic::AtomicU64::new(frame_budget),

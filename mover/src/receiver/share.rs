@@ -23,7 +23,7 @@
 //! waits for every place's answer before the session ends, so no place of a failed session
 //! writes under the next one.
 
-use super::table::RecvTable;
+use super::table::{FileId, RecvTable};
 use super::worker::RecvWorker;
 use super::WorkerConn;
 use crate::engine::{join_workers_preferring, FrameStats};
@@ -56,7 +56,7 @@ const MAX_DONE_FILE: usize = 1 << 30;
 /// Share and result files in the journal directory start with this.
 const SHARE_PREFIX: &str = "share-";
 /// First bytes of a share file (its format's version).
-const SHARE_MAGIC: u32 = 0x6d76_7331;
+const SHARE_MAGIC: u32 = 0x6d76_7332;
 /// How long a place holds a worker connection of a session it was not yet handed (the sender's
 /// workers connect right after the Expect list, before the committing receiver has written
 /// the share and the place has been handed it): as long as a receiver waits for its workers.
@@ -121,6 +121,9 @@ pub(crate) struct ShareDone {
     pub checksums: Vec<u64>,
     /// Bytes the place wrote of each large file (entry, bytes).
     pub written: Vec<(u32, u64)>,
+    /// The byte ranges it received of each (entry, [(offset, length)]), which add up to
+    /// `written`: the committing receiver claims them too (claims.rs).
+    pub claimed: Vec<(u32, Vec<(u64, u64)>)>,
 }
 
 fn share_name(session: SessionId) -> String {
@@ -161,6 +164,12 @@ pub(crate) fn publish(t: &RecvTable, session: SessionId) -> Result<(String, u64)
     e.u32(expected.len() as u32);
     for (k, v) in expected {
         e.u32(*k).u64(*v);
+    }
+    let mut files: Vec<_> = t.files.iter().collect();
+    files.sort_unstable_by_key(|(k, _)| **k);
+    e.u32(files.len() as u32);
+    for (k, f) in files {
+        e.u32(*k).u64(f.ino);
     }
     let name = share_name(session);
     crate::durable::write_atomic(t.journal.as_fd(), &name, &e.buf)?;
@@ -292,6 +301,11 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
         let (k, v) = (d.u32().map_err(bad)?, d.u64().map_err(bad)?);
         expected.insert(k, v);
     }
+    let mut files = HashMap::new();
+    for _ in 0..d.u32().map_err(bad)?.min(n) {
+        let (k, ino) = (d.u32().map_err(bad)?, d.u64().map_err(bad)?);
+        files.insert(k, FileId { dev: None, ino });
+    }
     d.finish().map_err(bad)?;
     let paths = crate::tree::entry::relative_paths(&entries);
     let frame_budget = super::session::data_frame_budget(&need, &entries, &expected);
@@ -302,6 +316,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
             .map(|(k, v)| (*k, AtomicU64::new(*v)))
             .collect(),
         claims: super::claims::Claims::new(expected.keys().copied()),
+        files,
         entries,
         paths,
         need,
@@ -499,6 +514,7 @@ impl ShareHost {
             wire_bytes: all.wire_bytes,
             checksums: all.checksums,
             written,
+            claimed: table.claims.taken(),
         };
         let body = serde_json::to_vec(&done).map_err(|e| Error::Corrupt(format!("share: {e}")))?;
         fence_ok(fence.as_deref())?;
@@ -624,6 +640,36 @@ pub fn workers_at(place: usize, workers: u16, places: usize) -> Vec<u16> {
 /// Folds a place's result into the committing receiver's totals; returns the large files the
 /// fold finished (their last bytes were written elsewhere: finalize sets their metadata).
 pub(crate) fn fold(t: &RecvTable, done: ShareDone, all: &mut FrameStats) -> Result<Vec<EntryId>> {
+    // The place's ranges add up to its byte counts, and none was received anywhere else.
+    let mut claimed: HashMap<u32, u64> = HashMap::new();
+    for (k, ranges) in &done.claimed {
+        let sum = ranges.iter().try_fold(0u64, |a, (_, l)| a.checked_add(*l));
+        let c = claimed.entry(*k).or_default();
+        *c = c.saturating_add(sum.unwrap_or(u64::MAX));
+    }
+    let written: HashMap<u32, u64> = done.written.iter().copied().collect();
+    if written != claimed {
+        return Err(Error::Corrupt(
+            "a write place's result: its ranges do not add up to its byte counts".into(),
+        ));
+    }
+    for (k, ranges) in &done.claimed {
+        let Some(path) = t.paths.get(*k as usize) else {
+            return Err(Error::Verify(format!(
+                "a write place received data of entry {k}, which is not in the list"
+            )));
+        };
+        for &(o, l) in ranges {
+            if !t.claims.claim(EntryId(*k), o, l) {
+                return Err(Error::Verify(format!(
+                    "a write place received bytes {o}..{} of {}, which were received elsewhere \
+                     too (or which the session does not carry)",
+                    o.saturating_add(l),
+                    crate::error::show(path)
+                )));
+            }
+        }
+    }
     let mut finished = Vec::new();
     for (k, bytes) in done.written {
         let Some(r) = t.remaining.get(&k) else {
@@ -658,6 +704,75 @@ pub(crate) fn fold(t: &RecvTable, done: ShareDone, all: &mut FrameStats) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::entry::{Entry, EntryKind, Meta};
+
+    /// A committing receiver's table for one large file of `size` bytes (entry 1), at `dir`.
+    fn table_of_one_file(dir: &std::path::Path, size: u64) -> RecvTable {
+        let open = || {
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap()
+        };
+        let entry = |parent, name: &[u8], kind| Entry {
+            parent: EntryId(parent),
+            name: name.to_vec(),
+            kind,
+            meta: Meta::default(),
+            xattrs: vec![],
+        };
+        let entries = vec![
+            entry(0, b"", EntryKind::Dir),
+            entry(0, b"big", EntryKind::File { size }),
+        ];
+        RecvTable {
+            root: open(),
+            paths: crate::tree::entry::relative_paths(&entries),
+            entries,
+            need: vec![Need::Nothing, Need::Full],
+            deltas: HashMap::new(),
+            owners: false,
+            fresh_dir: vec![false; 2],
+            claims: super::super::claims::Claims::new([1]),
+            files: HashMap::new(),
+            remaining: [(1, AtomicU64::new(size))].into_iter().collect(),
+            expected: [(1, size)].into_iter().collect(),
+            frame_budget: AtomicU64::new(u64::MAX),
+            creator: (0, 0),
+            umask: 0o022,
+            skip: vec![false; 2],
+            journal: open(),
+            checkpoint_bytes: 1 << 20,
+            checked: super::super::checked::Checked::off(),
+            syncs: Arc::default(),
+            held: Default::default(),
+        }
+    }
+
+    fn done(written: u64, claimed: &[(u64, u64)]) -> ShareDone {
+        ShareDone {
+            written: vec![(1, written)],
+            claimed: vec![(1, claimed.to_vec())],
+            ..ShareDone::default()
+        }
+    }
+
+    #[test]
+    fn bytes_a_write_place_received_that_were_received_here_too_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let t = table_of_one_file(d.path(), 300);
+        // This receiver's own worker took the first 100 bytes.
+        assert!(t.claims.claim(EntryId(1), 0, 100));
+        let mut all = FrameStats::default();
+        let err = fold(&t, done(100, &[(50, 100)]), &mut all).unwrap_err();
+        assert!(err.to_string().contains("received elsewhere too"), "{err}");
+        let err = fold(&t, done(100, &[(100, 50)]), &mut all).unwrap_err();
+        assert!(err.to_string().contains("do not add up"), "{err}");
+        // Its own 200 bytes finish the file (100 came here): the fold reports it finished.
+        assert!(fold(&t, done(200, &[(100, 200)]), &mut all).is_ok());
+    }
 
     #[test]
     fn every_worker_has_exactly_one_write_place_and_each_place_a_contiguous_run() {

@@ -1,5 +1,6 @@
 //! What a receiver's workers need to know about a session, built once by the control thread
-//! before any data frame is accepted and then shared read-only (no locks on the data path).
+//! before any data frame is accepted and then shared: read-only but for atomic counters and
+//! the per-file claims (claims.rs), whose lock is taken once per Data frame.
 
 use crate::tree::entry::{Entry, EntryKind};
 use crate::units::EntryId;
@@ -21,6 +22,8 @@ pub struct RecvTable {
     pub owners: bool,
     /// Directories created by this session's apply phase (no set-gid parent can be involved).
     pub fresh_dir: Vec<bool>,
+    /// The file each needed large file must be when a worker opens it (`Applied::files`).
+    pub files: HashMap<u32, FileId>,
     /// Data bytes still to be written per needed large file (from the sender's Expect list).
     /// The worker whose write brings a file to zero sets its metadata: the file is finished.
     pub remaining: HashMap<u32, AtomicU64>,
@@ -46,6 +49,42 @@ pub struct RecvTable {
     pub syncs: std::sync::Arc<super::writeback::SyncRounds>,
     /// Finished files the workers ended with unlogged, by worker index (`log_held`).
     pub held: std::sync::Mutex<Vec<(usize, super::resume::Finished)>>,
+}
+
+/// One file of the target, as a stat names it: what a path must still lead to when the
+/// session opens it again. A local writer in a standalone receiver's target could otherwise
+/// swap a file the job is writing for a hard link to one outside the root between two opens,
+/// and the job would write into (and chown) that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// None at a write place: its mount of the shared target numbers devices its own way
+    /// (inode numbers are the file system's).
+    pub dev: Option<u64>,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(st: &rustix::fs::Stat) -> FileId {
+        FileId {
+            dev: Some(st.st_dev),
+            ino: st.st_ino,
+        }
+    }
+
+    /// Ok if `fd`, just opened at `path`, is this file.
+    pub fn check(self, fd: BorrowedFd<'_>, path: &[u8]) -> crate::error::Result<()> {
+        let st = rustix::fs::fstat(fd).map_err(|e| crate::error::Error::Io {
+            context: format!("stat of {}", crate::error::show(path)),
+            source: e.into(),
+        })?;
+        if st.st_ino != self.ino || self.dev.is_some_and(|d| d != st.st_dev) {
+            return Err(crate::error::Error::Verify(format!(
+                "{} was replaced while this job wrote it: it is no longer the file the job                  created or checked (another writer in the target?); nothing was written to                  the file found there",
+                crate::error::show(path)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Longest a failed session waits for the syncfs that lets it log its workers' held files.

@@ -613,11 +613,22 @@ fn open_extent_file(
         beneath::open_file(t.root.as_fd(), p, OFlags::WRONLY | extra, Mode::empty())
             .ctx(|| format!("opening {} for writing", show(p)))
     };
+    // Opened by path, twice: each must be the file the apply phase created or checked.
+    let Some(file) = t.files.get(&entry.0).copied() else {
+        return Err(Error::Corrupt(format!(
+            "the session table names no file for {}",
+            show(p)
+        )));
+    };
     let buffered = Rc::new(open(OFlags::empty())?);
+    file.check(buffered.as_fd(), p)?;
     let mut direct = None;
     if *direct_ok && size >= DIRECT_WRITE_MIN {
         match open(OFlags::DIRECT) {
-            Ok(fd) => direct = Some(Rc::new(fd)),
+            Ok(fd) => {
+                file.check(fd.as_fd(), p)?;
+                direct = Some(Rc::new(fd))
+            }
             // The file system refuses O_DIRECT (tmpfs): buffered from now on.
             Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
                 *direct_ok = false
