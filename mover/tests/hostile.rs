@@ -797,7 +797,32 @@ fn a_file_swapped_for_a_hard_link_mid_job_is_not_written_through() {
     // A local writer in a standalone receiver's target replaces a large file the job created
     // with a hard link to a file outside the root, before the job's worker opens it again by
     // path to write its data: nothing may reach the file outside.
+    swap_mid_job(|src| {
+        std::fs::write(src.join("big.bin"), vec![b's'; 1 << 20]).unwrap();
+    });
+}
+
+#[test]
+fn a_file_of_holes_swapped_for_a_hard_link_mid_job_is_not_chowned() {
+    // All holes: no data comes for it, and the last phase sets its metadata by path.
+    swap_mid_job(|src| {
+        std::fs::File::create(src.join("big.bin"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        // Some data, so the session has a worker connection to hold back.
+        std::fs::write(src.join("small"), b"data").unwrap();
+    });
+}
+
+/// Fills a source with `fill` (a large file `big.bin` among its files) and sends it to a
+/// standalone receiver, whose one worker connection is held back while the test replaces
+/// the target's `big.bin`, once the apply phase made it, with a hard link to a file outside
+/// the root. The session must fail, naming the replaced file, and leave the outside file as
+/// it was (bytes, mode, mtime).
+fn swap_mid_job(fill: impl FnOnce(&Path)) {
     use common::faults::{Fault, FaultProxy};
+    use std::os::unix::fs::PermissionsExt;
     let t = tempfile::tempdir().unwrap();
     let (src, root, outside) = (
         t.path().join("src"),
@@ -807,10 +832,12 @@ fn a_file_swapped_for_a_hard_link_mid_job_is_not_written_through() {
     for d in [&src, &root, &outside] {
         std::fs::create_dir_all(d).unwrap();
     }
-    const SIZE: usize = 1 << 20;
-    std::fs::write(src.join("big.bin"), vec![b's'; SIZE]).unwrap();
+    fill(&src);
+    let size = std::fs::metadata(src.join("big.bin")).unwrap().len();
     let victim = outside.join("victim");
     std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
     let (addr, h) = start_receiver(&root);
     // Connection 0 is the control connection, 1 the one worker's: held back until the swap.
     let proxy = FaultProxy::start(
@@ -825,7 +852,7 @@ fn a_file_swapped_for_a_hard_link_mid_job_is_not_written_through() {
     let planted = root.join("big.bin");
     let t0 = std::time::Instant::now();
     // The apply phase creates the file at its full size before any data comes.
-    while std::fs::metadata(&planted).map_or(true, |m| m.len() != SIZE as u64) {
+    while std::fs::metadata(&planted).map_or(true, |m| m.len() != size) {
         assert!(
             t0.elapsed() < std::time::Duration::from_secs(10),
             "never created"
@@ -847,5 +874,8 @@ fn a_file_swapped_for_a_hard_link_mid_job_is_not_written_through() {
         "{err}"
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!(after.permissions().mode(), before.permissions().mode());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
     assert!(sender.join().unwrap().is_err());
 }

@@ -59,6 +59,9 @@ pub fn finalize(
                 t.checked.forget(i);
                 let fd = beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
                     .ctx(|| format!("opening {}", show(path)))?;
+                if let Some(file) = t.files.get(&(i as u32)) {
+                    file.check(fd.as_fd(), path)?;
+                }
                 apply_fd(fd.as_fd(), e, t.owners)
                     .ctx(|| format!("setting metadata of {}", show(path)))?;
             }

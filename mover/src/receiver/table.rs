@@ -79,7 +79,9 @@ impl FileId {
         })?;
         if st.st_ino != self.ino || self.dev.is_some_and(|d| d != st.st_dev) {
             return Err(crate::error::Error::Verify(format!(
-                "{} was replaced while this job wrote it: it is no longer the file the job                  created or checked (another writer in the target?); nothing was written to                  the file found there",
+                "{} was replaced while this job wrote it: it is no longer the file the job \
+                 created or checked (another writer in the target?); nothing was written to \
+                 the file found there",
                 crate::error::show(path)
             )));
         }
