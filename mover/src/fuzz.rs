@@ -303,6 +303,10 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
             path: b"f".to_vec(),
             old_size: 8192,
         },
+        Undo::InPlace {
+            path: b"f".to_vec(),
+            ino: 7,
+        },
     ] {
         crate::durable::frame_record(&u.encode(), &mut journal);
     }

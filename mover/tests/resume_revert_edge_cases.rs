@@ -885,12 +885,7 @@ fn a_resumed_job_never_moves_over_a_journal_object_whose_record_was_lost() {
 #[test]
 fn a_revert_stops_at_a_recovery_point_file_whose_bytes_it_cannot_restore() {
     let t = tempfile::tempdir().unwrap();
-    let (src, dst, state) = dirs(t.path());
-    std::fs::write(src.join("a.bin"), bytes(140, 1 << 20)).unwrap();
-    assert!(job(&src, &dst, &state));
-    rewrite(&src.join("a.bin"), bytes(141, 8192), 4096);
-    std::fs::write(src.join("zz-big.bin"), bytes(142, 8 << 20)).unwrap();
-    cut_job(&src, &dst, &state, 1 << 20);
+    let dst = cut_while_a_bin_is_written_in_place(t.path(), 140);
     std::fs::remove_file(dst.join("a.bin")).unwrap();
     let r = mover::receiver::revert_root(&dst);
     assert!(
@@ -898,4 +893,36 @@ fn a_revert_stops_at_a_recovery_point_file_whose_bytes_it_cannot_restore() {
             .is_err_and(|e| e.to_string().contains("a.bin to restore its data")),
         "{r:?}"
     );
+}
+
+/// A file the job wrote in place that a local writer swapped for a hard link to a file
+/// outside the root before the revert: its recovery-point bytes are not written through.
+#[test]
+fn a_revert_never_restores_bytes_into_a_file_swapped_for_a_hard_link() {
+    let t = tempfile::tempdir().unwrap();
+    let dst = cut_while_a_bin_is_written_in_place(t.path(), 150);
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, bytes(153, 1 << 20)).unwrap();
+    std::fs::remove_file(dst.join("a.bin")).unwrap();
+    std::fs::hard_link(&victim, dst.join("a.bin")).unwrap();
+    let r = mover::receiver::revert_root(&dst);
+    assert!(
+        r.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("no longer the file the job wrote in place")),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), bytes(153, 1 << 20));
+}
+
+/// A job whose `a.bin` (1 MiB) is updated in place, with its pre-images journaled, cut before
+/// it ends; returns the target.
+fn cut_while_a_bin_is_written_in_place(at: &Path, seed: u64) -> std::path::PathBuf {
+    let (src, dst, state) = dirs(at);
+    std::fs::write(src.join("a.bin"), bytes(seed, 1 << 20)).unwrap();
+    assert!(job(&src, &dst, &state));
+    rewrite(&src.join("a.bin"), bytes(seed + 1, 8192), 4096);
+    std::fs::write(src.join("zz-big.bin"), bytes(seed + 2, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    dst
 }

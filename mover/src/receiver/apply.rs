@@ -929,6 +929,9 @@ fn prepare_delta(
     let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty())
         .ctx(|| format!("opening {} for an in-place update", show(path)))?;
     file.check(fd.as_fd(), path)?;
+    j.in_place(path, file.ino).map_err(space::naming(|| {
+        format!("journaling the update in place of {}", show(path))
+    }))?;
     // Ask for every range up front: the kernel reads them with a deep queue while the copies
     // below go one by one (random 4 KiB reads otherwise wait on the device one at a time).
     for &(o, l) in ranges.iter().take(MAX_READAHEAD_HINTS) {

@@ -68,6 +68,13 @@ pub enum Undo {
         path: Vec<u8>,
         old_size: u64,
     },
+    /// The file at `path`, about to be written in place (its pre-images and resize follow),
+    /// is inode `ino`: revert restores its bytes and size only into that inode, so a file
+    /// swapped for a hard link to one outside the root since is not written through.
+    InPlace {
+        path: Vec<u8>,
+        ino: u64,
+    },
 }
 
 impl Undo {
@@ -92,6 +99,7 @@ impl Undo {
                 .u32(*file)
                 .u64(*file_off),
             Undo::Resized { path, old_size } => e.u8(6).bytes(path).u64(*old_size),
+            Undo::InPlace { path, ino } => e.u8(7).bytes(path).u64(*ino),
         };
         e.buf
     }
@@ -126,9 +134,13 @@ impl Undo {
                 path: p(&mut d)?,
                 old_size: d.u64()?,
             },
+            7 => Undo::InPlace {
+                path: p(&mut d)?,
+                ino: d.u64()?,
+            },
             t => {
                 return Err(Error::Corrupt(format!(
-                    "the undo journal holds an unknown record type {t}; revert with an older mover or remove .mover-state/journal to drop the interrupted job"
+                    "the undo journal holds an unknown record type {t} (a newer mover wrote it?); revert with the release that wrote it, or remove .mover-state/journal to drop the interrupted job"
                 )))
             }
         };
@@ -261,7 +273,10 @@ impl JobMap {
                     self.note(to, Event::Placed { from: origin, left });
                 }
             }
-            Undo::Header { .. } | Undo::PreImage { .. } | Undo::Resized { .. } => {}
+            Undo::Header { .. }
+            | Undo::PreImage { .. }
+            | Undo::Resized { .. }
+            | Undo::InPlace { .. } => {}
         }
     }
 
@@ -716,6 +731,14 @@ impl Journal {
     }
 
     /// Records that file `path` is about to be resized from `old_size`.
+    /// Records which inode the file at `path`, about to be written in place, is.
+    pub fn in_place(&mut self, path: &[u8], ino: u64) -> Result<()> {
+        self.append(&Undo::InPlace {
+            path: path.to_vec(),
+            ino,
+        })
+    }
+
     pub fn resized(&mut self, path: &[u8], old_size: u64) -> Result<()> {
         self.touched.insert(path.to_vec());
         self.append(&Undo::Resized {
@@ -927,6 +950,10 @@ mod tests {
             Undo::Resized {
                 path: b"f".to_vec(),
                 old_size: 99,
+            },
+            Undo::InPlace {
+                path: b"f".to_vec(),
+                ino: 12,
             },
         ];
         for u in all {

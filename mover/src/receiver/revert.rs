@@ -60,9 +60,16 @@ fn open_if_there(
 
 /// Undoes `u`. `made` tells whether the job made a path before `u` (a `Created` at it or an
 /// ancestor): a data or size restore skips such a file when a rerun has removed it already.
-fn undo_one(root: BorrowedFd<'_>, u: &Undo, made: &dyn Fn(&[u8]) -> bool) -> Result<()> {
+/// `ino`: the inode the job wrote in place at `u`'s path (`Undo::InPlace` before `u`), the
+/// only file a data or size restore may write into.
+fn undo_one(
+    root: BorrowedFd<'_>,
+    u: &Undo,
+    made: &dyn Fn(&[u8]) -> bool,
+    ino: Option<u64>,
+) -> Result<()> {
     match u {
-        Undo::Header { .. } => {}
+        Undo::Header { .. } | Undo::InPlace { .. } => {}
         Undo::Created { path } => {
             if let Some(d) = parent_of(root, path)? {
                 remove_any(d.as_fd(), split_parent(path).1, 0)
@@ -117,6 +124,7 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo, made: &dyn Fn(&[u8]) -> bool) -> Res
             else {
                 return Ok(());
             };
+            same_inode(f.as_fd(), ino, path)?;
             let pre = format!(".mover-state/{JOURNAL_DIR}/pre-{file}");
             let p = beneath::open_file(root, pre.as_bytes(), OFlags::RDONLY, Mode::empty())
                 .ctx(|| format!("opening {pre}"))?;
@@ -132,9 +140,27 @@ fn undo_one(root: BorrowedFd<'_>, u: &Undo, made: &dyn Fn(&[u8]) -> bool) -> Res
             else {
                 return Ok(());
             };
+            same_inode(f.as_fd(), ino, path)?;
             rustix::fs::ftruncate(&f, *old_size)
                 .ctx(|| format!("restoring the size of {}", show(path)))?;
         }
+    }
+    Ok(())
+}
+
+/// Ok unless `f`, opened at `path`, is not inode `ino` (when the journal named one).
+fn same_inode(f: BorrowedFd<'_>, ino: Option<u64>, path: &[u8]) -> Result<()> {
+    let Some(ino) = ino else {
+        return Ok(()); // journaled by a release that did not record it
+    };
+    let st = rustix::fs::fstat(f).ctx(|| format!("stat of {}", show(path)))?;
+    if st.st_ino != ino {
+        return Err(Error::Revert(format!(
+            "cannot restore {}: it is no longer the file the job wrote in place (replaced \
+             since, by a hard link to another file?); nothing was written to it. Remove what \
+             stands there and revert again",
+            show(path)
+        )));
     }
     Ok(())
 }
@@ -192,6 +218,20 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
             created.entry(path.as_slice()).or_insert(k);
         }
     }
+    // Which inode the job wrote in place at each path, from which record on.
+    let mut in_place: std::collections::HashMap<&[u8], Vec<(usize, u64)>> =
+        std::collections::HashMap::new();
+    for (k, u) in records.iter().enumerate() {
+        if let Undo::InPlace { path, ino } = u {
+            in_place.entry(path.as_slice()).or_default().push((k, *ino));
+        }
+    }
+    // The inode written in place at `p` as of record `k` (the last one named before it).
+    let ino_at = |p: &[u8], k: usize| {
+        let v = in_place.get(p)?;
+        let n = v.partition_point(|&(i, _)| i < k);
+        n.checked_sub(1).map(|n| v[n].1)
+    };
     // Whether the item at `p` is one the job made before record `k`.
     let made = |p: &[u8], k: usize| {
         journal::ancestors_and_self(p).any(|q| created.get(q).is_some_and(|&c| c < k))
@@ -215,7 +255,11 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
             progress.sync()?; // in case .mover-state is another mount
             unsynced = 0;
         }
-        undo_one(root, u, &|p| made(p, k))?;
+        let ino = match u {
+            Undo::PreImage { path, .. } | Undo::Resized { path, .. } => ino_at(path, k),
+            _ => None,
+        };
+        undo_one(root, u, &|p| made(p, k), ino)?;
         undone += 1;
         unsynced += 1;
         let mut e = Enc::new();
