@@ -91,13 +91,14 @@ pub fn sealed_frame(data: &[u8]) {
 }
 
 /// The files a receiver and a sender keep on disk: the recovery point record, the recovery
-/// point's entry list, the undo journal and the workers' logs of durable ranges beside it, and
-/// the sender's manifest.
+/// point's entry list, the undo journal (its log and `inplace` records) and the workers' logs
+/// of durable ranges beside it, and the sender's manifest.
 pub fn state_files(data: &[u8]) {
     let _ = crate::receiver::state::RecoveryPoint::decode(data);
     let (recs, _) = crate::durable::parse_records(data);
     for r in &recs {
         let _ = crate::receiver::journal::Undo::decode(r);
+        let _ = crate::receiver::journal::InPlace::decode(r);
         let _ = crate::receiver::resume::Written::decode(r);
         if let Ok(es) = decode_entries(r) {
             if checked(&es) {
@@ -302,10 +303,6 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         Undo::Resized {
             path: b"f".to_vec(),
             old_size: 8192,
-        },
-        Undo::InPlace {
-            path: b"f".to_vec(),
-            ino: 7,
         },
     ] {
         crate::durable::frame_record(&u.encode(), &mut journal);

@@ -917,7 +917,7 @@ fn a_revert_never_restores_bytes_into_a_file_swapped_for_a_hard_link() {
 
 /// A job whose `a.bin` (1 MiB) is updated in place, with its pre-images journaled, cut before
 /// it ends; returns the target.
-fn cut_while_a_bin_is_written_in_place(at: &Path, seed: u64) -> std::path::PathBuf {
+fn cut_while_a_bin_is_written_in_place(at: &Path, seed: u64) -> PathBuf {
     let (src, dst, state) = dirs(at);
     std::fs::write(src.join("a.bin"), bytes(seed, 1 << 20)).unwrap();
     assert!(job(&src, &dst, &state));

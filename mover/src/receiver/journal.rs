@@ -12,6 +12,12 @@
 //!   Undo: write the bytes back.
 //! - `Resized`: a file's size is about to change. Undo: truncate to the old size.
 //!
+//! Beside the log, `inplace` names the inode of each file about to be written in place, and
+//! how many log records came before (`InPlace`): revert writes a file's pre-images and old
+//! size back only into that inode, so a file swapped since for a hard link to one outside the
+//! root is not written through. It is a file of its own so that a release without it (a
+//! rollback) still reads the log, and ignores it.
+//!
 //! Undoing every record in reverse order, then restoring metadata from the recovery point's
 //! stored entry list, gives back the recovery point exactly (revert.rs). Every undo step is
 //! idempotent and revert progress is logged, so a revert can itself be interrupted and rerun.
@@ -32,6 +38,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub const JOURNAL_DIR: &str = "journal";
 const LOG: &str = "log";
+/// Beside the log: `InPlace` records.
+const INPLACE_LOG: &str = "inplace";
 pub const REVERT_LOG: &str = "revert";
 /// Bound on one journaled path (a path is at most MAX_DEPTH components of MAX_NAME_LEN).
 const MAX_JOURNAL_PATH: usize =
@@ -68,13 +76,6 @@ pub enum Undo {
         path: Vec<u8>,
         old_size: u64,
     },
-    /// The file at `path`, about to be written in place (its pre-images and resize follow),
-    /// is inode `ino`: revert restores its bytes and size only into that inode, so a file
-    /// swapped for a hard link to one outside the root since is not written through.
-    InPlace {
-        path: Vec<u8>,
-        ino: u64,
-    },
 }
 
 impl Undo {
@@ -99,7 +100,6 @@ impl Undo {
                 .u32(*file)
                 .u64(*file_off),
             Undo::Resized { path, old_size } => e.u8(6).bytes(path).u64(*old_size),
-            Undo::InPlace { path, ino } => e.u8(7).bytes(path).u64(*ino),
         };
         e.buf
     }
@@ -134,10 +134,6 @@ impl Undo {
                 path: p(&mut d)?,
                 old_size: d.u64()?,
             },
-            7 => Undo::InPlace {
-                path: p(&mut d)?,
-                ino: d.u64()?,
-            },
             t => {
                 return Err(Error::Corrupt(format!(
                     "the undo journal holds an unknown record type {t} (a newer mover wrote it?); revert with the release that wrote it, or remove .mover-state/journal to drop the interrupted job"
@@ -146,6 +142,39 @@ impl Undo {
         };
         d.finish()?;
         Ok(u)
+    }
+}
+
+/// The file at `path`, about to be written in place after the first `at` log records (its
+/// pre-images and resize follow), is inode `ino` of the job's recovery point `base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    pub base: RecoveryPointId,
+    pub at: u64,
+    pub path: Vec<u8>,
+    pub ino: u64,
+}
+
+impl InPlace {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u128(self.base.0)
+            .u64(self.at)
+            .bytes(&self.path)
+            .u64(self.ino);
+        e.buf
+    }
+
+    pub fn decode(b: &[u8]) -> Result<InPlace> {
+        let mut d = Dec::new(b);
+        let r = InPlace {
+            base: RecoveryPointId(d.u128()?),
+            at: d.u64()?,
+            path: d.bytes(MAX_JOURNAL_PATH, "journal path")?.to_vec(),
+            ino: d.u64()?,
+        };
+        d.finish()?;
+        Ok(r)
     }
 }
 
@@ -273,10 +302,7 @@ impl JobMap {
                     self.note(to, Event::Placed { from: origin, left });
                 }
             }
-            Undo::Header { .. }
-            | Undo::PreImage { .. }
-            | Undo::Resized { .. }
-            | Undo::InPlace { .. } => {}
+            Undo::Header { .. } | Undo::PreImage { .. } | Undo::Resized { .. } => {}
         }
     }
 
@@ -380,6 +406,8 @@ fn stage_path(n: u64) -> Vec<u8> {
 pub struct Existing {
     pub base: Option<RecoveryPointId>,
     pub records: Vec<Undo>,
+    /// The `inplace` records of this journal's base (none from a release without them).
+    pub in_place: Vec<InPlace>,
     pub reverting: bool,
 }
 
@@ -443,9 +471,25 @@ pub fn read_existing(state: &State) -> Result<Option<Existing>> {
     };
     let reverting =
         crate::durable::read_opt(dir.as_fd(), REVERT_LOG)?.is_some_and(|r| !r.is_empty());
+    let raw = crate::durable::read_opt(dir.as_fd(), INPLACE_LOG)?.unwrap_or_default();
+    let in_place = crate::durable::parse_records(&raw)
+        .0
+        .into_iter()
+        .map(InPlace::decode)
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| {
+            Error::Corrupt(format!(
+                "the undo journal's .mover-state/{JOURNAL_DIR}/{INPLACE_LOG} cannot be read \
+                 ({e})"
+            ))
+        })?
+        .into_iter()
+        .filter(|r| Some(r.base) == base)
+        .collect();
     Ok(Some(Existing {
         base,
         records,
+        in_place,
         reverting,
     }))
 }
@@ -481,6 +525,11 @@ pub struct Journal {
     objs: OwnedFd,
     stage: OwnedFd,
     log: Log,
+    /// Records in the log.
+    logged: u64,
+    /// `InPlace` records.
+    inplace: Log,
+    base: RecoveryPointId,
     next_obj: u64,
     pre: Option<(OwnedFd, u32, u64)>,
     next_pre: u32,
@@ -514,10 +563,17 @@ impl Journal {
             .iter()
             .map(|r| Undo::decode(r))
             .collect::<Result<Vec<_>>>()?;
+        let mut logged = records.len() as u64;
         match records.first() {
             None => {
+                // A new job: `inplace` records of an earlier one (a discard cut short) go.
+                match rustix::fs::unlinkat(&dir, INPLACE_LOG, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(e).ctx(|| "removing an old journal file".to_string()),
+                }
                 log.append(&Undo::Header { base }.encode())?;
                 log.sync()?;
+                logged = 1;
             }
             Some(Undo::Header { base: b }) if *b == base => {}
             Some(_) => {
@@ -585,6 +641,7 @@ impl Journal {
             }
         }
         let durable = super::resume::read_logs(dir.as_fd())?;
+        let (inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
             .ctx(|| "dup of the destination root".to_string())?;
         Ok(Journal {
@@ -593,6 +650,9 @@ impl Journal {
             objs,
             stage,
             log,
+            logged,
+            inplace,
+            base,
             next_obj,
             pre: None,
             next_pre,
@@ -611,6 +671,7 @@ impl Journal {
 
     fn append(&mut self, u: &Undo) -> Result<()> {
         self.log.append(&u.encode())?;
+        self.logged += 1;
         self.map.apply(u);
         Ok(())
     }
@@ -652,6 +713,7 @@ impl Journal {
         for chunk in deferred.chunks(BATCH) {
             let bodies: Vec<Vec<u8>> = chunk.iter().map(Undo::encode).collect();
             self.log.append_many(bodies.iter().map(Vec::as_slice))?;
+            self.logged += bodies.len() as u64;
             for u in chunk {
                 self.map.apply(u);
             }
@@ -730,15 +792,19 @@ impl Journal {
             .ctx(|| format!("renaming into place at {}", show(path)))
     }
 
-    /// Records that file `path` is about to be resized from `old_size`.
-    /// Records which inode the file at `path`, about to be written in place, is.
+    /// Records which inode the file at `path`, about to be written in place, is (`InPlace`).
+    /// Made durable with the log (`sync`), before any byte is written in place.
     pub fn in_place(&mut self, path: &[u8], ino: u64) -> Result<()> {
-        self.append(&Undo::InPlace {
+        let r = InPlace {
+            base: self.base,
+            at: self.logged,
             path: path.to_vec(),
             ino,
-        })
+        };
+        self.inplace.append(&r.encode())
     }
 
+    /// Records that file `path` is about to be resized from `old_size`.
     pub fn resized(&mut self, path: &[u8], old_size: u64) -> Result<()> {
         self.touched.insert(path.to_vec());
         self.append(&Undo::Resized {
@@ -803,6 +869,7 @@ impl Journal {
         rustix::fs::fsync(&self.stage).ctx(|| "fsync of the journal".to_string())?;
         // The names of the pre-image files (and the log's) are entries of the journal itself.
         rustix::fs::fsync(&self.dir).ctx(|| "fsync of the journal".to_string())?;
+        self.inplace.sync()?;
         self.log.sync()
     }
 }
@@ -951,15 +1018,19 @@ mod tests {
                 path: b"f".to_vec(),
                 old_size: 99,
             },
-            Undo::InPlace {
-                path: b"f".to_vec(),
-                ino: 12,
-            },
         ];
         for u in all {
             assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
         }
         assert!(Undo::decode(&[9]).is_err());
+        let r = InPlace {
+            base: RecoveryPointId(5),
+            at: 3,
+            path: b"d/f".to_vec(),
+            ino: 77,
+        };
+        assert_eq!(InPlace::decode(&r.encode()).unwrap(), r);
+        assert!(InPlace::decode(&r.encode()[1..]).is_err());
     }
 
     #[test]

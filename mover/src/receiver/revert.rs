@@ -60,8 +60,8 @@ fn open_if_there(
 
 /// Undoes `u`. `made` tells whether the job made a path before `u` (a `Created` at it or an
 /// ancestor): a data or size restore skips such a file when a rerun has removed it already.
-/// `ino`: the inode the job wrote in place at `u`'s path (`Undo::InPlace` before `u`), the
-/// only file a data or size restore may write into.
+/// `ino`: the inode the job wrote in place at `u`'s path (`journal::InPlace`, before `u`),
+/// the only file a data or size restore may write into.
 fn undo_one(
     root: BorrowedFd<'_>,
     u: &Undo,
@@ -69,7 +69,7 @@ fn undo_one(
     ino: Option<u64>,
 ) -> Result<()> {
     match u {
-        Undo::Header { .. } | Undo::InPlace { .. } => {}
+        Undo::Header { .. } => {}
         Undo::Created { path } => {
             if let Some(d) = parent_of(root, path)? {
                 remove_any(d.as_fd(), split_parent(path).1, 0)
@@ -157,8 +157,10 @@ fn same_inode(f: BorrowedFd<'_>, ino: Option<u64>, path: &[u8]) -> Result<()> {
     if st.st_ino != ino {
         return Err(Error::Revert(format!(
             "cannot restore {}: it is no longer the file the job wrote in place (replaced \
-             since, by a hard link to another file?); nothing was written to it. Remove what \
-             stands there and revert again",
+             since, by a hard link to another file?); nothing was written to it. Put the \
+             recovery point's file back there from another copy and revert again, or drop the \
+             interrupted job (remove .mover-state/journal) and let the next job repair the \
+             target",
             show(path)
         )));
     }
@@ -221,15 +223,16 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     // Which inode the job wrote in place at each path, from which record on.
     let mut in_place: std::collections::HashMap<&[u8], Vec<(usize, u64)>> =
         std::collections::HashMap::new();
-    for (k, u) in records.iter().enumerate() {
-        if let Undo::InPlace { path, ino } = u {
-            in_place.entry(path.as_slice()).or_default().push((k, *ino));
-        }
+    for r in &existing.in_place {
+        in_place
+            .entry(r.path.as_slice())
+            .or_default()
+            .push((r.at as usize, r.ino));
     }
     // The inode written in place at `p` as of record `k` (the last one named before it).
     let ino_at = |p: &[u8], k: usize| {
         let v = in_place.get(p)?;
-        let n = v.partition_point(|&(i, _)| i < k);
+        let n = v.partition_point(|&(at, _)| at <= k);
         n.checked_sub(1).map(|n| v[n].1)
     };
     // Whether the item at `p` is one the job made before record `k`.
