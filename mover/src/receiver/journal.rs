@@ -471,27 +471,46 @@ pub fn read_existing(state: &State) -> Result<Option<Existing>> {
     };
     let reverting =
         crate::durable::read_opt(dir.as_fd(), REVERT_LOG)?.is_some_and(|r| !r.is_empty());
-    let raw = crate::durable::read_opt(dir.as_fd(), INPLACE_LOG)?.unwrap_or_default();
-    let in_place = crate::durable::parse_records(&raw)
-        .0
-        .into_iter()
-        .map(InPlace::decode)
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| {
-            Error::Corrupt(format!(
-                "the undo journal's .mover-state/{JOURNAL_DIR}/{INPLACE_LOG} cannot be read \
-                 ({e})"
-            ))
-        })?
-        .into_iter()
-        .filter(|r| Some(r.base) == base)
-        .collect();
+    let in_place = match base {
+        Some(b) => read_in_place(dir.as_fd(), b, records.len() as u64)?.0,
+        None => Vec::new(),
+    };
     Ok(Some(Existing {
         base,
         records,
         in_place,
         reverting,
     }))
+}
+
+/// The `inplace` records of base `base` that follow the first `logged` log records at most,
+/// in log order. Any other is left out: one a power loss kept while it lost the log's tail
+/// (records appended since may have reused its place), or one this release cannot read (the
+/// revert then writes that file back unchecked, as before these records). Also says whether
+/// any record was left out.
+fn read_in_place(
+    dir: BorrowedFd<'_>,
+    base: RecoveryPointId,
+    logged: u64,
+) -> Result<(Vec<InPlace>, bool)> {
+    let raw = crate::durable::read_opt(dir, INPLACE_LOG)?.unwrap_or_default();
+    let mut out = Vec::new();
+    let all = crate::durable::parse_records(&raw).0;
+    let n = all.len();
+    for r in all {
+        match InPlace::decode(r) {
+            Ok(r)
+                if r.base == base
+                    && r.at <= logged
+                    && out.last().is_none_or(|l: &InPlace| l.at <= r.at) =>
+            {
+                out.push(r)
+            }
+            _ => {}
+        }
+    }
+    let left_out = out.len() != n;
+    Ok((out, left_out))
 }
 
 /// Removes the journal directory: the log first, so a crash halfway leaves a headerless (garbage)
@@ -641,6 +660,15 @@ impl Journal {
             }
         }
         let durable = super::resume::read_logs(dir.as_fd())?;
+        // Only the records that still fit the log are kept: a resumed session's own follow.
+        let (kept, left_out) = read_in_place(dir.as_fd(), base, logged)?;
+        if left_out {
+            let mut body = Vec::new();
+            for r in &kept {
+                crate::durable::frame_record(&r.encode(), &mut body);
+            }
+            crate::durable::write_atomic(dir.as_fd(), INPLACE_LOG, &body)?;
+        }
         let (inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
             .ctx(|| "dup of the destination root".to_string())?;
@@ -1031,6 +1059,29 @@ mod tests {
         };
         assert_eq!(InPlace::decode(&r.encode()).unwrap(), r);
         assert!(InPlace::decode(&r.encode()[1..]).is_err());
+    }
+
+    #[test]
+    fn in_place_records_past_the_log_or_of_another_base_are_left_out() {
+        let t = tempfile::tempdir().unwrap();
+        let dir =
+            rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let rec = |base, at| InPlace {
+            base: RecoveryPointId(base),
+            at,
+            path: b"f".to_vec(),
+            ino: at,
+        };
+        // 9: kept while the log's tail was lost; 3 of base 2: another job's.
+        let mut body = Vec::new();
+        for r in [rec(1, 1), rec(1, 9), rec(2, 3), rec(1, 4)] {
+            crate::durable::frame_record(&r.encode(), &mut body);
+        }
+        body.extend_from_slice(b"torn");
+        std::fs::write(t.path().join(INPLACE_LOG), &body).unwrap();
+        let (kept, left_out) = read_in_place(dir.as_fd(), RecoveryPointId(1), 5).unwrap();
+        assert_eq!(kept, [rec(1, 1), rec(1, 4)]);
+        assert!(left_out);
     }
 
     #[test]
