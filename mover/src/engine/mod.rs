@@ -67,10 +67,13 @@ pub fn join_workers_ranked(
 ) -> Result<FrameStats> {
     let mut all = FrameStats::default();
     let mut first_err: Option<Error> = None;
-    for h in handles {
+    for (k, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(s)) => all.absorb(s),
             Ok(Err(e)) => {
+                // Only one error is returned: the others are logged, as one of them may be
+                // the cause the returned one echoes.
+                tracing::info!(side, worker = k, error = %e, "worker failed");
                 if first_err.as_ref().is_none_or(|f| rank(&e) > rank(f)) {
                     first_err = Some(e);
                 }
