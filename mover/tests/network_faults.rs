@@ -160,13 +160,28 @@ fn stalled_link_pauses_and_completes() {
 /// is not told "receiver busy" (it once was, for the whole 60 s worker-connect timeout).
 #[test]
 fn reordered_and_refused_connections_are_survived() {
+    refused_worker_connection_is_survived(1 << 20);
+}
+
+/// The same with more data than the sockets hold: the other worker blocks, writing to a
+/// receiver that holds its connection until all have arrived, so the sender must end the
+/// session when one worker fails rather than when all are done (it once waited for the
+/// receiver's 60 s timeout).
+#[test]
+fn a_refused_worker_connection_ends_a_session_whose_other_worker_is_blocked() {
+    refused_worker_connection_is_survived(32 << 20);
+}
+
+/// A job of two large files of `large_size` whose first session has one worker connection
+/// refused by the network and the other held back.
+fn refused_worker_connection_is_survived(large_size: usize) {
     let d = dirs();
     generate(
         &d.src,
         &TreeSpec {
             small_files: 100,
             large_files: 2,
-            large_size: 1 << 20,
+            large_size,
             ..Default::default()
         },
     )

@@ -780,8 +780,17 @@ pub fn send_over(
     // This place's workers to the same write place share their units: one that ends early
     // takes over the rest of a slower one's span (`sender::pool`).
     let pools = pool::pools_by_destination(spans);
+    // A worker or a place that fails ends the session at once (below), rather than when every
+    // other worker is done or the receiver gives up waiting for connections that will not
+    // come (a worker whose connection was refused leaves the others blocked on the receiver,
+    // which holds a session's connections until all have arrived).
+    let (place_failed, place_failures) = std::sync::mpsc::channel::<()>();
+    // The handle of the local worker that failed first: its error is the cause, and the
+    // others' (their connections dropped when the session ends) only echo it.
+    let first_failed = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
     for ((i, to), (pool, slot)) in local.into_iter().zip(pools) {
         let (transport, id) = (transport.clone(), id.clone());
+        let (failed, first, handle) = (place_failed.clone(), first_failed.clone(), handles.len());
         let place = places.get(i).cloned().unwrap_or_default();
         let worker = SendWorker {
             cpu: place.cpu,
@@ -794,15 +803,24 @@ pub fn send_over(
         };
         let h = std::thread::Builder::new()
             .name(format!("mover-send-{i}"))
-            .spawn(move || run_worker(&*transport, to, &id, WorkerIndex(i as u16), &place, worker))
+            .spawn(move || {
+                let r = run_worker(&*transport, to, &id, WorkerIndex(i as u16), &place, worker);
+                if r.is_err() {
+                    let _ = first.compare_exchange(
+                        usize::MAX,
+                        handle,
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                    );
+                    let _ = failed.send(());
+                }
+                r
+            })
             .ctx(|| "spawning sender worker".to_string())?;
         handles.push(h);
     }
     // Each other place's plan goes out as a file on the shared source; a thread per place
     // waits for it as for a worker.
-    // A place that fails ends the session at once (below), rather than when every other
-    // worker is done or the receiver gives up waiting for that place's connections.
-    let (place_failed, place_failures) = std::sync::mpsc::channel::<()>();
     if let Some(spread) = &opts.spread {
         for (k, workers) in shards.into_iter().enumerate() {
             if workers.is_empty() {
@@ -845,14 +863,19 @@ pub fn send_over(
         }
     }
     drop(place_failed);
-    // Returns when a place failed, or at once when every place's waiter is done (or none
-    // runs). Half-closed, the control connection tells the receiver the session is over (it
-    // drops the session's connections, so the workers here stop too) while the receiver's
-    // explanation of a failure of its own can still be read.
+    // Returns when a worker or a place failed, or when every one is done. Half-closed, the
+    // control connection tells the receiver the session is over (it drops the session's
+    // connections, so the workers here stop too) while the receiver's explanation of a
+    // failure of its own can still be read.
     if place_failures.recv().is_ok() {
         if let Ok(Some(s)) = ctl.conn.tcp_stream() {
             let _ = s.shutdown(std::net::Shutdown::Write);
         }
+    }
+    // Among errors of one rank the first handle's wins: the first local failure goes first.
+    let first = first_failed.load(std::sync::atomic::Ordering::Acquire);
+    if first < handles.len() {
+        handles.swap(0, first);
     }
     // A spread session that failed because of a place says so: a node gone or unable to
     // read the source first, then a failed share; the errors of the workers the ended
