@@ -40,6 +40,39 @@ impl FrameStats {
     }
 }
 
+/// Which of a side's worker handles failed first. When one worker fails, the side (or its
+/// peer) ends the session and the others fail with errors that only echo it; a join returns
+/// the first handle's error among equals, so the first failure's handle is put first.
+#[derive(Debug)]
+pub struct FirstFailure(std::sync::atomic::AtomicUsize);
+
+impl Default for FirstFailure {
+    fn default() -> Self {
+        FirstFailure(std::sync::atomic::AtomicUsize::new(usize::MAX))
+    }
+}
+
+impl FirstFailure {
+    /// Called by the worker at `handle` (its index in the handles) when it fails.
+    pub fn note(&self, handle: usize) {
+        let _ = self.0.compare_exchange(
+            usize::MAX,
+            handle,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    /// Moves the handle of the first failure to the front (once every worker has ended or
+    /// been stopped).
+    pub fn put_first<T>(&self, handles: &mut [T]) {
+        let first = self.0.load(std::sync::atomic::Ordering::Acquire);
+        if first < handles.len() {
+            handles.swap(0, first);
+        }
+    }
+}
+
 /// Joins every worker (none is left running) and merges their stats, or returns the first
 /// error; a panicked worker counts as an error.
 pub fn join_workers(

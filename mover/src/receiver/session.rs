@@ -863,9 +863,13 @@ impl Places<'_> {
             .collect();
         let (ended, workers_ended) = std::sync::mpsc::channel::<()>();
         let mut handles = Vec::new();
+        // The sender ends the session when one of its workers fails, so the others here
+        // then fail too, echoing this side's first failure, which is what gets reported.
+        let first = Arc::new(crate::engine::FirstFailure::default());
         for (index, conn) in conns {
             let i = usize::from(index.0);
             let ended = ended.clone();
+            let (first, handle) = (first.clone(), handles.len());
             let w = RecvWorker {
                 index: i,
                 cpu: cpus.get(i).copied().flatten(),
@@ -878,6 +882,9 @@ impl Places<'_> {
                 .name(format!("mover-recv-{i}"))
                 .spawn(move || {
                     let r = w.run();
+                    if r.is_err() {
+                        first.note(handle);
+                    }
                     let _ = ended.send(());
                     r
                 })
@@ -898,6 +905,7 @@ impl Places<'_> {
             }
             stop
         });
+        first.put_first(&mut handles);
         join_workers_preferring(handles, "receiver", space::is_full)
     }
 }

@@ -560,6 +560,8 @@ impl ShareHost {
             .unwrap_or(0);
         let cpus = crate::engine::worker_places(last + 1, None);
         let mut handles = Vec::new();
+        // Its first failure is reported, not the others' echoes of it (engine::FirstFailure).
+        let first = Arc::new(crate::engine::FirstFailure::default());
         for (index, link) in conns {
             let w = RecvWorker {
                 index: usize::from(index.0),
@@ -570,10 +572,14 @@ impl ShareHost {
                 fence: fence.clone(),
             };
             let ended = ended.clone();
+            let (first, handle) = (first.clone(), handles.len());
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", index.0))
                 .spawn(move || {
                     let r = w.run();
+                    if r.is_err() {
+                        first.note(handle);
+                    }
                     let _ = ended.send(());
                     r
                 })
@@ -601,6 +607,7 @@ impl ShareHost {
                     tracing::warn!("write place: no thread to watch its fence: {e}");
                 }
             }
+            first.put_first(&mut handles);
             join_workers_preferring(handles, "write place", super::space::is_full)
         })
         // A worker stopped by the watch reports its connection shut: say why (any other

@@ -787,7 +787,7 @@ pub fn send_over(
     let (place_failed, place_failures) = std::sync::mpsc::channel::<()>();
     // The handle of the local worker that failed first: its error is the cause, and the
     // others' (their connections dropped when the session ends) only echo it.
-    let first_failed = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let first_failed = Arc::new(crate::engine::FirstFailure::default());
     for ((i, to), (pool, slot)) in local.into_iter().zip(pools) {
         let (transport, id) = (transport.clone(), id.clone());
         let (failed, first, handle) = (place_failed.clone(), first_failed.clone(), handles.len());
@@ -806,12 +806,7 @@ pub fn send_over(
             .spawn(move || {
                 let r = run_worker(&*transport, to, &id, WorkerIndex(i as u16), &place, worker);
                 if r.is_err() {
-                    let _ = first.compare_exchange(
-                        usize::MAX,
-                        handle,
-                        std::sync::atomic::Ordering::AcqRel,
-                        std::sync::atomic::Ordering::Acquire,
-                    );
+                    first.note(handle);
                     let _ = failed.send(());
                 }
                 r
@@ -873,10 +868,7 @@ pub fn send_over(
         }
     }
     // Among errors of one rank the first handle's wins: the first local failure goes first.
-    let first = first_failed.load(std::sync::atomic::Ordering::Acquire);
-    if first < handles.len() {
-        handles.swap(0, first);
-    }
+    first_failed.put_first(&mut handles);
     // A spread session that failed because of a place says so: a node gone or unable to
     // read the source first, then a failed share; the errors of the workers the ended
     // session stopped (here and at other places) only echo it.
