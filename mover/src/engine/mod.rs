@@ -63,6 +63,14 @@ impl FirstFailure {
         );
     }
 
+    /// Passes a worker's result through, noting the worker at `handle` if it failed.
+    pub fn noted<T>(&self, handle: usize, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.note(handle);
+        }
+        r
+    }
+
     /// Moves the handle of the first failure to the front (once every worker has ended or
     /// been stopped).
     pub fn put_first<T>(&self, handles: &mut [T]) {
@@ -100,13 +108,15 @@ pub fn join_workers_ranked(
 ) -> Result<FrameStats> {
     let mut all = FrameStats::default();
     let mut first_err: Option<Error> = None;
-    for (k, h) in handles.into_iter().enumerate() {
+    for h in handles {
+        // Named by its thread: the handles' order is not the workers' (`FirstFailure`).
+        let worker = h.thread().name().unwrap_or("unnamed").to_string();
         match h.join() {
             Ok(Ok(s)) => all.absorb(s),
             Ok(Err(e)) => {
                 // Only one error is returned: the others are logged, as one of them may be
                 // the cause the returned one echoes.
-                tracing::info!(side, worker = k, error = %e, "worker failed");
+                tracing::info!(side, worker, error = %e, "worker failed");
                 if first_err.as_ref().is_none_or(|f| rank(&e) > rank(f)) {
                     first_err = Some(e);
                 }

@@ -144,10 +144,10 @@ pub struct Applied {
     /// Ranges still needed of files an interrupted session left unfinished (`need == Rest`).
     pub rests: HashMap<u32, Vec<(u64, u64)>>,
     /// New sizes of delta files, applied only once the journal (with the pre-images of any
-    /// tail a shrink cuts off) is durable: see `resize_deltas`.
-    pub resizes: Vec<(Vec<u8>, u64)>,
+    /// tail a shrink cuts off) is durable: see `resize_deltas`. With the file each must be.
+    pub resizes: Vec<(Vec<u8>, u64, FileId)>,
     /// The file each large file the data phase writes must be (created or checked here): the
-    /// workers reopen it by path and refuse another (`RecvTable::same_file`).
+    /// workers reopen it by path and refuse another (`FileId::check`).
     pub files: HashMap<u32, FileId>,
     pub stats: ApplyStats,
     /// Entries finalize still has to finish in a job from a recovery point: directories,
@@ -589,7 +589,7 @@ pub fn apply_entries(
                             let file = FileId::of(s);
                             prepare_delta((dir, name), path, file, (old, *size), &ranges, j)?;
                             if old != *size {
-                                resizes.push((path.clone(), *size));
+                                resizes.push((path.clone(), *size, file));
                             }
                             rest = Some(ranges);
                         }
@@ -655,7 +655,7 @@ pub fn apply_entries(
                         prepare_delta((dir, name), path, file, (bsize, *size), ranges, j)?;
                         files.insert(i as u32, file);
                         if bsize != *size {
-                            resizes.push((path.clone(), *size));
+                            resizes.push((path.clone(), *size, file));
                         }
                         stats.files_needed += 1;
                         stats.bytes_needed += ranges.iter().map(|r| r.1).sum::<u64>();
@@ -960,23 +960,11 @@ fn prepare_delta(
 
 /// Gives delta files their new sizes; called after the journal was synced, so a shrink never
 /// reaches the disk before the pre-image of the tail it cuts.
-pub fn resize_deltas(
-    root: BorrowedFd<'_>,
-    resizes: &[(Vec<u8>, u64)],
-    files: &HashMap<u32, FileId>,
-    paths: &[Vec<u8>],
-) -> Result<()> {
-    let by_path: HashMap<&[u8], FileId> = files
-        .iter()
-        .map(|(k, f)| (paths[*k as usize].as_slice(), *f))
-        .collect();
-    for (path, size) in resizes {
+pub fn resize_deltas(root: BorrowedFd<'_>, resizes: &[(Vec<u8>, u64, FileId)]) -> Result<()> {
+    for (path, size, file) in resizes {
         let fd = beneath::open_file(root, path, OFlags::WRONLY, Mode::empty())
             .ctx(|| format!("opening {}", show(path)))?;
-        match by_path.get(path.as_slice()) {
-            Some(f) => f.check(fd.as_fd(), path)?,
-            None => unreachable!("every resized file is written by the data phase"),
-        }
+        file.check(fd.as_fd(), path)?;
         rustix::fs::ftruncate(&fd, *size)
             .ctx(|| format!("resizing {} to {size} bytes", show(path)))?;
     }

@@ -153,8 +153,9 @@ fn same_inode(f: BorrowedFd<'_>, ino: Option<u64>, path: &[u8]) -> Result<()> {
     let Some(ino) = ino else {
         return Ok(()); // journaled by a release that did not record it
     };
-    let st = rustix::fs::fstat(f).ctx(|| format!("stat of {}", show(path)))?;
-    if st.st_ino != ino {
+    // Inode only: the device of a shared target differs between the places that mount it.
+    let file = super::table::FileId { dev: None, ino };
+    if !file.is_at(f, path)? {
         return Err(Error::Revert(format!(
             "cannot restore {}: it is no longer the file the job wrote in place (replaced \
              since, by a hard link to another file?); nothing was written to it. Put the \

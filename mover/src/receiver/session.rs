@@ -528,7 +528,7 @@ impl Session {
             .set_totals(stats.files_needed, stats.bytes_needed);
         // Every pre-image and undo record is durable before the first byte is written in place.
         journal.sync()?;
-        super::apply::resize_deltas(root, &resizes, &files, &paths)?;
+        super::apply::resize_deltas(root, &resizes)?;
         send_need(ctl, &need)?;
         if !rest_list.is_empty() {
             for p in encode_rest(&rest_list) {
@@ -881,10 +881,7 @@ impl Places<'_> {
             let h = std::thread::Builder::new()
                 .name(format!("mover-recv-{i}"))
                 .spawn(move || {
-                    let r = w.run();
-                    if r.is_err() {
-                        first.note(handle);
-                    }
+                    let r = first.noted(handle, w.run());
                     let _ = ended.send(());
                     r
                 })

@@ -576,10 +576,7 @@ impl ShareHost {
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", index.0))
                 .spawn(move || {
-                    let r = w.run();
-                    if r.is_err() {
-                        first.note(handle);
-                    }
+                    let r = first.noted(handle, w.run());
                     let _ = ended.send(());
                     r
                 })

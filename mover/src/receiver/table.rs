@@ -2,6 +2,7 @@
 //! before any data frame is accepted and then shared: read-only but for atomic counters and
 //! the per-file claims (claims.rs), whose lock is taken once per Data frame.
 
+use crate::error::{show, Error, IoContext, Result};
 use crate::tree::entry::{Entry, EntryKind};
 use crate::units::EntryId;
 use crate::wire::message::is_inline;
@@ -71,18 +72,20 @@ impl FileId {
         }
     }
 
+    /// Whether `fd`, just opened at `path`, is this file.
+    pub fn is_at(self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<bool> {
+        let st = rustix::fs::fstat(fd).ctx(|| format!("stat of {}", show(path)))?;
+        Ok(st.st_ino == self.ino && self.dev.is_none_or(|d| d == st.st_dev))
+    }
+
     /// Ok if `fd`, just opened at `path`, is this file.
-    pub fn check(self, fd: BorrowedFd<'_>, path: &[u8]) -> crate::error::Result<()> {
-        let st = rustix::fs::fstat(fd).map_err(|e| crate::error::Error::Io {
-            context: format!("stat of {}", crate::error::show(path)),
-            source: e.into(),
-        })?;
-        if st.st_ino != self.ino || self.dev.is_some_and(|d| d != st.st_dev) {
-            return Err(crate::error::Error::Verify(format!(
+    pub fn check(self, fd: BorrowedFd<'_>, path: &[u8]) -> Result<()> {
+        if !self.is_at(fd, path)? {
+            return Err(Error::Verify(format!(
                 "{} was replaced while this job wrote it: it is no longer the file the job \
                  created or checked (another writer in the target?); nothing was written to \
                  the file found there",
-                crate::error::show(path)
+                show(path)
             )));
         }
         Ok(())

@@ -784,13 +784,13 @@ pub fn send_over(
     // other worker is done or the receiver gives up waiting for connections that will not
     // come (a worker whose connection was refused leaves the others blocked on the receiver,
     // which holds a session's connections until all have arrived).
-    let (place_failed, place_failures) = std::sync::mpsc::channel::<()>();
+    let (failing, failures) = std::sync::mpsc::channel::<()>();
     // The handle of the local worker that failed first: its error is the cause, and the
     // others' (their connections dropped when the session ends) only echo it.
     let first_failed = Arc::new(crate::engine::FirstFailure::default());
     for ((i, to), (pool, slot)) in local.into_iter().zip(pools) {
         let (transport, id) = (transport.clone(), id.clone());
-        let (failed, first, handle) = (place_failed.clone(), first_failed.clone(), handles.len());
+        let (failed, first, handle) = (failing.clone(), first_failed.clone(), handles.len());
         let place = places.get(i).cloned().unwrap_or_default();
         let worker = SendWorker {
             cpu: place.cpu,
@@ -805,8 +805,8 @@ pub fn send_over(
             .name(format!("mover-send-{i}"))
             .spawn(move || {
                 let r = run_worker(&*transport, to, &id, WorkerIndex(i as u16), &place, worker);
+                let r = first.noted(handle, r);
                 if r.is_err() {
-                    first.note(handle);
                     let _ = failed.send(());
                 }
                 r
@@ -829,7 +829,7 @@ pub fn send_over(
             );
             let (secret, to, direct) = (opts.secret.clone(), opts.to, opts.direct);
             let write_places = opts.write_places.clone();
-            let failed = place_failed.clone();
+            let failed = failing.clone();
             let h = std::thread::Builder::new()
                 .name(format!("mover-place-{}", k + 1))
                 .spawn(move || {
@@ -857,12 +857,12 @@ pub fn send_over(
             handles.push(h);
         }
     }
-    drop(place_failed);
+    drop(failing);
     // Returns when a worker or a place failed, or when every one is done. Half-closed, the
     // control connection tells the receiver the session is over (it drops the session's
     // connections, so the workers here stop too) while the receiver's explanation of a
     // failure of its own can still be read.
-    if place_failures.recv().is_ok() {
+    if failures.recv().is_ok() {
         if let Ok(Some(s)) = ctl.conn.tcp_stream() {
             let _ = s.shutdown(std::net::Shutdown::Write);
         }
