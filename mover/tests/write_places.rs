@@ -32,7 +32,7 @@ struct Place {
 struct BytesFence {
     written: Arc<AtomicU64>,
     limit: AtomicU64,
-    /// Checks of the place's workers (threads `mover-place-<index>`) that were allowed.
+    /// Checks of the place's workers (threads `mover-place-w<index>`) that were allowed.
     allowed: AtomicU64,
     refusals: AtomicU64,
     at_first_refusal: AtomicU64,
@@ -44,7 +44,7 @@ impl Fence for BytesFence {
         if written < self.limit.load(Ordering::SeqCst) {
             let by = std::thread::current().name().map(str::to_string);
             let worker = by.is_some_and(|n| {
-                n.strip_prefix("mover-place-")
+                n.strip_prefix("mover-place-w")
                     .is_some_and(|i| i.parse::<u16>().is_ok())
             });
             if worker {

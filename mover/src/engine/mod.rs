@@ -122,7 +122,7 @@ pub fn join_workers_ranked(
                 }
             }
             Err(_) => {
-                first_err.get_or_insert(Error::Panicked(format!("a {side} worker")));
+                first_err.get_or_insert(Error::Panicked(format!("{side} worker {worker}")));
             }
         }
     }

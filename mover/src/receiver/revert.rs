@@ -153,7 +153,8 @@ fn same_inode(f: BorrowedFd<'_>, ino: Option<u64>, path: &[u8]) -> Result<()> {
     let Some(ino) = ino else {
         return Ok(()); // journaled by a release that did not record it
     };
-    // Inode only: the device of a shared target differs between the places that mount it.
+    // The journal records the inode only: a device number need not survive a remount, a
+    // reboot or another node's mount of a shared target.
     let file = super::table::FileId { dev: None, ino };
     if !file.is_at(f, path)? {
         return Err(Error::Revert(format!(

@@ -574,7 +574,7 @@ impl ShareHost {
             let ended = ended.clone();
             let (first, handle) = (first.clone(), handles.len());
             let h = std::thread::Builder::new()
-                .name(format!("mover-place-{}", index.0))
+                .name(format!("mover-place-w{}", index.0))
                 .spawn(move || {
                     let r = first.noted(handle, w.run());
                     let _ = ended.send(());
