@@ -308,6 +308,18 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         crate::durable::frame_record(&u.encode(), &mut journal);
     }
     out.push(("state_files", "journal".into(), journal));
+    // The journal's side file (`journal/inplace`): which inode each file written in place was.
+    let mut in_place = Vec::new();
+    for (at, path, ino) in [(1u64, &b"f"[..], 12u64), (3, b"g/h", 13)] {
+        let r = crate::receiver::journal::InPlace {
+            base: RecoveryPointId(9),
+            at,
+            path: path.to_vec(),
+            ino,
+        };
+        crate::durable::frame_record(&r.encode(), &mut in_place);
+    }
+    out.push(("state_files", "in-place".into(), in_place));
     let mut written = Vec::new();
     let w = crate::receiver::resume::Written {
         path: b"f".to_vec(),

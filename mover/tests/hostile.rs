@@ -37,10 +37,15 @@ fn read_frame(s: &mut TcpStream) -> Option<(FrameKind, Vec<u8>)> {
 }
 
 fn connect_control(addr: SocketAddr) -> TcpStream {
+    connect_control_of(addr, 1)
+}
+
+/// The control connection of session 1, announcing `workers` worker connections.
+fn connect_control_of(addr: SocketAddr, workers: u16) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&hello(
         1,
-        Role::Control { workers: 1 },
+        Role::Control { workers },
         PROTOCOL_VERSION_MIN,
         PROTOCOL_VERSION_MAX,
     ))
@@ -410,13 +415,13 @@ fn open_big_file_session(addr: SocketAddr, size: u64) -> (TcpStream, TcpStream) 
     open_session(addr, &es, &[(EntryId(1), size)])
 }
 
-/// Connects worker 0 of session 1 (the control connection's) and returns its socket.
-fn connect_worker(addr: SocketAddr) -> TcpStream {
+/// Connects worker `index` of session 1 and returns its socket.
+fn connect_worker_at(addr: SocketAddr, index: u16) -> TcpStream {
     let mut w = TcpStream::connect(addr).unwrap();
     w.write_all(&hello(
         1,
         Role::Worker {
-            index: WorkerIndex(0),
+            index: WorkerIndex(index),
         },
         PROTOCOL_VERSION_MIN,
         PROTOCOL_VERSION_MAX,
@@ -434,7 +439,18 @@ fn open_session(
     es: &[Entry],
     expect: &[(EntryId, u64)],
 ) -> (TcpStream, TcpStream) {
-    let mut s = connect_control(addr);
+    let (s, mut ws) = open_session_of(addr, es, expect, 1);
+    (s, ws.remove(0))
+}
+
+/// `open_session` with `workers` worker connections, returned in index order.
+fn open_session_of(
+    addr: SocketAddr,
+    es: &[Entry],
+    expect: &[(EntryId, u64)],
+    workers: u16,
+) -> (TcpStream, Vec<TcpStream>) {
+    let mut s = connect_control_of(addr, workers);
     s.write_all(&entries_frame(es)).unwrap();
     s.write_all(&encode_frame(
         FrameKind::EntriesEnd,
@@ -448,8 +464,8 @@ fn open_session(
         &encode_expect(true, expect),
     ))
     .unwrap();
-    let w = connect_worker(addr);
-    (s, w)
+    let ws = (0..workers).map(|i| connect_worker_at(addr, i)).collect();
+    (s, ws)
 }
 
 #[test]
@@ -570,11 +586,7 @@ fn more_data_frames_than_the_expect_totals_allow_are_refused() {
             let (mut s, mut w) = open_big_file_session(addr, SIZE);
             let mut out = Vec::with_capacity(64 << 10);
             for k in 0..=budget {
-                let mut p = Vec::with_capacity(DATA_PREFIX_LEN + 1);
-                p.extend_from_slice(&1u32.to_le_bytes());
-                p.extend_from_slice(&k.to_le_bytes());
-                p.push(b'x');
-                out.extend_from_slice(&encode_frame(FrameKind::Data, &p));
+                out.extend_from_slice(&data_frame(1, k, 1, b'x'));
                 if out.len() >= 60 << 10 {
                     if w.write_all(&out).is_err() {
                         break;
@@ -768,6 +780,15 @@ fn block_hashes_the_receiver_did_not_ask_for_are_refused() {
     );
 }
 
+/// A Data frame of `len` bytes `byte` for entry `entry` at `offset`.
+fn data_frame(entry: u32, offset: u64, len: u64, byte: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(DATA_PREFIX_LEN + len as usize);
+    p.extend_from_slice(&entry.to_le_bytes());
+    p.extend_from_slice(&offset.to_le_bytes());
+    p.resize(DATA_PREFIX_LEN + len as usize, byte);
+    encode_frame(FrameKind::Data, &p)
+}
+
 #[test]
 fn a_data_frame_over_bytes_already_received_is_refused() {
     // Its first half twice, as many bytes as announced: without a check of which bytes came,
@@ -778,15 +799,42 @@ fn a_data_frame_over_bytes_already_received_is_refused() {
         |addr| {
             let (mut s, mut w) = open_big_file_session(addr, SIZE);
             for (at, byte) in [(0u64, b'a'), (SIZE / 4, b'b'), (0, b'c'), (SIZE / 4, b'd')] {
-                let mut p = Vec::with_capacity(DATA_PREFIX_LEN + SIZE as usize / 4);
-                p.extend_from_slice(&1u32.to_le_bytes());
-                p.extend_from_slice(&at.to_le_bytes());
-                p.resize(DATA_PREFIX_LEN + SIZE as usize / 4, byte);
-                if w.write_all(&encode_frame(FrameKind::Data, &p)).is_err() {
+                if w.write_all(&data_frame(1, at, SIZE / 4, byte)).is_err() {
                     break;
                 }
             }
             let _ = read_frame(&mut s);
+        },
+    );
+    assert!(err.contains("overlaps bytes already received"), "{err}");
+}
+
+#[test]
+fn a_worker_failure_is_reported_not_the_echo_of_the_others_stopped_after_it() {
+    // Worker 1 of 2 is refused (bytes sent twice) while worker 0 waits for data. A sender
+    // then ends the session (it half-closes the control connection), so worker 0 fails too,
+    // only because the session ended: the report must give worker 1's cause, although
+    // worker 0's handle is joined first.
+    const SIZE: u64 = 4 * INLINE_MAX;
+    let (err, _t) = attack(
+        |_, _| {},
+        |addr| {
+            let es = [
+                root_entry(),
+                entry(0, b"big", EntryKind::File { size: SIZE }),
+            ];
+            let (mut s, mut ws) = open_session_of(addr, &es, &[(EntryId(1), SIZE)], 2);
+            let mut w1 = ws.pop().unwrap();
+            for byte in [b'a', b'b'] {
+                if w1.write_all(&data_frame(1, 0, SIZE / 4, byte)).is_err() {
+                    break;
+                }
+            }
+            // Until the receiver drops worker 1's connection.
+            let _ = w1.read_to_end(&mut Vec::new());
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+            drop(ws);
         },
     );
     assert!(err.contains("overlaps bytes already received"), "{err}");
