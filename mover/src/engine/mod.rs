@@ -53,20 +53,16 @@ impl Default for FirstFailure {
 }
 
 impl FirstFailure {
-    /// Called by the worker at `handle` (its index in the handles) when it fails.
-    pub fn note(&self, handle: usize) {
-        let _ = self.0.compare_exchange(
-            usize::MAX,
-            handle,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Acquire,
-        );
-    }
-
-    /// Passes a worker's result through, noting the worker at `handle` if it failed.
+    /// Passes the result of the worker at `handle` (its index in the handles) through,
+    /// noting the worker if it failed first.
     pub fn noted<T>(&self, handle: usize, r: Result<T>) -> Result<T> {
         if r.is_err() {
-            self.note(handle);
+            let _ = self.0.compare_exchange(
+                usize::MAX,
+                handle,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
         }
         r
     }
@@ -235,6 +231,34 @@ pub fn default_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_worker_to_fail_is_joined_first_and_its_error_returned() {
+        let first = FirstFailure::default();
+        let mut order = vec![0, 1, 2];
+        first.put_first(&mut order);
+        assert_eq!(order, [0, 1, 2], "nothing failed: the order stays");
+        // Worker 2 fails first, then worker 0 echoes it (the session ended).
+        let r2 = first.noted::<FrameStats>(2, Err(Error::Verify("the cause".into())));
+        let r0 = first.noted::<FrameStats>(0, Err(Error::PeerLost("an echo".into())));
+        assert!(first.noted(1, Ok(FrameStats::default())).is_ok());
+        first.put_first(&mut order);
+        assert_eq!(order, [2, 1, 0]);
+        let mut results = [Some(r0), None, Some(r2)];
+        let handles: Vec<_> = order
+            .iter()
+            .map(|&k| {
+                let r = results[k]
+                    .take()
+                    .unwrap_or_else(|| Ok(FrameStats::default()));
+                std::thread::spawn(move || r)
+            })
+            .collect();
+        match join_workers(handles, "receiver") {
+            Err(Error::Verify(m)) => assert_eq!(m, "the cause"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_fd_table_is_grown_to_its_reserve_at_once() {
