@@ -10,7 +10,7 @@
 
 use crate::beneath;
 use crate::error::{Error, IoContext, Result};
-use crate::receiver::drill::DrillMethod;
+use crate::tree_copy::CopyMethod;
 use rustix::fs::{FileType, IFlags, Mode, OFlags};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -63,11 +63,11 @@ pub fn snapshot_dir(root: BorrowedFd<'_>) -> Result<OwnedFd> {
 
 /// Makes `.snapshot/<name>` a read-only copy of the tree at `root` (without its reserved
 /// directories). A copy of that name left by an earlier try is replaced.
-pub fn take(root: BorrowedFd<'_>, name: &str) -> Result<DrillMethod> {
+pub fn take(root: BorrowedFd<'_>, name: &str) -> Result<CopyMethod> {
     check_name(name)?;
     let dir = snapshot_dir(root)?;
     release_in(dir.as_fd(), name)?;
-    let method = crate::receiver::drill::copy_tree(root, dir.as_fd(), name, false)?;
+    let method = crate::tree_copy::copy_tree(root, dir.as_fd(), name, false)?;
     if let Err(e) = set_read_only(dir.as_fd(), name, true) {
         release_in(dir.as_fd(), name)?;
         return Err(e);
