@@ -2,8 +2,7 @@
 //! recovery point made while replication goes on (docs/api.md "Drills").
 
 use crate::api::ApiArgs;
-use crate::relationship::Role;
-use crate::relationship::{full_id, TARGET};
+use crate::sides::{full_id, Role, TARGET};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use control::api_types::StartDrill;

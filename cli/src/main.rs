@@ -16,6 +16,7 @@ mod policy;
 mod progress;
 mod relationship;
 mod reverse;
+mod sides;
 mod spec;
 mod status;
 mod token;

@@ -2,7 +2,7 @@
 //! policy snapshots kept on either node); docs/api.md "Snapshot policies".
 
 use crate::api::ApiArgs;
-use crate::relationship::full_id;
+use crate::sides::full_id;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use control::blackout::{parse_timezone, ClockTime, Days};

@@ -1,7 +1,8 @@
 //! `mover relationship reverse`: failback, from either node (control::reverse has the steps).
 
 use crate::api::ApiArgs;
-use crate::relationship::{either_side, full_id, print_json, Role};
+use crate::sides::{either_side, full_id, Role};
+use crate::view::print_json;
 use anyhow::{Context, Result};
 use control::reverse::ReverseBody;
 use serde_json::Value;

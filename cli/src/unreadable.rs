@@ -4,7 +4,7 @@
 //! restoring the state database is possible (docs/api.md "Unreadable relationships").
 
 use crate::api::{Api, ApiArgs};
-use crate::relationship::print_json;
+use crate::view::print_json;
 use anyhow::{Context, Result};
 use serde_json::Value;
 

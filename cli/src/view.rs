@@ -397,6 +397,12 @@ pub fn show(v: &Value, now: DateTime<Utc>) -> String {
         .collect()
 }
 
+/// One JSON value on a line of its own (`--json`).
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
