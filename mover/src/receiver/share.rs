@@ -60,7 +60,7 @@ const SHARE_MAGIC: u32 = 0x6d76_7332;
 /// How long a place holds a worker connection of a session it was not yet handed (the sender's
 /// workers connect right after the Expect list, before the committing receiver has written
 /// the share and the place has been handed it): as long as a receiver waits for its workers.
-const ASSIGN_WAIT: Duration = super::session::WORKER_CONNECT_TIMEOUT;
+const ASSIGN_WAIT: Duration = super::conns::WORKER_CONNECT_TIMEOUT;
 /// How often a held connection looks for its session.
 const ASSIGN_POLL: Duration = Duration::from_millis(10);
 /// Sessions a place runs at once (one per target relationship it writes for, at most).
@@ -74,26 +74,8 @@ pub trait Writers: Send + Sync {
     fn run(&self, at: SocketAddr, share: WriteShare) -> Result<()>;
 }
 
-/// A write place's right to write. The daemon's is its cluster lease: the committing
-/// receiver stops waiting for a place once it sees the place down (its lease expired), so a
-/// place must have stopped writing by then, whether or not it still reaches the sender. A
-/// place's workers ask before each frame's writes start (and every few files a batch
-/// creates), and the place before it starts and before it writes its result; a watch asks
-/// every `FENCE_POLL` and shuts the workers' connections on a refusal. A refusal fails the
-/// share at once (`Error::Fenced`).
-pub trait Fence: Send + Sync {
-    /// `Ok` while this place may write; why not otherwise. Once it refused, it refuses from
-    /// then on: the workers and the watch must agree that the share was fenced.
-    fn check(&self) -> std::result::Result<(), String>;
-}
-
-/// Ok while `fence` (if any) lets this place write; `Error::Fenced` once it refused.
-pub(crate) fn fence_ok(fence: Option<&dyn Fence>) -> Result<()> {
-    match fence.map(Fence::check) {
-        Some(Err(why)) => Err(Error::Fenced(why)),
-        _ => Ok(()),
-    }
-}
+use super::fence::fence_ok;
+pub use super::fence::Fence;
 
 /// A share as it travels to its place; the table itself is a file in the job's journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -308,7 +290,7 @@ fn open_table(root: BorrowedFd<'_>, share: &WriteShare, umask: u32) -> Result<Re
     }
     d.finish().map_err(bad)?;
     let paths = crate::tree::entry::relative_paths(&entries);
-    let frame_budget = super::session::data_frame_budget(&need, &entries, &expected);
+    let frame_budget = super::conns::data_frame_budget(&need, &entries, &expected);
     Ok(RecvTable {
         root: rustix::io::fcntl_dupfd_cloexec(root, 0).ctx(|| "dup of the target".to_string())?,
         remaining: expected
@@ -529,7 +511,7 @@ impl ShareHost {
         rx: &mpsc::Receiver<WorkerConn>,
         fence: &Option<Arc<dyn Fence>>,
     ) -> Result<FrameStats> {
-        let conns = super::session::collect_workers(rx, &share.workers, None)?;
+        let conns = super::conns::collect_workers(rx, &share.workers, None)?;
         let mut streams = Vec::new();
         for (i, l) in &conns {
             match l.conn.tcp_stream() {
@@ -591,13 +573,9 @@ impl ShareHost {
                 let watch = std::thread::Builder::new()
                     .name("mover-place-fence".into())
                     .spawn_scoped(s, move || {
-                        super::session::watch_workers(
-                            &workers_ended,
-                            n,
-                            FENCE_POLL,
-                            streams,
-                            || refused(f),
-                        )
+                        super::conns::watch_workers(&workers_ended, n, FENCE_POLL, streams, || {
+                            refused(f)
+                        })
                     });
                 if let Err(e) = watch {
                     // The workers still ask before each frame; only a silent one waits longer.

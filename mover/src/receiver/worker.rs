@@ -6,9 +6,9 @@
 //! created (a ring write into a tmpfs goes to a kernel worker thread, which costs more than
 //! the 4 KiB copy).
 
+use super::fence::Fence;
 use super::meta::apply_new_file;
 use super::resume::{self, Pending, Version};
-use super::share::Fence;
 use super::table::RecvTable;
 use crate::beneath;
 use crate::engine::ring::{tag, Completion, Dir, OpFd, Transfer, Uring, BUF_ALIGN, STALL_TIMEOUT};
@@ -97,7 +97,7 @@ pub struct RecvWorker {
     /// The worker connection, past its handshake; sealed if the session is.
     pub link: Link,
     pub progress: Arc<AtomicU64>,
-    /// A write place's fence (`share::Fence`), checked before each frame's writes start;
+    /// A write place's fence (`fence::Fence`), checked before each frame's writes start;
     /// `None` for the committing receiver's own workers.
     pub fence: Option<Arc<dyn Fence>>,
 }
@@ -152,7 +152,7 @@ impl RecvWorker {
             })
             .collect();
         // Opening the log of durable ranges truncates it: a write too.
-        super::share::fence_ok(self.fence.as_deref())?;
+        super::fence::fence_ok(self.fence.as_deref())?;
         let log = resume::open_log(self.table.journal.as_fd(), self.index)?;
         let mut cx = Ctx {
             t: &self.table,
@@ -518,7 +518,7 @@ fn on_frame(
 
 /// Ok while this worker's fence (if any) lets it write; marks it fenced otherwise.
 fn fence(cx: &mut Ctx<'_>) -> Result<()> {
-    let ok = super::share::fence_ok(cx.fence);
+    let ok = super::fence::fence_ok(cx.fence);
     cx.fenced |= ok.is_err();
     ok
 }

@@ -76,7 +76,8 @@ pub fn describe_difference(want: &Entry, got: &Entry) -> String {
     if want.name != got.name {
         d.push(format!(
             "found {} there (an entry was added or removed)",
-            crate::error::show(&got.name)
+            // A name, never empty (only the root's is, and both lists start with it).
+            String::from_utf8_lossy(&got.name)
         ));
     }
     match (&want.kind, &got.kind) {
