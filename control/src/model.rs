@@ -618,7 +618,7 @@ pub struct Relationship {
     pub peer_fingerprint: Option<String>,
     /// Target role, once authorized and until released: how the target directory is kept
     /// read-only.
-    pub read_only: Option<crate::readonly::Mode>,
+    pub read_only: Option<ReadOnlyMode>,
     /// The directory this node replicates from (source role, pinned at create) or into
     /// (target role, pinned at authorization). `None` for relationships of older versions
     /// until their first use pins them.
@@ -869,5 +869,38 @@ pub(crate) mod tests {
         assert_eq!(status(&r, now).describe(), "ended");
         assert_eq!(RelationshipId::parse(r.id.as_str()).unwrap(), r.id);
         assert!(RelationshipId::parse("../x").is_err());
+    }
+}
+
+/// How a target directory is kept read-only (a relationship's `read_only`; `readonly::Mode`
+/// where it is done). Stored by `name`; a stored name a release does not know fails its
+/// relationship's row (it never writes through a protection it does not understand), so a
+/// release that adds a mode must also add a store migration, which an older release refuses
+/// at open (`Store::open`) instead of failing rows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ReadOnlyMode)]
+pub enum ReadOnlyMode {
+    BindMount,
+    NotEnforced,
+}
+
+impl ReadOnlyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadOnlyMode::BindMount => "bind_mount",
+            ReadOnlyMode::NotEnforced => "not_enforced",
+        }
+    }
+
+    /// The mode `name` names, as stored.
+    pub fn parse(name: &str) -> Option<ReadOnlyMode> {
+        match name {
+            "bind_mount" => Some(ReadOnlyMode::BindMount),
+            "not_enforced" => Some(ReadOnlyMode::NotEnforced),
+            _ => None,
+        }
     }
 }

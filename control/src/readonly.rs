@@ -33,38 +33,7 @@ use rustix::mount::{
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-/// How a target directory is kept read-only (a relationship's `read_only`). Stored by
-/// `name`; a stored name a release does not know fails its relationship's row (it never writes
-/// through a protection it does not understand), so a release that adds a mode must also add a
-/// store migration, which an older release refuses at open (`Store::open`) instead of failing
-/// rows.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = ReadOnlyMode)]
-pub enum Mode {
-    BindMount,
-    NotEnforced,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::BindMount => "bind_mount",
-            Mode::NotEnforced => "not_enforced",
-        }
-    }
-
-    /// The mode `name` names, as stored.
-    pub fn parse(name: &str) -> Option<Mode> {
-        match name {
-            "bind_mount" => Some(Mode::BindMount),
-            "not_enforced" => Some(Mode::NotEnforced),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::ReadOnlyMode as Mode;
 
 /// What the read-only view must have, whatever is under it: read-only, and nosuid, nodev and
 /// noexec unless the operator accepted what each stops.
