@@ -17,7 +17,7 @@
 //! Times are of the creation alone (no `syncfs` inside the timing); CPU is the process's user +
 //! system time, which includes its io-wq threads.
 
-use crate::report::{median, rotation, Dest};
+use crate::measure::{median, rotation, Dest};
 use crate::{proc, trash::Trash};
 use anyhow::{bail, Context, Result};
 use io_uring::{opcode, squeue, types, IoUring};

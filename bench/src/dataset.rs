@@ -233,3 +233,11 @@ pub fn ensure_files_large(work: &Path, files: usize, large: (usize, usize)) -> R
 pub fn small_file(i: usize) -> PathBuf {
     PathBuf::from(format!("d{:05}/f{i:07}", i / FILES_PER_DIR))
 }
+
+/// Removes `dir` if it exists.
+pub fn remove(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! Results of the incremental scenarios: raw samples, per-scenario medians, ratios against
 //! rsync and the acceptance targets (met or not); rendered as a section of the run's report.
 
-use crate::report::{median, met, Target, Tool};
+use crate::measure::{median, met, Target, Tool};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,7 @@
 //! incremental job.
 
 use crate::inc_report::{IncSample, ScenarioResult};
-use crate::report::{met, Tool};
+use crate::measure::{met, Tool};
 use crate::{btrfs, dataset, mover_run, mutate, proc, rsync};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;

@@ -14,6 +14,7 @@ mod inc_report;
 mod incremental;
 mod limits;
 mod make_writable;
+mod measure;
 mod mover_run;
 mod mutate;
 mod proc;
@@ -347,13 +348,13 @@ fn creation_limit(
             // An interrupted bench's leftovers on the disk went to the trash, emptied before
             // the limits (main); that deletion, or an earlier one, is waited out.
             Dest::Disk => trash.wait_out(),
-            Dest::Tmpfs => regimes::remove(&to)?,
+            Dest::Tmpfs => dataset::remove(&to)?,
         }
         proc::quiesce(&[dir]);
         runs.push(creation::create_once(layout, &to, n)?);
         match d {
             Dest::Disk => trash.take(&to, &format!("limits-create-{}-{rep}", ds.kind.name()))?,
-            Dest::Tmpfs => regimes::remove(&to)?,
+            Dest::Tmpfs => dataset::remove(&to)?,
         }
     }
     Ok(creation::summarize(

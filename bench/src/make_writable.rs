@@ -4,7 +4,7 @@
 //! created in the target directory. The target must then hold the source's files.
 
 use crate::daemons::{clear, Configs, Pair, Ports};
-use crate::report::{median, Target};
+use crate::measure::{median, Target};
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;

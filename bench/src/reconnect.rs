@@ -7,7 +7,7 @@
 //! The bytes that job sent are compared with the bytes changed on the target.
 
 use crate::daemons::{clear, Configs, Pair, Ports, INITIAL_SYNC_TIMEOUT};
-use crate::report::{median, Target};
+use crate::measure::{median, Target};
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use mover::gen::Rng;
@@ -203,7 +203,7 @@ impl RcResult {
                 r.sent_bytes,
                 r.ratio,
                 r.loopback_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
-                crate::report::met(Some(r.goal_met)),
+                crate::measure::met(Some(r.goal_met)),
             ));
         }
         s.push_str(&format!(

@@ -16,9 +16,10 @@
 //! journal scans past every inode freed in the last minute for each file it creates.
 
 use crate::dataset::{self, Dataset};
+use crate::measure::{rotation, Cache, Dest, Tool};
 use crate::mover_run::{self, Keys};
 use crate::proc;
-use crate::report::{rotation, Cache, CellResult, Dest, Limits, Sample, Tool};
+use crate::report::{CellResult, Limits, Sample};
 use crate::trash::{self, Trash};
 use crate::{cp, rsync};
 use anyhow::{bail, Context, Result};
@@ -61,14 +62,6 @@ fn check_copy(src: &Path, dst: &Path, tool: Tool) -> Result<()> {
             a.0,
             a.1
         );
-    }
-    Ok(())
-}
-
-/// Removes `dir` if it exists.
-pub fn remove(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
 }
@@ -125,7 +118,7 @@ fn cell(
         trash.take(&root, &format!("{}-leftover", ds.kind.name()))?;
         trash.empty()?;
     }
-    remove(&root)?;
+    dataset::remove(&root)?;
     if keep {
         trash.wait_out();
     }
@@ -216,7 +209,7 @@ fn cell(
             if keep {
                 trash.take(&dst, &format!("{}-{sub}", ds.kind.name()))?;
             } else {
-                remove(&dst)?;
+                dataset::remove(&dst)?;
             }
             quiet = proc::quiesce(&[&o.work, &root]);
             if quiet.timed_out {
@@ -229,6 +222,6 @@ fn cell(
     }
     drop(daemon);
     // The next cell quiesces before its first run.
-    remove(&root)?;
+    dataset::remove(&root)?;
     Ok(CellResult::new(ds, cache, dest, root, limits, samples))
 }

@@ -4,10 +4,10 @@
 //! sent (its `mover send --json` report's `bytes`, file data sent, over the dataset's bytes),
 //! its wire bytes, and whether the target then equals the source (`mover hash --content`).
 
-use crate::dataset::Dataset;
+use crate::dataset::{self, Dataset};
+use crate::measure::{median, Target};
 use crate::mover_run::{self, Keys};
-use crate::report::{median, Target};
-use crate::{incremental, proc, regimes};
+use crate::{incremental, proc};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::ffi::OsStr;
@@ -101,7 +101,7 @@ pub struct Opts<'a> {
 
 pub fn run(o: &Opts, ds: &Dataset) -> Result<ResumeResult> {
     let root = o.work.join("resume");
-    regimes::remove(&root)?;
+    dataset::remove(&root)?;
     std::fs::create_dir_all(&root)?;
     let want = incremental::hash(o.mover, &ds.dir)?;
     let mut reps = Vec::new();
@@ -122,9 +122,9 @@ pub fn run(o: &Opts, ds: &Dataset) -> Result<ResumeResult> {
             if x.equal { "equals" } else { "DIFFERS FROM" }
         );
         reps.push(x);
-        regimes::remove(&dst)?;
+        dataset::remove(&dst)?;
     }
-    regimes::remove(&root)?;
+    dataset::remove(&root)?;
     proc::quiesce(&[o.work]);
     Ok(ResumeResult::new(ds, reps))
 }

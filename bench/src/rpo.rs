@@ -7,7 +7,7 @@
 //! the source daemon's config can be extended on the command line to tune it.
 
 use crate::daemons::{clear, Configs, Pair, Ports};
-use crate::report::Target;
+use crate::measure::Target;
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
