@@ -9,8 +9,8 @@
 //! compared with the bytes that had to travel.
 
 use crate::daemons::{clear, Pair, Ports, INITIAL_SYNC_TIMEOUT};
+use crate::measure::median;
 use crate::reconnect::{churn_seeded, hash, sent_by_last_job, target_recorded, Churn, Opts};
-use crate::report::median;
 use crate::{dataset, proc};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

@@ -723,6 +723,39 @@ pub fn status(r: &Relationship, now: chrono::DateTime<chrono::Utc>) -> State {
     }
 }
 
+/// How a target directory is kept read-only (a relationship's `read_only`). Stored by
+/// `name`; a stored name a release does not know fails its relationship's row (it never writes
+/// through a protection it does not understand), so a release that adds a mode must also add a
+/// store migration, which an older release refuses at open (`Store::open`) instead of failing
+/// rows.
+// Applied by `readonly.rs` (as `readonly::Mode`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadOnlyMode {
+    BindMount,
+    NotEnforced,
+}
+
+impl ReadOnlyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadOnlyMode::BindMount => "bind_mount",
+            ReadOnlyMode::NotEnforced => "not_enforced",
+        }
+    }
+
+    /// The mode `name` names, as stored.
+    pub fn parse(name: &str) -> Option<ReadOnlyMode> {
+        match name {
+            "bind_mount" => Some(ReadOnlyMode::BindMount),
+            "not_enforced" => Some(ReadOnlyMode::NotEnforced),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -869,38 +902,5 @@ pub(crate) mod tests {
         assert_eq!(status(&r, now).describe(), "ended");
         assert_eq!(RelationshipId::parse(r.id.as_str()).unwrap(), r.id);
         assert!(RelationshipId::parse("../x").is_err());
-    }
-}
-
-/// How a target directory is kept read-only (a relationship's `read_only`; `readonly::Mode`
-/// where it is done). Stored by `name`; a stored name a release does not know fails its
-/// relationship's row (it never writes through a protection it does not understand), so a
-/// release that adds a mode must also add a store migration, which an older release refuses
-/// at open (`Store::open`) instead of failing rows.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = ReadOnlyMode)]
-pub enum ReadOnlyMode {
-    BindMount,
-    NotEnforced,
-}
-
-impl ReadOnlyMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ReadOnlyMode::BindMount => "bind_mount",
-            ReadOnlyMode::NotEnforced => "not_enforced",
-        }
-    }
-
-    /// The mode `name` names, as stored.
-    pub fn parse(name: &str) -> Option<ReadOnlyMode> {
-        match name {
-            "bind_mount" => Some(ReadOnlyMode::BindMount),
-            "not_enforced" => Some(ReadOnlyMode::NotEnforced),
-            _ => None,
-        }
     }
 }

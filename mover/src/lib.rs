@@ -32,7 +32,7 @@ pub mod sender;
 pub mod snapshot;
 pub mod transport;
 pub mod tree;
-pub mod tree_copy;
+pub(crate) mod tree_copy;
 pub mod units;
 pub mod watch;
 pub mod wire;

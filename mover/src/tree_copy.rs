@@ -1,7 +1,8 @@
-//! A copy of a tree beside it, by the cheapest method the file systems allow: a btrfs
-//! snapshot where the tree is a subvolume and the copy's directory is on the same file system,
-//! else a reflink clone of every file, else (only when allowed) a full copy. DR drills
-//! (`receiver::drill`) and kept policy snapshots (`keep`) are made with it.
+//! A copy of a tree, as a new directory of a given name in a given directory, by the cheapest
+//! method the file systems allow: a btrfs snapshot where the tree is a subvolume and that
+//! directory is on the same file system, else a reflink clone of every file, else (only when
+//! allowed) a full copy. DR drills (`receiver::drill`) and kept policy snapshots (`keep`, on
+//! sources and targets) are made with it.
 
 use crate::beneath;
 use crate::error::{Error, IoContext, Result};
@@ -13,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyMethod {
-    /// A writable btrfs snapshot of the target subvolume (instant).
+    /// A writable btrfs snapshot of the tree's subvolume (instant).
     Snapshot,
     /// FICLONE of every file (metadata work per file, no data copied).
     Reflink,
@@ -66,8 +67,8 @@ pub(crate) fn copy_tree(
     for how in [CloneHow::Reflink, CloneHow::Copy] {
         if how == CloneHow::Copy && !allow_copy {
             return Err(Error::Unsupported(format!(
-                "{} cannot hold a btrfs snapshot or reflinks of the target: a copy there is a \
-                 full copy of its data (time and space); allow the copy to make it anyway",
+                "{} cannot hold a btrfs snapshot or reflinks of the tree: a copy there would \
+                 be a full copy of its data (time and space)",
                 name
             )));
         }

@@ -1,7 +1,7 @@
 //! A session's worker connections, at the committing receiver and at a write place alike:
 //! collected by index once they arrive (`collect_workers`), watched while the workers run so
-//! that a session the sender ended stops them (`watch_workers`), and how many data frames they
-//! may carry (`data_frame_budget`).
+//! that they stop when told to (the sender ended the session, a place failed, a place's fence
+//! refused: `watch_workers`), and how many data frames they may carry (`data_frame_budget`).
 
 use crate::error::{Error, Result};
 use crate::transport::Connection;

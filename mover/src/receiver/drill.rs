@@ -86,7 +86,12 @@ pub fn make(root: BorrowedFd<'_>, req: &DrillRequest) -> Result<DrillReport> {
             req.into.display()
         )));
     }
-    let made = copy_tree(root, parent_fd.as_fd(), name, req.allow_copy);
+    let made = copy_tree(root, parent_fd.as_fd(), name, req.allow_copy).map_err(|e| match e {
+        Error::Unsupported(m) if !req.allow_copy => {
+            Error::Unsupported(format!("{m}; allow the copy to make it anyway"))
+        }
+        e => e,
+    });
     let method = match made {
         Ok(m) => m,
         Err(e) => {

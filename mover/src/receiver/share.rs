@@ -23,6 +23,8 @@
 //! waits for every place's answer before the session ends, so no place of a failed session
 //! writes under the next one.
 
+use super::fence::fence_ok;
+pub use super::fence::Fence;
 use super::table::{FileId, RecvTable};
 use super::worker::RecvWorker;
 use super::WorkerConn;
@@ -73,9 +75,6 @@ pub trait Writers: Send + Sync {
     /// are done and its result file written. An error fails the session.
     fn run(&self, at: SocketAddr, share: WriteShare) -> Result<()>;
 }
-
-use super::fence::fence_ok;
-pub use super::fence::Fence;
 
 /// A share as it travels to its place; the table itself is a file in the job's journal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
