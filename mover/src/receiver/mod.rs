@@ -937,12 +937,28 @@ fn check_hello(conn: &mut dyn Connection, buf: &[u8]) -> Result<(Hello, u16)> {
     Ok((hello, version))
 }
 
-/// The process umask (read and restored): inline files are created with their final permission
-/// bits, and fchmod is skipped only where the umask cannot have cleared any.
+/// The process umask: inline files are created with their final permission bits, and fchmod
+/// is skipped only where the umask cannot have cleared any. Read from /proc without changing
+/// it: the umask(2) call is set-and-restore, and between the two, another session of this
+/// process (a daemon serves many) would read 0 and skip an fchmod the real umask needed, and
+/// every thread would create files under umask 0.
 pub(crate) fn process_umask() -> u32 {
+    if let Some(m) = umask_from_proc() {
+        return m;
+    }
+    // Kernels before 4.7 do not show it: set and restore, one reader at a time.
+    static READING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = READING.lock().unwrap_or_else(|p| p.into_inner());
     let umask = rustix::process::umask(rustix::fs::Mode::empty());
     rustix::process::umask(umask);
     umask.bits()
+}
+
+/// The `Umask:` line of /proc/self/status (Linux 4.7+).
+fn umask_from_proc() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let octal = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(octal.trim(), 8).ok()
 }
 
 /// `mover receive --revert`: rolls the destination back to its last recovery point (applying
@@ -969,5 +985,29 @@ pub fn recovery_point(root: &std::path::Path) -> Result<Option<state::RecoveryPo
     match State::find(fd.as_fd())? {
         Some(s) => s.recovery_point(),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sessions_reading_the_umask_at_once_all_read_the_real_one() {
+        let want = super::umask_from_proc().expect("/proc/self/status shows the umask");
+        let set_and_restore = rustix::process::umask(rustix::fs::Mode::empty());
+        rustix::process::umask(set_and_restore);
+        assert_eq!(want, set_and_restore.bits());
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..2000)
+                        .map(|_| super::process_umask())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for r in readers {
+            let read = r.join().unwrap();
+            assert!(read.iter().all(|&m| m == want), "want {want:o}");
+        }
     }
 }
