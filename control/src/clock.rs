@@ -8,6 +8,12 @@ use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// `ns` (since the Unix epoch) as the API and the CLI show a time: RFC 3339 in UTC, to the
+/// second.
+pub fn rfc3339(ns: i64) -> String {
+    DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Where the daemon reads the time.
 pub trait Clock: Send + Sync {
     /// Wall-clock nanoseconds since the Unix epoch, as times are stored.

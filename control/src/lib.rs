@@ -26,6 +26,7 @@ pub mod reverse;
 pub mod standalone;
 pub mod store;
 pub mod supervisor;
+pub mod system;
 pub mod tls;
 pub mod upgrade;
 

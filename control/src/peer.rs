@@ -137,6 +137,30 @@ pub enum PeerAnswer {
     Reversed(crate::reverse::ReverseReply),
 }
 
+impl PeerAnswer {
+    /// A refusal of a peer's request that failed with `e`. A stored row this release cannot
+    /// read, or the state database failing, is not said to the peer: the text may quote what the
+    /// store holds, and the peer's certificate may not be checked yet. The operator hears of it
+    /// from the node (its log at start and in the scheduler, `mover_relationships{state=
+    /// "unreadable"}`), so here it is logged at debug level only: a source polls every few
+    /// seconds.
+    pub(crate) fn refusal(e: crate::Error) -> PeerAnswer {
+        match e {
+            crate::Error::Unreadable(_) | crate::Error::Db(_) => {
+                tracing::debug!("a peer's request refused: {e}");
+                PeerAnswer::Refused {
+                    message: "this node cannot read its stored relationships now; its \
+                              operator's log says why"
+                        .into(),
+                }
+            }
+            e => PeerAnswer::Refused {
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
 /// A running job's progress, as shown by `mover status` on both nodes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {

@@ -190,7 +190,7 @@ async fn supervise(opts: SupervisorOptions) -> Result<()> {
         write_status(&opts.data_dir, &all);
         if !ready && all.iter().all(|c| c.status.healthy) {
             ready = true;
-            crate::daemon::config::sd_notify("READY=1");
+            crate::system::sd_notify("READY=1");
             tracing::info!("containers up");
         }
         tokio::select! {
@@ -315,7 +315,7 @@ fn start(opts: &SupervisorOptions, roles: Roles) -> Result<tokio::process::Child
     // new binary would.
     let test_version = mover::wire::message::TEST_VERSION_ENV;
     if cfg!(debug_assertions) && std::env::var_os(test_version).is_some() {
-        if let Some(to) = crate::daemon::rolling::record_done(&opts.data_dir) {
+        if let Some(to) = crate::daemon::upgrade_record::record_done(&opts.data_dir) {
             cmd.env(test_version, to);
         }
     }
@@ -450,8 +450,7 @@ fn write_status(data_dir: &Path, all: &[Container]) {
     // The data dir is made by the control container; before it exists there is nothing to
     // serve the file either.
     if data_dir.is_dir() {
-        if let Err(e) = crate::daemon::config::write_private(&data_dir.join(CONTAINERS_FILE), &json)
-        {
+        if let Err(e) = crate::system::write_private(&data_dir.join(CONTAINERS_FILE), &json) {
             tracing::warn!("writing {CONTAINERS_FILE}: {e}");
         }
     }

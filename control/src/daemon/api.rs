@@ -1,8 +1,11 @@
 //! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
 //! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
 
+use super::handler::{
+    body, caller, check, id, optional_body, query, Answer, ApiError, Ctx, ErrorBody, STOP_GRACE,
+};
 use super::view::View;
-use super::{drill, openapi, paths, source, target, tokens, view, Node};
+use super::{api_schemas, drill, paths, peer_call, source, target, tokens, view, Node};
 use crate::api_types::{Authorize, NewRelationship, NewToken, StartDrill, TokenScope};
 use crate::auth::{Privilege, TokenRole};
 use crate::model::{Edit, Relationship, RelationshipId, Role};
@@ -11,41 +14,7 @@ use crate::Error;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use std::sync::Arc;
-use std::time::Duration;
-
-/// How long deleting or aborting waits for a job to reach a chunk boundary.
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(30);
-/// Largest request body (a spec with 10 windows and 1024 id mappings is far below).
-const MAX_BODY: usize = 256 * 1024;
-
-pub struct ApiError(pub(super) StatusCode, pub(super) String);
-
-/// Every error's body (docs/api.md).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What was refused and why.
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (
-            self.0,
-            Json(ErrorBody {
-                error: self.1.clone(),
-            }),
-        )
-            .into_response();
-        // For the audit log (api_events::audit), which records why a request was refused.
-        r.extensions_mut()
-            .insert(super::api_events::Refusal(self.1));
-        r
-    }
-}
+use axum::Json;
 
 /// `GET /v1/node`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -78,88 +47,6 @@ pub struct CreatedToken {
     pub token: String,
 }
 
-impl From<Error> for ApiError {
-    fn from(e: Error) -> ApiError {
-        let code = match &e {
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) | Error::Missing(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Peer { .. } => StatusCode::BAD_GATEWAY,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(code, e.to_string())
-    }
-}
-
-pub(super) type Answer<T> = Result<T, ApiError>;
-pub(super) type Ctx = State<Arc<Node>>;
-
-pub fn router(node: Arc<Node>) -> Router {
-    let src = "/v1/replication/source-relationships";
-    let tgt = "/v1/replication/target-relationships";
-    Router::new()
-        .route("/v1/node", get(node_info))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{name}", axum::routing::delete(delete_token))
-        .route("/v1/replication/status", get(status_all))
-        .route(src, get(list_source).post(create_source))
-        .route(
-            &format!("{src}/{{id}}"),
-            get(get_source).patch(modify_source).delete(delete_source),
-        )
-        .route(&format!("{src}/{{id}}/replicate"), post(replicate))
-        .route(&format!("{src}/{{id}}/abort"), post(abort))
-        .route(&format!("{src}/{{id}}/reconnect"), post(reconnect))
-        .route(
-            &format!("{src}/{{id}}/reverse"),
-            post(super::reverse::from_source),
-        )
-        .route(tgt, get(list_target))
-        .route(
-            &format!("{tgt}/{{id}}"),
-            get(get_target).delete(delete_target),
-        )
-        .route(&format!("{tgt}/{{id}}/authorize"), post(authorize))
-        .route(&format!("{tgt}/{{id}}/make-writable"), post(make_writable))
-        .route(
-            &format!("{tgt}/{{id}}/reverse"),
-            post(super::reverse::from_target),
-        )
-        .route(&format!("{tgt}/{{id}}/drills"), post(start_drill))
-        .route("/v1/replication/drills", get(list_drills))
-        .route(
-            "/v1/replication/drills/{drill}",
-            axum::routing::delete(release_drill),
-        )
-        .merge(super::api_snapshots::routes())
-        .merge(super::api_events::routes())
-        .merge(super::api_unreadable::routes())
-        .merge(super::api_containers::routes())
-        .merge(super::ui::routes())
-        .route("/v1/upgrade/check", get(super::upgrade::check))
-        .route("/v1/cluster", get(cluster))
-        .route(
-            "/v1/cluster/nodes/{name}/drain",
-            post(super::api_drain::drain),
-        )
-        .route(
-            "/v1/cluster/nodes/{name}/undrain",
-            post(super::api_drain::undrain),
-        )
-        .route("/v1/upgrade/start", post(super::self_upgrade::start))
-        .route("/v1/upgrade/rolling", post(super::api_rolling::start_api))
-        .route("/v1/upgrade/status", get(super::self_upgrade::status))
-        .route("/metrics", get(metrics))
-        .merge(super::openapi::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            node.clone(),
-            super::api_events::audit,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(node)
-}
-
 /// `GET /v1/cluster` (any token): the etcd cluster as this node sees it.
 #[utoipa::path(
     get,
@@ -168,7 +55,7 @@ pub fn router(node: Arc<Node>) -> Router {
     responses(
         (status = 200, description = "members, leader, this node's link to etcd", body = crate::cluster::ClusterView),
         (status = 404, description = "this node is not in a cluster", body = ErrorBody),
-        super::openapi::AnyToken,
+        super::api_schemas::AnyToken,
     )
 )]
 pub(super) async fn cluster(
@@ -186,94 +73,6 @@ pub(super) async fn cluster(
     Ok(Json(m.view()))
 }
 
-/// The caller's role, if its token carries `p`.
-pub(super) fn check(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<TokenRole> {
-    check_named(node, h, p).map(|(_, role)| role)
-}
-
-/// The caller's token name and role, if its token carries `p`.
-pub(super) fn check_named(node: &Node, h: &HeaderMap, p: Privilege) -> Answer<(String, TokenRole)> {
-    let (name, role) = caller_named(node, h)?;
-    require(role, p)?;
-    Ok((name, role))
-}
-
-/// 403 unless `role` carries `p`: for a caller already identified.
-pub(super) fn require(role: TokenRole, p: Privilege) -> Answer<()> {
-    if role.has(p) {
-        return Ok(());
-    }
-    Err(ApiError(
-        StatusCode::FORBIDDEN,
-        format!(
-            "the token's role ({}) lacks the {} privilege",
-            role.name(),
-            p.name()
-        ),
-    ))
-}
-
-pub(super) fn caller(node: &Node, h: &HeaderMap) -> Answer<TokenRole> {
-    caller_named(node, h).map(|(_, role)| role)
-}
-
-/// The bearer token in `Authorization`, if the header is there and well formed.
-pub(super) fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// The caller's token name and role (401 without a token the node knows).
-pub(super) fn caller_named(node: &Node, h: &HeaderMap) -> Answer<(String, TokenRole)> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
-    if h.get(axum::http::header::AUTHORIZATION).is_none() {
-        return Err(unauthorized(
-            "no token: send `Authorization: Bearer <token>`",
-        ));
-    }
-    let token = bearer(h).ok_or_else(|| unauthorized("malformed Authorization header"))?;
-    match tokens::identify(node, token)? {
-        tokens::Identity::Known { name, role, .. } => Ok((name, role)),
-        tokens::Identity::Unknown => Err(unauthorized("unknown token")),
-        tokens::Identity::Unchecked => Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the token is not one of this node's own, and the cluster's tokens cannot be checked while etcd is out of reach; use this node's own token (its <data-dir>/admin.token)".into(),
-        )),
-    }
-}
-
-pub(super) fn id(s: &str) -> Answer<RelationshipId> {
-    Ok(RelationshipId::parse(s)?)
-}
-
-/// A query string as the handler's type, refused in the API's JSON error (axum's own refusal
-/// is text, which the API description does not promise).
-pub(super) fn query<T>(
-    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Answer<T> {
-    q.map(|axum::extract::Query(t)| t)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
-}
-
-pub(super) fn body<T: serde::de::DeserializeOwned>(b: &Bytes, what: &str) -> Answer<T> {
-    serde_json::from_slice(b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
-}
-
-/// A body that may be left out: none, or JSON null, is the default. Null too, as the API
-/// description says (a client that always sends a body sends null for none; it was refused).
-pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    b: &Bytes,
-    what: &str,
-) -> Answer<T> {
-    if b.is_empty() {
-        return Ok(T::default());
-    }
-    Ok(body::<Option<T>>(b, what)?.unwrap_or_default())
-}
-
 fn show(node: &Node, r: Relationship) -> Json<view::View> {
     Json(view::view(node, r))
 }
@@ -283,7 +82,7 @@ fn show(node: &Node, r: Relationship) -> Json<view::View> {
     path = "/v1/node",
     responses(
         (status = 200, description = "this node", body = NodeInfo),
-        openapi::AnyToken,
+        api_schemas::AnyToken,
     )
 )]
 pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<NodeInfo>> {
@@ -303,7 +102,7 @@ pub(super) async fn node_info(State(node): Ctx, h: HeaderMap) -> Answer<Json<Nod
     tag = "tokens",
     responses(
         (status = 201, description = "the token, shown this once (503: scope cluster while etcd is out of reach)", body = CreatedToken),
-        openapi::Create,
+        api_schemas::Create,
     )
 )]
 pub(super) async fn create_token(
@@ -334,7 +133,7 @@ pub(super) async fn create_token(
     tag = "tokens",
     responses(
         (status = 200, description = "every token's name and role", body = [TokenInfo]),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<TokenInfo>>> {
@@ -354,7 +153,7 @@ pub(super) async fn list_tokens(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "tokens",
     responses(
         (status = 204, description = "deleted"),
-        openapi::Removal,
+        api_schemas::Removal,
     )
 )]
 pub(super) async fn delete_token(
@@ -383,7 +182,7 @@ pub(super) struct ScopeQuery {
     path = "/v1/replication/status",
     responses(
         (status = 200, description = "every relationship the token may read that this release can read", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn status_all(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
@@ -425,7 +224,7 @@ fn listing(node: &Node, roles: &[Role]) -> Answer<Listing> {
     tag = "source",
     responses(
         (status = 200, description = "the source relationships", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
@@ -439,7 +238,7 @@ pub(super) async fn list_source(State(node): Ctx, h: HeaderMap) -> Answer<Listin
     tag = "target",
     responses(
         (status = 200, description = "the target relationships", body = [View], headers(("mover-unreadable-relationships" = u64, description = "how many stored relationships of these roles this release cannot read, when there are any (listed at /v1/replication/unreadable)"))),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Listing> {
@@ -454,7 +253,7 @@ pub(super) async fn list_target(State(node): Ctx, h: HeaderMap) -> Answer<Listin
     tag = "source",
     responses(
         (status = 200, description = "the relationship", body = View),
-        openapi::Lookup,
+        api_schemas::Lookup,
     )
 )]
 pub(super) async fn get_source(
@@ -473,7 +272,7 @@ pub(super) async fn get_source(
     tag = "target",
     responses(
         (status = 200, description = "the relationship", body = View),
-        openapi::Lookup,
+        api_schemas::Lookup,
     )
 )]
 pub(super) async fn get_target(
@@ -492,7 +291,7 @@ pub(super) async fn get_target(
     tag = "source",
     responses(
         (status = 201, description = "created; awaiting authorization on the target", body = View),
-        openapi::PeerCreate,
+        api_schemas::PeerCreate,
     )
 )]
 pub(super) async fn create_source(
@@ -508,7 +307,7 @@ pub(super) async fn create_source(
     let r = source::new_relationship(&node, RelationshipId::new_random(), spec)?;
     // First contact: the certificate the target presents (the expected one, if given) is
     // pinned from now on.
-    let addr = source::peer_addr(&r).await?;
+    let addr = peer_call::peer_addr(&r).await?;
     let req = source::proposal(&r);
     let (answer, fp) =
         crate::peer_wire::call::<_, PeerAnswer>(addr, &node.identity, expect.as_ref(), &req)
@@ -526,7 +325,7 @@ pub(super) async fn create_source(
     tag = "source",
     responses(
         (status = 200, description = "edited (the target is told; if it cannot be reached it learns at the next poll)", body = View),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn modify_source(
@@ -548,7 +347,7 @@ pub(super) async fn modify_source(
     super::owners::check_held(&node, &id)?;
     let r = source::edit(&node, &id, &edit)?;
     let spec = r.spec.clone();
-    match source::call(
+    match peer_call::call(
         &node,
         &r,
         &PeerRequest::Update {
@@ -560,7 +359,7 @@ pub(super) async fn modify_source(
     {
         Ok(PeerAnswer::Ok) => {}
         Ok(other) => {
-            tracing::warn!(%id, "target did not take the edit: {}", source::refused(&r, other))
+            tracing::warn!(%id, "target did not take the edit: {}", peer_call::refused(&r, other))
         }
         Err(e) => tracing::warn!(%id, "target did not take the edit: {e}"),
     }
@@ -574,7 +373,7 @@ pub(super) async fn modify_source(
     tag = "source",
     responses(
         (status = 204, description = "deleted"),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn delete_source(
@@ -597,9 +396,9 @@ pub(super) async fn delete_source(
     // (or already deleted its side) the source still forgets the relationship. Asked even when
     // the relationship ended here: a target whose release failed after the source saw it end
     // must not be left protected with no source.
-    match source::call(&node, &r, &PeerRequest::Delete { id: id.clone() }).await {
+    match peer_call::call(&node, &r, &PeerRequest::Delete { id: id.clone() }).await {
         Ok(PeerAnswer::Ok | PeerAnswer::NotFound) => {}
-        Ok(other) => tracing::warn!(%id, "target kept its side: {}", source::refused(&r, other)),
+        Ok(other) => tracing::warn!(%id, "target kept its side: {}", peer_call::refused(&r, other)),
         Err(e) => tracing::warn!(%id, "target unreachable; delete the relationship there too: {e}"),
     }
     source::delete_end(&node, &id)?;
@@ -614,7 +413,7 @@ pub(super) async fn delete_source(
     tag = "source",
     responses(
         (status = 202, description = "a job starts", body = View),
-        openapi::PeerChange,
+        api_schemas::PeerChange,
     )
 )]
 pub(super) async fn replicate(
@@ -632,7 +431,7 @@ pub(super) async fn replicate(
             id: id.clone(),
             source: None,
         };
-        let answer = source::call(&node, &r, &ask).await;
+        let answer = peer_call::call(&node, &r, &ask).await;
         r = source::learned(&node, r, answer)?;
     }
     source::may_replicate(&r)?;
@@ -659,7 +458,7 @@ pub(super) async fn replicate(
     tag = "source",
     responses(
         (status = 202, description = "the running job, if any, is stopped", body = View),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn abort(
@@ -687,7 +486,7 @@ pub(super) async fn abort(
     tag = "source",
     responses(
         (status = 202, description = "replicating again after a failover", body = source::Reconnected),
-        openapi::PeerChange,
+        api_schemas::PeerChange,
     )
 )]
 pub(super) async fn reconnect(
@@ -710,7 +509,7 @@ pub(super) async fn reconnect(
     tag = "target",
     responses(
         (status = 200, description = "authorized; the target directory is read-only", body = View),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn authorize(
@@ -737,7 +536,7 @@ pub(super) async fn authorize(
     tag = "target",
     responses(
         (status = 204, description = "deleted; the target directory is writable"),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn delete_target(
@@ -761,7 +560,7 @@ pub(super) async fn delete_target(
     tag = "target",
     responses(
         (status = 200, description = "writable; the relationship has ended", body = View),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn make_writable(
@@ -787,7 +586,7 @@ pub(super) async fn make_writable(
     tag = "target",
     responses(
         (status = 201, description = "a writable copy of the last recovery point", body = drill::Drill),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn start_drill(
@@ -814,7 +613,7 @@ pub(super) async fn start_drill(
     tag = "target",
     responses(
         (status = 200, description = "the drills on this node", body = [drill::Drill]),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<drill::Drill>>> {
@@ -829,7 +628,7 @@ pub(super) async fn list_drills(State(node): Ctx, h: HeaderMap) -> Answer<Json<V
     tag = "target",
     responses(
         (status = 200, description = "the released drill", body = drill::Drill),
-        openapi::PrivilegedInput,
+        api_schemas::PrivilegedInput,
     )
 )]
 pub(super) async fn release_drill(
@@ -851,7 +650,7 @@ pub(super) async fn release_drill(
     security(()),
     responses(
         (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
-        openapi::ServerError,
+        api_schemas::ServerError,
     )
 )]
 pub(super) async fn metrics(
@@ -918,6 +717,7 @@ pub(super) async fn metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn metrics_count_a_stored_relationship_this_release_cannot_read_and_go_on() {

@@ -2,7 +2,7 @@
 //! `GET /v1/containers` (any token): the node's containers by role, as its supervisor
 //! (`mover node run`) last saw them, or the one process of a daemon that runs everything.
 
-use super::api::{caller, Answer, ApiError, Ctx};
+use super::handler::{caller, Answer, ApiError, Ctx};
 use super::Node;
 use crate::supervisor::{ContainerStatus, Containers};
 use axum::extract::State;
@@ -49,7 +49,7 @@ pub(super) async fn health(State(node): Ctx) -> Json<Health> {
     tag = "node",
     responses(
         (status = 200, description = "this node's containers: roles, state, pid, version, health, restarts", body = Containers),
-        super::openapi::AnyToken,
+        super::api_schemas::AnyToken,
     )
 )]
 pub(super) async fn containers(State(node): Ctx, h: HeaderMap) -> Answer<Json<Containers>> {

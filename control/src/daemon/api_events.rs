@@ -3,7 +3,7 @@
 //! relationships of the roles the token may read (and those of no relationship); the audit
 //! log takes ADMIN: it names every token and what each did.
 
-use super::api::{caller, check, Answer, ApiError, Ctx};
+use super::handler::{caller, check, Answer, ApiError, Ctx};
 use super::Node;
 use crate::auth::Privilege;
 use crate::events::{
@@ -28,11 +28,6 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit_log))
 }
-
-/// Why the API refused a request, carried from `ApiError` to the audit middleware in the
-/// response's extensions.
-#[derive(Debug, Clone)]
-pub(super) struct Refusal(pub(super) String);
 
 /// `?since=ID&limit=N`, both optional; read as text so a bad value gets the API's JSON error.
 #[derive(serde::Deserialize)]
@@ -78,7 +73,7 @@ impl Page {
     ),
     responses(
         (status = 200, description = "events, oldest first", body = Vec<Event>),
-        super::openapi::PrivilegedInput,
+        super::api_schemas::PrivilegedInput,
     )
 )]
 pub(super) async fn events(
@@ -100,7 +95,7 @@ pub(super) async fn events(
             ),
         ));
     }
-    let (since, limit) = super::api::query(p)?.read()?;
+    let (since, limit) = super::handler::query(p)?.read()?;
     Ok(Json(node.store().events(since.map(EventId), limit, v)?))
 }
 
@@ -115,7 +110,7 @@ pub(super) async fn events(
     ),
     responses(
         (status = 200, description = "audit entries, oldest first", body = Vec<AuditEntry>),
-        super::openapi::PrivilegedInput,
+        super::api_schemas::PrivilegedInput,
     )
 )]
 pub(super) async fn audit_log(
@@ -124,13 +119,13 @@ pub(super) async fn audit_log(
     p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Vec<AuditEntry>>> {
     check(&node, &h, Privilege::Admin)?;
-    let (since, limit) = super::api::query(p)?.read()?;
+    let (since, limit) = super::handler::query(p)?.read()?;
     Ok(Json(node.store().audit(since.map(AuditId), limit)?))
 }
 
 /// Who the request's `Authorization` header names.
 fn who(node: &Node, h: &HeaderMap) -> Caller {
-    let Some(token) = super::api::bearer(h) else {
+    let Some(token) = super::handler::bearer(h) else {
         return Caller::NoToken;
     };
     match super::tokens::identify(node, token) {
@@ -177,7 +172,7 @@ pub(super) async fn audit(State(node): State<Arc<Node>>, req: Request, next: Nex
     let resp = next.run(req).await;
     let reason = resp
         .extensions()
-        .get::<Refusal>()
+        .get::<super::handler::Refusal>()
         .map(|r| truncated(&r.0, MAX_REASON));
     let entry = NewAudit {
         caller,

@@ -1,8 +1,15 @@
 //! `POST /v1/upgrade/rolling`: an operator's rolling upgrade of the cluster, checked and
-//! written as a plan that the leader drives (`rolling.rs`).
+//! written as a plan that the leader drives (`rolling.rs`); `GET /v1/upgrade/status`: the
+//! containers' releases, this node's last upgrade (`self_upgrade.rs`) and the rolling one.
 
-use super::rolling::{start, Plan, RollPhase, Start, MAX_NODES, ORDER};
+use super::handler::{caller, Answer, Ctx};
+use super::rolling::{
+    all_containers, plan, start, NodeStep, Plan, RollPhase, Start, MAX_NODES, ORDER,
+};
+use super::{api_schemas, upgrade_record};
 use crate::cluster::NodeName;
+use axum::http::HeaderMap;
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/upgrade/rolling`.
@@ -42,25 +49,25 @@ pub struct Started {
     tag = "upgrade",
     responses(
         (status = 202, description = "planned (or resumed); the leader drives it", body = Started),
-        (status = 404, description = "this node is not in a cluster", body = super::api::ErrorBody),
-        super::openapi::Create,
+        (status = 404, description = "this node is not in a cluster", body = super::handler::ErrorBody),
+        super::api_schemas::Create,
     )
 )]
 pub(super) async fn start_api(
-    axum::extract::State(node): super::api::Ctx,
+    axum::extract::State(node): super::handler::Ctx,
     h: axum::http::HeaderMap,
     b: axum::body::Bytes,
-) -> super::api::Answer<(axum::http::StatusCode, axum::Json<Started>)> {
-    use super::api::ApiError;
+) -> super::handler::Answer<(axum::http::StatusCode, axum::Json<Started>)> {
+    use super::handler::ApiError;
     use axum::http::StatusCode;
-    super::api::check(&node, &h, crate::auth::Privilege::Admin)?;
+    super::handler::check(&node, &h, crate::auth::Privilege::Admin)?;
     let m = node.cluster.clone().ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
             "this node is not in a cluster: upgrade it with POST /v1/upgrade/start".into(),
         )
     })?;
-    let b: RollingBody = super::api::body(&b, "rolling upgrade")?;
+    let b: RollingBody = super::handler::body(&b, "rolling upgrade")?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let to: mover::compat::Version = b.to.parse().map_err(bad)?;
     let sha = b.sha256.to_ascii_lowercase();
@@ -119,4 +126,104 @@ pub(super) async fn start_api(
     )
     .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(Started { plan, resumed })))
+}
+
+/// `GET /v1/upgrade/status`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// This node's containers (in a cluster: every node's, as each published them).
+    pub containers: Vec<Container>,
+    /// This node's latest upgrade record (null before any).
+    pub upgrade: Option<upgrade_record::Record>,
+    /// In a cluster: the rolling upgrade's plan (null before any).
+    pub rolling: Option<Plan>,
+    /// In a cluster: each node's step of it, by node name.
+    pub steps: std::collections::BTreeMap<String, NodeStep>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Container {
+    /// The node's name in the cluster, else its peer address.
+    pub node: String,
+    /// Its roles (`all`, `control`, `data`, `api`).
+    pub role: String,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    /// `ok`, or `down` when its health probe does not answer.
+    pub health: String,
+}
+
+fn container(node: String, c: crate::supervisor::ContainerStatus, now_unix: i64) -> Container {
+    Container {
+        node,
+        role: c.roles,
+        version: c.version.unwrap_or_else(|| "?".into()),
+        pid: c.pid.unwrap_or(0),
+        uptime_secs: c
+            .started_unix
+            .map_or(0, |s| now_unix.saturating_sub(s).max(0) as u64),
+        health: if c.healthy { "ok" } else { "down" }.into(),
+    }
+}
+
+/// `GET /v1/upgrade/status` (any token): the containers, their releases and health, the
+/// latest upgrade's record and, in a cluster, the rolling upgrade and each node's step.
+#[utoipa::path(
+    get,
+    path = "/v1/upgrade/status",
+    tag = "upgrade",
+    responses(
+        (status = 200, description = "the containers' releases and the latest upgrade", body = Status),
+        api_schemas::AnyToken,
+    )
+)]
+pub(super) async fn status(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<Status>> {
+    caller(&node, &h)?;
+    let rec = upgrade_record::read_record(&node.opts.data_dir)?;
+    let now_unix = node.clock.now_ns() / 1_000_000_000;
+    let here = match &node.cluster {
+        Some(m) => m.name().to_string(),
+        None => node.opts.listen.to_string(),
+    };
+    let mut containers = Vec::new();
+    let (mut rolling, mut steps) = (None, std::collections::BTreeMap::new());
+    if let Some(m) = &node.cluster {
+        containers = all_containers(m)
+            .into_iter()
+            .map(|(n, c)| container(n, c, now_unix))
+            .collect();
+        rolling = plan(m);
+        steps = super::rolling::steps(m)
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+    }
+    if containers.is_empty() {
+        match crate::supervisor::read_status(&node.opts.data_dir)? {
+            Some(s) if !node.opts.roles.is_all() => {
+                for c in s.containers {
+                    containers.push(container(here.clone(), c, now_unix));
+                }
+            }
+            _ => containers.push(Container {
+                node: here,
+                role: node.opts.roles.to_string(),
+                version: mover::software_version().to_string(),
+                pid: std::process::id(),
+                uptime_secs: node
+                    .clock
+                    .instant()
+                    .saturating_duration_since(node.started)
+                    .as_secs(),
+                health: "ok".into(),
+            }),
+        }
+    }
+    Ok(Json(Status {
+        containers,
+        upgrade: rec,
+        rolling,
+        steps,
+    }))
 }

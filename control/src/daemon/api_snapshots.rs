@@ -3,9 +3,9 @@
 //! Snapshots are kept on both sides: listing takes either read privilege, releasing the
 //! write privilege of the side that keeps it.
 
-use super::api::{body, check, id, query, Answer, ApiError, Ctx};
+use super::handler::{body, check, id, query, Answer, ApiError, Ctx};
 use super::snapshots::{self, PolicyView, SnapshotView};
-use super::{openapi, Node};
+use super::{api_schemas, Node};
 use crate::auth::Privilege;
 use crate::model::Role;
 use crate::policy::{Policy, PolicyEdit, PolicyName, SnapshotId};
@@ -46,7 +46,7 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
     tag = "snapshots",
     responses(
         (status = 200, description = "the snapshot policies", body = [PolicyView]),
-        openapi::Privileged,
+        api_schemas::Privileged,
     )
 )]
 pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<PolicyView>>> {
@@ -61,7 +61,7 @@ pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<Poli
     tag = "snapshots",
     responses(
         (status = 201, description = "created", body = PolicyView),
-        openapi::Create,
+        api_schemas::Create,
     )
 )]
 pub(super) async fn create(
@@ -84,7 +84,7 @@ pub(super) async fn create(
     tag = "snapshots",
     responses(
         (status = 200, description = "the policy", body = PolicyView),
-        openapi::Lookup,
+        api_schemas::Lookup,
     )
 )]
 pub(super) async fn show(
@@ -104,7 +104,7 @@ pub(super) async fn show(
     tag = "snapshots",
     responses(
         (status = 200, description = "edited", body = PolicyView),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn modify(
@@ -125,7 +125,7 @@ pub(super) async fn modify(
     tag = "snapshots",
     responses(
         (status = 204, description = "deleted"),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn delete(
@@ -146,7 +146,7 @@ pub(super) async fn delete(
     tag = "snapshots",
     responses(
         (status = 201, description = "the snapshots taken", body = [SnapshotView]),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn run(
@@ -174,7 +174,7 @@ pub(super) struct Only {
     tag = "snapshots",
     responses(
         (status = 200, description = "the kept and queued snapshots the token may read", body = [SnapshotView]),
-        openapi::PrivilegedInput,
+        api_schemas::PrivilegedInput,
     )
 )]
 pub(super) async fn list_snapshots(
@@ -206,7 +206,7 @@ pub(super) async fn list_snapshots(
     tag = "snapshots",
     responses(
         (status = 200, description = "the released snapshot", body = SnapshotView),
-        openapi::Change,
+        api_schemas::Change,
     )
 )]
 pub(super) async fn release(

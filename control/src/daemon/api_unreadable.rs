@@ -5,7 +5,7 @@
 //! upgrading again nor restoring the state database is possible: every other relationship
 //! stays in sight and in reach meanwhile.
 
-use super::api::{caller, require, Answer, ApiError, Ctx, STOP_GRACE};
+use super::handler::{caller, require, Answer, ApiError, Ctx, STOP_GRACE};
 use super::{source, target, Node};
 use crate::auth::{Privilege, TokenRole};
 use crate::events::EventKind;
@@ -73,7 +73,7 @@ pub(super) fn readable(node: &Node, roles: &[Role]) -> Answer<(HeaderMap, Vec<Re
     tag = "relationships",
     responses(
         (status = 200, description = "the stored relationships this release cannot read, of the roles the token may read", body = [UnreadableView]),
-        super::openapi::AnyToken,
+        super::api_schemas::AnyToken,
     )
 )]
 pub(super) async fn list(State(node): Ctx, h: HeaderMap) -> Answer<Json<Vec<UnreadableView>>> {
@@ -100,7 +100,7 @@ fn visible(role: TokenRole, all: Vec<crate::store::Unreadable>) -> Vec<Unreadabl
     tag = "relationships",
     responses(
         (status = 204, description = "forgotten on this node; nothing was released (see docs/api.md)"),
-        super::openapi::Change,
+        super::api_schemas::Change,
     )
 )]
 pub(super) async fn forget(

@@ -108,16 +108,16 @@ pub fn start(
         }
         .into(),
         recovery_point: made.recovery_point,
-        recovery_point_time: super::view::rfc3339(made.source_time_ns),
+        recovery_point_time: crate::clock::rfc3339(made.source_time_ns),
         data_age_seconds: made.data_age_seconds,
         seconds_to_writable: made.seconds_to_writable,
         entries: made.entries,
-        started: super::view::rfc3339(started),
+        started: crate::clock::rfc3339(started),
     };
     let dir = dir(node);
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let body = serde_json::to_vec_pretty(&d).map_err(|e| Error::Invalid(e.to_string()))?;
-    super::config::write_private(&dir.join(format!("{}.json", d.id)), &body)?;
+    crate::system::write_private(&dir.join(format!("{}.json", d.id)), &body)?;
     tracing::info!(drill = %d.id, relationship = %id, path = %d.path.display(), method = %d.method, "drill made");
     Ok(d)
 }

@@ -10,6 +10,7 @@ mod api_drain;
 mod api_events;
 mod api_proxy;
 mod api_rolling;
+mod api_schemas;
 mod api_snapshots;
 mod api_unreadable;
 mod assigned;
@@ -19,16 +20,19 @@ mod data_host;
 pub mod data_server;
 pub mod data_wire;
 pub mod drill;
+mod handler;
 mod host;
 mod http;
 mod metrics;
 mod openapi;
 pub mod owners;
 mod paths;
+mod peer_call;
 mod peer_server;
 mod reverse;
 pub mod roles;
 pub mod rolling;
+mod routes;
 mod self_upgrade;
 mod silence;
 #[cfg(test)]
@@ -40,6 +44,7 @@ mod target;
 mod tokens;
 mod ui;
 mod upgrade;
+pub mod upgrade_record;
 mod view;
 mod watch;
 mod writes;
@@ -242,6 +247,32 @@ impl Node {
         s.delete(id)
     }
 
+    /// Forgets the policy snapshots `id` kept in `role` on this node, once `release` did to
+    /// each what the role asks (a source releases them, a target keeps them as writable
+    /// data). One that fails is logged and left as it is; the rows go in any case.
+    pub(crate) fn forget_snapshots(
+        &self,
+        id: &RelationshipId,
+        role: Role,
+        release: impl Fn(&Relationship, &crate::policy::Snapshot) -> Result<()>,
+    ) {
+        let all = match self.store().snapshots(Some(id), role) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%id, "reading kept snapshots: {e}");
+                return;
+            }
+        };
+        for (_, s) in &all {
+            if let Err(e) = self.get(id, role).and_then(|r| release(&r, s)) {
+                tracing::warn!(%id, snapshot = %s.name(), "leaving a policy snapshot as it is: {e}");
+            }
+        }
+        if let Err(e) = self.store().delete_snapshots(id, role) {
+            tracing::warn!(%id, "forgetting kept snapshots: {e}");
+        }
+    }
+
     fn state_dir(&self, id: &RelationshipId) -> PathBuf {
         self.opts.data_dir.join("state").join(id.as_str())
     }
@@ -306,7 +337,7 @@ fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
             clock.now_ns(),
         )?;
         let path = opts.data_dir.join("admin.token");
-        config::write_private(&path, format!("{token}\n").as_bytes())?;
+        crate::system::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
     // Split from its data container, the node's receivers run there.
@@ -477,7 +508,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
         .name("mover-policies".into())
         .spawn(move || snapshots::run(policies))
         .ctx(|| "starting the snapshot policy thread".to_string())?;
-    let app = api::router(node.clone());
+    let app = routes::router(node.clone());
     let tls = match &node.opts.api_tls {
         None => None,
         Some(config::ApiTls::NodeCertificate) => Some(node.identity.api_server_config()?),
@@ -496,7 +527,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
             },
         }
     };
-    config::sd_notify("READY=1");
+    crate::system::sd_notify("READY=1");
     match api {
         ApiListener::Tcp(api) => axum::serve(http::Limited::new(api, tls), app)
             .with_graceful_shutdown(stopped)
@@ -507,7 +538,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
             .await
             .ctx(|| "serving the API on the control socket".to_string())?,
     }
-    config::sd_notify("STOPPING=1");
+    crate::system::sd_notify("STOPPING=1");
     node.shutting_down.store(true, Ordering::SeqCst);
     source::stop_all(&node, SHUTDOWN_GRACE).await;
     target::stop_all(&node);

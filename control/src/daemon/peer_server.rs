@@ -270,25 +270,6 @@ fn refuse(message: String) -> PeerAnswer {
     PeerAnswer::Refused { message }
 }
 
-/// A refusal of a peer's request that failed with `e`. A stored row this release cannot
-/// read, or the state database failing, is not said to the peer: the text may quote what the
-/// store holds, and the peer's certificate may not be checked yet. The operator hears of it
-/// from the node (its log at start and in the scheduler, `mover_relationships{state=
-/// "unreadable"}`), so here it is logged at debug level only: a source polls every few
-/// seconds.
-pub(crate) fn refusal(e: Error) -> PeerAnswer {
-    match e {
-        Error::Unreadable(_) | Error::Db(_) => {
-            tracing::debug!("a peer's request refused: {e}");
-            refuse(
-                "this node cannot read its stored relationships now; its operator's log says why"
-                    .into(),
-            )
-        }
-        e => refuse(e.to_string()),
-    }
-}
-
 /// The relationship `id` if `fp` is the certificate pinned for it.
 fn pinned(
     node: &Node,
@@ -302,7 +283,7 @@ fn pinned(
                 super::reverse::stale_peer(node, id, fp, None).unwrap_or(PeerAnswer::NotFound)
             )
         }
-        Err(e) => return Err(refusal(e)),
+        Err(e) => return Err(PeerAnswer::refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
         return Err(refuse(format!(
@@ -653,12 +634,12 @@ fn propose(
             ))
         }
         Err(Error::NotFound(_)) => {}
-        Err(e) => return refusal(e),
+        Err(e) => return PeerAnswer::refusal(e),
     }
     // Every target, or no proposal: an unreadable one's path could be the one proposed.
     let all = match node.store().list(Some(Role::Target)) {
         Ok(all) => all,
-        Err(e) => return refusal(e),
+        Err(e) => return PeerAnswer::refusal(e),
     };
     let same = |a: &str, b: &str| {
         std::path::Path::new(a)

@@ -3,8 +3,8 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::api::{check, id, optional_body, Answer, ApiError, Ctx};
-use super::{lock, openapi, paths, source, target, view, Node};
+use super::handler::{check, id, optional_body, Answer, ApiError, Ctx};
+use super::{api_schemas, lock, paths, peer_call, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};
 use crate::peer::{PeerAnswer, PeerRequest};
@@ -80,7 +80,7 @@ fn both_privileges(node: &Node, h: &HeaderMap) -> Answer<()> {
     tag = "source",
     responses(
         (status = 200, description = "reversed: this node is now the target", body = Reversed),
-        openapi::PeerChange,
+        api_schemas::PeerChange,
     )
 )]
 pub(super) async fn from_source(
@@ -103,7 +103,7 @@ pub(super) async fn from_source(
     tag = "target",
     responses(
         (status = 200, description = "reversed: this node is now the source", body = Reversed),
-        openapi::PeerChange,
+        api_schemas::PeerChange,
     )
 )]
 pub(super) async fn from_target(
@@ -139,8 +139,8 @@ fn mid_job(id: &RelationshipId) -> Error {
 
 fn unexpected(r: &Relationship, a: PeerAnswer) -> Error {
     match a {
-        a @ (PeerAnswer::Refused { .. } | PeerAnswer::NotFound) => source::refused(r, a),
-        other => source::refused(
+        a @ (PeerAnswer::Refused { .. } | PeerAnswer::NotFound) => peer_call::refused(r, a),
+        other => peer_call::refused(
             r,
             PeerAnswer::Refused {
                 message: format!("unexpected answer {other:?}"),
@@ -175,7 +175,7 @@ async fn drive_from_source(node: &Arc<Node>, id: &RelationshipId) -> Result<Reve
         id: id.clone(),
         epoch: r.epoch,
     });
-    let (rp, rp_ns, their_epoch) = match source::call(node, &r, &ask).await {
+    let (rp, rp_ns, their_epoch) = match peer_call::call(node, &r, &ask).await {
         Ok(PeerAnswer::Reversed(ReverseReply::Released {
             recovery_point: Some(rp),
             recovery_point_ns,
@@ -209,7 +209,7 @@ async fn drive_from_source(node: &Arc<Node>, id: &RelationshipId) -> Result<Reve
     // peer down for a moment is tried again; past that, the operator finishes it there.
     let mut attempt = 1;
     loop {
-        match source::call(node, &r, &commit).await {
+        match peer_call::call(node, &r, &commit).await {
             Ok(PeerAnswer::Reversed(ReverseReply::Source)) => break,
             Ok(other) => return Err(finish_hint(node, id, epoch, unexpected(&r, other))),
             Err(e) if attempt >= COMMIT_ATTEMPTS => return Err(finish_hint(node, id, epoch, e)),
@@ -225,7 +225,7 @@ async fn drive_from_source(node: &Arc<Node>, id: &RelationshipId) -> Result<Reve
         relationship: view::view(node, node.get(id, Role::Target)?),
         epoch,
         common_recovery_point: rp,
-        common_recovery_point_time: rp_ns.map(view::rfc3339),
+        common_recovery_point_time: rp_ns.map(crate::clock::rfc3339),
         discarded_on: "this_node",
         discarded,
     })
@@ -312,7 +312,7 @@ async fn drive_from_target(
         relationship: view::view(node, now),
         epoch,
         common_recovery_point: rp,
-        common_recovery_point_time: rp_ns.map(view::rfc3339),
+        common_recovery_point_time: rp_ns.map(crate::clock::rfc3339),
         discarded_on: "peer",
         discarded,
     })
@@ -431,7 +431,7 @@ fn become_target_blocking(
     t.replica = ReplicaOptions::default();
     t.epoch = epoch;
     // Its policy snapshots belong to the direction that ends (the queue would never go).
-    super::snapshots::forget(node, id, Role::Source);
+    super::snapshots::forget(node, id);
     node.store().set_role(&t)?;
     // What this node kept as a source is about a direction that no longer exists.
     lock(&node.jobs).remove(id);
@@ -513,7 +513,7 @@ fn become_source(
     s.replica = ReplicaOptions::default();
     s.epoch = epoch;
     // The kept policy snapshots stay as data, writable, outside the tree it now sends.
-    super::snapshots::forget(node, id, Role::Target);
+    target::forget_snapshots(node, id);
     node.store().set_role(&s)?;
     lock(&node.reported).remove(id);
     lock(&node.last_contact).remove(id);
@@ -541,7 +541,7 @@ fn pinned_as(
     let r = match node.get(id, role) {
         Ok(r) => r,
         Err(Error::NotFound(_)) => return Err(PeerAnswer::NotFound),
-        Err(e) => return Err(super::peer_server::refusal(e)),
+        Err(e) => return Err(PeerAnswer::refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
         return Err(refuse(format!(
@@ -585,7 +585,7 @@ async fn step(
     from: Option<IpAddr>,
     ask: ReverseAsk,
 ) -> std::result::Result<PeerAnswer, PeerAnswer> {
-    let fail = super::peer_server::refusal;
+    let fail = PeerAnswer::refusal;
     match ask {
         ReverseAsk::Release { id, epoch } => {
             let r = pinned_as(node, &id, Role::Target, fp)?;

@@ -15,7 +15,8 @@
 //! resumes a failed or interrupted plan.
 
 use super::roles::Roles;
-use super::self_upgrade::{self, Phase as RecordPhase};
+use super::self_upgrade;
+use super::upgrade_record::record_done;
 use super::Node;
 use crate::cluster::{Membership, NodeName};
 use crate::supervisor::ContainerState;
@@ -564,16 +565,6 @@ pub fn all_containers(m: &Membership) -> Vec<(String, crate::supervisor::Contain
                 .map(move |c| (node.clone(), c))
         })
         .collect()
-}
-
-/// Whether an upgrade record on this node says it finished `to` (the supervisor's test-build
-/// version override reads the same record).
-pub fn record_done(data_dir: &std::path::Path) -> Option<String> {
-    self_upgrade::read_record(data_dir)
-        .ok()
-        .flatten()
-        .filter(|r| r.phase == RecordPhase::Done)
-        .map(|r| r.to)
 }
 
 #[cfg(test)]

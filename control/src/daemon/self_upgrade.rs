@@ -1,5 +1,5 @@
-//! Upgrading a single node (`--roles all`) onto a new release: `POST /v1/upgrade/start`,
-//! `GET /v1/upgrade/status` (docs/api.md "Upgrades").
+//! Upgrading a single node (`--roles all`) onto a new release: `POST /v1/upgrade/start`
+//! (docs/api.md "Upgrades"; `GET /v1/upgrade/status` is in `api_rolling.rs`).
 //!
 //! Two phases, each runnable alone and rerunnable:
 //! - `distribute`: the package (a `mover` binary on this node) is copied into
@@ -16,8 +16,9 @@
 //! The record (`<data-dir>/upgrade.json`) is written before every step, so an interrupted
 //! upgrade is seen, and rerun, where it stopped.
 
-use super::api::{body, check, Answer, ApiError, Ctx};
-use super::{config, openapi, Node};
+use super::handler::{body, check, Answer, ApiError, Ctx};
+use super::upgrade_record::{self, read_record, Phase, Record};
+use super::{api_schemas, Node};
 use crate::auth::{hex, Privilege};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -26,44 +27,16 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use mover::compat::{Train, Version};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The record of the latest upgrade, in the data directory.
-const RECORD: &str = "upgrade.json";
 /// Staged and kept releases, in the data directory.
 const RELEASES: &str = "releases";
 /// Copy buffer while hashing the package.
 const COPY_CHUNK: usize = 1 << 20;
 /// Largest package accepted: a `mover` binary is tens of MiB; anything near this is not one.
 const MAX_PACKAGE: u64 = 1 << 30;
-
-/// Where an upgrade of this node stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// The package is staged and checked; the node still runs the old release.
-    Distributed,
-    /// The node is stopping to run the new release.
-    Restarting,
-    /// The node runs the new release.
-    Done,
-    /// The new process does not report the release asked for (`error` says what it reports).
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Record {
-    pub from: String,
-    pub to: String,
-    pub sha256: String,
-    #[schema(value_type = String)]
-    pub staged: PathBuf,
-    pub phase: Phase,
-    pub updated_ns: i64,
-    pub error: Option<String>,
-}
 
 /// Which phases `start` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
@@ -85,23 +58,12 @@ pub(super) struct StartBody {
 }
 
 fn record_path(node: &Node) -> PathBuf {
-    node.opts.data_dir.join(RECORD)
-}
-
-pub fn read_record(data_dir: &Path) -> Result<Option<Record>> {
-    let p = data_dir.join(RECORD);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).ctx(|| format!("reading {}", p.display())),
-    }
+    node.opts.data_dir.join(upgrade_record::RECORD)
 }
 
 fn write_record(node: &Node, r: &Record) -> Result<()> {
     let text = serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?;
-    config::write_private(&record_path(node), &text)
+    crate::system::write_private(&record_path(node), &text)
 }
 
 /// Copies `package` to `dest` (through a temporary name, synced) and returns its SHA-256.
@@ -252,7 +214,7 @@ pub(super) fn restart_staged(node: &Node, want: &str, sha256: &str, to: Version)
     responses(
         (status = 200, description = "distributed: the package is staged and checked", body = Record),
         (status = 202, description = "restarting onto the new release", body = Record),
-        openapi::Create,
+        api_schemas::Create,
     )
 )]
 pub(super) async fn start(
@@ -327,106 +289,6 @@ pub(super) async fn start(
     tracing::info!(to = %rec.to, exe = %exe.display(), "upgrade: restarting onto the new release");
     node.restart_into(exe, to);
     Ok((StatusCode::ACCEPTED, Json(rec)))
-}
-
-/// `GET /v1/upgrade/status`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Status {
-    /// This node's containers (in a cluster: every node's, as each published them).
-    pub containers: Vec<Container>,
-    /// This node's latest upgrade record (null before any).
-    pub upgrade: Option<Record>,
-    /// In a cluster: the rolling upgrade's plan (null before any).
-    pub rolling: Option<super::rolling::Plan>,
-    /// In a cluster: each node's step of it, by node name.
-    pub steps: std::collections::BTreeMap<String, super::rolling::NodeStep>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Container {
-    /// The node's name in the cluster, else its peer address.
-    pub node: String,
-    /// Its roles (`all`, `control`, `data`, `api`).
-    pub role: String,
-    pub version: String,
-    pub pid: u32,
-    pub uptime_secs: u64,
-    /// `ok`, or `down` when its health probe does not answer.
-    pub health: String,
-}
-
-fn container(node: String, c: crate::supervisor::ContainerStatus, now_unix: i64) -> Container {
-    Container {
-        node,
-        role: c.roles,
-        version: c.version.unwrap_or_else(|| "?".into()),
-        pid: c.pid.unwrap_or(0),
-        uptime_secs: c
-            .started_unix
-            .map_or(0, |s| now_unix.saturating_sub(s).max(0) as u64),
-        health: if c.healthy { "ok" } else { "down" }.into(),
-    }
-}
-
-/// `GET /v1/upgrade/status` (any token): the containers, their releases and health, the
-/// latest upgrade's record and, in a cluster, the rolling upgrade and each node's step.
-#[utoipa::path(
-    get,
-    path = "/v1/upgrade/status",
-    tag = "upgrade",
-    responses(
-        (status = 200, description = "the containers' releases and the latest upgrade", body = Status),
-        openapi::AnyToken,
-    )
-)]
-pub(super) async fn status(AxState(node): Ctx, h: HeaderMap) -> Answer<Json<Status>> {
-    super::api::caller(&node, &h)?;
-    let rec = read_record(&node.opts.data_dir)?;
-    let now_unix = node.clock.now_ns() / 1_000_000_000;
-    let here = match &node.cluster {
-        Some(m) => m.name().to_string(),
-        None => node.opts.listen.to_string(),
-    };
-    let mut containers = Vec::new();
-    let (mut rolling, mut steps) = (None, std::collections::BTreeMap::new());
-    if let Some(m) = &node.cluster {
-        containers = super::rolling::all_containers(m)
-            .into_iter()
-            .map(|(n, c)| container(n, c, now_unix))
-            .collect();
-        rolling = super::rolling::plan(m);
-        steps = super::rolling::steps(m)
-            .into_iter()
-            .map(|(n, s)| (n.to_string(), s))
-            .collect();
-    }
-    if containers.is_empty() {
-        match crate::supervisor::read_status(&node.opts.data_dir)? {
-            Some(s) if !node.opts.roles.is_all() => {
-                for c in s.containers {
-                    containers.push(container(here.clone(), c, now_unix));
-                }
-            }
-            _ => containers.push(Container {
-                node: here,
-                role: node.opts.roles.to_string(),
-                version: mover::software_version().to_string(),
-                pid: std::process::id(),
-                uptime_secs: node
-                    .clock
-                    .instant()
-                    .saturating_duration_since(node.started)
-                    .as_secs(),
-                health: "ok".into(),
-            }),
-        }
-    }
-    Ok(Json(Status {
-        containers,
-        upgrade: rec,
-        rolling,
-        steps,
-    }))
 }
 
 /// At start: an upgrade that restarted into this process is done if this is the release it

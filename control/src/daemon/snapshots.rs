@@ -12,7 +12,8 @@
 //! - Both sides expire their snapshots at the time recorded with each (`tick`); a source
 //!   snapshot still queued is kept until replicated, as its data exists nowhere else.
 
-use super::{source, target, view::rfc3339, Node};
+use super::{peer_call, target, Node};
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::model::{Relationship, RelationshipId, Role};
 use crate::policy::{Policy, PolicyEdit, PolicyName, Snapshot, SnapshotId};
@@ -408,16 +409,6 @@ pub fn release(node: &Node, id: &RelationshipId, sid: SnapshotId) -> Result<Snap
     )))
 }
 
-/// The target directory as this daemon writes it: through its private view where clients see
-/// a read-only bind mount.
-fn target_root(node: &Node, r: &Relationship) -> Result<std::os::fd::OwnedFd> {
-    let (via, _dir) = target::writable_root(node, r)?;
-    Ok(mover::beneath::open_root(
-        &via,
-        "the target's writable view",
-    )?)
-}
-
 fn remove(node: &Node, r: &Relationship, s: &Snapshot) -> Result<()> {
     match r.role {
         Role::Source => {
@@ -425,7 +416,7 @@ fn remove(node: &Node, r: &Relationship, s: &Snapshot) -> Result<()> {
             mover::keep::release(src.fd(), &s.name())?;
         }
         Role::Target => {
-            let root = target_root(node, r)?;
+            let root = target::writable_root_fd(node, r)?;
             mover::keep::release(root.as_fd(), &s.name())?;
         }
     }
@@ -526,39 +517,17 @@ pub(crate) async fn keep_on_target(
         snapshot: s.clone(),
         recovery_point: recovery_point.to_string(),
     };
-    match source::call(node, r, &req).await? {
+    match peer_call::call(node, r, &req).await? {
         crate::peer::PeerAnswer::Ok => Ok(()),
-        other => Err(source::refused(r, other)),
+        other => Err(peer_call::refused(r, other)),
     }
 }
 
-/// A relationship is deleted on this node: the source releases its snapshots (a queue of
-/// them means nothing without the relationship); the target keeps the replicated ones as its
-/// data, made writable again, as the target directory itself becomes.
-pub(crate) fn forget(node: &Node, id: &RelationshipId, role: Role) {
-    let all = match node.store().snapshots(Some(id), role) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(%id, "reading kept snapshots: {e}");
-            return;
-        }
-    };
-    for (_, s) in &all {
-        let done = node.get(id, role).and_then(|r| match role {
-            Role::Source => remove(node, &r, s),
-            Role::Target => {
-                let root = target_root(node, &r)?;
-                mover::keep::unlock(root.as_fd(), &s.name())?;
-                Ok(())
-            }
-        });
-        if let Err(e) = done {
-            tracing::warn!(%id, snapshot = %s.name(), "leaving a policy snapshot as it is: {e}");
-        }
-    }
-    if let Err(e) = node.store().delete_snapshots(id, role) {
-        tracing::warn!(%id, "forgetting kept snapshots: {e}");
-    }
+/// A source relationship is deleted on this node (or becomes a target): it releases its
+/// snapshots, as a queue of them means nothing without the relationship. A target keeps its
+/// replicated ones as data (`target::forget_snapshots`).
+pub(crate) fn forget(node: &Node, id: &RelationshipId) {
+    node.forget_snapshots(id, Role::Source, |r, s| remove(node, r, s));
 }
 
 #[cfg(test)]

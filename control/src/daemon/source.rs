@@ -2,6 +2,7 @@
 //! window) or stops (abort, delete, shutdown); each job runs the data plane's sender on its own
 //! threads, one session per attempt, each attempt with a fresh ticket from the target.
 
+use super::peer_call::{call, peer_addr, refused};
 use super::watch::{Seen, Walk};
 use super::{lock, Node};
 use crate::blackout;
@@ -321,44 +322,6 @@ impl Backoff {
         let wait = self.next;
         self.next = (wait * 2).min(RETRY_BACKOFF_MAX);
         Some(wait)
-    }
-}
-
-/// Resolves the target's peer address.
-pub async fn peer_addr(r: &Relationship) -> Result<SocketAddr> {
-    let (host, port) = (r.spec.target_address.as_str(), r.spec.target_port);
-    let mut it = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| Error::Peer {
-            peer: format!("{host}:{port}"),
-            message: format!("cannot resolve: {e}"),
-        })?;
-    it.next().ok_or_else(|| Error::Peer {
-        peer: format!("{host}:{port}"),
-        message: "no address".into(),
-    })
-}
-
-/// One request to the relationship's target, with its pinned certificate.
-pub async fn call(node: &Node, r: &Relationship, req: &PeerRequest) -> Result<PeerAnswer> {
-    let addr = peer_addr(r).await?;
-    let pin = r
-        .peer_fingerprint
-        .as_deref()
-        .map(|f| Fingerprint(f.to_string()));
-    let (a, _) = crate::peer_wire::call(addr, &node.identity, pin.as_ref(), req).await?;
-    Ok(a)
-}
-
-pub fn refused(r: &Relationship, a: PeerAnswer) -> Error {
-    let message = match a {
-        PeerAnswer::Refused { message } => message,
-        PeerAnswer::NotFound => format!("the target does not know relationship {}", r.id),
-        other => format!("unexpected answer {other:?}"),
-    };
-    Error::Peer {
-        peer: format!("{}:{}", r.spec.target_address, r.spec.target_port),
-        message,
     }
 }
 
@@ -1559,7 +1522,7 @@ pub(crate) async fn reconnect(node: &Node, id: &RelationshipId) -> Result<Reconn
     })?;
     lock(&node.wanted).insert(id.clone());
     tracing::info!(%id, ?difference, "reconnected: the next job reverts the target to this source's state");
-    let show = |ns: Option<i64>| ns.map(super::view::rfc3339);
+    let show = |ns: Option<i64>| ns.map(crate::clock::rfc3339);
     Ok(Reconnected {
         source_recovery_point: show(r.recovery_point_ns),
         target_recovery_point: show(target_rp),
@@ -1694,7 +1657,7 @@ pub(crate) fn delete_abandoned(node: &Node, was: &Relationship) {
 /// forgets it and its state dir.
 pub(crate) fn delete_end(node: &Node, id: &RelationshipId) -> Result<()> {
     lock(&node.jobs).remove(id);
-    super::snapshots::forget(node, id, Role::Source);
+    super::snapshots::forget(node, id);
     node.forget(id, Role::Source)?;
     drop_state(node, id);
     node.event(

@@ -12,6 +12,7 @@ use crate::readonly;
 use crate::store::Fenced;
 use crate::{Error, Result};
 use mover::receiver::{ReceiveOptions, Tickets};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -90,6 +91,25 @@ pub(crate) fn writable_root(node: &Node, r: &Relationship) -> Result<(PathBuf, O
         }
         _ => Ok((dir.proc_path(), dir)),
     }
+}
+
+/// `writable_root`, open: the target directory as this daemon writes it.
+pub(crate) fn writable_root_fd(node: &Node, r: &Relationship) -> Result<std::os::fd::OwnedFd> {
+    let (via, _dir) = writable_root(node, r)?;
+    Ok(mover::beneath::open_root(
+        &via,
+        "the target's writable view",
+    )?)
+}
+
+/// A target relationship is deleted on this node (or becomes a source): the policy snapshots
+/// it kept stay as its data, made writable again as the target directory itself becomes, and
+/// are forgotten. (A source releases its own: `snapshots::forget`.)
+pub(crate) fn forget_snapshots(node: &Node, id: &RelationshipId) {
+    node.forget_snapshots(id, Role::Target, |r, s| {
+        let root = writable_root_fd(node, r)?;
+        Ok(mover::keep::unlock(root.as_fd(), &s.name())?)
+    });
 }
 
 /// The operator accepts a proposed relationship, with what it accepts for the replica.
@@ -379,7 +399,7 @@ fn stop_receiver(node: &Node, id: &RelationshipId, wait: Duration) -> Result<()>
 /// Blocking (waits for a running session); call from a blocking thread.
 pub fn delete(node: &Node, id: &RelationshipId) -> Result<()> {
     let r = node.get(id, Role::Target)?;
-    super::snapshots::forget(node, id, Role::Target);
+    forget_snapshots(node, id);
     // A target already made writable has nothing left to revert or release.
     let res = if r.ended && r.read_only.is_none() {
         Ok(())

@@ -4,7 +4,7 @@
 //! call the page makes carries one. `GET /v1/whoami` tells the page what its token may do, so
 //! it can disable what would be refused.
 
-use super::api::{caller_named, Answer, Ctx};
+use super::handler::{caller_named, Answer, Ctx};
 use super::Node;
 use crate::auth::Privilege;
 use axum::extract::Path;
@@ -101,7 +101,7 @@ pub(super) struct WhoAmI {
     tag = "node",
     responses(
         (status = 200, description = "the caller's token", body = WhoAmI),
-        super::openapi::AnyToken,
+        super::api_schemas::AnyToken,
     )
 )]
 pub(super) async fn whoami(axum::extract::State(node): Ctx, h: HeaderMap) -> Answer<Json<WhoAmI>> {

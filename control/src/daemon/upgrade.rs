@@ -2,8 +2,8 @@
 //! (`crate::upgrade::assess`) decides on, gathered from this node and what it last heard of
 //! its peers.
 
-use super::api::{caller, query, Answer, ApiError, Ctx};
-use super::{openapi, view, Node};
+use super::handler::{caller, query, Answer, ApiError, Ctx};
+use super::{api_schemas, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Role, State};
 use crate::upgrade::{assess, Facts, Peer, Report};
@@ -114,7 +114,7 @@ pub(super) fn facts(
     tag = "upgrade",
     responses(
         (status = 200, description = "what stands between this node and the release", body = Report),
-        openapi::TokenInput,
+        api_schemas::TokenInput,
     )
 )]
 pub(super) async fn check(

@@ -2,6 +2,7 @@
 
 use super::{lock, Node};
 use crate::blackout::BlackoutWindow;
+use crate::clock::rfc3339;
 use crate::model::{self, IdMap, Relationship, ReplicaOptions, Role, State};
 use crate::peer::JobView;
 use serde::Serialize;
@@ -29,7 +30,7 @@ pub struct ScrubView {
     pub ok: bool,
     pub difference: Option<String>,
     pub entries: u64,
-    #[schema(schema_with = super::openapi::scrub_by)]
+    #[schema(schema_with = super::api_schemas::scrub_by)]
     pub by: mover::receiver::scrub::ScrubBy,
 }
 
@@ -93,10 +94,6 @@ pub struct View {
 pub struct SnapshotCounts {
     pub queued: usize,
     pub kept: usize,
-}
-
-pub(crate) fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 pub fn view(node: &Node, r: Relationship) -> View {

@@ -1055,7 +1055,7 @@ impl World {
         false
     }
 
-    /// Sends `req` about `r` to its target, as `source::call` would: over a connection pinned
+    /// Sends `req` about `r` to its target, as `peer_call::call` would: over a connection pinned
     /// to the target's certificate, answered or timed out within `PEER_TIMEOUT`.
     fn send(&mut self, from: Caller, r: &Relationship, req: PeerRequest, cont: Cont) -> u64 {
         let to = self.node_at(&r.spec.target_address);
@@ -1980,7 +1980,7 @@ impl World {
                 inc,
                 was,
                 done,
-                deadline: self.now + nanos(crate::daemon::api::STOP_GRACE),
+                deadline: self.now + nanos(crate::daemon::handler::STOP_GRACE),
             },
         );
         self.delete_wait(key);
