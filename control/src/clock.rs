@@ -2,7 +2,8 @@
 //! decisions (jobs due, blackout windows, pauses, backoff, silent peers) can be tested with
 //! simulated time. Wall time is for calendars and records (blackout windows are on the wall
 //! clock of their zone; times are stored as nanoseconds since the Unix epoch); monotonic time
-//! is for intervals, which must not stretch or shrink when the wall clock is set.
+//! is for intervals, which must not stretch or shrink when the wall clock is set. A wall time
+//! is shown as `rfc3339` says.
 
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// `ns` (since the Unix epoch) as the API and the CLI show a time: RFC 3339 in UTC, to the
 /// second.
-pub fn rfc3339(ns: i64) -> String {
+pub(crate) fn rfc3339(ns: i64) -> String {
     DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

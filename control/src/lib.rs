@@ -21,12 +21,13 @@ pub mod peer;
 pub mod peer_wire;
 pub mod pinned;
 pub mod policy;
+pub mod private_file;
 pub mod readonly;
 pub mod reverse;
 pub mod standalone;
 pub mod store;
 pub mod supervisor;
-pub mod system;
+pub mod systemd;
 pub mod tls;
 pub mod upgrade;
 

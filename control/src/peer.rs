@@ -1,7 +1,9 @@
 //! What two daemons say to each other, over mutual TLS (peer_wire): the source proposes a
 //! relationship, polls whether the target authorized it, asks for a one-time data-plane ticket
 //! per session, reports job progress, and propagates edits and deletes. Every request after the
-//! proposal must come from the certificate pinned when the proposal arrived.
+//! proposal must come from the certificate pinned when the proposal arrived. A request that
+//! fails is answered with `PeerAnswer::refusal`, which keeps the node's own troubles (a row
+//! it cannot read) from the peer.
 
 use crate::model::{Attempt, RelationshipId, Spec};
 use serde::{Deserialize, Serialize};

@@ -190,7 +190,7 @@ async fn supervise(opts: SupervisorOptions) -> Result<()> {
         write_status(&opts.data_dir, &all);
         if !ready && all.iter().all(|c| c.status.healthy) {
             ready = true;
-            crate::system::sd_notify("READY=1");
+            crate::systemd::sd_notify("READY=1");
             tracing::info!("containers up");
         }
         tokio::select! {
@@ -450,7 +450,7 @@ fn write_status(data_dir: &Path, all: &[Container]) {
     // The data dir is made by the control container; before it exists there is nothing to
     // serve the file either.
     if data_dir.is_dir() {
-        if let Err(e) = crate::system::write_private(&data_dir.join(CONTAINERS_FILE), &json) {
+        if let Err(e) = crate::private_file::write_private(&data_dir.join(CONTAINERS_FILE), &json) {
             tracing::warn!("writing {CONTAINERS_FILE}: {e}");
         }
     }

@@ -1,7 +1,9 @@
-//! The REST API (docs/api.md): token check first, then the relationship operations. Handlers
-//! hold no lock across a peer call; peer failures come back as 502 with the peer's words.
+//! The REST API's handlers of relationships, tokens, drills, the node, the cluster and the
+//! metrics (docs/api.md; `routes.rs` routes them). Each checks the caller's token first
+//! (`api_common`); none holds a lock across a peer call; peer failures come back as 502 with
+//! the peer's words.
 
-use super::handler::{
+use super::api_common::{
     body, caller, check, id, optional_body, query, Answer, ApiError, Ctx, ErrorBody, STOP_GRACE,
 };
 use super::view::View;

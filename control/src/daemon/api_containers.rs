@@ -2,7 +2,7 @@
 //! `GET /v1/containers` (any token): the node's containers by role, as its supervisor
 //! (`mover node run`) last saw them, or the one process of a daemon that runs everything.
 
-use super::handler::{caller, Answer, ApiError, Ctx};
+use super::api_common::{caller, Answer, ApiError, Ctx};
 use super::Node;
 use crate::supervisor::{ContainerStatus, Containers};
 use axum::extract::State;

@@ -5,7 +5,7 @@
 //! receives. The drain is a record in etcd (`drain/<name>`), so it holds while the node is
 //! down and any node of the cluster can set or lift it.
 
-use super::handler::{check_named, Answer, ApiError, Ctx};
+use super::api_common::{check_named, Answer, ApiError, Ctx};
 use crate::auth::Privilege;
 use crate::cluster::{Drain, MemberView, NodeName};
 use crate::events::EventKind;
@@ -21,8 +21,8 @@ use axum::Json;
     params(("name" = String, Path, description = "the node's name in the cluster")),
     responses(
         (status = 200, description = "drained: the node as the cluster now shows it (its running jobs finish; `report.jobs_running` says how many are left)", body = MemberView),
-        (status = 404, description = "this node is not in a cluster, or no node of that name joined it", body = super::handler::ErrorBody),
-        (status = 503, description = "no link to etcd now", body = super::handler::ErrorBody),
+        (status = 404, description = "this node is not in a cluster, or no node of that name joined it", body = super::api_common::ErrorBody),
+        (status = 503, description = "no link to etcd now", body = super::api_common::ErrorBody),
         super::api_schemas::Privileged,
     )
 )]
@@ -42,8 +42,8 @@ pub(super) async fn drain(
     params(("name" = String, Path, description = "the node's name in the cluster")),
     responses(
         (status = 200, description = "back in service: the node starts jobs again", body = MemberView),
-        (status = 404, description = "this node is not in a cluster, or no node of that name joined it", body = super::handler::ErrorBody),
-        (status = 503, description = "no link to etcd now", body = super::handler::ErrorBody),
+        (status = 404, description = "this node is not in a cluster, or no node of that name joined it", body = super::api_common::ErrorBody),
+        (status = 503, description = "no link to etcd now", body = super::api_common::ErrorBody),
         super::api_schemas::Privileged,
     )
 )]

@@ -3,7 +3,7 @@
 //! relationships of the roles the token may read (and those of no relationship); the audit
 //! log takes ADMIN: it names every token and what each did.
 
-use super::handler::{caller, check, Answer, ApiError, Ctx};
+use super::api_common::{caller, check, Answer, ApiError, Ctx};
 use super::Node;
 use crate::auth::Privilege;
 use crate::events::{
@@ -95,7 +95,7 @@ pub(super) async fn events(
             ),
         ));
     }
-    let (since, limit) = super::handler::query(p)?.read()?;
+    let (since, limit) = super::api_common::query(p)?.read()?;
     Ok(Json(node.store().events(since.map(EventId), limit, v)?))
 }
 
@@ -119,13 +119,13 @@ pub(super) async fn audit_log(
     p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Vec<AuditEntry>>> {
     check(&node, &h, Privilege::Admin)?;
-    let (since, limit) = super::handler::query(p)?.read()?;
+    let (since, limit) = super::api_common::query(p)?.read()?;
     Ok(Json(node.store().audit(since.map(AuditId), limit)?))
 }
 
 /// Who the request's `Authorization` header names.
 fn who(node: &Node, h: &HeaderMap) -> Caller {
-    let Some(token) = super::handler::bearer(h) else {
+    let Some(token) = super::api_common::bearer(h) else {
         return Caller::NoToken;
     };
     match super::tokens::identify(node, token) {
@@ -172,7 +172,7 @@ pub(super) async fn audit(State(node): State<Arc<Node>>, req: Request, next: Nex
     let resp = next.run(req).await;
     let reason = resp
         .extensions()
-        .get::<super::handler::Refusal>()
+        .get::<super::api_common::Refusal>()
         .map(|r| truncated(&r.0, MAX_REASON));
     let entry = NewAudit {
         caller,

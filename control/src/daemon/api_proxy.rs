@@ -74,12 +74,12 @@ pub async fn serve(
     // over plain HTTP the probe reads the release from the answers anyway.
     if let Ok(v) = serde_json::to_vec(&me) {
         let p = opts.data_dir.join(crate::supervisor::API_SELF_FILE);
-        if let Err(e) = crate::system::write_private(&p, &v) {
+        if let Err(e) = crate::private_file::write_private(&p, &v) {
             tracing::warn!("writing {}: {e}", p.display());
         }
     }
     tracing::info!(api = %opts.api, "mover API container ready");
-    crate::system::sd_notify("READY=1");
+    crate::systemd::sd_notify("READY=1");
     axum::serve(
         super::http::Limited::new(api, tls.map(tokio_rustls::TlsAcceptor::from)),
         app,

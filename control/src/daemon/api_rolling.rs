@@ -2,7 +2,7 @@
 //! written as a plan that the leader drives (`rolling.rs`); `GET /v1/upgrade/status`: the
 //! containers' releases, this node's last upgrade (`self_upgrade.rs`) and the rolling one.
 
-use super::handler::{caller, Answer, Ctx};
+use super::api_common::{caller, Answer, Ctx};
 use super::rolling::{
     all_containers, plan, start, NodeStep, Plan, RollPhase, Start, MAX_NODES, ORDER,
 };
@@ -49,25 +49,25 @@ pub struct Started {
     tag = "upgrade",
     responses(
         (status = 202, description = "planned (or resumed); the leader drives it", body = Started),
-        (status = 404, description = "this node is not in a cluster", body = super::handler::ErrorBody),
+        (status = 404, description = "this node is not in a cluster", body = super::api_common::ErrorBody),
         super::api_schemas::Create,
     )
 )]
 pub(super) async fn start_api(
-    axum::extract::State(node): super::handler::Ctx,
+    axum::extract::State(node): super::api_common::Ctx,
     h: axum::http::HeaderMap,
     b: axum::body::Bytes,
-) -> super::handler::Answer<(axum::http::StatusCode, axum::Json<Started>)> {
-    use super::handler::ApiError;
+) -> super::api_common::Answer<(axum::http::StatusCode, axum::Json<Started>)> {
+    use super::api_common::ApiError;
     use axum::http::StatusCode;
-    super::handler::check(&node, &h, crate::auth::Privilege::Admin)?;
+    super::api_common::check(&node, &h, crate::auth::Privilege::Admin)?;
     let m = node.cluster.clone().ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
             "this node is not in a cluster: upgrade it with POST /v1/upgrade/start".into(),
         )
     })?;
-    let b: RollingBody = super::handler::body(&b, "rolling upgrade")?;
+    let b: RollingBody = super::api_common::body(&b, "rolling upgrade")?;
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let to: mover::compat::Version = b.to.parse().map_err(bad)?;
     let sha = b.sha256.to_ascii_lowercase();

@@ -2,7 +2,7 @@
 //! and the schemas of types the API carries but defines elsewhere (blackout windows, policy
 //! names, a scrub's origin). Below the handlers and the description that lists them both.
 
-use super::handler;
+use super::api_common;
 use crate::blackout::{ClockTime, Days};
 use crate::policy::PolicyName;
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ fn meaning(status: u16) -> &'static str {
 
 fn errors(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
     let body = ContentBuilder::new()
-        .schema(Some(Ref::from_schema_name(handler::ErrorBody::name())))
+        .schema(Some(Ref::from_schema_name(api_common::ErrorBody::name())))
         .build();
     // Every call that checks a token may meet one it cannot check now.
     let unavailable = statuses.contains(&401).then_some(503);

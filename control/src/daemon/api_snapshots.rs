@@ -3,7 +3,7 @@
 //! Snapshots are kept on both sides: listing takes either read privilege, releasing the
 //! write privilege of the side that keeps it.
 
-use super::handler::{body, check, id, query, Answer, ApiError, Ctx};
+use super::api_common::{body, check, id, query, Answer, ApiError, Ctx};
 use super::snapshots::{self, PolicyView, SnapshotView};
 use super::{api_schemas, Node};
 use crate::auth::Privilege;

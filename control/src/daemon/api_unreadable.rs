@@ -5,7 +5,7 @@
 //! upgrading again nor restoring the state database is possible: every other relationship
 //! stays in sight and in reach meanwhile.
 
-use super::handler::{caller, require, Answer, ApiError, Ctx, STOP_GRACE};
+use super::api_common::{caller, require, Answer, ApiError, Ctx, STOP_GRACE};
 use super::{source, target, Node};
 use crate::auth::{Privilege, TokenRole};
 use crate::events::EventKind;

@@ -77,7 +77,7 @@ pub async fn serve(data_dir: &Path, stop: impl std::future::Future<Output = ()>)
             source: e,
         })?;
     tracing::info!(socket = %data_dir.join(DATA_SOCKET).display(), "mover data container ready");
-    crate::system::sd_notify("READY=1");
+    crate::systemd::sd_notify("READY=1");
     stop.await;
     // No new session from here: control waits for the next container instead of spending
     // an attempt on this one (`data_client::wait_ready`).

@@ -117,7 +117,7 @@ pub fn start(
     let dir = dir(node);
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     let body = serde_json::to_vec_pretty(&d).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::system::write_private(&dir.join(format!("{}.json", d.id)), &body)?;
+    crate::private_file::write_private(&dir.join(format!("{}.json", d.id)), &body)?;
     tracing::info!(drill = %d.id, relationship = %id, path = %d.path.display(), method = %d.method, "drill made");
     Ok(d)
 }

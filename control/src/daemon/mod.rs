@@ -1,10 +1,11 @@
-//! `mover daemon`: one per node. It serves the REST API (api.rs), talks to peer daemons over
-//! mutual TLS (peer_server.rs, source.rs), schedules and runs the source side of jobs on the data
+//! `mover daemon`: one per node. It serves the REST API (routes.rs), talks to peer daemons over
+//! mutual TLS (peer_server.rs answers, peer_call.rs asks), schedules and runs the source side of jobs on the data
 //! plane's threads (source.rs), keeps target directories read-only and hands out data-plane
 //! tickets (target.rs). State lives in SQLite; the node's certificate and the first admin token
 //! in the data dir. It never reads or writes file data itself.
 
 pub mod api;
+mod api_common;
 mod api_containers;
 mod api_drain;
 mod api_events;
@@ -20,7 +21,6 @@ mod data_host;
 pub mod data_server;
 pub mod data_wire;
 pub mod drill;
-mod handler;
 mod host;
 mod http;
 mod metrics;
@@ -44,7 +44,7 @@ mod target;
 mod tokens;
 mod ui;
 mod upgrade;
-pub mod upgrade_record;
+pub(crate) mod upgrade_record;
 mod view;
 mod watch;
 mod writes;
@@ -250,7 +250,7 @@ impl Node {
     /// Forgets the policy snapshots `id` kept in `role` on this node, once `release` did to
     /// each what the role asks (a source releases them, a target keeps them as writable
     /// data). One that fails is logged and left as it is; the rows go in any case.
-    pub(crate) fn forget_snapshots(
+    fn forget_snapshots(
         &self,
         id: &RelationshipId,
         role: Role,
@@ -337,7 +337,7 @@ fn open_node(opts: DaemonOptions, clock: Arc<dyn Clock>) -> Result<Node> {
             clock.now_ns(),
         )?;
         let path = opts.data_dir.join("admin.token");
-        crate::system::write_private(&path, format!("{token}\n").as_bytes())?;
+        crate::private_file::write_private(&path, format!("{token}\n").as_bytes())?;
         tracing::info!(path = %path.display(), "created the admin token");
     }
     // Split from its data container, the node's receivers run there.
@@ -527,7 +527,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
             },
         }
     };
-    crate::system::sd_notify("READY=1");
+    crate::systemd::sd_notify("READY=1");
     match api {
         ApiListener::Tcp(api) => axum::serve(http::Limited::new(api, tls), app)
             .with_graceful_shutdown(stopped)
@@ -538,7 +538,7 @@ async fn serve(opts: DaemonOptions) -> Result<Option<(PathBuf, mover::compat::Ve
             .await
             .ctx(|| "serving the API on the control socket".to_string())?,
     }
-    crate::system::sd_notify("STOPPING=1");
+    crate::systemd::sd_notify("STOPPING=1");
     node.shutting_down.store(true, Ordering::SeqCst);
     source::stop_all(&node, SHUTDOWN_GRACE).await;
     target::stop_all(&node);

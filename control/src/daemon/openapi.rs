@@ -4,8 +4,8 @@
 //! client needs it before it has a token).
 
 use super::{
-    api, api_containers, api_drain, api_events, api_rolling, api_snapshots, api_unreadable,
-    handler, reverse, self_upgrade, ui, upgrade, Node,
+    api, api_common, api_containers, api_drain, api_events, api_rolling, api_snapshots,
+    api_unreadable, reverse, self_upgrade, ui, upgrade, Node,
 };
 use axum::routing::get;
 use axum::{Json, Router};
@@ -72,7 +72,7 @@ pub(super) const PATH: &str = "/v1/openapi.json";
         ui::whoami,
         openapi_json,
     ),
-    components(schemas(handler::ErrorBody)),
+    components(schemas(api_common::ErrorBody)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]

@@ -3,7 +3,7 @@
 //! becomes the target goes back to the common recovery point through the data plane
 //! (`mover::receiver::aside`), which keeps what it changed since aside and lists it.
 
-use super::handler::{check, id, optional_body, Answer, ApiError, Ctx};
+use super::api_common::{check, id, optional_body, Answer, ApiError, Ctx};
 use super::{api_schemas, lock, paths, peer_call, source, target, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Relationship, RelationshipId, ReplicaOptions, Role};

@@ -16,7 +16,7 @@
 //! The record (`<data-dir>/upgrade.json`) is written before every step, so an interrupted
 //! upgrade is seen, and rerun, where it stopped.
 
-use super::handler::{body, check, Answer, ApiError, Ctx};
+use super::api_common::{body, check, Answer, ApiError, Ctx};
 use super::upgrade_record::{self, read_record, Phase, Record};
 use super::{api_schemas, Node};
 use crate::auth::{hex, Privilege};
@@ -63,7 +63,7 @@ fn record_path(node: &Node) -> PathBuf {
 
 fn write_record(node: &Node, r: &Record) -> Result<()> {
     let text = serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::system::write_private(&record_path(node), &text)
+    crate::private_file::write_private(&record_path(node), &text)
 }
 
 /// Copies `package` to `dest` (through a temporary name, synced) and returns its SHA-256.

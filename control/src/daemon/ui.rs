@@ -4,7 +4,7 @@
 //! call the page makes carries one. `GET /v1/whoami` tells the page what its token may do, so
 //! it can disable what would be refused.
 
-use super::handler::{caller_named, Answer, Ctx};
+use super::api_common::{caller_named, Answer, Ctx};
 use super::Node;
 use crate::auth::Privilege;
 use axum::extract::Path;

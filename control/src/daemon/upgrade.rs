@@ -2,7 +2,7 @@
 //! (`crate::upgrade::assess`) decides on, gathered from this node and what it last heard of
 //! its peers.
 
-use super::handler::{caller, query, Answer, ApiError, Ctx};
+use super::api_common::{caller, query, Answer, ApiError, Ctx};
 use super::{api_schemas, view, Node};
 use crate::auth::Privilege;
 use crate::model::{Role, State};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The record of the latest upgrade, in the data directory.
-pub(crate) const RECORD: &str = "upgrade.json";
+pub(super) const RECORD: &str = "upgrade.json";
 
 /// Where an upgrade of this node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

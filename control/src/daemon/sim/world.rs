@@ -1980,7 +1980,7 @@ impl World {
                 inc,
                 was,
                 done,
-                deadline: self.now + nanos(crate::daemon::handler::STOP_GRACE),
+                deadline: self.now + nanos(crate::daemon::api_common::STOP_GRACE),
             },
         );
         self.delete_wait(key);

@@ -1,6 +1,7 @@
 //! What every API handler shares: its context and answer, the API's error and its JSON body,
 //! the caller's token check, and reading a request's path, query and body. Below the handlers
-//! and the router both, so a handler file never imports the router that lists it.
+//! and the router (`routes.rs`) both, so a handler file never imports the router that lists
+//! it.
 
 use super::{tokens, Node};
 use crate::auth::{Privilege, TokenRole};
