@@ -140,6 +140,11 @@ pub enum PeerAnswer {
 }
 
 impl PeerAnswer {
+    /// A refusal that says `message` to the peer.
+    pub(crate) fn refused(message: String) -> PeerAnswer {
+        PeerAnswer::Refused { message }
+    }
+
     /// A refusal of a peer's request that failed with `e`. A stored row this release cannot
     /// read, or the state database failing, is not said to the peer: the text may quote what the
     /// store holds, and the peer's certificate may not be checked yet. The operator hears of it
@@ -150,15 +155,13 @@ impl PeerAnswer {
         match e {
             crate::Error::Unreadable(_) | crate::Error::Db(_) => {
                 tracing::debug!("a peer's request refused: {e}");
-                PeerAnswer::Refused {
-                    message: "this node cannot read its stored relationships now; its \
-                              operator's log says why"
+                PeerAnswer::refused(
+                    "this node cannot read its stored relationships now; its operator's log \
+                     says why"
                         .into(),
-                }
+                )
             }
-            e => PeerAnswer::Refused {
-                message: e.to_string(),
-            },
+            e => PeerAnswer::refused(e.to_string()),
         }
     }
 }

@@ -34,6 +34,7 @@ pub async fn call(node: &Node, r: &Relationship, req: &PeerRequest) -> Result<Pe
     Ok(a)
 }
 
+/// The error a target's answer other than the one asked for becomes, naming the target.
 pub fn refused(r: &Relationship, a: PeerAnswer) -> Error {
     let message = match a {
         PeerAnswer::Refused { message } => message,

@@ -266,10 +266,6 @@ async fn data_plane(
     Ok(())
 }
 
-fn refuse(message: String) -> PeerAnswer {
-    PeerAnswer::Refused { message }
-}
-
 /// The relationship `id` if `fp` is the certificate pinned for it.
 fn pinned(
     node: &Node,
@@ -286,7 +282,7 @@ fn pinned(
         Err(e) => return Err(PeerAnswer::refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
-        return Err(refuse(format!(
+        return Err(PeerAnswer::refused(format!(
             "peer not authorized for relationship {id}: its certificate {fp} is not the one pinned when the relationship was proposed"
         )));
     }
@@ -303,7 +299,7 @@ fn pinned_at(
 ) -> Result<Relationship, PeerAnswer> {
     let r = pinned(node, id, fp)?;
     match r.split_brain(epoch) {
-        Some(m) => Err(refuse(m)),
+        Some(m) => Err(PeerAnswer::refused(m)),
         None => Ok(r),
     }
 }
@@ -320,7 +316,7 @@ async fn handle(
             let (n, what) = (node.clone(), work.what());
             tokio::task::spawn_blocking(move || finish(&n, work))
                 .await
-                .unwrap_or_else(|e| refuse(format!("{what} task failed: {e}")))
+                .unwrap_or_else(|e| PeerAnswer::refused(format!("{what} task failed: {e}")))
         }
     }
 }
@@ -390,12 +386,12 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
                         write_places: places.into_iter().map(|(_, a)| a).collect(),
                     }
                 }
-                Err(e) => refuse(e.to_string()),
+                Err(e) => PeerAnswer::refused(e.to_string()),
             }
         }
         Blocking::Delete(id) => match target::delete(node, &id) {
             Ok(()) => PeerAnswer::Ok,
-            Err(e) => refuse(e.to_string()),
+            Err(e) => PeerAnswer::refused(e.to_string()),
         },
         Blocking::Reconnect(id) => match target::reconnect(node, &id) {
             Ok((recovery_point_ns, difference, epoch)) => PeerAnswer::Reconnected {
@@ -403,7 +399,7 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
                 difference,
                 epoch,
             },
-            Err(e) => refuse(e.to_string()),
+            Err(e) => PeerAnswer::refused(e.to_string()),
         },
         Blocking::Keep {
             id,
@@ -411,7 +407,7 @@ pub(crate) fn finish(node: &Node, work: Blocking) -> PeerAnswer {
             recovery_point,
         } => match super::snapshots::keep(node, &id, &snapshot, &recovery_point) {
             Ok(_) => PeerAnswer::Ok,
-            Err(e) => refuse(e.to_string()),
+            Err(e) => PeerAnswer::refused(e.to_string()),
         },
     }
 }
@@ -463,10 +459,10 @@ pub(crate) fn respond(
             };
             // Every session: the source may have been upgraded or downgraded since.
             if let Some(why) = software.and_then(|s| node.peer_release(&id, &s, "source")) {
-                return Handled::Answer(refuse(why));
+                return Handled::Answer(PeerAnswer::refused(why));
             }
             if !r.authorized {
-                return Handled::Answer(refuse(format!(
+                return Handled::Answer(PeerAnswer::refused(format!(
                     "relationship {id} is awaiting authorization on the target"
                 )));
             }
@@ -476,7 +472,7 @@ pub(crate) fn respond(
                 (false, _) => Some(secret),
                 (true, true) => None,
                 (true, false) => {
-                    return Handled::Answer(refuse(
+                    return Handled::Answer(PeerAnswer::refused(
                         "this target runs data-plane sessions encrypted only; a session in \
                          clear needs insecure_plaintext on both nodes"
                             .into(),
@@ -504,7 +500,7 @@ pub(crate) fn respond(
                 // A report from an older epoch is from before the failover: not taken.
                 Ok(r) if !r.ended => {
                     if let Some(m) = r.split_brain(epoch) {
-                        return Handled::Answer(refuse(m));
+                        return Handled::Answer(PeerAnswer::refused(m));
                     }
                 }
                 Ok(_) => {}
@@ -513,7 +509,7 @@ pub(crate) fn respond(
                 Ok(()) => PeerAnswer::Ok,
                 // Ended or being released here: the source stops its job.
                 Err(Error::NotFound(_)) => PeerAnswer::NotFound,
-                Err(e) => refuse(e.to_string()),
+                Err(e) => PeerAnswer::refused(e.to_string()),
             }
         }
         PeerRequest::Update { id, spec } => {
@@ -523,7 +519,7 @@ pub(crate) fn respond(
             };
             match take_spec(node, &r, spec) {
                 Ok(()) => PeerAnswer::Ok,
-                Err(e) => refuse(e.to_string()),
+                Err(e) => PeerAnswer::refused(e.to_string()),
             }
         }
         PeerRequest::Delete { id } => {
@@ -555,7 +551,7 @@ pub(crate) fn respond(
                 return Handled::Answer(a);
             }
             if !mover::keep::valid_name(&snapshot.name()) {
-                return Handled::Answer(refuse(format!(
+                return Handled::Answer(PeerAnswer::refused(format!(
                     "{:?} is not a policy snapshot's name",
                     snapshot.name()
                 )));
@@ -567,7 +563,7 @@ pub(crate) fn respond(
             });
         }
         // Served where the connection's address is known (`one`).
-        PeerRequest::Reverse(_) => refuse("a reverse step is not served here".into()),
+        PeerRequest::Reverse(_) => PeerAnswer::refused("a reverse step is not served here".into()),
     })
 }
 
@@ -611,25 +607,25 @@ fn propose(
     software: &str,
 ) -> PeerAnswer {
     if let Err(e) = spec.validate() {
-        return refuse(e.to_string());
+        return PeerAnswer::refused(e.to_string());
     }
     // A source naming this node's own address: one store cannot hold both roles of one id, and
     // the target path it would protect and replicate into is whatever the request said.
     if *fp == node.identity.fingerprint {
-        return refuse(
+        return PeerAnswer::refused(
             "a relationship from this node to itself: the target must be another node".into(),
         );
     }
     if let Some(why) = mover::compat::refuse_peer(mover::software_version(), software, "source") {
         tracing::warn!(%id, "refused a proposal: {why}");
-        return refuse(why);
+        return PeerAnswer::refused(why);
     }
     match node.store().get(&id) {
         Ok(r) if r.peer_fingerprint.as_deref() == Some(fp.0.as_str()) && r.role == Role::Target => {
             return PeerAnswer::Ok
         }
         Ok(_) => {
-            return refuse(format!(
+            return PeerAnswer::refused(format!(
                 "relationship {id} already exists here with another peer"
             ))
         }
@@ -650,7 +646,7 @@ fn propose(
         .iter()
         .find(|r| same(&r.spec.target_path, &spec.target_path) && !r.ended)
     {
-        return refuse(format!(
+        return PeerAnswer::refused(format!(
             "target directory {} is already the target of relationship {}",
             spec.target_path, other.id
         ));
@@ -661,7 +657,7 @@ fn propose(
         .filter(|r| r.peer_fingerprint.as_deref() == Some(fp.0.as_str()))
         .count();
     if pending.len() >= MAX_PENDING_PROPOSALS || from_peer >= MAX_PENDING_PER_PEER {
-        return refuse(format!(
+        return PeerAnswer::refused(format!(
             "too many relationships await authorization on this node ({} in all, {from_peer} from this source; at most {MAX_PENDING_PROPOSALS} and {MAX_PENDING_PER_PEER}): authorize or delete some first",
             pending.len()
         ));
@@ -688,7 +684,7 @@ fn propose(
             );
             PeerAnswer::Ok
         }
-        Err(e) => refuse(e.to_string()),
+        Err(e) => PeerAnswer::refused(e.to_string()),
     }
 }
 

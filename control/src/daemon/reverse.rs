@@ -544,15 +544,11 @@ fn pinned_as(
         Err(e) => return Err(PeerAnswer::refusal(e)),
     };
     if r.peer_fingerprint.as_deref() != Some(fp.0.as_str()) {
-        return Err(refuse(format!(
+        return Err(PeerAnswer::refused(format!(
             "peer not authorized for relationship {id}: its certificate {fp} is not the one pinned for it"
         )));
     }
     Ok(r)
-}
-
-fn refuse(message: String) -> PeerAnswer {
-    PeerAnswer::Refused { message }
 }
 
 /// Refuses a peer whose epoch does not agree with this node's (split brain).
@@ -560,9 +556,9 @@ fn agree(r: &Relationship, theirs: u64) -> std::result::Result<(), PeerAnswer> {
     if epochs_agree(r.epoch, theirs, r.role == Role::Target) {
         Ok(())
     } else {
-        Err(refuse(r.split_brain(theirs).unwrap_or_else(|| {
-            format!("split brain refused: relationship {} epochs disagree", r.id)
-        })))
+        Err(PeerAnswer::refused(r.split_brain(theirs).unwrap_or_else(
+            || format!("split brain refused: relationship {} epochs disagree", r.id),
+        )))
     }
 }
 
@@ -641,11 +637,12 @@ async fn step(
         ReverseAsk::Commit { id, epoch, port } => {
             let r = pinned_as(node, &id, Role::Target, fp)?;
             if epoch <= r.epoch {
-                return Err(refuse(r.split_brain(epoch).unwrap_or_else(|| {
-                    format!("relationship {id} is at epoch {epoch} here already")
-                })));
+                return Err(PeerAnswer::refused(r.split_brain(epoch).unwrap_or_else(
+                    || format!("relationship {id} is at epoch {epoch} here already"),
+                )));
             }
-            let ip = from.ok_or_else(|| refuse("the peer's address is unknown".into()))?;
+            let ip =
+                from.ok_or_else(|| PeerAnswer::refused("the peer's address is unknown".into()))?;
             let _claim = Claim::take(node, &id).map_err(fail)?;
             let n = node.clone();
             tokio::task::spawn_blocking(move || {
@@ -673,7 +670,7 @@ pub(super) fn stale_peer(
         .ok()
         .filter(|r| r.peer_fingerprint.as_deref() == Some(fp.0.as_str()))?;
     let asked = theirs.map_or_else(|| "an older epoch".to_string(), |e| format!("epoch {e}"));
-    Some(refuse(format!(
+    Some(PeerAnswer::refused(format!(
         "split brain refused: relationship {id} was reversed and this node is its source now \
          (epoch {}); the peer asked as its source at {asked}, so this side is newer. On the \
          peer (its state is from before the reverse, e.g. restored from a backup): delete the \

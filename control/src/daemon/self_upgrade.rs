@@ -58,7 +58,7 @@ pub(super) struct StartBody {
 }
 
 fn record_path(node: &Node) -> PathBuf {
-    node.opts.data_dir.join(upgrade_record::RECORD)
+    upgrade_record::path(&node.opts.data_dir)
 }
 
 fn write_record(node: &Node, r: &Record) -> Result<()> {

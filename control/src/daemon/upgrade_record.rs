@@ -8,7 +8,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The record of the latest upgrade, in the data directory.
-pub(super) const RECORD: &str = "upgrade.json";
+const RECORD: &str = "upgrade.json";
+
+/// Where the record of `data_dir`'s node is.
+pub(super) fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(RECORD)
+}
 
 /// Where an upgrade of this node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -37,7 +42,7 @@ pub struct Record {
 }
 
 pub fn read_record(data_dir: &Path) -> Result<Option<Record>> {
-    let p = data_dir.join(RECORD);
+    let p = path(data_dir);
     match std::fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -49,7 +54,7 @@ pub fn read_record(data_dir: &Path) -> Result<Option<Record>> {
 
 /// Whether an upgrade record on this node says it finished `to` (the supervisor's test-build
 /// version override reads the same record).
-pub fn record_done(data_dir: &std::path::Path) -> Option<String> {
+pub fn record_done(data_dir: &Path) -> Option<String> {
     read_record(data_dir)
         .ok()
         .flatten()
