@@ -308,14 +308,18 @@ pub fn seeds(root: &std::path::Path) -> crate::Result<Vec<(&'static str, String,
         crate::durable::frame_record(&u.encode(), &mut journal);
     }
     out.push(("state_files", "journal".into(), journal));
-    // The journal's side file (`journal/inplace`): which inode each file written in place was.
+    // The journal's side file (`journal/inplace`): which inode each file changed in place was.
     let mut in_place = Vec::new();
+    let marker = crate::receiver::journal::InPlace::identity_marker(RecoveryPointId(9));
+    crate::durable::frame_record(&marker.encode(), &mut in_place);
     for (at, path, ino) in [(1u64, &b"f"[..], 12u64), (3, b"g/h", 13)] {
         let r = crate::receiver::journal::InPlace {
             base: RecoveryPointId(9),
             at,
             path: path.to_vec(),
             ino,
+            btime: Some((1_700_000_000, ino as u32)),
+            grant: ino == 13,
         };
         crate::durable::frame_record(&r.encode(), &mut in_place);
     }

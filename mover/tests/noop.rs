@@ -531,3 +531,38 @@ fn a_delta_never_writes_through_a_hard_link_that_leads_out_of_the_root() {
         "the delta was written through a name outside the root"
     );
 }
+
+/// A job that compares every entry with the disk (`--verify full`) changes the owner of a file
+/// it keeps in place without the file's bytes: the recovery point's list vouches that the file
+/// found is its own (receiver/grant.rs). One a local writer planted there is sent anew.
+#[test]
+fn a_full_verify_changes_owners_in_place_and_sends_only_a_planted_file() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test chowns files: run it as root"
+    );
+    let chown = |p: &Path, uid: u32| std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+    let (_t, d) = dirs_in_memory();
+    std::fs::create_dir_all(&d.src).unwrap();
+    for name in ["kept", "planted"] {
+        std::fs::write(d.src.join(name), vec![name.len() as u8; 3000]).unwrap();
+    }
+    let (addr, reports) = serve(&d.dst, Verify::Full);
+    send_state(&d.src, addr, &d.state).unwrap();
+    assert!(reports.recv().unwrap().ok);
+    for name in ["kept", "planted"] {
+        chown(&d.src.join(name), 2000);
+    }
+    // A local writer's own file, with the size and mtime the quick check looks at.
+    let at = d.dst.join("planted");
+    let mtime = std::fs::metadata(&at).unwrap().modified().unwrap();
+    std::fs::remove_file(&at).unwrap();
+    std::fs::write(&at, vec![b'!'; 3000]).unwrap();
+    chown(&at, 1000);
+    set_modified(&at, mtime);
+    send_state(&d.src, addr, &d.state).unwrap();
+    let r = reports.recv().unwrap();
+    assert!(r.ok && r.full_verify, "{r:?}");
+    assert_eq!(r.files_received, 1, "only the planted file is sent: {r:?}");
+    assert_same_tree(&d.src, &d.dst);
+}

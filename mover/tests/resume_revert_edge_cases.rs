@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use mover::tree::hash::hash_dir;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -803,7 +804,11 @@ fn revert_reaches_the_recovery_point_the_replica_policy_admitted() {
     let t = tempfile::tempdir().unwrap();
     let (src, dst, state) = dirs(t.path());
     std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(
+        src.join("tool"),
+        <std::fs::Permissions as PermissionsExt>::from_mode(0o4755),
+    )
+    .unwrap();
     let dev = rustix::fs::makedev(1, 3);
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -905,14 +910,23 @@ fn a_revert_never_restores_bytes_into_a_file_swapped_for_a_hard_link() {
     std::fs::write(&victim, bytes(153, 1 << 20)).unwrap();
     std::fs::remove_file(dst.join("a.bin")).unwrap();
     std::fs::hard_link(&victim, dst.join("a.bin")).unwrap();
-    let r = mover::receiver::revert_root(&dst);
-    assert!(
-        r.as_ref().is_err_and(|e| e
-            .to_string()
-            .contains("no longer the file the job wrote in place")),
-        "{r:?}"
-    );
+    assert_revert_refused(&dst, "no longer the file the job wrote in place");
     assert_eq!(std::fs::read(&victim).unwrap(), bytes(153, 1 << 20));
+}
+
+/// The same with a new file in place of `a.bin`: a deletion frees the inode number, and the
+/// next file made may get it; the journal's birth time tells them apart.
+#[test]
+fn a_revert_never_restores_bytes_into_a_new_file_planted_in_place() {
+    let t = tempfile::tempdir().unwrap();
+    let dst = cut_while_a_bin_is_written_in_place(t.path(), 155);
+    std::fs::remove_file(dst.join("a.bin")).unwrap();
+    std::fs::write(dst.join("a.bin"), bytes(158, 1 << 20)).unwrap();
+    assert_revert_refused(&dst, "no longer the file the job wrote in place");
+    assert_eq!(
+        std::fs::read(dst.join("a.bin")).unwrap(),
+        bytes(158, 1 << 20)
+    );
 }
 
 /// A job whose `a.bin` (1 MiB) is updated in place, with its pre-images journaled, cut before
@@ -925,4 +939,224 @@ fn cut_while_a_bin_is_written_in_place(at: &Path, seed: u64) -> PathBuf {
     std::fs::write(src.join("zz-big.bin"), bytes(seed + 2, 8 << 20)).unwrap();
     cut_job(&src, &dst, &state, 1 << 20);
     dst
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owners given only to files the receiver can vouch for (receiver/grant.rs).
+// ---------------------------------------------------------------------------------------------
+
+fn chown(p: &Path, uid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+}
+
+fn uid_of(p: &Path) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(p).unwrap())
+}
+
+/// What a local writer of the target (uid 1000) plants at `at`, in place of the file there:
+/// bytes of their own, with the size and mtime the quick check looks at. With `link`, a hard
+/// link to their own file `outside` the target; else a new file. Returns the planted bytes.
+fn plant(at: &Path, outside: &Path, link: bool) -> Vec<u8> {
+    let was = std::fs::symlink_metadata(at).unwrap();
+    let mine = vec![b'!'; was.len() as usize];
+    let file = if link { outside } else { at };
+    std::fs::remove_file(at).unwrap();
+    std::fs::write(file, &mine).unwrap();
+    chown(file, 1000);
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_modified(was.modified().unwrap()).unwrap();
+    if link {
+        std::fs::hard_link(outside, at).unwrap();
+    }
+    mine
+}
+
+/// Root's files whose owner or set-id bits the source changes: a local writer of the target
+/// (uid 1000) has put their own bytes in place of two, a hard link and a new file, with the
+/// same size and mtime. The job writes the source's bytes anew there; the planted files never
+/// become uid 2000's or set-uid. The file nobody touched changes group in place.
+#[test]
+fn a_job_never_gives_a_new_owner_or_set_id_bits_to_a_file_planted_in_its_place() {
+    need_root_to_chown();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    for (name, seed) in [("linked", 160), ("new", 161), ("kept", 162), ("suid", 163)] {
+        std::fs::write(src.join(name), bytes(seed, 3000)).unwrap();
+    }
+    assert!(job(&src, &dst, &state));
+    let kept_ino =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dst.join("kept")).unwrap());
+    for name in ["linked", "new"] {
+        chown(&src.join(name), 2000);
+    }
+    std::os::unix::fs::lchown(src.join("kept"), None, Some(3000)).unwrap();
+    std::fs::set_permissions(
+        src.join("suid"),
+        <std::fs::Permissions as PermissionsExt>::from_mode(0o4755),
+    )
+    .unwrap();
+    let outside = t.path().join("mine");
+    let mine = plant(&dst.join("linked"), &outside, true);
+    plant(&dst.join("new"), &outside.with_extension("2"), false);
+    plant(&dst.join("suid"), &outside.with_extension("3"), true);
+    assert!(job(&src, &dst, &state));
+    assert_eq!(full_hash(&src), full_hash(&dst));
+    for name in ["linked", "new"] {
+        assert_eq!(uid_of(&dst.join(name)), 2000, "{name}");
+    }
+    assert_eq!(gid_of(&dst.join("kept")), 3000);
+    let kept = std::fs::metadata(dst.join("kept")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&kept),
+        kept_ino,
+        "kept is changed in place"
+    );
+    assert_eq!(uid_of(&outside), 1000, "the planted file keeps its owner");
+    assert_eq!(std::fs::read(&outside).unwrap(), mine);
+    let suid = std::fs::metadata(outside.with_extension("3")).unwrap();
+    assert_eq!(
+        suid.permissions().mode() & 0o7777,
+        0o644,
+        "the planted file gets no set-uid bit"
+    );
+}
+
+/// A file of uid 2000 that the source gives to root: uid 2000 could write its bytes on the
+/// target, and did, keeping its size and mtime. Those bytes do not become root's: the job
+/// sends the file anew.
+#[test]
+fn a_job_never_gives_root_the_bytes_of_a_file_its_old_owner_could_write() {
+    need_root_to_chown();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    std::fs::write(src.join("tool"), bytes(165, 3000)).unwrap();
+    chown(&src.join("tool"), 2000);
+    assert!(job(&src, &dst, &state));
+    chown(&src.join("tool"), 0);
+    let at = dst.join("tool");
+    let mtime = std::fs::metadata(&at).unwrap().modified().unwrap();
+    rewrite(&at, vec![b'!'; 100], 0);
+    set_modified(&at, mtime);
+    assert!(job(&src, &dst, &state));
+    assert_eq!(full_hash(&src), full_hash(&dst));
+    assert_eq!(std::fs::read(&at).unwrap(), bytes(165, 3000));
+}
+
+/// A job that changes root's `tool` with `change` on the source, cut after its apply phase
+/// made that change on the target; returns the target.
+fn cut_while_tool_changes(at: &Path, change: fn(&Path)) -> PathBuf {
+    need_root_to_chown();
+    let (src, dst, state) = dirs(at);
+    std::fs::write(src.join("tool"), bytes(170, 3000)).unwrap();
+    assert!(job(&src, &dst, &state));
+    change(&src.join("tool"));
+    std::fs::write(src.join("zz-big.bin"), bytes(171, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    dst
+}
+
+fn to_uid_2000(p: &Path) {
+    chown(p, 2000);
+}
+
+fn to_group_3000(p: &Path) {
+    std::os::unix::fs::lchown(p, None, Some(3000)).unwrap();
+}
+
+fn gid_of(p: &Path) -> u32 {
+    std::os::unix::fs::MetadataExt::gid(&std::fs::symlink_metadata(p).unwrap())
+}
+
+/// The revert of a job that changed a file's group in place gives it its old group back.
+#[test]
+fn a_revert_gives_back_the_group_a_cut_job_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let dst = cut_while_tool_changes(t.path(), to_group_3000);
+    assert_eq!(
+        gid_of(&dst.join("tool")),
+        3000,
+        "the cut job changed the group"
+    );
+    mover::receiver::revert_root(&dst).unwrap();
+    assert_eq!(gid_of(&dst.join("tool")), 0);
+    assert_eq!(std::fs::read(dst.join("tool")).unwrap(), bytes(170, 3000));
+}
+
+/// A local writer puts their own file where a cut job gave root's `tool` another group: the
+/// revert would give it root's group. It stops and names the file instead.
+#[test]
+fn a_revert_never_gives_an_owner_to_a_file_planted_in_its_place() {
+    let t = tempfile::tempdir().unwrap();
+    let dst = cut_while_tool_changes(t.path(), to_group_3000);
+    let outside = t.path().join("mine");
+    plant(&dst.join("tool"), &outside, false);
+    assert_revert_refused(&dst, "cannot restore the owner or set-id bits of tool");
+    assert_eq!(
+        uid_of(&dst.join("tool")),
+        1000,
+        "the planted file keeps its owner"
+    );
+}
+
+/// A cut job gave root's `tool` to uid 2000, who then wrote into it. The job handed over a
+/// copy: the revert puts back the recovery point's own inode, bytes and owner.
+#[test]
+fn a_revert_puts_back_the_untouched_file_a_cut_job_handed_over() {
+    let t = tempfile::tempdir().unwrap();
+    let dst = cut_while_tool_changes(t.path(), to_uid_2000);
+    let at = dst.join("tool");
+    assert_eq!(uid_of(&at), 2000, "the cut job changed the owner");
+    rewrite(&at, vec![b'!'; 100], 0);
+    mover::receiver::revert_root(&dst).unwrap();
+    assert_eq!(uid_of(&at), 0);
+    assert_eq!(std::fs::read(&at).unwrap(), bytes(170, 3000));
+}
+
+/// A cut job took the set-gid bit off `tool` of uid 2000, who then wrote into it: the job
+/// changed a copy, so the revert puts back the recovery point's own inode, set-gid bit and
+/// bytes, never the set-gid bit on what uid 2000 wrote.
+#[test]
+fn a_revert_never_gives_a_set_gid_bit_back_to_bytes_its_owner_wrote() {
+    need_root_to_chown();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, <std::fs::Permissions as PermissionsExt>::from_mode(m)).unwrap()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst, state) = dirs(t.path());
+    std::fs::write(src.join("tool"), bytes(175, 3000)).unwrap();
+    chown(&src.join("tool"), 2000);
+    mode(&src.join("tool"), 0o2755);
+    assert!(job(&src, &dst, &state));
+    mode(&src.join("tool"), 0o755);
+    std::fs::write(src.join("zz-big.bin"), bytes(176, 8 << 20)).unwrap();
+    cut_job(&src, &dst, &state, 1 << 20);
+    let at = dst.join("tool");
+    assert_eq!(
+        std::fs::metadata(&at).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    rewrite(&at, vec![b'!'; 100], 0);
+    mover::receiver::revert_root(&dst).unwrap();
+    assert_eq!(
+        std::fs::metadata(&at).unwrap().permissions().mode() & 0o7777,
+        0o2755
+    );
+    assert_eq!(std::fs::read(&at).unwrap(), bytes(175, 3000));
+}
+
+/// Fails unless a revert of `dst` stops with an error that says `says`.
+fn assert_revert_refused(dst: &Path, says: &str) {
+    let r = mover::receiver::revert_root(dst);
+    assert!(
+        r.as_ref().is_err_and(|e| e.to_string().contains(says)),
+        "{r:?}"
+    );
+}
+
+/// Fails the test unless it runs as root (`.ci/run` does): it chowns files.
+fn need_root_to_chown() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test chowns files: run it as root"
+    );
 }

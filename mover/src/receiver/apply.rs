@@ -21,6 +21,7 @@
 //! verifying job, or by a scrub; a resumed job (whose interrupted session changed the disk in
 //! ways the list does not say) compares every entry with the disk.
 
+use super::grant;
 use super::journal::{Journal, Origin};
 use super::meta::times;
 use super::space;
@@ -161,11 +162,23 @@ pub struct Applied {
 
 /// What the target holds before the job (a recovery point's list, its policy applied), and
 /// where each new entry was in it: lets the first phase touch only what differs.
+#[derive(Clone, Copy)]
 pub struct Baseline<'a> {
     pub entries: &'a [Entry],
     pub skip: &'a [bool],
     /// For each new entry, the baseline entry at the same path.
     pub matched: &'a [Option<u32>],
+}
+
+impl<'a> Baseline<'a> {
+    /// What the target holds at a recovery point, with where each new entry was in it.
+    pub fn of(held: &'a super::state::Held, matched: &'a [Option<u32>]) -> Baseline<'a> {
+        Baseline {
+            entries: &held.entries,
+            skip: &held.skip,
+            matched,
+        }
+    }
 }
 
 /// How a new entry relates to the baseline entry at its path.
@@ -300,6 +313,8 @@ fn depth(p: &[u8]) -> usize {
 
 /// Runs the first phase. With a `base` (a job starting from a recovery point) only what
 /// differs from it is touched; without (a resumed job), every entry is compared with the disk.
+/// `vouch`: the recovery point's list (the base, if any), by which a file kept in place is
+/// known to be the recovery point's own (grant.rs).
 #[allow(clippy::too_many_arguments)]
 pub fn apply_entries(
     root: BorrowedFd<'_>,
@@ -308,7 +323,7 @@ pub fn apply_entries(
     hints: &[Hint],
     owners: bool,
     skip: &[bool],
-    base: Option<&Baseline<'_>>,
+    (base, vouch): (Option<&Baseline<'_>>, Option<&Baseline<'_>>),
     j: &mut Journal,
 ) -> Result<Applied> {
     let mut need = vec![Need::Nothing; entries.len()];
@@ -462,11 +477,24 @@ pub fn apply_entries(
     // against other receivers), so their children need no lookup and no extraneous pass.
     let mut fresh = vec![false; entries.len()];
     let mut dirs = DirStack { stack: Vec::new() };
+    let mut pending = grant::Pending::default();
+    // What becomes of the file `st` found at entry `i` whose owner or set-id bits change:
+    // judged by the recovery point's entry at its path (grant.rs).
+    let vouch_links = vouch.map(|b| links(b.entries));
+    let keep = |i: usize, st: &Stat| {
+        let was = vouch.zip(vouch_links.as_ref()).and_then(|(b, n)| {
+            let k = b.matched.get(i).copied().flatten()? as usize;
+            Some((&b.entries[k], n[k]))
+        });
+        grant::keep(st, was, &entries[i], owners)
+    };
     for (i, e) in entries.iter().enumerate().skip(1) {
         if skip[i] {
             // Not created; whatever stands at its name goes with the extraneous pass below.
             continue;
         }
+        // Found not to be the recovery point's item: set aside, never kept.
+        let mut distrust = false;
         if let (Some(class), Some(b), Some(finish)) = (&class, base, finish.as_mut()) {
             let is_file = matches!(e.kind, EntryKind::File { .. });
             match class[i] {
@@ -477,10 +505,37 @@ pub fn apply_entries(
                 Class::MetaOnly if is_file => {
                     let was = &b.entries[b.matched[i].map_or(0, |k| k as usize)];
                     let dir = dirs.parent(root, e.parent, paths)?;
-                    fix_meta_from(dir, &e.name, was, e, owners)
-                        .ctx(|| format!("updating metadata of {}", show(&paths[i])))?;
-                    stats.files_unchanged += 1;
-                    continue;
+                    let (mode, owner) = (was.meta.mode, (was.meta.uid, was.meta.gid));
+                    if !grant::sensitive(mode, owner, e, owners) {
+                        fix_meta_from(dir, &e.name, was, e, owners)
+                            .ctx(|| format!("updating metadata of {}", show(&paths[i])))?;
+                        stats.files_unchanged += 1;
+                        continue;
+                    }
+                    // Its owner or set-id bits change: only if it is the recovery point's file
+                    // (grant.rs), else it is set aside and sent anew like a changed file.
+                    let found = grant::open_found(dir, &e.name)
+                        .ctx(|| format!("opening {}", show(&paths[i])))?;
+                    if let Some((fd, st)) = found {
+                        match keep(i, &st) {
+                            grant::Keep::InPlace => {
+                                pending.add(j, (root, entries, paths), i, fd.as_fd(), owners)?;
+                                stats.files_unchanged += 1;
+                                continue;
+                            }
+                            grant::Keep::Copy => {
+                                let at = (dir, e.name.as_slice());
+                                grant::copy_aside(j, at, &paths[i], fd.as_fd(), e, owners)?;
+                                touched[e.parent.index()] = true;
+                                stats.files_unchanged += 1;
+                                continue;
+                            }
+                            grant::Keep::Send => {}
+                        }
+                    }
+                    distrust = true;
+                    touched[e.parent.index()] = true;
+                    finish[i] = true;
                 }
                 Class::MetaOnly => {
                     finish[i] = true;
@@ -517,6 +572,10 @@ pub fn apply_entries(
                     st = None;
                 }
             }
+        }
+        if distrust && st.is_some() {
+            stats.removed += j.move_away(dir, name, path)?;
+            st = None;
         }
         let ft = st.as_ref().map(ftype);
         let clear = |j: &mut Journal, stats: &mut ApplyStats| -> Result<()> {
@@ -580,6 +639,9 @@ pub fn apply_entries(
                     && links_ok
                     && !delta_fits
                     && !j.touched.contains(path)
+                    && st
+                        .as_ref()
+                        .is_some_and(|s| !grant::sensitive_from(s, e, owners))
                     && writable(dir, name)
                 {
                     if let (Some(theirs), Some(s)) = (blocks.get(&i), &st) {
@@ -629,6 +691,21 @@ pub fn apply_entries(
                         }
                     }
                 };
+                // Kept only if it may take its new identity (grant.rs); one whose content and
+                // identity both change is sent whole, so a revert gives no identity back to
+                // a file it wrote bytes into; one handed over is copied, unless hard-linked.
+                let sensitive = st.as_ref().filter(|s| grant::sensitive_from(s, e, owners));
+                let kept = sensitive.map(|s| keep(i, s));
+                let decision = match (decision, sensitive) {
+                    (Need::Nothing, Some(_)) if kept == Some(grant::Keep::Send) => Need::Full,
+                    (Need::Delta, Some(_)) => Need::Full,
+                    (Need::Rest, Some(s))
+                        if !grant::may_finish(s, e, owners, j.map.origin(path) == Origin::Job) =>
+                    {
+                        Need::Full
+                    }
+                    (d, _) => d,
+                };
                 match decision {
                     Need::Rest => {
                         let r = rest.take().unwrap_or_default();
@@ -640,7 +717,19 @@ pub fn apply_entries(
                         rests.insert(i as u32, r);
                     }
                     Need::Nothing => {
-                        if let Some(s) = &st {
+                        if let (Some(s), Some(kept)) = (sensitive, kept) {
+                            // Vouched for (`keep`) by its stat: the inode opened must be it.
+                            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+                            let fd = beneath::open_in(dir, name, flags, Mode::empty())
+                                .ctx(|| format!("opening {}", show(path)))?;
+                            FileId::of(s).check(fd.as_fd(), path)?;
+                            if kept == grant::Keep::Copy {
+                                grant::copy_aside(j, (dir, name), path, fd.as_fd(), e, owners)?;
+                                touched[e.parent.index()] = true;
+                            } else {
+                                pending.add(j, (root, entries, paths), i, fd.as_fd(), owners)?;
+                            }
+                        } else if let Some(s) = &st {
                             fix_unchanged_meta(dir, name, s, e, owners)
                                 .ctx(|| format!("updating metadata of {}", show(path)))?;
                         }
@@ -722,6 +811,7 @@ pub fn apply_entries(
         }
     }
     drop(dirs);
+    pending.flush(j, (root, entries, paths), owners)?;
     j.flush_deferred().map_err(space::naming(|| {
         "journaling the creation of small files".to_string()
     }))?;
@@ -929,7 +1019,9 @@ fn prepare_delta(
     let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty())
         .ctx(|| format!("opening {} for an in-place update", show(path)))?;
     file.check(fd.as_fd(), path)?;
-    j.in_place(path, file.ino).map_err(space::naming(|| {
+    let id = super::resume::identity(fd.as_fd(), b"").ctx(|| format!("statx of {}", show(path)))?;
+    debug_assert_eq!(id.0, file.ino);
+    j.in_place(path, id).map_err(space::naming(|| {
         format!("journaling the update in place of {}", show(path))
     }))?;
     // Ask for every range up front: the kernel reads them with a deep queue while the copies

@@ -146,33 +146,79 @@ impl Undo {
 }
 
 /// The file at `path`, about to be written in place after the first `at` log records (its
-/// pre-images and resize follow), is inode `ino` of the job's recovery point `base`.
+/// pre-images and resize follow), or to have its owner or set-id bits changed in place
+/// (grant.rs), is inode `ino` of the job's recovery point `base`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InPlace {
     pub base: RecoveryPointId,
     pub at: u64,
     pub path: Vec<u8>,
     pub ino: u64,
+    /// Its birth time ((0, 0) where the file system keeps none): an inode number freed by a
+    /// deletion is often given to the next file made. None from a release without it.
+    pub btime: Option<(i64, u32)>,
+    /// The job gives this file a new owner or set-id bits in place (grant.rs), and a revert may
+    /// give its old ones back; else it writes bytes into it.
+    pub grant: bool,
 }
 
 impl InPlace {
+    /// Says that this journal records every file whose owner or set-id bits the job changed
+    /// in place (grant.rs): a revert gives them back only to those. A journal of an older
+    /// release has none and is trusted as before.
+    pub fn identity_marker(base: RecoveryPointId) -> InPlace {
+        InPlace {
+            base,
+            at: 0,
+            path: Vec::new(),
+            ino: u64::MAX,
+            btime: None,
+            grant: false,
+        }
+    }
+
+    pub fn is_identity_marker(&self) -> bool {
+        self.path.is_empty() && self.ino == u64::MAX
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u128(self.base.0)
             .u64(self.at)
             .bytes(&self.path)
             .u64(self.ino);
+        // Last: a release that reads records without them leaves such a record out (and
+        // writes that file back unchecked, as before these records).
+        if let Some((sec, nsec)) = self.btime {
+            e.i64(sec).u32(nsec);
+            if self.grant {
+                e.u8(1);
+            }
+        }
         e.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<InPlace> {
         let mut d = Dec::new(b);
-        let r = InPlace {
+        let mut r = InPlace {
             base: RecoveryPointId(d.u128()?),
             at: d.u64()?,
             path: d.bytes(MAX_JOURNAL_PATH, "journal path")?.to_vec(),
             ino: d.u64()?,
+            btime: None,
+            grant: false,
         };
+        if d.remaining() > 0 {
+            r.btime = Some((d.i64()?, d.u32()?));
+        }
+        if d.remaining() > 0 {
+            if d.u8()? != 1 {
+                return Err(Error::Corrupt(
+                    "an in-place record of an unknown kind".into(),
+                ));
+            }
+            r.grant = true;
+        }
         d.finish()?;
         Ok(r)
     }
@@ -585,11 +631,17 @@ impl Journal {
         let mut logged = records.len() as u64;
         match records.first() {
             None => {
-                // A new job: `inplace` records of an earlier one (a discard cut short) go.
+                // A new job: `inplace` records of an earlier one (a discard cut short) go. Its
+                // identity marker is durable before the header: a journal with a header and
+                // without it is an older release's, whose owner changes revert trusts.
                 match rustix::fs::unlinkat(&dir, INPLACE_LOG, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                     Err(e) => return Err(e).ctx(|| "removing an old journal file".to_string()),
                 }
+                let (mut inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
+                inplace.append(&InPlace::identity_marker(base).encode())?;
+                inplace.sync()?;
+                rustix::fs::fsync(&dir).ctx(|| "fsync of the journal".to_string())?;
                 log.append(&Undo::Header { base }.encode())?;
                 log.sync()?;
                 logged = 1;
@@ -822,12 +874,29 @@ impl Journal {
 
     /// Records which inode the file at `path`, about to be written in place, is (`InPlace`).
     /// Made durable with the log (`sync`), before any byte is written in place.
-    pub fn in_place(&mut self, path: &[u8], ino: u64) -> Result<()> {
+    pub fn in_place(&mut self, path: &[u8], id: (u64, (i64, u32))) -> Result<()> {
+        self.in_place_record(path, id, false)
+    }
+
+    /// Records that the file at `path`, inode `id`, gets a new owner or set-id bits in place
+    /// (grant.rs); made durable with the log (`sync`) before that change.
+    pub fn granted(&mut self, path: &[u8], id: (u64, (i64, u32))) -> Result<()> {
+        self.in_place_record(path, id, true)
+    }
+
+    fn in_place_record(
+        &mut self,
+        path: &[u8],
+        (ino, btime): (u64, (i64, u32)),
+        grant: bool,
+    ) -> Result<()> {
         let r = InPlace {
             base: self.base,
             at: self.logged,
             path: path.to_vec(),
             ino,
+            btime: Some(btime),
+            grant,
         };
         self.inplace.append(&r.encode())
     }
@@ -1051,14 +1120,22 @@ mod tests {
             assert_eq!(Undo::decode(&u.encode()).unwrap(), u);
         }
         assert!(Undo::decode(&[9]).is_err());
-        let r = InPlace {
+        let mut r = InPlace {
             base: RecoveryPointId(5),
             at: 3,
             path: b"d/f".to_vec(),
             ino: 77,
+            btime: None,
+            grant: false,
         };
         assert_eq!(InPlace::decode(&r.encode()).unwrap(), r);
         assert!(InPlace::decode(&r.encode()[1..]).is_err());
+        r.btime = Some((1_700_000_000, 5));
+        assert_eq!(InPlace::decode(&r.encode()).unwrap(), r);
+        r.grant = true;
+        assert_eq!(InPlace::decode(&r.encode()).unwrap(), r);
+        let m = InPlace::identity_marker(RecoveryPointId(5));
+        assert!(InPlace::decode(&m.encode()).unwrap().is_identity_marker());
     }
 
     #[test]
@@ -1071,6 +1148,8 @@ mod tests {
             at,
             path: b"f".to_vec(),
             ino: at,
+            btime: None,
+            grant: false,
         };
         // 9: kept while the log's tail was lost; 3 of base 2: another job's.
         let mut body = Vec::new();

@@ -8,6 +8,7 @@ pub(crate) mod conns;
 pub mod drill;
 pub(crate) mod fence;
 pub(crate) mod finalize;
+pub(crate) mod grant;
 mod hellos;
 pub(crate) mod journal;
 pub(crate) mod meta;

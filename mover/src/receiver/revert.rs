@@ -6,6 +6,7 @@
 //! a removal or a data restore over what a later step put back; a file's restored bytes are
 //! synced before their step is logged done (the tree hash compares no content).
 
+use super::grant;
 use super::journal::{self, obj_path, Undo, JOURNAL_DIR, REVERT_LOG};
 use super::meta::{apply_fd, apply_link_or_special};
 use super::state::{RecoveryPoint, State};
@@ -66,7 +67,7 @@ fn undo_one(
     root: BorrowedFd<'_>,
     u: &Undo,
     made: &dyn Fn(&[u8]) -> bool,
-    ino: Option<u64>,
+    ino: Option<(u64, Option<(i64, u32)>)>,
 ) -> Result<()> {
     match u {
         Undo::Header { .. } => {}
@@ -148,15 +149,25 @@ fn undo_one(
     Ok(())
 }
 
-/// Ok unless `f`, opened at `path`, is not inode `ino` (when the journal named one).
-fn same_inode(f: BorrowedFd<'_>, ino: Option<u64>, path: &[u8]) -> Result<()> {
-    let Some(ino) = ino else {
+/// Ok unless `f`, opened at `path`, is not inode `ino` (when the journal named one), with its
+/// birth time (when the journal has it: a deletion can free the number for a planted file).
+fn same_inode(
+    f: BorrowedFd<'_>,
+    ino: Option<(u64, Option<(i64, u32)>)>,
+    path: &[u8],
+) -> Result<()> {
+    let Some((ino, btime)) = ino else {
         return Ok(()); // journaled by a release that did not record it
     };
     // The journal records the inode only: a device number need not survive a remount, a
     // reboot or another node's mount of a shared target.
     let file = super::table::FileId { dev: None, ino };
-    if !file.is_at(f, path)? {
+    let born = |b| {
+        super::resume::identity(f, b"")
+            .map(|id| id.1 == b)
+            .ctx(|| format!("statx of {}", show(path)))
+    };
+    if !file.is_at(f, path)? || btime.map(born).transpose()? == Some(false) {
         return Err(Error::Revert(format!(
             "cannot restore {}: it is no longer the file the job wrote in place (replaced \
              since, by a hard link to another file?); nothing was written to it. Put the \
@@ -223,13 +234,14 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
         }
     }
     // Which inode the job wrote in place at each path, from which record on.
-    let mut in_place: std::collections::HashMap<&[u8], Vec<(usize, u64)>> =
+    type Inode = (u64, Option<(i64, u32)>);
+    let mut in_place: std::collections::HashMap<&[u8], Vec<(usize, Inode)>> =
         std::collections::HashMap::new();
     for r in &existing.in_place {
         in_place
             .entry(r.path.as_slice())
             .or_default()
-            .push((r.at as usize, r.ino));
+            .push((r.at as usize, (r.ino, r.btime)));
     }
     // The inode written in place at `p` as of record `k` (the last one named before it).
     let ino_at = |p: &[u8], k: usize| {
@@ -275,7 +287,15 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     // admitted it (set-id bits cleared, devices not created), as the job and a scrub see it,
     // not as the sender sent it.
     let (want, _) = state.admitted(&rp)?;
-    restore_metadata(root, &want, rp.hash_owners)?;
+    let journaled = existing
+        .in_place
+        .iter()
+        .any(|r| r.is_identity_marker())
+        .then(|| {
+            let granted = existing.in_place.iter().filter(|r| r.grant);
+            granted.filter_map(|r| Some((r.ino, r.btime?))).collect()
+        });
+    restore_metadata(root, &want, rp.hash_owners, journaled.as_ref())?;
     let got = crate::tree::walk::walk_fd(root, true)?;
     let opts = HashOptions {
         owners: rp.hash_owners,
@@ -305,7 +325,12 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
 
 /// Sets owner, mode, xattrs and mtime of every entry whose metadata differs from `want`, the
 /// recovery point's list; the tree's shape must already match it.
-pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> Result<()> {
+pub fn restore_metadata(
+    root: BorrowedFd<'_>,
+    want: &[Entry],
+    owners: bool,
+    journaled: Option<&grant::Journaled>,
+) -> Result<()> {
     let got = crate::tree::walk::walk_fd(root, true)?;
     let paths = crate::tree::entry::relative_paths(want);
     let shape = |e: &Entry| (e.parent, e.name.clone(), e.kind.clone());
@@ -344,12 +369,25 @@ pub fn restore_metadata(root: BorrowedFd<'_>, want: &[Entry], owners: bool) -> R
             let path = &paths[i];
             match &w.kind {
                 EntryKind::Dir | EntryKind::File { .. } => {
+                    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
                     let fd = if w.kind == EntryKind::Dir {
                         beneath::open_dir(root, path)
                     } else {
-                        beneath::open_file(root, path, OFlags::RDONLY, Mode::empty())
+                        beneath::open_file(root, path, flags, Mode::empty())
                     }
                     .ctx(|| format!("opening {}", show(path)))?;
+                    if w.kind != EntryKind::Dir {
+                        // What was walked, so what was compared, is what is changed.
+                        let file = super::table::FileId {
+                            dev: None,
+                            ino: got.ids[i].ino,
+                        };
+                        file.check(fd.as_fd(), path)?;
+                        let (mode, owner) = (g.meta.mode, (g.meta.uid, g.meta.gid));
+                        if grant::grants(mode, owner, w, owners) {
+                            grant::check_revert(fd.as_fd(), path, journaled)?;
+                        }
+                    }
                     apply_fd(fd.as_fd(), w, owners)
                         .ctx(|| format!("restoring metadata of {}", show(path)))?;
                 }

@@ -482,11 +482,25 @@ impl Session {
         let baseline = before
             .as_ref()
             .zip(matched.as_ref())
-            .map(|(b, m)| Baseline {
-                entries: &b.entries,
-                skip: &b.skip,
-                matched: m,
-            });
+            .map(|(b, m)| Baseline::of(b, m));
+        // A job that compares every entry with the disk still vouches for a file it keeps in
+        // place by the recovery point's list, where its owner or set-id bits change (grant.rs):
+        // an interrupted `chown -R` resumes without sending the files again. Not by a list whose
+        // owners are not the target's (the recovery point was made without them).
+        let held_rp = if baseline.is_none() && rp.hash_owners == self.owners {
+            state.held(&rp).ok()
+        } else {
+            None
+        };
+        let held_matched = held_rp
+            .as_ref()
+            .map(|h| crate::tree::diff::match_paths(&entries, &skip, &h.entries, &h.skip));
+        let vouch = baseline.or_else(|| {
+            held_rp
+                .as_ref()
+                .zip(held_matched.as_ref())
+                .map(|(h, m)| Baseline::of(h, m))
+        });
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "matched by path");
         let Applied {
             need,
@@ -505,7 +519,7 @@ impl Session {
             &hints,
             self.owners,
             &skip,
-            baseline.as_ref(),
+            (baseline.as_ref(), vouch.as_ref()),
             &mut journal,
         )?;
         report.files_unchanged = stats.files_unchanged;
