@@ -542,7 +542,9 @@ fn a_full_verify_changes_owners_in_place_and_sends_only_a_planted_file() {
         "this test chowns files: run it as root"
     );
     let chown = |p: &Path, uid: u32| std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
-    let (_t, d) = dirs_in_memory();
+    let (t, d) = dirs_in_memory();
+    // Other users can reach it: else the receiver needs no guard against what they plant.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(&d.src).unwrap();
     for name in ["kept", "planted"] {
         std::fs::write(d.src.join(name), vec![name.len() as u8; 3000]).unwrap();

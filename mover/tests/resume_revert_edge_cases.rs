@@ -978,7 +978,7 @@ fn plant(at: &Path, outside: &Path, link: bool) -> Vec<u8> {
 #[test]
 fn a_job_never_gives_a_new_owner_or_set_id_bits_to_a_file_planted_in_its_place() {
     need_root_to_chown();
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let (src, dst, state) = dirs(t.path());
     for (name, seed) in [("linked", 160), ("new", 161), ("kept", 162), ("suid", 163)] {
         std::fs::write(src.join(name), bytes(seed, 3000)).unwrap();
@@ -1027,7 +1027,7 @@ fn a_job_never_gives_a_new_owner_or_set_id_bits_to_a_file_planted_in_its_place()
 #[test]
 fn a_job_never_gives_root_the_bytes_of_a_file_its_old_owner_could_write() {
     need_root_to_chown();
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let (src, dst, state) = dirs(t.path());
     std::fs::write(src.join("tool"), bytes(165, 3000)).unwrap();
     chown(&src.join("tool"), 2000);
@@ -1070,7 +1070,7 @@ fn gid_of(p: &Path) -> u32 {
 /// The revert of a job that changed a file's group in place gives it its old group back.
 #[test]
 fn a_revert_gives_back_the_group_a_cut_job_changed() {
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let dst = cut_while_tool_changes(t.path(), to_group_3000);
     assert_eq!(
         gid_of(&dst.join("tool")),
@@ -1086,7 +1086,7 @@ fn a_revert_gives_back_the_group_a_cut_job_changed() {
 /// revert would give it root's group. It stops and names the file instead.
 #[test]
 fn a_revert_never_gives_an_owner_to_a_file_planted_in_its_place() {
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let dst = cut_while_tool_changes(t.path(), to_group_3000);
     let outside = t.path().join("mine");
     plant(&dst.join("tool"), &outside, false);
@@ -1102,7 +1102,7 @@ fn a_revert_never_gives_an_owner_to_a_file_planted_in_its_place() {
 /// copy: the revert puts back the recovery point's own inode, bytes and owner.
 #[test]
 fn a_revert_puts_back_the_untouched_file_a_cut_job_handed_over() {
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let dst = cut_while_tool_changes(t.path(), to_uid_2000);
     let at = dst.join("tool");
     assert_eq!(uid_of(&at), 2000, "the cut job changed the owner");
@@ -1121,7 +1121,7 @@ fn a_revert_never_gives_a_set_gid_bit_back_to_bytes_its_owner_wrote() {
     let mode = |p: &Path, m: u32| {
         std::fs::set_permissions(p, <std::fs::Permissions as PermissionsExt>::from_mode(m)).unwrap()
     };
-    let t = tempfile::tempdir().unwrap();
+    let t = reachable_tempdir();
     let (src, dst, state) = dirs(t.path());
     std::fs::write(src.join("tool"), bytes(175, 3000)).unwrap();
     chown(&src.join("tool"), 2000);
@@ -1159,4 +1159,65 @@ fn need_root_to_chown() {
         rustix::process::geteuid().is_root(),
         "this test chowns files: run it as root"
     );
+}
+
+/// A scratch directory other users can reach (mode 0755, whatever the umask): where none can,
+/// the receiver needs no guard against what they plant (receiver/grant.rs).
+fn reachable_tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        <std::fs::Permissions as PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    t
+}
+
+/// Where no one but root can reach the target (its parent here is 0700, as the README asks
+/// and the daemon's private view is), a `chown` of root's file on the source is a plain chown
+/// of the same inode on the target: no guard, no copy.
+#[test]
+fn a_target_no_one_else_can_reach_changes_owners_in_place() {
+    need_root_to_chown();
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        <std::fs::Permissions as PermissionsExt>::from_mode(0o700),
+    )
+    .unwrap();
+    let (src, dst, state) = dirs(t.path());
+    std::fs::write(src.join("tool"), bytes(180, 3000)).unwrap();
+    assert!(job(&src, &dst, &state));
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = ino(&dst.join("tool"));
+    chown(&src.join("tool"), 2000);
+    assert!(job(&src, &dst, &state));
+    assert_eq!(uid_of(&dst.join("tool")), 2000);
+    assert_eq!(ino(&dst.join("tool")), before, "changed in place");
+}
+
+/// Root's file made writable by others on the source (0644 to 0666) is changed on a copy:
+/// a revert of the cut job puts back the untouched file, not 0644 on bytes anyone could write.
+#[test]
+fn a_revert_never_makes_bytes_anyone_could_write_look_like_roots() {
+    let t = reachable_tempdir();
+    let dst = cut_while_tool_changes(t.path(), |p| {
+        std::fs::set_permissions(
+            p,
+            <std::fs::Permissions as PermissionsExt>::from_mode(0o666),
+        )
+        .unwrap()
+    });
+    let at = dst.join("tool");
+    assert_eq!(
+        std::fs::metadata(&at).unwrap().permissions().mode() & 0o7777,
+        0o666
+    );
+    rewrite(&at, vec![b'!'; 100], 0);
+    mover::receiver::revert_root(&dst).unwrap();
+    assert_eq!(
+        std::fs::metadata(&at).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
+    assert_eq!(std::fs::read(&at).unwrap(), bytes(170, 3000));
 }

@@ -314,7 +314,8 @@ fn depth(p: &[u8]) -> usize {
 /// Runs the first phase. With a `base` (a job starting from a recovery point) only what
 /// differs from it is touched; without (a resumed job), every entry is compared with the disk.
 /// `vouch`: the recovery point's list (the base, if any), by which a file kept in place is
-/// known to be the recovery point's own (grant.rs).
+/// known to be the recovery point's own (grant.rs); `guard`: whether other users can reach the
+/// target (`grant::reachable`), so those checks are needed at all.
 #[allow(clippy::too_many_arguments)]
 pub fn apply_entries(
     root: BorrowedFd<'_>,
@@ -323,7 +324,7 @@ pub fn apply_entries(
     hints: &[Hint],
     owners: bool,
     skip: &[bool],
-    (base, vouch): (Option<&Baseline<'_>>, Option<&Baseline<'_>>),
+    (base, vouch, guard): (Option<&Baseline<'_>>, Option<&Baseline<'_>>, bool),
     j: &mut Journal,
 ) -> Result<Applied> {
     let mut need = vec![Need::Nothing; entries.len()];
@@ -506,7 +507,7 @@ pub fn apply_entries(
                     let was = &b.entries[b.matched[i].map_or(0, |k| k as usize)];
                     let dir = dirs.parent(root, e.parent, paths)?;
                     let (mode, owner) = (was.meta.mode, (was.meta.uid, was.meta.gid));
-                    if !grant::sensitive(mode, owner, e, owners) {
+                    if !guard || !grant::sensitive(mode, owner, e, owners) {
                         fix_meta_from(dir, &e.name, was, e, owners)
                             .ctx(|| format!("updating metadata of {}", show(&paths[i])))?;
                         stats.files_unchanged += 1;
@@ -524,8 +525,9 @@ pub fn apply_entries(
                                 continue;
                             }
                             grant::Keep::Copy => {
-                                let at = (dir, e.name.as_slice());
-                                grant::copy_aside(j, at, &paths[i], fd.as_fd(), e, owners)?;
+                                let here = (dir, e.name.as_slice());
+                                let at = (root, entries, paths);
+                                pending.copy_aside(j, at, here, i, fd.as_fd(), owners)?;
                                 touched[e.parent.index()] = true;
                                 stats.files_unchanged += 1;
                                 continue;
@@ -641,7 +643,7 @@ pub fn apply_entries(
                     && !j.touched.contains(path)
                     && st
                         .as_ref()
-                        .is_some_and(|s| !grant::sensitive_from(s, e, owners))
+                        .is_some_and(|s| !guard || !grant::sensitive_from(s, e, owners))
                     && writable(dir, name)
                 {
                     if let (Some(theirs), Some(s)) = (blocks.get(&i), &st) {
@@ -694,7 +696,9 @@ pub fn apply_entries(
                 // Kept only if it may take its new identity (grant.rs); one whose content and
                 // identity both change is sent whole, so a revert gives no identity back to
                 // a file it wrote bytes into; one handed over is copied, unless hard-linked.
-                let sensitive = st.as_ref().filter(|s| grant::sensitive_from(s, e, owners));
+                let sensitive = st
+                    .as_ref()
+                    .filter(|s| guard && grant::sensitive_from(s, e, owners));
                 let kept = sensitive.map(|s| keep(i, s));
                 let decision = match (decision, sensitive) {
                     (Need::Nothing, Some(_)) if kept == Some(grant::Keep::Send) => Need::Full,
@@ -708,6 +712,20 @@ pub fn apply_entries(
                 };
                 match decision {
                     Need::Rest => {
+                        if let Some(s) = sensitive.filter(|_| j.map.origin(path) != Origin::Job) {
+                            // A recovery-point file written in place takes new identity when
+                            // complete: a revert may give the old back (durable with the
+                            // journal's sync before the first byte).
+                            let id = super::resume::identity(dir, name)
+                                .ctx(|| format!("statx of {}", show(path)))?;
+                            if id.0 != s.st_ino {
+                                return Err(Error::Verify(format!(
+                                    "{} was replaced while this job looked at it",
+                                    show(path)
+                                )));
+                            }
+                            j.granted(path, id)?;
+                        }
                         let r = rest.take().unwrap_or_default();
                         if let Some(s) = &st {
                             files.insert(i as u32, FileId::of(s));
@@ -724,7 +742,8 @@ pub fn apply_entries(
                                 .ctx(|| format!("opening {}", show(path)))?;
                             FileId::of(s).check(fd.as_fd(), path)?;
                             if kept == grant::Keep::Copy {
-                                grant::copy_aside(j, (dir, name), path, fd.as_fd(), e, owners)?;
+                                let at = (root, entries, paths);
+                                pending.copy_aside(j, at, (dir, name), i, fd.as_fd(), owners)?;
                                 touched[e.parent.index()] = true;
                             } else {
                                 pending.add(j, (root, entries, paths), i, fd.as_fd(), owners)?;

@@ -40,10 +40,13 @@ pub type Identity = (u64, (i64, u32));
 pub const GRANT_BATCH: usize = 1024;
 
 /// Whether taking a regular file from `mode` (permission bits) and `owner` to `to`'s metadata
-/// changes its owner, or changes a mode that has set-id bits before or after.
+/// changes its owner, changes a mode that has set-id bits before or after, or changes who
+/// besides root and the receiver may write it (`trusted`).
 pub fn sensitive(mode: u32, owner: (u32, u32), to: &Entry, owners: bool) -> bool {
+    let to_uid = if owners { to.meta.uid } else { owner.0 };
     (owners && owner != (to.meta.uid, to.meta.gid))
         || (mode != to.meta.mode && (mode | to.meta.mode) & SETID != 0)
+        || trusted(owner.0, mode) != trusted(to_uid, to.meta.mode)
 }
 
 /// `sensitive` from what `st` says the file is now.
@@ -73,11 +76,15 @@ pub fn is_file_of(st: &Stat, e: &Entry, links: u32, owners: bool) -> bool {
         && owner_ok
 }
 
-/// Whether taking `from`'s bytes to `to`'s owner and mode grants anything: a new owner, or a
-/// mode with set-id bits that was not the mode before. What a revert checks before it does so.
+/// Whether taking bytes from `mode` and `owner` to `to`'s owner and mode grants anything: a
+/// new owner, a mode with set-id bits that was not the mode before, or trust (bytes others
+/// could write become bytes only root could, and a later job takes them as the recovery
+/// point's). What a revert checks before it does so.
 pub fn grants(mode: u32, owner: (u32, u32), to: &Entry, owners: bool) -> bool {
+    let to_uid = if owners { to.meta.uid } else { owner.0 };
     (owners && owner != (to.meta.uid, to.meta.gid))
         || (to.meta.mode & SETID != 0 && to.meta.mode != mode)
+        || (!trusted(owner.0, mode) && trusted(to_uid, to.meta.mode))
 }
 
 /// Whether only root and the receiver can write a file with owner `uid` and `mode`.
@@ -117,7 +124,7 @@ pub fn keep(st: &Stat, was: Option<(&Entry, u32)>, to: &Entry, owners: bool) -> 
     let then = (if owners { to.meta.uid } else { st.st_uid }, to.meta.mode);
     if !is_file_of(st, was, links, owners) || !may_take(now, then) {
         Keep::Send
-    } else if may_take(then, now) {
+    } else if may_give_back(now, then) {
         Keep::InPlace
     } else if st.st_nlink == 1 {
         Keep::Copy
@@ -132,33 +139,47 @@ pub fn keep(st: &Stat, was: Option<(&Entry, u32)>, to: &Entry, owners: bool) -> 
 pub fn may_finish(st: &Stat, to: &Entry, owners: bool, made: bool) -> bool {
     let now = (st.st_uid, st.st_mode & 0o7777);
     let then = (if owners { to.meta.uid } else { st.st_uid }, to.meta.mode);
-    !sensitive_from(st, to, owners) || (may_take(now, then) && (made || may_take(then, now)))
+    !sensitive_from(st, to, owners) || (may_take(now, then) && (made || may_give_back(now, then)))
 }
 
-/// Gives `to`'s metadata to a copy of the file `old` (the recovery point's, at `name` in `dir`,
-/// one name only) made in its place, shared extents where the file system can; the inode goes
-/// into the journal untouched, where no one else can reach it, and a revert puts it back.
-pub fn copy_aside(
-    j: &mut Journal,
-    (dir, name): (BorrowedFd<'_>, &[u8]),
-    path: &[u8],
-    old: BorrowedFd<'_>,
-    to: &Entry,
-    owners: bool,
-) -> Result<()> {
-    let size = rustix::fs::fstat(old)
-        .ctx(|| format!("stat of {}", show(path)))?
-        .st_size as u64;
-    j.move_away(dir, name, path)?;
-    j.created(path).map_err(super::space::naming(|| {
-        format!("journaling the creation of {}", show(path))
-    }))?;
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
-    let new = beneath::open_in(dir, name, flags, Mode::from_raw_mode(0o600))
-        .ctx(|| format!("creating {}", show(path)))?;
-    super::journal::copy_range(old, 0, new.as_fd(), 0, size)
-        .ctx(|| format!("copying {} for its new owner", show(path)))?;
-    apply_fd(new.as_fd(), to, owners).ctx(|| format!("setting metadata of {}", show(path)))
+/// Whether a revert may give bytes that take `then` (owner, mode) back their `now`: no one
+/// but root could write them in between, or `now` gives their writers nothing they lack, nor
+/// makes them look like bytes only root could write.
+fn may_give_back(now: (u32, u32), then: (u32, u32)) -> bool {
+    may_take(then, now) && (trusted(then.0, then.1) || !trusted(now.0, now.1))
+}
+
+/// Most directories a walk from the target root up to `/` passes.
+const MAX_ANCESTORS: usize = 4096;
+
+/// Whether users other than root and the receiver's can reach the target root: no directory
+/// from it up to `/` is closed to them (owned by root or the receiver, searchable by neither
+/// group nor others). Where none can, no one can plant anything there, and a job skips these
+/// checks: under the daemon, the receiver writes through a private view in such a directory;
+/// the README tells a standalone receiver's operator to keep the root's parent so.
+pub fn reachable(root: BorrowedFd<'_>) -> Result<bool> {
+    let me = rustix::process::geteuid().as_raw();
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let up = |d: BorrowedFd<'_>| {
+        rustix::fs::openat(d, "..", flags, Mode::empty())
+            .ctx(|| "opening a directory above the target".to_string())
+    };
+    let mut dir = rustix::fs::openat(root, ".", flags, Mode::empty())
+        .ctx(|| "opening the target root".to_string())?;
+    for _ in 0..MAX_ANCESTORS {
+        let st = rustix::fs::fstat(&dir).ctx(|| "stat of a directory above the target".into())?;
+        if (st.st_uid == 0 || st.st_uid == me) && st.st_mode & 0o011 == 0 {
+            return Ok(false);
+        }
+        let parent = up(dir.as_fd())?;
+        let ps =
+            rustix::fs::fstat(&parent).ctx(|| "stat of a directory above the target".into())?;
+        if (ps.st_dev, ps.st_ino) == (st.st_dev, st.st_ino) {
+            return Ok(true);
+        }
+        dir = parent;
+    }
+    Ok(true)
 }
 
 /// Opens what stands at `name` in `dir` without following it, blocking on it (a FIFO planted
@@ -180,16 +201,52 @@ pub fn open_found(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Option<(O
     }
 }
 
-/// Files kept in place whose owner or set-id bits the job changes: each journaled when found,
-/// and changed once a sync has made its record durable, through a descriptor that is checked
-/// to be the inode found.
+/// Files whose owner or set-id bits the job changes: each journaled when found (kept in place:
+/// a grant; copied: the move and the copy's creation), and changed once a sync has made its
+/// records durable, through a descriptor that is checked to be the inode found or made.
 #[derive(Default)]
 pub struct Pending {
-    /// (entry index, inode found there).
+    /// (entry index, inode found there or the copy made).
     items: Vec<(usize, Identity)>,
 }
 
 impl Pending {
+    /// Makes a copy of the file `old` (the recovery point's, at `name` in `dir`, one name
+    /// only) in its place for entry `i` (`Keep::Copy`), shared extents where the file system
+    /// can; the inode goes into the journal untouched, where no one else can reach it, and a
+    /// revert puts it back. The copy takes its metadata with the batch.
+    pub fn copy_aside(
+        &mut self,
+        j: &mut Journal,
+        at: (BorrowedFd<'_>, &[Entry], &[Vec<u8>]),
+        (dir, name): (BorrowedFd<'_>, &[u8]),
+        i: usize,
+        old: BorrowedFd<'_>,
+        owners: bool,
+    ) -> Result<()> {
+        debug_assert!(self.items.len() < GRANT_BATCH);
+        let path = &at.2[i];
+        let size = rustix::fs::fstat(old)
+            .ctx(|| format!("stat of {}", show(path)))?
+            .st_size as u64;
+        j.move_away(dir, name, path)?;
+        j.created(path).map_err(super::space::naming(|| {
+            format!("journaling the creation of {}", show(path))
+        }))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+        let new = beneath::open_in(dir, name, flags, Mode::from_raw_mode(0o600))
+            .ctx(|| format!("creating {}", show(path)))?;
+        super::journal::copy_range(old, 0, new.as_fd(), 0, size)
+            .ctx(|| format!("copying {} for its new owner", show(path)))?;
+        let id =
+            super::resume::identity(new.as_fd(), b"").ctx(|| format!("statx of {}", show(path)))?;
+        self.items.push((i, id));
+        if self.items.len() >= GRANT_BATCH {
+            self.flush(j, at, owners)?;
+        }
+        Ok(())
+    }
+
     /// Journals that entry `i`, the file `fd` found at its path, gets its new owner or set-id
     /// bits; carries out the batch when it is full.
     pub fn add(

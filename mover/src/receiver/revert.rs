@@ -287,14 +287,13 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     // admitted it (set-id bits cleared, devices not created), as the job and a scrub see it,
     // not as the sender sent it.
     let (want, _) = state.admitted(&rp)?;
-    let journaled = existing
-        .in_place
-        .iter()
-        .any(|r| r.is_identity_marker())
-        .then(|| {
-            let granted = existing.in_place.iter().filter(|r| r.grant);
-            granted.filter_map(|r| Some((r.ino, r.btime?))).collect()
-        });
+    // Where other users can reach the target, only to inodes the job journaled (grant.rs).
+    let journaled = (existing.in_place.iter().any(|r| r.is_identity_marker())
+        && grant::reachable(root)?)
+    .then(|| {
+        let granted = existing.in_place.iter().filter(|r| r.grant);
+        granted.filter_map(|r| Some((r.ino, r.btime?))).collect()
+    });
     restore_metadata(root, &want, rp.hash_owners, journaled.as_ref())?;
     let got = crate::tree::walk::walk_fd(root, true)?;
     let opts = HashOptions {

@@ -487,7 +487,8 @@ impl Session {
         // place by the recovery point's list, where its owner or set-id bits change (grant.rs):
         // an interrupted `chown -R` resumes without sending the files again. Not by a list whose
         // owners are not the target's (the recovery point was made without them).
-        let held_rp = if baseline.is_none() && rp.hash_owners == self.owners {
+        let guard = super::grant::reachable(root)?;
+        let held_rp = if guard && baseline.is_none() && rp.hash_owners == self.owners {
             state.held(&rp).ok()
         } else {
             None
@@ -519,7 +520,7 @@ impl Session {
             &hints,
             self.owners,
             &skip,
-            (baseline.as_ref(), vouch.as_ref()),
+            (baseline.as_ref(), vouch.as_ref(), guard),
             &mut journal,
         )?;
         report.files_unchanged = stats.files_unchanged;
