@@ -1221,3 +1221,28 @@ fn a_revert_never_makes_bytes_anyone_could_write_look_like_roots() {
     );
     assert_eq!(std::fs::read(&at).unwrap(), bytes(170, 3000));
 }
+
+/// A job into a target no one else could reach changed owners in place, unguarded; then the
+/// target's parent opens up. Its revert goes by what the job decided (its journal has no
+/// identity marker), not by the disk now, and gives the owner back.
+#[test]
+fn a_revert_goes_by_what_its_job_decided_about_other_users() {
+    let t = tempfile::tempdir().unwrap();
+    let mode = |m: u32| {
+        std::fs::set_permissions(
+            t.path(),
+            <std::fs::Permissions as PermissionsExt>::from_mode(m),
+        )
+        .unwrap()
+    };
+    mode(0o700);
+    let dst = cut_while_tool_changes(t.path(), to_uid_2000);
+    assert_eq!(
+        uid_of(&dst.join("tool")),
+        2000,
+        "the cut job changed the owner"
+    );
+    mode(0o755);
+    mover::receiver::revert_root(&dst).unwrap();
+    assert_eq!(uid_of(&dst.join("tool")), 0);
+}

@@ -303,7 +303,13 @@ impl Pending {
 
 /// The inodes (number, birth time) a journal says the job changed in place, if it says so of
 /// every one whose owner or set-id bits it changed (a journal of an older release does not).
-pub type Journaled = std::collections::HashSet<Identity>;
+pub type Journaled = std::collections::HashMap<u64, (i64, u32)>;
+
+/// Whether two birth times may be one inode's: equal, or one unknown ((0, 0): a kernel that
+/// did not report it then, or does not now).
+pub fn same_birth(a: (i64, u32), b: (i64, u32)) -> bool {
+    a == b || a == (0, 0) || b == (0, 0)
+}
 
 /// Revert's check before it gives the file `fd` at `path` back its recovery-point owner or
 /// set-id bits: it must be an inode the job journaled (None: a journal of a release that did
@@ -314,7 +320,8 @@ pub fn check_revert(fd: BorrowedFd<'_>, path: &[u8], journaled: Option<&Journale
     };
     let st = rustix::fs::fstat(fd).ctx(|| format!("stat of {}", show(path)))?;
     let id = super::resume::identity(fd, b"").ctx(|| format!("statx of {}", show(path)))?;
-    if id.0 != st.st_ino || !journaled.contains(&id) {
+    let granted = journaled.get(&id.0).is_some_and(|&b| same_birth(b, id.1));
+    if id.0 != st.st_ino || !granted {
         return Err(Error::Revert(format!(
             "cannot restore the owner or set-id bits of {}: it is not a file the job changed \
              (inode {}, owner {}:{}, replaced outside mover?), so they were not given to it. \

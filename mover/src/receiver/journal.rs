@@ -609,6 +609,9 @@ pub struct Journal {
     /// `Created` records of items made later (small files the workers create), written
     /// together by `flush_deferred` before any of them is made.
     deferred: Vec<Undo>,
+    /// The job guards identity (grant.rs): decided when the journal was made (other users
+    /// could reach the target), kept by its marker for every session and for a revert.
+    pub guarded: bool,
 }
 
 impl Journal {
@@ -619,7 +622,12 @@ impl Journal {
 
     /// Opens the journal for a job based on recovery point `base`, continuing an interrupted
     /// job's journal if there is one (the caller has discarded journals of other bases).
-    pub fn open(root: BorrowedFd<'_>, state: &State, base: RecoveryPointId) -> Result<Journal> {
+    pub fn open(
+        root: BorrowedFd<'_>,
+        state: &State,
+        base: RecoveryPointId,
+        guard: bool,
+    ) -> Result<Journal> {
         let dir = ensure_dir(state.dir.as_fd(), JOURNAL_DIR)?;
         let objs = ensure_dir(dir.as_fd(), "objs")?;
         let stage = ensure_dir(dir.as_fd(), "stage")?;
@@ -632,16 +640,19 @@ impl Journal {
         match records.first() {
             None => {
                 // A new job: `inplace` records of an earlier one (a discard cut short) go. Its
-                // identity marker is durable before the header: a journal with a header and
-                // without it is an older release's, whose owner changes revert trusts.
+                // identity marker (if it guards) is durable before the header: a journal with
+                // a header and without it is one that does not guard, or an older release's,
+                // whose owner changes a revert trusts.
                 match rustix::fs::unlinkat(&dir, INPLACE_LOG, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                     Err(e) => return Err(e).ctx(|| "removing an old journal file".to_string()),
                 }
-                let (mut inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
-                inplace.append(&InPlace::identity_marker(base).encode())?;
-                inplace.sync()?;
-                rustix::fs::fsync(&dir).ctx(|| "fsync of the journal".to_string())?;
+                if guard {
+                    let (mut inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
+                    inplace.append(&InPlace::identity_marker(base).encode())?;
+                    inplace.sync()?;
+                    rustix::fs::fsync(&dir).ctx(|| "fsync of the journal".to_string())?;
+                }
                 log.append(&Undo::Header { base }.encode())?;
                 log.sync()?;
                 logged = 1;
@@ -722,6 +733,7 @@ impl Journal {
             crate::durable::write_atomic(dir.as_fd(), INPLACE_LOG, &body)?;
         }
         let (inplace, _) = Log::open(dir.as_fd(), INPLACE_LOG)?;
+        let guarded = kept.iter().any(InPlace::is_identity_marker);
         let root = rustix::io::fcntl_dupfd_cloexec(root, 0)
             .ctx(|| "dup of the destination root".to_string())?;
         Ok(Journal {
@@ -741,6 +753,7 @@ impl Journal {
             durable,
             preimaged,
             deferred: Vec::new(),
+            guarded,
         })
     }
 
@@ -1170,7 +1183,7 @@ mod tests {
         std::fs::create_dir(t.path().join(".mover-state")).unwrap();
         let state = State::find(root.as_fd()).unwrap().unwrap();
         assert_eq!(read_base(&state).unwrap(), None, "no journal");
-        let mut j = Journal::open(root.as_fd(), &state, RecoveryPointId(42)).unwrap();
+        let mut j = Journal::open(root.as_fd(), &state, RecoveryPointId(42), true).unwrap();
         // A log far longer than what is read for its header.
         for k in 0..2000 {
             j.created(format!("dir/file-{k}").as_bytes()).unwrap();

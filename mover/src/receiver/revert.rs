@@ -164,7 +164,7 @@ fn same_inode(
     let file = super::table::FileId { dev: None, ino };
     let born = |b| {
         super::resume::identity(f, b"")
-            .map(|id| id.1 == b)
+            .map(|id| grant::same_birth(id.1, b))
             .ctx(|| format!("statx of {}", show(path)))
     };
     if !file.is_at(f, path)? || btime.map(born).transpose()? == Some(false) {
@@ -287,13 +287,15 @@ pub fn revert(root: BorrowedFd<'_>, state: &State) -> Result<RevertReport> {
     // admitted it (set-id bits cleared, devices not created), as the job and a scrub see it,
     // not as the sender sent it.
     let (want, _) = state.admitted(&rp)?;
-    // Where other users can reach the target, only to inodes the job journaled (grant.rs).
-    let journaled = (existing.in_place.iter().any(|r| r.is_identity_marker())
-        && grant::reachable(root)?)
-    .then(|| {
-        let granted = existing.in_place.iter().filter(|r| r.grant);
-        granted.filter_map(|r| Some((r.ino, r.btime?))).collect()
-    });
+    // Where the job guarded identity (grant.rs), only to inodes it journaled.
+    let journaled = existing
+        .in_place
+        .iter()
+        .any(|r| r.is_identity_marker())
+        .then(|| {
+            let granted = existing.in_place.iter().filter(|r| r.grant);
+            granted.filter_map(|r| Some((r.ino, r.btime?))).collect()
+        });
     restore_metadata(root, &want, rp.hash_owners, journaled.as_ref())?;
     let got = crate::tree::walk::walk_fd(root, true)?;
     let opts = HashOptions {

@@ -487,7 +487,7 @@ impl Session {
         // place by the recovery point's list, where its owner or set-id bits change (grant.rs):
         // an interrupted `chown -R` resumes without sending the files again. Not by a list whose
         // owners are not the target's (the recovery point was made without them).
-        let guard = super::grant::reachable(root)?;
+        let guard = journal.guarded;
         let held_rp = if guard && baseline.is_none() && rp.hash_owners == self.owners {
             state.held(&rp).ok()
         } else {
@@ -1109,7 +1109,16 @@ fn open_job(
             rp.id
         }
     };
-    Ok((Journal::open(root, state, base)?, resumed))
+    // Whether the job guards identity (grant.rs), decided once for the journal: a resumed
+    // session and a revert go by what its first session decided, not by the disk now.
+    let guard = match super::grant::reachable(root) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("whether other users can reach the target is unknown ({e}): guarding as if they can");
+            true
+        }
+    };
+    Ok((Journal::open(root, state, base, guard)?, resumed))
 }
 
 /// Reads the sender's Expect list: one record for every large file the need list asked for, its
