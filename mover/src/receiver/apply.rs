@@ -737,8 +737,7 @@ pub fn apply_entries(
                     Need::Nothing => {
                         if let (Some(s), Some(kept)) = (sensitive, kept) {
                             // Vouched for (`keep`) by its stat: the inode opened must be it.
-                            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-                            let fd = beneath::open_in(dir, name, flags, Mode::empty())
+                            let fd = beneath::open_in(dir, name, grant::OPEN_FOUND, Mode::empty())
                                 .ctx(|| format!("opening {}", show(path)))?;
                             FileId::of(s).check(fd.as_fd(), path)?;
                             if kept == grant::Keep::Copy {
@@ -1038,7 +1037,7 @@ fn prepare_delta(
     let fd = beneath::open_in(dir, name, OFlags::RDWR, Mode::empty())
         .ctx(|| format!("opening {} for an in-place update", show(path)))?;
     file.check(fd.as_fd(), path)?;
-    let id = super::resume::identity(fd.as_fd(), b"").ctx(|| format!("statx of {}", show(path)))?;
+    let id = grant::identity_of(fd.as_fd(), path)?;
     debug_assert_eq!(id.0, file.ino);
     j.in_place(path, id).map_err(space::naming(|| {
         format!("journaling the update in place of {}", show(path))

@@ -30,6 +30,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
 
+/// How a file found in the target is opened to be looked at or changed: never followed,
+/// never blocking on a FIFO planted there, never made a controlling terminal.
+pub const OPEN_FOUND: OFlags = OFlags::RDONLY.union(OFlags::NONBLOCK).union(OFlags::NOCTTY);
+
+/// The inode `fd` (open at `path`) is.
+pub fn identity_of(fd: BorrowedFd<'_>, path: &[u8]) -> Result<Identity> {
+    super::resume::identity(fd, b"").ctx(|| format!("statx of {}", show(path)))
+}
+
 /// An inode: its number and birth time ((0, 0) where the file system keeps none), as
 /// `resume::identity` gives them. The number alone can come back: a deletion frees it and the
 /// next file made (a planted one too) may get it.
@@ -101,6 +110,16 @@ fn may_take((from_uid, from_mode): (u32, u32), (to_uid, to_mode): (u32, u32)) ->
     trusted(from_uid, from_mode) || (from_uid == to_uid && to_mode & SETID == 0)
 }
 
+/// The (owner, mode) of `st` now, and once it takes `to`'s metadata (its owner only with
+/// `owners`: else the file keeps the receiver's).
+fn before_after(st: &Stat, to: &Entry, owners: bool) -> ((u32, u32), (u32, u32)) {
+    let now = (st.st_uid, st.st_mode & 0o7777);
+    (
+        now,
+        (if owners { to.meta.uid } else { st.st_uid }, to.meta.mode),
+    )
+}
+
 /// What a job does with a file it would keep whose owner or set-id bits change (`sensitive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
@@ -120,8 +139,7 @@ pub fn keep(st: &Stat, was: Option<(&Entry, u32)>, to: &Entry, owners: bool) -> 
     let Some((was, links)) = was else {
         return Keep::Send;
     };
-    let now = (st.st_uid, st.st_mode & 0o7777);
-    let then = (if owners { to.meta.uid } else { st.st_uid }, to.meta.mode);
+    let (now, then) = before_after(st, to, owners);
     if !is_file_of(st, was, links, owners) || !may_take(now, then) {
         Keep::Send
     } else if may_give_back(now, then) {
@@ -137,8 +155,7 @@ pub fn keep(st: &Stat, was: Option<(&Entry, u32)>, to: &Entry, owners: bool) -> 
 /// take `to`'s metadata when it is complete: see `keep`; a file the job made is removed by a
 /// revert, never given anything back.
 pub fn may_finish(st: &Stat, to: &Entry, owners: bool, made: bool) -> bool {
-    let now = (st.st_uid, st.st_mode & 0o7777);
-    let then = (if owners { to.meta.uid } else { st.st_uid }, to.meta.mode);
+    let (now, then) = before_after(st, to, owners);
     !sensitive_from(st, to, owners) || (may_take(now, then) && (made || may_give_back(now, then)))
 }
 
@@ -186,8 +203,7 @@ pub fn reachable(root: BorrowedFd<'_>) -> Result<bool> {
 /// there) or making it a terminal: None if nothing, or a file this user cannot open, is there.
 /// A symlink is an error, as for any change of a file's metadata (`meta::chmod_at`).
 pub fn open_found(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Option<(OwnedFd, Stat)>> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-    match beneath::open_in(dir, name, flags, Mode::empty()) {
+    match beneath::open_in(dir, name, OPEN_FOUND, Mode::empty()) {
         Ok(fd) => {
             let st = rustix::fs::fstat(&fd)?;
             Ok(Some((fd, st)))
@@ -238,13 +254,8 @@ impl Pending {
             .ctx(|| format!("creating {}", show(path)))?;
         super::journal::copy_range(old, 0, new.as_fd(), 0, size)
             .ctx(|| format!("copying {} for its new owner", show(path)))?;
-        let id =
-            super::resume::identity(new.as_fd(), b"").ctx(|| format!("statx of {}", show(path)))?;
-        self.items.push((i, id));
-        if self.items.len() >= GRANT_BATCH {
-            self.flush(j, at, owners)?;
-        }
-        Ok(())
+        let id = identity_of(new.as_fd(), path)?;
+        self.push(j, at, (i, id), owners)
     }
 
     /// Journals that entry `i`, the file `fd` found at its path, gets its new owner or set-id
@@ -259,9 +270,20 @@ impl Pending {
     ) -> Result<()> {
         debug_assert!(self.items.len() < GRANT_BATCH);
         let path = &at.2[i];
-        let id = super::resume::identity(fd, b"").ctx(|| format!("statx of {}", show(path)))?;
+        let id = identity_of(fd, path)?;
         j.granted(path, id)?;
-        self.items.push((i, id));
+        self.push(j, at, (i, id), owners)
+    }
+
+    /// Adds an item whose records are journaled; carries out the batch when it is full.
+    fn push(
+        &mut self,
+        j: &mut Journal,
+        at: (BorrowedFd<'_>, &[Entry], &[Vec<u8>]),
+        item: (usize, Identity),
+        owners: bool,
+    ) -> Result<()> {
+        self.items.push(item);
         if self.items.len() >= GRANT_BATCH {
             self.flush(j, at, owners)?;
         }
@@ -281,11 +303,9 @@ impl Pending {
         j.sync()?;
         for (i, id) in self.items.drain(..) {
             let path = &paths[i];
-            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-            let fd = beneath::open_file(root, path, flags, Mode::empty())
+            let fd = beneath::open_file(root, path, OPEN_FOUND, Mode::empty())
                 .ctx(|| format!("opening {}", show(path)))?;
-            let now = super::resume::identity(fd.as_fd(), b"")
-                .ctx(|| format!("statx of {}", show(path)))?;
+            let now = identity_of(fd.as_fd(), path)?;
             if now != id {
                 return Err(Error::Verify(format!(
                     "{} was replaced while this job ran: it is no longer the file the job \
@@ -319,7 +339,7 @@ pub fn check_revert(fd: BorrowedFd<'_>, path: &[u8], journaled: Option<&Journale
         return Ok(());
     };
     let st = rustix::fs::fstat(fd).ctx(|| format!("stat of {}", show(path)))?;
-    let id = super::resume::identity(fd, b"").ctx(|| format!("statx of {}", show(path)))?;
+    let id = identity_of(fd, path)?;
     let granted = journaled.get(&id.0).is_some_and(|&b| same_birth(b, id.1));
     if id.0 != st.st_ino || !granted {
         return Err(Error::Revert(format!(

@@ -162,11 +162,7 @@ fn same_inode(
     // The journal records the inode only: a device number need not survive a remount, a
     // reboot or another node's mount of a shared target.
     let file = super::table::FileId { dev: None, ino };
-    let born = |b| {
-        super::resume::identity(f, b"")
-            .map(|id| grant::same_birth(id.1, b))
-            .ctx(|| format!("statx of {}", show(path)))
-    };
+    let born = |b| grant::identity_of(f, path).map(|id| grant::same_birth(id.1, b));
     if !file.is_at(f, path)? || btime.map(born).transpose()? == Some(false) {
         return Err(Error::Revert(format!(
             "cannot restore {}: it is no longer the file the job wrote in place (replaced \
@@ -370,7 +366,7 @@ pub fn restore_metadata(
             let path = &paths[i];
             match &w.kind {
                 EntryKind::Dir | EntryKind::File { .. } => {
-                    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+                    let flags = grant::OPEN_FOUND;
                     let fd = if w.kind == EntryKind::Dir {
                         beneath::open_dir(root, path)
                     } else {
