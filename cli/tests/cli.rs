@@ -642,3 +642,72 @@ fn hw_lists_rdma_devices_from_the_given_sysfs_root_and_plans_near_them() {
         "{text}"
     );
 }
+
+/// A receiver that is not root cannot open its own exec-only file (mode 0111) for the checked
+/// change of its set-id bits, nor its write-only file (0200) for the change that lets others
+/// write it: a job that compares every entry with the disk sends each anew instead of failing
+/// on that open.
+#[test]
+fn a_receiver_that_is_not_root_sends_anew_the_files_it_cannot_open_whose_identity_changes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(
+        std::fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "this test runs the receiver as nobody (65534) with setpriv: run it as root"
+    );
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (src, dst, state) = (
+        t.path().join("src"),
+        t.path().join("dst"),
+        t.path().join("state"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::chown(&dst, Some(65534), Some(65534)).unwrap();
+    let tool = src.join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o111)).unwrap();
+    let drop = src.join("drop");
+    std::fs::write(&drop, b"for anyone to write").unwrap();
+    std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o200)).unwrap();
+    let p = peers(t.path());
+    let ids = t.path().join("receiver-identity");
+    for e in std::iter::once(ids.clone())
+        .chain(std::fs::read_dir(&ids).unwrap().map(|e| e.unwrap().path()))
+    {
+        std::os::unix::fs::chown(&e, Some(65534), Some(65534)).unwrap();
+    }
+    let nobody: Vec<std::ffi::OsString> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &["--allow-setuid"], Some(nobody.clone()));
+    send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success());
+    let at = dst.join("tool");
+    assert_eq!(
+        (mode(&at), std::fs::metadata(&at).unwrap().uid()),
+        (0o111, 65534)
+    );
+    assert_eq!(mode(&dst.join("drop")), 0o200);
+
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4111)).unwrap();
+    std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o222)).unwrap();
+    let extra = ["--allow-setuid", "--verify", "full"];
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &extra, Some(nobody));
+    let v = send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success(), "{v}");
+    assert_eq!(mode(&at), 0o4111, "{v}");
+    assert_eq!(std::fs::read(&at).unwrap(), std::fs::read(&tool).unwrap());
+    let at = dst.join("drop");
+    assert_eq!(mode(&at), 0o222, "{v}");
+    assert_eq!(std::fs::read(&at).unwrap(), std::fs::read(&drop).unwrap());
+}

@@ -700,8 +700,20 @@ pub fn apply_entries(
                     .as_ref()
                     .filter(|s| guard && grant::sensitive_from(s, e, owners));
                 let kept = sensitive.map(|s| keep(i, s));
+                // A kept file changes through a descriptor of it; one this user cannot open (a
+                // non-root receiver's own exec-only or write-only file) is sent anew instead.
+                let found = match (decision, kept) {
+                    (Need::Nothing, Some(grant::Keep::InPlace | grant::Keep::Copy)) => {
+                        match beneath::open_in(dir, name, grant::OPEN_FOUND, Mode::empty()) {
+                            Ok(fd) => Some(fd),
+                            Err(e) if e.raw_os_error() == Some(libc::EACCES) => None,
+                            Err(e) => return Err(e).ctx(|| format!("opening {}", show(path))),
+                        }
+                    }
+                    _ => None,
+                };
                 let decision = match (decision, sensitive) {
-                    (Need::Nothing, Some(_)) if kept == Some(grant::Keep::Send) => Need::Full,
+                    (Need::Nothing, Some(_)) if found.is_none() => Need::Full,
                     (Need::Delta, Some(_)) => Need::Full,
                     (Need::Rest, Some(s))
                         if !grant::may_finish(s, e, owners, j.map.origin(path) == Origin::Job) =>
@@ -735,10 +747,8 @@ pub fn apply_entries(
                         rests.insert(i as u32, r);
                     }
                     Need::Nothing => {
-                        if let (Some(s), Some(kept)) = (sensitive, kept) {
+                        if let (Some(s), Some(kept), Some(fd)) = (sensitive, kept, found) {
                             // Vouched for (`keep`) by its stat: the inode opened must be it.
-                            let fd = beneath::open_in(dir, name, grant::OPEN_FOUND, Mode::empty())
-                                .ctx(|| format!("opening {}", show(path)))?;
                             FileId::of(s).check(fd.as_fd(), path)?;
                             if kept == grant::Keep::Copy {
                                 let at = (root, entries, paths);

@@ -584,10 +584,11 @@ impl ShareHost {
             first.put_first(&mut handles);
             join_workers_preferring(handles, "write place", super::space::is_full)
         })
-        // A worker stopped by the watch reports its connection shut: say why (any other
-        // failure keeps its own error).
+        // A worker stopped by the watch reports its connection shut, as a lost peer or as
+        // the socket's own error (a send into a shut connection): once the fence refused,
+        // that is why. A full disk stays its own cause (the disk-full path explains it).
         .map_err(|e| match (e, fence_ok(fence.as_deref())) {
-            (Error::PeerLost(_), Err(fenced)) => fenced,
+            (e, Err(fenced)) if !super::space::is_full(&e) => fenced,
             (e, _) => e,
         })
     }
