@@ -27,5 +27,5 @@ if [ "$passed" -eq 0 ]; then
   exit 1
 fi
 # The RDMA transport's tests run in a soft-RoCE guest (issue 17): whenever /dev/kvm exists.
-echo "== RDMA guest (scripts/rdma-ci.sh)"
+echo "== RDMA guest (scripts/rdma-ci.sh), after ${SECONDS} s of building and testing"
 bash scripts/rdma-ci.sh
