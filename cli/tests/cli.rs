@@ -702,12 +702,26 @@ fn a_receiver_that_is_not_root_sends_anew_the_files_it_cannot_open_whose_identit
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4111)).unwrap();
     std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o222)).unwrap();
     let extra = ["--allow-setuid", "--verify", "full"];
-    let (mut recv, addr) = start_receiver_with(&dst, &p, &extra, Some(nobody));
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &extra, Some(nobody.clone()));
     let v = send_json(&src, &addr, &state, &p);
     assert!(recv.wait().unwrap().success(), "{v}");
-    assert_eq!(mode(&at), 0o4111, "{v}");
-    assert_eq!(std::fs::read(&at).unwrap(), std::fs::read(&tool).unwrap());
-    let at = dst.join("drop");
-    assert_eq!(mode(&at), 0o222, "{v}");
-    assert_eq!(std::fs::read(&at).unwrap(), std::fs::read(&drop).unwrap());
+    assert_eq!(v["files"], 2, "both sent anew: {v}");
+    let got = |name: &str| {
+        (
+            mode(&dst.join(name)),
+            std::fs::read(dst.join(name)).unwrap(),
+        )
+    };
+    let want = |p: &std::path::Path| (mode(p), std::fs::read(p).unwrap());
+    assert_eq!((got("tool"), got("drop")), (want(&tool), want(&drop)));
+    assert_eq!((mode(&tool), mode(&drop)), (0o4111, 0o222));
+
+    // Back again, in a job that compares with its recovery point (not the disk): the same.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o111)).unwrap();
+    std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o200)).unwrap();
+    let (mut recv, addr) = start_receiver_with(&dst, &p, &["--allow-setuid"], Some(nobody));
+    let v = send_json(&src, &addr, &state, &p);
+    assert!(recv.wait().unwrap().success(), "{v}");
+    assert_eq!(v["files"], 2, "both sent anew: {v}");
+    assert_eq!((got("tool"), got("drop")), (want(&tool), want(&drop)));
 }

@@ -701,14 +701,13 @@ pub fn apply_entries(
                     .filter(|s| guard && grant::sensitive_from(s, e, owners));
                 let kept = sensitive.map(|s| keep(i, s));
                 // A kept file changes through a descriptor of it; one this user cannot open (a
-                // non-root receiver's own exec-only or write-only file) is sent anew instead.
+                // non-root receiver's own exec-only or write-only file), or gone since its
+                // stat, is sent anew instead.
                 let found = match (decision, kept) {
                     (Need::Nothing, Some(grant::Keep::InPlace | grant::Keep::Copy)) => {
-                        match beneath::open_in(dir, name, grant::OPEN_FOUND, Mode::empty()) {
-                            Ok(fd) => Some(fd),
-                            Err(e) if e.raw_os_error() == Some(libc::EACCES) => None,
-                            Err(e) => return Err(e).ctx(|| format!("opening {}", show(path))),
-                        }
+                        grant::open_found(dir, name)
+                            .ctx(|| format!("opening {}", show(path)))?
+                            .map(|(fd, _)| fd)
                     }
                     _ => None,
                 };

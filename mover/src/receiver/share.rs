@@ -586,11 +586,30 @@ impl ShareHost {
         })
         // A worker stopped by the watch reports its connection shut, as a lost peer or as
         // the socket's own error (a send into a shut connection): once the fence refused,
-        // that is why. A full disk stays its own cause (the disk-full path explains it).
+        // that is why. Any other failure (a full disk, a corrupt frame) keeps its own error.
         .map_err(|e| match (e, fence_ok(fence.as_deref())) {
-            (e, Err(fenced)) if !super::space::is_full(&e) => fenced,
+            (e, Err(fenced)) if connection_shut(&e) => {
+                tracing::info!("write place: {e} (its connections were shut: fenced)");
+                fenced
+            }
             (e, _) => e,
         })
+    }
+}
+
+/// Whether `e` is what a worker meets when its connection is shut under it: the peer gone, or
+/// the socket's error for a send or receive on it.
+fn connection_shut(e: &Error) -> bool {
+    const SHUT: [i32; 4] = [
+        libc::EPIPE,
+        libc::ECONNRESET,
+        libc::ENOTCONN,
+        libc::ESHUTDOWN,
+    ];
+    match e {
+        Error::PeerLost(_) => true,
+        Error::Io { source, .. } => source.raw_os_error().is_some_and(|n| SHUT.contains(&n)),
+        _ => false,
     }
 }
 
