@@ -598,17 +598,18 @@ impl ShareHost {
 }
 
 /// Whether `e` is what a worker meets when its connection is shut under it: the peer gone, or
-/// the socket's error for a send or receive on it.
+/// the socket's error for a send or receive on it. By the error's kind: a transport without a
+/// kernel socket (RDMA, in-memory) gives kinds without an errno.
 fn connection_shut(e: &Error) -> bool {
-    const SHUT: [i32; 4] = [
-        libc::EPIPE,
-        libc::ECONNRESET,
-        libc::ENOTCONN,
-        libc::ESHUTDOWN,
-    ];
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, NotConnected};
     match e {
         Error::PeerLost(_) => true,
-        Error::Io { source, .. } => source.raw_os_error().is_some_and(|n| SHUT.contains(&n)),
+        Error::Io { source, .. } => {
+            matches!(
+                source.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected
+            ) || source.raw_os_error() == Some(libc::ESHUTDOWN)
+        }
         _ => false,
     }
 }
@@ -706,6 +707,34 @@ pub(crate) fn fold(t: &RecvTable, done: ShareDone, all: &mut FrameStats) -> Resu
 mod tests {
     use super::*;
     use crate::tree::entry::{Entry, EntryKind, Meta};
+
+    #[test]
+    fn a_shut_connection_is_told_apart_by_errno_or_by_kind_and_other_failures_are_not() {
+        let io = |source: std::io::Error| Error::Io {
+            context: "receiving".into(),
+            source,
+        };
+        let errno = |n| io(std::io::Error::from_raw_os_error(n));
+        let kind = |k: std::io::ErrorKind| io(k.into());
+        for e in [
+            Error::PeerLost("gone".into()),
+            errno(libc::EPIPE),
+            errno(libc::ECONNRESET),
+            errno(libc::ENOTCONN),
+            errno(libc::ESHUTDOWN),
+            kind(std::io::ErrorKind::ConnectionReset),
+            kind(std::io::ErrorKind::BrokenPipe),
+        ] {
+            assert!(connection_shut(&e), "{e}");
+        }
+        for e in [
+            errno(libc::ENOSPC),
+            errno(libc::EIO),
+            Error::Corrupt("a bad frame".into()),
+        ] {
+            assert!(!connection_shut(&e), "{e}");
+        }
+    }
 
     /// A committing receiver's table for one large file of `size` bytes (entry 1), at `dir`.
     fn table_of_one_file(dir: &std::path::Path, size: u64) -> RecvTable {
